@@ -1,0 +1,85 @@
+//! The CLI's HTTP client for the control API, over the Unix socket or TCP.
+
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+use super::ApiError;
+
+/// Where the daemon's API is.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    Unix(PathBuf),
+    Tcp { addr: String, token: Option<String> },
+}
+
+/// Sends one request; returns the decoded JSON body, or the API's error message.
+pub async fn call<T: DeserializeOwned>(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<T, ApiError> {
+    let (io, host, token) = match ep {
+        Endpoint::Unix(p) => {
+            let s = tokio::net::UnixStream::connect(p)
+                .await
+                .map_err(|e| ApiError::Connect(p.display().to_string(), e))?;
+            (Box::new(TokioIo::new(s)) as Box<dyn IoStream>, "localhost".to_string(), None)
+        }
+        Endpoint::Tcp { addr, token } => {
+            let s = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| ApiError::Connect(addr.clone(), e))?;
+            (Box::new(TokioIo::new(s)) as Box<dyn IoStream>, addr.clone(), token.clone())
+        }
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| ApiError::Http(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, host);
+    if let Some(t) = token {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let bytes = match body {
+        Some(b) => {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            Bytes::from(serde_json::to_vec(&b).map_err(|e| ApiError::Http(e.to_string()))?)
+        }
+        None => Bytes::new(),
+    };
+    let req = req
+        .body(Full::new(bytes))
+        .map_err(|e| ApiError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ApiError::Http(e.to_string()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::Http(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        return Err(ApiError::Status(msg));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+/// A byte stream hyper can drive.
+pub trait IoStream: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
+impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> IoStream for T {}

@@ -1,0 +1,101 @@
+//! The control API: HTTP/JSON on a Unix socket (and optionally TCP with a bearer
+//! token). The CLI uses it; its JSON is documented in `docs/API.md`.
+//!
+//! - [`server`]: the axum routes over the daemon's status snapshot and event log.
+//! - [`client`]: the small HTTP client the CLI uses.
+
+pub mod client;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use server::serve;
+
+use crate::placement::policy::GroupStatus;
+use crate::runtime::Reply;
+
+/// Errors of the API server and client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    #[error("cannot reach the daemon at {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("http: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Status(String),
+    #[error("bad response: {0}")]
+    Decode(String),
+}
+
+/// One node as seen from this node.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NodeStatus {
+    pub name: String,
+    pub priority: u32,
+    /// This is the node answering.
+    pub local: bool,
+    pub alive: bool,
+    pub standby: bool,
+    pub boot_id: String,
+    pub last_heard_ms_ago: Option<u64>,
+    pub paths_up: usize,
+}
+
+/// One heartbeat path to one peer.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PathStatusView {
+    pub peer: String,
+    pub path: String,
+    pub up: bool,
+    pub last_heard_ms_ago: Option<u64>,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Heartbeat packet counters.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HeartbeatCounters {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Dropped packets by reason: bad_mac, replayed, malformed, wrong_cluster, ...
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/status`: a consistent snapshot of this node's view.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Status {
+    pub cluster: String,
+    pub node: String,
+    pub time_ms: u64,
+    pub uptime_ms: u64,
+    pub last_seq: u64,
+    /// "two_node" (VIP probe guards takeovers) or "priority".
+    pub mode: String,
+    pub nodes: Vec<NodeStatus>,
+    pub paths: Vec<PathStatusView>,
+    pub groups: Vec<GroupStatus>,
+    pub heartbeats: HeartbeatCounters,
+}
+
+/// A request the API hands to the daemon's main loop.
+#[derive(Debug)]
+pub enum Request {
+    Switchover {
+        group: String,
+        to: Option<String>,
+        reply: Reply<String>,
+    },
+    Standby {
+        node: String,
+        on: bool,
+        reply: Reply<()>,
+    },
+    Maintenance {
+        group: String,
+        on: bool,
+        reply: Reply<()>,
+    },
+}

@@ -1,0 +1,375 @@
+//! The API server: axum routes over the daemon's status snapshot and event log.
+//!
+//! Routes (JSON; errors are `{"error": "..."}` with a 4xx/5xx status):
+//! - `GET  /v1/status` — the whole snapshot: nodes, paths, groups, counters.
+//! - `GET  /v1/nodes`, `/v1/paths`, `/v1/groups` — parts of it.
+//! - `GET  /v1/events?since=SEQ&limit=N&wait_ms=MS` — events after SEQ; long-polls up
+//!   to MS when there are none yet.
+//! - `GET  /v1/events/stream?since=SEQ` — newline-delimited JSON, backlog then live.
+//! - `GET  /v1/history` — failover/switchover timelines.
+//! - `POST /v1/groups/{group}/switchover` `{"to": NODE?, "timeout_ms": N?}` — returns
+//!   once the group passes its checks on the target, or with the reason it did not.
+//! - `POST /v1/groups/{group}/maintenance` `{"on": bool}`.
+//! - `POST /v1/nodes/{node}/standby` and `/v1/nodes/{node}/online`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ApiError, Request, Status};
+use crate::config::ApiConfig;
+use crate::event::EventLog;
+
+#[derive(Clone)]
+struct AppState {
+    status: watch::Receiver<Status>,
+    events: EventLog,
+    requests: mpsc::Sender<Request>,
+    token: Option<String>,
+}
+
+/// Running listeners; dropping this stops them.
+pub struct Servers {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/paths", get(paths))
+        .route("/v1/groups", get(groups))
+        .route("/v1/events", get(events))
+        .route("/v1/events/stream", get(event_stream))
+        .route("/v1/history", get(history))
+        .route("/v1/groups/{group}/switchover", post(switchover))
+        .route("/v1/groups/{group}/maintenance", post(maintenance))
+        .route("/v1/nodes/{node}/standby", post(standby))
+        .route("/v1/nodes/{node}/online", post(online))
+        .with_state(state)
+}
+
+/// Starts the Unix-socket listener and, if configured, the TCP one (token required).
+pub async fn serve(
+    cfg: &ApiConfig,
+    status: watch::Receiver<Status>,
+    events: EventLog,
+    requests: mpsc::Sender<Request>,
+) -> Result<Servers, ApiError> {
+    let state = AppState {
+        status,
+        events,
+        requests,
+        token: None,
+    };
+    let mut tasks = Vec::new();
+    let sock: &Path = &cfg.socket;
+    if let Some(parent) = sock.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ApiError::Io(format!("create {}", parent.display()), e))?;
+    }
+    // A socket file left by a crashed daemon would make bind fail.
+    if std::os::unix::net::UnixStream::connect(sock).is_err() {
+        let _ = std::fs::remove_file(sock);
+    }
+    let unix = tokio::net::UnixListener::bind(sock)
+        .map_err(|e| ApiError::Io(format!("bind {}", sock.display()), e))?;
+    let app = router(state.clone());
+    tasks.push(tokio::spawn(async move {
+        let _ = axum::serve(unix, app).await;
+    }));
+    if let Some(addr) = cfg.tcp {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| ApiError::Io(format!("bind {addr}"), e))?;
+        let app = router(AppState {
+            token: cfg.token.clone(),
+            ..state
+        });
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(tcp, app).await;
+        }));
+    }
+    Ok(Servers { tasks })
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
+}
+
+/// Constant-time token check for the TCP listener.
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = &state.token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    use subtle::ConstantTimeEq;
+    if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+    }
+}
+
+macro_rules! auth {
+    ($state:expr, $headers:expr) => {
+        if let Err(r) = authorized(&$state, &$headers) {
+            return r;
+        }
+    };
+}
+
+async fn status(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.status.borrow().clone()).into_response()
+}
+
+async fn nodes(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.status.borrow().nodes.clone()).into_response()
+}
+
+async fn paths(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.status.borrow().paths.clone()).into_response()
+}
+
+async fn groups(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.status.borrow().groups.clone()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+async fn events(State(s): State<AppState>, h: HeaderMap, Query(q): Query<EventsQuery>) -> Response {
+    auth!(s, h);
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let mut sub = s.events.subscribe();
+    let mut found = s.events.since(q.since, limit);
+    if found.is_empty() {
+        if let Some(wait) = q.wait_ms {
+            let wait = Duration::from_millis(wait.min(60_000));
+            let _ = tokio::time::timeout(wait, async {
+                while let Ok(e) = sub.recv().await {
+                    if e.seq > q.since {
+                        break;
+                    }
+                }
+            })
+            .await;
+            found = s.events.since(q.since, limit);
+        }
+    }
+    Json(found).into_response()
+}
+
+async fn event_stream(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Response {
+    auth!(s, h);
+    let mut sub = s.events.subscribe();
+    let backlog = s.events.since(q.since, 10_000);
+    let mut last = backlog.last().map_or(q.since, |e| e.seq);
+    let stream = async_stream(backlog, move |tx| async move {
+        loop {
+            match sub.recv().await {
+                Ok(e) if e.seq > last => {
+                    last = e.seq;
+                    if tx.send(e).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(_) => break,
+            }
+        }
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A stream of NDJSON lines: the backlog, then whatever `feed` sends.
+fn async_stream<F, Fut>(
+    backlog: Vec<crate::event::Event>,
+    feed: F,
+) -> impl futures::Stream<Item = Result<Vec<u8>, std::convert::Infallible>>
+where
+    F: FnOnce(mpsc::Sender<crate::event::Event>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(feed(tx));
+    let line = |e: &crate::event::Event| {
+        let mut v = serde_json::to_vec(e).unwrap_or_default();
+        v.push(b'\n');
+        Ok(v)
+    };
+    let head: Vec<_> = backlog.iter().map(line).collect();
+    use futures::StreamExt;
+    futures::stream::iter(head).chain(
+        tokio_stream_from(rx).map(move |e| line(&e)),
+    )
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+async fn history(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.events.timelines()).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+async fn ask<T>(s: &AppState, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request) -> Result<T, Response> {
+    let (tx, rx) = oneshot::channel();
+    s.requests
+        .send(make(tx))
+        .await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is shutting down"))?;
+    rx.await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is shutting down"))?
+        .map_err(|e| error(StatusCode::CONFLICT, e))
+}
+
+async fn switchover(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(group): UrlPath<String>,
+    body: Option<Json<SwitchoverBody>>,
+) -> Response {
+    auth!(s, h);
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let started = std::time::Instant::now();
+    let target = match ask(&s, |reply| Request::Switchover {
+        group: group.clone(),
+        to: body.to.clone(),
+        reply,
+    })
+    .await
+    {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(60_000).min(600_000));
+    let mut rx = s.status.clone();
+    let outcome = tokio::time::timeout(timeout, async {
+        loop {
+            if let Some(r) = crate::runtime::group_settled_on(&rx.borrow(), &group, &target) {
+                return r;
+            }
+            if rx.changed().await.is_err() {
+                return Err("daemon is shutting down".to_string());
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => Json(serde_json::json!({
+            "group": group,
+            "node": target,
+            "duration_ms": started.elapsed().as_millis() as u64,
+        }))
+        .into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "group `{group}` did not come up on `{target}` within {} ms",
+                timeout.as_millis()
+            ),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OnBody {
+    on: bool,
+}
+
+async fn maintenance(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(group): UrlPath<String>,
+    Json(body): Json<OnBody>,
+) -> Response {
+    auth!(s, h);
+    match ask(&s, |reply| Request::Maintenance {
+        group: group.clone(),
+        on: body.on,
+        reply,
+    })
+    .await
+    {
+        Ok(()) => Json(serde_json::json!({ "group": group, "maintenance": body.on })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn set_standby(s: AppState, node: String, on: bool) -> Response {
+    match ask(&s, |reply| Request::Standby {
+        node: node.clone(),
+        on,
+        reply,
+    })
+    .await
+    {
+        Ok(()) => Json(serde_json::json!({ "node": node, "standby": on })).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn standby(State(s): State<AppState>, h: HeaderMap, UrlPath(node): UrlPath<String>) -> Response {
+    auth!(s, h);
+    set_standby(s, node, true).await
+}
+
+async fn online(State(s): State<AppState>, h: HeaderMap, UrlPath(node): UrlPath<String>) -> Response {
+    auth!(s, h);
+    set_standby(s, node, false).await
+}

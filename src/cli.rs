@@ -1,0 +1,136 @@
+//! The command line (clap derive): the daemon, the admin commands that talk to it
+//! through the control API, config checking, the lab, and the demo service.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Tandem: high-availability failover for services, floating IPs and volumes.
+#[derive(Debug, Parser)]
+#[command(name = "tandem", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// How admin commands reach the daemon.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiArgs {
+    /// The daemon's control socket.
+    #[arg(long, env = "TANDEM_SOCKET", default_value = "/run/tandem/tandem.sock")]
+    pub socket: PathBuf,
+    /// Use the TCP API at HOST:PORT instead of the socket.
+    #[arg(long, env = "TANDEM_API")]
+    pub api: Option<String>,
+    /// Bearer token for the TCP API.
+    #[arg(long, env = "TANDEM_TOKEN")]
+    pub token: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the daemon.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node's name in the config (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Show nodes, heartbeat paths and groups as this node sees them.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show failover and switchover timelines, and optionally the events.
+    History {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Also print the events after this sequence number.
+        #[arg(long)]
+        events_since: Option<u64>,
+    },
+    /// Move a group to another node by hand (stop top-down here, start bottom-up there).
+    Switchover {
+        group: String,
+        /// Target node (default: the most preferred eligible other node).
+        #[arg(long)]
+        to: Option<String>,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Node administration.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Group administration.
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// A cluster of network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        cmd: crate::lab::LabCommand,
+    },
+    /// The demo service the lab protects: HTTP that answers with the node's name.
+    #[command(hide = true)]
+    DemoService {
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        #[arg(long, env = "TANDEM_NODE", default_value = "unknown")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCmd {
+    /// Move this node's groups away and keep new ones off it.
+    Standby {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Undo standby.
+    Online {
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Suspend (on) or resume (off) monitoring and recovery of a group.
+    Maintenance {
+        group: String,
+        state: OnOff,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Parse and validate a config file; exit 2 if it is wrong.
+    Check { file: PathBuf },
+}

@@ -1,0 +1,592 @@
+//! Configuration: one TOML file describes the cluster, its nodes and heartbeat paths,
+//! the control API and the protected groups of resources.
+//!
+//! Every struct rejects unknown keys (`deny_unknown_fields`), so a typo is an error, not
+//! a silently ignored setting. Rules that span several fields live in
+//! [`Config::validate`]; each error names the offending key and says why.
+//! The fully commented example is `examples/tandem.toml`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem: which key, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub heartbeat: HeartbeatConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<NodeConfig>,
+    #[serde(rename = "group", default)]
+    pub groups: Vec<GroupConfig>,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Cluster name; carried in every heartbeat, so two clusters on one LAN never mix.
+    pub name: String,
+    /// Shared secret for heartbeat HMACs (at least 16 characters). Either this or `key_file`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// A file whose contents (trimmed) are the shared secret.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Where persistent state lives: the event sequence and the event log.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Two-node safety: probe a group's floating IP before taking it over.
+    #[serde(default = "yes")]
+    pub probe_vip_before_takeover: bool,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tandem")
+}
+fn yes() -> bool {
+    true
+}
+
+/// `[heartbeat]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+    /// A node is dead after this much silence on ALL paths.
+    #[serde(with = "humantime_serde", default = "default_dead_time")]
+    pub dead_time: Duration,
+    /// UDP port heartbeats are sent to and received on, on every path.
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Names of the heartbeat paths; every node gives an address on each.
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
+fn default_interval() -> Duration {
+    Duration::from_millis(200)
+}
+fn default_dead_time() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_port() -> u16 {
+    5405
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        HeartbeatConfig {
+            interval: default_interval(),
+            dead_time: default_dead_time(),
+            port: default_port(),
+            paths: Vec::new(),
+        }
+    }
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Unix socket the CLI talks to.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Optional TCP listener; requires `token`.
+    #[serde(default)]
+    pub tcp: Option<SocketAddr>,
+    /// Bearer token required on the TCP listener.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+/// The default control socket.
+pub fn default_socket() -> PathBuf {
+    PathBuf::from("/run/tandem/tandem.sock")
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            socket: default_socket(),
+            tcp: None,
+            token: None,
+        }
+    }
+}
+
+/// `[[node]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub name: String,
+    /// 1 is the most preferred node. Unique per cluster.
+    pub priority: u32,
+    /// The node's address on each heartbeat path, by path name.
+    #[serde(default)]
+    pub addresses: BTreeMap<String, IpAddr>,
+}
+
+/// Whether a repaired, more preferred node takes its group back by itself.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Switchback {
+    #[default]
+    Manual,
+    Automatic,
+}
+
+/// `[[group]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Nodes allowed to run the group; empty means all.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub switchback: Switchback,
+    /// Local restarts allowed within `restart_window` before failing over.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    #[serde(with = "humantime_serde", default = "default_restart_window")]
+    pub restart_window: Duration,
+    #[serde(rename = "resource", default)]
+    pub resources: Vec<ResourceConfig>,
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+fn default_restart_window() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// `[[group.resource]]`
+///
+/// (serde cannot combine `deny_unknown_fields` with `flatten`; the flattened
+/// [`ResourceKind`] denies unknown keys instead, and a test pins that.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResourceConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: ResourceKind,
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    #[serde(default)]
+    pub quickcheck: Option<CheckConfig>,
+    #[serde(default)]
+    pub deepcheck: Option<CheckConfig>,
+}
+
+/// The kind of a resource and its kind-specific settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResourceKind {
+    /// A floating IPv4/IPv6 address, `address = "10.0.0.10/24"`.
+    Ip {
+        address: String,
+        interface: String,
+        #[serde(default)]
+        backup_interfaces: Vec<String>,
+        /// Gratuitous ARP / unsolicited NA burst size on takeover.
+        #[serde(default = "default_announce_count")]
+        announce_count: u32,
+        /// Periodic re-announcement while running; 0s disables.
+        #[serde(with = "humantime_serde", default = "default_reannounce")]
+        reannounce_every: Duration,
+    },
+    /// User scripts: start, stop, and optionally quickcheck and deepcheck.
+    Exec {
+        start: Vec<String>,
+        stop: Vec<String>,
+        #[serde(with = "humantime_serde", default = "default_script_timeout")]
+        timeout: Duration,
+    },
+    /// A long-running command that Tandem supervises.
+    Process {
+        command: Vec<String>,
+        #[serde(with = "humantime_serde", default = "default_stop_timeout")]
+        stop_timeout: Duration,
+    },
+}
+
+fn default_announce_count() -> u32 {
+    3
+}
+fn default_reannounce() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_script_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stop_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A health check: what to probe, how often, how long to wait. Unknown keys are
+/// rejected by the flattened [`ProbeConfig`].
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckConfig {
+    #[serde(flatten)]
+    pub probe: ProbeConfig,
+    /// Defaults: 2 s for quickcheck, 30 s for deepcheck.
+    #[serde(with = "humantime_serde", default)]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde", default = "default_check_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// What a check probes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "probe", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProbeConfig {
+    /// The TCP connect succeeds.
+    Tcp { address: SocketAddr },
+    /// HTTP GET answers with `expect_status`.
+    Http {
+        url: String,
+        #[serde(default = "default_status")]
+        expect_status: u16,
+    },
+    /// An SMTP server sends a 220 banner and accepts EHLO with 250.
+    Smtp {
+        address: SocketAddr,
+        #[serde(default = "default_helo")]
+        helo: String,
+    },
+    /// A command exits 0.
+    Exec { command: Vec<String> },
+}
+
+fn default_status() -> u16 {
+    200
+}
+fn default_helo() -> String {
+    "tandem.invalid".into()
+}
+
+/// Default quickCheck period.
+pub const DEFAULT_QUICKCHECK: Duration = Duration::from_secs(2);
+/// Default deepCheck period.
+pub const DEFAULT_DEEPCHECK: Duration = Duration::from_secs(30);
+/// The shortest heartbeat interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The cluster key bytes (from `key` or `key_file`).
+    pub fn key_bytes(&self) -> Result<Vec<u8>, ConfigError> {
+        match (&self.cluster.key, &self.cluster.key_file) {
+            (Some(k), _) => Ok(k.as_bytes().to_vec()),
+            (None, Some(f)) => std::fs::read_to_string(f)
+                .map(|s| s.trim().as_bytes().to_vec())
+                .map_err(|e| invalid("cluster.key_file", format!("{}: {e}", f.display()))),
+            (None, None) => Err(invalid("cluster.key", "missing")),
+        }
+    }
+
+    /// The node entry called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodeConfig> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Checks every rule that spans fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster.name.is_empty() || self.cluster.name.len() > 64 {
+            return Err(invalid("cluster.name", "must be 1 to 64 characters"));
+        }
+        match (&self.cluster.key, &self.cluster.key_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("cluster.key", "set either key or key_file, not both"))
+            }
+            (None, None) => return Err(invalid("cluster.key", "missing: set key or key_file")),
+            (Some(k), None) if k.len() < 16 => {
+                return Err(invalid("cluster.key", "must be at least 16 characters"))
+            }
+            _ => {}
+        }
+        let hb = &self.heartbeat;
+        if hb.interval < MIN_INTERVAL {
+            return Err(invalid("heartbeat.interval", "must be at least 50ms"));
+        }
+        if hb.dead_time < hb.interval * 3 {
+            return Err(invalid(
+                "heartbeat.dead_time",
+                format!(
+                    "must be at least 3 x heartbeat.interval ({:?}), is {:?}",
+                    hb.interval * 3,
+                    hb.dead_time
+                ),
+            ));
+        }
+        if hb.port == 0 {
+            return Err(invalid("heartbeat.port", "must not be 0"));
+        }
+        if hb.paths.is_empty() {
+            return Err(invalid("heartbeat.paths", "name at least one heartbeat path"));
+        }
+        if hb.paths.len() > 8 {
+            return Err(invalid("heartbeat.paths", "at most 8 paths"));
+        }
+        unique(hb.paths.iter(), "heartbeat.paths")?;
+        if self.api.tcp.is_some() && self.api.token.as_deref().unwrap_or("").len() < 16 {
+            return Err(invalid(
+                "api.token",
+                "a TCP API listener needs a token of at least 16 characters",
+            ));
+        }
+        if self.nodes.is_empty() {
+            return Err(invalid("node", "at least one [[node]] is required"));
+        }
+        unique(self.nodes.iter().map(|n| &n.name), "node.name")?;
+        let mut prios = BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            let key = format!("node[{i}]");
+            check_name(&n.name, &format!("{key}.name"))?;
+            if !prios.insert(n.priority) {
+                return Err(invalid(
+                    format!("{key}.priority"),
+                    format!("priority {} is used by another node", n.priority),
+                ));
+            }
+            for p in &hb.paths {
+                if !n.addresses.contains_key(p) {
+                    return Err(invalid(
+                        format!("{key}.addresses"),
+                        format!("no address for heartbeat path `{p}`"),
+                    ));
+                }
+            }
+            for p in n.addresses.keys() {
+                if !hb.paths.contains(p) {
+                    return Err(invalid(
+                        format!("{key}.addresses.{p}"),
+                        "not a path named in heartbeat.paths",
+                    ));
+                }
+            }
+        }
+        unique(self.groups.iter().map(|g| &g.name), "group.name")?;
+        for (gi, g) in self.groups.iter().enumerate() {
+            let gk = format!("group[{gi}]");
+            check_name(&g.name, &format!("{gk}.name"))?;
+            for n in &g.nodes {
+                if self.node(n).is_none() {
+                    return Err(invalid(format!("{gk}.nodes"), format!("unknown node `{n}`")));
+                }
+            }
+            if g.max_restarts > 100 {
+                return Err(invalid(format!("{gk}.max_restarts"), "at most 100"));
+            }
+            if g.restart_window.is_zero() {
+                return Err(invalid(format!("{gk}.restart_window"), "must be positive"));
+            }
+            unique(g.resources.iter().map(|r| &r.name), &format!("{gk}.resource.name"))?;
+            for (ri, r) in g.resources.iter().enumerate() {
+                let rk = format!("{gk}.resource[{ri}]");
+                check_name(&r.name, &format!("{rk}.name"))?;
+                for d in &r.depends_on {
+                    if d == &r.name {
+                        return Err(invalid(format!("{rk}.depends_on"), "depends on itself"));
+                    }
+                    if !g.resources.iter().any(|o| &o.name == d) {
+                        return Err(invalid(
+                            format!("{rk}.depends_on"),
+                            format!("unknown resource `{d}` in group `{}`", g.name),
+                        ));
+                    }
+                }
+                r.kind.validate(&rk)?;
+                for (which, c) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
+                    if let Some(c) = c {
+                        c.validate(&format!("{rk}.{which}"))?;
+                    }
+                }
+            }
+            if crate::placement::hierarchy::start_order(g).is_err() {
+                return Err(invalid(
+                    format!("{gk}.resource"),
+                    "depends_on forms a cycle",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ResourceKind {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        match self {
+            ResourceKind::Ip {
+                address,
+                interface,
+                backup_interfaces,
+                announce_count,
+                ..
+            } => {
+                parse_cidr(address).map_err(|r| invalid(format!("{key}.address"), r))?;
+                check_ifname(interface, &format!("{key}.interface"))?;
+                for b in backup_interfaces {
+                    check_ifname(b, &format!("{key}.backup_interfaces"))?;
+                    if b == interface {
+                        return Err(invalid(
+                            format!("{key}.backup_interfaces"),
+                            "repeats the primary interface",
+                        ));
+                    }
+                }
+                if *announce_count == 0 || *announce_count > 50 {
+                    return Err(invalid(format!("{key}.announce_count"), "must be 1 to 50"));
+                }
+            }
+            ResourceKind::Exec { start, stop, .. } => {
+                if start.is_empty() {
+                    return Err(invalid(format!("{key}.start"), "empty command"));
+                }
+                if stop.is_empty() {
+                    return Err(invalid(format!("{key}.stop"), "empty command"));
+                }
+            }
+            ResourceKind::Process { command, .. } => {
+                if command.is_empty() {
+                    return Err(invalid(format!("{key}.command"), "empty command"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CheckConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if let Some(i) = self.interval {
+            if i < Duration::from_millis(100) {
+                return Err(invalid(format!("{key}.interval"), "must be at least 100ms"));
+            }
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(format!("{key}.timeout"), "must be positive"));
+        }
+        match &self.probe {
+            ProbeConfig::Http { url, .. } => {
+                if !url.starts_with("http://") {
+                    return Err(invalid(format!("{key}.url"), "must start with http://"));
+                }
+            }
+            ProbeConfig::Exec { command } if command.is_empty() => {
+                return Err(invalid(format!("{key}.command"), "empty command"));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Parses `addr/prefix`, checking the prefix fits the family.
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` is not ADDRESS/PREFIX"))?;
+    let addr: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an IP address"))?;
+    let prefix: u8 = p.parse().map_err(|_| format!("`{p}` is not a prefix length"))?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if prefix == 0 || prefix > max {
+        return Err(format!("prefix /{prefix} is out of range 1..={max}"));
+    }
+    Ok((addr, prefix))
+}
+
+fn unique<'a>(names: impl Iterator<Item = &'a String>, key: &str) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for n in names {
+        if !seen.insert(n) {
+            return Err(invalid(key, format!("`{n}` appears twice")));
+        }
+    }
+    Ok(())
+}
+
+fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("`{name}` must be 1-48 characters of [A-Za-z0-9._-]"),
+        ))
+    }
+}
+
+fn check_ifname(name: &str, key: &str) -> Result<(), ConfigError> {
+    if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' ') {
+        return Err(invalid(key, format!("`{name}` is not a valid interface name")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! Tests for configuration parsing and cross-field validation.
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[cluster]
+name = "t"
+key = "0123456789abcdef"
+[heartbeat]
+paths = ["hb1"]
+[[node]]
+name = "a"
+priority = 1
+addresses = { hb1 = "10.0.0.1" }
+"#;
+
+fn err_of(text: &str) -> String {
+    Config::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn example_config_is_valid() {
+    let text = include_str!("../../examples/tandem.toml");
+    let cfg = Config::parse(text).expect("example parses");
+    assert_eq!(cfg.nodes.len(), 2);
+    assert_eq!(cfg.groups[0].resources.len(), 3);
+    assert_eq!(cfg.heartbeat.interval, Duration::from_millis(200));
+}
+
+#[test]
+fn defaults_apply() {
+    let cfg = Config::parse(MINIMAL).unwrap();
+    assert_eq!(cfg.heartbeat.interval, Duration::from_millis(200));
+    assert_eq!(cfg.heartbeat.dead_time, Duration::from_secs(1));
+    assert_eq!(cfg.heartbeat.port, 5405);
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_it() {
+    let e = err_of(&MINIMAL.replace("[heartbeat]", "[heartbeat]\nintervall = \"1s\""));
+    assert!(e.contains("intervall"), "{e}");
+}
+
+#[test]
+fn dead_time_must_cover_three_intervals() {
+    let e = err_of(&MINIMAL.replace(
+        "[heartbeat]",
+        "[heartbeat]\ninterval = \"500ms\"\ndead_time = \"1s\"",
+    ));
+    assert!(e.contains("heartbeat.dead_time"), "{e}");
+}
+
+#[test]
+fn interval_floor_is_50ms() {
+    let e = err_of(&MINIMAL.replace(
+        "[heartbeat]",
+        "[heartbeat]\ninterval = \"20ms\"",
+    ));
+    assert!(e.contains("heartbeat.interval"), "{e}");
+}
+
+#[test]
+fn node_needs_an_address_per_path() {
+    let e = err_of(&MINIMAL.replace("paths = [\"hb1\"]", "paths = [\"hb1\", \"hb2\"]"));
+    assert!(e.contains("node[0].addresses") && e.contains("hb2"), "{e}");
+}
+
+#[test]
+fn short_key_rejected() {
+    let e = err_of(&MINIMAL.replace("0123456789abcdef", "short"));
+    assert!(e.contains("cluster.key"), "{e}");
+}
+
+#[test]
+fn duplicate_priority_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[node]]\nname = \"b\"\npriority = 1\naddresses = {{ hb1 = \"10.0.0.2\" }}\n"
+    );
+    assert!(err_of(&text).contains("node[1].priority"));
+}
+
+#[test]
+fn dependency_errors_named() {
+    let text = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"true\"]\ndepends_on = [\"nope\"]\n"
+    );
+    let e = err_of(&text);
+    assert!(e.contains("group[0].resource[0].depends_on") && e.contains("nope"), "{e}");
+    let cyc = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"true\"]\ndepends_on = [\"y\"]\n[[group.resource]]\nname = \"y\"\nkind = \"process\"\ncommand = [\"true\"]\ndepends_on = [\"x\"]\n"
+    );
+    assert!(err_of(&cyc).contains("cycle"));
+}
+
+#[test]
+fn bad_cidr_named() {
+    let text = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"vip\"\nkind = \"ip\"\naddress = \"10.0.0.300/24\"\ninterface = \"eth0\"\n"
+    );
+    let e = err_of(&text);
+    assert!(e.contains("group[0].resource[0].address"), "{e}");
+    assert_eq!(parse_cidr("fd00::1/64").unwrap().1, 64);
+    assert!(parse_cidr("10.0.0.1/33").is_err());
+}
+
+#[test]
+fn unknown_resource_kind_rejected() {
+    let text = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"teleport\"\n"
+    );
+    assert!(err_of(&text).contains("teleport"));
+}
+
+#[test]
+fn unknown_keys_in_resources_and_checks_are_errors() {
+    let base = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"true\"]\n"
+    );
+    assert!(Config::parse(&base).is_ok());
+    let e = err_of(&format!("{base}comand = [\"x\"]\n"));
+    assert!(e.contains("comand"), "{e}");
+    let e = err_of(&format!(
+        "{base}quickcheck = {{ probe = \"tcp\", address = \"127.0.0.1:1\", intervall = \"1s\" }}\n"
+    ));
+    assert!(e.contains("intervall"), "{e}");
+}

@@ -1,0 +1,427 @@
+//! The event stream: every state change in Tandem is one [`Event`] with a sequence
+//! number that increases strictly on each node, across restarts.
+//!
+//! This module is the single home of that stream. The control API, `tandem status`
+//! and `tandem history` read it today; SNMP traps and Prometheus metrics subscribe to
+//! the same [`EventLog`] so they can never disagree.
+//!
+//! Persistence: events are appended to `events.jsonl` in the state directory and
+//! completed failover/switchover timelines to `timelines.jsonl`. Sequence numbers are
+//! reserved in blocks in the `seq` file (written and fsynced before use), so a crash
+//! can skip numbers but never repeat one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// How many sequence numbers are reserved per write of the `seq` file.
+const SEQ_BLOCK: u64 = 1000;
+/// Events kept in memory for `events since` queries.
+const MEMORY_EVENTS: usize = 10_000;
+/// Timelines kept in memory for `history`.
+const MEMORY_TIMELINES: usize = 500;
+
+/// Errors of the event log.
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("event log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sequence file {path} is corrupt: {content:?}")]
+    CorruptSeq { path: PathBuf, content: String },
+}
+
+/// What happened. The snake_case name is the `kind` on the wire and in the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    DaemonStarted,
+    DaemonStopping,
+    NodeUp,
+    NodeDown,
+    NodeRestarted,
+    PathUp,
+    PathDown,
+    NodeStandby,
+    NodeOnline,
+    GroupStarting,
+    GroupStarted,
+    GroupStopping,
+    GroupStopped,
+    GroupStartFailed,
+    GroupStopFailed,
+    GroupFailed,
+    GroupMaintenanceOn,
+    GroupMaintenanceOff,
+    ResourceStarted,
+    ResourceStopped,
+    ResourceStartFailed,
+    ResourceCheckFailed,
+    ResourceRestarted,
+    IpMoved,
+    FailoverStarted,
+    FailoverCompleted,
+    FailoverFailed,
+    SwitchoverStarted,
+    SwitchoverCompleted,
+    SwitchoverFailed,
+    SplitBrainSuspected,
+    SplitBrainResolved,
+}
+
+impl EventKind {
+    /// The snake_case name.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// Structured facts of an event: group, resource, peer, reason, duration_ms, ...
+pub type Fields = BTreeMap<String, String>;
+
+/// One state change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Strictly increasing on this node, across restarts.
+    pub seq: u64,
+    /// The node that recorded the event.
+    pub node: String,
+    /// Wall-clock time, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    pub kind: EventKind,
+    pub fields: Fields,
+}
+
+/// Builds [`Fields`] from pairs.
+pub fn fields<const N: usize>(pairs: [(&str, String); N]) -> Fields {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
+/// Why a group moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveReason {
+    /// The owner went silent on every heartbeat path.
+    NodeLost,
+    /// A resource kept failing after its local restarts.
+    ResourceFailed,
+    /// An administrator asked for it (switchover, standby).
+    Manual,
+    /// Automatic switchback to the preferred node.
+    Switchback,
+    /// Two owners met after a partition healed; the preferred one kept the group.
+    SplitBrain,
+    /// First placement of the group.
+    Initial,
+}
+
+/// One resource start or stop within a timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineStep {
+    pub resource: String,
+    /// "start" or "stop".
+    pub action: String,
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The story of one failover or switchover, as recorded on the node that started it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeline {
+    pub group: String,
+    /// "failover" or "switchover".
+    pub kind: String,
+    pub reason: MoveReason,
+    pub from_node: Option<String>,
+    pub to_node: String,
+    /// When the failure was detected (or the request was made).
+    pub detected_ms: u64,
+    /// When this node decided to take the group.
+    pub decided_ms: u64,
+    pub steps: Vec<TimelineStep>,
+    /// The first passing check after the start.
+    pub first_check_ms: Option<u64>,
+    pub completed_ms: Option<u64>,
+    /// "completed" or "failed: ...".
+    pub outcome: String,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Inner {
+    next_seq: u64,
+    reserved_until: u64,
+    recent: VecDeque<Event>,
+    timelines: VecDeque<Timeline>,
+    events_file: Option<File>,
+    timelines_file: Option<File>,
+}
+
+/// The ordered, persistent event stream of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    node: String,
+    dir: Option<PathBuf>,
+    inner: Arc<Mutex<Inner>>,
+    tx: broadcast::Sender<Event>,
+}
+
+impl EventLog {
+    /// Opens (or creates) the log in `dir`, continuing the sequence after the last
+    /// reserved block.
+    pub fn open(node: &str, dir: &Path) -> Result<EventLog, EventError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| EventError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let seq_path = dir.join("seq");
+        let start = match std::fs::read_to_string(&seq_path) {
+            Ok(s) => s.trim().parse::<u64>().map_err(|_| EventError::CorruptSeq {
+                path: seq_path.clone(),
+                content: s.chars().take(40).collect(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => return Err(io(&seq_path)(e)),
+        };
+        let events_path = dir.join("events.jsonl");
+        let timelines_path = dir.join("timelines.jsonl");
+        let recent = read_tail::<Event>(&events_path, MEMORY_EVENTS);
+        let timelines = read_tail::<Timeline>(&timelines_path, MEMORY_TIMELINES);
+        let open = |p: &Path| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(io(p))
+        };
+        let inner = Inner {
+            next_seq: start,
+            reserved_until: start,
+            recent,
+            timelines,
+            events_file: Some(open(&events_path)?),
+            timelines_file: Some(open(&timelines_path)?),
+        };
+        let (tx, _) = broadcast::channel(4096);
+        let log = EventLog {
+            node: node.to_string(),
+            dir: Some(dir.to_path_buf()),
+            inner: Arc::new(Mutex::new(inner)),
+            tx,
+        };
+        Ok(log)
+    }
+
+    /// A log that keeps events in memory only (tests, simulations).
+    pub fn in_memory(node: &str) -> EventLog {
+        let (tx, _) = broadcast::channel(4096);
+        EventLog {
+            node: node.to_string(),
+            dir: None,
+            inner: Arc::new(Mutex::new(Inner {
+                next_seq: 1,
+                reserved_until: u64::MAX,
+                recent: VecDeque::new(),
+                timelines: VecDeque::new(),
+                events_file: None,
+                timelines_file: None,
+            })),
+            tx,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records an event: assigns the next sequence number, persists it, logs it and
+    /// hands it to every subscriber.
+    pub fn emit(&self, kind: EventKind, fields: Fields) -> Event {
+        let mut inner = self.lock();
+        if inner.next_seq >= inner.reserved_until {
+            let new_limit = inner.next_seq + SEQ_BLOCK;
+            if let Some(dir) = &self.dir {
+                if let Err(e) = write_durably(&dir.join("seq"), &new_limit.to_string()) {
+                    tracing::error!(error = %e, "cannot reserve event sequence numbers");
+                }
+            }
+            inner.reserved_until = new_limit;
+        }
+        let event = Event {
+            seq: inner.next_seq,
+            node: self.node.clone(),
+            time_ms: unix_ms(),
+            kind,
+            fields,
+        };
+        inner.next_seq += 1;
+        if let Some(f) = inner.events_file.as_mut() {
+            if let Ok(mut line) = serde_json::to_vec(&event) {
+                line.push(b'\n');
+                if let Err(e) = f.write_all(&line) {
+                    tracing::error!(error = %e, "cannot append to the event log");
+                }
+            }
+        }
+        inner.recent.push_back(event.clone());
+        if inner.recent.len() > MEMORY_EVENTS {
+            inner.recent.pop_front();
+        }
+        drop(inner);
+        tracing::info!(seq = event.seq, kind = %kind.name(), fields = ?event.fields, "event");
+        let _ = self.tx.send(event.clone());
+        event
+    }
+
+    /// Events with `seq > since`, oldest first, at most `limit`.
+    pub fn since(&self, since: u64, limit: usize) -> Vec<Event> {
+        self.lock()
+            .recent
+            .iter()
+            .filter(|e| e.seq > since)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// The newest sequence number handed out (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq.saturating_sub(1)
+    }
+
+    /// A live feed of new events.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    /// Stores a finished timeline.
+    pub fn record_timeline(&self, t: Timeline) {
+        let mut inner = self.lock();
+        if let Some(f) = inner.timelines_file.as_mut() {
+            if let Ok(mut line) = serde_json::to_vec(&t) {
+                line.push(b'\n');
+                let _ = f.write_all(&line);
+            }
+        }
+        inner.timelines.push_back(t);
+        if inner.timelines.len() > MEMORY_TIMELINES {
+            inner.timelines.pop_front();
+        }
+    }
+
+    /// Finished timelines, oldest first.
+    pub fn timelines(&self) -> Vec<Timeline> {
+        self.lock().timelines.iter().cloned().collect()
+    }
+}
+
+fn write_durably(path: &Path, content: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        if let Ok(d) = File::open(parent) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// The last `keep` parseable lines of a JSONL file; a torn last line is skipped.
+fn read_tail<T: for<'de> Deserialize<'de>>(path: &Path, keep: usize) -> VecDeque<T> {
+    let mut out = VecDeque::new();
+    let Ok(f) = File::open(path) else {
+        return out;
+    };
+    for line in BufReader::new(f).lines() {
+        let Ok(line) = line else { break };
+        if let Ok(v) = serde_json::from_str::<T>(&line) {
+            out.push_back(v);
+            if out.len() > keep {
+                out.pop_front();
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_strictly_increases_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open("a", dir.path()).unwrap();
+        let e1 = log.emit(EventKind::DaemonStarted, Fields::new());
+        let e2 = log.emit(EventKind::NodeUp, fields([("peer", "b".into())]));
+        assert!(e2.seq > e1.seq);
+        drop(log);
+        let log = EventLog::open("a", dir.path()).unwrap();
+        let e3 = log.emit(EventKind::DaemonStarted, Fields::new());
+        assert!(e3.seq > e2.seq, "{} > {}", e3.seq, e2.seq);
+        // history survives the restart
+        let all = log.since(0, 100);
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[1].fields["peer"], "b");
+    }
+
+    #[test]
+    fn torn_last_line_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open("a", dir.path()).unwrap();
+        log.emit(EventKind::DaemonStarted, Fields::new());
+        drop(log);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("events.jsonl"))
+            .unwrap();
+        f.write_all(b"{\"seq\":99,\"no").unwrap();
+        let log = EventLog::open("a", dir.path()).unwrap();
+        assert_eq!(log.since(0, 10).len(), 1);
+    }
+
+    #[test]
+    fn corrupt_seq_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("seq"), "garbage").unwrap();
+        assert!(matches!(
+            EventLog::open("a", dir.path()),
+            Err(EventError::CorruptSeq { .. })
+        ));
+    }
+
+    #[test]
+    fn kind_names_are_snake_case() {
+        assert_eq!(EventKind::SplitBrainSuspected.name(), "split_brain_suspected");
+    }
+}

@@ -1,0 +1,1301 @@
+//! `tandem lab`: a whole failover cluster on one machine, built from network
+//! namespaces, veth pairs and bridges, with one Tandem daemon per node, plus
+//! fault injection (power loss, pause, heartbeat cuts, carrier loss, packet
+//! loss) and a failover benchmark against keepalived.
+//!
+//! Layout (prefix `tdm-` by default):
+//! * `<prefix>sw`: the "switch", bridges `brpub` (10.77.0.0/24), `brhb1`
+//!   (10.78.1.0/24) and `brhb2` (10.78.2.0/24);
+//! * `<prefix>n<i>`: node `n<i>` with `pub0` (10.77.0.1<i>), `pub1` (same
+//!   LAN, no address), `hb1` (10.78.1.1<i>), `hb2` (10.78.2.1<i>);
+//! * `<prefix>cl`: client with `eth0` 10.77.0.2; the VIP is 10.77.0.100.
+//!
+//! The lab is a test harness: it shells out to `ip` and `nft`.
+
+pub mod bench;
+pub mod keepalived;
+mod net;
+mod probe;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use topology::{Plan, HB_PATHS, VIP};
+
+/// Default lab directory.
+pub const DEFAULT_DIR: &str = "/run/tandem-lab";
+/// Default namespace prefix.
+pub const DEFAULT_PREFIX: &str = "tdm-";
+
+/// Errors of the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A helper command exited unsuccessfully.
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        /// Command line.
+        cmd: String,
+        /// Exit status.
+        status: String,
+        /// Its stderr.
+        stderr: String,
+    },
+    /// A helper command could not be started.
+    #[error("cannot run `{cmd}`: {source}")]
+    Spawn {
+        /// Command line.
+        cmd: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Filesystem or socket error.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Entering a namespace failed.
+    #[error("cannot enter network namespace {ns}: {source}")]
+    Netns {
+        /// Namespace.
+        ns: String,
+        /// Cause.
+        source: nix::Error,
+    },
+    /// Signalling a process failed.
+    #[error("cannot signal pid {pid}: {source}")]
+    Signal {
+        /// Target.
+        pid: i32,
+        /// Cause.
+        source: nix::Error,
+    },
+    /// `lab.json` or `ip -j` output could not be (de)serialized.
+    #[error("JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// Bad plan (prefix, node count).
+    #[error(transparent)]
+    Plan(#[from] topology::PlanError),
+    /// Bad keepalived parameters.
+    #[error(transparent)]
+    Keepalived(#[from] keepalived::KeepalivedError),
+    /// No lab description where one was expected.
+    #[error("no lab at {0} (start one with `tandem lab up`)")]
+    NoLab(PathBuf),
+    /// A lab (or leftovers of one) already exists.
+    #[error("{0}; tear it down first with `tandem lab down`")]
+    AlreadyUp(String),
+    /// Unknown node or interface name.
+    #[error("{0}")]
+    Invalid(String),
+    /// Something did not happen in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// Ctrl-C / SIGTERM.
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl LabError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        LabError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What runs on each node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// `tandem run` (the product).
+    Tandem,
+    /// keepalived (VRRPv3) plus a built-in HTTP responder, for comparison.
+    Keepalived,
+    /// Only the built-in HTTP responder; no VIP management (topology tests).
+    None,
+}
+
+/// Switchback policy written into the generated Tandem configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Switchback {
+    /// Stay on the standby after a failover.
+    Manual,
+    /// Move back to the preferred node when it returns.
+    Automatic,
+}
+
+impl Switchback {
+    fn as_str(self) -> &'static str {
+        match self {
+            Switchback::Manual => "manual",
+            Switchback::Automatic => "automatic",
+        }
+    }
+}
+
+/// `--dir` shared by the subcommands that act on an existing lab.
+#[derive(Debug, Clone, Args)]
+pub struct DirArg {
+    /// Lab directory (holds lab.json, configs, logs, sockets).
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Options of `lab up`.
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// Heartbeat interval in milliseconds (dead time is 5 intervals).
+    #[arg(long, default_value_t = 200)]
+    pub interval: u64,
+    /// Prefix of the network namespace names.
+    #[arg(long, default_value = DEFAULT_PREFIX)]
+    pub prefix: String,
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+    /// Switchback policy of the demo group.
+    #[arg(long, value_enum, default_value_t = Switchback::Manual)]
+    pub switchback: Switchback,
+    /// Tandem binary to run on the nodes (default: this executable).
+    #[arg(long)]
+    pub tandem_bin: Option<PathBuf>,
+    /// What runs on each node.
+    #[arg(long, value_enum, default_value_t = Engine::Tandem)]
+    pub engine: Engine,
+    /// Seconds to wait for the VIP to answer.
+    #[arg(long, default_value_t = 20)]
+    pub wait: u64,
+}
+
+/// Options of `lab down`.
+#[derive(Debug, Clone, Args)]
+pub struct DownArgs {
+    /// Namespace prefix (default: from lab.json, else `tdm-`).
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Lab directory.
+    #[arg(long, default_value = DEFAULT_DIR)]
+    pub dir: PathBuf,
+}
+
+/// Failure to inject with `lab fail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailAction {
+    /// Power loss: all links down first, then SIGKILL everything in the node.
+    Kill,
+    /// Pause the daemon (SIGSTOP).
+    Stop,
+    /// Resume a paused daemon (SIGCONT).
+    Cont,
+    /// Power back on: links up, boot addresses, start the daemon again.
+    Restart,
+}
+
+/// Link state for `lab link`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpDown {
+    /// Carrier on.
+    Up,
+    /// Carrier off.
+    Down,
+}
+
+/// `tandem lab ...`
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// Build the lab (namespaces, bridges, veths) and start one daemon per node.
+    Up(UpArgs),
+    /// Show namespaces, daemons, interfaces, fault rules and who serves the VIP.
+    Status(DirArg),
+    /// Fail a node: `kill` (power loss), `stop`/`cont` (pause), `restart`.
+    Fail {
+        /// Node (`n1` or `1`).
+        node: String,
+        /// What to do.
+        #[arg(value_enum)]
+        action: FailAction,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Drop all traffic on a node's heartbeat path (`hb1`, `hb2` or `all`); links stay up.
+    Cut {
+        /// Node (`n1` or `1`).
+        node: String,
+        /// Interface of the node, or `all` for every heartbeat path.
+        path: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Remove every cut and loss rule in the lab.
+    Heal(DirArg),
+    /// Carrier change: set the switch-side end of a node's interface up or down.
+    Link {
+        /// Node (`n1` or `1`).
+        node: String,
+        /// Interface of the node (`pub0`, `pub1`, `hb1`, `hb2`).
+        iface: String,
+        /// New carrier state.
+        #[arg(value_enum)]
+        state: UpDown,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Random packet loss on a path, on every node (0 removes it).
+    Loss {
+        /// Interface (`hb1`, `hb2`, `pub0`, ...).
+        path: String,
+        /// Percentage of received packets to drop.
+        #[arg(value_parser = clap::value_parser!(u8).range(0..=100))]
+        percent: u8,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Remove everything (processes, namespaces, lab files); idempotent.
+    Down(DownArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::BenchCommand,
+    },
+    /// Built-in HTTP responder (service of the keepalived arm).
+    #[command(hide = true)]
+    Responder {
+        /// Name to answer with (default: $TANDEM_NODE).
+        #[arg(long)]
+        name: Option<String>,
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: String,
+    },
+}
+
+/// A process the lab starts on a node (restartable).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcSpec {
+    /// Command line.
+    pub argv: Vec<String>,
+    /// Extra environment.
+    pub env: Vec<(String, String)>,
+    /// Log file (stdout + stderr, appended).
+    pub log: PathBuf,
+    /// Pid of the last start.
+    pub pid: Option<u32>,
+}
+
+/// One node in `lab.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeState {
+    /// `n1`.
+    pub name: String,
+    /// Network namespace.
+    pub netns: String,
+    /// Public address.
+    pub pub_addr: String,
+    /// Heartbeat path -> address.
+    pub hb_addrs: BTreeMap<String, String>,
+    /// Node directory.
+    pub dir: PathBuf,
+    /// Tandem config (engine tandem) or keepalived.conf.
+    pub config: Option<PathBuf>,
+    /// Tandem state dir (events.jsonl lives here).
+    pub state_dir: Option<PathBuf>,
+    /// Tandem API socket.
+    pub socket: Option<PathBuf>,
+    /// Processes, the engine daemon first.
+    pub procs: Vec<ProcSpec>,
+}
+
+/// `lab.json`: everything later subcommands need.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabState {
+    /// Namespace prefix.
+    pub prefix: String,
+    /// Lab directory.
+    pub dir: PathBuf,
+    /// What runs on the nodes.
+    pub engine: Engine,
+    /// Heartbeat / advert interval (ms).
+    pub interval_ms: u64,
+    /// Switchback policy.
+    pub switchback: Switchback,
+    /// Tandem binary used on the nodes.
+    pub tandem_bin: String,
+    /// Floating IP.
+    pub vip: String,
+    /// Switch namespace.
+    pub switch_ns: String,
+    /// Client namespace.
+    pub client_ns: String,
+    /// Nodes.
+    pub nodes: Vec<NodeState>,
+}
+
+impl LabState {
+    fn plan(&self) -> Result<Plan, LabError> {
+        Ok(Plan::new(&self.prefix, self.nodes.len())?)
+    }
+
+    fn node_names(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    fn node_index(&self, spec: &str) -> Result<usize, LabError> {
+        let plan = self.plan()?;
+        plan.node(spec).map(|n| n.index - 1).ok_or_else(|| {
+            LabError::Invalid(format!(
+                "unknown node {spec:?} (nodes: {})",
+                self.node_names().join(", ")
+            ))
+        })
+    }
+
+    fn save(&self) -> Result<(), LabError> {
+        let path = self.dir.join("lab.json");
+        let tmp = self.dir.join("lab.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .map_err(|e| LabError::io(format!("writing {}", tmp.display()), e))?;
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Load `<dir>/lab.json`.
+    pub fn load(dir: &Path) -> Result<LabState, LabError> {
+        let path = dir.join("lab.json");
+        match std::fs::read(&path) {
+            Ok(b) => Ok(serde_json::from_slice(&b)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(LabError::NoLab(dir.to_path_buf()))
+            }
+            Err(e) => Err(LabError::io(format!("reading {}", path.display()), e)),
+        }
+    }
+}
+
+/// Run a lab subcommand.
+pub fn run(cmd: LabCommand) -> Result<(), LabError> {
+    match cmd {
+        LabCommand::Up(args) => {
+            net::install_interrupt_handler();
+            let state = up(&args, true)?;
+            print_summary(&state);
+            Ok(())
+        }
+        LabCommand::Status(d) => status(&d.dir),
+        LabCommand::Fail { node, action, dir } => {
+            let mut state = LabState::load(&dir.dir)?;
+            let i = state.node_index(&node)?;
+            fail(&mut state, i, action)
+        }
+        LabCommand::Cut { node, path, dir } => {
+            let state = LabState::load(&dir.dir)?;
+            let i = state.node_index(&node)?;
+            cut(&state, i, &path)
+        }
+        LabCommand::Heal(d) => heal(&LabState::load(&d.dir)?),
+        LabCommand::Link {
+            node,
+            iface,
+            state: updown,
+            dir,
+        } => {
+            let state = LabState::load(&dir.dir)?;
+            let i = state.node_index(&node)?;
+            link(&state, i, &iface, updown)
+        }
+        LabCommand::Loss { path, percent, dir } => loss(&LabState::load(&dir.dir)?, &path, percent),
+        LabCommand::Down(a) => {
+            let prefix = match a.prefix {
+                Some(p) => p,
+                None => LabState::load(&a.dir)
+                    .map(|s| s.prefix)
+                    .unwrap_or_else(|_| DEFAULT_PREFIX.to_string()),
+            };
+            down(&prefix, &a.dir)?;
+            println!("lab {prefix:?} removed");
+            Ok(())
+        }
+        LabCommand::Bench { bench } => {
+            net::install_interrupt_handler();
+            bench::run(bench)
+        }
+        LabCommand::Responder { name, listen } => {
+            let name = name
+                .or_else(|| std::env::var("TANDEM_NODE").ok())
+                .unwrap_or_else(|| "unknown".into());
+            probe::serve(&listen, &name)
+        }
+    }
+}
+
+/// Tears the lab down when dropped unless disarmed.
+pub(crate) struct Teardown {
+    prefix: String,
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Teardown {
+    pub(crate) fn new(prefix: &str, dir: &Path) -> Self {
+        Teardown {
+            prefix: prefix.to_string(),
+            dir: dir.to_path_buf(),
+            armed: true,
+        }
+    }
+
+    pub(crate) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        if self.armed {
+            info!(prefix = %self.prefix, "tearing lab down");
+            if let Err(e) = down(&self.prefix, &self.dir) {
+                warn!(error = %e, "teardown failed; run `tandem lab down --prefix {}`", self.prefix);
+            }
+        }
+    }
+}
+
+fn find_in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Path of keepalived if installed.
+pub fn keepalived_bin() -> Option<PathBuf> {
+    find_in_path("keepalived")
+}
+
+fn self_exe() -> Result<String, LabError> {
+    std::env::current_exe()
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| LabError::io("locating current executable", e))
+}
+
+/// Build the lab and start the engines. On any error (or Ctrl-C) everything
+/// built so far is removed. `wait_vip`: wait until the VIP answers.
+pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
+    let plan = Plan::new(&args.prefix, args.nodes)?;
+    if args.engine != Engine::None && args.interval == 0 {
+        return Err(LabError::Invalid("--interval must be > 0".into()));
+    }
+    if args.engine == Engine::Keepalived {
+        keepalived::advert_int(args.interval)?;
+    }
+    if args.dir.join("lab.json").exists() {
+        return Err(LabError::AlreadyUp(format!(
+            "a lab is described in {}",
+            args.dir.join("lab.json").display()
+        )));
+    }
+    let existing: Vec<String> = net::list_netns()?
+        .into_iter()
+        .filter(|n| plan.all_netns().contains(n))
+        .collect();
+    if !existing.is_empty() {
+        return Err(LabError::AlreadyUp(format!(
+            "namespaces {} exist",
+            existing.join(", ")
+        )));
+    }
+    let tandem_bin = match &args.tandem_bin {
+        Some(p) => std::fs::canonicalize(p)
+            .map_err(|e| LabError::io(format!("tandem binary {}", p.display()), e))?
+            .to_string_lossy()
+            .into_owned(),
+        None => self_exe()?,
+    };
+    let ka_bin = if args.engine == Engine::Keepalived {
+        Some(
+            keepalived_bin()
+                .ok_or_else(|| LabError::Invalid("keepalived is not installed".into()))?
+                .to_string_lossy()
+                .into_owned(),
+        )
+    } else {
+        None
+    };
+
+    let guard = Teardown::new(&args.prefix, &args.dir);
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| LabError::io(format!("creating {}", args.dir.display()), e))?;
+    build_topology(&plan)?;
+    net::check_interrupt()?;
+
+    let key = topology::hex_key(&net::random_bytes()?);
+    let me = self_exe()?;
+    let mut nodes = Vec::new();
+    for n in &plan.nodes {
+        let dir = args.dir.join(&n.name);
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| LabError::io(format!("creating {}", state_dir.display()), e))?;
+        let responder = |log: PathBuf| ProcSpec {
+            argv: vec![
+                me.clone(),
+                "lab".into(),
+                "responder".into(),
+                "--name".into(),
+                n.name.clone(),
+                "--listen".into(),
+                format!("0.0.0.0:{}", topology::SERVICE_PORT),
+            ],
+            env: vec![("TANDEM_NODE".into(), n.name.clone())],
+            log,
+            pid: None,
+        };
+        let (config, socket, procs) = match args.engine {
+            Engine::Tandem => {
+                let conf = dir.join("tandem.toml");
+                let socket = dir.join("tandem.sock");
+                let text = topology::render_tandem_config(
+                    &plan,
+                    &topology::ConfigParams {
+                        key: &key,
+                        interval_ms: args.interval,
+                        switchback: args.switchback.as_str(),
+                        tandem_bin: &tandem_bin,
+                        state_dir: &state_dir.to_string_lossy(),
+                        socket: &socket.to_string_lossy(),
+                    },
+                );
+                write_file(&conf, &text)?;
+                let argv = vec![
+                    tandem_bin.clone(),
+                    "run".into(),
+                    "--config".into(),
+                    conf.to_string_lossy().into_owned(),
+                    "--node".into(),
+                    n.name.clone(),
+                ];
+                let proc = ProcSpec {
+                    argv,
+                    env: vec![],
+                    log: dir.join("tandem.log"),
+                    pid: None,
+                };
+                (Some(conf), Some(socket), vec![proc])
+            }
+            Engine::Keepalived => {
+                let conf = dir.join("keepalived.conf");
+                write_file(&conf, &keepalived::render_conf(&plan, n, args.interval)?)?;
+                let argv = keepalived::argv(
+                    ka_bin.as_deref().unwrap_or("keepalived"),
+                    &conf.to_string_lossy(),
+                    &dir.to_string_lossy(),
+                );
+                let ka = ProcSpec {
+                    argv,
+                    env: vec![],
+                    log: dir.join("keepalived.log"),
+                    pid: None,
+                };
+                (
+                    Some(conf),
+                    None,
+                    vec![ka, responder(dir.join("responder.log"))],
+                )
+            }
+            Engine::None => (None, None, vec![responder(dir.join("responder.log"))]),
+        };
+        nodes.push(NodeState {
+            name: n.name.clone(),
+            netns: n.netns.clone(),
+            pub_addr: n.pub_addr(),
+            hb_addrs: HB_PATHS
+                .iter()
+                .filter_map(|p| n.hb_addr(p).map(|a| (p.to_string(), a)))
+                .collect(),
+            dir,
+            config,
+            state_dir: (args.engine == Engine::Tandem).then_some(state_dir),
+            socket,
+            procs,
+        });
+    }
+    let mut state = LabState {
+        prefix: args.prefix.clone(),
+        dir: args.dir.clone(),
+        engine: args.engine,
+        interval_ms: args.interval,
+        switchback: args.switchback,
+        tandem_bin,
+        vip: VIP.to_string(),
+        switch_ns: plan.switch_ns.clone(),
+        client_ns: plan.client_ns.clone(),
+        nodes,
+    };
+    state.save()?;
+    for i in 0..state.nodes.len() {
+        start_node(&mut state, i)?;
+    }
+    state.save()?;
+    info!(prefix = %state.prefix, nodes = state.nodes.len(), "lab built, daemons started");
+
+    if wait_vip && state.engine != Engine::None {
+        let owner = probe::wait_vip(
+            &state.client_ns,
+            &state.node_names(),
+            Duration::from_secs(args.wait),
+        )?;
+        if owner.is_none() {
+            let mut msg = format!("VIP {VIP} did not answer within {} s", args.wait);
+            for n in &state.nodes {
+                if let Some(p) = n.procs.first() {
+                    msg.push_str(&format!(
+                        "\n--- {} ({}), last lines:\n{}",
+                        n.name,
+                        p.log.display(),
+                        net::tail(&p.log, 15)
+                    ));
+                }
+            }
+            return Err(LabError::Timeout(msg));
+        }
+    }
+    guard.disarm();
+    Ok(state)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|e| LabError::io(format!("writing {}", path.display()), e))
+}
+
+/// Create namespaces, bridges and veths per the plan.
+fn build_topology(plan: &Plan) -> Result<(), LabError> {
+    for ns in plan.all_netns() {
+        net::ip(&["netns", "add", &ns])?;
+        // No IPv6 chatter (DAD, RS, MLD) on lab links.
+        net::sysctl(&ns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+        net::sysctl(&ns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+        net::ipn(&ns, &["link", "set", "lo", "up"])?;
+    }
+    let sw = plan.switch_ns.as_str();
+    let mut bridges = vec![topology::BR_PUB];
+    bridges.extend(topology::BR_HB);
+    let mut batch = Vec::new();
+    for br in &bridges {
+        batch.push(format!(
+            "link add {br} type bridge stp_state 0 mcast_snooping 0"
+        ));
+        batch.push(format!("link set {br} up"));
+    }
+    net::ip_batch(sw, &batch)?;
+    for n in &plan.nodes {
+        net::check_interrupt()?;
+        let mut node_batch = Vec::new();
+        let mut sw_batch = Vec::new();
+        for i in &n.ifaces {
+            net::ipn(
+                sw,
+                &[
+                    "link",
+                    "add",
+                    &i.switch_end,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &i.name,
+                    "netns",
+                    &n.netns,
+                ],
+            )?;
+            sw_batch.push(format!("link set {} master {} up", i.switch_end, i.bridge));
+            if let Some(c) = &i.cidr {
+                node_batch.push(format!("addr add {c} dev {}", i.name));
+            }
+            node_batch.push(format!("link set {} up", i.name));
+        }
+        net::ip_batch(sw, &sw_batch)?;
+        // Only the interface holding an address answers ARP for it (pub0 and
+        // pub1 share a LAN).
+        net::sysctl(&n.netns, "net.ipv4.conf.all.arp_ignore", "1")?;
+        net::sysctl(&n.netns, "net.ipv4.conf.all.arp_announce", "2")?;
+        net::ip_batch(&n.netns, &node_batch)?;
+    }
+    let cl = plan.client_ns.as_str();
+    net::ipn(
+        sw,
+        &[
+            "link",
+            "add",
+            &plan.client_switch_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            topology::CLIENT_IF,
+            "netns",
+            cl,
+        ],
+    )?;
+    net::ipn(
+        sw,
+        &[
+            "link",
+            "set",
+            &plan.client_switch_end,
+            "master",
+            topology::BR_PUB,
+            "up",
+        ],
+    )?;
+    net::ip_batch(
+        cl,
+        &[
+            format!(
+                "addr add {} dev {}",
+                topology::CLIENT_CIDR,
+                topology::CLIENT_IF
+            ),
+            format!("link set {} up", topology::CLIENT_IF),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Start every process of node `i` (engine first) and record the pids.
+fn start_node(state: &mut LabState, i: usize) -> Result<(), LabError> {
+    let node = &mut state.nodes[i];
+    for p in &mut node.procs {
+        let pid = net::spawn_detached(&node.netns, &p.argv, &p.env, &p.log)?;
+        p.pid = Some(pid);
+        debug!(node = %node.name, pid, cmd = %p.argv.join(" "), "started");
+    }
+    Ok(())
+}
+
+/// Power loss: every link of the namespace down first (no goodbye packet can
+/// escape), then SIGKILL every process in it. Returns the unix ms at which
+/// the links started going down.
+pub(crate) fn power_kill(ns: &str) -> Result<f64, LabError> {
+    let links = net::links(ns)?;
+    let batch: Vec<String> = links
+        .iter()
+        .map(|l| format!("link set dev {l} down"))
+        .collect();
+    let t0 = net::unix_ms();
+    net::ip_batch(ns, &batch)?;
+    net::kill_all_in(ns)?;
+    Ok(t0)
+}
+
+/// Power back on: stop whatever still runs, links up, boot-time addresses
+/// only (a VIP held before the crash is gone), start the processes again.
+pub(crate) fn restart_node(state: &mut LabState, i: usize) -> Result<(), LabError> {
+    let ns = state.nodes[i].netns.clone();
+    let pids = net::netns_pids(&ns)?;
+    if !pids.is_empty() {
+        for p in &pids {
+            net::kill(*p, Signal::SIGCONT)?;
+            net::kill(*p, Signal::SIGTERM)?;
+        }
+        for _ in 0..30 {
+            if net::netns_pids(&ns)?.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        net::kill_all_in(&ns)?;
+    }
+    let plan = state.plan()?;
+    let node = &plan.nodes[i];
+    let mut batch = Vec::new();
+    for l in net::links(&ns)? {
+        batch.push(format!("link set dev {l} up"));
+    }
+    for iface in &node.ifaces {
+        batch.push(format!("addr flush dev {}", iface.name));
+        if let Some(c) = &iface.cidr {
+            batch.push(format!("addr add {c} dev {}", iface.name));
+        }
+    }
+    net::ip_batch(&ns, &batch)?;
+    // Pid files do not survive a reboot (/run is tmpfs); keepalived refuses
+    // to start while its old pid file names a not-yet-reaped process.
+    if let Ok(rd) = std::fs::read_dir(&state.nodes[i].dir) {
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "pid") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    start_node(state, i)?;
+    state.save()
+}
+
+/// Pids of the engine daemon of node `i` (keepalived: every keepalived
+/// process of the node, parent and VRRP child).
+fn daemon_pids(state: &LabState, i: usize) -> Result<Vec<i32>, LabError> {
+    let n = &state.nodes[i];
+    match state.engine {
+        Engine::Keepalived => Ok(net::netns_pids(&n.netns)?
+            .into_iter()
+            .filter(|p| net::comm(*p) == "keepalived")
+            .collect()),
+        _ => Ok(n
+            .procs
+            .first()
+            .and_then(|p| p.pid)
+            .filter(|p| net::pid_alive(*p))
+            .map(|p| vec![p as i32])
+            .unwrap_or_default()),
+    }
+}
+
+fn fail(state: &mut LabState, i: usize, action: FailAction) -> Result<(), LabError> {
+    let name = state.nodes[i].name.clone();
+    let ns = state.nodes[i].netns.clone();
+    match action {
+        FailAction::Kill => {
+            power_kill(&ns)?;
+            println!("{name}: power lost (links down, all processes killed)");
+        }
+        FailAction::Stop | FailAction::Cont => {
+            let pids = daemon_pids(state, i)?;
+            if pids.is_empty() {
+                return Err(LabError::Invalid(format!("{name}: daemon is not running")));
+            }
+            let sig = if action == FailAction::Stop {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            for p in &pids {
+                net::kill(*p, sig)?;
+            }
+            println!("{name}: sent {sig} to {pids:?}");
+        }
+        FailAction::Restart => {
+            restart_node(state, i)?;
+            let pids: Vec<String> = state.nodes[i]
+                .procs
+                .iter()
+                .filter_map(|p| p.pid.map(|x| x.to_string()))
+                .collect();
+            println!("{name}: powered on, started pid {}", pids.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn check_iface(state: &LabState, i: usize, iface: &str) -> Result<(), LabError> {
+    let plan = state.plan()?;
+    if plan.nodes[i].ifaces.iter().any(|x| x.name == iface) {
+        Ok(())
+    } else {
+        let names: Vec<_> = plan.nodes[i]
+            .ifaces
+            .iter()
+            .map(|x| x.name.clone())
+            .collect();
+        Err(LabError::Invalid(format!(
+            "unknown interface {iface:?} (have: {})",
+            names.join(", ")
+        )))
+    }
+}
+
+fn cut(state: &LabState, i: usize, path: &str) -> Result<(), LabError> {
+    let paths: Vec<&str> = if path == "all" {
+        HB_PATHS.to_vec()
+    } else {
+        check_iface(state, i, path)?;
+        vec![path]
+    };
+    let n = &state.nodes[i];
+    for p in &paths {
+        net::nft_script(&n.netns, &topology::nft_cut_script(p))?;
+    }
+    println!(
+        "{}: cut {} (all IP traffic dropped both ways)",
+        n.name,
+        paths.join(", ")
+    );
+    Ok(())
+}
+
+fn heal_ns(ns: &str) -> Result<usize, LabError> {
+    let tables = topology::parse_lab_tables(&net::nft_list_tables(ns)?);
+    let script: String = tables
+        .iter()
+        .map(|(fam, name)| format!("delete table {fam} {name}\n"))
+        .collect();
+    if !script.is_empty() {
+        net::nft_script(ns, &script)?;
+    }
+    Ok(tables.len())
+}
+
+fn heal(state: &LabState) -> Result<(), LabError> {
+    let mut removed = 0;
+    let mut all: Vec<String> = vec![state.switch_ns.clone(), state.client_ns.clone()];
+    all.extend(state.nodes.iter().map(|n| n.netns.clone()));
+    for ns in all.iter().filter(|ns| net::netns_exists(ns)) {
+        removed += heal_ns(ns)?;
+    }
+    println!("healed: removed {removed} cut/loss rule table(s)");
+    Ok(())
+}
+
+fn link(state: &LabState, i: usize, iface: &str, s: UpDown) -> Result<(), LabError> {
+    check_iface(state, i, iface)?;
+    let plan = state.plan()?;
+    let end = plan.nodes[i]
+        .ifaces
+        .iter()
+        .find(|x| x.name == iface)
+        .map(|x| x.switch_end.clone())
+        .unwrap_or_default();
+    let word = if s == UpDown::Up { "up" } else { "down" };
+    net::ipn(&state.switch_ns, &["link", "set", "dev", &end, word])?;
+    println!(
+        "{}: carrier {word} on {iface} (switch port {end})",
+        state.nodes[i].name
+    );
+    Ok(())
+}
+
+fn loss(state: &LabState, path: &str, percent: u8) -> Result<(), LabError> {
+    check_iface(state, 0, path)?;
+    for n in &state.nodes {
+        net::nft_script(&n.netns, &topology::nft_loss_script(path, percent))?;
+    }
+    if percent == 0 {
+        println!("loss on {path} removed");
+    } else {
+        println!("{percent}% random loss on {path} (ingress, every node)");
+    }
+    Ok(())
+}
+
+/// Whether `ns` is a namespace of a lab with `prefix`.
+fn is_lab_ns(prefix: &str, ns: &str) -> bool {
+    match ns.strip_prefix(prefix) {
+        Some("sw") | Some("cl") => true,
+        Some(rest) => rest
+            .strip_prefix('n')
+            .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit())),
+        None => false,
+    }
+}
+
+/// Remove the lab with `prefix`: kill processes in its namespaces, delete
+/// the namespaces, remove the lab files in `dir`. Idempotent, needs no
+/// lab.json.
+pub fn down(prefix: &str, dir: &Path) -> Result<(), LabError> {
+    let spaces: Vec<String> = net::list_netns()?
+        .into_iter()
+        .filter(|n| is_lab_ns(prefix, n))
+        .collect();
+    for ns in &spaces {
+        if let Err(e) = net::kill_all_in(ns) {
+            warn!(ns, error = %e, "killing processes");
+        }
+    }
+    for ns in &spaces {
+        if let Err(e) = net::ip(&["netns", "del", ns]) {
+            warn!(ns, error = %e, "deleting namespace");
+        }
+    }
+    remove_lab_files(dir)?;
+    info!(prefix, removed = spaces.len(), "lab down");
+    Ok(())
+}
+
+/// Remove only what the lab writes into `dir` (never an arbitrary tree).
+fn remove_lab_files(dir: &Path) -> Result<(), LabError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(LabError::io(format!("reading {}", dir.display()), e)),
+    };
+    for entry in rd.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let node_dir = name
+            .strip_prefix('n')
+            .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()));
+        let res = if node_dir && path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else if name == "lab.json" || name == "lab.json.tmp" {
+            std::fs::remove_file(&path)
+        } else {
+            continue;
+        };
+        res.map_err(|e| LabError::io(format!("removing {}", path.display()), e))?;
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        warn!(dir = %dir.display(), error = %e, "lab directory not removed (not empty?)");
+    }
+    Ok(())
+}
+
+fn print_summary(state: &LabState) {
+    let names = state.node_names();
+    let owner = probe::vip_owner(&state.client_ns, &names).ok().flatten();
+    println!(
+        "lab up: {} nodes, engine {:?}, heartbeat {} ms, prefix {}",
+        state.nodes.len(),
+        state.engine,
+        state.interval_ms,
+        state.prefix
+    );
+    println!(
+        "  VIP {}/24 served by: {}",
+        state.vip,
+        owner.as_deref().unwrap_or("nobody (yet)")
+    );
+    println!(
+        "  try:    ip netns exec {} curl http://{}:{}/",
+        state.client_ns,
+        state.vip,
+        topology::SERVICE_PORT
+    );
+    if let Some(sock) = state.nodes.first().and_then(|n| n.socket.as_ref()) {
+        println!("  status: tandem status --socket {}", sock.display());
+    }
+    for n in &state.nodes {
+        let logs: Vec<String> = n
+            .procs
+            .iter()
+            .map(|p| p.log.display().to_string())
+            .collect();
+        println!("  {} (ns {}): log {}", n.name, n.netns, logs.join(", "));
+    }
+    let dir_flag = if state.dir == Path::new(DEFAULT_DIR) {
+        String::new()
+    } else {
+        format!(" --dir {}", state.dir.display())
+    };
+    println!("  faults: tandem lab fail n1 kill | cut n1 all | link n1 pub0 down | loss hb1 30 | heal{dir_flag}");
+    println!("  teardown: tandem lab down{dir_flag}");
+}
+
+fn status(dir: &Path) -> Result<(), LabError> {
+    let state = LabState::load(dir)?;
+    println!(
+        "lab {} in {}: engine {:?}, {} nodes, interval {} ms, switchback {}",
+        state.prefix,
+        state.dir.display(),
+        state.engine,
+        state.nodes.len(),
+        state.interval_ms,
+        state.switchback.as_str()
+    );
+    for ns in [&state.switch_ns, &state.client_ns] {
+        println!(
+            "  ns {ns}: {}",
+            if net::netns_exists(ns) {
+                "present"
+            } else {
+                "MISSING"
+            }
+        );
+    }
+    let owner = if net::netns_exists(&state.client_ns) {
+        probe::vip_owner(&state.client_ns, &state.node_names())?
+    } else {
+        None
+    };
+    println!(
+        "  VIP {} from {}: {}",
+        state.vip,
+        state.client_ns,
+        owner
+            .as_deref()
+            .map(|o| format!("answered by {o}"))
+            .unwrap_or_else(|| "no answer".into())
+    );
+    for n in &state.nodes {
+        let present = net::netns_exists(&n.netns);
+        println!(
+            "  {} (ns {}{})",
+            n.name,
+            n.netns,
+            if present { "" } else { ", MISSING" }
+        );
+        for p in &n.procs {
+            let alive = p.pid.is_some_and(net::pid_alive);
+            let stopped = p.pid.is_some_and(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .map(|(_, r)| r.trim_start().starts_with('T'))
+                    })
+                    .unwrap_or(false)
+            });
+            let what = Path::new(p.argv.first().map(String::as_str).unwrap_or("?"))
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            println!(
+                "    {what:<12} pid {:<8} {}  log {}",
+                p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+                if stopped {
+                    "STOPPED"
+                } else if alive {
+                    "running"
+                } else {
+                    "DEAD"
+                },
+                p.log.display()
+            );
+        }
+        if let Some(s) = &n.socket {
+            println!("    socket {}", s.display());
+        }
+        if !present {
+            continue;
+        }
+        if let Ok(v) = net::addr_json(&n.netns) {
+            let mut parts = Vec::new();
+            for l in v.as_array().into_iter().flatten() {
+                let name = l["ifname"].as_str().unwrap_or("?");
+                if name == "lo" {
+                    continue;
+                }
+                let oper = l["operstate"].as_str().unwrap_or("?");
+                let addrs: Vec<String> = l["addr_info"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| {
+                        Some(format!(
+                            "{}/{}",
+                            a["local"].as_str()?,
+                            a["prefixlen"].as_u64()?
+                        ))
+                    })
+                    .collect();
+                parts.push(
+                    format!("{name} {oper} {}", addrs.join(" "))
+                        .trim_end()
+                        .to_string(),
+                );
+            }
+            println!("    links: {}", parts.join(" | "));
+        }
+        if let Ok(t) = net::nft_list_tables(&n.netns) {
+            let tables = topology::parse_lab_tables(&t);
+            if !tables.is_empty() {
+                let names: Vec<_> = tables.into_iter().map(|(_, n)| n).collect();
+                println!("    faults: {}", names.join(", "));
+            }
+        }
+    }
+    if let Ok(v) = net::ipn(&state.switch_ns, &["-br", "link", "show"]) {
+        let down: Vec<&str> = v
+            .lines()
+            .filter(|l| l.split_whitespace().nth(1) == Some("DOWN"))
+            .filter_map(|l| l.split('@').next())
+            .collect();
+        if !down.is_empty() {
+            println!("  switch ports down: {}", down.join(", "));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: LabCommand,
+    }
+
+    #[test]
+    fn lab_namespace_match() {
+        assert!(is_lab_ns("tdm-", "tdm-sw"));
+        assert!(is_lab_ns("tdm-", "tdm-cl"));
+        assert!(is_lab_ns("tdm-", "tdm-n12"));
+        assert!(!is_lab_ns("tdm-", "tdm-n"));
+        assert!(!is_lab_ns("tdm-", "tdm-other"));
+        assert!(!is_lab_ns("tdm-", "tdb-n1"));
+    }
+
+    #[test]
+    fn cli_parses() {
+        let c = Cli::try_parse_from(["lab", "up", "--nodes", "3", "--switchback", "automatic"])
+            .unwrap();
+        match c.cmd {
+            LabCommand::Up(a) => {
+                assert_eq!(a.nodes, 3);
+                assert_eq!(a.switchback, Switchback::Automatic);
+                assert_eq!(a.dir, PathBuf::from(DEFAULT_DIR));
+                assert_eq!(a.engine, Engine::Tandem);
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Cli::try_parse_from(["lab", "fail", "n2", "kill"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            LabCommand::Fail {
+                action: FailAction::Kill,
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["lab", "loss", "hb1", "101"]).is_err());
+        let c = Cli::try_parse_from(["lab", "bench", "failover", "--trials", "3"]).unwrap();
+        assert!(matches!(c.cmd, LabCommand::Bench { .. }));
+    }
+
+    #[test]
+    fn state_roundtrip() {
+        let dir = std::env::temp_dir().join(format!("tandem-lab-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("n1/state")).unwrap();
+        let s = LabState {
+            prefix: "tdm-".into(),
+            dir: dir.clone(),
+            engine: Engine::Tandem,
+            interval_ms: 200,
+            switchback: Switchback::Manual,
+            tandem_bin: "tandem".into(),
+            vip: VIP.into(),
+            switch_ns: "tdm-sw".into(),
+            client_ns: "tdm-cl".into(),
+            nodes: vec![],
+        };
+        s.save().unwrap();
+        let back = LabState::load(&dir).unwrap();
+        assert_eq!(back.prefix, "tdm-");
+        assert_eq!(back.engine, Engine::Tandem);
+        std::fs::write(dir.join("keep.txt"), "x").unwrap();
+        remove_lab_files(&dir).unwrap();
+        assert!(!dir.join("lab.json").exists());
+        assert!(!dir.join("n1").exists());
+        assert!(
+            dir.join("keep.txt").exists(),
+            "foreign files are left alone"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(LabState::load(&dir), Err(LabError::NoLab(_))));
+    }
+}

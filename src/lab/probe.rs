@@ -1,0 +1,193 @@
+//! HTTP probing of the floating IP from the client namespace, a watcher that
+//! notices when an address becomes local in a namespace, and the tiny HTTP
+//! responder used as the service of the keepalived arm (and as a placeholder
+//! process when the lab runs without an engine).
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::net::{self, check_interrupt};
+use super::topology::{identify_node, parse_http_response, SERVICE_PORT, VIP};
+use super::LabError;
+
+/// Socket address of the demo service on the VIP.
+pub fn vip_service() -> SocketAddr {
+    let ip: Ipv4Addr = VIP.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    SocketAddr::from((ip, SERVICE_PORT))
+}
+
+/// One HTTP GET `/`: returns (status, body).
+pub fn http_get(
+    addr: SocketAddr,
+    connect: Duration,
+    io: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, connect)?;
+    s.set_read_timeout(Some(io))?;
+    s.set_write_timeout(Some(io))?;
+    s.set_nodelay(true)?;
+    write!(
+        s,
+        "GET / HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.take(64 * 1024).read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf);
+    parse_http_response(&text)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))
+}
+
+/// Which node answers on the VIP, asked once from the current namespace.
+fn owner_here(names: &[String]) -> Option<String> {
+    match http_get(
+        vip_service(),
+        Duration::from_millis(300),
+        Duration::from_millis(700),
+    ) {
+        Ok((200, body)) => Some(identify_node(&body, names)),
+        _ => None,
+    }
+}
+
+/// Which node answers on the VIP from the client namespace (one GET).
+pub fn vip_owner(client_ns: &str, names: &[String]) -> Result<Option<String>, LabError> {
+    let names = names.to_vec();
+    net::in_netns(client_ns, move || Ok(owner_here(&names)))
+}
+
+/// Poll the VIP from the client namespace until it answers (bounded).
+pub fn wait_vip(
+    client_ns: &str,
+    names: &[String],
+    timeout: Duration,
+) -> Result<Option<String>, LabError> {
+    let names = names.to_vec();
+    net::in_netns(client_ns, move || {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            check_interrupt()?;
+            if let Some(o) = owner_here(&names) {
+                return Ok(Some(o));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(None)
+    })
+}
+
+/// First answer from a node other than the previous owner.
+#[derive(Debug, Clone)]
+pub struct Takeover {
+    /// Unix ms when the answer arrived.
+    pub at_ms: f64,
+    /// Node that answered.
+    pub node: String,
+    /// Number of probes sent.
+    pub probes: u64,
+}
+
+/// Start a prober in the client namespace. It waits for the start time on
+/// `start`, then sends a GET to the VIP every `period` (connect timeout
+/// `period`) until a node other than `old_owner` answers or `limit` passes.
+pub fn spawn_takeover_prober(
+    client_ns: &str,
+    names: Vec<String>,
+    old_owner: String,
+    period: Duration,
+    limit: Duration,
+    start: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<Result<Option<Takeover>, LabError>> {
+    net::spawn_in_netns(client_ns, move || {
+        if start.recv().is_err() {
+            return Ok(None);
+        }
+        let addr = vip_service();
+        let begin = Instant::now();
+        let mut probes = 0u64;
+        let mut next = begin;
+        while begin.elapsed() < limit {
+            check_interrupt()?;
+            probes += 1;
+            if let Ok((200, body)) = http_get(addr, period, Duration::from_millis(200)) {
+                let node = identify_node(&body, &names);
+                if node != old_owner {
+                    return Ok(Some(Takeover {
+                        at_ms: net::unix_ms(),
+                        node,
+                        probes,
+                    }));
+                }
+            }
+            next += period;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            } else {
+                next = now;
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// Start a watcher in namespace `ns` that reports (unix ms) when `addr`
+/// becomes a local address there: it tries to bind a socket to it every
+/// 2 ms (bind fails with EADDRNOTAVAIL until the address is configured).
+pub fn spawn_local_addr_watcher(
+    ns: &str,
+    addr: Ipv4Addr,
+    limit: Duration,
+    start: std::sync::mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<Result<Option<f64>, LabError>> {
+    net::spawn_in_netns(ns, move || {
+        if start.recv().is_err() {
+            return Ok(None);
+        }
+        let begin = Instant::now();
+        while begin.elapsed() < limit {
+            check_interrupt()?;
+            if std::net::UdpSocket::bind(SocketAddr::from((addr, 0))).is_ok() {
+                return Ok(Some(net::unix_ms()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(None)
+    })
+}
+
+/// Serve `GET` with the node name until killed (the keepalived arm's demo
+/// service). Every request gets `200` and `<name>\n`.
+pub fn serve(listen: &str, name: &str) -> Result<(), LabError> {
+    let listener =
+        TcpListener::bind(listen).map_err(|e| LabError::io(format!("binding {listen}"), e))?;
+    info!(listen, name, "responder listening");
+    for conn in listener.incoming() {
+        let mut s = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+        let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+        let mut buf = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < 16 * 1024 {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let body = format!("{name}\n");
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    Ok(())
+}

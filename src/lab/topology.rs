@@ -1,0 +1,565 @@
+//! Pure description of the lab: namespace and interface names, the address
+//! plan, the per-node Tandem configuration and the nftables rule text used to
+//! cut or degrade links. Nothing in here touches the system, so all of it is
+//! unit tested.
+
+use std::fmt::Write as _;
+
+/// Public LAN bridge inside the switch namespace.
+pub const BR_PUB: &str = "brpub";
+/// Heartbeat bridges inside the switch namespace, one per heartbeat path.
+pub const BR_HB: [&str; 2] = ["brhb1", "brhb2"];
+/// Heartbeat interface names inside each node namespace.
+pub const HB_PATHS: [&str; 2] = ["hb1", "hb2"];
+/// Primary public interface of a node.
+pub const PUB0: &str = "pub0";
+/// Second public NIC (same LAN, no address) used for IP local recovery.
+pub const PUB1: &str = "pub1";
+/// Floating IP with prefix length.
+pub const VIP_CIDR: &str = "10.77.0.100/24";
+/// Floating IP without prefix length.
+pub const VIP: &str = "10.77.0.100";
+/// Client address on the public LAN.
+pub const CLIENT_CIDR: &str = "10.77.0.2/24";
+/// Interface name of the client inside its namespace.
+pub const CLIENT_IF: &str = "eth0";
+/// TCP port of the demo service.
+pub const SERVICE_PORT: u16 = 8080;
+/// UDP port of the Tandem heartbeat.
+pub const HEARTBEAT_PORT: u16 = 5405;
+/// Prefix of every nftables table the lab creates (used by `heal`).
+pub const NFT_TABLE_PREFIX: &str = "tdmlab_";
+/// Largest cluster the address plan supports.
+pub const MAX_NODES: usize = 16;
+
+/// One interface of a node: the name inside the node namespace, the name of
+/// the switch-side veth end, the bridge it is plugged into and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIface {
+    /// Name inside the node namespace (`pub0`, `hb1`, ...).
+    pub name: String,
+    /// Name of the peer end inside the switch namespace (`n1pub0`, ...).
+    pub switch_end: String,
+    /// Bridge in the switch namespace.
+    pub bridge: &'static str,
+    /// Address with prefix length, if the interface has one.
+    pub cidr: Option<String>,
+}
+
+/// Names and addresses of one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// 1-based index.
+    pub index: usize,
+    /// Node name as used by Tandem (`n1`).
+    pub name: String,
+    /// Network namespace (`tdm-n1`).
+    pub netns: String,
+    /// Interfaces, in creation order.
+    pub ifaces: Vec<NodeIface>,
+}
+
+impl NodePlan {
+    /// Address (without prefix length) of the node on a heartbeat path.
+    pub fn hb_addr(&self, path: &str) -> Option<String> {
+        self.ifaces
+            .iter()
+            .find(|i| i.name == path)
+            .and_then(|i| i.cidr.as_deref())
+            .map(strip_prefix_len)
+    }
+
+    /// Public address (without prefix length).
+    pub fn pub_addr(&self) -> String {
+        pub_addr(self.index)
+    }
+}
+
+/// The whole lab plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Namespace name prefix (`tdm-`).
+    pub prefix: String,
+    /// Switch namespace.
+    pub switch_ns: String,
+    /// Client namespace.
+    pub client_ns: String,
+    /// Switch-side end of the client veth.
+    pub client_switch_end: String,
+    /// Nodes, index 1..=N.
+    pub nodes: Vec<NodePlan>,
+}
+
+/// Errors of the pure planning layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Node count outside 1..=MAX_NODES.
+    #[error("node count must be between 1 and {MAX_NODES}, got {0}")]
+    NodeCount(usize),
+    /// Prefix unusable as a namespace/interface prefix.
+    #[error("prefix {0:?} must be 1-8 characters of [a-z0-9-]")]
+    Prefix(String),
+}
+
+/// Public address of node `i` (1-based): `10.77.0.1<i>`.
+pub fn pub_addr(i: usize) -> String {
+    format!("10.77.0.1{i}")
+}
+
+/// Heartbeat address of node `i` on path `p` (1-based): `10.78.<p>.1<i>`.
+pub fn hb_addr(path: usize, i: usize) -> String {
+    format!("10.78.{path}.1{i}")
+}
+
+/// `10.0.0.1/24` -> `10.0.0.1`.
+pub fn strip_prefix_len(cidr: &str) -> String {
+    cidr.split('/').next().unwrap_or(cidr).to_string()
+}
+
+impl Plan {
+    /// Build the plan for `nodes` nodes with namespace prefix `prefix`.
+    pub fn new(prefix: &str, nodes: usize) -> Result<Plan, PlanError> {
+        if nodes == 0 || nodes > MAX_NODES {
+            return Err(PlanError::NodeCount(nodes));
+        }
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 8
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            return Err(PlanError::Prefix(prefix.to_string()));
+        }
+        let nodes = (1..=nodes)
+            .map(|i| {
+                let name = format!("n{i}");
+                let mut ifaces = vec![
+                    NodeIface {
+                        name: PUB0.into(),
+                        switch_end: format!("{name}{PUB0}"),
+                        bridge: BR_PUB,
+                        cidr: Some(format!("{}/24", pub_addr(i))),
+                    },
+                    NodeIface {
+                        name: PUB1.into(),
+                        switch_end: format!("{name}{PUB1}"),
+                        bridge: BR_PUB,
+                        cidr: None,
+                    },
+                ];
+                for (p, (path, bridge)) in HB_PATHS.iter().zip(BR_HB).enumerate() {
+                    ifaces.push(NodeIface {
+                        name: (*path).into(),
+                        switch_end: format!("{name}{path}"),
+                        bridge,
+                        cidr: Some(format!("{}/24", hb_addr(p + 1, i))),
+                    });
+                }
+                NodePlan {
+                    index: i,
+                    netns: format!("{prefix}{name}"),
+                    name,
+                    ifaces,
+                }
+            })
+            .collect();
+        Ok(Plan {
+            prefix: prefix.to_string(),
+            switch_ns: format!("{prefix}sw"),
+            client_ns: format!("{prefix}cl"),
+            client_switch_end: format!("cl{CLIENT_IF}"),
+            nodes,
+        })
+    }
+
+    /// Every namespace of the lab, switch first.
+    pub fn all_netns(&self) -> Vec<String> {
+        let mut v = vec![self.switch_ns.clone(), self.client_ns.clone()];
+        v.extend(self.nodes.iter().map(|n| n.netns.clone()));
+        v
+    }
+
+    /// Look a node up by `n2`, `2` or its namespace name.
+    pub fn node(&self, spec: &str) -> Option<&NodePlan> {
+        let spec = spec.trim();
+        self.nodes.iter().find(|n| {
+            n.name == spec || n.netns == spec || spec.parse::<usize>().ok() == Some(n.index)
+        })
+    }
+}
+
+/// Render a duration in milliseconds the way humantime parses it
+/// (`1s`, `200ms`, `1500ms`).
+pub fn fmt_ms(ms: u64) -> String {
+    if ms > 0 && ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Dead time derived from the heartbeat interval: 5 intervals.
+pub fn dead_time_ms(interval_ms: u64) -> u64 {
+    (interval_ms * 5).max(interval_ms * 3)
+}
+
+/// TOML-quote a string.
+fn q(s: &str) -> String {
+    // serde-free minimal escaping; toml basic strings escape `\` and `"`.
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04X}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Inputs of the Tandem configuration that are not part of the plan.
+#[derive(Debug, Clone)]
+pub struct ConfigParams<'a> {
+    /// Shared cluster key (32 hex chars).
+    pub key: &'a str,
+    /// Heartbeat interval in ms.
+    pub interval_ms: u64,
+    /// `manual` or `automatic`.
+    pub switchback: &'a str,
+    /// Absolute path of the tandem binary (runs the demo service).
+    pub tandem_bin: &'a str,
+    /// State directory of this node.
+    pub state_dir: &'a str,
+    /// API socket of this node.
+    pub socket: &'a str,
+}
+
+/// Render the Tandem configuration file for one node.
+pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "[cluster]");
+    let _ = writeln!(s, "name = \"lab\"");
+    let _ = writeln!(s, "key = {}", q(p.key));
+    let _ = writeln!(s, "state_dir = {}", q(p.state_dir));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[heartbeat]");
+    let _ = writeln!(s, "interval = {}", q(&fmt_ms(p.interval_ms)));
+    let _ = writeln!(s, "dead_time = {}", q(&fmt_ms(dead_time_ms(p.interval_ms))));
+    let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
+    let paths: Vec<String> = HB_PATHS.iter().map(|x| q(x)).collect();
+    let _ = writeln!(s, "paths = [{}]", paths.join(", "));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[api]");
+    let _ = writeln!(s, "socket = {}", q(p.socket));
+    for n in &plan.nodes {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[[node]]");
+        let _ = writeln!(s, "name = {}", q(&n.name));
+        let _ = writeln!(s, "priority = {}", n.index);
+        let addrs: Vec<String> = HB_PATHS
+            .iter()
+            .filter_map(|p| n.hb_addr(p).map(|a| format!("{p} = {}", q(&a))))
+            .collect();
+        let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[group]]");
+    let _ = writeln!(s, "name = \"demo\"");
+    let _ = writeln!(s, "switchback = {}", q(p.switchback));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[group.resource]]");
+    let _ = writeln!(s, "name = \"vip\"");
+    let _ = writeln!(s, "kind = \"ip\"");
+    let _ = writeln!(s, "address = {}", q(VIP_CIDR));
+    let _ = writeln!(s, "interface = {}", q(PUB0));
+    let _ = writeln!(s, "backup_interfaces = [{}]", q(PUB1));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[group.resource]]");
+    let _ = writeln!(s, "name = \"web\"");
+    let _ = writeln!(s, "kind = \"process\"");
+    let listen = format!("0.0.0.0:{SERVICE_PORT}");
+    let _ = writeln!(
+        s,
+        "command = [{}, \"demo-service\", \"--listen\", {}]",
+        q(p.tandem_bin),
+        q(&listen)
+    );
+    let _ = writeln!(s, "depends_on = [\"vip\"]");
+    let _ = writeln!(
+        s,
+        "quickcheck = {{ probe = \"http\", url = \"http://127.0.0.1:{SERVICE_PORT}/health\", \
+         expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}"
+    );
+    s
+}
+
+/// Name of the nftables table that cuts interface `iface`.
+pub fn cut_table(iface: &str) -> String {
+    format!("{NFT_TABLE_PREFIX}cut_{iface}")
+}
+
+/// Name of the nftables table that applies random loss on `iface`.
+pub fn loss_table(iface: &str) -> String {
+    format!("{NFT_TABLE_PREFIX}loss_{iface}")
+}
+
+/// nft script that (re)creates a table dropping all IP traffic in and out
+/// of `iface`. Idempotent: the table is replaced if it exists.
+pub fn nft_cut_script(iface: &str) -> String {
+    let t = cut_table(iface);
+    format!(
+        "table inet {t}\n\
+         delete table inet {t}\n\
+         table inet {t} {{\n\
+         \tchain input {{ type filter hook input priority -300; policy accept; iifname \"{iface}\" drop; }}\n\
+         \tchain output {{ type filter hook output priority -300; policy accept; oifname \"{iface}\" drop; }}\n\
+         }}\n"
+    )
+}
+
+/// nft script that drops `percent`% of the packets received on `iface`.
+/// Only ingress is filtered so each packet crossing the path (which is
+/// received by exactly one lab node per receiver) is dropped with
+/// probability `percent`/100, not twice. `percent == 0` only removes it.
+pub fn nft_loss_script(iface: &str, percent: u8) -> String {
+    let t = loss_table(iface);
+    let mut s = format!("table inet {t}\ndelete table inet {t}\n");
+    if percent > 0 {
+        let _ = write!(
+            s,
+            "table inet {t} {{\n\
+             \tchain input {{ type filter hook input priority -300; policy accept; \
+             iifname \"{iface}\" numgen random mod 100 < {percent} drop; }}\n\
+             }}\n"
+        );
+    }
+    s
+}
+
+/// Parse `nft list tables` output and return the lab tables as
+/// `(family, name)` pairs.
+pub fn parse_lab_tables(nft_list: &str) -> Vec<(String, String)> {
+    nft_list
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            match (it.next(), it.next(), it.next()) {
+                (Some("table"), Some(fam), Some(name)) if name.starts_with(NFT_TABLE_PREFIX) => {
+                    Some((fam.to_string(), name.to_string()))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Pick the node name out of a demo-service response body: the first word
+/// equal to a known node name, else the trimmed body.
+pub fn identify_node(body: &str, names: &[String]) -> String {
+    body.split(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_')
+        .find(|w| names.iter().any(|n| n == w))
+        .map(str::to_string)
+        .unwrap_or_else(|| body.trim().to_string())
+}
+
+/// Parse an HTTP/1.x response: (status, body).
+pub fn parse_http_response(raw: &str) -> Option<(u16, String)> {
+    let status_line = raw.lines().next()?;
+    let mut it = status_line.split_whitespace();
+    let proto = it.next()?;
+    if !proto.starts_with("HTTP/") {
+        return None;
+    }
+    let status = it.next()?.parse().ok()?;
+    let body = raw
+        .split_once("\r\n\r\n")
+        .or_else(|| raw.split_once("\n\n"))
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// Generate the cluster key: 32 hex chars from 16 random bytes.
+pub fn hex_key(bytes: &[u8; 16]) -> String {
+    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_names_and_addresses() {
+        let p = Plan::new("tdm-", 2).unwrap();
+        assert_eq!(p.switch_ns, "tdm-sw");
+        assert_eq!(p.client_ns, "tdm-cl");
+        assert_eq!(p.all_netns(), vec!["tdm-sw", "tdm-cl", "tdm-n1", "tdm-n2"]);
+        let n2 = &p.nodes[1];
+        assert_eq!(n2.name, "n2");
+        assert_eq!(n2.netns, "tdm-n2");
+        assert_eq!(n2.pub_addr(), "10.77.0.12");
+        assert_eq!(n2.hb_addr("hb1").as_deref(), Some("10.78.1.12"));
+        assert_eq!(n2.hb_addr("hb2").as_deref(), Some("10.78.2.12"));
+        let names: Vec<_> = n2.ifaces.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["pub0", "pub1", "hb1", "hb2"]);
+        let ends: Vec<_> = n2.ifaces.iter().map(|i| i.switch_end.as_str()).collect();
+        assert_eq!(ends, ["n2pub0", "n2pub1", "n2hb1", "n2hb2"]);
+        assert_eq!(n2.ifaces[1].cidr, None);
+        assert_eq!(n2.ifaces[1].bridge, BR_PUB);
+        assert_eq!(n2.ifaces[3].bridge, "brhb2");
+        assert!(p.nodes.iter().all(|n| n
+            .ifaces
+            .iter()
+            .all(|i| i.switch_end.len() <= 15 && i.name.len() <= 15)));
+    }
+
+    #[test]
+    fn plan_lookup_and_limits() {
+        let p = Plan::new("tdb-", 3).unwrap();
+        assert_eq!(p.node("n3").unwrap().index, 3);
+        assert_eq!(p.node("2").unwrap().name, "n2");
+        assert_eq!(p.node("tdb-n1").unwrap().name, "n1");
+        assert!(p.node("n4").is_none());
+        assert_eq!(Plan::new("x-", 0), Err(PlanError::NodeCount(0)));
+        assert!(Plan::new("x-", MAX_NODES + 1).is_err());
+        assert!(Plan::new("", 2).is_err());
+        assert!(Plan::new("Bad/", 2).is_err());
+        // Largest plan keeps interface names within IFNAMSIZ.
+        let big = Plan::new("abcdefg-", MAX_NODES).unwrap();
+        assert!(big
+            .nodes
+            .iter()
+            .flat_map(|n| n.ifaces.iter())
+            .all(|i| i.switch_end.len() <= 15));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(fmt_ms(200), "200ms");
+        assert_eq!(fmt_ms(1000), "1s");
+        assert_eq!(fmt_ms(1500), "1500ms");
+        assert_eq!(fmt_ms(0), "0ms");
+        assert_eq!(dead_time_ms(200), 1000);
+    }
+
+    #[test]
+    fn config_matches_expected_shape() {
+        let p = Plan::new("tdm-", 2).unwrap();
+        let text = render_tandem_config(
+            &p,
+            &ConfigParams {
+                key: "00112233445566778899aabbccddeeff",
+                interval_ms: 200,
+                switchback: "manual",
+                tandem_bin: "/opt/t \"x\"/tandem",
+                state_dir: "/run/tandem-lab/n1/state",
+                socket: "/run/tandem-lab/n1/tandem.sock",
+            },
+        );
+        let v: toml::Value = toml::from_str(&text).expect("valid toml");
+        assert_eq!(v["cluster"]["name"].as_str(), Some("lab"));
+        assert_eq!(
+            v["cluster"]["key"].as_str(),
+            Some("00112233445566778899aabbccddeeff")
+        );
+        assert_eq!(
+            v["cluster"]["state_dir"].as_str(),
+            Some("/run/tandem-lab/n1/state")
+        );
+        assert_eq!(v["heartbeat"]["interval"].as_str(), Some("200ms"));
+        assert_eq!(v["heartbeat"]["dead_time"].as_str(), Some("1s"));
+        assert_eq!(v["heartbeat"]["port"].as_integer(), Some(5405));
+        assert_eq!(v["heartbeat"]["paths"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            v["api"]["socket"].as_str(),
+            Some("/run/tandem-lab/n1/tandem.sock")
+        );
+        let nodes = v["node"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes[1]["name"].as_str(), Some("n2"));
+        assert_eq!(nodes[1]["priority"].as_integer(), Some(2));
+        assert_eq!(nodes[1]["addresses"]["hb2"].as_str(), Some("10.78.2.12"));
+        let g = &v["group"].as_array().unwrap()[0];
+        assert_eq!(g["switchback"].as_str(), Some("manual"));
+        let r = g["resource"].as_array().unwrap();
+        assert_eq!(r[0]["address"].as_str(), Some("10.77.0.100/24"));
+        assert_eq!(r[0]["interface"].as_str(), Some("pub0"));
+        assert_eq!(r[0]["backup_interfaces"][0].as_str(), Some("pub1"));
+        let cmd: Vec<_> = r[1]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            cmd,
+            [
+                "/opt/t \"x\"/tandem",
+                "demo-service",
+                "--listen",
+                "0.0.0.0:8080"
+            ]
+        );
+        assert_eq!(r[1]["depends_on"][0].as_str(), Some("vip"));
+        let qc = &r[1]["quickcheck"];
+        assert_eq!(qc["probe"].as_str(), Some("http"));
+        assert_eq!(qc["expect_status"].as_integer(), Some(200));
+        assert_eq!(qc["timeout"].as_str(), Some("500ms"));
+    }
+
+    #[test]
+    fn nft_scripts() {
+        let c = nft_cut_script("hb1");
+        assert!(c.starts_with("table inet tdmlab_cut_hb1\ndelete table inet tdmlab_cut_hb1\n"));
+        assert!(c.contains("iifname \"hb1\" drop"));
+        assert!(c.contains("oifname \"hb1\" drop"));
+        let l = nft_loss_script("hb2", 30);
+        assert!(l.contains("iifname \"hb2\" numgen random mod 100 < 30 drop"));
+        assert!(!l.contains("output"));
+        let z = nft_loss_script("hb2", 0);
+        assert_eq!(
+            z,
+            "table inet tdmlab_loss_hb2\ndelete table inet tdmlab_loss_hb2\n"
+        );
+    }
+
+    #[test]
+    fn lab_tables_parsed() {
+        let out = "table inet filter\ntable inet tdmlab_cut_hb1\ntable ip tdmlab_loss_hb2\n";
+        assert_eq!(
+            parse_lab_tables(out),
+            vec![
+                ("inet".to_string(), "tdmlab_cut_hb1".to_string()),
+                ("ip".to_string(), "tdmlab_loss_hb2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn http_and_identity() {
+        let names = vec!["n1".to_string(), "n2".to_string()];
+        let (st, body) =
+            parse_http_response("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nn2\n").unwrap();
+        assert_eq!(st, 200);
+        assert_eq!(identify_node(&body, &names), "n2");
+        assert_eq!(identify_node("served by n1 (pid 4)", &names), "n1");
+        assert_eq!(identify_node("  other \n", &names), "other");
+        assert!(parse_http_response("garbage").is_none());
+    }
+
+    #[test]
+    fn key_is_32_hex() {
+        let k = hex_key(&[0xab; 16]);
+        assert_eq!(k.len(), 32);
+        assert!(k.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

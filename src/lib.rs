@@ -1,0 +1,29 @@
+//! Tandem: high-availability appliance firmware.
+//!
+//! One binary runs the failover daemon and the admin commands. The decisions live in
+//! pure, sans-IO cores that take time as an input; tokio tasks only carry out the
+//! actions they return. See `ARCHITECTURE.md` for the diagram.
+//!
+//! - [`config`]: the TOML configuration and its validation.
+//! - [`event`]: the one ordered event stream, timelines, persistence.
+//! - [`cluster`]: heartbeat wire format and the membership core.
+//! - [`placement`]: the placement core and the resource hierarchy.
+//! - [`resources`]: resource agents, health probes, the group executor.
+//! - [`net`]: netlink addresses, GARP/NA announcements, address probes, VIP reconciliation.
+//! - [`runtime`]: the daemon's event loop and heartbeat transport.
+//! - [`api`]: the HTTP/JSON control API and its client.
+//! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
+//! - [`demo`]: the demo service the lab protects.
+//! - [`cli`]: the command line.
+
+pub mod api;
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod event;
+pub mod lab;
+pub mod net;
+pub mod placement;
+pub mod resources;
+pub mod runtime;

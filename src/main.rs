@@ -1,0 +1,288 @@
+//! The `tandem` binary: parses the command line, runs it, and maps errors to exit
+//! codes: 0 success, 1 runtime failure, 2 bad configuration or usage, 3 daemon
+//! unreachable, 4 request refused by the daemon.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem::api::client::{call, Endpoint};
+use tandem::api::{ApiError, Status};
+use tandem::cli::{ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, NodeCmd, OnOff};
+use tandem::config::{Config, ConfigError};
+use tandem::event::{Event, Timeline};
+
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Runtime(#[from] tandem::runtime::RuntimeError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Lab(#[from] tandem::lab::LabError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl MainError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            MainError::Config(_) => 2,
+            MainError::Runtime(tandem::runtime::RuntimeError::Config(_))
+            | MainError::Runtime(tandem::runtime::RuntimeError::UnknownNode(_)) => 2,
+            MainError::Api(ApiError::Connect(..)) => 3,
+            MainError::Api(ApiError::Status(_)) => 4,
+            _ => 1,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tandem: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, MainError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| MainError::Other(format!("cannot start the async runtime: {e}")))
+}
+
+fn endpoint(a: &ApiArgs) -> Endpoint {
+    match &a.api {
+        Some(addr) => Endpoint::Tcp {
+            addr: addr.clone(),
+            token: a.token.clone(),
+        },
+        None => Endpoint::Unix(a.socket.clone()),
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<(), MainError> {
+    match cmd {
+        Cmd::Lab { cmd } => Ok(tandem::lab::run(cmd)?),
+        Cmd::Config {
+            cmd: ConfigCmd::Check { file },
+        } => {
+            let cfg = Config::load(&file)?;
+            println!(
+                "{}: ok (cluster `{}`, {} nodes, {} groups)",
+                file.display(),
+                cfg.cluster.name,
+                cfg.nodes.len(),
+                cfg.groups.len()
+            );
+            Ok(())
+        }
+        Cmd::Run { config, node } => {
+            let cfg = Config::load(&config)?;
+            let node = match node {
+                Some(n) => n,
+                None => nix::unistd::gethostname()
+                    .map_err(|e| MainError::Other(format!("host name: {e}")))?
+                    .to_string_lossy()
+                    .into_owned(),
+            };
+            runtime()?.block_on(tandem::runtime::run(cfg, node))?;
+            Ok(())
+        }
+        Cmd::DemoService { listen, name } => runtime()?
+            .block_on(tandem::demo::serve(listen, name))
+            .map_err(|e| MainError::Other(format!("demo service: {e}"))),
+        other => runtime()?.block_on(admin(other)),
+    }
+}
+
+async fn admin(cmd: Cmd) -> Result<(), MainError> {
+    match cmd {
+        Cmd::Status { api } => {
+            let st: Status = call(&endpoint(&api), "GET", "/v1/status", None).await?;
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+            } else {
+                print_status(&st);
+            }
+        }
+        Cmd::History { api, events_since } => {
+            let ep = endpoint(&api);
+            let tls: Vec<Timeline> = call(&ep, "GET", "/v1/history", None).await?;
+            let events: Vec<Event> = match events_since {
+                Some(s) => call(&ep, "GET", &format!("/v1/events?since={s}&limit=10000"), None).await?,
+                None => Vec::new(),
+            };
+            if api.json {
+                let v = serde_json::json!({ "timelines": tls, "events": events });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                print_history(&tls, &events);
+            }
+        }
+        Cmd::Switchover {
+            group,
+            to,
+            timeout,
+            api,
+        } => {
+            let body = serde_json::json!({ "to": to, "timeout_ms": timeout * 1000 });
+            let r: serde_json::Value = call(
+                &endpoint(&api),
+                "POST",
+                &format!("/v1/groups/{group}/switchover"),
+                Some(body),
+            )
+            .await?;
+            println!(
+                "group `{group}` now runs on `{}` ({} ms)",
+                r["node"].as_str().unwrap_or("?"),
+                r["duration_ms"]
+            );
+        }
+        Cmd::Node { cmd } => {
+            let (node, api, action) = match cmd {
+                NodeCmd::Standby { node, api } => (node, api, "standby"),
+                NodeCmd::Online { node, api } => (node, api, "online"),
+            };
+            let _: serde_json::Value = call(
+                &endpoint(&api),
+                "POST",
+                &format!("/v1/nodes/{node}/{action}"),
+                None,
+            )
+            .await?;
+            println!("node `{node}`: {action}");
+        }
+        Cmd::Group {
+            cmd: GroupCmd::Maintenance { group, state, api },
+        } => {
+            let on = matches!(state, OnOff::On);
+            let _: serde_json::Value = call(
+                &endpoint(&api),
+                "POST",
+                &format!("/v1/groups/{group}/maintenance"),
+                Some(serde_json::json!({ "on": on })),
+            )
+            .await?;
+            println!("group `{group}`: maintenance {}", if on { "on" } else { "off" });
+        }
+        _ => unreachable!("handled in dispatch"),
+    }
+    Ok(())
+}
+
+fn print_status(st: &Status) {
+    println!(
+        "cluster {}  node {}  mode {}  event seq {}",
+        st.cluster, st.node, st.mode, st.last_seq
+    );
+    println!("\nNODES");
+    for n in &st.nodes {
+        println!(
+            "  {:<12} prio {:<3} {:<5} {}{}{}",
+            n.name,
+            n.priority,
+            if n.alive { "up" } else { "DOWN" },
+            if n.local { "(local) " } else { "" },
+            if n.standby { "STANDBY " } else { "" },
+            format_args!("paths up {}", n.paths_up)
+        );
+    }
+    println!("\nHEARTBEAT PATHS");
+    for p in &st.paths {
+        println!(
+            "  {:<12} {:<8} {:<5} rtt {}",
+            p.peer,
+            p.path,
+            if p.up { "up" } else { "DOWN" },
+            p.rtt_ms.map_or("-".into(), |r| format!("{r:.2} ms"))
+        );
+    }
+    println!("\nGROUPS");
+    for g in &st.groups {
+        let states: Vec<String> = g.states.iter().map(|(n, s)| format!("{n}={s:?}")).collect();
+        println!(
+            "  {:<12} {:<9} owner {:<10} {}{}[{}]",
+            g.name,
+            g.summary,
+            g.owner.as_deref().unwrap_or("-"),
+            if g.maintenance { "MAINTENANCE " } else { "" },
+            if g.blocked { "BLOCKED-HERE " } else { "" },
+            states.join(" ")
+        );
+    }
+    let rej: Vec<String> = st
+        .heartbeats
+        .rejected
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!(
+        "\nheartbeats: sent {} accepted {} rejected [{}]",
+        st.heartbeats.sent,
+        st.heartbeats.accepted,
+        rej.join(" ")
+    );
+}
+
+fn print_history(tls: &[Timeline], events: &[Event]) {
+    if tls.is_empty() {
+        println!("no failovers or switchovers recorded");
+    }
+    for t in tls {
+        let total = t
+            .completed_ms
+            .map_or("-".into(), |c| format!("{} ms", c.saturating_sub(t.detected_ms)));
+        println!(
+            "{} {} of `{}`: {} -> {}  reason {:?}  total {}  outcome {}",
+            fmt_time(t.detected_ms),
+            t.kind,
+            t.group,
+            t.from_node.as_deref().unwrap_or("-"),
+            t.to_node,
+            t.reason,
+            total,
+            t.outcome
+        );
+        println!(
+            "    detected  +0 ms\n    decided   +{} ms",
+            t.decided_ms.saturating_sub(t.detected_ms)
+        );
+        for s in &t.steps {
+            println!(
+                "    {:<5} {:<12} +{} ms  took {} ms{}",
+                s.action,
+                s.resource,
+                s.at_ms.saturating_sub(t.detected_ms),
+                s.duration_ms,
+                s.error.as_ref().map_or(String::new(), |e| format!("  error: {e}"))
+            );
+        }
+        if let Some(c) = t.first_check_ms {
+            println!("    first passing check +{} ms", c.saturating_sub(t.detected_ms));
+        }
+    }
+    for e in events {
+        let f: Vec<String> = e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("{:>6} {} {:<24} {}", e.seq, fmt_time(e.time_ms), e.kind.name(), f.join(" "));
+    }
+}
+
+fn fmt_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+}

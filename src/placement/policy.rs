@@ -1,0 +1,1284 @@
+//! The placement core (pure, sans-IO; time is an input).
+//!
+//! Ownership of each group is a replicated register `{owner, epoch, maintenance}`
+//! carried in every heartbeat ([`GroupAdvert::assignment`]). Each node merges the
+//! registers it hears (highest epoch wins; ties go to the more preferred owner) and
+//! only ever acts for itself:
+//!
+//! - The owner in the register keeps the group while it is alive and eligible (not in
+//!   standby, not blocked by exhausted restarts). A healthy group with a live owner is
+//!   never moved, except by an administrator or by `switchback = "automatic"`.
+//! - When the owner is dead or ineligible, the most preferred eligible live node claims
+//!   the group. In two-node mode it first probes the group's floating IPs on the LAN
+//!   (ARP probe / DAD): if an address still answers, the owner is probably alive
+//!   behind a broken heartbeat network, so it raises `split_brain_suspected` and does
+//!   not take over. The claim (a new epoch) is only written once the probe passes, so a
+//!   suspected split brain never moves the group when the heartbeats heal.
+//! - A node starts a group only once no live peer reports it starting, running,
+//!   stopping or failed (a clean hand-off for switchovers).
+//! - If two live nodes both run a group (a partition healed), the most preferred keeps
+//!   it and the other stops it cleanly.
+//!
+//! The deciding function for a group is [`Placement::desired_owner`]; a quorum engine
+//! for three or more voters can later replace the "who may claim" rule while the two-node
+//! rules stay as the two-node mode.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::cluster::packet::{Assignment, GroupAdvert, LocalGroupState, NodeAdvert};
+use crate::config::{Config, Switchback};
+use crate::event::{fields, EventKind, Fields, MoveReason, Timeline, TimelineStep};
+
+/// Now, as both a monotonic clock (for decisions) and wall-clock time (for records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub mono_ms: u64,
+    pub wall_ms: u64,
+}
+
+/// Placement policy of one group.
+#[derive(Debug, Clone)]
+pub struct GroupPolicy {
+    pub name: String,
+    /// Nodes allowed to run it; empty = all.
+    pub allowed: Vec<String>,
+    pub switchback: Switchback,
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    /// The group holds floating IPs that can be probed before a takeover.
+    pub has_vip: bool,
+}
+
+/// Static inputs of the core.
+#[derive(Debug, Clone)]
+pub struct PlacementConfig {
+    pub local: String,
+    /// (name, priority); priority 1 is the most preferred.
+    pub nodes: Vec<(String, u32)>,
+    pub groups: Vec<GroupPolicy>,
+    /// No claims before this much time after start: peers must have had a chance to be
+    /// heard.
+    pub startup_grace_ms: u64,
+    pub probe_before_takeover: bool,
+    /// How long to wait before probing again after an address answered.
+    pub probe_retry_ms: u64,
+}
+
+impl PlacementConfig {
+    /// Derives the placement settings from the configuration.
+    pub fn from_config(cfg: &Config, local: &str) -> PlacementConfig {
+        let hb = &cfg.heartbeat;
+        PlacementConfig {
+            local: local.to_string(),
+            nodes: cfg
+                .nodes
+                .iter()
+                .map(|n| (n.name.clone(), n.priority))
+                .collect(),
+            groups: cfg
+                .groups
+                .iter()
+                .map(|g| GroupPolicy {
+                    name: g.name.clone(),
+                    allowed: g.nodes.clone(),
+                    switchback: g.switchback,
+                    max_restarts: g.max_restarts,
+                    window_ms: g.restart_window.as_millis() as u64,
+                    has_vip: g
+                        .resources
+                        .iter()
+                        .any(|r| matches!(r.kind, crate::config::ResourceKind::Ip { .. })),
+                })
+                .collect(),
+            startup_grace_ms: (hb.dead_time + hb.interval * 2).as_millis() as u64,
+            probe_before_takeover: cfg.cluster.probe_vip_before_takeover,
+            probe_retry_ms: 2000,
+        }
+    }
+}
+
+/// A live peer as seen by membership: its newest advert.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub name: String,
+    pub advert: NodeAdvert,
+}
+
+/// What happened, for the core to decide on.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Time passed; re-evaluate every group against the peers.
+    Tick,
+    /// Membership declared a peer dead at this time.
+    NodeDown { peer: String },
+    /// The executor finished starting a group (every resource started and passed
+    /// its first quickCheck), or failed and cleaned up (`cleanup_ok`).
+    Started {
+        group: String,
+        ok: bool,
+        error: Option<String>,
+        cleanup_ok: bool,
+        steps: Vec<TimelineStep>,
+        first_check_wall_ms: Option<u64>,
+    },
+    /// The executor finished stopping a group.
+    Stopped {
+        group: String,
+        ok: bool,
+        error: Option<String>,
+        steps: Vec<TimelineStep>,
+    },
+    /// A running resource failed a check (or its process exited).
+    CheckFailed {
+        group: String,
+        resource: String,
+        reason: String,
+    },
+    /// A local restart finished.
+    Restarted {
+        group: String,
+        resource: String,
+        ok: bool,
+        error: Option<String>,
+    },
+    /// Nothing on this node can carry the resource any more (e.g. no usable NIC for a
+    /// floating IP): skip the local restarts and fail over.
+    Unrecoverable {
+        group: String,
+        resource: String,
+        reason: String,
+    },
+    /// Result of the floating-IP probe requested with [`Action::ProbeVip`].
+    VipProbe { group: String, in_use: bool },
+}
+
+/// What the runtime must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    ProbeVip { group: String },
+    StartGroup { group: String },
+    StopGroup { group: String },
+    RestartResource { group: String, resource: String },
+    Emit { kind: EventKind, fields: Fields },
+    RecordTimeline(Timeline),
+}
+
+/// Errors of administrative requests.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PlacementError {
+    #[error("no group named `{0}`")]
+    UnknownGroup(String),
+    #[error("no node named `{0}`")]
+    UnknownNode(String),
+    #[error("node `{0}` is not reachable")]
+    NodeNotLive(String),
+    #[error("node `{node}` cannot run group `{group}`: {why}")]
+    NotEligible {
+        node: String,
+        group: String,
+        why: String,
+    },
+    #[error("group `{group}` already runs on `{node}`")]
+    AlreadyThere { group: String, node: String },
+    #[error("group `{0}` is in maintenance")]
+    InMaintenance(String),
+    #[error("no other node can take group `{0}`")]
+    NoTarget(String),
+    #[error("group `{group}` is busy ({state:?}) on `{node}`; try again")]
+    Busy {
+        group: String,
+        node: String,
+        state: LocalGroupState,
+    },
+    #[error("standby can only be set on the node itself: run it on `{0}`")]
+    RemoteStandby(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeState {
+    Idle,
+    InFlight,
+    /// An address answered; probe again at this time.
+    RetryAt(u64),
+}
+
+#[derive(Debug, Clone)]
+struct GroupState {
+    local: LocalGroupState,
+    register: Option<Assignment>,
+    maintenance: bool,
+    failures: VecDeque<u64>,
+    blocked_until: Option<u64>,
+    probe: ProbeState,
+    restarting: bool,
+    /// Why we are about to take / are taking the group.
+    claim: Option<PendingMove>,
+    /// The timeline being written on this node.
+    timeline: Option<Timeline>,
+    failed_reported: bool,
+    split_reported: bool,
+    suspected_reported: bool,
+}
+
+#[derive(Debug, Clone)]
+struct PendingMove {
+    reason: MoveReason,
+    from: Option<String>,
+    detected_wall_ms: u64,
+}
+
+/// Status of one group as this node sees it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    pub owner: Option<String>,
+    pub epoch: u64,
+    pub maintenance: bool,
+    pub local_state: LocalGroupState,
+    pub blocked: bool,
+    pub recent_failures: usize,
+    /// The group's state on every live node (this one included).
+    pub states: BTreeMap<String, LocalGroupState>,
+    /// "running", "starting", "stopping", "stopped", "failed" or "split": derived.
+    pub summary: String,
+}
+
+/// The placement core of one node.
+pub struct Placement {
+    cfg: PlacementConfig,
+    started_mono_ms: Option<u64>,
+    standby: bool,
+    groups: BTreeMap<String, GroupState>,
+    /// Wall time when each peer was declared dead (for timelines).
+    lost_at: BTreeMap<String, u64>,
+}
+
+impl Placement {
+    pub fn new(cfg: PlacementConfig) -> Placement {
+        let groups = cfg
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    GroupState {
+                        local: LocalGroupState::Stopped,
+                        register: None,
+                        maintenance: false,
+                        failures: VecDeque::new(),
+                        blocked_until: None,
+                        probe: ProbeState::Idle,
+                        restarting: false,
+                        claim: None,
+                        timeline: None,
+                        failed_reported: false,
+                        split_reported: false,
+                        suspected_reported: false,
+                    },
+                )
+            })
+            .collect();
+        Placement {
+            cfg,
+            started_mono_ms: None,
+            standby: false,
+            groups,
+            lost_at: BTreeMap::new(),
+        }
+    }
+
+    /// The local node's name.
+    pub fn local(&self) -> &str {
+        &self.cfg.local
+    }
+
+    fn priority(&self, node: &str) -> u32 {
+        self.cfg
+            .nodes
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, p)| *p)
+            .unwrap_or(u32::MAX)
+    }
+
+    fn policy(&self, group: &str) -> Option<&GroupPolicy> {
+        self.cfg.groups.iter().find(|g| g.name == group)
+    }
+
+    /// What this node advertises in its heartbeats.
+    pub fn advert(&self, now: Now) -> NodeAdvert {
+        NodeAdvert {
+            priority: self.priority(&self.cfg.local),
+            standby: self.standby,
+            groups: self
+                .groups
+                .iter()
+                .map(|(name, g)| GroupAdvert {
+                    name: name.clone(),
+                    local: g.local,
+                    blocked: is_blocked(g, now.mono_ms),
+                    maintenance: g.maintenance,
+                    assignment: g.register.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Is this node in standby?
+    pub fn standby(&self) -> bool {
+        self.standby
+    }
+
+    /// Feeds one input; returns the actions to carry out.
+    pub fn handle(&mut self, now: Now, input: Input, peers: &[PeerView]) -> Vec<Action> {
+        if self.started_mono_ms.is_none() {
+            self.started_mono_ms = Some(now.mono_ms);
+        }
+        let mut out = Vec::new();
+        match input {
+            Input::Tick => {}
+            Input::NodeDown { peer } => {
+                self.lost_at.insert(peer, now.wall_ms);
+            }
+            Input::Started {
+                group,
+                ok,
+                error,
+                cleanup_ok,
+                steps,
+                first_check_wall_ms,
+            } => self.on_started(
+                now,
+                &group,
+                ok,
+                error,
+                cleanup_ok,
+                steps,
+                first_check_wall_ms,
+                &mut out,
+            ),
+            Input::Stopped {
+                group,
+                ok,
+                error,
+                steps,
+            } => self.on_stopped(now, &group, ok, error, steps, &mut out),
+            Input::CheckFailed {
+                group,
+                resource,
+                reason,
+            } => self.on_check_failed(now, &group, &resource, &reason, &mut out),
+            Input::Restarted {
+                group,
+                resource,
+                ok,
+                error,
+            } => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.restarting = false;
+                }
+                if ok {
+                    out.push(emit(
+                        EventKind::ResourceRestarted,
+                        fields([("group", group.clone()), ("resource", resource)]),
+                    ));
+                } else {
+                    let reason = format!(
+                        "restart of `{resource}` failed: {}",
+                        error.unwrap_or_default()
+                    );
+                    self.give_up_locally(now, &group, &resource, &reason, &mut out);
+                }
+            }
+            Input::Unrecoverable {
+                group,
+                resource,
+                reason,
+            } => self.give_up_locally(now, &group, &resource, &reason, &mut out),
+            Input::VipProbe { group, in_use } => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    if in_use {
+                        g.probe = ProbeState::RetryAt(now.mono_ms + self.cfg.probe_retry_ms);
+                        if !g.suspected_reported {
+                            g.suspected_reported = true;
+                            out.push(emit(
+                                EventKind::SplitBrainSuspected,
+                                fields([
+                                    ("group", group.clone()),
+                                    (
+                                        "reason",
+                                        "the group's floating IP still answers on the LAN \
+                                         although its owner is silent on every heartbeat path; \
+                                         not taking over"
+                                            .into(),
+                                    ),
+                                ]),
+                            ));
+                        }
+                    } else {
+                        g.probe = ProbeState::Idle;
+                        g.suspected_reported = false;
+                        self.claim_and_start(now, &group, peers, &mut out);
+                    }
+                }
+            }
+        }
+        self.evaluate(now, peers, &mut out);
+        out
+    }
+
+    fn on_started(
+        &mut self,
+        now: Now,
+        group: &str,
+        ok: bool,
+        error: Option<String>,
+        cleanup_ok: bool,
+        steps: Vec<TimelineStep>,
+        first_check: Option<u64>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(window) = self.policy(group).map(|p| p.window_ms) else {
+            return;
+        };
+        let local = self.cfg.local.clone();
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        let mut tl = g.timeline.take();
+        if let Some(t) = tl.as_mut() {
+            t.steps.extend(steps);
+            t.first_check_ms = first_check;
+        }
+        if ok {
+            g.local = LocalGroupState::Running;
+            out.push(emit(
+                EventKind::GroupStarted,
+                fields([("group", group.to_string()), ("node", local)]),
+            ));
+            if let Some(mut t) = tl {
+                t.completed_ms = Some(now.wall_ms);
+                t.outcome = "completed".into();
+                let kind = if t.kind == "switchover" {
+                    EventKind::SwitchoverCompleted
+                } else {
+                    EventKind::FailoverCompleted
+                };
+                if t.reason != MoveReason::Initial {
+                    out.push(emit(kind, timeline_fields(&t)));
+                }
+                out.push(Action::RecordTimeline(t));
+            }
+        } else {
+            let why = error.unwrap_or_else(|| "start failed".into());
+            g.local = if cleanup_ok {
+                LocalGroupState::Stopped
+            } else {
+                LocalGroupState::Failed
+            };
+            g.blocked_until = Some(now.mono_ms + window);
+            out.push(emit(
+                EventKind::GroupStartFailed,
+                fields([
+                    ("group", group.to_string()),
+                    ("reason", why.clone()),
+                    ("cleanup_ok", cleanup_ok.to_string()),
+                ]),
+            ));
+            if let Some(mut t) = tl {
+                t.completed_ms = Some(now.wall_ms);
+                t.outcome = format!("failed: {why}");
+                let kind = if t.kind == "switchover" {
+                    EventKind::SwitchoverFailed
+                } else {
+                    EventKind::FailoverFailed
+                };
+                out.push(emit(kind, timeline_fields(&t)));
+                out.push(Action::RecordTimeline(t));
+            }
+        }
+    }
+
+    fn on_stopped(
+        &mut self,
+        now: Now,
+        group: &str,
+        ok: bool,
+        error: Option<String>,
+        steps: Vec<TimelineStep>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        g.restarting = false;
+        if ok {
+            g.local = LocalGroupState::Stopped;
+            out.push(emit(
+                EventKind::GroupStopped,
+                fields([
+                    ("group", group.to_string()),
+                    ("node", self.cfg.local.clone()),
+                ]),
+            ));
+        } else {
+            // A resource that would not stop may still be running: nobody else may
+            // start the group while we are alive and say so.
+            g.local = LocalGroupState::Failed;
+            out.push(emit(
+                EventKind::GroupStopFailed,
+                fields([
+                    ("group", group.to_string()),
+                    ("reason", error.unwrap_or_default()),
+                ]),
+            ));
+        }
+        if !steps.is_empty() {
+            // The source side of a move keeps its own timeline of the stop.
+            let owner = g.register.as_ref().map(|r| r.owner.clone());
+            if owner.as_deref() != Some(self.cfg.local.as_str()) {
+                let t = Timeline {
+                    group: group.to_string(),
+                    kind: "release".into(),
+                    reason: MoveReason::Manual,
+                    from_node: Some(self.cfg.local.clone()),
+                    to_node: owner.unwrap_or_default(),
+                    detected_ms: steps.first().map(|s| s.at_ms).unwrap_or(now.wall_ms),
+                    decided_ms: steps.first().map(|s| s.at_ms).unwrap_or(now.wall_ms),
+                    steps,
+                    first_check_ms: None,
+                    completed_ms: Some(now.wall_ms),
+                    outcome: if ok { "stopped".into() } else { "stop failed".into() },
+                };
+                out.push(Action::RecordTimeline(t));
+            }
+        }
+    }
+
+    fn on_check_failed(
+        &mut self,
+        now: Now,
+        group: &str,
+        resource: &str,
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(policy) = self.policy(group).cloned() else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        if g.local != LocalGroupState::Running || g.maintenance || g.restarting {
+            return;
+        }
+        out.push(emit(
+            EventKind::ResourceCheckFailed,
+            fields([
+                ("group", group.to_string()),
+                ("resource", resource.to_string()),
+                ("reason", reason.to_string()),
+            ]),
+        ));
+        g.failures.push_back(now.mono_ms);
+        prune_failures(g, now.mono_ms, policy.window_ms);
+        if g.failures.len() as u32 <= policy.max_restarts {
+            g.restarting = true;
+            out.push(Action::RestartResource {
+                group: group.to_string(),
+                resource: resource.to_string(),
+            });
+        } else {
+            let why = format!(
+                "`{resource}` failed {} times within {} s: {reason}",
+                g.failures.len(),
+                policy.window_ms / 1000
+            );
+            self.give_up_locally(now, group, resource, &why, out);
+        }
+    }
+
+    /// The ladder is exhausted on this node: block it for the group and stop the group,
+    /// so the next eligible node takes over.
+    fn give_up_locally(
+        &mut self,
+        now: Now,
+        group: &str,
+        resource: &str,
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(window) = self.policy(group).map(|p| p.window_ms) else {
+            return;
+        };
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        g.blocked_until = Some(now.mono_ms + window);
+        out.push(emit(
+            EventKind::FailoverStarted,
+            fields([
+                ("group", group.to_string()),
+                ("from_node", self.cfg.local.clone()),
+                ("resource", resource.to_string()),
+                ("reason", MoveReason::ResourceFailed.name()),
+                ("detail", reason.to_string()),
+            ]),
+        ));
+        if matches!(
+            g.local,
+            LocalGroupState::Running | LocalGroupState::Starting
+        ) {
+            g.local = LocalGroupState::Stopping;
+            out.push(emit(
+                EventKind::GroupStopping,
+                fields([("group", group.to_string()), ("reason", reason.to_string())]),
+            ));
+            out.push(Action::StopGroup {
+                group: group.to_string(),
+            });
+        }
+    }
+
+    /// Re-evaluates every group.
+    fn evaluate(&mut self, now: Now, peers: &[PeerView], out: &mut Vec<Action>) {
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            self.evaluate_group(now, &name, peers, out);
+        }
+    }
+
+    /// Whether `node` may run `group` now (this node or a live peer).
+    fn eligible(&self, now: Now, node: &str, group: &str, peers: &[PeerView]) -> bool {
+        let Some(policy) = self.policy(group) else {
+            return false;
+        };
+        if !policy.allowed.is_empty() && !policy.allowed.iter().any(|n| n == node) {
+            return false;
+        }
+        if node == self.cfg.local {
+            let g = &self.groups[group];
+            return !self.standby
+                && !is_blocked(g, now.mono_ms)
+                && g.local != LocalGroupState::Failed;
+        }
+        match peers.iter().find(|p| p.name == node) {
+            None => false,
+            Some(p) => {
+                !p.advert.standby
+                    && p.advert
+                        .groups
+                        .iter()
+                        .find(|ga| ga.name == group)
+                        .is_none_or(|ga| !ga.blocked && ga.local != LocalGroupState::Failed)
+            }
+        }
+    }
+
+    /// The most preferred eligible live node for the group.
+    fn best_eligible(&self, now: Now, group: &str, peers: &[PeerView]) -> Option<String> {
+        std::iter::once(self.cfg.local.as_str())
+            .chain(peers.iter().map(|p| p.name.as_str()))
+            .filter(|n| self.eligible(now, n, group, peers))
+            .min_by_key(|n| (self.priority(n), n.to_string()))
+            .map(str::to_string)
+    }
+
+    /// Who should own the group, given the merged register and the live nodes.
+    pub fn desired_owner(&self, now: Now, group: &str, peers: &[PeerView]) -> Option<String> {
+        let g = &self.groups[group];
+        let policy = self.policy(group)?;
+        match g.register.as_ref().map(|r| r.owner.as_str()) {
+            Some(o) if self.eligible(now, o, group, peers) => {
+                if policy.switchback == Switchback::Automatic {
+                    let best = self.best_eligible(now, group, peers);
+                    if let Some(b) = best {
+                        if self.priority(&b) < self.priority(o)
+                            && self.state_of(o, group, peers) == Some(LocalGroupState::Running)
+                        {
+                            return Some(b);
+                        }
+                    }
+                }
+                Some(o.to_string())
+            }
+            _ => self.best_eligible(now, group, peers),
+        }
+    }
+
+    fn state_of(&self, node: &str, group: &str, peers: &[PeerView]) -> Option<LocalGroupState> {
+        if node == self.cfg.local {
+            return self.groups.get(group).map(|g| g.local);
+        }
+        peers
+            .iter()
+            .find(|p| p.name == node)?
+            .advert
+            .groups
+            .iter()
+            .find(|ga| ga.name == group)
+            .map(|ga| ga.local)
+    }
+
+    fn evaluate_group(&mut self, now: Now, name: &str, peers: &[PeerView], out: &mut Vec<Action>) {
+        let local = self.cfg.local.clone();
+        // Merge the replicated register: highest epoch wins, ties to the preferred owner.
+        let mut best: Option<(Assignment, bool)> = {
+            let g = &self.groups[name];
+            g.register.clone().map(|r| (r, g.maintenance))
+        };
+        for p in peers {
+            if let Some(ga) = p.advert.groups.iter().find(|ga| ga.name == name) {
+                if let Some(a) = &ga.assignment {
+                    let better = match &best {
+                        None => true,
+                        Some((b, _)) => {
+                            a.epoch > b.epoch
+                                || (a.epoch == b.epoch
+                                    && self.priority(&a.owner) < self.priority(&b.owner))
+                        }
+                    };
+                    if better {
+                        best = Some((a.clone(), ga.maintenance));
+                    }
+                }
+            }
+        }
+        {
+            let g = self.groups.get_mut(name).expect("group exists");
+            let previous_owner = g.register.as_ref().map(|r| r.owner.clone());
+            if let Some((a, m)) = best {
+                if g.maintenance != m {
+                    out.push(emit(
+                        if m {
+                            EventKind::GroupMaintenanceOn
+                        } else {
+                            EventKind::GroupMaintenanceOff
+                        },
+                        fields([("group", name.to_string())]),
+                    ));
+                }
+                let became_ours = a.owner == local && previous_owner.as_deref() != Some(&local);
+                g.maintenance = m;
+                g.register = Some(a);
+                if became_ours && g.claim.is_none() {
+                    // Somebody else assigned the group to us: an admin's switchover.
+                    let from = previous_owner.filter(|o| o != &local);
+                    g.claim = Some(PendingMove {
+                        reason: MoveReason::Manual,
+                        from,
+                        detected_wall_ms: now.wall_ms,
+                    });
+                }
+            }
+            if let Some(until) = g.blocked_until {
+                if now.mono_ms >= until {
+                    g.blocked_until = None;
+                    g.failures.clear();
+                }
+            }
+        }
+        if self.groups[name].maintenance {
+            return; // monitoring and recovery are suspended
+        }
+        let in_grace = self
+            .started_mono_ms
+            .is_some_and(|s| now.mono_ms < s + self.cfg.startup_grace_ms);
+        // Split brain: several live nodes run the group.
+        let mut active: Vec<String> = std::iter::once(local.clone())
+            .chain(peers.iter().map(|p| p.name.clone()))
+            .filter(|n| {
+                matches!(
+                    self.state_of(n, name, peers),
+                    Some(LocalGroupState::Running | LocalGroupState::Starting)
+                )
+            })
+            .collect();
+        if active.len() >= 2 {
+            active.sort_by_key(|n| (self.priority(n), n.clone()));
+            let winner = active[0].clone();
+            let g = self.groups.get_mut(name).expect("group exists");
+            if !g.split_reported {
+                g.split_reported = true;
+                out.push(emit(
+                    EventKind::SplitBrainResolved,
+                    fields([
+                        ("group", name.to_string()),
+                        ("winner", winner.clone()),
+                        ("losers", active[1..].join(",")),
+                    ]),
+                ));
+            }
+            if winner == local {
+                if g.register.as_ref().map(|r| r.owner.as_str()) != Some(local.as_str()) {
+                    let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
+                    g.register = Some(Assignment {
+                        owner: local.clone(),
+                        epoch,
+                    });
+                }
+            } else if g.local == LocalGroupState::Running {
+                g.local = LocalGroupState::Stopping;
+                out.push(emit(
+                    EventKind::GroupStopping,
+                    fields([
+                        ("group", name.to_string()),
+                        ("reason", format!("split brain: `{winner}` keeps the group")),
+                    ]),
+                ));
+                out.push(Action::StopGroup {
+                    group: name.to_string(),
+                });
+            }
+            return;
+        }
+        self.groups.get_mut(name).expect("group exists").split_reported = false;
+
+        let desired = self.desired_owner(now, name, peers);
+        let g = &self.groups[name];
+        let owner = g.register.as_ref().map(|r| r.owner.clone());
+        let nobody_active = active.is_empty();
+        if desired.is_none() && nobody_active && !in_grace {
+            let g = self.groups.get_mut(name).expect("group exists");
+            if !g.failed_reported && g.local != LocalGroupState::Stopping {
+                g.failed_reported = true;
+                out.push(emit(
+                    EventKind::GroupFailed,
+                    fields([
+                        ("group", name.to_string()),
+                        ("reason", "no live node is eligible to run the group".into()),
+                    ]),
+                ));
+            }
+        } else if desired.is_some() {
+            self.groups.get_mut(name).expect("group exists").failed_reported = false;
+        }
+
+        if desired.as_deref() == Some(local.as_str()) && owner.as_deref() != Some(local.as_str())
+        {
+            if in_grace {
+                return;
+            }
+            // Claim: the owner is gone/ineligible (or switchback). Probe first.
+            let reason = match owner.as_deref() {
+                None => MoveReason::Initial,
+                Some(o) if !peers.iter().any(|p| p.name == o) => MoveReason::NodeLost,
+                Some(o) if self.eligible(now, o, name, peers) => MoveReason::Switchback,
+                Some(o) => {
+                    let p = peers.iter().find(|p| p.name == o);
+                    if p.is_some_and(|p| p.advert.standby) {
+                        MoveReason::Manual
+                    } else {
+                        MoveReason::ResourceFailed
+                    }
+                }
+            };
+            let detected = match (reason, owner.as_deref()) {
+                (MoveReason::NodeLost, Some(o)) => {
+                    self.lost_at.get(o).copied().unwrap_or(now.wall_ms)
+                }
+                _ => now.wall_ms,
+            };
+            let g = self.groups.get_mut(name).expect("group exists");
+            if g.claim.is_none() {
+                g.claim = Some(PendingMove {
+                    reason,
+                    from: owner.clone(),
+                    detected_wall_ms: detected,
+                });
+            }
+            self.try_start(now, name, peers, out);
+            return;
+        }
+        if owner.as_deref() == Some(local.as_str()) {
+            if desired.as_deref() == Some(local.as_str()) {
+                self.try_start(now, name, peers, out);
+            } else if desired.is_some() {
+                // Someone else should run it (switchback to a more preferred node, or
+                // we are no longer eligible): stop; the new owner waits for our stop
+                // and then writes its claim.
+                self.stop_if_running(name, "the group is assigned elsewhere", out);
+            }
+            return;
+        }
+        // Someone else owns it.
+        let g = self.groups.get_mut(name).expect("group exists");
+        g.claim = None;
+        g.probe = ProbeState::Idle;
+        self.stop_if_running(
+            name,
+            &format!("the group is assigned to `{}`", owner.unwrap_or_default()),
+            out,
+        );
+    }
+
+    fn stop_if_running(&mut self, name: &str, reason: &str, out: &mut Vec<Action>) {
+        let g = self.groups.get_mut(name).expect("group exists");
+        if g.local == LocalGroupState::Running && !g.restarting {
+            g.local = LocalGroupState::Stopping;
+            out.push(emit(
+                EventKind::GroupStopping,
+                fields([("group", name.to_string()), ("reason", reason.to_string())]),
+            ));
+            out.push(Action::StopGroup {
+                group: name.to_string(),
+            });
+        }
+    }
+
+    /// We are (or should be) the owner and the group is stopped here: start it once the
+    /// hand-off is clean and the floating IP is free.
+    fn try_start(&mut self, now: Now, name: &str, peers: &[PeerView], out: &mut Vec<Action>) {
+        let local = self.cfg.local.clone();
+        if !self.eligible(now, &local, name, peers) {
+            return;
+        }
+        let g = &self.groups[name];
+        if g.local != LocalGroupState::Stopped {
+            return;
+        }
+        let busy_peer = peers.iter().any(|p| {
+            matches!(
+                self.state_of(&p.name, name, peers),
+                Some(
+                    LocalGroupState::Starting
+                        | LocalGroupState::Running
+                        | LocalGroupState::Stopping
+                        | LocalGroupState::Failed
+                )
+            )
+        });
+        if busy_peer {
+            return;
+        }
+        let probe = self.cfg.probe_before_takeover
+            && self.policy(name).is_some_and(|p| p.has_vip);
+        let g = self.groups.get_mut(name).expect("group exists");
+        if probe {
+            match g.probe {
+                ProbeState::InFlight => return,
+                ProbeState::RetryAt(t) if now.mono_ms < t => return,
+                _ => {
+                    g.probe = ProbeState::InFlight;
+                    out.push(Action::ProbeVip {
+                        group: name.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+        self.claim_and_start(now, name, peers, out);
+    }
+
+    /// Writes our claim (a new epoch) and starts the group.
+    fn claim_and_start(&mut self, now: Now, name: &str, peers: &[PeerView], out: &mut Vec<Action>) {
+        let local = self.cfg.local.clone();
+        // Re-check: the world may have changed while the probe ran.
+        if !self.eligible(now, &local, name, peers) {
+            return;
+        }
+        let still_ours = self.desired_owner(now, name, peers).as_deref() == Some(local.as_str());
+        let g = self.groups.get_mut(name).expect("group exists");
+        if g.local != LocalGroupState::Stopped || !still_ours {
+            return;
+        }
+        if g.register.as_ref().map(|r| r.owner.as_str()) != Some(local.as_str()) {
+            let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
+            g.register = Some(Assignment {
+                owner: local.clone(),
+                epoch,
+            });
+        }
+        let claim = g.claim.take().unwrap_or(PendingMove {
+            reason: MoveReason::Initial,
+            from: None,
+            detected_wall_ms: now.wall_ms,
+        });
+        let kind = match claim.reason {
+            MoveReason::Manual | MoveReason::Switchback => "switchover",
+            _ => "failover",
+        };
+        let t = Timeline {
+            group: name.to_string(),
+            kind: kind.into(),
+            reason: claim.reason,
+            from_node: claim.from.clone(),
+            to_node: local.clone(),
+            detected_ms: claim.detected_wall_ms,
+            decided_ms: now.wall_ms,
+            steps: Vec::new(),
+            first_check_ms: None,
+            completed_ms: None,
+            outcome: "in progress".into(),
+        };
+        if claim.reason != MoveReason::Initial {
+            let kind = if kind == "switchover" {
+                EventKind::SwitchoverStarted
+            } else {
+                EventKind::FailoverStarted
+            };
+            out.push(emit(kind, timeline_fields(&t)));
+        }
+        g.timeline = Some(t);
+        g.local = LocalGroupState::Starting;
+        out.push(emit(
+            EventKind::GroupStarting,
+            fields([
+                ("group", name.to_string()),
+                ("node", local),
+                ("reason", claim.reason.name()),
+            ]),
+        ));
+        out.push(Action::StartGroup {
+            group: name.to_string(),
+        });
+    }
+
+    /// An administrator asks to move `group` to `target` (default: the most preferred
+    /// eligible node other than the current owner). Returns the target.
+    pub fn switchover(
+        &mut self,
+        now: Now,
+        group: &str,
+        target: Option<&str>,
+        peers: &[PeerView],
+    ) -> Result<(String, Vec<Action>), PlacementError> {
+        let g = self
+            .groups
+            .get(group)
+            .ok_or_else(|| PlacementError::UnknownGroup(group.into()))?;
+        if g.maintenance {
+            return Err(PlacementError::InMaintenance(group.into()));
+        }
+        let owner = g.register.as_ref().map(|r| r.owner.clone());
+        let target = match target {
+            Some(t) => {
+                if !self.cfg.nodes.iter().any(|(n, _)| n == t) {
+                    return Err(PlacementError::UnknownNode(t.into()));
+                }
+                if t != self.cfg.local && !peers.iter().any(|p| p.name == t) {
+                    return Err(PlacementError::NodeNotLive(t.into()));
+                }
+                t.to_string()
+            }
+            None => std::iter::once(self.cfg.local.as_str())
+                .chain(peers.iter().map(|p| p.name.as_str()))
+                .filter(|n| Some(*n) != owner.as_deref())
+                .filter(|n| self.eligible(now, n, group, peers))
+                .min_by_key(|n| (self.priority(n), n.to_string()))
+                .map(str::to_string)
+                .ok_or_else(|| PlacementError::NoTarget(group.into()))?,
+        };
+        if owner.as_deref() == Some(target.as_str()) {
+            return Err(PlacementError::AlreadyThere {
+                group: group.into(),
+                node: target,
+            });
+        }
+        if !self.eligible(now, &target, group, peers) {
+            return Err(PlacementError::NotEligible {
+                node: target.clone(),
+                group: group.into(),
+                why: "standby, blocked after failures, failed, or not in the group's nodes"
+                    .into(),
+            });
+        }
+        // Refuse while any node is mid-transition.
+        for n in std::iter::once(self.cfg.local.clone()).chain(peers.iter().map(|p| p.name.clone()))
+        {
+            if let Some(s) = self.state_of(&n, group, peers) {
+                if matches!(s, LocalGroupState::Starting | LocalGroupState::Stopping) {
+                    return Err(PlacementError::Busy {
+                        group: group.into(),
+                        node: n,
+                        state: s,
+                    });
+                }
+            }
+        }
+        let g = self.groups.get_mut(group).expect("checked");
+        let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
+        g.register = Some(Assignment {
+            owner: target.clone(),
+            epoch,
+        });
+        if target == self.cfg.local {
+            g.claim = Some(PendingMove {
+                reason: MoveReason::Manual,
+                from: owner.clone(),
+                detected_wall_ms: now.wall_ms,
+            });
+        }
+        let mut out = vec![emit(
+            EventKind::SwitchoverStarted,
+            fields([
+                ("group", group.to_string()),
+                ("from_node", owner.unwrap_or_default()),
+                ("to_node", target.clone()),
+                ("reason", MoveReason::Manual.name()),
+            ]),
+        )];
+        self.evaluate(now, peers, &mut out);
+        Ok((target, out))
+    }
+
+    /// Puts this node in standby (its groups move away, no new ones arrive) or back online.
+    pub fn set_standby(
+        &mut self,
+        now: Now,
+        node: &str,
+        on: bool,
+        peers: &[PeerView],
+    ) -> Result<Vec<Action>, PlacementError> {
+        if !self.cfg.nodes.iter().any(|(n, _)| n == node) {
+            return Err(PlacementError::UnknownNode(node.into()));
+        }
+        if node != self.cfg.local {
+            return Err(PlacementError::RemoteStandby(node.into()));
+        }
+        let mut out = Vec::new();
+        if self.standby != on {
+            self.standby = on;
+            out.push(emit(
+                if on {
+                    EventKind::NodeStandby
+                } else {
+                    EventKind::NodeOnline
+                },
+                fields([("node", node.to_string())]),
+            ));
+        }
+        self.evaluate(now, peers, &mut out);
+        Ok(out)
+    }
+
+    /// Suspends (or resumes) monitoring and recovery of a group, cluster-wide.
+    pub fn set_maintenance(
+        &mut self,
+        now: Now,
+        group: &str,
+        on: bool,
+        peers: &[PeerView],
+    ) -> Result<Vec<Action>, PlacementError> {
+        let g = self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| PlacementError::UnknownGroup(group.into()))?;
+        let mut out = Vec::new();
+        if g.maintenance != on {
+            let (owner, epoch) = match &g.register {
+                Some(r) => (r.owner.clone(), r.epoch + 1),
+                None => (String::new(), 1),
+            };
+            g.register = Some(Assignment { owner, epoch });
+            g.maintenance = on;
+            out.push(emit(
+                if on {
+                    EventKind::GroupMaintenanceOn
+                } else {
+                    EventKind::GroupMaintenanceOff
+                },
+                fields([("group", group.to_string())]),
+            ));
+        }
+        self.evaluate(now, peers, &mut out);
+        Ok(out)
+    }
+
+    /// Is the group in maintenance (monitoring suspended)?
+    pub fn in_maintenance(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| g.maintenance)
+    }
+
+    /// The status of every group as this node sees it.
+    pub fn status(&self, now: Now, peers: &[PeerView]) -> Vec<GroupStatus> {
+        self.groups
+            .iter()
+            .map(|(name, g)| {
+                let mut states = BTreeMap::new();
+                states.insert(self.cfg.local.clone(), g.local);
+                for p in peers {
+                    if let Some(ga) = p.advert.groups.iter().find(|ga| &ga.name == name) {
+                        states.insert(p.name.clone(), ga.local);
+                    }
+                }
+                let running = states
+                    .values()
+                    .filter(|s| **s == LocalGroupState::Running)
+                    .count();
+                let summary = if running > 1 {
+                    "split"
+                } else if running == 1 {
+                    "running"
+                } else if states.values().any(|s| *s == LocalGroupState::Starting) {
+                    "starting"
+                } else if states.values().any(|s| *s == LocalGroupState::Stopping) {
+                    "stopping"
+                } else if states.values().any(|s| *s == LocalGroupState::Failed) || g.failed_reported
+                {
+                    "failed"
+                } else {
+                    "stopped"
+                };
+                GroupStatus {
+                    name: name.clone(),
+                    owner: g.register.as_ref().map(|r| r.owner.clone()).filter(|o| !o.is_empty()),
+                    epoch: g.register.as_ref().map_or(0, |r| r.epoch),
+                    maintenance: g.maintenance,
+                    local_state: g.local,
+                    blocked: is_blocked(g, now.mono_ms),
+                    recent_failures: g.failures.len(),
+                    states,
+                    summary: summary.into(),
+                }
+            })
+            .collect()
+    }
+}
+
+fn is_blocked(g: &GroupState, now_ms: u64) -> bool {
+    g.blocked_until.is_some_and(|u| now_ms < u)
+}
+
+fn prune_failures(g: &mut GroupState, now_ms: u64, window_ms: u64) {
+    while g
+        .failures
+        .front()
+        .is_some_and(|&t| now_ms.saturating_sub(t) >= window_ms)
+    {
+        g.failures.pop_front();
+    }
+}
+
+fn emit(kind: EventKind, fields: Fields) -> Action {
+    Action::Emit { kind, fields }
+}
+
+impl MoveReason {
+    /// The snake_case name.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+fn timeline_fields(t: &Timeline) -> Fields {
+    let mut f = fields([
+        ("group", t.group.clone()),
+        ("reason", t.reason.name()),
+        ("from_node", t.from_node.clone().unwrap_or_default()),
+        ("to_node", t.to_node.clone()),
+        ("detected_ms", t.detected_ms.to_string()),
+        ("decided_ms", t.decided_ms.to_string()),
+    ]);
+    if let Some(c) = t.completed_ms {
+        f.insert("duration_ms".into(), c.saturating_sub(t.detected_ms).to_string());
+        f.insert("outcome".into(), t.outcome.clone());
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,2 @@
+//! Unit tests of the placement core.
+use super::*;

@@ -1,0 +1,396 @@
+//! Resource agents: start, stop and the built-in monitor of each resource kind.
+//!
+//! - `ip`: adds/removes the floating address through netlink, announces it with a burst
+//!   of gratuitous ARP / unsolicited NA and re-announces periodically. Its monitor
+//!   reconciles the address against the links (IP local recovery onto a backup NIC).
+//! - `exec`: user scripts for start and stop, each under a timeout.
+//! - `process`: a supervised long-running command in its own process group; its
+//!   monitor notices at once when it exits.
+
+use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+use super::ResourceError;
+use crate::config::{parse_cidr, ResourceConfig, ResourceKind};
+use crate::net;
+use crate::net::vip::{VipAction, VipOutcome, VipSpec};
+
+/// What the built-in monitor of a resource found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Monitor {
+    Healthy,
+    /// IP local recovery moved the address to another interface on this node.
+    Moved { from: String, to: String },
+    /// The resource failed; a local restart may help.
+    Failed(String),
+    /// Nothing on this node can carry the resource: fail over.
+    Unrecoverable(String),
+}
+
+/// One resource's agent.
+pub enum Agent {
+    Ip(IpAgent),
+    Exec {
+        start: Vec<String>,
+        stop: Vec<String>,
+        timeout: Duration,
+    },
+    Process {
+        command: Vec<String>,
+        stop_timeout: Duration,
+        child: Option<Child>,
+    },
+}
+
+/// The floating IP agent.
+pub struct IpAgent {
+    spec: VipSpec,
+    announce_count: u32,
+    reannounce_every: Duration,
+    last_announce: Option<Instant>,
+    holder: Option<String>,
+}
+
+impl Agent {
+    /// Builds the agent for a validated resource.
+    pub fn new(cfg: &ResourceConfig) -> Agent {
+        match &cfg.kind {
+            ResourceKind::Ip {
+                address,
+                interface,
+                backup_interfaces,
+                announce_count,
+                reannounce_every,
+            } => {
+                // Validated by Config::validate.
+                let (addr, prefix) =
+                    parse_cidr(address).unwrap_or((IpAddr::from([0, 0, 0, 0]), 32));
+                let mut interfaces = vec![interface.clone()];
+                interfaces.extend(backup_interfaces.iter().cloned());
+                Agent::Ip(IpAgent {
+                    spec: VipSpec {
+                        addr,
+                        prefix,
+                        interfaces,
+                    },
+                    announce_count: *announce_count,
+                    reannounce_every: *reannounce_every,
+                    last_announce: None,
+                    holder: None,
+                })
+            }
+            ResourceKind::Exec {
+                start,
+                stop,
+                timeout,
+            } => Agent::Exec {
+                start: start.clone(),
+                stop: stop.clone(),
+                timeout: *timeout,
+            },
+            ResourceKind::Process {
+                command,
+                stop_timeout,
+            } => Agent::Process {
+                command: command.clone(),
+                stop_timeout: *stop_timeout,
+                child: None,
+            },
+        }
+    }
+
+    /// The floating address, for `ip` resources.
+    pub fn vip(&self) -> Option<&VipSpec> {
+        match self {
+            Agent::Ip(a) => Some(&a.spec),
+            _ => None,
+        }
+    }
+
+    /// Starts the resource.
+    pub async fn start(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
+        match self {
+            Agent::Ip(a) => a.reconcile(true).await.and_then(|o| match o {
+                VipOutcome::NoUsableInterface => Err(ResourceError::Check(format!(
+                    "no usable interface among {:?} for {}",
+                    a.spec.interfaces, a.spec.addr
+                ))),
+                _ => Ok(()),
+            }),
+            Agent::Exec { start, timeout, .. } => run_command(start, *timeout, env).await,
+            Agent::Process { command, child, .. } => {
+                if let Some(c) = child.as_mut() {
+                    if matches!(c.try_wait(), Ok(None)) {
+                        return Ok(());
+                    }
+                }
+                let mut cmd = Command::new(&command[0]);
+                cmd.args(&command[1..])
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(std::process::Stdio::null())
+                    .process_group(0)
+                    .kill_on_drop(true);
+                let c = cmd.spawn().map_err(|source| ResourceError::Spawn {
+                    command: command.join(" "),
+                    source,
+                })?;
+                *child = Some(c);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops the resource. Stopping a stopped resource succeeds.
+    pub async fn stop(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
+        match self {
+            Agent::Ip(a) => a.reconcile(false).await.map(|_| ()),
+            Agent::Exec { stop, timeout, .. } => run_command(stop, *timeout, env).await,
+            Agent::Process {
+                command,
+                stop_timeout,
+                child,
+            } => {
+                let Some(mut c) = child.take() else {
+                    return Ok(());
+                };
+                if let Some(pid) = c.id() {
+                    let pgid = Pid::from_raw(pid as i32);
+                    let _ = killpg(pgid, Signal::SIGTERM);
+                    match tokio::time::timeout(*stop_timeout, c.wait()).await {
+                        Ok(_) => {}
+                        Err(_) => {
+                            tracing::warn!(command = %command.join(" "), "did not stop on SIGTERM; SIGKILL");
+                            let _ = killpg(pgid, Signal::SIGKILL);
+                            let _ = c.wait().await;
+                        }
+                    }
+                    // Anything left in its process group goes too.
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The built-in monitor: for `ip`, the address is present on a usable link (moving
+    /// it to a backup if needed) and re-announced when due; for `process`, the child
+    /// still runs.
+    pub async fn monitor(&mut self) -> Monitor {
+        match self {
+            Agent::Ip(a) => {
+                let before = a.holder.clone();
+                match a.reconcile(true).await {
+                    Ok(VipOutcome::Ok) => {
+                        if before.is_some() && a.holder != before {
+                            // The address vanished and was put back where it was.
+                            return Monitor::Failed(format!(
+                                "address {} was missing from {}",
+                                a.spec.addr,
+                                before.unwrap_or_default()
+                            ));
+                        }
+                        if !a.reannounce_every.is_zero()
+                            && a
+                                .last_announce
+                                .is_none_or(|t| t.elapsed() >= a.reannounce_every)
+                        {
+                            if let Some(h) = a.holder.clone() {
+                                a.announce(&h, 1);
+                            }
+                        }
+                        Monitor::Healthy
+                    }
+                    Ok(VipOutcome::Moved { from, to }) => Monitor::Moved { from, to },
+                    Ok(VipOutcome::NoUsableInterface) => Monitor::Unrecoverable(format!(
+                        "no interface among {:?} can carry {}",
+                        a.spec.interfaces, a.spec.addr
+                    )),
+                    Err(e) => Monitor::Failed(e.to_string()),
+                }
+            }
+            Agent::Exec { .. } => Monitor::Healthy,
+            Agent::Process { child, command, .. } => match child.as_mut() {
+                None => Monitor::Failed("not running".into()),
+                Some(c) => match c.try_wait() {
+                    Ok(None) => Monitor::Healthy,
+                    Ok(Some(status)) => {
+                        *child = None;
+                        Monitor::Failed(format!(
+                            "`{}` exited ({})",
+                            command.join(" "),
+                            describe_status(status)
+                        ))
+                    }
+                    Err(e) => Monitor::Failed(format!("wait: {e}")),
+                },
+            },
+        }
+    }
+}
+
+impl IpAgent {
+    async fn observe(&self) -> Result<net::vip::Observed, ResourceError> {
+        let mut links = std::collections::BTreeMap::new();
+        for i in &self.spec.interfaces {
+            let s = net::netlink::link_state(i).await?;
+            links.insert(i.clone(), net::vip::LinkHealth::from(&s));
+        }
+        let holders = net::netlink::find_address(self.spec.addr).await?;
+        Ok(net::vip::Observed { links, holders })
+    }
+
+    /// Brings the world in line with `want_up` and reports what happened.
+    async fn reconcile(&mut self, want_up: bool) -> Result<VipOutcome, ResourceError> {
+        let observed = self.observe().await?;
+        let (actions, outcome) = net::vip::reconcile(&self.spec, want_up, &observed);
+        for action in actions {
+            match action {
+                VipAction::Remove { ifname } => {
+                    net::netlink::del_address(&ifname, self.spec.addr, self.spec.prefix).await?;
+                }
+                VipAction::Add { ifname } => {
+                    net::netlink::add_address(&ifname, self.spec.addr, self.spec.prefix).await?;
+                    self.holder = Some(ifname);
+                }
+                VipAction::Announce { ifname } => self.announce(&ifname, self.announce_count),
+            }
+        }
+        if !want_up {
+            self.holder = None;
+        } else if self.holder.is_none() {
+            self.holder = observed.holders.first().cloned();
+        }
+        Ok(outcome)
+    }
+
+    /// Sends the announcement burst in the background so the start is not delayed.
+    fn announce(&mut self, ifname: &str, count: u32) {
+        self.last_announce = Some(Instant::now());
+        let (ifname, addr) = (ifname.to_string(), self.spec.addr);
+        tokio::spawn(async move {
+            if let Err(e) =
+                net::announce::announce(&ifname, addr, count, Duration::from_millis(150)).await
+            {
+                tracing::warn!(%addr, %ifname, error = %e, "announcement failed");
+            }
+        });
+    }
+}
+
+fn describe_status(status: std::process::ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+/// Runs a command to completion under a timeout; non-zero exit is an error. On timeout
+/// its whole process group is killed.
+pub async fn run_command(
+    command: &[String],
+    timeout: Duration,
+    env: &[(String, String)],
+) -> Result<(), ResourceError> {
+    let shown = command.join(" ");
+    let Some((prog, args)) = command.split_first() else {
+        return Err(ResourceError::Check("empty command".into()));
+    };
+    let mut child = Command::new(prog)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ResourceError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(ResourceError::ExitStatus {
+            command: shown,
+            status: describe_status(status),
+        }),
+        Ok(Err(e)) => Err(ResourceError::Spawn {
+            command: shown,
+            source: e,
+        }),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            Err(ResourceError::Timeout {
+                command: shown,
+                timeout_ms: timeout.as_millis() as u64,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn process(cmd: &[&str]) -> Agent {
+        Agent::Process {
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            stop_timeout: Duration::from_millis(500),
+            child: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn process_exit_is_noticed_and_stop_kills_the_group() {
+        let mut a = process(&["sh", "-c", "sleep 30 & sleep 30"]);
+        a.start(&[]).await.unwrap();
+        assert_eq!(a.monitor().await, Monitor::Healthy);
+        a.stop(&[]).await.unwrap();
+        assert!(matches!(a.monitor().await, Monitor::Failed(_)));
+
+        let mut b = process(&["sh", "-c", "exit 3"]);
+        b.start(&[]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match b.monitor().await {
+            Monitor::Failed(why) => assert!(why.contains("exit code 3"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn process_ignoring_sigterm_is_killed() {
+        let mut a = process(&["sh", "-c", "trap '' TERM; sleep 30"]);
+        a.start(&[]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t = Instant::now();
+        a.stop(&[]).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn exec_scripts_get_env_and_errors_are_reported() {
+        let env = vec![("TANDEM_GROUP".to_string(), "mail".to_string())];
+        assert!(run_command(
+            &["sh".into(), "-c".into(), "test \"$TANDEM_GROUP\" = mail".into()],
+            Duration::from_secs(2),
+            &env
+        )
+        .await
+        .is_ok());
+        let e = run_command(&["false".into()], Duration::from_secs(2), &env)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("exit code 1"), "{e}");
+        let e = run_command(&["/nonexistent/x".into()], Duration::from_secs(2), &env)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ResourceError::Spawn { .. }));
+    }
+}

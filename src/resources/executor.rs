@@ -1,0 +1,431 @@
+//! The group executor: one tokio task per group on this node. It carries out the
+//! placement core's actions for its group (start in dependency order, stop in reverse,
+//! restart one resource with its dependents, probe the floating IPs) and monitors the
+//! running group with each resource's built-in monitor, quickCheck and deepCheck.
+//! Results go back to the core as [`placement::policy::Input`]s; resource-level facts
+//! go straight into the event stream.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::agent::{Agent, Monitor};
+use super::probe;
+use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
+use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
+use crate::placement::hierarchy::{dependents_closure, start_order};
+use crate::placement::policy::Input;
+
+/// What the main loop asks of a group's executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Start,
+    Stop,
+    Restart { resource: String },
+    ProbeVip,
+    /// Suspend (true) or resume checks.
+    Maintenance(bool),
+}
+
+/// How long a freshly started group may take to pass its first quickChecks.
+const FIRST_CHECK_GRACE: Duration = Duration::from_secs(15);
+/// Built-in monitors (process alive, address present) run this often.
+const MONITOR_EVERY: Duration = Duration::from_millis(250);
+/// How long a takeover probe listens for the floating IP.
+const VIP_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
+struct Res {
+    name: String,
+    agent: Agent,
+    quick: Option<(CheckConfig, Duration)>,
+    deep: Option<(CheckConfig, Duration)>,
+    next_quick: Instant,
+    next_deep: Instant,
+}
+
+/// Starts the executor task of `group`; returns its command channel.
+pub fn spawn(
+    node: &str,
+    group: &GroupConfig,
+    events: EventLog,
+    results: mpsc::Sender<Input>,
+) -> mpsc::Sender<Command> {
+    let (tx, rx) = mpsc::channel(16);
+    let order = start_order(group).unwrap_or_else(|_| (0..group.resources.len()).collect());
+    let resources: Vec<Res> = group
+        .resources
+        .iter()
+        .map(|r| Res {
+            name: r.name.clone(),
+            agent: Agent::new(r),
+            quick: r
+                .quickcheck
+                .clone()
+                .map(|c| {
+                    let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
+                    (c, i)
+                }),
+            deep: r.deepcheck.clone().map(|c| {
+                let i = c.interval.unwrap_or(DEFAULT_DEEPCHECK);
+                (c, i)
+            }),
+            next_quick: Instant::now(),
+            next_deep: Instant::now(),
+        })
+        .collect();
+    let exec = Executor {
+        node: node.to_string(),
+        group: group.clone(),
+        order,
+        resources,
+        events,
+        results,
+        running: false,
+        maintenance: false,
+    };
+    let span = tracing::info_span!("group", node = %node, group = %group.name);
+    tokio::spawn(exec.run(rx).instrument(span));
+    tx
+}
+
+struct Executor {
+    node: String,
+    group: GroupConfig,
+    order: Vec<usize>,
+    resources: Vec<Res>,
+    events: EventLog,
+    results: mpsc::Sender<Input>,
+    running: bool,
+    maintenance: bool,
+}
+
+impl Executor {
+    fn env(&self, resource: &str) -> Vec<(String, String)> {
+        vec![
+            ("TANDEM_NODE".into(), self.node.clone()),
+            ("TANDEM_GROUP".into(), self.group.name.clone()),
+            ("TANDEM_RESOURCE".into(), resource.to_string()),
+        ]
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(MONITOR_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    let input = match cmd {
+                        Command::Start => Some(self.start().await),
+                        Command::Stop => Some(self.stop().await),
+                        Command::Restart { resource } => Some(self.restart(&resource).await),
+                        Command::ProbeVip => Some(self.probe_vip().await),
+                        Command::Maintenance(on) => { self.maintenance = on; None }
+                    };
+                    if let Some(i) = input {
+                        if self.results.send(i).await.is_err() { break; }
+                    }
+                }
+                _ = tick.tick(), if self.running && !self.maintenance => {
+                    if let Some(i) = self.monitor().await {
+                        if self.results.send(i).await.is_err() { break; }
+                    }
+                }
+            }
+        }
+        // The daemon is shutting down: stop what runs here, top-down.
+        if self.running {
+            let _ = self.stop().await;
+        }
+    }
+
+    async fn start_one(&mut self, i: usize, steps: &mut Vec<TimelineStep>) -> Result<(), String> {
+        let name = self.resources[i].name.clone();
+        let env = self.env(&name);
+        let at = unix_ms();
+        let t = Instant::now();
+        let r = self.resources[i]
+            .agent
+            .start(&env)
+            .instrument(tracing::info_span!("resource", resource = %name))
+            .await;
+        let ms = t.elapsed().as_millis() as u64;
+        steps.push(TimelineStep {
+            resource: name.clone(),
+            action: "start".into(),
+            at_ms: at,
+            duration_ms: ms,
+            ok: r.is_ok(),
+            error: r.as_ref().err().map(|e| e.to_string()),
+        });
+        match r {
+            Ok(()) => {
+                self.events.emit(
+                    EventKind::ResourceStarted,
+                    fields([
+                        ("group", self.group.name.clone()),
+                        ("resource", name),
+                        ("duration_ms", ms.to_string()),
+                    ]),
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.events.emit(
+                    EventKind::ResourceStartFailed,
+                    fields([
+                        ("group", self.group.name.clone()),
+                        ("resource", name.clone()),
+                        ("reason", e.to_string()),
+                    ]),
+                );
+                Err(format!("`{name}`: {e}"))
+            }
+        }
+    }
+
+    async fn stop_one(&mut self, i: usize, steps: &mut Vec<TimelineStep>) -> Result<(), String> {
+        let name = self.resources[i].name.clone();
+        let env = self.env(&name);
+        let at = unix_ms();
+        let t = Instant::now();
+        let r = self.resources[i]
+            .agent
+            .stop(&env)
+            .instrument(tracing::info_span!("resource", resource = %name))
+            .await;
+        let ms = t.elapsed().as_millis() as u64;
+        steps.push(TimelineStep {
+            resource: name.clone(),
+            action: "stop".into(),
+            at_ms: at,
+            duration_ms: ms,
+            ok: r.is_ok(),
+            error: r.as_ref().err().map(|e| e.to_string()),
+        });
+        self.events.emit(
+            EventKind::ResourceStopped,
+            fields([
+                ("group", self.group.name.clone()),
+                ("resource", name.clone()),
+                ("duration_ms", ms.to_string()),
+                ("ok", r.is_ok().to_string()),
+            ]),
+        );
+        r.map_err(|e| format!("`{name}`: {e}"))
+    }
+
+    /// Runs each given resource's quickCheck until all pass (or the grace runs out).
+    async fn first_checks(&mut self, which: &[usize]) -> Result<u64, String> {
+        let deadline = Instant::now() + FIRST_CHECK_GRACE;
+        for &i in which {
+            let Some((check, _)) = self.resources[i].quick.clone() else {
+                continue;
+            };
+            let env = self.env(&self.resources[i].name);
+            loop {
+                match probe::run(&check.probe, check.timeout, &env).await {
+                    Ok(()) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(format!(
+                            "`{}` never passed its quickcheck: {e}",
+                            self.resources[i].name
+                        ))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+                }
+            }
+        }
+        let now = Instant::now();
+        for r in &mut self.resources {
+            if let Some((_, i)) = &r.quick {
+                r.next_quick = now + *i;
+            }
+            if let Some((_, i)) = &r.deep {
+                r.next_deep = now + *i;
+            }
+        }
+        Ok(unix_ms())
+    }
+
+    async fn start(&mut self) -> Input {
+        let mut steps = Vec::new();
+        let mut started = Vec::new();
+        let order = self.order.clone();
+        let mut error = None;
+        for &i in &order {
+            match self.start_one(i, &mut steps).await {
+                Ok(()) => started.push(i),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        let mut first_check = None;
+        if error.is_none() {
+            match self.first_checks(&order).await {
+                Ok(t) => first_check = Some(t),
+                Err(e) => error = Some(e),
+            }
+        }
+        let mut cleanup_ok = true;
+        if error.is_some() {
+            for &i in started.iter().rev() {
+                if self.stop_one(i, &mut steps).await.is_err() {
+                    cleanup_ok = false;
+                }
+            }
+        } else {
+            self.running = true;
+        }
+        Input::Started {
+            group: self.group.name.clone(),
+            ok: error.is_none(),
+            error,
+            cleanup_ok,
+            steps,
+            first_check_wall_ms: first_check,
+        }
+    }
+
+    async fn stop(&mut self) -> Input {
+        self.running = false;
+        let mut steps = Vec::new();
+        let mut error = None;
+        for &i in self.order.clone().iter().rev() {
+            if let Err(e) = self.stop_one(i, &mut steps).await {
+                error.get_or_insert(e);
+            }
+        }
+        Input::Stopped {
+            group: self.group.name.clone(),
+            ok: error.is_none(),
+            error,
+            steps,
+        }
+    }
+
+    /// Restarts a resource and everything above it: stop top-down, start bottom-up.
+    async fn restart(&mut self, resource: &str) -> Input {
+        let group = self.group.name.clone();
+        let Some(idx) = self.resources.iter().position(|r| r.name == resource) else {
+            return Input::Restarted {
+                group,
+                resource: resource.into(),
+                ok: false,
+                error: Some("unknown resource".into()),
+            };
+        };
+        let affected = dependents_closure(&self.group, &self.order, idx);
+        let mut steps = Vec::new();
+        let mut error = None;
+        for &i in affected.iter().rev() {
+            if let Err(e) = self.stop_one(i, &mut steps).await {
+                error.get_or_insert(e);
+            }
+        }
+        if error.is_none() {
+            for &i in &affected {
+                if let Err(e) = self.start_one(i, &mut steps).await {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if error.is_none() {
+            if let Err(e) = self.first_checks(&affected).await {
+                error = Some(e);
+            }
+        }
+        Input::Restarted {
+            group,
+            resource: resource.into(),
+            ok: error.is_none(),
+            error,
+        }
+    }
+
+    async fn probe_vip(&mut self) -> Input {
+        let mut in_use = false;
+        for r in &self.resources {
+            let Some(spec) = r.agent.vip() else { continue };
+            for ifname in &spec.interfaces {
+                match crate::net::probe::address_in_use(ifname, spec.addr, VIP_PROBE_TIMEOUT).await
+                {
+                    Ok(true) => {
+                        in_use = true;
+                        break;
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::debug!(%ifname, error = %e, "cannot probe here; trying the next interface");
+                    }
+                }
+            }
+        }
+        Input::VipProbe {
+            group: self.group.name.clone(),
+            in_use,
+        }
+    }
+
+    /// Built-in monitors every tick; quick and deep checks when due. Returns the first
+    /// failure for the placement core.
+    async fn monitor(&mut self) -> Option<Input> {
+        let group = self.group.name.clone();
+        for i in self.order.clone() {
+            let name = self.resources[i].name.clone();
+            match self.resources[i].agent.monitor().await {
+                Monitor::Healthy => {}
+                Monitor::Moved { from, to } => {
+                    self.events.emit(
+                        EventKind::IpMoved,
+                        fields([
+                            ("group", group.clone()),
+                            ("resource", name.clone()),
+                            ("from_interface", from),
+                            ("to_interface", to),
+                        ]),
+                    );
+                }
+                Monitor::Failed(reason) => {
+                    return Some(Input::CheckFailed {
+                        group,
+                        resource: name,
+                        reason,
+                    })
+                }
+                Monitor::Unrecoverable(reason) => {
+                    return Some(Input::Unrecoverable {
+                        group,
+                        resource: name,
+                        reason,
+                    })
+                }
+            }
+            let now = Instant::now();
+            let env = self.env(&name);
+            let r = &mut self.resources[i];
+            for (kind, check, next) in [
+                ("quickcheck", &r.quick, &mut r.next_quick),
+                ("deepcheck", &r.deep, &mut r.next_deep),
+            ] {
+                let Some((c, interval)) = check else { continue };
+                if now < *next {
+                    continue;
+                }
+                *next = now + *interval;
+                if let Err(e) = probe::run(&c.probe, c.timeout, &env).await {
+                    return Some(Input::CheckFailed {
+                        group,
+                        resource: name,
+                        reason: format!("{kind}: {e}"),
+                    });
+                }
+            }
+        }
+        None
+    }
+}

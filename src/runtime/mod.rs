@@ -1,0 +1,532 @@
+//! The daemon runtime: tokio tasks that turn sockets, timers, child processes and API
+//! requests into inputs for the pure cores, and carry out the actions they return.
+//!
+//! ```text
+//!  path tasks (UDP per heartbeat path) --Received--> +-----------------------+
+//!  group executors ------------------- Input ------> |  main loop            |
+//!  API server ------------------------ Request ----> |  Membership (pure)    | --Command--> group executors
+//!  timers (heartbeat, evaluation) ------------------> |  Placement  (pure)    | --Outgoing-> path tasks
+//!                                                     +-----------------------+
+//!                                                         | events        | status snapshot (watch)
+//!                                                         v               v
+//!                                                      EventLog        API server
+//! ```
+
+pub mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
+
+use crate::api::{self, NodeStatus, PathStatusView, Request, Status};
+use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
+use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
+use crate::config::Config;
+use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
+use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
+use crate::resources::agent::Agent;
+use crate::resources::executor::{self, Command};
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("node `{0}` is not in the configuration")]
+    UnknownNode(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Events(#[from] crate::event::EventError),
+    #[error(transparent)]
+    Api(#[from] api::ApiError),
+    #[error("encoding our own heartbeat failed: {0}")]
+    Encode(#[from] packet::EncodeError),
+}
+
+/// How often the cores are re-evaluated between heartbeats.
+const EVALUATE_EVERY: Duration = Duration::from_millis(25);
+/// How long a graceful shutdown waits for peers to take our groups.
+const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(20);
+
+struct Daemon {
+    cfg: Config,
+    local: String,
+    key: Arc<Vec<u8>>,
+    boot_id: u64,
+    boot_time_ms: u64,
+    seq: u64,
+    started: Instant,
+    membership: Membership,
+    placement: Placement,
+    events: EventLog,
+    executors: BTreeMap<String, mpsc::Sender<Command>>,
+    /// path index -> outgoing sender
+    paths: Vec<mpsc::Sender<Outgoing>>,
+    status: watch::Sender<Status>,
+    last_advert: Option<packet::NodeAdvert>,
+}
+
+use transport::Outgoing;
+
+impl Daemon {
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            wall_ms: unix_ms(),
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerView> {
+        self.membership
+            .live_peers()
+            .into_iter()
+            .filter_map(|name| {
+                self.membership.advert(&name).map(|a| PeerView {
+                    name: name.clone(),
+                    advert: a.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Sends one heartbeat to every peer on every path.
+    fn send_heartbeats(&mut self) {
+        let now = self.now();
+        let advert = self.placement.advert(now);
+        for (pi, path_name) in self.cfg.heartbeat.paths.iter().enumerate() {
+            for n in &self.cfg.nodes {
+                if n.name == self.local {
+                    continue;
+                }
+                let Some(addr) = n.addresses.get(path_name) else {
+                    continue;
+                };
+                self.seq += 1;
+                let hb = Heartbeat {
+                    cluster: self.cfg.cluster.name.clone(),
+                    node: self.local.clone(),
+                    boot_id: self.boot_id,
+                    boot_time_ms: self.boot_time_ms,
+                    seq: self.seq,
+                    path: pi as u8,
+                    sent_ms: now.mono_ms,
+                    echo: self.membership.echo_for(&n.name, pi as u8, now.mono_ms),
+                    advert: advert.clone(),
+                };
+                match packet::encode(&hb, &self.key) {
+                    Ok(bytes) => {
+                        let _ = self.paths[pi].try_send(Outgoing {
+                            to: SocketAddr::new(*addr, self.cfg.heartbeat.port),
+                            bytes,
+                        });
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
+                }
+            }
+        }
+        self.last_advert = Some(advert);
+    }
+
+    fn membership_input(&mut self, input: membership::Input) {
+        let now = self.now();
+        let evs = self.membership.handle(now.mono_ms, input);
+        for ev in evs {
+            match ev {
+                MembershipEvent::PathUp { peer, path } => {
+                    self.emit(EventKind::PathUp, self.path_fields(&peer, path, None));
+                }
+                MembershipEvent::PathDown {
+                    peer,
+                    path,
+                    silent_ms,
+                } => {
+                    self.emit(EventKind::PathDown, self.path_fields(&peer, path, Some(silent_ms)));
+                }
+                MembershipEvent::NodeUp { peer, boot_id } => {
+                    self.emit(
+                        EventKind::NodeUp,
+                        fields([("peer", peer), ("boot_id", format!("{boot_id:016x}"))]),
+                    );
+                }
+                MembershipEvent::NodeDown { peer, silent_ms } => {
+                    self.emit(
+                        EventKind::NodeDown,
+                        fields([("peer", peer.clone()), ("silent_ms", silent_ms.to_string())]),
+                    );
+                    self.placement_input(Input::NodeDown { peer });
+                }
+                MembershipEvent::NodeRestarted {
+                    peer,
+                    old_boot_id,
+                    new_boot_id,
+                } => {
+                    self.emit(
+                        EventKind::NodeRestarted,
+                        fields([
+                            ("peer", peer),
+                            ("old_boot_id", format!("{old_boot_id:016x}")),
+                            ("new_boot_id", format!("{new_boot_id:016x}")),
+                        ]),
+                    );
+                }
+                MembershipEvent::Rejected { peer, path, reason } => {
+                    tracing::debug!(?peer, path, reason, "heartbeat rejected");
+                }
+            }
+        }
+    }
+
+    fn path_fields(&self, peer: &str, path: u8, silent_ms: Option<u64>) -> Fields {
+        let mut f = fields([
+            ("peer", peer.to_string()),
+            (
+                "path",
+                self.cfg
+                    .heartbeat
+                    .paths
+                    .get(path as usize)
+                    .cloned()
+                    .unwrap_or_else(|| path.to_string()),
+            ),
+        ]);
+        if let Some(s) = silent_ms {
+            f.insert("silent_ms".into(), s.to_string());
+        }
+        f
+    }
+
+    fn emit(&self, kind: EventKind, f: Fields) {
+        self.events.emit(kind, f);
+    }
+
+    fn placement_input(&mut self, input: Input) {
+        let now = self.now();
+        let peers = self.peers();
+        let actions = self.placement.handle(now, input, &peers);
+        self.carry_out(actions);
+    }
+
+    fn carry_out(&mut self, actions: Vec<Action>) {
+        for a in actions {
+            let (group, cmd) = match a {
+                Action::Emit { kind, fields } => {
+                    self.emit(kind, fields);
+                    continue;
+                }
+                Action::RecordTimeline(t) => {
+                    self.events.record_timeline(t);
+                    continue;
+                }
+                Action::ProbeVip { group } => (group, Command::ProbeVip),
+                Action::StartGroup { group } => (group, Command::Start),
+                Action::StopGroup { group } => (group, Command::Stop),
+                Action::RestartResource { group, resource } => {
+                    (group, Command::Restart { resource })
+                }
+            };
+            if let Some(tx) = self.executors.get(&group) {
+                if tx.try_send(cmd).is_err() {
+                    tracing::error!(%group, "group executor is not accepting commands");
+                }
+            }
+        }
+        // A changed advert goes out at once: hand-offs should not wait for a heartbeat.
+        let advert = self.placement.advert(self.now());
+        if self.last_advert.as_ref() != Some(&advert) {
+            self.send_heartbeats();
+        }
+    }
+
+    fn handle_request(&mut self, req: Request) {
+        let now = self.now();
+        let peers = self.peers();
+        match req {
+            Request::Switchover { group, to, reply } => {
+                let r = self.placement.switchover(now, &group, to.as_deref(), &peers);
+                let r = r.map(|(target, actions)| {
+                    self.carry_out(actions);
+                    target
+                });
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+            Request::Standby { node, on, reply } => {
+                let r = self.placement.set_standby(now, &node, on, &peers);
+                let r = r.map(|actions| self.carry_out(actions));
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+            Request::Maintenance { group, on, reply } => {
+                let r = self.placement.set_maintenance(now, &group, on, &peers);
+                let r = r.map(|actions| {
+                    if let Some(tx) = self.executors.get(&group) {
+                        let _ = tx.try_send(Command::Maintenance(on));
+                    }
+                    self.carry_out(actions)
+                });
+                let _ = reply.send(r.map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    fn publish_status(&self) {
+        let now = self.now();
+        let peers = self.peers();
+        let local_prio = self.cfg.node(&self.local).map_or(0, |n| n.priority);
+        let mut nodes = vec![NodeStatus {
+            name: self.local.clone(),
+            priority: local_prio,
+            local: true,
+            alive: true,
+            standby: self.placement.standby(),
+            boot_id: format!("{:016x}", self.boot_id),
+            last_heard_ms_ago: Some(0),
+            paths_up: self.cfg.heartbeat.paths.len(),
+        }];
+        for ps in self.membership.peer_status() {
+            let prio = self.cfg.node(&ps.name).map_or(0, |n| n.priority);
+            let standby = peers
+                .iter()
+                .find(|p| p.name == ps.name)
+                .is_some_and(|p| p.advert.standby);
+            nodes.push(NodeStatus {
+                name: ps.name.clone(),
+                priority: prio,
+                local: false,
+                alive: ps.alive,
+                standby,
+                boot_id: ps.boot_id.map(|b| format!("{b:016x}")).unwrap_or_default(),
+                last_heard_ms_ago: ps.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
+                paths_up: ps.paths_up.len(),
+            });
+        }
+        let paths = self
+            .membership
+            .paths()
+            .into_iter()
+            .map(|p| PathStatusView {
+                peer: p.peer.clone(),
+                path: self
+                    .cfg
+                    .heartbeat
+                    .paths
+                    .get(p.path as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                up: p.up,
+                last_heard_ms_ago: p.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
+                rtt_ms: p.rtt_ms,
+            })
+            .collect();
+        let counters = self.membership.counters();
+        let rejected: BTreeMap<String, u64> = counters
+            .rejected
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        let status = Status {
+            cluster: self.cfg.cluster.name.clone(),
+            node: self.local.clone(),
+            time_ms: now.wall_ms,
+            uptime_ms: now.mono_ms,
+            last_seq: self.events.last_seq(),
+            mode: if self.cfg.nodes.len() <= 2 {
+                "two_node".into()
+            } else {
+                "priority".into()
+            },
+            nodes,
+            paths,
+            groups: self.placement.status(now, &peers),
+            heartbeats: api::HeartbeatCounters {
+                sent: self.seq,
+                accepted: counters.accepted,
+                rejected,
+            },
+        };
+        self.status.send_replace(status);
+    }
+}
+
+/// Runs the daemon for `local` until SIGTERM/SIGINT.
+pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
+    let node_cfg = cfg
+        .node(&local)
+        .cloned()
+        .ok_or_else(|| RuntimeError::UnknownNode(local.clone()))?;
+    let key = Arc::new(cfg.key_bytes()?);
+    let events = EventLog::open(&local, &cfg.cluster.state_dir)?;
+    let span = tracing::info_span!("node", node = %local);
+    async move {
+        // A crash may have left our floating IPs behind: nothing runs here yet.
+        for g in &cfg.groups {
+            for r in &g.resources {
+                let mut agent = Agent::new(r);
+                if agent.vip().is_some() {
+                    if let Err(e) = agent.stop(&[]).await {
+                        tracing::warn!(group = %g.name, resource = %r.name, error = %e, "cannot clear a stale floating IP");
+                    }
+                }
+            }
+        }
+        let membership = Membership::new(MembershipConfig {
+            local: local.clone(),
+            dead_time_ms: cfg.heartbeat.dead_time.as_millis() as u64,
+            peers: cfg
+                .nodes
+                .iter()
+                .filter(|n| n.name != local)
+                .map(|n| PeerSpec {
+                    name: n.name.clone(),
+                    paths: (0..cfg.heartbeat.paths.len() as u8).collect(),
+                })
+                .collect(),
+        });
+        let placement = Placement::new(PlacementConfig::from_config(&cfg, &local));
+        let (pkt_tx, mut pkt_rx) = mpsc::channel(1024);
+        let cluster_name = Arc::new(cfg.cluster.name.clone());
+        let paths = cfg
+            .heartbeat
+            .paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                transport::spawn_path(
+                    i as u8,
+                    node_cfg.addresses[p],
+                    cfg.heartbeat.port,
+                    key.clone(),
+                    cluster_name.clone(),
+                    pkt_tx.clone(),
+                )
+            })
+            .collect();
+        let (res_tx, mut res_rx) = mpsc::channel(256);
+        let executors = cfg
+            .groups
+            .iter()
+            .map(|g| {
+                (
+                    g.name.clone(),
+                    executor::spawn(&local, g, events.clone(), res_tx.clone()),
+                )
+            })
+            .collect();
+        let (status_tx, status_rx) = watch::channel(Status::default());
+        let (req_tx, mut req_rx) = mpsc::channel(64);
+        let servers = api::serve(&cfg.api, status_rx, events.clone(), req_tx).await?;
+        let mut d = Daemon {
+            key,
+            boot_id: rand::random(),
+            boot_time_ms: unix_ms(),
+            seq: 0,
+            started: Instant::now(),
+            membership,
+            placement,
+            events: events.clone(),
+            executors,
+            paths,
+            status: status_tx,
+            last_advert: None,
+            local: local.clone(),
+            cfg,
+        };
+        d.emit(
+            EventKind::DaemonStarted,
+            fields([
+                ("version", env!("CARGO_PKG_VERSION").to_string()),
+                ("boot_id", format!("{:016x}", d.boot_id)),
+            ]),
+        );
+        let mut hb_tick = tokio::time::interval(d.cfg.heartbeat.interval);
+        let mut eval_tick = tokio::time::interval(EVALUATE_EVERY);
+        eval_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| api::ApiError::Io("signal handler".into(), e))?;
+        let mut shutdown_deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = hb_tick.tick() => d.send_heartbeats(),
+                _ = eval_tick.tick() => {
+                    d.membership_input(membership::Input::Tick);
+                    d.placement_input(Input::Tick);
+                }
+                Some(r) = pkt_rx.recv() => match r.result {
+                    Ok(hb) => d.membership_input(membership::Input::Packet { path: r.path, hb }),
+                    Err(reason) => {
+                        d.membership.record_decode_error(r.path, reason);
+                        tracing::debug!(path = r.path, from = %r.from, reason, "heartbeat dropped");
+                    }
+                },
+                Some(input) = res_rx.recv() => d.placement_input(input),
+                Some(req) = req_rx.recv() => d.handle_request(req),
+                _ = sigterm.recv(), if shutdown_deadline.is_none() => {
+                    shutdown_deadline = Some(begin_shutdown(&mut d));
+                }
+                _ = tokio::signal::ctrl_c(), if shutdown_deadline.is_none() => {
+                    shutdown_deadline = Some(begin_shutdown(&mut d));
+                }
+            }
+            d.publish_status();
+            if let Some(deadline) = shutdown_deadline {
+                let now = d.now();
+                let peers = d.peers();
+                let busy = d.placement.status(now, &peers).iter().any(|g| {
+                    matches!(
+                        g.local_state,
+                        LocalGroupState::Running | LocalGroupState::Starting | LocalGroupState::Stopping
+                    )
+                });
+                if !busy || tokio::time::Instant::now() >= deadline || peers.is_empty() {
+                    break;
+                }
+            }
+        }
+        d.emit(EventKind::DaemonStopping, Fields::new());
+        // Dropping the command channels makes each executor stop what still runs.
+        d.executors.clear();
+        drop(servers);
+        let _ = tokio::time::timeout(Duration::from_secs(30), async {
+            while res_rx.recv().await.is_some() {}
+        })
+        .await;
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Graceful shutdown: go to standby so peers take our groups, then stop.
+fn begin_shutdown(d: &mut Daemon) -> tokio::time::Instant {
+    tracing::info!("shutting down: handing groups to peers");
+    let now = d.now();
+    let peers = d.peers();
+    let local = d.local.clone();
+    if let Ok(actions) = d.placement.set_standby(now, &local, true, &peers) {
+        d.carry_out(actions);
+    }
+    tokio::time::Instant::now() + SHUTDOWN_HANDOFF
+}
+
+/// Used by the API to wait for a switchover: the group runs on `target` and nowhere else.
+pub fn group_settled_on(status: &Status, group: &str, target: &str) -> Option<Result<(), String>> {
+    let g = status.groups.iter().find(|g| g.name == group)?;
+    let on_target = g.states.get(target).copied();
+    let elsewhere = g
+        .states
+        .iter()
+        .any(|(n, s)| n != target && *s != LocalGroupState::Stopped);
+    match on_target {
+        Some(LocalGroupState::Running) if !elsewhere => Some(Ok(())),
+        Some(LocalGroupState::Failed) => Some(Err(format!("group `{group}` failed on `{target}`"))),
+        _ if g.owner.as_deref().is_some_and(|o| o != target) => Some(Err(format!(
+            "group `{group}` was placed on `{}` instead",
+            g.owner.clone().unwrap_or_default()
+        ))),
+        _ => None,
+    }
+}
+
+/// Reply channel of an API request.
+pub type Reply<T> = oneshot::Sender<Result<T, String>>;
