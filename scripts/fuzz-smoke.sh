@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Builds the heartbeat decoder's fuzz target on the stable toolchain (libFuzzer with
+# SanitizerCoverage; cargo-fuzz needs nightly only for the sanitizers) and runs it for
+# a bounded number of inputs. Any crash fails. For long runs:
+#   cd fuzz && cargo fuzz run heartbeat_decode        (nightly)
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
+cargo build --release --quiet --bin heartbeat_decode
+mkdir -p corpus/heartbeat_decode
+runs="${FUZZ_RUNS:-300000}"
+target/release/heartbeat_decode corpus/heartbeat_decode -runs="$runs" -max_len=1500 -print_final_stats=1 2>&1 | tail -n 4

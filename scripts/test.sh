@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the tests need (Debian packages, idempotently) and runs the whole
+# test suite: formatting, lints, unit tests, the seeded simulation, the lab tests in
+# network namespaces (as root), and a short failover benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/deps.sh
+[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "cargo test (unit, simulation, lab)"
+cargo test --quiet -- --test-threads 2
+
+step "fuzz target builds and survives a short run"
+./scripts/fuzz-smoke.sh
+
+step "failover benchmark (short)"
+cargo build --release --quiet
+target/release/tandem lab bench failover --trials 3
+
+echo
+echo "all checks passed"
