@@ -247,13 +247,13 @@ fn print_history(tls: &[Timeline], events: &[Event]) {
             .completed_ms
             .map_or("-".into(), |c| format!("{} ms", c.saturating_sub(t.detected_ms)));
         println!(
-            "{} {} of `{}`: {} -> {}  reason {:?}  total {}  outcome {}",
+            "{} {} of `{}`: {} -> {}  reason {}  total {}  outcome {}",
             fmt_time(t.detected_ms),
             t.kind,
             t.group,
             t.from_node.as_deref().unwrap_or("-"),
             t.to_node,
-            t.reason,
+            t.reason.name(),
             total,
             t.outcome
         );

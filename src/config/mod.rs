@@ -67,6 +67,15 @@ pub struct ClusterConfig {
     /// Two-node safety: probe a group's floating IP before taking it over.
     #[serde(default = "yes")]
     pub probe_vip_before_takeover: bool,
+    /// How long the takeover probe listens for an answer. A LAN answers an ARP probe or
+    /// neighbour solicitation in well under a millisecond (the kernel replies, not a
+    /// process), so this mostly bounds the cost of the probe on the failover time.
+    #[serde(with = "humantime_serde", default = "default_probe_timeout")]
+    pub vip_probe_timeout: Duration,
+}
+
+fn default_probe_timeout() -> Duration {
+    Duration::from_millis(150)
 }
 
 fn default_state_dir() -> PathBuf {
@@ -363,6 +372,10 @@ impl Config {
                 return Err(invalid("cluster.key", "must be at least 16 characters"))
             }
             _ => {}
+        }
+        let pt = self.cluster.vip_probe_timeout;
+        if pt < Duration::from_millis(20) || pt > Duration::from_secs(5) {
+            return Err(invalid("cluster.vip_probe_timeout", "must be 20ms to 5s"));
         }
         let hb = &self.heartbeat;
         if hb.interval < MIN_INTERVAL {

@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand, ValueEnum};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 use super::{
     keepalived, net, probe, topology, Engine, LabError, LabState, Switchback, Teardown, UpArgs,
@@ -49,6 +49,10 @@ pub struct FailoverArgs {
     /// --keepalived-interval is given).
     #[arg(long, default_value_t = 200)]
     pub interval: u64,
+    /// Tandem dead time in ms (default: 5 intervals; at least 3). keepalived's
+    /// equivalent is 3 x advert_int + skew.
+    #[arg(long)]
+    pub dead_time: Option<u64>,
     /// keepalived advert_int in ms (default: --interval).
     #[arg(long)]
     pub keepalived_interval: Option<u64>,
@@ -88,6 +92,8 @@ pub struct ArmResult {
     pub engine: Engine,
     /// Heartbeat / advert interval (ms).
     pub interval_ms: u64,
+    /// Tandem's dead time (ms); unused for keepalived.
+    pub dead_time_ms: u64,
     /// Completed trials.
     pub trials: Vec<Trial>,
 }
@@ -163,8 +169,7 @@ fn arm_title(a: &ArmResult) -> String {
         ),
         _ => format!(
             "Tandem (heartbeat {} ms, dead time {} ms)",
-            a.interval_ms,
-            topology::dead_time_ms(a.interval_ms)
+            a.interval_ms, a.dead_time_ms
         ),
     }
 }
@@ -258,7 +263,7 @@ fn failover(a: &FailoverArgs) -> Result<(), LabError> {
             Ok(r) => results.push(r),
             Err(LabError::Interrupted) => return Err(LabError::Interrupted),
             Err(e) => {
-                println!("{engine:?} arm failed: {e}");
+                println!("{engine} arm failed: {e}");
                 first_err.get_or_insert(e);
             }
         }
@@ -292,6 +297,11 @@ fn run_arm(
     let up = UpArgs {
         nodes: 2,
         interval,
+        dead_time: if engine == Engine::Tandem {
+            a.dead_time
+        } else {
+            None
+        },
         prefix: prefix.to_string(),
         dir: dir.to_path_buf(),
         switchback: Switchback::Manual,
@@ -299,12 +309,15 @@ fn run_arm(
         engine,
         wait: a.wait,
     };
-    println!("{engine:?} arm: building lab {prefix} (interval {interval} ms) ...");
+    println!("{engine} arm: building lab {prefix} (interval {interval} ms) ...");
     let mut state = super::up(&up, true)?;
     let _guard = Teardown::new(prefix, dir);
     let mut result = ArmResult {
         engine,
         interval_ms: interval,
+        dead_time_ms: a
+            .dead_time
+            .unwrap_or_else(|| topology::dead_time_ms(interval)),
         trials: Vec::new(),
     };
     for k in 1..=a.trials {
@@ -414,7 +427,7 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
         vip_ms: vip_at.map(|v| v - t0),
         total_ms: take.at_ms - t0,
     };
-    info!(probes = take.probes, "takeover observed");
+    debug!(probes = take.probes, "takeover observed");
 
     // Power the killed node back on and let it rejoin as standby.
     let restart_ms = net::unix_ms();
@@ -494,11 +507,13 @@ mod tests {
         let t = ArmResult {
             engine: Engine::Tandem,
             interval_ms: 200,
+            dead_time_ms: 1000,
             trials: vec![trial(1100.0, Some(1000.0)), trial(1200.0, Some(1050.0))],
         };
         let k = ArmResult {
             engine: Engine::Keepalived,
             interval_ms: 1000,
+            dead_time_ms: 0,
             trials: vec![trial(3300.0, None), trial(3600.0, None)],
         };
         let out = render_table(&[t, k]);

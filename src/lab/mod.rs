@@ -136,6 +136,16 @@ pub enum Switchback {
     Automatic,
 }
 
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Tandem => "tandem",
+            Engine::Keepalived => "keepalived",
+            Engine::None => "none",
+        })
+    }
+}
+
 impl Switchback {
     fn as_str(self) -> &'static str {
         match self {
@@ -159,9 +169,12 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
-    /// Heartbeat interval in milliseconds (dead time is 5 intervals).
+    /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub interval: u64,
+    /// Dead time in milliseconds (default: 5 intervals; at least 3).
+    #[arg(long)]
+    pub dead_time: Option<u64>,
     /// Prefix of the network namespace names.
     #[arg(long, default_value = DEFAULT_PREFIX)]
     pub prefix: String,
@@ -256,6 +269,9 @@ pub enum LabCommand {
         dir: DirArg,
     },
     /// Random packet loss on a path, on every node (0 removes it).
+    ///
+    /// Packets are dropped on reception, so each direction of the path loses
+    /// PERCENT% (a ping round trip loses about twice that).
     Loss {
         /// Interface (`hb1`, `hb2`, `pub0`, ...).
         path: String,
@@ -500,6 +516,11 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     if args.engine != Engine::None && args.interval == 0 {
         return Err(LabError::Invalid("--interval must be > 0".into()));
     }
+    if args.dead_time.is_some_and(|d| d < args.interval * 3) {
+        return Err(LabError::Invalid(
+            "--dead-time must be at least 3 x --interval".into(),
+        ));
+    }
     if args.engine == Engine::Keepalived {
         keepalived::advert_int(args.interval)?;
     }
@@ -574,6 +595,9 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
                     &topology::ConfigParams {
                         key: &key,
                         interval_ms: args.interval,
+                        dead_time_ms: args
+                            .dead_time
+                            .unwrap_or_else(|| topology::dead_time_ms(args.interval)),
                         switchback: args.switchback.as_str(),
                         tandem_bin: &tandem_bin,
                         state_dir: &state_dir.to_string_lossy(),
@@ -589,9 +613,13 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
                     "--node".into(),
                     n.name.clone(),
                 ];
+                // The daemon's log filter; silence a noisy netlink parser
+                // warning unless the caller chose a filter.
+                let log_filter = std::env::var("TANDEM_LOG")
+                    .unwrap_or_else(|_| "info,netlink_packet_route=error".into());
                 let proc = ProcSpec {
                     argv,
-                    env: vec![],
+                    env: vec![("TANDEM_LOG".into(), log_filter)],
                     log: dir.join("tandem.log"),
                     pid: None,
                 };
@@ -654,13 +682,15 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     info!(prefix = %state.prefix, nodes = state.nodes.len(), "lab built, daemons started");
 
     if wait_vip && state.engine != Engine::None {
-        let owner = probe::wait_vip(
-            &state.client_ns,
-            &state.node_names(),
-            Duration::from_secs(args.wait),
-        )?;
+        let owner = wait_vip_or_death(&state, Duration::from_secs(args.wait))?;
         if owner.is_none() {
             let mut msg = format!("VIP {VIP} did not answer within {} s", args.wait);
+            if !engines_alive(&state) {
+                msg = format!(
+                    "every node's {} exited before the VIP answered",
+                    state.engine
+                );
+            }
             for n in &state.nodes {
                 if let Some(p) = n.procs.first() {
                     msg.push_str(&format!(
@@ -676,6 +706,31 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     }
     guard.disarm();
     Ok(state)
+}
+
+/// Whether any node's engine process (the first one started) still runs.
+fn engines_alive(state: &LabState) -> bool {
+    state.nodes.iter().any(|n| {
+        n.procs
+            .first()
+            .and_then(|p| p.pid)
+            .is_some_and(net::pid_alive)
+    })
+}
+
+/// Wait until the VIP answers from the client; give up early when every
+/// engine process has exited (bad binary, bad config).
+fn wait_vip_or_death(state: &LabState, limit: Duration) -> Result<Option<String>, LabError> {
+    let end = std::time::Instant::now() + limit;
+    let names = state.node_names();
+    loop {
+        if let Some(o) = probe::wait_vip(&state.client_ns, &names, Duration::from_millis(500))? {
+            return Ok(Some(o));
+        }
+        if std::time::Instant::now() >= end || !engines_alive(state) {
+            return Ok(None);
+        }
+    }
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
@@ -733,6 +788,13 @@ fn build_topology(plan: &Plan) -> Result<(), LabError> {
         // pub1 share a LAN).
         net::sysctl(&n.netns, "net.ipv4.conf.all.arp_ignore", "1")?;
         net::sysctl(&n.netns, "net.ipv4.conf.all.arp_announce", "2")?;
+        // When pub0 loses carrier its connected route must not be used any
+        // more, or replies for a VIP moved to pub1 leave through dead pub0.
+        net::sysctl(
+            &n.netns,
+            "net.ipv4.conf.all.ignore_routes_with_linkdown",
+            "1",
+        )?;
         net::ip_batch(&n.netns, &node_batch)?;
     }
     let cl = plan.client_ns.as_str();
@@ -1021,7 +1083,7 @@ pub fn down(prefix: &str, dir: &Path) -> Result<(), LabError> {
         }
     }
     remove_lab_files(dir)?;
-    info!(prefix, removed = spaces.len(), "lab down");
+    debug!(prefix, removed = spaces.len(), "lab down");
     Ok(())
 }
 
@@ -1057,7 +1119,7 @@ fn print_summary(state: &LabState) {
     let names = state.node_names();
     let owner = probe::vip_owner(&state.client_ns, &names).ok().flatten();
     println!(
-        "lab up: {} nodes, engine {:?}, heartbeat {} ms, prefix {}",
+        "lab up: {} nodes, engine {}, heartbeat {} ms, prefix {}",
         state.nodes.len(),
         state.engine,
         state.interval_ms,
@@ -1097,7 +1159,7 @@ fn print_summary(state: &LabState) {
 fn status(dir: &Path) -> Result<(), LabError> {
     let state = LabState::load(dir)?;
     println!(
-        "lab {} in {}: engine {:?}, {} nodes, interval {} ms, switchback {}",
+        "lab {} in {}: engine {}, {} nodes, interval {} ms, switchback {}",
         state.prefix,
         state.dir.display(),
         state.engine,

@@ -230,6 +230,8 @@ pub struct ConfigParams<'a> {
     pub key: &'a str,
     /// Heartbeat interval in ms.
     pub interval_ms: u64,
+    /// Dead time in ms.
+    pub dead_time_ms: u64,
     /// `manual` or `automatic`.
     pub switchback: &'a str,
     /// Absolute path of the tandem binary (runs the demo service).
@@ -250,7 +252,7 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "[heartbeat]");
     let _ = writeln!(s, "interval = {}", q(&fmt_ms(p.interval_ms)));
-    let _ = writeln!(s, "dead_time = {}", q(&fmt_ms(dead_time_ms(p.interval_ms))));
+    let _ = writeln!(s, "dead_time = {}", q(&fmt_ms(p.dead_time_ms)));
     let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
     let paths: Vec<String> = HB_PATHS.iter().map(|x| q(x)).collect();
     let _ = writeln!(s, "paths = [{}]", paths.join(", "));
@@ -459,6 +461,7 @@ mod tests {
             &ConfigParams {
                 key: "00112233445566778899aabbccddeeff",
                 interval_ms: 200,
+                dead_time_ms: 1000,
                 switchback: "manual",
                 tandem_bin: "/opt/t \"x\"/tandem",
                 state_dir: "/run/tandem-lab/n1/state",

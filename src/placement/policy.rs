@@ -62,6 +62,10 @@ pub struct PlacementConfig {
     pub probe_before_takeover: bool,
     /// How long to wait before probing again after an address answered.
     pub probe_retry_ms: u64,
+    /// How long a probe that found the floating IPs free stays good for a takeover.
+    /// Lets a probe started while the owner is merely silent (not yet declared dead,
+    /// see [`Input::PeerSilent`]) take the probe off the failover's critical path.
+    pub probe_fresh_ms: u64,
 }
 
 impl PlacementConfig {
@@ -93,6 +97,7 @@ impl PlacementConfig {
             startup_grace_ms: (hb.dead_time + hb.interval * 2).as_millis() as u64,
             probe_before_takeover: cfg.cluster.probe_vip_before_takeover,
             probe_retry_ms: 2000,
+            probe_fresh_ms: cfg.cluster.vip_probe_timeout.as_millis() as u64 + 500,
         }
     }
 }
@@ -111,6 +116,10 @@ pub enum Input {
     Tick,
     /// Membership declared a peer dead at this time.
     NodeDown { peer: String },
+    /// A live peer has been silent on every path for most of the dead time. If it owns
+    /// a group this node would take over, probe the floating IPs now, so the takeover
+    /// does not wait for the probe once the peer is declared dead.
+    PeerSilent { peer: String },
     /// The executor finished starting a group (every resource started and passed
     /// its first quickCheck), or failed and cleaned up (`cleanup_ok`).
     Started {
@@ -197,9 +206,14 @@ pub enum PlacementError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeState {
     Idle,
-    InFlight,
-    /// An address answered; probe again at this time.
+    /// Waiting for the executor; `speculative` if the owner was still alive when asked.
+    InFlight { speculative: bool },
+    /// An address answered although the owner is dead; probe again at this time.
     RetryAt(u64),
+    /// The addresses were free at this time.
+    Passed(u64),
+    /// A speculative probe found an address in use (the owner is alive, only slow).
+    SpecInUse(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +354,7 @@ impl Placement {
             Input::NodeDown { peer } => {
                 self.lost_at.insert(peer, now.wall_ms);
             }
+            Input::PeerSilent { peer } => self.pre_probe(now, &peer, peers, &mut out),
             Input::Started {
                 group,
                 ok,
@@ -397,7 +412,10 @@ impl Placement {
             } => self.give_up_locally(now, &group, &resource, &reason, &mut out),
             Input::VipProbe { group, in_use } => {
                 if let Some(g) = self.groups.get_mut(&group) {
-                    if in_use {
+                    let speculative = matches!(g.probe, ProbeState::InFlight { speculative: true });
+                    if in_use && speculative {
+                        g.probe = ProbeState::SpecInUse(now.mono_ms);
+                    } else if in_use {
                         g.probe = ProbeState::RetryAt(now.mono_ms + self.cfg.probe_retry_ms);
                         if !g.suspected_reported {
                             g.suspected_reported = true;
@@ -416,9 +434,9 @@ impl Placement {
                             ));
                         }
                     } else {
-                        g.probe = ProbeState::Idle;
+                        // evaluate() below starts the group if it is still ours to take.
+                        g.probe = ProbeState::Passed(now.mono_ms);
                         g.suspected_reported = false;
-                        self.claim_and_start(now, &group, peers, &mut out);
                     }
                 }
             }
@@ -901,10 +919,13 @@ impl Placement {
             }
             return;
         }
-        // Someone else owns it.
+        // Someone else owns it. (A speculative probe result is kept: the owner may be
+        // about to be declared dead.)
         let g = self.groups.get_mut(name).expect("group exists");
         g.claim = None;
-        g.probe = ProbeState::Idle;
+        if matches!(g.probe, ProbeState::RetryAt(_)) {
+            g.probe = ProbeState::Idle;
+        }
         self.stop_if_running(
             name,
             &format!("the group is assigned to `{}`", owner.unwrap_or_default()),
@@ -956,10 +977,11 @@ impl Placement {
         let g = self.groups.get_mut(name).expect("group exists");
         if probe {
             match g.probe {
-                ProbeState::InFlight => return,
+                ProbeState::InFlight { .. } => return,
                 ProbeState::RetryAt(t) if now.mono_ms < t => return,
+                ProbeState::Passed(t) if now.mono_ms.saturating_sub(t) <= self.cfg.probe_fresh_ms => {}
                 _ => {
-                    g.probe = ProbeState::InFlight;
+                    g.probe = ProbeState::InFlight { speculative: false };
                     out.push(Action::ProbeVip {
                         group: name.to_string(),
                     });
@@ -968,6 +990,39 @@ impl Placement {
             }
         }
         self.claim_and_start(now, name, peers, out);
+    }
+
+    /// A live peer is almost dead: probe the floating IPs of the groups it owns that
+    /// this node would take, ahead of the takeover.
+    fn pre_probe(&mut self, now: Now, peer: &str, peers: &[PeerView], out: &mut Vec<Action>) {
+        if !self.cfg.probe_before_takeover {
+            return;
+        }
+        let without: Vec<PeerView> = peers.iter().filter(|p| p.name != peer).cloned().collect();
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in names {
+            let g = &self.groups[&name];
+            let owned_by_peer = g.register.as_ref().is_some_and(|r| r.owner == peer);
+            if !owned_by_peer
+                || g.maintenance
+                || g.local != LocalGroupState::Stopped
+                || !self.policy(&name).is_some_and(|p| p.has_vip)
+                || self.best_eligible(now, &name, &without).as_deref() != Some(self.cfg.local.as_str())
+            {
+                continue;
+            }
+            let due = match g.probe {
+                ProbeState::Idle => true,
+                ProbeState::Passed(t) => now.mono_ms.saturating_sub(t) > self.cfg.probe_fresh_ms / 2,
+                ProbeState::SpecInUse(t) => now.mono_ms.saturating_sub(t) >= self.cfg.probe_retry_ms,
+                ProbeState::InFlight { .. } | ProbeState::RetryAt(_) => false,
+            };
+            if due {
+                self.groups.get_mut(&name).expect("group exists").probe =
+                    ProbeState::InFlight { speculative: true };
+                out.push(Action::ProbeVip { group: name });
+            }
+        }
     }
 
     /// Writes our claim (a new epoch) and starts the group.
@@ -982,6 +1037,7 @@ impl Placement {
         if g.local != LocalGroupState::Stopped || !still_ours {
             return;
         }
+        g.probe = ProbeState::Idle;
         if g.register.as_ref().map(|r| r.owner.as_str()) != Some(local.as_str()) {
             let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
             g.register = Some(Assignment {

@@ -115,13 +115,18 @@ impl Agent {
     /// Starts the resource.
     pub async fn start(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
         match self {
-            Agent::Ip(a) => a.reconcile(true).await.and_then(|o| match o {
+            Agent::Ip(a) => {
+                for ifname in &a.spec.interfaces {
+                    ignore_routes_with_linkdown(ifname, a.spec.addr);
+                }
+                a.reconcile(true).await.and_then(|o| match o {
                 VipOutcome::NoUsableInterface => Err(ResourceError::Check(format!(
                     "no usable interface among {:?} for {}",
                     a.spec.interfaces, a.spec.addr
                 ))),
                 _ => Ok(()),
-            }),
+                })
+            }
             Agent::Exec { start, timeout, .. } => run_command(start, *timeout, env).await,
             Agent::Process { command, child, .. } => {
                 if let Some(c) = child.as_mut() {
@@ -279,6 +284,18 @@ impl IpAgent {
                 tracing::warn!(%addr, %ifname, error = %e, "announcement failed");
             }
         });
+    }
+}
+
+/// IP local recovery needs replies to leave through the backup NIC once the primary
+/// loses carrier; by default Linux keeps using routes over a link that is down. This
+/// sets `ignore_routes_with_linkdown` on the interfaces that may carry the address.
+/// Best effort: a failure is logged, the address still moves.
+fn ignore_routes_with_linkdown(ifname: &str, addr: IpAddr) {
+    let family = if addr.is_ipv4() { "ipv4" } else { "ipv6" };
+    let path = format!("/proc/sys/net/{family}/conf/{ifname}/ignore_routes_with_linkdown");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::debug!(%path, error = %e, "cannot set ignore_routes_with_linkdown");
     }
 }
 

@@ -32,8 +32,6 @@ pub enum Command {
 const FIRST_CHECK_GRACE: Duration = Duration::from_secs(15);
 /// Built-in monitors (process alive, address present) run this often.
 const MONITOR_EVERY: Duration = Duration::from_millis(250);
-/// How long a takeover probe listens for the floating IP.
-const VIP_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
 
 struct Res {
     name: String,
@@ -48,6 +46,7 @@ struct Res {
 pub fn spawn(
     node: &str,
     group: &GroupConfig,
+    vip_probe_timeout: Duration,
     events: EventLog,
     results: mpsc::Sender<Input>,
 ) -> mpsc::Sender<Command> {
@@ -83,6 +82,7 @@ pub fn spawn(
         results,
         running: false,
         maintenance: false,
+        vip_probe_timeout,
     };
     let span = tracing::info_span!("group", node = %node, group = %group.name);
     tokio::spawn(exec.run(rx).instrument(span));
@@ -98,6 +98,7 @@ struct Executor {
     results: mpsc::Sender<Input>,
     running: bool,
     maintenance: bool,
+    vip_probe_timeout: Duration,
 }
 
 impl Executor {
@@ -352,7 +353,7 @@ impl Executor {
         for r in &self.resources {
             let Some(spec) = r.agent.vip() else { continue };
             for ifname in &spec.interfaces {
-                match crate::net::probe::address_in_use(ifname, spec.addr, VIP_PROBE_TIMEOUT).await
+                match crate::net::probe::address_in_use(ifname, spec.addr, self.vip_probe_timeout).await
                 {
                     Ok(true) => {
                         in_use = true;

@@ -47,7 +47,7 @@ pub enum RuntimeError {
 }
 
 /// How often the cores are re-evaluated between heartbeats.
-const EVALUATE_EVERY: Duration = Duration::from_millis(25);
+const EVALUATE_EVERY: Duration = Duration::from_millis(10);
 /// How long a graceful shutdown waits for peers to take our groups.
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(20);
 
@@ -176,6 +176,29 @@ impl Daemon {
                     tracing::debug!(?peer, path, reason, "heartbeat rejected");
                 }
             }
+        }
+    }
+
+    /// Peers silent on every path for most of the dead time get a speculative
+    /// floating-IP probe (see `placement::policy::Input::PeerSilent`).
+    fn pre_probe_silent_peers(&mut self) {
+        let now = self.now();
+        let dead = self.cfg.heartbeat.dead_time.as_millis() as u64;
+        let lead = self.cfg.cluster.vip_probe_timeout.as_millis() as u64
+            + 3 * EVALUATE_EVERY.as_millis() as u64;
+        let silent: Vec<String> = self
+            .membership
+            .peer_status()
+            .into_iter()
+            .filter(|p| {
+                p.alive
+                    && p.last_heard_ms
+                        .is_some_and(|t| now.mono_ms.saturating_sub(t) + lead >= dead)
+            })
+            .map(|p| p.name)
+            .collect();
+        for peer in silent {
+            self.placement_input(Input::PeerSilent { peer });
         }
     }
 
@@ -409,7 +432,13 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
             .map(|g| {
                 (
                     g.name.clone(),
-                    executor::spawn(&local, g, events.clone(), res_tx.clone()),
+                    executor::spawn(
+                        &local,
+                        g,
+                        cfg.cluster.vip_probe_timeout,
+                        events.clone(),
+                        res_tx.clone(),
+                    ),
                 )
             })
             .collect();
@@ -451,6 +480,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                 _ = eval_tick.tick() => {
                     d.membership_input(membership::Input::Tick);
                     d.placement_input(Input::Tick);
+                    d.pre_probe_silent_peers();
                 }
                 Some(r) = pkt_rx.recv() => match r.result {
                     Ok(hb) => d.membership_input(membership::Input::Packet { path: r.path, hb }),
