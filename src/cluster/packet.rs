@@ -6,10 +6,10 @@
 //! All integers are big-endian (network byte order, RFC 1700 / RFC 791
 //! convention). Strings are a `u8` byte length followed by that many bytes of
 //! UTF-8; names are 1..=[`MAX_NAME_LEN`] bytes. Counts are bounded
-//! ([`MAX_GROUPS`]) and the whole datagram, MAC included, is at most
-//! [`MAX_PACKET`] bytes so that it fits in one Ethernet frame without IP
-//! fragmentation (1500-byte MTU minus IPv6/UDP headers and some headroom for
-//! tunnels/VLANs).
+//! ([`MAX_GROUPS`], [`MAX_NODES`]) and the whole datagram, MAC included, is
+//! at most [`MAX_PACKET`] bytes so that it fits in one Ethernet frame without
+//! IP fragmentation (1500-byte MTU minus IPv6/UDP headers and some headroom
+//! for tunnels/VLANs).
 //!
 //! ```text
 //! magic         4   b"TDHB"
@@ -35,6 +35,11 @@
 //!   [assignment]    only if gflags.bit2:
 //!     owner     str
 //!     epoch     u64
+//! setting_count u8  <= MAX_NODES
+//! setting * setting_count:     standby register, unique node names
+//!   node        str
+//!   sflags      u8  bit0 = standby, others must be 0
+//!   epoch       u64
 //! mac           32  HMAC-SHA256(cluster key, all preceding bytes)
 //! ```
 //!
@@ -62,20 +67,25 @@ pub const MAGIC: [u8; 4] = *b"TDHB";
 pub const VERSION: u8 = 1;
 /// Length of the trailing HMAC-SHA256 tag.
 pub const MAC_LEN: usize = 32;
-/// Maximum byte length of any name (cluster, node, group, owner).
+/// Maximum byte length of any name (cluster, node, group, owner, standby
+/// setting node).
 pub const MAX_NAME_LEN: usize = 64;
 /// Maximum number of groups in one advert.
 pub const MAX_GROUPS: usize = 32;
+/// Maximum number of standby register settings (one per node) in one advert.
+pub const MAX_NODES: usize = 32;
 
 const FLAG_ECHO: u8 = 0x01;
 const FLAG_STANDBY: u8 = 0x02;
 const GFLAG_BLOCKED: u8 = 0x01;
 const GFLAG_MAINTENANCE: u8 = 0x02;
 const GFLAG_ASSIGNMENT: u8 = 0x04;
+const SFLAG_STANDBY: u8 = 0x01;
 
 /// magic + version: the part inspected before anything else.
 const PREAMBLE_LEN: usize = MAGIC.len() + 1;
-/// Smallest possibly valid datagram: 1-byte names, no echo, no groups.
+/// Smallest possibly valid datagram: 1-byte names, no echo, no groups, no
+/// standby settings.
 pub const MIN_PACKET: usize = PREAMBLE_LEN
     + 1 // flags
     + 2 // cluster (len + 1 byte)
@@ -85,6 +95,7 @@ pub const MIN_PACKET: usize = PREAMBLE_LEN
     + 8 // sent_ms
     + 4 // priority
     + 1 // group_count
+    + 1 // setting_count
     + MAC_LEN;
 
 /// One heartbeat datagram.
@@ -129,6 +140,23 @@ pub struct NodeAdvert {
     pub standby: bool,
     /// Per-group state, at most [`MAX_GROUPS`], unique names.
     pub groups: Vec<GroupAdvert>,
+    /// The advertising node's view of every node's standby register (last
+    /// writer wins by epoch); lets `tandem node standby NODE` run on any
+    /// node. At most [`MAX_NODES`] settings, unique node names; order is
+    /// preserved on the wire.
+    pub standby_register: Vec<StandbySetting>,
+}
+
+/// One entry of the replicated standby register: whether `node` should be in
+/// standby, as last written at `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StandbySetting {
+    /// The node the setting applies to.
+    pub node: String,
+    /// Whether that node should be in standby (host nothing).
+    pub standby: bool,
+    /// Write epoch; the highest epoch wins when merging registers.
+    pub epoch: u64,
 }
 
 /// One resource group's state as seen by the advertising node.
@@ -206,6 +234,12 @@ pub enum EncodeError {
     /// Two groups share a name.
     #[error("duplicate group {0:?} in advert")]
     DuplicateGroup(String),
+    /// More than [`MAX_NODES`] standby register settings.
+    #[error("{count} standby settings in advert, limit is {MAX_NODES}")]
+    TooManyStandbySettings { count: usize },
+    /// Two standby register settings name the same node.
+    #[error("duplicate standby setting for node {0:?} in advert")]
+    DuplicateStandbySetting(String),
     /// An empty key authenticates nothing; refuse to send.
     #[error("cluster key is empty")]
     EmptyKey,
@@ -298,6 +332,18 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
             return Err(EncodeError::DuplicateGroup(g.name.clone()));
         }
     }
+    let settings = &hb.advert.standby_register;
+    if settings.len() > MAX_NODES {
+        return Err(EncodeError::TooManyStandbySettings {
+            count: settings.len(),
+        });
+    }
+    for (i, s) in settings.iter().enumerate() {
+        check_name("standby setting node", &s.node)?;
+        if settings[..i].iter().any(|o| o.node == s.node) {
+            return Err(EncodeError::DuplicateStandbySetting(s.node.clone()));
+        }
+    }
 
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
@@ -342,6 +388,13 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
             put_str(&mut out, &a.owner);
             out.extend_from_slice(&a.epoch.to_be_bytes());
         }
+    }
+    // Bounded by MAX_NODES < 256 above.
+    out.push(settings.len() as u8);
+    for s in settings {
+        put_str(&mut out, &s.node);
+        out.push(if s.standby { SFLAG_STANDBY } else { 0 });
+        out.extend_from_slice(&s.epoch.to_be_bytes());
     }
     let len = out.len() + MAC_LEN;
     if len > MAX_PACKET {
@@ -487,6 +540,26 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
             assignment,
         });
     }
+    let count = usize::from(r.u8()?);
+    if count > MAX_NODES {
+        return Err(DecodeError::Malformed("too many standby settings"));
+    }
+    let mut standby_register: Vec<StandbySetting> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let node = r.name("bad standby setting node name length")?;
+        if standby_register.iter().any(|s| s.node == node) {
+            return Err(DecodeError::Malformed("duplicate standby setting"));
+        }
+        let sf = r.u8()?;
+        if sf & !SFLAG_STANDBY != 0 {
+            return Err(DecodeError::Malformed("unknown standby setting flags"));
+        }
+        standby_register.push(StandbySetting {
+            node,
+            standby: sf & SFLAG_STANDBY != 0,
+            epoch: r.u64()?,
+        });
+    }
     if r.pos != signed.len() {
         return Err(DecodeError::Malformed("trailing bytes after body"));
     }
@@ -509,6 +582,7 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
             priority,
             standby: flags & FLAG_STANDBY != 0,
             groups,
+            standby_register,
         },
     })
 }
@@ -545,6 +619,11 @@ mod tests {
                         owner: "a".into(),
                         epoch: 3,
                     }),
+                }],
+                standby_register: vec![StandbySetting {
+                    node: "b".into(),
+                    standby: true,
+                    epoch: 9,
                 }],
             },
         }
@@ -590,13 +669,17 @@ mod tests {
             "06",               // maintenance | assignment
             "0161",             // owner "a"
             "0000000000000003", // epoch
+            "01",               // 1 standby setting
+            "0162",             // node "b"
+            "01",               // sflags: standby
+            "0000000000000009", // epoch
         );
         assert_eq!(hex(&body_of(&pkt)), body);
         // HMAC-SHA256(KEY, body), cross-checked with an independent HMAC
         // implementation (Python's hmac module) when this vector was pinned.
         assert_eq!(
             hex(&pkt[pkt.len() - MAC_LEN..]),
-            "3318ef22a512781deea296be4d8e53e63a389f5afc3a3beb52496548edeb4a5f",
+            "31175de9d6c55916f5b262f69080603fdc297bb593b773cd1446576eff7d3b84",
         );
         assert_eq!(decode(&pkt, KEY, "prod"), Ok(sample()));
     }
@@ -614,6 +697,12 @@ mod tests {
         hb.advert.groups[0].blocked = true;
         hb.advert.groups[0].assignment = None;
         hb.advert.groups[0].local = LocalGroupState::Failed;
+        hb.advert.standby_register[0].standby = false;
+        hb.advert.standby_register.push(StandbySetting {
+            node: "a".into(),
+            standby: true,
+            epoch: u64::MAX,
+        });
         let pkt = encode(&hb, KEY).expect("encode");
         assert_eq!(decode(&pkt, KEY, "prod"), Ok(hb));
     }
@@ -707,6 +796,9 @@ mod tests {
 
     /// Offset of the group count byte in `sample()`'s body.
     const GROUP_COUNT_AT: usize = 4 + 1 + 1 + 5 + 2 + 8 * 3 + 1 + 8 + 12 + 4;
+    /// Offset of the standby setting count byte in `sample()`'s body (after
+    /// the one group: "db", state, gflags, owner "a", epoch).
+    const SETTING_COUNT_AT: usize = GROUP_COUNT_AT + 1 + 3 + 1 + 1 + 2 + 8;
 
     #[test]
     fn oversize_and_inconsistent_counts() {
@@ -720,6 +812,7 @@ mod tests {
         );
         let mut b = body.clone();
         b[GROUP_COUNT_AT] = 2; // claims a second group that is not there
+        b.truncate(SETTING_COUNT_AT);
         assert_eq!(decode(&resign(&b), KEY, "prod"), Err(OVERRUN));
         // String length pointing past the end of the body.
         let mut b = body.clone();
@@ -778,12 +871,141 @@ mod tests {
             Err(EncodeError::DuplicateGroup("db".into()))
         );
         let mut b = body_of(&encode(&sample(), KEY).expect("encode"));
-        let g = b[GROUP_COUNT_AT + 1..].to_vec();
+        let g = b[GROUP_COUNT_AT + 1..SETTING_COUNT_AT].to_vec();
         b[GROUP_COUNT_AT] = 2;
-        b.extend_from_slice(&g);
+        b.splice(SETTING_COUNT_AT..SETTING_COUNT_AT, g);
         assert_eq!(
             decode(&resign(&b), KEY, "prod"),
             Err(DecodeError::Malformed("duplicate group"))
+        );
+    }
+
+    #[test]
+    fn standby_register_bad_flags() {
+        let body = body_of(&encode(&sample(), KEY).expect("encode"));
+        let sflags_at = SETTING_COUNT_AT + 1 + 2;
+        assert_eq!(body[sflags_at], 0x01);
+        for bad in [0x02, 0x03, 0x80, 0xff] {
+            let mut b = body.clone();
+            b[sflags_at] = bad;
+            assert_eq!(
+                decode(&resign(&b), KEY, "prod"),
+                Err(DecodeError::Malformed("unknown standby setting flags")),
+                "sflags {bad:#04x}"
+            );
+        }
+        let mut b = body;
+        b[sflags_at] = 0;
+        let mut want = sample();
+        want.advert.standby_register[0].standby = false;
+        assert_eq!(decode(&resign(&b), KEY, "prod"), Ok(want));
+    }
+
+    #[test]
+    fn duplicate_standby_setting_rejected_both_ways() {
+        let mut hb = sample();
+        let mut dup = hb.advert.standby_register[0].clone();
+        dup.standby = false;
+        dup.epoch += 1;
+        hb.advert.standby_register.push(dup);
+        assert_eq!(
+            encode(&hb, KEY),
+            Err(EncodeError::DuplicateStandbySetting("b".into()))
+        );
+        let mut b = body_of(&encode(&sample(), KEY).expect("encode"));
+        let s = b[SETTING_COUNT_AT + 1..].to_vec();
+        b[SETTING_COUNT_AT] = 2;
+        b.extend_from_slice(&s);
+        assert_eq!(
+            decode(&resign(&b), KEY, "prod"),
+            Err(DecodeError::Malformed("duplicate standby setting"))
+        );
+    }
+
+    #[test]
+    fn standby_setting_count_over_max() {
+        let body = body_of(&encode(&sample(), KEY).expect("encode"));
+        assert_eq!(body[SETTING_COUNT_AT], 1);
+        let mut b = body.clone();
+        b[SETTING_COUNT_AT] = (MAX_NODES + 1) as u8;
+        assert_eq!(
+            decode(&resign(&b), KEY, "prod"),
+            Err(DecodeError::Malformed("too many standby settings"))
+        );
+        let mut b = body;
+        b[SETTING_COUNT_AT] = 0xff;
+        assert_eq!(
+            decode(&resign(&b), KEY, "prod"),
+            Err(DecodeError::Malformed("too many standby settings"))
+        );
+
+        let setting = |i: usize| StandbySetting {
+            node: format!("n{i}"),
+            standby: i < MAX_NODES / 2,
+            epoch: i as u64,
+        };
+        let mut hb = sample();
+        hb.advert.standby_register = (0..MAX_NODES + 1).map(setting).collect();
+        assert_eq!(
+            encode(&hb, KEY),
+            Err(EncodeError::TooManyStandbySettings {
+                count: MAX_NODES + 1
+            })
+        );
+        hb.advert.standby_register.truncate(MAX_NODES);
+        let pkt = encode(&hb, KEY).expect("MAX_NODES short settings fit");
+        assert_eq!(decode(&pkt, KEY, "prod"), Ok(hb));
+    }
+
+    #[test]
+    fn truncation_inside_standby_register() {
+        let body = body_of(&encode(&sample(), KEY).expect("encode"));
+        // Cut anywhere from just before the count byte to just before the end.
+        for len in SETTING_COUNT_AT..body.len() {
+            assert_eq!(
+                decode(&resign(&body[..len]), KEY, "prod"),
+                Err(OVERRUN),
+                "body cut to {len}"
+            );
+        }
+        // The count claims a second setting that is not there.
+        let mut b = body;
+        b[SETTING_COUNT_AT] = 2;
+        assert_eq!(decode(&resign(&b), KEY, "prod"), Err(OVERRUN));
+    }
+
+    #[test]
+    fn standby_setting_node_name_rules() {
+        let mut hb = sample();
+        hb.advert.standby_register[0].node = String::new();
+        assert_eq!(
+            encode(&hb, KEY),
+            Err(EncodeError::BadName {
+                field: "standby setting node",
+                len: 0
+            })
+        );
+        hb.advert.standby_register[0].node = "n".repeat(MAX_NAME_LEN + 1);
+        assert!(matches!(
+            encode(&hb, KEY),
+            Err(EncodeError::BadName {
+                field: "standby setting node",
+                ..
+            })
+        ));
+        let mut b = body_of(&encode(&sample(), KEY).expect("encode"));
+        b[SETTING_COUNT_AT + 1] = 0; // zero-length node name
+        assert_eq!(
+            decode(&resign(&b), KEY, "prod"),
+            Err(DecodeError::Malformed(
+                "bad standby setting node name length"
+            ))
+        );
+        let mut b = body_of(&encode(&sample(), KEY).expect("encode"));
+        b[SETTING_COUNT_AT + 2] = 0xff; // node "b" -> 0xff
+        assert_eq!(
+            decode(&resign(&b), KEY, "prod"),
+            Err(DecodeError::Malformed("name is not valid UTF-8"))
         );
     }
 
@@ -872,14 +1094,31 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         });
+        // Unique node names, but in random (not necessarily sorted) order.
+        let register = proptest::collection::btree_map(name(), (any::<bool>(), any::<u64>()), 0..6)
+            .prop_map(|m| {
+                m.into_iter()
+                    .map(|(node, (standby, epoch))| StandbySetting {
+                        node,
+                        standby,
+                        epoch,
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .prop_shuffle();
         (
             (name(), any::<u64>(), any::<u64>(), any::<u64>()),
             (any::<u8>(), any::<u64>()),
             proptest::option::of((any::<u64>(), any::<u32>())),
-            (any::<u32>(), any::<bool>(), groups),
+            (any::<u32>(), any::<bool>(), groups, register),
         )
             .prop_map(
-                |((node, boot_id, boot_time_ms, seq), (path, sent_ms), echo, (p, s, groups))| {
+                |(
+                    (node, boot_id, boot_time_ms, seq),
+                    (path, sent_ms),
+                    echo,
+                    (p, s, groups, standby_register),
+                )| {
                     Heartbeat {
                         cluster: "prod".into(),
                         node,
@@ -896,6 +1135,7 @@ mod tests {
                             priority: p,
                             standby: s,
                             groups,
+                            standby_register,
                         },
                     }
                 },

@@ -25,7 +25,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::cluster::packet::{Assignment, GroupAdvert, LocalGroupState, NodeAdvert};
+use crate::cluster::packet::{
+    Assignment, GroupAdvert, LocalGroupState, NodeAdvert, StandbySetting,
+};
 use crate::config::{Config, Switchback};
 use crate::event::{fields, EventKind, Fields, MoveReason, Timeline, TimelineStep};
 
@@ -199,8 +201,6 @@ pub enum PlacementError {
         node: String,
         state: LocalGroupState,
     },
-    #[error("standby can only be set on the node itself: run it on `{0}`")]
-    RemoteStandby(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,7 +261,12 @@ pub struct GroupStatus {
 pub struct Placement {
     cfg: PlacementConfig,
     started_mono_ms: Option<u64>,
-    standby: bool,
+    /// The replicated standby register: node -> (standby, epoch). Highest epoch wins,
+    /// so `tandem node standby NODE` works from any node.
+    standby: BTreeMap<String, (bool, u64)>,
+    /// This daemon is shutting down: like standby, but not replicated, so the node
+    /// comes back online when it restarts.
+    leaving: bool,
     groups: BTreeMap<String, GroupState>,
     /// Wall time when each peer was declared dead (for timelines).
     lost_at: BTreeMap<String, u64>,
@@ -295,7 +300,8 @@ impl Placement {
         Placement {
             cfg,
             started_mono_ms: None,
-            standby: false,
+            standby: BTreeMap::new(),
+            leaving: false,
             groups,
             lost_at: BTreeMap::new(),
         }
@@ -323,7 +329,16 @@ impl Placement {
     pub fn advert(&self, now: Now) -> NodeAdvert {
         NodeAdvert {
             priority: self.priority(&self.cfg.local),
-            standby: self.standby,
+            standby: self.is_standby(&self.cfg.local) || self.leaving,
+            standby_register: self
+                .standby
+                .iter()
+                .map(|(node, (standby, epoch))| StandbySetting {
+                    node: node.clone(),
+                    standby: *standby,
+                    epoch: *epoch,
+                })
+                .collect(),
             groups: self
                 .groups
                 .iter()
@@ -340,7 +355,40 @@ impl Placement {
 
     /// Is this node in standby?
     pub fn standby(&self) -> bool {
-        self.standby
+        self.is_standby(&self.cfg.local)
+    }
+
+    /// Is `node` in standby, by the merged register?
+    pub fn is_standby(&self, node: &str) -> bool {
+        self.standby.get(node).is_some_and(|(s, _)| *s)
+    }
+
+    /// Merges the peers' standby registers into ours (highest epoch wins; on a tie,
+    /// standby wins, the safe side). Reports our own node changing state.
+    fn merge_standby(&mut self, peers: &[PeerView], out: &mut Vec<Action>) {
+        let was = self.standby();
+        for p in peers {
+            for s in &p.advert.standby_register {
+                if !self.cfg.nodes.iter().any(|(n, _)| *n == s.node) {
+                    continue;
+                }
+                let ours = self.standby.get(&s.node).copied();
+                if ours.is_none_or(|(st, ep)| (s.epoch, s.standby) > (ep, st)) {
+                    self.standby.insert(s.node.clone(), (s.standby, s.epoch));
+                }
+            }
+        }
+        let now_standby = self.standby();
+        if was != now_standby {
+            out.push(emit(
+                if now_standby {
+                    EventKind::NodeStandby
+                } else {
+                    EventKind::NodeOnline
+                },
+                fields([("node", self.cfg.local.clone())]),
+            ));
+        }
     }
 
     /// Feeds one input; returns the actions to carry out.
@@ -413,8 +461,19 @@ impl Placement {
             Input::VipProbe { group, in_use } => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     let speculative = matches!(g.probe, ProbeState::InFlight { speculative: true });
+                    let handoff_from_live_peer = g
+                        .claim
+                        .as_ref()
+                        .and_then(|c| c.from.as_deref())
+                        .is_some_and(|f| peers.iter().any(|p| p.name == f));
                     if in_use && speculative {
                         g.probe = ProbeState::SpecInUse(now.mono_ms);
+                    } else if in_use && handoff_from_live_peer {
+                        // The previous owner is alive and says it stopped: its address
+                        // may still be settling (or a stray announcement was heard).
+                        // Not a split brain; look again shortly.
+                        tracing::info!(group = %group, "floating IP still answers during a hand-off; probing again");
+                        g.probe = ProbeState::RetryAt(now.mono_ms + 250);
                     } else if in_use {
                         g.probe = ProbeState::RetryAt(now.mono_ms + self.cfg.probe_retry_ms);
                         if !g.suspected_reported {
@@ -426,8 +485,7 @@ impl Placement {
                                     (
                                         "reason",
                                         "the group's floating IP still answers on the LAN \
-                                         although its owner is silent on every heartbeat path; \
-                                         not taking over"
+                                         although no live node runs the group; not taking over"
                                             .into(),
                                     ),
                                 ]),
@@ -660,6 +718,7 @@ impl Placement {
 
     /// Re-evaluates every group.
     fn evaluate(&mut self, now: Now, peers: &[PeerView], out: &mut Vec<Action>) {
+        self.merge_standby(peers, out);
         let names: Vec<String> = self.groups.keys().cloned().collect();
         for name in names {
             self.evaluate_group(now, &name, peers, out);
@@ -676,7 +735,8 @@ impl Placement {
         }
         if node == self.cfg.local {
             let g = &self.groups[group];
-            return !self.standby
+            return !self.is_standby(node)
+                && !self.leaving
                 && !is_blocked(g, now.mono_ms)
                 && g.local != LocalGroupState::Failed;
         }
@@ -684,6 +744,7 @@ impl Placement {
             None => false,
             Some(p) => {
                 !p.advert.standby
+                    && !self.is_standby(node)
                     && p.advert
                         .groups
                         .iter()
@@ -751,9 +812,16 @@ impl Placement {
                     let better = match &best {
                         None => true,
                         Some((b, _)) => {
+                            // Equal priorities are broken by name (as `best_eligible`
+                            // does): with a priority-only tie-break, two registers with
+                            // the same epoch and equally preferred owners (written on
+                            // both sides of a partition) were each kept by whichever
+                            // node saw it first, and the nodes never agreed on the
+                            // owner. (Found by tests/simulation.rs.)
                             a.epoch > b.epoch
                                 || (a.epoch == b.epoch
-                                    && self.priority(&a.owner) < self.priority(&b.owner))
+                                    && (self.priority(&a.owner), a.owner.as_str())
+                                        < (self.priority(&b.owner), b.owner.as_str()))
                         }
                     };
                     if better {
@@ -763,6 +831,11 @@ impl Placement {
             }
         }
         {
+            let automatic =
+                self.policy(name).map(|p| p.switchback) == Some(Switchback::Automatic);
+            let local_priority = self.priority(&local);
+            let prios: BTreeMap<String, u32> = self.cfg.nodes.iter().cloned().collect();
+            let priority_of = |n: &str| prios.get(n).copied().unwrap_or(u32::MAX);
             let g = self.groups.get_mut(name).expect("group exists");
             let previous_owner = g.register.as_ref().map(|r| r.owner.clone());
             if let Some((a, m)) = best {
@@ -780,10 +853,19 @@ impl Placement {
                 g.maintenance = m;
                 g.register = Some(a);
                 if became_ours && g.claim.is_none() {
-                    // Somebody else assigned the group to us: an admin's switchover.
+                    // Somebody else assigned the group to us: an admin's switchover,
+                    // or the owner handing it back to us (automatic switchback).
                     let from = previous_owner.filter(|o| o != &local);
+                    let switchback = automatic
+                        && from
+                            .as_deref()
+                            .is_some_and(|f| local_priority < priority_of(f));
                     g.claim = Some(PendingMove {
-                        reason: MoveReason::Manual,
+                        reason: if switchback {
+                            MoveReason::Switchback
+                        } else {
+                            MoveReason::Manual
+                        },
                         from,
                         detected_wall_ms: now.wall_ms,
                     });
@@ -877,6 +959,21 @@ impl Placement {
             if in_grace {
                 return;
             }
+            // We already run the group and should: adopt the register. Otherwise a
+            // register written by a claim that failed elsewhere (e.g. the other side of
+            // a partition took over, its start failed and it is blocked) stays in
+            // place, and once that node is eligible again it takes the healthy group
+            // from us. (Found by tests/simulation.rs.)
+            if self.groups[name].local == LocalGroupState::Running {
+                let g = self.groups.get_mut(name).expect("group exists");
+                let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
+                g.register = Some(Assignment {
+                    owner: local.clone(),
+                    epoch,
+                });
+                g.claim = None;
+                return;
+            }
             // Claim: the owner is gone/ineligible (or switchback). Probe first.
             let reason = match owner.as_deref() {
                 None => MoveReason::Initial,
@@ -884,7 +981,7 @@ impl Placement {
                 Some(o) if self.eligible(now, o, name, peers) => MoveReason::Switchback,
                 Some(o) => {
                     let p = peers.iter().find(|p| p.name == o);
-                    if p.is_some_and(|p| p.advert.standby) {
+                    if p.is_some_and(|p| p.advert.standby) || self.is_standby(o) {
                         MoveReason::Manual
                     } else {
                         MoveReason::ResourceFailed
@@ -911,11 +1008,34 @@ impl Placement {
         if owner.as_deref() == Some(local.as_str()) {
             if desired.as_deref() == Some(local.as_str()) {
                 self.try_start(now, name, peers, out);
-            } else if desired.is_some() {
-                // Someone else should run it (switchback to a more preferred node, or
-                // we are no longer eligible): stop; the new owner waits for our stop
-                // and then writes its claim.
-                self.stop_if_running(name, "the group is assigned elsewhere", out);
+            } else if let Some(d) = desired {
+                // Someone else should run it. If that is an automatic switchback to a
+                // more preferred node, hand the group over explicitly by writing the
+                // register (as a switchover does), so the decision cannot flip back
+                // once we have stopped. If we are no longer eligible (blocked, standby),
+                // just stop: the most preferred eligible node claims it after our stop.
+                let switchback = !in_grace
+                    && self.eligible(now, &local, name, peers)
+                    && self.priority(&d) < self.priority(&local)
+                    && self.groups[name].local == LocalGroupState::Running;
+                if switchback {
+                    let g = self.groups.get_mut(name).expect("group exists");
+                    let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
+                    g.register = Some(Assignment {
+                        owner: d.clone(),
+                        epoch,
+                    });
+                    out.push(emit(
+                        EventKind::SwitchoverStarted,
+                        fields([
+                            ("group", name.to_string()),
+                            ("from_node", local.clone()),
+                            ("to_node", d.clone()),
+                            ("reason", MoveReason::Switchback.name()),
+                        ]),
+                    ));
+                }
+                self.stop_if_running(name, &format!("the group moves to `{d}`"), out);
             }
             return;
         }
@@ -1178,7 +1298,8 @@ impl Placement {
         Ok((target, out))
     }
 
-    /// Puts this node in standby (its groups move away, no new ones arrive) or back online.
+    /// Puts a node in standby (its groups move away, no new ones arrive) or back online.
+    /// Works from any node: the setting travels in the replicated standby register.
     pub fn set_standby(
         &mut self,
         now: Now,
@@ -1189,12 +1310,10 @@ impl Placement {
         if !self.cfg.nodes.iter().any(|(n, _)| n == node) {
             return Err(PlacementError::UnknownNode(node.into()));
         }
-        if node != self.cfg.local {
-            return Err(PlacementError::RemoteStandby(node.into()));
-        }
         let mut out = Vec::new();
-        if self.standby != on {
-            self.standby = on;
+        if self.is_standby(node) != on {
+            let epoch = self.standby.get(node).map_or(0, |(_, e)| *e) + 1;
+            self.standby.insert(node.to_string(), (on, epoch));
             out.push(emit(
                 if on {
                     EventKind::NodeStandby
@@ -1206,6 +1325,14 @@ impl Placement {
         }
         self.evaluate(now, peers, &mut out);
         Ok(out)
+    }
+
+    /// The daemon is shutting down: hand this node's groups to peers (see `leaving`).
+    pub fn leave(&mut self, now: Now, peers: &[PeerView]) -> Vec<Action> {
+        self.leaving = true;
+        let mut out = Vec::new();
+        self.evaluate(now, peers, &mut out);
+        out
     }
 
     /// Suspends (or resumes) monitoring and recovery of a group, cluster-wide.

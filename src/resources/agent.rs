@@ -54,6 +54,9 @@ pub struct IpAgent {
     reannounce_every: Duration,
     last_announce: Option<Instant>,
     holder: Option<String>,
+    /// The running announcement burst; aborted when the address goes away, so no
+    /// gratuitous ARP for an address we gave up can follow the release.
+    announcing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Agent {
@@ -82,6 +85,7 @@ impl Agent {
                     reannounce_every: *reannounce_every,
                     last_announce: None,
                     holder: None,
+                    announcing: None,
                 })
             }
             ResourceKind::Exec {
@@ -251,6 +255,11 @@ impl IpAgent {
 
     /// Brings the world in line with `want_up` and reports what happened.
     async fn reconcile(&mut self, want_up: bool) -> Result<VipOutcome, ResourceError> {
+        if !want_up {
+            if let Some(h) = self.announcing.take() {
+                h.abort();
+            }
+        }
         let observed = self.observe().await?;
         let (actions, outcome) = net::vip::reconcile(&self.spec, want_up, &observed);
         for action in actions {
@@ -277,13 +286,16 @@ impl IpAgent {
     fn announce(&mut self, ifname: &str, count: u32) {
         self.last_announce = Some(Instant::now());
         let (ifname, addr) = (ifname.to_string(), self.spec.addr);
-        tokio::spawn(async move {
+        if let Some(h) = self.announcing.take() {
+            h.abort();
+        }
+        self.announcing = Some(tokio::spawn(async move {
             if let Err(e) =
                 net::announce::announce(&ifname, addr, count, Duration::from_millis(150)).await
             {
                 tracing::warn!(%addr, %ifname, error = %e, "announcement failed");
             }
-        });
+        }));
     }
 }
 

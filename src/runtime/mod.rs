@@ -309,10 +309,11 @@ impl Daemon {
         }];
         for ps in self.membership.peer_status() {
             let prio = self.cfg.node(&ps.name).map_or(0, |n| n.priority);
-            let standby = peers
-                .iter()
-                .find(|p| p.name == ps.name)
-                .is_some_and(|p| p.advert.standby);
+            let standby = self.placement.is_standby(&ps.name)
+                || peers
+                    .iter()
+                    .find(|p| p.name == ps.name)
+                    .is_some_and(|p| p.advert.standby);
             nodes.push(NodeStatus {
                 name: ps.name.clone(),
                 priority: prio,
@@ -442,6 +443,9 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                 )
             })
             .collect();
+        // Only the executors hold result senders: when they have all stopped, the
+        // channel closes and shutdown is complete.
+        drop(res_tx);
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (req_tx, mut req_rx) = mpsc::channel(64);
         let servers = api::serve(&cfg.api, status_rx, events.clone(), req_tx).await?;
@@ -532,10 +536,8 @@ fn begin_shutdown(d: &mut Daemon) -> tokio::time::Instant {
     tracing::info!("shutting down: handing groups to peers");
     let now = d.now();
     let peers = d.peers();
-    let local = d.local.clone();
-    if let Ok(actions) = d.placement.set_standby(now, &local, true, &peers) {
-        d.carry_out(actions);
-    }
+    let actions = d.placement.leave(now, &peers);
+    d.carry_out(actions);
     tokio::time::Instant::now() + SHUTDOWN_HANDOFF
 }
 

@@ -1,0 +1,327 @@
+//! End-to-end tests of one daemon on loopback (no namespaces, no root needed): the
+//! control API over the Unix socket and over TCP with a token, long-polled and streamed
+//! events, maintenance, refusals with reasons and exit codes, graceful shutdown, and the
+//! event sequence across a restart.
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+const TOKEN: &str = "test-token-0123456789";
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+struct Daemon {
+    /// Names the supervised process so the test can find it (unique per daemon).
+    marker: String,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    tcp: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // The supervised process is in its own process group: make sure it is gone.
+        let _ = Command::new("pkill")
+            .args(["-f", &self.marker])
+            .status();
+    }
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+impl Daemon {
+    fn start() -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!(
+            "tandem-api-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        let marker = dir.path().join("exec-started");
+        let tcp = free_tcp();
+        let config = dir.path().join("tandem.toml");
+        let text = format!(
+            r#"
+[cluster]
+name = "apitest"
+key = "0123456789abcdef0123"
+state_dir = "{state}"
+
+[heartbeat]
+interval = "100ms"
+dead_time = "500ms"
+port = {port}
+paths = ["lo"]
+
+[api]
+socket = "{sock}"
+tcp = "{tcp}"
+token = "{TOKEN}"
+
+[[node]]
+name = "a"
+priority = 1
+addresses = {{ lo = "127.0.0.1" }}
+
+[[group]]
+name = "svc"
+
+[[group.resource]]
+name = "setup"
+kind = "exec"
+start = ["sh", "-c", "echo $TANDEM_GROUP > {marker}"]
+stop = ["rm", "-f", "{marker}"]
+timeout = "5s"
+
+[[group.resource]]
+name = "worker"
+kind = "process"
+command = ["bash", "-c", "exec -a {name} sleep 600"]
+depends_on = ["setup"]
+quickcheck = {{ probe = "exec", command = ["test", "-f", "{marker}"], interval = "500ms", timeout = "2s" }}
+"#,
+            state = dir.path().join("state").display(),
+            port = free_port(),
+            sock = dir.path().join("api.sock").display(),
+            marker = marker.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut d = Daemon {
+            marker: name,
+            child: None,
+            dir,
+            config,
+            tcp,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .args(["--node", "a"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for(Duration::from_secs(15), "API socket", || {
+            self.sock().exists() && self.cli(&["status"]).0 == 0
+        });
+    }
+
+    fn sock(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+
+    /// Runs the CLI against this daemon: (exit code, stdout, stderr).
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(self.sock())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn status(&self) -> Value {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+
+    fn curl(&self, args: &[&str]) -> (String, u16) {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "10", "-w", "\n%{http_code}", "--unix-socket"])
+            .arg(self.sock())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (body.to_string(), code.trim().parse().unwrap_or(0))
+    }
+
+    fn group_state(&self) -> String {
+        self.status()["groups"][0]["local_state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn curl_available() -> bool {
+    Command::new("curl").arg("--version").output().is_ok()
+}
+
+#[test]
+fn single_node_daemon_serves_the_api_end_to_end() {
+    if !curl_available() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let d = Daemon::start();
+    wait_for(Duration::from_secs(20), "group running", || {
+        d.group_state() == "running"
+    });
+    let st = d.status();
+    assert_eq!(st["groups"][0]["owner"], "a");
+    assert_eq!(st["nodes"][0]["name"], "a");
+    assert!(d.dir.path().join("exec-started").exists(), "exec start ran");
+
+    // The start order and the hierarchy: setup before worker, in the timeline.
+    let (code, out, _) = d.cli(&["history", "--json"]);
+    assert_eq!(code, 0);
+    let h: Value = serde_json::from_str(&out).unwrap();
+    let steps: Vec<&str> = h["timelines"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["resource"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["setup", "worker"]);
+
+    // Long-poll: a request waiting for the next event returns when maintenance is set.
+    let last = d.status()["last_seq"].as_u64().unwrap();
+    let sock = d.sock();
+    let poll = std::thread::spawn(move || {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "20", "--unix-socket"])
+            .arg(&sock)
+            .arg(format!("http://x/v1/events?since={last}&wait_ms=15000"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, _, err) = d.cli(&["group", "maintenance", "svc", "on"]);
+    assert_eq!(code, 0, "{err}");
+    let body = poll.join().unwrap();
+    let events: Vec<Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(events[0]["kind"], "group_maintenance_on", "{body}");
+    assert!(events[0]["seq"].as_u64().unwrap() > last);
+    assert_eq!(d.status()["groups"][0]["maintenance"], true);
+    let (code, _, _) = d.cli(&["group", "maintenance", "svc", "off"]);
+    assert_eq!(code, 0);
+
+    // The stream: backlog first, as NDJSON.
+    let mut stream = Command::new("curl")
+        .args(["-s", "-N", "-m", "10", "--unix-socket"])
+        .arg(d.sock())
+        .arg("http://x/v1/events/stream?since=0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(stream.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["kind"], "daemon_started");
+    let _ = stream.kill();
+    let _ = stream.wait();
+
+    // Refusals carry the reason and exit code 4; bad input is a clear 4xx.
+    let (code, _, err) = d.cli(&["switchover", "svc"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no other node"), "{err}");
+    let (code, _, err) = d.cli(&["switchover", "nosuch"]);
+    assert_eq!(code, 4);
+    assert!(err.contains("no group named `nosuch`"), "{err}");
+    let (body, code) = d.curl(&["http://x/v1/events?since=abc"]);
+    assert_eq!(code, 400, "{body}");
+    let (_, code) = d.curl(&["-X", "POST", "-H", "content-type: application/json", "-d", "{\"on\": 1}", "http://x/v1/groups/svc/maintenance"]);
+    assert!((400..500).contains(&code), "{code}");
+
+    // TCP needs the token.
+    let url = format!("http://{}/v1/status", d.tcp);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401");
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--api", &d.tcp, "--token", TOKEN])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
+    let mut d = Daemon::start();
+    wait_for(Duration::from_secs(20), "group running", || {
+        d.group_state() == "running"
+    });
+    let marker = d.marker.clone();
+    // The supervised process crashes: a local restart, not a failure.
+    assert!(Command::new("pkill").args(["-f", &marker]).status().unwrap().success());
+    wait_for(Duration::from_secs(15), "resource_restarted", || {
+        let (_, out, _) = d.cli(&["history", "--events-since", "0"]);
+        out.contains("resource_restarted")
+    });
+    assert_eq!(d.group_state(), "running");
+    let seq_before = d.status()["last_seq"].as_u64().unwrap();
+
+    // SIGTERM: stops the group (no peer to hand it to) and exits 0.
+    let child = d.child.take().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "exit {:?}", out.status);
+    assert!(!d.dir.path().join("exec-started").exists(), "exec stop ran");
+    let gone = !Command::new("pgrep")
+        .args(["-f", &marker])
+        .status()
+        .unwrap()
+        .success();
+    assert!(gone, "supervised process left behind");
+
+    // Restart: the event sequence continues above where it was.
+    d.spawn();
+    let seq_after = d.status()["last_seq"].as_u64().unwrap();
+    assert!(seq_after > seq_before, "{seq_after} > {seq_before}");
+    let log = std::fs::read_to_string(d.dir.path().join("state/events.jsonl")).unwrap();
+    assert!(log.contains("daemon_stopping"));
+    let _ = Path::new(&d.config);
+}

@@ -1,0 +1,1229 @@
+//! End-to-end tests: a real two-node cluster in network namespaces, built with
+//! `tandem lab up`, driven through the `tandem` binary exactly as an operator
+//! would (lab faults, admin commands over the control socket, a client curling
+//! the VIP from its own namespace).
+//!
+//! Every test needs root (namespaces, nftables) and is skipped with a message
+//! otherwise; `config_check_*` runs everywhere. Each test owns a distinct lab
+//! prefix and directory so the tests can run in parallel, and a guard tears
+//! its lab down even when the test panics (printing the daemons' log tails and
+//! recent events first, for diagnosis).
+//!
+//! Timing: bounds are generous (tens of seconds) so a loaded 2-core CI box
+//! does not make them flaky; the measured times are printed (`--nocapture`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+const VIP: &str = "10.77.0.100";
+const VIP_URL: &str = "http://10.77.0.100:8080/";
+const GROUP: &str = "demo";
+
+// ---------------------------------------------------------------- helpers
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("SKIPPED: this lab test needs root (network namespaces, nftables)");
+            return;
+        }
+    };
+}
+
+/// At most this many labs are alive at once (override with
+/// `TANDEM_LAB_PARALLEL`), so a 2-core machine is not swamped by a dozen
+/// daemons whose heartbeats then miss their dead time.
+fn lab_slots() -> usize {
+    std::env::var("TANDEM_LAB_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(4)
+}
+
+static SLOTS: Mutex<usize> = Mutex::new(0);
+static SLOT_FREED: Condvar = Condvar::new();
+
+/// A held lab slot; released on drop.
+struct Slot;
+
+impl Slot {
+    fn acquire() -> Slot {
+        let max = lab_slots();
+        let mut used = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+        while *used >= max {
+            used = SLOT_FREED.wait(used).unwrap_or_else(|p| p.into_inner());
+        }
+        *used += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut used = SLOTS.lock().unwrap_or_else(|p| p.into_inner());
+        *used -= 1;
+        SLOT_FREED.notify_one();
+    }
+}
+
+fn cmd_line(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run `{}`: {e}", cmd_line(cmd)))
+}
+
+fn tandem_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .env_remove("TANDEM_SOCKET")
+        .env_remove("TANDEM_API")
+        .env_remove("TANDEM_TOKEN")
+        .env("TANDEM_LOG", "warn");
+    c
+}
+
+/// Run the tandem binary with `args`; returns its output whatever the status.
+fn tandem(args: &[&str]) -> Output {
+    run(&mut tandem_cmd(args))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "{}\n--- stdout:\n{}--- stderr:\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+/// Poll `f` every 100 ms until it returns `Some`, for at most `timeout`.
+/// Returns the value and how long it took; panics naming `what` on timeout.
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t0.elapsed());
+        }
+        if t0.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Last `n` lines of a file (for diagnostics), without the netlink crate's
+/// "IFLA_INET6_CONF ... unknown" warnings that flood the daemon logs.
+fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s
+                .lines()
+                .filter(|l| !l.contains("IFLA_INET6_CONF"))
+                .collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// One lab, torn down on drop (also on panic).
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    t0: Instant,
+    _slot: Slot,
+}
+
+impl Lab {
+    /// `tandem lab up --prefix P --dir D [extra...]`; panics if it fails.
+    fn up(prefix: &str, extra: &[&str]) -> Lab {
+        assert!(prefix.len() <= 4, "lab prefix {prefix:?} too long");
+        let slot = Slot::acquire();
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-test-{}{}",
+            prefix.trim_end_matches('-'),
+            std::process::id()
+        ));
+        let dir_s = dir.to_string_lossy().into_owned();
+        // Leftovers of an earlier aborted run with the same prefix.
+        let _ = tandem(&["lab", "down", "--prefix", prefix, "--dir", &dir_s]);
+        // The guard exists before `up` so a half-built lab is removed too.
+        let lab = Lab {
+            prefix: prefix.to_string(),
+            dir,
+            t0: Instant::now(),
+            _slot: slot,
+        };
+        let mut args = vec!["lab", "up", "--prefix", prefix, "--dir", &dir_s];
+        args.extend_from_slice(extra);
+        // The daemons inherit the environment: keep their logs informative.
+        let out = run(tandem_cmd(&args).env("TANDEM_LOG", "info"));
+        assert!(
+            out.status.success(),
+            "`tandem {}` failed: {}",
+            args.join(" "),
+            describe(&out)
+        );
+        lab.note(&format!(
+            "lab up ({}) in {} ms",
+            if extra.is_empty() {
+                "defaults".to_string()
+            } else {
+                extra.join(" ")
+            },
+            ms(lab.t0.elapsed())
+        ));
+        lab
+    }
+
+    fn note(&self, msg: &str) {
+        eprintln!(
+            "[{} +{:6.2}s] {msg}",
+            self.prefix,
+            self.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    fn dir_s(&self) -> String {
+        self.dir.to_string_lossy().into_owned()
+    }
+
+    /// `tandem lab <args> --dir D`, must succeed.
+    fn lab(&self, args: &[&str]) {
+        let dir = self.dir_s();
+        let mut all = vec!["lab"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--dir", &dir]);
+        let out = tandem(&all);
+        assert!(
+            out.status.success(),
+            "`tandem {}` failed: {}",
+            all.join(" "),
+            describe(&out)
+        );
+        self.note(&format!("lab {}", args.join(" ")));
+    }
+
+    fn ns(&self, node: &str) -> String {
+        format!("{}{node}", self.prefix)
+    }
+
+    fn socket(&self, node: &str) -> String {
+        self.dir
+            .join(node)
+            .join("tandem.sock")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Run an admin command against `node`'s socket (`--socket` appended).
+    fn admin(&self, node: &str, args: &[&str]) -> Output {
+        let sock = self.socket(node);
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--socket", &sock]);
+        tandem(&all)
+    }
+
+    /// Who answers the VIP from the client namespace (`None`: no answer).
+    fn vip_answer(&self) -> Option<String> {
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.ns("cl"),
+            "curl",
+            "-s",
+            "-m",
+            "1",
+            VIP_URL,
+        ]));
+        let body = text(&out.stdout).trim().to_string();
+        (out.status.success() && !body.is_empty()).then_some(body)
+    }
+
+    fn wait_vip(&self, node: &str, timeout: Duration) -> Duration {
+        let (_, d) = wait_for(&format!("VIP answered by {node}"), timeout, || {
+            (self.vip_answer().as_deref() == Some(node)).then_some(())
+        });
+        d
+    }
+
+    /// `status --json` of `node`; `None` if the daemon does not answer.
+    fn status(&self, node: &str) -> Option<Value> {
+        let out = self.admin(node, &["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    fn status_ok(&self, node: &str) -> Value {
+        let out = self.admin(node, &["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "status of {node} failed: {}",
+            describe(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("status --json of {node}: {e}: {}", text(&out.stdout)))
+    }
+
+    fn group(st: &Value) -> Value {
+        st["groups"]
+            .as_array()
+            .and_then(|g| g.iter().find(|g| g["name"] == GROUP))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    /// Owner of the demo group in `node`'s view.
+    fn owner(&self, node: &str) -> Option<String> {
+        let st = self.status(node)?;
+        Self::group(&st)["owner"].as_str().map(str::to_string)
+    }
+
+    /// The demo group's local state on `node` ("running", "stopped", ...).
+    fn local_state(&self, node: &str) -> Option<String> {
+        let st = self.status(node)?;
+        Self::group(&st)["local_state"].as_str().map(str::to_string)
+    }
+
+    /// Whether `node` sees `peer` alive.
+    fn sees_alive(&self, node: &str, peer: &str) -> bool {
+        self.status(node)
+            .and_then(|st| {
+                st["nodes"]
+                    .as_array()?
+                    .iter()
+                    .find(|n| n["name"] == peer)
+                    .map(|n| n["alive"] == true)
+            })
+            .unwrap_or(false)
+    }
+
+    fn events_path(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("state").join("events.jsonl")
+    }
+
+    /// Every event `node` recorded (all boots).
+    fn events(&self, node: &str) -> Vec<Value> {
+        std::fs::read_to_string(self.events_path(node))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    fn events_of(&self, node: &str, kind: &str) -> Vec<Value> {
+        self.events(node)
+            .into_iter()
+            .filter(|e| e["kind"] == kind)
+            .collect()
+    }
+
+    fn count(&self, node: &str, kind: &str) -> usize {
+        self.events_of(node, kind).len()
+    }
+
+    /// Failover/switchover timelines of `node` (`history --json`).
+    fn timelines(&self, node: &str) -> Vec<Value> {
+        let out = self.admin(node, &["history", "--json"]);
+        assert!(
+            out.status.success(),
+            "history of {node} failed: {}",
+            describe(&out)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("history --json of {node}: {e}: {}", text(&out.stdout)));
+        v["timelines"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Pids of the demo service in `node`'s namespace.
+    fn demo_pids(&self, node: &str) -> Vec<i32> {
+        let out = run(Command::new("ip").args(["netns", "pids", &self.ns(node)]));
+        text(&out.stdout)
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+            .filter(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .map(|c| c.split(|b| *b == 0).any(|arg| arg == b"demo-service"))
+                    .unwrap_or(false)
+            })
+            .collect()
+    }
+
+    /// SIGKILL the demo service on `node` (waits up to 20 s for one to
+    /// exist); returns the killed pid.
+    fn kill_demo(&self, node: &str) -> i32 {
+        let (pids, _) = wait_for(
+            &format!("a demo-service process on {node}"),
+            Duration::from_secs(20),
+            || Some(self.demo_pids(node)).filter(|p| !p.is_empty()),
+        );
+        for &p in &pids {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap_or_else(|e| panic!("kill {p}: {e}"));
+        }
+        // Wait until they are gone (a zombie has an empty cmdline).
+        wait_for(
+            "the killed demo-service to die",
+            Duration::from_secs(10),
+            || {
+                let left = self.demo_pids(node);
+                (!pids.iter().any(|p| left.contains(p))).then_some(())
+            },
+        );
+        self.note(&format!("SIGKILLed demo-service {pids:?} on {node}"));
+        pids[0]
+    }
+
+    /// Interfaces of `node` that hold the VIP.
+    fn vip_ifaces(&self, node: &str) -> Vec<String> {
+        let out = run(Command::new("ip").args(["-n", &self.ns(node), "-j", "addr", "show"]));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        v.as_array()
+            .map(|links| {
+                links
+                    .iter()
+                    .filter(|l| {
+                        l["addr_info"]
+                            .as_array()
+                            .is_some_and(|a| a.iter().any(|x| x["local"] == VIP))
+                    })
+                    .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Assert that for `secs` the demo group stays owned by `owner` in the
+    /// view of every node in `viewers`, is not running anywhere else, and
+    /// the VIP is answered by `owner`.
+    fn assert_stable(&self, owner: &str, viewers: &[&str], secs: u64) {
+        let t0 = Instant::now();
+        let mut probes = 0;
+        while t0.elapsed() < Duration::from_secs(secs) {
+            for v in viewers {
+                let o = self.owner(v);
+                assert_eq!(
+                    o.as_deref(),
+                    Some(owner),
+                    "{v} sees owner {o:?} (expected {owner}) {:.1}s into the stability window",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            for other in ["n1", "n2"].iter().filter(|n| **n != owner) {
+                let s = self.local_state(other);
+                assert_ne!(
+                    s.as_deref(),
+                    Some("running"),
+                    "{other} runs the group while {owner} owns it"
+                );
+            }
+            let a = self.vip_answer();
+            assert_eq!(
+                a.as_deref(),
+                Some(owner),
+                "VIP answered by {a:?}, expected {owner}"
+            );
+            probes += 1;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        self.note(&format!(
+            "stable for {secs} s: owner {owner} ({probes} probes)"
+        ));
+    }
+
+    fn dump(&self) {
+        eprintln!("===== diagnostics for lab {} =====", self.prefix);
+        for n in ["n1", "n2"] {
+            eprintln!(
+                "--- {n} tandem.log (tail):\n{}",
+                tail(&self.dir.join(n).join("tandem.log"), 25)
+            );
+            eprintln!(
+                "--- {n} events.jsonl (tail):\n{}",
+                tail(&self.events_path(n), 25)
+            );
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.dump();
+        }
+        let dir = self.dir_s();
+        let out = tandem(&["lab", "down", "--prefix", &self.prefix, "--dir", &dir]);
+        if !out.status.success() {
+            eprintln!("lab down {} failed: {}", self.prefix, describe(&out));
+        }
+    }
+}
+
+fn has_timeline(tls: &[Value], kind: &str, reason: Option<&str>, to: &str) -> bool {
+    tls.iter().any(|t| {
+        t["kind"] == kind
+            && reason.is_none_or(|r| t["reason"] == r)
+            && t["to_node"] == to
+            && t["outcome"] == "completed"
+    })
+}
+
+fn timeline_ms(t: &Value) -> String {
+    match (t["detected_ms"].as_u64(), t["completed_ms"].as_u64()) {
+        (Some(d), Some(c)) => format!("{} ms", c.saturating_sub(d)),
+        _ => "-".into(),
+    }
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Test 1: Power loss of the active node: n2 takes over, reason node_lost.
+#[test]
+fn kill_active_node_fails_over() {
+    require_root!();
+    let lab = Lab::up("tla-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.lab(&["fail", "n1", "kill"]);
+    let t = Instant::now();
+    lab.wait_vip("n2", Duration::from_secs(30));
+    lab.note(&format!(
+        "FAILOVER: VIP answered by n2 {} ms after power loss of n1 (client probe, 1 s curl timeout)",
+        ms(t.elapsed())
+    ));
+    let (tls, _) = wait_for(
+        "a completed node_lost failover timeline on n2",
+        Duration::from_secs(10),
+        || {
+            let tls = lab.timelines("n2");
+            has_timeline(&tls, "failover", Some("node_lost"), "n2").then_some(tls)
+        },
+    );
+    for t in &tls {
+        lab.note(&format!(
+            "n2 history: {} {} -> {} reason {} detected->completed {}",
+            t["kind"],
+            t["from_node"],
+            t["to_node"],
+            t["reason"],
+            timeline_ms(t)
+        ));
+    }
+    assert!(lab.count("n2", "node_down") >= 1, "no node_down on n2");
+    assert_eq!(lab.owner("n2").as_deref(), Some("n2"));
+}
+
+/// Test 2: One heartbeat path lost: an event on both nodes, never a failover.
+#[test]
+fn one_path_cut_is_not_a_failover() {
+    require_root!();
+    let lab = Lab::up("tlb-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.lab(&["cut", "n1", "hb1"]);
+    let t = Instant::now();
+    for n in ["n1", "n2"] {
+        let (ev, _) = wait_for(
+            &format!("path_down on {n}"),
+            Duration::from_secs(20),
+            || {
+                lab.events_of(n, "path_down")
+                    .into_iter()
+                    .find(|e| e["fields"]["path"] == "hb1")
+            },
+        );
+        lab.note(&format!(
+            "path_down on {n} after {} ms: {}",
+            ms(t.elapsed()),
+            ev["fields"]
+        ));
+    }
+    lab.assert_stable("n1", &["n1", "n2"], 6);
+    for n in ["n1", "n2"] {
+        assert_eq!(lab.count(n, "failover_started"), 0, "failover on {n}");
+        assert_eq!(lab.count(n, "node_down"), 0, "node_down on {n}");
+    }
+    assert_eq!(lab.count("n2", "group_started"), 0, "group started on n2");
+    // The other path carries on; healing brings hb1 back.
+    lab.lab(&["heal"]);
+    let (_, d) = wait_for("path_up on both nodes", Duration::from_secs(20), || {
+        (lab.count("n1", "path_up") > 0 && lab.count("n2", "path_up") > 0).then_some(())
+    });
+    lab.note(&format!("path_up on both nodes {} ms after heal", ms(d)));
+}
+
+/// Test 3: All heartbeat paths cut, public LAN up: the VIP probe prevents a
+/// second active node.
+#[test]
+fn all_paths_cut_never_two_active() {
+    require_root!();
+    let lab = Lab::up("tlc-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.lab(&["cut", "n1", "all"]);
+    let t0 = Instant::now();
+    let mut polls = 0;
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    while t0.elapsed() < Duration::from_secs(8) {
+        let s1 = lab.local_state("n1");
+        let s2 = lab.local_state("n2");
+        assert!(
+            !(s1.as_deref() == Some("running") && s2.as_deref() == Some("running")),
+            "SPLIT BRAIN: group running on n1 and n2 {:.1}s after the cut",
+            t0.elapsed().as_secs_f64()
+        );
+        let on_n2 = lab.vip_ifaces("n2");
+        assert!(
+            on_n2.is_empty(),
+            "n2 holds the VIP on {on_n2:?} while n1 is alive on the LAN"
+        );
+        let a = lab.vip_answer();
+        *answers
+            .entry(a.clone().unwrap_or_else(|| "<none>".into()))
+            .or_default() += 1;
+        assert!(
+            a.is_none() || a.as_deref() == Some("n1"),
+            "VIP answered by {a:?} during the partition"
+        );
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.note(&format!(
+        "partition polled {polls} times; VIP answers: {answers:?}"
+    ));
+    assert_eq!(lab.vip_answer().as_deref(), Some("n1"));
+    let (ev, _) = wait_for(
+        "split_brain_suspected on n2",
+        Duration::from_secs(10),
+        || {
+            lab.events_of("n2", "split_brain_suspected")
+                .into_iter()
+                .next()
+        },
+    );
+    lab.note(&format!("n2 split_brain_suspected: {}", ev["fields"]));
+    lab.lab(&["heal"]);
+    let (_, d) = wait_for("n2 sees n1 again", Duration::from_secs(20), || {
+        (lab.sees_alive("n2", "n1") && lab.sees_alive("n1", "n2")).then_some(())
+    });
+    lab.note(&format!("membership restored {} ms after heal", ms(d)));
+    lab.assert_stable("n1", &["n1", "n2"], 4);
+    assert_eq!(
+        lab.count("n2", "group_started"),
+        0,
+        "group was started on n2"
+    );
+    assert_eq!(
+        lab.count("n1", "group_stopped"),
+        0,
+        "group was stopped on n1"
+    );
+    for n in ["n1", "n2"] {
+        assert_eq!(lab.count(n, "failover_started"), 0, "failover on {n}");
+    }
+}
+
+/// Test 4: A crashing service is restarted locally; beyond max_restarts (3) the
+/// group fails over.
+#[test]
+fn crashing_service_restarts_then_fails_over() {
+    require_root!();
+    let lab = Lab::up("tld-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+
+    // One crash: local restart.
+    let killed = lab.kill_demo("n1");
+    let t = Instant::now();
+    wait_for("resource_restarted on n1", Duration::from_secs(20), || {
+        (lab.count("n1", "resource_restarted") >= 1).then_some(())
+    });
+    let (_, d) = wait_for("a new demo-service on n1", Duration::from_secs(20), || {
+        let p = lab.demo_pids("n1");
+        (!p.is_empty() && !p.contains(&killed)).then_some(())
+    });
+    lab.note(&format!(
+        "local restart: resource_restarted + new process {} ms after the kill",
+        ms(t.elapsed().max(d))
+    ));
+    lab.wait_vip("n1", Duration::from_secs(20));
+    assert_eq!(lab.owner("n1").as_deref(), Some("n1"));
+    assert_eq!(lab.owner("n2").as_deref(), Some("n1"));
+    assert_eq!(lab.count("n2", "group_started"), 0);
+
+    // Keeps crashing: kills 2 and 3 are restarted too, kill 4 fails over.
+    let mut kills = 1;
+    let moved_after = loop {
+        assert!(kills < 8, "group never failed over after {kills} kills");
+        let restarts = lab.count("n1", "resource_restarted");
+        let killed = lab.kill_demo("n1");
+        kills += 1;
+        let t = Instant::now();
+        let (moved, _) = wait_for(
+            &format!("restart or failover after kill #{kills}"),
+            Duration::from_secs(30),
+            || {
+                if lab.owner("n2").as_deref() == Some("n2") || lab.count("n2", "group_started") > 0
+                {
+                    return Some(true);
+                }
+                let p = lab.demo_pids("n1");
+                (lab.count("n1", "resource_restarted") > restarts
+                    && !p.is_empty()
+                    && !p.contains(&killed))
+                .then_some(false)
+            },
+        );
+        lab.note(&format!(
+            "kill #{kills}: {} after {} ms (resource_restarted on n1: {})",
+            if moved {
+                "FAILOVER"
+            } else {
+                "restarted locally"
+            },
+            ms(t.elapsed()),
+            lab.count("n1", "resource_restarted")
+        ));
+        if moved {
+            break kills;
+        }
+    };
+    let t = Instant::now();
+    lab.wait_vip("n2", Duration::from_secs(30));
+    lab.note(&format!(
+        "VIP answered by n2 {} ms after the failover began",
+        ms(t.elapsed())
+    ));
+    assert_eq!(
+        moved_after, 4,
+        "with max_restarts = 3 the 4th crash should fail over (it took {moved_after})"
+    );
+    let restarted = lab.count("n1", "resource_restarted");
+    assert_eq!(
+        restarted, 3,
+        "expected exactly 3 local restarts, saw {restarted}"
+    );
+    let (_, _) = wait_for("owner n2 on n2", Duration::from_secs(20), || {
+        (lab.owner("n2").as_deref() == Some("n2")).then_some(())
+    });
+    let mut tls = lab.timelines("n2");
+    tls.extend(lab.timelines("n1"));
+    for t in &tls {
+        lab.note(&format!(
+            "history: {} {} -> {} reason {} ({})",
+            t["kind"],
+            t["from_node"],
+            t["to_node"],
+            t["reason"],
+            timeline_ms(t)
+        ));
+    }
+    assert!(
+        has_timeline(&tls, "failover", Some("resource_failed"), "n2"),
+        "no completed resource_failed failover to n2 in the history"
+    );
+}
+
+/// Test 5: Manual switchover, and a refused one.
+#[test]
+fn manual_switchover() {
+    require_root!();
+    let lab = Lab::up("tle-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    let t = Instant::now();
+    let out = lab.admin("n1", &["switchover", GROUP, "--to", "n2"]);
+    assert!(
+        out.status.success(),
+        "switchover failed: {}",
+        describe(&out)
+    );
+    lab.note(&format!(
+        "switchover returned after {} ms: {}",
+        ms(t.elapsed()),
+        text(&out.stdout).trim()
+    ));
+    lab.wait_vip("n2", Duration::from_secs(20));
+    lab.note(&format!(
+        "VIP answered by n2 {} ms after the request",
+        ms(t.elapsed())
+    ));
+    let (tls, _) = wait_for(
+        "a completed switchover timeline",
+        Duration::from_secs(10),
+        || {
+            let mut tls = lab.timelines("n1");
+            tls.extend(lab.timelines("n2"));
+            has_timeline(&tls, "switchover", None, "n2").then_some(tls)
+        },
+    );
+    for t in tls.iter().filter(|t| t["kind"] == "switchover") {
+        lab.note(&format!(
+            "history: switchover {} -> {} reason {} ({})",
+            t["from_node"],
+            t["to_node"],
+            t["reason"],
+            timeline_ms(t)
+        ));
+    }
+    let completed =
+        lab.count("n1", "switchover_completed") + lab.count("n2", "switchover_completed");
+    assert!(completed >= 1, "no switchover_completed event");
+    assert_eq!(lab.owner("n1").as_deref(), Some("n2"));
+
+    let out = lab.admin("n2", &["switchover", GROUP, "--to", "nosuch"]);
+    assert!(
+        !out.status.success(),
+        "switchover to an unknown node succeeded: {}",
+        describe(&out)
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("nosuch"),
+        "error message does not name the node: {err:?}"
+    );
+    lab.note(&format!(
+        "switchover --to nosuch: {} / {}",
+        out.status,
+        err.trim()
+    ));
+    // Nothing moved.
+    lab.assert_stable("n2", &["n1", "n2"], 2);
+    // A planned hand-off between two live nodes is not a split brain.
+    assert_no_false_split_brain(&lab);
+}
+
+/// Both nodes were alive and talking the whole time: a split_brain_suspected
+/// event would be a false alarm (and it costs a 2 s probe retry).
+fn assert_no_false_split_brain(lab: &Lab) {
+    for n in ["n1", "n2"] {
+        let ev = lab.events_of(n, "split_brain_suspected");
+        assert!(
+            ev.is_empty(),
+            "false split_brain_suspected on {n} while both nodes were up: {ev:?}"
+        );
+    }
+}
+
+fn returning_node(prefix: &str, switchback: &str) {
+    let lab = Lab::up(prefix, &["--switchback", switchback]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.lab(&["fail", "n1", "kill"]);
+    let d = lab.wait_vip("n2", Duration::from_secs(30));
+    lab.note(&format!("failover to n2 in {} ms", ms(d)));
+    lab.lab(&["fail", "n1", "restart"]);
+    let (_, d) = wait_for("n2 sees n1 up again", Duration::from_secs(30), || {
+        lab.sees_alive("n2", "n1").then_some(())
+    });
+    lab.note(&format!("n1 back in n2's view after {} ms", ms(d)));
+    if switchback == "manual" {
+        std::thread::sleep(Duration::from_secs(5));
+        lab.assert_stable("n2", &["n1", "n2"], 2);
+        assert_eq!(
+            lab.count("n1", "group_started"),
+            1,
+            "n1 started the group again"
+        );
+    } else {
+        let t = Instant::now();
+        let n2_starts = lab.count("n2", "group_started");
+        while lab.vip_answer().as_deref() != Some("n1") {
+            if t.elapsed() > Duration::from_secs(30) {
+                panic!(
+                    "no switchback to n1 within 30 s: VIP answered by {:?}; owner in n1's view \
+                     {:?}, in n2's view {:?}; meanwhile n2 started the group {} more times and \
+                     n1 recorded {} group_started",
+                    lab.vip_answer(),
+                    lab.owner("n1"),
+                    lab.owner("n2"),
+                    lab.count("n2", "group_started") - n2_starts,
+                    lab.count("n1", "group_started"),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        lab.note(&format!(
+            "switchback: VIP answered by n1 after {} ms",
+            ms(t.elapsed())
+        ));
+        wait_for("owner n1 on both", Duration::from_secs(20), || {
+            (lab.owner("n1").as_deref() == Some("n1") && lab.owner("n2").as_deref() == Some("n1"))
+                .then_some(())
+        });
+        lab.assert_stable("n1", &["n1", "n2"], 2);
+    }
+}
+
+/// Test 6: A returning node does not take the group back under `manual`, does
+/// under `automatic`.
+#[test]
+fn returning_node_and_switchback() {
+    require_root!();
+    returning_node("tlf-", "manual");
+    returning_node("tlg-", "automatic");
+}
+
+/// Test 7: Carrier loss on pub0 with pub1 available: IP local recovery, no failover.
+#[test]
+fn public_link_down_moves_ip_locally() {
+    require_root!();
+    let lab = Lab::up("tlh-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    assert_eq!(lab.vip_ifaces("n1"), vec!["pub0".to_string()]);
+    lab.lab(&["link", "n1", "pub0", "down"]);
+    let t = Instant::now();
+    let (ev, d) = wait_for("ip_moved on n1", Duration::from_secs(20), || {
+        lab.events_of("n1", "ip_moved").into_iter().next()
+    });
+    lab.note(&format!("ip_moved after {} ms: {}", ms(d), ev["fields"]));
+    wait_for("VIP on n1's pub1", Duration::from_secs(20), || {
+        (lab.vip_ifaces("n1") == vec!["pub1".to_string()]).then_some(())
+    });
+    let out = run(Command::new("ip").args(["-n", &lab.ns("n1"), "addr", "show", "pub1"]));
+    assert!(text(&out.stdout).contains(VIP), "{}", text(&out.stdout));
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.note(&format!(
+        "VIP answered via pub1 {} ms after carrier loss",
+        ms(t.elapsed())
+    ));
+    lab.assert_stable("n1", &["n1", "n2"], 5);
+    for n in ["n1", "n2"] {
+        assert_eq!(lab.count(n, "failover_started"), 0, "failover on {n}");
+    }
+    assert_eq!(lab.count("n2", "group_started"), 0, "group started on n2");
+}
+
+/// Test 8: Standby moves the group away; online does not bring it back (manual).
+/// Maintenance suspends monitoring; turning it off resumes it.
+#[test]
+fn standby_and_maintenance() {
+    require_root!();
+    let lab = Lab::up("tli-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+
+    let t = Instant::now();
+    let out = lab.admin("n1", &["node", "standby", "n1"]);
+    assert!(out.status.success(), "node standby: {}", describe(&out));
+    lab.wait_vip("n2", Duration::from_secs(30));
+    lab.note(&format!(
+        "standby n1: VIP answered by n2 after {} ms",
+        ms(t.elapsed())
+    ));
+    wait_for("owner n2 on both", Duration::from_secs(20), || {
+        (lab.owner("n1").as_deref() == Some("n2") && lab.owner("n2").as_deref() == Some("n2"))
+            .then_some(())
+    });
+    assert!(
+        lab.count("n1", "node_standby") >= 1,
+        "no node_standby event"
+    );
+    let out = lab.admin("n1", &["node", "online", "n1"]);
+    assert!(out.status.success(), "node online: {}", describe(&out));
+    lab.note("n1 online again");
+    lab.assert_stable("n2", &["n1", "n2"], 5);
+
+    // Maintenance on the owner: a crash is not acted upon.
+    let out = lab.admin("n2", &["group", "maintenance", GROUP, "on"]);
+    assert!(out.status.success(), "maintenance on: {}", describe(&out));
+    wait_for(
+        "group_maintenance_on on n2",
+        Duration::from_secs(10),
+        || (lab.count("n2", "group_maintenance_on") >= 1).then_some(()),
+    );
+    let restarts = lab.count("n2", "resource_restarted");
+    let killed = lab.kill_demo("n2");
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(6) {
+        assert_eq!(
+            lab.count("n2", "resource_restarted"),
+            restarts,
+            "resource restarted while the group is in maintenance"
+        );
+        let p = lab.demo_pids("n2");
+        assert!(
+            p.is_empty(),
+            "demo-service {p:?} started during maintenance"
+        );
+        assert_eq!(lab.owner("n2").as_deref(), Some("n2"));
+        assert_eq!(lab.owner("n1").as_deref(), Some("n2"));
+        assert_ne!(lab.local_state("n1").as_deref(), Some("running"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.note("maintenance: no restart for 6 s after the crash");
+    let out = lab.admin("n2", &["group", "maintenance", GROUP, "off"]);
+    assert!(out.status.success(), "maintenance off: {}", describe(&out));
+    let t = Instant::now();
+    wait_for(
+        "demo-service running again on n2 after maintenance off",
+        Duration::from_secs(20),
+        || {
+            let p = lab.demo_pids("n2");
+            (!p.is_empty() && !p.contains(&killed)).then_some(())
+        },
+    );
+    lab.wait_vip("n2", Duration::from_secs(20));
+    lab.note(&format!(
+        "maintenance off: service back after {} ms (resource_restarted on n2: {} -> {})",
+        ms(t.elapsed()),
+        restarts,
+        lab.count("n2", "resource_restarted")
+    ));
+    assert_eq!(lab.owner("n1").as_deref(), Some("n2"));
+    assert_no_false_split_brain(&lab);
+}
+
+/// Send `packets` as UDP datagrams from inside network namespace `ns` to `to`.
+fn send_from_netns(ns: &str, to: &str, packets: Vec<Vec<u8>>) {
+    let path = format!("/run/netns/{ns}");
+    let to = to.to_string();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // Only this thread changes namespace.
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        let sock = std::net::UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for p in &packets {
+            sock.send_to(p, &to).expect("send_to");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .join()
+    .expect("sender thread panicked");
+}
+
+fn rejected(st: &Value) -> std::collections::BTreeMap<String, u64> {
+    st["heartbeats"]["rejected"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Test 9: Forged (wrong key) and garbage heartbeats are dropped and counted.
+#[test]
+fn wrong_key_and_garbage_heartbeats_are_rejected() {
+    use tandem::cluster::packet::{encode, Heartbeat, NodeAdvert};
+    require_root!();
+    let lab = Lab::up("tlj-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    let before = lab.status_ok("n1");
+    let rej0 = rejected(&before);
+    let boot_id = before["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "n2"))
+        .map(|n| n["boot_id"].clone())
+        .unwrap_or(Value::Null);
+    lab.note(&format!("rejected before: {rej0:?}"));
+
+    const FORGED: usize = 25;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let forged: Vec<Vec<u8>> = (0..FORGED)
+        .map(|i| {
+            let hb = Heartbeat {
+                cluster: "lab".into(),
+                node: "n2".into(),
+                boot_id: 0xdead_beef,
+                boot_time_ms: now,
+                seq: u64::MAX / 2 + i as u64,
+                path: 0,
+                sent_ms: now,
+                echo: None,
+                advert: NodeAdvert {
+                    priority: 1,
+                    standby: false,
+                    groups: vec![],
+                    standby_register: Vec::new(),
+                },
+            };
+            encode(&hb, b"definitely-not-the-cluster-key!!").expect("encode")
+        })
+        .collect();
+    send_from_netns(&lab.ns("n2"), "10.78.1.11:5405", forged);
+    lab.note(&format!("sent {FORGED} wrong-key heartbeats to n1 hb1"));
+    let (rej, d) = wait_for(
+        &format!("n1 counts {FORGED} more bad_mac rejections"),
+        Duration::from_secs(15),
+        || {
+            let r = rejected(&lab.status("n1")?);
+            (r.get("bad_mac").copied().unwrap_or(0)
+                >= rej0.get("bad_mac").copied().unwrap_or(0) + FORGED as u64)
+                .then_some(r)
+        },
+    );
+    lab.note(&format!("counted after {} ms: {rej:?}", ms(d)));
+
+    const GARBAGE: usize = 10;
+    let mut junk: Vec<Vec<u8>> = (0..GARBAGE)
+        .map(|i| (0..200).map(|j| (i * 31 + j * 7) as u8 ^ 0x5a).collect())
+        .collect();
+    junk.push(b"x".to_vec());
+    junk.push(Vec::from(&b"TDHB"[..]));
+    send_from_netns(&lab.ns("n2"), "10.78.1.11:5405", junk);
+    let bad_mac_now = rej.get("bad_mac").copied().unwrap_or(0);
+    let others = |r: &std::collections::BTreeMap<String, u64>| -> u64 {
+        r.iter()
+            .filter(|(k, _)| *k != "bad_mac")
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let others0 = others(&rej);
+    let (rej2, _) = wait_for(
+        "garbage counted under a reason other than bad_mac",
+        Duration::from_secs(15),
+        || {
+            let r = rejected(&lab.status("n1")?);
+            (others(&r) >= others0 + GARBAGE as u64).then_some(r)
+        },
+    );
+    lab.note(&format!("after garbage: {rej2:?}"));
+    assert_eq!(
+        rej2.get("bad_mac").copied().unwrap_or(0),
+        bad_mac_now,
+        "garbage counted as bad_mac"
+    );
+
+    // Nothing else changed: daemon alive, n2 alive with the same boot, no move.
+    lab.assert_stable("n1", &["n1", "n2"], 3);
+    let after = lab.status_ok("n1");
+    let n2 = after["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["name"] == "n2"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(n2["alive"], true, "n2 not alive in n1's view: {n2}");
+    assert_eq!(n2["boot_id"], boot_id, "n2's boot id changed: {n2}");
+    assert!(
+        after["heartbeats"]["accepted"].as_u64() > before["heartbeats"]["accepted"].as_u64(),
+        "genuine heartbeats stopped being accepted"
+    );
+    for n in ["n1", "n2"] {
+        for k in [
+            "node_down",
+            "node_restarted",
+            "failover_started",
+            "split_brain_suspected",
+        ] {
+            assert_eq!(lab.count(n, k), 0, "{k} on {n}");
+        }
+    }
+}
+
+// ------------------------------------------------------- config check (no root)
+
+const GOOD_CONFIG: &str = r#"
+[cluster]
+name = "test"
+key = "0123456789abcdef0123456789abcdef"
+state_dir = "/var/lib/tandem"
+
+[heartbeat]
+interval = "200ms"
+dead_time = "1s"
+port = 5405
+paths = ["hb1", "hb2"]
+
+[api]
+socket = "/run/tandem/tandem.sock"
+
+[[node]]
+name = "alpha"
+priority = 1
+addresses = { hb1 = "10.78.1.11", hb2 = "10.78.2.11" }
+
+[[node]]
+name = "beta"
+priority = 2
+addresses = { hb1 = "10.78.1.12", hb2 = "10.78.2.12" }
+
+[[group]]
+name = "web"
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "192.0.2.100/24"
+interface = "eth0"
+"#;
+
+fn check_config(dir: &Path, name: &str, body: &str) -> Output {
+    let path = dir.join(name);
+    std::fs::write(&path, body).expect("write config");
+    tandem(&["config", "check", &path.to_string_lossy()])
+}
+
+/// Test 10: `config check`: exit 2 naming the key; the shipped example passes.
+#[test]
+fn config_check_reports_bad_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    let out = check_config(dir.path(), "good.toml", GOOD_CONFIG);
+    assert!(
+        out.status.success(),
+        "valid config rejected: {}",
+        describe(&out)
+    );
+
+    let short = GOOD_CONFIG.replace("dead_time = \"1s\"", "dead_time = \"500ms\"");
+    assert_ne!(short, GOOD_CONFIG);
+    let out = check_config(dir.path(), "dead_time.toml", &short);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("heartbeat.dead_time"),
+        "message does not name heartbeat.dead_time: {err:?}"
+    );
+    eprintln!("dead_time < 3 x interval: {}", err.trim());
+
+    let unknown = GOOD_CONFIG.replace("port = 5405", "port = 5405\nintervall = \"1s\"");
+    let out = check_config(dir.path(), "unknown.toml", &unknown);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("intervall"),
+        "message does not name the unknown key: {err:?}"
+    );
+    eprintln!("unknown key: {}", err.trim());
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/tandem.toml");
+    let out = tandem(&["config", "check", &example.to_string_lossy()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "examples/tandem.toml does not pass `config check`: {}",
+        describe(&out)
+    );
+}
