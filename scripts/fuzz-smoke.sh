@@ -6,7 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares -Cdebug-assertions -Coverflow-checks"
-cargo build --release --quiet --bin heartbeat_decode
+# With an explicit --target, RUSTFLAGS reach only the target code, not build scripts
+# and proc macros (as cargo-fuzz does it).
+target="$(rustc -vV | sed -n 's/^host: //p')"
+cargo build --release --quiet --target "$target" --bin heartbeat_decode
 mkdir -p corpus/heartbeat_decode
-runs="${FUZZ_RUNS:-300000}"
-target/release/heartbeat_decode corpus/heartbeat_decode -runs="$runs" -max_len=1500 -print_final_stats=1 2>&1 | tail -n 4
+runs="${FUZZ_RUNS:-2000000}"
+"target/$target/release/heartbeat_decode" corpus/heartbeat_decode -runs="$runs" -max_len=1500 -print_final_stats=1 2>&1 | tail -n 4

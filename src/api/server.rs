@@ -112,11 +112,9 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-/// Constant-time token check for the TCP listener.
-fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(token) = &state.token else {
-        return Ok(());
-    };
+/// Constant-time token check for the TCP listener: `Some(401 response)` if refused.
+fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let token = state.token.as_ref()?;
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -124,15 +122,15 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
         .unwrap_or("");
     use subtle::ConstantTimeEq;
     if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        Ok(())
+        None
     } else {
-        Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+        Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
     }
 }
 
 macro_rules! auth {
     ($state:expr, $headers:expr) => {
-        if let Err(r) = authorized(&$state, &$headers) {
+        if let Some(r) = refused(&$state, &$headers) {
             return r;
         }
     };

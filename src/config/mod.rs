@@ -482,7 +482,67 @@ impl Config {
                 ));
             }
         }
+        self.check_heartbeat_fits()?;
         Ok(())
+    }
+
+    /// The largest heartbeat this cluster can send (every group assigned to the
+    /// longest node name, every node in the standby register) must fit in one
+    /// datagram.
+    fn check_heartbeat_fits(&self) -> Result<(), ConfigError> {
+        use crate::cluster::packet as p;
+        let longest = self
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .max_by_key(|n| n.len())
+            .unwrap_or_default();
+        let hb = p::Heartbeat {
+            cluster: self.cluster.name.clone(),
+            node: longest.clone(),
+            boot_id: u64::MAX,
+            boot_time_ms: u64::MAX,
+            seq: u64::MAX,
+            path: 0,
+            sent_ms: u64::MAX,
+            echo: Some(p::Echo {
+                peer_sent_ms: u64::MAX,
+                held_ms: u32::MAX,
+            }),
+            advert: p::NodeAdvert {
+                priority: u32::MAX,
+                standby: true,
+                groups: self
+                    .groups
+                    .iter()
+                    .map(|g| p::GroupAdvert {
+                        name: g.name.clone(),
+                        local: p::LocalGroupState::Running,
+                        blocked: true,
+                        maintenance: true,
+                        assignment: Some(p::Assignment {
+                            owner: longest.clone(),
+                            epoch: u64::MAX,
+                        }),
+                    })
+                    .collect(),
+                standby_register: self
+                    .nodes
+                    .iter()
+                    .map(|n| p::StandbySetting {
+                        node: n.name.clone(),
+                        standby: true,
+                        epoch: u64::MAX,
+                    })
+                    .collect(),
+            },
+        };
+        p::encode(&hb, b"size-check").map(|_| ()).map_err(|e| {
+            invalid(
+                "group",
+                format!("the cluster's heartbeat would not fit in one datagram ({e}): use fewer or shorter group and node names"),
+            )
+        })
     }
 }
 
@@ -540,10 +600,8 @@ impl CheckConfig {
             return Err(invalid(format!("{key}.timeout"), "must be positive"));
         }
         match &self.probe {
-            ProbeConfig::Http { url, .. } => {
-                if !url.starts_with("http://") {
-                    return Err(invalid(format!("{key}.url"), "must start with http://"));
-                }
+            ProbeConfig::Http { url, .. } if !url.starts_with("http://") => {
+                return Err(invalid(format!("{key}.url"), "must start with http://"));
             }
             ProbeConfig::Exec { command } if command.is_empty() => {
                 return Err(invalid(format!("{key}.command"), "empty command"));

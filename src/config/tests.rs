@@ -124,3 +124,15 @@ fn unknown_keys_in_resources_and_checks_are_errors() {
     ));
     assert!(e.contains("intervall"), "{e}");
 }
+
+#[test]
+fn heartbeat_must_fit_in_a_datagram() {
+    let mut text = MINIMAL.to_string();
+    for i in 0..32 {
+        text += &format!(
+            "\n[[group]]\nname = \"group-with-a-long-name-{i:02}-xxxxxxxxxxxxxxxxxx\"\n"
+        );
+    }
+    let e = err_of(&text);
+    assert!(e.contains("`group`") && e.contains("datagram"), "{e}");
+}

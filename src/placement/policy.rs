@@ -241,6 +241,15 @@ struct PendingMove {
     detected_wall_ms: u64,
 }
 
+/// What the executor reported for a start (the fields of [`Input::Started`]).
+struct StartReport {
+    ok: bool,
+    error: Option<String>,
+    cleanup_ok: bool,
+    steps: Vec<TimelineStep>,
+    first_check_wall_ms: Option<u64>,
+}
+
 /// Status of one group as this node sees it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct GroupStatus {
@@ -413,11 +422,13 @@ impl Placement {
             } => self.on_started(
                 now,
                 &group,
-                ok,
-                error,
-                cleanup_ok,
-                steps,
-                first_check_wall_ms,
+                StartReport {
+                    ok,
+                    error,
+                    cleanup_ok,
+                    steps,
+                    first_check_wall_ms,
+                },
                 &mut out,
             ),
             Input::Stopped {
@@ -503,17 +514,14 @@ impl Placement {
         out
     }
 
-    fn on_started(
-        &mut self,
-        now: Now,
-        group: &str,
-        ok: bool,
-        error: Option<String>,
-        cleanup_ok: bool,
-        steps: Vec<TimelineStep>,
-        first_check: Option<u64>,
-        out: &mut Vec<Action>,
-    ) {
+    fn on_started(&mut self, now: Now, group: &str, report: StartReport, out: &mut Vec<Action>) {
+        let StartReport {
+            ok,
+            error,
+            cleanup_ok,
+            steps,
+            first_check_wall_ms: first_check,
+        } = report;
         let Some(window) = self.policy(group).map(|p| p.window_ms) else {
             return;
         };
