@@ -105,10 +105,7 @@ pub struct Event {
 
 /// Builds [`Fields`] from pairs.
 pub fn fields<const N: usize>(pairs: [(&str, String); N]) -> Fields {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 /// Why a group moved.
@@ -200,10 +197,13 @@ impl EventLog {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let seq_path = dir.join("seq");
         let start = match std::fs::read_to_string(&seq_path) {
-            Ok(s) => s.trim().parse::<u64>().map_err(|_| EventError::CorruptSeq {
-                path: seq_path.clone(),
-                content: s.chars().take(40).collect(),
-            })?,
+            Ok(s) => s
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| EventError::CorruptSeq {
+                    path: seq_path.clone(),
+                    content: s.chars().take(40).collect(),
+                })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
             Err(e) => return Err(io(&seq_path)(e)),
         };
@@ -422,6 +422,9 @@ mod tests {
 
     #[test]
     fn kind_names_are_snake_case() {
-        assert_eq!(EventKind::SplitBrainSuspected.name(), "split_brain_suspected");
+        assert_eq!(
+            EventKind::SplitBrainSuspected.name(),
+            "split_brain_suspected"
+        );
     }
 }

@@ -122,7 +122,15 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
             let ep = endpoint(&api);
             let tls: Vec<Timeline> = call(&ep, "GET", "/v1/history", None).await?;
             let events: Vec<Event> = match events_since {
-                Some(s) => call(&ep, "GET", &format!("/v1/events?since={s}&limit=10000"), None).await?,
+                Some(s) => {
+                    call(
+                        &ep,
+                        "GET",
+                        &format!("/v1/events?since={s}&limit=10000"),
+                        None,
+                    )
+                    .await?
+                }
                 None => Vec::new(),
             };
             if api.json {
@@ -177,7 +185,10 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
                 Some(serde_json::json!({ "on": on })),
             )
             .await?;
-            println!("group `{group}`: maintenance {}", if on { "on" } else { "off" });
+            println!(
+                "group `{group}`: maintenance {}",
+                if on { "on" } else { "off" }
+            );
         }
         _ => unreachable!("handled in dispatch"),
     }
@@ -243,9 +254,9 @@ fn print_history(tls: &[Timeline], events: &[Event]) {
         println!("no failovers or switchovers recorded");
     }
     for t in tls {
-        let total = t
-            .completed_ms
-            .map_or("-".into(), |c| format!("{} ms", c.saturating_sub(t.detected_ms)));
+        let total = t.completed_ms.map_or("-".into(), |c| {
+            format!("{} ms", c.saturating_sub(t.detected_ms))
+        });
         println!(
             "{} {} of `{}`: {} -> {}  reason {}  total {}  outcome {}",
             fmt_time(t.detected_ms),
@@ -268,16 +279,27 @@ fn print_history(tls: &[Timeline], events: &[Event]) {
                 s.resource,
                 s.at_ms.saturating_sub(t.detected_ms),
                 s.duration_ms,
-                s.error.as_ref().map_or(String::new(), |e| format!("  error: {e}"))
+                s.error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("  error: {e}"))
             );
         }
         if let Some(c) = t.first_check_ms {
-            println!("    first passing check +{} ms", c.saturating_sub(t.detected_ms));
+            println!(
+                "    first passing check +{} ms",
+                c.saturating_sub(t.detected_ms)
+            );
         }
     }
     for e in events {
         let f: Vec<String> = e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("{:>6} {} {:<24} {}", e.seq, fmt_time(e.time_ms), e.kind.name(), f.join(" "));
+        println!(
+            "{:>6} {} {:<24} {}",
+            e.seq,
+            fmt_time(e.time_ms),
+            e.kind.name(),
+            f.join(" ")
+        );
     }
 }
 

@@ -32,9 +32,7 @@ impl Drop for Daemon {
             let _ = c.wait();
         }
         // The supervised process is in its own process group: make sure it is gone.
-        let _ = Command::new("pkill")
-            .args(["-f", &self.marker])
-            .status();
+        let _ = Command::new("pkill").args(["-f", &self.marker]).status();
     }
 }
 
@@ -267,7 +265,15 @@ fn single_node_daemon_serves_the_api_end_to_end() {
     assert!(err.contains("no group named `nosuch`"), "{err}");
     let (body, code) = d.curl(&["http://x/v1/events?since=abc"]);
     assert_eq!(code, 400, "{body}");
-    let (_, code) = d.curl(&["-X", "POST", "-H", "content-type: application/json", "-d", "{\"on\": 1}", "http://x/v1/groups/svc/maintenance"]);
+    let (_, code) = d.curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        "{\"on\": 1}",
+        "http://x/v1/groups/svc/maintenance",
+    ]);
     assert!((400..500).contains(&code), "{code}");
 
     // TCP needs the token.
@@ -281,7 +287,11 @@ fn single_node_daemon_serves_the_api_end_to_end() {
         .args(["status", "--json", "--api", &d.tcp, "--token", TOKEN])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -292,7 +302,11 @@ fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
     });
     let marker = d.marker.clone();
     // The supervised process crashes: a local restart, not a failure.
-    assert!(Command::new("pkill").args(["-f", &marker]).status().unwrap().success());
+    assert!(Command::new("pkill")
+        .args(["-f", &marker])
+        .status()
+        .unwrap()
+        .success());
     wait_for(Duration::from_secs(15), "resource_restarted", || {
         let (_, out, _) = d.cli(&["history", "--events-since", "0"]);
         out.contains("resource_restarted")

@@ -29,13 +29,21 @@ pub async fn call<T: DeserializeOwned>(
             let s = tokio::net::UnixStream::connect(p)
                 .await
                 .map_err(|e| ApiError::Connect(p.display().to_string(), e))?;
-            (Box::new(TokioIo::new(s)) as Box<dyn IoStream>, "localhost".to_string(), None)
+            (
+                Box::new(TokioIo::new(s)) as Box<dyn IoStream>,
+                "localhost".to_string(),
+                None,
+            )
         }
         Endpoint::Tcp { addr, token } => {
             let s = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| ApiError::Connect(addr.clone(), e))?;
-            (Box::new(TokioIo::new(s)) as Box<dyn IoStream>, addr.clone(), token.clone())
+            (
+                Box::new(TokioIo::new(s)) as Box<dyn IoStream>,
+                addr.clone(),
+                token.clone(),
+            )
         }
     };
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)

@@ -124,7 +124,10 @@ fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
         None
     } else {
-        Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"))
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ))
     }
 }
 
@@ -238,9 +241,7 @@ where
     };
     let head: Vec<_> = backlog.iter().map(line).collect();
     use futures::StreamExt;
-    futures::stream::iter(head).chain(
-        tokio_stream_from(rx).map(move |e| line(&e)),
-    )
+    futures::stream::iter(head).chain(tokio_stream_from(rx).map(move |e| line(&e)))
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -263,7 +264,10 @@ struct SwitchoverBody {
     timeout_ms: Option<u64>,
 }
 
-async fn ask<T>(s: &AppState, make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request) -> Result<T, Response> {
+async fn ask<T>(
+    s: &AppState,
+    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
+) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
     s.requests
         .send(make(tx))
@@ -344,7 +348,9 @@ async fn maintenance(
     })
     .await
     {
-        Ok(()) => Json(serde_json::json!({ "group": group, "maintenance": body.on })).into_response(),
+        Ok(()) => {
+            Json(serde_json::json!({ "group": group, "maintenance": body.on })).into_response()
+        }
         Err(r) => r,
     }
 }
@@ -362,12 +368,20 @@ async fn set_standby(s: AppState, node: String, on: bool) -> Response {
     }
 }
 
-async fn standby(State(s): State<AppState>, h: HeaderMap, UrlPath(node): UrlPath<String>) -> Response {
+async fn standby(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(node): UrlPath<String>,
+) -> Response {
     auth!(s, h);
     set_standby(s, node, true).await
 }
 
-async fn online(State(s): State<AppState>, h: HeaderMap, UrlPath(node): UrlPath<String>) -> Response {
+async fn online(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(node): UrlPath<String>,
+) -> Response {
     auth!(s, h);
     set_standby(s, node, false).await
 }

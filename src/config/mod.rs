@@ -365,7 +365,10 @@ impl Config {
         }
         match (&self.cluster.key, &self.cluster.key_file) {
             (Some(_), Some(_)) => {
-                return Err(invalid("cluster.key", "set either key or key_file, not both"))
+                return Err(invalid(
+                    "cluster.key",
+                    "set either key or key_file, not both",
+                ))
             }
             (None, None) => return Err(invalid("cluster.key", "missing: set key or key_file")),
             (Some(k), None) if k.len() < 16 => {
@@ -395,7 +398,10 @@ impl Config {
             return Err(invalid("heartbeat.port", "must not be 0"));
         }
         if hb.paths.is_empty() {
-            return Err(invalid("heartbeat.paths", "name at least one heartbeat path"));
+            return Err(invalid(
+                "heartbeat.paths",
+                "name at least one heartbeat path",
+            ));
         }
         if hb.paths.len() > 8 {
             return Err(invalid("heartbeat.paths", "at most 8 paths"));
@@ -444,7 +450,10 @@ impl Config {
             check_name(&g.name, &format!("{gk}.name"))?;
             for n in &g.nodes {
                 if self.node(n).is_none() {
-                    return Err(invalid(format!("{gk}.nodes"), format!("unknown node `{n}`")));
+                    return Err(invalid(
+                        format!("{gk}.nodes"),
+                        format!("unknown node `{n}`"),
+                    ));
                 }
             }
             if g.max_restarts > 100 {
@@ -453,7 +462,10 @@ impl Config {
             if g.restart_window.is_zero() {
                 return Err(invalid(format!("{gk}.restart_window"), "must be positive"));
             }
-            unique(g.resources.iter().map(|r| &r.name), &format!("{gk}.resource.name"))?;
+            unique(
+                g.resources.iter().map(|r| &r.name),
+                &format!("{gk}.resource.name"),
+            )?;
             for (ri, r) in g.resources.iter().enumerate() {
                 let rk = format!("{gk}.resource[{ri}]");
                 check_name(&r.name, &format!("{rk}.name"))?;
@@ -617,8 +629,12 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     let (a, p) = s
         .split_once('/')
         .ok_or_else(|| format!("`{s}` is not ADDRESS/PREFIX"))?;
-    let addr: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an IP address"))?;
-    let prefix: u8 = p.parse().map_err(|_| format!("`{p}` is not a prefix length"))?;
+    let addr: IpAddr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IP address"))?;
+    let prefix: u8 = p
+        .parse()
+        .map_err(|_| format!("`{p}` is not a prefix length"))?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     if prefix == 0 || prefix > max {
         return Err(format!("prefix /{prefix} is out of range 1..={max}"));
@@ -654,7 +670,10 @@ fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
 
 fn check_ifname(name: &str, key: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > 15 || name.contains('/') || name.contains(' ') {
-        return Err(invalid(key, format!("`{name}` is not a valid interface name")));
+        return Err(invalid(
+            key,
+            format!("`{name}` is not a valid interface name"),
+        ));
     }
     Ok(())
 }

@@ -52,10 +52,7 @@ fn dead_time_must_cover_three_intervals() {
 
 #[test]
 fn interval_floor_is_50ms() {
-    let e = err_of(&MINIMAL.replace(
-        "[heartbeat]",
-        "[heartbeat]\ninterval = \"20ms\"",
-    ));
+    let e = err_of(&MINIMAL.replace("[heartbeat]", "[heartbeat]\ninterval = \"20ms\""));
     assert!(e.contains("heartbeat.interval"), "{e}");
 }
 
@@ -85,7 +82,10 @@ fn dependency_errors_named() {
         "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"true\"]\ndepends_on = [\"nope\"]\n"
     );
     let e = err_of(&text);
-    assert!(e.contains("group[0].resource[0].depends_on") && e.contains("nope"), "{e}");
+    assert!(
+        e.contains("group[0].resource[0].depends_on") && e.contains("nope"),
+        "{e}"
+    );
     let cyc = format!(
         "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"true\"]\ndepends_on = [\"y\"]\n[[group.resource]]\nname = \"y\"\nkind = \"process\"\ncommand = [\"true\"]\ndepends_on = [\"x\"]\n"
     );
@@ -129,9 +129,8 @@ fn unknown_keys_in_resources_and_checks_are_errors() {
 fn heartbeat_must_fit_in_a_datagram() {
     let mut text = MINIMAL.to_string();
     for i in 0..32 {
-        text += &format!(
-            "\n[[group]]\nname = \"group-with-a-long-name-{i:02}-xxxxxxxxxxxxxxxxxx\"\n"
-        );
+        text +=
+            &format!("\n[[group]]\nname = \"group-with-a-long-name-{i:02}-xxxxxxxxxxxxxxxxxx\"\n");
     }
     let e = err_of(&text);
     assert!(e.contains("`group`") && e.contains("datagram"), "{e}");

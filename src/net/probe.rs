@@ -53,6 +53,16 @@ pub fn dad_ns_frame(mac: [u8; 6], ip: Ipv6Addr) -> Vec<u8> {
     icmpv6_frame(mac, Ipv6Addr::UNSPECIFIED, solicited_node(ip), msg)
 }
 
+/// Does this received Ethernet frame show another host using `addr`? The decoder
+/// behind [`address_in_use`]; it reads frames straight off the LAN, so it is fuzzed
+/// (`fuzz/fuzz_targets/probe_reply.rs`).
+pub fn frame_shows_owner(frame: &[u8], addr: IpAddr, our_mac: [u8; 6]) -> bool {
+    match addr {
+        IpAddr::V4(ip) => arp_answer(frame, ip, our_mac),
+        IpAddr::V6(ip) => nd_answer(frame, ip, our_mac),
+    }
+}
+
 /// Does this Ethernet frame show another host using `ip`?
 /// RFC 5227 s2.1.1: any ARP packet (request or reply) whose sender IP is
 /// the probed address, from a hardware address other than ours.

@@ -207,7 +207,9 @@ pub enum PlacementError {
 enum ProbeState {
     Idle,
     /// Waiting for the executor; `speculative` if the owner was still alive when asked.
-    InFlight { speculative: bool },
+    InFlight {
+        speculative: bool,
+    },
     /// An address answered although the owner is dead; probe again at this time.
     RetryAt(u64),
     /// The addresses were free at this time.
@@ -632,7 +634,11 @@ impl Placement {
                     steps,
                     first_check_ms: None,
                     completed_ms: Some(now.wall_ms),
-                    outcome: if ok { "stopped".into() } else { "stop failed".into() },
+                    outcome: if ok {
+                        "stopped".into()
+                    } else {
+                        "stop failed".into()
+                    },
                 };
                 out.push(Action::RecordTimeline(t));
             }
@@ -839,8 +845,7 @@ impl Placement {
             }
         }
         {
-            let automatic =
-                self.policy(name).map(|p| p.switchback) == Some(Switchback::Automatic);
+            let automatic = self.policy(name).map(|p| p.switchback) == Some(Switchback::Automatic);
             let local_priority = self.priority(&local);
             let prios: BTreeMap<String, u32> = self.cfg.nodes.iter().cloned().collect();
             let priority_of = |n: &str| prios.get(n).copied().unwrap_or(u32::MAX);
@@ -940,7 +945,10 @@ impl Placement {
             }
             return;
         }
-        self.groups.get_mut(name).expect("group exists").split_reported = false;
+        self.groups
+            .get_mut(name)
+            .expect("group exists")
+            .split_reported = false;
 
         let desired = self.desired_owner(now, name, peers);
         let g = &self.groups[name];
@@ -959,11 +967,13 @@ impl Placement {
                 ));
             }
         } else if desired.is_some() {
-            self.groups.get_mut(name).expect("group exists").failed_reported = false;
+            self.groups
+                .get_mut(name)
+                .expect("group exists")
+                .failed_reported = false;
         }
 
-        if desired.as_deref() == Some(local.as_str()) && owner.as_deref() != Some(local.as_str())
-        {
+        if desired.as_deref() == Some(local.as_str()) && owner.as_deref() != Some(local.as_str()) {
             if in_grace {
                 return;
             }
@@ -1100,14 +1110,14 @@ impl Placement {
         if busy_peer {
             return;
         }
-        let probe = self.cfg.probe_before_takeover
-            && self.policy(name).is_some_and(|p| p.has_vip);
+        let probe = self.cfg.probe_before_takeover && self.policy(name).is_some_and(|p| p.has_vip);
         let g = self.groups.get_mut(name).expect("group exists");
         if probe {
             match g.probe {
                 ProbeState::InFlight { .. } => return,
                 ProbeState::RetryAt(t) if now.mono_ms < t => return,
-                ProbeState::Passed(t) if now.mono_ms.saturating_sub(t) <= self.cfg.probe_fresh_ms => {}
+                ProbeState::Passed(t)
+                    if now.mono_ms.saturating_sub(t) <= self.cfg.probe_fresh_ms => {}
                 _ => {
                     g.probe = ProbeState::InFlight { speculative: false };
                     out.push(Action::ProbeVip {
@@ -1135,14 +1145,19 @@ impl Placement {
                 || g.maintenance
                 || g.local != LocalGroupState::Stopped
                 || !self.policy(&name).is_some_and(|p| p.has_vip)
-                || self.best_eligible(now, &name, &without).as_deref() != Some(self.cfg.local.as_str())
+                || self.best_eligible(now, &name, &without).as_deref()
+                    != Some(self.cfg.local.as_str())
             {
                 continue;
             }
             let due = match g.probe {
                 ProbeState::Idle => true,
-                ProbeState::Passed(t) => now.mono_ms.saturating_sub(t) > self.cfg.probe_fresh_ms / 2,
-                ProbeState::SpecInUse(t) => now.mono_ms.saturating_sub(t) >= self.cfg.probe_retry_ms,
+                ProbeState::Passed(t) => {
+                    now.mono_ms.saturating_sub(t) > self.cfg.probe_fresh_ms / 2
+                }
+                ProbeState::SpecInUse(t) => {
+                    now.mono_ms.saturating_sub(t) >= self.cfg.probe_retry_ms
+                }
                 ProbeState::InFlight { .. } | ProbeState::RetryAt(_) => false,
             };
             if due {
@@ -1263,8 +1278,7 @@ impl Placement {
             return Err(PlacementError::NotEligible {
                 node: target.clone(),
                 group: group.into(),
-                why: "standby, blocked after failures, failed, or not in the group's nodes"
-                    .into(),
+                why: "standby, blocked after failures, failed, or not in the group's nodes".into(),
             });
         }
         // Refuse while any node is mid-transition.
@@ -1405,7 +1419,8 @@ impl Placement {
                     "starting"
                 } else if states.values().any(|s| *s == LocalGroupState::Stopping) {
                     "stopping"
-                } else if states.values().any(|s| *s == LocalGroupState::Failed) || g.failed_reported
+                } else if states.values().any(|s| *s == LocalGroupState::Failed)
+                    || g.failed_reported
                 {
                     "failed"
                 } else {
@@ -1413,7 +1428,11 @@ impl Placement {
                 };
                 GroupStatus {
                     name: name.clone(),
-                    owner: g.register.as_ref().map(|r| r.owner.clone()).filter(|o| !o.is_empty()),
+                    owner: g
+                        .register
+                        .as_ref()
+                        .map(|r| r.owner.clone())
+                        .filter(|o| !o.is_empty()),
                     epoch: g.register.as_ref().map_or(0, |r| r.epoch),
                     maintenance: g.maintenance,
                     local_state: g.local,
@@ -1465,7 +1484,10 @@ fn timeline_fields(t: &Timeline) -> Fields {
         ("decided_ms", t.decided_ms.to_string()),
     ]);
     if let Some(c) = t.completed_ms {
-        f.insert("duration_ms".into(), c.saturating_sub(t.detected_ms).to_string());
+        f.insert(
+            "duration_ms".into(),
+            c.saturating_sub(t.detected_ms).to_string(),
+        );
         f.insert("outcome".into(), t.outcome.clone());
     }
     f

@@ -25,7 +25,10 @@ use crate::net::vip::{VipAction, VipOutcome, VipSpec};
 pub enum Monitor {
     Healthy,
     /// IP local recovery moved the address to another interface on this node.
-    Moved { from: String, to: String },
+    Moved {
+        from: String,
+        to: String,
+    },
     /// The resource failed; a local restart may help.
     Failed(String),
     /// Nothing on this node can carry the resource: fail over.
@@ -124,11 +127,11 @@ impl Agent {
                     ignore_routes_with_linkdown(ifname, a.spec.addr);
                 }
                 a.reconcile(true).await.and_then(|o| match o {
-                VipOutcome::NoUsableInterface => Err(ResourceError::Check(format!(
-                    "no usable interface among {:?} for {}",
-                    a.spec.interfaces, a.spec.addr
-                ))),
-                _ => Ok(()),
+                    VipOutcome::NoUsableInterface => Err(ResourceError::Check(format!(
+                        "no usable interface among {:?} for {}",
+                        a.spec.interfaces, a.spec.addr
+                    ))),
+                    _ => Ok(()),
                 })
             }
             Agent::Exec { start, timeout, .. } => run_command(start, *timeout, env).await,
@@ -204,8 +207,7 @@ impl Agent {
                             ));
                         }
                         if !a.reannounce_every.is_zero()
-                            && a
-                                .last_announce
+                            && a.last_announce
                                 .is_none_or(|t| t.elapsed() >= a.reannounce_every)
                         {
                             if let Some(h) = a.holder.clone() {
@@ -407,7 +409,11 @@ mod tests {
     async fn exec_scripts_get_env_and_errors_are_reported() {
         let env = vec![("TANDEM_GROUP".to_string(), "mail".to_string())];
         assert!(run_command(
-            &["sh".into(), "-c".into(), "test \"$TANDEM_GROUP\" = mail".into()],
+            &[
+                "sh".into(),
+                "-c".into(),
+                "test \"$TANDEM_GROUP\" = mail".into()
+            ],
             Duration::from_secs(2),
             &env
         )

@@ -22,7 +22,9 @@ use crate::placement::policy::Input;
 pub enum Command {
     Start,
     Stop,
-    Restart { resource: String },
+    Restart {
+        resource: String,
+    },
     ProbeVip,
     /// Suspend (true) or resume checks.
     Maintenance(bool),
@@ -58,13 +60,10 @@ pub fn spawn(
         .map(|r| Res {
             name: r.name.clone(),
             agent: Agent::new(r),
-            quick: r
-                .quickcheck
-                .clone()
-                .map(|c| {
-                    let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
-                    (c, i)
-                }),
+            quick: r.quickcheck.clone().map(|c| {
+                let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
+                (c, i)
+            }),
             deep: r.deepcheck.clone().map(|c| {
                 let i = c.interval.unwrap_or(DEFAULT_DEEPCHECK);
                 (c, i)
@@ -142,78 +141,69 @@ impl Executor {
     }
 
     async fn start_one(&mut self, i: usize, steps: &mut Vec<TimelineStep>) -> Result<(), String> {
-        let name = self.resources[i].name.clone();
-        let env = self.env(&name);
-        let at = unix_ms();
-        let t = Instant::now();
-        let r = self.resources[i]
-            .agent
-            .start(&env)
-            .instrument(tracing::info_span!("resource", resource = %name))
-            .await;
-        let ms = t.elapsed().as_millis() as u64;
-        steps.push(TimelineStep {
-            resource: name.clone(),
-            action: "start".into(),
-            at_ms: at,
-            duration_ms: ms,
-            ok: r.is_ok(),
-            error: r.as_ref().err().map(|e| e.to_string()),
-        });
-        match r {
-            Ok(()) => {
-                self.events.emit(
-                    EventKind::ResourceStarted,
-                    fields([
-                        ("group", self.group.name.clone()),
-                        ("resource", name),
-                        ("duration_ms", ms.to_string()),
-                    ]),
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.events.emit(
-                    EventKind::ResourceStartFailed,
-                    fields([
-                        ("group", self.group.name.clone()),
-                        ("resource", name.clone()),
-                        ("reason", e.to_string()),
-                    ]),
-                );
-                Err(format!("`{name}`: {e}"))
-            }
-        }
+        self.step(i, "start", steps).await
     }
 
     async fn stop_one(&mut self, i: usize, steps: &mut Vec<TimelineStep>) -> Result<(), String> {
+        self.step(i, "stop", steps).await
+    }
+
+    /// Starts or stops one resource, timing it for the timeline and recording the event.
+    async fn step(
+        &mut self,
+        i: usize,
+        action: &'static str,
+        steps: &mut Vec<TimelineStep>,
+    ) -> Result<(), String> {
         let name = self.resources[i].name.clone();
         let env = self.env(&name);
         let at = unix_ms();
         let t = Instant::now();
-        let r = self.resources[i]
-            .agent
-            .stop(&env)
-            .instrument(tracing::info_span!("resource", resource = %name))
-            .await;
+        let span = tracing::info_span!("resource", resource = %name);
+        let agent = &mut self.resources[i].agent;
+        let r = if action == "start" {
+            agent.start(&env).instrument(span).await
+        } else {
+            agent.stop(&env).instrument(span).await
+        };
         let ms = t.elapsed().as_millis() as u64;
         steps.push(TimelineStep {
             resource: name.clone(),
-            action: "stop".into(),
+            action: action.into(),
             at_ms: at,
             duration_ms: ms,
             ok: r.is_ok(),
             error: r.as_ref().err().map(|e| e.to_string()),
         });
-        self.events.emit(
-            EventKind::ResourceStopped,
-            fields([
-                ("group", self.group.name.clone()),
-                ("resource", name.clone()),
-                ("duration_ms", ms.to_string()),
-                ("ok", r.is_ok().to_string()),
-            ]),
-        );
+        let group = self.group.name.clone();
+        let (kind, f) = match (&r, action) {
+            (Ok(()), "start") => (
+                EventKind::ResourceStarted,
+                fields([
+                    ("group", group),
+                    ("resource", name.clone()),
+                    ("duration_ms", ms.to_string()),
+                ]),
+            ),
+            (Err(e), "start") => (
+                EventKind::ResourceStartFailed,
+                fields([
+                    ("group", group),
+                    ("resource", name.clone()),
+                    ("reason", e.to_string()),
+                ]),
+            ),
+            _ => (
+                EventKind::ResourceStopped,
+                fields([
+                    ("group", group),
+                    ("resource", name.clone()),
+                    ("duration_ms", ms.to_string()),
+                    ("ok", r.is_ok().to_string()),
+                ]),
+            ),
+        };
+        self.events.emit(kind, f);
         r.map_err(|e| format!("`{name}`: {e}"))
     }
 
@@ -353,7 +343,8 @@ impl Executor {
         for r in &self.resources {
             let Some(spec) = r.agent.vip() else { continue };
             for ifname in &spec.interfaces {
-                match crate::net::probe::address_in_use(ifname, spec.addr, self.vip_probe_timeout).await
+                match crate::net::probe::address_in_use(ifname, spec.addr, self.vip_probe_timeout)
+                    .await
                 {
                     Ok(true) => {
                         in_use = true;

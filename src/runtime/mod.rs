@@ -143,7 +143,10 @@ impl Daemon {
                     path,
                     silent_ms,
                 } => {
-                    self.emit(EventKind::PathDown, self.path_fields(&peer, path, Some(silent_ms)));
+                    self.emit(
+                        EventKind::PathDown,
+                        self.path_fields(&peer, path, Some(silent_ms)),
+                    );
                 }
                 MembershipEvent::NodeUp { peer, boot_id } => {
                     self.emit(
@@ -268,7 +271,9 @@ impl Daemon {
         let peers = self.peers();
         match req {
             Request::Switchover { group, to, reply } => {
-                let r = self.placement.switchover(now, &group, to.as_deref(), &peers);
+                let r = self
+                    .placement
+                    .switchover(now, &group, to.as_deref(), &peers);
                 let r = r.map(|(target, actions)| {
                     self.carry_out(actions);
                     target
