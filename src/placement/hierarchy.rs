@@ -94,7 +94,10 @@ mod tests {
         // scanner depends on mail, mail on vip: declared in the "wrong" order.
         let g = group(&(res("scanner", &["mail"]) + &res("mail", &["vip"]) + &res("vip", &[])));
         let order = start_order(&g).unwrap();
-        let names: Vec<_> = order.iter().map(|&i| g.resources[i].name.as_str()).collect();
+        let names: Vec<_> = order
+            .iter()
+            .map(|&i| g.resources[i].name.as_str())
+            .collect();
         assert_eq!(names, ["vip", "mail", "scanner"]);
     }
 

@@ -795,7 +795,19 @@ impl Placement {
                 }
                 Some(o.to_string())
             }
-            _ => self.best_eligible(now, group, peers),
+            // The registered owner cannot run it. If an eligible node already runs it
+            // (e.g. it kept the group while the other side of a partition claimed it
+            // and failed), that node keeps it and adopts the register; moving a healthy
+            // group to a more preferred node is switchback's business, not this rule's.
+            // (Found by tests/simulation.rs.)
+            _ => std::iter::once(self.cfg.local.as_str())
+                .chain(peers.iter().map(|p| p.name.as_str()))
+                .find(|n| {
+                    self.state_of(n, group, peers) == Some(LocalGroupState::Running)
+                        && self.eligible(now, n, group, peers)
+                })
+                .map(str::to_string)
+                .or_else(|| self.best_eligible(now, group, peers)),
         }
     }
 
@@ -1110,6 +1122,22 @@ impl Placement {
         if busy_peer {
             return;
         }
+        // A peer's state is only current once it has seen the register we act on: an
+        // older advert may predate its own start (e.g. a switchover to us issued here
+        // while the previous target was just starting the group). Wait until every live
+        // peer carries our register. (Found by tests/simulation.rs.)
+        let register = self.groups[name].register.as_ref();
+        let stale_peer = register.is_some()
+            && peers.iter().any(|p| {
+                p.advert
+                    .groups
+                    .iter()
+                    .find(|ga| ga.name == name)
+                    .is_some_and(|ga| ga.assignment.as_ref() != register)
+            });
+        if stale_peer {
+            return;
+        }
         let probe = self.cfg.probe_before_takeover && self.policy(name).is_some_and(|p| p.has_vip);
         let g = self.groups.get_mut(name).expect("group exists");
         if probe {
@@ -1180,14 +1208,22 @@ impl Placement {
         if g.local != LocalGroupState::Stopped || !still_ours {
             return;
         }
-        g.probe = ProbeState::Idle;
         if g.register.as_ref().map(|r| r.owner.as_str()) != Some(local.as_str()) {
             let epoch = g.register.as_ref().map_or(0, |r| r.epoch) + 1;
             g.register = Some(Assignment {
                 owner: local.clone(),
                 epoch,
             });
+            // Live peers must see the claim before we start (`try_start` waits for
+            // them): one of them may be starting the group right now on an older view
+            // (e.g. the owner whose block just expired), and two simultaneous starts
+            // would run it twice. The pending claim and a passed probe are kept.
+            // (Found by tests/simulation.rs.)
+            if !peers.is_empty() {
+                return;
+            }
         }
+        g.probe = ProbeState::Idle;
         let claim = g.claim.take().unwrap_or(PendingMove {
             reason: MoveReason::Initial,
             from: None,

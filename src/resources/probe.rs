@@ -44,7 +44,9 @@ async fn http_get(url: &str, expect: u16) -> Result<(), ResourceError> {
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| check(format!("bad url {url}: {e}")))?;
-    let host = uri.host().ok_or_else(|| check(format!("no host in {url}")))?;
+    let host = uri
+        .host()
+        .ok_or_else(|| check(format!("no host in {url}")))?;
     let port = uri.port_u16().unwrap_or(80);
     let stream = TcpStream::connect((host, port))
         .await
@@ -157,13 +159,21 @@ mod tests {
     async fn tcp_probe_fails_on_closed_port() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
-        assert!(run(&ProbeConfig::Tcp { address: addr }, Duration::from_secs(1), &[])
-            .await
-            .is_ok());
+        assert!(run(
+            &ProbeConfig::Tcp { address: addr },
+            Duration::from_secs(1),
+            &[]
+        )
+        .await
+        .is_ok());
         drop(l);
-        assert!(run(&ProbeConfig::Tcp { address: addr }, Duration::from_secs(1), &[])
-            .await
-            .is_err());
+        assert!(run(
+            &ProbeConfig::Tcp { address: addr },
+            Duration::from_secs(1),
+            &[]
+        )
+        .await
+        .is_err());
     }
 
     #[tokio::test]
@@ -172,7 +182,9 @@ mod tests {
             .route("/ok", axum::routing::get(|| async { "fine" }))
             .route(
                 "/bad",
-                axum::routing::get(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no") }),
+                axum::routing::get(|| async {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no")
+                }),
             );
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -181,7 +193,9 @@ mod tests {
             url: format!("http://{addr}{p}"),
             expect_status: 200,
         };
-        assert!(run(&probe("/ok"), Duration::from_secs(2), &[]).await.is_ok());
+        assert!(run(&probe("/ok"), Duration::from_secs(2), &[])
+            .await
+            .is_ok());
         let e = run(&probe("/bad"), Duration::from_secs(2), &[])
             .await
             .unwrap_err();
