@@ -557,7 +557,7 @@ impl Sim {
             startup_grace_ms: DEAD_TIME + 2 * HB_INTERVAL,
             probe_before_takeover: true,
             probe_retry_ms: 2000,
-            probe_fresh_ms: sc.probe_timeout + 500,
+            probe_fresh_ms: sc.probe_timeout + 100,
         });
         Node {
             life: Life::Up,

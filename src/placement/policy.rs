@@ -99,7 +99,7 @@ impl PlacementConfig {
             startup_grace_ms: (hb.dead_time + hb.interval * 2).as_millis() as u64,
             probe_before_takeover: cfg.cluster.probe_vip_before_takeover,
             probe_retry_ms: 2000,
-            probe_fresh_ms: cfg.cluster.vip_probe_timeout.as_millis() as u64 + 500,
+            probe_fresh_ms: cfg.cluster.vip_probe_timeout.as_millis() as u64 + 100,
         }
     }
 }
