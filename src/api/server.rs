@@ -287,6 +287,10 @@ async fn switchover(
     auth!(s, h);
     let body = body.map(|b| b.0).unwrap_or_default();
     let started = std::time::Instant::now();
+    // Snapshots published before the daemon handled the request predate it: mark them
+    // seen now, and judge only what comes after.
+    let mut rx = s.status.clone();
+    rx.borrow_and_update();
     let target = match ask(&s, |reply| Request::Switchover {
         group: group.clone(),
         to: body.to.clone(),
@@ -298,18 +302,7 @@ async fn switchover(
         Err(r) => return r,
     };
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(60_000).min(600_000));
-    let mut rx = s.status.clone();
-    let outcome = tokio::time::timeout(timeout, async {
-        loop {
-            if let Some(r) = crate::runtime::group_settled_on(&rx.borrow(), &group, &target) {
-                return r;
-            }
-            if rx.changed().await.is_err() {
-                return Err("daemon is shutting down".to_string());
-            }
-        }
-    })
-    .await;
+    let outcome = tokio::time::timeout(timeout, settled(rx, &group, &target)).await;
     match outcome {
         Ok(Ok(())) => Json(serde_json::json!({
             "group": group,
@@ -325,6 +318,19 @@ async fn switchover(
                 timeout.as_millis()
             ),
         ),
+    }
+}
+
+/// Waits until the group runs on `target` and nowhere else, or fails; only snapshots
+/// published after `rx` was last marked seen count.
+async fn settled(mut rx: watch::Receiver<Status>, group: &str, target: &str) -> Result<(), String> {
+    loop {
+        if rx.changed().await.is_err() {
+            return Err("daemon is shutting down".to_string());
+        }
+        if let Some(r) = crate::runtime::group_settled_on(&rx.borrow_and_update(), group, target) {
+            return r;
+        }
     }
 }
 
@@ -384,4 +390,56 @@ async fn online(
 ) -> Response {
     auth!(s, h);
     set_standby(s, node, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::packet::LocalGroupState;
+    use crate::placement::policy::GroupStatus;
+
+    fn status(owner: &str, n1: LocalGroupState, n2: LocalGroupState) -> Status {
+        Status {
+            groups: vec![GroupStatus {
+                name: "demo".into(),
+                owner: Some(owner.into()),
+                epoch: 1,
+                maintenance: false,
+                local_state: n1,
+                blocked: false,
+                recent_failures: 0,
+                states: [("n1".to_string(), n1), ("n2".to_string(), n2)].into(),
+                summary: String::new(),
+            }],
+            ..Status::default()
+        }
+    }
+
+    /// A snapshot published before the switchover was handled (owner still n1) must not
+    /// be read as "placed elsewhere": the API answered exit 4 for a switchover that
+    /// went through (seen in the lab test `manual_switchover`).
+    #[tokio::test]
+    async fn switchover_wait_ignores_snapshots_older_than_the_request() {
+        use LocalGroupState::{Running, Stopped};
+        let (tx, rx0) = watch::channel(Status::default());
+        tx.send_replace(status("n1", Running, Stopped)); // stale: before the request
+        let mut rx = rx0.clone();
+        rx.borrow_and_update();
+        let wait = tokio::spawn(async move { settled(rx, "demo", "n2").await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.send_replace(status("n2", Stopped, Running));
+        let r = tokio::time::timeout(Duration::from_secs(2), wait).await;
+        assert_eq!(r.unwrap().unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn switchover_wait_reports_a_failed_target() {
+        use LocalGroupState::{Failed, Stopped};
+        let (tx, rx0) = watch::channel(Status::default());
+        let mut rx = rx0.clone();
+        rx.borrow_and_update();
+        tx.send_replace(status("n2", Stopped, Failed));
+        let r = settled(rx, "demo", "n2").await;
+        assert!(r.unwrap_err().contains("failed on `n2`"));
+    }
 }
