@@ -130,6 +130,11 @@ quickcheck = {{ probe = "exec", command = ["test", "-f", "{marker}"], interval =
         wait_for(Duration::from_secs(15), "API socket", || {
             self.sock().exists() && self.cli(&["status"]).0 == 0
         });
+        // The first answer is already a real snapshot (the API never serves the empty
+        // default before the daemon's first publish).
+        let st = self.status();
+        assert_eq!(st["node"], "a", "{st}");
+        assert!(st["last_seq"].as_u64().unwrap_or(0) > 0, "{st}");
     }
 
     fn sock(&self) -> PathBuf {

@@ -453,7 +453,6 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         drop(res_tx);
         let (status_tx, status_rx) = watch::channel(Status::default());
         let (req_tx, mut req_rx) = mpsc::channel(64);
-        let servers = api::serve(&cfg.api, status_rx, events.clone(), req_tx).await?;
         let mut d = Daemon {
             key,
             boot_id: rand::random(),
@@ -477,6 +476,9 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                 ("boot_id", format!("{:016x}", d.boot_id)),
             ]),
         );
+        // The API starts with a real snapshot, never the empty default.
+        d.publish_status();
+        let servers = api::serve(&d.cfg.api, status_rx, events.clone(), req_tx).await?;
         let mut hb_tick = tokio::time::interval(d.cfg.heartbeat.interval);
         let mut eval_tick = tokio::time::interval(EVALUATE_EVERY);
         eval_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
