@@ -713,20 +713,16 @@ impl Sim {
     /// As the runtime: live peers silent on every path for most of the dead time get
     /// a speculative floating-IP probe (`Input::PeerSilent`).
     fn pre_probe_silent_peers(&mut self, i: usize) {
+        if !self.live(i) {
+            return;
+        }
         let lead = self.sc.probe_timeout + 3 * STEP;
-        for j in 0..self.sc.n {
-            if j == i || !self.live(i) {
-                continue;
-            }
-            let silent = self.nodes[i].last_heard[j].is_none_or(|h| self.t - h + lead >= DEAD_TIME);
-            if silent && self.nodes[i].membership.is_alive(NAMES[j]) {
-                self.placement_input(
-                    i,
-                    Input::PeerSilent {
-                        peer: NAMES[j].to_string(),
-                    },
-                );
-            }
+        let now = self.now_of(i);
+        for peer in self.nodes[i]
+            .membership
+            .nearly_dead_peers(now.mono_ms, lead)
+        {
+            self.placement_input(i, Input::PeerSilent { peer });
         }
     }
 

@@ -443,6 +443,22 @@ impl Membership {
             .collect()
     }
 
+    /// Live peers that have been silent on every path for at least
+    /// `dead_time - lead_ms`: about to be declared dead unless a packet arrives. The
+    /// placement core probes their floating IPs ahead of the takeover. Sorted by name.
+    pub fn nearly_dead_peers(&self, now_ms: u64, lead_ms: u64) -> Vec<String> {
+        let threshold = self.dead_time_ms().saturating_sub(lead_ms);
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.alive
+                    && p.last_heard_ms
+                        .is_some_and(|t| now_ms.saturating_sub(t) >= threshold)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Every configured peer, sorted by name.
     pub fn peer_status(&self) -> Vec<PeerStatus> {
         self.peers
@@ -545,6 +561,21 @@ mod tests {
             path,
             reason,
         }]
+    }
+
+    #[test]
+    fn nearly_dead_peers_are_live_peers_silent_for_most_of_the_dead_time() {
+        let mut m = Membership::new(cfg());
+        m.handle(0, pkt("b", B1, 1, 0));
+        m.handle(0, pkt("c", B1, 1, 0));
+        m.handle(700, pkt("c", B1, 2, 0));
+        // dead time 1000, lead 200: b (silent 800) qualifies, c (silent 100) not.
+        assert_eq!(m.nearly_dead_peers(800, 200), vec!["b".to_string()]);
+        assert!(m.nearly_dead_peers(799, 200).is_empty());
+        // Once declared dead it is no longer "nearly" dead.
+        m.handle(1000, Input::Tick);
+        assert!(!m.is_alive("b"));
+        assert!(m.nearly_dead_peers(1000, 200).is_empty());
     }
 
     #[test]

@@ -186,21 +186,9 @@ impl Daemon {
     /// floating-IP probe (see `placement::policy::Input::PeerSilent`).
     fn pre_probe_silent_peers(&mut self) {
         let now = self.now();
-        let dead = self.cfg.heartbeat.dead_time.as_millis() as u64;
         let lead = self.cfg.cluster.vip_probe_timeout.as_millis() as u64
             + 3 * EVALUATE_EVERY.as_millis() as u64;
-        let silent: Vec<String> = self
-            .membership
-            .peer_status()
-            .into_iter()
-            .filter(|p| {
-                p.alive
-                    && p.last_heard_ms
-                        .is_some_and(|t| now.mono_ms.saturating_sub(t) + lead >= dead)
-            })
-            .map(|p| p.name)
-            .collect();
-        for peer in silent {
+        for peer in self.membership.nearly_dead_peers(now.mono_ms, lead) {
             self.placement_input(Input::PeerSilent { peer });
         }
     }
