@@ -13,6 +13,7 @@
 //! - [`runtime`]: the daemon's event loop and heartbeat transport.
 //! - [`api`]: the HTTP/JSON control API and its client.
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
+//! - [`snmp`]: TANDEM-MIB, the SNMP agent (v2c, v3 USM) and notifications.
 //! - [`demo`]: the demo service the lab protects.
 //! - [`cli`]: the command line.
 
@@ -27,3 +28,4 @@ pub mod net;
 pub mod placement;
 pub mod resources;
 pub mod runtime;
+pub mod snmp;

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod snmp;
+pub use snmp::*;
+
 /// A configuration problem: which key, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -43,6 +46,12 @@ pub struct Config {
     pub heartbeat: HeartbeatConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    /// `[metrics]`: the Prometheus endpoint; absent means no endpoint.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    /// `[snmp]`: the SNMP agent and notification receivers; absent means no agent.
+    #[serde(default)]
+    pub snmp: Option<SnmpConfig>,
     #[serde(rename = "node", default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(rename = "group", default)]
@@ -136,6 +145,19 @@ pub struct ApiConfig {
     /// Bearer token required on the TCP listener.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served (plain HTTP, no authentication).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 9776))
 }
 
 /// The default control socket.
@@ -407,6 +429,9 @@ impl Config {
             return Err(invalid("heartbeat.paths", "at most 8 paths"));
         }
         unique(hb.paths.iter(), "heartbeat.paths")?;
+        if let Some(snmp) = &self.snmp {
+            snmp.validate()?;
+        }
         if self.api.tcp.is_some() && self.api.token.as_deref().unwrap_or("").len() < 16 {
             return Err(invalid(
                 "api.token",
