@@ -148,6 +148,9 @@ pub struct Timeline {
     pub reason: MoveReason,
     pub from_node: Option<String>,
     pub to_node: String,
+    /// When the failure happened, if known: the lost owner's last heartbeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_ms: Option<u64>,
     /// When the failure was detected (or the request was made).
     pub detected_ms: u64,
     /// When this node decided to take the group.

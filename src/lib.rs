@@ -12,6 +12,7 @@
 //! - [`net`]: netlink addresses, GARP/NA announcements, address probes, VIP reconciliation.
 //! - [`runtime`]: the daemon's event loop and heartbeat transport.
 //! - [`api`]: the HTTP/JSON control API and its client.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
 //! - [`snmp`]: TANDEM-MIB, the SNMP agent (v2c, v3 USM) and notifications.
 //! - [`demo`]: the demo service the lab protects.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod lab;
+pub mod metrics;
 pub mod net;
 pub mod placement;
 pub mod resources;

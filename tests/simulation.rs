@@ -693,7 +693,7 @@ impl Sim {
                         "{} declares {peer} down (silent {silent_ms} ms)",
                         NAMES[i]
                     ));
-                    self.placement_input(i, Input::NodeDown { peer });
+                    self.placement_input(i, Input::NodeDown { peer, silent_ms });
                 }
                 MembershipEvent::NodeUp { peer, .. } => {
                     self.log(format!("{} sees {peer} up", NAMES[i]));

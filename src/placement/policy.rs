@@ -116,8 +116,8 @@ pub struct PeerView {
 pub enum Input {
     /// Time passed; re-evaluate every group against the peers.
     Tick,
-    /// Membership declared a peer dead at this time.
-    NodeDown { peer: String },
+    /// Membership declared a peer dead at this time, after `silent_ms` of silence.
+    NodeDown { peer: String, silent_ms: u64 },
     /// A live peer has been silent on every path for most of the dead time. If it owns
     /// a group this node would take over, probe the floating IPs now, so the takeover
     /// does not wait for the probe once the peer is declared dead.
@@ -241,6 +241,8 @@ struct PendingMove {
     reason: MoveReason,
     from: Option<String>,
     detected_wall_ms: u64,
+    /// When the failure happened, if known (the lost owner's last heartbeat).
+    failed_wall_ms: Option<u64>,
 }
 
 /// What the executor reported for a start (the fields of [`Input::Started`]).
@@ -279,8 +281,9 @@ pub struct Placement {
     /// comes back online when it restarts.
     leaving: bool,
     groups: BTreeMap<String, GroupState>,
-    /// Wall time when each peer was declared dead (for timelines).
-    lost_at: BTreeMap<String, u64>,
+    /// Wall times when each peer was declared dead and when it was last heard (for
+    /// timelines).
+    lost_at: BTreeMap<String, (u64, u64)>,
 }
 
 impl Placement {
@@ -410,8 +413,9 @@ impl Placement {
         let mut out = Vec::new();
         match input {
             Input::Tick => {}
-            Input::NodeDown { peer } => {
-                self.lost_at.insert(peer, now.wall_ms);
+            Input::NodeDown { peer, silent_ms } => {
+                let last_heard = now.wall_ms.saturating_sub(silent_ms);
+                self.lost_at.insert(peer, (now.wall_ms, last_heard));
             }
             Input::PeerSilent { peer } => self.pre_probe(now, &peer, peers, &mut out),
             Input::Started {
@@ -629,6 +633,7 @@ impl Placement {
                     reason: MoveReason::Manual,
                     from_node: Some(self.cfg.local.clone()),
                     to_node: owner.unwrap_or_default(),
+                    failure_ms: None,
                     detected_ms: steps.first().map(|s| s.at_ms).unwrap_or(now.wall_ms),
                     decided_ms: steps.first().map(|s| s.at_ms).unwrap_or(now.wall_ms),
                     steps,
@@ -893,6 +898,7 @@ impl Placement {
                         },
                         from,
                         detected_wall_ms: now.wall_ms,
+                        failed_wall_ms: None,
                     });
                 }
             }
@@ -1018,11 +1024,12 @@ impl Placement {
                     }
                 }
             };
-            let detected = match (reason, owner.as_deref()) {
-                (MoveReason::NodeLost, Some(o)) => {
-                    self.lost_at.get(o).copied().unwrap_or(now.wall_ms)
-                }
-                _ => now.wall_ms,
+            let (detected, failed) = match (reason, owner.as_deref()) {
+                (MoveReason::NodeLost, Some(o)) => match self.lost_at.get(o) {
+                    Some(&(detected, last_heard)) => (detected, Some(last_heard)),
+                    None => (now.wall_ms, None),
+                },
+                _ => (now.wall_ms, None),
             };
             let g = self.groups.get_mut(name).expect("group exists");
             if g.claim.is_none() {
@@ -1030,6 +1037,7 @@ impl Placement {
                     reason,
                     from: owner.clone(),
                     detected_wall_ms: detected,
+                    failed_wall_ms: failed,
                 });
             }
             self.try_start(now, name, peers, out);
@@ -1228,6 +1236,7 @@ impl Placement {
             reason: MoveReason::Initial,
             from: None,
             detected_wall_ms: now.wall_ms,
+            failed_wall_ms: None,
         });
         let kind = match claim.reason {
             MoveReason::Manual | MoveReason::Switchback => "switchover",
@@ -1239,6 +1248,7 @@ impl Placement {
             reason: claim.reason,
             from_node: claim.from.clone(),
             to_node: local.clone(),
+            failure_ms: claim.failed_wall_ms,
             detected_ms: claim.detected_wall_ms,
             decided_ms: now.wall_ms,
             steps: Vec::new(),
@@ -1341,6 +1351,7 @@ impl Placement {
                 reason: MoveReason::Manual,
                 from: owner.clone(),
                 detected_wall_ms: now.wall_ms,
+                failed_wall_ms: None,
             });
         }
         let mut out = vec![emit(

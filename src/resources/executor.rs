@@ -14,6 +14,7 @@ use super::agent::{Agent, Monitor};
 use super::probe;
 use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
+use crate::metrics::Metrics;
 use crate::placement::hierarchy::{dependents_closure, start_order};
 use crate::placement::policy::Input;
 
@@ -50,6 +51,7 @@ pub fn spawn(
     group: &GroupConfig,
     vip_probe_timeout: Duration,
     events: EventLog,
+    metrics: Metrics,
     results: mpsc::Sender<Input>,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(16);
@@ -78,6 +80,7 @@ pub fn spawn(
         order,
         resources,
         events,
+        metrics,
         results,
         running: false,
         maintenance: false,
@@ -94,6 +97,7 @@ struct Executor {
     order: Vec<usize>,
     resources: Vec<Res>,
     events: EventLog,
+    metrics: Metrics,
     results: mpsc::Sender<Input>,
     running: bool,
     maintenance: bool,
@@ -409,7 +413,11 @@ impl Executor {
                     continue;
                 }
                 *next = now + *interval;
-                if let Err(e) = probe::run(&c.probe, c.timeout, &env).await {
+                let started = Instant::now();
+                let result = probe::run(&c.probe, c.timeout, &env).await;
+                self.metrics
+                    .check(&group, &name, kind, started.elapsed(), result.is_ok());
+                if let Err(e) = result {
                     return Some(Input::CheckFailed {
                         group,
                         resource: name,

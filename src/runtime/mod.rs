@@ -27,6 +27,7 @@ use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipE
 use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
 use crate::config::Config;
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
+use crate::metrics::{self, Metrics};
 use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
 use crate::resources::agent::Agent;
 use crate::resources::executor::{self, Command};
@@ -42,6 +43,8 @@ pub enum RuntimeError {
     Events(#[from] crate::event::EventError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("encoding our own heartbeat failed: {0}")]
     Encode(#[from] packet::EncodeError),
 }
@@ -66,6 +69,7 @@ struct Daemon {
     /// path index -> outgoing sender
     paths: Vec<mpsc::Sender<Outgoing>>,
     status: watch::Sender<Status>,
+    metrics: Metrics,
     last_advert: Option<packet::NodeAdvert>,
 }
 
@@ -105,6 +109,7 @@ impl Daemon {
                     continue;
                 };
                 self.seq += 1;
+                self.metrics.heartbeat_sent(path_name);
                 let hb = Heartbeat {
                     cluster: self.cfg.cluster.name.clone(),
                     node: self.local.clone(),
@@ -159,7 +164,7 @@ impl Daemon {
                         EventKind::NodeDown,
                         fields([("peer", peer.clone()), ("silent_ms", silent_ms.to_string())]),
                     );
-                    self.placement_input(Input::NodeDown { peer });
+                    self.placement_input(Input::NodeDown { peer, silent_ms });
                 }
                 MembershipEvent::NodeRestarted {
                     peer,
@@ -231,6 +236,7 @@ impl Daemon {
                     continue;
                 }
                 Action::RecordTimeline(t) => {
+                    self.metrics.observe_timeline(&t);
                     self.events.record_timeline(t);
                     continue;
                 }
@@ -401,6 +407,8 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                 .collect(),
         });
         let placement = Placement::new(PlacementConfig::from_config(&cfg, &local));
+        let metrics = Metrics::new(&cfg, &local)?;
+        let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
         let (pkt_tx, mut pkt_rx) = mpsc::channel(1024);
         let cluster_name = Arc::new(cfg.cluster.name.clone());
         let paths = cfg
@@ -431,6 +439,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                         g,
                         cfg.cluster.vip_probe_timeout,
                         events.clone(),
+                        metrics.clone(),
                         res_tx.clone(),
                     ),
                 )
@@ -453,6 +462,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
             executors,
             paths,
             status: status_tx,
+            metrics: metrics.clone(),
             last_advert: None,
             local: local.clone(),
             cfg,
@@ -466,6 +476,10 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         );
         // The API starts with a real snapshot, never the empty default.
         d.publish_status();
+        let metrics_server = match &d.cfg.metrics {
+            Some(m) => Some(metrics::serve(m.listen, metrics.clone(), status_rx.clone()).await?),
+            None => None,
+        };
         let servers = api::serve(&d.cfg.api, status_rx, events.clone(), req_tx).await?;
         let mut hb_tick = tokio::time::interval(d.cfg.heartbeat.interval);
         let mut eval_tick = tokio::time::interval(EVALUATE_EVERY);
@@ -516,6 +530,10 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         // Dropping the command channels makes each executor stop what still runs.
         d.executors.clear();
         drop(servers);
+        event_observer.abort();
+        if let Some(m) = metrics_server {
+            m.abort();
+        }
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             while res_rx.recv().await.is_some() {}
         })

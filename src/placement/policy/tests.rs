@@ -201,6 +201,7 @@ impl Cluster {
                     j,
                     Input::NodeDown {
                         peer: name.to_string(),
+                        silent_ms: 1000,
                     },
                 );
             }
@@ -511,7 +512,13 @@ fn floating_ip_in_use_means_split_brain_suspected_and_no_takeover() {
     let t0 = c.t;
     // Heartbeats cut, the LAN is fine: the owner still answers for its address.
     c.link = false;
-    c.input(1, Input::NodeDown { peer: "a".into() });
+    c.input(
+        1,
+        Input::NodeDown {
+            peer: "a".into(),
+            silent_ms: 1000,
+        },
+    );
     c.run_for(5000);
     assert!(c.events("b", t0, EventKind::SplitBrainSuspected) >= 1);
     assert_eq!(c.starts("b", t0), 0);
@@ -580,7 +587,13 @@ fn a_failed_claim_from_across_a_partition_does_not_take_a_healthy_group() {
     assert_eq!(c.running("web"), ["a"]);
     c.broken.push((1, "web".into()));
     c.link = false;
-    c.input(1, Input::NodeDown { peer: "a".into() });
+    c.input(
+        1,
+        Input::NodeDown {
+            peer: "a".into(),
+            silent_ms: 1000,
+        },
+    );
     c.run_for(500);
     assert!(c.status(1, "web").blocked, "b claimed, failed, is blocked");
     assert!(c.status(1, "web").epoch > c.status(0, "web").epoch);
@@ -674,7 +687,13 @@ fn a_failed_claim_does_not_move_a_healthy_group_to_the_preferred_node() {
     c.broken.push((2, "web".into()));
     c.isolated[2] = true;
     for peer in ["a", "b"] {
-        c.input(2, Input::NodeDown { peer: peer.into() });
+        c.input(
+            2,
+            Input::NodeDown {
+                peer: peer.into(),
+                silent_ms: 1000,
+            },
+        );
     }
     c.run_for(500);
     assert!(c.status(2, "web").blocked);
