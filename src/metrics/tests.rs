@@ -123,7 +123,7 @@ fn snapshot_series_carry_the_cluster_label_and_state() {
         r#"tandem_check_failures_total{check="quickcheck",cluster="lab",group="web",resource="svc"} 0"#,
         r#"tandem_heartbeat_packets_sent_total{cluster="lab",path="hb2"} 0"#,
     ] {
-        assert!(has(&text, &want), "missing `{want}` in\n{text}");
+        assert!(has(&text, want), "missing `{want}` in\n{text}");
     }
     assert!(text.contains("\ntandem_build_info{"));
 }
