@@ -25,6 +25,7 @@ use prometheus::{
 use tokio::sync::{broadcast, watch};
 
 use crate::api::Status;
+use crate::cluster::membership;
 use crate::config::Config;
 use crate::event::{Event, EventKind, EventLog, MoveReason, Timeline};
 
@@ -244,6 +245,16 @@ impl Metrics {
                     }
                 }
             }
+        }
+        for reason in [
+            "bad_mac",
+            "malformed",
+            "wrong_cluster",
+            membership::REJECT_REPLAYED,
+            membership::REJECT_STALE_BOOT,
+            membership::REJECT_UNKNOWN_NODE,
+        ] {
+            inner.hb_rejected.with_label_values(&[reason]).reset();
         }
         for kind in [
             EventKind::FailoverCompleted,

@@ -23,6 +23,7 @@ struct Daemon {
     dir: tempfile::TempDir,
     config: PathBuf,
     tcp: String,
+    metrics: String,
 }
 
 impl Drop for Daemon {
@@ -59,6 +60,7 @@ impl Daemon {
         );
         let marker = dir.path().join("exec-started");
         let tcp = free_tcp();
+        let metrics = free_tcp();
         let config = dir.path().join("tandem.toml");
         let text = format!(
             r#"
@@ -77,6 +79,9 @@ paths = ["lo"]
 socket = "{sock}"
 tcp = "{tcp}"
 token = "{TOKEN}"
+
+[metrics]
+listen = "{metrics}"
 
 [[node]]
 name = "a"
@@ -112,6 +117,7 @@ quickcheck = {{ probe = "exec", command = ["test", "-f", "{marker}"], interval =
             dir,
             config,
             tcp,
+            metrics,
         };
         d.spawn();
         d
@@ -343,4 +349,85 @@ fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
     let log = std::fs::read_to_string(d.dir.path().join("state/events.jsonl")).unwrap();
     assert!(log.contains("daemon_stopping"));
     let _ = Path::new(&d.config);
+}
+
+#[test]
+fn metrics_endpoint_passes_promtool_and_counts_the_checks() {
+    if !curl_available() {
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    let d = Daemon::start();
+    wait_for(Duration::from_secs(20), "group running", || {
+        d.group_state() == "running"
+    });
+    let url = format!("http://{}/metrics", d.metrics);
+    // The quickcheck runs every 500 ms: wait until the histogram has seen one.
+    let mut body = String::new();
+    wait_for(Duration::from_secs(20), "a timed quickcheck", || {
+        let out = Command::new("curl")
+            .args(["-sf", "-m", "5", &url])
+            .output()
+            .unwrap();
+        body = String::from_utf8_lossy(&out.stdout).into_owned();
+        body.lines().any(|l| {
+            l.starts_with("tandem_check_duration_seconds_count{")
+                && l.contains(r#"resource="worker""#)
+                && !l.ends_with(" 0")
+        })
+    });
+    let t0 = Instant::now();
+    let out = Command::new("curl")
+        .args(["-sf", "-m", "5", &url])
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(out.status.success());
+    eprintln!(
+        "scrape: {} bytes in {:.1} ms (one node, one group)",
+        out.stdout.len(),
+        took.as_secs_f64() * 1000.0
+    );
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (scripts/deps.sh)");
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &out.stdout).unwrap();
+    let res = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&res.stdout),
+        String::from_utf8_lossy(&res.stderr)
+    );
+    assert!(
+        res.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
+    );
+    // The state the API reports is the state the endpoint exports.
+    for want in [
+        r#"tandem_group_owner{cluster="apitest",group="svc",node="a"} 1"#,
+        r#"tandem_group_state{cluster="apitest",group="svc",state="running"} 1"#,
+        r#"tandem_node_up{cluster="apitest",node="a"} 1"#,
+        r#"tandem_cluster_quorate{cluster="apitest"} 1"#,
+    ] {
+        let (name, rest) = want.split_once('{').unwrap();
+        let (labels, value) = rest.split_once("} ").unwrap();
+        let mut labels: Vec<&str> = labels.split(',').collect();
+        labels.sort();
+        let found = body.lines().any(|l| {
+            let Some((n, r)) = l.split_once('{') else {
+                return false;
+            };
+            let Some((ls, v)) = r.split_once("} ") else {
+                return false;
+            };
+            let mut ls: Vec<&str> = ls.split(',').collect();
+            ls.sort();
+            n == name && ls == labels && v == value
+        });
+        assert!(found, "missing `{want}` in\n{body}");
+    }
 }

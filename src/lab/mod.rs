@@ -1136,6 +1136,20 @@ fn print_summary(state: &LabState) {
         state.vip,
         topology::SERVICE_PORT
     );
+    let metrics: Vec<String> = (1..=state.nodes.len())
+        .map(|i| {
+            format!(
+                "http://{}:{}/metrics",
+                topology::pub_addr(i),
+                topology::METRICS_PORT
+            )
+        })
+        .collect();
+    println!(
+        "  metrics (from ns {}): {}",
+        state.client_ns,
+        metrics.join(" ")
+    );
     if let Some(sock) = state.nodes.first().and_then(|n| n.socket.as_ref()) {
         println!("  status: tandem status --socket {}", sock.display());
     }

@@ -25,6 +25,8 @@ pub const CLIENT_CIDR: &str = "10.77.0.2/24";
 pub const CLIENT_IF: &str = "eth0";
 /// TCP port of the demo service.
 pub const SERVICE_PORT: u16 = 8080;
+/// Port of each node's Prometheus endpoint (`GET /metrics`), on every address.
+pub const METRICS_PORT: u16 = 9776;
 /// UDP port of the Tandem heartbeat.
 pub const HEARTBEAT_PORT: u16 = 5405;
 /// Prefix of every nftables table the lab creates (used by `heal`).
@@ -259,6 +261,9 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "[api]");
     let _ = writeln!(s, "socket = {}", q(p.socket));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[metrics]");
+    let _ = writeln!(s, "listen = \"0.0.0.0:{METRICS_PORT}\"");
     for n in &plan.nodes {
         let _ = writeln!(s);
         let _ = writeln!(s, "[[node]]");
