@@ -1007,7 +1007,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -1180,7 +1180,7 @@ mod tests {
         let usm = Usm::new(
             b"\x80\x00\x7e\xd9\x04test".to_vec(),
             5,
-            &[cfg.clone()],
+            std::slice::from_ref(&cfg),
             false,
         )
         .unwrap();
@@ -1366,7 +1366,7 @@ mod tests {
         let cfg = user("guest", None, false);
         let engine = b"\x80\x00\x7e\xd9\x04test".to_vec();
         for allowed in [false, true] {
-            let mut usm = Usm::new(engine.clone(), 1, &[cfg.clone()], allowed).unwrap();
+            let mut usm = Usm::new(engine.clone(), 1, std::slice::from_ref(&cfg), allowed).unwrap();
             let keys = UsmUser::from_config(&cfg).unwrap().localize(&engine);
             let m = Manager {
                 keys,
