@@ -311,3 +311,275 @@ fn discovery_report_is_readable_by_snmp_parser() {
     // usmStatsUnknownEngineIDs.0
     assert_eq!(vb[0].oid.to_id_string(), "1.3.6.1.6.3.15.1.1.4.0");
 }
+
+// ---------------------------------------------------------------------------------
+// Notifications to a real snmptrapd (Debian package snmptrapd)
+
+mod notifier {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use rasn::types::ObjectIdentifier;
+    use rasn_smi::v1::Gauge;
+    use rasn_smi::v2::{ApplicationSyntax, ObjectSyntax};
+    use rasn_snmp::v2::{VarBind, VarBindValue};
+    use tandem::config::SnmpConfig;
+    use tandem::event::{fields, Event, EventKind, EventLog};
+    use tandem::snmp::notify::{spawn_notifier, EventMapper, NotifierHandle, ReceiverCounters};
+    use tandem::snmp::{Notification, ENTERPRISE};
+
+    use super::{AUTH_PASSWORD, ENGINE_ID, PRIV_PASSWORD};
+
+    const SEQ_ARC: u32 = 99;
+    /// Not `snmptrapd.conf`: snmptrapd rewrites that name in its persistent directory.
+    const CONF: &str = "trapd.conf";
+
+    fn free_udp_port() -> u16 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    }
+
+    /// Test events become notifications ENTERPRISE.99.1 carrying the event's seq as
+    /// ENTERPRISE.99.2 (Gauge32).
+    fn seq_mapping() -> EventMapper {
+        Box::new(|e: &Event| {
+            Some(Notification {
+                trap_oid: [ENTERPRISE, &[SEQ_ARC, 1]].concat(),
+                varbinds: vec![VarBind {
+                    name: ObjectIdentifier::new_unchecked(
+                        [ENTERPRISE, &[SEQ_ARC, 2]].concat().into(),
+                    ),
+                    value: VarBindValue::Value(ObjectSyntax::ApplicationWide(
+                        ApplicationSyntax::Unsigned(Gauge(e.seq as u32)),
+                    )),
+                }],
+                seq: e.seq,
+            })
+        })
+    }
+
+    /// snmptrapd in the foreground, logging each notification as one `NOTIFY` line.
+    struct Trapd {
+        child: Child,
+        log: PathBuf,
+    }
+
+    impl Trapd {
+        fn start(dir: &Path, port: u16, log_name: &str) -> Trapd {
+            let log = dir.join(log_name);
+            let child = Command::new("snmptrapd")
+                .env("SNMP_PERSISTENT_DIR", dir)
+                .env("MIBS", "")
+                .args(["-f", "-C", "-n", "-On", "-c"])
+                .arg(dir.join(CONF))
+                .arg("-Lf")
+                .arg(&log)
+                .args(["-F", "NOTIFY %v\n"])
+                .arg(format!("udp:127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("snmptrapd (Debian package snmptrapd) is installed");
+            let t = Trapd { child, log };
+            wait_for("snmptrapd to start", || {
+                std::fs::read_to_string(&t.log).is_ok_and(|s| s.contains("NET-SNMP version"))
+            });
+            t
+        }
+
+        /// The seq varbind of every logged notification, in log order.
+        fn seqs(&self) -> Vec<u64> {
+            seqs_in(&std::fs::read_to_string(&self.log).unwrap_or_default())
+        }
+
+        fn stop(mut self) {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+
+    impl Drop for Trapd {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn seqs_in(log: &str) -> Vec<u64> {
+        let seq_oid = format!(".1.3.6.1.4.1.32473.{SEQ_ARC}.2 = Gauge32: ");
+        log.lines()
+            .filter(|l| l.starts_with("NOTIFY "))
+            .filter(|l| l.contains(".1.3.6.1.6.3.1.1.4.1.0 = OID: .1.3.6.1.4.1.32473.99.1"))
+            .filter_map(|l| {
+                let rest = &l[l.find(&seq_oid)? + seq_oid.len()..];
+                rest.split_whitespace().next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// A state dir with a configuration accepting v2c `public`, v3 informs from `ops`
+    /// and v3 traps from `ops` at our engine ID.
+    fn trapd_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let user = format!("ops SHA-256 {AUTH_PASSWORD} AES {PRIV_PASSWORD}");
+        let conf = format!(
+            "authCommunity log,execute,net public\n\
+             createUser {user}\n\
+             createUser -e 0x{engine} {user}\n\
+             authUser log ops\n",
+            engine = hex(ENGINE_ID)
+        );
+        std::fs::write(dir.path().join(CONF), conf).unwrap();
+        dir
+    }
+
+    fn config(port: u16, form: &str) -> SnmpConfig {
+        let cfg: SnmpConfig = toml::from_str(&format!(
+            r#"
+            [[user]]
+            name = "ops"
+            auth = "sha256"
+            auth_password = "{AUTH_PASSWORD}"
+            privacy = "aes128"
+            priv_password = "{PRIV_PASSWORD}"
+
+            [[receiver]]
+            address = "127.0.0.1:{port}"
+            form = "{form}"
+            community = "public"
+            user = "ops"
+            timeout = "200ms"
+            max_timeout = "1s"
+            "#
+        ))
+        .unwrap();
+        cfg.validate().unwrap();
+        cfg
+    }
+
+    fn start(cfg: &SnmpConfig, log: &EventLog) -> NotifierHandle {
+        spawn_notifier(
+            cfg,
+            ENGINE_ID.to_vec(),
+            4,
+            log.subscribe(),
+            seq_mapping(),
+            Instant::now(),
+        )
+    }
+
+    fn emit(log: &EventLog, n: usize) {
+        for _ in 0..n {
+            log.emit(EventKind::NodeUp, fields([("node", "b".to_string())]));
+        }
+    }
+
+    fn counters(h: &NotifierHandle) -> ReceiverCounters {
+        h.receivers()[0].counters
+    }
+
+    #[tokio::test]
+    async fn v2c_trap_arrives_with_its_varbinds() {
+        let dir = trapd_dir();
+        let port = free_udp_port();
+        let trapd = Trapd::start(dir.path(), port, "trapd.log");
+        let log = EventLog::in_memory("a");
+        let h = start(&config(port, "v2c_trap"), &log);
+        emit(&log, 3);
+        wait_until("3 traps logged", || trapd.seqs().len() == 3).await;
+        assert_eq!(trapd.seqs(), vec![1, 2, 3]);
+        let text = std::fs::read_to_string(&trapd.log).unwrap();
+        assert!(text.contains(".1.3.6.1.2.1.1.3.0 = Timeticks: "), "{text}");
+        assert_eq!(counters(&h).sent, 3);
+        assert_eq!(counters(&h).acked, 0);
+    }
+
+    #[tokio::test]
+    async fn v3_trap_auth_priv_arrives() {
+        let dir = trapd_dir();
+        let port = free_udp_port();
+        let trapd = Trapd::start(dir.path(), port, "trapd.log");
+        let log = EventLog::in_memory("a");
+        let h = start(&config(port, "v3_trap"), &log);
+        emit(&log, 2);
+        wait_until("2 v3 traps logged", || trapd.seqs().len() == 2).await;
+        assert_eq!(trapd.seqs(), vec![1, 2]);
+        assert_eq!(counters(&h).sent, 2);
+    }
+
+    #[tokio::test]
+    async fn v2c_inform_is_acked() {
+        let dir = trapd_dir();
+        let port = free_udp_port();
+        let trapd = Trapd::start(dir.path(), port, "trapd.log");
+        let log = EventLog::in_memory("a");
+        let h = start(&config(port, "v2c_inform"), &log);
+        emit(&log, 3);
+        wait_until("3 informs acked", || counters(&h).acked == 3).await;
+        assert_eq!(trapd.seqs(), vec![1, 2, 3]);
+        assert_eq!(h.receivers()[0].queued, 0);
+    }
+
+    #[tokio::test]
+    async fn v3_inform_auth_priv_is_acked() {
+        let dir = trapd_dir();
+        let port = free_udp_port();
+        let trapd = Trapd::start(dir.path(), port, "trapd.log");
+        let log = EventLog::in_memory("a");
+        let h = start(&config(port, "v3_inform"), &log);
+        emit(&log, 3);
+        wait_until("3 v3 informs acked", || counters(&h).acked == 3).await;
+        assert_eq!(trapd.seqs(), vec![1, 2, 3]);
+        assert_eq!(counters(&h).sent, 3);
+    }
+
+    /// The receiver goes down, events keep coming, it comes back 10 s later (rebooted:
+    /// its engine boots moved on): every inform arrives once, in order.
+    #[tokio::test]
+    async fn informs_survive_a_receiver_down_for_10_s() {
+        let dir = trapd_dir();
+        let port = free_udp_port();
+        let trapd = Trapd::start(dir.path(), port, "before.log");
+        let log = EventLog::in_memory("a");
+        let h = start(&config(port, "v3_inform"), &log);
+        emit(&log, 2);
+        wait_until("first informs acked", || counters(&h).acked == 2).await;
+        let before = trapd.seqs();
+        trapd.stop();
+
+        emit(&log, 5);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(counters(&h).acked, 2, "nobody was listening");
+        assert!(counters(&h).retried >= 5, "{:?}", counters(&h));
+
+        let trapd = Trapd::start(dir.path(), port, "after.log");
+        wait_until("all informs acked", || counters(&h).acked == 7).await;
+        let mut all = before;
+        all.extend(trapd.seqs());
+        assert_eq!(all, (1..=7).collect::<Vec<u64>>());
+        assert_eq!(counters(&h).dropped, 0);
+        assert_eq!(h.lost_events(), 0);
+    }
+}

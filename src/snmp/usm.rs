@@ -3,7 +3,8 @@
 //! [`Usm`] is the agent side, where Tandem is the authoritative engine: it takes a whole
 //! v3 datagram and the current time and says what to do (serve a request, answer with
 //! a Report, or drop), and it encodes the agent's responses. It is sans-IO: time is an
-//! input and engine time counts from the first datagram it sees.
+//! input and engine time counts from the first datagram it sees (or from the instant
+//! given to [`Usm::with_engine_start`]).
 //!
 //! The notifier uses the lower-level pieces: [`UsmUser`] (password-derived keys),
 //! [`LocalizedUser`] (keys localized to one engine ID), [`encode_message`] (any v3
@@ -275,6 +276,11 @@ impl std::fmt::Debug for LocalizedUser {
 }
 
 impl LocalizedUser {
+    /// The user's name (msgUserName).
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
     /// The engine ID the keys are localized to.
     pub fn engine_id(&self) -> &[u8] {
         &self.engine_id
@@ -665,6 +671,13 @@ impl Usm {
             stats: UsmStats::default(),
             salt: AtomicU64::new(rand::random()),
         })
+    }
+
+    /// Counts snmpEngineTime from `start` (the daemon's start, as the notifier does for
+    /// v3 traps) instead of from the first datagram.
+    pub fn with_engine_start(mut self, start: Instant) -> Usm {
+        self.engine_start = Some(start);
+        self
     }
 
     /// The counters.
