@@ -597,7 +597,8 @@ pub struct UsmContext {
 }
 
 impl UsmContext {
-    /// The authenticated user name (the securityName) the request came from.
+    /// Which configured user (in `[[snmp.user]]` order) sent the request; its name is
+    /// [`Usm::user_name`].
     pub fn user_index(&self) -> usize {
         self.user
     }
