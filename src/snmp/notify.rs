@@ -798,6 +798,88 @@ mod tests {
         );
     }
 
+    /// A v3 inform link against our own agent USM standing in for the receiver (it
+    /// runs the authoritative engine's checks): discovery, then
+    /// a receiver reboot answered with an authenticated notInTimeWindow report.
+    #[test]
+    fn v3_inform_discovers_and_follows_a_receiver_reboot() {
+        use crate::config::{AuthProtocol, PrivProtocol, UsmUserConfig};
+        use crate::snmp::usm::{Usm, UsmIncoming};
+
+        let cfg = UsmUserConfig {
+            name: "ops".into(),
+            auth: Some(AuthProtocol::Sha256),
+            auth_password: Some("auth-secret-1".into()),
+            privacy: Some(PrivProtocol::Aes128),
+            priv_password: Some("priv-secret-1".into()),
+        };
+        let receiver_engine = b"\x80\x00\x1f\x88\x04receiver".to_vec();
+        let receiver = |boots| {
+            Usm::new(
+                receiver_engine.clone(),
+                boots,
+                std::slice::from_ref(&cfg),
+                false,
+            )
+            .unwrap()
+        };
+        let t0 = Instant::now();
+        let mut link = Link {
+            form: Form::V3Inform {
+                user: UsmUser::from_config(&cfg).unwrap(),
+                engine: None,
+            },
+            confirmed: true,
+            our_engine_id: b"\x80\x00\x7e\xd9\x04us".to_vec(),
+            our_boots: 1,
+            uptime_start: t0,
+            request_id: 10,
+            msg_id: 20,
+            salt: 0,
+        };
+        let raised = Raised {
+            uptime: TimeTicks(0),
+            notification: Notification {
+                trap_oid: vec![1, 3, 6, 1, 4, 1, 32473, 0, 1],
+                varbinds: vec![],
+                seq: 1,
+            },
+        };
+        // An inform that passed the receiver's USM checks (authentication, time window,
+        // decryption). The agent's USM then refuses our context (the originator's
+        // engine, RFC 3413 §3.3), the last check; snmptrapd takes it.
+        let accepted = |usm: &mut Usm, bytes: &[u8]| {
+            let before = usm.stats();
+            usm.receive(bytes, t0);
+            let after = usm.stats();
+            after.unknown_contexts == before.unknown_contexts + 1
+                && after.not_in_time_windows == before.not_in_time_windows
+        };
+
+        let mut usm = receiver(3);
+        let probe = link.encode(&raised, t0).unwrap();
+        let UsmIncoming::Report(report) = usm.receive(&probe, t0) else {
+            panic!("no discovery report")
+        };
+        assert!(matches!(link.on_reply(&report, t0), Reaction::SendAgain));
+        let inform = link.encode(&raised, t0).unwrap();
+        assert!(accepted(&mut usm, &inform));
+
+        // The receiver reboots: same engine ID, boots 4. Our inform is out of its
+        // window; its authenticated report resyncs us.
+        let mut usm = receiver(4);
+        usm.receive(b"", t0);
+        let UsmIncoming::Report(report) = usm.receive(&inform, t0) else {
+            panic!("no notInTimeWindow report")
+        };
+        assert_eq!(usm.stats().not_in_time_windows, 1);
+        assert!(matches!(link.on_reply(&report, t0), Reaction::SendAgain));
+        let again = link.encode(&raised, t0).unwrap();
+        assert!(accepted(&mut usm, &again));
+        // The same report again teaches nothing new: no resend loop.
+        assert!(matches!(link.on_reply(&report, t0), Reaction::Ignore));
+    }
+
     #[test]
     fn pdu_starts_with_uptime_and_trap_oid() {
         let r = Raised {
