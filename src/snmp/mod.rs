@@ -6,6 +6,9 @@
 
 use rasn_snmp::v2::VarBind;
 
+pub mod notify;
+pub mod usm;
+
 /// The enterprise arc everything lives under: the RFC 5612 documentation arc until a
 /// registered enterprise number replaces it. The MIB's MODULE-IDENTITY sits here too.
 pub const ENTERPRISE: &[u32] = &[1, 3, 6, 1, 4, 1, 32473];
@@ -17,6 +20,10 @@ pub enum SnmpError {
     Io(String, std::io::Error),
     #[error("snmp config: {0}")]
     Config(String),
+    #[error("snmp encoding: {0}")]
+    Encode(String),
+    #[error("message of {size} bytes exceeds the peer's maximum of {max}")]
+    TooBig { size: usize, max: usize },
 }
 
 /// One notification ready to send: `snmpTrapOID.0` and the varbinds that follow
