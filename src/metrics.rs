@@ -432,23 +432,26 @@ impl Metrics {
 /// Feeds every event of `events` (from `after` on) into `metrics`, until the log closes.
 /// A subscriber that falls behind re-reads what it missed from the log.
 pub fn spawn_event_observer(metrics: Metrics, events: EventLog) -> tokio::task::JoinHandle<()> {
-    let mut rx = events.subscribe();
     let mut last = events.last_seq();
+    let mut rx = events.subscribe();
     tokio::spawn(async move {
+        let catch_up = |last: &mut u64| {
+            for e in events.since(*last, usize::MAX) {
+                *last = e.seq;
+                metrics.observe_event(&e);
+            }
+        };
         loop {
             match rx.recv().await {
-                Ok(e) => {
-                    if e.seq > last {
-                        last = e.seq;
-                        metrics.observe_event(&e);
-                    }
+                Ok(e) if e.seq == last + 1 => {
+                    last = e.seq;
+                    metrics.observe_event(&e);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    for e in events.since(last, usize::MAX) {
-                        last = e.seq;
-                        metrics.observe_event(&e);
-                    }
-                }
+                // Sequence numbers are contiguous within one run: a gap means events
+                // were emitted between reading `last` and subscribing.
+                Ok(e) if e.seq > last + 1 => catch_up(&mut last),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => catch_up(&mut last),
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }

@@ -484,7 +484,7 @@ mod notifier {
             cfg,
             ENGINE_ID.to_vec(),
             4,
-            log.subscribe(),
+            log.clone(),
             seq_mapping(),
             Instant::now(),
         )
@@ -514,6 +514,21 @@ mod notifier {
         assert!(text.contains(".1.3.6.1.2.1.1.3.0 = Timeticks: "), "{text}");
         assert_eq!(counters(&h).sent, 3);
         assert_eq!(counters(&h).acked, 0);
+    }
+
+    /// More events than the broadcast channel holds, raised before the notifier's task
+    /// first runs: it falls behind and must re-read them from the log, not drop them.
+    #[tokio::test]
+    async fn a_notifier_behind_the_broadcast_loses_no_event() {
+        let port = free_udp_port();
+        let sink = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        let log = EventLog::in_memory("a");
+        let h = start(&config(port, "v2c_trap"), &log);
+        emit(&log, 6000);
+        wait_until("6000 traps sent", || counters(&h).sent == 6000).await;
+        assert_eq!(h.lost_events(), 0);
+        assert_eq!(counters(&h).dropped, 0);
+        drop(sink);
     }
 
     #[tokio::test]

@@ -12,9 +12,10 @@
 //! to it; a Report from the receiver (unknown engine ID after a reinstall, not in time
 //! window after a reboot) updates what we know and the inform goes again at once.
 //!
-//! Events lost because the notifier fell behind the broadcast channel are counted
-//! ([`NotifierHandle::lost_events`]) and logged, not re-read: the channel holds
-//! thousands of events, so this means a receiver-independent stall of the daemon.
+//! Events are never lost between the log and the queues: a notifier that falls behind
+//! the broadcast channel re-reads what it missed from the [`EventLog`]
+//! ([`NotifierHandle::lost_events`] counts only events that had already left the log's
+//! in-memory window, which takes a stall of the daemon itself).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use super::usm::{
 };
 use super::{Notification, SnmpError};
 use crate::config::{ReceiverConfig, ReceiverForm, SnmpConfig};
-use crate::event::Event;
+use crate::event::{Event, EventLog};
 
 /// sysUpTime.0
 pub const SYS_UP_TIME: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 3, 0];
@@ -470,7 +471,7 @@ pub fn spawn_notifier(
     cfg: &SnmpConfig,
     engine_id: Vec<u8>,
     engine_boots: u32,
-    events: broadcast::Receiver<Event>,
+    events: EventLog,
     map: EventMapper,
     uptime_start: Instant,
 ) -> NotifierHandle {
@@ -497,8 +498,14 @@ pub fn spawn_notifier(
         inboxes.push(tx);
         tasks.push(tokio::spawn(run_receiver(rcfg.clone(), link, rx, status)));
     }
+    // The position in the stream is taken now, not when the task first runs, so no
+    // event raised after this call is skipped.
+    let last = events.last_seq();
+    let subscription = events.subscribe();
     tasks.push(tokio::spawn(dispatch(
         events,
+        subscription,
+        last,
         map,
         inboxes,
         uptime_start,
@@ -557,26 +564,21 @@ fn link_for(
     })
 }
 
-/// Reads the event stream, maps each event once and hands it to every receiver.
+/// Reads the event stream (from the newest event on), maps each event once, in
+/// sequence order, and hands it to every receiver. Falling behind the broadcast re-reads
+/// the missed events from the log.
 async fn dispatch(
+    log: EventLog,
     mut events: broadcast::Receiver<Event>,
+    mut last: u64,
     map: EventMapper,
     inboxes: Vec<mpsc::UnboundedSender<Raised>>,
     uptime_start: Instant,
     lost_events: Arc<AtomicU64>,
 ) {
-    loop {
-        let event = match events.recv().await {
-            Ok(e) => e,
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                lost_events.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(lost = n, "snmp notifier fell behind the event stream");
-                continue;
-            }
-            Err(broadcast::error::RecvError::Closed) => return,
-        };
-        let Some(notification) = map(&event) else {
-            continue;
+    let raise = |event: &Event| {
+        let Some(notification) = map(event) else {
+            return;
         };
         let raised = Raised {
             uptime: uptime_ticks(uptime_start, Instant::now()),
@@ -584,6 +586,34 @@ async fn dispatch(
         };
         for inbox in &inboxes {
             let _ = inbox.send(raised.clone());
+        }
+    };
+    // Re-reads everything after `last` from the log (sequence numbers are contiguous
+    // within one run of the daemon).
+    let catch_up = |last: &mut u64| {
+        let missed = log.since(*last, usize::MAX);
+        let gap = missed
+            .first()
+            .map_or(0, |e| e.seq.saturating_sub(*last + 1));
+        if gap > 0 {
+            lost_events.fetch_add(gap, Ordering::Relaxed);
+            tracing::warn!(lost = gap, "snmp notifier fell behind the event log window");
+        }
+        for e in missed {
+            *last = e.seq;
+            raise(&e);
+        }
+    };
+    loop {
+        match events.recv().await {
+            Ok(e) if e.seq == last + 1 => {
+                last = e.seq;
+                raise(&e);
+            }
+            Ok(e) if e.seq > last + 1 => catch_up(&mut last),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => catch_up(&mut last),
+            Err(broadcast::error::RecvError::Closed) => return,
         }
     }
 }
