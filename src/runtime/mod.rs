@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::api::{self, NodeStatus, PathStatusView, Request, Status};
+use crate::api::{
+    self, FailoverSummary, NodeStatus, PathStatusView, Request, ResourceView, Status, VipView,
+};
 use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
 use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
-use crate::config::Config;
-use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
+use crate::config::{Config, ResourceKind};
+use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
 use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
 use crate::resources::agent::Agent;
 use crate::resources::executor::{self, Command};
@@ -42,6 +44,8 @@ pub enum RuntimeError {
     Events(#[from] crate::event::EventError),
     #[error(transparent)]
     Api(#[from] api::ApiError),
+    #[error(transparent)]
+    Snmp(#[from] crate::snmp::SnmpError),
     #[error("encoding our own heartbeat failed: {0}")]
     Encode(#[from] packet::EncodeError),
 }
@@ -67,6 +71,8 @@ struct Daemon {
     paths: Vec<mpsc::Sender<Outgoing>>,
     status: watch::Sender<Status>,
     last_advert: Option<packet::NodeAdvert>,
+    /// Per group: the failovers and switchovers this node carried out.
+    failovers: BTreeMap<String, FailoverSummary>,
 }
 
 use transport::Outgoing;
@@ -231,6 +237,7 @@ impl Daemon {
                     continue;
                 }
                 Action::RecordTimeline(t) => {
+                    count_failover(&mut self.failovers, &t);
                     self.events.record_timeline(t);
                     continue;
                 }
@@ -342,6 +349,42 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        let groups = self.placement.status(now, &peers);
+        let local_state = |group: &str| {
+            groups
+                .iter()
+                .find(|g| g.name == group)
+                .map_or(LocalGroupState::Stopped, |g| g.local_state)
+        };
+        let mut resources = Vec::new();
+        let mut vips = Vec::new();
+        for g in &self.cfg.groups {
+            let state = local_state(&g.name);
+            for r in &g.resources {
+                let kind = match &r.kind {
+                    ResourceKind::Ip {
+                        address, interface, ..
+                    } => {
+                        vips.push(VipView {
+                            group: g.name.clone(),
+                            resource: r.name.clone(),
+                            address: address.clone(),
+                            interface: interface.clone(),
+                            present: state == LocalGroupState::Running,
+                        });
+                        "ip"
+                    }
+                    ResourceKind::Exec { .. } => "exec",
+                    ResourceKind::Process { .. } => "process",
+                };
+                resources.push(ResourceView {
+                    group: g.name.clone(),
+                    name: r.name.clone(),
+                    kind: kind.into(),
+                    state: local_state_name(state).into(),
+                });
+            }
+        }
         let status = Status {
             cluster: self.cfg.cluster.name.clone(),
             node: self.local.clone(),
@@ -355,12 +398,15 @@ impl Daemon {
             },
             nodes,
             paths,
-            groups: self.placement.status(now, &peers),
+            groups,
             heartbeats: api::HeartbeatCounters {
                 sent: self.seq,
                 accepted: counters.accepted,
                 rejected,
             },
+            resources,
+            vips,
+            failovers: self.failovers.values().cloned().collect(),
         };
         self.status.send_replace(status);
     }
@@ -454,9 +500,13 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
             paths,
             status: status_tx,
             last_advert: None,
+            failovers: BTreeMap::new(),
             local: local.clone(),
             cfg,
         };
+        for t in events.timelines() {
+            count_failover(&mut d.failovers, &t);
+        }
         d.emit(
             EventKind::DaemonStarted,
             fields([
@@ -466,6 +516,19 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         );
         // The API starts with a real snapshot, never the empty default.
         d.publish_status();
+        let snmp_agent = match &d.cfg.snmp {
+            Some(snmp) => Some(
+                crate::snmp::agent::spawn(
+                    snmp,
+                    &d.cfg.cluster.name,
+                    &local,
+                    &d.cfg.cluster.state_dir,
+                    status_rx.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let servers = api::serve(&d.cfg.api, status_rx, events.clone(), req_tx).await?;
         let mut hb_tick = tokio::time::interval(d.cfg.heartbeat.interval);
         let mut eval_tick = tokio::time::interval(EVALUATE_EVERY);
@@ -516,6 +579,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         // Dropping the command channels makes each executor stop what still runs.
         d.executors.clear();
         drop(servers);
+        drop(snmp_agent);
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             while res_rx.recv().await.is_some() {}
         })
@@ -524,6 +588,33 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
     }
     .instrument(span)
     .await
+}
+
+/// Adds a finished timeline to its group's failover summary.
+fn count_failover(summaries: &mut BTreeMap<String, FailoverSummary>, t: &Timeline) {
+    if t.reason == MoveReason::Initial {
+        return;
+    }
+    let s = summaries
+        .entry(t.group.clone())
+        .or_insert_with(|| FailoverSummary {
+            group: t.group.clone(),
+            ..FailoverSummary::default()
+        });
+    s.count += 1;
+    s.last_reason = t.reason.name();
+    s.last_duration_ms = t.completed_ms.map(|c| c.saturating_sub(t.detected_ms));
+}
+
+/// The snake_case name of a local group state (as in the status JSON).
+fn local_state_name(state: LocalGroupState) -> &'static str {
+    match state {
+        LocalGroupState::Stopped => "stopped",
+        LocalGroupState::Starting => "starting",
+        LocalGroupState::Running => "running",
+        LocalGroupState::Stopping => "stopping",
+        LocalGroupState::Failed => "failed",
+    }
 }
 
 /// Graceful shutdown: go to standby so peers take our groups, then stop.

@@ -3,6 +3,14 @@
 //!
 //! The object tree is built from a consistent status snapshot; notifications are built
 //! from events. Encoding uses `rasn-snmp`; crypto comes from the RustCrypto crates.
+//!
+//! - [`mib`]: the object tree of a status snapshot, GET/GETNEXT/GETBULK, notifications.
+//! - [`agent`]: the UDP agent (v2c communities, v3 through [`usm`]) and its counters.
+//! - [`usm`]: the SNMPv3 User-based Security Model.
+
+pub mod agent;
+pub mod mib;
+pub mod usm;
 
 use rasn_snmp::v2::VarBind;
 
