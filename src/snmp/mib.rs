@@ -128,7 +128,7 @@ fn group_summary(s: &str) -> i64 {
     }
 }
 
-/// `TandemLocalGroupState` and `TandemResourceState`: stopped(1) starting(2)
+/// `TandemLocalGroupState` and `TandemResourceStatus`: stopped(1) starting(2)
 /// running(3) stopping(4) failed(5).
 fn local_state(s: &str) -> i64 {
     match s {
@@ -141,7 +141,7 @@ fn local_state(s: &str) -> i64 {
     }
 }
 
-/// `TandemResourceKind`: ip(1) exec(2) process(3).
+/// `TandemResourceType`: ip(1) exec(2) process(3).
 fn resource_kind(s: &str) -> i64 {
     match s {
         "ip" => 1,
@@ -281,7 +281,7 @@ impl MibView {
         let scalar = |arc: u32| tandem_oid(&[OBJECTS, CLUSTER, arc, 0]);
         self.values.insert(scalar(1), text(&s.cluster));
         self.values.insert(scalar(2), text(&s.node));
-        // TandemClusterMode: twoNode(1) priority(2)
+        // TandemTakeoverMode: twoNode(1) priority(2)
         let mode = if s.mode == "two_node" { 1 } else { 2 };
         self.values.insert(scalar(3), integer(mode));
         self.values.insert(scalar(4), counter64(s.last_seq));
@@ -298,7 +298,7 @@ impl MibView {
     fn add_nodes(&mut self, s: &Status) {
         for n in &s.nodes {
             let idx: Vec<u32> = name_index(&n.name).collect();
-            // TandemNodeState: up(1) down(2) standby(3)
+            // TandemNodeStatus: up(1) down(2) standby(3)
             let state = match (n.alive, n.standby) {
                 (true, false) => 1,
                 (false, _) => 2,
@@ -318,7 +318,7 @@ impl MibView {
     fn add_paths(&mut self, s: &Status) {
         for p in &s.paths {
             let idx: Vec<u32> = name_index(&p.peer).chain(name_index(&p.path)).collect();
-            // TandemPathState: up(1) down(2)
+            // TandemPathStatus: up(1) down(2)
             self.cell(PATH_TABLE, 3, &idx, integer(if p.up { 1 } else { 2 }));
             if let Some(rtt) = p.rtt_ms {
                 let micros = (rtt * 1000.0).round().max(0.0) as u64;
