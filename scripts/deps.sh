@@ -3,7 +3,8 @@
 # Debian packages, and a Rust toolchain if none is on the PATH.
 set -euo pipefail
 
-packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps)
+packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps
+    snmp snmpd snmptrapd smitools npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,9 +15,12 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# keepalived is only used by the benchmark; never let its service run on the host.
+# keepalived and snmpd are only used by the benchmarks, snmptrapd by the tests; never
+# let their services run on the host.
 if command -v systemctl >/dev/null 2>&1; then
-    systemctl disable --now keepalived >/dev/null 2>&1 || true
+    for s in keepalived snmpd snmptrapd; do
+        systemctl disable --now "$s" >/dev/null 2>&1 || true
+    done
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
