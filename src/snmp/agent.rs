@@ -19,7 +19,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::Instrument;
 
-use super::mib::{MibView, SnmpGroupCounters, SystemInfo};
+use super::mib::{encoded_len, MibView, ResponseTooBig, SnmpGroupCounters, SystemInfo};
 use super::usm::{self, Usm, UsmIncoming};
 use super::SnmpError;
 use crate::api::Status;
@@ -268,13 +268,17 @@ impl RequestHandler {
                 // Read-only: the write is outside every view (RFC 3416 4.2.5 noAccess).
                 bump(&self.counters.set_requests);
                 let r = r.0;
-                let index = u32::from(!r.variable_bindings.is_empty());
-                return Some(response(
-                    r.request_id,
-                    Pdu::ERROR_STATUS_NO_ACCESS,
-                    index,
-                    r.variable_bindings,
-                ));
+                let size: usize = r.variable_bindings.iter().map(encoded_len).sum();
+                if size <= budget {
+                    let index = u32::from(!r.variable_bindings.is_empty());
+                    return Some(response(
+                        r.request_id,
+                        Pdu::ERROR_STATUS_NO_ACCESS,
+                        index,
+                        r.variable_bindings,
+                    ));
+                }
+                (r.request_id, Err(ResponseTooBig))
             }
             _ => {
                 bump(&self.counters.unexpected_pdus);
