@@ -524,3 +524,33 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
     );
     assert_eq!(vars[1].val, snmp_parser::VarBindValue::NoSuchObject);
 }
+
+#[test]
+fn bench_compares_with_snmpd_on_a_tree_of_at_least_5000_varbinds() {
+    let out = Command::new(BIN)
+        .args(["bench", "snmp", "--runs", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let count = |agent: &str| -> usize {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(agent))
+            .unwrap_or_else(|| panic!("no `{agent}` line in {text}"));
+        line[agent.len() + 2..]
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {line}"))
+    };
+    let tandem = count("tandem");
+    let snmpd = count("net-snmp snmpd");
+    assert!(tandem >= 5000, "{text}");
+    assert!(tandem >= snmpd, "tandem's tree is sized to snmpd's: {text}");
+    assert!(text.contains("time ratio tandem/snmpd: "), "{text}");
+}

@@ -9,8 +9,8 @@
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::OnceLock;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
@@ -85,7 +85,11 @@ fuzz_target!(|data: &[u8]| {
     let mut h = handler().lock().unwrap_or_else(|p| p.into_inner());
     for datagram in [data.to_vec(), wrap_v2c(data)] {
         if let Some(reply) = h.handle(&datagram, SOURCE, Instant::now()) {
-            assert!(reply.len() <= MAX_RESPONSE_SIZE, "reply of {} bytes", reply.len());
+            assert!(
+                reply.len() <= MAX_RESPONSE_SIZE,
+                "reply of {} bytes",
+                reply.len()
+            );
         }
     }
 });
