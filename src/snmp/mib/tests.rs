@@ -147,7 +147,7 @@ fn get_next_crosses_column_and_table_boundaries() {
     );
     // The empty mirror table is skipped; the last instance ends the view.
     let vip_last = col(VIP_TABLE, 3, &["web", "vip"]);
-    let next = v.get_next(&[vip_last.clone()], BIG).unwrap();
+    let next = v.get_next(std::slice::from_ref(&vip_last), BIG).unwrap();
     assert_eq!(next[0].value, VarBindValue::EndOfMibView);
     assert_eq!(next[0].name.to_vec(), vip_last);
     // A name before everything gets the first instance (sysDescr.0).
@@ -191,7 +191,7 @@ fn get_bulk_repeats_after_the_non_repeaters() {
     assert_eq!(out[1].name.to_vec(), col(GROUP_TABLE, 2, &["db"]));
     assert_eq!(out[2].name.to_vec(), [sys.as_slice(), &[2, 0]].concat());
     // Non-repeaters beyond the list are clamped; zero repetitions give only them.
-    assert_eq!(v.get_bulk(&[sys.clone()], 5, 10, BIG).len(), 1);
+    assert_eq!(v.get_bulk(std::slice::from_ref(&sys), 5, 10, BIG).len(), 1);
     assert_eq!(v.get_bulk(&[sys.clone(), groups], 1, 0, BIG).len(), 1);
     assert!(v.get_bulk(&[], 0, 10, BIG).is_empty());
 }
