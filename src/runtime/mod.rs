@@ -648,3 +648,39 @@ pub fn group_settled_on(status: &Status, group: &str, target: &str) -> Option<Re
 
 /// Reply channel of an API request.
 pub type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeline(reason: MoveReason, completed: Option<u64>) -> Timeline {
+        Timeline {
+            group: "web".into(),
+            kind: "failover".into(),
+            reason,
+            from_node: Some("a".into()),
+            to_node: "b".into(),
+            detected_ms: 1_000,
+            decided_ms: 1_100,
+            steps: Vec::new(),
+            first_check_ms: None,
+            completed_ms: completed,
+            outcome: String::new(),
+        }
+    }
+
+    #[test]
+    fn failover_summaries_skip_first_placements_and_keep_the_latest() {
+        let mut s = BTreeMap::new();
+        count_failover(&mut s, &timeline(MoveReason::Initial, Some(1_500)));
+        assert!(s.is_empty());
+        count_failover(&mut s, &timeline(MoveReason::NodeLost, Some(2_250)));
+        count_failover(&mut s, &timeline(MoveReason::Manual, None));
+        let web = &s["web"];
+        assert_eq!(web.count, 2);
+        assert_eq!(web.last_reason, "manual");
+        assert_eq!(web.last_duration_ms, None);
+        count_failover(&mut s, &timeline(MoveReason::ResourceFailed, Some(1_400)));
+        assert_eq!(s["web"].last_duration_ms, Some(400));
+    }
+}

@@ -77,7 +77,6 @@ impl AgentCounters {
                 + get(&self.bad_community_sources),
             in_bad_community_uses: get(&self.set_requests),
             in_asn_parse_errs: get(&self.malformed),
-            silent_drops: get(&self.unexpected_pdus),
         }
     }
 }
@@ -434,6 +433,31 @@ pub async fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_taken_port_is_a_clear_error() {
+        let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cfg = SnmpConfig {
+            listen: taken.local_addr().unwrap(),
+            engine_id: None,
+            contact: String::new(),
+            location: String::new(),
+            allow_no_auth_no_priv: false,
+            communities: Vec::new(),
+            users: Vec::new(),
+            receivers: Vec::new(),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (_tx, rx) = watch::channel(Status::default());
+        let Err(e) = spawn(&cfg, "c", "n", dir.path(), rx).await else {
+            panic!("bound a taken port");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot bind the SNMP agent to udp {}", cfg.listen)),
+            "{text}"
+        );
+    }
 
     #[test]
     fn versions_are_peeked_from_the_header() {

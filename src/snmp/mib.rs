@@ -174,7 +174,6 @@ pub struct SnmpGroupCounters {
     pub in_bad_community_names: u64,
     pub in_bad_community_uses: u64,
     pub in_asn_parse_errs: u64,
-    pub silent_drops: u64,
 }
 
 /// The response would exceed the size the requester can receive (RFC 3416 `tooBig`).
@@ -269,7 +268,9 @@ impl MibView {
             (6, counter32(c.in_asn_parse_errs)),
             // snmpEnableAuthenTraps: disabled(2)
             (30, integer(2)),
-            (31, counter32(c.silent_drops)),
+            // snmpSilentDrops: an empty tooBig response always fits; snmpProxyDrops:
+            // no proxy.
+            (31, counter32(0)),
             (32, counter32(0)),
         ];
         for (arc, value) in arcs {
