@@ -459,6 +459,88 @@ mod tests {
         );
     }
 
+    fn handler() -> RequestHandler {
+        let cfg = SnmpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            engine_id: None,
+            contact: String::new(),
+            location: String::new(),
+            allow_no_auth_no_priv: false,
+            communities: vec![crate::config::CommunityConfig {
+                name: "public".into(),
+                source: "127.0.0.0/8".into(),
+            }],
+            users: Vec::new(),
+            receivers: Vec::new(),
+        };
+        let status = crate::lab::bench_snmp::synthetic_status(50);
+        let view = MibView::build(&status, &SystemInfo::default());
+        let usm = Usm::new(vec![0x80, 0, 0, 0, 4], 1, &[], false).unwrap();
+        RequestHandler::new(&cfg, usm, view).unwrap()
+    }
+
+    fn bulk(community: &str, max_repetitions: u32) -> Vec<u8> {
+        let msg = v2c::Message {
+            version: Integer::from(1),
+            community: rasn::types::OctetString::from_slice(community.as_bytes()),
+            data: Pdus::GetBulkRequest(rasn_snmp::v2::GetBulkRequest(rasn_snmp::v2::BulkPdu {
+                request_id: 9,
+                non_repeaters: 0,
+                max_repetitions,
+                variable_bindings: vec![VarBind {
+                    name: super::super::mib::oid(&[1, 3]),
+                    value: rasn_snmp::v2::VarBindValue::Unspecified,
+                }],
+            })),
+        };
+        rasn::ber::encode(&msg).unwrap()
+    }
+
+    #[test]
+    fn bulk_answers_are_truncated_to_the_response_limit() {
+        let mut h = handler();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let reply = h
+            .handle(&bulk("public", 1000), local, Instant::now())
+            .unwrap();
+        assert!(reply.len() <= MAX_RESPONSE_SIZE, "{} bytes", reply.len());
+        assert!(
+            reply.len() > MAX_RESPONSE_SIZE - 100,
+            "{} bytes",
+            reply.len()
+        );
+        let msg: v2c::Message<Pdus> = rasn::ber::decode(&reply).unwrap();
+        let Pdus::Response(r) = msg.data else {
+            panic!("not a response");
+        };
+        assert_eq!(r.0.request_id, 9);
+        assert_eq!(r.0.error_status, Pdu::ERROR_STATUS_NO_ERROR);
+        assert!(r.0.variable_bindings.len() > 10);
+        let counters = h.counters();
+        assert_eq!(counters.get_bulk_requests.load(Ordering::Relaxed), 1);
+        assert_eq!(counters.responses.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn wrong_community_or_source_is_dropped_and_counted() {
+        let mut h = handler();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(h
+            .handle(&bulk("private", 5), local, Instant::now())
+            .is_none());
+        assert!(h
+            .handle(&bulk("public", 5), remote, Instant::now())
+            .is_none());
+        assert!(h.handle(&[0x30, 0x00], local, Instant::now()).is_none());
+        let c = h.counters();
+        assert_eq!(c.bad_community_names.load(Ordering::Relaxed), 1);
+        assert_eq!(c.bad_community_sources.load(Ordering::Relaxed), 1);
+        assert_eq!(c.malformed.load(Ordering::Relaxed), 1);
+        assert_eq!(c.responses.load(Ordering::Relaxed), 0);
+        assert_eq!(c.snmp_group().in_bad_community_names, 2);
+    }
+
     #[test]
     fn versions_are_peeked_from_the_header() {
         // SEQUENCE { INTEGER 1, ... }
