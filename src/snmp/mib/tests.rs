@@ -294,3 +294,130 @@ fn date_and_time_is_utc_calendar_time() {
         [0x07, 0xe8, 2, 29, 0, 0, 0, 0, b'+', 0, 0]
     );
 }
+
+/// One definition of TANDEM-MIB: its parent, arc, MAX-ACCESS and OBJECTS clause.
+struct MibDefinition {
+    parent: String,
+    arc: u32,
+    access: Option<String>,
+    objects: Vec<String>,
+}
+
+/// Every `name ... ::= { parent arc }` of the MIB file.
+fn mib_definitions() -> BTreeMap<String, MibDefinition> {
+    let text = include_str!("../../../mibs/TANDEM-MIB.txt");
+    let mut defs = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let starts_definition = line.starts_with(|c: char| c.is_ascii_lowercase())
+            && !line.starts_with("tandem MODULE-IDENTITY");
+        if starts_definition {
+            current = line
+                .split_whitespace()
+                .next()
+                .map(|n| (n.to_string(), String::new()));
+        }
+        if let Some((name, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+            if let Some(assignment) = body.split("::=").nth(1) {
+                let inner = assignment.trim().trim_start_matches('{');
+                let mut parts = inner.split_whitespace();
+                let parent = parts.next().unwrap_or_default().to_string();
+                let arc = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+                let access = body
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("MAX-ACCESS"))
+                    .map(|a| a.trim().to_string());
+                let objects = body
+                    .split_once("OBJECTS")
+                    .and_then(|(_, rest)| rest.split_once('}'))
+                    .map(|(list, _)| {
+                        list.trim_start_matches(|c: char| c.is_whitespace() || c == '{')
+                            .split(|c: char| c == ',' || c.is_whitespace())
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let def = MibDefinition {
+                    parent,
+                    arc,
+                    access,
+                    objects,
+                };
+                defs.insert(name.clone(), def);
+                current = None;
+            }
+        }
+    }
+    defs
+}
+
+fn resolve(defs: &BTreeMap<String, MibDefinition>, name: &str) -> Vec<u32> {
+    if name == "tandem" {
+        return ENTERPRISE.to_vec();
+    }
+    let d = &defs[name];
+    let mut oid = resolve(defs, &d.parent);
+    oid.push(d.arc);
+    oid
+}
+
+#[test]
+fn the_view_serves_exactly_the_readable_objects_of_the_mib() {
+    let defs = mib_definitions();
+    let readable: BTreeSet<Vec<u32>> = defs
+        .iter()
+        .filter(|(_, d)| d.access.as_deref() == Some("read-only"))
+        .map(|(name, _)| resolve(&defs, name))
+        .collect();
+    assert_eq!(readable.len(), 37, "5 cluster scalars and 32 columns");
+    let served: BTreeSet<Vec<u32>> = view()
+        .object_types
+        .into_iter()
+        .filter(|t| t.starts_with(ENTERPRISE))
+        .collect();
+    assert_eq!(served, readable);
+}
+
+#[test]
+fn notifications_carry_the_objects_the_mib_lists() {
+    let defs = mib_definitions();
+    let kinds = [
+        EventKind::FailoverStarted,
+        EventKind::FailoverCompleted,
+        EventKind::FailoverFailed,
+        EventKind::SwitchoverCompleted,
+        EventKind::NodeDown,
+        EventKind::NodeUp,
+        EventKind::PathDown,
+        EventKind::PathUp,
+        EventKind::ResourceRestarted,
+        EventKind::GroupFailed,
+        EventKind::SplitBrainSuspected,
+        EventKind::DaemonStarted,
+        EventKind::DaemonStopping,
+    ];
+    for kind in kinds {
+        let event = Event {
+            seq: 1,
+            node: "a".into(),
+            time_ms: 0,
+            kind,
+            fields: Default::default(),
+        };
+        let n = notification_for(&event).unwrap();
+        let (name, def) = defs
+            .iter()
+            .find(|(name, _)| resolve(&defs, name) == n.trap_oid)
+            .unwrap_or_else(|| panic!("{kind:?}: no NOTIFICATION-TYPE at {:?}", n.trap_oid));
+        let listed: Vec<Vec<u32>> = def
+            .objects
+            .iter()
+            .map(|o| [resolve(&defs, o), vec![0]].concat())
+            .collect();
+        let sent: Vec<Vec<u32>> = n.varbinds.iter().map(|vb| vb.name.to_vec()).collect();
+        assert_eq!(sent, listed, "{kind:?} -> {name}");
+    }
+}
