@@ -8,7 +8,7 @@
 //! varbinds) that a standalone Tandem agent serves on loopback. Both are walked with
 //! `snmpbulkwalk -v2c -Cr50` of `.1`, several times; the medians are compared.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,18 +97,21 @@ fn median_walk(target: &str, runs: usize) -> Result<Walk, SnmpBenchError> {
 /// net-snmp's agent on a loopback port, stopped on drop.
 struct Snmpd {
     child: Child,
-    dir: PathBuf,
     target: String,
 }
 
 impl Snmpd {
-    fn start(dir: PathBuf) -> Result<Snmpd, SnmpBenchError> {
+    fn start(dir: &Path) -> Result<Snmpd, SnmpBenchError> {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .map_err(|e| SnmpBenchError::Io("free udp port".into(), e))?
             .port();
         let target = format!("127.0.0.1:{port}");
-        let conf = dir.join("snmpd.conf");
+        // snmpd rewrites `snmpd.conf` in its persistent directory: keep ours apart.
+        let conf = dir.join("bench-snmpd.conf");
+        let persistent = dir.join("snmpd-state");
+        std::fs::create_dir_all(&persistent)
+            .map_err(|e| SnmpBenchError::Io(format!("create {}", persistent.display()), e))?;
         let text = format!("agentaddress udp:{target}\nrocommunity {COMMUNITY} 127.0.0.1\n");
         std::fs::write(&conf, text)
             .map_err(|e| SnmpBenchError::Io(format!("write {}", conf.display()), e))?;
@@ -116,13 +119,13 @@ impl Snmpd {
             .args(["-C", "-c"])
             .arg(&conf)
             .args(["-Lf", "/dev/null", "-f", "-r"])
-            .env("SNMP_PERSISTENT_DIR", &dir)
+            .env("SNMP_PERSISTENT_DIR", &persistent)
             .env("MIBS", "")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| SnmpBenchError::Spawn("/usr/sbin/snmpd".into(), e))?;
-        let snmpd = Snmpd { child, dir, target };
+        let snmpd = Snmpd { child, target };
         let t = Instant::now();
         while agent_answers(&snmpd.target).is_err() {
             if t.elapsed() > Duration::from_secs(10) {
@@ -141,7 +144,6 @@ impl Drop for Snmpd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(self.dir.join("snmpd.conf"));
     }
 }
 
@@ -258,11 +260,12 @@ pub fn run(args: &SnmpBenchArgs) -> Result<(), SnmpBenchError> {
 }
 
 fn compare(args: &SnmpBenchArgs, dir: &Path) -> Result<(), SnmpBenchError> {
-    let snmpd = Snmpd::start(dir.to_path_buf())?;
+    let snmpd = Snmpd::start(dir)?;
     let net_snmp = median_walk(&snmpd.target, args.runs)?;
     drop(snmpd);
 
     let status = status_of_size(net_snmp.varbinds);
+    let groups = status.groups.len();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -290,8 +293,11 @@ fn compare(args: &SnmpBenchArgs, dir: &Path) -> Result<(), SnmpBenchError> {
 
     let rate = |w: &Walk| w.varbinds as f64 / w.elapsed.as_secs_f64();
     println!(
-        "snmpbulkwalk -v2c -Cr50 of the whole tree, median of {} walks:",
-        args.runs.max(1)
+        "snmpbulkwalk -v2c -Cr50 of the whole tree, median of {} walks \
+         (tandem: synthetic cluster of {} nodes and {} groups, sized to snmpd's tree):",
+        args.runs.max(1),
+        NODES,
+        groups
     );
     for (name, w) in [("tandem", &tandem), ("net-snmp snmpd", &net_snmp)] {
         println!(
