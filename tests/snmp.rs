@@ -14,11 +14,21 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tandem::snmp::ENTERPRISE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// Pinned so the base modules never change under the tests.
 const NPM_PACKAGE: &str = "net-snmp@3.29.2";
+
+/// The enterprise arc with `suffix`, dotted with a leading dot as net-snmp prints it.
+fn enterprise_dotted(suffix: &[u32]) -> String {
+    ENTERPRISE
+        .iter()
+        .chain(suffix)
+        .map(|a| format!(".{a}"))
+        .collect()
+}
 
 /// The directory holding the SMIv2 base modules (`*.mib`), fetched once per clone.
 fn base_mibs() -> &'static Path {
@@ -273,7 +283,7 @@ fn mib_lints_clean_and_every_name_resolves() {
             .unwrap();
         let oid = String::from_utf8_lossy(&out.stdout);
         assert!(
-            out.status.success() && oid.starts_with(".1.3.6.1.4.1.32473"),
+            out.status.success() && oid.starts_with(&enterprise_dotted(&[])),
             "snmptranslate {name}: {oid}"
         );
     }
@@ -413,9 +423,10 @@ fn refused_requests_time_out_and_are_counted() {
 #[test]
 fn exceptions_show_in_get_and_getnext() {
     let d = Daemon::start();
+    let unknown = enterprise_dotted(&[9, 9, 0]);
     let out = d.get(&[
         "TANDEM-MIB::tandemGroupOwner.\"nope\"",
-        ".1.3.6.1.4.1.32473.9.9.0",
+        &unknown,
         "TANDEM-MIB::tandemMirrorRole.\"web\".\"disk\"",
     ]);
     let lines: Vec<&str> = out.lines().collect();
@@ -496,14 +507,8 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
 
     // Still alive; decode the raw answer with snmp-parser, not with rasn.
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    let request = get_request(
-        "public",
-        4242,
-        &[
-            &[1, 3, 6, 1, 2, 1, 1, 5, 0],
-            &[1, 3, 6, 1, 4, 1, 32473, 9, 0],
-        ],
-    );
+    let unknown = [ENTERPRISE, &[9, 0]].concat();
+    let request = get_request("public", 4242, &[&[1, 3, 6, 1, 2, 1, 1, 5, 0], &unknown]);
     sock.send_to(&request, &d.snmp).unwrap();
     let (n, _) = sock.recv_from(&mut buf).unwrap();
     let (rest, msg) = snmp_parser::parse_snmp_v2c(&buf[..n]).expect("snmp-parser decodes");
