@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets of the network decoders (heartbeats, probe replies, SNMP
 # requests) on the stable toolchain (libFuzzer with SanitizerCoverage; cargo-fuzz
-# needs nightly only for the sanitizers) and runs each for a bounded number of inputs. Any crash fails. For long runs:
+# needs nightly only for the sanitizers) and runs each for a bounded number of inputs.
+# Any crash fails. For long runs:
 #   cd fuzz && cargo fuzz run heartbeat_decode        (nightly)
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
