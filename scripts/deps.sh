@@ -3,7 +3,8 @@
 # Debian packages, and a Rust toolchain if none is on the PATH.
 set -euo pipefail
 
-packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps prometheus snmp snmptrapd)
+packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps
+    prometheus snmp snmpd snmptrapd smitools npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -14,11 +15,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# keepalived and prometheus are only run by the tests and the benchmark; never let
-# their services run on the host.
+# keepalived, prometheus and snmpd are only run by the tests and the benchmarks,
+# snmptrapd by the tests; never let their services run on the host.
 if command -v systemctl >/dev/null 2>&1; then
-    for unit in keepalived prometheus prometheus-node-exporter; do
-        systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    for s in keepalived prometheus prometheus-node-exporter snmpd snmptrapd; do
+        systemctl disable --now "$s" >/dev/null 2>&1 || true
     done
 fi
 

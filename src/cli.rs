@@ -86,6 +86,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: crate::lab::LabCommand,
     },
+    /// Benchmarks that need no lab.
+    Bench {
+        #[command(subcommand)]
+        cmd: BenchCmd,
+    },
     /// The demo service the lab protects: HTTP that answers with the node's name.
     #[command(hide = true)]
     DemoService {
@@ -94,6 +99,12 @@ pub enum Cmd {
         #[arg(long, env = "TANDEM_NODE", default_value = "unknown")]
         name: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Whole-tree GETBULK walk time of the SNMP agent vs net-snmp's snmpd.
+    Snmp(crate::lab::bench_snmp::SnmpBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tandem::api::client::{call, Endpoint};
 use tandem::api::{ApiError, Status};
-use tandem::cli::{ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, NodeCmd, OnOff};
+use tandem::cli::{ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, NodeCmd, OnOff};
 use tandem::config::{Config, ConfigError};
 use tandem::event::{Event, Timeline};
 
@@ -21,6 +21,8 @@ enum MainError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Lab(#[from] tandem::lab::LabError),
+    #[error(transparent)]
+    SnmpBench(#[from] tandem::lab::bench_snmp::SnmpBenchError),
     #[error("{0}")]
     Other(String),
 }
@@ -76,6 +78,9 @@ fn endpoint(a: &ApiArgs) -> Endpoint {
 fn dispatch(cmd: Cmd) -> Result<(), MainError> {
     match cmd {
         Cmd::Lab { cmd } => Ok(tandem::lab::run(cmd)?),
+        Cmd::Bench {
+            cmd: BenchCmd::Snmp(args),
+        } => Ok(tandem::lab::bench_snmp::run(&args)?),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => {

@@ -6,7 +6,9 @@
 //!   heartbeat counters kept by the membership core;
 //! - the **event stream** and the **timelines** count failovers, switchovers, local
 //!   restarts and split-brain suspicions, and time each failover phase;
-//! - the **executor** times every health check and counts its failures.
+//! - the **executor** times every health check and counts its failures;
+//! - the **SNMP agent and notifier** keep their own counters (requests, refusals,
+//!   notifications sent, acked, retried, dropped), exported at scrape time.
 //!
 //! Every series carries a constant `cluster` label (the cluster name); Prometheus adds
 //! `instance`. Names follow the conventions: the `tandem_` prefix, base units (seconds,
@@ -28,6 +30,8 @@ use crate::api::Status;
 use crate::cluster::membership;
 use crate::config::Config;
 use crate::event::{Event, EventKind, EventLog, MoveReason, Timeline};
+use crate::snmp::agent::AgentCounters;
+use crate::snmp::notify::ReceiverStatuses;
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +101,35 @@ struct Inner {
     // From the executors.
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
+    // From the SNMP agent and notifier, at scrape time.
+    snmp: Mutex<SnmpSources>,
+    snmp_requests: IntCounterVec,
+    snmp_responses: prometheus::IntCounter,
+    snmp_dropped: IntCounterVec,
+    snmp_notifications: IntCounterVec,
+    snmp_queue: IntGaugeVec,
+}
+
+/// The SNMP components' own cumulative counters, and what was exported of them.
+#[derive(Default)]
+struct SnmpSources {
+    agent: Option<Arc<AgentCounters>>,
+    receivers: Option<ReceiverStatuses>,
+    exported: HashMap<(String, String, String), u64>,
+}
+
+/// Adds to `counter` what `total` grew since the last scrape.
+fn sync_counter(
+    exported: &mut HashMap<(String, String, String), u64>,
+    counter: &prometheus::IntCounter,
+    key: (&str, &str, &str),
+    total: u64,
+) {
+    let before = exported
+        .entry((key.0.to_string(), key.1.to_string(), key.2.to_string()))
+        .or_insert(0);
+    counter.inc_by(total.saturating_sub(*before));
+    *before = (*before).max(total);
 }
 
 fn gauge_vec(
@@ -208,6 +241,16 @@ impl Metrics {
             split_brain: counter_vec(&r, "split_brain_suspected_total", "Takeovers withheld because the floating IP still answered.", &["group"])?,
             check_duration: histogram_vec(&r, "check_duration_seconds", "Duration of health checks, passing or not.", &CHECK_BUCKETS, &["group", "resource", "check"])?,
             check_failures: counter_vec(&r, "check_failures_total", "Failed health checks.", &["group", "resource", "check"])?,
+            snmp: Mutex::new(SnmpSources::default()),
+            snmp_requests: counter_vec(&r, "snmp_requests_total", "SNMP requests answered or refused, by PDU type.", &["pdu"])?,
+            snmp_responses: {
+                let c = prometheus::IntCounter::new("snmp_responses_total", "SNMP responses sent (including v3 reports).")?;
+                r.register(Box::new(c.clone()))?;
+                c
+            },
+            snmp_dropped: counter_vec(&r, "snmp_dropped_requests_total", "SNMP datagrams dropped, by reason (bad_community, bad_source, bad_version, malformed, usm: wrong user, key, digest or time window).", &["reason"])?,
+            snmp_notifications: counter_vec(&r, "snmp_notifications_total", "Traps and informs per receiver: sent, acked (informs), retried and dropped (queue full).", &["receiver", "result"])?,
+            snmp_queue: gauge_vec(&r, "snmp_notification_queue", "Notifications waiting or in flight per receiver.", &["receiver"])?,
             registry: r,
         };
         for path in &cfg.heartbeat.paths {
@@ -266,6 +309,95 @@ impl Metrics {
         Ok(Metrics {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Exports the SNMP agent's counters from now on.
+    pub fn attach_snmp_agent(&self, counters: Arc<AgentCounters>) {
+        let i = &self.inner;
+        for pdu in ["get", "getnext", "getbulk", "set"] {
+            i.snmp_requests.with_label_values(&[pdu]).reset();
+        }
+        for reason in [
+            "bad_community",
+            "bad_source",
+            "bad_version",
+            "malformed",
+            "usm",
+        ] {
+            i.snmp_dropped.with_label_values(&[reason]).reset();
+        }
+        i.snmp.lock().unwrap_or_else(|p| p.into_inner()).agent = Some(counters);
+    }
+
+    /// Exports the notification receivers' counters from now on.
+    pub fn attach_snmp_notifier(&self, receivers: ReceiverStatuses) {
+        let i = &self.inner;
+        for r in receivers.snapshot() {
+            let name = r.address.to_string();
+            for result in ["sent", "acked", "retried", "dropped"] {
+                i.snmp_notifications
+                    .with_label_values(&[&name, result])
+                    .reset();
+            }
+        }
+        i.snmp.lock().unwrap_or_else(|p| p.into_inner()).receivers = Some(receivers);
+    }
+
+    fn sync_snmp(&self) {
+        let i = &self.inner;
+        let mut snmp = i.snmp.lock().unwrap_or_else(|p| p.into_inner());
+        let SnmpSources {
+            agent,
+            receivers,
+            exported,
+        } = &mut *snmp;
+        if let Some(a) = agent {
+            let get =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            for (pdu, total) in [
+                ("get", get(&a.get_requests)),
+                ("getnext", get(&a.get_next_requests)),
+                ("getbulk", get(&a.get_bulk_requests)),
+                ("set", get(&a.set_requests)),
+            ] {
+                let c = i.snmp_requests.with_label_values(&[pdu]);
+                sync_counter(exported, &c, ("req", pdu, ""), total);
+            }
+            sync_counter(
+                exported,
+                &i.snmp_responses,
+                ("resp", "", ""),
+                get(&a.responses),
+            );
+            for (reason, total) in [
+                ("bad_community", get(&a.bad_community_names)),
+                ("bad_source", get(&a.bad_community_sources)),
+                ("bad_version", get(&a.bad_versions)),
+                ("malformed", get(&a.malformed)),
+                ("usm", get(&a.v3_dropped) + get(&a.v3_reports)),
+            ] {
+                let c = i.snmp_dropped.with_label_values(&[reason]);
+                sync_counter(exported, &c, ("drop", reason, ""), total);
+            }
+        }
+        if let Some(rs) = receivers {
+            for r in rs.snapshot() {
+                let name = r.address.to_string();
+                let c = &r.counters;
+                for (result, total) in [
+                    ("sent", c.sent),
+                    ("acked", c.acked),
+                    ("retried", c.retried),
+                    ("dropped", c.dropped),
+                ] {
+                    let counter = i.snmp_notifications.with_label_values(&[&name, result]);
+                    sync_counter(exported, &counter, ("notify", &name, result), total);
+                }
+                i.snmp_queue
+                    .with_label_values(&[&name])
+                    .set(r.queued as i64);
+            }
+        }
     }
 
     /// One heartbeat packet went out on `path`.
@@ -421,6 +553,7 @@ impl Metrics {
                 *before = (*before).max(n);
             }
         }
+        self.sync_snmp();
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which the
         // registry rejected at registration.

@@ -78,6 +78,52 @@ pub struct Status {
     pub paths: Vec<PathStatusView>,
     pub groups: Vec<GroupStatus>,
     pub heartbeats: HeartbeatCounters,
+    /// Every configured resource of every group.
+    #[serde(default)]
+    pub resources: Vec<ResourceView>,
+    /// Every floating IP (the `ip` resources).
+    #[serde(default)]
+    pub vips: Vec<VipView>,
+    /// Failovers and switchovers this node carried out, per group.
+    #[serde(default)]
+    pub failovers: Vec<FailoverSummary>,
+}
+
+/// One resource of one group, as this node runs it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ResourceView {
+    pub group: String,
+    pub name: String,
+    /// "ip", "exec" or "process".
+    pub kind: String,
+    /// The group's local state on this node ("stopped", "starting", "running",
+    /// "stopping", "failed"): resources start and stop with their group.
+    pub state: String,
+}
+
+/// One floating IP.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct VipView {
+    pub group: String,
+    /// The `ip` resource's name.
+    pub resource: String,
+    /// ADDRESS/PREFIX as configured.
+    pub address: String,
+    pub interface: String,
+    /// This node holds the address (its group runs here).
+    pub present: bool,
+}
+
+/// The failover history of one group on this node.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct FailoverSummary {
+    pub group: String,
+    /// Completed or failed failovers and switchovers this node carried out.
+    pub count: u64,
+    /// Reason of the latest one ("node_lost", "resource_failed", "manual", ...).
+    pub last_reason: String,
+    /// Detection to completion of the latest one, when it completed.
+    pub last_duration_ms: Option<u64>,
 }
 
 /// A request the API hands to the daemon's main loop.

@@ -13,6 +13,7 @@
 //! The lab is a test harness: it shells out to `ip` and `nft`.
 
 pub mod bench;
+pub mod bench_snmp;
 pub mod keepalived;
 mod net;
 mod probe;

@@ -22,15 +22,18 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
-use crate::api::{self, NodeStatus, PathStatusView, Request, Status};
+use crate::api::{
+    self, FailoverSummary, NodeStatus, PathStatusView, Request, ResourceView, Status, VipView,
+};
 use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
 use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
-use crate::config::Config;
-use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
+use crate::config::{Config, ResourceKind};
+use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
 use crate::metrics::{self, Metrics};
 use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
 use crate::resources::agent::Agent;
 use crate::resources::executor::{self, Command};
+use crate::snmp;
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +48,16 @@ pub enum RuntimeError {
     Api(#[from] api::ApiError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Snmp(#[from] crate::snmp::SnmpError),
     #[error("encoding our own heartbeat failed: {0}")]
     Encode(#[from] packet::EncodeError),
 }
 
 /// How often the cores are re-evaluated between heartbeats.
 const EVALUATE_EVERY: Duration = Duration::from_millis(10);
+/// How long a graceful shutdown waits for queued SNMP notifications to go out.
+const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 /// How long a graceful shutdown waits for peers to take our groups.
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(20);
 
@@ -71,6 +78,8 @@ struct Daemon {
     status: watch::Sender<Status>,
     metrics: Metrics,
     last_advert: Option<packet::NodeAdvert>,
+    /// Per group: the failovers and switchovers this node carried out.
+    failovers: BTreeMap<String, FailoverSummary>,
 }
 
 use transport::Outgoing;
@@ -237,6 +246,7 @@ impl Daemon {
                 }
                 Action::RecordTimeline(t) => {
                     self.metrics.observe_timeline(&t);
+                    count_failover(&mut self.failovers, &t);
                     self.events.record_timeline(t);
                     continue;
                 }
@@ -348,6 +358,42 @@ impl Daemon {
             .iter()
             .map(|(k, v)| (k.to_string(), *v))
             .collect();
+        let groups = self.placement.status(now, &peers);
+        let local_state = |group: &str| {
+            groups
+                .iter()
+                .find(|g| g.name == group)
+                .map_or(LocalGroupState::Stopped, |g| g.local_state)
+        };
+        let mut resources = Vec::new();
+        let mut vips = Vec::new();
+        for g in &self.cfg.groups {
+            let state = local_state(&g.name);
+            for r in &g.resources {
+                let kind = match &r.kind {
+                    ResourceKind::Ip {
+                        address, interface, ..
+                    } => {
+                        vips.push(VipView {
+                            group: g.name.clone(),
+                            resource: r.name.clone(),
+                            address: address.clone(),
+                            interface: interface.clone(),
+                            present: state == LocalGroupState::Running,
+                        });
+                        "ip"
+                    }
+                    ResourceKind::Exec { .. } => "exec",
+                    ResourceKind::Process { .. } => "process",
+                };
+                resources.push(ResourceView {
+                    group: g.name.clone(),
+                    name: r.name.clone(),
+                    kind: kind.into(),
+                    state: local_state_name(state).into(),
+                });
+            }
+        }
         let status = Status {
             cluster: self.cfg.cluster.name.clone(),
             node: self.local.clone(),
@@ -361,12 +407,15 @@ impl Daemon {
             },
             nodes,
             paths,
-            groups: self.placement.status(now, &peers),
+            groups,
             heartbeats: api::HeartbeatCounters {
                 sent: self.seq,
                 accepted: counters.accepted,
                 rejected,
             },
+            resources,
+            vips,
+            failovers: self.failovers.values().cloned().collect(),
         };
         self.status.send_replace(status);
     }
@@ -464,8 +513,35 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
             status: status_tx,
             metrics: metrics.clone(),
             last_advert: None,
+            failovers: BTreeMap::new(),
             local: local.clone(),
             cfg,
+        };
+        for t in events.timelines() {
+            count_failover(&mut d.failovers, &t);
+        }
+        // The notifier listens before the first event, so receivers get agentStart.
+        let (snmp_engine, notifier) = match &d.cfg.snmp {
+            Some(snmp) => {
+                let engine = snmp::Engine::load(
+                    snmp,
+                    &d.cfg.cluster.name,
+                    &local,
+                    &d.cfg.cluster.state_dir,
+                    d.started,
+                )?;
+                let notifier = snmp::notify::spawn_notifier(
+                    snmp,
+                    engine.id.clone(),
+                    engine.boots,
+                    events.clone(),
+                    Box::new(snmp::mib::notification_for),
+                    engine.start,
+                );
+                metrics.attach_snmp_notifier(notifier.statuses());
+                (Some(engine), Some(notifier))
+            }
+            None => (None, None),
         };
         d.emit(
             EventKind::DaemonStarted,
@@ -476,6 +552,14 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         );
         // The API starts with a real snapshot, never the empty default.
         d.publish_status();
+        let snmp_agent = match (&d.cfg.snmp, &snmp_engine) {
+            (Some(snmp), Some(engine)) => {
+                let agent = snmp::agent::spawn(snmp, engine, status_rx.clone()).await?;
+                metrics.attach_snmp_agent(agent.counters());
+                Some(agent)
+            }
+            _ => None,
+        };
         let metrics_server = match &d.cfg.metrics {
             Some(m) => Some(metrics::serve(m.listen, metrics.clone(), status_rx.clone()).await?),
             None => None,
@@ -534,6 +618,11 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         if let Some(m) = metrics_server {
             m.abort();
         }
+        drop(snmp_agent);
+        if let Some(n) = notifier {
+            // agentShutdown and the last events reach the receivers that answer.
+            n.drain(NOTIFY_DRAIN).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(30), async {
             while res_rx.recv().await.is_some() {}
         })
@@ -542,6 +631,33 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
     }
     .instrument(span)
     .await
+}
+
+/// Adds a finished timeline to its group's failover summary.
+fn count_failover(summaries: &mut BTreeMap<String, FailoverSummary>, t: &Timeline) {
+    if t.reason == MoveReason::Initial {
+        return;
+    }
+    let s = summaries
+        .entry(t.group.clone())
+        .or_insert_with(|| FailoverSummary {
+            group: t.group.clone(),
+            ..FailoverSummary::default()
+        });
+    s.count += 1;
+    s.last_reason = t.reason.name();
+    s.last_duration_ms = t.completed_ms.map(|c| c.saturating_sub(t.detected_ms));
+}
+
+/// The snake_case name of a local group state (as in the status JSON).
+fn local_state_name(state: LocalGroupState) -> &'static str {
+    match state {
+        LocalGroupState::Stopped => "stopped",
+        LocalGroupState::Starting => "starting",
+        LocalGroupState::Running => "running",
+        LocalGroupState::Stopping => "stopping",
+        LocalGroupState::Failed => "failed",
+    }
 }
 
 /// Graceful shutdown: go to standby so peers take our groups, then stop.
@@ -575,3 +691,40 @@ pub fn group_settled_on(status: &Status, group: &str, target: &str) -> Option<Re
 
 /// Reply channel of an API request.
 pub type Reply<T> = oneshot::Sender<Result<T, String>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeline(reason: MoveReason, completed: Option<u64>) -> Timeline {
+        Timeline {
+            group: "web".into(),
+            kind: "failover".into(),
+            reason,
+            from_node: Some("a".into()),
+            to_node: "b".into(),
+            failure_ms: None,
+            detected_ms: 1_000,
+            decided_ms: 1_100,
+            steps: Vec::new(),
+            first_check_ms: None,
+            completed_ms: completed,
+            outcome: String::new(),
+        }
+    }
+
+    #[test]
+    fn failover_summaries_skip_first_placements_and_keep_the_latest() {
+        let mut s = BTreeMap::new();
+        count_failover(&mut s, &timeline(MoveReason::Initial, Some(1_500)));
+        assert!(s.is_empty());
+        count_failover(&mut s, &timeline(MoveReason::NodeLost, Some(2_250)));
+        count_failover(&mut s, &timeline(MoveReason::Manual, None));
+        let web = &s["web"];
+        assert_eq!(web.count, 2);
+        assert_eq!(web.last_reason, "manual");
+        assert_eq!(web.last_duration_ms, None);
+        count_failover(&mut s, &timeline(MoveReason::ResourceFailed, Some(1_400)));
+        assert_eq!(s["web"].last_duration_ms, Some(400));
+    }
+}

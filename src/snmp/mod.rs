@@ -3,15 +3,51 @@
 //!
 //! The object tree is built from a consistent status snapshot; notifications are built
 //! from events. Encoding uses `rasn-snmp`; crypto comes from the RustCrypto crates.
+//!
+//! - [`mib`]: the object tree of a status snapshot, GET/GETNEXT/GETBULK, notifications.
+//! - [`agent`]: the UDP agent (v2c communities, v3 through [`usm`]) and its counters.
+//! - [`usm`]: the SNMPv3 User-based Security Model.
+//! - [`notify`]: traps and informs to the configured receivers.
 
-use rasn_snmp::v2::VarBind;
-
+pub mod agent;
+pub mod mib;
 pub mod notify;
 pub mod usm;
+
+use rasn_snmp::v2::VarBind;
 
 /// The enterprise arc everything lives under: the RFC 5612 documentation arc until a
 /// registered enterprise number replaces it. The MIB's MODULE-IDENTITY sits here too.
 pub const ENTERPRISE: &[u32] = &[1, 3, 6, 1, 4, 1, 32473];
+
+/// This node's SNMP engine (RFC 3411): shared by the agent and the notifier, so
+/// requests and v3 traps carry the same engine ID, boots and time.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub id: Vec<u8>,
+    /// snmpEngineBoots, bumped and persisted once per daemon start.
+    pub boots: u32,
+    /// snmpEngineTime and sysUpTime count from here.
+    pub start: std::time::Instant,
+}
+
+impl Engine {
+    /// The engine ID from the configuration (or derived from the names), and the next
+    /// engineBoots persisted in `state_dir`.
+    pub fn load(
+        cfg: &crate::config::SnmpConfig,
+        cluster: &str,
+        node: &str,
+        state_dir: &std::path::Path,
+        start: std::time::Instant,
+    ) -> Result<Engine, SnmpError> {
+        Ok(Engine {
+            id: usm::engine_id_from_config(cfg, cluster, node)?,
+            boots: usm::load_and_bump_engine_boots(state_dir)?,
+            start,
+        })
+    }
+}
 
 /// Errors of the SNMP agent and notifier.
 #[derive(Debug, thiserror::Error)]

@@ -430,20 +430,55 @@ pub struct ReceiverStatus {
     pub queued: usize,
 }
 
+/// A live view of every receiver's status (for the metrics endpoint).
+#[derive(Clone)]
+pub struct ReceiverStatuses(Arc<Vec<Arc<Mutex<ReceiverStatus>>>>);
+
+impl ReceiverStatuses {
+    /// Each receiver's status, in configuration order.
+    pub fn snapshot(&self) -> Vec<ReceiverStatus> {
+        self.0
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .collect()
+    }
+}
+
 /// The running notifier. Dropping it stops the tasks.
 pub struct NotifierHandle {
-    receivers: Vec<Arc<Mutex<ReceiverStatus>>>,
+    receivers: ReceiverStatuses,
     lost_events: Arc<AtomicU64>,
+    /// The newest event the dispatcher has handed to the receivers.
+    dispatched: Arc<AtomicU64>,
+    log: EventLog,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl NotifierHandle {
     /// Each receiver's status, in configuration order.
     pub fn receivers(&self) -> Vec<ReceiverStatus> {
-        self.receivers
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
-            .collect()
+        self.receivers.snapshot()
+    }
+
+    /// A live view of the receivers' status that outlives no task.
+    pub fn statuses(&self) -> ReceiverStatuses {
+        self.receivers.clone()
+    }
+
+    /// Waits (at most `limit`) until every event logged so far has been mapped and
+    /// every receiver's queue is empty: for a clean shutdown.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let target = self.log.last_seq();
+        // Let the receivers take what the dispatcher handed them into their queues.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        while Instant::now() < deadline {
+            let dispatched = self.dispatched.load(Ordering::Relaxed) >= target;
+            if dispatched && self.receivers().iter().all(|r| r.queued == 0) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Events missed because the notifier lagged behind the event broadcast.
@@ -502,18 +537,22 @@ pub fn spawn_notifier(
     // event raised after this call is skipped.
     let last = events.last_seq();
     let subscription = events.subscribe();
+    let dispatched = Arc::new(AtomicU64::new(last));
     tasks.push(tokio::spawn(dispatch(
-        events,
+        events.clone(),
         subscription,
         last,
+        dispatched.clone(),
         map,
         inboxes,
         uptime_start,
         lost_events.clone(),
     )));
     NotifierHandle {
-        receivers: statuses,
+        receivers: ReceiverStatuses(Arc::new(statuses)),
         lost_events,
+        dispatched,
+        log: events,
         tasks,
     }
 }
@@ -571,6 +610,7 @@ async fn dispatch(
     log: EventLog,
     mut events: broadcast::Receiver<Event>,
     mut last: u64,
+    dispatched: Arc<AtomicU64>,
     map: EventMapper,
     inboxes: Vec<mpsc::UnboundedSender<Raised>>,
     uptime_start: Instant,
@@ -603,12 +643,14 @@ async fn dispatch(
             *last = e.seq;
             raise(&e);
         }
+        dispatched.store(*last, Ordering::Relaxed);
     };
     loop {
         match events.recv().await {
             Ok(e) if e.seq == last + 1 => {
                 last = e.seq;
                 raise(&e);
+                dispatched.store(last, Ordering::Relaxed);
             }
             Ok(e) if e.seq > last + 1 => catch_up(&mut last),
             Ok(_) => {}

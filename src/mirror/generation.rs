@@ -1,0 +1,412 @@
+//! Generation identifiers and disk states: which copy is newer, who resyncs from whom,
+//! and when two copies have both changed (split brain).
+//!
+//! Every copy of a volume carries a `current` generation: a random 64-bit identifier of
+//! "the data as it is now". A primary mints a new one whenever its data starts to
+//! diverge from a peer it cannot reach (promotion without the peer, or losing the peer
+//! while primary). It then records, per such peer, the generation the two last shared in
+//! `bitmap`: from that moment the peer's dirty bitmap holds everything the peer lacks.
+//! Older generations go to `history`. Comparing two copies' generations on connect
+//! tells, without reading any data:
+//! - equal `current`: the same data (apart from crash-dirty blocks in the bitmaps);
+//! - my `bitmap[peer]` equals the peer's `current`: only I changed; a partial resync from
+//!   my bitmap brings the peer up to date (and the reverse);
+//! - one side's `current` is in the other's `history`: that side is older, but the
+//!   bitmap for the gap is gone; a full resync (which still skips unused space);
+//! - both sides moved on from the same shared generation: split brain, never resolved
+//!   silently: a [`SplitBrainPolicy`] decides, and the default is to stay disconnected;
+//! - nothing in common: unrelated data, refused.
+//!
+//! Pure: no I/O. The caller persists [`Generations`] with the disk state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How many past generations a copy remembers.
+pub const HISTORY_LEN: usize = 4;
+
+/// The state of one copy of the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskState {
+    /// Holds the newest data the cluster knows of: may be promoted.
+    UpToDate,
+    /// Consistent but known to miss writes (the primary went on without it).
+    Outdated,
+    /// Partly written by an interrupted resync, or never synced: unusable.
+    Inconsistent,
+    /// Sending a resync to a peer (and up to date itself).
+    SyncSource,
+    /// Receiving a resync: inconsistent until it finishes.
+    SyncTarget,
+}
+
+impl DiskState {
+    /// Whether a copy in this state may become primary.
+    pub fn promotable(self) -> bool {
+        matches!(self, DiskState::UpToDate | DiskState::SyncSource)
+    }
+
+    /// The snake_case name (also the MIB's and the metrics' label).
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskState::UpToDate => "up_to_date",
+            DiskState::Outdated => "outdated",
+            DiskState::Inconsistent => "inconsistent",
+            DiskState::SyncSource => "sync_source",
+            DiskState::SyncTarget => "sync_target",
+        }
+    }
+}
+
+/// The generation identifiers of one copy (persisted with its metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generations {
+    /// The data as it is now. 0 only for a copy that was never written or synced.
+    pub current: u64,
+    /// Per peer: the generation both shared when this copy started tracking the peer's
+    /// missing blocks in its bitmap; absent (or 0) while in sync with that peer.
+    pub bitmap: BTreeMap<String, u64>,
+    /// Earlier `current` values, newest first, at most [`HISTORY_LEN`].
+    pub history: Vec<u64>,
+}
+
+impl Generations {
+    /// A brand-new copy.
+    pub fn new() -> Generations {
+        Generations {
+            current: 0,
+            bitmap: BTreeMap::new(),
+            history: Vec::new(),
+        }
+    }
+
+    fn push_history(&mut self, g: u64) {
+        if g != 0 && !self.history.contains(&g) {
+            self.history.insert(0, g);
+            self.history.truncate(HISTORY_LEN);
+        }
+    }
+
+    /// The data starts to diverge from `absent` peers (this copy is primary and cannot
+    /// reach them): starts their bitmaps at the shared generation and mints `fresh` as
+    /// the new current. Peers already tracked keep their older starting point.
+    pub fn diverge(&mut self, absent: &[&str], fresh: u64) {
+        for p in absent {
+            let e = self.bitmap.entry(p.to_string()).or_insert(0);
+            if *e == 0 {
+                *e = self.current;
+            }
+        }
+        let old = self.current;
+        self.push_history(old);
+        self.current = fresh;
+    }
+
+    /// A resync with `peer` finished (either direction) or the two were found equal:
+    /// nothing is tracked for it any more. A sync target adopts the source's generation.
+    pub fn synced_with(&mut self, peer: &str, source_current: u64) {
+        self.bitmap.remove(peer);
+        if self.current != source_current {
+            let old = self.current;
+            self.push_history(old);
+            self.current = source_current;
+        }
+    }
+
+    fn bitmap_for(&self, peer: &str) -> u64 {
+        self.bitmap.get(peer).copied().unwrap_or(0)
+    }
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Generations::new()
+    }
+}
+
+/// What two copies do when they connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncDecision {
+    /// Same data: replicate from now on (blocks dirty from a crash are resynced from
+    /// the primary's side).
+    InSync,
+    /// This copy is newer: send the blocks in its bitmap for the peer.
+    SourcePartial,
+    /// The peer is newer and tracked this copy: receive its bitmap's blocks.
+    TargetPartial,
+    /// This copy is newer but the gap's bitmap is gone: send every used block.
+    SourceFull,
+    /// The peer is newer and the gap's bitmap is gone: receive every used block.
+    TargetFull,
+    /// Both changed since they last shared data.
+    SplitBrain,
+    /// The copies have no generation in common.
+    Unrelated,
+}
+
+/// What a copy tells its peer on connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub name: String,
+    pub generations: Generations,
+    pub disk: DiskState,
+    /// Blocks this copy changed since the shared generation (its bitmap for the other).
+    pub changed_blocks: u64,
+    pub primary: bool,
+}
+
+/// Compares this copy with the peer's, on connect.
+pub fn decide(me: &PeerView, peer: &PeerView) -> SyncDecision {
+    use SyncDecision::*;
+    let mine = &me.generations;
+    let theirs = &peer.generations;
+    // A copy that never held data, or was cut off mid-resync, takes the other's.
+    let me_usable = !matches!(me.disk, DiskState::Inconsistent | DiskState::SyncTarget);
+    let peer_usable = !matches!(peer.disk, DiskState::Inconsistent | DiskState::SyncTarget);
+    match (me_usable, peer_usable) {
+        (false, false) => return Unrelated,
+        (false, true) => {
+            return if theirs.bitmap_for(&me.name) != 0
+                && theirs.bitmap_for(&me.name) == mine.current
+            {
+                TargetPartial
+            } else {
+                TargetFull
+            }
+        }
+        (true, false) => {
+            return if mine.bitmap_for(&peer.name) != 0
+                && mine.bitmap_for(&peer.name) == theirs.current
+            {
+                SourcePartial
+            } else {
+                SourceFull
+            }
+        }
+        (true, true) => {}
+    }
+    if mine.current == theirs.current {
+        return InSync;
+    }
+    let my_base = mine.bitmap_for(&peer.name);
+    let their_base = theirs.bitmap_for(&me.name);
+    if my_base != 0 && my_base == their_base {
+        return SplitBrain;
+    }
+    if my_base != 0 && my_base == theirs.current {
+        return SourcePartial;
+    }
+    if their_base != 0 && their_base == mine.current {
+        return TargetPartial;
+    }
+    if theirs.current != 0 && mine.history.contains(&theirs.current) {
+        return SourceFull;
+    }
+    if mine.current != 0 && theirs.history.contains(&mine.current) {
+        return TargetFull;
+    }
+    if mine.history.iter().any(|g| theirs.history.contains(g))
+        || (my_base != 0 && theirs.history.contains(&my_base))
+        || (their_base != 0 && mine.history.contains(&their_base))
+    {
+        return SplitBrain;
+    }
+    Unrelated
+}
+
+/// What to do after a split brain. Never silent: every choice raises an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitBrainPolicy {
+    /// Stay disconnected until an administrator picks the survivor (the default).
+    #[default]
+    Disconnect,
+    /// If exactly one side changed nothing since the split, it becomes the target.
+    DiscardZeroChanges,
+    /// The side that is not primary now becomes the target (if exactly one is primary).
+    DiscardSecondary,
+}
+
+/// Which side loses its changes, if the policy decides: `Some(true)` means this copy
+/// becomes the (full) sync target, `Some(false)` the peer does, `None` stay apart.
+pub fn resolve_split_brain(policy: SplitBrainPolicy, me: &PeerView, peer: &PeerView) -> Option<bool> {
+    match policy {
+        SplitBrainPolicy::Disconnect => None,
+        SplitBrainPolicy::DiscardZeroChanges => match (me.changed_blocks, peer.changed_blocks) {
+            (0, n) if n > 0 => Some(true),
+            (n, 0) if n > 0 => Some(false),
+            _ => None,
+        },
+        SplitBrainPolicy::DiscardSecondary => match (me.primary, peer.primary) {
+            (false, true) => Some(true),
+            (true, false) => Some(false),
+            _ => None,
+        },
+    }
+}
+
+/// Why this copy may not become primary, if it may not.
+pub fn promotion_refusal(disk: DiskState) -> Option<String> {
+    match disk {
+        DiskState::UpToDate | DiskState::SyncSource => None,
+        DiskState::Outdated => Some(
+            "this copy is Outdated: the primary went on writing without it; promote the up-to-date copy or resync first".into(),
+        ),
+        DiskState::Inconsistent => Some(
+            "this copy is Inconsistent (never synced, or its resync was interrupted)".into(),
+        ),
+        DiskState::SyncTarget => Some("this copy is still receiving a resync".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(name: &str, g: &Generations, disk: DiskState) -> PeerView {
+        PeerView {
+            name: name.into(),
+            generations: g.clone(),
+            disk,
+            changed_blocks: 0,
+            primary: false,
+        }
+    }
+
+    /// Two copies in sync at generation 100.
+    fn pair() -> (Generations, Generations) {
+        let mut a = Generations::new();
+        let mut b = Generations::new();
+        a.current = 100;
+        b.current = 100;
+        (a, b)
+    }
+
+    #[test]
+    fn equal_generations_are_in_sync() {
+        let (a, b) = pair();
+        let d = decide(
+            &view("a", &a, DiskState::UpToDate),
+            &view("b", &b, DiskState::UpToDate),
+        );
+        assert_eq!(d, SyncDecision::InSync);
+    }
+
+    #[test]
+    fn primary_that_went_on_alone_resyncs_partially_and_both_sides_agree() {
+        let (mut a, b) = pair();
+        a.diverge(&["b"], 200);
+        let va = view("a", &a, DiskState::UpToDate);
+        let vb = view("b", &b, DiskState::UpToDate);
+        assert_eq!(decide(&va, &vb), SyncDecision::SourcePartial);
+        assert_eq!(decide(&vb, &va), SyncDecision::TargetPartial);
+        // After the resync both are equal again.
+        let mut b = b;
+        b.synced_with("a", a.current);
+        a.synced_with("b", a.current);
+        assert_eq!(
+            decide(&view("a", &a, DiskState::UpToDate), &view("b", &b, DiskState::UpToDate)),
+            SyncDecision::InSync
+        );
+    }
+
+    #[test]
+    fn a_failover_reverses_the_direction() {
+        // a was primary; it died; b promoted without a and wrote.
+        let (a, mut b) = pair();
+        b.diverge(&["a"], 300);
+        let va = view("a", &a, DiskState::UpToDate);
+        let vb = view("b", &b, DiskState::UpToDate);
+        assert_eq!(decide(&va, &vb), SyncDecision::TargetPartial, "a returns as target");
+        assert_eq!(decide(&vb, &va), SyncDecision::SourcePartial);
+    }
+
+    #[test]
+    fn both_sides_writing_after_a_split_is_split_brain_both_ways() {
+        let (mut a, mut b) = pair();
+        a.diverge(&["b"], 200);
+        b.diverge(&["a"], 300);
+        let va = view("a", &a, DiskState::UpToDate);
+        let vb = view("b", &b, DiskState::UpToDate);
+        assert_eq!(decide(&va, &vb), SyncDecision::SplitBrain);
+        assert_eq!(decide(&vb, &va), SyncDecision::SplitBrain);
+    }
+
+    #[test]
+    fn a_lost_bitmap_means_a_full_resync_not_a_guess() {
+        let (mut a, b) = pair();
+        a.diverge(&["b"], 200);
+        // The bitmap for b was lost (e.g. b was removed and re-added), history remains.
+        a.bitmap.clear();
+        let va = view("a", &a, DiskState::UpToDate);
+        let vb = view("b", &b, DiskState::UpToDate);
+        assert_eq!(decide(&va, &vb), SyncDecision::SourceFull);
+        assert_eq!(decide(&vb, &va), SyncDecision::TargetFull);
+    }
+
+    #[test]
+    fn new_or_interrupted_copies_take_the_other_side() {
+        let (a, _) = pair();
+        let fresh = Generations::new();
+        let va = view("a", &a, DiskState::UpToDate);
+        let vn = view("n", &fresh, DiskState::Inconsistent);
+        assert_eq!(decide(&va, &vn), SyncDecision::SourceFull);
+        assert_eq!(decide(&vn, &va), SyncDecision::TargetFull);
+        assert_eq!(decide(&vn, &vn.clone()), SyncDecision::Unrelated);
+    }
+
+    #[test]
+    fn unrelated_data_is_refused() {
+        let mut a = Generations::new();
+        let mut b = Generations::new();
+        a.current = 1;
+        b.current = 2;
+        assert_eq!(
+            decide(&view("a", &a, DiskState::UpToDate), &view("b", &b, DiskState::UpToDate)),
+            SyncDecision::Unrelated
+        );
+    }
+
+    #[test]
+    fn split_brain_policies() {
+        let (a, b) = pair();
+        let mut va = view("a", &a, DiskState::UpToDate);
+        let mut vb = view("b", &b, DiskState::UpToDate);
+        assert_eq!(resolve_split_brain(SplitBrainPolicy::Disconnect, &va, &vb), None);
+        va.changed_blocks = 10;
+        assert_eq!(
+            resolve_split_brain(SplitBrainPolicy::DiscardZeroChanges, &va, &vb),
+            Some(false)
+        );
+        vb.changed_blocks = 1;
+        assert_eq!(resolve_split_brain(SplitBrainPolicy::DiscardZeroChanges, &va, &vb), None);
+        vb.primary = true;
+        assert_eq!(
+            resolve_split_brain(SplitBrainPolicy::DiscardSecondary, &va, &vb),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn only_up_to_date_copies_are_promoted() {
+        assert!(promotion_refusal(DiskState::UpToDate).is_none());
+        for s in [DiskState::Outdated, DiskState::Inconsistent, DiskState::SyncTarget] {
+            assert!(promotion_refusal(s).is_some(), "{s:?}");
+            assert!(!s.promotable());
+        }
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut g = Generations::new();
+        g.current = 50;
+        for i in 1..=10 {
+            g.diverge(&["b"], i);
+        }
+        assert_eq!(g.history.len(), HISTORY_LEN);
+        assert_eq!(g.history[0], 9);
+        assert_eq!(g.bitmap["b"], 50, "tracked from the last shared generation");
+    }
+}

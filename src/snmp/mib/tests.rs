@@ -1,0 +1,423 @@
+use super::*;
+use crate::api::{NodeStatus, PathStatusView, ResourceView, VipView};
+use crate::cluster::packet::LocalGroupState;
+use crate::event::fields;
+use crate::placement::policy::GroupStatus;
+
+const BIG: usize = 1 << 20;
+
+fn status() -> Status {
+    let node = |name: &str, local: bool| NodeStatus {
+        name: name.into(),
+        priority: if local { 1 } else { 2 },
+        local,
+        alive: true,
+        standby: false,
+        boot_id: "00000000000000ab".into(),
+        last_heard_ms_ago: Some(5),
+        paths_up: 1,
+    };
+    let group = |name: &str| GroupStatus {
+        name: name.into(),
+        owner: Some("alpha".into()),
+        epoch: 3,
+        maintenance: false,
+        local_state: LocalGroupState::Running,
+        blocked: false,
+        recent_failures: 0,
+        states: Default::default(),
+        summary: "running".into(),
+    };
+    Status {
+        cluster: "c1".into(),
+        node: "alpha".into(),
+        uptime_ms: 12_340,
+        last_seq: 42,
+        mode: "two_node".into(),
+        nodes: vec![node("alpha", true), node("beta", false)],
+        paths: vec![PathStatusView {
+            peer: "beta".into(),
+            path: "lan".into(),
+            up: true,
+            last_heard_ms_ago: Some(7),
+            rtt_ms: Some(0.25),
+        }],
+        groups: vec![group("db"), group("web")],
+        resources: vec![ResourceView {
+            group: "web".into(),
+            name: "vip".into(),
+            kind: "ip".into(),
+            state: "running".into(),
+        }],
+        vips: vec![VipView {
+            group: "web".into(),
+            resource: "vip".into(),
+            address: "10.0.0.10/24".into(),
+            interface: "eth0".into(),
+            present: true,
+        }],
+        ..Status::default()
+    }
+}
+
+fn view() -> MibView {
+    MibView::build(&status(), &SystemInfo::default())
+}
+
+fn col(table: u32, column: u32, index: &[&str]) -> Vec<u32> {
+    let mut v = tandem_oid(&[OBJECTS, table, 1, column]);
+    for name in index {
+        v.extend(name_index(name));
+    }
+    v
+}
+
+fn string_of(v: &VarBindValue) -> String {
+    match v {
+        VarBindValue::Value(ObjectSyntax::Simple(SimpleSyntax::String(s))) => {
+            String::from_utf8_lossy(s).into_owned()
+        }
+        other => panic!("not a string: {other:?}"),
+    }
+}
+
+fn names(vbs: &[VarBind]) -> Vec<Vec<u32>> {
+    vbs.iter().map(|vb| vb.name.to_vec()).collect()
+}
+
+#[test]
+fn get_distinguishes_missing_objects_from_missing_instances() {
+    let v = view();
+    let owner = col(GROUP_TABLE, 4, &["web"]);
+    assert_eq!(string_of(&v.get(&owner)), "alpha");
+    assert_eq!(
+        v.get(&col(GROUP_TABLE, 4, &["nope"])),
+        VarBindValue::NoSuchInstance
+    );
+    // The object type itself (no instance arcs) is a missing instance too.
+    assert_eq!(
+        v.get(&tandem_oid(&[OBJECTS, GROUP_TABLE, 1, 4])),
+        VarBindValue::NoSuchInstance
+    );
+    // The mirror table is defined but has no rows.
+    assert_eq!(
+        v.get(&col(MIRROR_TABLE, 1, &["web", "disk"])),
+        VarBindValue::NoSuchInstance
+    );
+    // Index columns are not accessible; unknown arcs are not objects.
+    assert_eq!(
+        v.get(&col(GROUP_TABLE, 1, &["web"])),
+        VarBindValue::NoSuchObject
+    );
+    assert_eq!(
+        v.get(&tandem_oid(&[OBJECTS, 99, 0])),
+        VarBindValue::NoSuchObject
+    );
+    assert_eq!(
+        v.get(&[1, 3, 6, 1, 2, 1, 2, 1, 0]),
+        VarBindValue::NoSuchObject
+    );
+    assert_eq!(string_of(&v.get(&[1, 3, 6, 1, 2, 1, 1, 5, 0])), "alpha");
+}
+
+#[test]
+fn instances_are_in_lexicographic_order_and_indexed_by_name() {
+    let v = view();
+    let keys: Vec<&Vec<u32>> = v.values.keys().collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    // "db" (length 2) sorts before "web" (length 3): length-prefixed, not IMPLIED.
+    let db = col(GROUP_TABLE, 2, &["db"]);
+    let web = col(GROUP_TABLE, 2, &["web"]);
+    assert_eq!(v.next_after(&db).unwrap().0, web.as_slice());
+    assert_eq!(&db[db.len() - 3..], &[2, u32::from(b'd'), u32::from(b'b')]);
+}
+
+#[test]
+fn get_next_crosses_column_and_table_boundaries() {
+    let v = view();
+    // Last row of the group table's state column -> first row of the next column.
+    let next = v.get_next(&[col(GROUP_TABLE, 2, &["web"])], BIG).unwrap();
+    assert_eq!(next[0].name.to_vec(), col(GROUP_TABLE, 3, &["db"]));
+    // Last cell of the group table -> first cell of the resource table.
+    let last = col(GROUP_TABLE, 11, &["web"]);
+    let next = v.get_next(&[last], BIG).unwrap();
+    assert_eq!(
+        next[0].name.to_vec(),
+        col(RESOURCE_TABLE, 2, &["web", "vip"])
+    );
+    // The empty mirror table is skipped; the last instance ends the view.
+    let vip_last = col(VIP_TABLE, 3, &["web", "vip"]);
+    let next = v.get_next(std::slice::from_ref(&vip_last), BIG).unwrap();
+    assert_eq!(next[0].value, VarBindValue::EndOfMibView);
+    assert_eq!(next[0].name.to_vec(), vip_last);
+    // A name before everything gets the first instance (sysDescr.0).
+    let first = v.get_next(&[vec![1, 3]], BIG).unwrap();
+    assert_eq!(first[0].name.to_vec(), vec![1, 3, 6, 1, 2, 1, 1, 1, 0]);
+}
+
+#[test]
+fn get_and_get_next_answer_too_big_instead_of_truncating() {
+    let v = view();
+    let name = vec![1, 3, 6, 1, 2, 1, 1, 1, 0];
+    let one = v.get_all(std::slice::from_ref(&name), BIG).unwrap();
+    let size = encoded_len(&one[0]);
+    assert!(v.get_all(&[name.clone(), name.clone()], 2 * size).is_ok());
+    assert_eq!(
+        v.get_all(&[name.clone(), name.clone()], 2 * size - 1),
+        Err(ResponseTooBig)
+    );
+    assert_eq!(v.get_next(&[vec![1, 3]], size - 1), Err(ResponseTooBig));
+}
+
+#[test]
+fn get_bulk_repeats_after_the_non_repeaters() {
+    let v = view();
+    let sys = vec![1, 3, 6, 1, 2, 1, 1];
+    let groups = tandem_oid(&[OBJECTS, GROUP_TABLE, 1, 2]);
+    let out = v.get_bulk(&[sys.clone(), groups.clone()], 1, 3, BIG);
+    assert_eq!(
+        names(&out),
+        vec![
+            [sys.as_slice(), &[1, 0]].concat(),
+            col(GROUP_TABLE, 2, &["db"]),
+            col(GROUP_TABLE, 2, &["web"]),
+            col(GROUP_TABLE, 3, &["db"]),
+        ]
+    );
+    // Two repeaters interleave row by row.
+    let out = v.get_bulk(&[sys.clone(), groups.clone()], 0, 2, BIG);
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].name.to_vec(), [sys.as_slice(), &[1, 0]].concat());
+    assert_eq!(out[1].name.to_vec(), col(GROUP_TABLE, 2, &["db"]));
+    assert_eq!(out[2].name.to_vec(), [sys.as_slice(), &[2, 0]].concat());
+    // Non-repeaters beyond the list are clamped; zero repetitions give only them.
+    assert_eq!(v.get_bulk(std::slice::from_ref(&sys), 5, 10, BIG).len(), 1);
+    assert_eq!(v.get_bulk(&[sys.clone(), groups], 1, 0, BIG).len(), 1);
+    assert!(v.get_bulk(&[], 0, 10, BIG).is_empty());
+}
+
+#[test]
+fn get_bulk_stops_after_a_row_of_end_of_mib_view() {
+    let v = view();
+    let near_end = col(VIP_TABLE, 2, &["web", "vip"]);
+    let out = v.get_bulk(&[near_end], 0, 50, BIG);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].name.to_vec(), col(VIP_TABLE, 3, &["web", "vip"]));
+    assert_eq!(out[1].value, VarBindValue::EndOfMibView);
+    // With a second repeater still finding objects, the ended one keeps
+    // reporting endOfMibView in every row.
+    let out = v.get_bulk(&[col(VIP_TABLE, 3, &["web", "vip"]), vec![1, 3]], 0, 3, BIG);
+    assert_eq!(out.len(), 6);
+    assert!(out
+        .iter()
+        .step_by(2)
+        .all(|vb| vb.value == VarBindValue::EndOfMibView));
+}
+
+#[test]
+fn get_bulk_truncates_to_the_size_budget() {
+    let v = view();
+    let all = v.get_bulk(&[vec![1, 3]], 0, 1000, BIG);
+    assert_eq!(all.len(), v.len() + 1, "every instance, then endOfMibView");
+    let budget: usize = all[..10].iter().map(encoded_len).sum();
+    let cut = v.get_bulk(&[vec![1, 3]], 0, 1000, budget);
+    assert_eq!(cut, all[..10].to_vec());
+    assert!(v.get_bulk(&[vec![1, 3]], 0, 1000, 3).is_empty());
+}
+
+#[test]
+fn optional_columns_have_no_instance_when_unknown() {
+    let mut s = status();
+    s.paths[0].rtt_ms = None;
+    let v = MibView::build(&s, &SystemInfo::default());
+    assert_eq!(
+        v.get(&col(PATH_TABLE, 4, &["beta", "lan"])),
+        VarBindValue::NoSuchInstance
+    );
+    let rtt = view().get(&col(PATH_TABLE, 4, &["beta", "lan"]));
+    assert_eq!(rtt, VarBindValue::Value(gauge(250)));
+}
+
+#[test]
+fn events_map_to_notifications_with_their_objects() {
+    let event = Event {
+        seq: 77,
+        node: "alpha".into(),
+        time_ms: 1_700_000_000_123,
+        kind: EventKind::PathDown,
+        fields: fields([("peer", "beta".into()), ("path", "lan".into())]),
+    };
+    let n = notification_for(&event).unwrap();
+    assert_eq!(n.trap_oid, tandem_oid(&[0, 7]));
+    assert_eq!(n.seq, 77);
+    let arcs: Vec<u32> = n.varbinds.iter().map(|vb| vb.name.to_vec()[9]).collect();
+    assert_eq!(arcs, vec![1, 2, 5, 8]);
+    assert_eq!(n.varbinds[0].value, VarBindValue::Value(counter64(77)));
+    assert_eq!(string_of(&n.varbinds[3].value), "lan");
+
+    let failover = Event {
+        kind: EventKind::FailoverCompleted,
+        fields: fields([
+            ("group", "web".into()),
+            ("from_node", "beta".into()),
+            ("reason", "node_lost".into()),
+            ("duration_ms", "1234".into()),
+        ]),
+        ..event.clone()
+    };
+    let n = notification_for(&failover).unwrap();
+    assert_eq!(n.trap_oid, tandem_oid(&[0, 2]));
+    assert_eq!(
+        string_of(&n.varbinds[3].value),
+        "beta",
+        "peer from from_node"
+    );
+    assert_eq!(n.varbinds[5].value, VarBindValue::Value(gauge(1234)));
+
+    let quiet = Event {
+        kind: EventKind::GroupStarting,
+        ..event
+    };
+    assert!(notification_for(&quiet).is_none());
+}
+
+#[test]
+fn date_and_time_is_utc_calendar_time() {
+    // 2023-11-14T22:13:20.123Z
+    assert_eq!(
+        date_and_time(1_700_000_000_123),
+        [0x07, 0xe7, 11, 14, 22, 13, 20, 1, b'+', 0, 0]
+    );
+    // 2024-02-29T00:00:00Z (leap day)
+    assert_eq!(
+        date_and_time(1_709_164_800_000),
+        [0x07, 0xe8, 2, 29, 0, 0, 0, 0, b'+', 0, 0]
+    );
+}
+
+/// One definition of TANDEM-MIB: its parent, arc, MAX-ACCESS and OBJECTS clause.
+struct MibDefinition {
+    parent: String,
+    arc: u32,
+    access: Option<String>,
+    objects: Vec<String>,
+}
+
+/// Every `name ... ::= { parent arc }` of the MIB file.
+fn mib_definitions() -> BTreeMap<String, MibDefinition> {
+    let text = include_str!("../../../mibs/TANDEM-MIB.txt");
+    let mut defs = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines() {
+        let starts_definition = line.starts_with(|c: char| c.is_ascii_lowercase())
+            && !line.starts_with("tandem MODULE-IDENTITY");
+        if starts_definition {
+            current = line
+                .split_whitespace()
+                .next()
+                .map(|n| (n.to_string(), String::new()));
+        }
+        if let Some((name, body)) = current.as_mut() {
+            body.push_str(line);
+            body.push('\n');
+            if let Some(assignment) = body.split("::=").nth(1) {
+                let inner = assignment.trim().trim_start_matches('{');
+                let mut parts = inner.split_whitespace();
+                let parent = parts.next().unwrap_or_default().to_string();
+                let arc = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+                let access = body
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("MAX-ACCESS"))
+                    .map(|a| a.trim().to_string());
+                let objects = body
+                    .split_once("OBJECTS")
+                    .and_then(|(_, rest)| rest.split_once('}'))
+                    .map(|(list, _)| {
+                        list.trim_start_matches(|c: char| c.is_whitespace() || c == '{')
+                            .split(|c: char| c == ',' || c.is_whitespace())
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let def = MibDefinition {
+                    parent,
+                    arc,
+                    access,
+                    objects,
+                };
+                defs.insert(name.clone(), def);
+                current = None;
+            }
+        }
+    }
+    defs
+}
+
+fn resolve(defs: &BTreeMap<String, MibDefinition>, name: &str) -> Vec<u32> {
+    if name == "tandem" {
+        return ENTERPRISE.to_vec();
+    }
+    let d = &defs[name];
+    let mut oid = resolve(defs, &d.parent);
+    oid.push(d.arc);
+    oid
+}
+
+#[test]
+fn the_view_serves_exactly_the_readable_objects_of_the_mib() {
+    let defs = mib_definitions();
+    let readable: BTreeSet<Vec<u32>> = defs
+        .iter()
+        .filter(|(_, d)| d.access.as_deref() == Some("read-only"))
+        .map(|(name, _)| resolve(&defs, name))
+        .collect();
+    assert_eq!(readable.len(), 37, "5 cluster scalars and 32 columns");
+    let served: BTreeSet<Vec<u32>> = view()
+        .object_types
+        .into_iter()
+        .filter(|t| t.starts_with(ENTERPRISE))
+        .collect();
+    assert_eq!(served, readable);
+}
+
+#[test]
+fn notifications_carry_the_objects_the_mib_lists() {
+    let defs = mib_definitions();
+    let kinds = [
+        EventKind::FailoverStarted,
+        EventKind::FailoverCompleted,
+        EventKind::FailoverFailed,
+        EventKind::SwitchoverCompleted,
+        EventKind::NodeDown,
+        EventKind::NodeUp,
+        EventKind::PathDown,
+        EventKind::PathUp,
+        EventKind::ResourceRestarted,
+        EventKind::GroupFailed,
+        EventKind::SplitBrainSuspected,
+        EventKind::DaemonStarted,
+        EventKind::DaemonStopping,
+    ];
+    for kind in kinds {
+        let event = Event {
+            seq: 1,
+            node: "a".into(),
+            time_ms: 0,
+            kind,
+            fields: Default::default(),
+        };
+        let n = notification_for(&event).unwrap();
+        let (name, def) = defs
+            .iter()
+            .find(|(name, _)| resolve(&defs, name) == n.trap_oid)
+            .unwrap_or_else(|| panic!("{kind:?}: no NOTIFICATION-TYPE at {:?}", n.trap_oid));
+        let listed: Vec<Vec<u32>> = def
+            .objects
+            .iter()
+            .map(|o| [resolve(&defs, o), vec![0]].concat())
+            .collect();
+        let sent: Vec<Vec<u32>> = n.varbinds.iter().map(|vb| vb.name.to_vec()).collect();
+        assert_eq!(sent, listed, "{kind:?} -> {name}");
+    }
+}
