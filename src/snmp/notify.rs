@@ -540,8 +540,7 @@ pub fn spawn_notifier(
     let dispatched = Arc::new(AtomicU64::new(last));
     tasks.push(tokio::spawn(dispatch(
         events.clone(),
-        subscription,
-        last,
+        StreamPosition { subscription, last },
         dispatched.clone(),
         map,
         inboxes,
@@ -603,19 +602,29 @@ fn link_for(
     })
 }
 
+/// Where the dispatcher starts reading: the live feed and the newest event already
+/// handled (taken together, before the task runs).
+struct StreamPosition {
+    subscription: broadcast::Receiver<Event>,
+    last: u64,
+}
+
 /// Reads the event stream (from the newest event on), maps each event once, in
 /// sequence order, and hands it to every receiver. Falling behind the broadcast re-reads
 /// the missed events from the log.
 async fn dispatch(
     log: EventLog,
-    mut events: broadcast::Receiver<Event>,
-    mut last: u64,
+    position: StreamPosition,
     dispatched: Arc<AtomicU64>,
     map: EventMapper,
     inboxes: Vec<mpsc::UnboundedSender<Raised>>,
     uptime_start: Instant,
     lost_events: Arc<AtomicU64>,
 ) {
+    let StreamPosition {
+        subscription: mut events,
+        mut last,
+    } = position;
     let raise = |event: &Event| {
         let Some(notification) = map(event) else {
             return;
