@@ -3,14 +3,11 @@
 //! silent and counted, RFC 3416 exceptions show, and garbage does not stop the agent.
 //! One raw exchange is decoded with `snmp-parser`, an independent BER decoder.
 //!
-//! The SMIv2 base modules (SNMPv2-SMI, -TC, -CONF, SNMPv2-MIB) are not in Debian's
-//! free packages: the tests take them from the `net-snmp` npm package, fetched once
-//! into `target/snmp-mibs/`.
+//! The SMIv2 base modules come from `common/mibs.rs`.
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,8 +15,9 @@ use tandem::snmp::ENTERPRISE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-/// Pinned so the base modules never change under the tests.
-const NPM_PACKAGE: &str = "net-snmp@3.29.2";
+#[path = "common/mibs.rs"]
+mod mibs;
+use mibs::{base_mibs, mib_args};
 
 /// The enterprise arc with `suffix`, dotted with a leading dot as net-snmp prints it.
 fn enterprise_dotted(suffix: &[u32]) -> String {
@@ -28,42 +26,6 @@ fn enterprise_dotted(suffix: &[u32]) -> String {
         .chain(suffix)
         .map(|a| format!(".{a}"))
         .collect()
-}
-
-/// The directory holding the SMIv2 base modules (`*.mib`), fetched once per clone.
-fn base_mibs() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(REPO).join("target/snmp-mibs");
-        let mibs = root.join("package/lib/mibs");
-        if !mibs.join("SNMPv2-SMI.mib").exists() {
-            std::fs::create_dir_all(&root).unwrap();
-            let out = Command::new("npm")
-                .args(["pack", "--silent", NPM_PACKAGE])
-                .current_dir(&root)
-                .output()
-                .expect("npm (scripts/deps.sh installs it)");
-            assert!(out.status.success(), "npm pack: {out:?}");
-            let tarball = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let ok = Command::new("tar")
-                .args(["xzf", &tarball, "package/lib/mibs"])
-                .current_dir(&root)
-                .status()
-                .unwrap();
-            assert!(ok.success(), "cannot extract {tarball}");
-        }
-        mibs
-    })
-}
-
-/// `-M` and `-m` for net-snmp tools: our MIB and the base modules.
-fn mib_args() -> Vec<String> {
-    vec![
-        "-M".into(),
-        format!("+{REPO}/mibs:{}", base_mibs().display()),
-        "-m".into(),
-        "+TANDEM-MIB".into(),
-    ]
 }
 
 /// The SNMPv3 user of the test daemon (SHA-256 + AES-128) and its passphrases.
