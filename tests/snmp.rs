@@ -552,7 +552,7 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
 }
 
 #[test]
-fn bench_compares_with_snmpd_on_a_tree_of_at_least_5000_varbinds() {
+fn bench_compares_with_snmpd_and_measures_event_to_trap_latency() {
     let out = Command::new(BIN)
         .args(["bench", "snmp", "--runs", "1"])
         .output()
@@ -579,6 +579,16 @@ fn bench_compares_with_snmpd_on_a_tree_of_at_least_5000_varbinds() {
     assert!(tandem >= 5000, "{text}");
     assert!(tandem >= snmpd, "tandem's tree is sized to snmpd's: {text}");
     assert!(text.contains("time ratio tandem/snmpd: "), "{text}");
+    // Event-to-snmptrapd latency: every inform arrives (traps are best effort).
+    let latency = |receiver: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(receiver))
+            .unwrap_or_else(|| panic!("no `{receiver}` line in {text}"))
+            .to_string()
+    };
+    assert!(latency("v2c trap").contains(" median "), "{text}");
+    let inform = latency("v2c inform");
+    assert!(inform.contains(" 200/200 received  median "), "{text}");
 }
 
 /// authPriv options for `user` with the given passphrases (SHA-256, AES-128).
