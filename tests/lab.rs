@@ -22,6 +22,8 @@ use serde_json::Value;
 
 #[path = "common/dashboards.rs"]
 mod dashboards;
+#[path = "common/mibs.rs"]
+mod mibs;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const VIP: &str = "10.77.0.100";
@@ -1516,4 +1518,197 @@ fn prometheus_returns_data_for_every_panel() {
         alerts["alerts"].as_array().map_or(0, |a| a.len())
     ));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---------------------------------------------------------------- SNMP
+
+/// One notification snmptrapd printed: when the test read it, who sent it, which
+/// TANDEM-MIB notification it is and its varbinds (object name without module and
+/// instance, value without type).
+#[derive(Debug, Clone)]
+struct Trap {
+    arrived_ms: u64,
+    from: String,
+    name: String,
+    vars: Vec<(String, String)>,
+}
+
+impl Trap {
+    /// A line of `-F "%b\t%v\n"`: the source, then tab-separated varbinds.
+    fn parse(arrived_ms: u64, line: &str) -> Option<Trap> {
+        let mut parts = line.split('\t');
+        let from = parts.next()?.to_string();
+        let mut name = None;
+        let mut vars = Vec::new();
+        for vb in parts {
+            let (object, value) = vb.split_once(" = ")?;
+            let value = value.split_once(": ").map_or(value, |(_, v)| v);
+            let value = value.trim().trim_matches('"').to_string();
+            if object == "SNMPv2-MIB::snmpTrapOID.0" {
+                name = Some(value.trim_start_matches("TANDEM-MIB::").to_string());
+            } else if let Some(o) = object.strip_prefix("TANDEM-MIB::") {
+                vars.push((o.trim_end_matches(".0").to_string(), value));
+            }
+        }
+        Some(Trap {
+            arrived_ms,
+            from,
+            name: name?,
+            vars,
+        })
+    }
+
+    fn var(&self, object: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(o, _)| o == object)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn seq(&self) -> u64 {
+        self.var("tandemEventSeq")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no tandemEventSeq in {self:?}"))
+    }
+
+    fn sent_by(&self, addr: &str) -> bool {
+        self.from.contains(&format!("[{addr}]"))
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// snmptrapd in the client namespace on the lab's receiver address, TANDEM-MIB loaded;
+/// every line is stamped with its arrival time as the test reads the pipe (snmptrapd
+/// has no sub-second time format) and copied to `snmptrapd.log` in the lab dir.
+struct TrapReceiver {
+    child: std::process::Child,
+    lines: std::sync::Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl Drop for TrapReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TrapReceiver {
+    fn start(lab: &Lab) -> TrapReceiver {
+        use std::io::BufRead;
+        let dir = lab.dir.join("snmptrapd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("snmptrapd.conf");
+        std::fs::write(&conf, "authCommunity log,execute,net public\n").unwrap();
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("cl"), "snmptrapd"])
+            .args(["-f", "-n", "-Lo", "-C", "-c"])
+            .arg(&conf)
+            .args(mibs::mib_args())
+            .args(["-F", "%b\t%v\n", "udp:10.77.0.2:162"])
+            .env("SNMP_PERSISTENT_DIR", &dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("snmptrapd is installed (scripts/deps.sh)");
+        let out = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let mut log = std::fs::File::create(dir.join("snmptrapd.log")).unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                let at = now_ms();
+                let _ = writeln!(log, "{at} {line}");
+                sink.lock().unwrap().push((at, line));
+            }
+        });
+        TrapReceiver { child, lines }
+    }
+
+    fn traps(&self) -> Vec<Trap> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(at, l)| Trap::parse(*at, l))
+            .collect()
+    }
+}
+
+#[test]
+fn failover_arrives_as_informs_at_an_nms_in_the_client_namespace() {
+    require_root!();
+    let lab = Lab::up("tls-", &[]);
+    let nms = TrapReceiver::start(&lab);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    // Both daemons' start notifications were sent before snmptrapd ran: informs
+    // are retried until acknowledged.
+    wait_for(
+        "a notification from each node",
+        Duration::from_secs(60),
+        || {
+            let t = nms.traps();
+            (t.iter().any(|t| t.sent_by("10.77.0.11")) && t.iter().any(|t| t.sent_by("10.77.0.12")))
+                .then_some(())
+        },
+    );
+    lab.lab(&["fail", "n1", "kill"]);
+    lab.wait_vip("n2", Duration::from_secs(30));
+    let (completed, _) = wait_for(
+        "tandemFailoverCompleted from n2",
+        Duration::from_secs(30),
+        || {
+            nms.traps()
+                .into_iter()
+                .find(|t| t.name == "tandemFailoverCompleted" && t.sent_by("10.77.0.12"))
+        },
+    );
+    let traps = nms.traps();
+    for t in &traps {
+        lab.note(&format!("TRAP {} {} {:?}", t.from, t.name, t.vars));
+    }
+    let from_n2: Vec<&Trap> = traps.iter().filter(|t| t.sent_by("10.77.0.12")).collect();
+    let node_down = from_n2
+        .iter()
+        .find(|t| t.name == "tandemNodeDown")
+        .unwrap_or_else(|| panic!("no tandemNodeDown from n2 in {traps:#?}"));
+    assert_eq!(node_down.var("tandemEventPeer"), Some("n1"));
+    let started = from_n2
+        .iter()
+        .find(|t| t.name == "tandemFailoverStarted")
+        .unwrap_or_else(|| panic!("no tandemFailoverStarted from n2 in {traps:#?}"));
+    for t in [*started, &completed] {
+        assert_eq!(t.var("tandemEventGroup"), Some(GROUP), "{t:?}");
+        assert_eq!(t.var("tandemEventReason"), Some("node_lost"), "{t:?}");
+    }
+    let duration: u64 = completed
+        .var("tandemEventDurationMs")
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no duration in {completed:?}"));
+    assert!(duration > 0 && duration < 60_000, "{completed:?}");
+    // n2's notifications arrive in event order, each once.
+    let seqs: Vec<u64> = from_n2.iter().map(|t| t.seq()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "n2 seqs {seqs:?}");
+    assert!(
+        node_down.seq() < started.seq() && started.seq() < completed.seq(),
+        "{seqs:?}"
+    );
+    // From the event as n2 recorded it to snmptrapd's receipt.
+    let event = lab
+        .events_of("n2", "failover_completed")
+        .into_iter()
+        .find(|e| e["seq"].as_u64() == Some(completed.seq()))
+        .unwrap_or_else(|| panic!("no failover_completed seq {} on n2", completed.seq()));
+    let latency = completed.arrived_ms as i64 - event["time_ms"].as_i64().unwrap();
+    lab.note(&format!(
+        "SNMP failover_completed (seq {}, duration {duration} ms): event to snmptrapd {latency} ms",
+        completed.seq()
+    ));
+    assert!(latency < 10_000, "latency {latency} ms");
 }

@@ -3,14 +3,11 @@
 //! silent and counted, RFC 3416 exceptions show, and garbage does not stop the agent.
 //! One raw exchange is decoded with `snmp-parser`, an independent BER decoder.
 //!
-//! The SMIv2 base modules (SNMPv2-SMI, -TC, -CONF, SNMPv2-MIB) are not in Debian's
-//! free packages: the tests take them from the `net-snmp` npm package, fetched once
-//! into `target/snmp-mibs/`.
+//! The SMIv2 base modules come from `common/mibs.rs`.
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -18,8 +15,9 @@ use tandem::snmp::ENTERPRISE;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-/// Pinned so the base modules never change under the tests.
-const NPM_PACKAGE: &str = "net-snmp@3.29.2";
+#[path = "common/mibs.rs"]
+mod mibs;
+use mibs::{base_mibs, mib_args};
 
 /// The enterprise arc with `suffix`, dotted with a leading dot as net-snmp prints it.
 fn enterprise_dotted(suffix: &[u32]) -> String {
@@ -30,46 +28,16 @@ fn enterprise_dotted(suffix: &[u32]) -> String {
         .collect()
 }
 
-/// The directory holding the SMIv2 base modules (`*.mib`), fetched once per clone.
-fn base_mibs() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(REPO).join("target/snmp-mibs");
-        let mibs = root.join("package/lib/mibs");
-        if !mibs.join("SNMPv2-SMI.mib").exists() {
-            std::fs::create_dir_all(&root).unwrap();
-            let out = Command::new("npm")
-                .args(["pack", "--silent", NPM_PACKAGE])
-                .current_dir(&root)
-                .output()
-                .expect("npm (scripts/deps.sh installs it)");
-            assert!(out.status.success(), "npm pack: {out:?}");
-            let tarball = String::from_utf8_lossy(&out.stdout).trim().to_string();
-            let ok = Command::new("tar")
-                .args(["xzf", &tarball, "package/lib/mibs"])
-                .current_dir(&root)
-                .status()
-                .unwrap();
-            assert!(ok.success(), "cannot extract {tarball}");
-        }
-        mibs
-    })
-}
-
-/// `-M` and `-m` for net-snmp tools: our MIB and the base modules.
-fn mib_args() -> Vec<String> {
-    vec![
-        "-M".into(),
-        format!("+{REPO}/mibs:{}", base_mibs().display()),
-        "-m".into(),
-        "+TANDEM-MIB".into(),
-    ]
-}
+/// The SNMPv3 user of the test daemon (SHA-256 + AES-128) and its passphrases.
+const V3_USER: &str = "ops";
+const V3_AUTH: &str = "auth-pass-0123";
+const V3_PRIV: &str = "priv-pass-4567";
 
 struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
     snmp: String,
+    metrics: String,
 }
 
 impl Drop for Daemon {
@@ -83,6 +51,14 @@ impl Drop for Daemon {
 
 fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
@@ -105,6 +81,7 @@ impl Daemon {
     fn start() -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let snmp = format!("127.0.0.1:{}", free_udp_port());
+        let metrics = format!("127.0.0.1:{}", free_tcp_port());
         let config = dir.path().join("tandem.toml");
         let text = format!(
             r#"
@@ -122,10 +99,20 @@ paths = ["lo"]
 [api]
 socket = "{sock}"
 
+[metrics]
+listen = "{metrics}"
+
 [snmp]
 listen = "{snmp}"
 contact = "ops@example.com"
 location = "rack 7"
+
+[[snmp.user]]
+name = "{V3_USER}"
+auth = "sha256"
+auth_password = "{V3_AUTH}"
+privacy = "aes128"
+priv_password = "{V3_PRIV}"
 
 [[snmp.community]]
 name = "public"
@@ -171,6 +158,7 @@ stop = ["true"]
             child: Some(child),
             dir,
             snmp,
+            metrics,
         };
         wait_for(Duration::from_secs(20), "group web running", || {
             d.dir.path().join("api.sock").exists()
@@ -214,6 +202,39 @@ stop = ["true"]
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+
+    /// Runs a net-snmp tool with SNMPv3 `security` options (user, level, keys):
+    /// (success, stdout).
+    fn query_v3(&self, tool: &str, security: &[&str], oids: &[&str]) -> (bool, String) {
+        let out = Command::new(tool)
+            .args(["-v3", "-t", "1", "-r", "0"])
+            .args(security)
+            .args(mib_args())
+            .arg(&self.snmp)
+            .args(oids)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e} (scripts/deps.sh installs snmp)"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// `tandem_snmp_dropped_requests_total{reason}` from the metrics endpoint.
+    fn dropped(&self, reason: &str) -> u64 {
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5"])
+            .arg(format!("http://{}/metrics", self.metrics))
+            .output()
+            .expect("curl");
+        assert!(out.status.success(), "curl /metrics: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let label = format!("reason=\"{reason}\"");
+        text.lines()
+            .find(|l| l.starts_with("tandem_snmp_dropped_requests_total{") && l.contains(&label))
+            .and_then(|l| l.rsplit(' ').next())
+            .map_or(0, |v| v.trim().parse().unwrap())
     }
 
     fn get(&self, oids: &[&str]) -> String {
@@ -531,7 +552,7 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
 }
 
 #[test]
-fn bench_compares_with_snmpd_on_a_tree_of_at_least_5000_varbinds() {
+fn bench_compares_with_snmpd_and_measures_event_to_trap_latency() {
     let out = Command::new(BIN)
         .args(["bench", "snmp", "--runs", "1"])
         .output()
@@ -558,4 +579,132 @@ fn bench_compares_with_snmpd_on_a_tree_of_at_least_5000_varbinds() {
     assert!(tandem >= 5000, "{text}");
     assert!(tandem >= snmpd, "tandem's tree is sized to snmpd's: {text}");
     assert!(text.contains("time ratio tandem/snmpd: "), "{text}");
+    // Event-to-snmptrapd latency: every inform arrives (traps are best effort).
+    let latency = |receiver: &str| {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(receiver))
+            .unwrap_or_else(|| panic!("no `{receiver}` line in {text}"))
+            .to_string()
+    };
+    assert!(latency("v2c trap").contains(" median "), "{text}");
+    let inform = latency("v2c inform");
+    assert!(inform.contains(" 200/200 received  median "), "{text}");
+}
+
+/// authPriv options for `user` with the given passphrases (SHA-256, AES-128).
+fn auth_priv<'a>(user: &'a str, auth: &'a str, privacy: &'a str) -> [&'a str; 12] {
+    [
+        "-l", "authPriv", "-u", user, "-a", "SHA-256", "-A", auth, "-x", "AES", "-X", privacy,
+    ]
+}
+
+#[test]
+fn v3_auth_priv_reads_what_v2c_and_status_read_and_refusals_are_counted() {
+    let d = Daemon::start();
+    let good = auth_priv(V3_USER, V3_AUTH, V3_PRIV);
+    let root = ["TANDEM-MIB::tandem"];
+    let (ok, v2c) = d.query("snmpwalk", "public", &[], &root);
+    assert!(ok, "{v2c}");
+    let timed = |tool: &str, options: &[&str]| {
+        let t = Instant::now();
+        let (ok, out) = d.query_v3(tool, options, &root);
+        println!(
+            "{tool} -v3 authPriv: {} lines in {:?}",
+            out.lines().count(),
+            t.elapsed()
+        );
+        assert!(ok, "{tool}: {out}");
+        out
+    };
+    let walk = timed("snmpwalk", &good);
+    let bulk = timed("snmpbulkwalk", &[&good[..], &["-Cr7"]].concat());
+    let names = |w: &str| -> Vec<String> {
+        w.lines()
+            .filter_map(|l| l.split_once(" = ").map(|(n, _)| n.to_string()))
+            .collect()
+    };
+    assert!(names(&v2c).len() > 10, "{v2c}");
+    assert_eq!(names(&walk), names(&v2c));
+    assert_eq!(names(&bulk), names(&v2c));
+
+    let st = d.status();
+    for w in [&walk, &bulk] {
+        assert_eq!(walked(w, "tandemLocalNode", "0"), st["node"].as_str());
+        for n in st["nodes"].as_array().unwrap() {
+            let idx = format!("\"{}\"", n["name"].as_str().unwrap());
+            let state = if n["alive"] == true {
+                "up(1)"
+            } else {
+                "down(2)"
+            };
+            assert_eq!(walked(w, "tandemNodeState", &idx), Some(state), "{w}");
+            assert_eq!(
+                walked(w, "tandemNodeState", &idx),
+                walked(&v2c, "tandemNodeState", &idx)
+            );
+        }
+        let g = &st["groups"][0];
+        let idx = format!("\"{}\"", g["name"].as_str().unwrap());
+        assert_eq!(walked(w, "tandemGroupOwner", &idx), g["owner"].as_str());
+        let summary = format!("{}(", g["summary"].as_str().unwrap());
+        assert!(walked(w, "tandemGroupState", &idx)
+            .unwrap()
+            .starts_with(&summary));
+        assert_eq!(
+            walked(w, "tandemGroupState", &idx),
+            walked(&v2c, "tandemGroupState", &idx)
+        );
+    }
+    let (ok, got) = d.query_v3(
+        "snmpget",
+        &good,
+        &[
+            "TANDEM-MIB::tandemGroupOwner.\"web\"",
+            "SNMPv2-MIB::sysName.0",
+        ],
+    );
+    assert!(ok, "{got}");
+    assert!(
+        got.contains("tandemGroupOwner.\"web\" = STRING: alpha"),
+        "{got}"
+    );
+    assert!(got.contains("sysName.0 = STRING: alpha"), "{got}");
+
+    // A successful exchange costs the discovery Report; each refusal costs more.
+    let get = ["SNMPv2-MIB::sysName.0"];
+    let before = d.dropped("usm");
+    assert!(d.query_v3("snmpget", &good, &get).0);
+    let per_success = d.dropped("usm") - before;
+    let refused: [(&str, Vec<&str>); 4] = [
+        (
+            "wrong user",
+            auth_priv("mallory", V3_AUTH, V3_PRIV).to_vec(),
+        ),
+        (
+            "wrong auth key",
+            auth_priv(V3_USER, "not-the-auth-pass", V3_PRIV).to_vec(),
+        ),
+        (
+            "wrong priv key",
+            auth_priv(V3_USER, V3_AUTH, "not-the-priv-pass").to_vec(),
+        ),
+        ("noAuthNoPriv", vec!["-l", "noAuthNoPriv", "-u", V3_USER]),
+    ];
+    for (what, options) in refused {
+        let before = d.dropped("usm");
+        let (ok, out) = d.query_v3("snmpget", &options, &get);
+        let counted = d.dropped("usm") - before;
+        println!("{what}: refused, usm drops +{counted} (a success costs +{per_success})");
+        assert!(!ok, "{what} answered: {out}");
+        assert!(!out.contains("alpha"), "{what} leaked: {out}");
+        assert!(
+            counted > per_success,
+            "{what}: +{counted}, success +{per_success}"
+        );
+    }
+    // Still serving the right user.
+    assert!(d
+        .query_v3("snmpget", &good, &get)
+        .1
+        .contains("STRING: alpha"));
 }

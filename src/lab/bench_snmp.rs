@@ -7,9 +7,17 @@
 //! synthetic status snapshot (many groups with resources and VIPs, at least 5,000
 //! varbinds) that a standalone Tandem agent serves on loopback. Both are walked with
 //! `snmpbulkwalk -v2c -Cr50` of `.1`, several times; the medians are compared.
+//!
+//! Latency: a real `snmptrapd` on two loopback ports receives the notifications of an
+//! in-memory event log through [`spawn_notifier`] (a v2c trap receiver on one port, a
+//! v2c inform receiver on the other, mapped with [`notification_for`]). Each event's
+//! latency runs from `emit` to the moment the benchmark reads snmptrapd's line for it
+//! from the pipe (snmptrapd's own timestamps have whole seconds only).
 
+use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -17,9 +25,11 @@ use tokio::sync::watch;
 
 use crate::api::{NodeStatus, PathStatusView, ResourceView, Status, VipView};
 use crate::cluster::packet::LocalGroupState;
-use crate::config::{CommunityConfig, SnmpConfig};
+use crate::config::{CommunityConfig, ReceiverConfig, ReceiverForm, SnmpConfig};
+use crate::event::{fields, Event, EventKind, EventLog, Fields};
 use crate::placement::policy::GroupStatus;
-use crate::snmp::mib::{MibView, SystemInfo};
+use crate::snmp::mib::{notification_for, MibView, SystemInfo};
+use crate::snmp::notify::spawn_notifier;
 use crate::snmp::SnmpError;
 
 /// The community both agents answer.
@@ -28,6 +38,13 @@ const COMMUNITY: &str = "bench";
 const MIN_VARBINDS: usize = 5_000;
 /// Nodes in the synthetic cluster (each with two heartbeat paths to every peer).
 const NODES: usize = 16;
+/// Events emitted for the latency measurement, and the pause between two.
+const LATENCY_EVENTS: u64 = 200;
+const LATENCY_SPACING: Duration = Duration::from_millis(5);
+/// How long the notifications of the last event may take to arrive.
+const LATENCY_WAIT: Duration = Duration::from_secs(15);
+/// The goal for event-to-receiver latency.
+const LATENCY_GOAL: Duration = Duration::from_millis(50);
 
 /// `tandem bench snmp`
 #[derive(Debug, Args)]
@@ -102,10 +119,7 @@ struct Snmpd {
 
 impl Snmpd {
     fn start(dir: &Path) -> Result<Snmpd, SnmpBenchError> {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .map_err(|e| SnmpBenchError::Io("free udp port".into(), e))?
-            .port();
+        let port = free_udp_port()?;
         let target = format!("127.0.0.1:{port}");
         // snmpd rewrites `snmpd.conf` in its persistent directory: keep ours apart.
         let conf = dir.join("bench-snmpd.conf");
@@ -141,6 +155,111 @@ impl Snmpd {
 }
 
 impl Drop for Snmpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> Result<u16, SnmpBenchError> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(|e| SnmpBenchError::Io("free udp port".into(), e))?
+        .port())
+}
+
+/// net-snmp's notification receiver on two loopback ports, stopped on drop. Every
+/// line it prints is kept with the instant the benchmark read it.
+struct Snmptrapd {
+    child: Child,
+    ports: [u16; 2],
+    lines: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Snmptrapd {
+    fn start(dir: &Path) -> Result<Snmptrapd, SnmpBenchError> {
+        let ports = [free_udp_port()?, free_udp_port()?];
+        let conf = dir.join("bench-snmptrapd.conf");
+        let persistent = dir.join("snmptrapd-state");
+        std::fs::create_dir_all(&persistent)
+            .map_err(|e| SnmpBenchError::Io(format!("create {}", persistent.display()), e))?;
+        std::fs::write(&conf, format!("authCommunity log {COMMUNITY}\n"))
+            .map_err(|e| SnmpBenchError::Io(format!("write {}", conf.display()), e))?;
+        let listen = format!("udp:127.0.0.1:{},udp:127.0.0.1:{}", ports[0], ports[1]);
+        // One line per notification: the transport (with our port), then the varbinds.
+        let mut child = Command::new("/usr/sbin/snmptrapd")
+            .args(["-f", "-n", "-Lo", "-On", "-C", "-c"])
+            .arg(&conf)
+            .args(["-F", "%b\t%v\n", &listen])
+            .env("SNMP_PERSISTENT_DIR", &persistent)
+            .env("MIBS", "")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| SnmpBenchError::Spawn("/usr/sbin/snmptrapd".into(), e))?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    let at = Instant::now();
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((at, line));
+                }
+            });
+        }
+        let trapd = Snmptrapd {
+            child,
+            ports,
+            lines,
+        };
+        // It prints its version once it listens.
+        let t = Instant::now();
+        while !trapd
+            .lines()
+            .iter()
+            .any(|(_, l)| l.contains("NET-SNMP version"))
+        {
+            if t.elapsed() > Duration::from_secs(10) {
+                return Err(SnmpBenchError::Tool(
+                    "snmptrapd".into(),
+                    "did not start within 10 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(trapd)
+    }
+
+    fn lines(&self) -> Vec<(Instant, String)> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// When each notification arrived on `port`, by the event's seq (`seq_oid` is
+    /// tandemEventSeq.0, dotted as `-On` prints it). The first arrival counts.
+    fn arrivals(&self, port: u16, seq_oid: &str) -> std::collections::BTreeMap<u64, Instant> {
+        let to = format!("->[127.0.0.1]:{port}\t");
+        let prefix = format!("{seq_oid} = ");
+        let mut seen = std::collections::BTreeMap::new();
+        for (at, line) in self.lines() {
+            if !line.contains(&to) {
+                continue;
+            }
+            let seq = line
+                .split('\t')
+                .find_map(|vb| vb.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.rsplit(' ').next()?.parse().ok());
+            if let Some(seq) = seq {
+                seen.entry(seq).or_insert(at);
+            }
+        }
+        seen
+    }
+}
+
+impl Drop for Snmptrapd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -311,5 +430,112 @@ fn compare(args: &SnmpBenchArgs, dir: &Path) -> Result<(), SnmpBenchError> {
         tandem.elapsed.as_secs_f64() / net_snmp.elapsed.as_secs_f64(),
         rate(&tandem) / rate(&net_snmp)
     );
+    latency(dir, &runtime)
+}
+
+/// The latency from `emit` to snmptrapd's line, for a trap and an inform receiver.
+fn latency(dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<(), SnmpBenchError> {
+    let trapd = Snmptrapd::start(dir)?;
+    let receiver = |port: u16, form: ReceiverForm| ReceiverConfig {
+        address: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        form,
+        community: Some(COMMUNITY.into()),
+        user: None,
+        queue: 10_000,
+        timeout: Duration::from_millis(500),
+        max_timeout: Duration::from_secs(8),
+    };
+    let forms = [
+        ("v2c trap", ReceiverForm::V2cTrap),
+        ("v2c inform", ReceiverForm::V2cInform),
+    ];
+    let cfg = SnmpConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        engine_id: None,
+        contact: String::new(),
+        location: String::new(),
+        allow_no_auth_no_priv: false,
+        communities: Vec::new(),
+        users: Vec::new(),
+        receivers: (0..2)
+            .map(|i| receiver(trapd.ports[i], forms[i].1))
+            .collect(),
+    };
+    let engine = crate::snmp::Engine::load(&cfg, "bench", "node00", dir, Instant::now())?;
+    let log = EventLog::in_memory("node00");
+    let notifier = {
+        let _in_runtime = runtime.enter();
+        spawn_notifier(
+            &cfg,
+            engine.id.clone(),
+            engine.boots,
+            log.clone(),
+            Box::new(notification_for),
+            engine.start,
+        )
+    };
+    let sample = Event {
+        seq: 0,
+        node: String::new(),
+        time_ms: 0,
+        kind: EventKind::NodeDown,
+        fields: Fields::new(),
+    };
+    let seq_oid: String = notification_for(&sample)
+        .and_then(|n| n.varbinds.first().map(|v| v.name.clone()))
+        .map(|oid| oid.iter().map(|a| format!(".{a}")).collect())
+        .unwrap_or_default();
+
+    // Each emit logs the event: not on the benchmark's terminal.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    let emitted = tracing::subscriber::with_default(quiet, || {
+        let mut emitted = std::collections::BTreeMap::new();
+        for _ in 0..LATENCY_EVENTS {
+            let at = Instant::now();
+            let e = log.emit(EventKind::NodeDown, fields([("peer", "node01".into())]));
+            emitted.insert(e.seq, at);
+            std::thread::sleep(LATENCY_SPACING);
+        }
+        emitted
+    });
+    let t = Instant::now();
+    while t.elapsed() < LATENCY_WAIT
+        && trapd
+            .ports
+            .iter()
+            .any(|p| trapd.arrivals(*p, &seq_oid).len() < emitted.len())
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(notifier);
+
+    println!(
+        "event -> snmptrapd line, {} events {} ms apart (goal: median and p99 under {} ms):",
+        LATENCY_EVENTS,
+        LATENCY_SPACING.as_millis(),
+        LATENCY_GOAL.as_millis()
+    );
+    for (i, (name, _)) in forms.iter().enumerate() {
+        let arrived = trapd.arrivals(trapd.ports[i], &seq_oid);
+        let mut ms: Vec<f64> = emitted
+            .iter()
+            .filter_map(|(seq, at)| Some(arrived.get(seq)?.duration_since(*at).as_secs_f64() * 1e3))
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let pick = |q: usize| ms.get((ms.len() * q / 100).min(ms.len().saturating_sub(1)));
+        match (pick(50), pick(99)) {
+            (Some(median), Some(p99)) => println!(
+                "  {name:<11} {:>4}/{} received  median {median:>7.2} ms  p99 {p99:>7.2} ms  {}",
+                ms.len(),
+                emitted.len(),
+                if *p99 <= LATENCY_GOAL.as_secs_f64() * 1e3 {
+                    "within goal"
+                } else {
+                    "OVER GOAL"
+                }
+            ),
+            _ => println!("  {name:<11}    0/{} received", emitted.len()),
+        }
+    }
     Ok(())
 }

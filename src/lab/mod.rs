@@ -1151,6 +1151,19 @@ fn print_summary(state: &LabState) {
         state.client_ns,
         metrics.join(" ")
     );
+    if state.engine == Engine::Tandem {
+        println!(
+            "  snmp:   ip netns exec {} snmpwalk -v2c -c {} {} TANDEM-MIB::tandem",
+            state.client_ns,
+            topology::SNMP_COMMUNITY,
+            topology::pub_addr(1)
+        );
+        println!(
+            "  traps:  every node sends v2c informs to {} (run snmptrapd in ns {})",
+            topology::TRAP_RECEIVER,
+            state.client_ns
+        );
+    }
     if let Some(sock) = state.nodes.first().and_then(|n| n.socket.as_ref()) {
         println!("  status: tandem status --socket {}", sock.display());
     }

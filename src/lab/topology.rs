@@ -27,6 +27,14 @@ pub const CLIENT_IF: &str = "eth0";
 pub const SERVICE_PORT: u16 = 8080;
 /// Port of each node's Prometheus endpoint (`GET /metrics`), on every address.
 pub const METRICS_PORT: u16 = 9776;
+/// UDP address of each node's SNMP agent (v2c, community [`SNMP_COMMUNITY`]).
+pub const SNMP_LISTEN: &str = "0.0.0.0:161";
+/// The lab's read community, admitted from [`SNMP_SOURCE`].
+pub const SNMP_COMMUNITY: &str = "public";
+/// Network the lab's SNMP community is admitted from.
+pub const SNMP_SOURCE: &str = "10.77.0.0/16";
+/// Where every node sends v2c informs: an NMS (snmptrapd) in the client namespace.
+pub const TRAP_RECEIVER: &str = "10.77.0.2:162";
 /// UDP port of the Tandem heartbeat.
 pub const HEARTBEAT_PORT: u16 = 5405;
 /// Prefix of every nftables table the lab creates (used by `heal`).
@@ -264,6 +272,18 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s);
     let _ = writeln!(s, "[metrics]");
     let _ = writeln!(s, "listen = \"0.0.0.0:{METRICS_PORT}\"");
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[snmp]");
+    let _ = writeln!(s, "listen = {}", q(SNMP_LISTEN));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[snmp.community]]");
+    let _ = writeln!(s, "name = {}", q(SNMP_COMMUNITY));
+    let _ = writeln!(s, "source = {}", q(SNMP_SOURCE));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[snmp.receiver]]");
+    let _ = writeln!(s, "address = {}", q(TRAP_RECEIVER));
+    let _ = writeln!(s, "form = \"v2c_inform\"");
+    let _ = writeln!(s, "community = {}", q(SNMP_COMMUNITY));
     for n in &plan.nodes {
         let _ = writeln!(s);
         let _ = writeln!(s, "[[node]]");
@@ -491,6 +511,16 @@ mod tests {
             v["api"]["socket"].as_str(),
             Some("/run/tandem-lab/n1/tandem.sock")
         );
+        assert_eq!(v["snmp"]["listen"].as_str(), Some("0.0.0.0:161"));
+        let community = &v["snmp"]["community"].as_array().unwrap()[0];
+        assert_eq!(community["name"].as_str(), Some("public"));
+        assert_eq!(community["source"].as_str(), Some("10.77.0.0/16"));
+        let receiver = &v["snmp"]["receiver"].as_array().unwrap()[0];
+        assert_eq!(receiver["address"].as_str(), Some("10.77.0.2:162"));
+        assert_eq!(receiver["form"].as_str(), Some("v2c_inform"));
+        assert_eq!(receiver["community"].as_str(), Some("public"));
+        let cfg = crate::config::Config::parse(&text).expect("the daemon accepts it");
+        assert_eq!(cfg.snmp.unwrap().receivers.len(), 1);
         let nodes = v["node"].as_array().unwrap();
         assert_eq!(nodes.len(), 2);
         assert_eq!(nodes[1]["name"].as_str(), Some("n2"));
