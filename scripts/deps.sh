@@ -4,7 +4,10 @@
 set -euo pipefail
 
 packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps
-    prometheus snmp snmpd snmptrapd smitools npm)
+    prometheus snmp snmpd snmptrapd smitools)
+# npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
+# another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
