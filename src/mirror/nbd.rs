@@ -1,0 +1,501 @@
+//! An NBD server (fixed newstyle only) for any [`Export`], on a Unix socket and/or TCP.
+//!
+//! Negotiation ([`handshake`]) and request decoding ([`proto`]) are pure functions over
+//! bytes; this module only moves bytes. Per connection, one task reads requests and
+//! spawns one task per request, so requests run concurrently and replies may leave out
+//! of order; one writer task owns the socket's write half and batches replies through a
+//! buffered writer. A per-connection byte budget bounds the memory a client can make
+//! the server hold. All connections share one export, so a flush (fdatasync of the
+//! shared file) covers every write completed before it on any connection.
+
+pub mod handshake;
+pub mod proto;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use self::handshake::{
+    decode_client_flags, decode_option_header, greeting, ExportInfo, Negotiation, Next, Session,
+    MAX_OPTION_LEN, OPTION_HEADER_LEN,
+};
+use self::proto::*;
+use super::{Export, ExportError, Extent};
+
+/// Why a connection or the server ended abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum NbdError {
+    #[error("{what} truncated: need {need} bytes, got {got}")]
+    Truncated {
+        what: &'static str,
+        need: usize,
+        got: usize,
+    },
+    #[error("bad request magic {0:#010x}")]
+    BadRequestMagic(u32),
+    #[error("bad option magic {0:#018x}")]
+    BadOptionMagic(u64),
+    #[error("client flags {0:#x} are not fixed newstyle or unknown")]
+    ClientFlags(u32),
+    #[error("connection I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("no listener: give a Unix socket path, a TCP address, or both")]
+    NoListener,
+}
+
+/// Where and under which name the server offers its export.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Export name; clients asking for the empty name get this export too.
+    pub name: String,
+    /// Free text shown by `nbdinfo` and `NBD_OPT_LIST`.
+    pub description: String,
+    pub unix: Option<PathBuf>,
+    pub tcp: Option<SocketAddr>,
+}
+
+/// Bytes of requests and replies one connection may have in flight at once.
+const IN_FLIGHT_BYTES: u32 = 64 << 20;
+/// Budget charged per request besides its payload, which caps the number in flight.
+const REQUEST_COST: u32 = 64 << 10;
+/// Socket buffer sizes of the reader and writer.
+const IO_BUFFER: usize = 256 << 10;
+
+/// Bound listeners, ready to serve.
+#[derive(Debug)]
+pub struct NbdServer {
+    config: ServerConfig,
+    unix: Option<UnixListener>,
+    tcp: Option<TcpListener>,
+}
+
+impl NbdServer {
+    /// Binds the configured listeners. A stale Unix socket file at the path is replaced.
+    pub async fn bind(config: ServerConfig) -> Result<NbdServer, NbdError> {
+        if config.unix.is_none() && config.tcp.is_none() {
+            return Err(NbdError::NoListener);
+        }
+        let unix = match &config.unix {
+            Some(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+                    let _ = std::fs::remove_file(path);
+                }
+                Some(UnixListener::bind(path).map_err(|source| NbdError::Listen {
+                    addr: path.display().to_string(),
+                    source,
+                })?)
+            }
+            None => None,
+        };
+        let tcp = match config.tcp {
+            Some(addr) => {
+                Some(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| NbdError::Listen {
+                            addr: addr.to_string(),
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
+        Ok(NbdServer { config, unix, tcp })
+    }
+
+    /// The bound TCP address (useful with port 0).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves `export` until an accept fails.
+    pub async fn run<E: Export>(self, export: Arc<E>) -> Result<(), NbdError> {
+        let info = Arc::new(ExportInfo {
+            name: self.config.name.clone(),
+            description: self.config.description.clone(),
+            size: export.size(),
+            read_only: export.read_only(),
+        });
+        let span = info_span!("nbd_export", name = %info.name, size = info.size);
+        info!(parent: &span, unix = ?self.config.unix, tcp = ?self.tcp_addr(), "serving");
+        let unix = accept_unix(self.unix, Arc::clone(&export), Arc::clone(&info));
+        let tcp = accept_tcp(self.tcp, export, info);
+        let (u, t) = futures::future::join(unix, tcp).instrument(span).await;
+        u.and(t)
+    }
+}
+
+async fn accept_unix<E: Export>(
+    listener: Option<UnixListener>,
+    export: Arc<E>,
+    info: Arc<ExportInfo>,
+) -> Result<(), NbdError> {
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    let mut id = 0u64;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        id += 1;
+        let (r, w) = stream.into_split();
+        let span = info_span!("nbd_conn", transport = "unix", id);
+        tokio::spawn(connection(Arc::clone(&export), Arc::clone(&info), r, w).instrument(span));
+    }
+}
+
+async fn accept_tcp<E: Export>(
+    listener: Option<TcpListener>,
+    export: Arc<E>,
+    info: Arc<ExportInfo>,
+) -> Result<(), NbdError> {
+    let Some(listener) = listener else {
+        return Ok(());
+    };
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(%peer, "TCP_NODELAY: {e}");
+        }
+        let (r, w) = stream.into_split();
+        let span = info_span!("nbd_conn", transport = "tcp", %peer);
+        tokio::spawn(connection(Arc::clone(&export), Arc::clone(&info), r, w).instrument(span));
+    }
+}
+
+/// Runs one connection to its end and logs how it ended.
+async fn connection<E, R, W>(export: Arc<E>, info: Arc<ExportInfo>, r: R, w: W)
+where
+    E: Export,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    debug!("connected");
+    match negotiate_and_serve(export, &info, r, w).await {
+        Ok(()) => debug!("disconnected"),
+        Err(e) => warn!("connection closed: {e}"),
+    }
+}
+
+async fn negotiate_and_serve<E, R, W>(
+    export: Arc<E>,
+    info: &ExportInfo,
+    r: R,
+    w: W,
+) -> Result<(), NbdError>
+where
+    E: Export,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut r = BufReader::with_capacity(IO_BUFFER, r);
+    let mut w = BufWriter::with_capacity(IO_BUFFER, w);
+    w.write_all(&greeting()).await?;
+    w.flush().await?;
+    let mut flags = [0u8; 4];
+    r.read_exact(&mut flags).await?;
+    let mut negotiation = Negotiation::new(info.clone(), decode_client_flags(flags)?);
+    let mut out = Vec::new();
+    let session = loop {
+        let mut header = [0u8; OPTION_HEADER_LEN];
+        r.read_exact(&mut header).await?;
+        let (option, len) = decode_option_header(&header)?;
+        out.clear();
+        let next = if len > MAX_OPTION_LEN {
+            skip(&mut r, len).await?;
+            negotiation.oversized(option, &mut out)
+        } else {
+            let mut data = vec![0u8; len as usize];
+            r.read_exact(&mut data).await?;
+            negotiation.handle(option, &data, &mut out)
+        };
+        w.write_all(&out).await?;
+        w.flush().await?;
+        match next {
+            Next::Options => {}
+            Next::Close => return Ok(()),
+            Next::Transmission(s) => break s,
+        }
+    };
+    debug!(?session, "transmission");
+    transmission(export, session, r, w).await
+}
+
+/// Reads and discards `len` bytes without buffering them.
+async fn skip<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Result<(), NbdError> {
+    let copied = tokio::io::copy(&mut r.take(u64::from(len)), &mut tokio::io::sink()).await?;
+    if copied < u64::from(len) {
+        return Err(NbdError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(())
+}
+
+/// The outcome of one request, queued for the writer.
+struct Reply {
+    cookie: u64,
+    body: ReplyBody,
+    /// Returned to the connection's budget once the reply is written.
+    _budget: OwnedSemaphorePermit,
+}
+
+enum ReplyBody {
+    Done,
+    Data { offset: u64, data: Vec<u8> },
+    Extents(Vec<Extent>),
+    Error { errno: u32, message: String },
+}
+
+impl ReplyBody {
+    fn error(errno: u32, message: impl Into<String>) -> ReplyBody {
+        ReplyBody::Error {
+            errno,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ExportError> for ReplyBody {
+    fn from(e: ExportError) -> ReplyBody {
+        ReplyBody::error(e.errno(), e.to_string())
+    }
+}
+
+async fn transmission<E, R, W>(
+    export: Arc<E>,
+    session: Session,
+    mut r: BufReader<R>,
+    w: BufWriter<W>,
+) -> Result<(), NbdError>
+where
+    E: Export,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = SessionLimits {
+        size: export.size(),
+        read_only: export.read_only(),
+        structured_replies: session.structured_replies,
+        base_allocation: session.base_allocation,
+    };
+    let (tx, rx) = mpsc::unbounded_channel::<Reply>();
+    let writer = tokio::spawn(write_replies(w, rx, session.structured_replies));
+    let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
+    let mut header = [0u8; REQUEST_LEN];
+    let ended = loop {
+        match r.read_exact(&mut header).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
+            Err(e) => break Err(e.into()),
+        }
+        let req = match decode_request(&header) {
+            Ok(req) => req,
+            Err(e) => break Err(e),
+        };
+        if req.command == Command::Disconnect {
+            break Ok(());
+        }
+        let payload_cost = match req.command {
+            Command::Read | Command::Write => req.length.min(MAX_PAYLOAD),
+            _ => 0,
+        };
+        let Ok(permit) = Arc::clone(&budget)
+            .acquire_many_owned(payload_cost + REQUEST_COST)
+            .await
+        else {
+            break Ok(());
+        };
+        let check = req.check(&limits);
+        let payload = match (req.command, check) {
+            (Command::Write, Ok(())) => {
+                let mut data = vec![0u8; req.length as usize];
+                if let Err(e) = r.read_exact(&mut data).await {
+                    break Err(e.into());
+                }
+                data
+            }
+            (Command::Write, Err(_)) => {
+                if let Err(e) = skip(&mut r, req.length).await {
+                    break Err(e);
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        if let Err(errno) = check {
+            debug!(?req, errno, "refused");
+            let body = ReplyBody::error(errno, refusal(&req, errno));
+            if tx
+                .send(Reply {
+                    cookie: req.cookie,
+                    body,
+                    _budget: permit,
+                })
+                .is_err()
+            {
+                break Ok(());
+            }
+            continue;
+        }
+        let export = Arc::clone(&export);
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let body = execute(&*export, req, payload).await;
+            // The writer only goes away when the client did; nothing left to tell.
+            let _ = tx.send(Reply {
+                cookie: req.cookie,
+                body,
+                _budget: permit,
+            });
+        });
+    };
+    // In-flight requests finish and are answered before the socket closes.
+    drop(tx);
+    let written = writer.await.unwrap_or(Ok(()));
+    ended.and(written)
+}
+
+fn refusal(req: &Request, errno: u32) -> String {
+    match errno {
+        EPERM => "the export is read-only".into(),
+        EOVERFLOW => format!("request of {} bytes exceeds {MAX_PAYLOAD}", req.length),
+        _ => format!(
+            "invalid {:?} at offset {} length {} flags {:#x}",
+            req.command, req.offset, req.length, req.flags
+        ),
+    }
+}
+
+async fn execute<E: Export>(export: &E, req: Request, payload: Vec<u8>) -> ReplyBody {
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let result = match req.command {
+        Command::Read => export
+            .read(req.offset, req.length)
+            .await
+            .map(|data| ReplyBody::Data {
+                offset: req.offset,
+                data,
+            }),
+        Command::Write => export
+            .write(req.offset, payload, fua)
+            .await
+            .map(|()| ReplyBody::Done),
+        Command::Flush => export.flush().await.map(|()| ReplyBody::Done),
+        Command::Trim => {
+            let trimmed = export.trim(req.offset, req.length).await;
+            match trimmed {
+                Ok(()) if fua => export.flush().await,
+                other => other,
+            }
+            .map(|()| ReplyBody::Done)
+        }
+        Command::WriteZeroes => {
+            let may_trim = req.flags & CMD_FLAG_NO_HOLE == 0;
+            export
+                .write_zeroes(req.offset, req.length, may_trim, fua)
+                .await
+                .map(|()| ReplyBody::Done)
+        }
+        Command::BlockStatus => {
+            export
+                .block_status(req.offset, req.length)
+                .await
+                .and_then(|mut extents| {
+                    if extents.is_empty() {
+                        return Err(ExportError::Invalid("empty block status"));
+                    }
+                    if req.flags & CMD_FLAG_REQ_ONE != 0 {
+                        extents.truncate(1);
+                    }
+                    Ok(ReplyBody::Extents(extents))
+                })
+        }
+        // Refused by `Request::check` before reaching here.
+        Command::Disconnect | Command::Other(_) => Err(ExportError::Invalid("unsupported command")),
+    };
+    result.unwrap_or_else(ReplyBody::from)
+}
+
+/// Encodes replies as they come and flushes whenever no more are waiting.
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut w: BufWriter<W>,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+    structured: bool,
+) -> Result<(), NbdError> {
+    let mut head = Vec::with_capacity(64);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(reply) = next {
+            head.clear();
+            let data = encode_reply(&mut head, &reply, structured);
+            w.write_all(&head).await?;
+            if let Some(data) = data {
+                w.write_all(data).await?;
+            }
+            drop(reply);
+            next = rx.try_recv().ok();
+        }
+        w.flush().await?;
+    }
+    w.flush().await?;
+    Ok(())
+}
+
+/// Appends a reply's header (and small payloads) to `head`; returns read data to send
+/// after it.
+fn encode_reply<'a>(head: &mut Vec<u8>, reply: &'a Reply, structured: bool) -> Option<&'a [u8]> {
+    let cookie = reply.cookie;
+    match (&reply.body, structured) {
+        (ReplyBody::Done, false) => put_simple_reply(head, cookie, 0),
+        (ReplyBody::Done, true) => {
+            put_chunk_header(head, REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)
+        }
+        (ReplyBody::Data { data, .. }, false) => {
+            put_simple_reply(head, cookie, 0);
+            return Some(data);
+        }
+        (ReplyBody::Data { offset, data }, true) => {
+            put_chunk_header(
+                head,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                8 + data.len() as u32,
+            );
+            head.extend_from_slice(&offset.to_be_bytes());
+            return Some(data);
+        }
+        (ReplyBody::Extents(extents), true) => {
+            put_chunk_header(
+                head,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_BLOCK_STATUS,
+                cookie,
+                4 + 8 * extents.len() as u32,
+            );
+            head.extend_from_slice(&BASE_ALLOCATION_ID.to_be_bytes());
+            for e in extents {
+                let flags =
+                    if e.hole { STATE_HOLE } else { 0 } | if e.zero { STATE_ZERO } else { 0 };
+                head.extend_from_slice(&e.length.to_be_bytes());
+                head.extend_from_slice(&flags.to_be_bytes());
+            }
+        }
+        // Block status is refused without structured replies; answer EINVAL if it slips by.
+        (ReplyBody::Extents(_), false) => put_simple_reply(head, cookie, EINVAL),
+        (ReplyBody::Error { errno, .. }, false) => put_simple_reply(head, cookie, *errno),
+        (ReplyBody::Error { errno, message }, true) => {
+            put_error_chunk(head, cookie, *errno, message)
+        }
+    }
+    None
+}
