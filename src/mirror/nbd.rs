@@ -183,8 +183,18 @@ where
     debug!("connected");
     match negotiate_and_serve(export, &info, r, w).await {
         Ok(()) => debug!("disconnected"),
+        Err(NbdError::Io(e)) if client_went_away(&e) => debug!("client went away: {e}"),
         Err(e) => warn!("connection closed: {e}"),
     }
+}
+
+/// I/O errors that mean the client hung up rather than that something is wrong.
+fn client_went_away(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        UnexpectedEof | BrokenPipe | ConnectionReset | ConnectionAborted
+    )
 }
 
 async fn negotiate_and_serve<E, R, W>(

@@ -420,8 +420,8 @@ mod tests {
         let g = greeting();
         assert_eq!(&g[..8], b"NBDMAGIC");
         assert_eq!(&g[8..16], b"IHAVEOPT");
-        assert_eq!(decode_client_flags([0, 0, 0, 3]).unwrap(), true);
-        assert_eq!(decode_client_flags([0, 0, 0, 1]).unwrap(), false);
+        assert!(decode_client_flags([0, 0, 0, 3]).unwrap());
+        assert!(!decode_client_flags([0, 0, 0, 1]).unwrap());
         assert!(decode_client_flags([0, 0, 0, 0]).is_err());
         assert!(decode_client_flags([0, 0, 0, 5]).is_err());
     }
