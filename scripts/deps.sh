@@ -3,7 +3,7 @@
 # Debian packages, and a Rust toolchain if none is on the PATH.
 set -euo pipefail
 
-packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps prometheus)
+packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps prometheus qemu-utils libnbd-bin nbdkit)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
