@@ -142,9 +142,12 @@ async fn nbd(cmd: NbdCmd) -> Result<(), MainError> {
         tcp,
     };
     let server = tandem::mirror::nbd::NbdServer::bind(config).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| MainError::Other(format!("signal: {e}")))?;
     let served = tokio::select! {
         r = server.run(std::sync::Arc::new(volume)) => r.map_err(MainError::from),
         r = tokio::signal::ctrl_c() => r.map_err(|e| MainError::Other(format!("signal: {e}"))),
+        _ = terminate.recv() => Ok(()),
     };
     if let Some(path) = socket {
         let _ = std::fs::remove_file(path);

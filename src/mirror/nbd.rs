@@ -388,6 +388,8 @@ fn refusal(req: &Request, errno: u32) -> String {
 async fn execute<E: Export>(export: &E, req: Request, payload: Vec<u8>) -> ReplyBody {
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let result = match req.command {
+        // A zero-length read has no data chunk to send.
+        Command::Read if req.length == 0 => Ok(ReplyBody::Done),
         Command::Read => export
             .read(req.offset, req.length)
             .await

@@ -518,6 +518,21 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_option_bytes_get_a_reply_or_a_close(option in 0u32..16, data in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let mut n = Negotiation::new(export(), true);
+            let mut out = Vec::new();
+            let next = n.handle(option, &data, &mut out);
+            // Every option except EXPORT_NAME is answered, even when it closes.
+            if option != OPT_EXPORT_NAME {
+                proptest::prop_assert!(!replies(&out).is_empty());
+            } else if next == Next::Close {
+                proptest::prop_assert!(out.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn malformed_payloads_are_invalid_not_panics() {
         let mut n = Negotiation::new(export(), true);
