@@ -143,10 +143,10 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         return Err(BenchError::Arguments);
     }
     let size = args.size_mib << 20;
-    let scratch = Scratch(
-        args.dir
-            .join(format!("tandem-bench-mirror-{}", std::process::id())),
-    );
+    // qemu-nbd wants an absolute socket path.
+    let dir = std::fs::canonicalize(&args.dir)
+        .map_err(io(format!("resolving {}", args.dir.display())))?;
+    let scratch = Scratch(dir.join(format!("tandem-bench-mirror-{}", std::process::id())));
     std::fs::create_dir_all(&scratch.0).map_err(io(format!("creating {}", scratch.0.display())))?;
     let source = scratch.0.join("source.raw");
     info!(bytes = size, "writing random source data");
@@ -155,21 +155,25 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         eprintln!("warning: this is a debug build; build with --release for meaningful figures");
     }
     println!(
-        "nbdcopy {} MiB of random data into a fresh sparse file over a Unix socket, default cache modes, best of {}",
+        "nbdcopy {} MiB of random data into a fresh sparse file over a Unix socket, default cache modes, best of {} round(s)",
         args.size_mib, args.runs
     );
-    let mut rows = Vec::new();
-    for server in [Server::Tandem, Server::Nbdkit, Server::QemuNbd] {
-        let mut best = 0f64;
-        for _ in 0..args.runs {
-            best = best.max(one_run(server, &scratch.0, &source, size)?);
+    // Rounds of one run per server, so that load from elsewhere on the machine hits
+    // every server alike.
+    let servers = [Server::Tandem, Server::Nbdkit, Server::QemuNbd];
+    let mut best = [0f64; 3];
+    for _ in 0..args.runs {
+        for (server, best) in servers.iter().zip(best.iter_mut()) {
+            *best = best.max(one_run(*server, &scratch.0, &source, size)?);
         }
-        println!("{:<18} {:>9.1} MiB/s", server.label(), best);
-        rows.push((server, best));
     }
-    let tandem = rows[0].1;
-    let others = rows[1].1.max(rows[2].1);
-    println!("tandem / max(nbdkit, qemu-nbd) = {:.2}", tandem / others);
+    for (server, best) in servers.iter().zip(best) {
+        println!("{:<18} {:>9.1} MiB/s", server.label(), best);
+    }
+    println!(
+        "tandem / max(nbdkit, qemu-nbd) = {:.2}",
+        best[0] / best[1].max(best[2])
+    );
     Ok(())
 }
 
@@ -181,6 +185,8 @@ fn one_run(server: Server, dir: &Path, source: &Path, size: u64) -> Result<f64, 
     File::create(&target)
         .and_then(|f| f.set_len(size))
         .map_err(io(format!("creating {}", target.display())))?;
+    // Start from a clean page cache: no run pays for the previous one's writeback.
+    nix::unistd::sync();
     let child = server
         .command(&target, &socket)?
         .spawn()

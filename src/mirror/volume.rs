@@ -12,6 +12,7 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{fdatasync, lseek, Whence};
+use tokio::sync::Semaphore;
 
 use super::{Export, ExportError, Extent};
 
@@ -35,12 +36,17 @@ pub enum VolumeError {
 /// Zero-fill writes go out in pieces of this size.
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// System calls on one volume that may run at once. More only queue up on the file's
+/// locks in the kernel and spin there.
+const IO_SLOTS: usize = 16;
+
 /// A file or block device with a fixed size. Cloning shares the open file.
 #[derive(Debug, Clone)]
 pub struct Volume {
     file: Arc<File>,
     size: u64,
     read_only: bool,
+    io_slots: Arc<Semaphore>,
 }
 
 impl Volume {
@@ -76,6 +82,7 @@ impl Volume {
             file: Arc::new(file),
             size,
             read_only,
+            io_slots: Arc::new(Semaphore::new(IO_SLOTS)),
         })
     }
 
@@ -84,6 +91,11 @@ impl Volume {
         &self,
         f: impl FnOnce(&File) -> Result<T, ExportError> + Send + 'static,
     ) -> Result<T, ExportError> {
+        let _slot = self
+            .io_slots
+            .acquire()
+            .await
+            .map_err(|_| ExportError::Shutdown)?;
         let file = Arc::clone(&self.file);
         tokio::task::spawn_blocking(move || f(&file))
             .await
