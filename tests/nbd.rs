@@ -607,7 +607,12 @@ impl Export for FullDisk {
     async fn read(&self, _offset: u64, len: u32) -> Result<Vec<u8>, ExportError> {
         Ok(vec![0; len as usize])
     }
-    async fn write(&self, _offset: u64, _data: Vec<u8>, _fua: bool) -> Result<(), ExportError> {
+    async fn write(
+        &self,
+        _offset: u64,
+        _data: impl AsRef<[u8]> + Send + 'static,
+        _fua: bool,
+    ) -> Result<(), ExportError> {
         Err(std::io::Error::from_raw_os_error(libc::ENOSPC).into())
     }
     async fn flush(&self) -> Result<(), ExportError> {

@@ -75,10 +75,12 @@ pub trait Export: Send + Sync + 'static {
         len: u32,
     ) -> impl Future<Output = Result<Vec<u8>, ExportError>> + Send;
     /// Writes `data` at `offset`; with `fua`, the data is durable when this returns.
+    /// The buffer is handed over so that it can move to an I/O thread (and back to
+    /// the caller's pool when dropped).
     fn write(
         &self,
         offset: u64,
-        data: Vec<u8>,
+        data: impl AsRef<[u8]> + Send + 'static,
         fua: bool,
     ) -> impl Future<Output = Result<(), ExportError>> + Send;
     /// Makes every completed write durable.

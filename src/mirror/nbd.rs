@@ -73,6 +73,61 @@ const READ_BUFFER: usize = 8 << 10;
 /// Write buffer, for batching replies.
 const WRITE_BUFFER: usize = 256 << 10;
 
+/// Write payload buffers kept for reuse, and the largest one kept: steady traffic then
+/// neither maps nor faults in fresh pages for every request.
+const POOLED_BUFFERS: usize = 64;
+const MAX_POOLED_BUFFER: usize = 1 << 20;
+
+/// Recycled write payload buffers, shared by the connections of one server.
+#[derive(Debug, Default)]
+struct BufferPool {
+    free: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// An empty buffer with room for `len` bytes.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.pop())
+            .unwrap_or_default();
+        buf.clear();
+        buf.reserve_exact(len);
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        if buf.capacity() > MAX_POOLED_BUFFER {
+            return;
+        }
+        if let Ok(mut free) = self.free.lock() {
+            if free.len() < POOLED_BUFFERS {
+                free.push(buf);
+            }
+        }
+    }
+}
+
+/// A write payload that goes back to its pool when the export is done with it.
+struct Payload {
+    data: Vec<u8>,
+    pool: Arc<BufferPool>,
+}
+
+impl AsRef<[u8]> for Payload {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for Payload {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.data));
+    }
+}
+
 /// Bound listeners, ready to serve.
 #[derive(Debug)]
 pub struct NbdServer {
@@ -131,8 +186,14 @@ impl NbdServer {
         });
         let span = info_span!("nbd_export", name = %info.name, size = info.size);
         info!(parent: &span, unix = ?self.config.unix, tcp = ?self.tcp_addr(), "serving");
-        let unix = accept_unix(self.unix, Arc::clone(&export), Arc::clone(&info));
-        let tcp = accept_tcp(self.tcp, export, info);
+        let pool = Arc::new(BufferPool::default());
+        let unix = accept_unix(
+            self.unix,
+            Arc::clone(&export),
+            Arc::clone(&info),
+            Arc::clone(&pool),
+        );
+        let tcp = accept_tcp(self.tcp, export, info, pool);
         let (u, t) = futures::future::join(unix, tcp).instrument(span).await;
         u.and(t)
     }
@@ -142,6 +203,7 @@ async fn accept_unix<E: Export>(
     listener: Option<UnixListener>,
     export: Arc<E>,
     info: Arc<ExportInfo>,
+    pool: Arc<BufferPool>,
 ) -> Result<(), NbdError> {
     let Some(listener) = listener else {
         return Ok(());
@@ -152,7 +214,14 @@ async fn accept_unix<E: Export>(
         id += 1;
         let (r, w) = stream.into_split();
         let span = info_span!("nbd_conn", transport = "unix", id);
-        tokio::spawn(connection(Arc::clone(&export), Arc::clone(&info), r, w).instrument(span));
+        let conn = connection(
+            Arc::clone(&export),
+            Arc::clone(&info),
+            Arc::clone(&pool),
+            r,
+            w,
+        );
+        tokio::spawn(conn.instrument(span));
     }
 }
 
@@ -160,6 +229,7 @@ async fn accept_tcp<E: Export>(
     listener: Option<TcpListener>,
     export: Arc<E>,
     info: Arc<ExportInfo>,
+    pool: Arc<BufferPool>,
 ) -> Result<(), NbdError> {
     let Some(listener) = listener else {
         return Ok(());
@@ -171,19 +241,31 @@ async fn accept_tcp<E: Export>(
         }
         let (r, w) = stream.into_split();
         let span = info_span!("nbd_conn", transport = "tcp", %peer);
-        tokio::spawn(connection(Arc::clone(&export), Arc::clone(&info), r, w).instrument(span));
+        let conn = connection(
+            Arc::clone(&export),
+            Arc::clone(&info),
+            Arc::clone(&pool),
+            r,
+            w,
+        );
+        tokio::spawn(conn.instrument(span));
     }
 }
 
 /// Runs one connection to its end and logs how it ended.
-async fn connection<E, R, W>(export: Arc<E>, info: Arc<ExportInfo>, r: R, w: W)
-where
+async fn connection<E, R, W>(
+    export: Arc<E>,
+    info: Arc<ExportInfo>,
+    pool: Arc<BufferPool>,
+    r: R,
+    w: W,
+) where
     E: Export,
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connected");
-    match negotiate_and_serve(export, &info, r, w).await {
+    match negotiate_and_serve(export, &info, pool, r, w).await {
         Ok(()) => debug!("disconnected"),
         Err(NbdError::Io(e)) if client_went_away(&e) => debug!("client went away: {e}"),
         Err(e) => warn!("connection closed: {e}"),
@@ -202,6 +284,7 @@ fn client_went_away(e: &std::io::Error) -> bool {
 async fn negotiate_and_serve<E, R, W>(
     export: Arc<E>,
     info: &ExportInfo,
+    pool: Arc<BufferPool>,
     r: R,
     w: W,
 ) -> Result<(), NbdError>
@@ -240,20 +323,28 @@ where
         }
     };
     debug!(?session, "transmission");
-    transmission(export, session, r, w).await
+    transmission(export, session, pool, r, w).await
 }
 
-/// Reads a write payload into a fresh buffer without zero-filling it first.
-async fn read_payload<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Result<Vec<u8>, NbdError> {
+/// Reads a write payload into a pooled buffer, without zero-filling it first.
+async fn read_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    len: u32,
+    pool: &Arc<BufferPool>,
+) -> Result<Payload, NbdError> {
     let len = len as usize;
-    let mut data = Vec::with_capacity(len);
+    let mut payload = Payload {
+        data: pool.take(len),
+        pool: Arc::clone(pool),
+    };
+    let data = &mut payload.data;
     while data.len() < len {
         let left = (len - data.len()) as u64;
-        if (&mut *r).take(left).read_buf(&mut data).await? == 0 {
+        if (&mut *r).take(left).read_buf(data).await? == 0 {
             return Err(NbdError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
     }
-    Ok(data)
+    Ok(payload)
 }
 
 /// Reads and discards `len` bytes without buffering them.
@@ -298,6 +389,7 @@ impl From<ExportError> for ReplyBody {
 async fn transmission<E, R, W>(
     export: Arc<E>,
     session: Session,
+    pool: Arc<BufferPool>,
     mut r: BufReader<R>,
     w: BufWriter<W>,
 ) -> Result<(), NbdError>
@@ -341,17 +433,17 @@ where
         };
         let check = req.check(&limits);
         let payload = match (req.command, check) {
-            (Command::Write, Ok(())) => match read_payload(&mut r, req.length).await {
-                Ok(data) => data,
+            (Command::Write, Ok(())) => match read_payload(&mut r, req.length, &pool).await {
+                Ok(payload) => Some(payload),
                 Err(e) => break Err(e),
             },
             (Command::Write, Err(_)) => {
                 if let Err(e) = skip(&mut r, req.length).await {
                     break Err(e);
                 }
-                Vec::new()
+                None
             }
-            _ => Vec::new(),
+            _ => None,
         };
         if let Err(errno) = check {
             debug!(?req, errno, "refused");
@@ -397,7 +489,7 @@ fn refusal(req: &Request, errno: u32) -> String {
     }
 }
 
-async fn execute<E: Export>(export: &E, req: Request, payload: Vec<u8>) -> ReplyBody {
+async fn execute<E: Export>(export: &E, req: Request, payload: Option<Payload>) -> ReplyBody {
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let result = match req.command {
         // A zero-length read has no data chunk to send.
@@ -409,10 +501,13 @@ async fn execute<E: Export>(export: &E, req: Request, payload: Vec<u8>) -> Reply
                 offset: req.offset,
                 data,
             }),
-        Command::Write => export
-            .write(req.offset, payload, fua)
-            .await
-            .map(|()| ReplyBody::Done),
+        Command::Write => match payload {
+            Some(payload) => export
+                .write(req.offset, payload, fua)
+                .await
+                .map(|()| ReplyBody::Done),
+            None => Err(ExportError::Invalid("write without a payload")),
+        },
         Command::Flush => export.flush().await.map(|()| ReplyBody::Done),
         Command::Trim => {
             let trimmed = export.trim(req.offset, req.length).await;

@@ -213,10 +213,15 @@ impl Export for Volume {
         .await
     }
 
-    async fn write(&self, offset: u64, data: Vec<u8>, fua: bool) -> Result<(), ExportError> {
+    async fn write(
+        &self,
+        offset: u64,
+        data: impl AsRef<[u8]> + Send + 'static,
+        fua: bool,
+    ) -> Result<(), ExportError> {
         self.check_writable()?;
         self.blocking(move |f| {
-            f.write_all_at(&data, offset)?;
+            f.write_all_at(data.as_ref(), offset)?;
             if fua {
                 datasync(f)?;
             }
