@@ -145,7 +145,7 @@ async fn nbd(cmd: NbdCmd) -> Result<(), MainError> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| MainError::Other(format!("signal: {e}")))?;
     let served = tokio::select! {
-        r = server.run(std::sync::Arc::new(volume)) => r.map_err(MainError::from),
+        () = server.run(std::sync::Arc::new(volume)) => Ok(()),
         r = tokio::signal::ctrl_c() => r.map_err(|e| MainError::Other(format!("signal: {e}"))),
         _ = terminate.recv() => Ok(()),
     };

@@ -689,3 +689,30 @@ fn cli_serves_until_interrupted() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open /nonexistent/volume"));
 }
+
+#[test]
+fn connections_beyond_the_limit_are_closed_and_slots_come_back() {
+    let s = serve(MIB, false);
+    let open: Vec<RawClient> = (0..64).map(|_| RawClient::connect(&s.socket)).collect();
+    let mut refused = UnixStream::connect(&s.socket).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut b = [0u8; 18];
+    assert_eq!(
+        refused.read(&mut b).unwrap(),
+        0,
+        "no greeting past the limit"
+    );
+    drop(open);
+    // The slots free up as the closed connections end.
+    for _ in 0..100 {
+        let mut c = UnixStream::connect(&s.socket).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if c.read(&mut b).unwrap() > 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no connection accepted after the others closed");
+}

@@ -73,6 +73,10 @@ const READ_BUFFER: usize = 8 << 10;
 /// Write buffer, for batching replies.
 const WRITE_BUFFER: usize = 256 << 10;
 
+/// Connections served at once; more are accepted and closed at once.
+const MAX_CONNECTIONS: usize = 64;
+/// Pause after a failed accept.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Write payload buffers kept for reuse, and the largest one kept: steady traffic then
 /// neither maps nor faults in fresh pages for every request.
 const POOLED_BUFFERS: usize = 64;
@@ -176,8 +180,8 @@ impl NbdServer {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves `export` until an accept fails.
-    pub async fn run<E: Export>(self, export: Arc<E>) -> Result<(), NbdError> {
+    /// Serves `export` forever; drop the future to stop accepting.
+    pub async fn run<E: Export>(self, export: Arc<E>) {
         let info = Arc::new(ExportInfo {
             name: self.config.name.clone(),
             description: self.config.description.clone(),
@@ -186,86 +190,110 @@ impl NbdServer {
         });
         let span = info_span!("nbd_export", name = %info.name, size = info.size);
         info!(parent: &span, unix = ?self.config.unix, tcp = ?self.tcp_addr(), "serving");
-        let pool = Arc::new(BufferPool::default());
-        let unix = accept_unix(
-            self.unix,
-            Arc::clone(&export),
-            Arc::clone(&info),
-            Arc::clone(&pool),
-        );
-        let tcp = accept_tcp(self.tcp, export, info, pool);
-        let (u, t) = futures::future::join(unix, tcp).instrument(span).await;
-        u.and(t)
+        let shared = Shared {
+            export,
+            info,
+            pool: Arc::new(BufferPool::default()),
+            connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        };
+        let unix = accept_unix(self.unix, shared.clone());
+        let tcp = accept_tcp(self.tcp, shared);
+        futures::future::join(unix, tcp).instrument(span).await;
     }
 }
 
-async fn accept_unix<E: Export>(
-    listener: Option<UnixListener>,
+/// What every connection of one server shares.
+struct Shared<E> {
     export: Arc<E>,
     info: Arc<ExportInfo>,
     pool: Arc<BufferPool>,
-) -> Result<(), NbdError> {
+    /// One permit per open connection.
+    connections: Arc<Semaphore>,
+}
+
+impl<E> Clone for Shared<E> {
+    fn clone(&self) -> Self {
+        Shared {
+            export: Arc::clone(&self.export),
+            info: Arc::clone(&self.info),
+            pool: Arc::clone(&self.pool),
+            connections: Arc::clone(&self.connections),
+        }
+    }
+}
+
+impl<E: Export> Shared<E> {
+    /// Starts serving an accepted connection, or refuses it when too many are open.
+    fn spawn<R, W>(&self, r: R, w: W, span: tracing::Span)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let Ok(permit) = Arc::clone(&self.connections).try_acquire_owned() else {
+            warn!(parent: &span, "refused: {MAX_CONNECTIONS} connections already open");
+            return;
+        };
+        let conn = connection(self.clone(), r, w);
+        tokio::spawn(
+            async move {
+                conn.await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Accept errors (out of file descriptors, say) are logged and retried after a pause.
+async fn accept_failed(e: std::io::Error) {
+    warn!("accept: {e}");
+    tokio::time::sleep(ACCEPT_RETRY).await;
+}
+
+async fn accept_unix<E: Export>(listener: Option<UnixListener>, shared: Shared<E>) {
     let Some(listener) = listener else {
-        return Ok(());
+        return;
     };
     let mut id = 0u64;
     loop {
-        let (stream, _) = listener.accept().await?;
-        id += 1;
-        let (r, w) = stream.into_split();
-        let span = info_span!("nbd_conn", transport = "unix", id);
-        let conn = connection(
-            Arc::clone(&export),
-            Arc::clone(&info),
-            Arc::clone(&pool),
-            r,
-            w,
-        );
-        tokio::spawn(conn.instrument(span));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                id += 1;
+                let (r, w) = stream.into_split();
+                shared.spawn(r, w, info_span!("nbd_conn", transport = "unix", id));
+            }
+            Err(e) => accept_failed(e).await,
+        }
     }
 }
 
-async fn accept_tcp<E: Export>(
-    listener: Option<TcpListener>,
-    export: Arc<E>,
-    info: Arc<ExportInfo>,
-    pool: Arc<BufferPool>,
-) -> Result<(), NbdError> {
+async fn accept_tcp<E: Export>(listener: Option<TcpListener>, shared: Shared<E>) {
     let Some(listener) = listener else {
-        return Ok(());
+        return;
     };
     loop {
-        let (stream, peer) = listener.accept().await?;
-        if let Err(e) = stream.set_nodelay(true) {
-            debug!(%peer, "TCP_NODELAY: {e}");
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(%peer, "TCP_NODELAY: {e}");
+                }
+                let (r, w) = stream.into_split();
+                shared.spawn(r, w, info_span!("nbd_conn", transport = "tcp", %peer));
+            }
+            Err(e) => accept_failed(e).await,
         }
-        let (r, w) = stream.into_split();
-        let span = info_span!("nbd_conn", transport = "tcp", %peer);
-        let conn = connection(
-            Arc::clone(&export),
-            Arc::clone(&info),
-            Arc::clone(&pool),
-            r,
-            w,
-        );
-        tokio::spawn(conn.instrument(span));
     }
 }
 
 /// Runs one connection to its end and logs how it ended.
-async fn connection<E, R, W>(
-    export: Arc<E>,
-    info: Arc<ExportInfo>,
-    pool: Arc<BufferPool>,
-    r: R,
-    w: W,
-) where
+async fn connection<E, R, W>(shared: Shared<E>, r: R, w: W)
+where
     E: Export,
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connected");
-    match negotiate_and_serve(export, &info, pool, r, w).await {
+    match negotiate_and_serve(shared.export, &shared.info, shared.pool, r, w).await {
         Ok(()) => debug!("disconnected"),
         Err(NbdError::Io(e)) if client_went_away(&e) => debug!("client went away: {e}"),
         Err(e) => warn!("connection closed: {e}"),
