@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps
-    prometheus snmp snmpd snmptrapd smitools)
+    prometheus snmp snmpd snmptrapd smitools qemu-utils libnbd-bin nbdkit)
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)

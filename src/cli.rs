@@ -1,5 +1,6 @@
 //! The command line (clap derive): the daemon, the admin commands that talk to it
-//! through the control API, config checking, the lab, and the demo service.
+//! through the control API, config checking, the lab, the NBD server, benchmarks, and
+//! the demo service.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,6 +87,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: crate::lab::LabCommand,
     },
+    /// Block volumes over NBD.
+    Nbd {
+        #[command(subcommand)]
+        cmd: NbdCmd,
+    },
     /// Benchmarks that need no lab.
     Bench {
         #[command(subcommand)]
@@ -102,9 +108,33 @@ pub enum Cmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum NbdCmd {
+    /// Serve a file or block device over NBD in the foreground (no peer).
+    Serve {
+        /// The file or block device to export.
+        #[arg(long)]
+        file: PathBuf,
+        /// Listen on this Unix socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Listen on this TCP address (default 127.0.0.1:10809 when no --socket is given).
+        #[arg(long)]
+        tcp: Option<SocketAddr>,
+        /// Export name (clients asking for the empty name get it too).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Refuse writes.
+        #[arg(long)]
+        read_only: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Whole-tree GETBULK walk time of the SNMP agent vs net-snmp's snmpd.
     Snmp(crate::lab::bench_snmp::SnmpBenchArgs),
+    /// Write throughput of the NBD export vs nbdkit and qemu-nbd, with nbdcopy.
+    Mirror(crate::mirror::bench::MirrorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

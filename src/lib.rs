@@ -14,6 +14,7 @@
 //! - [`api`]: the HTTP/JSON control API and its client.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
+//! - [`mirror`]: block volumes, the `Export` seam and the NBD server that serves them.
 //! - [`snmp`]: TANDEM-MIB, the SNMP agent (v2c, v3 USM) and notifications.
 //! - [`demo`]: the demo service the lab protects.
 //! - [`cli`]: the command line.
@@ -26,6 +27,7 @@ pub mod demo;
 pub mod event;
 pub mod lab;
 pub mod metrics;
+pub mod mirror;
 pub mod net;
 pub mod placement;
 pub mod resources;

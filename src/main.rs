@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tandem::api::client::{call, Endpoint};
 use tandem::api::{ApiError, Status};
-use tandem::cli::{ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, NodeCmd, OnOff};
+use tandem::cli::{ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, NbdCmd, NodeCmd, OnOff};
 use tandem::config::{Config, ConfigError};
 use tandem::event::{Event, Timeline};
 
@@ -23,6 +23,12 @@ enum MainError {
     Lab(#[from] tandem::lab::LabError),
     #[error(transparent)]
     SnmpBench(#[from] tandem::lab::bench_snmp::SnmpBenchError),
+    #[error(transparent)]
+    Nbd(#[from] tandem::mirror::nbd::NbdError),
+    #[error(transparent)]
+    Volume(#[from] tandem::mirror::volume::VolumeError),
+    #[error(transparent)]
+    MirrorBench(#[from] tandem::mirror::bench::BenchError),
     #[error("{0}")]
     Other(String),
 }
@@ -35,6 +41,10 @@ impl MainError {
             | MainError::Runtime(tandem::runtime::RuntimeError::UnknownNode(_)) => 2,
             MainError::Api(ApiError::Connect(..)) => 3,
             MainError::Api(ApiError::Status(_)) => 4,
+            MainError::Nbd(tandem::mirror::nbd::NbdError::NoListener)
+            | MainError::Volume(tandem::mirror::volume::VolumeError::NotFileOrBlockDevice {
+                ..
+            }) => 2,
             _ => 1,
         }
     }
@@ -106,11 +116,48 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             runtime()?.block_on(tandem::runtime::run(cfg, node))?;
             Ok(())
         }
+        Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
+        Cmd::Bench {
+            cmd: BenchCmd::Mirror(args),
+        } => Ok(tandem::mirror::bench::run(&args)?),
         Cmd::DemoService { listen, name } => runtime()?
             .block_on(tandem::demo::serve(listen, name))
             .map_err(|e| MainError::Other(format!("demo service: {e}"))),
         other => runtime()?.block_on(admin(other)),
     }
+}
+
+async fn nbd(cmd: NbdCmd) -> Result<(), MainError> {
+    let NbdCmd::Serve {
+        file,
+        socket,
+        tcp,
+        name,
+        read_only,
+    } = cmd;
+    let volume = tandem::mirror::volume::Volume::open(&file, read_only)?;
+    let tcp = match (&socket, tcp) {
+        (None, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 10809))),
+        (_, tcp) => tcp,
+    };
+    let config = tandem::mirror::nbd::ServerConfig {
+        name,
+        description: file.display().to_string(),
+        unix: socket.clone(),
+        tcp,
+    };
+    let server = tandem::mirror::nbd::NbdServer::bind(config).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| MainError::Other(format!("signal: {e}")))?;
+    let served = tokio::select! {
+        () = server.run(std::sync::Arc::new(volume)) => Ok(()),
+        r = tokio::signal::ctrl_c() => r.map_err(|e| MainError::Other(format!("signal: {e}"))),
+        _ = terminate.recv() => Ok(()),
+    };
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    served
 }
 
 async fn admin(cmd: Cmd) -> Result<(), MainError> {

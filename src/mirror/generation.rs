@@ -231,7 +231,11 @@ pub enum SplitBrainPolicy {
 
 /// Which side loses its changes, if the policy decides: `Some(true)` means this copy
 /// becomes the (full) sync target, `Some(false)` the peer does, `None` stay apart.
-pub fn resolve_split_brain(policy: SplitBrainPolicy, me: &PeerView, peer: &PeerView) -> Option<bool> {
+pub fn resolve_split_brain(
+    policy: SplitBrainPolicy,
+    me: &PeerView,
+    peer: &PeerView,
+) -> Option<bool> {
     match policy {
         SplitBrainPolicy::Disconnect => None,
         SplitBrainPolicy::DiscardZeroChanges => match (me.changed_blocks, peer.changed_blocks) {
@@ -307,7 +311,10 @@ mod tests {
         b.synced_with("a", a.current);
         a.synced_with("b", a.current);
         assert_eq!(
-            decide(&view("a", &a, DiskState::UpToDate), &view("b", &b, DiskState::UpToDate)),
+            decide(
+                &view("a", &a, DiskState::UpToDate),
+                &view("b", &b, DiskState::UpToDate)
+            ),
             SyncDecision::InSync
         );
     }
@@ -319,7 +326,11 @@ mod tests {
         b.diverge(&["a"], 300);
         let va = view("a", &a, DiskState::UpToDate);
         let vb = view("b", &b, DiskState::UpToDate);
-        assert_eq!(decide(&va, &vb), SyncDecision::TargetPartial, "a returns as target");
+        assert_eq!(
+            decide(&va, &vb),
+            SyncDecision::TargetPartial,
+            "a returns as target"
+        );
         assert_eq!(decide(&vb, &va), SyncDecision::SourcePartial);
     }
 
@@ -364,7 +375,10 @@ mod tests {
         a.current = 1;
         b.current = 2;
         assert_eq!(
-            decide(&view("a", &a, DiskState::UpToDate), &view("b", &b, DiskState::UpToDate)),
+            decide(
+                &view("a", &a, DiskState::UpToDate),
+                &view("b", &b, DiskState::UpToDate)
+            ),
             SyncDecision::Unrelated
         );
     }
@@ -374,14 +388,20 @@ mod tests {
         let (a, b) = pair();
         let mut va = view("a", &a, DiskState::UpToDate);
         let mut vb = view("b", &b, DiskState::UpToDate);
-        assert_eq!(resolve_split_brain(SplitBrainPolicy::Disconnect, &va, &vb), None);
+        assert_eq!(
+            resolve_split_brain(SplitBrainPolicy::Disconnect, &va, &vb),
+            None
+        );
         va.changed_blocks = 10;
         assert_eq!(
             resolve_split_brain(SplitBrainPolicy::DiscardZeroChanges, &va, &vb),
             Some(false)
         );
         vb.changed_blocks = 1;
-        assert_eq!(resolve_split_brain(SplitBrainPolicy::DiscardZeroChanges, &va, &vb), None);
+        assert_eq!(
+            resolve_split_brain(SplitBrainPolicy::DiscardZeroChanges, &va, &vb),
+            None
+        );
         vb.primary = true;
         assert_eq!(
             resolve_split_brain(SplitBrainPolicy::DiscardSecondary, &va, &vb),
@@ -392,7 +412,11 @@ mod tests {
     #[test]
     fn only_up_to_date_copies_are_promoted() {
         assert!(promotion_refusal(DiskState::UpToDate).is_none());
-        for s in [DiskState::Outdated, DiskState::Inconsistent, DiskState::SyncTarget] {
+        for s in [
+            DiskState::Outdated,
+            DiskState::Inconsistent,
+            DiskState::SyncTarget,
+        ] {
             assert!(promotion_refusal(s).is_some(), "{s:?}");
             assert!(!s.promotable());
         }
