@@ -1306,6 +1306,14 @@ impl Prometheus {
         Ok(v["data"].clone())
     }
 
+    /// Waits (up to 30 s) until the instant query `expr` returns a series.
+    fn wait_for_series(&self, what: &str, expr: &str) {
+        wait_for(what, Duration::from_secs(30), || {
+            let r = self.series(expr, true).ok()?;
+            (!r.is_empty()).then_some(())
+        });
+    }
+
     /// The series an expression returns: instant, or over the last five minutes.
     fn series(&self, expr: &str, instant: bool) -> Result<Vec<Value>, String> {
         let now = std::time::SystemTime::now()
@@ -1327,6 +1335,23 @@ impl Prometheus {
         };
         Ok(data["result"].as_array().cloned().unwrap_or_default())
     }
+}
+
+/// `GET /metrics` of the node at `addr`, from the client namespace.
+fn scrape(lab: &Lab, addr: &str) -> String {
+    let url = format!("http://{addr}:9776/metrics");
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.ns("cl"),
+        "curl",
+        "-sf",
+        "-m",
+        "5",
+        &url,
+    ]));
+    assert!(out.status.success(), "{url}: {}", describe(&out));
+    text(&out.stdout)
 }
 
 /// Metric names in a text exposition.
@@ -1382,38 +1407,13 @@ fn prometheus_returns_data_for_every_panel() {
                 .unwrap_or("?")
         ));
     }
-    let body = {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &lab.ns("cl"),
-            "curl",
-            "-sf",
-            "-m",
-            "5",
-            "http://10.77.0.11:9776/metrics",
-        ]));
-        assert!(out.status.success(), "n1 /metrics: {}", describe(&out));
-        text(&out.stdout)
-    };
+    let body = scrape(&lab, "10.77.0.11");
     lab.note(&format!("SCRAPE n1 body: {} bytes", body.len()));
 
     lab.lab(&["fail", "n1", "kill"]);
     lab.wait_vip("n2", Duration::from_secs(30));
     // The failover is counted on n2 and Prometheus has scraped it.
-    wait_for(
-        "the failover counted in Prometheus",
-        Duration::from_secs(30),
-        || {
-            let r = prom
-            .series(
-                "tandem_failovers_total{cluster=\"lab\",group=\"demo\",reason=\"node_lost\",outcome=\"completed\"} == 1",
-                true,
-            )
-            .ok()?;
-            (!r.is_empty()).then_some(())
-        },
-    );
+    prom.wait_for_series("the failover counted in Prometheus", "tandem_failovers_total{cluster=\"lab\",group=\"demo\",reason=\"node_lost\",outcome=\"completed\"} == 1");
     // Then a manual switchover back to the repaired node: the switchover annotation
     // and the stop phase (timed on the old owner) get data too.
     lab.lab(&["fail", "n1", "restart"]);
@@ -1423,36 +1423,11 @@ fn prometheus_returns_data_for_every_panel() {
     let out = lab.admin("n2", &["switchover", "demo", "--to", "n1"]);
     assert!(out.status.success(), "switchover: {}", describe(&out));
     lab.wait_vip("n1", Duration::from_secs(30));
-    wait_for(
-        "the switchover counted in Prometheus",
-        Duration::from_secs(30),
-        || {
-            let r = prom
-            .series(
-                "tandem_switchovers_total{cluster=\"lab\",group=\"demo\",reason=\"manual\",outcome=\"completed\"} == 1",
-                true,
-            )
-            .ok()?;
-            (!r.is_empty()).then_some(())
-        },
-    );
+    prom.wait_for_series("the switchover counted in Prometheus", "tandem_switchovers_total{cluster=\"lab\",group=\"demo\",reason=\"manual\",outcome=\"completed\"} == 1");
     // Let the rates see a few samples after the moves.
     std::thread::sleep(Duration::from_secs(3));
 
-    let n2_body = {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &lab.ns("cl"),
-            "curl",
-            "-sf",
-            "-m",
-            "5",
-            "http://10.77.0.12:9776/metrics",
-        ]));
-        assert!(out.status.success(), "n2 /metrics: {}", describe(&out));
-        text(&out.stdout)
-    };
+    let n2_body = scrape(&lab, "10.77.0.12");
     let mut names = exposed_names(&body);
     names.extend(exposed_names(&n2_body));
 

@@ -41,6 +41,22 @@ pub struct SnmpConfig {
     pub receivers: Vec<ReceiverConfig>,
 }
 
+impl Default for SnmpConfig {
+    /// An agent on the standard port with no community, user or receiver.
+    fn default() -> Self {
+        SnmpConfig {
+            listen: default_snmp_listen(),
+            engine_id: None,
+            contact: String::new(),
+            location: String::new(),
+            allow_no_auth_no_priv: false,
+            communities: Vec::new(),
+            users: Vec::new(),
+            receivers: Vec::new(),
+        }
+    }
+}
+
 fn default_snmp_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 161))
 }

@@ -392,16 +392,11 @@ fn compare(args: &SnmpBenchArgs, dir: &Path) -> Result<(), SnmpBenchError> {
         .map_err(|e| SnmpBenchError::Io("async runtime".into(), e))?;
     let cfg = SnmpConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        engine_id: None,
-        contact: String::new(),
-        location: String::new(),
-        allow_no_auth_no_priv: false,
         communities: vec![CommunityConfig {
             name: COMMUNITY.into(),
             source: "127.0.0.0/8".into(),
         }],
-        users: Vec::new(),
-        receivers: Vec::new(),
+        ..SnmpConfig::default()
     };
     let (_status_tx, status_rx) = watch::channel(status);
     let engine = crate::snmp::Engine::load(&cfg, "bench", "node00", dir, Instant::now())?;
@@ -451,15 +446,10 @@ fn latency(dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<(), SnmpBenc
     ];
     let cfg = SnmpConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        engine_id: None,
-        contact: String::new(),
-        location: String::new(),
-        allow_no_auth_no_priv: false,
-        communities: Vec::new(),
-        users: Vec::new(),
         receivers: (0..2)
             .map(|i| receiver(trapd.ports[i], forms[i].1))
             .collect(),
+        ..SnmpConfig::default()
     };
     let engine = crate::snmp::Engine::load(&cfg, "bench", "node00", dir, Instant::now())?;
     let log = EventLog::in_memory("node00");

@@ -440,13 +440,7 @@ mod tests {
         let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let cfg = SnmpConfig {
             listen: taken.local_addr().unwrap(),
-            engine_id: None,
-            contact: String::new(),
-            location: String::new(),
-            allow_no_auth_no_priv: false,
-            communities: Vec::new(),
-            users: Vec::new(),
-            receivers: Vec::new(),
+            ..SnmpConfig::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let (_tx, rx) = watch::channel(Status::default());
@@ -464,16 +458,11 @@ mod tests {
     fn handler() -> RequestHandler {
         let cfg = SnmpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            engine_id: None,
-            contact: String::new(),
-            location: String::new(),
-            allow_no_auth_no_priv: false,
             communities: vec![crate::config::CommunityConfig {
                 name: "public".into(),
                 source: "127.0.0.0/8".into(),
             }],
-            users: Vec::new(),
-            receivers: Vec::new(),
+            ..SnmpConfig::default()
         };
         let status = crate::lab::bench_snmp::synthetic_status(50);
         let view = MibView::build(&status, &SystemInfo::default());
