@@ -75,6 +75,31 @@ pub enum EventKind {
     SwitchoverFailed,
     SplitBrainSuspected,
     SplitBrainResolved,
+    /// A mirror's replication link to a peer came up (fields: mirror, peer).
+    MirrorConnected,
+    /// A mirror's link to a peer went down (mirror, peer, reason).
+    MirrorDisconnected,
+    /// This copy became primary (mirror, generation).
+    MirrorPromoted,
+    /// This copy became secondary after a flush (mirror).
+    MirrorDemoted,
+    /// This copy may not become primary (mirror, reason).
+    MirrorPromotionRefused,
+    /// A sync peer was lost and is now Outdated; writes go on and are tracked (mirror, peer).
+    MirrorPeerOutdated,
+    /// Replication to a peer was paused or resumed by an administrator (mirror, peer).
+    MirrorPaused,
+    MirrorResumed,
+    /// Both copies changed apart; no automatic resync (mirror, peer, reason).
+    MirrorSplitBrain,
+    /// A resync began (mirror, peer, direction, full, bytes).
+    ResyncStarted,
+    /// A resync finished (mirror, peer, direction, bytes, duration_ms).
+    ResyncCompleted,
+    /// A resync stopped before the end (mirror, peer, reason).
+    ResyncFailed,
+    /// An online verify finished (mirror, peer, bytes = out-of-sync bytes found).
+    VerifyCompleted,
 }
 
 impl EventKind {

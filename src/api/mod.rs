@@ -87,6 +87,9 @@ pub struct Status {
     /// Failovers and switchovers this node carried out, per group.
     #[serde(default)]
     pub failovers: Vec<FailoverSummary>,
+    /// Every replicated volume this node holds a copy of.
+    #[serde(default)]
+    pub mirrors: Vec<crate::mirror::status::MirrorStatus>,
 }
 
 /// One resource of one group, as this node runs it.

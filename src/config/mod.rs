@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod mirror;
 mod snmp;
+pub use mirror::*;
 pub use snmp::*;
 
 /// A configuration problem: which key, and why.
@@ -56,6 +58,9 @@ pub struct Config {
     pub nodes: Vec<NodeConfig>,
     #[serde(rename = "group", default)]
     pub groups: Vec<GroupConfig>,
+    /// `[[mirror]]`: replicated volumes.
+    #[serde(rename = "mirror", default)]
+    pub mirrors: Vec<MirrorConfig>,
 }
 
 /// `[cluster]`
@@ -468,6 +473,11 @@ impl Config {
                     ));
                 }
             }
+        }
+        unique(self.mirrors.iter().map(|m| &m.name), "mirror.name")?;
+        let node_names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for (i, m) in self.mirrors.iter().enumerate() {
+            m.validate(&format!("mirror[{i}]"), &node_names)?;
         }
         unique(self.groups.iter().map(|g| &g.name), "group.name")?;
         for (gi, g) in self.groups.iter().enumerate() {

@@ -11,7 +11,9 @@ pub mod bench;
 pub mod bitmap;
 pub mod generation;
 pub mod nbd;
+pub mod status;
 pub mod volume;
+pub mod wire;
 
 use std::future::Future;
 

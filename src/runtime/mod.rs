@@ -416,6 +416,7 @@ impl Daemon {
             resources,
             vips,
             failovers: self.failovers.values().cloned().collect(),
+            mirrors: Vec::new(),
         };
         self.status.send_replace(status);
     }

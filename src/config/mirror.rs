@@ -1,0 +1,232 @@
+//! `[[mirror]]`: replicated volumes. Each mirror names its backing store (the same path
+//! on every node), the replication address of every node that holds a copy, and one
+//! `[[mirror.link]]` per pair of nodes that replicate to each other (mode, rate cap,
+//! queue, lag budget, encryption). The same file works on every node.
+//!
+//! Cross-field rules live in [`MirrorConfig::validate`]; each error names its key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::{invalid, ConfigError};
+use crate::mirror::generation::SplitBrainPolicy;
+
+/// A byte count written as an integer or as a string with a unit: `"64MiB"`, `"1 GiB"`,
+/// `"500k"`. Units are binary (k = KiB).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parses `"64MiB"`, `"1 GiB"`, `"4096"`, `"500k"`.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size such as \"64MiB\""))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" | "kib" => 1 << 10,
+            "m" | "mb" | "mib" => 1 << 20,
+            "g" | "gb" | "gib" => 1 << 30,
+            "t" | "tb" | "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+        };
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("{text:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(ByteSize(n)),
+            Raw::Text(t) => ByteSize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How a write reaches a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationMode {
+    /// A write completes once the peer has it (DRBD protocol C); FUA and FLUSH complete
+    /// once it is durable on the peer.
+    #[default]
+    Sync,
+    /// A write completes once it is local; a bounded queue feeds the peer.
+    Async,
+}
+
+impl ReplicationMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Sync => "sync",
+            ReplicationMode::Async => "async",
+        }
+    }
+}
+
+/// `[[mirror]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// Unique name; a `mirror` resource refers to it.
+    pub name: String,
+    /// The backing file or block device (the same path on every node).
+    pub backing: PathBuf,
+    /// Size of the volume. A missing backing file is created sparse with this size;
+    /// an existing one must be at least this big. Required for files.
+    #[serde(default)]
+    pub size: Option<ByteSize>,
+    /// Replication listen address of every node that holds a copy: `{ n1 = "10.0.1.1:7790" }`.
+    pub addresses: BTreeMap<String, SocketAddr>,
+    /// One per replicated pair of nodes.
+    #[serde(rename = "link", default)]
+    pub links: Vec<MirrorLinkConfig>,
+    /// The NBD Unix socket the primary serves; default `<state_dir>/nbd-<name>.sock`.
+    #[serde(default)]
+    pub nbd_socket: Option<PathBuf>,
+    /// Also serve NBD on this TCP address (loopback) while primary.
+    #[serde(default)]
+    pub nbd_tcp: Option<SocketAddr>,
+    /// What to do when both copies changed apart.
+    #[serde(default)]
+    pub split_brain: SplitBrainPolicy,
+}
+
+/// `[[mirror.link]]`: the replication between two nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorLinkConfig {
+    /// The two nodes, by name.
+    pub between: [String; 2],
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    /// Cap on resync traffic in bytes per second; none by default (fill the link).
+    #[serde(default)]
+    pub rate_limit: Option<ByteSize>,
+    /// Async mode: bytes that may wait for the peer before writes go to the bitmap.
+    #[serde(default = "default_queue")]
+    pub queue: ByteSize,
+    /// Async mode: the lag (seconds) that operators accept; exported for alerting.
+    #[serde(with = "humantime_serde", default)]
+    pub lag_budget: Option<Duration>,
+    /// Encrypt this link (ChaCha20-Poly1305), for WAN links. Authentication is always on.
+    #[serde(default)]
+    pub encrypt: bool,
+}
+
+fn default_queue() -> ByteSize {
+    ByteSize(64 << 20)
+}
+
+impl MirrorConfig {
+    /// Checks names, addresses and links against the cluster's nodes.
+    pub fn validate(&self, key: &str, nodes: &[String]) -> Result<(), ConfigError> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                format!("{key}.name"),
+                "use letters, digits, '-' and '_' only",
+            ));
+        }
+        if let Some(size) = self.size {
+            if size.0 == 0 || size.0 % 4096 != 0 {
+                return Err(invalid(
+                    format!("{key}.size"),
+                    "must be a positive multiple of 4 KiB",
+                ));
+            }
+        }
+        if self.addresses.len() < 2 {
+            return Err(invalid(
+                format!("{key}.addresses"),
+                "name at least two nodes that hold a copy",
+            ));
+        }
+        for node in self.addresses.keys() {
+            if !nodes.contains(node) {
+                return Err(invalid(
+                    format!("{key}.addresses.{node}"),
+                    "no [[node]] has this name",
+                ));
+            }
+        }
+        if self.links.is_empty() {
+            return Err(invalid(
+                format!("{key}.link"),
+                "add at least one [[mirror.link]] between two nodes",
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, link) in self.links.iter().enumerate() {
+            let lkey = format!("{key}.link[{i}]");
+            let [a, b] = &link.between;
+            if a == b {
+                return Err(invalid(
+                    format!("{lkey}.between"),
+                    "a link joins two different nodes",
+                ));
+            }
+            for n in [a, b] {
+                if !self.addresses.contains_key(n) {
+                    return Err(invalid(
+                        format!("{lkey}.between"),
+                        format!("{n:?} has no entry in {key}.addresses"),
+                    ));
+                }
+            }
+            let pair = if a < b { (a, b) } else { (b, a) };
+            if !seen.insert(pair) {
+                return Err(invalid(
+                    format!("{lkey}.between"),
+                    "this pair already has a link",
+                ));
+            }
+            if link.queue.0 < 1 << 20 {
+                return Err(invalid(format!("{lkey}.queue"), "must be at least 1MiB"));
+            }
+            if matches!(link.rate_limit, Some(ByteSize(0))) {
+                return Err(invalid(
+                    format!("{lkey}.rate_limit"),
+                    "must be positive (omit it for no cap)",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The links this node takes part in: (peer, link).
+    pub fn links_of<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a MirrorLinkConfig)> {
+        self.links.iter().filter_map(move |l| {
+            let [a, b] = &l.between;
+            if a == node {
+                Some((b.as_str(), l))
+            } else if b == node {
+                Some((a.as_str(), l))
+            } else {
+                None
+            }
+        })
+    }
+}
