@@ -87,6 +87,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: crate::lab::LabCommand,
     },
+    /// Replicated volumes: state, pause/resume, verify, resync, disconnect/connect.
+    Mirror {
+        #[command(subcommand)]
+        cmd: MirrorCmd,
+    },
     /// Block volumes over NBD.
     Nbd {
         #[command(subcommand)]
@@ -168,6 +173,48 @@ pub enum GroupCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// `tandem mirror ...`: every action takes the mirror's name and optionally one peer
+/// (default: every peer of this node's copy).
+#[derive(Debug, Subcommand)]
+pub enum MirrorCmd {
+    /// Role, disk states, connections, out-of-sync bytes, lag and resync progress.
+    Status {
+        /// Only this mirror.
+        mirror: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop replicating (changes are tracked in the bitmap).
+    Pause(MirrorTarget),
+    /// Replicate again; the peer catches up from the bitmap by itself.
+    Resume(MirrorTarget),
+    /// Online verify by checksums; blocks that differ are resynced.
+    Verify(MirrorTarget),
+    /// Resync to the peer.
+    Resync {
+        #[command(flatten)]
+        target: MirrorTarget,
+        /// Every used block, not only the bitmap (a replaced disk).
+        #[arg(long)]
+        full: bool,
+    },
+    /// Drop the replication link and stay disconnected.
+    Disconnect(MirrorTarget),
+    /// Connect again.
+    Connect(MirrorTarget),
+}
+
+/// Which mirror (and peer) a `tandem mirror` action applies to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MirrorTarget {
+    pub mirror: String,
+    /// Only the link to this peer node.
+    #[arg(long)]
+    pub peer: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 #[derive(Debug, Subcommand)]

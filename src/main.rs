@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tandem::api::client::{call, Endpoint};
-use tandem::api::{ApiError, Status};
-use tandem::cli::{ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, NbdCmd, NodeCmd, OnOff};
+use tandem::api::{ApiError, MirrorAction, Status};
+use tandem::cli::{
+    ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
+};
 use tandem::config::{Config, ConfigError};
 use tandem::event::{Event, Timeline};
+use tandem::mirror::status::MirrorStatus;
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {
@@ -242,9 +245,146 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
                 if on { "on" } else { "off" }
             );
         }
+        Cmd::Mirror { cmd } => mirror(cmd).await?,
         _ => unreachable!("handled in dispatch"),
     }
     Ok(())
+}
+
+async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
+    let (target, action) = match cmd {
+        MirrorCmd::Status { mirror, api } => {
+            let mut all: Vec<MirrorStatus> =
+                call(&endpoint(&api), "GET", "/v1/mirrors", None).await?;
+            if let Some(name) = &mirror {
+                all.retain(|m| &m.name == name);
+                if all.is_empty() {
+                    return Err(MainError::Other(format!("no mirror named `{name}` here")));
+                }
+            }
+            if api.json {
+                println!("{}", serde_json::to_string_pretty(&all).unwrap_or_default());
+            } else {
+                print_mirrors(&all);
+            }
+            return Ok(());
+        }
+        MirrorCmd::Pause(t) => (t, MirrorAction::Pause),
+        MirrorCmd::Resume(t) => (t, MirrorAction::Resume),
+        MirrorCmd::Verify(t) => (t, MirrorAction::Verify),
+        MirrorCmd::Resync { target, full } => {
+            if !full {
+                return Err(MainError::Other(
+                    "a partial resync runs by itself whenever a peer is behind; use --full to resync every used block".into(),
+                ));
+            }
+            (target, MirrorAction::ResyncFull)
+        }
+        MirrorCmd::Disconnect(t) => (t, MirrorAction::Disconnect),
+        MirrorCmd::Connect(t) => (t, MirrorAction::Connect),
+    };
+    let name = serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let _: serde_json::Value = call(
+        &endpoint(&target.api),
+        "POST",
+        &format!("/v1/mirrors/{}/{name}", target.mirror),
+        Some(serde_json::json!({ "peer": target.peer })),
+    )
+    .await?;
+    println!(
+        "mirror `{}`{}: {}",
+        target.mirror,
+        target
+            .peer
+            .as_deref()
+            .map(|p| format!(" peer `{p}`"))
+            .unwrap_or_default(),
+        name.replace('_', " ")
+    );
+    Ok(())
+}
+
+fn print_mirrors(all: &[MirrorStatus]) {
+    for m in all {
+        println!(
+            "{:<12} {:<9} disk {:<13} {}  generation {}{}{}",
+            m.name,
+            m.role,
+            m.disk.name(),
+            human_bytes(m.size_bytes),
+            m.generation,
+            m.group
+                .as_deref()
+                .map(|g| format!("  group {g}"))
+                .unwrap_or_default(),
+            if m.io_frozen {
+                "  IO FROZEN (waiting to outdate a lost peer)"
+            } else {
+                ""
+            }
+        );
+        for p in &m.peers {
+            let mut line = format!(
+                "  -> {:<10} {:<5} {:<12} peer disk {:<13} out of sync {}",
+                p.node,
+                p.mode.name(),
+                p.connection,
+                p.peer_disk.map_or("-", |d| d.name()),
+                human_bytes(p.out_of_sync_bytes)
+            );
+            if p.lag_bytes > 0 || p.lag_seconds > 0.0 {
+                line += &format!(
+                    "  lag {} / {:.1} s",
+                    human_bytes(p.lag_bytes),
+                    p.lag_seconds
+                );
+            }
+            if let Some(r) = &p.resync {
+                let pct = if r.total_bytes == 0 {
+                    100.0
+                } else {
+                    r.done_bytes as f64 * 100.0 / r.total_bytes as f64
+                };
+                line += &format!(
+                    "\n     resync {} {}{:.1}% of {} at {}/s, eta {}",
+                    r.direction,
+                    if r.full { "(full) " } else { "" },
+                    pct,
+                    human_bytes(r.total_bytes),
+                    human_bytes(r.bytes_per_second as u64),
+                    r.eta_seconds.map_or("-".into(), |e| format!("{e:.0} s"))
+                );
+            }
+            if let Some(v) = &p.verify {
+                line += &format!(
+                    "\n     verify {} {} of {} checked, {} out of sync",
+                    if v.running { "running" } else { "done" },
+                    human_bytes(v.checked_bytes),
+                    human_bytes(v.total_bytes),
+                    human_bytes(v.out_of_sync_bytes)
+                );
+            }
+            println!("{line}");
+        }
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn print_status(st: &Status) {
@@ -293,6 +433,10 @@ fn print_status(st: &Status) {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    if !st.mirrors.is_empty() {
+        println!("\nMIRRORS");
+        print_mirrors(&st.mirrors);
+    }
     println!(
         "\nheartbeats: sent {} accepted {} rejected [{}]",
         st.heartbeats.sent,

@@ -1072,6 +1072,7 @@ fn wrong_key_and_garbage_heartbeats_are_rejected() {
                     standby: false,
                     groups: vec![],
                     standby_register: Vec::new(),
+                    mirrors: Vec::new(),
                 },
             };
             encode(&hb, b"definitely-not-the-cluster-key!!").expect("encode")

@@ -147,4 +147,30 @@ pub enum Request {
         on: bool,
         reply: Reply<()>,
     },
+    /// An operation on a replicated volume (`tandem mirror ...`).
+    Mirror {
+        mirror: String,
+        action: MirrorAction,
+        /// One peer, or every peer.
+        peer: Option<String>,
+        reply: Reply<()>,
+    },
+}
+
+/// What `tandem mirror` can ask of a mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorAction {
+    /// Stop replicating to the peer; changes go to its bitmap.
+    Pause,
+    /// Replicate again; the peer catches up from its bitmap.
+    Resume,
+    /// Online verify by checksums; differing blocks are resynced.
+    Verify,
+    /// Resync every used block to the peer.
+    ResyncFull,
+    /// Drop the replication link and stay disconnected.
+    Disconnect,
+    /// Connect again after a disconnect (or a split brain the admin resolved).
+    Connect,
 }

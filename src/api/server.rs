@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ApiError, Request, Status};
+use super::{ApiError, MirrorAction, Request, Status};
 use crate::config::ApiConfig;
 use crate::event::EventLog;
 
@@ -59,6 +59,8 @@ fn router(state: AppState) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/groups/{group}/switchover", post(switchover))
         .route("/v1/groups/{group}/maintenance", post(maintenance))
+        .route("/v1/mirrors", get(mirrors))
+        .route("/v1/mirrors/{mirror}/{action}", post(mirror_action))
         .route("/v1/nodes/{node}/standby", post(standby))
         .route("/v1/nodes/{node}/online", post(online))
         .with_state(state)
@@ -357,6 +359,48 @@ async fn maintenance(
         Ok(()) => {
             Json(serde_json::json!({ "group": group, "maintenance": body.on })).into_response()
         }
+        Err(r) => r,
+    }
+}
+
+async fn mirrors(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.status.borrow().mirrors.clone()).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MirrorBody {
+    #[serde(default)]
+    peer: Option<String>,
+}
+
+async fn mirror_action(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath((mirror, action)): UrlPath<(String, String)>,
+    body: Option<Json<MirrorBody>>,
+) -> Response {
+    auth!(s, h);
+    let Ok(action) =
+        serde_json::from_value::<MirrorAction>(serde_json::Value::String(action.clone()))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("unknown mirror action `{action}` (pause, resume, verify, resync_full, disconnect, connect)"),
+        );
+    };
+    let peer = body.and_then(|b| b.0.peer);
+    match ask(&s, |reply| Request::Mirror {
+        mirror: mirror.clone(),
+        action,
+        peer: peer.clone(),
+        reply,
+    })
+    .await
+    {
+        Ok(()) => Json(serde_json::json!({ "mirror": mirror, "action": action, "peer": peer }))
+            .into_response(),
         Err(r) => r,
     }
 }

@@ -40,6 +40,15 @@
 //!   node        str
 //!   sflags      u8  bit0 = standby, others must be 0
 //!   epoch       u64
+//! [mirrors]         optional: present only if the node holds mirrors
+//!   mirror_count  u8  1..=MAX_MIRRORS
+//!   mirror * mirror_count:      unique names
+//!     name        str
+//!     outdated    u64 generation this (secondary) copy outdated itself for; 0 none
+//!     req_count   u8  <= MAX_NODES
+//!     request * req_count:      a primary asks a lost sync peer to outdate
+//!       peer      str
+//!       generation u64 the primary's current generation
 //! mac           32  HMAC-SHA256(cluster key, all preceding bytes)
 //! ```
 //!
@@ -74,6 +83,8 @@ pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_GROUPS: usize = 32;
 /// Maximum number of standby register settings (one per node) in one advert.
 pub const MAX_NODES: usize = 32;
+/// Maximum number of mirror registers in one advert.
+pub const MAX_MIRRORS: usize = 8;
 
 const FLAG_ECHO: u8 = 0x01;
 const FLAG_STANDBY: u8 = 0x02;
@@ -145,6 +156,22 @@ pub struct NodeAdvert {
     /// node. At most [`MAX_NODES`] settings, unique node names; order is
     /// preserved on the wire.
     pub standby_register: Vec<StandbySetting>,
+    /// The mirror fencing register: outdate requests from a primary and the
+    /// acknowledgements of secondaries. At most [`MAX_MIRRORS`], unique names.
+    pub mirrors: Vec<MirrorRegister>,
+}
+
+/// One mirror's part of the advert. A sync primary that loses its replication link to
+/// a peer holds writes and asks that peer (through heartbeats, which may still get
+/// through) to mark its copy Outdated; the peer answers by advertising the generation
+/// it outdated itself for. Only then (or once the peer is declared dead) do writes go on.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MirrorRegister {
+    pub name: String,
+    /// As a secondary: the primary generation this copy outdated itself for (0: none).
+    pub outdated: u64,
+    /// As a primary: (peer, my current generation) for each lost sync peer.
+    pub outdate_requests: Vec<(String, u64)>,
 }
 
 /// One entry of the replicated standby register: whether `node` should be in
@@ -240,6 +267,9 @@ pub enum EncodeError {
     /// Two standby register settings name the same node.
     #[error("duplicate standby setting for node {0:?} in advert")]
     DuplicateStandbySetting(String),
+    /// Too many mirrors, a bad or duplicate mirror name, or too many outdate requests.
+    #[error("bad mirror register: {0}")]
+    BadMirrors(String),
     /// An empty key authenticates nothing; refuse to send.
     #[error("cluster key is empty")]
     EmptyKey,
@@ -345,6 +375,33 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
         }
     }
 
+    let mirrors = &hb.advert.mirrors;
+    if mirrors.len() > MAX_MIRRORS {
+        return Err(EncodeError::BadMirrors(format!(
+            "{} mirrors, limit is {MAX_MIRRORS}",
+            mirrors.len()
+        )));
+    }
+    for (i, m) in mirrors.iter().enumerate() {
+        check_name("mirror name", &m.name)?;
+        if mirrors[..i].iter().any(|o| o.name == m.name) {
+            return Err(EncodeError::BadMirrors(format!(
+                "duplicate mirror {:?}",
+                m.name
+            )));
+        }
+        if m.outdate_requests.len() > MAX_NODES {
+            return Err(EncodeError::BadMirrors(format!(
+                "{} outdate requests for {:?}",
+                m.outdate_requests.len(),
+                m.name
+            )));
+        }
+        for (peer, _) in &m.outdate_requests {
+            check_name("outdate request peer", peer)?;
+        }
+    }
+
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
@@ -395,6 +452,19 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
         put_str(&mut out, &s.node);
         out.push(if s.standby { SFLAG_STANDBY } else { 0 });
         out.extend_from_slice(&s.epoch.to_be_bytes());
+    }
+    if !mirrors.is_empty() {
+        // Bounded by MAX_MIRRORS and MAX_NODES < 256 above.
+        out.push(mirrors.len() as u8);
+        for m in mirrors {
+            put_str(&mut out, &m.name);
+            out.extend_from_slice(&m.outdated.to_be_bytes());
+            out.push(m.outdate_requests.len() as u8);
+            for (peer, generation) in &m.outdate_requests {
+                put_str(&mut out, peer);
+                out.extend_from_slice(&generation.to_be_bytes());
+            }
+        }
     }
     let len = out.len() + MAC_LEN;
     if len > MAX_PACKET {
@@ -560,6 +630,34 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
             epoch: r.u64()?,
         });
     }
+    let mut mirrors: Vec<MirrorRegister> = Vec::new();
+    if r.pos != signed.len() {
+        let count = usize::from(r.u8()?);
+        if count == 0 || count > MAX_MIRRORS {
+            return Err(DecodeError::Malformed("bad mirror count"));
+        }
+        for _ in 0..count {
+            let name = r.name("bad mirror name length")?;
+            if mirrors.iter().any(|m| m.name == name) {
+                return Err(DecodeError::Malformed("duplicate mirror"));
+            }
+            let outdated = r.u64()?;
+            let n = usize::from(r.u8()?);
+            if n > MAX_NODES {
+                return Err(DecodeError::Malformed("too many outdate requests"));
+            }
+            let mut outdate_requests = Vec::with_capacity(n);
+            for _ in 0..n {
+                let peer = r.name("bad outdate request peer length")?;
+                outdate_requests.push((peer, r.u64()?));
+            }
+            mirrors.push(MirrorRegister {
+                name,
+                outdated,
+                outdate_requests,
+            });
+        }
+    }
     if r.pos != signed.len() {
         return Err(DecodeError::Malformed("trailing bytes after body"));
     }
@@ -583,6 +681,7 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
             standby: flags & FLAG_STANDBY != 0,
             groups,
             standby_register,
+            mirrors,
         },
     })
 }
@@ -625,8 +724,64 @@ mod tests {
                     standby: true,
                     epoch: 9,
                 }],
+                mirrors: Vec::new(),
             },
         }
+    }
+
+    #[test]
+    fn mirror_registers_round_trip_and_are_optional() {
+        let mut hb = sample();
+        let plain = encode(&hb, KEY).expect("encode");
+        hb.advert.mirrors = vec![
+            MirrorRegister {
+                name: "data".into(),
+                outdated: 0,
+                outdate_requests: vec![("b".into(), 0xdead_beef), ("c".into(), 1)],
+            },
+            MirrorRegister {
+                name: "logs".into(),
+                outdated: 42,
+                outdate_requests: vec![],
+            },
+        ];
+        let bytes = encode(&hb, KEY).expect("encode");
+        assert!(bytes.len() > plain.len());
+        assert_eq!(decode(&bytes, KEY, "prod").expect("decode"), hb);
+        // Without mirrors the section is absent: the datagram is what it always was.
+        assert!(decode(&plain, KEY, "prod")
+            .expect("decode")
+            .advert
+            .mirrors
+            .is_empty());
+    }
+
+    #[test]
+    fn mirror_register_limits() {
+        let mut hb = sample();
+        hb.advert.mirrors = (0..MAX_MIRRORS + 1)
+            .map(|i| MirrorRegister {
+                name: format!("m{i}"),
+                ..MirrorRegister::default()
+            })
+            .collect();
+        assert!(matches!(encode(&hb, KEY), Err(EncodeError::BadMirrors(_))));
+        hb.advert.mirrors = vec![
+            MirrorRegister {
+                name: "m".into(),
+                ..MirrorRegister::default()
+            };
+            2
+        ];
+        assert!(matches!(encode(&hb, KEY), Err(EncodeError::BadMirrors(_))));
+        // A zero mirror count in an authenticated body is malformed.
+        let plain = encode(&sample(), KEY).expect("encode");
+        let mut body = plain[..plain.len() - MAC_LEN].to_vec();
+        body.push(0);
+        assert!(matches!(
+            decode(&resign(&body), KEY, "prod"),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     fn hex(b: &[u8]) -> String {
@@ -750,12 +905,24 @@ mod tests {
         let mut pkt = encode(&sample(), KEY).expect("encode");
         pkt.push(0);
         assert_eq!(decode(&pkt, KEY, "prod"), Err(DecodeError::BadMac));
-        // Even if the sender signs the trailing byte, the body parser refuses.
-        let mut body = body_of(&encode(&sample(), KEY).expect("encode"));
+        // Even if the sender signs the trailing bytes, the body parser refuses.
+        let mut hb = sample();
+        hb.advert.mirrors = vec![MirrorRegister {
+            name: "m".into(),
+            ..MirrorRegister::default()
+        }];
+        let mut body = body_of(&encode(&hb, KEY).expect("encode"));
         body.push(0);
         assert_eq!(
             decode(&resign(&body), KEY, "prod"),
             Err(DecodeError::Malformed("trailing bytes after body"))
+        );
+        // A lone byte after the standby register is a bad mirror count.
+        let mut body = body_of(&encode(&sample(), KEY).expect("encode"));
+        body.push(0);
+        assert_eq!(
+            decode(&resign(&body), KEY, "prod"),
+            Err(DecodeError::Malformed("bad mirror count"))
         );
     }
 
@@ -1136,6 +1303,7 @@ mod tests {
                             standby: s,
                             groups,
                             standby_register,
+                            mirrors: Vec::new(),
                         },
                     }
                 },

@@ -274,6 +274,9 @@ pub enum ResourceKind {
         #[serde(with = "humantime_serde", default = "default_stop_timeout")]
         stop_timeout: Duration,
     },
+    /// A replicated volume (`[[mirror]]` by name): starting promotes this node's copy
+    /// to primary and serves it over NBD; stopping flushes and demotes.
+    Mirror { mirror: String },
 }
 
 fn default_announce_count() -> u32 {
@@ -516,6 +519,32 @@ impl Config {
                     }
                 }
                 r.kind.validate(&rk)?;
+                if let ResourceKind::Mirror { mirror } = &r.kind {
+                    let Some(m) = self.mirrors.iter().find(|m| &m.name == mirror) else {
+                        return Err(invalid(
+                            format!("{rk}.mirror"),
+                            format!("no [[mirror]] is named `{mirror}`"),
+                        ));
+                    };
+                    if let Some(n) = g.nodes.iter().find(|n| !m.addresses.contains_key(*n)) {
+                        return Err(invalid(
+                            format!("{rk}.mirror"),
+                            format!("group node `{n}` holds no copy of mirror `{mirror}` (add it to its addresses)"),
+                        ));
+                    }
+                    let users = self
+                        .groups
+                        .iter()
+                        .flat_map(|g| &g.resources)
+                        .filter(|r| matches!(&r.kind, ResourceKind::Mirror { mirror: x } if x == mirror))
+                        .count();
+                    if users > 1 {
+                        return Err(invalid(
+                            format!("{rk}.mirror"),
+                            format!("mirror `{mirror}` is used by {users} resources; one group owns a volume"),
+                        ));
+                    }
+                }
                 for (which, c) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
                     if let Some(c) = c {
                         c.validate(&format!("{rk}.{which}"))?;
@@ -582,12 +611,25 @@ impl Config {
                         epoch: u64::MAX,
                     })
                     .collect(),
+                mirrors: self
+                    .mirrors
+                    .iter()
+                    .map(|m| p::MirrorRegister {
+                        name: m.name.clone(),
+                        outdated: u64::MAX,
+                        outdate_requests: m
+                            .addresses
+                            .keys()
+                            .map(|n| (n.clone(), u64::MAX))
+                            .collect(),
+                    })
+                    .collect(),
             },
         };
         p::encode(&hb, b"size-check").map(|_| ()).map_err(|e| {
             invalid(
                 "group",
-                format!("the cluster's heartbeat would not fit in one datagram ({e}): use fewer or shorter group and node names"),
+                format!("the cluster's heartbeat would not fit in one datagram ({e}): use fewer or shorter group, mirror and node names"),
             )
         })
     }
@@ -631,6 +673,8 @@ impl ResourceKind {
                     return Err(invalid(format!("{key}.command"), "empty command"));
                 }
             }
+            // Cross-checked against [[mirror]] in Config::validate.
+            ResourceKind::Mirror { .. } => {}
         }
         Ok(())
     }

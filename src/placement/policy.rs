@@ -364,6 +364,7 @@ impl Placement {
                     assignment: g.register.clone(),
                 })
                 .collect(),
+            mirrors: Vec::new(),
         }
     }
 

@@ -6,6 +6,9 @@
 //! - `exec`: user scripts for start and stop, each under a timeout.
 //! - `process`: a supervised long-running command in its own process group; its
 //!   monitor notices at once when it exits.
+//! - `mirror`: promotes this node's copy of a replicated volume (refused unless it is
+//!   UpToDate) and serves it over NBD; stop closes the NBD listeners, flushes and
+//!   demotes. Its monitor fails when the copy is no longer primary.
 
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -17,6 +20,8 @@ use tokio::process::{Child, Command};
 
 use super::ResourceError;
 use crate::config::{parse_cidr, ResourceConfig, ResourceKind};
+use crate::mirror::nbd::NbdServer;
+use crate::mirror::node::{LocalMirror, LocalMirrors};
 use crate::net;
 use crate::net::vip::{VipAction, VipOutcome, VipSpec};
 
@@ -48,6 +53,15 @@ pub enum Agent {
         stop_timeout: Duration,
         child: Option<Child>,
     },
+    Mirror(MirrorAgent),
+}
+
+/// The `mirror` agent.
+pub struct MirrorAgent {
+    name: String,
+    /// None if this node holds no copy (a config error caught at start).
+    local: Option<LocalMirror>,
+    server: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The floating IP agent.
@@ -64,7 +78,7 @@ pub struct IpAgent {
 
 impl Agent {
     /// Builds the agent for a validated resource.
-    pub fn new(cfg: &ResourceConfig) -> Agent {
+    pub fn new(cfg: &ResourceConfig, mirrors: &LocalMirrors) -> Agent {
         match &cfg.kind {
             ResourceKind::Ip {
                 address,
@@ -108,6 +122,11 @@ impl Agent {
                 stop_timeout: *stop_timeout,
                 child: None,
             },
+            ResourceKind::Mirror { mirror } => Agent::Mirror(MirrorAgent {
+                name: mirror.clone(),
+                local: mirrors.get(mirror).cloned(),
+                server: None,
+            }),
         }
     }
 
@@ -154,6 +173,7 @@ impl Agent {
                 *child = Some(c);
                 Ok(())
             }
+            Agent::Mirror(m) => m.start().await,
         }
     }
 
@@ -186,6 +206,7 @@ impl Agent {
                 }
                 Ok(())
             }
+            Agent::Mirror(m) => m.stop().await,
         }
     }
 
@@ -240,7 +261,69 @@ impl Agent {
                     Err(e) => Monitor::Failed(format!("wait: {e}")),
                 },
             },
+            Agent::Mirror(m) => m.monitor(),
         }
+    }
+}
+
+impl MirrorAgent {
+    fn local(&self) -> Result<&LocalMirror, ResourceError> {
+        self.local.as_ref().ok_or_else(|| {
+            ResourceError::Check(format!("this node holds no copy of mirror `{}`", self.name))
+        })
+    }
+
+    async fn start(&mut self) -> Result<(), ResourceError> {
+        let local = self.local()?.clone();
+        if !local.mirror.is_primary() {
+            local
+                .mirror
+                .promote()
+                .await
+                .map_err(|e| ResourceError::Check(format!("mirror `{}`: {e}", self.name)))?;
+        }
+        if self.server.as_ref().is_some_and(|s| !s.is_finished()) {
+            return Ok(());
+        }
+        let server = NbdServer::bind(local.nbd.clone())
+            .await
+            .map_err(|e| ResourceError::Check(format!("mirror `{}` NBD: {e}", self.name)))?;
+        self.server = Some(tokio::spawn(server.run(local.mirror.clone())));
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> Result<(), ResourceError> {
+        if let Some(s) = self.server.take() {
+            s.abort();
+            let _ = s.await;
+        }
+        let Ok(local) = self.local() else {
+            return Ok(());
+        };
+        if let Some(path) = &local.nbd.unix {
+            let _ = std::fs::remove_file(path);
+        }
+        if local.mirror.is_primary() {
+            local
+                .mirror
+                .demote()
+                .await
+                .map_err(|e| ResourceError::Check(format!("mirror `{}`: {e}", self.name)))?;
+        }
+        Ok(())
+    }
+
+    fn monitor(&mut self) -> Monitor {
+        let Ok(local) = self.local() else {
+            return Monitor::Unrecoverable(format!("no copy of mirror `{}` here", self.name));
+        };
+        if !local.mirror.is_primary() {
+            return Monitor::Failed(format!("mirror `{}` is not primary here", self.name));
+        }
+        if self.server.as_ref().is_none_or(|s| s.is_finished()) {
+            return Monitor::Failed(format!("mirror `{}`: the NBD server stopped", self.name));
+        }
+        Monitor::Healthy
     }
 }
 

@@ -52,6 +52,7 @@ pub fn spawn(
     vip_probe_timeout: Duration,
     events: EventLog,
     metrics: Metrics,
+    mirrors: &crate::mirror::node::LocalMirrors,
     results: mpsc::Sender<Input>,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(16);
@@ -61,7 +62,7 @@ pub fn spawn(
         .iter()
         .map(|r| Res {
             name: r.name.clone(),
-            agent: Agent::new(r),
+            agent: Agent::new(r, mirrors),
             quick: r.quickcheck.clone().map(|c| {
                 let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
                 (c, i)

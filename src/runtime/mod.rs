@@ -12,6 +12,7 @@
 //!                                                      EventLog        API server
 //! ```
 
+pub mod mirrors;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -23,13 +24,15 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::Instrument;
 
 use crate::api::{
-    self, FailoverSummary, NodeStatus, PathStatusView, Request, ResourceView, Status, VipView,
+    self, FailoverSummary, MirrorAction, NodeStatus, PathStatusView, Request, ResourceView, Status,
+    VipView,
 };
 use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
 use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
 use crate::config::{Config, ResourceKind};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
 use crate::metrics::{self, Metrics};
+use crate::mirror::node::LocalMirrors;
 use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
 use crate::resources::agent::Agent;
 use crate::resources::executor::{self, Command};
@@ -50,6 +53,8 @@ pub enum RuntimeError {
     Metrics(#[from] crate::metrics::MetricsError),
     #[error(transparent)]
     Snmp(#[from] crate::snmp::SnmpError),
+    #[error("mirror: {0}")]
+    Mirror(#[from] crate::mirror::replica::MirrorError),
     #[error("encoding our own heartbeat failed: {0}")]
     Encode(#[from] packet::EncodeError),
 }
@@ -80,6 +85,23 @@ struct Daemon {
     last_advert: Option<packet::NodeAdvert>,
     /// Per group: the failovers and switchovers this node carried out.
     failovers: BTreeMap<String, FailoverSummary>,
+    /// The replicated volumes this node holds a copy of.
+    mirrors: LocalMirrors,
+    /// Per mirror: the primary generation this copy outdated itself for.
+    outdated_for: mirrors::OutdatedFor,
+    /// Outdates being carried out: (mirror, generation).
+    outdating: std::collections::BTreeSet<(String, u64)>,
+    /// Finished outdates and mirror admin replies come back here.
+    mirror_done: mpsc::Sender<MirrorDone>,
+}
+
+/// A finished asynchronous mirror operation.
+enum MirrorDone {
+    Outdated {
+        mirror: String,
+        generation: u64,
+        ok: bool,
+    },
 }
 
 use transport::Outgoing;
@@ -108,7 +130,8 @@ impl Daemon {
     /// Sends one heartbeat to every peer on every path.
     fn send_heartbeats(&mut self) {
         let now = self.now();
-        let advert = self.placement.advert(now);
+        let mut advert = self.placement.advert(now);
+        advert.mirrors = mirrors::registers(&self.mirror_fencing());
         for (pi, path_name) in self.cfg.heartbeat.paths.iter().enumerate() {
             for n in &self.cfg.nodes {
                 if n.name == self.local {
@@ -299,6 +322,102 @@ impl Daemon {
                 });
                 let _ = reply.send(r.map_err(|e| e.to_string()));
             }
+            Request::Mirror {
+                mirror,
+                action,
+                peer,
+                reply,
+            } => {
+                let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
+                    let _ = reply.send(Err(format!("this node holds no mirror `{mirror}`")));
+                    return;
+                };
+                tokio::spawn(async move {
+                    let peer = peer.as_deref();
+                    let r = match action {
+                        MirrorAction::Pause => m.pause(peer).await,
+                        MirrorAction::Resume => m.resume(peer).await,
+                        MirrorAction::Verify => m.verify(peer).await,
+                        MirrorAction::ResyncFull => m.resync_full(peer).await,
+                        MirrorAction::Disconnect => m.disconnect(peer).await,
+                        MirrorAction::Connect => m.connect(peer).await,
+                    };
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                });
+            }
+        }
+    }
+
+    /// Each mirror's fencing view.
+    fn mirror_fencing(&self) -> Vec<mirrors::LocalFencing> {
+        self.mirrors
+            .iter()
+            .map(|(name, m)| {
+                let primary = m.mirror.is_primary();
+                mirrors::LocalFencing {
+                    name: name.clone(),
+                    primary,
+                    pending: if primary {
+                        m.mirror.pending_outdates()
+                    } else {
+                        Vec::new()
+                    },
+                    outdated: self.outdated_for.get(name).copied().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    /// Carries out the fencing decisions (see [`mirrors`]).
+    fn fence_mirrors(&mut self) {
+        if self.mirrors.is_empty() {
+            return;
+        }
+        let local = self.mirror_fencing();
+        let peers = self.peers();
+        for action in mirrors::decide(&self.local, &local, &peers, &self.outdating) {
+            match action {
+                mirrors::FenceAction::PeerOutdated { mirror, peer } => {
+                    if let Some(m) = self.mirrors.get(&mirror) {
+                        m.mirror.peer_outdated(&peer);
+                    }
+                }
+                mirrors::FenceAction::OutdateSelf { mirror, generation } => {
+                    let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
+                        continue;
+                    };
+                    self.outdating.insert((mirror.clone(), generation));
+                    let done = self.mirror_done.clone();
+                    tokio::spawn(async move {
+                        let r = m.outdate(generation).await;
+                        if let Err(e) = &r {
+                            tracing::error!(mirror = %mirror, error = %e, "cannot outdate this copy");
+                        }
+                        let _ = done
+                            .send(MirrorDone::Outdated {
+                                mirror,
+                                generation,
+                                ok: r.is_ok(),
+                            })
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+
+    fn mirror_done(&mut self, done: MirrorDone) {
+        match done {
+            MirrorDone::Outdated {
+                mirror,
+                generation,
+                ok,
+            } => {
+                self.outdating.remove(&(mirror.clone(), generation));
+                if ok {
+                    self.outdated_for.insert(mirror, generation);
+                }
+            }
         }
     }
 
@@ -385,6 +504,7 @@ impl Daemon {
                     }
                     ResourceKind::Exec { .. } => "exec",
                     ResourceKind::Process { .. } => "process",
+                    ResourceKind::Mirror { .. } => "mirror",
                 };
                 resources.push(ResourceView {
                     group: g.name.clone(),
@@ -416,7 +536,7 @@ impl Daemon {
             resources,
             vips,
             failovers: self.failovers.values().cloned().collect(),
-            mirrors: Vec::new(),
+            mirrors: crate::mirror::node::statuses(&self.mirrors),
         };
         self.status.send_replace(status);
     }
@@ -435,7 +555,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         // A crash may have left our floating IPs behind: nothing runs here yet.
         for g in &cfg.groups {
             for r in &g.resources {
-                let mut agent = Agent::new(r);
+                let mut agent = Agent::new(r, &LocalMirrors::new());
                 if agent.vip().is_some() {
                     if let Err(e) = agent.stop(&[]).await {
                         tracing::warn!(group = %g.name, resource = %r.name, error = %e, "cannot clear a stale floating IP");
@@ -456,6 +576,8 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                 })
                 .collect(),
         });
+        let mirrors = crate::mirror::node::open_all(&cfg, &local, &key, &events).await?;
+        let (mirror_done_tx, mut mirror_done_rx) = mpsc::channel(16);
         let placement = Placement::new(PlacementConfig::from_config(&cfg, &local));
         let metrics = Metrics::new(&cfg, &local)?;
         let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
@@ -490,6 +612,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                         cfg.cluster.vip_probe_timeout,
                         events.clone(),
                         metrics.clone(),
+                        &mirrors,
                         res_tx.clone(),
                     ),
                 )
@@ -515,6 +638,10 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
             metrics: metrics.clone(),
             last_advert: None,
             failovers: BTreeMap::new(),
+            mirrors,
+            outdated_for: mirrors::OutdatedFor::new(),
+            outdating: Default::default(),
+            mirror_done: mirror_done_tx,
             local: local.clone(),
             cfg,
         };
@@ -579,7 +706,9 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                     d.membership_input(membership::Input::Tick);
                     d.placement_input(Input::Tick);
                     d.pre_probe_silent_peers();
+                    d.fence_mirrors();
                 }
+                Some(done) = mirror_done_rx.recv() => d.mirror_done(done),
                 Some(r) = pkt_rx.recv() => match r.result {
                     Ok(hb) => d.membership_input(membership::Input::Packet { path: r.path, hb }),
                     Err(reason) => {
@@ -628,6 +757,10 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
             while res_rx.recv().await.is_some() {}
         })
         .await;
+        // Every group has stopped (demoting its mirrors): persist bitmaps, mark clean.
+        for m in d.mirrors.values() {
+            m.mirror.shutdown().await;
+        }
         Ok(())
     }
     .instrument(span)
