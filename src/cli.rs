@@ -109,6 +109,9 @@ pub enum Cmd {
         listen: SocketAddr,
         #[arg(long, env = "TANDEM_NODE", default_value = "unknown")]
         name: String,
+        /// Keep a visit counter (`/counter`) on the volume behind this NBD socket.
+        #[arg(long)]
+        nbd_socket: Option<PathBuf>,
     },
 }
 

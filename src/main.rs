@@ -123,8 +123,12 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         Cmd::Bench {
             cmd: BenchCmd::Mirror(args),
         } => Ok(tandem::mirror::bench::run(&args)?),
-        Cmd::DemoService { listen, name } => runtime()?
-            .block_on(tandem::demo::serve(listen, name))
+        Cmd::DemoService {
+            listen,
+            name,
+            nbd_socket,
+        } => runtime()?
+            .block_on(tandem::demo::serve(listen, name, nbd_socket))
             .map_err(|e| MainError::Other(format!("demo service: {e}"))),
         other => runtime()?.block_on(admin(other)),
     }

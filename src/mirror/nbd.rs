@@ -8,6 +8,7 @@
 //! the server hold. All connections share one export, so a flush (fdatasync of the
 //! shared file) covers every write completed before it on any connection.
 
+pub mod client;
 pub mod handshake;
 pub mod proto;
 
