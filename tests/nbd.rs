@@ -48,6 +48,7 @@ fn serve_export<E: Export>(dir: tempfile::TempDir, export: E) -> Served {
         description: "test volume".into(),
         unix: Some(socket.clone()),
         tcp: Some("127.0.0.1:0".parse().unwrap()),
+        metrics: None,
     };
     let server = runtime.block_on(NbdServer::bind(config)).unwrap();
     let tcp = server.tcp_addr().unwrap();
