@@ -152,6 +152,7 @@ async fn nbd(cmd: NbdCmd) -> Result<(), MainError> {
         description: file.display().to_string(),
         unix: socket.clone(),
         tcp,
+        metrics: None,
     };
     let server = tandem::mirror::nbd::NbdServer::bind(config).await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

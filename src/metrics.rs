@@ -8,7 +8,12 @@
 //!   restarts and split-brain suspicions, and time each failover phase;
 //! - the **executor** times every health check and counts its failures;
 //! - the **SNMP agent and notifier** keep their own counters (requests, refusals,
-//!   notifications sent, acked, retried, dropped), exported at scrape time.
+//!   notifications sent, acked, retried, dropped), exported at scrape time;
+//! - the **mirrors** in the snapshot set their state-set gauges (role, disk states,
+//!   connections), sizes, lag and resync progress at scrape time, and their monotonic
+//!   byte counters become real counters by adding the delta since the last scrape;
+//! - the **NBD server** times each request and counts bytes and errors per export
+//!   through an [`NbdMetrics`] handle whose label children are resolved up front.
 //!
 //! Every series carries a constant `cluster` label (the cluster name); Prometheus adds
 //! `instance`. Names follow the conventions: the `tandem_` prefix, base units (seconds,
@@ -21,8 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -30,6 +35,8 @@ use crate::api::Status;
 use crate::cluster::membership;
 use crate::config::Config;
 use crate::event::{Event, EventKind, EventLog, MoveReason, Timeline};
+use crate::mirror::generation::DiskState;
+use crate::mirror::nbd::proto::Command;
 use crate::snmp::agent::AgentCounters;
 use crate::snmp::notify::ReceiverStatuses;
 
@@ -63,6 +70,41 @@ const PHASE_BUCKETS: [f64; 14] = [
 /// Buckets for health checks, in seconds.
 const CHECK_BUCKETS: [f64; 11] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+
+/// Every disk state, one-hot in `tandem_mirror_disk_state` and `..._peer_disk_state`.
+pub const DISK_STATES: [DiskState; 5] = [
+    DiskState::UpToDate,
+    DiskState::Outdated,
+    DiskState::Inconsistent,
+    DiskState::SyncSource,
+    DiskState::SyncTarget,
+];
+/// The connection states a mirror peer reports, one-hot in
+/// `tandem_mirror_connection_state` (a state outside this list gets its own series).
+pub const CONNECTION_STATES: [&str; 6] = [
+    "connected",
+    "connecting",
+    "disconnected",
+    "paused",
+    "split_brain",
+    "refused",
+];
+/// NBD commands timed and counted, in the order of [`NbdMetrics`]' arrays.
+const NBD_COMMANDS: [&str; 6] = [
+    "read",
+    "write",
+    "flush",
+    "trim",
+    "write_zeroes",
+    "block_status",
+];
+/// Label of requests the server does not implement (errors only).
+const NBD_OTHER: &str = "other";
+/// Buckets for NBD requests, in seconds: from a page-cache read to a stalled sync write.
+const NBD_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
 /// The daemon's metrics. Cheap to clone (shared handles).
@@ -108,6 +150,82 @@ struct Inner {
     snmp_dropped: IntCounterVec,
     snmp_notifications: IntCounterVec,
     snmp_queue: IntGaugeVec,
+    // From the mirrors in the snapshot, at scrape time.
+    mirror_primary: IntGaugeVec,
+    mirror_disk_state: IntGaugeVec,
+    mirror_io_frozen: IntGaugeVec,
+    mirror_read: IntCounterVec,
+    mirror_written: IntCounterVec,
+    mirror_peer_disk_state: IntGaugeVec,
+    mirror_connection: IntGaugeVec,
+    mirror_out_of_sync: IntGaugeVec,
+    mirror_lag_bytes: IntGaugeVec,
+    mirror_lag_seconds: GaugeVec,
+    mirror_lag_budget: GaugeVec,
+    resync_active: IntGaugeVec,
+    resync_size: IntGaugeVec,
+    resync_done: IntGaugeVec,
+    resync_rate: GaugeVec,
+    resync_eta: GaugeVec,
+    mirror_replicated: IntCounterVec,
+    mirror_resynced: IntCounterVec,
+    mirror_resyncs: IntCounterVec,
+    // From the NBD servers, per request.
+    nbd_duration: HistogramVec,
+    nbd_bytes: IntCounterVec,
+    nbd_errors: IntCounterVec,
+}
+
+/// One export's NBD request metrics, with every label child resolved when it is made:
+/// recording a request is a few atomic adds, no lookup and no allocation.
+#[derive(Debug)]
+pub struct NbdMetrics {
+    /// `tandem_nbd_request_duration_seconds{command}`, by [`NBD_COMMANDS`] index.
+    durations: [Histogram; 6],
+    /// `tandem_nbd_request_errors_total{command}`, by index; the last is `other`.
+    errors: [IntCounter; 7],
+    read_bytes: IntCounter,
+    written_bytes: IntCounter,
+}
+
+impl NbdMetrics {
+    /// The index of a command in the arrays; None for the ones never executed.
+    fn index(command: Command) -> Option<usize> {
+        match command {
+            Command::Read => Some(0),
+            Command::Write => Some(1),
+            Command::Flush => Some(2),
+            Command::Trim => Some(3),
+            Command::WriteZeroes => Some(4),
+            Command::BlockStatus => Some(5),
+            Command::Disconnect | Command::Other(_) => None,
+        }
+    }
+
+    /// A request was answered after `took`: times it, counts its payload if it
+    /// succeeded (`bytes` read or written) and counts it as an error if it failed.
+    pub fn request(&self, command: Command, took: Duration, ok: bool, bytes: u32) {
+        let Some(i) = Self::index(command) else {
+            self.refused(command);
+            return;
+        };
+        self.durations[i].observe(took.as_secs_f64());
+        if !ok {
+            self.errors[i].inc();
+            return;
+        }
+        match command {
+            Command::Read => self.read_bytes.inc_by(u64::from(bytes)),
+            Command::Write => self.written_bytes.inc_by(u64::from(bytes)),
+            _ => {}
+        }
+    }
+
+    /// A request was refused before it ran (invalid, read-only, unsupported).
+    pub fn refused(&self, command: Command) {
+        let i = Self::index(command).unwrap_or(NBD_COMMANDS.len());
+        self.errors[i].inc();
+    }
 }
 
 /// The SNMP components' own cumulative counters, and what was exported of them.
@@ -251,6 +369,28 @@ impl Metrics {
             snmp_dropped: counter_vec(&r, "snmp_dropped_requests_total", "SNMP datagrams dropped, by reason (bad_community, bad_source, bad_version, malformed, usm: wrong user, key, digest or time window).", &["reason"])?,
             snmp_notifications: counter_vec(&r, "snmp_notifications_total", "Traps and informs per receiver: sent, acked (informs), retried and dropped (queue full).", &["receiver", "result"])?,
             snmp_queue: gauge_vec(&r, "snmp_notification_queue", "Notifications waiting or in flight per receiver.", &["receiver"])?,
+            mirror_primary: gauge_vec(&r, "mirror_primary", "1 if this node's copy of the mirror is primary (served read-write over NBD), 0 if secondary.", &["mirror"])?,
+            mirror_disk_state: gauge_vec(&r, "mirror_disk_state", "1 for the current state of this node's copy of the mirror, 0 for the others.", &["mirror", "state"])?,
+            mirror_io_frozen: gauge_vec(&r, "mirror_io_frozen", "1 while a sync primary holds writes because it lost a peer that is not yet outdated or declared dead.", &["mirror"])?,
+            mirror_read: counter_vec(&r, "mirror_client_read_bytes_total", "Bytes clients read through the mirror's export.", &["mirror"])?,
+            mirror_written: counter_vec(&r, "mirror_client_written_bytes_total", "Bytes clients wrote through the mirror's export.", &["mirror"])?,
+            mirror_peer_disk_state: gauge_vec(&r, "mirror_peer_disk_state", "1 for the peer copy's disk state as it last reported it, 0 for the others (all 0 while unknown).", &["mirror", "peer", "state"])?,
+            mirror_connection: gauge_vec(&r, "mirror_connection_state", "1 for the current state of the replication link to the peer, 0 for the others.", &["mirror", "peer", "state"])?,
+            mirror_out_of_sync: gauge_vec(&r, "mirror_out_of_sync_bytes", "Bytes this copy knows differ on the peer (its bitmap for the peer).", &["mirror", "peer"])?,
+            mirror_lag_bytes: gauge_vec(&r, "mirror_lag_bytes", "Async replication: bytes written locally and not yet acknowledged by the peer.", &["mirror", "peer"])?,
+            mirror_lag_seconds: float_vec(&r, "mirror_lag_seconds", "Async replication: age of the oldest write not yet acknowledged by the peer.", &["mirror", "peer"])?,
+            mirror_lag_budget: float_vec(&r, "mirror_lag_budget_seconds", "The configured lag budget of an async peer (absent when none is configured).", &["mirror", "peer"])?,
+            resync_active: gauge_vec(&r, "mirror_resync_active", "1 while a resync with the peer runs (in either direction).", &["mirror", "peer"])?,
+            resync_size: gauge_vec(&r, "mirror_resync_size_bytes", "Bytes the running resync copies in all (0 when none runs).", &["mirror", "peer"])?,
+            resync_done: gauge_vec(&r, "mirror_resync_done_bytes", "Bytes the running resync has copied so far (0 when none runs).", &["mirror", "peer"])?,
+            resync_rate: float_vec(&r, "mirror_resync_rate_bytes_per_second", "Current copy rate of the running resync (0 when none runs).", &["mirror", "peer"])?,
+            resync_eta: float_vec(&r, "mirror_resync_eta_seconds", "Estimated time until the running resync completes (absent when none runs or no estimate yet).", &["mirror", "peer"])?,
+            mirror_replicated: counter_vec(&r, "mirror_replicated_bytes_total", "Bytes of client writes sent to the peer.", &["mirror", "peer"])?,
+            mirror_resynced: counter_vec(&r, "mirror_resynced_bytes_total", "Bytes copied to or from the peer by resyncs.", &["mirror", "peer"])?,
+            mirror_resyncs: counter_vec(&r, "mirror_resyncs_completed_total", "Resyncs with the peer that ran to the end.", &["mirror", "peer"])?,
+            nbd_duration: histogram_vec(&r, "nbd_request_duration_seconds", "Duration of NBD requests, from the decoded header (a write's payload included) to the queued reply.", &NBD_BUCKETS, &["export", "command"])?,
+            nbd_bytes: counter_vec(&r, "nbd_bytes_total", "Payload bytes of successful NBD reads and writes.", &["export", "direction"])?,
+            nbd_errors: counter_vec(&r, "nbd_request_errors_total", "NBD requests answered with an error, refused ones included.", &["export", "command"])?,
             registry: r,
         };
         for path in &cfg.heartbeat.paths {
@@ -309,6 +449,133 @@ impl Metrics {
         Ok(Metrics {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The request metrics of the NBD export `export`, created at zero.
+    pub fn nbd(&self, export: &str) -> Arc<NbdMetrics> {
+        let i = &self.inner;
+        let duration = |c: &str| i.nbd_duration.with_label_values(&[export, c]);
+        let errors = |c: &str| i.nbd_errors.with_label_values(&[export, c]);
+        Arc::new(NbdMetrics {
+            durations: NBD_COMMANDS.map(duration),
+            errors: [
+                errors(NBD_COMMANDS[0]),
+                errors(NBD_COMMANDS[1]),
+                errors(NBD_COMMANDS[2]),
+                errors(NBD_COMMANDS[3]),
+                errors(NBD_COMMANDS[4]),
+                errors(NBD_COMMANDS[5]),
+                errors(NBD_OTHER),
+            ],
+            read_bytes: i.nbd_bytes.with_label_values(&[export, "read"]),
+            written_bytes: i.nbd_bytes.with_label_values(&[export, "write"]),
+        })
+    }
+
+    /// Sets the mirror series from the snapshot's mirrors.
+    fn render_mirrors(&self, s: &Status) {
+        let i = &self.inner;
+        for g in [
+            &i.mirror_primary,
+            &i.mirror_disk_state,
+            &i.mirror_io_frozen,
+            &i.mirror_peer_disk_state,
+            &i.mirror_connection,
+            &i.mirror_out_of_sync,
+            &i.mirror_lag_bytes,
+            &i.resync_active,
+            &i.resync_size,
+            &i.resync_done,
+        ] {
+            g.reset();
+        }
+        for g in [
+            &i.mirror_lag_seconds,
+            &i.mirror_lag_budget,
+            &i.resync_rate,
+            &i.resync_eta,
+        ] {
+            g.reset();
+        }
+        // The engine's counters only grow while the daemon runs: add what is new.
+        let sync = |c: IntCounter, total: u64| {
+            let before = c.get();
+            if total > before {
+                c.inc_by(total - before);
+            }
+        };
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        for m in &s.mirrors {
+            let name = m.name.as_str();
+            i.mirror_primary
+                .with_label_values(&[name])
+                .set((m.role == "primary") as i64);
+            for state in DISK_STATES {
+                i.mirror_disk_state
+                    .with_label_values(&[name, state.name()])
+                    .set((m.disk == state) as i64);
+            }
+            i.mirror_io_frozen
+                .with_label_values(&[name])
+                .set(m.io_frozen as i64);
+            sync(i.mirror_read.with_label_values(&[name]), m.read_bytes);
+            sync(i.mirror_written.with_label_values(&[name]), m.written_bytes);
+            for p in &m.peers {
+                let peer = [name, p.node.as_str()];
+                for state in DISK_STATES {
+                    i.mirror_peer_disk_state
+                        .with_label_values(&[name, &p.node, state.name()])
+                        .set((p.peer_disk == Some(state)) as i64);
+                }
+                for state in CONNECTION_STATES {
+                    i.mirror_connection
+                        .with_label_values(&[name, &p.node, state])
+                        .set((p.connection == state) as i64);
+                }
+                if !CONNECTION_STATES.contains(&p.connection.as_str()) {
+                    i.mirror_connection
+                        .with_label_values(&[name, &p.node, &p.connection])
+                        .set(1);
+                }
+                i.mirror_out_of_sync
+                    .with_label_values(&peer)
+                    .set(gauge(p.out_of_sync_bytes));
+                i.mirror_lag_bytes
+                    .with_label_values(&peer)
+                    .set(gauge(p.lag_bytes));
+                i.mirror_lag_seconds
+                    .with_label_values(&peer)
+                    .set(p.lag_seconds);
+                if let Some(budget) = p.lag_budget_seconds {
+                    i.mirror_lag_budget.with_label_values(&peer).set(budget);
+                }
+                let r = p.resync.as_ref();
+                i.resync_active
+                    .with_label_values(&peer)
+                    .set(r.is_some() as i64);
+                i.resync_size
+                    .with_label_values(&peer)
+                    .set(gauge(r.map_or(0, |r| r.total_bytes)));
+                i.resync_done
+                    .with_label_values(&peer)
+                    .set(gauge(r.map_or(0, |r| r.done_bytes)));
+                i.resync_rate
+                    .with_label_values(&peer)
+                    .set(r.map_or(0.0, |r| r.bytes_per_second));
+                if let Some(eta) = r.and_then(|r| r.eta_seconds) {
+                    i.resync_eta.with_label_values(&peer).set(eta);
+                }
+                sync(
+                    i.mirror_replicated.with_label_values(&peer),
+                    p.replicated_bytes,
+                );
+                sync(i.mirror_resynced.with_label_values(&peer), p.resynced_bytes);
+                sync(
+                    i.mirror_resyncs.with_label_values(&peer),
+                    p.resyncs_completed,
+                );
+            }
+        }
     }
 
     /// Exports the SNMP agent's counters from now on.
@@ -553,6 +820,7 @@ impl Metrics {
                 *before = (*before).max(n);
             }
         }
+        self.render_mirrors(s);
         self.sync_snmp();
         let mut buf = Vec::new();
         // Encoding into a Vec only fails on invalid metric families, which the

@@ -1,7 +1,9 @@
 //! Lint of the Grafana dashboards and the alert rules in `dashboards/`, no cluster
 //! needed: Grafana's conventions (a datasource variable, `cluster` and `instance`
 //! variables in every query, `$__rate_interval` for rates, a unit and a description on
-//! every panel, the current schema version), every PromQL expression parses, and
+//! every panel, the current schema version; mirror and NBD series filtered by the
+//! `mirror` variable), every `dashboards/*.json` is checked, every PromQL expression
+//! parses, and
 //! `promtool check rules` / `promtool test rules` pass. That every panel returns data
 //! from a real Prometheus is `prometheus_returns_data_for_every_panel` in `tests/lab.rs`.
 
@@ -40,6 +42,13 @@ fn dashboards_follow_grafana_conventions() {
                 _ => problems.push(format!("{file}: no `{name}` query variable")),
             }
         }
+        let text = d.to_string();
+        if text.contains("tandem_mirror_") || text.contains("tandem_nbd_") {
+            match var("mirror") {
+                Some(v) if v["type"] == "query" && v["allValue"] == ".*" => {}
+                _ => problems.push(format!("{file}: mirror panels but no `mirror` variable")),
+            }
+        }
         for p in dashboards::panels(&d) {
             if p["type"] == "row" {
                 continue;
@@ -69,8 +78,14 @@ fn dashboards_follow_grafana_conventions() {
 #[test]
 fn every_query_parses_and_filters_by_cluster_and_instance() {
     let mut problems = Vec::new();
-    let queries = dashboards::queries();
+    let queries = dashboards::all_queries();
     assert!(queries.len() >= 10, "too few queries: {queries:?}");
+    for file in ["tandem-overview.json", "tandem-mirror.json"] {
+        assert!(
+            queries.iter().any(|q| q.dashboard == file),
+            "no queries from {file}"
+        );
+    }
     for q in &queries {
         let at = format!("{} {}", q.dashboard, q.place);
         let uses_range_fn = ["rate(", "increase(", "irate(", "_over_time("]
@@ -106,6 +121,23 @@ fn every_query_parses_and_filters_by_cluster_and_instance() {
                     });
                 if !ok {
                     problems.push(format!("{at}: `{name}` lacks {label}=~\"${label}\""));
+                }
+            }
+            // Mirror series by mirror, NBD series by export (named after the mirror).
+            let per_mirror = if name.starts_with("tandem_mirror_") {
+                Some("mirror")
+            } else if name.starts_with("tandem_nbd_") {
+                Some("export")
+            } else {
+                None
+            };
+            if let Some(label) = per_mirror {
+                let ok =
+                    s.matchers.matchers.iter().any(|m| {
+                        m.name == label && matches!(m.op, MatchOp::Re(_)) && m.value == ".*"
+                    });
+                if !ok {
+                    problems.push(format!("{at}: `{name}` lacks {label}=~\"$mirror\""));
                 }
             }
         }

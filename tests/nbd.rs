@@ -3,7 +3,7 @@
 //! options, out-of-range requests, garbage, a full disk.
 //!
 //! The server runs in-process on a Unix socket and a loopback port in a temp dir; one
-//! test runs it through `tandem nbd serve`.
+//! test runs it through `tandem nbd serve`, one with the request metrics on.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +13,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem::metrics::{Metrics, NbdMetrics};
 use tandem::mirror::nbd::{NbdServer, ServerConfig};
 use tandem::mirror::volume::Volume;
 use tandem::mirror::{Export, ExportError, Extent};
@@ -37,6 +38,14 @@ impl Served {
 }
 
 fn serve_export<E: Export>(dir: tempfile::TempDir, export: E) -> Served {
+    serve_with_metrics(dir, export, None)
+}
+
+fn serve_with_metrics<E: Export>(
+    dir: tempfile::TempDir,
+    export: E,
+    metrics: Option<Arc<NbdMetrics>>,
+) -> Served {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -48,6 +57,7 @@ fn serve_export<E: Export>(dir: tempfile::TempDir, export: E) -> Served {
         description: "test volume".into(),
         unix: Some(socket.clone()),
         tcp: Some("127.0.0.1:0".parse().unwrap()),
+        metrics,
     };
     let server = runtime.block_on(NbdServer::bind(config)).unwrap();
     let tcp = server.tcp_addr().unwrap();
@@ -281,6 +291,66 @@ fn read_only_export_refuses_writes() {
     assert_eq!(errno, 1, "EPERM");
     let (_, errno, data) = c.request(0, 0, 0, &[], 4);
     assert_eq!((errno, data), (0, vec![0; 4]));
+}
+
+#[test]
+fn metrics_count_bytes_errors_and_time_each_command() {
+    let cfg: tandem::config::Config = toml::from_str(
+        r#"
+        [cluster]
+        name = "nbdtest"
+        key = "0123456789abcdef0123"
+        [heartbeat]
+        paths = ["hb1"]
+        [[node]]
+        name = "a"
+        priority = 1
+        addresses = { hb1 = "127.0.0.1" }
+        "#,
+    )
+    .unwrap();
+    let metrics = Metrics::new(&cfg, "a").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("volume.raw");
+    std::fs::File::create(&file).unwrap().set_len(MIB).unwrap();
+    let volume = Volume::open(&file, false).unwrap();
+    let s = serve_with_metrics(dir, volume, Some(metrics.nbd("disk")));
+    let mut c = RawClient::go_structured(&s.socket);
+    assert_eq!(c.request(1, 1, 0, &[7; 4096], 0).1, 0, "write");
+    assert_eq!(c.request(0, 2, 0, &[], 512).2, vec![7; 512], "read");
+    assert_eq!(c.request(0, 3, MIB, &[], 4096).1, 22, "EINVAL past the end");
+    assert_eq!(c.request(3, 4, 0, &[], 0).1, 0, "flush");
+    let text = metrics.render(&tandem::api::Status::default());
+    for want in [
+        r#"tandem_nbd_bytes_total{cluster="nbdtest",direction="write",export="disk"} 4096"#,
+        r#"tandem_nbd_bytes_total{cluster="nbdtest",direction="read",export="disk"} 512"#,
+        r#"tandem_nbd_request_errors_total{cluster="nbdtest",command="read",export="disk"} 1"#,
+        r#"tandem_nbd_request_errors_total{cluster="nbdtest",command="write",export="disk"} 0"#,
+        r#"tandem_nbd_request_duration_seconds_count{cluster="nbdtest",command="read",export="disk"} 1"#,
+        r#"tandem_nbd_request_duration_seconds_count{cluster="nbdtest",command="write",export="disk"} 1"#,
+        r#"tandem_nbd_request_duration_seconds_count{cluster="nbdtest",command="flush",export="disk"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| same_sample(l, want)),
+            "missing `{want}` in\n{text}"
+        );
+    }
+}
+
+/// Whether two exposition lines are the same sample, labels in any order.
+fn same_sample(a: &str, b: &str) -> bool {
+    let norm = |l: &str| -> Option<(String, Vec<String>, String)> {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (name, labels) = series.split_once('{')?;
+        let mut labels: Vec<String> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        labels.sort();
+        Some((name.to_string(), labels, value.to_string()))
+    };
+    norm(a).is_some_and(|x| Some(x) == norm(b))
 }
 
 /// A hand-written client: fixed newstyle, no TLS.

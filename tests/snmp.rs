@@ -448,7 +448,7 @@ fn exceptions_show_in_get_and_getnext() {
     let out = d.get(&[
         "TANDEM-MIB::tandemGroupOwner.\"nope\"",
         &unknown,
-        "TANDEM-MIB::tandemMirrorRole.\"web\".\"disk\"",
+        "TANDEM-MIB::tandemMirrorRole.\"vol\"",
     ]);
     let lines: Vec<&str> = out.lines().collect();
     assert!(

@@ -3,7 +3,9 @@
 use super::*;
 use crate::api::{HeartbeatCounters, NodeStatus, PathStatusView};
 use crate::cluster::packet::LocalGroupState;
+use crate::config::ReplicationMode;
 use crate::event::TimelineStep;
+use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
 use crate::placement::policy::GroupStatus;
 
 fn config() -> Config {
@@ -222,11 +224,184 @@ fn events_count_restarts_and_split_brain() {
     ));
 }
 
+/// A primary `vol` with a sync peer n2 resyncing from it and an async peer n3 that lags.
+fn mirror() -> MirrorStatus {
+    let peer = |node: &str, mode| MirrorPeerStatus {
+        node: node.into(),
+        mode,
+        connection: "connected".into(),
+        peer_disk: Some(DiskState::SyncTarget),
+        out_of_sync_bytes: 1 << 20,
+        lag_bytes: 0,
+        lag_seconds: 0.0,
+        lag_budget_seconds: None,
+        rate_limit_bytes_per_second: None,
+        resync: Some(ResyncStatus {
+            direction: "source".into(),
+            full: false,
+            total_bytes: 4 << 20,
+            done_bytes: 3 << 20,
+            bytes_per_second: 1048576.0,
+            eta_seconds: Some(1.0),
+            started_ms: 1000,
+        }),
+        verify: None,
+        replicated_bytes: 8192,
+        resynced_bytes: 3 << 20,
+        resyncs_completed: 2,
+    };
+    let async_peer = MirrorPeerStatus {
+        connection: "split_brain".into(),
+        peer_disk: None,
+        out_of_sync_bytes: 0,
+        lag_bytes: 65536,
+        lag_seconds: 2.5,
+        lag_budget_seconds: Some(5.0),
+        resync: None,
+        ..peer("n3", ReplicationMode::Async)
+    };
+    MirrorStatus {
+        name: "vol".into(),
+        group: Some("web".into()),
+        resource: Some("disk".into()),
+        role: "primary".into(),
+        disk: DiskState::SyncSource,
+        size_bytes: 1 << 30,
+        generation: "00000000000000ab".into(),
+        io_frozen: false,
+        read_bytes: 4096,
+        written_bytes: 12288,
+        peers: vec![peer("n2", ReplicationMode::Sync), async_peer],
+    }
+}
+
+#[test]
+fn mirrors_export_state_sets_progress_lag_and_counters() {
+    let m = Metrics::new(&config(), "n1").unwrap();
+    let mut s = status();
+    s.mirrors = vec![mirror()];
+    let text = m.render(&s);
+    for want in [
+        r#"tandem_mirror_primary{cluster="lab",mirror="vol"} 1"#,
+        r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="sync_source"} 1"#,
+        r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="up_to_date"} 0"#,
+        r#"tandem_mirror_io_frozen{cluster="lab",mirror="vol"} 0"#,
+        r#"tandem_mirror_client_read_bytes_total{cluster="lab",mirror="vol"} 4096"#,
+        r#"tandem_mirror_client_written_bytes_total{cluster="lab",mirror="vol"} 12288"#,
+        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="n2",state="sync_target"} 1"#,
+        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="n2",state="up_to_date"} 0"#,
+        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="n3",state="up_to_date"} 0"#,
+        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="n2",state="connected"} 1"#,
+        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="n3",state="split_brain"} 1"#,
+        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="n3",state="connected"} 0"#,
+        r#"tandem_mirror_out_of_sync_bytes{cluster="lab",mirror="vol",peer="n2"} 1048576"#,
+        r#"tandem_mirror_lag_bytes{cluster="lab",mirror="vol",peer="n3"} 65536"#,
+        r#"tandem_mirror_lag_seconds{cluster="lab",mirror="vol",peer="n3"} 2.5"#,
+        r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="n3"} 5"#,
+        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="n2"} 1"#,
+        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="n3"} 0"#,
+        r#"tandem_mirror_resync_size_bytes{cluster="lab",mirror="vol",peer="n2"} 4194304"#,
+        r#"tandem_mirror_resync_done_bytes{cluster="lab",mirror="vol",peer="n2"} 3145728"#,
+        r#"tandem_mirror_resync_done_bytes{cluster="lab",mirror="vol",peer="n3"} 0"#,
+        r#"tandem_mirror_resync_rate_bytes_per_second{cluster="lab",mirror="vol",peer="n2"} 1048576"#,
+        r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="n2"} 1"#,
+        r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="n2"} 8192"#,
+        r#"tandem_mirror_resynced_bytes_total{cluster="lab",mirror="vol",peer="n2"} 3145728"#,
+        r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="n2"} 2"#,
+    ] {
+        assert!(has(&text, want), "missing `{want}` in\n{text}");
+    }
+    // Optional values have no series when unknown.
+    assert!(
+        !text.contains(r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="n2"}"#)
+    );
+    assert!(
+        !text.contains(r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="n3"}"#)
+    );
+}
+
+#[test]
+fn mirror_counters_grow_by_the_snapshot_delta_and_gauges_follow_it() {
+    let m = Metrics::new(&config(), "n1").unwrap();
+    let mut s = status();
+    s.mirrors = vec![mirror()];
+    m.render(&s);
+    let mirror = &mut s.mirrors[0];
+    mirror.written_bytes = 20480;
+    mirror.role = "secondary".into();
+    mirror.disk = DiskState::Outdated;
+    mirror.peers[0].resync = None;
+    mirror.peers[0].resyncs_completed = 3;
+    // A counter the engine reports lower (it never should) does not go back.
+    mirror.peers[0].replicated_bytes = 100;
+    mirror.peers.pop();
+    let text = m.render(&s);
+    for want in [
+        r#"tandem_mirror_client_written_bytes_total{cluster="lab",mirror="vol"} 20480"#,
+        r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="n2"} 3"#,
+        r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="n2"} 8192"#,
+        r#"tandem_mirror_primary{cluster="lab",mirror="vol"} 0"#,
+        r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="outdated"} 1"#,
+        r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="sync_source"} 0"#,
+        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="n2"} 0"#,
+    ] {
+        assert!(has(&text, want), "missing `{want}` in\n{text}");
+    }
+    // A peer gone from the snapshot leaves no stale gauges.
+    assert!(!text.contains(r#"tandem_mirror_lag_seconds{cluster="lab",mirror="vol",peer="n3"}"#));
+}
+
+#[test]
+fn nbd_requests_are_timed_and_counted_per_export_and_command() {
+    let m = Metrics::new(&config(), "n1").unwrap();
+    let before = m.render(&status());
+    // Created at zero for every command, so rate() sees the first request.
+    for want in [
+        r#"tandem_nbd_request_duration_seconds_count{cluster="lab",command="write",export="vol"} 0"#,
+        r#"tandem_nbd_request_errors_total{cluster="lab",command="other",export="vol"} 0"#,
+        r#"tandem_nbd_bytes_total{cluster="lab",direction="read",export="vol"} 0"#,
+    ] {
+        assert!(!has(&before, want), "no export yet: `{want}`");
+    }
+    let nbd = m.nbd("vol");
+    let zero = m.render(&status());
+    for want in [
+        r#"tandem_nbd_request_duration_seconds_count{cluster="lab",command="write",export="vol"} 0"#,
+        r#"tandem_nbd_request_errors_total{cluster="lab",command="other",export="vol"} 0"#,
+        r#"tandem_nbd_bytes_total{cluster="lab",direction="read",export="vol"} 0"#,
+    ] {
+        assert!(has(&zero, want), "missing `{want}` in\n{zero}");
+    }
+    nbd.request(Command::Read, Duration::from_micros(200), true, 4096);
+    nbd.request(Command::Write, Duration::from_millis(2), true, 65536);
+    nbd.request(Command::Write, Duration::from_millis(1), false, 512);
+    nbd.request(Command::Flush, Duration::from_millis(5), true, 0);
+    nbd.refused(Command::Other(99));
+    nbd.refused(Command::Write);
+    let text = m.render(&status());
+    for want in [
+        r#"tandem_nbd_request_duration_seconds_count{cluster="lab",command="read",export="vol"} 1"#,
+        r#"tandem_nbd_request_duration_seconds_count{cluster="lab",command="write",export="vol"} 2"#,
+        r#"tandem_nbd_request_duration_seconds_sum{cluster="lab",command="flush",export="vol"} 0.005"#,
+        r#"tandem_nbd_bytes_total{cluster="lab",direction="read",export="vol"} 4096"#,
+        r#"tandem_nbd_bytes_total{cluster="lab",direction="write",export="vol"} 65536"#,
+        r#"tandem_nbd_request_errors_total{cluster="lab",command="write",export="vol"} 2"#,
+        r#"tandem_nbd_request_errors_total{cluster="lab",command="other",export="vol"} 1"#,
+        r#"tandem_nbd_request_errors_total{cluster="lab",command="read",export="vol"} 0"#,
+    ] {
+        assert!(has(&text, want), "missing `{want}` in\n{text}");
+    }
+}
+
 #[test]
 fn promtool_accepts_the_exposition() {
     let m = Metrics::new(&config(), "n1").unwrap();
     m.check("web", "svc", "quickcheck", Duration::from_millis(3), false);
-    let text = m.render(&status());
+    m.nbd("vol")
+        .request(Command::Read, Duration::from_millis(1), true, 4096);
+    let mut s = status();
+    s.mirrors = vec![mirror()];
+    let text = m.render(&s);
     let mut child = std::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

@@ -7,6 +7,10 @@
 //! buffered writer. A per-connection byte budget bounds the memory a client can make
 //! the server hold. All connections share one export, so a flush (fdatasync of the
 //! shared file) covers every write completed before it on any connection.
+//!
+//! With an [`NbdMetrics`] handle in the [`ServerConfig`], each request is timed from its
+//! decoded header to its queued reply, and payload bytes and errors are counted, where
+//! the request is answered (`tandem_nbd_*` on `/metrics`).
 
 pub mod client;
 pub mod handshake;
@@ -27,6 +31,7 @@ use self::handshake::{
 };
 use self::proto::*;
 use super::{Export, ExportError, Extent};
+use crate::metrics::NbdMetrics;
 
 /// Why a connection or the server ended abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +68,8 @@ pub struct ServerConfig {
     pub description: String,
     pub unix: Option<PathBuf>,
     pub tcp: Option<SocketAddr>,
+    /// Request metrics of this export (from `Metrics::nbd`); None records nothing.
+    pub metrics: Option<Arc<NbdMetrics>>,
 }
 
 /// Bytes of requests and replies one connection may have in flight at once.
@@ -196,6 +203,7 @@ impl NbdServer {
             info,
             pool: Arc::new(BufferPool::default()),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            metrics: self.config.metrics.clone(),
         };
         let unix = accept_unix(self.unix, shared.clone());
         let tcp = accept_tcp(self.tcp, shared);
@@ -210,6 +218,7 @@ struct Shared<E> {
     pool: Arc<BufferPool>,
     /// One permit per open connection.
     connections: Arc<Semaphore>,
+    metrics: Option<Arc<NbdMetrics>>,
 }
 
 impl<E> Clone for Shared<E> {
@@ -219,6 +228,7 @@ impl<E> Clone for Shared<E> {
             info: Arc::clone(&self.info),
             pool: Arc::clone(&self.pool),
             connections: Arc::clone(&self.connections),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -294,7 +304,15 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connected");
-    match negotiate_and_serve(shared.export, &shared.info, shared.pool, r, w).await {
+    let served = negotiate_and_serve(
+        shared.export,
+        &shared.info,
+        shared.pool,
+        shared.metrics,
+        r,
+        w,
+    );
+    match served.await {
         Ok(()) => debug!("disconnected"),
         Err(NbdError::Io(e)) if client_went_away(&e) => debug!("client went away: {e}"),
         Err(e) => warn!("connection closed: {e}"),
@@ -314,6 +332,7 @@ async fn negotiate_and_serve<E, R, W>(
     export: Arc<E>,
     info: &ExportInfo,
     pool: Arc<BufferPool>,
+    metrics: Option<Arc<NbdMetrics>>,
     r: R,
     w: W,
 ) -> Result<(), NbdError>
@@ -352,7 +371,7 @@ where
         }
     };
     debug!(?session, "transmission");
-    transmission(export, session, pool, r, w).await
+    transmission(export, session, pool, metrics, r, w).await
 }
 
 /// Reads a write payload into a pooled buffer, without zero-filling it first.
@@ -419,6 +438,7 @@ async fn transmission<E, R, W>(
     export: Arc<E>,
     session: Session,
     pool: Arc<BufferPool>,
+    metrics: Option<Arc<NbdMetrics>>,
     mut r: BufReader<R>,
     w: BufWriter<W>,
 ) -> Result<(), NbdError>
@@ -450,6 +470,7 @@ where
         if req.command == Command::Disconnect {
             break Ok(());
         }
+        let started = std::time::Instant::now();
         let payload_cost = match req.command {
             Command::Read | Command::Write => req.length.min(MAX_PAYLOAD),
             _ => 0,
@@ -476,6 +497,9 @@ where
         };
         if let Err(errno) = check {
             debug!(?req, errno, "refused");
+            if let Some(m) = &metrics {
+                m.refused(req.command);
+            }
             let body = ReplyBody::error(errno, refusal(&req, errno));
             if tx
                 .send(Reply {
@@ -491,8 +515,13 @@ where
         }
         let export = Arc::clone(&export);
         let tx = tx.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let body = execute(&*export, req, payload).await;
+            if let Some(m) = metrics {
+                let ok = !matches!(body, ReplyBody::Error { .. });
+                m.request(req.command, started.elapsed(), ok, req.length);
+            }
             // The writer only goes away when the client did; nothing left to tell.
             let _ = tx.send(Reply {
                 cookie: req.cookie,

@@ -8,7 +8,9 @@
 //! [`notification_for`] turns an event into the notification that reports it.
 //!
 //! Tables are indexed by names, each encoded as a length-prefixed string (not IMPLIED),
-//! so snmpwalk with the MIB loaded prints rows as `tandemGroupOwner."web"`.
+//! so snmpwalk with the MIB loaded prints rows as `tandemGroupOwner."web"`. Mirrors are
+//! rows of `tandemMirrorTable` (by mirror) and `tandemMirrorPeerTable` (by mirror and
+//! peer node), from the snapshot's `mirrors`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +23,9 @@ use rasn_snmp::v2::{VarBind, VarBindValue};
 
 use super::{Notification, ENTERPRISE};
 use crate::api::Status;
+use crate::config::ReplicationMode;
 use crate::event::{Event, EventKind};
+use crate::mirror::generation::DiskState;
 
 /// `sysUpTime.0` (SNMPv2-MIB), the first varbind of every notification.
 pub const SYS_UP_TIME_INSTANCE: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 3, 0];
@@ -45,6 +49,7 @@ const RESOURCE_TABLE: u32 = 5;
 const VIP_TABLE: u32 = 6;
 const MIRROR_TABLE: u32 = 7;
 const NOTIFICATION_OBJECTS: u32 = 8;
+const MIRROR_PEER_TABLE: u32 = 9;
 
 /// Accessible columns of each table (the index columns are not-accessible).
 const NODE_COLUMNS: std::ops::RangeInclusive<u32> = 2..=7;
@@ -52,7 +57,8 @@ const PATH_COLUMNS: std::ops::RangeInclusive<u32> = 3..=5;
 const GROUP_COLUMNS: std::ops::RangeInclusive<u32> = 2..=11;
 const RESOURCE_COLUMNS: std::ops::RangeInclusive<u32> = 2..=3;
 const VIP_COLUMNS: std::ops::RangeInclusive<u32> = 1..=3;
-const MIRROR_COLUMNS: std::ops::RangeInclusive<u32> = 1..=8;
+const MIRROR_COLUMNS: std::ops::RangeInclusive<u32> = 2..=8;
+const MIRROR_PEER_COLUMNS: std::ops::RangeInclusive<u32> = 2..=11;
 /// Cluster scalars: name, local node, mode, last event seq, uptime.
 const CLUSTER_SCALARS: std::ops::RangeInclusive<u32> = 1..=5;
 
@@ -151,6 +157,54 @@ fn resource_kind(s: &str) -> i64 {
     }
 }
 
+/// `TandemReplicaRole`: primary(1) secondary(2).
+fn replica_role(s: &str) -> Option<i64> {
+    match s {
+        "primary" => Some(1),
+        "secondary" => Some(2),
+        _ => None,
+    }
+}
+
+/// `TandemDiskState`: upToDate(1) outdated(2) inconsistent(3) syncSource(4)
+/// syncTarget(5).
+fn disk_state(d: DiskState) -> i64 {
+    match d {
+        DiskState::UpToDate => 1,
+        DiskState::Outdated => 2,
+        DiskState::Inconsistent => 3,
+        DiskState::SyncSource => 4,
+        DiskState::SyncTarget => 5,
+    }
+}
+
+/// `TandemMirrorConnection`: connected(1) connecting(2) disconnected(3) paused(4)
+/// splitBrain(5) refused(6).
+fn mirror_connection(s: &str) -> Option<i64> {
+    Some(match s {
+        "connected" => 1,
+        "connecting" => 2,
+        "disconnected" => 3,
+        "paused" => 4,
+        "split_brain" => 5,
+        "refused" => 6,
+        _ => return None,
+    })
+}
+
+/// `TandemReplicationMode`: sync(1) async(2).
+fn replication_mode(m: ReplicationMode) -> i64 {
+    match m {
+        ReplicationMode::Sync => 1,
+        ReplicationMode::Async => 2,
+    }
+}
+
+/// A string cut to at most `max` bytes (a DisplayString's SIZE).
+fn text_max(s: &str, max: usize) -> ObjectSyntax {
+    octets(&s.as_bytes()[..s.len().min(max)])
+}
+
 /// The snake_case JSON name of a serde enum value.
 fn json_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
@@ -203,6 +257,7 @@ impl MibView {
         v.add_paths(status);
         v.add_groups(status);
         v.add_resources(status);
+        v.add_mirrors(status);
         v
     }
 
@@ -234,6 +289,7 @@ impl MibView {
             (RESOURCE_TABLE, RESOURCE_COLUMNS),
             (VIP_TABLE, VIP_COLUMNS),
             (MIRROR_TABLE, MIRROR_COLUMNS),
+            (MIRROR_PEER_TABLE, MIRROR_PEER_COLUMNS),
         ];
         for (table, columns) in tables {
             for column in columns {
@@ -366,6 +422,48 @@ impl MibView {
             self.cell(VIP_TABLE, 1, &idx, text(&v.address));
             self.cell(VIP_TABLE, 2, &idx, text(&v.interface));
             self.cell(VIP_TABLE, 3, &idx, truth(v.present));
+        }
+    }
+
+    fn add_mirrors(&mut self, s: &Status) {
+        for m in &s.mirrors {
+            let idx: Vec<u32> = name_index(&m.name).collect();
+            if let Some(role) = replica_role(&m.role) {
+                self.cell(MIRROR_TABLE, 2, &idx, integer(role));
+            }
+            self.cell(MIRROR_TABLE, 3, &idx, integer(disk_state(m.disk)));
+            self.cell(MIRROR_TABLE, 4, &idx, counter64(m.size_bytes));
+            self.cell(MIRROR_TABLE, 5, &idx, text_max(&m.generation, 16));
+            self.cell(MIRROR_TABLE, 6, &idx, truth(m.io_frozen));
+            self.cell(MIRROR_TABLE, 7, &idx, counter64(m.read_bytes));
+            self.cell(MIRROR_TABLE, 8, &idx, counter64(m.written_bytes));
+            for p in &m.peers {
+                let idx: Vec<u32> = name_index(&m.name).chain(name_index(&p.node)).collect();
+                let t = MIRROR_PEER_TABLE;
+                self.cell(t, 2, &idx, integer(replication_mode(p.mode)));
+                if let Some(c) = mirror_connection(&p.connection) {
+                    self.cell(t, 3, &idx, integer(c));
+                }
+                if let Some(d) = p.peer_disk {
+                    self.cell(t, 4, &idx, integer(disk_state(d)));
+                }
+                self.cell(t, 5, &idx, counter64(p.out_of_sync_bytes));
+                self.cell(t, 6, &idx, counter64(p.lag_bytes));
+                let lag_ms = (p.lag_seconds * 1000.0).round().max(0.0) as u64;
+                self.cell(t, 7, &idx, gauge(lag_ms));
+                let percent = match &p.resync {
+                    Some(r) if r.total_bytes > 0 => {
+                        (u128::from(r.done_bytes) * 100 / u128::from(r.total_bytes)).min(100) as u64
+                    }
+                    _ => 100,
+                };
+                self.cell(t, 8, &idx, gauge(percent));
+                if let Some(eta) = p.resync.as_ref().and_then(|r| r.eta_seconds) {
+                    self.cell(t, 9, &idx, gauge(eta.ceil().max(0.0) as u64));
+                }
+                self.cell(t, 10, &idx, counter64(p.resynced_bytes));
+                self.cell(t, 11, &idx, counter64(p.replicated_bytes));
+            }
         }
     }
 
@@ -518,6 +616,11 @@ enum NotificationObject {
     Group,
     Resource,
     Path,
+    Mirror,
+    Bytes,
+    Direction,
+    Full,
+    Generation,
 }
 
 impl NotificationObject {
@@ -530,6 +633,11 @@ impl NotificationObject {
             NotificationObject::Group => 6,
             NotificationObject::Resource => 7,
             NotificationObject::Path => 8,
+            NotificationObject::Mirror => 9,
+            NotificationObject::Bytes => 10,
+            NotificationObject::Direction => 11,
+            NotificationObject::Full => 12,
+            NotificationObject::Generation => 13,
         }
     }
 
@@ -548,6 +656,11 @@ impl NotificationObject {
             NotificationObject::Group => text(field("group")),
             NotificationObject::Resource => text(field("resource")),
             NotificationObject::Path => text(field("path")),
+            NotificationObject::Mirror => text(field("mirror")),
+            NotificationObject::Bytes => counter64(field("bytes").parse().unwrap_or(0)),
+            NotificationObject::Direction => text_max(field("direction"), 16),
+            NotificationObject::Full => truth(field("full") == "true"),
+            NotificationObject::Generation => text_max(field("generation"), 16),
         }
     }
 }
@@ -570,6 +683,17 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::SplitBrainSuspected => (15, &[Group, Reason]),
         EventKind::DaemonStarted => (16, &[]),
         EventKind::DaemonStopping => (17, &[]),
+        EventKind::ResyncStarted => (11, &[Mirror, Peer, Direction, Full, Bytes]),
+        EventKind::ResyncCompleted => (12, &[Mirror, Peer, Direction, Bytes, Duration]),
+        EventKind::MirrorDisconnected => (13, &[Mirror, Peer, Reason]),
+        EventKind::MirrorConnected => (14, &[Mirror, Peer]),
+        EventKind::ResyncFailed => (18, &[Mirror, Peer, Reason]),
+        EventKind::MirrorSplitBrain => (19, &[Mirror, Peer, Reason]),
+        EventKind::MirrorPromotionRefused => (20, &[Mirror, Reason]),
+        EventKind::MirrorPeerOutdated => (21, &[Mirror, Peer]),
+        EventKind::VerifyCompleted => (22, &[Mirror, Peer, Bytes]),
+        EventKind::MirrorPromoted => (23, &[Mirror, Generation]),
+        EventKind::MirrorDemoted => (24, &[Mirror]),
         _ => return None,
     })
 }

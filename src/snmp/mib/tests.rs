@@ -2,6 +2,7 @@ use super::*;
 use crate::api::{NodeStatus, PathStatusView, ResourceView, VipView};
 use crate::cluster::packet::LocalGroupState;
 use crate::event::fields;
+use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
 use crate::placement::policy::GroupStatus;
 
 const BIG: usize = 1 << 20;
@@ -60,6 +61,62 @@ fn status() -> Status {
     }
 }
 
+/// `status()` plus a primary mirror `vol` resyncing to a sync peer `beta` and an async
+/// peer `gamma` that has not reported its disk yet.
+fn with_mirrors() -> Status {
+    let beta = MirrorPeerStatus {
+        node: "beta".into(),
+        mode: ReplicationMode::Sync,
+        connection: "connected".into(),
+        peer_disk: Some(DiskState::SyncTarget),
+        out_of_sync_bytes: 3 << 20,
+        lag_bytes: 0,
+        lag_seconds: 0.0,
+        lag_budget_seconds: None,
+        rate_limit_bytes_per_second: None,
+        resync: Some(ResyncStatus {
+            direction: "source".into(),
+            full: false,
+            total_bytes: 4 << 20,
+            done_bytes: 1 << 20,
+            bytes_per_second: 1e6,
+            eta_seconds: Some(2.2),
+            started_ms: 0,
+        }),
+        verify: None,
+        replicated_bytes: 8192,
+        resynced_bytes: 1 << 20,
+        resyncs_completed: 1,
+    };
+    let gamma = MirrorPeerStatus {
+        node: "gamma".into(),
+        mode: ReplicationMode::Async,
+        connection: "split_brain".into(),
+        peer_disk: None,
+        out_of_sync_bytes: 0,
+        lag_bytes: 4096,
+        lag_seconds: 1.2345,
+        resync: None,
+        ..beta.clone()
+    };
+    Status {
+        mirrors: vec![MirrorStatus {
+            name: "vol".into(),
+            group: Some("web".into()),
+            resource: Some("disk".into()),
+            role: "primary".into(),
+            disk: DiskState::SyncSource,
+            size_bytes: 1 << 30,
+            generation: "00000000000000ab".into(),
+            io_frozen: true,
+            read_bytes: 4096,
+            written_bytes: 12288,
+            peers: vec![beta, gamma],
+        }],
+        ..status()
+    }
+}
+
 fn view() -> MibView {
     MibView::build(&status(), &SystemInfo::default())
 }
@@ -99,9 +156,13 @@ fn get_distinguishes_missing_objects_from_missing_instances() {
         v.get(&tandem_oid(&[OBJECTS, GROUP_TABLE, 1, 4])),
         VarBindValue::NoSuchInstance
     );
-    // The mirror table is defined but has no rows.
+    // The mirror tables are defined; this node holds no mirror.
     assert_eq!(
-        v.get(&col(MIRROR_TABLE, 1, &["web", "disk"])),
+        v.get(&col(MIRROR_TABLE, 2, &["vol"])),
+        VarBindValue::NoSuchInstance
+    );
+    assert_eq!(
+        v.get(&col(MIRROR_PEER_TABLE, 3, &["vol", "beta"])),
         VarBindValue::NoSuchInstance
     );
     // Index columns are not accessible; unknown arcs are not objects.
@@ -372,7 +433,7 @@ fn the_view_serves_exactly_the_readable_objects_of_the_mib() {
         .filter(|(_, d)| d.access.as_deref() == Some("read-only"))
         .map(|(name, _)| resolve(&defs, name))
         .collect();
-    assert_eq!(readable.len(), 37, "5 cluster scalars and 32 columns");
+    assert_eq!(readable.len(), 46, "5 cluster scalars and 41 columns");
     let served: BTreeSet<Vec<u32>> = view()
         .object_types
         .into_iter()
@@ -398,7 +459,19 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::SplitBrainSuspected,
         EventKind::DaemonStarted,
         EventKind::DaemonStopping,
+        EventKind::ResyncStarted,
+        EventKind::ResyncCompleted,
+        EventKind::ResyncFailed,
+        EventKind::MirrorDisconnected,
+        EventKind::MirrorConnected,
+        EventKind::MirrorSplitBrain,
+        EventKind::MirrorPromotionRefused,
+        EventKind::MirrorPeerOutdated,
+        EventKind::VerifyCompleted,
+        EventKind::MirrorPromoted,
+        EventKind::MirrorDemoted,
     ];
+    let mut arcs = BTreeSet::new();
     for kind in kinds {
         let event = Event {
             seq: 1,
@@ -408,6 +481,7 @@ fn notifications_carry_the_objects_the_mib_lists() {
             fields: Default::default(),
         };
         let n = notification_for(&event).unwrap();
+        assert!(arcs.insert(n.trap_oid.clone()), "{kind:?}: arc used twice");
         let (name, def) = defs
             .iter()
             .find(|(name, _)| resolve(&defs, name) == n.trap_oid)
@@ -420,4 +494,131 @@ fn notifications_carry_the_objects_the_mib_lists() {
         let sent: Vec<Vec<u32>> = n.varbinds.iter().map(|vb| vb.name.to_vec()).collect();
         assert_eq!(sent, listed, "{kind:?} -> {name}");
     }
+}
+
+#[test]
+fn mirrors_are_rows_by_name_and_peers_rows_by_name_and_node() {
+    let v = MibView::build(&with_mirrors(), &SystemInfo::default());
+    let get = |table, column, index: &[&str]| v.get(&col(table, column, index));
+    let value = |o: ObjectSyntax| VarBindValue::Value(o);
+    assert_eq!(get(MIRROR_TABLE, 2, &["vol"]), value(integer(1)), "primary");
+    assert_eq!(
+        get(MIRROR_TABLE, 3, &["vol"]),
+        value(integer(4)),
+        "syncSource"
+    );
+    assert_eq!(get(MIRROR_TABLE, 4, &["vol"]), value(counter64(1 << 30)));
+    assert_eq!(
+        string_of(&get(MIRROR_TABLE, 5, &["vol"])),
+        "00000000000000ab"
+    );
+    assert_eq!(get(MIRROR_TABLE, 6, &["vol"]), value(truth(true)));
+    assert_eq!(get(MIRROR_TABLE, 7, &["vol"]), value(counter64(4096)));
+    assert_eq!(get(MIRROR_TABLE, 8, &["vol"]), value(counter64(12288)));
+    let beta = ["vol", "beta"];
+    assert_eq!(get(MIRROR_PEER_TABLE, 2, &beta), value(integer(1)), "sync");
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 3, &beta),
+        value(integer(1)),
+        "connected"
+    );
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 4, &beta),
+        value(integer(5)),
+        "syncTarget"
+    );
+    assert_eq!(get(MIRROR_PEER_TABLE, 5, &beta), value(counter64(3 << 20)));
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 8, &beta),
+        value(gauge(25)),
+        "1 of 4 MiB"
+    );
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 9, &beta),
+        value(gauge(3)),
+        "ETA rounded up"
+    );
+    assert_eq!(get(MIRROR_PEER_TABLE, 10, &beta), value(counter64(1 << 20)));
+    assert_eq!(get(MIRROR_PEER_TABLE, 11, &beta), value(counter64(8192)));
+    let gamma = ["vol", "gamma"];
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 2, &gamma),
+        value(integer(2)),
+        "async"
+    );
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 3, &gamma),
+        value(integer(5)),
+        "splitBrain"
+    );
+    assert_eq!(get(MIRROR_PEER_TABLE, 6, &gamma), value(counter64(4096)));
+    assert_eq!(get(MIRROR_PEER_TABLE, 7, &gamma), value(gauge(1235)), "ms");
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 8, &gamma),
+        value(gauge(100)),
+        "no resync"
+    );
+    // Unknown peer disk and no resync: no instance.
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 4, &gamma),
+        VarBindValue::NoSuchInstance
+    );
+    assert_eq!(
+        get(MIRROR_PEER_TABLE, 9, &gamma),
+        VarBindValue::NoSuchInstance
+    );
+    // A walk goes from the VIP table through the mirror table to the peer table, and
+    // the last peer column ends the view.
+    let vip_last = col(VIP_TABLE, 3, &["web", "vip"]);
+    let next = v.get_next(&[vip_last], BIG).unwrap();
+    assert_eq!(next[0].name.to_vec(), col(MIRROR_TABLE, 2, &["vol"]));
+    let mirror_last = col(MIRROR_TABLE, 8, &["vol"]);
+    let next = v.get_next(&[mirror_last], BIG).unwrap();
+    assert_eq!(next[0].name.to_vec(), col(MIRROR_PEER_TABLE, 2, &beta));
+    let last = col(MIRROR_PEER_TABLE, 11, &gamma);
+    let next = v.get_next(&[last], BIG).unwrap();
+    assert_eq!(next[0].value, VarBindValue::EndOfMibView);
+}
+
+#[test]
+fn mirror_events_carry_mirror_peer_and_resync_facts() {
+    let event = Event {
+        seq: 9,
+        node: "alpha".into(),
+        time_ms: 0,
+        kind: EventKind::ResyncStarted,
+        fields: fields([
+            ("mirror", "vol".into()),
+            ("peer", "beta".into()),
+            ("direction", "source".into()),
+            ("full", "true".into()),
+            ("bytes", "4194304".into()),
+        ]),
+    };
+    let n = notification_for(&event).unwrap();
+    assert_eq!(n.trap_oid, tandem_oid(&[0, 11]));
+    let arcs: Vec<u32> = n.varbinds.iter().map(|vb| vb.name.to_vec()[9]).collect();
+    assert_eq!(arcs, vec![1, 2, 9, 5, 11, 12, 10]);
+    assert_eq!(string_of(&n.varbinds[2].value), "vol");
+    assert_eq!(string_of(&n.varbinds[3].value), "beta");
+    assert_eq!(string_of(&n.varbinds[4].value), "source");
+    assert_eq!(n.varbinds[5].value, VarBindValue::Value(truth(true)));
+    assert_eq!(n.varbinds[6].value, VarBindValue::Value(counter64(4 << 20)));
+    let promoted = Event {
+        kind: EventKind::MirrorPromoted,
+        fields: fields([
+            ("mirror", "vol".into()),
+            ("generation", "00000000000000ac".into()),
+        ]),
+        ..event
+    };
+    let n = notification_for(&promoted).unwrap();
+    assert_eq!(n.trap_oid, tandem_oid(&[0, 23]));
+    assert_eq!(string_of(&n.varbinds[3].value), "00000000000000ac");
+    // Pausing and resuming are an administrator's own acts: no notification.
+    let paused = Event {
+        kind: EventKind::MirrorPaused,
+        ..promoted
+    };
+    assert!(notification_for(&paused).is_none());
 }
