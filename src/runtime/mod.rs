@@ -576,10 +576,10 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                 })
                 .collect(),
         });
-        let mirrors = crate::mirror::node::open_all(&cfg, &local, &key, &events).await?;
-        let (mirror_done_tx, mut mirror_done_rx) = mpsc::channel(16);
         let placement = Placement::new(PlacementConfig::from_config(&cfg, &local));
         let metrics = Metrics::new(&cfg, &local)?;
+        let mirrors = crate::mirror::node::open_all(&cfg, &local, &key, &events, &metrics).await?;
+        let (mirror_done_tx, mut mirror_done_rx) = mpsc::channel(16);
         let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
         let (pkt_tx, mut pkt_rx) = mpsc::channel(1024);
         let cluster_name = Arc::new(cfg.cluster.name.clone());
