@@ -201,6 +201,7 @@ mod tests {
             description: String::new(),
             unix: Some(socket.clone()),
             tcp: None,
+            metrics: None,
         })
         .await
         .expect("bind");
