@@ -797,6 +797,31 @@ fn build_topology(plan: &Plan) -> Result<(), LabError> {
             "1",
         )?;
         net::ip_batch(&n.netns, &node_batch)?;
+        if n.index >= 3 {
+            // Node 3 and later are the DR site: their replication runs over hb2,
+            // capped to a WAN-like rate (tbf; netem is not available here).
+            net::cmd(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &n.netns,
+                    "tc",
+                    "qdisc",
+                    "add",
+                    "dev",
+                    "hb2",
+                    "root",
+                    "tbf",
+                    "rate",
+                    topology::WAN_RATE,
+                    "burst",
+                    "256kb",
+                    "latency",
+                    "100ms",
+                ],
+            )?;
+        }
     }
     let cl = plan.client_ns.as_str();
     net::ipn(
@@ -1166,6 +1191,20 @@ fn print_summary(state: &LabState) {
     }
     if let Some(sock) = state.nodes.first().and_then(|n| n.socket.as_ref()) {
         println!("  status: tandem status --socket {}", sock.display());
+        if state.nodes.len() >= 2 {
+            println!(
+                "  mirror: tandem mirror status --socket {}   (volume `{}`, NBD on the owner at {} in its namespace)",
+                sock.display(),
+                topology::MIRROR,
+                topology::MIRROR_NBD_TCP
+            );
+            println!(
+                "  data:   ip netns exec {} curl -X POST http://{}:{}/counter   (a counter kept on the mirrored volume)",
+                state.client_ns,
+                state.vip,
+                topology::SERVICE_PORT
+            );
+        }
     }
     for n in &state.nodes {
         let logs: Vec<String> = n

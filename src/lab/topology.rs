@@ -35,6 +35,16 @@ pub const SNMP_COMMUNITY: &str = "public";
 pub const SNMP_SOURCE: &str = "10.77.0.0/16";
 /// Where every node sends v2c informs: an NMS (snmptrapd) in the client namespace.
 pub const TRAP_RECEIVER: &str = "10.77.0.2:162";
+/// The demo group's replicated volume.
+pub const MIRROR: &str = "data";
+/// Its size (a sparse file in each node's state directory).
+pub const MIRROR_SIZE: &str = "256MiB";
+/// TCP port of each node's replication listener.
+pub const MIRROR_PORT: u16 = 7790;
+/// Where the primary also serves the volume over NBD (inside its namespace).
+pub const MIRROR_NBD_TCP: &str = "127.0.0.1:10809";
+/// The rate `tandem lab` caps the DR site's link (hb2 of node 3 and later) to.
+pub const WAN_RATE: &str = "200mbit";
 /// UDP port of the Tandem heartbeat.
 pub const HEARTBEAT_PORT: u16 = 5405;
 /// Prefix of every nftables table the lab creates (used by `heal`).
@@ -295,6 +305,7 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
             .collect();
         let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
     }
+    render_mirror(&mut s, plan, p);
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group]]");
     let _ = writeln!(s, "name = \"demo\"");
@@ -308,22 +319,78 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s, "backup_interfaces = [{}]", q(PUB1));
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group.resource]]");
+    let _ = writeln!(s, "name = {}", q(MIRROR));
+    let _ = writeln!(s, "kind = \"mirror\"");
+    let _ = writeln!(s, "mirror = {}", q(MIRROR));
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[group.resource]]");
     let _ = writeln!(s, "name = \"web\"");
     let _ = writeln!(s, "kind = \"process\"");
     let listen = format!("0.0.0.0:{SERVICE_PORT}");
     let _ = writeln!(
         s,
-        "command = [{}, \"demo-service\", \"--listen\", {}]",
+        "command = [{}, \"demo-service\", \"--listen\", {}, \"--nbd-socket\", {}]",
         q(p.tandem_bin),
-        q(&listen)
+        q(&listen),
+        q(&mirror_socket(p.state_dir))
     );
-    let _ = writeln!(s, "depends_on = [\"vip\"]");
+    let _ = writeln!(s, "depends_on = [\"vip\", {}]", q(MIRROR));
     let _ = writeln!(
         s,
         "quickcheck = {{ probe = \"http\", url = \"http://127.0.0.1:{SERVICE_PORT}/health\", \
          expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}"
     );
     s
+}
+
+/// The NBD socket of the lab mirror on a node with this state directory.
+pub fn mirror_socket(state_dir: &str) -> String {
+    format!("{state_dir}/nbd-{MIRROR}.sock")
+}
+
+/// The replication address of node `i`: nodes 1 and 2 replicate synchronously over
+/// the first heartbeat LAN; node 3 and later are the "DR site", reached over the
+/// second heartbeat LAN (the one `tandem lab` caps with tbf to play a WAN link).
+pub fn mirror_addr(i: usize) -> String {
+    let path = if i <= 2 { 1 } else { 2 };
+    format!("{}:{MIRROR_PORT}", hb_addr(path, i))
+}
+
+/// `[[mirror]]`: one copy per node; n1-n2 sync, every link to n3+ async and encrypted.
+fn render_mirror(s: &mut String, plan: &Plan, p: &ConfigParams<'_>) {
+    if plan.nodes.len() < 2 {
+        return;
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[mirror]]");
+    let _ = writeln!(s, "name = {}", q(MIRROR));
+    let _ = writeln!(
+        s,
+        "backing = {}",
+        q(&format!("{}/{MIRROR}.img", p.state_dir))
+    );
+    let _ = writeln!(s, "size = {}", q(MIRROR_SIZE));
+    let _ = writeln!(s, "nbd_tcp = {}", q(MIRROR_NBD_TCP));
+    let addrs: Vec<String> = plan
+        .nodes
+        .iter()
+        .map(|n| format!("{} = {}", n.name, q(&mirror_addr(n.index))))
+        .collect();
+    let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
+    for a in &plan.nodes {
+        for b in plan.nodes.iter().filter(|b| b.index > a.index) {
+            let _ = writeln!(s);
+            let _ = writeln!(s, "[[mirror.link]]");
+            let _ = writeln!(s, "between = [{}, {}]", q(&a.name), q(&b.name));
+            if b.index <= 2 {
+                let _ = writeln!(s, "mode = \"sync\"");
+            } else {
+                let _ = writeln!(s, "mode = \"async\"");
+                let _ = writeln!(s, "lag_budget = \"30s\"");
+                let _ = writeln!(s, "encrypt = true");
+            }
+        }
+    }
 }
 
 /// Name of the nftables table that cuts interface `iface`.
@@ -532,7 +599,16 @@ mod tests {
         assert_eq!(r[0]["address"].as_str(), Some("10.77.0.100/24"));
         assert_eq!(r[0]["interface"].as_str(), Some("pub0"));
         assert_eq!(r[0]["backup_interfaces"][0].as_str(), Some("pub1"));
-        let cmd: Vec<_> = r[1]["command"]
+        assert_eq!(r[1]["kind"].as_str(), Some("mirror"));
+        assert_eq!(r[1]["mirror"].as_str(), Some("data"));
+        let m = &v["mirror"].as_array().unwrap()[0];
+        assert_eq!(
+            m["backing"].as_str(),
+            Some("/run/tandem-lab/n1/state/data.img")
+        );
+        assert_eq!(m["addresses"]["n2"].as_str(), Some("10.78.1.12:7790"));
+        assert_eq!(m["link"][0]["mode"].as_str(), Some("sync"));
+        let cmd: Vec<_> = r[2]["command"]
             .as_array()
             .unwrap()
             .iter()
@@ -544,11 +620,14 @@ mod tests {
                 "/opt/t \"x\"/tandem",
                 "demo-service",
                 "--listen",
-                "0.0.0.0:8080"
+                "0.0.0.0:8080",
+                "--nbd-socket",
+                "/run/tandem-lab/n1/state/nbd-data.sock"
             ]
         );
-        assert_eq!(r[1]["depends_on"][0].as_str(), Some("vip"));
-        let qc = &r[1]["quickcheck"];
+        assert_eq!(r[2]["depends_on"][0].as_str(), Some("vip"));
+        assert_eq!(r[2]["depends_on"][1].as_str(), Some("data"));
+        let qc = &r[2]["quickcheck"];
         assert_eq!(qc["probe"].as_str(), Some("http"));
         assert_eq!(qc["expect_status"].as_integer(), Some(200));
         assert_eq!(qc["timeout"].as_str(), Some("500ms"));
