@@ -369,6 +369,65 @@ impl Lab {
         v["timelines"].as_array().cloned().unwrap_or_default()
     }
 
+    /// The lab mirror's status on `node` (`status --json`), if the daemon answers.
+    fn mirror(&self, node: &str) -> Option<Value> {
+        let st = self.status(node)?;
+        st["mirrors"]
+            .as_array()?
+            .iter()
+            .find(|m| m["name"] == "data")
+            .cloned()
+    }
+
+    /// `node`'s view of its link to `peer` in the lab mirror.
+    fn mirror_peer(&self, node: &str, peer: &str) -> Option<Value> {
+        self.mirror(node)?["peers"]
+            .as_array()?
+            .iter()
+            .find(|p| p["node"] == peer)
+            .cloned()
+    }
+
+    /// Waits until `primary` is the mirror's primary, connected to `peer`, with the
+    /// peer's copy up to date and nothing out of sync.
+    fn wait_mirror_in_sync(&self, primary: &str, peer: &str, timeout: Duration) -> Duration {
+        let (_, d) = wait_for(
+            &format!("mirror primary on {primary} in sync with {peer}"),
+            timeout,
+            || {
+                let m = self.mirror(primary)?;
+                let p = self.mirror_peer(primary, peer)?;
+                (m["role"] == "primary"
+                    && p["connection"] == "connected"
+                    && p["peer_disk"] == "up_to_date"
+                    && p["out_of_sync_bytes"] == 0
+                    && p["resync"].is_null())
+                .then_some(())
+            },
+        );
+        self.note(&format!(
+            "mirror: {primary} in sync with {peer} after {} ms",
+            ms(d)
+        ));
+        d
+    }
+
+    /// `qemu-io` on the mirror's NBD export inside `node`'s namespace.
+    fn qemu_io(&self, node: &str, commands: &[String]) -> Output {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(node), "qemu-io", "-f", "raw"]);
+        for c in commands {
+            cmd.args(["-c", c]);
+        }
+        cmd.arg("nbd://127.0.0.1:10809");
+        run(&mut cmd)
+    }
+
+    /// `node`'s copy of the mirror's backing file.
+    fn backing(&self, node: &str) -> PathBuf {
+        self.dir.join(node).join("state").join("data.img")
+    }
+
     /// Pids of the demo service in `node`'s namespace.
     fn demo_pids(&self, node: &str) -> Vec<i32> {
         let out = run(Command::new("ip").args(["netns", "pids", &self.ns(node)]));
@@ -1421,6 +1480,9 @@ fn prometheus_returns_data_for_every_panel() {
     wait_for("n2 sees n1 up again", Duration::from_secs(30), || {
         lab.sees_alive("n2", "n1").then_some(())
     });
+    // n1 came back as the mirror's sync target: it resyncs what n2 wrote, and only an
+    // up-to-date copy may take the group back.
+    lab.wait_mirror_in_sync("n2", "n1", Duration::from_secs(60));
     let out = lab.admin("n2", &["switchover", "demo", "--to", "n1"]);
     assert!(out.status.success(), "switchover: {}", describe(&out));
     lab.wait_vip("n1", Duration::from_secs(30));
@@ -1446,7 +1508,7 @@ fn prometheus_returns_data_for_every_panel() {
             .any(|t| t["expr"] == q.expr.as_str() && t["instant"] == true)
     };
     let mut problems = Vec::new();
-    let queries = dashboards::queries();
+    let queries = dashboards::all_queries();
     for q in &queries {
         let expr = dashboards::substitute(&q.expr, "lab", "1m", "10m");
         let parsed = dashboards::parse(&expr).expect("the lint test checks parsing");
@@ -1687,4 +1749,255 @@ fn failover_arrives_as_informs_at_an_nms_in_the_client_namespace() {
         completed.seq()
     ));
     assert!(latency < 10_000, "latency {latency} ms");
+}
+
+// ---------------------------------------------------------------- mirror
+
+/// The pattern byte of write number `i` in the mirror tests (never 0, so a lost write
+/// can't pass as an unwritten block).
+fn pattern(i: u64) -> u64 {
+    i % 250 + 1
+}
+
+/// Power loss of the primary in the middle of a stream of qemu-io pattern writes, each
+/// followed by a flush: every write whose flush completed reads back on the new primary,
+/// and the demo service's counter on the volume goes on where it was.
+#[test]
+fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
+    require_root!();
+    let lab = Lab::up("tlm-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    // The demo service keeps its counter on the volume.
+    for want in 1..=3 {
+        let out = run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &lab.ns("cl"),
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-X",
+            "POST",
+            "http://10.77.0.100:8080/counter",
+        ]));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("{want} n1"),
+            "{}",
+            describe(&out)
+        );
+    }
+    const CHUNK: u64 = 64 << 10;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let writer = {
+        let done = done.clone();
+        let ns = lab.ns("n1");
+        std::thread::spawn(move || {
+            // Each qemu-io run: one 64 KiB pattern write, then a flush; a run that exits 0
+            // was acknowledged, flush included.
+            for i in 0..2000u64 {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", &ns, "qemu-io", "-f", "raw"])
+                    .args([
+                        "-c",
+                        &format!("write -P {} {} {CHUNK}", pattern(i), i * CHUNK),
+                    ])
+                    .args(["-c", "flush", "nbd://127.0.0.1:10809"])
+                    .output()
+                    .expect("qemu-io runs");
+                let ok = out.status.success()
+                    && !text(&out.stdout).contains("error")
+                    && !text(&out.stderr).contains("error");
+                if !ok {
+                    return;
+                }
+                done.store(i + 1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    wait_for("40 flushed writes on n1", Duration::from_secs(120), || {
+        (done.load(std::sync::atomic::Ordering::SeqCst) >= 40).then_some(())
+    });
+    lab.lab(&["fail", "n1", "kill"]);
+    let acked = done.load(std::sync::atomic::Ordering::SeqCst);
+    writer.join().expect("writer thread");
+    lab.note(&format!(
+        "MIRROR: {acked} writes flushed before n1 lost power"
+    ));
+    let t = Instant::now();
+    lab.wait_vip("n2", Duration::from_secs(60));
+    wait_for("n2 primary", Duration::from_secs(30), || {
+        (lab.mirror("n2")?["role"] == "primary").then_some(())
+    });
+    lab.note(&format!(
+        "MIRROR: n2 serves the volume {} ms after the power loss",
+        ms(t.elapsed())
+    ));
+    // Read back every acknowledged write in batches of qemu-io commands.
+    let mut missing = Vec::new();
+    for batch in (0..acked).collect::<Vec<_>>().chunks(64) {
+        let cmds: Vec<String> = batch
+            .iter()
+            .map(|i| format!("read -P {} {} {CHUNK}", pattern(*i), i * CHUNK))
+            .collect();
+        let out = lab.qemu_io("n2", &cmds);
+        assert!(
+            out.status.success(),
+            "qemu-io read on n2: {}",
+            describe(&out)
+        );
+        let stdout = text(&out.stdout);
+        if stdout.contains("Pattern verification failed") || stdout.contains("error") {
+            missing.push(format!("batch from write {}: {stdout}", batch[0]));
+        }
+    }
+    assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    let out = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.ns("cl"),
+        "curl",
+        "-s",
+        "-m",
+        "5",
+        "-X",
+        "POST",
+        "http://10.77.0.100:8080/counter",
+    ]));
+    assert_eq!(text(&out.stdout).trim(), "4 n2", "{}", describe(&out));
+    // The old primary comes back as the sync target and catches up by itself.
+    lab.lab(&["fail", "n1", "restart"]);
+    lab.wait_mirror_in_sync("n2", "n1", Duration::from_secs(90));
+    assert!(
+        lab.count("n2", "mirror_promoted") >= 1,
+        "no mirror_promoted on n2"
+    );
+}
+
+/// Disconnect, pause and verify on a running mirror: the partial resync after a
+/// reconnect moves no more than the changed blocks, a paused peer catches up on resume,
+/// verify finds a block corrupted behind the mirror's back, and a peer with the wrong
+/// key is refused.
+#[test]
+fn mirror_partial_resync_pause_resume_verify_and_wrong_key() {
+    require_root!();
+    let lab = Lab::up("tlr-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let admin_ok = |args: &[&str]| {
+        let out = lab.admin("n1", args);
+        assert!(out.status.success(), "{args:?}: {}", describe(&out));
+        lab.note(&format!("n1: tandem {}", args.join(" ")));
+    };
+    let resynced = || -> u64 {
+        lab.mirror_peer("n1", "n2")
+            .and_then(|p| p["resynced_bytes"].as_u64())
+            .unwrap_or(0)
+    };
+
+    // 1. Disconnected: 64 scattered 64 KiB writes (4 MiB) go to the bitmap.
+    admin_ok(&["mirror", "disconnect", "data", "--peer", "n2"]);
+    let cmds: Vec<String> = (0..64u64)
+        .map(|i| format!("write -P {} {} 64k", pattern(i), i * (3 << 20)))
+        .collect();
+    let out = lab.qemu_io("n1", &cmds);
+    assert!(out.status.success(), "{}", describe(&out));
+    let changed = 64 * (64u64 << 10);
+    let (oos, _) = wait_for("bitmap holds the changes", Duration::from_secs(10), || {
+        let p = lab.mirror_peer("n1", "n2")?;
+        let o = p["out_of_sync_bytes"].as_u64()?;
+        (o >= changed).then_some(o)
+    });
+    lab.note(&format!(
+        "MIRROR: {oos} bytes out of sync after {changed} bytes written"
+    ));
+    let before = resynced();
+    admin_ok(&["mirror", "connect", "data", "--peer", "n2"]);
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let moved = resynced() - before;
+    let ratio = moved as f64 / changed as f64;
+    lab.note(&format!(
+        "MIRROR: partial resync moved {moved} bytes for {changed} changed (ratio {ratio:.3}, goal <= 1.05)"
+    ));
+    assert!(
+        moved >= changed && ratio <= 1.05,
+        "resync moved {moved} for {changed}"
+    );
+
+    // 2. Paused: writes are tracked, and resume catches up without another command.
+    admin_ok(&["mirror", "pause", "data", "--peer", "n2"]);
+    wait_for("paused", Duration::from_secs(10), || {
+        (lab.mirror_peer("n1", "n2")?["connection"] == "paused").then_some(())
+    });
+    let out = lab.qemu_io("n1", &["write -P 77 100M 1M".to_string()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_for("paused changes tracked", Duration::from_secs(10), || {
+        (lab.mirror_peer("n1", "n2")?["out_of_sync_bytes"].as_u64()? >= 1 << 20).then_some(())
+    });
+    admin_ok(&["mirror", "resume", "data", "--peer", "n2"]);
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+
+    // 3. Verify: corrupt one 4 KiB block of n2's copy behind the mirror's back.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(lab.backing("n2"))
+            .expect("n2 backing file");
+        f.write_all_at(&[0xEE; 4096], 100 << 20).expect("corrupt");
+        f.sync_all().expect("sync");
+    }
+    admin_ok(&["mirror", "verify", "data", "--peer", "n2"]);
+    let (found, _) = wait_for("verify finished", Duration::from_secs(120), || {
+        let v = lab.mirror_peer("n1", "n2")?["verify"].clone();
+        (v["running"] == false && v["finished_ms"].is_u64())
+            .then(|| v["out_of_sync_bytes"].as_u64())?
+    });
+    lab.note(&format!("MIRROR: verify found {found} bytes out of sync"));
+    assert!(found >= 4096, "verify missed the corrupted block");
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    {
+        use std::os::unix::fs::FileExt;
+        let mut block = [0u8; 4096];
+        let f = std::fs::File::open(lab.backing("n2")).expect("n2 backing file");
+        f.read_exact_at(&mut block, 100 << 20).expect("read");
+        assert!(
+            block.iter().all(|b| *b == 77),
+            "the corrupted block was not repaired"
+        );
+    }
+    assert!(lab.count("n1", "verify_completed") >= 1);
+
+    // 4. A peer with the wrong key: the handshake fails, n1 keeps its real peer.
+    let result = tandem::lab::net::in_netns(&lab.ns("n2"), || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| tandem::lab::LabError::Invalid(e.to_string()))?;
+        Ok(rt.block_on(async {
+            let s = tokio::net::TcpStream::connect("10.78.1.11:7790").await?;
+            let (r, w) = s.into_split();
+            let params = tandem::mirror::wire::HandshakeParams {
+                cluster: "lab".into(),
+                mirror: "data".into(),
+                local_node: "n2".into(),
+                key: b"not-the-cluster-key-at-all-000000".to_vec(),
+                encrypt: false,
+            };
+            match tandem::mirror::wire::handshake(r, w, &params, Some("n1")).await {
+                Ok(_) => Ok::<_, std::io::Error>("accepted".to_string()),
+                Err(e) => Ok(e.to_string()),
+            }
+        }))
+    })
+    .expect("in the namespace");
+    let outcome = result.expect("connect to n1's replication port");
+    lab.note(&format!("MIRROR: wrong-key peer: {outcome}"));
+    assert!(
+        outcome.contains("authentication"),
+        "wrong key was not refused: {outcome}"
+    );
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
 }

@@ -15,7 +15,7 @@
 pub mod bench;
 pub mod bench_snmp;
 pub mod keepalived;
-mod net;
+pub mod net;
 mod probe;
 pub mod topology;
 
