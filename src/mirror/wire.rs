@@ -36,7 +36,7 @@
 //!
 //! The encoding is canonical: a decoder refuses unknown types, enum codes and booleans
 //! out of range, invalid UTF-8, counts over their limits, bytes missing inside a frame
-//! and bytes left over at its end, so `encode(decode(b)) == b` for every accepted `b`.
+//! and bytes left over at its end: every accepted frame re-encodes to the same bytes.
 //! The length prefix is checked against the limit for its type before the body is
 //! awaited or anything is allocated ([`WireError::TooLarge`]).
 //!
@@ -46,12 +46,13 @@
 //! `0xF0`, `0xF1`, never valid after the handshake):
 //! 1. Hello: magic `TNDMREPL`, version u16 ([`VERSION`]), flags u8 (bit 0: wants
 //!    encryption), cluster, mirror, node (strings), a 32-byte random nonce. Each side
-//!    refuses a wrong magic or version, another cluster or mirror, a node other than the
-//!    expected peer, and a peer using its own node name.
+//!    refuses a wrong magic (`Malformed`) or version (`Version`), another cluster or
+//!    mirror (`WrongCluster`), a node other than the expected peer and a peer using its
+//!    own node name (`WrongPeer`).
 //! 2. Auth: HMAC-SHA256 with the cluster key over the transcript
 //!    `"tandem-mirror-auth-v1" ‖ version ‖ cluster ‖ mirror ‖ sender node ‖ receiver
-//!    node ‖ sender nonce ‖ receiver nonce ‖ sender flags ‖ receiver flags` (strings with
-//!    a u32 length prefix), checked in constant time. Direction and both fresh nonces
+//!    node ‖ sender nonce ‖ receiver nonce ‖ sender flags ‖ receiver flags` (each field
+//!    behind a u32 length prefix), checked in constant time. Direction and both fresh nonces
 //!    are bound, so neither a replayed nor a reflected Auth passes; the flags are bound
 //!    too, so encryption cannot be stripped in transit.
 //!
