@@ -340,14 +340,25 @@ fn params(node: &str, key: &[u8], encrypt: bool) -> HandshakeParams {
 
 type Side<W> = Result<(LinkReader<Rd>, LinkWriter<W>, PeerHello), WireError>;
 
-/// Runs both sides of a handshake over a duplex pipe.
+/// Runs both sides of a handshake over a duplex pipe of 256 KiB each way.
 async fn pair(
     a: HandshakeParams,
     a_expects: Option<&str>,
     b: HandshakeParams,
     b_expects: Option<&str>,
 ) -> (Side<Wr>, Side<Wr>) {
-    let (x, y) = tokio::io::duplex(64);
+    pair_over(256 * 1024, a, a_expects, b, b_expects).await
+}
+
+/// Runs both sides of a handshake over a duplex pipe holding `cap` bytes each way.
+async fn pair_over(
+    cap: usize,
+    a: HandshakeParams,
+    a_expects: Option<&str>,
+    b: HandshakeParams,
+    b_expects: Option<&str>,
+) -> (Side<Wr>, Side<Wr>) {
+    let (x, y) = tokio::io::duplex(cap);
     let (xr, xw) = split(x);
     let (yr, yw) = split(y);
     tokio::join!(
@@ -358,7 +369,9 @@ async fn pair(
 
 #[tokio::test]
 async fn handshake_succeeds_both_ways() {
-    let (a, b) = pair(
+    // A pipe smaller than a hello: neither side may wait for the other to read first.
+    let (a, b) = pair_over(
+        16,
         params("alpha", b"k", false),
         Some("beta"),
         params("beta", b"k", false),
