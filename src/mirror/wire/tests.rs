@@ -664,3 +664,44 @@ async fn flipped_ciphertext_bit_fails_decryption() {
     aw.send(&Frame::Ping { nonce: 2 }).await.unwrap();
     assert!(matches!(br.recv().await, Err(WireError::Decrypt)));
 }
+
+#[tokio::test]
+async fn tcp_halves_in_spawned_tasks() {
+    // The daemon's shape: the halves of a TcpStream, each side in its own task (so
+    // every future here must be Send).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, w) = stream.into_split();
+        let (mut r, mut w, peer) = handshake(r, w, &params("beta", b"k", false), Some("alpha"))
+            .await
+            .unwrap();
+        assert_eq!(peer.node, "alpha");
+        let frame = r.recv().await.unwrap();
+        let Frame::Write { seq, .. } = frame else {
+            panic!("not a write: {frame:?}");
+        };
+        w.send(&Frame::Ack { seq }).await.unwrap();
+        frame
+    });
+    let client = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (r, w) = stream.into_split();
+        let (mut r, mut w, peer) = handshake(r, w, &params("alpha", b"k", false), Some("beta"))
+            .await
+            .unwrap();
+        assert_eq!(peer.node, "beta");
+        let write = Frame::Write {
+            seq: 42,
+            offset: 1 << 30,
+            fua: false,
+            data: vec![0xa5; MAX_DATA],
+        };
+        w.send(&write).await.unwrap();
+        assert_eq!(r.recv().await.unwrap(), Frame::Ack { seq: 42 });
+        write
+    });
+    let (got, sent) = (server.await.unwrap(), client.await.unwrap());
+    assert_eq!(got, sent);
+}
