@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tracing::info;
 
+mod replicated;
+
 /// Options of `tandem bench mirror`.
 #[derive(Debug, Clone, Args)]
 pub struct MirrorBenchArgs {
@@ -25,6 +27,15 @@ pub struct MirrorBenchArgs {
     /// Directory for the source and target files (a scratch subdirectory is made).
     #[arg(long, default_value_os_t = std::env::temp_dir())]
     pub dir: PathBuf,
+    /// Skip the rows with a peer (they need root: two network namespaces and a veth).
+    #[arg(long)]
+    pub no_peer: bool,
+    /// MiB changed while the peer is disconnected, for the resync figures.
+    #[arg(long, default_value_t = 256)]
+    pub resync_mib: u64,
+    /// The tbf cap on the replication link during the resync, in Mbit/s.
+    #[arg(long, default_value_t = 800)]
+    pub cap_mbit: u64,
 }
 
 /// Why the benchmark could not produce figures.
@@ -51,6 +62,8 @@ pub enum BenchError {
     Mismatch { server: &'static str, offset: u64 },
     #[error("--size-mib and --runs must be at least 1")]
     Arguments,
+    #[error("replicated run: {0}")]
+    Peer(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -171,8 +184,36 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         println!("{:<18} {:>9.1} MiB/s", server.label(), best);
     }
     println!(
-        "tandem / max(nbdkit, qemu-nbd) = {:.2}",
+        "tandem / max(nbdkit, qemu-nbd) = {:.2}   (goal >= 1.0)",
         best[0] / best[1].max(best[2])
+    );
+    if args.no_peer {
+        return Ok(());
+    }
+    if !nix::unistd::geteuid().is_root() {
+        println!("(rows with a peer skipped: they need root for network namespaces)");
+        return Ok(());
+    }
+    let r = replicated::run(&scratch.0, &source, size, args.resync_mib, args.cap_mbit)?;
+    println!("{:<18} {:>9.1} MiB/s", "tandem (sync peer)", r.sync_mib_s);
+    println!("{:<18} {:>9.1} MiB/s", "tandem (async peer)", r.async_mib_s);
+    println!(
+        "sync / unreplicated = {:.2}   (goal >= 0.9; the peer is across a veth link)",
+        r.sync_mib_s / best[0]
+    );
+    println!("async / unreplicated = {:.2}", r.async_mib_s / best[0]);
+    println!(
+        "resync over a link capped at {} Mbit/s ({:.1} MiB/s): {:.1} MiB/s = {:.2} of the cap   (goal >= 0.9)",
+        args.cap_mbit,
+        r.cap_mib_s,
+        r.resync_mib_s,
+        r.resync_mib_s / r.cap_mib_s
+    );
+    println!(
+        "bytes resynced / bytes changed = {} / {} = {:.3}   (goal <= 1.05)",
+        r.resynced_bytes,
+        r.changed_bytes,
+        r.resynced_bytes as f64 / r.changed_bytes as f64
     );
     Ok(())
 }
@@ -214,7 +255,7 @@ fn one_run(server: Server, dir: &Path, source: &Path, size: u64) -> Result<f64, 
             status,
         });
     }
-    if let Some(offset) = first_difference(source, &target)? {
+    if let Some(offset) = first_difference(source, &target, false)? {
         return Err(BenchError::Mismatch {
             server: server.label(),
             offset,
@@ -257,8 +298,9 @@ fn write_random(path: &Path, size: u64) -> Result<(), BenchError> {
         .map_err(io(format!("syncing {}", path.display())))
 }
 
-/// Compares two files; the first differing offset, if any.
-fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>, BenchError> {
+/// Compares two files; the first differing offset, if any. With `prefix`, only `a`'s
+/// length is compared and `b` may be longer.
+fn first_difference(a: &Path, b: &Path, prefix: bool) -> Result<Option<u64>, BenchError> {
     let fa = File::open(a).map_err(io(format!("opening {}", a.display())))?;
     let fb = File::open(b).map_err(io(format!("opening {}", b.display())))?;
     let len_a = fa.metadata().map_err(io("stat"))?.len();
@@ -273,6 +315,9 @@ fn first_difference(a: &Path, b: &Path) -> Result<Option<u64>, BenchError> {
             return Ok(Some(pos + i as u64));
         }
         pos += n as u64;
+    }
+    if prefix && len_b >= len_a {
+        return Ok(None);
     }
     Ok((len_a != len_b).then_some(len_a.min(len_b)))
 }

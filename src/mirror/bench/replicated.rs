@@ -1,0 +1,427 @@
+//! The replicated rows of `tandem bench mirror`: the same `nbdcopy` into a mirror whose
+//! peer sits across a veth link (sync and async), then the resync rate against a link
+//! capped with `tc qdisc tbf`, and bytes resynced per byte changed. Needs root: the
+//! primary and the peer each live in a network namespace this benchmark creates (and
+//! removes), joined by one veth pair.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{first_difference, io, write_random, BenchError};
+use crate::config::ReplicationMode;
+use crate::event::EventLog;
+use crate::mirror::generation::SplitBrainPolicy;
+use crate::mirror::nbd::{NbdServer, ServerConfig};
+use crate::mirror::replica::{Mirror, MirrorSpec, PeerSpec};
+use crate::mirror::status::MirrorStatus;
+
+const NS_PRIMARY: &str = "tbm-a";
+const NS_PEER: &str = "tbm-b";
+const ADDR_PRIMARY: &str = "10.79.0.1";
+const ADDR_PEER: &str = "10.79.0.2";
+const PORT: u16 = 7790;
+
+/// What the primary's thread can be asked.
+enum Ask {
+    Status(std::sync::mpsc::Sender<MirrorStatus>),
+    Disconnect(std::sync::mpsc::Sender<Result<(), String>>),
+    Connect(std::sync::mpsc::Sender<Result<(), String>>),
+}
+
+/// A primary and its peer in two namespaces; dropping it stops both and removes the
+/// namespaces.
+struct Pair {
+    asks: mpsc::Sender<Ask>,
+    stops: Vec<oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<Result<(), crate::lab::LabError>>>,
+    socket: PathBuf,
+    primary_backing: PathBuf,
+    peer_backing: PathBuf,
+}
+
+fn sh(program: &str, args: &[&str]) -> Result<(), BenchError> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| BenchError::Spawn { tool: "ip", source })?;
+    if !out.status.success() {
+        return Err(BenchError::Peer(format!(
+            "`{program} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn remove_namespaces() {
+    for ns in [NS_PRIMARY, NS_PEER] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+    }
+}
+
+fn build_namespaces() -> Result<(), BenchError> {
+    remove_namespaces();
+    sh("ip", &["netns", "add", NS_PRIMARY])?;
+    sh("ip", &["netns", "add", NS_PEER])?;
+    sh(
+        "ip",
+        &[
+            "link", "add", "a0", "netns", NS_PRIMARY, "type", "veth", "peer", "name", "b0",
+            "netns", NS_PEER,
+        ],
+    )?;
+    for (ns, dev, addr) in [(NS_PRIMARY, "a0", ADDR_PRIMARY), (NS_PEER, "b0", ADDR_PEER)] {
+        sh(
+            "ip",
+            &["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev],
+        )?;
+        sh("ip", &["-n", ns, "link", "set", dev, "up"])?;
+        sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+fn spec(
+    me: &str,
+    peer: &str,
+    dir: &Path,
+    size: u64,
+    mode: ReplicationMode,
+    key: &[u8],
+) -> MirrorSpec {
+    let addr = |a: &str| -> std::net::SocketAddr {
+        format!("{a}:{PORT}").parse().expect("static address")
+    };
+    let (mine, theirs) = if me == "a" {
+        (ADDR_PRIMARY, ADDR_PEER)
+    } else {
+        (ADDR_PEER, ADDR_PRIMARY)
+    };
+    MirrorSpec {
+        name: "bench".into(),
+        cluster: "bench".into(),
+        local_node: me.into(),
+        key: key.to_vec(),
+        backing: dir.join(format!("{me}.img")),
+        size: Some(size),
+        meta_dir: dir.join(format!("{me}-meta")),
+        listen: addr(mine),
+        peers: vec![PeerSpec {
+            node: peer.into(),
+            address: addr(theirs),
+            mode,
+            rate_limit: None,
+            queue_bytes: 256 << 20,
+            lag_budget: None,
+            encrypt: false,
+        }],
+        split_brain: SplitBrainPolicy::Disconnect,
+        fencing: false,
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, crate::lab::LabError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| crate::lab::LabError::Invalid(format!("tokio runtime: {e}")))
+}
+
+fn lab_err(e: impl std::fmt::Display) -> crate::lab::LabError {
+    crate::lab::LabError::Invalid(e.to_string())
+}
+
+impl Pair {
+    fn start(dir: &Path, size: u64, mode: ReplicationMode) -> Result<Pair, BenchError> {
+        build_namespaces()?;
+        let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+        let socket = dir.join("mirror.sock");
+        let _ = std::fs::remove_file(&socket);
+        let (stop_b, stopped_b) = oneshot::channel::<()>();
+        let peer_spec = spec("b", "a", dir, size, mode, &key);
+        let peer_backing = peer_spec.backing.clone();
+        let peer = crate::lab::net::spawn_in_netns(NS_PEER, move || {
+            runtime()?.block_on(async move {
+                let m = Mirror::open(peer_spec, EventLog::in_memory("b"))
+                    .await
+                    .map_err(lab_err)?;
+                let _ = stopped_b.await;
+                m.shutdown().await;
+                Ok(())
+            })
+        });
+        let (stop_a, stopped_a) = oneshot::channel::<()>();
+        let (asks, mut asked) = mpsc::channel::<Ask>(8);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let primary_spec = spec("a", "b", dir, size, mode, &key);
+        let primary_backing = primary_spec.backing.clone();
+        let nbd_socket = socket.clone();
+        let primary = crate::lab::net::spawn_in_netns(NS_PRIMARY, move || {
+            runtime()?.block_on(async move {
+                let started = async {
+                    let m = Mirror::open(primary_spec, EventLog::in_memory("a"))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    // Both copies are new; wait until they have met.
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    loop {
+                        let s = m.status();
+                        if s.peers.iter().all(|p| p.connection == "connected") {
+                            break;
+                        }
+                        if Instant::now() > deadline {
+                            return Err(format!("the peer did not connect: {s:?}"));
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    m.promote().await.map_err(|e| e.to_string())?;
+                    let server = NbdServer::bind(ServerConfig {
+                        name: "bench".into(),
+                        description: String::new(),
+                        unix: Some(nbd_socket),
+                        tcp: None,
+                        metrics: None,
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    Ok::<_, String>((m, server))
+                };
+                let (m, server) = match started.await {
+                    Ok(x) => {
+                        let _ = ready_tx.send(Ok(()));
+                        x
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.clone()));
+                        return Err(lab_err(e));
+                    }
+                };
+                let m: Arc<Mirror> = m;
+                let serving = tokio::spawn(server.run(m.clone()));
+                let mut stopped_a = stopped_a;
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped_a => break,
+                        Some(ask) = asked.recv() => match ask {
+                            Ask::Status(tx) => { let _ = tx.send(m.status()); }
+                            Ask::Disconnect(tx) => {
+                                let _ = tx.send(m.disconnect(None).await.map_err(|e| e.to_string()));
+                            }
+                            Ask::Connect(tx) => {
+                                let _ = tx.send(m.connect(None).await.map_err(|e| e.to_string()));
+                            }
+                        },
+                    }
+                }
+                serving.abort();
+                let _ = m.demote().await;
+                m.shutdown().await;
+                Ok(())
+            })
+        });
+        let pair = Pair {
+            asks,
+            stops: vec![stop_a, stop_b],
+            threads: vec![primary, peer],
+            socket,
+            primary_backing,
+            peer_backing,
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => Ok(pair),
+            Ok(Err(e)) => Err(BenchError::Peer(e)),
+            Err(_) => Err(BenchError::Peer(
+                "the primary did not start within 60 s".into(),
+            )),
+        }
+    }
+
+    fn status(&self) -> Result<MirrorStatus, BenchError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.asks
+            .blocking_send(Ask::Status(tx))
+            .map_err(|_| BenchError::Peer("the primary stopped".into()))?;
+        rx.recv_timeout(Duration::from_secs(10))
+            .map_err(|_| BenchError::Peer("the primary does not answer".into()))
+    }
+
+    fn link(&self, up: bool) -> Result<(), BenchError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ask = if up {
+            Ask::Connect(tx)
+        } else {
+            Ask::Disconnect(tx)
+        };
+        self.asks
+            .blocking_send(ask)
+            .map_err(|_| BenchError::Peer("the primary stopped".into()))?;
+        rx.recv_timeout(Duration::from_secs(30))
+            .map_err(|_| BenchError::Peer("the primary does not answer".into()))?
+            .map_err(BenchError::Peer)
+    }
+
+    /// Waits until the peer is connected, up to date, with nothing out of sync.
+    fn wait_in_sync(&self, timeout: Duration) -> Result<MirrorStatus, BenchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status()?;
+            let synced = s.peers.iter().all(|p| {
+                p.connection == "connected"
+                    && p.out_of_sync_bytes == 0
+                    && p.lag_bytes == 0
+                    && p.resync.is_none()
+                    && p.peer_disk == Some(crate::mirror::generation::DiskState::UpToDate)
+            });
+            if synced {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Peer(format!(
+                    "not in sync after {timeout:?}: {s:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        for s in self.stops.drain(..) {
+            let _ = s.send(());
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        remove_namespaces();
+    }
+}
+
+/// nbdcopy `source` into the pair's primary; MiB/s until the client saw every write
+/// acknowledged (and, in sync mode, on the peer).
+fn copy_into(
+    pair: &Pair,
+    source: &Path,
+    size: u64,
+    label: &'static str,
+) -> Result<f64, BenchError> {
+    nix::unistd::sync();
+    let uri = format!("nbd+unix:///?socket={}", pair.socket.display());
+    let start = Instant::now();
+    let status = Command::new("nbdcopy")
+        .arg(source)
+        .arg(&uri)
+        .status()
+        .map_err(|source| BenchError::Spawn {
+            tool: "nbdcopy",
+            source,
+        })?;
+    let secs = start.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(BenchError::Copy {
+            server: label,
+            status,
+        });
+    }
+    Ok(size as f64 / (1 << 20) as f64 / secs)
+}
+
+/// Figures of the replicated rows.
+pub struct ReplicatedFigures {
+    pub sync_mib_s: f64,
+    pub async_mib_s: f64,
+    pub cap_mib_s: f64,
+    pub resync_mib_s: f64,
+    pub changed_bytes: u64,
+    pub resynced_bytes: u64,
+}
+
+/// Runs the sync row, the async row and the capped resync.
+pub fn run(
+    dir: &Path,
+    source: &Path,
+    size: u64,
+    resync_mib: u64,
+    cap_mbit: u64,
+) -> Result<ReplicatedFigures, BenchError> {
+    let volume = size.max(resync_mib << 20);
+    let mut rates = [0f64; 2];
+    for (i, mode) in [ReplicationMode::Sync, ReplicationMode::Async]
+        .into_iter()
+        .enumerate()
+    {
+        let run_dir = dir.join(format!("pair-{}", mode.name()));
+        std::fs::create_dir_all(&run_dir).map_err(io("creating the pair's directory"))?;
+        let pair = Pair::start(&run_dir, volume, mode)?;
+        let label = if mode == ReplicationMode::Sync {
+            "tandem (sync peer)"
+        } else {
+            "tandem (async peer)"
+        };
+        rates[i] = copy_into(&pair, source, size, label)?;
+        pair.wait_in_sync(Duration::from_secs(300))?;
+        for (which, path) in [
+            ("primary", &pair.primary_backing),
+            ("peer", &pair.peer_backing),
+        ] {
+            if let Some(offset) = first_difference_prefix(source, path)? {
+                return Err(BenchError::Peer(format!(
+                    "{label}: the {which}'s copy differs from the source at byte {offset}"
+                )));
+            }
+        }
+        drop(pair);
+        let _ = std::fs::remove_dir_all(&run_dir);
+    }
+
+    // Resync: disconnect, change `resync_mib`, cap the link, reconnect, time it.
+    let run_dir = dir.join("pair-resync");
+    std::fs::create_dir_all(&run_dir).map_err(io("creating the pair's directory"))?;
+    let changed = resync_mib << 20;
+    let changes = run_dir.join("changes.raw");
+    write_random(&changes, changed)?;
+    let pair = Pair::start(&run_dir, volume, ReplicationMode::Sync)?;
+    pair.link(false)?;
+    copy_into(&pair, &changes, changed, "tandem (disconnected)")?;
+    let before = pair.status()?.peers.first().map_or(0, |p| p.resynced_bytes);
+    let rate = format!("{cap_mbit}mbit");
+    sh(
+        "ip",
+        &[
+            "netns", "exec", NS_PRIMARY, "tc", "qdisc", "add", "dev", "a0", "root", "tbf", "rate",
+            &rate, "burst", "1mb", "latency", "100ms",
+        ],
+    )?;
+    let start = Instant::now();
+    pair.link(true)?;
+    let after = pair.wait_in_sync(Duration::from_secs(600))?;
+    let secs = start.elapsed().as_secs_f64();
+    let resynced = after.peers.first().map_or(0, |p| p.resynced_bytes) - before;
+    if let Some(offset) = first_difference_prefix(&changes, &pair.peer_backing)? {
+        return Err(BenchError::Peer(format!(
+            "after the resync the peer differs at byte {offset}"
+        )));
+    }
+    drop(pair);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    Ok(ReplicatedFigures {
+        sync_mib_s: rates[0],
+        async_mib_s: rates[1],
+        cap_mib_s: cap_mbit as f64 * 1e6 / 8.0 / (1 << 20) as f64,
+        resync_mib_s: resynced as f64 / (1 << 20) as f64 / secs,
+        changed_bytes: changed,
+        resynced_bytes: resynced,
+    })
+}
+
+/// The first offset where `copy` differs from `source`, over `source`'s length (the
+/// volume may be larger).
+fn first_difference_prefix(source: &Path, copy: &Path) -> Result<Option<u64>, BenchError> {
+    first_difference(source, copy, true)
+}
