@@ -196,6 +196,12 @@ impl Daemon {
                         EventKind::NodeDown,
                         fields([("peer", peer.clone()), ("silent_ms", silent_ms.to_string())]),
                     );
+                    // The membership is the authority on death: a replication link to a
+                    // powered-off node may not notice for a long while (no RST). Drop it
+                    // now, before placement may promote our copy.
+                    for m in self.mirrors.values() {
+                        m.mirror.peer_dead(&peer);
+                    }
                     self.placement_input(Input::NodeDown { peer, silent_ms });
                 }
                 MembershipEvent::NodeRestarted {

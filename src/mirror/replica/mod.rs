@@ -106,6 +106,10 @@ impl Mirror {
         let _ = generation;
         todo!()
     }
+    pub fn peer_dead(&self, peer: &str) {
+        let _ = peer;
+        todo!()
+    }
     pub async fn shutdown(&self) {
         todo!()
     }
