@@ -1430,15 +1430,17 @@ fn exposed_names(body: &str) -> std::collections::BTreeSet<String> {
 #[test]
 fn prometheus_returns_data_for_every_panel() {
     require_root!();
-    let lab = Lab::up("tlp-", &[]);
-    let prom = Prometheus::start(&lab, 2);
+    // Three nodes: n3 holds an asynchronous copy of the mirror, so the lag panels
+    // against a budget have data too.
+    let lab = Lab::up("tlp-", &["--nodes", "3"]);
+    let prom = Prometheus::start(&lab, 3);
     lab.wait_vip("n1", Duration::from_secs(20));
     wait_for(
-        "Prometheus scraping both nodes",
+        "Prometheus scraping every node",
         Duration::from_secs(30),
         || {
             let up = prom.series("up{job=\"tandem\"} == 1", true).ok()?;
-            (up.len() == 2).then_some(())
+            (up.len() == 3).then_some(())
         },
     );
     // Scrape cost as Prometheus measures it, with both nodes up.
@@ -1487,6 +1489,22 @@ fn prometheus_returns_data_for_every_panel() {
     assert!(out.status.success(), "switchover: {}", describe(&out));
     lab.wait_vip("n1", Duration::from_secs(30));
     prom.wait_for_series("the switchover counted in Prometheus", "tandem_switchovers_total{cluster=\"lab\",group=\"demo\",reason=\"manual\",outcome=\"completed\"} == 1");
+    // The demo service reads and writes its counter on the volume through NBD for the
+    // rest of the test, so the NBD and client-throughput panels see traffic.
+    let traffic_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = traffic_stop.clone();
+        let ns = lab.ns("cl");
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = Command::new("ip")
+                    .args(["netns", "exec", &ns, "curl", "-s", "-m", "2", "-X", "POST"])
+                    .arg("http://10.77.0.100:8080/counter")
+                    .output();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
     // Let the rates see a few samples after the moves.
     std::thread::sleep(Duration::from_secs(3));
 
@@ -1543,10 +1561,12 @@ fn prometheus_returns_data_for_every_panel() {
             Err(e) => problems.push(format!("{} {}: {e}\n    {expr}", q.dashboard, q.place)),
         }
     }
+    traffic_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = traffic.join();
     // The alert rules load in a real server, and the failover alert fires.
     let rules = prom.api("/api/v1/rules", &[]).unwrap();
     let loaded = rules.to_string().matches("\"type\":\"alerting\"").count();
-    assert!(loaded >= 7, "alert rules not loaded: {rules}");
+    assert!(loaded >= 12, "alert rules not loaded: {rules}");
     let (alerts, _) = wait_for("TandemFailover firing", Duration::from_secs(20), || {
         let a = prom.api("/api/v1/alerts", &[]).ok()?;
         a.to_string().contains("TandemFailover").then_some(a)
