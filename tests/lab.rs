@@ -1903,9 +1903,11 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
 #[test]
 fn mirror_partial_resync_pause_resume_verify_and_wrong_key() {
     require_root!();
-    let lab = Lab::up("tlr-", &[]);
+    // Three copies: n2 synchronous on the LAN, n3 asynchronous over the capped "WAN".
+    let lab = Lab::up("tlr-", &["--nodes", "3"]);
     lab.wait_vip("n1", Duration::from_secs(20));
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(60));
     let admin_ok = |args: &[&str]| {
         let out = lab.admin("n1", args);
         assert!(out.status.success(), "{args:?}: {}", describe(&out));
@@ -1946,18 +1948,22 @@ fn mirror_partial_resync_pause_resume_verify_and_wrong_key() {
         "resync moved {moved} for {changed}"
     );
 
-    // 2. Paused: writes are tracked, and resume catches up without another command.
-    admin_ok(&["mirror", "pause", "data", "--peer", "n2"]);
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+
+    // 2. The WAN peer paused on its own: its writes are tracked while the LAN peer stays
+    // in sync, and resume catches up without another command.
+    admin_ok(&["mirror", "pause", "data", "--peer", "n3"]);
     wait_for("paused", Duration::from_secs(10), || {
-        (lab.mirror_peer("n1", "n2")?["connection"] == "paused").then_some(())
+        (lab.mirror_peer("n1", "n3")?["connection"] == "paused").then_some(())
     });
     let out = lab.qemu_io("n1", &["write -P 77 100M 1M".to_string()]);
     assert!(out.status.success(), "{}", describe(&out));
     wait_for("paused changes tracked", Duration::from_secs(10), || {
-        (lab.mirror_peer("n1", "n2")?["out_of_sync_bytes"].as_u64()? >= 1 << 20).then_some(())
+        (lab.mirror_peer("n1", "n3")?["out_of_sync_bytes"].as_u64()? >= 1 << 20).then_some(())
     });
-    admin_ok(&["mirror", "resume", "data", "--peer", "n2"]);
-    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(10));
+    admin_ok(&["mirror", "resume", "data", "--peer", "n3"]);
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
 
     // 3. Verify: corrupt one 4 KiB block of n2's copy behind the mirror's back.
     {
