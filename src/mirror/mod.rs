@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bitmap;
 pub mod generation;
 pub mod nbd;
+pub mod replica;
 pub mod status;
 pub mod volume;
 pub mod wire;
