@@ -2,18 +2,161 @@
 //! HMAC-SHA256 challenge with the cluster key before anything else, and optional
 //! ChaCha20-Poly1305 encryption of every frame after it (for WAN links).
 //!
-//! INTERFACE SKELETON: the types below are fixed; the bodies are filled in by the wire
-//! codec work. Fuzzed (`fuzz/fuzz_targets/mirror_frame.rs`).
+//! # Frames
+//! A plaintext frame is `u32 len` (big-endian, the byte count of what follows, at most
+//! [`MAX_FRAME`]), a `u8` type, then the body. Every integer is big-endian. A string
+//! is a `u8` byte count and UTF-8 (at most 255 bytes); a payload (`Vec<u8>`) is a
+//! `u32` byte count (at most [`MAX_DATA`]) and the bytes. Types and bodies:
+//!
+//! | type | frame            | body                                                  |
+//! |------|------------------|-------------------------------------------------------|
+//! | 1    | `State`          | see below                                             |
+//! | 2    | `Write`          | seq u64, offset u64, fua u8 (0/1), data               |
+//! | 3    | `Trim`           | seq u64, offset u64, len u32                          |
+//! | 4    | `Zeroes`         | seq u64, offset u64, len u32                          |
+//! | 5    | `Flush`          | seq u64                                               |
+//! | 6    | `Ack`            | seq u64                                               |
+//! | 7    | `Nack`           | seq u64, errno u32                                    |
+//! | 8    | `ResyncBegin`    | full u8 (0/1), total_bytes u64                        |
+//! | 9    | `ResyncData`     | offset u64, data                                      |
+//! | 10   | `ResyncZero`     | offset u64, len u32                                   |
+//! | 11   | `ResyncAck`      | offset u64, len u32                                   |
+//! | 12   | `ResyncEnd`      | generation u64                                        |
+//! | 13   | `VerifyRequest`  | offset u64, len u32                                   |
+//! | 14   | `VerifyDigests`  | offset u64, count u32 (≤ [`MAX_DIGESTS`]), 32 B each  |
+//! | 15   | `Ping`           | nonce u64                                             |
+//! | 16   | `Pong`           | nonce u64                                             |
+//! | 17   | `Bye`            | reason string (cut to 255 bytes at a char boundary)   |
+//!
+//! `State` ([`CopyState`]): node string, mirror string, size_bytes u64, generations
+//! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
+//! strictly ascending peer order; history: u8 count ≤ [`HISTORY_LEN`] of u64), disk u8
+//! (0 up_to_date, 1 outdated, 2 inconsistent, 3 sync_source, 4 sync_target), primary u8
+//! (0/1), changed_blocks u64.
+//!
+//! The encoding is canonical: a decoder refuses unknown types, enum codes and booleans
+//! out of range, invalid UTF-8, counts over their limits, bytes missing inside a frame
+//! and bytes left over at its end, so `encode(decode(b)) == b` for every accepted `b`.
+//! The length prefix is checked against the limit for its type before the body is
+//! awaited or anything is allocated ([`WireError::TooLarge`]).
+//!
+//! # Handshake
+//! Symmetric; both sides send, then read, each step ([`handshake`], at most
+//! [`HANDSHAKE_TIMEOUT`] in all). The two messages are framed like frames (types
+//! `0xF0`, `0xF1`, never valid after the handshake):
+//! 1. Hello: magic `TNDMREPL`, version u16 ([`VERSION`]), flags u8 (bit 0: wants
+//!    encryption), cluster, mirror, node (strings), a 32-byte random nonce. Each side
+//!    refuses a wrong magic or version, another cluster or mirror, a node other than the
+//!    expected peer, and a peer using its own node name.
+//! 2. Auth: HMAC-SHA256 with the cluster key over the transcript
+//!    `"tandem-mirror-auth-v1" ‖ version ‖ cluster ‖ mirror ‖ sender node ‖ receiver
+//!    node ‖ sender nonce ‖ receiver nonce ‖ sender flags ‖ receiver flags` (strings with
+//!    a u32 length prefix), checked in constant time. Direction and both fresh nonces
+//!    are bound, so neither a replayed nor a reflected Auth passes; the flags are bound
+//!    too, so encryption cannot be stripped in transit.
+//!
+//! # Encryption
+//! If either side asked for it, every later frame is sealed with ChaCha20-Poly1305: per
+//! direction, key = HKDF-SHA256(ikm = cluster key, salt = the two nonces in ascending
+//! order, info = `"tandem-mirror-v1 " ‖ sender node`), nonce = 4 zero bytes ‖ u64
+//! counter (0, 1, ...; a fresh key per connection, so never reused). On the wire:
+//! `u32 len` of ciphertext and tag, then the ciphertext of `type ‖ body`, then the
+//! 16-byte tag. A frame failing its tag is [`WireError::Decrypt`].
+//!
+//! # Throughput
+//! [`LinkWriter`] writes a plaintext payload straight from the caller's slice behind its
+//! small header (one vectored write, no copy); [`LinkReader`] reads through a 256 KiB
+//! buffer and reads payloads straight into the frame's `Vec`. The encrypted path copies
+//! a payload once (to seal it in place).
+//!
+//! Fuzzed (`fuzz/fuzz_targets/mirror_frame.rs`).
 
+use std::io::{self, IoSlice};
+use std::time::Duration;
+
+use chacha20poly1305::{AeadInPlace, ChaCha20Poly1305, Key, KeyInit, Nonce, Tag};
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite};
+use sha2::Sha256;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::mirror::generation::{DiskState, Generations};
+use crate::mirror::generation::{DiskState, Generations, HISTORY_LEN};
+
+#[cfg(test)]
+mod tests;
 
 /// Protocol version carried in the hello.
 pub const VERSION: u16 = 1;
 /// The largest payload a frame may carry (a write or resync chunk): 1 MiB.
 pub const MAX_DATA: usize = 1 << 20;
+/// The most digests one `VerifyDigests` carries (32 MiB of 4 KiB blocks).
+pub const MAX_DIGESTS: usize = 8192;
+/// The most per-peer bitmap generations a `State` carries.
+pub const MAX_BITMAP_PEERS: usize = 32;
+/// The longest string on the wire, in bytes.
+pub const MAX_STR: usize = 255;
+/// The largest value of a plaintext frame's length prefix (type byte and body): a
+/// `Write` with a full [`MAX_DATA`] payload. Encrypted frames add [`TAG_LEN`].
+pub const MAX_FRAME: usize = 1 + WRITE_HEAD + MAX_DATA;
+/// The Poly1305 tag at the end of every encrypted frame.
+pub const TAG_LEN: usize = 16;
+/// The whole handshake must finish within this.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first bytes of every hello.
+pub const MAGIC: &[u8; 8] = b"TNDMREPL";
+
+/// Hello flag: this side wants the link encrypted.
+const FLAG_ENCRYPT: u8 = 1;
+/// The largest handshake message (a hello with three 255-byte names fits easily).
+const HANDSHAKE_MAX: usize = 1024;
+/// The reader's buffer.
+const READ_BUF: usize = 256 * 1024;
+/// Queued bytes past which [`LinkWriter::feed`] writes them out.
+const WRITE_BUF: usize = 64 * 1024;
+/// Payloads at least this big are written from the caller's slice, not copied.
+const COPY_MAX: usize = 16 * 1024;
+
+/// Write's fixed fields before the payload: seq, offset, fua, payload length.
+const WRITE_HEAD: usize = 8 + 8 + 1 + 4;
+/// ResyncData's fixed fields before the payload: offset, payload length.
+const RESYNC_HEAD: usize = 8 + 4;
+/// The largest `State` body.
+const STATE_MAX: usize = 2 * (1 + MAX_STR)
+    + 8
+    + 8
+    + 2
+    + MAX_BITMAP_PEERS * (1 + MAX_STR + 8)
+    + 1
+    + HISTORY_LEN * 8
+    + 1
+    + 1
+    + 8;
+
+/// Frame type codes.
+mod ty {
+    pub const STATE: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const TRIM: u8 = 3;
+    pub const ZEROES: u8 = 4;
+    pub const FLUSH: u8 = 5;
+    pub const ACK: u8 = 6;
+    pub const NACK: u8 = 7;
+    pub const RESYNC_BEGIN: u8 = 8;
+    pub const RESYNC_DATA: u8 = 9;
+    pub const RESYNC_ZERO: u8 = 10;
+    pub const RESYNC_ACK: u8 = 11;
+    pub const RESYNC_END: u8 = 12;
+    pub const VERIFY_REQUEST: u8 = 13;
+    pub const VERIFY_DIGESTS: u8 = 14;
+    pub const PING: u8 = 15;
+    pub const PONG: u8 = 16;
+    pub const BYE: u8 = 17;
+    /// Handshake messages (not frames).
+    pub const HELLO: u8 = 0xF0;
+    pub const AUTH: u8 = 0xF1;
+}
 
 /// A peer's description of its copy, sent by both sides right after authentication
 /// and again whenever its disk state or role changes.
@@ -159,46 +302,882 @@ pub struct PeerHello {
     pub encrypted: bool,
 }
 
+// ---------------------------------------------------------------------------------
+// Encoding
+
+/// The largest body (after the type byte) a frame of type `t` may have; `None` for an
+/// unknown type.
+fn max_body(t: u8) -> Option<usize> {
+    Some(match t {
+        ty::STATE => STATE_MAX,
+        ty::WRITE => WRITE_HEAD + MAX_DATA,
+        ty::TRIM | ty::ZEROES => 8 + 8 + 4,
+        ty::FLUSH | ty::ACK | ty::RESYNC_END | ty::PING | ty::PONG => 8,
+        ty::NACK | ty::RESYNC_ZERO | ty::RESYNC_ACK | ty::VERIFY_REQUEST => 8 + 4,
+        ty::RESYNC_BEGIN => 1 + 8,
+        ty::RESYNC_DATA => RESYNC_HEAD + MAX_DATA,
+        ty::VERIFY_DIGESTS => 8 + 4 + MAX_DIGESTS * 32,
+        ty::BYE => 1 + MAX_STR,
+        _ => return None,
+    })
+}
+
+/// `s` cut to at most `max` bytes at a char boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A count that must fit its u32 field (callers keep to the limits; an oversized count
+/// saturates and the peer refuses the frame).
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn put_u16(out: &mut Vec<u8>, v: u16) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    let s = truncate_str(s, MAX_STR);
+    out.push(s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn disk_code(d: DiskState) -> u8 {
+    match d {
+        DiskState::UpToDate => 0,
+        DiskState::Outdated => 1,
+        DiskState::Inconsistent => 2,
+        DiskState::SyncSource => 3,
+        DiskState::SyncTarget => 4,
+    }
+}
+
+fn disk_from(code: u8) -> Result<DiskState, WireError> {
+    Ok(match code {
+        0 => DiskState::UpToDate,
+        1 => DiskState::Outdated,
+        2 => DiskState::Inconsistent,
+        3 => DiskState::SyncSource,
+        4 => DiskState::SyncTarget,
+        _ => return Err(WireError::Malformed("unknown disk state")),
+    })
+}
+
+fn put_state(out: &mut Vec<u8>, s: &CopyState) {
+    put_str(out, &s.node);
+    put_str(out, &s.mirror);
+    put_u64(out, s.size_bytes);
+    let g = &s.generations;
+    put_u64(out, g.current);
+    let peers = g.bitmap.len().min(MAX_BITMAP_PEERS);
+    put_u16(out, peers as u16);
+    for (peer, generation) in g.bitmap.iter().take(peers) {
+        put_str(out, peer);
+        put_u64(out, *generation);
+    }
+    let history = g.history.len().min(HISTORY_LEN);
+    out.push(history as u8);
+    for generation in &g.history[..history] {
+        put_u64(out, *generation);
+    }
+    out.push(disk_code(s.disk));
+    out.push(u8::from(s.primary));
+    put_u64(out, s.changed_blocks);
+}
+
+/// Appends the type byte and the body of `frame` to `out`, except a trailing payload
+/// (Write, ResyncData), which it returns for the caller to append or write as is.
+fn encode_body<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
+    match frame {
+        Frame::State(s) => {
+            out.push(ty::STATE);
+            put_state(out, s);
+        }
+        Frame::Write {
+            seq,
+            offset,
+            fua,
+            data,
+        } => {
+            out.push(ty::WRITE);
+            put_u64(out, *seq);
+            put_u64(out, *offset);
+            out.push(u8::from(*fua));
+            put_u32(out, len32(data.len()));
+            return data;
+        }
+        Frame::Trim { seq, offset, len } | Frame::Zeroes { seq, offset, len } => {
+            out.push(if matches!(frame, Frame::Trim { .. }) {
+                ty::TRIM
+            } else {
+                ty::ZEROES
+            });
+            put_u64(out, *seq);
+            put_u64(out, *offset);
+            put_u32(out, *len);
+        }
+        Frame::Flush { seq } => {
+            out.push(ty::FLUSH);
+            put_u64(out, *seq);
+        }
+        Frame::Ack { seq } => {
+            out.push(ty::ACK);
+            put_u64(out, *seq);
+        }
+        Frame::Nack { seq, errno } => {
+            out.push(ty::NACK);
+            put_u64(out, *seq);
+            put_u32(out, *errno);
+        }
+        Frame::ResyncBegin { full, total_bytes } => {
+            out.push(ty::RESYNC_BEGIN);
+            out.push(u8::from(*full));
+            put_u64(out, *total_bytes);
+        }
+        Frame::ResyncData { offset, data } => {
+            out.push(ty::RESYNC_DATA);
+            put_u64(out, *offset);
+            put_u32(out, len32(data.len()));
+            return data;
+        }
+        Frame::ResyncZero { offset, len } => {
+            out.push(ty::RESYNC_ZERO);
+            put_u64(out, *offset);
+            put_u32(out, *len);
+        }
+        Frame::ResyncAck { offset, len } => {
+            out.push(ty::RESYNC_ACK);
+            put_u64(out, *offset);
+            put_u32(out, *len);
+        }
+        Frame::ResyncEnd { generation } => {
+            out.push(ty::RESYNC_END);
+            put_u64(out, *generation);
+        }
+        Frame::VerifyRequest { offset, len } => {
+            out.push(ty::VERIFY_REQUEST);
+            put_u64(out, *offset);
+            put_u32(out, *len);
+        }
+        Frame::VerifyDigests { offset, digests } => {
+            out.push(ty::VERIFY_DIGESTS);
+            put_u64(out, *offset);
+            put_u32(out, len32(digests.len()));
+            for d in digests {
+                out.extend_from_slice(d);
+            }
+        }
+        Frame::Ping { nonce } => {
+            out.push(ty::PING);
+            put_u64(out, *nonce);
+        }
+        Frame::Pong { nonce } => {
+            out.push(ty::PONG);
+            put_u64(out, *nonce);
+        }
+        Frame::Bye { reason } => {
+            out.push(ty::BYE);
+            put_str(out, reason);
+        }
+    }
+    &[]
+}
+
+/// Appends the length prefix and everything but a trailing payload (see
+/// [`encode_body`]); the prefix counts the payload.
+fn encode_head<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let payload = encode_body(frame, out);
+    let len = len32(out.len() - start - 4 + payload.len());
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    payload
+}
+
 /// Appends the plaintext encoding of `frame` (length prefix included) to `out`.
+///
+/// Infallible, so it cannot refuse what the wire cannot carry: strings are cut to 255
+/// bytes, a bitmap to [`MAX_BITMAP_PEERS`] entries and a history to [`HISTORY_LEN`];
+/// a payload over [`MAX_DATA`] or more than [`MAX_DIGESTS`] digests yield a frame every
+/// decoder refuses. [`LinkWriter::send`] checks all of these first.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    let _ = (frame, out);
-    todo!("wire codec")
+    let payload = encode_head(frame, out);
+    out.extend_from_slice(payload);
+}
+
+/// Refuses a frame the wire cannot carry faithfully (see [`encode`]).
+fn check_sendable(frame: &Frame) -> Result<(), WireError> {
+    let name_ok = |s: &str| s.len() <= MAX_STR;
+    match frame {
+        Frame::Write { data, .. } | Frame::ResyncData { data, .. } if data.len() > MAX_DATA => {
+            Err(WireError::TooLarge(data.len()))
+        }
+        Frame::VerifyDigests { digests, .. } if digests.len() > MAX_DIGESTS => {
+            Err(WireError::TooLarge(digests.len() * 32))
+        }
+        Frame::State(s) => {
+            let g = &s.generations;
+            if !name_ok(&s.node) || !name_ok(&s.mirror) || !g.bitmap.keys().all(|k| name_ok(k)) {
+                Err(WireError::Malformed("name over 255 bytes"))
+            } else if g.bitmap.len() > MAX_BITMAP_PEERS {
+                Err(WireError::Malformed("too many bitmap generations"))
+            } else if g.history.len() > HISTORY_LEN {
+                Err(WireError::Malformed("generation history too long"))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Decoding
+
+/// A cursor over one frame's body; running out is malformed (the frame is complete).
+struct Cur<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cur<'a> {
+    fn new(buf: &'a [u8]) -> Cur<'a> {
+        Cur { buf }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.buf.len() < n {
+            return Err(WireError::Malformed("frame body too short"));
+        }
+        let (head, tail) = self.buf.split_at(n);
+        self.buf = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], WireError> {
+        let mut a = [0; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.array::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    fn bool(&mut self) -> Result<bool, WireError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(WireError::Malformed("boolean is neither 0 nor 1")),
+        }
+    }
+
+    fn string(&mut self) -> Result<String, WireError> {
+        let n = usize::from(self.u8()?);
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| WireError::Malformed("string is not UTF-8"))
+    }
+
+    /// A payload length, checked against [`MAX_DATA`].
+    fn data_len(&mut self) -> Result<usize, WireError> {
+        let n = self.u32()? as usize;
+        if n > MAX_DATA {
+            return Err(WireError::TooLarge(n));
+        }
+        Ok(n)
+    }
+
+    fn finish(&self) -> Result<(), WireError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(WireError::Malformed("trailing bytes in frame"))
+        }
+    }
+}
+
+/// The fixed fields of a frame with a trailing payload.
+enum DataHead {
+    Write { seq: u64, offset: u64, fua: bool },
+    Resync { offset: u64 },
+}
+
+impl DataHead {
+    /// How many bytes the fixed fields of type `t` take, if `t` carries a payload.
+    fn len(t: u8) -> Option<usize> {
+        match t {
+            ty::WRITE => Some(WRITE_HEAD),
+            ty::RESYNC_DATA => Some(RESYNC_HEAD),
+            _ => None,
+        }
+    }
+
+    /// Parses the fixed fields of type `t` (which must carry a payload) and returns
+    /// them with the payload's checked length.
+    fn parse(t: u8, cur: &mut Cur<'_>) -> Result<(DataHead, usize), WireError> {
+        let head = if t == ty::WRITE {
+            DataHead::Write {
+                seq: cur.u64()?,
+                offset: cur.u64()?,
+                fua: cur.bool()?,
+            }
+        } else {
+            DataHead::Resync { offset: cur.u64()? }
+        };
+        Ok((head, cur.data_len()?))
+    }
+
+    fn frame(self, data: Vec<u8>) -> Frame {
+        match self {
+            DataHead::Write { seq, offset, fua } => Frame::Write {
+                seq,
+                offset,
+                fua,
+                data,
+            },
+            DataHead::Resync { offset } => Frame::ResyncData { offset, data },
+        }
+    }
+}
+
+fn decode_state(cur: &mut Cur<'_>) -> Result<CopyState, WireError> {
+    let node = cur.string()?;
+    let mirror = cur.string()?;
+    let size_bytes = cur.u64()?;
+    let mut generations = Generations::new();
+    generations.current = cur.u64()?;
+    let peers = usize::from(cur.u16()?);
+    if peers > MAX_BITMAP_PEERS {
+        return Err(WireError::Malformed("too many bitmap generations"));
+    }
+    for _ in 0..peers {
+        let peer = cur.string()?;
+        let generation = cur.u64()?;
+        // Strictly ascending, as a BTreeMap encodes: no duplicates, one encoding.
+        if generations
+            .bitmap
+            .last_key_value()
+            .is_some_and(|(last, _)| *last >= peer)
+        {
+            return Err(WireError::Malformed("bitmap peers out of order"));
+        }
+        generations.bitmap.insert(peer, generation);
+    }
+    let history = usize::from(cur.u8()?);
+    if history > HISTORY_LEN {
+        return Err(WireError::Malformed("generation history too long"));
+    }
+    for _ in 0..history {
+        generations.history.push(cur.u64()?);
+    }
+    Ok(CopyState {
+        node,
+        mirror,
+        size_bytes,
+        generations,
+        disk: disk_from(cur.u8()?)?,
+        primary: cur.bool()?,
+        changed_blocks: cur.u64()?,
+    })
+}
+
+/// Decodes a complete frame from its type byte and body (length prefix stripped).
+fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
+    let Some((&t, body)) = frame.split_first() else {
+        return Err(WireError::Malformed("empty frame"));
+    };
+    let mut cur = Cur::new(body);
+    let c = &mut cur;
+    let f = match t {
+        ty::STATE => Frame::State(decode_state(c)?),
+        ty::WRITE | ty::RESYNC_DATA => {
+            let (head, n) = DataHead::parse(t, c)?;
+            head.frame(c.take(n)?.to_vec())
+        }
+        ty::TRIM => Frame::Trim {
+            seq: c.u64()?,
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
+        ty::ZEROES => Frame::Zeroes {
+            seq: c.u64()?,
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
+        ty::FLUSH => Frame::Flush { seq: c.u64()? },
+        ty::ACK => Frame::Ack { seq: c.u64()? },
+        ty::NACK => Frame::Nack {
+            seq: c.u64()?,
+            errno: c.u32()?,
+        },
+        ty::RESYNC_BEGIN => Frame::ResyncBegin {
+            full: c.bool()?,
+            total_bytes: c.u64()?,
+        },
+        ty::RESYNC_ZERO => Frame::ResyncZero {
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
+        ty::RESYNC_ACK => Frame::ResyncAck {
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
+        ty::RESYNC_END => Frame::ResyncEnd {
+            generation: c.u64()?,
+        },
+        ty::VERIFY_REQUEST => Frame::VerifyRequest {
+            offset: c.u64()?,
+            len: c.u32()?,
+        },
+        ty::VERIFY_DIGESTS => {
+            let offset = c.u64()?;
+            let n = c.u32()? as usize;
+            if n > MAX_DIGESTS {
+                return Err(WireError::TooLarge(n.saturating_mul(32)));
+            }
+            let raw = c.take(n * 32)?;
+            let digests = raw
+                .chunks_exact(32)
+                .map(|d| {
+                    let mut a = [0; 32];
+                    a.copy_from_slice(d);
+                    a
+                })
+                .collect();
+            Frame::VerifyDigests { offset, digests }
+        }
+        ty::PING => Frame::Ping { nonce: c.u64()? },
+        ty::PONG => Frame::Pong { nonce: c.u64()? },
+        ty::BYE => Frame::Bye {
+            reason: c.string()?,
+        },
+        _ => return Err(WireError::Malformed("unknown frame type")),
+    };
+    cur.finish()?;
+    Ok(f)
+}
+
+/// Like [`decode_body`], but a payload keeps `frame`'s allocation (no copy).
+fn decode_owned(mut frame: Vec<u8>) -> Result<Frame, WireError> {
+    let Some(&t) = frame.first() else {
+        return Err(WireError::Malformed("empty frame"));
+    };
+    check_len(frame.len(), Some(t))?;
+    let Some(head_len) = DataHead::len(t) else {
+        return decode_body(&frame);
+    };
+    let mut cur = Cur::new(&frame[1..]);
+    let (head, n) = DataHead::parse(t, &mut cur)?;
+    check_payload_len(frame.len() - 1 - head_len, n)?;
+    frame.drain(..1 + head_len);
+    Ok(head.frame(frame))
+}
+
+/// A frame's remaining body must be exactly its payload.
+fn check_payload_len(rest: usize, payload: usize) -> Result<(), WireError> {
+    match rest.cmp(&payload) {
+        std::cmp::Ordering::Equal => Ok(()),
+        std::cmp::Ordering::Less => Err(WireError::Malformed("frame body too short")),
+        std::cmp::Ordering::Greater => Err(WireError::Malformed("trailing bytes in frame")),
+    }
+}
+
+/// Checks a plaintext length prefix, and once known the type byte, before any wait
+/// or allocation.
+fn check_len(len: usize, t: Option<u8>) -> Result<(), WireError> {
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(WireError::Malformed("empty frame"));
+    }
+    if let Some(t) = t {
+        let max = max_body(t).ok_or(WireError::Malformed("unknown frame type"))?;
+        if len - 1 > max {
+            return Err(WireError::TooLarge(len));
+        }
+    }
+    Ok(())
 }
 
 /// Decodes one frame from the front of `buf`: `Ok(None)` if more bytes are needed,
 /// else the frame and how many bytes it used.
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
-    let _ = buf;
-    todo!("wire codec")
+    let Some(prefix) = buf.first_chunk::<4>() else {
+        return Ok(None);
+    };
+    let len = u32::from_be_bytes(*prefix) as usize;
+    check_len(len, buf.get(4).copied())?;
+    let Some(frame) = buf.get(4..4 + len) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_body(frame)?, 4 + len)))
+}
+
+// ---------------------------------------------------------------------------------
+// Links
+
+/// One direction's AEAD state.
+struct Cipher {
+    aead: ChaCha20Poly1305,
+    counter: u64,
+}
+
+impl Cipher {
+    /// The key for frames sent by `sender` on the connection with these nonces.
+    fn derive(
+        cluster_key: &[u8],
+        nonces: (&[u8; 32], &[u8; 32]),
+        sender: &str,
+    ) -> Result<Cipher, WireError> {
+        let (a, b) = if nonces.0 <= nonces.1 {
+            (nonces.0, nonces.1)
+        } else {
+            (nonces.1, nonces.0)
+        };
+        let mut salt = [0u8; 64];
+        salt[..32].copy_from_slice(a);
+        salt[32..].copy_from_slice(b);
+        let hk = Hkdf::<Sha256>::new(Some(&salt), cluster_key);
+        let mut info = b"tandem-mirror-v1 ".to_vec();
+        info.extend_from_slice(sender.as_bytes());
+        let mut okm = [0u8; 32];
+        hk.expand(&info, &mut okm)
+            .map_err(|_| WireError::Malformed("key derivation failed"))?;
+        Ok(Cipher {
+            aead: ChaCha20Poly1305::new(Key::from_slice(&okm)),
+            counter: 0,
+        })
+    }
+
+    fn next_nonce(&mut self) -> Result<Nonce, WireError> {
+        let n = self.counter;
+        self.counter = n
+            .checked_add(1)
+            .ok_or(WireError::Malformed("frame counter exhausted"))?;
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&n.to_be_bytes());
+        Ok(*Nonce::from_slice(&nonce))
+    }
+}
+
+/// Writes `a` then `b` with vectored writes (one system call for a header and its
+/// payload when the writer supports it).
+async fn write_two<W: AsyncWrite + Unpin>(w: &mut W, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = w
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n >= a.len() {
+            b = &b[n - a.len()..];
+            a = &[];
+        } else {
+            a = &a[n..];
+        }
+    }
+    w.write_all(b).await
 }
 
 /// The sending half of an authenticated link.
+///
+/// Not cancel-safe: dropping a `send` future midway leaves a partial frame behind, and
+/// after any error the link must be dropped.
 pub struct LinkWriter<W> {
-    _w: W,
-}
-
-/// The receiving half of an authenticated link.
-pub struct LinkReader<R> {
-    _r: R,
+    w: W,
+    /// Queued bytes: whole frames (sealed when encrypted), or a plaintext header.
+    buf: Vec<u8>,
+    seal: Option<Cipher>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> LinkWriter<W> {
-    /// Encodes (and encrypts) `frame` and writes it out.
-    pub async fn send(&mut self, frame: &Frame) -> Result<(), WireError> {
-        let _ = frame;
-        todo!("wire codec")
+    fn new(w: W, seal: Option<Cipher>) -> LinkWriter<W> {
+        LinkWriter {
+            w,
+            buf: Vec::with_capacity(WRITE_BUF + COPY_MAX),
+            seal,
+        }
     }
+
+    /// Encodes (and encrypts) `frame` and writes it out (flushed).
+    pub async fn send(&mut self, frame: &Frame) -> Result<(), WireError> {
+        self.feed(frame).await?;
+        self.flush().await
+    }
+
+    /// Like [`send`](Self::send) without the flush: small frames queue in memory (up to
+    /// 64 KiB) so a burst of them goes out in one write. Call [`flush`](Self::flush)
+    /// when no more frames follow for now.
+    pub async fn feed(&mut self, frame: &Frame) -> Result<(), WireError> {
+        check_sendable(frame)?;
+        match &mut self.seal {
+            None => {
+                let payload = encode_head(frame, &mut self.buf);
+                if payload.len() >= COPY_MAX {
+                    write_two(&mut self.w, &self.buf, payload).await?;
+                    self.buf.clear();
+                } else {
+                    self.buf.extend_from_slice(payload);
+                }
+            }
+            Some(cipher) => {
+                let start = self.buf.len();
+                self.buf.extend_from_slice(&[0; 4]);
+                let payload = encode_body(frame, &mut self.buf);
+                self.buf.extend_from_slice(payload);
+                let nonce = cipher.next_nonce()?;
+                let tag = cipher
+                    .aead
+                    .encrypt_in_place_detached(&nonce, b"", &mut self.buf[start + 4..])
+                    .map_err(|_| WireError::Malformed("frame too big to encrypt"))?;
+                self.buf.extend_from_slice(&tag);
+                let len = len32(self.buf.len() - start - 4);
+                self.buf[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            }
+        }
+        if self.buf.len() >= WRITE_BUF {
+            self.w.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes out queued frames and flushes the underlying writer.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        if !self.buf.is_empty() {
+            self.w.write_all(&self.buf).await?;
+            self.buf.clear();
+        }
+        self.w.flush().await?;
+        Ok(())
+    }
+
+    /// Whether frames are sealed with ChaCha20-Poly1305.
+    pub fn encrypted(&self) -> bool {
+        self.seal.is_some()
+    }
+}
+
+/// The receiving half of an authenticated link.
+///
+/// Not cancel-safe: a `recv` dropped midway (say, losing a `select!`) loses its frame
+/// and the stream's framing; keep one `recv` future alive, or drop the link after.
+pub struct LinkReader<R> {
+    r: BufReader<R>,
+    open: Option<Cipher>,
+    /// Reused for frames without a payload.
+    scratch: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin + Send> LinkReader<R> {
     /// The next frame; `WireError::Closed` at a clean end of stream.
     pub async fn recv(&mut self) -> Result<Frame, WireError> {
-        todo!("wire codec")
+        let len = read_prefix(&mut self.r).await?;
+        match &mut self.open {
+            None => self.recv_plain(len).await,
+            Some(cipher) => {
+                if len > MAX_FRAME + TAG_LEN {
+                    return Err(WireError::TooLarge(len));
+                }
+                if len <= TAG_LEN {
+                    return Err(WireError::Malformed("encrypted frame too short"));
+                }
+                let mut frame = vec![0u8; len];
+                self.r.read_exact(&mut frame).await?;
+                let split = len - TAG_LEN;
+                let tag = Tag::clone_from_slice(&frame[split..]);
+                let nonce = cipher.next_nonce()?;
+                cipher
+                    .aead
+                    .decrypt_in_place_detached(&nonce, b"", &mut frame[..split], &tag)
+                    .map_err(|_| WireError::Decrypt)?;
+                frame.truncate(split);
+                decode_owned(frame)
+            }
+        }
     }
+
+    async fn recv_plain(&mut self, len: usize) -> Result<Frame, WireError> {
+        check_len(len, None)?;
+        let t = self.r.read_u8().await?;
+        check_len(len, Some(t))?;
+        if let Some(head_len) = DataHead::len(t) {
+            // Read the payload straight into the frame's Vec.
+            if len - 1 < head_len {
+                return Err(WireError::Malformed("frame body too short"));
+            }
+            let mut raw = [0u8; WRITE_HEAD];
+            let raw = &mut raw[..head_len];
+            self.r.read_exact(raw).await?;
+            let (head, n) = DataHead::parse(t, &mut Cur::new(raw))?;
+            check_payload_len(len - 1 - head_len, n)?;
+            let mut data = vec![0u8; n];
+            self.r.read_exact(&mut data).await?;
+            return Ok(head.frame(data));
+        }
+        self.scratch.clear();
+        self.scratch.resize(len, 0);
+        self.scratch[0] = t;
+        self.r.read_exact(&mut self.scratch[1..]).await?;
+        decode_body(&self.scratch)
+    }
+
+    /// Whether frames are sealed with ChaCha20-Poly1305.
+    pub fn encrypted(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+/// Reads a length prefix: `Closed` at a clean end of stream.
+async fn read_prefix<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<usize, WireError> {
+    if r.fill_buf().await?.is_empty() {
+        return Err(WireError::Closed);
+    }
+    let mut prefix = [0u8; 4];
+    r.read_exact(&mut prefix).await?;
+    Ok(u32::from_be_bytes(prefix) as usize)
+}
+
+// ---------------------------------------------------------------------------------
+// Handshake
+
+/// A decoded hello.
+struct Hello {
+    flags: u8,
+    cluster: String,
+    mirror: String,
+    node: String,
+    nonce: [u8; 32],
+}
+
+impl Hello {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(&[0; 4]);
+        out.push(ty::HELLO);
+        out.extend_from_slice(MAGIC);
+        put_u16(&mut out, VERSION);
+        out.push(self.flags);
+        put_str(&mut out, &self.cluster);
+        put_str(&mut out, &self.mirror);
+        put_str(&mut out, &self.node);
+        out.extend_from_slice(&self.nonce);
+        let len = len32(out.len() - 4);
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out
+    }
+
+    fn decode(body: &[u8]) -> Result<Hello, WireError> {
+        let mut c = Cur::new(body);
+        if c.take(MAGIC.len()).ok() != Some(&MAGIC[..]) {
+            return Err(WireError::Malformed(
+                "not a Tandem replication peer (bad magic)",
+            ));
+        }
+        let version = c.u16()?;
+        if version != VERSION {
+            return Err(WireError::Version(version));
+        }
+        let hello = Hello {
+            flags: c.u8()?,
+            cluster: c.string()?,
+            mirror: c.string()?,
+            node: c.string()?,
+            nonce: c.array()?,
+        };
+        c.finish()?;
+        Ok(hello)
+    }
+}
+
+/// Writes one handshake message (already framed) and flushes.
+async fn write_msg<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> Result<(), WireError> {
+    w.write_all(msg).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one handshake message of type `want`, returning its body.
+async fn read_msg<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+    want: u8,
+) -> Result<Vec<u8>, WireError> {
+    let len = read_prefix(r).await?;
+    if len > HANDSHAKE_MAX {
+        return Err(WireError::TooLarge(len));
+    }
+    if len == 0 {
+        return Err(WireError::Malformed("empty frame"));
+    }
+    let mut msg = vec![0u8; len];
+    r.read_exact(&mut msg).await?;
+    if msg[0] != want {
+        return Err(WireError::Malformed("unexpected handshake message"));
+    }
+    msg.remove(0);
+    Ok(msg)
+}
+
+/// The MAC a sender puts in its Auth: see the module documentation.
+fn auth_mac(
+    key: &[u8],
+    cluster: &str,
+    mirror: &str,
+    sender: &Hello,
+    receiver: &Hello,
+) -> Result<Hmac<Sha256>, WireError> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|_| WireError::AuthFailed)?;
+    let mut field = |bytes: &[u8]| {
+        mac.update(&len32(bytes.len()).to_be_bytes());
+        mac.update(bytes);
+    };
+    field(b"tandem-mirror-auth-v1");
+    field(&VERSION.to_be_bytes());
+    field(cluster.as_bytes());
+    field(mirror.as_bytes());
+    field(sender.node.as_bytes());
+    field(receiver.node.as_bytes());
+    field(&sender.nonce);
+    field(&receiver.nonce);
+    field(&[sender.flags, receiver.flags]);
+    Ok(mac)
 }
 
 /// Runs the mutual challenge on a fresh connection (either side may call it; the
 /// protocol is symmetric). With `expected_peer`, a peer with another name is refused.
+///
+/// Times out after [`HANDSHAKE_TIMEOUT`] with an `Io(TimedOut)` error.
 pub async fn handshake<R, W>(
     reader: R,
     writer: W,
@@ -209,6 +1188,116 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
-    let _ = (reader, writer, params, expected_peer);
-    todo!("wire handshake")
+    handshake_within(HANDSHAKE_TIMEOUT, reader, writer, params, expected_peer).await
+}
+
+/// [`handshake`] with another time limit.
+async fn handshake_within<R, W>(
+    limit: Duration,
+    reader: R,
+    writer: W,
+    params: &HandshakeParams,
+    expected_peer: Option<&str>,
+) -> Result<(LinkReader<R>, LinkWriter<W>, PeerHello), WireError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    match tokio::time::timeout(limit, run_handshake(reader, writer, params, expected_peer)).await {
+        Ok(done) => done,
+        Err(_) => Err(WireError::Io(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "replication handshake timed out",
+        ))),
+    }
+}
+
+async fn run_handshake<R, W>(
+    reader: R,
+    mut w: W,
+    params: &HandshakeParams,
+    expected_peer: Option<&str>,
+) -> Result<(LinkReader<R>, LinkWriter<W>, PeerHello), WireError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    for name in [&params.cluster, &params.mirror, &params.local_node] {
+        if name.is_empty() || name.len() > MAX_STR {
+            return Err(WireError::Malformed(
+                "cluster, mirror and node names must have 1 to 255 bytes",
+            ));
+        }
+    }
+    let mut r = BufReader::with_capacity(READ_BUF, reader);
+
+    // 1. Hellos.
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ours = Hello {
+        flags: if params.encrypt { FLAG_ENCRYPT } else { 0 },
+        cluster: params.cluster.clone(),
+        mirror: params.mirror.clone(),
+        node: params.local_node.clone(),
+        nonce,
+    };
+    // Send and receive at once: neither side waits for the other to read first.
+    let hello = ours.encode();
+    let (_, body) = tokio::try_join!(write_msg(&mut w, &hello), read_msg(&mut r, ty::HELLO))?;
+    let theirs = Hello::decode(&body)?;
+
+    // 2. Who is it?
+    if theirs.cluster != params.cluster || theirs.mirror != params.mirror {
+        return Err(WireError::WrongCluster(theirs.cluster, theirs.mirror));
+    }
+    if let Some(expected) = expected_peer {
+        if theirs.node != expected {
+            return Err(WireError::WrongPeer {
+                expected: expected.to_string(),
+                got: theirs.node,
+            });
+        }
+    }
+    if theirs.node == params.local_node || theirs.nonce == ours.nonce {
+        // Our own hello reflected (or a misconfigured twin).
+        return Err(WireError::WrongPeer {
+            expected: format!("a node other than {}", params.local_node),
+            got: theirs.node,
+        });
+    }
+
+    // 3. Mutual proof of the cluster key.
+    let mine = auth_mac(&params.key, &params.cluster, &params.mirror, &ours, &theirs)?
+        .finalize()
+        .into_bytes();
+    let mut auth = Vec::with_capacity(4 + 1 + mine.len());
+    put_u32(&mut auth, len32(1 + mine.len()));
+    auth.push(ty::AUTH);
+    auth.extend_from_slice(&mine);
+    let (_, their_mac) = tokio::try_join!(write_msg(&mut w, &auth), read_msg(&mut r, ty::AUTH))?;
+    auth_mac(&params.key, &params.cluster, &params.mirror, &theirs, &ours)?
+        .verify_slice(&their_mac)
+        .map_err(|_| WireError::AuthFailed)?;
+
+    // 4. Encryption, if either side asked.
+    let encrypted = (ours.flags | theirs.flags) & FLAG_ENCRYPT != 0;
+    let (seal, open) = if encrypted {
+        let nonces = (&ours.nonce, &theirs.nonce);
+        (
+            Some(Cipher::derive(&params.key, nonces, &ours.node)?),
+            Some(Cipher::derive(&params.key, nonces, &theirs.node)?),
+        )
+    } else {
+        (None, None)
+    };
+    let reader = LinkReader {
+        r,
+        open,
+        scratch: Vec::new(),
+    };
+    let peer = PeerHello {
+        node: theirs.node,
+        encrypted,
+    };
+    Ok((reader, LinkWriter::new(w, seal), peer))
 }

@@ -1,0 +1,653 @@
+//! Tests of the wire format: codec round trips and strictness (property-based), and the
+//! handshake and links over in-memory duplex pipes.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use proptest::collection::{btree_map, vec};
+use proptest::prelude::*;
+use tokio::io::{split, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
+
+use super::*;
+
+// ---------------------------------------------------------------------------------
+// Codec
+
+fn arb_disk() -> impl Strategy<Value = DiskState> {
+    prop_oneof![
+        Just(DiskState::UpToDate),
+        Just(DiskState::Outdated),
+        Just(DiskState::Inconsistent),
+        Just(DiskState::SyncSource),
+        Just(DiskState::SyncTarget),
+    ]
+}
+
+/// Names of at most 60 chars (240 bytes): they fit the wire's 255.
+fn arb_name() -> impl Strategy<Value = String> {
+    "\\PC{0,60}"
+}
+
+fn arb_state() -> impl Strategy<Value = CopyState> {
+    (
+        arb_name(),
+        arb_name(),
+        any::<u64>(),
+        any::<u64>(),
+        btree_map(arb_name(), any::<u64>(), 0..=MAX_BITMAP_PEERS),
+        vec(any::<u64>(), 0..=HISTORY_LEN),
+        arb_disk(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(node, mirror, size_bytes, current, bitmap, history, disk, primary, changed)| {
+                CopyState {
+                    node,
+                    mirror,
+                    size_bytes,
+                    generations: Generations {
+                        current,
+                        bitmap,
+                        history,
+                    },
+                    disk,
+                    primary,
+                    changed_blocks: changed,
+                }
+            },
+        )
+}
+
+fn arb_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        arb_state().prop_map(Frame::State),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            vec(any::<u8>(), 0..3000)
+        )
+            .prop_map(|(seq, offset, fua, data)| Frame::Write {
+                seq,
+                offset,
+                fua,
+                data
+            }),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(seq, offset, len)| Frame::Trim {
+            seq,
+            offset,
+            len
+        }),
+        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(seq, offset, len)| Frame::Zeroes {
+            seq,
+            offset,
+            len
+        }),
+        any::<u64>().prop_map(|seq| Frame::Flush { seq }),
+        any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+        (any::<u64>(), any::<u32>()).prop_map(|(seq, errno)| Frame::Nack { seq, errno }),
+        (any::<bool>(), any::<u64>())
+            .prop_map(|(full, total_bytes)| Frame::ResyncBegin { full, total_bytes }),
+        (any::<u64>(), vec(any::<u8>(), 0..3000))
+            .prop_map(|(offset, data)| Frame::ResyncData { offset, data }),
+        (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Frame::ResyncZero { offset, len }),
+        (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Frame::ResyncAck { offset, len }),
+        any::<u64>().prop_map(|generation| Frame::ResyncEnd { generation }),
+        (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Frame::VerifyRequest { offset, len }),
+        (any::<u64>(), vec(any::<[u8; 32]>(), 0..40))
+            .prop_map(|(offset, digests)| Frame::VerifyDigests { offset, digests }),
+        any::<u64>().prop_map(|nonce| Frame::Ping { nonce }),
+        any::<u64>().prop_map(|nonce| Frame::Pong { nonce }),
+        arb_name().prop_map(|reason| Frame::Bye { reason }),
+    ]
+}
+
+fn encoded(frame: &Frame) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(frame, &mut out);
+    out
+}
+
+proptest! {
+    #[test]
+    fn every_variant_round_trips(frame in arb_frame()) {
+        let bytes = encoded(&frame);
+        let (back, used) = decode(&bytes).unwrap().unwrap();
+        prop_assert_eq!(used, bytes.len());
+        prop_assert_eq!(&back, &frame);
+        // Two frames back to back: the first is decoded alone.
+        let mut two = bytes.clone();
+        encode(&Frame::Ping { nonce: 7 }, &mut two);
+        let (first, used) = decode(&two).unwrap().unwrap();
+        prop_assert_eq!(&first, &frame);
+        prop_assert_eq!(decode(&two[used..]).unwrap().unwrap().0, Frame::Ping { nonce: 7 });
+    }
+
+    #[test]
+    fn every_strict_prefix_needs_more(frame in arb_frame()) {
+        let bytes = encoded(&frame);
+        for n in 0..bytes.len() {
+            prop_assert!(matches!(decode(&bytes[..n]), Ok(None)), "prefix of {} bytes", n);
+        }
+    }
+
+    #[test]
+    fn corruption_never_panics(
+        frame in arb_frame(),
+        flips in vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let mut bytes = encoded(&frame);
+        for (at, x) in flips {
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+        }
+        let end = cut.index(bytes.len() + 1);
+        if let Ok(Some((f, n))) = decode(&bytes[..end]) {
+            // Whatever decodes is canonical: it re-encodes to the same bytes.
+            prop_assert_eq!(encoded(&f), bytes[..n].to_vec());
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic(bytes in vec(any::<u8>(), 0..600)) {
+        if let Ok(Some((f, n))) = decode(&bytes) {
+            prop_assert_eq!(encoded(&f), bytes[..n].to_vec());
+        }
+    }
+}
+
+#[test]
+fn bye_reason_is_cut_at_a_char_boundary() {
+    let reason = "é".repeat(200); // 400 bytes
+    let bytes = encoded(&Frame::Bye { reason });
+    let Frame::Bye { reason: back } = decode(&bytes).unwrap().unwrap().0 else {
+        panic!("not a bye");
+    };
+    assert_eq!(back, "é".repeat(127)); // 254 bytes: 255 would split a char
+}
+
+#[test]
+fn oversize_length_is_refused_before_the_body_arrives() {
+    let len = (MAX_FRAME as u32 + 1).to_be_bytes();
+    assert!(matches!(decode(&len), Err(WireError::TooLarge(n)) if n == MAX_FRAME + 1));
+    assert!(matches!(
+        decode(&u32::MAX.to_be_bytes()),
+        Err(WireError::TooLarge(_))
+    ));
+    // A small type with a big length: refused by the type's own limit.
+    let mut ping = 100u32.to_be_bytes().to_vec();
+    ping.push(ty::PING);
+    assert!(matches!(decode(&ping), Err(WireError::TooLarge(100))));
+    // A payload length over MAX_DATA inside a frame.
+    let mut write = encoded(&Frame::Write {
+        seq: 1,
+        offset: 0,
+        fua: false,
+        data: vec![],
+    });
+    write[4 + 1 + 17..4 + 1 + 21].copy_from_slice(&(MAX_DATA as u32 + 1).to_be_bytes());
+    assert!(matches!(decode(&write), Err(WireError::TooLarge(_))));
+}
+
+#[test]
+fn strictness() {
+    let malformed = |bytes: &[u8]| matches!(decode(bytes), Err(WireError::Malformed(_)));
+    // Unknown type, even before the body.
+    assert!(malformed(&[0, 0, 0, 9, 99]));
+    assert!(malformed(&[0, 0, 0, 1, ty::HELLO]));
+    // Empty frame.
+    assert!(malformed(&[0, 0, 0, 0]));
+    // Bad bool.
+    let mut b = encoded(&Frame::ResyncBegin {
+        full: true,
+        total_bytes: 5,
+    });
+    b[5] = 2;
+    assert!(malformed(&b));
+    // Trailing byte inside the frame: over a fixed-size type's limit, or left over.
+    let mut b = encoded(&Frame::Ack { seq: 3 });
+    b.push(0);
+    b[3] += 1;
+    assert!(matches!(decode(&b), Err(WireError::TooLarge(10))));
+    let mut b = encoded(&Frame::Bye {
+        reason: "ab".into(),
+    });
+    b.push(0);
+    b[3] += 1;
+    assert!(malformed(&b));
+    // A bitmap out of order (or with a duplicate peer) has a second encoding: refused.
+    let mut state = CopyState {
+        node: "a".into(),
+        mirror: "m".into(),
+        size_bytes: 1,
+        generations: Generations::new(),
+        disk: DiskState::UpToDate,
+        primary: false,
+        changed_blocks: 0,
+    };
+    state.generations.bitmap.insert("p".into(), 1);
+    state.generations.bitmap.insert("q".into(), 2);
+    let mut b = encoded(&Frame::State(state));
+    let at = b.windows(2).position(|w| w == [1, b'q']).unwrap();
+    b[at + 1] = b'p';
+    assert!(malformed(&b));
+    // Invalid UTF-8.
+    let mut b = encoded(&Frame::Bye {
+        reason: "ab".into(),
+    });
+    b[6] = 0xff;
+    assert!(malformed(&b));
+    // Bad disk state and bad primary flag.
+    let state = CopyState {
+        node: "a".into(),
+        mirror: "m".into(),
+        size_bytes: 1,
+        generations: Generations::new(),
+        disk: DiskState::UpToDate,
+        primary: false,
+        changed_blocks: 0,
+    };
+    let good = encoded(&Frame::State(state));
+    let n = good.len();
+    let mut b = good.clone();
+    b[n - 10] = 5;
+    assert!(malformed(&b));
+    let mut b = good.clone();
+    b[n - 9] = 2;
+    assert!(malformed(&b));
+}
+
+#[test]
+fn unsendable_frames_are_refused() {
+    let big = Frame::Write {
+        seq: 0,
+        offset: 0,
+        fua: false,
+        data: vec![0; MAX_DATA + 1],
+    };
+    assert!(matches!(check_sendable(&big), Err(WireError::TooLarge(_))));
+    // And a decoder refuses what encode makes of it anyway.
+    assert!(matches!(
+        decode(&encoded(&big)),
+        Err(WireError::TooLarge(_))
+    ));
+    let digests = Frame::VerifyDigests {
+        offset: 0,
+        digests: vec![[0; 32]; MAX_DIGESTS + 1],
+    };
+    assert!(matches!(
+        check_sendable(&digests),
+        Err(WireError::TooLarge(_))
+    ));
+}
+
+#[test]
+fn largest_frames_fit_their_limits() {
+    let write = Frame::Write {
+        seq: 0,
+        offset: 0,
+        fua: true,
+        data: vec![1; MAX_DATA],
+    };
+    let bytes = encoded(&write);
+    assert_eq!(bytes.len(), 4 + MAX_FRAME);
+    assert_eq!(decode(&bytes).unwrap().unwrap().0, write);
+    let digests = Frame::VerifyDigests {
+        offset: 0,
+        digests: vec![[2; 32]; MAX_DIGESTS],
+    };
+    assert_eq!(decode(&encoded(&digests)).unwrap().unwrap().0, digests);
+    let name = "n".repeat(MAX_STR);
+    let state = CopyState {
+        node: name.clone(),
+        mirror: name.clone(),
+        size_bytes: 0,
+        generations: Generations {
+            current: 1,
+            bitmap: (0..MAX_BITMAP_PEERS)
+                .map(|i| (format!("{i:0>255}"), i as u64))
+                .collect(),
+            history: vec![1; HISTORY_LEN],
+        },
+        disk: DiskState::SyncTarget,
+        primary: true,
+        changed_blocks: 9,
+    };
+    let bytes = encoded(&Frame::State(state.clone()));
+    assert_eq!(bytes.len(), 4 + 1 + STATE_MAX);
+    assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::State(state));
+}
+
+// ---------------------------------------------------------------------------------
+// Handshake and links
+
+type Rd = ReadHalf<DuplexStream>;
+type Wr = WriteHalf<DuplexStream>;
+
+fn params(node: &str, key: &[u8], encrypt: bool) -> HandshakeParams {
+    HandshakeParams {
+        cluster: "c1".into(),
+        mirror: "vol".into(),
+        local_node: node.into(),
+        key: key.to_vec(),
+        encrypt,
+    }
+}
+
+type Side<W> = Result<(LinkReader<Rd>, LinkWriter<W>, PeerHello), WireError>;
+
+/// Runs both sides of a handshake over a duplex pipe.
+async fn pair(
+    a: HandshakeParams,
+    a_expects: Option<&str>,
+    b: HandshakeParams,
+    b_expects: Option<&str>,
+) -> (Side<Wr>, Side<Wr>) {
+    let (x, y) = tokio::io::duplex(64);
+    let (xr, xw) = split(x);
+    let (yr, yw) = split(y);
+    tokio::join!(
+        handshake(xr, xw, &a, a_expects),
+        handshake(yr, yw, &b, b_expects)
+    )
+}
+
+#[tokio::test]
+async fn handshake_succeeds_both_ways() {
+    let (a, b) = pair(
+        params("alpha", b"k", false),
+        Some("beta"),
+        params("beta", b"k", false),
+        None,
+    )
+    .await;
+    let (mut ar, mut aw, a_peer) = a.unwrap();
+    let (mut br, mut bw, b_peer) = b.unwrap();
+    assert_eq!(
+        a_peer,
+        PeerHello {
+            node: "beta".into(),
+            encrypted: false
+        }
+    );
+    assert_eq!(b_peer.node, "alpha");
+    assert!(!aw.encrypted() && !br.encrypted());
+    aw.send(&Frame::Ping { nonce: 1 }).await.unwrap();
+    assert_eq!(br.recv().await.unwrap(), Frame::Ping { nonce: 1 });
+    bw.send(&Frame::Pong { nonce: 1 }).await.unwrap();
+    assert_eq!(ar.recv().await.unwrap(), Frame::Pong { nonce: 1 });
+    // A clean close.
+    drop(aw);
+    drop(ar);
+    assert!(matches!(br.recv().await, Err(WireError::Closed)));
+}
+
+#[tokio::test]
+async fn wrong_key_fails_on_both_sides() {
+    let (a, b) = pair(
+        params("alpha", b"k1", false),
+        None,
+        params("beta", b"k2", false),
+        None,
+    )
+    .await;
+    assert!(matches!(a, Err(WireError::AuthFailed)));
+    assert!(matches!(b, Err(WireError::AuthFailed)));
+}
+
+#[tokio::test]
+async fn wrong_expected_peer_is_refused() {
+    let (a, b) = pair(
+        params("alpha", b"k", false),
+        Some("gamma"),
+        params("beta", b"k", false),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(a, Err(WireError::WrongPeer { expected, got }) if expected == "gamma" && got == "beta")
+    );
+    assert!(b.is_err());
+}
+
+#[tokio::test]
+async fn own_name_is_refused() {
+    let (a, b) = pair(
+        params("alpha", b"k", false),
+        None,
+        params("alpha", b"k", false),
+        None,
+    )
+    .await;
+    assert!(matches!(a, Err(WireError::WrongPeer { .. })));
+    assert!(matches!(b, Err(WireError::WrongPeer { .. })));
+}
+
+#[tokio::test]
+async fn wrong_cluster_or_mirror_is_refused() {
+    let mut other = params("beta", b"k", false);
+    other.cluster = "c2".into();
+    let (a, _) = pair(params("alpha", b"k", false), None, other, None).await;
+    assert!(matches!(a, Err(WireError::WrongCluster(c, m)) if c == "c2" && m == "vol"));
+    let mut other = params("beta", b"k", false);
+    other.mirror = "other".into();
+    let (a, _) = pair(params("alpha", b"k", false), None, other, None).await;
+    assert!(matches!(a, Err(WireError::WrongCluster(c, m)) if c == "c1" && m == "other"));
+}
+
+#[tokio::test]
+async fn wrong_version_and_magic_are_refused() {
+    for (at, value, want_version) in [(5 + 8 + 1, 9u8, true), (5, b'X', false)] {
+        let (x, y) = tokio::io::duplex(4096);
+        let (xr, xw) = split(x);
+        let (mut yr, mut yw) = split(y);
+        let peer = async {
+            let mut hello = Hello {
+                flags: 0,
+                cluster: "c1".into(),
+                mirror: "vol".into(),
+                node: "beta".into(),
+                nonce: [3; 32],
+            }
+            .encode();
+            hello[at] = value;
+            yw.write_all(&hello).await.unwrap();
+            let mut sink = [0u8; 512];
+            let _ = yr.read(&mut sink).await;
+        };
+        let ours = params("alpha", b"k", false);
+        let (res, ()) = tokio::join!(handshake(xr, xw, &ours, None), peer);
+        if want_version {
+            assert!(
+                matches!(res, Err(WireError::Version(9))),
+                "{res:?}",
+                res = res.err()
+            );
+        } else {
+            assert!(matches!(res, Err(WireError::Malformed(_))));
+        }
+    }
+}
+
+#[tokio::test]
+async fn reflected_auth_is_refused() {
+    // A fake peer without the key: answers the hello, then sends our own Auth back.
+    let (x, y) = tokio::io::duplex(4096);
+    let (xr, xw) = split(x);
+    let (yr, mut yw) = split(y);
+    let mut yr = BufReader::new(yr);
+    let fake = async {
+        let _ours = read_msg(&mut yr, ty::HELLO).await.unwrap();
+        let hello = Hello {
+            flags: 0,
+            cluster: "c1".into(),
+            mirror: "vol".into(),
+            node: "mallory".into(),
+            nonce: [9; 32],
+        };
+        yw.write_all(&hello.encode()).await.unwrap();
+        let mac = read_msg(&mut yr, ty::AUTH).await.unwrap();
+        let mut auth = Vec::new();
+        put_u32(&mut auth, len32(1 + mac.len()));
+        auth.push(ty::AUTH);
+        auth.extend_from_slice(&mac);
+        yw.write_all(&auth).await.unwrap();
+    };
+    let ours = params("alpha", b"k", false);
+    let (res, ()) = tokio::join!(handshake(xr, xw, &ours, None), fake);
+    assert!(matches!(res, Err(WireError::AuthFailed)));
+}
+
+#[tokio::test]
+async fn silent_peer_times_out() {
+    let (x, _y) = tokio::io::duplex(4096);
+    let (xr, xw) = split(x);
+    let limit = Duration::from_millis(50);
+    let res = handshake_within(limit, xr, xw, &params("alpha", b"k", false), None).await;
+    assert!(matches!(res, Err(WireError::Io(e)) if e.kind() == io::ErrorKind::TimedOut));
+}
+
+#[tokio::test]
+async fn encrypted_link_carries_a_full_write() {
+    let (a, b) = pair(
+        params("alpha", b"k", true),
+        None,
+        params("beta", b"k", true),
+        None,
+    )
+    .await;
+    let (mut ar, mut aw, a_peer) = a.unwrap();
+    let (mut br, mut bw, b_peer) = b.unwrap();
+    assert!(a_peer.encrypted && b_peer.encrypted);
+    let data: Vec<u8> = (0..MAX_DATA).map(|i| (i * 7 % 251) as u8).collect();
+    let write = Frame::Write {
+        seq: 1,
+        offset: 4096,
+        fua: true,
+        data,
+    };
+    let (sent, got) = tokio::join!(aw.send(&write), br.recv());
+    sent.unwrap();
+    assert_eq!(got.unwrap(), write);
+    bw.send(&Frame::Ack { seq: 1 }).await.unwrap();
+    assert_eq!(ar.recv().await.unwrap(), Frame::Ack { seq: 1 });
+}
+
+#[tokio::test]
+async fn plaintext_link_batches_and_carries_big_payloads() {
+    let (a, b) = pair(
+        params("alpha", b"k", false),
+        None,
+        params("beta", b"k", false),
+        None,
+    )
+    .await;
+    let (_ar, mut aw, _) = a.unwrap();
+    let (mut br, _bw, _) = b.unwrap();
+    let frames: Vec<Frame> = (0..200u64)
+        .map(|i| match i % 3 {
+            0 => Frame::Ack { seq: i },
+            1 => Frame::ResyncData {
+                offset: i,
+                data: vec![i as u8; (i as usize * 5000) % (MAX_DATA + 1)],
+            },
+            _ => Frame::Write {
+                seq: i,
+                offset: i,
+                fua: false,
+                data: vec![i as u8; 100],
+            },
+        })
+        .collect();
+    let send = async {
+        for f in &frames {
+            aw.feed(f).await.unwrap();
+        }
+        aw.flush().await.unwrap();
+    };
+    let recv = async {
+        for f in &frames {
+            assert_eq!(&br.recv().await.unwrap(), f);
+        }
+    };
+    tokio::join!(send, recv);
+}
+
+#[tokio::test]
+async fn one_side_asking_is_enough_for_encryption() {
+    let (a, b) = pair(
+        params("alpha", b"k", false),
+        None,
+        params("beta", b"k", true),
+        None,
+    )
+    .await;
+    let (mut ar, mut aw, a_peer) = a.unwrap();
+    let (mut br, mut bw, b_peer) = b.unwrap();
+    assert!(a_peer.encrypted && b_peer.encrypted);
+    assert!(aw.encrypted() && ar.encrypted() && bw.encrypted() && br.encrypted());
+    for i in 0..3 {
+        aw.send(&Frame::Ping { nonce: i }).await.unwrap();
+        assert_eq!(br.recv().await.unwrap(), Frame::Ping { nonce: i });
+        bw.send(&Frame::Pong { nonce: i }).await.unwrap();
+        assert_eq!(ar.recv().await.unwrap(), Frame::Pong { nonce: i });
+    }
+}
+
+/// A writer that, once armed, flips one bit of the next write.
+struct Flipper<W> {
+    inner: W,
+    armed: Arc<AtomicBool>,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Flipper<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.armed.load(Ordering::SeqCst) && buf.len() > 6 {
+            let mut copy = buf.to_vec();
+            copy[6] ^= 0x10;
+            let res = Pin::new(&mut self.inner).poll_write(cx, &copy);
+            if matches!(res, Poll::Ready(Ok(_))) {
+                self.armed.store(false, Ordering::SeqCst);
+            }
+            return res;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn flipped_ciphertext_bit_fails_decryption() {
+    let (x, y) = tokio::io::duplex(4096);
+    let (xr, xw) = split(x);
+    let (yr, yw) = split(y);
+    let armed = Arc::new(AtomicBool::new(false));
+    let xw = Flipper {
+        inner: xw,
+        armed: armed.clone(),
+    };
+    let (pa, pb) = (params("alpha", b"k", true), params("beta", b"k", false));
+    let (a, b) = tokio::join!(handshake(xr, xw, &pa, None), handshake(yr, yw, &pb, None));
+    let (_ar, mut aw, _) = a.unwrap();
+    let (mut br, _bw, _) = b.unwrap();
+    aw.send(&Frame::Ping { nonce: 1 }).await.unwrap();
+    assert_eq!(br.recv().await.unwrap(), Frame::Ping { nonce: 1 });
+    armed.store(true, Ordering::SeqCst);
+    aw.send(&Frame::Ping { nonce: 2 }).await.unwrap();
+    assert!(matches!(br.recv().await, Err(WireError::Decrypt)));
+}
