@@ -212,18 +212,24 @@ pub(crate) async fn peer_task(
     }
 }
 
-/// Writes queued frames in order.
+/// Writes queued frames in order, coalescing bursts into few socket writes.
 async fn write_loop(
     mut writer: Writer,
     mut rx: mpsc::UnboundedReceiver<Frame>,
 ) -> Result<(), WireError> {
     while let Some(frame) = rx.recv().await {
         let bye = matches!(frame, Frame::Bye { .. });
-        writer.send(&frame).await?;
+        writer.feed(&frame).await?;
         if bye {
+            writer.flush().await?;
             break;
         }
+        // Batch: flush only once the queue is empty for now.
+        if rx.is_empty() {
+            writer.flush().await?;
+        }
     }
+    writer.flush().await?;
     Ok(())
 }
 
@@ -239,7 +245,8 @@ async fn run_session(
         mut reader, writer, ..
     } = link;
     let (tx, rx) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let mut writer_task = tokio::spawn(write_loop(writer, rx));
+    let mut writer_done = false;
     let mine = {
         let st = m.lock();
         m.copy_state(&st, peer)
@@ -318,6 +325,13 @@ async fn run_session(
                 next = a;
                 break ("replaced by a new connection from the peer".into(), false);
             }
+            w = &mut writer_task => {
+                writer_done = true;
+                break (match w {
+                    Ok(Err(e)) => format!("sending: {e}"),
+                    _ => "the frame writer stopped".into(),
+                }, false);
+            }
             _ = shutdown.changed() => break ("shutdown".into(), true),
         }
     };
@@ -327,7 +341,9 @@ async fn run_session(
     m.on_link_down(peer, session, &reason, clean);
     drop(tx);
     drop(apply_tx);
-    let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+    }
     next
 }
 

@@ -7,6 +7,7 @@
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,8 @@ pub struct Loaded {
 #[derive(Debug, Clone)]
 pub struct MetaStore {
     dir: PathBuf,
+    /// One file replacement at a time (they share temp names and the directory fsync).
+    writing: Arc<Mutex<()>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetaError + '_ {
@@ -67,6 +70,7 @@ impl MetaStore {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let store = MetaStore {
             dir: dir.to_owned(),
+            writing: Arc::new(Mutex::new(())),
         };
         let state_path = dir.join("state.json");
         let loaded = match fs::read(&state_path) {
@@ -178,6 +182,7 @@ impl MetaStore {
     }
 
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), MetaError> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let write = || -> std::io::Result<()> {

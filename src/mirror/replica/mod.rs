@@ -32,7 +32,7 @@ use crate::mirror::generation::{
 };
 use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus, VerifyStatus};
 use crate::mirror::volume::{Volume, VolumeError};
-use crate::mirror::wire::{CopyState, Frame};
+use crate::mirror::wire::{CopyState, Frame, MAX_DATA};
 use crate::mirror::{Export, ExportError, Extent};
 
 use self::core::{Op, PeerCore, ResyncSource, Route, VerifyRun};
@@ -268,6 +268,8 @@ pub struct Mirror {
     gate: tokio::sync::RwLock<()>,
     /// Serialises activity-log updates with their persistence.
     al_io: tokio::sync::Mutex<()>,
+    /// Serialises bitmap snapshots with their persistence (no older snapshot lands last).
+    bitmap_io: tokio::sync::Mutex<()>,
     /// Bumped on every change writers may wait for (unfrozen, drained).
     changed: watch::Sender<u64>,
     shutdown: watch::Sender<bool>,
@@ -388,6 +390,7 @@ impl Mirror {
             st: Mutex::new(state),
             gate: tokio::sync::RwLock::new(()),
             al_io: tokio::sync::Mutex::new(()),
+            bitmap_io: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
             shutdown: watch::Sender::new(false),
             accepted,
@@ -463,6 +466,7 @@ impl Mirror {
 
     /// Persists the bitmaps that changed (resync chunks in flight count as dirty).
     async fn save_bitmaps(&self, all: bool) -> Result<(), MirrorError> {
+        let _one = self.bitmap_io.lock().await;
         let snapshots: Vec<(String, DirtyBitmap)> = {
             let mut st = self.lock();
             st.peers
@@ -1093,45 +1097,67 @@ impl Mirror {
         if let Some((offset, len)) = range {
             self.activity(offset, len).await?;
         }
+        // A write larger than a frame's payload goes out as several frames.
+        let pieces: Vec<(Op, usize)> = match op {
+            Op::Write { offset, len, fua } if len > MAX_DATA as u64 => (0..len)
+                .step_by(MAX_DATA)
+                .map(|start| {
+                    let piece = (len - start).min(MAX_DATA as u64);
+                    (
+                        Op::Write {
+                            offset: offset + start,
+                            len: piece,
+                            fua,
+                        },
+                        start as usize,
+                    )
+                })
+                .collect(),
+            _ => vec![(op, 0)],
+        };
         let gate = self.gate.read().await;
         let waits = {
             let mut st = self.lock();
             let now = self.now();
             let mut waits = Vec::new();
             for (name, p) in st.peers.iter_mut() {
-                let Route::Send { seq, wait } = p.core.submit(op, now) else {
-                    continue;
-                };
-                let frame = match op {
-                    Op::Write { offset, fua, len } => {
-                        p.replicated_bytes += len;
-                        Frame::Write {
+                for &(op, start) in &pieces {
+                    let Route::Send { seq, wait } = p.core.submit(op, now) else {
+                        continue;
+                    };
+                    let frame = match op {
+                        Op::Write { offset, fua, len } => {
+                            p.replicated_bytes += len;
+                            Frame::Write {
+                                seq,
+                                offset,
+                                fua,
+                                data: data
+                                    .map(|d| d[start..start + len as usize].to_vec())
+                                    .unwrap_or_default(),
+                            }
+                        }
+                        Op::Trim { offset, len } => Frame::Trim {
                             seq,
                             offset,
-                            fua,
-                            data: data.map(<[u8]>::to_vec).unwrap_or_default(),
-                        }
+                            len: len as u32,
+                        },
+                        Op::Zeroes { offset, len } => Frame::Zeroes {
+                            seq,
+                            offset,
+                            len: len as u32,
+                        },
+                        Op::Flush => Frame::Flush { seq },
+                    };
+                    if let Some(tx) = &p.tx {
+                        // A closed queue: the session is ending and will mark this op.
+                        let _ = tx.send(frame);
                     }
-                    Op::Trim { offset, len } => Frame::Trim {
-                        seq,
-                        offset,
-                        len: len as u32,
-                    },
-                    Op::Zeroes { offset, len } => Frame::Zeroes {
-                        seq,
-                        offset,
-                        len: len as u32,
-                    },
-                    Op::Flush => Frame::Flush { seq },
-                };
-                if let Some(tx) = &p.tx {
-                    // A closed queue: the session is ending and will mark this op.
-                    let _ = tx.send(frame);
-                }
-                if wait {
-                    let (otx, orx) = oneshot::channel();
-                    p.waiters.insert(seq, otx);
-                    waits.push((name.clone(), orx));
+                    if wait {
+                        let (otx, orx) = oneshot::channel();
+                        p.waiters.insert(seq, otx);
+                        waits.push((name.clone(), orx));
+                    }
                 }
             }
             waits

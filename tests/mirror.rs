@@ -1,0 +1,433 @@
+//! The replicated volume end to end: two and three `Mirror`s on loopback TCP with
+//! temporary backing files, each node in its own tokio runtime so that dropping the
+//! runtime is a crash (files keep what reached the page cache, nothing is persisted on
+//! the way out). A counting TCP proxy between nodes measures the replication traffic.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem::config::ReplicationMode;
+use tandem::event::{EventKind, EventLog};
+use tandem::mirror::generation::{DiskState, SplitBrainPolicy};
+use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
+use tandem::mirror::Export;
+
+const MIB: u64 = 1 << 20;
+const KEY: &[u8] = b"cluster key for the mirror tests";
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A TCP forwarder that counts the bytes it carries (both directions).
+struct Proxy {
+    addr: SocketAddr,
+    bytes: Arc<AtomicU64>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    fn new(to: SocketAddr) -> Proxy {
+        let rt = runtime();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counter = Arc::clone(&bytes);
+        rt.spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let c1 = Arc::clone(&counter);
+                    let a = tokio::spawn(async move { pump(&mut ri, &mut wo, &c1).await });
+                    let b = tokio::spawn(async move { pump(&mut ro, &mut wi, &counter).await });
+                    let _ = tokio::join!(a, b);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            bytes,
+            _rt: rt,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+}
+
+async fn pump(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    counter: &AtomicU64,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = w.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::SeqCst);
+                if w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The static description of a test cluster.
+struct Cluster {
+    dir: tempfile::TempDir,
+    size: u64,
+    nodes: Vec<(String, SocketAddr)>,
+    /// Overrides of the address a node dials for a peer (a proxy): (from, to, addr).
+    routes: Vec<(String, String, SocketAddr)>,
+    mode: ReplicationMode,
+    keys: Vec<(String, Vec<u8>)>,
+    rate_limit: Option<u64>,
+    queue_bytes: u64,
+    fencing: bool,
+}
+
+impl Cluster {
+    fn new(names: &[&str], size: u64) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            size,
+            nodes: names.iter().map(|n| (n.to_string(), free_port())).collect(),
+            routes: Vec::new(),
+            mode: ReplicationMode::Sync,
+            keys: Vec::new(),
+            rate_limit: None,
+            queue_bytes: 64 * MIB,
+            fencing: false,
+        }
+    }
+
+    fn listen(&self, node: &str) -> SocketAddr {
+        self.nodes.iter().find(|(n, _)| n == node).unwrap().1
+    }
+
+    /// Routes `from`'s connections to `to` through a counting proxy.
+    fn proxy(&mut self, from: &str, to: &str) -> Proxy {
+        let p = Proxy::new(self.listen(to));
+        self.routes.push((from.into(), to.into(), p.addr));
+        p
+    }
+
+    fn backing(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.raw"))
+    }
+
+    fn spec(&self, node: &str) -> MirrorSpec {
+        let peers = self
+            .nodes
+            .iter()
+            .filter(|(n, _)| n != node)
+            .map(|(n, addr)| PeerSpec {
+                node: n.clone(),
+                address: self
+                    .routes
+                    .iter()
+                    .find(|(f, t, _)| f == node && t == n)
+                    .map(|r| r.2)
+                    .unwrap_or(*addr),
+                mode: self.mode,
+                rate_limit: self.rate_limit,
+                queue_bytes: self.queue_bytes,
+                lag_budget: Some(Duration::from_secs(5)),
+                encrypt: false,
+            })
+            .collect();
+        let key = self
+            .keys
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|k| k.1.clone())
+            .unwrap_or_else(|| KEY.to_vec());
+        MirrorSpec {
+            name: "vol0".into(),
+            cluster: "test".into(),
+            local_node: node.into(),
+            key,
+            backing: self.backing(node),
+            size: Some(self.size),
+            meta_dir: self.dir.path().join(format!("meta-{node}")),
+            listen: self.listen(node),
+            peers,
+            split_brain: SplitBrainPolicy::Disconnect,
+            fencing: self.fencing,
+        }
+    }
+
+    fn start(&self, node: &str) -> Node {
+        let rt = runtime();
+        let events = EventLog::in_memory(node);
+        let m = rt
+            .block_on(Mirror::open(self.spec(node), events.clone()))
+            .unwrap();
+        Node {
+            name: node.into(),
+            m,
+            events,
+            rt: Some(rt),
+        }
+    }
+}
+
+/// One running node.
+struct Node {
+    name: String,
+    m: Arc<Mirror>,
+    events: EventLog,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    fn on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.as_ref().unwrap().block_on(f)
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>) {
+        self.on(self.m.write(offset, data, false)).unwrap();
+    }
+
+    fn peer_connection(&self, peer: &str) -> String {
+        self.peer(peer).connection
+    }
+
+    fn peer(&self, peer: &str) -> tandem::mirror::status::MirrorPeerStatus {
+        self.m
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.node == peer)
+            .unwrap()
+    }
+
+    fn events(&self, kind: EventKind) -> Vec<tandem::event::Event> {
+        self.events
+            .since(0, 10_000)
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    }
+
+    /// A crash: the runtime (and every task and socket) goes away, nothing is saved.
+    fn crash(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(mut self) {
+        self.on(self.m.shutdown());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn connected(a: &Node, b: &Node) {
+    wait_until(
+        &format!("{} and {} connected", a.name, b.name),
+        Duration::from_secs(10),
+        || a.peer_connection(&b.name) == "connected" && b.peer_connection(&a.name) == "connected",
+    );
+}
+
+fn in_sync(a: &Node, b: &Node) {
+    wait_until(
+        &format!("{} and {} in sync", a.name, b.name),
+        Duration::from_secs(30),
+        || {
+            let pa = a.peer(&b.name);
+            let pb = b.peer(&a.name);
+            pa.connection == "connected"
+                && pb.connection == "connected"
+                && pa.resync.is_none()
+                && pb.resync.is_none()
+                && pa.out_of_sync_bytes == 0
+                && pb.peer_disk == Some(DiskState::UpToDate)
+                && b.m.status().disk == DiskState::UpToDate
+        },
+    );
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn read_file(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+fn files_equal(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn a_sync_write_is_on_the_peer_when_it_completes() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    assert!(a.m.is_primary());
+    for i in 0..32u64 {
+        let data = pattern(i, 64 * 1024);
+        a.write(i * MIB + 4096, data.clone());
+        // Completed: the peer applied it already.
+        assert_eq!(read_file(&c.backing("b"), i * MIB + 4096, data.len()), data);
+    }
+    a.on(a.m.flush()).unwrap();
+    a.on(a.m.write_zeroes(0, 8192, true, false)).unwrap();
+    a.on(a.m.trim(10 * MIB, 65536)).unwrap();
+    assert_eq!(read_file(&c.backing("b"), 0, 8192), vec![0; 8192]);
+    let s = a.m.status();
+    assert_eq!(s.role, "primary");
+    assert_eq!(s.written_bytes, 32 * 64 * 1024);
+    assert_eq!(s.peers[0].replicated_bytes, 32 * 64 * 1024);
+    assert_eq!(s.peers[0].lag_bytes, 0);
+    assert_eq!(b.m.status().generation, s.generation);
+    // The secondary serves nothing.
+    assert!(matches!(
+        b.on(b.m.write(0, vec![1u8; 512], false)),
+        Err(tandem::mirror::ExportError::ReadOnly)
+    ));
+    assert!(matches!(
+        b.on(b.m.read(0, 512)),
+        Err(tandem::mirror::ExportError::Shutdown)
+    ));
+    assert_eq!(a.events(EventKind::MirrorPromoted).len(), 1);
+    a.on(a.m.demote()).unwrap();
+    assert_eq!(a.events(EventKind::MirrorDemoted).len(), 1);
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_disconnected_peer_gets_only_the_changed_blocks() {
+    let mut c = Cluster::new(&["a", "b"], 256 * MIB);
+    let proxy = c.proxy("a", "b");
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, 4 * MIB as usize));
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    assert_eq!(a.peer_connection("b"), "disconnected");
+    // 300 scattered 4 KiB writes and one 1 MiB write while apart.
+    let mut changed = std::collections::BTreeSet::new();
+    for i in 0..300u64 {
+        let off = (i * 7919 * 4096) % (200 * MIB);
+        a.write(off, pattern(100 + i, 4096));
+        changed.insert(off / 4096);
+    }
+    a.write(210 * MIB, pattern(7, MIB as usize));
+    for blk in 0..256 {
+        changed.insert(210 * MIB / 4096 + blk);
+    }
+    let changed_bytes = changed.len() as u64 * 4096;
+    assert_eq!(a.peer("b").out_of_sync_bytes, changed_bytes);
+    let before = proxy.bytes();
+    let resynced_before = a.peer("b").resynced_bytes;
+    a.on(a.m.connect(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    let resynced = a.peer("b").resynced_bytes - resynced_before;
+    assert!(
+        resynced as f64 <= 1.05 * changed_bytes as f64 && resynced >= changed_bytes,
+        "resynced {resynced} for {changed_bytes} changed"
+    );
+    let wire = proxy.bytes() - before;
+    assert!(wire < changed_bytes + 4 * MIB, "wire {wire}");
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started.last().unwrap().fields["direction"], "source");
+    assert_eq!(started.last().unwrap().fields["full"], "false");
+    assert_eq!(a.events(EventKind::ResyncCompleted).len(), 1);
+    assert_eq!(b.events(EventKind::ResyncCompleted).len(), 1);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_full_resync_of_a_sparse_volume_sends_zero_ranges_not_payload() {
+    let mut c = Cluster::new(&["a", "b"], 512 * MIB);
+    let proxy = c.proxy("a", "b");
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(100 * MIB, pattern(3, 2 * MIB as usize));
+    a.on(a.m.flush()).unwrap();
+    let before = proxy.bytes();
+    a.on(a.m.resync_full(Some("b"))).unwrap();
+    wait_until("full resync done", Duration::from_secs(60), || {
+        a.events(EventKind::ResyncCompleted).len() == 1
+    });
+    in_sync(&a, &b);
+    let wire = proxy.bytes() - before;
+    assert!(
+        wire < 4 * MIB,
+        "a full resync of a sparse 512 MiB volume moved {wire} bytes"
+    );
+    let p = a.peer("b");
+    assert_eq!(p.resynced_bytes, 512 * MIB);
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started[0].fields["full"], "true");
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
