@@ -15,6 +15,7 @@ use tandem::event::{EventKind, EventLog};
 use tandem::mirror::generation::{DiskState, SplitBrainPolicy};
 use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
 use tandem::mirror::Export;
+use tandem::mirror::ExportError;
 
 const MIB: u64 = 1 << 20;
 const KEY: &[u8] = b"cluster key for the mirror tests";
@@ -426,6 +427,152 @@ fn a_full_resync_of_a_sparse_volume_sends_zero_ranges_not_payload() {
     assert_eq!(p.resynced_bytes, 512 * MIB);
     let started = a.events(EventKind::ResyncStarted);
     assert_eq!(started[0].fields["full"], "true");
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn failover_reverses_the_resync_direction() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, MIB as usize));
+    a.stop();
+    // b takes over without a and writes.
+    wait_until("b sees a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    b.on(b.m.promote()).unwrap();
+    b.write(8 * MIB, pattern(2, 256 * 1024));
+    b.write(20 * MIB, pattern(3, 4096));
+    assert_eq!(b.peer("a").out_of_sync_bytes, 256 * 1024 + 4096);
+    let a = c.start("a");
+    in_sync(&b, &a);
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].fields["direction"], "target");
+    assert_eq!(started[0].fields["full"], "false");
+    assert_eq!(b.peer("a").resynced_bytes, 256 * 1024 + 4096);
+    assert_eq!(a.m.status().generation, b.m.status().generation);
+    b.on(b.m.demote()).unwrap();
+    b.stop();
+    a.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_crashed_primary_resyncs_only_its_activity_log() {
+    let c = Cluster::new(&["a", "b"], 1024 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    // Writes spread over 3 extents, then a crash.
+    for i in 0..48u64 {
+        a.write((i % 3) * 300 * MIB + i * 65536, pattern(i, 65536));
+    }
+    a.crash();
+    wait_until("b sees a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    let a = c.start("a");
+    // The crash-dirty extents are out of sync for b, bounded by the activity log.
+    let oos = a.peer("b").out_of_sync_bytes;
+    assert!(oos > 0 && oos <= 3 * 4 * MIB, "crash-dirty {oos}");
+    connected(&a, &b);
+    in_sync(&a, &b);
+    let resynced = a.peer("b").resynced_bytes;
+    assert!(resynced <= 3 * 4 * MIB, "resynced {resynced}");
+    a.on(a.m.promote()).unwrap();
+    a.write(5 * MIB, pattern(99, 4096));
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_peer_with_the_wrong_key_is_refused_and_never_writes() {
+    let mut c = Cluster::new(&["a", "b"], 16 * MIB);
+    c.keys.push(("b".into(), b"not the cluster key".to_vec()));
+    let a = c.start("a");
+    let b = c.start("b");
+    wait_until("refused on both sides", Duration::from_secs(10), || {
+        a.peer_connection("b") == "refused" && b.peer_connection("a") == "refused"
+    });
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(5, 65536));
+    b.on(b.m.promote()).unwrap();
+    b.write(MIB, pattern(6, 4096));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_file(&c.backing("b"), 0, 65536), vec![0; 65536]);
+    assert_eq!(read_file(&c.backing("a"), MIB, 4096), vec![0; 4096]);
+    assert_eq!(a.peer_connection("b"), "refused");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn an_outdated_copy_is_not_promoted() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    wait_until("b learns the generation", Duration::from_secs(5), || {
+        b.m.status().generation == a.m.status().generation
+    });
+    // b leaves a running primary: it knows it falls behind.
+    b.stop();
+    a.write(0, pattern(1, MIB as usize));
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    let b = c.start("b");
+    assert_eq!(b.m.status().disk, DiskState::Outdated);
+    let err = b.on(b.m.promote()).unwrap_err();
+    assert!(matches!(err, MirrorError::Refused(_)), "{err}");
+    let refused = b.events(EventKind::MirrorPromotionRefused);
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].fields["reason"].contains("Outdated"));
+    // Back in touch, it resyncs and is UpToDate again.
+    a.on(a.m.connect(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
+    let mut c = Cluster::new(&["a", "b"], 128 * MIB);
+    c.rate_limit = Some(8 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    a.write(16 * MIB, pattern(2, 32 * MIB as usize));
+    a.on(a.m.connect(Some("b"))).unwrap();
+    wait_until("resync running", Duration::from_secs(10), || {
+        a.peer("b").resync.is_some_and(|r| r.done_bytes >= 8 * MIB)
+    });
+    b.crash();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    let b = c.start("b");
+    assert_eq!(b.m.status().disk, DiskState::SyncTarget);
+    let err = b.on(b.m.promote()).unwrap_err();
+    assert!(matches!(err, MirrorError::Refused(_)), "{err}");
+    // Reconnected, it finishes from the source's remaining bits.
+    let left = a.peer("b").out_of_sync_bytes;
+    assert!(left > 0 && left < 32 * MIB, "left {left}");
+    a.on(a.m.connect(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    let started = b.events(EventKind::ResyncStarted);
+    assert_eq!(started.last().unwrap().fields["full"], "false");
     a.on(a.m.demote()).unwrap();
     a.stop();
     b.stop();
