@@ -578,3 +578,160 @@ fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
     b.stop();
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
 }
+
+#[test]
+fn a_paused_peer_catches_up_on_resume() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.on(a.m.pause(Some("b"))).unwrap();
+    assert_eq!(a.peer_connection("b"), "paused");
+    a.write(MIB, pattern(4, 128 * 1024));
+    assert_eq!(read_file(&c.backing("b"), MIB, 4096), vec![0; 4096]);
+    assert_eq!(a.peer("b").out_of_sync_bytes, 128 * 1024);
+    a.on(a.m.resume(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    assert_eq!(a.peer("b").resynced_bytes, 128 * 1024);
+    assert_eq!(a.events(EventKind::MirrorPaused).len(), 1);
+    assert_eq!(a.events(EventKind::MirrorResumed).len(), 1);
+    assert_eq!(
+        read_file(&c.backing("b"), MIB, 128 * 1024),
+        pattern(4, 128 * 1024)
+    );
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn verify_finds_a_corrupted_block_on_the_peer_and_repairs_it() {
+    let c = Cluster::new(&["a", "b"], 32 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(8, 8 * MIB as usize));
+    a.on(a.m.flush()).unwrap();
+    // Bit rot on the peer's disk, behind the mirror's back.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.backing("b"))
+        .unwrap();
+    f.write_all_at(&[0xff; 100], 5 * MIB + 10).unwrap();
+    f.write_all_at(&[0x01], 20 * MIB).unwrap();
+    f.sync_all().unwrap();
+    a.on(a.m.verify(Some("b"))).unwrap();
+    wait_until("verify done", Duration::from_secs(30), || {
+        a.events(EventKind::VerifyCompleted).len() == 1
+    });
+    let v = a.peer("b").verify.unwrap();
+    assert!(!v.running);
+    assert_eq!(v.checked_bytes, 32 * MIB);
+    assert_eq!(v.out_of_sync_bytes, 2 * 4096);
+    assert_eq!(
+        a.events(EventKind::VerifyCompleted)[0].fields["bytes"],
+        "8192"
+    );
+    in_sync(&a, &b);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn async_peers_lag_and_overflow_into_the_bitmap() {
+    let mut c = Cluster::new(&["a", "b"], 64 * MIB);
+    c.mode = ReplicationMode::Async;
+    c.queue_bytes = MIB;
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    // The peer stops answering: its link is paused on its side by a stopped runtime.
+    let status = a.peer("b");
+    assert_eq!(status.mode, ReplicationMode::Async);
+    assert_eq!(status.lag_budget_seconds, Some(5.0));
+    // Writes complete locally; a burst larger than the queue overflows to the bitmap or
+    // is acked later, and the lag drains to zero.
+    for i in 0..64u64 {
+        a.write(i * 256 * 1024, pattern(i, 256 * 1024));
+    }
+    wait_until("lag drained", Duration::from_secs(20), || {
+        let p = a.peer("b");
+        p.lag_bytes == 0 && p.lag_seconds == 0.0
+    });
+    in_sync(&a, &b);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_sync_primary_that_loses_its_peer_holds_writes_until_it_is_outdated() {
+    let mut c = Cluster::new(&["a", "b"], 64 * MIB);
+    c.fencing = true;
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, 4096));
+    b.crash();
+    let m = Arc::clone(&a.m);
+    let held =
+        a.rt.as_ref()
+            .unwrap()
+            .spawn(async move { m.write(MIB, pattern(2, 4096), false).await });
+    wait_until("b listed for outdating", Duration::from_secs(5), || {
+        !a.m.pending_outdates().is_empty()
+    });
+    let pending = a.m.pending_outdates();
+    assert_eq!(pending[0].0, "b");
+    assert_eq!(format!("{:016x}", pending[0].1), a.m.status().generation);
+    assert!(a.m.status().io_frozen);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !held.is_finished(),
+        "a write completed while the peer was not outdated"
+    );
+    a.m.peer_outdated("b");
+    a.on(held).unwrap().unwrap();
+    assert!(!a.m.status().io_frozen);
+    assert_eq!(a.events(EventKind::MirrorPeerOutdated).len(), 1);
+    assert_eq!(a.peer("b").out_of_sync_bytes, 4096);
+    a.stop();
+}
+
+#[test]
+fn three_copies_all_get_sync_writes() {
+    let c = Cluster::new(&["a", "b", "c"], 32 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    let n3 = c.start("c");
+    connected(&a, &b);
+    connected(&a, &n3);
+    connected(&b, &n3);
+    a.on(a.m.promote()).unwrap();
+    for i in 0..8u64 {
+        let data = pattern(i, 100 * 1024);
+        a.write(i * 3 * MIB, data.clone());
+        assert_eq!(read_file(&c.backing("b"), i * 3 * MIB, data.len()), data);
+        assert_eq!(read_file(&c.backing("c"), i * 3 * MIB, data.len()), data);
+    }
+    // c goes away; a writes on; c comes back and catches up from a's bitmap.
+    n3.stop();
+    a.write(30 * MIB, pattern(77, 8192));
+    let n3 = c.start("c");
+    in_sync(&a, &n3);
+    in_sync(&a, &b);
+    assert_eq!(a.peer("c").resynced_bytes, 8192);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    n3.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+    assert!(files_equal(&c.backing("a"), &c.backing("c")));
+}
