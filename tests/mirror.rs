@@ -735,3 +735,131 @@ fn three_copies_all_get_sync_writes() {
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
     assert!(files_equal(&c.backing("a"), &c.backing("c")));
 }
+
+/// Serves `export` over NBD on a Unix socket in `dir` (on `node`'s runtime).
+fn serve_nbd<E: Export>(node: &Node, export: Arc<E>, dir: &Path) -> PathBuf {
+    use tandem::mirror::nbd::{NbdServer, ServerConfig};
+    let socket = dir.join(format!("nbd-{}.sock", node.name));
+    let config = ServerConfig {
+        name: "disk".into(),
+        description: "mirror".into(),
+        unix: Some(socket.clone()),
+        tcp: None,
+    };
+    let server = node.on(NbdServer::bind(config)).unwrap();
+    node.rt.as_ref().unwrap().spawn(server.run(export));
+    socket
+}
+
+fn run_tool(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (install qemu-utils libnbd-bin): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.contains("failed"),
+        "{cmd} {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn qemu_io_writes_through_nbd_reach_the_peer_byte_for_byte() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    let socket = serve_nbd(&a, Arc::clone(&a.m), c.dir.path());
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    run_tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &uri,
+            "-c",
+            "write -P 0xab 0 4M",
+            "-c",
+            "write -P 0xcd 10M 64k",
+            "-c",
+            "write -f -P 0x11 20M 3M",
+            "-c",
+            "flush",
+            "-c",
+            "write -z 1M 1M",
+            "-c",
+            "discard 10M 64k",
+            "-c",
+            "read -P 0xab 0 1M",
+            "-c",
+            "read -P 0x11 20M 3M",
+        ],
+    );
+    // Every completed request is on the peer already.
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+    let src = c.dir.path().join("src.raw");
+    std::fs::write(&src, pattern(42, 16 * MIB as usize)).unwrap();
+    run_tool(
+        "nbdcopy",
+        &["--connections=4", "--flush", src.to_str().unwrap(), &uri],
+    );
+    assert_eq!(
+        read_file(&c.backing("b"), 0, 16 * MIB as usize),
+        pattern(42, 16 * MIB as usize)
+    );
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+}
+
+/// `cargo test --release --test mirror throughput -- --ignored --nocapture`: 1 GiB with
+/// nbdcopy into a plain Volume and into a sync Mirror with a loopback peer.
+#[test]
+#[ignore]
+fn throughput_of_a_sync_mirror_against_a_plain_volume() {
+    const SIZE: u64 = 1024 * MIB;
+    let c = Cluster::new(&["a", "b"], SIZE);
+    let src = c.dir.path().join("src.raw");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+        for i in 0..(SIZE / (16 * MIB)) {
+            std::io::Write::write_all(&mut f, &pattern(i, 16 * MIB as usize)).unwrap();
+        }
+    }
+    let copy = |uri: &str| {
+        let start = Instant::now();
+        run_tool("nbdcopy", &["--flush", src.to_str().unwrap(), uri]);
+        SIZE as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    };
+    // Unreplicated.
+    let plain_path = c.dir.path().join("plain.raw");
+    std::fs::File::create(&plain_path)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let plain = tandem::mirror::volume::Volume::open(&plain_path, false).unwrap();
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    let plain_socket = {
+        let dir = c.dir.path().join("plain");
+        std::fs::create_dir_all(&dir).unwrap();
+        serve_nbd(&a, Arc::new(plain), &dir)
+    };
+    let plain_mibs = copy(&format!("nbd+unix:///?socket={}", plain_socket.display()));
+    a.on(a.m.promote()).unwrap();
+    let socket = serve_nbd(&a, Arc::clone(&a.m), c.dir.path());
+    let mirror_mibs = copy(&format!("nbd+unix:///?socket={}", socket.display()));
+    println!(
+        "plain volume: {plain_mibs:.0} MiB/s; sync mirror: {mirror_mibs:.0} MiB/s ({:.2}x)",
+        mirror_mibs / plain_mibs
+    );
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
