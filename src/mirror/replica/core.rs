@@ -71,6 +71,8 @@ struct Unacked {
     payload: u64,
     sent_at: Duration,
     wait: bool,
+    /// A flush or FUA write: once acked, everything up to it is durable on the peer.
+    durable_point: bool,
 }
 
 /// The replication state of this copy towards one peer.
@@ -83,6 +85,10 @@ pub struct PeerCore {
     next_seq: u64,
     unacked: VecDeque<Unacked>,
     unacked_payload: u64,
+    /// Acked (applied) but not yet known durable on the peer: a power loss there could
+    /// lose them, so they are marked if the link drops before a flush covers them
+    /// (DRBD's transfer log).
+    undurable: VecDeque<(u64, u64)>,
     bitmap: DirtyBitmap,
     bitmap_changed: bool,
     volume_bytes: u64,
@@ -104,6 +110,7 @@ impl PeerCore {
             next_seq: 1,
             unacked: VecDeque::new(),
             unacked_payload: 0,
+            undurable: VecDeque::new(),
             bitmap,
             bitmap_changed: false,
             volume_bytes,
@@ -157,6 +164,7 @@ impl PeerCore {
             payload,
             sent_at: now,
             wait,
+            durable_point: matches!(op, Op::Flush | Op::Write { fua: true, .. }),
         });
         self.unacked_payload += payload;
         Route::Send { seq, wait }
@@ -188,6 +196,11 @@ impl PeerCore {
                 if u.wait {
                     done.push(u.seq);
                 }
+                if u.durable_point {
+                    self.undurable.clear();
+                } else if let Some(r) = u.range {
+                    self.undurable.push_back(r);
+                }
             }
         }
         Ok(done)
@@ -197,6 +210,9 @@ impl PeerCore {
     /// so its blocks are marked. Returns the sequence numbers clients were waiting for.
     pub fn link_down(&mut self) -> Vec<u64> {
         self.up = false;
+        while let Some((offset, len)) = self.undurable.pop_front() {
+            self.mark_range(offset, len);
+        }
         let mut waiting = Vec::new();
         while let Some(u) = self.unacked.pop_front() {
             if let Some((offset, len)) = u.range {
@@ -228,6 +244,12 @@ impl PeerCore {
             .front()
             .map(|u| now.saturating_sub(u.sent_at))
             .unwrap_or_default()
+    }
+
+    /// Acked operations not yet covered by a flush on the peer (a periodic Flush
+    /// bounds them).
+    pub fn undurable_ops(&self) -> usize {
+        self.undurable.len()
     }
 
     pub fn unacked_ops(&self) -> usize {
@@ -570,6 +592,12 @@ mod tests {
         assert_eq!(p.ack(2).unwrap(), vec![1, 2]);
         assert_eq!(p.ack(9), Err(CoreError::AckFromFuture(9)));
         assert!(p.bitmap().is_clean());
+        // Applied but not flushed on the peer: marked if the link drops.
+        p.submit(Op::Write { offset: 8192, len: 4096, fua: false }, t(2));
+        p.ack(3).unwrap();
+        assert_eq!(p.undurable_ops(), 1);
+        p.link_down();
+        assert_eq!(p.out_of_sync_bytes(), 4096);
     }
 
     #[test]
@@ -608,6 +636,7 @@ mod tests {
         );
         assert_eq!(p.out_of_sync_bytes(), 4096);
         // The link drops with the first write unacked: it is marked too.
+        assert_eq!(p.undurable_ops(), 0);
         assert!(p.link_down().is_empty());
         assert_eq!(p.out_of_sync_bytes(), MIB + 4096);
         assert_eq!(p.lag_bytes(), 0);

@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::config::{MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
-use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap};
+use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
 use crate::mirror::generation::{
     decide, promotion_refusal, resolve_split_brain, DiskState, Generations, PeerView,
     SplitBrainPolicy, SyncDecision,
@@ -567,7 +567,7 @@ impl Mirror {
         self.bump();
         self.drain_writes().await;
         self.volume.flush().await?;
-        self.flush_peers(true).await;
+        let _ = self.flush_peers(true).await;
         {
             let mut st = self.lock();
             st.al = ActivityLog::new(AL_EXTENTS);
@@ -600,7 +600,8 @@ impl Mirror {
     }
 
     /// Sends a Flush to every replicating peer; with `all`, waits for async peers too.
-    async fn flush_peers(&self, all: bool) {
+    /// Returns the peers that did not confirm it (lost meanwhile).
+    async fn flush_peers(&self, all: bool) -> Vec<String> {
         let waits = {
             let mut st = self.lock();
             let now = self.now();
@@ -623,8 +624,34 @@ impl Mirror {
             }
             waits
         };
-        for (_, rx) in waits {
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+        let mut unconfirmed = Vec::new();
+        for (peer, rx) in waits {
+            match tokio::time::timeout(Duration::from_secs(30), rx).await {
+                Ok(Ok(PeerOutcome::Acked)) => {}
+                _ => unconfirmed.push(peer),
+            }
+        }
+        unconfirmed
+    }
+
+    /// A Flush (nobody waits) to every peer with applied but unflushed writes.
+    fn barrier_peers(&self) {
+        let mut st = self.lock();
+        let now = self.now();
+        for p in st.peers.values_mut() {
+            if p.core.undurable_ops() == 0 || !p.core.replicating() {
+                continue;
+            }
+            if let Route::Send { seq, wait } = p.core.submit(Op::Flush, now) {
+                if let Some(tx) = &p.tx {
+                    let _ = tx.send(Frame::Flush { seq });
+                }
+                if wait {
+                    // Nobody waits for this one: ack it into the void.
+                    let (otx, _) = oneshot::channel();
+                    p.waiters.insert(seq, otx);
+                }
+            }
         }
     }
 
@@ -899,7 +926,7 @@ impl Mirror {
         if was_primary {
             self.drain_writes().await;
             let _ = self.volume.flush().await;
-            self.flush_peers(true).await;
+            let _ = self.flush_peers(true).await;
         } else {
             let _ = self.volume.flush().await;
         }
@@ -1053,13 +1080,34 @@ impl Mirror {
     /// bitmap) first if an extent turns hot.
     async fn activity(&self, offset: u64, len: u64) -> Result<(), ExportError> {
         let _g = self.al_io.lock().await;
-        let extents = {
+        let (extents, evicted) = {
             let mut st = self.lock();
+            let before = st.al.extents().to_vec();
             match st.al.begin_write(offset, len) {
                 ActivityChange::None => return Ok(()),
-                ActivityChange::Persist => st.al.extents().to_vec(),
+                ActivityChange::Persist => {
+                    let after = st.al.extents().to_vec();
+                    let evicted: Vec<u64> =
+                        before.into_iter().filter(|e| !after.contains(e)).collect();
+                    (after, evicted)
+                }
             }
         };
+        if !evicted.is_empty() {
+            // An extent leaves the log: after a crash nothing would mark it again, so
+            // everything written to it must be durable here and on the sync peers
+            // first. A peer that does not confirm gets the extent marked instead.
+            self.volume.flush().await?;
+            let unconfirmed = self.flush_peers(false).await;
+            let mut st = self.lock();
+            for peer in unconfirmed {
+                if let Some(p) = st.peers.get_mut(&peer) {
+                    for &e in &evicted {
+                        p.core.mark_range(e * EXTENT_BYTES, EXTENT_BYTES);
+                    }
+                }
+            }
+        }
         self.save_bitmaps(false).await.map_err(io_error)?;
         let meta = self.meta.clone();
         tokio::task::spawn_blocking(move || meta.save_al(&extents))
@@ -1239,10 +1287,13 @@ fn prepare_backing(path: &Path, size: Option<u64>) -> Result<u64, MirrorError> {
 }
 
 /// Persists changed bitmaps at least every [`BITMAP_PERSIST_INTERVAL`].
+/// Also sends a Flush to peers holding applied-but-unflushed writes (an epoch barrier
+/// that bounds what a drop marks).
 async fn persist_loop(m: Arc<Mirror>) {
     let mut tick = tokio::time::interval(BITMAP_PERSIST_INTERVAL);
     loop {
         tick.tick().await;
+        m.barrier_peers();
         if let Err(e) = m.save_bitmaps(false).await {
             tracing::error!(error = %e, "cannot persist the dirty bitmaps");
         }
@@ -1414,22 +1465,35 @@ impl Mirror {
                 if st.disk == DiskState::Outdated && theirs.disk.promotable() {
                     st.disk = DiskState::UpToDate;
                 }
-                if !st
-                    .peers
-                    .get(peer)
-                    .is_some_and(|p| p.core.bitmap().is_clean())
-                {
-                    st.ensure_bitmap_base(peer);
-                    source_full = Some(false);
+                // Crash-dirty blocks on either side: one side sends. Without a bitmap
+                // exchange the source cannot know the other side's blocks, so it sends
+                // everything (still skipping unused space) when the other side has any.
+                let mine = me_view.changed_blocks;
+                if mine > 0 || theirs.changed_blocks > 0 {
+                    let i_source = if st.primary != theirs.primary {
+                        st.primary
+                    } else {
+                        self.spec.local_node.as_str() < peer
+                    };
+                    if i_source {
+                        st.ensure_bitmap_base(peer);
+                        source_full = Some(theirs.changed_blocks > 0);
+                    }
                 }
             }
-            SyncDecision::SourcePartial => source_full = Some(false),
+            // The peer has changes of its own this copy cannot see (a crashed primary's
+            // activity log): send everything.
+            SyncDecision::SourcePartial => source_full = Some(theirs.changed_blocks > 0),
             SyncDecision::SourceFull => source_full = Some(true),
-            SyncDecision::TargetPartial | SyncDecision::TargetFull => {}
+            SyncDecision::TargetPartial | SyncDecision::TargetFull => {
+                // Older than the peer: not promotable from now on (persisted when the
+                // resync begins).
+                st.disk = DiskState::SyncTarget;
+            }
             SyncDecision::SplitBrain => {
                 match resolve_split_brain(self.spec.split_brain, &me_view, &peer_view) {
                     Some(false) if !theirs.primary => source_full = Some(true),
-                    Some(true) if !st.primary => {}
+                    Some(true) if !st.primary => st.disk = DiskState::SyncTarget,
                     _ => {
                         return (
                             Verdict::StayApart {
@@ -1670,6 +1734,14 @@ impl Mirror {
             }
             if primary && was_up {
                 st.gens.diverge(&[peer], random_generation());
+                if !clean {
+                    // The peer may have lost acknowledged writes it had not flushed yet
+                    // (a power loss): everything in the activity log may differ there.
+                    let al = st.al.clone();
+                    if let Some(p) = st.peers.get_mut(peer) {
+                        al.mark_crash_dirty(p.core.bitmap_mut());
+                    }
+                }
             }
             for w in waiters {
                 let _ = w.send(PeerOutcome::Lost);
