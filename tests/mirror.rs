@@ -703,8 +703,9 @@ fn a_sync_primary_that_loses_its_peer_holds_writes_until_it_is_outdated() {
     a.on(held).unwrap().unwrap();
     assert!(!a.m.status().io_frozen);
     assert_eq!(a.events(EventKind::MirrorPeerOutdated).len(), 1);
-    // The lost peer may miss anything in the activity log (extent 0 here).
-    assert_eq!(a.peer("b").out_of_sync_bytes, 4 * MIB);
+    // The held write, and the first one unless a barrier flushed it on the peer.
+    let oos = a.peer("b").out_of_sync_bytes;
+    assert!((4096..=2 * 4096).contains(&oos), "{oos}");
     a.stop();
 }
 

@@ -35,14 +35,34 @@ const NAMES: [&str; 2] = ["a", "b"];
 
 #[derive(Debug, Clone)]
 enum Msg {
-    Write { seq: u64, blk: u64, n: u64, val: u64, fua: bool },
-    Flush { seq: u64 },
-    Ack { seq: u64 },
+    Write {
+        seq: u64,
+        blk: u64,
+        n: u64,
+        val: u64,
+        fua: bool,
+    },
+    Flush {
+        seq: u64,
+    },
+    Ack {
+        seq: u64,
+    },
     ResyncBegin,
-    ResyncChunk { blk: u64, vals: Vec<u64> },
-    ResyncAck { offset: u64, len: u64 },
-    ResyncEnd { generation: u64 },
-    TargetDone { generation: u64 },
+    ResyncChunk {
+        blk: u64,
+        vals: Vec<u64>,
+    },
+    ResyncAck {
+        offset: u64,
+        len: u64,
+    },
+    ResyncEnd {
+        generation: u64,
+    },
+    TargetDone {
+        generation: u64,
+    },
 }
 
 struct Copy {
@@ -70,7 +90,12 @@ impl Copy {
             disk: DiskState::UpToDate,
             gens: Generations::new(),
             al: ActivityLog::new(AL_CAPACITY),
-            core: PeerCore::new(ReplicationMode::Sync, 1 << 30, DirtyBitmap::new(VOLUME), VOLUME),
+            core: PeerCore::new(
+                ReplicationMode::Sync,
+                1 << 30,
+                DirtyBitmap::new(VOLUME),
+                VOLUME,
+            ),
             persisted_bitmap: DirtyBitmap::new(VOLUME),
             primary: false,
             up: true,
@@ -185,7 +210,10 @@ impl Sim {
             SyncDecision::TargetPartial | SyncDecision::TargetFull => Some(1),
         };
         if let Some(src) = source {
-            assert!(!self.c[1 - src].primary, "a primary would become a resync target");
+            assert!(
+                !self.c[1 - src].primary,
+                "a primary would become a resync target"
+            );
             let full = matches!(d, SyncDecision::SourceFull | SyncDecision::TargetFull)
                 || self.c[1 - src].core.bitmap().dirty_blocks() > 0;
             if full {
@@ -195,17 +223,30 @@ impl Sim {
                 let mut b = 0;
                 while let Some((first, n)) = self.c[src].core.bitmap().next_dirty_run(b, u64::MAX) {
                     for blk in first..first + n {
-                        assert!(self.allowed.contains(&blk), "block {blk} resynced without a reason");
+                        assert!(
+                            self.allowed.contains(&blk),
+                            "block {blk} resynced without a reason"
+                        );
                     }
                     b = first + n;
                 }
             }
             let current = self.c[src].gens.current;
-            let e = self.c[src].gens.bitmap.entry(NAMES[1 - src].into()).or_insert(0);
+            let e = self.c[src]
+                .gens
+                .bitmap
+                .entry(NAMES[1 - src].into())
+                .or_insert(0);
             if *e == 0 {
                 *e = current;
             }
-            self.c[src].resync = Some(ResyncSource::new(full, self.c[src].core.bitmap(), VOLUME, None, self.now));
+            self.c[src].resync = Some(ResyncSource::new(
+                full,
+                self.c[src].core.bitmap(),
+                VOLUME,
+                None,
+                self.now,
+            ));
             self.c[src].resync_end_sent = false;
             self.q[src].push_back(Msg::ResyncBegin);
             // The target knows from the decision: not promotable from now on.
@@ -243,14 +284,7 @@ impl Sim {
             if self.c[i].primary && self.c[i].up {
                 let g = self.fresh_gen();
                 self.c[i].gens.diverge(&[NAMES[1 - i]], g);
-                if !clean {
-                    let al = self.c[i].al.clone();
-                    al.mark_crash_dirty(self.c[i].core.bitmap_mut());
-                    for &e in al.extents() {
-                        let first = e * EXTENT_BYTES / BLOCK_BYTES;
-                        self.allowed.extend(first..first + EXTENT_BYTES / BLOCK_BYTES);
-                    }
-                }
+                let _ = clean;
             }
             // Whatever either side knew out of sync at the drop may be sent later.
             let mut b = 0;
@@ -327,13 +361,26 @@ impl Sim {
             }
         }
         let op = if zero {
-            Op::Zeroes { offset: blk * BLOCK_BYTES, len: n * BLOCK_BYTES }
+            Op::Zeroes {
+                offset: blk * BLOCK_BYTES,
+                len: n * BLOCK_BYTES,
+            }
         } else {
-            Op::Write { offset: blk * BLOCK_BYTES, len: n * BLOCK_BYTES, fua }
+            Op::Write {
+                offset: blk * BLOCK_BYTES,
+                len: n * BLOCK_BYTES,
+                fua,
+            }
         };
         match self.c[p].core.submit(op, self.now) {
             Route::Send { seq, .. } => {
-                self.q[p].push_back(Msg::Write { seq, blk, n, val, fua });
+                self.q[p].push_back(Msg::Write {
+                    seq,
+                    blk,
+                    n,
+                    val,
+                    fua,
+                });
                 self.pending.push(Pending { seq, blk, n, val });
             }
             Route::Tracked => {
@@ -354,10 +401,18 @@ impl Sim {
 
     /// Delivers the next frame from copy `from`.
     fn deliver(&mut self, from: usize) {
-        let Some(msg) = self.q[from].pop_front() else { return };
+        let Some(msg) = self.q[from].pop_front() else {
+            return;
+        };
         let to = 1 - from;
         match msg {
-            Msg::Write { seq, blk, n, val, fua } => {
+            Msg::Write {
+                seq,
+                blk,
+                n,
+                val,
+                fua,
+            } => {
                 for b in blk..blk + n {
                     self.c[to].data[b as usize] = val;
                 }
@@ -419,7 +474,11 @@ impl Sim {
                             differ.is_empty(),
                             "copies differ after a resync at blocks {:?}: {:?}",
                             &differ[..differ.len().min(8)],
-                            differ.iter().take(4).map(|&b| (self.c[0].data[b], self.c[1].data[b])).collect::<Vec<_>>()
+                            differ
+                                .iter()
+                                .take(4)
+                                .map(|&b| (self.c[0].data[b], self.c[1].data[b]))
+                                .collect::<Vec<_>>()
                         );
                     }
                     // Everything on the target is now what the source had.
@@ -429,7 +488,9 @@ impl Sim {
                     // What is still dirty (tracked during the resync) stays allowed.
                     self.allowed.clear();
                     let mut b = 0;
-                    while let Some((first, n)) = self.c[to].core.bitmap().next_dirty_run(b, u64::MAX) {
+                    while let Some((first, n)) =
+                        self.c[to].core.bitmap().next_dirty_run(b, u64::MAX)
+                    {
                         self.allowed.extend(first..first + n);
                         b = first + n;
                     }
@@ -442,7 +503,9 @@ impl Sim {
         if !self.link || self.c[i].resync_end_sent {
             return;
         }
-        let Some(r) = &mut self.c[i].resync else { return };
+        let Some(r) = &mut self.c[i].resync else {
+            return;
+        };
         match r.next(self.c[i].core.bitmap(), self.now) {
             ResyncStep::Chunk { offset, len } => {
                 let blk = offset / BLOCK_BYTES;
@@ -473,7 +536,8 @@ impl Sim {
         c.al.mark_crash_dirty(&mut bm);
         for &e in c.al.extents() {
             let first = e * EXTENT_BYTES / BLOCK_BYTES;
-            self.allowed.extend(first..first + EXTENT_BYTES / BLOCK_BYTES);
+            self.allowed
+                .extend(first..first + EXTENT_BYTES / BLOCK_BYTES);
         }
         c.core = PeerCore::new(ReplicationMode::Sync, 1 << 30, bm, VOLUME);
         c.may_hold = vec![None; BLOCKS as usize];
@@ -619,7 +683,10 @@ impl Sim {
             }
         }
         assert!(self.link, "the copies did not reconnect");
-        assert_eq!(self.c[0].data, self.c[1].data, "copies differ after settling");
+        assert_eq!(
+            self.c[0].data, self.c[1].data,
+            "copies differ after settling"
+        );
     }
 }
 
@@ -645,5 +712,8 @@ fn a_thousand_seeds_of_faults_never_lose_acknowledged_writes() {
             panic!("seed {seed}: {:?}", e.downcast_ref::<String>());
         }
     }
-    assert!(resyncs > 1000, "the simulation hardly resynced ({resyncs} steps)");
+    assert!(
+        resyncs > 1000,
+        "the simulation hardly resynced ({resyncs} steps)"
+    );
 }

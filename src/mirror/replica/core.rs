@@ -593,7 +593,14 @@ mod tests {
         assert_eq!(p.ack(9), Err(CoreError::AckFromFuture(9)));
         assert!(p.bitmap().is_clean());
         // Applied but not flushed on the peer: marked if the link drops.
-        p.submit(Op::Write { offset: 8192, len: 4096, fua: false }, t(2));
+        p.submit(
+            Op::Write {
+                offset: 8192,
+                len: 4096,
+                fua: false,
+            },
+            t(2),
+        );
         p.ack(3).unwrap();
         assert_eq!(p.undurable_ops(), 1);
         p.link_down();

@@ -1734,14 +1734,6 @@ impl Mirror {
             }
             if primary && was_up {
                 st.gens.diverge(&[peer], random_generation());
-                if !clean {
-                    // The peer may have lost acknowledged writes it had not flushed yet
-                    // (a power loss): everything in the activity log may differ there.
-                    let al = st.al.clone();
-                    if let Some(p) = st.peers.get_mut(peer) {
-                        al.mark_crash_dirty(p.core.bitmap_mut());
-                    }
-                }
             }
             for w in waiters {
                 let _ = w.send(PeerOutcome::Lost);
