@@ -15,7 +15,6 @@ use tandem::event::{EventKind, EventLog};
 use tandem::mirror::generation::{DiskState, SplitBrainPolicy};
 use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
 use tandem::mirror::Export;
-use tandem::mirror::ExportError;
 
 const MIB: u64 = 1 << 20;
 const KEY: &[u8] = b"cluster key for the mirror tests";
