@@ -36,6 +36,8 @@ fn runtime() -> tokio::runtime::Runtime {
 struct Proxy {
     addr: SocketAddr,
     bytes: Arc<AtomicU64>,
+    /// While set, nothing is forwarded (a congested or stalled link).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -48,12 +50,15 @@ impl Proxy {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let counter = Arc::clone(&bytes);
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = Arc::clone(&stalled);
         rt.spawn(async move {
             loop {
                 let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 let counter = Arc::clone(&counter);
+                let stall = Arc::clone(&stall);
                 tokio::spawn(async move {
                     let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
                         return;
@@ -63,8 +68,10 @@ impl Proxy {
                     let (mut ri, mut wi) = inbound.into_split();
                     let (mut ro, mut wo) = outbound.into_split();
                     let c1 = Arc::clone(&counter);
-                    let a = tokio::spawn(async move { pump(&mut ri, &mut wo, &c1).await });
-                    let b = tokio::spawn(async move { pump(&mut ro, &mut wi, &counter).await });
+                    let s1 = Arc::clone(&stall);
+                    let a = tokio::spawn(async move { pump(&mut ri, &mut wo, &c1, &s1).await });
+                    let b =
+                        tokio::spawn(async move { pump(&mut ro, &mut wi, &counter, &stall).await });
                     let _ = tokio::join!(a, b);
                 });
             }
@@ -72,6 +79,7 @@ impl Proxy {
         Proxy {
             addr,
             bytes,
+            stalled,
             _rt: rt,
         }
     }
@@ -79,16 +87,24 @@ impl Proxy {
     fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::SeqCst)
     }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
+    }
 }
 
 async fn pump(
     r: &mut tokio::net::tcp::OwnedReadHalf,
     w: &mut tokio::net::tcp::OwnedWriteHalf,
     counter: &AtomicU64,
+    stalled: &std::sync::atomic::AtomicBool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 256 * 1024];
     loop {
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         match r.read(&mut buf).await {
             Ok(0) | Err(_) => {
                 let _ = w.shutdown().await;
@@ -646,20 +662,43 @@ fn verify_finds_a_corrupted_block_on_the_peer_and_repairs_it() {
 fn async_peers_lag_and_overflow_into_the_bitmap() {
     let mut c = Cluster::new(&["a", "b"], 64 * MIB);
     c.mode = ReplicationMode::Async;
-    c.queue_bytes = MIB;
+    c.queue_bytes = 4 * MIB;
+    let proxy = c.proxy("a", "b");
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
     a.on(a.m.promote()).unwrap();
-    // The peer stops answering: its link is paused on its side by a stopped runtime.
     let status = a.peer("b");
     assert_eq!(status.mode, ReplicationMode::Async);
     assert_eq!(status.lag_budget_seconds, Some(5.0));
-    // Writes complete locally; a burst larger than the queue overflows to the bitmap or
-    // is acked later, and the lag drains to zero.
-    for i in 0..64u64 {
+    // A stalled link: writes complete locally and queue up as lag.
+    proxy.stall(true);
+    let start = Instant::now();
+    for i in 0..8u64 {
         a.write(i * 256 * 1024, pattern(i, 256 * 1024));
     }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "async writes waited for the peer"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let p = a.peer("b");
+    assert_eq!(p.lag_bytes, 2 * MIB);
+    assert!(p.lag_seconds >= 0.3, "lag {}", p.lag_seconds);
+    assert_eq!(p.out_of_sync_bytes, 0);
+    // Past the 4 MiB queue, writes go to the bitmap instead.
+    for i in 0..4u64 {
+        a.write(8 * MIB + i * MIB, pattern(100 + i, MIB as usize));
+    }
+    let p = a.peer("b");
+    assert!(p.lag_bytes <= 4 * MIB, "lag {}", p.lag_bytes);
+    assert!(
+        p.out_of_sync_bytes >= 2 * MIB,
+        "oos {}",
+        p.out_of_sync_bytes
+    );
+    // The link recovers: the queue drains and the bitmap is resynced.
+    proxy.stall(false);
     wait_until("lag drained", Duration::from_secs(20), || {
         let p = a.peer("b");
         p.lag_bytes == 0 && p.lag_seconds == 0.0
@@ -669,6 +708,34 @@ fn async_peers_lag_and_overflow_into_the_bitmap() {
     a.stop();
     b.stop();
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn two_primaries_apart_are_a_split_brain_and_stay_apart() {
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    wait_until("b sees the link down", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    b.on(b.m.promote()).unwrap();
+    a.write(0, pattern(1, 4096));
+    b.write(MIB, pattern(2, 4096));
+    a.on(a.m.connect(Some("b"))).unwrap();
+    wait_until("split brain on both sides", Duration::from_secs(10), || {
+        a.peer_connection("b") == "split_brain" && b.peer_connection("a") == "split_brain"
+    });
+    assert_eq!(a.events(EventKind::MirrorSplitBrain).len(), 1);
+    assert!(a.events(EventKind::ResyncStarted).is_empty());
+    assert!(b.events(EventKind::ResyncStarted).is_empty());
+    // No data moved.
+    assert_eq!(read_file(&c.backing("b"), 0, 4096), vec![0; 4096]);
+    assert_eq!(read_file(&c.backing("a"), MIB, 4096), vec![0; 4096]);
+    a.stop();
+    b.stop();
 }
 
 #[test]

@@ -1604,6 +1604,15 @@ impl Mirror {
                 let _ = w.send(PeerOutcome::Acked);
             }
         }
+        // An async peer caught up with its queue: send what overflowed to the bitmap.
+        if p.core.unacked_ops() == 0
+            && p.resync_source.is_none()
+            && !p.core.bitmap().is_clean()
+            && st.primary
+        {
+            st.ensure_bitmap_base(peer);
+            self.maybe_start_resync(&mut st, peer, false);
+        }
         Ok(())
     }
 
