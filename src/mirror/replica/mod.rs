@@ -9,6 +9,19 @@
 //! Layout: [`core`] holds the pure decisions (sequence numbers, queue accounting, the
 //! resync planner, verify comparison); [`meta`] the durable metadata; [`link`] the
 //! connection tasks; this module the shared state, the write path and the admin API.
+//!
+//! Durability rules (DRBD terms in brackets): the activity log is persisted before a
+//! write to a cold 4 MiB extent, and an extent leaves it only after a local fdatasync
+//! and a Flush acknowledged by the sync peers, so a crashed primary resyncs at most the
+//! log's extents. Writes a peer applied but has not flushed yet stay in a per-peer list
+//! [transfer log] until a Flush or FUA write covers them (a barrier goes out every
+//! 500 ms); if the link drops first they are marked in that peer's bitmap, together
+//! with everything unacknowledged.
+//!
+//! A brand-new mirror (no metadata on either side, generation 0) assumes both backing
+//! stores start identical (new sparse files, or zeroed devices), like DRBD's
+//! `new-current-uuid --clear-bitmap`; a fresh copy joining a mirror that already has
+//! data gets a full resync (which skips unused space).
 
 pub mod core;
 pub mod link;
@@ -1694,7 +1707,7 @@ impl Mirror {
     /// The link ended. Marks what the peer may lack, freezes writes (fencing) if a
     /// sync peer was lost unexpectedly, and mints a generation for it if primary.
     pub(crate) fn on_link_down(&self, peer: &str, session: u64, reason: &str, clean: bool) {
-        let mut target_failed = false;
+        let mut resync_failed = false;
         {
             let mut st = self.lock();
             let primary = st.primary;
@@ -1707,10 +1720,11 @@ impl Mirror {
             let waiting = p.core.link_down();
             if let Some(mut r) = p.resync_source.take() {
                 r.abort(p.core.bitmap_mut());
+                resync_failed = true;
             }
             p.resync_end_sent = false;
             if p.resync_target.take().is_some() {
-                target_failed = true;
+                resync_failed = true;
             }
             if p.verify.take().is_some() {
                 if let Some(v) = &mut p.verify_status {
@@ -1761,7 +1775,7 @@ impl Mirror {
         }
         // Connected copies learn the new generation.
         self.broadcast_state();
-        if target_failed {
+        if resync_failed {
             self.emit(
                 EventKind::ResyncFailed,
                 &[("peer", peer.to_string()), ("reason", reason.to_string())],
