@@ -127,6 +127,7 @@ struct Sim {
     allowed: BTreeSet<u64>,
     apart: bool,
     split_brain: bool,
+    trace: bool,
 }
 
 impl Sim {
@@ -143,6 +144,7 @@ impl Sim {
             allowed: BTreeSet::new(),
             apart: false,
             split_brain: false,
+            trace: std::env::var("SIM_TRACE").is_ok(),
         };
         s.c[0].gens.current = 1;
         s.c[1].gens.current = 1;
@@ -593,19 +595,18 @@ impl Sim {
     fn step(&mut self) {
         self.now += Duration::from_millis(1);
         let roll = self.rng.gen_range(0..100);
-        if std::env::var("SIM_TRACE").is_ok() && !(37..=71).contains(&roll) && roll < 91 {
+        // SIM_TRACE=1 SIM_SEED=n: the state before each fault-type step.
+        if self.trace && !(37..=71).contains(&roll) && roll < 91 {
             eprintln!(
-                "roll {roll} link {} prim {:?} dirty {:?} disk {:?} gens {:?} {:?} allowed3716 {} d1034 {} {} dur {} {} q {} {} resync {} {}",
+                "roll {roll} link {} primary {:?} disk {:?} generations {:?} {:?} dirty {:?} queued {:?} resync {:?}",
                 self.link,
                 [self.c[0].primary, self.c[1].primary],
-                [self.c[0].core.bitmap().is_dirty(3716), self.c[1].core.bitmap().is_dirty(3716)],
                 [self.c[0].disk, self.c[1].disk],
-                self.c[0].gens, self.c[1].gens,
-                self.allowed.contains(&3716), self.c[0].data[2341], self.c[1].data[2341], self.c[0].durable[2341], self.c[1].durable[2341],
-                self.q[0].len(),
-                self.q[1].len(),
-                self.c[0].resync.is_some(),
-                self.c[1].resync.is_some()
+                self.c[0].gens,
+                self.c[1].gens,
+                [self.c[0].core.bitmap().dirty_blocks(), self.c[1].core.bitmap().dirty_blocks()],
+                [self.q[0].len(), self.q[1].len()],
+                [self.c[0].resync.is_some(), self.c[1].resync.is_some()],
             );
         }
         match roll {
