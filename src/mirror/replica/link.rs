@@ -38,6 +38,8 @@ pub enum LinkError {
     Meta(String),
 }
 
+/// Replicated writes the secondary applies at once (non-overlapping, in one batch).
+const APPLY_BATCH: usize = 16;
 /// Resync frames the target applies before it syncs and acknowledges them.
 const RESYNC_ACK_BATCH: u64 = 8 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -426,7 +428,15 @@ async fn apply_frames(
     let mut need_sync = false;
     let mut resync_acks: Vec<(u64, u32)> = Vec::new();
     let mut resync_pending_bytes = 0u64;
-    while let Some(frame) = rx.recv().await {
+    let mut carry: Option<Frame> = None;
+    loop {
+        let frame = match carry.take() {
+            Some(f) => f,
+            None => match rx.recv().await {
+                Some(f) => f,
+                None => break,
+            },
+        };
         let mut seq_of = None;
         let result: Result<(), ExportError> = match frame {
             Frame::Write {
@@ -435,9 +445,41 @@ async fn apply_frames(
                 fua,
                 data,
             } => {
-                seq_of = Some(seq);
-                need_sync |= fua;
-                m.volume.write(offset, data, false).await
+                // Apply a run of non-overlapping writes at once (the primary had them
+                // in flight together); anything else waits until they are done.
+                let mut batch = vec![(seq, offset, fua, data)];
+                while batch.len() < APPLY_BATCH {
+                    match rx.try_recv() {
+                        Ok(Frame::Write {
+                            seq,
+                            offset,
+                            fua,
+                            data,
+                        }) if !batch.iter().any(|(_, o, _, d)| {
+                            offset < o + d.len() as u64 && *o < offset + data.len() as u64
+                        }) =>
+                        {
+                            batch.push((seq, offset, fua, data))
+                        }
+                        Ok(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut last = seq;
+                let writes = batch.into_iter().map(|(seq, offset, fua, data)| {
+                    last = seq;
+                    need_sync |= fua;
+                    m.volume.write(offset, data, false)
+                });
+                let results = futures::future::join_all(writes).await;
+                seq_of = Some(last);
+                results
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()
+                    .map(drop)
             }
             Frame::Trim { seq, offset, len } => {
                 seq_of = Some(seq);
@@ -505,7 +547,7 @@ async fn apply_frames(
         if let Some(seq) = seq_of {
             applied_seq = seq;
         }
-        if rx.is_empty() || resync_pending_bytes >= RESYNC_ACK_BATCH {
+        if (rx.is_empty() && carry.is_none()) || resync_pending_bytes >= RESYNC_ACK_BATCH {
             if need_sync || !resync_acks.is_empty() {
                 m.volume.flush().await?;
                 need_sync = false;
