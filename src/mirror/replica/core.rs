@@ -1,0 +1,715 @@
+//! The sans-IO core of the replication: per-peer sequence numbers, in-flight tracking,
+//! sync completion, async queue accounting and lag, dirty-bitmap marking when a peer
+//! cannot take a write, the resync planner (window, token bucket, EWMA rate) and the
+//! verify comparison. Time is an input (`now`, time since an arbitrary origin); nothing
+//! here touches a socket or a disk. The tokio tasks in `link` and `mod` carry out what
+//! these types decide.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use crate::config::ReplicationMode;
+use crate::mirror::bitmap::{DirtyBitmap, BLOCK_BYTES};
+
+/// Largest resync or verify chunk (also the wire's payload limit).
+pub const CHUNK_BYTES: u64 = 1 << 20;
+/// Resync bytes (range lengths) that may be unacknowledged at once.
+pub const RESYNC_WINDOW_BYTES: u64 = 32 << 20;
+/// Verify requests that may be outstanding at once.
+pub const VERIFY_WINDOW: usize = 8;
+
+/// Errors of the pure core.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CoreError {
+    #[error("acknowledgement for seq {0}, which was never sent")]
+    AckFromFuture(u64),
+    #[error("resync acknowledgement for a range that is not in flight: {offset}+{len}")]
+    UnknownResyncAck { offset: u64, len: u64 },
+}
+
+/// A client operation the primary replicates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Write { offset: u64, len: u64, fua: bool },
+    Trim { offset: u64, len: u64 },
+    Zeroes { offset: u64, len: u64 },
+    Flush,
+}
+
+impl Op {
+    fn range(&self) -> Option<(u64, u64)> {
+        match *self {
+            Op::Write { offset, len, .. }
+            | Op::Trim { offset, len }
+            | Op::Zeroes { offset, len } => Some((offset, len)),
+            Op::Flush => None,
+        }
+    }
+    fn payload(&self) -> u64 {
+        match *self {
+            Op::Write { len, .. } => len,
+            _ => 0,
+        }
+    }
+}
+
+/// Where one operation goes for one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Send it with this sequence number; with `wait`, the client's request completes
+    /// only after the peer's Ack for it.
+    Send { seq: u64, wait: bool },
+    /// The peer cannot take it now (down, paused, queue full): its blocks are marked in
+    /// the peer's bitmap and the client does not wait for the peer.
+    Tracked,
+}
+
+#[derive(Debug, Clone)]
+struct Unacked {
+    seq: u64,
+    range: Option<(u64, u64)>,
+    payload: u64,
+    sent_at: Duration,
+    wait: bool,
+    /// A flush or FUA write: once acked, everything up to it is durable on the peer.
+    durable_point: bool,
+}
+
+/// The replication state of this copy towards one peer.
+#[derive(Debug, Clone)]
+pub struct PeerCore {
+    mode: ReplicationMode,
+    queue_limit: u64,
+    up: bool,
+    paused: bool,
+    next_seq: u64,
+    unacked: VecDeque<Unacked>,
+    unacked_payload: u64,
+    /// Acked (applied) but not yet known durable on the peer: a power loss there could
+    /// lose them, so they are marked if the link drops before a flush covers them
+    /// (DRBD's transfer log).
+    undurable: VecDeque<(u64, u64)>,
+    bitmap: DirtyBitmap,
+    bitmap_changed: bool,
+    volume_bytes: u64,
+}
+
+impl PeerCore {
+    /// A peer that is not connected yet, with the bitmap read back from the metadata.
+    pub fn new(
+        mode: ReplicationMode,
+        queue_limit: u64,
+        bitmap: DirtyBitmap,
+        volume_bytes: u64,
+    ) -> PeerCore {
+        PeerCore {
+            mode,
+            queue_limit: queue_limit.max(1),
+            up: false,
+            paused: false,
+            next_seq: 1,
+            unacked: VecDeque::new(),
+            unacked_payload: 0,
+            undurable: VecDeque::new(),
+            bitmap,
+            bitmap_changed: false,
+            volume_bytes,
+        }
+    }
+
+    pub fn mode(&self) -> ReplicationMode {
+        self.mode
+    }
+
+    /// The link is up and the peer takes replicated writes from now on.
+    pub fn link_up(&mut self) {
+        self.up = true;
+    }
+
+    /// True while writes are sent to the peer.
+    pub fn replicating(&self) -> bool {
+        self.up && !self.paused
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pauses or resumes replication (writes go to the bitmap while paused).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Decides where `op` goes. Marks the bitmap when the peer cannot take it.
+    pub fn submit(&mut self, op: Op, now: Duration) -> Route {
+        if !self.replicating() {
+            self.mark(op);
+            return Route::Tracked;
+        }
+        let payload = op.payload();
+        let wait = self.mode == ReplicationMode::Sync;
+        if !wait && self.unacked_payload + payload > self.queue_limit {
+            self.mark(op);
+            return Route::Tracked;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.unacked.push_back(Unacked {
+            seq,
+            range: op.range(),
+            payload,
+            sent_at: now,
+            wait,
+            durable_point: matches!(op, Op::Flush | Op::Write { fua: true, .. }),
+        });
+        self.unacked_payload += payload;
+        Route::Send { seq, wait }
+    }
+
+    fn mark(&mut self, op: Op) {
+        if let Some((offset, len)) = op.range() {
+            self.mark_range(offset, len);
+        }
+    }
+
+    /// Marks a byte range out of sync on the peer.
+    pub fn mark_range(&mut self, offset: u64, len: u64) {
+        if len > 0 && self.bitmap.mark(offset, len) > 0 {
+            self.bitmap_changed = true;
+        }
+    }
+
+    /// A cumulative Ack: every operation up to `seq` is applied on the peer. Returns the
+    /// sequence numbers that a client was waiting for.
+    pub fn ack(&mut self, seq: u64) -> Result<Vec<u64>, CoreError> {
+        if seq >= self.next_seq {
+            return Err(CoreError::AckFromFuture(seq));
+        }
+        let mut done = Vec::new();
+        while self.unacked.front().is_some_and(|u| u.seq <= seq) {
+            if let Some(u) = self.unacked.pop_front() {
+                self.unacked_payload -= u.payload;
+                if u.wait {
+                    done.push(u.seq);
+                }
+                if u.durable_point {
+                    self.undurable.clear();
+                } else if let Some(r) = u.range {
+                    self.undurable.push_back(r);
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// The link went down: every unacknowledged operation may be missing on the peer,
+    /// so its blocks are marked. Returns the sequence numbers clients were waiting for.
+    pub fn link_down(&mut self) -> Vec<u64> {
+        self.up = false;
+        while let Some((offset, len)) = self.undurable.pop_front() {
+            self.mark_range(offset, len);
+        }
+        let mut waiting = Vec::new();
+        while let Some(u) = self.unacked.pop_front() {
+            if let Some((offset, len)) = u.range {
+                self.mark_range(offset, len);
+            }
+            if u.wait {
+                waiting.push(u.seq);
+            }
+        }
+        self.unacked_payload = 0;
+        waiting
+    }
+
+    /// Makes the client wait for `seq` too (a demote drains async peers).
+    pub fn require_wait(&mut self, seq: u64) {
+        if let Some(u) = self.unacked.iter_mut().find(|u| u.seq == seq) {
+            u.wait = true;
+        }
+    }
+
+    /// Async: payload bytes written locally and not yet acknowledged.
+    pub fn lag_bytes(&self) -> u64 {
+        self.unacked_payload
+    }
+
+    /// Async: age of the oldest unacknowledged operation.
+    pub fn lag(&self, now: Duration) -> Duration {
+        self.unacked
+            .front()
+            .map(|u| now.saturating_sub(u.sent_at))
+            .unwrap_or_default()
+    }
+
+    /// Acked operations not yet covered by a flush on the peer (a periodic Flush
+    /// bounds them).
+    pub fn undurable_ops(&self) -> usize {
+        self.undurable.len()
+    }
+
+    pub fn unacked_ops(&self) -> usize {
+        self.unacked.len()
+    }
+
+    pub fn bitmap(&self) -> &DirtyBitmap {
+        &self.bitmap
+    }
+
+    pub fn bitmap_mut(&mut self) -> &mut DirtyBitmap {
+        self.bitmap_changed = true;
+        &mut self.bitmap
+    }
+
+    /// Bytes the peer is known to lack.
+    pub fn out_of_sync_bytes(&self) -> u64 {
+        self.bitmap.dirty_bytes(self.volume_bytes)
+    }
+
+    /// Whether the bitmap changed since the last [`PeerCore::take_changed`].
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.bitmap_changed)
+    }
+}
+
+/// A token bucket for the resync rate cap.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Duration,
+}
+
+impl TokenBucket {
+    pub fn new(bytes_per_second: u64, now: Duration) -> TokenBucket {
+        let rate = bytes_per_second.max(1) as f64;
+        let burst = (rate / 10.0).max(CHUNK_BYTES as f64);
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Duration) {
+        let dt = now.saturating_sub(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+    }
+
+    /// Takes `n` tokens, or says how long to wait until they are there.
+    pub fn take(&mut self, n: u64, now: Duration) -> Result<(), Duration> {
+        self.refill(now);
+        let n = n as f64;
+        if self.tokens >= n.min(self.burst) {
+            self.tokens -= n;
+            Ok(())
+        } else {
+            let missing = n.min(self.burst) - self.tokens;
+            Err(Duration::from_secs_f64(missing / self.rate))
+        }
+    }
+}
+
+/// What the resync source does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncStep {
+    /// Read and send `[offset, offset + len)` (whole blocks, at most 1 MiB, dirty).
+    Chunk { offset: u64, len: u64 },
+    /// The window is full: wait for a ResyncAck.
+    WaitAck,
+    /// The rate cap: wait this long.
+    WaitRate(Duration),
+    /// Nothing dirty is left and nothing is in flight: send ResyncEnd.
+    End,
+    /// Nothing dirty is left but acks are outstanding.
+    Drain,
+}
+
+/// A running resync on the source side.
+#[derive(Debug, Clone)]
+pub struct ResyncSource {
+    pub full: bool,
+    pub total_bytes: u64,
+    pub done_bytes: u64,
+    pub started: Duration,
+    volume_bytes: u64,
+    cursor: u64,
+    wrapped: bool,
+    in_flight: VecDeque<(u64, u64)>,
+    in_flight_bytes: u64,
+    bucket: Option<TokenBucket>,
+    rate: f64,
+    rate_sample_start: Duration,
+    rate_sample_bytes: u64,
+}
+
+impl ResyncSource {
+    /// Plans a resync of the blocks dirty in `bitmap` (mark everything first for a full
+    /// one).
+    pub fn new(
+        full: bool,
+        bitmap: &DirtyBitmap,
+        volume_bytes: u64,
+        rate_limit: Option<u64>,
+        now: Duration,
+    ) -> ResyncSource {
+        ResyncSource {
+            full,
+            total_bytes: bitmap.dirty_bytes(volume_bytes),
+            done_bytes: 0,
+            started: now,
+            volume_bytes,
+            cursor: 0,
+            wrapped: false,
+            in_flight: VecDeque::new(),
+            in_flight_bytes: 0,
+            bucket: rate_limit.map(|r| TokenBucket::new(r, now)),
+            rate: 0.0,
+            rate_sample_start: now,
+            rate_sample_bytes: 0,
+        }
+    }
+
+    /// The next step, given the peer's bitmap.
+    pub fn next(&mut self, bitmap: &DirtyBitmap, now: Duration) -> ResyncStep {
+        if self.in_flight_bytes >= RESYNC_WINDOW_BYTES {
+            return ResyncStep::WaitAck;
+        }
+        let max_blocks = CHUNK_BYTES / BLOCK_BYTES;
+        let run = match bitmap.next_dirty_run(self.cursor, max_blocks) {
+            Some(r) => Some(r),
+            None if !self.wrapped || self.cursor > 0 => {
+                self.wrapped = true;
+                self.cursor = 0;
+                bitmap.next_dirty_run(0, max_blocks)
+            }
+            None => None,
+        };
+        let Some((first, count)) = run else {
+            return if self.in_flight.is_empty() {
+                ResyncStep::End
+            } else {
+                ResyncStep::Drain
+            };
+        };
+        let offset = first * BLOCK_BYTES;
+        let len = (count * BLOCK_BYTES).min(self.volume_bytes - offset);
+        if let Some(bucket) = &mut self.bucket {
+            if let Err(wait) = bucket.take(len, now) {
+                return ResyncStep::WaitRate(wait);
+            }
+        }
+        ResyncStep::Chunk { offset, len }
+    }
+
+    /// The chunk went out: its blocks are clear in the bitmap from now on (a later
+    /// write marks them again) and it is in flight until acked.
+    pub fn sent(&mut self, offset: u64, len: u64, bitmap: &mut DirtyBitmap) {
+        let first = offset / BLOCK_BYTES;
+        let end = (offset + len).div_ceil(BLOCK_BYTES);
+        bitmap.clear_blocks(first, end);
+        self.cursor = end;
+        self.in_flight.push_back((offset, len));
+        self.in_flight_bytes += len;
+    }
+
+    /// The target applied (and made durable) a chunk.
+    pub fn acked(&mut self, offset: u64, len: u64, now: Duration) -> Result<(), CoreError> {
+        let Some(i) = self.in_flight.iter().position(|&r| r == (offset, len)) else {
+            return Err(CoreError::UnknownResyncAck { offset, len });
+        };
+        self.in_flight.remove(i);
+        self.in_flight_bytes -= len;
+        self.done_bytes += len;
+        self.rate_sample_bytes += len;
+        let dt = now.saturating_sub(self.rate_sample_start).as_secs_f64();
+        if dt >= 0.2 {
+            let sample = self.rate_sample_bytes as f64 / dt;
+            self.rate = if self.rate == 0.0 {
+                sample
+            } else {
+                0.7 * self.rate + 0.3 * sample
+            };
+            self.rate_sample_start = now;
+            self.rate_sample_bytes = 0;
+        }
+        Ok(())
+    }
+
+    /// The link dropped: what was in flight may be missing on the target.
+    pub fn abort(&mut self, bitmap: &mut DirtyBitmap) {
+        for (offset, len) in self.in_flight.drain(..) {
+            bitmap.mark(offset, len);
+        }
+        self.in_flight_bytes = 0;
+    }
+
+    /// Ranges sent and not yet acknowledged (persisted with the bitmap as dirty).
+    pub fn in_flight(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.in_flight.iter()
+    }
+
+    /// Bytes per second (EWMA), falling back to the average so far.
+    pub fn bytes_per_second(&self, now: Duration) -> f64 {
+        if self.rate > 0.0 {
+            return self.rate;
+        }
+        let dt = now.saturating_sub(self.started).as_secs_f64();
+        if dt > 0.0 {
+            self.done_bytes as f64 / dt
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds to go at the current rate.
+    pub fn eta_seconds(&self, now: Duration) -> Option<f64> {
+        let rate = self.bytes_per_second(now);
+        (rate > 0.0).then(|| self.total_bytes.saturating_sub(self.done_bytes) as f64 / rate)
+    }
+}
+
+/// A running online verify on the source side.
+#[derive(Debug, Clone)]
+pub struct VerifyRun {
+    pub total_bytes: u64,
+    pub checked_bytes: u64,
+    pub out_of_sync_bytes: u64,
+    cursor: u64,
+    outstanding: usize,
+}
+
+impl VerifyRun {
+    pub fn new(volume_bytes: u64) -> VerifyRun {
+        VerifyRun {
+            total_bytes: volume_bytes,
+            checked_bytes: 0,
+            out_of_sync_bytes: 0,
+            cursor: 0,
+            outstanding: 0,
+        }
+    }
+
+    /// The next range to request, if the window allows.
+    pub fn next_request(&mut self) -> Option<(u64, u64)> {
+        if self.outstanding >= VERIFY_WINDOW || self.cursor >= self.total_bytes {
+            return None;
+        }
+        let len = CHUNK_BYTES.min(self.total_bytes - self.cursor);
+        let offset = self.cursor;
+        self.cursor += len;
+        self.outstanding += 1;
+        Some((offset, len))
+    }
+
+    /// Compares the peer's digests with ours for the range at `offset`; returns the
+    /// differing byte ranges (whole blocks) to mark.
+    pub fn answered(
+        &mut self,
+        offset: u64,
+        local: &[[u8; 32]],
+        remote: &[[u8; 32]],
+    ) -> Vec<(u64, u64)> {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        let len = (local.len() as u64 * BLOCK_BYTES).min(self.total_bytes.saturating_sub(offset));
+        self.checked_bytes += len;
+        let differing = differing_blocks(local, remote);
+        let mut out = Vec::new();
+        for i in differing {
+            let o = offset + i as u64 * BLOCK_BYTES;
+            let l = BLOCK_BYTES.min(self.total_bytes - o);
+            self.out_of_sync_bytes += l;
+            out.push((o, l));
+        }
+        out
+    }
+
+    pub fn finished(&self) -> bool {
+        self.cursor >= self.total_bytes && self.outstanding == 0
+    }
+}
+
+/// Indices of the blocks whose digests differ (a missing digest differs).
+pub fn differing_blocks(local: &[[u8; 32]], remote: &[[u8; 32]]) -> Vec<usize> {
+    (0..local.len().max(remote.len()))
+        .filter(|&i| local.get(i) != remote.get(i))
+        .collect()
+}
+
+/// SHA-256 of each 4 KiB block of `data` (a short last block is zero-padded, like a
+/// hole reads).
+pub fn block_digests(data: &[u8]) -> Vec<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    data.chunks(BLOCK_BYTES as usize)
+        .map(|c| {
+            let mut h = Sha256::new();
+            h.update(c);
+            if c.len() < BLOCK_BYTES as usize {
+                h.update(vec![0u8; BLOCK_BYTES as usize - c.len()]);
+            }
+            h.finalize().into()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn t(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn sync_writes_wait_for_the_cumulative_ack() {
+        let mut p = PeerCore::new(
+            ReplicationMode::Sync,
+            MIB,
+            DirtyBitmap::new(16 * MIB),
+            16 * MIB,
+        );
+        p.link_up();
+        let a = p.submit(
+            Op::Write {
+                offset: 0,
+                len: 4096,
+                fua: false,
+            },
+            t(0),
+        );
+        let b = p.submit(Op::Flush, t(1));
+        assert_eq!(a, Route::Send { seq: 1, wait: true });
+        assert_eq!(b, Route::Send { seq: 2, wait: true });
+        assert_eq!(p.ack(2).unwrap(), vec![1, 2]);
+        assert_eq!(p.ack(9), Err(CoreError::AckFromFuture(9)));
+        assert!(p.bitmap().is_clean());
+        // Applied but not flushed on the peer: marked if the link drops.
+        p.submit(
+            Op::Write {
+                offset: 8192,
+                len: 4096,
+                fua: false,
+            },
+            t(2),
+        );
+        p.ack(3).unwrap();
+        assert_eq!(p.undurable_ops(), 1);
+        p.link_down();
+        assert_eq!(p.out_of_sync_bytes(), 4096);
+    }
+
+    #[test]
+    fn async_queue_overflow_and_link_loss_go_to_the_bitmap() {
+        let mut p = PeerCore::new(
+            ReplicationMode::Async,
+            MIB,
+            DirtyBitmap::new(16 * MIB),
+            16 * MIB,
+        );
+        p.link_up();
+        assert!(matches!(
+            p.submit(
+                Op::Write {
+                    offset: 0,
+                    len: MIB,
+                    fua: false
+                },
+                t(0)
+            ),
+            Route::Send { wait: false, .. }
+        ));
+        assert_eq!(p.lag_bytes(), MIB);
+        assert_eq!(p.lag(t(1500)), t(1500));
+        // The queue is full: the next write is tracked.
+        assert_eq!(
+            p.submit(
+                Op::Write {
+                    offset: 2 * MIB,
+                    len: 4096,
+                    fua: false
+                },
+                t(2)
+            ),
+            Route::Tracked
+        );
+        assert_eq!(p.out_of_sync_bytes(), 4096);
+        // The link drops with the first write unacked: it is marked too.
+        assert_eq!(p.undurable_ops(), 0);
+        assert!(p.link_down().is_empty());
+        assert_eq!(p.out_of_sync_bytes(), MIB + 4096);
+        assert_eq!(p.lag_bytes(), 0);
+        assert_eq!(
+            p.submit(
+                Op::Trim {
+                    offset: 8 * MIB,
+                    len: 8192
+                },
+                t(3)
+            ),
+            Route::Tracked
+        );
+        assert_eq!(p.out_of_sync_bytes(), MIB + 3 * 4096);
+    }
+
+    #[test]
+    fn resync_walks_the_bitmap_in_a_window_and_remarks_on_abort() {
+        let vol = 64 * MIB;
+        let mut bm = DirtyBitmap::new(vol);
+        bm.mark(0, 40 * MIB);
+        let mut r = ResyncSource::new(false, &bm, vol, None, t(0));
+        assert_eq!(r.total_bytes, 40 * MIB);
+        let mut sent = 0;
+        loop {
+            match r.next(&bm, t(0)) {
+                ResyncStep::Chunk { offset, len } => {
+                    assert!(len <= CHUNK_BYTES);
+                    r.sent(offset, len, &mut bm);
+                    sent += 1;
+                }
+                ResyncStep::WaitAck => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(sent, RESYNC_WINDOW_BYTES / CHUNK_BYTES);
+        r.acked(0, CHUNK_BYTES, t(300)).unwrap();
+        assert!(r.acked(0, CHUNK_BYTES, t(300)).is_err());
+        r.abort(&mut bm);
+        assert_eq!(bm.dirty_bytes(vol), 39 * MIB);
+    }
+
+    #[test]
+    fn the_rate_cap_delays_chunks() {
+        let vol = 64 * MIB;
+        let mut bm = DirtyBitmap::new(vol);
+        bm.mark(0, 8 * MIB);
+        let mut r = ResyncSource::new(false, &bm, vol, Some(MIB), t(0));
+        let ResyncStep::Chunk { offset, len } = r.next(&bm, t(0)) else {
+            panic!()
+        };
+        r.sent(offset, len, &mut bm);
+        assert!(matches!(r.next(&bm, t(10)), ResyncStep::WaitRate(_)));
+        assert!(matches!(r.next(&bm, t(1100)), ResyncStep::Chunk { .. }));
+    }
+
+    #[test]
+    fn verify_marks_differing_blocks() {
+        let mut v = VerifyRun::new(8192);
+        assert_eq!(v.next_request(), Some((0, 8192)));
+        assert_eq!(v.next_request(), None);
+        let a = block_digests(&[0u8; 8192]);
+        let mut b = a.clone();
+        b[1][0] ^= 1;
+        assert_eq!(v.answered(0, &a, &b), vec![(4096, 4096)]);
+        assert!(v.finished());
+        assert_eq!(v.out_of_sync_bytes, 4096);
+    }
+}

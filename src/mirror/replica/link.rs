@@ -1,0 +1,863 @@
+//! The connection tasks of a mirror: the listener, one task per peer that dials (the
+//! node with the lexically smaller name dials) or takes accepted connections, and per
+//! session a frame writer, an in-order applier (the secondary/target side) and the
+//! resync/verify driver (the source side). Decisions come from the shared state in the
+//! parent module and its pure core; these tasks only move frames and bytes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::core::{block_digests, ResyncStep, CHUNK_BYTES};
+use super::{Conn, Mirror, TargetRun, Verdict};
+use crate::event::{unix_ms, EventKind};
+use crate::mirror::bitmap::BLOCK_BYTES;
+use crate::mirror::generation::DiskState;
+use crate::mirror::wire::{
+    handshake, Frame, HandshakeParams, LinkReader, LinkWriter, PeerHello, WireError,
+};
+use crate::mirror::{Export, ExportError};
+
+/// Errors of a link session (logged and shown as the disconnect reason).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("timed out")]
+    Timeout,
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("local volume: {0}")]
+    Volume(#[from] ExportError),
+    #[error("metadata: {0}")]
+    Meta(String),
+}
+
+/// Replicated writes the secondary applies at once (non-overlapping, in one batch).
+const APPLY_BATCH: usize = 16;
+/// Resync frames the target applies before it syncs and acknowledges them.
+const RESYNC_ACK_BATCH: u64 = 8 << 20;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+pub(crate) type Reader = LinkReader<OwnedReadHalf>;
+pub(crate) type Writer = LinkWriter<OwnedWriteHalf>;
+
+/// An authenticated connection from a peer, handed from the listener to its task.
+pub(crate) struct Accepted {
+    reader: Reader,
+    writer: Writer,
+    hello: PeerHello,
+}
+
+fn params(m: &Mirror, encrypt: bool) -> HandshakeParams {
+    HandshakeParams {
+        cluster: m.spec.cluster.clone(),
+        mirror: m.spec.name.clone(),
+        local_node: m.spec.local_node.clone(),
+        key: m.spec.key.clone(),
+        encrypt,
+    }
+}
+
+/// Accepts connections, authenticates them and hands them to their peer's task.
+pub(crate) async fn listen(m: Arc<Mirror>, listener: TcpListener) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(BACKOFF_MIN).await;
+                continue;
+            }
+        };
+        let m = Arc::clone(&m);
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let (r, w) = stream.into_split();
+            let p = params(&m, false);
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(r, w, &p, None)).await {
+                Ok(Ok((reader, writer, hello))) => {
+                    let Some(tx) = m.accepted.get(&hello.node) else {
+                        tracing::warn!(peer = %hello.node, %addr, "connection from a node that is not a peer of this mirror");
+                        return;
+                    };
+                    if hello.node.as_str() > m.spec.local_node.as_str() {
+                        tracing::warn!(peer = %hello.node, "peer dialled although this node dials it");
+                        return;
+                    }
+                    let _ = tx
+                        .send(Accepted {
+                            reader,
+                            writer,
+                            hello,
+                        })
+                        .await;
+                }
+                Ok(Err(WireError::AuthFailed)) => {
+                    tracing::warn!(%addr, "replication peer failed authentication (wrong cluster key?)");
+                    for peer in m.peers_at(addr.ip()) {
+                        m.on_auth_failed(&peer);
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(%addr, error = %e, "replication handshake failed"),
+                Err(_) => tracing::warn!(%addr, "replication handshake timed out"),
+            }
+        });
+    }
+}
+
+async fn dial(m: &Mirror, peer: &str) -> Result<Accepted, LinkError> {
+    let spec = m
+        .spec
+        .peers
+        .iter()
+        .find(|p| p.node == peer)
+        .ok_or_else(|| LinkError::Protocol(format!("unknown peer {peer}")))?;
+    let stream = tokio::time::timeout(BACKOFF_MAX, TcpStream::connect(spec.address))
+        .await
+        .map_err(|_| LinkError::Timeout)?
+        .map_err(LinkError::Connect)?;
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let p = params(m, spec.encrypt);
+    let (reader, writer, hello) =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(r, w, &p, Some(peer)))
+            .await
+            .map_err(|_| LinkError::Timeout)??;
+    Ok(Accepted {
+        reader,
+        writer,
+        hello,
+    })
+}
+
+/// Keeps the link to one peer up: dials or waits for it, runs sessions, backs off.
+pub(crate) async fn peer_task(
+    m: Arc<Mirror>,
+    peer: String,
+    mut accepted: mpsc::Receiver<Accepted>,
+) {
+    let dials = m.spec.local_node.as_str() < peer.as_str();
+    let mut shutdown = m.shutdown.subscribe();
+    let mut backoff = BACKOFF_MIN;
+    let mut pending: Option<Accepted> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let (kick, admin_down) = {
+            let st = m.lock();
+            match st.peers.get(&peer) {
+                Some(p) => (Arc::clone(&p.kick), p.admin_down || st.shutting_down),
+                None => return,
+            }
+        };
+        if admin_down {
+            pending = None;
+            tokio::select! {
+                _ = kick.notified() => {}
+                a = accepted.recv() => {
+                    // Refuse: the link stays down.
+                    if let Some(mut a) = a {
+                        let _ = a.writer.send(&Frame::Bye { reason: "disconnected by the administrator".into() }).await;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
+        let link = if let Some(a) = pending.take() {
+            Ok(a)
+        } else if dials {
+            tokio::select! {
+                r = dial(&m, &peer) => r,
+                _ = kick.notified() => continue,
+                _ = shutdown.changed() => return,
+            }
+        } else {
+            tokio::select! {
+                a = accepted.recv() => match a {
+                    Some(a) => Ok(a),
+                    None => return,
+                },
+                _ = kick.notified() => continue,
+                _ = shutdown.changed() => return,
+            }
+        };
+        match link {
+            Ok(a) => {
+                backoff = BACKOFF_MIN;
+                tracing::debug!(encrypted = a.hello.encrypted, "link authenticated");
+                pending = run_session(&m, &peer, a, &mut accepted).await;
+            }
+            Err(e) => {
+                if matches!(e, LinkError::Wire(WireError::AuthFailed)) {
+                    tracing::warn!(error = %e, "peer refused: authentication failed");
+                    m.on_auth_failed(&peer);
+                } else {
+                    tracing::debug!(error = %e, "cannot reach peer");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.changed() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+/// Writes queued frames in order, coalescing bursts into few socket writes.
+async fn write_loop(
+    mut writer: Writer,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+) -> Result<(), WireError> {
+    while let Some(frame) = rx.recv().await {
+        let bye = matches!(frame, Frame::Bye { .. });
+        writer.feed(&frame).await?;
+        if bye {
+            writer.flush().await?;
+            break;
+        }
+        // Batch: flush only once the queue is empty for now.
+        if rx.is_empty() {
+            writer.flush().await?;
+        }
+    }
+    writer.flush().await?;
+    Ok(())
+}
+
+/// One session on an authenticated link; returns a newer connection from the same peer
+/// if one replaced it.
+async fn run_session(
+    m: &Arc<Mirror>,
+    peer: &str,
+    link: Accepted,
+    accepted: &mut mpsc::Receiver<Accepted>,
+) -> Option<Accepted> {
+    let Accepted {
+        mut reader, writer, ..
+    } = link;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut writer_task = tokio::spawn(write_loop(writer, rx));
+    let mut writer_done = false;
+    let mine = {
+        let st = m.lock();
+        m.copy_state(&st, peer)
+    };
+    let _ = tx.send(Frame::State(mine));
+    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Frame::State(s))) if s.node == peer => s,
+        Ok(Ok(Frame::Bye { reason })) => {
+            tracing::info!(%reason, "peer refused the session");
+            writer_task.abort();
+            return None;
+        }
+        other => {
+            tracing::warn!(?other, "expected the peer's State");
+            writer_task.abort();
+            return None;
+        }
+    };
+    let end = Arc::new(Notify::new());
+    let (verdict, session) = m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end));
+    if let Verdict::StayApart {
+        reason,
+        split_brain,
+    } = verdict
+    {
+        let _ = tx.send(Frame::Bye {
+            reason: reason.clone(),
+        });
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+        m.on_stay_apart(peer, &reason, split_brain);
+        return None;
+    }
+    let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+    let (fail_tx, mut fail_rx) = oneshot::channel::<String>();
+    let applier = tokio::spawn(apply_loop(
+        Arc::clone(m),
+        peer.to_string(),
+        session,
+        apply_rx,
+        tx.clone(),
+        fail_tx,
+    ));
+    let driver = tokio::spawn(drive_loop(
+        Arc::clone(m),
+        peer.to_string(),
+        session,
+        tx.clone(),
+    ));
+    let mut next = None;
+    let mut shutdown = m.shutdown.subscribe();
+    let (reason, clean) = loop {
+        tokio::select! {
+            f = reader.recv() => match f {
+                Ok(Frame::Bye { reason }) => break (format!("peer closed the link: {reason}"), true),
+                Ok(frame) => {
+                    if let Err(e) = dispatch(m, peer, session, frame, &apply_tx, &tx) {
+                        let _ = tx.send(Frame::Bye { reason: e.clone() });
+                        break (e, false);
+                    }
+                }
+                Err(WireError::Closed) => break ("the peer closed the connection".into(), false),
+                Err(e) => break (e.to_string(), false),
+            },
+            _ = end.notified() => {
+                let reason = if m.lock().shutting_down { "shutdown" } else { "disconnected by the administrator" };
+                let _ = tx.send(Frame::Bye { reason: reason.into() });
+                break (reason.to_string(), true);
+            }
+            r = &mut fail_rx => {
+                let reason = r.unwrap_or_else(|_| "applier stopped".into());
+                let _ = tx.send(Frame::Bye { reason: reason.clone() });
+                break (reason, false);
+            }
+            a = accepted.recv() => {
+                next = a;
+                break ("replaced by a new connection from the peer".into(), false);
+            }
+            w = &mut writer_task => {
+                writer_done = true;
+                break (match w {
+                    Ok(Err(e)) => format!("sending: {e}"),
+                    _ => "the frame writer stopped".into(),
+                }, false);
+            }
+            _ = shutdown.changed() => break ("shutdown".into(), true),
+        }
+    };
+    tracing::info!(%reason, "link down");
+    applier.abort();
+    driver.abort();
+    m.on_link_down(peer, session, &reason, clean);
+    drop(tx);
+    drop(apply_tx);
+    if !writer_done {
+        let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+    }
+    next
+}
+
+/// Handles one received frame on the session's reader.
+fn dispatch(
+    m: &Arc<Mirror>,
+    peer: &str,
+    session: u64,
+    frame: Frame,
+    apply_tx: &mpsc::UnboundedSender<Frame>,
+    tx: &mpsc::UnboundedSender<Frame>,
+) -> Result<(), String> {
+    match frame {
+        Frame::State(s) => m.on_state_update(peer, session, &s),
+        Frame::Ack { seq } => m.on_ack(peer, session, seq),
+        Frame::Nack { seq, errno } => Err(format!("peer failed operation {seq} (errno {errno})")),
+        f @ (Frame::Write { .. }
+        | Frame::Trim { .. }
+        | Frame::Zeroes { .. }
+        | Frame::Flush { .. }) => {
+            let st = m.lock();
+            let from_primary = st.peers.get(peer).is_some_and(|p| p.peer_primary);
+            if st.primary || !from_primary {
+                return Err("replicated write from a peer that is not primary".into());
+            }
+            drop(st);
+            apply_tx.send(f).map_err(|_| "applier stopped".to_string())
+        }
+        f @ (Frame::ResyncBegin { .. }
+        | Frame::ResyncData { .. }
+        | Frame::ResyncZero { .. }
+        | Frame::ResyncEnd { .. }) => {
+            if m.lock().primary {
+                return Err("a primary cannot be a resync target".into());
+            }
+            apply_tx.send(f).map_err(|_| "applier stopped".to_string())
+        }
+        f @ Frame::VerifyRequest { .. } => {
+            apply_tx.send(f).map_err(|_| "applier stopped".to_string())
+        }
+        Frame::ResyncAck { offset, len } => m.on_resync_ack(peer, session, offset, u64::from(len)),
+        Frame::VerifyDigests { offset, digests } => {
+            let m = Arc::clone(m);
+            let peer = peer.to_string();
+            tokio::spawn(async move { m.on_verify_digests(&peer, session, offset, digests).await });
+            Ok(())
+        }
+        Frame::Ping { nonce } => tx
+            .send(Frame::Pong { nonce })
+            .map_err(|_| "writer stopped".to_string()),
+        Frame::Pong { .. } => Ok(()),
+        Frame::Bye { .. } => Ok(()),
+    }
+}
+
+/// Applies the peer's operations in order and acknowledges them (cumulatively, after an
+/// fdatasync when a FUA write, a flush or resync data is among them).
+async fn apply_loop(
+    m: Arc<Mirror>,
+    peer: String,
+    session: u64,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    tx: mpsc::UnboundedSender<Frame>,
+    fail: oneshot::Sender<String>,
+) {
+    if let Err(e) = apply_frames(&m, &peer, session, &mut rx, &tx).await {
+        let _ = fail.send(e.to_string());
+    }
+}
+
+async fn apply_frames(
+    m: &Arc<Mirror>,
+    peer: &str,
+    session: u64,
+    rx: &mut mpsc::UnboundedReceiver<Frame>,
+    tx: &mpsc::UnboundedSender<Frame>,
+) -> Result<(), LinkError> {
+    let mut applied_seq = 0u64;
+    let mut acked_seq = 0u64;
+    let mut need_sync = false;
+    let mut resync_acks: Vec<(u64, u32)> = Vec::new();
+    let mut resync_pending_bytes = 0u64;
+    let mut carry: Option<Frame> = None;
+    loop {
+        let frame = match carry.take() {
+            Some(f) => f,
+            None => match rx.recv().await {
+                Some(f) => f,
+                None => break,
+            },
+        };
+        let mut seq_of = None;
+        let result: Result<(), ExportError> = match frame {
+            Frame::Write {
+                seq,
+                offset,
+                fua,
+                data,
+            } => {
+                // Apply a run of non-overlapping writes at once (the primary had them
+                // in flight together); anything else waits until they are done.
+                let mut batch = vec![(seq, offset, fua, data)];
+                while batch.len() < APPLY_BATCH {
+                    match rx.try_recv() {
+                        Ok(Frame::Write {
+                            seq,
+                            offset,
+                            fua,
+                            data,
+                        }) if !batch.iter().any(|(_, o, _, d)| {
+                            offset < o + d.len() as u64 && *o < offset + data.len() as u64
+                        }) =>
+                        {
+                            batch.push((seq, offset, fua, data))
+                        }
+                        Ok(other) => {
+                            carry = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let mut last = seq;
+                let writes = batch.into_iter().map(|(seq, offset, fua, data)| {
+                    last = seq;
+                    need_sync |= fua;
+                    m.volume.write(offset, data, false)
+                });
+                let results = futures::future::join_all(writes).await;
+                seq_of = Some(last);
+                results
+                    .into_iter()
+                    .collect::<Result<Vec<()>, _>>()
+                    .map(drop)
+            }
+            Frame::Trim { seq, offset, len } => {
+                seq_of = Some(seq);
+                m.volume.trim(offset, len).await
+            }
+            Frame::Zeroes { seq, offset, len } => {
+                seq_of = Some(seq);
+                m.volume.write_zeroes(offset, len, true, false).await
+            }
+            Frame::Flush { seq } => {
+                seq_of = Some(seq);
+                need_sync = true;
+                Ok(())
+            }
+            Frame::ResyncBegin { full, total_bytes } => {
+                m.on_resync_begin(peer, session, full, total_bytes).await?;
+                Ok(())
+            }
+            Frame::ResyncData { offset, data } => {
+                let len = data.len() as u32;
+                m.volume.write(offset, data, false).await?;
+                m.on_resync_progress(peer, session, u64::from(len));
+                resync_acks.push((offset, len));
+                resync_pending_bytes += u64::from(len);
+                Ok(())
+            }
+            Frame::ResyncZero { offset, len } => {
+                m.volume.write_zeroes(offset, len, true, false).await?;
+                m.on_resync_progress(peer, session, u64::from(len));
+                resync_acks.push((offset, len));
+                resync_pending_bytes += u64::from(len);
+                Ok(())
+            }
+            Frame::ResyncEnd { generation } => {
+                m.volume.flush().await?;
+                for (offset, len) in resync_acks.drain(..) {
+                    let _ = tx.send(Frame::ResyncAck { offset, len });
+                }
+                resync_pending_bytes = 0;
+                m.on_resync_end(peer, session, generation).await?;
+                Ok(())
+            }
+            Frame::VerifyRequest { offset, len } => {
+                let len = u64::from(len)
+                    .min(m.size.saturating_sub(offset))
+                    .min(CHUNK_BYTES) as u32;
+                let data = m.volume.read(offset, len).await?;
+                let _ = tx.send(Frame::VerifyDigests {
+                    offset,
+                    digests: block_digests(&data),
+                });
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            if let Some(seq) = seq_of {
+                let _ = tx.send(Frame::Nack {
+                    seq,
+                    errno: e.errno(),
+                });
+            }
+            return Err(LinkError::Volume(e));
+        }
+        if let Some(seq) = seq_of {
+            applied_seq = seq;
+        }
+        if (rx.is_empty() && carry.is_none()) || resync_pending_bytes >= RESYNC_ACK_BATCH {
+            if need_sync || !resync_acks.is_empty() {
+                m.volume.flush().await?;
+                need_sync = false;
+            }
+            if applied_seq > acked_seq {
+                let _ = tx.send(Frame::Ack { seq: applied_seq });
+                acked_seq = applied_seq;
+            }
+            for (offset, len) in resync_acks.drain(..) {
+                let _ = tx.send(Frame::ResyncAck { offset, len });
+            }
+            resync_pending_bytes = 0;
+        }
+    }
+    Ok(())
+}
+
+/// The source side's resync and verify driver for one session.
+async fn drive_loop(m: Arc<Mirror>, peer: String, session: u64, tx: mpsc::UnboundedSender<Frame>) {
+    let Some(kick) = m.lock().peers.get(&peer).map(|p| Arc::clone(&p.kick)) else {
+        return;
+    };
+    loop {
+        while let Some((offset, len)) = m.next_verify_request(&peer, session) {
+            let _ = tx.send(Frame::VerifyRequest {
+                offset,
+                len: len as u32,
+            });
+        }
+        match m.next_resync_step(&peer, session) {
+            Some(ResyncStep::Chunk { offset, len }) => {
+                if let Err(e) = m.send_resync_chunk(&peer, session, offset, len).await {
+                    tracing::error!(error = %e, "resync read failed");
+                    if let Some(end) = m
+                        .lock()
+                        .peers
+                        .get(&peer)
+                        .and_then(|p| p.end_session.clone())
+                    {
+                        end.notify_one();
+                    }
+                    return;
+                }
+            }
+            Some(ResyncStep::WaitRate(d)) => tokio::time::sleep(d).await,
+            Some(ResyncStep::End) => m.send_resync_end(&peer, session),
+            Some(ResyncStep::WaitAck | ResyncStep::Drain) | None => {
+                let _ = tokio::time::timeout(Duration::from_millis(500), kick.notified()).await;
+            }
+        }
+    }
+}
+
+impl Mirror {
+    pub(crate) fn next_verify_request(&self, peer: &str, session: u64) -> Option<(u64, u64)> {
+        let mut st = self.lock();
+        let p = st.peers.get_mut(peer).filter(|p| p.session == session)?;
+        p.verify.as_mut()?.next_request()
+    }
+
+    pub(crate) fn next_resync_step(&self, peer: &str, session: u64) -> Option<ResyncStep> {
+        let now = self.now();
+        let mut st = self.lock();
+        let p = st.peers.get_mut(peer).filter(|p| p.session == session)?;
+        if p.core.paused() || p.resync_end_sent || p.conn != Conn::Connected {
+            return None;
+        }
+        let r = p.resync_source.as_mut()?;
+        Some(r.next(p.core.bitmap(), now))
+    }
+
+    /// Reads one resync chunk and queues it, atomically with respect to application
+    /// writes (the exclusive gate), so a newer write can never be overtaken.
+    async fn send_resync_chunk(
+        &self,
+        peer: &str,
+        session: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), ExportError> {
+        let _gate = self.gate.write().await;
+        let len32 = len as u32;
+        let extents = self.volume.block_status(offset, len32).await?;
+        let covered: u64 = extents.iter().map(|e| u64::from(e.length)).sum();
+        let zero_by_map = covered >= len && extents.iter().all(|e| e.zero);
+        let frame = if zero_by_map {
+            Frame::ResyncZero { offset, len: len32 }
+        } else {
+            let data = self.volume.read(offset, len32).await?;
+            if data.iter().all(|&b| b == 0) {
+                Frame::ResyncZero { offset, len: len32 }
+            } else {
+                Frame::ResyncData { offset, data }
+            }
+        };
+        let mut st = self.lock();
+        let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+            return Ok(());
+        };
+        let Some(tx) = p.tx.clone() else {
+            return Ok(());
+        };
+        let Some(r) = p.resync_source.as_mut() else {
+            return Ok(());
+        };
+        if tx.send(frame).is_ok() {
+            r.sent(offset, len, p.core.bitmap_mut());
+        }
+        Ok(())
+    }
+
+    fn send_resync_end(&self, peer: &str, session: u64) {
+        let mut st = self.lock();
+        let generation = st.gens.current;
+        let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+            return;
+        };
+        if let Some(tx) = &p.tx {
+            if tx.send(Frame::ResyncEnd { generation }).is_ok() {
+                p.resync_end_sent = true;
+            }
+        }
+    }
+
+    pub(crate) fn on_resync_ack(
+        &self,
+        peer: &str,
+        session: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), String> {
+        let now = self.now();
+        let mut st = self.lock();
+        let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+            return Ok(());
+        };
+        let Some(r) = p.resync_source.as_mut() else {
+            return Err("resync acknowledgement without a resync".into());
+        };
+        r.acked(offset, len, now).map_err(|e| e.to_string())?;
+        p.resynced_bytes += len;
+        p.kick.notify_one();
+        Ok(())
+    }
+
+    /// The target side: persist SyncTarget (Inconsistent) before the first resync write.
+    async fn on_resync_begin(
+        &self,
+        peer: &str,
+        session: u64,
+        full: bool,
+        total_bytes: u64,
+    ) -> Result<(), LinkError> {
+        {
+            let mut st = self.lock();
+            if st.primary {
+                return Err(LinkError::Protocol(
+                    "a primary cannot be a resync target".into(),
+                ));
+            }
+            st.disk = DiskState::SyncTarget;
+            let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+                return Err(LinkError::Protocol("stale session".into()));
+            };
+            p.resync_target = Some(TargetRun {
+                full,
+                total_bytes,
+                done_bytes: 0,
+                started: std::time::Instant::now(),
+                started_ms: unix_ms(),
+            });
+        }
+        let copy = self.lock().copy_meta(self.size);
+        let meta = self.meta.clone();
+        tokio::task::spawn_blocking(move || meta.save_copy(&copy))
+            .await
+            .map_err(|_| LinkError::Meta("metadata task failed".into()))?
+            .map_err(|e| LinkError::Meta(e.to_string()))?;
+        self.emit(
+            EventKind::ResyncStarted,
+            &[
+                ("peer", peer.to_string()),
+                ("direction", "target".into()),
+                ("full", full.to_string()),
+                ("bytes", total_bytes.to_string()),
+            ],
+        );
+        Ok(())
+    }
+
+    fn on_resync_progress(&self, peer: &str, session: u64, len: u64) {
+        let mut st = self.lock();
+        if let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) {
+            if let Some(t) = &mut p.resync_target {
+                t.done_bytes += len;
+            }
+            p.resynced_bytes += len;
+        }
+    }
+
+    /// The target side: everything is durable; adopt the source's generation.
+    async fn on_resync_end(
+        &self,
+        peer: &str,
+        session: u64,
+        generation: u64,
+    ) -> Result<(), LinkError> {
+        let run = {
+            let mut st = self.lock();
+            st.gens.synced_with(peer, generation);
+            st.disk = DiskState::UpToDate;
+            let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+                return Err(LinkError::Protocol("stale session".into()));
+            };
+            let blocks = p.core.bitmap().blocks();
+            p.core.bitmap_mut().clear_blocks(0, blocks);
+            p.resyncs_completed += 1;
+            p.resync_target.take()
+        };
+        let copy = self.lock().copy_meta(self.size);
+        self.meta
+            .save_copy(&copy)
+            .map_err(|e| LinkError::Meta(e.to_string()))?;
+        let bm = self.lock().peers.get(peer).map(|p| p.core.bitmap().clone());
+        if let Some(bm) = bm {
+            self.meta
+                .save_bitmap(peer, &bm)
+                .map_err(|e| LinkError::Meta(e.to_string()))?;
+        }
+        {
+            let st = self.lock();
+            if let Some(tx) = st.peers.get(peer).and_then(|p| p.tx.as_ref()) {
+                let _ = tx.send(Frame::State(self.copy_state(&st, peer)));
+            }
+        }
+        if let Some(run) = run {
+            self.emit(
+                EventKind::ResyncCompleted,
+                &[
+                    ("peer", peer.to_string()),
+                    ("direction", "target".into()),
+                    ("bytes", run.done_bytes.to_string()),
+                    ("duration_ms", run.started.elapsed().as_millis().to_string()),
+                ],
+            );
+        }
+        Ok(())
+    }
+
+    /// The source side of a verify: compare the peer's digests with ours and mark the
+    /// differing blocks.
+    async fn on_verify_digests(
+        &self,
+        peer: &str,
+        session: u64,
+        offset: u64,
+        remote: Vec<[u8; 32]>,
+    ) {
+        let len = (remote.len() as u64 * BLOCK_BYTES)
+            .min(self.size.saturating_sub(offset))
+            .min(CHUNK_BYTES);
+        let local = match self.volume.read(offset, len as u32).await {
+            Ok(d) => block_digests(&d),
+            Err(e) => {
+                tracing::error!(error = %e, "verify read failed");
+                return;
+            }
+        };
+        let mut finished = None;
+        {
+            let mut st = self.lock();
+            let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+                return;
+            };
+            let Some(v) = p.verify.as_mut() else {
+                return;
+            };
+            let differing = v.answered(offset, &local, &remote);
+            let (checked, found, done) = (v.checked_bytes, v.out_of_sync_bytes, v.finished());
+            for (o, l) in differing {
+                p.core.mark_range(o, l);
+            }
+            if let Some(s) = &mut p.verify_status {
+                s.checked_bytes = checked;
+                s.out_of_sync_bytes = found;
+                if done {
+                    s.running = false;
+                    s.finished_ms = Some(unix_ms());
+                }
+            }
+            if done {
+                p.verify = None;
+                finished = Some(found);
+            }
+            p.kick.notify_one();
+            if finished.is_some()
+                && !st
+                    .peers
+                    .get(peer)
+                    .is_some_and(|p| p.core.bitmap().is_clean())
+            {
+                st.ensure_bitmap_base(peer);
+                self.maybe_start_resync(&mut st, peer, false);
+            }
+        }
+        if let Some(found) = finished {
+            self.emit(
+                EventKind::VerifyCompleted,
+                &[("peer", peer.to_string()), ("bytes", found.to_string())],
+            );
+        }
+    }
+}

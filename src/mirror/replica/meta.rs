@@ -1,0 +1,229 @@
+//! The mirror's metadata on disk, in its own directory: `state.json` (generations and
+//! disk state), `al.json` (the activity log's hot extents), one `bitmap-<peer>` per
+//! peer (`DirtyBitmap::encode`) and a `clean` flag present only after a clean shutdown.
+//! Every file is replaced durably: write a temp file, fsync it, rename it over, fsync
+//! the directory. Any failure is returned; nothing is dropped silently.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mirror::bitmap::{BitmapError, DirtyBitmap};
+use crate::mirror::generation::{DiskState, Generations};
+
+/// Why metadata cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("mirror metadata {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("mirror metadata {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("mirror metadata {path}: {source}")]
+    Bitmap { path: PathBuf, source: BitmapError },
+    #[error("the metadata is for a volume of {stored} bytes, the backing store has {actual}")]
+    SizeMismatch { stored: u64, actual: u64 },
+}
+
+/// The persisted state of this copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyMeta {
+    pub size_bytes: u64,
+    pub disk: DiskState,
+    pub generations: Generations,
+}
+
+/// What `open` found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub copy: CopyMeta,
+    pub al_extents: Vec<u64>,
+    /// False after a crash (or on first creation: then `created` is true).
+    pub clean: bool,
+    pub created: bool,
+}
+
+/// The metadata directory of one mirror.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    dir: PathBuf,
+    /// One file replacement at a time (they share temp names and the directory fsync).
+    writing: Arc<Mutex<()>>,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetaError + '_ {
+    move |source| MetaError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+impl MetaStore {
+    /// Opens (creating) the directory and reads the state back; a new store starts as
+    /// an UpToDate copy that was never written (generation 0).
+    pub fn open(dir: &Path, size_bytes: u64) -> Result<(MetaStore, Loaded), MetaError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let store = MetaStore {
+            dir: dir.to_owned(),
+            writing: Arc::new(Mutex::new(())),
+        };
+        let state_path = dir.join("state.json");
+        let loaded = match fs::read(&state_path) {
+            Ok(bytes) => {
+                let copy: CopyMeta =
+                    serde_json::from_slice(&bytes).map_err(|e| MetaError::Corrupt {
+                        path: state_path.clone(),
+                        reason: e.to_string(),
+                    })?;
+                if copy.size_bytes != size_bytes {
+                    return Err(MetaError::SizeMismatch {
+                        stored: copy.size_bytes,
+                        actual: size_bytes,
+                    });
+                }
+                let al_path = dir.join("al.json");
+                let al_extents = match fs::read(&al_path) {
+                    Ok(b) => serde_json::from_slice(&b).map_err(|e| MetaError::Corrupt {
+                        path: al_path.clone(),
+                        reason: e.to_string(),
+                    })?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(io_err(&al_path)(e)),
+                };
+                let clean = dir.join("clean").exists();
+                Loaded {
+                    copy,
+                    al_extents,
+                    clean,
+                    created: false,
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let copy = CopyMeta {
+                    size_bytes,
+                    disk: DiskState::UpToDate,
+                    generations: Generations::new(),
+                };
+                store.save_copy(&copy)?;
+                Loaded {
+                    copy,
+                    al_extents: Vec::new(),
+                    clean: true,
+                    created: true,
+                }
+            }
+            Err(e) => return Err(io_err(&state_path)(e)),
+        };
+        Ok((store, loaded))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn bitmap_path(&self, peer: &str) -> PathBuf {
+        self.dir.join(format!("bitmap-{peer}"))
+    }
+
+    /// Reads a peer's bitmap (a clean one if none was stored).
+    pub fn load_bitmap(&self, peer: &str, size_bytes: u64) -> Result<DirtyBitmap, MetaError> {
+        let path = self.bitmap_path(peer);
+        match fs::read(&path) {
+            Ok(b) => DirtyBitmap::decode(&b, size_bytes)
+                .map_err(|source| MetaError::Bitmap { path, source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DirtyBitmap::new(size_bytes)),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn save_copy(&self, copy: &CopyMeta) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec_pretty(copy).map_err(|e| MetaError::Corrupt {
+            path: self.dir.join("state.json"),
+            reason: e.to_string(),
+        })?;
+        self.replace("state.json", &bytes)
+    }
+
+    pub fn save_al(&self, extents: &[u64]) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec(extents).map_err(|e| MetaError::Corrupt {
+            path: self.dir.join("al.json"),
+            reason: e.to_string(),
+        })?;
+        self.replace("al.json", &bytes)
+    }
+
+    pub fn save_bitmap(&self, peer: &str, bitmap: &DirtyBitmap) -> Result<(), MetaError> {
+        self.replace(&format!("bitmap-{peer}"), &bitmap.encode())
+    }
+
+    /// Sets or removes the clean-shutdown flag (durably).
+    pub fn set_clean(&self, clean: bool) -> Result<(), MetaError> {
+        let path = self.dir.join("clean");
+        if clean {
+            self.replace("clean", b"clean\n")
+        } else {
+            match fs::remove_file(&path) {
+                Ok(()) => self.sync_dir(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_err(&path)(e)),
+            }
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), MetaError> {
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), MetaError> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(io_err(&path))?;
+        self.sync_dir()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_bitmaps_and_the_clean_flag_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        assert!(loaded.created && loaded.clean);
+        assert_eq!(loaded.copy.disk, DiskState::UpToDate);
+        let mut copy = loaded.copy.clone();
+        copy.disk = DiskState::Outdated;
+        copy.generations.current = 42;
+        store.save_copy(&copy).unwrap();
+        store.save_al(&[3, 1]).unwrap();
+        let mut bm = DirtyBitmap::new(1 << 20);
+        bm.mark(8192, 100);
+        store.save_bitmap("b", &bm).unwrap();
+        store.set_clean(false).unwrap();
+        let (store, loaded) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        assert!(!loaded.clean && !loaded.created);
+        assert_eq!(loaded.copy, copy);
+        assert_eq!(loaded.al_extents, vec![3, 1]);
+        assert_eq!(store.load_bitmap("b", 1 << 20).unwrap(), bm);
+        assert!(store.load_bitmap("c", 1 << 20).unwrap().is_clean());
+        assert!(matches!(
+            MetaStore::open(dir.path(), 2 << 20),
+            Err(MetaError::SizeMismatch { .. })
+        ));
+    }
+}

@@ -1,0 +1,937 @@
+//! The replicated volume end to end: two and three `Mirror`s on loopback TCP with
+//! temporary backing files, each node in its own tokio runtime so that dropping the
+//! runtime is a crash (files keep what reached the page cache, nothing is persisted on
+//! the way out). A counting TCP proxy between nodes measures the replication traffic.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tandem::config::ReplicationMode;
+use tandem::event::{EventKind, EventLog};
+use tandem::mirror::generation::{DiskState, SplitBrainPolicy};
+use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
+use tandem::mirror::Export;
+
+const MIB: u64 = 1 << 20;
+const KEY: &[u8] = b"cluster key for the mirror tests";
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A TCP forwarder that counts the bytes it carries (both directions).
+struct Proxy {
+    addr: SocketAddr,
+    bytes: Arc<AtomicU64>,
+    /// While set, nothing is forwarded (a congested or stalled link).
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Proxy {
+    fn new(to: SocketAddr) -> Proxy {
+        let rt = runtime();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let counter = Arc::clone(&bytes);
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stall = Arc::clone(&stalled);
+        rt.spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let counter = Arc::clone(&counter);
+                let stall = Arc::clone(&stall);
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let c1 = Arc::clone(&counter);
+                    let s1 = Arc::clone(&stall);
+                    let a = tokio::spawn(async move { pump(&mut ri, &mut wo, &c1, &s1).await });
+                    let b =
+                        tokio::spawn(async move { pump(&mut ro, &mut wi, &counter, &stall).await });
+                    let _ = tokio::join!(a, b);
+                });
+            }
+        });
+        Proxy {
+            addr,
+            bytes,
+            stalled,
+            _rt: rt,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    r: &mut tokio::net::tcp::OwnedReadHalf,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    counter: &AtomicU64,
+    stalled: &std::sync::atomic::AtomicBool,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = w.shutdown().await;
+                return;
+            }
+            Ok(n) => {
+                counter.fetch_add(n as u64, Ordering::SeqCst);
+                if w.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The static description of a test cluster.
+struct Cluster {
+    dir: tempfile::TempDir,
+    size: u64,
+    nodes: Vec<(String, SocketAddr)>,
+    /// Overrides of the address a node dials for a peer (a proxy): (from, to, addr).
+    routes: Vec<(String, String, SocketAddr)>,
+    mode: ReplicationMode,
+    keys: Vec<(String, Vec<u8>)>,
+    rate_limit: Option<u64>,
+    queue_bytes: u64,
+    fencing: bool,
+}
+
+impl Cluster {
+    fn new(names: &[&str], size: u64) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            size,
+            nodes: names.iter().map(|n| (n.to_string(), free_port())).collect(),
+            routes: Vec::new(),
+            mode: ReplicationMode::Sync,
+            keys: Vec::new(),
+            rate_limit: None,
+            queue_bytes: 64 * MIB,
+            fencing: false,
+        }
+    }
+
+    fn listen(&self, node: &str) -> SocketAddr {
+        self.nodes.iter().find(|(n, _)| n == node).unwrap().1
+    }
+
+    /// Routes `from`'s connections to `to` through a counting proxy.
+    fn proxy(&mut self, from: &str, to: &str) -> Proxy {
+        let p = Proxy::new(self.listen(to));
+        self.routes.push((from.into(), to.into(), p.addr));
+        p
+    }
+
+    fn backing(&self, node: &str) -> PathBuf {
+        self.dir.path().join(format!("{node}.raw"))
+    }
+
+    fn spec(&self, node: &str) -> MirrorSpec {
+        let peers = self
+            .nodes
+            .iter()
+            .filter(|(n, _)| n != node)
+            .map(|(n, addr)| PeerSpec {
+                node: n.clone(),
+                address: self
+                    .routes
+                    .iter()
+                    .find(|(f, t, _)| f == node && t == n)
+                    .map(|r| r.2)
+                    .unwrap_or(*addr),
+                mode: self.mode,
+                rate_limit: self.rate_limit,
+                queue_bytes: self.queue_bytes,
+                lag_budget: Some(Duration::from_secs(5)),
+                encrypt: false,
+            })
+            .collect();
+        let key = self
+            .keys
+            .iter()
+            .find(|(n, _)| n == node)
+            .map(|k| k.1.clone())
+            .unwrap_or_else(|| KEY.to_vec());
+        MirrorSpec {
+            name: "vol0".into(),
+            cluster: "test".into(),
+            local_node: node.into(),
+            key,
+            backing: self.backing(node),
+            size: Some(self.size),
+            meta_dir: self.dir.path().join(format!("meta-{node}")),
+            listen: self.listen(node),
+            peers,
+            split_brain: SplitBrainPolicy::Disconnect,
+            fencing: self.fencing,
+        }
+    }
+
+    fn start(&self, node: &str) -> Node {
+        let rt = runtime();
+        let events = EventLog::in_memory(node);
+        let m = rt
+            .block_on(Mirror::open(self.spec(node), events.clone()))
+            .unwrap();
+        Node {
+            name: node.into(),
+            m,
+            events,
+            rt: Some(rt),
+        }
+    }
+}
+
+/// One running node.
+struct Node {
+    name: String,
+    m: Arc<Mirror>,
+    events: EventLog,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Node {
+    fn on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.as_ref().unwrap().block_on(f)
+    }
+
+    fn write(&self, offset: u64, data: Vec<u8>) {
+        self.on(self.m.write(offset, data, false)).unwrap();
+    }
+
+    fn peer_connection(&self, peer: &str) -> String {
+        self.peer(peer).connection
+    }
+
+    fn peer(&self, peer: &str) -> tandem::mirror::status::MirrorPeerStatus {
+        self.m
+            .status()
+            .peers
+            .into_iter()
+            .find(|p| p.node == peer)
+            .unwrap()
+    }
+
+    fn events(&self, kind: EventKind) -> Vec<tandem::event::Event> {
+        self.events
+            .since(0, 10_000)
+            .into_iter()
+            .filter(|e| e.kind == kind)
+            .collect()
+    }
+
+    /// A crash: the runtime (and every task and socket) goes away, nothing is saved.
+    fn crash(mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+
+    fn stop(mut self) {
+        self.on(self.m.shutdown());
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_millis(200));
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn connected(a: &Node, b: &Node) {
+    wait_until(
+        &format!("{} and {} connected", a.name, b.name),
+        Duration::from_secs(10),
+        || a.peer_connection(&b.name) == "connected" && b.peer_connection(&a.name) == "connected",
+    );
+}
+
+fn in_sync(a: &Node, b: &Node) {
+    wait_until(
+        &format!("{} and {} in sync", a.name, b.name),
+        Duration::from_secs(30),
+        || {
+            let pa = a.peer(&b.name);
+            let pb = b.peer(&a.name);
+            pa.connection == "connected"
+                && pb.connection == "connected"
+                && pa.resync.is_none()
+                && pb.resync.is_none()
+                && pa.out_of_sync_bytes == 0
+                && pb.peer_disk == Some(DiskState::UpToDate)
+                && b.m.status().disk == DiskState::UpToDate
+        },
+    );
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn read_file(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+fn files_equal(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+#[test]
+fn a_sync_write_is_on_the_peer_when_it_completes() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    assert!(a.m.is_primary());
+    for i in 0..32u64 {
+        let data = pattern(i, 64 * 1024);
+        a.write(i * MIB + 4096, data.clone());
+        // Completed: the peer applied it already.
+        assert_eq!(read_file(&c.backing("b"), i * MIB + 4096, data.len()), data);
+    }
+    a.on(a.m.flush()).unwrap();
+    a.on(a.m.write_zeroes(0, 8192, true, false)).unwrap();
+    a.on(a.m.trim(10 * MIB, 65536)).unwrap();
+    assert_eq!(read_file(&c.backing("b"), 0, 8192), vec![0; 8192]);
+    let s = a.m.status();
+    assert_eq!(s.role, "primary");
+    assert_eq!(s.written_bytes, 32 * 64 * 1024);
+    assert_eq!(s.peers[0].replicated_bytes, 32 * 64 * 1024);
+    assert_eq!(s.peers[0].lag_bytes, 0);
+    assert_eq!(b.m.status().generation, s.generation);
+    // The secondary serves nothing.
+    assert!(matches!(
+        b.on(b.m.write(0, vec![1u8; 512], false)),
+        Err(tandem::mirror::ExportError::ReadOnly)
+    ));
+    assert!(matches!(
+        b.on(b.m.read(0, 512)),
+        Err(tandem::mirror::ExportError::Shutdown)
+    ));
+    assert_eq!(a.events(EventKind::MirrorPromoted).len(), 1);
+    a.on(a.m.demote()).unwrap();
+    assert_eq!(a.events(EventKind::MirrorDemoted).len(), 1);
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_disconnected_peer_gets_only_the_changed_blocks() {
+    let mut c = Cluster::new(&["a", "b"], 256 * MIB);
+    let proxy = c.proxy("a", "b");
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, 4 * MIB as usize));
+    // Flushed on the peer: nothing applied-but-volatile is left to mark on the drop.
+    a.on(a.m.flush()).unwrap();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    assert_eq!(a.peer_connection("b"), "disconnected");
+    // 300 scattered 4 KiB writes and one 1 MiB write while apart.
+    let mut changed = std::collections::BTreeSet::new();
+    for i in 0..300u64 {
+        let off = (i * 7919 * 4096) % (200 * MIB);
+        a.write(off, pattern(100 + i, 4096));
+        changed.insert(off / 4096);
+    }
+    a.write(210 * MIB, pattern(7, MIB as usize));
+    for blk in 0..256 {
+        changed.insert(210 * MIB / 4096 + blk);
+    }
+    let changed_bytes = changed.len() as u64 * 4096;
+    assert_eq!(a.peer("b").out_of_sync_bytes, changed_bytes);
+    let before = proxy.bytes();
+    let resynced_before = a.peer("b").resynced_bytes;
+    a.on(a.m.connect(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    let resynced = a.peer("b").resynced_bytes - resynced_before;
+    assert!(
+        resynced as f64 <= 1.05 * changed_bytes as f64 && resynced >= changed_bytes,
+        "resynced {resynced} for {changed_bytes} changed"
+    );
+    let wire = proxy.bytes() - before;
+    assert!(wire < changed_bytes + 4 * MIB, "wire {wire}");
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started.last().unwrap().fields["direction"], "source");
+    assert_eq!(started.last().unwrap().fields["full"], "false");
+    assert_eq!(a.events(EventKind::ResyncCompleted).len(), 1);
+    assert_eq!(b.events(EventKind::ResyncCompleted).len(), 1);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_full_resync_of_a_sparse_volume_sends_zero_ranges_not_payload() {
+    let mut c = Cluster::new(&["a", "b"], 512 * MIB);
+    let proxy = c.proxy("a", "b");
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(100 * MIB, pattern(3, 2 * MIB as usize));
+    a.on(a.m.flush()).unwrap();
+    let before = proxy.bytes();
+    a.on(a.m.resync_full(Some("b"))).unwrap();
+    wait_until("full resync done", Duration::from_secs(60), || {
+        a.events(EventKind::ResyncCompleted).len() == 1
+    });
+    in_sync(&a, &b);
+    let wire = proxy.bytes() - before;
+    assert!(
+        wire < 4 * MIB,
+        "a full resync of a sparse 512 MiB volume moved {wire} bytes"
+    );
+    let p = a.peer("b");
+    assert_eq!(p.resynced_bytes, 512 * MIB);
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started[0].fields["full"], "true");
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn failover_reverses_the_resync_direction() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, MIB as usize));
+    a.stop();
+    // b takes over without a and writes.
+    wait_until("b sees a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    b.on(b.m.promote()).unwrap();
+    b.write(8 * MIB, pattern(2, 256 * 1024));
+    b.write(20 * MIB, pattern(3, 4096));
+    assert_eq!(b.peer("a").out_of_sync_bytes, 256 * 1024 + 4096);
+    let a = c.start("a");
+    in_sync(&b, &a);
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].fields["direction"], "target");
+    assert_eq!(started[0].fields["full"], "false");
+    assert_eq!(b.peer("a").resynced_bytes, 256 * 1024 + 4096);
+    assert_eq!(a.m.status().generation, b.m.status().generation);
+    b.on(b.m.demote()).unwrap();
+    b.stop();
+    a.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_crashed_primary_resyncs_only_its_activity_log() {
+    let c = Cluster::new(&["a", "b"], 1024 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    // Writes spread over 3 extents, then a crash.
+    for i in 0..48u64 {
+        a.write((i % 3) * 300 * MIB + i * 65536, pattern(i, 65536));
+    }
+    a.crash();
+    wait_until("b sees a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    let a = c.start("a");
+    // The crash-dirty extents are out of sync for b, bounded by the activity log.
+    let oos = a.peer("b").out_of_sync_bytes;
+    assert!(oos > 0 && oos <= 3 * 4 * MIB, "crash-dirty {oos}");
+    connected(&a, &b);
+    in_sync(&a, &b);
+    let resynced = a.peer("b").resynced_bytes;
+    assert!(resynced <= 3 * 4 * MIB, "resynced {resynced}");
+    a.on(a.m.promote()).unwrap();
+    a.write(5 * MIB, pattern(99, 4096));
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_peer_with_the_wrong_key_is_refused_and_never_writes() {
+    let mut c = Cluster::new(&["a", "b"], 16 * MIB);
+    c.keys.push(("b".into(), b"not the cluster key".to_vec()));
+    let a = c.start("a");
+    let b = c.start("b");
+    wait_until("refused on both sides", Duration::from_secs(10), || {
+        a.peer_connection("b") == "refused" && b.peer_connection("a") == "refused"
+    });
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(5, 65536));
+    b.on(b.m.promote()).unwrap();
+    b.write(MIB, pattern(6, 4096));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(read_file(&c.backing("b"), 0, 65536), vec![0; 65536]);
+    assert_eq!(read_file(&c.backing("a"), MIB, 4096), vec![0; 4096]);
+    assert_eq!(a.peer_connection("b"), "refused");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn an_outdated_copy_is_not_promoted() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    wait_until("b learns the generation", Duration::from_secs(5), || {
+        b.m.status().generation == a.m.status().generation
+    });
+    // b leaves a running primary: it knows it falls behind.
+    b.stop();
+    a.write(0, pattern(1, MIB as usize));
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    let b = c.start("b");
+    assert_eq!(b.m.status().disk, DiskState::Outdated);
+    let err = b.on(b.m.promote()).unwrap_err();
+    assert!(matches!(err, MirrorError::Refused(_)), "{err}");
+    let refused = b.events(EventKind::MirrorPromotionRefused);
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0].fields["reason"].contains("Outdated"));
+    // Back in touch, it resyncs and is UpToDate again.
+    a.on(a.m.connect(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
+    let mut c = Cluster::new(&["a", "b"], 128 * MIB);
+    c.rate_limit = Some(8 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    a.write(16 * MIB, pattern(2, 32 * MIB as usize));
+    a.on(a.m.connect(Some("b"))).unwrap();
+    wait_until("resync running", Duration::from_secs(10), || {
+        a.peer("b").resync.is_some_and(|r| r.done_bytes >= 8 * MIB)
+    });
+    b.crash();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    let b = c.start("b");
+    assert_eq!(b.m.status().disk, DiskState::SyncTarget);
+    let err = b.on(b.m.promote()).unwrap_err();
+    assert!(matches!(err, MirrorError::Refused(_)), "{err}");
+    // Reconnected, it finishes from the source's remaining bits.
+    let left = a.peer("b").out_of_sync_bytes;
+    assert!(left > 0 && left < 32 * MIB, "left {left}");
+    a.on(a.m.connect(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    let started = b.events(EventKind::ResyncStarted);
+    assert_eq!(started.last().unwrap().fields["full"], "false");
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn a_paused_peer_catches_up_on_resume() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.on(a.m.pause(Some("b"))).unwrap();
+    assert_eq!(a.peer_connection("b"), "paused");
+    a.write(MIB, pattern(4, 128 * 1024));
+    assert_eq!(read_file(&c.backing("b"), MIB, 4096), vec![0; 4096]);
+    assert_eq!(a.peer("b").out_of_sync_bytes, 128 * 1024);
+    a.on(a.m.resume(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    assert_eq!(a.peer("b").resynced_bytes, 128 * 1024);
+    assert_eq!(a.events(EventKind::MirrorPaused).len(), 1);
+    assert_eq!(a.events(EventKind::MirrorResumed).len(), 1);
+    assert_eq!(
+        read_file(&c.backing("b"), MIB, 128 * 1024),
+        pattern(4, 128 * 1024)
+    );
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn verify_finds_a_corrupted_block_on_the_peer_and_repairs_it() {
+    let c = Cluster::new(&["a", "b"], 32 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(8, 8 * MIB as usize));
+    a.on(a.m.flush()).unwrap();
+    // Bit rot on the peer's disk, behind the mirror's back.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(c.backing("b"))
+        .unwrap();
+    f.write_all_at(&[0xff; 100], 5 * MIB + 10).unwrap();
+    f.write_all_at(&[0x01], 20 * MIB).unwrap();
+    f.sync_all().unwrap();
+    a.on(a.m.verify(Some("b"))).unwrap();
+    wait_until("verify done", Duration::from_secs(30), || {
+        a.events(EventKind::VerifyCompleted).len() == 1
+    });
+    let v = a.peer("b").verify.unwrap();
+    assert!(!v.running);
+    assert_eq!(v.checked_bytes, 32 * MIB);
+    assert_eq!(v.out_of_sync_bytes, 2 * 4096);
+    assert_eq!(
+        a.events(EventKind::VerifyCompleted)[0].fields["bytes"],
+        "8192"
+    );
+    in_sync(&a, &b);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn async_peers_lag_and_overflow_into_the_bitmap() {
+    let mut c = Cluster::new(&["a", "b"], 64 * MIB);
+    c.mode = ReplicationMode::Async;
+    c.queue_bytes = 4 * MIB;
+    let proxy = c.proxy("a", "b");
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    let status = a.peer("b");
+    assert_eq!(status.mode, ReplicationMode::Async);
+    assert_eq!(status.lag_budget_seconds, Some(5.0));
+    // A stalled link: writes complete locally and queue up as lag.
+    proxy.stall(true);
+    let start = Instant::now();
+    for i in 0..8u64 {
+        a.write(i * 256 * 1024, pattern(i, 256 * 1024));
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "async writes waited for the peer"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let p = a.peer("b");
+    assert_eq!(p.lag_bytes, 2 * MIB);
+    assert!(p.lag_seconds >= 0.3, "lag {}", p.lag_seconds);
+    assert_eq!(p.out_of_sync_bytes, 0);
+    // Past the 4 MiB queue, writes go to the bitmap instead.
+    for i in 0..4u64 {
+        a.write(8 * MIB + i * MIB, pattern(100 + i, MIB as usize));
+    }
+    let p = a.peer("b");
+    assert!(p.lag_bytes <= 4 * MIB, "lag {}", p.lag_bytes);
+    assert!(
+        p.out_of_sync_bytes >= 2 * MIB,
+        "oos {}",
+        p.out_of_sync_bytes
+    );
+    // The link recovers: the queue drains and the bitmap is resynced.
+    proxy.stall(false);
+    wait_until("lag drained", Duration::from_secs(20), || {
+        let p = a.peer("b");
+        p.lag_bytes == 0 && p.lag_seconds == 0.0
+    });
+    in_sync(&a, &b);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn two_primaries_apart_are_a_split_brain_and_stay_apart() {
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    wait_until("b sees the link down", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    b.on(b.m.promote()).unwrap();
+    a.write(0, pattern(1, 4096));
+    b.write(MIB, pattern(2, 4096));
+    a.on(a.m.connect(Some("b"))).unwrap();
+    wait_until("split brain on both sides", Duration::from_secs(10), || {
+        a.peer_connection("b") == "split_brain" && b.peer_connection("a") == "split_brain"
+    });
+    assert_eq!(a.events(EventKind::MirrorSplitBrain).len(), 1);
+    assert!(a.events(EventKind::ResyncStarted).is_empty());
+    assert!(b.events(EventKind::ResyncStarted).is_empty());
+    // No data moved.
+    assert_eq!(read_file(&c.backing("b"), 0, 4096), vec![0; 4096]);
+    assert_eq!(read_file(&c.backing("a"), MIB, 4096), vec![0; 4096]);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_sync_primary_that_loses_its_peer_holds_writes_until_it_is_outdated() {
+    let mut c = Cluster::new(&["a", "b"], 64 * MIB);
+    c.fencing = true;
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, 4096));
+    b.crash();
+    let m = Arc::clone(&a.m);
+    let held =
+        a.rt.as_ref()
+            .unwrap()
+            .spawn(async move { m.write(MIB, pattern(2, 4096), false).await });
+    wait_until("b listed for outdating", Duration::from_secs(5), || {
+        !a.m.pending_outdates().is_empty()
+    });
+    let pending = a.m.pending_outdates();
+    assert_eq!(pending[0].0, "b");
+    assert_eq!(format!("{:016x}", pending[0].1), a.m.status().generation);
+    assert!(a.m.status().io_frozen);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !held.is_finished(),
+        "a write completed while the peer was not outdated"
+    );
+    a.m.peer_outdated("b");
+    a.on(held).unwrap().unwrap();
+    assert!(!a.m.status().io_frozen);
+    assert_eq!(a.events(EventKind::MirrorPeerOutdated).len(), 1);
+    // The held write, and the first one unless a barrier flushed it on the peer.
+    let oos = a.peer("b").out_of_sync_bytes;
+    assert!((4096..=2 * 4096).contains(&oos), "{oos}");
+    a.stop();
+}
+
+#[test]
+fn three_copies_all_get_sync_writes() {
+    let c = Cluster::new(&["a", "b", "c"], 32 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    let n3 = c.start("c");
+    connected(&a, &b);
+    connected(&a, &n3);
+    connected(&b, &n3);
+    a.on(a.m.promote()).unwrap();
+    for i in 0..8u64 {
+        let data = pattern(i, 100 * 1024);
+        a.write(i * 3 * MIB, data.clone());
+        assert_eq!(read_file(&c.backing("b"), i * 3 * MIB, data.len()), data);
+        assert_eq!(read_file(&c.backing("c"), i * 3 * MIB, data.len()), data);
+    }
+    // c goes away; a writes on; c comes back and catches up from a's bitmap.
+    a.on(a.m.flush()).unwrap();
+    n3.stop();
+    a.write(30 * MIB, pattern(77, 8192));
+    let n3 = c.start("c");
+    in_sync(&a, &n3);
+    in_sync(&a, &b);
+    assert_eq!(a.peer("c").resynced_bytes, 8192);
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    n3.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+    assert!(files_equal(&c.backing("a"), &c.backing("c")));
+}
+
+/// Serves `export` over NBD on a Unix socket in `dir` (on `node`'s runtime).
+fn serve_nbd<E: Export>(node: &Node, export: Arc<E>, dir: &Path) -> PathBuf {
+    use tandem::mirror::nbd::{NbdServer, ServerConfig};
+    let socket = dir.join(format!("nbd-{}.sock", node.name));
+    let config = ServerConfig {
+        name: "disk".into(),
+        description: "mirror".into(),
+        unix: Some(socket.clone()),
+        tcp: None,
+        metrics: None,
+    };
+    let server = node.on(NbdServer::bind(config)).unwrap();
+    node.rt.as_ref().unwrap().spawn(server.run(export));
+    socket
+}
+
+fn run_tool(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd} (install qemu-utils libnbd-bin): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !stdout.contains("failed"),
+        "{cmd} {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn qemu_io_writes_through_nbd_reach_the_peer_byte_for_byte() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    let socket = serve_nbd(&a, Arc::clone(&a.m), c.dir.path());
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    run_tool(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            &uri,
+            "-c",
+            "write -P 0xab 0 4M",
+            "-c",
+            "write -P 0xcd 10M 64k",
+            "-c",
+            "write -f -P 0x11 20M 3M",
+            "-c",
+            "flush",
+            "-c",
+            "write -z 1M 1M",
+            "-c",
+            "discard 10M 64k",
+            "-c",
+            "read -P 0xab 0 1M",
+            "-c",
+            "read -P 0x11 20M 3M",
+        ],
+    );
+    // Every completed request is on the peer already.
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+    let src = c.dir.path().join("src.raw");
+    std::fs::write(&src, pattern(42, 16 * MIB as usize)).unwrap();
+    run_tool(
+        "nbdcopy",
+        &["--connections=4", "--flush", src.to_str().unwrap(), &uri],
+    );
+    assert_eq!(
+        read_file(&c.backing("b"), 0, 16 * MIB as usize),
+        pattern(42, 16 * MIB as usize)
+    );
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+}
+
+/// `cargo test --release --test mirror throughput -- --ignored --nocapture`: 1 GiB with
+/// nbdcopy into a plain Volume and into a sync Mirror with a loopback peer.
+#[test]
+#[ignore]
+fn throughput_of_a_sync_mirror_against_a_plain_volume() {
+    const SIZE: u64 = 1024 * MIB;
+    let c = Cluster::new(&["a", "b"], SIZE);
+    let src = c.dir.path().join("src.raw");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+        for i in 0..(SIZE / (16 * MIB)) {
+            std::io::Write::write_all(&mut f, &pattern(i, 16 * MIB as usize)).unwrap();
+        }
+    }
+    let copy = |uri: &str| {
+        let start = Instant::now();
+        run_tool("nbdcopy", &["--flush", src.to_str().unwrap(), uri]);
+        SIZE as f64 / (1 << 20) as f64 / start.elapsed().as_secs_f64()
+    };
+    // Unreplicated.
+    let plain_path = c.dir.path().join("plain.raw");
+    std::fs::File::create(&plain_path)
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let plain = tandem::mirror::volume::Volume::open(&plain_path, false).unwrap();
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    let plain_socket = {
+        let dir = c.dir.path().join("plain");
+        std::fs::create_dir_all(&dir).unwrap();
+        serve_nbd(&a, Arc::new(plain), &dir)
+    };
+    let plain_mibs = copy(&format!("nbd+unix:///?socket={}", plain_socket.display()));
+    a.on(a.m.promote()).unwrap();
+    let socket = serve_nbd(&a, Arc::clone(&a.m), c.dir.path());
+    let mirror_mibs = copy(&format!("nbd+unix:///?socket={}", socket.display()));
+    println!(
+        "plain volume: {plain_mibs:.0} MiB/s; sync mirror: {mirror_mibs:.0} MiB/s ({:.2}x)",
+        mirror_mibs / plain_mibs
+    );
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
