@@ -79,7 +79,9 @@ done | sort -u | while read -r ko; do
     cp "$ko" "$root/$rel"
 done
 depmod -b "$root" "$kver"
-printf '%s\n' "${modules[@]}" > "$root/etc/modules"
+# Loaded at every boot; the rest only when a device asks for it (modalias).
+printf '%s\n' virtio_pci sd_mod ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii crc32c_intel \
+    crc32c_generic > "$root/etc/modules"
 
 say "packing the initramfs"
 slot="$work/slot"
