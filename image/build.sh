@@ -98,6 +98,11 @@ say "slot payload: $(du -sh "$slot" | cut -f1) (kernel $kver)"
 image/mkdisk.sh "$work/tandem.img"
 if [ "$compress" = 1 ]; then
     zstd -q -f -19 -T0 "$work/tandem.img" -o "$work/tandem.img.zst"
-    say "raw $(stat -c %s "$work/tandem.img") bytes, compressed $(stat -c %s "$work/tandem.img.zst") bytes"
+    size=$(stat -c %s "$work/tandem.img.zst")
+    say "raw $(stat -c %s "$work/tandem.img") bytes, compressed $size bytes"
+    if [ "$size" -gt $((64 * 1024 * 1024)) ]; then
+        echo "image: the compressed image is over the 64 MiB budget" >&2
+        exit 1
+    fi
 fi
 say "done: $work/tandem.img"

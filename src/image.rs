@@ -676,11 +676,19 @@ mod tests {
         let es = [p("tandem-1-a.conf"), p("tandem-2-b+3.conf")];
         assert_eq!(select(&es).unwrap().slot, Slot::B);
         let es = [p("tandem-1-a.conf"), p("tandem-2-b+0-3.conf")];
-        assert_eq!(select(&es).unwrap().slot, Slot::A, "out of tries: fall back");
+        assert_eq!(
+            select(&es).unwrap().slot,
+            Slot::A,
+            "out of tries: fall back"
+        );
         let es = [p("tandem-3-a+1.conf"), p("tandem-2-b.conf")];
         assert_eq!(select(&es).unwrap().slot, Slot::A);
         let es = [p("tandem-2-b+0-3.conf")];
-        assert_eq!(select(&es).unwrap().slot, Slot::B, "the only one still boots");
+        assert_eq!(
+            select(&es).unwrap().slot,
+            Slot::B,
+            "the only one still boots"
+        );
         assert_eq!(select(&[]), None);
     }
 
@@ -692,7 +700,10 @@ mod tests {
         assert_eq!(c.next, Some(Slot::B));
         let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
         assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
-        assert!(cfg.contains("APPEND console=ttyS0 tandem.slot=a\n"), "{cfg}");
+        assert!(
+            cfg.contains("APPEND console=ttyS0 tandem.slot=a\n"),
+            "{cfg}"
+        );
         // Second failed attempt: out of tries, the next boot is slot A.
         let c = boot_check(&esp, Slot::B, Firmware::Bios).unwrap();
         assert_eq!(c.entry.file_name(), "tandem-2-b+0-2.conf");
@@ -713,7 +724,10 @@ mod tests {
         assert_eq!(names(&esp), ["tandem-1-a.conf", "tandem-2-b+2-1.conf"]);
         assert!(matches!(
             boot_check(&esp, Slot::A, Firmware::Uefi),
-            Ok(BootCheck { next: Some(Slot::B), .. })
+            Ok(BootCheck {
+                next: Some(Slot::B),
+                ..
+            })
         ));
     }
 
@@ -866,7 +880,10 @@ mod tests {
         assert_eq!(u.slot, Slot::B);
         assert_eq!(u.entry.file_name(), "tandem-2-b+3.conf");
         assert_eq!(u.bytes, 300_000 + 10);
-        assert_eq!(fs::read(esp.slot_dir(Slot::B).join("vmlinuz")).unwrap(), kernel);
+        assert_eq!(
+            fs::read(esp.slot_dir(Slot::B).join("vmlinuz")).unwrap(),
+            kernel
+        );
         assert_eq!(
             fs::read(esp.slot_dir(Slot::B).join("initrd.img")).unwrap(),
             b"new initrd"

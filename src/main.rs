@@ -186,7 +186,10 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
             );
         }
         ImageCmd::DefaultConfig { node, address } => {
-            print!("{}", img::default_config(&node, address, &img::random_key()))
+            print!(
+                "{}",
+                img::default_config(&node, address, &img::random_key())
+            )
         }
         ImageCmd::SyncLoader { esp } => {
             let next = img::Esp::new(esp).sync_loader()?;

@@ -469,9 +469,12 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
     let traps = TrapReceiver::start(dir.path(), trap_port);
     let (pa, pb) = (free_port(true), free_port(true));
     let mut vms = Vec::new();
-    for (i, (name, ip, local, remote)) in [("alpha", "10.99.0.11", pa, pb), ("beta", "10.99.0.12", pb, pa)]
-        .into_iter()
-        .enumerate()
+    for (i, (name, ip, local, remote)) in [
+        ("alpha", "10.99.0.11", pa, pb),
+        ("beta", "10.99.0.12", pb, pa),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let data = dir.path().join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
@@ -483,7 +486,11 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         .unwrap();
         let disk = dir.path().join(format!("{name}.img"));
         mkdisk(&disk, &["--data", data.to_str().unwrap()]);
-        let firmware = if i == 0 { Firmware::Uefi } else { Firmware::Bios };
+        let firmware = if i == 0 {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        };
         vms.push(Vm::start(
             dir.path(),
             VmSpec {
@@ -499,7 +506,11 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
     }
     for vm in &mut vms {
         let ready = vm.wait_ready(READY_BOUND);
-        println!("IMAGE cluster {}: ready {:.1} s", vm.name, ready.as_secs_f64());
+        println!(
+            "IMAGE cluster {}: ready {:.1} s",
+            vm.name,
+            ready.as_secs_f64()
+        );
     }
     // Both see each other, and one of them runs the group.
     let t = Instant::now();
