@@ -80,7 +80,7 @@ fn built() -> &'static Path {
     })
 }
 
-/// QEMU runs are heavy under TCG on small machines: at most two at a time.
+/// QEMU runs are heavy under TCG on small machines: one test's VMs at a time.
 fn qemu_slots() -> &'static Mutex<()> {
     static M: OnceLock<Mutex<()>> = OnceLock::new();
     M.get_or_init(|| Mutex::new(()))
