@@ -1,7 +1,8 @@
 //! Boot tests of the appliance image (`image/`) under QEMU TCG: UEFI (OVMF) and legacy
 //! BIOS (SeaBIOS) boots reach the metrics endpoint and the SNMP agent through user-mode
 //! networking; a slot that never becomes healthy is abandoned for the previous one; two
-//! VMs on a socket network fail the demo group over when the owner's QEMU is killed,
+//! VMs on a multicast socket network fail the demo group over when the owner's QEMU is
+//! killed (a helper on that LAN sees the floating IP move by ARP),
 //! and a trap receiver on the host gets `tandemFailoverCompleted`.
 //!
 //! The image is built once per test run (`image/build.sh`, guarded by a `OnceLock`).
@@ -449,6 +450,71 @@ quickcheck = {{ probe = "http", url = "http://127.0.0.1:8080/health", expect_sta
     )
 }
 
+/// The cluster LAN: a QEMU multicast socket network (raw Ethernet frames in UDP).
+const LAN_GROUP: &str = "230.0.0.1";
+const VIP: [u8; 4] = [10, 99, 0, 100];
+
+fn mac_of(vm: usize) -> String {
+    format!("52:54:00:99:00:1{}", vm + 1)
+}
+
+/// A helper on the cluster LAN that asks who has an address (ARP), as a client on
+/// the LAN does before it talks to the floating IP.
+struct Lan {
+    sock: UdpSocket,
+    group: std::net::SocketAddr,
+}
+
+impl Lan {
+    fn join(port: u16) -> Lan {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let group: std::net::Ipv4Addr = LAN_GROUP.parse().unwrap();
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&std::net::SocketAddr::from((group, port)).into())
+            .unwrap();
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        s.join_multicast_v4(&group, &lo).unwrap();
+        s.set_multicast_if_v4(&lo).unwrap();
+        s.set_multicast_loop_v4(true).unwrap();
+        let sock: UdpSocket = s.into();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Lan {
+            sock,
+            group: (group, port).into(),
+        }
+    }
+
+    /// Sends one ARP request for `ip`; the sender MAC of the first reply within 200 ms.
+    fn who_has(&self, ip: [u8; 4]) -> Option<String> {
+        let me = [0x52, 0x54, 0x00, 0x99, 0x00, 0x99];
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&me);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&me);
+        f.extend_from_slice(&[10, 99, 0, 50]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&ip);
+        f.resize(60, 0);
+        self.sock.send_to(&f, self.group).ok()?;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                break;
+            };
+            let b = &buf[..n];
+            let is_reply = n >= 42 && b[12..14] == [0x08, 0x06] && b[20..22] == [0, 2];
+            if is_reply && b[28..32] == ip {
+                let mac: Vec<String> = b[22..28].iter().map(|x| format!("{x:02x}")).collect();
+                return Some(mac.join(":"));
+            }
+        }
+        None
+    }
+}
+
 fn owner(vm: &Vm) -> Option<String> {
     let m = vm.metrics()?;
     m.lines()
@@ -467,14 +533,11 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
     let dir = tempfile::tempdir().unwrap();
     let trap_port = free_port(true);
     let traps = TrapReceiver::start(dir.path(), trap_port);
-    let (pa, pb) = (free_port(true), free_port(true));
+    let lan_port = free_port(true);
     let mut vms = Vec::new();
-    for (i, (name, ip, local, remote)) in [
-        ("alpha", "10.99.0.11", pa, pb),
-        ("beta", "10.99.0.12", pb, pa),
-    ]
-    .into_iter()
-    .enumerate()
+    for (i, (name, ip)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
+        .into_iter()
+        .enumerate()
     {
         let data = dir.path().join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
@@ -498,8 +561,8 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
                 firmware,
                 disk: &disk,
                 lan: Some((
-                    format!("udp=127.0.0.1:{remote},localaddr=127.0.0.1:{local}"),
-                    format!("52:54:00:99:00:1{}", i + 1),
+                    format!("mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
+                    mac_of(i),
                 )),
             },
         ));
@@ -530,16 +593,32 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let (dead, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
-    let served = http_get(vms[dead].demo, "/").unwrap_or_default();
-    assert_eq!(served.trim(), first, "the owner serves the demo service");
+    let t = Instant::now();
+    while http_get(vms[dead].demo, "/").is_none_or(|b| b.trim() != first) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the owner {first} does not serve the demo service"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let lan = Lan::join(lan_port);
+    let t = Instant::now();
+    while lan.who_has(VIP) != Some(mac_of(dead)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the floating IP does not answer with {first}'s MAC"
+        );
+    }
     let killed_at = Instant::now();
     let victim = vms.remove(dead);
     drop(victim);
+    let survivor_index = survivor;
     let survivor = &vms[survivor.min(vms.len() - 1)];
     let name = survivor.name.clone();
     let took = loop {
         if owner(survivor).as_deref() == Some(name.as_str())
             && http_get(survivor.demo, "/").is_some_and(|b| b.trim() == name)
+            && lan.who_has(VIP) == Some(mac_of(survivor_index))
         {
             break killed_at.elapsed();
         }
@@ -551,7 +630,7 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         std::thread::sleep(Duration::from_millis(100));
     };
     println!(
-        "IMAGE cluster: {name} owns `demo` and serves it {:.1} s after the owner's QEMU was killed",
+        "IMAGE cluster: {name} owns `demo`, serves it and answers ARP for the floating IP {:.1} s after the owner's QEMU was killed",
         took.as_secs_f64()
     );
     let t = Instant::now();
