@@ -4,7 +4,10 @@
 set -euo pipefail
 
 packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps
-    prometheus snmp snmpd snmptrapd smitools qemu-utils libnbd-bin nbdkit)
+    prometheus snmp snmpd snmptrapd smitools qemu-utils libnbd-bin nbdkit
+    # The appliance image (image/build.sh) and its boot tests (tests/image.rs).
+    qemu-system-x86 ovmf seabios systemd-boot-efi syslinux syslinux-common mtools dosfstools
+    gdisk e2fsprogs busybox-static cpio kmod zstd)
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need (Debian packages, idempotently) and runs the whole
 # test suite: formatting, lints, unit tests, the seeded simulation, the lab tests in
-# network namespaces (as root), and a short failover benchmark.
+# network namespaces (as root), the appliance image's QEMU boot tests (tests/image.rs
+# builds the image once with image/build.sh), and a short failover benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/deps.sh

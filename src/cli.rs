@@ -102,6 +102,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: BenchCmd,
     },
+    /// The appliance image's A/B boot slots (see image/ and README "Appliance image").
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
     /// The demo service the lab protects: HTTP that answers with the node's name.
     #[command(hide = true)]
     DemoService {
@@ -224,4 +229,60 @@ pub struct MirrorTarget {
 pub enum ConfigCmd {
     /// Parse and validate a config file; exit 2 if it is wrong.
     Check { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Show both boot slots and which one boots next.
+    Status {
+        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+        esp: PathBuf,
+    },
+    /// Write the inactive slot from a raw image file (tandem.img) and try it next boot.
+    Update {
+        file: PathBuf,
+        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+        esp: PathBuf,
+        /// The running slot (default: `tandem.slot=` of the kernel command line).
+        #[arg(long)]
+        slot: Option<String>,
+    },
+    /// Mark the running slot good (optionally once the daemon answers, within --wait s).
+    Bless {
+        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+        esp: PathBuf,
+        #[arg(long)]
+        slot: Option<String>,
+        /// Wait up to this many seconds for the daemon's API to answer first; fail if not.
+        #[arg(long)]
+        wait: Option<u64>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Early boot: count this boot attempt (legacy BIOS) and point SYSLINUX at what
+    /// boots next.
+    #[command(hide = true)]
+    BootCheck {
+        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+        esp: PathBuf,
+        #[arg(long)]
+        slot: Option<String>,
+        #[arg(long, value_enum)]
+        firmware: Option<crate::image::Firmware>,
+    },
+    /// Print the one-node configuration used when the data partition has none.
+    #[command(hide = true)]
+    DefaultConfig {
+        #[arg(long)]
+        node: String,
+        /// This node's heartbeat address (the first NIC's).
+        #[arg(long, default_value = "127.0.0.1")]
+        address: std::net::IpAddr,
+    },
+    /// Rewrite syslinux.cfg from the loader entries of a (staged) ESP.
+    #[command(hide = true)]
+    SyncLoader {
+        #[arg(long)]
+        esp: PathBuf,
+    },
 }

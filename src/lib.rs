@@ -17,6 +17,7 @@
 //! - [`mirror`]: block volumes, the `Export` seam and the NBD server that serves them.
 //! - [`snmp`]: TANDEM-MIB, the SNMP agent (v2c, v3 USM) and notifications.
 //! - [`demo`]: the demo service the lab protects.
+//! - [`image`]: the appliance image's A/B boot slots: boot counting, blessing, updates.
 //! - [`cli`]: the command line.
 
 pub mod api;
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod image;
 pub mod lab;
 pub mod metrics;
 pub mod mirror;

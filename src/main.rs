@@ -8,7 +8,7 @@ use clap::Parser;
 use tandem::api::client::{call, Endpoint};
 use tandem::api::{ApiError, MirrorAction, Status};
 use tandem::cli::{
-    ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
+    ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::event::{Event, Timeline};
@@ -32,6 +32,8 @@ enum MainError {
     Volume(#[from] tandem::mirror::volume::VolumeError),
     #[error(transparent)]
     MirrorBench(#[from] tandem::mirror::bench::BenchError),
+    #[error(transparent)]
+    Image(#[from] tandem::image::ImageError),
     #[error("{0}")]
     Other(String),
 }
@@ -44,6 +46,7 @@ impl MainError {
             | MainError::Runtime(tandem::runtime::RuntimeError::UnknownNode(_)) => 2,
             MainError::Api(ApiError::Connect(..)) => 3,
             MainError::Api(ApiError::Status(_)) => 4,
+            MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
             MainError::Nbd(tandem::mirror::nbd::NbdError::NoListener)
             | MainError::Volume(tandem::mirror::volume::VolumeError::NotFileOrBlockDevice {
                 ..
@@ -120,6 +123,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             Ok(())
         }
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
+        Cmd::Image { cmd } => image(cmd),
         Cmd::Bench {
             cmd: BenchCmd::Mirror(args),
         } => Ok(tandem::mirror::bench::run(&args)?),
@@ -132,6 +136,72 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             .map_err(|e| MainError::Other(format!("demo service: {e}"))),
         other => runtime()?.block_on(admin(other)),
     }
+}
+
+fn image_slot(slot: Option<String>) -> Result<tandem::image::Slot, MainError> {
+    match slot {
+        Some(s) => tandem::image::Slot::parse(&s)
+            .ok_or_else(|| MainError::Other(format!("unknown slot `{s}` (a or b)"))),
+        None => Ok(tandem::image::running_slot()?),
+    }
+}
+
+fn image(cmd: ImageCmd) -> Result<(), MainError> {
+    use tandem::image::{self as img, Esp};
+    match cmd {
+        ImageCmd::Status { esp } => print!("{}", img::describe(&Esp::new(esp))?),
+        ImageCmd::Update { file, esp, slot } => {
+            let u = img::update(&Esp::new(esp), &file, image_slot(slot)?)?;
+            println!(
+                "slot {} written ({} bytes), entry {}: it boots next, {} tries",
+                u.slot,
+                u.bytes,
+                u.entry.file_name(),
+                img::TRIES
+            );
+        }
+        ImageCmd::Bless {
+            esp,
+            slot,
+            wait,
+            api,
+        } => {
+            let slot = image_slot(slot)?;
+            if let Some(secs) = wait {
+                runtime()?.block_on(img::wait_healthy(
+                    &endpoint(&api),
+                    std::time::Duration::from_secs(secs),
+                ))?;
+                println!("tandem: the daemon is healthy");
+            }
+            let e = img::bless(&Esp::new(esp), slot)?;
+            println!("slot {slot} blessed ({})", e.file_name());
+        }
+        ImageCmd::BootCheck {
+            esp,
+            slot,
+            firmware,
+        } => {
+            let fw = firmware.unwrap_or_else(img::Firmware::detect);
+            let c = img::boot_check(&Esp::new(esp), image_slot(slot)?, fw)?;
+            println!(
+                "tandem: booted {} ({fw:?}); next boot unless blessed: slot {}",
+                c.entry.file_name(),
+                c.next.map_or("-", |s| s.name())
+            );
+        }
+        ImageCmd::DefaultConfig { node, address } => {
+            print!(
+                "{}",
+                img::default_config(&node, address, &img::random_key())
+            )
+        }
+        ImageCmd::SyncLoader { esp } => {
+            let next = img::Esp::new(esp).sync_loader()?;
+            println!("syslinux.cfg: DEFAULT {}", next.map_or("-", |s| s.name()));
+        }
+    }
+    Ok(())
 }
 
 async fn nbd(cmd: NbdCmd) -> Result<(), MainError> {

@@ -1,0 +1,920 @@
+//! The appliance image's A/B boot slots (see `image/`): the ESP holds two slots
+//! (`/tandem/a`, `/tandem/b`: `vmlinuz` + `initrd.img`) and one systemd-boot loader
+//! entry per slot, `loader/entries/tandem-<generation>-<slot>[+LEFT[-DONE]].conf`.
+//!
+//! The entry file names are the whole boot state, for both firmwares:
+//! - UEFI: systemd-boot counts tries itself (renames `+3` to `+2-1` before booting) and
+//!   boots the first entry of its order: entries with no tries left last, then the
+//!   highest generation. [`select`] models that order.
+//! - Legacy BIOS: SYSLINUX cannot count, so the init runs [`boot_check`], which does the
+//!   same rename for the booted slot and rewrites `syslinux.cfg` so that its `DEFAULT`
+//!   is what [`select`] picks now: a slot out of tries falls back to the other one.
+//!
+//! [`bless`] marks the running slot good (drops the counter) once the daemon is
+//! healthy; [`update`] writes the inactive slot from a new image file and puts it on
+//! trial with [`TRIES`] tries; [`default_config`] is the first-boot configuration.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Tries a freshly written slot gets before it is abandoned.
+pub const TRIES: u32 = 3;
+/// Partition name of the ESP in the image's GPT (also the FAT volume label).
+pub const ESP_PARTITION_NAME: &str = "TANDEM-ESP";
+/// Where the running appliance mounts the ESP.
+pub const DEFAULT_ESP: &str = "/boot/efi";
+
+/// What can go wrong with the boot slots.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0}: not a disk image with a GPT")]
+    NoGpt(PathBuf),
+    #[error("{0}: no `{ESP_PARTITION_NAME}` partition in the GPT")]
+    NoEsp(PathBuf),
+    #[error("{path}: cannot read the FAT file system: {source}")]
+    Fat { path: PathBuf, source: io::Error },
+    #[error("no loader entry in {0}")]
+    NoEntry(PathBuf),
+    #[error("no loader entry for the running slot {slot} in {dir}")]
+    NoSlotEntry { slot: Slot, dir: PathBuf },
+    #[error("cannot tell the running slot: no `tandem.slot=` on the kernel command line")]
+    UnknownSlot,
+    #[error("the daemon did not become healthy within {0} s: {1}")]
+    Unhealthy(u64, String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One of the two boot slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Slot> {
+        match s {
+            "a" | "A" => Some(Slot::A),
+            "b" | "B" => Some(Slot::B),
+            _ => None,
+        }
+    }
+    /// The slot named by `tandem.slot=` in a kernel command line.
+    pub fn from_cmdline(cmdline: &str) -> Option<Slot> {
+        cmdline
+            .split_whitespace()
+            .find_map(|a| a.strip_prefix("tandem.slot="))
+            .and_then(Slot::parse)
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A loader entry, from its file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub slot: Slot,
+    pub generation: u64,
+    /// `None`: blessed (no counter). `Some(n)`: on trial with n tries left.
+    pub tries_left: Option<u32>,
+    pub tries_done: u32,
+}
+
+impl Entry {
+    /// Parses `tandem-<gen>-<slot>[+LEFT[-DONE]].conf`.
+    pub fn parse(file_name: &str) -> Option<Entry> {
+        let stem = file_name.strip_suffix(".conf")?;
+        let rest = stem.strip_prefix("tandem-")?;
+        let (id, counter) = match rest.split_once('+') {
+            Some((id, c)) => (id, Some(c)),
+            None => (rest, None),
+        };
+        let (generation, slot) = id.split_once('-')?;
+        let generation = generation.parse().ok()?;
+        let slot = Slot::parse(slot)?;
+        let (tries_left, tries_done) = match counter {
+            None => (None, 0),
+            Some(c) => {
+                let (l, d) = c.split_once('-').unwrap_or((c, "0"));
+                (Some(l.parse().ok()?), d.parse().ok()?)
+            }
+        };
+        Some(Entry {
+            slot,
+            generation,
+            tries_left,
+            tries_done,
+        })
+    }
+
+    pub fn file_name(&self) -> String {
+        let id = format!("tandem-{}-{}", self.generation, self.slot);
+        match self.tries_left {
+            None => format!("{id}.conf"),
+            Some(l) if self.tries_done == 0 => format!("{id}+{l}.conf"),
+            Some(l) => format!("{id}+{l}-{}.conf", self.tries_done),
+        }
+    }
+
+    /// Out of tries: the boot loader only picks it when nothing else is left.
+    pub fn is_bad(&self) -> bool {
+        self.tries_left == Some(0)
+    }
+
+    /// The entry after one more counted boot attempt (blessed entries do not count).
+    pub fn counted(&self) -> Entry {
+        let mut e = self.clone();
+        if let Some(l) = e.tries_left {
+            if l > 0 {
+                e.tries_left = Some(l - 1);
+                e.tries_done += 1;
+            }
+        }
+        e
+    }
+
+    pub fn blessed(&self) -> Entry {
+        Entry {
+            tries_left: None,
+            tries_done: 0,
+            ..self.clone()
+        }
+    }
+}
+
+/// The entry systemd-boot boots by default: entries out of tries go last, then the
+/// highest generation (its version sort of the ids, newest first).
+pub fn select(entries: &[Entry]) -> Option<&Entry> {
+    entries
+        .iter()
+        .min_by_key(|e| (e.is_bad(), std::cmp::Reverse((e.generation, e.slot))))
+}
+
+/// The ESP of a running (or staged) appliance.
+#[derive(Debug, Clone)]
+pub struct Esp {
+    pub root: PathBuf,
+}
+
+impl Esp {
+    pub fn new(root: impl Into<PathBuf>) -> Esp {
+        Esp { root: root.into() }
+    }
+    pub fn entries_dir(&self) -> PathBuf {
+        self.root.join("loader/entries")
+    }
+    pub fn slot_dir(&self, slot: Slot) -> PathBuf {
+        self.root.join("tandem").join(slot.name())
+    }
+
+    /// The tandem loader entries, with their options lines.
+    pub fn entries(&self) -> Result<Vec<(Entry, String)>, ImageError> {
+        let dir = self.entries_dir();
+        let mut out = Vec::new();
+        for de in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let de = de.map_err(io_err(&dir))?;
+            let name = de.file_name().to_string_lossy().into_owned();
+            if let Some(e) = Entry::parse(&name) {
+                let text = fs::read_to_string(de.path()).map_err(io_err(&de.path()))?;
+                out.push((e, options_of(&text)));
+            }
+        }
+        out.sort_by_key(|(e, _)| (e.generation, e.slot));
+        Ok(out)
+    }
+
+    fn rename(&self, from: &Entry, to: &Entry) -> Result<(), ImageError> {
+        if from == to {
+            return Ok(());
+        }
+        let src = self.entries_dir().join(from.file_name());
+        fs::rename(&src, self.entries_dir().join(to.file_name())).map_err(io_err(&src))
+    }
+
+    /// Rewrites `syslinux.cfg` so legacy BIOS boots what systemd-boot would.
+    pub fn sync_loader(&self) -> Result<Option<Slot>, ImageError> {
+        let entries = self.entries()?;
+        let only: Vec<Entry> = entries.iter().map(|(e, _)| e.clone()).collect();
+        let path = self.root.join("syslinux.cfg");
+        let text = render_syslinux(&entries);
+        write_synced(&path, text.as_bytes())?;
+        Ok(select(&only).map(|e| e.slot))
+    }
+}
+
+fn options_of(entry_text: &str) -> String {
+    entry_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("options"))
+        .map(|o| o.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// `syslinux.cfg` for the entries: one label per slot, `DEFAULT` = [`select`].
+pub fn render_syslinux(entries: &[(Entry, String)]) -> String {
+    let only: Vec<Entry> = entries.iter().map(|(e, _)| e.clone()).collect();
+    let default = select(&only).map_or("a", |e| e.slot.name());
+    let mut s = String::from(
+        "# Written by `tandem image` from loader/entries: do not edit.\n\
+         SERIAL 0 115200\nPROMPT 0\nTIMEOUT 0\n",
+    );
+    s.push_str(&format!("DEFAULT {default}\n"));
+    for (e, options) in entries {
+        s.push_str(&format!(
+            "LABEL {slot}\n  LINUX /tandem/{slot}/vmlinuz\n  INITRD /tandem/{slot}/initrd.img\n  APPEND {options}\n",
+            slot = e.slot
+        ));
+    }
+    s
+}
+
+/// What [`boot_check`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootCheck {
+    /// The running slot's entry after counting this boot.
+    pub entry: Entry,
+    /// The slot the next boot picks unless this one is blessed.
+    pub next: Option<Slot>,
+}
+
+/// The firmware that booted us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    Uefi,
+    Bios,
+}
+
+impl Firmware {
+    pub fn detect() -> Firmware {
+        if Path::new("/sys/firmware/efi").exists() {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        }
+    }
+}
+
+/// Early in boot: on BIOS count this attempt (systemd-boot already did on UEFI), then
+/// make `syslinux.cfg` boot what comes next.
+pub fn boot_check(esp: &Esp, slot: Slot, firmware: Firmware) -> Result<BootCheck, ImageError> {
+    let entries = esp.entries()?;
+    let (current, _) = entries
+        .iter()
+        .find(|(e, _)| e.slot == slot)
+        .ok_or_else(|| ImageError::NoSlotEntry {
+            slot,
+            dir: esp.entries_dir(),
+        })?;
+    let entry = match firmware {
+        Firmware::Uefi => current.clone(),
+        Firmware::Bios => {
+            let counted = current.counted();
+            esp.rename(current, &counted)?;
+            counted
+        }
+    };
+    let next = esp.sync_loader()?;
+    Ok(BootCheck { entry, next })
+}
+
+/// Marks the running slot good: no counter on its entry, and `syslinux.cfg` boots it.
+/// Returns the entry as it is now.
+pub fn bless(esp: &Esp, slot: Slot) -> Result<Entry, ImageError> {
+    let entries = esp.entries()?;
+    let (current, _) = entries
+        .iter()
+        .find(|(e, _)| e.slot == slot)
+        .ok_or_else(|| ImageError::NoSlotEntry {
+            slot,
+            dir: esp.entries_dir(),
+        })?;
+    let blessed = current.blessed();
+    esp.rename(current, &blessed)?;
+    esp.sync_loader()?;
+    Ok(blessed)
+}
+
+/// The result of [`update`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Updated {
+    pub slot: Slot,
+    pub entry: Entry,
+    pub bytes: u64,
+}
+
+/// Writes the slot that is not `running` from a raw disk image (`tandem.img`): the
+/// kernel and initramfs of the image's own default slot, then a new entry on trial
+/// with [`TRIES`] tries and a generation above every other, so both boot loaders try
+/// it next.
+pub fn update(esp: &Esp, image: &Path, running: Slot) -> Result<Updated, ImageError> {
+    let target = running.other();
+    let fat = open_image_esp(image)?;
+    let fat_err = |source: io::Error| ImageError::Fat {
+        path: image.to_path_buf(),
+        source,
+    };
+    // The image's default entry says which of its slots to take, and its options.
+    let mut image_entries = Vec::new();
+    {
+        let root = fat.root_dir();
+        let dir = root.open_dir("loader/entries").map_err(fat_err)?;
+        for de in dir.iter() {
+            let de = de.map_err(fat_err)?;
+            if let Some(e) = Entry::parse(&de.file_name()) {
+                let mut text = String::new();
+                de.to_file().read_to_string(&mut text).map_err(fat_err)?;
+                image_entries.push((e, options_of(&text)));
+            }
+        }
+    }
+    let only: Vec<Entry> = image_entries.iter().map(|(e, _)| e.clone()).collect();
+    let source = select(&only)
+        .cloned()
+        .ok_or_else(|| ImageError::NoEntry(image.to_path_buf()))?;
+    let options = image_entries
+        .iter()
+        .find(|(e, _)| *e == source)
+        .map(|(_, o)| retarget_options(o, target))
+        .unwrap_or_default();
+
+    let dir = esp.slot_dir(target);
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    // Take the target out of the boot order first: a half-written slot never boots.
+    let mine = esp.entries()?;
+    for (e, _) in mine.iter().filter(|(e, _)| e.slot == target) {
+        let p = esp.entries_dir().join(e.file_name());
+        fs::remove_file(&p).map_err(io_err(&p))?;
+    }
+    let mut bytes = 0;
+    for name in ["vmlinuz", "initrd.img"] {
+        let src = format!("tandem/{}/{name}", source.slot);
+        let mut f = fat.root_dir().open_file(&src).map_err(fat_err)?;
+        let dst = dir.join(name);
+        let tmp = dir.join(format!("{name}.new"));
+        let mut out = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        bytes += io::copy(&mut f, &mut out).map_err(io_err(&tmp))?;
+        out.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    }
+    drop(fat);
+    let generation = mine.iter().map(|(e, _)| e.generation).max().unwrap_or(0) + 1;
+    let entry = Entry {
+        slot: target,
+        generation,
+        tries_left: Some(TRIES),
+        tries_done: 0,
+    };
+    let text = format!(
+        "title Tandem (slot {target}, generation {generation})\n\
+         linux /tandem/{target}/vmlinuz\ninitrd /tandem/{target}/initrd.img\noptions {options}\n"
+    );
+    write_synced(&esp.entries_dir().join(entry.file_name()), text.as_bytes())?;
+    esp.sync_loader()?;
+    Ok(Updated {
+        slot: target,
+        entry,
+        bytes,
+    })
+}
+
+/// Kernel options for `slot`: `tandem.slot=` replaced (or added).
+pub fn retarget_options(options: &str, slot: Slot) -> String {
+    let mut out: Vec<String> = options
+        .split_whitespace()
+        .filter(|a| !a.starts_with("tandem.slot="))
+        .map(str::to_string)
+        .collect();
+    out.push(format!("tandem.slot={slot}"));
+    out.join(" ")
+}
+
+/// A byte range of a file (one partition), for the FAT reader.
+struct Partition {
+    file: fs::File,
+    start: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Read for Partition {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(self.pos);
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Write for Partition {
+    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the update image is read only",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for Partition {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let new = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
+        Ok(self.pos)
+    }
+}
+
+/// A GPT partition: name and byte range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptPartition {
+    pub name: String,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// The partitions of a GPT disk image with 512-byte sectors.
+pub fn read_gpt(image: &Path) -> Result<Vec<GptPartition>, ImageError> {
+    let mut f = fs::File::open(image).map_err(io_err(image))?;
+    let mut hdr = [0u8; 92];
+    f.seek(SeekFrom::Start(512)).map_err(io_err(image))?;
+    f.read_exact(&mut hdr)
+        .map_err(|_| ImageError::NoGpt(image.to_path_buf()))?;
+    if &hdr[..8] != b"EFI PART" {
+        return Err(ImageError::NoGpt(image.to_path_buf()));
+    }
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
+    let table = u64_at(&hdr, 72) * 512;
+    let count = u32_at(&hdr, 80).min(1024) as usize;
+    let size = u32_at(&hdr, 84) as usize;
+    if !(128..=4096).contains(&size) {
+        return Err(ImageError::NoGpt(image.to_path_buf()));
+    }
+    let mut raw = vec![0u8; count * size];
+    f.seek(SeekFrom::Start(table)).map_err(io_err(image))?;
+    f.read_exact(&mut raw)
+        .map_err(|_| ImageError::NoGpt(image.to_path_buf()))?;
+    let mut parts = Vec::new();
+    for e in raw.chunks(size) {
+        if e[..16].iter().all(|&b| b == 0) {
+            continue;
+        }
+        let (first, last) = (u64_at(e, 32), u64_at(e, 40));
+        let name: Vec<u16> = e[56..128]
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&c| c != 0)
+            .collect();
+        parts.push(GptPartition {
+            name: String::from_utf16_lossy(&name),
+            start: first * 512,
+            len: (last + 1).saturating_sub(first) * 512,
+        });
+    }
+    Ok(parts)
+}
+
+fn open_image_esp(image: &Path) -> Result<fatfs::FileSystem<Partition>, ImageError> {
+    let esp = read_gpt(image)?
+        .into_iter()
+        .find(|p| p.name == ESP_PARTITION_NAME)
+        .ok_or_else(|| ImageError::NoEsp(image.to_path_buf()))?;
+    let file = fs::File::open(image).map_err(io_err(image))?;
+    let part = Partition {
+        file,
+        start: esp.start,
+        len: esp.len,
+        pos: 0,
+    };
+    fatfs::FileSystem::new(part, fatfs::FsOptions::new()).map_err(|source| ImageError::Fat {
+        path: image.to_path_buf(),
+        source,
+    })
+}
+
+/// The one-node configuration a node boots with when the data partition has no
+/// `tandem.toml`: heartbeats on `address` (the first NIC's), the SNMP agent (v2c
+/// `public`, read-only, from private networks only) and metrics up, no groups.
+pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> String {
+    let node = node.replace(['"', '\\'], "");
+    let mut s = format!(
+        "# Written at boot because /data/tandem.toml is missing: a one-node default.\n\
+         [cluster]\nname = \"tandem\"\nkey = \"{key}\"\nstate_dir = \"/data/state\"\n\n\
+         [heartbeat]\npaths = [\"lan\"]\n\n\
+         [metrics]\nlisten = \"0.0.0.0:9776\"\n\n\
+         [snmp]\nlisten = \"0.0.0.0:161\"\n"
+    );
+    for net in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] {
+        s.push_str(&format!(
+            "\n[[snmp.community]]\nname = \"public\"\nsource = \"{net}\"\n"
+        ));
+    }
+    s.push_str(&format!(
+        "\n[[node]]\nname = \"{node}\"\npriority = 1\naddresses = {{ lan = \"{address}\" }}\n"
+    ));
+    s
+}
+
+/// A random cluster key for [`default_config`].
+pub fn random_key() -> String {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    (0..32)
+        .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
+        .collect()
+}
+
+/// The running slot, from `/proc/cmdline`.
+pub fn running_slot() -> Result<Slot, ImageError> {
+    let p = Path::new("/proc/cmdline");
+    let cmdline = fs::read_to_string(p).map_err(io_err(p))?;
+    Slot::from_cmdline(&cmdline).ok_or(ImageError::UnknownSlot)
+}
+
+/// Healthy = the daemon is up and its API answers a status request. Polls until
+/// then or until `timeout`.
+pub async fn wait_healthy(
+    ep: &crate::api::client::Endpoint,
+    timeout: std::time::Duration,
+) -> Result<(), ImageError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let r: Result<crate::api::Status, _> =
+            crate::api::client::call(ep, "GET", "/v1/status", None).await;
+        match r {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(ImageError::Unhealthy(timeout.as_secs(), e.to_string()))
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
+}
+
+/// Human-readable state of the slots.
+pub fn describe(esp: &Esp) -> Result<String, ImageError> {
+    let entries = esp.entries()?;
+    let only: Vec<Entry> = entries.iter().map(|(e, _)| e.clone()).collect();
+    let next = select(&only).map(|e| e.slot);
+    let mut s = String::new();
+    for (e, _) in &entries {
+        let state = match e.tries_left {
+            None => "good".to_string(),
+            Some(0) => format!("BAD (no tries left, {} done)", e.tries_done),
+            Some(l) => format!("on trial ({l} tries left, {} done)", e.tries_done),
+        };
+        s.push_str(&format!(
+            "slot {}  generation {:<4} {}{}\n",
+            e.slot,
+            e.generation,
+            state,
+            if Some(e.slot) == next {
+                "  <- boots next"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged_esp(names: &[&str]) -> (tempfile::TempDir, Esp) {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = Esp::new(dir.path());
+        fs::create_dir_all(esp.entries_dir()).unwrap();
+        for n in names {
+            let e = Entry::parse(n).unwrap();
+            fs::create_dir_all(esp.slot_dir(e.slot)).unwrap();
+            fs::write(
+                esp.entries_dir().join(n),
+                format!("title x\noptions console=ttyS0 tandem.slot={}\n", e.slot),
+            )
+            .unwrap();
+        }
+        (dir, esp)
+    }
+
+    fn names(esp: &Esp) -> Vec<String> {
+        esp.entries()
+            .unwrap()
+            .iter()
+            .map(|(e, _)| e.file_name())
+            .collect()
+    }
+
+    #[test]
+    fn entry_names_round_trip() {
+        for n in [
+            "tandem-1-a.conf",
+            "tandem-2-b+3.conf",
+            "tandem-12-a+2-1.conf",
+            "tandem-2-b+0-3.conf",
+        ] {
+            assert_eq!(Entry::parse(n).unwrap().file_name(), n);
+        }
+        assert_eq!(Entry::parse("other.conf"), None);
+        assert_eq!(Entry::parse("tandem-x-a.conf"), None);
+        assert_eq!(Entry::parse("tandem-1-c.conf"), None);
+        let e = Entry::parse("tandem-2-b+1.conf").unwrap().counted();
+        assert_eq!(e.file_name(), "tandem-2-b+0-1.conf");
+        assert!(e.is_bad());
+        assert_eq!(e.counted(), e, "a bad entry does not count below zero");
+        assert_eq!(e.blessed().file_name(), "tandem-2-b.conf");
+    }
+
+    #[test]
+    fn select_prefers_newest_with_tries_left() {
+        let p = |n: &str| Entry::parse(n).unwrap();
+        let es = [p("tandem-1-a.conf"), p("tandem-2-b+3.conf")];
+        assert_eq!(select(&es).unwrap().slot, Slot::B);
+        let es = [p("tandem-1-a.conf"), p("tandem-2-b+0-3.conf")];
+        assert_eq!(
+            select(&es).unwrap().slot,
+            Slot::A,
+            "out of tries: fall back"
+        );
+        let es = [p("tandem-3-a+1.conf"), p("tandem-2-b.conf")];
+        assert_eq!(select(&es).unwrap().slot, Slot::A);
+        let es = [p("tandem-2-b+0-3.conf")];
+        assert_eq!(
+            select(&es).unwrap().slot,
+            Slot::B,
+            "the only one still boots"
+        );
+        assert_eq!(select(&[]), None);
+    }
+
+    #[test]
+    fn bios_boot_check_counts_and_falls_back() {
+        let (_d, esp) = staged_esp(&["tandem-1-a.conf", "tandem-2-b+2.conf"]);
+        let c = boot_check(&esp, Slot::B, Firmware::Bios).unwrap();
+        assert_eq!(c.entry.file_name(), "tandem-2-b+1-1.conf");
+        assert_eq!(c.next, Some(Slot::B));
+        let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
+        assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
+        assert!(
+            cfg.contains("APPEND console=ttyS0 tandem.slot=a\n"),
+            "{cfg}"
+        );
+        // Second failed attempt: out of tries, the next boot is slot A.
+        let c = boot_check(&esp, Slot::B, Firmware::Bios).unwrap();
+        assert_eq!(c.entry.file_name(), "tandem-2-b+0-2.conf");
+        assert_eq!(c.next, Some(Slot::A));
+        let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
+        assert!(cfg.contains("DEFAULT a\n"), "{cfg}");
+        // Slot A is blessed: booting it changes no counter.
+        let c = boot_check(&esp, Slot::A, Firmware::Bios).unwrap();
+        assert_eq!(c.entry.file_name(), "tandem-1-a.conf");
+        assert_eq!(names(&esp), ["tandem-1-a.conf", "tandem-2-b+0-2.conf"]);
+    }
+
+    #[test]
+    fn uefi_boot_check_leaves_counting_to_systemd_boot() {
+        let (_d, esp) = staged_esp(&["tandem-1-a.conf", "tandem-2-b+2-1.conf"]);
+        let c = boot_check(&esp, Slot::B, Firmware::Uefi).unwrap();
+        assert_eq!(c.entry.file_name(), "tandem-2-b+2-1.conf");
+        assert_eq!(names(&esp), ["tandem-1-a.conf", "tandem-2-b+2-1.conf"]);
+        assert!(matches!(
+            boot_check(&esp, Slot::A, Firmware::Uefi),
+            Ok(BootCheck {
+                next: Some(Slot::B),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn bless_drops_the_counter() {
+        let (_d, esp) = staged_esp(&["tandem-1-a.conf", "tandem-2-b+1-2.conf"]);
+        assert_eq!(bless(&esp, Slot::B).unwrap().file_name(), "tandem-2-b.conf");
+        assert_eq!(names(&esp), ["tandem-1-a.conf", "tandem-2-b.conf"]);
+        let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
+        assert!(cfg.contains("DEFAULT b\n"));
+        // Idempotent.
+        assert_eq!(bless(&esp, Slot::B).unwrap().file_name(), "tandem-2-b.conf");
+        assert!(matches!(
+            bless(&Esp::new(esp.root.join("nope")), Slot::A),
+            Err(ImageError::Io { .. })
+        ));
+        let (_d2, only_a) = staged_esp(&["tandem-1-a.conf"]);
+        assert!(matches!(
+            bless(&only_a, Slot::B),
+            Err(ImageError::NoSlotEntry { slot: Slot::B, .. })
+        ));
+    }
+
+    #[test]
+    fn slot_from_cmdline_and_options() {
+        assert_eq!(
+            Slot::from_cmdline("console=ttyS0 tandem.slot=b quiet"),
+            Some(Slot::B)
+        );
+        assert_eq!(Slot::from_cmdline("console=ttyS0"), None);
+        assert_eq!(
+            retarget_options("console=ttyS0 tandem.slot=a panic=10", Slot::B),
+            "console=ttyS0 panic=10 tandem.slot=b"
+        );
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        let addr = std::net::IpAddr::from([10, 0, 2, 15]);
+        let text = default_config("node-1", addr, &random_key());
+        let cfg = crate::config::Config::parse(&text).expect("the daemon accepts it");
+        assert_eq!(cfg.nodes.len(), 1);
+        assert_eq!(cfg.nodes[0].name, "node-1");
+        assert!(cfg.groups.is_empty());
+        assert!(cfg.metrics.is_some());
+        assert_eq!(cfg.snmp.unwrap().communities[0].name, "public");
+        assert_eq!(cfg.nodes[0].addresses["lan"], addr);
+    }
+
+    /// A GPT disk image whose `TANDEM-ESP` partition is a FAT volume with one slot.
+    fn fake_image(path: &Path, kernel: &[u8], initrd: &[u8]) {
+        const ESP_START: u64 = 2048 * 512;
+        const ESP_LEN: u64 = 8 * 1024 * 1024;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        f.set_len(ESP_START + ESP_LEN + 64 * 512).unwrap();
+        let mut hdr = [0u8; 92];
+        hdr[..8].copy_from_slice(b"EFI PART");
+        hdr[72..80].copy_from_slice(&2u64.to_le_bytes());
+        hdr[80..84].copy_from_slice(&128u32.to_le_bytes());
+        hdr[84..88].copy_from_slice(&128u32.to_le_bytes());
+        f.seek(SeekFrom::Start(512)).unwrap();
+        f.write_all(&hdr).unwrap();
+        let mut e = [0u8; 128];
+        e[..16].copy_from_slice(&[0x28; 16]);
+        e[32..40].copy_from_slice(&(ESP_START / 512).to_le_bytes());
+        e[40..48].copy_from_slice(&((ESP_START + ESP_LEN) / 512 - 1).to_le_bytes());
+        for (i, c) in ESP_PARTITION_NAME.encode_utf16().enumerate() {
+            e[56 + 2 * i..58 + 2 * i].copy_from_slice(&c.to_le_bytes());
+        }
+        f.seek(SeekFrom::Start(1024)).unwrap();
+        f.write_all(&e).unwrap();
+        let mut part = fscommon_slice(f, ESP_START, ESP_LEN);
+        fatfs::format_volume(&mut part, fatfs::FormatVolumeOptions::new()).unwrap();
+        let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new()).unwrap();
+        let root = fs.root_dir();
+        for d in ["loader", "loader/entries", "tandem", "tandem/a"] {
+            root.create_dir(d).unwrap();
+        }
+        let put = |p: &str, b: &[u8]| root.create_file(p).unwrap().write_all(b).unwrap();
+        put("tandem/a/vmlinuz", kernel);
+        put("tandem/a/initrd.img", initrd);
+        put(
+            "loader/entries/tandem-1-a.conf",
+            b"title t\nlinux /tandem/a/vmlinuz\noptions console=ttyS0 panic=10 tandem.slot=a\n",
+        );
+    }
+
+    /// A writable partition view for building the fake image.
+    struct RwSlice {
+        file: fs::File,
+        start: u64,
+        len: u64,
+        pos: u64,
+    }
+    fn fscommon_slice(file: fs::File, start: u64, len: u64) -> RwSlice {
+        RwSlice {
+            file,
+            start,
+            len,
+            pos: 0,
+        }
+    }
+    impl Read for RwSlice {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min((self.len - self.pos) as usize);
+            self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+            let got = self.file.read(&mut buf[..n])?;
+            self.pos += got as u64;
+            Ok(got)
+        }
+    }
+    impl Write for RwSlice {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min((self.len - self.pos) as usize);
+            self.file.seek(SeekFrom::Start(self.start + self.pos))?;
+            let put = self.file.write(&buf[..n])?;
+            self.pos += put as u64;
+            Ok(put)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.file.flush()
+        }
+    }
+    impl Seek for RwSlice {
+        fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+            self.pos = match to {
+                SeekFrom::Start(p) => p,
+                SeekFrom::End(d) => self.len.checked_add_signed(d).unwrap(),
+                SeekFrom::Current(d) => self.pos.checked_add_signed(d).unwrap(),
+            };
+            Ok(self.pos)
+        }
+    }
+
+    #[test]
+    fn update_writes_the_inactive_slot_and_puts_it_on_trial() {
+        let (dir, esp) = staged_esp(&["tandem-1-a.conf", "tandem-1-b+0-3.conf"]);
+        let img = dir.path().join("new.img");
+        let kernel = vec![0x5a; 300_000];
+        fake_image(&img, &kernel, b"new initrd");
+        assert_eq!(read_gpt(&img).unwrap()[0].name, ESP_PARTITION_NAME);
+
+        let u = update(&esp, &img, Slot::A).unwrap();
+        assert_eq!(u.slot, Slot::B);
+        assert_eq!(u.entry.file_name(), "tandem-2-b+3.conf");
+        assert_eq!(u.bytes, 300_000 + 10);
+        assert_eq!(
+            fs::read(esp.slot_dir(Slot::B).join("vmlinuz")).unwrap(),
+            kernel
+        );
+        assert_eq!(
+            fs::read(esp.slot_dir(Slot::B).join("initrd.img")).unwrap(),
+            b"new initrd"
+        );
+        assert_eq!(names(&esp), ["tandem-1-a.conf", "tandem-2-b+3.conf"]);
+        let entries = esp.entries().unwrap();
+        assert_eq!(entries[1].1, "console=ttyS0 panic=10 tandem.slot=b");
+        let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
+        assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
+        assert!(describe(&esp).unwrap().contains("slot b  generation 2"));
+
+        // Running B after it was blessed, the next update goes to A, generation 3.
+        bless(&esp, Slot::B).unwrap();
+        let u = update(&esp, &img, Slot::B).unwrap();
+        assert_eq!(u.entry.file_name(), "tandem-3-a+3.conf");
+        assert_eq!(names(&esp), ["tandem-2-b.conf", "tandem-3-a+3.conf"]);
+    }
+
+    #[test]
+    fn update_rejects_what_is_not_an_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let esp = Esp::new(dir.path());
+        let junk = dir.path().join("junk.img");
+        fs::write(&junk, vec![0u8; 4096]).unwrap();
+        assert!(matches!(
+            update(&esp, &junk, Slot::A),
+            Err(ImageError::NoGpt(_))
+        ));
+        assert!(matches!(
+            update(&esp, &dir.path().join("missing.img"), Slot::A),
+            Err(ImageError::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,648 @@
+//! Boot tests of the appliance image (`image/`) under QEMU TCG: UEFI (OVMF) and legacy
+//! BIOS (SeaBIOS) boots reach the metrics endpoint and the SNMP agent through user-mode
+//! networking; a slot that never becomes healthy is abandoned for the previous one; two
+//! VMs on a multicast socket network fail the demo group over when the owner's QEMU is
+//! killed (a helper on that LAN sees the floating IP move by ARP),
+//! and a trap receiver on the host gets `tandemFailoverCompleted`.
+//!
+//! The image is built once per test run (`image/build.sh`, guarded by a `OnceLock`).
+//! Skipped, with a message, only when QEMU, OVMF, SeaBIOS or the image tooling is not
+//! installed (`scripts/deps.sh` installs them all).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
+/// tandemFailoverCompleted (TANDEM-MIB, tandemNotifications 2).
+const FAILOVER_COMPLETED: &str = ".1.3.6.1.4.1.32473.0.2";
+const READY_BOUND: Duration = Duration::from_secs(180);
+
+fn missing_tools() -> Option<String> {
+    let bins = [
+        "qemu-system-x86_64",
+        "snmpget",
+        "snmptrapd",
+        "mkfs.vfat",
+        "mcopy",
+        "syslinux",
+        "sgdisk",
+        "mke2fs",
+        "cpio",
+        "zstd",
+        "depmod",
+    ];
+    for b in bins {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            return Some(format!("`{b}` is not installed"));
+        }
+    }
+    for f in [OVMF_CODE, OVMF_VARS, SEABIOS, "/bin/busybox"] {
+        if !Path::new(f).exists() {
+            return Some(format!("{f} is missing"));
+        }
+    }
+    None
+}
+
+macro_rules! require_image_tools {
+    () => {
+        if let Some(why) = missing_tools() {
+            eprintln!("SKIPPED: {why}; run scripts/deps.sh to install the image tooling");
+            return;
+        }
+    };
+}
+
+/// Builds the image once per test run; every test then assembles its own disk.
+fn built() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let t = Instant::now();
+        let st = Command::new("image/build.sh")
+            .arg("--no-compress")
+            .current_dir(REPO)
+            .status()
+            .expect("run image/build.sh");
+        assert!(st.success(), "image/build.sh failed");
+        eprintln!("image built in {:.1} s", t.elapsed().as_secs_f64());
+        Path::new(REPO).join("target/image/tandem.img")
+    })
+}
+
+/// QEMU runs are heavy under TCG on small machines: one test's VMs at a time.
+fn qemu_slots() -> &'static Mutex<()> {
+    static M: OnceLock<Mutex<()>> = OnceLock::new();
+    M.get_or_init(|| Mutex::new(()))
+}
+
+fn mkdisk(out: &Path, args: &[&str]) {
+    built();
+    let st = Command::new("image/mkdisk.sh")
+        .arg(out)
+        .args(args)
+        .current_dir(REPO)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run image/mkdisk.sh");
+    assert!(st.success(), "image/mkdisk.sh failed");
+}
+
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Firmware {
+    Uefi,
+    Bios,
+}
+
+/// One QEMU; killed (and reaped) on drop, even when the test panics.
+struct Vm {
+    name: String,
+    child: Child,
+    serial: PathBuf,
+    started: Instant,
+    metrics: u16,
+    snmp: u16,
+    demo: u16,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct VmSpec<'a> {
+    name: &'a str,
+    firmware: Firmware,
+    disk: &'a Path,
+    /// Extra NIC: `-netdev socket` arguments for the cluster LAN, and the MAC.
+    lan: Option<(String, String)>,
+}
+
+impl Vm {
+    fn start(dir: &Path, spec: VmSpec<'_>) -> Vm {
+        let (metrics, snmp, demo) = (free_port(false), free_port(true), free_port(false));
+        let serial = dir.join(format!("{}-serial.log", spec.name));
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
+            .args(["-nodefaults", "-no-user-config", "-display", "none"])
+            .args(["-serial", &format!("file:{}", serial.display())]);
+        match spec.firmware {
+            Firmware::Uefi => {
+                let vars = dir.join(format!("{}-OVMF_VARS.fd", spec.name));
+                std::fs::copy(OVMF_VARS, &vars).unwrap();
+                cmd.arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                    ))
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=pflash,format=raw,unit=1,file={}",
+                        vars.display()
+                    ));
+            }
+            Firmware::Bios => {
+                cmd.args(["-bios", SEABIOS]);
+            }
+        }
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=none,id=disk0",
+            spec.disk.display()
+        ));
+        cmd.args(["-device", "virtio-blk-pci,drive=disk0,addr=0x5"]);
+        cmd.arg("-netdev").arg(format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{metrics}-:9776,hostfwd=udp:127.0.0.1:{snmp}-:161,hostfwd=tcp:127.0.0.1:{demo}-:8080"
+        ));
+        cmd.args(["-device", "virtio-net-pci,netdev=n0,addr=0x3"]);
+        if let Some((netdev, mac)) = &spec.lan {
+            cmd.arg("-netdev").arg(format!("socket,id=n1,{netdev}"));
+            cmd.arg("-device")
+                .arg(format!("virtio-net-pci,netdev=n1,mac={mac},addr=0x4"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(format!("{}-qemu.err", spec.name))).unwrap())
+            .spawn()
+            .expect("qemu-system-x86_64");
+        Vm {
+            name: spec.name.to_string(),
+            child,
+            serial,
+            started: Instant::now(),
+            metrics,
+            snmp,
+            demo,
+        }
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.serial).unwrap_or_default()
+    }
+
+    fn metrics(&self) -> Option<String> {
+        http_get(self.metrics, "/metrics").filter(|b| b.contains("tandem_"))
+    }
+
+    fn sys_descr(&self) -> Option<String> {
+        let out = Command::new("snmpget")
+            .args(["-v2c", "-c", "public", "-t", "1", "-r", "0", "-Ov"])
+            .arg(format!("udp:127.0.0.1:{}", self.snmp))
+            .arg("1.3.6.1.2.1.1.1.0")
+            .output()
+            .ok()?;
+        let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    }
+
+    /// Waits until both the metrics endpoint and the SNMP agent answer; returns the
+    /// time from VM start.
+    fn wait_ready(&mut self, bound: Duration) -> Duration {
+        loop {
+            if self.metrics().is_some() && self.sys_descr().is_some() {
+                return self.started.elapsed();
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{}: QEMU exited ({st}); console:\n{}",
+                    self.name,
+                    self.console()
+                );
+            }
+            if self.started.elapsed() > bound {
+                panic!(
+                    "{}: not ready within {bound:?}; console:\n{}",
+                    self.name,
+                    self.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let (head, rest) = body.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200")
+        .then(|| rest.to_string())
+        .or_else(|| head.starts_with("HTTP/1.0 200").then(|| rest.to_string()))
+}
+
+fn boot_and_reach(firmware: Firmware) {
+    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    std::fs::copy(built(), &disk).unwrap();
+    let mut vm = Vm::start(
+        dir.path(),
+        VmSpec {
+            name: &format!("{firmware:?}").to_lowercase(),
+            firmware,
+            disk: &disk,
+            lan: None,
+        },
+    );
+    let ready = vm.wait_ready(READY_BOUND);
+    println!(
+        "IMAGE {firmware:?}: ready (metrics + SNMP) {:.1} s after VM start",
+        ready.as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("NO CONFIGURATION"),
+        "first boot says it runs the default config:\n{console}"
+    );
+    let descr = vm.sys_descr().unwrap();
+    assert!(!descr.is_empty());
+    // The health check blesses the boot.
+    let t = Instant::now();
+    while !vm.console().contains("slot a blessed") {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no blessing:\n{}",
+            vm.console()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn uefi_boot_reaches_metrics_and_snmp() {
+    require_image_tools!();
+    boot_and_reach(Firmware::Uefi);
+}
+
+#[test]
+fn bios_boot_reaches_metrics_and_snmp() {
+    require_image_tools!();
+    boot_and_reach(Firmware::Bios);
+}
+
+/// Slot B is on trial with one try and its init never becomes healthy: after that
+/// boot the loader goes back to slot A, which boots and is healthy.
+fn falls_back(firmware: Firmware) {
+    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.img");
+    mkdisk(&disk, &["--fallback-test"]);
+    let mut vm = Vm::start(
+        dir.path(),
+        VmSpec {
+            name: &format!("fallback-{firmware:?}").to_lowercase(),
+            firmware,
+            disk: &disk,
+            lan: None,
+        },
+    );
+    let ready = vm.wait_ready(READY_BOUND * 2);
+    let console = vm.console();
+    let b = console
+        .find("tandem-init: slot b")
+        .unwrap_or_else(|| panic!("slot B was not tried first:\n{console}"));
+    let a = console[b..]
+        .find("tandem-init: slot a")
+        .unwrap_or_else(|| panic!("no fallback to slot A:\n{console}"));
+    assert!(console[b..b + a].contains("not healthy"), "{console}");
+    println!(
+        "IMAGE fallback {firmware:?}: slot B abandoned, slot A ready {:.1} s after VM start",
+        ready.as_secs_f64()
+    );
+}
+
+#[test]
+fn bios_unhealthy_slot_falls_back_to_the_previous_one() {
+    require_image_tools!();
+    falls_back(Firmware::Bios);
+}
+
+#[test]
+fn uefi_unhealthy_slot_falls_back_to_the_previous_one() {
+    require_image_tools!();
+    falls_back(Firmware::Uefi);
+}
+
+/// snmptrapd on the host (the VMs reach it as 10.0.2.2 through user networking);
+/// numeric OIDs, so no MIB is needed. Killed on drop.
+struct TrapReceiver {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for TrapReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TrapReceiver {
+    fn start(dir: &Path, port: u16) -> TrapReceiver {
+        let conf = dir.join("snmptrapd.conf");
+        std::fs::write(&conf, "authCommunity log,execute,net public\n").unwrap();
+        let log = dir.join("traps.log");
+        let child = Command::new("snmptrapd")
+            .args(["-f", "-On", "-C", "-c"])
+            .arg(&conf)
+            .arg("-Lf")
+            .arg(&log)
+            .args(["-m", "", "-M", "/nonexistent"])
+            .arg(format!("udp:127.0.0.1:{port}"))
+            .env("SNMP_PERSISTENT_DIR", dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("snmptrapd");
+        TrapReceiver { child, log }
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+fn cluster_config(trap_port: u16) -> String {
+    format!(
+        r#"[cluster]
+name = "vmlab"
+key = "0123456789abcdef0123456789abcdef"
+state_dir = "/data/state"
+
+[heartbeat]
+interval = "250ms"
+dead_time = "2s"
+paths = ["hb1"]
+
+[metrics]
+listen = "0.0.0.0:9776"
+
+[snmp]
+listen = "0.0.0.0:161"
+
+[[snmp.community]]
+name = "public"
+source = "10.0.0.0/8"
+
+[[snmp.receiver]]
+address = "10.0.2.2:{trap_port}"
+form = "v2c_trap"
+community = "public"
+
+[[node]]
+name = "alpha"
+priority = 1
+addresses = {{ hb1 = "10.99.0.11" }}
+
+[[node]]
+name = "beta"
+priority = 2
+addresses = {{ hb1 = "10.99.0.12" }}
+
+[[group]]
+name = "demo"
+
+[[group.resource]]
+name = "vip"
+kind = "ip"
+address = "10.99.0.100/24"
+interface = "eth1"
+
+[[group.resource]]
+name = "web"
+kind = "process"
+command = ["/bin/tandem", "demo-service", "--listen", "0.0.0.0:8080"]
+depends_on = ["vip"]
+quickcheck = {{ probe = "http", url = "http://127.0.0.1:8080/health", expect_status = 200, interval = "1s", timeout = "500ms" }}
+"#
+    )
+}
+
+/// The cluster LAN: a QEMU multicast socket network (raw Ethernet frames in UDP).
+const LAN_GROUP: &str = "230.0.0.1";
+const VIP: [u8; 4] = [10, 99, 0, 100];
+
+fn mac_of(vm: usize) -> String {
+    format!("52:54:00:99:00:1{}", vm + 1)
+}
+
+/// A helper on the cluster LAN that asks who has an address (ARP), as a client on
+/// the LAN does before it talks to the floating IP.
+struct Lan {
+    sock: UdpSocket,
+    group: std::net::SocketAddr,
+}
+
+impl Lan {
+    fn join(port: u16) -> Lan {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let group: std::net::Ipv4Addr = LAN_GROUP.parse().unwrap();
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_reuse_address(true).unwrap();
+        s.bind(&std::net::SocketAddr::from((group, port)).into())
+            .unwrap();
+        let lo = std::net::Ipv4Addr::LOCALHOST;
+        s.join_multicast_v4(&group, &lo).unwrap();
+        s.set_multicast_if_v4(&lo).unwrap();
+        s.set_multicast_loop_v4(true).unwrap();
+        let sock: UdpSocket = s.into();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        Lan {
+            sock,
+            group: (group, port).into(),
+        }
+    }
+
+    /// Sends one ARP request for `ip`; the sender MAC of the first reply within 200 ms.
+    fn who_has(&self, ip: [u8; 4]) -> Option<String> {
+        let me = [0x52, 0x54, 0x00, 0x99, 0x00, 0x99];
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&me);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&me);
+        f.extend_from_slice(&[10, 99, 0, 50]);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&ip);
+        f.resize(60, 0);
+        self.sock.send_to(&f, self.group).ok()?;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                break;
+            };
+            let b = &buf[..n];
+            let is_reply = n >= 42 && b[12..14] == [0x08, 0x06] && b[20..22] == [0, 2];
+            if is_reply && b[28..32] == ip {
+                let mac: Vec<String> = b[22..28].iter().map(|x| format!("{x:02x}")).collect();
+                return Some(mac.join(":"));
+            }
+        }
+        None
+    }
+}
+
+fn owner(vm: &Vm) -> Option<String> {
+    let m = vm.metrics()?;
+    m.lines()
+        .filter(|l| l.starts_with("tandem_group_owner{") && l.contains("group=\"demo\""))
+        .filter(|l| l.ends_with(" 1"))
+        .find_map(|l| {
+            let i = l.find("node=\"")? + 6;
+            Some(l[i..i + l[i..].find('"')?].to_string())
+        })
+}
+
+#[test]
+fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
+    require_image_tools!();
+    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let trap_port = free_port(true);
+    let traps = TrapReceiver::start(dir.path(), trap_port);
+    let lan_port = free_port(true);
+    let mut vms = Vec::new();
+    for (i, (name, ip)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
+        .into_iter()
+        .enumerate()
+    {
+        let data = dir.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("tandem.toml"), cluster_config(trap_port)).unwrap();
+        std::fs::write(
+            data.join("network.conf"),
+            format!("hostname {name}\niface eth0 dhcp\niface eth1 static {ip}/24\n"),
+        )
+        .unwrap();
+        let disk = dir.path().join(format!("{name}.img"));
+        mkdisk(&disk, &["--data", data.to_str().unwrap()]);
+        let firmware = if i == 0 {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        };
+        vms.push(Vm::start(
+            dir.path(),
+            VmSpec {
+                name,
+                firmware,
+                disk: &disk,
+                lan: Some((
+                    format!("mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
+                    mac_of(i),
+                )),
+            },
+        ));
+    }
+    for vm in &mut vms {
+        let ready = vm.wait_ready(READY_BOUND);
+        println!(
+            "IMAGE cluster {}: ready {:.1} s",
+            vm.name,
+            ready.as_secs_f64()
+        );
+    }
+    // Both see each other, and one of them runs the group.
+    let t = Instant::now();
+    let first = loop {
+        let owners: Vec<Option<String>> = vms.iter().map(owner).collect();
+        if let [Some(a), Some(b)] = &owners[..] {
+            if a == b {
+                break a.clone();
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no agreed owner: {owners:?}\n{}\n{}",
+            vms[0].console(),
+            vms[1].console()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (dead, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
+    let t = Instant::now();
+    while http_get(vms[dead].demo, "/").is_none_or(|b| b.trim() != first) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the owner {first} does not serve the demo service"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let lan = Lan::join(lan_port);
+    let t = Instant::now();
+    while lan.who_has(VIP) != Some(mac_of(dead)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the floating IP does not answer with {first}'s MAC"
+        );
+    }
+    let killed_at = Instant::now();
+    let victim = vms.remove(dead);
+    drop(victim);
+    let survivor_index = survivor;
+    let survivor = &vms[survivor.min(vms.len() - 1)];
+    let name = survivor.name.clone();
+    let took = loop {
+        if owner(survivor).as_deref() == Some(name.as_str())
+            && http_get(survivor.demo, "/").is_some_and(|b| b.trim() == name)
+            && lan.who_has(VIP) == Some(mac_of(survivor_index))
+        {
+            break killed_at.elapsed();
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(90),
+            "{name} did not take the group over:\n{}",
+            survivor.console()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!(
+        "IMAGE cluster: {name} owns `demo`, serves it and answers ARP for the floating IP {:.1} s after the owner's QEMU was killed",
+        took.as_secs_f64()
+    );
+    let t = Instant::now();
+    while !traps.text().contains(&format!("{FAILOVER_COMPLETED}\n"))
+        && !traps.text().contains(&format!("{FAILOVER_COMPLETED} "))
+        && !traps.text().contains(&format!("{FAILOVER_COMPLETED}\t"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no tandemFailoverCompleted at the trap receiver:\n{}",
+            traps.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
