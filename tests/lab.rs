@@ -1810,6 +1810,8 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
         );
     }
     const CHUNK: u64 = 64 << 10;
+    // Past the demo service's counter block.
+    const BASE: u64 = 16 << 20;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let done = done.clone();
@@ -1822,7 +1824,7 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
                     .args(["netns", "exec", &ns, "qemu-io", "-f", "raw"])
                     .args([
                         "-c",
-                        &format!("write -P {} {} {CHUNK}", pattern(i), i * CHUNK),
+                        &format!("write -P {} {} {CHUNK}", pattern(i), BASE + i * CHUNK),
                     ])
                     .args(["-c", "flush", "nbd://127.0.0.1:10809"])
                     .output()
@@ -1860,12 +1862,25 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
     for batch in (0..acked).collect::<Vec<_>>().chunks(64) {
         let cmds: Vec<String> = batch
             .iter()
-            .map(|i| format!("read -P {} {} {CHUNK}", pattern(*i), i * CHUNK))
+            .map(|i| format!("read -P {} {} {CHUNK}", pattern(*i), BASE + i * CHUNK))
             .collect();
         let out = lab.qemu_io("n2", &cmds);
+        let first_bytes = |node: &str| -> Vec<u8> {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::open(lab.backing(node)).expect("backing");
+            (0..acked.min(8))
+                .map(|i| {
+                    let mut b = [0u8; 1];
+                    let _ = f.read_exact_at(&mut b, BASE + i * CHUNK);
+                    b[0]
+                })
+                .collect()
+        };
         assert!(
             out.status.success(),
-            "qemu-io read on n2: {}",
+            "qemu-io read on n2 (first bytes of the writes: n1 {:?}, n2 {:?}): {}",
+            first_bytes("n1"),
+            first_bytes("n2"),
             describe(&out)
         );
         let stdout = text(&out.stdout);

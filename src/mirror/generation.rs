@@ -192,7 +192,15 @@ pub fn decide(me: &PeerView, peer: &PeerView) -> SyncDecision {
     }
     let my_base = mine.bitmap_for(&peer.name);
     let their_base = theirs.bitmap_for(&me.name);
-    if my_base != 0 && my_base == their_base {
+    // Both tracked each other from the same shared generation, and both minted a new
+    // one since: both went on writing apart. A side still at the shared generation
+    // (a crashed primary that comes back: its bitmap only holds crash-dirty blocks)
+    // did not; it is simply older.
+    if my_base != 0
+        && my_base == their_base
+        && mine.current != my_base
+        && theirs.current != their_base
+    {
         return SplitBrain;
     }
     if my_base != 0 && my_base == theirs.current {
@@ -267,6 +275,29 @@ pub fn promotion_refusal(disk: DiskState) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_crashed_primary_that_returns_is_older_not_split() {
+        // n1 was primary at generation 7 and crashed; its restart marked its activity
+        // log against n2 (base 7, current still 7). n2 promoted and minted 9.
+        let mut n1 = Generations::new();
+        n1.current = 7;
+        n1.bitmap.insert("n2".into(), 7);
+        let mut n2 = Generations::new();
+        n2.current = 7;
+        n2.diverge(&["n1"], 9);
+        let view = |name: &str, g: &Generations, changed: u64, primary: bool| PeerView {
+            name: name.into(),
+            generations: g.clone(),
+            disk: DiskState::UpToDate,
+            changed_blocks: changed,
+            primary,
+        };
+        let v1 = view("n1", &n1, 12, false);
+        let v2 = view("n2", &n2, 40, true);
+        assert_eq!(decide(&v1, &v2), SyncDecision::TargetPartial);
+        assert_eq!(decide(&v2, &v1), SyncDecision::SourcePartial);
+    }
+
     use super::*;
 
     fn view(name: &str, g: &Generations, disk: DiskState) -> PeerView {
