@@ -1028,7 +1028,10 @@ impl Mirror {
         if p.resync_source.is_some()
             || p.conn != Conn::Connected
             || !p.core.replicating()
-            || p.core.bitmap().is_clean()
+            // Nothing to send, unless the peer waits for a resync to end (it became
+            // a sync target but this side has no block for it): an empty resync then
+            // hands it the generation and makes it UpToDate.
+            || (p.core.bitmap().is_clean() && !p.peer_disk.is_some_and(|d| !d.promotable()))
             || p.peer_primary
             || (!primary && other_primary)
         {
