@@ -1031,7 +1031,7 @@ impl Mirror {
             // Nothing to send, unless the peer waits for a resync to end (it became
             // a sync target but this side has no block for it): an empty resync then
             // hands it the generation and makes it UpToDate.
-            || (p.core.bitmap().is_clean() && !p.peer_disk.is_some_and(|d| !d.promotable()))
+            || (p.core.bitmap().is_clean() && p.peer_disk.is_none_or(|d| d.promotable()))
             || p.peer_primary
             || (!primary && other_primary)
         {
