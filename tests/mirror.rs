@@ -481,6 +481,37 @@ fn failover_reverses_the_resync_direction() {
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
 }
 
+/// The returning copy is older even when the new primary wrote nothing: an empty
+/// resync must still run, or it stays SyncTarget (never promotable) for good.
+#[test]
+fn a_returning_copy_leaves_sync_target_when_nothing_changed() {
+    let c = Cluster::new(&["a", "b"], 64 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, MIB as usize));
+    a.stop();
+    wait_until("b sees a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    b.on(b.m.promote()).unwrap();
+    let a = c.start("a");
+    in_sync(&b, &a);
+    wait_until("a up to date", Duration::from_secs(10), || {
+        a.m.status().disk == DiskState::UpToDate
+    });
+    assert_eq!(a.m.status().generation, b.m.status().generation);
+    // And it may take the volume back once b has stepped down.
+    b.on(b.m.demote()).unwrap();
+    wait_until("a promotes", Duration::from_secs(10), || {
+        a.on(a.m.promote()).is_ok()
+    });
+    a.on(a.m.demote()).unwrap();
+    b.stop();
+    a.stop();
+}
+
 #[test]
 fn a_crashed_primary_resyncs_only_its_activity_log() {
     let c = Cluster::new(&["a", "b"], 1024 * MIB);

@@ -1555,6 +1555,15 @@ impl Mirror {
         p.end_session = Some(end);
         p.conn = Conn::Connected;
         p.peer_disk = Some(theirs.disk);
+        if matches!(
+            decision,
+            SyncDecision::SourcePartial | SyncDecision::SourceFull
+        ) {
+            // The same decision on its side makes the peer our sync target, even when
+            // this side has no block for it: the (possibly empty) resync must run to
+            // hand it the generation.
+            p.peer_disk = Some(DiskState::SyncTarget);
+        }
         p.peer_primary = theirs.primary;
         p.core.link_up();
         if let Some(full) = source_full {
