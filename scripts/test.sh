@@ -26,5 +26,8 @@ step "failover benchmark (short)"
 cargo build --release --quiet
 target/release/tandem lab bench failover --trials 3
 
+step "mirror benchmark (short): unreplicated, sync and async peers, nbdkit, qemu-nbd, capped resync"
+target/release/tandem bench mirror --size-mib 256 --resync-mib 64 --cap-mbit 400
+
 echo
 echo "all checks passed"
