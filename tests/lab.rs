@@ -412,6 +412,22 @@ impl Lab {
         d
     }
 
+    /// `POST /counter` to the demo service on the VIP from the client namespace.
+    fn post_counter(&self) -> Output {
+        run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.ns("cl"),
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-X",
+            "POST",
+            "http://10.77.0.100:8080/counter",
+        ]))
+    }
+
     /// `qemu-io` on the mirror's NBD export inside `node`'s namespace.
     fn qemu_io(&self, node: &str, commands: &[String]) -> Output {
         let mut cmd = Command::new("ip");
@@ -1802,18 +1818,7 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
     // The demo service keeps its counter on the volume.
     for want in 1..=3 {
-        let out = run(Command::new("ip").args([
-            "netns",
-            "exec",
-            &lab.ns("cl"),
-            "curl",
-            "-s",
-            "-m",
-            "5",
-            "-X",
-            "POST",
-            "http://10.77.0.100:8080/counter",
-        ]));
+        let out = lab.post_counter();
         assert_eq!(
             text(&out.stdout).trim(),
             format!("{want} n1"),
@@ -1901,18 +1906,7 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
         }
     }
     assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
-    let out = run(Command::new("ip").args([
-        "netns",
-        "exec",
-        &lab.ns("cl"),
-        "curl",
-        "-s",
-        "-m",
-        "5",
-        "-X",
-        "POST",
-        "http://10.77.0.100:8080/counter",
-    ]));
+    let out = lab.post_counter();
     assert_eq!(text(&out.stdout).trim(), "4 n2", "{}", describe(&out));
     // The old primary comes back as the sync target and catches up by itself.
     lab.lab(&["fail", "n1", "restart"]);

@@ -237,17 +237,7 @@ fn one_run(server: Server, dir: &Path, source: &Path, size: u64) -> Result<f64, 
         })?;
     let running = Running(child);
     wait_for_socket(&socket, server)?;
-    let uri = format!("nbd+unix:///?socket={}", socket.display());
-    let start = Instant::now();
-    let status = Command::new("nbdcopy")
-        .arg(source)
-        .arg(&uri)
-        .status()
-        .map_err(|source| BenchError::Spawn {
-            tool: "nbdcopy",
-            source,
-        })?;
-    let secs = start.elapsed().as_secs_f64();
+    let (status, secs) = nbdcopy(source, &socket)?;
     drop(running);
     if !status.success() {
         return Err(BenchError::Copy {
@@ -265,6 +255,21 @@ fn one_run(server: Server, dir: &Path, source: &Path, size: u64) -> Result<f64, 
     let mib_s = size as f64 / (1 << 20) as f64 / secs;
     info!(server = server.label(), secs, mib_s, "run done");
     Ok(mib_s)
+}
+
+/// `nbdcopy SOURCE nbd+unix:///?socket=SOCKET`: its exit status and the seconds it took.
+fn nbdcopy(source: &Path, socket: &Path) -> Result<(std::process::ExitStatus, f64), BenchError> {
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    let start = Instant::now();
+    let status = Command::new("nbdcopy")
+        .arg(source)
+        .arg(&uri)
+        .status()
+        .map_err(|source| BenchError::Spawn {
+            tool: "nbdcopy",
+            source,
+        })?;
+    Ok((status, start.elapsed().as_secs_f64()))
 }
 
 fn wait_for_socket(socket: &Path, server: Server) -> Result<(), BenchError> {

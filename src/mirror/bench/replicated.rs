@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{first_difference, io, write_random, BenchError};
+use super::{first_difference, io, nbdcopy, write_random, BenchError};
 use crate::config::ReplicationMode;
 use crate::event::EventLog;
 use crate::mirror::generation::SplitBrainPolicy;
@@ -312,17 +312,7 @@ fn copy_into(
     label: &'static str,
 ) -> Result<f64, BenchError> {
     nix::unistd::sync();
-    let uri = format!("nbd+unix:///?socket={}", pair.socket.display());
-    let start = Instant::now();
-    let status = Command::new("nbdcopy")
-        .arg(source)
-        .arg(&uri)
-        .status()
-        .map_err(|source| BenchError::Spawn {
-            tool: "nbdcopy",
-            source,
-        })?;
-    let secs = start.elapsed().as_secs_f64();
+    let (status, secs) = nbdcopy(source, &pair.socket)?;
     if !status.success() {
         return Err(BenchError::Copy {
             server: label,
