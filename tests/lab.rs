@@ -1997,7 +1997,7 @@ fn mirror_partial_resync_pause_resume_verify_and_wrong_key() {
         f.sync_all().expect("sync");
     }
     admin_ok(&["mirror", "verify", "data", "--peer", "n2"]);
-    let (found, _) = wait_for("verify finished", Duration::from_secs(120), || {
+    let (found, _) = wait_for("verify finished", Duration::from_secs(300), || {
         let v = lab.mirror_peer("n1", "n2")?["verify"].clone();
         (v["running"] == false && v["finished_ms"].is_u64())
             .then(|| v["out_of_sync_bytes"].as_u64())?

@@ -527,10 +527,12 @@ async fn apply_frames(
                     .min(m.size.saturating_sub(offset))
                     .min(CHUNK_BYTES) as u32;
                 let data = m.volume.read(offset, len).await?;
-                let _ = tx.send(Frame::VerifyDigests {
-                    offset,
-                    digests: block_digests(&data),
-                });
+                // Hashing is CPU work: keep it off the runtime, or a verify starves
+                // the heartbeats and the cluster declares this node dead.
+                let digests = tokio::task::spawn_blocking(move || block_digests(&data))
+                    .await
+                    .unwrap_or_default();
+                let _ = tx.send(Frame::VerifyDigests { offset, digests });
                 Ok(())
             }
             _ => Ok(()),
@@ -810,7 +812,10 @@ impl Mirror {
             .min(self.size.saturating_sub(offset))
             .min(CHUNK_BYTES);
         let local = match self.volume.read(offset, len as u32).await {
-            Ok(d) => block_digests(&d),
+            // Off the runtime, like the target's side.
+            Ok(d) => tokio::task::spawn_blocking(move || block_digests(&d))
+                .await
+                .unwrap_or_default(),
             Err(e) => {
                 tracing::error!(error = %e, "verify read failed");
                 return;
