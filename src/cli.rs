@@ -115,8 +115,11 @@ pub enum Cmd {
         #[arg(long, env = "TANDEM_NODE", default_value = "unknown")]
         name: String,
         /// Keep a visit counter (`/counter`) on the volume behind this NBD socket.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "data_dir")]
         nbd_socket: Option<PathBuf>,
+        /// Keep the visit counter in a file in this directory (a mounted filesystem).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 

@@ -4,11 +4,14 @@
 //!
 //! With `--nbd-socket`, the service also keeps a visit counter on a (mirrored) volume,
 //! reached through NBD: `POST /counter` adds one and writes it with FUA before
-//! answering, `GET /counter` reads it. After a failover the counter goes on from where
-//! it was: the data moved with the service.
+//! answering, `GET /counter` reads it. With `--data-dir` the counter is a file in a
+//! directory instead (a filesystem mounted from the volume), replaced atomically and
+//! fsynced before the answer. After a failover the counter goes on from where it was:
+//! the data moved with the service.
 
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -17,13 +20,22 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::Mutex;
 
-use crate::mirror::nbd::client::{ClientError, NbdClient};
+use crate::mirror::nbd::client::NbdClient;
 
 /// The counter record in the volume's first 4 KiB block.
 const COUNTER_MAGIC: &[u8; 8] = b"TANDEMO1";
 
+/// Where the demo service keeps its counter.
+#[derive(Debug, Clone)]
+pub enum CounterStore {
+    /// The first block of the volume behind this NBD socket.
+    Volume(PathBuf),
+    /// The file `counter` in this directory.
+    Directory(PathBuf),
+}
+
 struct Counter {
-    socket: PathBuf,
+    store: CounterStore,
     node: String,
     /// One update at a time, so increments are never lost.
     lock: Mutex<()>,
@@ -33,15 +45,15 @@ struct Counter {
 pub async fn serve(
     listen: SocketAddr,
     name: String,
-    nbd_socket: Option<PathBuf>,
+    store: Option<CounterStore>,
 ) -> std::io::Result<()> {
     let body = format!("{name}\n");
     let mut app = Router::new()
         .route("/", get(move || async move { body }))
         .route("/health", get(|| async { "ok\n" }));
-    if let Some(socket) = nbd_socket {
+    if let Some(store) = store {
         let counter = Arc::new(Counter {
-            socket,
+            store,
             node: name.clone(),
             lock: Mutex::new(()),
         });
@@ -79,35 +91,96 @@ fn encode_counter(count: u64, node: &str) -> Vec<u8> {
     b
 }
 
-fn unavailable(e: ClientError) -> (StatusCode, String) {
+fn unavailable(e: impl std::fmt::Display) -> (StatusCode, String) {
     (
         StatusCode::SERVICE_UNAVAILABLE,
         format!("volume unavailable: {e}\n"),
     )
 }
 
+/// The counter record as stored: the volume's first block, or the counter file
+/// (a missing file reads as a fresh counter).
+async fn load(store: &CounterStore) -> Result<Vec<u8>, (StatusCode, String)> {
+    match store {
+        CounterStore::Volume(socket) => {
+            let mut nbd = NbdClient::connect(socket).await.map_err(unavailable)?;
+            let block = nbd.read(0, 4096).await.map_err(unavailable)?;
+            let _ = nbd.disconnect().await;
+            Ok(block)
+        }
+        CounterStore::Directory(dir) => match tokio::fs::read(dir.join("counter")).await {
+            Ok(b) => Ok(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(unavailable(e)),
+        },
+    }
+}
+
+/// Stores the record durably before returning: a FUA write, or a new file that is
+/// fsynced, renamed over the old one, and the directory fsynced.
+async fn store(store: &CounterStore, record: Vec<u8>) -> Result<(), (StatusCode, String)> {
+    match store {
+        CounterStore::Volume(socket) => {
+            let mut nbd = NbdClient::connect(socket).await.map_err(unavailable)?;
+            nbd.write(0, &record, true).await.map_err(unavailable)?;
+            let _ = nbd.disconnect().await;
+            Ok(())
+        }
+        CounterStore::Directory(dir) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || replace_file(&dir, "counter", &record))
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)
+        }
+    }
+}
+
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 async fn read_counter(State(c): State<Arc<Counter>>) -> Result<String, (StatusCode, String)> {
-    let mut nbd = NbdClient::connect(&c.socket).await.map_err(unavailable)?;
-    let (count, by) = decode_counter(&nbd.read(0, 4096).await.map_err(unavailable)?);
-    let _ = nbd.disconnect().await;
+    let (count, by) = decode_counter(&load(&c.store).await?);
     Ok(format!("{count} {by}\n"))
 }
 
 async fn bump_counter(State(c): State<Arc<Counter>>) -> Result<String, (StatusCode, String)> {
     let _one = c.lock.lock().await;
-    let mut nbd = NbdClient::connect(&c.socket).await.map_err(unavailable)?;
-    let (count, _) = decode_counter(&nbd.read(0, 4096).await.map_err(unavailable)?);
+    let (count, _) = decode_counter(&load(&c.store).await?);
     let next = count + 1;
-    nbd.write(0, &encode_counter(next, &c.node), true)
-        .await
-        .map_err(unavailable)?;
-    let _ = nbd.disconnect().await;
+    store(&c.store, encode_counter(next, &c.node)).await?;
     Ok(format!("{next} {}\n", c.node))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_directory_counter_survives_a_restart_of_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(Counter {
+            store: CounterStore::Directory(dir.path().to_path_buf()),
+            node: "n1".into(),
+            lock: Mutex::new(()),
+        });
+        assert_eq!(read_counter(State(c.clone())).await.unwrap(), "0 \n");
+        assert_eq!(bump_counter(State(c.clone())).await.unwrap(), "1 n1\n");
+        let again = Arc::new(Counter {
+            store: CounterStore::Directory(dir.path().to_path_buf()),
+            node: "n2".into(),
+            lock: Mutex::new(()),
+        });
+        assert_eq!(bump_counter(State(again.clone())).await.unwrap(), "2 n2\n");
+        assert_eq!(read_counter(State(again)).await.unwrap(), "2 n2\n");
+        assert!(!dir.path().join(".counter.tmp").exists());
+    }
 
     #[test]
     fn counter_record_round_trips_and_a_fresh_volume_reads_zero() {

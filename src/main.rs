@@ -131,9 +131,16 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             listen,
             name,
             nbd_socket,
-        } => runtime()?
-            .block_on(tandem::demo::serve(listen, name, nbd_socket))
-            .map_err(|e| MainError::Other(format!("demo service: {e}"))),
+            data_dir,
+        } => {
+            let store = match (nbd_socket, data_dir) {
+                (Some(s), _) => Some(tandem::demo::CounterStore::Volume(s)),
+                (None, Some(d)) => Some(tandem::demo::CounterStore::Directory(d)),
+                (None, None) => None,
+            };
+            runtime()?.block_on(tandem::demo::serve(listen, name, store))
+        }
+        .map_err(|e| MainError::Other(format!("demo service: {e}"))),
         other => runtime()?.block_on(admin(other)),
     }
 }

@@ -97,7 +97,7 @@ pub struct Status {
 pub struct ResourceView {
     pub group: String,
     pub name: String,
-    /// "ip", "exec" or "process".
+    /// "ip", "exec", "process", "mirror" or "filesystem".
     pub kind: String,
     /// The group's local state on this node ("stopped", "starting", "running",
     /// "stopping", "failed"): resources start and stop with their group.

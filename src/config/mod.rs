@@ -277,6 +277,35 @@ pub enum ResourceKind {
     /// A replicated volume (`[[mirror]]` by name): starting promotes this node's copy
     /// to primary and serves it over NBD; stopping flushes and demotes.
     Mirror { mirror: String },
+    /// A filesystem on a mirror's volume, reached through the kernel's NBD client
+    /// (`/dev/nbdN`): starting attaches the device, checks the filesystem and mounts
+    /// it; stopping unmounts (ending the processes still using it) and detaches. The
+    /// resource must depend on the group's `mirror` resource for that volume.
+    Filesystem {
+        mirror: String,
+        /// An absolute path; created if missing.
+        mountpoint: PathBuf,
+        #[serde(default = "default_fstype")]
+        fstype: String,
+        /// Mount options, comma-separated (`noatime,nodev,...`); the generic ones are
+        /// flags, the rest go to the filesystem.
+        #[serde(default)]
+        options: String,
+        /// Create the filesystem when the volume is blank (its first 128 KiB all
+        /// zeros). A volume with anything on it is never formatted.
+        #[serde(default)]
+        mkfs: bool,
+        /// Check the filesystem before mounting (`e2fsck -p` for ext2/3/4).
+        #[serde(default = "default_fsck")]
+        fsck: bool,
+    },
+}
+
+fn default_fstype() -> String {
+    "ext4".into()
+}
+fn default_fsck() -> bool {
+    true
 }
 
 fn default_announce_count() -> u32 {
@@ -545,6 +574,23 @@ impl Config {
                         ));
                     }
                 }
+                if let ResourceKind::Filesystem { mirror, .. } = &r.kind {
+                    let carrier = g.resources.iter().find(
+                        |o| matches!(&o.kind, ResourceKind::Mirror { mirror: x } if x == mirror),
+                    );
+                    let Some(carrier) = carrier else {
+                        return Err(invalid(
+                            format!("{rk}.mirror"),
+                            format!("group `{}` has no `mirror` resource for `{mirror}`", g.name),
+                        ));
+                    };
+                    if !depends_on_transitively(g, &r.name, &carrier.name) {
+                        return Err(invalid(
+                            format!("{rk}.depends_on"),
+                            format!("must depend on `{}`, the mirror it mounts", carrier.name),
+                        ));
+                    }
+                }
                 for (which, c) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
                     if let Some(c) = c {
                         c.validate(&format!("{rk}.{which}"))?;
@@ -675,6 +721,23 @@ impl ResourceKind {
             }
             // Cross-checked against [[mirror]] in Config::validate.
             ResourceKind::Mirror { .. } => {}
+            ResourceKind::Filesystem {
+                mountpoint, fstype, ..
+            } => {
+                if !mountpoint.is_absolute() || mountpoint == Path::new("/") {
+                    return Err(invalid(
+                        format!("{key}.mountpoint"),
+                        "must be an absolute path other than /",
+                    ));
+                }
+                let ok = !fstype.is_empty()
+                    && fstype
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '.');
+                if !ok {
+                    return Err(invalid(format!("{key}.fstype"), "not a filesystem type"));
+                }
+            }
         }
         Ok(())
     }
@@ -729,6 +792,27 @@ fn unique<'a>(names: impl Iterator<Item = &'a String>, key: &str) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// True if resource `from` in `g` depends on `on`, directly or through others.
+fn depends_on_transitively(g: &GroupConfig, from: &str, on: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut todo = vec![from];
+    while let Some(r) = todo.pop() {
+        if !seen.insert(r) {
+            continue;
+        }
+        let Some(res) = g.resources.iter().find(|x| x.name == r) else {
+            continue;
+        };
+        for d in &res.depends_on {
+            if d == on {
+                return true;
+            }
+            todo.push(d);
+        }
+    }
+    false
 }
 
 fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {

@@ -135,3 +135,72 @@ fn heartbeat_must_fit_in_a_datagram() {
     let e = err_of(&text);
     assert!(e.contains("`group`") && e.contains("datagram"), "{e}");
 }
+
+const WITH_MIRROR: &str = r#"
+[cluster]
+name = "t"
+key = "0123456789abcdef"
+[heartbeat]
+paths = ["hb1"]
+[[node]]
+name = "a"
+priority = 1
+addresses = { hb1 = "10.0.0.1" }
+[[node]]
+name = "b"
+priority = 2
+addresses = { hb1 = "10.0.0.2" }
+[[mirror]]
+name = "data"
+backing = "/var/lib/tandem/data.img"
+size = "64MiB"
+addresses = { a = "10.0.0.1:7790", b = "10.0.0.2:7790" }
+[[mirror.link]]
+between = ["a", "b"]
+mode = "sync"
+[[group]]
+name = "g"
+[[group.resource]]
+name = "vol"
+kind = "mirror"
+mirror = "data"
+"#;
+
+#[test]
+fn a_filesystem_must_sit_on_its_mirror_resource() {
+    let fs = |extra: &str| {
+        format!(
+            "{WITH_MIRROR}[[group.resource]]\nname = \"fs\"\nkind = \"filesystem\"\nmirror = \"data\"\n{extra}\n"
+        )
+    };
+    let ok = Config::parse(&fs("mountpoint = \"/srv/data\"\ndepends_on = [\"vol\"]"))
+        .expect("valid filesystem resource");
+    match &ok.groups[0].resources[1].kind {
+        ResourceKind::Filesystem {
+            fstype, mkfs, fsck, ..
+        } => assert_eq!((fstype.as_str(), *mkfs, *fsck), ("ext4", false, true)),
+        other => panic!("{other:?}"),
+    }
+    let e = err_of(&fs("mountpoint = \"/srv/data\""));
+    assert!(
+        e.contains("resource[1].depends_on") && e.contains("`vol`"),
+        "{e}"
+    );
+    let e = err_of(&fs("mountpoint = \"srv\"\ndepends_on = [\"vol\"]"));
+    assert!(e.contains("resource[1].mountpoint"), "{e}");
+    let e = err_of(&fs(
+        "mountpoint = \"/srv\"\nfstype = \"ext4;rm\"\ndepends_on = [\"vol\"]",
+    ));
+    assert!(e.contains("resource[1].fstype"), "{e}");
+    let e = err_of(
+        &fs("mountpoint = \"/srv\"\ndepends_on = [\"vol\"]").replace(
+            "mirror = \"data\"\nmountpoint",
+            "mirror = \"other\"\nmountpoint",
+        ),
+    );
+    assert!(e.contains("resource[1].mirror"), "{e}");
+    let e = err_of(&fs(
+        "mountpoint = \"/srv\"\ndepends_on = [\"vol\"]\nmkfs = \"yes\"",
+    ));
+    assert!(e.contains("expected a boolean"), "{e}");
+}

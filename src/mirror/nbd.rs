@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod handshake;
+pub mod kernel;
 pub mod proto;
 
 use std::net::SocketAddr;

@@ -9,6 +9,8 @@
 //! - `mirror`: promotes this node's copy of a replicated volume (refused unless it is
 //!   UpToDate) and serves it over NBD; stop closes the NBD listeners, flushes and
 //!   demotes. Its monitor fails when the copy is no longer primary.
+//! - `filesystem`: mounts a mirror's volume through the kernel's NBD client
+//!   ([`super::filesystem`]).
 
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -18,6 +20,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use super::filesystem::FilesystemAgent;
 use super::ResourceError;
 use crate::config::{parse_cidr, ResourceConfig, ResourceKind};
 use crate::mirror::nbd::NbdServer;
@@ -54,6 +57,7 @@ pub enum Agent {
         child: Option<Child>,
     },
     Mirror(MirrorAgent),
+    Filesystem(FilesystemAgent),
 }
 
 /// The `mirror` agent.
@@ -127,6 +131,22 @@ impl Agent {
                 local: mirrors.get(mirror).cloned(),
                 server: None,
             }),
+            ResourceKind::Filesystem {
+                mirror,
+                mountpoint,
+                fstype,
+                options,
+                mkfs,
+                fsck,
+            } => Agent::Filesystem(FilesystemAgent::new(
+                mirror,
+                mirrors.get(mirror).and_then(|m| m.nbd.unix.clone()),
+                mountpoint,
+                fstype,
+                options,
+                *mkfs,
+                *fsck,
+            )),
         }
     }
 
@@ -174,6 +194,7 @@ impl Agent {
                 Ok(())
             }
             Agent::Mirror(m) => m.start().await,
+            Agent::Filesystem(f) => f.start().await,
         }
     }
 
@@ -207,6 +228,7 @@ impl Agent {
                 Ok(())
             }
             Agent::Mirror(m) => m.stop().await,
+            Agent::Filesystem(f) => f.stop().await,
         }
     }
 
@@ -262,6 +284,7 @@ impl Agent {
                 },
             },
             Agent::Mirror(m) => m.monitor(),
+            Agent::Filesystem(f) => f.monitor(),
         }
     }
 }

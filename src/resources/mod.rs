@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod executor;
+pub mod filesystem;
 pub mod probe;
 
 /// Errors of resource operations.

@@ -511,6 +511,7 @@ impl Daemon {
                     ResourceKind::Exec { .. } => "exec",
                     ResourceKind::Process { .. } => "process",
                     ResourceKind::Mirror { .. } => "mirror",
+                    ResourceKind::Filesystem { .. } => "filesystem",
                 };
                 resources.push(ResourceView {
                     group: g.name.clone(),

@@ -147,12 +147,14 @@ fn local_state(s: &str) -> i64 {
     }
 }
 
-/// `TandemResourceType`: ip(1) exec(2) process(3).
+/// `TandemResourceType`: ip(1) exec(2) process(3) mirror(4) filesystem(5).
 fn resource_kind(s: &str) -> i64 {
     match s {
         "ip" => 1,
         "exec" => 2,
         "process" => 3,
+        "mirror" => 4,
+        "filesystem" => 5,
         _ => 0,
     }
 }

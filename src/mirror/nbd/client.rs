@@ -112,6 +112,17 @@ impl NbdClient {
         self.transmission_flags & TFLAG_READ_ONLY != 0
     }
 
+    /// The export's transmission flags (`NBD_FLAG_*`) from the negotiation.
+    pub fn transmission_flags(&self) -> u16 {
+        self.transmission_flags
+    }
+
+    /// Ends the negotiation side: the socket, in the transmission phase, for a
+    /// client that speaks the protocol itself (the kernel's nbd driver).
+    pub fn into_socket(self) -> UnixStream {
+        self.stream
+    }
+
     async fn request(
         &mut self,
         command: u16,
