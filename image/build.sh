@@ -16,7 +16,7 @@ work=target/image
 mkdir -p "$work/debs"
 say() { printf 'image: %s\n' "$*"; }
 
-for tool in dpkg-deb apt-get cpio zstd depmod modprobe mkfs.vfat mcopy syslinux sgdisk mke2fs; do
+for tool in dpkg-deb apt-get cpio zstd depmod modprobe mkfs.vfat mcopy syslinux sgdisk mke2fs e2fsck ldd; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "image: missing $tool; run ./scripts/deps.sh" >&2
         exit 2
@@ -64,6 +64,17 @@ ln -s ../bin/busybox "$root/sbin/init"
 ln -s bin/busybox "$root/init"
 install -m 0755 "$bin" "$root/bin/tandem"
 strip "$root/bin/tandem"
+# e2fsprogs for the filesystem resource (mke2fs -t ext4, e2fsck -p), with the shared
+# libraries they link; they replace busybox's ext2-only mke2fs.
+for b in /sbin/mke2fs /sbin/e2fsck; do
+    rm -f "$root/bin/${b##*/}"
+    cp "$b" "$root/sbin/"
+    ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}'
+done | sort -u | while read -r lib; do
+    mkdir -p "$root$(dirname "$lib")"
+    cp -L "$lib" "$root$lib"
+done
+[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
 
 modules=(virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e tg3 r8169
     ahci ata_piix nvme sd_mod sr_mod ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii nbd

@@ -2,8 +2,9 @@
 //! BIOS (SeaBIOS) boots reach the metrics endpoint and the SNMP agent through user-mode
 //! networking; a slot that never becomes healthy is abandoned for the previous one; two
 //! VMs on a multicast socket network fail the demo group over when the owner's QEMU is
-//! killed (a helper on that LAN sees the floating IP move by ARP),
-//! and a trap receiver on the host gets `tandemFailoverCompleted`.
+//! killed (a helper on that LAN sees the floating IP move by ARP), data the owner
+//! wrote to an ext4 filesystem on the mirror, through the kernel's NBD client, is read
+//! back on the survivor, and a trap receiver on the host gets `tandemFailoverCompleted`.
 //!
 //! The image is built once per test run (`image/build.sh`, guarded by a `OnceLock`).
 //! Skipped, with a message, only when QEMU, OVMF, SeaBIOS or the image tooling is not
@@ -126,6 +127,7 @@ struct Vm {
     name: String,
     child: Child,
     serial: PathBuf,
+    disk: PathBuf,
     started: Instant,
     metrics: u16,
     snmp: u16,
@@ -197,6 +199,7 @@ impl Vm {
             name: spec.name.to_string(),
             child,
             serial,
+            disk: spec.disk.to_path_buf(),
             started: Instant::now(),
             metrics,
             snmp,
@@ -239,9 +242,10 @@ impl Vm {
             }
             if self.started.elapsed() > bound {
                 panic!(
-                    "{}: not ready within {bound:?}; console:\n{}",
+                    "{}: not ready within {bound:?}; console:\n{}\ndaemon log:\n{}",
                     self.name,
-                    self.console()
+                    self.console(),
+                    guest_log(&self.disk)
                 );
             }
             std::thread::sleep(Duration::from_millis(300));
@@ -249,11 +253,37 @@ impl Vm {
     }
 }
 
+/// The daemon's log from a VM disk's data partition (it starts at 97 MiB), read
+/// with `debugfs` while the VM runs: for failure messages.
+fn guest_log(disk: &Path) -> String {
+    let out = Command::new("debugfs")
+        .args(["-R", "cat /log/tandem.log"])
+        .arg(format!("{}?offset={}", disk.display(), 97u64 << 20))
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let tail: Vec<&str> = text.lines().rev().take(80).collect();
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        }
+        Err(e) => format!("(debugfs: {e})"),
+    }
+}
+
 fn http_get(port: u16, path: &str) -> Option<String> {
+    http(port, "GET", path)
+}
+
+/// One HTTP/1.0 request; the body of a 200 answer.
+fn http(port: u16, method: &str, path: &str) -> Option<String> {
     let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     let (head, rest) = body.split_once("\r\n\r\n")?;
@@ -431,6 +461,16 @@ name = "beta"
 priority = 2
 addresses = {{ hb1 = "10.99.0.12" }}
 
+[[mirror]]
+name = "data"
+backing = "/data/state/data.img"
+size = "40MiB"
+addresses = {{ alpha = "10.99.0.11:7790", beta = "10.99.0.12:7790" }}
+
+[[mirror.link]]
+between = ["alpha", "beta"]
+mode = "sync"
+
 [[group]]
 name = "demo"
 
@@ -441,10 +481,24 @@ address = "10.99.0.100/24"
 interface = "eth1"
 
 [[group.resource]]
+name = "data"
+kind = "mirror"
+mirror = "data"
+
+[[group.resource]]
+name = "fs"
+kind = "filesystem"
+mirror = "data"
+mountpoint = "/srv/data"
+options = "noatime"
+mkfs = true
+depends_on = ["data"]
+
+[[group.resource]]
 name = "web"
 kind = "process"
-command = ["/bin/tandem", "demo-service", "--listen", "0.0.0.0:8080"]
-depends_on = ["vip"]
+command = ["/bin/tandem", "demo-service", "--listen", "0.0.0.0:8080", "--data-dir", "/srv/data"]
+depends_on = ["vip", "fs"]
 quickcheck = {{ probe = "http", url = "http://127.0.0.1:8080/health", expect_status = 200, interval = "1s", timeout = "500ms" }}
 "#
     )
@@ -535,6 +589,7 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
     let traps = TrapReceiver::start(dir.path(), trap_port);
     let lan_port = free_port(true);
     let mut vms = Vec::new();
+    let mut disks = Vec::new();
     for (i, (name, ip)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
         .into_iter()
         .enumerate()
@@ -549,6 +604,7 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         .unwrap();
         let disk = dir.path().join(format!("{name}.img"));
         mkdisk(&disk, &["--data", data.to_str().unwrap()]);
+        disks.push(disk.clone());
         let firmware = if i == 0 {
             Firmware::Uefi
         } else {
@@ -597,9 +653,23 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
     while http_get(vms[dead].demo, "/").is_none_or(|b| b.trim() != first) {
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "the owner {first} does not serve the demo service"
+            "the owner {first} does not serve the demo service:\n{}\n{}",
+            vms[dead].console(),
+            guest_log(&disks[dead])
         );
         std::thread::sleep(Duration::from_millis(300));
+    }
+    // Data written through the kernel's NBD client and ext4 on the owner: the demo
+    // service keeps its counter in a file on the mirrored filesystem and fsyncs it.
+    for i in 1..=3 {
+        let body = http(vms[dead].demo, "POST", "/counter");
+        assert_eq!(
+            body.as_deref().map(str::trim),
+            Some(format!("{i} {first}").as_str()),
+            "counter write on {first}:\n{}\n{}",
+            vms[dead].console(),
+            guest_log(&disks[dead])
+        );
     }
     let lan = Lan::join(lan_port);
     let t = Instant::now();
@@ -624,8 +694,9 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         }
         assert!(
             killed_at.elapsed() < Duration::from_secs(90),
-            "{name} did not take the group over:\n{}",
-            survivor.console()
+            "{name} did not take the group over:\n{}\n{}",
+            survivor.console(),
+            guest_log(&disks[survivor_index])
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -633,6 +704,24 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         "IMAGE cluster: {name} owns `demo`, serves it and answers ARP for the floating IP {:.1} s after the owner's QEMU was killed",
         took.as_secs_f64()
     );
+    // The filesystem came over with the mirror: the survivor reads what the dead
+    // owner wrote, and goes on from there.
+    assert_eq!(
+        http_get(survivor.demo, "/counter")
+            .as_deref()
+            .map(str::trim),
+        Some(format!("3 {first}").as_str()),
+        "the counter written on {first} is not readable on {name}:\n{}\n{}",
+        survivor.console(),
+        guest_log(&disks[survivor_index])
+    );
+    assert_eq!(
+        http(survivor.demo, "POST", "/counter")
+            .as_deref()
+            .map(str::trim),
+        Some(format!("4 {name}").as_str())
+    );
+    println!("IMAGE cluster: {name} read the counter {first} wrote through /dev/nbd0 and ext4, and wrote on");
     let t = Instant::now();
     while !traps.text().contains(&format!("{FAILOVER_COMPLETED}\n"))
         && !traps.text().contains(&format!("{FAILOVER_COMPLETED} "))

@@ -12,6 +12,10 @@
 //!
 //! Monitor: the device is still connected and the mountpoint carries it.
 //!
+//! Every call that makes the kernel do I/O on the device (mount, umount, the blank
+//! probe, attach and detach) runs on the blocking pool: the export it reads through is
+//! served by this daemon's own runtime, which may have a single worker.
+//!
 //! The decisions that need no kernel (mount options, mountinfo, fsck exit codes, the
 //! mkfs command, blank detection, who holds a mount) are plain functions with tests.
 
@@ -140,14 +144,21 @@ impl FilesystemAgent {
         std::fs::create_dir_all(&self.mountpoint).map_err(|e| {
             ResourceError::Check(format!("mountpoint {}: {e}", self.mountpoint.display()))
         })?;
-        let data = (!self.data.is_empty()).then_some(self.data.as_str());
-        nix::mount::mount(
-            Some(device),
-            &self.mountpoint,
-            Some(self.fstype.as_str()),
+        let (dev, mp, fstype, flags) = (
+            device.to_path_buf(),
+            self.mountpoint.clone(),
+            self.fstype.clone(),
             self.flags,
-            data,
-        )
+        );
+        let data = self.data.clone();
+        // Off the runtime: the kernel reads the volume through NBD while it mounts,
+        // and this daemon's runtime serves that NBD export.
+        tokio::task::spawn_blocking(move || {
+            let data = (!data.is_empty()).then_some(data.as_str());
+            nix::mount::mount(Some(&dev), &mp, Some(fstype.as_str()), flags, data)
+        })
+        .await
+        .map_err(|e| ResourceError::Check(e.to_string()))?
         .map_err(|e| {
             ResourceError::Check(format!(
                 "mount {} on {} ({}): {e}",
@@ -183,7 +194,14 @@ impl FilesystemAgent {
                 }
                 tokio::time::sleep(KILL_GRACE).await;
             }
-            match nix::mount::umount2(&mp, MntFlags::empty()) {
+            // Off the runtime: unmounting writes back through this daemon's NBD export.
+            let target = mp.clone();
+            let unmounted = tokio::task::spawn_blocking(move || {
+                nix::mount::umount2(&target, MntFlags::empty())
+            })
+            .await
+            .map_err(|e| ResourceError::Check(e.to_string()))?;
+            match unmounted {
                 Ok(()) => return Ok(()),
                 Err(nix::errno::Errno::EBUSY) => continue,
                 Err(nix::errno::Errno::EINVAL) if self.mounted_source().is_none() => return Ok(()),
