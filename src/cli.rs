@@ -241,7 +241,8 @@ pub enum ImageCmd {
         #[arg(long, default_value = crate::image::DEFAULT_ESP)]
         esp: PathBuf,
     },
-    /// Write the inactive slot from a raw image file (tandem.img) and try it next boot.
+    /// Write the inactive slot from an image file (tandem.img.zst as distributed, or the
+    /// raw tandem.img) and try it next boot.
     Update {
         file: PathBuf,
         #[arg(long, default_value = crate::image::DEFAULT_ESP)]

@@ -35,6 +35,8 @@ pub enum ImageError {
     NoGpt(PathBuf),
     #[error("{0}: no `{ESP_PARTITION_NAME}` partition in the GPT")]
     NoEsp(PathBuf),
+    #[error("{path}: not a usable zstd-compressed image: {why}")]
+    Compressed { path: PathBuf, why: String },
     #[error("{path}: cannot read the FAT file system: {source}")]
     Fat { path: PathBuf, source: io::Error },
     #[error("no loader entry in {0}")]
@@ -422,6 +424,89 @@ pub fn retarget_options(options: &str, slot: Slot) -> String {
     out.join(" ")
 }
 
+/// The update's ESP for the FAT reader: a byte range of a raw image, or the
+/// partition decompressed into memory from a zstd-compressed image.
+enum EspImage {
+    Raw(Partition),
+    Unpacked(io::Cursor<Vec<u8>>),
+}
+
+impl Read for EspImage {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            EspImage::Raw(p) => p.read(buf),
+            EspImage::Unpacked(c) => c.read(buf),
+        }
+    }
+}
+
+impl Write for EspImage {
+    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the update image is read only",
+        ))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Seek for EspImage {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        match self {
+            EspImage::Raw(p) => p.seek(to),
+            EspImage::Unpacked(c) => c.seek(to),
+        }
+    }
+}
+
+/// The first bytes of a zstd frame.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// How much of a compressed image is decompressed to find its GPT; the ESP must
+/// start after it.
+const GPT_PREFIX: u64 = 64 << 10;
+/// The largest ESP a compressed update may carry (it is unpacked into memory).
+const MAX_UNPACKED_ESP: u64 = 512 << 20;
+
+/// The ESP of a zstd-compressed image (`tandem.img.zst`, as distributed), unpacked
+/// into memory: the stream is decoded once, front to back, keeping only the GPT and
+/// the ESP.
+fn unpack_compressed_esp(image: &Path) -> Result<Vec<u8>, ImageError> {
+    let file = fs::File::open(image).map_err(io_err(image))?;
+    let bad = |why: String| ImageError::Compressed {
+        path: image.to_path_buf(),
+        why,
+    };
+    let mut z = ruzstd::decoding::StreamingDecoder::new(io::BufReader::new(file))
+        .map_err(|e| bad(e.to_string()))?;
+    let mut prefix = vec![0u8; GPT_PREFIX as usize];
+    z.read_exact(&mut prefix)
+        .map_err(|e| bad(format!("the first {GPT_PREFIX} bytes: {e}")))?;
+    let esp = parse_gpt(&mut io::Cursor::new(&prefix), image)?
+        .into_iter()
+        .find(|p| p.name == ESP_PARTITION_NAME)
+        .ok_or_else(|| ImageError::NoEsp(image.to_path_buf()))?;
+    if esp.start < GPT_PREFIX || esp.len > MAX_UNPACKED_ESP {
+        return Err(bad(format!(
+            "the ESP at {} ({} bytes) is not where an update can carry it",
+            esp.start, esp.len
+        )));
+    }
+    let skip = esp.start - GPT_PREFIX;
+    let skipped = io::copy(&mut (&mut z).take(skip), &mut io::sink())
+        .map_err(|e| bad(e.to_string()))?;
+    let mut data = Vec::with_capacity(esp.len as usize);
+    (&mut z)
+        .take(esp.len)
+        .read_to_end(&mut data)
+        .map_err(|e| bad(e.to_string()))?;
+    if skipped != skip || data.len() as u64 != esp.len {
+        return Err(bad("truncated before the end of the ESP".into()));
+    }
+    Ok(data)
+}
+
 /// A byte range of a file (one partition), for the FAT reader.
 struct Partition {
     file: fs::File,
@@ -441,18 +526,6 @@ impl Read for Partition {
         let got = self.file.read(&mut buf[..n])?;
         self.pos += got as u64;
         Ok(got)
-    }
-}
-
-impl Write for Partition {
-    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the update image is read only",
-        ))
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -479,6 +552,11 @@ pub struct GptPartition {
 /// The partitions of a GPT disk image with 512-byte sectors.
 pub fn read_gpt(image: &Path) -> Result<Vec<GptPartition>, ImageError> {
     let mut f = fs::File::open(image).map_err(io_err(image))?;
+    parse_gpt(&mut f, image)
+}
+
+/// The GPT of the disk in `f` (`image` names it in errors).
+fn parse_gpt<R: Read + Seek>(f: &mut R, image: &Path) -> Result<Vec<GptPartition>, ImageError> {
     let mut hdr = [0u8; 92];
     f.seek(SeekFrom::Start(512)).map_err(io_err(image))?;
     f.read_exact(&mut hdr)
@@ -518,21 +596,34 @@ pub fn read_gpt(image: &Path) -> Result<Vec<GptPartition>, ImageError> {
     Ok(parts)
 }
 
-fn open_image_esp(image: &Path) -> Result<fatfs::FileSystem<Partition>, ImageError> {
+fn open_image_esp(image: &Path) -> Result<fatfs::FileSystem<EspImage>, ImageError> {
+    let mut magic = [0u8; 4];
+    let compressed = fs::File::open(image)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == ZSTD_MAGIC;
+    let source = if compressed {
+        EspImage::Unpacked(io::Cursor::new(unpack_compressed_esp(image)?))
+    } else {
+        EspImage::Raw(raw_esp(image)?)
+    };
+    fatfs::FileSystem::new(source, fatfs::FsOptions::new()).map_err(|source| ImageError::Fat {
+        path: image.to_path_buf(),
+        source,
+    })
+}
+
+fn raw_esp(image: &Path) -> Result<Partition, ImageError> {
     let esp = read_gpt(image)?
         .into_iter()
         .find(|p| p.name == ESP_PARTITION_NAME)
         .ok_or_else(|| ImageError::NoEsp(image.to_path_buf()))?;
     let file = fs::File::open(image).map_err(io_err(image))?;
-    let part = Partition {
+    Ok(Partition {
         file,
         start: esp.start,
         len: esp.len,
         pos: 0,
-    };
-    fatfs::FileSystem::new(part, fatfs::FsOptions::new()).map_err(|source| ImageError::Fat {
-        path: image.to_path_buf(),
-        source,
     })
 }
 
@@ -866,6 +957,36 @@ mod tests {
             };
             Ok(self.pos)
         }
+    }
+
+    #[test]
+    fn update_takes_the_compressed_image_as_distributed() {
+        let (dir, esp) = staged_esp(&["tandem-1-a.conf"]);
+        let img = dir.path().join("new.img");
+        let kernel: Vec<u8> = (0..400_000u32).map(|i| (i % 251) as u8).collect();
+        fake_image(&img, &kernel, b"packed initrd");
+        let raw = fs::read(&img).unwrap();
+        let zst = dir.path().join("new.img.zst");
+        fs::write(
+            &zst,
+            ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest),
+        )
+        .unwrap();
+        let u = update(&esp, &zst, Slot::A).unwrap();
+        assert_eq!(u.slot, Slot::B);
+        assert_eq!(fs::read(esp.slot_dir(Slot::B).join("vmlinuz")).unwrap(), kernel);
+        assert_eq!(
+            fs::read(esp.slot_dir(Slot::B).join("initrd.img")).unwrap(),
+            b"packed initrd"
+        );
+        // A cut-off download is refused, and the slot on trial is left alone.
+        let cut = dir.path().join("cut.img.zst");
+        let z = fs::read(&zst).unwrap();
+        fs::write(&cut, &z[..z.len() / 2]).unwrap();
+        let before = names(&esp);
+        let e = update(&esp, &cut, Slot::A).unwrap_err();
+        assert!(matches!(e, ImageError::Compressed { .. }), "{e}");
+        assert_eq!(names(&esp), before);
     }
 
     #[test]

@@ -364,10 +364,10 @@ fn falls_back(firmware: Firmware) {
     let ready = vm.wait_ready(READY_BOUND * 2);
     let console = vm.console();
     let b = console
-        .find("tandem-init: slot b")
+        .find("] slot b, firmware")
         .unwrap_or_else(|| panic!("slot B was not tried first:\n{console}"));
     let a = console[b..]
-        .find("tandem-init: slot a")
+        .find("] slot a, firmware")
         .unwrap_or_else(|| panic!("no fallback to slot A:\n{console}"));
     assert!(console[b..b + a].contains("not healthy"), "{console}");
     println!(
