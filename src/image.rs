@@ -494,8 +494,8 @@ fn unpack_compressed_esp(image: &Path) -> Result<Vec<u8>, ImageError> {
         )));
     }
     let skip = esp.start - GPT_PREFIX;
-    let skipped = io::copy(&mut (&mut z).take(skip), &mut io::sink())
-        .map_err(|e| bad(e.to_string()))?;
+    let skipped =
+        io::copy(&mut (&mut z).take(skip), &mut io::sink()).map_err(|e| bad(e.to_string()))?;
     let mut data = Vec::with_capacity(esp.len as usize);
     (&mut z)
         .take(esp.len)
@@ -969,12 +969,18 @@ mod tests {
         let zst = dir.path().join("new.img.zst");
         fs::write(
             &zst,
-            ruzstd::encoding::compress_to_vec(&raw[..], ruzstd::encoding::CompressionLevel::Fastest),
+            ruzstd::encoding::compress_to_vec(
+                &raw[..],
+                ruzstd::encoding::CompressionLevel::Fastest,
+            ),
         )
         .unwrap();
         let u = update(&esp, &zst, Slot::A).unwrap();
         assert_eq!(u.slot, Slot::B);
-        assert_eq!(fs::read(esp.slot_dir(Slot::B).join("vmlinuz")).unwrap(), kernel);
+        assert_eq!(
+            fs::read(esp.slot_dir(Slot::B).join("vmlinuz")).unwrap(),
+            kernel
+        );
         assert_eq!(
             fs::read(esp.slot_dir(Slot::B).join("initrd.img")).unwrap(),
             b"packed initrd"

@@ -111,6 +111,10 @@ async fn pump(
                 return;
             }
             Ok(n) => {
+                // Bytes read just before a stall are held until it ends, too.
+                while stalled.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
                 counter.fetch_add(n as u64, Ordering::SeqCst);
                 if w.write_all(&buf[..n]).await.is_err() {
                     return;
@@ -132,6 +136,7 @@ struct Cluster {
     rate_limit: Option<u64>,
     queue_bytes: u64,
     fencing: bool,
+    link_timeout: Duration,
 }
 
 impl Cluster {
@@ -146,6 +151,7 @@ impl Cluster {
             rate_limit: None,
             queue_bytes: 64 * MIB,
             fencing: false,
+            link_timeout: Duration::from_secs(6),
         }
     }
 
@@ -182,6 +188,7 @@ impl Cluster {
                 queue_bytes: self.queue_bytes,
                 lag_budget: Some(Duration::from_secs(5)),
                 encrypt: false,
+                timeout: self.link_timeout,
             })
             .collect();
         let key = self
@@ -961,6 +968,50 @@ fn throughput_of_a_sync_mirror_against_a_plain_volume() {
         "plain volume: {plain_mibs:.0} MiB/s; sync mirror: {mirror_mibs:.0} MiB/s ({:.2}x)",
         mirror_mibs / plain_mibs
     );
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+/// A replication link that goes silent (the proxy forwards nothing, the connection
+/// stays open) is dropped after the link timeout: a sync primary's write completes
+/// and the peer is tracked as out of date instead of holding writes until TCP gives
+/// up. When the link carries traffic again, the peer reconnects and catches up.
+#[test]
+fn a_silently_dead_link_is_dropped_after_the_link_timeout() {
+    let mut c = Cluster::new(&["a", "b"], 16 * MIB);
+    c.link_timeout = Duration::from_secs(1);
+    let proxy = c.proxy("a", "b");
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    a.write(0, pattern(1, 4096));
+    // Idle longer than the timeout: the pings keep a quiet link up.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(a.peer_connection("b"), "connected");
+    proxy.stall(true);
+    let start = Instant::now();
+    let write = a.m.write(MIB, pattern(2, 4096), false);
+    a.on(async { tokio::time::timeout(Duration::from_secs(10), write).await })
+        .expect("a sync write waited 10 s on a dead link")
+        .unwrap();
+    println!(
+        "the write completed {:?} after the link died",
+        start.elapsed()
+    );
+    assert_ne!(a.peer_connection("b"), "connected");
+    assert!(a.peer("b").out_of_sync_bytes >= 4096);
+    wait_until("a link-timeout event", Duration::from_secs(5), || {
+        a.events(EventKind::MirrorDisconnected).iter().any(|e| {
+            e.fields
+                .get("reason")
+                .is_some_and(|r| r.contains("link timeout"))
+        })
+    });
+    proxy.stall(false);
+    in_sync(&a, &b);
     a.on(a.m.demote()).unwrap();
     a.stop();
     b.stop();

@@ -127,6 +127,16 @@ pub struct MirrorLinkConfig {
     /// Encrypt this link (ChaCha20-Poly1305), for WAN links. Authentication is always on.
     #[serde(default)]
     pub encrypt: bool,
+    /// A link that carries nothing from the peer for this long is dropped (both sides
+    /// ping at a quarter of it), so a silently dead link does not hold a sync
+    /// primary's writes: the peer becomes out of date and is resynced later, as
+    /// after any link loss. DRBD's `timeout` plays this part.
+    #[serde(with = "humantime_serde", default = "default_link_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_link_timeout() -> Duration {
+    Duration::from_secs(6)
 }
 
 fn default_queue() -> ByteSize {
@@ -199,6 +209,10 @@ impl MirrorConfig {
                     format!("{lkey}.between"),
                     "this pair already has a link",
                 ));
+            }
+            if link.timeout < Duration::from_millis(400) || link.timeout > Duration::from_secs(600)
+            {
+                return Err(invalid(format!("{lkey}.timeout"), "must be 400ms to 10min"));
             }
             if link.queue.0 < 1 << 20 {
                 return Err(invalid(format!("{lkey}.queue"), "must be at least 1MiB"));

@@ -4,8 +4,9 @@
 //! resync/verify driver (the source side). Decisions come from the shared state in the
 //! parent module and its pure core; these tasks only move frames and bytes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -298,6 +299,25 @@ async fn run_session(
         session,
         tx.clone(),
     ));
+    // Keepalive: pings at a quarter of the link timeout; a whole timeout without a
+    // frame from the peer ends the session, so a silently dead link cannot hold a
+    // sync primary's writes for as long as TCP takes to give up.
+    let timeout = m
+        .spec
+        .peers
+        .iter()
+        .find(|p| p.node == peer)
+        .map_or(DEFAULT_LINK_TIMEOUT, |p| p.timeout);
+    let epoch = Instant::now();
+    let heard_ms = Arc::new(AtomicU64::new(0));
+    let (silent_tx, mut silent_rx) = oneshot::channel::<()>();
+    let keepalive = tokio::spawn(keepalive_loop(
+        tx.clone(),
+        Arc::clone(&heard_ms),
+        epoch,
+        timeout,
+        silent_tx,
+    ));
     let mut next = None;
     let mut shutdown = m.shutdown.subscribe();
     let (reason, clean) = loop {
@@ -305,6 +325,7 @@ async fn run_session(
             f = reader.recv() => match f {
                 Ok(Frame::Bye { reason }) => break (format!("peer closed the link: {reason}"), true),
                 Ok(frame) => {
+                    heard_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
                     if let Err(e) = dispatch(m, peer, session, frame, &apply_tx, &tx) {
                         let _ = tx.send(Frame::Bye { reason: e.clone() });
                         break (e, false);
@@ -335,9 +356,14 @@ async fn run_session(
                 }, false);
             }
             _ = shutdown.changed() => break ("shutdown".into(), true),
+            _ = &mut silent_rx => break (
+                format!("nothing from the peer for {} ms (link timeout)", timeout.as_millis()),
+                false,
+            ),
         }
     };
     tracing::info!(%reason, "link down");
+    keepalive.abort();
     applier.abort();
     driver.abort();
     m.on_link_down(peer, session, &reason, clean);
@@ -347,6 +373,36 @@ async fn run_session(
         let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
     }
     next
+}
+
+/// The link timeout of a peer missing from the spec (never, in practice).
+const DEFAULT_LINK_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// Sends a `Ping` every quarter of `timeout`; signals `silent` once nothing has been
+/// heard from the peer (`heard_ms` after `epoch`) for the whole timeout.
+async fn keepalive_loop(
+    tx: mpsc::UnboundedSender<Frame>,
+    heard_ms: Arc<AtomicU64>,
+    epoch: Instant,
+    timeout: Duration,
+    silent: oneshot::Sender<()>,
+) {
+    let mut tick = tokio::time::interval(timeout / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut nonce = 0u64;
+    loop {
+        tick.tick().await;
+        let heard = Duration::from_millis(heard_ms.load(Ordering::Relaxed));
+        if epoch.elapsed().saturating_sub(heard) >= timeout {
+            let _ = silent.send(());
+            return;
+        }
+        nonce += 1;
+        if tx.send(Frame::Ping { nonce }).is_err() {
+            // The session is ending; it aborts this task.
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Handles one received frame on the session's reader.

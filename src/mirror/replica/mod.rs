@@ -87,6 +87,8 @@ pub struct PeerSpec {
     pub queue_bytes: u64,
     pub lag_budget: Option<Duration>,
     pub encrypt: bool,
+    /// Drop the link after this long without a frame from the peer.
+    pub timeout: Duration,
 }
 
 impl MirrorSpec {
@@ -117,6 +119,7 @@ impl MirrorSpec {
                 queue_bytes: link.queue.0,
                 lag_budget: link.lag_budget,
                 encrypt: link.encrypt,
+                timeout: link.timeout,
             });
         }
         Ok(MirrorSpec {
