@@ -301,6 +301,22 @@ pub enum ResourceKind {
     },
 }
 
+impl ResourceKind {
+    /// Every kind's name, as in `kind = "..."`.
+    pub const NAMES: [&'static str; 5] = ["ip", "exec", "process", "mirror", "filesystem"];
+
+    /// This kind's name, as in `kind = "..."`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResourceKind::Ip { .. } => "ip",
+            ResourceKind::Exec { .. } => "exec",
+            ResourceKind::Process { .. } => "process",
+            ResourceKind::Mirror { .. } => "mirror",
+            ResourceKind::Filesystem { .. } => "filesystem",
+        }
+    }
+}
+
 fn default_fstype() -> String {
     "ext4".into()
 }

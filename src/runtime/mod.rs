@@ -495,28 +495,22 @@ impl Daemon {
         for g in &self.cfg.groups {
             let state = local_state(&g.name);
             for r in &g.resources {
-                let kind = match &r.kind {
-                    ResourceKind::Ip {
-                        address, interface, ..
-                    } => {
-                        vips.push(VipView {
-                            group: g.name.clone(),
-                            resource: r.name.clone(),
-                            address: address.clone(),
-                            interface: interface.clone(),
-                            present: state == LocalGroupState::Running,
-                        });
-                        "ip"
-                    }
-                    ResourceKind::Exec { .. } => "exec",
-                    ResourceKind::Process { .. } => "process",
-                    ResourceKind::Mirror { .. } => "mirror",
-                    ResourceKind::Filesystem { .. } => "filesystem",
-                };
+                if let ResourceKind::Ip {
+                    address, interface, ..
+                } = &r.kind
+                {
+                    vips.push(VipView {
+                        group: g.name.clone(),
+                        resource: r.name.clone(),
+                        address: address.clone(),
+                        interface: interface.clone(),
+                        present: state == LocalGroupState::Running,
+                    });
+                }
                 resources.push(ResourceView {
                     group: g.name.clone(),
                     name: r.name.clone(),
-                    kind: kind.into(),
+                    kind: r.kind.name().into(),
                     state: local_state_name(state).into(),
                 });
             }

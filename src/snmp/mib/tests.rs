@@ -622,3 +622,19 @@ fn mirror_events_carry_mirror_peer_and_resync_facts() {
     };
     assert!(notification_for(&paused).is_none());
 }
+
+/// A resource kind the MIB does not enumerate was served as 0, which is not a value of
+/// `TandemResourceType` (the `mirror` kind was, before it was added).
+#[test]
+fn every_resource_kind_has_its_value_in_the_mib() {
+    let mib = include_str!("../../../mibs/TANDEM-MIB.txt");
+    let start = mib.find("TandemResourceType ::=").expect("the TC");
+    let syntax = &mib[start..start + mib[start..].find('}').expect("its SYNTAX")];
+    for kind in crate::config::ResourceKind::NAMES {
+        let value = resource_kind(kind);
+        assert!(
+            syntax.contains(&format!("{kind}({value})")),
+            "`{kind}` is served as {value}, which TandemResourceType does not list"
+        );
+    }
+}
