@@ -25,6 +25,7 @@ struct Served {
     dir: tempfile::TempDir,
     socket: PathBuf,
     tcp: SocketAddr,
+    server: tokio::task::JoinHandle<()>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -61,11 +62,12 @@ fn serve_with_metrics<E: Export>(
     };
     let server = runtime.block_on(NbdServer::bind(config)).unwrap();
     let tcp = server.tcp_addr().unwrap();
-    runtime.spawn(server.run(Arc::new(export)));
+    let server = runtime.spawn(server.run(Arc::new(export)));
     Served {
         dir,
         socket,
         tcp,
+        server,
         _runtime: runtime,
     }
 }
@@ -531,6 +533,23 @@ fn export_name_client_gets_simple_replies() {
     // Disconnect: the server closes the connection.
     c.send_request(2, 14, 0, &[], 0);
     assert!(c.is_closed());
+}
+
+/// Stopping the server (as the `mirror` agent does before it demotes) closes the
+/// connections that are open, not only the listeners.
+#[test]
+fn stopping_the_server_closes_open_connections() {
+    let s = serve(MIB, false);
+    let mut c = RawClient::connect(&s.socket);
+    c.send_option(1, b"disk");
+    let mut h = [0u8; 10];
+    c.s.read_exact(&mut h).unwrap();
+    assert_eq!(c.request(1, 1, 0, &[7; 512], 0), (1, 0, vec![]));
+    s.server.abort();
+    c.s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    assert!(c.is_closed(), "the connection outlived its server");
+    assert!(std::os::unix::net::UnixStream::connect(&s.socket).is_err());
 }
 
 #[test]

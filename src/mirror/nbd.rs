@@ -189,7 +189,10 @@ impl NbdServer {
         self.tcp.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    /// Serves `export` forever; drop the future to stop accepting.
+    /// Serves `export` until the future is dropped (or its task aborted): then it
+    /// stops accepting and closes every open connection once the requests already
+    /// running have been answered, so clients see a clean end rather than errors
+    /// from an export that is no longer theirs (a demoted mirror, say).
     pub async fn run<E: Export>(self, export: Arc<E>) {
         let info = Arc::new(ExportInfo {
             name: self.config.name.clone(),
@@ -199,12 +202,15 @@ impl NbdServer {
         });
         let span = info_span!("nbd_export", name = %info.name, size = info.size);
         info!(parent: &span, unix = ?self.config.unix, tcp = ?self.tcp_addr(), "serving");
+        // Dropped with this future; every connection ends when it sees the drop.
+        let (_open, open_rx) = tokio::sync::watch::channel(());
         let shared = Shared {
             export,
             info,
             pool: Arc::new(BufferPool::default()),
             connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
             metrics: self.config.metrics.clone(),
+            open: open_rx,
         };
         let unix = accept_unix(self.unix, shared.clone());
         let tcp = accept_tcp(self.tcp, shared);
@@ -220,6 +226,8 @@ struct Shared<E> {
     /// One permit per open connection.
     connections: Arc<Semaphore>,
     metrics: Option<Arc<NbdMetrics>>,
+    /// Closed when the server stops.
+    open: tokio::sync::watch::Receiver<()>,
 }
 
 impl<E> Clone for Shared<E> {
@@ -230,6 +238,7 @@ impl<E> Clone for Shared<E> {
             pool: Arc::clone(&self.pool),
             connections: Arc::clone(&self.connections),
             metrics: self.metrics.clone(),
+            open: self.open.clone(),
         }
     }
 }
@@ -246,9 +255,15 @@ impl<E: Export> Shared<E> {
             return;
         };
         let conn = connection(self.clone(), r, w);
+        let mut open = self.open.clone();
         tokio::spawn(
             async move {
-                conn.await;
+                tokio::select! {
+                    () = conn => {}
+                    _ = async { while open.changed().await.is_ok() {} } => {
+                        info!("the export stopped: closing the connection");
+                    }
+                }
                 drop(permit);
             }
             .instrument(span),

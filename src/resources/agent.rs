@@ -7,7 +7,7 @@
 //! - `process`: a supervised long-running command in its own process group; its
 //!   monitor notices at once when it exits.
 //! - `mirror`: promotes this node's copy of a replicated volume (refused unless it is
-//!   UpToDate) and serves it over NBD; stop closes the NBD listeners, flushes and
+//!   UpToDate) and serves it over NBD; stop closes the NBD listeners and connections, flushes and
 //!   demotes. Its monitor fails when the copy is no longer primary.
 //! - `filesystem`: mounts a mirror's volume through the kernel's NBD client
 //!   ([`super::filesystem`]).
