@@ -136,16 +136,8 @@ fn heartbeat_must_fit_in_a_datagram() {
     assert!(e.contains("`group`") && e.contains("datagram"), "{e}");
 }
 
-const WITH_MIRROR: &str = r#"
-[cluster]
-name = "t"
-key = "0123456789abcdef"
-[heartbeat]
-paths = ["hb1"]
-[[node]]
-name = "a"
-priority = 1
-addresses = { hb1 = "10.0.0.1" }
+/// [`MINIMAL`] plus a second node, a mirror between the two and a group owning it.
+const MIRROR_PART: &str = r#"
 [[node]]
 name = "b"
 priority = 2
@@ -170,7 +162,7 @@ mirror = "data"
 fn a_filesystem_must_sit_on_its_mirror_resource() {
     let fs = |extra: &str| {
         format!(
-            "{WITH_MIRROR}[[group.resource]]\nname = \"fs\"\nkind = \"filesystem\"\nmirror = \"data\"\n{extra}\n"
+            "{MINIMAL}{MIRROR_PART}[[group.resource]]\nname = \"fs\"\nkind = \"filesystem\"\nmirror = \"data\"\n{extra}\n"
         )
     };
     let ok = Config::parse(&fs("mountpoint = \"/srv/data\"\ndepends_on = [\"vol\"]"))
