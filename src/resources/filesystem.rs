@@ -310,17 +310,14 @@ fn unescape(field: &str) -> String {
 /// The mount on top at `mountpoint` (the last one listed there), if any.
 pub fn mount_at(mountinfo: &str, mountpoint: &Path) -> Option<MountEntry> {
     let want = mountpoint.to_str()?.trim_end_matches('/');
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mp = unescape(left.split(' ').nth(4)?);
-            let mut r = right.split(' ');
-            let fstype = r.next()?.to_string();
-            let source = unescape(r.next()?);
-            (mp == want).then_some(MountEntry { fstype, source })
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mp = unescape(left.split(' ').nth(4)?);
+        let mut r = right.split(' ');
+        let fstype = r.next()?.to_string();
+        let source = unescape(r.next()?);
+        (mp == want).then_some(MountEntry { fstype, source })
+    })
 }
 
 /// `e2fsck -p`'s exit code: 0 clean, 1 and 2 errors corrected; 4 and up need a
