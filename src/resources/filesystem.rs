@@ -3,8 +3,9 @@
 //!
 //! Start: attach `/dev/nbdN` to the mirror's NBD socket ([`KernelNbd`]), create the
 //! filesystem if asked to and the volume is blank, check it (`e2fsck -p` for ext2/3/4,
-//! which also replays the journal after a crash), and mount it. A stale mount left at
-//! the mountpoint by an earlier run is taken down first.
+//! which also replays the journal after a crash), and mount it. A stale NBD mount left
+//! at the mountpoint by an earlier run is detached first; anything else mounted there
+//! is left alone and the start fails.
 //!
 //! Stop: unmount; if the mount is busy, the processes holding files, working
 //! directories or roots under it get SIGTERM, then SIGKILL, as Pacemaker's Filesystem
@@ -83,13 +84,26 @@ impl FilesystemAgent {
         mount_at(&info, &self.mountpoint).map(|m| m.source)
     }
 
+    fn at_mountpoint(&self) -> AtMountpoint {
+        classify_mount(
+            self.mounted_source().as_deref(),
+            self.attached.as_ref().map(KernelNbd::device),
+        )
+    }
+
     /// Attaches, checks and mounts. Starting a running filesystem succeeds.
     pub async fn start(&mut self) -> Result<(), ResourceError> {
-        if let Some(a) = &self.attached {
-            let here = self.mounted_source();
-            if a.is_connected() && here.as_deref() == a.device().to_str() {
-                return Ok(());
+        match self.at_mountpoint() {
+            AtMountpoint::Ours if self.attached.as_ref().is_some_and(KernelNbd::is_connected) => {
+                return Ok(())
             }
+            AtMountpoint::Foreign(src) => {
+                return Err(ResourceError::Check(format!(
+                    "{} already carries {src}; not mounting over it",
+                    self.mountpoint.display()
+                )))
+            }
+            _ => {}
         }
         // Whatever an earlier run left behind goes first.
         self.stop().await?;
@@ -172,8 +186,23 @@ impl FilesystemAgent {
     /// Unmounts (ending the processes that hold the mount if it is busy) and
     /// detaches. Stopping a stopped filesystem succeeds.
     pub async fn stop(&mut self) -> Result<(), ResourceError> {
-        if self.mounted_source().is_some() {
-            self.unmount().await?;
+        match self.at_mountpoint() {
+            AtMountpoint::Ours => self.unmount().await?,
+            AtMountpoint::Stale(src) => {
+                // An earlier daemon's device, torn down with it: detach the mount lazily.
+                tracing::warn!(source = %src, mountpoint = %self.mountpoint.display(), "detaching a stale mount");
+                let mp = self.mountpoint.clone();
+                tokio::task::spawn_blocking(move || nix::mount::umount2(&mp, MntFlags::MNT_DETACH))
+                    .await
+                    .map_err(|e| ResourceError::Check(e.to_string()))?
+                    .map_err(|e| {
+                        ResourceError::Check(format!(
+                            "umount {} (stale {src}): {e}",
+                            self.mountpoint.display()
+                        ))
+                    })?;
+            }
+            AtMountpoint::Nothing | AtMountpoint::Foreign(_) => {}
         }
         if let Some(nbd) = self.attached.take() {
             nbd.detach()
@@ -239,6 +268,29 @@ impl FilesystemAgent {
             )),
             None => Monitor::Failed(format!("{} is not mounted", self.mountpoint.display())),
         }
+    }
+}
+
+/// What the mountpoint carries, seen from the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtMountpoint {
+    Nothing,
+    /// The device this agent attached.
+    Ours,
+    /// Another NBD device: left by an earlier run of the daemon.
+    Stale(String),
+    /// Something else, mounted by someone else: never unmounted, never mounted over.
+    Foreign(String),
+}
+
+/// Classifies the mount on top of the mountpoint (`source`) against the device this
+/// agent has attached, if any.
+pub fn classify_mount(source: Option<&str>, ours: Option<&Path>) -> AtMountpoint {
+    match source {
+        None => AtMountpoint::Nothing,
+        Some(s) if ours.is_some_and(|d| Path::new(s) == d) => AtMountpoint::Ours,
+        Some(s) if s.starts_with("/dev/nbd") => AtMountpoint::Stale(s.to_string()),
+        Some(s) => AtMountpoint::Foreign(s.to_string()),
     }
 }
 
@@ -460,6 +512,32 @@ mod tests {
         assert_eq!(spaced.source, "/dev/nbd1");
         assert!(mount_at(info, Path::new("/srv")).is_none());
         assert!(mount_at("garbage line\n", Path::new("/srv")).is_none());
+    }
+
+    #[test]
+    fn only_our_own_or_a_stale_nbd_mount_is_ever_taken_down() {
+        let ours = Path::new("/dev/nbd1");
+        assert_eq!(classify_mount(None, Some(ours)), AtMountpoint::Nothing);
+        assert_eq!(
+            classify_mount(Some("/dev/nbd1"), Some(ours)),
+            AtMountpoint::Ours
+        );
+        assert_eq!(
+            classify_mount(Some("/dev/nbd0"), Some(ours)),
+            AtMountpoint::Stale("/dev/nbd0".into())
+        );
+        assert_eq!(
+            classify_mount(Some("/dev/nbd1"), None),
+            AtMountpoint::Stale("/dev/nbd1".into())
+        );
+        assert_eq!(
+            classify_mount(Some("/dev/sda3"), Some(ours)),
+            AtMountpoint::Foreign("/dev/sda3".into())
+        );
+        assert_eq!(
+            classify_mount(Some("tmpfs"), None),
+            AtMountpoint::Foreign("tmpfs".into())
+        );
     }
 
     #[test]
