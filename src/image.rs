@@ -674,7 +674,7 @@ pub async fn wait_healthy(
 ) -> Result<(), ImageError> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let r: Result<crate::api::Status, _> =
+        let r: Result<crate::status::Status, _> =
             crate::api::client::call(ep, "GET", "/v1/status", None).await;
         match r {
             Ok(_) => return Ok(()),

@@ -11,6 +11,7 @@
 //! - [`resources`]: resource agents, health probes, the group executor.
 //! - [`net`]: netlink addresses, GARP/NA announcements, address probes, VIP reconciliation.
 //! - [`runtime`]: the daemon's event loop and heartbeat transport.
+//! - [`control`]: control requests and their typed errors.
 //! - [`api`]: the HTTP/JSON control API and its client.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
@@ -19,11 +20,13 @@
 //! - [`demo`]: the demo service the lab protects.
 //! - [`image`]: the appliance image's A/B boot slots: boot counting, blessing, updates.
 //! - [`cli`]: the command line.
+//! - [`status`]: the read model (the status snapshot) every observer reads.
 
 pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod event;
 pub mod image;
@@ -35,3 +38,4 @@ pub mod placement;
 pub mod resources;
 pub mod runtime;
 pub mod snmp;
+pub mod status;

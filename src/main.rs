@@ -1,18 +1,21 @@
 //! The `tandem` binary: parses the command line, runs it, and maps errors to exit
-//! codes: 0 success, 1 runtime failure, 2 bad configuration or usage, 3 daemon
-//! unreachable, 4 request refused by the daemon.
+//! codes (one place: [`MainError::exit_code`]): 0 success, 1 runtime failure, 2 bad
+//! configuration or usage, 3 daemon unreachable, 4 request refused by the daemon,
+//! 5 not found, 6 conflict with the current state, 7 timed out, 8 daemon unavailable.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 use tandem::api::client::{call, Endpoint};
-use tandem::api::{ApiError, MirrorAction, Status};
+use tandem::api::ApiError;
 use tandem::cli::{
     ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
 };
 use tandem::config::{Config, ConfigError};
+use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
 use tandem::mirror::status::MirrorStatus;
+use tandem::status::Status;
 
 #[derive(Debug, thiserror::Error)]
 enum MainError {
@@ -46,6 +49,13 @@ impl MainError {
             | MainError::Runtime(tandem::runtime::RuntimeError::UnknownNode(_)) => 2,
             MainError::Api(ApiError::Connect(..)) => 3,
             MainError::Api(ApiError::Status(_)) => 4,
+            MainError::Api(ApiError::Control(e)) => match e {
+                ControlError::Refused(_) => 4,
+                ControlError::NotFound(_) => 5,
+                ControlError::Conflict(_) => 6,
+                ControlError::Timeout(_) => 7,
+                ControlError::Unavailable(_) => 8,
+            },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
             MainError::Nbd(tandem::mirror::nbd::NbdError::NoListener)
             | MainError::Volume(tandem::mirror::volume::VolumeError::NotFileOrBlockDevice {

@@ -31,7 +31,6 @@ use prometheus::{
 };
 use tokio::sync::{broadcast, watch};
 
-use crate::api::Status;
 use crate::cluster::membership;
 use crate::config::Config;
 use crate::event::{Event, EventKind, EventLog, MoveReason, Timeline};
@@ -39,6 +38,7 @@ use crate::mirror::generation::DiskState;
 use crate::mirror::nbd::proto::Command;
 use crate::snmp::agent::AgentCounters;
 use crate::snmp::notify::ReceiverStatuses;
+use crate::status::Status;
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]

@@ -322,7 +322,7 @@ fn metrics_count_bytes_errors_and_time_each_command() {
     assert_eq!(c.request(0, 2, 0, &[], 512).2, vec![7; 512], "read");
     assert_eq!(c.request(0, 3, MIB, &[], 4096).1, 22, "EINVAL past the end");
     assert_eq!(c.request(3, 4, 0, &[], 0).1, 0, "flush");
-    let text = metrics.render(&tandem::api::Status::default());
+    let text = metrics.render(&tandem::status::Status::default());
     for want in [
         r#"tandem_nbd_bytes_total{cluster="nbdtest",direction="write",export="disk"} 4096"#,
         r#"tandem_nbd_bytes_total{cluster="nbdtest",direction="read",export="disk"} 512"#,

@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
 use super::ApiError;
+use crate::control::ControlError;
 
 /// Where the daemon's API is.
 #[derive(Debug, Clone)]
@@ -83,7 +84,12 @@ pub async fn call<T: DeserializeOwned>(
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(ApiError::Status(msg));
+        return Err(
+            match ControlError::from_http(status.as_u16(), msg.clone()) {
+                Some(e) => ApiError::Control(e),
+                None => ApiError::Status(msg),
+            },
+        );
     }
     serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))
 }

@@ -23,9 +23,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ApiError, MirrorAction, Request, Status};
+use super::ApiError;
 use crate::config::ApiConfig;
+use crate::control::{switchover_settled, ControlError, MirrorAction, Reply, Request};
 use crate::event::EventLog;
+use crate::status::Status;
 
 #[derive(Clone)]
 struct AppState {
@@ -266,18 +268,17 @@ struct SwitchoverBody {
     timeout_ms: Option<u64>,
 }
 
-async fn ask<T>(
-    s: &AppState,
-    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Request,
-) -> Result<T, Response> {
+/// The answer to a control error: its HTTP status and `{"code": ..., "error": ...}`.
+fn control_error(e: ControlError) -> Response {
+    let code = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::CONFLICT);
+    (code, Json(serde_json::to_value(&e).unwrap_or_default())).into_response()
+}
+
+async fn ask<T>(s: &AppState, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
-    s.requests
-        .send(make(tx))
-        .await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is shutting down"))?;
-    rx.await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "daemon is shutting down"))?
-        .map_err(|e| error(StatusCode::CONFLICT, e))
+    let gone = || control_error(ControlError::shutting_down());
+    s.requests.send(make(tx)).await.map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?.map_err(control_error)
 }
 
 async fn switchover(
@@ -312,25 +313,26 @@ async fn switchover(
             "duration_ms": started.elapsed().as_millis() as u64,
         }))
         .into_response(),
-        Ok(Err(e)) => error(StatusCode::CONFLICT, e),
-        Err(_) => error(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "group `{group}` did not come up on `{target}` within {} ms",
-                timeout.as_millis()
-            ),
-        ),
+        Ok(Err(e)) => control_error(e),
+        Err(_) => control_error(ControlError::Timeout(format!(
+            "group `{group}` did not come up on `{target}` within {} ms",
+            timeout.as_millis()
+        ))),
     }
 }
 
 /// Waits until the group runs on `target` and nowhere else, or fails; only snapshots
 /// published after `rx` was last marked seen count.
-async fn settled(mut rx: watch::Receiver<Status>, group: &str, target: &str) -> Result<(), String> {
+async fn settled(
+    mut rx: watch::Receiver<Status>,
+    group: &str,
+    target: &str,
+) -> Result<(), ControlError> {
     loop {
         if rx.changed().await.is_err() {
-            return Err("daemon is shutting down".to_string());
+            return Err(ControlError::shutting_down());
         }
-        if let Some(r) = crate::runtime::group_settled_on(&rx.borrow_and_update(), group, target) {
+        if let Some(r) = switchover_settled(&rx.borrow_and_update(), group, target) {
             return r;
         }
     }
@@ -385,10 +387,9 @@ async fn mirror_action(
     let Ok(action) =
         serde_json::from_value::<MirrorAction>(serde_json::Value::String(action.clone()))
     else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("unknown mirror action `{action}` (pause, resume, verify, resync_full, disconnect, connect)"),
-        );
+        return control_error(ControlError::NotFound(format!(
+            "unknown mirror action `{action}` (pause, resume, verify, resync_full, disconnect, connect)"
+        )));
     };
     let peer = body.and_then(|b| b.0.peer);
     match ask(&s, |reply| Request::Mirror {
@@ -484,6 +485,6 @@ mod tests {
         rx.borrow_and_update();
         tx.send_replace(status("n2", Stopped, Failed));
         let r = settled(rx, "demo", "n2").await;
-        assert!(r.unwrap_err().contains("failed on `n2`"));
+        assert!(r.unwrap_err().to_string().contains("failed on `n2`"));
     }
 }

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::api::{NodeStatus, PathStatusView, ResourceView, Status, VipView};
 use crate::cluster::packet::LocalGroupState;
 use crate::config::{CommunityConfig, ReceiverConfig, ReceiverForm, SnmpConfig};
 use crate::event::{fields, Event, EventKind, EventLog, Fields};
@@ -31,6 +30,7 @@ use crate::placement::policy::GroupStatus;
 use crate::snmp::mib::{notification_for, MibView, SystemInfo};
 use crate::snmp::notify::spawn_notifier;
 use crate::snmp::SnmpError;
+use crate::status::{NodeStatus, PathStatusView, ResourceView, Status, VipView};
 
 /// The community both agents answer.
 const COMMUNITY: &str = "bench";

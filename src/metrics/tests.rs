@@ -1,12 +1,12 @@
 //! Unit tests of the metrics registry: names, pre-created label sets, phases, deltas.
 
 use super::*;
-use crate::api::{HeartbeatCounters, NodeStatus, PathStatusView};
 use crate::cluster::packet::LocalGroupState;
 use crate::config::ReplicationMode;
 use crate::event::TimelineStep;
 use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
 use crate::placement::policy::GroupStatus;
+use crate::status::{HeartbeatCounters, NodeStatus, PathStatusView};
 
 fn config() -> Config {
     let text = r#"

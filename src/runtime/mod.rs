@@ -20,16 +20,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::api::{
-    self, FailoverSummary, MirrorAction, NodeStatus, PathStatusView, Request, ResourceView, Status,
-    VipView,
-};
+use crate::api;
 use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
 use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
 use crate::config::{Config, ResourceKind};
+use crate::control::{ControlError, MirrorAction, Request};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
 use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
@@ -37,6 +35,7 @@ use crate::placement::policy::{Action, Input, Now, PeerView, Placement, Placemen
 use crate::resources::agent::Agent;
 use crate::resources::executor::{self, Command};
 use crate::snmp;
+use crate::status::{FailoverSummary, NodeStatus, PathStatusView, ResourceView, Status, VipView};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -311,12 +310,12 @@ impl Daemon {
                     self.carry_out(actions);
                     target
                 });
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(ControlError::from));
             }
             Request::Standby { node, on, reply } => {
                 let r = self.placement.set_standby(now, &node, on, &peers);
                 let r = r.map(|actions| self.carry_out(actions));
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(ControlError::from));
             }
             Request::Maintenance { group, on, reply } => {
                 let r = self.placement.set_maintenance(now, &group, on, &peers);
@@ -326,7 +325,7 @@ impl Daemon {
                     }
                     self.carry_out(actions)
                 });
-                let _ = reply.send(r.map_err(|e| e.to_string()));
+                let _ = reply.send(r.map_err(ControlError::from));
             }
             Request::Mirror {
                 mirror,
@@ -335,7 +334,9 @@ impl Daemon {
                 reply,
             } => {
                 let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
-                    let _ = reply.send(Err(format!("this node holds no mirror `{mirror}`")));
+                    let _ = reply.send(Err(ControlError::NotFound(format!(
+                        "this node holds no mirror `{mirror}`"
+                    ))));
                     return;
                 };
                 tokio::spawn(async move {
@@ -348,7 +349,7 @@ impl Daemon {
                         MirrorAction::Disconnect => m.disconnect(peer).await,
                         MirrorAction::Connect => m.connect(peer).await,
                     };
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r.map_err(ControlError::from));
                 });
             }
         }
@@ -529,7 +530,7 @@ impl Daemon {
             nodes,
             paths,
             groups,
-            heartbeats: api::HeartbeatCounters {
+            heartbeats: crate::status::HeartbeatCounters {
                 sent: self.seq,
                 accepted: counters.accepted,
                 rejected,
@@ -804,28 +805,6 @@ fn begin_shutdown(d: &mut Daemon) -> tokio::time::Instant {
     d.carry_out(actions);
     tokio::time::Instant::now() + SHUTDOWN_HANDOFF
 }
-
-/// Used by the API to wait for a switchover: the group runs on `target` and nowhere else.
-pub fn group_settled_on(status: &Status, group: &str, target: &str) -> Option<Result<(), String>> {
-    let g = status.groups.iter().find(|g| g.name == group)?;
-    let on_target = g.states.get(target).copied();
-    let elsewhere = g
-        .states
-        .iter()
-        .any(|(n, s)| n != target && *s != LocalGroupState::Stopped);
-    match on_target {
-        Some(LocalGroupState::Running) if !elsewhere => Some(Ok(())),
-        Some(LocalGroupState::Failed) => Some(Err(format!("group `{group}` failed on `{target}`"))),
-        _ if g.owner.as_deref().is_some_and(|o| o != target) => Some(Err(format!(
-            "group `{group}` was placed on `{}` instead",
-            g.owner.clone().unwrap_or_default()
-        ))),
-        _ => None,
-    }
-}
-
-/// Reply channel of an API request.
-pub type Reply<T> = oneshot::Sender<Result<T, String>>;
 
 #[cfg(test)]
 mod tests {

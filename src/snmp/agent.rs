@@ -21,8 +21,8 @@ use tracing::Instrument;
 use super::mib::{encoded_len, MibView, ResponseTooBig, SnmpGroupCounters, SystemInfo};
 use super::usm::{Usm, UsmIncoming};
 use super::{Engine, SnmpError};
-use crate::api::Status;
 use crate::config::{parse_cidr, SnmpConfig};
+use crate::status::Status;
 
 /// The largest response the agent sends: an Ethernet frame's UDP payload, so replies
 /// never need IP fragmentation. GETBULK responses are truncated to it.

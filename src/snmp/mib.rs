@@ -22,10 +22,10 @@ use rasn_smi::v2::{ApplicationSyntax, Counter64, ObjectSyntax, SimpleSyntax};
 use rasn_snmp::v2::{VarBind, VarBindValue};
 
 use super::{Notification, ENTERPRISE};
-use crate::api::Status;
 use crate::config::ReplicationMode;
 use crate::event::{Event, EventKind};
 use crate::mirror::generation::DiskState;
+use crate::status::Status;
 
 /// `sysUpTime.0` (SNMPv2-MIB), the first varbind of every notification.
 pub const SYS_UP_TIME_INSTANCE: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 3, 0];

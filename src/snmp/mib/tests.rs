@@ -1,9 +1,9 @@
 use super::*;
-use crate::api::{NodeStatus, PathStatusView, ResourceView, VipView};
 use crate::cluster::packet::LocalGroupState;
 use crate::event::fields;
 use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
 use crate::placement::policy::GroupStatus;
+use crate::status::{NodeStatus, PathStatusView, ResourceView, VipView};
 
 const BIG: usize = 1 << 20;
 

@@ -1,0 +1,176 @@
+//! Control requests and their typed errors: what the API (and through it the CLI) asks
+//! of the daemon, and the ways the daemon can say no. The API maps each
+//! [`ControlError`] variant to its own HTTP status ([`ControlError::http_status`]) and
+//! the CLI to its own exit code (see `docs/API.md`).
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::cluster::packet::LocalGroupState;
+use crate::mirror::replica::MirrorError;
+use crate::placement::policy::PlacementError;
+use crate::status::Status;
+
+/// Why the daemon did not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "code", content = "error", rename_all = "snake_case")]
+pub enum ControlError {
+    /// No such group, node or mirror (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request is valid but the cluster's rules refuse it (HTTP 409).
+    #[error("{0}")]
+    Refused(String),
+    /// The request clashes with the current state: already done, or busy (HTTP 422).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request was carried out but did not finish in time (HTTP 504).
+    #[error("{0}")]
+    Timeout(String),
+    /// The daemon cannot take requests now (shutting down) (HTTP 503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ControlError {
+    /// The HTTP status the API answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            ControlError::NotFound(_) => 404,
+            ControlError::Refused(_) => 409,
+            ControlError::Conflict(_) => 422,
+            ControlError::Timeout(_) => 504,
+            ControlError::Unavailable(_) => 503,
+        }
+    }
+
+    /// The error an HTTP status stands for (the CLI's side of [`Self::http_status`]);
+    /// None for statuses no control error uses.
+    pub fn from_http(status: u16, msg: String) -> Option<ControlError> {
+        Some(match status {
+            404 => ControlError::NotFound(msg),
+            409 => ControlError::Refused(msg),
+            422 => ControlError::Conflict(msg),
+            504 => ControlError::Timeout(msg),
+            503 => ControlError::Unavailable(msg),
+            _ => return None,
+        })
+    }
+
+    /// The daemon's main loop is gone.
+    pub fn shutting_down() -> ControlError {
+        ControlError::Unavailable("daemon is shutting down".into())
+    }
+}
+
+impl From<PlacementError> for ControlError {
+    fn from(e: PlacementError) -> ControlError {
+        let msg = e.to_string();
+        match e {
+            PlacementError::UnknownGroup(_) | PlacementError::UnknownNode(_) => {
+                ControlError::NotFound(msg)
+            }
+            PlacementError::AlreadyThere { .. } | PlacementError::Busy { .. } => {
+                ControlError::Conflict(msg)
+            }
+            PlacementError::NodeNotLive(_)
+            | PlacementError::NotEligible { .. }
+            | PlacementError::InMaintenance(_)
+            | PlacementError::NoTarget(_) => ControlError::Refused(msg),
+        }
+    }
+}
+
+impl From<MirrorError> for ControlError {
+    fn from(e: MirrorError) -> ControlError {
+        let msg = e.to_string();
+        match e {
+            MirrorError::UnknownPeer(_) | MirrorError::NotACopy(_) => ControlError::NotFound(msg),
+            MirrorError::Shutdown => ControlError::Unavailable(msg),
+            MirrorError::Refused(_)
+            | MirrorError::NotPrimary
+            | MirrorError::Io(_)
+            | MirrorError::Volume(_)
+            | MirrorError::Meta(_)
+            | MirrorError::Export(_)
+            | MirrorError::Size { .. } => ControlError::Refused(msg),
+        }
+    }
+}
+
+/// Reply channel of a control request.
+pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+/// A request the API hands to the daemon's main loop.
+#[derive(Debug)]
+pub enum Request {
+    Switchover {
+        group: String,
+        to: Option<String>,
+        reply: Reply<String>,
+    },
+    Standby {
+        node: String,
+        on: bool,
+        reply: Reply<()>,
+    },
+    Maintenance {
+        group: String,
+        on: bool,
+        reply: Reply<()>,
+    },
+    /// An operation on a replicated volume (`tandem mirror ...`).
+    Mirror {
+        mirror: String,
+        action: MirrorAction,
+        /// One peer, or every peer.
+        peer: Option<String>,
+        reply: Reply<()>,
+    },
+}
+
+/// What `tandem mirror` can ask of a mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorAction {
+    /// Stop replicating to the peer; changes go to its bitmap.
+    Pause,
+    /// Replicate again; the peer catches up from its bitmap.
+    Resume,
+    /// Online verify by checksums; differing blocks are resynced.
+    Verify,
+    /// Resync every used block to the peer.
+    ResyncFull,
+    /// Drop the replication link and stay disconnected.
+    Disconnect,
+    /// Connect again after a disconnect (or a split brain the admin resolved).
+    Connect,
+}
+
+/// Whether a switchover to `target` has settled: the group runs on `target` and
+/// nowhere else (`Some(Ok)`), or cannot get there (`Some(Err)`); None while it moves.
+pub fn switchover_settled(
+    status: &Status,
+    group: &str,
+    target: &str,
+) -> Option<Result<(), ControlError>> {
+    let g = status.groups.iter().find(|g| g.name == group)?;
+    let on_target = g.states.get(target).copied();
+    let elsewhere = g
+        .states
+        .iter()
+        .any(|(n, s)| n != target && *s != LocalGroupState::Stopped);
+    match on_target {
+        Some(LocalGroupState::Running) if !elsewhere => Some(Ok(())),
+        Some(LocalGroupState::Failed) => Some(Err(ControlError::Refused(format!(
+            "group `{group}` failed on `{target}`"
+        )))),
+        _ if g.owner.as_deref().is_some_and(|o| o != target) => {
+            Some(Err(ControlError::Conflict(format!(
+                "group `{group}` was placed on `{}` instead",
+                g.owner.clone().unwrap_or_default()
+            ))))
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,271 @@
+//! The read model: one snapshot of this node's view of the cluster, published by the
+//! runtime after every input and read by the HTTP API, the metrics, the SNMP agent,
+//! `tandem status` and the lab. Nothing here imports those observers; the snapshot is
+//! a pure projection of the cores' state ([`project`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::packet::LocalGroupState;
+use crate::config::ReplicationMode;
+use crate::mirror::generation::DiskState;
+
+pub use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus, VerifyStatus};
+pub use crate::placement::policy::GroupStatus;
+
+/// One node as seen from this node.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct NodeStatus {
+    pub name: String,
+    pub priority: u32,
+    /// This is the node answering.
+    pub local: bool,
+    pub alive: bool,
+    pub standby: bool,
+    pub boot_id: String,
+    pub last_heard_ms_ago: Option<u64>,
+    pub paths_up: usize,
+}
+
+/// One heartbeat path to one peer.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct PathStatusView {
+    pub peer: String,
+    pub path: String,
+    pub up: bool,
+    pub last_heard_ms_ago: Option<u64>,
+    pub rtt_ms: Option<f64>,
+}
+
+/// Heartbeat packet counters.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct HeartbeatCounters {
+    pub sent: u64,
+    pub accepted: u64,
+    /// Dropped packets by reason: bad_mac, replayed, malformed, wrong_cluster, ...
+    pub rejected: BTreeMap<String, u64>,
+}
+
+/// `GET /v1/status`: a consistent snapshot of this node's view.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Status {
+    pub cluster: String,
+    pub node: String,
+    pub time_ms: u64,
+    pub uptime_ms: u64,
+    pub last_seq: u64,
+    /// "two_node" (VIP probe guards takeovers) or "priority".
+    pub mode: String,
+    pub nodes: Vec<NodeStatus>,
+    pub paths: Vec<PathStatusView>,
+    pub groups: Vec<GroupStatus>,
+    pub heartbeats: HeartbeatCounters,
+    /// Every configured resource of every group.
+    #[serde(default)]
+    pub resources: Vec<ResourceView>,
+    /// Every floating IP (the `ip` resources).
+    #[serde(default)]
+    pub vips: Vec<VipView>,
+    /// Failovers and switchovers this node carried out, per group.
+    #[serde(default)]
+    pub failovers: Vec<FailoverSummary>,
+    /// Every replicated volume this node holds a copy of.
+    #[serde(default)]
+    pub mirrors: Vec<MirrorStatus>,
+}
+
+/// One resource of one group, as this node runs it.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct ResourceView {
+    pub group: String,
+    pub name: String,
+    /// "ip", "exec", "process", "mirror" or "filesystem".
+    pub kind: String,
+    /// The group's local state on this node ("stopped", "starting", "running",
+    /// "stopping", "failed"): resources start and stop with their group.
+    pub state: String,
+}
+
+/// One floating IP.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct VipView {
+    pub group: String,
+    /// The `ip` resource's name.
+    pub resource: String,
+    /// ADDRESS/PREFIX as configured.
+    pub address: String,
+    pub interface: String,
+    /// This node holds the address (its group runs here).
+    pub present: bool,
+}
+
+/// The failover history of one group on this node.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct FailoverSummary {
+    pub group: String,
+    /// Completed or failed failovers and switchovers this node carried out.
+    pub count: u64,
+    /// Reason of the latest one ("node_lost", "resource_failed", "manual", ...).
+    pub last_reason: String,
+    /// Detection to completion of the latest one, when it completed.
+    pub last_duration_ms: Option<u64>,
+}
+
+impl Status {
+    /// A fully populated snapshot (two nodes, a path, two groups, a floating IP, a
+    /// failover, a primary mirror with a resyncing sync peer and a split-brained async
+    /// peer): the one fixture the observers' tests and the golden JSON test share.
+    #[doc(hidden)]
+    pub fn sample() -> Status {
+        let node = |name: &str, local: bool| NodeStatus {
+            name: name.into(),
+            priority: if local { 1 } else { 2 },
+            local,
+            alive: true,
+            standby: false,
+            boot_id: "00000000000000ab".into(),
+            last_heard_ms_ago: Some(5),
+            paths_up: 1,
+        };
+        let group = |name: &str| GroupStatus {
+            name: name.into(),
+            owner: Some("alpha".into()),
+            epoch: 3,
+            maintenance: false,
+            local_state: LocalGroupState::Running,
+            blocked: false,
+            recent_failures: 0,
+            states: [
+                ("alpha".to_string(), LocalGroupState::Running),
+                ("beta".to_string(), LocalGroupState::Stopped),
+            ]
+            .into(),
+            summary: "running".into(),
+        };
+        Status {
+            cluster: "c1".into(),
+            node: "alpha".into(),
+            time_ms: 1_700_000_000_000,
+            uptime_ms: 12_340,
+            last_seq: 42,
+            mode: "two_node".into(),
+            nodes: vec![node("alpha", true), node("beta", false)],
+            paths: vec![PathStatusView {
+                peer: "beta".into(),
+                path: "lan".into(),
+                up: true,
+                last_heard_ms_ago: Some(7),
+                rtt_ms: Some(0.25),
+            }],
+            groups: vec![group("db"), group("web")],
+            heartbeats: HeartbeatCounters {
+                sent: 10,
+                accepted: 7,
+                rejected: [("bad_mac".to_string(), 2)].into(),
+            },
+            resources: vec![ResourceView {
+                group: "web".into(),
+                name: "vip".into(),
+                kind: "ip".into(),
+                state: "running".into(),
+            }],
+            vips: vec![VipView {
+                group: "web".into(),
+                resource: "vip".into(),
+                address: "10.0.0.10/24".into(),
+                interface: "eth0".into(),
+                present: true,
+            }],
+            failovers: vec![FailoverSummary {
+                group: "web".into(),
+                count: 2,
+                last_reason: "node_lost".into(),
+                last_duration_ms: Some(1030),
+            }],
+            mirrors: vec![sample_mirror()],
+        }
+    }
+}
+
+/// The sample's mirror `vol`: primary, resyncing to a sync peer `beta`; an async peer
+/// `gamma` in split brain that has not reported its disk.
+fn sample_mirror() -> MirrorStatus {
+    let beta = MirrorPeerStatus {
+        node: "beta".into(),
+        mode: ReplicationMode::Sync,
+        connection: "connected".into(),
+        peer_disk: Some(DiskState::SyncTarget),
+        out_of_sync_bytes: 3 << 20,
+        lag_bytes: 0,
+        lag_seconds: 0.0,
+        lag_budget_seconds: None,
+        rate_limit_bytes_per_second: None,
+        resync: Some(ResyncStatus {
+            direction: "source".into(),
+            full: false,
+            total_bytes: 4 << 20,
+            done_bytes: 1 << 20,
+            bytes_per_second: 1e6,
+            eta_seconds: Some(2.2),
+            started_ms: 0,
+        }),
+        verify: Some(VerifyStatus {
+            running: false,
+            checked_bytes: 1 << 30,
+            total_bytes: 1 << 30,
+            out_of_sync_bytes: 0,
+            started_ms: 100,
+            finished_ms: Some(900),
+        }),
+        replicated_bytes: 8192,
+        resynced_bytes: 1 << 20,
+        resyncs_completed: 1,
+    };
+    let gamma = MirrorPeerStatus {
+        node: "gamma".into(),
+        mode: ReplicationMode::Async,
+        connection: "split_brain".into(),
+        peer_disk: None,
+        out_of_sync_bytes: 0,
+        lag_bytes: 4096,
+        lag_seconds: 1.2345,
+        lag_budget_seconds: Some(5.0),
+        resync: None,
+        verify: None,
+        ..beta.clone()
+    };
+    MirrorStatus {
+        name: "vol".into(),
+        group: Some("web".into()),
+        resource: Some("disk".into()),
+        role: "primary".into(),
+        disk: DiskState::SyncSource,
+        size_bytes: 1 << 30,
+        generation: "00000000000000ab".into(),
+        io_frozen: true,
+        read_bytes: 4096,
+        written_bytes: 12288,
+        peers: vec![beta, gamma],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The snapshot's JSON is the API's contract (`tandem status --json`, `/v1/status`):
+    /// the read model's types may change, its bytes may not.
+    #[test]
+    fn status_json_matches_the_golden_file() {
+        let json = serde_json::to_string_pretty(&Status::sample()).unwrap();
+        let golden = include_str!("../tests/golden/status.json");
+        if std::env::var_os("TANDEM_BLESS").is_some() {
+            std::fs::write("tests/golden/status.json", &json).unwrap();
+            return;
+        }
+        assert_eq!(json, golden.trim_end(), "the status JSON changed");
+        let back: Status = serde_json::from_str(golden).unwrap();
+        assert_eq!(serde_json::to_string_pretty(&back).unwrap(), json);
+    }
+}
