@@ -38,7 +38,7 @@ use crate::mirror::generation::DiskState;
 use crate::mirror::nbd::proto::Command;
 use crate::snmp::agent::AgentCounters;
 use crate::snmp::notify::ReceiverStatuses;
-use crate::status::Status;
+use crate::status::{GroupSummary, LinkState, MirrorRole, Status};
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -49,10 +49,6 @@ pub enum MetricsError {
     Bind(SocketAddr, std::io::Error),
 }
 
-/// The group states a group's summary can take (one-hot in `tandem_group_state`).
-pub const GROUP_STATES: [&str; 6] = [
-    "running", "starting", "stopping", "stopped", "failed", "split",
-];
 /// Reasons a failover is counted under.
 const FAILOVER_REASONS: [MoveReason; 3] = [
     MoveReason::NodeLost,
@@ -79,16 +75,6 @@ pub const DISK_STATES: [DiskState; 5] = [
     DiskState::Inconsistent,
     DiskState::SyncSource,
     DiskState::SyncTarget,
-];
-/// The connection states a mirror peer reports, one-hot in
-/// `tandem_mirror_connection_state` (a state outside this list gets its own series).
-pub const CONNECTION_STATES: [&str; 6] = [
-    "connected",
-    "connecting",
-    "disconnected",
-    "paused",
-    "split_brain",
-    "refused",
 ];
 /// NBD commands timed and counted, in the order of [`NbdMetrics`]' arrays.
 const NBD_COMMANDS: [&str; 6] = [
@@ -509,7 +495,7 @@ impl Metrics {
             let name = m.name.as_str();
             i.mirror_primary
                 .with_label_values(&[name])
-                .set((m.role == "primary") as i64);
+                .set((m.role == MirrorRole::Primary) as i64);
             for state in DISK_STATES {
                 i.mirror_disk_state
                     .with_label_values(&[name, state.name()])
@@ -527,15 +513,10 @@ impl Metrics {
                         .with_label_values(&[name, &p.node, state.name()])
                         .set((p.peer_disk == Some(state)) as i64);
                 }
-                for state in CONNECTION_STATES {
+                for state in LinkState::ALL {
                     i.mirror_connection
-                        .with_label_values(&[name, &p.node, state])
+                        .with_label_values(&[name, &p.node, state.name()])
                         .set((p.connection == state) as i64);
-                }
-                if !CONNECTION_STATES.contains(&p.connection.as_str()) {
-                    i.mirror_connection
-                        .with_label_values(&[name, &p.node, &p.connection])
-                        .set(1);
                 }
                 i.mirror_out_of_sync
                     .with_label_values(&peer)
@@ -786,9 +767,9 @@ impl Metrics {
         i.group_maintenance.reset();
         i.group_local_running.reset();
         for g in &s.groups {
-            for state in GROUP_STATES {
+            for state in GroupSummary::ALL {
                 i.group_state
-                    .with_label_values(&[&g.name, state])
+                    .with_label_values(&[&g.name, state.name()])
                     .set((g.summary == state) as i64);
             }
             for n in &s.nodes {

@@ -8,11 +8,80 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::packet::LocalGroupState;
-use crate::config::ReplicationMode;
+use crate::config::{ReplicationMode, ResourceKind};
+use crate::event::MoveReason;
 use crate::mirror::generation::DiskState;
 
-pub use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus, VerifyStatus};
-pub use crate::placement::policy::GroupStatus;
+pub use crate::mirror::status::{
+    LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
+    VerifyStatus,
+};
+pub use crate::placement::policy::{GroupStatus, GroupSummary};
+
+/// How a node decides it may take over a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TakeoverMode {
+    /// Two nodes: a floating-IP probe guards every takeover.
+    #[default]
+    TwoNode,
+    /// Three or more nodes: the most preferred live node takes over.
+    Priority,
+}
+
+impl TakeoverMode {
+    /// The mode a cluster of `nodes` nodes runs in.
+    pub fn for_nodes(nodes: usize) -> TakeoverMode {
+        if nodes <= 2 {
+            TakeoverMode::TwoNode
+        } else {
+            TakeoverMode::Priority
+        }
+    }
+}
+
+impl std::fmt::Display for TakeoverMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TakeoverMode::TwoNode => "two_node",
+            TakeoverMode::Priority => "priority",
+        })
+    }
+}
+
+/// The kind of a resource (`kind = "..."` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceType {
+    #[default]
+    Ip,
+    Exec,
+    Process,
+    Mirror,
+    Filesystem,
+}
+
+impl ResourceType {
+    /// Every type, in the MIB's order.
+    pub const ALL: [ResourceType; 5] = [
+        ResourceType::Ip,
+        ResourceType::Exec,
+        ResourceType::Process,
+        ResourceType::Mirror,
+        ResourceType::Filesystem,
+    ];
+
+    /// The type of a configured resource.
+    pub fn of(kind: &ResourceKind) -> ResourceType {
+        match kind {
+            ResourceKind::Ip { .. } => ResourceType::Ip,
+            ResourceKind::Exec { .. } => ResourceType::Exec,
+            ResourceKind::Process { .. } => ResourceType::Process,
+            ResourceKind::Mirror { .. } => ResourceType::Mirror,
+            ResourceKind::Filesystem { .. } => ResourceType::Filesystem,
+        }
+    }
+}
 
 /// One node as seen from this node.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -55,8 +124,7 @@ pub struct Status {
     pub time_ms: u64,
     pub uptime_ms: u64,
     pub last_seq: u64,
-    /// "two_node" (VIP probe guards takeovers) or "priority".
-    pub mode: String,
+    pub mode: TakeoverMode,
     pub nodes: Vec<NodeStatus>,
     pub paths: Vec<PathStatusView>,
     pub groups: Vec<GroupStatus>,
@@ -76,15 +144,14 @@ pub struct Status {
 }
 
 /// One resource of one group, as this node runs it.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResourceView {
     pub group: String,
     pub name: String,
-    /// "ip", "exec", "process", "mirror" or "filesystem".
-    pub kind: String,
-    /// The group's local state on this node ("stopped", "starting", "running",
-    /// "stopping", "failed"): resources start and stop with their group.
-    pub state: String,
+    pub kind: ResourceType,
+    /// The group's local state on this node: resources start and stop with their
+    /// group.
+    pub state: LocalGroupState,
 }
 
 /// One floating IP.
@@ -101,13 +168,13 @@ pub struct VipView {
 }
 
 /// The failover history of one group on this node.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FailoverSummary {
     pub group: String,
     /// Completed or failed failovers and switchovers this node carried out.
     pub count: u64,
-    /// Reason of the latest one ("node_lost", "resource_failed", "manual", ...).
-    pub last_reason: String,
+    /// Reason of the latest one.
+    pub last_reason: MoveReason,
     /// Detection to completion of the latest one, when it completed.
     pub last_duration_ms: Option<u64>,
 }
@@ -141,7 +208,7 @@ impl Status {
                 ("beta".to_string(), LocalGroupState::Stopped),
             ]
             .into(),
-            summary: "running".into(),
+            summary: GroupSummary::Running,
         };
         Status {
             cluster: "c1".into(),
@@ -149,7 +216,7 @@ impl Status {
             time_ms: 1_700_000_000_000,
             uptime_ms: 12_340,
             last_seq: 42,
-            mode: "two_node".into(),
+            mode: TakeoverMode::TwoNode,
             nodes: vec![node("alpha", true), node("beta", false)],
             paths: vec![PathStatusView {
                 peer: "beta".into(),
@@ -167,8 +234,8 @@ impl Status {
             resources: vec![ResourceView {
                 group: "web".into(),
                 name: "vip".into(),
-                kind: "ip".into(),
-                state: "running".into(),
+                kind: ResourceType::Ip,
+                state: LocalGroupState::Running,
             }],
             vips: vec![VipView {
                 group: "web".into(),
@@ -180,7 +247,7 @@ impl Status {
             failovers: vec![FailoverSummary {
                 group: "web".into(),
                 count: 2,
-                last_reason: "node_lost".into(),
+                last_reason: MoveReason::NodeLost,
                 last_duration_ms: Some(1030),
             }],
             mirrors: vec![sample_mirror()],
@@ -194,7 +261,7 @@ fn sample_mirror() -> MirrorStatus {
     let beta = MirrorPeerStatus {
         node: "beta".into(),
         mode: ReplicationMode::Sync,
-        connection: "connected".into(),
+        connection: LinkState::Connected,
         peer_disk: Some(DiskState::SyncTarget),
         out_of_sync_bytes: 3 << 20,
         lag_bytes: 0,
@@ -202,7 +269,7 @@ fn sample_mirror() -> MirrorStatus {
         lag_budget_seconds: None,
         rate_limit_bytes_per_second: None,
         resync: Some(ResyncStatus {
-            direction: "source".into(),
+            direction: ResyncDirection::Source,
             full: false,
             total_bytes: 4 << 20,
             done_bytes: 1 << 20,
@@ -225,7 +292,7 @@ fn sample_mirror() -> MirrorStatus {
     let gamma = MirrorPeerStatus {
         node: "gamma".into(),
         mode: ReplicationMode::Async,
-        connection: "split_brain".into(),
+        connection: LinkState::SplitBrain,
         peer_disk: None,
         out_of_sync_bytes: 0,
         lag_bytes: 4096,
@@ -239,7 +306,7 @@ fn sample_mirror() -> MirrorStatus {
         name: "vol".into(),
         group: Some("web".into()),
         resource: Some("disk".into()),
-        role: "primary".into(),
+        role: MirrorRole::Primary,
         disk: DiskState::SyncSource,
         size_bytes: 1 << 30,
         generation: "00000000000000ab".into(),

@@ -15,6 +15,7 @@ use tandem::event::{EventKind, EventLog};
 use tandem::mirror::generation::{DiskState, SplitBrainPolicy};
 use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
 use tandem::mirror::Export;
+use tandem::status::{LinkState, MirrorRole};
 
 const MIB: u64 = 1 << 20;
 const KEY: &[u8] = b"cluster key for the mirror tests";
@@ -244,8 +245,8 @@ impl Node {
         self.on(self.m.write(offset, data, false)).unwrap();
     }
 
-    fn peer_connection(&self, peer: &str) -> String {
-        self.peer(peer).connection
+    fn peer_connection(&self, peer: &str) -> &'static str {
+        self.peer(peer).connection.name()
     }
 
     fn peer(&self, peer: &str) -> tandem::mirror::status::MirrorPeerStatus {
@@ -303,8 +304,8 @@ fn in_sync(a: &Node, b: &Node) {
         || {
             let pa = a.peer(&b.name);
             let pb = b.peer(&a.name);
-            pa.connection == "connected"
-                && pb.connection == "connected"
+            pa.connection == LinkState::Connected
+                && pb.connection == LinkState::Connected
                 && pa.resync.is_none()
                 && pb.resync.is_none()
                 && pa.out_of_sync_bytes == 0
@@ -356,7 +357,7 @@ fn a_sync_write_is_on_the_peer_when_it_completes() {
     a.on(a.m.trim(10 * MIB, 65536)).unwrap();
     assert_eq!(read_file(&c.backing("b"), 0, 8192), vec![0; 8192]);
     let s = a.m.status();
-    assert_eq!(s.role, "primary");
+    assert_eq!(s.role, MirrorRole::Primary);
     assert_eq!(s.written_bytes, 32 * 64 * 1024);
     assert_eq!(s.peers[0].replicated_bytes, 32 * 64 * 1024);
     assert_eq!(s.peers[0].lag_bytes, 0);

@@ -441,23 +441,16 @@ async fn online(
 mod tests {
     use super::*;
     use crate::cluster::packet::LocalGroupState;
-    use crate::placement::policy::GroupStatus;
 
+    /// The sample with one group `demo` owned by `owner`, in these states on n1 and n2.
     fn status(owner: &str, n1: LocalGroupState, n2: LocalGroupState) -> Status {
-        Status {
-            groups: vec![GroupStatus {
-                name: "demo".into(),
-                owner: Some(owner.into()),
-                epoch: 1,
-                maintenance: false,
-                local_state: n1,
-                blocked: false,
-                recent_failures: 0,
-                states: [("n1".to_string(), n1), ("n2".to_string(), n2)].into(),
-                summary: String::new(),
-            }],
-            ..Status::default()
-        }
+        let mut s = Status::sample();
+        let mut g = s.groups.swap_remove(0);
+        g.name = "demo".into();
+        g.owner = Some(owner.into());
+        g.states = [("n1".to_string(), n1), ("n2".to_string(), n2)].into();
+        s.groups = vec![g];
+        s
     }
 
     /// A snapshot published before the switchover was handled (owner still n1) must not

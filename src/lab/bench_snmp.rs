@@ -30,7 +30,10 @@ use crate::placement::policy::GroupStatus;
 use crate::snmp::mib::{notification_for, MibView, SystemInfo};
 use crate::snmp::notify::spawn_notifier;
 use crate::snmp::SnmpError;
-use crate::status::{NodeStatus, PathStatusView, ResourceView, Status, VipView};
+use crate::status::{
+    GroupSummary, NodeStatus, PathStatusView, ResourceType, ResourceView, Status, TakeoverMode,
+    VipView,
+};
 
 /// The community both agents answer.
 const COMMUNITY: &str = "bench";
@@ -322,18 +325,22 @@ pub fn synthetic_status(groups: usize) -> Status {
             blocked: false,
             recent_failures: 0,
             states: Default::default(),
-            summary: "running".into(),
+            summary: GroupSummary::Running,
         })
         .collect();
     let mut resources = Vec::new();
     let mut vips = Vec::new();
     for g in 0..groups {
-        for (name, kind) in [("vip", "ip"), ("fs", "exec"), ("app", "process")] {
+        for (name, kind) in [
+            ("vip", ResourceType::Ip),
+            ("fs", ResourceType::Exec),
+            ("app", ResourceType::Process),
+        ] {
             resources.push(ResourceView {
                 group: group_name(g),
                 name: name.into(),
-                kind: kind.into(),
-                state: "running".into(),
+                kind,
+                state: LocalGroupState::Running,
             });
         }
         vips.push(VipView {
@@ -349,7 +356,7 @@ pub fn synthetic_status(groups: usize) -> Status {
         node: node_name(0),
         uptime_ms: 3_600_000,
         last_seq: 1000,
-        mode: "priority".into(),
+        mode: TakeoverMode::Priority,
         nodes,
         paths,
         groups: group_status,

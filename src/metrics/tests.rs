@@ -6,7 +6,7 @@ use crate::config::ReplicationMode;
 use crate::event::TimelineStep;
 use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
 use crate::placement::policy::GroupStatus;
-use crate::status::{HeartbeatCounters, NodeStatus, PathStatusView};
+use crate::status::{HeartbeatCounters, NodeStatus, PathStatusView, ResyncDirection, TakeoverMode};
 
 fn config() -> Config {
     let text = r#"
@@ -41,7 +41,7 @@ fn status() -> Status {
         node: "n1".into(),
         last_seq: 42,
         uptime_ms: 1500,
-        mode: "two_node".into(),
+        mode: TakeoverMode::TwoNode,
         nodes: vec![
             NodeStatus {
                 name: "n1".into(),
@@ -72,7 +72,7 @@ fn status() -> Status {
             blocked: false,
             recent_failures: 0,
             states: Default::default(),
-            summary: "running".into(),
+            summary: GroupSummary::Running,
         }],
         heartbeats: HeartbeatCounters {
             sent: 10,
@@ -229,7 +229,7 @@ fn mirror() -> MirrorStatus {
     let peer = |node: &str, mode| MirrorPeerStatus {
         node: node.into(),
         mode,
-        connection: "connected".into(),
+        connection: LinkState::Connected,
         peer_disk: Some(DiskState::SyncTarget),
         out_of_sync_bytes: 1 << 20,
         lag_bytes: 0,
@@ -237,7 +237,7 @@ fn mirror() -> MirrorStatus {
         lag_budget_seconds: None,
         rate_limit_bytes_per_second: None,
         resync: Some(ResyncStatus {
-            direction: "source".into(),
+            direction: ResyncDirection::Source,
             full: false,
             total_bytes: 4 << 20,
             done_bytes: 3 << 20,
@@ -251,7 +251,7 @@ fn mirror() -> MirrorStatus {
         resyncs_completed: 2,
     };
     let async_peer = MirrorPeerStatus {
-        connection: "split_brain".into(),
+        connection: LinkState::SplitBrain,
         peer_disk: None,
         out_of_sync_bytes: 0,
         lag_bytes: 65536,
@@ -264,7 +264,7 @@ fn mirror() -> MirrorStatus {
         name: "vol".into(),
         group: Some("web".into()),
         resource: Some("disk".into()),
-        role: "primary".into(),
+        role: MirrorRole::Primary,
         disk: DiskState::SyncSource,
         size_bytes: 1 << 30,
         generation: "00000000000000ab".into(),
@@ -328,7 +328,7 @@ fn mirror_counters_grow_by_the_snapshot_delta_and_gauges_follow_it() {
     m.render(&s);
     let mirror = &mut s.mirrors[0];
     mirror.written_bytes = 20480;
-    mirror.role = "secondary".into();
+    mirror.role = MirrorRole::Secondary;
     mirror.disk = DiskState::Outdated;
     mirror.peers[0].resync = None;
     mirror.peers[0].resyncs_completed = 3;

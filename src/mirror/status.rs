@@ -7,6 +7,88 @@ use serde::{Deserialize, Serialize};
 use crate::config::ReplicationMode;
 use crate::mirror::generation::DiskState;
 
+/// This copy's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MirrorRole {
+    Primary,
+    Secondary,
+}
+
+/// The replication link to one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Connected,
+    Connecting,
+    /// Dropped by the administrator (`tandem mirror disconnect`).
+    Disconnected,
+    /// Connected, but replication is paused: changes go to the peer's bitmap.
+    Paused,
+    /// The copies diverged; they stay apart until an administrator resolves it.
+    SplitBrain,
+    /// The peer failed authentication.
+    Refused,
+}
+
+impl LinkState {
+    /// Every state, in the MIB's order.
+    pub const ALL: [LinkState; 6] = [
+        LinkState::Connected,
+        LinkState::Connecting,
+        LinkState::Disconnected,
+        LinkState::Paused,
+        LinkState::SplitBrain,
+        LinkState::Refused,
+    ];
+
+    /// The state's snake_case name (as in the JSON and the metric labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkState::Connected => "connected",
+            LinkState::Connecting => "connecting",
+            LinkState::Disconnected => "disconnected",
+            LinkState::Paused => "paused",
+            LinkState::SplitBrain => "split_brain",
+            LinkState::Refused => "refused",
+        }
+    }
+}
+
+/// Which way a resync runs, seen from this copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResyncDirection {
+    /// This copy sends.
+    Source,
+    /// This copy receives.
+    Target,
+}
+
+impl std::fmt::Display for MirrorRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MirrorRole::Primary => "primary",
+            MirrorRole::Secondary => "secondary",
+        })
+    }
+}
+
+impl std::fmt::Display for LinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::fmt::Display for ResyncDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResyncDirection::Source => "source",
+            ResyncDirection::Target => "target",
+        })
+    }
+}
+
 /// One replicated volume on this node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MirrorStatus {
@@ -16,8 +98,8 @@ pub struct MirrorStatus {
     pub group: Option<String>,
     #[serde(default)]
     pub resource: Option<String>,
-    /// "primary" (served read-write over NBD) or "secondary" (no client access).
-    pub role: String,
+    /// Primary (served read-write over NBD) or secondary (no client access).
+    pub role: MirrorRole,
     /// This copy's state.
     pub disk: DiskState,
     pub size_bytes: u64,
@@ -40,9 +122,7 @@ pub struct MirrorStatus {
 pub struct MirrorPeerStatus {
     pub node: String,
     pub mode: ReplicationMode,
-    /// "connected", "connecting", "disconnected" (by the admin), "paused",
-    /// "split_brain" (stays apart until resolved), "refused" (authentication failed).
-    pub connection: String,
+    pub connection: LinkState,
     /// The peer's disk state as it last reported it.
     #[serde(default)]
     pub peer_disk: Option<DiskState>,
@@ -74,8 +154,7 @@ pub struct MirrorPeerStatus {
 /// A running resync.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResyncStatus {
-    /// "source" (this copy sends) or "target".
-    pub direction: String,
+    pub direction: ResyncDirection,
     pub full: bool,
     pub total_bytes: u64,
     pub done_bytes: u64,

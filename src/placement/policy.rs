@@ -266,8 +266,52 @@ pub struct GroupStatus {
     pub recent_failures: usize,
     /// The group's state on every live node (this one included).
     pub states: BTreeMap<String, LocalGroupState>,
-    /// "running", "starting", "stopping", "stopped", "failed" or "split": derived.
-    pub summary: String,
+    /// Derived from `states`.
+    pub summary: GroupSummary,
+}
+
+/// A group's state across the cluster, derived from every live node's local state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupSummary {
+    /// Runs on exactly one node.
+    Running,
+    Starting,
+    Stopping,
+    Stopped,
+    Failed,
+    /// Runs on more than one node.
+    Split,
+}
+
+impl std::fmt::Display for GroupSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl GroupSummary {
+    /// Every summary, in the MIB's order.
+    pub const ALL: [GroupSummary; 6] = [
+        GroupSummary::Running,
+        GroupSummary::Starting,
+        GroupSummary::Stopping,
+        GroupSummary::Stopped,
+        GroupSummary::Failed,
+        GroupSummary::Split,
+    ];
+
+    /// The summary's snake_case name (as in the JSON and the metric labels).
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupSummary::Running => "running",
+            GroupSummary::Starting => "starting",
+            GroupSummary::Stopping => "stopping",
+            GroupSummary::Stopped => "stopped",
+            GroupSummary::Failed => "failed",
+            GroupSummary::Split => "split",
+        }
+    }
 }
 
 /// The placement core of one node.
@@ -1460,19 +1504,19 @@ impl Placement {
                     .filter(|s| **s == LocalGroupState::Running)
                     .count();
                 let summary = if running > 1 {
-                    "split"
+                    GroupSummary::Split
                 } else if running == 1 {
-                    "running"
+                    GroupSummary::Running
                 } else if states.values().any(|s| *s == LocalGroupState::Starting) {
-                    "starting"
+                    GroupSummary::Starting
                 } else if states.values().any(|s| *s == LocalGroupState::Stopping) {
-                    "stopping"
+                    GroupSummary::Stopping
                 } else if states.values().any(|s| *s == LocalGroupState::Failed)
                     || g.failed_reported
                 {
-                    "failed"
+                    GroupSummary::Failed
                 } else {
-                    "stopped"
+                    GroupSummary::Stopped
                 };
                 GroupStatus {
                     name: name.clone(),
@@ -1487,7 +1531,7 @@ impl Placement {
                     blocked: is_blocked(g, now.mono_ms),
                     recent_failures: g.failures.len(),
                     states,
-                    summary: summary.into(),
+                    summary,
                 }
             })
             .collect()

@@ -35,7 +35,10 @@ use crate::placement::policy::{Action, Input, Now, PeerView, Placement, Placemen
 use crate::resources::agent::Agent;
 use crate::resources::executor::{self, Command};
 use crate::snmp;
-use crate::status::{FailoverSummary, NodeStatus, PathStatusView, ResourceView, Status, VipView};
+use crate::status::{
+    FailoverSummary, NodeStatus, PathStatusView, ResourceType, ResourceView, Status, TakeoverMode,
+    VipView,
+};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -511,8 +514,8 @@ impl Daemon {
                 resources.push(ResourceView {
                     group: g.name.clone(),
                     name: r.name.clone(),
-                    kind: r.kind.name().into(),
-                    state: local_state_name(state).into(),
+                    kind: ResourceType::of(&r.kind),
+                    state,
                 });
             }
         }
@@ -522,11 +525,7 @@ impl Daemon {
             time_ms: now.wall_ms,
             uptime_ms: now.mono_ms,
             last_seq: self.events.last_seq(),
-            mode: if self.cfg.nodes.len() <= 2 {
-                "two_node".into()
-            } else {
-                "priority".into()
-            },
+            mode: TakeoverMode::for_nodes(self.cfg.nodes.len()),
             nodes,
             paths,
             groups,
@@ -778,22 +777,13 @@ fn count_failover(summaries: &mut BTreeMap<String, FailoverSummary>, t: &Timelin
         .entry(t.group.clone())
         .or_insert_with(|| FailoverSummary {
             group: t.group.clone(),
-            ..FailoverSummary::default()
+            count: 0,
+            last_reason: t.reason,
+            last_duration_ms: None,
         });
     s.count += 1;
-    s.last_reason = t.reason.name();
+    s.last_reason = t.reason;
     s.last_duration_ms = t.completed_ms.map(|c| c.saturating_sub(t.detected_ms));
-}
-
-/// The snake_case name of a local group state (as in the status JSON).
-fn local_state_name(state: LocalGroupState) -> &'static str {
-    match state {
-        LocalGroupState::Stopped => "stopped",
-        LocalGroupState::Starting => "starting",
-        LocalGroupState::Running => "running",
-        LocalGroupState::Stopping => "stopping",
-        LocalGroupState::Failed => "failed",
-    }
 }
 
 /// Graceful shutdown: go to standby so peers take our groups, then stop.
@@ -836,7 +826,7 @@ mod tests {
         count_failover(&mut s, &timeline(MoveReason::Manual, None));
         let web = &s["web"];
         assert_eq!(web.count, 2);
-        assert_eq!(web.last_reason, "manual");
+        assert_eq!(web.last_reason, MoveReason::Manual);
         assert_eq!(web.last_duration_ms, None);
         count_failover(&mut s, &timeline(MoveReason::ResourceFailed, Some(1_400)));
         assert_eq!(s["web"].last_duration_ms, Some(400));

@@ -22,10 +22,11 @@ use rasn_smi::v2::{ApplicationSyntax, Counter64, ObjectSyntax, SimpleSyntax};
 use rasn_snmp::v2::{VarBind, VarBindValue};
 
 use super::{Notification, ENTERPRISE};
+use crate::cluster::packet::LocalGroupState;
 use crate::config::ReplicationMode;
 use crate::event::{Event, EventKind};
 use crate::mirror::generation::DiskState;
-use crate::status::Status;
+use crate::status::{GroupSummary, LinkState, MirrorRole, ResourceType, Status, TakeoverMode};
 
 /// `sysUpTime.0` (SNMPv2-MIB), the first varbind of every notification.
 pub const SYS_UP_TIME_INSTANCE: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 3, 0];
@@ -122,49 +123,45 @@ fn name_index(name: &str) -> impl Iterator<Item = u32> + '_ {
 }
 
 /// `TandemGroupSummary`: running(1) starting(2) stopping(3) stopped(4) failed(5) split(6).
-fn group_summary(s: &str) -> i64 {
+fn group_summary(s: GroupSummary) -> i64 {
     match s {
-        "running" => 1,
-        "starting" => 2,
-        "stopping" => 3,
-        "stopped" => 4,
-        "failed" => 5,
-        "split" => 6,
-        _ => 0,
+        GroupSummary::Running => 1,
+        GroupSummary::Starting => 2,
+        GroupSummary::Stopping => 3,
+        GroupSummary::Stopped => 4,
+        GroupSummary::Failed => 5,
+        GroupSummary::Split => 6,
     }
 }
 
 /// `TandemLocalGroupState` and `TandemResourceStatus`: stopped(1) starting(2)
 /// running(3) stopping(4) failed(5).
-fn local_state(s: &str) -> i64 {
+fn local_state(s: LocalGroupState) -> i64 {
     match s {
-        "stopped" => 1,
-        "starting" => 2,
-        "running" => 3,
-        "stopping" => 4,
-        "failed" => 5,
-        _ => 0,
+        LocalGroupState::Stopped => 1,
+        LocalGroupState::Starting => 2,
+        LocalGroupState::Running => 3,
+        LocalGroupState::Stopping => 4,
+        LocalGroupState::Failed => 5,
     }
 }
 
 /// `TandemResourceType`: ip(1) exec(2) process(3) mirror(4) filesystem(5).
-fn resource_kind(s: &str) -> i64 {
-    match s {
-        "ip" => 1,
-        "exec" => 2,
-        "process" => 3,
-        "mirror" => 4,
-        "filesystem" => 5,
-        _ => 0,
+fn resource_kind(t: ResourceType) -> i64 {
+    match t {
+        ResourceType::Ip => 1,
+        ResourceType::Exec => 2,
+        ResourceType::Process => 3,
+        ResourceType::Mirror => 4,
+        ResourceType::Filesystem => 5,
     }
 }
 
 /// `TandemReplicaRole`: primary(1) secondary(2).
-fn replica_role(s: &str) -> Option<i64> {
-    match s {
-        "primary" => Some(1),
-        "secondary" => Some(2),
-        _ => None,
+fn replica_role(r: MirrorRole) -> i64 {
+    match r {
+        MirrorRole::Primary => 1,
+        MirrorRole::Secondary => 2,
     }
 }
 
@@ -182,16 +179,15 @@ fn disk_state(d: DiskState) -> i64 {
 
 /// `TandemMirrorConnection`: connected(1) connecting(2) disconnected(3) paused(4)
 /// splitBrain(5) refused(6).
-fn mirror_connection(s: &str) -> Option<i64> {
-    Some(match s {
-        "connected" => 1,
-        "connecting" => 2,
-        "disconnected" => 3,
-        "paused" => 4,
-        "split_brain" => 5,
-        "refused" => 6,
-        _ => return None,
-    })
+fn mirror_connection(c: LinkState) -> i64 {
+    match c {
+        LinkState::Connected => 1,
+        LinkState::Connecting => 2,
+        LinkState::Disconnected => 3,
+        LinkState::Paused => 4,
+        LinkState::SplitBrain => 5,
+        LinkState::Refused => 6,
+    }
 }
 
 /// `TandemReplicationMode`: sync(1) async(2).
@@ -205,14 +201,6 @@ fn replication_mode(m: ReplicationMode) -> i64 {
 /// A string cut to at most `max` bytes (a DisplayString's SIZE).
 fn text_max(s: &str, max: usize) -> ObjectSyntax {
     octets(&s.as_bytes()[..s.len().min(max)])
-}
-
-/// The snake_case JSON name of a serde enum value.
-fn json_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// What the `system` group says about this agent (from `[snmp]`).
@@ -341,7 +329,10 @@ impl MibView {
         self.values.insert(scalar(1), text(&s.cluster));
         self.values.insert(scalar(2), text(&s.node));
         // TandemTakeoverMode: twoNode(1) priority(2)
-        let mode = if s.mode == "two_node" { 1 } else { 2 };
+        let mode = match s.mode {
+            TakeoverMode::TwoNode => 1,
+            TakeoverMode::Priority => 2,
+        };
         self.values.insert(scalar(3), integer(mode));
         self.values.insert(scalar(4), counter64(s.last_seq));
         self.values.insert(scalar(5), ticks(s.uptime_ms));
@@ -393,17 +384,16 @@ impl MibView {
         for g in &s.groups {
             let idx: Vec<u32> = name_index(&g.name).collect();
             let failovers = s.failovers.iter().find(|f| f.group == g.name);
-            let local = json_name(&g.local_state);
-            self.cell(GROUP_TABLE, 2, &idx, integer(group_summary(&g.summary)));
-            self.cell(GROUP_TABLE, 3, &idx, integer(local_state(&local)));
+            self.cell(GROUP_TABLE, 2, &idx, integer(group_summary(g.summary)));
+            self.cell(GROUP_TABLE, 3, &idx, integer(local_state(g.local_state)));
             let owner = g.owner.as_deref().unwrap_or("");
             self.cell(GROUP_TABLE, 4, &idx, text(owner));
             self.cell(GROUP_TABLE, 5, &idx, counter64(g.epoch));
             self.cell(GROUP_TABLE, 6, &idx, truth(g.maintenance));
             let count = failovers.map_or(0, |f| f.count);
             self.cell(GROUP_TABLE, 7, &idx, counter32(count));
-            let reason = failovers.map_or("", |f| f.last_reason.as_str());
-            self.cell(GROUP_TABLE, 8, &idx, text(reason));
+            let reason = failovers.map_or(String::new(), |f| f.last_reason.name());
+            self.cell(GROUP_TABLE, 8, &idx, text(&reason));
             let duration = failovers.and_then(|f| f.last_duration_ms).unwrap_or(0);
             self.cell(GROUP_TABLE, 9, &idx, gauge(duration));
             self.cell(GROUP_TABLE, 10, &idx, truth(g.blocked));
@@ -414,8 +404,8 @@ impl MibView {
     fn add_resources(&mut self, s: &Status) {
         for r in &s.resources {
             let idx: Vec<u32> = name_index(&r.group).chain(name_index(&r.name)).collect();
-            self.cell(RESOURCE_TABLE, 2, &idx, integer(resource_kind(&r.kind)));
-            self.cell(RESOURCE_TABLE, 3, &idx, integer(local_state(&r.state)));
+            self.cell(RESOURCE_TABLE, 2, &idx, integer(resource_kind(r.kind)));
+            self.cell(RESOURCE_TABLE, 3, &idx, integer(local_state(r.state)));
         }
         for v in &s.vips {
             let idx: Vec<u32> = name_index(&v.group)
@@ -430,9 +420,7 @@ impl MibView {
     fn add_mirrors(&mut self, s: &Status) {
         for m in &s.mirrors {
             let idx: Vec<u32> = name_index(&m.name).collect();
-            if let Some(role) = replica_role(&m.role) {
-                self.cell(MIRROR_TABLE, 2, &idx, integer(role));
-            }
+            self.cell(MIRROR_TABLE, 2, &idx, integer(replica_role(m.role)));
             self.cell(MIRROR_TABLE, 3, &idx, integer(disk_state(m.disk)));
             self.cell(MIRROR_TABLE, 4, &idx, counter64(m.size_bytes));
             self.cell(MIRROR_TABLE, 5, &idx, text_max(&m.generation, 16));
@@ -443,9 +431,7 @@ impl MibView {
                 let idx: Vec<u32> = name_index(&m.name).chain(name_index(&p.node)).collect();
                 let t = MIRROR_PEER_TABLE;
                 self.cell(t, 2, &idx, integer(replication_mode(p.mode)));
-                if let Some(c) = mirror_connection(&p.connection) {
-                    self.cell(t, 3, &idx, integer(c));
-                }
+                self.cell(t, 3, &idx, integer(mirror_connection(p.connection)));
                 if let Some(d) = p.peer_disk {
                     self.cell(t, 4, &idx, integer(disk_state(d)));
                 }

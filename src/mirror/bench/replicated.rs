@@ -17,6 +17,7 @@ use crate::event::EventLog;
 use crate::mirror::generation::SplitBrainPolicy;
 use crate::mirror::nbd::{NbdServer, ServerConfig};
 use crate::mirror::replica::{Mirror, MirrorSpec, PeerSpec};
+use crate::mirror::status::LinkState;
 use crate::mirror::status::MirrorStatus;
 
 const NS_PRIMARY: &str = "tbm-a";
@@ -173,7 +174,7 @@ impl Pair {
                     let deadline = Instant::now() + Duration::from_secs(30);
                     loop {
                         let s = m.status();
-                        if s.peers.iter().all(|p| p.connection == "connected") {
+                        if s.peers.iter().all(|p| p.connection == LinkState::Connected) {
                             break;
                         }
                         if Instant::now() > deadline {
@@ -273,7 +274,7 @@ impl Pair {
         loop {
             let s = self.status()?;
             let synced = s.peers.iter().all(|p| {
-                p.connection == "connected"
+                p.connection == LinkState::Connected
                     && p.out_of_sync_bytes == 0
                     && p.lag_bytes == 0
                     && p.resync.is_none()

@@ -43,7 +43,10 @@ use crate::mirror::generation::{
     decide, promotion_refusal, resolve_split_brain, DiskState, Generations, PeerView,
     SplitBrainPolicy, SyncDecision,
 };
-use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus, VerifyStatus};
+use crate::mirror::status::{
+    LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
+    VerifyStatus,
+};
 use crate::mirror::volume::{Volume, VolumeError};
 use crate::mirror::wire::{CopyState, Frame, MAX_DATA};
 use crate::mirror::{Export, ExportError, Extent};
@@ -687,16 +690,16 @@ impl Mirror {
             .iter()
             .map(|(name, p)| {
                 let connection = match p.conn {
-                    Conn::Connected if p.core.paused() => "paused",
-                    Conn::Connected => "connected",
-                    Conn::Connecting => "connecting",
-                    Conn::Disconnected => "disconnected",
-                    Conn::SplitBrain => "split_brain",
-                    Conn::Refused => "refused",
+                    Conn::Connected if p.core.paused() => LinkState::Paused,
+                    Conn::Connected => LinkState::Connected,
+                    Conn::Connecting => LinkState::Connecting,
+                    Conn::Disconnected => LinkState::Disconnected,
+                    Conn::SplitBrain => LinkState::SplitBrain,
+                    Conn::Refused => LinkState::Refused,
                 };
                 let resync = if let Some(r) = &p.resync_source {
                     Some(ResyncStatus {
-                        direction: "source".into(),
+                        direction: ResyncDirection::Source,
                         full: r.full,
                         total_bytes: r.total_bytes,
                         done_bytes: r.done_bytes,
@@ -713,7 +716,7 @@ impl Mirror {
                             0.0
                         };
                         ResyncStatus {
-                            direction: "target".into(),
+                            direction: ResyncDirection::Target,
                             full: t.full,
                             total_bytes: t.total_bytes,
                             done_bytes: t.done_bytes,
@@ -731,7 +734,7 @@ impl Mirror {
                 MirrorPeerStatus {
                     node: name.clone(),
                     mode: p.spec.mode,
-                    connection: connection.into(),
+                    connection,
                     peer_disk: p.peer_disk,
                     out_of_sync_bytes: out_of_sync,
                     lag_bytes: p.core.lag_bytes(),
@@ -750,7 +753,11 @@ impl Mirror {
             name: self.spec.name.clone(),
             group: None,
             resource: None,
-            role: if st.primary { "primary" } else { "secondary" }.into(),
+            role: if st.primary {
+                MirrorRole::Primary
+            } else {
+                MirrorRole::Secondary
+            },
             disk: st.shown_disk(),
             size_bytes: self.size,
             generation: format!("{:016x}", st.gens.current),

@@ -1,119 +1,23 @@
 use super::*;
-use crate::cluster::packet::LocalGroupState;
 use crate::event::fields;
-use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
-use crate::placement::policy::GroupStatus;
-use crate::status::{NodeStatus, PathStatusView, ResourceView, VipView};
 
 const BIG: usize = 1 << 20;
 
+/// The shared sample without its mirror.
 fn status() -> Status {
-    let node = |name: &str, local: bool| NodeStatus {
-        name: name.into(),
-        priority: if local { 1 } else { 2 },
-        local,
-        alive: true,
-        standby: false,
-        boot_id: "00000000000000ab".into(),
-        last_heard_ms_ago: Some(5),
-        paths_up: 1,
-    };
-    let group = |name: &str| GroupStatus {
-        name: name.into(),
-        owner: Some("alpha".into()),
-        epoch: 3,
-        maintenance: false,
-        local_state: LocalGroupState::Running,
-        blocked: false,
-        recent_failures: 0,
-        states: Default::default(),
-        summary: "running".into(),
-    };
     Status {
-        cluster: "c1".into(),
-        node: "alpha".into(),
-        uptime_ms: 12_340,
-        last_seq: 42,
-        mode: "two_node".into(),
-        nodes: vec![node("alpha", true), node("beta", false)],
-        paths: vec![PathStatusView {
-            peer: "beta".into(),
-            path: "lan".into(),
-            up: true,
-            last_heard_ms_ago: Some(7),
-            rtt_ms: Some(0.25),
-        }],
-        groups: vec![group("db"), group("web")],
-        resources: vec![ResourceView {
-            group: "web".into(),
-            name: "vip".into(),
-            kind: "ip".into(),
-            state: "running".into(),
-        }],
-        vips: vec![VipView {
-            group: "web".into(),
-            resource: "vip".into(),
-            address: "10.0.0.10/24".into(),
-            interface: "eth0".into(),
-            present: true,
-        }],
-        ..Status::default()
+        mirrors: Vec::new(),
+        failovers: Vec::new(),
+        ..Status::sample()
     }
 }
 
-/// `status()` plus a primary mirror `vol` resyncing to a sync peer `beta` and an async
-/// peer `gamma` that has not reported its disk yet.
+/// The shared sample: a primary mirror `vol` resyncing to a sync peer `beta` and an
+/// async peer `gamma` that has not reported its disk yet.
 fn with_mirrors() -> Status {
-    let beta = MirrorPeerStatus {
-        node: "beta".into(),
-        mode: ReplicationMode::Sync,
-        connection: "connected".into(),
-        peer_disk: Some(DiskState::SyncTarget),
-        out_of_sync_bytes: 3 << 20,
-        lag_bytes: 0,
-        lag_seconds: 0.0,
-        lag_budget_seconds: None,
-        rate_limit_bytes_per_second: None,
-        resync: Some(ResyncStatus {
-            direction: "source".into(),
-            full: false,
-            total_bytes: 4 << 20,
-            done_bytes: 1 << 20,
-            bytes_per_second: 1e6,
-            eta_seconds: Some(2.2),
-            started_ms: 0,
-        }),
-        verify: None,
-        replicated_bytes: 8192,
-        resynced_bytes: 1 << 20,
-        resyncs_completed: 1,
-    };
-    let gamma = MirrorPeerStatus {
-        node: "gamma".into(),
-        mode: ReplicationMode::Async,
-        connection: "split_brain".into(),
-        peer_disk: None,
-        out_of_sync_bytes: 0,
-        lag_bytes: 4096,
-        lag_seconds: 1.2345,
-        resync: None,
-        ..beta.clone()
-    };
     Status {
-        mirrors: vec![MirrorStatus {
-            name: "vol".into(),
-            group: Some("web".into()),
-            resource: Some("disk".into()),
-            role: "primary".into(),
-            disk: DiskState::SyncSource,
-            size_bytes: 1 << 30,
-            generation: "00000000000000ab".into(),
-            io_frozen: true,
-            read_bytes: 4096,
-            written_bytes: 12288,
-            peers: vec![beta, gamma],
-        }],
-        ..status()
+        failovers: Vec::new(),
+        ..Status::sample()
     }
 }
 
@@ -630,8 +534,10 @@ fn every_resource_kind_has_its_value_in_the_mib() {
     let mib = include_str!("../../../mibs/TANDEM-MIB.txt");
     let start = mib.find("TandemResourceType ::=").expect("the TC");
     let syntax = &mib[start..start + mib[start..].find('}').expect("its SYNTAX")];
-    for kind in crate::config::ResourceKind::NAMES {
-        let value = resource_kind(kind);
+    for t in ResourceType::ALL {
+        let kind = serde_json::to_value(t).unwrap();
+        let kind = kind.as_str().unwrap();
+        let value = resource_kind(t);
         assert!(
             syntax.contains(&format!("{kind}({value})")),
             "`{kind}` is served as {value}, which TandemResourceType does not list"
