@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::sync::{broadcast, watch};
@@ -35,7 +35,7 @@ use crate::cluster::membership;
 use crate::config::Config;
 use crate::event::{Event, EventKind, EventLog, MoveReason, Timeline};
 use crate::mirror::generation::DiskState;
-use crate::mirror::nbd::proto::Command;
+pub use crate::mirror::nbd::metrics::NbdMetrics;
 use crate::snmp::agent::AgentCounters;
 use crate::snmp::notify::ReceiverStatuses;
 use crate::status::{GroupSummary, LinkState, MirrorRole, Status};
@@ -76,17 +76,6 @@ pub const DISK_STATES: [DiskState; 5] = [
     DiskState::SyncSource,
     DiskState::SyncTarget,
 ];
-/// NBD commands timed and counted, in the order of [`NbdMetrics`]' arrays.
-const NBD_COMMANDS: [&str; 6] = [
-    "read",
-    "write",
-    "flush",
-    "trim",
-    "write_zeroes",
-    "block_status",
-];
-/// Label of requests the server does not implement (errors only).
-const NBD_OTHER: &str = "other";
 /// Buckets for NBD requests, in seconds: from a page-cache read to a stalled sync write.
 const NBD_BUCKETS: [f64; 16] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -160,58 +149,6 @@ struct Inner {
     nbd_duration: HistogramVec,
     nbd_bytes: IntCounterVec,
     nbd_errors: IntCounterVec,
-}
-
-/// One export's NBD request metrics, with every label child resolved when it is made:
-/// recording a request is a few atomic adds, no lookup and no allocation.
-#[derive(Debug)]
-pub struct NbdMetrics {
-    /// `tandem_nbd_request_duration_seconds{command}`, by [`NBD_COMMANDS`] index.
-    durations: [Histogram; 6],
-    /// `tandem_nbd_request_errors_total{command}`, by index; the last is `other`.
-    errors: [IntCounter; 7],
-    read_bytes: IntCounter,
-    written_bytes: IntCounter,
-}
-
-impl NbdMetrics {
-    /// The index of a command in the arrays; None for the ones never executed.
-    fn index(command: Command) -> Option<usize> {
-        match command {
-            Command::Read => Some(0),
-            Command::Write => Some(1),
-            Command::Flush => Some(2),
-            Command::Trim => Some(3),
-            Command::WriteZeroes => Some(4),
-            Command::BlockStatus => Some(5),
-            Command::Disconnect | Command::Other(_) => None,
-        }
-    }
-
-    /// A request was answered after `took`: times it, counts its payload if it
-    /// succeeded (`bytes` read or written) and counts it as an error if it failed.
-    pub fn request(&self, command: Command, took: Duration, ok: bool, bytes: u32) {
-        let Some(i) = Self::index(command) else {
-            self.refused(command);
-            return;
-        };
-        self.durations[i].observe(took.as_secs_f64());
-        if !ok {
-            self.errors[i].inc();
-            return;
-        }
-        match command {
-            Command::Read => self.read_bytes.inc_by(u64::from(bytes)),
-            Command::Write => self.written_bytes.inc_by(u64::from(bytes)),
-            _ => {}
-        }
-    }
-
-    /// A request was refused before it ran (invalid, read-only, unsupported).
-    pub fn refused(&self, command: Command) {
-        let i = Self::index(command).unwrap_or(NBD_COMMANDS.len());
-        self.errors[i].inc();
-    }
 }
 
 /// The SNMP components' own cumulative counters, and what was exported of them.
@@ -440,22 +377,12 @@ impl Metrics {
     /// The request metrics of the NBD export `export`, created at zero.
     pub fn nbd(&self, export: &str) -> Arc<NbdMetrics> {
         let i = &self.inner;
-        let duration = |c: &str| i.nbd_duration.with_label_values(&[export, c]);
-        let errors = |c: &str| i.nbd_errors.with_label_values(&[export, c]);
-        Arc::new(NbdMetrics {
-            durations: NBD_COMMANDS.map(duration),
-            errors: [
-                errors(NBD_COMMANDS[0]),
-                errors(NBD_COMMANDS[1]),
-                errors(NBD_COMMANDS[2]),
-                errors(NBD_COMMANDS[3]),
-                errors(NBD_COMMANDS[4]),
-                errors(NBD_COMMANDS[5]),
-                errors(NBD_OTHER),
-            ],
-            read_bytes: i.nbd_bytes.with_label_values(&[export, "read"]),
-            written_bytes: i.nbd_bytes.with_label_values(&[export, "write"]),
-        })
+        Arc::new(NbdMetrics::new(
+            &i.nbd_duration,
+            &i.nbd_errors,
+            &i.nbd_bytes,
+            export,
+        ))
     }
 
     /// Sets the mirror series from the snapshot's mirrors.

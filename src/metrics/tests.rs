@@ -4,6 +4,7 @@ use super::*;
 use crate::cluster::packet::LocalGroupState;
 use crate::config::ReplicationMode;
 use crate::event::TimelineStep;
+use crate::mirror::nbd::proto::Command;
 use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
 use crate::placement::policy::GroupStatus;
 use crate::status::{HeartbeatCounters, NodeStatus, PathStatusView, ResyncDirection, TakeoverMode};

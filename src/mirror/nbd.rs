@@ -15,6 +15,7 @@
 pub mod client;
 pub mod handshake;
 pub mod kernel;
+pub mod metrics;
 pub mod proto;
 
 use std::net::SocketAddr;
@@ -32,7 +33,7 @@ use self::handshake::{
 };
 use self::proto::*;
 use super::{Export, ExportError, Extent};
-use crate::metrics::NbdMetrics;
+use metrics::NbdMetrics;
 
 /// Why a connection or the server ended abnormally.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ResourceKind};
 use crate::event::EventLog;
-use crate::metrics::Metrics;
+use crate::mirror::nbd::metrics::NbdMetrics;
 use crate::mirror::nbd::ServerConfig;
 use crate::mirror::replica::{Mirror, MirrorError, MirrorSpec};
 use crate::mirror::status::MirrorStatus;
@@ -37,7 +37,7 @@ pub async fn open_all(
     local: &str,
     key: &[u8],
     events: &EventLog,
-    metrics: &Metrics,
+    nbd_metrics: &dyn Fn(&str) -> Arc<NbdMetrics>,
 ) -> Result<LocalMirrors, MirrorError> {
     let mut out = LocalMirrors::new();
     for m in &cfg.mirrors {
@@ -65,7 +65,7 @@ pub async fn open_all(
                     .unwrap_or_else(|| default_socket(&cfg.cluster.state_dir, &m.name)),
             ),
             tcp: m.nbd_tcp,
-            metrics: Some(metrics.nbd(&m.name)),
+            metrics: Some(nbd_metrics(&m.name)),
         };
         out.insert(m.name.clone(), LocalMirror { mirror, nbd, owner });
     }

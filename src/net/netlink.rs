@@ -177,7 +177,7 @@ pub async fn link_state(ifname: &str) -> Result<LinkState, NetError> {
 ///
 /// IPv6 addresses are added with `IFA_F_NODAD` so they are usable at once:
 /// the caller is expected to have probed with
-/// [`address_in_use`](super::probe::address_in_use) first (RFC 4862 s5.4
+/// the probe module's `address_in_use` first (RFC 4862 s5.4
 /// DAD would otherwise keep the address tentative for ~1 s).
 pub async fn add_address(ifname: &str, addr: IpAddr, prefix: u8) -> Result<(), NetError> {
     const OP: &str = "add_address";

@@ -5,6 +5,7 @@
 //! Results go back to the core as [`placement::policy::Input`]s; resource-level facts
 //! go straight into the event stream.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -14,7 +15,6 @@ use super::agent::{Agent, Monitor};
 use super::probe;
 use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
-use crate::metrics::Metrics;
 use crate::placement::hierarchy::{dependents_closure, start_order};
 use crate::placement::policy::Input;
 
@@ -45,13 +45,17 @@ struct Res {
     next_deep: Instant,
 }
 
+/// Records one finished health check: (group, resource, "quickcheck" or "deepcheck",
+/// how long it took, whether it passed). The runtime hands in the metrics' recorder.
+pub type CheckObserver = Arc<dyn Fn(&str, &str, &str, Duration, bool) + Send + Sync>;
+
 /// Starts the executor task of `group`; returns its command channel.
 pub fn spawn(
     node: &str,
     group: &GroupConfig,
     vip_probe_timeout: Duration,
     events: EventLog,
-    metrics: Metrics,
+    checks: CheckObserver,
     mirrors: &crate::mirror::node::LocalMirrors,
     results: mpsc::Sender<Input>,
 ) -> mpsc::Sender<Command> {
@@ -81,7 +85,7 @@ pub fn spawn(
         order,
         resources,
         events,
-        metrics,
+        checks,
         results,
         running: false,
         maintenance: false,
@@ -98,7 +102,7 @@ struct Executor {
     order: Vec<usize>,
     resources: Vec<Res>,
     events: EventLog,
-    metrics: Metrics,
+    checks: CheckObserver,
     results: mpsc::Sender<Input>,
     running: bool,
     maintenance: bool,
@@ -416,8 +420,7 @@ impl Executor {
                 *next = now + *interval;
                 let started = Instant::now();
                 let result = probe::run(&c.probe, c.timeout, &env).await;
-                self.metrics
-                    .check(&group, &name, kind, started.elapsed(), result.is_ok());
+                (self.checks)(&group, &name, kind, started.elapsed(), result.is_ok());
                 if let Err(e) = result {
                     return Some(Input::CheckFailed {
                         group,

@@ -579,7 +579,15 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
         });
         let placement = Placement::new(PlacementConfig::from_config(&cfg, &local));
         let metrics = Metrics::new(&cfg, &local)?;
-        let mirrors = crate::mirror::node::open_all(&cfg, &local, &key, &events, &metrics).await?;
+        let nbd_metrics = |export: &str| metrics.nbd(export);
+        let mirrors =
+            crate::mirror::node::open_all(&cfg, &local, &key, &events, &nbd_metrics).await?;
+        let checks: executor::CheckObserver = {
+            let metrics = metrics.clone();
+            Arc::new(move |group, resource, check, took, ok| {
+                metrics.check(group, resource, check, took, ok)
+            })
+        };
         let (mirror_done_tx, mut mirror_done_rx) = mpsc::channel(16);
         let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
         let (pkt_tx, mut pkt_rx) = mpsc::channel(1024);
@@ -612,7 +620,7 @@ pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
                         g,
                         cfg.cluster.vip_probe_timeout,
                         events.clone(),
-                        metrics.clone(),
+                        checks.clone(),
                         &mirrors,
                         res_tx.clone(),
                     ),
