@@ -12,7 +12,6 @@
 //!                                                      EventLog        API server
 //! ```
 
-pub mod mirrors;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -30,6 +29,7 @@ use crate::config::{Config, ResourceKind};
 use crate::control::{ControlError, MirrorAction, Request};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
 use crate::metrics::{self, Metrics};
+use crate::mirror::fencing as mirrors;
 use crate::mirror::node::LocalMirrors;
 use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
 use crate::resources::agent::Agent;
