@@ -8,6 +8,7 @@
 //! - [`event`]: the one ordered event stream, timelines, persistence.
 //! - [`cluster`]: heartbeat wire format and the membership core.
 //! - [`placement`]: the placement core and the resource hierarchy.
+//! - [`node`]: the node core: membership, placement and fencing wired, sans-IO.
 //! - [`resources`]: resource agents, health probes, the group executor.
 //! - [`net`]: netlink addresses, GARP/NA announcements, address probes, VIP reconciliation.
 //! - [`runtime`]: the daemon's event loop and heartbeat transport.
@@ -34,6 +35,7 @@ pub mod lab;
 pub mod metrics;
 pub mod mirror;
 pub mod net;
+pub mod node;
 pub mod placement;
 pub mod resources;
 pub mod runtime;

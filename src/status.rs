@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::packet::LocalGroupState;
-use crate::config::{ReplicationMode, ResourceKind};
+use crate::config::{Config, ReplicationMode, ResourceKind};
 use crate::event::MoveReason;
 use crate::mirror::generation::DiskState;
+use crate::node::NodeCore;
+use crate::placement::policy::Now;
 
 pub use crate::mirror::status::{
     LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
@@ -177,6 +179,136 @@ pub struct FailoverSummary {
     pub last_reason: MoveReason,
     /// Detection to completion of the latest one, when it completed.
     pub last_duration_ms: Option<u64>,
+}
+
+/// Projects the cores' state into the snapshot: a pure function of the configuration,
+/// the node core, the time, the event stream's last sequence number and the mirrors'
+/// own status.
+pub fn project(
+    cfg: &Config,
+    core: &NodeCore,
+    now: Now,
+    last_seq: u64,
+    mirrors: Vec<MirrorStatus>,
+) -> Status {
+    let groups = core.groups(now);
+    let (resources, vips) = resource_views(cfg, &groups);
+    let counters = core.membership().counters();
+    Status {
+        cluster: cfg.cluster.name.clone(),
+        node: core.config().local().to_string(),
+        time_ms: now.wall_ms,
+        uptime_ms: now.mono_ms,
+        last_seq,
+        mode: TakeoverMode::for_nodes(cfg.nodes.len()),
+        nodes: node_views(cfg, core, now),
+        paths: path_views(core, now),
+        groups,
+        heartbeats: HeartbeatCounters {
+            sent: core.heartbeats_sent(),
+            accepted: counters.accepted,
+            rejected: counters
+                .rejected
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        },
+        resources,
+        vips,
+        failovers: core
+            .failovers()
+            .iter()
+            .map(|(group, t)| FailoverSummary {
+                group: group.clone(),
+                count: t.count,
+                last_reason: t.last_reason,
+                last_duration_ms: t.last_duration_ms,
+            })
+            .collect(),
+        mirrors,
+    }
+}
+
+/// This node first, then every peer as the membership sees it.
+fn node_views(cfg: &Config, core: &NodeCore, now: Now) -> Vec<NodeStatus> {
+    let priority = |name: &str| cfg.node(name).map_or(0, |n| n.priority);
+    let local = core.config().local();
+    let placement = core.placement();
+    let mut nodes = vec![NodeStatus {
+        name: local.to_string(),
+        priority: priority(local),
+        local: true,
+        alive: true,
+        standby: placement.standby(),
+        boot_id: format!("{:016x}", core.boot_id()),
+        last_heard_ms_ago: Some(0),
+        paths_up: cfg.heartbeat.paths.len(),
+    }];
+    for ps in core.peer_status() {
+        let advertised = core
+            .peers()
+            .iter()
+            .find(|p| p.name == ps.name)
+            .is_some_and(|p| p.advert.standby);
+        nodes.push(NodeStatus {
+            priority: priority(&ps.name),
+            local: false,
+            alive: ps.alive,
+            standby: placement.is_standby(&ps.name) || advertised,
+            boot_id: ps.boot_id.map(|b| format!("{b:016x}")).unwrap_or_default(),
+            last_heard_ms_ago: ps.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
+            paths_up: ps.paths_up.len(),
+            name: ps.name,
+        });
+    }
+    nodes
+}
+
+fn path_views(core: &NodeCore, now: Now) -> Vec<PathStatusView> {
+    let names = &core.config().paths;
+    core.paths()
+        .into_iter()
+        .map(|p| PathStatusView {
+            path: names.get(p.path as usize).cloned().unwrap_or_default(),
+            up: p.up,
+            last_heard_ms_ago: p.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
+            rtt_ms: p.rtt_ms,
+            peer: p.peer,
+        })
+        .collect()
+}
+
+/// Every configured resource and floating IP, in the state of its group here.
+fn resource_views(cfg: &Config, groups: &[GroupStatus]) -> (Vec<ResourceView>, Vec<VipView>) {
+    let mut resources = Vec::new();
+    let mut vips = Vec::new();
+    for g in &cfg.groups {
+        let state = groups
+            .iter()
+            .find(|s| s.name == g.name)
+            .map_or(LocalGroupState::Stopped, |s| s.local_state);
+        for r in &g.resources {
+            if let ResourceKind::Ip {
+                address, interface, ..
+            } = &r.kind
+            {
+                vips.push(VipView {
+                    group: g.name.clone(),
+                    resource: r.name.clone(),
+                    address: address.clone(),
+                    interface: interface.clone(),
+                    present: state == LocalGroupState::Running,
+                });
+            }
+            resources.push(ResourceView {
+                group: g.name.clone(),
+                name: r.name.clone(),
+                kind: ResourceType::of(&r.kind),
+                state,
+            });
+        }
+    }
+    (resources, vips)
 }
 
 impl Status {

@@ -267,13 +267,21 @@ fn single_node_daemon_serves_the_api_end_to_end() {
     let _ = stream.kill();
     let _ = stream.wait();
 
-    // Refusals carry the reason and exit code 4; bad input is a clear 4xx.
+    // Each control error has its own HTTP status and exit code, with the reason:
+    // refused 409 / exit 4, not found 404 / exit 5; bad input is a clear 4xx.
     let (code, _, err) = d.cli(&["switchover", "svc"]);
     assert_eq!(code, 4, "{err}");
     assert!(err.contains("no other node"), "{err}");
     let (code, _, err) = d.cli(&["switchover", "nosuch"]);
-    assert_eq!(code, 4);
+    assert_eq!(code, 5, "{err}");
     assert!(err.contains("no group named `nosuch`"), "{err}");
+    let (body, code) = d.curl(&["-X", "POST", "http://x/v1/groups/nosuch/switchover"]);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains(r#""code":"not_found""#), "{body}");
+    let (body, code) = d.curl(&["-X", "POST", "http://x/v1/groups/svc/switchover"]);
+    assert_eq!(code, 409, "{body}");
+    let (code, _, err) = d.cli(&["mirror", "pause", "nosuch"]);
+    assert_eq!(code, 5, "{err}");
     let (body, code) = d.curl(&["http://x/v1/events?since=abc"]);
     assert_eq!(code, 400, "{body}");
     let (_, code) = d.curl(&[

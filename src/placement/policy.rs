@@ -105,7 +105,7 @@ impl PlacementConfig {
 }
 
 /// A live peer as seen by membership: its newest advert.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PeerView {
     pub name: String,
     pub advert: NodeAdvert,

@@ -15,21 +15,9 @@ use super::agent::{Agent, Monitor};
 use super::probe;
 use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
+use crate::node::GroupCommand as Command;
 use crate::placement::hierarchy::{dependents_closure, start_order};
 use crate::placement::policy::Input;
-
-/// What the main loop asks of a group's executor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Start,
-    Stop,
-    Restart {
-        resource: String,
-    },
-    ProbeVip,
-    /// Suspend (true) or resume checks.
-    Maintenance(bool),
-}
 
 /// How long a freshly started group may take to pass its first quickChecks.
 const FIRST_CHECK_GRACE: Duration = Duration::from_secs(15);

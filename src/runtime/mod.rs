@@ -1,16 +1,22 @@
 //! The daemon runtime: tokio tasks that turn sockets, timers, child processes and API
-//! requests into inputs for the pure cores, and carry out the actions they return.
+//! requests into [`NodeInput`]s for the pure node core, and carry out the
+//! [`NodeAction`]s it returns. Nothing here decides: the decisions are in
+//! [`crate::node::NodeCore`].
 //!
 //! ```text
 //!  path tasks (UDP per heartbeat path) --Received--> +-----------------------+
 //!  group executors ------------------- Input ------> |  main loop            |
-//!  API server ------------------------ Request ----> |  Membership (pure)    | --Command--> group executors
-//!  timers (heartbeat, evaluation) ------------------> |  Placement  (pure)    | --Outgoing-> path tasks
-//!                                                     +-----------------------+
-//!                                                         | events        | status snapshot (watch)
+//!  API server ------------------------ Request ----> |  NodeCore (pure)      | --GroupCommand--> group executors
+//!  timers (heartbeat, evaluation) ------------------> |                       | --Outgoing------> path tasks
+//!  mirror outdates ------------------- MirrorDone --> +-----------------------+ --outdate/peer_dead--> mirrors
+//!                                                         | events        | status::project (watch)
 //!                                                         v               v
-//!                                                      EventLog        API server
+//!                                                      EventLog        API, metrics, SNMP
 //! ```
+//!
+//! [`run`] is three steps: [`start`] (build the core, open the mirrors, spawn the
+//! tasks and servers), [`Daemon::serve`] (the event loop until a signal and the
+//! hand-off) and [`Running::shutdown`].
 
 pub mod transport;
 
@@ -22,23 +28,23 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::api;
-use crate::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
-use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
-use crate::config::{Config, ResourceKind};
-use crate::control::{ControlError, MirrorAction, Request};
-use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
+use crate::api::{self, server::Servers};
+use crate::cluster::packet;
+use crate::config::Config;
+use crate::control::{ControlError, MirrorAction, Reply, Request};
+use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
 use crate::metrics::{self, Metrics};
-use crate::mirror::fencing as mirrors;
 use crate::mirror::node::LocalMirrors;
-use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
-use crate::resources::agent::Agent;
-use crate::resources::executor::{self, Command};
-use crate::snmp;
-use crate::status::{
-    FailoverSummary, NodeStatus, PathStatusView, ResourceType, ResourceView, Status, TakeoverMode,
-    VipView,
+use crate::node::{
+    ControlCommand, ControlOutcome, GroupCommand, MirrorFacts, NodeAction, NodeConfig, NodeCore,
+    NodeInput,
 };
+use crate::placement::policy::Now;
+use crate::resources::agent::Agent;
+use crate::resources::executor;
+use crate::snmp;
+use crate::status::{self, Status};
+use transport::{Outgoing, Received};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -67,46 +73,58 @@ const EVALUATE_EVERY: Duration = Duration::from_millis(10);
 const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 /// How long a graceful shutdown waits for peers to take our groups.
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(20);
+/// How long a graceful shutdown waits for the executors to stop their groups.
+const EXECUTORS_STOP: Duration = Duration::from_secs(30);
 
-struct Daemon {
-    cfg: Config,
-    local: String,
-    key: Arc<Vec<u8>>,
-    boot_id: u64,
-    boot_time_ms: u64,
-    seq: u64,
-    started: Instant,
-    membership: Membership,
-    placement: Placement,
-    events: EventLog,
-    executors: BTreeMap<String, mpsc::Sender<Command>>,
-    /// path index -> outgoing sender
-    paths: Vec<mpsc::Sender<Outgoing>>,
-    status: watch::Sender<Status>,
-    metrics: Metrics,
-    last_advert: Option<packet::NodeAdvert>,
-    /// Per group: the failovers and switchovers this node carried out.
-    failovers: BTreeMap<String, FailoverSummary>,
-    /// The replicated volumes this node holds a copy of.
-    mirrors: LocalMirrors,
-    /// Per mirror: the primary generation this copy outdated itself for.
-    outdated_for: mirrors::OutdatedFor,
-    /// Outdates being carried out: (mirror, generation).
-    outdating: std::collections::BTreeSet<(String, u64)>,
-    /// Finished outdates and mirror admin replies come back here.
-    mirror_done: mpsc::Sender<MirrorDone>,
+/// A control request waiting for the core's answer.
+enum PendingReply {
+    Switchover(Reply<String>),
+    Done(Reply<()>),
 }
 
 /// A finished asynchronous mirror operation.
-enum MirrorDone {
-    Outdated {
-        mirror: String,
-        generation: u64,
-        ok: bool,
-    },
+struct MirrorDone {
+    mirror: String,
+    generation: u64,
+    ok: bool,
 }
 
-use transport::Outgoing;
+/// The daemon's I/O around its [`NodeCore`].
+struct Daemon {
+    cfg: Config,
+    key: Arc<Vec<u8>>,
+    started: Instant,
+    core: NodeCore,
+    events: EventLog,
+    metrics: Metrics,
+    executors: BTreeMap<String, mpsc::Sender<GroupCommand>>,
+    /// path index -> outgoing sender
+    paths: Vec<mpsc::Sender<Outgoing>>,
+    status: watch::Sender<Status>,
+    /// The replicated volumes this node holds a copy of.
+    mirrors: LocalMirrors,
+    /// Finished outdates come back here.
+    mirror_done: mpsc::Sender<MirrorDone>,
+    replies: BTreeMap<u64, PendingReply>,
+    next_request: u64,
+}
+
+/// The receiving ends the event loop selects over.
+struct Inbox {
+    packets: mpsc::Receiver<Received>,
+    results: mpsc::Receiver<crate::placement::policy::Input>,
+    requests: mpsc::Receiver<Request>,
+    mirror_done: mpsc::Receiver<MirrorDone>,
+}
+
+/// Tasks and servers that live as long as the daemon.
+struct Running {
+    servers: Servers,
+    event_observer: tokio::task::JoinHandle<()>,
+    metrics_server: Option<tokio::task::JoinHandle<()>>,
+    snmp_agent: Option<snmp::agent::SnmpAgent>,
+    notifier: Option<snmp::notify::NotifierHandle>,
+}
 
 impl Daemon {
     fn now(&self) -> Now {
@@ -116,255 +134,164 @@ impl Daemon {
         }
     }
 
-    fn peers(&self) -> Vec<PeerView> {
-        self.membership
-            .live_peers()
-            .into_iter()
-            .filter_map(|name| {
-                self.membership.advert(&name).map(|a| PeerView {
-                    name: name.clone(),
-                    advert: a.clone(),
-                })
-            })
-            .collect()
-    }
-
-    /// Sends one heartbeat to every peer on every path.
-    fn send_heartbeats(&mut self) {
+    /// Hands one input to the core and carries out what it returns.
+    fn input(&mut self, input: NodeInput) {
         let now = self.now();
-        let mut advert = self.placement.advert(now);
-        advert.mirrors = mirrors::registers(&self.mirror_fencing());
-        for (pi, path_name) in self.cfg.heartbeat.paths.iter().enumerate() {
-            for n in &self.cfg.nodes {
-                if n.name == self.local {
-                    continue;
-                }
-                let Some(addr) = n.addresses.get(path_name) else {
-                    continue;
-                };
-                self.seq += 1;
-                self.metrics.heartbeat_sent(path_name);
-                let hb = Heartbeat {
-                    cluster: self.cfg.cluster.name.clone(),
-                    node: self.local.clone(),
-                    boot_id: self.boot_id,
-                    boot_time_ms: self.boot_time_ms,
-                    seq: self.seq,
-                    path: pi as u8,
-                    sent_ms: now.mono_ms,
-                    echo: self.membership.echo_for(&n.name, pi as u8, now.mono_ms),
-                    advert: advert.clone(),
-                };
-                match packet::encode(&hb, &self.key) {
-                    Ok(bytes) => {
-                        let _ = self.paths[pi].try_send(Outgoing {
-                            to: SocketAddr::new(*addr, self.cfg.heartbeat.port),
-                            bytes,
-                        });
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
-                }
-            }
-        }
-        self.last_advert = Some(advert);
-    }
-
-    fn membership_input(&mut self, input: membership::Input) {
-        let now = self.now();
-        let evs = self.membership.handle(now.mono_ms, input);
-        for ev in evs {
-            match ev {
-                MembershipEvent::PathUp { peer, path } => {
-                    self.emit(EventKind::PathUp, self.path_fields(&peer, path, None));
-                }
-                MembershipEvent::PathDown {
-                    peer,
-                    path,
-                    silent_ms,
-                } => {
-                    self.emit(
-                        EventKind::PathDown,
-                        self.path_fields(&peer, path, Some(silent_ms)),
-                    );
-                }
-                MembershipEvent::NodeUp { peer, boot_id } => {
-                    self.emit(
-                        EventKind::NodeUp,
-                        fields([("peer", peer), ("boot_id", format!("{boot_id:016x}"))]),
-                    );
-                }
-                MembershipEvent::NodeDown { peer, silent_ms } => {
-                    self.emit(
-                        EventKind::NodeDown,
-                        fields([("peer", peer.clone()), ("silent_ms", silent_ms.to_string())]),
-                    );
-                    // The membership is the authority on death: a replication link to a
-                    // powered-off node may not notice for a long while (no RST). Drop it
-                    // now, before placement may promote our copy.
-                    for m in self.mirrors.values() {
-                        m.mirror.peer_dead(&peer);
-                    }
-                    self.placement_input(Input::NodeDown { peer, silent_ms });
-                }
-                MembershipEvent::NodeRestarted {
-                    peer,
-                    old_boot_id,
-                    new_boot_id,
-                } => {
-                    self.emit(
-                        EventKind::NodeRestarted,
-                        fields([
-                            ("peer", peer),
-                            ("old_boot_id", format!("{old_boot_id:016x}")),
-                            ("new_boot_id", format!("{new_boot_id:016x}")),
-                        ]),
-                    );
-                }
-                MembershipEvent::Rejected { peer, path, reason } => {
-                    tracing::debug!(?peer, path, reason, "heartbeat rejected");
-                }
-            }
-        }
-    }
-
-    /// Peers silent on every path for most of the dead time get a speculative
-    /// floating-IP probe (see `placement::policy::Input::PeerSilent`).
-    fn pre_probe_silent_peers(&mut self) {
-        let now = self.now();
-        let lead = self.cfg.cluster.vip_probe_timeout.as_millis() as u64
-            + 3 * EVALUATE_EVERY.as_millis() as u64;
-        for peer in self.membership.nearly_dead_peers(now.mono_ms, lead) {
-            self.placement_input(Input::PeerSilent { peer });
-        }
-    }
-
-    fn path_fields(&self, peer: &str, path: u8, silent_ms: Option<u64>) -> Fields {
-        let mut f = fields([
-            ("peer", peer.to_string()),
-            (
-                "path",
-                self.cfg
-                    .heartbeat
-                    .paths
-                    .get(path as usize)
-                    .cloned()
-                    .unwrap_or_else(|| path.to_string()),
-            ),
-        ]);
-        if let Some(s) = silent_ms {
-            f.insert("silent_ms".into(), s.to_string());
-        }
-        f
-    }
-
-    fn emit(&self, kind: EventKind, f: Fields) {
-        self.events.emit(kind, f);
-    }
-
-    fn placement_input(&mut self, input: Input) {
-        let now = self.now();
-        let peers = self.peers();
-        let actions = self.placement.handle(now, input, &peers);
-        self.carry_out(actions);
-    }
-
-    fn carry_out(&mut self, actions: Vec<Action>) {
+        let actions = self.core.handle(now, input);
         for a in actions {
-            let (group, cmd) = match a {
-                Action::Emit { kind, fields } => {
-                    self.emit(kind, fields);
-                    continue;
+            self.carry_out(a);
+        }
+    }
+
+    fn carry_out(&mut self, action: NodeAction) {
+        match action {
+            NodeAction::Send { path, peer, hb } => self.send(path, &peer, &hb),
+            NodeAction::Emit { kind, fields } => {
+                self.events.emit(kind, fields);
+            }
+            NodeAction::RecordTimeline(t) => {
+                self.metrics.observe_timeline(&t);
+                self.events.record_timeline(t);
+            }
+            NodeAction::Group { group, command } => {
+                if let Some(tx) = self.executors.get(&group) {
+                    if tx.try_send(command).is_err() {
+                        tracing::error!(%group, "group executor is not accepting commands");
+                    }
                 }
-                Action::RecordTimeline(t) => {
-                    self.metrics.observe_timeline(&t);
-                    count_failover(&mut self.failovers, &t);
-                    self.events.record_timeline(t);
-                    continue;
+            }
+            NodeAction::PeerDead { peer } => {
+                for m in self.mirrors.values() {
+                    m.mirror.peer_dead(&peer);
                 }
-                Action::ProbeVip { group } => (group, Command::ProbeVip),
-                Action::StartGroup { group } => (group, Command::Start),
-                Action::StopGroup { group } => (group, Command::Stop),
-                Action::RestartResource { group, resource } => {
-                    (group, Command::Restart { resource })
+            }
+            NodeAction::PeerOutdated { mirror, peer } => {
+                if let Some(m) = self.mirrors.get(&mirror) {
+                    m.mirror.peer_outdated(&peer);
                 }
-            };
-            if let Some(tx) = self.executors.get(&group) {
-                if tx.try_send(cmd).is_err() {
-                    tracing::error!(%group, "group executor is not accepting commands");
+            }
+            NodeAction::OutdateSelf { mirror, generation } => self.outdate(mirror, generation),
+            NodeAction::Reply { id, result } => {
+                let result = result.map_err(ControlError::from);
+                match (self.replies.remove(&id), result) {
+                    (Some(PendingReply::Switchover(tx)), r) => {
+                        let _ = tx.send(r.map(|o| match o {
+                            ControlOutcome::SwitchingTo(target) => target,
+                            ControlOutcome::Done => String::new(),
+                        }));
+                    }
+                    (Some(PendingReply::Done(tx)), r) => {
+                        let _ = tx.send(r.map(|_| ()));
+                    }
+                    (None, _) => {}
                 }
             }
         }
-        // A changed advert goes out at once: hand-offs should not wait for a heartbeat.
-        let advert = self.placement.advert(self.now());
-        if self.last_advert.as_ref() != Some(&advert) {
-            self.send_heartbeats();
+    }
+
+    /// Encodes and sends one heartbeat to `peer` on path `path`.
+    fn send(&self, path: u8, peer: &str, hb: &packet::Heartbeat) {
+        let path_name = &self.cfg.heartbeat.paths[path as usize];
+        let Some(addr) = self.cfg.node(peer).and_then(|n| n.addresses.get(path_name)) else {
+            return;
+        };
+        self.metrics.heartbeat_sent(path_name);
+        match packet::encode(hb, &self.key) {
+            Ok(bytes) => {
+                let _ = self.paths[path as usize].try_send(Outgoing {
+                    to: SocketAddr::new(*addr, self.cfg.heartbeat.port),
+                    bytes,
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
         }
+    }
+
+    /// Outdates this copy of `mirror` (persisted) off the loop; the result comes back
+    /// as a [`MirrorDone`].
+    fn outdate(&self, mirror: String, generation: u64) {
+        let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
+            return;
+        };
+        let done = self.mirror_done.clone();
+        tokio::spawn(async move {
+            let r = m.outdate(generation).await;
+            if let Err(e) = &r {
+                tracing::error!(mirror = %mirror, error = %e, "cannot outdate this copy");
+            }
+            let ok = r.is_ok();
+            let _ = done
+                .send(MirrorDone {
+                    mirror,
+                    generation,
+                    ok,
+                })
+                .await;
+        });
     }
 
     fn handle_request(&mut self, req: Request) {
-        let now = self.now();
-        let peers = self.peers();
-        match req {
-            Request::Switchover { group, to, reply } => {
-                let r = self
-                    .placement
-                    .switchover(now, &group, to.as_deref(), &peers);
-                let r = r.map(|(target, actions)| {
-                    self.carry_out(actions);
-                    target
-                });
-                let _ = reply.send(r.map_err(ControlError::from));
-            }
-            Request::Standby { node, on, reply } => {
-                let r = self.placement.set_standby(now, &node, on, &peers);
-                let r = r.map(|actions| self.carry_out(actions));
-                let _ = reply.send(r.map_err(ControlError::from));
-            }
-            Request::Maintenance { group, on, reply } => {
-                let r = self.placement.set_maintenance(now, &group, on, &peers);
-                let r = r.map(|actions| {
-                    if let Some(tx) = self.executors.get(&group) {
-                        let _ = tx.try_send(Command::Maintenance(on));
-                    }
-                    self.carry_out(actions)
-                });
-                let _ = reply.send(r.map_err(ControlError::from));
-            }
+        let (command, pending) = match req {
+            Request::Switchover { group, to, reply } => (
+                ControlCommand::Switchover { group, to },
+                PendingReply::Switchover(reply),
+            ),
+            Request::Standby { node, on, reply } => (
+                ControlCommand::Standby { node, on },
+                PendingReply::Done(reply),
+            ),
+            Request::Maintenance { group, on, reply } => (
+                ControlCommand::Maintenance { group, on },
+                PendingReply::Done(reply),
+            ),
             Request::Mirror {
                 mirror,
                 action,
                 peer,
                 reply,
-            } => {
-                let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
-                    let _ = reply.send(Err(ControlError::NotFound(format!(
-                        "this node holds no mirror `{mirror}`"
-                    ))));
-                    return;
-                };
-                tokio::spawn(async move {
-                    let peer = peer.as_deref();
-                    let r = match action {
-                        MirrorAction::Pause => m.pause(peer).await,
-                        MirrorAction::Resume => m.resume(peer).await,
-                        MirrorAction::Verify => m.verify(peer).await,
-                        MirrorAction::ResyncFull => m.resync_full(peer).await,
-                        MirrorAction::Disconnect => m.disconnect(peer).await,
-                        MirrorAction::Connect => m.connect(peer).await,
-                    };
-                    let _ = reply.send(r.map_err(ControlError::from));
-                });
-            }
-        }
+            } => return self.mirror_request(mirror, action, peer, reply),
+        };
+        self.next_request += 1;
+        let id = self.next_request;
+        self.replies.insert(id, pending);
+        self.input(NodeInput::Control { id, command });
     }
 
-    /// Each mirror's fencing view.
-    fn mirror_fencing(&self) -> Vec<mirrors::LocalFencing> {
+    /// `tandem mirror ...`: the mirror carries it out, off the loop.
+    fn mirror_request(
+        &self,
+        mirror: String,
+        action: MirrorAction,
+        peer: Option<String>,
+        reply: Reply<()>,
+    ) {
+        let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
+            let _ = reply.send(Err(ControlError::NotFound(format!(
+                "this node holds no mirror `{mirror}`"
+            ))));
+            return;
+        };
+        tokio::spawn(async move {
+            let peer = peer.as_deref();
+            let r = match action {
+                MirrorAction::Pause => m.pause(peer).await,
+                MirrorAction::Resume => m.resume(peer).await,
+                MirrorAction::Verify => m.verify(peer).await,
+                MirrorAction::ResyncFull => m.resync_full(peer).await,
+                MirrorAction::Disconnect => m.disconnect(peer).await,
+                MirrorAction::Connect => m.connect(peer).await,
+            };
+            let _ = reply.send(r.map_err(ControlError::from));
+        });
+    }
+
+    /// The mirrors' fencing facts, sampled for the core before each evaluation.
+    fn mirror_facts(&self) -> Vec<MirrorFacts> {
         self.mirrors
             .iter()
             .map(|(name, m)| {
                 let primary = m.mirror.is_primary();
-                mirrors::LocalFencing {
+                MirrorFacts {
                     name: name.clone(),
                     primary,
                     pending: if primary {
@@ -372,471 +299,285 @@ impl Daemon {
                     } else {
                         Vec::new()
                     },
-                    outdated: self.outdated_for.get(name).copied().unwrap_or(0),
                 }
             })
             .collect()
     }
 
-    /// Carries out the fencing decisions (see [`mirrors`]).
-    fn fence_mirrors(&mut self) {
-        if self.mirrors.is_empty() {
-            return;
+    fn tick(&mut self) {
+        if !self.mirrors.is_empty() {
+            let facts = self.mirror_facts();
+            self.input(NodeInput::Mirrors(facts));
         }
-        let local = self.mirror_fencing();
-        let peers = self.peers();
-        for action in mirrors::decide(&self.local, &local, &peers, &self.outdating) {
-            match action {
-                mirrors::FenceAction::PeerOutdated { mirror, peer } => {
-                    if let Some(m) = self.mirrors.get(&mirror) {
-                        m.mirror.peer_outdated(&peer);
-                    }
-                }
-                mirrors::FenceAction::OutdateSelf { mirror, generation } => {
-                    let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
-                        continue;
-                    };
-                    self.outdating.insert((mirror.clone(), generation));
-                    let done = self.mirror_done.clone();
-                    tokio::spawn(async move {
-                        let r = m.outdate(generation).await;
-                        if let Err(e) = &r {
-                            tracing::error!(mirror = %mirror, error = %e, "cannot outdate this copy");
-                        }
-                        let _ = done
-                            .send(MirrorDone::Outdated {
-                                mirror,
-                                generation,
-                                ok: r.is_ok(),
-                            })
-                            .await;
-                    });
-                }
-            }
-        }
-    }
-
-    fn mirror_done(&mut self, done: MirrorDone) {
-        match done {
-            MirrorDone::Outdated {
-                mirror,
-                generation,
-                ok,
-            } => {
-                self.outdating.remove(&(mirror.clone(), generation));
-                if ok {
-                    self.outdated_for.insert(mirror, generation);
-                }
-            }
-        }
+        self.input(NodeInput::Tick);
     }
 
     fn publish_status(&self) {
-        let now = self.now();
-        let peers = self.peers();
-        let local_prio = self.cfg.node(&self.local).map_or(0, |n| n.priority);
-        let mut nodes = vec![NodeStatus {
-            name: self.local.clone(),
-            priority: local_prio,
-            local: true,
-            alive: true,
-            standby: self.placement.standby(),
-            boot_id: format!("{:016x}", self.boot_id),
-            last_heard_ms_ago: Some(0),
-            paths_up: self.cfg.heartbeat.paths.len(),
-        }];
-        for ps in self.membership.peer_status() {
-            let prio = self.cfg.node(&ps.name).map_or(0, |n| n.priority);
-            let standby = self.placement.is_standby(&ps.name)
-                || peers
-                    .iter()
-                    .find(|p| p.name == ps.name)
-                    .is_some_and(|p| p.advert.standby);
-            nodes.push(NodeStatus {
-                name: ps.name.clone(),
-                priority: prio,
-                local: false,
-                alive: ps.alive,
-                standby,
-                boot_id: ps.boot_id.map(|b| format!("{b:016x}")).unwrap_or_default(),
-                last_heard_ms_ago: ps.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
-                paths_up: ps.paths_up.len(),
-            });
-        }
-        let paths = self
-            .membership
-            .paths()
-            .into_iter()
-            .map(|p| PathStatusView {
-                peer: p.peer.clone(),
-                path: self
-                    .cfg
-                    .heartbeat
-                    .paths
-                    .get(p.path as usize)
-                    .cloned()
-                    .unwrap_or_default(),
-                up: p.up,
-                last_heard_ms_ago: p.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
-                rtt_ms: p.rtt_ms,
-            })
-            .collect();
-        let counters = self.membership.counters();
-        let rejected: BTreeMap<String, u64> = counters
-            .rejected
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect();
-        let groups = self.placement.status(now, &peers);
-        let local_state = |group: &str| {
-            groups
-                .iter()
-                .find(|g| g.name == group)
-                .map_or(LocalGroupState::Stopped, |g| g.local_state)
-        };
-        let mut resources = Vec::new();
-        let mut vips = Vec::new();
-        for g in &self.cfg.groups {
-            let state = local_state(&g.name);
-            for r in &g.resources {
-                if let ResourceKind::Ip {
-                    address, interface, ..
-                } = &r.kind
-                {
-                    vips.push(VipView {
-                        group: g.name.clone(),
-                        resource: r.name.clone(),
-                        address: address.clone(),
-                        interface: interface.clone(),
-                        present: state == LocalGroupState::Running,
-                    });
+        let mirrors = crate::mirror::node::statuses(&self.mirrors);
+        let status = status::project(
+            &self.cfg,
+            &self.core,
+            self.now(),
+            self.events.last_seq(),
+            mirrors,
+        );
+        self.status.send_replace(status);
+    }
+
+    /// The event loop: until SIGTERM/SIGINT, then until the groups are handed off.
+    async fn serve(&mut self, inbox: &mut Inbox) -> Result<(), RuntimeError> {
+        let mut hb_tick = tokio::time::interval(self.cfg.heartbeat.interval);
+        let mut eval_tick = tokio::time::interval(EVALUATE_EVERY);
+        eval_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| api::ApiError::Io("signal handler".into(), e))?;
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = hb_tick.tick() => self.input(NodeInput::HeartbeatDue),
+                _ = eval_tick.tick() => self.tick(),
+                Some(d) = inbox.mirror_done.recv() => self.input(NodeInput::OutdateDone {
+                    mirror: d.mirror,
+                    generation: d.generation,
+                    ok: d.ok,
+                }),
+                Some(r) = inbox.packets.recv() => match r.result {
+                    Ok(hb) => self.input(NodeInput::Packet { path: r.path, hb }),
+                    Err(reason) => {
+                        tracing::debug!(path = r.path, from = %r.from, reason, "heartbeat dropped");
+                        self.input(NodeInput::Malformed { path: r.path, reason });
+                    }
+                },
+                Some(input) = inbox.results.recv() => self.input(NodeInput::Resource(input)),
+                Some(req) = inbox.requests.recv() => self.handle_request(req),
+                _ = sigterm.recv(), if deadline.is_none() => deadline = Some(self.leave()),
+                _ = tokio::signal::ctrl_c(), if deadline.is_none() => deadline = Some(self.leave()),
+            }
+            self.publish_status();
+            if let Some(deadline) = deadline {
+                let busy = self.core.busy(self.now());
+                let handed_off = !busy || self.core.peers().is_empty();
+                if handed_off || tokio::time::Instant::now() >= deadline {
+                    return Ok(());
                 }
-                resources.push(ResourceView {
-                    group: g.name.clone(),
-                    name: r.name.clone(),
-                    kind: ResourceType::of(&r.kind),
-                    state,
-                });
             }
         }
-        let status = Status {
-            cluster: self.cfg.cluster.name.clone(),
-            node: self.local.clone(),
-            time_ms: now.wall_ms,
-            uptime_ms: now.mono_ms,
-            last_seq: self.events.last_seq(),
-            mode: TakeoverMode::for_nodes(self.cfg.nodes.len()),
-            nodes,
-            paths,
-            groups,
-            heartbeats: crate::status::HeartbeatCounters {
-                sent: self.seq,
-                accepted: counters.accepted,
-                rejected,
-            },
-            resources,
-            vips,
-            failovers: self.failovers.values().cloned().collect(),
-            mirrors: crate::mirror::node::statuses(&self.mirrors),
-        };
-        self.status.send_replace(status);
+    }
+
+    /// Graceful shutdown: go to standby so peers take our groups.
+    fn leave(&mut self) -> tokio::time::Instant {
+        tracing::info!("shutting down: handing groups to peers");
+        self.input(NodeInput::Leave);
+        tokio::time::Instant::now() + SHUTDOWN_HANDOFF
     }
 }
 
 /// Runs the daemon for `local` until SIGTERM/SIGINT.
 pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
-    let node_cfg = cfg
-        .node(&local)
-        .cloned()
-        .ok_or_else(|| RuntimeError::UnknownNode(local.clone()))?;
-    let key = Arc::new(cfg.key_bytes()?);
-    let events = EventLog::open(&local, &cfg.cluster.state_dir)?;
     let span = tracing::info_span!("node", node = %local);
     async move {
-        // A crash may have left our floating IPs behind: nothing runs here yet.
-        for g in &cfg.groups {
-            for r in &g.resources {
-                let mut agent = Agent::new(r, &LocalMirrors::new());
-                if agent.vip().is_some() {
-                    if let Err(e) = agent.stop(&[]).await {
-                        tracing::warn!(group = %g.name, resource = %r.name, error = %e, "cannot clear a stale floating IP");
-                    }
-                }
-            }
-        }
-        let membership = Membership::new(MembershipConfig {
-            local: local.clone(),
-            dead_time_ms: cfg.heartbeat.dead_time.as_millis() as u64,
-            peers: cfg
-                .nodes
-                .iter()
-                .filter(|n| n.name != local)
-                .map(|n| PeerSpec {
-                    name: n.name.clone(),
-                    paths: (0..cfg.heartbeat.paths.len() as u8).collect(),
-                })
-                .collect(),
-        });
-        let placement = Placement::new(PlacementConfig::from_config(&cfg, &local));
-        let metrics = Metrics::new(&cfg, &local)?;
-        let nbd_metrics = |export: &str| metrics.nbd(export);
-        let mirrors =
-            crate::mirror::node::open_all(&cfg, &local, &key, &events, &nbd_metrics).await?;
-        let checks: executor::CheckObserver = {
-            let metrics = metrics.clone();
-            Arc::new(move |group, resource, check, took, ok| {
-                metrics.check(group, resource, check, took, ok)
-            })
-        };
-        let (mirror_done_tx, mut mirror_done_rx) = mpsc::channel(16);
-        let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
-        let (pkt_tx, mut pkt_rx) = mpsc::channel(1024);
-        let cluster_name = Arc::new(cfg.cluster.name.clone());
-        let paths = cfg
-            .heartbeat
-            .paths
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                transport::spawn_path(
-                    i as u8,
-                    node_cfg.addresses[p],
-                    cfg.heartbeat.port,
-                    key.clone(),
-                    cluster_name.clone(),
-                    pkt_tx.clone(),
-                )
-            })
-            .collect();
-        let (res_tx, mut res_rx) = mpsc::channel(256);
-        let executors = cfg
-            .groups
-            .iter()
-            .map(|g| {
-                (
-                    g.name.clone(),
-                    executor::spawn(
-                        &local,
-                        g,
-                        cfg.cluster.vip_probe_timeout,
-                        events.clone(),
-                        checks.clone(),
-                        &mirrors,
-                        res_tx.clone(),
-                    ),
-                )
-            })
-            .collect();
-        // Only the executors hold result senders: when they have all stopped, the
-        // channel closes and shutdown is complete.
-        drop(res_tx);
-        let (status_tx, status_rx) = watch::channel(Status::default());
-        let (req_tx, mut req_rx) = mpsc::channel(64);
-        let mut d = Daemon {
-            key,
-            boot_id: rand::random(),
-            boot_time_ms: unix_ms(),
-            seq: 0,
-            started: Instant::now(),
-            membership,
-            placement,
-            events: events.clone(),
-            executors,
-            paths,
-            status: status_tx,
-            metrics: metrics.clone(),
-            last_advert: None,
-            failovers: BTreeMap::new(),
-            mirrors,
-            outdated_for: mirrors::OutdatedFor::new(),
-            outdating: Default::default(),
-            mirror_done: mirror_done_tx,
-            local: local.clone(),
-            cfg,
-        };
-        for t in events.timelines() {
-            count_failover(&mut d.failovers, &t);
-        }
-        // The notifier listens before the first event, so receivers get agentStart.
-        let (snmp_engine, notifier) = match &d.cfg.snmp {
-            Some(snmp) => {
-                let engine = snmp::Engine::load(
-                    snmp,
-                    &d.cfg.cluster.name,
-                    &local,
-                    &d.cfg.cluster.state_dir,
-                    d.started,
-                )?;
-                let notifier = snmp::notify::spawn_notifier(
-                    snmp,
-                    engine.id.clone(),
-                    engine.boots,
-                    events.clone(),
-                    Box::new(snmp::mib::notification_for),
-                    engine.start,
-                );
-                metrics.attach_snmp_notifier(notifier.statuses());
-                (Some(engine), Some(notifier))
-            }
-            None => (None, None),
-        };
-        d.emit(
-            EventKind::DaemonStarted,
-            fields([
-                ("version", env!("CARGO_PKG_VERSION").to_string()),
-                ("boot_id", format!("{:016x}", d.boot_id)),
-            ]),
-        );
-        // The API starts with a real snapshot, never the empty default.
-        d.publish_status();
-        let snmp_agent = match (&d.cfg.snmp, &snmp_engine) {
-            (Some(snmp), Some(engine)) => {
-                let agent = snmp::agent::spawn(snmp, engine, status_rx.clone()).await?;
-                metrics.attach_snmp_agent(agent.counters());
-                Some(agent)
-            }
-            _ => None,
-        };
-        let metrics_server = match &d.cfg.metrics {
-            Some(m) => Some(metrics::serve(m.listen, metrics.clone(), status_rx.clone()).await?),
-            None => None,
-        };
-        let servers = api::serve(&d.cfg.api, status_rx, events.clone(), req_tx).await?;
-        let mut hb_tick = tokio::time::interval(d.cfg.heartbeat.interval);
-        let mut eval_tick = tokio::time::interval(EVALUATE_EVERY);
-        eval_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| api::ApiError::Io("signal handler".into(), e))?;
-        let mut shutdown_deadline: Option<tokio::time::Instant> = None;
-        loop {
-            tokio::select! {
-                _ = hb_tick.tick() => d.send_heartbeats(),
-                _ = eval_tick.tick() => {
-                    d.membership_input(membership::Input::Tick);
-                    d.placement_input(Input::Tick);
-                    d.pre_probe_silent_peers();
-                    d.fence_mirrors();
-                }
-                Some(done) = mirror_done_rx.recv() => d.mirror_done(done),
-                Some(r) = pkt_rx.recv() => match r.result {
-                    Ok(hb) => d.membership_input(membership::Input::Packet { path: r.path, hb }),
-                    Err(reason) => {
-                        d.membership.record_decode_error(r.path, reason);
-                        tracing::debug!(path = r.path, from = %r.from, reason, "heartbeat dropped");
-                    }
-                },
-                Some(input) = res_rx.recv() => d.placement_input(input),
-                Some(req) = req_rx.recv() => d.handle_request(req),
-                _ = sigterm.recv(), if shutdown_deadline.is_none() => {
-                    shutdown_deadline = Some(begin_shutdown(&mut d));
-                }
-                _ = tokio::signal::ctrl_c(), if shutdown_deadline.is_none() => {
-                    shutdown_deadline = Some(begin_shutdown(&mut d));
-                }
-            }
-            d.publish_status();
-            if let Some(deadline) = shutdown_deadline {
-                let now = d.now();
-                let peers = d.peers();
-                let busy = d.placement.status(now, &peers).iter().any(|g| {
-                    matches!(
-                        g.local_state,
-                        LocalGroupState::Running | LocalGroupState::Starting | LocalGroupState::Stopping
-                    )
-                });
-                if !busy || tokio::time::Instant::now() >= deadline || peers.is_empty() {
-                    break;
-                }
-            }
-        }
-        d.emit(EventKind::DaemonStopping, Fields::new());
-        // Dropping the command channels makes each executor stop what still runs.
-        d.executors.clear();
-        drop(servers);
-        event_observer.abort();
-        if let Some(m) = metrics_server {
-            m.abort();
-        }
-        drop(snmp_agent);
-        if let Some(n) = notifier {
-            // agentShutdown and the last events reach the receivers that answer.
-            n.drain(NOTIFY_DRAIN).await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), async {
-            while res_rx.recv().await.is_some() {}
-        })
-        .await;
-        // Every group has stopped (demoting its mirrors): persist bitmaps, mark clean.
-        for m in d.mirrors.values() {
-            m.mirror.shutdown().await;
-        }
+        let (mut d, mut inbox, running) = start(cfg, &local).await?;
+        d.serve(&mut inbox).await?;
+        running.shutdown(d, inbox).await;
         Ok(())
     }
     .instrument(span)
     .await
 }
 
-/// Adds a finished timeline to its group's failover summary.
-fn count_failover(summaries: &mut BTreeMap<String, FailoverSummary>, t: &Timeline) {
-    if t.reason == MoveReason::Initial {
-        return;
-    }
-    let s = summaries
-        .entry(t.group.clone())
-        .or_insert_with(|| FailoverSummary {
-            group: t.group.clone(),
-            count: 0,
-            last_reason: t.reason,
-            last_duration_ms: None,
-        });
-    s.count += 1;
-    s.last_reason = t.reason;
-    s.last_duration_ms = t.completed_ms.map(|c| c.saturating_sub(t.detected_ms));
-}
-
-/// Graceful shutdown: go to standby so peers take our groups, then stop.
-fn begin_shutdown(d: &mut Daemon) -> tokio::time::Instant {
-    tracing::info!("shutting down: handing groups to peers");
-    let now = d.now();
-    let peers = d.peers();
-    let actions = d.placement.leave(now, &peers);
-    d.carry_out(actions);
-    tokio::time::Instant::now() + SHUTDOWN_HANDOFF
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn timeline(reason: MoveReason, completed: Option<u64>) -> Timeline {
-        Timeline {
-            group: "web".into(),
-            kind: "failover".into(),
-            reason,
-            from_node: Some("a".into()),
-            to_node: "b".into(),
-            failure_ms: None,
-            detected_ms: 1_000,
-            decided_ms: 1_100,
-            steps: Vec::new(),
-            first_check_ms: None,
-            completed_ms: completed,
-            outcome: String::new(),
+/// A crash may have left our floating IPs behind: nothing runs here yet.
+async fn clear_stale_vips(cfg: &Config) {
+    for g in &cfg.groups {
+        for r in &g.resources {
+            let mut agent = Agent::new(r, &LocalMirrors::new());
+            if agent.vip().is_some() {
+                if let Err(e) = agent.stop(&[]).await {
+                    tracing::warn!(group = %g.name, resource = %r.name, error = %e, "cannot clear a stale floating IP");
+                }
+            }
         }
     }
+}
 
-    #[test]
-    fn failover_summaries_skip_first_placements_and_keep_the_latest() {
-        let mut s = BTreeMap::new();
-        count_failover(&mut s, &timeline(MoveReason::Initial, Some(1_500)));
-        assert!(s.is_empty());
-        count_failover(&mut s, &timeline(MoveReason::NodeLost, Some(2_250)));
-        count_failover(&mut s, &timeline(MoveReason::Manual, None));
-        let web = &s["web"];
-        assert_eq!(web.count, 2);
-        assert_eq!(web.last_reason, MoveReason::Manual);
-        assert_eq!(web.last_duration_ms, None);
-        count_failover(&mut s, &timeline(MoveReason::ResourceFailed, Some(1_400)));
-        assert_eq!(s["web"].last_duration_ms, Some(400));
+/// Builds the daemon: the core, the mirrors, the path tasks, the executors, the
+/// notifier, the API, SNMP and metrics servers; emits `daemon_started` and publishes
+/// the first snapshot.
+async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), RuntimeError> {
+    let node_cfg = cfg
+        .node(local)
+        .cloned()
+        .ok_or_else(|| RuntimeError::UnknownNode(local.to_string()))?;
+    let key = Arc::new(cfg.key_bytes()?);
+    let events = EventLog::open(local, &cfg.cluster.state_dir)?;
+    clear_stale_vips(&cfg).await;
+    let metrics = Metrics::new(&cfg, local)?;
+    let nbd_metrics = |export: &str| metrics.nbd(export);
+    let mirrors = crate::mirror::node::open_all(&cfg, local, &key, &events, &nbd_metrics).await?;
+    let (pkt_tx, packets) = mpsc::channel(1024);
+    let cluster_name = Arc::new(cfg.cluster.name.clone());
+    let paths = cfg
+        .heartbeat
+        .paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            transport::spawn_path(
+                i as u8,
+                node_cfg.addresses[p],
+                cfg.heartbeat.port,
+                key.clone(),
+                cluster_name.clone(),
+                pkt_tx.clone(),
+            )
+        })
+        .collect();
+    let (res_tx, results) = mpsc::channel(256);
+    let checks: executor::CheckObserver = {
+        let metrics = metrics.clone();
+        Arc::new(move |group, resource, check, took, ok| {
+            metrics.check(group, resource, check, took, ok)
+        })
+    };
+    let executors = cfg
+        .groups
+        .iter()
+        .map(|g| {
+            let tx = executor::spawn(
+                local,
+                g,
+                cfg.cluster.vip_probe_timeout,
+                events.clone(),
+                checks.clone(),
+                &mirrors,
+                res_tx.clone(),
+            );
+            (g.name.clone(), tx)
+        })
+        .collect();
+    // Only the executors hold result senders: when they have all stopped, the channel
+    // closes and shutdown is complete.
+    drop(res_tx);
+    let core = NodeCore::new(
+        NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
+        rand::random(),
+        unix_ms(),
+        &events.timelines(),
+    );
+    let (status_tx, status_rx) = watch::channel(Status::default());
+    let (req_tx, requests) = mpsc::channel(64);
+    let (mirror_done_tx, mirror_done) = mpsc::channel(16);
+    let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
+    let d = Daemon {
+        key,
+        started: Instant::now(),
+        core,
+        events: events.clone(),
+        metrics: metrics.clone(),
+        executors,
+        paths,
+        status: status_tx,
+        mirrors,
+        mirror_done: mirror_done_tx,
+        replies: BTreeMap::new(),
+        next_request: 0,
+        cfg,
+    };
+    let inbox = Inbox {
+        packets,
+        results,
+        requests,
+        mirror_done,
+    };
+    let running = start_servers(&d, local, status_rx, req_tx, event_observer).await?;
+    Ok((d, inbox, running))
+}
+
+/// The notifier (listening before the first event, so receivers get agentStart), then
+/// `daemon_started`, the first snapshot, and the API, SNMP and metrics servers.
+async fn start_servers(
+    d: &Daemon,
+    local: &str,
+    status_rx: watch::Receiver<Status>,
+    requests: mpsc::Sender<Request>,
+    event_observer: tokio::task::JoinHandle<()>,
+) -> Result<Running, RuntimeError> {
+    let (snmp_engine, notifier) = match &d.cfg.snmp {
+        Some(snmp) => {
+            let engine = snmp::Engine::load(
+                snmp,
+                &d.cfg.cluster.name,
+                local,
+                &d.cfg.cluster.state_dir,
+                d.started,
+            )?;
+            let notifier = snmp::notify::spawn_notifier(
+                snmp,
+                engine.id.clone(),
+                engine.boots,
+                d.events.clone(),
+                Box::new(snmp::mib::notification_for),
+                engine.start,
+            );
+            d.metrics.attach_snmp_notifier(notifier.statuses());
+            (Some(engine), Some(notifier))
+        }
+        None => (None, None),
+    };
+    d.events.emit(
+        EventKind::DaemonStarted,
+        fields([
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+            ("boot_id", format!("{:016x}", d.core.boot_id())),
+        ]),
+    );
+    // The API starts with a real snapshot, never the empty default.
+    d.publish_status();
+    let snmp_agent = match (&d.cfg.snmp, &snmp_engine) {
+        (Some(snmp), Some(engine)) => {
+            let agent = snmp::agent::spawn(snmp, engine, status_rx.clone()).await?;
+            d.metrics.attach_snmp_agent(agent.counters());
+            Some(agent)
+        }
+        _ => None,
+    };
+    let metrics_server = match &d.cfg.metrics {
+        Some(m) => Some(metrics::serve(m.listen, d.metrics.clone(), status_rx.clone()).await?),
+        None => None,
+    };
+    let servers = api::serve(&d.cfg.api, status_rx, d.events.clone(), requests).await?;
+    Ok(Running {
+        servers,
+        event_observer,
+        metrics_server,
+        snmp_agent,
+        notifier,
+    })
+}
+
+impl Running {
+    /// Stops the executors (each stops what still runs), the servers and the
+    /// notifier (after it drained), then closes the mirrors cleanly.
+    async fn shutdown(self, mut d: Daemon, mut inbox: Inbox) {
+        d.events.emit(EventKind::DaemonStopping, Fields::new());
+        // Dropping the command channels makes each executor stop what still runs.
+        d.executors.clear();
+        drop(self.servers);
+        self.event_observer.abort();
+        if let Some(m) = self.metrics_server {
+            m.abort();
+        }
+        drop(self.snmp_agent);
+        if let Some(n) = self.notifier {
+            // agentShutdown and the last events reach the receivers that answer.
+            n.drain(NOTIFY_DRAIN).await;
+        }
+        let _ = tokio::time::timeout(EXECUTORS_STOP, async {
+            while inbox.results.recv().await.is_some() {}
+        })
+        .await;
+        // Every group has stopped (demoting its mirrors): persist bitmaps, mark clean.
+        for m in d.mirrors.values() {
+            m.mirror.shutdown().await;
+        }
     }
 }

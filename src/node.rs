@@ -1,0 +1,627 @@
+//! The node core: one node's decisions, sans-IO, in the manner of raft-rs's `RawNode`.
+//!
+//! [`NodeCore`] owns the membership core, the placement core, the mirror fencing
+//! registers, the heartbeat sequence and advert, and the failover tallies. It takes
+//! every input through [`NodeCore::handle`] with the time as an argument and returns
+//! the [`NodeAction`]s to carry out, in order. It opens no socket, reads no clock and
+//! spawns nothing: `runtime::Daemon` turns sockets, timers, child processes and API
+//! requests into [`NodeInput`]s and carries out the actions, and `tests/simulation.rs`
+//! drives the very same core over an in-memory network.
+//!
+//! ```text
+//!  HeartbeatDue ---------> adverts -> Send{path, peer, hb} (one per peer and path)
+//!  Packet/Malformed -----> Membership --NodeDown--> PeerDead + Placement
+//!  Tick (CheckLiveness, Evaluate, ProbeSilentPeers, Fence)
+//!  Resource (executor results), Control (admin requests), Leave --> Placement
+//!  Mirrors/OutdateDone --> fencing registers --> PeerOutdated / OutdateSelf
+//!  Placement actions --> Emit, RecordTimeline, Group{command}; a changed advert goes
+//!                        out at once (Send)
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::cluster::membership::{
+    self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerSpec, PeerStatus,
+};
+use crate::cluster::packet::{Heartbeat, LocalGroupState, NodeAdvert};
+use crate::config::Config;
+use crate::event::{fields, EventKind, Fields, MoveReason, Timeline};
+use crate::mirror::fencing::{self, FenceAction, LocalFencing};
+use crate::placement::policy::{
+    Action, GroupStatus, Input, Now, PeerView, Placement, PlacementConfig, PlacementError,
+};
+
+/// What a node core is built from: everything it decides with, nothing it does I/O
+/// with.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub cluster: String,
+    /// Heartbeat path names, by path index.
+    pub paths: Vec<String>,
+    /// Every peer, with the path indices it has an address on (heartbeats go there).
+    pub peers: Vec<(String, Vec<u8>)>,
+    pub dead_time_ms: u64,
+    /// A peer silent on every path this long before its dead time gets a speculative
+    /// floating-IP probe ([`Input::PeerSilent`]).
+    pub probe_lead_ms: u64,
+    pub placement: PlacementConfig,
+}
+
+impl NodeConfig {
+    /// Derives the core's settings from the configuration; `evaluate_every_ms` is the
+    /// runtime's evaluation period (the probe lead allows for three of them).
+    pub fn from_config(cfg: &Config, local: &str, evaluate_every_ms: u64) -> NodeConfig {
+        let peers = cfg
+            .nodes
+            .iter()
+            .filter(|n| n.name != local)
+            .map(|n| {
+                let paths = (0..cfg.heartbeat.paths.len())
+                    .filter(|&i| n.addresses.contains_key(&cfg.heartbeat.paths[i]))
+                    .map(|i| i as u8)
+                    .collect();
+                (n.name.clone(), paths)
+            })
+            .collect();
+        NodeConfig {
+            cluster: cfg.cluster.name.clone(),
+            paths: cfg.heartbeat.paths.clone(),
+            peers,
+            dead_time_ms: cfg.heartbeat.dead_time.as_millis() as u64,
+            probe_lead_ms: cfg.cluster.vip_probe_timeout.as_millis() as u64 + 3 * evaluate_every_ms,
+            placement: PlacementConfig::from_config(cfg, local),
+        }
+    }
+
+    /// This node's name.
+    pub fn local(&self) -> &str {
+        &self.placement.local
+    }
+}
+
+/// Something that happened to the node: a timer, a packet, a result, a request.
+#[derive(Debug, Clone)]
+pub enum NodeInput {
+    /// The heartbeat interval elapsed: advertise to every peer on every path.
+    HeartbeatDue,
+    /// The runtime's evaluation period elapsed: [`NodeInput::CheckLiveness`],
+    /// [`NodeInput::Evaluate`], [`NodeInput::ProbeSilentPeers`] and fencing, in that
+    /// order.
+    Tick,
+    /// Re-check every peer's liveness against the dead time.
+    CheckLiveness,
+    /// Re-evaluate placement (its deadlines: grace, blocks, probe retries).
+    Evaluate,
+    /// Probe the floating IPs of groups owned by peers that are nearly dead.
+    ProbeSilentPeers,
+    /// A decoded, authenticated heartbeat arrived on a path.
+    Packet { path: u8, hb: Heartbeat },
+    /// A datagram on a path could not be decoded or authenticated.
+    Malformed { path: u8, reason: &'static str },
+    /// A group executor's report (started, stopped, check failed, probe result...).
+    Resource(Input),
+    /// The local mirrors' fencing facts, sampled by the runtime.
+    Mirrors(Vec<MirrorFacts>),
+    /// An outdate this core asked for ([`NodeAction::OutdateSelf`]) finished.
+    OutdateDone {
+        mirror: String,
+        generation: u64,
+        ok: bool,
+    },
+    /// An administrator's request; answered by [`NodeAction::Reply`] with the same id.
+    Control { id: u64, command: ControlCommand },
+    /// The daemon is shutting down: hand every group to the peers.
+    Leave,
+}
+
+/// What an administrator can ask of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlCommand {
+    Switchover { group: String, to: Option<String> },
+    Standby { node: String, on: bool },
+    Maintenance { group: String, on: bool },
+}
+
+/// How a control command went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// A switchover was started towards this node.
+    SwitchingTo(String),
+    Done,
+}
+
+/// One local mirror's fencing facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorFacts {
+    pub name: String,
+    pub primary: bool,
+    /// (peer, my generation) for each lost sync peer that writes wait for.
+    pub pending: Vec<(String, u64)>,
+}
+
+/// A command for one group's executor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupCommand {
+    ProbeVip,
+    Start,
+    Stop,
+    Restart { resource: String },
+    Maintenance(bool),
+}
+
+/// What the runtime must do, in order.
+#[derive(Debug, Clone)]
+pub enum NodeAction {
+    /// Send this heartbeat to `peer` on path `path`.
+    Send {
+        path: u8,
+        peer: String,
+        hb: Box<Heartbeat>,
+    },
+    /// Append an event to the stream.
+    Emit { kind: EventKind, fields: Fields },
+    /// A failover or switchover finished: record its timeline.
+    RecordTimeline(Timeline),
+    /// Hand a command to a group's executor.
+    Group {
+        group: String,
+        command: GroupCommand,
+    },
+    /// The membership declared a peer dead: end replication links to it at once.
+    PeerDead { peer: String },
+    /// A lost sync peer is outdated (or dead): the mirror may write again.
+    PeerOutdated { mirror: String, peer: String },
+    /// A primary asks this copy to outdate itself (persisted); report with
+    /// [`NodeInput::OutdateDone`].
+    OutdateSelf { mirror: String, generation: u64 },
+    /// The answer to [`NodeInput::Control`].
+    Reply {
+        id: u64,
+        result: Result<ControlOutcome, PlacementError>,
+    },
+}
+
+/// The failovers and switchovers this node carried out for one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverTally {
+    pub count: u64,
+    pub last_reason: MoveReason,
+    /// Detection to completion of the latest one, when it completed.
+    pub last_duration_ms: Option<u64>,
+}
+
+/// One node's decisions.
+pub struct NodeCore {
+    cfg: NodeConfig,
+    boot_id: u64,
+    boot_time_ms: u64,
+    /// Heartbeat sequence number (replay protection on the receivers).
+    seq: u64,
+    membership: Membership,
+    placement: Placement,
+    /// The live peers and their adverts, rebuilt when the membership may have changed.
+    peers: Vec<PeerView>,
+    peers_stale: bool,
+    /// The peers changed since placement last evaluated.
+    peers_changed: bool,
+    last_advert: Option<NodeAdvert>,
+    failovers: BTreeMap<String, FailoverTally>,
+    mirrors: Vec<MirrorFacts>,
+    /// Per mirror: the primary generation this copy outdated itself for.
+    outdated_for: BTreeMap<String, u64>,
+    /// Outdates being carried out: (mirror, generation).
+    outdating: BTreeSet<(String, u64)>,
+}
+
+impl NodeCore {
+    /// A core that has heard nobody yet. `history` are the timelines recorded before
+    /// this start (they seed the failover tallies).
+    pub fn new(cfg: NodeConfig, boot_id: u64, boot_time_ms: u64, history: &[Timeline]) -> Self {
+        let membership = Membership::new(MembershipConfig {
+            local: cfg.local().to_string(),
+            dead_time_ms: cfg.dead_time_ms,
+            peers: cfg
+                .peers
+                .iter()
+                .map(|(name, _)| PeerSpec {
+                    name: name.clone(),
+                    paths: (0..cfg.paths.len() as u8).collect(),
+                })
+                .collect(),
+        });
+        let placement = Placement::new(cfg.placement.clone());
+        let mut core = NodeCore {
+            cfg,
+            boot_id,
+            boot_time_ms,
+            seq: 0,
+            membership,
+            placement,
+            peers: Vec::new(),
+            peers_stale: true,
+            peers_changed: true,
+            last_advert: None,
+            failovers: BTreeMap::new(),
+            mirrors: Vec::new(),
+            outdated_for: BTreeMap::new(),
+            outdating: BTreeSet::new(),
+        };
+        for t in history {
+            core.tally(t);
+        }
+        core
+    }
+
+    /// Takes one input; returns what to do, in order.
+    pub fn handle(&mut self, now: Now, input: NodeInput) -> Vec<NodeAction> {
+        let mut out = Vec::new();
+        match input {
+            NodeInput::HeartbeatDue => self.send_heartbeats(now, &mut out),
+            NodeInput::Tick => {
+                self.membership_input(now, membership::Input::Tick, &mut out);
+                self.placement_input(now, Input::Tick, &mut out);
+                self.probe_silent_peers(now, &mut out);
+                self.fence(&mut out);
+            }
+            NodeInput::CheckLiveness => {
+                self.membership_input(now, membership::Input::Tick, &mut out)
+            }
+            NodeInput::Evaluate => self.placement_input(now, Input::Tick, &mut out),
+            NodeInput::ProbeSilentPeers => self.probe_silent_peers(now, &mut out),
+            NodeInput::Packet { path, hb } => {
+                self.membership_input(now, membership::Input::Packet { path, hb }, &mut out)
+            }
+            NodeInput::Malformed { path, reason } => {
+                self.membership.record_decode_error(path, reason)
+            }
+            NodeInput::Resource(input) => self.placement_input(now, input, &mut out),
+            NodeInput::Mirrors(facts) => self.mirrors = facts,
+            NodeInput::OutdateDone {
+                mirror,
+                generation,
+                ok,
+            } => {
+                self.outdating.remove(&(mirror.clone(), generation));
+                if ok {
+                    self.outdated_for.insert(mirror, generation);
+                }
+            }
+            NodeInput::Control { id, command } => {
+                let result = self.control(now, command, &mut out);
+                out.push(NodeAction::Reply { id, result });
+            }
+            NodeInput::Leave => {
+                self.refresh_peers();
+                let actions = self.placement.leave(now, &self.peers);
+                self.carry_out(now, actions, &mut out);
+            }
+        }
+        out
+    }
+
+    fn control(
+        &mut self,
+        now: Now,
+        command: ControlCommand,
+        out: &mut Vec<NodeAction>,
+    ) -> Result<ControlOutcome, PlacementError> {
+        self.refresh_peers();
+        let peers = &self.peers;
+        match command {
+            ControlCommand::Switchover { group, to } => {
+                let (target, actions) =
+                    self.placement
+                        .switchover(now, &group, to.as_deref(), peers)?;
+                self.carry_out(now, actions, out);
+                Ok(ControlOutcome::SwitchingTo(target))
+            }
+            ControlCommand::Standby { node, on } => {
+                let actions = self.placement.set_standby(now, &node, on, peers)?;
+                self.carry_out(now, actions, out);
+                Ok(ControlOutcome::Done)
+            }
+            ControlCommand::Maintenance { group, on } => {
+                let actions = self.placement.set_maintenance(now, &group, on, peers)?;
+                out.push(NodeAction::Group {
+                    group,
+                    command: GroupCommand::Maintenance(on),
+                });
+                self.carry_out(now, actions, out);
+                Ok(ControlOutcome::Done)
+            }
+        }
+    }
+
+    /// Rebuilds the live peers' view if the membership may have changed it.
+    fn refresh_peers(&mut self) {
+        if !self.peers_stale {
+            return;
+        }
+        self.peers_stale = false;
+        let mut fresh = Vec::with_capacity(self.peers.len());
+        for name in self.membership.live_peers() {
+            if let Some(a) = self.membership.advert(&name) {
+                fresh.push(PeerView {
+                    name,
+                    advert: a.clone(),
+                });
+            }
+        }
+        if fresh != self.peers {
+            self.peers = fresh;
+            self.peers_changed = true;
+        }
+    }
+
+    /// What this node advertises: its placement registers and its mirrors' fencing
+    /// registers.
+    fn advert(&self, now: Now) -> NodeAdvert {
+        let mut advert = self.placement.advert(now);
+        advert.mirrors = fencing::registers(&self.fencing_view());
+        advert
+    }
+
+    fn send_heartbeats(&mut self, now: Now, out: &mut Vec<NodeAction>) {
+        let advert = self.advert(now);
+        for (path, _) in self.cfg.paths.iter().enumerate() {
+            let path = path as u8;
+            for (peer, on) in &self.cfg.peers {
+                if !on.contains(&path) {
+                    continue;
+                }
+                self.seq += 1;
+                let hb = Heartbeat {
+                    cluster: self.cfg.cluster.clone(),
+                    node: self.cfg.local().to_string(),
+                    boot_id: self.boot_id,
+                    boot_time_ms: self.boot_time_ms,
+                    seq: self.seq,
+                    path,
+                    sent_ms: now.mono_ms,
+                    echo: self.membership.echo_for(peer, path, now.mono_ms),
+                    advert: advert.clone(),
+                };
+                out.push(NodeAction::Send {
+                    path,
+                    peer: peer.clone(),
+                    hb: Box::new(hb),
+                });
+            }
+        }
+        self.last_advert = Some(advert);
+    }
+
+    fn membership_input(&mut self, now: Now, input: membership::Input, out: &mut Vec<NodeAction>) {
+        let packet = matches!(input, membership::Input::Packet { .. });
+        let events = self.membership.handle(now.mono_ms, input);
+        if packet || !events.is_empty() {
+            self.peers_stale = true;
+        }
+        for ev in events {
+            self.membership_event(now, ev, out);
+        }
+    }
+
+    fn membership_event(&mut self, now: Now, ev: MembershipEvent, out: &mut Vec<NodeAction>) {
+        let (kind, f) = match ev {
+            MembershipEvent::PathUp { peer, path } => {
+                (EventKind::PathUp, self.path_fields(&peer, path, None))
+            }
+            MembershipEvent::PathDown {
+                peer,
+                path,
+                silent_ms,
+            } => (
+                EventKind::PathDown,
+                self.path_fields(&peer, path, Some(silent_ms)),
+            ),
+            MembershipEvent::NodeUp { peer, boot_id } => (
+                EventKind::NodeUp,
+                fields([("peer", peer), ("boot_id", format!("{boot_id:016x}"))]),
+            ),
+            MembershipEvent::NodeDown { peer, silent_ms } => {
+                out.push(NodeAction::Emit {
+                    kind: EventKind::NodeDown,
+                    fields: fields([("peer", peer.clone()), ("silent_ms", silent_ms.to_string())]),
+                });
+                // The membership is the authority on death: a replication link to a
+                // powered-off node may not notice for a long while (no RST). Drop it
+                // now, before placement may promote our copy.
+                out.push(NodeAction::PeerDead { peer: peer.clone() });
+                self.placement_input(now, Input::NodeDown { peer, silent_ms }, out);
+                return;
+            }
+            MembershipEvent::NodeRestarted {
+                peer,
+                old_boot_id,
+                new_boot_id,
+            } => (
+                EventKind::NodeRestarted,
+                fields([
+                    ("peer", peer),
+                    ("old_boot_id", format!("{old_boot_id:016x}")),
+                    ("new_boot_id", format!("{new_boot_id:016x}")),
+                ]),
+            ),
+            MembershipEvent::Rejected { peer, path, reason } => {
+                tracing::debug!(?peer, path, reason, "heartbeat rejected");
+                return;
+            }
+        };
+        out.push(NodeAction::Emit { kind, fields: f });
+    }
+
+    fn path_fields(&self, peer: &str, path: u8, silent_ms: Option<u64>) -> Fields {
+        let name = self.cfg.paths.get(path as usize).cloned();
+        let mut f = fields([
+            ("peer", peer.to_string()),
+            ("path", name.unwrap_or_else(|| path.to_string())),
+        ]);
+        if let Some(s) = silent_ms {
+            f.insert("silent_ms".into(), s.to_string());
+        }
+        f
+    }
+
+    /// Peers silent on every path for most of the dead time get a speculative
+    /// floating-IP probe (see `placement::policy::Input::PeerSilent`).
+    fn probe_silent_peers(&mut self, now: Now, out: &mut Vec<NodeAction>) {
+        let silent = self
+            .membership
+            .nearly_dead_peers(now.mono_ms, self.cfg.probe_lead_ms);
+        for peer in silent {
+            self.placement_input(now, Input::PeerSilent { peer }, out);
+        }
+    }
+
+    fn placement_input(&mut self, now: Now, input: Input, out: &mut Vec<NodeAction>) {
+        self.refresh_peers();
+        let actions = self.placement.handle(now, input, &self.peers);
+        self.peers_changed = false;
+        self.carry_out(now, actions, out);
+    }
+
+    fn carry_out(&mut self, now: Now, actions: Vec<Action>, out: &mut Vec<NodeAction>) {
+        for a in actions {
+            let (group, command) = match a {
+                Action::Emit { kind, fields } => {
+                    out.push(NodeAction::Emit { kind, fields });
+                    continue;
+                }
+                Action::RecordTimeline(t) => {
+                    self.tally(&t);
+                    out.push(NodeAction::RecordTimeline(t));
+                    continue;
+                }
+                Action::ProbeVip { group } => (group, GroupCommand::ProbeVip),
+                Action::StartGroup { group } => (group, GroupCommand::Start),
+                Action::StopGroup { group } => (group, GroupCommand::Stop),
+                Action::RestartResource { group, resource } => {
+                    (group, GroupCommand::Restart { resource })
+                }
+            };
+            out.push(NodeAction::Group { group, command });
+        }
+        // A changed advert goes out at once: hand-offs should not wait for a heartbeat.
+        if self.last_advert.as_ref() != Some(&self.advert(now)) {
+            self.send_heartbeats(now, out);
+        }
+    }
+
+    /// Adds a finished timeline to its group's tally (first placements don't count).
+    fn tally(&mut self, t: &Timeline) {
+        if t.reason == MoveReason::Initial {
+            return;
+        }
+        let s = self
+            .failovers
+            .entry(t.group.clone())
+            .or_insert(FailoverTally {
+                count: 0,
+                last_reason: t.reason,
+                last_duration_ms: None,
+            });
+        s.count += 1;
+        s.last_reason = t.reason;
+        s.last_duration_ms = t.completed_ms.map(|c| c.saturating_sub(t.detected_ms));
+    }
+
+    /// Each local mirror's fencing view.
+    fn fencing_view(&self) -> Vec<LocalFencing> {
+        self.mirrors
+            .iter()
+            .map(|m| LocalFencing {
+                name: m.name.clone(),
+                primary: m.primary,
+                pending: if m.primary {
+                    m.pending.clone()
+                } else {
+                    Vec::new()
+                },
+                outdated: self.outdated_for.get(&m.name).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// The fencing decisions (see `mirror::fencing`).
+    fn fence(&mut self, out: &mut Vec<NodeAction>) {
+        if self.mirrors.is_empty() {
+            return;
+        }
+        self.refresh_peers();
+        let local = self.fencing_view();
+        let me = self.cfg.local();
+        for action in fencing::decide(me, &local, &self.peers, &self.outdating) {
+            match action {
+                FenceAction::PeerOutdated { mirror, peer } => {
+                    out.push(NodeAction::PeerOutdated { mirror, peer })
+                }
+                FenceAction::OutdateSelf { mirror, generation } => {
+                    self.outdating.insert((mirror.clone(), generation));
+                    out.push(NodeAction::OutdateSelf { mirror, generation });
+                }
+            }
+        }
+    }
+
+    // -- read access, for the status projection and the runtime ---------------------
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id
+    }
+
+    /// Heartbeats sent since start.
+    pub fn heartbeats_sent(&self) -> u64 {
+        self.seq
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.placement
+    }
+
+    /// The live peers and their adverts, as placement last saw them.
+    pub fn peers(&self) -> &[PeerView] {
+        &self.peers
+    }
+
+    /// The peers changed since placement last evaluated.
+    pub fn peers_changed(&mut self) -> bool {
+        self.refresh_peers();
+        self.peers_changed
+    }
+
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        self.membership.peer_status()
+    }
+
+    pub fn paths(&self) -> Vec<PathStatus> {
+        self.membership.paths()
+    }
+
+    /// Every group's status as this node sees it.
+    pub fn groups(&self, now: Now) -> Vec<GroupStatus> {
+        self.placement.status(now, &self.peers)
+    }
+
+    pub fn failovers(&self) -> &BTreeMap<String, FailoverTally> {
+        &self.failovers
+    }
+
+    /// Some group is still running or changing here (shutdown waits for it).
+    pub fn busy(&self, now: Now) -> bool {
+        self.groups(now).iter().any(|g| {
+            matches!(
+                g.local_state,
+                LocalGroupState::Running | LocalGroupState::Starting | LocalGroupState::Stopping
+            )
+        })
+    }
+}
