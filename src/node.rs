@@ -332,8 +332,9 @@ impl NodeCore {
         }
     }
 
-    /// Rebuilds the live peers' view if the membership may have changed it.
-    fn refresh_peers(&mut self) {
+    /// Rebuilds the live peers' view if the membership may have changed it (every
+    /// input that needs it does this; observers may too).
+    pub fn refresh_peers(&mut self) {
         if !self.peers_stale {
             return;
         }

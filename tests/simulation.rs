@@ -1,11 +1,13 @@
 //! Seeded, deterministic simulation of a whole Tandem cluster.
 //!
-//! Every node runs the real pure cores ([`Membership`] and [`Placement`]) wired the way
-//! the daemon wires them (`src/runtime`): heartbeats every 200 ms to every peer on both
-//! heartbeat paths carrying `placement.advert(now)` (and at once whenever the advert
-//! changes), membership ticks, `NodeDown` and `PeerSilent` fed to placement, and a
-//! simulated group executor per node that runs one command at a time and answers with
-//! `Started`/`Stopped`/`Restarted`/`VipProbe` after a random delay.
+//! Every node runs the product's own [`NodeCore`] (the membership and placement cores
+//! wired exactly as the daemon runs them): the simulation only turns its clock, its
+//! network and its executors into [`NodeInput`]s (`HeartbeatDue` every 200 ms,
+//! `CheckLiveness`, `Evaluate`, `ProbeSilentPeers`, packets, executor results, admin
+//! requests) and carries out the [`NodeAction`]s the core returns: heartbeats go
+//! through the simulated network, group commands to a simulated executor per node
+//! that runs one command at a time and answers with `Started`/`Stopped`/`Restarted`/
+//! `VipProbe` after a random delay.
 //!
 //! The world around the cores is simulated: a clock advancing in 25 ms steps, two
 //! heartbeat paths (per path and direction: cut, packet loss, small reordering delay),
@@ -52,13 +54,13 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tandem::cluster::membership::{self, Membership, MembershipConfig, MembershipEvent, PeerSpec};
-use tandem::cluster::packet::{Heartbeat, NodeAdvert};
+use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
 use tandem::event::EventKind;
-use tandem::placement::policy::{
-    Action, GroupPolicy, Input, Now, PeerView, Placement, PlacementConfig,
+use tandem::node::{
+    ControlCommand, ControlOutcome, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput,
 };
+use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 
 /// Simulation step: the runtime's evaluation period.
 const STEP: u64 = 25;
@@ -341,21 +343,12 @@ struct Node {
     life: Life,
     /// Incremented on every kill: executor results of an older incarnation are dropped.
     generation: u64,
-    boot_id: u64,
-    boot_time_ms: u64,
-    seq: u64,
     started_at: u64,
     hb_phase: u64,
-    membership: Membership,
-    placement: Placement,
-    peers: Vec<PeerView>,
-    /// `peers` changed since the core last evaluated.
-    peers_changed: bool,
-    /// Membership may have changed the peers since `peers` was built.
-    membership_dirty: bool,
-    /// When the core last evaluated (any input).
+    /// The product's node core: every decision this node makes.
+    core: NodeCore,
+    /// When the core last evaluated placement on its own (`Evaluate`, results).
     last_eval: u64,
-    last_advert: Option<NodeAdvert>,
     /// Packets and executor results that arrived while paused.
     inbox: VecDeque<(u8, Heartbeat)>,
     deferred: Vec<Input>,
@@ -536,44 +529,36 @@ impl Sim {
 
     fn fresh_node(sc: &Scenario, rng: &mut StdRng, i: usize, t: u64, generation: u64) -> Node {
         let local = NAMES[i].to_string();
-        let membership = Membership::new(MembershipConfig {
-            local: local.clone(),
-            dead_time_ms: DEAD_TIME,
+        let cfg = NodeConfig {
+            cluster: "sim".into(),
+            paths: (0..PATHS).map(|p| format!("hb{p}")).collect(),
             peers: (0..sc.n)
                 .filter(|&j| j != i)
-                .map(|j| PeerSpec {
-                    name: NAMES[j].to_string(),
-                    paths: (0..PATHS as u8).collect(),
-                })
+                .map(|j| (NAMES[j].to_string(), (0..PATHS as u8).collect()))
                 .collect(),
-        });
-        let placement = Placement::new(PlacementConfig {
-            local,
-            nodes: (0..sc.n)
-                .map(|j| (NAMES[j].to_string(), sc.priorities[j]))
-                .collect(),
-            groups: sc.groups.clone(),
-            // As `PlacementConfig::from_config` derives it.
-            startup_grace_ms: DEAD_TIME + 2 * HB_INTERVAL,
-            probe_before_takeover: true,
-            probe_retry_ms: 2000,
-            probe_fresh_ms: sc.probe_timeout + 100,
-        });
+            dead_time_ms: DEAD_TIME,
+            // As `NodeConfig::from_config` derives it, with the simulation's step.
+            probe_lead_ms: sc.probe_timeout + 3 * STEP,
+            placement: PlacementConfig {
+                local,
+                nodes: (0..sc.n)
+                    .map(|j| (NAMES[j].to_string(), sc.priorities[j]))
+                    .collect(),
+                groups: sc.groups.clone(),
+                // As `PlacementConfig::from_config` derives it.
+                startup_grace_ms: DEAD_TIME + 2 * HB_INTERVAL,
+                probe_before_takeover: true,
+                probe_retry_ms: 2000,
+                probe_fresh_ms: sc.probe_timeout + 100,
+            },
+        };
         Node {
             life: Life::Up,
             generation,
-            boot_id: rng.gen(),
-            boot_time_ms: WALL_BASE + t,
-            seq: 0,
             started_at: t,
             hb_phase: rng.gen_range(0..HB_INTERVAL / STEP) * STEP,
-            membership,
-            placement,
-            peers: Vec::new(),
-            peers_changed: true,
-            membership_dirty: true,
+            core: NodeCore::new(cfg, rng.gen(), WALL_BASE + t, &[]),
             last_eval: t,
-            last_advert: None,
             inbox: VecDeque::new(),
             deferred: Vec::new(),
             exec_free_at: [0; MAX_GROUPS],
@@ -620,207 +605,129 @@ impl Sim {
         }
     }
 
-    // -- the daemon's wiring ------------------------------------------------
+    // -- driving the node core ---------------------------------------------
 
-    /// Rebuilds node `i`'s view of its live peers if membership changed it.
-    fn refresh_peers(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        if !node.membership_dirty {
-            return;
-        }
-        node.membership_dirty = false;
-        let mut k = 0;
-        let mut same = true;
-        for j in 0..self.sc.n {
-            if j == i {
-                continue;
-            }
-            if let Some(a) = node.membership.advert(NAMES[j]) {
-                if node
-                    .peers
-                    .get(k)
-                    .is_none_or(|p| p.name != NAMES[j] || p.advert != *a)
-                {
-                    same = false;
-                    break;
-                }
-                k += 1;
-            }
-        }
-        if same && k == node.peers.len() {
-            return;
-        }
-        node.peers.clear();
-        node.peers_changed = true;
-        for j in 0..self.sc.n {
-            if j == i {
-                continue;
-            }
-            if let Some(a) = node.membership.advert(NAMES[j]) {
-                node.peers.push(PeerView {
-                    name: NAMES[j].to_string(),
-                    advert: a.clone(),
-                });
-            }
-        }
-    }
-
-    fn placement_input(&mut self, i: usize, input: Input) {
-        self.refresh_peers(i);
-        let now = self.now_of(i);
-        let node = &mut self.nodes[i];
-        let actions = node.placement.handle(now, input, &node.peers);
-        node.peers_changed = false;
-        node.last_eval = self.t;
-        self.carry_out(i, actions);
-    }
-
-    fn membership_input(&mut self, i: usize, input: membership::Input) {
+    /// Hands one input to node `i`'s core and carries out what it returns.
+    fn input(&mut self, i: usize, input: NodeInput) {
         let now = self.now_of(i);
         let from = match &input {
-            membership::Input::Packet { hb, .. } => Some(node_index(&hb.node)),
-            membership::Input::Tick => None,
+            NodeInput::Packet { hb, .. } => Some(node_index(&hb.node)),
+            _ => None,
         };
-        let evs = self.nodes[i].membership.handle(now.mono_ms, input);
-        if from.is_some() || !evs.is_empty() {
-            self.nodes[i].membership_dirty = true;
+        if matches!(input, NodeInput::Evaluate | NodeInput::Resource(_)) {
+            self.nodes[i].last_eval = self.t;
         }
-        let mut accepted = from.is_some();
-        for ev in evs {
-            match ev {
-                MembershipEvent::NodeDown { peer, silent_ms } => {
-                    self.log(format!(
-                        "{} declares {peer} down (silent {silent_ms} ms)",
-                        NAMES[i]
-                    ));
-                    self.placement_input(i, Input::NodeDown { peer, silent_ms });
-                }
-                MembershipEvent::NodeUp { peer, .. } => {
-                    self.log(format!("{} sees {peer} up", NAMES[i]));
-                }
-                MembershipEvent::NodeRestarted { peer, .. } => {
-                    self.log(format!("{} sees {peer} restarted", NAMES[i]));
-                }
-                MembershipEvent::Rejected { .. } => accepted = false,
-                MembershipEvent::PathUp { .. } | MembershipEvent::PathDown { .. } => {}
-            }
-        }
+        let accepted_before = self.nodes[i].core.membership().counters().accepted;
+        let actions = self.nodes[i].core.handle(now, input);
+        let accepted = self.nodes[i].core.membership().counters().accepted > accepted_before;
         if let (true, Some(j)) = (accepted, from) {
             self.nodes[i].last_heard[j] = Some(self.t);
         }
+        self.carry_out(i, actions);
     }
 
-    /// As the runtime: live peers silent on every path for most of the dead time get
-    /// a speculative floating-IP probe (`Input::PeerSilent`).
-    fn pre_probe_silent_peers(&mut self, i: usize) {
-        if !self.live(i) {
-            return;
-        }
-        let lead = self.sc.probe_timeout + 3 * STEP;
-        let now = self.now_of(i);
-        for peer in self.nodes[i]
-            .membership
-            .nearly_dead_peers(now.mono_ms, lead)
-        {
-            self.placement_input(i, Input::PeerSilent { peer });
-        }
-    }
-
-    /// Sends one heartbeat to every peer on every path, through the simulated network.
-    fn send_heartbeats(&mut self, i: usize) {
-        let now = self.now_of(i);
-        let advert = self.nodes[i].placement.advert(now);
-        for path in 0..PATHS {
-            for j in 0..self.sc.n {
-                if j == i {
-                    continue;
-                }
-                let node = &mut self.nodes[i];
-                node.seq += 1;
-                let hb = Heartbeat {
-                    cluster: "sim".into(),
-                    node: NAMES[i].to_string(),
-                    boot_id: node.boot_id,
-                    boot_time_ms: node.boot_time_ms,
-                    seq: node.seq,
-                    path: path as u8,
-                    sent_ms: now.mono_ms,
-                    echo: node.membership.echo_for(NAMES[j], path as u8, now.mono_ms),
-                    advert: advert.clone(),
-                };
-                if self.cut[path][i][j] > 0 {
-                    continue;
-                }
-                if self.loss[path] > 0 && self.rng.gen_range(0..100) < self.loss[path] {
-                    continue;
-                }
-                // Mostly next step; sometimes later, which reorders packets across paths.
-                let delay = if self.rng.gen_bool(0.1) {
-                    2 * STEP
-                } else {
-                    STEP
-                };
-                self.wire.push(InFlight {
-                    at: self.t + delay,
-                    to: j,
-                    path: path as u8,
-                    hb,
-                });
-            }
-        }
-        self.nodes[i].last_advert = Some(advert);
-    }
-
-    fn carry_out(&mut self, i: usize, actions: Vec<Action>) {
+    /// Carries out node `i`'s actions: heartbeats through the simulated network,
+    /// group commands to its simulated executor.
+    fn carry_out(&mut self, i: usize, actions: Vec<NodeAction>) {
         for a in actions {
             match a {
-                Action::Emit { kind, fields } => {
-                    match kind {
-                        EventKind::FailoverStarted if fields.contains_key("to_node") => {
-                            self.stats.takeovers += 1
+                NodeAction::Send { path, peer, hb } => self.transmit(i, path, &peer, *hb),
+                NodeAction::Emit { kind, fields } => self.observe(i, kind, &fields),
+                NodeAction::Group { group, command } => {
+                    let g = group_index(&group);
+                    match command {
+                        GroupCommand::ProbeVip => self.submit(i, g, ExecKind::Probe),
+                        GroupCommand::Start => {
+                            self.check_start(i, g);
+                            self.submit(i, g, ExecKind::Start);
                         }
-                        EventKind::SplitBrainResolved => self.stats.split_brains_resolved += 1,
-                        EventKind::SplitBrainSuspected => {
-                            self.stats.takeovers_refused_by_probe += 1
+                        GroupCommand::Stop => {
+                            self.check_stop(i, g);
+                            self.submit(i, g, ExecKind::Stop);
                         }
-                        _ => {}
-                    }
-                    if matches!(
-                        kind,
-                        EventKind::GroupStopping
-                            | EventKind::SplitBrainResolved
-                            | EventKind::SplitBrainSuspected
-                            | EventKind::FailoverStarted
-                            | EventKind::SwitchoverStarted
-                            | EventKind::GroupFailed
-                    ) || self.verbose
-                    {
-                        self.log(format!("{} {kind:?} {fields:?}", NAMES[i]));
+                        GroupCommand::Restart { .. } => self.submit(i, g, ExecKind::Restart),
+                        GroupCommand::Maintenance(_) => {}
                     }
                 }
-                Action::RecordTimeline(_) => {}
-                Action::ProbeVip { group } => self.submit(i, group_index(&group), ExecKind::Probe),
-                Action::StartGroup { group } => {
-                    let g = group_index(&group);
-                    self.check_start(i, g);
-                    self.submit(i, g, ExecKind::Start);
-                }
-                Action::StopGroup { group } => {
-                    let g = group_index(&group);
-                    self.check_stop(i, g);
-                    self.submit(i, g, ExecKind::Stop);
-                }
-                Action::RestartResource { group, .. } => {
-                    self.submit(i, group_index(&group), ExecKind::Restart)
-                }
+                // No mirrors here, and replies are read by the admin requests.
+                NodeAction::RecordTimeline(_)
+                | NodeAction::PeerDead { .. }
+                | NodeAction::PeerOutdated { .. }
+                | NodeAction::OutdateSelf { .. }
+                | NodeAction::Reply { .. } => {}
             }
         }
-        // A changed advert goes out at once, as in the runtime.
-        let now = self.now_of(i);
-        let advert = self.nodes[i].placement.advert(now);
-        if self.nodes[i].last_advert.as_ref() != Some(&advert) {
-            self.send_heartbeats(i);
+    }
+
+    /// Counts and logs what the core emitted.
+    fn observe(&mut self, i: usize, kind: EventKind, fields: &tandem::event::Fields) {
+        match kind {
+            EventKind::FailoverStarted if fields.contains_key("to_node") => {
+                self.stats.takeovers += 1
+            }
+            EventKind::SplitBrainResolved => self.stats.split_brains_resolved += 1,
+            EventKind::SplitBrainSuspected => self.stats.takeovers_refused_by_probe += 1,
+            _ => {}
         }
+        let peer = fields.get("peer").cloned().unwrap_or_default();
+        match kind {
+            EventKind::NodeDown => self.log(format!(
+                "{} declares {peer} down (silent {} ms)",
+                NAMES[i],
+                fields.get("silent_ms").cloned().unwrap_or_default()
+            )),
+            EventKind::NodeUp => self.log(format!("{} sees {peer} up", NAMES[i])),
+            EventKind::NodeRestarted => self.log(format!("{} sees {peer} restarted", NAMES[i])),
+            EventKind::GroupStopping
+            | EventKind::SplitBrainResolved
+            | EventKind::SplitBrainSuspected
+            | EventKind::FailoverStarted
+            | EventKind::SwitchoverStarted
+            | EventKind::GroupFailed => self.log(format!("{} {kind:?} {fields:?}", NAMES[i])),
+            _ if self.verbose => self.log(format!("{} {kind:?} {fields:?}", NAMES[i])),
+            _ => {}
+        }
+    }
+
+    /// One heartbeat from `i` onto the simulated network (cuts, loss, reordering).
+    fn transmit(&mut self, i: usize, path: u8, peer: &str, hb: Heartbeat) {
+        let j = node_index(peer);
+        if self.cut[path as usize][i][j] > 0 {
+            return;
+        }
+        let loss = self.loss[path as usize];
+        if loss > 0 && self.rng.gen_range(0..100) < loss {
+            return;
+        }
+        // Mostly next step; sometimes later, which reorders packets across paths.
+        let delay = if self.rng.gen_bool(0.1) {
+            2 * STEP
+        } else {
+            STEP
+        };
+        self.wire.push(InFlight {
+            at: self.t + delay,
+            to: j,
+            path,
+            hb,
+        });
+    }
+
+    /// An admin request on node `i`: the core's answer, and the actions to carry out.
+    fn control(
+        &mut self,
+        i: usize,
+        command: ControlCommand,
+    ) -> (Result<ControlOutcome, String>, Vec<NodeAction>) {
+        let now = self.now_of(i);
+        let mut actions = self.nodes[i]
+            .core
+            .handle(now, NodeInput::Control { id: 1, command });
+        let reply = match actions.pop() {
+            Some(NodeAction::Reply { result, .. }) => result.map_err(|e| e.to_string()),
+            other => panic!("a control input ends with its reply, not {other:?}"),
+        };
+        (reply, actions)
     }
 
     /// Queues a command on the node's (sequential) group executor.
@@ -933,7 +840,7 @@ impl Sim {
             }
             other => other,
         };
-        self.placement_input(i, input);
+        self.input(i, NodeInput::Resource(input));
     }
 
     /// Does another live node on `i`'s side of the public LAN hold the group's address?
@@ -967,7 +874,8 @@ impl Sim {
         self.nodes[i] = node;
         self.log(format!(
             "BOOT {} boot_id {:016x}",
-            NAMES[i], self.nodes[i].boot_id
+            NAMES[i],
+            self.nodes[i].core.boot_id()
         ));
     }
 
@@ -977,7 +885,7 @@ impl Sim {
         self.nodes[i].resumed_at = Some(self.t);
         // The sockets' buffers first, then what the executor reported meanwhile.
         while let Some((path, hb)) = self.nodes[i].inbox.pop_front() {
-            self.membership_input(i, membership::Input::Packet { path, hb });
+            self.input(i, NodeInput::Packet { path, hb });
         }
         let deferred = std::mem::take(&mut self.nodes[i].deferred);
         for input in deferred {
@@ -1081,37 +989,31 @@ impl Sim {
     }
 
     fn admin_standby(&mut self, i: usize, target: usize, on: bool) {
-        self.refresh_peers(i);
-        let now = self.now_of(i);
-        let node = &mut self.nodes[i];
-        let r = node
-            .placement
-            .set_standby(now, NAMES[target], on, &node.peers);
+        let node = NAMES[target].to_string();
+        let (r, actions) = self.control(i, ControlCommand::Standby { node, on });
         self.log(format!(
             "ADMIN on {}: {} standby={on}",
             NAMES[i], NAMES[target]
         ));
         match r {
-            Ok(actions) => self.carry_out(i, actions),
+            Ok(_) => self.carry_out(i, actions),
             Err(e) => self.fail(format!("standby of a configured node refused: {e}")),
         }
     }
 
     fn admin_switchover(&mut self, i: usize, g: usize, target: Option<usize>) {
-        self.refresh_peers(i);
-        let now = self.now_of(i);
-        let node = &mut self.nodes[i];
-        let r = node
-            .placement
-            .switchover(now, GROUPS[g], target.map(|t| NAMES[t]), &node.peers);
+        let command = ControlCommand::Switchover {
+            group: GROUPS[g].to_string(),
+            to: target.map(|t| NAMES[t].to_string()),
+        };
+        let (r, actions) = self.control(i, command);
         match r {
-            Ok((to, actions)) => {
-                let epoch = self.nodes[i]
-                    .placement
-                    .status(now, &self.nodes[i].peers)
-                    .into_iter()
-                    .find(|s| s.name == GROUPS[g])
-                    .map_or(0, |s| s.epoch);
+            Ok(outcome) => {
+                let to = match outcome {
+                    ControlOutcome::SwitchingTo(to) => to,
+                    ControlOutcome::Done => panic!("a switchover names its target"),
+                };
+                let epoch = self.status_of(i, g).epoch;
                 self.log(format!(
                     "ADMIN on {}: switchover {} -> {to} (epoch {epoch})",
                     NAMES[i], GROUPS[g]
@@ -1128,6 +1030,17 @@ impl Sim {
                 ))
             }
         }
+    }
+
+    /// Group `g` as node `i`'s core sees it now.
+    fn status_of(&mut self, i: usize, g: usize) -> tandem::placement::policy::GroupStatus {
+        let now = self.now_of(i);
+        let core = &mut self.nodes[i].core;
+        core.refresh_peers();
+        core.groups(now)
+            .into_iter()
+            .find(|s| s.name == GROUPS[g])
+            .expect("group status")
     }
 
     /// Everything back to normal: the heal phase.
@@ -1199,17 +1112,10 @@ impl Sim {
         if self.nodes[i].real[g] != Real::Running {
             return;
         }
-        let now = self.now_of(i);
-        let node = &self.nodes[i];
-        if node.placement.standby() {
+        if self.nodes[i].core.placement().standby() {
             return; // standby
         }
-        let st = node
-            .placement
-            .status(now, &node.peers)
-            .into_iter()
-            .find(|s| s.name == GROUPS[g])
-            .expect("group status");
+        let st = self.status_of(i, g);
         if st.blocked {
             return; // restarts exhausted (or a failed restart)
         }
@@ -1247,7 +1153,7 @@ impl Sim {
         // believes alive (it may have died less than the dead time ago).
         let policy = &self.sc.groups[g];
         if policy.switchback == Switchback::Automatic
-            && self.nodes[i].peers.iter().any(|p| {
+            && self.nodes[i].core.peers().iter().any(|p| {
                 let j = node_index(&p.name);
                 self.sc.priorities[j] < self.sc.priorities[i]
                     && (policy.allowed.is_empty() || policy.allowed.iter().any(|a| a == NAMES[j]))
@@ -1368,7 +1274,7 @@ impl Sim {
         for g in 0..self.sc.groups.len() {
             let policy = &self.sc.groups[g];
             let eligible = |j: usize| {
-                !self.nodes[j].placement.standby()
+                !self.nodes[j].core.placement().standby()
                     && (policy.allowed.is_empty() || policy.allowed.iter().any(|a| a == NAMES[j]))
             };
             let any_eligible = (0..n).any(eligible);
@@ -1399,14 +1305,7 @@ impl Sim {
                 ));
             }
             for j in 0..n {
-                self.refresh_peers(j);
-                let now = self.now_of(j);
-                let owner = self.nodes[j]
-                    .placement
-                    .status(now, &self.nodes[j].peers)
-                    .into_iter()
-                    .find(|s| s.name == GROUPS[g])
-                    .and_then(|s| s.owner);
+                let owner = self.status_of(j, g).owner;
                 if owner.as_deref() != Some(NAMES[runner]) {
                     return Err(format!(
                         "{} runs on {} but {} says the owner is {owner:?}",
@@ -1455,9 +1354,9 @@ impl Sim {
                         self.nodes[pkt.to].inbox.push_back((pkt.path, pkt.hb));
                     }
                 }
-                Life::Up => self.membership_input(
+                Life::Up => self.input(
                     pkt.to,
-                    membership::Input::Packet {
+                    NodeInput::Packet {
                         path: pkt.path,
                         hb: pkt.hb,
                     },
@@ -1495,13 +1394,13 @@ impl Sim {
                 for i in 0..n {
                     if self.live(i) && self.nodes[i].real[g] == Real::Running {
                         self.log(format!("{} check of {} fails", NAMES[i], GROUPS[g]));
-                        self.placement_input(
+                        self.input(
                             i,
-                            Input::CheckFailed {
+                            NodeInput::Resource(Input::CheckFailed {
                                 group: GROUPS[g].into(),
                                 resource: "svc".into(),
                                 reason: "check failed".into(),
-                            },
+                            }),
                         );
                     }
                 }
@@ -1514,7 +1413,7 @@ impl Sim {
                 continue;
             }
             if (t + self.nodes[i].hb_phase).is_multiple_of(HB_INTERVAL) {
-                self.send_heartbeats(i);
+                self.input(i, NodeInput::HeartbeatDue);
             }
             // Membership ticks only change liveness once a peer has been silent for the
             // dead time; in between they only mark single paths down (which nothing
@@ -1522,20 +1421,19 @@ impl Sim {
             let due = (0..n).any(|j| {
                 j != i
                     && self.nodes[i].last_heard[j].is_some_and(|h| t >= h + DEAD_TIME)
-                    && self.nodes[i].membership.is_alive(NAMES[j])
+                    && self.nodes[i].core.membership().is_alive(NAMES[j])
             });
             if due || t.is_multiple_of(IDLE_EVAL_MS) {
-                self.membership_input(i, membership::Input::Tick);
+                self.input(i, NodeInput::CheckLiveness);
             }
             // The core is pure: evaluating it again with the same peers only matters
             // once one of its deadlines passes (grace, blocks, probe retries), so idle
             // nodes are evaluated every IDLE_EVAL_MS and nodes whose view changed at
             // once. This keeps the debug-build simulation fast.
-            self.refresh_peers(i);
-            if self.nodes[i].peers_changed || t >= self.nodes[i].last_eval + IDLE_EVAL_MS {
-                self.placement_input(i, Input::Tick);
+            if self.nodes[i].core.peers_changed() || t >= self.nodes[i].last_eval + IDLE_EVAL_MS {
+                self.input(i, NodeInput::Evaluate);
             }
-            self.pre_probe_silent_peers(i);
+            self.input(i, NodeInput::ProbeSilentPeers);
         }
 
         for i in 0..n {
