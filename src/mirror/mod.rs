@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod bitmap;
+pub mod fencing;
 pub mod generation;
 pub mod nbd;
 pub mod node;

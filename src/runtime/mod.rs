@@ -12,7 +12,6 @@
 //!                                                      EventLog        API server
 //! ```
 
-pub mod mirrors;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -32,6 +31,7 @@ use crate::cluster::packet::{self, Heartbeat, LocalGroupState};
 use crate::config::{Config, ResourceKind};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields, MoveReason, Timeline};
 use crate::metrics::{self, Metrics};
+use crate::mirror::fencing as mirrors;
 use crate::mirror::node::LocalMirrors;
 use crate::placement::policy::{Action, Input, Now, PeerView, Placement, PlacementConfig};
 use crate::resources::agent::Agent;

@@ -1,5 +1,5 @@
-//! The daemon's side of its mirrors: fencing through the heartbeat registers, and
-//! carrying out `tandem mirror` requests.
+//! Mirror fencing over the heartbeat registers: outdate requests and their
+//! acknowledgements.
 //!
 //! Fencing (DRBD's "resource-only" fencing, without a separate channel): a sync primary
 //! that loses the replication link to a peer holds writes and lists the peer in
@@ -11,7 +11,8 @@
 //! behind our back without a split brain the placement core already handles), the
 //! primary resumes writing and tracks the changes in the peer's bitmap.
 //!
-//! [`decide`] is pure; the daemon feeds it the mirrors' and peers' registers.
+//! Pure: the daemon's main loop feeds [`decide`] the mirrors' and the live peers'
+//! registers and carries out the [`FenceAction`]s.
 
 use std::collections::{BTreeMap, BTreeSet};
 
