@@ -908,7 +908,7 @@ impl Mirror {
                     .get(peer)
                     .is_some_and(|p| p.core.bitmap().is_clean())
             {
-                st.ensure_bitmap_base(peer);
+                st.gens.track(peer);
                 self.maybe_start_resync(&mut st, peer, false);
             }
         }

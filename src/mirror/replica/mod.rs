@@ -262,16 +262,6 @@ impl State {
             .get_mut(name)
             .ok_or_else(|| MirrorError::UnknownPeer(name.to_string()))
     }
-
-    /// Starts tracking `peer` from the current generation if nothing is tracked yet
-    /// (a decided-in-sync peer that now lacks blocks).
-    fn ensure_bitmap_base(&mut self, peer: &str) {
-        let current = self.gens.current;
-        let e = self.gens.bitmap.entry(peer.to_string()).or_insert(0);
-        if *e == 0 {
-            *e = current;
-        }
-    }
 }
 
 /// A replicated volume on this node.
@@ -363,11 +353,7 @@ impl Mirror {
                     .get(&p.node)
                     .is_some_and(|s| !s.core.bitmap().is_clean())
                 {
-                    let current = gens.current;
-                    let e = gens.bitmap.entry(p.node.clone()).or_insert(0);
-                    if *e == 0 {
-                        *e = current;
-                    }
+                    gens.track(&p.node);
                 }
             }
         }
@@ -875,7 +861,7 @@ impl Mirror {
         for name in self.peer_names(peer)? {
             let mut st = self.lock();
             st.peer(&name)?.core.bitmap_mut().mark_all();
-            st.ensure_bitmap_base(&name);
+            st.gens.track(&name);
             self.maybe_start_resync(&mut st, &name, true);
         }
         self.save_bitmaps(false).await?;
@@ -1435,7 +1421,7 @@ impl Mirror {
             p.core.bitmap_mut().mark_all();
         }
         if send.is_some() {
-            st.ensure_bitmap_base(peer);
+            st.gens.track(peer);
         }
         tracing::info!(?plan, "connected");
         drop(st);
@@ -1508,7 +1494,7 @@ impl Mirror {
             && !p.core.bitmap().is_clean()
             && st.primary
         {
-            st.ensure_bitmap_base(peer);
+            st.gens.track(peer);
             self.maybe_start_resync(&mut st, peer, false);
         }
         Ok(())
@@ -1577,7 +1563,7 @@ impl Mirror {
                     .get(peer)
                     .is_some_and(|p| !p.core.bitmap().is_clean())
                 {
-                    st.ensure_bitmap_base(peer);
+                    st.gens.track(peer);
                     self.maybe_start_resync(&mut st, peer, false);
                 }
             }
