@@ -93,7 +93,8 @@ impl From<MirrorError> for ControlError {
             | MirrorError::Volume(_)
             | MirrorError::Meta(_)
             | MirrorError::Export(_)
-            | MirrorError::Size { .. } => ControlError::Refused(msg),
+            | MirrorError::Size { .. }
+            | MirrorError::Connect(_) => ControlError::Refused(msg),
         }
     }
 }

@@ -94,14 +94,21 @@ impl Generations {
     /// the new current. Peers already tracked keep their older starting point.
     pub fn diverge(&mut self, absent: &[&str], fresh: u64) {
         for p in absent {
-            let e = self.bitmap.entry(p.to_string()).or_insert(0);
-            if *e == 0 {
-                *e = self.current;
-            }
+            self.track(p);
         }
         let old = self.current;
         self.push_history(old);
         self.current = fresh;
+    }
+
+    /// Starts tracking `peer`'s missing blocks from the current generation, unless they
+    /// are tracked already (from an older one): a peer that was in sync now lacks
+    /// blocks (crash-dirty, queued, or about to be resynced).
+    pub fn track(&mut self, peer: &str) {
+        let e = self.bitmap.entry(peer.to_string()).or_insert(0);
+        if *e == 0 {
+            *e = self.current;
+        }
     }
 
     /// A resync with `peer` finished (either direction) or the two were found equal:

@@ -4,11 +4,13 @@
 //! [`bench`] compares the server with nbdkit and qemu-nbd.
 //!
 //! The replication's pure cores: [`bitmap`] (the per-peer dirty-block bitmap and the
-//! activity log that bounds a crash) and [`generation`] (generation identifiers, disk
-//! states, who resyncs from whom, split brain).
+//! activity log that bounds a crash), [`generation`] (generation identifiers, disk
+//! states, who resyncs from whom, split brain), [`connect`] (the plan two copies follow
+//! when they connect) and [`fencing`] (outdate requests over the heartbeats).
 
 pub mod bench;
 pub mod bitmap;
+pub mod connect;
 pub mod fencing;
 pub mod generation;
 pub mod nbd;

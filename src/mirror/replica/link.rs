@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::core::{block_digests, ResyncStep, CHUNK_BYTES};
-use super::{Conn, Mirror, TargetRun, Verdict};
+use super::{Conn, Mirror, TargetRun};
 use crate::event::{unix_ms, EventKind};
 use crate::mirror::bitmap::BLOCK_BYTES;
 use crate::mirror::generation::DiskState;
@@ -269,20 +269,18 @@ async fn run_session(
         }
     };
     let end = Arc::new(Notify::new());
-    let (verdict, session) = m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end));
-    if let Verdict::StayApart {
-        reason,
-        split_brain,
-    } = verdict
-    {
-        let _ = tx.send(Frame::Bye {
-            reason: reason.clone(),
-        });
-        drop(tx);
-        let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
-        m.on_stay_apart(peer, &reason, split_brain);
-        return None;
-    }
+    let session = match m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end)) {
+        Ok(session) => session,
+        Err(why) => {
+            let _ = tx.send(Frame::Bye {
+                reason: why.to_string(),
+            });
+            drop(tx);
+            let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+            m.on_stay_apart(peer, &why);
+            return None;
+        }
+    };
     let (apply_tx, apply_rx) = mpsc::unbounded_channel();
     let (fail_tx, mut fail_rx) = oneshot::channel::<String>();
     let applier = tokio::spawn(apply_loop(
@@ -910,7 +908,7 @@ impl Mirror {
                     .get(peer)
                     .is_some_and(|p| p.core.bitmap().is_clean())
             {
-                st.ensure_bitmap_base(peer);
+                st.gens.track(peer);
                 self.maybe_start_resync(&mut st, peer, false);
             }
         }

@@ -3,8 +3,9 @@
 //! [`Export`]; the others are secondaries that apply the primary's writes in order.
 //! Sync peers complete a write only once they applied it; async peers are fed by a
 //! bounded queue. What a peer cannot take goes to its dirty bitmap and is resynced when
-//! it is back. Generations ([`crate::mirror::generation`]) decide, on connect, who
-//! resyncs from whom.
+//! it is back. On connect, the pure [`crate::mirror::connect`] plan (from both copies'
+//! generations, disk states and roles) decides who resyncs from whom; this module
+//! applies it.
 //!
 //! Layout: [`core`] holds the pure decisions (sequence numbers, queue accounting, the
 //! resync planner, verify comparison); [`meta`] the durable metadata; [`link`] the
@@ -39,10 +40,8 @@ use tracing::Instrument;
 use crate::config::{MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
 use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
-use crate::mirror::generation::{
-    decide, promotion_refusal, resolve_split_brain, DiskState, Generations, PeerView,
-    SplitBrainPolicy, SyncDecision,
-};
+use crate::mirror::connect::{self, Blocks, Refusal, Resync};
+use crate::mirror::generation::{promotion_refusal, DiskState, Generations, SplitBrainPolicy};
 use crate::mirror::status::{
     LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
     VerifyStatus,
@@ -165,6 +164,9 @@ pub enum MirrorError {
     Shutdown,
     #[error("the backing store has {actual} bytes, the mirror needs {wanted}")]
     Size { wanted: u64, actual: u64 },
+    /// The copies stay apart on connect.
+    #[error(transparent)]
+    Connect(#[from] Refusal),
 }
 
 /// How a waited-for replicated operation ended on one peer.
@@ -263,16 +265,6 @@ impl State {
             .get_mut(name)
             .ok_or_else(|| MirrorError::UnknownPeer(name.to_string()))
     }
-
-    /// Starts tracking `peer` from the current generation if nothing is tracked yet
-    /// (a decided-in-sync peer that now lacks blocks).
-    fn ensure_bitmap_base(&mut self, peer: &str) {
-        let current = self.gens.current;
-        let e = self.gens.bitmap.entry(peer.to_string()).or_insert(0);
-        if *e == 0 {
-            *e = current;
-        }
-    }
 }
 
 /// A replicated volume on this node.
@@ -364,11 +356,7 @@ impl Mirror {
                     .get(&p.node)
                     .is_some_and(|s| !s.core.bitmap().is_clean())
                 {
-                    let current = gens.current;
-                    let e = gens.bitmap.entry(p.node.clone()).or_insert(0);
-                    if *e == 0 {
-                        *e = current;
-                    }
+                    gens.track(&p.node);
                 }
             }
         }
@@ -880,7 +868,7 @@ impl Mirror {
         for name in self.peer_names(peer)? {
             let mut st = self.lock();
             st.peer(&name)?.core.bitmap_mut().mark_all();
-            st.ensure_bitmap_base(&name);
+            st.gens.track(&name);
             self.maybe_start_resync(&mut st, &name, true);
         }
         self.save_bitmaps(false).await?;
@@ -1409,191 +1397,52 @@ impl Export for Mirror {
     }
 }
 
-/// Compares two copies on connect, with the one rule `decide` leaves to the caller: a
-/// copy that never held data (generation 0, no history) takes everything from the other.
-fn decide_with_fresh(me: &PeerView, peer: &PeerView) -> SyncDecision {
-    let fresh = |v: &PeerView| v.generations.current == 0 && v.generations.history.is_empty();
-    match (fresh(me), fresh(peer)) {
-        (true, false) => SyncDecision::TargetFull,
-        (false, true) => SyncDecision::SourceFull,
-        _ => decide(me, peer),
-    }
-}
-
-/// What the session does after both sides exchanged their State.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Replicate (and resync if this side is the source, which `maybe_start_resync`
-    /// starts).
-    Proceed,
-    /// Stay apart for this reason (split brain, unrelated data, size mismatch).
-    StayApart { reason: String, split_brain: bool },
-}
-
 impl Mirror {
-    /// Both States are in: decide and register the session.
+    /// Both States are in: plan the connection ([`connect::plan`]), apply the plan and
+    /// register the session. Returns the session number, or why the copies stay apart.
     pub(crate) fn on_first_state(
         &self,
         peer: &str,
         theirs: &CopyState,
         tx: mpsc::UnboundedSender<Frame>,
         end: Arc<Notify>,
-    ) -> (Verdict, u64) {
+    ) -> Result<u64, MirrorError> {
         let mut st = self.lock();
-        if theirs.size_bytes != self.size || theirs.mirror != self.spec.name {
-            return (
-                Verdict::StayApart {
-                    reason: format!(
-                        "peer copy is {} bytes of mirror {:?}; this one {} bytes of {:?}",
-                        theirs.size_bytes, theirs.mirror, self.size, self.spec.name
-                    ),
-                    split_brain: false,
-                },
-                0,
-            );
-        }
-        let me_view = PeerView {
-            name: self.spec.local_node.clone(),
-            generations: st.gens.clone(),
-            disk: st.disk,
-            changed_blocks: st
-                .peers
-                .get(peer)
-                .map(|p| p.core.bitmap().dirty_blocks())
-                .unwrap_or(0),
-            primary: st.primary,
-        };
-        let peer_view = PeerView {
-            name: peer.to_string(),
-            generations: theirs.generations.clone(),
-            disk: theirs.disk,
-            changed_blocks: theirs.changed_blocks,
-            primary: theirs.primary,
-        };
-        let mut decision = decide_with_fresh(&me_view, &peer_view);
-        if st.primary && theirs.primary {
-            decision = SyncDecision::SplitBrain;
-        }
-        if st.primary
-            && matches!(
-                decision,
-                SyncDecision::TargetFull | SyncDecision::TargetPartial
-            )
-        {
-            decision = SyncDecision::SplitBrain;
-        }
-        if theirs.primary
-            && matches!(
-                decision,
-                SyncDecision::SourceFull | SyncDecision::SourcePartial
-            )
-            && !st.primary
-        {
-            // The peer is primary with older data than ours: both moved on.
-            decision = SyncDecision::SplitBrain;
-        }
-        let mut source_full = None;
-        match decision {
-            SyncDecision::InSync => {
-                if st.disk == DiskState::Outdated && theirs.disk.promotable() {
-                    st.disk = DiskState::UpToDate;
-                }
-                // Crash-dirty blocks on either side: one side sends. Without a bitmap
-                // exchange the source cannot know the other side's blocks, so it sends
-                // everything (still skipping unused space) when the other side has any.
-                let mine = me_view.changed_blocks;
-                if mine > 0 || theirs.changed_blocks > 0 {
-                    let i_source = if st.primary != theirs.primary {
-                        st.primary
-                    } else {
-                        self.spec.local_node.as_str() < peer
-                    };
-                    if i_source {
-                        st.ensure_bitmap_base(peer);
-                        source_full = Some(theirs.changed_blocks > 0);
-                    }
-                }
-            }
-            // The peer has changes of its own this copy cannot see (a crashed primary's
-            // activity log): send everything.
-            SyncDecision::SourcePartial => source_full = Some(theirs.changed_blocks > 0),
-            SyncDecision::SourceFull => source_full = Some(true),
-            SyncDecision::TargetPartial | SyncDecision::TargetFull => {
-                // Older than the peer: not promotable from now on (persisted when the
-                // resync begins).
-                st.disk = DiskState::SyncTarget;
-            }
-            SyncDecision::SplitBrain => {
-                match resolve_split_brain(self.spec.split_brain, &me_view, &peer_view) {
-                    Some(false) if !theirs.primary => source_full = Some(true),
-                    Some(true) if !st.primary => st.disk = DiskState::SyncTarget,
-                    _ => {
-                        return (
-                            Verdict::StayApart {
-                                reason:
-                                    "split brain: both copies changed since they last shared data"
-                                        .into(),
-                                split_brain: true,
-                            },
-                            0,
-                        )
-                    }
-                }
-            }
-            SyncDecision::Unrelated => {
-                return (
-                    Verdict::StayApart {
-                        reason: "the copies have no generation in common (unrelated data)".into(),
-                        split_brain: true,
-                    },
-                    0,
-                )
-            }
-        }
-        let Some(p) = st.peers.get_mut(peer) else {
-            return (
-                Verdict::StayApart {
-                    reason: "unknown peer".into(),
-                    split_brain: false,
-                },
-                0,
-            );
-        };
+        let mine = self.copy_state(&st, peer);
+        let plan = connect::plan(&mine, theirs, self.spec.split_brain)?;
+        st.disk = plan.local_disk;
+        let p = st.peer(peer)?;
         p.session += 1;
         let session = p.session;
         p.tx = Some(tx);
         p.end_session = Some(end);
         p.conn = Conn::Connected;
-        p.peer_disk = Some(theirs.disk);
-        if matches!(
-            decision,
-            SyncDecision::SourcePartial | SyncDecision::SourceFull
-        ) {
-            // The same decision on its side makes the peer our sync target, even when
-            // this side has no block for it: the (possibly empty) resync must run to
-            // hand it the generation.
-            p.peer_disk = Some(DiskState::SyncTarget);
-        }
+        p.peer_disk = Some(plan.peer_disk);
         p.peer_primary = theirs.primary;
         p.core.link_up();
-        if let Some(full) = source_full {
-            if full {
-                p.core.bitmap_mut().mark_all();
-            }
-            st.ensure_bitmap_base(peer);
+        let send = match plan.resync {
+            Resync::Send(blocks) => Some(blocks == Blocks::All),
+            Resync::None | Resync::Receive => None,
+        };
+        if send == Some(true) {
+            p.core.bitmap_mut().mark_all();
         }
-        tracing::info!(?decision, "connected");
+        if send.is_some() {
+            st.gens.track(peer);
+        }
+        tracing::info!(?plan, "connected");
         drop(st);
         self.emit(EventKind::MirrorConnected, &[("peer", peer.to_string())]);
-        let mut st = self.lock();
-        if let Some(full) = source_full {
-            self.maybe_start_resync(&mut st, peer, full);
+        if let Some(full) = send {
+            self.maybe_start_resync(&mut self.lock(), peer, full);
         }
-        (Verdict::Proceed, session)
+        Ok(session)
     }
 
     /// A split brain or refusal: show it and raise the event.
-    pub(crate) fn on_stay_apart(&self, peer: &str, reason: &str, split_brain: bool) {
+    pub(crate) fn on_stay_apart(&self, peer: &str, why: &MirrorError) {
+        let split_brain = matches!(why, MirrorError::Connect(r) if r.is_split_brain());
+        let reason = why.to_string();
         {
             let mut st = self.lock();
             if let Some(p) = st.peers.get_mut(peer) {
@@ -1609,7 +1458,7 @@ impl Mirror {
         if split_brain {
             self.emit(
                 EventKind::MirrorSplitBrain,
-                &[("peer", peer.to_string()), ("reason", reason.to_string())],
+                &[("peer", peer.to_string()), ("reason", reason)],
             );
         }
     }
@@ -1652,7 +1501,7 @@ impl Mirror {
             && !p.core.bitmap().is_clean()
             && st.primary
         {
-            st.ensure_bitmap_base(peer);
+            st.gens.track(peer);
             self.maybe_start_resync(&mut st, peer, false);
         }
         Ok(())
@@ -1721,7 +1570,7 @@ impl Mirror {
                     .get(peer)
                     .is_some_and(|p| !p.core.bitmap().is_clean())
                 {
-                    st.ensure_bitmap_base(peer);
+                    st.gens.track(peer);
                     self.maybe_start_resync(&mut st, peer, false);
                 }
             }

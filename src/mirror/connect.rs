@@ -1,0 +1,411 @@
+//! The connect plan: what two copies of a mirror do once their link is up and both
+//! sent their [`CopyState`]. One pure function, [`plan`], of both sides' states and the
+//! split-brain policy, returns whether they replicate at all, who resyncs from whom and
+//! which blocks, and each side's disk state from then on.
+//!
+//! The rules, on top of the generations' comparison ([`decide`]):
+//! - copies of different sizes or mirrors never connect;
+//! - a copy that never held data (generation 0, no history) takes everything;
+//! - a primary never becomes a resync target, and two primaries never connect: either is
+//!   a split brain, like a secondary holding newer data than a primary;
+//! - a split brain is resolved only by the [`SplitBrainPolicy`], never into a primary;
+//! - in sync but with crash-dirty blocks on either side: one side sends (the primary,
+//!   or else the copy whose node name sorts first);
+//! - a sender sends its bitmap for the peer, or every used block when the peer has
+//!   dirty blocks of its own (there is no bitmap exchange, so it cannot merge them) or
+//!   the bitmap for the gap is gone.
+//!
+//! Both sides compute the plan independently and agree: each side's
+//! [`ConnectPlan::peer_disk`] is what the other's plan sets as its
+//! [`ConnectPlan::local_disk`]. `replica::Mirror::on_first_state` applies the plan, and
+//! `tests/mirror_sim.rs` drives the same function for both copies.
+
+use crate::mirror::generation::{
+    decide, resolve_split_brain, DiskState, PeerView, SplitBrainPolicy, SyncDecision,
+};
+use crate::mirror::wire::CopyState;
+
+/// Which blocks a resync source sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blocks {
+    /// The blocks set in its dirty bitmap for the peer.
+    Bitmap,
+    /// Every used block (the whole bitmap is marked first).
+    All,
+}
+
+/// This copy's part in a resync right after connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resync {
+    /// Nothing to send (the peer may still send crash-dirty blocks: see [`plan`]).
+    None,
+    /// This copy is the source: it tracks the peer from its current generation and
+    /// sends these blocks (possibly none: the resync still runs to hand the peer the
+    /// generation when the peer becomes a sync target).
+    Send(Blocks),
+    /// This copy is the target: it waits for the peer's resync.
+    Receive,
+}
+
+/// What this copy does on connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectPlan {
+    /// The generations' verdict after the role rules; `SplitBrain` here is one the
+    /// policy resolved (into [`Resync::Send`] or [`Resync::Receive`] of every block).
+    pub decision: SyncDecision,
+    pub resync: Resync,
+    /// This copy's disk state from now on (`SyncTarget` is persisted when the resync
+    /// begins).
+    pub local_disk: DiskState,
+    /// The peer's disk state from now on, as its own plan sets it.
+    pub peer_disk: DiskState,
+}
+
+/// Why two copies stay apart.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("peer copy is {peer_size} bytes of mirror {peer_mirror:?}; this one {size} bytes of {mirror:?}")]
+    Mismatch {
+        size: u64,
+        mirror: String,
+        peer_size: u64,
+        peer_mirror: String,
+    },
+    /// Both copies changed since they last shared data, and the policy did not resolve it.
+    #[error("split brain: both copies changed since they last shared data")]
+    SplitBrain,
+    /// No generation in common.
+    #[error("the copies have no generation in common (unrelated data)")]
+    Unrelated,
+}
+
+impl Refusal {
+    /// Whether this is shown and raised as a split brain (unrelated data is one too).
+    pub fn is_split_brain(&self) -> bool {
+        !matches!(self, Refusal::Mismatch { .. })
+    }
+}
+
+/// The plan of copy `mine` for connecting to copy `theirs` (both as sent on the link).
+pub fn plan(
+    mine: &CopyState,
+    theirs: &CopyState,
+    policy: SplitBrainPolicy,
+) -> Result<ConnectPlan, Refusal> {
+    if mine.size_bytes != theirs.size_bytes || mine.mirror != theirs.mirror {
+        return Err(Refusal::Mismatch {
+            size: mine.size_bytes,
+            mirror: mine.mirror.clone(),
+            peer_size: theirs.size_bytes,
+            peer_mirror: theirs.mirror.clone(),
+        });
+    }
+    let (me, peer) = (view(mine), view(theirs));
+    let local = side(&me, &peer, policy)?;
+    let remote = side(&peer, &me, policy)?;
+    Ok(ConnectPlan {
+        decision: local.decision,
+        resync: local.resync,
+        local_disk: local.disk,
+        peer_disk: remote.disk,
+    })
+}
+
+/// One side's half of the plan.
+struct Side {
+    decision: SyncDecision,
+    resync: Resync,
+    disk: DiskState,
+}
+
+fn view(s: &CopyState) -> PeerView {
+    PeerView {
+        name: s.node.clone(),
+        generations: s.generations.clone(),
+        disk: s.disk,
+        changed_blocks: s.changed_blocks,
+        primary: s.primary,
+    }
+}
+
+fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side, Refusal> {
+    use SyncDecision::*;
+    let decision = with_roles(me, peer, decide_with_fresh(me, peer));
+    let send_bitmap_or_all = if peer.changed_blocks > 0 {
+        Blocks::All
+    } else {
+        Blocks::Bitmap
+    };
+    let (resync, disk) = match decision {
+        InSync => {
+            let disk = if me.disk == DiskState::Outdated && peer.disk.promotable() {
+                DiskState::UpToDate
+            } else {
+                me.disk
+            };
+            let dirty = me.changed_blocks > 0 || peer.changed_blocks > 0;
+            let resync = if dirty && in_sync_sender(me, peer) {
+                Resync::Send(send_bitmap_or_all)
+            } else {
+                Resync::None
+            };
+            (resync, disk)
+        }
+        // The peer may have changes of its own this copy cannot see (a crashed
+        // primary's activity log): then everything goes.
+        SourcePartial => (Resync::Send(send_bitmap_or_all), me.disk),
+        SourceFull => (Resync::Send(Blocks::All), me.disk),
+        TargetPartial | TargetFull => (Resync::Receive, DiskState::SyncTarget),
+        SplitBrain => match resolve_split_brain(policy, me, peer) {
+            Some(false) if !peer.primary => (Resync::Send(Blocks::All), me.disk),
+            Some(true) if !me.primary => (Resync::Receive, DiskState::SyncTarget),
+            _ => return Err(Refusal::SplitBrain),
+        },
+        Unrelated => return Err(Refusal::Unrelated),
+    };
+    Ok(Side {
+        decision,
+        resync,
+        disk,
+    })
+}
+
+/// [`decide`] with the one rule it leaves to the caller: a copy that never held data
+/// (generation 0, no history) takes everything from the other.
+fn decide_with_fresh(me: &PeerView, peer: &PeerView) -> SyncDecision {
+    let fresh = |v: &PeerView| v.generations.current == 0 && v.generations.history.is_empty();
+    match (fresh(me), fresh(peer)) {
+        (true, false) => SyncDecision::TargetFull,
+        (false, true) => SyncDecision::SourceFull,
+        _ => decide(me, peer),
+    }
+}
+
+/// The roles overrule the generations: a primary is never a target, and a secondary
+/// newer than a primary means both moved on.
+fn with_roles(me: &PeerView, peer: &PeerView, decision: SyncDecision) -> SyncDecision {
+    use SyncDecision::*;
+    let split = match decision {
+        _ if me.primary && peer.primary => true,
+        TargetFull | TargetPartial => me.primary,
+        SourceFull | SourcePartial => peer.primary,
+        _ => false,
+    };
+    if split {
+        SplitBrain
+    } else {
+        decision
+    }
+}
+
+/// In sync with crash-dirty blocks: the primary sends, or else the first name.
+fn in_sync_sender(me: &PeerView, peer: &PeerView) -> bool {
+    if me.primary != peer.primary {
+        me.primary
+    } else {
+        me.name < peer.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mirror::generation::Generations;
+
+    fn state(node: &str, current: u64, disk: DiskState) -> CopyState {
+        let mut generations = Generations::new();
+        generations.current = current;
+        CopyState {
+            node: node.into(),
+            mirror: "data".into(),
+            size_bytes: 1 << 20,
+            generations,
+            disk,
+            primary: false,
+            changed_blocks: 0,
+        }
+    }
+
+    /// Both sides' plans, checked to agree with each other.
+    fn both(
+        a: &CopyState,
+        b: &CopyState,
+        policy: SplitBrainPolicy,
+    ) -> Result<(ConnectPlan, ConnectPlan), Refusal> {
+        let pa = plan(a, b, policy);
+        let pb = plan(b, a, policy);
+        assert_eq!(
+            pa.as_ref().err(),
+            pb.as_ref().err(),
+            "both sides refuse alike"
+        );
+        let (pa, pb) = (pa?, pb?);
+        assert_eq!(pa.peer_disk, pb.local_disk);
+        assert_eq!(pb.peer_disk, pa.local_disk);
+        let pair = (pa.resync, pb.resync);
+        assert!(
+            matches!(
+                pair,
+                (Resync::None, Resync::None)
+                    | (Resync::Send(_), Resync::Receive)
+                    | (Resync::Receive, Resync::Send(_))
+            ) || (pa.decision == SyncDecision::InSync
+                && matches!(
+                    pair,
+                    (Resync::Send(_), Resync::None) | (Resync::None, Resync::Send(_))
+                )),
+            "{pair:?}"
+        );
+        Ok((pa, pb))
+    }
+
+    /// `a` went on writing without `b` (primary, minted 200 over the shared 100).
+    fn a_ahead() -> (CopyState, CopyState) {
+        let mut a = state("a", 100, DiskState::UpToDate);
+        let b = state("b", 100, DiskState::UpToDate);
+        a.generations.diverge(&["b"], 200);
+        a.primary = true;
+        a.changed_blocks = 5;
+        (a, b)
+    }
+
+    #[test]
+    fn equal_copies_just_replicate() {
+        let a = state("a", 100, DiskState::UpToDate);
+        let b = state("b", 100, DiskState::UpToDate);
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.decision, SyncDecision::InSync);
+        assert_eq!((pa.resync, pb.resync), (Resync::None, Resync::None));
+        assert_eq!(pa.local_disk, DiskState::UpToDate);
+    }
+
+    #[test]
+    fn a_primary_that_went_on_sends_its_bitmap_and_the_peer_becomes_target() {
+        let (a, b) = a_ahead();
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.decision, SyncDecision::SourcePartial);
+        assert_eq!(pa.resync, Resync::Send(Blocks::Bitmap));
+        assert_eq!(pa.peer_disk, DiskState::SyncTarget);
+        assert_eq!(pb.resync, Resync::Receive);
+        assert_eq!(pa.local_disk, DiskState::UpToDate);
+    }
+
+    #[test]
+    fn a_target_with_dirty_blocks_of_its_own_gets_everything() {
+        let (a, mut b) = a_ahead();
+        b.changed_blocks = 3;
+        let (pa, _) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.resync, Resync::Send(Blocks::All));
+    }
+
+    #[test]
+    fn crash_dirty_blocks_in_sync_go_from_the_primary_or_the_first_name() {
+        let mut a = state("a", 100, DiskState::UpToDate);
+        let mut b = state("b", 100, DiskState::UpToDate);
+        b.changed_blocks = 4;
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(
+            pa.resync,
+            Resync::Send(Blocks::All),
+            "a cannot see b's blocks"
+        );
+        assert_eq!(pb.resync, Resync::None);
+        b.primary = true;
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(
+            (pa.resync, pb.resync),
+            (Resync::None, Resync::Send(Blocks::Bitmap))
+        );
+        // The receiving side stays promotable-looking until the resync begins.
+        assert_eq!(pa.local_disk, DiskState::UpToDate);
+        a.changed_blocks = 1;
+        let (_, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pb.resync, Resync::Send(Blocks::All));
+    }
+
+    #[test]
+    fn an_outdated_copy_in_sync_with_an_up_to_date_one_is_up_to_date_again() {
+        let a = state("a", 100, DiskState::UpToDate);
+        let b = state("b", 100, DiskState::Outdated);
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pb.local_disk, DiskState::UpToDate);
+        assert_eq!(pa.peer_disk, DiskState::UpToDate);
+        let c = state("c", 100, DiskState::Outdated);
+        let (pb, _) = both(&b, &c, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(
+            pb.local_disk,
+            DiskState::Outdated,
+            "two outdated copies stay so"
+        );
+    }
+
+    #[test]
+    fn a_fresh_copy_takes_everything() {
+        let a = state("a", 100, DiskState::UpToDate);
+        let n = state("n", 0, DiskState::UpToDate);
+        let (pa, pn) = both(&a, &n, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.resync, Resync::Send(Blocks::All));
+        assert_eq!(pn.local_disk, DiskState::SyncTarget);
+    }
+
+    #[test]
+    fn a_primary_is_never_a_target_and_two_primaries_never_connect() {
+        let (mut a, mut b) = a_ahead();
+        a.primary = false;
+        b.primary = true;
+        assert_eq!(
+            both(&a, &b, SplitBrainPolicy::Disconnect).unwrap_err(),
+            Refusal::SplitBrain
+        );
+        let (mut a, mut b) = (
+            state("a", 1, DiskState::UpToDate),
+            state("b", 1, DiskState::UpToDate),
+        );
+        a.primary = true;
+        b.primary = true;
+        assert_eq!(
+            both(&a, &b, SplitBrainPolicy::DiscardZeroChanges).unwrap_err(),
+            Refusal::SplitBrain
+        );
+    }
+
+    #[test]
+    fn a_split_brain_stays_apart_unless_the_policy_picks_a_secondary() {
+        let (mut a, mut b) = a_ahead();
+        b.generations.diverge(&["a"], 300);
+        b.changed_blocks = 0;
+        let err = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap_err();
+        assert!(err.is_split_brain());
+        // b changed nothing: it loses; a (primary) sends everything.
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::DiscardZeroChanges).unwrap();
+        assert_eq!(pa.decision, SyncDecision::SplitBrain);
+        assert_eq!(pa.resync, Resync::Send(Blocks::All));
+        assert_eq!(
+            (pb.resync, pb.local_disk),
+            (Resync::Receive, DiskState::SyncTarget)
+        );
+        assert_eq!(pa.peer_disk, DiskState::SyncTarget);
+        // The policy would discard the primary's changes: refused.
+        a.changed_blocks = 0;
+        b.changed_blocks = 7;
+        assert_eq!(
+            both(&a, &b, SplitBrainPolicy::DiscardZeroChanges).unwrap_err(),
+            Refusal::SplitBrain
+        );
+    }
+
+    #[test]
+    fn unrelated_or_mismatched_copies_are_refused() {
+        let a = state("a", 1, DiskState::UpToDate);
+        let b = state("b", 2, DiskState::UpToDate);
+        assert_eq!(
+            both(&a, &b, SplitBrainPolicy::Disconnect).unwrap_err(),
+            Refusal::Unrelated
+        );
+        let mut c = state("c", 1, DiskState::UpToDate);
+        c.size_bytes = 4096;
+        let err = plan(&a, &c, SplitBrainPolicy::Disconnect).unwrap_err();
+        assert!(!err.is_split_brain());
+        assert!(err.to_string().contains("4096 bytes"), "{err}");
+    }
+}
