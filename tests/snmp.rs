@@ -551,6 +551,7 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
     assert_eq!(vars[1].val, snmp_parser::VarBindValue::NoSuchObject);
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_compares_with_snmpd_and_measures_event_to_trap_latency() {
     let out = Command::new(BIN)

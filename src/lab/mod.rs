@@ -12,8 +12,8 @@
 //!
 //! The lab is a test harness: it shells out to `ip` and `nft`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
-pub mod bench_snmp;
 pub mod keepalived;
 pub mod net;
 mod probe;
@@ -285,6 +285,7 @@ pub enum LabCommand {
     /// Remove everything (processes, namespaces, lab files); idempotent.
     Down(DownArgs),
     /// Benchmarks.
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         bench: bench::BenchCommand,
@@ -446,6 +447,7 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             println!("lab {prefix:?} removed");
             Ok(())
         }
+        #[cfg(feature = "bench")]
         LabCommand::Bench { bench } => {
             net::install_interrupt_handler();
             bench::run(bench)
@@ -1392,6 +1394,11 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["lab", "loss", "hb1", "101"]).is_err());
+    }
+
+    #[cfg(feature = "bench")]
+    #[test]
+    fn parses_the_failover_benchmark() {
         let c = Cli::try_parse_from(["lab", "bench", "failover", "--trials", "3"]).unwrap();
         assert!(matches!(c.cmd, LabCommand::Bench { .. }));
     }
