@@ -14,6 +14,7 @@
 //! latency runs from `emit` to the moment the benchmark reads snmptrapd's line for it
 //! from the pipe (snmptrapd's own timestamps have whole seconds only).
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -236,10 +237,10 @@ impl Snmptrapd {
 
     /// When each notification arrived on `port`, by the event's seq (`seq_oid` is
     /// tandemEventSeq.0, dotted as `-On` prints it). The first arrival counts.
-    fn arrivals(&self, port: u16, seq_oid: &str) -> std::collections::BTreeMap<u64, Instant> {
+    fn arrivals(&self, port: u16, seq_oid: &str) -> BTreeMap<u64, Instant> {
         let to = format!("->[127.0.0.1]:{port}\t");
         let prefix = format!("{seq_oid} = ");
-        let mut seen = std::collections::BTreeMap::new();
+        let mut seen = BTreeMap::new();
         for (at, line) in self.lines() {
             if !line.contains(&to) {
                 continue;
@@ -383,30 +384,8 @@ fn latency(dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<(), SnmpBenc
             engine.start,
         )
     };
-    let sample = Event {
-        seq: 0,
-        node: String::new(),
-        time_ms: 0,
-        kind: EventKind::NodeDown,
-        fields: Fields::new(),
-    };
-    let seq_oid: String = notification_for(&sample)
-        .and_then(|n| n.varbinds.first().map(|v| v.name.clone()))
-        .map(|oid| oid.iter().map(|a| format!(".{a}")).collect())
-        .unwrap_or_default();
-
-    // Each emit logs the event: not on the benchmark's terminal.
-    let quiet = tracing::subscriber::NoSubscriber::default();
-    let emitted = tracing::subscriber::with_default(quiet, || {
-        let mut emitted = std::collections::BTreeMap::new();
-        for _ in 0..LATENCY_EVENTS {
-            let at = Instant::now();
-            let e = log.emit(EventKind::NodeDown, fields([("peer", "node01".into())]));
-            emitted.insert(e.seq, at);
-            std::thread::sleep(LATENCY_SPACING);
-        }
-        emitted
-    });
+    let seq_oid = seq_varbind_oid();
+    let emitted = emit_quietly(&log);
     let t = Instant::now();
     while t.elapsed() < LATENCY_WAIT
         && trapd
@@ -425,26 +404,61 @@ fn latency(dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<(), SnmpBenc
         LATENCY_GOAL.as_millis()
     );
     for (i, (name, _)) in forms.iter().enumerate() {
-        let arrived = trapd.arrivals(trapd.ports[i], &seq_oid);
-        let mut ms: Vec<f64> = emitted
-            .iter()
-            .filter_map(|(seq, at)| Some(arrived.get(seq)?.duration_since(*at).as_secs_f64() * 1e3))
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        let pick = |q: usize| ms.get((ms.len() * q / 100).min(ms.len().saturating_sub(1)));
-        match (pick(50), pick(99)) {
-            (Some(median), Some(p99)) => println!(
-                "  {name:<11} {:>4}/{} received  median {median:>7.2} ms  p99 {p99:>7.2} ms  {}",
-                ms.len(),
-                emitted.len(),
-                if *p99 <= LATENCY_GOAL.as_secs_f64() * 1e3 {
-                    "within goal"
-                } else {
-                    "OVER GOAL"
-                }
-            ),
-            _ => println!("  {name:<11}    0/{} received", emitted.len()),
-        }
+        print_latency(name, &emitted, &trapd.arrivals(trapd.ports[i], &seq_oid));
     }
     Ok(())
+}
+
+/// The OID of the first varbind of a notification (the event's seq), dotted.
+fn seq_varbind_oid() -> String {
+    let sample = Event {
+        seq: 0,
+        node: String::new(),
+        time_ms: 0,
+        kind: EventKind::NodeDown,
+        fields: Fields::new(),
+    };
+    notification_for(&sample)
+        .and_then(|n| n.varbinds.first().map(|v| v.name.clone()))
+        .map(|oid| oid.iter().map(|a| format!(".{a}")).collect())
+        .unwrap_or_default()
+}
+
+/// Emits the latency events into `log`, spaced out; returns when each went out, by seq.
+fn emit_quietly(log: &EventLog) -> BTreeMap<u64, Instant> {
+    // Each emit logs the event: not on the benchmark's terminal.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    tracing::subscriber::with_default(quiet, || {
+        let mut emitted = BTreeMap::new();
+        for _ in 0..LATENCY_EVENTS {
+            let at = Instant::now();
+            let e = log.emit(EventKind::NodeDown, fields([("peer", "node01".into())]));
+            emitted.insert(e.seq, at);
+            std::thread::sleep(LATENCY_SPACING);
+        }
+        emitted
+    })
+}
+
+/// One receiver's line: how many events arrived, the median and p99 latency.
+fn print_latency(name: &str, emitted: &BTreeMap<u64, Instant>, arrived: &BTreeMap<u64, Instant>) {
+    let mut ms: Vec<f64> = emitted
+        .iter()
+        .filter_map(|(seq, at)| Some(arrived.get(seq)?.duration_since(*at).as_secs_f64() * 1e3))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: usize| ms.get((ms.len() * q / 100).min(ms.len().saturating_sub(1)));
+    match (pick(50), pick(99)) {
+        (Some(median), Some(p99)) => println!(
+            "  {name:<11} {:>4}/{} received  median {median:>7.2} ms  p99 {p99:>7.2} ms  {}",
+            ms.len(),
+            emitted.len(),
+            if *p99 <= LATENCY_GOAL.as_secs_f64() * 1e3 {
+                "within goal"
+            } else {
+                "OVER GOAL"
+            }
+        ),
+        _ => println!("  {name:<11}    0/{} received", emitted.len()),
+    }
 }
