@@ -19,7 +19,7 @@ mod mibs;
 use mibs::{base_mibs, mib_args};
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_addr, free_udp_port, wait_until, Daemon, BIN};
+use daemon::{free_tcp_addr, free_udp_port, wait_until, Daemon};
 
 /// The enterprise arc with `suffix`, dotted with a leading dot as net-snmp prints it.
 fn enterprise_dotted(suffix: &[u32]) -> String {
@@ -502,7 +502,7 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
 #[cfg(feature = "bench")]
 #[test]
 fn bench_compares_with_snmpd_and_measures_event_to_trap_latency() {
-    let out = Command::new(BIN)
+    let out = Command::new(daemon::BIN)
         .args(["bench", "snmp", "--runs", "1"])
         .output()
         .unwrap();
