@@ -45,9 +45,9 @@ if [ ! -f "$kdir/.done" ]; then
     touch "$kdir/.done"
 fi
 
-# 2. The static tandem binary.
+# 2. The static tandem binary, without the benchmarks (cargo feature `bench`).
 say "building the static tandem binary"
-RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet \
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --quiet --no-default-features \
     --target x86_64-unknown-linux-gnu --target-dir "$work/cargo"
 bin="$work/cargo/x86_64-unknown-linux-gnu/release/tandem"
 

@@ -98,6 +98,7 @@ pub enum Cmd {
         cmd: NbdCmd,
     },
     /// Benchmarks that need no lab.
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         cmd: BenchCmd,
@@ -145,12 +146,13 @@ pub enum NbdCmd {
     },
 }
 
+#[cfg(feature = "bench")]
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
     /// Whole-tree GETBULK walk time of the SNMP agent vs net-snmp's snmpd.
-    Snmp(crate::lab::bench_snmp::SnmpBenchArgs),
+    Snmp(crate::bench::snmp::SnmpBenchArgs),
     /// Write throughput of the NBD export vs nbdkit and qemu-nbd, with nbdcopy.
-    Mirror(crate::mirror::bench::MirrorBenchArgs),
+    Mirror(crate::bench::mirror::MirrorBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -16,6 +16,8 @@
 //! - [`api`]: the HTTP/JSON control API and its client.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
+//! - `bench` (cargo feature `bench`, on by default, left out of the appliance image):
+//!   `tandem bench mirror` and `tandem bench snmp`.
 //! - [`mirror`]: block volumes, the `Export` seam and the NBD server that serves them.
 //! - [`snmp`]: TANDEM-MIB, the SNMP agent (v2c, v3 USM) and notifications.
 //! - [`demo`]: the demo service the lab protects.
@@ -24,6 +26,8 @@
 //! - [`status`]: the read model (the status snapshot) every observer reads.
 
 pub mod api;
+#[cfg(feature = "bench")]
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -9,7 +9,7 @@ use clap::Parser;
 use tandem::api::client::{call, Endpoint};
 use tandem::api::ApiError;
 use tandem::cli::{
-    ApiArgs, BenchCmd, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
+    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
@@ -27,14 +27,16 @@ enum MainError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Lab(#[from] tandem::lab::LabError),
+    #[cfg(feature = "bench")]
     #[error(transparent)]
-    SnmpBench(#[from] tandem::lab::bench_snmp::SnmpBenchError),
+    SnmpBench(#[from] tandem::bench::snmp::SnmpBenchError),
     #[error(transparent)]
     Nbd(#[from] tandem::mirror::nbd::NbdError),
     #[error(transparent)]
     Volume(#[from] tandem::mirror::volume::VolumeError),
+    #[cfg(feature = "bench")]
     #[error(transparent)]
-    MirrorBench(#[from] tandem::mirror::bench::BenchError),
+    MirrorBench(#[from] tandem::bench::mirror::BenchError),
     #[error(transparent)]
     Image(#[from] tandem::image::ImageError),
     #[error("{0}")]
@@ -104,9 +106,10 @@ fn endpoint(a: &ApiArgs) -> Endpoint {
 fn dispatch(cmd: Cmd) -> Result<(), MainError> {
     match cmd {
         Cmd::Lab { cmd } => Ok(tandem::lab::run(cmd)?),
+        #[cfg(feature = "bench")]
         Cmd::Bench {
-            cmd: BenchCmd::Snmp(args),
-        } => Ok(tandem::lab::bench_snmp::run(&args)?),
+            cmd: tandem::cli::BenchCmd::Snmp(args),
+        } => Ok(tandem::bench::snmp::run(&args)?),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => {
@@ -134,9 +137,10 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         }
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
         Cmd::Image { cmd } => image(cmd),
+        #[cfg(feature = "bench")]
         Cmd::Bench {
-            cmd: BenchCmd::Mirror(args),
-        } => Ok(tandem::mirror::bench::run(&args)?),
+            cmd: tandem::cli::BenchCmd::Mirror(args),
+        } => Ok(tandem::bench::mirror::run(&args)?),
         Cmd::DemoService {
             listen,
             name,

@@ -4,66 +4,58 @@
 //! event sequence across a restart.
 
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::ops::Deref;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{free_tcp_addr, free_udp_port, wait_until, Daemon, BIN};
+
 const TOKEN: &str = "test-token-0123456789";
 
 static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-struct Daemon {
+/// Node `a` alone, with the API on TCP too, and a group of an exec resource and a
+/// supervised process.
+struct ApiDaemon {
+    daemon: Daemon,
     /// Names the supervised process so the test can find it (unique per daemon).
     marker: String,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    config: PathBuf,
     tcp: String,
     metrics: String,
 }
 
-impl Drop for Daemon {
+impl Deref for ApiDaemon {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl Drop for ApiDaemon {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.daemon.kill();
         // The supervised process is in its own process group: make sure it is gone.
         let _ = Command::new("pkill").args(["-f", &self.marker]).status();
     }
 }
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-impl Daemon {
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+impl ApiDaemon {
+    fn start() -> ApiDaemon {
         let name = format!(
             "tandem-api-test-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
         );
-        let marker = dir.path().join("exec-started");
-        let tcp = free_tcp();
-        let metrics = free_tcp();
-        let config = dir.path().join("tandem.toml");
-        let text = format!(
-            r#"
+        let tcp = free_tcp_addr().to_string();
+        let metrics = free_tcp_addr().to_string();
+        let daemon = Daemon::start("a", |dir| {
+            let marker = dir.join("exec-started");
+            format!(
+                r#"
 [cluster]
 name = "apitest"
 key = "0123456789abcdef0123"
@@ -105,67 +97,28 @@ command = ["bash", "-c", "exec -a {name} sleep 600"]
 depends_on = ["setup"]
 quickcheck = {{ probe = "exec", command = ["test", "-f", "{marker}"], interval = "500ms", timeout = "2s" }}
 "#,
-            state = dir.path().join("state").display(),
-            port = free_port(),
-            sock = dir.path().join("api.sock").display(),
-            marker = marker.display(),
-        );
-        std::fs::write(&config, text).unwrap();
-        let mut d = Daemon {
+                state = dir.join("state").display(),
+                port = free_udp_port(),
+                sock = dir.join("api.sock").display(),
+                marker = marker.display(),
+            )
+        });
+        let d = ApiDaemon {
+            daemon,
             marker: name,
-            child: None,
-            dir,
-            config,
             tcp,
             metrics,
         };
-        d.spawn();
+        d.assert_first_answer_is_real();
         d
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&self.config)
-            .args(["--node", "a"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        wait_for(Duration::from_secs(15), "API socket", || {
-            self.sock().exists() && self.cli(&["status"]).0 == 0
-        });
-        // The first answer is already a real snapshot (the API never serves the empty
-        // default before the daemon's first publish).
+    /// The first answer is already a real snapshot (the API never serves the empty
+    /// default before the daemon's first publish).
+    fn assert_first_answer_is_real(&self) {
         let st = self.status();
         assert_eq!(st["node"], "a", "{st}");
         assert!(st["last_seq"].as_u64().unwrap_or(0) > 0, "{st}");
-    }
-
-    fn sock(&self) -> PathBuf {
-        self.dir.path().join("api.sock")
-    }
-
-    /// Runs the CLI against this daemon: (exit code, stdout, stderr).
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .arg("--socket")
-            .arg(self.sock())
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn status(&self) -> Value {
-        let (code, out, err) = self.cli(&["status", "--json"]);
-        assert_eq!(code, 0, "{err}");
-        serde_json::from_str(&out).unwrap()
     }
 
     fn curl(&self, args: &[&str]) -> (String, u16) {
@@ -188,17 +141,6 @@ quickcheck = {{ probe = "exec", command = ["test", "-f", "{marker}"], interval =
     }
 }
 
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
-}
-
 fn curl_available() -> bool {
     Command::new("curl").arg("--version").output().is_ok()
 }
@@ -209,8 +151,8 @@ fn single_node_daemon_serves_the_api_end_to_end() {
         eprintln!("skipped: curl is not installed");
         return;
     }
-    let d = Daemon::start();
-    wait_for(Duration::from_secs(20), "group running", || {
+    let d = ApiDaemon::start();
+    wait_until("group running", Duration::from_secs(20), || {
         d.group_state() == "running"
     });
     let st = d.status();
@@ -315,8 +257,8 @@ fn single_node_daemon_serves_the_api_end_to_end() {
 
 #[test]
 fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
-    let mut d = Daemon::start();
-    wait_for(Duration::from_secs(20), "group running", || {
+    let mut d = ApiDaemon::start();
+    wait_until("group running", Duration::from_secs(20), || {
         d.group_state() == "running"
     });
     let marker = d.marker.clone();
@@ -326,7 +268,7 @@ fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
         .status()
         .unwrap()
         .success());
-    wait_for(Duration::from_secs(15), "resource_restarted", || {
+    wait_until("resource_restarted", Duration::from_secs(15), || {
         let (_, out, _) = d.cli(&["history", "--events-since", "0"]);
         out.contains("resource_restarted")
     });
@@ -334,14 +276,8 @@ fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
     let seq_before = d.status()["last_seq"].as_u64().unwrap();
 
     // SIGTERM: stops the group (no peer to hand it to) and exits 0.
-    let child = d.child.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "exit {:?}", out.status);
+    let status = d.daemon.terminate();
+    assert!(status.success(), "exit {status:?}");
     assert!(!d.dir.path().join("exec-started").exists(), "exec stop ran");
     let gone = !Command::new("pgrep")
         .args(["-f", &marker])
@@ -351,12 +287,12 @@ fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
     assert!(gone, "supervised process left behind");
 
     // Restart: the event sequence continues above where it was.
-    d.spawn();
+    d.daemon.spawn();
+    d.assert_first_answer_is_real();
     let seq_after = d.status()["last_seq"].as_u64().unwrap();
     assert!(seq_after > seq_before, "{seq_after} > {seq_before}");
     let log = std::fs::read_to_string(d.dir.path().join("state/events.jsonl")).unwrap();
     assert!(log.contains("daemon_stopping"));
-    let _ = Path::new(&d.config);
 }
 
 #[test]
@@ -365,14 +301,14 @@ fn metrics_endpoint_passes_promtool_and_counts_the_checks() {
         eprintln!("skipped: curl is not installed");
         return;
     }
-    let d = Daemon::start();
-    wait_for(Duration::from_secs(20), "group running", || {
+    let d = ApiDaemon::start();
+    wait_until("group running", Duration::from_secs(20), || {
         d.group_state() == "running"
     });
     let url = format!("http://{}/metrics", d.metrics);
     // The quickcheck runs every 500 ms: wait until the histogram has seen one.
     let mut body = String::new();
-    wait_for(Duration::from_secs(20), "a timed quickcheck", || {
+    wait_until("a timed quickcheck", Duration::from_secs(20), || {
         let out = Command::new("curl")
             .args(["-sf", "-m", "5", &url])
             .output()

@@ -17,6 +17,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{free_tcp_port, free_udp_port};
+
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
@@ -100,22 +104,6 @@ fn mkdisk(out: &Path, args: &[&str]) {
     assert!(st.success(), "image/mkdisk.sh failed");
 }
 
-fn free_port(udp: bool) -> u16 {
-    if udp {
-        UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    } else {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Firmware {
     Uefi,
@@ -151,7 +139,7 @@ struct VmSpec<'a> {
 
 impl Vm {
     fn start(dir: &Path, spec: VmSpec<'_>) -> Vm {
-        let (metrics, snmp, demo) = (free_port(false), free_port(true), free_port(false));
+        let (metrics, snmp, demo) = (free_tcp_port(), free_udp_port(), free_tcp_port());
         let serial = dir.join(format!("{}-serial.log", spec.name));
         let mut cmd = Command::new("qemu-system-x86_64");
         // RDRAND, as every x86-64 server CPU has: without it the kernel's random pool
@@ -588,9 +576,9 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
     require_image_tools!();
     let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let trap_port = free_port(true);
+    let trap_port = free_udp_port();
     let traps = TrapReceiver::start(dir.path(), trap_port);
-    let lan_port = free_port(true);
+    let lan_port = free_udp_port();
     let mut vms = Vec::new();
     let mut disks = Vec::new();
     for (i, (name, ip)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]

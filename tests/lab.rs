@@ -20,12 +20,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "common/dashboards.rs"]
 mod dashboards;
 #[path = "common/mibs.rs"]
 mod mibs;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+use daemon::{wait_for, BIN};
+
 const VIP: &str = "10.77.0.100";
 const VIP_URL: &str = "http://10.77.0.100:8080/";
 const GROUP: &str = "demo";
@@ -122,21 +125,6 @@ fn describe(out: &Output) -> String {
         text(&out.stdout),
         text(&out.stderr)
     )
-}
-
-/// Poll `f` every 100 ms until it returns `Some`, for at most `timeout`.
-/// Returns the value and how long it took; panics naming `what` on timeout.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> (T, Duration) {
-    let t0 = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return (v, t0.elapsed());
-        }
-        if t0.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 fn ms(d: Duration) -> u128 {

@@ -17,13 +17,12 @@ use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
 use tandem::mirror::Export;
 use tandem::status::{LinkState, MirrorRole};
 
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{free_tcp_addr, wait_until};
+
 const MIB: u64 = 1 << 20;
 const KEY: &[u8] = b"cluster key for the mirror tests";
-
-fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -145,7 +144,10 @@ impl Cluster {
         Cluster {
             dir: tempfile::tempdir().unwrap(),
             size,
-            nodes: names.iter().map(|n| (n.to_string(), free_port())).collect(),
+            nodes: names
+                .iter()
+                .map(|n| (n.to_string(), free_tcp_addr()))
+                .collect(),
             routes: Vec::new(),
             mode: ReplicationMode::Sync,
             keys: Vec::new(),
@@ -278,14 +280,6 @@ impl Node {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_millis(200));
         }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < timeout, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

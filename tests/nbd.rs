@@ -18,6 +18,10 @@ use tandem::mirror::nbd::{NbdServer, ServerConfig};
 use tandem::mirror::volume::Volume;
 use tandem::mirror::{Export, ExportError, Extent};
 
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{wait_until, BIN};
+
 const MIB: u64 = 1 << 20;
 
 /// A served volume; the runtime (and so the server) stops when it is dropped.
@@ -742,19 +746,16 @@ fn cli_serves_until_interrupted() {
         .set_len(2 * MIB)
         .unwrap();
     let socket = dir.path().join("cli.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+    let mut child = Command::new(BIN)
         .args(["nbd", "serve", "--name", "vol", "--file"])
         .arg(&file)
         .arg("--socket")
         .arg(&socket)
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if UnixStream::connect(&socket).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    wait_until("the NBD socket", Duration::from_secs(5), || {
+        UnixStream::connect(&socket).is_ok()
+    });
     let uri = format!("nbd+unix:///vol?socket={}", socket.display());
     qemu_io(&uri, &["write -P 0x42 0 64k", "read -P 0x42 0 64k"]);
     let list = ok("nbdinfo", &["--list", &uri]);
@@ -770,7 +771,7 @@ fn cli_serves_until_interrupted() {
     assert_eq!(std::fs::read(&file).unwrap()[..65536], [0x42; 65536]);
 
     // A missing file is a clear error, not a panic.
-    let out = Command::new(env!("CARGO_BIN_EXE_tandem"))
+    let out = Command::new(BIN)
         .args(["nbd", "serve", "--file", "/nonexistent/volume", "--socket"])
         .arg(dir.path().join("x.sock"))
         .output()

@@ -6,18 +6,20 @@
 //! The SMIv2 base modules come from `common/mibs.rs`.
 
 use std::net::UdpSocket;
+use std::ops::Deref;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tandem::snmp::ENTERPRISE;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 #[path = "common/mibs.rs"]
 mod mibs;
 use mibs::{base_mibs, mib_args};
+#[path = "common/daemon.rs"]
+mod daemon;
+use daemon::{free_tcp_addr, free_udp_port, wait_until, Daemon};
 
 /// The enterprise arc with `suffix`, dotted with a leading dot as net-snmp prints it.
 fn enterprise_dotted(suffix: &[u32]) -> String {
@@ -33,58 +35,27 @@ const V3_USER: &str = "ops";
 const V3_AUTH: &str = "auth-pass-0123";
 const V3_PRIV: &str = "priv-pass-4567";
 
-struct Daemon {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
+/// Node `alpha` with a peer `beta` that never answers, one group running on alpha.
+struct SnmpDaemon {
+    daemon: Daemon,
     snmp: String,
     metrics: String,
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+impl Deref for SnmpDaemon {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
     }
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {limit:?} waiting for {what}");
-}
-
-impl Daemon {
-    /// Node `alpha` with a peer `beta` that never answers, one group running on alpha.
-    fn start() -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
+impl SnmpDaemon {
+    fn start() -> SnmpDaemon {
         let snmp = format!("127.0.0.1:{}", free_udp_port());
-        let metrics = format!("127.0.0.1:{}", free_tcp_port());
-        let config = dir.path().join("tandem.toml");
-        let text = format!(
-            r#"
+        let metrics = free_tcp_addr().to_string();
+        let daemon = Daemon::start("alpha", |dir| {
+            format!(
+                r#"
 [cluster]
 name = "snmptest"
 key = "0123456789abcdef0123"
@@ -141,45 +112,22 @@ kind = "exec"
 start = ["true"]
 stop = ["true"]
 "#,
-            state = dir.path().join("state").display(),
-            hb_port = free_udp_port(),
-            sock = dir.path().join("api.sock").display(),
-        );
-        std::fs::write(&config, text).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(&config)
-            .args(["--node", "alpha"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child: Some(child),
-            dir,
+                state = dir.join("state").display(),
+                hb_port = free_udp_port(),
+                sock = dir.join("api.sock").display(),
+            )
+        });
+        let d = SnmpDaemon {
+            daemon,
             snmp,
             metrics,
         };
-        wait_for(Duration::from_secs(20), "group web running", || {
-            d.dir.path().join("api.sock").exists()
-                && d.try_status().is_some_and(|s| {
-                    s["groups"][0]["local_state"] == "running" && s["groups"][0]["owner"] == "alpha"
-                })
+        wait_until("group web running", Duration::from_secs(20), || {
+            d.try_status().is_some_and(|s| {
+                s["groups"][0]["local_state"] == "running" && s["groups"][0]["owner"] == "alpha"
+            })
         });
         d
-    }
-
-    fn try_status(&self) -> Option<Value> {
-        let out = Command::new(BIN)
-            .args(["status", "--json", "--socket"])
-            .arg(self.dir.path().join("api.sock"))
-            .output()
-            .ok()?;
-        serde_json::from_slice(&out.stdout).ok()
-    }
-
-    fn status(&self) -> Value {
-        self.try_status().expect("tandem status --json")
     }
 
     /// Runs a net-snmp tool against the agent: (success, stdout).
@@ -320,7 +268,7 @@ fn walked<'a>(walk: &'a str, object: &str, index: &str) -> Option<&'a str> {
 
 #[test]
 fn walks_agree_with_tandem_status() {
-    let d = Daemon::start();
+    let d = SnmpDaemon::start();
     let (ok, walk) = d.query("snmpwalk", "public", &[], &["TANDEM-MIB::tandem"]);
     assert!(ok, "{walk}");
     let st = d.status();
@@ -419,7 +367,7 @@ fn walks_agree_with_tandem_status() {
 
 #[test]
 fn refused_requests_time_out_and_are_counted() {
-    let d = Daemon::start();
+    let d = SnmpDaemon::start();
     let before = d.counter("snmpInBadCommunityNames");
     let (ok, out) = d.query("snmpget", "wrong", &[], &["SNMPv2-MIB::sysName.0"]);
     assert!(!ok && out.is_empty(), "{out}");
@@ -443,7 +391,7 @@ fn refused_requests_time_out_and_are_counted() {
 
 #[test]
 fn exceptions_show_in_get_and_getnext() {
-    let d = Daemon::start();
+    let d = SnmpDaemon::start();
     let unknown = enterprise_dotted(&[9, 9, 0]);
     let out = d.get(&[
         "TANDEM-MIB::tandemGroupOwner.\"nope\"",
@@ -505,7 +453,7 @@ fn get_request(community: &str, request_id: i32, names: &[&[u32]]) -> Vec<u8> {
 
 #[test]
 fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
-    let d = Daemon::start();
+    let d = SnmpDaemon::start();
     let parse_errors = d.counter("snmpInASNParseErrs");
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(300)))
@@ -551,9 +499,10 @@ fn garbage_does_not_stop_the_agent_and_answers_decode_independently() {
     assert_eq!(vars[1].val, snmp_parser::VarBindValue::NoSuchObject);
 }
 
+#[cfg(feature = "bench")]
 #[test]
 fn bench_compares_with_snmpd_and_measures_event_to_trap_latency() {
-    let out = Command::new(BIN)
+    let out = Command::new(daemon::BIN)
         .args(["bench", "snmp", "--runs", "1"])
         .output()
         .unwrap();
@@ -600,7 +549,7 @@ fn auth_priv<'a>(user: &'a str, auth: &'a str, privacy: &'a str) -> [&'a str; 12
 
 #[test]
 fn v3_auth_priv_reads_what_v2c_and_status_read_and_refusals_are_counted() {
-    let d = Daemon::start();
+    let d = SnmpDaemon::start();
     let good = auth_priv(V3_USER, V3_AUTH, V3_PRIV);
     let root = ["TANDEM-MIB::tandem"];
     let (ok, v2c) = d.query("snmpwalk", "public", &[], &root);

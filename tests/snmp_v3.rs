@@ -14,6 +14,9 @@ use rasn_snmp::v2::{Pdu, Pdus, Response, VarBind, VarBindValue};
 use tandem::config::{AuthProtocol, PrivProtocol, UsmUserConfig};
 use tandem::snmp::usm::{Usm, UsmIncoming, UsmStats};
 
+#[path = "common/daemon.rs"]
+mod daemon;
+
 const SYS_DESCR: &[u32] = &[1, 3, 6, 1, 2, 1, 1, 1, 0];
 const ENGINE_ID: &[u8] = b"\x80\x00\x7e\xd9\x04tandem-test";
 const AUTH_PASSWORD: &str = "auth-secret-1";
@@ -330,15 +333,13 @@ mod notifier {
     use tandem::snmp::{Notification, ENTERPRISE};
 
     use super::{AUTH_PASSWORD, ENGINE_ID, PRIV_PASSWORD};
+    use crate::daemon::{free_udp_port, wait_until, wait_until_async};
 
     const SEQ_ARC: u32 = 99;
     /// Not `snmptrapd.conf`: snmptrapd rewrites that name in its persistent directory.
     const CONF: &str = "trapd.conf";
-
-    fn free_udp_port() -> u16 {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        s.local_addr().unwrap().port()
-    }
+    /// How long a notification may take to show.
+    const WAIT: Duration = Duration::from_secs(30);
 
     /// Test events become notifications ENTERPRISE.99.1 carrying the event's seq as
     /// ENTERPRISE.99.2 (Gauge32).
@@ -382,7 +383,7 @@ mod notifier {
                 .spawn()
                 .expect("snmptrapd (Debian package snmptrapd) is installed");
             let t = Trapd { child, log };
-            wait_for("snmptrapd to start", || {
+            wait_until("snmptrapd to start", WAIT, || {
                 std::fs::read_to_string(&t.log).is_ok_and(|s| s.contains("NET-SNMP version"))
             });
             t
@@ -417,22 +418,6 @@ mod notifier {
                 rest.split_whitespace().next()?.parse().ok()
             })
             .collect()
-    }
-
-    fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    async fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ok() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     fn hex(b: &[u8]) -> String {
@@ -508,7 +493,7 @@ mod notifier {
         let log = EventLog::in_memory("a");
         let h = start(&config(port, "v2c_trap"), &log);
         emit(&log, 3);
-        wait_until("3 traps logged", || trapd.seqs().len() == 3).await;
+        wait_until_async("3 traps logged", WAIT, || trapd.seqs().len() == 3).await;
         assert_eq!(trapd.seqs(), vec![1, 2, 3]);
         let text = std::fs::read_to_string(&trapd.log).unwrap();
         assert!(text.contains(".1.3.6.1.2.1.1.3.0 = Timeticks: "), "{text}");
@@ -525,7 +510,7 @@ mod notifier {
         let log = EventLog::in_memory("a");
         let h = start(&config(port, "v2c_trap"), &log);
         emit(&log, 6000);
-        wait_until("6000 traps sent", || counters(&h).sent == 6000).await;
+        wait_until_async("6000 traps sent", WAIT, || counters(&h).sent == 6000).await;
         assert_eq!(h.lost_events(), 0);
         assert_eq!(counters(&h).dropped, 0);
         drop(sink);
@@ -539,7 +524,7 @@ mod notifier {
         let log = EventLog::in_memory("a");
         let h = start(&config(port, "v3_trap"), &log);
         emit(&log, 2);
-        wait_until("2 v3 traps logged", || trapd.seqs().len() == 2).await;
+        wait_until_async("2 v3 traps logged", WAIT, || trapd.seqs().len() == 2).await;
         assert_eq!(trapd.seqs(), vec![1, 2]);
         assert_eq!(counters(&h).sent, 2);
     }
@@ -552,7 +537,7 @@ mod notifier {
         let log = EventLog::in_memory("a");
         let h = start(&config(port, "v2c_inform"), &log);
         emit(&log, 3);
-        wait_until("3 informs acked", || counters(&h).acked == 3).await;
+        wait_until_async("3 informs acked", WAIT, || counters(&h).acked == 3).await;
         assert_eq!(trapd.seqs(), vec![1, 2, 3]);
         assert_eq!(h.receivers()[0].queued, 0);
     }
@@ -565,7 +550,7 @@ mod notifier {
         let log = EventLog::in_memory("a");
         let h = start(&config(port, "v3_inform"), &log);
         emit(&log, 3);
-        wait_until("3 v3 informs acked", || counters(&h).acked == 3).await;
+        wait_until_async("3 v3 informs acked", WAIT, || counters(&h).acked == 3).await;
         assert_eq!(trapd.seqs(), vec![1, 2, 3]);
         assert_eq!(counters(&h).sent, 3);
     }
@@ -580,7 +565,7 @@ mod notifier {
         let log = EventLog::in_memory("a");
         let h = start(&config(port, "v3_inform"), &log);
         emit(&log, 2);
-        wait_until("first informs acked", || counters(&h).acked == 2).await;
+        wait_until_async("first informs acked", WAIT, || counters(&h).acked == 2).await;
         let before = trapd.seqs();
         trapd.stop();
 
@@ -590,7 +575,7 @@ mod notifier {
         assert!(counters(&h).retried >= 5, "{:?}", counters(&h));
 
         let trapd = Trapd::start(dir.path(), port, "after.log");
-        wait_until("all informs acked", || counters(&h).acked == 7).await;
+        wait_until_async("all informs acked", WAIT, || counters(&h).acked == 7).await;
         let mut all = before;
         all.extend(trapd.seqs());
         assert_eq!(all, (1..=7).collect::<Vec<u64>>());

@@ -435,6 +435,33 @@ impl Config {
 
     /// Checks every rule that spans fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_cluster()?;
+        self.check_heartbeat()?;
+        if let Some(snmp) = &self.snmp {
+            snmp.validate()?;
+        }
+        if self.api.tcp.is_some() && self.api.token.as_deref().unwrap_or("").len() < 16 {
+            return Err(invalid(
+                "api.token",
+                "a TCP API listener needs a token of at least 16 characters",
+            ));
+        }
+        self.check_nodes()?;
+        unique(self.mirrors.iter().map(|m| &m.name), "mirror.name")?;
+        let node_names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        for (i, m) in self.mirrors.iter().enumerate() {
+            m.validate(&format!("mirror[{i}]"), &node_names)?;
+        }
+        unique(self.groups.iter().map(|g| &g.name), "group.name")?;
+        for (gi, g) in self.groups.iter().enumerate() {
+            self.check_group(&format!("group[{gi}]"), g)?;
+        }
+        self.check_heartbeat_fits()?;
+        Ok(())
+    }
+
+    /// `[cluster]`: the name, the key, the VIP probe timeout.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
         if self.cluster.name.is_empty() || self.cluster.name.len() > 64 {
             return Err(invalid("cluster.name", "must be 1 to 64 characters"));
         }
@@ -455,6 +482,11 @@ impl Config {
         if pt < Duration::from_millis(20) || pt > Duration::from_secs(5) {
             return Err(invalid("cluster.vip_probe_timeout", "must be 20ms to 5s"));
         }
+        Ok(())
+    }
+
+    /// `[heartbeat]`: interval against dead time, the port, the paths.
+    fn check_heartbeat(&self) -> Result<(), ConfigError> {
         let hb = &self.heartbeat;
         if hb.interval < MIN_INTERVAL {
             return Err(invalid("heartbeat.interval", "must be at least 50ms"));
@@ -481,20 +513,17 @@ impl Config {
         if hb.paths.len() > 8 {
             return Err(invalid("heartbeat.paths", "at most 8 paths"));
         }
-        unique(hb.paths.iter(), "heartbeat.paths")?;
-        if let Some(snmp) = &self.snmp {
-            snmp.validate()?;
-        }
-        if self.api.tcp.is_some() && self.api.token.as_deref().unwrap_or("").len() < 16 {
-            return Err(invalid(
-                "api.token",
-                "a TCP API listener needs a token of at least 16 characters",
-            ));
-        }
+        unique(hb.paths.iter(), "heartbeat.paths")
+    }
+
+    /// `[[node]]`: unique names and priorities, an address on every heartbeat path
+    /// and on no other.
+    fn check_nodes(&self) -> Result<(), ConfigError> {
         if self.nodes.is_empty() {
             return Err(invalid("node", "at least one [[node]] is required"));
         }
         unique(self.nodes.iter().map(|n| &n.name), "node.name")?;
+        let paths = &self.heartbeat.paths;
         let mut prios = BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let key = format!("node[{i}]");
@@ -505,122 +534,117 @@ impl Config {
                     format!("priority {} is used by another node", n.priority),
                 ));
             }
-            for p in &hb.paths {
-                if !n.addresses.contains_key(p) {
-                    return Err(invalid(
-                        format!("{key}.addresses"),
-                        format!("no address for heartbeat path `{p}`"),
-                    ));
-                }
-            }
-            for p in n.addresses.keys() {
-                if !hb.paths.contains(p) {
-                    return Err(invalid(
-                        format!("{key}.addresses.{p}"),
-                        "not a path named in heartbeat.paths",
-                    ));
-                }
-            }
-        }
-        unique(self.mirrors.iter().map(|m| &m.name), "mirror.name")?;
-        let node_names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
-        for (i, m) in self.mirrors.iter().enumerate() {
-            m.validate(&format!("mirror[{i}]"), &node_names)?;
-        }
-        unique(self.groups.iter().map(|g| &g.name), "group.name")?;
-        for (gi, g) in self.groups.iter().enumerate() {
-            let gk = format!("group[{gi}]");
-            check_name(&g.name, &format!("{gk}.name"))?;
-            for n in &g.nodes {
-                if self.node(n).is_none() {
-                    return Err(invalid(
-                        format!("{gk}.nodes"),
-                        format!("unknown node `{n}`"),
-                    ));
-                }
-            }
-            if g.max_restarts > 100 {
-                return Err(invalid(format!("{gk}.max_restarts"), "at most 100"));
-            }
-            if g.restart_window.is_zero() {
-                return Err(invalid(format!("{gk}.restart_window"), "must be positive"));
-            }
-            unique(
-                g.resources.iter().map(|r| &r.name),
-                &format!("{gk}.resource.name"),
-            )?;
-            for (ri, r) in g.resources.iter().enumerate() {
-                let rk = format!("{gk}.resource[{ri}]");
-                check_name(&r.name, &format!("{rk}.name"))?;
-                for d in &r.depends_on {
-                    if d == &r.name {
-                        return Err(invalid(format!("{rk}.depends_on"), "depends on itself"));
-                    }
-                    if !g.resources.iter().any(|o| &o.name == d) {
-                        return Err(invalid(
-                            format!("{rk}.depends_on"),
-                            format!("unknown resource `{d}` in group `{}`", g.name),
-                        ));
-                    }
-                }
-                r.kind.validate(&rk)?;
-                if let ResourceKind::Mirror { mirror } = &r.kind {
-                    let Some(m) = self.mirrors.iter().find(|m| &m.name == mirror) else {
-                        return Err(invalid(
-                            format!("{rk}.mirror"),
-                            format!("no [[mirror]] is named `{mirror}`"),
-                        ));
-                    };
-                    if let Some(n) = g.nodes.iter().find(|n| !m.addresses.contains_key(*n)) {
-                        return Err(invalid(
-                            format!("{rk}.mirror"),
-                            format!("group node `{n}` holds no copy of mirror `{mirror}` (add it to its addresses)"),
-                        ));
-                    }
-                    let users = self
-                        .groups
-                        .iter()
-                        .flat_map(|g| &g.resources)
-                        .filter(|r| matches!(&r.kind, ResourceKind::Mirror { mirror: x } if x == mirror))
-                        .count();
-                    if users > 1 {
-                        return Err(invalid(
-                            format!("{rk}.mirror"),
-                            format!("mirror `{mirror}` is used by {users} resources; one group owns a volume"),
-                        ));
-                    }
-                }
-                if let ResourceKind::Filesystem { mirror, .. } = &r.kind {
-                    let carrier = g.resources.iter().find(
-                        |o| matches!(&o.kind, ResourceKind::Mirror { mirror: x } if x == mirror),
-                    );
-                    let Some(carrier) = carrier else {
-                        return Err(invalid(
-                            format!("{rk}.mirror"),
-                            format!("group `{}` has no `mirror` resource for `{mirror}`", g.name),
-                        ));
-                    };
-                    if !depends_on_transitively(g, &r.name, &carrier.name) {
-                        return Err(invalid(
-                            format!("{rk}.depends_on"),
-                            format!("must depend on `{}`, the mirror it mounts", carrier.name),
-                        ));
-                    }
-                }
-                for (which, c) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
-                    if let Some(c) = c {
-                        c.validate(&format!("{rk}.{which}"))?;
-                    }
-                }
-            }
-            if crate::placement::hierarchy::start_order(g).is_err() {
+            if let Some(p) = paths.iter().find(|p| !n.addresses.contains_key(*p)) {
                 return Err(invalid(
-                    format!("{gk}.resource"),
-                    "depends_on forms a cycle",
+                    format!("{key}.addresses"),
+                    format!("no address for heartbeat path `{p}`"),
+                ));
+            }
+            if let Some(p) = n.addresses.keys().find(|p| !paths.contains(p)) {
+                return Err(invalid(
+                    format!("{key}.addresses.{p}"),
+                    "not a path named in heartbeat.paths",
                 ));
             }
         }
-        self.check_heartbeat_fits()?;
+        Ok(())
+    }
+
+    /// One `[[group]]` (`gk` is its key, `group[i]`): its nodes, restart limits and
+    /// resources, and a hierarchy without cycles.
+    fn check_group(&self, gk: &str, g: &GroupConfig) -> Result<(), ConfigError> {
+        check_name(&g.name, &format!("{gk}.name"))?;
+        if let Some(n) = g.nodes.iter().find(|n| self.node(n).is_none()) {
+            return Err(invalid(
+                format!("{gk}.nodes"),
+                format!("unknown node `{n}`"),
+            ));
+        }
+        if g.max_restarts > 100 {
+            return Err(invalid(format!("{gk}.max_restarts"), "at most 100"));
+        }
+        if g.restart_window.is_zero() {
+            return Err(invalid(format!("{gk}.restart_window"), "must be positive"));
+        }
+        unique(
+            g.resources.iter().map(|r| &r.name),
+            &format!("{gk}.resource.name"),
+        )?;
+        for (ri, r) in g.resources.iter().enumerate() {
+            self.check_resource(&format!("{gk}.resource[{ri}]"), g, r)?;
+        }
+        if crate::placement::hierarchy::start_order(g).is_err() {
+            return Err(invalid(
+                format!("{gk}.resource"),
+                "depends_on forms a cycle",
+            ));
+        }
+        Ok(())
+    }
+
+    /// One resource `r` of group `g` (`rk` is its key): its dependencies, its kind, the
+    /// mirror it uses or mounts, its checks.
+    fn check_resource(
+        &self,
+        rk: &str,
+        g: &GroupConfig,
+        r: &ResourceConfig,
+    ) -> Result<(), ConfigError> {
+        check_name(&r.name, &format!("{rk}.name"))?;
+        for d in &r.depends_on {
+            if d == &r.name {
+                return Err(invalid(format!("{rk}.depends_on"), "depends on itself"));
+            }
+            if !g.resources.iter().any(|o| &o.name == d) {
+                return Err(invalid(
+                    format!("{rk}.depends_on"),
+                    format!("unknown resource `{d}` in group `{}`", g.name),
+                ));
+            }
+        }
+        r.kind.validate(rk)?;
+        match &r.kind {
+            ResourceKind::Mirror { mirror } => self.check_mirror_use(rk, g, mirror)?,
+            ResourceKind::Filesystem { mirror, .. } => check_mount(rk, g, r, mirror)?,
+            _ => {}
+        }
+        for (which, c) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
+            if let Some(c) = c {
+                c.validate(&format!("{rk}.{which}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A `mirror` resource (`rk`) of group `g`: the `[[mirror]]` exists, has a copy on
+    /// every node of the group, and no other resource uses it.
+    fn check_mirror_use(&self, rk: &str, g: &GroupConfig, mirror: &str) -> Result<(), ConfigError> {
+        let Some(m) = self.mirrors.iter().find(|m| m.name == mirror) else {
+            return Err(invalid(
+                format!("{rk}.mirror"),
+                format!("no [[mirror]] is named `{mirror}`"),
+            ));
+        };
+        if let Some(n) = g.nodes.iter().find(|n| !m.addresses.contains_key(*n)) {
+            return Err(invalid(
+                format!("{rk}.mirror"),
+                format!(
+                    "group node `{n}` holds no copy of mirror `{mirror}` (add it to its addresses)"
+                ),
+            ));
+        }
+        let users = self
+            .groups
+            .iter()
+            .flat_map(|g| &g.resources)
+            .filter(|r| matches!(&r.kind, ResourceKind::Mirror { mirror: x } if x == mirror))
+            .count();
+        if users > 1 {
+            return Err(invalid(
+                format!("{rk}.mirror"),
+                format!("mirror `{mirror}` is used by {users} resources; one group owns a volume"),
+            ));
+        }
         Ok(())
     }
 
@@ -806,6 +830,33 @@ fn unique<'a>(names: impl Iterator<Item = &'a String>, key: &str) -> Result<(), 
         if !seen.insert(n) {
             return Err(invalid(key, format!("`{n}` appears twice")));
         }
+    }
+    Ok(())
+}
+
+/// A `filesystem` resource `r` (`rk`) of group `g` mounting `mirror`: the group has a
+/// `mirror` resource for it, and `r` depends on that resource.
+fn check_mount(
+    rk: &str,
+    g: &GroupConfig,
+    r: &ResourceConfig,
+    mirror: &str,
+) -> Result<(), ConfigError> {
+    let carrier = g
+        .resources
+        .iter()
+        .find(|o| matches!(&o.kind, ResourceKind::Mirror { mirror: x } if x == mirror));
+    let Some(carrier) = carrier else {
+        return Err(invalid(
+            format!("{rk}.mirror"),
+            format!("group `{}` has no `mirror` resource for `{mirror}`", g.name),
+        ));
+    };
+    if !depends_on_transitively(g, &r.name, &carrier.name) {
+        return Err(invalid(
+            format!("{rk}.depends_on"),
+            format!("must depend on `{}`, the mirror it mounts", carrier.name),
+        ));
     }
     Ok(())
 }

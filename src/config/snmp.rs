@@ -176,82 +176,96 @@ impl SnmpConfig {
             parse_cidr(&c.source).map_err(|r| invalid(format!("{key}.source"), r))?;
         }
         for (i, u) in self.users.iter().enumerate() {
-            let key = format!("snmp.user[{i}]");
-            if u.name.is_empty() || u.name.len() > 32 {
-                return Err(invalid(format!("{key}.name"), "must be 1 to 32 characters"));
-            }
-            if self.users[..i].iter().any(|o| o.name == u.name) {
-                return Err(invalid(format!("{key}.name"), "duplicate user"));
-            }
-            match (u.auth, &u.auth_password) {
-                (Some(_), Some(p)) if p.len() >= 8 => {}
-                (Some(_), _) => {
-                    return Err(invalid(
-                        format!("{key}.auth_password"),
-                        "required, at least 8 characters (RFC 3414)",
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(invalid(format!("{key}.auth"), "set with auth_password"))
-                }
-                (None, None) if !self.allow_no_auth_no_priv => {
-                    return Err(invalid(
-                        format!("{key}.auth"),
-                        "required unless snmp.allow_no_auth_no_priv = true",
-                    ))
-                }
-                (None, None) => {}
-            }
-            match (u.privacy, &u.priv_password) {
-                (Some(_), _) if u.auth.is_none() => {
-                    return Err(invalid(format!("{key}.privacy"), "privacy needs auth"))
-                }
-                (Some(_), Some(p)) if p.len() >= 8 => {}
-                (Some(_), _) => {
-                    return Err(invalid(
-                        format!("{key}.priv_password"),
-                        "required, at least 8 characters",
-                    ))
-                }
-                (None, Some(_)) => {
-                    return Err(invalid(format!("{key}.privacy"), "set with priv_password"))
-                }
-                (None, None) => {}
-            }
+            self.check_user(i, u)?;
         }
         for (i, r) in self.receivers.iter().enumerate() {
-            let key = format!("snmp.receiver[{i}]");
-            match r.form {
-                ReceiverForm::V2cTrap | ReceiverForm::V2cInform => {
-                    if r.community.as_deref().unwrap_or("").is_empty() {
-                        return Err(invalid(format!("{key}.community"), "required for v2c"));
-                    }
-                }
-                ReceiverForm::V3Trap | ReceiverForm::V3Inform => {
-                    let name = r.user.as_deref().unwrap_or("");
-                    let Some(u) = self.users.iter().find(|u| u.name == name) else {
-                        return Err(invalid(
-                            format!("{key}.user"),
-                            "must name a [[snmp.user]] for v3",
-                        ));
-                    };
-                    if u.auth.is_none() || u.privacy.is_none() {
-                        return Err(invalid(
-                            format!("{key}.user"),
-                            "v3 notifications need a user with auth and privacy",
-                        ));
-                    }
-                }
-            }
-            if r.queue == 0 {
-                return Err(invalid(format!("{key}.queue"), "must be at least 1"));
-            }
-            if r.timeout.is_zero() || r.max_timeout < r.timeout {
+            self.check_receiver(i, r)?;
+        }
+        Ok(())
+    }
+
+    /// `[[snmp.user]]` number `i`: a unique name, and passwords that match its
+    /// security level.
+    fn check_user(&self, i: usize, u: &UsmUserConfig) -> Result<(), ConfigError> {
+        let key = format!("snmp.user[{i}]");
+        if u.name.is_empty() || u.name.len() > 32 {
+            return Err(invalid(format!("{key}.name"), "must be 1 to 32 characters"));
+        }
+        if self.users[..i].iter().any(|o| o.name == u.name) {
+            return Err(invalid(format!("{key}.name"), "duplicate user"));
+        }
+        match (u.auth, &u.auth_password) {
+            (Some(_), Some(p)) if p.len() >= 8 => {}
+            (Some(_), _) => {
                 return Err(invalid(
-                    format!("{key}.timeout"),
-                    "must be positive and at most max_timeout",
-                ));
+                    format!("{key}.auth_password"),
+                    "required, at least 8 characters (RFC 3414)",
+                ))
             }
+            (None, Some(_)) => {
+                return Err(invalid(format!("{key}.auth"), "set with auth_password"))
+            }
+            (None, None) if !self.allow_no_auth_no_priv => {
+                return Err(invalid(
+                    format!("{key}.auth"),
+                    "required unless snmp.allow_no_auth_no_priv = true",
+                ))
+            }
+            (None, None) => {}
+        }
+        match (u.privacy, &u.priv_password) {
+            (Some(_), _) if u.auth.is_none() => {
+                return Err(invalid(format!("{key}.privacy"), "privacy needs auth"))
+            }
+            (Some(_), Some(p)) if p.len() >= 8 => {}
+            (Some(_), _) => {
+                return Err(invalid(
+                    format!("{key}.priv_password"),
+                    "required, at least 8 characters",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(format!("{key}.privacy"), "set with priv_password"))
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// `[[snmp.receiver]]` number `i`: the community or user its form needs, a queue
+    /// and its timeouts.
+    fn check_receiver(&self, i: usize, r: &ReceiverConfig) -> Result<(), ConfigError> {
+        let key = format!("snmp.receiver[{i}]");
+        match r.form {
+            ReceiverForm::V2cTrap | ReceiverForm::V2cInform => {
+                if r.community.as_deref().unwrap_or("").is_empty() {
+                    return Err(invalid(format!("{key}.community"), "required for v2c"));
+                }
+            }
+            ReceiverForm::V3Trap | ReceiverForm::V3Inform => {
+                let name = r.user.as_deref().unwrap_or("");
+                let Some(u) = self.users.iter().find(|u| u.name == name) else {
+                    return Err(invalid(
+                        format!("{key}.user"),
+                        "must name a [[snmp.user]] for v3",
+                    ));
+                };
+                if u.auth.is_none() || u.privacy.is_none() {
+                    return Err(invalid(
+                        format!("{key}.user"),
+                        "v3 notifications need a user with auth and privacy",
+                    ));
+                }
+            }
+        }
+        if r.queue == 0 {
+            return Err(invalid(format!("{key}.queue"), "must be at least 1"));
+        }
+        if r.timeout.is_zero() || r.max_timeout < r.timeout {
+            return Err(invalid(
+                format!("{key}.timeout"),
+                "must be positive and at most max_timeout",
+            ));
         }
         Ok(())
     }

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod probes;
+
 use clap::{Args, Subcommand, ValueEnum};
 use tracing::{debug, warn};
 
@@ -382,7 +384,7 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
     let limit = Duration::from_secs(30);
     let (go_probe, rx_probe) = mpsc::channel();
     let (go_watch, rx_watch) = mpsc::channel();
-    let prober = probe::spawn_takeover_prober(
+    let prober = probes::spawn_takeover_prober(
         &state.client_ns,
         names.clone(),
         owner.clone(),
@@ -393,7 +395,7 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
     let vip: std::net::Ipv4Addr = topology::VIP
         .parse()
         .map_err(|_| LabError::Invalid("bad VIP constant".into()))?;
-    let watcher = probe::spawn_local_addr_watcher(&state.nodes[si].netns, vip, limit, rx_watch);
+    let watcher = probes::spawn_local_addr_watcher(&state.nodes[si].netns, vip, limit, rx_watch);
     // Let both threads enter their namespaces before the clock starts.
     std::thread::sleep(Duration::from_millis(50));
     let _ = go_probe.send(());

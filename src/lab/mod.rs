@@ -12,8 +12,8 @@
 //!
 //! The lab is a test harness: it shells out to `ip` and `nft`.
 
+#[cfg(feature = "bench")]
 pub mod bench;
-pub mod bench_snmp;
 pub mod keepalived;
 pub mod net;
 mod probe;
@@ -285,6 +285,7 @@ pub enum LabCommand {
     /// Remove everything (processes, namespaces, lab files); idempotent.
     Down(DownArgs),
     /// Benchmarks.
+    #[cfg(feature = "bench")]
     Bench {
         #[command(subcommand)]
         bench: bench::BenchCommand,
@@ -446,6 +447,7 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             println!("lab {prefix:?} removed");
             Ok(())
         }
+        #[cfg(feature = "bench")]
         LabCommand::Bench { bench } => {
             net::install_interrupt_handler();
             bench::run(bench)
@@ -514,6 +516,49 @@ fn self_exe() -> Result<String, LabError> {
 /// built so far is removed. `wait_vip`: wait until the VIP answers.
 pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     let plan = Plan::new(&args.prefix, args.nodes)?;
+    check_up_args(args)?;
+    check_not_up(args, &plan)?;
+    let engines = Engines::locate(args)?;
+
+    let guard = Teardown::new(&args.prefix, &args.dir);
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| LabError::io(format!("creating {}", args.dir.display()), e))?;
+    build_topology(&plan)?;
+    net::check_interrupt()?;
+
+    let nodes = plan
+        .nodes
+        .iter()
+        .map(|n| engines.node_state(args, &plan, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut state = LabState {
+        prefix: args.prefix.clone(),
+        dir: args.dir.clone(),
+        engine: args.engine,
+        interval_ms: args.interval,
+        switchback: args.switchback,
+        tandem_bin: engines.tandem_bin,
+        vip: VIP.to_string(),
+        switch_ns: plan.switch_ns.clone(),
+        client_ns: plan.client_ns.clone(),
+        nodes,
+    };
+    state.save()?;
+    for i in 0..state.nodes.len() {
+        start_node(&mut state, i)?;
+    }
+    state.save()?;
+    info!(prefix = %state.prefix, nodes = state.nodes.len(), "lab built, daemons started");
+
+    if wait_vip && state.engine != Engine::None {
+        wait_for_vip(&state, args.wait)?;
+    }
+    guard.disarm();
+    Ok(state)
+}
+
+/// The options of `lab up` that must agree with each other.
+fn check_up_args(args: &UpArgs) -> Result<(), LabError> {
     if args.engine != Engine::None && args.interval == 0 {
         return Err(LabError::Invalid("--interval must be > 0".into()));
     }
@@ -525,6 +570,11 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     if args.engine == Engine::Keepalived {
         keepalived::advert_int(args.interval)?;
     }
+    Ok(())
+}
+
+/// Refuse to build over a lab that is (partly) up: its `lab.json` or namespaces.
+fn check_not_up(args: &UpArgs, plan: &Plan) -> Result<(), LabError> {
     if args.dir.join("lab.json").exists() {
         return Err(LabError::AlreadyUp(format!(
             "a lab is described in {}",
@@ -541,114 +591,88 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
             existing.join(", ")
         )));
     }
-    let tandem_bin = match &args.tandem_bin {
-        Some(p) => std::fs::canonicalize(p)
-            .map_err(|e| LabError::io(format!("tandem binary {}", p.display()), e))?
-            .to_string_lossy()
-            .into_owned(),
-        None => self_exe()?,
-    };
-    let ka_bin = if args.engine == Engine::Keepalived {
-        Some(
-            keepalived_bin()
-                .ok_or_else(|| LabError::Invalid("keepalived is not installed".into()))?
+    Ok(())
+}
+
+/// What every node of one `lab up` shares: the programs it runs and the cluster key.
+struct Engines {
+    /// This executable (the responder).
+    me: String,
+    /// The Tandem daemon's binary.
+    tandem_bin: String,
+    /// keepalived, with engine keepalived.
+    ka_bin: Option<String>,
+    /// The cluster key, in hex.
+    key: String,
+}
+
+impl Engines {
+    /// Finds the binaries and draws the cluster key.
+    fn locate(args: &UpArgs) -> Result<Engines, LabError> {
+        let tandem_bin = match &args.tandem_bin {
+            Some(p) => std::fs::canonicalize(p)
+                .map_err(|e| LabError::io(format!("tandem binary {}", p.display()), e))?
                 .to_string_lossy()
                 .into_owned(),
-        )
-    } else {
-        None
-    };
+            None => self_exe()?,
+        };
+        let ka_bin = if args.engine == Engine::Keepalived {
+            Some(
+                keepalived_bin()
+                    .ok_or_else(|| LabError::Invalid("keepalived is not installed".into()))?
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        } else {
+            None
+        };
+        Ok(Engines {
+            me: self_exe()?,
+            tandem_bin,
+            ka_bin,
+            key: topology::hex_key(&net::random_bytes()?),
+        })
+    }
 
-    let guard = Teardown::new(&args.prefix, &args.dir);
-    std::fs::create_dir_all(&args.dir)
-        .map_err(|e| LabError::io(format!("creating {}", args.dir.display()), e))?;
-    build_topology(&plan)?;
-    net::check_interrupt()?;
-
-    let key = topology::hex_key(&net::random_bytes()?);
-    let me = self_exe()?;
-    let mut nodes = Vec::new();
-    for n in &plan.nodes {
+    /// Node `n`'s directory, configuration and processes (not started yet).
+    fn node_state(
+        &self,
+        args: &UpArgs,
+        plan: &Plan,
+        n: &topology::NodePlan,
+    ) -> Result<NodeState, LabError> {
         let dir = args.dir.join(&n.name);
         let state_dir = dir.join("state");
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| LabError::io(format!("creating {}", state_dir.display()), e))?;
-        let responder = |log: PathBuf| ProcSpec {
-            argv: vec![
-                me.clone(),
-                "lab".into(),
-                "responder".into(),
-                "--name".into(),
-                n.name.clone(),
-                "--listen".into(),
-                format!("0.0.0.0:{}", topology::SERVICE_PORT),
-            ],
-            env: vec![("TANDEM_NODE".into(), n.name.clone())],
-            log,
-            pid: None,
-        };
         let (config, socket, procs) = match args.engine {
             Engine::Tandem => {
-                let conf = dir.join("tandem.toml");
-                let socket = dir.join("tandem.sock");
-                let text = topology::render_tandem_config(
-                    &plan,
-                    &topology::ConfigParams {
-                        key: &key,
-                        interval_ms: args.interval,
-                        dead_time_ms: args
-                            .dead_time
-                            .unwrap_or_else(|| topology::dead_time_ms(args.interval)),
-                        switchback: args.switchback.as_str(),
-                        tandem_bin: &tandem_bin,
-                        state_dir: &state_dir.to_string_lossy(),
-                        socket: &socket.to_string_lossy(),
-                    },
-                );
-                write_file(&conf, &text)?;
-                let argv = vec![
-                    tandem_bin.clone(),
-                    "run".into(),
-                    "--config".into(),
-                    conf.to_string_lossy().into_owned(),
-                    "--node".into(),
-                    n.name.clone(),
-                ];
-                // The daemon's log filter; silence a noisy netlink parser
-                // warning unless the caller chose a filter.
-                let log_filter = std::env::var("TANDEM_LOG")
-                    .unwrap_or_else(|_| "info,netlink_packet_route=error".into());
-                let proc = ProcSpec {
-                    argv,
-                    env: vec![("TANDEM_LOG".into(), log_filter)],
-                    log: dir.join("tandem.log"),
-                    pid: None,
-                };
+                let (conf, socket, proc) = self.tandem(args, plan, n, &dir, &state_dir)?;
                 (Some(conf), Some(socket), vec![proc])
             }
             Engine::Keepalived => {
                 let conf = dir.join("keepalived.conf");
-                write_file(&conf, &keepalived::render_conf(&plan, n, args.interval)?)?;
-                let argv = keepalived::argv(
-                    ka_bin.as_deref().unwrap_or("keepalived"),
-                    &conf.to_string_lossy(),
-                    &dir.to_string_lossy(),
-                );
+                write_file(&conf, &keepalived::render_conf(plan, n, args.interval)?)?;
                 let ka = ProcSpec {
-                    argv,
+                    argv: keepalived::argv(
+                        self.ka_bin.as_deref().unwrap_or("keepalived"),
+                        &conf.to_string_lossy(),
+                        &dir.to_string_lossy(),
+                    ),
                     env: vec![],
                     log: dir.join("keepalived.log"),
                     pid: None,
                 };
-                (
-                    Some(conf),
-                    None,
-                    vec![ka, responder(dir.join("responder.log"))],
-                )
+                let responder = self.responder(n, dir.join("responder.log"));
+                (Some(conf), None, vec![ka, responder])
             }
-            Engine::None => (None, None, vec![responder(dir.join("responder.log"))]),
+            Engine::None => (
+                None,
+                None,
+                vec![self.responder(n, dir.join("responder.log"))],
+            ),
         };
-        nodes.push(NodeState {
+        Ok(NodeState {
             name: n.name.clone(),
             netns: n.netns.clone(),
             pub_addr: n.pub_addr(),
@@ -661,52 +685,99 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
             state_dir: (args.engine == Engine::Tandem).then_some(state_dir),
             socket,
             procs,
-        });
+        })
     }
-    let mut state = LabState {
-        prefix: args.prefix.clone(),
-        dir: args.dir.clone(),
-        engine: args.engine,
-        interval_ms: args.interval,
-        switchback: args.switchback,
-        tandem_bin,
-        vip: VIP.to_string(),
-        switch_ns: plan.switch_ns.clone(),
-        client_ns: plan.client_ns.clone(),
-        nodes,
-    };
-    state.save()?;
-    for i in 0..state.nodes.len() {
-        start_node(&mut state, i)?;
-    }
-    state.save()?;
-    info!(prefix = %state.prefix, nodes = state.nodes.len(), "lab built, daemons started");
 
-    if wait_vip && state.engine != Engine::None {
-        let owner = wait_vip_or_death(&state, Duration::from_secs(args.wait))?;
-        if owner.is_none() {
-            let mut msg = format!("VIP {VIP} did not answer within {} s", args.wait);
-            if !engines_alive(&state) {
-                msg = format!(
-                    "every node's {} exited before the VIP answered",
-                    state.engine
-                );
-            }
-            for n in &state.nodes {
-                if let Some(p) = n.procs.first() {
-                    msg.push_str(&format!(
-                        "\n--- {} ({}), last lines:\n{}",
-                        n.name,
-                        p.log.display(),
-                        net::tail(&p.log, 15)
-                    ));
-                }
-            }
-            return Err(LabError::Timeout(msg));
+    /// Node `n`'s Tandem config (written), API socket and daemon.
+    fn tandem(
+        &self,
+        args: &UpArgs,
+        plan: &Plan,
+        n: &topology::NodePlan,
+        dir: &Path,
+        state_dir: &Path,
+    ) -> Result<(PathBuf, PathBuf, ProcSpec), LabError> {
+        let conf = dir.join("tandem.toml");
+        let socket = dir.join("tandem.sock");
+        let text = topology::render_tandem_config(
+            plan,
+            &topology::ConfigParams {
+                key: &self.key,
+                interval_ms: args.interval,
+                dead_time_ms: args
+                    .dead_time
+                    .unwrap_or_else(|| topology::dead_time_ms(args.interval)),
+                switchback: args.switchback.as_str(),
+                tandem_bin: &self.tandem_bin,
+                state_dir: &state_dir.to_string_lossy(),
+                socket: &socket.to_string_lossy(),
+            },
+        );
+        write_file(&conf, &text)?;
+        let argv = vec![
+            self.tandem_bin.clone(),
+            "run".into(),
+            "--config".into(),
+            conf.to_string_lossy().into_owned(),
+            "--node".into(),
+            n.name.clone(),
+        ];
+        // The daemon's log filter; silence a noisy netlink parser
+        // warning unless the caller chose a filter.
+        let log_filter = std::env::var("TANDEM_LOG")
+            .unwrap_or_else(|_| "info,netlink_packet_route=error".into());
+        let proc = ProcSpec {
+            argv,
+            env: vec![("TANDEM_LOG".into(), log_filter)],
+            log: dir.join("tandem.log"),
+            pid: None,
+        };
+        Ok((conf, socket, proc))
+    }
+
+    /// The built-in HTTP responder answering with `n`'s name.
+    fn responder(&self, n: &topology::NodePlan, log: PathBuf) -> ProcSpec {
+        ProcSpec {
+            argv: vec![
+                self.me.clone(),
+                "lab".into(),
+                "responder".into(),
+                "--name".into(),
+                n.name.clone(),
+                "--listen".into(),
+                format!("0.0.0.0:{}", topology::SERVICE_PORT),
+            ],
+            env: vec![("TANDEM_NODE".into(), n.name.clone())],
+            log,
+            pid: None,
         }
     }
-    guard.disarm();
-    Ok(state)
+}
+
+/// Wait up to `wait_s` seconds for the VIP to answer; the timeout's message says
+/// whether the engines died and shows the tail of each node's log.
+fn wait_for_vip(state: &LabState, wait_s: u64) -> Result<(), LabError> {
+    if wait_vip_or_death(state, Duration::from_secs(wait_s))?.is_some() {
+        return Ok(());
+    }
+    let mut msg = format!("VIP {VIP} did not answer within {wait_s} s");
+    if !engines_alive(state) {
+        msg = format!(
+            "every node's {} exited before the VIP answered",
+            state.engine
+        );
+    }
+    for n in &state.nodes {
+        if let Some(p) = n.procs.first() {
+            msg.push_str(&format!(
+                "\n--- {} ({}), last lines:\n{}",
+                n.name,
+                p.log.display(),
+                net::tail(&p.log, 15)
+            ));
+        }
+    }
+    Err(LabError::Timeout(msg))
 }
 
 /// Whether any node's engine process (the first one started) still runs.
@@ -740,6 +811,16 @@ fn write_file(path: &Path, text: &str) -> Result<(), LabError> {
 
 /// Create namespaces, bridges and veths per the plan.
 fn build_topology(plan: &Plan) -> Result<(), LabError> {
+    build_switch(plan)?;
+    for n in &plan.nodes {
+        net::check_interrupt()?;
+        wire_node(&plan.switch_ns, n)?;
+    }
+    wire_client(plan)
+}
+
+/// Every namespace (lo up, no IPv6) and the switch's bridges.
+fn build_switch(plan: &Plan) -> Result<(), LabError> {
     for ns in plan.all_netns() {
         net::ip(&["netns", "add", &ns])?;
         // No IPv6 chatter (DAD, RS, MLD) on lab links.
@@ -757,72 +838,80 @@ fn build_topology(plan: &Plan) -> Result<(), LabError> {
         ));
         batch.push(format!("link set {br} up"));
     }
-    net::ip_batch(sw, &batch)?;
-    for n in &plan.nodes {
-        net::check_interrupt()?;
-        let mut node_batch = Vec::new();
-        let mut sw_batch = Vec::new();
-        for i in &n.ifaces {
-            net::ipn(
-                sw,
-                &[
-                    "link",
-                    "add",
-                    &i.switch_end,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &i.name,
-                    "netns",
-                    &n.netns,
-                ],
-            )?;
-            sw_batch.push(format!("link set {} master {} up", i.switch_end, i.bridge));
-            if let Some(c) = &i.cidr {
-                node_batch.push(format!("addr add {c} dev {}", i.name));
-            }
-            node_batch.push(format!("link set {} up", i.name));
-        }
-        net::ip_batch(sw, &sw_batch)?;
-        // Only the interface holding an address answers ARP for it (pub0 and
-        // pub1 share a LAN).
-        net::sysctl(&n.netns, "net.ipv4.conf.all.arp_ignore", "1")?;
-        net::sysctl(&n.netns, "net.ipv4.conf.all.arp_announce", "2")?;
-        // When pub0 loses carrier its connected route must not be used any
-        // more, or replies for a VIP moved to pub1 leave through dead pub0.
-        net::sysctl(
-            &n.netns,
-            "net.ipv4.conf.all.ignore_routes_with_linkdown",
-            "1",
+    net::ip_batch(sw, &batch)
+}
+
+/// Node `n`'s veths to the switch `sw`, its addresses and ARP settings, and the DR
+/// site's WAN cap.
+fn wire_node(sw: &str, n: &topology::NodePlan) -> Result<(), LabError> {
+    let mut node_batch = Vec::new();
+    let mut sw_batch = Vec::new();
+    for i in &n.ifaces {
+        net::ipn(
+            sw,
+            &[
+                "link",
+                "add",
+                &i.switch_end,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &i.name,
+                "netns",
+                &n.netns,
+            ],
         )?;
-        net::ip_batch(&n.netns, &node_batch)?;
-        if n.index >= 3 {
-            // Node 3 and later are the DR site: their replication runs over hb2,
-            // capped to a WAN-like rate (tbf; netem is not available here).
-            net::cmd(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &n.netns,
-                    "tc",
-                    "qdisc",
-                    "add",
-                    "dev",
-                    "hb2",
-                    "root",
-                    "tbf",
-                    "rate",
-                    topology::WAN_RATE,
-                    "burst",
-                    "256kb",
-                    "latency",
-                    "100ms",
-                ],
-            )?;
+        sw_batch.push(format!("link set {} master {} up", i.switch_end, i.bridge));
+        if let Some(c) = &i.cidr {
+            node_batch.push(format!("addr add {c} dev {}", i.name));
         }
+        node_batch.push(format!("link set {} up", i.name));
     }
+    net::ip_batch(sw, &sw_batch)?;
+    // Only the interface holding an address answers ARP for it (pub0 and
+    // pub1 share a LAN).
+    net::sysctl(&n.netns, "net.ipv4.conf.all.arp_ignore", "1")?;
+    net::sysctl(&n.netns, "net.ipv4.conf.all.arp_announce", "2")?;
+    // When pub0 loses carrier its connected route must not be used any
+    // more, or replies for a VIP moved to pub1 leave through dead pub0.
+    net::sysctl(
+        &n.netns,
+        "net.ipv4.conf.all.ignore_routes_with_linkdown",
+        "1",
+    )?;
+    net::ip_batch(&n.netns, &node_batch)?;
+    if n.index >= 3 {
+        // Node 3 and later are the DR site: their replication runs over hb2,
+        // capped to a WAN-like rate (tbf; netem is not available here).
+        net::cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &n.netns,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "hb2",
+                "root",
+                "tbf",
+                "rate",
+                topology::WAN_RATE,
+                "burst",
+                "256kb",
+                "latency",
+                "100ms",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The client namespace's veth to the public bridge and its address.
+fn wire_client(plan: &Plan) -> Result<(), LabError> {
+    let sw = plan.switch_ns.as_str();
     let cl = plan.client_ns.as_str();
     net::ipn(
         sw,
@@ -1259,82 +1348,7 @@ fn status(dir: &Path) -> Result<(), LabError> {
             .unwrap_or_else(|| "no answer".into())
     );
     for n in &state.nodes {
-        let present = net::netns_exists(&n.netns);
-        println!(
-            "  {} (ns {}{})",
-            n.name,
-            n.netns,
-            if present { "" } else { ", MISSING" }
-        );
-        for p in &n.procs {
-            let alive = p.pid.is_some_and(net::pid_alive);
-            let stopped = p.pid.is_some_and(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        s.rsplit_once(')')
-                            .map(|(_, r)| r.trim_start().starts_with('T'))
-                    })
-                    .unwrap_or(false)
-            });
-            let what = Path::new(p.argv.first().map(String::as_str).unwrap_or("?"))
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            println!(
-                "    {what:<12} pid {:<8} {}  log {}",
-                p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
-                if stopped {
-                    "STOPPED"
-                } else if alive {
-                    "running"
-                } else {
-                    "DEAD"
-                },
-                p.log.display()
-            );
-        }
-        if let Some(s) = &n.socket {
-            println!("    socket {}", s.display());
-        }
-        if !present {
-            continue;
-        }
-        if let Ok(v) = net::addr_json(&n.netns) {
-            let mut parts = Vec::new();
-            for l in v.as_array().into_iter().flatten() {
-                let name = l["ifname"].as_str().unwrap_or("?");
-                if name == "lo" {
-                    continue;
-                }
-                let oper = l["operstate"].as_str().unwrap_or("?");
-                let addrs: Vec<String> = l["addr_info"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|a| {
-                        Some(format!(
-                            "{}/{}",
-                            a["local"].as_str()?,
-                            a["prefixlen"].as_u64()?
-                        ))
-                    })
-                    .collect();
-                parts.push(
-                    format!("{name} {oper} {}", addrs.join(" "))
-                        .trim_end()
-                        .to_string(),
-                );
-            }
-            println!("    links: {}", parts.join(" | "));
-        }
-        if let Ok(t) = net::nft_list_tables(&n.netns) {
-            let tables = topology::parse_lab_tables(&t);
-            if !tables.is_empty() {
-                let names: Vec<_> = tables.into_iter().map(|(_, n)| n).collect();
-                println!("    faults: {}", names.join(", "));
-            }
-        }
+        print_node_status(n);
     }
     if let Ok(v) = net::ipn(&state.switch_ns, &["-br", "link", "show"]) {
         let down: Vec<&str> = v
@@ -1347,6 +1361,97 @@ fn status(dir: &Path) -> Result<(), LabError> {
         }
     }
     Ok(())
+}
+
+/// `lab status` of one node: its processes, and when its namespace exists, its
+/// links and the faults injected into it.
+fn print_node_status(n: &NodeState) {
+    let present = net::netns_exists(&n.netns);
+    println!(
+        "  {} (ns {}{})",
+        n.name,
+        n.netns,
+        if present { "" } else { ", MISSING" }
+    );
+    for p in &n.procs {
+        print_proc_status(p);
+    }
+    if let Some(s) = &n.socket {
+        println!("    socket {}", s.display());
+    }
+    if !present {
+        return;
+    }
+    if let Ok(v) = net::addr_json(&n.netns) {
+        println!("    links: {}", links_summary(&v));
+    }
+    if let Ok(t) = net::nft_list_tables(&n.netns) {
+        let tables = topology::parse_lab_tables(&t);
+        if !tables.is_empty() {
+            let names: Vec<_> = tables.into_iter().map(|(_, n)| n).collect();
+            println!("    faults: {}", names.join(", "));
+        }
+    }
+}
+
+/// One process line of `lab status`: running, stopped (SIGSTOP) or dead.
+fn print_proc_status(p: &ProcSpec) {
+    let alive = p.pid.is_some_and(net::pid_alive);
+    let stopped = p.pid.is_some_and(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, r)| r.trim_start().starts_with('T'))
+            })
+            .unwrap_or(false)
+    });
+    let what = Path::new(p.argv.first().map(String::as_str).unwrap_or("?"))
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    println!(
+        "    {what:<12} pid {:<8} {}  log {}",
+        p.pid.map(|x| x.to_string()).unwrap_or_else(|| "-".into()),
+        if stopped {
+            "STOPPED"
+        } else if alive {
+            "running"
+        } else {
+            "DEAD"
+        },
+        p.log.display()
+    );
+}
+
+/// `ip -j addr` of a namespace as `name state addr/len ... | ...`, without `lo`.
+fn links_summary(v: &serde_json::Value) -> String {
+    let mut parts = Vec::new();
+    for l in v.as_array().into_iter().flatten() {
+        let name = l["ifname"].as_str().unwrap_or("?");
+        if name == "lo" {
+            continue;
+        }
+        let oper = l["operstate"].as_str().unwrap_or("?");
+        let addrs: Vec<String> = l["addr_info"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some(format!(
+                    "{}/{}",
+                    a["local"].as_str()?,
+                    a["prefixlen"].as_u64()?
+                ))
+            })
+            .collect();
+        parts.push(
+            format!("{name} {oper} {}", addrs.join(" "))
+                .trim_end()
+                .to_string(),
+        );
+    }
+    parts.join(" | ")
 }
 
 #[cfg(test)]
@@ -1392,6 +1497,11 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["lab", "loss", "hb1", "101"]).is_err());
+    }
+
+    #[cfg(feature = "bench")]
+    #[test]
+    fn parses_the_failover_benchmark() {
         let c = Cli::try_parse_from(["lab", "bench", "failover", "--trials", "3"]).unwrap();
         assert!(matches!(c.cmd, LabCommand::Bench { .. }));
     }

@@ -1,14 +1,12 @@
 //! Block volumes and how clients reach them: the [`Export`] seam that both a local
 //! [`volume::Volume`] and (later) the replicated mirror implement, and an NBD server
 //! ([`nbd`]) that serves any `Export` to qemu, nbdkit clients and the kernel's nbd driver.
-//! [`bench`] compares the server with nbdkit and qemu-nbd.
 //!
 //! The replication's pure cores: [`bitmap`] (the per-peer dirty-block bitmap and the
 //! activity log that bounds a crash), [`generation`] (generation identifiers, disk
 //! states, who resyncs from whom, split brain), [`connect`] (the plan two copies follow
 //! when they connect) and [`fencing`] (outdate requests over the heartbeats).
 
-pub mod bench;
 pub mod bitmap;
 pub mod connect;
 pub mod fencing;

@@ -464,7 +464,7 @@ mod tests {
             }],
             ..SnmpConfig::default()
         };
-        let status = crate::lab::bench_snmp::synthetic_status(50);
+        let status = crate::snmp::synthetic::synthetic_status(50);
         let view = MibView::build(&status, &SystemInfo::default());
         let usm = Usm::new(vec![0x80, 0, 0, 0, 4], 1, &[], false).unwrap();
         RequestHandler::new(&cfg, usm, view).unwrap()

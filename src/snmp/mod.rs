@@ -8,10 +8,13 @@
 //! - [`agent`]: the UDP agent (v2c communities, v3 through [`usm`]) and its counters.
 //! - [`usm`]: the SNMPv3 User-based Security Model.
 //! - [`notify`]: traps and informs to the configured receivers.
+//! - `synthetic`: a status snapshot of any size, for the agent's tests and the benchmark.
 
 pub mod agent;
 pub mod mib;
 pub mod notify;
+#[cfg(any(test, feature = "bench"))]
+pub mod synthetic;
 pub mod usm;
 
 use rasn_snmp::v2::VarBind;

@@ -14,6 +14,7 @@
 //! latency runs from `emit` to the moment the benchmark reads snmptrapd's line for it
 //! from the pipe (snmptrapd's own timestamps have whole seconds only).
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -23,24 +24,18 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::sync::watch;
 
-use crate::cluster::packet::LocalGroupState;
 use crate::config::{CommunityConfig, ReceiverConfig, ReceiverForm, SnmpConfig};
 use crate::event::{fields, Event, EventKind, EventLog, Fields};
-use crate::placement::policy::GroupStatus;
 use crate::snmp::mib::{notification_for, MibView, SystemInfo};
 use crate::snmp::notify::spawn_notifier;
+use crate::snmp::synthetic::{synthetic_status, NODES};
 use crate::snmp::SnmpError;
-use crate::status::{
-    GroupSummary, NodeStatus, PathStatusView, ResourceType, ResourceView, Status, TakeoverMode,
-    VipView,
-};
+use crate::status::Status;
 
 /// The community both agents answer.
 const COMMUNITY: &str = "bench";
 /// The smallest tree the benchmark walks.
 const MIN_VARBINDS: usize = 5_000;
-/// Nodes in the synthetic cluster (each with two heartbeat paths to every peer).
-const NODES: usize = 16;
 /// Events emitted for the latency measurement, and the pause between two.
 const LATENCY_EVENTS: u64 = 200;
 const LATENCY_SPACING: Duration = Duration::from_millis(5);
@@ -242,10 +237,10 @@ impl Snmptrapd {
 
     /// When each notification arrived on `port`, by the event's seq (`seq_oid` is
     /// tandemEventSeq.0, dotted as `-On` prints it). The first arrival counts.
-    fn arrivals(&self, port: u16, seq_oid: &str) -> std::collections::BTreeMap<u64, Instant> {
+    fn arrivals(&self, port: u16, seq_oid: &str) -> BTreeMap<u64, Instant> {
         let to = format!("->[127.0.0.1]:{port}\t");
         let prefix = format!("{seq_oid} = ");
-        let mut seen = std::collections::BTreeMap::new();
+        let mut seen = BTreeMap::new();
         for (at, line) in self.lines() {
             if !line.contains(&to) {
                 continue;
@@ -281,88 +276,6 @@ fn agent_answers(target: &str) -> Result<(), SnmpBenchError> {
         Ok(())
     } else {
         Err(SnmpBenchError::Tool("snmpget".into(), "no answer".into()))
-    }
-}
-
-/// A cluster snapshot with `groups` groups of three resources (one a VIP) each.
-pub fn synthetic_status(groups: usize) -> Status {
-    let node_name = |i: usize| format!("node{i:02}");
-    let nodes = (0..NODES)
-        .map(|i| NodeStatus {
-            name: node_name(i),
-            priority: i as u32 + 1,
-            local: i == 0,
-            alive: true,
-            standby: false,
-            boot_id: format!("{:016x}", 0xb007 + i),
-            last_heard_ms_ago: Some(40),
-            paths_up: 2,
-        })
-        .collect();
-    let paths = (1..NODES)
-        .flat_map(|i| {
-            ["hb1", "hb2"].map(|p| PathStatusView {
-                peer: node_name(i),
-                path: p.into(),
-                up: true,
-                last_heard_ms_ago: Some(40),
-                rtt_ms: Some(0.3),
-            })
-        })
-        .collect();
-    let group_name = |g: usize| format!("group{g:04}");
-    let group_status = (0..groups)
-        .map(|g| GroupStatus {
-            name: group_name(g),
-            owner: Some(node_name(g % NODES)),
-            epoch: 1 + g as u64,
-            maintenance: false,
-            local_state: if g % NODES == 0 {
-                LocalGroupState::Running
-            } else {
-                LocalGroupState::Stopped
-            },
-            blocked: false,
-            recent_failures: 0,
-            states: Default::default(),
-            summary: GroupSummary::Running,
-        })
-        .collect();
-    let mut resources = Vec::new();
-    let mut vips = Vec::new();
-    for g in 0..groups {
-        for (name, kind) in [
-            ("vip", ResourceType::Ip),
-            ("fs", ResourceType::Exec),
-            ("app", ResourceType::Process),
-        ] {
-            resources.push(ResourceView {
-                group: group_name(g),
-                name: name.into(),
-                kind,
-                state: LocalGroupState::Running,
-            });
-        }
-        vips.push(VipView {
-            group: group_name(g),
-            resource: "vip".into(),
-            address: format!("10.{}.{}.10/24", g / 256, g % 256),
-            interface: "eth0".into(),
-            present: g % NODES == 0,
-        });
-    }
-    Status {
-        cluster: "bench".into(),
-        node: node_name(0),
-        uptime_ms: 3_600_000,
-        last_seq: 1000,
-        mode: TakeoverMode::Priority,
-        nodes,
-        paths,
-        groups: group_status,
-        resources,
-        vips,
-        ..Status::default()
     }
 }
 
@@ -471,30 +384,8 @@ fn latency(dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<(), SnmpBenc
             engine.start,
         )
     };
-    let sample = Event {
-        seq: 0,
-        node: String::new(),
-        time_ms: 0,
-        kind: EventKind::NodeDown,
-        fields: Fields::new(),
-    };
-    let seq_oid: String = notification_for(&sample)
-        .and_then(|n| n.varbinds.first().map(|v| v.name.clone()))
-        .map(|oid| oid.iter().map(|a| format!(".{a}")).collect())
-        .unwrap_or_default();
-
-    // Each emit logs the event: not on the benchmark's terminal.
-    let quiet = tracing::subscriber::NoSubscriber::default();
-    let emitted = tracing::subscriber::with_default(quiet, || {
-        let mut emitted = std::collections::BTreeMap::new();
-        for _ in 0..LATENCY_EVENTS {
-            let at = Instant::now();
-            let e = log.emit(EventKind::NodeDown, fields([("peer", "node01".into())]));
-            emitted.insert(e.seq, at);
-            std::thread::sleep(LATENCY_SPACING);
-        }
-        emitted
-    });
+    let seq_oid = seq_varbind_oid();
+    let emitted = emit_quietly(&log);
     let t = Instant::now();
     while t.elapsed() < LATENCY_WAIT
         && trapd
@@ -513,26 +404,61 @@ fn latency(dir: &Path, runtime: &tokio::runtime::Runtime) -> Result<(), SnmpBenc
         LATENCY_GOAL.as_millis()
     );
     for (i, (name, _)) in forms.iter().enumerate() {
-        let arrived = trapd.arrivals(trapd.ports[i], &seq_oid);
-        let mut ms: Vec<f64> = emitted
-            .iter()
-            .filter_map(|(seq, at)| Some(arrived.get(seq)?.duration_since(*at).as_secs_f64() * 1e3))
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        let pick = |q: usize| ms.get((ms.len() * q / 100).min(ms.len().saturating_sub(1)));
-        match (pick(50), pick(99)) {
-            (Some(median), Some(p99)) => println!(
-                "  {name:<11} {:>4}/{} received  median {median:>7.2} ms  p99 {p99:>7.2} ms  {}",
-                ms.len(),
-                emitted.len(),
-                if *p99 <= LATENCY_GOAL.as_secs_f64() * 1e3 {
-                    "within goal"
-                } else {
-                    "OVER GOAL"
-                }
-            ),
-            _ => println!("  {name:<11}    0/{} received", emitted.len()),
-        }
+        print_latency(name, &emitted, &trapd.arrivals(trapd.ports[i], &seq_oid));
     }
     Ok(())
+}
+
+/// The OID of the first varbind of a notification (the event's seq), dotted.
+fn seq_varbind_oid() -> String {
+    let sample = Event {
+        seq: 0,
+        node: String::new(),
+        time_ms: 0,
+        kind: EventKind::NodeDown,
+        fields: Fields::new(),
+    };
+    notification_for(&sample)
+        .and_then(|n| n.varbinds.first().map(|v| v.name.clone()))
+        .map(|oid| oid.iter().map(|a| format!(".{a}")).collect())
+        .unwrap_or_default()
+}
+
+/// Emits the latency events into `log`, spaced out; returns when each went out, by seq.
+fn emit_quietly(log: &EventLog) -> BTreeMap<u64, Instant> {
+    // Each emit logs the event: not on the benchmark's terminal.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    tracing::subscriber::with_default(quiet, || {
+        let mut emitted = BTreeMap::new();
+        for _ in 0..LATENCY_EVENTS {
+            let at = Instant::now();
+            let e = log.emit(EventKind::NodeDown, fields([("peer", "node01".into())]));
+            emitted.insert(e.seq, at);
+            std::thread::sleep(LATENCY_SPACING);
+        }
+        emitted
+    })
+}
+
+/// One receiver's line: how many events arrived, the median and p99 latency.
+fn print_latency(name: &str, emitted: &BTreeMap<u64, Instant>, arrived: &BTreeMap<u64, Instant>) {
+    let mut ms: Vec<f64> = emitted
+        .iter()
+        .filter_map(|(seq, at)| Some(arrived.get(seq)?.duration_since(*at).as_secs_f64() * 1e3))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let pick = |q: usize| ms.get((ms.len() * q / 100).min(ms.len().saturating_sub(1)));
+    match (pick(50), pick(99)) {
+        (Some(median), Some(p99)) => println!(
+            "  {name:<11} {:>4}/{} received  median {median:>7.2} ms  p99 {p99:>7.2} ms  {}",
+            ms.len(),
+            emitted.len(),
+            if *p99 <= LATENCY_GOAL.as_secs_f64() * 1e3 {
+                "within goal"
+            } else {
+                "OVER GOAL"
+            }
+        ),
+        _ => println!("  {name:<11}    0/{} received", emitted.len()),
+    }
 }

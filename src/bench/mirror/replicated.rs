@@ -139,6 +139,68 @@ fn lab_err(e: impl std::fmt::Display) -> crate::lab::LabError {
     crate::lab::LabError::Invalid(e.to_string())
 }
 
+/// Opens the primary, waits until it has met its peer, promotes it and binds its NBD
+/// socket.
+async fn open_primary(
+    spec: MirrorSpec,
+    nbd_socket: PathBuf,
+) -> Result<(Arc<Mirror>, NbdServer), String> {
+    let m = Mirror::open(spec, EventLog::in_memory("a"))
+        .await
+        .map_err(|e| e.to_string())?;
+    // Both copies are new; wait until they have met.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = m.status();
+        if s.peers.iter().all(|p| p.connection == LinkState::Connected) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the peer did not connect: {s:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    m.promote().await.map_err(|e| e.to_string())?;
+    let server = NbdServer::bind(ServerConfig {
+        name: "bench".into(),
+        description: String::new(),
+        unix: Some(nbd_socket),
+        tcp: None,
+        metrics: None,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok((m, server))
+}
+
+/// Serves the primary over NBD and answers the benchmark's asks until `stopped`, then
+/// demotes and shuts it down.
+async fn serve_primary(
+    m: Arc<Mirror>,
+    server: NbdServer,
+    mut stopped: oneshot::Receiver<()>,
+    mut asked: mpsc::Receiver<Ask>,
+) {
+    let serving = tokio::spawn(server.run(m.clone()));
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            Some(ask) = asked.recv() => match ask {
+                Ask::Status(tx) => { let _ = tx.send(m.status()); }
+                Ask::Disconnect(tx) => {
+                    let _ = tx.send(m.disconnect(None).await.map_err(|e| e.to_string()));
+                }
+                Ask::Connect(tx) => {
+                    let _ = tx.send(m.connect(None).await.map_err(|e| e.to_string()));
+                }
+            },
+        }
+    }
+    serving.abort();
+    let _ = m.demote().await;
+    m.shutdown().await;
+}
+
 impl Pair {
     fn start(dir: &Path, size: u64, mode: ReplicationMode) -> Result<Pair, BenchError> {
         build_namespaces()?;
@@ -159,42 +221,14 @@ impl Pair {
             })
         });
         let (stop_a, stopped_a) = oneshot::channel::<()>();
-        let (asks, mut asked) = mpsc::channel::<Ask>(8);
+        let (asks, asked) = mpsc::channel::<Ask>(8);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let primary_spec = spec("a", "b", dir, size, mode, &key);
         let primary_backing = primary_spec.backing.clone();
         let nbd_socket = socket.clone();
         let primary = crate::lab::net::spawn_in_netns(NS_PRIMARY, move || {
             runtime()?.block_on(async move {
-                let started = async {
-                    let m = Mirror::open(primary_spec, EventLog::in_memory("a"))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    // Both copies are new; wait until they have met.
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    loop {
-                        let s = m.status();
-                        if s.peers.iter().all(|p| p.connection == LinkState::Connected) {
-                            break;
-                        }
-                        if Instant::now() > deadline {
-                            return Err(format!("the peer did not connect: {s:?}"));
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    m.promote().await.map_err(|e| e.to_string())?;
-                    let server = NbdServer::bind(ServerConfig {
-                        name: "bench".into(),
-                        description: String::new(),
-                        unix: Some(nbd_socket),
-                        tcp: None,
-                        metrics: None,
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    Ok::<_, String>((m, server))
-                };
-                let (m, server) = match started.await {
+                let (m, server) = match open_primary(primary_spec, nbd_socket).await {
                     Ok(x) => {
                         let _ = ready_tx.send(Ok(()));
                         x
@@ -204,26 +238,7 @@ impl Pair {
                         return Err(lab_err(e));
                     }
                 };
-                let m: Arc<Mirror> = m;
-                let serving = tokio::spawn(server.run(m.clone()));
-                let mut stopped_a = stopped_a;
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped_a => break,
-                        Some(ask) = asked.recv() => match ask {
-                            Ask::Status(tx) => { let _ = tx.send(m.status()); }
-                            Ask::Disconnect(tx) => {
-                                let _ = tx.send(m.disconnect(None).await.map_err(|e| e.to_string()));
-                            }
-                            Ask::Connect(tx) => {
-                                let _ = tx.send(m.connect(None).await.map_err(|e| e.to_string()));
-                            }
-                        },
-                    }
-                }
-                serving.abort();
-                let _ = m.demote().await;
-                m.shutdown().await;
+                serve_primary(m, server, stopped_a, asked).await;
                 Ok(())
             })
         });

@@ -1,0 +1,181 @@
+//! Shared by the test files that run Tandem on loopback or in the lab (`tests/api.rs`,
+//! `tests/snmp.rs`, `tests/snmp_v3.rs`, `tests/nbd.rs`, `tests/mirror.rs`, `tests/lab.rs`,
+//! `tests/image.rs`): the `tandem` binary, free loopback ports, polling waits, and a
+//! [`Daemon`] (`tandem run` in a temporary directory, killed on drop).
+//!
+//! Each test file uses a part of this module, so the unused rest is allowed there.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The `tandem` binary cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tandem");
+
+/// How often the waits below try again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A TCP address on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_tcp_port()))
+}
+
+/// Polls `f` until it returns `Some`, for at most `timeout`. Returns the value and how
+/// long it took; panics naming `what` on timeout.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return (v, t0.elapsed());
+        }
+        if t0.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Polls `cond` until it holds, for at most `timeout`; panics naming `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    wait_for(what, timeout, || cond().then_some(()));
+}
+
+/// [`wait_until`] inside a tokio runtime: sleeps without blocking the runtime's thread.
+pub async fn wait_until_async(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// `tandem run --config <dir>/tandem.toml --node <node>` in a fresh temporary directory.
+/// The configuration is expected to put the API socket at `<dir>/api.sock` (see
+/// [`Daemon::sock`]). The process is killed and reaped on drop, even when a test panics.
+pub struct Daemon {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    node: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Daemon {
+    /// Writes the configuration `config(dir)` returns, starts the daemon as `node`, and
+    /// waits until its API answers `tandem status`.
+    pub fn start(node: &str, config: impl FnOnce(&Path) -> String) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tandem.toml"), config(dir.path())).unwrap();
+        let mut d = Daemon {
+            child: None,
+            dir,
+            node: node.to_string(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts the process (again, after [`Daemon::terminate`]) and waits until its API
+    /// answers.
+    pub fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(self.dir.path().join("tandem.toml"))
+            .args(["--node", &self.node])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_until("the API socket", Duration::from_secs(15), || {
+            self.sock().exists() && self.try_status().is_some()
+        });
+    }
+
+    /// SIGTERM (a graceful stop) and the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the daemon is running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL and reap, if it is running.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn sock(&self) -> PathBuf {
+        self.dir.path().join("api.sock")
+    }
+
+    /// Runs the CLI against this daemon: (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .arg("--socket")
+            .arg(self.sock())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `tandem status --json`, or `None` while the daemon does not answer.
+    pub fn try_status(&self) -> Option<Value> {
+        let (code, out, _) = self.cli(&["status", "--json"]);
+        if code != 0 {
+            return None;
+        }
+        serde_json::from_str(&out).ok()
+    }
+
+    pub fn status(&self) -> Value {
+        let (code, out, err) = self.cli(&["status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str(&out).unwrap()
+    }
+}
