@@ -626,3 +626,211 @@ impl NodeCore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::packet::MirrorRegister;
+    use crate::config::Switchback;
+    use crate::placement::policy::GroupPolicy;
+
+    /// n1 of n1..n3 with one group; n3 has an address on the first path only.
+    fn core() -> NodeCore {
+        let cfg = NodeConfig {
+            cluster: "c".into(),
+            paths: vec!["hb1".into(), "hb2".into()],
+            peers: vec![("n2".into(), vec![0, 1]), ("n3".into(), vec![0])],
+            dead_time_ms: 1000,
+            probe_lead_ms: 300,
+            placement: PlacementConfig {
+                local: "n1".into(),
+                nodes: vec![("n1".into(), 1), ("n2".into(), 2), ("n3".into(), 3)],
+                groups: vec![GroupPolicy {
+                    name: "web".into(),
+                    allowed: Vec::new(),
+                    switchback: Switchback::Manual,
+                    max_restarts: 3,
+                    window_ms: 60_000,
+                    has_vip: false,
+                }],
+                startup_grace_ms: 1400,
+                probe_before_takeover: false,
+                probe_retry_ms: 2000,
+                probe_fresh_ms: 600,
+            },
+        };
+        NodeCore::new(cfg, 7, 1_000, &[])
+    }
+
+    fn at(ms: u64) -> Now {
+        Now {
+            mono_ms: ms,
+            wall_ms: 1_700_000_000_000 + ms,
+        }
+    }
+
+    fn heartbeat_from(peer: &str, seq: u64, ms: u64, advert: NodeAdvert) -> NodeInput {
+        NodeInput::Packet {
+            path: 0,
+            hb: Heartbeat {
+                cluster: "c".into(),
+                node: peer.into(),
+                boot_id: 9,
+                boot_time_ms: 500,
+                seq,
+                path: 0,
+                sent_ms: ms,
+                echo: None,
+                advert,
+            },
+        }
+    }
+
+    fn sends(actions: &[NodeAction]) -> Vec<(u8, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                NodeAction::Send { path, peer, .. } => Some((*path, peer.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_go_to_every_peer_on_every_path_it_has_an_address_on() {
+        let mut c = core();
+        let out = c.handle(at(0), NodeInput::HeartbeatDue);
+        assert_eq!(
+            sends(&out),
+            [(0, "n2".into()), (0, "n3".into()), (1, "n2".into())]
+        );
+        assert_eq!(c.heartbeats_sent(), 3);
+    }
+
+    /// The runtime compared the placement advert with the last advert sent, which also
+    /// carries the mirrors' fencing registers: with any mirror configured they always
+    /// differed, so every 10 ms evaluation sent a full round of heartbeats.
+    #[test]
+    fn a_node_with_mirrors_sends_heartbeats_only_when_due_or_changed() {
+        let mut c = core();
+        let facts = vec![MirrorFacts {
+            name: "vol".into(),
+            primary: true,
+            pending: Vec::new(),
+        }];
+        c.handle(at(0), NodeInput::Mirrors(facts));
+        assert_eq!(sends(&c.handle(at(0), NodeInput::HeartbeatDue)).len(), 3);
+        for ms in [10, 20, 30] {
+            let out = c.handle(at(ms), NodeInput::Tick);
+            assert!(
+                sends(&out).is_empty(),
+                "tick at {ms} ms sent {:?}",
+                sends(&out)
+            );
+        }
+        // A new outdate request changes the advert: it goes out at once.
+        let pending = vec![MirrorFacts {
+            name: "vol".into(),
+            primary: true,
+            pending: vec![("n2".into(), 5)],
+        }];
+        c.handle(at(40), NodeInput::Mirrors(pending));
+        let out = c.handle(at(40), NodeInput::Resource(Input::Tick));
+        assert_eq!(sends(&out).len(), 3);
+    }
+
+    #[test]
+    fn a_dead_peer_loses_its_replication_links_before_placement_acts() {
+        let mut c = core();
+        c.handle(at(0), heartbeat_from("n2", 1, 0, NodeAdvert::default()));
+        let out = c.handle(at(1_500), NodeInput::CheckLiveness);
+        let down = out.iter().position(|a| {
+            matches!(
+                a,
+                NodeAction::Emit {
+                    kind: EventKind::NodeDown,
+                    ..
+                }
+            )
+        });
+        let dead = out
+            .iter()
+            .position(|a| matches!(a, NodeAction::PeerDead { peer } if peer == "n2"));
+        assert!(down.is_some() && dead > down, "{out:?}");
+        let placed = out
+            .iter()
+            .position(|a| matches!(a, NodeAction::Group { .. }));
+        assert!(placed.is_none_or(|p| Some(p) > dead), "{out:?}");
+    }
+
+    #[test]
+    fn control_requests_are_answered_with_their_id() {
+        let mut c = core();
+        let command = ControlCommand::Switchover {
+            group: "nosuch".into(),
+            to: None,
+        };
+        let out = c.handle(at(0), NodeInput::Control { id: 42, command });
+        match out.last() {
+            Some(NodeAction::Reply { id: 42, result }) => {
+                assert_eq!(result, &Err(PlacementError::UnknownGroup("nosuch".into())))
+            }
+            other => panic!("no reply: {other:?}"),
+        }
+        let command = ControlCommand::Maintenance {
+            group: "web".into(),
+            on: true,
+        };
+        let out = c.handle(at(0), NodeInput::Control { id: 43, command });
+        assert!(out.iter().any(|a| matches!(a,
+            NodeAction::Group { group, command: GroupCommand::Maintenance(true) } if group == "web")));
+        assert!(matches!(
+            out.last(),
+            Some(NodeAction::Reply {
+                id: 43,
+                result: Ok(ControlOutcome::Done)
+            })
+        ));
+    }
+
+    #[test]
+    fn a_secondary_outdates_itself_once_and_acknowledges_in_its_advert() {
+        let mut c = core();
+        let facts = vec![MirrorFacts {
+            name: "vol".into(),
+            primary: false,
+            pending: Vec::new(),
+        }];
+        c.handle(at(0), NodeInput::Mirrors(facts));
+        let request = NodeAdvert {
+            mirrors: vec![MirrorRegister {
+                name: "vol".into(),
+                outdated: 0,
+                outdate_requests: vec![("n1".into(), 77)],
+            }],
+            ..NodeAdvert::default()
+        };
+        c.handle(at(0), heartbeat_from("n2", 1, 0, request));
+        let outdates = |out: &[NodeAction]| {
+            out.iter()
+                .filter(|a| matches!(a, NodeAction::OutdateSelf { generation: 77, .. }))
+                .count()
+        };
+        assert_eq!(outdates(&c.handle(at(10), NodeInput::Tick)), 1);
+        // In flight: not asked for again.
+        assert_eq!(outdates(&c.handle(at(20), NodeInput::Tick)), 0);
+        let done = NodeInput::OutdateDone {
+            mirror: "vol".into(),
+            generation: 77,
+            ok: true,
+        };
+        let out = c.handle(at(30), done);
+        assert!(out.is_empty());
+        let out = c.handle(at(40), NodeInput::HeartbeatDue);
+        let NodeAction::Send { hb, .. } = &out[0] else {
+            panic!("no heartbeat: {out:?}")
+        };
+        assert_eq!(hb.advert.mirrors[0].outdated, 77);
+        assert_eq!(outdates(&c.handle(at(50), NodeInput::Tick)), 0);
+    }
+}
