@@ -2,6 +2,8 @@
 //! through the control API, config checking, the lab, the NBD server, benchmarks, and
 //! the demo service.
 
+pub mod render;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
