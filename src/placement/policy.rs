@@ -1731,4 +1731,6 @@ fn release_timeline(
 }
 
 #[cfg(test)]
+mod step_tests;
+#[cfg(test)]
 mod tests;
