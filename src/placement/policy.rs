@@ -22,6 +22,12 @@
 //! The deciding function for a group is [`Placement::desired_owner`]; a quorum engine
 //! for three or more voters can later replace the "who may claim" rule while the two-node
 //! rules stay as the two-node mode.
+//!
+//! [`Placement`] keeps what the whole node shares (configuration, standby register,
+//! lost peers) apart from each group's state. A group is re-evaluated by
+//! `GroupState::evaluate` in named steps (follow the register, lift an expired block,
+//! resolve a split brain, report a group nobody can run, then take over, start, hand off
+//! or leave it to its owner), each a method that reads the node through a `ClusterView`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -294,9 +300,9 @@ pub struct GroupStatus {
 /// The placement core of one node.
 ///
 /// Split the raft-rs way (its `Raft` keeps the `ProgressTracker` apart from `RaftCore`):
-/// the node-wide part ([`PlacementConfig`], [`NodeState`]) is read through a
-/// [`ClusterView`] while one group's [`GroupState`] changes, so each per-group step
-/// takes the state it changes and the facts it reads as arguments.
+/// the node-wide part ([`PlacementConfig`], `NodeState`) is read through a
+/// `ClusterView` while one group's `GroupState` changes, so each per-group step takes
+/// the state it changes and the facts it reads as arguments.
 pub struct Placement {
     cfg: PlacementConfig,
     node: NodeState,
