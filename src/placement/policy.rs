@@ -332,7 +332,7 @@ impl NodeState {
     }
 }
 
-/// One group: its policy and its state on this node.
+/// One group: its policy (copied from the configuration) and its state on this node.
 struct Group {
     policy: GroupPolicy,
     state: GroupState,
