@@ -1,0 +1,538 @@
+//! Unit tests of the steps of a group's evaluation ([`GroupState::evaluate`]): each step
+//! runs on one [`GroupState`] against a hand-built [`ClusterView`] (nodes `a`, `b`, `c`
+//! by preference; one group, `web`), and the test checks the state and actions it leaves.
+
+use super::*;
+
+const GROUP: &str = "web";
+
+/// The facts a [`ClusterView`] borrows: configuration, node state, live peers, time.
+struct World {
+    cfg: PlacementConfig,
+    node: NodeState,
+    peers: Vec<PeerView>,
+    mono_ms: u64,
+}
+
+impl World {
+    /// Node `local` of `a`, `b`, `c`, past the startup grace, with no live peers.
+    fn new(local: &str, has_vip: bool, switchback: Switchback) -> World {
+        World {
+            cfg: PlacementConfig {
+                local: local.into(),
+                nodes: vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)],
+                groups: vec![GroupPolicy {
+                    name: GROUP.into(),
+                    allowed: Vec::new(),
+                    switchback,
+                    max_restarts: 2,
+                    window_ms: 10_000,
+                    has_vip,
+                }],
+                startup_grace_ms: 1400,
+                probe_before_takeover: true,
+                probe_retry_ms: 2000,
+                probe_fresh_ms: 650,
+            },
+            node: NodeState {
+                started_mono_ms: Some(0),
+                ..NodeState::default()
+            },
+            peers: Vec::new(),
+            mono_ms: 10_000,
+        }
+    }
+
+    fn with_peer(
+        mut self,
+        name: &str,
+        local: LocalGroupState,
+        owner: Option<(&str, u64)>,
+    ) -> World {
+        self.peers.push(PeerView {
+            name: name.into(),
+            advert: NodeAdvert {
+                groups: vec![GroupAdvert {
+                    name: GROUP.into(),
+                    local,
+                    blocked: false,
+                    maintenance: false,
+                    assignment: owner.and_then(register),
+                }],
+                ..NodeAdvert::default()
+            },
+        });
+        self
+    }
+
+    fn policy(&self) -> &GroupPolicy {
+        &self.cfg.groups[0]
+    }
+
+    fn view(&self) -> ClusterView<'_> {
+        ClusterView {
+            now: Now {
+                mono_ms: self.mono_ms,
+                wall_ms: 1_700_000_000_000 + self.mono_ms,
+            },
+            cfg: &self.cfg,
+            node: &self.node,
+            peers: &self.peers,
+        }
+    }
+}
+
+fn register((owner, epoch): (&str, u64)) -> Option<Assignment> {
+    Some(Assignment {
+        owner: owner.into(),
+        epoch,
+    })
+}
+
+/// The group on this node: `local` here, the register naming `owner`.
+fn group(local: LocalGroupState, owner: Option<(&str, u64)>) -> GroupState {
+    GroupState {
+        local,
+        register: owner.and_then(register),
+        ..GroupState::new()
+    }
+}
+
+fn events(out: &[Action]) -> Vec<EventKind> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Emit { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stops(out: &[Action]) -> bool {
+    out.contains(&Action::StopGroup {
+        group: GROUP.into(),
+    })
+}
+
+fn starts(out: &[Action]) -> bool {
+    out.contains(&Action::StartGroup {
+        group: GROUP.into(),
+    })
+}
+
+fn probes(out: &[Action]) -> bool {
+    out.contains(&Action::ProbeVip {
+        group: GROUP.into(),
+    })
+}
+
+#[test]
+fn follow_register_takes_the_highest_epoch_with_its_maintenance_flag() {
+    let mut w = World::new("a", false, Switchback::Manual);
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("b", 2)));
+    w.peers[0].advert.groups[0].maintenance = true;
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 1)));
+    let mut out = Vec::new();
+    g.follow_register(w.policy(), &w.view(), &mut out);
+    assert_eq!(g.register, register(("b", 2)));
+    assert!(g.maintenance);
+    assert_eq!(events(&out), [EventKind::GroupMaintenanceOn]);
+    assert!(g.claim.is_none());
+}
+
+#[test]
+fn follow_register_breaks_an_epoch_tie_by_preference_then_name() {
+    let w = World::new("c", false, Switchback::Manual).with_peer(
+        "a",
+        LocalGroupState::Stopped,
+        Some(("a", 3)),
+    );
+    let mut g = group(LocalGroupState::Stopped, Some(("b", 3)));
+    g.follow_register(w.policy(), &w.view(), &mut Vec::new());
+    assert_eq!(g.register, register(("a", 3)));
+
+    // Equal priorities: the name decides, whichever register this node had first.
+    let mut w = World::new("c", false, Switchback::Manual).with_peer(
+        "a",
+        LocalGroupState::Stopped,
+        Some(("x", 3)),
+    );
+    w.cfg.nodes.extend([("x".into(), 5), ("y".into(), 5)]);
+    let mut g = group(LocalGroupState::Stopped, Some(("y", 3)));
+    g.follow_register(w.policy(), &w.view(), &mut Vec::new());
+    assert_eq!(g.register, register(("x", 3)));
+}
+
+#[test]
+fn follow_register_notes_why_a_register_naming_this_node_arrived() {
+    for (switchback, reason) in [
+        (Switchback::Automatic, MoveReason::Switchback),
+        (Switchback::Manual, MoveReason::Manual),
+    ] {
+        let w = World::new("a", false, switchback).with_peer(
+            "b",
+            LocalGroupState::Running,
+            Some(("a", 2)),
+        );
+        let mut g = group(LocalGroupState::Stopped, Some(("b", 1)));
+        g.follow_register(w.policy(), &w.view(), &mut Vec::new());
+        let claim = g.claim.expect("a claim");
+        assert_eq!(claim.reason, reason);
+        assert_eq!(claim.from.as_deref(), Some("b"));
+    }
+}
+
+#[test]
+fn lift_expired_block_forgets_the_failures_once_the_window_is_over() {
+    let mut g = GroupState {
+        blocked_until: Some(5_000),
+        failures: VecDeque::from([1_000, 2_000]),
+        ..GroupState::new()
+    };
+    g.lift_expired_block(4_999);
+    assert!(g.is_blocked(4_999));
+    assert_eq!(g.failures.len(), 2);
+    g.lift_expired_block(5_000);
+    assert_eq!(g.blocked_until, None);
+    assert!(g.failures.is_empty());
+}
+
+#[test]
+fn resolve_split_brain_stops_the_less_preferred_runner_and_reports_once() {
+    let w = World::new("b", false, Switchback::Manual).with_peer(
+        "a",
+        LocalGroupState::Running,
+        Some(("a", 1)),
+    );
+    let mut g = group(LocalGroupState::Running, Some(("b", 1)));
+    let active = g.active_nodes(w.policy(), &w.view());
+    assert_eq!(active, ["b", "a"]);
+    let mut out = Vec::new();
+    g.resolve_split_brain(w.policy(), &w.view(), active.clone(), &mut out);
+    assert_eq!(
+        events(&out),
+        [EventKind::SplitBrainResolved, EventKind::GroupStopping]
+    );
+    assert!(stops(&out));
+    assert_eq!(g.local, LocalGroupState::Stopping);
+    let mut again = Vec::new();
+    g.resolve_split_brain(w.policy(), &w.view(), active, &mut again);
+    assert!(again.is_empty(), "{again:?}");
+}
+
+#[test]
+fn resolve_split_brain_lets_the_preferred_runner_keep_the_group_and_the_register() {
+    let w = World::new("a", false, Switchback::Manual).with_peer(
+        "b",
+        LocalGroupState::Running,
+        Some(("b", 4)),
+    );
+    let mut g = group(LocalGroupState::Running, Some(("b", 4)));
+    let mut out = Vec::new();
+    g.resolve_split_brain(
+        w.policy(),
+        &w.view(),
+        vec!["a".into(), "b".into()],
+        &mut out,
+    );
+    assert_eq!(events(&out), [EventKind::SplitBrainResolved]);
+    assert_eq!(g.local, LocalGroupState::Running);
+    assert_eq!(g.register, register(("a", 5)));
+}
+
+#[test]
+fn report_unplaceable_reports_once_after_the_grace_and_rearms_when_placeable() {
+    let mut w = World::new("a", false, Switchback::Manual);
+    let mut g = group(LocalGroupState::Stopped, None);
+    let mut out = Vec::new();
+    w.node.started_mono_ms = Some(w.mono_ms);
+    g.report_unplaceable(w.policy(), &w.view(), None, true, &mut out);
+    assert!(out.is_empty(), "in the startup grace: {out:?}");
+    w.node.started_mono_ms = Some(0);
+    g.report_unplaceable(w.policy(), &w.view(), None, true, &mut out);
+    g.report_unplaceable(w.policy(), &w.view(), None, true, &mut out);
+    assert_eq!(events(&out), [EventKind::GroupFailed]);
+    g.report_unplaceable(w.policy(), &w.view(), Some("b"), true, &mut out);
+    assert!(!g.failed_reported);
+    g.report_unplaceable(w.policy(), &w.view(), None, true, &mut out);
+    assert_eq!(
+        events(&out),
+        [EventKind::GroupFailed, EventKind::GroupFailed]
+    );
+}
+
+#[test]
+fn take_over_waits_for_the_startup_grace() {
+    let mut w = World::new("a", false, Switchback::Manual);
+    w.node.started_mono_ms = Some(w.mono_ms - 100);
+    let mut g = group(LocalGroupState::Stopped, None);
+    let mut out = Vec::new();
+    g.take_over(w.policy(), &w.view(), None, &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert!(g.claim.is_none());
+}
+
+#[test]
+fn take_over_adopts_the_register_of_a_group_already_running_here() {
+    let w = World::new("b", false, Switchback::Manual);
+    let mut g = group(LocalGroupState::Running, Some(("a", 3)));
+    g.claim = Some(g.takeover_move(w.policy(), &w.view(), Some("a")));
+    let mut out = Vec::new();
+    g.take_over(w.policy(), &w.view(), Some("a"), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(g.register, register(("b", 4)));
+    assert!(g.claim.is_none());
+}
+
+#[test]
+fn take_over_of_a_lost_owner_records_when_it_was_lost_and_probes_first() {
+    let mut w = World::new("b", true, Switchback::Manual);
+    w.node
+        .lost_at
+        .insert("a".into(), (1_700_000_009_000, 1_700_000_007_000));
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 1)));
+    let mut out = Vec::new();
+    g.take_over(w.policy(), &w.view(), Some("a"), &mut out);
+    let claim = g.claim.as_ref().expect("a claim");
+    assert_eq!(claim.reason, MoveReason::NodeLost);
+    assert_eq!(claim.detected_wall_ms, 1_700_000_009_000);
+    assert_eq!(claim.failed_wall_ms, Some(1_700_000_007_000));
+    assert!(probes(&out) && !starts(&out), "{out:?}");
+    assert_eq!(g.register, register(("a", 1)), "no claim before the probe");
+}
+
+#[test]
+fn takeover_move_names_why_the_group_moves() {
+    let w = World::new("b", false, Switchback::Manual);
+    let g = group(LocalGroupState::Stopped, None);
+    let reason = |w: &World, owner| g.takeover_move(w.policy(), &w.view(), owner).reason;
+    assert_eq!(reason(&w, None), MoveReason::Initial);
+    assert_eq!(reason(&w, Some("a")), MoveReason::NodeLost);
+    let w = w.with_peer("a", LocalGroupState::Running, Some(("a", 1)));
+    assert_eq!(reason(&w, Some("a")), MoveReason::Switchback);
+    let mut standby = World { ..w };
+    standby.peers[0].advert.standby = true;
+    assert_eq!(reason(&standby, Some("a")), MoveReason::Manual);
+    let mut blocked = World { ..standby };
+    blocked.peers[0].advert.standby = false;
+    blocked.peers[0].advert.groups[0].blocked = true;
+    assert_eq!(reason(&blocked, Some("a")), MoveReason::ResourceFailed);
+}
+
+#[test]
+fn hand_off_to_a_more_preferred_node_writes_the_register_then_stops() {
+    let w = World::new("b", false, Switchback::Automatic).with_peer(
+        "a",
+        LocalGroupState::Stopped,
+        Some(("b", 2)),
+    );
+    let mut g = group(LocalGroupState::Running, Some(("b", 2)));
+    let mut out = Vec::new();
+    g.hand_off(w.policy(), &w.view(), "a", &mut out);
+    assert_eq!(g.register, register(("a", 3)));
+    assert_eq!(
+        events(&out),
+        [EventKind::SwitchoverStarted, EventKind::GroupStopping]
+    );
+    assert!(stops(&out));
+}
+
+#[test]
+fn hand_off_when_no_longer_eligible_only_stops() {
+    let w = World::new("a", false, Switchback::Manual);
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    g.blocked_until = Some(w.mono_ms + 1);
+    let mut out = Vec::new();
+    g.hand_off(w.policy(), &w.view(), "b", &mut out);
+    assert_eq!(g.register, register(("a", 2)));
+    assert_eq!(events(&out), [EventKind::GroupStopping]);
+    assert_eq!(g.local, LocalGroupState::Stopping);
+}
+
+#[test]
+fn leave_to_owner_drops_our_claim_and_stops_the_group_here() {
+    let w = World::new("b", true, Switchback::Manual);
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    g.probe = ProbeState::RetryAt(w.mono_ms + 500);
+    g.claim = Some(PendingMove {
+        reason: MoveReason::NodeLost,
+        from: Some("a".into()),
+        detected_wall_ms: 0,
+        failed_wall_ms: None,
+    });
+    let mut out = Vec::new();
+    g.leave_to_owner(w.policy(), Some("a"), &mut out);
+    assert!(g.claim.is_none());
+    assert_eq!(g.probe, ProbeState::Idle);
+    assert!(stops(&out));
+    let Some(Action::Emit { fields, .. }) = out.first() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(fields["reason"], "the group is assigned to `a`");
+
+    // A speculative probe's finding is kept; a restart under way is not interrupted.
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    g.probe = ProbeState::SpecInUse(1);
+    g.restarting = true;
+    let mut out = Vec::new();
+    g.leave_to_owner(w.policy(), Some("a"), &mut out);
+    assert_eq!(g.probe, ProbeState::SpecInUse(1));
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn try_start_waits_while_a_peer_still_holds_the_group() {
+    for state in [
+        LocalGroupState::Starting,
+        LocalGroupState::Running,
+        LocalGroupState::Stopping,
+        LocalGroupState::Failed,
+    ] {
+        let w = World::new("a", false, Switchback::Manual).with_peer("b", state, Some(("a", 2)));
+        let mut g = group(LocalGroupState::Stopped, Some(("a", 2)));
+        let mut out = Vec::new();
+        g.try_start(w.policy(), &w.view(), &mut out);
+        assert!(out.is_empty(), "{state:?}: {out:?}");
+    }
+}
+
+#[test]
+fn try_start_waits_until_every_peer_carries_our_register() {
+    let w = World::new("a", false, Switchback::Manual).with_peer(
+        "b",
+        LocalGroupState::Stopped,
+        Some(("b", 1)),
+    );
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 2)));
+    let mut out = Vec::new();
+    g.try_start(w.policy(), &w.view(), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+
+    let w = World::new("a", false, Switchback::Manual).with_peer(
+        "b",
+        LocalGroupState::Stopped,
+        Some(("a", 2)),
+    );
+    g.try_start(w.policy(), &w.view(), &mut out);
+    assert!(starts(&out), "{out:?}");
+    assert_eq!(g.local, LocalGroupState::Starting);
+}
+
+#[test]
+fn floating_ip_free_only_on_a_fresh_passed_probe_and_asks_for_one_otherwise() {
+    let mut w = World::new("a", true, Switchback::Manual);
+    let mut g = group(LocalGroupState::Stopped, None);
+    let mut out = Vec::new();
+    assert!(!g.floating_ip_free(w.policy(), &w.view(), &mut out));
+    assert!(probes(&out));
+    assert_eq!(g.probe, ProbeState::InFlight { speculative: false });
+
+    out.clear();
+    assert!(!g.floating_ip_free(w.policy(), &w.view(), &mut out));
+    g.probe = ProbeState::RetryAt(w.mono_ms + 1);
+    assert!(!g.floating_ip_free(w.policy(), &w.view(), &mut out));
+    assert!(
+        out.is_empty(),
+        "in flight, or not yet time to retry: {out:?}"
+    );
+
+    g.probe = ProbeState::Passed(w.mono_ms - 650);
+    assert!(g.floating_ip_free(w.policy(), &w.view(), &mut out));
+    w.mono_ms += 1;
+    assert!(!g.floating_ip_free(w.policy(), &w.view(), &mut out));
+    assert!(probes(&out), "a stale pass is probed again");
+}
+
+#[test]
+fn claim_and_start_alone_writes_the_claim_and_starts_with_a_timeline() {
+    let w = World::new("b", true, Switchback::Manual);
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 1)));
+    g.probe = ProbeState::Passed(w.mono_ms);
+    g.claim = Some(g.takeover_move(w.policy(), &w.view(), Some("a")));
+    let mut out = Vec::new();
+    g.claim_and_start(w.policy(), &w.view(), &mut out);
+    assert_eq!(g.register, register(("b", 2)));
+    assert_eq!(g.probe, ProbeState::Idle);
+    assert_eq!(g.local, LocalGroupState::Starting);
+    assert_eq!(
+        events(&out),
+        [EventKind::FailoverStarted, EventKind::GroupStarting]
+    );
+    assert!(starts(&out));
+    let t = g.timeline.as_ref().expect("a timeline");
+    assert_eq!(
+        (t.kind.as_str(), t.reason),
+        ("failover", MoveReason::NodeLost)
+    );
+    assert_eq!(t.from_node.as_deref(), Some("a"));
+}
+
+#[test]
+fn claim_and_start_with_live_peers_writes_the_claim_and_starts_only_later() {
+    let w =
+        World::new("a", false, Switchback::Manual).with_peer("b", LocalGroupState::Stopped, None);
+    let mut g = group(LocalGroupState::Stopped, None);
+    let mut out = Vec::new();
+    g.claim_and_start(w.policy(), &w.view(), &mut out);
+    assert_eq!(g.register, register(("a", 1)));
+    assert!(out.is_empty(), "{out:?}");
+    g.claim_and_start(w.policy(), &w.view(), &mut out);
+    assert_eq!(
+        events(&out),
+        [EventKind::GroupStarting],
+        "a first placement"
+    );
+    assert!(starts(&out));
+}
+
+#[test]
+fn claim_and_start_rechecks_that_the_group_is_still_ours() {
+    let w = World::new("b", false, Switchback::Manual).with_peer(
+        "a",
+        LocalGroupState::Stopped,
+        Some(("a", 1)),
+    );
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 1)));
+    let mut out = Vec::new();
+    g.claim_and_start(w.policy(), &w.view(), &mut out);
+    assert_eq!(g.register, register(("a", 1)));
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn evaluate_in_maintenance_follows_the_register_and_does_nothing_else() {
+    let w = World::new("a", false, Switchback::Manual).with_peer(
+        "b",
+        LocalGroupState::Running,
+        Some(("b", 1)),
+    );
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    g.maintenance = true;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(out.is_empty(), "two runners, but in maintenance: {out:?}");
+    assert_eq!(g.local, LocalGroupState::Running);
+}
+
+#[test]
+fn a_failed_start_of_a_first_placement_is_reported_and_blocks_the_node() {
+    let w = World::new("a", false, Switchback::Manual);
+    let mut g = group(LocalGroupState::Stopped, None);
+    let mut out = Vec::new();
+    g.claim_and_start(w.policy(), &w.view(), &mut out);
+    out.clear();
+    let report = StartReport {
+        ok: false,
+        error: Some("broken".into()),
+        cleanup_ok: true,
+        steps: Vec::new(),
+        first_check_wall_ms: None,
+    };
+    g.on_started(w.policy(), &w.view(), report, &mut out);
+    assert_eq!(
+        events(&out),
+        [EventKind::GroupStartFailed, EventKind::FailoverFailed]
+    );
+    assert!(matches!(out.last(), Some(Action::RecordTimeline(t)) if t.outcome == "failed: broken"));
+    assert_eq!(g.local, LocalGroupState::Stopped);
+    assert!(g.is_blocked(w.mono_ms));
+}
