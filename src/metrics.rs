@@ -221,6 +221,67 @@ fn histogram_vec(
     Ok(v)
 }
 
+impl Inner {
+    /// Creates the label sets known from the configuration at zero, so that
+    /// `increase()` and `rate()` see the first failover, restart or rejected packet.
+    fn create_known_label_sets(&self, cfg: &Config) {
+        let inner = self;
+        for path in &cfg.heartbeat.paths {
+            inner.hb_sent.with_label_values(&[path]).reset();
+        }
+        for g in &cfg.groups {
+            for reason in FAILOVER_REASONS {
+                for outcome in ["completed", "failed"] {
+                    inner
+                        .failovers
+                        .with_label_values(&[&g.name, &reason.name(), outcome])
+                        .reset();
+                }
+            }
+            for reason in SWITCHOVER_REASONS {
+                for outcome in ["completed", "failed"] {
+                    inner
+                        .switchovers
+                        .with_label_values(&[&g.name, &reason.name(), outcome])
+                        .reset();
+                }
+            }
+            inner.split_brain.with_label_values(&[&g.name]).reset();
+            for r in &g.resources {
+                inner
+                    .restarts
+                    .with_label_values(&[&g.name, &r.name])
+                    .reset();
+                for (check, set) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
+                    if set.is_some() {
+                        inner
+                            .check_failures
+                            .with_label_values(&[&g.name, &r.name, check])
+                            .reset();
+                    }
+                }
+            }
+        }
+        for reason in [
+            "bad_mac",
+            "malformed",
+            "wrong_cluster",
+            membership::REJECT_REPLAYED,
+            membership::REJECT_STALE_BOOT,
+            membership::REJECT_UNKNOWN_NODE,
+        ] {
+            inner.hb_rejected.with_label_values(&[reason]).reset();
+        }
+        for kind in [
+            EventKind::FailoverCompleted,
+            EventKind::NodeDown,
+            EventKind::PathDown,
+        ] {
+            inner.events.with_label_values(&[&kind.name()]).reset();
+        }
+    }
+}
+
 impl Metrics {
     /// Registers every metric, with the label sets known from `cfg` at zero.
     pub fn new(cfg: &Config, local: &str) -> Result<Metrics, MetricsError> {
@@ -316,59 +377,7 @@ impl Metrics {
             nbd_errors: counter_vec(&r, "nbd_request_errors_total", "NBD requests answered with an error, refused ones included.", &["export", "command"])?,
             registry: r,
         };
-        for path in &cfg.heartbeat.paths {
-            inner.hb_sent.with_label_values(&[path]).reset();
-        }
-        for g in &cfg.groups {
-            for reason in FAILOVER_REASONS {
-                for outcome in ["completed", "failed"] {
-                    inner
-                        .failovers
-                        .with_label_values(&[&g.name, &reason.name(), outcome])
-                        .reset();
-                }
-            }
-            for reason in SWITCHOVER_REASONS {
-                for outcome in ["completed", "failed"] {
-                    inner
-                        .switchovers
-                        .with_label_values(&[&g.name, &reason.name(), outcome])
-                        .reset();
-                }
-            }
-            inner.split_brain.with_label_values(&[&g.name]).reset();
-            for r in &g.resources {
-                inner
-                    .restarts
-                    .with_label_values(&[&g.name, &r.name])
-                    .reset();
-                for (check, set) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
-                    if set.is_some() {
-                        inner
-                            .check_failures
-                            .with_label_values(&[&g.name, &r.name, check])
-                            .reset();
-                    }
-                }
-            }
-        }
-        for reason in [
-            "bad_mac",
-            "malformed",
-            "wrong_cluster",
-            membership::REJECT_REPLAYED,
-            membership::REJECT_STALE_BOOT,
-            membership::REJECT_UNKNOWN_NODE,
-        ] {
-            inner.hb_rejected.with_label_values(&[reason]).reset();
-        }
-        for kind in [
-            EventKind::FailoverCompleted,
-            EventKind::NodeDown,
-            EventKind::PathDown,
-        ] {
-            inner.events.with_label_values(&[&kind.name()]).reset();
-        }
+        inner.create_known_label_sets(cfg);
         Ok(Metrics {
             inner: Arc::new(inner),
         })
