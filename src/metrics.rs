@@ -225,37 +225,30 @@ impl Inner {
     /// Creates the label sets known from the configuration at zero, so that
     /// `increase()` and `rate()` see the first failover, restart or rejected packet.
     fn create_known_label_sets(&self, cfg: &Config) {
-        let inner = self;
         for path in &cfg.heartbeat.paths {
-            inner.hb_sent.with_label_values(&[path]).reset();
+            self.hb_sent.with_label_values(&[path]).reset();
         }
         for g in &cfg.groups {
             for reason in FAILOVER_REASONS {
                 for outcome in ["completed", "failed"] {
-                    inner
-                        .failovers
+                    self.failovers
                         .with_label_values(&[&g.name, &reason.name(), outcome])
                         .reset();
                 }
             }
             for reason in SWITCHOVER_REASONS {
                 for outcome in ["completed", "failed"] {
-                    inner
-                        .switchovers
+                    self.switchovers
                         .with_label_values(&[&g.name, &reason.name(), outcome])
                         .reset();
                 }
             }
-            inner.split_brain.with_label_values(&[&g.name]).reset();
+            self.split_brain.with_label_values(&[&g.name]).reset();
             for r in &g.resources {
-                inner
-                    .restarts
-                    .with_label_values(&[&g.name, &r.name])
-                    .reset();
+                self.restarts.with_label_values(&[&g.name, &r.name]).reset();
                 for (check, set) in [("quickcheck", &r.quickcheck), ("deepcheck", &r.deepcheck)] {
                     if set.is_some() {
-                        inner
-                            .check_failures
+                        self.check_failures
                             .with_label_values(&[&g.name, &r.name, check])
                             .reset();
                     }
@@ -270,14 +263,14 @@ impl Inner {
             membership::REJECT_STALE_BOOT,
             membership::REJECT_UNKNOWN_NODE,
         ] {
-            inner.hb_rejected.with_label_values(&[reason]).reset();
+            self.hb_rejected.with_label_values(&[reason]).reset();
         }
         for kind in [
             EventKind::FailoverCompleted,
             EventKind::NodeDown,
             EventKind::PathDown,
         ] {
-            inner.events.with_label_values(&[&kind.name()]).reset();
+            self.events.with_label_values(&[&kind.name()]).reset();
         }
     }
 }
