@@ -17,11 +17,11 @@ fn config() -> Config {
         [heartbeat]
         paths = ["hb1", "hb2"]
         [[node]]
-        name = "n1"
+        name = "alpha"
         priority = 1
         addresses = { hb1 = "10.1.0.1", hb2 = "10.2.0.1" }
         [[node]]
-        name = "n2"
+        name = "beta"
         priority = 2
         addresses = { hb1 = "10.1.0.2", hb2 = "10.2.0.2" }
         [[group]]
@@ -36,51 +36,11 @@ fn config() -> Config {
     toml::from_str(text).expect("test config parses")
 }
 
+/// The shared sample, without its mirror (the mirror tests add it).
 fn status() -> Status {
     Status {
-        cluster: "lab".into(),
-        node: "n1".into(),
-        last_seq: 42,
-        uptime_ms: 1500,
-        mode: TakeoverMode::TwoNode,
-        nodes: vec![
-            NodeStatus {
-                name: "n1".into(),
-                local: true,
-                alive: true,
-                ..Default::default()
-            },
-            NodeStatus {
-                name: "n2".into(),
-                alive: false,
-                last_heard_ms_ago: Some(2500),
-                ..Default::default()
-            },
-        ],
-        paths: vec![PathStatusView {
-            peer: "n2".into(),
-            path: "hb1".into(),
-            up: true,
-            rtt_ms: Some(0.25),
-            ..Default::default()
-        }],
-        groups: vec![GroupStatus {
-            name: "web".into(),
-            owner: Some("n1".into()),
-            epoch: 3,
-            maintenance: false,
-            local_state: LocalGroupState::Running,
-            blocked: false,
-            recent_failures: 0,
-            states: Default::default(),
-            summary: GroupSummary::Running,
-        }],
-        heartbeats: HeartbeatCounters {
-            sent: 10,
-            accepted: 7,
-            rejected: [("bad_mac".to_string(), 2)].into(),
-        },
-        ..Default::default()
+        mirrors: Vec::new(),
+        ..Status::sample()
     }
 }
 
@@ -108,17 +68,17 @@ fn has(text: &str, want: &str) -> bool {
 
 #[test]
 fn snapshot_series_carry_the_cluster_label_and_state() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     let text = m.render(&status());
     for want in [
-        r#"tandem_node_up{cluster="lab",node="n2"} 0"#,
-        r#"tandem_node_up{cluster="lab",node="n1"} 1"#,
-        r#"tandem_path_up{cluster="lab",path="hb1",peer="n2"} 1"#,
-        r#"tandem_path_rtt_seconds{cluster="lab",path="hb1",peer="n2"} 0.00025"#,
+        r#"tandem_node_up{cluster="lab",node="beta"} 1"#,
+        r#"tandem_node_up{cluster="lab",node="alpha"} 1"#,
+        r#"tandem_path_up{cluster="lab",path="lan",peer="beta"} 1"#,
+        r#"tandem_path_rtt_seconds{cluster="lab",path="lan",peer="beta"} 0.00025"#,
         r#"tandem_group_state{cluster="lab",group="web",state="running"} 1"#,
         r#"tandem_group_state{cluster="lab",group="web",state="failed"} 0"#,
-        r#"tandem_group_owner{cluster="lab",group="web",node="n1"} 1"#,
-        r#"tandem_group_owner{cluster="lab",group="web",node="n2"} 0"#,
+        r#"tandem_group_owner{cluster="lab",group="web",node="alpha"} 1"#,
+        r#"tandem_group_owner{cluster="lab",group="web",node="beta"} 0"#,
         r#"tandem_event_sequence{cluster="lab"} 42"#,
         r#"tandem_heartbeat_packets_received_total{cluster="lab"} 7"#,
         r#"tandem_heartbeat_packets_rejected_total{cluster="lab",reason="bad_mac"} 2"#,
@@ -133,7 +93,7 @@ fn snapshot_series_carry_the_cluster_label_and_state() {
 
 #[test]
 fn membership_counters_are_exported_as_deltas() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     let mut s = status();
     m.render(&s);
     s.heartbeats.accepted = 10;
@@ -194,7 +154,7 @@ fn timelines_count_moves_and_time_every_phase() {
 
 #[test]
 fn events_count_restarts_and_split_brain() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     let ev = |kind, f: &[(&str, &str)]| Event {
         seq: 1,
         node: "n1".into(),
@@ -225,60 +185,15 @@ fn events_count_restarts_and_split_brain() {
     ));
 }
 
-/// A primary `vol` with a sync peer n2 resyncing from it and an async peer n3 that lags.
+/// The sample's mirror: primary `vol`, a sync peer beta resyncing from it and an
+/// async peer gamma in split brain that lags.
 fn mirror() -> MirrorStatus {
-    let peer = |node: &str, mode| MirrorPeerStatus {
-        node: node.into(),
-        mode,
-        connection: LinkState::Connected,
-        peer_disk: Some(DiskState::SyncTarget),
-        out_of_sync_bytes: 1 << 20,
-        lag_bytes: 0,
-        lag_seconds: 0.0,
-        lag_budget_seconds: None,
-        rate_limit_bytes_per_second: None,
-        resync: Some(ResyncStatus {
-            direction: ResyncDirection::Source,
-            full: false,
-            total_bytes: 4 << 20,
-            done_bytes: 3 << 20,
-            bytes_per_second: 1048576.0,
-            eta_seconds: Some(1.0),
-            started_ms: 1000,
-        }),
-        verify: None,
-        replicated_bytes: 8192,
-        resynced_bytes: 3 << 20,
-        resyncs_completed: 2,
-    };
-    let async_peer = MirrorPeerStatus {
-        connection: LinkState::SplitBrain,
-        peer_disk: None,
-        out_of_sync_bytes: 0,
-        lag_bytes: 65536,
-        lag_seconds: 2.5,
-        lag_budget_seconds: Some(5.0),
-        resync: None,
-        ..peer("n3", ReplicationMode::Async)
-    };
-    MirrorStatus {
-        name: "vol".into(),
-        group: Some("web".into()),
-        resource: Some("disk".into()),
-        role: MirrorRole::Primary,
-        disk: DiskState::SyncSource,
-        size_bytes: 1 << 30,
-        generation: "00000000000000ab".into(),
-        io_frozen: false,
-        read_bytes: 4096,
-        written_bytes: 12288,
-        peers: vec![peer("n2", ReplicationMode::Sync), async_peer],
-    }
+    Status::sample().mirrors.remove(0)
 }
 
 #[test]
 fn mirrors_export_state_sets_progress_lag_and_counters() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     let mut s = status();
     s.mirrors = vec![mirror()];
     let text = m.render(&s);
@@ -286,44 +201,42 @@ fn mirrors_export_state_sets_progress_lag_and_counters() {
         r#"tandem_mirror_primary{cluster="lab",mirror="vol"} 1"#,
         r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="sync_source"} 1"#,
         r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="up_to_date"} 0"#,
-        r#"tandem_mirror_io_frozen{cluster="lab",mirror="vol"} 0"#,
+        r#"tandem_mirror_io_frozen{cluster="lab",mirror="vol"} 1"#,
         r#"tandem_mirror_client_read_bytes_total{cluster="lab",mirror="vol"} 4096"#,
         r#"tandem_mirror_client_written_bytes_total{cluster="lab",mirror="vol"} 12288"#,
-        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="n2",state="sync_target"} 1"#,
-        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="n2",state="up_to_date"} 0"#,
-        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="n3",state="up_to_date"} 0"#,
-        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="n2",state="connected"} 1"#,
-        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="n3",state="split_brain"} 1"#,
-        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="n3",state="connected"} 0"#,
-        r#"tandem_mirror_out_of_sync_bytes{cluster="lab",mirror="vol",peer="n2"} 1048576"#,
-        r#"tandem_mirror_lag_bytes{cluster="lab",mirror="vol",peer="n3"} 65536"#,
-        r#"tandem_mirror_lag_seconds{cluster="lab",mirror="vol",peer="n3"} 2.5"#,
-        r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="n3"} 5"#,
-        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="n2"} 1"#,
-        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="n3"} 0"#,
-        r#"tandem_mirror_resync_size_bytes{cluster="lab",mirror="vol",peer="n2"} 4194304"#,
-        r#"tandem_mirror_resync_done_bytes{cluster="lab",mirror="vol",peer="n2"} 3145728"#,
-        r#"tandem_mirror_resync_done_bytes{cluster="lab",mirror="vol",peer="n3"} 0"#,
-        r#"tandem_mirror_resync_rate_bytes_per_second{cluster="lab",mirror="vol",peer="n2"} 1048576"#,
-        r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="n2"} 1"#,
-        r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="n2"} 8192"#,
-        r#"tandem_mirror_resynced_bytes_total{cluster="lab",mirror="vol",peer="n2"} 3145728"#,
-        r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="n2"} 2"#,
+        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="beta",state="sync_target"} 1"#,
+        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="beta",state="up_to_date"} 0"#,
+        r#"tandem_mirror_peer_disk_state{cluster="lab",mirror="vol",peer="gamma",state="up_to_date"} 0"#,
+        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="beta",state="connected"} 1"#,
+        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="gamma",state="split_brain"} 1"#,
+        r#"tandem_mirror_connection_state{cluster="lab",mirror="vol",peer="gamma",state="connected"} 0"#,
+        r#"tandem_mirror_out_of_sync_bytes{cluster="lab",mirror="vol",peer="beta"} 3145728"#,
+        r#"tandem_mirror_lag_bytes{cluster="lab",mirror="vol",peer="gamma"} 4096"#,
+        r#"tandem_mirror_lag_seconds{cluster="lab",mirror="vol",peer="gamma"} 1.2345"#,
+        r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="gamma"} 5"#,
+        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="beta"} 1"#,
+        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="gamma"} 0"#,
+        r#"tandem_mirror_resync_size_bytes{cluster="lab",mirror="vol",peer="beta"} 4194304"#,
+        r#"tandem_mirror_resync_done_bytes{cluster="lab",mirror="vol",peer="beta"} 1048576"#,
+        r#"tandem_mirror_resync_done_bytes{cluster="lab",mirror="vol",peer="gamma"} 0"#,
+        r#"tandem_mirror_resync_rate_bytes_per_second{cluster="lab",mirror="vol",peer="beta"} 1000000"#,
+        r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="beta"} 2.2"#,
+        r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="beta"} 8192"#,
+        r#"tandem_mirror_resynced_bytes_total{cluster="lab",mirror="vol",peer="beta"} 1048576"#,
+        r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="beta"} 1"#,
     ] {
         assert!(has(&text, want), "missing `{want}` in\n{text}");
     }
     // Optional values have no series when unknown.
-    assert!(
-        !text.contains(r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="n2"}"#)
-    );
-    assert!(
-        !text.contains(r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="n3"}"#)
-    );
+    assert!(!text
+        .contains(r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="beta"}"#));
+    assert!(!text
+        .contains(r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="gamma"}"#));
 }
 
 #[test]
 fn mirror_counters_grow_by_the_snapshot_delta_and_gauges_follow_it() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     let mut s = status();
     s.mirrors = vec![mirror()];
     m.render(&s);
@@ -339,22 +252,22 @@ fn mirror_counters_grow_by_the_snapshot_delta_and_gauges_follow_it() {
     let text = m.render(&s);
     for want in [
         r#"tandem_mirror_client_written_bytes_total{cluster="lab",mirror="vol"} 20480"#,
-        r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="n2"} 3"#,
-        r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="n2"} 8192"#,
+        r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="beta"} 3"#,
+        r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="beta"} 8192"#,
         r#"tandem_mirror_primary{cluster="lab",mirror="vol"} 0"#,
         r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="outdated"} 1"#,
         r#"tandem_mirror_disk_state{cluster="lab",mirror="vol",state="sync_source"} 0"#,
-        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="n2"} 0"#,
+        r#"tandem_mirror_resync_active{cluster="lab",mirror="vol",peer="beta"} 0"#,
     ] {
         assert!(has(&text, want), "missing `{want}` in\n{text}");
     }
     // A peer gone from the snapshot leaves no stale gauges.
-    assert!(!text.contains(r#"tandem_mirror_lag_seconds{cluster="lab",mirror="vol",peer="n3"}"#));
+    assert!(!text.contains(r#"tandem_mirror_lag_seconds{cluster="lab",mirror="vol",peer="gamma"}"#));
 }
 
 #[test]
 fn nbd_requests_are_timed_and_counted_per_export_and_command() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     let before = m.render(&status());
     // Created at zero for every command, so rate() sees the first request.
     for want in [
@@ -396,7 +309,7 @@ fn nbd_requests_are_timed_and_counted_per_export_and_command() {
 
 #[test]
 fn promtool_accepts_the_exposition() {
-    let m = Metrics::new(&config(), "n1").unwrap();
+    let m = Metrics::new(&config(), "alpha").unwrap();
     m.check("web", "svc", "quickcheck", Duration::from_millis(3), false);
     m.nbd("vol")
         .request(Command::Read, Duration::from_millis(1), true, 4096);
