@@ -1,13 +1,9 @@
 //! Unit tests of the metrics registry: names, pre-created label sets, phases, deltas.
 
 use super::*;
-use crate::cluster::packet::LocalGroupState;
-use crate::config::ReplicationMode;
 use crate::event::TimelineStep;
 use crate::mirror::nbd::proto::Command;
-use crate::mirror::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus};
-use crate::placement::policy::GroupStatus;
-use crate::status::{HeartbeatCounters, NodeStatus, PathStatusView, ResyncDirection, TakeoverMode};
+use crate::status::MirrorStatus;
 
 fn config() -> Config {
     let text = r#"
