@@ -347,7 +347,31 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
     let mut mac = new_mac(key).ok_or(EncodeError::EmptyKey)?;
     check_name("cluster", &hb.cluster)?;
     check_name("node", &hb.node)?;
-    let groups = &hb.advert.groups;
+    check_groups(&hb.advert.groups)?;
+    check_standby_register(&hb.advert.standby_register)?;
+    check_mirrors(&hb.advert.mirrors)?;
+
+    let mut out = Vec::with_capacity(256);
+    put_header(&mut out, hb);
+    if let Some(e) = &hb.echo {
+        put_echo(&mut out, e);
+    }
+    out.extend_from_slice(&hb.advert.priority.to_be_bytes());
+    put_groups(&mut out, &hb.advert.groups);
+    put_standby_register(&mut out, &hb.advert.standby_register);
+    put_mirrors(&mut out, &hb.advert.mirrors);
+    let len = out.len() + MAC_LEN;
+    if len > MAX_PACKET {
+        return Err(EncodeError::TooLarge { len });
+    }
+    mac.update(&out);
+    out.extend_from_slice(&mac.finalize().into_bytes());
+    Ok(out)
+}
+
+/// Checks the groups section before encoding: at most [`MAX_GROUPS`], valid
+/// group and owner names, unique group names.
+fn check_groups(groups: &[GroupAdvert]) -> Result<(), EncodeError> {
     if groups.len() > MAX_GROUPS {
         return Err(EncodeError::TooManyGroups {
             count: groups.len(),
@@ -362,7 +386,12 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
             return Err(EncodeError::DuplicateGroup(g.name.clone()));
         }
     }
-    let settings = &hb.advert.standby_register;
+    Ok(())
+}
+
+/// Checks the standby register before encoding: at most [`MAX_NODES`]
+/// settings, valid and unique node names.
+fn check_standby_register(settings: &[StandbySetting]) -> Result<(), EncodeError> {
     if settings.len() > MAX_NODES {
         return Err(EncodeError::TooManyStandbySettings {
             count: settings.len(),
@@ -374,8 +403,13 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
             return Err(EncodeError::DuplicateStandbySetting(s.node.clone()));
         }
     }
+    Ok(())
+}
 
-    let mirrors = &hb.advert.mirrors;
+/// Checks the mirror registers before encoding: at most [`MAX_MIRRORS`],
+/// valid and unique names, at most [`MAX_NODES`] outdate requests each with
+/// a valid peer name.
+fn check_mirrors(mirrors: &[MirrorRegister]) -> Result<(), EncodeError> {
     if mirrors.len() > MAX_MIRRORS {
         return Err(EncodeError::BadMirrors(format!(
             "{} mirrors, limit is {MAX_MIRRORS}",
@@ -401,8 +435,12 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
             check_name("outdate request peer", peer)?;
         }
     }
+    Ok(())
+}
 
-    let mut out = Vec::with_capacity(256);
+/// Writes the header: magic, version, flags, cluster and node names, boot
+/// identity, sequence number, path and send time.
+fn put_header(out: &mut Vec<u8>, hb: &Heartbeat) {
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
     let mut flags = 0;
@@ -413,22 +451,28 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
         flags |= FLAG_STANDBY;
     }
     out.push(flags);
-    put_str(&mut out, &hb.cluster);
-    put_str(&mut out, &hb.node);
+    put_str(out, &hb.cluster);
+    put_str(out, &hb.node);
     out.extend_from_slice(&hb.boot_id.to_be_bytes());
     out.extend_from_slice(&hb.boot_time_ms.to_be_bytes());
     out.extend_from_slice(&hb.seq.to_be_bytes());
     out.push(hb.path);
     out.extend_from_slice(&hb.sent_ms.to_be_bytes());
-    if let Some(e) = &hb.echo {
-        out.extend_from_slice(&e.peer_sent_ms.to_be_bytes());
-        out.extend_from_slice(&e.held_ms.to_be_bytes());
-    }
-    out.extend_from_slice(&hb.advert.priority.to_be_bytes());
-    // Bounded by MAX_GROUPS < 256 above.
+}
+
+/// Writes the optional echo section (present when the header's echo flag is set).
+fn put_echo(out: &mut Vec<u8>, e: &Echo) {
+    out.extend_from_slice(&e.peer_sent_ms.to_be_bytes());
+    out.extend_from_slice(&e.held_ms.to_be_bytes());
+}
+
+/// Writes the group count and every group; `groups` was checked by
+/// [`check_groups`].
+fn put_groups(out: &mut Vec<u8>, groups: &[GroupAdvert]) {
+    // Bounded by MAX_GROUPS < 256 in check_groups.
     out.push(groups.len() as u8);
     for g in groups {
-        put_str(&mut out, &g.name);
+        put_str(out, &g.name);
         out.push(g.local.to_wire());
         let mut gf = 0;
         if g.blocked {
@@ -442,37 +486,41 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
         }
         out.push(gf);
         if let Some(a) = &g.assignment {
-            put_str(&mut out, &a.owner);
+            put_str(out, &a.owner);
             out.extend_from_slice(&a.epoch.to_be_bytes());
         }
     }
-    // Bounded by MAX_NODES < 256 above.
+}
+
+/// Writes the setting count and every standby register setting; `settings`
+/// was checked by [`check_standby_register`].
+fn put_standby_register(out: &mut Vec<u8>, settings: &[StandbySetting]) {
+    // Bounded by MAX_NODES < 256 in check_standby_register.
     out.push(settings.len() as u8);
     for s in settings {
-        put_str(&mut out, &s.node);
+        put_str(out, &s.node);
         out.push(if s.standby { SFLAG_STANDBY } else { 0 });
         out.extend_from_slice(&s.epoch.to_be_bytes());
     }
-    if !mirrors.is_empty() {
-        // Bounded by MAX_MIRRORS and MAX_NODES < 256 above.
-        out.push(mirrors.len() as u8);
-        for m in mirrors {
-            put_str(&mut out, &m.name);
-            out.extend_from_slice(&m.outdated.to_be_bytes());
-            out.push(m.outdate_requests.len() as u8);
-            for (peer, generation) in &m.outdate_requests {
-                put_str(&mut out, peer);
-                out.extend_from_slice(&generation.to_be_bytes());
-            }
+}
+
+/// Writes the optional mirrors section, omitted entirely when there are no
+/// mirrors; `mirrors` was checked by [`check_mirrors`].
+fn put_mirrors(out: &mut Vec<u8>, mirrors: &[MirrorRegister]) {
+    if mirrors.is_empty() {
+        return;
+    }
+    // Bounded by MAX_MIRRORS and MAX_NODES < 256 in check_mirrors.
+    out.push(mirrors.len() as u8);
+    for m in mirrors {
+        put_str(out, &m.name);
+        out.extend_from_slice(&m.outdated.to_be_bytes());
+        out.push(m.outdate_requests.len() as u8);
+        for (peer, generation) in &m.outdate_requests {
+            put_str(out, peer);
+            out.extend_from_slice(&generation.to_be_bytes());
         }
     }
-    let len = out.len() + MAC_LEN;
-    if len > MAX_PACKET {
-        return Err(EncodeError::TooLarge { len });
-    }
-    mac.update(&out);
-    out.extend_from_slice(&mac.finalize().into_bytes());
-    Ok(out)
 }
 
 /// Bounds-checked cursor over the authenticated body. Every read returns
@@ -518,6 +566,141 @@ impl<'a> Reader<'a> {
             .map(str::to_owned)
             .map_err(|_| DecodeError::Malformed("name is not valid UTF-8"))
     }
+
+    /// Whether the whole body has been read.
+    fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+
+    /// Reads the header flags, refusing unknown bits.
+    fn header_flags(&mut self) -> Result<u8, DecodeError> {
+        let flags = self.u8()?;
+        if flags & !(FLAG_ECHO | FLAG_STANDBY) != 0 {
+            return Err(DecodeError::Malformed("unknown header flags"));
+        }
+        Ok(flags)
+    }
+
+    /// Reads the echo section if the header `flags` say it is present.
+    fn echo(&mut self, flags: u8) -> Result<Option<Echo>, DecodeError> {
+        if flags & FLAG_ECHO == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Echo {
+            peer_sent_ms: self.u64()?,
+            held_ms: self.u32()?,
+        }))
+    }
+
+    /// Reads the group count and that many groups with unique names.
+    fn groups(&mut self) -> Result<Vec<GroupAdvert>, DecodeError> {
+        let count = usize::from(self.u8()?);
+        if count > MAX_GROUPS {
+            return Err(DecodeError::Malformed("too many groups"));
+        }
+        let mut groups: Vec<GroupAdvert> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let group = self.group(&groups)?;
+            groups.push(group);
+        }
+        Ok(groups)
+    }
+
+    /// Reads one group, refusing a name already in `seen`.
+    fn group(&mut self, seen: &[GroupAdvert]) -> Result<GroupAdvert, DecodeError> {
+        let name = self.name("bad group name length")?;
+        if seen.iter().any(|g| g.name == name) {
+            return Err(DecodeError::Malformed("duplicate group"));
+        }
+        let local = LocalGroupState::from_wire(self.u8()?)
+            .ok_or(DecodeError::Malformed("unknown group state"))?;
+        let gf = self.u8()?;
+        if gf & !(GFLAG_BLOCKED | GFLAG_MAINTENANCE | GFLAG_ASSIGNMENT) != 0 {
+            return Err(DecodeError::Malformed("unknown group flags"));
+        }
+        let assignment = if gf & GFLAG_ASSIGNMENT != 0 {
+            Some(Assignment {
+                owner: self.name("bad owner name length")?,
+                epoch: self.u64()?,
+            })
+        } else {
+            None
+        };
+        Ok(GroupAdvert {
+            name,
+            local,
+            blocked: gf & GFLAG_BLOCKED != 0,
+            maintenance: gf & GFLAG_MAINTENANCE != 0,
+            assignment,
+        })
+    }
+
+    /// Reads the setting count and that many standby register settings with
+    /// unique node names.
+    fn standby_register(&mut self) -> Result<Vec<StandbySetting>, DecodeError> {
+        let count = usize::from(self.u8()?);
+        if count > MAX_NODES {
+            return Err(DecodeError::Malformed("too many standby settings"));
+        }
+        let mut standby_register: Vec<StandbySetting> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let node = self.name("bad standby setting node name length")?;
+            if standby_register.iter().any(|s| s.node == node) {
+                return Err(DecodeError::Malformed("duplicate standby setting"));
+            }
+            let sf = self.u8()?;
+            if sf & !SFLAG_STANDBY != 0 {
+                return Err(DecodeError::Malformed("unknown standby setting flags"));
+            }
+            standby_register.push(StandbySetting {
+                node,
+                standby: sf & SFLAG_STANDBY != 0,
+                epoch: self.u64()?,
+            });
+        }
+        Ok(standby_register)
+    }
+
+    /// Reads the optional mirrors section: empty if the body ends here,
+    /// otherwise 1..=[`MAX_MIRRORS`] mirrors with unique names.
+    fn mirrors(&mut self) -> Result<Vec<MirrorRegister>, DecodeError> {
+        let mut mirrors: Vec<MirrorRegister> = Vec::new();
+        if self.at_end() {
+            return Ok(mirrors);
+        }
+        let count = usize::from(self.u8()?);
+        if count == 0 || count > MAX_MIRRORS {
+            return Err(DecodeError::Malformed("bad mirror count"));
+        }
+        for _ in 0..count {
+            let mirror = self.mirror(&mirrors)?;
+            mirrors.push(mirror);
+        }
+        Ok(mirrors)
+    }
+
+    /// Reads one mirror register, refusing a name already in `seen`.
+    fn mirror(&mut self, seen: &[MirrorRegister]) -> Result<MirrorRegister, DecodeError> {
+        let name = self.name("bad mirror name length")?;
+        if seen.iter().any(|m| m.name == name) {
+            return Err(DecodeError::Malformed("duplicate mirror"));
+        }
+        let outdated = self.u64()?;
+        let n = usize::from(self.u8()?);
+        if n > MAX_NODES {
+            return Err(DecodeError::Malformed("too many outdate requests"));
+        }
+        let mut outdate_requests = Vec::with_capacity(n);
+        for _ in 0..n {
+            let peer = self.name("bad outdate request peer length")?;
+            outdate_requests.push((peer, self.u64()?));
+        }
+        Ok(MirrorRegister {
+            name,
+            outdated,
+            outdate_requests,
+        })
+    }
 }
 
 /// Verifies and decodes one datagram. `cluster` is the local cluster name.
@@ -525,43 +708,13 @@ impl<'a> Reader<'a> {
 /// Check order: size, magic, version (unauthenticated framing), then the MAC
 /// in constant time, then the body. Never panics on any input.
 pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, DecodeError> {
-    if buf.len() > MAX_PACKET {
-        return Err(DecodeError::TooLarge { len: buf.len() });
-    }
-    let Some((preamble, _)) = buf.split_first_chunk::<PREAMBLE_LEN>() else {
-        return Err(DecodeError::Truncated {
-            len: buf.len(),
-            need: MIN_PACKET,
-        });
-    };
-    if preamble[..MAGIC.len()] != MAGIC {
-        return Err(DecodeError::BadMagic);
-    }
-    let version = preamble[MAGIC.len()];
-    if version != VERSION {
-        return Err(DecodeError::BadVersion(version));
-    }
-    if buf.len() < MIN_PACKET {
-        return Err(DecodeError::Truncated {
-            len: buf.len(),
-            need: MIN_PACKET,
-        });
-    }
-    let (signed, tag) = buf.split_at(buf.len() - MAC_LEN);
-    let mut mac = new_mac(key).ok_or(DecodeError::BadMac)?;
-    mac.update(signed);
-    // Constant-time comparison (subtle::ConstantTimeEq inside hmac) so the
-    // tag cannot be recovered byte by byte through timing.
-    mac.verify_slice(tag).map_err(|_| DecodeError::BadMac)?;
-
+    check_framing(buf)?;
+    let signed = authenticate(buf, key)?;
     let mut r = Reader {
         buf: signed,
         pos: PREAMBLE_LEN,
     };
-    let flags = r.u8()?;
-    if flags & !(FLAG_ECHO | FLAG_STANDBY) != 0 {
-        return Err(DecodeError::Malformed("unknown header flags"));
-    }
+    let flags = r.header_flags()?;
     let got_cluster = r.name("bad cluster name length")?;
     let node = r.name("bad node name length")?;
     let boot_id = r.u64()?;
@@ -569,96 +722,12 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
     let seq = r.u64()?;
     let path = r.u8()?;
     let sent_ms = r.u64()?;
-    let echo = if flags & FLAG_ECHO != 0 {
-        Some(Echo {
-            peer_sent_ms: r.u64()?,
-            held_ms: r.u32()?,
-        })
-    } else {
-        None
-    };
+    let echo = r.echo(flags)?;
     let priority = r.u32()?;
-    let count = usize::from(r.u8()?);
-    if count > MAX_GROUPS {
-        return Err(DecodeError::Malformed("too many groups"));
-    }
-    let mut groups: Vec<GroupAdvert> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let name = r.name("bad group name length")?;
-        if groups.iter().any(|g| g.name == name) {
-            return Err(DecodeError::Malformed("duplicate group"));
-        }
-        let local = LocalGroupState::from_wire(r.u8()?)
-            .ok_or(DecodeError::Malformed("unknown group state"))?;
-        let gf = r.u8()?;
-        if gf & !(GFLAG_BLOCKED | GFLAG_MAINTENANCE | GFLAG_ASSIGNMENT) != 0 {
-            return Err(DecodeError::Malformed("unknown group flags"));
-        }
-        let assignment = if gf & GFLAG_ASSIGNMENT != 0 {
-            Some(Assignment {
-                owner: r.name("bad owner name length")?,
-                epoch: r.u64()?,
-            })
-        } else {
-            None
-        };
-        groups.push(GroupAdvert {
-            name,
-            local,
-            blocked: gf & GFLAG_BLOCKED != 0,
-            maintenance: gf & GFLAG_MAINTENANCE != 0,
-            assignment,
-        });
-    }
-    let count = usize::from(r.u8()?);
-    if count > MAX_NODES {
-        return Err(DecodeError::Malformed("too many standby settings"));
-    }
-    let mut standby_register: Vec<StandbySetting> = Vec::with_capacity(count);
-    for _ in 0..count {
-        let node = r.name("bad standby setting node name length")?;
-        if standby_register.iter().any(|s| s.node == node) {
-            return Err(DecodeError::Malformed("duplicate standby setting"));
-        }
-        let sf = r.u8()?;
-        if sf & !SFLAG_STANDBY != 0 {
-            return Err(DecodeError::Malformed("unknown standby setting flags"));
-        }
-        standby_register.push(StandbySetting {
-            node,
-            standby: sf & SFLAG_STANDBY != 0,
-            epoch: r.u64()?,
-        });
-    }
-    let mut mirrors: Vec<MirrorRegister> = Vec::new();
-    if r.pos != signed.len() {
-        let count = usize::from(r.u8()?);
-        if count == 0 || count > MAX_MIRRORS {
-            return Err(DecodeError::Malformed("bad mirror count"));
-        }
-        for _ in 0..count {
-            let name = r.name("bad mirror name length")?;
-            if mirrors.iter().any(|m| m.name == name) {
-                return Err(DecodeError::Malformed("duplicate mirror"));
-            }
-            let outdated = r.u64()?;
-            let n = usize::from(r.u8()?);
-            if n > MAX_NODES {
-                return Err(DecodeError::Malformed("too many outdate requests"));
-            }
-            let mut outdate_requests = Vec::with_capacity(n);
-            for _ in 0..n {
-                let peer = r.name("bad outdate request peer length")?;
-                outdate_requests.push((peer, r.u64()?));
-            }
-            mirrors.push(MirrorRegister {
-                name,
-                outdated,
-                outdate_requests,
-            });
-        }
-    }
-    if r.pos != signed.len() {
+    let groups = r.groups()?;
+    let standby_register = r.standby_register()?;
+    let mirrors = r.mirrors()?;
+    if !r.at_end() {
         return Err(DecodeError::Malformed("trailing bytes after body"));
     }
     if got_cluster != cluster {
@@ -684,6 +753,46 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
             mirrors,
         },
     })
+}
+
+/// Checks the unauthenticated framing, in order: size limit, magic, version,
+/// minimum size.
+fn check_framing(buf: &[u8]) -> Result<(), DecodeError> {
+    if buf.len() > MAX_PACKET {
+        return Err(DecodeError::TooLarge { len: buf.len() });
+    }
+    let Some((preamble, _)) = buf.split_first_chunk::<PREAMBLE_LEN>() else {
+        return Err(DecodeError::Truncated {
+            len: buf.len(),
+            need: MIN_PACKET,
+        });
+    };
+    if preamble[..MAGIC.len()] != MAGIC {
+        return Err(DecodeError::BadMagic);
+    }
+    let version = preamble[MAGIC.len()];
+    if version != VERSION {
+        return Err(DecodeError::BadVersion(version));
+    }
+    if buf.len() < MIN_PACKET {
+        return Err(DecodeError::Truncated {
+            len: buf.len(),
+            need: MIN_PACKET,
+        });
+    }
+    Ok(())
+}
+
+/// Verifies the trailing MAC of a framed datagram (at least [`MIN_PACKET`]
+/// bytes) and returns the authenticated bytes before it.
+fn authenticate<'a>(buf: &'a [u8], key: &[u8]) -> Result<&'a [u8], DecodeError> {
+    let (signed, tag) = buf.split_at(buf.len() - MAC_LEN);
+    let mut mac = new_mac(key).ok_or(DecodeError::BadMac)?;
+    mac.update(signed);
+    // Constant-time comparison (subtle::ConstantTimeEq inside hmac) so the
+    // tag cannot be recovered byte by byte through timing.
+    mac.verify_slice(tag).map_err(|_| DecodeError::BadMac)?;
+    Ok(signed)
 }
 
 #[cfg(test)]

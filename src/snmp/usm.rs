@@ -732,29 +732,45 @@ impl Usm {
                 return UsmIncoming::Drop(why);
             }
         };
-        let reportable = parsed.flags & FLAG_REPORTABLE != 0;
-        // The request-id, when the PDU is readable without keys (RFC 3412 §7.1 3a).
-        let clear_request_id = match &parsed.scoped {
-            ScopedPduData::CleartextPdu(s) => request_id(&s.data),
-            ScopedPduData::EncryptedPdu(_) => 0,
-        };
-        let report = |usm: &Usm, counter: &'static [u32], value: u64, keys: Option<usize>| {
-            if !reportable {
-                return UsmIncoming::Drop("error on a non-reportable message");
-            }
-            match usm.report(&parsed, clear_request_id, counter, value, keys, now) {
-                Ok(bytes) => UsmIncoming::Report(bytes),
-                Err(_) => UsmIncoming::Drop("report could not be encoded"),
-            }
-        };
+        match self.accept(datagram, &parsed, now) {
+            Ok((user, scoped)) => self.take_request(&parsed, user, scoped),
+            Err(answer) => answer,
+        }
+    }
 
-        // §3.2 step 3: we are authoritative for every request we take.
+    /// RFC 3414 §3.2 steps 3 to 8 and the RFC 3412 §4.2.2.1 context check, in that
+    /// order: the sending user (an index into the configured users) and the opened
+    /// scoped PDU, or what to answer instead (a Report or a drop, already counted).
+    fn accept(
+        &mut self,
+        datagram: &[u8],
+        parsed: &Parsed,
+        now: Instant,
+    ) -> Result<(usize, ScopedPdu), UsmIncoming> {
+        self.check_engine_id(parsed, now)?;
+        let user = self.find_user(parsed, now)?;
+        self.check_level(parsed, user, now)?;
+        if parsed.level >= SecurityLevel::AuthNoPriv {
+            self.check_digest(datagram, parsed, user, now)?;
+            self.check_time_window(parsed, user, now)?;
+        }
+        let scoped = self.decrypt(parsed, user, now)?;
+        self.check_context(parsed, user, &scoped, now)?;
+        Ok((user, scoped))
+    }
+
+    /// §3.2 step 3: we are authoritative for every request we take.
+    fn check_engine_id(&mut self, parsed: &Parsed, now: Instant) -> Result<(), UsmIncoming> {
         if parsed.usm.authoritative_engine_id.as_ref() != self.engine_id.as_slice() {
             self.stats.unknown_engine_ids += 1;
             let v = self.stats.unknown_engine_ids;
-            return report(self, USM_STATS_UNKNOWN_ENGINE_IDS, v, None);
+            return Err(self.refuse(parsed, USM_STATS_UNKNOWN_ENGINE_IDS, v, None, now));
         }
-        // Step 4: the user.
+        Ok(())
+    }
+
+    /// Step 4: the user, as an index into the configured users.
+    fn find_user(&mut self, parsed: &Parsed, now: Instant) -> Result<usize, UsmIncoming> {
         let Some(user) = self
             .users
             .iter()
@@ -762,62 +778,109 @@ impl Usm {
         else {
             self.stats.unknown_user_names += 1;
             let v = self.stats.unknown_user_names;
-            return report(self, USM_STATS_UNKNOWN_USER_NAMES, v, None);
+            return Err(self.refuse(parsed, USM_STATS_UNKNOWN_USER_NAMES, v, None, now));
         };
-        // Step 5: exactly the user's level; noAuthNoPriv only when allowed.
+        Ok(user)
+    }
+
+    /// Step 5: exactly the user's level; noAuthNoPriv only when allowed.
+    fn check_level(
+        &mut self,
+        parsed: &Parsed,
+        user: usize,
+        now: Instant,
+    ) -> Result<(), UsmIncoming> {
         let user_level = self.users[user].0.level();
         if parsed.level != user_level
             || (parsed.level == SecurityLevel::NoAuthNoPriv && !self.allow_no_auth_no_priv)
         {
             self.stats.unsupported_sec_levels += 1;
             let v = self.stats.unsupported_sec_levels;
-            return report(self, USM_STATS_UNSUPPORTED_SEC_LEVELS, v, None);
+            return Err(self.refuse(parsed, USM_STATS_UNSUPPORTED_SEC_LEVELS, v, None, now));
         }
-        if parsed.level >= SecurityLevel::AuthNoPriv {
-            // Step 6: the digest.
-            if !verify_mac(datagram, &parsed, &self.users[user].1) {
-                self.stats.wrong_digests += 1;
-                let v = self.stats.wrong_digests;
-                return report(self, USM_STATS_WRONG_DIGESTS, v, None);
-            }
-            // Step 7a: the time window (authenticated report, so the sender resyncs).
-            let our_time = self.engine_time(now);
-            if self.engine_boots == MAX_ENGINE_BOOTS
-                || parsed.boots != self.engine_boots
-                || parsed.time.abs_diff(our_time) > TIME_WINDOW_SECS
-            {
-                self.stats.not_in_time_windows += 1;
-                let v = self.stats.not_in_time_windows;
-                return report(self, USM_STATS_NOT_IN_TIME_WINDOWS, v, Some(user));
-            }
+        Ok(())
+    }
+
+    /// Step 6: the digest of an authenticated message, with the user's keys.
+    fn check_digest(
+        &mut self,
+        datagram: &[u8],
+        parsed: &Parsed,
+        user: usize,
+        now: Instant,
+    ) -> Result<(), UsmIncoming> {
+        if !verify_mac(datagram, parsed, &self.users[user].1) {
+            self.stats.wrong_digests += 1;
+            let v = self.stats.wrong_digests;
+            return Err(self.refuse(parsed, USM_STATS_WRONG_DIGESTS, v, None, now));
         }
-        // Step 8: privacy.
-        let scoped = match open_scoped(&parsed, Some(&self.users[user].1)) {
-            Ok(s) => s,
+        Ok(())
+    }
+
+    /// Step 7a: the time window of an authentic message (answered with an
+    /// authenticated report, so the sender resyncs).
+    fn check_time_window(
+        &mut self,
+        parsed: &Parsed,
+        user: usize,
+        now: Instant,
+    ) -> Result<(), UsmIncoming> {
+        let our_time = self.engine_time(now);
+        if self.engine_boots == MAX_ENGINE_BOOTS
+            || parsed.boots != self.engine_boots
+            || parsed.time.abs_diff(our_time) > TIME_WINDOW_SECS
+        {
+            self.stats.not_in_time_windows += 1;
+            let v = self.stats.not_in_time_windows;
+            return Err(self.refuse(parsed, USM_STATS_NOT_IN_TIME_WINDOWS, v, Some(user), now));
+        }
+        Ok(())
+    }
+
+    /// Step 8: privacy. A failure to decrypt an authPriv message is a decryption
+    /// error; any other mismatch between msgFlags and the scoped PDU is dropped.
+    fn decrypt(
+        &mut self,
+        parsed: &Parsed,
+        user: usize,
+        now: Instant,
+    ) -> Result<ScopedPdu, UsmIncoming> {
+        match open_scoped(parsed, Some(&self.users[user].1)) {
+            Ok(s) => Ok(s),
             Err(why) if parsed.level == SecurityLevel::AuthPriv => {
                 tracing::debug!(why, "snmp v3: decryption error");
                 self.stats.decryption_errors += 1;
                 let v = self.stats.decryption_errors;
-                return report(self, USM_STATS_DECRYPTION_ERRORS, v, None);
+                Err(self.refuse(parsed, USM_STATS_DECRYPTION_ERRORS, v, None, now))
             }
             Err(why) => {
                 self.stats.invalid_messages += 1;
-                return UsmIncoming::Drop(why);
+                Err(UsmIncoming::Drop(why))
             }
-        };
-        // RFC 3412 §4.2.2.1: the context must be ours (the default context only).
+        }
+    }
+
+    /// RFC 3412 §4.2.2.1: the context must be ours (the default context only). An
+    /// unknown context is reported at the request's level, with its request-id.
+    fn check_context(
+        &mut self,
+        parsed: &Parsed,
+        user: usize,
+        scoped: &ScopedPdu,
+        now: Instant,
+    ) -> Result<(), UsmIncoming> {
         if (!scoped.engine_id.is_empty() && scoped.engine_id.as_ref() != self.engine_id.as_slice())
             || !scoped.name.is_empty()
         {
             self.stats.unknown_contexts += 1;
             let v = self.stats.unknown_contexts;
             let reply_request_id = request_id(&scoped.data);
-            if !reportable {
-                return UsmIncoming::Drop("unknown context");
+            if parsed.flags & FLAG_REPORTABLE == 0 {
+                return Err(UsmIncoming::Drop("unknown context"));
             }
             let keys = (parsed.level >= SecurityLevel::AuthNoPriv).then_some(user);
-            return match self.report_at(
-                &parsed,
+            let answer = match self.report_at(
+                parsed,
                 reply_request_id,
                 SNMP_UNKNOWN_CONTEXTS,
                 v,
@@ -827,7 +890,14 @@ impl Usm {
                 Ok(bytes) => UsmIncoming::Report(bytes),
                 Err(_) => UsmIncoming::Drop("report could not be encoded"),
             };
+            return Err(answer);
         }
+        Ok(())
+    }
+
+    /// Hands an accepted request PDU (Get, GetNext, GetBulk, Set) to the agent;
+    /// anything else is dropped as invalid.
+    fn take_request(&mut self, parsed: &Parsed, user: usize, scoped: ScopedPdu) -> UsmIncoming {
         match scoped.data {
             Pdus::GetRequest(_)
             | Pdus::GetNextRequest(_)
@@ -847,6 +917,30 @@ impl Usm {
                 self.stats.invalid_messages += 1;
                 UsmIncoming::Drop("not a request PDU")
             }
+        }
+    }
+
+    /// What to answer when a check failed and bumped `counter` to `value`: a Report
+    /// (see [`Usm::report`]) carrying the request-id when the PDU is readable without
+    /// keys (RFC 3412 §7.1 3a), or a drop if the message is not reportable.
+    fn refuse(
+        &self,
+        parsed: &Parsed,
+        counter: &'static [u32],
+        value: u64,
+        keys: Option<usize>,
+        now: Instant,
+    ) -> UsmIncoming {
+        if parsed.flags & FLAG_REPORTABLE == 0 {
+            return UsmIncoming::Drop("error on a non-reportable message");
+        }
+        let clear_request_id = match &parsed.scoped {
+            ScopedPduData::CleartextPdu(s) => request_id(&s.data),
+            ScopedPduData::EncryptedPdu(_) => 0,
+        };
+        match self.report(parsed, clear_request_id, counter, value, keys, now) {
+            Ok(bytes) => UsmIncoming::Report(bytes),
+            Err(_) => UsmIncoming::Drop("report could not be encoded"),
         }
     }
 
