@@ -451,6 +451,9 @@ impl From<ExportError> for ReplyBody {
     }
 }
 
+/// The transmission phase: reads requests until the client is done, refusing those
+/// that fail their checks and executing the rest concurrently within the connection's
+/// in-flight budget; the reply writer sends the answers.
 async fn transmission<E, R, W>(
     export: Arc<E>,
     session: Session,
@@ -475,18 +478,11 @@ where
     let budget = Arc::new(Semaphore::new(IN_FLIGHT_BYTES as usize));
     let mut header = [0u8; REQUEST_LEN];
     let ended = loop {
-        match r.read_exact(&mut header).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break Ok(()),
-            Err(e) => break Err(e.into()),
-        }
-        let req = match decode_request(&header) {
-            Ok(req) => req,
+        let req = match next_request(&mut r, &mut header).await {
+            Ok(Some(req)) => req,
+            Ok(None) => break Ok(()),
             Err(e) => break Err(e),
         };
-        if req.command == Command::Disconnect {
-            break Ok(());
-        }
         let started = std::time::Instant::now();
         let payload_cost = match req.command {
             Command::Read | Command::Write => req.length.min(MAX_PAYLOAD),
@@ -499,58 +495,109 @@ where
             break Ok(());
         };
         let check = req.check(&limits);
-        let payload = match (req.command, check) {
-            (Command::Write, Ok(())) => match read_payload(&mut r, req.length, &pool).await {
-                Ok(payload) => Some(payload),
-                Err(e) => break Err(e),
-            },
-            (Command::Write, Err(_)) => {
-                if let Err(e) = skip(&mut r, req.length).await {
-                    break Err(e);
-                }
-                None
-            }
-            _ => None,
+        let payload = match take_payload(&mut r, &req, check, &pool).await {
+            Ok(payload) => payload,
+            Err(e) => break Err(e),
         };
         if let Err(errno) = check {
-            debug!(?req, errno, "refused");
-            if let Some(m) = &metrics {
-                m.refused(req.command);
-            }
-            let body = ReplyBody::error(errno, refusal(&req, errno));
-            if tx
-                .send(Reply {
-                    cookie: req.cookie,
-                    body,
-                    _budget: permit,
-                })
-                .is_err()
-            {
+            if !refuse(&req, errno, permit, &tx, metrics.as_deref()) {
                 break Ok(());
             }
             continue;
         }
-        let export = Arc::clone(&export);
-        let tx = tx.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let body = execute(&*export, req, payload).await;
-            if let Some(m) = metrics {
-                let ok = !matches!(body, ReplyBody::Error { .. });
-                m.request(req.command, started.elapsed(), ok, req.length);
-            }
-            // The writer only goes away when the client did; nothing left to tell.
-            let _ = tx.send(Reply {
-                cookie: req.cookie,
-                body,
-                _budget: permit,
-            });
-        });
+        let reply = InFlight {
+            tx: tx.clone(),
+            permit,
+            metrics: metrics.clone(),
+            started,
+        };
+        tokio::spawn(reply.execute(Arc::clone(&export), req, payload));
     };
     // In-flight requests finish and are answered before the socket closes.
     drop(tx);
     let written = writer.await.unwrap_or(Ok(()));
     ended.and(written)
+}
+
+/// Reads and decodes the next request header; `None` once the client is done (it
+/// closed the connection or asked to disconnect).
+async fn next_request<R: AsyncRead + Unpin>(
+    r: &mut R,
+    header: &mut [u8; REQUEST_LEN],
+) -> Result<Option<Request>, NbdError> {
+    match r.read_exact(header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let req = decode_request(header)?;
+    Ok((req.command != Command::Disconnect).then_some(req))
+}
+
+/// Reads a write's payload if the request passed its `check`, or skips it if not;
+/// `None` for a refused write and for every other command.
+async fn take_payload<R: AsyncRead + Unpin>(
+    r: &mut R,
+    req: &Request,
+    check: Result<(), u32>,
+    pool: &Arc<BufferPool>,
+) -> Result<Option<Payload>, NbdError> {
+    match (req.command, check) {
+        (Command::Write, Ok(())) => Ok(Some(read_payload(r, req.length, pool).await?)),
+        (Command::Write, Err(_)) => {
+            skip(r, req.length).await?;
+            Ok(None)
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Queues the refusal of a request that failed its checks; `false` if the reply
+/// writer is gone.
+fn refuse(
+    req: &Request,
+    errno: u32,
+    permit: OwnedSemaphorePermit,
+    tx: &mpsc::UnboundedSender<Reply>,
+    metrics: Option<&NbdMetrics>,
+) -> bool {
+    debug!(?req, errno, "refused");
+    if let Some(m) = metrics {
+        m.refused(req.command);
+    }
+    let body = ReplyBody::error(errno, refusal(req, errno));
+    tx.send(Reply {
+        cookie: req.cookie,
+        body,
+        _budget: permit,
+    })
+    .is_ok()
+}
+
+/// What an accepted request's reply needs: the writer's queue, the request's share of
+/// the connection's budget, and the metrics with its start time.
+struct InFlight {
+    tx: mpsc::UnboundedSender<Reply>,
+    permit: OwnedSemaphorePermit,
+    metrics: Option<Arc<NbdMetrics>>,
+    started: std::time::Instant,
+}
+
+impl InFlight {
+    /// Executes `req`, records it in the metrics and queues its reply.
+    async fn execute<E: Export>(self, export: Arc<E>, req: Request, payload: Option<Payload>) {
+        let body = execute(&*export, req, payload).await;
+        if let Some(m) = self.metrics {
+            let ok = !matches!(body, ReplyBody::Error { .. });
+            m.request(req.command, self.started.elapsed(), ok, req.length);
+        }
+        // The writer only goes away when the client did; nothing left to tell.
+        let _ = self.tx.send(Reply {
+            cookie: req.cookie,
+            body,
+            _budget: self.permit,
+        });
+    }
 }
 
 fn refusal(req: &Request, errno: u32) -> String {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
 
 use super::core::{block_digests, ResyncStep, CHUNK_BYTES};
 use super::{Conn, Mirror, TargetRun};
@@ -18,7 +19,7 @@ use crate::event::{unix_ms, EventKind};
 use crate::mirror::bitmap::BLOCK_BYTES;
 use crate::mirror::generation::DiskState;
 use crate::mirror::wire::{
-    handshake, Frame, HandshakeParams, LinkReader, LinkWriter, PeerHello, WireError,
+    handshake, CopyState, Frame, HandshakeParams, LinkReader, LinkWriter, PeerHello, WireError,
 };
 use crate::mirror::{Export, ExportError};
 
@@ -248,29 +249,14 @@ async fn run_session(
         mut reader, writer, ..
     } = link;
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut writer_task = tokio::spawn(write_loop(writer, rx));
-    let mut writer_done = false;
-    let mine = {
-        let st = m.lock();
-        m.copy_state(&st, peer)
-    };
-    let _ = tx.send(Frame::State(mine));
-    let theirs = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
-        Ok(Ok(Frame::State(s))) if s.node == peer => s,
-        Ok(Ok(Frame::Bye { reason })) => {
-            tracing::info!(%reason, "peer refused the session");
-            writer_task.abort();
-            return None;
-        }
-        other => {
-            tracing::warn!(?other, "expected the peer's State");
-            writer_task.abort();
-            return None;
-        }
+    let writer_task = tokio::spawn(write_loop(writer, rx));
+    let Some(theirs) = exchange_state(m, peer, &mut reader, &tx).await else {
+        writer_task.abort();
+        return None;
     };
     let end = Arc::new(Notify::new());
-    let session = match m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end)) {
-        Ok(session) => session,
+    let id = match m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end)) {
+        Ok(id) => id,
         Err(why) => {
             let _ = tx.send(Frame::Bye {
                 reason: why.to_string(),
@@ -281,96 +267,212 @@ async fn run_session(
             return None;
         }
     };
-    let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-    let (fail_tx, mut fail_rx) = oneshot::channel::<String>();
-    let applier = tokio::spawn(apply_loop(
-        Arc::clone(m),
-        peer.to_string(),
-        session,
-        apply_rx,
-        tx.clone(),
-        fail_tx,
-    ));
-    let driver = tokio::spawn(drive_loop(
-        Arc::clone(m),
-        peer.to_string(),
-        session,
-        tx.clone(),
-    ));
-    // Keepalive: pings at a quarter of the link timeout; a whole timeout without a
-    // frame from the peer ends the session, so a silently dead link cannot hold a
-    // sync primary's writes for as long as TCP takes to give up.
-    let timeout = m
-        .spec
-        .peers
-        .iter()
-        .find(|p| p.node == peer)
-        .map_or(DEFAULT_LINK_TIMEOUT, |p| p.timeout);
-    let epoch = Instant::now();
-    let heard_ms = Arc::new(AtomicU64::new(0));
-    let (silent_tx, mut silent_rx) = oneshot::channel::<()>();
-    let keepalive = tokio::spawn(keepalive_loop(
-        tx.clone(),
-        Arc::clone(&heard_ms),
-        epoch,
-        timeout,
-        silent_tx,
-    ));
-    let mut next = None;
-    let mut shutdown = m.shutdown.subscribe();
-    let (reason, clean) = loop {
-        tokio::select! {
-            f = reader.recv() => match f {
-                Ok(Frame::Bye { reason }) => break (format!("peer closed the link: {reason}"), true),
-                Ok(frame) => {
-                    heard_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    if let Err(e) = dispatch(m, peer, session, frame, &apply_tx, &tx) {
-                        let _ = tx.send(Frame::Bye { reason: e.clone() });
-                        break (e, false);
-                    }
-                }
-                Err(WireError::Closed) => break ("the peer closed the connection".into(), false),
-                Err(e) => break (e.to_string(), false),
-            },
-            _ = end.notified() => {
-                let reason = if m.lock().shutting_down { "shutdown" } else { "disconnected by the administrator" };
-                let _ = tx.send(Frame::Bye { reason: reason.into() });
-                break (reason.to_string(), true);
-            }
-            r = &mut fail_rx => {
-                let reason = r.unwrap_or_else(|_| "applier stopped".into());
-                let _ = tx.send(Frame::Bye { reason: reason.clone() });
-                break (reason, false);
-            }
-            a = accepted.recv() => {
-                next = a;
-                break ("replaced by a new connection from the peer".into(), false);
-            }
-            w = &mut writer_task => {
-                writer_done = true;
-                break (match w {
-                    Ok(Err(e)) => format!("sending: {e}"),
-                    _ => "the frame writer stopped".into(),
-                }, false);
-            }
-            _ = shutdown.changed() => break ("shutdown".into(), true),
-            _ = &mut silent_rx => break (
-                format!("nothing from the peer for {} ms (link timeout)", timeout.as_millis()),
-                false,
-            ),
-        }
-    };
-    tracing::info!(%reason, "link down");
-    keepalive.abort();
-    applier.abort();
-    driver.abort();
-    m.on_link_down(peer, session, &reason, clean);
-    drop(tx);
-    drop(apply_tx);
-    if !writer_done {
-        let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
-    }
+    let mut session = Session::start(m, peer, id, tx, end, writer_task);
+    let (reason, clean, next) = session.run(&mut reader, accepted).await;
+    session.close(&reason, clean).await;
     next
+}
+
+/// Sends this node's `State` and waits for the peer's; `None` if the peer refused the
+/// session or answered with anything else.
+async fn exchange_state(
+    m: &Mirror,
+    peer: &str,
+    reader: &mut Reader,
+    tx: &mpsc::UnboundedSender<Frame>,
+) -> Option<CopyState> {
+    let mine = {
+        let st = m.lock();
+        m.copy_state(&st, peer)
+    };
+    let _ = tx.send(Frame::State(mine));
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.recv()).await {
+        Ok(Ok(Frame::State(s))) if s.node == peer => Some(s),
+        Ok(Ok(Frame::Bye { reason })) => {
+            tracing::info!(%reason, "peer refused the session");
+            None
+        }
+        other => {
+            tracing::warn!(?other, "expected the peer's State");
+            None
+        }
+    }
+}
+
+/// An established session: its frame channels, the tasks it runs (frame writer,
+/// applier, resync/verify driver, keepalive) and its link-timeout clock.
+struct Session<'a> {
+    m: &'a Arc<Mirror>,
+    peer: &'a str,
+    id: u64,
+    tx: mpsc::UnboundedSender<Frame>,
+    apply_tx: mpsc::UnboundedSender<Frame>,
+    /// Notified when this node ends the session (shutdown or the administrator).
+    end: Arc<Notify>,
+    writer_task: JoinHandle<Result<(), WireError>>,
+    /// The writer task was awaited to completion (so it must not be awaited again).
+    writer_done: bool,
+    applier: JoinHandle<()>,
+    /// Why the applier failed.
+    fail_rx: oneshot::Receiver<String>,
+    driver: JoinHandle<()>,
+    keepalive: JoinHandle<()>,
+    /// When a frame was last heard from the peer, in ms after `epoch`.
+    heard_ms: Arc<AtomicU64>,
+    epoch: Instant,
+    timeout: Duration,
+    /// Fires once the peer has been silent for the whole link timeout.
+    silent_rx: oneshot::Receiver<()>,
+}
+
+impl<'a> Session<'a> {
+    /// Spawns the session's applier, resync/verify driver and keepalive.
+    fn start(
+        m: &'a Arc<Mirror>,
+        peer: &'a str,
+        id: u64,
+        tx: mpsc::UnboundedSender<Frame>,
+        end: Arc<Notify>,
+        writer_task: JoinHandle<Result<(), WireError>>,
+    ) -> Self {
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (fail_tx, fail_rx) = oneshot::channel::<String>();
+        let applier = tokio::spawn(apply_loop(
+            Arc::clone(m),
+            peer.to_string(),
+            id,
+            apply_rx,
+            tx.clone(),
+            fail_tx,
+        ));
+        let driver = tokio::spawn(drive_loop(Arc::clone(m), peer.to_string(), id, tx.clone()));
+        // Keepalive: pings at a quarter of the link timeout; a whole timeout without a
+        // frame from the peer ends the session, so a silently dead link cannot hold a
+        // sync primary's writes for as long as TCP takes to give up.
+        let timeout = m
+            .spec
+            .peers
+            .iter()
+            .find(|p| p.node == peer)
+            .map_or(DEFAULT_LINK_TIMEOUT, |p| p.timeout);
+        let epoch = Instant::now();
+        let heard_ms = Arc::new(AtomicU64::new(0));
+        let (silent_tx, silent_rx) = oneshot::channel::<()>();
+        let keepalive = tokio::spawn(keepalive_loop(
+            tx.clone(),
+            Arc::clone(&heard_ms),
+            epoch,
+            timeout,
+            silent_tx,
+        ));
+        Session {
+            m,
+            peer,
+            id,
+            tx,
+            apply_tx,
+            end,
+            writer_task,
+            writer_done: false,
+            applier,
+            fail_rx,
+            driver,
+            keepalive,
+            heard_ms,
+            epoch,
+            timeout,
+            silent_rx,
+        }
+    }
+
+    /// Handles the peer's frames until something ends the session; returns why, whether
+    /// the end was clean, and the newer connection from the peer if one replaced it.
+    async fn run(
+        &mut self,
+        reader: &mut Reader,
+        accepted: &mut mpsc::Receiver<Accepted>,
+    ) -> (String, bool, Option<Accepted>) {
+        let mut next = None;
+        let mut shutdown = self.m.shutdown.subscribe();
+        let (reason, clean) = loop {
+            tokio::select! {
+                f = reader.recv() => if let Some(end) = self.on_read(f) {
+                    break end;
+                },
+                _ = self.end.notified() => break self.on_end(),
+                r = &mut self.fail_rx => {
+                    let reason = r.unwrap_or_else(|_| "applier stopped".into());
+                    let _ = self.tx.send(Frame::Bye { reason: reason.clone() });
+                    break (reason, false);
+                }
+                a = accepted.recv() => {
+                    next = a;
+                    break ("replaced by a new connection from the peer".into(), false);
+                }
+                w = &mut self.writer_task => {
+                    self.writer_done = true;
+                    break (match w {
+                        Ok(Err(e)) => format!("sending: {e}"),
+                        _ => "the frame writer stopped".into(),
+                    }, false);
+                }
+                _ = shutdown.changed() => break ("shutdown".into(), true),
+                _ = &mut self.silent_rx => break (
+                    format!("nothing from the peer for {} ms (link timeout)", self.timeout.as_millis()),
+                    false,
+                ),
+            }
+        };
+        (reason, clean, next)
+    }
+
+    /// Handles one read from the peer; `Some((reason, clean))` if it ends the session.
+    fn on_read(&self, read: Result<Frame, WireError>) -> Option<(String, bool)> {
+        match read {
+            Ok(Frame::Bye { reason }) => Some((format!("peer closed the link: {reason}"), true)),
+            Ok(frame) => {
+                let heard = self.epoch.elapsed().as_millis() as u64;
+                self.heard_ms.store(heard, Ordering::Relaxed);
+                let dispatched =
+                    dispatch(self.m, self.peer, self.id, frame, &self.apply_tx, &self.tx);
+                if let Err(e) = dispatched {
+                    let _ = self.tx.send(Frame::Bye { reason: e.clone() });
+                    return Some((e, false));
+                }
+                None
+            }
+            Err(WireError::Closed) => Some(("the peer closed the connection".into(), false)),
+            Err(e) => Some((e.to_string(), false)),
+        }
+    }
+
+    /// Says goodbye when this node ends the session; returns the (clean) reason.
+    fn on_end(&self) -> (String, bool) {
+        let reason = if self.m.lock().shutting_down {
+            "shutdown"
+        } else {
+            "disconnected by the administrator"
+        };
+        let _ = self.tx.send(Frame::Bye {
+            reason: reason.into(),
+        });
+        (reason.to_string(), true)
+    }
+
+    /// Tears the session down: stops its tasks, reports the link down and gives the
+    /// frame writer a moment to send what is queued (the goodbye).
+    async fn close(self, reason: &str, clean: bool) {
+        tracing::info!(%reason, "link down");
+        self.keepalive.abort();
+        self.applier.abort();
+        self.driver.abort();
+        self.m.on_link_down(self.peer, self.id, reason, clean);
+        drop(self.tx);
+        drop(self.apply_tx);
+        if !self.writer_done {
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.writer_task).await;
+        }
+    }
 }
 
 /// The link timeout of a peer missing from the spec (never, in practice).
@@ -465,160 +567,240 @@ async fn apply_loop(
     tx: mpsc::UnboundedSender<Frame>,
     fail: oneshot::Sender<String>,
 ) {
-    if let Err(e) = apply_frames(&m, &peer, session, &mut rx, &tx).await {
+    let applier = Applier::new(&m, &peer, session, &mut rx, &tx);
+    if let Err(e) = applier.run().await {
         let _ = fail.send(e.to_string());
     }
 }
 
-async fn apply_frames(
-    m: &Arc<Mirror>,
-    peer: &str,
+/// A replicated write: sequence number, offset, FUA, data.
+type QueuedWrite = (u64, u64, bool, Vec<u8>);
+
+/// The secondary's (and resync target's) in-order apply state for one session.
+struct Applier<'a> {
+    m: &'a Arc<Mirror>,
+    peer: &'a str,
     session: u64,
-    rx: &mut mpsc::UnboundedReceiver<Frame>,
-    tx: &mpsc::UnboundedSender<Frame>,
-) -> Result<(), LinkError> {
-    let mut applied_seq = 0u64;
-    let mut acked_seq = 0u64;
-    let mut need_sync = false;
-    let mut resync_acks: Vec<(u64, u32)> = Vec::new();
-    let mut resync_pending_bytes = 0u64;
-    let mut carry: Option<Frame> = None;
-    loop {
-        let frame = match carry.take() {
-            Some(f) => f,
-            None => match rx.recv().await {
-                Some(f) => f,
-                None => break,
-            },
-        };
-        let mut seq_of = None;
-        let result: Result<(), ExportError> = match frame {
+    rx: &'a mut mpsc::UnboundedReceiver<Frame>,
+    tx: &'a mpsc::UnboundedSender<Frame>,
+    /// The last replicated operation applied.
+    applied_seq: u64,
+    /// The last replicated operation acknowledged.
+    acked_seq: u64,
+    /// An fdatasync is owed before the next acknowledgement (FUA write or flush).
+    need_sync: bool,
+    /// Resync chunks written but not yet synced and acknowledged.
+    resync_acks: Vec<(u64, u32)>,
+    resync_pending_bytes: u64,
+    /// A frame taken off the channel while batching writes, applied next.
+    carry: Option<Frame>,
+}
+
+impl<'a> Applier<'a> {
+    /// A fresh applier: nothing applied, acknowledged or owed yet.
+    fn new(
+        m: &'a Arc<Mirror>,
+        peer: &'a str,
+        session: u64,
+        rx: &'a mut mpsc::UnboundedReceiver<Frame>,
+        tx: &'a mpsc::UnboundedSender<Frame>,
+    ) -> Self {
+        Applier {
+            m,
+            peer,
+            session,
+            rx,
+            tx,
+            applied_seq: 0,
+            acked_seq: 0,
+            need_sync: false,
+            resync_acks: Vec::new(),
+            resync_pending_bytes: 0,
+            carry: None,
+        }
+    }
+
+    /// Applies frames until the channel closes (`Ok`) or one fails.
+    async fn run(mut self) -> Result<(), LinkError> {
+        while let Some(frame) = self.next_frame().await {
+            self.apply(frame).await?;
+            self.acknowledge_when_idle().await?;
+        }
+        Ok(())
+    }
+
+    /// The frame carried over from write batching, else the next one on the channel.
+    async fn next_frame(&mut self) -> Option<Frame> {
+        match self.carry.take() {
+            Some(f) => Some(f),
+            None => self.rx.recv().await,
+        }
+    }
+
+    /// Applies one frame (a write takes the writes queued right behind it along).
+    async fn apply(&mut self, frame: Frame) -> Result<(), LinkError> {
+        match frame {
             Frame::Write {
                 seq,
                 offset,
                 fua,
                 data,
             } => {
-                // Apply a run of non-overlapping writes at once (the primary had them
-                // in flight together); anything else waits until they are done.
-                let mut batch = vec![(seq, offset, fua, data)];
-                while batch.len() < APPLY_BATCH {
-                    match rx.try_recv() {
-                        Ok(Frame::Write {
-                            seq,
-                            offset,
-                            fua,
-                            data,
-                        }) if !batch.iter().any(|(_, o, _, d)| {
-                            offset < o + d.len() as u64 && *o < offset + data.len() as u64
-                        }) =>
-                        {
-                            batch.push((seq, offset, fua, data))
-                        }
-                        Ok(other) => {
-                            carry = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let mut last = seq;
-                let writes = batch.into_iter().map(|(seq, offset, fua, data)| {
-                    last = seq;
-                    need_sync |= fua;
-                    m.volume.write(offset, data, false)
-                });
-                let results = futures::future::join_all(writes).await;
-                seq_of = Some(last);
-                results
-                    .into_iter()
-                    .collect::<Result<Vec<()>, _>>()
-                    .map(drop)
+                let (last, result) = self.write_batch((seq, offset, fua, data)).await;
+                self.settle(last, result)
             }
             Frame::Trim { seq, offset, len } => {
-                seq_of = Some(seq);
-                m.volume.trim(offset, len).await
+                let result = self.m.volume.trim(offset, len).await;
+                self.settle(seq, result)
             }
             Frame::Zeroes { seq, offset, len } => {
-                seq_of = Some(seq);
-                m.volume.write_zeroes(offset, len, true, false).await
+                let result = self.m.volume.write_zeroes(offset, len, true, false).await;
+                self.settle(seq, result)
             }
             Frame::Flush { seq } => {
-                seq_of = Some(seq);
-                need_sync = true;
-                Ok(())
+                self.need_sync = true;
+                self.settle(seq, Ok(()))
             }
             Frame::ResyncBegin { full, total_bytes } => {
-                m.on_resync_begin(peer, session, full, total_bytes).await?;
-                Ok(())
+                let (peer, session) = (self.peer, self.session);
+                self.m
+                    .on_resync_begin(peer, session, full, total_bytes)
+                    .await
             }
             Frame::ResyncData { offset, data } => {
                 let len = data.len() as u32;
-                m.volume.write(offset, data, false).await?;
-                m.on_resync_progress(peer, session, u64::from(len));
-                resync_acks.push((offset, len));
-                resync_pending_bytes += u64::from(len);
+                self.m.volume.write(offset, data, false).await?;
+                self.resync_written(offset, len);
                 Ok(())
             }
             Frame::ResyncZero { offset, len } => {
-                m.volume.write_zeroes(offset, len, true, false).await?;
-                m.on_resync_progress(peer, session, u64::from(len));
-                resync_acks.push((offset, len));
-                resync_pending_bytes += u64::from(len);
+                self.m.volume.write_zeroes(offset, len, true, false).await?;
+                self.resync_written(offset, len);
                 Ok(())
             }
-            Frame::ResyncEnd { generation } => {
-                m.volume.flush().await?;
-                for (offset, len) in resync_acks.drain(..) {
-                    let _ = tx.send(Frame::ResyncAck { offset, len });
-                }
-                resync_pending_bytes = 0;
-                m.on_resync_end(peer, session, generation).await?;
-                Ok(())
-            }
-            Frame::VerifyRequest { offset, len } => {
-                let len = u64::from(len)
-                    .min(m.size.saturating_sub(offset))
-                    .min(CHUNK_BYTES) as u32;
-                let data = m.volume.read(offset, len).await?;
-                // Hashing is CPU work: keep it off the runtime, or a verify starves
-                // the heartbeats and the cluster declares this node dead.
-                let digests = tokio::task::spawn_blocking(move || block_digests(&data))
-                    .await
-                    .unwrap_or_default();
-                let _ = tx.send(Frame::VerifyDigests { offset, digests });
-                Ok(())
-            }
+            Frame::ResyncEnd { generation } => self.resync_end(generation).await,
+            Frame::VerifyRequest { offset, len } => self.verify(offset, len).await,
             _ => Ok(()),
-        };
-        if let Err(e) = result {
-            if let Some(seq) = seq_of {
-                let _ = tx.send(Frame::Nack {
-                    seq,
-                    errno: e.errno(),
-                });
-            }
-            return Err(LinkError::Volume(e));
-        }
-        if let Some(seq) = seq_of {
-            applied_seq = seq;
-        }
-        if (rx.is_empty() && carry.is_none()) || resync_pending_bytes >= RESYNC_ACK_BATCH {
-            if need_sync || !resync_acks.is_empty() {
-                m.volume.flush().await?;
-                need_sync = false;
-            }
-            if applied_seq > acked_seq {
-                let _ = tx.send(Frame::Ack { seq: applied_seq });
-                acked_seq = applied_seq;
-            }
-            for (offset, len) in resync_acks.drain(..) {
-                let _ = tx.send(Frame::ResyncAck { offset, len });
-            }
-            resync_pending_bytes = 0;
         }
     }
-    Ok(())
+
+    /// Records replicated operation `seq` as applied, or NACKs it and fails.
+    fn settle(&mut self, seq: u64, result: Result<(), ExportError>) -> Result<(), LinkError> {
+        if let Err(e) = result {
+            let _ = self.tx.send(Frame::Nack {
+                seq,
+                errno: e.errno(),
+            });
+            return Err(LinkError::Volume(e));
+        }
+        self.applied_seq = seq;
+        Ok(())
+    }
+
+    /// Applies a run of non-overlapping writes at once (the primary had them in flight
+    /// together); anything else waits until they are done. Returns the last write's
+    /// sequence number and the first failure.
+    async fn write_batch(&mut self, first: QueuedWrite) -> (u64, Result<(), ExportError>) {
+        let batch = self.take_writes(first);
+        // `take_writes` returns `first` at least.
+        let last = batch[batch.len() - 1].0;
+        self.need_sync |= batch.iter().any(|w| w.2);
+        let volume = &self.m.volume;
+        let writes = batch
+            .into_iter()
+            .map(|(_, offset, _, data)| volume.write(offset, data, false));
+        let results = futures::future::join_all(writes).await;
+        let result = results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop);
+        (last, result)
+    }
+
+    /// `first` and the writes queued right behind it that overlap none before them, up
+    /// to `APPLY_BATCH`; the first other frame is carried over.
+    fn take_writes(&mut self, first: QueuedWrite) -> Vec<QueuedWrite> {
+        let mut batch = vec![first];
+        while batch.len() < APPLY_BATCH {
+            match self.rx.try_recv() {
+                Ok(Frame::Write {
+                    seq,
+                    offset,
+                    fua,
+                    data,
+                }) if !batch.iter().any(|(_, o, _, d)| {
+                    offset < o + d.len() as u64 && *o < offset + data.len() as u64
+                }) =>
+                {
+                    batch.push((seq, offset, fua, data))
+                }
+                Ok(other) => {
+                    self.carry = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    /// Counts resync data written at `offset`; it is acknowledged after the next sync.
+    fn resync_written(&mut self, offset: u64, len: u32) {
+        self.m
+            .on_resync_progress(self.peer, self.session, u64::from(len));
+        self.resync_acks.push((offset, len));
+        self.resync_pending_bytes += u64::from(len);
+    }
+
+    /// Ends a resync: syncs, acknowledges every chunk still pending and completes it.
+    async fn resync_end(&mut self, generation: u64) -> Result<(), LinkError> {
+        self.m.volume.flush().await?;
+        for (offset, len) in self.resync_acks.drain(..) {
+            let _ = self.tx.send(Frame::ResyncAck { offset, len });
+        }
+        self.resync_pending_bytes = 0;
+        let (peer, session) = (self.peer, self.session);
+        self.m.on_resync_end(peer, session, generation).await
+    }
+
+    /// Answers a verify request with the digests of the local blocks it covers.
+    async fn verify(&self, offset: u64, len: u32) -> Result<(), LinkError> {
+        let len = u64::from(len)
+            .min(self.m.size.saturating_sub(offset))
+            .min(CHUNK_BYTES) as u32;
+        let data = self.m.volume.read(offset, len).await?;
+        // Hashing is CPU work: keep it off the runtime, or a verify starves
+        // the heartbeats and the cluster declares this node dead.
+        let digests = tokio::task::spawn_blocking(move || block_digests(&data))
+            .await
+            .unwrap_or_default();
+        let _ = self.tx.send(Frame::VerifyDigests { offset, digests });
+        Ok(())
+    }
+
+    /// Once nothing more is queued (or enough resync data is pending), syncs if owed
+    /// and acknowledges the operations and resync chunks applied so far.
+    async fn acknowledge_when_idle(&mut self) -> Result<(), LinkError> {
+        let idle = self.rx.is_empty() && self.carry.is_none();
+        if !idle && self.resync_pending_bytes < RESYNC_ACK_BATCH {
+            return Ok(());
+        }
+        if self.need_sync || !self.resync_acks.is_empty() {
+            self.m.volume.flush().await?;
+            self.need_sync = false;
+        }
+        if self.applied_seq > self.acked_seq {
+            let _ = self.tx.send(Frame::Ack {
+                seq: self.applied_seq,
+            });
+            self.acked_seq = self.applied_seq;
+        }
+        for (offset, len) in self.resync_acks.drain(..) {
+            let _ = self.tx.send(Frame::ResyncAck { offset, len });
+        }
+        self.resync_pending_bytes = 0;
+        Ok(())
+    }
 }
 
 /// The source side's resync and verify driver for one session.
