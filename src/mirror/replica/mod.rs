@@ -300,6 +300,35 @@ fn random_generation() -> u64 {
     }
 }
 
+impl PeerState {
+    /// A peer not connected yet, with its replication core.
+    fn new(spec: PeerSpec, core: PeerCore) -> PeerState {
+        PeerState {
+            spec,
+            core,
+            conn: Conn::Connecting,
+            admin_down: false,
+            peer_disk: None,
+            peer_primary: false,
+            tx: None,
+            session: 0,
+            end_session: None,
+            waiters: HashMap::new(),
+            resync_source: None,
+            resync_end_sent: false,
+            resync_target: None,
+            resync_source_started_ms: 0,
+            verify: None,
+            verify_status: None,
+            kick: Arc::new(Notify::new()),
+            replicated_bytes: 0,
+            resynced_bytes: 0,
+            resyncs_completed: 0,
+            refused_count: 0,
+        }
+    }
+}
+
 impl Mirror {
     /// Opens or creates the backing store and the metadata, starts the listener and the
     /// per-peer connection tasks. Starts as secondary.
@@ -321,32 +350,7 @@ impl Mirror {
                 al.mark_crash_dirty(&mut bitmap);
             }
             let core = PeerCore::new(p.mode, p.queue_bytes, bitmap, size);
-            peers.insert(
-                p.node.clone(),
-                PeerState {
-                    spec: p.clone(),
-                    core,
-                    conn: Conn::Connecting,
-                    admin_down: false,
-                    peer_disk: None,
-                    peer_primary: false,
-                    tx: None,
-                    session: 0,
-                    end_session: None,
-                    waiters: HashMap::new(),
-                    resync_source: None,
-                    resync_end_sent: false,
-                    resync_target: None,
-                    resync_source_started_ms: 0,
-                    verify: None,
-                    verify_status: None,
-                    kick: Arc::new(Notify::new()),
-                    replicated_bytes: 0,
-                    resynced_bytes: 0,
-                    resyncs_completed: 0,
-                    refused_count: 0,
-                },
-            );
+            peers.insert(p.node.clone(), PeerState::new(p.clone(), core));
         }
         let mut gens = loaded.copy.generations.clone();
         if !loaded.clean {
