@@ -164,12 +164,33 @@ pub struct TimelineStep {
     pub error: Option<String>,
 }
 
+/// What kind of move a timeline tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MoveKind {
+    /// This node took the group over after a failure.
+    Failover,
+    /// An administrator (or automatic switchback) moved the group here.
+    Switchover,
+    /// The stop side of a move, recorded on the node that gave the group up.
+    Release,
+}
+
+impl std::fmt::Display for MoveKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MoveKind::Failover => "failover",
+            MoveKind::Switchover => "switchover",
+            MoveKind::Release => "release",
+        })
+    }
+}
+
 /// The story of one failover or switchover, as recorded on the node that started it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timeline {
     pub group: String,
-    /// "failover" or "switchover".
-    pub kind: String,
+    pub kind: MoveKind,
     pub reason: MoveReason,
     pub from_node: Option<String>,
     pub to_node: String,

@@ -33,7 +33,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::cluster::membership;
 use crate::config::Config;
-use crate::event::{Event, EventKind, EventLog, MoveReason, Timeline};
+use crate::event::{Event, EventKind, EventLog, MoveKind, MoveReason, Timeline};
 use crate::mirror::generation::DiskState;
 pub use crate::mirror::nbd::metrics::NbdMetrics;
 use crate::snmp::agent::AgentCounters;
@@ -634,24 +634,23 @@ impl Metrics {
             let last = steps.iter().map(|s| s.at_ms + s.duration_ms).max()?;
             Some((first, last))
         };
-        match t.kind.as_str() {
-            "release" => {
+        match t.kind {
+            MoveKind::Release => {
                 if let Some((a, b)) = span("stop") {
                     phase("stop", Some(a), Some(b));
                 }
                 return;
             }
-            "failover" => {
+            MoveKind::Failover => {
                 i.failovers
                     .with_label_values(&[&t.group, &t.reason.name(), outcome])
                     .inc();
             }
-            "switchover" => {
+            MoveKind::Switchover => {
                 i.switchovers
                     .with_label_values(&[&t.group, &t.reason.name(), outcome])
                     .inc();
             }
-            _ => return,
         }
         phase("detect", t.failure_ms, Some(t.detected_ms));
         phase("decide", Some(t.detected_ms), Some(t.decided_ms));

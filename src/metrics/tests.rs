@@ -1,7 +1,7 @@
 //! Unit tests of the metrics registry: names, pre-created label sets, phases, deltas.
 
 use super::*;
-use crate::event::TimelineStep;
+use crate::event::{MoveKind, TimelineStep};
 use crate::mirror::nbd::proto::Command;
 use crate::status::MirrorStatus;
 
@@ -118,7 +118,7 @@ fn timelines_count_moves_and_time_every_phase() {
     };
     m.observe_timeline(&Timeline {
         group: "web".into(),
-        kind: "failover".into(),
+        kind: MoveKind::Failover,
         reason: MoveReason::NodeLost,
         from_node: Some("n1".into()),
         to_node: "n2".into(),

@@ -35,7 +35,7 @@ use crate::cluster::packet::{
     Assignment, GroupAdvert, LocalGroupState, NodeAdvert, StandbySetting,
 };
 use crate::config::{Config, Switchback};
-use crate::event::{fields, EventKind, Fields, MoveReason, Timeline, TimelineStep};
+use crate::event::{fields, EventKind, Fields, MoveKind, MoveReason, Timeline, TimelineStep};
 
 /// Now, as both a monotonic clock (for decisions) and wall-clock time (for records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1373,7 +1373,11 @@ impl GroupState {
         let switchover = matches!(claim.reason, MoveReason::Manual | MoveReason::Switchback);
         let t = Timeline {
             group: policy.name.clone(),
-            kind: if switchover { "switchover" } else { "failover" }.into(),
+            kind: if switchover {
+                MoveKind::Switchover
+            } else {
+                MoveKind::Failover
+            },
             reason: claim.reason,
             from_node: claim.from,
             to_node: view.local().to_string(),
@@ -1737,7 +1741,7 @@ fn timeline_fields(t: &Timeline) -> Fields {
 /// Closes the timeline of a start: completed, or failed with `failure`. A first
 /// placement is no move: only its failure is reported as an event.
 fn close_timeline(mut t: Timeline, wall_ms: u64, failure: Option<&str>, out: &mut Vec<Action>) {
-    let switchover = t.kind == "switchover";
+    let switchover = t.kind == MoveKind::Switchover;
     t.completed_ms = Some(wall_ms);
     let kind = match (failure, switchover) {
         (None, true) => EventKind::SwitchoverCompleted,
@@ -1766,7 +1770,7 @@ fn release_timeline(
     let began = steps.first().map_or(view.now.wall_ms, |s| s.at_ms);
     Timeline {
         group: group.to_string(),
-        kind: "release".into(),
+        kind: MoveKind::Release,
         reason: MoveReason::Manual,
         from_node: Some(view.local().to_string()),
         to_node: to.unwrap_or_default().to_string(),

@@ -460,8 +460,8 @@ fn claim_and_start_alone_writes_the_claim_and_starts_with_a_timeline() {
     assert!(starts(&out));
     let t = g.timeline.as_ref().expect("a timeline");
     assert_eq!(
-        (t.kind.as_str(), t.reason),
-        ("failover", MoveReason::NodeLost)
+        (t.kind, t.reason),
+        (MoveKind::Failover, MoveReason::NodeLost)
     );
     assert_eq!(t.from_node.as_deref(), Some("a"));
 }
