@@ -534,11 +534,7 @@ impl NodeCore {
             .map(|m| LocalFencing {
                 name: m.name.clone(),
                 primary: m.primary,
-                pending: if m.primary {
-                    m.pending.clone()
-                } else {
-                    Vec::new()
-                },
+                pending: m.pending.clone(),
                 outdated: self.outdated_for.get(&m.name).copied().unwrap_or(0),
             })
             .collect()
