@@ -27,7 +27,7 @@ mod dashboards;
 #[path = "common/mibs.rs"]
 mod mibs;
 
-use daemon::{wait_for, BIN};
+use daemon::{wait_for, wait_until, BIN};
 
 const VIP: &str = "10.77.0.100";
 const VIP_URL: &str = "http://10.77.0.100:8080/";
@@ -803,6 +803,14 @@ fn crashing_service_restarts_then_fails_over() {
     let (_, _) = wait_for("owner n2 on n2", Duration::from_secs(20), || {
         (lab.owner("n2").as_deref() == Some("n2")).then_some(())
     });
+    // The timeline completes at the first passing check on n2, a moment after the
+    // owner and the VIP moved: wait for it rather than read the history once.
+    let completed = |tls: &[Value]| has_timeline(tls, "failover", Some("resource_failed"), "n2");
+    wait_until(
+        "a completed resource_failed failover to n2 in n2's history",
+        Duration::from_secs(20),
+        || completed(&lab.timelines("n2")),
+    );
     let mut tls = lab.timelines("n2");
     tls.extend(lab.timelines("n1"));
     for t in &tls {
@@ -816,7 +824,7 @@ fn crashing_service_restarts_then_fails_over() {
         ));
     }
     assert!(
-        has_timeline(&tls, "failover", Some("resource_failed"), "n2"),
+        completed(&tls),
         "no completed resource_failed failover to n2 in the history"
     );
 }
