@@ -375,3 +375,25 @@ fn metrics_endpoint_passes_promtool_and_counts_the_checks() {
         assert!(found, "missing `{want}` in\n{body}");
     }
 }
+
+/// A log that goes to a file (the lab's `tandem.log`, the appliance's log) carries no
+/// ANSI colour codes: colour is for a terminal only.
+#[test]
+fn logs_written_to_a_file_carry_no_colour_codes() {
+    let mut child = Command::new(BIN)
+        .args(["demo-service", "--listen", "127.0.0.1:0"])
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("listening"), "{first}");
+    assert!(
+        !first.contains('\x1b'),
+        "colour codes in a piped log: {first:?}"
+    );
+}
