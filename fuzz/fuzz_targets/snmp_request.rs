@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use tandem::api::{NodeStatus, PathStatusView, Status};
+use tandem::status::Status;
 use tandem::config::{CommunityConfig, SnmpConfig};
 use tandem::snmp::agent::{RequestHandler, MAX_RESPONSE_SIZE};
 use tandem::snmp::mib::{MibView, SystemInfo};
@@ -39,26 +39,8 @@ fn handler() -> &'static Mutex<RequestHandler> {
             users: Vec::new(),
             receivers: Vec::new(),
         };
-        let status = Status {
-            cluster: "fuzz".into(),
-            node: "a".into(),
-            nodes: ["a", "b"]
-                .iter()
-                .map(|n| NodeStatus {
-                    name: n.to_string(),
-                    alive: true,
-                    ..NodeStatus::default()
-                })
-                .collect(),
-            paths: vec![PathStatusView {
-                peer: "b".into(),
-                path: "hb1".into(),
-                up: true,
-                last_heard_ms_ago: Some(3),
-                rtt_ms: Some(0.2),
-            }],
-            ..Status::default()
-        };
+        // The shared sample snapshot: every table of the MIB has rows to walk.
+        let status = Status::sample();
         let view = MibView::build(&status, &SystemInfo::default());
         let usm = Usm::new(vec![0x80, 0, 0, 0, 4], 1, &[], false).expect("usm");
         Mutex::new(RequestHandler::new(&cfg, usm, view).expect("handler"))
