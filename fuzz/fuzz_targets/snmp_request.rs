@@ -14,11 +14,11 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
-use tandem::status::Status;
 use tandem::config::{CommunityConfig, SnmpConfig};
 use tandem::snmp::agent::{RequestHandler, MAX_RESPONSE_SIZE};
 use tandem::snmp::mib::{MibView, SystemInfo};
 use tandem::snmp::usm::Usm;
+use tandem::status::Status;
 
 const COMMUNITY: &[u8] = b"public";
 const SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
