@@ -41,6 +41,7 @@ pub mod mirror;
 pub mod net;
 pub mod node;
 pub mod placement;
+pub mod quorum;
 pub mod resources;
 pub mod runtime;
 pub mod snmp;

@@ -1,0 +1,1 @@
+//! The durable consensus log in the state directory. (Stub: being written.)
