@@ -8,3 +8,7 @@
 pub mod disk;
 pub mod records;
 pub mod wire;
+pub mod core;
+pub mod decision;
+pub mod lease;
+pub mod store;

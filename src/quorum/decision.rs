@@ -1,0 +1,267 @@
+//! The cluster's decisions, as entries of the replicated log, and the register they
+//! build when applied in log order.
+//!
+//! Every voter applies the same committed entries in the same order, so every voter's
+//! [`Register`] is the same function of the log. An entry that no longer fits the
+//! register when it is applied (an ownership claim for an epoch that another claim took
+//! first) is applied as a no-op and reported as [`Applied::Stale`]: proposals race, the
+//! log orders them, and the first one wins.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One cluster decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Decision {
+    /// `owner` owns `group` at `epoch`. Applies only if `epoch` is the group's current
+    /// epoch + 1. `handoff` is true when the previous owner wrote it (a switchover or a
+    /// switchback it carries out itself) rather than a node taking the group over.
+    Own {
+        group: String,
+        owner: String,
+        epoch: u64,
+        #[serde(default)]
+        handoff: bool,
+    },
+    /// A mirror copy is outdated: the primary at `generation` may complete writes
+    /// without it. Cleared by [`Decision::UpToDate`].
+    Outdated {
+        mirror: String,
+        node: String,
+        generation: u64,
+    },
+    /// A copy caught up again (its resync finished).
+    UpToDate { mirror: String, node: String },
+    /// A node's configuration digest, so that every node can check they agree.
+    ConfigDigest { node: String, digest: String },
+}
+
+impl Decision {
+    /// The log entry's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // A Decision holds only strings, integers and booleans: serialisation cannot
+        // fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses a log entry. An entry that does not parse (written by a newer version)
+    /// is skipped by the caller and counted.
+    pub fn decode(data: &[u8]) -> Result<Decision, serde_json::Error> {
+        serde_json::from_slice(data)
+    }
+}
+
+/// A group's committed owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ownership {
+    pub owner: String,
+    pub epoch: u64,
+    /// The previous owner wrote this epoch itself, after stopping the group.
+    pub handoff: bool,
+    /// The owner before this epoch.
+    pub previous: Option<String>,
+}
+
+/// The applied state of the log: what every voter agrees on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Register {
+    /// The log index this register reflects.
+    pub applied: u64,
+    pub owners: BTreeMap<String, Ownership>,
+    /// (mirror, node) -> the primary generation the copy was outdated for.
+    pub outdated: BTreeMap<(String, String), u64>,
+    pub config_digests: BTreeMap<String, String>,
+}
+
+/// How an entry applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Changed(Decision),
+    /// The entry no longer fits (e.g. a claim for an epoch taken first by another).
+    Stale(Decision),
+}
+
+impl Register {
+    /// Applies one committed entry at `index`.
+    pub fn apply(&mut self, index: u64, d: Decision) -> Applied {
+        self.applied = self.applied.max(index);
+        match &d {
+            Decision::Own {
+                group,
+                owner,
+                epoch,
+                handoff,
+            } => {
+                let current = self.owners.get(group);
+                if *epoch != current.map_or(0, |o| o.epoch) + 1 {
+                    return Applied::Stale(d);
+                }
+                let previous = current.map(|o| o.owner.clone());
+                self.owners.insert(
+                    group.clone(),
+                    Ownership {
+                        owner: owner.clone(),
+                        epoch: *epoch,
+                        handoff: *handoff,
+                        previous,
+                    },
+                );
+            }
+            Decision::Outdated {
+                mirror,
+                node,
+                generation,
+            } => {
+                let key = (mirror.clone(), node.clone());
+                if self.outdated.get(&key).is_some_and(|g| g >= generation) {
+                    return Applied::Stale(d);
+                }
+                self.outdated.insert(key, *generation);
+            }
+            Decision::UpToDate { mirror, node } => {
+                if self.outdated.remove(&(mirror.clone(), node.clone())).is_none() {
+                    return Applied::Stale(d);
+                }
+            }
+            Decision::ConfigDigest { node, digest } => {
+                self.config_digests.insert(node.clone(), digest.clone());
+            }
+        }
+        Applied::Changed(d)
+    }
+
+    /// The committed owner of `group`.
+    pub fn owner(&self, group: &str) -> Option<&Ownership> {
+        self.owners.get(group)
+    }
+
+    /// Whether the log records `node`'s copy of `mirror` as outdated at or after
+    /// `generation`.
+    pub fn is_outdated(&self, mirror: &str, node: &str, generation: u64) -> bool {
+        self.outdated
+            .get(&(mirror.to_string(), node.to_string()))
+            .is_some_and(|g| *g >= generation)
+    }
+
+    /// Snapshot bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        // Maps with tuple keys are not JSON objects; serialise through a list.
+        let wire = RegisterWire {
+            applied: self.applied,
+            owners: self.owners.clone(),
+            outdated: self
+                .outdated
+                .iter()
+                .map(|((m, n), g)| (m.clone(), n.clone(), *g))
+                .collect(),
+            config_digests: self.config_digests.clone(),
+        };
+        serde_json::to_vec(&wire).unwrap_or_default()
+    }
+
+    /// Parses snapshot bytes (empty bytes: the empty register).
+    pub fn decode(data: &[u8]) -> Result<Register, serde_json::Error> {
+        if data.is_empty() {
+            return Ok(Register::default());
+        }
+        let w: RegisterWire = serde_json::from_slice(data)?;
+        Ok(Register {
+            applied: w.applied,
+            owners: w.owners,
+            outdated: w
+                .outdated
+                .into_iter()
+                .map(|(m, n, g)| ((m, n), g))
+                .collect(),
+            config_digests: w.config_digests,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterWire {
+    applied: u64,
+    owners: BTreeMap<String, Ownership>,
+    outdated: Vec<(String, String, u64)>,
+    config_digests: BTreeMap<String, String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(group: &str, owner: &str, epoch: u64) -> Decision {
+        Decision::Own {
+            group: group.into(),
+            owner: owner.into(),
+            epoch,
+            handoff: false,
+        }
+    }
+
+    #[test]
+    fn the_first_claim_for_an_epoch_wins_and_later_ones_are_stale() {
+        let mut r = Register::default();
+        assert!(matches!(r.apply(1, own("g", "n1", 1)), Applied::Changed(_)));
+        assert!(matches!(r.apply(2, own("g", "n2", 1)), Applied::Stale(_)));
+        assert_eq!(r.owner("g").map(|o| o.owner.as_str()), Some("n1"));
+        assert!(matches!(r.apply(3, own("g", "n2", 2)), Applied::Changed(_)));
+        let o = r.owner("g").unwrap();
+        assert_eq!((o.owner.as_str(), o.epoch), ("n2", 2));
+        assert_eq!(o.previous.as_deref(), Some("n1"));
+        assert!(matches!(r.apply(4, own("g", "n3", 5)), Applied::Stale(_)));
+        assert_eq!(r.applied, 4);
+    }
+
+    #[test]
+    fn outdating_is_monotonic_and_cleared_by_up_to_date() {
+        let mut r = Register::default();
+        let out = |g| Decision::Outdated {
+            mirror: "m".into(),
+            node: "n2".into(),
+            generation: g,
+        };
+        assert!(matches!(r.apply(1, out(5)), Applied::Changed(_)));
+        assert!(r.is_outdated("m", "n2", 5));
+        assert!(!r.is_outdated("m", "n2", 6));
+        assert!(matches!(r.apply(2, out(4)), Applied::Stale(_)));
+        let up = Decision::UpToDate {
+            mirror: "m".into(),
+            node: "n2".into(),
+        };
+        assert!(matches!(r.apply(3, up.clone()), Applied::Changed(_)));
+        assert!(!r.is_outdated("m", "n2", 0));
+        assert!(matches!(r.apply(4, up), Applied::Stale(_)));
+    }
+
+    #[test]
+    fn decisions_and_registers_round_trip() {
+        let mut r = Register::default();
+        r.apply(1, own("g", "n1", 1));
+        r.apply(
+            2,
+            Decision::Outdated {
+                mirror: "m".into(),
+                node: "n2".into(),
+                generation: 3,
+            },
+        );
+        r.apply(
+            3,
+            Decision::ConfigDigest {
+                node: "n1".into(),
+                digest: "abc".into(),
+            },
+        );
+        assert_eq!(Register::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Register::decode(&[]).unwrap(), Register::default());
+        let d = own("g", "n1", 7);
+        assert_eq!(Decision::decode(&d.encode()).unwrap(), d);
+        assert!(Decision::decode(b"{\"own\":{}}").is_err());
+    }
+}
