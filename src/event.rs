@@ -100,6 +100,13 @@ pub enum EventKind {
     ResyncFailed,
     /// An online verify finished (mirror, peer, bytes = out-of-sync bytes found).
     VerifyCompleted,
+    /// This node can no longer reach a majority of the voters (votes, voters,
+    /// reachable): it takes nothing, and its leases run out.
+    QuorumLost,
+    /// This node is in a partition with a majority of the voters again.
+    QuorumGained,
+    /// The replicated log committed a group's owner (group, owner, epoch).
+    OwnershipCommitted,
 }
 
 impl EventKind {

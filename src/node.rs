@@ -20,6 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod quorum;
+
 use crate::cluster::membership::{
     self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerSpec, PeerStatus,
 };
@@ -30,6 +32,10 @@ use crate::mirror::fencing::{self, FenceAction, LocalFencing};
 use crate::placement::policy::{
     Action, GroupStatus, Input, Now, PeerView, Placement, PlacementConfig, PlacementError,
 };
+use crate::quorum::core::{QuorumConfig, QuorumCore, QuorumError};
+use crate::quorum::lease::LeaseConfig;
+use crate::quorum::records::{PersistBatch, Restored};
+use crate::quorum::wire::{self, Dedup, QuorumPacket};
 
 /// What a node core is built from: everything it decides with, nothing it does I/O
 /// with.
@@ -45,6 +51,45 @@ pub struct NodeConfig {
     /// floating-IP probe ([`Input::PeerSilent`]).
     pub probe_lead_ms: u64,
     pub placement: PlacementConfig,
+    /// With three or more voters: the quorum's settings (ownership through the log).
+    pub quorum: Option<QuorumSettings>,
+}
+
+/// How this node takes part in the quorum.
+#[derive(Debug, Clone)]
+pub struct QuorumSettings {
+    pub core: QuorumConfig,
+    /// Stop the groups this long before the lease ends.
+    pub stop_margin_ms: u64,
+    /// A voter counts as reachable while heard from within this long.
+    pub reachable_ms: u64,
+}
+
+impl QuorumSettings {
+    /// Derives the quorum settings for voter `local` (a node or the witness).
+    pub fn from_config(cfg: &Config, local: &str) -> QuorumSettings {
+        let interval = cfg.heartbeat.interval.as_millis() as u64;
+        let dead = cfg.heartbeat.dead_time.as_millis() as u64;
+        let tick_ms = (interval / 2).max(10);
+        QuorumSettings {
+            core: QuorumConfig {
+                local: local.to_string(),
+                voters: cfg.voters(),
+                witness: cfg.witness.as_ref().map(|w| w.name.clone()),
+                tick_ms,
+                election_ticks: ((dead / tick_ms) as usize).max(4),
+                heartbeat_ticks: 2,
+                lease: LeaseConfig {
+                    lease_ms: cfg.quorum.lease.as_millis() as u64,
+                    drift_ppm: cfg.quorum.drift_ppm,
+                    dead_time_ms: dead,
+                    report_fresh_ms: 2 * interval + 100,
+                },
+            },
+            stop_margin_ms: cfg.quorum.stop_margin.as_millis() as u64,
+            reachable_ms: dead,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -70,6 +115,9 @@ impl NodeConfig {
             dead_time_ms: cfg.heartbeat.dead_time.as_millis() as u64,
             probe_lead_ms: cfg.cluster.vip_probe_timeout.as_millis() as u64 + 3 * evaluate_every_ms,
             placement: PlacementConfig::from_config(cfg, local),
+            quorum: cfg
+                .quorum_enabled()
+                .then(|| QuorumSettings::from_config(cfg, local)),
         }
     }
 
@@ -98,6 +146,8 @@ pub enum NodeInput {
     Packet { path: u8, hb: Heartbeat },
     /// A datagram on a path could not be decoded or authenticated.
     Malformed { path: u8, reason: &'static str },
+    /// A decoded, authenticated quorum datagram (possibly a copy from another path).
+    Quorum(Box<QuorumPacket>),
     /// A group executor's report (started, stopped, check failed, probe result...).
     Resource(Input),
     /// The local mirrors' fencing facts, sampled by the runtime.
@@ -174,6 +224,11 @@ pub enum NodeAction {
     /// A primary asks this copy to outdate itself (persisted); report with
     /// [`NodeInput::OutdateDone`].
     OutdateSelf { mirror: String, generation: u64 },
+    /// Send this quorum datagram to voter `to`, on every path it has an address on.
+    SendQuorum { to: String, packet: Box<QuorumPacket> },
+    /// Write this to the durable consensus log, with fsync, before carrying out the
+    /// actions that follow.
+    PersistLog(PersistBatch),
     /// The answer to [`NodeInput::Control`].
     Reply {
         id: u64,
@@ -211,6 +266,14 @@ pub struct NodeCore {
     outdated_for: BTreeMap<String, u64>,
     /// Outdates being carried out: (mirror, generation).
     outdating: BTreeSet<(String, u64)>,
+    quorum: Option<QuorumCore>,
+    /// Quorum datagrams: the next sequence number, and the copies already seen.
+    quorum_seq: u64,
+    dedup: Dedup,
+    voters_digest: u64,
+    /// (group, epoch) this node was allowed to start (the previous lease was over).
+    start_cleared: BTreeSet<(String, u64)>,
+    was_quorate: bool,
 }
 
 impl NodeCore {
@@ -230,6 +293,10 @@ impl NodeCore {
                 .collect(),
         });
         let placement = Placement::new(cfg.placement.clone());
+        let voters_digest = cfg
+            .quorum
+            .as_ref()
+            .map_or(0, |q| wire::voters_digest(&q.core.voters));
         let mut core = NodeCore {
             cfg,
             boot_id,
@@ -245,6 +312,12 @@ impl NodeCore {
             mirrors: Vec::new(),
             outdated_for: BTreeMap::new(),
             outdating: BTreeSet::new(),
+            quorum: None,
+            quorum_seq: 0,
+            dedup: Dedup::default(),
+            voters_digest,
+            start_cleared: BTreeSet::new(),
+            was_quorate: false,
         };
         for t in history {
             core.tally(t);
@@ -252,16 +325,37 @@ impl NodeCore {
         core
     }
 
+    /// Quorum mode: starts the consensus core from what the durable log restored. Until
+    /// it has, this node takes and runs nothing.
+    pub fn restore_log(&mut self, restored: &Restored, now_ms: u64) -> Result<(), QuorumError> {
+        let Some(q) = &self.cfg.quorum else {
+            return Ok(());
+        };
+        self.quorum = Some(QuorumCore::new(
+            q.core.clone(),
+            restored,
+            now_ms,
+            self.boot_id,
+        )?);
+        Ok(())
+    }
+
     /// Takes one input; returns what to do, in order.
     pub fn handle(&mut self, now: Now, input: NodeInput) -> Vec<NodeAction> {
         let mut out = Vec::new();
         match input {
-            NodeInput::HeartbeatDue => self.send_heartbeats(now, &mut out),
+            NodeInput::HeartbeatDue => {
+                self.send_heartbeats(now, &mut out);
+                self.quorum_call(now, &mut out, |q, now, o| q.lease_round(now, o));
+            }
+            NodeInput::Quorum(packet) => self.quorum_packet(now, *packet, &mut out),
             NodeInput::Tick => {
                 self.membership_input(now, membership::Input::Tick, &mut out);
+                self.quorum_call(now, &mut out, |q, now, o| q.tick(now, o));
+                self.watch_quorum(now, &mut out);
                 self.placement_input(now, Input::Tick, &mut out);
                 self.probe_silent_peers(now, &mut out);
-                self.fence(&mut out);
+                self.fence(now, &mut out);
             }
             NodeInput::CheckLiveness => {
                 self.membership_input(now, membership::Input::Tick, &mut out)
@@ -292,6 +386,8 @@ impl NodeCore {
             }
             NodeInput::Leave => {
                 self.refresh_peers();
+                let gate = self.gate(now);
+                self.placement.set_gate(gate);
                 let actions = self.placement.leave(now, &self.peers);
                 self.carry_out(now, actions, &mut out);
             }
@@ -306,6 +402,8 @@ impl NodeCore {
         out: &mut Vec<NodeAction>,
     ) -> Result<ControlOutcome, PlacementError> {
         self.refresh_peers();
+        let gate = self.gate(now);
+        self.placement.set_gate(gate);
         let peers = &self.peers;
         match command {
             ControlCommand::Switchover { group, to } => {
@@ -477,6 +575,8 @@ impl NodeCore {
 
     fn placement_input(&mut self, now: Now, input: Input, out: &mut Vec<NodeAction>) {
         self.refresh_peers();
+        let gate = self.gate(now);
+        self.placement.set_gate(gate);
         let actions = self.placement.handle(now, input, &self.peers);
         self.peers_changed = false;
         self.carry_out(now, actions, out);
@@ -492,6 +592,10 @@ impl NodeCore {
                 Action::RecordTimeline(t) => {
                     self.tally(&t);
                     out.push(NodeAction::RecordTimeline(t));
+                    continue;
+                }
+                Action::Propose(p) => {
+                    self.propose(now, p, out);
                     continue;
                 }
                 Action::ProbeVip { group } => (group, GroupCommand::ProbeVip),
@@ -541,14 +645,19 @@ impl NodeCore {
     }
 
     /// The fencing decisions (see `mirror::fencing`).
-    fn fence(&mut self, out: &mut Vec<NodeAction>) {
+    fn fence(&mut self, now: Now, out: &mut Vec<NodeAction>) {
         if self.mirrors.is_empty() {
             return;
         }
         self.refresh_peers();
         let local = self.fencing_view();
         let me = self.cfg.local();
-        for action in fencing::decide(me, &local, &self.peers, &self.outdating) {
+        let by_log = self.cfg.quorum.is_some();
+        let mut decided = fencing::decide(me, &local, &self.peers, &self.outdating, !by_log);
+        if by_log {
+            self.fence_through_log(now, &mut decided, out);
+        }
+        for action in decided {
             match action {
                 FenceAction::PeerOutdated { mirror, peer } => {
                     out.push(NodeAction::PeerOutdated { mirror, peer })
@@ -654,6 +763,7 @@ mod tests {
                 probe_retry_ms: 2000,
                 probe_fresh_ms: 600,
             },
+            quorum: None,
         };
         NodeCore::new(cfg, 7, 1_000, &[])
     }

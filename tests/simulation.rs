@@ -551,6 +551,9 @@ impl Sim {
                 probe_retry_ms: 2000,
                 probe_fresh_ms: sc.probe_timeout + 100,
             },
+            // The two-node rules (and three nodes without a quorum): the quorum runs
+            // in tests/quorum_sim.rs.
+            quorum: None,
         };
         Node {
             life: Life::Up,

@@ -14,8 +14,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod mirror;
+mod quorum;
 mod snmp;
 pub use mirror::*;
+pub use quorum::*;
 pub use snmp::*;
 
 /// A configuration problem: which key, and why.
@@ -61,6 +63,12 @@ pub struct Config {
     /// `[[mirror]]`: replicated volumes.
     #[serde(rename = "mirror", default)]
     pub mirrors: Vec<MirrorConfig>,
+    /// `[quorum]`: ownership through a majority of the voters.
+    #[serde(default)]
+    pub quorum: QuorumSection,
+    /// `[witness]`: an extra voter with no resources.
+    #[serde(default)]
+    pub witness: Option<WitnessRef>,
 }
 
 /// `[cluster]`
@@ -457,6 +465,7 @@ impl Config {
             self.check_group(&format!("group[{gi}]"), g)?;
         }
         self.check_heartbeat_fits()?;
+        self.check_quorum()?;
         Ok(())
     }
 

@@ -57,11 +57,16 @@ pub fn registers(local: &[LocalFencing]) -> Vec<MirrorRegister> {
 
 /// Decides from the live peers' adverts. `live` holds only peers the membership
 /// considers alive; `in_flight` are outdates already being carried out.
+///
+/// `dead_is_outdated`: without a quorum, a peer the membership declared dead counts as
+/// outdated. With one, only the peer's own acknowledgement does here; the node core adds
+/// outdatings the log committed.
 pub fn decide(
     me: &str,
     local: &[LocalFencing],
     live: &[PeerView],
     in_flight: &BTreeSet<(String, u64)>,
+    dead_is_outdated: bool,
 ) -> Vec<FenceAction> {
     let mut out = BTreeSet::new();
     for m in local {
@@ -72,7 +77,7 @@ pub fn decide(
                     .find(|p| &p.name == peer)
                     .map(|p| register(p, &m.name).is_some_and(|r| r.outdated == *generation));
                 // None: not alive (dead or never seen) -> it cannot be serving.
-                if acked != Some(false) {
+                if acked == Some(true) || (acked.is_none() && dead_is_outdated) {
                     out.insert(FenceAction::PeerOutdated {
                         mirror: m.name.clone(),
                         peer: peer.clone(),
@@ -134,10 +139,16 @@ mod tests {
     }
 
     #[test]
+    fn with_a_quorum_a_dead_peer_is_not_outdated_by_silence() {
+        let me = [primary(vec![("b", 7)])];
+        assert!(decide("a", &me, &[], &BTreeSet::new(), false).is_empty());
+    }
+
+    #[test]
     fn a_primary_waits_for_a_live_peer_to_acknowledge() {
         let me = [primary(vec![("b", 7)])];
         let b_silent = peer("b", vec![]);
-        assert!(decide("a", &me, &[b_silent], &BTreeSet::new()).is_empty());
+        assert!(decide("a", &me, &[b_silent], &BTreeSet::new(), true).is_empty());
         let b_old_ack = peer(
             "b",
             vec![MirrorRegister {
@@ -146,7 +157,7 @@ mod tests {
                 outdate_requests: vec![],
             }],
         );
-        assert!(decide("a", &me, &[b_old_ack], &BTreeSet::new()).is_empty());
+        assert!(decide("a", &me, &[b_old_ack], &BTreeSet::new(), true).is_empty());
         let b_acked = peer(
             "b",
             vec![MirrorRegister {
@@ -156,7 +167,7 @@ mod tests {
             }],
         );
         assert_eq!(
-            decide("a", &me, &[b_acked], &BTreeSet::new()),
+            decide("a", &me, &[b_acked], &BTreeSet::new(), true),
             vec![FenceAction::PeerOutdated {
                 mirror: "data".into(),
                 peer: "b".into()
@@ -168,7 +179,7 @@ mod tests {
     fn a_dead_peer_counts_as_fenced() {
         let me = [primary(vec![("b", 7)])];
         assert_eq!(
-            decide("a", &me, &[], &BTreeSet::new()),
+            decide("a", &me, &[], &BTreeSet::new(), true),
             vec![FenceAction::PeerOutdated {
                 mirror: "data".into(),
                 peer: "b".into()
@@ -197,18 +208,18 @@ mod tests {
             generation: 9,
         }];
         assert_eq!(
-            decide("b", &me, std::slice::from_ref(&a), &BTreeSet::new()),
+            decide("b", &me, std::slice::from_ref(&a), &BTreeSet::new(), true),
             want
         );
         let busy = BTreeSet::from([("data".to_string(), 9)]);
-        assert!(decide("b", &me, std::slice::from_ref(&a), &busy).is_empty());
+        assert!(decide("b", &me, std::slice::from_ref(&a), &busy, true).is_empty());
         let done = [LocalFencing {
             outdated: 9,
             ..me[0].clone()
         }];
-        assert!(decide("b", &done, std::slice::from_ref(&a), &BTreeSet::new()).is_empty());
+        assert!(decide("b", &done, std::slice::from_ref(&a), &BTreeSet::new(), true).is_empty());
         // A request for someone else is not ours.
-        assert!(decide("d", &me, &[a], &BTreeSet::new()).is_empty());
+        assert!(decide("d", &me, &[a], &BTreeSet::new(), true).is_empty());
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! resolve a split brain, report a group nobody can run, then take over, start, hand off
 //! or leave it to its owner), each a method that reads the node through a `ClusterView`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::cluster::packet::{
     Assignment, GroupAdvert, LocalGroupState, NodeAdvert, StandbySetting,
@@ -133,7 +133,7 @@ pub struct PeerView {
 
 impl PeerView {
     /// The peer's advert of one group.
-    fn group(&self, name: &str) -> Option<&GroupAdvert> {
+    pub fn group(&self, name: &str) -> Option<&GroupAdvert> {
         self.advert.groups.iter().find(|ga| ga.name == name)
     }
 }
@@ -199,6 +199,39 @@ pub enum Action {
     RestartResource { group: String, resource: String },
     Emit { kind: EventKind, fields: Fields },
     RecordTimeline(Timeline),
+    /// Quorum mode: ask the replicated log to record `owner` at `epoch` for `group`
+    /// (or the group's maintenance flag). Nothing changes here until it commits.
+    Propose(Proposal),
+}
+
+/// A change of a group's register that, with a quorum, only the log can make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    Own {
+        group: String,
+        owner: String,
+        epoch: u64,
+        handoff: bool,
+    },
+    Maintenance { group: String, on: bool },
+}
+
+/// What the quorum allows, when the cluster runs with one (three or more voters). The
+/// node core computes it from the committed log and the leases before each
+/// evaluation; without a quorum there is none and the two-node rules apply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumGate {
+    /// The committed owner of each group.
+    pub registers: BTreeMap<String, Assignment>,
+    /// Groups in maintenance, by the log.
+    pub maintenance: BTreeSet<String>,
+    /// Groups whose owner a majority of the voters has not heard from for the dead
+    /// time (or that never had one and every node was seen): a takeover may be
+    /// proposed.
+    pub may_take_over: BTreeSet<String>,
+    /// Groups the log gives this node that it may run now: the previous owner's lease
+    /// is over and this node's own lease holds.
+    pub may_run: BTreeSet<String>,
 }
 
 /// Errors of administrative requests.
@@ -351,6 +384,8 @@ pub struct Placement {
     cfg: PlacementConfig,
     node: NodeState,
     groups: BTreeMap<String, Group>,
+    /// Quorum mode: what the log and the leases allow (see [`QuorumGate`]).
+    gate: Option<QuorumGate>,
 }
 
 /// This node's own settings and what it remembers of lost peers: read by every group,
@@ -389,6 +424,7 @@ struct ClusterView<'a> {
     cfg: &'a PlacementConfig,
     node: &'a NodeState,
     peers: &'a [PeerView],
+    gate: Option<&'a QuorumGate>,
 }
 
 impl ClusterView<'_> {
@@ -432,7 +468,18 @@ impl Placement {
             cfg,
             node: NodeState::default(),
             groups,
+            gate: None,
         }
+    }
+
+    /// Quorum mode: what the log and the leases allow now (set before each input).
+    pub fn set_gate(&mut self, gate: Option<QuorumGate>) {
+        self.gate = gate;
+    }
+
+    /// The group's register as this node holds it.
+    pub fn register(&self, group: &str) -> Option<&Assignment> {
+        self.groups.get(group)?.state.register.as_ref()
     }
 
     /// The local node's name.
@@ -447,6 +494,7 @@ impl Placement {
             cfg: &self.cfg,
             node: &self.node,
             peers,
+            gate: self.gate.as_ref(),
         }
     }
 
@@ -462,6 +510,7 @@ impl Placement {
             cfg: &self.cfg,
             node: &self.node,
             peers,
+            gate: self.gate.as_ref(),
         };
         (view, &mut self.groups)
     }
@@ -658,7 +707,8 @@ impl Placement {
             .ok_or_else(|| PlacementError::UnknownGroup(group.into()))?;
         let target = g.switchover_target(policy, &view, target)?;
         let owner = g.owner().map(str::to_string);
-        g.assign(&target);
+        let mut proposals = Vec::new();
+        g.write_register(policy, &view, &target, &mut proposals);
         if target == view.local() {
             g.claim = Some(PendingMove {
                 reason: MoveReason::Manual,
@@ -676,6 +726,7 @@ impl Placement {
                 ("reason", MoveReason::Manual.name()),
             ]),
         )];
+        out.extend(proposals);
         self.evaluate(now, peers, &mut out);
         Ok((target, out))
     }
@@ -731,6 +782,16 @@ impl Placement {
             .ok_or_else(|| PlacementError::UnknownGroup(group.into()))?
             .state;
         let mut out = Vec::new();
+        if self.gate.is_some() {
+            if g.maintenance != on {
+                out.push(Action::Propose(Proposal::Maintenance {
+                    group: group.to_string(),
+                    on,
+                }));
+            }
+            self.evaluate(now, peers, &mut out);
+            return Ok(out);
+        }
         if g.maintenance != on {
             let (owner, epoch) = match &g.register {
                 Some(r) => (r.owner.clone(), r.epoch + 1),
@@ -863,6 +924,7 @@ impl GroupState {
             // (Found by tests/simulation.rs.)
             _ => view
                 .nodes()
+                .filter(|_| view.gate.is_none())
                 .find(|n| {
                     self.state_on(n, policy, view) == Some(LocalGroupState::Running)
                         && self.eligible(n, policy, view)
@@ -988,6 +1050,9 @@ impl GroupState {
         if self.maintenance {
             return; // monitoring and recovery are suspended
         }
+        if view.gate.is_some() && self.lease_lost(policy, view, out) {
+            return;
+        }
         let active = self.active_nodes(policy, view);
         if active.len() >= 2 {
             self.resolve_split_brain(policy, view, active, out);
@@ -1016,8 +1081,19 @@ impl GroupState {
     /// group to us (an admin's switchover, or the owner handing it back by automatic
     /// switchback): note why we take it.
     fn follow_register(&mut self, policy: &GroupPolicy, view: &ClusterView, out: &mut Vec<Action>) {
-        let Some((register, maintenance)) = self.newest_register(policy, view) else {
-            return;
+        let (register, maintenance) = match view.gate {
+            // With a quorum the log is the register; heartbeats only carry it.
+            Some(gate) => match gate.registers.get(&policy.name) {
+                Some(r) => (r.clone(), gate.maintenance.contains(&policy.name)),
+                None => {
+                    self.register = None;
+                    return;
+                }
+            },
+            None => match self.newest_register(policy, view) {
+                Some(found) => found,
+                None => return,
+            },
         };
         if self.maintenance != maintenance {
             out.push(emit(
@@ -1086,6 +1162,28 @@ impl GroupState {
         newest
     }
 
+    /// Step "lease lost" (quorum mode): this node runs the group but may not any more
+    /// (its lease ran out, or the log names another owner): stop it at once.
+    fn lease_lost(&mut self, policy: &GroupPolicy, view: &ClusterView, out: &mut Vec<Action>) -> bool {
+        let Some(gate) = view.gate else {
+            return false;
+        };
+        if self.local != LocalGroupState::Running || self.restarting {
+            return false;
+        }
+        let ours = self.owner() == Some(view.local());
+        if ours && gate.may_run.contains(&policy.name) {
+            return false;
+        }
+        let reason = if ours {
+            "the owner lease ran out (no majority of the voters acknowledges it)".to_string()
+        } else {
+            format!("the log names `{}` as the owner", self.owner().unwrap_or_default())
+        };
+        self.stop(&policy.name, &reason, out);
+        true
+    }
+
     /// Step "lift an expired block": the restart window is over, so the failures in it
     /// are forgotten and this node may run the group again.
     fn lift_expired_block(&mut self, now_ms: u64) {
@@ -1105,6 +1203,15 @@ impl GroupState {
         out: &mut Vec<Action>,
     ) {
         active.sort_by_key(|n| (view.cfg.priority(n), n.clone()));
+        // With a quorum the committed owner keeps it (the others were stopped by the
+        // "lease lost" step; they are only seen here while stopping).
+        if view.gate.is_some() {
+            if let Some(o) = self.owner().filter(|o| active.iter().any(|a| a == o)) {
+                let o = o.to_string();
+                active.retain(|a| *a != o);
+                active.insert(0, o);
+            }
+        }
         let winner = &active[0];
         if !self.split_reported {
             self.split_reported = true;
@@ -1118,7 +1225,7 @@ impl GroupState {
             ));
         }
         if winner == view.local() {
-            if self.owner() != Some(view.local()) {
+            if self.owner() != Some(view.local()) && view.gate.is_none() {
                 self.assign(view.local());
             }
         } else if self.local == LocalGroupState::Running {
@@ -1172,7 +1279,7 @@ impl GroupState {
         // a partition took over, its start failed and it is blocked) stays in
         // place, and once that node is eligible again it takes the healthy group
         // from us. (Found by tests/simulation.rs.)
-        if self.local == LocalGroupState::Running {
+        if self.local == LocalGroupState::Running && view.gate.is_none() {
             self.assign(view.local());
             self.claim = None;
             return;
@@ -1235,7 +1342,7 @@ impl GroupState {
             && view.cfg.priority(to) < view.cfg.priority(local)
             && self.local == LocalGroupState::Running;
         if switchback {
-            self.assign(to);
+            self.write_register(policy, view, to, out);
             out.push(emit(
                 EventKind::SwitchoverStarted,
                 fields([
@@ -1271,6 +1378,7 @@ impl GroupState {
             return;
         }
         if view.cfg.probe_before_takeover
+            && view.gate.is_none()
             && policy.has_vip
             && !self.floating_ip_free(policy, view, out)
         {
@@ -1341,7 +1449,17 @@ impl GroupState {
         if self.local != LocalGroupState::Stopped || !still_ours {
             return;
         }
-        if self.owner() != Some(local) {
+        if let Some(gate) = view.gate {
+            if self.owner() != Some(local) {
+                if gate.may_take_over.contains(&policy.name) {
+                    self.write_register(policy, view, local, out);
+                }
+                return;
+            }
+            if !gate.may_run.contains(&policy.name) {
+                return;
+            }
+        } else if self.owner() != Some(local) {
             self.assign(local);
             // Live peers must see the claim before we start (`try_start` waits for
             // them): one of them may be starting the group right now on an older view
@@ -1438,6 +1556,28 @@ impl GroupState {
             owner: owner.to_string(),
             epoch,
         });
+    }
+
+    /// Names `owner` in a new epoch of the register: at once without a quorum, or by
+    /// proposing it to the log with one (the register changes when it commits).
+    fn write_register(
+        &mut self,
+        policy: &GroupPolicy,
+        view: &ClusterView,
+        owner: &str,
+        out: &mut Vec<Action>,
+    ) {
+        if view.gate.is_none() {
+            self.assign(owner);
+            return;
+        }
+        let current = self.register.as_ref();
+        out.push(Action::Propose(Proposal::Own {
+            group: policy.name.clone(),
+            owner: owner.to_string(),
+            epoch: current.map_or(0, |r| r.epoch) + 1,
+            handoff: current.is_some_and(|r| r.owner == view.local()),
+        }));
     }
 }
 

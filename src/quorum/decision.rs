@@ -7,7 +7,7 @@
 //! first) is applied as a no-op and reported as [`Applied::Stale`]: proposals race, the
 //! log orders them, and the first one wins.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +34,8 @@ pub enum Decision {
     },
     /// A copy caught up again (its resync finished).
     UpToDate { mirror: String, node: String },
+    /// A group's maintenance flag (monitoring and recovery suspended).
+    Maintenance { group: String, on: bool },
     /// A node's configuration digest, so that every node can check they agree.
     ConfigDigest { node: String, digest: String },
 }
@@ -75,6 +77,8 @@ pub struct Register {
     /// (mirror, node) -> the primary generation the copy was outdated for.
     pub outdated: BTreeMap<(String, String), u64>,
     pub config_digests: BTreeMap<String, String>,
+    /// Groups in maintenance.
+    pub maintenance: BTreeSet<String>,
 }
 
 /// How an entry applied.
@@ -127,6 +131,16 @@ impl Register {
                     return Applied::Stale(d);
                 }
             }
+            Decision::Maintenance { group, on } => {
+                let changed = if *on {
+                    self.maintenance.insert(group.clone())
+                } else {
+                    self.maintenance.remove(group)
+                };
+                if !changed {
+                    return Applied::Stale(d);
+                }
+            }
             Decision::ConfigDigest { node, digest } => {
                 self.config_digests.insert(node.clone(), digest.clone());
             }
@@ -159,6 +173,7 @@ impl Register {
                 .map(|((m, n), g)| (m.clone(), n.clone(), *g))
                 .collect(),
             config_digests: self.config_digests.clone(),
+            maintenance: self.maintenance.clone(),
         };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -178,6 +193,7 @@ impl Register {
                 .map(|(m, n, g)| ((m, n), g))
                 .collect(),
             config_digests: w.config_digests,
+            maintenance: w.maintenance,
         })
     }
 }
@@ -189,6 +205,8 @@ struct RegisterWire {
     owners: BTreeMap<String, Ownership>,
     outdated: Vec<(String, String, u64)>,
     config_digests: BTreeMap<String, String>,
+    #[serde(default)]
+    maintenance: BTreeSet<String>,
 }
 
 #[cfg(test)]

@@ -44,7 +44,9 @@ use crate::resources::agent::Agent;
 use crate::resources::executor;
 use crate::snmp;
 use crate::status::{self, Status};
-use transport::{Outgoing, Received};
+use crate::quorum::disk::DurableLog;
+use crate::quorum::wire;
+use transport::{Datagram, Outgoing, Received};
 
 /// Errors that stop the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,10 @@ pub enum RuntimeError {
     Mirror(#[from] crate::mirror::replica::MirrorError),
     #[error("encoding our own heartbeat failed: {0}")]
     Encode(#[from] packet::EncodeError),
+    #[error("consensus log: {0}")]
+    Log(#[from] crate::quorum::disk::DiskError),
+    #[error("quorum: {0}")]
+    Quorum(#[from] crate::quorum::core::QuorumError),
 }
 
 /// How often the cores are re-evaluated between heartbeats.
@@ -107,6 +113,9 @@ struct Daemon {
     mirror_done: mpsc::Sender<MirrorDone>,
     replies: BTreeMap<u64, PendingReply>,
     next_request: u64,
+    /// Quorum mode: the durable consensus log. `None` after a write failed: this node
+    /// then stays silent as a voter (its leases run out; the others carry on).
+    log: Option<DurableLog>,
 }
 
 /// The receiving ends the event loop selects over.
@@ -171,6 +180,15 @@ impl Daemon {
                 }
             }
             NodeAction::OutdateSelf { mirror, generation } => self.outdate(mirror, generation),
+            NodeAction::PersistLog(batch) => {
+                if let Some(log) = &mut self.log {
+                    if let Err(e) = log.write(&batch) {
+                        tracing::error!(error = %e, "cannot write the consensus log; this node stops voting");
+                        self.log = None;
+                    }
+                }
+            }
+            NodeAction::SendQuorum { to, packet } => self.send_quorum(&to, &packet),
             NodeAction::Reply { id, result } => {
                 let result = result.map_err(ControlError::from);
                 match (self.replies.remove(&id), result) {
@@ -204,6 +222,33 @@ impl Daemon {
                 });
             }
             Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
+        }
+    }
+
+    /// Sends a quorum datagram to voter `to` on every path it has an address on.
+    fn send_quorum(&self, to: &str, p: &wire::QuorumPacket) {
+        if self.log.is_none() {
+            return;
+        }
+        let bytes = match wire::encode(p, &self.key) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a quorum datagram");
+                return;
+            }
+        };
+        let addresses = match (self.cfg.node(to), &self.cfg.witness) {
+            (Some(n), _) => &n.addresses,
+            (None, Some(w)) if w.name == to => &w.addresses,
+            _ => return,
+        };
+        for (i, path) in self.cfg.heartbeat.paths.iter().enumerate() {
+            if let Some(addr) = addresses.get(path) {
+                let _ = self.paths[i].try_send(Outgoing {
+                    to: SocketAddr::new(*addr, self.cfg.heartbeat.port),
+                    bytes: bytes.clone(),
+                });
+            }
         }
     }
 
@@ -342,7 +387,8 @@ impl Daemon {
                     ok: d.ok,
                 }),
                 Some(r) = inbox.packets.recv() => match r.result {
-                    Ok(hb) => self.input(NodeInput::Packet { path: r.path, hb }),
+                    Ok(Datagram::Heartbeat(hb)) => self.input(NodeInput::Packet { path: r.path, hb }),
+                    Ok(Datagram::Quorum(p)) => self.input(NodeInput::Quorum(p)),
                     Err(reason) => {
                         tracing::debug!(path = r.path, from = %r.from, reason, "heartbeat dropped");
                         self.input(NodeInput::Malformed { path: r.path, reason });
@@ -457,12 +503,19 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
     // Only the executors hold result senders: when they have all stopped, the channel
     // closes and shutdown is complete.
     drop(res_tx);
-    let core = NodeCore::new(
+    let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
         rand::random(),
         unix_ms(),
         &events.timelines(),
     );
+    let log = if cfg.quorum_enabled() {
+        let (log, restored) = DurableLog::open(&cfg.cluster.state_dir.join("quorum"))?;
+        core.restore_log(&restored, 0)?;
+        Some(log)
+    } else {
+        None
+    };
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (req_tx, requests) = mpsc::channel(64);
     let (mirror_done_tx, mirror_done) = mpsc::channel(16);
@@ -480,6 +533,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         mirror_done: mirror_done_tx,
         replies: BTreeMap::new(),
         next_request: 0,
+        log,
         cfg,
     };
     let inbox = Inbox {

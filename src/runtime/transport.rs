@@ -11,13 +11,35 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::cluster::packet::{self, Heartbeat, MAX_PACKET};
+use crate::cluster::packet::{self, Heartbeat};
+use crate::quorum::wire::{self, QuorumPacket, MAX_DATAGRAM};
 
-/// A received datagram after decoding: the heartbeat, or why it was dropped.
+/// A decoded datagram: a heartbeat, or quorum traffic.
+pub enum Datagram {
+    Heartbeat(Heartbeat),
+    Quorum(Box<QuorumPacket>),
+}
+
+/// A received datagram after decoding, or why it was dropped.
 pub struct Received {
     pub path: u8,
     pub from: SocketAddr,
-    pub result: Result<Heartbeat, &'static str>,
+    pub result: Result<Datagram, &'static str>,
+}
+
+/// Decodes a datagram by its magic: quorum traffic or a heartbeat.
+pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Datagram, &'static str> {
+    if buf.starts_with(b"TDQM") {
+        wire::decode(buf, key, cluster)
+            .map(|p| Datagram::Quorum(Box::new(p)))
+            .map_err(|e| e.reason())
+    } else if buf.len() > packet::MAX_PACKET {
+        Err("too_large")
+    } else {
+        packet::decode(buf, key, cluster)
+            .map(Datagram::Heartbeat)
+            .map_err(|e| e.reason())
+    }
 }
 
 /// An outgoing datagram.
@@ -50,7 +72,7 @@ pub fn spawn_path(
             }
         };
         tracing::info!(path, %bind, "heartbeat path bound");
-        let mut buf = vec![0u8; MAX_PACKET + 1];
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
         loop {
             tokio::select! {
                 out = rx.recv() => {
@@ -61,10 +83,10 @@ pub fn spawn_path(
                 }
                 r = sock.recv_from(&mut buf) => {
                     let Ok((n, from)) = r else { continue };
-                    let result = if n > MAX_PACKET {
+                    let result = if n > MAX_DATAGRAM {
                         Err("too_large")
                     } else {
-                        packet::decode(&buf[..n], &key, &cluster).map_err(|e| e.reason())
+                        decode(&buf[..n], &key, &cluster)
                     };
                     if received.send(Received { path, from, result }).await.is_err() {
                         break;

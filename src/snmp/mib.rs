@@ -682,6 +682,9 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::VerifyCompleted => (22, &[Mirror, Peer, Bytes]),
         EventKind::MirrorPromoted => (23, &[Mirror, Generation]),
         EventKind::MirrorDemoted => (24, &[Mirror]),
+        EventKind::QuorumLost => (25, &[Reason]),
+        EventKind::QuorumGained => (26, &[Reason]),
+        EventKind::OwnershipCommitted => (27, &[Group, Peer]),
         _ => return None,
     })
 }

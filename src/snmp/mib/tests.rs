@@ -374,6 +374,9 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::VerifyCompleted,
         EventKind::MirrorPromoted,
         EventKind::MirrorDemoted,
+        EventKind::QuorumLost,
+        EventKind::QuorumGained,
+        EventKind::OwnershipCommitted,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {

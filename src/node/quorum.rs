@@ -1,0 +1,331 @@
+//! The node core's quorum glue: quorum datagrams in and out, the log's decisions into
+//! placement (the [`QuorumGate`]) and into mirror fencing, and the quorum events.
+
+use std::collections::BTreeSet;
+
+use super::{NodeAction, NodeCore};
+use crate::cluster::packet::LocalGroupState;
+use crate::event::{fields, EventKind};
+use crate::mirror::fencing::FenceAction;
+use crate::placement::policy::{Now, Proposal, QuorumGate};
+use crate::quorum::core::{QuorumAction, QuorumCore};
+use crate::quorum::decision::{Applied, Decision};
+use crate::quorum::wire::{QuorumMsg, QuorumPacket};
+use crate::cluster::packet::Assignment;
+
+/// Raft bytes per datagram before another one is started.
+const DATAGRAM_RAFT_BYTES: usize = 48 * 1024;
+/// Messages per datagram (the codec's limit is 64).
+const DATAGRAM_MSGS: usize = 48;
+
+impl NodeCore {
+    /// Calls into the quorum core (if any) and carries out what it returns.
+    pub(super) fn quorum_call(
+        &mut self,
+        now: Now,
+        out: &mut Vec<NodeAction>,
+        f: impl FnOnce(&mut QuorumCore, u64, &mut Vec<QuorumAction>),
+    ) {
+        let Some(q) = self.quorum.as_mut() else {
+            return;
+        };
+        let mut actions = Vec::new();
+        f(q, now.mono_ms, &mut actions);
+        self.quorum_out(now, actions, out);
+    }
+
+    /// A quorum datagram arrived: drop copies from the other paths and foreign voter
+    /// sets, then step the consensus.
+    pub(super) fn quorum_packet(&mut self, now: Now, p: QuorumPacket, out: &mut Vec<NodeAction>) {
+        if self.quorum.is_none() {
+            return;
+        }
+        if p.voters_digest != self.voters_digest {
+            tracing::warn!(from = %p.from, "quorum datagram from a node with another voter list dropped");
+            return;
+        }
+        if !self.dedup.accept(&p.from, p.boot_id, p.seq) {
+            return;
+        }
+        let (from, sent_ms, msgs) = (p.from, p.sent_ms, p.msgs);
+        self.quorum_call(now, out, |q, now, o| q.step(now, &from, sent_ms, msgs, o));
+    }
+
+    /// Turns the quorum core's actions into node actions: messages to the same voter
+    /// share datagrams, but never across a log write (raft's order).
+    fn quorum_out(&mut self, now: Now, actions: Vec<QuorumAction>, out: &mut Vec<NodeAction>) {
+        let mut pending: Vec<(String, Vec<QuorumMsg>)> = Vec::new();
+        let mut committed = false;
+        for a in actions {
+            match a {
+                QuorumAction::Send { to, msgs } => {
+                    for m in msgs {
+                        push_msg(&mut pending, &to, m);
+                    }
+                }
+                QuorumAction::Persist(b) => {
+                    self.flush(now, &mut pending, out);
+                    out.push(NodeAction::PersistLog(b));
+                }
+                QuorumAction::Applied(applied) => {
+                    committed = true;
+                    self.applied_event(applied, out);
+                }
+            }
+        }
+        self.flush(now, &mut pending, out);
+        if committed {
+            self.peers_changed = true;
+        }
+    }
+
+    fn flush(&mut self, now: Now, pending: &mut Vec<(String, Vec<QuorumMsg>)>, out: &mut Vec<NodeAction>) {
+        for (to, msgs) in pending.drain(..) {
+            self.quorum_seq += 1;
+            out.push(NodeAction::SendQuorum {
+                to,
+                packet: Box::new(QuorumPacket {
+                    cluster: self.cfg.cluster.clone(),
+                    from: self.cfg.local().to_string(),
+                    voters_digest: self.voters_digest,
+                    boot_id: self.boot_id,
+                    seq: self.quorum_seq,
+                    sent_ms: now.mono_ms,
+                    msgs,
+                }),
+            });
+        }
+    }
+
+    fn applied_event(&mut self, applied: Applied, out: &mut Vec<NodeAction>) {
+        let Applied::Changed(d) = applied else {
+            return;
+        };
+        if let Decision::Own {
+            group,
+            owner,
+            epoch,
+            ..
+        } = d
+        {
+            out.push(NodeAction::Emit {
+                kind: EventKind::OwnershipCommitted,
+                fields: fields([
+                    ("group", group),
+                    ("peer", owner.clone()),
+                    ("owner", owner),
+                    ("epoch", epoch.to_string()),
+                ]),
+            });
+        }
+    }
+
+    /// Emits quorum gained / lost when this node's side changes.
+    pub(super) fn watch_quorum(&mut self, now: Now, out: &mut Vec<NodeAction>) {
+        let (Some(q), Some(s)) = (&self.quorum, &self.cfg.quorum) else {
+            return;
+        };
+        let quorate = q.quorate(now.mono_ms, s.reachable_ms);
+        if quorate == self.was_quorate {
+            return;
+        }
+        self.was_quorate = quorate;
+        let reachable = q.reachable(now.mono_ms, s.reachable_ms);
+        out.push(NodeAction::Emit {
+            kind: if quorate {
+                EventKind::QuorumGained
+            } else {
+                EventKind::QuorumLost
+            },
+            fields: fields([
+                (
+                    "reason",
+                    format!(
+                        "{} of {} voters reachable: {}",
+                        reachable.len(),
+                        q.config().voters.len(),
+                        reachable.join(",")
+                    ),
+                ),
+                ("votes", reachable.len().to_string()),
+                ("voters", q.config().voters.len().to_string()),
+                ("reachable", reachable.join(",")),
+            ]),
+        });
+    }
+
+    /// Hands a proposal from placement to the log.
+    pub(super) fn propose(&mut self, now: Now, p: Proposal, out: &mut Vec<NodeAction>) {
+        let d = match p {
+            Proposal::Own {
+                group,
+                owner,
+                epoch,
+                handoff,
+            } => Decision::Own {
+                group,
+                owner,
+                epoch,
+                handoff,
+            },
+            Proposal::Maintenance { group, on } => Decision::Maintenance { group, on },
+        };
+        self.quorum_call(now, out, |q, now, o| {
+            if !q.propose(now, &d, o) {
+                tracing::debug!(?d, "no leader to propose to yet");
+            }
+        });
+    }
+
+    /// What the log and the leases allow placement now; `None` without a quorum.
+    pub(super) fn gate(&mut self, now: Now) -> Option<QuorumGate> {
+        let s = self.cfg.quorum.as_ref()?;
+        let Some(q) = &self.quorum else {
+            return Some(QuorumGate::default()); // not restored yet: nothing runs
+        };
+        let reg = q.register();
+        let leases = q.leases();
+        let local = self.cfg.local().to_string();
+        let every_node_live = self.membership.live_peers().len() == self.cfg.peers.len();
+        let mut gate = QuorumGate {
+            maintenance: reg.maintenance.clone(),
+            ..Default::default()
+        };
+        for (g, o) in &reg.owners {
+            gate.registers.insert(
+                g.clone(),
+                Assignment {
+                    owner: o.owner.clone(),
+                    epoch: o.epoch,
+                },
+            );
+        }
+        for policy in &self.cfg.placement.groups {
+            let g = &policy.name;
+            let take = match reg.owner(g) {
+                // The first commit of a group needs every node: a lone node booting
+                // cold must not take what another holds the newer copy of.
+                None => every_node_live,
+                Some(_) => leases.may_take_over(now.mono_ms, g, reg),
+            };
+            if take {
+                gate.may_take_over.insert(g.clone());
+            }
+            let Some(o) = reg.owner(g).filter(|o| o.owner == local) else {
+                continue;
+            };
+            let key = (g.clone(), o.epoch);
+            let cleared = self.start_cleared.contains(&key)
+                || o.previous.is_none()
+                || leases.may_start(now.mono_ms, g, o.epoch, reg)
+                || self.handed_off(g, o.previous.as_deref(), o.epoch);
+            if cleared {
+                self.start_cleared.insert(key);
+            }
+            let lease_ok = leases
+                .lease_end(g)
+                .is_some_and(|end| end > now.mono_ms + s.stop_margin_ms);
+            if cleared && lease_ok {
+                gate.may_run.insert(g.clone());
+            }
+        }
+        self.start_cleared
+            .retain(|(g, e)| reg.owner(g).is_some_and(|o| o.epoch == *e));
+        Some(gate)
+    }
+
+    /// The previous owner, live, shows it has the new register and stopped the group:
+    /// a clean hand-off, no lease to wait out.
+    fn handed_off(&self, group: &str, previous: Option<&str>, epoch: u64) -> bool {
+        let Some(prev) = previous else {
+            return true;
+        };
+        if prev == self.cfg.local() {
+            return true;
+        }
+        self.peers.iter().any(|p| {
+            p.name == prev
+                && p.group(group).is_some_and(|ga| {
+                    ga.local == LocalGroupState::Stopped
+                        && ga.assignment.as_ref().is_some_and(|a| a.epoch >= epoch)
+                })
+        })
+    }
+
+    /// Quorum mode's fencing: a lost sync peer is outdated only by a committed entry
+    /// (proposed here), and this copy outdates itself when the log says so.
+    pub(super) fn fence_through_log(&mut self, now: Now, decided: &mut Vec<FenceAction>, out: &mut Vec<NodeAction>) {
+        let Some(q) = &self.quorum else {
+            return;
+        };
+        let reg = q.register().clone();
+        let me = self.cfg.local().to_string();
+        let mut proposals = Vec::new();
+        let mut seen: BTreeSet<(String, String)> = decided
+            .iter()
+            .filter_map(|a| match a {
+                FenceAction::PeerOutdated { mirror, peer } => Some((mirror.clone(), peer.clone())),
+                FenceAction::OutdateSelf { .. } => None,
+            })
+            .collect();
+        for m in &self.mirrors {
+            if m.primary {
+                for (peer, generation) in &m.pending {
+                    if reg.is_outdated(&m.name, peer, *generation) {
+                        if seen.insert((m.name.clone(), peer.clone())) {
+                            decided.push(FenceAction::PeerOutdated {
+                                mirror: m.name.clone(),
+                                peer: peer.clone(),
+                            });
+                        }
+                    } else {
+                        proposals.push(Decision::Outdated {
+                            mirror: m.name.clone(),
+                            node: peer.clone(),
+                            generation: *generation,
+                        });
+                    }
+                }
+            } else if let Some(g) = reg.outdated.get(&(m.name.clone(), me.clone())) {
+                let done = self.outdated_for.get(&m.name) == Some(g);
+                if !done && !self.outdating.contains(&(m.name.clone(), *g)) {
+                    decided.push(FenceAction::OutdateSelf {
+                        mirror: m.name.clone(),
+                        generation: *g,
+                    });
+                }
+            }
+        }
+        for d in proposals {
+            self.quorum_call(now, out, |q, now, o| {
+                q.propose(now, &d, o);
+            });
+        }
+    }
+
+    pub fn quorum(&self) -> Option<&QuorumCore> {
+        self.quorum.as_ref()
+    }
+}
+
+fn push_msg(pending: &mut Vec<(String, Vec<QuorumMsg>)>, to: &str, m: QuorumMsg) {
+    let size = |msgs: &[QuorumMsg]| -> usize {
+        msgs.iter()
+            .map(|m| match m {
+                QuorumMsg::Raft(b) => b.len(),
+                _ => 64,
+            })
+            .sum()
+    };
+    if let Some((_, msgs)) = pending.iter_mut().rev().find(|(t, _)| t == to) {
+        let add = match &m {
+            QuorumMsg::Raft(b) => b.len(),
+            _ => 64,
+        };
+        if msgs.len() < DATAGRAM_MSGS && size(msgs) + add <= DATAGRAM_RAFT_BYTES {
+            msgs.push(m);
+            return;
+        }
+    }
+    pending.push((to.to_string(), vec![m]));
+}
