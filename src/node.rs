@@ -225,7 +225,10 @@ pub enum NodeAction {
     /// [`NodeInput::OutdateDone`].
     OutdateSelf { mirror: String, generation: u64 },
     /// Send this quorum datagram to voter `to`, on every path it has an address on.
-    SendQuorum { to: String, packet: Box<QuorumPacket> },
+    SendQuorum {
+        to: String,
+        packet: Box<QuorumPacket>,
+    },
     /// Write this to the durable consensus log, with fsync, before carrying out the
     /// actions that follow.
     PersistLog(PersistBatch),

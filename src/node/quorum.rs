@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::{NodeAction, NodeCore};
+use crate::cluster::packet::Assignment;
 use crate::cluster::packet::LocalGroupState;
 use crate::event::{fields, EventKind};
 use crate::mirror::fencing::FenceAction;
@@ -11,7 +12,6 @@ use crate::placement::policy::{Now, Proposal, QuorumGate};
 use crate::quorum::core::{QuorumAction, QuorumCore};
 use crate::quorum::decision::{Applied, Decision};
 use crate::quorum::wire::{QuorumMsg, QuorumPacket};
-use crate::cluster::packet::Assignment;
 
 /// Raft bytes per datagram before another one is started.
 const DATAGRAM_RAFT_BYTES: usize = 48 * 1024;
@@ -79,7 +79,12 @@ impl NodeCore {
         }
     }
 
-    fn flush(&mut self, now: Now, pending: &mut Vec<(String, Vec<QuorumMsg>)>, out: &mut Vec<NodeAction>) {
+    fn flush(
+        &mut self,
+        now: Now,
+        pending: &mut Vec<(String, Vec<QuorumMsg>)>,
+        out: &mut Vec<NodeAction>,
+    ) {
         for (to, msgs) in pending.drain(..) {
             self.quorum_seq += 1;
             out.push(NodeAction::SendQuorum {
@@ -254,7 +259,12 @@ impl NodeCore {
 
     /// Quorum mode's fencing: a lost sync peer is outdated only by a committed entry
     /// (proposed here), and this copy outdates itself when the log says so.
-    pub(super) fn fence_through_log(&mut self, now: Now, decided: &mut Vec<FenceAction>, out: &mut Vec<NodeAction>) {
+    pub(super) fn fence_through_log(
+        &mut self,
+        now: Now,
+        decided: &mut Vec<FenceAction>,
+        out: &mut Vec<NodeAction>,
+    ) {
         let Some(q) = &self.quorum else {
             return;
         };

@@ -14,10 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use protobuf::Message as _;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::decision::{Applied, Decision, Register};
 use super::lease::{LeaseBook, LeaseConfig};
@@ -204,7 +204,14 @@ impl QuorumCore {
     }
 
     /// Messages from another voter.
-    pub fn step(&mut self, now_ms: u64, from: &str, sent_ms: u64, msgs: Vec<QuorumMsg>, out: &mut Vec<QuorumAction>) {
+    pub fn step(
+        &mut self,
+        now_ms: u64,
+        from: &str,
+        sent_ms: u64,
+        msgs: Vec<QuorumMsg>,
+        out: &mut Vec<QuorumAction>,
+    ) {
         if self.cfg.id_of(from).is_none() || from == self.cfg.local {
             return;
         }
@@ -224,7 +231,9 @@ impl QuorumCore {
                     self.after_raft();
                 }
                 QuorumMsg::Renew(r) => {
-                    let acks = self.leases.on_renew(now_ms, from, sent_ms, &r, &self.register);
+                    let acks = self
+                        .leases
+                        .on_renew(now_ms, from, sent_ms, &r, &self.register);
                     if !acks.is_empty() {
                         out.push(QuorumAction::Send {
                             to: from.to_string(),
@@ -309,10 +318,12 @@ impl QuorumCore {
             let snap = rd.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snap);
             match Register::decode(&snap.data) {
-                Ok(r) => self.register = Register {
-                    applied: snap.get_metadata().index,
-                    ..r
-                },
+                Ok(r) => {
+                    self.register = Register {
+                        applied: snap.get_metadata().index,
+                        ..r
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "a snapshot from the leader does not parse"),
             }
             batch.snapshot = Some(rec_of_snapshot(&snap));

@@ -5,10 +5,10 @@
 //! - [`disk`]: the durable log in the state directory (fsync, snapshots, compaction).
 //! - [`wire`]: the quorum datagram codec (HMAC), fuzzed.
 
-pub mod disk;
-pub mod records;
-pub mod wire;
 pub mod core;
 pub mod decision;
+pub mod disk;
 pub mod lease;
+pub mod records;
 pub mod store;
+pub mod wire;

@@ -294,7 +294,9 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 4);
         assert_eq!(s.term(3).unwrap(), 2, "the compacted index keeps its term");
         assert!(s.term(2).is_err());
-        assert!(s.entries(3, 5, None, GetEntriesContext::empty(false)).is_err());
+        assert!(s
+            .entries(3, 5, None, GetEntriesContext::empty(false))
+            .is_err());
         assert_eq!(s.snapshot(0, 2).unwrap().data.to_vec(), b"reg".to_vec());
     }
 

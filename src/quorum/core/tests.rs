@@ -170,7 +170,10 @@ fn an_isolated_owner_loses_its_lease_and_the_majority_may_take_over() {
     }
     assert!(net.cores[1].raw.store().len() < COMPACT_EVERY);
     let again = QuorumCore::new(cfg("n2", true), &net.persisted[1], net.now, 9).unwrap();
-    assert_eq!(again.register().config_digests, net.cores[1].register().config_digests);
+    assert_eq!(
+        again.register().config_digests,
+        net.cores[1].register().config_digests
+    );
     // n1 comes back and catches up (by snapshot, since the log was compacted).
     net.down[0] = false;
     net.run(3000);

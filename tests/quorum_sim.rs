@@ -1,0 +1,681 @@
+//! Seeded, deterministic simulation of clusters that decide with a quorum.
+//!
+//! Every node runs the product's own [`NodeCore`] with its consensus core (raft-rs,
+//! through `tandem::quorum::core::QuorumCore`), and a witness, when there is one, runs
+//! the same `QuorumCore` the `tandem witness` daemon runs. The simulation turns its
+//! clocks, its network and its executors into inputs and carries out the actions:
+//! heartbeats and quorum datagrams go through a simulated network (per-pair cuts, loss,
+//! delay), log writes go to a simulated disk that keeps exactly the batches written
+//! before a crash, group commands go to a simulated executor.
+//!
+//! Each scenario, from a `u64` seed: 2 nodes and a witness, 3 nodes, or 5 nodes; one
+//! or two groups; a fault phase (partitions of any shape, one-way cuts, packet loss,
+//! kills and restarts at any point of the log, pauses past the lease, every node's
+//! clock running at its own rate within ρ), then a heal phase with every fault removed.
+//!
+//! Invariants:
+//! 1. (every step of real time) at most one node serves a group. A node serves from its
+//!    executor's successful start until it is told to stop (the floating IP goes
+//!    first), and not while paused.
+//! 2. (every step) a serving node holds an unexpired lease on its own clock.
+//! 3. (end of the heal phase) every group runs on exactly one node, and every node
+//!    agrees with the log on its owner.
+//!
+//! - `TANDEM_QSIM_SEED=<n>`: rerun one seed with a verbose trace;
+//! - `TANDEM_QSIM_SCENARIOS=<n>`: how many seeds the default run covers.
+
+#![allow(clippy::needless_range_loop)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tandem::cluster::packet::Heartbeat;
+use tandem::config::Switchback;
+use tandem::node::{GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings};
+use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
+use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore};
+use tandem::quorum::lease::LeaseConfig;
+use tandem::quorum::records::Restored;
+use tandem::quorum::wire::QuorumPacket;
+
+const STEP: u64 = 25;
+const HB: u64 = 200;
+const DEAD: u64 = 1000;
+const DRIFT_PPM: u64 = 10_000;
+const STOP_MARGIN: u64 = 300;
+const WALL_BASE: u64 = 1_700_000_000_000;
+const DEFAULT_SCENARIOS: u64 = 10_000;
+const WITNESS: &str = "w";
+
+#[derive(Clone)]
+enum Msg {
+    Hb(Box<Heartbeat>),
+    Q(Box<QuorumPacket>),
+}
+
+/// A group's executor on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exec {
+    Stopped,
+    Starting(u64),
+    Running,
+    Stopping(u64),
+}
+
+struct Node {
+    name: String,
+    up: bool,
+    paused_until: Option<u64>,
+    /// Clock rate in ppm off real time, and the offset of this boot's clock.
+    skew_ppm: i64,
+    clock_base: u64,
+    boot_real: u64,
+    core: Option<NodeCore>,
+    witness: Option<QuorumCore>,
+    disk: Restored,
+    exec: Vec<Exec>,
+    next_hb: u64,
+    inbox: VecDeque<(u64, String, Msg)>,
+}
+
+impl Node {
+    fn clock(&self, real: u64) -> u64 {
+        let el = real - self.boot_real;
+        let drift = (el as i64 * self.skew_ppm) / 1_000_000;
+        self.clock_base + (el as i64 + drift) as u64
+    }
+}
+
+struct Sim {
+    rng: StdRng,
+    verbose: bool,
+    real: u64,
+    names: Vec<String>,
+    n_nodes: usize,
+    groups: Vec<String>,
+    nodes: Vec<Node>,
+    /// cut[a][b]: a's datagrams to b are lost.
+    cut: Vec<Vec<bool>>,
+    loss_pct: u32,
+    max_serving: usize,
+    violations: Vec<String>,
+    /// Crashes at log writes happen only in the fault phase.
+    faults_on: bool,
+    /// L: as short as the config allows, or as long as a 3-s watchdog needs.
+    lease_ms: u64,
+}
+
+fn settings(names: &[String], witness: bool, local: &str, lease_ms: u64) -> QuorumSettings {
+    QuorumSettings {
+        core: QuorumConfig {
+            local: local.to_string(),
+            voters: names.to_vec(),
+            witness: witness.then(|| WITNESS.to_string()),
+            tick_ms: HB / 2,
+            election_ticks: (DEAD / (HB / 2)) as usize,
+            heartbeat_ticks: 2,
+            lease: LeaseConfig {
+                lease_ms,
+                drift_ppm: DRIFT_PPM,
+                dead_time_ms: DEAD,
+                report_fresh_ms: 2 * HB + 100,
+            },
+        },
+        stop_margin_ms: STOP_MARGIN,
+        reachable_ms: DEAD,
+    }
+}
+
+impl Sim {
+    fn new(seed: u64, verbose: bool) -> Sim {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (n_nodes, witness) = match rng.gen_range(0..10) {
+            0..=4 => (2, true),
+            5..=8 => (3, false),
+            _ => (5, false),
+        };
+        let mut names: Vec<String> = (1..=n_nodes).map(|i| format!("n{i}")).collect();
+        if witness {
+            names.push(WITNESS.into());
+        }
+        let groups: Vec<String> = (0..rng.gen_range(1..=2)).map(|g| format!("g{g}")).collect();
+        let rng_pick = rng.gen_range(0..3);
+        let mut sim = Sim {
+            rng,
+            verbose,
+            real: 0,
+            n_nodes,
+            groups,
+            nodes: Vec::new(),
+            cut: vec![vec![false; names.len()]; names.len()],
+            loss_pct: 0,
+            max_serving: 0,
+            violations: Vec::new(),
+            faults_on: false,
+            lease_ms: [1500, 2500, 4000][rng_pick],
+            names,
+        };
+        for i in 0..sim.names.len() {
+            let skew = sim
+                .rng
+                .gen_range(-(DRIFT_PPM as i64) * 9 / 20..=(DRIFT_PPM as i64) * 9 / 20);
+            let node = Node {
+                name: sim.names[i].clone(),
+                up: false,
+                paused_until: None,
+                skew_ppm: skew,
+                clock_base: sim.rng.gen_range(0..100_000),
+                boot_real: 0,
+                core: None,
+                witness: None,
+                disk: Restored::default(),
+                exec: vec![Exec::Stopped; sim.groups.len()],
+                next_hb: 0,
+                inbox: VecDeque::new(),
+            };
+            sim.nodes.push(node);
+            sim.boot(i);
+        }
+        sim
+    }
+
+    fn is_witness(&self, i: usize) -> bool {
+        i >= self.n_nodes
+    }
+
+    fn boot(&mut self, i: usize) {
+        let seed: u64 = self.rng.gen();
+        let names = self.names.clone();
+        let witness = names.len() > self.n_nodes;
+        let real = self.real;
+        let n = &mut self.nodes[i];
+        n.clock_base = n.clock(real.max(n.boot_real)) + 10_000;
+        n.boot_real = real;
+        n.up = true;
+        n.paused_until = None;
+        n.inbox.clear();
+        n.exec = vec![Exec::Stopped; self.groups.len()];
+        let now = n.clock(real);
+        n.next_hb = now + (seed % HB);
+        let s = settings(&names, witness, &n.name, self.lease_ms);
+        if i >= self.n_nodes {
+            n.witness = Some(QuorumCore::new(s.core, &n.disk, now, seed).expect("witness core"));
+            return;
+        }
+        let cfg = NodeConfig {
+            cluster: "qsim".into(),
+            paths: vec!["hb1".into(), "hb2".into()],
+            peers: names[..self.n_nodes]
+                .iter()
+                .filter(|p| **p != n.name)
+                .map(|p| (p.clone(), vec![0, 1]))
+                .collect(),
+            dead_time_ms: DEAD,
+            probe_lead_ms: 300,
+            placement: PlacementConfig {
+                local: n.name.clone(),
+                nodes: (0..self.n_nodes)
+                    .map(|j| (names[j].clone(), j as u32 + 1))
+                    .collect(),
+                groups: self
+                    .groups
+                    .iter()
+                    .map(|g| GroupPolicy {
+                        name: g.clone(),
+                        allowed: Vec::new(),
+                        switchback: Switchback::Manual,
+                        max_restarts: 3,
+                        window_ms: 60_000,
+                        has_vip: true,
+                    })
+                    .collect(),
+                startup_grace_ms: DEAD + 2 * HB,
+                probe_before_takeover: true,
+                probe_retry_ms: 2000,
+                probe_fresh_ms: 250,
+            },
+            quorum: Some(s),
+        };
+        let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
+        core.restore_log(&n.disk, now).expect("restore");
+        n.core = Some(core);
+    }
+
+    fn now_of(&self, i: usize) -> Now {
+        Now {
+            mono_ms: self.nodes[i].clock(self.real),
+            wall_ms: WALL_BASE + self.real,
+        }
+    }
+
+    fn idx(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    fn send(&mut self, from: usize, to: &str, m: Msg) {
+        let Some(t) = self.idx(to) else { return };
+        if self.cut[from][t] || self.rng.gen_range(0..100) < self.loss_pct {
+            return;
+        }
+        let at = self.real + self.rng.gen_range(0..3) * STEP;
+        let name = self.names[from].clone();
+        self.nodes[t].inbox.push_back((at, name, m));
+    }
+
+    fn node_input(&mut self, i: usize, input: NodeInput) {
+        let now = self.now_of(i);
+        let Some(core) = self.nodes[i].core.as_mut() else {
+            return;
+        };
+        let actions = core.handle(now, input);
+        for a in actions {
+            self.node_action(i, a);
+            if !self.nodes[i].up {
+                return; // crashed mid-way
+            }
+        }
+    }
+
+    fn node_action(&mut self, i: usize, a: NodeAction) {
+        match a {
+            NodeAction::Send { path, peer, hb } => {
+                if path == 0 {
+                    self.send(i, &peer, Msg::Hb(hb));
+                }
+            }
+            NodeAction::SendQuorum { to, packet } => self.send(i, &to, Msg::Q(packet)),
+            NodeAction::PersistLog(b) => {
+                // A crash may strike at any log write: before it, nothing of it is kept.
+                if self.faults_on && self.rng.gen_range(0..2000) == 0 {
+                    self.crash(i, "at a log write");
+                    return;
+                }
+                self.nodes[i].disk.apply(&b);
+            }
+            NodeAction::Group { group, command } => {
+                let g = self.groups.iter().position(|x| *x == group).unwrap_or(0);
+                let d = self.rng.gen_range(2..12) * STEP;
+                let e = &mut self.nodes[i].exec[g];
+                match command {
+                    GroupCommand::Start => *e = Exec::Starting(self.real + d),
+                    GroupCommand::Stop => *e = Exec::Stopping(self.real + d),
+                    GroupCommand::ProbeVip => {
+                        let r = Input::VipProbe {
+                            group,
+                            in_use: false,
+                        };
+                        self.node_input(i, NodeInput::Resource(r));
+                    }
+                    _ => {}
+                }
+            }
+            NodeAction::Emit { kind, fields } => {
+                if self.verbose {
+                    println!("{:>6} {} {:?} {:?}", self.real, self.names[i], kind, fields);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn witness_actions(&mut self, i: usize, actions: Vec<QuorumAction>) {
+        let mut seq = self.real * 1000;
+        for a in actions {
+            match a {
+                QuorumAction::Send { to, msgs } => {
+                    seq += 1;
+                    let p = QuorumPacket {
+                        cluster: "qsim".into(),
+                        from: WITNESS.into(),
+                        voters_digest: tandem::quorum::wire::voters_digest(&self.names),
+                        boot_id: self.nodes[i].boot_real,
+                        seq,
+                        sent_ms: self.nodes[i].clock(self.real),
+                        msgs,
+                    };
+                    self.send(i, &to, Msg::Q(Box::new(p)));
+                }
+                QuorumAction::Persist(b) => self.nodes[i].disk.apply(&b),
+                QuorumAction::Applied(_) => {}
+            }
+        }
+    }
+
+    fn crash(&mut self, i: usize, why: &str) {
+        if self.verbose {
+            println!("{:>6} {} CRASH {why}", self.real, self.names[i]);
+        }
+        let n = &mut self.nodes[i];
+        n.up = false;
+        n.core = None;
+        n.witness = None;
+        n.exec = vec![Exec::Stopped; self.groups.len()];
+        n.inbox.clear();
+    }
+
+    /// One step of real time on node `i`.
+    fn run_node(&mut self, i: usize) {
+        if !self.nodes[i].up {
+            return;
+        }
+        if let Some(t) = self.nodes[i].paused_until {
+            if self.real < t {
+                return;
+            }
+            self.nodes[i].paused_until = None;
+            if !self.is_witness(i) {
+                self.node_input(i, NodeInput::Tick);
+            }
+        }
+        // Executors.
+        for g in 0..self.groups.len() {
+            let group = self.groups[g].clone();
+            match self.nodes[i].exec[g] {
+                Exec::Starting(t) if self.real >= t => {
+                    self.nodes[i].exec[g] = Exec::Running;
+                    let r = Input::Started {
+                        group,
+                        ok: true,
+                        error: None,
+                        cleanup_ok: true,
+                        steps: Vec::new(),
+                        first_check_wall_ms: Some(WALL_BASE + self.real),
+                    };
+                    self.node_input(i, NodeInput::Resource(r));
+                }
+                Exec::Stopping(t) if self.real >= t => {
+                    self.nodes[i].exec[g] = Exec::Stopped;
+                    let r = Input::Stopped {
+                        group,
+                        ok: true,
+                        error: None,
+                        steps: Vec::new(),
+                    };
+                    self.node_input(i, NodeInput::Resource(r));
+                }
+                _ => {}
+            }
+        }
+        // Datagrams due.
+        while let Some((at, _, _)) = self.nodes[i].inbox.front() {
+            if *at > self.real {
+                break;
+            }
+            let Some((_, from, m)) = self.nodes[i].inbox.pop_front() else {
+                break;
+            };
+            self.deliver(i, &from, m);
+            if !self.nodes[i].up {
+                return;
+            }
+        }
+        let now = self.nodes[i].clock(self.real);
+        let due = now >= self.nodes[i].next_hb;
+        if due {
+            self.nodes[i].next_hb = now + HB;
+        }
+        if self.is_witness(i) {
+            let mut out = Vec::new();
+            if let Some(w) = self.nodes[i].witness.as_mut() {
+                w.tick(now, &mut out);
+                if due {
+                    w.lease_round(now, &mut out);
+                }
+            }
+            self.witness_actions(i, out);
+            return;
+        }
+        if due {
+            self.node_input(i, NodeInput::HeartbeatDue);
+        }
+        self.node_input(i, NodeInput::Tick);
+    }
+
+    fn deliver(&mut self, i: usize, from: &str, m: Msg) {
+        match m {
+            Msg::Hb(hb) => {
+                if !self.is_witness(i) {
+                    self.node_input(i, NodeInput::Packet { path: 0, hb: *hb });
+                }
+            }
+            Msg::Q(p) => {
+                if self.is_witness(i) {
+                    let now = self.nodes[i].clock(self.real);
+                    let mut out = Vec::new();
+                    if let Some(w) = self.nodes[i].witness.as_mut() {
+                        w.step(now, from, p.sent_ms, p.msgs, &mut out);
+                    }
+                    self.witness_actions(i, out);
+                } else {
+                    self.node_input(i, NodeInput::Quorum(p));
+                }
+            }
+        }
+    }
+
+    fn serving(&self, i: usize, g: usize) -> bool {
+        let n = &self.nodes[i];
+        n.up && n.paused_until.is_none() && n.exec[g] == Exec::Running
+    }
+
+    fn check_step(&mut self) {
+        for g in 0..self.groups.len() {
+            let serving: Vec<usize> = (0..self.n_nodes).filter(|&i| self.serving(i, g)).collect();
+            self.max_serving = self.max_serving.max(serving.len());
+            if serving.len() > 1 {
+                self.violations.push(format!(
+                    "t={} {} served by {:?}",
+                    self.real,
+                    self.groups[g],
+                    serving.iter().map(|&i| &self.names[i]).collect::<Vec<_>>()
+                ));
+            }
+            for &i in &serving {
+                let core = self.nodes[i].core.as_ref().expect("serving node is up");
+                let now = self.nodes[i].clock(self.real);
+                let lease = core
+                    .quorum()
+                    .and_then(|q| q.leases().lease_end(&self.groups[g]));
+                if lease.is_none_or(|end| end <= now) {
+                    self.violations.push(format!(
+                        "t={} {} serves {} without a lease ({lease:?}, now {now})",
+                        self.real, self.names[i], self.groups[g]
+                    ));
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) {
+        self.real += STEP;
+        let mut order: Vec<usize> = (0..self.names.len()).collect();
+        for k in (1..order.len()).rev() {
+            let j = self.rng.gen_range(0..=k);
+            order.swap(k, j);
+        }
+        for i in order {
+            self.run_node(i);
+        }
+        self.check_step();
+    }
+
+    /// One random fault, applied now.
+    fn fault(&mut self) {
+        let n = self.names.len();
+        let i = self.rng.gen_range(0..n);
+        match self.rng.gen_range(0..10) {
+            0..=2 => {
+                // Isolate a random side (both directions, or one way).
+                let oneway = self.rng.gen_range(0..4) == 0;
+                let side: Vec<bool> = (0..n).map(|_| self.rng.gen_bool(0.4)).collect();
+                for a in 0..n {
+                    for b in 0..n {
+                        if side[a] && !side[b] {
+                            self.cut[a][b] = true;
+                            if !oneway {
+                                self.cut[b][a] = true;
+                            }
+                        }
+                    }
+                }
+                self.trace(format!("partition {side:?} oneway={oneway}"));
+            }
+            3 => {
+                for a in 0..n {
+                    for b in 0..n {
+                        self.cut[a][b] = false;
+                    }
+                }
+                self.trace("heal links".into());
+            }
+            4 => {
+                self.loss_pct = self.rng.gen_range(0..40);
+                self.trace(format!("loss {}%", self.loss_pct));
+            }
+            5 => {
+                if self.nodes[i].up {
+                    self.crash(i, "killed");
+                } else {
+                    self.trace(format!("boot {}", self.names[i]));
+                    self.boot(i);
+                }
+            }
+            6 | 7 => {
+                let ms = self.rng.gen_range(2..14) * 250;
+                if self.nodes[i].up && self.nodes[i].paused_until.is_none() {
+                    self.nodes[i].paused_until = Some(self.real + ms);
+                    self.trace(format!("pause {} {ms} ms", self.names[i]));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn trace(&self, s: String) {
+        if self.verbose {
+            println!("{:>6} -- {s}", self.real);
+        }
+    }
+
+    fn heal(&mut self) {
+        let n = self.names.len();
+        self.cut = vec![vec![false; n]; n];
+        self.loss_pct = 0;
+        for i in 0..n {
+            self.nodes[i].paused_until = None;
+            if !self.nodes[i].up {
+                self.boot(i);
+            }
+        }
+        self.trace("HEAL".into());
+    }
+
+    /// Invariant 3, once the cluster settled: one runner per group, owners agreed.
+    fn settled(&self) -> Result<(), String> {
+        for (g, group) in self.groups.iter().enumerate() {
+            let running: Vec<usize> = (0..self.n_nodes)
+                .filter(|&i| self.nodes[i].exec[g] == Exec::Running)
+                .collect();
+            if running.len() != 1 {
+                return Err(format!("{group} runs on {running:?}"));
+            }
+            for i in 0..self.n_nodes {
+                let core = self.nodes[i].core.as_ref().ok_or("a node is down")?;
+                let owner = core
+                    .quorum()
+                    .and_then(|q| q.register().owner(group))
+                    .map(|o| o.owner.clone());
+                if owner.as_deref() != Some(self.names[running[0]].as_str()) {
+                    return Err(format!(
+                        "{} thinks {group} is owned by {owner:?}, it runs on {}",
+                        self.names[i], self.names[running[0]]
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs one scenario; returns (max simultaneous servers, violations).
+fn run(seed: u64, verbose: bool) -> Result<(), String> {
+    let mut sim = Sim::new(seed, verbose);
+    // A quiet start, so the cluster forms and places the groups.
+    while sim.real < 6000 {
+        sim.step();
+    }
+    let fault_end = sim.real + sim.rng.gen_range(6_000..16_000);
+    let mut next_fault = sim.real;
+    sim.faults_on = true;
+    while sim.real < fault_end {
+        if sim.real >= next_fault {
+            sim.fault();
+            next_fault = sim.real + sim.rng.gen_range(4..40) * STEP * 4;
+        }
+        sim.step();
+    }
+    sim.faults_on = false;
+    sim.heal();
+    let heal_end = sim.real + 30_000;
+    let mut ok_since: Option<u64> = None;
+    while sim.real < heal_end {
+        sim.step();
+        if sim.real % 500 == 0 {
+            match sim.settled() {
+                Ok(()) => {
+                    let since = *ok_since.get_or_insert(sim.real);
+                    if sim.real - since >= 3000 {
+                        break;
+                    }
+                }
+                Err(_) => ok_since = None,
+            }
+        }
+    }
+    if let Some(v) = sim.violations.first() {
+        return Err(format!("{v} ({} violations)", sim.violations.len()));
+    }
+    sim.settled()
+        .map_err(|e| format!("after the heal phase: {e}"))
+}
+
+#[test]
+fn quorum_never_two_servers_and_every_group_placed_after_heal() {
+    if let Ok(seed) = std::env::var("TANDEM_QSIM_SEED") {
+        let seed: u64 = seed.parse().expect("seed");
+        if let Err(e) = run(seed, true) {
+            panic!("seed {seed}: {e}");
+        }
+        return;
+    }
+    let count: u64 = std::env::var("TANDEM_QSIM_SCENARIOS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_SCENARIOS);
+    let next = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= count {
+                    break;
+                }
+                if let Err(e) = run(seed, false) {
+                    failures.lock().unwrap().push(format!("seed {seed}: {e}"));
+                }
+            });
+        }
+    });
+    let f = failures.into_inner().unwrap();
+    assert!(
+        f.is_empty(),
+        "{} of {count} seeds failed; first: {:?}",
+        f.len(),
+        &f[..f.len().min(5)]
+    );
+}
