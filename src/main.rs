@@ -126,6 +126,10 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
                 cfg.nodes.len(),
                 cfg.groups.len()
             );
+            println!("mode {}", tandem::status::TakeoverMode::for_config(&cfg));
+            if let Some(w) = cfg.quorum_warning() {
+                eprintln!("warning: {w}");
+            }
             Ok(())
         }
         Cmd::Run { config, node } => {

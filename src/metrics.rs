@@ -97,6 +97,8 @@ struct Inner {
     path_up: IntGaugeVec,
     path_rtt: GaugeVec,
     quorate: IntGauge,
+    voter_reachable: IntGaugeVec,
+    lease_remaining: GaugeVec,
     group_state: IntGaugeVec,
     group_owner: IntGaugeVec,
     group_maintenance: IntGaugeVec,
@@ -286,17 +288,13 @@ impl Metrics {
             "Always 1; the labels say which build and node this is.",
             &["version", "node", "mode"],
         )?;
-        let mode = if cfg.nodes.len() == 2 && cfg.cluster.probe_vip_before_takeover {
-            "two_node"
-        } else {
-            "priority"
-        };
+        let mode = crate::status::TakeoverMode::for_config(cfg).to_string();
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), local, mode])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), local, &mode])
             .set(1);
         let quorate = IntGauge::new(
             "cluster_quorate",
-            "1 when this node's partition may run groups. Two-node and priority modes need no majority, so it is 1 while the daemon runs.",
+            "1 when this node's partition may run groups: with a quorum, when it is with a majority of the voters; two-node and priority modes need no majority, so it is 1 while the daemon runs.",
         )?;
         r.register(Box::new(quorate.clone()))?;
         let last_seq = IntGauge::new(
@@ -318,6 +316,8 @@ impl Metrics {
             path_up: gauge_vec(&r, "path_up", "1 if heartbeats from the peer arrive on this path.", &["peer", "path"])?,
             path_rtt: float_vec(&r, "path_rtt_seconds", "Heartbeat round-trip time to the peer on this path.", &["peer", "path"])?,
             quorate,
+            voter_reachable: gauge_vec(&r, "quorum_voter_reachable", "1 if the voter (a node or the witness) was heard from within the dead time.", &["voter", "kind"])?,
+            lease_remaining: float_vec(&r, "group_lease_remaining_seconds", "Seconds left on this node's owner lease of the group (quorum mode; 0 when none is held).", &["group"])?,
             group_state: gauge_vec(&r, "group_state", "1 for the group's current cluster-wide state, 0 for the others.", &["group", "state"])?,
             group_owner: gauge_vec(&r, "group_owner", "1 for the node that owns the group, 0 for the other nodes.", &["group", "node"])?,
             group_maintenance: gauge_vec(&r, "group_maintenance", "1 while the group is in maintenance (not monitored, never moved).", &["group"])?,
@@ -689,7 +689,22 @@ impl Metrics {
                     .set(rtt / 1000.0);
             }
         }
-        i.quorate.set(1);
+        i.quorate
+            .set(s.quorum.as_ref().is_none_or(|q| q.quorate) as i64);
+        i.voter_reachable.reset();
+        i.lease_remaining.reset();
+        if let Some(q) = &s.quorum {
+            for v in &q.voters {
+                i.voter_reachable
+                    .with_label_values(&[v.name.as_str(), if v.witness { "witness" } else { "node" }])
+                    .set(v.reachable as i64);
+            }
+            for l in &q.leases {
+                i.lease_remaining
+                    .with_label_values(&[&l.group])
+                    .set(l.remaining_ms as f64 / 1000.0);
+            }
+        }
         i.group_state.reset();
         i.group_owner.reset();
         i.group_maintenance.reset();

@@ -13,6 +13,7 @@ use crate::event::MoveReason;
 use crate::mirror::generation::DiskState;
 use crate::node::NodeCore;
 use crate::placement::policy::Now;
+use crate::quorum::core::Role;
 
 pub use crate::mirror::status::{
     LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
@@ -27,12 +28,23 @@ pub enum TakeoverMode {
     /// Two nodes: a floating-IP probe guards every takeover.
     #[default]
     TwoNode,
-    /// Three or more nodes: the most preferred live node takes over.
+    /// Three or more nodes without a quorum: the most preferred live node takes over.
     Priority,
+    /// Ownership through the replicated log of a majority of the voters, with leases.
+    Quorum,
 }
 
 impl TakeoverMode {
-    /// The mode a cluster of `nodes` nodes runs in.
+    /// The mode a cluster runs in.
+    pub fn for_config(cfg: &Config) -> TakeoverMode {
+        if cfg.quorum_enabled() {
+            TakeoverMode::Quorum
+        } else {
+            TakeoverMode::for_nodes(cfg.nodes.len())
+        }
+    }
+
+    /// The mode a cluster of `nodes` nodes runs in without a quorum.
     pub fn for_nodes(nodes: usize) -> TakeoverMode {
         if nodes <= 2 {
             TakeoverMode::TwoNode
@@ -47,6 +59,7 @@ impl std::fmt::Display for TakeoverMode {
         f.write_str(match self {
             TakeoverMode::TwoNode => "two_node",
             TakeoverMode::Priority => "priority",
+            TakeoverMode::Quorum => "quorum",
         })
     }
 }
@@ -143,6 +156,83 @@ pub struct Status {
     /// Every replicated volume this node holds a copy of.
     #[serde(default)]
     pub mirrors: Vec<MirrorStatus>,
+    /// The quorum, when ownership goes through the replicated log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumView>,
+    /// A configuration that is not partition-safe (two nodes without a witness).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// The quorum as this node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QuorumView {
+    /// This node is with a majority of the voters and follows a leader.
+    pub quorate: bool,
+    pub role: Role,
+    pub term: u64,
+    pub leader: Option<String>,
+    pub commit_index: u64,
+    /// Voters heard from within the dead time (this node included).
+    pub votes: usize,
+    pub voters: Vec<VoterView>,
+    /// The groups this node owns: their epoch and the lease left.
+    pub leases: Vec<LeaseView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VoterView {
+    pub name: String,
+    pub witness: bool,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LeaseView {
+    pub group: String,
+    pub epoch: u64,
+    /// Milliseconds of lease left on this node's clock (0: none held).
+    pub remaining_ms: u64,
+}
+
+/// The quorum view of a node core.
+fn quorum_view(core: &NodeCore, now: Now) -> Option<QuorumView> {
+    let q = core.quorum()?;
+    let s = core.config().quorum.as_ref()?;
+    let reachable = q.reachable(now.mono_ms, s.reachable_ms);
+    let local = core.config().local();
+    Some(QuorumView {
+        quorate: q.quorate(now.mono_ms, s.reachable_ms),
+        role: q.role(),
+        term: q.term(),
+        leader: q.leader().map(str::to_string),
+        commit_index: q.commit_index(),
+        votes: reachable.len(),
+        voters: q
+            .config()
+            .voters
+            .iter()
+            .map(|v| VoterView {
+                name: v.clone(),
+                witness: q.config().witness.as_deref() == Some(v.as_str()),
+                reachable: reachable.contains(v),
+            })
+            .collect(),
+        leases: q
+            .register()
+            .owners
+            .iter()
+            .filter(|(_, o)| o.owner == local)
+            .map(|(g, o)| LeaseView {
+                group: g.clone(),
+                epoch: o.epoch,
+                remaining_ms: q
+                    .leases()
+                    .lease_end(g)
+                    .map_or(0, |e| e.saturating_sub(now.mono_ms)),
+            })
+            .collect(),
+    })
 }
 
 /// One resource of one group, as this node runs it.
@@ -200,7 +290,7 @@ pub fn project(
         time_ms: now.wall_ms,
         uptime_ms: now.mono_ms,
         last_seq,
-        mode: TakeoverMode::for_nodes(cfg.nodes.len()),
+        mode: TakeoverMode::for_config(cfg),
         nodes: node_views(cfg, core, now),
         paths: path_views(core, now),
         groups,
@@ -226,6 +316,8 @@ pub fn project(
             })
             .collect(),
         mirrors,
+        quorum: quorum_view(core, now),
+        warning: cfg.quorum_warning(),
     }
 }
 
@@ -383,6 +475,8 @@ impl Status {
                 last_duration_ms: Some(1030),
             }],
             mirrors: vec![sample_mirror()],
+            quorum: None,
+            warning: None,
         }
     }
 }

@@ -84,11 +84,43 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+fn print_quorum(q: &crate::status::QuorumView) {
+    println!(
+        "\nQUORUM  {}  votes {}/{}  leader {}  term {}  role {:?}",
+        if q.quorate { "quorate" } else { "NO QUORUM" },
+        q.votes,
+        q.voters.len(),
+        q.leader.as_deref().unwrap_or("-"),
+        q.term,
+        q.role
+    );
+    for v in &q.voters {
+        println!(
+            "  {:<12} {:<8} {}",
+            v.name,
+            if v.witness { "witness" } else { "node" },
+            if v.reachable { "reachable" } else { "UNREACHABLE" }
+        );
+    }
+    for l in &q.leases {
+        println!(
+            "  lease {:<12} epoch {:<4} {} ms left",
+            l.group, l.epoch, l.remaining_ms
+        );
+    }
+}
+
 pub fn print_status(st: &Status) {
     println!(
         "cluster {}  node {}  mode {}  event seq {}",
         st.cluster, st.node, st.mode, st.last_seq
     );
+    if let Some(w) = &st.warning {
+        println!("WARNING: {w}");
+    }
+    if let Some(q) = &st.quorum {
+        print_quorum(q);
+    }
     println!("\nNODES");
     for n in &st.nodes {
         println!(

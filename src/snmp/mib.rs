@@ -332,6 +332,7 @@ impl MibView {
         let mode = match s.mode {
             TakeoverMode::TwoNode => 1,
             TakeoverMode::Priority => 2,
+            TakeoverMode::Quorum => 3,
         };
         self.values.insert(scalar(3), integer(mode));
         self.values.insert(scalar(4), counter64(s.last_seq));
