@@ -696,7 +696,10 @@ impl Metrics {
         if let Some(q) = &s.quorum {
             for v in &q.voters {
                 i.voter_reachable
-                    .with_label_values(&[v.name.as_str(), if v.witness { "witness" } else { "node" }])
+                    .with_label_values(&[
+                        v.name.as_str(),
+                        if v.witness { "witness" } else { "node" },
+                    ])
                     .set(v.reachable as i64);
             }
             for l in &q.leases {

@@ -99,7 +99,11 @@ fn print_quorum(q: &crate::status::QuorumView) {
             "  {:<12} {:<8} {}",
             v.name,
             if v.witness { "witness" } else { "node" },
-            if v.reachable { "reachable" } else { "UNREACHABLE" }
+            if v.reachable {
+                "reachable"
+            } else {
+                "UNREACHABLE"
+            }
         );
     }
     for l in &q.leases {

@@ -12,6 +12,8 @@ struct World {
     node: NodeState,
     peers: Vec<PeerView>,
     mono_ms: u64,
+    /// Quorum mode: what the log and the leases allow.
+    gate: Option<QuorumGate>,
 }
 
 impl World {
@@ -40,7 +42,22 @@ impl World {
             },
             peers: Vec::new(),
             mono_ms: 10_000,
+            gate: None,
         }
+    }
+
+    /// Quorum mode, with the log naming `owner`.
+    fn with_gate(mut self, owner: Option<(&str, u64)>) -> World {
+        let mut gate = QuorumGate::default();
+        if let Some(a) = owner.and_then(register) {
+            gate.registers.insert(GROUP.into(), a);
+        }
+        self.gate = Some(gate);
+        self
+    }
+
+    fn gate_mut(&mut self) -> &mut QuorumGate {
+        self.gate.get_or_insert_with(QuorumGate::default)
     }
 
     fn with_peer(
@@ -78,6 +95,7 @@ impl World {
             cfg: &self.cfg,
             node: &self.node,
             peers: &self.peers,
+            gate: self.gate.as_ref(),
         }
     }
 }
@@ -535,4 +553,80 @@ fn a_failed_start_of_a_first_placement_is_reported_and_blocks_the_node() {
     assert!(matches!(out.last(), Some(Action::RecordTimeline(t)) if t.outcome == "failed: broken"));
     assert_eq!(g.local, LocalGroupState::Stopped);
     assert!(g.is_blocked(w.mono_ms));
+}
+
+fn proposes_owner(out: &[Action]) -> Option<(String, u64)> {
+    out.iter().find_map(|a| match a {
+        Action::Propose(Proposal::Own { owner, epoch, .. }) => Some((owner.clone(), *epoch)),
+        _ => None,
+    })
+}
+
+#[test]
+fn with_a_quorum_the_register_is_the_log_not_the_newest_heartbeat() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 3)));
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("b", 9)));
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 1)));
+    let mut out = Vec::new();
+    g.follow_register(w.policy(), &w.view(), &mut out);
+    assert_eq!(g.register, register(("a", 3)));
+}
+
+#[test]
+fn with_a_quorum_a_takeover_is_proposed_only_once_a_majority_is_silent_on_the_owner() {
+    // The owner `b` is not a live peer: `a` should take over.
+    let mut w = World::new("a", true, Switchback::Manual).with_gate(Some(("b", 4)));
+    let mut g = group(LocalGroupState::Stopped, Some(("b", 4)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(proposes_owner(&out), None, "no majority silent yet");
+    assert!(!starts(&out) && !probes(&out), "no probe with a quorum");
+    w.gate_mut().may_take_over.insert(GROUP.into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(proposes_owner(&out), Some(("a".into(), 5)));
+    assert!(!starts(&out), "nothing starts before the claim commits");
+    assert_eq!(
+        g.register,
+        register(("b", 4)),
+        "the register waits for the log"
+    );
+}
+
+#[test]
+fn with_a_quorum_the_committed_owner_starts_only_when_it_may_run() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 5)));
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 5)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(!starts(&out), "the old owner's lease may still run");
+    w.gate_mut().may_run.insert(GROUP.into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(starts(&out));
+}
+
+#[test]
+fn with_a_quorum_an_owner_whose_lease_ran_out_stops_and_restarts_when_it_returns() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 5)));
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(stops(&out), "no lease: stop");
+    assert_eq!(proposes_owner(&out), None, "and claim nothing");
+    g.local = LocalGroupState::Stopped;
+    w.gate_mut().may_run.insert(GROUP.into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(starts(&out), "the lease is back at the same epoch");
+}
+
+#[test]
+fn with_a_quorum_a_node_running_a_group_the_log_gives_another_stops_it() {
+    let w = World::new("a", false, Switchback::Manual).with_gate(Some(("b", 6)));
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(stops(&out));
+    assert_eq!(g.register, register(("b", 6)));
 }

@@ -136,7 +136,7 @@ impl Cluster {
                             )
                     }),
                 }),
-                Action::Emit { .. } | Action::RecordTimeline(_) => None,
+                Action::Emit { .. } | Action::RecordTimeline(_) | Action::Propose(_) => None,
             };
             if let Some(r) = result {
                 self.pending.push((i, r));
