@@ -281,11 +281,7 @@ impl Sim {
 
     fn node_action(&mut self, i: usize, a: NodeAction) {
         match a {
-            NodeAction::Send { path, peer, hb } => {
-                if path == 0 {
-                    self.send(i, &peer, Msg::Hb(hb));
-                }
-            }
+            NodeAction::Send { path: 0, peer, hb } => self.send(i, &peer, Msg::Hb(hb)),
             NodeAction::SendQuorum { to, packet } => self.send(i, &to, Msg::Q(packet)),
             NodeAction::PersistLog(b) => {
                 // A crash may strike at any log write: before it, nothing of it is kept.
@@ -312,10 +308,8 @@ impl Sim {
                     _ => {}
                 }
             }
-            NodeAction::Emit { kind, fields } => {
-                if self.verbose {
-                    println!("{:>6} {} {:?} {:?}", self.real, self.names[i], kind, fields);
-                }
+            NodeAction::Emit { kind, fields } if self.verbose => {
+                println!("{:>6} {} {:?} {:?}", self.real, self.names[i], kind, fields);
             }
             _ => {}
         }
@@ -623,7 +617,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     let mut ok_since: Option<u64> = None;
     while sim.real < heal_end {
         sim.step();
-        if sim.real % 500 == 0 {
+        if sim.real.is_multiple_of(500) {
             match sim.settled() {
                 Ok(()) => {
                     let since = *ok_since.get_or_insert(sim.real);

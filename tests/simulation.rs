@@ -658,6 +658,8 @@ impl Sim {
                 | NodeAction::PeerOutdated { .. }
                 | NodeAction::OutdateSelf { .. }
                 | NodeAction::Reply { .. } => {}
+                // No quorum here (tests/quorum_sim.rs runs it).
+                NodeAction::SendQuorum { .. } | NodeAction::PersistLog(_) => {}
             }
         }
     }

@@ -73,7 +73,7 @@ impl Net {
                 }
                 let mut out = Vec::new();
                 self.cores[i].tick(self.now, &mut out);
-                if self.now % 200 == 0 {
+                if self.now.is_multiple_of(200) {
                     self.cores[i].lease_round(self.now, &mut out);
                 }
                 self.take(i, out);
