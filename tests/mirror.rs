@@ -809,6 +809,33 @@ fn a_sync_primary_that_loses_its_peer_holds_writes_until_it_is_outdated() {
 }
 
 #[test]
+fn a_write_held_for_a_lost_peer_fails_with_eio_when_the_primary_steps_down() {
+    // Quorum mode: the owner lost its lease before the log outdated the peer. Its
+    // held write must fail (never be acknowledged), and the demote must not hang.
+    let mut c = Cluster::new(&["a", "b"], 64 * MIB);
+    c.fencing = true;
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote()).unwrap();
+    b.crash();
+    let m = Arc::clone(&a.m);
+    let held =
+        a.rt.as_ref()
+            .unwrap()
+            .spawn(async move { m.write(MIB, pattern(2, 4096), false).await });
+    wait_until("b listed for outdating", Duration::from_secs(5), || {
+        !a.m.pending_outdates().is_empty()
+    });
+    let m = Arc::clone(&a.m);
+    let demote = a.rt.as_ref().unwrap().spawn(async move { m.demote().await });
+    let err = a.on(held).unwrap().expect_err("a held write completed after the step-down");
+    assert_eq!(err.errno(), tandem::mirror::nbd::proto::EIO, "{err}");
+    a.on(demote).unwrap().unwrap();
+    a.stop();
+}
+
+#[test]
 fn three_copies_all_get_sync_writes() {
     let c = Cluster::new(&["a", "b", "c"], 32 * MIB);
     let a = c.start("a");

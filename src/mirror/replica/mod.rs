@@ -1068,15 +1068,23 @@ impl Mirror {
         );
     }
 
-    /// Waits until writes may go (not frozen), or fails if this copy is not primary.
+    /// Waits until writes may go (not frozen), or fails if this copy is not primary. A
+    /// write held for a lost peer's outdating fails with EIO if the copy steps down
+    /// meanwhile (the owner lost its lease): it was never acknowledged, and the new
+    /// owner's copy may not have it.
     async fn admit_write(&self) -> Result<(), ExportError> {
         let mut rx = self.changed.subscribe();
+        let mut held = false;
         loop {
             {
                 let mut st = self.lock();
                 if !st.primary {
                     return Err(if st.shutting_down {
                         ExportError::Shutdown
+                    } else if held {
+                        ExportError::Io(std::io::Error::other(
+                            "the write waited for a lost peer's outdating and this copy stepped down",
+                        ))
                     } else {
                         ExportError::ReadOnly
                     });
@@ -1085,6 +1093,7 @@ impl Mirror {
                     st.inflight_writes += 1;
                     return Ok(());
                 }
+                held = true;
             }
             if rx.changed().await.is_err() {
                 return Err(ExportError::Shutdown);
@@ -1257,6 +1266,13 @@ impl Mirror {
                 }
                 if st.shutting_down {
                     return Err(ExportError::Shutdown);
+                }
+                if !st.primary {
+                    // Stepped down (lease lost) before the peer was outdated: this
+                    // write is not acknowledged.
+                    return Err(ExportError::Io(std::io::Error::other(
+                        "the write waited for a lost peer's outdating and this copy stepped down",
+                    )));
                 }
             }
             if rx.changed().await.is_err() {
