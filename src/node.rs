@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub placement: PlacementConfig,
     /// With three or more voters: the quorum's settings (ownership through the log).
     pub quorum: Option<QuorumSettings>,
+    /// Each group's mirrors: a node may claim the group only with copies the log
+    /// does not record as outdated.
+    pub group_mirrors: BTreeMap<String, Vec<String>>,
 }
 
 /// How this node takes part in the quorum.
@@ -118,6 +121,21 @@ impl NodeConfig {
             quorum: cfg
                 .quorum_enabled()
                 .then(|| QuorumSettings::from_config(cfg, local)),
+            group_mirrors: cfg
+                .groups
+                .iter()
+                .map(|g| {
+                    let mirrors = g
+                        .resources
+                        .iter()
+                        .filter_map(|r| match &r.kind {
+                            crate::config::ResourceKind::Mirror { mirror } => Some(mirror.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    (g.name.clone(), mirrors)
+                })
+                .collect(),
         }
     }
 
@@ -187,6 +205,9 @@ pub struct MirrorFacts {
     pub primary: bool,
     /// (peer, my generation) for each lost sync peer that writes wait for.
     pub pending: Vec<(String, u64)>,
+    /// This copy is UpToDate, at this generation.
+    pub up_to_date: bool,
+    pub generation: u64,
 }
 
 /// A command for one group's executor.
@@ -767,8 +788,104 @@ mod tests {
                 probe_fresh_ms: 600,
             },
             quorum: None,
+            group_mirrors: BTreeMap::new(),
         };
         NodeCore::new(cfg, 7, 1_000, &[])
+    }
+
+    /// n1 of n1..n3 in quorum mode, with a log restored from a snapshot of `reg`.
+    fn quorum_core(reg: &crate::quorum::decision::Register) -> NodeCore {
+        let mut c = core();
+        let mut cfg = c.cfg.clone();
+        let voters: Vec<String> = vec!["n1".into(), "n2".into(), "n3".into()];
+        cfg.quorum = Some(QuorumSettings {
+            core: QuorumConfig {
+                local: "n1".into(),
+                voters: voters.clone(),
+                witness: None,
+                tick_ms: 100,
+                election_ticks: 10,
+                heartbeat_ticks: 2,
+                lease: LeaseConfig {
+                    lease_ms: 1500,
+                    drift_ppm: 10_000,
+                    dead_time_ms: 1000,
+                    report_fresh_ms: 500,
+                },
+            },
+            stop_margin_ms: 300,
+            reachable_ms: 1000,
+        });
+        cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
+        c = NodeCore::new(cfg, 7, 1_000, &[]);
+        let restored = Restored {
+            snapshot: Some(crate::quorum::records::SnapshotRec {
+                index: 3,
+                term: 1,
+                voters: vec![1, 2, 3],
+                data: reg.encode(),
+            }),
+            ..Restored::default()
+        };
+        c.restore_log(&restored, 0).unwrap();
+        c
+    }
+
+    #[test]
+    fn with_a_quorum_a_copy_the_log_outdated_may_not_take_its_group() {
+        use crate::quorum::decision::{Decision, Register};
+        let mut reg = Register::default();
+        reg.apply(
+            1,
+            Decision::Own {
+                group: "web".into(),
+                owner: "n2".into(),
+                epoch: 1,
+                handoff: false,
+            },
+        );
+        // n1 and n3 silent on n2 long enough: a takeover would be allowed...
+        let report_from_n3 = |c: &mut NodeCore| {
+            let p = QuorumPacket {
+                cluster: "c".into(),
+                from: "n3".into(),
+                voters_digest: c.voters_digest,
+                boot_id: 1,
+                seq: 1,
+                sent_ms: 5_000,
+                msgs: vec![crate::quorum::wire::QuorumMsg::Report(vec![
+                    crate::quorum::wire::LeaseReport {
+                        group: "web".into(),
+                        epoch: 1,
+                        since_current_ms: 5_000,
+                        quiet_ms: 5_000,
+                    },
+                ])],
+            };
+            c.handle(at(5_000), NodeInput::Quorum(Box::new(p)));
+        };
+        let mut c = quorum_core(&reg);
+        assert!(!c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
+        report_from_n3(&mut c);
+        let gate = c.gate(at(5_000)).unwrap();
+        assert!(gate.may_take_over.contains("web"));
+        // ... but not by a node whose copy of the group's mirror the log outdated.
+        reg.apply(
+            2,
+            Decision::Outdated {
+                mirror: "data".into(),
+                node: "n1".into(),
+                generation: 9,
+            },
+        );
+        let mut c = quorum_core(&reg);
+        report_from_n3(&mut c);
+        let gate = c.gate(at(5_000)).unwrap();
+        assert!(!gate.may_take_over.contains("web"));
+        assert_eq!(gate.registers["web"].owner, "n2");
+        // A lone cold boot takes nothing: a group with no owner yet needs every node.
+        let mut c = quorum_core(&Register::default());
+        assert!(!c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
     }
 
     fn at(ms: u64) -> Now {
@@ -826,6 +943,8 @@ mod tests {
             name: "vol".into(),
             primary: true,
             pending: Vec::new(),
+            up_to_date: true,
+            generation: 1,
         }];
         c.handle(at(0), NodeInput::Mirrors(facts));
         assert_eq!(sends(&c.handle(at(0), NodeInput::HeartbeatDue)).len(), 3);
@@ -842,6 +961,8 @@ mod tests {
             name: "vol".into(),
             primary: true,
             pending: vec![("n2".into(), 5)],
+            up_to_date: true,
+            generation: 1,
         }];
         c.handle(at(40), NodeInput::Mirrors(pending));
         let out = c.handle(at(40), NodeInput::Resource(Input::Tick));
@@ -909,6 +1030,8 @@ mod tests {
             name: "vol".into(),
             primary: false,
             pending: Vec::new(),
+            up_to_date: true,
+            generation: 1,
         }];
         c.handle(at(0), NodeInput::Mirrors(facts));
         let request = NodeAdvert {

@@ -828,8 +828,14 @@ fn a_write_held_for_a_lost_peer_fails_with_eio_when_the_primary_steps_down() {
         !a.m.pending_outdates().is_empty()
     });
     let m = Arc::clone(&a.m);
-    let demote = a.rt.as_ref().unwrap().spawn(async move { m.demote().await });
-    let err = a.on(held).unwrap().expect_err("a held write completed after the step-down");
+    let demote =
+        a.rt.as_ref()
+            .unwrap()
+            .spawn(async move { m.demote().await });
+    let err = a
+        .on(held)
+        .unwrap()
+        .expect_err("a held write completed after the step-down");
     assert_eq!(err.errno(), tandem::mirror::nbd::proto::EIO, "{err}");
     a.on(demote).unwrap().unwrap();
     a.stop();

@@ -238,6 +238,7 @@ impl Sim {
                 probe_fresh_ms: 250,
             },
             quorum: Some(s),
+            group_mirrors: Default::default(),
         };
         let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
         core.restore_log(&n.disk, now).expect("restore");

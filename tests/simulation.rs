@@ -554,6 +554,7 @@ impl Sim {
             // The two-node rules (and three nodes without a quorum): the quorum runs
             // in tests/quorum_sim.rs.
             quorum: None,
+            group_mirrors: Default::default(),
         };
         Node {
             life: Life::Up,

@@ -207,12 +207,17 @@ impl NodeCore {
         }
         for policy in &self.cfg.placement.groups {
             let g = &policy.name;
-            let take = match reg.owner(g) {
-                // The first commit of a group needs every node: a lone node booting
-                // cold must not take what another holds the newer copy of.
-                None => every_node_live,
-                Some(_) => leases.may_take_over(now.mono_ms, g, reg),
-            };
+            let outdated_here = self.cfg.group_mirrors.get(g).is_some_and(|ms| {
+                ms.iter()
+                    .any(|m| reg.outdated.contains_key(&(m.clone(), local.clone())))
+            });
+            let take = !outdated_here
+                && match reg.owner(g) {
+                    // The first commit of a group needs every node: a lone node booting
+                    // cold must not take what another holds the newer copy of.
+                    None => every_node_live,
+                    Some(_) => leases.may_take_over(now.mono_ms, g, reg),
+                };
             if take {
                 gate.may_take_over.insert(g.clone());
             }
@@ -297,6 +302,15 @@ impl NodeCore {
                     }
                 }
             } else if let Some(g) = reg.outdated.get(&(m.name.clone(), me.clone())) {
+                if m.up_to_date && m.generation >= *g {
+                    // Resynced from a primary at or after the outdating: up to date
+                    // again, by the log too.
+                    proposals.push(Decision::UpToDate {
+                        mirror: m.name.clone(),
+                        node: me.clone(),
+                    });
+                    continue;
+                }
                 let done = self.outdated_for.get(&m.name) == Some(g);
                 if !done && !self.outdating.contains(&(m.name.clone(), *g)) {
                     decided.push(FenceAction::OutdateSelf {

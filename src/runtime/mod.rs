@@ -336,9 +336,12 @@ impl Daemon {
             .iter()
             .map(|(name, m)| {
                 let primary = m.mirror.is_primary();
+                let (up_to_date, generation) = m.mirror.disk_and_generation();
                 MirrorFacts {
                     name: name.clone(),
                     primary,
+                    up_to_date,
+                    generation,
                     pending: if primary {
                         m.mirror.pending_outdates()
                     } else {

@@ -673,6 +673,12 @@ impl Mirror {
         self.lock().primary
     }
 
+    /// Whether this copy is UpToDate, and its current generation.
+    pub fn disk_and_generation(&self) -> (bool, u64) {
+        let st = self.lock();
+        (st.disk == DiskState::UpToDate, st.gens.current)
+    }
+
     /// The status snapshot.
     pub fn status(&self) -> MirrorStatus {
         let now = self.now();
