@@ -298,6 +298,8 @@ pub struct NodeCore {
     /// (group, epoch) this node was allowed to start (the previous lease was over).
     start_cleared: BTreeSet<(String, u64)>,
     was_quorate: bool,
+    /// Since when each (mirror, lost peer) has held writes (this node's clock).
+    pending_since: BTreeMap<(String, String), u64>,
 }
 
 impl NodeCore {
@@ -342,6 +344,7 @@ impl NodeCore {
             voters_digest,
             start_cleared: BTreeSet::new(),
             was_quorate: false,
+            pending_since: BTreeMap::new(),
         };
         for t in history {
             core.tally(t);
@@ -393,7 +396,10 @@ impl NodeCore {
                 self.membership.record_decode_error(path, reason)
             }
             NodeInput::Resource(input) => self.placement_input(now, input, &mut out),
-            NodeInput::Mirrors(facts) => self.mirrors = facts,
+            NodeInput::Mirrors(facts) => {
+                self.note_pending(now, &facts);
+                self.mirrors = facts;
+            }
             NodeInput::OutdateDone {
                 mirror,
                 generation,

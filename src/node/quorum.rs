@@ -235,7 +235,7 @@ impl NodeCore {
             let lease_ok = leases
                 .lease_end(g)
                 .is_some_and(|end| end > now.mono_ms + s.stop_margin_ms);
-            if cleared && lease_ok {
+            if cleared && lease_ok && !self.outdating_stuck(now, g) {
                 gate.may_run.insert(g.clone());
             }
         }
@@ -325,6 +325,31 @@ impl NodeCore {
                 q.propose(now, &d, o);
             });
         }
+    }
+
+    /// Notes since when each lost sync peer has held writes.
+    pub(super) fn note_pending(&mut self, now: Now, facts: &[super::MirrorFacts]) {
+        let current: BTreeSet<(String, String)> = facts
+            .iter()
+            .filter(|m| m.primary)
+            .flat_map(|m| m.pending.iter().map(|(p, _)| (m.name.clone(), p.clone())))
+            .collect();
+        self.pending_since.retain(|k, _| current.contains(k));
+        for k in current {
+            self.pending_since.entry(k).or_insert(now.mono_ms);
+        }
+    }
+
+    /// A group one of whose mirrors has held writes for a lost peer longer than twice
+    /// the dead time, without the log outdating it: the owner gives up its lease (the
+    /// held writes then fail; a majority elsewhere may hold the newer data).
+    fn outdating_stuck(&self, now: Now, group: &str) -> bool {
+        let Some(mirrors) = self.cfg.group_mirrors.get(group) else {
+            return false;
+        };
+        self.pending_since.iter().any(|((m, _), since)| {
+            mirrors.contains(m) && now.mono_ms.saturating_sub(*since) > 2 * self.cfg.dead_time_ms
+        })
     }
 
     pub fn quorum(&self) -> Option<&QuorumCore> {
