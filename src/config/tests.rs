@@ -196,3 +196,43 @@ fn a_filesystem_must_sit_on_its_mirror_resource() {
     ));
     assert!(e.contains("expected a boolean"), "{e}");
 }
+
+const TWO_NODES: &str = r#"
+[cluster]
+name = "t"
+key = "0123456789abcdef"
+[heartbeat]
+paths = ["hb1"]
+[[node]]
+name = "a"
+priority = 1
+addresses = { hb1 = "10.0.0.1" }
+[[node]]
+name = "b"
+priority = 2
+addresses = { hb1 = "10.0.0.2" }
+"#;
+
+#[test]
+fn two_nodes_without_a_witness_run_without_a_quorum_and_are_warned_about() {
+    let cfg = Config::parse(TWO_NODES).unwrap();
+    assert!(!cfg.quorum_enabled());
+    assert!(cfg.quorum_warning().unwrap().contains("witness"));
+    let e = err_of(&format!("{TWO_NODES}\n[quorum]\nmode = \"majority\"\n"));
+    assert!(e.contains("quorum.mode"), "{e}");
+}
+
+#[test]
+fn a_witness_makes_a_majority_of_three() {
+    let text = format!("{TWO_NODES}\n[witness]\nname = \"w\"\naddresses = {{ hb1 = \"10.0.0.9\" }}\n");
+    let cfg = Config::parse(&text).unwrap();
+    assert!(cfg.quorum_enabled());
+    assert_eq!(cfg.voters(), ["a", "b", "w"]);
+    assert!(cfg.quorum_warning().is_none());
+    let e = err_of(&text.replace("hb1 = \"10.0.0.9\"", "hb9 = \"10.0.0.9\""));
+    assert!(e.contains("witness.addresses.hb9"), "{e}");
+    let e = err_of(&text.replace("name = \"w\"", "name = \"a\""));
+    assert!(e.contains("witness.name"), "{e}");
+    let e = err_of(&format!("{text}\n[quorum]\nlease = \"500ms\"\n"));
+    assert!(e.contains("quorum.lease"), "{e}");
+}
