@@ -300,6 +300,9 @@ pub struct NodeCore {
     was_quorate: bool,
     /// Since when each (mirror, lost peer) has held writes (this node's clock).
     pending_since: BTreeMap<(String, String), u64>,
+    /// (group, epoch) some node is known to have been cleared to run at: this node
+    /// started it, or a peer advertised it running at that epoch.
+    ran: BTreeSet<(String, u64)>,
 }
 
 impl NodeCore {
@@ -345,6 +348,7 @@ impl NodeCore {
             start_cleared: BTreeSet::new(),
             was_quorate: false,
             pending_since: BTreeMap::new(),
+            ran: BTreeSet::new(),
         };
         for t in history {
             core.tally(t);

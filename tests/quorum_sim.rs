@@ -34,7 +34,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
-use tandem::node::{GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings};
+use tandem::node::{
+    ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings,
+};
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore};
 use tandem::quorum::lease::LeaseConfig;
@@ -501,7 +503,7 @@ impl Sim {
     fn fault(&mut self) {
         let n = self.names.len();
         let i = self.rng.gen_range(0..n);
-        match self.rng.gen_range(0..10) {
+        match self.rng.gen_range(0..11) {
             0..=2 => {
                 // Isolate a random side (both directions, or one way).
                 let oneway = self.rng.gen_range(0..4) == 0;
@@ -543,6 +545,20 @@ impl Sim {
                 if self.nodes[i].up && self.nodes[i].paused_until.is_none() {
                     self.nodes[i].paused_until = Some(self.real + ms);
                     self.trace(format!("pause {} {ms} ms", self.names[i]));
+                }
+            }
+            8 | 9 => {
+                // An administrator's switchover, issued on any node.
+                let on = self.rng.gen_range(0..self.n_nodes);
+                let to = self.rng.gen_range(0..self.n_nodes);
+                let g = self.rng.gen_range(0..self.groups.len());
+                let command = ControlCommand::Switchover {
+                    group: self.groups[g].clone(),
+                    to: self.rng.gen_bool(0.5).then(|| self.names[to].clone()),
+                };
+                self.trace(format!("switchover {command:?} on {}", self.names[on]));
+                if self.nodes[on].up && self.nodes[on].paused_until.is_none() {
+                    self.node_input(on, NodeInput::Control { id: 1, command });
                 }
             }
             _ => {}

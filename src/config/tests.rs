@@ -224,7 +224,8 @@ fn two_nodes_without_a_witness_run_without_a_quorum_and_are_warned_about() {
 
 #[test]
 fn a_witness_makes_a_majority_of_three() {
-    let text = format!("{TWO_NODES}\n[witness]\nname = \"w\"\naddresses = {{ hb1 = \"10.0.0.9\" }}\n");
+    let text =
+        format!("{TWO_NODES}\n[witness]\nname = \"w\"\naddresses = {{ hb1 = \"10.0.0.9\" }}\n");
     let cfg = Config::parse(&text).unwrap();
     assert!(cfg.quorum_enabled());
     assert_eq!(cfg.voters(), ["a", "b", "w"]);

@@ -230,7 +230,8 @@ impl NodeCore {
                 || leases.may_start(now.mono_ms, g, o.epoch, reg)
                 || self.handed_off(g, o.previous.as_deref(), o.epoch);
             if cleared {
-                self.start_cleared.insert(key);
+                self.start_cleared.insert(key.clone());
+                self.ran.insert(key);
             }
             let lease_ok = leases
                 .lease_end(g)
@@ -241,15 +242,26 @@ impl NodeCore {
         }
         self.start_cleared
             .retain(|(g, e)| reg.owner(g).is_some_and(|o| o.epoch == *e));
+        note_running_peers(&mut self.ran, &self.peers, reg);
         Some(gate)
     }
 
     /// The previous owner, live, shows it has the new register and stopped the group:
-    /// a clean hand-off, no lease to wait out.
+    /// a clean hand-off, no lease to wait out. Only if that owner had itself been
+    /// cleared to run the previous epoch: otherwise an older owner may still hold a
+    /// lease, and only the quiet majority proves it ran out. (Found by
+    /// tests/quorum_sim.rs: an owner paused past its dead time kept its lease while the
+    /// group was claimed and then switched over to a third node.)
     fn handed_off(&self, group: &str, previous: Option<&str>, epoch: u64) -> bool {
         let Some(prev) = previous else {
             return true;
         };
+        if !self
+            .ran
+            .contains(&(group.to_string(), epoch.saturating_sub(1)))
+        {
+            return false;
+        }
         if prev == self.cfg.local() {
             return true;
         }
@@ -377,4 +389,23 @@ fn push_msg(pending: &mut Vec<(String, Vec<QuorumMsg>)>, to: &str, m: QuorumMsg)
         }
     }
     pending.push((to.to_string(), vec![m]));
+}
+
+/// Notes the epochs live peers run groups at (they were cleared to), and forgets epochs
+/// older than the previous one.
+fn note_running_peers(
+    ran: &mut BTreeSet<(String, u64)>,
+    peers: &[crate::placement::policy::PeerView],
+    reg: &crate::quorum::decision::Register,
+) {
+    for p in peers {
+        for ga in &p.advert.groups {
+            if let (LocalGroupState::Running, Some(a)) = (ga.local, &ga.assignment) {
+                if a.owner == p.name {
+                    ran.insert((ga.name.clone(), a.epoch));
+                }
+            }
+        }
+    }
+    ran.retain(|(g, e)| reg.owner(g).is_none_or(|o| *e + 1 >= o.epoch));
 }

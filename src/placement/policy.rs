@@ -1377,6 +1377,11 @@ impl GroupState {
             ));
         }
         self.stop_if_running(&policy.name, &format!("the group moves to `{to}`"), out);
+        // With a quorum, the owner that stopped hands the group over itself: its
+        // proposal lets the next owner start at once instead of waiting out the lease.
+        if view.gate.is_some() && !switchback && self.local == LocalGroupState::Stopped {
+            self.write_register(policy, view, to, out);
+        }
     }
 
     /// Step "leave it to its owner": the register names another node (or nobody, and

@@ -630,3 +630,26 @@ fn with_a_quorum_a_node_running_a_group_the_log_gives_another_stops_it() {
     assert!(stops(&out));
     assert_eq!(g.register, register(("b", 6)));
 }
+
+#[test]
+fn with_a_quorum_an_owner_that_may_not_run_the_group_hands_it_over_once_stopped() {
+    // `a` owns the group but is in standby: `b` should run it.
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
+    w.node.standby.insert("a".into(), (true, 1));
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    w.gate_mut().may_run.insert(GROUP.into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(stops(&out));
+    assert_eq!(proposes_owner(&out), None, "not while it still runs");
+    g.local = LocalGroupState::Stopped;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(out.contains(&Action::Propose(Proposal::Own {
+        group: GROUP.into(),
+        owner: "b".into(),
+        epoch: 3,
+        handoff: true,
+    })));
+}
