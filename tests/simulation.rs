@@ -652,8 +652,11 @@ impl Sim {
                         GroupCommand::Maintenance(_) => {}
                     }
                 }
-                // No mirrors here, and replies are read by the admin requests.
+                // No mirrors and no quorum here, and replies are read by the admin
+                // requests.
                 NodeAction::RecordTimeline(_)
+                | NodeAction::SendQuorum { .. }
+                | NodeAction::PersistLog(_)
                 | NodeAction::PeerDead { .. }
                 | NodeAction::PeerOutdated { .. }
                 | NodeAction::OutdateSelf { .. }

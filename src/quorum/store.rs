@@ -24,11 +24,12 @@ pub struct Store {
 }
 
 pub fn entry_of(r: &EntryRec) -> Entry {
-    let mut e = Entry::default();
-    e.index = r.index;
-    e.term = r.term;
-    e.data = r.data.clone().into();
-    e
+    Entry {
+        index: r.index,
+        term: r.term,
+        data: r.data.clone().into(),
+        ..Default::default()
+    }
 }
 
 pub fn rec_of_entry(e: &Entry) -> EntryRec {
@@ -49,12 +50,15 @@ pub fn rec_of_hard(h: &HardState) -> HardStateRec {
 
 pub fn snapshot_of(r: &SnapshotRec) -> Snapshot {
     let mut s = Snapshot::default();
-    let mut m = SnapshotMetadata::default();
-    m.index = r.index;
-    m.term = r.term;
-    let mut cs = ConfState::default();
-    cs.voters = r.voters.clone();
-    m.set_conf_state(cs);
+    let mut m = SnapshotMetadata {
+        index: r.index,
+        term: r.term,
+        ..Default::default()
+    };
+    m.set_conf_state(ConfState {
+        voters: r.voters.clone(),
+        ..Default::default()
+    });
     s.set_metadata(m);
     s.data = r.data.clone().into();
     s
@@ -73,8 +77,10 @@ pub fn rec_of_snapshot(s: &Snapshot) -> SnapshotRec {
 impl Store {
     /// A store for `voters`, holding what the durable log restored.
     pub fn new(voters: &[u64], restored: &Restored) -> Store {
-        let mut conf = ConfState::default();
-        conf.voters = voters.to_vec();
+        let conf = ConfState {
+            voters: voters.to_vec(),
+            ..Default::default()
+        };
         let mut store = Store {
             hard: HardState::default(),
             conf,
@@ -181,9 +187,11 @@ impl Store {
         }
         let term = self.term_of(index)?;
         let mut s = Snapshot::default();
-        let mut m = SnapshotMetadata::default();
-        m.index = index;
-        m.term = term;
+        let mut m = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         m.set_conf_state(self.conf.clone());
         s.set_metadata(m);
         s.data = data.into();
@@ -275,10 +283,11 @@ mod tests {
     use super::*;
 
     fn ent(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -294,7 +303,9 @@ mod tests {
         assert_eq!(s.first_index().unwrap(), 4);
         assert_eq!(s.term(3).unwrap(), 2, "the compacted index keeps its term");
         assert!(s.term(2).is_err());
-        assert!(s.entries(3, 5, None, GetEntriesContext::empty(false)).is_err());
+        assert!(s
+            .entries(3, 5, None, GetEntriesContext::empty(false))
+            .is_err());
         assert_eq!(s.snapshot(0, 2).unwrap().data.to_vec(), b"reg".to_vec());
     }
 

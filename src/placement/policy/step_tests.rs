@@ -78,6 +78,7 @@ impl World {
             cfg: &self.cfg,
             node: &self.node,
             peers: &self.peers,
+            gate: None,
         }
     }
 }

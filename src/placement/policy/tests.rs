@@ -136,7 +136,8 @@ impl Cluster {
                             )
                     }),
                 }),
-                Action::Emit { .. } | Action::RecordTimeline(_) => None,
+                // No quorum in this harness: nothing is proposed.
+                Action::Emit { .. } | Action::RecordTimeline(_) | Action::Propose(_) => None,
             };
             if let Some(r) = result {
                 self.pending.push((i, r));

@@ -73,7 +73,7 @@ impl Net {
                 }
                 let mut out = Vec::new();
                 self.cores[i].tick(self.now, &mut out);
-                if self.now % 200 == 0 {
+                if self.now.is_multiple_of(200) {
                     self.cores[i].lease_round(self.now, &mut out);
                 }
                 self.take(i, out);
@@ -170,7 +170,10 @@ fn an_isolated_owner_loses_its_lease_and_the_majority_may_take_over() {
     }
     assert!(net.cores[1].raw.store().len() < COMPACT_EVERY);
     let again = QuorumCore::new(cfg("n2", true), &net.persisted[1], net.now, 9).unwrap();
-    assert_eq!(again.register().config_digests, net.cores[1].register().config_digests);
+    assert_eq!(
+        again.register().config_digests,
+        net.cores[1].register().config_digests
+    );
     // n1 comes back and catches up (by snapshot, since the log was compacted).
     net.down[0] = false;
     net.run(3000);
