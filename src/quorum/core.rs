@@ -12,12 +12,13 @@
 //! replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use protobuf::Message as _;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raft::eraftpb::{Entry, EntryType, Message};
 use raft::{RawNode, StateRole};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::decision::{Applied, Decision, Register};
 use super::lease::{LeaseBook, LeaseConfig};
@@ -43,7 +44,48 @@ pub struct QuorumConfig {
     pub lease: LeaseConfig,
 }
 
+/// The cluster-wide timing every voter derives its quorum core from: the heartbeat
+/// interval and dead time, and `[quorum]`'s lease and drift bound. Nodes and the
+/// witness must agree on all four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumTiming {
+    pub interval: Duration,
+    pub dead_time: Duration,
+    pub lease: Duration,
+    pub drift_ppm: u64,
+}
+
 impl QuorumConfig {
+    /// The core's settings for voter `local` among `voters`: one raft tick per half
+    /// heartbeat interval (at least 10 ms), an election timeout of the dead time, a
+    /// leader heartbeat every two ticks, and the lease rules. The node daemon
+    /// (`node::QuorumSettings::from_config`) and `tandem witness` both build theirs here,
+    /// so that every voter of a cluster runs the same rules.
+    pub fn derive(
+        t: QuorumTiming,
+        voters: Vec<String>,
+        witness: Option<String>,
+        local: &str,
+    ) -> QuorumConfig {
+        let interval = t.interval.as_millis() as u64;
+        let dead = t.dead_time.as_millis() as u64;
+        let tick_ms = (interval / 2).max(10);
+        QuorumConfig {
+            local: local.to_string(),
+            voters,
+            witness,
+            tick_ms,
+            election_ticks: ((dead / tick_ms) as usize).max(4),
+            heartbeat_ticks: 2,
+            lease: LeaseConfig {
+                lease_ms: t.lease.as_millis() as u64,
+                drift_ppm: t.drift_ppm,
+                dead_time_ms: dead,
+                report_fresh_ms: 2 * interval + 100,
+            },
+        }
+    }
+
     /// Raft id of a voter: its position in the sorted voter list, from 1.
     pub fn id_of(&self, name: &str) -> Option<u64> {
         let mut v = self.voters.clone();
@@ -204,7 +246,14 @@ impl QuorumCore {
     }
 
     /// Messages from another voter.
-    pub fn step(&mut self, now_ms: u64, from: &str, sent_ms: u64, msgs: Vec<QuorumMsg>, out: &mut Vec<QuorumAction>) {
+    pub fn step(
+        &mut self,
+        now_ms: u64,
+        from: &str,
+        sent_ms: u64,
+        msgs: Vec<QuorumMsg>,
+        out: &mut Vec<QuorumAction>,
+    ) {
         if self.cfg.id_of(from).is_none() || from == self.cfg.local {
             return;
         }
@@ -224,7 +273,9 @@ impl QuorumCore {
                     self.after_raft();
                 }
                 QuorumMsg::Renew(r) => {
-                    let acks = self.leases.on_renew(now_ms, from, sent_ms, &r, &self.register);
+                    let acks = self
+                        .leases
+                        .on_renew(now_ms, from, sent_ms, &r, &self.register);
                     if !acks.is_empty() {
                         out.push(QuorumAction::Send {
                             to: from.to_string(),
@@ -309,10 +360,12 @@ impl QuorumCore {
             let snap = rd.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snap);
             match Register::decode(&snap.data) {
-                Ok(r) => self.register = Register {
-                    applied: snap.get_metadata().index,
-                    ..r
-                },
+                Ok(r) => {
+                    self.register = Register {
+                        applied: snap.get_metadata().index,
+                        ..r
+                    }
+                }
                 Err(e) => tracing::error!(error = %e, "a snapshot from the leader does not parse"),
             }
             batch.snapshot = Some(rec_of_snapshot(&snap));
