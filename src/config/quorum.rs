@@ -110,7 +110,10 @@ impl Config {
                 return Err(invalid("witness.name", "is also a node's name"));
             }
             if w.addresses.is_empty() {
-                return Err(invalid("witness.addresses", "give an address on at least one heartbeat path"));
+                return Err(invalid(
+                    "witness.addresses",
+                    "give an address on at least one heartbeat path",
+                ));
             }
             for path in w.addresses.keys() {
                 if !self.heartbeat.paths.contains(path) {

@@ -193,11 +193,23 @@ pub enum Input {
 /// What the runtime must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    ProbeVip { group: String },
-    StartGroup { group: String },
-    StopGroup { group: String },
-    RestartResource { group: String, resource: String },
-    Emit { kind: EventKind, fields: Fields },
+    ProbeVip {
+        group: String,
+    },
+    StartGroup {
+        group: String,
+    },
+    StopGroup {
+        group: String,
+    },
+    RestartResource {
+        group: String,
+        resource: String,
+    },
+    Emit {
+        kind: EventKind,
+        fields: Fields,
+    },
     RecordTimeline(Timeline),
     /// Quorum mode: ask the replicated log to record `owner` at `epoch` for `group`
     /// (or the group's maintenance flag). Nothing changes here until it commits.
@@ -213,7 +225,10 @@ pub enum Proposal {
         epoch: u64,
         handoff: bool,
     },
-    Maintenance { group: String, on: bool },
+    Maintenance {
+        group: String,
+        on: bool,
+    },
 }
 
 /// What the quorum allows, when the cluster runs with one (three or more voters). The
@@ -1164,7 +1179,12 @@ impl GroupState {
 
     /// Step "lease lost" (quorum mode): this node runs the group but may not any more
     /// (its lease ran out, or the log names another owner): stop it at once.
-    fn lease_lost(&mut self, policy: &GroupPolicy, view: &ClusterView, out: &mut Vec<Action>) -> bool {
+    fn lease_lost(
+        &mut self,
+        policy: &GroupPolicy,
+        view: &ClusterView,
+        out: &mut Vec<Action>,
+    ) -> bool {
         let Some(gate) = view.gate else {
             return false;
         };
@@ -1178,7 +1198,10 @@ impl GroupState {
         let reason = if ours {
             "the owner lease ran out (no majority of the voters acknowledges it)".to_string()
         } else {
-            format!("the log names `{}` as the owner", self.owner().unwrap_or_default())
+            format!(
+                "the log names `{}` as the owner",
+                self.owner().unwrap_or_default()
+            )
         };
         self.stop(&policy.name, &reason, out);
         true

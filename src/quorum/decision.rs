@@ -127,7 +127,11 @@ impl Register {
                 self.outdated.insert(key, *generation);
             }
             Decision::UpToDate { mirror, node } => {
-                if self.outdated.remove(&(mirror.clone(), node.clone())).is_none() {
+                if self
+                    .outdated
+                    .remove(&(mirror.clone(), node.clone()))
+                    .is_none()
+                {
                     return Applied::Stale(d);
                 }
             }

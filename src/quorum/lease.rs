@@ -245,13 +245,15 @@ impl LeaseBook {
         let own = register
             .owner(group)
             .map(|o| (self.report(now_ms, group, o.epoch), 0));
-        let others = self.voters.iter().filter(|v| **v != self.local).filter_map(
-            move |v| {
+        let others = self
+            .voters
+            .iter()
+            .filter(|v| **v != self.local)
+            .filter_map(move |v| {
                 self.reports
                     .get(&(v.clone(), group.to_string()))
                     .map(|(r, at)| (r.clone(), now_ms.saturating_sub(*at)))
-            },
-        );
+            });
         own.into_iter().chain(others)
     }
 

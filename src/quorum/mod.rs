@@ -7,11 +7,11 @@
 //! - [`outbox`]: the core's actions as datagrams (coalesced, in raft's order), and the
 //!   receive side's filter; shared by the node core and `tandem witness`.
 
-pub mod disk;
-pub mod records;
-pub mod wire;
 pub mod core;
 pub mod decision;
+pub mod disk;
 pub mod lease;
 pub mod outbox;
+pub mod records;
 pub mod store;
+pub mod wire;

@@ -40,12 +40,12 @@ use crate::node::{
     NodeInput,
 };
 use crate::placement::policy::Now;
+use crate::quorum::disk::DurableLog;
+use crate::quorum::wire;
 use crate::resources::agent::Agent;
 use crate::resources::executor;
 use crate::snmp;
 use crate::status::{self, Status};
-use crate::quorum::disk::DurableLog;
-use crate::quorum::wire;
 use transport::{Datagram, Outgoing, Received};
 
 /// Errors that stop the daemon.
