@@ -24,6 +24,7 @@
 //! - [`image`]: the appliance image's A/B boot slots: boot counting, blessing, updates.
 //! - [`cli`]: the command line.
 //! - [`status`]: the read model (the status snapshot) every observer reads.
+//! - [`witness`]: `tandem witness`, a voter with no resources for one or more clusters.
 
 pub mod api;
 #[cfg(feature = "bench")]
@@ -46,3 +47,4 @@ pub mod resources;
 pub mod runtime;
 pub mod snmp;
 pub mod status;
+pub mod witness;

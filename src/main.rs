@@ -28,6 +28,8 @@ enum MainError {
     Api(#[from] ApiError),
     #[error(transparent)]
     Lab(#[from] tandem::lab::LabError),
+    #[error(transparent)]
+    Witness(#[from] tandem::witness::WitnessError),
     #[cfg(feature = "bench")]
     #[error(transparent)]
     SnmpBench(#[from] tandem::bench::snmp::SnmpBenchError),
@@ -49,7 +51,8 @@ impl MainError {
         match self {
             MainError::Config(_) => 2,
             MainError::Runtime(tandem::runtime::RuntimeError::Config(_))
-            | MainError::Runtime(tandem::runtime::RuntimeError::UnknownNode(_)) => 2,
+            | MainError::Runtime(tandem::runtime::RuntimeError::UnknownNode(_))
+            | MainError::Witness(tandem::witness::WitnessError::Config(_)) => 2,
             MainError::Api(ApiError::Connect(..)) => 3,
             MainError::Api(ApiError::Status(_)) => 4,
             MainError::Api(ApiError::Control(e)) => match e {
@@ -132,6 +135,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             }
             Ok(())
         }
+        Cmd::Witness { config, check } => witness(&config, check),
         Cmd::Run { config, node } => {
             let cfg = Config::load(&config)?;
             let node = match node {
@@ -166,6 +170,34 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         .map_err(|e| MainError::Other(format!("demo service: {e}"))),
         other => runtime()?.block_on(admin(other)),
     }
+}
+
+/// `tandem witness`: validate (`--check`: also read the keys, then exit) or run.
+fn witness(config: &std::path::Path, check: bool) -> Result<(), MainError> {
+    use tandem::witness::{WitnessConfig, WitnessError};
+    let cfg = WitnessConfig::load(config)?;
+    if check {
+        for (i, c) in cfg.clusters.iter().enumerate() {
+            c.key_bytes(i).map_err(WitnessError::Config)?;
+        }
+        let clusters: Vec<String> = cfg
+            .clusters
+            .iter()
+            .map(|c| {
+                let nodes: Vec<&str> = c.nodes.keys().map(String::as_str).collect();
+                format!("`{}` on port {} with {}", c.name, c.port, nodes.join(", "))
+            })
+            .collect();
+        println!(
+            "{}: ok (witness `{}`: {})",
+            config.display(),
+            cfg.witness.name,
+            clusters.join("; ")
+        );
+        return Ok(());
+    }
+    runtime()?.block_on(tandem::witness::run(cfg))?;
+    Ok(())
 }
 
 fn image_slot(slot: Option<String>) -> Result<tandem::image::Slot, MainError> {

@@ -32,8 +32,8 @@ use crate::mirror::fencing::{self, FenceAction, LocalFencing};
 use crate::placement::policy::{
     Action, GroupStatus, Input, Now, PeerView, Placement, PlacementConfig, PlacementError,
 };
-use crate::quorum::core::{QuorumConfig, QuorumCore, QuorumError};
-use crate::quorum::lease::LeaseConfig;
+use crate::quorum::core::{QuorumConfig, QuorumCore, QuorumError, QuorumTiming};
+use crate::quorum::outbox::Outbox;
 use crate::quorum::records::{PersistBatch, Restored};
 use crate::quorum::wire::{self, Dedup, QuorumPacket};
 
@@ -71,26 +71,21 @@ pub struct QuorumSettings {
 impl QuorumSettings {
     /// Derives the quorum settings for voter `local` (a node or the witness).
     pub fn from_config(cfg: &Config, local: &str) -> QuorumSettings {
-        let interval = cfg.heartbeat.interval.as_millis() as u64;
-        let dead = cfg.heartbeat.dead_time.as_millis() as u64;
-        let tick_ms = (interval / 2).max(10);
+        let timing = QuorumTiming {
+            interval: cfg.heartbeat.interval,
+            dead_time: cfg.heartbeat.dead_time,
+            lease: cfg.quorum.lease,
+            drift_ppm: cfg.quorum.drift_ppm,
+        };
         QuorumSettings {
-            core: QuorumConfig {
-                local: local.to_string(),
-                voters: cfg.voters(),
-                witness: cfg.witness.as_ref().map(|w| w.name.clone()),
-                tick_ms,
-                election_ticks: ((dead / tick_ms) as usize).max(4),
-                heartbeat_ticks: 2,
-                lease: LeaseConfig {
-                    lease_ms: cfg.quorum.lease.as_millis() as u64,
-                    drift_ppm: cfg.quorum.drift_ppm,
-                    dead_time_ms: dead,
-                    report_fresh_ms: 2 * interval + 100,
-                },
-            },
+            core: QuorumConfig::derive(
+                timing,
+                cfg.voters(),
+                cfg.witness.as_ref().map(|w| w.name.clone()),
+                local,
+            ),
             stop_margin_ms: cfg.quorum.stop_margin.as_millis() as u64,
-            reachable_ms: dead,
+            reachable_ms: cfg.heartbeat.dead_time.as_millis() as u64,
         }
     }
 }
@@ -291,10 +286,9 @@ pub struct NodeCore {
     /// Outdates being carried out: (mirror, generation).
     outdating: BTreeSet<(String, u64)>,
     quorum: Option<QuorumCore>,
-    /// Quorum datagrams: the next sequence number, and the copies already seen.
-    quorum_seq: u64,
+    /// Quorum datagrams: the header and sequence of ours, and the copies already seen.
+    outbox: Outbox,
     dedup: Dedup,
-    voters_digest: u64,
     /// (group, epoch) this node was allowed to start (the previous lease was over).
     start_cleared: BTreeSet<(String, u64)>,
     was_quorate: bool,
@@ -326,6 +320,7 @@ impl NodeCore {
             .quorum
             .as_ref()
             .map_or(0, |q| wire::voters_digest(&q.core.voters));
+        let outbox = Outbox::new(&cfg.cluster, cfg.local(), voters_digest, boot_id);
         let mut core = NodeCore {
             cfg,
             boot_id,
@@ -342,9 +337,8 @@ impl NodeCore {
             outdated_for: BTreeMap::new(),
             outdating: BTreeSet::new(),
             quorum: None,
-            quorum_seq: 0,
+            outbox,
             dedup: Dedup::default(),
-            voters_digest,
             start_cleared: BTreeSet::new(),
             was_quorate: false,
             pending_since: BTreeMap::new(),
@@ -772,6 +766,7 @@ mod tests {
     use crate::cluster::packet::MirrorRegister;
     use crate::config::Switchback;
     use crate::placement::policy::GroupPolicy;
+    use crate::quorum::lease::LeaseConfig;
 
     /// n1 of n1..n3 with one group; n3 has an address on the first path only.
     fn core() -> NodeCore {
@@ -859,7 +854,7 @@ mod tests {
             let p = QuorumPacket {
                 cluster: "c".into(),
                 from: "n3".into(),
-                voters_digest: c.voters_digest,
+                voters_digest: c.outbox.voters_digest(),
                 boot_id: 1,
                 seq: 1,
                 sent_ms: 5_000,

@@ -320,6 +320,26 @@ impl Lab {
             .unwrap_or(false)
     }
 
+    /// The demo group's local state on n1 and n2, read at the same moment (both
+    /// `status` commands run at once).
+    fn local_states(&self) -> (Option<String>, Option<String>) {
+        let spawn = |node: &str| {
+            let sock = self.socket(node);
+            tandem_cmd(&["status", "--json", "--socket", &sock])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()
+        };
+        let (a, b) = (spawn("n1"), spawn("n2"));
+        let read = |c: Option<std::process::Child>| -> Option<String> {
+            let out = c?.wait_with_output().ok()?;
+            let st: Value = serde_json::from_slice(&out.stdout).ok()?;
+            Self::group(&st)["local_state"].as_str().map(str::to_string)
+        };
+        (read(a), read(b))
+    }
+
     fn events_path(&self, node: &str) -> PathBuf {
         self.dir.join(node).join("state").join("events.jsonl")
     }
@@ -542,6 +562,10 @@ impl Lab {
                 "--- {n} events.jsonl (tail):\n{}",
                 tail(&self.events_path(n), 25)
             );
+        }
+        let witness_log = self.dir.join("w").join("witness.log");
+        if witness_log.exists() {
+            eprintln!("--- w witness.log (tail):\n{}", tail(&witness_log, 25));
         }
         let _ = std::io::stderr().flush();
     }
@@ -2043,4 +2067,196 @@ fn mirror_partial_resync_pause_resume_verify_and_wrong_key() {
         "wrong key was not refused: {outcome}"
     );
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+}
+
+// ------------------------------------------------------------- witness (quorum)
+
+/// The wall-clock time of `node`'s first `kind` event about the demo group at or after
+/// `since_ms`.
+fn event_time(lab: &Lab, node: &str, kind: &str, since_ms: u64) -> Option<u64> {
+    lab.events_of(node, kind)
+        .into_iter()
+        .filter(|e| e["fields"]["group"] == GROUP)
+        .filter_map(|e| e["time_ms"].as_u64())
+        .find(|t| *t >= since_ms)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Waits until both nodes agree that `owner` owns the demo group and it runs there.
+fn wait_owner_running(lab: &Lab, owner: &str, timeout: Duration) -> Duration {
+    let (_, d) = wait_for(
+        &format!("both nodes see {owner} own the group, running there"),
+        timeout,
+        || {
+            (lab.owner("n1").as_deref() == Some(owner)
+                && lab.owner("n2").as_deref() == Some(owner)
+                && lab.local_state(owner).as_deref() == Some("running"))
+            .then_some(())
+        },
+    );
+    d
+}
+
+/// After n1 was isolated: polls both nodes every ~50 ms until n2 has run the group
+/// for 2 s; returns the number of polled moments at which both ran it.
+fn poll_takeover(lab: &Lab) -> u32 {
+    let t0 = Instant::now();
+    let (mut polls, mut overlaps) = (0u32, 0u32);
+    let mut n1_down: Option<Duration> = None;
+    let mut n2_up: Option<Duration> = None;
+    loop {
+        let (s1, s2) = lab.local_states();
+        let at = t0.elapsed();
+        polls += 1;
+        if s1.as_deref() == Some("running") && s2.as_deref() == Some("running") {
+            overlaps += 1;
+            lab.note(&format!(
+                "OVERLAP: both nodes report the group running at +{} ms",
+                ms(at)
+            ));
+        }
+        if n1_down.is_none() && s1.as_deref() != Some("running") {
+            n1_down = Some(at);
+        }
+        if n2_up.is_none() && s2.as_deref() == Some("running") {
+            n2_up = Some(at);
+        }
+        if n2_up.is_some_and(|t| at > t + Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            at < Duration::from_secs(30),
+            "no takeover within 30 s of isolating n1: n1 {s1:?}, n2 {s2:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    lab.note(&format!(
+        "ISOLATE n1: polled both nodes {polls} times ({} ms apart on average); n1 stopped \
+         running at +{} ms, n2 running at +{} ms; moments with both running: {overlaps}",
+        ms(t0.elapsed()) / u128::from(polls.max(1)),
+        n1_down.map_or(0, ms),
+        n2_up.map_or(0, ms)
+    ));
+    overlaps
+}
+
+/// Quorum with a witness: the isolated owner (n1) stops the group by itself when its
+/// lease runs out, n2 (with the witness, a majority) takes it over only after that, and
+/// at no polled moment do both run it. Healing moves nothing back.
+#[test]
+fn witness_isolated_owner_stops_and_the_majority_takes_over() {
+    require_root!();
+    let lab = Lab::up("tlq-", &["--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let isolated_ms = wall_ms();
+    lab.lab(&["isolate", "n1"]);
+    let overlaps = poll_takeover(&lab);
+    assert_eq!(
+        overlaps, 0,
+        "the group ran on both nodes at {overlaps} polled moments"
+    );
+    assert_eq!(
+        lab.owner("n2").as_deref(),
+        Some("n2"),
+        "n2 does not own the group"
+    );
+
+    // n1 stopped by itself, for its lease, before n2 started (the event logs' clocks
+    // are the same machine's).
+    let (stopping, _) = wait_for(
+        "n1's lease stop in its event log",
+        Duration::from_secs(10),
+        || {
+            lab.events_of("n1", "group_stopping")
+                .into_iter()
+                .find(|e| e["time_ms"].as_u64() >= Some(isolated_ms))
+        },
+    );
+    let reason = stopping["fields"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("lease"),
+        "n1 stopped the group for another reason: {reason}"
+    );
+    let stopped = event_time(&lab, "n1", "group_stopped", isolated_ms).expect("n1 group_stopped");
+    let starting =
+        event_time(&lab, "n2", "group_starting", isolated_ms).expect("n2 group_starting");
+    let started = event_time(&lab, "n2", "group_started", isolated_ms).expect("n2 group_started");
+    lab.note(&format!(
+        "events: n1 group_stopping +{} ms ({reason}), group_stopped +{} ms; n2 group_starting \
+         +{} ms, group_started +{} ms; gap between n1 stopped and n2 starting: {} ms",
+        stopping["time_ms"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(isolated_ms),
+        stopped - isolated_ms,
+        starting - isolated_ms,
+        started - isolated_ms,
+        starting as i64 - stopped as i64
+    ));
+    assert!(
+        stopped <= starting,
+        "n2 started the group ({starting}) before n1 had stopped it ({stopped})"
+    );
+
+    // Healing: n1 comes back, follows the log, and nothing moves.
+    let n2_stops = lab.count("n2", "group_stopping");
+    let n1_starts = lab.count("n1", "group_starting");
+    lab.lab(&["heal", "n1"]);
+    let (_, d) = wait_for(
+        "n1 back, agreeing n2 owns the group",
+        Duration::from_secs(20),
+        || (lab.sees_alive("n1", "n2") && lab.owner("n1").as_deref() == Some("n2")).then_some(()),
+    );
+    lab.note(&format!(
+        "healed: n1 agrees on the owner after {} ms",
+        ms(d)
+    ));
+    lab.assert_stable("n2", &["n1", "n2"], 4);
+    assert_eq!(
+        lab.count("n2", "group_stopping"),
+        n2_stops,
+        "n2 stopped the group after the heal"
+    );
+    assert_eq!(
+        lab.count("n1", "group_starting"),
+        n1_starts,
+        "n1 started the group after the heal"
+    );
+}
+
+/// Quorum with a witness: losing the witness leaves the two nodes a majority; nothing
+/// stops or moves.
+#[test]
+fn witness_isolated_alone_changes_nothing() {
+    require_root!();
+    let lab = Lab::up("tlw-", &["--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let before: Vec<usize> = ["n1", "n2"]
+        .iter()
+        .map(|n| lab.count(n, "group_stopping") + lab.count(n, "quorum_lost"))
+        .collect();
+    lab.lab(&["isolate", "w"]);
+    lab.assert_stable("n1", &["n1", "n2"], 5);
+    for (i, n) in ["n1", "n2"].iter().enumerate() {
+        assert_eq!(
+            lab.count(n, "group_stopping") + lab.count(n, "quorum_lost"),
+            before[i],
+            "{n} stopped the group or lost the quorum while only the witness was isolated"
+        );
+        assert_eq!(lab.count(n, "failover_started"), 0, "failover on {n}");
+    }
+    assert_eq!(lab.count("n2", "group_starting"), 0, "n2 started the group");
+    lab.lab(&["heal", "w"]);
+    lab.assert_stable("n1", &["n1", "n2"], 2);
 }

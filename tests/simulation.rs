@@ -653,14 +653,15 @@ impl Sim {
                         GroupCommand::Maintenance(_) => {}
                     }
                 }
-                // No mirrors here, and replies are read by the admin requests.
+                // No mirrors and no quorum here, and replies are read by the admin
+                // requests.
                 NodeAction::RecordTimeline(_)
+                | NodeAction::SendQuorum { .. }
+                | NodeAction::PersistLog(_)
                 | NodeAction::PeerDead { .. }
                 | NodeAction::PeerOutdated { .. }
                 | NodeAction::OutdateSelf { .. }
                 | NodeAction::Reply { .. } => {}
-                // No quorum here (tests/quorum_sim.rs runs it).
-                NodeAction::SendQuorum { .. } | NodeAction::PersistLog(_) => {}
             }
         }
     }

@@ -1,5 +1,5 @@
 //! The command line (clap derive): the daemon, the admin commands that talk to it
-//! through the control API, config checking, the lab, the NBD server, benchmarks, and
+//! through the control API, config checking, the witness, the lab, the NBD server, benchmarks, and
 //! the demo service.
 
 pub mod render;
@@ -83,6 +83,16 @@ pub enum Cmd {
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
+    },
+    /// Run a witness: a voter with no resources for one or more clusters (see
+    /// docs/witness.example.toml).
+    Witness {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Validate the configuration (and read the key files), then exit; 2 if it is
+        /// wrong.
+        #[arg(long)]
+        check: bool,
     },
     /// A cluster of network namespaces on this machine.
     Lab {

@@ -34,7 +34,7 @@ pub enum ConfigError {
     Invalid { key: String, reason: String },
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -124,13 +124,13 @@ pub struct HeartbeatConfig {
     pub paths: Vec<String>,
 }
 
-fn default_interval() -> Duration {
+pub(crate) fn default_interval() -> Duration {
     Duration::from_millis(200)
 }
-fn default_dead_time() -> Duration {
+pub(crate) fn default_dead_time() -> Duration {
     Duration::from_secs(1)
 }
-fn default_port() -> u16 {
+pub(crate) fn default_port() -> u16 {
     5405
 }
 
@@ -427,13 +427,11 @@ impl Config {
 
     /// The cluster key bytes (from `key` or `key_file`).
     pub fn key_bytes(&self) -> Result<Vec<u8>, ConfigError> {
-        match (&self.cluster.key, &self.cluster.key_file) {
-            (Some(k), _) => Ok(k.as_bytes().to_vec()),
-            (None, Some(f)) => std::fs::read_to_string(f)
-                .map(|s| s.trim().as_bytes().to_vec())
-                .map_err(|e| invalid("cluster.key_file", format!("{}: {e}", f.display()))),
-            (None, None) => Err(invalid("cluster.key", "missing")),
-        }
+        key_bytes(
+            self.cluster.key.as_deref(),
+            self.cluster.key_file.as_deref(),
+            "cluster",
+        )
     }
 
     /// The node entry called `name`.
@@ -474,19 +472,11 @@ impl Config {
         if self.cluster.name.is_empty() || self.cluster.name.len() > 64 {
             return Err(invalid("cluster.name", "must be 1 to 64 characters"));
         }
-        match (&self.cluster.key, &self.cluster.key_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "cluster.key",
-                    "set either key or key_file, not both",
-                ))
-            }
-            (None, None) => return Err(invalid("cluster.key", "missing: set key or key_file")),
-            (Some(k), None) if k.len() < 16 => {
-                return Err(invalid("cluster.key", "must be at least 16 characters"))
-            }
-            _ => {}
-        }
+        check_key(
+            self.cluster.key.as_deref(),
+            self.cluster.key_file.as_deref(),
+            "cluster",
+        )?;
         let pt = self.cluster.vip_probe_timeout;
         if pt < Duration::from_millis(20) || pt > Duration::from_secs(5) {
             return Err(invalid("cluster.vip_probe_timeout", "must be 20ms to 5s"));
@@ -833,7 +823,10 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
     Ok((addr, prefix))
 }
 
-fn unique<'a>(names: impl Iterator<Item = &'a String>, key: &str) -> Result<(), ConfigError> {
+pub(crate) fn unique<'a>(
+    names: impl Iterator<Item = &'a String>,
+    key: &str,
+) -> Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     for n in names {
         if !seen.insert(n) {
@@ -891,7 +884,52 @@ fn depends_on_transitively(g: &GroupConfig, from: &str, on: &str) -> bool {
     false
 }
 
-fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
+/// A cluster key given in section `section` (`cluster`, `cluster[0]` of a witness):
+/// either `key` (at least 16 characters) or `key_file`, not both.
+pub(crate) fn check_key(
+    key: Option<&str>,
+    key_file: Option<&Path>,
+    section: &str,
+) -> Result<(), ConfigError> {
+    match (key, key_file) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{section}.key"),
+            "set either key or key_file, not both",
+        )),
+        (None, None) => Err(invalid(
+            format!("{section}.key"),
+            "missing: set key or key_file",
+        )),
+        (Some(k), None) if k.len() < 16 => Err(invalid(
+            format!("{section}.key"),
+            "must be at least 16 characters",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The key bytes of a section checked by [`check_key`]: `key`, or the trimmed contents
+/// of `key_file`.
+pub(crate) fn key_bytes(
+    key: Option<&str>,
+    key_file: Option<&Path>,
+    section: &str,
+) -> Result<Vec<u8>, ConfigError> {
+    match (key, key_file) {
+        (Some(k), _) => Ok(k.as_bytes().to_vec()),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map(|s| s.trim().as_bytes().to_vec())
+            .map_err(|e| {
+                invalid(
+                    format!("{section}.key_file"),
+                    format!("{}: {e}", f.display()),
+                )
+            }),
+        (None, None) => Err(invalid(format!("{section}.key"), "missing")),
+    }
+}
+
+pub(crate) fn check_name(name: &str, key: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 48
         && name

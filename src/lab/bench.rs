@@ -310,6 +310,7 @@ fn run_arm(
         tandem_bin: a.tandem_bin.clone(),
         engine,
         wait: a.wait,
+        witness: false,
     };
     println!("{engine} arm: building lab {prefix} (interval {interval} ms) ...");
     let mut state = super::up(&up, true)?;

@@ -1,14 +1,16 @@
 //! `tandem lab`: a whole failover cluster on one machine, built from network
 //! namespaces, veth pairs and bridges, with one Tandem daemon per node, plus
-//! fault injection (power loss, pause, heartbeat cuts, carrier loss, packet
-//! loss) and a failover benchmark against keepalived.
+//! fault injection (power loss, pause, heartbeat cuts, isolation, carrier loss,
+//! packet loss) and a failover benchmark against keepalived.
 //!
 //! Layout (prefix `tdm-` by default):
 //! * `<prefix>sw`: the "switch", bridges `brpub` (10.77.0.0/24), `brhb1`
 //!   (10.78.1.0/24) and `brhb2` (10.78.2.0/24);
 //! * `<prefix>n<i>`: node `n<i>` with `pub0` (10.77.0.1<i>), `pub1` (same
 //!   LAN, no address), `hb1` (10.78.1.1<i>), `hb2` (10.78.2.1<i>);
-//! * `<prefix>cl`: client with `eth0` 10.77.0.2; the VIP is 10.77.0.100.
+//! * `<prefix>cl`: client with `eth0` 10.77.0.2; the VIP is 10.77.0.100;
+//! * `<prefix>w` (`lab up --witness`): `tandem witness` with `hb1` (10.78.1.200) on
+//!   `brhb1`, the third voter; every node names it in `[witness]`.
 //!
 //! The lab is a test harness: it shells out to `ip` and `nft`.
 
@@ -194,6 +196,10 @@ pub struct UpArgs {
     /// Seconds to wait for the VIP to answer.
     #[arg(long, default_value_t = 20)]
     pub wait: u64,
+    /// Add a witness (`tandem witness` in its own namespace on the first heartbeat
+    /// LAN): two nodes and the witness decide by majority.
+    #[arg(long)]
+    pub witness: bool,
 }
 
 /// Options of `lab down`.
@@ -255,8 +261,22 @@ pub enum LabCommand {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Remove every cut and loss rule in the lab.
-    Heal(DirArg),
+    /// Drop all IPv4 and ARP traffic of a node (or the witness, `w`) on every link
+    /// but loopback; the links stay up.
+    Isolate {
+        /// Node (`n1` or `1`), or `w` for the witness.
+        node: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Remove the cut, isolation and loss rules of one node (or `w`), or of the whole
+    /// lab.
+    Heal {
+        /// Node (`n1` or `1`) or `w`; default: every namespace of the lab.
+        node: Option<String>,
+        #[command(flatten)]
+        dir: DirArg,
+    },
     /// Carrier change: set the switch-side end of a node's interface up or down.
     Link {
         /// Node (`n1` or `1`).
@@ -338,6 +358,23 @@ pub struct NodeState {
     pub procs: Vec<ProcSpec>,
 }
 
+/// The witness in `lab.json` (`lab up --witness`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WitnessState {
+    /// Its voter name (`w`).
+    pub name: String,
+    /// Network namespace.
+    pub netns: String,
+    /// Its address on the first heartbeat LAN.
+    pub addr: String,
+    /// Its directory (config, log, state).
+    pub dir: PathBuf,
+    /// `tandem witness` configuration.
+    pub config: PathBuf,
+    /// The daemon.
+    pub proc: ProcSpec,
+}
+
 /// `lab.json`: everything later subcommands need.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabState {
@@ -361,6 +398,9 @@ pub struct LabState {
     pub client_ns: String,
     /// Nodes.
     pub nodes: Vec<NodeState>,
+    /// The witness, if the lab has one.
+    #[serde(default)]
+    pub witness: Option<WitnessState>,
 }
 
 impl LabState {
@@ -370,6 +410,15 @@ impl LabState {
 
     fn node_names(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// The namespace of a node (`n1`, `1`) or of the witness (`w`).
+    fn target_ns(&self, spec: &str) -> Result<(String, String), LabError> {
+        if let Some(w) = self.witness.as_ref().filter(|w| w.name == spec.trim()) {
+            return Ok((w.name.clone(), w.netns.clone()));
+        }
+        let i = self.node_index(spec)?;
+        Ok((self.nodes[i].name.clone(), self.nodes[i].netns.clone()))
     }
 
     fn node_index(&self, spec: &str) -> Result<usize, LabError> {
@@ -424,7 +473,14 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             let i = state.node_index(&node)?;
             cut(&state, i, &path)
         }
-        LabCommand::Heal(d) => heal(&LabState::load(&d.dir)?),
+        LabCommand::Isolate { node, dir } => isolate(&LabState::load(&dir.dir)?, &node),
+        LabCommand::Heal { node, dir } => {
+            let state = LabState::load(&dir.dir)?;
+            match node {
+                Some(n) => heal_one(&state, &n),
+                None => heal(&state),
+            }
+        }
         LabCommand::Link {
             node,
             iface,
@@ -524,6 +580,9 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| LabError::io(format!("creating {}", args.dir.display()), e))?;
     build_topology(&plan)?;
+    if args.witness {
+        wire_witness(&plan)?;
+    }
     net::check_interrupt()?;
 
     let nodes = plan
@@ -531,6 +590,11 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
         .iter()
         .map(|n| engines.node_state(args, &plan, n))
         .collect::<Result<Vec<_>, _>>()?;
+    let witness = if args.witness {
+        Some(engines.witness_state(args, &plan)?)
+    } else {
+        None
+    };
     let mut state = LabState {
         prefix: args.prefix.clone(),
         dir: args.dir.clone(),
@@ -542,8 +606,10 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
         switch_ns: plan.switch_ns.clone(),
         client_ns: plan.client_ns.clone(),
         nodes,
+        witness,
     };
     state.save()?;
+    start_witness(&mut state)?;
     for i in 0..state.nodes.len() {
         start_node(&mut state, i)?;
     }
@@ -570,6 +636,11 @@ fn check_up_args(args: &UpArgs) -> Result<(), LabError> {
     if args.engine == Engine::Keepalived {
         keepalived::advert_int(args.interval)?;
     }
+    if args.witness && (args.engine != Engine::Tandem || args.nodes < 2) {
+        return Err(LabError::Invalid(
+            "--witness needs engine tandem and two or more nodes".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -581,9 +652,11 @@ fn check_not_up(args: &UpArgs, plan: &Plan) -> Result<(), LabError> {
             args.dir.join("lab.json").display()
         )));
     }
+    let mut ours = plan.all_netns();
+    ours.push(plan.witness().netns);
     let existing: Vec<String> = net::list_netns()?
         .into_iter()
-        .filter(|n| plan.all_netns().contains(n))
+        .filter(|n| ours.contains(n))
         .collect();
     if !existing.is_empty() {
         return Err(LabError::AlreadyUp(format!(
@@ -711,6 +784,7 @@ impl Engines {
                 tandem_bin: &self.tandem_bin,
                 state_dir: &state_dir.to_string_lossy(),
                 socket: &socket.to_string_lossy(),
+                witness: args.witness,
             },
         );
         write_file(&conf, &text)?;
@@ -722,17 +796,58 @@ impl Engines {
             "--node".into(),
             n.name.clone(),
         ];
-        // The daemon's log filter; silence a noisy netlink parser
-        // warning unless the caller chose a filter.
-        let log_filter = std::env::var("TANDEM_LOG")
-            .unwrap_or_else(|_| "info,netlink_packet_route=error".into());
         let proc = ProcSpec {
             argv,
-            env: vec![("TANDEM_LOG".into(), log_filter)],
+            env: vec![("TANDEM_LOG".into(), log_filter())],
             log: dir.join("tandem.log"),
             pid: None,
         };
         Ok((conf, socket, proc))
+    }
+
+    /// The witness's directory, configuration (written) and daemon (not started yet).
+    fn witness_state(&self, args: &UpArgs, plan: &Plan) -> Result<WitnessState, LabError> {
+        let w = plan.witness();
+        let dir = args.dir.join(topology::WITNESS);
+        let state_dir = dir.join("state");
+        std::fs::create_dir_all(&state_dir)
+            .map_err(|e| LabError::io(format!("creating {}", state_dir.display()), e))?;
+        let conf = dir.join("witness.toml");
+        let text = topology::render_witness_config(
+            plan,
+            &topology::ConfigParams {
+                key: &self.key,
+                interval_ms: args.interval,
+                dead_time_ms: args
+                    .dead_time
+                    .unwrap_or_else(|| topology::dead_time_ms(args.interval)),
+                switchback: args.switchback.as_str(),
+                tandem_bin: &self.tandem_bin,
+                state_dir: &state_dir.to_string_lossy(),
+                socket: "",
+                witness: true,
+            },
+        );
+        write_file(&conf, &text)?;
+        let proc = ProcSpec {
+            argv: vec![
+                self.tandem_bin.clone(),
+                "witness".into(),
+                "--config".into(),
+                conf.to_string_lossy().into_owned(),
+            ],
+            env: vec![("TANDEM_LOG".into(), log_filter())],
+            log: dir.join("witness.log"),
+            pid: None,
+        };
+        Ok(WitnessState {
+            name: topology::WITNESS.into(),
+            netns: w.netns.clone(),
+            addr: w.addr(),
+            dir,
+            config: conf,
+            proc,
+        })
     }
 
     /// The built-in HTTP responder answering with `n`'s name.
@@ -752,6 +867,12 @@ impl Engines {
             pid: None,
         }
     }
+}
+
+/// The daemons' log filter; silences a noisy netlink parser warning unless the caller
+/// chose a filter.
+fn log_filter() -> String {
+    std::env::var("TANDEM_LOG").unwrap_or_else(|_| "info,netlink_packet_route=error".into())
 }
 
 /// Wait up to `wait_s` seconds for the VIP to answer; the timeout's message says
@@ -953,6 +1074,60 @@ fn wire_client(plan: &Plan) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The witness's namespace (lo up, no IPv6) and its one link to the first heartbeat
+/// bridge.
+fn wire_witness(plan: &Plan) -> Result<(), LabError> {
+    let w = plan.witness();
+    net::ip(&["netns", "add", &w.netns])?;
+    net::sysctl(&w.netns, "net.ipv6.conf.all.disable_ipv6", "1")?;
+    net::sysctl(&w.netns, "net.ipv6.conf.default.disable_ipv6", "1")?;
+    net::ipn(&w.netns, &["link", "set", "lo", "up"])?;
+    net::ipn(
+        &plan.switch_ns,
+        &[
+            "link",
+            "add",
+            &w.iface.switch_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &w.iface.name,
+            "netns",
+            &w.netns,
+        ],
+    )?;
+    net::ipn(
+        &plan.switch_ns,
+        &[
+            "link",
+            "set",
+            &w.iface.switch_end,
+            "master",
+            w.iface.bridge,
+            "up",
+        ],
+    )?;
+    net::ip_batch(
+        &w.netns,
+        &[
+            format!("addr add {} dev {}", topology::WITNESS_CIDR, w.iface.name),
+            format!("link set {} up", w.iface.name),
+        ],
+    )
+}
+
+/// Start the witness daemon, if the lab has one, and record its pid.
+fn start_witness(state: &mut LabState) -> Result<(), LabError> {
+    let Some(w) = state.witness.as_mut() else {
+        return Ok(());
+    };
+    let pid = net::spawn_detached(&w.netns, &w.proc.argv, &w.proc.env, &w.proc.log)?;
+    w.proc.pid = Some(pid);
+    debug!(pid, "witness started");
+    Ok(())
+}
+
 /// Start every process of node `i` (engine first) and record the pids.
 fn start_node(state: &mut LabState, i: usize) -> Result<(), LabError> {
     let node = &mut state.nodes[i];
@@ -1126,10 +1301,27 @@ fn heal_ns(ns: &str) -> Result<usize, LabError> {
     Ok(tables.len())
 }
 
+/// `lab isolate`: every IPv4 and ARP packet of the node (or witness) dropped.
+fn isolate(state: &LabState, spec: &str) -> Result<(), LabError> {
+    let (name, ns) = state.target_ns(spec)?;
+    net::nft_script(&ns, &topology::nft_isolate_script())?;
+    println!("{name}: isolated (all IPv4 and ARP dropped both ways, loopback spared; links up)");
+    Ok(())
+}
+
+/// `lab heal NODE`: the cut, isolation and loss rules of one namespace.
+fn heal_one(state: &LabState, spec: &str) -> Result<(), LabError> {
+    let (name, ns) = state.target_ns(spec)?;
+    let removed = heal_ns(&ns)?;
+    println!("{name}: healed, removed {removed} rule table(s)");
+    Ok(())
+}
+
 fn heal(state: &LabState) -> Result<(), LabError> {
     let mut removed = 0;
     let mut all: Vec<String> = vec![state.switch_ns.clone(), state.client_ns.clone()];
     all.extend(state.nodes.iter().map(|n| n.netns.clone()));
+    all.extend(state.witness.iter().map(|w| w.netns.clone()));
     for ns in all.iter().filter(|ns| net::netns_exists(ns)) {
         removed += heal_ns(ns)?;
     }
@@ -1171,7 +1363,7 @@ fn loss(state: &LabState, path: &str, percent: u8) -> Result<(), LabError> {
 /// Whether `ns` is a namespace of a lab with `prefix`.
 fn is_lab_ns(prefix: &str, ns: &str) -> bool {
     match ns.strip_prefix(prefix) {
-        Some("sw") | Some("cl") => true,
+        Some("sw") | Some("cl") | Some(topology::WITNESS) => true,
         Some(rest) => rest
             .strip_prefix('n')
             .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit())),
@@ -1215,7 +1407,7 @@ fn remove_lab_files(dir: &Path) -> Result<(), LabError> {
         let node_dir = name
             .strip_prefix('n')
             .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()));
-        let res = if node_dir && path.is_dir() {
+        let res = if (node_dir || name == topology::WITNESS) && path.is_dir() {
             std::fs::remove_dir_all(&path)
         } else if name == "lab.json" || name == "lab.json.tmp" {
             std::fs::remove_file(&path)
@@ -1295,6 +1487,15 @@ fn print_summary(state: &LabState) {
             );
         }
     }
+    if let Some(w) = &state.witness {
+        println!(
+            "  witness {} (ns {}, {}): log {}",
+            w.name,
+            w.netns,
+            w.addr,
+            w.proc.log.display()
+        );
+    }
     for n in &state.nodes {
         let logs: Vec<String> = n
             .procs
@@ -1308,7 +1509,7 @@ fn print_summary(state: &LabState) {
     } else {
         format!(" --dir {}", state.dir.display())
     };
-    println!("  faults: tandem lab fail n1 kill | cut n1 all | link n1 pub0 down | loss hb1 30 | heal{dir_flag}");
+    println!("  faults: tandem lab fail n1 kill | cut n1 all | isolate n1 | link n1 pub0 down | loss hb1 30 | heal [n1]{dir_flag}");
     println!("  teardown: tandem lab down{dir_flag}");
 }
 
@@ -1350,6 +1551,9 @@ fn status(dir: &Path) -> Result<(), LabError> {
     for n in &state.nodes {
         print_node_status(n);
     }
+    if let Some(w) = &state.witness {
+        print_witness_status(w);
+    }
     if let Ok(v) = net::ipn(&state.switch_ns, &["-br", "link", "show"]) {
         let down: Vec<&str> = v
             .lines()
@@ -1389,6 +1593,32 @@ fn print_node_status(n: &NodeState) {
         let tables = topology::parse_lab_tables(&t);
         if !tables.is_empty() {
             let names: Vec<_> = tables.into_iter().map(|(_, n)| n).collect();
+            println!("    faults: {}", names.join(", "));
+        }
+    }
+}
+
+/// `lab status` of the witness: its daemon and the faults injected into it.
+fn print_witness_status(w: &WitnessState) {
+    let present = net::netns_exists(&w.netns);
+    println!(
+        "  witness {} (ns {}{}, {})",
+        w.name,
+        w.netns,
+        if present { "" } else { ", MISSING" },
+        w.addr
+    );
+    print_proc_status(&w.proc);
+    if !present {
+        return;
+    }
+    if let Ok(t) = net::nft_list_tables(&w.netns) {
+        let tables = topology::parse_lab_tables(&t);
+        if !tables.is_empty() {
+            let names: Vec<_> = tables
+                .into_iter()
+                .map(|(f, n)| format!("{f} {n}"))
+                .collect();
             println!("    faults: {}", names.join(", "));
         }
     }
@@ -1470,6 +1700,7 @@ mod tests {
         assert!(is_lab_ns("tdm-", "tdm-sw"));
         assert!(is_lab_ns("tdm-", "tdm-cl"));
         assert!(is_lab_ns("tdm-", "tdm-n12"));
+        assert!(is_lab_ns("tdm-", "tdm-w"));
         assert!(!is_lab_ns("tdm-", "tdm-n"));
         assert!(!is_lab_ns("tdm-", "tdm-other"));
         assert!(!is_lab_ns("tdm-", "tdb-n1"));
@@ -1497,6 +1728,17 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["lab", "loss", "hb1", "101"]).is_err());
+        let c = Cli::try_parse_from(["lab", "up", "--witness"]).unwrap();
+        assert!(matches!(
+            c.cmd,
+            LabCommand::Up(UpArgs { witness: true, .. })
+        ));
+        let c = Cli::try_parse_from(["lab", "isolate", "w"]).unwrap();
+        assert!(matches!(c.cmd, LabCommand::Isolate { ref node, .. } if node == "w"));
+        let c = Cli::try_parse_from(["lab", "heal", "n1"]).unwrap();
+        assert!(matches!(c.cmd, LabCommand::Heal { node: Some(ref n), .. } if n == "n1"));
+        let c = Cli::try_parse_from(["lab", "heal"]).unwrap();
+        assert!(matches!(c.cmd, LabCommand::Heal { node: None, .. }));
     }
 
     #[cfg(feature = "bench")]
@@ -1521,6 +1763,7 @@ mod tests {
             switch_ns: "tdm-sw".into(),
             client_ns: "tdm-cl".into(),
             nodes: vec![],
+            witness: None,
         };
         s.save().unwrap();
         let back = LabState::load(&dir).unwrap();

@@ -51,6 +51,10 @@ pub const HEARTBEAT_PORT: u16 = 5405;
 pub const NFT_TABLE_PREFIX: &str = "tdmlab_";
 /// Largest cluster the address plan supports.
 pub const MAX_NODES: usize = 16;
+/// The witness's voter name (`lab up --witness`).
+pub const WITNESS: &str = "w";
+/// The witness's address on the first heartbeat LAN (its only link).
+pub const WITNESS_CIDR: &str = "10.78.1.200/24";
 
 /// One interface of a node: the name inside the node namespace, the name of
 /// the switch-side veth end, the bridge it is plugged into and its address.
@@ -108,6 +112,23 @@ pub struct Plan {
     pub client_switch_end: String,
     /// Nodes, index 1..=N.
     pub nodes: Vec<NodePlan>,
+}
+
+/// The witness (`lab up --witness`): its own namespace with one link, `hb1`, on the
+/// first heartbeat bridge, so every node reaches it on its first heartbeat path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessPlan {
+    /// Network namespace (`tdm-w`).
+    pub netns: String,
+    /// Its one interface: `hb1` on `brhb1`.
+    pub iface: NodeIface,
+}
+
+impl WitnessPlan {
+    /// Its address (without prefix length).
+    pub fn addr(&self) -> String {
+        strip_prefix_len(WITNESS_CIDR)
+    }
 }
 
 /// Errors of the pure planning layer.
@@ -192,6 +213,19 @@ impl Plan {
         })
     }
 
+    /// The witness's namespace and link (created only with `--witness`).
+    pub fn witness(&self) -> WitnessPlan {
+        WitnessPlan {
+            netns: format!("{}{WITNESS}", self.prefix),
+            iface: NodeIface {
+                name: HB_PATHS[0].into(),
+                switch_end: format!("{WITNESS}{}", HB_PATHS[0]),
+                bridge: BR_HB[0],
+                cidr: Some(WITNESS_CIDR.into()),
+            },
+        }
+    }
+
     /// Every namespace of the lab, switch first.
     pub fn all_netns(&self) -> Vec<String> {
         let mut v = vec![self.switch_ns.clone(), self.client_ns.clone()];
@@ -260,6 +294,8 @@ pub struct ConfigParams<'a> {
     pub state_dir: &'a str,
     /// API socket of this node.
     pub socket: &'a str,
+    /// Name the lab's witness as a voter (`lab up --witness`).
+    pub witness: bool,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -305,6 +341,13 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
             .collect();
         let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
     }
+    if p.witness {
+        let w = plan.witness();
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[witness]");
+        let _ = writeln!(s, "name = {}", q(WITNESS));
+        let _ = writeln!(s, "addresses = {{ {} = {} }}", w.iface.name, q(&w.addr()));
+    }
     render_mirror(&mut s, plan, p);
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group]]");
@@ -340,6 +383,31 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
         "quickcheck = {{ probe = \"http\", url = \"http://127.0.0.1:{SERVICE_PORT}/health\", \
          expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}"
     );
+    s
+}
+
+/// Render `tandem witness`'s configuration: the lab cluster, every node at its
+/// address on the witness's heartbeat LAN.
+pub fn render_witness_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
+    let w = plan.witness();
+    let mut s = String::new();
+    let _ = writeln!(s, "[witness]");
+    let _ = writeln!(s, "name = {}", q(WITNESS));
+    let _ = writeln!(s, "state_dir = {}", q(p.state_dir));
+    let _ = writeln!(s, "listen = \"0.0.0.0\"");
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[cluster]]");
+    let _ = writeln!(s, "name = \"lab\"");
+    let _ = writeln!(s, "key = {}", q(p.key));
+    let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
+    let _ = writeln!(s, "interval = {}", q(&fmt_ms(p.interval_ms)));
+    let _ = writeln!(s, "dead_time = {}", q(&fmt_ms(p.dead_time_ms)));
+    let _ = writeln!(s, "[cluster.nodes]");
+    for n in &plan.nodes {
+        if let Some(a) = n.hb_addr(&w.iface.name) {
+            let _ = writeln!(s, "{} = [{}]", n.name, q(&a));
+        }
+    }
     s
 }
 
@@ -396,6 +464,32 @@ fn render_mirror(s: &mut String, plan: &Plan, p: &ConfigParams<'_>) {
 /// Name of the nftables table that cuts interface `iface`.
 pub fn cut_table(iface: &str) -> String {
     format!("{NFT_TABLE_PREFIX}cut_{iface}")
+}
+
+/// Name of the nftables tables (`inet` and `arp`) that isolate a namespace.
+pub fn isolate_table() -> String {
+    format!("{NFT_TABLE_PREFIX}isolate")
+}
+
+/// nft script that (re)creates the tables isolating a namespace: every IPv4 packet
+/// and every ARP packet in and out is dropped, on every link but loopback (the node's
+/// own health checks and NBD export keep working); the links stay up.
+pub fn nft_isolate_script() -> String {
+    let t = isolate_table();
+    format!(
+        "table inet {t}\n\
+         delete table inet {t}\n\
+         table inet {t} {{\n\
+         \tchain input {{ type filter hook input priority -300; policy accept; iifname \"lo\" accept; meta nfproto ipv4 drop; }}\n\
+         \tchain output {{ type filter hook output priority -300; policy accept; oifname \"lo\" accept; meta nfproto ipv4 drop; }}\n\
+         }}\n\
+         table arp {t}\n\
+         delete table arp {t}\n\
+         table arp {t} {{\n\
+         \tchain input {{ type filter hook input priority 0; policy drop; }}\n\
+         \tchain output {{ type filter hook output priority 0; policy drop; }}\n\
+         }}\n"
+    )
 }
 
 /// Name of the nftables table that applies random loss on `iface`.
@@ -558,6 +652,7 @@ mod tests {
                 tandem_bin: "/opt/t \"x\"/tandem",
                 state_dir: "/run/tandem-lab/n1/state",
                 socket: "/run/tandem-lab/n1/tandem.sock",
+                witness: false,
             },
         );
         let v: toml::Value = toml::from_str(&text).expect("valid toml");
@@ -634,7 +729,54 @@ mod tests {
     }
 
     #[test]
+    fn witness_configs() {
+        let p = Plan::new("tdm-", 2).unwrap();
+        let w = p.witness();
+        assert_eq!(w.netns, "tdm-w");
+        assert_eq!(w.iface.switch_end, "whb1");
+        assert_eq!(w.iface.bridge, "brhb1");
+        assert_eq!(w.addr(), "10.78.1.200");
+        let params = ConfigParams {
+            key: "00112233445566778899aabbccddeeff",
+            interval_ms: 200,
+            dead_time_ms: 1000,
+            switchback: "manual",
+            tandem_bin: "/usr/bin/tandem",
+            state_dir: "/run/tandem-lab/w/state",
+            socket: "/run/tandem-lab/n1/tandem.sock",
+            witness: true,
+        };
+        let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
+            .expect("the daemon accepts it");
+        assert!(node.quorum_enabled(), "two nodes and a witness vote");
+        let wref = node.witness.as_ref().expect("[witness]");
+        assert_eq!(wref.name, WITNESS);
+        assert_eq!(wref.addresses["hb1"].to_string(), "10.78.1.200");
+        let text = render_witness_config(&p, &params);
+        let wc = crate::witness::WitnessConfig::parse(&text).expect("the witness accepts it");
+        let c = &wc.clusters[0];
+        assert_eq!(c.name, node.cluster.name);
+        assert_eq!(c.port, node.heartbeat.port);
+        assert_eq!(c.interval, node.heartbeat.interval);
+        assert_eq!(c.dead_time, node.heartbeat.dead_time);
+        assert_eq!(c.nodes["n2"][0].to_string(), "10.78.1.12");
+        assert_eq!(
+            crate::quorum::wire::voters_digest(&c.voters(WITNESS)),
+            crate::quorum::wire::voters_digest(&node.voters())
+        );
+    }
+
+    #[test]
     fn nft_scripts() {
+        let i = nft_isolate_script();
+        assert!(i.contains("table inet tdmlab_isolate {"));
+        assert!(i.contains("table arp tdmlab_isolate {"));
+        assert!(i.contains("iifname \"lo\" accept; meta nfproto ipv4 drop;"));
+        assert!(i.contains("oifname \"lo\" accept; meta nfproto ipv4 drop;"));
+        assert_eq!(
+            parse_lab_tables("table inet tdmlab_isolate\ntable arp tdmlab_isolate\n").len(),
+            2
+        );
         let c = nft_cut_script("hb1");
         assert!(c.starts_with("table inet tdmlab_cut_hb1\ndelete table inet tdmlab_cut_hb1\n"));
         assert!(c.contains("iifname \"hb1\" drop"));

@@ -11,12 +11,8 @@ use crate::mirror::fencing::FenceAction;
 use crate::placement::policy::{Now, Proposal, QuorumGate};
 use crate::quorum::core::{QuorumAction, QuorumCore};
 use crate::quorum::decision::{Applied, Decision};
-use crate::quorum::wire::{QuorumMsg, QuorumPacket};
-
-/// Raft bytes per datagram before another one is started.
-const DATAGRAM_RAFT_BYTES: usize = 48 * 1024;
-/// Messages per datagram (the codec's limit is 64).
-const DATAGRAM_MSGS: usize = 48;
+use crate::quorum::outbox::{self, Outgoing, Refused};
+use crate::quorum::wire::QuorumPacket;
 
 impl NodeCore {
     /// Calls into the quorum core (if any) and carries out what it returns.
@@ -40,65 +36,38 @@ impl NodeCore {
         if self.quorum.is_none() {
             return;
         }
-        if p.voters_digest != self.voters_digest {
-            tracing::warn!(from = %p.from, "quorum datagram from a node with another voter list dropped");
-            return;
-        }
-        if !self.dedup.accept(&p.from, p.boot_id, p.seq) {
-            return;
+        match outbox::admit(&mut self.dedup, self.outbox.voters_digest(), &p) {
+            Ok(()) => {}
+            Err(Refused::ForeignVoters) => {
+                tracing::warn!(from = %p.from, "quorum datagram from a node with another voter list dropped");
+                return;
+            }
+            Err(Refused::Duplicate) => return,
         }
         let (from, sent_ms, msgs) = (p.from, p.sent_ms, p.msgs);
         self.quorum_call(now, out, |q, now, o| q.step(now, &from, sent_ms, msgs, o));
     }
 
     /// Turns the quorum core's actions into node actions: messages to the same voter
-    /// share datagrams, but never across a log write (raft's order).
+    /// share datagrams, but never across a log write (raft's order; see
+    /// [`outbox::Outbox::coalesce`]).
     fn quorum_out(&mut self, now: Now, actions: Vec<QuorumAction>, out: &mut Vec<NodeAction>) {
-        let mut pending: Vec<(String, Vec<QuorumMsg>)> = Vec::new();
         let mut committed = false;
-        for a in actions {
-            match a {
-                QuorumAction::Send { to, msgs } => {
-                    for m in msgs {
-                        push_msg(&mut pending, &to, m);
-                    }
-                }
-                QuorumAction::Persist(b) => {
-                    self.flush(now, &mut pending, out);
-                    out.push(NodeAction::PersistLog(b));
-                }
-                QuorumAction::Applied(applied) => {
+        for o in self.outbox.coalesce(now.mono_ms, actions) {
+            match o {
+                Outgoing::Send { to, packet } => out.push(NodeAction::SendQuorum {
+                    to,
+                    packet: Box::new(packet),
+                }),
+                Outgoing::Persist(b) => out.push(NodeAction::PersistLog(b)),
+                Outgoing::Applied(applied) => {
                     committed = true;
                     self.applied_event(applied, out);
                 }
             }
         }
-        self.flush(now, &mut pending, out);
         if committed {
             self.peers_changed = true;
-        }
-    }
-
-    fn flush(
-        &mut self,
-        now: Now,
-        pending: &mut Vec<(String, Vec<QuorumMsg>)>,
-        out: &mut Vec<NodeAction>,
-    ) {
-        for (to, msgs) in pending.drain(..) {
-            self.quorum_seq += 1;
-            out.push(NodeAction::SendQuorum {
-                to,
-                packet: Box::new(QuorumPacket {
-                    cluster: self.cfg.cluster.clone(),
-                    from: self.cfg.local().to_string(),
-                    voters_digest: self.voters_digest,
-                    boot_id: self.boot_id,
-                    seq: self.quorum_seq,
-                    sent_ms: now.mono_ms,
-                    msgs,
-                }),
-            });
         }
     }
 
@@ -368,29 +337,6 @@ impl NodeCore {
         self.quorum.as_ref()
     }
 }
-
-fn push_msg(pending: &mut Vec<(String, Vec<QuorumMsg>)>, to: &str, m: QuorumMsg) {
-    let size = |msgs: &[QuorumMsg]| -> usize {
-        msgs.iter()
-            .map(|m| match m {
-                QuorumMsg::Raft(b) => b.len(),
-                _ => 64,
-            })
-            .sum()
-    };
-    if let Some((_, msgs)) = pending.iter_mut().rev().find(|(t, _)| t == to) {
-        let add = match &m {
-            QuorumMsg::Raft(b) => b.len(),
-            _ => 64,
-        };
-        if msgs.len() < DATAGRAM_MSGS && size(msgs) + add <= DATAGRAM_RAFT_BYTES {
-            msgs.push(m);
-            return;
-        }
-    }
-    pending.push((to.to_string(), vec![m]));
-}
-
 /// Notes the epochs live peers run groups at (they were cleared to), and forgets epochs
 /// older than the previous one.
 fn note_running_peers(

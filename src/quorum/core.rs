@@ -12,6 +12,7 @@
 //! replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message};
@@ -43,7 +44,48 @@ pub struct QuorumConfig {
     pub lease: LeaseConfig,
 }
 
+/// The cluster-wide timing every voter derives its quorum core from: the heartbeat
+/// interval and dead time, and `[quorum]`'s lease and drift bound. Nodes and the
+/// witness must agree on all four.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuorumTiming {
+    pub interval: Duration,
+    pub dead_time: Duration,
+    pub lease: Duration,
+    pub drift_ppm: u64,
+}
+
 impl QuorumConfig {
+    /// The core's settings for voter `local` among `voters`: one raft tick per half
+    /// heartbeat interval (at least 10 ms), an election timeout of the dead time, a
+    /// leader heartbeat every two ticks, and the lease rules. The node daemon
+    /// (`node::QuorumSettings::from_config`) and `tandem witness` both build theirs here,
+    /// so that every voter of a cluster runs the same rules.
+    pub fn derive(
+        t: QuorumTiming,
+        voters: Vec<String>,
+        witness: Option<String>,
+        local: &str,
+    ) -> QuorumConfig {
+        let interval = t.interval.as_millis() as u64;
+        let dead = t.dead_time.as_millis() as u64;
+        let tick_ms = (interval / 2).max(10);
+        QuorumConfig {
+            local: local.to_string(),
+            voters,
+            witness,
+            tick_ms,
+            election_ticks: ((dead / tick_ms) as usize).max(4),
+            heartbeat_ticks: 2,
+            lease: LeaseConfig {
+                lease_ms: t.lease.as_millis() as u64,
+                drift_ppm: t.drift_ppm,
+                dead_time_ms: dead,
+                report_fresh_ms: 2 * interval + 100,
+            },
+        }
+    }
+
     /// Raft id of a voter: its position in the sorted voter list, from 1.
     pub fn id_of(&self, name: &str) -> Option<u64> {
         let mut v = self.voters.clone();
