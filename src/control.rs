@@ -24,6 +24,10 @@ pub enum ControlError {
     /// The request clashes with the current state: already done, or busy (HTTP 422).
     #[error("{0}")]
     Conflict(String),
+    /// A group is starting or stopping somewhere: the same request may succeed once it
+    /// settles (HTTP 423). A switchover waits this out within its timeout.
+    #[error("{0}")]
+    Busy(String),
     /// The request was carried out but did not finish in time (HTTP 504).
     #[error("{0}")]
     Timeout(String),
@@ -39,6 +43,7 @@ impl ControlError {
             ControlError::NotFound(_) => 404,
             ControlError::Refused(_) => 409,
             ControlError::Conflict(_) => 422,
+            ControlError::Busy(_) => 423,
             ControlError::Timeout(_) => 504,
             ControlError::Unavailable(_) => 503,
         }
@@ -51,6 +56,7 @@ impl ControlError {
             404 => ControlError::NotFound(msg),
             409 => ControlError::Refused(msg),
             422 => ControlError::Conflict(msg),
+            423 => ControlError::Busy(msg),
             504 => ControlError::Timeout(msg),
             503 => ControlError::Unavailable(msg),
             _ => return None,
@@ -70,13 +76,13 @@ impl From<PlacementError> for ControlError {
             PlacementError::UnknownGroup(_) | PlacementError::UnknownNode(_) => {
                 ControlError::NotFound(msg)
             }
-            PlacementError::AlreadyThere { .. } | PlacementError::Busy { .. } => {
-                ControlError::Conflict(msg)
-            }
+            PlacementError::AlreadyThere { .. } => ControlError::Conflict(msg),
+            PlacementError::Busy { .. } => ControlError::Busy(msg),
             PlacementError::NodeNotLive(_)
             | PlacementError::NotEligible { .. }
             | PlacementError::InMaintenance(_)
-            | PlacementError::NoTarget(_) => ControlError::Refused(msg),
+            | PlacementError::NoTarget(_)
+            | PlacementError::NoQuorum(_) => ControlError::Refused(msg),
         }
     }
 }
@@ -150,10 +156,14 @@ pub enum MirrorAction {
 
 /// Whether a switchover to `target` has settled: the group runs on `target` and
 /// nowhere else (`Some(Ok)`), or cannot get there (`Some(Err)`); None while it moves.
+/// `epoch_before` is the register's epoch before the request: with a quorum the
+/// register names the old owner until the log commits the move, and that is not
+/// "placed elsewhere"; only a newer decision for another node is.
 pub fn switchover_settled(
     status: &Status,
     group: &str,
     target: &str,
+    epoch_before: u64,
 ) -> Option<Result<(), ControlError>> {
     let g = status.groups.iter().find(|g| g.name == group)?;
     let on_target = g.states.get(target).copied();
@@ -166,12 +176,67 @@ pub fn switchover_settled(
         Some(LocalGroupState::Failed) => Some(Err(ControlError::Refused(format!(
             "group `{group}` failed on `{target}`"
         )))),
-        _ if g.owner.as_deref().is_some_and(|o| o != target) => {
+        _ if g.epoch > epoch_before && g.owner.as_deref().is_some_and(|o| o != target) => {
             Some(Err(ControlError::Conflict(format!(
                 "group `{group}` was placed on `{}` instead",
                 g.owner.clone().unwrap_or_default()
             ))))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::policy::{GroupStatus, GroupSummary};
+
+    fn status(owner: &str, epoch: u64, states: &[(&str, LocalGroupState)]) -> Status {
+        Status {
+            groups: vec![GroupStatus {
+                name: "g".into(),
+                owner: Some(owner.into()),
+                epoch,
+                maintenance: false,
+                local_state: LocalGroupState::Stopped,
+                blocked: false,
+                recent_failures: 0,
+                states: states.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
+                summary: GroupSummary::Running,
+            }],
+            ..Status::default()
+        }
+    }
+
+    #[test]
+    fn a_switchover_waits_while_the_log_has_not_committed_the_move_yet() {
+        use LocalGroupState::*;
+        // The register still names the old owner at the old epoch: not settled, and
+        // not "placed elsewhere" (the CI failure this pins).
+        let before = status("n2", 2, &[("n2", Running), ("n3", Stopped)]);
+        assert_eq!(switchover_settled(&before, "g", "n3", 2), None);
+        let moving = status("n3", 3, &[("n2", Stopped), ("n3", Starting)]);
+        assert_eq!(switchover_settled(&moving, "g", "n3", 2), None);
+        let done = status("n3", 3, &[("n2", Stopped), ("n3", Running)]);
+        assert_eq!(switchover_settled(&done, "g", "n3", 2), Some(Ok(())));
+        let elsewhere = status("n1", 3, &[("n1", Starting), ("n2", Stopped)]);
+        assert!(matches!(
+            switchover_settled(&elsewhere, "g", "n3", 2),
+            Some(Err(ControlError::Conflict(_)))
+        ));
+    }
+
+    #[test]
+    fn a_busy_group_is_its_own_kind_of_no_with_its_own_status() {
+        let e = ControlError::from(PlacementError::Busy {
+            group: "g".into(),
+            node: "n1".into(),
+            state: LocalGroupState::Starting,
+        });
+        assert!(matches!(e, ControlError::Busy(_)));
+        assert_eq!(
+            ControlError::from_http(e.http_status(), e.to_string()),
+            Some(e)
+        );
     }
 }

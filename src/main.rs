@@ -61,6 +61,7 @@ impl MainError {
                 ControlError::Conflict(_) => 6,
                 ControlError::Timeout(_) => 7,
                 ControlError::Unavailable(_) => 8,
+                ControlError::Busy(_) => 9,
             },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
             MainError::Nbd(tandem::mirror::nbd::NbdError::NoListener)

@@ -275,10 +275,19 @@ fn control_error(e: ControlError) -> Response {
 }
 
 async fn ask<T>(s: &AppState, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, Response> {
+    ask_control(s, make).await.map_err(control_error)
+}
+
+async fn ask_control<T>(
+    s: &AppState,
+    make: impl FnOnce(Reply<T>) -> Request,
+) -> Result<T, ControlError> {
     let (tx, rx) = oneshot::channel();
-    let gone = || control_error(ControlError::shutting_down());
-    s.requests.send(make(tx)).await.map_err(|_| gone())?;
-    rx.await.map_err(|_| gone())?.map_err(control_error)
+    s.requests
+        .send(make(tx))
+        .await
+        .map_err(|_| ControlError::shutting_down())?;
+    rx.await.map_err(|_| ControlError::shutting_down())?
 }
 
 async fn switchover(
@@ -290,22 +299,38 @@ async fn switchover(
     auth!(s, h);
     let body = body.map(|b| b.0).unwrap_or_default();
     let started = std::time::Instant::now();
-    // Snapshots published before the daemon handled the request predate it: mark them
-    // seen now, and judge only what comes after.
-    let mut rx = s.status.clone();
-    rx.borrow_and_update();
-    let target = match ask(&s, |reply| Request::Switchover {
-        group: group.clone(),
-        to: body.to.clone(),
-        reply,
-    })
-    .await
-    {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(60_000).min(600_000));
-    let outcome = tokio::time::timeout(timeout, settled(rx, &group, &target)).await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut rx = s.status.clone();
+    // A group that is starting or stopping somewhere is waited out (as long as the
+    // timeout allows), not refused: the operator asked for an outcome.
+    let (target, epoch_before) = loop {
+        // Snapshots published before the daemon handled the request predate it: mark
+        // them seen now, and judge only what comes after. Their register epoch is the
+        // one the switchover supersedes.
+        let epoch_before = rx
+            .borrow_and_update()
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .map_or(0, |g| g.epoch);
+        let asked = ask_control(&s, |reply| Request::Switchover {
+            group: group.clone(),
+            to: body.to.clone(),
+            reply,
+        })
+        .await;
+        match asked {
+            Ok(t) => break (t, epoch_before),
+            Err(ControlError::Busy(_)) if tokio::time::Instant::now() < deadline => {
+                let retry = (tokio::time::Instant::now() + BUSY_RETRY).min(deadline);
+                let _ = tokio::time::timeout_at(retry, rx.changed()).await;
+            }
+            Err(e) => return control_error(e),
+        }
+    };
+    let outcome =
+        tokio::time::timeout_at(deadline, settled(rx, &group, &target, epoch_before)).await;
     match outcome {
         Ok(Ok(())) => Json(serde_json::json!({
             "group": group,
@@ -321,18 +346,23 @@ async fn switchover(
     }
 }
 
+/// How often a switchover asked while the group is busy is asked again (sooner if the
+/// status changes).
+const BUSY_RETRY: Duration = Duration::from_millis(250);
+
 /// Waits until the group runs on `target` and nowhere else, or fails; only snapshots
 /// published after `rx` was last marked seen count.
 async fn settled(
     mut rx: watch::Receiver<Status>,
     group: &str,
     target: &str,
+    epoch_before: u64,
 ) -> Result<(), ControlError> {
     loop {
         if rx.changed().await.is_err() {
             return Err(ControlError::shutting_down());
         }
-        if let Some(r) = switchover_settled(&rx.borrow_and_update(), group, target) {
+        if let Some(r) = switchover_settled(&rx.borrow_and_update(), group, target, epoch_before) {
             return r;
         }
     }
@@ -463,7 +493,7 @@ mod tests {
         tx.send_replace(status("n1", Running, Stopped)); // stale: before the request
         let mut rx = rx0.clone();
         rx.borrow_and_update();
-        let wait = tokio::spawn(async move { settled(rx, "demo", "n2").await });
+        let wait = tokio::spawn(async move { settled(rx, "demo", "n2", 0).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
         tx.send_replace(status("n2", Stopped, Running));
         let r = tokio::time::timeout(Duration::from_secs(2), wait).await;
@@ -477,7 +507,7 @@ mod tests {
         let mut rx = rx0.clone();
         rx.borrow_and_update();
         tx.send_replace(status("n2", Stopped, Failed));
-        let r = settled(rx, "demo", "n2").await;
+        let r = settled(rx, "demo", "n2", 0).await;
         assert!(r.unwrap_err().to_string().contains("failed on `n2`"));
     }
 }

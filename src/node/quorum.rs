@@ -163,6 +163,7 @@ impl NodeCore {
         let every_node_live = self.membership.live_peers().len() == self.cfg.peers.len();
         let mut gate = QuorumGate {
             maintenance: reg.maintenance.clone(),
+            quorate: q.quorate(now.mono_ms, s.reachable_ms),
             ..Default::default()
         };
         for (g, o) in &reg.owners {

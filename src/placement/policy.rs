@@ -247,6 +247,9 @@ pub struct QuorumGate {
     /// Groups the log gives this node that it may run now: the previous owner's lease
     /// is over and this node's own lease holds.
     pub may_run: BTreeSet<String>,
+    /// This node knows a leader and hears a majority of the voters: the log can take
+    /// an administrator's decision now.
+    pub quorate: bool,
 }
 
 /// Errors of administrative requests.
@@ -270,6 +273,8 @@ pub enum PlacementError {
     InMaintenance(String),
     #[error("no other node can take group `{0}`")]
     NoTarget(String),
+    #[error("this node has no quorum (it cannot reach a majority of the voters), so it cannot change group `{0}` now")]
+    NoQuorum(String),
     #[error("group `{group}` is busy ({state:?}) on `{node}`; try again")]
     Busy {
         group: String,
@@ -797,7 +802,10 @@ impl Placement {
             .ok_or_else(|| PlacementError::UnknownGroup(group.into()))?
             .state;
         let mut out = Vec::new();
-        if self.gate.is_some() {
+        if let Some(gate) = &self.gate {
+            if !gate.quorate {
+                return Err(PlacementError::NoQuorum(group.into()));
+            }
             if g.maintenance != on {
                 out.push(Action::Propose(Proposal::Maintenance {
                     group: group.to_string(),
@@ -973,6 +981,9 @@ impl GroupState {
         let group = policy.name.as_str();
         if self.maintenance {
             return Err(PlacementError::InMaintenance(group.into()));
+        }
+        if view.gate.as_ref().is_some_and(|g| !g.quorate) {
+            return Err(PlacementError::NoQuorum(group.into()));
         }
         let owner = self.owner();
         let target = match target {

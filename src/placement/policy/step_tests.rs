@@ -48,7 +48,10 @@ impl World {
 
     /// Quorum mode, with the log naming `owner`.
     fn with_gate(mut self, owner: Option<(&str, u64)>) -> World {
-        let mut gate = QuorumGate::default();
+        let mut gate = QuorumGate {
+            quorate: true,
+            ..QuorumGate::default()
+        };
         if let Some(a) = owner.and_then(register) {
             gate.registers.insert(GROUP.into(), a);
         }
@@ -652,4 +655,21 @@ fn with_a_quorum_an_owner_that_may_not_run_the_group_hands_it_over_once_stopped(
         epoch: 3,
         handoff: true,
     })));
+}
+
+#[test]
+fn with_a_quorum_a_switchover_is_refused_while_this_node_has_no_quorum() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
+    let g = group(LocalGroupState::Running, Some(("a", 2)));
+    assert_eq!(
+        g.switchover_target(w.policy(), &w.view(), Some("b")),
+        Ok("b".to_string())
+    );
+    w.gate_mut().quorate = false;
+    assert_eq!(
+        g.switchover_target(w.policy(), &w.view(), Some("b")),
+        Err(PlacementError::NoQuorum(GROUP.into())),
+        "a proposal without a leader would be dropped while the CLI said yes"
+    );
 }
