@@ -320,9 +320,9 @@ impl Lab {
             .unwrap_or(false)
     }
 
-    /// The demo group's local state on n1 and n2, read at the same moment (both
+    /// The demo group's local state on each of `nodes`, read at the same moment (the
     /// `status` commands run at once).
-    fn local_states(&self) -> (Option<String>, Option<String>) {
+    fn local_states(&self, nodes: &[&str]) -> Vec<Option<String>> {
         let spawn = |node: &str| {
             let sock = self.socket(node);
             tandem_cmd(&["status", "--json", "--socket", &sock])
@@ -331,13 +331,13 @@ impl Lab {
                 .spawn()
                 .ok()
         };
-        let (a, b) = (spawn("n1"), spawn("n2"));
+        let children: Vec<_> = nodes.iter().map(|n| spawn(n)).collect();
         let read = |c: Option<std::process::Child>| -> Option<String> {
             let out = c?.wait_with_output().ok()?;
             let st: Value = serde_json::from_slice(&out.stdout).ok()?;
             Self::group(&st)["local_state"].as_str().map(str::to_string)
         };
-        (read(a), read(b))
+        children.into_iter().map(read).collect()
     }
 
     fn events_path(&self, node: &str) -> PathBuf {
@@ -2103,45 +2103,61 @@ fn wait_owner_running(lab: &Lab, owner: &str, timeout: Duration) -> Duration {
     d
 }
 
-/// After n1 was isolated: polls both nodes every ~50 ms until n2 has run the group
-/// for 2 s; returns the number of polled moments at which both ran it.
-fn poll_takeover(lab: &Lab) -> u32 {
+/// After `from` was cut off: polls every node of `nodes` (~every 50 ms) until `to` has
+/// run the group for 2 s; returns the number of polled moments at which two nodes ran
+/// the group or held the floating IP.
+fn poll_takeover(lab: &Lab, from: &str, to: &str, nodes: &[&str]) -> u32 {
     let t0 = Instant::now();
     let (mut polls, mut overlaps) = (0u32, 0u32);
-    let mut n1_down: Option<Duration> = None;
-    let mut n2_up: Option<Duration> = None;
+    let mut from_down: Option<Duration> = None;
+    let mut to_up: Option<Duration> = None;
+    let state_of = |states: &[Option<String>], n: &str| {
+        let i = nodes.iter().position(|x| *x == n).expect("node polled");
+        states[i].clone()
+    };
     loop {
-        let (s1, s2) = lab.local_states();
+        let states = lab.local_states(nodes);
         let at = t0.elapsed();
+        let holders: Vec<&str> = nodes
+            .iter()
+            .copied()
+            .filter(|n| !lab.vip_ifaces(n).is_empty())
+            .collect();
         polls += 1;
-        if s1.as_deref() == Some("running") && s2.as_deref() == Some("running") {
+        let running = states
+            .iter()
+            .filter(|s| s.as_deref() == Some("running"))
+            .count();
+        if running > 1 || holders.len() > 1 {
             overlaps += 1;
             lab.note(&format!(
-                "OVERLAP: both nodes report the group running at +{} ms",
+                "OVERLAP at +{} ms: states {states:?}, floating IP on {holders:?}",
                 ms(at)
             ));
         }
-        if n1_down.is_none() && s1.as_deref() != Some("running") {
-            n1_down = Some(at);
+        let (s_from, s_to) = (state_of(&states, from), state_of(&states, to));
+        if from_down.is_none() && s_from.as_deref() != Some("running") {
+            from_down = Some(at);
         }
-        if n2_up.is_none() && s2.as_deref() == Some("running") {
-            n2_up = Some(at);
+        if to_up.is_none() && s_to.as_deref() == Some("running") {
+            to_up = Some(at);
         }
-        if n2_up.is_some_and(|t| at > t + Duration::from_secs(2)) {
+        if to_up.is_some_and(|t| at > t + Duration::from_secs(2)) {
             break;
         }
         assert!(
             at < Duration::from_secs(30),
-            "no takeover within 30 s of isolating n1: n1 {s1:?}, n2 {s2:?}"
+            "no takeover by {to} within 30 s of cutting off {from}: states {states:?}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
     lab.note(&format!(
-        "ISOLATE n1: polled both nodes {polls} times ({} ms apart on average); n1 stopped \
-         running at +{} ms, n2 running at +{} ms; moments with both running: {overlaps}",
+        "CUT OFF {from}: polled {nodes:?} {polls} times ({} ms apart on average); {from} \
+         stopped running at +{} ms, {to} running at +{} ms; moments with two serving: \
+         {overlaps}",
         ms(t0.elapsed()) / u128::from(polls.max(1)),
-        n1_down.map_or(0, ms),
-        n2_up.map_or(0, ms)
+        from_down.map_or(0, ms),
+        to_up.map_or(0, ms)
     ));
     overlaps
 }
@@ -2157,7 +2173,7 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
     wait_owner_running(&lab, "n1", Duration::from_secs(20));
     let isolated_ms = wall_ms();
     lab.lab(&["isolate", "n1"]);
-    let overlaps = poll_takeover(&lab);
+    let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
     assert_eq!(
         overlaps, 0,
         "the group ran on both nodes at {overlaps} polled moments"
@@ -2259,4 +2275,125 @@ fn witness_isolated_alone_changes_nothing() {
     assert_eq!(lab.count("n2", "group_starting"), 0, "n2 started the group");
     lab.lab(&["heal", "w"]);
     lab.assert_stable("n1", &["n1", "n2"], 2);
+}
+
+/// Quorum with a witness: the standby (n2) isolated. The owner keeps its majority with
+/// the witness and is never moved; the isolated standby starts nothing; healing moves
+/// nothing.
+#[test]
+fn witness_isolated_standby_changes_nothing() {
+    require_root!();
+    let lab = Lab::up("tlx-", &["--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let n1_stops = lab.count("n1", "group_stopping");
+    lab.lab(&["isolate", "n2"]);
+    // Well past the dead time and a lease: n2 has declared n1 dead by now.
+    let t0 = Instant::now();
+    let mut polls = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        let states = lab.local_states(&["n1", "n2"]);
+        assert_eq!(
+            states[0].as_deref(),
+            Some("running"),
+            "the owner n1 stopped while only the standby was isolated ({:.1} s in)",
+            t0.elapsed().as_secs_f64()
+        );
+        assert_ne!(
+            states[1].as_deref(),
+            Some("running"),
+            "the isolated standby n2 runs the group"
+        );
+        assert!(lab.vip_ifaces("n2").is_empty(), "n2 holds the floating IP");
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ev, _) = wait_for("n2 loses the quorum", Duration::from_secs(10), || {
+        lab.events_of("n2", "quorum_lost").into_iter().next()
+    });
+    lab.note(&format!(
+        "standby isolated: {polls} polls over 6 s, n1 ran the group at each; n2 {}",
+        ev["fields"]["reason"]
+    ));
+    assert_eq!(lab.count("n2", "group_starting"), 0, "n2 started the group");
+    lab.lab(&["heal", "n2"]);
+    let (_, d) = wait_for("n2 back", Duration::from_secs(20), || {
+        (lab.sees_alive("n2", "n1") && lab.owner("n2").as_deref() == Some("n1")).then_some(())
+    });
+    lab.note(&format!(
+        "healed: n2 agrees n1 owns the group after {} ms",
+        ms(d)
+    ));
+    lab.assert_stable("n1", &["n1", "n2"], 3);
+    assert_eq!(
+        lab.count("n1", "group_stopping"),
+        n1_stops,
+        "n1 stopped the group"
+    );
+    assert_eq!(lab.count("n2", "group_starting"), 0, "n2 started the group");
+}
+
+/// Quorum with a witness: a heartbeat-only split. Every heartbeat path of the owner n1
+/// is cut (the witness sits on one of them) while its public and replication links
+/// work: n1 loses its majority and stops for its lease, n2 with the witness takes
+/// over, and at no polled moment do two nodes run the group or hold the floating IP.
+#[test]
+fn witness_heartbeat_split_moves_the_group_to_the_majority_once() {
+    require_root!();
+    let lab = Lab::up("tly-", &["--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    lab.lab(&["cut", "n1", "all"]);
+    let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
+    assert_eq!(overlaps, 0, "two nodes served at {overlaps} polled moments");
+    assert_eq!(
+        lab.vip_answer().as_deref(),
+        Some("n2"),
+        "VIP not served by n2"
+    );
+    lab.lab(&["heal"]);
+    let (_, d) = wait_for("n1 back, agreeing n2 owns", Duration::from_secs(20), || {
+        (lab.sees_alive("n1", "n2") && lab.owner("n1").as_deref() == Some("n2")).then_some(())
+    });
+    lab.note(&format!("healed: n1 agrees after {} ms", ms(d)));
+    lab.assert_stable("n2", &["n1", "n2"], 3);
+    assert_eq!(
+        lab.count("n1", "group_starting"),
+        1,
+        "n1 started the group again"
+    );
+}
+
+/// Three nodes (quorum without a witness): a 2|1 split with the owner n1 alone. n1
+/// stops for its lease, the majority n2+n3 moves the group to n2, and at no polled
+/// moment do two of the three nodes run it or hold the floating IP.
+#[test]
+fn three_nodes_owner_alone_in_a_2_1_split_yields_to_the_majority() {
+    require_root!();
+    let lab = Lab::up("tlz-", &["--nodes", "3"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    let nodes = ["n1", "n2", "n3"];
+    wait_for(
+        "every node sees n1 own and run the group",
+        Duration::from_secs(20),
+        || {
+            (nodes.iter().all(|n| lab.owner(n).as_deref() == Some("n1"))
+                && lab.local_state("n1").as_deref() == Some("running"))
+            .then_some(())
+        },
+    );
+    lab.lab(&["isolate", "n1"]);
+    let overlaps = poll_takeover(&lab, "n1", "n2", &nodes);
+    assert_eq!(overlaps, 0, "two nodes served at {overlaps} polled moments");
+    assert_eq!(
+        lab.owner("n3").as_deref(),
+        Some("n2"),
+        "n3 disagrees on the owner"
+    );
+    lab.lab(&["heal", "n1"]);
+    let (_, d) = wait_for("n1 back, agreeing n2 owns", Duration::from_secs(20), || {
+        (lab.sees_alive("n1", "n2") && lab.owner("n1").as_deref() == Some("n2")).then_some(())
+    });
+    lab.note(&format!("healed: n1 agrees after {} ms", ms(d)));
+    lab.assert_stable("n2", &nodes, 3);
 }

@@ -70,6 +70,10 @@ pub struct FailoverArgs {
     /// Seconds to wait for the VIP after bringing a lab up.
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
+    /// Run the Tandem arm with a witness (quorum mode: the survivor starts only once
+    /// the dead owner's lease is over).
+    #[arg(long)]
+    pub witness: bool,
 }
 
 /// Measurements of one failover.
@@ -310,9 +314,12 @@ fn run_arm(
         tandem_bin: a.tandem_bin.clone(),
         engine,
         wait: a.wait,
-        witness: false,
+        witness: a.witness && engine == Engine::Tandem,
     };
-    println!("{engine} arm: building lab {prefix} (interval {interval} ms) ...");
+    println!(
+        "{engine} arm: building lab {prefix} (interval {interval} ms{}) ...",
+        if up.witness { ", with a witness" } else { "" }
+    );
     let mut state = super::up(&up, true)?;
     let _guard = Teardown::new(prefix, dir);
     let mut result = ArmResult {
