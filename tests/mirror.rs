@@ -1047,3 +1047,53 @@ fn a_silently_dead_link_is_dropped_after_the_link_timeout() {
     b.stop();
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
 }
+
+#[test]
+fn an_old_primary_of_a_lower_epoch_cannot_replicate_to_a_copy_that_followed_a_newer_one() {
+    let c = Cluster::new(&["a", "b", "c"], 16 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    let n3 = c.start("c");
+    connected(&a, &b);
+    connected(&a, &n3);
+    connected(&b, &n3);
+    a.on(a.m.promote(OwnershipEpoch(3))).unwrap();
+    a.write(0, pattern(1, 4096));
+    // a is cut off; the cluster moves the group to c under epoch 4, and b follows c.
+    a.on(a.m.disconnect(None)).unwrap();
+    wait_until("b and c see a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected" && n3.peer_connection("a") != "connected"
+    });
+    n3.on(n3.m.promote(OwnershipEpoch(4))).unwrap();
+    n3.write(0, pattern(2, 4096));
+    wait_until("b followed epoch 4", Duration::from_secs(5), || {
+        b.m.highest_epoch() == OwnershipEpoch(4)
+    });
+    // The old primary's links come back: both copies refuse it, and it learns it was
+    // deposed.
+    a.on(a.m.connect(None)).unwrap();
+    wait_until("a deposed", Duration::from_secs(10), || {
+        a.m.deposed().is_some()
+    });
+    let err = a
+        .on(a.m.write(0, pattern(3, 4096), false))
+        .expect_err("a deposed primary acknowledged a write");
+    assert_eq!(err.errno(), tandem::mirror::nbd::proto::EIO, "{err}");
+    let refused = |n: &Node| {
+        n.events(EventKind::MirrorDisconnected).iter().any(|e| {
+            e.fields.get("reason").map(String::as_str) == Some("stale ownership epoch 3 < 4")
+        })
+    };
+    assert!(refused(&b), "b did not report refusing a");
+    assert!(refused(&n3), "c did not report refusing a");
+    assert_eq!(read_file(&c.backing("b"), 0, 4096), pattern(2, 4096));
+    assert_eq!(read_file(&c.backing("c"), 0, 4096), pattern(2, 4096));
+    assert_ne!(b.peer_connection("a"), "connected");
+    // b still follows epoch 4 after a restart (the metadata keeps it).
+    b.stop();
+    let b = c.start("b");
+    assert_eq!(b.m.highest_epoch(), OwnershipEpoch(4));
+    a.stop();
+    b.stop();
+    n3.stop();
+}
