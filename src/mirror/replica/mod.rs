@@ -1263,33 +1263,10 @@ impl Mirror {
                     let Route::Send { seq, wait } = p.core.submit(op, now) else {
                         continue;
                     };
-                    let frame = match op {
-                        Op::Write { offset, fua, len } => {
-                            p.replicated_bytes += len;
-                            Frame::Write {
-                                seq,
-                                epoch,
-                                offset,
-                                fua,
-                                data: data
-                                    .map(|d| d[start..start + len as usize].to_vec())
-                                    .unwrap_or_default(),
-                            }
-                        }
-                        Op::Trim { offset, len } => Frame::Trim {
-                            seq,
-                            epoch,
-                            offset,
-                            len: len as u32,
-                        },
-                        Op::Zeroes { offset, len } => Frame::Zeroes {
-                            seq,
-                            epoch,
-                            offset,
-                            len: len as u32,
-                        },
-                        Op::Flush => Frame::Flush { seq, epoch },
-                    };
+                    if let Op::Write { len, .. } = op {
+                        p.replicated_bytes += len;
+                    }
+                    let frame = op_frame(op, seq, epoch, data, start);
                     if let Some(tx) = &p.tx {
                         // A closed queue: the session is ending and will mark this op.
                         let _ = tx.send(frame);
@@ -1388,6 +1365,34 @@ fn prepare_backing(path: &Path, size: Option<u64>) -> Result<u64, MirrorError> {
             Ok(want)
         }
         Err(e) => Err(MirrorError::Io(e)),
+    }
+}
+
+/// The frame replicating `op` (a write's payload from `data` at `start`).
+fn op_frame(op: Op, seq: u64, epoch: OwnershipEpoch, data: Option<&[u8]>, start: usize) -> Frame {
+    match op {
+        Op::Write { offset, fua, len } => Frame::Write {
+            seq,
+            epoch,
+            offset,
+            fua,
+            data: data
+                .map(|d| d[start..start + len as usize].to_vec())
+                .unwrap_or_default(),
+        },
+        Op::Trim { offset, len } => Frame::Trim {
+            seq,
+            epoch,
+            offset,
+            len: len as u32,
+        },
+        Op::Zeroes { offset, len } => Frame::Zeroes {
+            seq,
+            epoch,
+            offset,
+            len: len as u32,
+        },
+        Op::Flush => Frame::Flush { seq, epoch },
     }
 }
 
