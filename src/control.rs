@@ -100,7 +100,8 @@ impl From<MirrorError> for ControlError {
             | MirrorError::Meta(_)
             | MirrorError::Export(_)
             | MirrorError::Size { .. }
-            | MirrorError::Connect(_) => ControlError::Refused(msg),
+            | MirrorError::Connect(_)
+            | MirrorError::StaleEpoch(_) => ControlError::Refused(msg),
         }
     }
 }

@@ -18,6 +18,7 @@
 //!                        out at once (Send)
 //! ```
 
+use crate::mirror::generation::OwnershipEpoch;
 use std::collections::{BTreeMap, BTreeSet};
 
 mod quorum;
@@ -209,9 +210,16 @@ pub struct MirrorFacts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupCommand {
     ProbeVip,
-    Start,
+    /// Start the group under this ownership epoch: the register's in quorum mode (the
+    /// log makes it durable and unique per owner); always 0 in two-node mode, whose
+    /// register starts over when both nodes restart, so its epochs order nothing.
+    Start {
+        epoch: OwnershipEpoch,
+    },
     Stop,
-    Restart { resource: String },
+    Restart {
+        resource: String,
+    },
     Maintenance(bool),
 }
 
@@ -627,7 +635,14 @@ impl NodeCore {
                     continue;
                 }
                 Action::ProbeVip { group } => (group, GroupCommand::ProbeVip),
-                Action::StartGroup { group } => (group, GroupCommand::Start),
+                Action::StartGroup { group, epoch } => {
+                    let epoch = if self.cfg.quorum.is_some() {
+                        OwnershipEpoch(epoch)
+                    } else {
+                        OwnershipEpoch::default()
+                    };
+                    (group, GroupCommand::Start { epoch })
+                }
                 Action::StopGroup { group } => (group, GroupCommand::Stop),
                 Action::RestartResource { group, resource } => {
                     (group, GroupCommand::Restart { resource })

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tandem::config::ReplicationMode;
 use tandem::event::{EventKind, EventLog};
-use tandem::mirror::generation::{DiskState, SplitBrainPolicy};
+use tandem::mirror::generation::{DiskState, OwnershipEpoch, SplitBrainPolicy};
 use tandem::mirror::replica::{Mirror, MirrorError, MirrorSpec, PeerSpec};
 use tandem::mirror::Export;
 use tandem::status::{LinkState, MirrorRole};
@@ -22,6 +22,8 @@ mod daemon;
 use daemon::{free_tcp_addr, wait_until};
 
 const MIB: u64 = 1 << 20;
+/// The ownership epoch of tests that do not exercise epochs.
+const E0: OwnershipEpoch = OwnershipEpoch(0);
 const KEY: &[u8] = b"cluster key for the mirror tests";
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -338,7 +340,7 @@ fn a_sync_write_is_on_the_peer_when_it_completes() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     assert!(a.m.is_primary());
     for i in 0..32u64 {
         let data = pattern(i, 64 * 1024);
@@ -380,7 +382,7 @@ fn a_disconnected_peer_gets_only_the_changed_blocks() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(1, 4 * MIB as usize));
     // Flushed on the peer: nothing applied-but-volatile is left to mark on the drop.
     a.on(a.m.flush()).unwrap();
@@ -428,7 +430,7 @@ fn a_full_resync_of_a_sparse_volume_sends_zero_ranges_not_payload() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(100 * MIB, pattern(3, 2 * MIB as usize));
     a.on(a.m.flush()).unwrap();
     let before = proxy.bytes();
@@ -458,14 +460,14 @@ fn failover_reverses_the_resync_direction() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(1, MIB as usize));
     a.stop();
     // b takes over without a and writes.
     wait_until("b sees a gone", Duration::from_secs(5), || {
         b.peer_connection("a") != "connected"
     });
-    b.on(b.m.promote()).unwrap();
+    b.on(b.m.promote(E0)).unwrap();
     b.write(8 * MIB, pattern(2, 256 * 1024));
     b.write(20 * MIB, pattern(3, 4096));
     assert_eq!(b.peer("a").out_of_sync_bytes, 256 * 1024 + 4096);
@@ -491,13 +493,13 @@ fn a_returning_copy_leaves_sync_target_when_nothing_changed() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(1, MIB as usize));
     a.stop();
     wait_until("b sees a gone", Duration::from_secs(5), || {
         b.peer_connection("a") != "connected"
     });
-    b.on(b.m.promote()).unwrap();
+    b.on(b.m.promote(E0)).unwrap();
     let a = c.start("a");
     in_sync(&b, &a);
     wait_until("a up to date", Duration::from_secs(10), || {
@@ -507,7 +509,7 @@ fn a_returning_copy_leaves_sync_target_when_nothing_changed() {
     // And it may take the volume back once b has stepped down.
     b.on(b.m.demote()).unwrap();
     wait_until("a promotes", Duration::from_secs(10), || {
-        a.on(a.m.promote()).is_ok()
+        a.on(a.m.promote(E0)).is_ok()
     });
     a.on(a.m.demote()).unwrap();
     b.stop();
@@ -520,7 +522,7 @@ fn a_crashed_primary_resyncs_only_its_activity_log() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     // Writes spread over 3 extents, then a crash.
     for i in 0..48u64 {
         a.write((i % 3) * 300 * MIB + i * 65536, pattern(i, 65536));
@@ -537,7 +539,7 @@ fn a_crashed_primary_resyncs_only_its_activity_log() {
     in_sync(&a, &b);
     let resynced = a.peer("b").resynced_bytes;
     assert!(resynced <= 3 * 4 * MIB, "resynced {resynced}");
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(5 * MIB, pattern(99, 4096));
     a.on(a.m.demote()).unwrap();
     a.stop();
@@ -554,9 +556,9 @@ fn a_peer_with_the_wrong_key_is_refused_and_never_writes() {
     wait_until("refused on both sides", Duration::from_secs(10), || {
         a.peer_connection("b") == "refused" && b.peer_connection("a") == "refused"
     });
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(5, 65536));
-    b.on(b.m.promote()).unwrap();
+    b.on(b.m.promote(E0)).unwrap();
     b.write(MIB, pattern(6, 4096));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(read_file(&c.backing("b"), 0, 65536), vec![0; 65536]);
@@ -572,7 +574,7 @@ fn an_outdated_copy_is_not_promoted() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     wait_until("b learns the generation", Duration::from_secs(5), || {
         b.m.status().generation == a.m.status().generation
     });
@@ -582,7 +584,7 @@ fn an_outdated_copy_is_not_promoted() {
     a.on(a.m.disconnect(Some("b"))).unwrap();
     let b = c.start("b");
     assert_eq!(b.m.status().disk, DiskState::Outdated);
-    let err = b.on(b.m.promote()).unwrap_err();
+    let err = b.on(b.m.promote(E0)).unwrap_err();
     assert!(matches!(err, MirrorError::Refused(_)), "{err}");
     let refused = b.events(EventKind::MirrorPromotionRefused);
     assert_eq!(refused.len(), 1);
@@ -603,7 +605,7 @@ fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.on(a.m.disconnect(Some("b"))).unwrap();
     a.write(16 * MIB, pattern(2, 32 * MIB as usize));
     a.on(a.m.connect(Some("b"))).unwrap();
@@ -614,7 +616,7 @@ fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
     a.on(a.m.disconnect(Some("b"))).unwrap();
     let b = c.start("b");
     assert_eq!(b.m.status().disk, DiskState::SyncTarget);
-    let err = b.on(b.m.promote()).unwrap_err();
+    let err = b.on(b.m.promote(E0)).unwrap_err();
     assert!(matches!(err, MirrorError::Refused(_)), "{err}");
     // Reconnected, it finishes from the source's remaining bits.
     let left = a.peer("b").out_of_sync_bytes;
@@ -635,7 +637,7 @@ fn a_paused_peer_catches_up_on_resume() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.on(a.m.pause(Some("b"))).unwrap();
     assert_eq!(a.peer_connection("b"), "paused");
     a.write(MIB, pattern(4, 128 * 1024));
@@ -661,7 +663,7 @@ fn verify_finds_a_corrupted_block_on_the_peer_and_repairs_it() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(8, 8 * MIB as usize));
     a.on(a.m.flush()).unwrap();
     // Bit rot on the peer's disk, behind the mirror's back.
@@ -700,7 +702,7 @@ fn async_peers_lag_and_overflow_into_the_bitmap() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     let status = a.peer("b");
     assert_eq!(status.mode, ReplicationMode::Async);
     assert_eq!(status.lag_budget_seconds, Some(5.0));
@@ -749,12 +751,12 @@ fn two_primaries_apart_are_a_split_brain_and_stay_apart() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.on(a.m.disconnect(Some("b"))).unwrap();
     wait_until("b sees the link down", Duration::from_secs(5), || {
         b.peer_connection("a") != "connected"
     });
-    b.on(b.m.promote()).unwrap();
+    b.on(b.m.promote(E0)).unwrap();
     a.write(0, pattern(1, 4096));
     b.write(MIB, pattern(2, 4096));
     a.on(a.m.connect(Some("b"))).unwrap();
@@ -778,7 +780,7 @@ fn a_sync_primary_that_loses_its_peer_holds_writes_until_it_is_outdated() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(1, 4096));
     b.crash();
     let m = Arc::clone(&a.m);
@@ -817,7 +819,7 @@ fn a_write_held_for_a_lost_peer_fails_with_eio_when_the_primary_steps_down() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     b.crash();
     let m = Arc::clone(&a.m);
     let held =
@@ -850,7 +852,7 @@ fn three_copies_all_get_sync_writes() {
     connected(&a, &b);
     connected(&a, &n3);
     connected(&b, &n3);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     for i in 0..8u64 {
         let data = pattern(i, 100 * 1024);
         a.write(i * 3 * MIB, data.clone());
@@ -909,7 +911,7 @@ fn qemu_io_writes_through_nbd_reach_the_peer_byte_for_byte() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     let socket = serve_nbd(&a, Arc::clone(&a.m), c.dir.path());
     let uri = format!("nbd+unix:///?socket={}", socket.display());
     run_tool(
@@ -989,7 +991,7 @@ fn throughput_of_a_sync_mirror_against_a_plain_volume() {
         serve_nbd(&a, Arc::new(plain), &dir)
     };
     let plain_mibs = copy(&format!("nbd+unix:///?socket={}", plain_socket.display()));
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     let socket = serve_nbd(&a, Arc::clone(&a.m), c.dir.path());
     let mirror_mibs = copy(&format!("nbd+unix:///?socket={}", socket.display()));
     println!(
@@ -1014,7 +1016,7 @@ fn a_silently_dead_link_is_dropped_after_the_link_timeout() {
     let a = c.start("a");
     let b = c.start("b");
     connected(&a, &b);
-    a.on(a.m.promote()).unwrap();
+    a.on(a.m.promote(E0)).unwrap();
     a.write(0, pattern(1, 4096));
     // Idle longer than the timeout: the pings keep a quiet link up.
     std::thread::sleep(Duration::from_millis(2500));
@@ -1044,4 +1046,54 @@ fn a_silently_dead_link_is_dropped_after_the_link_timeout() {
     a.stop();
     b.stop();
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}
+
+#[test]
+fn an_old_primary_of_a_lower_epoch_cannot_replicate_to_a_copy_that_followed_a_newer_one() {
+    let c = Cluster::new(&["a", "b", "c"], 16 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    let n3 = c.start("c");
+    connected(&a, &b);
+    connected(&a, &n3);
+    connected(&b, &n3);
+    a.on(a.m.promote(OwnershipEpoch(3))).unwrap();
+    a.write(0, pattern(1, 4096));
+    // a is cut off; the cluster moves the group to c under epoch 4, and b follows c.
+    a.on(a.m.disconnect(None)).unwrap();
+    wait_until("b and c see a gone", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected" && n3.peer_connection("a") != "connected"
+    });
+    n3.on(n3.m.promote(OwnershipEpoch(4))).unwrap();
+    n3.write(0, pattern(2, 4096));
+    wait_until("b followed epoch 4", Duration::from_secs(5), || {
+        b.m.highest_epoch() == OwnershipEpoch(4)
+    });
+    // The old primary's links come back: both copies refuse it, and it learns it was
+    // deposed.
+    a.on(a.m.connect(None)).unwrap();
+    wait_until("a deposed", Duration::from_secs(10), || {
+        a.m.deposed().is_some()
+    });
+    let err = a
+        .on(a.m.write(0, pattern(3, 4096), false))
+        .expect_err("a deposed primary acknowledged a write");
+    assert_eq!(err.errno(), tandem::mirror::nbd::proto::EIO, "{err}");
+    let refused = |n: &Node| {
+        n.events(EventKind::MirrorDisconnected).iter().any(|e| {
+            e.fields.get("reason").map(String::as_str) == Some("stale ownership epoch 3 < 4")
+        })
+    };
+    assert!(refused(&b), "b did not report refusing a");
+    assert!(refused(&n3), "c did not report refusing a");
+    assert_eq!(read_file(&c.backing("b"), 0, 4096), pattern(2, 4096));
+    assert_eq!(read_file(&c.backing("c"), 0, 4096), pattern(2, 4096));
+    assert_ne!(b.peer_connection("a"), "connected");
+    // b still follows epoch 4 after a restart (the metadata keeps it).
+    b.stop();
+    let b = c.start("b");
+    assert_eq!(b.m.highest_epoch(), OwnershipEpoch(4));
+    a.stop();
+    b.stop();
+    n3.stop();
 }

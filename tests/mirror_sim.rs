@@ -188,6 +188,8 @@ impl Sim {
             disk: self.c[i].disk,
             primary: self.c[i].primary,
             changed_blocks: self.c[i].core.bitmap().dirty_blocks(),
+            // One owner lineage: the simulation's primaries never go stale by epoch.
+            epoch: tandem::mirror::generation::OwnershipEpoch::default(),
         }
     }
 

@@ -299,7 +299,7 @@ impl Sim {
                 let d = self.rng.gen_range(2..12) * STEP;
                 let e = &mut self.nodes[i].exec[g];
                 match command {
-                    GroupCommand::Start => *e = Exec::Starting(self.real + d),
+                    GroupCommand::Start { .. } => *e = Exec::Starting(self.real + d),
                     GroupCommand::Stop => *e = Exec::Stopping(self.real + d),
                     GroupCommand::ProbeVip => {
                         let r = Input::VipProbe {

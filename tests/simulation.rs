@@ -641,7 +641,7 @@ impl Sim {
                     let g = group_index(&group);
                     match command {
                         GroupCommand::ProbeVip => self.submit(i, g, ExecKind::Probe),
-                        GroupCommand::Start => {
+                        GroupCommand::Start { .. } => {
                             self.check_start(i, g);
                             self.submit(i, g, ExecKind::Start);
                         }

@@ -223,6 +223,7 @@ mod tests {
             disk,
             primary: false,
             changed_blocks: 0,
+            epoch: crate::mirror::generation::OwnershipEpoch(0),
         }
     }
 

@@ -17,6 +17,10 @@
 //!   silently: a [`SplitBrainPolicy`] decides, and the default is to stay disconnected;
 //! - nothing in common: unrelated data, refused.
 //!
+//! Generations say which data is newer; the [`OwnershipEpoch`] says which primary is
+//! allowed to write at all (the group's ownership epoch, committed by the quorum log):
+//! see `replica::core::EpochGuard`.
+//!
 //! Pure: no I/O. The caller persists [`Generations`] with the disk state.
 
 use std::collections::BTreeMap;
@@ -25,6 +29,23 @@ use serde::{Deserialize, Serialize};
 
 /// How many past generations a copy remembers.
 pub const HISTORY_LEN: usize = 4;
+
+/// The ownership epoch of the group a mirror belongs to: the `Assignment.epoch` under
+/// which a node started the group and promoted its copy. Epochs only grow; a copy never
+/// applies data from a primary of a lower epoch than the highest it has followed. `0`
+/// is the lowest (no epoch: an old metadata file, or two-node mode, whose register is
+/// not durable across a restart of both nodes).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct OwnershipEpoch(pub u64);
+
+impl std::fmt::Display for OwnershipEpoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// The state of one copy of the volume.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,17 +11,17 @@
 //! | type | frame            | body                                                  |
 //! |------|------------------|-------------------------------------------------------|
 //! | 1    | `State`          | see below                                             |
-//! | 2    | `Write`          | seq u64, offset u64, fua u8 (0/1), data               |
-//! | 3    | `Trim`           | seq u64, offset u64, len u32                          |
-//! | 4    | `Zeroes`         | seq u64, offset u64, len u32                          |
-//! | 5    | `Flush`          | seq u64                                               |
+//! | 2    | `Write`          | seq u64, epoch u64, offset u64, fua u8 (0/1), data    |
+//! | 3    | `Trim`           | seq u64, epoch u64, offset u64, len u32               |
+//! | 4    | `Zeroes`         | seq u64, epoch u64, offset u64, len u32               |
+//! | 5    | `Flush`          | seq u64, epoch u64                                    |
 //! | 6    | `Ack`            | seq u64                                               |
 //! | 7    | `Nack`           | seq u64, errno u32                                    |
-//! | 8    | `ResyncBegin`    | full u8 (0/1), total_bytes u64                        |
-//! | 9    | `ResyncData`     | offset u64, data                                      |
-//! | 10   | `ResyncZero`     | offset u64, len u32                                   |
+//! | 8    | `ResyncBegin`    | epoch u64, full u8 (0/1), total_bytes u64             |
+//! | 9    | `ResyncData`     | epoch u64, offset u64, data                           |
+//! | 10   | `ResyncZero`     | epoch u64, offset u64, len u32                        |
 //! | 11   | `ResyncAck`      | offset u64, len u32                                   |
-//! | 12   | `ResyncEnd`      | generation u64                                        |
+//! | 12   | `ResyncEnd`      | epoch u64, generation u64                             |
 //! | 13   | `VerifyRequest`  | offset u64, len u32                                   |
 //! | 14   | `VerifyDigests`  | offset u64, count u32 (≤ [`MAX_DIGESTS`]), 32 B each  |
 //! | 15   | `Ping`           | nonce u64                                             |
@@ -32,7 +32,20 @@
 //! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
 //! strictly ascending peer order; history: u8 count ≤ [`HISTORY_LEN`] of u64), disk u8
 //! (0 up_to_date, 1 outdated, 2 inconsistent, 3 sync_source, 4 sync_target), primary u8
-//! (0/1), changed_blocks u64.
+//! (0/1), changed_blocks u64, epoch u64.
+//!
+//! # Ownership epochs
+//! `epoch` is the group's ownership epoch ([`OwnershipEpoch`], committed by the quorum
+//! log): in a primary's `State` and frames, the one it was promoted under; in a
+//! secondary's (or a secondary resync source's), the highest it has followed. It is in
+//! the `State` and in every frame that changes data or that the receiver acknowledges
+//! (8 bytes each), not bound once to the session: a copy may be demoted and promoted
+//! again under a new epoch while the link stays up, and a frame queued before that
+//! must not pass as the new epoch's. A receiver refuses a primary's `State` of a lower
+//! epoch than the highest it followed (`Bye` "stale ownership epoch N < M") and checks
+//! each stamped frame again right before applying it, so frames already in flight from
+//! a deposed primary are never applied; a primary that receives a `State` of a higher
+//! epoch knows it was deposed and stops acknowledging writes (`replica::core::EpochGuard`).
 //!
 //! The encoding is canonical: a decoder refuses unknown types, enum codes and booleans
 //! out of range, invalid UTF-8, counts over their limits, bytes missing inside a frame
@@ -83,13 +96,14 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
-use crate::mirror::generation::{DiskState, Generations, HISTORY_LEN};
+use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch, HISTORY_LEN};
 
 #[cfg(test)]
 mod tests;
 
-/// Protocol version carried in the hello.
-pub const VERSION: u16 = 1;
+/// Protocol version carried in the hello (2: ownership epochs in `State` and in every
+/// data frame; a version-1 peer is refused in the hello).
+pub const VERSION: u16 = 2;
 /// The largest payload a frame may carry (a write or resync chunk): 1 MiB.
 pub const MAX_DATA: usize = 1 << 20;
 /// The most digests one `VerifyDigests` carries (32 MiB of 4 KiB blocks).
@@ -119,10 +133,10 @@ const WRITE_BUF: usize = 64 * 1024;
 /// Payloads at least this big are written from the caller's slice, not copied.
 const COPY_MAX: usize = 16 * 1024;
 
-/// Write's fixed fields before the payload: seq, offset, fua, payload length.
-const WRITE_HEAD: usize = 8 + 8 + 1 + 4;
-/// ResyncData's fixed fields before the payload: offset, payload length.
-const RESYNC_HEAD: usize = 8 + 4;
+/// Write's fixed fields before the payload: seq, epoch, offset, fua, payload length.
+const WRITE_HEAD: usize = 8 + 8 + 8 + 1 + 4;
+/// ResyncData's fixed fields before the payload: epoch, offset, payload length.
+const RESYNC_HEAD: usize = 8 + 8 + 4;
 /// The largest `State` body.
 const STATE_MAX: usize = 2 * (1 + MAX_STR)
     + 8
@@ -133,6 +147,7 @@ const STATE_MAX: usize = 2 * (1 + MAX_STR)
     + HISTORY_LEN * 8
     + 1
     + 1
+    + 8
     + 8;
 
 /// Frame type codes.
@@ -172,6 +187,8 @@ pub struct CopyState {
     /// Blocks this side changed since the generation it shares with the receiver
     /// (its bitmap for the receiver plus crash-dirty activity-log blocks).
     pub changed_blocks: u64,
+    /// A primary's ownership epoch, or the highest a secondary has followed.
+    pub epoch: OwnershipEpoch,
 }
 
 /// One frame after the handshake.
@@ -181,8 +198,10 @@ pub enum Frame {
     State(CopyState),
     /// A replicated client write; `seq` increases by one per replicated operation on
     /// this connection. With `fua`, the receiver makes it durable before acking.
+    /// `epoch`: the sender's ownership epoch (see the module documentation).
     Write {
         seq: u64,
+        epoch: OwnershipEpoch,
         offset: u64,
         fua: bool,
         data: Vec<u8>,
@@ -190,18 +209,21 @@ pub enum Frame {
     /// A replicated TRIM (no payload).
     Trim {
         seq: u64,
+        epoch: OwnershipEpoch,
         offset: u64,
         len: u32,
     },
     /// A replicated WRITE_ZEROES (no payload).
     Zeroes {
         seq: u64,
+        epoch: OwnershipEpoch,
         offset: u64,
         len: u32,
     },
     /// Make every earlier operation durable, then ack this seq.
     Flush {
         seq: u64,
+        epoch: OwnershipEpoch,
     },
     /// Every operation up to and including `seq` is applied (and, for FUA writes and
     /// flushes among them, durable).
@@ -215,16 +237,19 @@ pub enum Frame {
     },
     /// The source starts a resync of `total_bytes` (full: every block).
     ResyncBegin {
+        epoch: OwnershipEpoch,
         full: bool,
         total_bytes: u64,
     },
     /// Resync payload for `[offset, offset + data.len())`.
     ResyncData {
+        epoch: OwnershipEpoch,
         offset: u64,
         data: Vec<u8>,
     },
     /// Resync: `[offset, offset + len)` reads as zeroes (a hole or written zeroes).
     ResyncZero {
+        epoch: OwnershipEpoch,
         offset: u64,
         len: u32,
     },
@@ -235,6 +260,7 @@ pub enum Frame {
     },
     /// The resync is complete; the target adopts `generation` and becomes UpToDate.
     ResyncEnd {
+        epoch: OwnershipEpoch,
         generation: u64,
     },
     /// Online verify: the target answers with SHA-256 digests of each 4 KiB block of
@@ -259,6 +285,32 @@ pub enum Frame {
     Bye {
         reason: String,
     },
+}
+
+impl Frame {
+    /// The ownership epoch a frame that changes data is stamped with (`None` for the
+    /// others: `State` carries its own in [`CopyState::epoch`]).
+    pub fn epoch(&self) -> Option<OwnershipEpoch> {
+        match self {
+            Frame::Write { epoch, .. }
+            | Frame::Trim { epoch, .. }
+            | Frame::Zeroes { epoch, .. }
+            | Frame::Flush { epoch, .. }
+            | Frame::ResyncBegin { epoch, .. }
+            | Frame::ResyncData { epoch, .. }
+            | Frame::ResyncZero { epoch, .. }
+            | Frame::ResyncEnd { epoch, .. } => Some(*epoch),
+            Frame::State(_)
+            | Frame::Ack { .. }
+            | Frame::Nack { .. }
+            | Frame::ResyncAck { .. }
+            | Frame::VerifyRequest { .. }
+            | Frame::VerifyDigests { .. }
+            | Frame::Ping { .. }
+            | Frame::Pong { .. }
+            | Frame::Bye { .. } => None,
+        }
+    }
 }
 
 /// What can go wrong on a replication link.
@@ -312,10 +364,12 @@ fn max_body(t: u8) -> Option<usize> {
     Some(match t {
         ty::STATE => STATE_MAX,
         ty::WRITE => WRITE_HEAD + MAX_DATA,
-        ty::TRIM | ty::ZEROES => 8 + 8 + 4,
-        ty::FLUSH | ty::ACK | ty::RESYNC_END | ty::PING | ty::PONG => 8,
-        ty::NACK | ty::RESYNC_ZERO | ty::RESYNC_ACK | ty::VERIFY_REQUEST => 8 + 4,
-        ty::RESYNC_BEGIN => 1 + 8,
+        ty::TRIM | ty::ZEROES => 8 + 8 + 8 + 4,
+        ty::ACK | ty::PING | ty::PONG => 8,
+        ty::FLUSH | ty::RESYNC_END => 8 + 8,
+        ty::NACK | ty::RESYNC_ACK | ty::VERIFY_REQUEST => 8 + 4,
+        ty::RESYNC_ZERO => 8 + 8 + 4,
+        ty::RESYNC_BEGIN => 8 + 1 + 8,
         ty::RESYNC_DATA => RESYNC_HEAD + MAX_DATA,
         ty::VERIFY_DIGESTS => 8 + 4 + MAX_DIGESTS * 32,
         ty::BYE => 1 + MAX_STR,
@@ -400,6 +454,7 @@ fn put_state(out: &mut Vec<u8>, s: &CopyState) {
     out.push(disk_code(s.disk));
     out.push(u8::from(s.primary));
     put_u64(out, s.changed_blocks);
+    put_u64(out, s.epoch.0);
 }
 
 /// Appends the type byte and the body of `frame` to `out`, except a trailing payload
@@ -412,30 +467,45 @@ fn encode_body<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
         }
         Frame::Write {
             seq,
+            epoch,
             offset,
             fua,
             data,
         } => {
             out.push(ty::WRITE);
             put_u64(out, *seq);
+            put_u64(out, epoch.0);
             put_u64(out, *offset);
             out.push(u8::from(*fua));
             put_u32(out, len32(data.len()));
             return data;
         }
-        Frame::Trim { seq, offset, len } | Frame::Zeroes { seq, offset, len } => {
+        Frame::Trim {
+            seq,
+            epoch,
+            offset,
+            len,
+        }
+        | Frame::Zeroes {
+            seq,
+            epoch,
+            offset,
+            len,
+        } => {
             out.push(if matches!(frame, Frame::Trim { .. }) {
                 ty::TRIM
             } else {
                 ty::ZEROES
             });
             put_u64(out, *seq);
+            put_u64(out, epoch.0);
             put_u64(out, *offset);
             put_u32(out, *len);
         }
-        Frame::Flush { seq } => {
+        Frame::Flush { seq, epoch } => {
             out.push(ty::FLUSH);
             put_u64(out, *seq);
+            put_u64(out, epoch.0);
         }
         Frame::Ack { seq } => {
             out.push(ty::ACK);
@@ -446,19 +516,30 @@ fn encode_body<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
             put_u64(out, *seq);
             put_u32(out, *errno);
         }
-        Frame::ResyncBegin { full, total_bytes } => {
+        Frame::ResyncBegin {
+            epoch,
+            full,
+            total_bytes,
+        } => {
             out.push(ty::RESYNC_BEGIN);
+            put_u64(out, epoch.0);
             out.push(u8::from(*full));
             put_u64(out, *total_bytes);
         }
-        Frame::ResyncData { offset, data } => {
+        Frame::ResyncData {
+            epoch,
+            offset,
+            data,
+        } => {
             out.push(ty::RESYNC_DATA);
+            put_u64(out, epoch.0);
             put_u64(out, *offset);
             put_u32(out, len32(data.len()));
             return data;
         }
-        Frame::ResyncZero { offset, len } => {
+        Frame::ResyncZero { epoch, offset, len } => {
             out.push(ty::RESYNC_ZERO);
+            put_u64(out, epoch.0);
             put_u64(out, *offset);
             put_u32(out, *len);
         }
@@ -467,8 +548,9 @@ fn encode_body<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
             put_u64(out, *offset);
             put_u32(out, *len);
         }
-        Frame::ResyncEnd { generation } => {
+        Frame::ResyncEnd { epoch, generation } => {
             out.push(ty::RESYNC_END);
+            put_u64(out, epoch.0);
             put_u64(out, *generation);
         }
         Frame::VerifyRequest { offset, len } => {
@@ -592,6 +674,10 @@ impl<'a> Cur<'a> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
+    fn epoch(&mut self) -> Result<OwnershipEpoch, WireError> {
+        Ok(OwnershipEpoch(self.u64()?))
+    }
+
     fn bool(&mut self) -> Result<bool, WireError> {
         match self.u8()? {
             0 => Ok(false),
@@ -628,8 +714,16 @@ impl<'a> Cur<'a> {
 
 /// The fixed fields of a frame with a trailing payload.
 enum DataHead {
-    Write { seq: u64, offset: u64, fua: bool },
-    Resync { offset: u64 },
+    Write {
+        seq: u64,
+        epoch: OwnershipEpoch,
+        offset: u64,
+        fua: bool,
+    },
+    Resync {
+        epoch: OwnershipEpoch,
+        offset: u64,
+    },
 }
 
 impl DataHead {
@@ -648,24 +742,38 @@ impl DataHead {
         let head = if t == ty::WRITE {
             DataHead::Write {
                 seq: cur.u64()?,
+                epoch: cur.epoch()?,
                 offset: cur.u64()?,
                 fua: cur.bool()?,
             }
         } else {
-            DataHead::Resync { offset: cur.u64()? }
+            DataHead::Resync {
+                epoch: cur.epoch()?,
+                offset: cur.u64()?,
+            }
         };
         Ok((head, cur.data_len()?))
     }
 
     fn frame(self, data: Vec<u8>) -> Frame {
         match self {
-            DataHead::Write { seq, offset, fua } => Frame::Write {
+            DataHead::Write {
                 seq,
+                epoch,
+                offset,
+                fua,
+            } => Frame::Write {
+                seq,
+                epoch,
                 offset,
                 fua,
                 data,
             },
-            DataHead::Resync { offset } => Frame::ResyncData { offset, data },
+            DataHead::Resync { epoch, offset } => Frame::ResyncData {
+                epoch,
+                offset,
+                data,
+            },
         }
     }
 }
@@ -708,6 +816,7 @@ fn decode_state(cur: &mut Cur<'_>) -> Result<CopyState, WireError> {
         disk: disk_from(cur.u8()?)?,
         primary: cur.bool()?,
         changed_blocks: cur.u64()?,
+        epoch: cur.epoch()?,
     })
 }
 
@@ -726,25 +835,32 @@ fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
         }
         ty::TRIM => Frame::Trim {
             seq: c.u64()?,
+            epoch: c.epoch()?,
             offset: c.u64()?,
             len: c.u32()?,
         },
         ty::ZEROES => Frame::Zeroes {
             seq: c.u64()?,
+            epoch: c.epoch()?,
             offset: c.u64()?,
             len: c.u32()?,
         },
-        ty::FLUSH => Frame::Flush { seq: c.u64()? },
+        ty::FLUSH => Frame::Flush {
+            seq: c.u64()?,
+            epoch: c.epoch()?,
+        },
         ty::ACK => Frame::Ack { seq: c.u64()? },
         ty::NACK => Frame::Nack {
             seq: c.u64()?,
             errno: c.u32()?,
         },
         ty::RESYNC_BEGIN => Frame::ResyncBegin {
+            epoch: c.epoch()?,
             full: c.bool()?,
             total_bytes: c.u64()?,
         },
         ty::RESYNC_ZERO => Frame::ResyncZero {
+            epoch: c.epoch()?,
             offset: c.u64()?,
             len: c.u32()?,
         },
@@ -753,6 +869,7 @@ fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
             len: c.u32()?,
         },
         ty::RESYNC_END => Frame::ResyncEnd {
+            epoch: c.epoch()?,
             generation: c.u64()?,
         },
         ty::VERIFY_REQUEST => Frame::VerifyRequest {

@@ -196,8 +196,11 @@ pub enum Action {
     ProbeVip {
         group: String,
     },
+    /// Start the group here, as owner under the register's `epoch` (the mirrors it
+    /// holds are promoted under it).
     StartGroup {
         group: String,
+        epoch: u64,
     },
     StopGroup {
         group: String,
@@ -1566,6 +1569,7 @@ impl GroupState {
         ));
         out.push(Action::StartGroup {
             group: policy.name.clone(),
+            epoch: self.register.as_ref().map_or(0, |r| r.epoch),
         });
     }
 

@@ -12,6 +12,7 @@
 //! - `filesystem`: mounts a mirror's volume through the kernel's NBD client
 //!   ([`super::filesystem`]).
 
+use crate::mirror::generation::OwnershipEpoch;
 use std::net::IpAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
@@ -66,6 +67,8 @@ pub struct MirrorAgent {
     /// None if this node holds no copy (a config error caught at start).
     local: Option<LocalMirror>,
     server: Option<tokio::task::JoinHandle<()>>,
+    /// The group's ownership epoch this node runs it under (the promotion's epoch).
+    epoch: OwnershipEpoch,
 }
 
 /// The floating IP agent.
@@ -130,6 +133,7 @@ impl Agent {
                 name: mirror.clone(),
                 local: mirrors.get(mirror).cloned(),
                 server: None,
+                epoch: OwnershipEpoch::default(),
             }),
             ResourceKind::Filesystem {
                 mirror,
@@ -159,6 +163,14 @@ impl Agent {
     }
 
     /// Starts the resource.
+    /// The ownership epoch the group starts under (before `start`): a `mirror`
+    /// promotes its copy under it; other agents ignore it.
+    pub fn set_ownership_epoch(&mut self, epoch: OwnershipEpoch) {
+        if let Agent::Mirror(m) = self {
+            m.epoch = epoch;
+        }
+    }
+
     pub async fn start(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
         match self {
             Agent::Ip(a) => {
@@ -301,7 +313,7 @@ impl MirrorAgent {
         if !local.mirror.is_primary() {
             local
                 .mirror
-                .promote()
+                .promote(self.epoch)
                 .await
                 .map_err(|e| ResourceError::Check(format!("mirror `{}`: {e}", self.name)))?;
         }
@@ -342,6 +354,9 @@ impl MirrorAgent {
         };
         if !local.mirror.is_primary() {
             return Monitor::Failed(format!("mirror `{}` is not primary here", self.name));
+        }
+        if let Some(stale) = local.mirror.deposed() {
+            return Monitor::Failed(format!("mirror `{}`: deposed, {stale}", self.name));
         }
         if self.server.as_ref().is_none_or(|s| s.is_finished()) {
             return Monitor::Failed(format!("mirror `{}`: the NBD server stopped", self.name));

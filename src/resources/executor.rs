@@ -114,7 +114,12 @@ impl Executor {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     let input = match cmd {
-                        Command::Start => Some(self.start().await),
+                        Command::Start { epoch } => {
+                            for r in &mut self.resources {
+                                r.agent.set_ownership_epoch(epoch);
+                            }
+                            Some(self.start().await)
+                        }
                         Command::Stop => Some(self.stop().await),
                         Command::Restart { resource } => Some(self.restart(&resource).await),
                         Command::ProbeVip => Some(self.probe_vip().await),

@@ -160,7 +160,9 @@ async fn open_primary(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    m.promote().await.map_err(|e| e.to_string())?;
+    m.promote(crate::mirror::generation::OwnershipEpoch::default())
+        .await
+        .map_err(|e| e.to_string())?;
     let server = NbdServer::bind(ServerConfig {
         name: "bench".into(),
         description: String::new(),

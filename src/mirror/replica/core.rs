@@ -1,15 +1,17 @@
 //! The sans-IO core of the replication: per-peer sequence numbers, in-flight tracking,
 //! sync completion, async queue accounting and lag, dirty-bitmap marking when a peer
 //! cannot take a write, the resync planner (window, token bucket, EWMA rate) and the
-//! verify comparison. Time is an input (`now`, time since an arbitrary origin); nothing
-//! here touches a socket or a disk. The tokio tasks in `link` and `mod` carry out what
-//! these types decide.
+//! verify comparison, and the ownership-epoch rule ([`EpochGuard`]: which primary a copy
+//! follows, and when a primary learns it was deposed). Time is an input (`now`, time
+//! since an arbitrary origin); nothing here touches a socket or a disk. The tokio tasks
+//! in `link` and `mod` carry out what these types decide.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::config::ReplicationMode;
 use crate::mirror::bitmap::{DirtyBitmap, BLOCK_BYTES};
+use crate::mirror::generation::OwnershipEpoch;
 
 /// Largest resync or verify chunk (also the wire's payload limit).
 pub const CHUNK_BYTES: u64 = 1 << 20;
@@ -273,6 +275,128 @@ impl PeerCore {
     /// Whether the bitmap changed since the last [`PeerCore::take_changed`].
     pub fn take_changed(&mut self) -> bool {
         std::mem::take(&mut self.bitmap_changed)
+    }
+}
+
+/// A primary of an older ownership epoch than one this copy has seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stale ownership epoch {stale} < {newer}")]
+pub struct StaleEpoch {
+    pub stale: OwnershipEpoch,
+    pub newer: OwnershipEpoch,
+}
+
+/// What a peer's `State` means for this copy under the epoch rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochVerdict {
+    /// Go on. With `raised`, this copy's highest epoch rose to the peer's: persist it
+    /// before anything from the peer is applied.
+    Accept { raised: bool },
+    /// The peer is a primary of an older epoch: refuse the link, apply nothing of it.
+    RefusePeer(StaleEpoch),
+    /// This copy is a primary of an older epoch than the peer has followed: a newer
+    /// owner exists, so it stops acknowledging writes. The highest epoch rose to the
+    /// peer's (persist it), so a later promotion at the stale epoch is refused too.
+    Deposed(StaleEpoch),
+}
+
+/// The ownership-epoch rule of one copy (clocks play no part in it): a copy follows the
+/// primary with the highest epoch it has seen and durably remembers that epoch; it
+/// refuses a primary of a lower one and every data frame stamped with a lower one. A
+/// primary stamps its frames with the epoch it was promoted under; a secondary
+/// announces the highest it followed, so a stale primary that reaches it learns it was
+/// deposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochGuard {
+    highest: OwnershipEpoch,
+    /// The epoch this copy was promoted under, while primary.
+    primary_at: Option<OwnershipEpoch>,
+}
+
+impl EpochGuard {
+    /// The guard of a secondary that has followed (or been promoted at) `highest`.
+    pub fn new(highest: OwnershipEpoch) -> EpochGuard {
+        EpochGuard {
+            highest,
+            primary_at: None,
+        }
+    }
+
+    /// The highest epoch this copy has accepted (persisted in the metadata).
+    pub fn highest(&self) -> OwnershipEpoch {
+        self.highest
+    }
+
+    /// The epoch this copy stamps on its `State` and data frames: its promotion epoch
+    /// while primary, else the highest it followed.
+    pub fn stamp(&self) -> OwnershipEpoch {
+        self.primary_at.unwrap_or(self.highest)
+    }
+
+    /// Why this primary may no longer acknowledge writes: a newer epoch was seen.
+    pub fn deposed(&self) -> Option<StaleEpoch> {
+        let own = self.primary_at?;
+        (own < self.highest).then_some(StaleEpoch {
+            stale: own,
+            newer: self.highest,
+        })
+    }
+
+    /// Promotion under `epoch`: refused below the highest seen (this node's view of the
+    /// ownership is stale); otherwise it becomes the highest. Returns whether it rose.
+    pub fn promote(&mut self, epoch: OwnershipEpoch) -> Result<bool, StaleEpoch> {
+        self.check(epoch)?;
+        let raised = epoch > self.highest;
+        self.highest = epoch;
+        self.primary_at = Some(epoch);
+        Ok(raised)
+    }
+
+    /// This copy is secondary again.
+    pub fn demote(&mut self) {
+        self.primary_at = None;
+    }
+
+    /// A peer's `State`: its epoch and whether it is primary.
+    pub fn on_peer_state(
+        &mut self,
+        peer_epoch: OwnershipEpoch,
+        peer_primary: bool,
+    ) -> EpochVerdict {
+        if let Some(own) = self.primary_at {
+            if peer_epoch > own {
+                self.highest = self.highest.max(peer_epoch);
+                return EpochVerdict::Deposed(StaleEpoch {
+                    stale: own,
+                    newer: peer_epoch,
+                });
+            }
+        }
+        if !peer_primary {
+            // A secondary's epoch only tells a primary whether it was deposed.
+            return EpochVerdict::Accept { raised: false };
+        }
+        match self.check(peer_epoch) {
+            Err(stale) => EpochVerdict::RefusePeer(stale),
+            Ok(()) => {
+                let raised = peer_epoch > self.highest;
+                self.highest = peer_epoch;
+                EpochVerdict::Accept { raised }
+            }
+        }
+    }
+
+    /// A data frame (write, trim, zeroes, flush, resync) stamped with `epoch`, right
+    /// before it is applied.
+    pub fn check(&self, epoch: OwnershipEpoch) -> Result<(), StaleEpoch> {
+        if epoch < self.highest {
+            Err(StaleEpoch {
+                stale: epoch,
+                newer: self.highest,
+            })
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -698,6 +822,103 @@ mod tests {
         r.sent(offset, len, &mut bm);
         assert!(matches!(r.next(&bm, t(10)), ResyncStep::WaitRate(_)));
         assert!(matches!(r.next(&bm, t(1100)), ResyncStep::Chunk { .. }));
+    }
+
+    fn e(n: u64) -> OwnershipEpoch {
+        OwnershipEpoch(n)
+    }
+
+    #[test]
+    fn a_secondary_refuses_a_primary_of_an_older_epoch() {
+        let mut g = EpochGuard::new(e(0));
+        assert_eq!(
+            g.on_peer_state(e(4), true),
+            EpochVerdict::Accept { raised: true }
+        );
+        let stale = StaleEpoch {
+            stale: e(3),
+            newer: e(4),
+        };
+        assert_eq!(g.on_peer_state(e(3), true), EpochVerdict::RefusePeer(stale));
+        assert_eq!(stale.to_string(), "stale ownership epoch 3 < 4");
+        // Its frames, in flight or not, are refused too.
+        assert_eq!(g.check(e(3)), Err(stale));
+        assert_eq!(g.highest(), e(4));
+    }
+
+    #[test]
+    fn equal_and_higher_epochs_are_accepted() {
+        let mut g = EpochGuard::new(e(4));
+        assert_eq!(
+            g.on_peer_state(e(4), true),
+            EpochVerdict::Accept { raised: false }
+        );
+        assert_eq!(g.check(e(4)), Ok(()));
+        assert_eq!(
+            g.on_peer_state(e(7), true),
+            EpochVerdict::Accept { raised: true }
+        );
+        assert_eq!(g.check(e(7)), Ok(()));
+        assert!(g.check(e(4)).is_err());
+        // A secondary's epoch never raises this copy's (it followed no one here).
+        assert_eq!(
+            g.on_peer_state(e(9), false),
+            EpochVerdict::Accept { raised: false }
+        );
+        assert_eq!(g.highest(), e(7));
+    }
+
+    #[test]
+    fn a_primary_that_meets_a_newer_epoch_is_deposed() {
+        let mut g = EpochGuard::new(e(0));
+        assert_eq!(g.promote(e(3)), Ok(true));
+        assert_eq!(g.stamp(), e(3));
+        assert_eq!(
+            g.on_peer_state(e(3), false),
+            EpochVerdict::Accept { raised: false }
+        );
+        assert_eq!(g.deposed(), None);
+        let stale = StaleEpoch {
+            stale: e(3),
+            newer: e(4),
+        };
+        assert_eq!(g.on_peer_state(e(4), false), EpochVerdict::Deposed(stale));
+        assert_eq!(g.deposed(), Some(stale));
+        // It still stamps its own (stale) epoch, so the peers refuse what it sends.
+        assert_eq!(g.stamp(), e(3));
+        assert_eq!(g.highest(), e(4));
+        // Promoted again at the stale epoch (a restart of the resource): refused.
+        g.demote();
+        assert_eq!(g.deposed(), None);
+        assert_eq!(g.promote(e(3)), Err(stale));
+        assert_eq!(g.promote(e(4)), Ok(false));
+    }
+
+    #[test]
+    fn the_highest_epoch_survives_a_restart_through_the_metadata() {
+        use crate::mirror::generation::Generations;
+        use crate::mirror::replica::meta::{CopyMeta, MetaStore};
+        let dir = tempfile::tempdir().unwrap();
+        let (store, loaded) = MetaStore::open(dir.path(), MIB).unwrap();
+        let mut g = EpochGuard::new(loaded.copy.epoch);
+        assert_eq!(
+            g.on_peer_state(e(4), true),
+            EpochVerdict::Accept { raised: true }
+        );
+        store
+            .save_copy(&CopyMeta {
+                size_bytes: MIB,
+                disk: loaded.copy.disk,
+                generations: Generations::new(),
+                epoch: g.highest(),
+            })
+            .unwrap();
+        let (_, loaded) = MetaStore::open(dir.path(), MIB).unwrap();
+        let mut g = EpochGuard::new(loaded.copy.epoch);
+        assert!(matches!(
+            g.on_peer_state(e(3), true),
+            EpochVerdict::RefusePeer(_)
+        ));
     }
 
     #[test]

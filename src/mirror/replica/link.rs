@@ -13,11 +13,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use super::core::{block_digests, ResyncStep, CHUNK_BYTES};
+use super::core::{block_digests, ResyncStep, StaleEpoch, CHUNK_BYTES};
 use super::{Conn, Mirror, TargetRun};
 use crate::event::{unix_ms, EventKind};
 use crate::mirror::bitmap::BLOCK_BYTES;
-use crate::mirror::generation::DiskState;
+use crate::mirror::generation::{DiskState, OwnershipEpoch};
 use crate::mirror::wire::{
     handshake, CopyState, Frame, HandshakeParams, LinkReader, LinkWriter, PeerHello, WireError,
 };
@@ -38,6 +38,9 @@ pub enum LinkError {
     Volume(#[from] ExportError),
     #[error("metadata: {0}")]
     Meta(String),
+    /// A frame of an older ownership epoch than this copy follows (never applied).
+    #[error(transparent)]
+    StaleEpoch(#[from] StaleEpoch),
 }
 
 /// Replicated writes the secondary applies at once (non-overlapping, in one batch).
@@ -254,6 +257,17 @@ async fn run_session(
         writer_task.abort();
         return None;
     };
+    if let Err(why) = m.admit_epoch(peer, &theirs).await {
+        let _ = tx.send(Frame::Bye {
+            reason: why.to_string(),
+        });
+        drop(tx);
+        let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
+        // Not a split brain: the link retries (a deposed primary that steps down may
+        // follow the new owner), but not in a tight loop.
+        tokio::time::sleep(BACKOFF_MAX).await;
+        return None;
+    }
     let end = Arc::new(Notify::new());
     let id = match m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end)) {
         Ok(id) => id,
@@ -623,7 +637,14 @@ impl<'a> Applier<'a> {
     /// Applies frames until the channel closes (`Ok`) or one fails.
     async fn run(mut self) -> Result<(), LinkError> {
         while let Some(frame) = self.next_frame().await {
-            self.apply(frame).await?;
+            {
+                // No newer epoch is followed while a frame is checked and applied.
+                let _shared = self.m.epoch_gate.read().await;
+                if let Some(epoch) = frame.epoch() {
+                    self.m.lock().epoch.check(epoch)?;
+                }
+                self.apply(frame).await?;
+            }
             self.acknowledge_when_idle().await?;
         }
         Ok(())
@@ -642,43 +663,50 @@ impl<'a> Applier<'a> {
         match frame {
             Frame::Write {
                 seq,
+                epoch,
                 offset,
                 fua,
                 data,
             } => {
-                let (last, result) = self.write_batch((seq, offset, fua, data)).await;
+                let (last, result) = self.write_batch(epoch, (seq, offset, fua, data)).await;
                 self.settle(last, result)
             }
-            Frame::Trim { seq, offset, len } => {
+            Frame::Trim {
+                seq, offset, len, ..
+            } => {
                 let result = self.m.volume.trim(offset, len).await;
                 self.settle(seq, result)
             }
-            Frame::Zeroes { seq, offset, len } => {
+            Frame::Zeroes {
+                seq, offset, len, ..
+            } => {
                 let result = self.m.volume.write_zeroes(offset, len, true, false).await;
                 self.settle(seq, result)
             }
-            Frame::Flush { seq } => {
+            Frame::Flush { seq, .. } => {
                 self.need_sync = true;
                 self.settle(seq, Ok(()))
             }
-            Frame::ResyncBegin { full, total_bytes } => {
+            Frame::ResyncBegin {
+                full, total_bytes, ..
+            } => {
                 let (peer, session) = (self.peer, self.session);
                 self.m
                     .on_resync_begin(peer, session, full, total_bytes)
                     .await
             }
-            Frame::ResyncData { offset, data } => {
+            Frame::ResyncData { offset, data, .. } => {
                 let len = data.len() as u32;
                 self.m.volume.write(offset, data, false).await?;
                 self.resync_written(offset, len);
                 Ok(())
             }
-            Frame::ResyncZero { offset, len } => {
+            Frame::ResyncZero { offset, len, .. } => {
                 self.m.volume.write_zeroes(offset, len, true, false).await?;
                 self.resync_written(offset, len);
                 Ok(())
             }
-            Frame::ResyncEnd { generation } => self.resync_end(generation).await,
+            Frame::ResyncEnd { generation, .. } => self.resync_end(generation).await,
             Frame::VerifyRequest { offset, len } => self.verify(offset, len).await,
             _ => Ok(()),
         }
@@ -699,9 +727,14 @@ impl<'a> Applier<'a> {
 
     /// Applies a run of non-overlapping writes at once (the primary had them in flight
     /// together); anything else waits until they are done. Returns the last write's
-    /// sequence number and the first failure.
-    async fn write_batch(&mut self, first: QueuedWrite) -> (u64, Result<(), ExportError>) {
-        let batch = self.take_writes(first);
+    /// sequence number and the first failure. Only writes of `epoch` (the first's,
+    /// checked) join the batch.
+    async fn write_batch(
+        &mut self,
+        epoch: OwnershipEpoch,
+        first: QueuedWrite,
+    ) -> (u64, Result<(), ExportError>) {
+        let batch = self.take_writes(epoch, first);
         // `take_writes` returns `first` at least.
         let last = batch[batch.len() - 1].0;
         self.need_sync |= batch.iter().any(|w| w.2);
@@ -719,18 +752,20 @@ impl<'a> Applier<'a> {
 
     /// `first` and the writes queued right behind it that overlap none before them, up
     /// to `APPLY_BATCH`; the first other frame is carried over.
-    fn take_writes(&mut self, first: QueuedWrite) -> Vec<QueuedWrite> {
+    fn take_writes(&mut self, epoch: OwnershipEpoch, first: QueuedWrite) -> Vec<QueuedWrite> {
         let mut batch = vec![first];
         while batch.len() < APPLY_BATCH {
             match self.rx.try_recv() {
                 Ok(Frame::Write {
                     seq,
+                    epoch: e,
                     offset,
                     fua,
                     data,
-                }) if !batch.iter().any(|(_, o, _, d)| {
-                    offset < o + d.len() as u64 && *o < offset + data.len() as u64
-                }) =>
+                }) if e == epoch
+                    && !batch.iter().any(|(_, o, _, d)| {
+                        offset < o + d.len() as u64 && *o < offset + data.len() as u64
+                    }) =>
                 {
                     batch.push((seq, offset, fua, data))
                 }
@@ -871,17 +906,25 @@ impl Mirror {
         let extents = self.volume.block_status(offset, len32).await?;
         let covered: u64 = extents.iter().map(|e| u64::from(e.length)).sum();
         let zero_by_map = covered >= len && extents.iter().all(|e| e.zero);
-        let frame = if zero_by_map {
-            Frame::ResyncZero { offset, len: len32 }
+        let data = if zero_by_map {
+            None
         } else {
-            let data = self.volume.read(offset, len32).await?;
-            if data.iter().all(|&b| b == 0) {
-                Frame::ResyncZero { offset, len: len32 }
-            } else {
-                Frame::ResyncData { offset, data }
-            }
+            Some(self.volume.read(offset, len32).await?).filter(|d| d.iter().any(|&b| b != 0))
         };
         let mut st = self.lock();
+        let epoch = st.epoch.stamp();
+        let frame = match data {
+            None => Frame::ResyncZero {
+                epoch,
+                offset,
+                len: len32,
+            },
+            Some(data) => Frame::ResyncData {
+                epoch,
+                offset,
+                data,
+            },
+        };
         let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
             return Ok(());
         };
@@ -900,11 +943,12 @@ impl Mirror {
     fn send_resync_end(&self, peer: &str, session: u64) {
         let mut st = self.lock();
         let generation = st.gens.current;
+        let epoch = st.epoch.stamp();
         let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
             return;
         };
         if let Some(tx) = &p.tx {
-            if tx.send(Frame::ResyncEnd { generation }).is_ok() {
+            if tx.send(Frame::ResyncEnd { epoch, generation }).is_ok() {
                 p.resync_end_sent = true;
             }
         }

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::mirror::bitmap::{BitmapError, DirtyBitmap};
-use crate::mirror::generation::{DiskState, Generations};
+use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch};
 
 /// Why metadata cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,10 @@ pub struct CopyMeta {
     pub size_bytes: u64,
     pub disk: DiskState,
     pub generations: Generations,
+    /// The highest ownership epoch this copy followed or was promoted at (see
+    /// `core::EpochGuard`); metadata written before epochs existed loads as 0.
+    #[serde(default)]
+    pub epoch: OwnershipEpoch,
 }
 
 /// What `open` found.
@@ -108,6 +112,7 @@ impl MetaStore {
                     size_bytes,
                     disk: DiskState::UpToDate,
                     generations: Generations::new(),
+                    epoch: OwnershipEpoch::default(),
                 };
                 store.save_copy(&copy)?;
                 Loaded {
@@ -209,6 +214,7 @@ mod tests {
         let mut copy = loaded.copy.clone();
         copy.disk = DiskState::Outdated;
         copy.generations.current = 42;
+        copy.epoch = OwnershipEpoch(4);
         store.save_copy(&copy).unwrap();
         store.save_al(&[3, 1]).unwrap();
         let mut bm = DirtyBitmap::new(1 << 20);
@@ -225,5 +231,16 @@ mod tests {
             MetaStore::open(dir.path(), 2 << 20),
             Err(MetaError::SizeMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn metadata_from_before_epochs_loads_with_epoch_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = r#"{"size_bytes":1048576,"disk":"up_to_date",
+            "generations":{"current":42,"bitmap":{},"history":[]}}"#;
+        std::fs::write(dir.path().join("state.json"), old).unwrap();
+        let (_, loaded) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(loaded.copy.epoch, OwnershipEpoch(0));
+        assert_eq!(loaded.copy.generations.current, 42);
     }
 }

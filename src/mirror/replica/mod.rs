@@ -41,7 +41,9 @@ use crate::config::{MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
 use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
 use crate::mirror::connect::{self, Blocks, Refusal, Resync};
-use crate::mirror::generation::{promotion_refusal, DiskState, Generations, SplitBrainPolicy};
+use crate::mirror::generation::{
+    promotion_refusal, DiskState, Generations, OwnershipEpoch, SplitBrainPolicy,
+};
 use crate::mirror::status::{
     LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
     VerifyStatus,
@@ -50,7 +52,9 @@ use crate::mirror::volume::{Volume, VolumeError};
 use crate::mirror::wire::{CopyState, Frame, MAX_DATA};
 use crate::mirror::{Export, ExportError, Extent};
 
-use self::core::{Op, PeerCore, ResyncSource, Route, VerifyRun};
+use self::core::{
+    EpochGuard, EpochVerdict, Op, PeerCore, ResyncSource, Route, StaleEpoch, VerifyRun,
+};
 use self::meta::{CopyMeta, MetaError, MetaStore};
 
 /// Extents the activity log keeps hot (4 MiB each, DRBD's default count: a crash
@@ -167,6 +171,9 @@ pub enum MirrorError {
     /// The copies stay apart on connect.
     #[error(transparent)]
     Connect(#[from] Refusal),
+    /// A primary of an older ownership epoch than one this copy followed (either side).
+    #[error(transparent)]
+    StaleEpoch(#[from] StaleEpoch),
 }
 
 /// How a waited-for replicated operation ended on one peer.
@@ -222,12 +229,16 @@ struct PeerState {
     resynced_bytes: u64,
     resyncs_completed: u64,
     refused_count: u64,
+    /// The last epoch refusal on this link (reported once, not on every retry).
+    epoch_refusal: Option<StaleEpoch>,
 }
 
 struct State {
     primary: bool,
     disk: DiskState,
     gens: Generations,
+    /// The ownership-epoch rule: the highest epoch followed, the own while primary.
+    epoch: EpochGuard,
     al: ActivityLog,
     peers: BTreeMap<String, PeerState>,
     frozen: BTreeSet<String>,
@@ -247,6 +258,7 @@ impl State {
                 d => d,
             },
             generations: self.gens.clone(),
+            epoch: self.epoch.highest(),
         }
     }
 
@@ -280,6 +292,10 @@ pub struct Mirror {
     /// queued; a resync chunk holds it exclusively from its read until its frame is
     /// queued, so stale resync data never overtakes a newer write.
     gate: tokio::sync::RwLock<()>,
+    /// Appliers hold it shared while they check a frame's epoch and apply it; raising
+    /// the highest epoch at a session's start holds it exclusively, so no frame of an
+    /// older epoch is still being applied once a newer primary is followed.
+    epoch_gate: tokio::sync::RwLock<()>,
     /// Serialises activity-log updates with their persistence.
     al_io: tokio::sync::Mutex<()>,
     /// Serialises bitmap snapshots with their persistence (no older snapshot lands last).
@@ -325,6 +341,7 @@ impl PeerState {
             resynced_bytes: 0,
             resyncs_completed: 0,
             refused_count: 0,
+            epoch_refusal: None,
         }
     }
 }
@@ -372,6 +389,7 @@ impl Mirror {
             size_bytes: size,
             disk: loaded.copy.disk,
             generations: gens.clone(),
+            epoch: loaded.copy.epoch,
         })?;
         meta.set_clean(false)?;
         let listener = tokio::net::TcpListener::bind(spec.listen).await?;
@@ -386,6 +404,7 @@ impl Mirror {
             primary: false,
             disk: loaded.copy.disk,
             gens,
+            epoch: EpochGuard::new(loaded.copy.epoch),
             al,
             peers,
             frozen: BTreeSet::new(),
@@ -403,6 +422,7 @@ impl Mirror {
             origin: Instant::now(),
             st: Mutex::new(state),
             gate: tokio::sync::RwLock::new(()),
+            epoch_gate: tokio::sync::RwLock::new(()),
             al_io: tokio::sync::Mutex::new(()),
             bitmap_io: tokio::sync::Mutex::new(()),
             changed: watch::Sender::new(0),
@@ -515,9 +535,10 @@ impl Mirror {
         Ok(())
     }
 
-    /// Becomes primary: refused unless this copy is up to date and no peer is primary.
-    /// Peers that are not connected get a new generation (their bitmaps start now).
-    pub async fn promote(&self) -> Result<(), MirrorError> {
+    /// Becomes primary under the group's ownership `epoch`: refused unless this copy is
+    /// up to date, no peer is primary and no newer epoch was followed here. Peers that
+    /// are not connected get a new generation (their bitmaps start now).
+    pub async fn promote(&self, epoch: OwnershipEpoch) -> Result<(), MirrorError> {
         let generation = {
             let mut st = self.lock();
             if st.shutting_down {
@@ -526,12 +547,14 @@ impl Mirror {
             if st.primary {
                 return Ok(());
             }
-            let refusal = promotion_refusal(st.disk).or_else(|| {
-                st.peers
-                    .iter()
-                    .find(|(_, p)| p.peer_primary && p.conn == Conn::Connected)
-                    .map(|(n, _)| format!("peer {n} is primary"))
-            });
+            let refusal = promotion_refusal(st.disk)
+                .or_else(|| {
+                    st.peers
+                        .iter()
+                        .find(|(_, p)| p.peer_primary && p.conn == Conn::Connected)
+                        .map(|(n, _)| format!("peer {n} is primary"))
+                })
+                .or_else(|| st.epoch.check(epoch).err().map(|e| e.to_string()));
             if let Some(reason) = refusal {
                 drop(st);
                 self.emit(
@@ -555,16 +578,23 @@ impl Mirror {
                 st.gens.diverge(&refs, random_generation());
             }
             st.primary = true;
+            // Checked above: the promotion is at the highest epoch or above.
+            let _ = st.epoch.promote(epoch);
             st.gens.current
         };
         if let Err(e) = self.save_copy().await {
-            self.lock().primary = false;
+            let mut st = self.lock();
+            st.primary = false;
+            st.epoch.demote();
             return Err(e);
         }
         self.broadcast_state();
         self.emit(
             EventKind::MirrorPromoted,
-            &[("generation", format!("{generation:016x}"))],
+            &[
+                ("generation", format!("{generation:016x}")),
+                ("epoch", epoch.to_string()),
+            ],
         );
         Ok(())
     }
@@ -577,6 +607,7 @@ impl Mirror {
                 return Ok(());
             }
             st.primary = false;
+            st.epoch.demote();
         }
         self.bump();
         self.drain_writes().await;
@@ -619,11 +650,12 @@ impl Mirror {
         let waits = {
             let mut st = self.lock();
             let now = self.now();
+            let epoch = st.epoch.stamp();
             let mut waits = Vec::new();
             for (name, p) in st.peers.iter_mut() {
                 if let Route::Send { seq, wait } = p.core.submit(Op::Flush, now) {
                     if let Some(tx) = &p.tx {
-                        let _ = tx.send(Frame::Flush { seq });
+                        let _ = tx.send(Frame::Flush { seq, epoch });
                     }
                     if wait || all {
                         if !wait {
@@ -652,13 +684,14 @@ impl Mirror {
     fn barrier_peers(&self) {
         let mut st = self.lock();
         let now = self.now();
+        let epoch = st.epoch.stamp();
         for p in st.peers.values_mut() {
             if p.core.undurable_ops() == 0 || !p.core.replicating() {
                 continue;
             }
             if let Route::Send { seq, wait } = p.core.submit(Op::Flush, now) {
                 if let Some(tx) = &p.tx {
-                    let _ = tx.send(Frame::Flush { seq });
+                    let _ = tx.send(Frame::Flush { seq, epoch });
                 }
                 if wait {
                     // Nobody waits for this one: ack it into the void.
@@ -671,6 +704,17 @@ impl Mirror {
 
     pub fn is_primary(&self) -> bool {
         self.lock().primary
+    }
+
+    /// Why this primary no longer acknowledges writes: a copy it reached has followed a
+    /// newer ownership epoch (a newer owner exists). `None` while it is not deposed.
+    pub fn deposed(&self) -> Option<StaleEpoch> {
+        self.lock().epoch.deposed()
+    }
+
+    /// The highest ownership epoch this copy has followed or been promoted at.
+    pub fn highest_epoch(&self) -> OwnershipEpoch {
+        self.lock().epoch.highest()
     }
 
     /// Whether this copy is UpToDate, and its current generation.
@@ -934,6 +978,7 @@ impl Mirror {
             st.shutting_down = true;
             let was = st.primary;
             st.primary = false;
+            st.epoch.demote();
             // A secondary leaving a running primary knows it will fall behind.
             if !was
                 && st
@@ -1019,6 +1064,7 @@ impl Mirror {
             },
             primary: st.primary,
             changed_blocks: changed,
+            epoch: st.epoch.stamp(),
         }
     }
 
@@ -1052,6 +1098,7 @@ impl Mirror {
         let total = r.total_bytes;
         if tx
             .send(Frame::ResyncBegin {
+                epoch: st.epoch.stamp(),
                 full,
                 total_bytes: total,
             })
@@ -1084,6 +1131,12 @@ impl Mirror {
         loop {
             {
                 let mut st = self.lock();
+                if let Some(stale) = st.epoch.deposed().filter(|_| st.primary) {
+                    // A newer owner exists: nothing more is acknowledged here.
+                    return Err(ExportError::Io(std::io::Error::other(format!(
+                        "this primary was deposed: {stale}"
+                    ))));
+                }
                 if !st.primary {
                     return Err(if st.shutting_down {
                         ExportError::Shutdown
@@ -1203,36 +1256,17 @@ impl Mirror {
         let waits = {
             let mut st = self.lock();
             let now = self.now();
+            let epoch = st.epoch.stamp();
             let mut waits = Vec::new();
             for (name, p) in st.peers.iter_mut() {
                 for &(op, start) in &pieces {
                     let Route::Send { seq, wait } = p.core.submit(op, now) else {
                         continue;
                     };
-                    let frame = match op {
-                        Op::Write { offset, fua, len } => {
-                            p.replicated_bytes += len;
-                            Frame::Write {
-                                seq,
-                                offset,
-                                fua,
-                                data: data
-                                    .map(|d| d[start..start + len as usize].to_vec())
-                                    .unwrap_or_default(),
-                            }
-                        }
-                        Op::Trim { offset, len } => Frame::Trim {
-                            seq,
-                            offset,
-                            len: len as u32,
-                        },
-                        Op::Zeroes { offset, len } => Frame::Zeroes {
-                            seq,
-                            offset,
-                            len: len as u32,
-                        },
-                        Op::Flush => Frame::Flush { seq },
-                    };
+                    if let Op::Write { len, .. } = op {
+                        p.replicated_bytes += len;
+                    }
+                    let frame = op_frame(op, seq, epoch, data, start);
                     if let Some(tx) = &p.tx {
                         // A closed queue: the session is ending and will mark this op.
                         let _ = tx.send(frame);
@@ -1267,6 +1301,11 @@ impl Mirror {
         loop {
             {
                 let st = self.lock();
+                if let Some(stale) = st.epoch.deposed().filter(|_| st.primary) {
+                    return Err(ExportError::Io(std::io::Error::other(format!(
+                        "this primary was deposed: {stale}"
+                    ))));
+                }
                 if !st.frozen.contains(peer) {
                     return Ok(());
                 }
@@ -1326,6 +1365,34 @@ fn prepare_backing(path: &Path, size: Option<u64>) -> Result<u64, MirrorError> {
             Ok(want)
         }
         Err(e) => Err(MirrorError::Io(e)),
+    }
+}
+
+/// The frame replicating `op` (a write's payload from `data` at `start`).
+fn op_frame(op: Op, seq: u64, epoch: OwnershipEpoch, data: Option<&[u8]>, start: usize) -> Frame {
+    match op {
+        Op::Write { offset, fua, len } => Frame::Write {
+            seq,
+            epoch,
+            offset,
+            fua,
+            data: data
+                .map(|d| d[start..start + len as usize].to_vec())
+                .unwrap_or_default(),
+        },
+        Op::Trim { offset, len } => Frame::Trim {
+            seq,
+            epoch,
+            offset,
+            len: len as u32,
+        },
+        Op::Zeroes { offset, len } => Frame::Zeroes {
+            seq,
+            epoch,
+            offset,
+            len: len as u32,
+        },
+        Op::Flush => Frame::Flush { seq, epoch },
     }
 }
 
@@ -1465,6 +1532,92 @@ impl Mirror {
         Ok(session)
     }
 
+    /// The epoch rule on the peer's first `State` of a session (see
+    /// [`core::EpochGuard`]), before the connect plan: waits until no frame of an older
+    /// epoch is being applied, and persists a raised epoch before anything of the peer
+    /// is applied. `Err`: the link is dropped for this reason.
+    pub(crate) async fn admit_epoch(
+        &self,
+        peer: &str,
+        theirs: &CopyState,
+    ) -> Result<(), MirrorError> {
+        let _exclusive = self.epoch_gate.write().await;
+        let verdict = self
+            .lock()
+            .epoch
+            .on_peer_state(theirs.epoch, theirs.primary);
+        if matches!(
+            verdict,
+            EpochVerdict::Accept { raised: true } | EpochVerdict::Deposed(_)
+        ) {
+            self.save_copy().await?;
+        }
+        self.on_epoch_verdict(peer, verdict)
+    }
+
+    /// The epoch rule on a `State` within a session (the peer was promoted or followed
+    /// a newer primary meanwhile). A raise needs every applier idle: if one is busy,
+    /// the session ends and the next one raises at its start ([`Mirror::admit_epoch`]).
+    fn recheck_epoch(&self, peer: &str, theirs: &CopyState) -> Result<(), MirrorError> {
+        let mut st = self.lock();
+        let mut guard = st.epoch;
+        let verdict = guard.on_peer_state(theirs.epoch, theirs.primary);
+        if let EpochVerdict::Accept { raised: false } | EpochVerdict::RefusePeer(_) = verdict {
+            drop(st);
+            return self.on_epoch_verdict(peer, verdict);
+        }
+        let Ok(_exclusive) = self.epoch_gate.try_write() else {
+            return Err(MirrorError::Refused(
+                "the ownership epoch rose while a frame was being applied; reconnecting".into(),
+            ));
+        };
+        st.epoch = guard;
+        let copy = st.copy_meta(self.size);
+        drop(st);
+        self.meta.save_copy(&copy)?;
+        self.on_epoch_verdict(peer, verdict)
+    }
+
+    /// Reports a refused or deposing epoch (once per distinct refusal on a link).
+    fn on_epoch_verdict(&self, peer: &str, verdict: EpochVerdict) -> Result<(), MirrorError> {
+        let (stale, deposed) = match verdict {
+            EpochVerdict::Accept { .. } => {
+                if let Some(p) = self.lock().peers.get_mut(peer) {
+                    p.epoch_refusal = None;
+                }
+                return Ok(());
+            }
+            EpochVerdict::RefusePeer(stale) => (stale, false),
+            EpochVerdict::Deposed(stale) => (stale, true),
+        };
+        let first = {
+            let mut st = self.lock();
+            st.peers.get_mut(peer).is_some_and(|p| {
+                if p.conn != Conn::Connected {
+                    p.conn = Conn::Refused;
+                }
+                p.epoch_refusal.replace(stale) != Some(stale)
+            })
+        };
+        if deposed {
+            // Held and new writes fail from now on.
+            self.bump();
+        }
+        if first {
+            let role = if deposed {
+                "this primary was deposed"
+            } else {
+                "refusing a primary"
+            };
+            tracing::warn!(%stale, deposed, "{role}: stale ownership epoch");
+            self.emit(
+                EventKind::MirrorDisconnected,
+                &[("peer", peer.to_string()), ("reason", stale.to_string())],
+            );
+        }
+        Err(MirrorError::StaleEpoch(stale))
+    }
+
     /// A split brain or refusal: show it and raise the event.
     pub(crate) fn on_stay_apart(&self, peer: &str, why: &MirrorError) {
         let split_brain = matches!(why, MirrorError::Connect(r) if r.is_split_brain());
@@ -1539,6 +1692,15 @@ impl Mirror {
         session: u64,
         theirs: &CopyState,
     ) -> Result<(), String> {
+        let live = self
+            .lock()
+            .peers
+            .get(peer)
+            .is_some_and(|p| p.session == session);
+        if live {
+            self.recheck_epoch(peer, theirs)
+                .map_err(|e| e.to_string())?;
+        }
         let mut adopt = false;
         let mut completed = None;
         {

@@ -41,9 +41,21 @@ fn arb_state() -> impl Strategy<Value = CopyState> {
         arb_disk(),
         any::<bool>(),
         any::<u64>(),
+        any::<u64>(),
     )
         .prop_map(
-            |(node, mirror, size_bytes, current, bitmap, history, disk, primary, changed)| {
+            |(
+                node,
+                mirror,
+                size_bytes,
+                current,
+                bitmap,
+                history,
+                disk,
+                primary,
+                changed,
+                epoch,
+            )| {
                 CopyState {
                     node,
                     mirror,
@@ -56,9 +68,14 @@ fn arb_state() -> impl Strategy<Value = CopyState> {
                     disk,
                     primary,
                     changed_blocks: changed,
+                    epoch: OwnershipEpoch(epoch),
                 }
             },
         )
+}
+
+fn arb_epoch() -> impl Strategy<Value = OwnershipEpoch> {
+    any::<u64>().prop_map(OwnershipEpoch)
 }
 
 fn arb_frame() -> impl Strategy<Value = Frame> {
@@ -66,36 +83,56 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         arb_state().prop_map(Frame::State),
         (
             any::<u64>(),
+            arb_epoch(),
             any::<u64>(),
             any::<bool>(),
             vec(any::<u8>(), 0..3000)
         )
-            .prop_map(|(seq, offset, fua, data)| Frame::Write {
+            .prop_map(|(seq, epoch, offset, fua, data)| Frame::Write {
                 seq,
+                epoch,
                 offset,
                 fua,
                 data
             }),
-        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(seq, offset, len)| Frame::Trim {
-            seq,
-            offset,
-            len
-        }),
-        (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(seq, offset, len)| Frame::Zeroes {
-            seq,
-            offset,
-            len
-        }),
-        any::<u64>().prop_map(|seq| Frame::Flush { seq }),
+        (any::<u64>(), arb_epoch(), any::<u64>(), any::<u32>()).prop_map(
+            |(seq, epoch, offset, len)| Frame::Trim {
+                seq,
+                epoch,
+                offset,
+                len
+            }
+        ),
+        (any::<u64>(), arb_epoch(), any::<u64>(), any::<u32>()).prop_map(
+            |(seq, epoch, offset, len)| Frame::Zeroes {
+                seq,
+                epoch,
+                offset,
+                len
+            }
+        ),
+        (any::<u64>(), arb_epoch()).prop_map(|(seq, epoch)| Frame::Flush { seq, epoch }),
         any::<u64>().prop_map(|seq| Frame::Ack { seq }),
         (any::<u64>(), any::<u32>()).prop_map(|(seq, errno)| Frame::Nack { seq, errno }),
-        (any::<bool>(), any::<u64>())
-            .prop_map(|(full, total_bytes)| Frame::ResyncBegin { full, total_bytes }),
-        (any::<u64>(), vec(any::<u8>(), 0..3000))
-            .prop_map(|(offset, data)| Frame::ResyncData { offset, data }),
-        (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Frame::ResyncZero { offset, len }),
+        (arb_epoch(), any::<bool>(), any::<u64>()).prop_map(|(epoch, full, total_bytes)| {
+            Frame::ResyncBegin {
+                epoch,
+                full,
+                total_bytes,
+            }
+        }),
+        (arb_epoch(), any::<u64>(), vec(any::<u8>(), 0..3000)).prop_map(|(epoch, offset, data)| {
+            Frame::ResyncData {
+                epoch,
+                offset,
+                data,
+            }
+        }),
+        (arb_epoch(), any::<u64>(), any::<u32>())
+            .prop_map(|(epoch, offset, len)| { Frame::ResyncZero { epoch, offset, len } }),
         (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Frame::ResyncAck { offset, len }),
-        any::<u64>().prop_map(|generation| Frame::ResyncEnd { generation }),
+        (arb_epoch(), any::<u64>())
+            .prop_map(|(epoch, generation)| Frame::ResyncEnd { epoch, generation }),
         (any::<u64>(), any::<u32>()).prop_map(|(offset, len)| Frame::VerifyRequest { offset, len }),
         (any::<u64>(), vec(any::<[u8; 32]>(), 0..40))
             .prop_map(|(offset, digests)| Frame::VerifyDigests { offset, digests }),
@@ -161,6 +198,67 @@ proptest! {
 }
 
 #[test]
+fn epochs_are_on_the_wire_where_the_table_says() {
+    // Write: len, type, seq, epoch, offset, fua, payload length, payload.
+    let bytes = encoded(&Frame::Write {
+        seq: 1,
+        epoch: OwnershipEpoch(0x0102_0304_0506_0708),
+        offset: 9,
+        fua: true,
+        data: vec![0xee; 2],
+    });
+    let mut want = vec![0, 0, 0, 32, ty::WRITE];
+    want.extend_from_slice(&1u64.to_be_bytes());
+    want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    want.extend_from_slice(&9u64.to_be_bytes());
+    want.extend_from_slice(&[1, 0, 0, 0, 2, 0xee, 0xee]);
+    assert_eq!(bytes, want);
+    // Flush: seq then epoch. ResyncEnd: epoch then generation.
+    let flush = encoded(&Frame::Flush {
+        seq: 5,
+        epoch: OwnershipEpoch(4),
+    });
+    assert_eq!(flush[..5], [0, 0, 0, 17, ty::FLUSH]);
+    assert_eq!(flush[13..], 4u64.to_be_bytes());
+    let end = encoded(&Frame::ResyncEnd {
+        epoch: OwnershipEpoch(4),
+        generation: 6,
+    });
+    assert_eq!(end[5..13], 4u64.to_be_bytes());
+    // State: the epoch is its last field, and it survives the round trip.
+    let state = CopyState {
+        node: "a".into(),
+        mirror: "m".into(),
+        size_bytes: 1,
+        generations: Generations::new(),
+        disk: DiskState::UpToDate,
+        primary: true,
+        changed_blocks: 0,
+        epoch: OwnershipEpoch(4),
+    };
+    let bytes = encoded(&Frame::State(state.clone()));
+    assert_eq!(bytes[bytes.len() - 8..], 4u64.to_be_bytes());
+    assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::State(state));
+    for frame in [
+        Frame::Trim {
+            seq: 1,
+            epoch: OwnershipEpoch(3),
+            offset: 0,
+            len: 1,
+        },
+        Frame::ResyncZero {
+            epoch: OwnershipEpoch(3),
+            offset: 0,
+            len: 1,
+        },
+    ] {
+        assert_eq!(frame.epoch(), Some(OwnershipEpoch(3)));
+        assert_eq!(decode(&encoded(&frame)).unwrap().unwrap().0, frame);
+    }
+    assert_eq!(Frame::Ack { seq: 1 }.epoch(), None);
+}
+
+#[test]
 fn bye_reason_is_cut_at_a_char_boundary() {
     let reason = "é".repeat(200); // 400 bytes
     let bytes = encoded(&Frame::Bye { reason });
@@ -185,11 +283,12 @@ fn oversize_length_is_refused_before_the_body_arrives() {
     // A payload length over MAX_DATA inside a frame.
     let mut write = encoded(&Frame::Write {
         seq: 1,
+        epoch: OwnershipEpoch(2),
         offset: 0,
         fua: false,
         data: vec![],
     });
-    write[4 + 1 + 17..4 + 1 + 21].copy_from_slice(&(MAX_DATA as u32 + 1).to_be_bytes());
+    write[4 + 1 + 25..4 + 1 + 29].copy_from_slice(&(MAX_DATA as u32 + 1).to_be_bytes());
     assert!(matches!(decode(&write), Err(WireError::TooLarge(_))));
 }
 
@@ -203,10 +302,11 @@ fn strictness() {
     assert!(malformed(&[0, 0, 0, 0]));
     // Bad bool.
     let mut b = encoded(&Frame::ResyncBegin {
+        epoch: OwnershipEpoch(1),
         full: true,
         total_bytes: 5,
     });
-    b[5] = 2;
+    b[5 + 8] = 2;
     assert!(malformed(&b));
     // Trailing byte inside the frame: over a fixed-size type's limit, or left over.
     let mut b = encoded(&Frame::Ack { seq: 3 });
@@ -228,6 +328,7 @@ fn strictness() {
         disk: DiskState::UpToDate,
         primary: false,
         changed_blocks: 0,
+        epoch: OwnershipEpoch(0),
     };
     state.generations.bitmap.insert("p".into(), 1);
     state.generations.bitmap.insert("q".into(), 2);
@@ -250,14 +351,15 @@ fn strictness() {
         disk: DiskState::UpToDate,
         primary: false,
         changed_blocks: 0,
+        epoch: OwnershipEpoch(0),
     };
     let good = encoded(&Frame::State(state));
     let n = good.len();
     let mut b = good.clone();
-    b[n - 10] = 5;
+    b[n - 18] = 5;
     assert!(malformed(&b));
     let mut b = good.clone();
-    b[n - 9] = 2;
+    b[n - 17] = 2;
     assert!(malformed(&b));
 }
 
@@ -265,6 +367,7 @@ fn strictness() {
 fn unsendable_frames_are_refused() {
     let big = Frame::Write {
         seq: 0,
+        epoch: OwnershipEpoch(0),
         offset: 0,
         fua: false,
         data: vec![0; MAX_DATA + 1],
@@ -289,6 +392,7 @@ fn unsendable_frames_are_refused() {
 fn largest_frames_fit_their_limits() {
     let write = Frame::Write {
         seq: 0,
+        epoch: OwnershipEpoch(u64::MAX),
         offset: 0,
         fua: true,
         data: vec![1; MAX_DATA],
@@ -316,6 +420,7 @@ fn largest_frames_fit_their_limits() {
         disk: DiskState::SyncTarget,
         primary: true,
         changed_blocks: 9,
+        epoch: OwnershipEpoch(u64::MAX),
     };
     let bytes = encoded(&Frame::State(state.clone()));
     assert_eq!(bytes.len(), 4 + 1 + STATE_MAX);
@@ -539,6 +644,7 @@ async fn encrypted_link_carries_a_full_write() {
     let data: Vec<u8> = (0..MAX_DATA).map(|i| (i * 7 % 251) as u8).collect();
     let write = Frame::Write {
         seq: 1,
+        epoch: OwnershipEpoch(3),
         offset: 4096,
         fua: true,
         data,
@@ -565,11 +671,13 @@ async fn plaintext_link_batches_and_carries_big_payloads() {
         .map(|i| match i % 3 {
             0 => Frame::Ack { seq: i },
             1 => Frame::ResyncData {
+                epoch: OwnershipEpoch(i),
                 offset: i,
                 data: vec![i as u8; (i as usize * 5000) % (MAX_DATA + 1)],
             },
             _ => Frame::Write {
                 seq: i,
+                epoch: OwnershipEpoch(i),
                 offset: i,
                 fua: false,
                 data: vec![i as u8; 100],
@@ -694,6 +802,7 @@ async fn tcp_halves_in_spawned_tasks() {
         assert_eq!(peer.node, "beta");
         let write = Frame::Write {
             seq: 42,
+            epoch: OwnershipEpoch(7),
             offset: 1 << 30,
             fua: false,
             data: vec![0xa5; MAX_DATA],

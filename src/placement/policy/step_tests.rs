@@ -135,9 +135,8 @@ fn stops(out: &[Action]) -> bool {
 }
 
 fn starts(out: &[Action]) -> bool {
-    out.contains(&Action::StartGroup {
-        group: GROUP.into(),
-    })
+    out.iter()
+        .any(|a| matches!(a, Action::StartGroup { group, .. } if group == GROUP))
 }
 
 fn probes(out: &[Action]) -> bool {

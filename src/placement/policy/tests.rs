@@ -102,7 +102,7 @@ impl Cluster {
     fn carry_out(&mut self, i: usize, actions: Vec<Action>) {
         for a in actions {
             let result = match &a {
-                Action::StartGroup { group } => {
+                Action::StartGroup { group, .. } => {
                     let ok = !self.broken.contains(&(i, group.clone()));
                     Some(Input::Started {
                         group: group.clone(),
