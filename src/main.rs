@@ -143,11 +143,11 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
                         .map(ToString::to_string)
                         .collect();
                     println!(
-                        "node `{}`: fencing through {} (delay {:?}, timeout {:?})",
+                        "node `{}`: fencing through {} (delay {}s, timeout {}s)",
                         n.name,
                         methods.join(" then "),
-                        f.delay,
-                        f.timeout
+                        f.delay.as_secs_f64(),
+                        f.timeout.as_secs_f64()
                     );
                 }
             }

@@ -336,3 +336,24 @@ fn bmc_urls() {
         assert!(BmcUrl::parse(bad).is_err(), "{bad}");
     }
 }
+
+/// The example's commented `[node.fence]` block is valid once uncommented.
+#[test]
+fn example_fence_block_is_valid_uncommented() {
+    let text = include_str!("../../examples/tandem.toml");
+    let start = text.find("# [node.fence]").expect("fence block");
+    let end = start + text[start..].find("\n\n").expect("block end");
+    let block: String = text[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with(' '))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = Config::parse(&format!("{}{block}{}", &text[..start], &text[end..]))
+        .unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let f = cfg
+        .node("beta")
+        .and_then(|n| n.fence.as_ref())
+        .expect("fence");
+    assert!(f.redfish.is_some() && f.ipmi.is_some());
+}
