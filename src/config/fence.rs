@@ -62,6 +62,11 @@ pub struct IpmiConfig {
     pub user: String,
     /// The password, in a file (`ipmitool -f`): never on a command line.
     pub password_file: PathBuf,
+    /// The RMCP+ cipher suite (`ipmitool -C`, 0 to 17, e.g. 17 or 3); absent: ipmitool
+    /// asks the BMC (Get Channel Cipher Suites), which costs a time-out on BMCs that
+    /// do not answer it.
+    #[serde(default)]
+    pub cipher_suite: Option<u8>,
 }
 
 fn default_fence_timeout() -> Duration {
@@ -131,6 +136,9 @@ impl IpmiConfig {
         }
         if self.port == 0 {
             return Err(invalid(format!("{key}.port"), "must not be 0"));
+        }
+        if self.cipher_suite.is_some_and(|c| c > 17) {
+            return Err(invalid(format!("{key}.cipher_suite"), "must be 0 to 17"));
         }
         check_user(&self.user, &format!("{key}.user"))?;
         check_file(&self.password_file, &format!("{key}.password_file"))

@@ -34,11 +34,16 @@ pub fn args(cfg: &IpmiConfig, power: Power) -> Vec<String> {
         Power::On => "on",
         Power::Status => "status",
     };
-    let mut a: Vec<String> = ["-I", "lanplus", "-H", &cfg.host, "-p"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    a.push(cfg.port.to_string());
+    let mut a: Vec<String> = vec!["-I".into(), "lanplus".into()];
+    if let Some(c) = cfg.cipher_suite {
+        a.extend(["-C".into(), c.to_string()]);
+    }
+    a.extend([
+        "-H".into(),
+        cfg.host.clone(),
+        "-p".into(),
+        cfg.port.to_string(),
+    ]);
     a.extend(["-U".into(), cfg.user.clone(), "-f".into()]);
     a.push(cfg.password_file.display().to_string());
     a.extend(["chassis", "power", verb].map(String::from));
@@ -137,6 +142,7 @@ mod tests {
             port: 623,
             user: "admin".into(),
             password_file: "/etc/tandem/bmc-b.pw".into(),
+            cipher_suite: None,
         }
     }
 
@@ -146,6 +152,9 @@ mod tests {
             args(&cfg(), Power::Off).join(" "),
             "-I lanplus -H 10.0.0.22 -p 623 -U admin -f /etc/tandem/bmc-b.pw chassis power off"
         );
+        let mut c17 = cfg();
+        c17.cipher_suite = Some(17);
+        assert_eq!(args(&c17, Power::Off)[..4], ["-I", "lanplus", "-C", "17"]);
         let status = args(&cfg(), Power::Status);
         assert_eq!(status[status.len() - 3..], ["chassis", "power", "status"]);
         assert_eq!(

@@ -182,6 +182,7 @@ mod tests {
                 port: 623,
                 user: "admin".into(),
                 password_file: "/etc/tandem/ipmi.pw".into(),
+                cipher_suite: None,
             }),
             delay: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
