@@ -265,7 +265,7 @@ fn fences_over_https_with_a_self_signed_cert_only_when_insecure() {
     let strict = em.config(&format!("system = \"{}\"", em.uuid), "");
     let out = fence(&strict, &["--off"], None);
     assert_eq!(out.status.code(), Some(10));
-    assert!(stderr(&out).contains("TLS"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("insecure = true"), "{}", stderr(&out));
     assert_eq!(em.power_state(), "On", "nothing was sent");
     let insecure = em.config(&format!("system = \"{}\"\ninsecure = true", em.uuid), "");
     off_status_on(&em, &insecure);

@@ -105,7 +105,7 @@ impl Bmc {
                 let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| unreachable(format!("TLS: {e}")))?;
+                    .map_err(|e| unreachable(tls_reason(&e)))?;
                 Box::new(TokioIo::new(tls))
             }
             None => Box::new(TokioIo::new(tcp)),
@@ -142,6 +142,17 @@ impl Bmc {
             .map_err(|e| unreachable(e.to_string()))?
             .to_bytes();
         Ok((status, body))
+    }
+}
+
+/// A TLS failure, with a hint when the certificate is the problem (a BMC's
+/// self-signed one, most often).
+fn tls_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") {
+        format!("TLS: {text}: the BMC's certificate is not trusted (a self-signed one needs insecure = true)")
+    } else {
+        format!("TLS: {text}")
     }
 }
 
