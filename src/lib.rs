@@ -35,6 +35,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod event;
+pub mod fence;
 pub mod image;
 pub mod lab;
 pub mod metrics;

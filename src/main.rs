@@ -1,7 +1,8 @@
 //! The `tandem` binary: parses the command line, runs it, and maps errors to exit
 //! codes (one place: [`MainError::exit_code`]): 0 success, 1 runtime failure, 2 bad
 //! configuration or usage, 3 daemon unreachable, 4 request refused by the daemon,
-//! 5 not found, 6 conflict with the current state, 7 timed out, 8 daemon unavailable.
+//! 5 not found, 6 conflict with the current state, 7 timed out, 8 daemon unavailable,
+//! 9 busy, 10 fencing failed (the node is not known to be off).
 
 use std::process::ExitCode;
 
@@ -42,6 +43,9 @@ enum MainError {
     MirrorBench(#[from] tandem::bench::mirror::BenchError),
     #[error(transparent)]
     Image(#[from] tandem::image::ImageError),
+    /// `tandem fence`: no method confirmed the wanted power state.
+    #[error("{0}")]
+    FenceFailed(String),
     #[error("{0}")]
     Other(String),
 }
@@ -64,6 +68,7 @@ impl MainError {
                 ControlError::Busy(_) => 9,
             },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
+            MainError::FenceFailed(_) => 10,
             MainError::Nbd(tandem::mirror::nbd::NbdError::NoListener)
             | MainError::Volume(tandem::mirror::volume::VolumeError::NotFileOrBlockDevice {
                 ..
@@ -131,12 +136,42 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
                 cfg.groups.len()
             );
             println!("mode {}", tandem::status::TakeoverMode::for_config(&cfg));
+            for n in &cfg.nodes {
+                if let Some(f) = &n.fence {
+                    let methods: Vec<String> = tandem::fence::plan::methods(f)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    println!(
+                        "node `{}`: fencing through {} (delay {}s, timeout {}s)",
+                        n.name,
+                        methods.join(" then "),
+                        f.delay.as_secs_f64(),
+                        f.timeout.as_secs_f64()
+                    );
+                }
+            }
             if let Some(w) = cfg.quorum_warning() {
                 eprintln!("warning: {w}");
             }
             Ok(())
         }
         Cmd::Witness { config, check } => witness(&config, check),
+        Cmd::Fence {
+            node,
+            config,
+            off: _,
+            on,
+            status,
+        } => {
+            use tandem::fence::FenceAction;
+            let action = match (on, status) {
+                (true, _) => FenceAction::On,
+                (_, true) => FenceAction::Status,
+                _ => FenceAction::Off,
+            };
+            fence(&node, &config, action)
+        }
         Cmd::Run { config, node } => {
             let cfg = Config::load(&config)?;
             let node = match node {
@@ -198,6 +233,51 @@ fn witness(config: &std::path::Path, check: bool) -> Result<(), MainError> {
         return Ok(());
     }
     runtime()?.block_on(tandem::witness::run(cfg))?;
+    Ok(())
+}
+
+/// `tandem fence NODE`: one fence action through the node's `[node.fence]`; the
+/// outcome on standard output, every failed method on standard error.
+fn fence(
+    node: &str,
+    config: &std::path::Path,
+    action: tandem::fence::FenceAction,
+) -> Result<(), MainError> {
+    use tandem::fence::FenceOutcome;
+    let cfg = Config::load(config)?;
+    let n = cfg.node(node).ok_or_else(|| ConfigError::Invalid {
+        key: "node".into(),
+        reason: format!("no [[node]] is named `{node}`"),
+    })?;
+    let f = n.fence.as_ref().ok_or_else(|| ConfigError::Invalid {
+        key: format!("node `{node}`.fence"),
+        reason: "missing: this node has no [node.fence] section".into(),
+    })?;
+    let outcome = runtime()?.block_on(tandem::fence::execute(node, f, action));
+    match &outcome {
+        FenceOutcome::Off { method, elapsed } => println!(
+            "node `{node}`: fenced, power off ({method}, {:.1} s from the request)",
+            elapsed.as_secs_f64()
+        ),
+        FenceOutcome::On { method, elapsed } => println!(
+            "node `{node}`: power on ({method}, {:.1} s from the request)",
+            elapsed.as_secs_f64()
+        ),
+        FenceOutcome::State { method, state } => {
+            println!("node `{node}`: power {state} ({method})")
+        }
+        FenceOutcome::Failed { attempts } => {
+            for (method, e) in attempts {
+                eprintln!("tandem: fence `{node}` through {method}: {e}");
+            }
+            let what = match action {
+                tandem::fence::FenceAction::Off => "NOT fenced: the power is not known to be off",
+                tandem::fence::FenceAction::On => "the power is not known to be on",
+                tandem::fence::FenceAction::Status => "the power state could not be read",
+            };
+            return Err(MainError::FenceFailed(format!("node `{node}`: {what}")));
+        }
+    }
     Ok(())
 }
 

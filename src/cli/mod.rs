@@ -94,6 +94,25 @@ pub enum Cmd {
         #[arg(long)]
         check: bool,
     },
+    /// Power fencing by hand, like Pacemaker's stonith_admin: switch a node off
+    /// through its BMC (`[node.fence]`: Redfish, then IPMI) and wait until the BMC
+    /// reports the power off; `--on` unfences, `--status` reads the power state.
+    /// Exit 0 when done, 10 when the node could NOT be fenced.
+    Fence {
+        /// The node, by its name in the config.
+        node: String,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Power off and wait for `Off` (the default).
+        #[arg(long, conflicts_with_all = ["on", "status"])]
+        off: bool,
+        /// Power on and wait for `On` (unfence).
+        #[arg(long, conflicts_with = "status")]
+        on: bool,
+        /// Read the power state only.
+        #[arg(long)]
+        status: bool,
+    },
     /// A cluster of network namespaces on this machine.
     Lab {
         #[command(subcommand)]

@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod fence;
 mod mirror;
 mod quorum;
 mod snmp;
+pub use fence::*;
 pub use mirror::*;
 pub use quorum::*;
 pub use snmp::*;
@@ -198,6 +200,10 @@ pub struct NodeConfig {
     /// The node's address on each heartbeat path, by path name.
     #[serde(default)]
     pub addresses: BTreeMap<String, IpAddr>,
+    /// `[node.fence]`: how to power this node off through its BMC; absent: no
+    /// power fencing for this node.
+    #[serde(default)]
+    pub fence: Option<FenceConfig>,
 }
 
 /// Whether a repaired, more preferred node takes its group back by itself.
@@ -544,6 +550,9 @@ impl Config {
                     format!("{key}.addresses.{p}"),
                     "not a path named in heartbeat.paths",
                 ));
+            }
+            if let Some(f) = &n.fence {
+                f.validate(&format!("{key}.fence"))?;
             }
         }
         Ok(())

@@ -237,3 +237,123 @@ fn a_witness_makes_a_majority_of_three() {
     let e = err_of(&format!("{text}\n[quorum]\nlease = \"500ms\"\n"));
     assert!(e.contains("quorum.lease"), "{e}");
 }
+
+const FENCED: &str = r#"
+[node.fence]
+delay = "5s"
+[node.fence.redfish]
+url = "https://10.0.0.21"
+system = "1"
+user = "admin"
+password_file = "/etc/tandem/bmc-a.pw"
+insecure = true
+[node.fence.ipmi]
+host = "10.0.0.22"
+user = "admin"
+password_file = "/etc/tandem/bmc-a.ipmi.pw"
+"#;
+
+#[test]
+fn a_node_fence_section_parses_with_defaults() {
+    let cfg = Config::parse(&format!("{MINIMAL}{FENCED}")).unwrap();
+    let f = cfg.nodes[0].fence.as_ref().expect("fence section");
+    assert_eq!(f.delay, Duration::from_secs(5));
+    assert_eq!(f.timeout, Duration::from_secs(30));
+    assert_eq!(f.ipmi.as_ref().unwrap().port, 623);
+    assert!(f.redfish.as_ref().unwrap().insecure);
+    assert!(Config::parse(MINIMAL).unwrap().nodes[0].fence.is_none());
+}
+
+#[test]
+fn a_fence_section_is_checked_key_by_key() {
+    let text = format!("{MINIMAL}{FENCED}");
+    for (from, to, key) in [
+        (
+            "https://10.0.0.21",
+            "ftp://10.0.0.21",
+            "node[0].fence.redfish.url",
+        ),
+        (
+            "https://10.0.0.21",
+            "https://10.0.0.21/redfish",
+            "node[0].fence.redfish.url",
+        ),
+        (
+            "user = \"admin\"\npassword_file = \"/etc/tandem/bmc-a.pw\"",
+            "user = \"\"\npassword_file = \"/etc/tandem/bmc-a.pw\"",
+            "node[0].fence.redfish.user",
+        ),
+        (
+            "password_file = \"/etc/tandem/bmc-a.pw\"",
+            "password = \"x\"\npassword_file = \"/x\"",
+            "node[0].fence.redfish.password",
+        ),
+        (
+            "password_file = \"/etc/tandem/bmc-a.pw\"",
+            "",
+            "node[0].fence.redfish.password",
+        ),
+        (
+            "delay = \"5s\"",
+            "delay = \"5s\"\ntimeout = \"0s\"",
+            "node[0].fence.timeout",
+        ),
+        (
+            "host = \"10.0.0.22\"",
+            "host = \"-H\"",
+            "node[0].fence.ipmi.host",
+        ),
+        (
+            "system = \"1\"",
+            "system = \"1/2\"",
+            "node[0].fence.redfish.system",
+        ),
+    ] {
+        let e = err_of(&text.replacen(from, to, 1));
+        assert!(e.contains(key), "{to}: {e}");
+    }
+    let e = err_of(&text.replace("insecure = true", "insecur = true"));
+    assert!(e.contains("insecur"), "{e}");
+    let e = err_of(&format!("{MINIMAL}[node.fence]\ndelay = \"1s\"\n"));
+    assert!(e.contains("node[0].fence"), "{e}");
+}
+
+#[test]
+fn bmc_urls() {
+    let u = BmcUrl::parse("https://10.0.0.21").unwrap();
+    assert_eq!((u.tls, u.host.as_str(), u.port), (true, "10.0.0.21", 443));
+    let u = BmcUrl::parse("http://bmc-b:8000/").unwrap();
+    assert_eq!((u.tls, u.authority().as_str()), (false, "bmc-b:8000"));
+    let u = BmcUrl::parse("https://[fd00::21]:8443").unwrap();
+    assert_eq!(u.authority(), "[fd00::21]:8443");
+    for bad in [
+        "10.0.0.21",
+        "https://",
+        "https://a:0",
+        "https://u@a",
+        "https://fd00::1",
+    ] {
+        assert!(BmcUrl::parse(bad).is_err(), "{bad}");
+    }
+}
+
+/// The example's commented `[node.fence]` block is valid once uncommented.
+#[test]
+fn example_fence_block_is_valid_uncommented() {
+    let text = include_str!("../../examples/tandem.toml");
+    let start = text.find("# [node.fence]").expect("fence block");
+    let end = start + text[start..].find("\n\n").expect("block end");
+    let block: String = text[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with(' '))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let cfg = Config::parse(&format!("{}{block}{}", &text[..start], &text[end..]))
+        .unwrap_or_else(|e| panic!("{e}\n{block}"));
+    let f = cfg
+        .node("beta")
+        .and_then(|n| n.fence.as_ref())
+        .expect("fence");
+    assert!(f.redfish.is_some() && f.ipmi.is_some());
+}
