@@ -29,6 +29,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -38,8 +39,7 @@ use tandem::node::{
     ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings,
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
-use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore};
-use tandem::quorum::lease::LeaseConfig;
+use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
 use tandem::quorum::records::Restored;
 use tandem::quorum::wire::QuorumPacket;
 
@@ -110,22 +110,22 @@ struct Sim {
     lease_ms: u64,
 }
 
+/// The product's own derivation of the core's settings (`QuorumConfig::derive`, as the
+/// daemon and the witness use it), from the simulated heartbeat timing.
 fn settings(names: &[String], witness: bool, local: &str, lease_ms: u64) -> QuorumSettings {
+    let timing = QuorumTiming {
+        interval: Duration::from_millis(HB),
+        dead_time: Duration::from_millis(DEAD),
+        lease: Duration::from_millis(lease_ms),
+        drift_ppm: DRIFT_PPM,
+    };
     QuorumSettings {
-        core: QuorumConfig {
-            local: local.to_string(),
-            voters: names.to_vec(),
-            witness: witness.then(|| WITNESS.to_string()),
-            tick_ms: HB / 2,
-            election_ticks: (DEAD / (HB / 2)) as usize,
-            heartbeat_ticks: 2,
-            lease: LeaseConfig {
-                lease_ms,
-                drift_ppm: DRIFT_PPM,
-                dead_time_ms: DEAD,
-                report_fresh_ms: 2 * HB + 100,
-            },
-        },
+        core: QuorumConfig::derive(
+            timing,
+            names.to_vec(),
+            witness.then(|| WITNESS.to_string()),
+            local,
+        ),
         stop_margin_ms: STOP_MARGIN,
         reachable_ms: DEAD,
     }

@@ -89,6 +89,9 @@ pub struct Trial {
     pub vip_ms: Option<f64>,
     /// t0 -> first answer by the survivor (ms).
     pub total_ms: f64,
+    /// With a quorum: whether the killed owner was also the consensus leader (the
+    /// survivors then elect one before anything commits).
+    pub leader_killed: Option<bool>,
 }
 
 /// Results of one arm.
@@ -174,8 +177,14 @@ fn arm_title(a: &ArmResult) -> String {
                 .unwrap_or_else(|_| format!("{}ms", a.interval_ms))
         ),
         _ => format!(
-            "Tandem (heartbeat {} ms, dead time {} ms)",
-            a.interval_ms, a.dead_time_ms
+            "Tandem (heartbeat {} ms, dead time {} ms{})",
+            a.interval_ms,
+            a.dead_time_ms,
+            if a.trials.iter().any(|t| t.leader_killed.is_some()) {
+                ", quorum with a witness"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -219,6 +228,21 @@ pub fn render_table(arms: &[ArmResult]) -> String {
         }
         row(&mut out, "VIP up on survivor", &vip);
         row(&mut out, "total (client served by survivor)", &tot);
+        let by_leader = |killed: bool| -> Vec<f64> {
+            a.trials
+                .iter()
+                .filter(|t| t.leader_killed == Some(killed))
+                .map(|t| t.total_ms)
+                .collect()
+        };
+        if a.trials.iter().any(|t| t.leader_killed.is_some()) {
+            row(&mut out, "  total, owner was a follower", &by_leader(false));
+            row(
+                &mut out,
+                "  total, owner was the leader too",
+                &by_leader(true),
+            );
+        }
     }
     let total = |e: Engine| {
         arms.iter()
@@ -334,13 +358,18 @@ fn run_arm(
         net::check_interrupt()?;
         let t = trial(&mut state)?;
         println!(
-            "  trial {k}/{}: {} -> {}  detection {}  VIP up {}  total {}",
+            "  trial {k}/{}: {} -> {}  detection {}  VIP up {}  total {}{}",
             a.trials,
             t.from,
             t.to,
             t.detection_ms.map(secs).unwrap_or_else(|| "-".into()),
             t.vip_ms.map(secs).unwrap_or_else(|| "-".into()),
-            secs(t.total_ms)
+            secs(t.total_ms),
+            match t.leader_killed {
+                Some(true) => "  (the consensus leader)",
+                Some(false) => "  (a follower)",
+                None => "",
+            }
         );
         result.trials.push(t);
     }
@@ -408,6 +437,7 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
     std::thread::sleep(Duration::from_millis(50));
     let _ = go_probe.send(());
     let _ = go_watch.send(());
+    let leader_killed = quorum_leader(state, oi).map(|l| l == owner);
     let t0 = super::power_kill(&state.nodes[oi].netns)?;
     let take = joined(prober.join())?;
     let vip_at = joined(watcher.join())?;
@@ -436,6 +466,7 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
         detection_ms: detection,
         vip_ms: vip_at.map(|v| v - t0),
         total_ms: take.at_ms - t0,
+        leader_killed,
     };
     debug!(probes = take.probes, "takeover observed");
 
@@ -463,6 +494,21 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
         }
     }
     Ok(t)
+}
+
+/// The consensus leader as node `i` sees it, if the lab runs with a quorum and the
+/// node answers.
+fn quorum_leader(state: &LabState, i: usize) -> Option<String> {
+    let socket = state.nodes.get(i)?.socket.clone()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let ep = crate::api::client::Endpoint::Unix(socket);
+    let status: crate::status::Status = rt
+        .block_on(crate::api::client::call(&ep, "GET", "/v1/status", None))
+        .ok()?;
+    status.quorum?.leader
 }
 
 #[cfg(test)]
@@ -509,6 +555,7 @@ mod tests {
             detection_ms: det,
             vip_ms: Some(total - 5.0),
             total_ms: total,
+            leader_killed: None,
         }
     }
 
