@@ -115,7 +115,11 @@ impl NodeCore {
                 (
                     "reason",
                     format!(
-                        "{} of {} voters reachable: {}",
+                        "{}{} of {} voters reachable: {}",
+                        match (quorate, q.leader()) {
+                            (false, None) => "no leader; ",
+                            _ => "",
+                        },
                         reachable.len(),
                         q.config().voters.len(),
                         reachable.join(",")
