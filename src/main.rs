@@ -136,6 +136,10 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
                 cfg.groups.len()
             );
             println!("mode {}", tandem::status::TakeoverMode::for_config(&cfg));
+            println!(
+                "cluster digest {} (every node's file must give the same)",
+                cfg.digest
+            );
             for n in &cfg.nodes {
                 if let Some(f) = &n.fence {
                     let methods: Vec<String> = tandem::fence::plan::methods(f)

@@ -67,6 +67,9 @@ pub struct QuorumSettings {
     pub stop_margin_ms: u64,
     /// A voter counts as reachable while heard from within this long.
     pub reachable_ms: u64,
+    /// This node's [`crate::config::cluster_digest`], published through the log so that
+    /// nodes whose configuration files differ are reported (empty: publish nothing).
+    pub config_digest: String,
 }
 
 impl QuorumSettings {
@@ -87,6 +90,7 @@ impl QuorumSettings {
             ),
             stop_margin_ms: cfg.quorum.stop_margin.as_millis() as u64,
             reachable_ms: cfg.heartbeat.dead_time.as_millis() as u64,
+            config_digest: cfg.digest.clone(),
         }
     }
 }
@@ -386,6 +390,7 @@ impl NodeCore {
                 self.membership_input(now, membership::Input::Tick, &mut out);
                 self.quorum_call(now, &mut out, |q, now, o| q.tick(now, o));
                 self.watch_quorum(now, &mut out);
+                self.publish_config_digest(now, &mut out);
                 self.placement_input(now, Input::Tick, &mut out);
                 self.probe_silent_peers(now, &mut out);
                 self.fence(now, &mut out);
@@ -835,6 +840,7 @@ mod tests {
             },
             stop_margin_ms: 300,
             reachable_ms: 1000,
+            config_digest: String::new(),
         });
         cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
         c = NodeCore::new(cfg, 7, 1_000, &[]);
@@ -906,6 +912,31 @@ mod tests {
         // A lone cold boot takes nothing: a group with no owner yet needs every node.
         let mut c = quorum_core(&Register::default());
         assert!(!c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
+    }
+
+    #[test]
+    fn with_a_quorum_nodes_whose_configuration_differs_are_reported() {
+        use crate::quorum::decision::{Decision, Register};
+        let mut reg = Register::default();
+        for (i, (node, digest)) in [("n1", "aaaa"), ("n2", "aaaa"), ("n3", "bbbb")]
+            .into_iter()
+            .enumerate()
+        {
+            let d = Decision::ConfigDigest {
+                node: node.into(),
+                digest: digest.into(),
+            };
+            reg.apply(i as u64 + 1, d);
+        }
+        let mut c = quorum_core(&reg);
+        assert!(c.config_mismatches().is_empty(), "no digest of its own");
+        if let Some(q) = c.cfg.quorum.as_mut() {
+            q.config_digest = "aaaa".into();
+        }
+        assert_eq!(
+            c.config_mismatches(),
+            vec![("n3".to_string(), "bbbb".to_string())]
+        );
     }
 
     fn at(ms: u64) -> Now {

@@ -159,7 +159,8 @@ pub struct Status {
     /// The quorum, when ownership goes through the replicated log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum: Option<QuorumView>,
-    /// A configuration that is not partition-safe (two nodes without a witness).
+    /// A configuration that is not partition-safe (two nodes without a witness), or
+    /// nodes whose configuration files differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
@@ -317,7 +318,30 @@ pub fn project(
             .collect(),
         mirrors,
         quorum: quorum_view(core, now),
-        warning: cfg.quorum_warning(),
+        warning: warning(cfg, core),
+    }
+}
+
+/// What `tandem status` should warn about: a configuration that is not partition-safe,
+/// and nodes whose configuration file differs from this node's (by the digests in the
+/// log).
+fn warning(cfg: &Config, core: &NodeCore) -> Option<String> {
+    let mismatches = core.config_mismatches();
+    let differ = (!mismatches.is_empty()).then(|| {
+        let who: Vec<String> = mismatches
+            .iter()
+            .map(|(n, d)| format!("{n} has {d}"))
+            .collect();
+        format!(
+            "the configuration differs between nodes (this node has {}, {}): make the \
+             files the same; `tandem config check` prints the digest",
+            cfg.digest,
+            who.join(", ")
+        )
+    });
+    match (cfg.quorum_warning(), differ) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
     }
 }
 

@@ -128,6 +128,8 @@ fn settings(names: &[String], witness: bool, local: &str, lease_ms: u64) -> Quor
         ),
         stop_margin_ms: STOP_MARGIN,
         reachable_ms: DEAD,
+        // Every node publishes the same configuration digest through the log.
+        config_digest: "0123456789abcdef".into(),
     }
 }
 

@@ -71,6 +71,54 @@ pub struct Config {
     /// `[witness]`: an extra voter with no resources.
     #[serde(default)]
     pub witness: Option<WitnessRef>,
+    /// The digest of what every node must agree on ([`cluster_digest`]); set by
+    /// [`Config::parse`].
+    #[serde(skip)]
+    pub digest: String,
+}
+
+/// The sections that may differ between the nodes' files (where this node keeps its
+/// state and sockets, its observers) or that hold secrets (the key, the BMC
+/// credentials in each node's `fence`), which a published digest must not cover.
+/// Everything else must be the same everywhere.
+const NODE_LOCAL: &[(&str, Option<&str>)] = &[
+    ("api", None),
+    ("metrics", None),
+    ("snmp", None),
+    ("cluster", Some("state_dir")),
+    ("cluster", Some("key_file")),
+    ("cluster", Some("key")),
+];
+
+/// A digest of the cluster-wide part of a configuration file: its parsed TOML (so
+/// comments, whitespace and the order of keys do not count) without the [`NODE_LOCAL`]
+/// keys, as canonical JSON (sorted keys), SHA-256, the first 16 hex digits. Nodes
+/// publish theirs through the quorum log, and a node whose file differs is reported.
+pub fn cluster_digest(text: &str) -> Option<String> {
+    use sha2::Digest as _;
+    let mut v: toml::Table = toml::from_str(text).ok()?;
+    for (table, key) in NODE_LOCAL {
+        match key {
+            None => {
+                v.remove(*table);
+            }
+            Some(k) => {
+                if let Some(toml::Value::Table(t)) = v.get_mut(*table) {
+                    t.remove(*k);
+                }
+            }
+        }
+    }
+    if let Some(toml::Value::Array(nodes)) = v.get_mut("node") {
+        for n in nodes.iter_mut() {
+            if let toml::Value::Table(t) = n {
+                t.remove("fence");
+            }
+        }
+    }
+    let json = serde_json::to_vec(&v).ok()?;
+    let hash = sha2::Sha256::digest(&json);
+    Some(hash[..8].iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// `[cluster]`
@@ -423,11 +471,12 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
             message: e.to_string().trim_end().to_string(),
         })?;
         cfg.validate()?;
+        cfg.digest = cluster_digest(text).unwrap_or_default();
         Ok(cfg)
     }
 

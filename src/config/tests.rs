@@ -28,6 +28,30 @@ fn example_config_is_valid() {
 }
 
 #[test]
+fn the_cluster_digest_covers_what_nodes_share_and_nothing_local_or_secret() {
+    let base = Config::parse(MINIMAL).unwrap().digest;
+    assert_eq!(base.len(), 16);
+    let same = format!(
+        "# a comment\n{}\n[api]\nsocket = \"/run/other.sock\"\n",
+        MINIMAL.replace(
+            "key = \"0123456789abcdef\"",
+            "key = \"another-key-0123456\""
+        )
+    );
+    assert_eq!(
+        Config::parse(&same).unwrap().digest,
+        base,
+        "local or secret keys"
+    );
+    let other = MINIMAL.replace("priority = 1", "priority = 2");
+    assert_ne!(
+        Config::parse(&other).unwrap().digest,
+        base,
+        "a node's priority"
+    );
+}
+
+#[test]
 fn defaults_apply() {
     let cfg = Config::parse(MINIMAL).unwrap();
     assert_eq!(cfg.heartbeat.interval, Duration::from_millis(200));
