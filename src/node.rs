@@ -30,6 +30,7 @@ use crate::cluster::packet::{Heartbeat, LocalGroupState, NodeAdvert};
 use crate::config::Config;
 use crate::event::{fields, EventKind, Fields, MoveReason, Timeline};
 use crate::mirror::fencing::{self, FenceAction, LocalFencing};
+pub use crate::placement::policy::StopMode;
 use crate::placement::policy::{
     Action, GroupStatus, Input, Now, PeerView, Placement, PlacementConfig, PlacementError,
 };
@@ -220,7 +221,7 @@ pub enum GroupCommand {
     Start {
         epoch: OwnershipEpoch,
     },
-    Stop,
+    Stop(StopMode),
     Restart {
         resource: String,
     },
@@ -648,7 +649,7 @@ impl NodeCore {
                     };
                     (group, GroupCommand::Start { epoch })
                 }
-                Action::StopGroup { group } => (group, GroupCommand::Stop),
+                Action::StopGroup { group, mode } => (group, GroupCommand::Stop(mode)),
                 Action::RestartResource { group, resource } => {
                     (group, GroupCommand::Restart { resource })
                 }

@@ -37,6 +37,7 @@ use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
 use tandem::node::{
     ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings,
+    StopMode,
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
@@ -64,7 +65,9 @@ enum Exec {
     Stopped,
     Starting(u64),
     Running,
-    Stopping(u64),
+    /// Stopping until this time; a top-down stop still serves until it is done (the
+    /// floating IP goes last), a lease-lost stop drops the floating IP at once.
+    Stopping(u64, StopMode),
 }
 
 struct Node {
@@ -302,7 +305,7 @@ impl Sim {
                 let e = &mut self.nodes[i].exec[g];
                 match command {
                     GroupCommand::Start { .. } => *e = Exec::Starting(self.real + d),
-                    GroupCommand::Stop => *e = Exec::Stopping(self.real + d),
+                    GroupCommand::Stop(mode) => *e = Exec::Stopping(self.real + d, mode),
                     GroupCommand::ProbeVip => {
                         let r = Input::VipProbe {
                             group,
@@ -385,7 +388,7 @@ impl Sim {
                     };
                     self.node_input(i, NodeInput::Resource(r));
                 }
-                Exec::Stopping(t) if self.real >= t => {
+                Exec::Stopping(t, _) if self.real >= t => {
                     self.nodes[i].exec[g] = Exec::Stopped;
                     let r = Input::Stopped {
                         group,
@@ -457,7 +460,11 @@ impl Sim {
 
     fn serving(&self, i: usize, g: usize) -> bool {
         let n = &self.nodes[i];
-        n.up && n.paused_until.is_none() && n.exec[g] == Exec::Running
+        n.up && n.paused_until.is_none()
+            && matches!(
+                n.exec[g],
+                Exec::Running | Exec::Stopping(_, StopMode::TopDown)
+            )
     }
 
     fn check_step(&mut self) {
@@ -477,7 +484,7 @@ impl Sim {
                 let now = self.nodes[i].clock(self.real);
                 let lease = core
                     .quorum()
-                    .and_then(|q| q.leases().lease_end(&self.groups[g]));
+                    .and_then(|q| q.leases().serving_end(&self.groups[g]));
                 if lease.is_none_or(|end| end <= now) {
                     self.violations.push(format!(
                         "t={} {} serves {} without a lease ({lease:?}, now {now})",

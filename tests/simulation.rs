@@ -645,7 +645,7 @@ impl Sim {
                             self.check_start(i, g);
                             self.submit(i, g, ExecKind::Start);
                         }
-                        GroupCommand::Stop => {
+                        GroupCommand::Stop(_) => {
                             self.check_stop(i, g);
                             self.submit(i, g, ExecKind::Stop);
                         }

@@ -253,6 +253,15 @@ impl NodeCore {
                 gate.may_run.insert(g.clone());
             }
         }
+        for policy in &self.cfg.placement.groups {
+            let g = &policy.name;
+            if leases
+                .serving_end(g)
+                .is_some_and(|end| end > now.mono_ms + s.stop_margin_ms)
+            {
+                gate.leased.insert(g.clone());
+            }
+        }
         self.start_cleared
             .retain(|(g, e)| reg.owner(g).is_some_and(|o| o.epoch == *e));
         note_running_peers(&mut self.ran, &self.peers, reg);

@@ -190,6 +190,19 @@ pub enum Input {
     VipProbe { group: String, in_use: bool },
 }
 
+/// How a group is stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopMode {
+    /// Every resource in reverse dependency order (the service first, its floating IP
+    /// and volume last).
+    TopDown,
+    /// The owner lease is running out: first what lets the outside world reach this
+    /// node's copy of the group (its floating IPs, then its mirrors' primary role, so
+    /// the service's writes fail), then the rest in reverse dependency order. A slow
+    /// service stop must not keep the address or the volume past the lease.
+    LeaseLost,
+}
+
 /// What the runtime must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -204,6 +217,7 @@ pub enum Action {
     },
     StopGroup {
         group: String,
+        mode: StopMode,
     },
     RestartResource {
         group: String,
@@ -253,6 +267,10 @@ pub struct QuorumGate {
     /// This node knows a leader and hears a majority of the voters: the log can take
     /// an administrator's decision now.
     pub quorate: bool,
+    /// Groups on which this node holds an owner lease beyond the stop margin (of the
+    /// current epoch, or of one the log has just moved on from): a stop may take the
+    /// clean top-down order; without one it drops what clients reach first.
+    pub leased: BTreeSet<String>,
 }
 
 /// Errors of administrative requests.
@@ -1217,7 +1235,14 @@ impl GroupState {
                 self.owner().unwrap_or_default()
             )
         };
-        self.stop(&policy.name, &reason, out);
+        // A hand-off leaves this node its lease for the clean stop; a node that lost
+        // it (cut off, or paused past it) must not keep the address while stopping.
+        let mode = if gate.leased.contains(&policy.name) {
+            StopMode::TopDown
+        } else {
+            StopMode::LeaseLost
+        };
+        self.stop_as(&policy.name, &reason, mode, out);
         true
     }
 
@@ -1582,6 +1607,10 @@ impl GroupState {
 
     /// Stops the group here.
     fn stop(&mut self, name: &str, reason: &str, out: &mut Vec<Action>) {
+        self.stop_as(name, reason, StopMode::TopDown, out);
+    }
+
+    fn stop_as(&mut self, name: &str, reason: &str, mode: StopMode, out: &mut Vec<Action>) {
         self.local = LocalGroupState::Stopping;
         out.push(emit(
             EventKind::GroupStopping,
@@ -1589,6 +1618,7 @@ impl GroupState {
         ));
         out.push(Action::StopGroup {
             group: name.to_string(),
+            mode,
         });
     }
 

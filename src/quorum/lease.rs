@@ -62,6 +62,23 @@ struct Held {
     epoch: u64,
     /// Per voter: the send time of the newest renewal it acknowledged.
     acked: BTreeMap<String, u64>,
+    /// The end of the lease of the epoch this one replaced, for the same group: the
+    /// node may still serve under it (never a lease for this epoch).
+    carried_end: Option<u64>,
+}
+
+impl Held {
+    /// The majority-th newest acknowledged send time, plus the lease.
+    fn end(&self, majority: usize, lease_ms: u64) -> Option<u64> {
+        let mut times: Vec<u64> = self.acked.values().copied().collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(majority.checked_sub(1)?).map(|t| t + lease_ms)
+    }
+
+    /// Until when the node may serve: this epoch's lease or the one it replaced.
+    fn serving_end(&self, majority: usize, lease_ms: u64) -> Option<u64> {
+        self.end(majority, lease_ms).max(self.carried_end)
+    }
 }
 
 /// The lease state of one voter.
@@ -153,14 +170,34 @@ impl LeaseBook {
                 epoch: o.epoch,
             })
             .collect();
+        // A lease the register no longer gives this node is kept until it runs out
+        // (no more renewals): the node may still be stopping the group, and whether
+        // it must hurry depends on it.
+        // A lease of an older epoch that the register gives this node again at a new
+        // one still bounds how long the node may be serving under the old one.
+        let lease_ms = self.cfg.lease_ms;
+        let majority = self.majority();
+        let mut carried = BTreeMap::new();
         self.held
-            .retain(|g, h| mine.iter().any(|m| &m.group == g && m.epoch == h.epoch));
+            .retain(|g, h| match mine.iter().find(|m| &m.group == g) {
+                Some(m) if m.epoch == h.epoch => true,
+                Some(_) => {
+                    if let Some(end) = h.serving_end(majority, lease_ms) {
+                        carried.insert(g.clone(), end);
+                    }
+                    false
+                }
+                None => h
+                    .serving_end(majority, lease_ms)
+                    .is_some_and(|end| end > now_ms),
+            });
         for m in &mine {
             self.give(now_ms, &m.group, m.epoch);
             let local = self.local.clone();
             let h = self.held.entry(m.group.clone()).or_insert(Held {
                 epoch: m.epoch,
                 acked: BTreeMap::new(),
+                carried_end: carried.get(&m.group).copied(),
             });
             h.acked.insert(local, now_ms);
         }
@@ -182,15 +219,22 @@ impl LeaseBook {
         }
     }
 
+    /// Owner side: until when this node may still be serving `group` (its clock): the
+    /// lease of the epoch it holds (the current one, or one the register has moved on
+    /// from, until it runs out), or of the epoch that one replaced.
+    pub fn serving_end(&self, group: &str) -> Option<u64> {
+        self.held
+            .get(group)?
+            .serving_end(self.majority(), self.cfg.lease_ms)
+    }
+
     /// Owner side: when the lease on `group` ends (this node's clock), if a majority
-    /// acknowledged any renewal of the current epoch.
+    /// acknowledged a renewal of the epoch held. Only this lease lets a node start or
+    /// keep running a group; [`Self::serving_end`] also counts the replaced epoch's.
     pub fn lease_end(&self, group: &str) -> Option<u64> {
-        let h = self.held.get(group)?;
-        let mut times: Vec<u64> = h.acked.values().copied().collect();
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        times
-            .get(self.majority() - 1)
-            .map(|t| t + self.cfg.lease_ms)
+        self.held
+            .get(group)?
+            .end(self.majority(), self.cfg.lease_ms)
     }
 
     /// This voter's reports, for every group in its register.
@@ -352,6 +396,32 @@ mod tests {
         // A voter whose register names another owner or epoch does not acknowledge.
         let other = register("n2", 2);
         assert!(w.on_renew(310, "n1", 300, &r, &other).is_empty());
+    }
+
+    #[test]
+    fn a_lease_the_log_moved_away_bounds_serving_until_it_runs_out() {
+        let reg1 = register("n1", 1);
+        let mut owner = LeaseBook::new(cfg(), "n1", &voters(), 0);
+        let mut w = LeaseBook::new(cfg(), "w", &voters(), 0);
+        let r = owner.renewals(100, &reg1);
+        owner.on_ack("w", &w.on_renew(105, "n1", 100, &r, &reg1));
+        // Switched over to n2: no more renewals, but the node may still be stopping
+        // the group under the lease it has (found by tests/quorum_sim.rs seed 806).
+        let reg2 = register("n2", 2);
+        assert!(owner.renewals(500, &reg2).is_empty());
+        assert_eq!(owner.serving_end("g"), Some(1100));
+        assert_eq!(owner.lease_end("g"), Some(1100));
+        // Back to n1 at epoch 3 before it stopped: no lease of epoch 3 yet, but it
+        // may still be serving under epoch 1's (seed 6060).
+        let reg3 = register("n1", 3);
+        owner.renewals(600, &reg3);
+        assert_eq!(owner.lease_end("g"), None, "epoch 3 needs its own majority");
+        assert_eq!(owner.serving_end("g"), Some(1100));
+        // Once it has run out, a moved-away lease is forgotten.
+        owner.renewals(1000, &reg2);
+        assert_eq!(owner.serving_end("g"), Some(1100));
+        owner.renewals(1200, &reg2);
+        assert_eq!(owner.serving_end("g"), None);
     }
 
     #[test]

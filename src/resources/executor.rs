@@ -15,9 +15,40 @@ use super::agent::{Agent, Monitor};
 use super::probe;
 use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
-use crate::node::GroupCommand as Command;
+use crate::node::{GroupCommand as Command, StopMode};
 use crate::placement::hierarchy::{dependents_closure, start_order};
 use crate::placement::policy::Input;
+
+/// What a resource is to a [`StopMode::LeaseLost`] stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopFirst {
+    /// A floating IP: dropped first.
+    FloatingIp,
+    /// A mirror: demoted next, so the service's writes fail rather than land.
+    Volume,
+    /// Stopped in reverse dependency order after those.
+    No,
+}
+
+/// The order to stop a group's resources in: reverse dependency order (`order` is the
+/// start order), or for a lost lease the floating IPs, then the mirrors, then the rest
+/// in reverse dependency order.
+fn stop_order(mode: StopMode, order: &[usize], kinds: &[StopFirst]) -> Vec<usize> {
+    let reverse = order.iter().rev().copied();
+    match mode {
+        StopMode::TopDown => reverse.collect(),
+        StopMode::LeaseLost => {
+            let kind = |i: usize| kinds.get(i).copied().unwrap_or(StopFirst::No);
+            let mut v: Vec<usize> = reverse
+                .clone()
+                .filter(|&i| kind(i) == StopFirst::FloatingIp)
+                .collect();
+            v.extend(reverse.clone().filter(|&i| kind(i) == StopFirst::Volume));
+            v.extend(reverse.filter(|&i| kind(i) == StopFirst::No));
+            v
+        }
+    }
+}
 
 /// How long a freshly started group may take to pass its first quickChecks.
 const FIRST_CHECK_GRACE: Duration = Duration::from_secs(15);
@@ -120,7 +151,7 @@ impl Executor {
                             }
                             Some(self.start().await)
                         }
-                        Command::Stop => Some(self.stop().await),
+                        Command::Stop(mode) => Some(self.stop(mode).await),
                         Command::Restart { resource } => Some(self.restart(&resource).await),
                         Command::ProbeVip => Some(self.probe_vip().await),
                         Command::Maintenance(on) => { self.maintenance = on; None }
@@ -138,7 +169,7 @@ impl Executor {
         }
         // The daemon is shutting down: stop what runs here, top-down.
         if self.running {
-            let _ = self.stop().await;
+            let _ = self.stop(StopMode::TopDown).await;
         }
     }
 
@@ -283,11 +314,20 @@ impl Executor {
         }
     }
 
-    async fn stop(&mut self) -> Input {
+    async fn stop(&mut self, mode: StopMode) -> Input {
         self.running = false;
         let mut steps = Vec::new();
         let mut error = None;
-        for &i in self.order.clone().iter().rev() {
+        let kinds: Vec<StopFirst> = self
+            .resources
+            .iter()
+            .map(|r| match &r.agent {
+                Agent::Ip(_) => StopFirst::FloatingIp,
+                Agent::Mirror(_) => StopFirst::Volume,
+                _ => StopFirst::No,
+            })
+            .collect();
+        for i in stop_order(mode, &self.order, &kinds) {
             if let Err(e) = self.stop_one(i, &mut steps).await {
                 error.get_or_insert(e);
             }
@@ -424,5 +464,30 @@ impl Executor {
             }
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_lease_drops_the_floating_ip_then_the_volume_then_the_rest_top_down() {
+        // Started in the order vip (0), data (1), app (2), web (3): web depends on app.
+        let order = [0, 1, 2, 3];
+        let kinds = [
+            StopFirst::FloatingIp,
+            StopFirst::Volume,
+            StopFirst::No,
+            StopFirst::No,
+        ];
+        assert_eq!(
+            stop_order(StopMode::TopDown, &order, &kinds),
+            vec![3, 2, 1, 0]
+        );
+        assert_eq!(
+            stop_order(StopMode::LeaseLost, &order, &kinds),
+            vec![0, 1, 3, 2]
+        );
     }
 }

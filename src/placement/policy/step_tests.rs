@@ -129,8 +129,14 @@ fn events(out: &[Action]) -> Vec<EventKind> {
 }
 
 fn stops(out: &[Action]) -> bool {
-    out.contains(&Action::StopGroup {
-        group: GROUP.into(),
+    out.iter()
+        .any(|a| matches!(a, Action::StopGroup { group, .. } if group == GROUP))
+}
+
+fn stop_mode(out: &[Action]) -> Option<StopMode> {
+    out.iter().find_map(|a| match a {
+        Action::StopGroup { mode, .. } => Some(*mode),
+        _ => None,
     })
 }
 
@@ -615,6 +621,11 @@ fn with_a_quorum_an_owner_whose_lease_ran_out_stops_and_restarts_when_it_returns
     let mut out = Vec::new();
     g.evaluate(w.policy(), &w.view(), &mut out);
     assert!(stops(&out), "no lease: stop");
+    assert_eq!(
+        stop_mode(&out),
+        Some(StopMode::LeaseLost),
+        "the floating IP and the volume go first"
+    );
     assert_eq!(proposes_owner(&out), None, "and claim nothing");
     g.local = LocalGroupState::Stopped;
     w.gate_mut().may_run.insert(GROUP.into());
@@ -625,11 +636,22 @@ fn with_a_quorum_an_owner_whose_lease_ran_out_stops_and_restarts_when_it_returns
 
 #[test]
 fn with_a_quorum_a_node_running_a_group_the_log_gives_another_stops_it() {
-    let w = World::new("a", false, Switchback::Manual).with_gate(Some(("b", 6)));
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("b", 6)));
     let mut g = group(LocalGroupState::Running, Some(("a", 5)));
     let mut out = Vec::new();
     g.evaluate(w.policy(), &w.view(), &mut out);
     assert!(stops(&out));
+    assert_eq!(
+        stop_mode(&out),
+        Some(StopMode::LeaseLost),
+        "no lease left (cut off or paused past it): the address goes first"
+    );
+    // A hand-off: the old owner still holds its lease and stops cleanly.
+    w.gate_mut().leased.insert(GROUP.into());
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(stop_mode(&out), Some(StopMode::TopDown));
     assert_eq!(g.register, register(("b", 6)));
 }
 

@@ -113,7 +113,7 @@ impl Cluster {
                         first_check_wall_ms: None,
                     })
                 }
-                Action::StopGroup { group } => Some(Input::Stopped {
+                Action::StopGroup { group, .. } => Some(Input::Stopped {
                     group: group.clone(),
                     ok: true,
                     error: None,
