@@ -2397,3 +2397,50 @@ fn three_nodes_owner_alone_in_a_2_1_split_yields_to_the_majority() {
     lab.note(&format!("healed: n1 agrees after {} ms", ms(d)));
     lab.assert_stable("n2", &nodes, 3);
 }
+
+/// Five nodes (quorum without a witness): a 3|2 split with the owner n1 on the
+/// minority side (with n5). The minority's owner stops for its lease, the majority
+/// n2+n3+n4 moves the group to n2 (n1's synchronous peer), and at no polled moment do
+/// two of the five run it or hold the floating IP.
+#[test]
+fn five_nodes_owner_in_the_minority_of_a_3_2_split_yields_to_the_majority() {
+    require_root!();
+    let lab = Lab::up("tl5-", &["--nodes", "5"]);
+    lab.wait_vip("n1", Duration::from_secs(30));
+    let nodes = ["n1", "n2", "n3", "n4", "n5"];
+    wait_for(
+        "every node sees n1 own and run the group",
+        Duration::from_secs(30),
+        || {
+            (nodes.iter().all(|n| lab.owner(n).as_deref() == Some("n1"))
+                && lab.local_state("n1").as_deref() == Some("running"))
+            .then_some(())
+        },
+    );
+    lab.lab(&["partition", "n1,n5"]);
+    let overlaps = poll_takeover(&lab, "n1", "n2", &nodes);
+    assert_eq!(overlaps, 0, "two nodes served at {overlaps} polled moments");
+    for n in ["n3", "n4"] {
+        assert_eq!(
+            lab.owner(n).as_deref(),
+            Some("n2"),
+            "{n} disagrees on the owner"
+        );
+    }
+    assert_ne!(
+        lab.local_state("n5").as_deref(),
+        Some("running"),
+        "the minority's other node runs the group"
+    );
+    lab.lab(&["heal"]);
+    let (_, d) = wait_for(
+        "the minority agrees n2 owns",
+        Duration::from_secs(20),
+        || {
+            (lab.owner("n1").as_deref() == Some("n2") && lab.owner("n5").as_deref() == Some("n2"))
+                .then_some(())
+        },
+    );
+    lab.note(&format!("healed: the minority agrees after {} ms", ms(d)));
+    lab.assert_stable("n2", &nodes, 3);
+}

@@ -269,8 +269,16 @@ pub enum LabCommand {
         #[command(flatten)]
         dir: DirArg,
     },
-    /// Remove the cut, isolation and loss rules of one node (or `w`), or of the whole
-    /// lab.
+    /// Split the lab in two: the listed nodes (and `w` if listed) keep talking to
+    /// each other and to the clients, but not to the rest; the links stay up.
+    Partition {
+        /// One side, comma-separated (`n1,n5` or `n1,w`); the other side is the rest.
+        side: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Remove the cut, isolation, partition and loss rules of one node (or `w`), or of
+    /// the whole lab.
     Heal {
         /// Node (`n1` or `1`) or `w`; default: every namespace of the lab.
         node: Option<String>,
@@ -474,6 +482,7 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             cut(&state, i, &path)
         }
         LabCommand::Isolate { node, dir } => isolate(&LabState::load(&dir.dir)?, &node),
+        LabCommand::Partition { side, dir } => partition(&LabState::load(&dir.dir)?, &side),
         LabCommand::Heal { node, dir } => {
             let state = LabState::load(&dir.dir)?;
             match node {
@@ -1307,6 +1316,64 @@ fn isolate(state: &LabState, spec: &str) -> Result<(), LabError> {
     net::nft_script(&ns, &topology::nft_isolate_script())?;
     println!("{name}: isolated (all IPv4 and ARP dropped both ways, loopback spared; links up)");
     Ok(())
+}
+
+/// `lab partition SIDE`: the namespaces of `side` lose every packet to and from the
+/// addresses of the others (the floating IP aside: it moves), in both directions.
+fn partition(state: &LabState, side: &str) -> Result<(), LabError> {
+    let mut all: Vec<(String, String)> = state
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.netns.clone()))
+        .collect();
+    all.extend(
+        state
+            .witness
+            .iter()
+            .map(|w| (w.name.clone(), w.netns.clone())),
+    );
+    let mut ours = Vec::new();
+    for spec in side.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        ours.push(state.target_ns(spec)?);
+    }
+    let theirs: Vec<&(String, String)> = all.iter().filter(|x| !ours.contains(x)).collect();
+    if ours.is_empty() || theirs.is_empty() {
+        return Err(LabError::Invalid(format!(
+            "a partition needs nodes on both sides (got {side:?})"
+        )));
+    }
+    let mut addrs = Vec::new();
+    for (_, ns) in &theirs {
+        addrs.extend(ipv4_addresses(ns)?);
+    }
+    for (name, ns) in &ours {
+        net::nft_script(ns, &topology::nft_partition_script(&addrs))?;
+        println!(
+            "{name}: cut off from {} address(es) of the other side",
+            addrs.len()
+        );
+    }
+    let names = |v: &[&(String, String)]| v.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    println!(
+        "partition: {} | {}",
+        names(&ours.iter().collect::<Vec<_>>()).join(","),
+        names(&theirs).join(",")
+    );
+    Ok(())
+}
+
+/// The IPv4 addresses of a namespace, but loopback's and the floating IP.
+fn ipv4_addresses(ns: &str) -> Result<Vec<String>, LabError> {
+    let out = net::ipn(ns, &["-j", "-4", "addr", "show"])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["ifname"] != "lo")
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().map(str::to_string))
+        .filter(|a| a != topology::VIP)
+        .collect())
 }
 
 /// `lab heal NODE`: the cut, isolation and loss rules of one namespace.

@@ -492,6 +492,34 @@ pub fn nft_isolate_script() -> String {
     )
 }
 
+/// Name of the nftables tables (`inet` and `arp`) that cut one side of a partition off
+/// from the other.
+pub fn partition_table() -> String {
+    format!("{NFT_TABLE_PREFIX}partition")
+}
+
+/// nft script that (re)creates the tables cutting a namespace off from `others` (the
+/// addresses of every namespace on the other side of a partition): IPv4 and ARP to
+/// and from them dropped, everything else (the client LAN, its own side) kept.
+pub fn nft_partition_script(others: &[String]) -> String {
+    let t = partition_table();
+    let set = others.join(", ");
+    format!(
+        "table inet {t}\n\
+         delete table inet {t}\n\
+         table inet {t} {{\n\
+         \tchain input {{ type filter hook input priority -300; policy accept; ip saddr {{ {set} }} drop; }}\n\
+         \tchain output {{ type filter hook output priority -300; policy accept; ip daddr {{ {set} }} drop; }}\n\
+         }}\n\
+         table arp {t}\n\
+         delete table arp {t}\n\
+         table arp {t} {{\n\
+         \tchain input {{ type filter hook input priority 0; policy accept; arp saddr ip {{ {set} }} drop; }}\n\
+         \tchain output {{ type filter hook output priority 0; policy accept; arp daddr ip {{ {set} }} drop; }}\n\
+         }}\n"
+    )
+}
+
 /// Name of the nftables table that applies random loss on `iface`.
 pub fn loss_table(iface: &str) -> String {
     format!("{NFT_TABLE_PREFIX}loss_{iface}")
@@ -777,6 +805,11 @@ mod tests {
             parse_lab_tables("table inet tdmlab_isolate\ntable arp tdmlab_isolate\n").len(),
             2
         );
+        let p = nft_partition_script(&["10.78.1.12".into(), "10.78.2.12".into()]);
+        assert!(p.contains("ip saddr { 10.78.1.12, 10.78.2.12 } drop;"));
+        assert!(p.contains("ip daddr { 10.78.1.12, 10.78.2.12 } drop;"));
+        assert!(p.contains("arp saddr ip { 10.78.1.12, 10.78.2.12 } drop;"));
+        assert!(p.contains("arp daddr ip { 10.78.1.12, 10.78.2.12 } drop;"));
         let c = nft_cut_script("hb1");
         assert!(c.starts_with("table inet tdmlab_cut_hb1\ndelete table inet tdmlab_cut_hb1\n"));
         assert!(c.contains("iifname \"hb1\" drop"));
