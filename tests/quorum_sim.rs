@@ -128,6 +128,7 @@ fn settings(names: &[String], witness: bool, local: &str, lease_ms: u64) -> Quor
         ),
         stop_margin_ms: STOP_MARGIN,
         reachable_ms: DEAD,
+        watchdog_s: None,
     }
 }
 

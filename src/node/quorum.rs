@@ -338,6 +338,26 @@ impl NodeCore {
         })
     }
 
+    /// The watchdog's part of a tick: the groups this node runs or starts, with their
+    /// leases, decide whether it is armed and petted (see [`super::watchdog`]).
+    pub(super) fn watchdog_tick(&mut self, now: Now, out: &mut Vec<NodeAction>) {
+        let Some(w) = self.watchdog.as_mut() else {
+            return;
+        };
+        let leases = self.quorum.as_ref().map(|q| q.leases());
+        let owned: Vec<(String, Option<u64>)> = self
+            .placement
+            .local_states()
+            .filter(|(_, s)| matches!(s, LocalGroupState::Running | LocalGroupState::Starting))
+            .map(|(g, _)| (g.to_string(), leases.and_then(|l| l.lease_end(g))))
+            .collect();
+        out.extend(
+            w.tick(now.mono_ms, &owned)
+                .into_iter()
+                .map(NodeAction::Watchdog),
+        );
+    }
+
     pub fn quorum(&self) -> Option<&QuorumCore> {
         self.quorum.as_ref()
     }
