@@ -547,11 +547,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         replies: BTreeMap::new(),
         next_request: 0,
         log,
-        watchdog: cfg
-            .quorum
-            .watchdog
-            .as_ref()
-            .map(|w| watchdog::WatchdogDevice::new(&w.device)),
+        watchdog: watchdog::WatchdogDevice::configured(&cfg),
         cfg,
     };
     let inbox = Inbox {

@@ -66,6 +66,14 @@ impl WatchdogDevice {
         }
     }
 
+    /// The device of `[quorum] watchdog`, if configured (closed: not armed yet).
+    pub fn configured(cfg: &crate::config::Config) -> Option<WatchdogDevice> {
+        cfg.quorum
+            .watchdog
+            .as_ref()
+            .map(|w| WatchdogDevice::new(&w.device))
+    }
+
     pub fn armed(&self) -> bool {
         self.file.is_some()
     }
