@@ -207,9 +207,22 @@ impl NodeCore {
                 self.start_cleared.insert(key.clone());
                 self.ran.insert(key);
             }
+            // With a watchdog, a group starts only with W + 100 ms of lease left: the
+            // device counts from its arm (or the last pet), and must reset this node
+            // before the lease ends (found by tests/quorum_sim.rs: a node that started
+            // with less, then paused, was reset after its lease had ended).
+            let here = self.placement.local_states().any(|(n, st)| {
+                n == g && matches!(st, LocalGroupState::Running | LocalGroupState::Starting)
+            });
+            let margin = match s.watchdog_s {
+                Some(w) if !here => s
+                    .stop_margin_ms
+                    .max(w * 1000 + super::watchdog::PET_SPARE_MS),
+                _ => s.stop_margin_ms,
+            };
             let lease_ok = leases
                 .lease_end(g)
-                .is_some_and(|end| end > now.mono_ms + s.stop_margin_ms);
+                .is_some_and(|end| end > now.mono_ms + margin);
             if cleared && lease_ok && !self.outdating_stuck(now, g) {
                 gate.may_run.insert(g.clone());
             }
