@@ -12,6 +12,9 @@
 //!   owner may start (the voters wait L × (1 + 2ρ) on their own clocks).
 //! - **Disarmed** (magic close) once it runs and starts nothing: a node that stops its
 //!   groups in time for its lease is not reset.
+//! - A group **starts** only with W + 100 ms of lease left (the gate, in
+//!   `node::quorum`): the device counts from its arm or last pet, so a node that
+//!   started with less and then hung would be reset after its lease ended.
 //!
 //! The runtime carries out [`WatchdogCommand`]s on the device (`runtime::watchdog`).
 
