@@ -22,6 +22,9 @@ use crate::mirror::generation::OwnershipEpoch;
 use std::collections::{BTreeMap, BTreeSet};
 
 mod quorum;
+mod watchdog;
+
+pub use watchdog::{Watchdog, WatchdogCommand};
 
 use crate::cluster::membership::{
     self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerSpec, PeerStatus,
@@ -71,6 +74,8 @@ pub struct QuorumSettings {
     /// This node's [`crate::config::cluster_digest`], published through the log so that
     /// nodes whose configuration files differ are reported (empty: publish nothing).
     pub config_digest: String,
+    /// `[quorum] watchdog`: its timeout W, in seconds (the device backs the leases).
+    pub watchdog_s: Option<u64>,
 }
 
 impl QuorumSettings {
@@ -92,6 +97,7 @@ impl QuorumSettings {
             stop_margin_ms: cfg.quorum.stop_margin.as_millis() as u64,
             reachable_ms: cfg.heartbeat.dead_time.as_millis() as u64,
             config_digest: cfg.digest.clone(),
+            watchdog_s: cfg.quorum.watchdog.as_ref().map(|w| w.timeout.as_secs()),
         }
     }
 }
@@ -261,6 +267,8 @@ pub enum NodeAction {
     /// Write this to the durable consensus log, with fsync, before carrying out the
     /// actions that follow.
     PersistLog(PersistBatch),
+    /// Arm, pet or disarm the watchdog that backs the leases (`[quorum] watchdog`).
+    Watchdog(WatchdogCommand),
     /// The answer to [`NodeInput::Control`].
     Reply {
         id: u64,
@@ -310,6 +318,8 @@ pub struct NodeCore {
     /// (group, epoch) some node is known to have been cleared to run at: this node
     /// started it, or a peer advertised it running at that epoch.
     ran: BTreeSet<(String, u64)>,
+    /// `[quorum] watchdog`: when to arm, pet and disarm.
+    watchdog: Option<Watchdog>,
 }
 
 impl NodeCore {
@@ -334,6 +344,11 @@ impl NodeCore {
             .as_ref()
             .map_or(0, |q| wire::voters_digest(&q.core.voters));
         let outbox = Outbox::new(&cfg.cluster, cfg.local(), voters_digest, boot_id);
+        let watchdog = cfg
+            .quorum
+            .as_ref()
+            .and_then(|q| q.watchdog_s)
+            .map(Watchdog::new);
         let mut core = NodeCore {
             cfg,
             boot_id,
@@ -356,6 +371,7 @@ impl NodeCore {
             was_quorate: false,
             pending_since: BTreeMap::new(),
             ran: BTreeSet::new(),
+            watchdog,
         };
         for t in history {
             core.tally(t);
@@ -395,6 +411,7 @@ impl NodeCore {
                 self.placement_input(now, Input::Tick, &mut out);
                 self.probe_silent_peers(now, &mut out);
                 self.fence(now, &mut out);
+                self.watchdog_tick(now, &mut out);
             }
             NodeInput::CheckLiveness => {
                 self.membership_input(now, membership::Input::Tick, &mut out)
@@ -842,6 +859,7 @@ mod tests {
             stop_margin_ms: 300,
             reachable_ms: 1000,
             config_digest: String::new(),
+            watchdog_s: None,
         });
         cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
         c = NodeCore::new(cfg, 7, 1_000, &[]);

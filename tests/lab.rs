@@ -2444,3 +2444,63 @@ fn five_nodes_owner_in_the_minority_of_a_3_2_split_yields_to_the_majority() {
     lab.note(&format!("healed: the minority agrees after {} ms", ms(d)));
     lab.assert_stable("n2", &nodes, 3);
 }
+
+/// The lab's watchdog stand-in's resets of `node` since `since_ms` (unix ms).
+fn watchdog_resets(lab: &Lab, node: &str, since_ms: u64) -> Vec<Value> {
+    std::fs::read_to_string(lab.dir.join(node).join("watchdog-events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["event"] == "watchdog_reset")
+        .filter(|e| e["time_ms"].as_u64() >= Some(since_ms))
+        .collect()
+}
+
+/// Quorum with a witness and the lab's watchdog stand-ins: the owner (n1) paused
+/// (SIGSTOP) stops petting its watchdog, which resets it (power kill: its floating IP
+/// gone) before its lease ends; n2 takes over only after that, and at no polled moment
+/// do two nodes run the group or hold the floating IP. Without the watchdog the paused
+/// daemon's kernel keeps the floating IP while n2 serves it too.
+#[test]
+fn witness_paused_owner_is_reset_by_its_watchdog_before_the_majority_takes_over() {
+    require_root!();
+    let lab = Lab::up("tlv-", &["--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let paused_ms = wall_ms();
+    lab.lab(&["fail", "n1", "stop"]);
+    let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
+    assert_eq!(overlaps, 0, "two nodes served at {overlaps} polled moments");
+    assert_eq!(
+        lab.owner("n2").as_deref(),
+        Some("n2"),
+        "n2 does not own the group"
+    );
+    assert!(
+        lab.vip_ifaces("n1").is_empty(),
+        "the paused n1 still holds the floating IP on {:?}",
+        lab.vip_ifaces("n1")
+    );
+    let resets = watchdog_resets(&lab, "n1", paused_ms);
+    assert_eq!(resets.len(), 1, "n1's watchdog resets: {resets:?}");
+    let reset_ms = resets[0]["links_down_ms"].as_u64().expect("links_down_ms");
+    let starting = event_time(&lab, "n2", "group_starting", paused_ms).expect("n2 group_starting");
+    let started = event_time(&lab, "n2", "group_started", paused_ms).expect("n2 group_started");
+    lab.note(&format!(
+        "paused n1: watchdog reset at +{} ms (silent {} ms); n2 group_starting +{} ms, \
+         group_started +{} ms; reset {} ms before n2 started",
+        reset_ms.saturating_sub(paused_ms),
+        resets[0]["silent_ms"],
+        starting - paused_ms,
+        started - paused_ms,
+        starting as i64 - reset_ms as i64
+    ));
+    assert!(
+        reset_ms < starting,
+        "n2 started the group ({starting}) before n1 was reset ({reset_ms})"
+    );
+    assert!(
+        watchdog_resets(&lab, "n2", paused_ms).is_empty(),
+        "n2's watchdog reset it"
+    );
+}

@@ -13,10 +13,17 @@
 //! kills and restarts at any point of the log, pauses past the lease, every node's
 //! clock running at its own rate within ρ), then a heal phase with every fault removed.
 //!
+//! About half the scenarios give the nodes a watchdog (`[quorum] watchdog`, W from 1 s
+//! to what the lease allows): the simulation carries out the core's arm, pet and
+//! disarm, and resets (crashes) a node whose armed watchdog went W without a pet, on
+//! real time, paused or not.
+//!
 //! Invariants:
 //! 1. (every step of real time) at most one node serves a group. A node serves from its
 //!    executor's successful start until it is told to stop (the floating IP goes
-//!    first), and not while paused.
+//!    first); a paused node serves too when it has a watchdog (its kernel keeps the
+//!    floating IP), and does not without one (the scenarios without a watchdog check
+//!    only the cores' decisions).
 //! 2. (every step) a serving node holds an unexpired lease on its own clock.
 //! 3. (end of the heal phase) every group runs on exactly one node, and every node
 //!    agrees with the log on its owner.
@@ -37,7 +44,7 @@ use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
 use tandem::node::{
     ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings,
-    StopMode,
+    StopMode, WatchdogCommand,
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
@@ -84,6 +91,10 @@ struct Node {
     exec: Vec<Exec>,
     next_hb: u64,
     inbox: VecDeque<(u64, String, Msg)>,
+    /// The watchdog, when armed: the real time of the last pet (or of the arm).
+    wd_pet: Option<u64>,
+    /// A node the watchdog reset boots again at this real time.
+    reboot_at: Option<u64>,
 }
 
 impl Node {
@@ -111,11 +122,19 @@ struct Sim {
     faults_on: bool,
     /// L: as short as the config allows, or as long as a 3-s watchdog needs.
     lease_ms: u64,
+    /// W, when the nodes have a watchdog.
+    watchdog_s: Option<u64>,
 }
 
 /// The product's own derivation of the core's settings (`QuorumConfig::derive`, as the
 /// daemon and the witness use it), from the simulated heartbeat timing.
-fn settings(names: &[String], witness: bool, local: &str, lease_ms: u64) -> QuorumSettings {
+fn settings(
+    names: &[String],
+    witness: bool,
+    local: &str,
+    lease_ms: u64,
+    watchdog_s: Option<u64>,
+) -> QuorumSettings {
     let timing = QuorumTiming {
         interval: Duration::from_millis(HB),
         dead_time: Duration::from_millis(DEAD),
@@ -133,6 +152,7 @@ fn settings(names: &[String], witness: bool, local: &str, lease_ms: u64) -> Quor
         reachable_ms: DEAD,
         // Every node publishes the same configuration digest through the log.
         config_digest: "0123456789abcdef".into(),
+        watchdog_s,
     }
 }
 
@@ -150,6 +170,10 @@ impl Sim {
         }
         let groups: Vec<String> = (0..rng.gen_range(1..=2)).map(|g| format!("g{g}")).collect();
         let rng_pick = rng.gen_range(0..3);
+        let lease_ms = [1500, 2500, 4000][rng_pick];
+        // The longest W the config allows: L >= W + heartbeat interval + 200 ms.
+        let max_w = (lease_ms - HB - 200) / 1000;
+        let watchdog_s = rng.gen_bool(0.5).then(|| rng.gen_range(1..=max_w));
         let mut sim = Sim {
             rng,
             verbose,
@@ -162,7 +186,8 @@ impl Sim {
             max_serving: 0,
             violations: Vec::new(),
             faults_on: false,
-            lease_ms: [1500, 2500, 4000][rng_pick],
+            lease_ms,
+            watchdog_s,
             names,
         };
         for i in 0..sim.names.len() {
@@ -182,6 +207,8 @@ impl Sim {
                 exec: vec![Exec::Stopped; sim.groups.len()],
                 next_hb: 0,
                 inbox: VecDeque::new(),
+                wd_pet: None,
+                reboot_at: None,
             };
             sim.nodes.push(node);
             sim.boot(i);
@@ -204,10 +231,12 @@ impl Sim {
         n.up = true;
         n.paused_until = None;
         n.inbox.clear();
+        n.wd_pet = None;
+        n.reboot_at = None;
         n.exec = vec![Exec::Stopped; self.groups.len()];
         let now = n.clock(real);
         n.next_hb = now + (seed % HB);
-        let s = settings(&names, witness, &n.name, self.lease_ms);
+        let s = settings(&names, witness, &n.name, self.lease_ms, self.watchdog_s);
         if i >= self.n_nodes {
             n.witness = Some(QuorumCore::new(s.core, &n.disk, now, seed).expect("witness core"));
             return;
@@ -316,6 +345,14 @@ impl Sim {
                     _ => {}
                 }
             }
+            NodeAction::Watchdog(cmd) => {
+                let (real, n) = (self.real, &mut self.nodes[i]);
+                n.wd_pet = match cmd {
+                    WatchdogCommand::Arm { .. } => n.wd_pet.or(Some(real)),
+                    WatchdogCommand::Pet => n.wd_pet.map(|_| real),
+                    WatchdogCommand::Disarm => None,
+                };
+            }
             NodeAction::Emit { kind, fields } if self.verbose => {
                 println!("{:>6} {} {:?} {:?}", self.real, self.names[i], kind, fields);
             }
@@ -356,12 +393,25 @@ impl Sim {
         n.witness = None;
         n.exec = vec![Exec::Stopped; self.groups.len()];
         n.inbox.clear();
+        n.wd_pet = None;
+        n.reboot_at = None;
     }
 
     /// One step of real time on node `i`.
     fn run_node(&mut self, i: usize) {
         if !self.nodes[i].up {
+            if self.nodes[i].reboot_at.is_some_and(|t| self.real >= t) {
+                self.trace(format!("reboot {} after its watchdog reset", self.names[i]));
+                self.boot(i);
+            }
             return;
+        }
+        if let (Some(w), Some(t)) = (self.watchdog_s, self.nodes[i].wd_pet) {
+            if self.real >= t + w * 1000 {
+                self.crash(i, "watchdog reset");
+                self.nodes[i].reboot_at = Some(self.real + 2000);
+                return;
+            }
         }
         if let Some(t) = self.nodes[i].paused_until {
             if self.real < t {
@@ -460,7 +510,7 @@ impl Sim {
 
     fn serving(&self, i: usize, g: usize) -> bool {
         let n = &self.nodes[i];
-        n.up && n.paused_until.is_none()
+        n.up && (n.paused_until.is_none() || self.watchdog_s.is_some())
             && matches!(
                 n.exec[g],
                 Exec::Running | Exec::Stopping(_, StopMode::TopDown)

@@ -661,6 +661,7 @@ impl Sim {
                 | NodeAction::PeerDead { .. }
                 | NodeAction::PeerOutdated { .. }
                 | NodeAction::OutdateSelf { .. }
+                | NodeAction::Watchdog(_)
                 | NodeAction::Reply { .. } => {}
             }
         }

@@ -39,6 +39,22 @@ pub struct QuorumSection {
     /// (floating IPs first) finishes while the lease still holds.
     #[serde(with = "humantime_serde")]
     pub stop_margin: Duration,
+    /// A hardware watchdog that backs the lease: petted only while every lease this
+    /// node serves under has more than its timeout left, so a hung owner is reset
+    /// before its lease ends.
+    pub watchdog: Option<WatchdogSection>,
+}
+
+/// `[quorum] watchdog = { device = "/dev/watchdog", timeout = "1s" }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogSection {
+    /// The watchdog device (or, in the lab, a FIFO read by a stand-in).
+    pub device: std::path::PathBuf,
+    /// W: how long the device waits for a pet before it resets the machine. Whole
+    /// seconds (Linux's `WDIOC_SETTIMEOUT` takes seconds).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for QuorumSection {
@@ -48,6 +64,7 @@ impl Default for QuorumSection {
             lease: Duration::from_millis(1500),
             drift_ppm: 10_000,
             stop_margin: Duration::from_millis(300),
+            watchdog: None,
         }
     }
 }
@@ -102,6 +119,7 @@ impl Config {
                 ),
             ));
         }
+        self.check_watchdog()?;
         if let Some(w) = &self.witness {
             if w.name.is_empty() || w.name.len() > 64 {
                 return Err(invalid("witness.name", "must be 1 to 64 characters"));
@@ -123,6 +141,41 @@ impl Config {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `[quorum] watchdog`: whole seconds, and a lease long enough that the owner can
+    /// stop petting before its lease ends with a heartbeat interval to spare.
+    fn check_watchdog(&self) -> Result<(), ConfigError> {
+        let Some(w) = &self.quorum.watchdog else {
+            return Ok(());
+        };
+        if w.device.as_os_str().is_empty() {
+            return Err(invalid("quorum.watchdog.device", "must not be empty"));
+        }
+        if w.timeout.subsec_nanos() != 0 || w.timeout.as_secs() == 0 {
+            return Err(invalid(
+                "quorum.watchdog.timeout",
+                "must be a whole number of seconds, at least 1s (Linux sets it in seconds)",
+            ));
+        }
+        if !self.quorum_enabled() {
+            return Err(invalid(
+                "quorum.watchdog",
+                "backs the owner lease, which needs a quorum (three or more voters)",
+            ));
+        }
+        let need = w.timeout + self.heartbeat.interval + Duration::from_millis(200);
+        if self.quorum.lease < need {
+            return Err(invalid(
+                "quorum.lease",
+                format!(
+                    "must be at least quorum.watchdog.timeout + heartbeat.interval + 200ms = \
+                     {} ms with a watchdog",
+                    need.as_millis()
+                ),
+            ));
         }
         Ok(())
     }

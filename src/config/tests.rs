@@ -262,6 +262,35 @@ fn a_witness_makes_a_majority_of_three() {
     assert!(e.contains("quorum.lease"), "{e}");
 }
 
+#[test]
+fn a_watchdog_needs_whole_seconds_and_a_lease_that_outlasts_it() {
+    let base =
+        format!("{TWO_NODES}\n[witness]\nname = \"w\"\naddresses = {{ hb1 = \"10.0.0.9\" }}\n");
+    let wd = |lease: &str, timeout: &str| {
+        format!(
+            "{base}\n[quorum]\nlease = \"{lease}\"\n\
+             watchdog = {{ device = \"/dev/watchdog\", timeout = \"{timeout}\" }}\n"
+        )
+    };
+    let cfg = Config::parse(&wd("2s", "1s")).unwrap();
+    let w = cfg.quorum.watchdog.as_ref().expect("watchdog");
+    assert_eq!(w.timeout, std::time::Duration::from_secs(1));
+    assert_eq!(w.device, std::path::Path::new("/dev/watchdog"));
+    let e = err_of(&wd("2s", "1500ms"));
+    assert!(e.contains("quorum.watchdog.timeout"), "{e}");
+    let e = err_of(&wd("1300ms", "1s"));
+    assert!(
+        e.contains("quorum.lease") && e.contains("quorum.watchdog.timeout"),
+        "{e}"
+    );
+    let e = err_of(&wd("2s", "1s").replace("timeout =", "bogus = 1, timeout ="));
+    assert!(e.contains("bogus"), "{e}");
+    let e = err_of(&format!(
+        "{TWO_NODES}\n[quorum]\nwatchdog = {{ device = \"/dev/watchdog\", timeout = \"1s\" }}\n"
+    ));
+    assert!(e.contains("quorum.watchdog"), "{e}");
+}
+
 const FENCED: &str = r#"
 [node.fence]
 delay = "5s"

@@ -339,6 +339,8 @@ fn run_arm(
         engine,
         wait: a.wait,
         witness: a.witness && engine == Engine::Tandem,
+        // The benchmark kills nodes itself; it measures failover without a watchdog.
+        no_watchdog: true,
     };
     println!(
         "{engine} arm: building lab {prefix} (interval {interval} ms{}) ...",

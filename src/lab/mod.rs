@@ -20,6 +20,7 @@ pub mod keepalived;
 pub mod net;
 mod probe;
 pub mod topology;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -200,6 +201,10 @@ pub struct UpArgs {
     /// LAN): two nodes and the witness decide by majority.
     #[arg(long)]
     pub witness: bool,
+    /// No watchdog stand-in (with a quorum, each node's `[quorum] watchdog` is
+    /// otherwise a FIFO whose stand-in power-kills the node when it is not petted).
+    #[arg(long)]
+    pub no_watchdog: bool,
 }
 
 /// Options of `lab down`.
@@ -318,6 +323,9 @@ pub enum LabCommand {
         #[command(subcommand)]
         bench: bench::BenchCommand,
     },
+    /// A node's watchdog stand-in (started by `lab up`).
+    #[command(hide = true)]
+    WatchdogStandin(watchdog::StandinArgs),
     /// Built-in HTTP responder (service of the keepalived arm).
     #[command(hide = true)]
     Responder {
@@ -364,6 +372,9 @@ pub struct NodeState {
     pub socket: Option<PathBuf>,
     /// Processes, the engine daemon first.
     pub procs: Vec<ProcSpec>,
+    /// The watchdog stand-in (in the switch namespace), reading `<dir>/watchdog.fifo`.
+    #[serde(default)]
+    pub watchdog: Option<ProcSpec>,
 }
 
 /// The witness in `lab.json` (`lab up --witness`).
@@ -517,6 +528,7 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             net::install_interrupt_handler();
             bench::run(bench)
         }
+        LabCommand::WatchdogStandin(a) => watchdog::run(a),
         LabCommand::Responder { name, listen } => {
             let name = name
                 .or_else(|| std::env::var("TANDEM_NODE").ok())
@@ -619,6 +631,7 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     };
     state.save()?;
     start_witness(&mut state)?;
+    start_standins(&mut state)?;
     for i in 0..state.nodes.len() {
         start_node(&mut state, i)?;
     }
@@ -727,9 +740,13 @@ impl Engines {
         let state_dir = dir.join("state");
         std::fs::create_dir_all(&state_dir)
             .map_err(|e| LabError::io(format!("creating {}", state_dir.display()), e))?;
+        let fifo = watchdog_wanted(args)
+            .then(|| watchdog::create_fifo(&dir))
+            .transpose()?;
         let (config, socket, procs) = match args.engine {
             Engine::Tandem => {
-                let (conf, socket, proc) = self.tandem(args, plan, n, &dir, &state_dir)?;
+                let (conf, socket, proc) =
+                    self.tandem(args, plan, n, &dir, &state_dir, fifo.as_deref())?;
                 (Some(conf), Some(socket), vec![proc])
             }
             Engine::Keepalived => {
@@ -754,6 +771,7 @@ impl Engines {
                 vec![self.responder(n, dir.join("responder.log"))],
             ),
         };
+        let watchdog = fifo.map(|f| self.standin(n, &dir, &f));
         Ok(NodeState {
             name: n.name.clone(),
             netns: n.netns.clone(),
@@ -767,7 +785,32 @@ impl Engines {
             state_dir: (args.engine == Engine::Tandem).then_some(state_dir),
             socket,
             procs,
+            watchdog,
         })
+    }
+
+    /// Node `n`'s watchdog stand-in, reading `fifo` (not started yet).
+    fn standin(&self, n: &topology::NodePlan, dir: &Path, fifo: &Path) -> ProcSpec {
+        ProcSpec {
+            argv: vec![
+                self.me.clone(),
+                "lab".into(),
+                "watchdog-standin".into(),
+                "--node".into(),
+                n.name.clone(),
+                "--netns".into(),
+                n.netns.clone(),
+                "--fifo".into(),
+                fifo.to_string_lossy().into_owned(),
+                "--timeout".into(),
+                watchdog::TIMEOUT_S.to_string(),
+                "--events".into(),
+                dir.join(watchdog::EVENTS).to_string_lossy().into_owned(),
+            ],
+            env: vec![("TANDEM_LOG".into(), log_filter())],
+            log: dir.join("watchdog.log"),
+            pid: None,
+        }
     }
 
     /// Node `n`'s Tandem config (written), API socket and daemon.
@@ -778,6 +821,7 @@ impl Engines {
         n: &topology::NodePlan,
         dir: &Path,
         state_dir: &Path,
+        watchdog_fifo: Option<&Path>,
     ) -> Result<(PathBuf, PathBuf, ProcSpec), LabError> {
         let conf = dir.join("tandem.toml");
         let socket = dir.join("tandem.sock");
@@ -794,6 +838,7 @@ impl Engines {
                 state_dir: &state_dir.to_string_lossy(),
                 socket: &socket.to_string_lossy(),
                 witness: args.witness,
+                watchdog: watchdog_fifo.map(|f| f.to_string_lossy().into_owned()),
             },
         );
         write_file(&conf, &text)?;
@@ -835,6 +880,7 @@ impl Engines {
                 state_dir: &state_dir.to_string_lossy(),
                 socket: "",
                 witness: true,
+                watchdog: None,
             },
         );
         write_file(&conf, &text)?;
@@ -1137,6 +1183,35 @@ fn start_witness(state: &mut LabState) -> Result<(), LabError> {
     Ok(())
 }
 
+/// Start the nodes' watchdog stand-ins in the switch namespace (never power-killed;
+/// `lab down` ends them) and record their pids.
+fn start_standins(state: &mut LabState) -> Result<(), LabError> {
+    for node in &mut state.nodes {
+        if let Some(p) = node.watchdog.as_mut() {
+            let pid = net::spawn_detached(&state.switch_ns, &p.argv, &p.env, &p.log)?;
+            p.pid = Some(pid);
+            debug!(node = %node.name, pid, "watchdog stand-in started");
+        }
+    }
+    Ok(())
+}
+
+/// Whether `lab up` gives each node a watchdog stand-in: with a quorum (which the
+/// watchdog backs), unless `--no-watchdog`, and when the default lease allows it.
+fn watchdog_wanted(args: &UpArgs) -> bool {
+    let quorum = args.witness || args.nodes >= 3;
+    // [quorum] lease (the default 1500 ms, as the witness has it) must be at least
+    // watchdog timeout + heartbeat.interval + 200 ms.
+    let fits = watchdog::TIMEOUT_S * 1000 + args.interval + 200 <= 1500;
+    if quorum && !args.no_watchdog && !fits {
+        warn!(
+            interval_ms = args.interval,
+            "no watchdog stand-in: the lease is too short for it at this interval"
+        );
+    }
+    args.engine == Engine::Tandem && quorum && !args.no_watchdog && fits
+}
+
 /// Start every process of node `i` (engine first) and record the pids.
 fn start_node(state: &mut LabState, i: usize) -> Result<(), LabError> {
     let node = &mut state.nodes[i];
@@ -1203,6 +1278,9 @@ pub(crate) fn restart_node(state: &mut LabState, i: usize) -> Result<(), LabErro
             }
         }
     }
+    if state.nodes[i].watchdog.is_some() {
+        watchdog::power_cycled(&state.nodes[i].dir.join(watchdog::FIFO));
+    }
     start_node(state, i)?;
     state.save()
 }
@@ -1232,6 +1310,9 @@ fn fail(state: &mut LabState, i: usize, action: FailAction) -> Result<(), LabErr
     match action {
         FailAction::Kill => {
             power_kill(&ns)?;
+            if state.nodes[i].watchdog.is_some() {
+                watchdog::power_cycled(&state.nodes[i].dir.join(watchdog::FIFO));
+            }
             println!("{name}: power lost (links down, all processes killed)");
         }
         FailAction::Stop | FailAction::Cont => {

@@ -296,6 +296,8 @@ pub struct ConfigParams<'a> {
     pub socket: &'a str,
     /// Name the lab's witness as a voter (`lab up --witness`).
     pub witness: bool,
+    /// `[quorum] watchdog`'s device: the FIFO of the node's watchdog stand-in.
+    pub watchdog: Option<String>,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -312,6 +314,16 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
     let paths: Vec<String> = HB_PATHS.iter().map(|x| q(x)).collect();
     let _ = writeln!(s, "paths = [{}]", paths.join(", "));
+    if let Some(fifo) = &p.watchdog {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[quorum]");
+        let _ = writeln!(
+            s,
+            "watchdog = {{ device = {}, timeout = \"{}s\" }}",
+            q(fifo),
+            super::watchdog::TIMEOUT_S
+        );
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "[api]");
     let _ = writeln!(s, "socket = {}", q(p.socket));
@@ -681,6 +693,7 @@ mod tests {
                 state_dir: "/run/tandem-lab/n1/state",
                 socket: "/run/tandem-lab/n1/tandem.sock",
                 witness: false,
+                watchdog: None,
             },
         );
         let v: toml::Value = toml::from_str(&text).expect("valid toml");
@@ -773,10 +786,13 @@ mod tests {
             state_dir: "/run/tandem-lab/w/state",
             socket: "/run/tandem-lab/n1/tandem.sock",
             witness: true,
+            watchdog: Some("/run/tandem-lab/n1/watchdog.fifo".into()),
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
             .expect("the daemon accepts it");
         assert!(node.quorum_enabled(), "two nodes and a witness vote");
+        let wd = node.quorum.watchdog.as_ref().expect("[quorum] watchdog");
+        assert_eq!(wd.timeout.as_secs(), super::super::watchdog::TIMEOUT_S);
         let wref = node.witness.as_ref().expect("[witness]");
         assert_eq!(wref.name, WITNESS);
         assert_eq!(wref.addresses["hb1"].to_string(), "10.78.1.200");

@@ -246,9 +246,22 @@ impl NodeCore {
                 self.start_cleared.insert(key.clone());
                 self.ran.insert(key);
             }
+            // With a watchdog, a group starts only with W + 100 ms of lease left: the
+            // device counts from its arm (or the last pet), and must reset this node
+            // before the lease ends (found by tests/quorum_sim.rs: a node that started
+            // with less, then paused, was reset after its lease had ended).
+            let here = self.placement.local_states().any(|(n, st)| {
+                n == g && matches!(st, LocalGroupState::Running | LocalGroupState::Starting)
+            });
+            let margin = match s.watchdog_s {
+                Some(w) if !here => s
+                    .stop_margin_ms
+                    .max(w * 1000 + super::watchdog::PET_SPARE_MS),
+                _ => s.stop_margin_ms,
+            };
             let lease_ok = leases
                 .lease_end(g)
-                .is_some_and(|end| end > now.mono_ms + s.stop_margin_ms);
+                .is_some_and(|end| end > now.mono_ms + margin);
             if cleared && lease_ok && !self.outdating_stuck(now, g) {
                 gate.may_run.insert(g.clone());
             }
@@ -384,6 +397,26 @@ impl NodeCore {
         self.pending_since.iter().any(|((m, _), since)| {
             mirrors.contains(m) && now.mono_ms.saturating_sub(*since) > 2 * self.cfg.dead_time_ms
         })
+    }
+
+    /// The watchdog's part of a tick: the groups this node runs or starts, with their
+    /// leases, decide whether it is armed and petted (see [`super::watchdog`]).
+    pub(super) fn watchdog_tick(&mut self, now: Now, out: &mut Vec<NodeAction>) {
+        let Some(w) = self.watchdog.as_mut() else {
+            return;
+        };
+        let leases = self.quorum.as_ref().map(|q| q.leases());
+        let owned: Vec<(String, Option<u64>)> = self
+            .placement
+            .local_states()
+            .filter(|(_, s)| matches!(s, LocalGroupState::Running | LocalGroupState::Starting))
+            .map(|(g, _)| (g.to_string(), leases.and_then(|l| l.lease_end(g))))
+            .collect();
+        out.extend(
+            w.tick(now.mono_ms, &owned)
+                .into_iter()
+                .map(NodeAction::Watchdog),
+        );
     }
 
     pub fn quorum(&self) -> Option<&QuorumCore> {

@@ -556,6 +556,13 @@ impl Placement {
         (view, &mut self.groups)
     }
 
+    /// Each group's state on this node.
+    pub fn local_states(&self) -> impl Iterator<Item = (&str, LocalGroupState)> {
+        self.groups
+            .iter()
+            .map(|(name, g)| (name.as_str(), g.state.local))
+    }
+
     /// What this node advertises in its heartbeats.
     pub fn advert(&self, now: Now) -> NodeAdvert {
         NodeAdvert {

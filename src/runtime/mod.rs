@@ -19,6 +19,7 @@
 //! hand-off) and [`Running::shutdown`].
 
 pub mod transport;
+pub mod watchdog;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -116,6 +117,8 @@ struct Daemon {
     /// Quorum mode: the durable consensus log. `None` after a write failed: this node
     /// then stays silent as a voter (its leases run out; the others carry on).
     log: Option<DurableLog>,
+    /// `[quorum] watchdog`: the device the node core arms, pets and disarms.
+    watchdog: Option<watchdog::WatchdogDevice>,
 }
 
 /// The receiving ends the event loop selects over.
@@ -189,6 +192,13 @@ impl Daemon {
                 }
             }
             NodeAction::SendQuorum { to, packet } => self.send_quorum(&to, &packet),
+            NodeAction::Watchdog(cmd) => {
+                if let Some(w) = &mut self.watchdog {
+                    if let Err(e) = w.carry_out(cmd) {
+                        tracing::error!(error = %e, ?cmd, "watchdog");
+                    }
+                }
+            }
             NodeAction::Reply { id, result } => {
                 let result = result.map_err(ControlError::from);
                 match (self.replies.remove(&id), result) {
@@ -537,6 +547,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         replies: BTreeMap::new(),
         next_request: 0,
         log,
+        watchdog: watchdog::WatchdogDevice::configured(&cfg),
         cfg,
     };
     let inbox = Inbox {
@@ -628,10 +639,20 @@ impl Running {
             // agentShutdown and the last events reach the receivers that answer.
             n.drain(NOTIFY_DRAIN).await;
         }
-        let _ = tokio::time::timeout(EXECUTORS_STOP, async {
+        let stopped = tokio::time::timeout(EXECUTORS_STOP, async {
             while inbox.results.recv().await.is_some() {}
         })
-        .await;
+        .await
+        .is_ok();
+        // A clean stop disarms the watchdog; a group that would not stop leaves it
+        // armed (and the node is reset), as a crash or a kill does.
+        if let Some(w) = &mut d.watchdog {
+            if !stopped {
+                tracing::error!("groups did not stop: leaving the watchdog armed");
+            } else if let Err(e) = w.disarm() {
+                tracing::error!(error = %e, "watchdog");
+            }
+        }
         // Every group has stopped (demoting its mirrors): persist bitmaps, mark clean.
         for m in d.mirrors.values() {
             m.mirror.shutdown().await;
