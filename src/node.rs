@@ -320,6 +320,9 @@ pub struct NodeCore {
     ran: BTreeSet<(String, u64)>,
     /// `[quorum] watchdog`: when to arm, pet and disarm.
     watchdog: Option<Watchdog>,
+    /// Groups stopping top-down here: they still serve (the floating IP goes last), so
+    /// the watchdog goes on backing them.
+    top_down_stops: BTreeSet<String>,
 }
 
 impl NodeCore {
@@ -372,6 +375,7 @@ impl NodeCore {
             pending_since: BTreeMap::new(),
             ran: BTreeSet::new(),
             watchdog,
+            top_down_stops: BTreeSet::new(),
         };
         for t in history {
             core.tally(t);
@@ -666,7 +670,14 @@ impl NodeCore {
                     };
                     (group, GroupCommand::Start { epoch })
                 }
-                Action::StopGroup { group, mode } => (group, GroupCommand::Stop(mode)),
+                Action::StopGroup { group, mode } => {
+                    if mode == StopMode::TopDown {
+                        self.top_down_stops.insert(group.clone());
+                    } else {
+                        self.top_down_stops.remove(&group);
+                    }
+                    (group, GroupCommand::Stop(mode))
+                }
                 Action::RestartResource { group, resource } => {
                     (group, GroupCommand::Restart { resource })
                 }

@@ -406,11 +406,27 @@ impl NodeCore {
             return;
         };
         let leases = self.quorum.as_ref().map(|q| q.leases());
+        let stopping: BTreeSet<&str> = self
+            .placement
+            .local_states()
+            .filter(|(_, s)| *s == LocalGroupState::Stopping)
+            .map(|(g, _)| g)
+            .collect();
+        self.top_down_stops
+            .retain(|g| stopping.contains(g.as_str()));
+        // A group stopping top-down still serves: backed like a running one, under
+        // the lease it holds (which may be of an epoch the log has moved on from).
+        // Found by tests/quorum_sim.rs seed 498: an owner paused in the middle of a
+        // top-down stop, with the watchdog disarmed, served past its lease.
         let owned: Vec<(String, Option<u64>)> = self
             .placement
             .local_states()
-            .filter(|(_, s)| matches!(s, LocalGroupState::Running | LocalGroupState::Starting))
-            .map(|(g, _)| (g.to_string(), leases.and_then(|l| l.lease_end(g))))
+            .filter(|(g, s)| match s {
+                LocalGroupState::Running | LocalGroupState::Starting => true,
+                LocalGroupState::Stopping => self.top_down_stops.contains(*g),
+                _ => false,
+            })
+            .map(|(g, _)| (g.to_string(), leases.and_then(|l| l.serving_end(g))))
             .collect();
         out.extend(
             w.tick(now.mono_ms, &owned)
