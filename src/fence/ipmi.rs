@@ -7,9 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::info;
 
-use super::plan::{poll_step, FenceAction, PollStep, PowerState};
+use super::plan::{FenceAction, PowerState};
 use super::FenceError;
 use crate::config::IpmiConfig;
 
@@ -114,22 +114,7 @@ pub async fn run(
     info!(host = %cfg.host, ?power, "ipmi chassis power");
     let t0 = Instant::now();
     ipmitool(program, cfg, power, per_call).await?;
-    loop {
-        let read = status().await?;
-        let elapsed = t0.elapsed();
-        debug!(power = %read, ?elapsed, "ipmi power state");
-        match poll_step(want, read, elapsed, timeout, POLL_INTERVAL) {
-            PollStep::Done => return Ok((read, elapsed)),
-            PollStep::Again(d) => tokio::time::sleep(d).await,
-            PollStep::TimedOut => {
-                return Err(FenceError::Timeout {
-                    want,
-                    last: read,
-                    after: elapsed,
-                })
-            }
-        }
-    }
+    super::wait_for_power(want, t0, timeout, POLL_INTERVAL, status).await
 }
 
 #[cfg(test)]

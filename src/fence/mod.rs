@@ -143,3 +143,35 @@ pub fn redfish_password(cfg: &RedfishConfig) -> Result<String, FenceError> {
         (None, None) => Err(FenceError::NoPassword),
     }
 }
+
+/// Reads the power state every `interval` until it is `want` or `timeout` has passed
+/// since `t0` (when the request went out); [`plan::poll_step`] decides. Shared by the
+/// Redfish and IPMI methods, which differ only in how they read.
+async fn wait_for_power<F, Fut>(
+    want: plan::PowerState,
+    t0: std::time::Instant,
+    timeout: Duration,
+    interval: Duration,
+    mut read: F,
+) -> Result<(plan::PowerState, Duration), FenceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<plan::PowerState, FenceError>>,
+{
+    loop {
+        let power = read().await?;
+        let elapsed = t0.elapsed();
+        tracing::debug!(%power, ?elapsed, "power state");
+        match plan::poll_step(want, power, elapsed, timeout, interval) {
+            plan::PollStep::Done => return Ok((power, elapsed)),
+            plan::PollStep::Again(d) => tokio::time::sleep(d).await,
+            plan::PollStep::TimedOut => {
+                return Err(FenceError::Timeout {
+                    want,
+                    last: power,
+                    after: elapsed,
+                })
+            }
+        }
+    }
+}

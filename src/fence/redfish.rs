@@ -10,10 +10,10 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::http::Bmc;
-use super::plan::{poll_step, FenceAction, PollStep, PowerState};
+use super::plan::{FenceAction, PowerState};
 use super::FenceError;
 use crate::config::RedfishConfig;
 
@@ -164,22 +164,12 @@ impl Redfish {
         self.bmc
             .post(&target, serde_json::json!({ "ResetType": reset.as_str() }))
             .await?;
-        loop {
-            let read = parse_system(&self.bmc.get(&path).await?).power;
-            let elapsed = t0.elapsed();
-            debug!(power = %read, ?elapsed, "redfish power state");
-            match poll_step(want, read, elapsed, timeout, POLL_INTERVAL) {
-                PollStep::Done => return Ok((read, elapsed)),
-                PollStep::Again(d) => tokio::time::sleep(d).await,
-                PollStep::TimedOut => {
-                    return Err(FenceError::Timeout {
-                        want,
-                        last: read,
-                        after: elapsed,
-                    })
-                }
-            }
-        }
+        let bmc = &self.bmc;
+        let path = &path;
+        super::wait_for_power(want, t0, timeout, POLL_INTERVAL, || async move {
+            Ok(parse_system(&bmc.get(path).await?).power)
+        })
+        .await
     }
 }
 
