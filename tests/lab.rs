@@ -752,6 +752,11 @@ fn crashing_service_restarts_then_fails_over() {
     require_root!();
     let lab = Lab::up("tld-", &[]);
     lab.wait_vip("n1", Duration::from_secs(20));
+    // The floating IP answers before the group has passed its first checks: a crash
+    // then is a failed start (a failover), not a restart. Kill only a running group.
+    wait_for("the group running on n1", Duration::from_secs(30), || {
+        (lab.local_state("n1").as_deref() == Some("running")).then_some(())
+    });
 
     // One crash: local restart.
     let killed = lab.kill_demo("n1");
