@@ -107,6 +107,14 @@ pub enum EventKind {
     QuorumGained,
     /// The replicated log committed a group's owner (group, owner, epoch).
     OwnershipCommitted,
+    /// This node asked a previous owner's BMC to power it off (peer, group, epoch,
+    /// delay_ms).
+    FenceStarted,
+    /// The BMC reports the node powered off (peer, method, duration_ms, groups).
+    FenceSucceeded,
+    /// Every fencing method failed: the node is NOT known to be off (peer, reason,
+    /// groups). The new owner waits out the lease instead.
+    FenceFailed,
 }
 
 impl EventKind {

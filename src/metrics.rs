@@ -117,6 +117,7 @@ struct Inner {
     phases: HistogramVec,
     restarts: IntCounterVec,
     split_brain: IntCounterVec,
+    fences: IntCounterVec,
     // From the executors.
     check_duration: HistogramVec,
     check_failures: IntCounterVec,
@@ -267,6 +268,11 @@ impl Inner {
         ] {
             self.hb_rejected.with_label_values(&[reason]).reset();
         }
+        for n in cfg.nodes.iter().filter(|n| n.fence.is_some()) {
+            for outcome in ["succeeded", "failed"] {
+                self.fences.with_label_values(&[&n.name, outcome]).reset();
+            }
+        }
         for kind in [
             EventKind::FailoverCompleted,
             EventKind::NodeDown,
@@ -334,6 +340,7 @@ impl Metrics {
             phases: histogram_vec(&r, "failover_phase_seconds", "Duration of each phase of a move: detect (last heartbeat to declared dead), decide, stop (on the old owner), start, first_healthy (first passing check).", &PHASE_BUCKETS, &["group", "phase"])?,
             restarts: counter_vec(&r, "local_restarts_total", "Resources restarted in place after a failed check.", &["group", "resource"])?,
             split_brain: counter_vec(&r, "split_brain_suspected_total", "Takeovers withheld because the floating IP still answered.", &["group"])?,
+            fences: counter_vec(&r, "fence_actions_total", "Power-offs this node asked of a previous owner's BMC, by outcome: succeeded (the BMC reports the power off) or failed (every method failed).", &["node", "outcome"])?,
             check_duration: histogram_vec(&r, "check_duration_seconds", "Duration of health checks, passing or not.", &CHECK_BUCKETS, &["group", "resource", "check"])?,
             check_failures: counter_vec(&r, "check_failures_total", "Failed health checks.", &["group", "resource", "check"])?,
             snmp: Mutex::new(SnmpSources::default()),
@@ -608,6 +615,14 @@ impl Metrics {
             }
             EventKind::SplitBrainSuspected => {
                 i.split_brain.with_label_values(&[field("group")]).inc();
+            }
+            EventKind::FenceSucceeded | EventKind::FenceFailed => {
+                let outcome = if e.kind == EventKind::FenceSucceeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                i.fences.with_label_values(&[field("peer"), outcome]).inc();
             }
             _ => {}
         }

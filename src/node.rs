@@ -21,9 +21,11 @@
 use crate::mirror::generation::OwnershipEpoch;
 use std::collections::{BTreeMap, BTreeSet};
 
+mod power_fencing;
 mod quorum;
 mod watchdog;
 
+pub use power_fencing::{FenceRecord, PowerFenceResult, PowerFencing, PowerOff};
 pub use watchdog::{Watchdog, WatchdogCommand};
 
 use crate::cluster::membership::{
@@ -61,6 +63,9 @@ pub struct NodeConfig {
     /// Each group's mirrors: a node may claim the group only with copies the log
     /// does not record as outdated.
     pub group_mirrors: BTreeMap<String, Vec<String>>,
+    /// The nodes with a `[node.fence]` section, and their fence delay (ms): quorum
+    /// mode powers a previous owner off to start without waiting out its lease.
+    pub fenceable: BTreeMap<String, u64>,
 }
 
 /// How this node takes part in the quorum.
@@ -143,6 +148,15 @@ impl NodeConfig {
                     (g.name.clone(), mirrors)
                 })
                 .collect(),
+            fenceable: cfg
+                .nodes
+                .iter()
+                .filter(|n| n.name != local)
+                .filter_map(|n| {
+                    let f = n.fence.as_ref()?;
+                    Some((n.name.clone(), f.delay.as_millis() as u64))
+                })
+                .collect(),
         }
     }
 
@@ -182,6 +196,11 @@ pub enum NodeInput {
         mirror: String,
         generation: u64,
         ok: bool,
+    },
+    /// A power-off this core asked for ([`NodeAction::PowerOff`]) finished.
+    PowerFenced {
+        node: String,
+        result: PowerFenceResult,
     },
     /// An administrator's request; answered by [`NodeAction::Reply`] with the same id.
     Control { id: u64, command: ControlCommand },
@@ -269,6 +288,9 @@ pub enum NodeAction {
     PersistLog(PersistBatch),
     /// Arm, pet or disarm the watchdog that backs the leases (`[quorum] watchdog`).
     Watchdog(WatchdogCommand),
+    /// Power this node off through its BMC (after the delay); report with
+    /// [`NodeInput::PowerFenced`].
+    PowerOff(PowerOff),
     /// The answer to [`NodeInput::Control`].
     Reply {
         id: u64,
@@ -323,6 +345,8 @@ pub struct NodeCore {
     /// Groups stopping top-down here: they still serve (the floating IP goes last), so
     /// the watchdog goes on backing them.
     top_down_stops: BTreeSet<String>,
+    /// Quorum mode: powering previous owners off to skip the lease wait.
+    power_fencing: PowerFencing,
 }
 
 impl NodeCore {
@@ -352,6 +376,7 @@ impl NodeCore {
             .as_ref()
             .and_then(|q| q.watchdog_s)
             .map(Watchdog::new);
+        let power_fencing = PowerFencing::new(cfg.fenceable.clone());
         let mut core = NodeCore {
             cfg,
             boot_id,
@@ -376,6 +401,7 @@ impl NodeCore {
             ran: BTreeSet::new(),
             watchdog,
             top_down_stops: BTreeSet::new(),
+            power_fencing,
         };
         for t in history {
             core.tally(t);
@@ -415,6 +441,7 @@ impl NodeCore {
                 self.placement_input(now, Input::Tick, &mut out);
                 self.probe_silent_peers(now, &mut out);
                 self.fence(now, &mut out);
+                self.power_fence_previous_owners(now, &mut out);
                 self.watchdog_tick(now, &mut out);
             }
             NodeInput::CheckLiveness => {
@@ -442,6 +469,9 @@ impl NodeCore {
                 if ok {
                     self.outdated_for.insert(mirror, generation);
                 }
+            }
+            NodeInput::PowerFenced { node, result } => {
+                self.power_fenced(now, &node, result, &mut out);
             }
             NodeInput::Control { id, command } => {
                 let result = self.control(now, command, &mut out);
@@ -843,6 +873,7 @@ mod tests {
             },
             quorum: None,
             group_mirrors: BTreeMap::new(),
+            fenceable: BTreeMap::new(),
         };
         NodeCore::new(cfg, 7, 1_000, &[])
     }
@@ -885,6 +916,113 @@ mod tests {
         };
         c.restore_log(&restored, 0).unwrap();
         c
+    }
+
+    /// n1 took `web` over from n2 (epoch 2), having seen n2 run it at epoch 1.
+    fn taken_over_from_n2(fenceable: bool) -> NodeCore {
+        use crate::cluster::packet::{Assignment, GroupAdvert};
+        use crate::quorum::decision::{Decision, Register};
+        let mut reg = Register::default();
+        for (owner, epoch) in [("n2", 1), ("n1", 2)] {
+            reg.apply(
+                epoch,
+                Decision::Own {
+                    group: "web".into(),
+                    owner: owner.into(),
+                    epoch,
+                    handoff: false,
+                },
+            );
+        }
+        let mut c = quorum_core(&reg);
+        if fenceable {
+            c.power_fencing = PowerFencing::new(BTreeMap::from([("n2".to_string(), 0)]));
+        }
+        let advert = NodeAdvert {
+            priority: 2,
+            groups: vec![GroupAdvert {
+                name: "web".into(),
+                local: LocalGroupState::Running,
+                blocked: false,
+                maintenance: false,
+                assignment: Some(Assignment {
+                    owner: "n2".into(),
+                    epoch: 1,
+                }),
+            }],
+            ..NodeAdvert::default()
+        };
+        c.handle(at(100), heartbeat_from("n2", 1, 100, advert));
+        c
+    }
+
+    fn power_offs(actions: &[NodeAction]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                NodeAction::PowerOff(p) => Some(p.node.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_confirmed_power_off_of_the_previous_owner_clears_the_start_at_once() {
+        let mut c = taken_over_from_n2(true);
+        let out = c.handle(at(200), NodeInput::Tick);
+        assert_eq!(power_offs(&out), ["n2"]);
+        assert!(
+            !c.start_cleared.contains(&("web".into(), 2)),
+            "the lease wait"
+        );
+        // Asked once per epoch.
+        assert!(power_offs(&c.handle(at(300), NodeInput::Tick)).is_empty());
+        let out = c.handle(
+            at(400),
+            NodeInput::PowerFenced {
+                node: "n2".into(),
+                result: PowerFenceResult::Off {
+                    method: "redfish".into(),
+                    elapsed_ms: 90,
+                },
+            },
+        );
+        assert!(out.iter().any(|a| matches!(
+            a,
+            NodeAction::Emit {
+                kind: EventKind::FenceSucceeded,
+                ..
+            }
+        )));
+        assert!(
+            c.start_cleared.contains(&("web".into(), 2)),
+            "no lease wait"
+        );
+    }
+
+    #[test]
+    fn a_failed_power_off_leaves_the_lease_wait_and_nothing_fenceable_asks_nothing() {
+        let mut c = taken_over_from_n2(true);
+        c.handle(at(200), NodeInput::Tick);
+        let out = c.handle(
+            at(400),
+            NodeInput::PowerFenced {
+                node: "n2".into(),
+                result: PowerFenceResult::Failed {
+                    reason: "redfish: the BMC refused the credentials".into(),
+                },
+            },
+        );
+        assert!(out.iter().any(|a| matches!(
+            a,
+            NodeAction::Emit {
+                kind: EventKind::FenceFailed,
+                ..
+            }
+        )));
+        assert!(!c.start_cleared.contains(&("web".into(), 2)));
+        let mut c = taken_over_from_n2(false);
+        assert!(power_offs(&c.handle(at(200), NodeInput::Tick)).is_empty());
     }
 
     #[test]

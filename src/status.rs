@@ -179,6 +179,68 @@ pub struct QuorumView {
     pub voters: Vec<VoterView>,
     /// The groups this node owns: their epoch and the lease left.
     pub leases: Vec<LeaseView>,
+    /// The latest power-off this node asked of each node (`[node.fence]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fencing: Vec<FenceView>,
+}
+
+/// What came of the latest power-off this node asked of one node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FenceView {
+    pub node: String,
+    pub state: FenceState,
+    /// The method that confirmed the power off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// From the request until the BMC reported the power off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
+    /// Why every method failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// How long ago it was asked.
+    pub age_ms: u64,
+}
+
+/// The state of a power-off.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FenceState {
+    /// Asked; the BMC has not confirmed yet.
+    Running,
+    /// The BMC reports the power off.
+    Off,
+    /// Every method failed: the node is NOT known to be off.
+    Failed,
+}
+
+fn fence_views(core: &NodeCore, now: Now) -> Vec<FenceView> {
+    use crate::node::PowerFenceResult;
+    core.fence_records()
+        .iter()
+        .map(|(node, r)| {
+            let (state, method, elapsed_ms, reason) = match &r.result {
+                None => (FenceState::Running, None, None, None),
+                Some(PowerFenceResult::Off { method, elapsed_ms }) => (
+                    FenceState::Off,
+                    Some(method.clone()),
+                    Some(*elapsed_ms),
+                    None,
+                ),
+                Some(PowerFenceResult::Failed { reason }) => {
+                    (FenceState::Failed, None, None, Some(reason.clone()))
+                }
+            };
+            FenceView {
+                node: node.clone(),
+                state,
+                method,
+                elapsed_ms,
+                reason,
+                age_ms: now.mono_ms.saturating_sub(r.asked_ms),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -233,6 +295,7 @@ fn quorum_view(core: &NodeCore, now: Now) -> Option<QuorumView> {
                     .map_or(0, |e| e.saturating_sub(now.mono_ms)),
             })
             .collect(),
+        fencing: fence_views(core, now),
     })
 }
 

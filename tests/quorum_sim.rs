@@ -43,8 +43,8 @@ use rand::{Rng, SeedableRng};
 use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
 use tandem::node::{
-    ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings,
-    StopMode, WatchdogCommand,
+    ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, PowerFenceResult,
+    QuorumSettings, StopMode, WatchdogCommand,
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
@@ -124,6 +124,23 @@ struct Sim {
     lease_ms: u64,
     /// W, when the nodes have a watchdog.
     watchdog_s: Option<u64>,
+    /// The nodes have BMCs: a new owner powers its predecessor off (`[node.fence]`).
+    /// Drawn from its own generator, so the scenarios without fencing stay the same.
+    fencing: bool,
+    fence_rng: StdRng,
+    /// Power-offs under way.
+    fences: Vec<PendingFence>,
+}
+
+/// A power-off the simulated BMC carries out: the target dies at `kill_at` (when the
+/// BMC succeeds), and the requester hears of it at `report_at`, never before.
+struct PendingFence {
+    kill_at: u64,
+    report_at: u64,
+    requester: usize,
+    requester_boot: u64,
+    target: usize,
+    ok: bool,
 }
 
 /// The product's own derivation of the core's settings (`QuorumConfig::derive`, as the
@@ -174,8 +191,13 @@ impl Sim {
         // The longest W the config allows: L >= W + heartbeat interval + 200 ms.
         let max_w = (lease_ms - HB - 200) / 1000;
         let watchdog_s = rng.gen_bool(0.5).then(|| rng.gen_range(1..=max_w));
+        let mut fence_rng = StdRng::seed_from_u64(seed ^ 0xfe7ce);
+        let fencing = fence_rng.gen_bool(0.4);
         let mut sim = Sim {
             rng,
+            fencing,
+            fence_rng,
+            fences: Vec::new(),
             verbose,
             real: 0,
             n_nodes,
@@ -275,6 +297,11 @@ impl Sim {
             },
             quorum: Some(s),
             group_mirrors: Default::default(),
+            // Fencing node j waits j × 100 ms (its fence delay).
+            fenceable: (0..self.n_nodes)
+                .filter(|&j| self.fencing && names[j] != n.name)
+                .map(|j| (names[j].clone(), j as u64 * 100))
+                .collect(),
         };
         let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
         core.restore_log(&n.disk, now).expect("restore");
@@ -352,6 +379,24 @@ impl Sim {
                     WatchdogCommand::Pet => n.wd_pet.map(|_| real),
                     WatchdogCommand::Disarm => None,
                 };
+            }
+            NodeAction::PowerOff(ask) => {
+                let Some(target) = self.idx(&ask.node) else {
+                    return;
+                };
+                let r = &mut self.fence_rng;
+                let ok = r.gen_bool(0.85);
+                let kill_at = self.real + ask.delay_ms + r.gen_range(2..24) * STEP;
+                let report_at = kill_at + r.gen_range(0..8) * STEP;
+                self.trace(format!("{} fences {} (ok={ok})", self.names[i], ask.node));
+                self.fences.push(PendingFence {
+                    kill_at,
+                    report_at,
+                    requester: i,
+                    requester_boot: self.nodes[i].boot_real,
+                    target,
+                    ok,
+                });
             }
             NodeAction::Emit { kind, fields } if self.verbose => {
                 println!("{:>6} {} {:?} {:?}", self.real, self.names[i], kind, fields);
@@ -545,8 +590,52 @@ impl Sim {
         }
     }
 
+    /// Carries out the simulated BMCs' power-offs that are due, then reports them.
+    fn run_fences(&mut self) {
+        let real = self.real;
+        for f in &mut self.fences {
+            if f.ok && f.kill_at <= real {
+                f.kill_at = u64::MAX;
+                let t = f.target;
+                if self.nodes[t].up {
+                    self.nodes[t].up = false;
+                    self.nodes[t].core = None;
+                    self.nodes[t].exec = vec![Exec::Stopped; self.groups.len()];
+                    self.nodes[t].inbox.clear();
+                    self.nodes[t].wd_pet = None;
+                }
+                // An operator powers it on again later.
+                self.nodes[t].reboot_at = Some(real + 4000);
+            }
+        }
+        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fences)
+            .into_iter()
+            .partition(|f| f.report_at <= real && (!f.ok || f.kill_at == u64::MAX));
+        self.fences = rest;
+        for f in due {
+            let node = self.names[f.target].clone();
+            self.trace(format!("fence of {node}: ok={}", f.ok));
+            if !self.nodes[f.requester].up || self.nodes[f.requester].boot_real != f.requester_boot
+            {
+                continue;
+            }
+            let result = if f.ok {
+                PowerFenceResult::Off {
+                    method: "redfish".into(),
+                    elapsed_ms: 100,
+                }
+            } else {
+                PowerFenceResult::Failed {
+                    reason: "timeout".into(),
+                }
+            };
+            self.node_input(f.requester, NodeInput::PowerFenced { node, result });
+        }
+    }
+
     fn step(&mut self) {
         self.real += STEP;
+        self.run_fences();
         let mut order: Vec<usize> = (0..self.names.len()).collect();
         for k in (1..order.len()).rev() {
             let j = self.rng.gen_range(0..=k);

@@ -555,6 +555,7 @@ impl Sim {
             // in tests/quorum_sim.rs.
             quorum: None,
             group_mirrors: Default::default(),
+            fenceable: Default::default(),
         };
         Node {
             life: Life::Up,
@@ -662,6 +663,7 @@ impl Sim {
                 | NodeAction::PeerOutdated { .. }
                 | NodeAction::OutdateSelf { .. }
                 | NodeAction::Watchdog(_)
+                | NodeAction::PowerOff(_)
                 | NodeAction::Reply { .. } => {}
             }
         }

@@ -2,7 +2,7 @@
 //! printed from the API's read model (`--json` prints the model itself).
 
 use crate::event::{Event, Timeline};
-use crate::status::{MirrorStatus, Status};
+use crate::status::{FenceState, MirrorStatus, Status};
 
 pub fn print_mirrors(all: &[MirrorStatus]) {
     for m in all {
@@ -111,6 +111,23 @@ fn print_quorum(q: &crate::status::QuorumView) {
             "  lease {:<12} epoch {:<4} {} ms left",
             l.group, l.epoch, l.remaining_ms
         );
+    }
+    for f in &q.fencing {
+        let ago = f.age_ms / 1000;
+        match f.state {
+            FenceState::Running => println!("  fence {:<12} powering off ({ago} s)", f.node),
+            FenceState::Off => println!(
+                "  fence {:<12} OFF via {} in {} ms ({ago} s ago)",
+                f.node,
+                f.method.as_deref().unwrap_or("-"),
+                f.elapsed_ms.unwrap_or(0)
+            ),
+            FenceState::Failed => println!(
+                "  fence {:<12} FAILED ({ago} s ago): {}",
+                f.node,
+                f.reason.as_deref().unwrap_or("-")
+            ),
+        }
     }
 }
 

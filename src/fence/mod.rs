@@ -7,9 +7,9 @@
 //!   `PowerState` polling) over `http.rs` (hyper, rustls, Basic auth).
 //! - `ipmi.rs`: the `ipmitool` fallback.
 //!
-//! [`execute`] runs one action on one node (`tandem fence`). The daemon does not fence
-//! yet: the node core's quorum gate would call [`execute`] after
-//! [`plan::fence_delay`], and report `fence_*` events (not wired).
+//! [`execute`] runs one action on one node: `tandem fence`, and the daemon, when its
+//! node core (`node::power_fencing`) asks it to power a previous owner off after a
+//! takeover (after that node's fence delay); the `fence_*` events report it.
 
 pub mod http;
 pub mod ipmi;

@@ -98,6 +98,20 @@ impl FenceOutcome {
     pub fn succeeded(&self) -> bool {
         !matches!(self, FenceOutcome::Failed { .. })
     }
+
+    /// Why it failed, one clause per method tried (None when it succeeded).
+    pub fn failure(&self) -> Option<String> {
+        let FenceOutcome::Failed { attempts } = self else {
+            return None;
+        };
+        Some(
+            attempts
+                .iter()
+                .map(|(m, e)| format!("{m}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
 }
 
 /// The methods to try, in order: Redfish first, then IPMI; only the configured ones.

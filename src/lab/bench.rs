@@ -74,6 +74,10 @@ pub struct FailoverArgs {
     /// the dead owner's lease is over).
     #[arg(long)]
     pub witness: bool,
+    /// With `--witness`: give the nodes BMC stand-ins, so that the survivor powers the
+    /// dead owner off and starts without waiting out its lease.
+    #[arg(long, requires = "witness")]
+    pub fence: bool,
 }
 
 /// Measurements of one failover.
@@ -341,6 +345,7 @@ fn run_arm(
         witness: a.witness && engine == Engine::Tandem,
         // The benchmark kills nodes itself; it measures failover without a watchdog.
         no_watchdog: true,
+        fence: a.fence && engine == Engine::Tandem,
     };
     println!(
         "{engine} arm: building lab {prefix} (interval {interval} ms{}) ...",

@@ -16,6 +16,7 @@
 
 #[cfg(feature = "bench")]
 pub mod bench;
+pub mod bmc;
 pub mod keepalived;
 pub mod net;
 mod probe;
@@ -205,6 +206,11 @@ pub struct UpArgs {
     /// otherwise a FIFO whose stand-in power-kills the node when it is not petted).
     #[arg(long)]
     pub no_watchdog: bool,
+    /// Give each node a BMC stand-in (a minimal Redfish service on the public LAN
+    /// whose `ForceOff` power-kills the node) and a `[node.fence]` section naming it:
+    /// a node that takes a group over powers the previous owner off.
+    #[arg(long)]
+    pub fence: bool,
 }
 
 /// Options of `lab down`.
@@ -326,6 +332,9 @@ pub enum LabCommand {
     /// A node's watchdog stand-in (started by `lab up`).
     #[command(hide = true)]
     WatchdogStandin(watchdog::StandinArgs),
+    /// A node's BMC stand-in (started by `lab up --fence`).
+    #[command(hide = true)]
+    BmcStandin(bmc::BmcArgs),
     /// Built-in HTTP responder (service of the keepalived arm).
     #[command(hide = true)]
     Responder {
@@ -375,6 +384,9 @@ pub struct NodeState {
     /// The watchdog stand-in (in the switch namespace), reading `<dir>/watchdog.fifo`.
     #[serde(default)]
     pub watchdog: Option<ProcSpec>,
+    /// The BMC stand-in (in the switch namespace; `lab up --fence`).
+    #[serde(default)]
+    pub bmc: Option<ProcSpec>,
 }
 
 /// The witness in `lab.json` (`lab up --witness`).
@@ -529,6 +541,7 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             bench::run(bench)
         }
         LabCommand::WatchdogStandin(a) => watchdog::run(a),
+        LabCommand::BmcStandin(a) => bmc::run(a),
         LabCommand::Responder { name, listen } => {
             let name = name
                 .or_else(|| std::env::var("TANDEM_NODE").ok())
@@ -603,6 +616,17 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     build_topology(&plan)?;
     if args.witness {
         wire_witness(&plan)?;
+    }
+    if args.fence {
+        // The BMCs' address, on the public LAN in the switch namespace.
+        net::ip_batch(
+            &plan.switch_ns,
+            &[format!(
+                "addr add {} dev {}",
+                topology::BMC_CIDR,
+                topology::BR_PUB
+            )],
+        )?;
     }
     net::check_interrupt()?;
 
@@ -772,6 +796,7 @@ impl Engines {
             ),
         };
         let watchdog = fifo.map(|f| self.standin(n, &dir, &f));
+        let bmc = args.fence.then(|| self.bmc_standin(n, &dir));
         Ok(NodeState {
             name: n.name.clone(),
             netns: n.netns.clone(),
@@ -786,7 +811,30 @@ impl Engines {
             socket,
             procs,
             watchdog,
+            bmc,
         })
+    }
+
+    /// Node `n`'s BMC stand-in (not started yet).
+    fn bmc_standin(&self, n: &topology::NodePlan, dir: &Path) -> ProcSpec {
+        ProcSpec {
+            argv: vec![
+                self.me.clone(),
+                "lab".into(),
+                "bmc-standin".into(),
+                "--node".into(),
+                n.name.clone(),
+                "--netns".into(),
+                n.netns.clone(),
+                "--listen".into(),
+                format!("{}:{}", topology::BMC_ADDR, topology::bmc_port(n.index)),
+                "--events".into(),
+                dir.join(bmc::EVENTS).to_string_lossy().into_owned(),
+            ],
+            env: vec![("TANDEM_LOG".into(), log_filter())],
+            log: dir.join("bmc.log"),
+            pid: None,
+        }
     }
 
     /// Node `n`'s watchdog stand-in, reading `fifo` (not started yet).
@@ -839,6 +887,7 @@ impl Engines {
                 socket: &socket.to_string_lossy(),
                 witness: args.witness,
                 watchdog: watchdog_fifo.map(|f| f.to_string_lossy().into_owned()),
+                fence: args.fence,
             },
         );
         write_file(&conf, &text)?;
@@ -881,6 +930,7 @@ impl Engines {
                 socket: "",
                 witness: true,
                 watchdog: None,
+                fence: false,
             },
         );
         write_file(&conf, &text)?;
@@ -1183,14 +1233,17 @@ fn start_witness(state: &mut LabState) -> Result<(), LabError> {
     Ok(())
 }
 
-/// Start the nodes' watchdog stand-ins in the switch namespace (never power-killed;
-/// `lab down` ends them) and record their pids.
+/// Start the nodes' watchdog and BMC stand-ins in the switch namespace (never
+/// power-killed; `lab down` ends them) and record their pids.
 fn start_standins(state: &mut LabState) -> Result<(), LabError> {
     for node in &mut state.nodes {
-        if let Some(p) = node.watchdog.as_mut() {
+        for p in [node.watchdog.as_mut(), node.bmc.as_mut()]
+            .into_iter()
+            .flatten()
+        {
             let pid = net::spawn_detached(&state.switch_ns, &p.argv, &p.env, &p.log)?;
             p.pid = Some(pid);
-            debug!(node = %node.name, pid, "watchdog stand-in started");
+            debug!(node = %node.name, pid, what = %p.argv[2], "stand-in started");
         }
     }
     Ok(())
@@ -1236,6 +1289,42 @@ pub(crate) fn power_kill(ns: &str) -> Result<f64, LabError> {
     net::ip_batch(ns, &batch)?;
     net::kill_all_in(ns)?;
     Ok(t0)
+}
+
+/// A machine reset or powered off in the lab (watchdog stand-in, BMC stand-in): a
+/// power kill of the node's namespace, its addresses flushed (a machine that is off
+/// holds none), logged, and `event` (a JSON object) written as a line to `events` with
+/// `time_ms`, `node` and `links_down_ms` added. The node stays off until `lab fail NODE
+/// restart`.
+pub(crate) fn reset_node(
+    node: &str,
+    netns: &str,
+    events: &Path,
+    mut event: serde_json::Value,
+) -> Result<(), LabError> {
+    let links_down = power_kill(netns)?;
+    let flush: Vec<String> = net::links(netns)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| l != "lo")
+        .map(|l| format!("addr flush dev {l}"))
+        .collect();
+    if let Err(e) = net::ip_batch(netns, &flush) {
+        warn!(node, error = %e, "flushing the addresses failed");
+    }
+    event["time_ms"] = (net::unix_ms() as u64).into();
+    event["node"] = node.into();
+    event["links_down_ms"] = (links_down as u64).into();
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(events)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{event}\n").as_bytes()));
+    if let Err(e) = written {
+        warn!(node, error = %e, "cannot record the power-off");
+    }
+    info!(node, "the node is off until `lab fail {node} restart`");
+    Ok(())
 }
 
 /// Power back on: stop whatever still runs, links up, boot-time addresses

@@ -5,6 +5,16 @@
 
 use std::fmt::Write as _;
 
+/// The lab BMCs' address (`lab up --fence`), on the public LAN bridge in the switch
+/// namespace; node i's BMC stand-in listens on port [`bmc_port`]`(i)`.
+pub const BMC_CIDR: &str = "10.77.0.250/24";
+pub const BMC_ADDR: &str = "10.77.0.250";
+
+/// The port of node `index`'s BMC stand-in.
+pub fn bmc_port(index: usize) -> u16 {
+    8100 + index as u16
+}
+
 /// Public LAN bridge inside the switch namespace.
 pub const BR_PUB: &str = "brpub";
 /// Heartbeat bridges inside the switch namespace, one per heartbeat path.
@@ -298,6 +308,8 @@ pub struct ConfigParams<'a> {
     pub witness: bool,
     /// `[quorum] watchdog`'s device: the FIFO of the node's watchdog stand-in.
     pub watchdog: Option<String>,
+    /// Each node gets `[node.fence]` naming its BMC stand-in (`lab up --fence`).
+    pub fence: bool,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -352,6 +364,14 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
             .filter_map(|p| n.hb_addr(p).map(|a| format!("{p} = {}", q(&a))))
             .collect();
         let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
+        if p.fence {
+            let _ = writeln!(s, "[node.fence.redfish]");
+            let url = format!("http://{BMC_ADDR}:{}", bmc_port(n.index));
+            let _ = writeln!(s, "url = {}", q(&url));
+            let _ = writeln!(s, "system = {}", q(&n.name));
+            let _ = writeln!(s, "user = {}", q(super::bmc::USER));
+            let _ = writeln!(s, "password = {}", q(super::bmc::PASSWORD));
+        }
     }
     if p.witness {
         let w = plan.witness();
@@ -694,6 +714,7 @@ mod tests {
                 socket: "/run/tandem-lab/n1/tandem.sock",
                 witness: false,
                 watchdog: None,
+                fence: false,
             },
         );
         let v: toml::Value = toml::from_str(&text).expect("valid toml");
@@ -787,10 +808,15 @@ mod tests {
             socket: "/run/tandem-lab/n1/tandem.sock",
             witness: true,
             watchdog: Some("/run/tandem-lab/n1/watchdog.fifo".into()),
+            fence: true,
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
             .expect("the daemon accepts it");
         assert!(node.quorum_enabled(), "two nodes and a witness vote");
+        let f = node.nodes[1].fence.as_ref().expect("[node.fence]");
+        let r = f.redfish.as_ref().expect("[node.fence.redfish]");
+        assert_eq!(r.url, "http://10.77.0.250:8102");
+        assert_eq!(r.system.as_deref(), Some("n2"));
         let wd = node.quorum.watchdog.as_ref().expect("[quorum] watchdog");
         assert_eq!(wd.timeout.as_secs(), super::super::watchdog::TIMEOUT_S);
         let wref = node.witness.as_ref().expect("[witness]");

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tracing::{info, warn};
 
-use super::{net, power_kill, LabError};
+use super::{reset_node, LabError};
 
 /// The lab's watchdog timeout (whole seconds, as Linux's).
 pub const TIMEOUT_S: u64 = 1;
@@ -158,38 +158,13 @@ pub fn run(a: StandinArgs) -> Result<(), LabError> {
 /// The reset: power kill, addresses gone, logged and recorded.
 fn reset(a: &StandinArgs, silent: Duration) {
     warn!(node = %a.node, silent_ms = silent.as_millis() as u64, "watchdog not petted: resetting the node (power kill)");
-    let links_down = match power_kill(&a.netns) {
-        Ok(t) => t,
-        Err(e) => {
-            warn!(node = %a.node, error = %e, "power kill failed");
-            return;
-        }
-    };
-    let flush: Vec<String> = net::links(&a.netns)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|l| l != "lo")
-        .map(|l| format!("addr flush dev {l}"))
-        .collect();
-    if let Err(e) = net::ip_batch(&a.netns, &flush) {
-        warn!(node = %a.node, error = %e, "flushing the addresses failed");
-    }
-    let line = serde_json::json!({
-        "time_ms": net::unix_ms() as u64,
-        "node": a.node,
+    let event = serde_json::json!({
         "event": "watchdog_reset",
         "silent_ms": silent.as_millis() as u64,
-        "links_down_ms": links_down as u64,
     });
-    let written = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&a.events)
-        .and_then(|mut f| writeln!(f, "{line}"));
-    if let Err(e) = written {
-        warn!(node = %a.node, error = %e, "cannot record the reset");
+    if let Err(e) = reset_node(&a.node, &a.netns, &a.events, event) {
+        warn!(node = %a.node, error = %e, "power kill failed");
     }
-    info!(node = %a.node, "reset done: the node is off until `lab fail {} restart`", a.node);
 }
 
 #[cfg(test)]

@@ -241,7 +241,8 @@ impl NodeCore {
             let cleared = self.start_cleared.contains(&key)
                 || o.previous.is_none()
                 || leases.may_start(now.mono_ms, g, o.epoch, reg)
-                || self.handed_off(g, o.previous.as_deref(), o.epoch);
+                || self.handed_off(g, o.previous.as_deref(), o.epoch)
+                || self.power_fencing.confirmed(g, o.epoch);
             if cleared {
                 self.start_cleared.insert(key.clone());
                 self.ran.insert(key);
@@ -277,6 +278,8 @@ impl NodeCore {
         }
         self.start_cleared
             .retain(|(g, e)| reg.owner(g).is_some_and(|o| o.epoch == *e));
+        self.power_fencing
+            .retain(|g, e| reg.owner(g).is_some_and(|o| o.epoch == e));
         note_running_peers(&mut self.ran, &self.peers, reg);
         Some(gate)
     }

@@ -34,11 +34,12 @@ use crate::cluster::packet;
 use crate::config::Config;
 use crate::control::{ControlError, MirrorAction, Reply, Request};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
+use crate::fence;
 use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
 use crate::node::{
     ControlCommand, ControlOutcome, GroupCommand, MirrorFacts, NodeAction, NodeConfig, NodeCore,
-    NodeInput,
+    NodeInput, PowerFenceResult, PowerOff,
 };
 use crate::placement::policy::Now;
 use crate::quorum::disk::DurableLog;
@@ -112,6 +113,8 @@ struct Daemon {
     mirrors: LocalMirrors,
     /// Finished outdates come back here.
     mirror_done: mpsc::Sender<MirrorDone>,
+    /// Finished power-offs come back here.
+    fenced: mpsc::Sender<(String, PowerFenceResult)>,
     replies: BTreeMap<u64, PendingReply>,
     next_request: u64,
     /// Quorum mode: the durable consensus log. `None` after a write failed: this node
@@ -127,6 +130,7 @@ struct Inbox {
     results: mpsc::Receiver<crate::placement::policy::Input>,
     requests: mpsc::Receiver<Request>,
     mirror_done: mpsc::Receiver<MirrorDone>,
+    fenced: mpsc::Receiver<(String, PowerFenceResult)>,
 }
 
 /// Tasks and servers that live as long as the daemon.
@@ -192,6 +196,7 @@ impl Daemon {
                 }
             }
             NodeAction::SendQuorum { to, packet } => self.send_quorum(&to, &packet),
+            NodeAction::PowerOff(ask) => self.power_off(ask),
             NodeAction::Watchdog(cmd) => {
                 if let Some(w) = &mut self.watchdog {
                     if let Err(e) = w.carry_out(cmd) {
@@ -215,6 +220,33 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Powers a node off through its BMC, after its fence delay, in a task of its own;
+    /// the result comes back as [`NodeInput::PowerFenced`].
+    fn power_off(&self, ask: PowerOff) {
+        let Some(cfg) = self.cfg.node(&ask.node).and_then(|n| n.fence.clone()) else {
+            return;
+        };
+        let done = self.fenced.clone();
+        let span = tracing::info_span!("power_off", node = %ask.node, group = %ask.group, epoch = ask.epoch);
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(Duration::from_millis(ask.delay_ms)).await;
+                let outcome = fence::execute(&ask.node, &cfg, fence::FenceAction::Off).await;
+                let result = match outcome {
+                    fence::FenceOutcome::Off { method, elapsed } => PowerFenceResult::Off {
+                        method: method.to_string(),
+                        elapsed_ms: elapsed.as_millis() as u64,
+                    },
+                    other => PowerFenceResult::Failed {
+                        reason: other.failure().unwrap_or_else(|| "no power-off".into()),
+                    },
+                };
+                let _ = done.send((ask.node, result)).await;
+            }
+            .instrument(span),
+        );
     }
 
     /// Encodes and sends one heartbeat to `peer` on path `path`.
@@ -394,6 +426,9 @@ impl Daemon {
             tokio::select! {
                 _ = hb_tick.tick() => self.input(NodeInput::HeartbeatDue),
                 _ = eval_tick.tick() => self.tick(),
+                Some((node, result)) = inbox.fenced.recv() => {
+                    self.input(NodeInput::PowerFenced { node, result })
+                }
                 Some(d) = inbox.mirror_done.recv() => self.input(NodeInput::OutdateDone {
                     mirror: d.mirror,
                     generation: d.generation,
@@ -532,6 +567,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
     let (status_tx, status_rx) = watch::channel(Status::default());
     let (req_tx, requests) = mpsc::channel(64);
     let (mirror_done_tx, mirror_done) = mpsc::channel(16);
+    let (fenced_tx, fenced) = mpsc::channel(16);
     let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
     let d = Daemon {
         key,
@@ -544,6 +580,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         status: status_tx,
         mirrors,
         mirror_done: mirror_done_tx,
+        fenced: fenced_tx,
         replies: BTreeMap::new(),
         next_request: 0,
         log,
@@ -555,6 +592,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         results,
         requests,
         mirror_done,
+        fenced,
     };
     let running = start_servers(&d, local, status_rx, req_tx, event_observer).await?;
     Ok((d, inbox, running))

@@ -686,6 +686,8 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::QuorumLost => (25, &[Reason]),
         EventKind::QuorumGained => (26, &[Reason]),
         EventKind::OwnershipCommitted => (27, &[Group, Peer]),
+        EventKind::FenceSucceeded => (28, &[Peer, Duration]),
+        EventKind::FenceFailed => (29, &[Peer, Reason]),
         _ => return None,
     })
 }

@@ -377,6 +377,8 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::QuorumLost,
         EventKind::QuorumGained,
         EventKind::OwnershipCommitted,
+        EventKind::FenceSucceeded,
+        EventKind::FenceFailed,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
