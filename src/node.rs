@@ -202,6 +202,12 @@ pub enum ControlCommand {
 pub enum ControlOutcome {
     /// A switchover was started towards this node.
     SwitchingTo(String),
+    /// Quorum mode: a standby change was proposed to the log; it is done once the log
+    /// commits it ([`NodeCore::committed_standby`] reads `on`).
+    StandbyProposed {
+        node: String,
+        on: bool,
+    },
     Done,
 }
 
@@ -479,7 +485,12 @@ impl NodeCore {
             ControlCommand::Standby { node, on } => {
                 let actions = self.placement.set_standby(now, &node, on, peers)?;
                 self.carry_out(now, actions, out);
-                Ok(ControlOutcome::Done)
+                match self.committed_standby(&node) {
+                    Some(committed) if committed != on => {
+                        Ok(ControlOutcome::StandbyProposed { node, on })
+                    }
+                    _ => Ok(ControlOutcome::Done),
+                }
             }
             ControlCommand::Maintenance { group, on } => {
                 let actions = self.placement.set_maintenance(now, &group, on, peers)?;

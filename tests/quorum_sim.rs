@@ -11,7 +11,9 @@
 //! Each scenario, from a `u64` seed: 2 nodes and a witness, 3 nodes, or 5 nodes; one
 //! or two groups; a fault phase (partitions of any shape, one-way cuts, packet loss,
 //! kills and restarts at any point of the log, pauses past the lease, every node's
-//! clock running at its own rate within ρ), then a heal phase with every fault removed.
+//! clock running at its own rate within ρ; administrators' switchovers and standby
+//! toggles, issued on any node), then a heal phase with every fault removed and every
+//! node brought back online.
 //!
 //! About half the scenarios give the nodes a watchdog (`[quorum] watchdog`, W from 1 s
 //! to what the lease allows): the simulation carries out the core's arm, pet and
@@ -620,6 +622,19 @@ impl Sim {
                     self.node_input(on, NodeInput::Control { id: 1, command });
                 }
             }
+            10 => {
+                // An administrator puts a node in standby or back online, on any node:
+                // a decision of the log.
+                let on = self.rng.gen_range(0..self.n_nodes);
+                let command = ControlCommand::Standby {
+                    node: self.names[self.rng.gen_range(0..self.n_nodes)].clone(),
+                    on: self.rng.gen_bool(0.5),
+                };
+                self.trace(format!("{command:?} on {}", self.names[on]));
+                if self.nodes[on].up && self.nodes[on].paused_until.is_none() {
+                    self.node_input(on, NodeInput::Control { id: 1, command });
+                }
+            }
             _ => {}
         }
     }
@@ -641,6 +656,24 @@ impl Sim {
             }
         }
         self.trace("HEAL".into());
+    }
+
+    /// The heal phase brings every node the log has in standby back online (asked of
+    /// every node: only a quorate one proposes it).
+    fn bring_online(&mut self) {
+        let standby: std::collections::BTreeSet<String> = (0..self.n_nodes)
+            .filter_map(|i| self.nodes[i].core.as_ref()?.quorum())
+            .flat_map(|q| q.register().standby.iter().cloned())
+            .collect();
+        for node in standby {
+            for i in 0..self.n_nodes {
+                let command = ControlCommand::Standby {
+                    node: node.clone(),
+                    on: false,
+                };
+                self.node_input(i, NodeInput::Control { id: 1, command });
+            }
+        }
     }
 
     /// Invariant 3, once the cluster settled: one runner per group, owners agreed.
@@ -694,6 +727,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     while sim.real < heal_end {
         sim.step();
         if sim.real.is_multiple_of(500) {
+            sim.bring_online();
             match sim.settled() {
                 Ok(()) => {
                     let since = *ok_since.get_or_insert(sim.real);

@@ -75,14 +75,13 @@ impl NodeCore {
         let Applied::Changed(d) = applied else {
             return;
         };
-        if let Decision::Own {
-            group,
-            owner,
-            epoch,
-            ..
-        } = d
-        {
-            out.push(NodeAction::Emit {
+        match d {
+            Decision::Own {
+                group,
+                owner,
+                epoch,
+                ..
+            } => out.push(NodeAction::Emit {
                 kind: EventKind::OwnershipCommitted,
                 fields: fields([
                     ("group", group),
@@ -90,7 +89,17 @@ impl NodeCore {
                     ("owner", owner),
                     ("epoch", epoch.to_string()),
                 ]),
-            });
+            }),
+            // Quorum mode's standby changes when the log commits it, on every node.
+            Decision::Standby { node, on } => out.push(NodeAction::Emit {
+                kind: if on {
+                    EventKind::NodeStandby
+                } else {
+                    EventKind::NodeOnline
+                },
+                fields: fields([("node", node)]),
+            }),
+            _ => {}
         }
     }
 
@@ -147,6 +156,7 @@ impl NodeCore {
                 handoff,
             },
             Proposal::Maintenance { group, on } => Decision::Maintenance { group, on },
+            Proposal::Standby { node, on } => Decision::Standby { node, on },
         };
         self.quorum_call(now, out, |q, now, o| {
             if !q.propose(now, &d, o) {
@@ -206,6 +216,7 @@ impl NodeCore {
         let every_node_live = self.membership.live_peers().len() == self.cfg.peers.len();
         let mut gate = QuorumGate {
             maintenance: reg.maintenance.clone(),
+            standby: reg.standby.clone(),
             quorate: q.quorate(now.mono_ms, s.reachable_ms),
             ..Default::default()
         };
@@ -433,6 +444,14 @@ impl NodeCore {
                 .into_iter()
                 .map(NodeAction::Watchdog),
         );
+    }
+
+    /// Quorum mode: whether the committed log has `node` in standby; `None` without a
+    /// quorum core (two-node mode, or not restored yet).
+    pub fn committed_standby(&self, node: &str) -> Option<bool> {
+        self.quorum
+            .as_ref()
+            .map(|q| q.register().standby.contains(node))
     }
 
     pub fn quorum(&self) -> Option<&QuorumCore> {

@@ -32,7 +32,7 @@ use tracing::Instrument;
 use crate::api::{self, server::Servers};
 use crate::cluster::packet;
 use crate::config::Config;
-use crate::control::{ControlError, MirrorAction, Reply, Request};
+use crate::control::{self, ControlError, MirrorAction, Reply, Request};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
 use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
@@ -82,11 +82,21 @@ const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(20);
 /// How long a graceful shutdown waits for the executors to stop their groups.
 const EXECUTORS_STOP: Duration = Duration::from_secs(30);
+/// How long a standby request waits for the log to commit it (quorum mode).
+const STANDBY_COMMIT: Duration = Duration::from_secs(10);
 
 /// A control request waiting for the core's answer.
 enum PendingReply {
     Switchover(Reply<String>),
     Done(Reply<()>),
+}
+
+/// Quorum mode: a standby request proposed to the log, answered once it commits.
+struct StandbyWait {
+    node: String,
+    on: bool,
+    deadline: Instant,
+    reply: Reply<()>,
 }
 
 /// A finished asynchronous mirror operation.
@@ -113,6 +123,8 @@ struct Daemon {
     /// Finished outdates come back here.
     mirror_done: mpsc::Sender<MirrorDone>,
     replies: BTreeMap<u64, PendingReply>,
+    /// Standby requests waiting for the log to commit them.
+    standby_waits: Vec<StandbyWait>,
     next_request: u64,
     /// Quorum mode: the durable consensus log. `None` after a write failed: this node
     /// then stays silent as a voter (its leases run out; the others carry on).
@@ -205,8 +217,19 @@ impl Daemon {
                     (Some(PendingReply::Switchover(tx)), r) => {
                         let _ = tx.send(r.map(|o| match o {
                             ControlOutcome::SwitchingTo(target) => target,
-                            ControlOutcome::Done => String::new(),
+                            _ => String::new(),
                         }));
+                    }
+                    (
+                        Some(PendingReply::Done(tx)),
+                        Ok(ControlOutcome::StandbyProposed { node, on }),
+                    ) => {
+                        self.standby_waits.push(StandbyWait {
+                            node,
+                            on,
+                            deadline: Instant::now() + STANDBY_COMMIT,
+                            reply: tx,
+                        });
                     }
                     (Some(PendingReply::Done(tx)), r) => {
                         let _ = tx.send(r.map(|_| ()));
@@ -362,6 +385,25 @@ impl Daemon {
             .collect()
     }
 
+    /// Answers the standby requests the log has committed (or that timed out).
+    fn settle_standby(&mut self) {
+        if self.standby_waits.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut waiting = Vec::new();
+        for w in std::mem::take(&mut self.standby_waits) {
+            let committed = self.core.committed_standby(&w.node);
+            match control::standby_settled(&w.node, w.on, committed, now >= w.deadline) {
+                Some(r) => {
+                    let _ = w.reply.send(r);
+                }
+                None => waiting.push(w),
+            }
+        }
+        self.standby_waits = waiting;
+    }
+
     fn tick(&mut self) {
         if !self.mirrors.is_empty() {
             let facts = self.mirror_facts();
@@ -412,6 +454,7 @@ impl Daemon {
                 _ = sigterm.recv(), if deadline.is_none() => deadline = Some(self.leave()),
                 _ = tokio::signal::ctrl_c(), if deadline.is_none() => deadline = Some(self.leave()),
             }
+            self.settle_standby();
             self.publish_status();
             if let Some(deadline) = deadline {
                 let busy = self.core.busy(self.now());
@@ -545,6 +588,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         mirrors,
         mirror_done: mirror_done_tx,
         replies: BTreeMap::new(),
+        standby_waits: Vec::new(),
         next_request: 0,
         log,
         watchdog: watchdog::WatchdogDevice::configured(&cfg),
