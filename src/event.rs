@@ -107,6 +107,11 @@ pub enum EventKind {
     QuorumGained,
     /// The replicated log committed a group's owner (group, owner, epoch).
     OwnershipCommitted,
+    /// The configured watchdog cannot be opened or written (device, operation, error,
+    /// reason): this node takes over and starts nothing, and stops what it runs.
+    WatchdogUnavailable,
+    /// The watchdog opened again after [`EventKind::WatchdogUnavailable`] (device).
+    WatchdogAvailable,
 }
 
 impl EventKind {

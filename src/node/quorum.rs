@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use super::watchdog::{HealthChange, WatchdogFault, WatchdogReport};
 use super::{NodeAction, NodeCore};
 use crate::cluster::packet::Assignment;
 use crate::cluster::packet::LocalGroupState;
@@ -286,6 +287,13 @@ impl NodeCore {
                 gate.leased.insert(g.clone());
             }
         }
+        if self.watchdog_fault().is_some() {
+            // No device to reset this node: it takes and runs nothing, and a stop is
+            // one without a lease.
+            gate.may_take_over.clear();
+            gate.may_run.clear();
+            gate.leased.clear();
+        }
         self.start_cleared
             .retain(|(g, e)| reg.owner(g).is_some_and(|o| o.epoch == *e));
         note_running_peers(&mut self.ran, &self.peers, reg);
@@ -444,6 +452,50 @@ impl NodeCore {
                 .into_iter()
                 .map(NodeAction::Watchdog),
         );
+    }
+
+    /// The runtime's report on the watchdog device: while it is unavailable this node
+    /// takes and starts nothing and stops what it runs (placement's `unprotected`);
+    /// each change is announced once.
+    pub(super) fn watchdog_report(
+        &mut self,
+        now: Now,
+        report: WatchdogReport,
+        out: &mut Vec<NodeAction>,
+    ) {
+        let Some(w) = self.watchdog.as_mut() else {
+            return;
+        };
+        let Some(change) = w.report(report) else {
+            return;
+        };
+        let why = w
+            .fault()
+            .map(|f| format!("{} of {} failed: {}", f.op.name(), f.device, f.error));
+        self.placement.set_unprotected(why.clone());
+        let (kind, fields) = match change {
+            HealthChange::Lost(f) => (
+                EventKind::WatchdogUnavailable,
+                fields([
+                    ("device", f.device),
+                    ("operation", f.op.name().to_string()),
+                    ("error", f.error),
+                    ("reason", why.unwrap_or_default()),
+                ]),
+            ),
+            HealthChange::Regained { device } => {
+                (EventKind::WatchdogAvailable, fields([("device", device)]))
+            }
+        };
+        tracing::warn!(?kind, ?fields, "watchdog");
+        out.push(NodeAction::Emit { kind, fields });
+        self.placement_input(now, crate::placement::policy::Input::Tick, out);
+    }
+
+    /// Why the configured watchdog cannot back a lease now; None while it can (or
+    /// without one).
+    pub fn watchdog_fault(&self) -> Option<&WatchdogFault> {
+        self.watchdog.as_ref().and_then(|w| w.fault())
     }
 
     /// Quorum mode: whether the committed log has `node` in standby; `None` without a

@@ -451,6 +451,10 @@ struct NodeState {
     /// This daemon is shutting down: like standby, but not replicated, so the node
     /// comes back online when it restarts.
     leaving: bool,
+    /// Quorum mode: the configured watchdog cannot back a lease now (why): like
+    /// leaving, this node runs nothing, and what runs here stops as if its lease
+    /// were lost.
+    unprotected: Option<String>,
     /// Wall times when each peer was declared dead and when it was last heard (for
     /// timelines).
     lost_at: BTreeMap<String, (u64, u64)>,
@@ -538,6 +542,11 @@ impl Placement {
         self.gate = gate;
     }
 
+    /// The configured watchdog is unavailable (`Some(why)`) or back (`None`).
+    pub fn set_unprotected(&mut self, why: Option<String>) {
+        self.node.unprotected = why;
+    }
+
     /// The group's register as this node holds it.
     pub fn register(&self, group: &str) -> Option<&Assignment> {
         self.groups.get(group)?.state.register.as_ref()
@@ -587,7 +596,7 @@ impl Placement {
     pub fn advert(&self, now: Now) -> NodeAdvert {
         NodeAdvert {
             priority: self.cfg.priority(&self.cfg.local),
-            standby: self.standby() || self.node.leaving,
+            standby: self.standby() || self.node.leaving || self.node.unprotected.is_some(),
             standby_register: self
                 .node
                 .standby
@@ -968,6 +977,7 @@ impl GroupState {
         if node == view.local() {
             return !view.is_standby(node)
                 && !view.node.leaving
+                && view.node.unprotected.is_none()
                 && !self.is_blocked(view.now.mono_ms)
                 && self.local != LocalGroupState::Failed;
         }
@@ -1269,6 +1279,13 @@ impl GroupState {
         };
         if self.local != LocalGroupState::Running || self.restarting {
             return false;
+        }
+        if let Some(why) = &view.node.unprotected {
+            // No device to reset this node if it hangs: serving on would outlast the
+            // lease unguarded, so it stops as a node that lost its lease does.
+            let reason = format!("the watchdog cannot back the lease: {why}");
+            self.stop_as(&policy.name, &reason, StopMode::LeaseLost, out);
+            return true;
         }
         let ours = self.owner() == Some(view.local());
         if ours && gate.may_run.contains(&policy.name) {

@@ -21,7 +21,7 @@
 pub mod transport;
 pub mod watchdog;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
 use crate::node::{
     ControlCommand, ControlOutcome, GroupCommand, MirrorFacts, NodeAction, NodeConfig, NodeCore,
-    NodeInput,
+    NodeInput, WatchdogReport,
 };
 use crate::placement::policy::Now;
 use crate::quorum::disk::DurableLog;
@@ -131,6 +131,9 @@ struct Daemon {
     log: Option<DurableLog>,
     /// `[quorum] watchdog`: the device the node core arms, pets and disarms.
     watchdog: Option<watchdog::WatchdogDevice>,
+    /// Inputs that carrying out an action produced (a watchdog failure), handed to
+    /// the core once the actions before them are done.
+    deferred: VecDeque<NodeInput>,
 }
 
 /// The receiving ends the event loop selects over.
@@ -158,12 +161,16 @@ impl Daemon {
         }
     }
 
-    /// Hands one input to the core and carries out what it returns.
+    /// Hands one input to the core and carries out what it returns (then the inputs
+    /// that carrying those out produced).
     fn input(&mut self, input: NodeInput) {
-        let now = self.now();
-        let actions = self.core.handle(now, input);
-        for a in actions {
-            self.carry_out(a);
+        let mut next = Some(input);
+        while let Some(input) = next.take().or_else(|| self.deferred.pop_front()) {
+            let now = self.now();
+            let actions = self.core.handle(now, input);
+            for a in actions {
+                self.carry_out(a);
+            }
         }
     }
 
@@ -207,7 +214,9 @@ impl Daemon {
             NodeAction::Watchdog(cmd) => {
                 if let Some(w) = &mut self.watchdog {
                     if let Err(e) = w.carry_out(cmd) {
-                        tracing::error!(error = %e, ?cmd, "watchdog");
+                        tracing::error!(error = %e, ?cmd, "watchdog failed: this node runs no group until it opens again");
+                        let report = WatchdogReport::Failed(e.fault());
+                        self.deferred.push_back(NodeInput::Watchdog(report));
                     }
                 }
             }
@@ -404,6 +413,30 @@ impl Daemon {
         self.standby_waits = waiting;
     }
 
+    /// Checks the watchdog device while nothing is armed: at start, and every
+    /// [`watchdog::RETRY_EVERY`] while the core holds it unavailable. Tells the core
+    /// when it fails or opens again (the core announces each change once).
+    fn check_watchdog(&mut self, at_start: bool) {
+        let Some(w) = &mut self.watchdog else {
+            return;
+        };
+        if !at_start && self.core.watchdog_fault().is_none() {
+            return;
+        }
+        let report = match w.probe() {
+            Ok(()) if at_start => return,
+            Ok(()) => {
+                tracing::info!("the watchdog opens again");
+                WatchdogReport::Available
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watchdog still unavailable");
+                WatchdogReport::Failed(e.fault())
+            }
+        };
+        self.input(NodeInput::Watchdog(report));
+    }
+
     fn tick(&mut self) {
         if !self.mirrors.is_empty() {
             let facts = self.mirror_facts();
@@ -432,8 +465,15 @@ impl Daemon {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| api::ApiError::Io("signal handler".into(), e))?;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut wd_retry = tokio::time::interval_at(
+            tokio::time::Instant::now() + watchdog::RETRY_EVERY,
+            watchdog::RETRY_EVERY,
+        );
+        // Before any group can start: a watchdog that cannot be opened lets none.
+        self.check_watchdog(true);
         loop {
             tokio::select! {
+                _ = wd_retry.tick(), if self.watchdog.is_some() => self.check_watchdog(false),
                 _ = hb_tick.tick() => self.input(NodeInput::HeartbeatDue),
                 _ = eval_tick.tick() => self.tick(),
                 Some(d) = inbox.mirror_done.recv() => self.input(NodeInput::OutdateDone {
@@ -592,6 +632,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         next_request: 0,
         log,
         watchdog: watchdog::WatchdogDevice::configured(&cfg),
+        deferred: VecDeque::new(),
         cfg,
     };
     let inbox = Inbox {

@@ -720,3 +720,30 @@ fn with_a_quorum_standby_is_read_from_the_log_not_the_heartbeat_register() {
     w.node.standby.clear();
     assert!(g.eligible("a", w.policy(), &w.view()));
 }
+
+#[test]
+fn with_a_quorum_a_node_whose_watchdog_is_unavailable_stops_as_without_a_lease() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
+    w.gate_mut().may_run.insert(GROUP.into());
+    w.gate_mut().leased.insert(GROUP.into());
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
+    w.node.unprotected = Some("open of /dev/watchdog failed".into());
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(
+        stop_mode(&out),
+        Some(StopMode::LeaseLost),
+        "no device to reset a hung node: the address goes first"
+    );
+    assert!(!g.eligible("a", w.policy(), &w.view()));
+    // Stopped, it starts nothing even though the log and the lease allow it.
+    g.local = LocalGroupState::Stopped;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(!starts(&out));
+    w.node.unprotected = None;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(starts(&out), "back once the device opens");
+}
