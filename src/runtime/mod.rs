@@ -573,32 +573,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
             )
         })
         .collect();
-    let (res_tx, results) = mpsc::channel(256);
-    let checks: executor::CheckObserver = {
-        let metrics = metrics.clone();
-        Arc::new(move |group, resource, check, took, ok| {
-            metrics.check(group, resource, check, took, ok)
-        })
-    };
-    let executors = cfg
-        .groups
-        .iter()
-        .map(|g| {
-            let tx = executor::spawn(
-                local,
-                g,
-                cfg.cluster.vip_probe_timeout,
-                events.clone(),
-                checks.clone(),
-                &mirrors,
-                res_tx.clone(),
-            );
-            (g.name.clone(), tx)
-        })
-        .collect();
-    // Only the executors hold result senders: when they have all stopped, the channel
-    // closes and shutdown is complete.
-    drop(res_tx);
+    let (executors, results) = spawn_executors(&cfg, local, &events, &metrics, &mirrors);
     let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
         rand::random(),
@@ -643,6 +618,46 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
     };
     let running = start_servers(&d, local, status_rx, req_tx, event_observer).await?;
     Ok((d, inbox, running))
+}
+
+/// One executor task per group, and the channel their results come back on.
+fn spawn_executors(
+    cfg: &Config,
+    local: &str,
+    events: &EventLog,
+    metrics: &Metrics,
+    mirrors: &LocalMirrors,
+) -> (
+    BTreeMap<String, mpsc::Sender<GroupCommand>>,
+    mpsc::Receiver<crate::placement::policy::Input>,
+) {
+    let (res_tx, results) = mpsc::channel(256);
+    let checks: executor::CheckObserver = {
+        let metrics = metrics.clone();
+        Arc::new(move |group, resource, check, took, ok| {
+            metrics.check(group, resource, check, took, ok)
+        })
+    };
+    let executors = cfg
+        .groups
+        .iter()
+        .map(|g| {
+            let tx = executor::spawn(
+                local,
+                g,
+                cfg.cluster.vip_probe_timeout,
+                events.clone(),
+                checks.clone(),
+                mirrors,
+                res_tx.clone(),
+            );
+            (g.name.clone(), tx)
+        })
+        .collect();
+    // Only the executors hold result senders: when they have all stopped, the channel
+    // closes and shutdown is complete.
+    drop(res_tx);
+    (executors, results)
 }
 
 /// The notifier (listening before the first event, so receivers get agentStart), then
