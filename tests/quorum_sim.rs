@@ -18,7 +18,9 @@
 //! About half the scenarios give the nodes a watchdog (`[quorum] watchdog`, W from 1 s
 //! to what the lease allows): the simulation carries out the core's arm, pet and
 //! disarm, and resets (crashes) a node whose armed watchdog went W without a pet, on
-//! real time, paused or not.
+//! real time, paused or not. In those, a node's watchdog device may also break (it
+//! protects nothing and is reported to the core) and be repaired (reported at the
+//! runtime's next 5-s retry).
 //!
 //! Invariants:
 //! 1. (every step of real time) at most one node serves a group. A node serves from its
@@ -46,7 +48,7 @@ use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
 use tandem::node::{
     ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, QuorumSettings,
-    StopMode, WatchdogCommand,
+    StopMode, WatchdogCommand, WatchdogFault, WatchdogOp, WatchdogReport,
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
@@ -97,6 +99,8 @@ struct Node {
     wd_pet: Option<u64>,
     /// A node the watchdog reset boots again at this real time.
     reboot_at: Option<u64>,
+    /// The watchdog device cannot be opened or written (a fault of the fault phase).
+    wd_broken: bool,
 }
 
 impl Node {
@@ -211,6 +215,7 @@ impl Sim {
                 inbox: VecDeque::new(),
                 wd_pet: None,
                 reboot_at: None,
+                wd_broken: false,
             };
             sim.nodes.push(node);
             sim.boot(i);
@@ -485,6 +490,10 @@ impl Sim {
         if due {
             self.node_input(i, NodeInput::HeartbeatDue);
         }
+        self.watchdog_device(i);
+        if !self.nodes[i].up {
+            return;
+        }
         self.node_input(i, NodeInput::Tick);
     }
 
@@ -564,7 +573,7 @@ impl Sim {
     fn fault(&mut self) {
         let n = self.names.len();
         let i = self.rng.gen_range(0..n);
-        match self.rng.gen_range(0..11) {
+        match self.rng.gen_range(0..12) {
             0..=2 => {
                 // Isolate a random side (both directions, or one way).
                 let oneway = self.rng.gen_range(0..4) == 0;
@@ -635,8 +644,36 @@ impl Sim {
                     self.node_input(on, NodeInput::Control { id: 1, command });
                 }
             }
+            11 if self.watchdog_s.is_some() && i < self.n_nodes => {
+                // The watchdog device breaks (a failed pet closes it) or is repaired.
+                let n = &mut self.nodes[i];
+                n.wd_broken = !n.wd_broken;
+                if n.wd_broken {
+                    n.wd_pet = None;
+                }
+                let state = if n.wd_broken { "breaks" } else { "is repaired" };
+                self.trace(format!("watchdog of {} {state}", self.names[i]));
+            }
             _ => {}
         }
+    }
+
+    /// The runtime's side of a watchdog device: a broken one is reported at once (a
+    /// failed pet, or the check at start), a repaired one at the next 5-s retry.
+    fn watchdog_device(&mut self, i: usize) {
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return;
+        };
+        let report = match (self.nodes[i].wd_broken, core.watchdog_fault().is_some()) {
+            (true, false) => WatchdogReport::Failed(WatchdogFault {
+                device: "wd".into(),
+                op: WatchdogOp::Write,
+                error: "Input/output error (os error 5)".into(),
+            }),
+            (false, true) if self.real.is_multiple_of(5000) => WatchdogReport::Available,
+            _ => return,
+        };
+        self.node_input(i, NodeInput::Watchdog(report));
     }
 
     fn trace(&self, s: String) {
@@ -651,6 +688,7 @@ impl Sim {
         self.loss_pct = 0;
         for i in 0..n {
             self.nodes[i].paused_until = None;
+            self.nodes[i].wd_broken = false;
             if !self.nodes[i].up {
                 self.boot(i);
             }
