@@ -644,8 +644,13 @@ impl Sim {
                     self.node_input(on, NodeInput::Control { id: 1, command });
                 }
             }
-            11 if self.watchdog_s.is_some() && i < self.n_nodes => {
+            11 if self.watchdog_s.is_some()
+                && i < self.n_nodes
+                && self.nodes[i].paused_until.is_none() =>
+            {
                 // The watchdog device breaks (a failed pet closes it) or is repaired.
+                // Not on a paused node: a device that stops resetting a node that
+                // stopped running is a double fault no software detects in time.
                 let n = &mut self.nodes[i];
                 n.wd_broken = !n.wd_broken;
                 if n.wd_broken {
