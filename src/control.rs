@@ -82,7 +82,8 @@ impl From<PlacementError> for ControlError {
             | PlacementError::NotEligible { .. }
             | PlacementError::InMaintenance(_)
             | PlacementError::NoTarget(_)
-            | PlacementError::NoQuorum(_) => ControlError::Refused(msg),
+            | PlacementError::NoQuorum(_)
+            | PlacementError::NoQuorumForNode(_) => ControlError::Refused(msg),
         }
     }
 }
@@ -187,6 +188,26 @@ pub fn switchover_settled(
     }
 }
 
+/// Whether a standby change proposed to the log (quorum mode) has settled: the
+/// committed register has `node` in standby exactly when `on` (`Some(Ok)`), or it
+/// did not commit before the deadline (`Some(Err(Timeout))`); None while it waits.
+/// The proposal being accepted says nothing: a leader change may drop it.
+pub fn standby_settled(
+    node: &str,
+    on: bool,
+    committed: Option<bool>,
+    expired: bool,
+) -> Option<Result<(), ControlError>> {
+    match committed {
+        Some(c) if c == on => Some(Ok(())),
+        _ if expired => Some(Err(ControlError::Timeout(format!(
+            "the log did not commit node `{node}` {} in time",
+            if on { "in standby" } else { "online" }
+        )))),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +246,31 @@ mod tests {
             switchover_settled(&elsewhere, "g", "n3", 2),
             Some(Err(ControlError::Conflict(_)))
         ));
+    }
+
+    #[test]
+    fn a_standby_request_is_done_when_the_log_commits_it_not_when_proposed() {
+        assert_eq!(standby_settled("n2", true, Some(false), false), None);
+        assert_eq!(standby_settled("n2", true, Some(true), false), Some(Ok(())));
+        assert_eq!(
+            standby_settled("n2", false, Some(false), true),
+            Some(Ok(()))
+        );
+        assert!(matches!(
+            standby_settled("n2", true, Some(false), true),
+            Some(Err(ControlError::Timeout(_)))
+        ));
+        assert!(matches!(
+            standby_settled("n2", true, None, true),
+            Some(Err(ControlError::Timeout(_)))
+        ));
+    }
+
+    #[test]
+    fn no_quorum_for_a_node_is_a_refusal_like_for_a_group() {
+        let e = ControlError::from(PlacementError::NoQuorumForNode("n2".into()));
+        assert!(matches!(e, ControlError::Refused(_)));
+        assert_eq!(e.http_status(), 409);
     }
 
     #[test]

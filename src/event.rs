@@ -115,6 +115,11 @@ pub enum EventKind {
     /// Every fencing method failed: the node is NOT known to be off (peer, reason,
     /// groups). The new owner waits out the lease instead.
     FenceFailed,
+    /// The configured watchdog cannot be opened or written (device, operation, error,
+    /// reason): this node takes over and starts nothing, and stops what it runs.
+    WatchdogUnavailable,
+    /// The watchdog opened again after [`EventKind::WatchdogUnavailable`] (device).
+    WatchdogAvailable,
 }
 
 impl EventKind {

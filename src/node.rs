@@ -26,7 +26,9 @@ mod quorum;
 mod watchdog;
 
 pub use power_fencing::{FenceRecord, PowerFenceResult, PowerFencing, PowerOff};
-pub use watchdog::{Watchdog, WatchdogCommand};
+pub use watchdog::{
+    HealthChange, Watchdog, WatchdogCommand, WatchdogFault, WatchdogOp, WatchdogReport,
+};
 
 use crate::cluster::membership::{
     self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerSpec, PeerStatus,
@@ -206,6 +208,9 @@ pub enum NodeInput {
     Control { id: u64, command: ControlCommand },
     /// The daemon is shutting down: hand every group to the peers.
     Leave,
+    /// The runtime's word on the `[quorum] watchdog` device: it failed, or it is
+    /// usable again.
+    Watchdog(WatchdogReport),
 }
 
 /// What an administrator can ask of the core.
@@ -221,6 +226,12 @@ pub enum ControlCommand {
 pub enum ControlOutcome {
     /// A switchover was started towards this node.
     SwitchingTo(String),
+    /// Quorum mode: a standby change was proposed to the log; it is done once the log
+    /// commits it ([`NodeCore::committed_standby`] reads `on`).
+    StandbyProposed {
+        node: String,
+        on: bool,
+    },
     Done,
 }
 
@@ -477,6 +488,7 @@ impl NodeCore {
                 let result = self.control(now, command, &mut out);
                 out.push(NodeAction::Reply { id, result });
             }
+            NodeInput::Watchdog(report) => self.watchdog_report(now, report, &mut out),
             NodeInput::Leave => {
                 self.refresh_peers();
                 let gate = self.gate(now);
@@ -509,7 +521,12 @@ impl NodeCore {
             ControlCommand::Standby { node, on } => {
                 let actions = self.placement.set_standby(now, &node, on, peers)?;
                 self.carry_out(now, actions, out);
-                Ok(ControlOutcome::Done)
+                match self.committed_standby(&node) {
+                    Some(committed) if committed != on => {
+                        Ok(ControlOutcome::StandbyProposed { node, on })
+                    }
+                    _ => Ok(ControlOutcome::Done),
+                }
             }
             ControlCommand::Maintenance { group, on } => {
                 let actions = self.placement.set_maintenance(now, &group, on, peers)?;
@@ -880,6 +897,14 @@ mod tests {
 
     /// n1 of n1..n3 in quorum mode, with a log restored from a snapshot of `reg`.
     fn quorum_core(reg: &crate::quorum::decision::Register) -> NodeCore {
+        quorum_core_with(reg, None)
+    }
+
+    /// [`quorum_core`] with `[quorum] watchdog` of `watchdog_s` seconds.
+    fn quorum_core_with(
+        reg: &crate::quorum::decision::Register,
+        watchdog_s: Option<u64>,
+    ) -> NodeCore {
         let mut c = core();
         let mut cfg = c.cfg.clone();
         let voters: Vec<String> = vec!["n1".into(), "n2".into(), "n3".into()];
@@ -901,7 +926,7 @@ mod tests {
             stop_margin_ms: 300,
             reachable_ms: 1000,
             config_digest: String::new(),
-            watchdog_s: None,
+            watchdog_s,
         });
         cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
         c = NodeCore::new(cfg, 7, 1_000, &[]);
@@ -1105,6 +1130,137 @@ mod tests {
             c.config_mismatches(),
             vec![("n3".to_string(), "bbbb".to_string())]
         );
+    }
+
+    /// A lease report from n3: silent on n2 (the owner of `web` at epoch 1) for 5 s.
+    fn n3_silent_on_n2(c: &mut NodeCore) {
+        let p = QuorumPacket {
+            cluster: "c".into(),
+            from: "n3".into(),
+            voters_digest: c.outbox.voters_digest(),
+            boot_id: 1,
+            seq: 1,
+            sent_ms: 5_000,
+            msgs: vec![crate::quorum::wire::QuorumMsg::Report(vec![
+                crate::quorum::wire::LeaseReport {
+                    group: "web".into(),
+                    epoch: 1,
+                    since_current_ms: 5_000,
+                    quiet_ms: 5_000,
+                },
+            ])],
+        };
+        c.handle(at(5_000), NodeInput::Quorum(Box::new(p)));
+    }
+
+    fn emitted(out: &[NodeAction], kind: EventKind) -> usize {
+        out.iter()
+            .filter(|a| matches!(a, NodeAction::Emit { kind: k, .. } if *k == kind))
+            .count()
+    }
+
+    fn owned_by_n2() -> crate::quorum::decision::Register {
+        let mut reg = crate::quorum::decision::Register::default();
+        reg.apply(
+            1,
+            crate::quorum::decision::Decision::Own {
+                group: "web".into(),
+                owner: "n2".into(),
+                epoch: 1,
+                handoff: false,
+            },
+        );
+        reg
+    }
+
+    #[test]
+    fn with_a_quorum_standby_is_the_logs_and_a_peer_advert_claiming_it_changes_nothing() {
+        use crate::cluster::packet::StandbySetting;
+        let mut reg = owned_by_n2();
+        reg.apply(
+            2,
+            crate::quorum::decision::Decision::Standby {
+                node: "n3".into(),
+                on: true,
+            },
+        );
+        let mut c = quorum_core(&reg);
+        // n2 advertises a register with n1 in standby, at a high epoch.
+        let advert = NodeAdvert {
+            standby_register: vec![StandbySetting {
+                node: "n1".into(),
+                standby: true,
+                epoch: 99,
+            }],
+            ..NodeAdvert::default()
+        };
+        c.handle(at(4_000), heartbeat_from("n2", 1, 4_000, advert));
+        n3_silent_on_n2(&mut c);
+        c.handle(at(5_000), NodeInput::Evaluate);
+        assert!(!c.placement().standby(), "the advert is not merged");
+        assert!(c.placement().is_standby("n3"), "the log's standby holds");
+        assert_eq!(c.committed_standby("n1"), Some(false));
+        assert!(c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
+        // This lone core knows no leader: not quorate, so the request is refused at
+        // once rather than proposed into nothing.
+        let command = ControlCommand::Standby {
+            node: "n1".into(),
+            on: true,
+        };
+        let out = c.handle(at(5_000), NodeInput::Control { id: 7, command });
+        match out.last() {
+            Some(NodeAction::Reply { id: 7, result }) => assert!(
+                matches!(result, Err(PlacementError::NoQuorumForNode(n)) if n == "n1"),
+                "no leader known: refused at once, {result:?}"
+            ),
+            other => panic!("no reply: {other:?}"),
+        }
+        assert!(!c.placement().standby());
+    }
+
+    #[test]
+    fn an_unavailable_watchdog_lets_the_node_take_over_nothing_until_it_opens_again() {
+        let mut c = quorum_core_with(&owned_by_n2(), Some(1));
+        n3_silent_on_n2(&mut c);
+        assert!(c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
+        let fault = WatchdogFault {
+            device: "/dev/watchdog0".into(),
+            op: WatchdogOp::Open,
+            error: "No such file or directory (os error 2)".into(),
+        };
+        let failed = || NodeInput::Watchdog(WatchdogReport::Failed(fault.clone()));
+        let out = c.handle(at(5_000), failed());
+        assert_eq!(emitted(&out, EventKind::WatchdogUnavailable), 1);
+        let ev = out.iter().find_map(|a| match a {
+            NodeAction::Emit {
+                kind: EventKind::WatchdogUnavailable,
+                fields,
+            } => Some(fields),
+            _ => None,
+        });
+        let ev = ev.expect("event");
+        assert_eq!(ev["device"], "/dev/watchdog0");
+        assert!(ev["error"].contains("os error 2"));
+        let out = c.handle(at(5_010), failed());
+        assert_eq!(emitted(&out, EventKind::WatchdogUnavailable), 0, "once");
+        assert_eq!(c.watchdog_fault(), Some(&fault));
+        let gate = c.gate(at(5_010)).unwrap();
+        assert!(gate.may_take_over.is_empty() && gate.may_run.is_empty());
+        assert!(
+            c.placement().advert(at(5_010)).standby,
+            "peers see it ineligible"
+        );
+        let out = c.handle(at(5_020), NodeInput::Evaluate);
+        assert!(
+            !out.iter().any(|a| matches!(a, NodeAction::Group { .. })),
+            "no claim, no start: {out:?}"
+        );
+        // The retry opened it: back to normal.
+        let out = c.handle(at(5_030), NodeInput::Watchdog(WatchdogReport::Available));
+        assert_eq!(emitted(&out, EventKind::WatchdogAvailable), 1);
+        assert_eq!(c.watchdog_fault(), None);
+        assert!(c.gate(at(5_030)).unwrap().may_take_over.contains("web"));
+        assert!(!c.placement().advert(at(5_030)).standby);
     }
 
     fn at(ms: u64) -> Now {

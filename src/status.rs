@@ -386,8 +386,8 @@ pub fn project(
 }
 
 /// What `tandem status` should warn about: a configuration that is not partition-safe,
-/// and nodes whose configuration file differs from this node's (by the digests in the
-/// log).
+/// nodes whose configuration file differs from this node's (by the digests in the
+/// log), and a configured watchdog this node cannot use.
 fn warning(cfg: &Config, core: &NodeCore) -> Option<String> {
     let mismatches = core.config_mismatches();
     let differ = (!mismatches.is_empty()).then(|| {
@@ -402,10 +402,20 @@ fn warning(cfg: &Config, core: &NodeCore) -> Option<String> {
             who.join(", ")
         )
     });
-    match (cfg.quorum_warning(), differ) {
-        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-        (a, b) => a.or(b),
-    }
+    let unprotected = core.watchdog_fault().map(|f| {
+        format!(
+            "the watchdog {} is unavailable ({} failed: {}): this node takes over and \
+             starts no group until it opens again (retried every 5 s)",
+            f.device,
+            f.op.name(),
+            f.error
+        )
+    });
+    let all: Vec<String> = [cfg.quorum_warning(), differ, unprotected]
+        .into_iter()
+        .flatten()
+        .collect();
+    (!all.is_empty()).then(|| all.join("; "))
 }
 
 /// This node first, then every peer as the membership sees it.
@@ -633,6 +643,7 @@ fn sample_mirror() -> MirrorStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::{NodeConfig, NodeInput, WatchdogFault, WatchdogOp, WatchdogReport};
 
     /// The snapshot's JSON is the API's contract (`tandem status --json`, `/v1/status`):
     /// the read model's types may change, its bytes may not.
@@ -647,5 +658,41 @@ mod tests {
         assert_eq!(json, golden.trim_end(), "the status JSON changed");
         let back: Status = serde_json::from_str(golden).unwrap();
         assert_eq!(serde_json::to_string_pretty(&back).unwrap(), json);
+    }
+
+    #[test]
+    fn an_unavailable_watchdog_is_a_warning_naming_the_device_and_the_error() {
+        let text = include_str!("../examples/tandem.toml")
+            .replace(
+                "# watchdog = { device = \"/dev/watchdog\", timeout = \"1s\" }",
+                "watchdog = { device = \"/dev/watchdog\", timeout = \"1s\" }",
+            )
+            .replace(
+                "# [witness]\n# name = \"w\"\n# addresses",
+                "[witness]\nname = \"w\"\naddresses",
+            );
+        let cfg = Config::parse(&text).expect("config");
+        assert!(cfg.quorum_enabled());
+        let mut core = NodeCore::new(NodeConfig::from_config(&cfg, "alpha", 10), 1, 0, &[]);
+        let now = Now {
+            mono_ms: 0,
+            wall_ms: 0,
+        };
+        assert_eq!(project(&cfg, &core, now, 0, Vec::new()).warning, None);
+        let fault = WatchdogFault {
+            device: "/dev/watchdog".into(),
+            op: WatchdogOp::Open,
+            error: "Device or resource busy (os error 16)".into(),
+        };
+        core.handle(now, NodeInput::Watchdog(WatchdogReport::Failed(fault)));
+        let w = project(&cfg, &core, now, 0, Vec::new())
+            .warning
+            .expect("warning");
+        assert!(
+            w.contains("/dev/watchdog") && w.contains("os error 16"),
+            "{w}"
+        );
+        core.handle(now, NodeInput::Watchdog(WatchdogReport::Available));
+        assert_eq!(project(&cfg, &core, now, 0, Vec::new()).warning, None);
     }
 }

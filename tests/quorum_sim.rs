@@ -11,12 +11,16 @@
 //! Each scenario, from a `u64` seed: 2 nodes and a witness, 3 nodes, or 5 nodes; one
 //! or two groups; a fault phase (partitions of any shape, one-way cuts, packet loss,
 //! kills and restarts at any point of the log, pauses past the lease, every node's
-//! clock running at its own rate within ρ), then a heal phase with every fault removed.
+//! clock running at its own rate within ρ; administrators' switchovers and standby
+//! toggles, issued on any node), then a heal phase with every fault removed and every
+//! node brought back online.
 //!
 //! About half the scenarios give the nodes a watchdog (`[quorum] watchdog`, W from 1 s
 //! to what the lease allows): the simulation carries out the core's arm, pet and
 //! disarm, and resets (crashes) a node whose armed watchdog went W without a pet, on
-//! real time, paused or not.
+//! real time, paused or not. In those, a node's watchdog device may also break (it
+//! protects nothing and is reported to the core) and be repaired (reported at the
+//! runtime's next 5-s retry).
 //!
 //! Invariants:
 //! 1. (every step of real time) at most one node serves a group. A node serves from its
@@ -44,7 +48,7 @@ use tandem::cluster::packet::Heartbeat;
 use tandem::config::Switchback;
 use tandem::node::{
     ControlCommand, GroupCommand, NodeAction, NodeConfig, NodeCore, NodeInput, PowerFenceResult,
-    QuorumSettings, StopMode, WatchdogCommand,
+    QuorumSettings, StopMode, WatchdogCommand, WatchdogFault, WatchdogOp, WatchdogReport,
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
@@ -95,6 +99,8 @@ struct Node {
     wd_pet: Option<u64>,
     /// A node the watchdog reset boots again at this real time.
     reboot_at: Option<u64>,
+    /// The watchdog device cannot be opened or written (a fault of the fault phase).
+    wd_broken: bool,
 }
 
 impl Node {
@@ -231,6 +237,7 @@ impl Sim {
                 inbox: VecDeque::new(),
                 wd_pet: None,
                 reboot_at: None,
+                wd_broken: false,
             };
             sim.nodes.push(node);
             sim.boot(i);
@@ -528,6 +535,10 @@ impl Sim {
         if due {
             self.node_input(i, NodeInput::HeartbeatDue);
         }
+        self.watchdog_device(i);
+        if !self.nodes[i].up {
+            return;
+        }
         self.node_input(i, NodeInput::Tick);
     }
 
@@ -651,7 +662,7 @@ impl Sim {
     fn fault(&mut self) {
         let n = self.names.len();
         let i = self.rng.gen_range(0..n);
-        match self.rng.gen_range(0..11) {
+        match self.rng.gen_range(0..12) {
             0..=2 => {
                 // Isolate a random side (both directions, or one way).
                 let oneway = self.rng.gen_range(0..4) == 0;
@@ -709,8 +720,54 @@ impl Sim {
                     self.node_input(on, NodeInput::Control { id: 1, command });
                 }
             }
+            10 => {
+                // An administrator puts a node in standby or back online, on any node:
+                // a decision of the log.
+                let on = self.rng.gen_range(0..self.n_nodes);
+                let command = ControlCommand::Standby {
+                    node: self.names[self.rng.gen_range(0..self.n_nodes)].clone(),
+                    on: self.rng.gen_bool(0.5),
+                };
+                self.trace(format!("{command:?} on {}", self.names[on]));
+                if self.nodes[on].up && self.nodes[on].paused_until.is_none() {
+                    self.node_input(on, NodeInput::Control { id: 1, command });
+                }
+            }
+            11 if self.watchdog_s.is_some()
+                && i < self.n_nodes
+                && self.nodes[i].paused_until.is_none() =>
+            {
+                // The watchdog device breaks (a failed pet closes it) or is repaired.
+                // Not on a paused node: a device that stops resetting a node that
+                // stopped running is a double fault no software detects in time.
+                let n = &mut self.nodes[i];
+                n.wd_broken = !n.wd_broken;
+                if n.wd_broken {
+                    n.wd_pet = None;
+                }
+                let state = if n.wd_broken { "breaks" } else { "is repaired" };
+                self.trace(format!("watchdog of {} {state}", self.names[i]));
+            }
             _ => {}
         }
+    }
+
+    /// The runtime's side of a watchdog device: a broken one is reported at once (a
+    /// failed pet, or the check at start), a repaired one at the next 5-s retry.
+    fn watchdog_device(&mut self, i: usize) {
+        let Some(core) = self.nodes[i].core.as_ref() else {
+            return;
+        };
+        let report = match (self.nodes[i].wd_broken, core.watchdog_fault().is_some()) {
+            (true, false) => WatchdogReport::Failed(WatchdogFault {
+                device: "wd".into(),
+                op: WatchdogOp::Write,
+                error: "Input/output error (os error 5)".into(),
+            }),
+            (false, true) if self.real.is_multiple_of(5000) => WatchdogReport::Available,
+            _ => return,
+        };
+        self.node_input(i, NodeInput::Watchdog(report));
     }
 
     fn trace(&self, s: String) {
@@ -725,11 +782,30 @@ impl Sim {
         self.loss_pct = 0;
         for i in 0..n {
             self.nodes[i].paused_until = None;
+            self.nodes[i].wd_broken = false;
             if !self.nodes[i].up {
                 self.boot(i);
             }
         }
         self.trace("HEAL".into());
+    }
+
+    /// The heal phase brings every node the log has in standby back online (asked of
+    /// every node: only a quorate one proposes it).
+    fn bring_online(&mut self) {
+        let standby: std::collections::BTreeSet<String> = (0..self.n_nodes)
+            .filter_map(|i| self.nodes[i].core.as_ref()?.quorum())
+            .flat_map(|q| q.register().standby.iter().cloned())
+            .collect();
+        for node in standby {
+            for i in 0..self.n_nodes {
+                let command = ControlCommand::Standby {
+                    node: node.clone(),
+                    on: false,
+                };
+                self.node_input(i, NodeInput::Control { id: 1, command });
+            }
+        }
     }
 
     /// Invariant 3, once the cluster settled: one runner per group, owners agreed.
@@ -783,6 +859,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
     while sim.real < heal_end {
         sim.step();
         if sim.real.is_multiple_of(500) {
+            sim.bring_online();
             match sim.settled() {
                 Ok(()) => {
                     let since = *ok_since.get_or_insert(sim.real);

@@ -1021,7 +1021,7 @@ impl Sim {
             Ok(outcome) => {
                 let to = match outcome {
                     ControlOutcome::SwitchingTo(to) => to,
-                    ControlOutcome::Done => panic!("a switchover names its target"),
+                    other => panic!("a switchover names its target, not {other:?}"),
                 };
                 let epoch = self.status_of(i, g).epoch;
                 self.log(format!(

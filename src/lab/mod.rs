@@ -1246,8 +1246,20 @@ fn start_standins(state: &mut LabState) -> Result<(), LabError> {
             debug!(node = %node.name, pid, what = %p.argv[2], "stand-in started");
         }
     }
+    // A daemon checks its watchdog at start, and one it cannot open keeps it from
+    // running any group until its next retry (5 s): start the nodes only once each
+    // stand-in reads its FIFO.
+    for node in &state.nodes {
+        let fifo = node.dir.join(watchdog::FIFO);
+        if node.watchdog.is_some() && !watchdog::wait_for_reader(&fifo, STANDIN_READY) {
+            warn!(node = %node.name, "the watchdog stand-in does not read its FIFO yet");
+        }
+    }
     Ok(())
 }
+
+/// How long `lab up` waits for each watchdog stand-in to open its FIFO.
+const STANDIN_READY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Whether `lab up` gives each node a watchdog stand-in: with a quorum (which the
 /// watchdog backs), unless `--no-watchdog`, and when the default lease allows it.

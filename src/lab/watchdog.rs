@@ -106,6 +106,25 @@ pub fn power_cycled(fifo: &Path) {
     }
 }
 
+/// Waits until something reads `fifo` (the stand-in opened it), up to `timeout`:
+/// opening it for writing without blocking succeeds only then. Writes nothing.
+pub fn wait_for_reader(fifo: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(fifo);
+        if opened.is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs the stand-in until killed.
 pub fn run(a: StandinArgs) -> Result<(), LabError> {
     // Read and write: the FIFO never reports end-of-file when the daemon dies, as a
@@ -170,6 +189,19 @@ fn reset(a: &StandinArgs, silent: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_the_reader_of_a_fifo_ends_when_one_opens_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = create_fifo(dir.path()).unwrap();
+        assert!(!wait_for_reader(&fifo, Duration::from_millis(30)));
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        assert!(wait_for_reader(&fifo, Duration::from_millis(30)));
+    }
 
     #[test]
     fn the_countdown_arms_on_a_byte_and_stops_on_the_magic_v() {

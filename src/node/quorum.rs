@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use super::watchdog::{HealthChange, WatchdogFault, WatchdogReport};
 use super::{NodeAction, NodeCore};
 use crate::cluster::packet::Assignment;
 use crate::cluster::packet::LocalGroupState;
@@ -75,14 +76,13 @@ impl NodeCore {
         let Applied::Changed(d) = applied else {
             return;
         };
-        if let Decision::Own {
-            group,
-            owner,
-            epoch,
-            ..
-        } = d
-        {
-            out.push(NodeAction::Emit {
+        match d {
+            Decision::Own {
+                group,
+                owner,
+                epoch,
+                ..
+            } => out.push(NodeAction::Emit {
                 kind: EventKind::OwnershipCommitted,
                 fields: fields([
                     ("group", group),
@@ -90,7 +90,17 @@ impl NodeCore {
                     ("owner", owner),
                     ("epoch", epoch.to_string()),
                 ]),
-            });
+            }),
+            // Quorum mode's standby changes when the log commits it, on every node.
+            Decision::Standby { node, on } => out.push(NodeAction::Emit {
+                kind: if on {
+                    EventKind::NodeStandby
+                } else {
+                    EventKind::NodeOnline
+                },
+                fields: fields([("node", node)]),
+            }),
+            _ => {}
         }
     }
 
@@ -147,6 +157,7 @@ impl NodeCore {
                 handoff,
             },
             Proposal::Maintenance { group, on } => Decision::Maintenance { group, on },
+            Proposal::Standby { node, on } => Decision::Standby { node, on },
         };
         self.quorum_call(now, out, |q, now, o| {
             if !q.propose(now, &d, o) {
@@ -206,6 +217,7 @@ impl NodeCore {
         let every_node_live = self.membership.live_peers().len() == self.cfg.peers.len();
         let mut gate = QuorumGate {
             maintenance: reg.maintenance.clone(),
+            standby: reg.standby.clone(),
             quorate: q.quorate(now.mono_ms, s.reachable_ms),
             ..Default::default()
         };
@@ -275,6 +287,13 @@ impl NodeCore {
             {
                 gate.leased.insert(g.clone());
             }
+        }
+        if self.watchdog_fault().is_some() {
+            // No device to reset this node: it takes and runs nothing, and a stop is
+            // one without a lease.
+            gate.may_take_over.clear();
+            gate.may_run.clear();
+            gate.leased.clear();
         }
         self.start_cleared
             .retain(|(g, e)| reg.owner(g).is_some_and(|o| o.epoch == *e));
@@ -436,6 +455,58 @@ impl NodeCore {
                 .into_iter()
                 .map(NodeAction::Watchdog),
         );
+    }
+
+    /// The runtime's report on the watchdog device: while it is unavailable this node
+    /// takes and starts nothing and stops what it runs (placement's `unprotected`);
+    /// each change is announced once.
+    pub(super) fn watchdog_report(
+        &mut self,
+        now: Now,
+        report: WatchdogReport,
+        out: &mut Vec<NodeAction>,
+    ) {
+        let Some(w) = self.watchdog.as_mut() else {
+            return;
+        };
+        let Some(change) = w.report(report) else {
+            return;
+        };
+        let why = w
+            .fault()
+            .map(|f| format!("{} of {} failed: {}", f.op.name(), f.device, f.error));
+        self.placement.set_unprotected(why.clone());
+        let (kind, fields) = match change {
+            HealthChange::Lost(f) => (
+                EventKind::WatchdogUnavailable,
+                fields([
+                    ("device", f.device),
+                    ("operation", f.op.name().to_string()),
+                    ("error", f.error),
+                    ("reason", why.unwrap_or_default()),
+                ]),
+            ),
+            HealthChange::Regained { device } => {
+                (EventKind::WatchdogAvailable, fields([("device", device)]))
+            }
+        };
+        tracing::warn!(?kind, ?fields, "watchdog");
+        out.push(NodeAction::Emit { kind, fields });
+        self.placement_input(now, crate::placement::policy::Input::Tick, out);
+    }
+
+    /// Why the configured watchdog cannot back a lease now; None while it can (or
+    /// without one).
+    pub fn watchdog_fault(&self) -> Option<&WatchdogFault> {
+        self.watchdog.as_ref().and_then(|w| w.fault())
+    }
+
+    /// Quorum mode: whether the committed log has `node` in standby; `None` without a
+    /// quorum core (two-node mode, or not restored yet).
+    pub fn committed_standby(&self, node: &str) -> Option<bool> {
+        self.quorum
+            .as_ref()
+            .map(|q| q.register().standby.contains(node))
     }
 
     pub fn quorum(&self) -> Option<&QuorumCore> {

@@ -16,6 +16,12 @@
 //!   `node::quorum`): the device counts from its arm or last pet, so a node that
 //!   started with less and then hung would be reset after its lease ended.
 //!
+//! - **Unavailable**: the runtime reports a device it cannot open (at start, on arm,
+//!   on its retries every 5 s) or write (a pet) as a [`WatchdogReport`]. Until it
+//!   reports the device usable again, nothing is armed or petted here, and the node
+//!   core lets this node neither take over nor start any group, and stops those it
+//!   runs as if their lease were lost: a node the device cannot reset must not serve.
+//!
 //! The runtime carries out [`WatchdogCommand`]s on the device (`runtime::watchdog`).
 
 use std::collections::BTreeMap;
@@ -31,6 +37,53 @@ pub enum WatchdogCommand {
     Disarm,
 }
 
+/// What the runtime was doing when the device failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchdogOp {
+    /// Opening it (at start, on arm, or a retry).
+    Open,
+    /// Setting its timeout.
+    SetTimeout,
+    /// Writing a pet or the magic close.
+    Write,
+}
+
+impl WatchdogOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            WatchdogOp::Open => "open",
+            WatchdogOp::SetTimeout => "set_timeout",
+            WatchdogOp::Write => "write",
+        }
+    }
+}
+
+/// Why the configured device cannot back the leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchdogFault {
+    /// The configured device path.
+    pub device: String,
+    pub op: WatchdogOp,
+    /// The OS error, as text.
+    pub error: String,
+}
+
+/// The runtime's word on the device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchdogReport {
+    /// The device failed: nothing is protected by it now.
+    Failed(WatchdogFault),
+    /// The device opened again (a retry or an arm succeeded).
+    Available,
+}
+
+/// A change of the device's availability, for the node core to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthChange {
+    Lost(WatchdogFault),
+    Regained { device: String },
+}
+
 /// How much lease must be left beyond the watchdog's timeout for a pet.
 pub const PET_SPARE_MS: u64 = 100;
 
@@ -43,6 +96,8 @@ pub struct Watchdog {
     /// never ends earlier than once seen, and it goes on binding after the register
     /// moves on (the lease book forgets it then).
     lease_ends: BTreeMap<String, u64>,
+    /// Set while the runtime reports the device unusable.
+    fault: Option<WatchdogFault>,
 }
 
 impl Watchdog {
@@ -51,11 +106,34 @@ impl Watchdog {
             timeout_ms: timeout_s * 1000,
             armed: false,
             lease_ends: BTreeMap::new(),
+            fault: None,
         }
     }
 
     pub fn armed(&self) -> bool {
         self.armed
+    }
+
+    /// Why the device cannot back the leases now; None while it can.
+    pub fn fault(&self) -> Option<&WatchdogFault> {
+        self.fault.as_ref()
+    }
+
+    /// Takes the runtime's report; returns the change to announce, once per change.
+    /// A failed device is closed: the next arm opens it afresh.
+    pub fn report(&mut self, report: WatchdogReport) -> Option<HealthChange> {
+        match report {
+            WatchdogReport::Failed(f) => {
+                self.armed = false;
+                let first = self.fault.is_none();
+                self.fault = Some(f.clone());
+                first.then_some(HealthChange::Lost(f))
+            }
+            WatchdogReport::Available => self
+                .fault
+                .take()
+                .map(|f| HealthChange::Regained { device: f.device }),
+        }
     }
 
     /// One tick: `owned` are the groups this node runs or starts, each with its lease
@@ -75,6 +153,11 @@ impl Watchdog {
                 self.armed = false;
                 out.push(WatchdogCommand::Disarm);
             }
+            return out;
+        }
+        if self.fault.is_some() {
+            // Nothing to arm or pet: the runtime retries the device on its own, and
+            // the node core stops what runs here.
             return out;
         }
         if !self.armed {
@@ -145,6 +228,51 @@ mod tests {
         // A group starting without any lease seen: no pet.
         let mut w = Watchdog::new(1);
         assert_eq!(w.tick(0, &owned(&[("web", None)])), [Arm { timeout_s: 1 }]);
+    }
+
+    fn fault(op: WatchdogOp) -> WatchdogFault {
+        WatchdogFault {
+            device: "/dev/watchdog0".into(),
+            op,
+            error: "No such file or directory (os error 2)".into(),
+        }
+    }
+
+    #[test]
+    fn an_unavailable_device_is_reported_once_and_neither_armed_nor_petted() {
+        let mut w = Watchdog::new(1);
+        let lost = w.report(WatchdogReport::Failed(fault(WatchdogOp::Open)));
+        assert_eq!(lost, Some(HealthChange::Lost(fault(WatchdogOp::Open))));
+        assert_eq!(
+            w.report(WatchdogReport::Failed(fault(WatchdogOp::Open))),
+            None
+        );
+        assert!(w.fault().is_some());
+        assert!(w.tick(0, &owned(&[("web", Some(5_000))])).is_empty());
+        assert_eq!(
+            w.report(WatchdogReport::Available),
+            Some(HealthChange::Regained {
+                device: "/dev/watchdog0".into()
+            })
+        );
+        assert_eq!(w.report(WatchdogReport::Available), None);
+        assert_eq!(
+            w.tick(10, &owned(&[("web", Some(5_000))])),
+            [Arm { timeout_s: 1 }, Pet]
+        );
+    }
+
+    #[test]
+    fn a_failed_pet_closes_the_device_and_it_is_armed_afresh_once_back() {
+        let mut w = Watchdog::new(1);
+        let gs = owned(&[("web", Some(5_000))]);
+        assert_eq!(w.tick(0, &gs), [Arm { timeout_s: 1 }, Pet]);
+        w.report(WatchdogReport::Failed(fault(WatchdogOp::Write)));
+        assert!(!w.armed());
+        assert!(w.tick(10, &gs).is_empty(), "no pet into a failed device");
+        assert!(w.tick(20, &[]).is_empty(), "nothing open to disarm");
+        w.report(WatchdogReport::Available);
+        assert_eq!(w.tick(30, &gs), [Arm { timeout_s: 1 }, Pet]);
     }
 
     #[test]

@@ -246,6 +246,11 @@ pub enum Proposal {
         group: String,
         on: bool,
     },
+    /// A node's standby flag.
+    Standby {
+        node: String,
+        on: bool,
+    },
 }
 
 /// What the quorum allows, when the cluster runs with one (three or more voters). The
@@ -257,6 +262,9 @@ pub struct QuorumGate {
     pub registers: BTreeMap<String, Assignment>,
     /// Groups in maintenance, by the log.
     pub maintenance: BTreeSet<String>,
+    /// Nodes in standby, by the log (the heartbeat's standby register plays no part
+    /// in quorum mode).
+    pub standby: BTreeSet<String>,
     /// Groups whose owner a majority of the voters has not heard from for the dead
     /// time (or that never had one and every node was seen): a takeover may be
     /// proposed.
@@ -296,6 +304,8 @@ pub enum PlacementError {
     NoTarget(String),
     #[error("this node has no quorum (it cannot reach a majority of the voters), so it cannot change group `{0}` now")]
     NoQuorum(String),
+    #[error("this node has no quorum (it cannot reach a majority of the voters), so it cannot change node `{0}` now")]
+    NoQuorumForNode(String),
     #[error("group `{group}` is busy ({state:?}) on `{node}`; try again")]
     Busy {
         group: String,
@@ -434,21 +444,30 @@ pub struct Placement {
 #[derive(Debug, Default)]
 struct NodeState {
     started_mono_ms: Option<u64>,
-    /// The replicated standby register: node -> (standby, epoch). Highest epoch wins,
-    /// so `tandem node standby NODE` works from any node.
+    /// Two-node mode's replicated standby register: node -> (standby, epoch). Highest
+    /// epoch wins, so `tandem node standby NODE` works from any node. Unused in quorum
+    /// mode, where standby is a committed decision ([`QuorumGate::standby`]).
     standby: BTreeMap<String, (bool, u64)>,
     /// This daemon is shutting down: like standby, but not replicated, so the node
     /// comes back online when it restarts.
     leaving: bool,
+    /// Quorum mode: the configured watchdog cannot back a lease now (why): like
+    /// leaving, this node runs nothing, and what runs here stops as if its lease
+    /// were lost.
+    unprotected: Option<String>,
     /// Wall times when each peer was declared dead and when it was last heard (for
     /// timelines).
     lost_at: BTreeMap<String, (u64, u64)>,
 }
 
 impl NodeState {
-    /// Is `node` in standby, by the merged register?
-    fn is_standby(&self, node: &str) -> bool {
-        self.standby.get(node).is_some_and(|(s, _)| *s)
+    /// Is `node` in standby: by the log in quorum mode (`gate`), else by the merged
+    /// heartbeat register?
+    fn is_standby(&self, gate: Option<&QuorumGate>, node: &str) -> bool {
+        match gate {
+            Some(gate) => gate.standby.contains(node),
+            None => self.standby.get(node).is_some_and(|(s, _)| *s),
+        }
     }
 }
 
@@ -484,6 +503,11 @@ impl ClusterView<'_> {
         std::iter::once(self.local()).chain(self.peers.iter().map(|p| p.name.as_str()))
     }
 
+    /// Is `node` in standby (by the log in quorum mode)?
+    fn is_standby(&self, node: &str) -> bool {
+        self.node.is_standby(self.gate, node)
+    }
+
     /// Peers must have had a chance to be heard before this node claims anything.
     fn in_grace(&self) -> bool {
         self.node
@@ -516,6 +540,11 @@ impl Placement {
     /// Quorum mode: what the log and the leases allow now (set before each input).
     pub fn set_gate(&mut self, gate: Option<QuorumGate>) {
         self.gate = gate;
+    }
+
+    /// The configured watchdog is unavailable (`Some(why)`) or back (`None`).
+    pub fn set_unprotected(&mut self, why: Option<String>) {
+        self.node.unprotected = why;
     }
 
     /// The group's register as this node holds it.
@@ -567,7 +596,7 @@ impl Placement {
     pub fn advert(&self, now: Now) -> NodeAdvert {
         NodeAdvert {
             priority: self.cfg.priority(&self.cfg.local),
-            standby: self.standby() || self.node.leaving,
+            standby: self.standby() || self.node.leaving || self.node.unprotected.is_some(),
             standby_register: self
                 .node
                 .standby
@@ -598,14 +627,19 @@ impl Placement {
         self.is_standby(&self.cfg.local)
     }
 
-    /// Is `node` in standby, by the merged register?
+    /// Is `node` in standby: by the committed log in quorum mode, else by the merged
+    /// heartbeat register?
     pub fn is_standby(&self, node: &str) -> bool {
-        self.node.is_standby(node)
+        self.node.is_standby(self.gate.as_ref(), node)
     }
 
-    /// Merges the peers' standby registers into ours (highest epoch wins; on a tie,
-    /// standby wins, the safe side). Reports our own node changing state.
+    /// Two-node mode: merges the peers' standby registers into ours (highest epoch
+    /// wins; on a tie, standby wins, the safe side). Reports our own node changing
+    /// state. In quorum mode the log decides, and the node core reports each commit.
     fn merge_standby(&mut self, peers: &[PeerView], out: &mut Vec<Action>) {
+        if self.gate.is_some() {
+            return;
+        }
         let was = self.standby();
         for p in peers {
             for s in &p.advert.standby_register {
@@ -780,7 +814,9 @@ impl Placement {
     }
 
     /// Puts a node in standby (its groups move away, no new ones arrive) or back online.
-    /// Works from any node: the setting travels in the replicated standby register.
+    /// Works from any node: the setting travels in the replicated standby register
+    /// (two-node mode), or is proposed to the log (quorum mode; refused without a
+    /// quorum), where nothing changes until it commits.
     pub fn set_standby(
         &mut self,
         now: Now,
@@ -792,6 +828,19 @@ impl Placement {
             return Err(PlacementError::UnknownNode(node.into()));
         }
         let mut out = Vec::new();
+        if let Some(gate) = &self.gate {
+            if !gate.quorate {
+                return Err(PlacementError::NoQuorumForNode(node.into()));
+            }
+            if gate.standby.contains(node) != on {
+                out.push(Action::Propose(Proposal::Standby {
+                    node: node.to_string(),
+                    on,
+                }));
+            }
+            self.evaluate(now, peers, &mut out);
+            return Ok(out);
+        }
         if self.is_standby(node) != on {
             let epoch = self.node.standby.get(node).map_or(0, |(_, e)| *e) + 1;
             self.node.standby.insert(node.to_string(), (on, epoch));
@@ -926,14 +975,15 @@ impl GroupState {
             return false;
         }
         if node == view.local() {
-            return !view.node.is_standby(node)
+            return !view.is_standby(node)
                 && !view.node.leaving
+                && view.node.unprotected.is_none()
                 && !self.is_blocked(view.now.mono_ms)
                 && self.local != LocalGroupState::Failed;
         }
         view.peer(node).is_some_and(|p| {
             !p.advert.standby
-                && !view.node.is_standby(node)
+                && !view.is_standby(node)
                 && p.group(&policy.name)
                     .is_none_or(|ga| !ga.blocked && ga.local != LocalGroupState::Failed)
         })
@@ -1230,6 +1280,13 @@ impl GroupState {
         if self.local != LocalGroupState::Running || self.restarting {
             return false;
         }
+        if let Some(why) = &view.node.unprotected {
+            // No device to reset this node if it hangs: serving on would outlast the
+            // lease unguarded, so it stops as a node that lost its lease does.
+            let reason = format!("the watchdog cannot back the lease: {why}");
+            self.stop_as(&policy.name, &reason, StopMode::LeaseLost, out);
+            return true;
+        }
         let ours = self.owner() == Some(view.local());
         if ours && gate.may_run.contains(&policy.name) {
             return false;
@@ -1370,9 +1427,7 @@ impl GroupState {
             None => MoveReason::Initial,
             Some(o) if view.peer(o).is_none() => MoveReason::NodeLost,
             Some(o) if self.eligible(o, policy, view) => MoveReason::Switchback,
-            Some(o)
-                if view.peer(o).is_some_and(|p| p.advert.standby) || view.node.is_standby(o) =>
-            {
+            Some(o) if view.peer(o).is_some_and(|p| p.advert.standby) || view.is_standby(o) => {
                 MoveReason::Manual
             }
             Some(_) => MoveReason::ResourceFailed,

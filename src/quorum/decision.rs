@@ -36,6 +36,9 @@ pub enum Decision {
     UpToDate { mirror: String, node: String },
     /// A group's maintenance flag (monitoring and recovery suspended).
     Maintenance { group: String, on: bool },
+    /// A node's standby flag (`tandem node standby` / `online`): a node in standby
+    /// runs no group; those it owns move away.
+    Standby { node: String, on: bool },
     /// A node's configuration digest, so that every node can check they agree.
     ConfigDigest { node: String, digest: String },
 }
@@ -79,6 +82,8 @@ pub struct Register {
     pub config_digests: BTreeMap<String, String>,
     /// Groups in maintenance.
     pub maintenance: BTreeSet<String>,
+    /// Nodes in standby.
+    pub standby: BTreeSet<String>,
 }
 
 /// How an entry applied.
@@ -145,6 +150,16 @@ impl Register {
                     return Applied::Stale(d);
                 }
             }
+            Decision::Standby { node, on } => {
+                let changed = if *on {
+                    self.standby.insert(node.clone())
+                } else {
+                    self.standby.remove(node)
+                };
+                if !changed {
+                    return Applied::Stale(d);
+                }
+            }
             Decision::ConfigDigest { node, digest } => {
                 self.config_digests.insert(node.clone(), digest.clone());
             }
@@ -178,6 +193,7 @@ impl Register {
                 .collect(),
             config_digests: self.config_digests.clone(),
             maintenance: self.maintenance.clone(),
+            standby: self.standby.clone(),
         };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -198,6 +214,7 @@ impl Register {
                 .collect(),
             config_digests: w.config_digests,
             maintenance: w.maintenance,
+            standby: w.standby,
         })
     }
 }
@@ -211,6 +228,9 @@ struct RegisterWire {
     config_digests: BTreeMap<String, String>,
     #[serde(default)]
     maintenance: BTreeSet<String>,
+    /// Absent from snapshots written before standby went through the log.
+    #[serde(default)]
+    standby: BTreeSet<String>,
 }
 
 #[cfg(test)]
@@ -285,5 +305,48 @@ mod tests {
         let d = own("g", "n1", 7);
         assert_eq!(Decision::decode(&d.encode()).unwrap(), d);
         assert!(Decision::decode(b"{\"own\":{}}").is_err());
+    }
+
+    #[test]
+    fn standby_applies_in_log_order_and_survives_a_snapshot() {
+        let mut r = Register::default();
+        let standby = |node: &str, on| Decision::Standby {
+            node: node.into(),
+            on,
+        };
+        assert!(matches!(
+            r.apply(1, standby("n2", true)),
+            Applied::Changed(_)
+        ));
+        assert!(matches!(r.apply(2, standby("n2", true)), Applied::Stale(_)));
+        assert!(matches!(
+            r.apply(3, standby("n3", true)),
+            Applied::Changed(_)
+        ));
+        assert!(matches!(
+            r.apply(4, standby("n3", false)),
+            Applied::Changed(_)
+        ));
+        assert!(matches!(
+            r.apply(5, standby("n1", false)),
+            Applied::Stale(_)
+        ));
+        assert_eq!(r.standby, BTreeSet::from(["n2".to_string()]));
+        let back = Register::decode(&r.encode()).unwrap();
+        assert_eq!(back, r);
+        assert!(back.standby.contains("n2"));
+        let d = standby("n2", false);
+        assert_eq!(Decision::decode(&d.encode()).unwrap(), d);
+        assert!(Decision::decode(b"{\"standby\":{\"node\":\"n1\",\"on\":true,\"x\":1}}").is_err());
+    }
+
+    #[test]
+    fn a_snapshot_written_before_standby_was_logged_decodes_with_nobody_in_standby() {
+        // The snapshot format before `standby` (and `maintenance`) were fields.
+        let old = br#"{"applied":7,"owners":{"g":{"owner":"n1","epoch":2,"handoff":false,"previous":null}},"outdated":[["m","n2",3]],"config_digests":{"n1":"abc"}}"#;
+        let r = Register::decode(old).unwrap();
+        assert_eq!(r.applied, 7);
+        assert_eq!(r.owner("g").map(|o| o.epoch), Some(2));
+        assert!(r.standby.is_empty() && r.maintenance.is_empty());
     }
 }

@@ -21,7 +21,7 @@
 pub mod transport;
 pub mod watchdog;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,14 +32,14 @@ use tracing::Instrument;
 use crate::api::{self, server::Servers};
 use crate::cluster::packet;
 use crate::config::Config;
-use crate::control::{ControlError, MirrorAction, Reply, Request};
+use crate::control::{self, ControlError, MirrorAction, Reply, Request};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
 use crate::fence;
 use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
 use crate::node::{
     ControlCommand, ControlOutcome, GroupCommand, MirrorFacts, NodeAction, NodeConfig, NodeCore,
-    NodeInput, PowerFenceResult, PowerOff,
+    NodeInput, PowerFenceResult, PowerOff, WatchdogReport,
 };
 use crate::placement::policy::Now;
 use crate::quorum::disk::DurableLog;
@@ -83,11 +83,21 @@ const NOTIFY_DRAIN: Duration = Duration::from_secs(2);
 const SHUTDOWN_HANDOFF: Duration = Duration::from_secs(20);
 /// How long a graceful shutdown waits for the executors to stop their groups.
 const EXECUTORS_STOP: Duration = Duration::from_secs(30);
+/// How long a standby request waits for the log to commit it (quorum mode).
+const STANDBY_COMMIT: Duration = Duration::from_secs(10);
 
 /// A control request waiting for the core's answer.
 enum PendingReply {
     Switchover(Reply<String>),
     Done(Reply<()>),
+}
+
+/// Quorum mode: a standby request proposed to the log, answered once it commits.
+struct StandbyWait {
+    node: String,
+    on: bool,
+    deadline: Instant,
+    reply: Reply<()>,
 }
 
 /// A finished asynchronous mirror operation.
@@ -116,12 +126,17 @@ struct Daemon {
     /// Finished power-offs come back here.
     fenced: mpsc::Sender<(String, PowerFenceResult)>,
     replies: BTreeMap<u64, PendingReply>,
+    /// Standby requests waiting for the log to commit them.
+    standby_waits: Vec<StandbyWait>,
     next_request: u64,
     /// Quorum mode: the durable consensus log. `None` after a write failed: this node
     /// then stays silent as a voter (its leases run out; the others carry on).
     log: Option<DurableLog>,
     /// `[quorum] watchdog`: the device the node core arms, pets and disarms.
     watchdog: Option<watchdog::WatchdogDevice>,
+    /// Inputs that carrying out an action produced (a watchdog failure), handed to
+    /// the core once the actions before them are done.
+    deferred: VecDeque<NodeInput>,
 }
 
 /// The receiving ends the event loop selects over.
@@ -150,12 +165,16 @@ impl Daemon {
         }
     }
 
-    /// Hands one input to the core and carries out what it returns.
+    /// Hands one input to the core and carries out what it returns (then the inputs
+    /// that carrying those out produced).
     fn input(&mut self, input: NodeInput) {
-        let now = self.now();
-        let actions = self.core.handle(now, input);
-        for a in actions {
-            self.carry_out(a);
+        let mut next = Some(input);
+        while let Some(input) = next.take().or_else(|| self.deferred.pop_front()) {
+            let now = self.now();
+            let actions = self.core.handle(now, input);
+            for a in actions {
+                self.carry_out(a);
+            }
         }
     }
 
@@ -200,7 +219,9 @@ impl Daemon {
             NodeAction::Watchdog(cmd) => {
                 if let Some(w) = &mut self.watchdog {
                     if let Err(e) = w.carry_out(cmd) {
-                        tracing::error!(error = %e, ?cmd, "watchdog");
+                        tracing::error!(error = %e, ?cmd, "watchdog failed: this node runs no group until it opens again");
+                        let report = WatchdogReport::Failed(e.fault());
+                        self.deferred.push_back(NodeInput::Watchdog(report));
                     }
                 }
             }
@@ -210,8 +231,19 @@ impl Daemon {
                     (Some(PendingReply::Switchover(tx)), r) => {
                         let _ = tx.send(r.map(|o| match o {
                             ControlOutcome::SwitchingTo(target) => target,
-                            ControlOutcome::Done => String::new(),
+                            _ => String::new(),
                         }));
+                    }
+                    (
+                        Some(PendingReply::Done(tx)),
+                        Ok(ControlOutcome::StandbyProposed { node, on }),
+                    ) => {
+                        self.standby_waits.push(StandbyWait {
+                            node,
+                            on,
+                            deadline: Instant::now() + STANDBY_COMMIT,
+                            reply: tx,
+                        });
                     }
                     (Some(PendingReply::Done(tx)), r) => {
                         let _ = tx.send(r.map(|_| ()));
@@ -394,6 +426,49 @@ impl Daemon {
             .collect()
     }
 
+    /// Answers the standby requests the log has committed (or that timed out).
+    fn settle_standby(&mut self) {
+        if self.standby_waits.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut waiting = Vec::new();
+        for w in std::mem::take(&mut self.standby_waits) {
+            let committed = self.core.committed_standby(&w.node);
+            match control::standby_settled(&w.node, w.on, committed, now >= w.deadline) {
+                Some(r) => {
+                    let _ = w.reply.send(r);
+                }
+                None => waiting.push(w),
+            }
+        }
+        self.standby_waits = waiting;
+    }
+
+    /// Checks the watchdog device while nothing is armed: at start, and every
+    /// [`watchdog::RETRY_EVERY`] while the core holds it unavailable. Tells the core
+    /// when it fails or opens again (the core announces each change once).
+    fn check_watchdog(&mut self, at_start: bool) {
+        let Some(w) = &mut self.watchdog else {
+            return;
+        };
+        if !at_start && self.core.watchdog_fault().is_none() {
+            return;
+        }
+        let report = match w.probe() {
+            Ok(()) if at_start => return,
+            Ok(()) => {
+                tracing::info!("the watchdog opens again");
+                WatchdogReport::Available
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "watchdog still unavailable");
+                WatchdogReport::Failed(e.fault())
+            }
+        };
+        self.input(NodeInput::Watchdog(report));
+    }
+
     fn tick(&mut self) {
         if !self.mirrors.is_empty() {
             let facts = self.mirror_facts();
@@ -422,8 +497,15 @@ impl Daemon {
         let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| api::ApiError::Io("signal handler".into(), e))?;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut wd_retry = tokio::time::interval_at(
+            tokio::time::Instant::now() + watchdog::RETRY_EVERY,
+            watchdog::RETRY_EVERY,
+        );
+        // Before any group can start: a watchdog that cannot be opened lets none.
+        self.check_watchdog(true);
         loop {
             tokio::select! {
+                _ = wd_retry.tick(), if self.watchdog.is_some() => self.check_watchdog(false),
                 _ = hb_tick.tick() => self.input(NodeInput::HeartbeatDue),
                 _ = eval_tick.tick() => self.tick(),
                 Some((node, result)) = inbox.fenced.recv() => {
@@ -447,6 +529,7 @@ impl Daemon {
                 _ = sigterm.recv(), if deadline.is_none() => deadline = Some(self.leave()),
                 _ = tokio::signal::ctrl_c(), if deadline.is_none() => deadline = Some(self.leave()),
             }
+            self.settle_standby();
             self.publish_status();
             if let Some(deadline) = deadline {
                 let busy = self.core.busy(self.now());
@@ -525,32 +608,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
             )
         })
         .collect();
-    let (res_tx, results) = mpsc::channel(256);
-    let checks: executor::CheckObserver = {
-        let metrics = metrics.clone();
-        Arc::new(move |group, resource, check, took, ok| {
-            metrics.check(group, resource, check, took, ok)
-        })
-    };
-    let executors = cfg
-        .groups
-        .iter()
-        .map(|g| {
-            let tx = executor::spawn(
-                local,
-                g,
-                cfg.cluster.vip_probe_timeout,
-                events.clone(),
-                checks.clone(),
-                &mirrors,
-                res_tx.clone(),
-            );
-            (g.name.clone(), tx)
-        })
-        .collect();
-    // Only the executors hold result senders: when they have all stopped, the channel
-    // closes and shutdown is complete.
-    drop(res_tx);
+    let (executors, results) = spawn_executors(&cfg, local, &events, &metrics, &mirrors);
     let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
         rand::random(),
@@ -582,9 +640,11 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         mirror_done: mirror_done_tx,
         fenced: fenced_tx,
         replies: BTreeMap::new(),
+        standby_waits: Vec::new(),
         next_request: 0,
         log,
         watchdog: watchdog::WatchdogDevice::configured(&cfg),
+        deferred: VecDeque::new(),
         cfg,
     };
     let inbox = Inbox {
@@ -596,6 +656,46 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
     };
     let running = start_servers(&d, local, status_rx, req_tx, event_observer).await?;
     Ok((d, inbox, running))
+}
+
+/// One executor task per group, and the channel their results come back on.
+fn spawn_executors(
+    cfg: &Config,
+    local: &str,
+    events: &EventLog,
+    metrics: &Metrics,
+    mirrors: &LocalMirrors,
+) -> (
+    BTreeMap<String, mpsc::Sender<GroupCommand>>,
+    mpsc::Receiver<crate::placement::policy::Input>,
+) {
+    let (res_tx, results) = mpsc::channel(256);
+    let checks: executor::CheckObserver = {
+        let metrics = metrics.clone();
+        Arc::new(move |group, resource, check, took, ok| {
+            metrics.check(group, resource, check, took, ok)
+        })
+    };
+    let executors = cfg
+        .groups
+        .iter()
+        .map(|g| {
+            let tx = executor::spawn(
+                local,
+                g,
+                cfg.cluster.vip_probe_timeout,
+                events.clone(),
+                checks.clone(),
+                mirrors,
+                res_tx.clone(),
+            );
+            (g.name.clone(), tx)
+        })
+        .collect();
+    // Only the executors hold result senders: when they have all stopped, the channel
+    // closes and shutdown is complete.
+    drop(res_tx);
+    (executors, results)
 }
 
 /// The notifier (listening before the first event, so receivers get agentStart), then

@@ -659,7 +659,7 @@ fn with_a_quorum_a_node_running_a_group_the_log_gives_another_stops_it() {
 fn with_a_quorum_an_owner_that_may_not_run_the_group_hands_it_over_once_stopped() {
     // `a` owns the group but is in standby: `b` should run it.
     let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
-    w.node.standby.insert("a".into(), (true, 1));
+    w.gate_mut().standby.insert("a".into());
     w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
     let mut g = group(LocalGroupState::Running, Some(("a", 2)));
     w.gate_mut().may_run.insert(GROUP.into());
@@ -693,4 +693,57 @@ fn with_a_quorum_a_switchover_is_refused_while_this_node_has_no_quorum() {
         Err(PlacementError::NoQuorum(GROUP.into())),
         "a proposal without a leader would be dropped while the CLI said yes"
     );
+}
+
+#[test]
+fn with_a_quorum_standby_is_read_from_the_log_not_the_heartbeat_register() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
+    w.gate_mut().may_run.insert(GROUP.into());
+    // The merged heartbeat register (two-node mode's) says `a` is in standby, at an
+    // epoch far ahead: in quorum mode it counts for nothing.
+    w.node.standby.insert("a".into(), (true, 99));
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(!stops(&out), "the log does not have `a` in standby");
+    assert!(g.eligible("a", w.policy(), &w.view()));
+    // The log commits it: the owner moves the group off, as before.
+    w.gate_mut().standby.insert("a".into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(stops(&out));
+    assert!(!g.eligible("a", w.policy(), &w.view()));
+    // Without a quorum (two-node mode) the heartbeat register decides.
+    w.gate = None;
+    assert!(!g.eligible("a", w.policy(), &w.view()));
+    w.node.standby.clear();
+    assert!(g.eligible("a", w.policy(), &w.view()));
+}
+
+#[test]
+fn with_a_quorum_a_node_whose_watchdog_is_unavailable_stops_as_without_a_lease() {
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
+    w.gate_mut().may_run.insert(GROUP.into());
+    w.gate_mut().leased.insert(GROUP.into());
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
+    w.node.unprotected = Some("open of /dev/watchdog failed".into());
+    let mut g = group(LocalGroupState::Running, Some(("a", 2)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(
+        stop_mode(&out),
+        Some(StopMode::LeaseLost),
+        "no device to reset a hung node: the address goes first"
+    );
+    assert!(!g.eligible("a", w.policy(), &w.view()));
+    // Stopped, it starts nothing even though the log and the lease allow it.
+    g.local = LocalGroupState::Stopped;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(!starts(&out));
+    w.node.unprotected = None;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(starts(&out), "back once the device opens");
 }

@@ -707,3 +707,140 @@ fn a_failed_claim_does_not_move_a_healthy_group_to_the_preferred_node() {
         assert_eq!(c.owner(i, "web").as_deref(), Some("b"));
     }
 }
+
+/// Quorum mode: a lone [`Placement`] `a` of `a`, `b`, `c`, owning `web` by the log.
+fn quorum_node() -> (Placement, QuorumGate) {
+    let nodes = [("a", 1), ("b", 2), ("c", 3)];
+    let mut p = Placement::new(config(
+        "a",
+        &nodes,
+        &[group("web", false, Switchback::Manual)],
+    ));
+    let mut gate = QuorumGate {
+        quorate: true,
+        ..QuorumGate::default()
+    };
+    gate.registers.insert(
+        "web".into(),
+        Assignment {
+            owner: "a".into(),
+            epoch: 1,
+        },
+    );
+    gate.may_run.insert("web".into());
+    gate.leased.insert("web".into());
+    p.set_gate(Some(gate.clone()));
+    (p, gate)
+}
+
+/// A live peer `b` whose heartbeat claims `a` is in standby.
+fn peer_claiming_standby() -> Vec<PeerView> {
+    vec![PeerView {
+        name: "b".into(),
+        advert: NodeAdvert {
+            priority: 2,
+            standby_register: vec![StandbySetting {
+                node: "a".into(),
+                standby: true,
+                epoch: 99,
+            }],
+            ..NodeAdvert::default()
+        },
+    }]
+}
+
+fn starts_web(out: &[Action]) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::StartGroup { group, .. } if group == "web"))
+}
+
+fn stops_web(out: &[Action]) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::StopGroup { group, .. } if group == "web"))
+}
+
+#[test]
+fn with_a_quorum_a_peer_advert_claiming_standby_does_not_change_placement() {
+    let (mut p, _) = quorum_node();
+    let peers = peer_claiming_standby();
+    let out = p.handle(now(10_000), Input::Tick, &peers);
+    assert!(starts_web(&out), "the log gives `a` the group: {out:?}");
+    assert!(!p.standby(), "the heartbeat's register is not merged");
+    assert!(p.advert(now(10_000)).standby_register.is_empty());
+    assert!(!events_of(&out).contains(&EventKind::NodeStandby));
+    // The same advert in two-node mode puts `a` in standby.
+    let nodes = [("a", 1), ("b", 2)];
+    let mut two = Placement::new(config(
+        "a",
+        &nodes,
+        &[group("web", false, Switchback::Manual)],
+    ));
+    let out = two.handle(now(10_000), Input::Tick, &peers);
+    assert!(two.standby());
+    assert!(events_of(&out).contains(&EventKind::NodeStandby));
+}
+
+#[test]
+fn with_a_quorum_standby_is_proposed_and_takes_effect_only_once_committed() {
+    let (mut p, mut gate) = quorum_node();
+    let out = p.handle(now(10_000), Input::Tick, &[]);
+    assert!(starts_web(&out));
+    let started = Input::Started {
+        group: "web".into(),
+        ok: true,
+        error: None,
+        cleanup_ok: true,
+        steps: Vec::new(),
+        first_check_wall_ms: None,
+    };
+    p.handle(now(10_050), started, &[]);
+    let out = p.set_standby(now(10_100), "a", true, &[]).expect("standby");
+    assert!(out.contains(&Action::Propose(Proposal::Standby {
+        node: "a".into(),
+        on: true,
+    })));
+    assert!(
+        !p.standby() && !stops_web(&out),
+        "nothing changes before the commit"
+    );
+    gate.standby.insert("a".into());
+    p.set_gate(Some(gate.clone()));
+    // `b` is live and may run the group.
+    let b = vec![PeerView {
+        name: "b".into(),
+        advert: NodeAdvert {
+            priority: 2,
+            ..NodeAdvert::default()
+        },
+    }];
+    let out = p.handle(now(10_200), Input::Tick, &b);
+    assert!(p.standby() && p.is_standby("a"));
+    assert!(stops_web(&out), "a node in standby moves its group off");
+    // Already committed: nothing to propose.
+    let out = p.set_standby(now(10_300), "a", true, &[]).expect("standby");
+    assert!(!out.iter().any(|a| matches!(a, Action::Propose(_))));
+}
+
+#[test]
+fn with_a_quorum_standby_is_refused_at_once_without_a_quorum() {
+    let (mut p, mut gate) = quorum_node();
+    gate.quorate = false;
+    p.set_gate(Some(gate));
+    assert_eq!(
+        p.set_standby(now(10_000), "b", true, &[]).map(|_| ()),
+        Err(PlacementError::NoQuorumForNode("b".into()))
+    );
+    assert_eq!(
+        p.set_standby(now(10_000), "zz", true, &[]).map(|_| ()),
+        Err(PlacementError::UnknownNode("zz".into()))
+    );
+}
+
+fn events_of(out: &[Action]) -> Vec<EventKind> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Emit { kind, .. } => Some(*kind),
+            _ => None,
+        })
+        .collect()
+}
