@@ -349,9 +349,13 @@ impl NodeCore {
                     }
                 }
             } else if let Some(g) = reg.outdated.get(&(m.name.clone(), me.clone())) {
-                if m.up_to_date && m.generation >= *g {
-                    // Resynced from a primary at or after the outdating: up to date
-                    // again, by the log too.
+                if m.up_to_date && m.follows_primary {
+                    // In sync with a live primary again (resynced from it): up to date
+                    // again, by the log too. Not on its generation alone: generations
+                    // are random identifiers, not ordered, and an UpToDate copy that
+                    // never saw the primary again (cut off, then healed after the
+                    // primary died), or one resynced from an async copy, may lack
+                    // writes the primary acknowledged without it.
                     proposals.push(Decision::UpToDate {
                         mirror: m.name.clone(),
                         node: me.clone(),

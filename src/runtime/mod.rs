@@ -352,6 +352,7 @@ impl Daemon {
                     primary,
                     up_to_date,
                     generation,
+                    follows_primary: !primary && m.mirror.follows_primary(),
                     pending: if primary {
                         m.mirror.pending_outdates()
                     } else {

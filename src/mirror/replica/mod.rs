@@ -723,6 +723,23 @@ impl Mirror {
         (st.disk == DiskState::UpToDate, st.gens.current)
     }
 
+    /// Whether this secondary copy follows a live primary: connected to it, UpToDate
+    /// (a copy that needs a resync from it is a SyncTarget from the moment they
+    /// connect), so it holds every write the primary completed. Only then is a copy
+    /// the log outdated up to date again: a resync from another secondary (an async
+    /// copy that may lack acknowledged writes) proves nothing.
+    pub fn follows_primary(&self) -> bool {
+        let st = self.lock();
+        !st.primary
+            && st.disk == DiskState::UpToDate
+            && st.peers.values().any(|p| {
+                p.peer_primary
+                    && p.conn == Conn::Connected
+                    && p.core.is_up()
+                    && p.resync_target.is_none()
+            })
+    }
+
     /// The status snapshot.
     pub fn status(&self) -> MirrorStatus {
         let now = self.now();
