@@ -1792,24 +1792,29 @@ impl Mirror {
     /// session ends, what it lacks is marked, and a secondary no longer sees it as
     /// primary (so this copy may be promoted). Synchronous, so the daemon calls it
     /// before placement acts on the death.
+    ///
+    /// The link is marked lost (unclean: a sync peer is frozen for fencing) before the
+    /// session is told to end: woken first, the session ended itself as a clean,
+    /// administrative disconnect and, when it took the lock first, the primary went on
+    /// acknowledging writes without listing the peer for outdating.
     pub fn peer_dead(&self, peer: &str) {
-        let session = {
-            let mut st = self.lock();
-            let Some(p) = st.peers.get_mut(peer) else {
+        let (session, end) = {
+            let st = self.lock();
+            let Some(p) = st.peers.get(peer) else {
                 return;
             };
             if p.tx.is_none() {
                 return;
             }
-            if let Some(end) = &p.end_session {
-                end.notify_one();
-            }
-            p.session
+            (p.session, p.end_session.clone())
         };
         self.on_link_down(peer, session, "the node was declared dead", false);
         // The dying session's own callbacks are stale from now on.
         if let Some(p) = self.lock().peers.get_mut(peer) {
             p.session += 1;
+        }
+        if let Some(end) = end {
+            end.notify_one();
         }
     }
 
