@@ -61,6 +61,10 @@ pub struct NodeConfig {
     /// Each group's mirrors: a node may claim the group only with copies the log
     /// does not record as outdated.
     pub group_mirrors: BTreeMap<String, Vec<String>>,
+    /// Per mirror: the peers this node's copy replicates with synchronously. With a
+    /// quorum, a node takes a group over only from an owner all of whose mirrors it
+    /// copies synchronously: an async copy may lack writes the owner acknowledged.
+    pub sync_peers: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// How this node takes part in the quorum.
@@ -141,6 +145,18 @@ impl NodeConfig {
                         })
                         .collect();
                     (g.name.clone(), mirrors)
+                })
+                .collect(),
+            sync_peers: cfg
+                .mirrors
+                .iter()
+                .map(|m| {
+                    let peers = m
+                        .links_of(local)
+                        .filter(|(_, l)| l.mode == crate::config::ReplicationMode::Sync)
+                        .map(|(p, _)| p.to_string())
+                        .collect();
+                    (m.name.clone(), peers)
                 })
                 .collect(),
         }
@@ -321,6 +337,8 @@ pub struct NodeCore {
     /// (group, epoch) some node is known to have been cleared to run at: this node
     /// started it, or a peer advertised it running at that epoch.
     ran: BTreeSet<(String, u64)>,
+    /// (group, epoch) for which this node reported that its async copy bars a takeover.
+    async_noted: BTreeSet<(String, u64)>,
     /// `[quorum] watchdog`: when to arm, pet and disarm.
     watchdog: Option<Watchdog>,
     /// Groups stopping top-down here: they still serve (the floating IP goes last), so
@@ -377,6 +395,7 @@ impl NodeCore {
             was_quorate: false,
             pending_since: BTreeMap::new(),
             ran: BTreeSet::new(),
+            async_noted: BTreeSet::new(),
             watchdog,
             top_down_stops: BTreeSet::new(),
         };
@@ -846,6 +865,7 @@ mod tests {
             },
             quorum: None,
             group_mirrors: BTreeMap::new(),
+            sync_peers: BTreeMap::new(),
         };
         NodeCore::new(cfg, 7, 1_000, &[])
     }
@@ -876,6 +896,9 @@ mod tests {
             watchdog_s: None,
         });
         cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
+        // n1-n2 replicate synchronously, n3 is an async copy.
+        cfg.sync_peers
+            .insert("data".into(), BTreeSet::from(["n2".to_string()]));
         c = NodeCore::new(cfg, 7, 1_000, &[]);
         let restored = Restored {
             snapshot: Some(crate::quorum::records::SnapshotRec {
@@ -945,6 +968,44 @@ mod tests {
         // A lone cold boot takes nothing: a group with no owner yet needs every node.
         let mut c = quorum_core(&Register::default());
         assert!(!c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
+    }
+
+    /// n1's copy is async to n3's: if n3, the owner, dies, n1 may lack writes n3
+    /// acknowledged, so it does not take the group over (it stays down) however long
+    /// the majority has been silent on n3. From n2, its sync partner, it does.
+    #[test]
+    fn with_a_quorum_an_async_copy_never_takes_its_group_over() {
+        use crate::quorum::decision::{Decision, Register};
+        for (owner, takes) in [("n3", false), ("n2", true)] {
+            let mut reg = Register::default();
+            let own = Decision::Own {
+                group: "web".into(),
+                owner: owner.into(),
+                epoch: 1,
+                handoff: false,
+            };
+            reg.apply(1, own);
+            let mut c = quorum_core(&reg);
+            let quiet = crate::quorum::wire::LeaseReport {
+                group: "web".into(),
+                epoch: 1,
+                since_current_ms: 5_000,
+                quiet_ms: 5_000,
+            };
+            let other = if owner == "n3" { "n2" } else { "n3" };
+            let p = QuorumPacket {
+                cluster: "c".into(),
+                from: other.into(),
+                voters_digest: c.outbox.voters_digest(),
+                boot_id: 1,
+                seq: 1,
+                sent_ms: 5_000,
+                msgs: vec![crate::quorum::wire::QuorumMsg::Report(vec![quiet])],
+            };
+            c.handle(at(5_000), NodeInput::Quorum(Box::new(p)));
+            let gate = c.gate(at(5_000)).unwrap();
+            assert_eq!(gate.may_take_over.contains("web"), takes, "owner {owner}");
+        }
     }
 
     /// A copy the log outdated that comes back UpToDate in its own eyes (cut off while

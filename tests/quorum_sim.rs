@@ -275,6 +275,7 @@ impl Sim {
             },
             quorum: Some(s),
             group_mirrors: Default::default(),
+            sync_peers: Default::default(),
         };
         let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
         core.restore_log(&n.disk, now).expect("restore");

@@ -555,6 +555,7 @@ impl Sim {
             // in tests/quorum_sim.rs.
             quorum: None,
             group_mirrors: Default::default(),
+            sync_peers: Default::default(),
         };
         Node {
             life: Life::Up,

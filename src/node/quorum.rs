@@ -224,7 +224,9 @@ impl NodeCore {
                 ms.iter()
                     .any(|m| reg.outdated.contains_key(&(m.clone(), local.clone())))
             });
+            let lagging = lagging_copies(&self.cfg, g, reg, &mut self.async_noted);
             let take = !outdated_here
+                && lagging.is_empty()
                 && match reg.owner(g) {
                     // The first commit of a group needs every node: a lone node booting
                     // cold must not take what another holds the newer copy of.
@@ -443,6 +445,45 @@ impl NodeCore {
         self.quorum.as_ref()
     }
 }
+/// The mirrors of `group` whose copy on this node may lack writes the committed owner
+/// acknowledged: it is not the owner and does not replicate them with the owner
+/// synchronously. An async copy lags the owner, so it never takes a group over: the
+/// group stays down until a copy that holds every acknowledged write returns. (Whether
+/// the log outdated a sync copy is checked apart.)
+/// Logged once per (group, epoch), recorded in `noted`.
+fn lagging_copies(
+    cfg: &super::NodeConfig,
+    group: &str,
+    reg: &crate::quorum::decision::Register,
+    noted: &mut BTreeSet<(String, u64)>,
+) -> Vec<String> {
+    let Some(o) = reg.owner(group).filter(|o| o.owner != cfg.local()) else {
+        return Vec::new();
+    };
+    let lagging: Vec<String> = cfg
+        .group_mirrors
+        .get(group)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            !cfg.sync_peers
+                .get(*m)
+                .is_some_and(|peers| peers.contains(&o.owner))
+        })
+        .cloned()
+        .collect();
+    if !lagging.is_empty() && noted.insert((group.to_string(), o.epoch)) {
+        tracing::warn!(
+            group,
+            owner = %o.owner,
+            mirrors = ?lagging,
+            "this node will not take the group over: its copy is not a synchronous copy \
+             of the owner's and may lack writes the owner acknowledged"
+        );
+    }
+    lagging
+}
+
 /// Notes the epochs live peers run groups at (they were cleared to), and forgets epochs
 /// older than the previous one.
 fn note_running_peers(
