@@ -2179,6 +2179,9 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
     let lab = Lab::up("tlq-", &["--witness"]);
     lab.wait_vip("n1", Duration::from_secs(20));
     wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
     let isolated_ms = wall_ms();
     lab.lab(&["isolate", "n1"]);
     let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
@@ -2256,6 +2259,22 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
         n1_starts,
         "n1 started the group after the heal"
     );
+    // The client's view: every acknowledged write is on n2, no two nodes answered at
+    // once, the counter never went back.
+    checker.wait_acked(&lab, 20, Duration::from_secs(30));
+    let checks = checker.stop();
+    lab.note(&format!("CHECKER: {}", checks.summary()));
+    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
+    lab.note(&format!(
+        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
+        lost.len()
+    ));
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:#?}");
+    assert_eq!(answered_by, "n2");
+    let client_overlaps = checks.overlaps(&lab);
+    assert_eq!(client_overlaps, 0, "n1 and n2 both answered the client");
+    let regressions = checks.counter_regressions();
+    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
 }
 
 /// Quorum with a witness: losing the witness leaves the two nodes a majority; nothing
