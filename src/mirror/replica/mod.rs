@@ -577,6 +577,25 @@ impl Mirror {
                 };
                 st.gens.diverge(&refs, random_generation());
             }
+            // An absent sync peer whose copy may be promotable is fenced as if it had
+            // been lost while primary: writes wait until it is outdated (by the log, with
+            // a quorum). Otherwise this primary acknowledged writes that copy lacks while
+            // it could still take the group over (found by the lab: n1 dies, n2 takes
+            // over and writes, n2 dies, n1 returns and serves).
+            if self.spec.fencing {
+                let fence: Vec<String> = st
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        !p.core.is_up()
+                            && p.spec.mode == ReplicationMode::Sync
+                            && p.peer_disk.is_none_or(DiskState::promotable)
+                            && !p.core.paused()
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                st.frozen.extend(fence);
+            }
             st.primary = true;
             // Checked above: the promotion is at the highest epoch or above.
             let _ = st.epoch.promote(epoch);
