@@ -2692,6 +2692,13 @@ impl Checker {
         lab.note(&format!("CHECKER: {want} acknowledged ({} ms)", ms(d)));
     }
 
+    /// Every completion so far (the writers go on).
+    fn snapshot(&self) -> Vec<Completion> {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        done.sort_by(|a, b| a.done_ms.total_cmp(&b.done_ms));
+        done
+    }
+
     /// How many requests were answered within (`from`, `to`) (CLOCK_MONOTONIC ms).
     fn completed_between(&self, from: f64, to: f64) -> usize {
         let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
@@ -3062,4 +3069,94 @@ fn three_nodes_sync_copy_cut_off_then_the_primary_dies() {
     assert!(regressions.is_empty(), "counter went back: {regressions:?}");
     assert_eq!(answered_by, "n1");
     lab.assert_stable("n1", &nodes, 3);
+}
+
+/// Three nodes: a double failure. n1 loses power and n2, its sync copy, takes over and
+/// acknowledges writes n1's copy lacks. Then n2 loses power too and n1 powers on: n1 +
+/// n3 are a majority, but n1's copy is stale and n3's is async: neither may serve (the
+/// group stays down) until n2 returns with every acknowledged write.
+#[test]
+fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
+    require_root!();
+    let lab = Lab::up("tk4-", &["--nodes", "3"]);
+    let nodes = ["n1", "n2", "n3"];
+    lab.wait_vip("n1", Duration::from_secs(30));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    lab.lab(&["fail", "n1", "kill"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    checker.wait_acked(&lab, 40, Duration::from_secs(60));
+    let kill_ms = wall_ms();
+    lab.lab(&["fail", "n2", "kill"]);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.lab(&["fail", "n1", "restart"]);
+    let t = Instant::now();
+    let mut ran = std::collections::BTreeSet::new();
+    while t.elapsed() < Duration::from_secs(20) {
+        for (n, s) in ["n1", "n3"].iter().zip(lab.local_states(&["n1", "n3"])) {
+            if s.as_deref() == Some("running") && ran.insert(*n) {
+                lab.note(&format!(
+                    "{n} runs the group {} ms after n1's restart",
+                    ms(t.elapsed())
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    lab.note(&format!(
+        "20 s after n1's restart: {}",
+        serving_snapshot(&lab, &nodes)
+    ));
+    let promoted: Vec<&str> = ["n1", "n3"]
+        .into_iter()
+        .filter(|n| {
+            lab.events_of(n, "mirror_promoted")
+                .iter()
+                .any(|e| e["time_ms"].as_u64() >= Some(kill_ms))
+        })
+        .collect();
+    let lost_while_down = if ran.is_empty() {
+        Vec::new()
+    } else {
+        checker.wait_acked(&lab, 10, Duration::from_secs(30));
+        let (lost, by, _) = Checks {
+            client_ns: lab.ns("cl"),
+            done: checker.snapshot(),
+            failed: 0,
+        }
+        .lost_writes()
+        .expect("GET /log");
+        lab.note(&format!(
+            "GET /log from {by}: {} acknowledged writes lost",
+            lost.len()
+        ));
+        lost
+    };
+    assert!(
+        lost_while_down.is_empty(),
+        "{} acknowledged writes lost after {ran:?} took over: {lost_while_down:#?}",
+        lost_while_down.len()
+    );
+    assert!(
+        promoted.is_empty() && ran.is_empty(),
+        "with n2 dead, {ran:?} ran the group and {promoted:?} promoted a copy that lacks \
+         acknowledged writes"
+    );
+    // n2 powers on: its copy holds every acknowledged write.
+    lab.lab(&["fail", "n2", "restart"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    let checks = checker.stop();
+    lab.note(&format!("CHECKER: {}", checks.summary()));
+    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
+    lab.note(&format!(
+        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
+        lost.len()
+    ));
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:#?}");
+    assert_eq!(checks.overlaps(&lab), 0, "two nodes answered at once");
+    let regressions = checks.counter_regressions();
+    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
 }
