@@ -231,9 +231,8 @@ pub struct MirrorFacts {
     /// This copy is UpToDate, at this generation.
     pub up_to_date: bool,
     pub generation: u64,
-    /// A secondary connected to a live primary and in sync with it
-    /// (`Mirror::follows_primary`).
-    pub follows_primary: bool,
+    /// On a primary: the sync peers in sync with it now (`Mirror::in_sync_peers`).
+    pub in_sync: Vec<String>,
 }
 
 /// A command for one group's executor.
@@ -1011,7 +1010,7 @@ mod tests {
     /// A copy the log outdated that comes back UpToDate in its own eyes (cut off while
     /// the primary went on, healed after the primary died) is not up to date again
     /// because its generation compares higher: generations are random identifiers.
-    /// It outdates itself; only a copy in sync with a live primary clears the mark.
+    /// It outdates itself; only a primary that has it in sync clears the mark.
     #[test]
     fn with_a_quorum_an_outdated_copy_is_not_cleared_by_its_generation() {
         use crate::quorum::decision::{Decision, Register};
@@ -1024,28 +1023,22 @@ mod tests {
                 generation: 9,
             },
         );
-        let facts = |follows_primary| {
-            NodeInput::Mirrors(vec![MirrorFacts {
-                name: "data".into(),
-                primary: false,
-                pending: Vec::new(),
-                up_to_date: true,
-                generation: 10,
-                follows_primary,
-            }])
-        };
+        let facts = NodeInput::Mirrors(vec![MirrorFacts {
+            name: "data".into(),
+            primary: false,
+            pending: Vec::new(),
+            up_to_date: true,
+            generation: 10,
+            in_sync: Vec::new(),
+        }]);
         let outdates = |out: &[NodeAction]| {
             out.iter()
                 .filter(|a| matches!(a, NodeAction::OutdateSelf { mirror, generation: 9 } if mirror == "data"))
                 .count()
         };
         let mut c = quorum_core(&reg);
-        c.handle(at(10), facts(false));
+        c.handle(at(10), facts);
         assert_eq!(outdates(&c.handle(at(20), NodeInput::Tick)), 1);
-        // Following a live primary again: up to date, nothing to outdate.
-        let mut c = quorum_core(&reg);
-        c.handle(at(10), facts(true));
-        assert_eq!(outdates(&c.handle(at(20), NodeInput::Tick)), 0);
     }
 
     #[test]
@@ -1130,7 +1123,7 @@ mod tests {
             pending: Vec::new(),
             up_to_date: true,
             generation: 1,
-            follows_primary: false,
+            in_sync: Vec::new(),
         }];
         c.handle(at(0), NodeInput::Mirrors(facts));
         assert_eq!(sends(&c.handle(at(0), NodeInput::HeartbeatDue)).len(), 3);
@@ -1149,7 +1142,7 @@ mod tests {
             pending: vec![("n2".into(), 5)],
             up_to_date: true,
             generation: 1,
-            follows_primary: false,
+            in_sync: Vec::new(),
         }];
         c.handle(at(40), NodeInput::Mirrors(pending));
         let out = c.handle(at(40), NodeInput::Resource(Input::Tick));
@@ -1219,7 +1212,7 @@ mod tests {
             pending: Vec::new(),
             up_to_date: true,
             generation: 1,
-            follows_primary: false,
+            in_sync: Vec::new(),
         }];
         c.handle(at(0), NodeInput::Mirrors(facts));
         let request = NodeAdvert {

@@ -3069,6 +3069,14 @@ fn three_nodes_sync_copy_cut_off_then_the_primary_dies() {
     assert!(regressions.is_empty(), "counter went back: {regressions:?}");
     assert_eq!(answered_by, "n1");
     lab.assert_stable("n1", &nodes, 3);
+    // n1 has n2 in sync again and cleared its mark in the log: n2 takes over if n1
+    // dies now.
+    lab.lab(&["fail", "n1", "kill"]);
+    let d = lab.wait_vip("n2", Duration::from_secs(60));
+    lab.note(&format!(
+        "n1 killed again: n2 (up to date by the log again) serves after {} ms",
+        ms(d)
+    ));
 }
 
 /// Three nodes: a double failure. n1 loses power and n2, its sync copy, takes over and

@@ -334,6 +334,17 @@ impl NodeCore {
             .collect();
         for m in &self.mirrors {
             if m.primary {
+                // A peer this primary has in sync holds every write it completes: up to
+                // date again, by the log too (only the outdating the log holds now).
+                for peer in &m.in_sync {
+                    if let Some(g) = reg.outdated.get(&(m.name.clone(), peer.clone())) {
+                        proposals.push(Decision::UpToDate {
+                            mirror: m.name.clone(),
+                            node: peer.clone(),
+                            generation: *g,
+                        });
+                    }
+                }
                 for (peer, generation) in &m.pending {
                     if reg.is_outdated(&m.name, peer, *generation) {
                         if seen.insert((m.name.clone(), peer.clone())) {
@@ -351,19 +362,11 @@ impl NodeCore {
                     }
                 }
             } else if let Some(g) = reg.outdated.get(&(m.name.clone(), me.clone())) {
-                if m.up_to_date && m.follows_primary {
-                    // In sync with a live primary again (resynced from it): up to date
-                    // again, by the log too. Not on its generation alone: generations
-                    // are random identifiers, not ordered, and an UpToDate copy that
-                    // never saw the primary again (cut off, then healed after the
-                    // primary died), or one resynced from an async copy, may lack
-                    // writes the primary acknowledged without it.
-                    proposals.push(Decision::UpToDate {
-                        mirror: m.name.clone(),
-                        node: me.clone(),
-                    });
-                    continue;
-                }
+                // Not up to date again on its own word, whatever its generation
+                // (random, not ordered): only a primary that has it in sync clears the
+                // mark. A copy cut off while the primary went on, healed after the
+                // primary died, or resynced from an async copy, may lack writes the
+                // primary acknowledged.
                 let done = self.outdated_for.get(&m.name) == Some(g);
                 if !done && !self.outdating.contains(&(m.name.clone(), *g)) {
                     decided.push(FenceAction::OutdateSelf {

@@ -352,7 +352,7 @@ impl Daemon {
                     primary,
                     up_to_date,
                     generation,
-                    follows_primary: !primary && m.mirror.follows_primary(),
+                    in_sync: m.mirror.in_sync_peers(),
                     pending: if primary {
                         m.mirror.pending_outdates()
                     } else {

@@ -742,21 +742,30 @@ impl Mirror {
         (st.disk == DiskState::UpToDate, st.gens.current)
     }
 
-    /// Whether this secondary copy follows a live primary: connected to it, UpToDate
-    /// (a copy that needs a resync from it is a SyncTarget from the moment they
-    /// connect), so it holds every write the primary completed. Only then is a copy
-    /// the log outdated up to date again: a resync from another secondary (an async
-    /// copy that may lack acknowledged writes) proves nothing.
-    pub fn follows_primary(&self) -> bool {
+    /// On a primary: the sync peers it has in sync now (connected, their copy
+    /// UpToDate, no resync or changed blocks pending, not held for outdating): they hold
+    /// every write this primary completes. Only the primary says so, from its side of
+    /// the link: a secondary whose link is half broken may still believe it follows.
+    pub fn in_sync_peers(&self) -> Vec<String> {
         let st = self.lock();
-        !st.primary
-            && st.disk == DiskState::UpToDate
-            && st.peers.values().any(|p| {
-                p.peer_primary
+        if !st.primary {
+            return Vec::new();
+        }
+        st.peers
+            .iter()
+            .filter(|(n, p)| {
+                p.spec.mode == ReplicationMode::Sync
                     && p.conn == Conn::Connected
                     && p.core.is_up()
-                    && p.resync_target.is_none()
+                    && !p.core.paused()
+                    && p.peer_disk == Some(DiskState::UpToDate)
+                    && p.resync_source.is_none()
+                    && !p.resync_end_sent
+                    && p.core.out_of_sync_bytes() == 0
+                    && !st.frozen.contains(*n)
             })
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The status snapshot.
@@ -994,6 +1003,18 @@ impl Mirror {
             }
             if st.gens.current == generation {
                 // Already holds that generation's data: nothing is missing.
+                return Ok(());
+            }
+            let follows = st.disk == DiskState::UpToDate
+                && st.peers.values().any(|p| {
+                    p.peer_primary
+                        && p.conn == Conn::Connected
+                        && p.core.is_up()
+                        && p.resync_target.is_none()
+                });
+            if follows {
+                // In sync with a live primary again (resynced since the outdating): it
+                // holds every write; the primary clears the log's mark.
                 return Ok(());
             }
             if matches!(st.disk, DiskState::UpToDate | DiskState::SyncSource) {
