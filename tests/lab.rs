@@ -2782,22 +2782,28 @@ impl Checks {
     }
 
     /// Overlap moments: completions by one node inside the [first, last] interval of
-    /// another node's run.
+    /// another node's run (each noted on the lab's output).
     fn overlaps(&self, lab: &Lab) -> usize {
-        let stints = self.stints();
-        let mut n = 0;
-        for s in &stints {
+        let found = self.overlap_moments();
+        for o in &found {
+            lab.note(&format!("OVERLAP: {o}"));
+        }
+        found.len()
+    }
+
+    fn overlap_moments(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for s in &self.stints() {
             for c in self.done.iter().filter(|c| c.node != s.node) {
                 if c.done_ms > s.first_ms && c.done_ms < s.last_ms {
-                    n += 1;
-                    lab.note(&format!(
-                        "OVERLAP: {} answered at {:.1} ms inside {}'s run [{:.1}, {:.1}]",
+                    found.push(format!(
+                        "{} answered at {:.1} ms inside {}'s run [{:.1}, {:.1}]",
                         c.node, c.done_ms, s.node, s.first_ms, s.last_ms
                     ));
                 }
             }
         }
-        n
+        found
     }
 
     /// Counter values that do not exceed one acknowledged before they were asked for.
@@ -2845,6 +2851,11 @@ impl Checks {
             .ok()
             .filter(|_| ok)
             .ok_or_else(|| format!("GET /log answered nothing usable: {body:?}"))?;
+        self.lost_against(&v)
+    }
+
+    /// [`Checks::lost_writes`] against a `GET /log` answer.
+    fn lost_against(&self, v: &Value) -> Result<(Vec<String>, String, usize), String> {
         let mut held = std::collections::BTreeMap::new();
         for r in v["records"].as_array().into_iter().flatten() {
             let seq = r["seq"].as_u64().ok_or("a record without seq")?;
@@ -2903,6 +2914,74 @@ impl Checks {
             stints.join(", ")
         )
     }
+}
+
+/// The checker's own arithmetic, on made-up answers (no lab, no root): a record the log
+/// lacks or holds torn is lost, a node answering inside another's run is an overlap, a
+/// counter value not above one answered earlier is a regression.
+#[test]
+fn checker_finds_lost_records_overlaps_and_counter_regressions() {
+    let c = |node: &str, inc: &str, at: f64, acked: Acked| Completion {
+        client: "w0".into(),
+        sent_ms: at - 5.0,
+        done_ms: at,
+        node: node.into(),
+        incarnation: inc.into(),
+        acked,
+    };
+    let log = |seq, p: &str| Acked::Log {
+        seq,
+        payload: p.into(),
+    };
+    let clean = Checks {
+        client_ns: String::new(),
+        done: vec![
+            c("n1", "a", 10.0, log(1, "w0-1")),
+            c("n1", "", 20.0, Acked::Counter(1)),
+            c("n1", "a", 30.0, log(2, "w0-3")),
+            c("n2", "b", 900.0, log(3, "w0-5")),
+            c("n2", "", 910.0, Acked::Counter(2)),
+        ],
+        failed: 3,
+    };
+    assert!(clean.overlap_moments().is_empty());
+    assert!(clean.counter_regressions().is_empty());
+    assert_eq!(clean.longest_gap().0, 870.0);
+    let answer = serde_json::json!({
+        "node": "n2",
+        "records": [
+            {"seq": 1, "client": "w0", "node": "n1", "payload": "w0-1"},
+            {"seq": 2, "client": "w0", "node": "n1", "payload": "w0-3"},
+            {"seq": 3, "client": "w0", "node": "n2", "payload": "w0-5"},
+        ],
+        "bad": [],
+    });
+    let (lost, by, bad) = clean.lost_against(&answer).unwrap();
+    assert_eq!((lost.len(), by.as_str(), bad), (0, "n2", 0));
+    // Record 2 torn, record 3 another's: both lost.
+    let damaged = serde_json::json!({
+        "node": "n2",
+        "records": [
+            {"seq": 1, "client": "w0", "node": "n1", "payload": "w0-1"},
+            {"seq": 3, "client": "w1", "node": "n2", "payload": "w1-2"},
+        ],
+        "bad": [{"seq": 2, "reason": "checksum mismatch"}],
+    });
+    let (lost, _, bad) = clean.lost_against(&damaged).unwrap();
+    assert_eq!((lost.len(), bad), (2, 1), "{lost:?}");
+    assert!(lost[0].contains("bad slot"), "{}", lost[0]);
+    // n1 answers again after n2 began (one run of n1 spans n2's answers), and the
+    // counter goes back.
+    let mut split = clean;
+    split.done.push(c("n1", "a", 950.0, log(4, "w0-7")));
+    split.done.push(c("n1", "", 960.0, Acked::Counter(2)));
+    assert_eq!(
+        split.overlap_moments().len(),
+        2,
+        "{:?}",
+        split.overlap_moments()
+    );
+    assert_eq!(split.counter_regressions().len(), 1);
 }
 
 /// The demo group's local state on each node, and who answers the floating IP.
