@@ -2262,19 +2262,7 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
     // The client's view: every acknowledged write is on n2, no two nodes answered at
     // once, the counter never went back.
     checker.wait_acked(&lab, 20, Duration::from_secs(30));
-    let checks = checker.stop();
-    lab.note(&format!("CHECKER: {}", checks.summary()));
-    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
-    lab.note(&format!(
-        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
-        lost.len()
-    ));
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:#?}");
-    assert_eq!(answered_by, "n2");
-    let client_overlaps = checks.overlaps(&lab);
-    assert_eq!(client_overlaps, 0, "n1 and n2 both answered the client");
-    let regressions = checks.counter_regressions();
-    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
+    assert_client_checks(&lab, checker, "n2");
 }
 
 /// Quorum with a witness: losing the witness leaves the two nodes a majority; nothing
@@ -2994,6 +2982,104 @@ fn serving_snapshot(lab: &Lab, nodes: &[&str]) -> String {
     )
 }
 
+/// Isolates n2, n1's sync copy, with the checker writing: n1's writes wait until the
+/// log outdates n2 (no write answered in between, allowing 500 ms for answers already
+/// on their way), then go on.
+fn cut_off_sync_copy(lab: &Lab, checker: &Checker) {
+    let cut_ms = wall_ms();
+    let cut_mono = mono_ms();
+    let before_cut = checker.acked();
+    lab.lab(&["isolate", "n2"]);
+    let t = Instant::now();
+    let ev = loop {
+        let outdated = lab
+            .events_of("n1", "mirror_peer_outdated")
+            .into_iter()
+            .find(|e| e["time_ms"].as_u64() >= Some(cut_ms) && e["fields"]["peer"] == "n2");
+        if let Some(e) = outdated {
+            break e;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "n1 did not outdate n2 through the log within 30 s of the cut; {} writes \
+             acknowledged since the cut; n1's mirror: {}",
+            checker.acked() - before_cut,
+            lab.mirror("n1").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    checker.wait_acked(lab, 20, Duration::from_secs(60));
+    // The event is stamped (wall clock) before the held writes go on.
+    let outdated_mono = ev["time_ms"].as_u64().unwrap_or(0) as f64 - (cut_ms as f64 - cut_mono);
+    let early = checker.completed_between(cut_mono + 500.0, outdated_mono - 20.0);
+    let resumed = checker.first_after(cut_mono + 500.0).unwrap_or(f64::NAN);
+    lab.note(&format!(
+        "writes held from the cut until +{:.0} ms (n2 outdated by the log at +{:.0} ms); \
+         {early} answered in between; {} acknowledged since the cut",
+        resumed - cut_mono,
+        outdated_mono - cut_mono,
+        checker.acked() - before_cut
+    ));
+    assert_eq!(
+        early, 0,
+        "writes completed after the cut before the log outdated n2"
+    );
+    assert_eq!(
+        lab.owner("n3").as_deref(),
+        Some("n1"),
+        "n1 lost the group when its sync copy was cut off"
+    );
+}
+
+/// Watches `nodes` for `secs`: the ones that ran the demo group, and the ones that
+/// promoted their copy since `since_ms` (unix ms).
+fn who_served(lab: &Lab, nodes: &[&str], secs: u64, since_ms: u64) -> (Vec<String>, Vec<String>) {
+    let t = Instant::now();
+    let mut ran = Vec::new();
+    while t.elapsed() < Duration::from_secs(secs) {
+        for (n, s) in nodes.iter().zip(lab.local_states(nodes)) {
+            if s.as_deref() == Some("running") && !ran.iter().any(|r| r == n) {
+                lab.note(&format!("{n} runs the group after {} ms", ms(t.elapsed())));
+                ran.push(n.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let promoted = nodes
+        .iter()
+        .filter(|n| {
+            lab.events_of(n, "mirror_promoted")
+                .iter()
+                .any(|e| e["time_ms"].as_u64() >= Some(since_ms))
+        })
+        .map(|n| n.to_string())
+        .collect();
+    (ran, promoted)
+}
+
+/// Stops the checker and asserts what it saw: every acknowledged log record is on
+/// `owner` (who answers `GET /log`), no two nodes answered at once, the counter never
+/// went back.
+fn assert_client_checks(lab: &Lab, checker: Checker, owner: &str) {
+    let checks = checker.stop();
+    lab.note(&format!("CHECKER: {}", checks.summary()));
+    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
+    lab.note(&format!(
+        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
+        lost.len()
+    ));
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:#?}",
+        lost.len()
+    );
+    assert_eq!(answered_by, owner);
+    let overlaps = checks.overlaps(lab);
+    assert_eq!(overlaps, 0, "two nodes answered at {overlaps} moments");
+    let regressions = checks.counter_regressions();
+    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
+}
+
 /// Three nodes (quorum, no witness): n1 owns the group, n2 is its synchronous copy, n3
 /// an asynchronous one. With a client writing through the floating IP, the sync copy n2
 /// is cut off: n1 holds writes until the log (n1 + n3, a majority) commits n2 as
@@ -3013,63 +3099,7 @@ fn three_nodes_sync_copy_cut_off_then_the_primary_dies() {
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
 
     // 1. The sync copy is cut off: n1's writes wait for the log to outdate it.
-    let cut_ms = wall_ms();
-    let cut_mono = mono_ms();
-    let wall_minus_mono = cut_ms as f64 - cut_mono;
-    let before_cut = checker.acked();
-    lab.lab(&["isolate", "n2"]);
-    let t = Instant::now();
-    let mut frozen_seen = 0;
-    let (ev, d) = loop {
-        let outdated = lab
-            .events_of("n1", "mirror_peer_outdated")
-            .into_iter()
-            .find(|e| e["time_ms"].as_u64() >= Some(cut_ms) && e["fields"]["peer"] == "n2");
-        if let Some(e) = outdated {
-            break (e, t.elapsed());
-        }
-        if lab.mirror("n1").is_some_and(|m| m["io_frozen"] == true) {
-            frozen_seen += 1;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "n1 did not outdate n2 through the log within 30 s of the cut; its writes were \
-             seen held {frozen_seen} times; {} writes acknowledged since the cut; n1's mirror: {}",
-            checker.acked() - before_cut,
-            lab.mirror("n1").unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    lab.note(&format!(
-        "n1: n2 outdated {} ms after the cut (polled {} ms)",
-        ev["time_ms"].as_u64().unwrap_or(0).saturating_sub(cut_ms),
-        ms(d)
-    ));
-    checker.wait_acked(&lab, 20, Duration::from_secs(60));
-    // No write completed from the cut (allowing 500 ms for answers already on their
-    // way) until the log outdated n2 (the event is stamped before held writes go on).
-    let outdated_mono = ev["time_ms"].as_u64().unwrap_or(0) as f64 - wall_minus_mono;
-    let early = checker.completed_between(cut_mono + 500.0, outdated_mono - 20.0);
-    let resumed = checker.first_after(cut_mono + 500.0).unwrap_or(f64::NAN);
-    lab.note(&format!(
-        "writes held from the cut until +{:.0} ms (n2 outdated by the log at +{:.0} ms); \
-         {early} completed in between",
-        resumed - cut_mono,
-        outdated_mono - cut_mono
-    ));
-    assert_eq!(
-        early, 0,
-        "writes completed after the cut before the log outdated n2"
-    );
-    assert_eq!(
-        lab.owner("n3").as_deref(),
-        Some("n1"),
-        "n1 lost the group when its sync copy was cut off"
-    );
-    lab.note(&format!(
-        "after the cut: {} more writes acknowledged by n1",
-        checker.acked() - before_cut
-    ));
+    cut_off_sync_copy(&lab, &checker);
 
     // 2. The primary loses power; the outdated n2 comes back: n2 + n3 are a majority,
     // but n2's copy is outdated and n3's is async (it may lack acknowledged writes).
@@ -3080,37 +3110,23 @@ fn three_nodes_sync_copy_cut_off_then_the_primary_dies() {
     wait_for("n2 and n3 see each other", Duration::from_secs(20), || {
         (lab.sees_alive("n2", "n3") && lab.sees_alive("n3", "n2")).then_some(())
     });
-    let t = Instant::now();
-    let mut ran = std::collections::BTreeSet::new();
-    while t.elapsed() < Duration::from_secs(20) {
-        for (n, s) in ["n2", "n3"].iter().zip(lab.local_states(&["n2", "n3"])) {
-            if s.as_deref() == Some("running") && ran.insert(*n) {
-                lab.note(&format!(
-                    "{n} runs the group {} ms after the heal",
-                    ms(t.elapsed())
-                ));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (ran, promoted) = who_served(&lab, &["n2", "n3"], 20, kill_ms);
     lab.note(&format!(
         "20 s after the heal: {}",
         serving_snapshot(&lab, &nodes)
     ));
-    let promoted: Vec<&str> = ["n2", "n3"]
-        .into_iter()
-        .filter(|n| {
-            lab.events_of(n, "mirror_promoted")
-                .iter()
-                .any(|e| e["time_ms"].as_u64() >= Some(kill_ms))
-        })
-        .collect();
+    assert!(
+        promoted.is_empty() && ran.is_empty(),
+        "with n1 dead, {ran:?} ran the group and {promoted:?} promoted a copy that may lack \
+         acknowledged writes"
+    );
     let why = std::fs::read_to_string(lab.dir.join("n3").join("tandem.log"))
         .unwrap_or_default()
         .lines()
         .find(|l| l.contains("will not take the group over"))
         .map(str::to_string);
     lab.note(&format!("n3 says: {why:?}"));
+    assert!(why.is_some(), "n3 did not say why it left the group down");
 
     // 3. The primary powers on again: its copy holds every acknowledged write.
     let restart = Instant::now();
@@ -3121,35 +3137,12 @@ fn three_nodes_sync_copy_cut_off_then_the_primary_dies() {
         ms(restart.elapsed())
     ));
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
-    let checks = checker.stop();
-    lab.note(&format!("CHECKER: {}", checks.summary()));
-    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
-    lab.note(&format!(
-        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
-        lost.len()
-    ));
-    let overlaps = checks.overlaps(&lab);
-    let regressions = checks.counter_regressions();
-    // n2 is resynced from n1 and up to date again (by the log too).
-    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
-
-    assert!(
-        promoted.is_empty() && ran.is_empty(),
-        "with n1 dead, {ran:?} ran the group and {promoted:?} promoted a copy that may lack \
-         acknowledged writes"
-    );
-    assert!(why.is_some(), "n3 did not say why it left the group down");
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged writes lost: {lost:#?}",
-        lost.len()
-    );
-    assert_eq!(overlaps, 0, "two nodes answered at {overlaps} moments");
-    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
-    assert_eq!(answered_by, "n1");
+    assert_client_checks(&lab, checker, "n1");
     lab.assert_stable("n1", &nodes, 3);
-    // n1 has n2 in sync again and cleared its mark in the log: n2 takes over if n1
+
+    // 4. n1 has n2 in sync again and cleared its mark in the log: n2 takes over if n1
     // dies now.
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
     lab.lab(&["fail", "n1", "kill"]);
     let d = lab.wait_vip("n2", Duration::from_secs(60));
     lab.note(&format!(
@@ -3179,34 +3172,13 @@ fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
     lab.lab(&["fail", "n2", "kill"]);
     std::thread::sleep(Duration::from_secs(2));
     lab.lab(&["fail", "n1", "restart"]);
-    let t = Instant::now();
-    let mut ran = std::collections::BTreeSet::new();
-    while t.elapsed() < Duration::from_secs(20) {
-        for (n, s) in ["n1", "n3"].iter().zip(lab.local_states(&["n1", "n3"])) {
-            if s.as_deref() == Some("running") && ran.insert(*n) {
-                lab.note(&format!(
-                    "{n} runs the group {} ms after n1's restart",
-                    ms(t.elapsed())
-                ));
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (ran, promoted) = who_served(&lab, &["n1", "n3"], 20, kill_ms);
     lab.note(&format!(
         "20 s after n1's restart: {}",
         serving_snapshot(&lab, &nodes)
     ));
-    let promoted: Vec<&str> = ["n1", "n3"]
-        .into_iter()
-        .filter(|n| {
-            lab.events_of(n, "mirror_promoted")
-                .iter()
-                .any(|e| e["time_ms"].as_u64() >= Some(kill_ms))
-        })
-        .collect();
-    let lost_while_down = if ran.is_empty() {
-        Vec::new()
-    } else {
+    if !ran.is_empty() {
+        // Say what it cost before failing.
         checker.wait_acked(&lab, 10, Duration::from_secs(30));
         let (lost, by, _) = Checks {
             client_ns: lab.ns("cl"),
@@ -3219,13 +3191,7 @@ fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
             "GET /log from {by}: {} acknowledged writes lost",
             lost.len()
         ));
-        lost
-    };
-    assert!(
-        lost_while_down.is_empty(),
-        "{} acknowledged writes lost after {ran:?} took over: {lost_while_down:#?}",
-        lost_while_down.len()
-    );
+    }
     assert!(
         promoted.is_empty() && ran.is_empty(),
         "with n2 dead, {ran:?} ran the group and {promoted:?} promoted a copy that lacks \
@@ -3235,15 +3201,5 @@ fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
     lab.lab(&["fail", "n2", "restart"]);
     lab.wait_vip("n2", Duration::from_secs(60));
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
-    let checks = checker.stop();
-    lab.note(&format!("CHECKER: {}", checks.summary()));
-    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
-    lab.note(&format!(
-        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
-        lost.len()
-    ));
-    assert!(lost.is_empty(), "acknowledged writes lost: {lost:#?}");
-    assert_eq!(checks.overlaps(&lab), 0, "two nodes answered at once");
-    let regressions = checks.counter_regressions();
-    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
+    assert_client_checks(&lab, checker, "n2");
 }
