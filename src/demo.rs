@@ -8,19 +8,30 @@
 //! directory instead (a filesystem mounted from the volume), replaced atomically and
 //! fsynced before the answer. After a failover the counter goes on from where it was:
 //! the data moved with the service.
+//!
+//! The same store also holds a checksummed write log ([`log`]): `POST /log?client=ID`
+//! appends a fixed-size record with the request body as its payload, written with FUA
+//! (or fsynced) before the answer, a JSON object with the record's `seq`, the serving
+//! `node` and this process's `incarnation` (random at start, so a client can tell one
+//! run of the service from the next). `GET /log` returns every valid record and,
+//! separately, every slot that holds a torn or corrupted one.
 
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::mirror::nbd::client::NbdClient;
+
+pub mod log;
 
 /// The counter record in the volume's first 4 KiB block.
 const COUNTER_MAGIC: &[u8; 8] = b"TANDEMO1";
@@ -53,7 +64,7 @@ pub async fn serve(
         .route("/health", get(|| async { "ok\n" }));
     if let Some(store) = store {
         let counter = Arc::new(Counter {
-            store,
+            store: store.clone(),
             node: name.clone(),
             lock: Mutex::new(()),
         });
@@ -61,6 +72,8 @@ pub async fn serve(
             "/counter",
             get(read_counter).post(bump_counter).with_state(counter),
         );
+        let log = Arc::new(WriteLog::new(store, name.clone()));
+        app = app.route("/log", get(read_log).post(append_log).with_state(log));
     }
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!(%listen, node = %name, "demo service listening");
@@ -158,6 +171,163 @@ async fn bump_counter(State(c): State<Arc<Counter>>) -> Result<String, (StatusCo
     Ok(format!("{next} {}\n", c.node))
 }
 
+/// The write log's state: where it lives, and the next sequence number once known.
+struct WriteLog {
+    store: CounterStore,
+    node: String,
+    incarnation: String,
+    /// `None` until the region is scanned (and again after a failed append, whose slot
+    /// may now hold a torn record: the next append goes after it).
+    next: Mutex<Option<u64>>,
+}
+
+impl WriteLog {
+    fn new(store: CounterStore, node: String) -> WriteLog {
+        WriteLog {
+            store,
+            node,
+            incarnation: format!("{:016x}", rand::random::<u64>()),
+            next: Mutex::new(None),
+        }
+    }
+}
+
+/// `POST /log`'s query.
+#[derive(Debug, Deserialize)]
+struct AppendQuery {
+    #[serde(default)]
+    client: String,
+}
+
+/// `POST /log`'s answer.
+#[derive(Debug, Serialize)]
+struct Appended {
+    seq: u64,
+    node: String,
+    incarnation: String,
+}
+
+/// `GET /log`'s answer.
+#[derive(Debug, Serialize)]
+struct LogView {
+    node: String,
+    incarnation: String,
+    #[serde(flatten)]
+    scan: log::LogScan,
+}
+
+fn refused(e: log::LogError) -> (StatusCode, String) {
+    let status = match e {
+        log::LogError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    (status, format!("{e}\n"))
+}
+
+/// The whole log region (a missing log file reads as an empty log).
+async fn load_log(store: &CounterStore) -> Result<Vec<u8>, (StatusCode, String)> {
+    match store {
+        CounterStore::Volume(socket) => {
+            let mut nbd = NbdClient::connect(socket).await.map_err(unavailable)?;
+            let mut region = Vec::with_capacity(log::LOG_LEN as usize);
+            const CHUNK: u64 = 1 << 20;
+            for at in (0..log::LOG_LEN).step_by(CHUNK as usize) {
+                let len = CHUNK.min(log::LOG_LEN - at) as u32;
+                let part = nbd.read(log::LOG_BASE + at, len).await;
+                region.extend_from_slice(&part.map_err(unavailable)?);
+            }
+            let _ = nbd.disconnect().await;
+            Ok(region)
+        }
+        CounterStore::Directory(dir) => match tokio::fs::read(dir.join("log")).await {
+            Ok(mut b) => {
+                // A torn last record may be short: padded, it reads as a bad slot.
+                b.resize(b.len().div_ceil(log::RECORD_LEN) * log::RECORD_LEN, 0);
+                Ok(b)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(unavailable(e)),
+        },
+    }
+}
+
+/// Writes one record durably into the slot of `seq`: FUA, or pwrite + fsync (and the
+/// directory's fsync when the file is new).
+async fn store_record(
+    store: &CounterStore,
+    seq: u64,
+    record: Vec<u8>,
+) -> Result<(), (StatusCode, String)> {
+    let offset = (seq - 1) * log::RECORD_LEN as u64;
+    match store {
+        CounterStore::Volume(socket) => {
+            let mut nbd = NbdClient::connect(socket).await.map_err(unavailable)?;
+            nbd.write(log::LOG_BASE + offset, &record, true)
+                .await
+                .map_err(unavailable)?;
+            let _ = nbd.disconnect().await;
+            Ok(())
+        }
+        CounterStore::Directory(dir) => {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let path = dir.join("log");
+                let fresh = !path.exists();
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)?;
+                f.write_all_at(&record, offset)?;
+                f.sync_all()?;
+                if fresh {
+                    std::fs::File::open(&dir)?.sync_all()?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+        }
+    }
+}
+
+async fn append_log(
+    State(l): State<Arc<WriteLog>>,
+    Query(q): Query<AppendQuery>,
+    body: Bytes,
+) -> Result<Json<Appended>, (StatusCode, String)> {
+    let mut next = l.next.lock().await;
+    let seq = match *next {
+        Some(n) => n,
+        None => log::scan(&load_log(&l.store).await?).next,
+    };
+    if seq > log::capacity() {
+        return Err(refused(log::LogError::Full(log::capacity())));
+    }
+    let record = log::encode(seq, &q.client, &l.node, &body).map_err(refused)?;
+    *next = None;
+    store_record(&l.store, seq, record).await?;
+    *next = Some(seq + 1);
+    Ok(Json(Appended {
+        seq,
+        node: l.node.clone(),
+        incarnation: l.incarnation.clone(),
+    }))
+}
+
+async fn read_log(State(l): State<Arc<WriteLog>>) -> Result<Json<LogView>, (StatusCode, String)> {
+    // Not while an append is in flight: its slot could read half-written.
+    let _one = l.next.lock().await;
+    let scan = log::scan(&load_log(&l.store).await?);
+    Ok(Json(LogView {
+        node: l.node.clone(),
+        incarnation: l.incarnation.clone(),
+        scan,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +350,65 @@ mod tests {
         assert_eq!(bump_counter(State(again.clone())).await.unwrap(), "2 n2\n");
         assert_eq!(read_counter(State(again)).await.unwrap(), "2 n2\n");
         assert!(!dir.path().join(".counter.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn the_directory_log_appends_durably_and_goes_on_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CounterStore::Directory(dir.path().to_path_buf());
+        let l = Arc::new(WriteLog::new(store.clone(), "n1".into()));
+        let q = |c: &str| {
+            Query(AppendQuery {
+                client: c.to_string(),
+            })
+        };
+        for i in 1..=3u64 {
+            let a = append_log(State(l.clone()), q("w1"), Bytes::from(format!("p{i}")))
+                .await
+                .unwrap();
+            assert_eq!((a.seq, a.node.as_str()), (i, "n1"));
+        }
+        let too_big = Bytes::from(vec![b'x'; log::MAX_PAYLOAD + 1]);
+        let e = append_log(State(l.clone()), q("w1"), too_big)
+            .await
+            .unwrap_err();
+        assert_eq!(e.0, StatusCode::BAD_REQUEST);
+        // Tear record 4's slot behind the service's back, as a crash mid-write would.
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join("log"))
+                .unwrap();
+            f.write_all_at(&[0x5A; 100], 3 * log::RECORD_LEN as u64)
+                .unwrap();
+        }
+        // Another run of the service (on another node) scans and appends after it.
+        let again = Arc::new(WriteLog::new(store, "n2".into()));
+        assert_ne!(again.incarnation, l.incarnation);
+        let a = append_log(State(again.clone()), q("w2"), Bytes::from("p5"))
+            .await
+            .unwrap();
+        assert_eq!((a.seq, a.node.as_str()), (5, "n2"));
+        let Json(view) = read_log(State(again)).await.unwrap();
+        let got: Vec<(u64, &str, &str)> = view
+            .scan
+            .records
+            .iter()
+            .map(|r| (r.seq, r.client.as_str(), r.payload.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, "w1", "p1"),
+                (2, "w1", "p2"),
+                (3, "w1", "p3"),
+                (5, "w2", "p5")
+            ]
+        );
+        assert_eq!(view.scan.bad.len(), 1, "{:?}", view.scan.bad);
+        assert_eq!(view.scan.bad[0].seq, 4);
+        assert_eq!(view.scan.next, 6);
     }
 
     #[test]

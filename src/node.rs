@@ -68,6 +68,10 @@ pub struct NodeConfig {
     /// The nodes with a `[node.fence]` section, and their fence delay (ms): quorum
     /// mode powers a previous owner off to start without waiting out its lease.
     pub fenceable: BTreeMap<String, u64>,
+    /// Per mirror: the peers this node's copy replicates with synchronously. With a
+    /// quorum, a node takes a group over only from an owner all of whose mirrors it
+    /// copies synchronously: an async copy may lack writes the owner acknowledged.
+    pub sync_peers: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// How this node takes part in the quorum.
@@ -159,6 +163,18 @@ impl NodeConfig {
                     Some((n.name.clone(), f.delay.as_millis() as u64))
                 })
                 .collect(),
+            sync_peers: cfg
+                .mirrors
+                .iter()
+                .map(|m| {
+                    let peers = m
+                        .links_of(local)
+                        .filter(|(_, l)| l.mode == crate::config::ReplicationMode::Sync)
+                        .map(|(p, _)| p.to_string())
+                        .collect();
+                    (m.name.clone(), peers)
+                })
+                .collect(),
         }
     }
 
@@ -245,6 +261,8 @@ pub struct MirrorFacts {
     /// This copy is UpToDate, at this generation.
     pub up_to_date: bool,
     pub generation: u64,
+    /// On a primary: the sync peers in sync with it now (`Mirror::in_sync_peers`).
+    pub in_sync: Vec<String>,
 }
 
 /// A command for one group's executor.
@@ -351,6 +369,8 @@ pub struct NodeCore {
     /// (group, epoch) some node is known to have been cleared to run at: this node
     /// started it, or a peer advertised it running at that epoch.
     ran: BTreeSet<(String, u64)>,
+    /// (group, epoch) for which this node reported that its async copy bars a takeover.
+    async_noted: BTreeSet<(String, u64)>,
     /// `[quorum] watchdog`: when to arm, pet and disarm.
     watchdog: Option<Watchdog>,
     /// Groups stopping top-down here: they still serve (the floating IP goes last), so
@@ -410,6 +430,7 @@ impl NodeCore {
             was_quorate: false,
             pending_since: BTreeMap::new(),
             ran: BTreeSet::new(),
+            async_noted: BTreeSet::new(),
             watchdog,
             top_down_stops: BTreeSet::new(),
             power_fencing,
@@ -891,6 +912,7 @@ mod tests {
             quorum: None,
             group_mirrors: BTreeMap::new(),
             fenceable: BTreeMap::new(),
+            sync_peers: BTreeMap::new(),
         };
         NodeCore::new(cfg, 7, 1_000, &[])
     }
@@ -929,6 +951,9 @@ mod tests {
             watchdog_s,
         });
         cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
+        // n1-n2 replicate synchronously, n3 is an async copy.
+        cfg.sync_peers
+            .insert("data".into(), BTreeSet::from(["n2".to_string()]));
         c = NodeCore::new(cfg, 7, 1_000, &[]);
         let restored = Restored {
             snapshot: Some(crate::quorum::records::SnapshotRec {
@@ -1105,6 +1130,78 @@ mod tests {
         // A lone cold boot takes nothing: a group with no owner yet needs every node.
         let mut c = quorum_core(&Register::default());
         assert!(!c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
+    }
+
+    /// n1's copy is async to n3's: if n3, the owner, dies, n1 may lack writes n3
+    /// acknowledged, so it does not take the group over (it stays down) however long
+    /// the majority has been silent on n3. From n2, its sync partner, it does.
+    #[test]
+    fn with_a_quorum_an_async_copy_never_takes_its_group_over() {
+        use crate::quorum::decision::{Decision, Register};
+        for (owner, takes) in [("n3", false), ("n2", true)] {
+            let mut reg = Register::default();
+            let own = Decision::Own {
+                group: "web".into(),
+                owner: owner.into(),
+                epoch: 1,
+                handoff: false,
+            };
+            reg.apply(1, own);
+            let mut c = quorum_core(&reg);
+            let quiet = crate::quorum::wire::LeaseReport {
+                group: "web".into(),
+                epoch: 1,
+                since_current_ms: 5_000,
+                quiet_ms: 5_000,
+            };
+            let other = if owner == "n3" { "n2" } else { "n3" };
+            let p = QuorumPacket {
+                cluster: "c".into(),
+                from: other.into(),
+                voters_digest: c.outbox.voters_digest(),
+                boot_id: 1,
+                seq: 1,
+                sent_ms: 5_000,
+                msgs: vec![crate::quorum::wire::QuorumMsg::Report(vec![quiet])],
+            };
+            c.handle(at(5_000), NodeInput::Quorum(Box::new(p)));
+            let gate = c.gate(at(5_000)).unwrap();
+            assert_eq!(gate.may_take_over.contains("web"), takes, "owner {owner}");
+        }
+    }
+
+    /// A copy the log outdated that comes back UpToDate in its own eyes (cut off while
+    /// the primary went on, healed after the primary died) is not up to date again
+    /// because its generation compares higher: generations are random identifiers.
+    /// It outdates itself; only a primary that has it in sync clears the mark.
+    #[test]
+    fn with_a_quorum_an_outdated_copy_is_not_cleared_by_its_generation() {
+        use crate::quorum::decision::{Decision, Register};
+        let mut reg = Register::default();
+        reg.apply(
+            1,
+            Decision::Outdated {
+                mirror: "data".into(),
+                node: "n1".into(),
+                generation: 9,
+            },
+        );
+        let facts = NodeInput::Mirrors(vec![MirrorFacts {
+            name: "data".into(),
+            primary: false,
+            pending: Vec::new(),
+            up_to_date: true,
+            generation: 10,
+            in_sync: Vec::new(),
+        }]);
+        let outdates = |out: &[NodeAction]| {
+            out.iter()
+                .filter(|a| matches!(a, NodeAction::OutdateSelf { mirror, generation: 9 } if mirror == "data"))
+                .count()
+        };
+        let mut c = quorum_core(&reg);
+        c.handle(at(10), facts);
+        assert_eq!(outdates(&c.handle(at(20), NodeInput::Tick)), 1);
     }
 
     #[test]
@@ -1320,6 +1417,7 @@ mod tests {
             pending: Vec::new(),
             up_to_date: true,
             generation: 1,
+            in_sync: Vec::new(),
         }];
         c.handle(at(0), NodeInput::Mirrors(facts));
         assert_eq!(sends(&c.handle(at(0), NodeInput::HeartbeatDue)).len(), 3);
@@ -1338,6 +1436,7 @@ mod tests {
             pending: vec![("n2".into(), 5)],
             up_to_date: true,
             generation: 1,
+            in_sync: Vec::new(),
         }];
         c.handle(at(40), NodeInput::Mirrors(pending));
         let out = c.handle(at(40), NodeInput::Resource(Input::Tick));
@@ -1407,6 +1506,7 @@ mod tests {
             pending: Vec::new(),
             up_to_date: true,
             generation: 1,
+            in_sync: Vec::new(),
         }];
         c.handle(at(0), NodeInput::Mirrors(facts));
         let request = NodeAdvert {

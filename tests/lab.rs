@@ -553,7 +553,10 @@ impl Lab {
 
     fn dump(&self) {
         eprintln!("===== diagnostics for lab {} =====", self.prefix);
-        for n in ["n1", "n2"] {
+        for n in ["n1", "n2", "n3", "n4", "n5"] {
+            if !self.dir.join(n).exists() {
+                continue;
+            }
             eprintln!(
                 "--- {n} tandem.log (tail):\n{}",
                 tail(&self.dir.join(n).join("tandem.log"), 25)
@@ -2176,6 +2179,9 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
     let lab = Lab::up("tlq-", &["--witness"]);
     lab.wait_vip("n1", Duration::from_secs(20));
     wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
     let isolated_ms = wall_ms();
     lab.lab(&["isolate", "n1"]);
     let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
@@ -2253,6 +2259,10 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
         n1_starts,
         "n1 started the group after the heal"
     );
+    // The client's view: every acknowledged write is on n2, no two nodes answered at
+    // once, the counter never went back.
+    checker.wait_acked(&lab, 20, Duration::from_secs(30));
+    assert_client_checks(&lab, checker, "n2");
 }
 
 /// Quorum with a witness: losing the witness leaves the two nodes a majority; nothing
@@ -2508,4 +2518,688 @@ fn witness_paused_owner_is_reset_by_its_watchdog_before_the_majority_takes_over(
         watchdog_resets(&lab, "n2", paused_ms).is_empty(),
         "n2's watchdog reset it"
     );
+}
+
+// ------------------------------------------------------------ client checker
+
+/// CLOCK_MONOTONIC in ms: the same clock in every namespace and in the daemons.
+fn mono_ms() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC)");
+    ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
+}
+
+/// What one acknowledged request wrote.
+#[derive(Debug, Clone)]
+enum Acked {
+    /// `POST /log`: the record's sequence number, and the payload sent.
+    Log { seq: u64, payload: String },
+    /// `POST /counter`: the value it answered.
+    Counter(u64),
+}
+
+/// One acknowledged request: sent and answered at (CLOCK_MONOTONIC ms), by whom.
+#[derive(Debug, Clone)]
+struct Completion {
+    client: String,
+    sent_ms: f64,
+    done_ms: f64,
+    node: String,
+    /// The demo service's run that answered (log writes; empty for the counter).
+    incarnation: String,
+    acked: Acked,
+}
+
+/// A client of the demo service on the floating IP, from the lab's client namespace:
+/// `writers` threads, each appending to the write log and bumping the counter in turn,
+/// every answered request stamped with CLOCK_MONOTONIC and the node that answered.
+struct Checker {
+    client_ns: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<Mutex<Vec<Completion>>>,
+    /// Requests sent that got no answer (timeout, refused, an error status).
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// `curl` in the client namespace: `(answered 2xx, body)`.
+fn client_curl(ns: &str, method: &str, url: &str, body: Option<&str>, secs: u32) -> (bool, String) {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns,
+        "curl",
+        "-s",
+        "-f",
+        "-m",
+        &secs.to_string(),
+    ])
+    .args(["-X", method]);
+    if let Some(b) = body {
+        c.args(["--data-binary", b]);
+    }
+    let out = run(c.arg(url));
+    (out.status.success(), text(&out.stdout))
+}
+
+impl Checker {
+    fn start(lab: &Lab, writers: usize) -> Checker {
+        let c = Checker {
+            client_ns: lab.ns("cl"),
+            stop: Default::default(),
+            done: Default::default(),
+            failed: Default::default(),
+            threads: Vec::new(),
+        };
+        let threads = (0..writers)
+            .map(|w| {
+                let (ns, stop, done, failed) = (
+                    c.client_ns.clone(),
+                    c.stop.clone(),
+                    c.done.clone(),
+                    c.failed.clone(),
+                );
+                std::thread::spawn(move || {
+                    let client = format!("w{w}");
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        i += 1;
+                        let got = if i % 2 == 1 {
+                            Checker::append(&ns, &client, i)
+                        } else {
+                            Checker::bump(&ns, &client)
+                        };
+                        match got {
+                            Some(c) => done.lock().unwrap_or_else(|p| p.into_inner()).push(c),
+                            None => {
+                                failed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Checker { threads, ..c }
+    }
+
+    fn append(ns: &str, client: &str, i: u64) -> Option<Completion> {
+        let payload = format!("{client}-{i}");
+        let url = format!("http://{VIP}:8080/log?client={client}");
+        let sent_ms = mono_ms();
+        let (ok, body) = client_curl(ns, "POST", &url, Some(&payload), 3);
+        let done_ms = mono_ms();
+        let v: Value = serde_json::from_str(&body).ok().filter(|_| ok)?;
+        Some(Completion {
+            client: client.to_string(),
+            sent_ms,
+            done_ms,
+            node: v["node"].as_str()?.to_string(),
+            incarnation: v["incarnation"].as_str()?.to_string(),
+            acked: Acked::Log {
+                seq: v["seq"].as_u64()?,
+                payload,
+            },
+        })
+    }
+
+    fn bump(ns: &str, client: &str) -> Option<Completion> {
+        let url = format!("http://{VIP}:8080/counter");
+        let sent_ms = mono_ms();
+        let (ok, body) = client_curl(ns, "POST", &url, None, 3);
+        let done_ms = mono_ms();
+        let mut words = body.split_whitespace();
+        let value = words.next()?.parse().ok().filter(|_| ok)?;
+        Some(Completion {
+            client: client.to_string(),
+            sent_ms,
+            done_ms,
+            node: words.next()?.to_string(),
+            incarnation: String::new(),
+            acked: Acked::Counter(value),
+        })
+    }
+
+    /// Acknowledged requests so far.
+    fn acked(&self) -> usize {
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Waits until `more` further requests were acknowledged.
+    fn wait_acked(&self, lab: &Lab, more: usize, timeout: Duration) {
+        let want = self.acked() + more;
+        let (_, d) = wait_for(&format!("{want} acknowledged requests"), timeout, || {
+            (self.acked() >= want).then_some(())
+        });
+        lab.note(&format!("CHECKER: {want} acknowledged ({} ms)", ms(d)));
+    }
+
+    /// Every completion so far (the writers go on).
+    fn snapshot(&self) -> Vec<Completion> {
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        done.sort_by(|a, b| a.done_ms.total_cmp(&b.done_ms));
+        done
+    }
+
+    /// How many requests were answered within (`from`, `to`) (CLOCK_MONOTONIC ms).
+    fn completed_between(&self, from: f64, to: f64) -> usize {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        done.iter()
+            .filter(|c| c.done_ms > from && c.done_ms < to)
+            .count()
+    }
+
+    /// When the first request answered after `from` was answered.
+    fn first_after(&self, from: f64) -> Option<f64> {
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        done.iter()
+            .map(|c| c.done_ms)
+            .filter(|t| *t > from)
+            .min_by(f64::total_cmp)
+    }
+
+    /// Stops the writers; every completion, in the order they were answered.
+    fn stop(self) -> Checks {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("checker thread");
+        }
+        let mut done = std::mem::take(&mut *self.done.lock().unwrap_or_else(|p| p.into_inner()));
+        done.sort_by(|a, b| a.done_ms.total_cmp(&b.done_ms));
+        Checks {
+            client_ns: self.client_ns,
+            done,
+            failed: self.failed.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+}
+
+/// What the checker saw, and the checks over it.
+struct Checks {
+    client_ns: String,
+    done: Vec<Completion>,
+    failed: u64,
+}
+
+/// One run of the service on one node, from its first to its last answered write.
+#[derive(Debug)]
+struct Stint {
+    node: String,
+    incarnation: String,
+    first_ms: f64,
+    last_ms: f64,
+    writes: usize,
+}
+
+impl Checks {
+    fn log_writes(&self) -> impl Iterator<Item = (&Completion, u64, &str)> {
+        self.done.iter().filter_map(|c| match &c.acked {
+            Acked::Log { seq, payload } => Some((c, *seq, payload.as_str())),
+            Acked::Counter(_) => None,
+        })
+    }
+
+    /// Every run of the service that answered log writes, in order of its first answer.
+    fn stints(&self) -> Vec<Stint> {
+        let mut stints: Vec<Stint> = Vec::new();
+        for (c, _, _) in self.log_writes() {
+            match stints
+                .iter_mut()
+                .find(|s| s.node == c.node && s.incarnation == c.incarnation)
+            {
+                Some(s) => {
+                    s.last_ms = c.done_ms;
+                    s.writes += 1;
+                }
+                None => stints.push(Stint {
+                    node: c.node.clone(),
+                    incarnation: c.incarnation.clone(),
+                    first_ms: c.done_ms,
+                    last_ms: c.done_ms,
+                    writes: 1,
+                }),
+            }
+        }
+        stints
+    }
+
+    /// Overlap moments: completions by one node inside the [first, last] interval of
+    /// another node's run (each noted on the lab's output).
+    fn overlaps(&self, lab: &Lab) -> usize {
+        let found = self.overlap_moments();
+        for o in &found {
+            lab.note(&format!("OVERLAP: {o}"));
+        }
+        found.len()
+    }
+
+    fn overlap_moments(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for s in &self.stints() {
+            for c in self.done.iter().filter(|c| c.node != s.node) {
+                if c.done_ms > s.first_ms && c.done_ms < s.last_ms {
+                    found.push(format!(
+                        "{} answered at {:.1} ms inside {}'s run [{:.1}, {:.1}]",
+                        c.node, c.done_ms, s.node, s.first_ms, s.last_ms
+                    ));
+                }
+            }
+        }
+        found
+    }
+
+    /// Counter values that do not exceed one acknowledged before they were asked for.
+    fn counter_regressions(&self) -> Vec<String> {
+        let counters: Vec<(&Completion, u64)> = self
+            .done
+            .iter()
+            .filter_map(|c| match c.acked {
+                Acked::Counter(v) => Some((c, v)),
+                Acked::Log { .. } => None,
+            })
+            .collect();
+        let mut bad = Vec::new();
+        for (b, v) in &counters {
+            let before = counters
+                .iter()
+                .filter(|(a, _)| a.done_ms < b.sent_ms)
+                .max_by_key(|(_, v)| *v);
+            if let Some((a, w)) = before.filter(|(_, w)| w >= v) {
+                bad.push(format!(
+                    "{} got {v} from {} after {w} from {}",
+                    b.client, b.node, a.node
+                ));
+            }
+        }
+        bad
+    }
+
+    /// The longest time without an answered request, and when it began (ms since the
+    /// first answer).
+    fn longest_gap(&self) -> (f64, f64) {
+        let t0 = self.done.first().map_or(0.0, |c| c.done_ms);
+        self.done
+            .windows(2)
+            .map(|w| (w[1].done_ms - w[0].done_ms, w[0].done_ms - t0))
+            .fold((0.0, 0.0), |m, g| if g.0 > m.0 { g } else { m })
+    }
+
+    /// `GET /log` through the floating IP: the acknowledged log writes it lacks (or
+    /// holds torn, or holds another record in their slot), and the answering node.
+    fn lost_writes(&self) -> Result<(Vec<String>, String, usize), String> {
+        let url = format!("http://{VIP}:8080/log");
+        let (ok, body) = client_curl(&self.client_ns, "GET", &url, None, 30);
+        let v: Value = serde_json::from_str(&body)
+            .ok()
+            .filter(|_| ok)
+            .ok_or_else(|| format!("GET /log answered nothing usable: {body:?}"))?;
+        self.lost_against(&v)
+    }
+
+    /// [`Checks::lost_writes`] against a `GET /log` answer.
+    fn lost_against(&self, v: &Value) -> Result<(Vec<String>, String, usize), String> {
+        let mut held = std::collections::BTreeMap::new();
+        for r in v["records"].as_array().into_iter().flatten() {
+            let seq = r["seq"].as_u64().ok_or("a record without seq")?;
+            held.insert(seq, (r["client"].clone(), r["payload"].clone()));
+        }
+        let bad: std::collections::BTreeMap<u64, String> = v["bad"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| Some((b["seq"].as_u64()?, b["reason"].to_string())))
+            .collect();
+        let mut lost = Vec::new();
+        for (c, seq, payload) in self.log_writes() {
+            match held.get(&seq) {
+                Some((client, p)) if *client == c.client.as_str() && *p == payload => {}
+                other => lost.push(format!(
+                    "seq {seq} ({payload} by {}, acknowledged by {} at {:.1} ms): {}",
+                    c.client,
+                    c.node,
+                    c.done_ms,
+                    match (other, bad.get(&seq)) {
+                        (_, Some(reason)) => format!("bad slot: {reason}"),
+                        (Some((cl, p)), _) => format!("slot holds {p} by {cl}"),
+                        (None, None) => "absent".to_string(),
+                    }
+                )),
+            }
+        }
+        let node = v["node"].as_str().unwrap_or_default().to_string();
+        Ok((lost, node, bad.len()))
+    }
+
+    /// A summary line for the test's output.
+    fn summary(&self) -> String {
+        let logs = self.log_writes().count();
+        let stints: Vec<String> = self
+            .stints()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}[{}..] {} writes over {:.0} ms",
+                    s.node,
+                    &s.incarnation[..4.min(s.incarnation.len())],
+                    s.writes,
+                    s.last_ms - s.first_ms
+                )
+            })
+            .collect();
+        let (gap, at) = self.longest_gap();
+        format!(
+            "{} acknowledged ({logs} log records, {} counter bumps), {} unanswered; runs: {}; \
+             longest gap {gap:.0} ms at +{at:.0} ms",
+            self.done.len(),
+            self.done.len() - logs,
+            self.failed,
+            stints.join(", ")
+        )
+    }
+}
+
+/// The checker's own arithmetic, on made-up answers (no lab, no root): a record the log
+/// lacks or holds torn is lost, a node answering inside another's run is an overlap, a
+/// counter value not above one answered earlier is a regression.
+#[test]
+fn checker_finds_lost_records_overlaps_and_counter_regressions() {
+    let c = |node: &str, inc: &str, at: f64, acked: Acked| Completion {
+        client: "w0".into(),
+        sent_ms: at - 5.0,
+        done_ms: at,
+        node: node.into(),
+        incarnation: inc.into(),
+        acked,
+    };
+    let log = |seq, p: &str| Acked::Log {
+        seq,
+        payload: p.into(),
+    };
+    let clean = Checks {
+        client_ns: String::new(),
+        done: vec![
+            c("n1", "a", 10.0, log(1, "w0-1")),
+            c("n1", "", 20.0, Acked::Counter(1)),
+            c("n1", "a", 30.0, log(2, "w0-3")),
+            c("n2", "b", 900.0, log(3, "w0-5")),
+            c("n2", "", 910.0, Acked::Counter(2)),
+        ],
+        failed: 3,
+    };
+    assert!(clean.overlap_moments().is_empty());
+    assert!(clean.counter_regressions().is_empty());
+    assert_eq!(clean.longest_gap().0, 870.0);
+    let answer = serde_json::json!({
+        "node": "n2",
+        "records": [
+            {"seq": 1, "client": "w0", "node": "n1", "payload": "w0-1"},
+            {"seq": 2, "client": "w0", "node": "n1", "payload": "w0-3"},
+            {"seq": 3, "client": "w0", "node": "n2", "payload": "w0-5"},
+        ],
+        "bad": [],
+    });
+    let (lost, by, bad) = clean.lost_against(&answer).unwrap();
+    assert_eq!((lost.len(), by.as_str(), bad), (0, "n2", 0));
+    // Record 2 torn, record 3 another's: both lost.
+    let damaged = serde_json::json!({
+        "node": "n2",
+        "records": [
+            {"seq": 1, "client": "w0", "node": "n1", "payload": "w0-1"},
+            {"seq": 3, "client": "w1", "node": "n2", "payload": "w1-2"},
+        ],
+        "bad": [{"seq": 2, "reason": "checksum mismatch"}],
+    });
+    let (lost, _, bad) = clean.lost_against(&damaged).unwrap();
+    assert_eq!((lost.len(), bad), (2, 1), "{lost:?}");
+    assert!(lost[0].contains("bad slot"), "{}", lost[0]);
+    // n1 answers again after n2 began (one run of n1 spans n2's answers), and the
+    // counter goes back.
+    let mut split = clean;
+    split.done.push(c("n1", "a", 950.0, log(4, "w0-7")));
+    split.done.push(c("n1", "", 960.0, Acked::Counter(2)));
+    assert_eq!(
+        split.overlap_moments().len(),
+        2,
+        "{:?}",
+        split.overlap_moments()
+    );
+    assert_eq!(split.counter_regressions().len(), 1);
+}
+
+/// The demo group's local state on each node, and who answers the floating IP.
+fn serving_snapshot(lab: &Lab, nodes: &[&str]) -> String {
+    let states = lab.local_states(nodes);
+    let owners: Vec<Option<String>> = nodes.iter().map(|n| lab.owner(n)).collect();
+    format!(
+        "states {states:?}, owners {owners:?}, floating IP answered by {:?}",
+        lab.vip_answer()
+    )
+}
+
+/// Isolates n2, n1's sync copy, with the checker writing: n1's writes wait until the
+/// log outdates n2 (no write answered in between, allowing 500 ms for answers already
+/// on their way), then go on.
+fn cut_off_sync_copy(lab: &Lab, checker: &Checker) {
+    let cut_ms = wall_ms();
+    let cut_mono = mono_ms();
+    let before_cut = checker.acked();
+    lab.lab(&["isolate", "n2"]);
+    let t = Instant::now();
+    let ev = loop {
+        let outdated = lab
+            .events_of("n1", "mirror_peer_outdated")
+            .into_iter()
+            .find(|e| e["time_ms"].as_u64() >= Some(cut_ms) && e["fields"]["peer"] == "n2");
+        if let Some(e) = outdated {
+            break e;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "n1 did not outdate n2 through the log within 30 s of the cut; {} writes \
+             acknowledged since the cut; n1's mirror: {}",
+            checker.acked() - before_cut,
+            lab.mirror("n1").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    checker.wait_acked(lab, 20, Duration::from_secs(60));
+    // The event is stamped (wall clock) before the held writes go on.
+    let outdated_mono = ev["time_ms"].as_u64().unwrap_or(0) as f64 - (cut_ms as f64 - cut_mono);
+    let early = checker.completed_between(cut_mono + 500.0, outdated_mono - 20.0);
+    let resumed = checker.first_after(cut_mono + 500.0).unwrap_or(f64::NAN);
+    lab.note(&format!(
+        "writes held from the cut until +{:.0} ms (n2 outdated by the log at +{:.0} ms); \
+         {early} answered in between; {} acknowledged since the cut",
+        resumed - cut_mono,
+        outdated_mono - cut_mono,
+        checker.acked() - before_cut
+    ));
+    assert_eq!(
+        early, 0,
+        "writes completed after the cut before the log outdated n2"
+    );
+    assert_eq!(
+        lab.owner("n3").as_deref(),
+        Some("n1"),
+        "n1 lost the group when its sync copy was cut off"
+    );
+}
+
+/// Watches `nodes` for `secs`: the ones that ran the demo group, and the ones that
+/// promoted their copy since `since_ms` (unix ms).
+fn who_served(lab: &Lab, nodes: &[&str], secs: u64, since_ms: u64) -> (Vec<String>, Vec<String>) {
+    let t = Instant::now();
+    let mut ran = Vec::new();
+    while t.elapsed() < Duration::from_secs(secs) {
+        for (n, s) in nodes.iter().zip(lab.local_states(nodes)) {
+            if s.as_deref() == Some("running") && !ran.iter().any(|r| r == n) {
+                lab.note(&format!("{n} runs the group after {} ms", ms(t.elapsed())));
+                ran.push(n.to_string());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let promoted = nodes
+        .iter()
+        .filter(|n| {
+            lab.events_of(n, "mirror_promoted")
+                .iter()
+                .any(|e| e["time_ms"].as_u64() >= Some(since_ms))
+        })
+        .map(|n| n.to_string())
+        .collect();
+    (ran, promoted)
+}
+
+/// Stops the checker and asserts what it saw: every acknowledged log record is on
+/// `owner` (who answers `GET /log`), no two nodes answered at once, the counter never
+/// went back.
+fn assert_client_checks(lab: &Lab, checker: Checker, owner: &str) {
+    let checks = checker.stop();
+    lab.note(&format!("CHECKER: {}", checks.summary()));
+    let (lost, answered_by, bad) = checks.lost_writes().expect("GET /log");
+    lab.note(&format!(
+        "GET /log from {answered_by}: {} acknowledged writes lost, {bad} bad slots",
+        lost.len()
+    ));
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:#?}",
+        lost.len()
+    );
+    assert_eq!(answered_by, owner);
+    let overlaps = checks.overlaps(lab);
+    assert_eq!(overlaps, 0, "two nodes answered at {overlaps} moments");
+    let regressions = checks.counter_regressions();
+    assert!(regressions.is_empty(), "counter went back: {regressions:?}");
+}
+
+/// Three nodes (quorum, no witness): n1 owns the group, n2 is its synchronous copy, n3
+/// an asynchronous one. With a client writing through the floating IP, the sync copy n2
+/// is cut off: n1 holds writes until the log (n1 + n3, a majority) commits n2 as
+/// outdated, then goes on. Then n1 loses power, and n2 comes back (healed): n2 + n3 are
+/// a majority again. n2's copy is outdated and must never be promoted; whoever serves
+/// the group must hold every acknowledged write (checked against the checksummed write
+/// log), and if no copy can, the group stays down. No two nodes ever answer at once.
+#[test]
+fn three_nodes_sync_copy_cut_off_then_the_primary_dies() {
+    require_root!();
+    let lab = Lab::up("tk3-", &["--nodes", "3"]);
+    let nodes = ["n1", "n2", "n3"];
+    lab.wait_vip("n1", Duration::from_secs(30));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+
+    // 1. The sync copy is cut off: n1's writes wait for the log to outdate it.
+    cut_off_sync_copy(&lab, &checker);
+
+    // 2. The primary loses power; the outdated n2 comes back: n2 + n3 are a majority,
+    // but n2's copy is outdated and n3's is async (it may lack acknowledged writes).
+    let kill_ms = wall_ms();
+    lab.lab(&["fail", "n1", "kill"]);
+    std::thread::sleep(Duration::from_secs(3));
+    lab.lab(&["heal", "n2"]);
+    wait_for("n2 and n3 see each other", Duration::from_secs(20), || {
+        (lab.sees_alive("n2", "n3") && lab.sees_alive("n3", "n2")).then_some(())
+    });
+    let (ran, promoted) = who_served(&lab, &["n2", "n3"], 20, kill_ms);
+    lab.note(&format!(
+        "20 s after the heal: {}",
+        serving_snapshot(&lab, &nodes)
+    ));
+    assert!(
+        promoted.is_empty() && ran.is_empty(),
+        "with n1 dead, {ran:?} ran the group and {promoted:?} promoted a copy that may lack \
+         acknowledged writes"
+    );
+    let why = std::fs::read_to_string(lab.dir.join("n3").join("tandem.log"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("will not take the group over"))
+        .map(str::to_string);
+    lab.note(&format!("n3 says: {why:?}"));
+    assert!(why.is_some(), "n3 did not say why it left the group down");
+
+    // 3. The primary powers on again: its copy holds every acknowledged write.
+    let restart = Instant::now();
+    lab.lab(&["fail", "n1", "restart"]);
+    lab.wait_vip("n1", Duration::from_secs(60));
+    lab.note(&format!(
+        "n1 serves again {} ms after its restart",
+        ms(restart.elapsed())
+    ));
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, "n1");
+    lab.assert_stable("n1", &nodes, 3);
+
+    // 4. n1 has n2 in sync again and cleared its mark in the log: n2 takes over if n1
+    // dies now.
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.lab(&["fail", "n1", "kill"]);
+    let d = lab.wait_vip("n2", Duration::from_secs(60));
+    lab.note(&format!(
+        "n1 killed again: n2 (up to date by the log again) serves after {} ms",
+        ms(d)
+    ));
+}
+
+/// Three nodes: a double failure. n1 loses power and n2, its sync copy, takes over and
+/// acknowledges writes n1's copy lacks. Then n2 loses power too and n1 powers on: n1 +
+/// n3 are a majority, but n1's copy is stale and n3's is async: neither may serve (the
+/// group stays down) until n2 returns with every acknowledged write.
+#[test]
+fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
+    require_root!();
+    let lab = Lab::up("tk4-", &["--nodes", "3"]);
+    let nodes = ["n1", "n2", "n3"];
+    lab.wait_vip("n1", Duration::from_secs(30));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    lab.lab(&["fail", "n1", "kill"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    checker.wait_acked(&lab, 40, Duration::from_secs(60));
+    let kill_ms = wall_ms();
+    lab.lab(&["fail", "n2", "kill"]);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.lab(&["fail", "n1", "restart"]);
+    let (ran, promoted) = who_served(&lab, &["n1", "n3"], 20, kill_ms);
+    lab.note(&format!(
+        "20 s after n1's restart: {}",
+        serving_snapshot(&lab, &nodes)
+    ));
+    if !ran.is_empty() {
+        // Say what it cost before failing.
+        checker.wait_acked(&lab, 10, Duration::from_secs(30));
+        let (lost, by, _) = Checks {
+            client_ns: lab.ns("cl"),
+            done: checker.snapshot(),
+            failed: 0,
+        }
+        .lost_writes()
+        .expect("GET /log");
+        lab.note(&format!(
+            "GET /log from {by}: {} acknowledged writes lost",
+            lost.len()
+        ));
+    }
+    assert!(
+        promoted.is_empty() && ran.is_empty(),
+        "with n2 dead, {ran:?} ran the group and {promoted:?} promoted a copy that lacks \
+         acknowledged writes"
+    );
+    // n2 powers on: its copy holds every acknowledged write.
+    lab.lab(&["fail", "n2", "restart"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, "n2");
 }

@@ -810,6 +810,70 @@ fn a_sync_primary_that_loses_its_peer_holds_writes_until_it_is_outdated() {
     a.stop();
 }
 
+/// The daemon declares a silent sync peer dead (`peer_dead`) while its replication link
+/// still looks up. The dying session used to end itself as a clean, administrative
+/// disconnect, racing `peer_dead`'s own unclean link loss: when it won, the primary
+/// neither held writes nor listed the peer for outdating, and went on acknowledging
+/// writes the peer's copy lacked while that copy was still promotable (found by the
+/// lab's 3-node partition scenario). The peer must be listed every time.
+#[test]
+fn a_sync_peer_declared_dead_is_always_listed_for_outdating() {
+    let mut c = Cluster::new(&["a", "b"], 16 * MIB);
+    c.fencing = true;
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote(E0)).unwrap();
+    for round in 0..10 {
+        in_sync(&a, &b);
+        a.write(0, pattern(round, 4096));
+        a.m.peer_dead("b");
+        assert_eq!(
+            a.m.pending_outdates().first().map(|p| p.0.as_str()),
+            Some("b"),
+            "round {round}: b was not listed for outdating"
+        );
+        a.m.peer_outdated("b");
+        connected(&a, &b);
+    }
+    a.stop();
+    b.stop();
+}
+
+/// Promoted while its sync peer is away (the old primary died, this copy takes over),
+/// a primary holds writes until that peer is outdated: the peer's copy is otherwise
+/// still promotable while it lacks what this primary acknowledges.
+#[test]
+fn a_primary_promoted_without_its_sync_peer_holds_writes_until_it_is_outdated() {
+    let mut c = Cluster::new(&["a", "b"], 16 * MIB);
+    c.fencing = true;
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    b.crash();
+    wait_until("a sees b gone", Duration::from_secs(10), || {
+        a.peer_connection("b") != "connected"
+    });
+    a.on(a.m.promote(E0)).unwrap();
+    assert_eq!(
+        a.m.pending_outdates().first().map(|p| p.0.as_str()),
+        Some("b")
+    );
+    let m = Arc::clone(&a.m);
+    let held =
+        a.rt.as_ref()
+            .unwrap()
+            .spawn(async move { m.write(MIB, pattern(3, 4096), false).await });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !held.is_finished(),
+        "a write completed while the absent peer was not outdated"
+    );
+    a.m.peer_outdated("b");
+    a.on(held).unwrap().unwrap();
+    a.stop();
+}
+
 #[test]
 fn a_write_held_for_a_lost_peer_fails_with_eio_when_the_primary_steps_down() {
     // Quorum mode: the owner lost its lease before the log outdated the peer. Its

@@ -309,6 +309,7 @@ impl Sim {
                 .filter(|&j| self.fencing && names[j] != n.name)
                 .map(|j| (names[j].clone(), j as u64 * 100))
                 .collect(),
+            sync_peers: Default::default(),
         };
         let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
         core.restore_log(&n.disk, now).expect("restore");

@@ -556,6 +556,7 @@ impl Sim {
             quorum: None,
             group_mirrors: Default::default(),
             fenceable: Default::default(),
+            sync_peers: Default::default(),
         };
         Node {
             life: Life::Up,

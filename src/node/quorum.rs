@@ -236,7 +236,9 @@ impl NodeCore {
                 ms.iter()
                     .any(|m| reg.outdated.contains_key(&(m.clone(), local.clone())))
             });
+            let lagging = lagging_copies(&self.cfg, g, reg, &mut self.async_noted);
             let take = !outdated_here
+                && lagging.is_empty()
                 && match reg.owner(g) {
                     // The first commit of a group needs every node: a lone node booting
                     // cold must not take what another holds the newer copy of.
@@ -354,6 +356,17 @@ impl NodeCore {
             .collect();
         for m in &self.mirrors {
             if m.primary {
+                // A peer this primary has in sync holds every write it completes: up to
+                // date again, by the log too (only the outdating the log holds now).
+                for peer in &m.in_sync {
+                    if let Some(g) = reg.outdated.get(&(m.name.clone(), peer.clone())) {
+                        proposals.push(Decision::UpToDate {
+                            mirror: m.name.clone(),
+                            node: peer.clone(),
+                            generation: *g,
+                        });
+                    }
+                }
                 for (peer, generation) in &m.pending {
                     if reg.is_outdated(&m.name, peer, *generation) {
                         if seen.insert((m.name.clone(), peer.clone())) {
@@ -371,15 +384,11 @@ impl NodeCore {
                     }
                 }
             } else if let Some(g) = reg.outdated.get(&(m.name.clone(), me.clone())) {
-                if m.up_to_date && m.generation >= *g {
-                    // Resynced from a primary at or after the outdating: up to date
-                    // again, by the log too.
-                    proposals.push(Decision::UpToDate {
-                        mirror: m.name.clone(),
-                        node: me.clone(),
-                    });
-                    continue;
-                }
+                // Not up to date again on its own word, whatever its generation
+                // (random, not ordered): only a primary that has it in sync clears the
+                // mark. A copy cut off while the primary went on, healed after the
+                // primary died, or resynced from an async copy, may lack writes the
+                // primary acknowledged.
                 let done = self.outdated_for.get(&m.name) == Some(g);
                 if !done && !self.outdating.contains(&(m.name.clone(), *g)) {
                     decided.push(FenceAction::OutdateSelf {
@@ -513,6 +522,45 @@ impl NodeCore {
         self.quorum.as_ref()
     }
 }
+/// The mirrors of `group` whose copy on this node may lack writes the committed owner
+/// acknowledged: it is not the owner and does not replicate them with the owner
+/// synchronously. An async copy lags the owner, so it never takes a group over: the
+/// group stays down until a copy that holds every acknowledged write returns. (Whether
+/// the log outdated a sync copy is checked apart.)
+/// Logged once per (group, epoch), recorded in `noted`.
+fn lagging_copies(
+    cfg: &super::NodeConfig,
+    group: &str,
+    reg: &crate::quorum::decision::Register,
+    noted: &mut BTreeSet<(String, u64)>,
+) -> Vec<String> {
+    let Some(o) = reg.owner(group).filter(|o| o.owner != cfg.local()) else {
+        return Vec::new();
+    };
+    let lagging: Vec<String> = cfg
+        .group_mirrors
+        .get(group)
+        .into_iter()
+        .flatten()
+        .filter(|m| {
+            !cfg.sync_peers
+                .get(*m)
+                .is_some_and(|peers| peers.contains(&o.owner))
+        })
+        .cloned()
+        .collect();
+    if !lagging.is_empty() && noted.insert((group.to_string(), o.epoch)) {
+        tracing::warn!(
+            group,
+            owner = %o.owner,
+            mirrors = ?lagging,
+            "this node will not take the group over: its copy is not a synchronous copy \
+             of the owner's and may lack writes the owner acknowledged"
+        );
+    }
+    lagging
+}
+
 /// Notes the epochs live peers run groups at (they were cleared to), and forgets epochs
 /// older than the previous one.
 fn note_running_peers(

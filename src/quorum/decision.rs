@@ -26,14 +26,22 @@ pub enum Decision {
         handoff: bool,
     },
     /// A mirror copy is outdated: the primary at `generation` may complete writes
-    /// without it. Cleared by [`Decision::UpToDate`].
+    /// without it. Cleared by [`Decision::UpToDate`]. Generations are random
+    /// identifiers, not ordered: an outdating of another generation replaces this one.
     Outdated {
         mirror: String,
         node: String,
         generation: u64,
     },
-    /// A copy caught up again (its resync finished).
-    UpToDate { mirror: String, node: String },
+    /// A copy caught up again: a primary has it in sync. Clears only the outdating of
+    /// `generation` (0, as written before it was recorded: any), so an UpToDate that
+    /// the log orders after a newer outdating of the same copy changes nothing.
+    UpToDate {
+        mirror: String,
+        node: String,
+        #[serde(default)]
+        generation: u64,
+    },
     /// A group's maintenance flag (monitoring and recovery suspended).
     Maintenance { group: String, on: bool },
     /// A node's standby flag (`tandem node standby` / `online`): a node in standby
@@ -126,18 +134,22 @@ impl Register {
                 generation,
             } => {
                 let key = (mirror.clone(), node.clone());
-                if self.outdated.get(&key).is_some_and(|g| g >= generation) {
+                if self.outdated.get(&key) == Some(generation) {
                     return Applied::Stale(d);
                 }
                 self.outdated.insert(key, *generation);
             }
-            Decision::UpToDate { mirror, node } => {
-                if self
-                    .outdated
-                    .remove(&(mirror.clone(), node.clone()))
-                    .is_none()
-                {
-                    return Applied::Stale(d);
+            Decision::UpToDate {
+                mirror,
+                node,
+                generation,
+            } => {
+                let key = (mirror.clone(), node.clone());
+                match self.outdated.get(&key) {
+                    Some(g) if *generation == 0 || g == generation => {
+                        self.outdated.remove(&key);
+                    }
+                    _ => return Applied::Stale(d),
                 }
             }
             Decision::Maintenance { group, on } => {
@@ -172,12 +184,10 @@ impl Register {
         self.owners.get(group)
     }
 
-    /// Whether the log records `node`'s copy of `mirror` as outdated at or after
-    /// `generation`.
+    /// Whether the log records `node`'s copy of `mirror` as outdated for `generation`
+    /// (a primary's held writes go on only once the log has that very outdating).
     pub fn is_outdated(&self, mirror: &str, node: &str, generation: u64) -> bool {
-        self.outdated
-            .get(&(mirror.to_string(), node.to_string()))
-            .is_some_and(|g| *g >= generation)
+        self.outdated.get(&(mirror.to_string(), node.to_string())) == Some(&generation)
     }
 
     /// Snapshot bytes.
@@ -260,10 +270,18 @@ mod tests {
         assert_eq!(r.applied, 4);
     }
 
+    /// Generations are random: a newer outdating may compare lower. Each outdating
+    /// replaces the last, and an UpToDate clears only the outdating it answers, so one
+    /// ordered after a newer outdating (the copy was lost again meanwhile) is stale.
     #[test]
-    fn outdating_is_monotonic_and_cleared_by_up_to_date() {
+    fn outdating_replaces_and_up_to_date_clears_only_its_own_outdating() {
         let mut r = Register::default();
         let out = |g| Decision::Outdated {
+            mirror: "m".into(),
+            node: "n2".into(),
+            generation: g,
+        };
+        let up = |g| Decision::UpToDate {
             mirror: "m".into(),
             node: "n2".into(),
             generation: g,
@@ -271,14 +289,23 @@ mod tests {
         assert!(matches!(r.apply(1, out(5)), Applied::Changed(_)));
         assert!(r.is_outdated("m", "n2", 5));
         assert!(!r.is_outdated("m", "n2", 6));
-        assert!(matches!(r.apply(2, out(4)), Applied::Stale(_)));
-        let up = Decision::UpToDate {
-            mirror: "m".into(),
-            node: "n2".into(),
-        };
-        assert!(matches!(r.apply(3, up.clone()), Applied::Changed(_)));
-        assert!(!r.is_outdated("m", "n2", 0));
-        assert!(matches!(r.apply(4, up), Applied::Stale(_)));
+        assert!(matches!(r.apply(2, out(5)), Applied::Stale(_)));
+        assert!(matches!(r.apply(3, out(4)), Applied::Changed(_)));
+        assert!(r.is_outdated("m", "n2", 4));
+        assert!(!r.is_outdated("m", "n2", 5));
+        // In sync at 5, then lost again at 4: the late UpToDate(5) changes nothing.
+        assert!(matches!(r.apply(4, up(5)), Applied::Stale(_)));
+        assert!(r.is_outdated("m", "n2", 4));
+        assert!(matches!(r.apply(5, up(4)), Applied::Changed(_)));
+        assert!(!r.is_outdated("m", "n2", 4));
+        assert!(matches!(r.apply(6, up(4)), Applied::Stale(_)));
+        // An UpToDate written before it carried the generation clears any.
+        r.apply(7, out(9));
+        let old: Decision =
+            serde_json::from_str(r#"{"up_to_date":{"mirror":"m","node":"n2"}}"#).unwrap();
+        assert_eq!(old, up(0));
+        assert!(matches!(r.apply(8, old), Applied::Changed(_)));
+        assert!(r.outdated.is_empty());
     }
 
     #[test]

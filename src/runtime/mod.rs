@@ -416,6 +416,7 @@ impl Daemon {
                     primary,
                     up_to_date,
                     generation,
+                    in_sync: m.mirror.in_sync_peers(),
                     pending: if primary {
                         m.mirror.pending_outdates()
                     } else {

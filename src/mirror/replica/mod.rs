@@ -577,6 +577,25 @@ impl Mirror {
                 };
                 st.gens.diverge(&refs, random_generation());
             }
+            // An absent sync peer whose copy may be promotable is fenced as if it had
+            // been lost while primary: writes wait until it is outdated (by the log, with
+            // a quorum). Otherwise this primary acknowledged writes that copy lacks while
+            // it could still take the group over (found by the lab: n1 dies, n2 takes
+            // over and writes, n2 dies, n1 returns and serves).
+            if self.spec.fencing {
+                let fence: Vec<String> = st
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        !p.core.is_up()
+                            && p.spec.mode == ReplicationMode::Sync
+                            && p.peer_disk.is_none_or(DiskState::promotable)
+                            && !p.core.paused()
+                    })
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                st.frozen.extend(fence);
+            }
             st.primary = true;
             // Checked above: the promotion is at the highest epoch or above.
             let _ = st.epoch.promote(epoch);
@@ -721,6 +740,32 @@ impl Mirror {
     pub fn disk_and_generation(&self) -> (bool, u64) {
         let st = self.lock();
         (st.disk == DiskState::UpToDate, st.gens.current)
+    }
+
+    /// On a primary: the sync peers it has in sync now (connected, their copy
+    /// UpToDate, no resync or changed blocks pending, not held for outdating): they hold
+    /// every write this primary completes. Only the primary says so, from its side of
+    /// the link: a secondary whose link is half broken may still believe it follows.
+    pub fn in_sync_peers(&self) -> Vec<String> {
+        let st = self.lock();
+        if !st.primary {
+            return Vec::new();
+        }
+        st.peers
+            .iter()
+            .filter(|(n, p)| {
+                p.spec.mode == ReplicationMode::Sync
+                    && p.conn == Conn::Connected
+                    && p.core.is_up()
+                    && !p.core.paused()
+                    && p.peer_disk == Some(DiskState::UpToDate)
+                    && p.resync_source.is_none()
+                    && !p.resync_end_sent
+                    && p.core.out_of_sync_bytes() == 0
+                    && !st.frozen.contains(*n)
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The status snapshot.
@@ -958,6 +1003,18 @@ impl Mirror {
             }
             if st.gens.current == generation {
                 // Already holds that generation's data: nothing is missing.
+                return Ok(());
+            }
+            let follows = st.disk == DiskState::UpToDate
+                && st.peers.values().any(|p| {
+                    p.peer_primary
+                        && p.conn == Conn::Connected
+                        && p.core.is_up()
+                        && p.resync_target.is_none()
+                });
+            if follows {
+                // In sync with a live primary again (resynced since the outdating): it
+                // holds every write; the primary clears the log's mark.
                 return Ok(());
             }
             if matches!(st.disk, DiskState::UpToDate | DiskState::SyncSource) {
@@ -1775,24 +1832,29 @@ impl Mirror {
     /// session ends, what it lacks is marked, and a secondary no longer sees it as
     /// primary (so this copy may be promoted). Synchronous, so the daemon calls it
     /// before placement acts on the death.
+    ///
+    /// The link is marked lost (unclean: a sync peer is frozen for fencing) before the
+    /// session is told to end: woken first, the session ended itself as a clean,
+    /// administrative disconnect and, when it took the lock first, the primary went on
+    /// acknowledging writes without listing the peer for outdating.
     pub fn peer_dead(&self, peer: &str) {
-        let session = {
-            let mut st = self.lock();
-            let Some(p) = st.peers.get_mut(peer) else {
+        let (session, end) = {
+            let st = self.lock();
+            let Some(p) = st.peers.get(peer) else {
                 return;
             };
             if p.tx.is_none() {
                 return;
             }
-            if let Some(end) = &p.end_session {
-                end.notify_one();
-            }
-            p.session
+            (p.session, p.end_session.clone())
         };
         self.on_link_down(peer, session, "the node was declared dead", false);
         // The dying session's own callbacks are stale from now on.
         if let Some(p) = self.lock().peers.get_mut(peer) {
             p.session += 1;
+        }
+        if let Some(end) = end {
+            end.notify_one();
         }
     }
 
