@@ -2265,6 +2265,83 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
     assert_client_checks(&lab, checker, "n2");
 }
 
+/// Quorum with a witness and BMCs (`lab up --fence`): the owner n1 is isolated; n2,
+/// once the log makes it the owner, powers n1 off through n1's BMC (the lab's Redfish
+/// stand-in power-kills n1's namespace before it answers) and starts as soon as the
+/// BMC reports the power off, without waiting out n1's lease. Nothing overlaps, no
+/// acknowledged write is lost, and n1, powered on again, follows the log.
+#[test]
+fn fencing_the_isolated_owner_lets_the_majority_start_at_once() {
+    require_root!();
+    let lab = Lab::up("tfn-", &["--witness", "--fence"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    let isolated_ms = wall_ms();
+    lab.lab(&["isolate", "n1"]);
+    let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
+    assert_eq!(
+        overlaps, 0,
+        "two nodes ran the group at {overlaps} polled moments"
+    );
+    assert_eq!(lab.owner("n2").as_deref(), Some("n2"));
+
+    // n2 fenced n1, and started only once the BMC had reported the power off.
+    let (fenced, _) = wait_for("n2's fence_succeeded", Duration::from_secs(10), || {
+        lab.events_of("n2", "fence_succeeded")
+            .into_iter()
+            .find(|e| e["time_ms"].as_u64() >= Some(isolated_ms))
+    });
+    assert_eq!(fenced["fields"]["peer"], "n1");
+    let fenced_ms = fenced["time_ms"].as_u64().unwrap_or(0);
+    let committed = lab
+        .events_of("n2", "ownership_committed")
+        .into_iter()
+        .filter(|e| e["fields"]["group"] == GROUP && e["fields"]["peer"] == "n2")
+        .filter_map(|e| e["time_ms"].as_u64())
+        .find(|t| *t >= isolated_ms)
+        .expect("n2 ownership_committed");
+    let starting =
+        event_time(&lab, "n2", "group_starting", isolated_ms).expect("n2 group_starting");
+    lab.note(&format!(
+        "n2: committed +{} ms, fenced n1 +{} ms ({} ms by {}), group_starting +{} ms \
+         ({} ms after the commit; the lease wait is about 1530 ms)",
+        committed - isolated_ms,
+        fenced_ms - isolated_ms,
+        fenced["fields"]["duration_ms"].as_str().unwrap_or("?"),
+        fenced["fields"]["method"].as_str().unwrap_or("?"),
+        starting - isolated_ms,
+        starting as i64 - committed as i64
+    ));
+    assert!(
+        fenced_ms <= starting,
+        "n2 started ({starting}) before the fence was confirmed ({fenced_ms})"
+    );
+    let bmc_log = std::fs::read_to_string(lab.dir.join("n1").join("bmc-events.jsonl"))
+        .expect("n1's BMC stand-in recorded the power-off");
+    assert!(bmc_log.contains("bmc_force_off"), "{bmc_log}");
+    let st = lab.status_ok("n2");
+    let fence = &st["quorum"]["fencing"][0];
+    assert_eq!(
+        (fence["node"].as_str(), fence["state"].as_str()),
+        (Some("n1"), Some("off"))
+    );
+
+    // Powered on again, n1 follows the log: nothing moves.
+    lab.lab(&["heal", "n1"]);
+    lab.lab(&["fail", "n1", "restart"]);
+    wait_for(
+        "n1 back, agreeing n2 owns the group",
+        Duration::from_secs(30),
+        || (lab.sees_alive("n1", "n2") && lab.owner("n1").as_deref() == Some("n2")).then_some(()),
+    );
+    lab.assert_stable("n2", &["n1", "n2"], 3);
+    checker.wait_acked(&lab, 20, Duration::from_secs(30));
+    assert_client_checks(&lab, checker, "n2");
+}
+
 /// Quorum with a witness: losing the witness leaves the two nodes a majority; nothing
 /// stops or moves.
 #[test]
