@@ -1089,28 +1089,9 @@ mod tests {
             },
         );
         // n1 and n3 silent on n2 long enough: a takeover would be allowed...
-        let report_from_n3 = |c: &mut NodeCore| {
-            let p = QuorumPacket {
-                cluster: "c".into(),
-                from: "n3".into(),
-                voters_digest: c.outbox.voters_digest(),
-                boot_id: 1,
-                seq: 1,
-                sent_ms: 5_000,
-                msgs: vec![crate::quorum::wire::QuorumMsg::Report(vec![
-                    crate::quorum::wire::LeaseReport {
-                        group: "web".into(),
-                        epoch: 1,
-                        since_current_ms: 5_000,
-                        quiet_ms: 5_000,
-                    },
-                ])],
-            };
-            c.handle(at(5_000), NodeInput::Quorum(Box::new(p)));
-        };
         let mut c = quorum_core(&reg);
         assert!(!c.gate(at(5_000)).unwrap().may_take_over.contains("web"));
-        report_from_n3(&mut c);
+        n3_silent_on_n2(&mut c);
         let gate = c.gate(at(5_000)).unwrap();
         assert!(gate.may_take_over.contains("web"));
         // ... but not by a node whose copy of the group's mirror the log outdated.
@@ -1123,7 +1104,7 @@ mod tests {
             },
         );
         let mut c = quorum_core(&reg);
-        report_from_n3(&mut c);
+        n3_silent_on_n2(&mut c);
         let gate = c.gate(at(5_000)).unwrap();
         assert!(!gate.may_take_over.contains("web"));
         assert_eq!(gate.registers["web"].owner, "n2");
