@@ -205,6 +205,9 @@ pub enum NodeInput {
     Malformed { path: u8, reason: &'static str },
     /// A decoded, authenticated quorum datagram (possibly a copy from another path).
     Quorum(Box<QuorumPacket>),
+    /// The consensus log write [`NodeAction::PersistLog`] `write` (and every one before
+    /// it) is durable.
+    LogWritten { write: u64 },
     /// A group executor's report (started, stopped, check failed, probe result...).
     Resource(Input),
     /// The local mirrors' fencing facts, sampled by the runtime.
@@ -312,9 +315,10 @@ pub enum NodeAction {
         to: String,
         packet: Box<QuorumPacket>,
     },
-    /// Write this to the durable consensus log, with fsync, before carrying out the
-    /// actions that follow.
-    PersistLog(PersistBatch),
+    /// Write this to the durable consensus log, with fsync, in order after the writes
+    /// before it, off the event loop; report with [`NodeInput::LogWritten`]. The quorum
+    /// core holds back what must wait for it.
+    PersistLog { batch: PersistBatch, write: u64 },
     /// Arm, pet or disarm the watchdog that backs the leases (`[quorum] watchdog`).
     Watchdog(WatchdogCommand),
     /// Power this node off through its BMC (after the delay); report with
@@ -465,6 +469,9 @@ impl NodeCore {
                 self.quorum_call(now, &mut out, |q, now, o| q.lease_round(now, o));
             }
             NodeInput::Quorum(packet) => self.quorum_packet(now, *packet, &mut out),
+            NodeInput::LogWritten { write } => {
+                self.quorum_call(now, &mut out, |q, now, o| q.persisted(now, write, o));
+            }
             NodeInput::Tick => {
                 self.membership_input(now, membership::Input::Tick, &mut out);
                 self.quorum_call(now, &mut out, |q, now, o| q.tick(now, o));

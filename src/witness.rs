@@ -536,18 +536,31 @@ impl Voter {
         let now = self.now_ms();
         let mut actions = Vec::new();
         f(&mut self.core, now, &mut actions);
-        for o in self.outbox.coalesce(now, actions) {
-            match o {
-                Outgoing::Persist(batch) => self.persist(&batch),
-                Outgoing::Send { to, packet } => self.send(&to, &packet),
-                Outgoing::Applied(a) => log_applied(&a),
+        // The witness writes in line: each write is durable when `persist` returns,
+        // and reporting it releases what waited for it.
+        while !actions.is_empty() {
+            let mut written = Vec::new();
+            for o in self.outbox.coalesce(now, std::mem::take(&mut actions)) {
+                match o {
+                    Outgoing::Persist { batch, write } => {
+                        if self.persist(&batch) {
+                            written.push(write);
+                        }
+                    }
+                    Outgoing::Send { to, packet } => self.send(&to, &packet),
+                    Outgoing::Applied(a) => log_applied(&a),
+                }
+            }
+            for w in written {
+                self.core.persisted(now, w, &mut actions);
             }
         }
     }
 
-    fn persist(&mut self, batch: &crate::quorum::records::PersistBatch) {
+    /// Writes `batch` durably; false if it is not (then this witness stops voting).
+    fn persist(&mut self, batch: &crate::quorum::records::PersistBatch) -> bool {
         let Some(log) = &mut self.log else {
-            return;
+            return false;
         };
         if let Err(e) = log.write(batch) {
             tracing::error!(
@@ -556,7 +569,9 @@ impl Voter {
                 "cannot write the consensus log; the witness stops voting in this cluster"
             );
             self.log = None;
+            return false;
         }
+        true
     }
 
     /// Sends a datagram to every address of node `to` at the cluster's port.

@@ -255,6 +255,42 @@ fn single_node_daemon_serves_the_api_end_to_end() {
     );
 }
 
+/// (name, scheduling policy) of each thread of process `pid` (`/proc/PID/task/*/stat`
+/// field 41: 0 normal, 1 SCHED_FIFO).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+        let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
+        let name = stat[open + 1..close].to_string();
+        // Field 3 is the first after the name; the policy is field 41.
+        let policy = stat[close + 2..].split(' ').nth(38).unwrap().parse().unwrap();
+        v.push((name, policy));
+    }
+    v
+}
+
+#[test]
+fn the_event_loop_thread_runs_sched_fifo_with_the_memory_locked() {
+    let d = ApiDaemon::start();
+    let threads = thread_policies(d.pid());
+    let core: Vec<_> = threads.iter().filter(|t| t.0 == "tandem-core").collect();
+    assert_eq!(core.len(), 1, "one event loop thread: {threads:?}");
+    assert_eq!(core[0].1, 1, "SCHED_FIFO: {threads:?}");
+    // Only that thread: the API, the executors and the log writer run normally.
+    assert!(
+        threads.iter().any(|t| t.0 != "tandem-core" && t.1 == 0),
+        "{threads:?}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid())).unwrap();
+    let locked: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(locked > 0, "memory is locked: {status}");
+}
+
 #[test]
 fn crash_of_the_process_is_restarted_and_graceful_stop_cleans_up() {
     let mut d = ApiDaemon::start();

@@ -52,7 +52,7 @@ use tandem::node::{
 };
 use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
-use tandem::quorum::records::Restored;
+use tandem::quorum::records::{PersistBatch, Restored};
 use tandem::quorum::wire::QuorumPacket;
 
 const STEP: u64 = 25;
@@ -101,6 +101,9 @@ struct Node {
     reboot_at: Option<u64>,
     /// The watchdog device cannot be opened or written (a fault of the fault phase).
     wd_broken: bool,
+    /// Consensus log writes under way, in order: (durable at, write, batch). A crash
+    /// loses them; each one that completes is reported with `NodeInput::LogWritten`.
+    writes: VecDeque<(u64, u64, PersistBatch)>,
 }
 
 impl Node {
@@ -136,6 +139,10 @@ struct Sim {
     fence_rng: StdRng,
     /// Power-offs under way.
     fences: Vec<PendingFence>,
+    /// The scenario's disk: some fsyncs stall (ms, when they do). Drawn from its own
+    /// generator.
+    disk_stall_ms: Option<u64>,
+    disk_rng: StdRng,
 }
 
 /// A power-off the simulated BMC carries out: the target dies at `kill_at` (when the
@@ -199,8 +206,14 @@ impl Sim {
         let watchdog_s = rng.gen_bool(0.5).then(|| rng.gen_range(1..=max_w));
         let mut fence_rng = StdRng::seed_from_u64(seed ^ 0xfe7ce);
         let fencing = fence_rng.gen_bool(0.4);
+        let mut disk_rng = StdRng::seed_from_u64(seed ^ 0xd15c);
+        let disk_stall_ms = disk_rng
+            .gen_bool(0.3)
+            .then(|| disk_rng.gen_range(1..=12) * 250);
         let mut sim = Sim {
             rng,
+            disk_stall_ms,
+            disk_rng,
             fencing,
             fence_rng,
             fences: Vec::new(),
@@ -238,6 +251,7 @@ impl Sim {
                 wd_pet: None,
                 reboot_at: None,
                 wd_broken: false,
+                writes: VecDeque::new(),
             };
             sim.nodes.push(node);
             sim.boot(i);
@@ -355,13 +369,20 @@ impl Sim {
         match a {
             NodeAction::Send { path: 0, peer, hb } => self.send(i, &peer, Msg::Hb(hb)),
             NodeAction::SendQuorum { to, packet } => self.send(i, &to, Msg::Q(packet)),
-            NodeAction::PersistLog(b) => {
+            NodeAction::PersistLog { batch, write } => {
                 // A crash may strike at any log write: before it, nothing of it is kept.
                 if self.faults_on && self.rng.gen_range(0..2000) == 0 {
                     self.crash(i, "at a log write");
                     return;
                 }
-                self.nodes[i].disk.apply(&b);
+                // The write is durable one step later, or after a stall; in order.
+                let stall = match self.disk_stall_ms {
+                    Some(ms) if self.disk_rng.gen_range(0..20) == 0 => ms,
+                    _ => 0,
+                };
+                let after = self.nodes[i].writes.back().map_or(0, |w| w.0);
+                let at = (self.real + STEP + stall).max(after);
+                self.nodes[i].writes.push_back((at, write, batch));
             }
             NodeAction::Group { group, command } => {
                 let g = self.groups.iter().position(|x| *x == group).unwrap_or(0);
@@ -430,8 +451,35 @@ impl Sim {
                     };
                     self.send(i, &to, Msg::Q(Box::new(p)));
                 }
-                QuorumAction::Persist(b) => self.nodes[i].disk.apply(&b),
+                // The witness writes in line, as `tandem witness` does.
+                QuorumAction::Persist { batch, write } => {
+                    self.nodes[i].disk.apply(&batch);
+                    let now = self.nodes[i].clock(self.real);
+                    let mut more = Vec::new();
+                    if let Some(w) = self.nodes[i].witness.as_mut() {
+                        w.persisted(now, write, &mut more);
+                    }
+                    self.witness_actions(i, more);
+                }
                 QuorumAction::Applied(_) => {}
+            }
+        }
+    }
+
+    /// The log writes of node `i` that are durable by now: kept, then reported.
+    fn complete_writes(&mut self, i: usize) {
+        while self.nodes[i]
+            .writes
+            .front()
+            .is_some_and(|w| w.0 <= self.real)
+        {
+            let Some((_, write, batch)) = self.nodes[i].writes.pop_front() else {
+                break;
+            };
+            self.nodes[i].disk.apply(&batch);
+            self.node_input(i, NodeInput::LogWritten { write });
+            if !self.nodes[i].up {
+                return;
             }
         }
     }
@@ -448,6 +496,7 @@ impl Sim {
         n.inbox.clear();
         n.wd_pet = None;
         n.reboot_at = None;
+        n.writes.clear();
     }
 
     /// One step of real time on node `i`.
@@ -503,6 +552,10 @@ impl Sim {
                 }
                 _ => {}
             }
+        }
+        self.complete_writes(i);
+        if !self.nodes[i].up {
+            return;
         }
         // Datagrams due.
         while let Some((at, _, _)) = self.nodes[i].inbox.front() {
@@ -605,20 +658,19 @@ impl Sim {
     /// Carries out the simulated BMCs' power-offs that are due, then reports them.
     fn run_fences(&mut self) {
         let real = self.real;
+        let mut killed = Vec::new();
         for f in &mut self.fences {
             if f.ok && f.kill_at <= real {
                 f.kill_at = u64::MAX;
-                let t = f.target;
-                if self.nodes[t].up {
-                    self.nodes[t].up = false;
-                    self.nodes[t].core = None;
-                    self.nodes[t].exec = vec![Exec::Stopped; self.groups.len()];
-                    self.nodes[t].inbox.clear();
-                    self.nodes[t].wd_pet = None;
-                }
-                // An operator powers it on again later.
-                self.nodes[t].reboot_at = Some(real + 4000);
+                killed.push(f.target);
             }
+        }
+        for t in killed {
+            if self.nodes[t].up {
+                self.crash(t, "powered off by its BMC");
+            }
+            // An operator powers it on again later.
+            self.nodes[t].reboot_at = Some(real + 4000);
         }
         let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fences)
             .into_iter()

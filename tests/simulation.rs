@@ -659,7 +659,7 @@ impl Sim {
                 // requests.
                 NodeAction::RecordTimeline(_)
                 | NodeAction::SendQuorum { .. }
-                | NodeAction::PersistLog(_)
+                | NodeAction::PersistLog { .. }
                 | NodeAction::PeerDead { .. }
                 | NodeAction::PeerOutdated { .. }
                 | NodeAction::OutdateSelf { .. }

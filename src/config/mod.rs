@@ -172,6 +172,11 @@ pub struct HeartbeatConfig {
     /// Names of the heartbeat paths; every node gives an address on each.
     #[serde(default)]
     pub paths: Vec<String>,
+    /// The SCHED_FIFO priority (1 to 99) of the thread that sends heartbeats, renews
+    /// leases and pets the watchdog; the daemon's memory is locked (`mlockall`) too.
+    /// 0 runs that thread under the normal scheduler and locks nothing.
+    #[serde(default = "default_realtime_priority")]
+    pub realtime_priority: u8,
 }
 
 pub(crate) fn default_interval() -> Duration {
@@ -183,6 +188,9 @@ pub(crate) fn default_dead_time() -> Duration {
 pub(crate) fn default_port() -> u16 {
     5405
 }
+pub(crate) fn default_realtime_priority() -> u8 {
+    10
+}
 
 impl Default for HeartbeatConfig {
     fn default() -> Self {
@@ -191,6 +199,7 @@ impl Default for HeartbeatConfig {
             dead_time: default_dead_time(),
             port: default_port(),
             paths: Vec::new(),
+            realtime_priority: default_realtime_priority(),
         }
     }
 }
@@ -566,6 +575,12 @@ impl Config {
         }
         if hb.paths.len() > 8 {
             return Err(invalid("heartbeat.paths", "at most 8 paths"));
+        }
+        if hb.realtime_priority > 99 {
+            return Err(invalid(
+                "heartbeat.realtime_priority",
+                "must be 0 (normal scheduling) or a SCHED_FIFO priority from 1 to 99",
+            ));
         }
         unique(hb.paths.iter(), "heartbeat.paths")
     }

@@ -60,7 +60,9 @@ impl NodeCore {
                     to,
                     packet: Box::new(packet),
                 }),
-                Outgoing::Persist(b) => out.push(NodeAction::PersistLog(b)),
+                Outgoing::Persist { batch, write } => {
+                    out.push(NodeAction::PersistLog { batch, write })
+                }
                 Outgoing::Applied(applied) => {
                     committed = true;
                     self.applied_event(applied, out);

@@ -3,15 +3,19 @@
 //!
 //! The node core (and the witness) feed it ticks, datagrams and proposals; it returns
 //! [`QuorumAction`]s in the order raft requires them carried out: the leader's
-//! messages, then the write to the durable log ([`QuorumAction::Persist`]), then the
-//! messages that depend on it, then the decisions that committed. Consensus is raft-rs
-//! with `check_quorum` and `pre_vote`; nothing here re-implements it.
+//! messages, the decisions that committed, and the write to the durable log
+//! ([`QuorumAction::Persist`]). The write is asynchronous (raft-rs's
+//! `advance_append_async`): the caller reports it durable with [`QuorumCore::persisted`],
+//! and only then does this core release the messages that depend on it (votes, append
+//! acknowledgements) and let raft count the entries as this voter's. So a slow fsync
+//! delays the log, never the heartbeats, lease renewals or the watchdog around it.
+//! Consensus is raft-rs with `check_quorum` and `pre_vote`; nothing here re-implements it.
 //!
 //! raft-rs draws its election timeouts from the thread's random generator; this core
 //! replaces each draw with one from its own seeded generator, so a seeded simulation
 //! replays exactly.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use protobuf::Message as _;
@@ -124,8 +128,9 @@ pub enum QuorumError {
 pub enum QuorumAction {
     /// Send these messages to a voter (on every path at once).
     Send { to: String, msgs: Vec<QuorumMsg> },
-    /// Write this to the durable log, with fsync, before carrying out what follows.
-    Persist(PersistBatch),
+    /// Write this to the durable log, with fsync, in order after the writes before
+    /// it; then report it with [`QuorumCore::persisted`]`(write)`.
+    Persist { batch: PersistBatch, write: u64 },
     /// A committed decision was applied (or found stale).
     Applied(Applied),
 }
@@ -155,7 +160,35 @@ pub struct QuorumCore {
     in_flight: BTreeSet<(u64, Vec<u8>)>,
     /// Log entries that did not parse (written by a newer version).
     pub skipped_entries: u64,
+    /// Log writes handed out and not yet reported durable.
+    writes: WriteQueue,
 }
+
+/// The durable log's writes in flight (raft-rs's async ready).
+#[derive(Debug, Default)]
+struct WriteQueue {
+    /// The last write handed out ([`QuorumAction::Persist`]'s `write`).
+    issued: u64,
+    /// The last write reported durable.
+    done: u64,
+    /// Readies that wait for a write: their messages and what they applied.
+    held: VecDeque<HeldReady>,
+    /// The applied index raft has been told (only ever up to what is durable).
+    raft_applied: u64,
+}
+
+/// A ready whose messages may go out, and whose applied index raft may learn, only
+/// once write `write` is durable.
+#[derive(Debug)]
+struct HeldReady {
+    write: u64,
+    number: u64,
+    msgs: Vec<Message>,
+    applied: Option<u64>,
+}
+
+/// How many readies one call handles at most (each `on_persist_ready` may make another).
+const READIES_PER_CALL: usize = 16;
 
 fn logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
@@ -207,7 +240,9 @@ impl QuorumCore {
             heard: BTreeMap::new(),
             in_flight: BTreeSet::new(),
             skipped_entries: 0,
+            writes: WriteQueue::default(),
         };
+        core.writes.raft_applied = core.register.applied;
         core.redraw_timeout();
         Ok(core)
     }
@@ -350,17 +385,57 @@ impl QuorumCore {
         }
     }
 
-    /// raft-rs's Ready, in its order: messages; snapshot, entries and hard state to
-    /// the durable log; the messages that wait for it; committed entries applied;
-    /// then the light ready.
-    fn process_ready(&mut self, _now_ms: u64, out: &mut Vec<QuorumAction>) {
-        if !self.raw.has_ready() {
+    /// Write `write` (and every write before it) is durable: release the messages
+    /// that waited for it, let raft count its entries, and go on.
+    pub fn persisted(&mut self, now_ms: u64, write: u64, out: &mut Vec<QuorumAction>) {
+        if write <= self.writes.done || write > self.writes.issued {
             return;
         }
+        self.writes.done = write;
+        let (mut ready, mut applied) = (None, None);
+        while self.writes.held.front().is_some_and(|h| h.write <= write) {
+            if let Some(h) = self.writes.held.pop_front() {
+                self.send_all(h.msgs, out);
+                ready = Some(h.number);
+                applied = applied.max(h.applied);
+            }
+        }
+        if let Some(number) = ready {
+            self.raw.on_persist_ready(number);
+            self.advance_applied(applied);
+        }
+        self.process_ready(now_ms, out);
+    }
+
+    /// Writes handed out and not yet reported durable.
+    pub fn writes_in_flight(&self) -> u64 {
+        self.writes.issued - self.writes.done
+    }
+
+    /// raft-rs's Ready, until there is none (at most [`READIES_PER_CALL`]).
+    fn process_ready(&mut self, _now_ms: u64, out: &mut Vec<QuorumAction>) {
+        for _ in 0..READIES_PER_CALL {
+            if !self.raw.has_ready() {
+                break;
+            }
+            self.one_ready(out);
+        }
+        self.after_raft();
+        self.maybe_compact(out);
+    }
+
+    /// One Ready, in its order: messages that may go at once; the snapshot and the
+    /// committed entries applied; snapshot, entries and hard state to the durable log
+    /// as one write; the messages that wait for it held until it is durable (or sent
+    /// now if no write is in flight).
+    fn one_ready(&mut self, out: &mut Vec<QuorumAction>) {
         let mut rd = self.raw.ready();
+        let number = rd.number();
         self.send_all(rd.take_messages(), out);
         let mut batch = PersistBatch::default();
+        let mut applied = None;
         if !rd.snapshot().is_empty() {
+            applied = Some(rd.snapshot().get_metadata().index);
             let snap = rd.snapshot().clone();
             self.raw.mut_store().apply_snapshot(&snap);
             match Register::decode(&snap.data) {
@@ -374,7 +449,9 @@ impl QuorumCore {
             }
             batch.snapshot = Some(rec_of_snapshot(&snap));
         }
-        self.apply(rd.take_committed_entries(), out);
+        let committed = rd.take_committed_entries();
+        applied = committed.last().map(|e| e.index).or(applied);
+        self.apply(committed, out);
         if !rd.entries().is_empty() {
             self.raw.mut_store().append(rd.entries());
             batch.entries = rd.entries().iter().map(rec_of_entry).collect();
@@ -383,19 +460,35 @@ impl QuorumCore {
             self.raw.mut_store().set_hard_state(hs.clone());
             batch.hard_state = Some(rec_of_hard(hs));
         }
+        let waiting = rd.take_persisted_messages();
+        self.raw.advance_append_async(rd);
         if !batch.is_empty() {
-            out.push(QuorumAction::Persist(batch));
+            self.writes.issued += 1;
+            out.push(QuorumAction::Persist {
+                batch,
+                write: self.writes.issued,
+            });
         }
-        self.send_all(rd.take_persisted_messages(), out);
-        let mut light = self.raw.advance(rd);
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit);
+        if self.writes.done == self.writes.issued {
+            self.send_all(waiting, out);
+            self.raw.on_persist_ready(number);
+            self.advance_applied(applied);
+        } else {
+            self.writes.held.push_back(HeldReady {
+                write: self.writes.issued,
+                number,
+                msgs: waiting,
+                applied,
+            });
         }
-        self.send_all(light.take_messages(), out);
-        self.apply(light.take_committed_entries(), out);
-        self.raw.advance_apply();
-        self.after_raft();
-        self.maybe_compact(out);
+    }
+
+    /// Tells raft what is applied, once it is durable (raft refuses more).
+    fn advance_applied(&mut self, applied: Option<u64>) {
+        if let Some(i) = applied.filter(|&i| i > self.writes.raft_applied) {
+            self.raw.advance_apply_to(i);
+            self.writes.raft_applied = i;
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Vec<QuorumAction>) {
@@ -427,10 +520,14 @@ impl QuorumCore {
         }
         let data = self.register.encode();
         if let Some(snap) = self.raw.mut_store().compact(applied, data) {
-            out.push(QuorumAction::Persist(PersistBatch {
-                compact: Some(snap),
-                ..Default::default()
-            }));
+            self.writes.issued += 1;
+            out.push(QuorumAction::Persist {
+                batch: PersistBatch {
+                    compact: Some(snap),
+                    ..Default::default()
+                },
+                write: self.writes.issued,
+            });
         }
     }
 

@@ -25,8 +25,9 @@ const SMALL_MSG_BYTES: usize = 64;
 pub enum Outgoing {
     /// Send this datagram to voter `to` (on every path it has an address on).
     Send { to: String, packet: QuorumPacket },
-    /// Write this to the durable log (fsync) before carrying out what follows.
-    Persist(PersistBatch),
+    /// Write this to the durable log (fsync), in order after the writes before it;
+    /// then report `write` to the quorum core's `persisted`.
+    Persist { batch: PersistBatch, write: u64 },
     /// A committed decision was applied.
     Applied(Applied),
 }
@@ -71,9 +72,9 @@ impl Outbox {
                         push_msg(&mut pending, &to, m);
                     }
                 }
-                QuorumAction::Persist(b) => {
+                QuorumAction::Persist { batch, write } => {
                     self.flush(now_ms, &mut pending, &mut out);
-                    out.push(Outgoing::Persist(b));
+                    out.push(Outgoing::Persist { batch, write });
                 }
                 QuorumAction::Applied(applied) => out.push(Outgoing::Applied(applied)),
             }
@@ -163,10 +164,13 @@ mod tests {
     }
 
     fn persist() -> QuorumAction {
-        QuorumAction::Persist(PersistBatch {
-            hard_state: Some(HardStateRec::default()),
-            ..Default::default()
-        })
+        QuorumAction::Persist {
+            batch: PersistBatch {
+                hard_state: Some(HardStateRec::default()),
+                ..Default::default()
+            },
+            write: 1,
+        }
     }
 
     /// (to, message count, seq) of each datagram, "P" for a write.
@@ -174,7 +178,7 @@ mod tests {
         out.iter()
             .map(|o| match o {
                 Outgoing::Send { to, packet } => (to.clone(), packet.msgs.len(), packet.seq),
-                Outgoing::Persist(_) => ("P".into(), 0, 0),
+                Outgoing::Persist { .. } => ("P".into(), 0, 0),
                 Outgoing::Applied(_) => ("A".into(), 0, 0),
             })
             .collect()

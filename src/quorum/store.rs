@@ -134,10 +134,6 @@ impl Store {
         self.hard = hs;
     }
 
-    pub fn set_commit(&mut self, commit: u64) {
-        self.hard.commit = commit;
-    }
-
     /// The latest snapshot (a default one before any).
     pub fn snapshot_ref(&self) -> &Snapshot {
         &self.snap

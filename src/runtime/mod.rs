@@ -18,6 +18,8 @@
 //! tasks and servers), [`Daemon::serve`] (the event loop until a signal and the
 //! hand-off) and [`Running::shutdown`].
 
+pub mod core_thread;
+pub mod log_writer;
 pub mod transport;
 pub mod watchdog;
 
@@ -48,6 +50,7 @@ use crate::resources::agent::Agent;
 use crate::resources::executor;
 use crate::snmp;
 use crate::status::{self, Status};
+use log_writer::{LogWriter, Written};
 use transport::{Datagram, Outgoing, Received};
 
 /// Errors that stop the daemon.
@@ -129,9 +132,15 @@ struct Daemon {
     /// Standby requests waiting for the log to commit them.
     standby_waits: Vec<StandbyWait>,
     next_request: u64,
-    /// Quorum mode: the durable consensus log. `None` after a write failed: this node
-    /// then stays silent as a voter (its leases run out; the others carry on).
-    log: Option<DurableLog>,
+    /// Quorum mode: the durable consensus log's writer thread. `None` after a write
+    /// failed: this node then stays silent as a voter (its leases run out; the others
+    /// carry on).
+    log: Option<LogWriter>,
+    /// The daemon's multi-threaded runtime: mirror, fencing and outdate work runs
+    /// there, never on the event loop's thread.
+    io: tokio::runtime::Handle,
+    /// The heartbeat paths, started on the event loop's thread ([`PathPlan::spawn`]).
+    path_plan: Option<PathPlan>,
     /// `[quorum] watchdog`: the device the node core arms, pets and disarms.
     watchdog: Option<watchdog::WatchdogDevice>,
     /// Inputs that carrying out an action produced (a watchdog failure), handed to
@@ -146,6 +155,36 @@ struct Inbox {
     requests: mpsc::Receiver<Request>,
     mirror_done: mpsc::Receiver<MirrorDone>,
     fenced: mpsc::Receiver<(String, PowerFenceResult)>,
+    log_written: mpsc::UnboundedReceiver<Written>,
+}
+
+/// What the heartbeat path tasks are started from: this node's address on each path.
+struct PathPlan {
+    addresses: Vec<std::net::IpAddr>,
+    port: u16,
+    key: Arc<Vec<u8>>,
+    cluster: Arc<String>,
+    received: mpsc::Sender<Received>,
+}
+
+impl PathPlan {
+    /// Starts one task per path on the current runtime; their outgoing senders.
+    fn spawn(self) -> Vec<mpsc::Sender<Outgoing>> {
+        self.addresses
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| {
+                transport::spawn_path(
+                    i as u8,
+                    *addr,
+                    self.port,
+                    self.key.clone(),
+                    self.cluster.clone(),
+                    self.received.clone(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Tasks and servers that live as long as the daemon.
@@ -206,11 +245,10 @@ impl Daemon {
                 }
             }
             NodeAction::OutdateSelf { mirror, generation } => self.outdate(mirror, generation),
-            NodeAction::PersistLog(batch) => {
-                if let Some(log) = &mut self.log {
-                    if let Err(e) = log.write(&batch) {
-                        tracing::error!(error = %e, "cannot write the consensus log; this node stops voting");
-                        self.log = None;
+            NodeAction::PersistLog { batch, write } => {
+                if let Some(log) = &self.log {
+                    if !log.write(write, batch) {
+                        self.log_failed("the log writer thread is gone");
                     }
                 }
             }
@@ -254,6 +292,12 @@ impl Daemon {
         }
     }
 
+    /// A consensus log write failed: this node stops voting (sends no quorum datagram).
+    fn log_failed(&mut self, why: &str) {
+        tracing::error!(error = %why, "cannot write the consensus log; this node stops voting");
+        self.log = None;
+    }
+
     /// Powers a node off through its BMC, after its fence delay, in a task of its own;
     /// the result comes back as [`NodeInput::PowerFenced`].
     fn power_off(&self, ask: PowerOff) {
@@ -262,7 +306,7 @@ impl Daemon {
         };
         let done = self.fenced.clone();
         let span = tracing::info_span!("power_off", node = %ask.node, group = %ask.group, epoch = ask.epoch);
-        tokio::spawn(
+        self.io.spawn(
             async move {
                 tokio::time::sleep(Duration::from_millis(ask.delay_ms)).await;
                 let outcome = fence::execute(&ask.node, &cfg, fence::FenceAction::Off).await;
@@ -333,7 +377,7 @@ impl Daemon {
             return;
         };
         let done = self.mirror_done.clone();
-        tokio::spawn(async move {
+        self.io.spawn(async move {
             let r = m.outdate(generation).await;
             if let Err(e) = &r {
                 tracing::error!(mirror = %mirror, error = %e, "cannot outdate this copy");
@@ -390,7 +434,7 @@ impl Daemon {
             ))));
             return;
         };
-        tokio::spawn(async move {
+        self.io.spawn(async move {
             let peer = peer.as_deref();
             let r = match action {
                 MirrorAction::Pause => m.pause(peer).await,
@@ -512,6 +556,10 @@ impl Daemon {
                 Some((node, result)) = inbox.fenced.recv() => {
                     self.input(NodeInput::PowerFenced { node, result })
                 }
+                Some(w) = inbox.log_written.recv() => match w {
+                    Written::Durable(write) => self.input(NodeInput::LogWritten { write }),
+                    Written::Failed(e) => self.log_failed(&e),
+                },
                 Some(d) = inbox.mirror_done.recv() => self.input(NodeInput::OutdateDone {
                     mirror: d.mirror,
                     generation: d.generation,
@@ -554,13 +602,27 @@ impl Daemon {
 pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
     let span = tracing::info_span!("node", node = %local);
     async move {
-        let (mut d, mut inbox, running) = start(cfg, &local).await?;
-        d.serve(&mut inbox).await?;
+        let (d, inbox, running) = start(cfg, &local).await?;
+        let how = core_thread::Scheduling::from_priority(d.cfg.heartbeat.realtime_priority);
+        let (d, inbox, served) = core_thread::run(how, move || event_loop(d, inbox))
+            .await
+            .map_err(|e| api::ApiError::Io("the event loop thread".into(), e))?;
+        served?;
         running.shutdown(d, inbox).await;
         Ok(())
     }
     .instrument(span)
     .await
+}
+
+/// The event loop, on its own thread: starts the heartbeat paths there, then serves
+/// until the daemon stops.
+async fn event_loop(mut d: Daemon, mut inbox: Inbox) -> (Daemon, Inbox, Result<(), RuntimeError>) {
+    if let Some(plan) = d.path_plan.take() {
+        d.paths = plan.spawn();
+    }
+    let served = d.serve(&mut inbox).await;
+    (d, inbox, served)
 }
 
 /// A crash may have left our floating IPs behind: nothing runs here yet.
@@ -592,23 +654,18 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
     let nbd_metrics = |export: &str| metrics.nbd(export);
     let mirrors = crate::mirror::node::open_all(&cfg, local, &key, &events, &nbd_metrics).await?;
     let (pkt_tx, packets) = mpsc::channel(1024);
-    let cluster_name = Arc::new(cfg.cluster.name.clone());
-    let paths = cfg
-        .heartbeat
-        .paths
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            transport::spawn_path(
-                i as u8,
-                node_cfg.addresses[p],
-                cfg.heartbeat.port,
-                key.clone(),
-                cluster_name.clone(),
-                pkt_tx.clone(),
-            )
-        })
-        .collect();
+    let path_plan = PathPlan {
+        addresses: cfg
+            .heartbeat
+            .paths
+            .iter()
+            .map(|p| node_cfg.addresses[p])
+            .collect(),
+        port: cfg.heartbeat.port,
+        key: key.clone(),
+        cluster: Arc::new(cfg.cluster.name.clone()),
+        received: pkt_tx,
+    };
     let (executors, results) = spawn_executors(&cfg, local, &events, &metrics, &mirrors);
     let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
@@ -616,10 +673,13 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         unix_ms(),
         &events.timelines(),
     );
+    let (written_tx, log_written) = mpsc::unbounded_channel();
     let log = if cfg.quorum_enabled() {
         let (log, restored) = DurableLog::open(&cfg.cluster.state_dir.join("quorum"))?;
         core.restore_log(&restored, 0)?;
-        Some(log)
+        let writer = LogWriter::spawn(log, written_tx)
+            .map_err(|e| api::ApiError::Io("the consensus log writer thread".into(), e))?;
+        Some(writer)
     } else {
         None
     };
@@ -635,7 +695,9 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         events: events.clone(),
         metrics: metrics.clone(),
         executors,
-        paths,
+        paths: Vec::new(),
+        path_plan: Some(path_plan),
+        io: tokio::runtime::Handle::current(),
         status: status_tx,
         mirrors,
         mirror_done: mirror_done_tx,
@@ -654,6 +716,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         requests,
         mirror_done,
         fenced,
+        log_written,
     };
     let running = start_servers(&d, local, status_rx, req_tx, event_observer).await?;
     Ok((d, inbox, running))
@@ -791,6 +854,10 @@ impl Running {
             } else if let Err(e) = w.disarm() {
                 tracing::error!(error = %e, "watchdog");
             }
+        }
+        // The consensus log's last writes reach the disk.
+        if let Some(log) = d.log.take() {
+            log.finish();
         }
         // Every group has stopped (demoting its mirrors): persist bitmaps, mark clean.
         for m in d.mirrors.values() {

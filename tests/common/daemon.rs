@@ -126,6 +126,11 @@ impl Daemon {
         });
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
     /// SIGTERM (a graceful stop) and the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("the daemon is running");

@@ -51,15 +51,25 @@ impl Net {
         self.names.iter().position(|x| x == n).unwrap()
     }
 
+    /// Carries out a core's actions; each write is durable at once and reported.
     fn take(&mut self, from: usize, out: Vec<QuorumAction>) {
+        let mut written = Vec::new();
         for a in out {
             match a {
                 QuorumAction::Send { to, msgs } => {
                     self.queue.push((self.names[from].clone(), to, msgs))
                 }
-                QuorumAction::Persist(b) => self.persisted[from].apply(&b),
+                QuorumAction::Persist { batch, write } => {
+                    self.persisted[from].apply(&batch);
+                    written.push(write);
+                }
                 QuorumAction::Applied(_) => {}
             }
+        }
+        for w in written {
+            let mut more = Vec::new();
+            self.cores[from].persisted(self.now, w, &mut more);
+            self.take(from, more);
         }
     }
 
