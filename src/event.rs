@@ -10,9 +10,11 @@
 //! reserved in blocks in the `seq` file (written and fsynced before use), so a crash
 //! can skip numbers but never repeat one.
 
+mod writer;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -239,18 +241,18 @@ pub fn unix_ms() -> u64 {
 
 struct Inner {
     next_seq: u64,
+    /// Sequence numbers below this are reserved, or asked to be ([`writer::Writer`]).
     reserved_until: u64,
     recent: VecDeque<Event>,
     timelines: VecDeque<Timeline>,
-    events_file: Option<File>,
-    timelines_file: Option<File>,
+    /// The files' writer thread; none for an in-memory log.
+    files: Option<writer::Writer>,
 }
 
 /// The ordered, persistent event stream of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {
     node: String,
-    dir: Option<PathBuf>,
     inner: Arc<Mutex<Inner>>,
     tx: broadcast::Sender<Event>,
 }
@@ -287,18 +289,26 @@ impl EventLog {
                 .open(p)
                 .map_err(io(p))
         };
+        // The first block is reserved here, so no emit waits for it.
+        let reserved_until = start + SEQ_BLOCK;
+        writer::write_durably(&seq_path, &reserved_until.to_string()).map_err(io(&seq_path))?;
+        let files = writer::Writer::spawn(
+            open(&events_path)?,
+            open(&timelines_path)?,
+            &seq_path,
+            reserved_until,
+        )
+        .map_err(io(dir))?;
         let inner = Inner {
             next_seq: start,
-            reserved_until: start,
+            reserved_until,
             recent,
             timelines,
-            events_file: Some(open(&events_path)?),
-            timelines_file: Some(open(&timelines_path)?),
+            files: Some(files),
         };
         let (tx, _) = broadcast::channel(4096);
         let log = EventLog {
             node: node.to_string(),
-            dir: Some(dir.to_path_buf()),
             inner: Arc::new(Mutex::new(inner)),
             tx,
         };
@@ -310,14 +320,12 @@ impl EventLog {
         let (tx, _) = broadcast::channel(4096);
         EventLog {
             node: node.to_string(),
-            dir: None,
             inner: Arc::new(Mutex::new(Inner {
                 next_seq: 1,
                 reserved_until: u64::MAX,
                 recent: VecDeque::new(),
                 timelines: VecDeque::new(),
-                events_file: None,
-                timelines_file: None,
+                files: None,
             })),
             tx,
         }
@@ -328,18 +336,22 @@ impl EventLog {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records an event: assigns the next sequence number, persists it, logs it and
-    /// hands it to every subscriber.
+    /// Records an event: assigns the next sequence number, queues it for the file,
+    /// logs it and hands it to every subscriber. The next block of sequence numbers is
+    /// reserved half a block ahead; only if that reservation is not durable by the time
+    /// it is needed does this wait for it (a restart never reuses a number).
     pub fn emit(&self, kind: EventKind, fields: Fields) -> Event {
-        let mut inner = self.lock();
-        if inner.next_seq >= inner.reserved_until {
-            let new_limit = inner.next_seq + SEQ_BLOCK;
-            if let Some(dir) = &self.dir {
-                if let Err(e) = write_durably(&dir.join("seq"), &new_limit.to_string()) {
-                    tracing::error!(error = %e, "cannot reserve event sequence numbers");
-                }
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if let Some(files) = &inner.files {
+            if inner.next_seq + SEQ_BLOCK / 2 >= inner.reserved_until {
+                let limit = inner.reserved_until + SEQ_BLOCK;
+                files.reserve(limit);
+                inner.reserved_until = limit;
             }
-            inner.reserved_until = new_limit;
+            if inner.next_seq >= files.reserved() {
+                files.flush();
+            }
         }
         let event = Event {
             seq: inner.next_seq,
@@ -349,19 +361,17 @@ impl EventLog {
             fields,
         };
         inner.next_seq += 1;
-        if let Some(f) = inner.events_file.as_mut() {
+        if let Some(files) = &inner.files {
             if let Ok(mut line) = serde_json::to_vec(&event) {
                 line.push(b'\n');
-                if let Err(e) = f.write_all(&line) {
-                    tracing::error!(error = %e, "cannot append to the event log");
-                }
+                files.event(line);
             }
         }
         inner.recent.push_back(event.clone());
         if inner.recent.len() > MEMORY_EVENTS {
             inner.recent.pop_front();
         }
-        drop(inner);
+        drop(guard);
         tracing::info!(seq = event.seq, kind = %kind.name(), fields = ?event.fields, "event");
         let _ = self.tx.send(event.clone());
         event
@@ -391,10 +401,10 @@ impl EventLog {
     /// Stores a finished timeline.
     pub fn record_timeline(&self, t: Timeline) {
         let mut inner = self.lock();
-        if let Some(f) = inner.timelines_file.as_mut() {
+        if let Some(files) = &inner.files {
             if let Ok(mut line) = serde_json::to_vec(&t) {
                 line.push(b'\n');
-                let _ = f.write_all(&line);
+                files.timeline(line);
             }
         }
         inner.timelines.push_back(t);
@@ -407,22 +417,13 @@ impl EventLog {
     pub fn timelines(&self) -> Vec<Timeline> {
         self.lock().timelines.iter().cloned().collect()
     }
-}
 
-fn write_durably(path: &Path, content: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(content.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        if let Ok(d) = File::open(parent) {
-            let _ = d.sync_all();
+    /// Waits until every event and timeline emitted so far is in its file.
+    pub fn flush(&self) {
+        if let Some(files) = &self.lock().files {
+            files.flush();
         }
     }
-    Ok(())
 }
 
 /// The last `keep` parseable lines of a JSONL file; a torn last line is skipped.
@@ -446,6 +447,7 @@ fn read_tail<T: for<'de> Deserialize<'de>>(path: &Path, keep: usize) -> VecDeque
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn seq_strictly_increases_across_restarts() {
@@ -462,6 +464,29 @@ mod tests {
         let all = log.since(0, 100);
         assert_eq!(all.len(), 3);
         assert_eq!(all[1].fields["peer"], "b");
+    }
+
+    #[test]
+    fn blocks_reserved_ahead_keep_numbers_unique_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open("a", dir.path()).unwrap();
+        let mut last = 0;
+        for _ in 0..(SEQ_BLOCK * 5 / 2) {
+            last = log.emit(EventKind::NodeUp, Fields::new()).seq;
+        }
+        log.flush();
+        let lines = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+        assert_eq!(lines.lines().count() as u64, SEQ_BLOCK * 5 / 2);
+        // A crash now (no clean close): the next run starts above every number used.
+        let reserved: u64 = std::fs::read_to_string(dir.path().join("seq"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(reserved > last, "{reserved} > {last}");
+        std::mem::forget(log);
+        let again = EventLog::open("a", dir.path()).unwrap();
+        assert!(again.emit(EventKind::DaemonStarted, Fields::new()).seq > last);
     }
 
     #[test]

@@ -85,9 +85,12 @@ fn main() -> ExitCode {
     // Colour only for a person at a terminal: a log file or the journal gets plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none();
+    // Log lines are written by a thread of their own: the daemon's event loop never
+    // waits for stderr (often a file) to take them. The guard flushes them at exit.
+    let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colour)
         .init();
     match dispatch(cli.command) {

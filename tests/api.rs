@@ -264,7 +264,12 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
         let (open, close) = (stat.find('(').unwrap(), stat.rfind(')').unwrap());
         let name = stat[open + 1..close].to_string();
         // Field 3 is the first after the name; the policy is field 41.
-        let policy = stat[close + 2..].split(' ').nth(38).unwrap().parse().unwrap();
+        let policy = stat[close + 2..]
+            .split(' ')
+            .nth(38)
+            .unwrap()
+            .parse()
+            .unwrap();
         v.push((name, policy));
     }
     v

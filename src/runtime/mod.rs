@@ -863,5 +863,6 @@ impl Running {
         for m in d.mirrors.values() {
             m.mirror.shutdown().await;
         }
+        d.events.flush();
     }
 }
