@@ -154,16 +154,21 @@ struct Lab {
     _slot: Slot,
 }
 
+/// The directory a lab with `prefix` keeps its nodes' files in.
+fn lab_dir(prefix: &str) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "tandem-test-{}{}",
+        prefix.trim_end_matches('-'),
+        std::process::id()
+    ))
+}
+
 impl Lab {
     /// `tandem lab up --prefix P --dir D [extra...]`; panics if it fails.
     fn up(prefix: &str, extra: &[&str]) -> Lab {
         assert!(prefix.len() <= 4, "lab prefix {prefix:?} too long");
         let slot = Slot::acquire();
-        let dir = std::env::temp_dir().join(format!(
-            "tandem-test-{}{}",
-            prefix.trim_end_matches('-'),
-            std::process::id()
-        ));
+        let dir = lab_dir(prefix);
         let dir_s = dir.to_string_lossy().into_owned();
         // Leftovers of an earlier aborted run with the same prefix.
         let _ = tandem(&["lab", "down", "--prefix", prefix, "--dir", &dir_s]);
@@ -3279,4 +3284,122 @@ fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
     lab.wait_vip("n2", Duration::from_secs(60));
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
     assert_client_checks(&lab, checker, "n2");
+}
+
+/// A small ext4 filesystem on a loop device, mounted at a directory, that can be
+/// frozen (`fsfreeze`): every write to it then blocks until it is thawed, as on a
+/// stalled disk. Dropping it thaws, unmounts and deletes it.
+struct FreezableFs {
+    mount: PathBuf,
+    image: PathBuf,
+}
+
+impl FreezableFs {
+    fn mount_at(mount: &Path) -> FreezableFs {
+        let image = mount.with_extension("img");
+        std::fs::create_dir_all(mount).unwrap();
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(512 << 20).unwrap();
+        let ok = |c: &mut Command| {
+            let out = run(c);
+            assert!(out.status.success(), "{}: {}", cmd_line(c), describe(&out));
+        };
+        ok(Command::new("mkfs.ext4").arg("-q").arg(&image));
+        ok(Command::new("mount")
+            .arg("-o")
+            .arg("loop")
+            .arg(&image)
+            .arg(mount));
+        FreezableFs {
+            mount: mount.to_path_buf(),
+            image,
+        }
+    }
+
+    fn freeze(&self, on: bool) {
+        let out = run(Command::new("fsfreeze")
+            .arg(if on { "--freeze" } else { "--unfreeze" })
+            .arg(&self.mount));
+        assert!(out.status.success() || !on, "fsfreeze: {}", describe(&out));
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.mount)
+            .output();
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).output();
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// A stalled disk stops nothing: every node's (and the witness's) state directory is
+/// frozen for 6 s, four leases, while a standby request needs a log write on every
+/// voter. The event loops keep sending heartbeats and renewing the lease (the log,
+/// the events and the log lines are written by other threads), so the owner keeps
+/// its group and nobody fails over; the log entry commits once the disk is back.
+#[test]
+fn a_stalled_disk_under_every_node_stops_nothing() {
+    require_root!();
+    if Command::new("fsfreeze").arg("--help").output().is_err() {
+        eprintln!("skipped: fsfreeze is not installed");
+        return;
+    }
+    let fs = FreezableFs::mount_at(&lab_dir("tfz-"));
+    let lab = Lab::up("tfz-", &["--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let stops = lab.count("n1", "group_stopping");
+    fs.freeze(true);
+    lab.note("every state directory frozen");
+    let t0 = Instant::now();
+    // A log entry every voter must write (it waits for the thaw).
+    let sock = lab.socket("n1");
+    let standby = std::thread::spawn(move || {
+        run(&mut tandem_cmd(&[
+            "node", "standby", "n2", "--socket", &sock,
+        ]))
+    });
+    let mut polls = 0;
+    while t0.elapsed() < Duration::from_secs(6) {
+        let states = lab.local_states(&["n1", "n2"]);
+        assert_eq!(
+            states[0].as_deref(),
+            Some("running"),
+            "the owner n1 stopped while the disk was stalled ({:.1} s in)",
+            t0.elapsed().as_secs_f64()
+        );
+        assert_ne!(states[1].as_deref(), Some("running"), "n2 runs the group");
+        assert_eq!(
+            lab.owner("n2").as_deref(),
+            Some("n1"),
+            "n2 sees another owner"
+        );
+        polls += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    fs.freeze(false);
+    lab.note(&format!(
+        "thawed after {} ms: n1 ran the group at each of {polls} polls",
+        ms(t0.elapsed())
+    ));
+    let out = standby.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the standby request did not commit after the thaw: {}",
+        describe(&out)
+    );
+    lab.assert_stable("n1", &["n1", "n2"], 2);
+    assert_eq!(
+        lab.count("n1", "group_stopping"),
+        stops,
+        "n1 stopped the group"
+    );
+    assert_eq!(lab.count("n2", "group_starting"), 0, "n2 started the group");
+    assert_eq!(lab.count("n2", "failover_started"), 0, "n2 failed over");
+    lab.admin("n1", &["node", "online", "n2"]);
+    drop(lab);
 }
