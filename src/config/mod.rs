@@ -78,9 +78,11 @@ pub struct Config {
 }
 
 /// The sections that may differ between the nodes' files (where this node keeps its
-/// state and sockets, its observers) or that hold secrets (the key, the BMC
-/// credentials in each node's `fence`), which a published digest must not cover.
-/// Everything else must be the same everywhere.
+/// state and sockets, its observers, its watchdog device, how its event loop is
+/// scheduled) or that hold secrets (the key, the BMC credentials in each node's
+/// `fence`), which a published digest must not cover. Each `[[mirror]]`'s `backing`
+/// and `nbd_socket` are this machine's paths too. Everything else must be the same
+/// everywhere.
 const NODE_LOCAL: &[(&str, Option<&str>)] = &[
     ("api", None),
     ("metrics", None),
@@ -88,6 +90,15 @@ const NODE_LOCAL: &[(&str, Option<&str>)] = &[
     ("cluster", Some("state_dir")),
     ("cluster", Some("key_file")),
     ("cluster", Some("key")),
+    ("quorum", Some("watchdog")),
+    ("heartbeat", Some("realtime_priority")),
+];
+
+/// Keys of each entry of an array of tables that are this machine's own.
+const NODE_LOCAL_IN_ARRAYS: &[(&str, &str)] = &[
+    ("node", "fence"),
+    ("mirror", "backing"),
+    ("mirror", "nbd_socket"),
 ];
 
 /// A digest of the cluster-wide part of a configuration file: its parsed TOML (so
@@ -109,10 +120,12 @@ pub fn cluster_digest(text: &str) -> Option<String> {
             }
         }
     }
-    if let Some(toml::Value::Array(nodes)) = v.get_mut("node") {
-        for n in nodes.iter_mut() {
-            if let toml::Value::Table(t) = n {
-                t.remove("fence");
+    for (array, key) in NODE_LOCAL_IN_ARRAYS {
+        if let Some(toml::Value::Array(items)) = v.get_mut(*array) {
+            for item in items.iter_mut() {
+                if let toml::Value::Table(t) = item {
+                    t.remove(*key);
+                }
             }
         }
     }

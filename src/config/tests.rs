@@ -43,6 +43,24 @@ fn the_cluster_digest_covers_what_nodes_share_and_nothing_local_or_secret() {
         base,
         "local or secret keys"
     );
+    // Per machine: the watchdog device, the event loop's scheduling, a mirror's
+    // backing device and NBD socket.
+    let mirrored = |backing: &str, device: &str, rt: u8| {
+        let text = format!(
+            "{MINIMAL}\n[[mirror]]\nname = \"m\"\nbacking = \"{backing}\"\n\
+             nbd_socket = \"{backing}.sock\"\naddresses = {{ a = \"10.0.0.1:7790\" }}\n"
+        )
+        .replace(
+            "[heartbeat]",
+            &format!("[quorum]\nwatchdog = {{ device = \"{device}\" }}\n[heartbeat]\nrealtime_priority = {rt}"),
+        );
+        cluster_digest(&text).unwrap()
+    };
+    assert_eq!(
+        mirrored("/dev/sdb", "/dev/watchdog", 10),
+        mirrored("/dev/nvme0n1", "/dev/watchdog1", 0),
+        "per-machine paths and scheduling"
+    );
     let other = MINIMAL.replace("priority = 1", "priority = 2");
     assert_ne!(
         Config::parse(&other).unwrap().digest,
