@@ -78,7 +78,10 @@ done
 
 modules=(virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e tg3 r8169
     ahci ata_piix nvme sd_mod sr_mod ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii nbd
-    xhci_pci ehci_pci usbhid hid_generic crc32c_generic crc32c_intel)
+    xhci_pci ehci_pci usbhid hid_generic crc32c_generic crc32c_intel
+    # Watchdogs for [quorum] watchdog: the i6300ESB (QEMU's and many boards'), by
+    # modalias like the rest; softdog for machines without one (modprobe it by hand).
+    i6300esb softdog)
 kmods="$kdir/lib/modules/$kver"
 mkdir -p "$root/lib/modules/$kver"
 cp "$kmods"/modules.{order,builtin,builtin.modinfo} "$root/lib/modules/$kver/"

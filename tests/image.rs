@@ -4,7 +4,11 @@
 //! VMs on a multicast socket network fail the demo group over when the owner's QEMU is
 //! killed (a helper on that LAN sees the floating IP move by ARP), data the owner
 //! wrote to an ext4 filesystem on the mirror, through the kernel's NBD client, is read
-//! back on the survivor, and a trap receiver on the host gets `tandemFailoverCompleted`.
+//! back on the survivor, and a trap receiver on the host gets `tandemFailoverCompleted`;
+//! two VMs and the host's `tandem witness` (a network namespace with a bridge and one
+//! tap per VM) run in quorum mode with an i6300ESB watchdog each, and the owner whose
+//! daemon hangs (SIGSTOP, typed on its serial console) is reset by the watchdog while
+//! the other VM takes the group over (checked, not timed: TCG).
 //!
 //! The image is built once per test run (`image/build.sh`, guarded by a `OnceLock`).
 //! Skipped, with a message, only when QEMU, OVMF, SeaBIOS or the image tooling is not
@@ -12,9 +16,10 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 #[path = "common/daemon.rs"]
@@ -120,6 +125,10 @@ struct Vm {
     metrics: u16,
     snmp: u16,
     demo: u16,
+    /// What is typed into the serial console (`VmSpec::console_input`).
+    console_in: Option<UnixStream>,
+    /// When QEMU reported its watchdog firing (QMP `WATCHDOG` events).
+    watchdog_fired: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl Drop for Vm {
@@ -133,8 +142,14 @@ struct VmSpec<'a> {
     name: &'a str,
     firmware: Firmware,
     disk: &'a Path,
-    /// Extra NIC: `-netdev socket` arguments for the cluster LAN, and the MAC.
+    /// Extra NIC for the cluster LAN: the `-netdev` backend (`socket,mcast=...` or
+    /// `tap,ifname=...`), and the MAC.
     lan: Option<(String, String)>,
+    /// An i6300ESB watchdog, whose expiry resets the VM.
+    watchdog: bool,
+    /// The serial console on a socket, so that a test can type into its root shell
+    /// ([`Vm::type_line`]); what the guest writes still goes to the console file.
+    console_input: bool,
 }
 
 impl Vm {
@@ -146,8 +161,26 @@ impl Vm {
         // takes a second or more of boot to initialise under TCG.
         cmd.args(["-machine", "q35", "-accel", "tcg", "-cpu", "qemu64,+rdrand"])
             .args(["-m", "512", "-smp", "1"])
-            .args(["-nodefaults", "-no-user-config", "-display", "none"])
-            .args(["-serial", &format!("file:{}", serial.display())]);
+            .args(["-nodefaults", "-no-user-config", "-display", "none"]);
+        let sock = dir.join(format!("{}-serial.sock", spec.name));
+        if spec.console_input {
+            // QEMU waits for the connection (below) before it starts the guest, so
+            // nothing the firmware writes is lost.
+            cmd.arg("-chardev")
+                .arg(format!(
+                    "socket,id=ser0,path={},server=on,wait=on",
+                    sock.display()
+                ))
+                .args(["-serial", "chardev:ser0"]);
+        } else {
+            cmd.args(["-serial", &format!("file:{}", serial.display())]);
+        }
+        let qmp = dir.join(format!("{}-qmp.sock", spec.name));
+        if spec.watchdog {
+            cmd.args(["-device", "i6300esb", "-action", "watchdog=reset"]);
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
         match spec.firmware {
             Firmware::Uefi => {
                 let vars = dir.join(format!("{}-OVMF_VARS.fd", spec.name));
@@ -176,7 +209,7 @@ impl Vm {
         ));
         cmd.args(["-device", "virtio-net-pci,netdev=n0,addr=0x3"]);
         if let Some((netdev, mac)) = &spec.lan {
-            cmd.arg("-netdev").arg(format!("socket,id=n1,{netdev}"));
+            cmd.arg("-netdev").arg(format!("{netdev},id=n1"));
             cmd.arg("-device")
                 .arg(format!("virtio-net-pci,netdev=n1,mac={mac},addr=0x4"));
         }
@@ -186,6 +219,41 @@ impl Vm {
             .stderr(std::fs::File::create(dir.join(format!("{}-qemu.err", spec.name))).unwrap())
             .spawn()
             .expect("qemu-system-x86_64");
+        let console_in = spec.console_input.then(|| {
+            let s = connect_unix(&sock, spec.name);
+            let mut from_guest = s.try_clone().unwrap();
+            let mut log = std::fs::File::create(&serial).unwrap();
+            // Ends when QEMU closes the socket (it exits).
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = from_guest.read(&mut buf) {
+                    if n == 0 || log.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+            s
+        });
+        let watchdog_fired = Arc::new(Mutex::new(Vec::new()));
+        if spec.watchdog {
+            let s = connect_unix(&qmp, spec.name);
+            let mut to_qemu = s.try_clone().unwrap();
+            to_qemu
+                .write_all(b"{\"execute\": \"qmp_capabilities\"}\n")
+                .unwrap();
+            let fired = watchdog_fired.clone();
+            // Ends when QEMU closes the socket (it exits).
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                for line in std::io::BufReader::new(s).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("\"WATCHDOG\"") {
+                        fired.lock().unwrap().push(Instant::now());
+                    }
+                }
+                drop(to_qemu);
+            });
+        }
         Vm {
             name: spec.name.to_string(),
             child,
@@ -195,7 +263,18 @@ impl Vm {
             metrics,
             snmp,
             demo,
+            console_in,
+            watchdog_fired,
         }
+    }
+
+    /// Types one line into the root shell on the serial console.
+    fn type_line(&mut self, line: &str) {
+        let s = self
+            .console_in
+            .as_mut()
+            .expect("the VM was started with console_input");
+        s.write_all(format!("{line}\n").as_bytes()).unwrap();
     }
 
     fn console(&self) -> String {
@@ -241,6 +320,22 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+}
+
+/// Connects to a socket QEMU serves, once it is there.
+fn connect_unix(path: &Path, vm: &str) -> UnixStream {
+    let t = Instant::now();
+    loop {
+        match UnixStream::connect(path) {
+            Ok(s) => return s,
+            Err(e) => assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "{vm}: {}: {e}",
+                path.display()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -295,6 +390,8 @@ fn boot_and_reach(firmware: Firmware) {
             firmware,
             disk: &disk,
             lan: None,
+            watchdog: false,
+            console_input: false,
         },
     );
     let ready = vm.wait_ready(READY_BOUND);
@@ -347,6 +444,8 @@ fn falls_back(firmware: Firmware) {
             firmware,
             disk: &disk,
             lan: None,
+            watchdog: false,
+            console_input: false,
         },
     );
     let ready = vm.wait_ready(READY_BOUND * 2);
@@ -608,9 +707,11 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
                 firmware,
                 disk: &disk,
                 lan: Some((
-                    format!("mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
+                    format!("socket,mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
                     mac_of(i),
                 )),
+                watchdog: false,
+                console_input: false,
             },
         ));
     }
@@ -725,4 +826,343 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Runs `ip` with these arguments (optionally inside namespace `ns`); panics on failure.
+fn ip(ns: Option<&str>, args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = ns {
+        cmd.args(["netns", "exec", ns, "ip"]);
+    }
+    let out = cmd.args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?} (netns {ns:?}): {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// The quorum test's cluster LAN: a network namespace with a bridge (`br0`, the
+/// witness's 10.99.0.1/24) and one tap per VM. The taps are made in the root namespace,
+/// where QEMU runs (so that its user-mode port forwards stay reachable from the test),
+/// and moved into the namespace once QEMU has opened them. Dropping it deletes the
+/// taps and the namespace, also when the test panics.
+struct QuorumLan {
+    ns: String,
+    taps: Vec<String>,
+}
+
+const WITNESS_ADDR: &str = "10.99.0.1";
+
+impl QuorumLan {
+    fn create(vms: usize) -> QuorumLan {
+        let id = format!("{:04x}", std::process::id() & 0xffff);
+        let lan = QuorumLan {
+            ns: format!("tiw-{id}"),
+            taps: (0..vms).map(|i| format!("tiw{id}t{i}")).collect(),
+        };
+        ip(None, &["netns", "add", &lan.ns]);
+        let ns = Some(lan.ns.as_str());
+        ip(ns, &["link", "set", "lo", "up"]);
+        ip(ns, &["link", "add", "br0", "type", "bridge"]);
+        ip(
+            ns,
+            &["addr", "add", &format!("{WITNESS_ADDR}/24"), "dev", "br0"],
+        );
+        ip(ns, &["link", "set", "br0", "up"]);
+        for tap in &lan.taps {
+            ip(None, &["tuntap", "add", "dev", tap, "mode", "tap"]);
+            ip(None, &["link", "set", tap, "up"]);
+        }
+        lan
+    }
+
+    /// The `-netdev` backend of VM `i`'s cluster NIC.
+    fn netdev(&self, i: usize) -> String {
+        format!("tap,ifname={},script=no,downscript=no", self.taps[i])
+    }
+
+    /// Once QEMU holds VM `i`'s tap (its carrier is up), moves it onto the bridge.
+    fn attach(&self, i: usize) {
+        let tap = &self.taps[i];
+        let carrier = format!("/sys/class/net/{tap}/carrier");
+        let t = Instant::now();
+        while !std::fs::read_to_string(&carrier).is_ok_and(|c| c.trim() == "1") {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "QEMU did not open the tap {tap}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ip(None, &["link", "set", tap, "netns", &self.ns]);
+        let ns = Some(self.ns.as_str());
+        ip(ns, &["link", "set", tap, "master", "br0"]);
+        ip(ns, &["link", "set", tap, "up"]);
+    }
+}
+
+impl Drop for QuorumLan {
+    fn drop(&mut self) {
+        for tap in &self.taps {
+            for pre in [vec![], vec!["netns", "exec", &self.ns, "ip"]] {
+                let _ = Command::new("ip")
+                    .args(&pre)
+                    .args(["link", "del", tap])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// `tandem witness` (this build's binary) in the LAN's namespace; killed on drop.
+struct Witness {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Witness {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Witness {
+    fn start(dir: &Path, lan: &QuorumLan, config: &str) -> Witness {
+        let conf = dir.join("witness.toml");
+        std::fs::write(&conf, config).unwrap();
+        let log = dir.join("witness.log");
+        // `ip netns exec` execs the witness: the child is the witness itself.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lan.ns, daemon::BIN, "witness", "--config"])
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("witness.err")).unwrap())
+            .spawn()
+            .expect("tandem witness");
+        Witness { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Quorum timing for TCG: W = 3 s, and a lease with room for renewals that are late
+/// by a few hundred milliseconds (L ≥ W + heartbeat interval + 200 ms).
+const QW_LEASE: &str = "6s";
+const QW_WATCHDOG_S: u64 = 3;
+
+fn quorum_cluster_config() -> String {
+    format!(
+        "{}
+[quorum]
+lease = \"{QW_LEASE}\"
+watchdog = {{ device = \"/dev/watchdog\", timeout = \"{QW_WATCHDOG_S}s\" }}
+
+[witness]
+name = \"w\"
+addresses = {{ hb1 = \"{WITNESS_ADDR}\" }}
+",
+        cluster_config(free_udp_port())
+    )
+}
+
+fn quorum_witness_config(state_dir: &Path) -> String {
+    format!(
+        r#"[witness]
+name = "w"
+state_dir = "{}"
+listen = "{WITNESS_ADDR}"
+
+[[cluster]]
+name = "vmlab"
+key = "0123456789abcdef0123456789abcdef"
+interval = "250ms"
+dead_time = "2s"
+lease = "{QW_LEASE}"
+[cluster.nodes]
+alpha = ["10.99.0.11"]
+beta = ["10.99.0.12"]
+"#,
+        state_dir.display()
+    )
+}
+
+/// Boots so far: the init's first line appears once per boot.
+fn boots(console: &str) -> usize {
+    console.matches(", firmware ").count()
+}
+
+/// Waits until the console shows `marker` followed by a digit or a letter (the
+/// output of a typed command, not its echo); returns the rest of that line.
+fn console_answer(vm: &Vm, marker: &str, bound: Duration) -> String {
+    let t = Instant::now();
+    loop {
+        let console = vm.console();
+        let found = console.match_indices(marker).find_map(|(i, _)| {
+            let rest = &console[i + marker.len()..];
+            rest.starts_with(|c: char| c.is_ascii_alphanumeric())
+                .then(|| rest.lines().next().unwrap_or("").trim().to_string())
+        });
+        if let Some(rest) = found {
+            return rest;
+        }
+        assert!(
+            t.elapsed() < bound,
+            "{}: no `{marker}` answer on the console:\n{console}",
+            vm.name
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_vms_and_a_witness_reset_a_hung_owner_by_its_hardware_watchdog() {
+    require_image_tools!();
+    if !Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIPPED: /dev/net/tun is missing (the cluster LAN needs tap devices)");
+        return;
+    }
+    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    // Dropped after the VMs (declared first): the taps are free by then.
+    let lan = QuorumLan::create(2);
+    let wdir = dir.path().join("witness-state");
+    std::fs::create_dir_all(&wdir).unwrap();
+    let witness = Witness::start(dir.path(), &lan, &quorum_witness_config(&wdir));
+    let mut vms = Vec::new();
+    let mut disks = Vec::new();
+    for (i, (name, addr)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
+        .into_iter()
+        .enumerate()
+    {
+        let data = dir.path().join(format!("{name}-data"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("tandem.toml"), quorum_cluster_config()).unwrap();
+        std::fs::write(
+            data.join("network.conf"),
+            format!("hostname {name}\niface eth0 dhcp\niface eth1 static {addr}/24\n"),
+        )
+        .unwrap();
+        let disk = dir.path().join(format!("{name}.img"));
+        mkdisk(&disk, &["--data", data.to_str().unwrap()]);
+        disks.push(disk.clone());
+        let firmware = if i == 0 {
+            Firmware::Uefi
+        } else {
+            Firmware::Bios
+        };
+        vms.push(Vm::start(
+            dir.path(),
+            VmSpec {
+                name,
+                firmware,
+                disk: &disk,
+                lan: Some((lan.netdev(i), mac_of(i))),
+                watchdog: true,
+                console_input: true,
+            },
+        ));
+        lan.attach(i);
+    }
+    for vm in &mut vms {
+        let ready = vm.wait_ready(READY_BOUND);
+        println!(
+            "IMAGE watchdog {}: ready {:.1} s",
+            vm.name,
+            ready.as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    let first = loop {
+        let owners: Vec<Option<String>> = vms.iter().map(owner).collect();
+        if let [Some(a), Some(b)] = &owners[..] {
+            if a == b {
+                break a.clone();
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no agreed owner: {owners:?}\n{}\n{}\nwitness:\n{}",
+            guest_log(&disks[0]),
+            guest_log(&disks[1]),
+            witness.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (hung, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
+    let t = Instant::now();
+    while http_get(vms[hung].demo, "/").is_none_or(|b| b.trim() != first) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the owner {first} does not serve the demo service:\n{}",
+            guest_log(&disks[hung])
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The owner's daemon holds the i6300ESB open: the driver came by modalias and the
+    // lease loop armed it.
+    vms[hung].type_line("");
+    vms[hung].type_line("echo wdstate-$(cat /sys/class/watchdog/watchdog0/state)");
+    let state = console_answer(&vms[hung], "wdstate-", Duration::from_secs(30));
+    assert_eq!(
+        state,
+        "active",
+        "{first}'s watchdog is not armed:\n{}",
+        guest_log(&disks[hung])
+    );
+    let boots_before = boots(&vms[hung].console());
+    // Hang the daemon (SIGSTOP), not the machine: only its lease loop pets the watchdog.
+    // The timings count from the moment the command is typed.
+    let hung_at = Instant::now();
+    vms[hung].type_line(
+        "for p in $(pidof tandem); do tr '\\0' ' ' < /proc/$p/cmdline | grep -q '^/bin/tandem run ' \
+         && kill -STOP $p && echo stopped-pid-$p; done",
+    );
+    let pid = console_answer(&vms[hung], "stopped-pid-", Duration::from_secs(30));
+    println!("IMAGE watchdog: {first}'s daemon (pid {pid}) stopped with SIGSTOP");
+    let name = vms[survivor].name.clone();
+    let (mut reset, mut took) = (None, None);
+    while reset.is_none() || took.is_none() {
+        if reset.is_none() && boots(&vms[hung].console()) > boots_before {
+            reset = Some(hung_at.elapsed());
+        }
+        if took.is_none()
+            && owner(&vms[survivor]).as_deref() == Some(name.as_str())
+            && http_get(vms[survivor].demo, "/").is_some_and(|b| b.trim() == name)
+        {
+            took = Some(hung_at.elapsed());
+        }
+        assert!(
+            hung_at.elapsed() < Duration::from_secs(120),
+            "after {first}'s daemon hung: reset seen {reset:?}, {name} took over {took:?}\n\
+             {first} console:\n{}\n{name} log:\n{}\nwitness:\n{}",
+            vms[hung].console(),
+            guest_log(&disks[survivor]),
+            witness.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (rebooted, took) = (reset.unwrap(), took.unwrap());
+    // The reset was the watchdog's: QEMU reported it, after the hang.
+    let fired: Vec<Instant> = vms[hung].watchdog_fired.lock().unwrap().clone();
+    assert!(
+        fired.len() == 1 && fired[0] > hung_at,
+        "QEMU's WATCHDOG events for {first}: {} ({} after the hang)",
+        fired.len(),
+        fired.iter().filter(|f| **f > hung_at).count()
+    );
+    assert!(vms[survivor].watchdog_fired.lock().unwrap().is_empty());
+    println!(
+        "IMAGE watchdog: {first} hung -> i6300ESB fired (QEMU's WATCHDOG event) {:.1} s, \
+         {first} booting again on its console {:.1} s; {name} owns and serves `demo` {:.1} s \
+         after the hang (W = {QW_WATCHDOG_S} s, lease {QW_LEASE}, TCG)",
+        (fired[0] - hung_at).as_secs_f64(),
+        rebooted.as_secs_f64(),
+        took.as_secs_f64()
+    );
 }
