@@ -78,6 +78,13 @@ pub struct FailoverArgs {
     /// dead owner off and starts without waiting out its lease.
     #[arg(long, requires = "witness")]
     pub fence: bool,
+    /// With `--witness`: give each Tandem node a watchdog stand-in with this timeout
+    /// (whole seconds) and the shortest lease the configuration check accepts for it
+    /// (timeout + interval + 200 ms, rounded up to 100 ms). Without it the nodes run
+    /// without a watchdog, with the default lease.
+    #[arg(long, value_name = "SECS", requires = "witness",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub watchdog: Option<u64>,
 }
 
 /// Measurements of one failover.
@@ -107,6 +114,8 @@ pub struct ArmResult {
     pub interval_ms: u64,
     /// Tandem's dead time (ms); unused for keepalived.
     pub dead_time_ms: u64,
+    /// Tandem with a watchdog: its timeout (s) and the lease (ms).
+    pub watchdog: Option<(u64, u64)>,
     /// Completed trials.
     pub trials: Vec<Trial>,
 }
@@ -181,13 +190,17 @@ fn arm_title(a: &ArmResult) -> String {
                 .unwrap_or_else(|_| format!("{}ms", a.interval_ms))
         ),
         _ => format!(
-            "Tandem (heartbeat {} ms, dead time {} ms{})",
+            "Tandem (heartbeat {} ms, dead time {} ms{}{})",
             a.interval_ms,
             a.dead_time_ms,
             if a.trials.iter().any(|t| t.leader_killed.is_some()) {
                 ", quorum with a witness"
             } else {
                 ""
+            },
+            match a.watchdog {
+                Some((w, lease)) => format!(", watchdog {w} s, lease {lease} ms"),
+                None => String::new(),
             }
         ),
     }
@@ -328,6 +341,7 @@ fn run_arm(
 ) -> Result<ArmResult, LabError> {
     // Leftovers of an interrupted earlier run.
     super::down(prefix, dir)?;
+    let watchdog = a.watchdog.filter(|_| a.witness && engine == Engine::Tandem);
     let up = UpArgs {
         nodes: 2,
         interval,
@@ -343,13 +357,20 @@ fn run_arm(
         engine,
         wait: a.wait,
         witness: a.witness && engine == Engine::Tandem,
-        // The benchmark kills nodes itself; it measures failover without a watchdog.
-        no_watchdog: true,
+        // The benchmark kills nodes itself; without --watchdog it measures failover
+        // without one.
+        no_watchdog: watchdog.is_none(),
+        watchdog_timeout: watchdog,
         fence: a.fence && engine == Engine::Tandem,
     };
+    let lease = watchdog.map(|w| topology::lease_for_watchdog_ms(w, interval));
     println!(
-        "{engine} arm: building lab {prefix} (interval {interval} ms{}) ...",
-        if up.witness { ", with a witness" } else { "" }
+        "{engine} arm: building lab {prefix} (interval {interval} ms{}{}) ...",
+        if up.witness { ", with a witness" } else { "" },
+        match (watchdog, lease) {
+            (Some(w), Some(l)) => format!(", watchdog {w} s, lease {l} ms"),
+            _ => String::new(),
+        }
     );
     let mut state = super::up(&up, true)?;
     let _guard = Teardown::new(prefix, dir);
@@ -359,6 +380,7 @@ fn run_arm(
         dead_time_ms: a
             .dead_time
             .unwrap_or_else(|| topology::dead_time_ms(interval)),
+        watchdog: watchdog.zip(lease),
         trials: Vec::new(),
     };
     for k in 1..=a.trials {
@@ -446,6 +468,10 @@ fn trial(state: &mut LabState) -> Result<Trial, LabError> {
     let _ = go_watch.send(());
     let leader_killed = quorum_leader(state, oi).map(|l| l == owner);
     let t0 = super::power_kill(&state.nodes[oi].netns)?;
+    // A power cut stops the killed node's watchdog too (as `lab fail NODE kill`).
+    if state.nodes[oi].watchdog.is_some() {
+        super::watchdog::power_cycled(&state.nodes[oi].dir.join(super::watchdog::FIFO));
+    }
     let take = joined(prober.join())?;
     let vip_at = joined(watcher.join())?;
     let take = take.ok_or_else(|| {
@@ -572,12 +598,14 @@ mod tests {
             engine: Engine::Tandem,
             interval_ms: 200,
             dead_time_ms: 1000,
+            watchdog: None,
             trials: vec![trial(1100.0, Some(1000.0)), trial(1200.0, Some(1050.0))],
         };
         let k = ArmResult {
             engine: Engine::Keepalived,
             interval_ms: 1000,
             dead_time_ms: 0,
+            watchdog: None,
             trials: vec![trial(3300.0, None), trial(3600.0, None)],
         };
         let out = render_table(&[t, k]);
@@ -592,6 +620,36 @@ mod tests {
         assert!(out.contains("3.67 s at advert_int 1, 0.39 s at advert_int 0.1"));
         // Only Tandem has a detection row.
         assert_eq!(out.matches("detection").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn table_with_a_watchdog_splits_by_the_killed_leader() {
+        let mut trials = vec![trial(1300.0, Some(900.0)), trial(1500.0, Some(950.0))];
+        trials[0].leader_killed = Some(true);
+        trials[1].leader_killed = Some(false);
+        let t = ArmResult {
+            engine: Engine::Tandem,
+            interval_ms: 200,
+            dead_time_ms: 1000,
+            watchdog: Some((1, 1400)),
+            trials,
+        };
+        let out = render_table(&[t]);
+        assert!(
+            out.contains("quorum with a witness, watchdog 1 s, lease 1400 ms"),
+            "{out}"
+        );
+        let line = |label: &str| {
+            out.lines()
+                .find(|l| l.contains(label))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(line("owner was a follower").contains("1.500 s"), "{out}");
+        assert!(
+            line("owner was the leader too").contains("1.300 s"),
+            "{out}"
+        );
     }
 
     #[test]

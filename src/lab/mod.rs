@@ -206,6 +206,12 @@ pub struct UpArgs {
     /// otherwise a FIFO whose stand-in power-kills the node when it is not petted).
     #[arg(long)]
     pub no_watchdog: bool,
+    /// The watchdog stand-ins' timeout in whole seconds (default 1, with the default
+    /// lease). Given, every voter gets the shortest lease the configuration check
+    /// accepts for it: timeout + interval + 200 ms, rounded up to 100 ms.
+    #[arg(long, value_name = "SECS", conflicts_with = "no_watchdog",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub watchdog_timeout: Option<u64>,
     /// Give each node a BMC stand-in (a minimal Redfish service on the public LAN
     /// whose `ForceOff` power-kills the node) and a `[node.fence]` section naming it:
     /// a node that takes a group over powers the previous owner off.
@@ -795,7 +801,8 @@ impl Engines {
                 vec![self.responder(n, dir.join("responder.log"))],
             ),
         };
-        let watchdog = fifo.map(|f| self.standin(n, &dir, &f));
+        let timeout_s = args.watchdog_timeout.unwrap_or(watchdog::TIMEOUT_S);
+        let watchdog = fifo.map(|f| self.standin(n, &dir, &f, timeout_s));
         let bmc = args.fence.then(|| self.bmc_standin(n, &dir));
         Ok(NodeState {
             name: n.name.clone(),
@@ -838,7 +845,7 @@ impl Engines {
     }
 
     /// Node `n`'s watchdog stand-in, reading `fifo` (not started yet).
-    fn standin(&self, n: &topology::NodePlan, dir: &Path, fifo: &Path) -> ProcSpec {
+    fn standin(&self, n: &topology::NodePlan, dir: &Path, fifo: &Path, timeout_s: u64) -> ProcSpec {
         ProcSpec {
             argv: vec![
                 self.me.clone(),
@@ -851,7 +858,7 @@ impl Engines {
                 "--fifo".into(),
                 fifo.to_string_lossy().into_owned(),
                 "--timeout".into(),
-                watchdog::TIMEOUT_S.to_string(),
+                timeout_s.to_string(),
                 "--events".into(),
                 dir.join(watchdog::EVENTS).to_string_lossy().into_owned(),
             ],
@@ -887,6 +894,8 @@ impl Engines {
                 socket: &socket.to_string_lossy(),
                 witness: args.witness,
                 watchdog: watchdog_fifo.map(|f| f.to_string_lossy().into_owned()),
+                watchdog_timeout_s: args.watchdog_timeout,
+                lease_ms: lease_ms(args),
                 fence: args.fence,
             },
         );
@@ -930,6 +939,8 @@ impl Engines {
                 socket: "",
                 witness: true,
                 watchdog: None,
+                watchdog_timeout_s: None,
+                lease_ms: lease_ms(args),
                 fence: false,
             },
         );
@@ -1262,12 +1273,14 @@ fn start_standins(state: &mut LabState) -> Result<(), LabError> {
 const STANDIN_READY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Whether `lab up` gives each node a watchdog stand-in: with a quorum (which the
-/// watchdog backs), unless `--no-watchdog`, and when the default lease allows it.
+/// watchdog backs), unless `--no-watchdog`, and when the lease allows it (always with
+/// `--watchdog-timeout`, which sets the lease to fit).
 fn watchdog_wanted(args: &UpArgs) -> bool {
     let quorum = args.witness || args.nodes >= 3;
     // [quorum] lease (the default 1500 ms, as the witness has it) must be at least
     // watchdog timeout + heartbeat.interval + 200 ms.
-    let fits = watchdog::TIMEOUT_S * 1000 + args.interval + 200 <= 1500;
+    let fits =
+        args.watchdog_timeout.is_some() || watchdog::TIMEOUT_S * 1000 + args.interval + 200 <= 1500;
     if quorum && !args.no_watchdog && !fits {
         warn!(
             interval_ms = args.interval,
@@ -1275,6 +1288,14 @@ fn watchdog_wanted(args: &UpArgs) -> bool {
         );
     }
     args.engine == Engine::Tandem && quorum && !args.no_watchdog && fits
+}
+
+/// The `[quorum] lease` every voter gets: with `--watchdog-timeout`, the shortest the
+/// configuration check accepts; otherwise the daemon's default.
+fn lease_ms(args: &UpArgs) -> Option<u64> {
+    args.watchdog_timeout
+        .filter(|_| watchdog_wanted(args))
+        .map(|w| topology::lease_for_watchdog_ms(w, args.interval))
 }
 
 /// Start every process of node `i` (engine first) and record the pids.
@@ -1982,6 +2003,21 @@ mod tests {
             c.cmd,
             LabCommand::Up(UpArgs { witness: true, .. })
         ));
+        let c = Cli::try_parse_from(["lab", "up", "--witness", "--watchdog-timeout", "3"]).unwrap();
+        match c.cmd {
+            LabCommand::Up(a) => {
+                assert_eq!(a.watchdog_timeout, Some(3));
+                assert!(watchdog_wanted(&a));
+                assert_eq!(lease_ms(&a), Some(3400));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["lab", "up", "--watchdog-timeout", "0"]).is_err());
+        let c = Cli::try_parse_from(["lab", "up", "--witness"]).unwrap();
+        match c.cmd {
+            LabCommand::Up(a) => assert_eq!(lease_ms(&a), None, "the default lease"),
+            other => panic!("{other:?}"),
+        }
         let c = Cli::try_parse_from(["lab", "isolate", "w"]).unwrap();
         assert!(matches!(c.cmd, LabCommand::Isolate { ref node, .. } if node == "w"));
         let c = Cli::try_parse_from(["lab", "heal", "n1"]).unwrap();

@@ -267,6 +267,13 @@ pub fn dead_time_ms(interval_ms: u64) -> u64 {
     (interval_ms * 5).max(interval_ms * 3)
 }
 
+/// The shortest `[quorum] lease` a watchdog of `timeout_s` seconds allows at this
+/// heartbeat interval (lease >= watchdog timeout + interval + 200 ms), rounded up to
+/// 100 ms.
+pub fn lease_for_watchdog_ms(timeout_s: u64, interval_ms: u64) -> u64 {
+    (timeout_s * 1000 + interval_ms + 200).div_ceil(100) * 100
+}
+
 /// TOML-quote a string.
 fn q(s: &str) -> String {
     // serde-free minimal escaping; toml basic strings escape `\` and `"`.
@@ -308,6 +315,11 @@ pub struct ConfigParams<'a> {
     pub witness: bool,
     /// `[quorum] watchdog`'s device: the FIFO of the node's watchdog stand-in.
     pub watchdog: Option<String>,
+    /// `[quorum] watchdog`'s timeout in whole seconds (default
+    /// [`super::watchdog::TIMEOUT_S`]).
+    pub watchdog_timeout_s: Option<u64>,
+    /// `[quorum] lease` in ms, the same on every voter (default: the daemon's).
+    pub lease_ms: Option<u64>,
     /// Each node gets `[node.fence]` naming its BMC stand-in (`lab up --fence`).
     pub fence: bool,
 }
@@ -326,14 +338,19 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
     let paths: Vec<String> = HB_PATHS.iter().map(|x| q(x)).collect();
     let _ = writeln!(s, "paths = [{}]", paths.join(", "));
-    if let Some(fifo) = &p.watchdog {
+    if p.watchdog.is_some() || p.lease_ms.is_some() {
         let _ = writeln!(s);
         let _ = writeln!(s, "[quorum]");
+    }
+    if let Some(lease) = p.lease_ms {
+        let _ = writeln!(s, "lease = {}", q(&fmt_ms(lease)));
+    }
+    if let Some(fifo) = &p.watchdog {
         let _ = writeln!(
             s,
             "watchdog = {{ device = {}, timeout = \"{}s\" }}",
             q(fifo),
-            super::watchdog::TIMEOUT_S
+            p.watchdog_timeout_s.unwrap_or(super::watchdog::TIMEOUT_S)
         );
     }
     let _ = writeln!(s);
@@ -434,6 +451,9 @@ pub fn render_witness_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
     let _ = writeln!(s, "interval = {}", q(&fmt_ms(p.interval_ms)));
     let _ = writeln!(s, "dead_time = {}", q(&fmt_ms(p.dead_time_ms)));
+    if let Some(lease) = p.lease_ms {
+        let _ = writeln!(s, "lease = {}", q(&fmt_ms(lease)));
+    }
     let _ = writeln!(s, "[cluster.nodes]");
     for n in &plan.nodes {
         if let Some(a) = n.hb_addr(&w.iface.name) {
@@ -714,6 +734,8 @@ mod tests {
                 socket: "/run/tandem-lab/n1/tandem.sock",
                 witness: false,
                 watchdog: None,
+                watchdog_timeout_s: None,
+                lease_ms: None,
                 fence: false,
             },
         );
@@ -808,6 +830,8 @@ mod tests {
             socket: "/run/tandem-lab/n1/tandem.sock",
             witness: true,
             watchdog: Some("/run/tandem-lab/n1/watchdog.fifo".into()),
+            watchdog_timeout_s: Some(3),
+            lease_ms: Some(lease_for_watchdog_ms(3, 200)),
             fence: true,
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
@@ -818,7 +842,8 @@ mod tests {
         assert_eq!(r.url, "http://10.77.0.250:8102");
         assert_eq!(r.system.as_deref(), Some("n2"));
         let wd = node.quorum.watchdog.as_ref().expect("[quorum] watchdog");
-        assert_eq!(wd.timeout.as_secs(), super::super::watchdog::TIMEOUT_S);
+        assert_eq!(wd.timeout.as_secs(), 3);
+        assert_eq!(node.quorum.lease, std::time::Duration::from_millis(3400));
         let wref = node.witness.as_ref().expect("[witness]");
         assert_eq!(wref.name, WITNESS);
         assert_eq!(wref.addresses["hb1"].to_string(), "10.78.1.200");
@@ -829,11 +854,20 @@ mod tests {
         assert_eq!(c.port, node.heartbeat.port);
         assert_eq!(c.interval, node.heartbeat.interval);
         assert_eq!(c.dead_time, node.heartbeat.dead_time);
+        assert_eq!(c.lease, node.quorum.lease);
         assert_eq!(c.nodes["n2"][0].to_string(), "10.78.1.12");
         assert_eq!(
             crate::quorum::wire::voters_digest(&c.voters(WITNESS)),
             crate::quorum::wire::voters_digest(&node.voters())
         );
+    }
+
+    #[test]
+    fn the_lease_for_a_watchdog_is_the_shortest_the_config_check_accepts() {
+        assert_eq!(lease_for_watchdog_ms(1, 200), 1400);
+        assert_eq!(lease_for_watchdog_ms(1, 100), 1300);
+        assert_eq!(lease_for_watchdog_ms(3, 200), 3400);
+        assert_eq!(lease_for_watchdog_ms(1, 150), 1400);
     }
 
     #[test]
