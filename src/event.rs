@@ -83,6 +83,11 @@ pub enum EventKind {
     MirrorPromoted,
     /// This copy became secondary after a flush (mirror).
     MirrorDemoted,
+    /// The node lost its lease and this primary holds new writes,
+    /// `on_no_quorum = "suspend"` (mirror, epoch).
+    MirrorIoSuspended,
+    /// The node has its lease back at the same epoch: held writes go on (mirror, epoch).
+    MirrorIoResumed,
     /// This copy may not become primary (mirror, reason).
     MirrorPromotionRefused,
     /// A sync peer was lost and is now Outdated; writes go on and are tracked (mirror, peer).
@@ -120,6 +125,9 @@ pub enum EventKind {
     WatchdogUnavailable,
     /// The watchdog opened again after [`EventKind::WatchdogUnavailable`] (device).
     WatchdogAvailable,
+    /// A step of a lost lease's fast stop failed (group, step: `floating_ip`,
+    /// `mirror` or `freeze`, resource, reason): this node stops petting the watchdog.
+    FastStopFailed,
 }
 
 impl EventKind {
