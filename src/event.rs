@@ -183,7 +183,8 @@ pub enum MoveReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineStep {
     pub resource: String,
-    /// "start" or "stop".
+    /// "start", "stop", or a lost lease's fast stop step: "fast_stop_floating_ip",
+    /// "fast_stop_mirror" or "fast_stop_freeze".
     pub action: String,
     pub at_ms: u64,
     pub duration_ms: u64,

@@ -746,12 +746,12 @@ impl Mirror {
 
     /// Ends a suspension: the held writes go on if this copy is still primary at
     /// `epoch` and saw no newer one; otherwise it steps down and they fail with EIO.
-    /// Returns whether this copy is (still) primary at `epoch`.
+    /// Returns whether this copy is still primary (without a suspension: whether it is).
     pub async fn resume_io(&self, epoch: OwnershipEpoch) -> Result<bool, MirrorError> {
         let resumed = {
             let mut st = self.lock();
             if !st.suspended {
-                return Ok(st.primary && st.epoch.stamp() == epoch);
+                return Ok(st.primary);
             }
             let ok = st.epoch.resumes_at(epoch);
             st.suspended = !ok;
