@@ -615,6 +615,8 @@ mod tests {
             Monitor::Failed(why) => assert!(why.contains("exit code 3"), "{why}"),
             other => panic!("{other:?}"),
         }
+        // The exited process's cgroup goes with the stop.
+        b.stop(&[]).await.unwrap();
     }
 
     #[tokio::test]

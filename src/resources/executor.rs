@@ -517,6 +517,73 @@ impl Executor {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_lost_lease_runs_the_fast_stop_steps_before_the_clean_stop() {
+        let group: GroupConfig = toml::from_str(
+            r#"
+name = "web"
+[[resource]]
+name = "vip"
+kind = "ip"
+address = "192.0.2.10/24"
+interface = "tdm-absent0"
+[[resource]]
+name = "app"
+kind = "process"
+command = ["sleep", "30"]
+depends_on = ["vip"]
+"#,
+        )
+        .unwrap();
+        let (results, mut rx) = mpsc::channel(16);
+        let checks: CheckObserver = Arc::new(|_: &str, _: &str, _: &str, _, _| {});
+        let mirrors = crate::mirror::node::LocalMirrors::new();
+        let mut exec = Executor {
+            node: format!("exec-test-{}", std::process::id()),
+            order: vec![0, 1],
+            resources: group
+                .resources
+                .iter()
+                .map(|r| Res {
+                    name: r.name.clone(),
+                    agent: Agent::new(r, &mirrors, "exec-test", &group.name),
+                    quick: None,
+                    deep: None,
+                    next_quick: Instant::now(),
+                    next_deep: Instant::now(),
+                })
+                .collect(),
+            group,
+            events: EventLog::in_memory("exec-test"),
+            checks,
+            results,
+            running: true,
+            maintenance: false,
+            vip_probe_timeout: Duration::from_millis(100),
+        };
+        exec.start_one(1, &mut Vec::new()).await.unwrap();
+        let Input::Stopped {
+            ok, error, steps, ..
+        } = exec.stop(StopMode::LeaseLost).await
+        else {
+            panic!("not a stop report");
+        };
+        assert!(ok, "{error:?}");
+        assert!(rx.try_recv().is_err(), "no fast stop step failed");
+        let actions: Vec<(&str, &str)> = steps
+            .iter()
+            .map(|s| (s.resource.as_str(), s.action.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("vip", "fast_stop_floating_ip"),
+                ("app", "fast_stop_freeze"),
+                ("app", "stop"),
+            ]
+        );
+    }
+
     #[test]
     fn a_lost_lease_drops_the_floating_ip_then_the_volume_then_the_rest_top_down() {
         // Started in the order vip (0), data (1), app (2), web (3): web depends on app.
