@@ -85,6 +85,11 @@ pub enum EventKind {
     MirrorPromoted,
     /// This copy became secondary after a flush (mirror).
     MirrorDemoted,
+    /// The node lost its lease and this primary holds new writes,
+    /// `on_no_quorum = "suspend"` (mirror, epoch).
+    MirrorIoSuspended,
+    /// The node has its lease back at the same epoch: held writes go on (mirror, epoch).
+    MirrorIoResumed,
     /// This copy may not become primary (mirror, reason).
     MirrorPromotionRefused,
     /// A sync peer was lost and is now Outdated; writes go on and are tracked (mirror, peer).
@@ -122,6 +127,9 @@ pub enum EventKind {
     WatchdogUnavailable,
     /// The watchdog opened again after [`EventKind::WatchdogUnavailable`] (device).
     WatchdogAvailable,
+    /// A step of a lost lease's fast stop failed (group, step: `floating_ip`,
+    /// `mirror` or `freeze`, resource, reason): this node stops petting the watchdog.
+    FastStopFailed,
 }
 
 impl EventKind {
@@ -177,7 +185,8 @@ pub enum MoveReason {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineStep {
     pub resource: String,
-    /// "start" or "stop".
+    /// "start", "stop", or a lost lease's fast stop step: "fast_stop_floating_ip",
+    /// "fast_stop_mirror" or "fast_stop_freeze".
     pub action: String,
     pub at_ms: u64,
     pub duration_ms: u64,

@@ -494,7 +494,12 @@ impl NodeCore {
             NodeInput::Malformed { path, reason } => {
                 self.membership.record_decode_error(path, reason)
             }
-            NodeInput::Resource(input) => self.placement_input(now, input, &mut out),
+            NodeInput::Resource(input) => {
+                if matches!(input, Input::FastStopFailed { .. }) {
+                    self.fast_stop_failed();
+                }
+                self.placement_input(now, input, &mut out)
+            }
             NodeInput::Mirrors(facts) => {
                 self.note_pending(now, &facts);
                 self.mirrors = facts;

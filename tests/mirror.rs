@@ -907,6 +907,67 @@ fn a_write_held_for_a_lost_peer_fails_with_eio_when_the_primary_steps_down() {
     a.stop();
 }
 
+/// `on_no_quorum = "suspend"`: the primary of a node that lost its lease holds a write
+/// rather than failing it; it completes once the lease is back at the same epoch.
+#[test]
+fn a_suspended_write_completes_when_io_resumes_at_the_same_epoch() {
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    let e3 = OwnershipEpoch(3);
+    a.on(a.m.promote(e3)).unwrap();
+    a.m.suspend_io();
+    let m = Arc::clone(&a.m);
+    let held =
+        a.rt.as_ref()
+            .unwrap()
+            .spawn(async move { m.write(MIB, pattern(5, 4096), false).await });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !held.is_finished(),
+        "a write went on while I/O was suspended"
+    );
+    assert!(a.on(a.m.resume_io(e3)).unwrap(), "still primary at epoch 3");
+    a.on(held).unwrap().unwrap();
+    assert_eq!(read_file(&c.backing("b"), MIB, 4096), pattern(5, 4096));
+    a.stop();
+    b.stop();
+}
+
+/// A suspended write fails with EIO when the group stops for good (the demote), and
+/// when the lease comes back at another epoch.
+#[test]
+fn a_suspended_write_fails_with_eio_on_demote_or_at_another_epoch() {
+    let c = Cluster::new(&["a"], 16 * MIB);
+    let a = c.start("a");
+    for resume_at in [None, Some(OwnershipEpoch(4))] {
+        a.on(a.m.promote(OwnershipEpoch(3))).unwrap();
+        a.m.suspend_io();
+        let m = Arc::clone(&a.m);
+        let held =
+            a.rt.as_ref()
+                .unwrap()
+                .spawn(async move { m.write(0, pattern(6, 4096), false).await });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !held.is_finished(),
+            "a write went on while I/O was suspended"
+        );
+        match resume_at {
+            None => a.on(a.m.demote()).unwrap(),
+            Some(e) => assert!(!a.on(a.m.resume_io(e)).unwrap(), "stepped down"),
+        }
+        let err = a
+            .on(held)
+            .unwrap()
+            .expect_err("a suspended write completed after the step-down");
+        assert_eq!(err.errno(), tandem::mirror::nbd::proto::EIO, "{err}");
+        assert!(!a.m.is_primary());
+    }
+    a.stop();
+}
+
 #[test]
 fn three_copies_all_get_sync_writes() {
     let c = Cluster::new(&["a", "b", "c"], 32 * MIB);

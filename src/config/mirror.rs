@@ -79,6 +79,20 @@ impl ReplicationMode {
     }
 }
 
+/// What a primary does with its writes when its node loses the group's lease (the
+/// fast stop of a node without a quorum).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNoQuorum {
+    /// Step down at once: in-flight and new writes fail with EIO.
+    #[default]
+    IoError,
+    /// Hold new writes (DRBD's suspend-io): they complete if the node gets its lease
+    /// back at the same epoch, and fail with EIO once the group stops for good or a
+    /// newer epoch is seen.
+    Suspend,
+}
+
 /// `[[mirror]]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +119,9 @@ pub struct MirrorConfig {
     /// What to do when both copies changed apart.
     #[serde(default)]
     pub split_brain: SplitBrainPolicy,
+    /// What the primary does with writes when its node loses the lease.
+    #[serde(default)]
+    pub on_no_quorum: OnNoQuorum,
 }
 
 /// `[[mirror.link]]`: the replication between two nodes.

@@ -428,3 +428,20 @@ fn example_fence_block_is_valid_uncommented() {
         .expect("fence");
     assert!(f.redfish.is_some() && f.ipmi.is_some());
 }
+
+#[test]
+fn on_no_quorum_defaults_to_io_error_and_takes_suspend() {
+    let c = Config::parse(&format!("{MINIMAL}{MIRROR_PART}")).unwrap();
+    assert_eq!(c.mirrors[0].on_no_quorum, OnNoQuorum::IoError);
+    let suspend = MIRROR_PART.replace(
+        "size = \"64MiB\"",
+        "size = \"64MiB\"\non_no_quorum = \"suspend\"",
+    );
+    let c = Config::parse(&format!("{MINIMAL}{suspend}")).unwrap();
+    assert_eq!(c.mirrors[0].on_no_quorum, OnNoQuorum::Suspend);
+    let bad = MIRROR_PART.replace(
+        "size = \"64MiB\"",
+        "size = \"64MiB\"\non_no_quorum = \"wait\"",
+    );
+    assert!(err_of(&format!("{MINIMAL}{bad}")).contains("wait"));
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{Config, ResourceKind};
+use crate::config::{Config, OnNoQuorum, ResourceKind};
 use crate::event::EventLog;
 use crate::mirror::nbd::metrics::NbdMetrics;
 use crate::mirror::nbd::ServerConfig;
@@ -21,6 +21,8 @@ pub struct LocalMirror {
     pub nbd: ServerConfig,
     /// The group and resource that own the volume, if any.
     pub owner: Option<(String, String)>,
+    /// What a lost lease's fast stop does with its writes.
+    pub on_no_quorum: OnNoQuorum,
 }
 
 /// Every mirror of this node, by name.
@@ -67,7 +69,15 @@ pub async fn open_all(
             tcp: m.nbd_tcp,
             metrics: Some(nbd_metrics(&m.name)),
         };
-        out.insert(m.name.clone(), LocalMirror { mirror, nbd, owner });
+        out.insert(
+            m.name.clone(),
+            LocalMirror {
+                mirror,
+                nbd,
+                owner,
+                on_no_quorum: m.on_no_quorum,
+            },
+        );
     }
     Ok(out)
 }

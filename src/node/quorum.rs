@@ -468,6 +468,13 @@ impl NodeCore {
         );
     }
 
+    /// A step of a lost lease's fast stop failed: the watchdog is petted no more.
+    pub(super) fn fast_stop_failed(&mut self) {
+        if let Some(w) = self.watchdog.as_mut() {
+            w.fast_stop_failed();
+        }
+    }
+
     /// The runtime's report on the watchdog device: while it is unavailable this node
     /// takes and starts nothing and stops what it runs (placement's `unprotected`);
     /// each change is announced once.

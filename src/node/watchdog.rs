@@ -22,6 +22,11 @@
 //!   core lets this node neither take over nor start any group, and stops those it
 //!   runs as if their lease were lost: a node the device cannot reset must not serve.
 //!
+//! - **A failed fast stop**: once a step of a lost lease's fast stop failed (a
+//!   floating IP not dropped, a mirror's I/O neither suspended nor failed, a process
+//!   not frozen), nothing is petted or disarmed any more: the node may still serve
+//!   what it must not, and the device resets it.
+//!
 //! The runtime carries out [`WatchdogCommand`]s on the device (`runtime::watchdog`).
 
 use std::collections::BTreeMap;
@@ -98,6 +103,8 @@ pub struct Watchdog {
     lease_ends: BTreeMap<String, u64>,
     /// Set while the runtime reports the device unusable.
     fault: Option<WatchdogFault>,
+    /// A lost lease's fast stop failed here: no pet or disarm from now on.
+    fast_stop_failed: bool,
 }
 
 impl Watchdog {
@@ -107,7 +114,14 @@ impl Watchdog {
             armed: false,
             lease_ends: BTreeMap::new(),
             fault: None,
+            fast_stop_failed: false,
         }
+    }
+
+    /// A step of a lost lease's fast stop failed: the device is left to reset the
+    /// node (no pet, no disarm) until the daemon starts afresh.
+    pub fn fast_stop_failed(&mut self) {
+        self.fast_stop_failed = true;
     }
 
     pub fn armed(&self) -> bool {
@@ -148,6 +162,9 @@ impl Watchdog {
             }
         }
         let mut out = Vec::new();
+        if self.fast_stop_failed {
+            return out;
+        }
         if owned.is_empty() {
             if self.armed {
                 self.armed = false;
@@ -273,6 +290,20 @@ mod tests {
         assert!(w.tick(20, &[]).is_empty(), "nothing open to disarm");
         w.report(WatchdogReport::Available);
         assert_eq!(w.tick(30, &gs), [Arm { timeout_s: 1 }, Pet]);
+    }
+
+    #[test]
+    fn after_a_failed_fast_stop_the_device_is_neither_petted_nor_disarmed() {
+        let mut w = Watchdog::new(1);
+        let gs = owned(&[("web", Some(5_000))]);
+        assert_eq!(w.tick(0, &gs), [Arm { timeout_s: 1 }, Pet]);
+        w.fast_stop_failed();
+        assert!(w.tick(10, &gs).is_empty(), "a pet after a failed fast stop");
+        assert!(
+            w.tick(20, &[]).is_empty(),
+            "a disarm after a failed fast stop"
+        );
+        assert!(w.armed(), "left to reset the node");
     }
 
     #[test]

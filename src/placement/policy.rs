@@ -188,6 +188,43 @@ pub enum Input {
     },
     /// Result of the floating-IP probe requested with [`Action::ProbeVip`].
     VipProbe { group: String, in_use: bool },
+    /// A step of a [`StopMode::LeaseLost`] stop's fast part failed: the resource may
+    /// still serve. The node core stops petting the watchdog (the clean stop goes on).
+    FastStopFailed {
+        group: String,
+        step: FastStopStep,
+        resource: String,
+        reason: String,
+    },
+}
+
+/// The fast part of a [`StopMode::LeaseLost`] stop, in order, before the clean stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FastStopStep {
+    /// Drop a floating IP.
+    FloatingIp,
+    /// Suspend a mirror's I/O or fail it (`on_no_quorum`).
+    Mirror,
+    /// Freeze a `process` resource's cgroup.
+    Freeze,
+}
+
+impl FastStopStep {
+    /// Every step, in the order they run.
+    pub const ALL: [FastStopStep; 3] = [
+        FastStopStep::FloatingIp,
+        FastStopStep::Mirror,
+        FastStopStep::Freeze,
+    ];
+
+    /// The snake_case name (events, timelines).
+    pub fn name(self) -> &'static str {
+        match self {
+            FastStopStep::FloatingIp => "floating_ip",
+            FastStopStep::Mirror => "mirror",
+            FastStopStep::Freeze => "freeze",
+        }
+    }
 }
 
 /// How a group is stopped.
@@ -196,9 +233,10 @@ pub enum StopMode {
     /// Every resource in reverse dependency order (the service first, its floating IP
     /// and volume last).
     TopDown,
-    /// The owner lease is running out: first what lets the outside world reach this
-    /// node's copy of the group (its floating IPs, then its mirrors' primary role, so
-    /// the service's writes fail), then the rest in reverse dependency order. A slow
+    /// The owner lease is running out: first the fast stop ([`FastStopStep`]): what
+    /// lets the outside world reach this node's copy of the group (its floating IPs,
+    /// then its mirrors' I/O, suspended or failed), then its processes frozen; then
+    /// the clean stop: mirrors demoted, the rest in reverse dependency order. A slow
     /// service stop must not keep the address or the volume past the lease.
     LeaseLost,
 }
@@ -701,7 +739,8 @@ impl Placement {
             | Input::CheckFailed { group, .. }
             | Input::Restarted { group, .. }
             | Input::Unrecoverable { group, .. }
-            | Input::VipProbe { group, .. } => groups.get_mut(group),
+            | Input::VipProbe { group, .. }
+            | Input::FastStopFailed { group, .. } => groups.get_mut(group),
             Input::Tick | Input::NodeDown { .. } | Input::PeerSilent { .. } => None,
         };
         let Some(Group { policy, state: g }) = group else {
@@ -741,6 +780,20 @@ impl Placement {
                 resource, reason, ..
             } => g.give_up_locally(policy, &view, &resource, &reason, out),
             Input::VipProbe { in_use, .. } => g.on_vip_probe(policy, &view, in_use, out),
+            Input::FastStopFailed {
+                step,
+                resource,
+                reason,
+                ..
+            } => out.push(Action::Emit {
+                kind: EventKind::FastStopFailed,
+                fields: fields([
+                    ("group", policy.name.clone()),
+                    ("step", step.name().to_string()),
+                    ("resource", resource),
+                    ("reason", reason),
+                ]),
+            }),
             Input::Tick | Input::NodeDown { .. } | Input::PeerSilent { .. } => {}
         }
     }

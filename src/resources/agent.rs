@@ -4,8 +4,9 @@
 //!   of gratuitous ARP / unsolicited NA and re-announces periodically. Its monitor
 //!   reconciles the address against the links (IP local recovery onto a backup NIC).
 //! - `exec`: user scripts for start and stop, each under a timeout.
-//! - `process`: a supervised long-running command in its own process group; its
-//!   monitor notices at once when it exits.
+//! - `process`: a supervised long-running command in its own process group and, where
+//!   the host has one, its own cgroup ([`super::cgroup`]), which a lost lease's fast
+//!   stop freezes; its monitor notices at once when it exits.
 //! - `mirror`: promotes this node's copy of a replicated volume (refused unless it is
 //!   UpToDate) and serves it over NBD; stop closes the NBD listeners and connections, flushes and
 //!   demotes. Its monitor fails when the copy is no longer primary.
@@ -21,13 +22,15 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 
+use super::cgroup::{self, Cgroup};
 use super::filesystem::FilesystemAgent;
 use super::ResourceError;
-use crate::config::{parse_cidr, ResourceConfig, ResourceKind};
+use crate::config::{parse_cidr, OnNoQuorum, ResourceConfig, ResourceKind};
 use crate::mirror::nbd::NbdServer;
 use crate::mirror::node::{LocalMirror, LocalMirrors};
 use crate::net;
 use crate::net::vip::{VipAction, VipOutcome, VipSpec};
+use crate::placement::policy::FastStopStep;
 
 /// What the built-in monitor of a resource found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,18 +55,27 @@ pub enum Agent {
         stop: Vec<String>,
         timeout: Duration,
     },
-    Process {
-        command: Vec<String>,
-        stop_timeout: Duration,
-        child: Option<Child>,
-    },
+    Process(ProcessAgent),
     Mirror(MirrorAgent),
     Filesystem(FilesystemAgent),
+}
+
+/// The `process` agent.
+pub struct ProcessAgent {
+    command: Vec<String>,
+    stop_timeout: Duration,
+    child: Option<Child>,
+    /// `[node, group, resource]`: names its cgroup `tandem/<node>/<group>/<resource>`.
+    scope: [String; 3],
+    /// Its cgroup while it runs (None where the host has no freezer).
+    cgroup: Option<Cgroup>,
 }
 
 /// The `mirror` agent.
 pub struct MirrorAgent {
     name: String,
+    /// What the fast stop of a lost lease does with its writes.
+    on_no_quorum: OnNoQuorum,
     /// None if this node holds no copy (a config error caught at start).
     local: Option<LocalMirror>,
     server: Option<tokio::task::JoinHandle<()>>,
@@ -84,8 +96,8 @@ pub struct IpAgent {
 }
 
 impl Agent {
-    /// Builds the agent for a validated resource.
-    pub fn new(cfg: &ResourceConfig, mirrors: &LocalMirrors) -> Agent {
+    /// Builds the agent for a validated resource of `group` on `node`.
+    pub fn new(cfg: &ResourceConfig, mirrors: &LocalMirrors, node: &str, group: &str) -> Agent {
         match &cfg.kind {
             ResourceKind::Ip {
                 address,
@@ -124,13 +136,19 @@ impl Agent {
             ResourceKind::Process {
                 command,
                 stop_timeout,
-            } => Agent::Process {
+            } => Agent::Process(ProcessAgent {
                 command: command.clone(),
                 stop_timeout: *stop_timeout,
                 child: None,
-            },
+                scope: [node.to_string(), group.to_string(), cfg.name.clone()],
+                cgroup: None,
+            }),
             ResourceKind::Mirror { mirror } => Agent::Mirror(MirrorAgent {
                 name: mirror.clone(),
+                on_no_quorum: mirrors
+                    .get(mirror)
+                    .map(|m| m.on_no_quorum)
+                    .unwrap_or_default(),
                 local: mirrors.get(mirror).cloned(),
                 server: None,
                 epoch: OwnershipEpoch::default(),
@@ -162,7 +180,33 @@ impl Agent {
         }
     }
 
-    /// Starts the resource.
+    /// The step of a lost lease's fast stop this resource takes part in, if any.
+    pub fn fast_stop_step(&self) -> Option<FastStopStep> {
+        match self {
+            Agent::Ip(_) => Some(FastStopStep::FloatingIp),
+            Agent::Mirror(_) => Some(FastStopStep::Mirror),
+            Agent::Process(_) => Some(FastStopStep::Freeze),
+            Agent::Exec { .. } | Agent::Filesystem(_) => None,
+        }
+    }
+
+    /// Its part in a lost lease's fast stop: a floating IP is dropped, a mirror's I/O
+    /// fails (demoted) or is suspended, a process is frozen. Returns whether the
+    /// resource is stopped (else the clean stop still stops it).
+    pub async fn fast_stop(&mut self, env: &[(String, String)]) -> Result<bool, ResourceError> {
+        match self {
+            Agent::Mirror(m) if m.on_no_quorum == OnNoQuorum::Suspend => {
+                if let Ok(local) = m.local() {
+                    local.mirror.suspend_io();
+                }
+                Ok(false)
+            }
+            Agent::Process(p) => p.freeze().await.map(|()| false),
+            Agent::Ip(_) | Agent::Mirror(_) => self.stop(env).await.map(|()| true),
+            Agent::Exec { .. } | Agent::Filesystem(_) => Ok(false),
+        }
+    }
+
     /// The ownership epoch the group starts under (before `start`): a `mirror`
     /// promotes its copy under it; other agents ignore it.
     pub fn set_ownership_epoch(&mut self, epoch: OwnershipEpoch) {
@@ -171,6 +215,7 @@ impl Agent {
         }
     }
 
+    /// Starts the resource.
     pub async fn start(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
         match self {
             Agent::Ip(a) => {
@@ -186,25 +231,7 @@ impl Agent {
                 })
             }
             Agent::Exec { start, timeout, .. } => run_command(start, *timeout, env).await,
-            Agent::Process { command, child, .. } => {
-                if let Some(c) = child.as_mut() {
-                    if matches!(c.try_wait(), Ok(None)) {
-                        return Ok(());
-                    }
-                }
-                let mut cmd = Command::new(&command[0]);
-                cmd.args(&command[1..])
-                    .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdin(std::process::Stdio::null())
-                    .process_group(0)
-                    .kill_on_drop(true);
-                let c = cmd.spawn().map_err(|source| ResourceError::Spawn {
-                    command: command.join(" "),
-                    source,
-                })?;
-                *child = Some(c);
-                Ok(())
-            }
+            Agent::Process(p) => p.start(env),
             Agent::Mirror(m) => m.start().await,
             Agent::Filesystem(f) => f.start().await,
         }
@@ -215,30 +242,7 @@ impl Agent {
         match self {
             Agent::Ip(a) => a.reconcile(false).await.map(|_| ()),
             Agent::Exec { stop, timeout, .. } => run_command(stop, *timeout, env).await,
-            Agent::Process {
-                command,
-                stop_timeout,
-                child,
-            } => {
-                let Some(mut c) = child.take() else {
-                    return Ok(());
-                };
-                if let Some(pid) = c.id() {
-                    let pgid = Pid::from_raw(pid as i32);
-                    let _ = killpg(pgid, Signal::SIGTERM);
-                    match tokio::time::timeout(*stop_timeout, c.wait()).await {
-                        Ok(_) => {}
-                        Err(_) => {
-                            tracing::warn!(command = %command.join(" "), "did not stop on SIGTERM; SIGKILL");
-                            let _ = killpg(pgid, Signal::SIGKILL);
-                            let _ = c.wait().await;
-                        }
-                    }
-                    // Anything left in its process group goes too.
-                    let _ = killpg(pgid, Signal::SIGKILL);
-                }
-                Ok(())
-            }
+            Agent::Process(p) => p.stop().await,
             Agent::Mirror(m) => m.stop().await,
             Agent::Filesystem(f) => f.stop().await,
         }
@@ -280,7 +284,7 @@ impl Agent {
                 }
             }
             Agent::Exec { .. } => Monitor::Healthy,
-            Agent::Process { child, command, .. } => match child.as_mut() {
+            Agent::Process(ProcessAgent { child, command, .. }) => match child.as_mut() {
                 None => Monitor::Failed("not running".into()),
                 Some(c) => match c.try_wait() {
                     Ok(None) => Monitor::Healthy,
@@ -301,6 +305,90 @@ impl Agent {
     }
 }
 
+impl ProcessAgent {
+    /// Its cgroup, created now; None (and a warning) where the host cannot have one.
+    fn make_cgroup(&self) -> Option<Cgroup> {
+        let h = cgroup::hierarchy()?;
+        let [node, group, resource] = &self.scope;
+        Cgroup::create(h, node, group, resource)
+            .map_err(|e| tracing::warn!(error = %e, "the process runs without its own cgroup"))
+            .ok()
+    }
+
+    fn start(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
+        if let Some(c) = self.child.as_mut() {
+            if matches!(c.try_wait(), Ok(None)) {
+                return Ok(());
+            }
+        }
+        let command = &self.command;
+        let mut cmd = Command::new(&command[0]);
+        cmd.args(&command[1..])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        let cgroup = self.cgroup.take().or_else(|| self.make_cgroup());
+        if let Some(procs) = cgroup
+            .as_ref()
+            .and_then(|c| cgroup::c_path(&c.procs_file()))
+        {
+            // SAFETY: the hook only calls `join_self`, which is async-signal-safe and
+            // does not allocate (the path was made before the fork).
+            unsafe {
+                cmd.pre_exec(move || cgroup::join_self(&procs));
+            }
+        }
+        self.cgroup = cgroup;
+        let c = cmd.spawn().map_err(|source| ResourceError::Spawn {
+            command: command.join(" "),
+            source,
+        })?;
+        self.child = Some(c);
+        Ok(())
+    }
+
+    /// SIGTERM to its process group, SIGKILL after `stop_timeout`; then whatever is
+    /// left in its cgroup is killed and the cgroup removed.
+    async fn stop(&mut self) -> Result<(), ResourceError> {
+        if let Some(mut c) = self.child.take() {
+            if let Some(pid) = c.id() {
+                let pgid = Pid::from_raw(pid as i32);
+                let _ = killpg(pgid, Signal::SIGTERM);
+                // Frozen by a lost lease's fast stop: the SIGTERM waits until the thaw,
+                // so the process handles it before it runs anything else, and stops
+                // cleanly (its handler runs). `cgroup.kill` would be a SIGKILL: no
+                // clean stop, so it is only the last resort below.
+                if let Some(cg) = &self.cgroup {
+                    cg.thaw()?;
+                }
+                if tokio::time::timeout(self.stop_timeout, c.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(command = %self.command.join(" "), "did not stop on SIGTERM; SIGKILL");
+                    let _ = killpg(pgid, Signal::SIGKILL);
+                    let _ = c.wait().await;
+                }
+                // Anything left in its process group goes too.
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+        }
+        if let Some(cg) = self.cgroup.take() {
+            cg.remove().await?;
+        }
+        Ok(())
+    }
+
+    /// Freezes it (a lost lease's fast stop); nothing to do without a cgroup.
+    async fn freeze(&self) -> Result<(), ResourceError> {
+        match &self.cgroup {
+            Some(cg) if self.child.is_some() => Ok(cg.freeze().await?),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl MirrorAgent {
     fn local(&self) -> Result<&LocalMirror, ResourceError> {
         self.local.as_ref().ok_or_else(|| {
@@ -310,7 +398,14 @@ impl MirrorAgent {
 
     async fn start(&mut self) -> Result<(), ResourceError> {
         let local = self.local()?.clone();
-        if !local.mirror.is_primary() {
+        // Still primary (its I/O suspended by a lost lease): the held writes go on at
+        // the same epoch; at another one the copy steps down (they fail) and promotes.
+        let primary = local
+            .mirror
+            .resume_io(self.epoch)
+            .await
+            .map_err(|e| ResourceError::Check(format!("mirror `{}`: {e}", self.name)))?;
+        if !primary {
             local
                 .mirror
                 .promote(self.epoch)
@@ -492,11 +587,17 @@ mod tests {
     use super::*;
 
     fn process(cmd: &[&str]) -> Agent {
-        Agent::Process {
+        Agent::Process(ProcessAgent {
             command: cmd.iter().map(|s| s.to_string()).collect(),
             stop_timeout: Duration::from_millis(500),
             child: None,
-        }
+            scope: [
+                "unit".into(),
+                "tests".into(),
+                cmd.join("-").replace(['/', ' ', '\'', '&', ';'], "_"),
+            ],
+            cgroup: None,
+        })
     }
 
     #[tokio::test]
@@ -514,6 +615,8 @@ mod tests {
             Monitor::Failed(why) => assert!(why.contains("exit code 3"), "{why}"),
             other => panic!("{other:?}"),
         }
+        // The exited process's cgroup goes with the stop.
+        b.stop(&[]).await.unwrap();
     }
 
     #[tokio::test]

@@ -17,34 +17,27 @@ use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCH
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
 use crate::node::{GroupCommand as Command, StopMode};
 use crate::placement::hierarchy::{dependents_closure, start_order};
-use crate::placement::policy::Input;
-
-/// What a resource is to a [`StopMode::LeaseLost`] stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StopFirst {
-    /// A floating IP: dropped first.
-    FloatingIp,
-    /// A mirror: demoted next, so the service's writes fail rather than land.
-    Volume,
-    /// Stopped in reverse dependency order after those.
-    No,
-}
+use crate::placement::policy::{FastStopStep, Input};
 
 /// The order to stop a group's resources in: reverse dependency order (`order` is the
 /// start order), or for a lost lease the floating IPs, then the mirrors, then the rest
-/// in reverse dependency order.
-fn stop_order(mode: StopMode, order: &[usize], kinds: &[StopFirst]) -> Vec<usize> {
+/// in reverse dependency order (`steps`: each resource's [`FastStopStep`]).
+fn stop_order(mode: StopMode, order: &[usize], steps: &[Option<FastStopStep>]) -> Vec<usize> {
     let reverse = order.iter().rev().copied();
     match mode {
         StopMode::TopDown => reverse.collect(),
         StopMode::LeaseLost => {
-            let kind = |i: usize| kinds.get(i).copied().unwrap_or(StopFirst::No);
-            let mut v: Vec<usize> = reverse
-                .clone()
-                .filter(|&i| kind(i) == StopFirst::FloatingIp)
-                .collect();
-            v.extend(reverse.clone().filter(|&i| kind(i) == StopFirst::Volume));
-            v.extend(reverse.filter(|&i| kind(i) == StopFirst::No));
+            let step = |i: usize| steps.get(i).copied().flatten();
+            let mut v = Vec::new();
+            for first in [FastStopStep::FloatingIp, FastStopStep::Mirror] {
+                v.extend(reverse.clone().filter(|&i| step(i) == Some(first)));
+            }
+            v.extend(reverse.filter(|&i| {
+                !matches!(
+                    step(i),
+                    Some(FastStopStep::FloatingIp | FastStopStep::Mirror)
+                )
+            }));
             v
         }
     }
@@ -85,7 +78,7 @@ pub fn spawn(
         .iter()
         .map(|r| Res {
             name: r.name.clone(),
-            agent: Agent::new(r, mirrors),
+            agent: Agent::new(r, mirrors, node, &group.name),
             quick: r.quickcheck.clone().map(|c| {
                 let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
                 (c, i)
@@ -314,20 +307,24 @@ impl Executor {
         }
     }
 
+    /// Stops the group; a lost lease's stop runs the fast stop first.
     async fn stop(&mut self, mode: StopMode) -> Input {
         self.running = false;
         let mut steps = Vec::new();
         let mut error = None;
-        let kinds: Vec<StopFirst> = self
+        let mut stopped = vec![false; self.resources.len()];
+        if mode == StopMode::LeaseLost {
+            self.fast_stop(&mut stopped, &mut steps, &mut error).await;
+        }
+        let kinds: Vec<Option<FastStopStep>> = self
             .resources
             .iter()
-            .map(|r| match &r.agent {
-                Agent::Ip(_) => StopFirst::FloatingIp,
-                Agent::Mirror(_) => StopFirst::Volume,
-                _ => StopFirst::No,
-            })
+            .map(|r| r.agent.fast_stop_step())
             .collect();
         for i in stop_order(mode, &self.order, &kinds) {
+            if stopped[i] {
+                continue;
+            }
             if let Err(e) = self.stop_one(i, &mut steps).await {
                 error.get_or_insert(e);
             }
@@ -337,6 +334,55 @@ impl Executor {
             ok: error.is_none(),
             error,
             steps,
+        }
+    }
+
+    /// The fast part of a lost lease's stop: each [`FastStopStep`] in order over the
+    /// resources it concerns (reverse dependency order). A failure is reported to the
+    /// core at once (it stops petting the watchdog); the next steps still run.
+    async fn fast_stop(
+        &mut self,
+        stopped: &mut [bool],
+        steps: &mut Vec<TimelineStep>,
+        error: &mut Option<String>,
+    ) {
+        for step in FastStopStep::ALL {
+            for i in self.order.clone().into_iter().rev() {
+                if self.resources[i].agent.fast_stop_step() != Some(step) {
+                    continue;
+                }
+                let name = self.resources[i].name.clone();
+                let env = self.env(&name);
+                let (at, t) = (unix_ms(), Instant::now());
+                let span = tracing::info_span!("fast_stop", resource = %name, step = step.name());
+                let r = self.resources[i]
+                    .agent
+                    .fast_stop(&env)
+                    .instrument(span)
+                    .await;
+                steps.push(TimelineStep {
+                    resource: name.clone(),
+                    action: format!("fast_stop_{}", step.name()),
+                    at_ms: at,
+                    duration_ms: t.elapsed().as_millis() as u64,
+                    ok: r.is_ok(),
+                    error: r.as_ref().err().map(|e| e.to_string()),
+                });
+                match r {
+                    Ok(done) => stopped[i] = done,
+                    Err(e) => {
+                        tracing::error!(resource = %name, step = step.name(), error = %e, "fast stop step failed");
+                        error.get_or_insert(format!("`{name}`: {e}"));
+                        let failed = Input::FastStopFailed {
+                            group: self.group.name.clone(),
+                            step,
+                            resource: name,
+                            reason: e.to_string(),
+                        };
+                        let _ = self.results.send(failed).await;
+                    }
+                }
+            }
         }
     }
 
@@ -471,15 +517,82 @@ impl Executor {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_lost_lease_runs_the_fast_stop_steps_before_the_clean_stop() {
+        let group: GroupConfig = toml::from_str(
+            r#"
+name = "web"
+[[resource]]
+name = "vip"
+kind = "ip"
+address = "192.0.2.10/24"
+interface = "tdm-absent0"
+[[resource]]
+name = "app"
+kind = "process"
+command = ["sleep", "30"]
+depends_on = ["vip"]
+"#,
+        )
+        .unwrap();
+        let (results, mut rx) = mpsc::channel(16);
+        let checks: CheckObserver = Arc::new(|_: &str, _: &str, _: &str, _, _| {});
+        let mirrors = crate::mirror::node::LocalMirrors::new();
+        let mut exec = Executor {
+            node: format!("exec-test-{}", std::process::id()),
+            order: vec![0, 1],
+            resources: group
+                .resources
+                .iter()
+                .map(|r| Res {
+                    name: r.name.clone(),
+                    agent: Agent::new(r, &mirrors, "exec-test", &group.name),
+                    quick: None,
+                    deep: None,
+                    next_quick: Instant::now(),
+                    next_deep: Instant::now(),
+                })
+                .collect(),
+            group,
+            events: EventLog::in_memory("exec-test"),
+            checks,
+            results,
+            running: true,
+            maintenance: false,
+            vip_probe_timeout: Duration::from_millis(100),
+        };
+        exec.start_one(1, &mut Vec::new()).await.unwrap();
+        let Input::Stopped {
+            ok, error, steps, ..
+        } = exec.stop(StopMode::LeaseLost).await
+        else {
+            panic!("not a stop report");
+        };
+        assert!(ok, "{error:?}");
+        assert!(rx.try_recv().is_err(), "no fast stop step failed");
+        let actions: Vec<(&str, &str)> = steps
+            .iter()
+            .map(|s| (s.resource.as_str(), s.action.as_str()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("vip", "fast_stop_floating_ip"),
+                ("app", "fast_stop_freeze"),
+                ("app", "stop"),
+            ]
+        );
+    }
+
     #[test]
     fn a_lost_lease_drops_the_floating_ip_then_the_volume_then_the_rest_top_down() {
         // Started in the order vip (0), data (1), app (2), web (3): web depends on app.
         let order = [0, 1, 2, 3];
         let kinds = [
-            StopFirst::FloatingIp,
-            StopFirst::Volume,
-            StopFirst::No,
-            StopFirst::No,
+            Some(FastStopStep::FloatingIp),
+            Some(FastStopStep::Mirror),
+            Some(FastStopStep::Freeze),
+            None,
         ];
         assert_eq!(
             stop_order(StopMode::TopDown, &order, &kinds),

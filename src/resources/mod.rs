@@ -1,7 +1,8 @@
 //! Resources: the things a group protects, and the probes that check them.
 //!
 //! - [`agent`]: start, stop and check one resource of each kind (`ip`, `exec`,
-//!   `process`).
+//!   `process`, `mirror`, `filesystem`), and each one's part in a lost lease's fast stop.
+//! - [`cgroup`]: a `process` resource's own cgroup and its freezer.
 //! - [`probe`]: health probes any resource can use as its quickCheck or deepCheck:
 //!   TCP connect, HTTP GET, SMTP banner + EHLO, and exec.
 //! - [`executor`]: runs a whole group on this node: start in dependency order, stop in
@@ -9,6 +10,7 @@
 //!   carries out the placement core's actions and reports results back as inputs.
 
 pub mod agent;
+pub mod cgroup;
 pub mod executor;
 pub mod filesystem;
 pub mod probe;
@@ -27,6 +29,8 @@ pub enum ResourceError {
     Timeout { command: String, timeout_ms: u64 },
     #[error("network: {0}")]
     Net(#[from] crate::net::NetError),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error("{0}")]
     Check(String),
 }

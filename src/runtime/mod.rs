@@ -626,10 +626,10 @@ async fn event_loop(mut d: Daemon, mut inbox: Inbox) -> (Daemon, Inbox, Result<(
 }
 
 /// A crash may have left our floating IPs behind: nothing runs here yet.
-async fn clear_stale_vips(cfg: &Config) {
+async fn clear_stale_vips(cfg: &Config, local: &str) {
     for g in &cfg.groups {
         for r in &g.resources {
-            let mut agent = Agent::new(r, &LocalMirrors::new());
+            let mut agent = Agent::new(r, &LocalMirrors::new(), local, &g.name);
             if agent.vip().is_some() {
                 if let Err(e) = agent.stop(&[]).await {
                     tracing::warn!(group = %g.name, resource = %r.name, error = %e, "cannot clear a stale floating IP");
@@ -649,7 +649,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         .ok_or_else(|| RuntimeError::UnknownNode(local.to_string()))?;
     let key = Arc::new(cfg.key_bytes()?);
     let events = EventLog::open(local, &cfg.cluster.state_dir)?;
-    clear_stale_vips(&cfg).await;
+    clear_stale_vips(&cfg, local).await;
     let metrics = Metrics::new(&cfg, local)?;
     let nbd_metrics = |export: &str| metrics.nbd(export);
     let mirrors = crate::mirror::node::open_all(&cfg, local, &key, &events, &nbd_metrics).await?;

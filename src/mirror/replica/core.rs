@@ -2,7 +2,8 @@
 //! sync completion, async queue accounting and lag, dirty-bitmap marking when a peer
 //! cannot take a write, the resync planner (window, token bucket, EWMA rate) and the
 //! verify comparison, and the ownership-epoch rule ([`EpochGuard`]: which primary a copy
-//! follows, and when a primary learns it was deposed). Time is an input (`now`, time
+//! follows, and when a primary learns it was deposed), and [`admission`] (whether an
+//! application write goes, waits or fails). Time is an input (`now`, time
 //! since an arbitrary origin); nothing here touches a socket or a disk. The tokio tasks
 //! in `link` and `mod` carry out what these types decide.
 
@@ -286,6 +287,58 @@ pub struct StaleEpoch {
     pub newer: OwnershipEpoch,
 }
 
+/// What the write path knows when an application write asks to go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteGate {
+    pub primary: bool,
+    pub shutting_down: bool,
+    /// A newer owner exists (see [`EpochGuard::deposed`]).
+    pub deposed: Option<StaleEpoch>,
+    /// A lost sync peer is not outdated yet (fencing).
+    pub fenced: bool,
+    /// I/O is suspended: the node lost its lease with `on_no_quorum = "suspend"`.
+    pub suspended: bool,
+}
+
+/// What an application write does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It goes (in flight from now on).
+    Go,
+    /// It waits for the next change (fencing or suspension).
+    Hold,
+    /// EIO: a newer owner exists, nothing more is acknowledged here.
+    Deposed(StaleEpoch),
+    /// EIO: it was held and the copy stepped down meanwhile; it was never
+    /// acknowledged, and the new owner's copy may not have it.
+    SteppedDown,
+    /// This copy is secondary (and the write was never held).
+    ReadOnly,
+    /// The mirror is shutting down.
+    Shutdown,
+}
+
+/// Whether a write goes, waits or fails; `held` says it already waited.
+pub fn admission(gate: &WriteGate, held: bool) -> Admission {
+    if !gate.primary {
+        return if gate.shutting_down {
+            Admission::Shutdown
+        } else if held {
+            Admission::SteppedDown
+        } else {
+            Admission::ReadOnly
+        };
+    }
+    if let Some(stale) = gate.deposed {
+        return Admission::Deposed(stale);
+    }
+    if gate.fenced || gate.suspended {
+        Admission::Hold
+    } else {
+        Admission::Go
+    }
+}
+
 /// What a peer's `State` means for this copy under the epoch rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EpochVerdict {
@@ -350,6 +403,12 @@ impl EpochGuard {
         self.highest = epoch;
         self.primary_at = Some(epoch);
         Ok(raised)
+    }
+
+    /// Whether I/O suspended under this promotion may go on at `epoch`: the copy is
+    /// still primary at exactly that epoch and no newer one was seen.
+    pub fn resumes_at(&self, epoch: OwnershipEpoch) -> bool {
+        self.primary_at == Some(epoch) && self.deposed().is_none()
     }
 
     /// This copy is secondary again.
@@ -686,6 +745,50 @@ pub fn block_digests(data: &[u8]) -> Vec<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suspended_write_waits_and_fails_only_once_the_copy_steps_down_or_is_deposed() {
+        let suspended = WriteGate {
+            primary: true,
+            shutting_down: false,
+            deposed: None,
+            fenced: false,
+            suspended: true,
+        };
+        assert_eq!(admission(&suspended, false), Admission::Hold);
+        let resumed = WriteGate {
+            suspended: false,
+            ..suspended
+        };
+        assert_eq!(admission(&resumed, true), Admission::Go);
+        let stepped_down = WriteGate {
+            primary: false,
+            suspended: false,
+            ..suspended
+        };
+        assert_eq!(admission(&stepped_down, true), Admission::SteppedDown);
+        assert_eq!(admission(&stepped_down, false), Admission::ReadOnly);
+        let stale = StaleEpoch {
+            stale: OwnershipEpoch(3),
+            newer: OwnershipEpoch(4),
+        };
+        let deposed = WriteGate {
+            deposed: Some(stale),
+            ..suspended
+        };
+        assert_eq!(admission(&deposed, true), Admission::Deposed(stale));
+    }
+
+    #[test]
+    fn suspended_io_resumes_only_at_the_promotion_epoch_and_while_not_deposed() {
+        let mut g = EpochGuard::new(OwnershipEpoch(2));
+        assert!(!g.resumes_at(OwnershipEpoch(3)), "not primary");
+        g.promote(OwnershipEpoch(3)).unwrap();
+        assert!(g.resumes_at(OwnershipEpoch(3)));
+        assert!(!g.resumes_at(OwnershipEpoch(4)), "another epoch");
+        g.demote();
+        assert!(!g.resumes_at(OwnershipEpoch(3)), "stepped down");
+    }
 
     const MIB: u64 = 1 << 20;
 

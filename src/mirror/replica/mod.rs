@@ -53,7 +53,8 @@ use crate::mirror::wire::{CopyState, Frame, MAX_DATA};
 use crate::mirror::{Export, ExportError, Extent};
 
 use self::core::{
-    EpochGuard, EpochVerdict, Op, PeerCore, ResyncSource, Route, StaleEpoch, VerifyRun,
+    admission, Admission, EpochGuard, EpochVerdict, Op, PeerCore, ResyncSource, Route, StaleEpoch,
+    VerifyRun, WriteGate,
 };
 use self::meta::{CopyMeta, MetaError, MetaStore};
 
@@ -242,6 +243,8 @@ struct State {
     al: ActivityLog,
     peers: BTreeMap<String, PeerState>,
     frozen: BTreeSet<String>,
+    /// New writes are held: this node lost its lease (`on_no_quorum = "suspend"`).
+    suspended: bool,
     inflight_writes: u64,
     read_bytes: u64,
     written_bytes: u64,
@@ -408,6 +411,7 @@ impl Mirror {
             al,
             peers,
             frozen: BTreeSet::new(),
+            suspended: false,
             inflight_writes: 0,
             read_bytes: 0,
             written_bytes: 0,
@@ -626,6 +630,7 @@ impl Mirror {
                 return Ok(());
             }
             st.primary = false;
+            st.suspended = false;
             st.epoch.demote();
         }
         self.bump();
@@ -719,6 +724,46 @@ impl Mirror {
                 }
             }
         }
+    }
+
+    /// Holds new writes (DRBD's suspend-io) while this node has no lease: they go on
+    /// after [`Mirror::resume_io`] at the same epoch and fail with EIO on a demote or
+    /// once a newer epoch is seen. Nothing to do on a secondary.
+    pub fn suspend_io(&self) {
+        let epoch = {
+            let mut st = self.lock();
+            if !st.primary || st.suspended {
+                return;
+            }
+            st.suspended = true;
+            st.epoch.stamp()
+        };
+        self.emit(
+            EventKind::MirrorIoSuspended,
+            &[("epoch", epoch.to_string())],
+        );
+    }
+
+    /// Ends a suspension: the held writes go on if this copy is still primary at
+    /// `epoch` and saw no newer one; otherwise it steps down and they fail with EIO.
+    /// Returns whether this copy is still primary (without a suspension: whether it is).
+    pub async fn resume_io(&self, epoch: OwnershipEpoch) -> Result<bool, MirrorError> {
+        let resumed = {
+            let mut st = self.lock();
+            if !st.suspended {
+                return Ok(st.primary);
+            }
+            let ok = st.epoch.resumes_at(epoch);
+            st.suspended = !ok;
+            ok
+        };
+        if !resumed {
+            self.demote().await?;
+            return Ok(false);
+        }
+        self.bump();
+        self.emit(EventKind::MirrorIoResumed, &[("epoch", epoch.to_string())]);
+        Ok(true)
     }
 
     pub fn is_primary(&self) -> bool {
@@ -1178,38 +1223,43 @@ impl Mirror {
         );
     }
 
-    /// Waits until writes may go (not frozen), or fails if this copy is not primary. A
-    /// write held for a lost peer's outdating fails with EIO if the copy steps down
-    /// meanwhile (the owner lost its lease): it was never acknowledged, and the new
-    /// owner's copy may not have it.
+    /// Waits until writes may go (not frozen, not suspended), or fails if this copy is
+    /// not primary. A held write (for a lost peer's outdating, or suspended when the
+    /// node lost its lease) fails with EIO if the copy steps down meanwhile or learns
+    /// of a newer owner: it was never acknowledged, and the new owner's copy may not
+    /// have it. Writes already in flight when I/O is suspended finish.
     async fn admit_write(&self) -> Result<(), ExportError> {
         let mut rx = self.changed.subscribe();
         let mut held = false;
         loop {
             {
                 let mut st = self.lock();
-                if let Some(stale) = st.epoch.deposed().filter(|_| st.primary) {
-                    // A newer owner exists: nothing more is acknowledged here.
-                    return Err(ExportError::Io(std::io::Error::other(format!(
-                        "this primary was deposed: {stale}"
-                    ))));
+                let gate = WriteGate {
+                    primary: st.primary,
+                    shutting_down: st.shutting_down,
+                    deposed: st.epoch.deposed(),
+                    fenced: !st.frozen.is_empty(),
+                    suspended: st.suspended,
+                };
+                match admission(&gate, held) {
+                    Admission::Go => {
+                        st.inflight_writes += 1;
+                        return Ok(());
+                    }
+                    Admission::Hold => held = true,
+                    Admission::Deposed(stale) => {
+                        return Err(ExportError::Io(std::io::Error::other(format!(
+                            "this primary was deposed: {stale}"
+                        ))))
+                    }
+                    Admission::SteppedDown => {
+                        return Err(ExportError::Io(std::io::Error::other(
+                            "the write was held and this copy stepped down",
+                        )))
+                    }
+                    Admission::ReadOnly => return Err(ExportError::ReadOnly),
+                    Admission::Shutdown => return Err(ExportError::Shutdown),
                 }
-                if !st.primary {
-                    return Err(if st.shutting_down {
-                        ExportError::Shutdown
-                    } else if held {
-                        ExportError::Io(std::io::Error::other(
-                            "the write waited for a lost peer's outdating and this copy stepped down",
-                        ))
-                    } else {
-                        ExportError::ReadOnly
-                    });
-                }
-                if st.frozen.is_empty() {
-                    st.inflight_writes += 1;
-                    return Ok(());
-                }
-                held = true;
             }
             if rx.changed().await.is_err() {
                 return Err(ExportError::Shutdown);
