@@ -993,6 +993,7 @@ mod tests {
                     owner: owner.into(),
                     epoch,
                     handoff: false,
+                    copies_seen: None,
                 },
             );
         }
@@ -1098,6 +1099,7 @@ mod tests {
                 owner: "n2".into(),
                 epoch: 1,
                 handoff: false,
+                copies_seen: None,
             },
         );
         // n1 and n3 silent on n2 long enough: a takeover would be allowed...
@@ -1138,6 +1140,7 @@ mod tests {
                 owner: owner.into(),
                 epoch: 1,
                 handoff: false,
+                copies_seen: None,
             };
             reg.apply(1, own);
             let mut c = quorum_core(&reg);
@@ -1258,6 +1261,7 @@ mod tests {
                 owner: "n2".into(),
                 epoch: 1,
                 handoff: false,
+                copies_seen: None,
             },
         );
         reg

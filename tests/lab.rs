@@ -3535,11 +3535,23 @@ impl FreezableFs {
         }
     }
 
+    /// Freezes (or thaws) it. A freeze is thawed after 20 s whatever happens, so a
+    /// daemon blocked on it (and a test stuck behind that daemon) always comes back.
     fn freeze(&self, on: bool) {
         let out = run(Command::new("fsfreeze")
             .arg(if on { "--freeze" } else { "--unfreeze" })
             .arg(&self.mount));
         assert!(out.status.success() || !on, "fsfreeze: {}", describe(&out));
+        if on {
+            let mount = self.mount.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs(20));
+                let _ = Command::new("fsfreeze")
+                    .arg("--unfreeze")
+                    .arg(&mount)
+                    .output();
+            });
+        }
     }
 }
 

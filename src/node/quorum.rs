@@ -146,6 +146,9 @@ impl NodeCore {
 
     /// Hands a proposal from placement to the log.
     pub(super) fn propose(&mut self, now: Now, p: Proposal, out: &mut Vec<NodeAction>) {
+        // A claim is decided on this node's register: it names the copies' version,
+        // so it does not commit if an outdating committed that this node had not seen.
+        let copies_seen = self.quorum.as_ref().map(|q| q.register().copies_version);
         let d = match p {
             Proposal::Own {
                 group,
@@ -157,6 +160,7 @@ impl NodeCore {
                 owner,
                 epoch,
                 handoff,
+                copies_seen,
             },
             Proposal::Maintenance { group, on } => Decision::Maintenance { group, on },
             Proposal::Standby { node, on } => Decision::Standby { node, on },

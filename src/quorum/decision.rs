@@ -24,6 +24,12 @@ pub enum Decision {
         epoch: u64,
         #[serde(default)]
         handoff: bool,
+        /// The register's [`Register::copies_version`] the proposer decided on: if an
+        /// outdating or clearing of a copy committed since, the claim is stale (its
+        /// proposer may not have known its own copy was outdated). `None` in entries
+        /// written before this check, which apply as they did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        copies_seen: Option<u64>,
     },
     /// A mirror copy is outdated: the primary at `generation` may complete writes
     /// without it. Cleared by [`Decision::UpToDate`]. Generations are random
@@ -92,6 +98,9 @@ pub struct Register {
     pub maintenance: BTreeSet<String>,
     /// Nodes in standby.
     pub standby: BTreeSet<String>,
+    /// How many times `outdated` changed: an ownership claim names the version it
+    /// was decided on.
+    pub copies_version: u64,
 }
 
 /// How an entry applied.
@@ -112,9 +121,12 @@ impl Register {
                 owner,
                 epoch,
                 handoff,
+                copies_seen,
             } => {
                 let current = self.owners.get(group);
-                if *epoch != current.map_or(0, |o| o.epoch) + 1 {
+                if *epoch != current.map_or(0, |o| o.epoch) + 1
+                    || copies_seen.is_some_and(|v| v != self.copies_version)
+                {
                     return Applied::Stale(d);
                 }
                 let previous = current.map(|o| o.owner.clone());
@@ -138,6 +150,7 @@ impl Register {
                     return Applied::Stale(d);
                 }
                 self.outdated.insert(key, *generation);
+                self.copies_version += 1;
             }
             Decision::UpToDate {
                 mirror,
@@ -148,6 +161,7 @@ impl Register {
                 match self.outdated.get(&key) {
                     Some(g) if *generation == 0 || g == generation => {
                         self.outdated.remove(&key);
+                        self.copies_version += 1;
                     }
                     _ => return Applied::Stale(d),
                 }
@@ -204,6 +218,7 @@ impl Register {
             config_digests: self.config_digests.clone(),
             maintenance: self.maintenance.clone(),
             standby: self.standby.clone(),
+            copies_version: self.copies_version,
         };
         serde_json::to_vec(&wire).unwrap_or_default()
     }
@@ -225,6 +240,7 @@ impl Register {
             config_digests: w.config_digests,
             maintenance: w.maintenance,
             standby: w.standby,
+            copies_version: w.copies_version,
         })
     }
 }
@@ -241,6 +257,9 @@ struct RegisterWire {
     /// Absent from snapshots written before standby went through the log.
     #[serde(default)]
     standby: BTreeSet<String>,
+    /// Absent from snapshots written before ownership claims named it.
+    #[serde(default)]
+    copies_version: u64,
 }
 
 #[cfg(test)]
@@ -253,7 +272,34 @@ mod tests {
             owner: owner.into(),
             epoch,
             handoff: false,
+            copies_seen: None,
         }
+    }
+
+    #[test]
+    fn a_claim_decided_before_a_copy_was_outdated_is_stale() {
+        let mut r = Register::default();
+        let claim = |seen| Decision::Own {
+            group: "g".into(),
+            owner: "n2".into(),
+            epoch: 1,
+            handoff: false,
+            copies_seen: Some(seen),
+        };
+        let outdate = Decision::Outdated {
+            mirror: "m".into(),
+            node: "n2".into(),
+            generation: 7,
+        };
+        assert!(matches!(r.apply(1, outdate), Applied::Changed(_)));
+        // n2 decided on the register before it learnt of its outdating.
+        assert!(matches!(r.apply(2, claim(0)), Applied::Stale(_)));
+        assert!(r.owner("g").is_none());
+        // A claim decided on the current register applies; the version survives a
+        // snapshot.
+        let r2 = Register::decode(&r.encode()).unwrap();
+        assert_eq!(r2.copies_version, 1);
+        assert!(matches!(r.apply(3, claim(1)), Applied::Changed(_)));
     }
 
     #[test]

@@ -374,6 +374,7 @@ mod tests {
                     owner: if e == epoch { owner.into() } else { "x".into() },
                     epoch: e,
                     handoff: false,
+                    copies_seen: None,
                 },
             );
         }

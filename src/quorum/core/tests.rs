@@ -123,6 +123,7 @@ fn three_voters_elect_a_node_never_the_witness_and_commit_a_claim() {
         owner: net.names[follower].clone(),
         epoch: 1,
         handoff: false,
+        copies_seen: None,
     };
     let mut out = Vec::new();
     let now = net.now;
@@ -152,6 +153,7 @@ fn an_isolated_owner_loses_its_lease_and_the_majority_may_take_over() {
         owner: "n1".into(),
         epoch: 1,
         handoff: false,
+        copies_seen: None,
     };
     assert!(net.cores[0].propose(now, &claim, &mut out));
     net.take(0, out);
