@@ -37,10 +37,12 @@ async fn a_frozen_process_makes_no_progress_and_stops_cleanly_with_its_cgroup_re
     let node = format!("freeze-test-{}", std::process::id());
     let mut agent = Agent::new(&cfg, &LocalMirrors::new(), &node, "grp");
     agent.start(&[]).await.unwrap();
+    // Named with the daemon's (here the test's) pid, so two daemons never share it.
+    let daemon = format!("{node}.{}", std::process::id());
     let cg_dir = h
         .root
         .join("tandem")
-        .join(&node)
+        .join(&daemon)
         .join("grp")
         .join("counter");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -67,7 +69,7 @@ async fn a_frozen_process_makes_no_progress_and_stops_cleanly_with_its_cgroup_re
     assert_eq!(std::fs::read_to_string(&stopped).unwrap().trim(), "term");
     assert!(!cg_dir.exists(), "the cgroup is removed");
     assert!(
-        !h.root.join("tandem").join(&node).exists(),
+        !h.root.join("tandem").join(&daemon).exists(),
         "its empty parents too"
     );
 }

@@ -65,7 +65,7 @@ pub struct ProcessAgent {
     command: Vec<String>,
     stop_timeout: Duration,
     child: Option<Child>,
-    /// `[node, group, resource]`: names its cgroup `tandem/<node>/<group>/<resource>`.
+    /// `[node, group, resource]`: names its cgroup `tandem/<node>.<daemon pid>/<group>/<resource>`.
     scope: [String; 3],
     /// Its cgroup while it runs (None where the host has no freezer).
     cgroup: Option<Cgroup>,

@@ -1,4 +1,4 @@
-//! A `process` resource's own cgroup, `tandem/<node>/<group>/<resource>`, and the
+//! A `process` resource's own cgroup, `tandem/<node>.<daemon pid>/<group>/<resource>`, and the
 //! freezer a lost lease's fast stop uses on it. cgroup v2 wherever it is mounted
 //! (`cgroup.freeze`, done once `cgroup.events` says `frozen 1`), else the v1 freezer
 //! (`freezer.state`); with neither, processes run without a cgroup and freezing is
@@ -111,14 +111,23 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
 }
 
 impl Cgroup {
-    /// Creates `tandem/<node>/<group>/<resource>` under the hierarchy.
+    /// Creates `tandem/<node>.<daemon pid>/<group>/<resource>` under the hierarchy.
+    /// The daemon's pid keeps two daemons on one host apart even when they share a
+    /// node name (lab and test clusters): removing one's cgroup never kills the
+    /// other's processes.
     pub fn create(
         h: &Hierarchy,
         node: &str,
         group: &str,
         resource: &str,
     ) -> Result<Cgroup, CgroupError> {
-        let dir = h.root.join("tandem").join(node).join(group).join(resource);
+        let daemon = format!("{node}.{}", std::process::id());
+        let dir = h
+            .root
+            .join("tandem")
+            .join(daemon)
+            .join(group)
+            .join(resource);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         Ok(Cgroup {
             freezer: h.freezer,
