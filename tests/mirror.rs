@@ -890,9 +890,13 @@ fn a_write_held_for_a_lost_peer_fails_with_eio_when_the_primary_steps_down() {
         a.rt.as_ref()
             .unwrap()
             .spawn(async move { m.write(MIB, pattern(2, 4096), false).await });
-    wait_until("b listed for outdating", Duration::from_secs(5), || {
-        !a.m.pending_outdates().is_empty()
-    });
+    // The write must be held in admission before the step-down: a write arriving
+    // after it is refused as read-only instead (also never acknowledged).
+    wait_until(
+        "the write held for b's outdating",
+        Duration::from_secs(5),
+        || !a.m.pending_outdates().is_empty() && a.m.held_writes() == 1,
+    );
     let m = Arc::clone(&a.m);
     let demote =
         a.rt.as_ref()

@@ -246,6 +246,8 @@ struct State {
     /// New writes are held: this node lost its lease (`on_no_quorum = "suspend"`).
     suspended: bool,
     inflight_writes: u64,
+    /// Application writes waiting in admission (fencing or suspension).
+    held_writes: u64,
     read_bytes: u64,
     written_bytes: u64,
     shutting_down: bool,
@@ -349,6 +351,15 @@ impl PeerState {
     }
 }
 
+/// One application write counted in [`Mirror::held_writes`] until dropped.
+struct HeldWrite<'a>(&'a Mirror);
+
+impl Drop for HeldWrite<'_> {
+    fn drop(&mut self) {
+        self.0.lock().held_writes -= 1;
+    }
+}
+
 impl Mirror {
     /// Opens or creates the backing store and the metadata, starts the listener and the
     /// per-peer connection tasks. Starts as secondary.
@@ -413,6 +424,7 @@ impl Mirror {
             frozen: BTreeSet::new(),
             suspended: false,
             inflight_writes: 0,
+            held_writes: 0,
             read_bytes: 0,
             written_bytes: 0,
             shutting_down: false,
@@ -1230,7 +1242,9 @@ impl Mirror {
     /// have it. Writes already in flight when I/O is suspended finish.
     async fn admit_write(&self) -> Result<(), ExportError> {
         let mut rx = self.changed.subscribe();
-        let mut held = false;
+        // Counted in `held_writes` while it waits; the guard uncounts it however the
+        // wait ends, a dropped (cancelled) request included.
+        let mut held: Option<HeldWrite<'_>> = None;
         loop {
             {
                 let mut st = self.lock();
@@ -1241,12 +1255,16 @@ impl Mirror {
                     fenced: !st.frozen.is_empty(),
                     suspended: st.suspended,
                 };
-                match admission(&gate, held) {
+                match admission(&gate, held.is_some()) {
                     Admission::Go => {
                         st.inflight_writes += 1;
                         return Ok(());
                     }
-                    Admission::Hold => held = true,
+                    Admission::Hold if held.is_none() => {
+                        st.held_writes += 1;
+                        held = Some(HeldWrite(self));
+                    }
+                    Admission::Hold => {}
                     Admission::Deposed(stale) => {
                         return Err(ExportError::Io(std::io::Error::other(format!(
                             "this primary was deposed: {stale}"
@@ -1265,6 +1283,12 @@ impl Mirror {
                 return Err(ExportError::Shutdown);
             }
         }
+    }
+
+    /// Application writes waiting in admission now (for a lost peer's outdating, or
+    /// suspended I/O).
+    pub fn held_writes(&self) -> u64 {
+        self.lock().held_writes
     }
 
     fn finish_write(&self) {
