@@ -130,6 +130,13 @@ pub enum EventKind {
     /// A step of a lost lease's fast stop failed (group, step: `floating_ip`,
     /// `mirror` or `freeze`, resource, reason): this node stops petting the watchdog.
     FastStopFailed,
+    /// The owner's lease is running out and the group holds on a lost lease (all its
+    /// mirrors `on_no_quorum = "suspend"`): fast-stopped and held, its writes
+    /// suspended (group, epoch, reason).
+    GroupSuspended,
+    /// The lease came back at the epoch a held group was held at: resumed, its held
+    /// writes complete (group, epoch, held_ms).
+    GroupResumed,
 }
 
 impl EventKind {

@@ -89,6 +89,25 @@ pub struct QuorumSettings {
     pub watchdog_s: Option<u64>,
 }
 
+/// How long before its lease ends a fast stop begins beyond the watchdog's timeout: the
+/// watchdog is petted until W + [`watchdog::PET_SPARE_MS`] are left, so the fast stop
+/// runs while it is still petted, and a node that fails or hangs in it is reset W after
+/// the last pet, before the lease ends.
+pub const FAST_STOP_BEFORE_PETS_END_MS: u64 = 100;
+
+impl QuorumSettings {
+    /// When a group's lease gets this close to its end, the node fast-stops it (and
+    /// starts or resumes a group only with more left): W + 200 ms with a watchdog
+    /// (the "expiry − (W + 200 ms)"), `[quorum] stop_margin` without one, and
+    /// never less than `stop_margin`.
+    pub fn fast_stop_margin_ms(&self) -> u64 {
+        let with_watchdog = self.watchdog_s.map_or(0, |w| {
+            w * 1000 + watchdog::PET_SPARE_MS + FAST_STOP_BEFORE_PETS_END_MS
+        });
+        self.stop_margin_ms.max(with_watchdog)
+    }
+}
+
 impl QuorumSettings {
     /// Derives the quorum settings for voter `local` (a node or the witness).
     pub fn from_config(cfg: &Config, local: &str) -> QuorumSettings {
@@ -279,6 +298,14 @@ pub enum GroupCommand {
         epoch: OwnershipEpoch,
     },
     Stop(StopMode),
+    /// Only the fast part of a lost lease's stop; the group is held (reports
+    /// [`Input::FastStopped`]).
+    FastStop,
+    /// Undo the fast stop of a held group, its lease back at this epoch (reports
+    /// [`Input::Resumed`]).
+    Resume {
+        epoch: OwnershipEpoch,
+    },
     Restart {
         resource: String,
     },
@@ -377,9 +404,10 @@ pub struct NodeCore {
     async_noted: BTreeSet<(String, u64)>,
     /// `[quorum] watchdog`: when to arm, pet and disarm.
     watchdog: Option<Watchdog>,
-    /// Groups stopping top-down here: they still serve (the floating IP goes last), so
-    /// the watchdog goes on backing them.
-    top_down_stops: BTreeSet<String>,
+    /// Groups stopping here that may still serve: a top-down stop until it is done
+    /// (the floating IP goes last), a lost lease's stop or hold until its fast stop
+    /// is over. The watchdog goes on backing them.
+    serving_stops: BTreeSet<String>,
     /// Quorum mode: powering previous owners off to skip the lease wait.
     power_fencing: PowerFencing,
 }
@@ -436,7 +464,7 @@ impl NodeCore {
             ran: BTreeSet::new(),
             async_noted: BTreeSet::new(),
             watchdog,
-            top_down_stops: BTreeSet::new(),
+            serving_stops: BTreeSet::new(),
             power_fencing,
         };
         for t in history {
@@ -495,8 +523,12 @@ impl NodeCore {
                 self.membership.record_decode_error(path, reason)
             }
             NodeInput::Resource(input) => {
-                if matches!(input, Input::FastStopFailed { .. }) {
-                    self.fast_stop_failed();
+                match &input {
+                    Input::FastStopFailed { .. } => self.fast_stop_failed(),
+                    Input::FastStopped { group, ok: true } => {
+                        self.serving_stops.remove(group);
+                    }
+                    _ => {}
                 }
                 self.placement_input(now, input, &mut out)
             }
@@ -751,13 +783,19 @@ impl NodeCore {
                     (group, GroupCommand::Start { epoch })
                 }
                 Action::StopGroup { group, mode } => {
-                    if mode == StopMode::TopDown {
-                        self.top_down_stops.insert(group.clone());
-                    } else {
-                        self.top_down_stops.remove(&group);
-                    }
+                    self.serving_stops.insert(group.clone());
                     (group, GroupCommand::Stop(mode))
                 }
+                Action::FastStopGroup { group } => {
+                    self.serving_stops.insert(group.clone());
+                    (group, GroupCommand::FastStop)
+                }
+                Action::ResumeGroup { group, epoch } => (
+                    group,
+                    GroupCommand::Resume {
+                        epoch: OwnershipEpoch(epoch),
+                    },
+                ),
                 Action::RestartResource { group, resource } => {
                     (group, GroupCommand::Restart { resource })
                 }
@@ -915,6 +953,7 @@ mod tests {
                     max_restarts: 3,
                     window_ms: 60_000,
                     has_vip: false,
+                    hold_on_lease_loss: false,
                 }],
                 startup_grace_ms: 1400,
                 probe_before_takeover: false,
@@ -1310,6 +1349,30 @@ mod tests {
             other => panic!("no reply: {other:?}"),
         }
         assert!(!c.placement().standby());
+    }
+
+    #[test]
+    fn the_fast_stop_begins_w_plus_200_ms_before_the_lease_ends_with_a_watchdog() {
+        let settings = |watchdog_s| QuorumSettings {
+            core: quorum_core(&Default::default())
+                .cfg
+                .quorum
+                .clone()
+                .unwrap()
+                .core,
+            stop_margin_ms: 300,
+            reachable_ms: 1000,
+            config_digest: String::new(),
+            watchdog_s,
+        };
+        assert_eq!(settings(None).fast_stop_margin_ms(), 300);
+        assert_eq!(settings(Some(1)).fast_stop_margin_ms(), 1200);
+        assert_eq!(settings(Some(3)).fast_stop_margin_ms(), 3200);
+        // The pets end 100 ms later: the fast stop runs while the device is petted.
+        assert_eq!(
+            settings(Some(1)).fast_stop_margin_ms(),
+            1000 + watchdog::PET_SPARE_MS + FAST_STOP_BEFORE_PETS_END_MS
+        );
     }
 
     #[test]

@@ -79,6 +79,10 @@ enum Exec {
     /// Stopping until this time; a top-down stop still serves until it is done (the
     /// floating IP goes last), a lease-lost stop drops the floating IP at once.
     Stopping(u64, StopMode),
+    /// Fast-stopped and held after a lost lease (serves nothing).
+    Held,
+    /// Resuming a held group until this time (serves once resumed).
+    Resuming(u64),
 }
 
 struct Node {
@@ -143,6 +147,8 @@ struct Sim {
     /// generator.
     disk_stall_ms: Option<u64>,
     disk_rng: StdRng,
+    /// The groups hold on a lost lease (`GroupPolicy::hold_on_lease_loss`).
+    holds: bool,
 }
 
 /// A power-off the simulated BMC carries out: the target dies at `kill_at` (when the
@@ -206,6 +212,9 @@ impl Sim {
         let watchdog_s = rng.gen_bool(0.5).then(|| rng.gen_range(1..=max_w));
         let mut fence_rng = StdRng::seed_from_u64(seed ^ 0xfe7ce);
         let fencing = fence_rng.gen_bool(0.4);
+        // Half the scenarios hold their groups on a lost lease (resumed if it comes
+        // back at the same epoch); a separate RNG leaves the others unchanged.
+        let holds = StdRng::seed_from_u64(seed ^ 0x401d).gen_bool(0.5);
         let mut disk_rng = StdRng::seed_from_u64(seed ^ 0xd15c);
         let disk_stall_ms = disk_rng
             .gen_bool(0.3)
@@ -214,6 +223,7 @@ impl Sim {
             rng,
             disk_stall_ms,
             disk_rng,
+            holds,
             fencing,
             fence_rng,
             fences: Vec::new(),
@@ -309,6 +319,7 @@ impl Sim {
                         max_restarts: 3,
                         window_ms: 60_000,
                         has_vip: true,
+                        hold_on_lease_loss: self.holds,
                     })
                     .collect(),
                 startup_grace_ms: DEAD + 2 * HB,
@@ -390,7 +401,19 @@ impl Sim {
                 let e = &mut self.nodes[i].exec[g];
                 match command {
                     GroupCommand::Start { .. } => *e = Exec::Starting(self.real + d),
-                    GroupCommand::Stop(mode) => *e = Exec::Stopping(self.real + d, mode),
+                    GroupCommand::Stop(mode) => {
+                        *e = Exec::Stopping(self.real + d, mode);
+                        if mode == StopMode::LeaseLost {
+                            let r = Input::FastStopped { group, ok: true };
+                            self.node_input(i, NodeInput::Resource(r));
+                        }
+                    }
+                    GroupCommand::FastStop => {
+                        *e = Exec::Held;
+                        let r = Input::FastStopped { group, ok: true };
+                        self.node_input(i, NodeInput::Resource(r));
+                    }
+                    GroupCommand::Resume { .. } => *e = Exec::Resuming(self.real + d),
                     GroupCommand::ProbeVip => {
                         let r = Input::VipProbe {
                             group,
@@ -537,6 +560,15 @@ impl Sim {
                         cleanup_ok: true,
                         steps: Vec::new(),
                         first_check_wall_ms: Some(WALL_BASE + self.real),
+                    };
+                    self.node_input(i, NodeInput::Resource(r));
+                }
+                Exec::Resuming(t) if self.real >= t => {
+                    self.nodes[i].exec[g] = Exec::Running;
+                    let r = Input::Resumed {
+                        group,
+                        ok: true,
+                        error: None,
                     };
                     self.node_input(i, NodeInput::Resource(r));
                 }

@@ -188,6 +188,7 @@ fn gen_scenario(rng: &mut StdRng, fault_ms: (u64, u64), heal_ms: (u64, u64)) -> 
             max_restarts: rng.gen_range(1..=3),
             window_ms: rng.gen_range(2..=6) * 1000,
             has_vip: rng.gen_bool(0.6),
+            hold_on_lease_loss: false,
         })
         .collect();
     let boot_at = (0..n)
@@ -653,6 +654,9 @@ impl Sim {
                         }
                         GroupCommand::Restart { .. } => self.submit(i, g, ExecKind::Restart),
                         GroupCommand::Maintenance(_) => {}
+                        GroupCommand::FastStop | GroupCommand::Resume { .. } => {
+                            panic!("a hold after a lost lease without a quorum: {command:?}")
+                        }
                     }
                 }
                 // No mirrors and no quorum here, and replies are read by the admin

@@ -69,6 +69,14 @@ impl Default for QuorumSection {
     }
 }
 
+/// The shortest `[quorum] lease` a watchdog of `timeout` allows at this heartbeat
+/// interval. An owner fast-stops a group when its lease has timeout + 200 ms left
+/// (`node::QuorumSettings::fast_stop_margin_ms`); renewals go out every interval, so
+/// the lease must exceed that by the interval, plus 100 ms for a late round.
+pub fn min_lease_with_watchdog(timeout: Duration, interval: Duration) -> Duration {
+    timeout + interval + Duration::from_millis(300)
+}
+
 /// `[witness]`: a voter with no resources (`tandem witness`), e.g. at a third site.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,13 +174,14 @@ impl Config {
                 "backs the owner lease, which needs a quorum (three or more voters)",
             ));
         }
-        let need = w.timeout + self.heartbeat.interval + Duration::from_millis(200);
+        let need = min_lease_with_watchdog(w.timeout, self.heartbeat.interval);
         if self.quorum.lease < need {
             return Err(invalid(
                 "quorum.lease",
                 format!(
-                    "must be at least quorum.watchdog.timeout + heartbeat.interval + 200ms = \
-                     {} ms with a watchdog",
+                    "must be at least quorum.watchdog.timeout + heartbeat.interval + 300ms = \
+                     {} ms with a watchdog (the fast stop begins timeout + 200ms before the \
+                     lease ends; 100ms more lets a renewal round be late)",
                     need.as_millis()
                 ),
             ));

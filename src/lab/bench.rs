@@ -80,7 +80,7 @@ pub struct FailoverArgs {
     pub fence: bool,
     /// With `--witness`: give each Tandem node a watchdog stand-in with this timeout
     /// (whole seconds) and the shortest lease the configuration check accepts for it
-    /// (timeout + interval + 200 ms, rounded up to 100 ms). Without it the nodes run
+    /// (timeout + interval + 300 ms, rounded up to 100 ms). Without it the nodes run
     /// without a watchdog, with the default lease.
     #[arg(long, value_name = "SECS", requires = "witness",
           value_parser = clap::value_parser!(u64).range(1..))]

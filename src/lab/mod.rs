@@ -208,7 +208,7 @@ pub struct UpArgs {
     pub no_watchdog: bool,
     /// The watchdog stand-ins' timeout in whole seconds (default 1, with the default
     /// lease). Given, every voter gets the shortest lease the configuration check
-    /// accepts for it: timeout + interval + 200 ms, rounded up to 100 ms.
+    /// accepts for it: timeout + interval + 300 ms, rounded up to 100 ms.
     #[arg(long, value_name = "SECS", conflicts_with = "no_watchdog",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub watchdog_timeout: Option<u64>,
@@ -1278,9 +1278,9 @@ const STANDIN_READY: std::time::Duration = std::time::Duration::from_secs(3);
 fn watchdog_wanted(args: &UpArgs) -> bool {
     let quorum = args.witness || args.nodes >= 3;
     // [quorum] lease (the default 1500 ms, as the witness has it) must be at least
-    // watchdog timeout + heartbeat.interval + 200 ms.
-    let fits =
-        args.watchdog_timeout.is_some() || watchdog::TIMEOUT_S * 1000 + args.interval + 200 <= 1500;
+    // `config::min_lease_with_watchdog`.
+    let fits = args.watchdog_timeout.is_some()
+        || topology::lease_for_watchdog_ms(watchdog::TIMEOUT_S, args.interval) <= 1500;
     if quorum && !args.no_watchdog && !fits {
         warn!(
             interval_ms = args.interval,
@@ -2008,7 +2008,7 @@ mod tests {
             LabCommand::Up(a) => {
                 assert_eq!(a.watchdog_timeout, Some(3));
                 assert!(watchdog_wanted(&a));
-                assert_eq!(lease_ms(&a), Some(3400));
+                assert_eq!(lease_ms(&a), Some(3500));
             }
             other => panic!("{other:?}"),
         }

@@ -268,10 +268,13 @@ pub fn dead_time_ms(interval_ms: u64) -> u64 {
 }
 
 /// The shortest `[quorum] lease` a watchdog of `timeout_s` seconds allows at this
-/// heartbeat interval (lease >= watchdog timeout + interval + 200 ms), rounded up to
-/// 100 ms.
+/// heartbeat interval (`config::min_lease_with_watchdog`), rounded up to 100 ms.
 pub fn lease_for_watchdog_ms(timeout_s: u64, interval_ms: u64) -> u64 {
-    (timeout_s * 1000 + interval_ms + 200).div_ceil(100) * 100
+    let min = crate::config::min_lease_with_watchdog(
+        std::time::Duration::from_secs(timeout_s),
+        std::time::Duration::from_millis(interval_ms),
+    );
+    (min.as_millis() as u64).div_ceil(100) * 100
 }
 
 /// TOML-quote a string.
@@ -843,7 +846,7 @@ mod tests {
         assert_eq!(r.system.as_deref(), Some("n2"));
         let wd = node.quorum.watchdog.as_ref().expect("[quorum] watchdog");
         assert_eq!(wd.timeout.as_secs(), 3);
-        assert_eq!(node.quorum.lease, std::time::Duration::from_millis(3400));
+        assert_eq!(node.quorum.lease, std::time::Duration::from_millis(3500));
         let wref = node.witness.as_ref().expect("[witness]");
         assert_eq!(wref.name, WITNESS);
         assert_eq!(wref.addresses["hb1"].to_string(), "10.78.1.200");
@@ -864,10 +867,10 @@ mod tests {
 
     #[test]
     fn the_lease_for_a_watchdog_is_the_shortest_the_config_check_accepts() {
-        assert_eq!(lease_for_watchdog_ms(1, 200), 1400);
-        assert_eq!(lease_for_watchdog_ms(1, 100), 1300);
-        assert_eq!(lease_for_watchdog_ms(3, 200), 3400);
-        assert_eq!(lease_for_watchdog_ms(1, 150), 1400);
+        assert_eq!(lease_for_watchdog_ms(1, 200), 1500);
+        assert_eq!(lease_for_watchdog_ms(1, 100), 1400);
+        assert_eq!(lease_for_watchdog_ms(3, 200), 3500);
+        assert_eq!(lease_for_watchdog_ms(1, 150), 1500);
     }
 
     #[test]

@@ -267,22 +267,11 @@ impl NodeCore {
                 self.start_cleared.insert(key.clone());
                 self.ran.insert(key);
             }
-            // With a watchdog, a group starts only with W + 100 ms of lease left: the
-            // device counts from its arm (or the last pet), and must reset this node
-            // before the lease ends (found by tests/quorum_sim.rs: a node that started
-            // with less, then paused, was reset after its lease had ended).
-            let here = self.placement.local_states().any(|(n, st)| {
-                n == g && matches!(st, LocalGroupState::Running | LocalGroupState::Starting)
-            });
-            let margin = match s.watchdog_s {
-                Some(w) if !here => s
-                    .stop_margin_ms
-                    .max(w * 1000 + super::watchdog::PET_SPARE_MS),
-                _ => s.stop_margin_ms,
-            };
+            // A group runs (starts, resumes, goes on) only with more than the fast-stop
+            // margin of lease left: see `fast_stop_margin_ms`.
             let lease_ok = leases
                 .lease_end(g)
-                .is_some_and(|end| end > now.mono_ms + margin);
+                .is_some_and(|end| end > now.mono_ms + s.fast_stop_margin_ms());
             if cleared && lease_ok && !self.outdating_stuck(now, g) {
                 gate.may_run.insert(g.clone());
             }
@@ -449,18 +438,19 @@ impl NodeCore {
             .filter(|(_, s)| *s == LocalGroupState::Stopping)
             .map(|(g, _)| g)
             .collect();
-        self.top_down_stops
-            .retain(|g| stopping.contains(g.as_str()));
+        self.serving_stops.retain(|g| stopping.contains(g.as_str()));
         // A group stopping top-down still serves: backed like a running one, under
         // the lease it holds (which may be of an epoch the log has moved on from).
         // Found by tests/quorum_sim.rs seed 498: an owner paused in the middle of a
-        // top-down stop, with the watchdog disarmed, served past its lease.
+        // top-down stop, with the watchdog disarmed, served past its lease. A lost
+        // lease's stop is backed until its fast stop is over: a node that hangs in it,
+        // or fails a step, is reset before its lease ends.
         let owned: Vec<(String, Option<u64>)> = self
             .placement
             .local_states()
             .filter(|(g, s)| match s {
                 LocalGroupState::Running | LocalGroupState::Starting => true,
-                LocalGroupState::Stopping => self.top_down_stops.contains(*g),
+                LocalGroupState::Stopping => self.serving_stops.contains(*g),
                 _ => false,
             })
             .map(|(g, _)| (g.to_string(), leases.and_then(|l| l.serving_end(g))))

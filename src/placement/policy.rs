@@ -55,6 +55,11 @@ pub struct GroupPolicy {
     pub window_ms: u64,
     /// The group holds floating IPs that can be probed before a takeover.
     pub has_vip: bool,
+    /// Quorum mode, a lost lease: hold the group fast-stopped (floating IPs dropped,
+    /// mirror I/O suspended, processes frozen) and resume it if the lease comes back
+    /// at the same epoch, instead of stopping it. True when the group has mirrors and
+    /// every one of them has `on_no_quorum = "suspend"`.
+    pub hold_on_lease_loss: bool,
 }
 
 /// Static inputs of the core.
@@ -100,6 +105,7 @@ impl PlacementConfig {
                         .resources
                         .iter()
                         .any(|r| matches!(r.kind, crate::config::ResourceKind::Ip { .. })),
+                    hold_on_lease_loss: holds_on_lease_loss(cfg, g),
                 })
                 .collect(),
             startup_grace_ms: (hb.dead_time + hb.interval * 2).as_millis() as u64,
@@ -122,6 +128,25 @@ impl PlacementConfig {
     fn has_node(&self, node: &str) -> bool {
         self.nodes.iter().any(|(n, _)| n == node)
     }
+}
+
+/// Whether `group` has mirrors and all of them suspend I/O on a lost lease.
+fn holds_on_lease_loss(cfg: &Config, group: &crate::config::GroupConfig) -> bool {
+    let mut modes = group.resources.iter().filter_map(|r| match &r.kind {
+        crate::config::ResourceKind::Mirror { mirror } => Some(
+            cfg.mirrors
+                .iter()
+                .find(|m| &m.name == mirror)
+                .map(|m| m.on_no_quorum),
+        ),
+        _ => None,
+    });
+    let mut any = false;
+    let all = modes.all(|m| {
+        any = true;
+        m == Some(crate::config::OnNoQuorum::Suspend)
+    });
+    any && all
 }
 
 /// A live peer as seen by membership: its newest advert.
@@ -196,6 +221,16 @@ pub enum Input {
         resource: String,
         reason: String,
     },
+    /// The fast part of a lost lease's stop ([`Action::FastStopGroup`] or a
+    /// [`StopMode::LeaseLost`] stop) is over: with `ok`, nothing of the group is
+    /// reachable here any more (each failed step was reported apart).
+    FastStopped { group: String, ok: bool },
+    /// The executor resumed a group held after a lost lease ([`Action::ResumeGroup`]).
+    Resumed {
+        group: String,
+        ok: bool,
+        error: Option<String>,
+    },
 }
 
 /// The fast part of a [`StopMode::LeaseLost`] stop, in order, before the clean stop.
@@ -256,6 +291,16 @@ pub enum Action {
     StopGroup {
         group: String,
         mode: StopMode,
+    },
+    /// Only the fast part of a lost lease's stop: the group is held, to be resumed
+    /// ([`Action::ResumeGroup`]) or stopped ([`StopMode::LeaseLost`]) later.
+    FastStopGroup {
+        group: String,
+    },
+    /// Undo the fast stop of a held group: its lease is back at `epoch`.
+    ResumeGroup {
+        group: String,
+        epoch: u64,
     },
     RestartResource {
         group: String,
@@ -383,6 +428,29 @@ struct GroupState {
     failed_reported: bool,
     split_reported: bool,
     suspected_reported: bool,
+    /// Held after a lost lease at this epoch (fast-stopped, `local` is Stopping):
+    /// resumed if the lease comes back at it, stopped otherwise.
+    held: Option<Held>,
+}
+
+/// Where a held group's fast stop is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FastStopState {
+    InFlight,
+    /// Every step succeeded: nothing of the group is reachable here.
+    Done,
+    /// A step failed (reported apart); the group must be stopped.
+    Failed,
+}
+
+/// A group this node holds fast-stopped after losing its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    epoch: u64,
+    since_mono_ms: u64,
+    fast_stop: FastStopState,
+    /// A resume is in flight.
+    resuming: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -740,7 +808,9 @@ impl Placement {
             | Input::Restarted { group, .. }
             | Input::Unrecoverable { group, .. }
             | Input::VipProbe { group, .. }
-            | Input::FastStopFailed { group, .. } => groups.get_mut(group),
+            | Input::FastStopFailed { group, .. }
+            | Input::FastStopped { group, .. }
+            | Input::Resumed { group, .. } => groups.get_mut(group),
             Input::Tick | Input::NodeDown { .. } | Input::PeerSilent { .. } => None,
         };
         let Some(Group { policy, state: g }) = group else {
@@ -794,6 +864,16 @@ impl Placement {
                     ("reason", reason),
                 ]),
             }),
+            Input::FastStopped { ok, .. } => {
+                if let Some(h) = g.held.as_mut() {
+                    h.fast_stop = if ok {
+                        FastStopState::Done
+                    } else {
+                        FastStopState::Failed
+                    };
+                }
+            }
+            Input::Resumed { ok, error, .. } => g.on_resumed(policy, &view, ok, error, out),
             Input::Tick | Input::NodeDown { .. } | Input::PeerSilent { .. } => {}
         }
     }
@@ -996,6 +1076,7 @@ impl GroupState {
             failed_reported: false,
             split_reported: false,
             suspected_reported: false,
+            held: None,
         }
     }
 
@@ -1320,7 +1401,8 @@ impl GroupState {
     }
 
     /// Step "lease lost" (quorum mode): this node runs the group but may not any more
-    /// (its lease ran out, or the log names another owner): stop it at once.
+    /// (its lease is running out, or the log names another owner): stop it at once,
+    /// or, for a group that holds on a lost lease, fast-stop it and hold it.
     fn lease_lost(
         &mut self,
         policy: &GroupPolicy,
@@ -1330,6 +1412,10 @@ impl GroupState {
         let Some(gate) = view.gate else {
             return false;
         };
+        if let Some(held) = self.held {
+            self.while_held(policy, view, gate, held, out);
+            return true;
+        }
         if self.local != LocalGroupState::Running || self.restarting {
             return false;
         }
@@ -1344,14 +1430,20 @@ impl GroupState {
         if ours && gate.may_run.contains(&policy.name) {
             return false;
         }
-        let reason = if ours {
-            "the owner lease ran out (no majority of the voters acknowledges it)".to_string()
-        } else {
-            format!(
-                "the log names `{}` as the owner",
-                self.owner().unwrap_or_default()
-            )
-        };
+        if ours {
+            let reason = "the owner lease is running out (no majority of the voters \
+                          acknowledges it)";
+            if policy.hold_on_lease_loss {
+                self.hold(policy, view, reason, out);
+            } else {
+                self.stop_as(&policy.name, reason, StopMode::LeaseLost, out);
+            }
+            return true;
+        }
+        let reason = format!(
+            "the log names `{}` as the owner",
+            self.owner().unwrap_or_default()
+        );
         // A hand-off leaves this node its lease for the clean stop; a node that lost
         // it (cut off, or paused past it) must not keep the address while stopping.
         let mode = if gate.leased.contains(&policy.name) {
@@ -1361,6 +1453,115 @@ impl GroupState {
         };
         self.stop_as(&policy.name, &reason, mode, out);
         true
+    }
+
+    /// Holds the group after a lost lease: the fast stop only (floating IPs dropped,
+    /// mirror I/O suspended, processes frozen); [`Self::while_held`] decides the rest.
+    fn hold(
+        &mut self,
+        policy: &GroupPolicy,
+        view: &ClusterView,
+        reason: &str,
+        out: &mut Vec<Action>,
+    ) {
+        let epoch = self.register.as_ref().map_or(0, |r| r.epoch);
+        self.local = LocalGroupState::Stopping;
+        self.held = Some(Held {
+            epoch,
+            since_mono_ms: view.now.mono_ms,
+            fast_stop: FastStopState::InFlight,
+            resuming: false,
+        });
+        out.push(emit(
+            EventKind::GroupSuspended,
+            fields([
+                ("group", policy.name.clone()),
+                ("epoch", epoch.to_string()),
+                ("reason", reason.to_string()),
+            ]),
+        ));
+        out.push(Action::FastStopGroup {
+            group: policy.name.clone(),
+        });
+    }
+
+    /// A held group: resumed once the lease is back at the epoch it was held at (and
+    /// its fast stop went through); stopped if the log moved on or the fast stop
+    /// failed; otherwise it waits (its writes suspended) for either.
+    fn while_held(
+        &mut self,
+        policy: &GroupPolicy,
+        view: &ClusterView,
+        gate: &QuorumGate,
+        held: Held,
+        out: &mut Vec<Action>,
+    ) {
+        if held.resuming || held.fast_stop == FastStopState::InFlight {
+            return;
+        }
+        let same_epoch = self
+            .register
+            .as_ref()
+            .is_some_and(|r| r.owner == view.local() && r.epoch == held.epoch);
+        let reason = if held.fast_stop == FastStopState::Failed {
+            "a step of the fast stop failed".to_string()
+        } else if !same_epoch {
+            format!(
+                "the log names `{}` as the owner",
+                self.owner().unwrap_or_default()
+            )
+        } else if gate.may_run.contains(&policy.name) {
+            if let Some(h) = self.held.as_mut() {
+                h.resuming = true;
+            }
+            out.push(Action::ResumeGroup {
+                group: policy.name.clone(),
+                epoch: held.epoch,
+            });
+            return;
+        } else {
+            return;
+        };
+        self.held = None;
+        self.stop_as(&policy.name, &reason, StopMode::LeaseLost, out);
+    }
+
+    /// The executor resumed a held group (or failed to: then it stops, top-down, as
+    /// the lease is back).
+    fn on_resumed(
+        &mut self,
+        policy: &GroupPolicy,
+        view: &ClusterView,
+        ok: bool,
+        error: Option<String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if ok {
+            self.local = LocalGroupState::Running;
+            out.push(emit(
+                EventKind::GroupResumed,
+                fields([
+                    ("group", policy.name.clone()),
+                    ("epoch", held.epoch.to_string()),
+                    (
+                        "held_ms",
+                        view.now
+                            .mono_ms
+                            .saturating_sub(held.since_mono_ms)
+                            .to_string(),
+                    ),
+                ]),
+            ));
+        } else {
+            let reason = format!(
+                "the resume after a lost lease failed: {}",
+                error.unwrap_or_default()
+            );
+            self.stop_as(&policy.name, &reason, StopMode::TopDown, out);
+        }
     }
 
     /// Step "lift an expired block": the restart window is over, so the failures in it

@@ -207,6 +207,17 @@ impl Agent {
         }
     }
 
+    /// Undoes its part in a fast stop (a held group whose lease came back at the same
+    /// epoch): a process is thawed, a mirror's suspended I/O resumes, a floating IP is
+    /// added and announced again.
+    pub async fn resume(&mut self, env: &[(String, String)]) -> Result<(), ResourceError> {
+        match self {
+            Agent::Process(p) => p.thaw(),
+            Agent::Ip(_) | Agent::Mirror(_) => self.start(env).await,
+            Agent::Exec { .. } | Agent::Filesystem(_) => Ok(()),
+        }
+    }
+
     /// The ownership epoch the group starts under (before `start`): a `mirror`
     /// promotes its copy under it; other agents ignore it.
     pub fn set_ownership_epoch(&mut self, epoch: OwnershipEpoch) {
@@ -385,6 +396,14 @@ impl ProcessAgent {
         match &self.cgroup {
             Some(cg) if self.child.is_some() => Ok(cg.freeze().await?),
             _ => Ok(()),
+        }
+    }
+
+    /// Lets it run again after [`Self::freeze`].
+    fn thaw(&self) -> Result<(), ResourceError> {
+        match &self.cgroup {
+            Some(cg) => Ok(cg.thaw()?),
+            None => Ok(()),
         }
     }
 }

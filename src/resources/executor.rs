@@ -145,6 +145,13 @@ impl Executor {
                             Some(self.start().await)
                         }
                         Command::Stop(mode) => Some(self.stop(mode).await),
+                        Command::FastStop => Some(self.fast_stop_only().await),
+                        Command::Resume { epoch } => {
+                            for r in &mut self.resources {
+                                r.agent.set_ownership_epoch(epoch);
+                            }
+                            Some(self.resume().await)
+                        }
                         Command::Restart { resource } => Some(self.restart(&resource).await),
                         Command::ProbeVip => Some(self.probe_vip().await),
                         Command::Maintenance(on) => { self.maintenance = on; None }
@@ -315,6 +322,11 @@ impl Executor {
         let mut stopped = vec![false; self.resources.len()];
         if mode == StopMode::LeaseLost {
             self.fast_stop(&mut stopped, &mut steps, &mut error).await;
+            let done = Input::FastStopped {
+                group: self.group.name.clone(),
+                ok: error.is_none(),
+            };
+            let _ = self.results.send(done).await;
         }
         let kinds: Vec<Option<FastStopStep>> = self
             .resources
@@ -334,6 +346,50 @@ impl Executor {
             ok: error.is_none(),
             error,
             steps,
+        }
+    }
+
+    /// Only the fast part of a lost lease's stop: the group is held (see
+    /// `placement::policy` on holding), its timeline steps logged.
+    async fn fast_stop_only(&mut self) -> Input {
+        self.running = false;
+        let mut stopped = vec![false; self.resources.len()];
+        let (mut steps, mut error) = (Vec::new(), None);
+        self.fast_stop(&mut stopped, &mut steps, &mut error).await;
+        Input::FastStopped {
+            group: self.group.name.clone(),
+            ok: error.is_none(),
+        }
+    }
+
+    /// Undoes the fast stop of a held group, in the reverse order of its steps:
+    /// processes thawed, mirror I/O resumed, floating IPs added and announced.
+    async fn resume(&mut self) -> Input {
+        let mut error = None;
+        for step in FastStopStep::ALL.into_iter().rev() {
+            for i in self.order.clone() {
+                if self.resources[i].agent.fast_stop_step() != Some(step) {
+                    continue;
+                }
+                let name = self.resources[i].name.clone();
+                let env = self.env(&name);
+                let span = tracing::info_span!("resume", resource = %name, step = step.name());
+                let r = self.resources[i].agent.resume(&env).instrument(span).await;
+                if let Err(e) = r {
+                    tracing::error!(resource = %name, error = %e, "resume failed");
+                    error = Some(format!("`{name}`: {e}"));
+                    break;
+                }
+            }
+            if error.is_some() {
+                break;
+            }
+        }
+        self.running = error.is_none();
+        Input::Resumed {
+            group: self.group.name.clone(),
+            ok: error.is_none(),
+            error,
         }
     }
 
@@ -517,30 +573,16 @@ impl Executor {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_lost_lease_runs_the_fast_stop_steps_before_the_clean_stop() {
-        let group: GroupConfig = toml::from_str(
-            r#"
-name = "web"
-[[resource]]
-name = "vip"
-kind = "ip"
-address = "192.0.2.10/24"
-interface = "tdm-absent0"
-[[resource]]
-name = "app"
-kind = "process"
-command = ["sleep", "30"]
-depends_on = ["vip"]
-"#,
-        )
-        .unwrap();
-        let (results, mut rx) = mpsc::channel(16);
+    /// An executor for the group in `toml`, with its results channel.
+    fn executor(toml: &str) -> (Executor, mpsc::Receiver<Input>) {
+        let group: GroupConfig = toml::from_str(toml).unwrap();
+        let (results, rx) = mpsc::channel(16);
         let checks: CheckObserver = Arc::new(|_: &str, _: &str, _: &str, _, _| {});
         let mirrors = crate::mirror::node::LocalMirrors::new();
-        let mut exec = Executor {
+        let order = start_order(&group).unwrap();
+        let exec = Executor {
             node: format!("exec-test-{}", std::process::id()),
-            order: vec![0, 1],
+            order,
             resources: group
                 .resources
                 .iter()
@@ -561,6 +603,26 @@ depends_on = ["vip"]
             maintenance: false,
             vip_probe_timeout: Duration::from_millis(100),
         };
+        (exec, rx)
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_runs_the_fast_stop_steps_before_the_clean_stop() {
+        let (mut exec, mut rx) = executor(
+            r#"
+name = "web"
+[[resource]]
+name = "vip"
+kind = "ip"
+address = "192.0.2.10/24"
+interface = "tdm-absent0"
+[[resource]]
+name = "app"
+kind = "process"
+command = ["sleep", "30"]
+depends_on = ["vip"]
+"#,
+        );
         exec.start_one(1, &mut Vec::new()).await.unwrap();
         let Input::Stopped {
             ok, error, steps, ..
@@ -569,6 +631,10 @@ depends_on = ["vip"]
             panic!("not a stop report");
         };
         assert!(ok, "{error:?}");
+        assert!(
+            matches!(rx.try_recv(), Ok(Input::FastStopped { ok: true, .. })),
+            "the end of the fast stop is reported before the clean stop's"
+        );
         assert!(rx.try_recv().is_err(), "no fast stop step failed");
         let actions: Vec<(&str, &str)> = steps
             .iter()
@@ -582,6 +648,56 @@ depends_on = ["vip"]
                 ("app", "stop"),
             ]
         );
+    }
+
+    /// The mtime of `path` in nanoseconds (0 if absent).
+    fn mtime_ns(path: &std::path::Path) -> u128 {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_held_group_is_frozen_by_its_fast_stop_and_runs_on_once_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let beat = dir.path().join("beat");
+        let script = format!("while :; do touch {}; sleep 0.02; done", beat.display());
+        let toml = format!(
+            r#"
+name = "held"
+[[resource]]
+name = "app"
+kind = "process"
+command = ["sh", "-c", "{script}"]
+"#
+        );
+        let (mut exec, mut rx) = executor(&toml);
+        exec.start_one(0, &mut Vec::new()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(mtime_ns(&beat) > 0, "the process runs");
+        let Input::FastStopped { ok, .. } = exec.fast_stop_only().await else {
+            panic!("not a fast stop report");
+        };
+        assert!(ok, "{:?}", rx.try_recv());
+        if super::super::cgroup::hierarchy().is_some() {
+            let frozen_at = mtime_ns(&beat);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(
+                mtime_ns(&beat),
+                frozen_at,
+                "a held group's process is frozen"
+            );
+        }
+        let Input::Resumed { ok, error, .. } = exec.resume().await else {
+            panic!("not a resume report");
+        };
+        assert!(ok, "{error:?}");
+        assert!(exec.running, "monitoring goes on");
+        let resumed_at = mtime_ns(&beat);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(mtime_ns(&beat) > resumed_at, "the same process runs on");
+        exec.stop(StopMode::TopDown).await;
     }
 
     #[test]

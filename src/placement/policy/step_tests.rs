@@ -30,6 +30,7 @@ impl World {
                     max_restarts: 2,
                     window_ms: 10_000,
                     has_vip,
+                    hold_on_lease_loss: false,
                 }],
                 startup_grace_ms: 1400,
                 probe_before_takeover: true,
@@ -746,4 +747,125 @@ fn with_a_quorum_a_node_whose_watchdog_is_unavailable_stops_as_without_a_lease()
     let mut out = Vec::new();
     g.evaluate(w.policy(), &w.view(), &mut out);
     assert!(starts(&out), "back once the device opens");
+}
+
+/// A group whose mirrors all suspend I/O on a lost lease.
+fn holding(mut w: World) -> World {
+    w.cfg.groups[0].hold_on_lease_loss = true;
+    w
+}
+
+fn fast_stops(out: &[Action]) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::FastStopGroup { group } if group == GROUP))
+}
+
+fn resumes(out: &[Action]) -> Option<u64> {
+    out.iter().find_map(|a| match a {
+        Action::ResumeGroup { group, epoch } if group == GROUP => Some(*epoch),
+        _ => None,
+    })
+}
+
+fn emits(out: &[Action], kind: EventKind) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::Emit { kind: k, .. } if *k == kind))
+}
+
+#[test]
+fn with_a_quorum_a_holding_group_is_fast_stopped_and_resumed_when_its_lease_returns() {
+    let mut w = holding(World::new("a", false, Switchback::Manual).with_gate(Some(("a", 5))));
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(fast_stops(&out), "the lease runs out: only the fast stop");
+    assert!(
+        !stops(&out),
+        "no clean stop: the writes are held, not failed"
+    );
+    assert!(emits(&out, EventKind::GroupSuspended));
+    assert_eq!(g.local, LocalGroupState::Stopping, "it serves nothing now");
+    // The lease comes back before the fast stop reported: nothing yet.
+    w.gate_mut().may_run.insert(GROUP.into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    g.held.as_mut().unwrap().fast_stop = FastStopState::Done;
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(
+        resumes(&out),
+        Some(5),
+        "the lease is back at the same epoch"
+    );
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(out.is_empty(), "one resume at a time: {out:?}");
+    w.mono_ms += 700;
+    let mut out = Vec::new();
+    g.on_resumed(w.policy(), &w.view(), true, None, &mut out);
+    assert_eq!(g.local, LocalGroupState::Running);
+    assert!(emits(&out, EventKind::GroupResumed));
+    assert!(g.held.is_none());
+}
+
+#[test]
+fn with_a_quorum_a_held_group_stops_once_the_log_names_another_owner() {
+    let mut w = holding(World::new("a", false, Switchback::Manual).with_gate(Some(("a", 5))));
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    g.evaluate(w.policy(), &w.view(), &mut Vec::new());
+    g.held.as_mut().unwrap().fast_stop = FastStopState::Done;
+    // Still no lease, the log unchanged: it waits, its writes held.
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    // A majority elsewhere moved the group on: the held writes must fail.
+    w = w.with_gate(Some(("b", 6)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(stop_mode(&out), Some(StopMode::LeaseLost));
+    assert!(resumes(&out).is_none());
+    assert!(g.held.is_none());
+}
+
+#[test]
+fn with_a_quorum_a_held_group_whose_fast_stop_failed_is_stopped() {
+    let mut w = holding(World::new("a", false, Switchback::Manual).with_gate(Some(("a", 5))));
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    g.evaluate(w.policy(), &w.view(), &mut Vec::new());
+    g.held.as_mut().unwrap().fast_stop = FastStopState::Failed;
+    w.gate_mut().may_run.insert(GROUP.into());
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(stop_mode(&out), Some(StopMode::LeaseLost));
+    assert!(
+        resumes(&out).is_none(),
+        "a group that may still serve is not resumed"
+    );
+}
+
+#[test]
+fn with_a_quorum_a_group_that_does_not_hold_stops_at_once_and_a_failed_resume_stops() {
+    let w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 5)));
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert!(!fast_stops(&out));
+    assert_eq!(
+        stop_mode(&out),
+        Some(StopMode::LeaseLost),
+        "io_error: no hold"
+    );
+    let w = holding(w);
+    let mut g = group(LocalGroupState::Running, Some(("a", 5)));
+    g.evaluate(w.policy(), &w.view(), &mut Vec::new());
+    let mut out = Vec::new();
+    g.on_resumed(
+        w.policy(),
+        &w.view(),
+        false,
+        Some("thaw: EBUSY".into()),
+        &mut out,
+    );
+    assert_eq!(stop_mode(&out), Some(StopMode::TopDown));
 }

@@ -26,6 +26,7 @@ fn group(name: &str, has_vip: bool, switchback: Switchback) -> GroupPolicy {
         max_restarts: 2,
         window_ms: 10_000,
         has_vip,
+        hold_on_lease_loss: false,
     }
 }
 
@@ -135,6 +136,15 @@ impl Cluster {
                                 LocalGroupState::Running | LocalGroupState::Starting
                             )
                     }),
+                }),
+                Action::FastStopGroup { group } => Some(Input::FastStopped {
+                    group: group.clone(),
+                    ok: true,
+                }),
+                Action::ResumeGroup { group, .. } => Some(Input::Resumed {
+                    group: group.clone(),
+                    ok: true,
+                    error: None,
                 }),
                 Action::Emit { .. } | Action::RecordTimeline(_) | Action::Propose(_) => None,
             };
