@@ -670,29 +670,39 @@ fn owner(vm: &Vm) -> Option<String> {
         })
 }
 
-#[test]
-fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
-    require_image_tools!();
-    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let trap_port = free_udp_port();
-    let traps = TrapReceiver::start(dir.path(), trap_port);
-    let lan_port = free_udp_port();
+/// What differs between the clusters of the two-VM tests.
+struct PairSpec<'a> {
+    /// Names the VMs' timing lines (`IMAGE {label} alpha: ready ...`).
+    label: &'a str,
+    /// A VM's `tandem.toml`, made once per VM.
+    config: &'a dyn Fn() -> String,
+    /// VM `i`'s cluster LAN backend (the `-netdev` of [`VmSpec::lan`]).
+    lan: &'a dyn Fn(usize) -> String,
+    /// Runs right after VM `i` has started (the quorum LAN moves its tap onto the bridge).
+    started: &'a dyn Fn(usize),
+    watchdog: bool,
+    console_input: bool,
+}
+
+/// Starts the cluster's two VMs, alpha (UEFI, 10.99.0.11 on eth1) and beta (SeaBIOS,
+/// 10.99.0.12), each with its data partition, and waits until both are ready. Returns
+/// the VMs and their disks.
+fn start_pair(dir: &Path, spec: PairSpec<'_>) -> (Vec<Vm>, Vec<PathBuf>) {
     let mut vms = Vec::new();
     let mut disks = Vec::new();
-    for (i, (name, ip)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
+    for (i, (name, addr)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
         .into_iter()
         .enumerate()
     {
-        let data = dir.path().join(format!("{name}-data"));
+        let data = dir.join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("tandem.toml"), cluster_config(trap_port)).unwrap();
+        std::fs::write(data.join("tandem.toml"), (spec.config)()).unwrap();
         std::fs::write(
             data.join("network.conf"),
-            format!("hostname {name}\niface eth0 dhcp\niface eth1 static {ip}/24\n"),
+            format!("hostname {name}\niface eth0 dhcp\niface eth1 static {addr}/24\n"),
         )
         .unwrap();
-        let disk = dir.path().join(format!("{name}.img"));
+        let disk = dir.join(format!("{name}.img"));
         mkdisk(&disk, &["--data", data.to_str().unwrap()]);
         disks.push(disk.clone());
         let firmware = if i == 0 {
@@ -701,56 +711,91 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
             Firmware::Bios
         };
         vms.push(Vm::start(
-            dir.path(),
+            dir,
             VmSpec {
                 name,
                 firmware,
                 disk: &disk,
-                lan: Some((
-                    format!("socket,mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
-                    mac_of(i),
-                )),
-                watchdog: false,
-                console_input: false,
+                lan: Some(((spec.lan)(i), mac_of(i))),
+                watchdog: spec.watchdog,
+                console_input: spec.console_input,
             },
         ));
+        (spec.started)(i);
     }
     for vm in &mut vms {
         let ready = vm.wait_ready(READY_BOUND);
         println!(
-            "IMAGE cluster {}: ready {:.1} s",
+            "IMAGE {} {}: ready {:.1} s",
+            spec.label,
             vm.name,
             ready.as_secs_f64()
         );
     }
-    // Both see each other, and one of them runs the group.
+    (vms, disks)
+}
+
+/// Waits (up to 120 s) until both VMs name the same owner of `demo`, and returns it;
+/// `context` is what the failure shows after the owners each names.
+fn agreed_owner(vms: &[Vm], context: impl Fn() -> String) -> String {
     let t = Instant::now();
-    let first = loop {
+    loop {
         let owners: Vec<Option<String>> = vms.iter().map(owner).collect();
         if let [Some(a), Some(b)] = &owners[..] {
             if a == b {
-                break a.clone();
+                return a.clone();
             }
         }
         assert!(
             t.elapsed() < Duration::from_secs(120),
-            "no agreed owner: {owners:?}\n{}\n{}",
-            vms[0].console(),
-            vms[1].console()
+            "no agreed owner: {owners:?}\n{}",
+            context()
         );
         std::thread::sleep(Duration::from_millis(500));
-    };
-    let (dead, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
+    }
+}
+
+/// Waits (up to 60 s) until `vm` answers its demo service as the owner `name`;
+/// `context` is what the failure shows.
+fn wait_serving(vm: &Vm, name: &str, context: impl Fn() -> String) {
     let t = Instant::now();
-    while http_get(vms[dead].demo, "/").is_none_or(|b| b.trim() != first) {
+    while http_get(vm.demo, "/").is_none_or(|b| b.trim() != name) {
         assert!(
             t.elapsed() < Duration::from_secs(60),
-            "the owner {first} does not serve the demo service:\n{}\n{}",
-            vms[dead].console(),
-            guest_log(&disks[dead])
+            "the owner {name} does not serve the demo service:\n{}",
+            context()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
+    require_image_tools!();
+    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let trap_port = free_udp_port();
+    let traps = TrapReceiver::start(dir.path(), trap_port);
+    let lan_port = free_udp_port();
+    let (mut vms, disks) = start_pair(
+        dir.path(),
+        PairSpec {
+            label: "cluster",
+            config: &|| cluster_config(trap_port),
+            lan: &|_| format!("socket,mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
+            started: &|_| {},
+            watchdog: false,
+            console_input: false,
+        },
+    );
+    // Both see each other, and one of them runs the group.
+    let first = agreed_owner(&vms, || {
+        format!("{}\n{}", vms[0].console(), vms[1].console())
+    });
+    let (dead, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
+    wait_serving(&vms[dead], &first, || {
+        format!("{}\n{}", vms[dead].console(), guest_log(&disks[dead]))
+    });
     // Data written through the kernel's NBD client and ext4 on the owner: the demo
     // service keeps its counter in a file on the mirrored filesystem and fsyncs it.
     for i in 1..=3 {
@@ -1034,76 +1079,27 @@ fn two_vms_and_a_witness_reset_a_hung_owner_by_its_hardware_watchdog() {
     let wdir = dir.path().join("witness-state");
     std::fs::create_dir_all(&wdir).unwrap();
     let witness = Witness::start(dir.path(), &lan, &quorum_witness_config(&wdir));
-    let mut vms = Vec::new();
-    let mut disks = Vec::new();
-    for (i, (name, addr)) in [("alpha", "10.99.0.11"), ("beta", "10.99.0.12")]
-        .into_iter()
-        .enumerate()
-    {
-        let data = dir.path().join(format!("{name}-data"));
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::write(data.join("tandem.toml"), quorum_cluster_config()).unwrap();
-        std::fs::write(
-            data.join("network.conf"),
-            format!("hostname {name}\niface eth0 dhcp\niface eth1 static {addr}/24\n"),
-        )
-        .unwrap();
-        let disk = dir.path().join(format!("{name}.img"));
-        mkdisk(&disk, &["--data", data.to_str().unwrap()]);
-        disks.push(disk.clone());
-        let firmware = if i == 0 {
-            Firmware::Uefi
-        } else {
-            Firmware::Bios
-        };
-        vms.push(Vm::start(
-            dir.path(),
-            VmSpec {
-                name,
-                firmware,
-                disk: &disk,
-                lan: Some((lan.netdev(i), mac_of(i))),
-                watchdog: true,
-                console_input: true,
-            },
-        ));
-        lan.attach(i);
-    }
-    for vm in &mut vms {
-        let ready = vm.wait_ready(READY_BOUND);
-        println!(
-            "IMAGE watchdog {}: ready {:.1} s",
-            vm.name,
-            ready.as_secs_f64()
-        );
-    }
-    let t = Instant::now();
-    let first = loop {
-        let owners: Vec<Option<String>> = vms.iter().map(owner).collect();
-        if let [Some(a), Some(b)] = &owners[..] {
-            if a == b {
-                break a.clone();
-            }
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no agreed owner: {owners:?}\n{}\n{}\nwitness:\n{}",
+    let (mut vms, disks) = start_pair(
+        dir.path(),
+        PairSpec {
+            label: "watchdog",
+            config: &quorum_cluster_config,
+            lan: &|i| lan.netdev(i),
+            started: &|i| lan.attach(i),
+            watchdog: true,
+            console_input: true,
+        },
+    );
+    let first = agreed_owner(&vms, || {
+        format!(
+            "{}\n{}\nwitness:\n{}",
             guest_log(&disks[0]),
             guest_log(&disks[1]),
             witness.log()
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    };
+        )
+    });
     let (hung, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
-    let t = Instant::now();
-    while http_get(vms[hung].demo, "/").is_none_or(|b| b.trim() != first) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "the owner {first} does not serve the demo service:\n{}",
-            guest_log(&disks[hung])
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_serving(&vms[hung], &first, || guest_log(&disks[hung]));
     // The owner's daemon holds the i6300ESB open: the driver came by modalias and the
     // lease loop armed it.
     vms[hung].type_line("");

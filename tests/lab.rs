@@ -2101,6 +2101,15 @@ fn wall_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Brings a two-node lab up and waits (20 s each) until n1 holds the floating IP and
+/// both nodes see n1 own the demo group, running there.
+fn up_with_n1_running(prefix: &str, extra: &[&str]) -> Lab {
+    let lab = Lab::up(prefix, extra);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    lab
+}
+
 /// Waits until both nodes agree that `owner` owns the demo group and it runs there.
 fn wait_owner_running(lab: &Lab, owner: &str, timeout: Duration) -> Duration {
     let (_, d) = wait_for(
@@ -2181,9 +2190,7 @@ fn poll_takeover(lab: &Lab, from: &str, to: &str, nodes: &[&str]) -> u32 {
 #[test]
 fn witness_isolated_owner_stops_and_the_majority_takes_over() {
     require_root!();
-    let lab = Lab::up("tlq-", &["--witness"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tlq-", &["--witness"]);
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
     let checker = Checker::start(&lab, 2);
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
@@ -2278,9 +2285,7 @@ fn witness_isolated_owner_stops_and_the_majority_takes_over() {
 #[test]
 fn fencing_the_isolated_owner_lets_the_majority_start_at_once() {
     require_root!();
-    let lab = Lab::up("tfn-", &["--witness", "--fence"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tfn-", &["--witness", "--fence"]);
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
     let checker = Checker::start(&lab, 2);
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
@@ -2352,9 +2357,7 @@ fn fencing_the_isolated_owner_lets_the_majority_start_at_once() {
 #[test]
 fn witness_isolated_alone_changes_nothing() {
     require_root!();
-    let lab = Lab::up("tlw-", &["--witness"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tlw-", &["--witness"]);
     let before: Vec<usize> = ["n1", "n2"]
         .iter()
         .map(|n| lab.count(n, "group_stopping") + lab.count(n, "quorum_lost"))
@@ -2380,9 +2383,7 @@ fn witness_isolated_alone_changes_nothing() {
 #[test]
 fn witness_isolated_standby_changes_nothing() {
     require_root!();
-    let lab = Lab::up("tlx-", &["--witness"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tlx-", &["--witness"]);
     let n1_stops = lab.count("n1", "group_stopping");
     lab.lab(&["isolate", "n2"]);
     // Well past the dead time and a lease: n2 has declared n1 dead by now.
@@ -2437,9 +2438,7 @@ fn witness_isolated_standby_changes_nothing() {
 #[test]
 fn witness_heartbeat_split_moves_the_group_to_the_majority_once() {
     require_root!();
-    let lab = Lab::up("tly-", &["--witness"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tly-", &["--witness"]);
     lab.lab(&["cut", "n1", "all"]);
     let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
     assert_eq!(overlaps, 0, "two nodes served at {overlaps} polled moments");
@@ -2561,9 +2560,7 @@ fn watchdog_resets(lab: &Lab, node: &str, since_ms: u64) -> Vec<Value> {
 #[test]
 fn witness_paused_owner_is_reset_by_its_watchdog_before_the_majority_takes_over() {
     require_root!();
-    let lab = Lab::up("tlv-", &["--witness"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tlv-", &["--witness"]);
     let paused_ms = wall_ms();
     lab.lab(&["fail", "n1", "stop"]);
     let overlaps = poll_takeover(&lab, "n1", "n2", &["n1", "n2"]);
@@ -2723,9 +2720,7 @@ fn no_false_failover_under_loss_and_load() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(600);
     let (path, percent) = ("hb1", 30u8);
-    let lab = Lab::up("tsk-", &["--witness", "--watchdog-timeout", "1"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tsk-", &["--witness", "--watchdog-timeout", "1"]);
     let n1 = lab.ns("n1");
     let start_ms = wall_ms();
     lossy_path(&n1, path, percent);
@@ -3580,9 +3575,7 @@ fn a_stalled_disk_under_every_node_stops_nothing() {
         return;
     }
     let fs = FreezableFs::mount_at(&lab_dir("tfz-"));
-    let lab = Lab::up("tfz-", &["--witness"]);
-    lab.wait_vip("n1", Duration::from_secs(20));
-    wait_owner_running(&lab, "n1", Duration::from_secs(20));
+    let lab = up_with_n1_running("tfz-", &["--witness"]);
     let stops = lab.count("n1", "group_stopping");
     fs.freeze(true);
     lab.note("every state directory frozen");

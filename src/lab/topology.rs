@@ -341,6 +341,21 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s, "port = {HEARTBEAT_PORT}");
     let paths: Vec<String> = HB_PATHS.iter().map(|x| q(x)).collect();
     let _ = writeln!(s, "paths = [{}]", paths.join(", "));
+    render_quorum(&mut s, p);
+    render_observers(&mut s, p);
+    for n in &plan.nodes {
+        render_node(&mut s, n, p);
+    }
+    if p.witness {
+        render_witness_voter(&mut s, plan);
+    }
+    render_mirror(&mut s, plan, p);
+    render_demo_group(&mut s, p);
+    s
+}
+
+/// `[quorum]`, when the lease or the watchdog is set.
+fn render_quorum(s: &mut String, p: &ConfigParams<'_>) {
     if p.watchdog.is_some() || p.lease_ms.is_some() {
         let _ = writeln!(s);
         let _ = writeln!(s, "[quorum]");
@@ -356,6 +371,10 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
             p.watchdog_timeout_s.unwrap_or(super::watchdog::TIMEOUT_S)
         );
     }
+}
+
+/// `[api]`, `[metrics]` and `[snmp]` with its community and trap receiver.
+fn render_observers(s: &mut String, p: &ConfigParams<'_>) {
     let _ = writeln!(s);
     let _ = writeln!(s, "[api]");
     let _ = writeln!(s, "socket = {}", q(p.socket));
@@ -374,33 +393,46 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     let _ = writeln!(s, "address = {}", q(TRAP_RECEIVER));
     let _ = writeln!(s, "form = \"v2c_inform\"");
     let _ = writeln!(s, "community = {}", q(SNMP_COMMUNITY));
-    for n in &plan.nodes {
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[[node]]");
-        let _ = writeln!(s, "name = {}", q(&n.name));
-        let _ = writeln!(s, "priority = {}", n.index);
-        let addrs: Vec<String> = HB_PATHS
-            .iter()
-            .filter_map(|p| n.hb_addr(p).map(|a| format!("{p} = {}", q(&a))))
-            .collect();
-        let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
-        if p.fence {
-            let _ = writeln!(s, "[node.fence.redfish]");
-            let url = format!("http://{BMC_ADDR}:{}", bmc_port(n.index));
-            let _ = writeln!(s, "url = {}", q(&url));
-            let _ = writeln!(s, "system = {}", q(&n.name));
-            let _ = writeln!(s, "user = {}", q(super::bmc::USER));
-            let _ = writeln!(s, "password = {}", q(super::bmc::PASSWORD));
-        }
+}
+
+/// One `[[node]]` with its heartbeat addresses, and its `[node.fence]` when the lab
+/// fences.
+fn render_node(s: &mut String, n: &NodePlan, p: &ConfigParams<'_>) {
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[[node]]");
+    let _ = writeln!(s, "name = {}", q(&n.name));
+    let _ = writeln!(s, "priority = {}", n.index);
+    let addrs: Vec<String> = HB_PATHS
+        .iter()
+        .filter_map(|p| n.hb_addr(p).map(|a| format!("{p} = {}", q(&a))))
+        .collect();
+    let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
+    if p.fence {
+        render_node_fence(s, n);
     }
-    if p.witness {
-        let w = plan.witness();
-        let _ = writeln!(s);
-        let _ = writeln!(s, "[witness]");
-        let _ = writeln!(s, "name = {}", q(WITNESS));
-        let _ = writeln!(s, "addresses = {{ {} = {} }}", w.iface.name, q(&w.addr()));
-    }
-    render_mirror(&mut s, plan, p);
+}
+
+/// `[node.fence.redfish]`: the node's BMC stand-in.
+fn render_node_fence(s: &mut String, n: &NodePlan) {
+    let _ = writeln!(s, "[node.fence.redfish]");
+    let url = format!("http://{BMC_ADDR}:{}", bmc_port(n.index));
+    let _ = writeln!(s, "url = {}", q(&url));
+    let _ = writeln!(s, "system = {}", q(&n.name));
+    let _ = writeln!(s, "user = {}", q(super::bmc::USER));
+    let _ = writeln!(s, "password = {}", q(super::bmc::PASSWORD));
+}
+
+/// `[witness]`: the lab's witness as a voter, at its address on the heartbeat LAN.
+fn render_witness_voter(s: &mut String, plan: &Plan) {
+    let w = plan.witness();
+    let _ = writeln!(s);
+    let _ = writeln!(s, "[witness]");
+    let _ = writeln!(s, "name = {}", q(WITNESS));
+    let _ = writeln!(s, "addresses = {{ {} = {} }}", w.iface.name, q(&w.addr()));
+}
+
+/// The `demo` group: the floating IP, the mirror and the demo service over it.
+fn render_demo_group(s: &mut String, p: &ConfigParams<'_>) {
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group]]");
     let _ = writeln!(s, "name = \"demo\"");
@@ -435,7 +467,6 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
         "quickcheck = {{ probe = \"http\", url = \"http://127.0.0.1:{SERVICE_PORT}/health\", \
          expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}"
     );
-    s
 }
 
 /// Render `tandem witness`'s configuration: the lab cluster, every node at its
@@ -722,26 +753,28 @@ mod tests {
         assert_eq!(dead_time_ms(200), 1000);
     }
 
+    /// n1's parameters: no witness, watchdog, lease or fence.
+    fn params() -> ConfigParams<'static> {
+        ConfigParams {
+            key: "00112233445566778899aabbccddeeff",
+            interval_ms: 200,
+            dead_time_ms: 1000,
+            switchback: "manual",
+            tandem_bin: "/opt/t \"x\"/tandem",
+            state_dir: "/run/tandem-lab/n1/state",
+            socket: "/run/tandem-lab/n1/tandem.sock",
+            witness: false,
+            watchdog: None,
+            watchdog_timeout_s: None,
+            lease_ms: None,
+            fence: false,
+        }
+    }
+
     #[test]
     fn config_matches_expected_shape() {
         let p = Plan::new("tdm-", 2).unwrap();
-        let text = render_tandem_config(
-            &p,
-            &ConfigParams {
-                key: "00112233445566778899aabbccddeeff",
-                interval_ms: 200,
-                dead_time_ms: 1000,
-                switchback: "manual",
-                tandem_bin: "/opt/t \"x\"/tandem",
-                state_dir: "/run/tandem-lab/n1/state",
-                socket: "/run/tandem-lab/n1/tandem.sock",
-                witness: false,
-                watchdog: None,
-                watchdog_timeout_s: None,
-                lease_ms: None,
-                fence: false,
-            },
-        );
+        let text = render_tandem_config(&p, &params());
         let v: toml::Value = toml::from_str(&text).expect("valid toml");
         assert_eq!(v["cluster"]["name"].as_str(), Some("lab"));
         assert_eq!(
@@ -863,6 +896,37 @@ mod tests {
             crate::quorum::wire::voters_digest(&c.voters(WITNESS)),
             crate::quorum::wire::voters_digest(&node.voters())
         );
+    }
+
+    #[test]
+    fn config_with_fence_witness_and_watchdog_has_their_lines() {
+        let p = Plan::new("tdm-", 2).unwrap();
+        let text = render_tandem_config(
+            &p,
+            &ConfigParams {
+                witness: true,
+                watchdog: Some("/run/tandem-lab/n1/watchdog.fifo".into()),
+                watchdog_timeout_s: Some(3),
+                lease_ms: Some(3400),
+                fence: true,
+                ..params()
+            },
+        );
+        let quorum = "paths = [\"hb1\", \"hb2\"]\n\n[quorum]\nlease = \"3400ms\"\n\
+             watchdog = { device = \"/run/tandem-lab/n1/watchdog.fifo\", timeout = \"3s\" }\n\
+             \n[api]\n";
+        assert!(text.contains(quorum), "[quorum] block:\n{text}");
+        let node = "\n[[node]]\nname = \"n2\"\npriority = 2\n\
+             addresses = { hb1 = \"10.78.1.12\", hb2 = \"10.78.2.12\" }\n\
+             [node.fence.redfish]\nurl = \"http://10.77.0.250:8102\"\nsystem = \"n2\"\n\
+             user = \"lab\"\npassword = \"lab-bmc\"\n\n[witness]\nname = \"w\"\n\
+             addresses = { hb1 = \"10.78.1.200\" }\n\n[[mirror]]\n";
+        assert!(
+            text.contains(node),
+            "last [[node]], its fence and [witness]:\n{text}"
+        );
+        assert_eq!(text.matches("[node.fence.redfish]").count(), 2);
+        assert!(text.ends_with("expect_status = 200, interval = \"1s\", timeout = \"500ms\" }\n"));
     }
 
     #[test]
