@@ -26,6 +26,7 @@ use crate::cluster::packet::LocalGroupState;
 use crate::config::ReplicationMode;
 use crate::event::{Event, EventKind};
 use crate::mirror::generation::DiskState;
+use crate::placement::policy::FastStopStep;
 use crate::status::{GroupSummary, LinkState, MirrorRole, ResourceType, Status, TakeoverMode};
 
 /// `sysUpTime.0` (SNMPv2-MIB), the first varbind of every notification.
@@ -195,6 +196,15 @@ fn replication_mode(m: ReplicationMode) -> i64 {
     match m {
         ReplicationMode::Sync => 1,
         ReplicationMode::Async => 2,
+    }
+}
+
+/// `TandemFastStopStep`: floatingIp(1) mirror(2) freeze(3).
+fn fast_stop_step(s: FastStopStep) -> i64 {
+    match s {
+        FastStopStep::FloatingIp => 1,
+        FastStopStep::Mirror => 2,
+        FastStopStep::Freeze => 3,
     }
 }
 
@@ -610,6 +620,8 @@ enum NotificationObject {
     Direction,
     Full,
     Generation,
+    Device,
+    Step,
 }
 
 impl NotificationObject {
@@ -627,6 +639,8 @@ impl NotificationObject {
             NotificationObject::Direction => 11,
             NotificationObject::Full => 12,
             NotificationObject::Generation => 13,
+            NotificationObject::Device => 14,
+            NotificationObject::Step => 15,
         }
     }
 
@@ -650,6 +664,15 @@ impl NotificationObject {
             NotificationObject::Direction => text_max(field("direction"), 16),
             NotificationObject::Full => truth(field("full") == "true"),
             NotificationObject::Generation => text_max(field("generation"), 16),
+            NotificationObject::Device => text_max(field("device"), 255),
+            // The event names its step by `FastStopStep::name`; 0 (no value of the TC)
+            // only for an event that lacks it, which the policy never emits.
+            NotificationObject::Step => integer(
+                FastStopStep::ALL
+                    .into_iter()
+                    .find(|s| s.name() == field("step"))
+                    .map_or(0, fast_stop_step),
+            ),
         }
     }
 }
@@ -688,6 +711,11 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::OwnershipCommitted => (27, &[Group, Peer]),
         EventKind::FenceSucceeded => (28, &[Peer, Duration]),
         EventKind::FenceFailed => (29, &[Peer, Reason]),
+        EventKind::WatchdogUnavailable => (30, &[Device, Reason]),
+        EventKind::WatchdogAvailable => (31, &[Device]),
+        EventKind::FastStopFailed => (32, &[Group, Resource, Step, Reason]),
+        EventKind::MirrorIoSuspended => (33, &[Mirror]),
+        EventKind::MirrorIoResumed => (34, &[Mirror]),
         _ => return None,
     })
 }

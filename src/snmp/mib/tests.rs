@@ -379,6 +379,11 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::OwnershipCommitted,
         EventKind::FenceSucceeded,
         EventKind::FenceFailed,
+        EventKind::WatchdogUnavailable,
+        EventKind::WatchdogAvailable,
+        EventKind::FastStopFailed,
+        EventKind::MirrorIoSuspended,
+        EventKind::MirrorIoResumed,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
@@ -402,6 +407,86 @@ fn notifications_carry_the_objects_the_mib_lists() {
             .collect();
         let sent: Vec<Vec<u32>> = n.varbinds.iter().map(|vb| vb.name.to_vec()).collect();
         assert_eq!(sent, listed, "{kind:?} -> {name}");
+    }
+    // And the other way: every NOTIFICATION-TYPE of the MIB is sent for a kind above.
+    let defined: BTreeSet<Vec<u32>> = defs
+        .iter()
+        .filter(|(_, d)| d.parent == "tandemNotifications")
+        .map(|(name, _)| resolve(&defs, name))
+        .collect();
+    assert_eq!(
+        defined, arcs,
+        "notifications of the MIB no event kind sends"
+    );
+}
+
+#[test]
+fn fast_stop_failed_carries_group_resource_step_and_reason() {
+    let event = Event {
+        seq: 41,
+        node: "alpha".into(),
+        time_ms: 0,
+        kind: EventKind::FastStopFailed,
+        fields: fields([
+            ("group", "web".into()),
+            ("step", "freeze".into()),
+            ("resource", "nginx".into()),
+            ("reason", "cgroup.freeze: Permission denied".into()),
+        ]),
+    };
+    let n = notification_for(&event).unwrap();
+    assert_eq!(n.trap_oid, tandem_oid(&[0, 32]));
+    let arcs: Vec<u32> = n.varbinds.iter().map(|vb| vb.name.to_vec()[9]).collect();
+    assert_eq!(
+        arcs,
+        vec![1, 2, 6, 7, 15, 3],
+        "seq time group resource step reason"
+    );
+    assert_eq!(n.varbinds[0].value, VarBindValue::Value(counter64(41)));
+    assert_eq!(string_of(&n.varbinds[2].value), "web");
+    assert_eq!(string_of(&n.varbinds[3].value), "nginx");
+    assert_eq!(
+        n.varbinds[4].value,
+        VarBindValue::Value(integer(3)),
+        "freeze"
+    );
+    assert_eq!(
+        string_of(&n.varbinds[5].value),
+        "cgroup.freeze: Permission denied"
+    );
+    let ip = Event {
+        fields: fields([("step", "floating_ip".into())]),
+        ..event
+    };
+    let n = notification_for(&ip).unwrap();
+    assert_eq!(n.varbinds[4].value, VarBindValue::Value(integer(1)));
+}
+
+#[test]
+fn every_fast_stop_step_has_its_value_in_the_mib() {
+    let mib = include_str!("../../../mibs/TANDEM-MIB.txt");
+    let start = mib.find("TandemFastStopStep ::=").expect("the TC");
+    let syntax = &mib[start..start + mib[start..].find('}').expect("its SYNTAX")];
+    for step in FastStopStep::ALL {
+        // snake_case in the event, lowerCamelCase in the MIB.
+        let mut label = String::new();
+        let mut upper = false;
+        for c in step.name().chars() {
+            match c {
+                '_' => upper = true,
+                c if upper => {
+                    label.push(c.to_ascii_uppercase());
+                    upper = false;
+                }
+                c => label.push(c),
+            }
+        }
+        let value = fast_stop_step(step);
+        assert!(
+            syntax.contains(&format!("{label}({value})")),
+            "`{}` is sent as {value}, which TandemFastStopStep does not list",
+            step.name()
+        );
     }
 }
 
