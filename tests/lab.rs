@@ -2698,6 +2698,111 @@ fn lossy_counts(ns: &str) -> (u64, u64) {
     )
 }
 
+/// `on_no_quorum = "suspend"`, with a witness: the owner cut off for less than the
+/// dead time loses its lease and holds the group (floating IP dropped, mirror writes
+/// suspended, service frozen) instead of stopping it. A write made on it during the
+/// hold waits, and completes once the network heals and the lease comes back at the
+/// same epoch: no failover, no EIO, the data reads back, and the clients' writes
+/// through the floating IP are all kept.
+#[test]
+fn witness_a_short_cut_off_holds_the_group_and_resumes_it_at_the_same_epoch() {
+    require_root!();
+    // Interval 400 ms: dead time 2 s. Watchdog 1 s: lease 1.7 s, so the fast stop
+    // begins 1.2 s before it ends, ~0.5 s after the last acknowledged renewal, and
+    // no takeover can be proposed before 2 s of silence.
+    let lab = up_with_n1_running(
+        "tsh-",
+        &[
+            "--witness",
+            "--suspend-on-no-quorum",
+            "--interval",
+            "400",
+            "--watchdog-timeout",
+            "1",
+        ],
+    );
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let checker = Checker::start(&lab, 2);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    let cut_ms = wall_ms();
+    lab.lab(&["isolate", "n1"]);
+    let (held, d) = wait_for("n1 holds the group", Duration::from_secs(10), || {
+        events_since(&lab, "n1", "group_suspended", cut_ms)
+            .into_iter()
+            .next()
+    });
+    lab.note(&format!(
+        "n1 held the group {} ms after the cut: {held}",
+        ms(d)
+    ));
+    assert!(
+        lab.vip_ifaces("n1").is_empty(),
+        "a held group keeps no floating IP"
+    );
+    // A local write on the held primary waits for the lease (past the demo
+    // service's data, which starts at the front of the volume).
+    let writer = {
+        let ns = lab.ns("n1");
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let out = run(Command::new("ip").args([
+                "netns",
+                "exec",
+                &ns,
+                "qemu-io",
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0xa5 200M 64k",
+                "-c",
+                "flush",
+                "nbd://127.0.0.1:10809",
+            ]));
+            (out, t.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "a write completed during the hold");
+    lab.lab(&["heal", "n1"]);
+    let (resumed, d) = wait_for("n1 resumes the group", Duration::from_secs(20), || {
+        events_since(&lab, "n1", "group_resumed", cut_ms)
+            .into_iter()
+            .next()
+    });
+    lab.note(&format!(
+        "n1 resumed {} ms after the heal: {resumed}",
+        ms(d)
+    ));
+    assert_eq!(
+        resumed["fields"]["epoch"], held["fields"]["epoch"],
+        "resumed at the epoch it was held at"
+    );
+    let (out, took) = writer.join().expect("the writer thread");
+    lab.note(&format!("the held write returned after {} ms", ms(took)));
+    assert!(
+        out.status.success() && text(&out.stdout).contains("wrote 65536/65536"),
+        "the held write failed: {}",
+        describe(&out)
+    );
+    let read = lab.qemu_io("n1", &["read -P 0xa5 200M 64k".into()]);
+    assert!(
+        text(&read.stdout).contains("read 65536/65536"),
+        "the held write does not read back: {}",
+        describe(&read)
+    );
+    assert!(
+        events_since(&lab, "n2", "group_starting", cut_ms).is_empty(),
+        "n2 started the group: a failover"
+    );
+    assert!(
+        events_since(&lab, "n1", "group_stopping", cut_ms).is_empty(),
+        "n1 stopped the group instead of holding it"
+    );
+    lab.wait_vip("n1", Duration::from_secs(10));
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, "n1");
+}
+
 /// Events of `kind` on `node` at or after `since_ms`.
 fn events_since(lab: &Lab, node: &str, kind: &str, since_ms: u64) -> Vec<Value> {
     lab.events_of(node, kind)

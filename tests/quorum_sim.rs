@@ -79,6 +79,9 @@ enum Exec {
     /// Stopping until this time; a top-down stop still serves until it is done (the
     /// floating IP goes last), a lease-lost stop drops the floating IP at once.
     Stopping(u64, StopMode),
+    /// A lost lease's fast stop, until this time: it still serves until then (the
+    /// floating IP is not yet dropped); then held, or the clean stop until `then`.
+    FastStopping(u64, Option<u64>),
     /// Fast-stopped and held after a lost lease (serves nothing).
     Held,
     /// Resuming a held group until this time (serves once resumed).
@@ -398,21 +401,23 @@ impl Sim {
             NodeAction::Group { group, command } => {
                 let g = self.groups.iter().position(|x| *x == group).unwrap_or(0);
                 let d = self.rng.gen_range(2..12) * STEP;
+                let fast = if self.watchdog_s.is_some() {
+                    2 * STEP
+                } else {
+                    0
+                };
                 let e = &mut self.nodes[i].exec[g];
                 match command {
                     GroupCommand::Start { .. } => *e = Exec::Starting(self.real + d),
-                    GroupCommand::Stop(mode) => {
-                        *e = Exec::Stopping(self.real + d, mode);
-                        if mode == StopMode::LeaseLost {
-                            let r = Input::FastStopped { group, ok: true };
-                            self.node_input(i, NodeInput::Resource(r));
-                        }
+                    // With a watchdog the fast stop takes two steps: a node paused in
+                    // it serves on, and only the watchdog bounds it. Without one it is
+                    // instant: nothing bounds a paused node anyway (the two-node and
+                    // no-watchdog caveat the config docs state).
+                    GroupCommand::Stop(StopMode::LeaseLost) => {
+                        *e = Exec::FastStopping(self.real + fast, Some(self.real + d))
                     }
-                    GroupCommand::FastStop => {
-                        *e = Exec::Held;
-                        let r = Input::FastStopped { group, ok: true };
-                        self.node_input(i, NodeInput::Resource(r));
-                    }
+                    GroupCommand::Stop(mode) => *e = Exec::Stopping(self.real + d, mode),
+                    GroupCommand::FastStop => *e = Exec::FastStopping(self.real + fast, None),
                     GroupCommand::Resume { .. } => *e = Exec::Resuming(self.real + d),
                     GroupCommand::ProbeVip => {
                         let r = Input::VipProbe {
@@ -422,6 +427,9 @@ impl Sim {
                         self.node_input(i, NodeInput::Resource(r));
                     }
                     _ => {}
+                }
+                if fast == 0 && matches!(self.nodes[i].exec[g], Exec::FastStopping(..)) {
+                    self.fast_stop_done(i, g);
                 }
             }
             NodeAction::Watchdog(cmd) => {
@@ -563,6 +571,7 @@ impl Sim {
                     };
                     self.node_input(i, NodeInput::Resource(r));
                 }
+                Exec::FastStopping(t, _) if self.real >= t => self.fast_stop_done(i, g),
                 Exec::Resuming(t) if self.real >= t => {
                     self.nodes[i].exec[g] = Exec::Running;
                     let r = Input::Resumed {
@@ -650,12 +659,28 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s fast stop of group `g` is over: held, or on to the clean stop.
+    fn fast_stop_done(&mut self, i: usize, g: usize) {
+        let Exec::FastStopping(_, then) = self.nodes[i].exec[g] else {
+            return;
+        };
+        self.nodes[i].exec[g] = match then {
+            Some(end) => Exec::Stopping(end, StopMode::LeaseLost),
+            None => Exec::Held,
+        };
+        let r = Input::FastStopped {
+            group: self.groups[g].clone(),
+            ok: true,
+        };
+        self.node_input(i, NodeInput::Resource(r));
+    }
+
     fn serving(&self, i: usize, g: usize) -> bool {
         let n = &self.nodes[i];
         n.up && (n.paused_until.is_none() || self.watchdog_s.is_some())
             && matches!(
                 n.exec[g],
-                Exec::Running | Exec::Stopping(_, StopMode::TopDown)
+                Exec::Running | Exec::Stopping(_, StopMode::TopDown) | Exec::FastStopping(..)
             )
     }
 

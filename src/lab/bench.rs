@@ -362,6 +362,7 @@ fn run_arm(
         no_watchdog: watchdog.is_none(),
         watchdog_timeout: watchdog,
         fence: a.fence && engine == Engine::Tandem,
+        suspend_on_no_quorum: false,
     };
     let lease = watchdog.map(|w| topology::lease_for_watchdog_ms(w, interval));
     println!(

@@ -217,6 +217,11 @@ pub struct UpArgs {
     /// a node that takes a group over powers the previous owner off.
     #[arg(long)]
     pub fence: bool,
+    /// The demo mirror gets `on_no_quorum = "suspend"`: an owner that loses its lease
+    /// holds the group (floating IP dropped, writes suspended, service frozen) and
+    /// resumes it if the lease comes back at the same epoch.
+    #[arg(long)]
+    pub suspend_on_no_quorum: bool,
 }
 
 /// Options of `lab down`.
@@ -897,6 +902,7 @@ impl Engines {
                 watchdog_timeout_s: args.watchdog_timeout,
                 lease_ms: lease_ms(args),
                 fence: args.fence,
+                suspend_on_no_quorum: args.suspend_on_no_quorum,
             },
         );
         write_file(&conf, &text)?;
@@ -942,6 +948,7 @@ impl Engines {
                 watchdog_timeout_s: None,
                 lease_ms: lease_ms(args),
                 fence: false,
+                suspend_on_no_quorum: false,
             },
         );
         write_file(&conf, &text)?;

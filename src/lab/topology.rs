@@ -325,6 +325,9 @@ pub struct ConfigParams<'a> {
     pub lease_ms: Option<u64>,
     /// Each node gets `[node.fence]` naming its BMC stand-in (`lab up --fence`).
     pub fence: bool,
+    /// The mirror's `on_no_quorum = "suspend"` (`lab up --suspend-on-no-quorum`): a
+    /// node that loses its lease holds the group and resumes it if the lease returns.
+    pub suspend_on_no_quorum: bool,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -525,6 +528,9 @@ fn render_mirror(s: &mut String, plan: &Plan, p: &ConfigParams<'_>) {
     );
     let _ = writeln!(s, "size = {}", q(MIRROR_SIZE));
     let _ = writeln!(s, "nbd_tcp = {}", q(MIRROR_NBD_TCP));
+    if p.suspend_on_no_quorum {
+        let _ = writeln!(s, "on_no_quorum = \"suspend\"");
+    }
     let addrs: Vec<String> = plan
         .nodes
         .iter()
@@ -768,6 +774,7 @@ mod tests {
             watchdog_timeout_s: None,
             lease_ms: None,
             fence: false,
+            suspend_on_no_quorum: false,
         }
     }
 
@@ -869,6 +876,7 @@ mod tests {
             watchdog_timeout_s: Some(3),
             lease_ms: Some(lease_for_watchdog_ms(3, 200)),
             fence: true,
+            suspend_on_no_quorum: false,
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
             .expect("the daemon accepts it");

@@ -274,6 +274,10 @@ pub enum StopMode {
     /// the clean stop: mirrors demoted, the rest in reverse dependency order. A slow
     /// service stop must not keep the address or the volume past the lease.
     LeaseLost,
+    /// A held group ([`Action::FastStopGroup`] done) is stopped: only the clean part
+    /// of [`StopMode::LeaseLost`], in its order (its held writes fail as the mirrors
+    /// are demoted).
+    AfterHold,
 }
 
 /// What the runtime must do.
@@ -1514,6 +1518,10 @@ impl GroupState {
             if let Some(h) = self.held.as_mut() {
                 h.resuming = true;
             }
+            // About to serve again: backed by the watchdog like a start (found by
+            // tests/quorum_sim.rs seed 194: paused mid-resume with the watchdog
+            // disarmed, a node woke and served past its lease).
+            self.local = LocalGroupState::Starting;
             out.push(Action::ResumeGroup {
                 group: policy.name.clone(),
                 epoch: held.epoch,
@@ -1522,8 +1530,13 @@ impl GroupState {
         } else {
             return;
         };
+        let mode = if held.fast_stop == FastStopState::Done {
+            StopMode::AfterHold
+        } else {
+            StopMode::LeaseLost
+        };
         self.held = None;
-        self.stop_as(&policy.name, &reason, StopMode::LeaseLost, out);
+        self.stop_as(&policy.name, &reason, mode, out);
     }
 
     /// The executor resumed a held group (or failed to: then it stops, top-down, as

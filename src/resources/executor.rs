@@ -26,7 +26,7 @@ fn stop_order(mode: StopMode, order: &[usize], steps: &[Option<FastStopStep>]) -
     let reverse = order.iter().rev().copied();
     match mode {
         StopMode::TopDown => reverse.collect(),
-        StopMode::LeaseLost => {
+        StopMode::LeaseLost | StopMode::AfterHold => {
             let step = |i: usize| steps.get(i).copied().flatten();
             let mut v = Vec::new();
             for first in [FastStopStep::FloatingIp, FastStopStep::Mirror] {
