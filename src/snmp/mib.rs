@@ -716,6 +716,8 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::FastStopFailed => (32, &[Group, Resource, Step, Reason]),
         EventKind::MirrorIoSuspended => (33, &[Mirror]),
         EventKind::MirrorIoResumed => (34, &[Mirror]),
+        EventKind::GroupSuspended => (35, &[Group, Reason]),
+        EventKind::GroupResumed => (36, &[Group]),
         _ => return None,
     })
 }

@@ -384,6 +384,8 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::FastStopFailed,
         EventKind::MirrorIoSuspended,
         EventKind::MirrorIoResumed,
+        EventKind::GroupSuspended,
+        EventKind::GroupResumed,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
