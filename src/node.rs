@@ -72,6 +72,22 @@ pub struct NodeConfig {
     /// quorum, a node takes a group over only from an owner all of whose mirrors it
     /// copies synchronously: an async copy may lack writes the owner acknowledged.
     pub sync_peers: BTreeMap<String, BTreeSet<String>>,
+    /// Per mirror: every pair of nodes whose copies replicate synchronously (each pair
+    /// once, in name order). An automatic move (a takeover, a hand-off after a failed
+    /// start) goes only to a node that copies the last primary synchronously.
+    pub sync_links: BTreeMap<String, BTreeSet<(String, String)>>,
+}
+
+impl NodeConfig {
+    /// Whether `a` and `b` replicate `mirror` synchronously (a node with itself too).
+    pub fn sync_pair(&self, mirror: &str, a: &str, b: &str) -> bool {
+        let pair = if a <= b { (a, b) } else { (b, a) };
+        a == b
+            || self
+                .sync_links
+                .get(mirror)
+                .is_some_and(|links| links.iter().any(|(x, y)| (x.as_str(), y.as_str()) == pair))
+    }
 }
 
 /// How this node takes part in the quorum.
@@ -180,6 +196,26 @@ impl NodeConfig {
                 .filter_map(|n| {
                     let f = n.fence.as_ref()?;
                     Some((n.name.clone(), f.delay.as_millis() as u64))
+                })
+                .collect(),
+            sync_links: cfg
+                .mirrors
+                .iter()
+                .map(|m| {
+                    let pairs = m
+                        .links
+                        .iter()
+                        .filter(|l| l.mode == crate::config::ReplicationMode::Sync)
+                        .map(|l| {
+                            let [a, b] = l.between.clone();
+                            if a <= b {
+                                (a, b)
+                            } else {
+                                (b, a)
+                            }
+                        })
+                        .collect();
+                    (m.name.clone(), pairs)
                 })
                 .collect(),
             sync_peers: cfg
@@ -969,6 +1005,7 @@ mod tests {
             group_mirrors: BTreeMap::new(),
             fenceable: BTreeMap::new(),
             sync_peers: BTreeMap::new(),
+            sync_links: BTreeMap::new(),
         };
         NodeCore::new(cfg, 7, 1_000, &[])
     }
@@ -1010,6 +1047,10 @@ mod tests {
         // n1-n2 replicate synchronously, n3 is an async copy.
         cfg.sync_peers
             .insert("data".into(), BTreeSet::from(["n2".to_string()]));
+        cfg.sync_links.insert(
+            "data".into(),
+            BTreeSet::from([("n1".to_string(), "n2".to_string())]),
+        );
         c = NodeCore::new(cfg, 7, 1_000, &[]);
         let restored = Restored {
             snapshot: Some(crate::quorum::records::SnapshotRec {
@@ -1354,6 +1395,43 @@ mod tests {
             other => panic!("no reply: {other:?}"),
         }
         assert!(!c.placement().standby());
+    }
+
+    #[test]
+    fn an_automatic_move_goes_only_to_a_sync_copy_of_the_last_primary() {
+        use crate::quorum::decision::{Decision, Register};
+        let own = |reg: &mut Register, owner: &str, epoch: u64| {
+            reg.apply(
+                epoch,
+                Decision::Own {
+                    group: "web".into(),
+                    owner: owner.into(),
+                    epoch,
+                    handoff: false,
+                    copies_seen: None,
+                },
+            )
+        };
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        // n1 served epoch 1; n2 (its sync copy) took over at epoch 2 and never ran it
+        // (its start failed): n3, an async copy of n1, may lack n1's acknowledged
+        // writes, so a hand-off from n2 must not pick it.
+        let mut reg = Register::default();
+        own(&mut reg, "n1", 1);
+        own(&mut reg, "n2", 2);
+        let mut c = quorum_core(&reg);
+        let reg = c.quorum.as_ref().unwrap().register().clone();
+        assert_eq!(c.complete_copies("web", &reg), Some(set(&["n1", "n2"])));
+        // Once n2 has run epoch 2, it is the last primary (n1 copies it in sync).
+        c.ran.insert(("web".into(), 2));
+        assert_eq!(c.complete_copies("web", &reg), Some(set(&["n1", "n2"])));
+        // A copy the log outdated is not complete.
+        let mut outdated = reg.clone();
+        outdated.outdated.insert(("data".into(), "n1".into()), 7);
+        assert_eq!(c.complete_copies("web", &outdated), Some(set(&["n2"])));
+        // Groups without mirrors are not restricted.
+        c.cfg.group_mirrors.clear();
+        assert_eq!(c.complete_copies("web", &reg), None);
     }
 
     #[test]

@@ -338,6 +338,7 @@ impl Sim {
                 .map(|j| (names[j].clone(), j as u64 * 100))
                 .collect(),
             sync_peers: Default::default(),
+            sync_links: Default::default(),
         };
         let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
         core.restore_log(&n.disk, now).expect("restore");

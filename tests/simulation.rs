@@ -558,6 +558,7 @@ impl Sim {
             group_mirrors: Default::default(),
             fenceable: Default::default(),
             sync_peers: Default::default(),
+            sync_links: Default::default(),
         };
         Node {
             life: Life::Up,

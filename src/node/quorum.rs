@@ -285,6 +285,11 @@ impl NodeCore {
                 gate.leased.insert(g.clone());
             }
         }
+        for policy in &self.cfg.placement.groups {
+            if let Some(c) = self.complete_copies(&policy.name, reg) {
+                gate.complete_copies.insert(policy.name.clone(), c);
+            }
+        }
         if self.watchdog_fault().is_some() {
             // No device to reset this node: it takes and runs nothing, and a stop is
             // one without a lease.
@@ -411,6 +416,47 @@ impl NodeCore {
         for k in current {
             self.pending_since.entry(k).or_insert(now.mono_ms);
         }
+    }
+
+    /// The nodes whose copies of every mirror of `group` hold all the writes its last
+    /// primary acknowledged: the committed owner if it ran the group at its epoch, else
+    /// the previous owner (a new owner whose start failed never served); and every node
+    /// that copies each mirror from it synchronously and is not outdated by the log.
+    /// `None` for a group without mirrors or without an owner yet.
+    pub(super) fn complete_copies(
+        &self,
+        group: &str,
+        reg: &crate::quorum::decision::Register,
+    ) -> Option<BTreeSet<String>> {
+        let mirrors = self
+            .cfg
+            .group_mirrors
+            .get(group)
+            .filter(|m| !m.is_empty())?;
+        let o = reg.owner(group)?;
+        let served = self.ran.contains(&(group.to_string(), o.epoch));
+        let last = match (&o.previous, served) {
+            (Some(p), false) => p.as_str(),
+            _ => o.owner.as_str(),
+        };
+        let nodes = self
+            .cfg
+            .placement
+            .nodes
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                mirrors.iter().all(|m| {
+                    self.cfg.sync_pair(m, n, last)
+                        && !reg
+                            .outdated
+                            .keys()
+                            .any(|(om, on)| om == m && on == n.as_str())
+                })
+            })
+            .cloned()
+            .collect();
+        Some(nodes)
     }
 
     /// A group one of whose mirrors has held writes for a lost peer longer than twice

@@ -366,6 +366,11 @@ pub struct QuorumGate {
     /// current epoch, or of one the log has just moved on from): a stop may take the
     /// clean top-down order; without one it drops what clients reach first.
     pub leased: BTreeSet<String>,
+    /// Per group with mirrors: the nodes whose copies hold every write the group's
+    /// last primary acknowledged (it, and the nodes that copy all its mirrors from it
+    /// synchronously and are not outdated). An automatic move goes only to them: an
+    /// async copy may lack acknowledged writes, so the group rather stays down.
+    pub complete_copies: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Errors of administrative requests.
@@ -1127,15 +1132,18 @@ impl GroupState {
         })
     }
 
-    /// The most preferred eligible live node for the group, other than `except`.
+    /// The most preferred eligible live node for the group, other than `except`; with
+    /// a quorum, only one whose copies are complete ([`QuorumGate::complete_copies`]).
     fn best_eligible(
         &self,
         policy: &GroupPolicy,
         view: &ClusterView,
         except: Option<&str>,
     ) -> Option<String> {
+        let complete = view.gate.and_then(|g| g.complete_copies.get(&policy.name));
         view.nodes()
             .filter(|n| Some(*n) != except)
+            .filter(|n| complete.is_none_or(|c| c.contains(*n)))
             .filter(|n| self.eligible(n, policy, view))
             .min_by_key(|n| (view.cfg.priority(n), n.to_string()))
             .map(str::to_string)

@@ -873,3 +873,29 @@ fn with_a_quorum_a_group_that_does_not_hold_stops_at_once_and_a_failed_resume_st
     );
     assert_eq!(stop_mode(&out), Some(StopMode::TopDown));
 }
+
+#[test]
+fn with_a_quorum_a_failed_owner_hands_the_group_only_to_a_complete_copy() {
+    // `a` owns the group and failed to start it; `b` is eligible but its copy is an
+    // async one of the last primary's: no hand-off to it.
+    let mut w = World::new("a", false, Switchback::Manual).with_gate(Some(("a", 2)));
+    w.gate_mut().may_run.insert(GROUP.into());
+    w = w.with_peer("b", LocalGroupState::Stopped, Some(("a", 2)));
+    w.gate_mut()
+        .complete_copies
+        .insert(GROUP.into(), BTreeSet::from(["a".to_string()]));
+    // Its failed start blocked it here (the restarts are used up).
+    let mut g = group(LocalGroupState::Stopped, Some(("a", 2)));
+    g.blocked_until = Some(u64::MAX);
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(proposes_owner(&out), None, "{out:?}");
+    // A sync copy of the last primary: handed over.
+    w.gate_mut().complete_copies.insert(
+        GROUP.into(),
+        BTreeSet::from(["a".to_string(), "b".to_string()]),
+    );
+    let mut out = Vec::new();
+    g.evaluate(w.policy(), &w.view(), &mut out);
+    assert_eq!(proposes_owner(&out), Some(("b".to_string(), 3)), "{out:?}");
+}
