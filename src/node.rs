@@ -1068,19 +1068,10 @@ mod tests {
     /// n1 took `web` over from n2 (epoch 2), having seen n2 run it at epoch 1.
     fn taken_over_from_n2(fenceable: bool) -> NodeCore {
         use crate::cluster::packet::{Assignment, GroupAdvert};
-        use crate::quorum::decision::{Decision, Register};
+        use crate::quorum::decision::Register;
         let mut reg = Register::default();
         for (owner, epoch) in [("n2", 1), ("n1", 2)] {
-            reg.apply(
-                epoch,
-                Decision::Own {
-                    group: "web".into(),
-                    owner: owner.into(),
-                    epoch,
-                    handoff: false,
-                    copies_seen: None,
-                },
-            );
+            own_web(&mut reg, owner, epoch);
         }
         let mut c = quorum_core(&reg);
         if fenceable {
@@ -1339,17 +1330,22 @@ mod tests {
 
     fn owned_by_n2() -> crate::quorum::decision::Register {
         let mut reg = crate::quorum::decision::Register::default();
+        own_web(&mut reg, "n2", 1);
+        reg
+    }
+
+    /// Applies a takeover of `web` by `owner` at `epoch` (log index `epoch`) to `reg`.
+    fn own_web(reg: &mut crate::quorum::decision::Register, owner: &str, epoch: u64) {
         reg.apply(
-            1,
+            epoch,
             crate::quorum::decision::Decision::Own {
                 group: "web".into(),
-                owner: "n2".into(),
-                epoch: 1,
+                owner: owner.into(),
+                epoch,
                 handoff: false,
                 copies_seen: None,
             },
         );
-        reg
     }
 
     #[test]
@@ -1399,26 +1395,14 @@ mod tests {
 
     #[test]
     fn an_automatic_move_goes_only_to_a_sync_copy_of_the_last_primary() {
-        use crate::quorum::decision::{Decision, Register};
-        let own = |reg: &mut Register, owner: &str, epoch: u64| {
-            reg.apply(
-                epoch,
-                Decision::Own {
-                    group: "web".into(),
-                    owner: owner.into(),
-                    epoch,
-                    handoff: false,
-                    copies_seen: None,
-                },
-            )
-        };
+        use crate::quorum::decision::Register;
         let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
         // n1 served epoch 1; n2 (its sync copy) took over at epoch 2 and never ran it
         // (its start failed): n3, an async copy of n1, may lack n1's acknowledged
         // writes, so a hand-off from n2 must not pick it.
         let mut reg = Register::default();
-        own(&mut reg, "n1", 1);
-        own(&mut reg, "n2", 2);
+        own_web(&mut reg, "n1", 1);
+        own_web(&mut reg, "n2", 2);
         let mut c = quorum_core(&reg);
         let reg = c.quorum.as_ref().unwrap().register().clone();
         assert_eq!(c.complete_copies("web", &reg), Some(set(&["n1", "n2"])));
