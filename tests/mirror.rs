@@ -139,6 +139,8 @@ struct Cluster {
     queue_bytes: u64,
     fencing: bool,
     link_timeout: Duration,
+    /// Copies every other copy replicates to asynchronously (the rest: `mode`).
+    async_copies: Vec<String>,
 }
 
 impl Cluster {
@@ -157,6 +159,7 @@ impl Cluster {
             queue_bytes: 64 * MIB,
             fencing: false,
             link_timeout: Duration::from_secs(6),
+            async_copies: Vec::new(),
         }
     }
 
@@ -188,7 +191,11 @@ impl Cluster {
                     .find(|(f, t, _)| f == node && t == n)
                     .map(|r| r.2)
                     .unwrap_or(*addr),
-                mode: self.mode,
+                mode: if self.async_copies.contains(n) {
+                    ReplicationMode::Async
+                } else {
+                    self.mode
+                },
                 rate_limit: self.rate_limit,
                 queue_bytes: self.queue_bytes,
                 lag_budget: Some(Duration::from_secs(5)),
@@ -606,6 +613,10 @@ fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
     let b = c.start("b");
     connected(&a, &b);
     a.on(a.m.promote(E0)).unwrap();
+    // b reconciles with its new primary and adopts its generation.
+    wait_until("b adopted a's generation", Duration::from_secs(10), || {
+        b.m.disk_and_generation().1 == a.m.disk_and_generation().1
+    });
     a.on(a.m.disconnect(Some("b"))).unwrap();
     a.write(16 * MIB, pattern(2, 32 * MIB as usize));
     a.on(a.m.connect(Some("b"))).unwrap();
@@ -1225,4 +1236,111 @@ fn an_old_primary_of_a_lower_epoch_cannot_replicate_to_a_copy_that_followed_a_ne
     a.stop();
     b.stop();
     n3.stop();
+}
+
+/// The scenario on loopback: a primary, a sync copy and an async copy whose link
+/// is stalled, so it lags. The primary crashes after acknowledging writes the async
+/// copy never received; the sync copy takes over. Both secondaries still carried the
+/// dead primary's generation: only the peer-acks (the async copy was never listed as
+/// holding those writes) tell the new primary what the async copy lacks. It resyncs
+/// exactly that, and all copies match byte for byte without a verify.
+#[test]
+fn a_lagging_async_copy_converges_with_the_new_primary_after_a_failover() {
+    let mut c = Cluster::new(&["a", "b", "c"], 64 * MIB);
+    c.async_copies = vec!["c".into()];
+    let proxy = c.proxy("a", "c");
+    let a = c.start("a");
+    let b = c.start("b");
+    let n3 = c.start("c");
+    connected(&a, &b);
+    connected(&a, &n3);
+    connected(&b, &n3);
+    a.on(a.m.promote(E0)).unwrap();
+    a.write(0, pattern(1, MIB as usize));
+    a.on(a.m.flush()).unwrap();
+    wait_until("c caught up", Duration::from_secs(10), || {
+        a.peer("c").lag_bytes == 0
+    });
+    proxy.stall(true);
+    for i in 0..8u64 {
+        a.write(4 * MIB + i * MIB, pattern(10 + i, MIB as usize));
+    }
+    a.on(a.m.flush()).unwrap();
+    assert!(a.peer("c").lag_bytes >= 8 * MIB, "c lags");
+    a.crash();
+    // The cluster declares a dead on both survivors; b takes over.
+    b.m.peer_dead("a");
+    n3.m.peer_dead("a");
+    assert!(
+        b.peer("c").out_of_sync_bytes >= 8 * MIB,
+        "b marked what c may lack: {}",
+        b.peer("c").out_of_sync_bytes
+    );
+    b.on(b.m.promote(OwnershipEpoch(1))).unwrap();
+    in_sync(&b, &n3);
+    let started = n3.events(EventKind::ResyncStarted);
+    let last = started.last().expect("c was resynced");
+    assert_eq!(last.fields["direction"], "target");
+    assert_eq!(last.fields["full"], "false");
+    let resynced = b.peer("c").resynced_bytes;
+    assert!(
+        (8 * MIB..=9 * MIB).contains(&resynced),
+        "resynced {resynced}: the 8 MiB c lacked, not the volume"
+    );
+    proxy.stall(false);
+    b.write(40 * MIB, pattern(99, 4096));
+    b.on(b.m.flush()).unwrap();
+    b.on(b.m.demote()).unwrap();
+    b.stop();
+    n3.stop();
+    assert!(files_equal(&c.backing("b"), &c.backing("c")));
+    assert_eq!(
+        read_file(&c.backing("c"), 11 * MIB, MIB as usize),
+        pattern(17, MIB as usize),
+        "an acknowledged write c never received is there"
+    );
+}
+
+/// A crashed primary returns after its peer took over and wrote: it sends its
+/// crash-dirty activity-log extents to the new primary, which resyncs the union of
+/// those and its own changes, not the whole volume (which it did before: the returning
+/// copy had blocks of its own, so everything went).
+#[test]
+fn a_crashed_primary_returns_with_a_partial_resync_of_the_union() {
+    let c = Cluster::new(&["a", "b"], 1024 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote(E0)).unwrap();
+    // 200 MiB of data, then writes spread over 3 extents, then a crash.
+    for i in 0..200u64 {
+        a.write(i * MIB, pattern(i, MIB as usize));
+    }
+    for i in 0..48u64 {
+        a.write(
+            300 * MIB + (i % 3) * 100 * MIB + i * 65536,
+            pattern(i, 65536),
+        );
+    }
+    a.crash();
+    b.m.peer_dead("a");
+    b.on(b.m.promote(OwnershipEpoch(1))).unwrap();
+    let changed = 2 * MIB;
+    b.write(700 * MIB, pattern(5, changed as usize));
+    let a = c.start("a");
+    let crash_dirty = a.peer("b").out_of_sync_bytes;
+    assert!(crash_dirty > 0, "the activity log marks a's last extents");
+    in_sync(&b, &a);
+    let started = a.events(EventKind::ResyncStarted);
+    assert_eq!(started.last().unwrap().fields["full"], "false");
+    let resynced = b.peer("a").resynced_bytes;
+    let ratio = resynced as f64 / (changed + crash_dirty) as f64;
+    assert!(
+        ratio <= 1.05,
+        "resynced {resynced} for {changed} changed + {crash_dirty} crash-dirty ({ratio:.3})"
+    );
+    b.on(b.m.demote()).unwrap();
+    b.stop();
+    a.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
 }

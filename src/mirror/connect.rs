@@ -9,11 +9,20 @@
 //! - a primary never becomes a resync target, and two primaries never connect: either is
 //!   a split brain, like a secondary holding newer data than a primary;
 //! - a split brain is resolved only by the [`SplitBrainPolicy`], never into a primary;
-//! - in sync but with crash-dirty blocks on either side: one side sends (the primary,
-//!   or else the copy whose node name sorts first);
-//! - a sender sends its bitmap for the peer, or every used block when the peer has
-//!   dirty blocks of its own (there is no bitmap exchange, so it cannot merge them) or
-//!   the bitmap for the gap is gone.
+//! - in sync but with dirty blocks on either side (crash-dirty, or ranges a secondary
+//!   could not prove when it lost its primary: `mirror::reconcile`): one side sends
+//!   (the primary, else the copy further along the write stream by `last_seq`, else
+//!   the copy whose node name sorts first);
+//! - a sender sends its bitmap for the peer; when the peer has dirty blocks of its own,
+//!   the peer first sends its bitmap ([`ConnectPlan::send_bitmap`]) and the sender
+//!   resyncs the union ([`Blocks::Union`]), so a crashed primary that returns gets
+//!   what changed plus its activity log, not the whole volume; every used block only
+//!   when the bitmap for the gap is gone.
+//!
+//! A copy that becomes primary while connected reconciles the same way, in session:
+//! each connected secondary sends its bitmap, and the new primary resyncs the union
+//! (an empty resync if both are clean) before the secondary adopts its generation
+//! (`replica::Mirror::on_state_update`).
 //!
 //! Both sides compute the plan independently and agree: each side's
 //! [`ConnectPlan::peer_disk`] is what the other's plan sets as its
@@ -30,6 +39,8 @@ use crate::mirror::wire::CopyState;
 pub enum Blocks {
     /// The blocks set in its dirty bitmap for the peer.
     Bitmap,
+    /// Its bitmap for the peer merged with the peer's for it (sent first).
+    Union,
     /// Every used block (the whole bitmap is marked first).
     All,
 }
@@ -59,6 +70,8 @@ pub struct ConnectPlan {
     pub local_disk: DiskState,
     /// The peer's disk state from now on, as its own plan sets it.
     pub peer_disk: DiskState,
+    /// This copy sends its bitmap for the peer first: the peer resyncs the union.
+    pub send_bitmap: bool,
 }
 
 /// Why two copies stay apart.
@@ -108,6 +121,7 @@ pub fn plan(
         resync: local.resync,
         local_disk: local.disk,
         peer_disk: remote.disk,
+        send_bitmap: remote.resync == Resync::Send(Blocks::Union),
     })
 }
 
@@ -125,14 +139,15 @@ fn view(s: &CopyState) -> PeerView {
         disk: s.disk,
         changed_blocks: s.changed_blocks,
         primary: s.primary,
+        last_seq: s.last_seq,
     }
 }
 
 fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side, Refusal> {
     use SyncDecision::*;
     let decision = with_roles(me, peer, decide_with_fresh(me, peer));
-    let send_bitmap_or_all = if peer.changed_blocks > 0 {
-        Blocks::All
+    let send_bitmap_or_union = if peer.changed_blocks > 0 {
+        Blocks::Union
     } else {
         Blocks::Bitmap
     };
@@ -145,15 +160,15 @@ fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side
             };
             let dirty = me.changed_blocks > 0 || peer.changed_blocks > 0;
             let resync = if dirty && in_sync_sender(me, peer) {
-                Resync::Send(send_bitmap_or_all)
+                Resync::Send(send_bitmap_or_union)
             } else {
                 Resync::None
             };
             (resync, disk)
         }
-        // The peer may have changes of its own this copy cannot see (a crashed
-        // primary's activity log): then everything goes.
-        SourcePartial => (Resync::Send(send_bitmap_or_all), me.disk),
+        // The peer may have changes of its own (a crashed primary's activity log, a
+        // secondary's unproven ranges): they come over first, and the union goes.
+        SourcePartial => (Resync::Send(send_bitmap_or_union), me.disk),
         SourceFull => (Resync::Send(Blocks::All), me.disk),
         TargetPartial | TargetFull => (Resync::Receive, DiskState::SyncTarget),
         SplitBrain => match resolve_split_brain(policy, me, peer) {
@@ -198,10 +213,13 @@ fn with_roles(me: &PeerView, peer: &PeerView, decision: SyncDecision) -> SyncDec
     }
 }
 
-/// In sync with crash-dirty blocks: the primary sends, or else the first name.
+/// In sync with dirty blocks: the primary sends, else the copy further along the
+/// write stream, else the first name.
 fn in_sync_sender(me: &PeerView, peer: &PeerView) -> bool {
     if me.primary != peer.primary {
         me.primary
+    } else if me.last_seq != peer.last_seq {
+        me.last_seq > peer.last_seq
     } else {
         me.name < peer.name
     }
@@ -224,6 +242,7 @@ mod tests {
             primary: false,
             changed_blocks: 0,
             epoch: crate::mirror::generation::OwnershipEpoch(0),
+            last_seq: 0,
         }
     }
 
@@ -292,11 +311,25 @@ mod tests {
     }
 
     #[test]
-    fn a_target_with_dirty_blocks_of_its_own_gets_everything() {
+    fn a_target_with_dirty_blocks_of_its_own_sends_them_and_gets_the_union() {
         let (a, mut b) = a_ahead();
         b.changed_blocks = 3;
-        let (pa, _) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
-        assert_eq!(pa.resync, Resync::Send(Blocks::All));
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.resync, Resync::Send(Blocks::Union));
+        assert!(pb.send_bitmap && !pa.send_bitmap);
+    }
+
+    #[test]
+    fn between_secondaries_the_copy_further_along_the_stream_sends() {
+        let mut a = state("a", 100, DiskState::UpToDate);
+        let mut b = state("b", 100, DiskState::UpToDate);
+        a.changed_blocks = 2;
+        b.changed_blocks = 9;
+        (a.last_seq, b.last_seq) = (10, 40);
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pb.resync, Resync::Send(Blocks::Union), "b is further along");
+        assert_eq!(pa.resync, Resync::None);
+        assert!(pa.send_bitmap);
     }
 
     #[test]
@@ -307,9 +340,10 @@ mod tests {
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
         assert_eq!(
             pa.resync,
-            Resync::Send(Blocks::All),
-            "a cannot see b's blocks"
+            Resync::Send(Blocks::Union),
+            "b sends its blocks first"
         );
+        assert!(pb.send_bitmap);
         assert_eq!(pb.resync, Resync::None);
         b.primary = true;
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
@@ -321,7 +355,7 @@ mod tests {
         assert_eq!(pa.local_disk, DiskState::UpToDate);
         a.changed_blocks = 1;
         let (_, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
-        assert_eq!(pb.resync, Resync::Send(Blocks::All));
+        assert_eq!(pb.resync, Resync::Send(Blocks::Union));
     }
 
     #[test]

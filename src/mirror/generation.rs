@@ -183,6 +183,9 @@ pub struct PeerView {
     /// Blocks this copy changed since the shared generation (its bitmap for the other).
     pub changed_blocks: u64,
     pub primary: bool,
+    /// The highest write-stream number applied or given (see `CopyState::last_seq`).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 /// Compares this copy with the peer's, on connect.
@@ -319,6 +322,7 @@ mod tests {
             disk: DiskState::UpToDate,
             changed_blocks: changed,
             primary,
+            last_seq: 0,
         };
         let v1 = view("n1", &n1, 12, false);
         let v2 = view("n2", &n2, 40, true);
@@ -335,6 +339,7 @@ mod tests {
             disk,
             changed_blocks: 0,
             primary: false,
+            last_seq: 0,
         }
     }
 

@@ -27,12 +27,22 @@
 //! | 15   | `Ping`           | nonce u64                                             |
 //! | 16   | `Pong`           | nonce u64                                             |
 //! | 17   | `Bye`            | reason string (cut to 255 bytes at a char boundary)   |
+//! | 18   | `PeerAck`        | upto u64, holders: u8 count ≤ [`MAX_BITMAP_PEERS`] of string |
+//! | 19   | `BitmapRuns`     | count u32 ≤ [`MAX_RUNS`] of (first block u64, blocks u32) |
+//! | 20   | `BitmapEnd`      | dirty_blocks u64                                      |
 //!
 //! `State` ([`CopyState`]): node string, mirror string, size_bytes u64, generations
 //! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
 //! strictly ascending peer order; history: u8 count ≤ [`HISTORY_LEN`] of u64), disk u8
 //! (0 up_to_date, 1 outdated, 2 inconsistent, 3 sync_source, 4 sync_target), primary u8
-//! (0/1), changed_blocks u64, epoch u64.
+//! (0/1), changed_blocks u64, epoch u64, last_seq u64.
+//!
+//! # Reconciliation
+//! Data frames carry the primary's operation number (`seq`, one numbering for all its
+//! peers). `PeerAck` tells a secondary which copies durably hold every write up to
+//! `upto` (`mirror::reconcile`). `BitmapRuns` and `BitmapEnd` carry a copy's dirty
+//! bitmap toward the receiver as ascending, non-overlapping runs of 4 KiB blocks, so
+//! the resync source can send the union of both sides' bitmaps (`mirror::connect`).
 //!
 //! # Ownership epochs
 //! `epoch` is the group's ownership epoch ([`OwnershipEpoch`], committed by the quorum
@@ -101,9 +111,11 @@ use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch, HISTORY_
 #[cfg(test)]
 mod tests;
 
-/// Protocol version carried in the hello (2: ownership epochs in `State` and in every
-/// data frame; a version-1 peer is refused in the hello).
-pub const VERSION: u16 = 2;
+/// Protocol version carried in the hello (3: peer-acks, bitmap exchange and `last_seq`
+/// in `State`; 2 added ownership epochs. An older peer is refused in the hello).
+pub const VERSION: u16 = 3;
+/// The most runs one `BitmapRuns` carries.
+pub const MAX_RUNS: usize = 65_536;
 /// The largest payload a frame may carry (a write or resync chunk): 1 MiB.
 pub const MAX_DATA: usize = 1 << 20;
 /// The most digests one `VerifyDigests` carries (32 MiB of 4 KiB blocks).
@@ -148,6 +160,7 @@ const STATE_MAX: usize = 2 * (1 + MAX_STR)
     + 1
     + 1
     + 8
+    + 8
     + 8;
 
 /// Frame type codes.
@@ -169,6 +182,9 @@ mod ty {
     pub const PING: u8 = 15;
     pub const PONG: u8 = 16;
     pub const BYE: u8 = 17;
+    pub const PEER_ACK: u8 = 18;
+    pub const BITMAP_RUNS: u8 = 19;
+    pub const BITMAP_END: u8 = 20;
     /// Handshake messages (not frames).
     pub const HELLO: u8 = 0xF0;
     pub const AUTH: u8 = 0xF1;
@@ -189,6 +205,9 @@ pub struct CopyState {
     pub changed_blocks: u64,
     /// A primary's ownership epoch, or the highest a secondary has followed.
     pub epoch: OwnershipEpoch,
+    /// The highest operation number this copy applied from (or, as primary, gave to)
+    /// the write stream: between two secondaries, the one further along sends.
+    pub last_seq: u64,
 }
 
 /// One frame after the handshake.
@@ -285,6 +304,20 @@ pub enum Frame {
     Bye {
         reason: String,
     },
+    /// Primary to secondary: every write numbered up to `upto` is durable on each of
+    /// `holders` (see `mirror::reconcile`).
+    PeerAck {
+        upto: u64,
+        holders: Vec<String>,
+    },
+    /// Part of the sender's dirty bitmap toward the receiver: `(first block, blocks)`.
+    BitmapRuns {
+        runs: Vec<(u64, u32)>,
+    },
+    /// The sender's bitmap is complete; it holds `dirty_blocks` blocks.
+    BitmapEnd {
+        dirty_blocks: u64,
+    },
 }
 
 impl Frame {
@@ -308,7 +341,10 @@ impl Frame {
             | Frame::VerifyDigests { .. }
             | Frame::Ping { .. }
             | Frame::Pong { .. }
-            | Frame::Bye { .. } => None,
+            | Frame::Bye { .. }
+            | Frame::PeerAck { .. }
+            | Frame::BitmapRuns { .. }
+            | Frame::BitmapEnd { .. } => None,
         }
     }
 }
@@ -373,6 +409,9 @@ fn max_body(t: u8) -> Option<usize> {
         ty::RESYNC_DATA => RESYNC_HEAD + MAX_DATA,
         ty::VERIFY_DIGESTS => 8 + 4 + MAX_DIGESTS * 32,
         ty::BYE => 1 + MAX_STR,
+        ty::PEER_ACK => 8 + 1 + MAX_BITMAP_PEERS * (1 + MAX_STR),
+        ty::BITMAP_RUNS => 4 + MAX_RUNS * 12,
+        ty::BITMAP_END => 8,
         _ => return None,
     })
 }
@@ -455,6 +494,7 @@ fn put_state(out: &mut Vec<u8>, s: &CopyState) {
     out.push(u8::from(s.primary));
     put_u64(out, s.changed_blocks);
     put_u64(out, s.epoch.0);
+    put_u64(out, s.last_seq);
 }
 
 /// Appends the type byte and the body of `frame` to `out`, except a trailing payload
@@ -578,6 +618,27 @@ fn encode_body<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
             out.push(ty::BYE);
             put_str(out, reason);
         }
+        Frame::PeerAck { upto, holders } => {
+            out.push(ty::PEER_ACK);
+            put_u64(out, *upto);
+            let n = holders.len().min(MAX_BITMAP_PEERS);
+            out.push(n as u8);
+            for h in &holders[..n] {
+                put_str(out, h);
+            }
+        }
+        Frame::BitmapRuns { runs } => {
+            out.push(ty::BITMAP_RUNS);
+            put_u32(out, len32(runs.len()));
+            for (first, blocks) in runs {
+                put_u64(out, *first);
+                put_u32(out, *blocks);
+            }
+        }
+        Frame::BitmapEnd { dirty_blocks } => {
+            out.push(ty::BITMAP_END);
+            put_u64(out, *dirty_blocks);
+        }
     }
     &[]
 }
@@ -613,6 +674,16 @@ fn check_sendable(frame: &Frame) -> Result<(), WireError> {
         }
         Frame::VerifyDigests { digests, .. } if digests.len() > MAX_DIGESTS => {
             Err(WireError::TooLarge(digests.len() * 32))
+        }
+        Frame::BitmapRuns { runs } if runs.len() > MAX_RUNS => {
+            Err(WireError::TooLarge(runs.len() * 12))
+        }
+        Frame::PeerAck { holders, .. } => {
+            if holders.len() > MAX_BITMAP_PEERS || !holders.iter().all(|h| name_ok(h)) {
+                Err(WireError::Malformed("peer-ack holders over the limits"))
+            } else {
+                Ok(())
+            }
         }
         Frame::State(s) => {
             let g = &s.generations;
@@ -817,7 +888,48 @@ fn decode_state(cur: &mut Cur<'_>) -> Result<CopyState, WireError> {
         primary: cur.bool()?,
         changed_blocks: cur.u64()?,
         epoch: cur.epoch()?,
+        last_seq: cur.u64()?,
     })
+}
+
+/// A `PeerAck` body: holders strictly ascending (one encoding).
+fn decode_peer_ack(c: &mut Cur<'_>) -> Result<Frame, WireError> {
+    let upto = c.u64()?;
+    let n = usize::from(c.u8()?);
+    if n > MAX_BITMAP_PEERS {
+        return Err(WireError::Malformed("too many peer-ack holders"));
+    }
+    let mut holders: Vec<String> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let h = c.string()?;
+        if holders.last().is_some_and(|last| *last >= h) {
+            return Err(WireError::Malformed("peer-ack holders out of order"));
+        }
+        holders.push(h);
+    }
+    Ok(Frame::PeerAck { upto, holders })
+}
+
+/// A `BitmapRuns` body: non-empty runs, ascending and apart.
+fn decode_bitmap_runs(c: &mut Cur<'_>) -> Result<Frame, WireError> {
+    let n = c.u32()? as usize;
+    if n > MAX_RUNS {
+        return Err(WireError::TooLarge(n.saturating_mul(12)));
+    }
+    let mut runs: Vec<(u64, u32)> = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (first, blocks) = (c.u64()?, c.u32()?);
+        let after_last = runs
+            .last()
+            .map_or(Some(0), |(f, b)| f.checked_add(u64::from(*b) + 1));
+        if blocks == 0 || after_last.is_none_or(|a| first < a) {
+            return Err(WireError::Malformed(
+                "bitmap runs empty, overlapping or out of order",
+            ));
+        }
+        runs.push((first, blocks));
+    }
+    Ok(Frame::BitmapRuns { runs })
 }
 
 /// Decodes a complete frame from its type byte and body (length prefix stripped).
@@ -897,6 +1009,11 @@ fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
         ty::PONG => Frame::Pong { nonce: c.u64()? },
         ty::BYE => Frame::Bye {
             reason: c.string()?,
+        },
+        ty::PEER_ACK => decode_peer_ack(c)?,
+        ty::BITMAP_RUNS => decode_bitmap_runs(c)?,
+        ty::BITMAP_END => Frame::BitmapEnd {
+            dirty_blocks: c.u64()?,
         },
         _ => return Err(WireError::Malformed("unknown frame type")),
     };

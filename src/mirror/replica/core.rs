@@ -85,7 +85,12 @@ pub struct PeerCore {
     queue_limit: u64,
     up: bool,
     paused: bool,
+    /// Above every sequence number sent so far (the primary numbers operations once
+    /// for all its peers, so a peer's numbers may skip).
     next_seq: u64,
+    /// Every operation up to this one is applied and durable on the peer (its last
+    /// acknowledged flush or FUA write).
+    durable_seq: u64,
     unacked: VecDeque<Unacked>,
     unacked_payload: u64,
     /// Acked (applied) but not yet known durable on the peer: a power loss there could
@@ -111,6 +116,7 @@ impl PeerCore {
             up: false,
             paused: false,
             next_seq: 1,
+            durable_seq: 0,
             unacked: VecDeque::new(),
             unacked_payload: 0,
             undurable: VecDeque::new(),
@@ -147,8 +153,17 @@ impl PeerCore {
         self.paused = paused;
     }
 
-    /// Decides where `op` goes. Marks the bitmap when the peer cannot take it.
+    /// Decides where `op` goes, numbered by this core. Marks the bitmap when the peer
+    /// cannot take it.
     pub fn submit(&mut self, op: Op, now: Duration) -> Route {
+        let seq = self.next_seq;
+        self.submit_as(op, now, seq)
+    }
+
+    /// [`PeerCore::submit`] with the primary's own number for `op` (one number per
+    /// operation across all peers, so peer-acks can name a point in the write stream);
+    /// numbers must grow.
+    pub fn submit_as(&mut self, op: Op, now: Duration, seq: u64) -> Route {
         if !self.replicating() {
             self.mark(op);
             return Route::Tracked;
@@ -159,8 +174,8 @@ impl PeerCore {
             self.mark(op);
             return Route::Tracked;
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
+        let seq = seq.max(self.next_seq);
+        self.next_seq = seq + 1;
         self.unacked.push_back(Unacked {
             seq,
             range: op.range(),
@@ -201,6 +216,7 @@ impl PeerCore {
                 }
                 if u.durable_point {
                     self.undurable.clear();
+                    self.durable_seq = u.seq;
                 } else if let Some(r) = u.range {
                     self.undurable.push_back(r);
                 }
@@ -227,6 +243,18 @@ impl PeerCore {
         }
         self.unacked_payload = 0;
         waiting
+    }
+
+    /// The point in the write stream up to which this peer provably holds every
+    /// write: its last acknowledged flush, if it is replicating and nothing is marked
+    /// for it (a marked block is a write it lacks). `None`: it holds no proven prefix.
+    pub fn holds_through(&self) -> Option<u64> {
+        (self.replicating() && self.bitmap.is_clean()).then_some(self.durable_seq)
+    }
+
+    /// The last acknowledged flush or FUA write (durable on the peer).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
     }
 
     /// Makes the client wait for `seq` too (a demote drains async peers).

@@ -535,7 +535,8 @@ fn dispatch(
         f @ (Frame::Write { .. }
         | Frame::Trim { .. }
         | Frame::Zeroes { .. }
-        | Frame::Flush { .. }) => {
+        | Frame::Flush { .. }
+        | Frame::PeerAck { .. }) => {
             let st = m.lock();
             let from_primary = st.peers.get(peer).is_some_and(|p| p.peer_primary);
             if st.primary || !from_primary {
@@ -568,6 +569,14 @@ fn dispatch(
             .map_err(|_| "writer stopped".to_string()),
         Frame::Pong { .. } => Ok(()),
         Frame::Bye { .. } => Ok(()),
+        Frame::BitmapRuns { runs } => {
+            m.on_bitmap_runs(peer, session, &runs);
+            Ok(())
+        }
+        Frame::BitmapEnd { .. } => {
+            m.on_bitmap_end(peer, session);
+            Ok(())
+        }
     }
 }
 
@@ -667,26 +676,29 @@ impl<'a> Applier<'a> {
                 offset,
                 fua,
                 data,
-            } => {
-                let (last, result) = self.write_batch(epoch, (seq, offset, fua, data)).await;
-                self.settle(last, result)
-            }
+            } => self.write_batch(epoch, (seq, offset, fua, data)).await,
             Frame::Trim {
                 seq, offset, len, ..
             } => {
+                self.m.secondary_activity(offset, u64::from(len)).await?;
                 let result = self.m.volume.trim(offset, len).await;
-                self.settle(seq, result)
+                self.settle(seq, Some((offset, u64::from(len))), result)
             }
             Frame::Zeroes {
                 seq, offset, len, ..
             } => {
+                self.m.secondary_activity(offset, u64::from(len)).await?;
                 let result = self.m.volume.write_zeroes(offset, len, true, false).await;
-                self.settle(seq, result)
+                self.settle(seq, Some((offset, u64::from(len))), result)
             }
             Frame::Flush { seq, .. } => {
                 self.need_sync = true;
-                self.settle(seq, Ok(()))
+                self.settle(seq, None, Ok(()))
             }
+            Frame::PeerAck { upto, holders } => self
+                .m
+                .on_peer_ack(self.peer, self.session, upto, &holders)
+                .map_err(LinkError::Protocol),
             Frame::ResyncBegin {
                 full, total_bytes, ..
             } => {
@@ -712,8 +724,14 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Records replicated operation `seq` as applied, or NACKs it and fails.
-    fn settle(&mut self, seq: u64, result: Result<(), ExportError>) -> Result<(), LinkError> {
+    /// Records replicated operation `seq` (on `range`) as applied, unproven until a
+    /// peer-ack covers it, or NACKs it and fails.
+    fn settle(
+        &mut self,
+        seq: u64,
+        range: Option<(u64, u64)>,
+        result: Result<(), ExportError>,
+    ) -> Result<(), LinkError> {
         if let Err(e) = result {
             let _ = self.tx.send(Frame::Nack {
                 seq,
@@ -722,32 +740,43 @@ impl<'a> Applier<'a> {
             return Err(LinkError::Volume(e));
         }
         self.applied_seq = seq;
+        let mut st = self.m.lock();
+        match range {
+            Some((offset, len)) => st.unproven.applied(seq, offset, len),
+            None => st.unproven.seen(seq),
+        }
         Ok(())
     }
 
     /// Applies a run of non-overlapping writes at once (the primary had them in flight
-    /// together); anything else waits until they are done. Returns the last write's
-    /// sequence number and the first failure. Only writes of `epoch` (the first's,
-    /// checked) join the batch.
+    /// together); anything else waits until they are done. Their activity-log extents
+    /// are made hot first; each is settled (or the first failure NACKed). Only writes
+    /// of `epoch` (the first's, checked) join the batch.
     async fn write_batch(
         &mut self,
         epoch: OwnershipEpoch,
         first: QueuedWrite,
-    ) -> (u64, Result<(), ExportError>) {
+    ) -> Result<(), LinkError> {
         let batch = self.take_writes(epoch, first);
-        // `take_writes` returns `first` at least.
-        let last = batch[batch.len() - 1].0;
+        for (_, offset, _, data) in &batch {
+            self.m
+                .secondary_activity(*offset, data.len() as u64)
+                .await?;
+        }
         self.need_sync |= batch.iter().any(|w| w.2);
+        let ranges: Vec<(u64, u64, u64)> = batch
+            .iter()
+            .map(|(seq, offset, _, data)| (*seq, *offset, data.len() as u64))
+            .collect();
         let volume = &self.m.volume;
         let writes = batch
             .into_iter()
             .map(|(_, offset, _, data)| volume.write(offset, data, false));
         let results = futures::future::join_all(writes).await;
-        let result = results
-            .into_iter()
-            .collect::<Result<Vec<()>, _>>()
-            .map(drop);
-        (last, result)
+        for ((seq, offset, len), result) in ranges.into_iter().zip(results) {
+            self.settle(seq, Some((offset, len)), result)?;
+        }
+        Ok(())
     }
 
     /// `first` and the writes queued right behind it that overlap none before them, up

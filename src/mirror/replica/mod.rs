@@ -27,6 +27,7 @@
 pub mod core;
 pub mod link;
 pub mod meta;
+mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ use crate::mirror::connect::{self, Blocks, Refusal, Resync};
 use crate::mirror::generation::{
     promotion_refusal, DiskState, Generations, OwnershipEpoch, SplitBrainPolicy,
 };
+use crate::mirror::reconcile::Unproven;
 use crate::mirror::status::{
     LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
     VerifyStatus,
@@ -232,6 +234,11 @@ struct PeerState {
     refused_count: u64,
     /// The last epoch refusal on this link (reported once, not on every retry).
     epoch_refusal: Option<StaleEpoch>,
+    /// This copy resyncs the union of both sides' bitmaps to the peer and waits for
+    /// the peer's (`BitmapEnd`) before it starts.
+    awaiting_bitmap: bool,
+    /// The peer's current generation, from its last `State`.
+    peer_generation: u64,
 }
 
 struct State {
@@ -251,6 +258,14 @@ struct State {
     read_bytes: u64,
     written_bytes: u64,
     shutting_down: bool,
+    /// The next operation number, while primary (one numbering for every peer).
+    next_seq: u64,
+    /// As secondary: the ranges applied that no peer-ack covers yet.
+    unproven: Unproven,
+    /// As secondary: the primary whose writes `unproven` holds.
+    followed: Option<String>,
+    /// As primary: the last peer-ack sent to each peer.
+    peer_acks_sent: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -347,6 +362,8 @@ impl PeerState {
             resyncs_completed: 0,
             refused_count: 0,
             epoch_refusal: None,
+            awaiting_bitmap: false,
+            peer_generation: 0,
         }
     }
 }
@@ -428,6 +445,10 @@ impl Mirror {
             read_bytes: 0,
             written_bytes: 0,
             shutting_down: false,
+            next_seq: 1,
+            unproven: Unproven::new(),
+            followed: None,
+            peer_acks_sent: BTreeMap::new(),
         };
         let mirror = Arc::new(Mirror {
             spec,
@@ -579,6 +600,15 @@ impl Mirror {
                 );
                 return Err(MirrorError::Refused(reason));
             }
+            // The primary this copy followed is gone for good: what it could not prove
+            // is marked, and every connected copy reconciles with this one (it sends
+            // its bitmap; this copy resyncs the union).
+            st.primary_lost();
+            st.start_numbering();
+            st.peer_acks_sent.clear();
+            for p in st.peers.values_mut() {
+                p.awaiting_bitmap = p.tx.is_some() && p.conn == Conn::Connected;
+            }
             let absent: Vec<String> = st
                 .peers
                 .iter()
@@ -687,9 +717,11 @@ impl Mirror {
             let mut st = self.lock();
             let now = self.now();
             let epoch = st.epoch.stamp();
+            let numbered = st.next_seq;
+            st.next_seq += 1;
             let mut waits = Vec::new();
             for (name, p) in st.peers.iter_mut() {
-                if let Route::Send { seq, wait } = p.core.submit(Op::Flush, now) {
+                if let Route::Send { seq, wait } = p.core.submit_as(Op::Flush, now, numbered) {
                     if let Some(tx) = &p.tx {
                         let _ = tx.send(Frame::Flush { seq, epoch });
                     }
@@ -721,11 +753,13 @@ impl Mirror {
         let mut st = self.lock();
         let now = self.now();
         let epoch = st.epoch.stamp();
+        let numbered = st.next_seq;
+        st.next_seq += 1;
         for p in st.peers.values_mut() {
             if p.core.undurable_ops() == 0 || !p.core.replicating() {
                 continue;
             }
-            if let Route::Send { seq, wait } = p.core.submit(Op::Flush, now) {
+            if let Route::Send { seq, wait } = p.core.submit_as(Op::Flush, now, numbered) {
                 if let Some(tx) = &p.tx {
                     let _ = tx.send(Frame::Flush { seq, epoch });
                 }
@@ -1179,11 +1213,22 @@ impl Mirror {
             primary: st.primary,
             changed_blocks: changed,
             epoch: st.epoch.stamp(),
+            last_seq: st.unproven.last_seq().max(st.next_seq.saturating_sub(1)),
         }
     }
 
     /// Starts a resync to `peer` as source if the link is up and it lacks blocks.
     fn maybe_start_resync(&self, st: &mut State, peer: &str, full: bool) {
+        self.start_resync(st, peer, full, false);
+    }
+
+    /// Starts a resync of the union of both sides' bitmaps to `peer`, even an empty
+    /// one (its end hands the peer this copy's generation).
+    fn start_resync_now(&self, st: &mut State, peer: &str) {
+        self.start_resync(st, peer, false, true);
+    }
+
+    fn start_resync(&self, st: &mut State, peer: &str, full: bool, force: bool) {
         let now = self.now();
         let primary = st.primary;
         let other_primary = st
@@ -1194,12 +1239,15 @@ impl Mirror {
             return;
         };
         if p.resync_source.is_some()
+            || p.awaiting_bitmap
             || p.conn != Conn::Connected
             || !p.core.replicating()
             // Nothing to send, unless the peer waits for a resync to end (it became
             // a sync target but this side has no block for it): an empty resync then
             // hands it the generation and makes it UpToDate.
-            || (p.core.bitmap().is_clean() && p.peer_disk.is_none_or(|d| d.promotable()))
+            || (!force
+                && p.core.bitmap().is_clean()
+                && p.peer_disk.is_none_or(|d| d.promotable()))
             || p.peer_primary
             || (!primary && other_primary)
         {
@@ -1329,6 +1377,11 @@ impl Mirror {
             }
         }
         self.save_bitmaps(false).await.map_err(io_error)?;
+        self.save_al(extents).await
+    }
+
+    /// Persists the activity log's extents.
+    async fn save_al(&self, extents: Vec<u64>) -> Result<(), ExportError> {
         let meta = self.meta.clone();
         tokio::task::spawn_blocking(move || meta.save_al(&extents))
             .await
@@ -1388,10 +1441,13 @@ impl Mirror {
             let mut st = self.lock();
             let now = self.now();
             let epoch = st.epoch.stamp();
+            let first_seq = st.next_seq;
+            st.next_seq += pieces.len() as u64;
             let mut waits = Vec::new();
             for (name, p) in st.peers.iter_mut() {
-                for &(op, start) in &pieces {
-                    let Route::Send { seq, wait } = p.core.submit(op, now) else {
+                for (i, &(op, start)) in pieces.iter().enumerate() {
+                    let numbered = first_seq + i as u64;
+                    let Route::Send { seq, wait } = p.core.submit_as(op, now, numbered) else {
                         continue;
                     };
                     if let Op::Write { len, .. } = op {
@@ -1542,6 +1598,9 @@ async fn persist_loop(m: Arc<Mirror>) {
         if let Err(e) = m.save_bitmaps(false).await {
             tracing::error!(error = %e, "cannot persist the dirty bitmaps");
         }
+        if let Err(e) = m.shrink_secondary_al().await {
+            tracing::error!(error = %e, "cannot persist the activity log");
+        }
     }
 }
 
@@ -1643,22 +1702,34 @@ impl Mirror {
         p.conn = Conn::Connected;
         p.peer_disk = Some(plan.peer_disk);
         p.peer_primary = theirs.primary;
+        p.peer_generation = theirs.generations.current;
+        if theirs.primary {
+            st.followed = Some(peer.to_string());
+        }
+        let Some(p) = st.peers.get_mut(peer) else {
+            return Err(MirrorError::UnknownPeer(peer.to_string()));
+        };
         p.core.link_up();
         let send = match plan.resync {
-            Resync::Send(blocks) => Some(blocks == Blocks::All),
+            Resync::Send(blocks) => Some(blocks),
             Resync::None | Resync::Receive => None,
         };
-        if send == Some(true) {
+        if send == Some(Blocks::All) {
             p.core.bitmap_mut().mark_all();
         }
+        // The union: the peer's bitmap comes first.
+        p.awaiting_bitmap = send == Some(Blocks::Union);
         if send.is_some() {
             st.gens.track(peer);
+        }
+        if plan.send_bitmap {
+            self.send_bitmap(&st, peer);
         }
         tracing::info!(?plan, "connected");
         drop(st);
         self.emit(EventKind::MirrorConnected, &[("peer", peer.to_string())]);
-        if let Some(full) = send {
-            self.maybe_start_resync(&mut self.lock(), peer, full);
+        if let Some(blocks) = send {
+            self.maybe_start_resync(&mut self.lock(), peer, blocks == Blocks::All);
         }
         Ok(session)
     }
@@ -1805,6 +1876,10 @@ impl Mirror {
                 let _ = w.send(PeerOutcome::Acked);
             }
         }
+        self.send_peer_acks(&mut st);
+        let Some(p) = st.peers.get_mut(peer) else {
+            return Ok(());
+        };
         // An async peer caught up with its queue: send what overflowed to the bitmap.
         if p.core.unacked_ops() == 0
             && p.resync_source.is_none()
@@ -1843,10 +1918,27 @@ impl Mirror {
                 return Ok(());
             };
             p.peer_disk = Some(theirs.disk);
-            p.peer_primary = theirs.primary;
+            p.peer_generation = theirs.generations.current;
+            let was_primary = std::mem::replace(&mut p.peer_primary, theirs.primary);
             if primary && theirs.primary {
                 return Err("split brain: the peer became primary too".into());
             }
+            if was_primary != theirs.primary && !primary {
+                // A primary stepped down or a new one came: whichever this copy
+                // followed is lost. A new one reconciles with this copy: it gets this
+                // copy's bitmap and resyncs the union before this copy adopts its
+                // generation.
+                st.primary_lost();
+                if theirs.primary {
+                    st.followed = Some(peer.to_string());
+                    self.send_bitmap(&st, peer);
+                    drop(st);
+                    return Ok(());
+                }
+            }
+            let Some(p) = st.peers.get_mut(peer) else {
+                return Ok(());
+            };
             if p.resync_end_sent
                 && theirs.disk == DiskState::UpToDate
                 && theirs.generations.current == my_current
@@ -1961,7 +2053,8 @@ impl Mirror {
             }
             p.tx = None;
             p.end_session = None;
-            p.peer_primary = false;
+            let followed = std::mem::take(&mut p.peer_primary);
+            p.awaiting_bitmap = false;
             if p.conn == Conn::Connected {
                 p.conn = if p.admin_down {
                     Conn::Disconnected
@@ -1985,6 +2078,9 @@ impl Mirror {
             }
             if primary && was_up {
                 st.gens.diverge(&[peer], random_generation());
+            }
+            if followed && !primary {
+                st.primary_lost();
             }
             for w in waiters {
                 let _ = w.send(PeerOutcome::Lost);

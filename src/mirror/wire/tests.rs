@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use proptest::collection::{btree_map, vec};
+use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
 use tokio::io::{split, AsyncWrite, DuplexStream, ReadHalf, WriteHalf};
 
@@ -69,6 +69,7 @@ fn arb_state() -> impl Strategy<Value = CopyState> {
                     primary,
                     changed_blocks: changed,
                     epoch: OwnershipEpoch(epoch),
+                    last_seq: epoch ^ changed,
                 }
             },
         )
@@ -113,6 +114,24 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         ),
         (any::<u64>(), arb_epoch()).prop_map(|(seq, epoch)| Frame::Flush { seq, epoch }),
         any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+        (
+            any::<u64>(),
+            btree_set("[a-z]{1,8}", 0..4).prop_map(|s| s.into_iter().collect::<Vec<String>>())
+        )
+            .prop_map(|(upto, holders)| Frame::PeerAck { upto, holders }),
+        vec((0u64..1 << 20, 1u32..100), 0..50).prop_map(|pairs| {
+            let mut next = 0u64;
+            let runs = pairs
+                .into_iter()
+                .map(|(gap, n)| {
+                    let first = next + gap;
+                    next = first + u64::from(n) + 1;
+                    (first, n)
+                })
+                .collect();
+            Frame::BitmapRuns { runs }
+        }),
+        any::<u64>().prop_map(|dirty_blocks| Frame::BitmapEnd { dirty_blocks }),
         (any::<u64>(), any::<u32>()).prop_map(|(seq, errno)| Frame::Nack { seq, errno }),
         (arb_epoch(), any::<bool>(), any::<u64>()).prop_map(|(epoch, full, total_bytes)| {
             Frame::ResyncBegin {
@@ -225,7 +244,7 @@ fn epochs_are_on_the_wire_where_the_table_says() {
         generation: 6,
     });
     assert_eq!(end[5..13], 4u64.to_be_bytes());
-    // State: the epoch is its last field, and it survives the round trip.
+    // State: the epoch comes before last_seq, and it survives the round trip.
     let state = CopyState {
         node: "a".into(),
         mirror: "m".into(),
@@ -235,9 +254,10 @@ fn epochs_are_on_the_wire_where_the_table_says() {
         primary: true,
         changed_blocks: 0,
         epoch: OwnershipEpoch(4),
+        last_seq: 0,
     };
     let bytes = encoded(&Frame::State(state.clone()));
-    assert_eq!(bytes[bytes.len() - 8..], 4u64.to_be_bytes());
+    assert_eq!(bytes[bytes.len() - 16..bytes.len() - 8], 4u64.to_be_bytes());
     assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::State(state));
     for frame in [
         Frame::Trim {
@@ -329,6 +349,7 @@ fn strictness() {
         primary: false,
         changed_blocks: 0,
         epoch: OwnershipEpoch(0),
+        last_seq: 0,
     };
     state.generations.bitmap.insert("p".into(), 1);
     state.generations.bitmap.insert("q".into(), 2);
@@ -352,14 +373,33 @@ fn strictness() {
         primary: false,
         changed_blocks: 0,
         epoch: OwnershipEpoch(0),
+        last_seq: 0,
     };
     let good = encoded(&Frame::State(state));
     let n = good.len();
     let mut b = good.clone();
-    b[n - 18] = 5;
+    b[n - 26] = 5;
     assert!(malformed(&b));
     let mut b = good.clone();
-    b[n - 17] = 2;
+    b[n - 25] = 2;
+    assert!(malformed(&b));
+}
+
+#[test]
+fn bitmap_runs_must_ascend_apart_and_peer_ack_holders_ascend() {
+    let malformed = |bytes: &[u8]| matches!(decode(bytes), Err(WireError::Malformed(_)));
+    for runs in [vec![(5, 0)], vec![(5, 2), (6, 1)], vec![(5, 2), (7, 1)]] {
+        let b = encoded(&Frame::BitmapRuns { runs: runs.clone() });
+        assert!(malformed(&b), "{runs:?}");
+    }
+    let ok = encoded(&Frame::BitmapRuns {
+        runs: vec![(5, 2), (8, 1)],
+    });
+    assert!(!malformed(&ok));
+    let b = encoded(&Frame::PeerAck {
+        upto: 1,
+        holders: vec!["b".into(), "a".into()],
+    });
     assert!(malformed(&b));
 }
 
@@ -421,6 +461,7 @@ fn largest_frames_fit_their_limits() {
         primary: true,
         changed_blocks: 9,
         epoch: OwnershipEpoch(u64::MAX),
+        last_seq: 0,
     };
     let bytes = encoded(&Frame::State(state.clone()));
     assert_eq!(bytes.len(), 4 + 1 + STATE_MAX);
