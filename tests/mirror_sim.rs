@@ -244,6 +244,15 @@ impl Sim {
         }
         if let Some(src) = source {
             let full = plans[src].resync == Resync::Send(Blocks::All);
+            if plans[src].resync == Resync::Send(Blocks::Union) {
+                // The bitmap exchange: the other side's bitmap comes first.
+                assert!(
+                    plans[1 - src].send_bitmap,
+                    "a union without the peer's bitmap"
+                );
+                let theirs = self.c[1 - src].core.bitmap().clone();
+                self.c[src].core.bitmap_mut().merge(&theirs);
+            }
             self.start_resync(src, full);
         }
         self.link = true;
