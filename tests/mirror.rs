@@ -1174,11 +1174,9 @@ fn a_silently_dead_link_is_dropped_after_the_link_timeout() {
     assert_ne!(a.peer_connection("b"), "connected");
     assert!(a.peer("b").out_of_sync_bytes >= 4096);
     wait_until("a link-timeout event", Duration::from_secs(5), || {
-        a.events(EventKind::MirrorDisconnected).iter().any(|e| {
-            e.fields
-                .get("reason")
-                .is_some_and(|r| r.contains("link timeout"))
-        })
+        a.events(EventKind::MirrorDisconnected)
+            .iter()
+            .any(|e| e.fields.get("reason").is_some_and(|r| r == "link_timeout"))
     });
     proxy.stall(false);
     in_sync(&a, &b);
@@ -1221,7 +1219,8 @@ fn an_old_primary_of_a_lower_epoch_cannot_replicate_to_a_copy_that_followed_a_ne
     assert_eq!(err.errno(), tandem::mirror::nbd::proto::EIO, "{err}");
     let refused = |n: &Node| {
         n.events(EventKind::MirrorDisconnected).iter().any(|e| {
-            e.fields.get("reason").map(String::as_str) == Some("stale ownership epoch 3 < 4")
+            e.fields.get("reason").map(String::as_str) == Some("stale_epoch")
+                && e.fields["detail"] == "stale ownership epoch 3 < 4"
         })
     };
     assert!(refused(&b), "b did not report refusing a");
@@ -1324,9 +1323,22 @@ fn a_crashed_primary_returns_with_a_partial_resync_of_the_union() {
     }
     a.crash();
     b.m.peer_dead("a");
+    // Truthful peer states: unknown while gone, outdated once it missed writes; the
+    // event names the cause.
+    assert_eq!(b.peer("a").peer_disk, None);
+    wait_until(
+        "a disconnect event naming the cause",
+        Duration::from_secs(5),
+        || {
+            let down = b.events(EventKind::MirrorDisconnected);
+            let causes: Vec<_> = down.iter().map(|e| e.fields["reason"].clone()).collect();
+            causes == ["node_lost"] || causes == ["peer_closed"]
+        },
+    );
     b.on(b.m.promote(OwnershipEpoch(1))).unwrap();
     let changed = 2 * MIB;
     b.write(700 * MIB, pattern(5, changed as usize));
+    assert_eq!(b.peer("a").peer_disk, Some(DiskState::Outdated));
     let a = c.start("a");
     let crash_dirty = a.peer("b").out_of_sync_bytes;
     assert!(crash_dirty > 0, "the activity log marks a's last extents");

@@ -29,7 +29,7 @@ pub fn print_mirrors(all: &[MirrorStatus]) {
                 p.node,
                 p.mode.name(),
                 p.connection,
-                p.peer_disk.map_or("-", |d| d.name()),
+                p.peer_disk.map_or("unknown", |d| d.name()),
                 human_bytes(p.out_of_sync_bytes)
             );
             if p.lag_bytes > 0 || p.lag_seconds > 0.0 {

@@ -15,6 +15,46 @@ pub enum MirrorRole {
     Secondary,
 }
 
+/// Why a replication link went down (the `reason` of `mirror_disconnected` and
+/// `resync_failed` events; the text of what happened goes in `detail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkDownCause {
+    /// The cluster declared the peer's node dead (silent on every heartbeat path).
+    NodeLost,
+    /// Nothing came from the peer for the link timeout.
+    LinkTimeout,
+    /// An administrator disconnected the link (`tandem mirror disconnect`).
+    Admin,
+    /// This node's mirror is shutting down.
+    Shutdown,
+    /// The peer closed the link (its own reason is in the detail).
+    PeerClosed,
+    /// The peer reconnected; the new connection replaces this one.
+    Replaced,
+    /// The peer is a primary of an older ownership epoch than this copy followed (or
+    /// this copy learned it was deposed): the link is refused.
+    StaleEpoch,
+    /// A protocol, I/O or apply error on the link.
+    Error,
+}
+
+impl LinkDownCause {
+    /// The snake_case name (the event's `reason`).
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkDownCause::NodeLost => "node_lost",
+            LinkDownCause::LinkTimeout => "link_timeout",
+            LinkDownCause::Admin => "admin",
+            LinkDownCause::Shutdown => "shutdown",
+            LinkDownCause::PeerClosed => "peer_closed",
+            LinkDownCause::Replaced => "replaced",
+            LinkDownCause::StaleEpoch => "stale_epoch",
+            LinkDownCause::Error => "error",
+        }
+    }
+}
+
 /// The replication link to one peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

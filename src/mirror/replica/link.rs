@@ -18,6 +18,7 @@ use super::{Conn, Mirror, TargetRun};
 use crate::event::{unix_ms, EventKind};
 use crate::mirror::bitmap::BLOCK_BYTES;
 use crate::mirror::generation::{DiskState, OwnershipEpoch};
+use crate::mirror::status::LinkDownCause;
 use crate::mirror::wire::{
     handshake, CopyState, Frame, HandshakeParams, LinkReader, LinkWriter, PeerHello, WireError,
 };
@@ -282,8 +283,8 @@ async fn run_session(
         }
     };
     let mut session = Session::start(m, peer, id, tx, end, writer_task);
-    let (reason, clean, next) = session.run(&mut reader, accepted).await;
-    session.close(&reason, clean).await;
+    let (down, next) = session.run(&mut reader, accepted).await;
+    session.close(&down).await;
     next
 }
 
@@ -399,16 +400,17 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Handles the peer's frames until something ends the session; returns why, whether
-    /// the end was clean, and the newer connection from the peer if one replaced it.
+    /// Handles the peer's frames until something ends the session; returns why, and
+    /// the newer connection from the peer if one replaced it.
     async fn run(
         &mut self,
         reader: &mut Reader,
         accepted: &mut mpsc::Receiver<Accepted>,
-    ) -> (String, bool, Option<Accepted>) {
+    ) -> (LinkDown, Option<Accepted>) {
+        use LinkDownCause::*;
         let mut next = None;
         let mut shutdown = self.m.shutdown.subscribe();
-        let (reason, clean) = loop {
+        let down = loop {
             tokio::select! {
                 f = reader.recv() => if let Some(end) = self.on_read(f) {
                     break end;
@@ -417,33 +419,35 @@ impl<'a> Session<'a> {
                 r = &mut self.fail_rx => {
                     let reason = r.unwrap_or_else(|_| "applier stopped".into());
                     let _ = self.tx.send(Frame::Bye { reason: reason.clone() });
-                    break (reason, false);
+                    break LinkDown::new(Error, reason, false);
                 }
                 a = accepted.recv() => {
                     next = a;
-                    break ("replaced by a new connection from the peer".into(), false);
+                    break LinkDown::new(Replaced, "replaced by a new connection from the peer", false);
                 }
                 w = &mut self.writer_task => {
                     self.writer_done = true;
-                    break (match w {
+                    break LinkDown::new(Error, match w {
                         Ok(Err(e)) => format!("sending: {e}"),
                         _ => "the frame writer stopped".into(),
                     }, false);
                 }
-                _ = shutdown.changed() => break ("shutdown".into(), true),
-                _ = &mut self.silent_rx => break (
-                    format!("nothing from the peer for {} ms (link timeout)", self.timeout.as_millis()),
+                _ = shutdown.changed() => break LinkDown::new(Shutdown, "shutdown", true),
+                _ = &mut self.silent_rx => break LinkDown::new(
+                    LinkTimeout,
+                    format!("nothing from the peer for {} ms", self.timeout.as_millis()),
                     false,
                 ),
             }
         };
-        (reason, clean, next)
+        (down, next)
     }
 
-    /// Handles one read from the peer; `Some((reason, clean))` if it ends the session.
-    fn on_read(&self, read: Result<Frame, WireError>) -> Option<(String, bool)> {
+    /// Handles one read from the peer; `Some` if it ends the session.
+    fn on_read(&self, read: Result<Frame, WireError>) -> Option<LinkDown> {
+        use LinkDownCause::*;
         match read {
-            Ok(Frame::Bye { reason }) => Some((format!("peer closed the link: {reason}"), true)),
+            Ok(Frame::Bye { reason }) => Some(LinkDown::new(PeerClosed, reason, true)),
             Ok(frame) => {
                 let heard = self.epoch.elapsed().as_millis() as u64;
                 self.heard_ms.store(heard, Ordering::Relaxed);
@@ -451,40 +455,69 @@ impl<'a> Session<'a> {
                     dispatch(self.m, self.peer, self.id, frame, &self.apply_tx, &self.tx);
                 if let Err(e) = dispatched {
                     let _ = self.tx.send(Frame::Bye { reason: e.clone() });
-                    return Some((e, false));
+                    return Some(LinkDown::new(Error, e, false));
                 }
                 None
             }
-            Err(WireError::Closed) => Some(("the peer closed the connection".into(), false)),
-            Err(e) => Some((e.to_string(), false)),
+            Err(WireError::Closed) => Some(LinkDown::new(
+                PeerClosed,
+                "the peer closed the connection",
+                false,
+            )),
+            Err(e) => Some(LinkDown::new(Error, e.to_string(), false)),
         }
     }
 
-    /// Says goodbye when this node ends the session; returns the (clean) reason.
-    fn on_end(&self) -> (String, bool) {
-        let reason = if self.m.lock().shutting_down {
-            "shutdown"
-        } else {
-            "disconnected by the administrator"
+    /// Says goodbye when this node ends the session (the cause its ender recorded, an
+    /// administrator's disconnect, or the shutdown); the end is clean.
+    fn on_end(&self) -> LinkDown {
+        let cause = {
+            let mut st = self.m.lock();
+            let shutting_down = st.shutting_down;
+            let recorded = st.peers.get_mut(self.peer).and_then(|p| p.end_cause.take());
+            match recorded {
+                Some(c) => c,
+                None if shutting_down => LinkDownCause::Shutdown,
+                None => LinkDownCause::Admin,
+            }
         };
         let _ = self.tx.send(Frame::Bye {
-            reason: reason.into(),
+            reason: cause.name().into(),
         });
-        (reason.to_string(), true)
+        LinkDown::new(cause, cause.name(), true)
     }
 
     /// Tears the session down: stops its tasks, reports the link down and gives the
     /// frame writer a moment to send what is queued (the goodbye).
-    async fn close(self, reason: &str, clean: bool) {
-        tracing::info!(%reason, "link down");
+    async fn close(self, down: &LinkDown) {
+        tracing::info!(reason = down.cause.name(), detail = %down.detail, "link down");
         self.keepalive.abort();
         self.applier.abort();
         self.driver.abort();
-        self.m.on_link_down(self.peer, self.id, reason, clean);
+        self.m.on_link_down(self.peer, self.id, down);
         drop(self.tx);
         drop(self.apply_tx);
         if !self.writer_done {
             let _ = tokio::time::timeout(Duration::from_millis(500), self.writer_task).await;
+        }
+    }
+}
+
+/// Why a session ended: the cause, what happened, and whether the end was clean (an
+/// orderly goodbye: nothing was lost in flight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LinkDown {
+    pub cause: LinkDownCause,
+    pub detail: String,
+    pub clean: bool,
+}
+
+impl LinkDown {
+    pub(crate) fn new(cause: LinkDownCause, detail: impl Into<String>, clean: bool) -> LinkDown {
+        LinkDown {
+            cause,
+            detail: detail.into(),
+            clean,
         }
     }
 }

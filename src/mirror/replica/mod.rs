@@ -47,8 +47,8 @@ use crate::mirror::generation::{
 };
 use crate::mirror::reconcile::Unproven;
 use crate::mirror::status::{
-    LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection, ResyncStatus,
-    VerifyStatus,
+    LinkDownCause, LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection,
+    ResyncStatus, VerifyStatus,
 };
 use crate::mirror::volume::{Volume, VolumeError};
 use crate::mirror::wire::{CopyState, Frame, MAX_DATA};
@@ -219,6 +219,8 @@ struct PeerState {
     session: u64,
     /// Ends the running session (admin disconnect, split brain, shutdown).
     end_session: Option<Arc<Notify>>,
+    /// Why this node ends the session, when not an administrator's disconnect.
+    end_cause: Option<LinkDownCause>,
     waiters: HashMap<u64, oneshot::Sender<PeerOutcome>>,
     resync_source: Option<ResyncSource>,
     resync_end_sent: bool,
@@ -349,6 +351,7 @@ impl PeerState {
             tx: None,
             session: 0,
             end_session: None,
+            end_cause: None,
             waiters: HashMap::new(),
             resync_source: None,
             resync_end_sent: false,
@@ -913,7 +916,7 @@ impl Mirror {
                     node: name.clone(),
                     mode: p.spec.mode,
                     connection,
-                    peer_disk: p.peer_disk,
+                    peer_disk: shown_peer_disk(p),
                     out_of_sync_bytes: out_of_sync,
                     lag_bytes: p.core.lag_bytes(),
                     lag_seconds: p.core.lag(now).as_secs_f64(),
@@ -1604,6 +1607,22 @@ async fn persist_loop(m: Arc<Mirror>) {
     }
 }
 
+/// The peer's disk state as this copy can vouch for it: what the peer reported while
+/// connected, unless this copy knows it lacks blocks (then `Outdated`: it has missed
+/// writes); `None` (unknown, DRBD's `DUnknown`) while disconnected with nothing marked.
+fn shown_peer_disk(p: &PeerState) -> Option<DiskState> {
+    let missed = !p.core.bitmap().is_clean();
+    let connected = p.conn == Conn::Connected && p.tx.is_some();
+    match p.peer_disk {
+        Some(DiskState::UpToDate | DiskState::SyncSource) if missed && connected => {
+            Some(DiskState::Outdated)
+        }
+        d if connected => d,
+        _ if missed => Some(DiskState::Outdated),
+        _ => None,
+    }
+}
+
 fn io_error(e: impl std::fmt::Display) -> ExportError {
     ExportError::Io(std::io::Error::other(e.to_string()))
 }
@@ -1699,6 +1718,7 @@ impl Mirror {
         let session = p.session;
         p.tx = Some(tx);
         p.end_session = Some(end);
+        p.end_cause = None;
         p.conn = Conn::Connected;
         p.peer_disk = Some(plan.peer_disk);
         p.peer_primary = theirs.primary;
@@ -1814,7 +1834,11 @@ impl Mirror {
             tracing::warn!(%stale, deposed, "{role}: stale ownership epoch");
             self.emit(
                 EventKind::MirrorDisconnected,
-                &[("peer", peer.to_string()), ("reason", stale.to_string())],
+                &[
+                    ("peer", peer.to_string()),
+                    ("reason", LinkDownCause::StaleEpoch.name().to_string()),
+                    ("detail", stale.to_string()),
+                ],
             );
         }
         Err(MirrorError::StaleEpoch(stale))
@@ -2014,10 +2038,13 @@ impl Mirror {
             }
             (p.session, p.end_session.clone())
         };
-        self.on_link_down(peer, session, "the node was declared dead", false);
+        let down =
+            link::LinkDown::new(LinkDownCause::NodeLost, "the node was declared dead", false);
+        self.on_link_down(peer, session, &down);
         // The dying session's own callbacks are stale from now on.
         if let Some(p) = self.lock().peers.get_mut(peer) {
             p.session += 1;
+            p.end_cause = Some(LinkDownCause::NodeLost);
         }
         if let Some(end) = end {
             end.notify_one();
@@ -2026,7 +2053,8 @@ impl Mirror {
 
     /// The link ended. Marks what the peer may lack, freezes writes (fencing) if a
     /// sync peer was lost unexpectedly, and mints a generation for it if primary.
-    pub(crate) fn on_link_down(&self, peer: &str, session: u64, reason: &str, clean: bool) {
+    pub(crate) fn on_link_down(&self, peer: &str, session: u64, down: &link::LinkDown) {
+        let clean = down.clean;
         let mut resync_failed = false;
         {
             let mut st = self.lock();
@@ -2099,15 +2127,14 @@ impl Mirror {
         }
         // Connected copies learn the new generation.
         self.broadcast_state();
+        let fields = [
+            ("peer", peer.to_string()),
+            ("reason", down.cause.name().to_string()),
+            ("detail", down.detail.clone()),
+        ];
         if resync_failed {
-            self.emit(
-                EventKind::ResyncFailed,
-                &[("peer", peer.to_string()), ("reason", reason.to_string())],
-            );
+            self.emit(EventKind::ResyncFailed, &fields);
         }
-        self.emit(
-            EventKind::MirrorDisconnected,
-            &[("peer", peer.to_string()), ("reason", reason.to_string())],
-        );
+        self.emit(EventKind::MirrorDisconnected, &fields);
     }
 }
