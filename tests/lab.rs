@@ -1950,6 +1950,141 @@ fn mirror_keeps_every_flushed_write_when_the_primary_dies() {
     );
 }
 
+/// The first failure of issue 14, end to end: n1 primary, n2 sync, n3 async behind
+/// n1's link capped to 20 Mbit/s. 32 MiB written and flushed leave n3 far behind; n1
+/// loses power and n2 takes over. n2 and n3 shared n1's generation, so only the
+/// peer-acks (n3 was never listed as holding those writes) tell n2 what n3 lacks: n3
+/// is shown as needing a resync until it had one, and a verify afterwards finds 0
+/// bytes out of sync.
+#[test]
+fn three_copies_a_lagging_dr_copy_converges_after_the_primary_dies() {
+    require_root!();
+    let lab = Lab::up("tdr-", &["--nodes", "3"]);
+    lab.wait_vip("n1", Duration::from_secs(30));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+    let tc = run(Command::new("ip").args([
+        "netns",
+        "exec",
+        &lab.ns("n1"),
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        "hb2",
+        "root",
+        "tbf",
+        "rate",
+        "20mbit",
+        "burst",
+        "64kb",
+        "latency",
+        "400ms",
+    ]));
+    assert!(tc.status.success(), "{}", describe(&tc));
+    let out = lab.qemu_io(
+        "n1",
+        &["write -P 91 32M 32M".to_string(), "flush".to_string()],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let lag = lab
+        .mirror_peer("n1", "n3")
+        .and_then(|p| p["lag_bytes"].as_u64())
+        .unwrap_or(0);
+    lab.note(&format!("n1's view: n3 lags {lag} bytes"));
+    assert!(lag >= 16 << 20, "n3 does not lag ({lag} bytes)");
+    lab.lab(&["fail", "n1", "kill"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    // Until n3 had its resync, n2 never shows it up to date with nothing to send.
+    let (resync, _) = wait_for("n2 resyncs n3", Duration::from_secs(60), || {
+        let p = lab.mirror_peer("n2", "n3")?;
+        let claims_in_sync =
+            p["peer_disk"] == "up_to_date" && p["out_of_sync_bytes"] == 0 && p["resync"].is_null();
+        let started = lab
+            .events_of("n2", "resync_started")
+            .into_iter()
+            .find(|e| e["fields"]["peer"] == "n3");
+        assert!(
+            started.is_some() || !claims_in_sync,
+            "n2 shows n3 in sync before any resync: {p}"
+        );
+        started
+    });
+    let bytes: u64 = resync["fields"]["bytes"]
+        .as_str()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(0);
+    lab.note(&format!("n2 resyncs n3: {}", resync["fields"]));
+    assert_eq!(resync["fields"]["full"], "false");
+    assert!(bytes >= lag / 2, "n2 resynced only {bytes} bytes to n3");
+    lab.wait_mirror_in_sync("n2", "n3", Duration::from_secs(120));
+    let verify = lab.admin("n2", &["mirror", "verify", "data", "--peer", "n3"]);
+    assert!(verify.status.success(), "{}", describe(&verify));
+    let (found, _) = wait_for("verify of n3 finished", Duration::from_secs(300), || {
+        let v = lab.mirror_peer("n2", "n3")?["verify"].clone();
+        (v["running"] == false && v["finished_ms"].is_u64())
+            .then(|| v["out_of_sync_bytes"].as_u64())?
+    });
+    lab.note(&format!("verify of n3 from n2: {found} bytes out of sync"));
+    assert_eq!(found, 0, "n3 diverged from the new primary");
+}
+
+/// The second failure of issue 14: a primary that lost power comes back and gets only
+/// what changed plus its activity log, not the whole volume, even with 200 MiB of
+/// random data on it. The ratio is bytes resynced / (bytes changed on the survivor +
+/// the returning copy's crash-dirty extents).
+#[test]
+fn mirror_a_crashed_primary_returns_with_a_partial_resync() {
+    require_root!();
+    let lab = Lab::up("tcr-", &[]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    let random = lab.dir.join("random.bin");
+    let dd = run(Command::new("dd")
+        .arg("if=/dev/urandom")
+        .arg(format!("of={}", random.display()))
+        .args(["bs=1M", "count=200", "status=none"]));
+    assert!(dd.status.success(), "{}", describe(&dd));
+    let out = lab.qemu_io(
+        "n1",
+        &[
+            format!("write -s {} 32M 200M", random.display()),
+            "flush".to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    lab.lab(&["fail", "n1", "kill"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    let changed: u64 = 4 << 20;
+    let out = lab.qemu_io(
+        "n2",
+        &["write -P 7 240M 4M".to_string(), "flush".to_string()],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    lab.lab(&["fail", "n1", "restart"]);
+    lab.wait_mirror_in_sync("n2", "n1", Duration::from_secs(120));
+    let started = lab
+        .events_of("n2", "resync_started")
+        .into_iter()
+        .rfind(|e| e["fields"]["peer"] == "n1")
+        .expect("n2 resynced n1");
+    let field = |k: &str| -> u64 {
+        started["fields"][k]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let (bytes, crash_dirty) = (field("bytes"), field("peer_marked_bytes"));
+    let ratio = bytes as f64 / (changed + crash_dirty) as f64;
+    lab.note(&format!(
+        "MIRROR: the returning primary got {bytes} bytes for {changed} changed + {crash_dirty} \
+         crash-dirty (ratio {ratio:.3}, goal <= 1.05; the volume is 268435456)"
+    ));
+    assert_eq!(started["fields"]["full"], "false");
+    assert!(crash_dirty > 0, "n1 sent no crash-dirty extents");
+    assert!(ratio <= 1.05, "ratio {ratio:.3}");
+}
+
 /// Disconnect, pause and verify on a running mirror: the partial resync after a
 /// reconnect moves no more than the changed blocks, a paused peer catches up on resume,
 /// verify finds a block corrupted behind the mirror's back, and a peer with the wrong

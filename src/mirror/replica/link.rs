@@ -606,8 +606,8 @@ fn dispatch(
             m.on_bitmap_runs(peer, session, &runs);
             Ok(())
         }
-        Frame::BitmapEnd { .. } => {
-            m.on_bitmap_end(peer, session);
+        Frame::BitmapEnd { dirty_blocks } => {
+            m.on_bitmap_end(peer, session, dirty_blocks);
             Ok(())
         }
     }

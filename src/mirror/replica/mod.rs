@@ -40,7 +40,7 @@ use tracing::Instrument;
 
 use crate::config::{MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
-use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
+use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, BLOCK_BYTES, EXTENT_BYTES};
 use crate::mirror::connect::{self, Blocks, Refusal, Resync};
 use crate::mirror::generation::{
     promotion_refusal, DiskState, Generations, OwnershipEpoch, SplitBrainPolicy,
@@ -241,6 +241,8 @@ struct PeerState {
     awaiting_bitmap: bool,
     /// The peer's current generation, from its last `State`.
     peer_generation: u64,
+    /// Blocks the peer's bitmap held when it sent it (reported with the resync).
+    peer_marked_blocks: u64,
 }
 
 struct State {
@@ -367,6 +369,7 @@ impl PeerState {
             epoch_refusal: None,
             awaiting_bitmap: false,
             peer_generation: 0,
+            peer_marked_blocks: 0,
         }
     }
 }
@@ -1275,6 +1278,7 @@ impl Mirror {
         p.resync_end_sent = false;
         p.resync_source_started_ms = unix_ms();
         p.kick.notify_one();
+        let peer_marked = std::mem::take(&mut p.peer_marked_blocks) * BLOCK_BYTES;
         self.emit(
             EventKind::ResyncStarted,
             &[
@@ -1282,6 +1286,9 @@ impl Mirror {
                 ("direction", "source".into()),
                 ("full", full.to_string()),
                 ("bytes", total.to_string()),
+                // Of which the peer asked for (its own bitmap, merged: a crashed
+                // primary's activity log, a secondary's unproven ranges).
+                ("peer_marked_bytes", peer_marked.to_string()),
             ],
         );
     }

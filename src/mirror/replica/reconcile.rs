@@ -235,13 +235,14 @@ impl Mirror {
     /// ("reconciled"), and a peer whose generation differs adopts this copy's. A
     /// secondary that hears "reconciled" from its primary adopts the primary's
     /// generation: it holds everything the primary has.
-    pub(crate) fn on_bitmap_end(&self, peer: &str, session: u64) {
+    pub(crate) fn on_bitmap_end(&self, peer: &str, session: u64, dirty_blocks: u64) {
         let adopted = {
             let mut st = self.lock();
             let (primary, current, disk) = (st.primary, st.gens.current, st.disk);
             let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
                 return;
             };
+            p.peer_marked_blocks = dirty_blocks;
             if std::mem::take(&mut p.awaiting_bitmap) {
                 if p.core.bitmap().is_clean() {
                     if let Some(tx) = &p.tx {
