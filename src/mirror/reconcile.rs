@@ -151,6 +151,15 @@ impl Unproven {
             .collect()
     }
 
+    /// The `extent`-sized extents the unproven ranges touch.
+    pub fn extents(&self, extent: u64) -> std::collections::BTreeSet<u64> {
+        let mut out = std::collections::BTreeSet::new();
+        for &(_, offset, len) in &self.entries {
+            out.extend(offset / extent..=(offset + len.max(1) - 1) / extent);
+        }
+        out
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -228,6 +237,7 @@ mod tests {
         let to = copies_to_mark(["n1", "n2", "n3", "n4"], "n2", "n1", &["n2".to_string()]);
         assert_eq!(to, ["n3", "n4"]);
         assert_eq!(u.touching(65000, 1000), vec![(65536, 512)]);
+        assert_eq!(u.extents(65536).into_iter().collect::<Vec<_>>(), [1]);
         assert_eq!(u.take_all(), vec![(65536, 512)]);
         assert!(u.is_empty());
     }

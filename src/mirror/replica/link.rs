@@ -713,20 +713,24 @@ impl<'a> Applier<'a> {
             Frame::Trim {
                 seq, offset, len, ..
             } => {
-                self.m.secondary_activity(offset, u64::from(len)).await?;
+                self.m
+                    .secondary_activity(seq, offset, u64::from(len))
+                    .await?;
                 let result = self.m.volume.trim(offset, len).await;
-                self.settle(seq, Some((offset, u64::from(len))), result)
+                self.settle(seq, result)
             }
             Frame::Zeroes {
                 seq, offset, len, ..
             } => {
-                self.m.secondary_activity(offset, u64::from(len)).await?;
+                self.m
+                    .secondary_activity(seq, offset, u64::from(len))
+                    .await?;
                 let result = self.m.volume.write_zeroes(offset, len, true, false).await;
-                self.settle(seq, Some((offset, u64::from(len))), result)
+                self.settle(seq, result)
             }
             Frame::Flush { seq, .. } => {
                 self.need_sync = true;
-                self.settle(seq, None, Ok(()))
+                self.settle(seq, Ok(()))
             }
             Frame::PeerAck { upto, holders } => self
                 .m
@@ -757,14 +761,9 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// Records replicated operation `seq` (on `range`) as applied, unproven until a
-    /// peer-ack covers it, or NACKs it and fails.
-    fn settle(
-        &mut self,
-        seq: u64,
-        range: Option<(u64, u64)>,
-        result: Result<(), ExportError>,
-    ) -> Result<(), LinkError> {
+    /// Records replicated operation `seq` as applied (its range, if any, became
+    /// unproven before it was written), or NACKs it and fails.
+    fn settle(&mut self, seq: u64, result: Result<(), ExportError>) -> Result<(), LinkError> {
         if let Err(e) = result {
             let _ = self.tx.send(Frame::Nack {
                 seq,
@@ -773,11 +772,7 @@ impl<'a> Applier<'a> {
             return Err(LinkError::Volume(e));
         }
         self.applied_seq = seq;
-        let mut st = self.m.lock();
-        match range {
-            Some((offset, len)) => st.unproven.applied(seq, offset, len),
-            None => st.unproven.seen(seq),
-        }
+        self.m.lock().unproven.seen(seq);
         Ok(())
     }
 
@@ -791,23 +786,20 @@ impl<'a> Applier<'a> {
         first: QueuedWrite,
     ) -> Result<(), LinkError> {
         let batch = self.take_writes(epoch, first);
-        for (_, offset, _, data) in &batch {
+        for (seq, offset, _, data) in &batch {
             self.m
-                .secondary_activity(*offset, data.len() as u64)
+                .secondary_activity(*seq, *offset, data.len() as u64)
                 .await?;
         }
         self.need_sync |= batch.iter().any(|w| w.2);
-        let ranges: Vec<(u64, u64, u64)> = batch
-            .iter()
-            .map(|(seq, offset, _, data)| (*seq, *offset, data.len() as u64))
-            .collect();
+        let seqs: Vec<u64> = batch.iter().map(|w| w.0).collect();
         let volume = &self.m.volume;
         let writes = batch
             .into_iter()
             .map(|(_, offset, _, data)| volume.write(offset, data, false));
         let results = futures::future::join_all(writes).await;
-        for ((seq, offset, len), result) in ranges.into_iter().zip(results) {
-            self.settle(seq, Some((offset, len)), result)?;
+        for (seq, result) in seqs.into_iter().zip(results) {
+            self.settle(seq, result)?;
         }
         Ok(())
     }

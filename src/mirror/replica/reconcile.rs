@@ -113,18 +113,22 @@ impl Mirror {
         Ok(())
     }
 
-    /// As secondary, before applying a replicated operation on `[offset, offset +
-    /// len)`: its activity-log extents are hot (persisted first if one turns hot). An
-    /// extent leaving the log takes its unproven ranges along: they are marked toward
-    /// every other copy and the bitmaps persisted before the log forgets it.
+    /// As secondary, before applying replicated operation `seq` on `[offset, offset +
+    /// len)`: the range is unproven from now on (before it is written, so no shrink of
+    /// the log can miss a write in flight), and its activity-log extents are hot
+    /// (persisted first if one turns hot). An extent leaving the log takes its unproven
+    /// ranges along: they are marked toward every other copy and the bitmaps persisted
+    /// before the log forgets it.
     pub(super) async fn secondary_activity(
         &self,
+        seq: u64,
         offset: u64,
         len: u64,
     ) -> Result<(), crate::mirror::ExportError> {
         let _g = self.al_io.lock().await;
         let extents = {
             let mut st = self.lock();
+            st.unproven.applied(seq, offset, len);
             let before = st.al.extents().to_vec();
             if st.al.begin_write(offset, len) == crate::mirror::bitmap::ActivityChange::None {
                 return Ok(());
@@ -146,21 +150,19 @@ impl Mirror {
     /// so a crash of this copy resyncs only what it could not prove.
     pub(super) async fn shrink_secondary_al(&self) -> Result<(), crate::mirror::ExportError> {
         let _g = self.al_io.lock().await;
+        // Holding `al_io`, nothing is applied meanwhile (it takes the lock first).
         let keep = {
             let st = self.lock();
             if st.primary {
                 return Ok(());
             }
+            let used = st.unproven.extents(EXTENT_BYTES);
             let keep: Vec<u64> = st
                 .al
                 .extents()
                 .iter()
                 .copied()
-                .filter(|&e| {
-                    !st.unproven
-                        .touching(e * EXTENT_BYTES, EXTENT_BYTES)
-                        .is_empty()
-                })
+                .filter(|e| used.contains(e))
                 .collect();
             if keep.len() == st.al.extents().len() {
                 return Ok(());
@@ -168,24 +170,9 @@ impl Mirror {
             keep
         };
         self.save_bitmaps(false).await.map_err(super::io_error)?;
-        {
-            let mut st = self.lock();
-            // Ranges applied meanwhile keep their (new) extents.
-            let mut extents = keep;
-            for &e in st.al.extents() {
-                if !extents.contains(&e)
-                    && !st
-                        .unproven
-                        .touching(e * EXTENT_BYTES, EXTENT_BYTES)
-                        .is_empty()
-                {
-                    extents.push(e);
-                }
-            }
-            st.al = crate::mirror::bitmap::ActivityLog::from_extents(super::AL_EXTENTS, extents);
-        }
-        let extents = self.lock().al.extents().to_vec();
-        self.save_al(extents).await
+        self.lock().al =
+            crate::mirror::bitmap::ActivityLog::from_extents(super::AL_EXTENTS, keep.clone());
+        self.save_al(keep).await
     }
 
     /// Sends this copy's bitmap toward `peer` (the resync source, which sends the
