@@ -273,6 +273,35 @@ struct State {
 }
 
 impl State {
+    /// A copy opened as secondary, with what its metadata says.
+    fn secondary(
+        disk: DiskState,
+        gens: Generations,
+        epoch: OwnershipEpoch,
+        al: ActivityLog,
+        peers: BTreeMap<String, PeerState>,
+    ) -> State {
+        State {
+            primary: false,
+            disk,
+            gens,
+            epoch: EpochGuard::new(epoch),
+            al,
+            peers,
+            frozen: BTreeSet::new(),
+            suspended: false,
+            inflight_writes: 0,
+            held_writes: 0,
+            read_bytes: 0,
+            written_bytes: 0,
+            shutting_down: false,
+            next_seq: 1,
+            unproven: Unproven::new(),
+            followed: None,
+            peer_acks_sent: BTreeMap::new(),
+        }
+    }
+
     fn copy_meta(&self, size_bytes: u64) -> CopyMeta {
         CopyMeta {
             size_bytes,
@@ -437,25 +466,7 @@ impl Mirror {
             accepted.insert(p.node.clone(), tx);
             accepted_rx.insert(p.node.clone(), rx);
         }
-        let state = State {
-            primary: false,
-            disk: loaded.copy.disk,
-            gens,
-            epoch: EpochGuard::new(loaded.copy.epoch),
-            al,
-            peers,
-            frozen: BTreeSet::new(),
-            suspended: false,
-            inflight_writes: 0,
-            held_writes: 0,
-            read_bytes: 0,
-            written_bytes: 0,
-            shutting_down: false,
-            next_seq: 1,
-            unproven: Unproven::new(),
-            followed: None,
-            peer_acks_sent: BTreeMap::new(),
-        };
+        let state = State::secondary(loaded.copy.disk, gens, loaded.copy.epoch, al, peers);
         let mirror = Arc::new(Mirror {
             spec,
             events,
