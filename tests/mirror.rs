@@ -1356,3 +1356,41 @@ fn a_crashed_primary_returns_with_a_partial_resync_of_the_union() {
     a.stop();
     assert!(files_equal(&c.backing("a"), &c.backing("b")));
 }
+
+/// `pause_during`: inside its window the link is paused by the schedule (changes go to
+/// the bitmap, the peer shows outdated); an administrator's resume holds until the
+/// next window.
+#[test]
+fn a_link_pauses_during_its_scheduled_window() {
+    use tandem::mirror::schedule::{utc_minute, PauseWindow};
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote(E0)).unwrap();
+    let now = utc_minute(tandem::event::unix_ms());
+    let window = PauseWindow {
+        start: now,
+        end: (now + 3) % 1440,
+    };
+    a.m.set_pause_schedule("b", vec![window]);
+    wait_until("paused by the schedule", Duration::from_secs(5), || {
+        a.peer_connection("b") == "paused"
+    });
+    a.write(MIB, pattern(4, 8192));
+    assert_eq!(a.peer("b").out_of_sync_bytes, 8192);
+    assert_eq!(a.peer("b").peer_disk, Some(DiskState::Outdated));
+    wait_until("a paused event", Duration::from_secs(5), || {
+        a.events(EventKind::MirrorPaused)
+            .iter()
+            .any(|e| e.fields["reason"] == "schedule")
+    });
+    a.on(a.m.resume(Some("b"))).unwrap();
+    in_sync(&a, &b);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(a.peer_connection("b"), "connected", "the resume holds");
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    assert!(files_equal(&c.backing("a"), &c.backing("b")));
+}

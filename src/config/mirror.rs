@@ -150,6 +150,10 @@ pub struct MirrorLinkConfig {
     /// after any link loss. DRBD's `timeout` plays this part.
     #[serde(with = "humantime_serde", default = "default_link_timeout")]
     pub timeout: Duration,
+    /// Daily windows (UTC, `"HH:MM-HH:MM"`) during which replication on this link is
+    /// paused: changes are tracked in the bitmap and sent when the window ends.
+    #[serde(default)]
+    pub pause_during: Vec<crate::mirror::schedule::PauseWindow>,
 }
 
 fn default_link_timeout() -> Duration {

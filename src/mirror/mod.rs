@@ -15,6 +15,7 @@ pub mod nbd;
 pub mod node;
 pub mod reconcile;
 pub mod replica;
+pub mod schedule;
 pub mod status;
 pub mod volume;
 pub mod wire;

@@ -50,6 +50,9 @@ pub async fn open_all(
             MirrorSpec::from_config(m, &cfg.cluster.name, local, key, &cfg.cluster.state_dir)?;
         spec.fencing = true;
         let mirror = Mirror::open(spec, events.clone()).await?;
+        for (peer, link) in m.links_of(local) {
+            mirror.set_pause_schedule(peer, link.pause_during.clone());
+        }
         let owner = cfg.groups.iter().find_map(|g| {
             g.resources.iter().find_map(|r| match &r.kind {
                 ResourceKind::Mirror { mirror } if mirror == &m.name => {

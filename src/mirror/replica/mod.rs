@@ -46,6 +46,7 @@ use crate::mirror::generation::{
     promotion_refusal, DiskState, Generations, OwnershipEpoch, SplitBrainPolicy,
 };
 use crate::mirror::reconcile::Unproven;
+use crate::mirror::schedule::{PauseWindow, ScheduleState};
 use crate::mirror::status::{
     LinkDownCause, LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection,
     ResyncStatus, VerifyStatus,
@@ -270,6 +271,8 @@ struct State {
     followed: Option<String>,
     /// As primary: the last peer-ack sent to each peer.
     peer_acks_sent: BTreeMap<String, u64>,
+    /// Links paused on a schedule: their windows and where the schedule stands.
+    schedules: BTreeMap<String, (Vec<PauseWindow>, ScheduleState)>,
 }
 
 impl State {
@@ -299,6 +302,7 @@ impl State {
             unproven: Unproven::new(),
             followed: None,
             peer_acks_sent: BTreeMap::new(),
+            schedules: BTreeMap::new(),
         }
     }
 
@@ -965,6 +969,11 @@ impl Mirror {
 
     /// Stops replicating to `peer` (None: all); its writes go to its bitmap.
     pub async fn pause(&self, peer: Option<&str>) -> Result<(), MirrorError> {
+        self.pause_for(peer, "admin").await
+    }
+
+    /// Pauses replication to `peer` (None: all), saying why (`admin`, `schedule`).
+    async fn pause_for(&self, peer: Option<&str>, why: &str) -> Result<(), MirrorError> {
         for name in self.peer_names(peer)? {
             {
                 let mut st = self.lock();
@@ -974,13 +983,21 @@ impl Mirror {
                 }
                 p.core.set_paused(true);
             }
-            self.emit(EventKind::MirrorPaused, &[("peer", name)]);
+            self.emit(
+                EventKind::MirrorPaused,
+                &[("peer", name), ("reason", why.to_string())],
+            );
         }
         Ok(())
     }
 
     /// Resumes replication; the peer catches up from its bitmap.
     pub async fn resume(&self, peer: Option<&str>) -> Result<(), MirrorError> {
+        self.resume_for(peer, "admin").await
+    }
+
+    /// Resumes replication to `peer` (None: all), saying why (`admin`, `schedule`).
+    async fn resume_for(&self, peer: Option<&str>, why: &str) -> Result<(), MirrorError> {
         for name in self.peer_names(peer)? {
             {
                 let mut st = self.lock();
@@ -991,7 +1008,10 @@ impl Mirror {
                 p.core.set_paused(false);
                 self.maybe_start_resync(&mut st, &name, false);
             }
-            self.emit(EventKind::MirrorResumed, &[("peer", name)]);
+            self.emit(
+                EventKind::MirrorResumed,
+                &[("peer", name), ("reason", why.to_string())],
+            );
         }
         Ok(())
     }
@@ -1622,6 +1642,7 @@ async fn persist_loop(m: Arc<Mirror>) {
         if let Err(e) = m.shrink_secondary_al().await {
             tracing::error!(error = %e, "cannot persist the activity log");
         }
+        m.follow_schedules(crate::event::unix_ms()).await;
     }
 }
 

@@ -260,3 +260,51 @@ impl Mirror {
         }
     }
 }
+
+impl Mirror {
+    /// Pauses replication to `peer` during `windows` every day (`pause_during`).
+    pub fn set_pause_schedule(
+        &self,
+        peer: &str,
+        windows: Vec<crate::mirror::schedule::PauseWindow>,
+    ) {
+        let mut st = self.lock();
+        if windows.is_empty() || !st.peers.contains_key(peer) {
+            st.schedules.remove(peer);
+            return;
+        }
+        st.schedules
+            .insert(peer.to_string(), (windows, Default::default()));
+    }
+
+    /// Pauses or resumes links whose schedule window opened or closed by `unix_ms`.
+    pub(super) async fn follow_schedules(&self, unix_ms: u64) {
+        use crate::mirror::schedule::{in_any, utc_minute, ScheduleAction};
+        let minute = utc_minute(unix_ms);
+        let actions: Vec<(String, ScheduleAction)> = {
+            let mut st = self.lock();
+            let paused: std::collections::BTreeMap<String, bool> = st
+                .peers
+                .iter()
+                .map(|(n, p)| (n.clone(), p.core.paused()))
+                .collect();
+            st.schedules
+                .iter_mut()
+                .filter_map(|(peer, (windows, state))| {
+                    let now_paused = paused.get(peer).copied().unwrap_or(false);
+                    let action = state.step(in_any(windows, minute), now_paused)?;
+                    Some((peer.clone(), action))
+                })
+                .collect()
+        };
+        for (peer, action) in actions {
+            let done = match action {
+                ScheduleAction::Pause => self.pause_for(Some(&peer), "schedule").await,
+                ScheduleAction::Resume => self.resume_for(Some(&peer), "schedule").await,
+            };
+            if let Err(e) = done {
+                tracing::error!(%peer, error = %e, "scheduled pause or resume failed");
+            }
+        }
+    }
+}
