@@ -9,7 +9,8 @@
 //!
 //! Layout: [`core`] holds the pure decisions (sequence numbers, queue accounting, the
 //! resync planner, verify comparison); [`meta`] the durable metadata; [`link`] the
-//! connection tasks; this module the shared state, the write path and the admin API.
+//! connection tasks; `resolve` split-brain recovery and [`dump`] its dumps; this
+//! module the shared state, the write path and the admin API.
 //!
 //! Durability rules (DRBD terms in brackets): the activity log is persisted before a
 //! write to a cold 4 MiB extent, and an extent leaves it only after a local fdatasync
@@ -25,8 +26,10 @@
 //! data gets a full resync (which skips unused space).
 
 pub mod core;
+pub mod dump;
 pub mod link;
 pub mod meta;
+mod resolve;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -175,6 +178,10 @@ pub enum MirrorError {
     /// A primary of an older ownership epoch than one this copy followed (either side).
     #[error(transparent)]
     StaleEpoch(#[from] StaleEpoch),
+    /// The blocks a split-brain resolution discards could not be saved (nothing was
+    /// overwritten), or a dump cannot be read.
+    #[error("split-brain dump: {0}")]
+    Dump(#[from] dump::DumpError),
 }
 
 /// How a waited-for replicated operation ended on one peer.
@@ -232,6 +239,8 @@ struct PeerState {
     refused_count: u64,
     /// The last epoch refusal on this link (reported once, not on every retry).
     epoch_refusal: Option<StaleEpoch>,
+    /// What stayed apart and what was reported of split brains (see `resolve`).
+    split: resolve::PeerSplit,
 }
 
 struct State {
@@ -347,6 +356,7 @@ impl PeerState {
             resyncs_completed: 0,
             refused_count: 0,
             epoch_refusal: None,
+            split: resolve::PeerSplit::default(),
         }
     }
 }
@@ -1167,7 +1177,7 @@ impl Mirror {
             .get(peer)
             .map(|p| p.core.bitmap().dirty_blocks())
             .unwrap_or(0);
-        CopyState {
+        let own = CopyState {
             node: self.spec.local_node.clone(),
             mirror: self.spec.name.clone(),
             size_bytes: self.size,
@@ -1179,7 +1189,9 @@ impl Mirror {
             primary: st.primary,
             changed_blocks: changed,
             epoch: st.epoch.stamp(),
-        }
+        };
+        // A pending split-brain resolution changes what the peer is shown.
+        connect::advertised(own, peer, self.meta.resolution(peer))
     }
 
     /// Starts a resync to `peer` as source if the link is up and it lacks blocks.
@@ -1751,8 +1763,14 @@ impl Mirror {
 
     /// A split brain or refusal: show it and raise the event.
     pub(crate) fn on_stay_apart(&self, peer: &str, why: &MirrorError) {
-        let split_brain = matches!(why, MirrorError::Connect(r) if r.is_split_brain());
+        let split_brain = resolve::is_split_brain(why);
         let reason = why.to_string();
+        // A split brain is retried; the same reason again is not news.
+        let news = self
+            .lock()
+            .peers
+            .get_mut(peer)
+            .is_some_and(|p| p.split.report(&reason));
         {
             let mut st = self.lock();
             if let Some(p) = st.peers.get_mut(peer) {
@@ -1763,6 +1781,9 @@ impl Mirror {
                 };
                 p.admin_down = true;
             }
+        }
+        if !news {
+            return;
         }
         tracing::warn!(%reason, "staying disconnected");
         if split_brain {
