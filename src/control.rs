@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::cluster::packet::LocalGroupState;
+use crate::mirror::replica::dump::{DumpError, DumpInfo};
 use crate::mirror::replica::MirrorError;
 use crate::placement::policy::PlacementError;
 use crate::status::Status;
@@ -92,7 +93,9 @@ impl From<MirrorError> for ControlError {
     fn from(e: MirrorError) -> ControlError {
         let msg = e.to_string();
         match e {
-            MirrorError::UnknownPeer(_) | MirrorError::NotACopy(_) => ControlError::NotFound(msg),
+            MirrorError::UnknownPeer(_)
+            | MirrorError::NotACopy(_)
+            | MirrorError::Dump(DumpError::NotFound(_)) => ControlError::NotFound(msg),
             MirrorError::Shutdown => ControlError::Unavailable(msg),
             MirrorError::Refused(_)
             | MirrorError::NotPrimary
@@ -102,7 +105,8 @@ impl From<MirrorError> for ControlError {
             | MirrorError::Export(_)
             | MirrorError::Size { .. }
             | MirrorError::Connect(_)
-            | MirrorError::StaleEpoch(_) => ControlError::Refused(msg),
+            | MirrorError::StaleEpoch(_)
+            | MirrorError::Dump(_) => ControlError::Refused(msg),
         }
     }
 }
@@ -132,9 +136,20 @@ pub enum Request {
     Mirror {
         mirror: String,
         action: MirrorAction,
-        /// One peer, or every peer.
+        /// One peer, or every peer; for [`MirrorAction::Resolve`], the node to keep.
         peer: Option<String>,
         reply: Reply<()>,
+    },
+    /// The split-brain dumps of this node's copy of a mirror, oldest first.
+    SplitBrainDumps {
+        mirror: String,
+        reply: Reply<Vec<DumpInfo>>,
+    },
+    /// One split-brain dump's file name and bytes (None: the newest).
+    SplitBrainDump {
+        mirror: String,
+        name: Option<String>,
+        reply: Reply<(String, Vec<u8>)>,
     },
 }
 
@@ -154,6 +169,9 @@ pub enum MirrorAction {
     Disconnect,
     /// Connect again after a disconnect (or a split brain the admin resolved).
     Connect,
+    /// Resolve a split brain: the copy on the given node survives, every copy in split
+    /// brain with it discards its changes (saved to a dump first) and is resynced fully.
+    Resolve,
 }
 
 /// Whether a switchover to `target` has settled: the group runs on `target` and

@@ -99,6 +99,11 @@ pub enum EventKind {
     MirrorResumed,
     /// Both copies changed apart; no automatic resync (mirror, peer, reason).
     MirrorSplitBrain,
+    /// A split brain was resolved at connect: by the policy or the administrator
+    /// (mirror, peer, policy: the policy's name or `administrator`, kept and discarded:
+    /// the nodes, blocks: the discarded copy's changed blocks, dump: the file that saved
+    /// them on the discarded copy's node).
+    MirrorSplitBrainResolved,
     /// A resync began (mirror, peer, direction, full, bytes).
     ResyncStarted,
     /// A resync finished (mirror, peer, direction, bytes, duration_ms).

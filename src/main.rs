@@ -7,7 +7,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tandem::api::client::{call, Endpoint};
+use tandem::api::client::{call, call_bytes, Endpoint};
 use tandem::api::ApiError;
 use tandem::cli::render;
 use tandem::cli::{
@@ -16,6 +16,7 @@ use tandem::cli::{
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
+use tandem::mirror::replica::dump::DumpInfo;
 use tandem::status::MirrorStatus;
 use tandem::status::Status;
 
@@ -476,6 +477,46 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
     Ok(())
 }
 
+/// `tandem mirror split-brain-dump`: lists the dumps, or saves one with --output.
+async fn split_brain_dump(
+    mirror: &str,
+    output: Option<std::path::PathBuf>,
+    name: Option<String>,
+    api: &tandem::cli::ApiArgs,
+) -> Result<(), MainError> {
+    let ep = endpoint(api);
+    let Some(output) = output else {
+        let dumps: Vec<DumpInfo> = call(
+            &ep,
+            "GET",
+            &format!("/v1/mirrors/{mirror}/split-brain-dumps"),
+            None,
+        )
+        .await?;
+        if api.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&dumps).unwrap_or_default()
+            );
+        } else {
+            render::print_split_brain_dumps(&dumps);
+        }
+        return Ok(());
+    };
+    let which = name.unwrap_or_else(|| "latest".into());
+    let bytes = call_bytes(
+        &ep,
+        "GET",
+        &format!("/v1/mirrors/{mirror}/split-brain-dumps/{which}"),
+        None,
+    )
+    .await?;
+    std::fs::write(&output, &bytes)
+        .map_err(|e| MainError::Other(format!("{}: {e}", output.display())))?;
+    println!("wrote {} bytes to {}", bytes.len(), output.display());
+    Ok(())
+}
+
 async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
     let (target, action) = match cmd {
         MirrorCmd::Status { mirror, api } => {
@@ -507,6 +548,23 @@ async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
         }
         MirrorCmd::Disconnect(t) => (t, MirrorAction::Disconnect),
         MirrorCmd::Connect(t) => (t, MirrorAction::Connect),
+        MirrorCmd::Resolve { mirror, keep, api } => {
+            let _: serde_json::Value = call(
+                &endpoint(&api),
+                "POST",
+                &format!("/v1/mirrors/{mirror}/resolve"),
+                Some(serde_json::json!({ "keep": keep })),
+            )
+            .await?;
+            println!("mirror `{mirror}`: keeping the copy on `{keep}`; the copies in split brain with it are saved to a dump and resynced from it");
+            return Ok(());
+        }
+        MirrorCmd::SplitBrainDump {
+            mirror,
+            output,
+            name,
+            api,
+        } => return split_brain_dump(&mirror, output, name, &api).await,
     };
     let name = serde_json::to_value(action)
         .ok()

@@ -224,6 +224,12 @@ fn single_node_daemon_serves_the_api_end_to_end() {
     assert_eq!(code, 409, "{body}");
     let (code, _, err) = d.cli(&["mirror", "pause", "nosuch"]);
     assert_eq!(code, 5, "{err}");
+    let (code, _, err) = d.cli(&["mirror", "resolve", "nosuch", "--keep", "n1"]);
+    assert_eq!(code, 5, "{err}");
+    let (code, _, err) = d.cli(&["mirror", "split-brain-dump", "nosuch"]);
+    assert_eq!(code, 5, "{err}");
+    let (code, _, err) = d.cli(&["mirror", "split-brain-dump", "nosuch", "-o", "/dev/null"]);
+    assert_eq!(code, 5, "{err}");
     let (body, code) = d.curl(&["http://x/v1/events?since=abc"]);
     assert_eq!(code, 400, "{body}");
     let (_, code) = d.curl(&[

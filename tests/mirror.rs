@@ -141,6 +141,7 @@ struct Cluster {
     link_timeout: Duration,
     /// Copies every other copy replicates to asynchronously (the rest: `mode`).
     async_copies: Vec<String>,
+    split_brain: SplitBrainPolicy,
 }
 
 impl Cluster {
@@ -160,6 +161,7 @@ impl Cluster {
             fencing: false,
             link_timeout: Duration::from_secs(6),
             async_copies: Vec::new(),
+            split_brain: SplitBrainPolicy::Disconnect,
         }
     }
 
@@ -219,7 +221,7 @@ impl Cluster {
             meta_dir: self.dir.path().join(format!("meta-{node}")),
             listen: self.listen(node),
             peers,
-            split_brain: SplitBrainPolicy::Disconnect,
+            split_brain: self.split_brain,
             fencing: self.fencing,
         }
     }
@@ -782,6 +784,237 @@ fn two_primaries_apart_are_a_split_brain_and_stay_apart() {
     assert_eq!(read_file(&c.backing("a"), MIB, 4096), vec![0; 4096]);
     a.stop();
     b.stop();
+}
+
+/// `a` and `b` connected, then apart with both primary (at `epochs`), each writing a
+/// 4 KiB block at each of its offsets; `a`'s link stays administratively down.
+fn split_apart(
+    c: &Cluster,
+    epochs: (u64, u64),
+    writes_a: &[u64],
+    writes_b: &[u64],
+) -> (Node, Node) {
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote(OwnershipEpoch(epochs.0))).unwrap();
+    a.write(8 * MIB, pattern(99, 8192));
+    a.on(a.m.disconnect(Some("b"))).unwrap();
+    wait_until("b sees the link down", Duration::from_secs(5), || {
+        b.peer_connection("a") != "connected"
+    });
+    b.on(b.m.promote(OwnershipEpoch(epochs.1))).unwrap();
+    for &o in writes_a {
+        a.write(o, pattern(o + 1, 4096));
+    }
+    for &o in writes_b {
+        b.write(o, pattern(o + 1000, 4096));
+    }
+    (a, b)
+}
+
+fn split_brain_on_both(a: &Node, b: &Node) {
+    wait_until("split brain on both sides", Duration::from_secs(10), || {
+        a.peer_connection("b") == "split_brain" && b.peer_connection("a") == "split_brain"
+    });
+}
+
+/// The one dump on `node`: exactly the blocks it wrote apart, `(offset, data)`.
+fn only_dump(node: &Node) -> (String, Vec<(u64, Vec<u8>)>) {
+    let dumps = node.on(node.m.split_brain_dumps()).unwrap();
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    let (name, bytes) = node.on(node.m.split_brain_dump(None)).unwrap();
+    let (header, runs) = tandem::mirror::replica::dump::decode(&name, &bytes).unwrap();
+    assert_eq!(header.node, node.name);
+    assert_eq!(header.runs as usize, runs.len());
+    (header.resolved_by, runs)
+}
+
+fn written_by_b(offsets: &[u64]) -> Vec<(u64, Vec<u8>)> {
+    offsets
+        .iter()
+        .map(|&o| (o, pattern(o + 1000, 4096)))
+        .collect()
+}
+
+/// b lost: both copies equal byte for byte, b's dump holds exactly what b wrote apart,
+/// and both raised the resolution naming `by`.
+fn b_was_discarded(c: &Cluster, a: &Node, b: &Node, writes_b: &[u64], by: &str) {
+    in_sync(a, b);
+    wait_until("equal copies", Duration::from_secs(10), || {
+        files_equal(&c.backing("a"), &c.backing("b"))
+    });
+    for &o in writes_b {
+        assert_ne!(read_file(&c.backing("b"), o, 4096), pattern(o + 1000, 4096));
+    }
+    let (resolved_by, runs) = only_dump(b);
+    assert_eq!(resolved_by, by);
+    assert_eq!(runs, written_by_b(writes_b));
+    for (node, blocks) in [(a, writes_b.len()), (b, writes_b.len())] {
+        let ev = node.events(EventKind::MirrorSplitBrainResolved);
+        assert_eq!(ev.len(), 1, "{}: {ev:?}", node.name);
+        let f = &ev[0].fields;
+        assert_eq!(f["policy"], by);
+        assert_eq!((f["kept"].as_str(), f["discarded"].as_str()), ("a", "b"));
+        assert_eq!(f["blocks"], blocks.to_string());
+    }
+}
+
+#[test]
+fn resolve_keep_on_the_survivor_discards_the_other_copy_after_saving_its_blocks() {
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let writes_b = [MIB, 3 * MIB + 4096];
+    let (a, b) = split_apart(&c, (0, 0), &[0, 2 * MIB], &writes_b);
+    a.on(a.m.connect(Some("b"))).unwrap();
+    split_brain_on_both(&a, &b);
+    // b is primary: its data is never discarded, from either side.
+    for node in [&a, &b] {
+        let err = node.on(node.m.resolve("a")).unwrap_err();
+        assert!(
+            matches!(&err, MirrorError::Refused(m) if m.contains("primary")),
+            "{err}"
+        );
+    }
+    b.on(b.m.demote()).unwrap();
+    // a learns that b stepped down on the link's next try.
+    wait_until("a resolves", Duration::from_secs(10), || {
+        a.on(a.m.resolve("a")).is_ok()
+    });
+    b_was_discarded(&c, &a, &b, &writes_b, "administrator");
+    assert_eq!(read_file(&c.backing("b"), 0, 4096), pattern(1, 4096));
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn resolve_keep_on_the_discarded_side_saves_its_blocks_first() {
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let writes_b = [4 * MIB];
+    let (a, b) = split_apart(&c, (0, 0), &[0], &writes_b);
+    // Not (yet) in split brain: refused; an unknown node is not found.
+    let err = b.on(b.m.resolve("a")).unwrap_err();
+    assert!(
+        matches!(&err, MirrorError::Refused(m) if m.contains("not in split brain")),
+        "{err}"
+    );
+    assert!(matches!(
+        a.on(a.m.resolve("zz")).unwrap_err(),
+        MirrorError::UnknownPeer(_)
+    ));
+    a.on(a.m.connect(Some("b"))).unwrap();
+    split_brain_on_both(&a, &b);
+    b.on(b.m.demote()).unwrap();
+    b.on(b.m.resolve("a")).unwrap();
+    // The dump is there before anything is overwritten.
+    let (_, runs) = only_dump(&b);
+    assert_eq!(runs, written_by_b(&writes_b));
+    b_was_discarded(&c, &a, &b, &writes_b, "administrator");
+    // A resolution is refused once the copies are in sync again.
+    let err = b.on(b.m.resolve("a")).unwrap_err();
+    assert!(matches!(err, MirrorError::Refused(_)), "{err}");
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_dump_that_cannot_be_written_refuses_the_resolution_and_overwrites_nothing() {
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    let writes_b = [MIB];
+    let (a, b) = split_apart(&c, (0, 0), &[0], &writes_b);
+    // Where b's dumps go is not a directory (as with a full or broken disk).
+    let blocker = c.dir.path().join("meta-b").join("split-brain");
+    std::fs::write(&blocker, b"in the way").unwrap();
+    a.on(a.m.connect(Some("b"))).unwrap();
+    split_brain_on_both(&a, &b);
+    b.on(b.m.demote()).unwrap();
+    let err = b.on(b.m.resolve("a")).unwrap_err();
+    assert!(
+        matches!(&err, MirrorError::Dump(_)) && err.to_string().contains("split-brain dump"),
+        "{err}"
+    );
+    // Kept from a's side instead: b cannot save its blocks and stays apart.
+    wait_until("a resolves", Duration::from_secs(10), || {
+        a.on(a.m.resolve("a")).is_ok()
+    });
+    wait_until("b refuses for its dump", Duration::from_secs(10), || {
+        b.events(EventKind::MirrorSplitBrain)
+            .iter()
+            .any(|e| e.fields["reason"].contains("split-brain dump"))
+    });
+    assert!(b.events(EventKind::ResyncStarted).is_empty());
+    assert_eq!(
+        read_file(&c.backing("b"), MIB, 4096),
+        pattern(MIB + 1000, 4096)
+    );
+    // Room again: the next try saves the blocks and resyncs.
+    std::fs::remove_file(&blocker).unwrap();
+    b_was_discarded(&c, &a, &b, &writes_b, "administrator");
+    a.stop();
+    b.stop();
+}
+
+/// A split brain (b loses) resolved by `policy` at connect, end to end.
+fn a_policy_discards_b(
+    policy: SplitBrainPolicy,
+    epochs: (u64, u64),
+    writes_a: &[u64],
+    writes_b: &[u64],
+    demote_a: bool,
+) {
+    let mut c = Cluster::new(&["a", "b"], 16 * MIB);
+    c.split_brain = policy;
+    let (a, b) = split_apart(&c, epochs, writes_a, writes_b);
+    // Never a current primary's data: b steps down first.
+    b.on(b.m.demote()).unwrap();
+    if demote_a {
+        a.on(a.m.demote()).unwrap();
+    }
+    a.on(a.m.connect(Some("b"))).unwrap();
+    b_was_discarded(&c, &a, &b, writes_b, policy.name());
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn discard_younger_primary_keeps_the_copy_promoted_first() {
+    // b was promoted later (epoch 2 > 1); both stepped down (a, of the older epoch,
+    // would be deposed by b's newer one).
+    a_policy_discards_b(
+        SplitBrainPolicy::DiscardYoungerPrimary,
+        (1, 2),
+        &[0],
+        &[MIB, 2 * MIB],
+        true,
+    );
+}
+
+#[test]
+fn discard_least_changes_keeps_the_copy_that_changed_more() {
+    a_policy_discards_b(
+        SplitBrainPolicy::DiscardLeastChanges,
+        (0, 0),
+        &[0, 2 * MIB, 5 * MIB],
+        &[MIB],
+        false,
+    );
+}
+
+#[test]
+fn discard_secondary_and_zero_changes_discard_the_secondary_or_the_unchanged_copy() {
+    a_policy_discards_b(
+        SplitBrainPolicy::DiscardSecondary,
+        (0, 0),
+        &[0],
+        &[MIB, 3 * MIB],
+        false,
+    );
+    a_policy_discards_b(
+        SplitBrainPolicy::DiscardZeroChanges,
+        (0, 0),
+        &[0],
+        &[],
+        false,
+    );
 }
 
 #[test]

@@ -161,7 +161,10 @@ impl Sim {
             SplitBrainPolicy::Disconnect,
             SplitBrainPolicy::DiscardZeroChanges,
             SplitBrainPolicy::DiscardSecondary,
-        ][s.rng.gen_range(0..3)];
+            SplitBrainPolicy::DiscardLeastChanges,
+            // Every epoch is 0 here: always a tie, stays apart.
+            SplitBrainPolicy::DiscardYoungerPrimary,
+        ][s.rng.gen_range(0..5)];
         s.c[0].gens.current = 1;
         s.c[1].gens.current = 1;
         s.c[0].primary = true;

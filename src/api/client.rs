@@ -25,6 +25,18 @@ pub async fn call<T: DeserializeOwned>(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<T, ApiError> {
+    let body = call_bytes(ep, method, path, body).await?;
+    serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+/// Sends one request; returns the body's bytes as they are (a split-brain dump), or
+/// the API's error message.
+pub async fn call_bytes(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<Vec<u8>, ApiError> {
     let (io, host, token) = match ep {
         Endpoint::Unix(p) => {
             let s = tokio::net::UnixStream::connect(p)
@@ -91,7 +103,7 @@ pub async fn call<T: DeserializeOwned>(
             },
         );
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))
+    Ok(body.to_vec())
 }
 
 /// A byte stream hyper can drive.

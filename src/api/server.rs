@@ -62,6 +62,14 @@ fn router(state: AppState) -> Router {
         .route("/v1/groups/{group}/switchover", post(switchover))
         .route("/v1/groups/{group}/maintenance", post(maintenance))
         .route("/v1/mirrors", get(mirrors))
+        .route(
+            "/v1/mirrors/{mirror}/split-brain-dumps",
+            get(split_brain_dumps),
+        )
+        .route(
+            "/v1/mirrors/{mirror}/split-brain-dumps/{name}",
+            get(split_brain_dump),
+        )
         .route("/v1/mirrors/{mirror}/{action}", post(mirror_action))
         .route("/v1/nodes/{node}/standby", post(standby))
         .route("/v1/nodes/{node}/online", post(online))
@@ -405,6 +413,9 @@ async fn mirrors(State(s): State<AppState>, h: HeaderMap) -> Response {
 struct MirrorBody {
     #[serde(default)]
     peer: Option<String>,
+    /// `resolve`: the node whose copy survives.
+    #[serde(default)]
+    keep: Option<String>,
 }
 
 async fn mirror_action(
@@ -418,10 +429,14 @@ async fn mirror_action(
         serde_json::from_value::<MirrorAction>(serde_json::Value::String(action.clone()))
     else {
         return control_error(ControlError::NotFound(format!(
-            "unknown mirror action `{action}` (pause, resume, verify, resync_full, disconnect, connect)"
+            "unknown mirror action `{action}` (pause, resume, verify, resync_full, disconnect, connect, resolve)"
         )));
     };
-    let peer = body.and_then(|b| b.0.peer);
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let peer = match action {
+        MirrorAction::Resolve => body.keep,
+        _ => body.peer,
+    };
     match ask(&s, |reply| Request::Mirror {
         mirror: mirror.clone(),
         action,
@@ -431,6 +446,51 @@ async fn mirror_action(
     .await
     {
         Ok(()) => Json(serde_json::json!({ "mirror": mirror, "action": action, "peer": peer }))
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn split_brain_dumps(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(mirror): UrlPath<String>,
+) -> Response {
+    auth!(s, h);
+    match ask(&s, |reply| Request::SplitBrainDumps { mirror, reply }).await {
+        Ok(dumps) => Json(dumps).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// One dump's bytes as they are on disk (`latest`: the newest).
+async fn split_brain_dump(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath((mirror, name)): UrlPath<(String, String)>,
+) -> Response {
+    auth!(s, h);
+    let name = (name != "latest").then_some(name);
+    match ask(&s, |reply| Request::SplitBrainDump {
+        mirror,
+        name,
+        reply,
+    })
+    .await
+    {
+        Ok((name, bytes)) => (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/octet-stream".to_string(),
+                ),
+                (
+                    axum::http::header::CONTENT_DISPOSITION,
+                    format!("attachment; filename=\"{name}\""),
+                ),
+            ],
+            bytes,
+        )
             .into_response(),
         Err(r) => r,
     }

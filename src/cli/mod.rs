@@ -118,7 +118,8 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: crate::lab::LabCommand,
     },
-    /// Replicated volumes: state, pause/resume, verify, resync, disconnect/connect.
+    /// Replicated volumes: state, pause/resume, verify, resync, disconnect/connect,
+    /// split-brain recovery.
     Mirror {
         #[command(subcommand)]
         cmd: MirrorCmd,
@@ -248,6 +249,30 @@ pub enum MirrorCmd {
     Disconnect(MirrorTarget),
     /// Connect again.
     Connect(MirrorTarget),
+    /// Resolve a split brain: the copy on --keep survives; every copy in split brain
+    /// with it saves its changed blocks to a dump, discards them and is resynced fully.
+    /// Runs on any node holding a copy in the split brain.
+    Resolve {
+        mirror: String,
+        /// The node whose copy to keep.
+        #[arg(long)]
+        keep: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List this node's split-brain dumps (the blocks a discarded copy had written
+    /// apart), or with --output save one to a file.
+    SplitBrainDump {
+        mirror: String,
+        /// Write the dump (the newest, or --name) to this file.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Which dump (a file name from the list); default the newest.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// Which mirror (and peer) a `tandem mirror` action applies to.

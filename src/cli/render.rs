@@ -2,7 +2,28 @@
 //! printed from the API's read model (`--json` prints the model itself).
 
 use crate::event::{Event, Timeline};
+use crate::mirror::replica::dump::DumpInfo;
 use crate::status::{FenceState, MirrorStatus, Status};
+
+/// `tandem mirror split-brain-dump NAME`: one line per dump, oldest first.
+pub fn print_split_brain_dumps(dumps: &[DumpInfo]) {
+    if dumps.is_empty() {
+        println!("no split-brain dumps");
+        return;
+    }
+    for d in dumps {
+        let h = &d.header;
+        println!(
+            "{}  kept {}  by {}  generation {}  {} runs, {}",
+            d.name,
+            h.survivor,
+            h.resolved_by,
+            h.generation,
+            h.runs,
+            human_bytes(h.bytes)
+        );
+    }
+}
 
 pub fn print_mirrors(all: &[MirrorStatus]) {
     for m in all {

@@ -8,7 +8,9 @@
 //! - a copy that never held data (generation 0, no history) takes everything;
 //! - a primary never becomes a resync target, and two primaries never connect: either is
 //!   a split brain, like a secondary holding newer data than a primary;
-//! - a split brain is resolved only by the [`SplitBrainPolicy`], never into a primary;
+//! - a split brain is resolved only by the [`SplitBrainPolicy`] or an administrator's
+//!   [`Resolution`] (through the state a copy shows, [`advertised`]), never into a
+//!   primary;
 //! - in sync but with dirty blocks on either side (crash-dirty, or ranges a secondary
 //!   could not prove when it lost its primary: `mirror::reconcile`): one side sends
 //!   (the primary, else the copy further along the write stream by `last_seq`, else
@@ -30,7 +32,7 @@
 //! `tests/mirror_sim.rs` drives the same function for both copies.
 
 use crate::mirror::generation::{
-    decide, resolve_split_brain, DiskState, PeerView, SplitBrainPolicy, SyncDecision,
+    decide, resolve_split_brain, DiskState, PeerView, Resolution, SplitBrainPolicy, SyncDecision,
 };
 use crate::mirror::wire::CopyState;
 
@@ -140,6 +142,7 @@ fn view(s: &CopyState) -> PeerView {
         changed_blocks: s.changed_blocks,
         primary: s.primary,
         last_seq: s.last_seq,
+        epoch: s.epoch,
     }
 }
 
@@ -225,6 +228,51 @@ fn in_sync_sender(me: &PeerView, peer: &PeerView) -> bool {
     }
 }
 
+/// The state this copy sends `peer` and plans with, given its pending [`Resolution`]
+/// for that peer (`tandem mirror resolve --keep`). Both sides then run [`plan`] over
+/// the same two states and agree, and the wire format stays as it is:
+/// - discarding its data ([`Resolution::Theirs`]), the copy shows itself Inconsistent,
+///   so both plans make it a full sync target; void while it is primary or once its
+///   data moved on from the resolved generation;
+/// - keeping its data ([`Resolution::Mine`]), the copy shows the peer's resolved
+///   generation as superseded ([`Generations::superseding`]), so both plans find the
+///   peer older with no bitmap for the gap: a full resync to it; void once the peer's
+///   data moved on (still a split brain), and a primary peer is still never a target.
+///
+/// [`Generations::superseding`]: crate::mirror::generation::Generations::superseding
+pub fn advertised(mut state: CopyState, peer: &str, resolution: Option<Resolution>) -> CopyState {
+    match resolution {
+        Some(Resolution::Theirs { generation })
+            if !state.primary && state.generations.current == generation =>
+        {
+            state.disk = DiskState::Inconsistent;
+        }
+        Some(Resolution::Mine { peer_generation }) => {
+            state.generations = state.generations.superseding(peer, peer_generation);
+        }
+        _ => {}
+    }
+    state
+}
+
+/// Whether following `plan` discards changes of this copy's own: it becomes a resync
+/// target while usable and holding data it wrote since it last shared a generation
+/// with `peer` (a split brain resolved by the policy or by an administrator). `mine` is
+/// this copy's own state, not as [`advertised`]. Such a copy saves the blocks it wrote
+/// apart before anything is overwritten (`replica::dump`).
+pub fn discards_changes(plan: &ConnectPlan, mine: &CopyState, peer: &str) -> bool {
+    plan.resync == Resync::Receive
+        && matches!(mine.disk, DiskState::UpToDate | DiskState::Outdated)
+        && mine.generations.moved_on_from(peer).is_some()
+}
+
+/// The other side of [`discards_changes`]: whether following `plan` overwrites changes
+/// the peer made since it last shared a generation with this copy (`me`): this copy
+/// sends, and the peer (`theirs`, as it showed itself) moved on from that generation.
+pub fn peer_discards_changes(plan: &ConnectPlan, theirs: &CopyState, me: &str) -> bool {
+    matches!(plan.resync, Resync::Send(_)) && theirs.generations.moved_on_from(me).is_some()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +351,8 @@ mod tests {
     fn a_primary_that_went_on_sends_its_bitmap_and_the_peer_becomes_target() {
         let (a, b) = a_ahead();
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert!(!peer_discards_changes(&pa, &b, "a"), "b only missed writes");
+        assert!(!discards_changes(&pb, &b, "a"));
         assert_eq!(pa.decision, SyncDecision::SourcePartial);
         assert_eq!(pa.resync, Resync::Send(Blocks::Bitmap));
         assert_eq!(pa.peer_disk, DiskState::SyncTarget);
@@ -442,5 +492,119 @@ mod tests {
         let err = plan(&a, &c, SplitBrainPolicy::Disconnect).unwrap_err();
         assert!(!err.is_split_brain());
         assert!(err.to_string().contains("4096 bytes"), "{err}");
+    }
+
+    /// Two copies that both wrote apart from the shared 100: a (primary at epoch 4, 5
+    /// blocks) and b (secondary now, last promoted at epoch 6, 2 blocks).
+    fn split() -> (CopyState, CopyState) {
+        let (mut a, mut b) = a_ahead();
+        a.epoch = crate::mirror::generation::OwnershipEpoch(4);
+        b.generations.diverge(&["a"], 300);
+        b.changed_blocks = 2;
+        b.epoch = crate::mirror::generation::OwnershipEpoch(6);
+        (a, b)
+    }
+
+    #[test]
+    fn a_resolution_on_either_side_makes_both_plans_agree_on_a_full_resync() {
+        let (mut a, b) = split();
+        a.primary = false;
+        // On b: "discard my data toward a".
+        let theirs = Resolution::Theirs {
+            generation: b.generations.current,
+        };
+        let shown_b = advertised(b.clone(), "a", Some(theirs));
+        let (pa, pb) = both(&a, &shown_b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.resync, Resync::Send(Blocks::All));
+        assert_eq!(
+            (pb.resync, pb.local_disk),
+            (Resync::Receive, DiskState::SyncTarget)
+        );
+        assert!(
+            discards_changes(&pb, &b, "a"),
+            "b saves what it wrote apart"
+        );
+        assert!(!discards_changes(&pa, &a, "b"));
+        assert!(peer_discards_changes(&pa, &shown_b, "a"));
+        assert!(!peer_discards_changes(&pb, &a, "b"));
+        // On a: "keep mine against b".
+        let mine = Resolution::Mine {
+            peer_generation: b.generations.current,
+        };
+        let shown_a = advertised(a.clone(), "b", Some(mine));
+        let (pa, pb) = both(&shown_a, &b, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!(pa.resync, Resync::Send(Blocks::All));
+        assert_eq!(pb.resync, Resync::Receive);
+        assert!(discards_changes(&pb, &b, "a"));
+        assert!(peer_discards_changes(&pa, &b, "a"));
+        // No resolution: still apart.
+        assert!(both(&a, &b, SplitBrainPolicy::Disconnect).is_err());
+    }
+
+    #[test]
+    fn a_stale_or_primary_resolution_is_void() {
+        let (a, mut b) = split();
+        // b was told to discard generation 300 but was promoted since (a new one).
+        let theirs = Resolution::Theirs { generation: 300 };
+        b.generations.diverge(&["a"], 301);
+        let shown_b = advertised(b.clone(), "a", Some(theirs));
+        assert_eq!(shown_b, b);
+        // A primary never shows itself Inconsistent.
+        let (mut c, _) = split();
+        c.primary = true;
+        let gen = c.generations.current;
+        let shown = advertised(c.clone(), "b", Some(Resolution::Theirs { generation: gen }));
+        assert_eq!(shown.disk, DiskState::UpToDate);
+        // Keeping against a generation the peer left: still a split brain.
+        let mine = Resolution::Mine {
+            peer_generation: 300,
+        };
+        let shown_a = advertised(a.clone(), "b", Some(mine));
+        assert_eq!(
+            both(&shown_a, &b, SplitBrainPolicy::Disconnect).unwrap_err(),
+            Refusal::SplitBrain
+        );
+        // Keeping against a primary: it is never the target.
+        let (mut a, mut b) = split();
+        a.primary = false;
+        b.primary = true;
+        let mine = Resolution::Mine {
+            peer_generation: b.generations.current,
+        };
+        let shown_a = advertised(a, "b", Some(mine));
+        assert!(both(&shown_a, &b, SplitBrainPolicy::Disconnect).is_err());
+    }
+
+    #[test]
+    fn the_younger_primary_or_the_fewer_changes_lose_but_never_a_primary() {
+        let (mut a, b) = split();
+        a.primary = false;
+        // b was promoted later (epoch 6 > 4): b loses.
+        let (pa, pb) = both(&a, &b, SplitBrainPolicy::DiscardYoungerPrimary).unwrap();
+        assert_eq!(pa.decision, SyncDecision::SplitBrain);
+        assert_eq!(
+            (pa.resync, pb.resync),
+            (Resync::Send(Blocks::All), Resync::Receive)
+        );
+        assert!(discards_changes(&pb, &b, "a"));
+        // b changed fewer blocks (2 < 5): b loses.
+        let (_, pb) = both(&a, &b, SplitBrainPolicy::DiscardLeastChanges).unwrap();
+        assert_eq!(pb.resync, Resync::Receive);
+        // A tie stays apart.
+        let mut tie = b.clone();
+        tie.changed_blocks = a.changed_blocks;
+        assert!(both(&a, &tie, SplitBrainPolicy::DiscardLeastChanges).is_err());
+        let mut same = b.clone();
+        same.epoch = a.epoch;
+        assert!(both(&a, &same, SplitBrainPolicy::DiscardYoungerPrimary).is_err());
+        // b is primary now: never its data, whatever the policy says.
+        let mut b = b;
+        b.primary = true;
+        for p in [
+            SplitBrainPolicy::DiscardYoungerPrimary,
+            SplitBrainPolicy::DiscardLeastChanges,
+        ] {
+            assert_eq!(both(&a, &b, p).unwrap_err(), Refusal::SplitBrain, "{p:?}");
+        }
     }
 }

@@ -186,6 +186,9 @@ pub struct PeerView {
     /// The highest write-stream number applied or given (see `CopyState::last_seq`).
     #[serde(default)]
     pub last_seq: u64,
+    /// A primary's ownership epoch (the one it was promoted under); a secondary's is the
+    /// highest it followed or was promoted at (see [`SplitBrainPolicy::DiscardYoungerPrimary`]).
+    pub epoch: OwnershipEpoch,
 }
 
 /// Compares this copy with the peer's, on connect.
@@ -266,15 +269,44 @@ pub enum SplitBrainPolicy {
     DiscardZeroChanges,
     /// The side that is not primary now becomes the target (if exactly one is primary).
     DiscardSecondary,
+    /// The side that became primary later (the higher ownership epoch) becomes the
+    /// target. A copy's epoch is its promotion's while it is primary; once demoted it is
+    /// the highest it followed or was promoted at. Both sides of a split brain wrote
+    /// apart, so each was promoted during the split and neither followed the other:
+    /// each epoch is at least its own last promotion's, and only a third copy's newer
+    /// primary can have raised it further (then that copy is the younger line anyway).
+    /// Equal epochs (two-node mode, whose epochs are all 0) are a tie: stay apart. The
+    /// epoch rule still holds first: a primary meeting a copy of a newer epoch is
+    /// deposed, so this policy resolves once the older primary stepped down; the losing
+    /// copy then follows the survivor's epoch (`replica::resolve`).
+    DiscardYoungerPrimary,
+    /// The side with fewer changed blocks since the split becomes the target; a tie
+    /// stays apart.
+    DiscardLeastChanges,
+}
+
+impl SplitBrainPolicy {
+    /// The snake_case name (config value, event field).
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitBrainPolicy::Disconnect => "disconnect",
+            SplitBrainPolicy::DiscardZeroChanges => "discard_zero_changes",
+            SplitBrainPolicy::DiscardSecondary => "discard_secondary",
+            SplitBrainPolicy::DiscardYoungerPrimary => "discard_younger_primary",
+            SplitBrainPolicy::DiscardLeastChanges => "discard_least_changes",
+        }
+    }
 }
 
 /// Which side loses its changes, if the policy decides: `Some(true)` means this copy
 /// becomes the (full) sync target, `Some(false)` the peer does, `None` stay apart.
+/// The caller never lets a current primary lose (see `connect::plan`).
 pub fn resolve_split_brain(
     policy: SplitBrainPolicy,
     me: &PeerView,
     peer: &PeerView,
 ) -> Option<bool> {
+    use std::cmp::Ordering;
     match policy {
         SplitBrainPolicy::Disconnect => None,
         SplitBrainPolicy::DiscardZeroChanges => match (me.changed_blocks, peer.changed_blocks) {
@@ -287,6 +319,58 @@ pub fn resolve_split_brain(
             (true, false) => Some(false),
             _ => None,
         },
+        SplitBrainPolicy::DiscardYoungerPrimary => match me.epoch.cmp(&peer.epoch) {
+            Ordering::Greater => Some(true),
+            Ordering::Less => Some(false),
+            Ordering::Equal => None,
+        },
+        SplitBrainPolicy::DiscardLeastChanges => {
+            match me.changed_blocks.cmp(&peer.changed_blocks) {
+                Ordering::Less => Some(true),
+                Ordering::Greater => Some(false),
+                Ordering::Equal => None,
+            }
+        }
+    }
+}
+
+/// An administrator's choice of the survivor of a split brain with one peer
+/// (`tandem mirror resolve --keep`), persisted with the copy until the next connect to
+/// that peer applies it (one shot). Each is bound to the generation the administrator
+/// resolved: if that data moved on meanwhile (a promotion mints a new generation), the
+/// choice no longer applies and the copies stay apart as before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "keep", rename_all = "snake_case")]
+pub enum Resolution {
+    /// This copy discards its changes (while it is still at `generation`) and becomes a
+    /// full sync target of the peer.
+    Theirs { generation: u64 },
+    /// This copy keeps its data against the peer's copy at `peer_generation`, which
+    /// becomes a full sync target.
+    Mine { peer_generation: u64 },
+}
+
+impl Generations {
+    /// The generations this copy shows `peer` while it keeps its data against the
+    /// peer's `peer_generation` ([`Resolution::Mine`]): that generation is presented as
+    /// superseded (in the history) and the shared base for the peer is left out, so
+    /// [`decide`] finds the peer older with no bitmap for the gap: a full resync to it.
+    pub fn superseding(&self, peer: &str, peer_generation: u64) -> Generations {
+        let mut g = self.clone();
+        if peer_generation != 0 && peer_generation != g.current {
+            g.bitmap.remove(peer);
+            g.history.retain(|h| *h != peer_generation);
+            g.history.insert(0, peer_generation);
+            g.history.truncate(HISTORY_LEN);
+        }
+        g
+    }
+
+    /// The generation this copy shared with `peer` when it started tracking it, if
+    /// this copy changed its data since (its current is another one).
+    pub fn moved_on_from(&self, peer: &str) -> Option<u64> {
+        let base = self.bitmap_for(peer);
+        (base != 0 && base != self.current).then_some(base)
     }
 }
 
@@ -323,6 +407,7 @@ mod tests {
             changed_blocks: changed,
             primary,
             last_seq: 0,
+            epoch: OwnershipEpoch(0),
         };
         let v1 = view("n1", &n1, 12, false);
         let v2 = view("n2", &n2, 40, true);
@@ -340,6 +425,7 @@ mod tests {
             changed_blocks: 0,
             primary: false,
             last_seq: 0,
+            epoch: OwnershipEpoch(0),
         }
     }
 
@@ -471,6 +557,50 @@ mod tests {
             resolve_split_brain(SplitBrainPolicy::DiscardSecondary, &va, &vb),
             Some(true)
         );
+    }
+
+    #[test]
+    fn the_younger_primary_and_the_fewer_changes_lose_and_ties_stay_apart() {
+        let (a, b) = pair();
+        let mut va = view("a", &a, DiskState::UpToDate);
+        let mut vb = view("b", &b, DiskState::UpToDate);
+        let younger = SplitBrainPolicy::DiscardYoungerPrimary;
+        assert_eq!(resolve_split_brain(younger, &va, &vb), None, "equal epochs");
+        va.epoch = OwnershipEpoch(7);
+        vb.epoch = OwnershipEpoch(5);
+        assert_eq!(resolve_split_brain(younger, &va, &vb), Some(true));
+        assert_eq!(resolve_split_brain(younger, &vb, &va), Some(false));
+        let least = SplitBrainPolicy::DiscardLeastChanges;
+        va.changed_blocks = 3;
+        vb.changed_blocks = 3;
+        assert_eq!(resolve_split_brain(least, &va, &vb), None, "a tie");
+        vb.changed_blocks = 9;
+        assert_eq!(resolve_split_brain(least, &va, &vb), Some(true));
+        assert_eq!(resolve_split_brain(least, &vb, &va), Some(false));
+        for p in [younger, least, SplitBrainPolicy::DiscardSecondary] {
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.name()));
+        }
+    }
+
+    #[test]
+    fn a_superseded_generation_makes_the_peer_older_not_split() {
+        let (mut a, mut b) = pair();
+        a.diverge(&["b"], 200);
+        b.diverge(&["a"], 300);
+        assert_eq!(a.moved_on_from("b"), Some(100));
+        assert_eq!(Generations::new().moved_on_from("b"), None);
+        // b keeps its data against a's 200: a is older, with no bitmap for the gap.
+        let shown = b.superseding("a", 200);
+        let va = view("a", &a, DiskState::UpToDate);
+        let vb = view("b", &shown, DiskState::UpToDate);
+        assert_eq!(decide(&vb, &va), SyncDecision::SourceFull);
+        assert_eq!(decide(&va, &vb), SyncDecision::TargetFull);
+        // Bound to a's generation: once a moved on, still a split brain.
+        a.diverge(&["b"], 400);
+        let va = view("a", &a, DiskState::UpToDate);
+        assert_eq!(decide(&vb, &va), SyncDecision::SplitBrain);
+        assert_eq!(decide(&va, &vb), SyncDecision::SplitBrain);
     }
 
     #[test]

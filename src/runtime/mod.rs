@@ -39,6 +39,7 @@ use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
 use crate::fence;
 use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
+use crate::mirror::replica::{Mirror, MirrorError};
 use crate::node::{
     ControlCommand, ControlOutcome, GroupCommand, MirrorFacts, NodeAction, NodeConfig, NodeCore,
     NodeInput, PowerFenceResult, PowerOff, WatchdogReport,
@@ -394,26 +395,43 @@ impl Daemon {
     }
 
     fn handle_request(&mut self, req: Request) {
-        let (command, pending) = match req {
-            Request::Switchover { group, to, reply } => (
-                ControlCommand::Switchover { group, to },
-                PendingReply::Switchover(reply),
-            ),
-            Request::Standby { node, on, reply } => (
-                ControlCommand::Standby { node, on },
-                PendingReply::Done(reply),
-            ),
-            Request::Maintenance { group, on, reply } => (
-                ControlCommand::Maintenance { group, on },
-                PendingReply::Done(reply),
-            ),
-            Request::Mirror {
-                mirror,
-                action,
-                peer,
-                reply,
-            } => return self.mirror_request(mirror, action, peer, reply),
-        };
+        let (command, pending) =
+            match req {
+                Request::Switchover { group, to, reply } => (
+                    ControlCommand::Switchover { group, to },
+                    PendingReply::Switchover(reply),
+                ),
+                Request::Standby { node, on, reply } => (
+                    ControlCommand::Standby { node, on },
+                    PendingReply::Done(reply),
+                ),
+                Request::Maintenance { group, on, reply } => (
+                    ControlCommand::Maintenance { group, on },
+                    PendingReply::Done(reply),
+                ),
+                Request::Mirror {
+                    mirror,
+                    action,
+                    peer,
+                    reply,
+                } => return self.mirror_request(mirror, action, peer, reply),
+                Request::SplitBrainDumps { mirror, reply } => {
+                    return self.on_mirror(
+                        mirror,
+                        reply,
+                        |m| async move { m.split_brain_dumps().await },
+                    )
+                }
+                Request::SplitBrainDump {
+                    mirror,
+                    name,
+                    reply,
+                } => {
+                    return self.on_mirror(mirror, reply, |m| async move {
+                        m.split_brain_dump(name).await
+                    })
+                }
+            };
         self.next_request += 1;
         let id = self.next_request;
         self.replies.insert(id, pending);
@@ -443,8 +461,32 @@ impl Daemon {
                 MirrorAction::ResyncFull => m.resync_full(peer).await,
                 MirrorAction::Disconnect => m.disconnect(peer).await,
                 MirrorAction::Connect => m.connect(peer).await,
+                MirrorAction::Resolve => match peer {
+                    Some(keep) => m.resolve(keep).await,
+                    None => Err(MirrorError::Refused(
+                        "resolve needs the node whose copy to keep (--keep NODE)".into(),
+                    )),
+                },
             };
             let _ = reply.send(r.map_err(ControlError::from));
+        });
+    }
+
+    /// A read of one mirror (its split-brain dumps), off the loop.
+    fn on_mirror<T, F, Fut>(&self, mirror: String, reply: Reply<T>, f: F)
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Mirror>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, MirrorError>> + Send + 'static,
+    {
+        let Some(m) = self.mirrors.get(&mirror).map(|m| m.mirror.clone()) else {
+            let _ = reply.send(Err(ControlError::NotFound(format!(
+                "this node holds no mirror `{mirror}`"
+            ))));
+            return;
+        };
+        self.io.spawn(async move {
+            let _ = reply.send(f(m).await.map_err(ControlError::from));
         });
     }
 

@@ -161,7 +161,7 @@ pub(crate) async fn peer_task(
         let (kick, admin_down) = {
             let st = m.lock();
             match st.peers.get(&peer) {
-                Some(p) => (Arc::clone(&p.kick), p.admin_down || st.shutting_down),
+                Some(p) => (Arc::clone(&p.kick), p.held_down() || st.shutting_down),
                 None => return,
             }
         };
@@ -270,7 +270,10 @@ async fn run_session(
         return None;
     }
     let end = Arc::new(Notify::new());
-    let id = match m.on_first_state(peer, &theirs, tx.clone(), Arc::clone(&end)) {
+    let id = match m
+        .connect_planned(peer, &theirs, tx.clone(), Arc::clone(&end))
+        .await
+    {
         Ok(id) => id,
         Err(why) => {
             let _ = tx.send(Frame::Bye {
@@ -279,6 +282,7 @@ async fn run_session(
             drop(tx);
             let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
             m.on_stay_apart(peer, &why);
+            m.split_brain_pause(peer).await;
             return None;
         }
     };

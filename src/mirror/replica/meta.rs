@@ -1,9 +1,12 @@
 //! The mirror's metadata on disk, in its own directory: `state.json` (generations and
 //! disk state), `al.json` (the activity log's hot extents), one `bitmap-<peer>` per
-//! peer (`DirtyBitmap::encode`) and a `clean` flag present only after a clean shutdown.
+//! peer (`DirtyBitmap::encode`), `resolutions.json` (pending split-brain resolutions by
+//! peer, `tandem mirror resolve`; absent when none) and a `clean` flag present only
+//! after a clean shutdown.
 //! Every file is replaced durably: write a temp file, fsync it, rename it over, fsync
 //! the directory. Any failure is returned; nothing is dropped silently.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::mirror::bitmap::{BitmapError, DirtyBitmap};
-use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch};
+use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch, Resolution};
 
 /// Why metadata cannot be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,8 @@ pub struct MetaStore {
     dir: PathBuf,
     /// One file replacement at a time (they share temp names and the directory fsync).
     writing: Arc<Mutex<()>>,
+    /// The pending split-brain resolutions by peer, as persisted in `resolutions.json`.
+    resolutions: Arc<Mutex<BTreeMap<String, Resolution>>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetaError + '_ {
@@ -72,10 +77,12 @@ impl MetaStore {
     /// an UpToDate copy that was never written (generation 0).
     pub fn open(dir: &Path, size_bytes: u64) -> Result<(MetaStore, Loaded), MetaError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let store = MetaStore {
+        let mut store = MetaStore {
             dir: dir.to_owned(),
             writing: Arc::new(Mutex::new(())),
+            resolutions: Arc::default(),
         };
+        store.resolutions = Arc::new(Mutex::new(store.load_resolutions()?));
         let state_path = dir.join("state.json");
         let loaded = match fs::read(&state_path) {
             Ok(bytes) => {
@@ -166,6 +173,53 @@ impl MetaStore {
         self.replace(&format!("bitmap-{peer}"), &bitmap.encode())
     }
 
+    /// The pending split-brain resolution toward `peer` (as loaded or last set).
+    pub fn resolution(&self, peer: &str) -> Option<Resolution> {
+        self.lock_resolutions().get(peer).copied()
+    }
+
+    /// Sets (Some) or drops (None) the resolution toward `peer` and persists them all;
+    /// on failure nothing changes.
+    pub fn set_resolution(&self, peer: &str, r: Option<Resolution>) -> Result<(), MetaError> {
+        let mut all = self.lock_resolutions().clone();
+        match r {
+            Some(r) => all.insert(peer.to_string(), r),
+            None => all.remove(peer),
+        };
+        self.save_resolutions(&all)?;
+        *self.lock_resolutions() = all;
+        Ok(())
+    }
+
+    fn lock_resolutions(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Resolution>> {
+        self.resolutions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pending split-brain resolutions by peer (none if the file is absent).
+    fn load_resolutions(&self) -> Result<BTreeMap<String, Resolution>, MetaError> {
+        let path = self.dir.join("resolutions.json");
+        match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| MetaError::Corrupt {
+                path,
+                reason: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// Replaces the pending split-brain resolutions (durably).
+    fn save_resolutions(
+        &self,
+        resolutions: &BTreeMap<String, Resolution>,
+    ) -> Result<(), MetaError> {
+        let bytes = serde_json::to_vec_pretty(resolutions).map_err(|e| MetaError::Corrupt {
+            path: self.dir.join("resolutions.json"),
+            reason: e.to_string(),
+        })?;
+        self.replace("resolutions.json", &bytes)
+    }
+
     /// Sets or removes the clean-shutdown flag (durably).
     pub fn set_clean(&self, clean: bool) -> Result<(), MetaError> {
         let path = self.dir.join("clean");
@@ -204,6 +258,27 @@ impl MetaStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_resolutions_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(store.resolution("b"), None);
+        let theirs = Resolution::Theirs { generation: 7 };
+        let mine = Resolution::Mine { peer_generation: 9 };
+        store.set_resolution("b", Some(theirs)).unwrap();
+        store.set_resolution("c", Some(mine)).unwrap();
+        store.set_resolution("d", None).unwrap();
+        let (again, _) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(again.resolution("b"), Some(theirs));
+        assert_eq!(again.resolution("c"), Some(mine));
+        again.set_resolution("b", None).unwrap();
+        let (third, _) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(
+            (third.resolution("b"), third.resolution("c")),
+            (None, Some(mine))
+        );
+    }
 
     #[test]
     fn state_bitmaps_and_the_clean_flag_round_trip() {

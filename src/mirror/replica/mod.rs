@@ -9,7 +9,8 @@
 //!
 //! Layout: [`core`] holds the pure decisions (sequence numbers, queue accounting, the
 //! resync planner, verify comparison); [`meta`] the durable metadata; [`link`] the
-//! connection tasks; this module the shared state, the write path and the admin API.
+//! connection tasks; `resolve` split-brain recovery and [`dump`] its dumps; this
+//! module the shared state, the write path and the admin API.
 //!
 //! Durability rules (DRBD terms in brackets): the activity log is persisted before a
 //! write to a cold 4 MiB extent, and an extent leaves it only after a local fdatasync
@@ -25,9 +26,11 @@
 //! data gets a full resync (which skips unused space).
 
 pub mod core;
+pub mod dump;
 pub mod link;
 pub mod meta;
 mod reconcile;
+mod resolve;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -178,6 +181,10 @@ pub enum MirrorError {
     /// A primary of an older ownership epoch than one this copy followed (either side).
     #[error(transparent)]
     StaleEpoch(#[from] StaleEpoch),
+    /// The blocks a split-brain resolution discards could not be saved (nothing was
+    /// overwritten), or a dump cannot be read.
+    #[error("split-brain dump: {0}")]
+    Dump(#[from] dump::DumpError),
 }
 
 /// How a waited-for replicated operation ended on one peer.
@@ -244,6 +251,8 @@ struct PeerState {
     peer_generation: u64,
     /// Blocks the peer's bitmap held when it sent it (reported with the resync).
     peer_marked_blocks: u64,
+    /// What stayed apart and what was reported of split brains (see `resolve`).
+    split: resolve::PeerSplit,
 }
 
 struct State {
@@ -403,6 +412,7 @@ impl PeerState {
             awaiting_bitmap: false,
             peer_generation: 0,
             peer_marked_blocks: 0,
+            split: resolve::PeerSplit::default(),
         }
     }
 }
@@ -1238,7 +1248,7 @@ impl Mirror {
             .get(peer)
             .map(|p| p.core.bitmap().dirty_blocks())
             .unwrap_or(0);
-        CopyState {
+        let own = CopyState {
             node: self.spec.local_node.clone(),
             mirror: self.spec.name.clone(),
             size_bytes: self.size,
@@ -1251,7 +1261,9 @@ impl Mirror {
             changed_blocks: changed,
             epoch: st.epoch.stamp(),
             last_seq: st.unproven.last_seq().max(st.next_seq.saturating_sub(1)),
-        }
+        };
+        // A pending split-brain resolution changes what the peer is shown.
+        connect::advertised(own, peer, self.meta.resolution(peer))
     }
 
     /// Starts a resync to `peer` as source if the link is up and it lacks blocks.
@@ -1885,8 +1897,14 @@ impl Mirror {
 
     /// A split brain or refusal: show it and raise the event.
     pub(crate) fn on_stay_apart(&self, peer: &str, why: &MirrorError) {
-        let split_brain = matches!(why, MirrorError::Connect(r) if r.is_split_brain());
+        let split_brain = resolve::is_split_brain(why);
         let reason = why.to_string();
+        // A split brain is retried; the same reason again is not news.
+        let news = self
+            .lock()
+            .peers
+            .get_mut(peer)
+            .is_some_and(|p| p.split.report(&reason));
         {
             let mut st = self.lock();
             if let Some(p) = st.peers.get_mut(peer) {
@@ -1897,6 +1915,9 @@ impl Mirror {
                 };
                 p.admin_down = true;
             }
+        }
+        if !news {
+            return;
         }
         tracing::warn!(%reason, "staying disconnected");
         if split_brain {
