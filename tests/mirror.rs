@@ -615,10 +615,6 @@ fn a_target_that_crashed_mid_resync_is_inconsistent_until_it_finishes() {
     let b = c.start("b");
     connected(&a, &b);
     a.on(a.m.promote(E0)).unwrap();
-    // b reconciles with its new primary and adopts its generation.
-    wait_until("b adopted a's generation", Duration::from_secs(10), || {
-        b.m.disk_and_generation().1 == a.m.disk_and_generation().1
-    });
     a.on(a.m.disconnect(Some("b"))).unwrap();
     a.write(16 * MIB, pattern(2, 32 * MIB as usize));
     a.on(a.m.connect(Some("b"))).unwrap();
@@ -1544,8 +1540,8 @@ fn a_crashed_primary_returns_with_a_partial_resync_of_the_union() {
     let b = c.start("b");
     connected(&a, &b);
     a.on(a.m.promote(E0)).unwrap();
-    // 200 MiB of data, then writes spread over 3 extents, then a crash.
-    for i in 0..200u64 {
+    // 64 MiB of data, then writes spread over 3 extents, then a crash.
+    for i in 0..64u64 {
         a.write(i * MIB, pattern(i, MIB as usize));
     }
     for i in 0..48u64 {

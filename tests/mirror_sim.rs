@@ -194,6 +194,7 @@ impl Sim {
             // One owner lineage: the simulation's primaries never go stale by epoch.
             epoch: tandem::mirror::generation::OwnershipEpoch::default(),
             last_seq: 0,
+            following: false,
         }
     }
 

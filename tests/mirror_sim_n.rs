@@ -38,8 +38,9 @@
 //! Not yet true of the product (issue 14), so the runs that require every seed to
 //! pass are ignored for now (`--ignored`); the test that runs in CI (1000 seeds of
 //! three and 1000 of four copies, about 30 s in a debug build) fails on any other
-//! failure, and when more seeds fail than today: 33 of 1000 seeds of three copies
-//! and 172 of four. No seed breaks inv. 3 or 4 and none ends with a
+//! failure, and when more seeds fail than today: 26 of 1000 seeds of three copies
+//! and 119 of four (33 and 172 before a copy that follows a primary stopped taking
+//! resyncs from secondaries: `connect`'s `following` rule). No seed breaks inv. 3 or 4 and none ends with a
 //! divergent copy once settled; the failures are
 //! - inv. 2 (13 and 92 seeds): a copy takes a resync from a secondary (one that no
 //!   primary reaches, or a full one while the primary resyncs it too): it gets older
@@ -366,6 +367,7 @@ impl Sim {
             changed_blocks: self.peer_ref(i, j).core.bitmap().dirty_blocks(),
             epoch: OwnershipEpoch::default(),
             last_seq: c.unproven.last_seq().max(c.next_seq.saturating_sub(1)),
+            following: c.followed.is_some(),
         }
     }
 
@@ -1555,7 +1557,8 @@ fn no_seed_loses_an_acknowledged_write_or_fails_but_on_a_known_gap() {
         "assertion `left == right` failed",
         "the copies did not settle",
     ];
-    for n in [3, 4] {
+    // Seeds that fail today (deterministic): more is a regression.
+    for (n, known_failures) in [(3, 26), (4, 119)] {
         let (s, failed) = run(n, 1000);
         let unknown: Vec<&String> = failed
             .iter()
@@ -1563,7 +1566,12 @@ fn no_seed_loses_an_acknowledged_write_or_fails_but_on_a_known_gap() {
             .collect();
         assert!(unknown.is_empty(), "{unknown:#?}");
         if std::env::var("SIM_SEED").is_err() {
-            assert!(failed.len() < 250, "{:#?}", kinds(&failed));
+            assert!(
+                failed.len() <= known_failures,
+                "{} of 1000 seeds of {n} copies fail, {known_failures} did: {:#?}",
+                failed.len(),
+                kinds(&failed)
+            );
             assert!(s.failovers > 100 && s.overflows > 100, "{s:?}");
         }
     }

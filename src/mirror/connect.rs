@@ -142,6 +142,7 @@ fn view(s: &CopyState) -> PeerView {
         changed_blocks: s.changed_blocks,
         primary: s.primary,
         last_seq: s.last_seq,
+        following: s.following,
         epoch: s.epoch,
     }
 }
@@ -181,11 +182,31 @@ fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side
         },
         Unrelated => return Err(Refusal::Unrelated),
     };
+    let (resync, disk) = only_from_the_followed_primary(me, peer, resync, disk);
     Ok(Side {
         decision,
         resync,
         disk,
     })
+}
+
+/// Between two secondaries, nothing moves to one that follows a primary: it takes
+/// resyncs only from that primary (found by the simulation: a copy took a secondary's
+/// older blocks while its primary resynced it, and adopted that generation).
+fn only_from_the_followed_primary(
+    me: &PeerView,
+    peer: &PeerView,
+    resync: Resync,
+    disk: DiskState,
+) -> (Resync, DiskState) {
+    if me.primary || peer.primary {
+        return (resync, disk);
+    }
+    match resync {
+        Resync::Send(_) if peer.following => (Resync::None, disk),
+        Resync::Receive if me.following => (Resync::None, me.disk),
+        _ => (resync, disk),
+    }
 }
 
 /// [`decide`] with the one rule it leaves to the caller: a copy that never held data
@@ -291,6 +312,7 @@ mod tests {
             changed_blocks: 0,
             epoch: crate::mirror::generation::OwnershipEpoch(0),
             last_seq: 0,
+            following: false,
         }
     }
 

@@ -186,6 +186,9 @@ pub struct PeerView {
     /// The highest write-stream number applied or given (see `CopyState::last_seq`).
     #[serde(default)]
     pub last_seq: u64,
+    /// A secondary connected to a primary (see `CopyState::following`).
+    #[serde(default)]
+    pub following: bool,
     /// A primary's ownership epoch (the one it was promoted under); a secondary's is the
     /// highest it followed or was promoted at (see [`SplitBrainPolicy::DiscardYoungerPrimary`]).
     pub epoch: OwnershipEpoch,
@@ -407,6 +410,7 @@ mod tests {
             changed_blocks: changed,
             primary,
             last_seq: 0,
+            following: false,
             epoch: OwnershipEpoch(0),
         };
         let v1 = view("n1", &n1, 12, false);
@@ -425,6 +429,7 @@ mod tests {
             changed_blocks: 0,
             primary: false,
             last_seq: 0,
+            following: false,
             epoch: OwnershipEpoch(0),
         }
     }

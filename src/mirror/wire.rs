@@ -35,7 +35,7 @@
 //! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
 //! strictly ascending peer order; history: u8 count ≤ [`HISTORY_LEN`] of u64), disk u8
 //! (0 up_to_date, 1 outdated, 2 inconsistent, 3 sync_source, 4 sync_target), primary u8
-//! (0/1), changed_blocks u64, epoch u64, last_seq u64.
+//! (0/1), changed_blocks u64, epoch u64, last_seq u64, following u8 (0/1).
 //!
 //! # Reconciliation
 //! Data frames carry the primary's operation number (`seq`, one numbering for all its
@@ -161,7 +161,8 @@ const STATE_MAX: usize = 2 * (1 + MAX_STR)
     + 1
     + 8
     + 8
-    + 8;
+    + 8
+    + 1;
 
 /// Frame type codes.
 mod ty {
@@ -208,6 +209,9 @@ pub struct CopyState {
     /// The highest operation number this copy applied from (or, as primary, gave to)
     /// the write stream: between two secondaries, the one further along sends.
     pub last_seq: u64,
+    /// A secondary that follows a primary (connected to it): it takes resyncs only
+    /// from that primary, never from another secondary.
+    pub following: bool,
 }
 
 /// One frame after the handshake.
@@ -495,6 +499,7 @@ fn put_state(out: &mut Vec<u8>, s: &CopyState) {
     put_u64(out, s.changed_blocks);
     put_u64(out, s.epoch.0);
     put_u64(out, s.last_seq);
+    out.push(u8::from(s.following));
 }
 
 /// Appends the type byte and the body of `frame` to `out`, except a trailing payload
@@ -889,6 +894,7 @@ fn decode_state(cur: &mut Cur<'_>) -> Result<CopyState, WireError> {
         changed_blocks: cur.u64()?,
         epoch: cur.epoch()?,
         last_seq: cur.u64()?,
+        following: cur.bool()?,
     })
 }
 

@@ -257,6 +257,24 @@ impl PeerCore {
         self.durable_seq
     }
 
+    /// Marks every range in flight to the peer (sent and unacknowledged, or acknowledged
+    /// but not yet durable there) that touches `[offset, offset + len)`: an activity-log
+    /// extent is leaving the primary's log, and after a crash nothing else would say
+    /// the peer may lack them (an async peer that lags, typically).
+    pub fn mark_in_flight(&mut self, offset: u64, len: u64) {
+        let touches = |(o, l): (u64, u64)| o < offset + len && offset < o + l;
+        let ranges: Vec<(u64, u64)> = self
+            .unacked
+            .iter()
+            .filter_map(|u| u.range)
+            .chain(self.undurable.iter().copied())
+            .filter(|r| touches(*r))
+            .collect();
+        for (o, l) in ranges {
+            self.mark_range(o, l);
+        }
+    }
+
     /// Makes the client wait for `seq` too (a demote drains async peers).
     pub fn require_wait(&mut self, seq: u64) {
         if let Some(u) = self.unacked.iter_mut().find(|u| u.seq == seq) {
@@ -822,6 +840,42 @@ mod tests {
 
     fn t(ms: u64) -> Duration {
         Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn an_evicted_extent_marks_what_is_still_in_flight_to_a_lagging_async_peer() {
+        let mut p = PeerCore::new(
+            ReplicationMode::Async,
+            1 << 20,
+            DirtyBitmap::new(64 << 20),
+            64 << 20,
+        );
+        p.link_up();
+        let w = |offset| Op::Write {
+            offset,
+            len: 4096,
+            fua: false,
+        };
+        assert!(matches!(p.submit_as(w(0), t(0), 10), Route::Send { .. }));
+        assert!(matches!(
+            p.submit_as(w(8 << 20), t(0), 11),
+            Route::Send { .. }
+        ));
+        // Acked but not flushed: still in flight as far as durability goes.
+        p.ack(10).unwrap();
+        p.mark_in_flight(0, 4 << 20);
+        assert_eq!(
+            p.out_of_sync_bytes(),
+            4096,
+            "only the evicted extent's write"
+        );
+        p.mark_in_flight(8 << 20, 4 << 20);
+        assert_eq!(p.out_of_sync_bytes(), 8192);
+        assert_eq!(
+            p.holds_through(),
+            None,
+            "a peer with marks holds no proven prefix"
+        );
     }
 
     #[test]

@@ -1048,6 +1048,12 @@ impl Mirror {
                     "a primary cannot be a resync target".into(),
                 ));
             }
+            let from_secondary = st.peers.get(peer).is_some_and(|p| !p.peer_primary);
+            if from_secondary && st.followed.is_some() {
+                return Err(LinkError::Protocol(
+                    "this copy follows a primary and takes resyncs only from it".into(),
+                ));
+            }
             st.disk = DiskState::SyncTarget;
             let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
                 return Err(LinkError::Protocol("stale session".into()));

@@ -1261,6 +1261,7 @@ impl Mirror {
             changed_blocks: changed,
             epoch: st.epoch.stamp(),
             last_seq: st.unproven.last_seq().max(st.next_seq.saturating_sub(1)),
+            following: st.followed.is_some(),
         };
         // A pending split-brain resolution changes what the peer is shown.
         connect::advertised(own, peer, self.meta.resolution(peer))
@@ -1426,6 +1427,13 @@ impl Mirror {
                     for &e in &evicted {
                         p.core.mark_range(e * EXTENT_BYTES, EXTENT_BYTES);
                     }
+                }
+            }
+            // Async peers are not waited for: what is still in flight to them there
+            // is marked (persisted with the bitmaps below, before the log forgets it).
+            for p in st.peers.values_mut() {
+                for &e in &evicted {
+                    p.core.mark_in_flight(e * EXTENT_BYTES, EXTENT_BYTES);
                 }
             }
         }
@@ -1775,7 +1783,7 @@ impl Mirror {
         p.peer_primary = theirs.primary;
         p.peer_generation = theirs.generations.current;
         if theirs.primary {
-            st.followed = Some(peer.to_string());
+            st.follow(peer);
         }
         let Some(p) = st.peers.get_mut(peer) else {
             return Err(MirrorError::UnknownPeer(peer.to_string()));
@@ -2014,7 +2022,12 @@ impl Mirror {
                 // generation.
                 st.primary_lost();
                 if theirs.primary {
-                    st.followed = Some(peer.to_string());
+                    st.follow(peer);
+                    // A copy that never held data has nothing to reconcile: it takes
+                    // the new primary's generation at once (a brand-new pair).
+                    if st.gens.current == 0 && st.gens.history.is_empty() {
+                        st.gens.synced_with(peer, theirs.generations.current);
+                    }
                     self.send_bitmap(&st, peer);
                     drop(st);
                     return Ok(());

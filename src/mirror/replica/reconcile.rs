@@ -60,6 +60,23 @@ impl State {
     }
 }
 
+impl State {
+    /// This copy follows `primary` from now on: a resync it takes from a secondary
+    /// ends (its session is closed; the connect plan gives it none while it follows),
+    /// since the primary resyncs it now.
+    pub(super) fn follow(&mut self, primary: &str) {
+        self.followed = Some(primary.to_string());
+        for (name, p) in self.peers.iter_mut() {
+            if name != primary && !p.peer_primary && p.resync_target.is_some() {
+                p.end_cause = Some(crate::mirror::status::LinkDownCause::Error);
+                if let Some(end) = &p.end_session {
+                    end.notify_one();
+                }
+            }
+        }
+    }
+}
+
 impl Mirror {
     /// As primary, after an acknowledgement: the peer-acks that moved on go out.
     pub(super) fn send_peer_acks(&self, st: &mut State) {

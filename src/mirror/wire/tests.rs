@@ -70,6 +70,7 @@ fn arb_state() -> impl Strategy<Value = CopyState> {
                     changed_blocks: changed,
                     epoch: OwnershipEpoch(epoch),
                     last_seq: epoch ^ changed,
+                    following: primary && changed % 2 == 0,
                 }
             },
         )
@@ -255,9 +256,10 @@ fn epochs_are_on_the_wire_where_the_table_says() {
         changed_blocks: 0,
         epoch: OwnershipEpoch(4),
         last_seq: 0,
+        following: false,
     };
     let bytes = encoded(&Frame::State(state.clone()));
-    assert_eq!(bytes[bytes.len() - 16..bytes.len() - 8], 4u64.to_be_bytes());
+    assert_eq!(bytes[bytes.len() - 17..bytes.len() - 9], 4u64.to_be_bytes());
     assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::State(state));
     for frame in [
         Frame::Trim {
@@ -350,6 +352,7 @@ fn strictness() {
         changed_blocks: 0,
         epoch: OwnershipEpoch(0),
         last_seq: 0,
+        following: false,
     };
     state.generations.bitmap.insert("p".into(), 1);
     state.generations.bitmap.insert("q".into(), 2);
@@ -374,14 +377,15 @@ fn strictness() {
         changed_blocks: 0,
         epoch: OwnershipEpoch(0),
         last_seq: 0,
+        following: false,
     };
     let good = encoded(&Frame::State(state));
     let n = good.len();
     let mut b = good.clone();
-    b[n - 26] = 5;
+    b[n - 27] = 5;
     assert!(malformed(&b));
     let mut b = good.clone();
-    b[n - 25] = 2;
+    b[n - 26] = 2;
     assert!(malformed(&b));
 }
 
@@ -462,6 +466,7 @@ fn largest_frames_fit_their_limits() {
         changed_blocks: 9,
         epoch: OwnershipEpoch(u64::MAX),
         last_seq: 0,
+        following: false,
     };
     let bytes = encoded(&Frame::State(state.clone()));
     assert_eq!(bytes.len(), 4 + 1 + STATE_MAX);
