@@ -563,6 +563,8 @@ fn resync_in(run_dir: &Path, volume: u64, opts: &Options) -> Result<(f64, u64), 
     let changes = run_dir.join("changes.raw");
     write_random(&changes, changed)?;
     let pair = Pair::start(run_dir, volume, ReplicationMode::Sync)?;
+    // Start in sync, so that the resync carries only what changes while apart.
+    pair.wait_in_sync(Duration::from_secs(60))?;
     pair.link(false)?;
     copy_into(&pair, &changes, changed, "tandem (disconnected)")?;
     let before = pair.status()?.peers.first().map_or(0, |p| p.resynced_bytes);
