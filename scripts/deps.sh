@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepalived procps
     prometheus snmp snmpd snmptrapd smitools qemu-utils libnbd-bin nbdkit
+    # tandem bench mirror's QD1 latency rows (fio's nbd engine).
+    fio
     # The appliance image (image/build.sh) and its boot tests (tests/image.rs).
     qemu-system-x86 ovmf seabios systemd-boot-efi syslinux syslinux-common mtools dosfstools
     gdisk e2fsprogs busybox-static cpio kmod zstd

@@ -26,7 +26,7 @@ step "failover benchmark (short)"
 cargo build --release --quiet
 target/release/tandem lab bench failover --trials 3
 
-step "mirror benchmark (short): unreplicated, sync and async peers, nbdkit, qemu-nbd, capped resync"
+step "mirror benchmark (short): unreplicated, sync and async peers, nbdkit, qemu-nbd, sync over a 1 Gbit/s link, CPU per GiB, QD1 latency, capped resync"
 target/release/tandem bench mirror --size-mib 256 --resync-mib 64 --cap-mbit 400
 
 echo

@@ -1,7 +1,9 @@
 //! `tandem bench mirror`: write throughput of an NBD export, measured with `nbdcopy`
 //! from a file of random data into a fresh sparse file served by Tandem (no peer),
 //! `nbdkit file` and `qemu-nbd`, each with its default cache mode, on a Unix socket.
-//! Source and targets live in one directory, so on one file system.
+//! Source and targets live in one directory, so on one file system. Then QD1 4 KiB
+//! write latency with fio (`latency`), and the rows with a peer (`replicated`), whose
+//! CPU time per side is counted by `cpu`.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tracing::info;
 
+mod cpu;
+mod latency;
 mod replicated;
 
 /// Options of `tandem bench mirror`.
@@ -36,6 +40,12 @@ pub struct MirrorBenchArgs {
     /// The tbf cap on the replication link during the resync, in Mbit/s.
     #[arg(long, default_value_t = 800)]
     pub cap_mbit: u64,
+    /// The tbf cap on both directions of the link for the capped sync row, in Mbit/s.
+    #[arg(long, default_value_t = 1000)]
+    pub link_mbit: u64,
+    /// Seconds of each fio QD1 latency run (unreplicated, then sync).
+    #[arg(long, default_value_t = 3)]
+    pub latency_secs: u64,
 }
 
 /// Why the benchmark could not produce figures.
@@ -60,10 +70,21 @@ pub enum BenchError {
     },
     #[error("{server}: the target differs from the source at byte {offset}")]
     Mismatch { server: &'static str, offset: u64 },
-    #[error("--size-mib and --runs must be at least 1")]
+    #[error("--size-mib, --runs, --cap-mbit, --link-mbit and --latency-secs must be at least 1")]
     Arguments,
     #[error("replicated run: {0}")]
     Peer(String),
+    #[error("fio failed ({status}): {stderr}")]
+    Fio {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("fio's JSON report has no {0}")]
+    FioReport(&'static str),
+    #[error("fio's JSON report does not parse: {0}")]
+    FioJson(serde_json::Error),
+    #[error("the link's round trip: {0}")]
+    Rtt(crate::lab::LabError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BenchError {
@@ -152,7 +173,15 @@ impl Drop for Scratch {
 
 /// Runs the benchmark and prints one row per server, then the ratio.
 pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
-    if args.size_mib == 0 || args.runs == 0 {
+    if [
+        args.size_mib,
+        u64::from(args.runs),
+        args.cap_mbit,
+        args.link_mbit,
+        args.latency_secs,
+    ]
+    .contains(&0)
+    {
         return Err(BenchError::Arguments);
     }
     let size = args.size_mib << 20;
@@ -187,6 +216,18 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         "tandem / max(nbdkit, qemu-nbd) = {:.2}   (goal >= 1.0)",
         best[0] / best[1].max(best[2])
     );
+    let alone = replicated::soft(unreplicated_latency(&scratch.0, size, args.latency_secs))?;
+    match &alone {
+        Ok(l) => println!(
+            "{:<18} QD1 4 KiB write p50 {:>7.1} us  p99 {:>7.1} us  ({} writes; fio nbd, randwrite, sync=1, {} s)",
+            Server::Tandem.label(),
+            l.p50.as_secs_f64() * 1e6,
+            l.p99.as_secs_f64() * 1e6,
+            l.ios,
+            args.latency_secs
+        ),
+        Err(e) => println!("QD1 latency rows skipped: {e}"),
+    }
     if args.no_peer {
         return Ok(());
     }
@@ -194,28 +235,38 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         println!("(rows with a peer skipped: they need root for network namespaces)");
         return Ok(());
     }
-    let r = replicated::run(&scratch.0, &source, size, args.resync_mib, args.cap_mbit)?;
-    println!("{:<18} {:>9.1} MiB/s", "tandem (sync peer)", r.sync_mib_s);
-    println!("{:<18} {:>9.1} MiB/s", "tandem (async peer)", r.async_mib_s);
-    println!(
-        "sync / unreplicated = {:.2}   (goal >= 0.9; the peer is across a veth link)",
-        r.sync_mib_s / best[0]
-    );
-    println!("async / unreplicated = {:.2}", r.async_mib_s / best[0]);
-    println!(
-        "resync over a link capped at {} Mbit/s ({:.1} MiB/s): {:.1} MiB/s = {:.2} of the cap   (goal >= 0.9)",
-        args.cap_mbit,
-        r.cap_mib_s,
-        r.resync_mib_s,
-        r.resync_mib_s / r.cap_mib_s
-    );
-    println!(
-        "bytes resynced / bytes changed = {} / {} = {:.3}   (goal <= 1.05)",
-        r.resynced_bytes,
-        r.changed_bytes,
-        r.resynced_bytes as f64 / r.changed_bytes as f64
-    );
+    let opts = replicated::Options {
+        resync_mib: args.resync_mib,
+        cap_mbit: args.cap_mbit,
+        link_mbit: args.link_mbit,
+        latency_secs: args.latency_secs,
+    };
+    let r = replicated::run(&scratch.0, &source, size, &opts)?;
+    r.print(&opts, best[0], &alone);
     Ok(())
+}
+
+/// QD1 write latency of Tandem without a peer, on a fresh sparse target of `size`.
+fn unreplicated_latency(dir: &Path, size: u64, secs: u64) -> Result<latency::Latency, BenchError> {
+    let target = dir.join("latency.raw");
+    let socket = dir.join("latency.sock");
+    let _ = std::fs::remove_file(&socket);
+    File::create(&target)
+        .and_then(|f| f.set_len(size))
+        .map_err(io(format!("creating {}", target.display())))?;
+    let child = Server::Tandem
+        .command(&target, &socket)?
+        .spawn()
+        .map_err(|source| BenchError::Spawn {
+            tool: "tandem",
+            source,
+        })?;
+    let running = Running(child);
+    wait_for_socket(&socket, Server::Tandem)?;
+    let out = latency::fio_qd1(&socket, secs);
+    drop(running);
+    let _ = std::fs::remove_file(&target);
+    out
 }
 
 /// One copy into a fresh target; returns MiB/s.

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::cpu::ThreadCpu;
+use super::latency::{self, Latency};
 use super::{first_difference, io, nbdcopy, write_random, BenchError};
 use crate::config::ReplicationMode;
 use crate::event::EventLog;
@@ -42,6 +44,16 @@ struct Pair {
     socket: PathBuf,
     primary_backing: PathBuf,
     peer_backing: PathBuf,
+    /// CPU time of each side's threads: primary, peer.
+    cpu: [Arc<ThreadCpu>; 2],
+}
+
+/// Runs `f` on the calling thread, counted in `cpu`.
+fn counted<T>(cpu: &ThreadCpu, f: impl FnOnce() -> T) -> T {
+    cpu.enter();
+    let out = f();
+    cpu.leave();
+    out
 }
 
 fn sh(program: &str, args: &[&str]) -> Result<(), BenchError> {
@@ -127,10 +139,14 @@ fn spec(
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, crate::lab::LabError> {
+/// A runtime whose threads count toward `cpu`.
+fn runtime(cpu: &Arc<ThreadCpu>) -> Result<tokio::runtime::Runtime, crate::lab::LabError> {
+    let (started, stopped) = (cpu.clone(), cpu.clone());
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
+        .on_thread_start(move || started.enter())
+        .on_thread_stop(move || stopped.leave())
         .build()
         .map_err(|e| crate::lab::LabError::Invalid(format!("tokio runtime: {e}")))
 }
@@ -212,14 +228,18 @@ impl Pair {
         let (stop_b, stopped_b) = oneshot::channel::<()>();
         let peer_spec = spec("b", "a", dir, size, mode, &key);
         let peer_backing = peer_spec.backing.clone();
+        let cpu = [ThreadCpu::new(), ThreadCpu::new()];
+        let cpu_b = cpu[1].clone();
         let peer = crate::lab::net::spawn_in_netns(NS_PEER, move || {
-            runtime()?.block_on(async move {
-                let m = Mirror::open(peer_spec, EventLog::in_memory("b"))
-                    .await
-                    .map_err(lab_err)?;
-                let _ = stopped_b.await;
-                m.shutdown().await;
-                Ok(())
+            counted(&cpu_b, || {
+                runtime(&cpu_b)?.block_on(async move {
+                    let m = Mirror::open(peer_spec, EventLog::in_memory("b"))
+                        .await
+                        .map_err(lab_err)?;
+                    let _ = stopped_b.await;
+                    m.shutdown().await;
+                    Ok(())
+                })
             })
         });
         let (stop_a, stopped_a) = oneshot::channel::<()>();
@@ -228,20 +248,24 @@ impl Pair {
         let primary_spec = spec("a", "b", dir, size, mode, &key);
         let primary_backing = primary_spec.backing.clone();
         let nbd_socket = socket.clone();
+        let cpu_a = cpu[0].clone();
         let primary = crate::lab::net::spawn_in_netns(NS_PRIMARY, move || {
-            runtime()?.block_on(async move {
-                let (m, server) = match open_primary(primary_spec, nbd_socket).await {
-                    Ok(x) => {
-                        let _ = ready_tx.send(Ok(()));
-                        x
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.clone()));
-                        return Err(lab_err(e));
-                    }
-                };
-                serve_primary(m, server, stopped_a, asked).await;
-                Ok(())
+            let rt = runtime(&cpu_a)?;
+            counted(&cpu_a, || {
+                rt.block_on(async move {
+                    let (m, server) = match open_primary(primary_spec, nbd_socket).await {
+                        Ok(x) => {
+                            let _ = ready_tx.send(Ok(()));
+                            x
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e.clone()));
+                            return Err(lab_err(e));
+                        }
+                    };
+                    serve_primary(m, server, stopped_a, asked).await;
+                    Ok(())
+                })
             })
         });
         let pair = Pair {
@@ -251,6 +275,7 @@ impl Pair {
             socket,
             primary_backing,
             peer_backing,
+            cpu,
         };
         match ready_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => Ok(pair),
@@ -341,6 +366,39 @@ fn copy_into(
     Ok(size as f64 / (1 << 20) as f64 / secs)
 }
 
+/// Caps both directions of the link with tbf at `mbit` (removed with the namespaces).
+fn cap_link(mbit: u64, both: bool) -> Result<(), BenchError> {
+    let rate = format!("{mbit}mbit");
+    let sides: &[(&str, &str)] = if both {
+        &[(NS_PRIMARY, "a0"), (NS_PEER, "b0")]
+    } else {
+        &[(NS_PRIMARY, "a0")]
+    };
+    for (ns, dev) in sides {
+        sh(
+            "ip",
+            &[
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                &rate, "burst", "1mb", "latency", "100ms",
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// MiB/s of a link of `mbit` Mbit/s.
+fn mib_s(mbit: u64) -> f64 {
+    mbit as f64 * 1e6 / 8.0 / (1 << 20) as f64
+}
+
+/// What the replicated rows take from the command line.
+pub struct Options {
+    pub resync_mib: u64,
+    pub cap_mbit: u64,
+    pub link_mbit: u64,
+    pub latency_secs: u64,
+}
+
 /// Figures of the replicated rows.
 pub struct ReplicatedFigures {
     pub sync_mib_s: f64,
@@ -349,64 +407,168 @@ pub struct ReplicatedFigures {
     pub resync_mib_s: f64,
     pub changed_bytes: u64,
     pub resynced_bytes: u64,
+    pub sync: SyncFigures,
 }
 
-/// Runs the sync row, the async row and the capped resync.
+/// The sync pair's further figures.
+pub struct SyncFigures {
+    /// CPU seconds per GiB copied in the sync row: primary, peer; and the row's seconds
+    /// per GiB.
+    pub cpu_s_per_gib: [f64; 2],
+    pub wall_s_per_gib: f64,
+    /// The link's round trip.
+    pub rtt: Duration,
+    /// QD1 latency of sync writes, or why it was not measured (fio missing).
+    pub latency: Result<Latency, BenchError>,
+    /// nbdcopy over a link capped at `Options::link_mbit`, MiB/s.
+    pub capped_mib_s: f64,
+}
+
+/// Runs the sync rows, the async row and the capped resync.
 pub fn run(
     dir: &Path,
     source: &Path,
     size: u64,
-    resync_mib: u64,
-    cap_mbit: u64,
+    opts: &Options,
 ) -> Result<ReplicatedFigures, BenchError> {
-    let volume = size.max(resync_mib << 20);
-    let mut rates = [0f64; 2];
-    for (i, mode) in [ReplicationMode::Sync, ReplicationMode::Async]
-        .into_iter()
-        .enumerate()
-    {
-        let run_dir = dir.join(format!("pair-{}", mode.name()));
-        std::fs::create_dir_all(&run_dir).map_err(io("creating the pair's directory"))?;
-        let pair = Pair::start(&run_dir, volume, mode)?;
-        let label = if mode == ReplicationMode::Sync {
-            "tandem (sync peer)"
-        } else {
-            "tandem (async peer)"
-        };
-        rates[i] = copy_into(&pair, source, size, label)?;
-        pair.wait_in_sync(Duration::from_secs(300))?;
-        for (which, path) in [
-            ("primary", &pair.primary_backing),
-            ("peer", &pair.peer_backing),
-        ] {
-            if let Some(offset) = first_difference_prefix(source, path)? {
-                return Err(BenchError::Peer(format!(
-                    "{label}: the {which}'s copy differs from the source at byte {offset}"
-                )));
-            }
-        }
-        drop(pair);
-        let _ = std::fs::remove_dir_all(&run_dir);
-    }
+    let volume = size.max(opts.resync_mib << 20);
+    let sync = with_pair(dir, volume, ReplicationMode::Sync, |pair| {
+        sync_rows(pair, source, size, opts)
+    })?;
+    let async_mib_s = with_pair(dir, volume, ReplicationMode::Async, |pair| {
+        copy_and_check(pair, source, size, "tandem (async peer)")
+    })?;
+    let (resync_mib_s, resynced) = resync_row(dir, volume, opts)?;
+    Ok(ReplicatedFigures {
+        sync_mib_s: sync.0,
+        async_mib_s,
+        cap_mib_s: mib_s(opts.cap_mbit),
+        resync_mib_s,
+        changed_bytes: opts.resync_mib << 20,
+        resynced_bytes: resynced,
+        sync: sync.1,
+    })
+}
 
-    // Resync: disconnect, change `resync_mib`, cap the link, reconnect, time it.
+/// Starts a pair in its own directory, runs `f` on it, then stops it and removes the
+/// directory (also when `f` fails).
+fn with_pair<T>(
+    dir: &Path,
+    volume: u64,
+    mode: ReplicationMode,
+    f: impl FnOnce(&Pair) -> Result<T, BenchError>,
+) -> Result<T, BenchError> {
+    let run_dir = dir.join(format!("pair-{}", mode.name()));
+    std::fs::create_dir_all(&run_dir).map_err(io("creating the pair's directory"))?;
+    let out = Pair::start(&run_dir, volume, mode).and_then(|pair| f(&pair));
+    let _ = std::fs::remove_dir_all(&run_dir);
+    out
+}
+
+/// nbdcopy into the pair, wait until the peer is in sync, and check both copies.
+fn copy_and_check(
+    pair: &Pair,
+    source: &Path,
+    size: u64,
+    label: &'static str,
+) -> Result<f64, BenchError> {
+    let rate = copy_into(pair, source, size, label)?;
+    pair.wait_in_sync(Duration::from_secs(300))?;
+    check_copies(pair, source, label)?;
+    Ok(rate)
+}
+
+/// The sync pair: throughput and CPU per side, the link's round trip, QD1 latency, then
+/// throughput again over a capped link.
+fn sync_rows(
+    pair: &Pair,
+    source: &Path,
+    size: u64,
+    opts: &Options,
+) -> Result<(f64, SyncFigures), BenchError> {
+    let cpu = || [pair.cpu[0].total(), pair.cpu[1].total()];
+    let before = cpu();
+    let start = Instant::now();
+    let rate = copy_into(pair, source, size, "tandem (sync peer)")?;
+    let wall = start.elapsed();
+    let after = cpu();
+    let gib = size as f64 / (1u64 << 30) as f64;
+    pair.wait_in_sync(Duration::from_secs(300))?;
+    check_copies(pair, source, "tandem (sync peer)")?;
+    let rtt = latency::tcp_rtt(NS_PRIMARY, NS_PEER, addr(ADDR_PEER, PORT + 1), 500)?;
+    let latency = soft(latency::fio_qd1(&pair.socket, opts.latency_secs))?;
+    pair.wait_in_sync(Duration::from_secs(60))?;
+    cap_link(opts.link_mbit, true)?;
+    let capped_mib_s = copy_into(pair, source, size, "tandem (sync peer, capped link)")?;
+    pair.wait_in_sync(Duration::from_secs(300))?;
+    let per_gib = |i: usize| (after[i] - before[i]).as_secs_f64() / gib;
+    Ok((
+        rate,
+        SyncFigures {
+            cpu_s_per_gib: [per_gib(0), per_gib(1)],
+            wall_s_per_gib: wall.as_secs_f64() / gib,
+            rtt,
+            latency,
+            capped_mib_s,
+        },
+    ))
+}
+
+/// Checks both copies of the pair against the source.
+fn check_copies(pair: &Pair, source: &Path, label: &str) -> Result<(), BenchError> {
+    for (which, path) in [
+        ("primary", &pair.primary_backing),
+        ("peer", &pair.peer_backing),
+    ] {
+        if let Some(offset) = first_difference_prefix(source, path)? {
+            return Err(BenchError::Peer(format!(
+                "{label}: the {which}'s copy differs from the source at byte {offset}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A latency row that cannot run because fio is missing reports why; any other
+/// failure ends the benchmark.
+pub fn soft(r: Result<Latency, BenchError>) -> Result<Result<Latency, BenchError>, BenchError> {
+    match r {
+        Err(BenchError::Spawn { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Err(BenchError::Spawn {
+                tool: "fio",
+                source,
+            }))
+        }
+        Err(e) => Err(e),
+        Ok(l) => Ok(Ok(l)),
+    }
+}
+
+fn addr(ip: &str, port: u16) -> std::net::SocketAddr {
+    format!("{ip}:{port}").parse().expect("static address")
+}
+
+/// Resync: disconnect, change `resync_mib`, cap the link, reconnect, time it. MiB/s
+/// and bytes resynced.
+fn resync_row(dir: &Path, volume: u64, opts: &Options) -> Result<(f64, u64), BenchError> {
     let run_dir = dir.join("pair-resync");
     std::fs::create_dir_all(&run_dir).map_err(io("creating the pair's directory"))?;
-    let changed = resync_mib << 20;
+    let out = resync_in(&run_dir, volume, opts);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    out
+}
+
+fn resync_in(run_dir: &Path, volume: u64, opts: &Options) -> Result<(f64, u64), BenchError> {
+    let changed = opts.resync_mib << 20;
     let changes = run_dir.join("changes.raw");
     write_random(&changes, changed)?;
-    let pair = Pair::start(&run_dir, volume, ReplicationMode::Sync)?;
+    let pair = Pair::start(run_dir, volume, ReplicationMode::Sync)?;
+    // Start in sync, so that the resync carries only what changes while apart.
+    pair.wait_in_sync(Duration::from_secs(60))?;
     pair.link(false)?;
     copy_into(&pair, &changes, changed, "tandem (disconnected)")?;
     let before = pair.status()?.peers.first().map_or(0, |p| p.resynced_bytes);
-    let rate = format!("{cap_mbit}mbit");
-    sh(
-        "ip",
-        &[
-            "netns", "exec", NS_PRIMARY, "tc", "qdisc", "add", "dev", "a0", "root", "tbf", "rate",
-            &rate, "burst", "1mb", "latency", "100ms",
-        ],
-    )?;
+    cap_link(opts.cap_mbit, false)?;
     let start = Instant::now();
     pair.link(true)?;
     let after = pair.wait_in_sync(Duration::from_secs(600))?;
@@ -417,20 +579,90 @@ pub fn run(
             "after the resync the peer differs at byte {offset}"
         )));
     }
-    drop(pair);
-    let _ = std::fs::remove_dir_all(&run_dir);
-    Ok(ReplicatedFigures {
-        sync_mib_s: rates[0],
-        async_mib_s: rates[1],
-        cap_mib_s: cap_mbit as f64 * 1e6 / 8.0 / (1 << 20) as f64,
-        resync_mib_s: resynced as f64 / (1 << 20) as f64 / secs,
-        changed_bytes: changed,
-        resynced_bytes: resynced,
-    })
+    Ok((resynced as f64 / (1 << 20) as f64 / secs, resynced))
 }
 
 /// The first offset where `copy` differs from `source`, over `source`'s length (the
 /// volume may be larger).
 fn first_difference_prefix(source: &Path, copy: &Path) -> Result<Option<u64>, BenchError> {
     first_difference(source, copy, true)
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+impl ReplicatedFigures {
+    /// Prints the replicated rows beside their goals; `unreplicated` is the row without
+    /// a peer (MiB/s and QD1 latency).
+    pub fn print(
+        &self,
+        opts: &Options,
+        unreplicated_mib_s: f64,
+        unreplicated: &Result<Latency, BenchError>,
+    ) {
+        println!(
+            "{:<18} {:>9.1} MiB/s",
+            "tandem (sync peer)", self.sync_mib_s
+        );
+        println!(
+            "{:<18} {:>9.1} MiB/s",
+            "tandem (async peer)", self.async_mib_s
+        );
+        println!(
+            "sync / unreplicated = {:.2}   (goal >= 0.9; the peer is across a veth link)",
+            self.sync_mib_s / unreplicated_mib_s
+        );
+        println!(
+            "async / unreplicated = {:.2}",
+            self.async_mib_s / unreplicated_mib_s
+        );
+        let s = &self.sync;
+        let cap = mib_s(opts.link_mbit);
+        println!(
+            "sync over a link capped at {} Mbit/s ({:.1} MiB/s): {:.1} MiB/s = {:.2} of the cap   (goal >= 0.95; issue 14: 109 of 119 MiB/s, 0.91)",
+            opts.link_mbit, cap, s.capped_mib_s, s.capped_mib_s / cap
+        );
+        println!(
+            "CPU per replicated GiB (sync row, {:.2} s/GiB of wall time): primary {:.2} s, peer {:.2} s   (no goal set)",
+            s.wall_s_per_gib, s.cpu_s_per_gib[0], s.cpu_s_per_gib[1]
+        );
+        println!(
+            "link round trip (TCP ping-pong, median): {:.1} us",
+            us(s.rtt)
+        );
+        match &s.latency {
+            Ok(l) => println!(
+                "{:<18} QD1 4 KiB write p50 {:>7.1} us  p99 {:>7.1} us  ({} writes)",
+                "tandem (sync peer)",
+                us(l.p50),
+                us(l.p99),
+                l.ios
+            ),
+            Err(e) => println!("tandem (sync peer) QD1 latency not measured: {e}"),
+        }
+        if let (Ok(sync), Ok(alone)) = (&s.latency, unreplicated) {
+            for (what, sync, alone) in [("p50", sync.p50, alone.p50), ("p99", sync.p99, alone.p99)]
+            {
+                let bound = (us(alone) + us(s.rtt)) * 1.15;
+                println!(
+                    "sync {what} {:.1} us vs (unreplicated {:.1} + RTT {:.1}) x 1.15 = {:.1} us: {:.2} of the bound   (goal <= 1.0)",
+                    us(sync), us(alone), us(s.rtt), bound, us(sync) / bound
+                );
+            }
+        }
+        println!(
+            "resync over a link capped at {} Mbit/s ({:.1} MiB/s): {:.1} MiB/s = {:.2} of the cap   (goal >= 0.9)",
+            opts.cap_mbit,
+            self.cap_mib_s,
+            self.resync_mib_s,
+            self.resync_mib_s / self.cap_mib_s
+        );
+        println!(
+            "bytes resynced / bytes changed = {} / {} = {:.3}   (goal <= 1.05)",
+            self.resynced_bytes,
+            self.changed_bytes,
+            self.resynced_bytes as f64 / self.changed_bytes as f64
+        );
+    }
 }
