@@ -2015,23 +2015,11 @@ impl Mirror {
             if primary && theirs.primary {
                 return Err("split brain: the peer became primary too".into());
             }
-            if was_primary != theirs.primary && !primary {
-                // A primary stepped down or a new one came: whichever this copy
-                // followed is lost. A new one reconciles with this copy: it gets this
-                // copy's bitmap and resyncs the union before this copy adopts its
-                // generation.
-                st.primary_lost();
-                if theirs.primary {
-                    st.follow(peer);
-                    // A copy that never held data has nothing to reconcile: it takes
-                    // the new primary's generation at once (a brand-new pair).
-                    if st.gens.current == 0 && st.gens.history.is_empty() {
-                        st.gens.synced_with(peer, theirs.generations.current);
-                    }
-                    self.send_bitmap(&st, peer);
-                    drop(st);
-                    return Ok(());
-                }
+            if was_primary != theirs.primary
+                && !primary
+                && self.primary_changed(&mut st, peer, theirs)
+            {
+                return Ok(());
             }
             let Some(p) = st.peers.get_mut(peer) else {
                 return Ok(());

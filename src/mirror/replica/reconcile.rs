@@ -106,6 +106,30 @@ impl Mirror {
         }
     }
 
+    /// As secondary, `peer` stepped down or became primary: whichever primary this copy
+    /// followed is lost. A new one reconciles with this copy: it gets this copy's bitmap
+    /// and resyncs the union before this copy adopts its generation. Returns whether the
+    /// State needs nothing more (a new primary).
+    pub(super) fn primary_changed(
+        &self,
+        st: &mut State,
+        peer: &str,
+        theirs: &crate::mirror::wire::CopyState,
+    ) -> bool {
+        st.primary_lost();
+        if !theirs.primary {
+            return false;
+        }
+        st.follow(peer);
+        // A copy that never held data has nothing to reconcile: it takes the new
+        // primary's generation at once (a brand-new pair).
+        if st.gens.current == 0 && st.gens.history.is_empty() {
+            st.gens.synced_with(peer, theirs.generations.current);
+        }
+        self.send_bitmap(st, peer);
+        true
+    }
+
     /// As secondary: a peer-ack from the primary `peer`. The ranges it covers are
     /// marked toward the copies that do not hold them.
     pub(crate) fn on_peer_ack(
