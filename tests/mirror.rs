@@ -545,10 +545,13 @@ fn a_crashed_primary_resyncs_only_its_activity_log() {
     let oos = a.peer("b").out_of_sync_bytes;
     assert!(oos > 0 && oos <= 3 * 4 * MIB, "crash-dirty {oos}");
     connected(&a, &b);
+    // Two secondaries: nothing moves until one is promoted and reconciles.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.peer("b").resynced_bytes, 0);
+    a.on(a.m.promote(E0)).unwrap();
     in_sync(&a, &b);
     let resynced = a.peer("b").resynced_bytes;
     assert!(resynced <= 3 * 4 * MIB, "resynced {resynced}");
-    a.on(a.m.promote(E0)).unwrap();
     a.write(5 * MIB, pattern(99, 4096));
     a.on(a.m.demote()).unwrap();
     a.stop();

@@ -195,6 +195,7 @@ impl Sim {
             epoch: tandem::mirror::generation::OwnershipEpoch::default(),
             last_seq: 0,
             following: false,
+            resolving: false,
         }
     }
 
@@ -624,6 +625,16 @@ impl Sim {
         }
         self.c[i].primary = true;
         self.c[i].al = ActivityLog::new(AL_CAPACITY);
+        // Promoted while connected: the in-session reconcile (the peer's bitmap comes
+        // over and the new primary resyncs the union; nothing moves between two
+        // secondaries before).
+        if self.link && self.c[i].resync.is_none() {
+            let theirs = self.c[1 - i].core.bitmap().clone();
+            if !theirs.is_clean() || !self.c[i].core.bitmap().is_clean() {
+                self.c[i].core.bitmap_mut().merge(&theirs);
+                self.start_resync(i, false);
+            }
+        }
         true
     }
 

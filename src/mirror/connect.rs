@@ -11,10 +11,11 @@
 //! - a split brain is resolved only by the [`SplitBrainPolicy`] or an administrator's
 //!   [`Resolution`] (through the state a copy shows, [`advertised`]), never into a
 //!   primary;
+//! - nothing moves between two secondaries (unless a split brain is being resolved):
+//!   a copy takes resyncs from a primary only, which reconciles with every copy when
+//!   it is promoted, and only a copy holding every acknowledged write is promoted;
 //! - in sync but with dirty blocks on either side (crash-dirty, or ranges a secondary
-//!   could not prove when it lost its primary: `mirror::reconcile`): one side sends
-//!   (the primary, else the copy further along the write stream by `last_seq`, else
-//!   the copy whose node name sorts first);
+//!   could not prove when it lost its primary: `mirror::reconcile`): the primary sends;
 //! - a sender sends its bitmap for the peer; when the peer has dirty blocks of its own,
 //!   the peer first sends its bitmap ([`ConnectPlan::send_bitmap`]) and the sender
 //!   resyncs the union ([`Blocks::Union`]), so a crashed primary that returns gets
@@ -143,6 +144,7 @@ fn view(s: &CopyState) -> PeerView {
         primary: s.primary,
         last_seq: s.last_seq,
         following: s.following,
+        resolving: s.resolving,
         epoch: s.epoch,
     }
 }
@@ -182,7 +184,7 @@ fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side
         },
         Unrelated => return Err(Refusal::Unrelated),
     };
-    let (resync, disk) = only_from_the_followed_primary(me, peer, resync, disk);
+    let (resync, disk) = no_resync_between_secondaries(me, peer, decision, resync, disk);
     Ok(Side {
         decision,
         resync,
@@ -190,22 +192,31 @@ fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side
     })
 }
 
-/// Between two secondaries, nothing moves to one that follows a primary: it takes
-/// resyncs only from that primary (found by the simulation: a copy took a secondary's
-/// older blocks while its primary resynced it, and adopted that generation).
-fn only_from_the_followed_primary(
+/// Between two secondaries nothing moves, except to resolve a split brain: a copy
+/// takes resyncs from a primary only, which reconciles with every copy when it is
+/// promoted (and only a copy holding every acknowledged write is promoted). Which of
+/// two secondaries holds the acknowledged writes cannot be told from the copies: a
+/// primary that crashed and returns has them in its crash-dirty extents while an async
+/// copy that followed it is further along by `last_seq` and lacks them (found in the
+/// lab: the async copy overwrote them, and a copy a primary was resyncing took a
+/// secondary's older blocks in the simulation).
+fn no_resync_between_secondaries(
     me: &PeerView,
     peer: &PeerView,
+    decision: SyncDecision,
     resync: Resync,
     disk: DiskState,
 ) -> (Resync, DiskState) {
-    if me.primary || peer.primary {
+    // Not even to a copy without usable data (the simulation: a sync target took an
+    // async secondary's blocks while the primary resynced it, and was promoted).
+    let resolving = me.resolving || peer.resolving;
+    if me.primary || peer.primary || decision == SyncDecision::SplitBrain || resolving {
         return (resync, disk);
     }
     match resync {
-        Resync::Send(_) if peer.following => (Resync::None, disk),
-        Resync::Receive if me.following => (Resync::None, me.disk),
-        _ => (resync, disk),
+        Resync::Send(_) => (Resync::None, disk),
+        Resync::Receive => (Resync::None, me.disk),
+        Resync::None => (resync, disk),
     }
 }
 
@@ -267,9 +278,11 @@ pub fn advertised(mut state: CopyState, peer: &str, resolution: Option<Resolutio
             if !state.primary && state.generations.current == generation =>
         {
             state.disk = DiskState::Inconsistent;
+            state.resolving = true;
         }
         Some(Resolution::Mine { peer_generation }) => {
             state.generations = state.generations.superseding(peer, peer_generation);
+            state.resolving = true;
         }
         _ => {}
     }
@@ -313,6 +326,7 @@ mod tests {
             epoch: crate::mirror::generation::OwnershipEpoch(0),
             last_seq: 0,
             following: false,
+            resolving: false,
         }
     }
 
@@ -392,23 +406,39 @@ mod tests {
     }
 
     #[test]
-    fn between_secondaries_the_copy_further_along_the_stream_sends() {
+    fn nothing_moves_between_two_secondaries_until_a_primary_reconciles_them() {
+        // Found in the lab: a crashed primary (a, crash-dirty extents holding writes it
+        // acknowledged) returns next to the async copy that followed it (b, further
+        // along by last_seq): b's blocks would have overwritten a's.
         let mut a = state("a", 100, DiskState::UpToDate);
         let mut b = state("b", 100, DiskState::UpToDate);
         a.changed_blocks = 2;
         b.changed_blocks = 9;
-        (a.last_seq, b.last_seq) = (10, 40);
+        (a.last_seq, b.last_seq) = (0, 40);
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
-        assert_eq!(pb.resync, Resync::Send(Blocks::Union), "b is further along");
-        assert_eq!(pa.resync, Resync::None);
-        assert!(pa.send_bitmap);
+        assert_eq!((pa.resync, pb.resync), (Resync::None, Resync::None));
+        assert!(!pa.send_bitmap && !pb.send_bitmap);
+        // Newer generations between secondaries: nothing moves either.
+        let (mut n, mut o) = a_ahead();
+        n.primary = false;
+        n.changed_blocks = 0;
+        o.changed_blocks = 0;
+        let (pn, po) = both(&n, &o, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!((pn.resync, po.resync), (Resync::None, Resync::None));
+        assert_eq!(po.local_disk, DiskState::UpToDate);
+        // Nor to a copy without usable data: only a primary resyncs it.
+        o.disk = DiskState::Inconsistent;
+        let (pn, po) = both(&n, &o, SplitBrainPolicy::Disconnect).unwrap();
+        assert_eq!((pn.resync, po.resync), (Resync::None, Resync::None));
+        assert_eq!(po.local_disk, DiskState::Inconsistent);
     }
 
     #[test]
-    fn crash_dirty_blocks_in_sync_go_from_the_primary_or_the_first_name() {
+    fn crash_dirty_blocks_in_sync_go_from_the_primary() {
         let mut a = state("a", 100, DiskState::UpToDate);
         let mut b = state("b", 100, DiskState::UpToDate);
         b.changed_blocks = 4;
+        a.primary = true;
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
         assert_eq!(
             pa.resync,
@@ -417,6 +447,7 @@ mod tests {
         );
         assert!(pb.send_bitmap);
         assert_eq!(pb.resync, Resync::None);
+        a.primary = false;
         b.primary = true;
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
         assert_eq!(
@@ -448,7 +479,8 @@ mod tests {
 
     #[test]
     fn a_fresh_copy_takes_everything() {
-        let a = state("a", 100, DiskState::UpToDate);
+        let mut a = state("a", 100, DiskState::UpToDate);
+        a.primary = true;
         let n = state("n", 0, DiskState::UpToDate);
         let (pa, pn) = both(&a, &n, SplitBrainPolicy::Disconnect).unwrap();
         assert_eq!(pa.resync, Resync::Send(Blocks::All));

@@ -189,6 +189,9 @@ pub struct PeerView {
     /// A secondary connected to a primary (see `CopyState::following`).
     #[serde(default)]
     pub following: bool,
+    /// A pending split-brain resolution (see `CopyState::resolving`).
+    #[serde(default)]
+    pub resolving: bool,
     /// A primary's ownership epoch (the one it was promoted under); a secondary's is the
     /// highest it followed or was promoted at (see [`SplitBrainPolicy::DiscardYoungerPrimary`]).
     pub epoch: OwnershipEpoch,
@@ -411,6 +414,7 @@ mod tests {
             primary,
             last_seq: 0,
             following: false,
+            resolving: false,
             epoch: OwnershipEpoch(0),
         };
         let v1 = view("n1", &n1, 12, false);
@@ -430,6 +434,7 @@ mod tests {
             primary: false,
             last_seq: 0,
             following: false,
+            resolving: false,
             epoch: OwnershipEpoch(0),
         }
     }

@@ -35,7 +35,7 @@
 //! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
 //! strictly ascending peer order; history: u8 count ≤ [`HISTORY_LEN`] of u64), disk u8
 //! (0 up_to_date, 1 outdated, 2 inconsistent, 3 sync_source, 4 sync_target), primary u8
-//! (0/1), changed_blocks u64, epoch u64, last_seq u64, following u8 (0/1).
+//! (0/1), changed_blocks u64, epoch u64, last_seq u64, following u8 (0/1), resolving u8 (0/1).
 //!
 //! # Reconciliation
 //! Data frames carry the primary's operation number (`seq`, one numbering for all its
@@ -162,6 +162,7 @@ const STATE_MAX: usize = 2 * (1 + MAX_STR)
     + 8
     + 8
     + 8
+    + 1
     + 1;
 
 /// Frame type codes.
@@ -212,6 +213,9 @@ pub struct CopyState {
     /// A secondary that follows a primary (connected to it): it takes resyncs only
     /// from that primary, never from another secondary.
     pub following: bool,
+    /// The state shows a pending split-brain resolution (`connect::advertised`): a
+    /// resync between two secondaries may then run.
+    pub resolving: bool,
 }
 
 /// One frame after the handshake.
@@ -500,6 +504,7 @@ fn put_state(out: &mut Vec<u8>, s: &CopyState) {
     put_u64(out, s.epoch.0);
     put_u64(out, s.last_seq);
     out.push(u8::from(s.following));
+    out.push(u8::from(s.resolving));
 }
 
 /// Appends the type byte and the body of `frame` to `out`, except a trailing payload
@@ -895,6 +900,7 @@ fn decode_state(cur: &mut Cur<'_>) -> Result<CopyState, WireError> {
         epoch: cur.epoch()?,
         last_seq: cur.u64()?,
         following: cur.bool()?,
+        resolving: cur.bool()?,
     })
 }
 

@@ -1262,6 +1262,7 @@ impl Mirror {
             epoch: st.epoch.stamp(),
             last_seq: st.unproven.last_seq().max(st.next_seq.saturating_sub(1)),
             following: st.followed.is_some(),
+            resolving: false,
         };
         // A pending split-brain resolution changes what the peer is shown.
         connect::advertised(own, peer, self.meta.resolution(peer))

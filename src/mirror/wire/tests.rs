@@ -71,6 +71,7 @@ fn arb_state() -> impl Strategy<Value = CopyState> {
                     epoch: OwnershipEpoch(epoch),
                     last_seq: epoch ^ changed,
                     following: primary && changed % 2 == 0,
+                    resolving: false,
                 }
             },
         )
@@ -257,9 +258,13 @@ fn epochs_are_on_the_wire_where_the_table_says() {
         epoch: OwnershipEpoch(4),
         last_seq: 0,
         following: false,
+        resolving: false,
     };
     let bytes = encoded(&Frame::State(state.clone()));
-    assert_eq!(bytes[bytes.len() - 17..bytes.len() - 9], 4u64.to_be_bytes());
+    assert_eq!(
+        bytes[bytes.len() - 18..bytes.len() - 10],
+        4u64.to_be_bytes()
+    );
     assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::State(state));
     for frame in [
         Frame::Trim {
@@ -353,6 +358,7 @@ fn strictness() {
         epoch: OwnershipEpoch(0),
         last_seq: 0,
         following: false,
+        resolving: false,
     };
     state.generations.bitmap.insert("p".into(), 1);
     state.generations.bitmap.insert("q".into(), 2);
@@ -378,14 +384,15 @@ fn strictness() {
         epoch: OwnershipEpoch(0),
         last_seq: 0,
         following: false,
+        resolving: false,
     };
     let good = encoded(&Frame::State(state));
     let n = good.len();
     let mut b = good.clone();
-    b[n - 27] = 5;
+    b[n - 28] = 5;
     assert!(malformed(&b));
     let mut b = good.clone();
-    b[n - 26] = 2;
+    b[n - 27] = 2;
     assert!(malformed(&b));
 }
 
@@ -467,6 +474,7 @@ fn largest_frames_fit_their_limits() {
         epoch: OwnershipEpoch(u64::MAX),
         last_seq: 0,
         following: false,
+        resolving: false,
     };
     let bytes = encoded(&Frame::State(state.clone()));
     assert_eq!(bytes.len(), 4 + 1 + STATE_MAX);
