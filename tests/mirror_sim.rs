@@ -193,8 +193,6 @@ impl Sim {
             changed_blocks: self.c[i].core.bitmap().dirty_blocks(),
             // One owner lineage: the simulation's primaries never go stale by epoch.
             epoch: tandem::mirror::generation::OwnershipEpoch::default(),
-            last_seq: 0,
-            following: false,
             resolving: false,
         }
     }

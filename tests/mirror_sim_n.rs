@@ -370,8 +370,6 @@ impl Sim {
             primary: c.primary,
             changed_blocks: self.peer_ref(i, j).core.bitmap().dirty_blocks(),
             epoch: OwnershipEpoch::default(),
-            last_seq: c.unproven.last_seq().max(c.next_seq.saturating_sub(1)),
-            following: c.followed.is_some(),
             resolving: false,
         }
     }

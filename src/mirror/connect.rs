@@ -142,8 +142,6 @@ fn view(s: &CopyState) -> PeerView {
         disk: s.disk,
         changed_blocks: s.changed_blocks,
         primary: s.primary,
-        last_seq: s.last_seq,
-        following: s.following,
         resolving: s.resolving,
         epoch: s.epoch,
     }
@@ -197,7 +195,7 @@ fn side(me: &PeerView, peer: &PeerView, policy: SplitBrainPolicy) -> Result<Side
 /// promoted (and only a copy holding every acknowledged write is promoted). Which of
 /// two secondaries holds the acknowledged writes cannot be told from the copies: a
 /// primary that crashed and returns has them in its crash-dirty extents while an async
-/// copy that followed it is further along by `last_seq` and lacks them (found in the
+/// copy that followed it is further along the write stream and lacks them (found in the
 /// lab: the async copy overwrote them, and a copy a primary was resyncing took a
 /// secondary's older blocks in the simulation).
 fn no_resync_between_secondaries(
@@ -248,13 +246,11 @@ fn with_roles(me: &PeerView, peer: &PeerView, decision: SyncDecision) -> SyncDec
     }
 }
 
-/// In sync with dirty blocks: the primary sends, else the copy further along the
-/// write stream, else the first name.
+/// In sync with dirty blocks: the primary sends, else (resolving a split brain) the
+/// first name.
 fn in_sync_sender(me: &PeerView, peer: &PeerView) -> bool {
     if me.primary != peer.primary {
         me.primary
-    } else if me.last_seq != peer.last_seq {
-        me.last_seq > peer.last_seq
     } else {
         me.name < peer.name
     }
@@ -324,8 +320,6 @@ mod tests {
             primary: false,
             changed_blocks: 0,
             epoch: crate::mirror::generation::OwnershipEpoch(0),
-            last_seq: 0,
-            following: false,
             resolving: false,
         }
     }
@@ -409,12 +403,11 @@ mod tests {
     fn nothing_moves_between_two_secondaries_until_a_primary_reconciles_them() {
         // Found in the lab: a crashed primary (a, crash-dirty extents holding writes it
         // acknowledged) returns next to the async copy that followed it (b, further
-        // along by last_seq): b's blocks would have overwritten a's.
+        // along the write stream): b's blocks would have overwritten a's.
         let mut a = state("a", 100, DiskState::UpToDate);
         let mut b = state("b", 100, DiskState::UpToDate);
         a.changed_blocks = 2;
         b.changed_blocks = 9;
-        (a.last_seq, b.last_seq) = (0, 40);
         let (pa, pb) = both(&a, &b, SplitBrainPolicy::Disconnect).unwrap();
         assert_eq!((pa.resync, pb.resync), (Resync::None, Resync::None));
         assert!(!pa.send_bitmap && !pb.send_bitmap);

@@ -183,12 +183,6 @@ pub struct PeerView {
     /// Blocks this copy changed since the shared generation (its bitmap for the other).
     pub changed_blocks: u64,
     pub primary: bool,
-    /// The highest write-stream number applied or given (see `CopyState::last_seq`).
-    #[serde(default)]
-    pub last_seq: u64,
-    /// A secondary connected to a primary (see `CopyState::following`).
-    #[serde(default)]
-    pub following: bool,
     /// A pending split-brain resolution (see `CopyState::resolving`).
     #[serde(default)]
     pub resolving: bool,
@@ -412,8 +406,6 @@ mod tests {
             disk: DiskState::UpToDate,
             changed_blocks: changed,
             primary,
-            last_seq: 0,
-            following: false,
             resolving: false,
             epoch: OwnershipEpoch(0),
         };
@@ -432,8 +424,6 @@ mod tests {
             disk,
             changed_blocks: 0,
             primary: false,
-            last_seq: 0,
-            following: false,
             resolving: false,
             epoch: OwnershipEpoch(0),
         }

@@ -116,7 +116,7 @@ impl Unproven {
         self.last_seq = self.last_seq.max(seq);
     }
 
-    /// The highest number applied (the `last_seq` a copy announces on connect).
+    /// The highest number applied (a new primary numbers above it).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
     }

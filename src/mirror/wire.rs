@@ -35,7 +35,7 @@
 //! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
 //! strictly ascending peer order; history: u8 count ≤ [`HISTORY_LEN`] of u64), disk u8
 //! (0 up_to_date, 1 outdated, 2 inconsistent, 3 sync_source, 4 sync_target), primary u8
-//! (0/1), changed_blocks u64, epoch u64, last_seq u64, following u8 (0/1), resolving u8 (0/1).
+//! (0/1), changed_blocks u64, epoch u64, resolving u8 (0/1).
 //!
 //! # Reconciliation
 //! Data frames carry the primary's operation number (`seq`, one numbering for all its
@@ -111,8 +111,8 @@ use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch, HISTORY_
 #[cfg(test)]
 mod tests;
 
-/// Protocol version carried in the hello (3: peer-acks, bitmap exchange and `last_seq`
-/// in `State`; 2 added ownership epochs. An older peer is refused in the hello).
+/// Protocol version carried in the hello (3: peer-acks, bitmap exchange and
+/// `resolving` in `State`; 2 added ownership epochs. An older peer is refused in the hello).
 pub const VERSION: u16 = 3;
 /// The most runs one `BitmapRuns` carries.
 pub const MAX_RUNS: usize = 65_536;
@@ -161,8 +161,6 @@ const STATE_MAX: usize = 2 * (1 + MAX_STR)
     + 1
     + 8
     + 8
-    + 8
-    + 1
     + 1;
 
 /// Frame type codes.
@@ -207,12 +205,6 @@ pub struct CopyState {
     pub changed_blocks: u64,
     /// A primary's ownership epoch, or the highest a secondary has followed.
     pub epoch: OwnershipEpoch,
-    /// The highest operation number this copy applied from (or, as primary, gave to)
-    /// the write stream: between two secondaries, the one further along sends.
-    pub last_seq: u64,
-    /// A secondary that follows a primary (connected to it): it takes resyncs only
-    /// from that primary, never from another secondary.
-    pub following: bool,
     /// The state shows a pending split-brain resolution (`connect::advertised`): a
     /// resync between two secondaries may then run.
     pub resolving: bool,
@@ -502,8 +494,6 @@ fn put_state(out: &mut Vec<u8>, s: &CopyState) {
     out.push(u8::from(s.primary));
     put_u64(out, s.changed_blocks);
     put_u64(out, s.epoch.0);
-    put_u64(out, s.last_seq);
-    out.push(u8::from(s.following));
     out.push(u8::from(s.resolving));
 }
 
@@ -898,8 +888,6 @@ fn decode_state(cur: &mut Cur<'_>) -> Result<CopyState, WireError> {
         primary: cur.bool()?,
         changed_blocks: cur.u64()?,
         epoch: cur.epoch()?,
-        last_seq: cur.u64()?,
-        following: cur.bool()?,
         resolving: cur.bool()?,
     })
 }

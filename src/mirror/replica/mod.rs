@@ -1260,8 +1260,6 @@ impl Mirror {
             primary: st.primary,
             changed_blocks: changed,
             epoch: st.epoch.stamp(),
-            last_seq: st.unproven.last_seq().max(st.next_seq.saturating_sub(1)),
-            following: st.followed.is_some(),
             resolving: false,
         };
         // A pending split-brain resolution changes what the peer is shown.

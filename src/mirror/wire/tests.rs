@@ -69,8 +69,6 @@ fn arb_state() -> impl Strategy<Value = CopyState> {
                     primary,
                     changed_blocks: changed,
                     epoch: OwnershipEpoch(epoch),
-                    last_seq: epoch ^ changed,
-                    following: primary && changed % 2 == 0,
                     resolving: false,
                 }
             },
@@ -246,7 +244,7 @@ fn epochs_are_on_the_wire_where_the_table_says() {
         generation: 6,
     });
     assert_eq!(end[5..13], 4u64.to_be_bytes());
-    // State: the epoch comes before last_seq, and it survives the round trip.
+    // State: the epoch comes before resolving, and it survives the round trip.
     let state = CopyState {
         node: "a".into(),
         mirror: "m".into(),
@@ -256,15 +254,10 @@ fn epochs_are_on_the_wire_where_the_table_says() {
         primary: true,
         changed_blocks: 0,
         epoch: OwnershipEpoch(4),
-        last_seq: 0,
-        following: false,
         resolving: false,
     };
     let bytes = encoded(&Frame::State(state.clone()));
-    assert_eq!(
-        bytes[bytes.len() - 18..bytes.len() - 10],
-        4u64.to_be_bytes()
-    );
+    assert_eq!(bytes[bytes.len() - 9..bytes.len() - 1], 4u64.to_be_bytes());
     assert_eq!(decode(&bytes).unwrap().unwrap().0, Frame::State(state));
     for frame in [
         Frame::Trim {
@@ -356,8 +349,6 @@ fn strictness() {
         primary: false,
         changed_blocks: 0,
         epoch: OwnershipEpoch(0),
-        last_seq: 0,
-        following: false,
         resolving: false,
     };
     state.generations.bitmap.insert("p".into(), 1);
@@ -382,17 +373,15 @@ fn strictness() {
         primary: false,
         changed_blocks: 0,
         epoch: OwnershipEpoch(0),
-        last_seq: 0,
-        following: false,
         resolving: false,
     };
     let good = encoded(&Frame::State(state));
     let n = good.len();
     let mut b = good.clone();
-    b[n - 28] = 5;
+    b[n - 19] = 5;
     assert!(malformed(&b));
     let mut b = good.clone();
-    b[n - 27] = 2;
+    b[n - 18] = 2;
     assert!(malformed(&b));
 }
 
@@ -472,8 +461,6 @@ fn largest_frames_fit_their_limits() {
         primary: true,
         changed_blocks: 9,
         epoch: OwnershipEpoch(u64::MAX),
-        last_seq: 0,
-        following: false,
         resolving: false,
     };
     let bytes = encoded(&Frame::State(state.clone()));
