@@ -16,16 +16,21 @@ packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepal
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
-missing=()
-for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "deps: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+# Two passes: installing one package can remove another that is already there (a
+# backported qemu-utils gives way to the qemu-system-x86 of Debian 12's own release);
+# the second pass puts back whatever the first took away.
+export DEBIAN_FRONTEND=noninteractive
+updated=
+for pass in 1 2; do
+    missing=()
+    for p in "${packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -gt 0 ] || break
+    echo "deps: installing ${missing[*]} (pass $pass)"
+    [ -n "$updated" ] || { apt-get update -qq; updated=1; }
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+done
 # keepalived, prometheus and snmpd are only run by the tests and the benchmarks,
 # snmptrapd by the tests; never let their services run on the host (nor openipmi's,
 # which loads the host's IPMI drivers).

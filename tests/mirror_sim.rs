@@ -294,7 +294,6 @@ impl Sim {
             self.now,
         ));
         self.c[src].resync_end_sent = false;
-        self.q[src].push_back(Msg::ResyncBegin);
     }
 
     /// The link drops (or a side lost power: `crashed`).
@@ -547,6 +546,14 @@ impl Sim {
             return;
         };
         match r.next(self.c[i].core.bitmap(), self.now) {
+            ResyncStep::Begin => {
+                r.begin();
+                if self.c[i].primary {
+                    // `Mirror::begin_resync`: the primary flushes its own disk first.
+                    self.c[i].durable = self.c[i].data.clone();
+                }
+                self.q[i].push_back(Msg::ResyncBegin);
+            }
             ResyncStep::Chunk { offset, len } => {
                 let blk = offset / BLOCK_BYTES;
                 let n = len / BLOCK_BYTES;

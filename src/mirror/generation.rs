@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// How many past generations a copy remembers.
-pub const HISTORY_LEN: usize = 4;
+pub const HISTORY_LEN: usize = 32;
 
 /// The ownership epoch of the group a mirror belongs to: the `Assignment.epoch` under
 /// which a node started the group and promoted its copy. Epochs only grow; a copy never
@@ -620,11 +620,12 @@ mod tests {
     fn history_is_bounded() {
         let mut g = Generations::new();
         g.current = 50;
-        for i in 1..=10 {
+        let minted = HISTORY_LEN as u64 + 6;
+        for i in 1..=minted {
             g.diverge(&["b"], i);
         }
         assert_eq!(g.history.len(), HISTORY_LEN);
-        assert_eq!(g.history[0], 9);
+        assert_eq!(g.history[0], minted - 1, "the newest first");
         assert_eq!(g.bitmap["b"], 50, "tracked from the last shared generation");
     }
 }

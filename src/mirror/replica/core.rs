@@ -549,6 +549,9 @@ impl TokenBucket {
 /// What the resync source does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResyncStep {
+    /// Not begun: send ResyncBegin first (a primary flushes its own disk before, see
+    /// `replica::Mirror::begin_resync`), then call [`ResyncSource::begin`].
+    Begin,
     /// Read and send `[offset, offset + len)` (whole blocks, at most 1 MiB, dirty).
     Chunk { offset: u64, len: u64 },
     /// The window is full: wait for a ResyncAck.
@@ -577,6 +580,7 @@ pub struct ResyncSource {
     rate: f64,
     rate_sample_start: Duration,
     rate_sample_bytes: u64,
+    begun: bool,
 }
 
 impl ResyncSource {
@@ -603,11 +607,20 @@ impl ResyncSource {
             rate: 0.0,
             rate_sample_start: now,
             rate_sample_bytes: 0,
+            begun: false,
         }
+    }
+
+    /// ResyncBegin went out: blocks may follow.
+    pub fn begin(&mut self) {
+        self.begun = true;
     }
 
     /// The next step, given the peer's bitmap.
     pub fn next(&mut self, bitmap: &DirtyBitmap, now: Duration) -> ResyncStep {
+        if !self.begun {
+            return ResyncStep::Begin;
+        }
         if self.in_flight_bytes >= RESYNC_WINDOW_BYTES {
             return ResyncStep::WaitAck;
         }
@@ -976,6 +989,12 @@ mod tests {
         bm.mark(0, 40 * MIB);
         let mut r = ResyncSource::new(false, &bm, vol, None, t(0));
         assert_eq!(r.total_bytes, 40 * MIB);
+        assert_eq!(
+            r.next(&bm, t(0)),
+            ResyncStep::Begin,
+            "nothing before the begin"
+        );
+        r.begin();
         let mut sent = 0;
         loop {
             match r.next(&bm, t(0)) {
@@ -1001,6 +1020,7 @@ mod tests {
         let mut bm = DirtyBitmap::new(vol);
         bm.mark(0, 8 * MIB);
         let mut r = ResyncSource::new(false, &bm, vol, Some(MIB), t(0));
+        r.begin();
         let ResyncStep::Chunk { offset, len } = r.next(&bm, t(0)) else {
             panic!()
         };

@@ -909,17 +909,17 @@ async fn drive_loop(m: Arc<Mirror>, peer: String, session: u64, tx: mpsc::Unboun
             });
         }
         match m.next_resync_step(&peer, session) {
+            Some(ResyncStep::Begin) => {
+                if let Err(e) = m.begin_resync(&peer, session).await {
+                    tracing::error!(error = %e, "cannot flush before a resync");
+                    m.end_session_of(&peer);
+                    return;
+                }
+            }
             Some(ResyncStep::Chunk { offset, len }) => {
                 if let Err(e) = m.send_resync_chunk(&peer, session, offset, len).await {
                     tracing::error!(error = %e, "resync read failed");
-                    if let Some(end) = m
-                        .lock()
-                        .peers
-                        .get(&peer)
-                        .and_then(|p| p.end_session.clone())
-                    {
-                        end.notify_one();
-                    }
+                    m.end_session_of(&peer);
                     return;
                 }
             }
@@ -948,6 +948,69 @@ impl Mirror {
         }
         let r = p.resync_source.as_mut()?;
         Some(r.next(p.core.bitmap(), now))
+    }
+
+    /// Ends `peer`'s session (its driver failed).
+    fn end_session_of(&self, peer: &str) {
+        if let Some(end) = self
+            .lock()
+            .peers
+            .get(peer)
+            .and_then(|p| p.end_session.clone())
+        {
+            end.notify_one();
+        }
+    }
+
+    /// Sends ResyncBegin, the target then turns SyncTarget and stops protecting the
+    /// writes it acknowledged so far. A primary first flushes its own disk, with no
+    /// write in flight (the exclusive gate): those writes then survive its power loss
+    /// too (found by `tests/mirror_sim_n.rs`: a crashed primary returned without a
+    /// write that only its resync target still held). Every later write reaches the
+    /// target after the begin.
+    async fn begin_resync(&self, peer: &str, session: u64) -> Result<(), ExportError> {
+        let _gate = self.gate.write().await;
+        if self.lock().primary {
+            self.volume.flush().await?;
+        }
+        let mut st = self.lock();
+        let epoch = st.epoch.stamp();
+        let allowed = st.may_resync_to(peer);
+        let Some(p) = st.peers.get_mut(peer).filter(|p| p.session == session) else {
+            return Ok(());
+        };
+        if !allowed {
+            // Nothing went out yet: the bitmap still holds every block.
+            p.resync_source = None;
+            return Ok(());
+        }
+        let (Some(tx), Some(r)) = (p.tx.clone(), p.resync_source.as_mut()) else {
+            return Ok(());
+        };
+        let (full, total) = (r.full, r.total_bytes);
+        let begin = Frame::ResyncBegin {
+            epoch,
+            full,
+            total_bytes: total,
+        };
+        if tx.send(begin).is_err() {
+            return Ok(());
+        }
+        r.begin();
+        let peer_marked = std::mem::take(&mut p.peer_marked_blocks) * BLOCK_BYTES;
+        self.emit(
+            EventKind::ResyncStarted,
+            &[
+                ("peer", peer.to_string()),
+                ("direction", "source".into()),
+                ("full", full.to_string()),
+                ("bytes", total.to_string()),
+                // Of which the peer asked for (its own bitmap, merged: a crashed
+                // primary's activity log, a secondary's unproven ranges).
+                ("peer_marked_bytes", peer_marked.to_string()),
+            ],
+        );
+        Ok(())
     }
 
     /// Reads one resync chunk and queues it, atomically with respect to application

@@ -43,7 +43,7 @@ use tracing::Instrument;
 
 use crate::config::{MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
-use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, BLOCK_BYTES, EXTENT_BYTES};
+use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
 use crate::mirror::connect::{self, Blocks, Refusal, Resync};
 use crate::mirror::generation::{
     promotion_refusal, DiskState, Generations, OwnershipEpoch, SplitBrainPolicy,
@@ -285,6 +285,19 @@ struct State {
 }
 
 impl State {
+    /// Whether this copy may (still) be a resync source toward `peer`: never toward a
+    /// primary, and a secondary not while another primary is connected (a copy takes
+    /// resyncs from its primary). Checked when a resync is planned and again when it
+    /// begins: a source demoted, or a target promoted, in between drops it.
+    fn may_resync_to(&self, peer: &str) -> bool {
+        let other_primary = self
+            .peers
+            .iter()
+            .any(|(n, p)| n != peer && p.peer_primary && p.conn == Conn::Connected);
+        let peer_primary = self.peers.get(peer).is_some_and(|p| p.peer_primary);
+        !peer_primary && (self.primary || !other_primary)
+    }
+
     /// A copy opened as secondary, with what its metadata says.
     fn secondary(
         disk: DiskState,
@@ -1279,11 +1292,9 @@ impl Mirror {
 
     fn start_resync(&self, st: &mut State, peer: &str, full: bool, force: bool) {
         let now = self.now();
-        let primary = st.primary;
-        let other_primary = st
-            .peers
-            .iter()
-            .any(|(n, p)| n != peer && p.peer_primary && p.conn == Conn::Connected);
+        if !st.may_resync_to(peer) {
+            return;
+        }
         let Some(p) = st.peers.get_mut(peer) else {
             return;
         };
@@ -1297,43 +1308,17 @@ impl Mirror {
             || (!force
                 && p.core.bitmap().is_clean()
                 && p.peer_disk.is_none_or(|d| d.promotable()))
-            || p.peer_primary
-            || (!primary && other_primary)
+            || p.tx.is_none()
         {
             return;
         }
-        let Some(tx) = &p.tx else {
-            return;
-        };
+        // ResyncBegin (and the event) go out from the session's driver
+        // (`begin_resync`).
         let r = ResyncSource::new(full, p.core.bitmap(), self.size, p.spec.rate_limit, now);
-        let total = r.total_bytes;
-        if tx
-            .send(Frame::ResyncBegin {
-                epoch: st.epoch.stamp(),
-                full,
-                total_bytes: total,
-            })
-            .is_err()
-        {
-            return;
-        }
         p.resync_source = Some(r);
         p.resync_end_sent = false;
         p.resync_source_started_ms = unix_ms();
         p.kick.notify_one();
-        let peer_marked = std::mem::take(&mut p.peer_marked_blocks) * BLOCK_BYTES;
-        self.emit(
-            EventKind::ResyncStarted,
-            &[
-                ("peer", peer.to_string()),
-                ("direction", "source".into()),
-                ("full", full.to_string()),
-                ("bytes", total.to_string()),
-                // Of which the peer asked for (its own bitmap, merged: a crashed
-                // primary's activity log, a secondary's unproven ranges).
-                ("peer_marked_bytes", peer_marked.to_string()),
-            ],
-        );
     }
 
     /// Waits until writes may go (not frozen, not suspended), or fails if this copy is
