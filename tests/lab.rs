@@ -2085,6 +2085,221 @@ fn mirror_a_crashed_primary_returns_with_a_partial_resync() {
     assert!(ratio <= 1.05, "ratio {ratio:.3}");
 }
 
+/// Both nodes of a two-node lab (no quorum) serve the mirror while n1 is isolated, each
+/// writing its own pattern apart: n1 `n1_mib` MiB of 11 at 64 MiB, n2 1 MiB of 22 at
+/// 96 MiB. After the heal the cluster keeps the group on one node; the copies meet as
+/// a split brain, unless `policy` settles it. Returns the lab and the node that kept
+/// the group (its copy is primary, the other's secondary).
+fn split_brain_lab(prefix: &str, policy: &str, n1_mib: u64) -> (Lab, &'static str) {
+    let lab = Lab::up(prefix, &["--split-brain", policy]);
+    lab.wait_vip("n1", Duration::from_secs(20));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.lab(&["isolate", "n1"]);
+    wait_for(
+        "n2 primary while n1 is isolated",
+        Duration::from_secs(60),
+        || (lab.mirror("n2")?["role"] == "primary").then_some(()),
+    );
+    for (node, cmd) in [
+        ("n1", format!("write -P 11 64M {n1_mib}M")),
+        ("n2", "write -P 22 96M 1M".to_string()),
+    ] {
+        let out = lab.qemu_io(node, &[cmd, "flush".to_string()]);
+        assert!(out.status.success(), "{node}: {}", describe(&out));
+    }
+    lab.lab(&["heal"]);
+    // One primary, one secondary, for two seconds in a row.
+    let mut since: Option<(Instant, &str)> = None;
+    let (keeper, d) = wait_for(
+        "one primary after the heal",
+        Duration::from_secs(60),
+        || {
+            let roles = [
+                lab.mirror("n1")?["role"].clone(),
+                lab.mirror("n2")?["role"].clone(),
+            ];
+            let keeper = match (roles[0].as_str()?, roles[1].as_str()?) {
+                ("primary", "secondary") => "n1",
+                ("secondary", "primary") => "n2",
+                _ => {
+                    since = None;
+                    return None;
+                }
+            };
+            match since {
+                Some((t, k)) if k == keeper && t.elapsed() >= Duration::from_secs(2) => {
+                    Some(keeper)
+                }
+                Some((_, k)) if k == keeper => None,
+                _ => {
+                    since = Some((Instant::now(), keeper));
+                    None
+                }
+            }
+        },
+    );
+    lab.note(&format!(
+        "{keeper} keeps the group ({} ms after the heal)",
+        ms(d)
+    ));
+    (lab, keeper)
+}
+
+/// What each node wrote apart in [`split_brain_lab`]: pattern, offset and MiB.
+fn written_apart(node: &str, n1_mib: u64) -> (u8, u64, u64) {
+    if node == "n1" {
+        (11, 64, n1_mib)
+    } else {
+        (22, 96, 1)
+    }
+}
+
+fn other(node: &str) -> &'static str {
+    if node == "n1" {
+        "n2"
+    } else {
+        "n1"
+    }
+}
+
+/// The loser's split-brain dump, saved with `--output`: its header names the survivor
+/// and how it was resolved, and the blocks the loser had written apart are in it.
+fn assert_dumped(lab: &Lab, keeper: &str, n1_mib: u64, resolved_by: &str) {
+    let loser = other(keeper);
+    let list = lab.admin(loser, &["mirror", "split-brain-dump", "data"]);
+    assert!(list.status.success(), "{}", describe(&list));
+    lab.note(&format!("{loser}'s dumps: {}", text(&list.stdout).trim()));
+    let file = lab.dir.join("split-brain.dump");
+    let out = lab.admin(
+        loser,
+        &[
+            "mirror",
+            "split-brain-dump",
+            "data",
+            "-o",
+            &file.to_string_lossy(),
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let bytes = std::fs::read(&file).expect("the dump file");
+    let header_end = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .expect("a header line");
+    let header: Value = serde_json::from_slice(&bytes[..header_end]).expect("a JSON header");
+    assert_eq!(header["survivor"], keeper, "{header}");
+    assert_eq!(header["resolved_by"], resolved_by, "{header}");
+    let (pattern, _, mib) = written_apart(loser, n1_mib);
+    let found = bytes[header_end..]
+        .iter()
+        .filter(|b| **b == pattern)
+        .count() as u64;
+    assert!(
+        found >= mib << 20,
+        "{loser}'s {mib} MiB of pattern {pattern} is not in its dump ({found} bytes)"
+    );
+}
+
+/// The loser's copy holds the keeper's blocks and none of its own discarded ones, and
+/// a verify from the keeper finds nothing out of sync.
+fn assert_follows(lab: &Lab, keeper: &str, n1_mib: u64) {
+    let loser = other(keeper);
+    lab.wait_mirror_in_sync(keeper, loser, Duration::from_secs(120));
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(lab.backing(loser)).expect("the loser's backing");
+    let mut buf = vec![0u8; 1 << 20];
+    let (_, at, _) = written_apart(loser, n1_mib);
+    f.read_exact_at(&mut buf, at << 20).expect("read");
+    assert!(
+        buf.iter().all(|b| *b == 0),
+        "{loser} kept its discarded blocks"
+    );
+    let (pattern, at, mib) = written_apart(keeper, n1_mib);
+    f.read_exact_at(&mut buf, (at + mib - 1) << 20)
+        .expect("read");
+    assert!(
+        buf.iter().all(|b| *b == pattern),
+        "{loser} lacks {keeper}'s blocks"
+    );
+    let verify = lab.admin(keeper, &["mirror", "verify", "data", "--peer", loser]);
+    assert!(verify.status.success(), "{}", describe(&verify));
+    let (found, _) = wait_for("verify finished", Duration::from_secs(300), || {
+        let v = lab.mirror_peer(keeper, loser)?["verify"].clone();
+        (v["running"] == false && v["finished_ms"].is_u64())
+            .then(|| v["out_of_sync_bytes"].as_u64())?
+    });
+    assert_eq!(
+        found, 0,
+        "{loser} differs from {keeper} after the resolution"
+    );
+}
+
+fn wait_split_brain(lab: &Lab) {
+    wait_for(
+        "both sides see the split brain",
+        Duration::from_secs(60),
+        || {
+            let a = lab.mirror_peer("n1", "n2")?;
+            let b = lab.mirror_peer("n2", "n1")?;
+            (a["connection"] == "split_brain" && b["connection"] == "split_brain").then_some(())
+        },
+    );
+}
+
+/// Split brain by the operator (`split_brain = "disconnect"`): the copies stay apart
+/// and say so until `tandem mirror resolve data --keep <the group's node>`; the other
+/// copy saves what it wrote apart to a dump the operator reads with `tandem mirror
+/// split-brain-dump`, then takes the kept copy. Discarding the primary is refused.
+#[test]
+fn mirror_split_brain_is_resolved_by_the_operator_after_a_dump() {
+    require_root!();
+    let (lab, keeper) = split_brain_lab("tsb-", "disconnect", 1);
+    wait_split_brain(&lab);
+    // Apart they stay: nothing is resolved behind the operator's back.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.mirror_peer("n1", "n2").unwrap()["connection"],
+        "split_brain"
+    );
+    let refused = lab.admin(
+        keeper,
+        &["mirror", "resolve", "data", "--keep", other(keeper)],
+    );
+    assert!(
+        !refused.status.success(),
+        "the primary's data was discarded"
+    );
+    lab.note(&format!(
+        "keeping the secondary: {}",
+        text(&refused.stderr).trim()
+    ));
+    let out = lab.admin(keeper, &["mirror", "resolve", "data", "--keep", keeper]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_follows(&lab, keeper, 1);
+    assert_dumped(&lab, keeper, 1, "administrator");
+}
+
+/// Split brain by policy (`split_brain = "discard_least_changes"`): n1 wrote 4 MiB
+/// apart, n2 1 MiB. If n1 kept the group, n2's changes are saved to a dump and
+/// discarded with no operator; a primary is never discarded, so if n2 kept it the
+/// copies stay apart for the operator.
+#[test]
+fn mirror_split_brain_policy_discards_the_least_changes_after_a_dump() {
+    require_root!();
+    let (lab, keeper) = split_brain_lab("tsp-", "discard_least_changes", 4);
+    if keeper == "n2" {
+        wait_split_brain(&lab);
+        lab.note("n2 kept the group: its fewer changes are not discarded, the copies stay apart");
+        return;
+    }
+    assert_follows(&lab, keeper, 4);
+    assert_dumped(&lab, keeper, 4, "discard_least_changes");
+    assert_eq!(
+        lab.mirror_peer("n1", "n2").unwrap()["connection"],
+        "connected"
+    );
+}
+
 /// Disconnect, pause and verify on a running mirror: the partial resync after a
 /// reconnect moves no more than the changed blocks, a paused peer catches up on resume,
 /// verify finds a block corrupted behind the mirror's back, and a peer with the wrong

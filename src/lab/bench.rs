@@ -363,6 +363,7 @@ fn run_arm(
         watchdog_timeout: watchdog,
         fence: a.fence && engine == Engine::Tandem,
         suspend_on_no_quorum: false,
+        split_brain: None,
     };
     let lease = watchdog.map(|w| topology::lease_for_watchdog_ms(w, interval));
     println!(

@@ -32,6 +32,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use crate::mirror::generation::SplitBrainPolicy;
 use topology::{Plan, HB_PATHS, VIP};
 
 /// Default lab directory.
@@ -222,6 +223,19 @@ pub struct UpArgs {
     /// resumes it if the lease comes back at the same epoch.
     #[arg(long)]
     pub suspend_on_no_quorum: bool,
+    /// The demo mirror's `split_brain` policy (default: the daemon's, `disconnect`).
+    #[arg(long, value_name = "POLICY", value_parser = parse_split_brain)]
+    pub split_brain: Option<SplitBrainPolicy>,
+}
+
+fn parse_split_brain(name: &str) -> Result<SplitBrainPolicy, String> {
+    SplitBrainPolicy::from_name(name).ok_or_else(|| {
+        let all: Vec<&str> = SplitBrainPolicy::ALL.iter().map(|p| p.name()).collect();
+        format!(
+            "unknown split-brain policy {name:?}; one of {}",
+            all.join(", ")
+        )
+    })
 }
 
 /// Options of `lab down`.
@@ -903,6 +917,7 @@ impl Engines {
                 lease_ms: lease_ms(args),
                 fence: args.fence,
                 suspend_on_no_quorum: args.suspend_on_no_quorum,
+                split_brain: args.split_brain,
             },
         );
         write_file(&conf, &text)?;
@@ -949,6 +964,7 @@ impl Engines {
                 lease_ms: lease_ms(args),
                 fence: false,
                 suspend_on_no_quorum: false,
+                split_brain: None,
             },
         );
         write_file(&conf, &text)?;

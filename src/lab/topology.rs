@@ -3,6 +3,7 @@
 //! cut or degrade links. Nothing in here touches the system, so all of it is
 //! unit tested.
 
+use crate::mirror::generation::SplitBrainPolicy;
 use std::fmt::Write as _;
 
 /// The lab BMCs' address (`lab up --fence`), on the public LAN bridge in the switch
@@ -328,6 +329,8 @@ pub struct ConfigParams<'a> {
     /// The mirror's `on_no_quorum = "suspend"` (`lab up --suspend-on-no-quorum`): a
     /// node that loses its lease holds the group and resumes it if the lease returns.
     pub suspend_on_no_quorum: bool,
+    /// The mirror's `split_brain` policy (`lab up --split-brain`; `None`: the default).
+    pub split_brain: Option<SplitBrainPolicy>,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -530,6 +533,9 @@ fn render_mirror(s: &mut String, plan: &Plan, p: &ConfigParams<'_>) {
     let _ = writeln!(s, "nbd_tcp = {}", q(MIRROR_NBD_TCP));
     if p.suspend_on_no_quorum {
         let _ = writeln!(s, "on_no_quorum = \"suspend\"");
+    }
+    if let Some(policy) = p.split_brain {
+        let _ = writeln!(s, "split_brain = {}", q(policy.name()));
     }
     let addrs: Vec<String> = plan
         .nodes
@@ -775,6 +781,7 @@ mod tests {
             lease_ms: None,
             fence: false,
             suspend_on_no_quorum: false,
+            split_brain: None,
         }
     }
 
@@ -877,6 +884,7 @@ mod tests {
             lease_ms: Some(lease_for_watchdog_ms(3, 200)),
             fence: true,
             suspend_on_no_quorum: false,
+            split_brain: None,
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
             .expect("the daemon accepts it");

@@ -286,6 +286,20 @@ pub enum SplitBrainPolicy {
 }
 
 impl SplitBrainPolicy {
+    /// Every policy, in the order of the documentation.
+    pub const ALL: [SplitBrainPolicy; 5] = [
+        SplitBrainPolicy::Disconnect,
+        SplitBrainPolicy::DiscardZeroChanges,
+        SplitBrainPolicy::DiscardSecondary,
+        SplitBrainPolicy::DiscardYoungerPrimary,
+        SplitBrainPolicy::DiscardLeastChanges,
+    ];
+
+    /// The policy of this snake_case name.
+    pub fn from_name(name: &str) -> Option<SplitBrainPolicy> {
+        SplitBrainPolicy::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// The snake_case name (config value, event field).
     pub fn name(self) -> &'static str {
         match self {
