@@ -13,6 +13,7 @@ pub mod fencing;
 pub mod generation;
 pub mod nbd;
 pub mod node;
+pub mod plan;
 pub mod reconcile;
 pub mod replica;
 pub mod schedule;
