@@ -14,6 +14,7 @@ pub mod generation;
 pub mod nbd;
 pub mod node;
 pub mod plan;
+pub mod rate_log;
 pub mod reconcile;
 pub mod replica;
 pub mod schedule;

@@ -447,7 +447,11 @@ fn size(h: &WriteHistory, target: &Target) -> Sizing {
 
 fn rates(h: &WriteHistory) -> Rates {
     let mut per_s: Vec<f64> = h.minutes().map(|m| m.bytes as f64 / 60.0).collect();
-    let peak = h.minutes().max_by_key(|m| m.bytes).copied();
+    // The first of equal peaks.
+    let peak = h
+        .minutes()
+        .max_by_key(|m| (m.bytes, std::cmp::Reverse(m.minute)))
+        .copied();
     let mean = per_s.iter().sum::<f64>() / per_s.len().max(1) as f64;
     per_s.sort_by(f64::total_cmp);
     Rates {

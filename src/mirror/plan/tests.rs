@@ -1,7 +1,7 @@
 use super::*;
 use proptest::prelude::*;
 
-/// Minute 0 of a day that starts at midnight UTC (2026-01-01).
+/// Minute 0 of a day, midnight UTC (2025-12-31).
 const DAY0: u32 = 29_452_320;
 
 fn history(bytes: impl IntoIterator<Item = u64>) -> WriteHistory {
