@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::cluster::packet::LocalGroupState;
+use crate::mirror::plan::{Plan, Target};
 use crate::mirror::replica::dump::{DumpError, DumpInfo};
 use crate::mirror::replica::MirrorError;
 use crate::placement::policy::PlacementError;
@@ -144,6 +145,12 @@ pub enum Request {
     SplitBrainDumps {
         mirror: String,
         reply: Reply<Vec<DumpInfo>>,
+    },
+    /// The link sizing of a mirror from this node's write-rate history.
+    MirrorPlan {
+        mirror: String,
+        target: Target,
+        reply: Reply<Plan>,
     },
     /// One split-brain dump's file name and bytes (None: the newest).
     SplitBrainDump {

@@ -9,13 +9,15 @@ use std::process::ExitCode;
 use clap::Parser;
 use tandem::api::client::{call, call_bytes, Endpoint};
 use tandem::api::ApiError;
+use tandem::cli::plan::render_plan;
 use tandem::cli::render;
 use tandem::cli::{
-    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff,
+    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff, PlanArgs,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
+use tandem::mirror::plan::Plan;
 use tandem::mirror::replica::dump::DumpInfo;
 use tandem::status::MirrorStatus;
 use tandem::status::Status;
@@ -517,6 +519,30 @@ async fn split_brain_dump(
     Ok(())
 }
 
+/// `tandem mirror plan NAME`: the API sizes, the CLI prints.
+async fn mirror_plan(a: &PlanArgs) -> Result<(), MainError> {
+    let mut query = format!(
+        "lag={}ms&percentile={}&efficiency={}",
+        a.lag.as_millis(),
+        a.percentile,
+        a.efficiency
+    );
+    if let Some(c) = a.compression {
+        query.push_str(&format!("&compression={c}"));
+    }
+    let path = format!("/v1/mirrors/{}/plan?{query}", a.mirror);
+    let plan: Plan = call(&endpoint(&a.api), "GET", &path, None).await?;
+    if a.api.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).unwrap_or_default()
+        );
+    } else {
+        print!("{}", render_plan(&plan));
+    }
+    Ok(())
+}
+
 async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
     let (target, action) = match cmd {
         MirrorCmd::Status { mirror, api } => {
@@ -565,6 +591,7 @@ async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
             name,
             api,
         } => return split_brain_dump(&mirror, output, name, &api).await,
+        MirrorCmd::Plan(args) => return mirror_plan(&args).await,
     };
     let name = serde_json::to_value(action)
         .ok()

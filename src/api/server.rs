@@ -11,10 +11,13 @@
 //!   once the group passes its checks on the target, or with the reason it did not.
 //! - `POST /v1/groups/{group}/maintenance` `{"on": bool}`.
 //! - `POST /v1/nodes/{node}/standby` and `/v1/nodes/{node}/online`.
+//! - `GET  /v1/mirrors/{mirror}/plan?lag=30s&percentile=95` — link sizing from the
+//!   mirror's write-rate history (`tandem mirror plan`).
 
 use std::path::Path;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,6 +30,7 @@ use super::ApiError;
 use crate::config::ApiConfig;
 use crate::control::{switchover_settled, ControlError, MirrorAction, Reply, Request};
 use crate::event::EventLog;
+use crate::mirror::plan::{self, PlanError, Target};
 use crate::status::Status;
 
 #[derive(Clone)]
@@ -70,6 +74,7 @@ fn router(state: AppState) -> Router {
             "/v1/mirrors/{mirror}/split-brain-dumps/{name}",
             get(split_brain_dump),
         )
+        .route("/v1/mirrors/{mirror}/plan", get(mirror_plan))
         .route("/v1/mirrors/{mirror}/{action}", post(mirror_action))
         .route("/v1/nodes/{node}/standby", post(standby))
         .route("/v1/nodes/{node}/online", post(online))
@@ -447,6 +452,58 @@ async fn mirror_action(
     {
         Ok(()) => Json(serde_json::json!({ "mirror": mirror, "action": action, "peer": peer }))
             .into_response(),
+        Err(r) => r,
+    }
+}
+
+/// `GET /v1/mirrors/{mirror}/plan`: every parameter is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanQuery {
+    #[serde(default, with = "humantime_serde")]
+    lag: Option<Duration>,
+    #[serde(default)]
+    percentile: Option<f64>,
+    #[serde(default)]
+    efficiency: Option<f64>,
+    #[serde(default)]
+    compression: Option<f64>,
+}
+
+impl PlanQuery {
+    fn target(&self) -> Result<Target, PlanError> {
+        Target::new(
+            self.lag.unwrap_or(plan::DEFAULT_LAG),
+            self.percentile.unwrap_or(plan::DEFAULT_PERCENTILE),
+            self.efficiency.unwrap_or(plan::DEFAULT_EFFICIENCY),
+            self.compression,
+        )
+    }
+}
+
+async fn mirror_plan(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(mirror): UrlPath<String>,
+    q: Result<Query<PlanQuery>, QueryRejection>,
+) -> Response {
+    auth!(s, h);
+    let target = match q {
+        Ok(Query(q)) => q.target(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let target = match target {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match ask(&s, |reply| Request::MirrorPlan {
+        mirror,
+        target,
+        reply,
+    })
+    .await
+    {
+        Ok(plan) => Json(plan).into_response(),
         Err(r) => r,
     }
 }

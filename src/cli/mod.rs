@@ -2,6 +2,7 @@
 //! through the control API, config checking, the witness, the lab, the NBD server, benchmarks, and
 //! the demo service.
 
+pub mod plan;
 pub mod render;
 
 use std::net::SocketAddr;
@@ -260,6 +261,10 @@ pub enum MirrorCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Size the WAN link: the write rate over time from this node's history (peak,
+    /// percentiles, daily volume, hour of day) and the smallest link that keeps the lag
+    /// under a target.
+    Plan(PlanArgs),
     /// List this node's split-brain dumps (the blocks a discarded copy had written
     /// apart), or with --output save one to a file.
     SplitBrainDump {
@@ -273,6 +278,26 @@ pub enum MirrorCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// `tandem mirror plan`: what the link must achieve (see `mirror::plan::Target`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    pub mirror: String,
+    /// The lag to stay under (30s, 2m, ...).
+    #[arg(long, default_value = "30s", value_parser = humantime_serde::re::humantime::parse_duration)]
+    pub lag: std::time::Duration,
+    /// In this percentage of minutes.
+    #[arg(long, default_value_t = crate::mirror::plan::DEFAULT_PERCENTILE)]
+    pub percentile: f64,
+    /// The share of the link that carries data (TCP/IP and framing take the rest).
+    #[arg(long, default_value_t = crate::mirror::plan::DEFAULT_EFFICIENCY)]
+    pub efficiency: f64,
+    /// Divide the writes by this compression ratio (a measured one; none by default).
+    #[arg(long)]
+    pub compression: Option<f64>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// Which mirror (and peer) a `tandem mirror` action applies to.

@@ -13,6 +13,8 @@ pub mod fencing;
 pub mod generation;
 pub mod nbd;
 pub mod node;
+pub mod plan;
+pub mod rate_log;
 pub mod reconcile;
 pub mod replica;
 pub mod schedule;

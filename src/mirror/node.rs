@@ -1,6 +1,7 @@
 //! The mirrors one node holds: opened from `[[mirror]]` at daemon start (every copy
 //! starts as secondary and connects to its peers), each with the NBD front end that its
-//! `mirror` resource serves while this node is primary.
+//! `mirror` resource serves while this node is primary, and its write-rate history
+//! ([`RateLog`], for `tandem mirror plan`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,6 +11,7 @@ use crate::config::{Config, OnNoQuorum, ResourceKind};
 use crate::event::EventLog;
 use crate::mirror::nbd::metrics::NbdMetrics;
 use crate::mirror::nbd::ServerConfig;
+use crate::mirror::rate_log::RateLog;
 use crate::mirror::replica::{Mirror, MirrorError, MirrorSpec};
 use crate::mirror::status::MirrorStatus;
 
@@ -23,6 +25,8 @@ pub struct LocalMirror {
     pub owner: Option<(String, String)>,
     /// What a lost lease's fast stop does with its writes.
     pub on_no_quorum: OnNoQuorum,
+    /// The application's writes per minute, sampled while the daemon runs.
+    pub rates: Arc<RateLog>,
 }
 
 /// Every mirror of this node, by name.
@@ -49,7 +53,9 @@ pub async fn open_all(
         let mut spec =
             MirrorSpec::from_config(m, &cfg.cluster.name, local, key, &cfg.cluster.state_dir)?;
         spec.fencing = true;
+        let rates = Arc::new(RateLog::open(&spec.meta_dir, &m.name));
         let mirror = Mirror::open(spec, events.clone()).await?;
+        rates.start(Arc::clone(&mirror));
         for (peer, link) in m.links_of(local) {
             mirror.set_pause_schedule(peer, link.pause_during.clone());
         }
@@ -79,6 +85,7 @@ pub async fn open_all(
                 nbd,
                 owner,
                 on_no_quorum: m.on_no_quorum,
+                rates,
             },
         );
     }

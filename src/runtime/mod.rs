@@ -39,6 +39,7 @@ use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
 use crate::fence;
 use crate::metrics::{self, Metrics};
 use crate::mirror::node::LocalMirrors;
+use crate::mirror::plan::{self, Plan, Target};
 use crate::mirror::replica::{Mirror, MirrorError};
 use crate::node::{
     ControlCommand, ControlOutcome, GroupCommand, MirrorFacts, NodeAction, NodeConfig, NodeCore,
@@ -431,6 +432,11 @@ impl Daemon {
                         m.split_brain_dump(name).await
                     })
                 }
+                Request::MirrorPlan {
+                    mirror,
+                    target,
+                    reply,
+                } => return self.mirror_plan(mirror, target, reply),
             };
         self.next_request += 1;
         let id = self.next_request;
@@ -487,6 +493,19 @@ impl Daemon {
         };
         self.io.spawn(async move {
             let _ = reply.send(f(m).await.map_err(ControlError::from));
+        });
+    }
+
+    /// `tandem mirror plan`: sized from a copy of the history, off the loop.
+    fn mirror_plan(&self, mirror: String, target: Target, reply: Reply<Plan>) {
+        let Some(history) = self.mirrors.get(&mirror).map(|m| m.rates.snapshot()) else {
+            let _ = reply.send(Err(ControlError::NotFound(format!(
+                "this node holds no mirror `{mirror}`"
+            ))));
+            return;
+        };
+        self.io.spawn_blocking(move || {
+            let _ = reply.send(Ok(plan::plan(&mirror, &history, &target)));
         });
     }
 
@@ -903,6 +922,7 @@ impl Running {
         }
         // Every group has stopped (demoting its mirrors): persist bitmaps, mark clean.
         for m in d.mirrors.values() {
+            m.rates.stop().await;
             m.mirror.shutdown().await;
         }
         d.events.flush();

@@ -243,16 +243,20 @@ impl MetaStore {
     fn replace(&self, name: &str, bytes: &[u8]) -> Result<(), MetaError> {
         let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(io_err(&path))?;
-        self.sync_dir()
+        replace_file(&self.dir, name, bytes).map_err(io_err(&path))
     }
+}
+
+/// Replaces `dir/name` durably: writes `dir/.name.tmp`, fsyncs it, renames it over and
+/// fsyncs the directory. Callers writing the same name serialise themselves.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -856,6 +856,11 @@ impl Mirror {
         Ok(true)
     }
 
+    /// Application bytes written through the export since the daemon started.
+    pub fn written_bytes(&self) -> u64 {
+        self.lock().written_bytes
+    }
+
     pub fn is_primary(&self) -> bool {
         self.lock().primary
     }
