@@ -176,7 +176,7 @@ impl InternalStore {
     }
 
     /// Writes a whole new area: every bitmap slot (the given bitmaps, the rest clean)
-    /// and state slot 0, durably, and only then the superblock, durably.
+    /// and both state slots, durably, and only then the superblock, durably.
     pub fn create(
         file: File,
         backing: &Path,
@@ -200,9 +200,12 @@ impl InternalStore {
             store.write_bitmap(slot, bm)?;
         }
         {
+            // Both slots, so each holds a valid state from the start.
             let mut slots = store.lock_slots();
-            let state = slots.state.clone();
-            store.write_slot(&mut slots, state)?;
+            for _ in 0..2 {
+                let state = slots.state.clone();
+                store.write_slot(&mut slots, state)?;
+            }
         }
         store
             .file
