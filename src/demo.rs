@@ -16,9 +16,8 @@
 //! run of the service from the next). `GET /log` returns every valid record and,
 //! separately, every slot that holds a torn or corrupted one.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -141,21 +140,14 @@ async fn store(store: &CounterStore, record: Vec<u8>) -> Result<(), (StatusCode,
         }
         CounterStore::Directory(dir) => {
             let dir = dir.clone();
-            tokio::task::spawn_blocking(move || replace_file(&dir, "counter", &record))
-                .await
-                .map_err(unavailable)?
-                .map_err(unavailable)
+            tokio::task::spawn_blocking(move || {
+                crate::mirror::replica::meta::replace_file(&dir, "counter", &record)
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
         }
     }
-}
-
-fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 async fn read_counter(State(c): State<Arc<Counter>>) -> Result<String, (StatusCode, String)> {

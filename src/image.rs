@@ -647,8 +647,23 @@ pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> Strin
     s.push_str(&format!(
         "\n[[node]]\nname = \"{node}\"\npriority = 1\naddresses = {{ lan = \"{address}\" }}\n"
     ));
+    // The data partition is 64 MiB: a mirror keeps its metadata on its own disk.
+    s.push_str(APPLIANCE_MIRROR_TEMPLATE);
     s
 }
+
+/// The commented `[[mirror]]` of [`default_config`]: on the appliance, metadata is
+/// internal (at the end of the mirror's disk), so the data partition keeps only the
+/// config, small state and logs.
+const APPLIANCE_MIRROR_TEMPLATE: &str =
+    "\n# A replicated volume: uncomment and fill in (README \"Block mirror\").\n\
+     # [[mirror]]\n\
+     # name = \"data\"\n\
+     # backing = \"/dev/sdb\"          # a disk of its own, the same on every node\n\
+     # metadata = \"internal\"         # the appliance default: metadata at the end of the disk\n\
+     # addresses = { n1 = \"10.0.1.1:7790\", n2 = \"10.0.1.2:7790\" }\n\
+     # [[mirror.link]]\n\
+     # between = [\"n1\", \"n2\"]\n";
 
 /// A random cluster key for [`default_config`].
 pub fn random_key() -> String {
@@ -865,6 +880,10 @@ mod tests {
         assert!(cfg.groups.is_empty());
         assert!(cfg.metrics.is_some());
         assert_eq!(cfg.snmp.unwrap().communities[0].name, "public");
+        assert!(
+            text.contains("# metadata = \"internal\""),
+            "the appliance default"
+        );
         assert_eq!(cfg.nodes[0].addresses["lan"], addr);
     }
 

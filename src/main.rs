@@ -12,7 +12,8 @@ use tandem::api::ApiError;
 use tandem::cli::plan::render_plan;
 use tandem::cli::render;
 use tandem::cli::{
-    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MirrorCmd, NbdCmd, NodeCmd, OnOff, PlanArgs,
+    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MetadataTarget, MirrorCmd, NbdCmd, NodeCmd,
+    OnOff, PlanArgs,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
@@ -46,6 +47,8 @@ enum MainError {
     MirrorBench(#[from] tandem::bench::mirror::BenchError),
     #[error(transparent)]
     Image(#[from] tandem::image::ImageError),
+    #[error(transparent)]
+    Meta(#[from] tandem::mirror::replica::meta::MetaError),
     /// `tandem fence`: no method confirmed the wanted power state.
     #[error("{0}")]
     FenceFailed(String),
@@ -72,6 +75,10 @@ impl MainError {
             },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
             MainError::FenceFailed(_) => 10,
+            MainError::Meta(
+                tandem::mirror::replica::meta::MetaError::InUse { .. }
+                | tandem::mirror::replica::meta::MetaError::AlreadyConverted(_),
+            ) => 6,
             MainError::Nbd(tandem::mirror::nbd::NbdError::NoListener)
             | MainError::Volume(tandem::mirror::volume::VolumeError::NotFileOrBlockDevice {
                 ..
@@ -103,6 +110,53 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// This node's name: as given, or the host name.
+fn node_name(node: Option<String>) -> Result<String, MainError> {
+    match node {
+        Some(n) => Ok(n),
+        None => Ok(nix::unistd::gethostname()
+            .map_err(|e| MainError::Other(format!("host name: {e}")))?
+            .to_string_lossy()
+            .into_owned()),
+    }
+}
+
+/// `tandem mirror convert-metadata`: offline, on this node's copy.
+fn convert_metadata(
+    mirror: &str,
+    to: MetadataTarget,
+    config: &std::path::Path,
+    node: Option<String>,
+) -> Result<(), MainError> {
+    use tandem::mirror::replica::meta::convert;
+    let cfg = Config::load(config)?;
+    let node = node_name(node)?;
+    let m = cfg
+        .mirrors
+        .iter()
+        .find(|m| m.name == mirror)
+        .ok_or_else(|| MainError::Other(format!("no mirror named `{mirror}` in the config")))?;
+    if !m.addresses.contains_key(&node) {
+        return Err(MainError::Other(format!(
+            "node `{node}` holds no copy of mirror `{mirror}`"
+        )));
+    }
+    let spec = convert::ConvertSpec::from_config(m, &node, &cfg.cluster.state_dir);
+    let (done, kind) = match to {
+        MetadataTarget::Internal => (convert::to_internal(&spec)?, "internal"),
+        MetadataTarget::External => (convert::to_external(&spec)?, "external"),
+    };
+    println!(
+        "mirror `{mirror}` on `{node}`: metadata is now {kind}; data {} bytes, backing {} bytes, metadata area {} bytes",
+        done.data_size, done.backing_size, done.area_bytes
+    );
+    if let Some(note) = done.note {
+        println!("note: {note}");
+    }
+    println!("set `metadata = \"{kind}\"` for mirror `{mirror}` in the config before starting the daemon");
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, MainError> {
@@ -184,13 +238,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         }
         Cmd::Run { config, node } => {
             let cfg = Config::load(&config)?;
-            let node = match node {
-                Some(n) => n,
-                None => nix::unistd::gethostname()
-                    .map_err(|e| MainError::Other(format!("host name: {e}")))?
-                    .to_string_lossy()
-                    .into_owned(),
-            };
+            let node = node_name(node)?;
             runtime()?.block_on(tandem::runtime::run(cfg, node))?;
             Ok(())
         }
@@ -592,6 +640,13 @@ async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
             api,
         } => return split_brain_dump(&mirror, output, name, &api).await,
         MirrorCmd::Plan(args) => return mirror_plan(&args).await,
+        // Offline: the mirror must not be open, so the daemon is not asked.
+        MirrorCmd::ConvertMetadata {
+            mirror,
+            to,
+            config,
+            node,
+        } => return convert_metadata(&mirror, to, &config, node),
     };
     let name = serde_json::to_value(action)
         .ok()

@@ -219,6 +219,7 @@ impl Cluster {
             backing: self.backing(node),
             size: Some(self.size),
             meta_dir: self.dir.path().join(format!("meta-{node}")),
+            metadata: tandem::mirror::replica::meta::MetaPlacement::External,
             listen: self.listen(node),
             peers,
             split_brain: self.split_brain,

@@ -278,6 +278,29 @@ pub enum MirrorCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Move this node's copy's metadata between the state directory (external) and
+    /// the end of the backing (internal), keeping every byte of data, the bitmaps and
+    /// the generations. Runs without the daemon: refused while the mirror is open.
+    /// Then set `metadata` in the config to match.
+    ConvertMetadata {
+        mirror: String,
+        #[arg(long, value_enum)]
+        to: MetadataTarget,
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node's name in the config (default: the host name).
+        #[arg(long)]
+        node: Option<String>,
+    },
+}
+
+/// Where `tandem mirror convert-metadata` moves the metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MetadataTarget {
+    /// To the end of the backing.
+    Internal,
+    /// To files in the state directory.
+    External,
 }
 
 /// `tandem mirror plan`: what the link must achieve (see `mirror::plan::Target`).

@@ -79,6 +79,20 @@ impl ReplicationMode {
     }
 }
 
+/// Where a mirror keeps its metadata (generations, disk state, activity log, one dirty
+/// bitmap per peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataKind {
+    /// Files in `<state_dir>/mirror/<name>`; the whole backing is data.
+    #[default]
+    External,
+    /// A reserved area at the end of the backing (superblock, two state slots, one
+    /// bitmap per other copy); the mirror exposes only the data before it. A new file
+    /// is created `size` + the area long.
+    Internal,
+}
+
 /// What a primary does with its writes when its node loses the group's lease (the
 /// fast stop of a node without a quorum).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -122,6 +136,11 @@ pub struct MirrorConfig {
     /// What the primary does with writes when its node loses the lease.
     #[serde(default)]
     pub on_no_quorum: OnNoQuorum,
+    /// Where the metadata lives: `"external"` (the state directory, the default) or
+    /// `"internal"` (the end of the backing). Change it on an existing mirror with
+    /// `tandem mirror convert-metadata`.
+    #[serde(default)]
+    pub metadata: MetadataKind,
 }
 
 /// `[[mirror.link]]`: the replication between two nodes.
@@ -183,6 +202,21 @@ impl MirrorConfig {
                 return Err(invalid(
                     format!("{key}.size"),
                     "must be a positive multiple of 4 KiB",
+                ));
+            }
+        }
+        if self.metadata == MetadataKind::Internal {
+            use crate::mirror::replica::meta::layout::{MAX_NAME, MAX_PEER_SLOTS};
+            if self.name.len() > MAX_NAME {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("at most {MAX_NAME} characters with metadata = \"internal\""),
+                ));
+            }
+            if self.addresses.len() > MAX_PEER_SLOTS as usize + 1 {
+                return Err(invalid(
+                    format!("{key}.metadata"),
+                    format!("internal metadata holds at most {MAX_PEER_SLOTS} peers"),
                 ));
             }
         }

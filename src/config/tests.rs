@@ -445,3 +445,17 @@ fn on_no_quorum_defaults_to_io_error_and_takes_suspend() {
     );
     assert!(err_of(&format!("{MINIMAL}{bad}")).contains("wait"));
 }
+
+#[test]
+fn mirror_metadata_is_external_unless_set_internal() {
+    let cfg = Config::parse(&format!("{MINIMAL}{MIRROR_PART}")).expect("valid");
+    assert_eq!(cfg.mirrors[0].metadata, MetadataKind::External);
+    let internal = MIRROR_PART.replace(
+        "size = \"64MiB\"",
+        "size = \"64MiB\"\nmetadata = \"internal\"",
+    );
+    let cfg = Config::parse(&format!("{MINIMAL}{internal}")).expect("valid");
+    assert_eq!(cfg.mirrors[0].metadata, MetadataKind::Internal);
+    let bad = MIRROR_PART.replace("size = \"64MiB\"", "size = \"64MiB\"\nmetadata = \"disk\"");
+    assert!(Config::parse(&format!("{MINIMAL}{bad}")).is_err());
+}

@@ -57,6 +57,30 @@ impl DirtyBitmap {
         }
     }
 
+    /// The bitmap of a volume of `volume_bytes` from raw words (bit `i` of word `w` is
+    /// block `64 * w + i`): missing words are clean, extra words and bits past the
+    /// last block are dropped.
+    pub fn from_words(volume_bytes: u64, mut words: Vec<u64>) -> DirtyBitmap {
+        let blocks = volume_bytes.div_ceil(BLOCK_BYTES);
+        words.resize(blocks.div_ceil(64) as usize, 0);
+        if !blocks.is_multiple_of(64) {
+            if let Some(last) = words.last_mut() {
+                *last &= (1u64 << (blocks % 64)) - 1;
+            }
+        }
+        let dirty = words.iter().map(|w| u64::from(w.count_ones())).sum();
+        DirtyBitmap {
+            words,
+            blocks,
+            dirty,
+        }
+    }
+
+    /// The raw words (see [`DirtyBitmap::from_words`]).
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// Number of blocks covered.
     pub fn blocks(&self) -> u64 {
         self.blocks
@@ -316,6 +340,16 @@ mod tests {
         assert_eq!(b.next_dirty_run(2, 100), None);
         assert_eq!(b.clear_blocks(0, 1), 1);
         assert_eq!(b.next_dirty_run(0, 100), Some((1, 1)));
+    }
+
+    #[test]
+    fn raw_words_round_trip_and_drop_bits_past_the_end() {
+        let mut b = DirtyBitmap::new(10_000);
+        b.mark(4096, 10);
+        assert_eq!(DirtyBitmap::from_words(10_000, b.words().to_vec()), b);
+        let all = DirtyBitmap::from_words(10_000, vec![u64::MAX, u64::MAX]);
+        assert_eq!((all.dirty_blocks(), all.words().len()), (3, 1));
+        assert!(DirtyBitmap::from_words(1 << 20, vec![]).is_clean());
     }
 
     #[test]

@@ -123,6 +123,7 @@ fn spec(
         backing: dir.join(format!("{me}.img")),
         size: Some(size),
         meta_dir: dir.join(format!("{me}-meta")),
+        metadata: crate::mirror::replica::meta::MetaPlacement::External,
         listen: addr(mine),
         peers: vec![PeerSpec {
             node: peer.into(),

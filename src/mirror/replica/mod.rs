@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::Instrument;
 
-use crate::config::{MirrorConfig, ReplicationMode};
+use crate::config::{MetadataKind, MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
 use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
 use crate::mirror::connect::{self, Blocks, Refusal, Resync};
@@ -62,7 +62,7 @@ use self::core::{
     admission, Admission, EpochGuard, EpochVerdict, Op, PeerCore, ResyncSource, Route, StaleEpoch,
     VerifyRun, WriteGate,
 };
-use self::meta::{CopyMeta, MetaError, MetaStore};
+use self::meta::{CopyMeta, Loaded, MetaError, MetaPlacement, MetaStore};
 
 /// Extents the activity log keeps hot (4 MiB each, DRBD's default count: a crash
 /// resyncs at most ~4.8 GiB; fewer means a flush round trip on more evictions).
@@ -81,7 +81,10 @@ pub struct MirrorSpec {
     pub key: Vec<u8>,
     pub backing: PathBuf,
     pub size: Option<u64>,
+    /// The mirror's state directory: external metadata, split-brain dumps.
     pub meta_dir: PathBuf,
+    /// Where the metadata lives (the state directory, or the end of the backing).
+    pub metadata: MetaPlacement,
     pub listen: SocketAddr,
     pub peers: Vec<PeerSpec>,
     pub split_brain: SplitBrainPolicy,
@@ -102,6 +105,11 @@ pub struct PeerSpec {
     pub encrypt: bool,
     /// Drop the link after this long without a frame from the peer.
     pub timeout: Duration,
+}
+
+/// The state directory of mirror `name`: `<state_dir>/mirror/<name>`.
+pub fn state_dir_of(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("mirror").join(name)
 }
 
 impl MirrorSpec {
@@ -142,7 +150,13 @@ impl MirrorSpec {
             key: key.to_vec(),
             backing: m.backing.clone(),
             size: m.size.map(|s| s.0),
-            meta_dir: state_dir.join("mirror").join(&m.name),
+            meta_dir: state_dir_of(state_dir, &m.name),
+            metadata: match m.metadata {
+                MetadataKind::External => MetaPlacement::External,
+                MetadataKind::Internal => MetaPlacement::Internal {
+                    peer_slots: meta::convert::internal_peer_slots(m),
+                },
+            },
             listen,
             peers,
             split_brain: m.split_brain,
@@ -443,15 +457,14 @@ impl Mirror {
     /// Opens or creates the backing store and the metadata, starts the listener and the
     /// per-peer connection tasks. Starts as secondary.
     pub async fn open(spec: MirrorSpec, events: EventLog) -> Result<Arc<Mirror>, MirrorError> {
-        let size = prepare_backing(&spec.backing, spec.size)?;
-        let volume = Volume::open(&spec.backing, false)?;
-        let size = spec.size.unwrap_or(size);
         let (meta, loaded) = {
-            let dir = spec.meta_dir.clone();
-            tokio::task::spawn_blocking(move || MetaStore::open(&dir, size))
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || open_meta(&spec))
                 .await
                 .map_err(|_| MirrorError::Shutdown)??
         };
+        let size = loaded.copy.size_bytes;
+        let volume = Volume::open(&spec.backing, false)?;
         let al = ActivityLog::from_extents(AL_EXTENTS, loaded.al_extents.clone());
         let mut peers = BTreeMap::new();
         for p in &spec.peers {
@@ -1575,6 +1588,30 @@ impl Mirror {
 
 /// Creates a missing backing file sparse with `size`; checks an existing one is big
 /// enough. Returns its size.
+/// Opens (creating) the metadata where the spec puts it, preparing the backing.
+fn open_meta(spec: &MirrorSpec) -> Result<(MetaStore, Loaded), MirrorError> {
+    match spec.metadata {
+        MetaPlacement::External => {
+            let size = prepare_backing(&spec.backing, spec.size)?;
+            meta::internal::refuse_if_internal(&spec.meta_dir, &spec.backing)?;
+            Ok(MetaStore::open(&spec.meta_dir, spec.size.unwrap_or(size))?)
+        }
+        MetaPlacement::Internal { peer_slots } => {
+            if let (Some(size), false) = (spec.size, spec.backing.exists()) {
+                let total = size + meta::layout::area_bytes(size, peer_slots);
+                prepare_backing(&spec.backing, Some(total))?;
+            }
+            Ok(MetaStore::open_internal(
+                &spec.meta_dir,
+                &spec.backing,
+                &spec.name,
+                peer_slots,
+                spec.size,
+            )?)
+        }
+    }
+}
+
 fn prepare_backing(path: &Path, size: Option<u64>) -> Result<u64, MirrorError> {
     match std::fs::metadata(path) {
         Ok(m) => {

@@ -1,4 +1,4 @@
-//! The mirror's metadata on disk, in its own directory: `state.json` (generations and
+//! External metadata: the mirror's metadata in its own directory: `state.json` (generations and
 //! disk state), `al.json` (the activity log's hot extents), one `bitmap-<peer>` per
 //! peer (`DirtyBitmap::encode`), `resolutions.json` (pending split-brain resolutions by
 //! peer, `tandem mirror resolve`; absent when none) and a `clean` flag present only
@@ -12,52 +12,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-use crate::mirror::bitmap::{BitmapError, DirtyBitmap};
+use super::{CopyMeta, Loaded, MetaError};
+use crate::mirror::bitmap::DirtyBitmap;
 use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch, Resolution};
-
-/// Why metadata cannot be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum MetaError {
-    #[error("mirror metadata {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("mirror metadata {path} is corrupt: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
-    #[error("mirror metadata {path}: {source}")]
-    Bitmap { path: PathBuf, source: BitmapError },
-    #[error("the metadata is for a volume of {stored} bytes, the backing store has {actual}")]
-    SizeMismatch { stored: u64, actual: u64 },
-}
-
-/// The persisted state of this copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CopyMeta {
-    pub size_bytes: u64,
-    pub disk: DiskState,
-    pub generations: Generations,
-    /// The highest ownership epoch this copy followed or was promoted at (see
-    /// `core::EpochGuard`); metadata written before epochs existed loads as 0.
-    #[serde(default)]
-    pub epoch: OwnershipEpoch,
-}
-
-/// What `open` found.
-#[derive(Debug)]
-pub struct Loaded {
-    pub copy: CopyMeta,
-    pub al_extents: Vec<u64>,
-    /// False after a crash (or on first creation: then `created` is true).
-    pub clean: bool,
-    pub created: bool,
-}
 
 /// The metadata directory of one mirror.
 #[derive(Debug, Clone)]
-pub struct MetaStore {
+pub struct DirStore {
     dir: PathBuf,
     /// One file replacement at a time (they share temp names and the directory fsync).
     writing: Arc<Mutex<()>>,
@@ -65,19 +26,19 @@ pub struct MetaStore {
     resolutions: Arc<Mutex<BTreeMap<String, Resolution>>>,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetaError + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> MetaError + '_ {
     move |source| MetaError::Io {
         path: path.to_owned(),
         source,
     }
 }
 
-impl MetaStore {
+impl DirStore {
     /// Opens (creating) the directory and reads the state back; a new store starts as
     /// an UpToDate copy that was never written (generation 0).
-    pub fn open(dir: &Path, size_bytes: u64) -> Result<(MetaStore, Loaded), MetaError> {
+    pub fn open(dir: &Path, size_bytes: u64) -> Result<(DirStore, Loaded), MetaError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut store = MetaStore {
+        let mut store = DirStore {
             dir: dir.to_owned(),
             writing: Arc::new(Mutex::new(())),
             resolutions: Arc::default(),
@@ -132,10 +93,6 @@ impl MetaStore {
             Err(e) => return Err(io_err(&state_path)(e)),
         };
         Ok((store, loaded))
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     fn bitmap_path(&self, peer: &str) -> PathBuf {
@@ -234,6 +191,61 @@ impl MetaStore {
         }
     }
 
+    /// Every pending resolution (for a conversion).
+    pub fn resolutions(&self) -> BTreeMap<String, Resolution> {
+        self.lock_resolutions().clone()
+    }
+
+    /// The data size a directory's `state.json` records; None if it has none.
+    pub fn stored_size(dir: &Path) -> Result<Option<u64>, MetaError> {
+        let path = dir.join("state.json");
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<CopyMeta>(&bytes)
+                .map(|c| Some(c.size_bytes))
+                .map_err(|e| MetaError::Corrupt {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    /// The peers that have a bitmap file here.
+    pub fn peers_with_bitmaps(&self) -> Result<Vec<String>, MetaError> {
+        let mut peers = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
+            let name = entry.map_err(io_err(&self.dir))?.file_name();
+            if let Some(peer) = name.to_str().and_then(|n| n.strip_prefix("bitmap-")) {
+                peers.push(peer.to_string());
+            }
+        }
+        Ok(peers)
+    }
+
+    /// Removes every metadata file (split-brain dumps stay) once another copy of the
+    /// metadata is durable.
+    pub fn remove_all(&self) -> Result<(), MetaError> {
+        let mut names: Vec<String> = ["state.json", "al.json", "resolutions.json", "clean"]
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        names.extend(
+            self.peers_with_bitmaps()?
+                .iter()
+                .map(|p| format!("bitmap-{p}")),
+        );
+        for name in names {
+            let path = self.dir.join(name);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        self.sync_dir()
+    }
+
     fn sync_dir(&self) -> Result<(), MetaError> {
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
@@ -266,18 +278,18 @@ mod tests {
     #[test]
     fn pending_resolutions_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, _) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        let (store, _) = DirStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(store.resolution("b"), None);
         let theirs = Resolution::Theirs { generation: 7 };
         let mine = Resolution::Mine { peer_generation: 9 };
         store.set_resolution("b", Some(theirs)).unwrap();
         store.set_resolution("c", Some(mine)).unwrap();
         store.set_resolution("d", None).unwrap();
-        let (again, _) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        let (again, _) = DirStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(again.resolution("b"), Some(theirs));
         assert_eq!(again.resolution("c"), Some(mine));
         again.set_resolution("b", None).unwrap();
-        let (third, _) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        let (third, _) = DirStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
             (third.resolution("b"), third.resolution("c")),
             (None, Some(mine))
@@ -287,7 +299,7 @@ mod tests {
     #[test]
     fn state_bitmaps_and_the_clean_flag_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, loaded) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        let (store, loaded) = DirStore::open(dir.path(), 1 << 20).unwrap();
         assert!(loaded.created && loaded.clean);
         assert_eq!(loaded.copy.disk, DiskState::UpToDate);
         let mut copy = loaded.copy.clone();
@@ -300,14 +312,14 @@ mod tests {
         bm.mark(8192, 100);
         store.save_bitmap("b", &bm).unwrap();
         store.set_clean(false).unwrap();
-        let (store, loaded) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        let (store, loaded) = DirStore::open(dir.path(), 1 << 20).unwrap();
         assert!(!loaded.clean && !loaded.created);
         assert_eq!(loaded.copy, copy);
         assert_eq!(loaded.al_extents, vec![3, 1]);
         assert_eq!(store.load_bitmap("b", 1 << 20).unwrap(), bm);
         assert!(store.load_bitmap("c", 1 << 20).unwrap().is_clean());
         assert!(matches!(
-            MetaStore::open(dir.path(), 2 << 20),
+            DirStore::open(dir.path(), 2 << 20),
             Err(MetaError::SizeMismatch { .. })
         ));
     }
@@ -318,7 +330,7 @@ mod tests {
         let old = r#"{"size_bytes":1048576,"disk":"up_to_date",
             "generations":{"current":42,"bitmap":{},"history":[]}}"#;
         std::fs::write(dir.path().join("state.json"), old).unwrap();
-        let (_, loaded) = MetaStore::open(dir.path(), 1 << 20).unwrap();
+        let (_, loaded) = DirStore::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(loaded.copy.epoch, OwnershipEpoch(0));
         assert_eq!(loaded.copy.generations.current, 42);
     }
