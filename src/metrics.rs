@@ -148,6 +148,9 @@ struct Inner {
     mirror_replicated: IntCounterVec,
     mirror_resynced: IntCounterVec,
     mirror_resyncs: IntCounterVec,
+    compress_in: IntCounterVec,
+    compress_out: IntCounterVec,
+    compress_ratio: GaugeVec,
     // From the NBD servers, per request.
     nbd_duration: HistogramVec,
     nbd_bytes: IntCounterVec,
@@ -372,6 +375,9 @@ impl Metrics {
             mirror_replicated: counter_vec(&r, "mirror_replicated_bytes_total", "Bytes of client writes sent to the peer.", &["mirror", "peer"])?,
             mirror_resynced: counter_vec(&r, "mirror_resynced_bytes_total", "Bytes copied to or from the peer by resyncs.", &["mirror", "peer"])?,
             mirror_resyncs: counter_vec(&r, "mirror_resyncs_completed_total", "Resyncs with the peer that ran to the end.", &["mirror", "peer"])?,
+            compress_in: counter_vec(&r, "mirror_compression_input_bytes_total", "Write and resync payload bytes sent to the peer on compressed links (compress = \"zstd\"), before compression.", &["mirror", "peer"])?,
+            compress_out: counter_vec(&r, "mirror_compression_output_bytes_total", "Bytes sent for those payloads after compression (a payload that did not shrink counts raw).", &["mirror", "peer"])?,
+            compress_ratio: float_vec(&r, "mirror_compression_ratio", "Payload bytes before compression divided by bytes sent, since the daemon started (absent until a compressed link carried a payload).", &["mirror", "peer"])?,
             nbd_duration: histogram_vec(&r, "nbd_request_duration_seconds", "Duration of NBD requests, from the decoded header (a write's payload included) to the queued reply.", &NBD_BUCKETS, &["export", "command"])?,
             nbd_bytes: counter_vec(&r, "nbd_bytes_total", "Payload bytes of successful NBD reads and writes.", &["export", "direction"])?,
             nbd_errors: counter_vec(&r, "nbd_request_errors_total", "NBD requests answered with an error, refused ones included.", &["export", "command"])?,
@@ -416,6 +422,7 @@ impl Metrics {
             &i.mirror_lag_budget,
             &i.resync_rate,
             &i.resync_eta,
+            &i.compress_ratio,
         ] {
             g.reset();
         }
@@ -491,6 +498,11 @@ impl Metrics {
                     i.mirror_resyncs.with_label_values(&peer),
                     p.resyncs_completed,
                 );
+                if let Some(c) = &p.compression {
+                    sync(i.compress_in.with_label_values(&peer), c.raw_bytes);
+                    sync(i.compress_out.with_label_values(&peer), c.wire_bytes);
+                    i.compress_ratio.with_label_values(&peer).set(c.ratio);
+                }
             }
         }
     }

@@ -611,6 +611,7 @@ fn sample_mirror() -> MirrorStatus {
         replicated_bytes: 8192,
         resynced_bytes: 1 << 20,
         resyncs_completed: 1,
+        compression: crate::mirror::status::CompressionStatus::from_counts((8192, 2048)),
     };
     let gamma = MirrorPeerStatus {
         node: "gamma".into(),
@@ -623,6 +624,7 @@ fn sample_mirror() -> MirrorStatus {
         lag_budget_seconds: Some(5.0),
         resync: None,
         verify: None,
+        compression: None,
         ..beta.clone()
     };
     MirrorStatus {

@@ -2415,6 +2415,7 @@ fn mirror_partial_resync_pause_resume_verify_and_wrong_key() {
                 local_node: "n2".into(),
                 key: b"not-the-cluster-key-at-all-000000".to_vec(),
                 encrypt: false,
+                compress: Default::default(),
             };
             match tandem::mirror::wire::handshake(r, w, &params, Some("n1")).await {
                 Ok(_) => Ok::<_, std::io::Error>("accepted".to_string()),

@@ -202,6 +202,7 @@ impl Cluster {
                 queue_bytes: self.queue_bytes,
                 lag_budget: Some(Duration::from_secs(5)),
                 encrypt: false,
+                compress: Default::default(),
                 timeout: self.link_timeout,
             })
             .collect();

@@ -60,6 +60,14 @@ pub fn print_mirrors(all: &[MirrorStatus]) {
                     p.lag_seconds
                 );
             }
+            if let Some(c) = &p.compression {
+                line += &format!(
+                    "  zstd {:.2}:1 ({} sent for {})",
+                    c.ratio,
+                    human_bytes(c.wire_bytes),
+                    human_bytes(c.raw_bytes)
+                );
+            }
             if let Some(r) = &p.resync {
                 let pct = if r.total_bytes == 0 {
                     100.0

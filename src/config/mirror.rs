@@ -1,7 +1,7 @@
 //! `[[mirror]]`: replicated volumes. Each mirror names its backing store (the same path
 //! on every node), the replication address of every node that holds a copy, and one
 //! `[[mirror.link]]` per pair of nodes that replicate to each other (mode, rate cap,
-//! queue, lag budget, encryption). The same file works on every node.
+//! queue, lag budget, encryption, compression). The same file works on every node.
 //!
 //! Cross-field rules live in [`MirrorConfig::validate`]; each error names its key.
 
@@ -163,6 +163,13 @@ pub struct MirrorLinkConfig {
     /// Encrypt this link (ChaCha20-Poly1305), for WAN links. Authentication is always on.
     #[serde(default)]
     pub encrypt: bool,
+    /// Compress write and resync payloads on this link: `"zstd"` (each payload on its
+    /// own, sent raw when that is not smaller) or `"none"` (the default). For WAN links
+    /// with compressible data; costs CPU on both sides. The link is compressed when
+    /// both nodes' builds support it and either side asks (a peer of an older build
+    /// gets an uncompressed link).
+    #[serde(default)]
+    pub compress: crate::mirror::wire::compress::Compress,
     /// A link that carries nothing from the peer for this long is dropped (both sides
     /// ping at a quarter of it), so a silently dead link does not hold a sync
     /// primary's writes: the peer becomes out of date and is resynced later, as

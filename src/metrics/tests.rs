@@ -220,6 +220,9 @@ fn mirrors_export_state_sets_progress_lag_and_counters() {
         r#"tandem_mirror_replicated_bytes_total{cluster="lab",mirror="vol",peer="beta"} 8192"#,
         r#"tandem_mirror_resynced_bytes_total{cluster="lab",mirror="vol",peer="beta"} 1048576"#,
         r#"tandem_mirror_resyncs_completed_total{cluster="lab",mirror="vol",peer="beta"} 1"#,
+        r#"tandem_mirror_compression_input_bytes_total{cluster="lab",mirror="vol",peer="beta"} 8192"#,
+        r#"tandem_mirror_compression_output_bytes_total{cluster="lab",mirror="vol",peer="beta"} 2048"#,
+        r#"tandem_mirror_compression_ratio{cluster="lab",mirror="vol",peer="beta"} 4"#,
     ] {
         assert!(has(&text, want), "missing `{want}` in\n{text}");
     }
@@ -228,6 +231,8 @@ fn mirrors_export_state_sets_progress_lag_and_counters() {
         .contains(r#"tandem_mirror_lag_budget_seconds{cluster="lab",mirror="vol",peer="beta"}"#));
     assert!(!text
         .contains(r#"tandem_mirror_resync_eta_seconds{cluster="lab",mirror="vol",peer="gamma"}"#));
+    assert!(!text
+        .contains(r#"tandem_mirror_compression_ratio{cluster="lab",mirror="vol",peer="gamma"}"#));
 }
 
 #[test]

@@ -189,6 +189,32 @@ pub struct MirrorPeerStatus {
     pub resynced_bytes: u64,
     #[serde(default)]
     pub resyncs_completed: u64,
+    /// Compression of what this copy sent to the peer (`compress = "zstd"`), since the
+    /// daemon started; absent until a compressed link carried a payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<CompressionStatus>,
+}
+
+/// Write and resync payload bytes sent on compressed links to one peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressionStatus {
+    /// Payload bytes before compression.
+    pub raw_bytes: u64,
+    /// Bytes sent for them (a payload that did not shrink is sent and counted raw).
+    pub wire_bytes: u64,
+    /// `raw_bytes / wire_bytes`: above 1 when compression saves bandwidth.
+    pub ratio: f64,
+}
+
+impl CompressionStatus {
+    /// From (raw, wire) counters; `None` while nothing was counted.
+    pub fn from_counts((raw_bytes, wire_bytes): (u64, u64)) -> Option<CompressionStatus> {
+        (raw_bytes > 0 && wire_bytes > 0).then(|| CompressionStatus {
+            raw_bytes,
+            wire_bytes,
+            ratio: raw_bytes as f64 / wire_bytes as f64,
+        })
+    }
 }
 
 /// A running resync.

@@ -30,6 +30,13 @@
 //! | 18   | `PeerAck`        | upto u64, holders: u8 count ≤ [`MAX_BITMAP_PEERS`] of string |
 //! | 19   | `BitmapRuns`     | count u32 ≤ [`MAX_RUNS`] of (first block u64, blocks u32) |
 //! | 20   | `BitmapEnd`      | dirty_blocks u64                                      |
+//! | 21   | `WriteZstd`      | as `Write`; the data zstd-compressed (see below)      |
+//! | 22   | `ResyncDataZstd` | as `ResyncData`; the data zstd-compressed             |
+//!
+//! Types 21 and 22 decode to [`Frame::Write`] and [`Frame::ResyncData`]; they are
+//! valid only on a link that negotiated compression ([`compress`]: the length field
+//! holds the decompressed length, and one zstd frame, smaller than that, fills the
+//! rest of the body).
 //!
 //! `State` ([`CopyState`]): node string, mirror string, size_bytes u64, generations
 //! (current u64; bitmap: u16 count ≤ [`MAX_BITMAP_PEERS`] of (peer string, u64) in
@@ -68,7 +75,7 @@
 //! [`HANDSHAKE_TIMEOUT`] in all). The two messages are framed like frames (types
 //! `0xF0`, `0xF1`, never valid after the handshake):
 //! 1. Hello: magic `TNDMREPL`, version u16 ([`VERSION`]), flags u8 (bit 0: wants
-//!    encryption), cluster, mirror, node (strings), a 32-byte random nonce. Each side
+//!    encryption; bit 1: can zstd; bit 2: wants zstd; see [`compress`]), cluster, mirror, node (strings), a 32-byte random nonce. Each side
 //!    refuses a wrong magic (`Malformed`) or version (`Version`), another cluster or
 //!    mirror (`WrongCluster`), a node other than the expected peer and a peer using its
 //!    own node name (`WrongPeer`).
@@ -77,7 +84,7 @@
 //!    node ‖ sender nonce ‖ receiver nonce ‖ sender flags ‖ receiver flags` (each field
 //!    behind a u32 length prefix), checked in constant time. Direction and both fresh nonces
 //!    are bound, so neither a replayed nor a reflected Auth passes; the flags are bound
-//!    too, so encryption cannot be stripped in transit.
+//!    too, so neither encryption nor compression can be stripped in transit.
 //!
 //! # Encryption
 //! If either side asked for it, every later frame is sealed with ChaCha20-Poly1305: per
@@ -91,7 +98,9 @@
 //! [`LinkWriter`] writes a plaintext payload straight from the caller's slice behind its
 //! small header (one vectored write, no copy); [`LinkReader`] reads through a 256 KiB
 //! buffer and reads payloads straight into the frame's `Vec`. The encrypted path copies
-//! a payload once (to seal it in place).
+//! a payload once (to seal it in place). A compressed link compresses each payload
+//! into a reused buffer and writes that instead (before sealing, when encrypted); an
+//! uncompressed link pays one `Option` check for it.
 //!
 //! Fuzzed (`fuzz/fuzz_targets/mirror_frame.rs`).
 
@@ -108,8 +117,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 
 use crate::mirror::generation::{DiskState, Generations, OwnershipEpoch, HISTORY_LEN};
 
+pub mod compress;
 #[cfg(test)]
 mod tests;
+
+use compress::{Compress, Packer, Unpacker};
 
 /// Protocol version carried in the hello (3: peer-acks, bitmap exchange and
 /// `resolving` in `State`; 2 added ownership epochs. An older peer is refused in the hello).
@@ -136,6 +148,10 @@ pub const MAGIC: &[u8; 8] = b"TNDMREPL";
 
 /// Hello flag: this side wants the link encrypted.
 const FLAG_ENCRYPT: u8 = 1;
+/// Hello flag: this side decodes zstd-compressed frames.
+const FLAG_ZSTD_CAN: u8 = 2;
+/// Hello flag: this side wants the link compressed with zstd.
+const FLAG_ZSTD_WANT: u8 = 4;
 /// The largest handshake message (a hello with three 255-byte names fits easily).
 const HANDSHAKE_MAX: usize = 1024;
 /// The reader's buffer.
@@ -185,6 +201,8 @@ mod ty {
     pub const PEER_ACK: u8 = 18;
     pub const BITMAP_RUNS: u8 = 19;
     pub const BITMAP_END: u8 = 20;
+    pub const WRITE_ZSTD: u8 = 21;
+    pub const RESYNC_DATA_ZSTD: u8 = 22;
     /// Handshake messages (not frames).
     pub const HELLO: u8 = 0xF0;
     pub const AUTH: u8 = 0xF1;
@@ -382,6 +400,9 @@ pub struct HandshakeParams {
     pub key: Vec<u8>,
     /// Request encryption; the link is encrypted if either side requests it.
     pub encrypt: bool,
+    /// Request compression; the link is compressed if both sides can and either
+    /// requests it (see [`compress`]).
+    pub compress: Compress,
 }
 
 /// The authenticated peer, as learned in the handshake.
@@ -389,6 +410,8 @@ pub struct HandshakeParams {
 pub struct PeerHello {
     pub node: String,
     pub encrypted: bool,
+    /// What the link compresses with, as negotiated.
+    pub compress: Compress,
 }
 
 // ---------------------------------------------------------------------------------
@@ -412,6 +435,9 @@ fn max_body(t: u8) -> Option<usize> {
         ty::PEER_ACK => 8 + 1 + MAX_BITMAP_PEERS * (1 + MAX_STR),
         ty::BITMAP_RUNS => 4 + MAX_RUNS * 12,
         ty::BITMAP_END => 8,
+        // Compressed only when smaller than the data.
+        ty::WRITE_ZSTD => WRITE_HEAD + MAX_DATA - 1,
+        ty::RESYNC_DATA_ZSTD => RESYNC_HEAD + MAX_DATA - 1,
         _ => return None,
     })
 }
@@ -643,15 +669,45 @@ fn encode_body<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
     &[]
 }
 
+/// [`encode_body`], with `packed` (the compressed form of the frame's payload, if
+/// any) in place of the payload: the type becomes its zstd twin.
+fn encode_body_packed<'f>(
+    frame: &'f Frame,
+    packed: Option<&'f [u8]>,
+    out: &mut Vec<u8>,
+) -> &'f [u8] {
+    let at = out.len();
+    let payload = encode_body(frame, out);
+    match packed {
+        None => payload,
+        Some(z) => {
+            out[at] = if out[at] == ty::WRITE {
+                ty::WRITE_ZSTD
+            } else {
+                ty::RESYNC_DATA_ZSTD
+            };
+            z
+        }
+    }
+}
+
 /// Appends the length prefix and everything but a trailing payload (see
-/// [`encode_body`]); the prefix counts the payload.
-fn encode_head<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
+/// [`encode_body_packed`]); the prefix counts the payload.
+fn encode_head<'f>(frame: &'f Frame, packed: Option<&'f [u8]>, out: &mut Vec<u8>) -> &'f [u8] {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    let payload = encode_body(frame, out);
+    let payload = encode_body_packed(frame, packed, out);
     let len = len32(out.len() - start - 4 + payload.len());
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
     payload
+}
+
+/// The payload of a `Write` or `ResyncData` (what a compressed link compresses).
+fn payload_of(frame: &Frame) -> Option<&[u8]> {
+    match frame {
+        Frame::Write { data, .. } | Frame::ResyncData { data, .. } => Some(data),
+        _ => None,
+    }
 }
 
 /// Appends the plaintext encoding of `frame` (length prefix included) to `out`.
@@ -661,7 +717,15 @@ fn encode_head<'f>(frame: &'f Frame, out: &mut Vec<u8>) -> &'f [u8] {
 /// a payload over [`MAX_DATA`] or more than [`MAX_DIGESTS`] digests yield a frame every
 /// decoder refuses. [`LinkWriter::send`] checks all of these first.
 pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
-    let payload = encode_head(frame, out);
+    let payload = encode_head(frame, None, out);
+    out.extend_from_slice(payload);
+}
+
+/// [`encode`] as a compressed link sends it: a payload whose zstd form is smaller
+/// goes as a `WriteZstd`/`ResyncDataZstd` frame (see [`compress`]).
+pub fn encode_compressed(frame: &Frame, packer: &mut Packer, out: &mut Vec<u8>) {
+    let packed = payload_of(frame).and_then(|d| packer.pack(d));
+    let payload = encode_head(frame, packed, out);
     out.extend_from_slice(payload);
 }
 
@@ -774,6 +838,11 @@ impl<'a> Cur<'a> {
         Ok(n)
     }
 
+    /// Everything left in the frame.
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
     fn finish(&self) -> Result<(), WireError> {
         if self.buf.is_empty() {
             Ok(())
@@ -807,10 +876,10 @@ impl DataHead {
         }
     }
 
-    /// Parses the fixed fields of type `t` (which must carry a payload) and returns
-    /// them with the payload's checked length.
+    /// Parses the fixed fields of type `t` (which must carry a payload, plain or
+    /// compressed) and returns them with the payload's checked (decompressed) length.
     fn parse(t: u8, cur: &mut Cur<'_>) -> Result<(DataHead, usize), WireError> {
-        let head = if t == ty::WRITE {
+        let head = if t == ty::WRITE || t == ty::WRITE_ZSTD {
             DataHead::Write {
                 seq: cur.u64()?,
                 epoch: cur.epoch()?,
@@ -932,8 +1001,9 @@ fn decode_bitmap_runs(c: &mut Cur<'_>) -> Result<Frame, WireError> {
     Ok(Frame::BitmapRuns { runs })
 }
 
-/// Decodes a complete frame from its type byte and body (length prefix stripped).
-fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
+/// Decodes a complete frame from its type byte and body (length prefix stripped);
+/// compressed frames only with an `unpack` (a link that negotiated compression).
+fn decode_body(frame: &[u8], unpack: Option<&mut Unpacker>) -> Result<Frame, WireError> {
     let Some((&t, body)) = frame.split_first() else {
         return Err(WireError::Malformed("empty frame"));
     };
@@ -944,6 +1014,13 @@ fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
         ty::WRITE | ty::RESYNC_DATA => {
             let (head, n) = DataHead::parse(t, c)?;
             head.frame(c.take(n)?.to_vec())
+        }
+        ty::WRITE_ZSTD | ty::RESYNC_DATA_ZSTD => {
+            let unpack = unpack.ok_or(WireError::Malformed(
+                "compressed frame on an uncompressed link",
+            ))?;
+            let (head, n) = DataHead::parse(t, c)?;
+            head.frame(unpack.unpack(c.rest(), n)?)
         }
         ty::TRIM => Frame::Trim {
             seq: c.u64()?,
@@ -1021,14 +1098,14 @@ fn decode_body(frame: &[u8]) -> Result<Frame, WireError> {
     Ok(f)
 }
 
-/// Like [`decode_body`], but a payload keeps `frame`'s allocation (no copy).
-fn decode_owned(mut frame: Vec<u8>) -> Result<Frame, WireError> {
+/// Like [`decode_body`], but a plain payload keeps `frame`'s allocation (no copy).
+fn decode_owned(mut frame: Vec<u8>, unpack: Option<&mut Unpacker>) -> Result<Frame, WireError> {
     let Some(&t) = frame.first() else {
         return Err(WireError::Malformed("empty frame"));
     };
     check_len(frame.len(), Some(t))?;
     let Some(head_len) = DataHead::len(t) else {
-        return decode_body(&frame);
+        return decode_body(&frame, unpack);
     };
     let mut cur = Cur::new(&frame[1..]);
     let (head, n) = DataHead::parse(t, &mut cur)?;
@@ -1065,8 +1142,24 @@ fn check_len(len: usize, t: Option<u8>) -> Result<(), WireError> {
 }
 
 /// Decodes one frame from the front of `buf`: `Ok(None)` if more bytes are needed,
-/// else the frame and how many bytes it used.
+/// else the frame and how many bytes it used. Compressed frames are refused.
 pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
+    decode_with(buf, None)
+}
+
+/// [`decode`] as a compressed link reads: compressed frames are decompressed
+/// (bounded by [`MAX_DATA`]).
+pub fn decode_compressed(
+    buf: &[u8],
+    unpack: &mut Unpacker,
+) -> Result<Option<(Frame, usize)>, WireError> {
+    decode_with(buf, Some(unpack))
+}
+
+fn decode_with(
+    buf: &[u8],
+    unpack: Option<&mut Unpacker>,
+) -> Result<Option<(Frame, usize)>, WireError> {
     let Some(prefix) = buf.first_chunk::<4>() else {
         return Ok(None);
     };
@@ -1075,7 +1168,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, WireError> {
     let Some(frame) = buf.get(4..4 + len) else {
         return Ok(None);
     };
-    Ok(Some((decode_body(frame)?, 4 + len)))
+    Ok(Some((decode_body(frame, unpack)?, 4 + len)))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1154,14 +1247,34 @@ pub struct LinkWriter<W> {
     /// Queued bytes: whole frames (sealed when encrypted), or a plaintext header.
     buf: Vec<u8>,
     seal: Option<Cipher>,
+    /// On a compressed link.
+    pack: Option<Packer>,
 }
 
 impl<W: AsyncWrite + Unpin + Send> LinkWriter<W> {
-    fn new(w: W, seal: Option<Cipher>) -> LinkWriter<W> {
+    fn new(w: W, seal: Option<Cipher>, pack: Option<Packer>) -> LinkWriter<W> {
         LinkWriter {
             w,
             buf: Vec::with_capacity(WRITE_BUF + COPY_MAX),
             seal,
+            pack,
+        }
+    }
+
+    /// On a compressed link, counts payload bytes before and after compression into
+    /// `counters` from now on (no effect on an uncompressed link).
+    pub fn count_compression(&mut self, counters: std::sync::Arc<compress::CompressCounters>) {
+        if let Some(p) = &mut self.pack {
+            p.count_into(counters);
+        }
+    }
+
+    /// What the link compresses with.
+    pub fn compress(&self) -> Compress {
+        if self.pack.is_some() {
+            Compress::Zstd
+        } else {
+            Compress::None
         }
     }
 
@@ -1176,9 +1289,13 @@ impl<W: AsyncWrite + Unpin + Send> LinkWriter<W> {
     /// when no more frames follow for now.
     pub async fn feed(&mut self, frame: &Frame) -> Result<(), WireError> {
         check_sendable(frame)?;
+        let packed = match &mut self.pack {
+            None => None,
+            Some(p) => payload_of(frame).and_then(|d| p.pack(d)),
+        };
         match &mut self.seal {
             None => {
-                let payload = encode_head(frame, &mut self.buf);
+                let payload = encode_head(frame, packed, &mut self.buf);
                 if payload.len() >= COPY_MAX {
                     write_two(&mut self.w, &self.buf, payload).await?;
                     self.buf.clear();
@@ -1189,7 +1306,7 @@ impl<W: AsyncWrite + Unpin + Send> LinkWriter<W> {
             Some(cipher) => {
                 let start = self.buf.len();
                 self.buf.extend_from_slice(&[0; 4]);
-                let payload = encode_body(frame, &mut self.buf);
+                let payload = encode_body_packed(frame, packed, &mut self.buf);
                 self.buf.extend_from_slice(payload);
                 let nonce = cipher.next_nonce()?;
                 let tag = cipher
@@ -1231,7 +1348,9 @@ impl<W: AsyncWrite + Unpin + Send> LinkWriter<W> {
 pub struct LinkReader<R> {
     r: BufReader<R>,
     open: Option<Cipher>,
-    /// Reused for frames without a payload.
+    /// On a compressed link.
+    unpack: Option<Unpacker>,
+    /// Reused for frames without a plain payload.
     scratch: Vec<u8>,
 }
 
@@ -1258,7 +1377,7 @@ impl<R: AsyncRead + Unpin + Send> LinkReader<R> {
                     .decrypt_in_place_detached(&nonce, b"", &mut frame[..split], &tag)
                     .map_err(|_| WireError::Decrypt)?;
                 frame.truncate(split);
-                decode_owned(frame)
+                decode_owned(frame, self.unpack.as_mut())
             }
         }
     }
@@ -1285,7 +1404,7 @@ impl<R: AsyncRead + Unpin + Send> LinkReader<R> {
         self.scratch.resize(len, 0);
         self.scratch[0] = t;
         self.r.read_exact(&mut self.scratch[1..]).await?;
-        decode_body(&self.scratch)
+        decode_body(&self.scratch, self.unpack.as_mut())
     }
 
     /// Whether frames are sealed with ChaCha20-Poly1305.
@@ -1470,7 +1589,7 @@ where
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ours = Hello {
-        flags: if params.encrypt { FLAG_ENCRYPT } else { 0 },
+        flags: hello_flags(params),
         cluster: params.cluster.clone(),
         mirror: params.mirror.clone(),
         node: params.local_node.clone(),
@@ -1514,25 +1633,70 @@ where
         .verify_slice(&their_mac)
         .map_err(|_| WireError::AuthFailed)?;
 
-    // 4. Encryption, if either side asked.
+    open_link(r, w, &params.key, &ours, theirs)
+}
+
+/// The flags of this side's hello.
+fn hello_flags(params: &HandshakeParams) -> u8 {
+    let mut flags = FLAG_ZSTD_CAN;
+    if params.encrypt {
+        flags |= FLAG_ENCRYPT;
+    }
+    if params.compress == Compress::Zstd {
+        flags |= FLAG_ZSTD_WANT;
+    }
+    flags
+}
+
+/// The link's compression: zstd if both sides can and at least one wants it.
+fn negotiate_compress(ours: u8, theirs: u8) -> Compress {
+    let both_can = ours & theirs & FLAG_ZSTD_CAN != 0;
+    let wanted = (ours | theirs) & FLAG_ZSTD_WANT != 0;
+    if both_can && wanted {
+        Compress::Zstd
+    } else {
+        Compress::None
+    }
+}
+
+/// The two halves of an authenticated link, as the hellos negotiated them:
+/// encrypted if either side asked, compressed per [`negotiate_compress`].
+fn open_link<R, W>(
+    r: BufReader<R>,
+    w: W,
+    key: &[u8],
+    ours: &Hello,
+    theirs: Hello,
+) -> Result<(LinkReader<R>, LinkWriter<W>, PeerHello), WireError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
     let encrypted = (ours.flags | theirs.flags) & FLAG_ENCRYPT != 0;
     let (seal, open) = if encrypted {
         let nonces = (&ours.nonce, &theirs.nonce);
         (
-            Some(Cipher::derive(&params.key, nonces, &ours.node)?),
-            Some(Cipher::derive(&params.key, nonces, &theirs.node)?),
+            Some(Cipher::derive(key, nonces, &ours.node)?),
+            Some(Cipher::derive(key, nonces, &theirs.node)?),
         )
     } else {
         (None, None)
     };
+    let compress = negotiate_compress(ours.flags, theirs.flags);
+    let (pack, unpack) = match compress {
+        Compress::Zstd => (Some(Packer::new()?), Some(Unpacker::new()?)),
+        Compress::None => (None, None),
+    };
     let reader = LinkReader {
         r,
         open,
+        unpack,
         scratch: Vec::new(),
     };
     let peer = PeerHello {
         node: theirs.node,
         encrypted,
+        compress,
     };
-    Ok((reader, LinkWriter::new(w, seal), peer))
+    Ok((reader, LinkWriter::new(w, seal, pack), peer))
 }

@@ -133,6 +133,7 @@ fn spec(
             queue_bytes: 256 << 20,
             lag_budget: None,
             encrypt: false,
+            compress: Default::default(),
             timeout: std::time::Duration::from_secs(6),
         }],
         split_brain: SplitBrainPolicy::Disconnect,

@@ -19,6 +19,7 @@ use crate::event::{unix_ms, EventKind};
 use crate::mirror::bitmap::BLOCK_BYTES;
 use crate::mirror::generation::{DiskState, OwnershipEpoch};
 use crate::mirror::status::LinkDownCause;
+use crate::mirror::wire::compress::Compress;
 use crate::mirror::wire::{
     handshake, CopyState, Frame, HandshakeParams, LinkReader, LinkWriter, PeerHello, WireError,
 };
@@ -62,13 +63,14 @@ pub(crate) struct Accepted {
     hello: PeerHello,
 }
 
-fn params(m: &Mirror, encrypt: bool) -> HandshakeParams {
+fn params(m: &Mirror, encrypt: bool, compress: Compress) -> HandshakeParams {
     HandshakeParams {
         cluster: m.spec.cluster.clone(),
         mirror: m.spec.name.clone(),
         local_node: m.spec.local_node.clone(),
         key: m.spec.key.clone(),
         encrypt,
+        compress,
     }
 }
 
@@ -87,7 +89,9 @@ pub(crate) async fn listen(m: Arc<Mirror>, listener: TcpListener) {
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let (r, w) = stream.into_split();
-            let p = params(&m, false);
+            // Compression: what the link to the connecting address asks for (the
+            // dialler asks for its link's encryption).
+            let p = params(&m, false, m.compress_for(addr.ip()));
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(r, w, &p, None)).await {
                 Ok(Ok((reader, writer, hello))) => {
                     let Some(tx) = m.accepted.get(&hello.node) else {
@@ -132,7 +136,7 @@ async fn dial(m: &Mirror, peer: &str) -> Result<Accepted, LinkError> {
         .map_err(LinkError::Connect)?;
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let p = params(m, spec.encrypt);
+    let p = params(m, spec.encrypt, spec.compress);
     let (reader, writer, hello) =
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(r, w, &p, Some(peer)))
             .await
@@ -200,7 +204,11 @@ pub(crate) async fn peer_task(
         match link {
             Ok(a) => {
                 backoff = BACKOFF_MIN;
-                tracing::debug!(encrypted = a.hello.encrypted, "link authenticated");
+                tracing::debug!(
+                    encrypted = a.hello.encrypted,
+                    compress = a.hello.compress.name(),
+                    "link authenticated"
+                );
                 pending = run_session(&m, &peer, a, &mut accepted).await;
             }
             Err(e) => {
@@ -250,8 +258,13 @@ async fn run_session(
     accepted: &mut mpsc::Receiver<Accepted>,
 ) -> Option<Accepted> {
     let Accepted {
-        mut reader, writer, ..
+        mut reader,
+        mut writer,
+        ..
     } = link;
+    if let Some(counters) = m.compression_counters(peer) {
+        writer.count_compression(counters);
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let writer_task = tokio::spawn(write_loop(writer, rx));
     let Some(theirs) = exchange_state(m, peer, &mut reader, &tx).await else {

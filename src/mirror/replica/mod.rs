@@ -51,10 +51,11 @@ use crate::mirror::generation::{
 use crate::mirror::reconcile::Unproven;
 use crate::mirror::schedule::{PauseWindow, ScheduleState};
 use crate::mirror::status::{
-    LinkDownCause, LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus, ResyncDirection,
-    ResyncStatus, VerifyStatus,
+    CompressionStatus, LinkDownCause, LinkState, MirrorPeerStatus, MirrorRole, MirrorStatus,
+    ResyncDirection, ResyncStatus, VerifyStatus,
 };
 use crate::mirror::volume::{Volume, VolumeError};
+use crate::mirror::wire::compress::{Compress, CompressCounters};
 use crate::mirror::wire::{CopyState, Frame, MAX_DATA};
 use crate::mirror::{Export, ExportError, Extent};
 
@@ -103,6 +104,8 @@ pub struct PeerSpec {
     pub queue_bytes: u64,
     pub lag_budget: Option<Duration>,
     pub encrypt: bool,
+    /// Compress payloads on the link (negotiated in the handshake).
+    pub compress: Compress,
     /// Drop the link after this long without a frame from the peer.
     pub timeout: Duration,
 }
@@ -140,6 +143,7 @@ impl MirrorSpec {
                 queue_bytes: link.queue.0,
                 lag_budget: link.lag_budget,
                 encrypt: link.encrypt,
+                compress: link.compress,
                 timeout: link.timeout,
             });
         }
@@ -255,6 +259,8 @@ struct PeerState {
     replicated_bytes: u64,
     resynced_bytes: u64,
     resyncs_completed: u64,
+    /// Payload bytes sent to the peer before and after compression (every session).
+    compression: Arc<CompressCounters>,
     refused_count: u64,
     /// The last epoch refusal on this link (reported once, not on every retry).
     epoch_refusal: Option<StaleEpoch>,
@@ -434,6 +440,7 @@ impl PeerState {
             replicated_bytes: 0,
             resynced_bytes: 0,
             resyncs_completed: 0,
+            compression: Arc::default(),
             refused_count: 0,
             epoch_refusal: None,
             awaiting_bitmap: false,
@@ -986,6 +993,7 @@ impl Mirror {
                     replicated_bytes: p.replicated_bytes,
                     resynced_bytes: p.resynced_bytes,
                     resyncs_completed: p.resyncs_completed,
+                    compression: CompressionStatus::from_counts(p.compression.get()),
                 }
             })
             .collect();
@@ -1974,6 +1982,29 @@ impl Mirror {
 
     /// Peers at this IP address that dial us and are not connected (an accepted
     /// connection that failed authentication is blamed on them).
+    /// Whether the link to any peer at `ip` asks for compression (what the listener
+    /// offers before it knows which peer connected).
+    pub(crate) fn compress_for(&self, ip: std::net::IpAddr) -> Compress {
+        let wanted = self
+            .spec
+            .peers
+            .iter()
+            .any(|p| p.address.ip() == ip && p.compress == Compress::Zstd);
+        if wanted {
+            Compress::Zstd
+        } else {
+            Compress::None
+        }
+    }
+
+    /// The counters of what this node's link writers compress for `peer`.
+    pub(crate) fn compression_counters(&self, peer: &str) -> Option<Arc<CompressCounters>> {
+        self.lock()
+            .peers
+            .get(peer)
+            .map(|p| Arc::clone(&p.compression))
+    }
+
     pub(crate) fn peers_at(&self, ip: std::net::IpAddr) -> Vec<String> {
         self.spec
             .peers

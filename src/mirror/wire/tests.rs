@@ -481,6 +481,7 @@ fn params(node: &str, key: &[u8], encrypt: bool) -> HandshakeParams {
         local_node: node.into(),
         key: key.to_vec(),
         encrypt,
+        compress: Compress::None,
     }
 }
 
@@ -530,7 +531,8 @@ async fn handshake_succeeds_both_ways() {
         a_peer,
         PeerHello {
             node: "beta".into(),
-            encrypted: false
+            encrypted: false,
+            compress: Compress::None,
         }
     );
     assert_eq!(b_peer.node, "alpha");
@@ -854,4 +856,247 @@ async fn tcp_halves_in_spawned_tasks() {
     });
     let (got, sent) = (server.await.unwrap(), client.await.unwrap());
     assert_eq!(got, sent);
+}
+
+// ---------------------------------------------------------------------------------
+// Compression
+
+/// Text-like data that zstd shrinks several times.
+fn compressible(n: usize) -> Vec<u8> {
+    let words = [
+        "mirror ", "replica ", "the ", "quick ", "mail ", "server ", "at ", "dawn\n",
+    ];
+    words
+        .iter()
+        .cycle()
+        .flat_map(|w| w.bytes())
+        .take(n)
+        .collect()
+}
+
+/// A `WriteZstd` frame built by hand: `raw_len` claimed, `packed` as the body's rest.
+fn hand_zstd_write(raw_len: u32, packed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_u32(&mut out, len32(1 + WRITE_HEAD + packed.len()));
+    out.push(ty::WRITE_ZSTD);
+    put_u64(&mut out, 1);
+    put_u64(&mut out, 2);
+    put_u64(&mut out, 4096);
+    out.push(0);
+    put_u32(&mut out, raw_len);
+    out.extend_from_slice(packed);
+    out
+}
+
+#[test]
+fn compressed_frames_round_trip_and_only_when_smaller() {
+    let mut packer = Packer::new().unwrap();
+    let mut unpack = Unpacker::new().unwrap();
+    let mut random = vec![0u8; 64 * 1024];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+    let frames = [
+        Frame::Write {
+            seq: 7,
+            epoch: OwnershipEpoch(2),
+            offset: 1 << 20,
+            fua: true,
+            data: compressible(MAX_DATA),
+        },
+        Frame::ResyncData {
+            epoch: OwnershipEpoch(2),
+            offset: 8192,
+            data: compressible(4096),
+        },
+        Frame::Write {
+            seq: 8,
+            epoch: OwnershipEpoch(2),
+            offset: 0,
+            fua: false,
+            data: random.clone(),
+        },
+        Frame::Ack { seq: 8 },
+    ];
+    for (i, frame) in frames.iter().enumerate() {
+        let mut out = Vec::new();
+        encode_compressed(frame, &mut packer, &mut out);
+        let mut plain = Vec::new();
+        encode(frame, &mut plain);
+        let compressed = i < 2;
+        assert_eq!(out.len() < plain.len(), compressed, "frame {i}");
+        if compressed {
+            assert!(matches!(out[4], ty::WRITE_ZSTD | ty::RESYNC_DATA_ZSTD));
+            // Without compression negotiated, the frame is refused.
+            assert!(matches!(decode(&out), Err(WireError::Malformed(_))));
+        } else {
+            assert_eq!(out, plain, "sent raw when not smaller");
+        }
+        let (back, used) = decode_compressed(&out, &mut unpack).unwrap().unwrap();
+        assert_eq!((&back, used), (frame, out.len()));
+    }
+}
+
+#[test]
+fn compressed_frames_are_bounded_by_their_stated_length() {
+    let mut unpack = Unpacker::new().unwrap();
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+    assert!(
+        bomb.len() < 8192,
+        "64 MiB of zeroes compress to {}",
+        bomb.len()
+    );
+    let text = compressible(64 * 1024);
+    let packed = zstd::bulk::compress(&text, 3).unwrap();
+    let cases: [(u32, &[u8]); 5] = [
+        // Claims more than a payload may carry: refused before decompressing.
+        ((MAX_DATA + 1) as u32, &packed),
+        (u32::MAX, &bomb),
+        // A bomb behind a small claim: decompression stops at the claim.
+        (8192 + 1, &bomb),
+        // Produces less than it claims, or is not zstd at all.
+        (text.len() as u32 + 1, &packed),
+        (4096, &[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]),
+    ];
+    for (raw_len, body) in cases {
+        let frame = hand_zstd_write(raw_len, body);
+        let err = decode_compressed(&frame, &mut unpack).unwrap_err();
+        assert!(
+            matches!(err, WireError::Malformed(_) | WireError::TooLarge(_)),
+            "claim {raw_len}: {err}"
+        );
+    }
+    // Not smaller than what it claims: refused (it should have been sent raw).
+    let err = unpack.unpack(&packed, packed.len()).unwrap_err();
+    assert!(matches!(err, WireError::Malformed(_)));
+    // The honest frame decodes.
+    let frame = hand_zstd_write(text.len() as u32, &packed);
+    let (got, _) = decode_compressed(&frame, &mut unpack).unwrap().unwrap();
+    assert!(matches!(got, Frame::Write { data, .. } if data == text));
+}
+
+#[test]
+fn compression_needs_both_able_and_one_wanting() {
+    let can = FLAG_ZSTD_CAN;
+    let want = FLAG_ZSTD_CAN | FLAG_ZSTD_WANT;
+    let older = FLAG_ENCRYPT; // a build without compression sets neither bit
+    for (ours, theirs, expect) in [
+        (want, want, Compress::Zstd),
+        (want, can, Compress::Zstd),
+        (can, want, Compress::Zstd),
+        (can, can, Compress::None),
+        (want, older, Compress::None),
+        (older, want, Compress::None),
+        (want, FLAG_ZSTD_WANT, Compress::None),
+    ] {
+        assert_eq!(
+            negotiate_compress(ours, theirs),
+            expect,
+            "{ours:#x} {theirs:#x}"
+        );
+    }
+    let p = |compress| HandshakeParams {
+        compress,
+        ..params("alpha", b"k", false)
+    };
+    assert_eq!(hello_flags(&p(Compress::None)), can);
+    assert_eq!(hello_flags(&p(Compress::Zstd)), want);
+}
+
+#[tokio::test]
+async fn a_peer_of_an_older_build_gets_an_uncompressed_link() {
+    // The older build: a hello without the zstd bits, and the key.
+    let (x, y) = tokio::io::duplex(4096);
+    let (xr, xw) = split(x);
+    let (yr, mut yw) = split(y);
+    let mut yr = BufReader::new(yr);
+    let older = async {
+        let ours = Hello::decode(&read_msg(&mut yr, ty::HELLO).await.unwrap()).unwrap();
+        assert_eq!(ours.flags & FLAG_ZSTD_WANT, FLAG_ZSTD_WANT);
+        let hello = Hello {
+            flags: 0,
+            cluster: "c1".into(),
+            mirror: "vol".into(),
+            node: "beta".into(),
+            nonce: [9; 32],
+        };
+        yw.write_all(&hello.encode()).await.unwrap();
+        let mac = auth_mac(b"k", "c1", "vol", &hello, &ours)
+            .unwrap()
+            .finalize()
+            .into_bytes();
+        let mut auth = Vec::new();
+        put_u32(&mut auth, len32(1 + mac.len()));
+        auth.push(ty::AUTH);
+        auth.extend_from_slice(&mac);
+        yw.write_all(&auth).await.unwrap();
+        read_msg(&mut yr, ty::AUTH).await.unwrap();
+        (yr, yw)
+    };
+    let ours = HandshakeParams {
+        compress: Compress::Zstd,
+        ..params("alpha", b"k", false)
+    };
+    let (res, (mut yr, _yw)) = tokio::join!(handshake(xr, xw, &ours, None), older);
+    let (_r, mut w, peer) = res.unwrap();
+    assert_eq!(peer.compress, Compress::None);
+    assert_eq!(w.compress(), Compress::None);
+    // Writes go out as plain frames the older build reads.
+    let write = Frame::Write {
+        seq: 1,
+        epoch: OwnershipEpoch(1),
+        offset: 0,
+        fua: false,
+        data: compressible(64 * 1024),
+    };
+    let mut buf = vec![0u8; 4 + 1 + WRITE_HEAD + 64 * 1024];
+    let (sent, got) = tokio::join!(w.send(&write), yr.read_exact(&mut buf));
+    sent.unwrap();
+    got.unwrap();
+    assert_eq!(decode(&buf).unwrap().unwrap().0, write);
+}
+
+#[tokio::test]
+async fn compressed_encrypted_link_carries_writes_and_counts_them() {
+    let want = |node| HandshakeParams {
+        compress: Compress::Zstd,
+        ..params(node, b"k", true)
+    };
+    // Only alpha asks: enough.
+    let (a, b) = pair(want("alpha"), None, params("beta", b"k", true), None).await;
+    let (_ar, mut aw, a_peer) = a.unwrap();
+    let (mut br, _bw, b_peer) = b.unwrap();
+    assert_eq!(
+        (a_peer.compress, b_peer.compress),
+        (Compress::Zstd, Compress::Zstd)
+    );
+    assert!(a_peer.encrypted && aw.encrypted() && br.encrypted());
+    let counters = Arc::new(compress::CompressCounters::default());
+    aw.count_compression(Arc::clone(&counters));
+    let mut random = vec![0u8; 256 * 1024];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+    let frames = [
+        Frame::Write {
+            seq: 1,
+            epoch: OwnershipEpoch(3),
+            offset: 0,
+            fua: true,
+            data: compressible(MAX_DATA),
+        },
+        Frame::ResyncData {
+            epoch: OwnershipEpoch(3),
+            offset: 0,
+            data: random,
+        },
+        Frame::Flush {
+            seq: 2,
+            epoch: OwnershipEpoch(3),
+        },
+    ];
+    for f in &frames {
+        let (sent, got) = tokio::join!(aw.send(f), br.recv());
+        sent.unwrap();
+        assert_eq!(&got.unwrap(), f);
+    }
+    let (raw, wire) = counters.get();
+    assert_eq!(raw, (MAX_DATA + 256 * 1024) as u64);
+    assert!(wire < raw / 2 && wire > 256 * 1024, "{raw} -> {wire}");
 }
