@@ -38,6 +38,7 @@ fn spec(
         backing: dir.join(format!("{me}.raw")),
         size: Some(SIZE),
         meta_dir: dir.join(format!("meta-{me}")),
+        metadata: tandem::mirror::replica::meta::MetaPlacement::External,
         listen,
         peers: vec![PeerSpec {
             node: peer.0.into(),

@@ -314,6 +314,7 @@ impl Cluster {
                     queue_bytes: 64 * MIB,
                     lag_budget: None,
                     encrypt: false,
+                    compress: Default::default(),
                     timeout: Duration::from_secs(6),
                 })
                 .collect(),
