@@ -17,6 +17,7 @@ use tracing::info;
 
 mod cpu;
 mod latency;
+mod mixed;
 mod replicated;
 
 /// Options of `tandem bench mirror`.
@@ -46,6 +47,12 @@ pub struct MirrorBenchArgs {
     /// Seconds of each fio QD1 latency run (unreplicated, then sync).
     #[arg(long, default_value_t = 3)]
     pub latency_secs: u64,
+    /// The tbf cap on both directions of the link for the WAN compression row, in Mbit/s.
+    #[arg(long, default_value_t = 10)]
+    pub wan_mbit: u64,
+    /// MiB of the mixed workload (half mail text, half random) in the WAN row.
+    #[arg(long, default_value_t = 8)]
+    pub mixed_mib: u64,
 }
 
 /// Why the benchmark could not produce figures.
@@ -179,6 +186,8 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         args.cap_mbit,
         args.link_mbit,
         args.latency_secs,
+        args.wan_mbit,
+        args.mixed_mib,
     ]
     .contains(&0)
     {
@@ -240,6 +249,8 @@ pub fn run(args: &MirrorBenchArgs) -> Result<(), BenchError> {
         cap_mbit: args.cap_mbit,
         link_mbit: args.link_mbit,
         latency_secs: args.latency_secs,
+        wan_mbit: args.wan_mbit,
+        mixed_mib: args.mixed_mib,
     };
     let r = replicated::run(&scratch.0, &source, size, &opts)?;
     r.print(&opts, best[0], &alone);

@@ -21,6 +21,7 @@ use crate::mirror::nbd::{NbdServer, ServerConfig};
 use crate::mirror::replica::{Mirror, MirrorSpec, PeerSpec};
 use crate::mirror::status::LinkState;
 use crate::mirror::status::MirrorStatus;
+use crate::mirror::wire::compress::Compress;
 
 const NS_PRIMARY: &str = "tbm-a";
 const NS_PEER: &str = "tbm-b";
@@ -105,6 +106,7 @@ fn spec(
     dir: &Path,
     size: u64,
     mode: ReplicationMode,
+    compress: Compress,
     key: &[u8],
 ) -> MirrorSpec {
     let addr = |a: &str| -> std::net::SocketAddr {
@@ -133,7 +135,7 @@ fn spec(
             queue_bytes: 256 << 20,
             lag_budget: None,
             encrypt: false,
-            compress: Default::default(),
+            compress,
             timeout: std::time::Duration::from_secs(6),
         }],
         split_brain: SplitBrainPolicy::Disconnect,
@@ -222,13 +224,18 @@ async fn serve_primary(
 }
 
 impl Pair {
-    fn start(dir: &Path, size: u64, mode: ReplicationMode) -> Result<Pair, BenchError> {
+    fn start(
+        dir: &Path,
+        size: u64,
+        mode: ReplicationMode,
+        compress: Compress,
+    ) -> Result<Pair, BenchError> {
         build_namespaces()?;
         let key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
         let socket = dir.join("mirror.sock");
         let _ = std::fs::remove_file(&socket);
         let (stop_b, stopped_b) = oneshot::channel::<()>();
-        let peer_spec = spec("b", "a", dir, size, mode, &key);
+        let peer_spec = spec("b", "a", dir, size, mode, compress, &key);
         let peer_backing = peer_spec.backing.clone();
         let cpu = [ThreadCpu::new(), ThreadCpu::new()];
         let cpu_b = cpu[1].clone();
@@ -247,7 +254,7 @@ impl Pair {
         let (stop_a, stopped_a) = oneshot::channel::<()>();
         let (asks, asked) = mpsc::channel::<Ask>(8);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-        let primary_spec = spec("a", "b", dir, size, mode, &key);
+        let primary_spec = spec("a", "b", dir, size, mode, compress, &key);
         let primary_backing = primary_spec.backing.clone();
         let nbd_socket = socket.clone();
         let cpu_a = cpu[0].clone();
@@ -399,6 +406,9 @@ pub struct Options {
     pub cap_mbit: u64,
     pub link_mbit: u64,
     pub latency_secs: u64,
+    /// The WAN compression row: its tbf cap in Mbit/s and MiB of mixed workload.
+    pub wan_mbit: u64,
+    pub mixed_mib: u64,
 }
 
 /// Figures of the replicated rows.
@@ -410,6 +420,16 @@ pub struct ReplicatedFigures {
     pub changed_bytes: u64,
     pub resynced_bytes: u64,
     pub sync: SyncFigures,
+    pub wan: WanFigures,
+}
+
+/// The WAN compression row: the mixed workload over a link capped at
+/// `Options::wan_mbit`, sync, without and with zstd.
+pub struct WanFigures {
+    /// nbdcopy MiB/s: without compression, with zstd.
+    pub mib_s: [f64; 2],
+    /// Payload bytes ÷ bytes on the wire with zstd, from the primary's counters.
+    pub wire_ratio: f64,
 }
 
 /// The sync pair's further figures.
@@ -434,12 +454,17 @@ pub fn run(
     opts: &Options,
 ) -> Result<ReplicatedFigures, BenchError> {
     let volume = size.max(opts.resync_mib << 20);
-    let sync = with_pair(dir, volume, ReplicationMode::Sync, |pair| {
+    let sync = with_pair(dir, volume, ReplicationMode::Sync, Compress::None, |pair| {
         sync_rows(pair, source, size, opts)
     })?;
-    let async_mib_s = with_pair(dir, volume, ReplicationMode::Async, |pair| {
-        copy_and_check(pair, source, size, "tandem (async peer)")
-    })?;
+    let async_mib_s = with_pair(
+        dir,
+        volume,
+        ReplicationMode::Async,
+        Compress::None,
+        |pair| copy_and_check(pair, source, size, "tandem (async peer)"),
+    )?;
+    let wan = wan_row(dir, opts)?;
     let (resync_mib_s, resynced) = resync_row(dir, volume, opts)?;
     Ok(ReplicatedFigures {
         sync_mib_s: sync.0,
@@ -449,7 +474,38 @@ pub fn run(
         changed_bytes: opts.resync_mib << 20,
         resynced_bytes: resynced,
         sync: sync.1,
+        wan,
     })
+}
+
+/// The mixed workload over a link capped at `opts.wan_mbit` in both directions, sync,
+/// first without compression, then with zstd; both copies checked after each.
+fn wan_row(dir: &Path, opts: &Options) -> Result<WanFigures, BenchError> {
+    let size = opts.mixed_mib << 20;
+    let source = dir.join("mixed.raw");
+    super::mixed::write_mixed(&source, size, 14)?;
+    let mut mib_s = [0f64; 2];
+    let mut wire_ratio = 1.0;
+    for (i, compress) in [Compress::None, Compress::Zstd].into_iter().enumerate() {
+        let label = if i == 0 {
+            "tandem (sync peer, WAN link)"
+        } else {
+            "tandem (sync peer, WAN link, zstd)"
+        };
+        let (rate, ratio) = with_pair(dir, size, ReplicationMode::Sync, compress, |pair| {
+            cap_link(opts.wan_mbit, true)?;
+            let rate = copy_and_check(pair, &source, size, label)?;
+            let ratio = pair.status()?.peers[0]
+                .compression
+                .as_ref()
+                .map_or(1.0, |c| c.ratio);
+            Ok((rate, ratio))
+        })?;
+        mib_s[i] = rate;
+        wire_ratio = ratio;
+    }
+    let _ = std::fs::remove_file(&source);
+    Ok(WanFigures { mib_s, wire_ratio })
 }
 
 /// Starts a pair in its own directory, runs `f` on it, then stops it and removes the
@@ -458,11 +514,12 @@ fn with_pair<T>(
     dir: &Path,
     volume: u64,
     mode: ReplicationMode,
+    compress: Compress,
     f: impl FnOnce(&Pair) -> Result<T, BenchError>,
 ) -> Result<T, BenchError> {
-    let run_dir = dir.join(format!("pair-{}", mode.name()));
+    let run_dir = dir.join(format!("pair-{}-{}", mode.name(), compress.name()));
     std::fs::create_dir_all(&run_dir).map_err(io("creating the pair's directory"))?;
-    let out = Pair::start(&run_dir, volume, mode).and_then(|pair| f(&pair));
+    let out = Pair::start(&run_dir, volume, mode, compress).and_then(|pair| f(&pair));
     let _ = std::fs::remove_dir_all(&run_dir);
     out
 }
@@ -564,7 +621,7 @@ fn resync_in(run_dir: &Path, volume: u64, opts: &Options) -> Result<(f64, u64), 
     let changed = opts.resync_mib << 20;
     let changes = run_dir.join("changes.raw");
     write_random(&changes, changed)?;
-    let pair = Pair::start(run_dir, volume, ReplicationMode::Sync)?;
+    let pair = Pair::start(run_dir, volume, ReplicationMode::Sync, Compress::None)?;
     // Start in sync, so that the resync carries only what changes while apart.
     pair.wait_in_sync(Duration::from_secs(60))?;
     pair.link(false)?;
@@ -665,6 +722,11 @@ impl ReplicatedFigures {
             self.resynced_bytes,
             self.changed_bytes,
             self.resynced_bytes as f64 / self.changed_bytes as f64
+        );
+        let (w, cap) = (&self.wan, mib_s(opts.wan_mbit));
+        println!(
+            "sync over a WAN link capped at {} Mbit/s ({:.2} MiB/s), {} MiB half mail text, half random: {:.2} MiB/s plain, {:.2} MiB/s with zstd = {:.2}x the cap (wire ratio {:.2})   (no goal set; the ceiling is the mix's ratio)",
+            opts.wan_mbit, cap, opts.mixed_mib, w.mib_s[0], w.mib_s[1], w.mib_s[1] / cap, w.wire_ratio
         );
     }
 }

@@ -1118,6 +1118,8 @@ mod tests {
                 epoch: g.highest(),
             })
             .unwrap();
+        // The store holds the mirror's lock until it is dropped.
+        drop(store);
         let (_, loaded) = MetaStore::open(dir.path(), MIB).unwrap();
         let mut g = EpochGuard::new(loaded.copy.epoch);
         assert!(matches!(
