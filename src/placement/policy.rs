@@ -1613,7 +1613,7 @@ impl GroupState {
                 active.insert(0, o);
             }
         }
-        let winner = &active[0];
+        let winner = active[0].clone();
         if !self.split_reported {
             self.split_reported = true;
             out.push(emit(
@@ -1625,11 +1625,14 @@ impl GroupState {
                 ]),
             ));
         }
-        if winner == view.local() {
-            if self.owner() != Some(view.local()) && view.gate.is_none() {
-                self.assign(view.local());
-            }
-        } else if self.local == LocalGroupState::Running {
+        // Without a quorum every side writes the winner into its register, the losers
+        // too: a loser whose own register still named itself (it took the group over
+        // while apart, in a newer epoch) started the group again the moment it had
+        // stopped, when it heard the winner before the winner heard it.
+        if view.gate.is_none() && self.owner() != Some(winner.as_str()) {
+            self.assign(&winner);
+        }
+        if winner != view.local() && self.local == LocalGroupState::Running {
             let reason = format!("split brain: `{winner}` keeps the group");
             self.stop(&policy.name, &reason, out);
         }

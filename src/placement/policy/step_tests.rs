@@ -241,6 +241,7 @@ fn resolve_split_brain_stops_the_less_preferred_runner_and_reports_once() {
     );
     assert!(stops(&out));
     assert_eq!(g.local, LocalGroupState::Stopping);
+    assert_eq!(g.register, register(("a", 2)), "the loser names the winner");
     let mut again = Vec::new();
     g.resolve_split_brain(w.policy(), &w.view(), active, &mut again);
     assert!(again.is_empty(), "{again:?}");

@@ -50,6 +50,9 @@ struct Cluster {
     link: bool,
     /// Nodes cut off from every other node.
     isolated: Vec<bool>,
+    /// Nodes that hear no other node, while the others hear them (a link healing one
+    /// way first).
+    deaf: Vec<bool>,
     /// Starts of (node, group) fail.
     broken: Vec<(usize, String)>,
     /// Executor results, delivered at the next step.
@@ -70,6 +73,7 @@ impl Cluster {
             live: vec![true; nodes.len()],
             link: true,
             isolated: vec![false; nodes.len()],
+            deaf: vec![false; nodes.len()],
             broken: Vec::new(),
             pending: Vec::new(),
             log: Vec::new(),
@@ -82,7 +86,7 @@ impl Cluster {
     }
 
     fn peers(&self, i: usize) -> Vec<PeerView> {
-        if !self.link || self.isolated[i] {
+        if !self.link || self.isolated[i] || self.deaf[i] {
             return Vec::new();
         }
         (0..self.nodes.len())
@@ -512,6 +516,43 @@ fn split_brain_is_resolved_in_favour_of_the_preferred_node() {
     assert_eq!(c.stops("a", t0), 0);
     c.run_for(1000);
     assert_eq!(c.running("db"), ["a"]);
+    assert_eq!(c.owner(0, "db").as_deref(), Some("a"));
+    assert_eq!(c.owner(1, "db").as_deref(), Some("a"));
+}
+
+/// The lab's split brain: the owner is cut off, the other node takes over, the link
+/// heals, and the loser hears the winner before the winner hears it. The loser stops
+/// once and stays stopped; it used to start the group again as soon as it had stopped
+/// (reason `initial`), because only the winner wrote the winner into the register, and
+/// the loser's own newer register still named itself.
+#[test]
+fn split_brain_after_an_isolated_owner_heals_without_a_second_start() {
+    let groups = vec![group("db", false, Switchback::Manual)];
+    let mut c = Cluster::new(&DUO, &groups);
+    c.run_for(3000);
+    assert_eq!(c.running("db"), ["a"]);
+    c.isolated[0] = true;
+    for (node, peer) in [(0, "b"), (1, "a")] {
+        c.input(
+            node,
+            Input::NodeDown {
+                peer: peer.into(),
+                silent_ms: 1000,
+            },
+        );
+    }
+    c.run_for(3000);
+    assert_eq!(c.running("db"), ["a", "b"]);
+    let t0 = c.t;
+    c.isolated[0] = false;
+    c.deaf[0] = true;
+    c.run_for(1000);
+    c.deaf[0] = false;
+    c.run_for(3000);
+    assert_eq!(c.running("db"), ["a"]);
+    assert_eq!(c.stops("b", t0), 1);
+    assert_eq!(c.starts("b", t0), 0, "the loser started the group again");
+    assert_eq!(c.starts("a", t0), 0);
     assert_eq!(c.owner(0, "db").as_deref(), Some("a"));
     assert_eq!(c.owner(1, "db").as_deref(), Some("a"));
 }
