@@ -48,4 +48,5 @@ pub mod resources;
 pub mod runtime;
 pub mod snmp;
 pub mod status;
+pub mod utc;
 pub mod witness;

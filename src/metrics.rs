@@ -38,7 +38,7 @@ use crate::mirror::generation::DiskState;
 pub use crate::mirror::nbd::metrics::NbdMetrics;
 use crate::snmp::agent::AgentCounters;
 use crate::snmp::notify::ReceiverStatuses;
-use crate::status::{GroupSummary, LinkState, MirrorRole, Status};
+use crate::status::{GroupSummary, LinkState, MirrorPeerStatus, MirrorRole, Status};
 
 /// Errors of the metrics endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -403,6 +403,31 @@ impl Metrics {
     /// Sets the mirror series from the snapshot's mirrors.
     fn render_mirrors(&self, s: &Status) {
         let i = &self.inner;
+        self.reset_mirror_series();
+        for m in &s.mirrors {
+            let name = m.name.as_str();
+            i.mirror_primary
+                .with_label_values(&[name])
+                .set((m.role == MirrorRole::Primary) as i64);
+            for state in DISK_STATES {
+                i.mirror_disk_state
+                    .with_label_values(&[name, state.name()])
+                    .set((m.disk == state) as i64);
+            }
+            i.mirror_io_frozen
+                .with_label_values(&[name])
+                .set(m.io_frozen as i64);
+            add_new(i.mirror_read.with_label_values(&[name]), m.read_bytes);
+            add_new(i.mirror_written.with_label_values(&[name]), m.written_bytes);
+            for p in &m.peers {
+                self.render_mirror_peer(name, p);
+            }
+        }
+    }
+
+    /// Forgets every mirror gauge, so a removed mirror or peer leaves no stale series.
+    fn reset_mirror_series(&self) {
+        let i = &self.inner;
         for g in [
             &i.mirror_primary,
             &i.mirror_disk_state,
@@ -426,84 +451,63 @@ impl Metrics {
         ] {
             g.reset();
         }
-        // The engine's counters only grow while the daemon runs: add what is new.
-        let sync = |c: IntCounter, total: u64| {
-            let before = c.get();
-            if total > before {
-                c.inc_by(total - before);
-            }
-        };
-        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        for m in &s.mirrors {
-            let name = m.name.as_str();
-            i.mirror_primary
-                .with_label_values(&[name])
-                .set((m.role == MirrorRole::Primary) as i64);
-            for state in DISK_STATES {
-                i.mirror_disk_state
-                    .with_label_values(&[name, state.name()])
-                    .set((m.disk == state) as i64);
-            }
-            i.mirror_io_frozen
-                .with_label_values(&[name])
-                .set(m.io_frozen as i64);
-            sync(i.mirror_read.with_label_values(&[name]), m.read_bytes);
-            sync(i.mirror_written.with_label_values(&[name]), m.written_bytes);
-            for p in &m.peers {
-                let peer = [name, p.node.as_str()];
-                for state in DISK_STATES {
-                    i.mirror_peer_disk_state
-                        .with_label_values(&[name, &p.node, state.name()])
-                        .set((p.peer_disk == Some(state)) as i64);
-                }
-                for state in LinkState::ALL {
-                    i.mirror_connection
-                        .with_label_values(&[name, &p.node, state.name()])
-                        .set((p.connection == state) as i64);
-                }
-                i.mirror_out_of_sync
-                    .with_label_values(&peer)
-                    .set(gauge(p.out_of_sync_bytes));
-                i.mirror_lag_bytes
-                    .with_label_values(&peer)
-                    .set(gauge(p.lag_bytes));
-                i.mirror_lag_seconds
-                    .with_label_values(&peer)
-                    .set(p.lag_seconds);
-                if let Some(budget) = p.lag_budget_seconds {
-                    i.mirror_lag_budget.with_label_values(&peer).set(budget);
-                }
-                let r = p.resync.as_ref();
-                i.resync_active
-                    .with_label_values(&peer)
-                    .set(r.is_some() as i64);
-                i.resync_size
-                    .with_label_values(&peer)
-                    .set(gauge(r.map_or(0, |r| r.total_bytes)));
-                i.resync_done
-                    .with_label_values(&peer)
-                    .set(gauge(r.map_or(0, |r| r.done_bytes)));
-                i.resync_rate
-                    .with_label_values(&peer)
-                    .set(r.map_or(0.0, |r| r.bytes_per_second));
-                if let Some(eta) = r.and_then(|r| r.eta_seconds) {
-                    i.resync_eta.with_label_values(&peer).set(eta);
-                }
-                sync(
-                    i.mirror_replicated.with_label_values(&peer),
-                    p.replicated_bytes,
-                );
-                sync(i.mirror_resynced.with_label_values(&peer), p.resynced_bytes);
-                sync(
-                    i.mirror_resyncs.with_label_values(&peer),
-                    p.resyncs_completed,
-                );
-                if let Some(c) = &p.compression {
-                    sync(i.compress_in.with_label_values(&peer), c.raw_bytes);
-                    sync(i.compress_out.with_label_values(&peer), c.wire_bytes);
-                    i.compress_ratio.with_label_values(&peer).set(c.ratio);
-                }
-            }
+    }
+
+    /// Sets the series of one peer of mirror `name`.
+    fn render_mirror_peer(&self, name: &str, p: &MirrorPeerStatus) {
+        let i = &self.inner;
+        let peer = [name, p.node.as_str()];
+        for state in DISK_STATES {
+            i.mirror_peer_disk_state
+                .with_label_values(&[name, &p.node, state.name()])
+                .set((p.peer_disk == Some(state)) as i64);
+        }
+        for state in LinkState::ALL {
+            i.mirror_connection
+                .with_label_values(&[name, &p.node, state.name()])
+                .set((p.connection == state) as i64);
+        }
+        i.mirror_out_of_sync
+            .with_label_values(&peer)
+            .set(gauge(p.out_of_sync_bytes));
+        i.mirror_lag_bytes
+            .with_label_values(&peer)
+            .set(gauge(p.lag_bytes));
+        i.mirror_lag_seconds
+            .with_label_values(&peer)
+            .set(p.lag_seconds);
+        if let Some(budget) = p.lag_budget_seconds {
+            i.mirror_lag_budget.with_label_values(&peer).set(budget);
+        }
+        let r = p.resync.as_ref();
+        i.resync_active
+            .with_label_values(&peer)
+            .set(r.is_some() as i64);
+        i.resync_size
+            .with_label_values(&peer)
+            .set(gauge(r.map_or(0, |r| r.total_bytes)));
+        i.resync_done
+            .with_label_values(&peer)
+            .set(gauge(r.map_or(0, |r| r.done_bytes)));
+        i.resync_rate
+            .with_label_values(&peer)
+            .set(r.map_or(0.0, |r| r.bytes_per_second));
+        if let Some(eta) = r.and_then(|r| r.eta_seconds) {
+            i.resync_eta.with_label_values(&peer).set(eta);
+        }
+        add_new(
+            i.mirror_replicated.with_label_values(&peer),
+            p.replicated_bytes,
+        );
+        add_new(i.mirror_resynced.with_label_values(&peer), p.resynced_bytes);
+        add_new(
+            i.mirror_resyncs.with_label_values(&peer),
+            p.resyncs_completed,
+        );
+        if let Some(c) = &p.compression {
+            add_new(i.compress_in.with_label_values(&peer), c.raw_bytes);
+            add_new(i.compress_out.with_label_values(&peer), c.wire_bytes);
+            i.compress_ratio.with_label_values(&peer).set(c.ratio);
         }
     }
 
@@ -842,6 +846,19 @@ pub async fn serve(
     Ok(tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     }))
+}
+
+/// The engine's counters only grow while the daemon runs: adds what is new to `c`.
+fn add_new(c: IntCounter, total: u64) {
+    let before = c.get();
+    if total > before {
+        c.inc_by(total - before);
+    }
+}
+
+/// A byte count as a gauge value (saturating).
+fn gauge(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

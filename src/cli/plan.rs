@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use crate::mirror::plan::{LinkLag, Outcome, Plan, Sizing, Target, MINUTE_MS};
+use crate::mirror::plan::{LinkLag, Outcome, Plan, Sizing, Target};
 
 /// The whole text, ending with a newline.
 pub fn render_plan(p: &Plan) -> String {
@@ -52,7 +52,11 @@ fn render_sizing(out: &mut String, t: &Target, s: &Sizing) {
             bits_rate(v * 8.0)
         );
         if name == "peak" {
-            let _ = write!(out, "  at {}", utc_minute(r.peak_minute_ms));
+            let _ = write!(
+                out,
+                "  at {}",
+                crate::utc::UtcTime::from_unix_ms(r.peak_minute_ms).to_minute()
+            );
         }
         out.push('\n');
     }
@@ -204,26 +208,6 @@ fn human_minutes(minutes: u64) -> String {
     }
 }
 
-/// `2026-01-01 09:00 UTC` (the civil date from days since 1970, H. Hinnant's method).
-fn utc_minute(ms: u64) -> String {
-    let minutes = ms / MINUTE_MS;
-    let (days, of_day) = ((minutes / 1440) as i64, minutes % 1440);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year}-{month:02}-{day:02} {:02}:{:02} UTC",
-        of_day / 60,
-        of_day % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,7 +223,5 @@ mod tests {
         assert_eq!(bytes_rate(512.0), "512 B/s");
         assert_eq!(volume(8.64e9), "8.6 GB");
         assert_eq!(percent(95.0), "95%");
-        assert_eq!(utc_minute(1_767_258_000_000), "2026-01-01 09:00 UTC");
-        assert_eq!(utc_minute(951_782_400_000), "2000-02-29 00:00 UTC");
     }
 }

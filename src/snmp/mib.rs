@@ -752,29 +752,18 @@ pub fn notification_for(event: &Event) -> Option<Notification> {
 
 /// SNMPv2-TC `DateAndTime` in UTC (11 octets) of milliseconds since the Unix epoch.
 pub fn date_and_time(unix_ms: u64) -> [u8; 11] {
-    let secs = unix_ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    let t = crate::utc::UtcTime::from_unix_ms(unix_ms);
+    let year = t.year as u16;
     let [y_hi, y_lo] = year.to_be_bytes();
     [
         y_hi,
         y_lo,
-        month,
-        day,
-        (rem / 3600) as u8,
-        ((rem % 3600) / 60) as u8,
-        (rem % 60) as u8,
-        ((unix_ms % 1000) / 100) as u8,
+        t.month,
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        (t.millis / 100) as u8,
         b'+',
         0,
         0,
