@@ -2107,6 +2107,7 @@ fn split_brain_lab(prefix: &str, policy: &str, n1_mib: u64) -> (Lab, &'static st
         let out = lab.qemu_io(node, &[cmd, "flush".to_string()]);
         assert!(out.status.success(), "{node}: {}", describe(&out));
     }
+    let healed_ms = wall_ms();
     lab.lab(&["heal"]);
     // One primary, one secondary, for two seconds in a row.
     let mut since: Option<(Instant, &str)> = None;
@@ -2142,6 +2143,22 @@ fn split_brain_lab(prefix: &str, policy: &str, n1_mib: u64) -> (Lab, &'static st
         "{keeper} keeps the group ({} ms after the heal)",
         ms(d)
     ));
+    // The group stays where the split-brain rule put it (the preferred node), and the
+    // loser stays stopped. Before the loser wrote the winner into its register too,
+    // the node that had taken over while apart kept the group against the rule.
+    let resolved: Vec<Value> = ["n1", "n2"]
+        .iter()
+        .flat_map(|n| events_since(&lab, n, "split_brain_resolved", healed_ms))
+        .collect();
+    assert!(
+        !resolved.is_empty() && resolved.iter().all(|e| e["fields"]["winner"] == keeper),
+        "{keeper} keeps the group, but the rule chose otherwise: {resolved:?}"
+    );
+    let restarts = events_since(&lab, other(keeper), "group_starting", healed_ms);
+    assert!(
+        restarts.is_empty(),
+        "the loser started the group again: {restarts:?}"
+    );
     (lab, keeper)
 }
 
