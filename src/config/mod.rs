@@ -444,11 +444,17 @@ fn default_check_timeout() -> Duration {
 pub enum ProbeConfig {
     /// The TCP connect succeeds.
     Tcp { address: SocketAddr },
-    /// HTTP GET answers with `expect_status`.
+    /// HTTP GET answers with `expect_status`; `https://` URLs go over TLS, trusting
+    /// the Mozilla roots, or the CA certificates (PEM) in `ca_file`, or with
+    /// `insecure = true` any certificate (a service's self-signed one).
     Http {
         url: String,
         #[serde(default = "default_status")]
         expect_status: u16,
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        #[serde(default)]
+        insecure: bool,
     },
     /// An SMTP server sends a 220 banner and accepts EHLO with 250.
     Smtp {
@@ -879,9 +885,12 @@ impl CheckConfig {
             return Err(invalid(format!("{key}.timeout"), "must be positive"));
         }
         match &self.probe {
-            ProbeConfig::Http { url, .. } if !url.starts_with("http://") => {
-                return Err(invalid(format!("{key}.url"), "must start with http://"));
-            }
+            ProbeConfig::Http {
+                url,
+                ca_file,
+                insecure,
+                ..
+            } => validate_http_probe(key, url, ca_file.as_deref(), *insecure)?,
             ProbeConfig::Exec { command } if command.is_empty() => {
                 return Err(invalid(format!("{key}.command"), "empty command"));
             }
@@ -889,6 +898,36 @@ impl CheckConfig {
         }
         Ok(())
     }
+}
+
+/// An `http` probe's URL and its TLS trust: `ca_file` and `insecure` only for an
+/// `https://` URL, and not both.
+fn validate_http_probe(
+    key: &str,
+    url: &str,
+    ca_file: Option<&Path>,
+    insecure: bool,
+) -> Result<(), ConfigError> {
+    let tls = url.starts_with("https://");
+    if !tls && !url.starts_with("http://") {
+        return Err(invalid(
+            format!("{key}.url"),
+            "must start with http:// or https://",
+        ));
+    }
+    if !tls && (ca_file.is_some() || insecure) {
+        return Err(invalid(
+            format!("{key}.url"),
+            "ca_file and insecure need an https:// URL",
+        ));
+    }
+    if ca_file.is_some() && insecure {
+        return Err(invalid(
+            format!("{key}.insecure"),
+            "give either ca_file (verify against that CA) or insecure (accept any certificate), not both",
+        ));
+    }
+    Ok(())
 }
 
 /// Parses `addr/prefix`, checking the prefix fits the family.

@@ -168,6 +168,39 @@ fn unknown_keys_in_resources_and_checks_are_errors() {
 }
 
 #[test]
+fn http_probes_take_https_with_one_kind_of_trust() {
+    let base = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"x\"\nkind = \"process\"\ncommand = [\"true\"]\n"
+    );
+    let with = |check: &str| format!("{base}quickcheck = {{ probe = \"http\", {check} }}\n");
+    for ok in [
+        r#"url = "http://127.0.0.1/""#,
+        r#"url = "https://127.0.0.1/""#,
+        r#"url = "https://127.0.0.1/", ca_file = "/etc/ssl/ca.pem""#,
+        r#"url = "https://127.0.0.1/", insecure = true"#,
+    ] {
+        Config::parse(&with(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    for (bad, why) in [
+        (
+            r#"url = "ftp://127.0.0.1/""#,
+            "must start with http:// or https://",
+        ),
+        (
+            r#"url = "http://127.0.0.1/", insecure = true"#,
+            "need an https:// URL",
+        ),
+        (
+            r#"url = "https://127.0.0.1/", insecure = true, ca_file = "/ca.pem""#,
+            "not both",
+        ),
+    ] {
+        let e = err_of(&with(bad));
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn heartbeat_must_fit_in_a_datagram() {
     let mut text = MINIMAL.to_string();
     for i in 0..32 {

@@ -1,26 +1,26 @@
-//! A small HTTP/1.1 client for a BMC: one connection per request (BMCs often close
-//! after each answer), plain TCP or TLS (rustls, ring, the Mozilla roots; or any
+//! A small HTTP/1.1 client for a BMC over `net::http`: one connection per request
+//! (BMCs often close after each answer), plain TCP or TLS (the Mozilla roots; or any
 //! certificate when `insecure`), HTTP Basic authentication (RFC 7617), a time limit per
 //! request, JSON bodies. Statuses are mapped to [`FenceError`]s here.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method as HttpMethod, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 
 use super::FenceError;
 use crate::config::BmcUrl;
+use crate::net::http::{client_config, exchange, Target, Trust};
 
 /// A BMC's HTTP endpoint with its credentials.
 pub struct Bmc {
     url: BmcUrl,
     /// `Basic <base64(user:password)>`.
     auth: String,
-    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     request_timeout: Duration,
 }
 
@@ -35,9 +35,14 @@ impl Bmc {
     ) -> Result<Bmc, FenceError> {
         let url = BmcUrl::parse(url).map_err(FenceError::Url)?;
         let tls = if url.tls {
-            let name = ServerName::try_from(url.host.clone())
+            ServerName::try_from(url.host.as_str())
                 .map_err(|e| FenceError::Url(format!("`{}`: {e}", url.host)))?;
-            Some((tls_config(insecure)?, name))
+            let trust = if insecure {
+                Trust::AnyCertificate
+            } else {
+                Trust::PublicRoots
+            };
+            Some(client_config(trust).map_err(FenceError::Url)?)
         } else {
             None
         };
@@ -97,23 +102,6 @@ impl Bmc {
             url: self.origin(),
             reason,
         };
-        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let io: Box<dyn Io> = match &self.tls {
-            Some((config, name)) => {
-                let tls = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| unreachable(tls_reason(&e)))?;
-                Box::new(TokioIo::new(tls))
-            }
-            None => Box::new(TokioIo::new(tcp)),
-        };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        tokio::spawn(conn);
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -130,35 +118,14 @@ impl Bmc {
         let req = req
             .body(Full::new(bytes))
             .map_err(|e| FenceError::Url(format!("`{path}`: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
-        Ok((status, body))
+        let target = Target {
+            host: &self.url.host,
+            port: self.url.port,
+            tls: self.tls.as_ref(),
+        };
+        exchange(&target, req).await.map_err(unreachable)
     }
 }
-
-/// A TLS failure, with a hint when the certificate is the problem (a BMC's
-/// self-signed one, most often).
-fn tls_reason(e: &std::io::Error) -> String {
-    let text = e.to_string();
-    if text.contains("invalid peer certificate") {
-        format!("TLS: {text}: the BMC's certificate is not trusted (a self-signed one needs insecure = true)")
-    } else {
-        format!("TLS: {text}")
-    }
-}
-
-/// A byte stream hyper can drive: TCP or TLS over TCP.
-trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
-impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> Io for T {}
 
 /// A non-2xx answer as an error: 401/403 are wrong credentials, 404 an unknown path.
 fn check_status(
@@ -197,79 +164,6 @@ pub(crate) fn redfish_message(body: &[u8]) -> String {
         .and_then(|m| m.as_str())
         .map(str::to_string);
     msg.unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
-}
-
-fn tls_config(insecure: bool) -> Result<Arc<rustls::ClientConfig>, FenceError> {
-    // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key
-    // exchange, which BMCs do not offer anyway; ring keeps the static image's build
-    // free of aws-lc's C toolchain needs.
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| FenceError::Url(format!("TLS: {e}")))?;
-    let config = if insecure {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
-    } else {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    };
-    Ok(Arc::new(config))
-}
-
-/// `insecure = true`: accepts any server certificate (a BMC's self-signed one), but
-/// still checks that the server holds the certificate's key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// Standard base64 with padding (RFC 4648 s4), for the Basic credentials.

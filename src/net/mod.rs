@@ -14,6 +14,7 @@
 //! calling thread at the moment the socket is opened.
 
 pub mod announce;
+pub mod http;
 pub mod netlink;
 pub mod probe;
 pub mod vip;

@@ -1,10 +1,12 @@
-//! Health probes: TCP connect, HTTP GET with an expected status, SMTP banner + EHLO,
-//! and a command that must exit 0. Each runs under a timeout and returns a reason on
+//! Health probes: TCP connect, HTTP GET with an expected status (HTTPS over rustls
+//! for `https://` URLs), SMTP banner + EHLO, and a command that must exit 0. Each runs under a timeout and returns a reason on
 //! failure.
 
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::Empty;
+use http_body_util::Full;
 use hyper::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -12,6 +14,7 @@ use tokio::net::TcpStream;
 use super::agent::run_command;
 use super::ResourceError;
 use crate::config::ProbeConfig;
+use crate::net::http::{client_config, exchange, Target, Trust};
 
 /// Runs one probe; `Ok(())` means healthy.
 pub async fn run(
@@ -25,7 +28,12 @@ pub async fn run(
                 .await
                 .map(|_| ())
                 .map_err(|e| ResourceError::Check(format!("tcp connect {address}: {e}"))),
-            ProbeConfig::Http { url, expect_status } => http_get(url, *expect_status).await,
+            ProbeConfig::Http {
+                url,
+                expect_status,
+                ca_file,
+                insecure,
+            } => http_get(url, *expect_status, ca_file.as_deref(), *insecure).await,
             ProbeConfig::Smtp { address, helo } => smtp(*address, helo).await,
             ProbeConfig::Exec { command } => run_command(command, timeout, env).await,
         }
@@ -39,39 +47,70 @@ pub async fn run(
     }
 }
 
-async fn http_get(url: &str, expect: u16) -> Result<(), ResourceError> {
+/// GET `url` (over TLS for `https://`, trusting as configured); healthy when the
+/// answer has status `expect`.
+async fn http_get(
+    url: &str,
+    expect: u16,
+    ca_file: Option<&Path>,
+    insecure: bool,
+) -> Result<(), ResourceError> {
     let check = |m: String| ResourceError::Check(m);
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e| check(format!("bad url {url}: {e}")))?;
-    let host = uri
-        .host()
+    let authority = uri
+        .authority()
         .ok_or_else(|| check(format!("no host in {url}")))?;
-    let port = uri.port_u16().unwrap_or(80);
-    let stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| check(format!("connect {host}:{port}: {e}")))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| check(format!("http handshake: {e}")))?;
-    tokio::spawn(conn);
+    // An IPv6 literal comes in brackets; connecting and TLS want the bare address.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let tls = match uri.scheme_str() {
+        Some("https") => Some(tls_config(ca_file, insecure).map_err(check)?),
+        _ => None,
+    };
+    let port = uri
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::HOST, authority.as_str())
+        .body(Full::new(Bytes::new()))
         .map_err(|e| check(format!("request: {e}")))?;
-    let resp = sender
-        .send_request(req)
+    let target = Target {
+        host,
+        port,
+        tls: tls.as_ref(),
+    };
+    let (status, _) = exchange(&target, req)
         .await
         .map_err(|e| check(format!("GET {url}: {e}")))?;
-    if resp.status().as_u16() == expect {
+    if status.as_u16() == expect {
         Ok(())
     } else {
         Err(check(format!(
             "GET {url}: status {} (expected {expect})",
-            resp.status().as_u16()
+            status.as_u16()
         )))
+    }
+}
+
+/// The TLS client configuration of an `https://` probe: the Mozilla roots and the
+/// accept-any configuration are built once; a CA file is read at every probe, so a
+/// renewed CA needs no restart.
+fn tls_config(ca_file: Option<&Path>, insecure: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+    static PUBLIC: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    static ANY: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    match (ca_file, insecure) {
+        (Some(path), _) => client_config(Trust::CaFile(path)),
+        (None, true) => ANY
+            .get_or_init(|| client_config(Trust::AnyCertificate))
+            .clone(),
+        (None, false) => PUBLIC
+            .get_or_init(|| client_config(Trust::PublicRoots))
+            .clone(),
     }
 }
 
@@ -124,6 +163,7 @@ async fn read_smtp_reply<R: tokio::io::AsyncBufRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
@@ -192,6 +232,8 @@ mod tests {
         let probe = |p: &str| ProbeConfig::Http {
             url: format!("http://{addr}{p}"),
             expect_status: 200,
+            ca_file: None,
+            insecure: false,
         };
         assert!(run(&probe("/ok"), Duration::from_secs(2), &[])
             .await
@@ -200,6 +242,106 @@ mod tests {
             .await
             .unwrap_err();
         assert!(e.to_string().contains("503"), "{e}");
+    }
+
+    /// `https://` probes speak TLS to a real TLS server (`openssl s_server -www`) with a
+    /// certificate from a private CA: refused as untrusted by default (they went out as
+    /// plain HTTP before), healthy with that CA as `ca_file` or with `insecure`.
+    #[tokio::test]
+    async fn https_probe_speaks_tls_and_verifies_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl (scripts/deps.sh installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        };
+        openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ]
+            .into_iter()
+            .chain([
+                "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            ])
+            .chain(["-subj", "/CN=probe test CA"])
+            .collect::<Vec<_>>(),
+        );
+        openssl(
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ]
+            .into_iter()
+            .chain([
+                "-keyout",
+                "srv.key",
+                "-out",
+                "srv.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .collect::<Vec<_>>(),
+        );
+        std::fs::write(d.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(
+            &[
+                "x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            ]
+            .into_iter()
+            .chain(["-CAcreateserial", "-out", "srv.crt", "-days", "2"])
+            .chain(["-extfile", "san.ext"])
+            .collect::<Vec<_>>(),
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let accept = format!("127.0.0.1:{port}");
+        let mut server = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept", &accept])
+            .args(["-cert", "srv.crt", "-key", "srv.key"])
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        for _ in 0..100 {
+            if TcpStream::connect(&accept).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let probe = |scheme: &str, ca_file: Option<PathBuf>, insecure: bool| ProbeConfig::Http {
+            url: format!("{scheme}://127.0.0.1:{port}/"),
+            expect_status: 200,
+            ca_file,
+            insecure,
+        };
+        let t = Duration::from_secs(5);
+        let untrusted = run(&probe("https", None, false), t, &[]).await;
+        let with_ca = run(&probe("https", Some(d.join("ca.crt")), false), t, &[]).await;
+        let any = run(&probe("https", None, true), t, &[]).await;
+        let plain = run(&probe("http", None, false), t, &[]).await;
+        let _ = server.kill();
+        let _ = server.wait();
+        let e = untrusted.unwrap_err().to_string();
+        assert!(e.contains("not trusted"), "{e}");
+        with_ca.unwrap();
+        any.unwrap();
+        assert!(plain.is_err(), "plain HTTP to a TLS port passed");
     }
 
     #[tokio::test]

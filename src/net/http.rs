@@ -1,0 +1,199 @@
+//! The HTTP/1.1 client under the BMC client (`fence::http`) and the `http` health
+//! probe: one request per connection over plain TCP or TLS (rustls with ring), and
+//! which certificates TLS trusts: the Mozilla roots, an operator's CA file, or (by
+//! explicit choice) any certificate whose key the server holds.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// Which server certificates a TLS client accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust<'a> {
+    /// Certificates that chain to the Mozilla roots.
+    PublicRoots,
+    /// Certificates that chain to the CA certificates (PEM) in this file.
+    CaFile(&'a Path),
+    /// Any certificate (a self-signed one); the server must still hold its key.
+    AnyCertificate,
+}
+
+/// A TLS client configuration for `trust`; the reason when the CA file is unusable.
+pub fn client_config(trust: Trust<'_>) -> Result<Arc<rustls::ClientConfig>, String> {
+    // rustls 0.23.48 deprecates ring's provider for lacking post-quantum key
+    // exchange, which BMCs and most probed services do not offer anyway; ring keeps
+    // the static image's build free of aws-lc's C toolchain needs.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let config = match trust {
+        Trust::AnyCertificate => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth(),
+        Trust::PublicRoots => builder
+            .with_root_certificates(rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            })
+            .with_no_client_auth(),
+        Trust::CaFile(path) => builder
+            .with_root_certificates(ca_roots(path)?)
+            .with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
+/// The CA certificates of a PEM file, refused when it holds none.
+fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    let unusable = |why: String| format!("CA file {}: {why}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| unusable(e.to_string()))? {
+        let cert = cert.map_err(|e| unusable(e.to_string()))?;
+        roots.add(cert).map_err(|e| unusable(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(unusable("no certificate in it".into()));
+    }
+    Ok(roots)
+}
+
+/// Where a request goes: host and port, and TLS with this configuration or none.
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub tls: Option<&'a Arc<rustls::ClientConfig>>,
+}
+
+/// Sends `req` on a new connection to `target` and reads the whole answer; the
+/// reason (connection, TLS or protocol) when there is none.
+pub async fn exchange(
+    target: &Target<'_>,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), String> {
+    let tcp = tokio::net::TcpStream::connect((target.host, target.port))
+        .await
+        .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
+    let io: Box<dyn Io> = match target.tls {
+        Some(config) => {
+            let name = ServerName::try_from(target.host.to_string())
+                .map_err(|e| format!("`{}`: {e}", target.host))?;
+            let tls = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| tls_reason(&e))?;
+            Box::new(TokioIo::new(tls))
+        }
+        None => Box::new(TokioIo::new(tcp)),
+    };
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// A TLS failure, with a hint when the certificate is the problem (a self-signed one,
+/// most often).
+fn tls_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    if text.contains("invalid peer certificate") {
+        format!(
+            "TLS: {text}: the server's certificate is not trusted (give its CA, or accept \
+             a self-signed one with insecure = true)"
+        )
+    } else {
+        format!("TLS: {text}")
+    }
+}
+
+/// A byte stream hyper can drive: TCP or TLS over TCP.
+trait Io: hyper::rt::Read + hyper::rt::Write + Unpin + Send {}
+impl<T: hyper::rt::Read + hyper::rt::Write + Unpin + Send> Io for T {}
+
+/// [`Trust::AnyCertificate`]: accepts any server certificate, but still checks that
+/// the server holds the certificate's key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let err = client_config(Trust::CaFile(&path)).unwrap_err();
+        assert!(
+            err.contains("ca.pem") && err.contains("no certificate"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.pem");
+        let err = client_config(Trust::CaFile(&missing)).unwrap_err();
+        assert!(err.contains("missing.pem"), "{err}");
+        assert!(client_config(Trust::PublicRoots).is_ok());
+        assert!(client_config(Trust::AnyCertificate).is_ok());
+    }
+}
