@@ -628,22 +628,19 @@ fn raw_esp(image: &Path) -> Result<Partition, ImageError> {
 }
 
 /// The one-node configuration a node boots with when the data partition has no
-/// `tandem.toml`: heartbeats on `address` (the first NIC's), the SNMP agent (v2c
-/// `public`, read-only, from private networks only) and metrics up, no groups.
+/// `tandem.toml`: heartbeats on `address` (the first NIC's), metrics on that address
+/// only, no groups, and no SNMP access until one is configured (a commented
+/// community shows how): nothing answers `public` from the networks around it.
 pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> String {
     let node = node.replace(['"', '\\'], "");
+    let metrics = std::net::SocketAddr::new(address, 9776);
     let mut s = format!(
         "# Written at boot because /data/tandem.toml is missing: a one-node default.\n\
          [cluster]\nname = \"tandem\"\nkey = \"{key}\"\nstate_dir = \"/data/state\"\n\n\
          [heartbeat]\npaths = [\"lan\"]\n\n\
-         [metrics]\nlisten = \"0.0.0.0:9776\"\n\n\
-         [snmp]\nlisten = \"0.0.0.0:161\"\n"
+         [metrics]\nlisten = \"{metrics}\"\n"
     );
-    for net in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"] {
-        s.push_str(&format!(
-            "\n[[snmp.community]]\nname = \"public\"\nsource = \"{net}\"\n"
-        ));
-    }
+    s.push_str(SNMP_TEMPLATE);
     s.push_str(&format!(
         "\n[[node]]\nname = \"{node}\"\npriority = 1\naddresses = {{ lan = \"{address}\" }}\n"
     ));
@@ -651,6 +648,15 @@ pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> Strin
     s.push_str(APPLIANCE_MIRROR_TEMPLATE);
     s
 }
+
+/// The commented `[snmp]` of [`default_config`]: no community or user is made up.
+const SNMP_TEMPLATE: &str =
+    "\n# The SNMP agent answers nobody until you say who (README \"SNMP\"):\n\
+     # [snmp]\n\
+     # listen = \"0.0.0.0:161\"\n\
+     # [[snmp.community]]\n\
+     # name = \"a-long-random-community\"\n\
+     # source = \"192.0.2.0/24\"           # your management network only\n";
 
 /// The commented `[[mirror]]` of [`default_config`]: on the appliance, metadata is
 /// internal (at the end of the mirror's disk), so the data partition keeps only the
@@ -664,15 +670,6 @@ const APPLIANCE_MIRROR_TEMPLATE: &str =
      # addresses = { n1 = \"10.0.1.1:7790\", n2 = \"10.0.1.2:7790\" }\n\
      # [[mirror.link]]\n\
      # between = [\"n1\", \"n2\"]\n";
-
-/// A random cluster key for [`default_config`].
-pub fn random_key() -> String {
-    use rand::Rng;
-    let mut rng = rand::thread_rng();
-    (0..32)
-        .map(|_| char::from(b"0123456789abcdef"[rng.gen_range(0..16)]))
-        .collect()
-}
 
 /// The running slot, from `/proc/cmdline`.
 pub fn running_slot() -> Result<Slot, ImageError> {
@@ -873,13 +870,18 @@ mod tests {
     #[test]
     fn default_config_is_valid() {
         let addr = std::net::IpAddr::from([10, 0, 2, 15]);
-        let text = default_config("node-1", addr, &random_key());
+        let text = default_config("node-1", addr, &crate::config::init::random_key());
         let cfg = crate::config::Config::parse(&text).expect("the daemon accepts it");
         assert_eq!(cfg.nodes.len(), 1);
         assert_eq!(cfg.nodes[0].name, "node-1");
         assert!(cfg.groups.is_empty());
-        assert!(cfg.metrics.is_some());
-        assert_eq!(cfg.snmp.unwrap().communities[0].name, "public");
+        // Safe defaults: metrics on the node's own address, no SNMP access at all.
+        assert_eq!(
+            cfg.metrics.unwrap().listen,
+            std::net::SocketAddr::new(addr, 9776)
+        );
+        assert!(cfg.snmp.is_none(), "{text}");
+        assert!(!text.contains("public"), "{text}");
         assert!(
             text.contains("# metadata = \"internal\""),
             "the appliance default"

@@ -112,6 +112,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// `tandem config init`: the template, checked by the same parser the daemon uses,
+/// to stdout or to a new file of mode 0600 (it holds the key).
+fn config_init(
+    cluster: &str,
+    nodes: usize,
+    output: Option<&std::path::Path>,
+) -> Result<(), MainError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = tandem::config::init::template(cluster, nodes, &tandem::config::init::random_key())?;
+    Config::parse(&text)?;
+    let Some(path) = output else {
+        print!("{text}");
+        return Ok(());
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| MainError::Other(format!("{}: {e}", path.display())))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| MainError::Other(format!("{}: {e}", path.display())))?;
+    eprintln!(
+        "{}: {nodes} node(s), a fresh key, mode 0600; replace the addresses marked REPLACE",
+        path.display()
+    );
+    Ok(())
+}
+
 /// This node's name: as given, or the host name.
 fn node_name(node: Option<String>) -> Result<String, MainError> {
     match node {
@@ -220,6 +251,14 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             }
             Ok(())
         }
+        Cmd::Config {
+            cmd:
+                ConfigCmd::Init {
+                    nodes,
+                    cluster,
+                    output,
+                },
+        } => config_init(&cluster, nodes.into(), output.as_deref()),
         Cmd::Witness { config, check } => witness(&config, check),
         Cmd::Fence {
             node,
@@ -394,7 +433,7 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
         ImageCmd::DefaultConfig { node, address } => {
             print!(
                 "{}",
-                img::default_config(&node, address, &img::random_key())
+                img::default_config(&node, address, &tandem::config::init::random_key())
             )
         }
         ImageCmd::SyncLoader { esp } => {

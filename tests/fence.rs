@@ -131,7 +131,7 @@ impl Emulator {
     /// holds the extra keys of `[node.fence.redfish]`.
     fn config(&self, redfish: &str, extra: &str) -> PathBuf {
         let pw = self.dir.path().join("bmc.pw");
-        std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+        write_secret(&pw, &format!("{PASSWORD}\n"));
         let text = format!(
             "{BASE}[node.fence]\ntimeout = \"40s\"\n{extra}\n[node.fence.redfish]\n\
              url = \"{}\"\nuser = \"{USER}\"\npassword_file = \"{}\"\n{redfish}\n",
@@ -407,7 +407,7 @@ impl IpmiSim {
 
     fn password_file(&self, password: &str) -> PathBuf {
         let path = self.dir.path().join(format!("pw-{}", rand_suffix()));
-        std::fs::write(&path, format!("{password}\n")).unwrap();
+        write_secret(&path, &format!("{password}\n"));
         path
     }
 
@@ -587,4 +587,11 @@ fn a_node_without_a_fence_section_is_a_config_error() {
         "{}",
         stderr(&out)
     );
+}
+
+/// A secret file as the daemon requires it: readable by its owner only.
+fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }

@@ -338,6 +338,19 @@ pub struct MirrorTarget {
 pub enum ConfigCmd {
     /// Parse and validate a config file; exit 2 if it is wrong.
     Check { file: PathBuf },
+    /// Write a commented configuration for N nodes with a fresh random key (to
+    /// stdout, or to --output with mode 0600).
+    Init {
+        /// How many nodes (n1, n2, ...).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=crate::config::init::MAX_NODES as i64))]
+        nodes: u8,
+        /// The cluster's name.
+        #[arg(long, default_value = "tandem")]
+        cluster: String,
+        /// Write the file here (mode 0600); refused if it exists.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

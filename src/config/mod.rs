@@ -14,8 +14,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod fence;
+pub mod init;
 mod mirror;
 mod quorum;
+pub mod secret;
 mod snmp;
 pub use fence::*;
 pub use mirror::*;
@@ -1034,7 +1036,7 @@ pub(crate) fn check_key(
 }
 
 /// The key bytes of a section checked by [`check_key`]: `key`, or the trimmed contents
-/// of `key_file`.
+/// of `key_file` (refused unless only its owner can read it).
 pub(crate) fn key_bytes(
     key: Option<&str>,
     key_file: Option<&Path>,
@@ -1042,14 +1044,12 @@ pub(crate) fn key_bytes(
 ) -> Result<Vec<u8>, ConfigError> {
     match (key, key_file) {
         (Some(k), _) => Ok(k.as_bytes().to_vec()),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .map(|s| s.trim().as_bytes().to_vec())
-            .map_err(|e| {
-                invalid(
-                    format!("{section}.key_file"),
-                    format!("{}: {e}", f.display()),
-                )
-            }),
+        (None, Some(f)) => secret::read(f).map(String::into_bytes).map_err(|e| {
+            invalid(
+                format!("{section}.key_file"),
+                format!("{}: {e}", f.display()),
+            )
+        }),
         (None, None) => Err(invalid(format!("{section}.key"), "missing")),
     }
 }

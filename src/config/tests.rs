@@ -492,3 +492,22 @@ fn mirror_metadata_is_external_unless_set_internal() {
     let bad = MIRROR_PART.replace("size = \"64MiB\"", "size = \"64MiB\"\nmetadata = \"disk\"");
     assert!(Config::parse(&format!("{MINIMAL}{bad}")).is_err());
 }
+
+#[test]
+fn a_key_file_others_can_read_is_refused_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.key");
+    std::fs::write(&path, "0123456789abcdef0123\n").unwrap();
+    let text = MINIMAL.replace(
+        "key = \"0123456789abcdef\"",
+        &format!("key_file = \"{}\"", path.display()),
+    );
+    let cfg = Config::parse(&text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = cfg.key_bytes().unwrap_err().to_string();
+    assert!(e.contains("cluster.key_file") && e.contains("0644"), "{e}");
+    assert!(e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(cfg.key_bytes().unwrap(), b"0123456789abcdef0123");
+}

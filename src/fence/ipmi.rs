@@ -68,6 +68,12 @@ async fn ipmitool(
     power: Power,
     limit: Duration,
 ) -> Result<String, FenceError> {
+    crate::config::secret::check_mode(&cfg.password_file).map_err(|source| {
+        FenceError::PasswordFile {
+            path: cfg.password_file.clone(),
+            source,
+        }
+    })?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args(cfg, power))
         .stdin(std::process::Stdio::null())

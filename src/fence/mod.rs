@@ -124,17 +124,18 @@ async fn run_method(
     }
 }
 
-/// The Redfish password: `password`, or the trimmed contents of `password_file`.
+/// The Redfish password: `password`, or the trimmed contents of `password_file` (refused
+/// unless only its owner can read it).
 pub fn redfish_password(cfg: &RedfishConfig) -> Result<String, FenceError> {
     match (&cfg.password, &cfg.password_file) {
         (Some(p), _) => Ok(p.clone()),
         (None, Some(path)) => {
             let text =
-                std::fs::read_to_string(path).map_err(|source| FenceError::PasswordFile {
+                crate::config::secret::read(path).map_err(|source| FenceError::PasswordFile {
                     path: path.clone(),
                     source,
                 })?;
-            let p = text.trim();
+            let p = text.as_str();
             if p.is_empty() {
                 return Err(FenceError::EmptyPassword(path.clone()));
             }
