@@ -5,12 +5,23 @@
 #   target/image/tandem.img.zst  the same, compressed for distribution
 # Stages (all under target/image/): the Debian kernel .deb (apt-get download,
 # dpkg-deb -x), the static binary (own cargo target dir), the initramfs root, then
-# image/mkdisk.sh assembles the disk. Usage: ./image/build.sh [--no-compress]
+# image/mkdisk.sh assembles the disk. Usage: ./image/build.sh [--no-compress] [--sign KEY]
+# --sign KEY (a secret key from `tandem image keygen`): the image trusts that key's public
+# half for updates (/etc/tandem/update.pub) and target/image/tandem.img{,.zst}.sig are
+# written. Without it the image accepts no update (`tandem image update` refuses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 compress=1
-[ "${1:-}" = "--no-compress" ] && compress=0
+sign_key=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --no-compress) compress=0 ;;
+        --sign) sign_key=${2:?--sign needs a key file}; shift ;;
+        *) echo "image: unknown option $1" >&2; exit 2 ;;
+    esac
+    shift
+done
 
 work=target/image
 mkdir -p "$work/debs"
@@ -75,6 +86,15 @@ done | sort -u | while read -r lib; do
     cp -L "$lib" "$root$lib"
 done
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/"
+# The keys this image trusts for updates.
+mkdir -p "$root/etc/tandem"
+if [ -n "$sign_key" ]; then
+    "$bin" image public-key --key "$sign_key" > "$root/etc/tandem/update.pub"
+else
+    say "not signed (no --sign KEY): this image will refuse every update"
+    printf '# No key: this image was built without --sign and accepts no update.\n' \
+        > "$root/etc/tandem/update.pub"
+fi
 
 modules=(virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e igb ixgbe i40e tg3 r8169
     ahci ata_piix nvme sd_mod sr_mod ext4 vfat nls_cp437 nls_iso8859_1 nls_ascii nbd
@@ -104,6 +124,7 @@ mkdir -p "$slot"
 (cd "$root" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --quiet -R 0:0) \
     | zstd -q -19 -T0 > "$slot/initrd.img"
 cp "$kdir/boot/vmlinuz-$kver" "$slot/vmlinuz"
+"$bin" --version > "$slot/version"
 cp "$bin" "$work/tandem-static"
 strip "$work/tandem-static"
 say "slot payload: $(du -sh "$slot" | cut -f1) (kernel $kver)"
@@ -118,5 +139,10 @@ if [ "$compress" = 1 ]; then
         echo "image: the compressed image is over the 64 MiB budget" >&2
         exit 1
     fi
+fi
+if [ -n "$sign_key" ]; then
+    for f in "$work/tandem.img" "$work/tandem.img.zst"; do
+        [ -f "$f" ] && say "signed: $("$bin" image sign --key "$sign_key" "$f")"
+    done
 fi
 say "done: $work/tandem.img"

@@ -42,14 +42,17 @@ esp="$tmp/esp"
 mkdir -p "$esp/EFI/BOOT" "$esp/loader/entries" "$esp/tandem/a" "$esp/tandem/b"
 cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi "$esp/EFI/BOOT/BOOTX64.EFI"
 printf 'timeout 0\nconsole-mode keep\neditor no\n' > "$esp/loader/loader.conf"
-cp "$slot/vmlinuz" "$slot/initrd.img" "$esp/tandem/a/"
+# The slot's version (`tandem --version`), shown by `tandem image status`.
+payload=("$slot/vmlinuz" "$slot/initrd.img")
+[ -f "$slot/version" ] && payload+=("$slot/version")
+cp "${payload[@]}" "$esp/tandem/a/"
 entry() { # slot generation file extra-options
     printf 'title Tandem (slot %s, generation %s)\nlinux /tandem/%s/vmlinuz\ninitrd /tandem/%s/initrd.img\noptions %s tandem.slot=%s%s\n' \
         "$1" "$2" "$1" "$1" "$opts" "$1" "$4" > "$esp/loader/entries/$3"
 }
 entry a 1 tandem-1-a.conf ""
 if [ "$fallback" = 1 ]; then
-    cp "$slot/vmlinuz" "$slot/initrd.img" "$esp/tandem/b/"
+    cp "${payload[@]}" "$esp/tandem/b/"
     entry b 2 "tandem-2-b+1.conf" " tandem.test_unhealthy=1 tandem.health_timeout=5"
 fi
 "$tandem" image sync-loader --esp "$esp"

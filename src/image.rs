@@ -14,6 +14,8 @@
 //! healthy; [`update`] writes the inactive slot from a new image file and puts it on
 //! trial with [`TRIES`] tries; [`default_config`] is the first-boot configuration.
 
+pub mod sign;
+
 use std::fmt;
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -45,6 +47,10 @@ pub enum ImageError {
     NoSlotEntry { slot: Slot, dir: PathBuf },
     #[error("cannot tell the running slot: no `tandem.slot=` on the kernel command line")]
     UnknownSlot,
+    #[error(transparent)]
+    Sign(#[from] sign::SignError),
+    #[error("slot {0} is out of tries (it failed to boot): no rollback to it")]
+    BadSlot(Slot),
     #[error("the daemon did not become healthy within {0} s: {1}")]
     Unhealthy(u64, String),
 }
@@ -330,6 +336,38 @@ pub fn bless(esp: &Esp, slot: Slot) -> Result<Entry, ImageError> {
     Ok(blessed)
 }
 
+/// Boots the other slot next (`tandem image rollback`): its entry gets a generation
+/// above every other and keeps its state (a blessed slot stays blessed). Refused when
+/// the other slot has no entry or is out of tries. Returns the entry as it is now.
+pub fn rollback(esp: &Esp, running: Slot) -> Result<Entry, ImageError> {
+    let target = running.other();
+    let entries = esp.entries()?;
+    let (other, _) = entries
+        .iter()
+        .find(|(e, _)| e.slot == target)
+        .ok_or_else(|| ImageError::NoSlotEntry {
+            slot: target,
+            dir: esp.entries_dir(),
+        })?;
+    if other.is_bad() {
+        return Err(ImageError::BadSlot(target));
+    }
+    let generation = entries.iter().map(|(e, _)| e.generation).max().unwrap_or(0) + 1;
+    let next = Entry {
+        generation,
+        ..other.clone()
+    };
+    esp.rename(other, &next)?;
+    esp.sync_loader()?;
+    Ok(next)
+}
+
+/// The version a slot holds (`tandem --version` of its build), if it says.
+pub fn slot_version(esp: &Esp, slot: Slot) -> Option<String> {
+    let text = fs::read_to_string(esp.slot_dir(slot).join(VERSION_FILE)).ok()?;
+    text.lines().next().map(|l| l.trim().to_string())
+}
+
 /// The result of [`update`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Updated {
@@ -391,6 +429,22 @@ pub fn update(esp: &Esp, image: &Path, running: Slot) -> Result<Updated, ImageEr
         bytes += io::copy(&mut f, &mut out).map_err(io_err(&tmp))?;
         out.sync_all().map_err(io_err(&tmp))?;
         fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+    }
+    // The version file is optional (older images have none): a stale one must go.
+    let version = dir.join(VERSION_FILE);
+    match fat
+        .root_dir()
+        .open_file(&format!("tandem/{}/{VERSION_FILE}", source.slot))
+    {
+        Ok(mut f) => {
+            let mut text = Vec::new();
+            f.read_to_end(&mut text).map_err(fat_err)?;
+            write_synced(&version, &text)?;
+        }
+        Err(_) => match fs::remove_file(&version) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(&version)(e)),
+            _ => {}
+        },
     }
     drop(fat);
     let generation = mine.iter().map(|(e, _)| e.generation).max().unwrap_or(0) + 1;
@@ -627,6 +681,9 @@ fn raw_esp(image: &Path) -> Result<Partition, ImageError> {
     })
 }
 
+/// A slot's version file on the ESP (and in an image's slots).
+const VERSION_FILE: &str = "version";
+
 /// The one-node configuration a node boots with when the data partition has no
 /// `tandem.toml`: heartbeats on `address` (the first NIC's), metrics on that address
 /// only, no groups, and no SNMP access until one is configured (a commented
@@ -698,8 +755,9 @@ pub async fn wait_healthy(
     }
 }
 
-/// Human-readable state of the slots.
-pub fn describe(esp: &Esp) -> Result<String, ImageError> {
+/// Human-readable state of the slots: generation, boot state, version, which one runs
+/// (`running`) and which one boots next.
+pub fn describe(esp: &Esp, running: Option<Slot>) -> Result<String, ImageError> {
     let entries = esp.entries()?;
     let only: Vec<Entry> = entries.iter().map(|(e, _)| e.clone()).collect();
     let next = select(&only).map(|e| e.slot);
@@ -710,15 +768,24 @@ pub fn describe(esp: &Esp) -> Result<String, ImageError> {
             Some(0) => format!("BAD (no tries left, {} done)", e.tries_done),
             Some(l) => format!("on trial ({l} tries left, {} done)", e.tries_done),
         };
+        let version = slot_version(esp, e.slot).unwrap_or_else(|| "version unknown".into());
+        let marks: Vec<&str> = [
+            (Some(e.slot) == running, "running"),
+            (Some(e.slot) == next, "boots next"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, m)| *m)
+        .collect();
         s.push_str(&format!(
-            "slot {}  generation {:<4} {}{}\n",
+            "slot {}  generation {:<4} {:<28} {version}{}\n",
             e.slot,
             e.generation,
             state,
-            if Some(e.slot) == next {
-                "  <- boots next"
+            if marks.is_empty() {
+                String::new()
             } else {
-                ""
+                format!("  <- {}", marks.join(", "))
             }
         ));
     }
@@ -927,6 +994,7 @@ mod tests {
         let put = |p: &str, b: &[u8]| root.create_file(p).unwrap().write_all(b).unwrap();
         put("tandem/a/vmlinuz", kernel);
         put("tandem/a/initrd.img", initrd);
+        put("tandem/a/version", b"tandem 9.9.9\n");
         put(
             "loader/entries/tandem-1-a.conf",
             b"title t\nlinux /tandem/a/vmlinuz\noptions console=ttyS0 panic=10 tandem.slot=a\n",
@@ -1017,6 +1085,31 @@ mod tests {
     }
 
     #[test]
+    fn rollback_boots_the_other_slot_unless_it_failed() {
+        let (_dir, esp) = staged_esp(&["tandem-1-a.conf", "tandem-2-b.conf"]);
+        let e = rollback(&esp, Slot::B).unwrap();
+        assert_eq!(e.file_name(), "tandem-3-a.conf", "blessed stays blessed");
+        assert_eq!(names(&esp), ["tandem-2-b.conf", "tandem-3-a.conf"]);
+        let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
+        assert!(cfg.contains("DEFAULT a\n"), "{cfg}");
+        assert_eq!(
+            rollback(&esp, Slot::A).unwrap().file_name(),
+            "tandem-4-b.conf"
+        );
+
+        let (_dir, esp) = staged_esp(&["tandem-1-a+0-3.conf", "tandem-2-b.conf"]);
+        assert!(matches!(
+            rollback(&esp, Slot::B),
+            Err(ImageError::BadSlot(Slot::A))
+        ));
+        let (_dir, esp) = staged_esp(&["tandem-1-a.conf"]);
+        assert!(matches!(
+            rollback(&esp, Slot::A),
+            Err(ImageError::NoSlotEntry { slot: Slot::B, .. })
+        ));
+    }
+
+    #[test]
     fn update_writes_the_inactive_slot_and_puts_it_on_trial() {
         let (dir, esp) = staged_esp(&["tandem-1-a.conf", "tandem-1-b+0-3.conf"]);
         let img = dir.path().join("new.img");
@@ -1041,7 +1134,11 @@ mod tests {
         assert_eq!(entries[1].1, "console=ttyS0 panic=10 tandem.slot=b");
         let cfg = fs::read_to_string(esp.root.join("syslinux.cfg")).unwrap();
         assert!(cfg.contains("DEFAULT b\n"), "{cfg}");
-        assert!(describe(&esp).unwrap().contains("slot b  generation 2"));
+        assert_eq!(slot_version(&esp, Slot::B).as_deref(), Some("tandem 9.9.9"));
+        let said = describe(&esp, Some(Slot::A)).unwrap();
+        assert!(said.contains("slot b  generation 2"), "{said}");
+        assert!(said.contains("tandem 9.9.9  <- boots next"), "{said}");
+        assert!(said.contains("version unknown  <- running"), "{said}");
 
         // Running B after it was blessed, the next update goes to A, generation 3.
         bless(&esp, Slot::B).unwrap();

@@ -1,8 +1,9 @@
 //! The `tandem` binary: parses the command line, runs it, and maps errors to exit
 //! codes (one place: [`MainError::exit_code`]): 0 success, 1 runtime failure, 2 bad
-//! configuration or usage, 3 daemon unreachable, 4 request refused by the daemon,
-//! 5 not found, 6 conflict with the current state, 7 timed out, 8 daemon unavailable,
-//! 9 busy, 10 fencing failed (the node is not known to be off).
+//! configuration or usage, 3 daemon unreachable, 4 request refused (by the daemon, or
+//! an image whose signature does not hold), 5 not found, 6 conflict with the current
+//! state, 7 timed out, 8 daemon unavailable, 9 busy, 10 fencing failed (the node is
+//! not known to be off).
 
 use std::process::ExitCode;
 
@@ -18,6 +19,7 @@ use tandem::cli::{
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
+use tandem::image::sign::SignError;
 use tandem::mirror::plan::Plan;
 use tandem::mirror::replica::dump::DumpInfo;
 use tandem::status::MirrorStatus;
@@ -74,6 +76,14 @@ impl MainError {
                 ControlError::Busy(_) => 9,
             },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
+            // An image whose signature does not hold is refused.
+            MainError::Image(tandem::image::ImageError::Sign(
+                SignError::Unsigned(_)
+                | SignError::Malformed { .. }
+                | SignError::UntrustedKey(_)
+                | SignError::DigestMismatch(_)
+                | SignError::BadSignature,
+            )) => 4,
             MainError::FenceFailed(_) => 10,
             MainError::Meta(
                 tandem::mirror::replica::meta::MetaError::InUse { .. }
@@ -139,6 +149,34 @@ fn config_init(
     eprintln!(
         "{}: {nodes} node(s), a fresh key, mode 0600; replace the addresses marked REPLACE",
         path.display()
+    );
+    Ok(())
+}
+
+/// `tandem image keygen`: the secret key to `output` (mode 0600, a new file), the
+/// public key to `output.pub` and stdout.
+fn image_keygen(output: &std::path::Path) -> Result<(), MainError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, public) = tandem::image::sign::generate_key();
+    let public_path = output.with_extension("pub");
+    let fail =
+        |p: &std::path::Path, e: std::io::Error| MainError::Other(format!("{}: {e}", p.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(output)
+        .map_err(|e| fail(output, e))?;
+    f.write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| fail(output, e))?;
+    std::fs::write(&public_path, format!("{public}\n")).map_err(|e| fail(&public_path, e))?;
+    println!("{public}");
+    eprintln!(
+        "secret key {} (keep it off the appliances), public key {}",
+        output.display(),
+        public_path.display()
     );
     Ok(())
 }
@@ -389,8 +427,37 @@ fn image_slot(slot: Option<String>) -> Result<tandem::image::Slot, MainError> {
 fn image(cmd: ImageCmd) -> Result<(), MainError> {
     use tandem::image::{self as img, Esp};
     match cmd {
-        ImageCmd::Status { esp } => print!("{}", img::describe(&Esp::new(esp))?),
-        ImageCmd::Update { file, esp, slot } => {
+        ImageCmd::Status { esp } => print!(
+            "{}",
+            img::describe(&Esp::new(esp), img::running_slot().ok())?
+        ),
+        ImageCmd::Rollback { esp, slot } => {
+            let e = img::rollback(&Esp::new(esp), image_slot(slot)?)?;
+            println!(
+                "slot {} boots next ({}); reboot to run it",
+                e.slot,
+                e.file_name()
+            );
+        }
+        ImageCmd::PublicKey { key } => {
+            println!(
+                "{}",
+                img::sign::public_key(&key).map_err(img::ImageError::from)?
+            )
+        }
+        ImageCmd::Update {
+            file,
+            esp,
+            slot,
+            trusted_keys,
+        } => {
+            let keys = img::sign::trusted_keys(&trusted_keys).map_err(img::ImageError::from)?;
+            let by = img::sign::verify(&file, &keys).map_err(img::ImageError::from)?;
+            println!(
+                "{}: signature good (key {})",
+                file.display(),
+                hex::encode(by.to_bytes())
+            );
             let u = img::update(&Esp::new(esp), &file, image_slot(slot)?)?;
             println!(
                 "slot {} written ({} bytes), entry {}: it boots next, {} tries",
@@ -399,6 +466,11 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
                 u.entry.file_name(),
                 img::TRIES
             );
+        }
+        ImageCmd::Keygen { output } => image_keygen(&output)?,
+        ImageCmd::Sign { key, file } => {
+            let sig = img::sign::sign(&file, &key).map_err(img::ImageError::from)?;
+            println!("{}", sig.display());
         }
         ImageCmd::Bless {
             esp,

@@ -361,7 +361,8 @@ pub enum ImageCmd {
         esp: PathBuf,
     },
     /// Write the inactive slot from an image file (tandem.img.zst as distributed, or the
-    /// raw tandem.img) and try it next boot.
+    /// raw tandem.img) and try it next boot. The image must carry a valid signature
+    /// (FILE.sig) by a trusted key.
     Update {
         file: PathBuf,
         #[arg(long, default_value = crate::image::DEFAULT_ESP)]
@@ -369,6 +370,36 @@ pub enum ImageCmd {
         /// The running slot (default: `tandem.slot=` of the kernel command line).
         #[arg(long)]
         slot: Option<String>,
+        /// The public keys trusted for updates (hex, one per line).
+        #[arg(long, default_value = crate::image::sign::TRUSTED_KEYS)]
+        trusted_keys: PathBuf,
+    },
+    /// Make a signing key for images: the secret to --output (mode 0600, never over an
+    /// existing file), the public key beside it with the extension .pub, and to stdout.
+    Keygen {
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Boot the other slot next (back to the previous version); refused if that slot
+    /// failed to boot. Takes effect at the next reboot.
+    Rollback {
+        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+        esp: PathBuf,
+        /// The running slot (default: `tandem.slot=` of the kernel command line).
+        #[arg(long)]
+        slot: Option<String>,
+    },
+    /// Print the public key (hex) of a secret signing key.
+    PublicKey {
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Sign an image file with a secret key from `image keygen`: writes FILE.sig.
+    Sign {
+        /// The secret key file (mode 0600).
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
     },
     /// Mark the running slot good (optionally once the daemon answers, within --wait s).
     Bless {

@@ -1,0 +1,161 @@
+//! Admin commands that need no daemon, as an operator runs them: `tandem config init`
+//! (the file it writes, its mode, what it refuses) and signed images (`tandem image
+//! keygen`, `sign`, and `update` refusing what is not signed by a trusted key).
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+fn tandem(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .output()
+        .expect("tandem")
+}
+
+fn key_line(text: &str) -> String {
+    text.lines()
+        .find(|l| l.starts_with("key = "))
+        .expect("a key line")
+        .to_string()
+}
+
+#[test]
+fn config_init_writes_a_private_file_that_config_check_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tandem.toml");
+    let path = file.to_str().unwrap();
+    let out = tandem(&[
+        "config",
+        "init",
+        "--nodes",
+        "3",
+        "--cluster",
+        "prod",
+        "-o",
+        path,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "it holds the key");
+    let check = tandem(&["config", "check", path]);
+    assert!(check.status.success(), "{check:?}");
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(said.contains("cluster `prod`, 3 nodes"), "{said}");
+    assert!(
+        said.contains("mode quorum"),
+        "three nodes decide by majority: {said}"
+    );
+    // Never over an existing file: the key in it may be in use.
+    let written = std::fs::read_to_string(&file).unwrap();
+    let again = tandem(&["config", "init", "--nodes", "2", "-o", path]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("exists"),
+        "{again:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), written);
+}
+
+#[test]
+fn config_init_makes_a_fresh_key_each_time_and_refuses_bad_input() {
+    let a = tandem(&["config", "init", "--nodes", "2"]);
+    let b = tandem(&["config", "init", "--nodes", "2"]);
+    assert!(a.status.success() && b.status.success());
+    let (a, b) = (
+        String::from_utf8_lossy(&a.stdout),
+        String::from_utf8_lossy(&b.stdout),
+    );
+    assert_ne!(key_line(&a), key_line(&b));
+    assert!(
+        a.contains("tandem witness"),
+        "two nodes are told about the witness"
+    );
+    for bad in [
+        &["config", "init", "--nodes", "0"][..],
+        &["config", "init", "--nodes", "17"],
+        &["config", "init", "--nodes", "2", "--cluster", "no spaces"],
+    ] {
+        let out = tandem(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
+    }
+}
+
+#[test]
+fn image_update_takes_only_images_signed_by_a_trusted_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let keygen = tandem(&["image", "keygen", "-o", &d("release.key")]);
+    assert!(keygen.status.success(), "{keygen:?}");
+    let public = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+    assert_eq!(
+        std::fs::read_to_string(d("release.pub")).unwrap().trim(),
+        public
+    );
+    let mode = std::fs::metadata(d("release.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let printed = tandem(&["image", "public-key", "--key", &d("release.key")]);
+    assert_eq!(String::from_utf8_lossy(&printed.stdout).trim(), public);
+    assert!(tandem(&["image", "keygen", "-o", &d("other.key")])
+        .status
+        .success());
+
+    // Not a disk image: enough to see where the signature check stands.
+    std::fs::write(d("new.img.zst"), b"an image, as far as signing goes").unwrap();
+    std::fs::create_dir(d("esp")).unwrap();
+    let update = || {
+        tandem(&[
+            "image",
+            "update",
+            &d("new.img.zst"),
+            "--esp",
+            &d("esp"),
+            "--slot",
+            "a",
+            "--trusted-keys",
+            &d("release.pub"),
+        ])
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
+    let unsigned = update();
+    assert_eq!(unsigned.status.code(), Some(4), "{unsigned:?}");
+    assert!(stderr(&unsigned).contains("not signed"), "{unsigned:?}");
+
+    let other = tandem(&["image", "sign", "--key", &d("other.key"), &d("new.img.zst")]);
+    assert!(other.status.success(), "{other:?}");
+    let untrusted = update();
+    assert_eq!(untrusted.status.code(), Some(4), "{untrusted:?}");
+    assert!(
+        stderr(&untrusted).contains("does not trust"),
+        "{untrusted:?}"
+    );
+
+    let signed = tandem(&[
+        "image",
+        "sign",
+        "--key",
+        &d("release.key"),
+        &d("new.img.zst"),
+    ]);
+    assert!(signed.status.success(), "{signed:?}");
+    let good = update();
+    assert!(
+        String::from_utf8_lossy(&good.stdout).contains("signature good"),
+        "{good:?}"
+    );
+    assert_eq!(
+        good.status.code(),
+        Some(1),
+        "then it is not a disk image: {good:?}"
+    );
+
+    std::fs::write(d("new.img.zst"), b"an image, altered after signing").unwrap();
+    let altered = update();
+    assert_eq!(altered.status.code(), Some(4), "{altered:?}");
+    assert!(
+        stderr(&altered).contains("not the one that was signed"),
+        "{altered:?}"
+    );
+}
