@@ -301,3 +301,44 @@ fn a_switchover_totals_from_the_request_and_a_failed_move_has_no_total() {
         "  total - (no service: failed: start of `vip` failed)"
     );
 }
+
+#[test]
+fn a_release_shows_the_stops_on_the_old_owner() {
+    let base = 1_700_000_000_000;
+    let release = Timeline {
+        group: "web".into(),
+        kind: MoveKind::Release,
+        reason: MoveReason::Manual,
+        from_node: Some("alpha".into()),
+        to_node: "beta".into(),
+        failure_ms: None,
+        detected_ms: base,
+        decided_ms: base,
+        steps: vec![TimelineStep {
+            resource: "vip".into(),
+            action: "stop".into(),
+            at_ms: base,
+            duration_ms: 12,
+            ok: true,
+            error: None,
+        }],
+        first_check_ms: None,
+        completed_ms: Some(base + 15),
+        outcome: "stopped".into(),
+    };
+    let text = render_history(&[release], &[]);
+    assert!(
+        text.starts_with("2023-11-14T22:13:20.000Z release of web: alpha -> beta"),
+        "{text}"
+    );
+    let stop: Vec<&str> = line(&text, "stop vip").split_whitespace().collect();
+    assert_eq!(
+        stop[1..],
+        ["stop", "vip", "on", "alpha", "+0", "ms", "12", "ms"]
+    );
+    assert_eq!(
+        line(&text, "total"),
+        "  total 15 ms (first stop to stopped)"
+    );
+    assert!(!text.contains("decided"), "{text}");
+}
