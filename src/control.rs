@@ -248,6 +248,7 @@ mod tests {
                 local_state: LocalGroupState::Stopped,
                 blocked: false,
                 recent_failures: 0,
+                reason: None,
                 states: states.iter().map(|(n, s)| (n.to_string(), *s)).collect(),
                 summary: GroupSummary::Running,
             }],

@@ -553,11 +553,13 @@ async fn nbd(cmd: NbdCmd) -> Result<(), MainError> {
 async fn admin(cmd: Cmd) -> Result<(), MainError> {
     match cmd {
         Cmd::Status { api } => {
-            let st: Status = call(&endpoint(&api), "GET", "/v1/status", None).await?;
+            let ep = endpoint(&api);
+            let st: Status = call(&ep, "GET", "/v1/status", None).await?;
             if api.json {
                 println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
             } else {
-                render::print_status(&st);
+                let tls: Vec<Timeline> = call(&ep, "GET", "/v1/history", None).await?;
+                render::print_status(&st, &tls);
             }
         }
         Cmd::History { api, events_since } => {

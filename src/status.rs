@@ -86,6 +86,17 @@ impl ResourceType {
         ResourceType::Filesystem,
     ];
 
+    /// The snake_case name (as in the JSON and the config's `kind`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ResourceType::Ip => "ip",
+            ResourceType::Exec => "exec",
+            ResourceType::Process => "process",
+            ResourceType::Mirror => "mirror",
+            ResourceType::Filesystem => "filesystem",
+        }
+    }
+
     /// The type of a configured resource.
     pub fn of(kind: &ResourceKind) -> ResourceType {
         match kind {
@@ -112,6 +123,45 @@ pub struct NodeStatus {
     pub paths_up: usize,
 }
 
+/// A node's state as `tandem status` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeState {
+    /// Heard on a heartbeat path (or this node) and eligible to run groups.
+    Online,
+    /// Alive, but asked to run no group (`tandem node standby`).
+    Standby,
+    /// Silent on every heartbeat path for the dead time.
+    Offline,
+}
+
+impl NodeState {
+    /// The lowercase word.
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeState::Online => "online",
+            NodeState::Standby => "standby",
+            NodeState::Offline => "offline",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl NodeStatus {
+    /// Offline when silent, else standby or online.
+    pub fn state(&self) -> NodeState {
+        match (self.alive, self.standby) {
+            (false, _) => NodeState::Offline,
+            (true, true) => NodeState::Standby,
+            (true, false) => NodeState::Online,
+        }
+    }
+}
+
 /// One heartbeat path to one peer.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct PathStatusView {
@@ -136,6 +186,9 @@ pub struct HeartbeatCounters {
 pub struct Status {
     pub cluster: String,
     pub node: String,
+    /// The answering daemon's version.
+    #[serde(default)]
+    pub version: String,
     pub time_ms: u64,
     pub uptime_ms: u64,
     pub last_seq: u64,
@@ -351,6 +404,7 @@ pub fn project(
     Status {
         cluster: cfg.cluster.name.clone(),
         node: core.config().local().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         time_ms: now.wall_ms,
         uptime_ms: now.mono_ms,
         last_seq,
@@ -524,6 +578,7 @@ impl Status {
             local_state: LocalGroupState::Running,
             blocked: false,
             recent_failures: 0,
+            reason: None,
             states: [
                 ("alpha".to_string(), LocalGroupState::Running),
                 ("beta".to_string(), LocalGroupState::Stopped),
@@ -534,6 +589,7 @@ impl Status {
         Status {
             cluster: "c1".into(),
             node: "alpha".into(),
+            version: "0.1.0".into(),
             time_ms: 1_700_000_000_000,
             uptime_ms: 12_340,
             last_seq: 42,
@@ -660,6 +716,38 @@ mod tests {
         assert_eq!(json, golden.trim_end(), "the status JSON changed");
         let back: Status = serde_json::from_str(golden).unwrap();
         assert_eq!(serde_json::to_string_pretty(&back).unwrap(), json);
+    }
+
+    /// The words `tandem status` prints are the JSON's names, never Rust's `Debug`.
+    #[test]
+    fn state_words_are_the_json_names() {
+        let json = |v: serde_json::Value| v.as_str().unwrap().to_string();
+        for s in [
+            LocalGroupState::Stopped,
+            LocalGroupState::Starting,
+            LocalGroupState::Running,
+            LocalGroupState::Stopping,
+            LocalGroupState::Failed,
+        ] {
+            assert_eq!(s.name(), json(serde_json::to_value(s).unwrap()));
+        }
+        for r in [
+            Role::Follower,
+            Role::Candidate,
+            Role::PreCandidate,
+            Role::Leader,
+        ] {
+            assert_eq!(r.name(), json(serde_json::to_value(r).unwrap()));
+        }
+        for t in ResourceType::ALL {
+            assert_eq!(t.name(), json(serde_json::to_value(t).unwrap()));
+        }
+        let mut n = Status::sample().nodes.remove(1);
+        assert_eq!(n.state().to_string(), "online");
+        n.standby = true;
+        assert_eq!(n.state().to_string(), "standby");
+        n.alive = false;
+        assert_eq!(n.state().to_string(), "offline");
     }
 
     #[test]

@@ -213,6 +213,17 @@ pub enum LocalGroupState {
 }
 
 impl LocalGroupState {
+    /// The snake_case name (as in the JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            LocalGroupState::Stopped => "stopped",
+            LocalGroupState::Starting => "starting",
+            LocalGroupState::Running => "running",
+            LocalGroupState::Stopping => "stopping",
+            LocalGroupState::Failed => "failed",
+        }
+    }
+
     /// Wire value of the state.
     pub fn to_wire(self) -> u8 {
         match self {

@@ -435,6 +435,8 @@ struct GroupState {
     /// The timeline being written on this node.
     timeline: Option<Timeline>,
     failed_reported: bool,
+    /// Why this node last blocked the group or left it failed (shown while it is).
+    problem: Option<String>,
     split_reported: bool,
     suspected_reported: bool,
     /// Held after a lost lease at this epoch (fast-stopped, `local` is Stopping):
@@ -490,6 +492,9 @@ pub struct GroupStatus {
     pub local_state: LocalGroupState,
     pub blocked: bool,
     pub recent_failures: usize,
+    /// Why this node blocked the group or left it failed, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// The group's state on every live node (this one included).
     pub states: BTreeMap<String, LocalGroupState>,
     /// Derived from `states`.
@@ -1083,6 +1088,7 @@ impl GroupState {
             claim: None,
             timeline: None,
             failed_reported: false,
+            problem: None,
             split_reported: false,
             suspected_reported: false,
             held: None,
@@ -1282,6 +1288,9 @@ impl GroupState {
             local_state: self.local,
             blocked: self.is_blocked(view.now.mono_ms),
             recent_failures: self.failures.len(),
+            reason: (self.is_blocked(view.now.mono_ms) || self.local == LocalGroupState::Failed)
+                .then(|| self.problem.clone())
+                .flatten(),
             states,
             summary,
         }
@@ -2018,6 +2027,7 @@ impl GroupState {
             None
         } else {
             let why = report.error.unwrap_or_else(|| "start failed".into());
+            self.problem = Some(format!("start failed: {why}"));
             self.local = if report.cleanup_ok {
                 LocalGroupState::Stopped
             } else {
@@ -2060,6 +2070,10 @@ impl GroupState {
             // A resource that would not stop may still be running: nobody else may
             // start the group while we are alive and say so.
             self.local = LocalGroupState::Failed;
+            self.problem = Some(format!(
+                "stop failed: {}",
+                error.as_deref().unwrap_or("unknown error")
+            ));
             out.push(emit(
                 EventKind::GroupStopFailed,
                 fields([
@@ -2160,6 +2174,7 @@ impl GroupState {
         out: &mut Vec<Action>,
     ) {
         self.blocked_until = Some(view.now.mono_ms + policy.window_ms);
+        self.problem = Some(reason.to_string());
         out.push(emit(
             EventKind::FailoverStarted,
             fields([

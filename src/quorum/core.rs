@@ -145,6 +145,18 @@ pub enum Role {
     Leader,
 }
 
+impl Role {
+    /// The snake_case name (as in the JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre_candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
 /// One voter's consensus and leases.
 pub struct QuorumCore {
     cfg: QuorumConfig,

@@ -51,6 +51,7 @@ pub fn synthetic_status(groups: usize) -> Status {
             },
             blocked: false,
             recent_failures: 0,
+            reason: None,
             states: Default::default(),
             summary: GroupSummary::Running,
         })

@@ -316,6 +316,11 @@ fn restart_ladder_restarts_locally_then_gives_up_and_the_group_moves() {
     assert_eq!(c.restarts("a", t0), 2, "no third restart");
     assert_eq!(c.stops("a", t0), 1);
     assert!(c.status(0, "web").blocked);
+    assert_eq!(
+        c.status(0, "web").reason.as_deref(),
+        Some("`svc` failed 3 times within 10 s: check failed"),
+        "the status says why the group is blocked here"
+    );
     assert_eq!(c.events("a", t0, EventKind::FailoverStarted), 1);
     c.run_for(1000);
     assert_eq!(c.running("web"), ["b"]);
@@ -324,6 +329,7 @@ fn restart_ladder_restarts_locally_then_gives_up_and_the_group_moves() {
     // The block expires after the window; with manual switchback the group stays.
     c.run_for(10_000);
     assert!(!c.status(0, "web").blocked);
+    assert_eq!(c.status(0, "web").reason, None, "no reason once unblocked");
     assert_eq!(c.running("web"), ["b"]);
 }
 
@@ -647,6 +653,10 @@ fn a_failed_claim_from_across_a_partition_does_not_take_a_healthy_group() {
     );
     c.run_for(500);
     assert!(c.status(1, "web").blocked, "b claimed, failed, is blocked");
+    assert_eq!(
+        c.status(1, "web").reason.as_deref(),
+        Some("start failed: broken")
+    );
     assert!(c.status(1, "web").epoch > c.status(0, "web").epoch);
     c.broken.clear();
     let t0 = c.t;

@@ -1,0 +1,204 @@
+//! `tandem history`: the full story of each failover or switchover (failure or request
+//! → detected → decided → each resource's stop or start on its node → first passing
+//! check), each phase with its time (UTC, with the date), its offset from the start and
+//! its duration; the total is failure to service. Then the events, if asked for.
+
+use crate::event::{Event, MoveKind, MoveReason, Timeline};
+
+use super::{human_ms, table, utc_millis};
+
+/// When a move's story begins: the failure (the lost owner's last heartbeat) if known,
+/// else its detection or request.
+pub fn started_ms(t: &Timeline) -> u64 {
+    t.failure_ms.unwrap_or(t.detected_ms)
+}
+
+/// When the group served again after a completed move: the first passing check, or the
+/// completion of a group without checks.
+fn service_ms(t: &Timeline) -> Option<u64> {
+    (t.kind != MoveKind::Release && t.outcome == "completed")
+        .then(|| t.first_check_ms.or(t.completed_ms))
+        .flatten()
+}
+
+/// Failure (or request) to service, for a completed failover or switchover.
+pub fn failure_to_service_ms(t: &Timeline) -> Option<u64> {
+    service_ms(t).map(|s| s.saturating_sub(started_ms(t)))
+}
+
+/// The whole of `tandem history`.
+pub fn render_history(tls: &[Timeline], events: &[Event]) -> String {
+    let mut out = Vec::new();
+    if tls.is_empty() {
+        out.push("no failovers or switchovers recorded".to_string());
+    }
+    for t in tls {
+        out.extend(timeline(t));
+        out.push(String::new());
+    }
+    for e in events {
+        let f: Vec<String> = e.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push(format!(
+            "{:>6} {} {:<24} {}",
+            e.seq,
+            utc_millis(e.time_ms),
+            e.kind.name(),
+            f.join(" ")
+        ));
+    }
+    out.join("\n") + "\n"
+}
+
+/// One move: a title line, a table of its phases, and the total.
+fn timeline(t: &Timeline) -> Vec<String> {
+    let mut out = vec![format!(
+        "{} {} of {}: {} -> {}, reason {}, {}",
+        utc_millis(started_ms(t)),
+        if t.reason == MoveReason::Initial {
+            "first start".to_string()
+        } else {
+            t.kind.to_string()
+        },
+        t.group,
+        t.from_node.as_deref().unwrap_or("-"),
+        if t.to_node.is_empty() {
+            "-"
+        } else {
+            &t.to_node
+        },
+        t.reason.name(),
+        t.outcome
+    )];
+    let rows: Vec<Vec<String>> = phases(t)
+        .into_iter()
+        .map(|p| {
+            vec![
+                utc_millis(p.at_ms),
+                p.what,
+                format!("+{}", human_ms(p.at_ms.saturating_sub(started_ms(t)))),
+                p.took_ms.map_or("-".into(), human_ms),
+            ]
+        })
+        .collect();
+    out.extend(table("  ", &["AT", "PHASE", "ELAPSED", "TOOK"], &rows));
+    out.push(match (t.kind, failure_to_service_ms(t), t.failure_ms) {
+        (MoveKind::Release, _, _) => format!(
+            "  total {} (first stop to stopped)",
+            human_ms(
+                t.completed_ms
+                    .unwrap_or(t.detected_ms)
+                    .saturating_sub(t.detected_ms)
+            )
+        ),
+        (_, Some(ms), _) => format!(
+            "  total {} ({} to service)",
+            human_ms(ms),
+            Origin::of(t).name()
+        ),
+        (_, None, _) => format!("  total - (no service: {})", t.outcome),
+    });
+    out
+}
+
+/// What a move's story starts from.
+#[derive(Clone, Copy)]
+enum Origin {
+    /// A failure, known from the lost owner's last heartbeat.
+    Failure,
+    /// The first placement of the group.
+    Placement,
+    /// A switchover, a switchback, or a resource that failed here.
+    Request,
+}
+
+impl Origin {
+    fn of(t: &Timeline) -> Origin {
+        match (t.failure_ms, t.reason) {
+            (Some(_), _) => Origin::Failure,
+            (None, MoveReason::Initial) => Origin::Placement,
+            (None, _) => Origin::Request,
+        }
+    }
+
+    /// The word for the start of the story, as in "failure to service".
+    fn name(self) -> &'static str {
+        match self {
+            Origin::Failure => "failure",
+            Origin::Placement => "placement",
+            Origin::Request => "request",
+        }
+    }
+
+    /// The phase at `detected_ms`.
+    fn detected(self) -> &'static str {
+        match self {
+            Origin::Failure => "detected",
+            Origin::Placement => "placed",
+            Origin::Request => "requested",
+        }
+    }
+}
+
+/// One row of a timeline.
+struct Phase {
+    at_ms: u64,
+    what: String,
+    /// How long the phase took: since the previous phase, or a step's own duration.
+    took_ms: Option<u64>,
+}
+
+/// The phases of a move in order. Steps ran on the new owner (failover, switchover) or
+/// on the old one (release).
+fn phases(t: &Timeline) -> Vec<Phase> {
+    let mut out = Vec::new();
+    if let Some(f) = t.failure_ms {
+        out.push(Phase {
+            at_ms: f,
+            what: "failure (last heard from the owner)".into(),
+            took_ms: None,
+        });
+    }
+    if t.kind != MoveKind::Release {
+        out.push(Phase {
+            at_ms: t.detected_ms,
+            what: Origin::of(t).detected().into(),
+            took_ms: t.failure_ms.map(|f| t.detected_ms.saturating_sub(f)),
+        });
+        out.push(Phase {
+            at_ms: t.decided_ms,
+            what: "decided".into(),
+            took_ms: Some(t.decided_ms.saturating_sub(t.detected_ms)),
+        });
+    }
+    let node = match t.kind {
+        MoveKind::Release => t.from_node.as_deref().unwrap_or("-"),
+        _ => t.to_node.as_str(),
+    };
+    let mut last_end = t.decided_ms;
+    for s in &t.steps {
+        let failed = s.error.as_deref().map_or_else(
+            || {
+                if s.ok {
+                    String::new()
+                } else {
+                    " FAILED".into()
+                }
+            },
+            |e| format!(" FAILED: {e}"),
+        );
+        out.push(Phase {
+            at_ms: s.at_ms,
+            what: format!("{} {} on {node}{failed}", s.action, s.resource),
+            took_ms: Some(s.duration_ms),
+        });
+        last_end = last_end.max(s.at_ms + s.duration_ms);
+    }
+    if let Some(c) = t.first_check_ms {
+        out.push(Phase {
+            at_ms: c,
+            what: "first passing check".into(),
+            took_ms: Some(c.saturating_sub(last_end)),
+        });
+    }
+    out
+}
