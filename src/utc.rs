@@ -50,6 +50,16 @@ impl UtcTime {
     }
 }
 
+impl UtcTime {
+    /// RFC 3339 to the millisecond: `2026-12-06T21:43:38.250Z`.
+    pub fn to_rfc3339_millis(&self) -> String {
+        format!(
+            "{}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.millis
+        )
+    }
+}
+
 /// RFC 3339 to the second: `2026-12-06T21:43:38Z`.
 impl fmt::Display for UtcTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -85,6 +95,10 @@ mod tests {
         assert_eq!(
             UtcTime::from_unix_ms(1_796_593_418_000).to_minute(),
             "2026-12-06 21:43 UTC"
+        );
+        assert_eq!(
+            UtcTime::from_unix_ms(1_796_593_418_005).to_rfc3339_millis(),
+            "2026-12-06T21:43:38.005Z"
         );
     }
 }

@@ -8,9 +8,7 @@
 pub mod history;
 pub mod status;
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use humantime_serde::re::humantime;
+use crate::utc::UtcTime;
 
 use crate::event::{Event, Timeline};
 use crate::mirror::replica::dump::DumpInfo;
@@ -83,12 +81,12 @@ fn human_ms(ms: u64) -> String {
 
 /// Wall-clock milliseconds since the Unix epoch as RFC 3339 UTC, to the second.
 fn utc_seconds(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    UtcTime::from_unix_ms(ms).to_string()
 }
 
 /// Wall-clock milliseconds since the Unix epoch as RFC 3339 UTC, to the millisecond.
 fn utc_millis(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    UtcTime::from_unix_ms(ms).to_rfc3339_millis()
 }
 
 /// Left-aligned columns, each as wide as its widest cell (the header's included), two
