@@ -1,8 +1,9 @@
 //! Day-two operations through the CLI on daemons on loopback (no namespaces, no root):
 //! `tandem group clear` lifts a block and a failure count at once, with its event in
 //! the stream; `tandem events --follow --json` prints events as they happen;
-//! `tandem mirror resync --wait` returns only once the resync finished, and
-//! `tandem mirror connect --wait` once the link is up, on two daemons holding a mirror.
+//! `tandem mirror resync --wait` returns only once the resync finished (7 on its
+//! timeout, 1 when the peer goes away during it), `verify --wait` once the verify did
+//! and `connect --wait` once the link is up, on two daemons holding a mirror.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -238,7 +239,7 @@ fn in_sync(l: &Value) -> bool {
 
 #[test]
 fn mirror_resync_and_connect_wait_until_done_and_events_follow() {
-    let (a, _b) = mirror_pair();
+    let (a, mut b) = mirror_pair();
     wait_until("a primary, in sync with b", Duration::from_secs(60), || {
         let st = a.status();
         st["groups"][0]["local_state"] == "running" && in_sync(&link(&a))
@@ -288,4 +289,43 @@ fn mirror_resync_and_connect_wait_until_done_and_events_follow() {
         "{answer}"
     );
     assert_eq!(link(&a)["connection"], "connected");
+
+    let (code, out, err) = a.cli(&["mirror", "verify", "vol", "--wait"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("verified, 0 bytes out of sync"), "{out}");
+
+    // A resync that takes longer than --timeout: exit 7, and it goes on by itself.
+    wait_until("in sync again", Duration::from_secs(30), || {
+        in_sync(&link(&a))
+    });
+    let (code, _, err) = a.cli(&[
+        "mirror",
+        "resync",
+        "vol",
+        "--full",
+        "--wait",
+        "--timeout",
+        "1",
+    ]);
+    assert_eq!(code, 7, "{err}");
+    assert!(err.contains("not done after 1 s"), "{err}");
+    wait_until("in sync again", Duration::from_secs(30), || {
+        in_sync(&link(&a))
+    });
+
+    // The peer goes away during the resync: exit 1 with the reason.
+    let sock = a.sock();
+    let waiting = std::thread::spawn(move || {
+        Command::new(BIN)
+            .args(["mirror", "resync", "vol", "--full", "--wait", "--socket"])
+            .arg(sock)
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    b.kill();
+    let out = waiting.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("resync failed: the link to `b` is"), "{err}");
 }
