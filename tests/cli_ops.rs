@@ -151,6 +151,14 @@ fn group_clear_lifts_the_block_and_the_failure_count_with_an_event() {
     assert_eq!(e["fields"]["group"], "svc");
     assert_eq!(e["fields"]["failures"], "1");
     assert_eq!(e["fields"]["was_blocked"], "true");
+    // Without --follow: the events after --since, one dated line each.
+    let (code, out, err) = d.cli(&["events", "--since", "0"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("group_cleared"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("group=svc") && line.contains('T'), "{line}");
     // Well inside the ten-minute window, the node runs the group again.
     wait_until("svc running again", Duration::from_secs(20), || {
         group(&d)["local_state"] == "running"
