@@ -85,7 +85,8 @@ impl From<PlacementError> for ControlError {
             | PlacementError::InMaintenance(_)
             | PlacementError::NoTarget(_)
             | PlacementError::NoQuorum(_)
-            | PlacementError::NoQuorumForNode(_) => ControlError::Refused(msg),
+            | PlacementError::NoQuorumForNode(_)
+            | PlacementError::NotLocal(_) => ControlError::Refused(msg),
         }
     }
 }
@@ -131,6 +132,12 @@ pub enum Request {
     Maintenance {
         group: String,
         on: bool,
+        reply: Reply<()>,
+    },
+    /// `tandem group clear`: forget the group's failures and block on this node.
+    Clear {
+        group: String,
+        node: Option<String>,
         reply: Reply<()>,
     },
     /// An operation on a replicated volume (`tandem mirror ...`).

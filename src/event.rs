@@ -63,6 +63,9 @@ pub enum EventKind {
     GroupFailed,
     GroupMaintenanceOn,
     GroupMaintenanceOff,
+    /// An administrator cleared a group's failures and block on a node (group, node,
+    /// failures: the count in the restart window it reset, was_blocked).
+    GroupCleared,
     ResourceStarted,
     ResourceStopped,
     ResourceStartFailed,

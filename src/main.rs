@@ -12,9 +12,10 @@ use tandem::api::client::{call, call_bytes, Endpoint};
 use tandem::api::ApiError;
 use tandem::cli::plan::render_plan;
 use tandem::cli::render;
+use tandem::cli::wait::{MirrorOp, MirrorWait, WaitError};
 use tandem::cli::{
     ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MetadataTarget, MirrorCmd, NbdCmd, NodeCmd,
-    OnOff, PlanArgs,
+    OnOff, PlanArgs, WaitArgs,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
@@ -56,6 +57,16 @@ enum MainError {
     FenceFailed(String),
     #[error("{0}")]
     Other(String),
+}
+
+impl From<WaitError> for MainError {
+    fn from(e: WaitError) -> MainError {
+        match e {
+            WaitError::Api(e) => MainError::Api(e),
+            WaitError::TimedOut(m) => MainError::Api(ApiError::Control(ControlError::Timeout(m))),
+            WaitError::Failed(m) => MainError::Other(m),
+        }
+    }
 }
 
 impl MainError {
@@ -484,10 +495,21 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
                     &endpoint(&api),
                     std::time::Duration::from_secs(secs),
                 ))?;
-                println!("tandem: the daemon is healthy");
+                if !api.json {
+                    println!("tandem: the daemon is healthy");
+                }
             }
             let e = img::bless(&Esp::new(esp), slot)?;
-            println!("slot {slot} blessed ({})", e.file_name());
+            let answer = serde_json::json!({
+                "slot": slot.name(),
+                "entry": e.file_name(),
+                "daemon_healthy": wait.is_some(),
+            });
+            print_done(
+                &api,
+                &answer,
+                &format!("slot {slot} blessed ({})", e.file_name()),
+            );
         }
         ImageCmd::BootCheck {
             esp,
@@ -562,6 +584,9 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
                 render::print_status(&st, &tls);
             }
         }
+        Cmd::Events { since, follow, api } => {
+            tandem::cli::follow::run(&endpoint(&api), since, follow, api.json).await?
+        }
         Cmd::History { api, events_since } => {
             let ep = endpoint(&api);
             let tls: Vec<Timeline> = call(&ep, "GET", "/v1/history", None).await?;
@@ -590,54 +615,113 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
             timeout,
             api,
         } => {
-            let body = serde_json::json!({ "to": to, "timeout_ms": timeout * 1000 });
-            let r: serde_json::Value = call(
-                &endpoint(&api),
-                "POST",
-                &format!("/v1/groups/{group}/switchover"),
-                Some(body),
-            )
-            .await?;
-            println!(
+            let r = switchover(&endpoint(&api), &group, to, timeout).await?;
+            let text = format!(
                 "group `{group}` now runs on `{}` ({} ms)",
                 r["node"].as_str().unwrap_or("?"),
                 r["duration_ms"]
             );
+            print_done(&api, &r, &text);
         }
         Cmd::Node { cmd } => {
             let (node, api, action) = match cmd {
                 NodeCmd::Standby { node, api } => (node, api, "standby"),
                 NodeCmd::Online { node, api } => (node, api, "online"),
             };
-            let _: serde_json::Value = call(
+            let r: serde_json::Value = call(
                 &endpoint(&api),
                 "POST",
                 &format!("/v1/nodes/{node}/{action}"),
                 None,
             )
             .await?;
-            println!("node `{node}`: {action}");
+            print_done(&api, &r, &format!("node `{node}`: {action}"));
         }
-        Cmd::Group {
-            cmd: GroupCmd::Maintenance { group, state, api },
-        } => {
+        Cmd::Group { cmd } => group(cmd).await?,
+        Cmd::Mirror { cmd } => mirror(cmd).await?,
+        _ => unreachable!("handled in dispatch"),
+    }
+    Ok(())
+}
+
+/// `tandem group maintenance|clear`.
+async fn group(cmd: GroupCmd) -> Result<(), MainError> {
+    match cmd {
+        GroupCmd::Maintenance { group, state, api } => {
             let on = matches!(state, OnOff::On);
-            let _: serde_json::Value = call(
+            let r: serde_json::Value = call(
                 &endpoint(&api),
                 "POST",
                 &format!("/v1/groups/{group}/maintenance"),
                 Some(serde_json::json!({ "on": on })),
             )
             .await?;
-            println!(
+            let text = format!(
                 "group `{group}`: maintenance {}",
                 if on { "on" } else { "off" }
             );
+            print_done(&api, &r, &text);
         }
-        Cmd::Mirror { cmd } => mirror(cmd).await?,
-        _ => unreachable!("handled in dispatch"),
+        GroupCmd::Clear { group, node, api } => {
+            let r: serde_json::Value = call(
+                &endpoint(&api),
+                "POST",
+                &format!("/v1/groups/{group}/clear"),
+                Some(serde_json::json!({ "node": node })),
+            )
+            .await?;
+            print_done(
+                &api,
+                &r,
+                &format!("group `{group}`: failures and block cleared"),
+            );
+        }
     }
     Ok(())
+}
+
+/// Prints a command's answer: its JSON with `--json`, else `text`.
+fn print_done(api: &ApiArgs, answer: &serde_json::Value, text: &str) {
+    if api.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(answer).unwrap_or_default()
+        );
+    } else {
+        println!("{text}");
+    }
+}
+
+/// `tandem switchover`: the request waits for the move; meanwhile the group's state on
+/// each live node is shown as progress (on a bar on a terminal, else a line every few
+/// seconds).
+async fn switchover(
+    ep: &tandem::api::client::Endpoint,
+    group: &str,
+    to: Option<String>,
+    timeout: u64,
+) -> Result<serde_json::Value, MainError> {
+    let body = serde_json::json!({ "to": to, "timeout_ms": timeout * 1000 });
+    let path = format!("/v1/groups/{group}/switchover");
+    let request = call::<serde_json::Value>(ep, "POST", &path, Some(body));
+    let mut shown = tandem::cli::wait::Shown::new(&format!("switchover of `{group}`"));
+    let watch = async {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let st: Result<Status, _> = call(ep, "GET", "/v1/status", None).await;
+            let states = st.ok().and_then(|st| {
+                let g = st.groups.into_iter().find(|g| g.name == group)?;
+                Some(tandem::cli::wait::group_states(&g.states))
+            });
+            shown.note(states.unwrap_or_default());
+        }
+    };
+    let r = tokio::select! {
+        r = request => r,
+        () = watch => unreachable!("the watch never ends"),
+    };
+    shown.finish(String::new());
+    Ok(r?)
 }
 
 /// `tandem mirror split-brain-dump`: lists the dumps, or saves one with --output.
@@ -676,7 +760,9 @@ async fn split_brain_dump(
     .await?;
     std::fs::write(&output, &bytes)
         .map_err(|e| MainError::Other(format!("{}: {e}", output.display())))?;
-    println!("wrote {} bytes to {}", bytes.len(), output.display());
+    let answer = serde_json::json!({ "bytes": bytes.len(), "output": output });
+    let text = format!("wrote {} bytes to {}", bytes.len(), output.display());
+    print_done(api, &answer, &text);
     Ok(())
 }
 
@@ -705,7 +791,7 @@ async fn mirror_plan(a: &PlanArgs) -> Result<(), MainError> {
 }
 
 async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
-    let (target, action) = match cmd {
+    let (target, action, wait) = match cmd {
         MirrorCmd::Status { mirror, api } => {
             let mut all: Vec<MirrorStatus> =
                 call(&endpoint(&api), "GET", "/v1/mirrors", None).await?;
@@ -722,28 +808,40 @@ async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
             }
             return Ok(());
         }
-        MirrorCmd::Pause(t) => (t, MirrorAction::Pause),
-        MirrorCmd::Resume(t) => (t, MirrorAction::Resume),
-        MirrorCmd::Verify(t) => (t, MirrorAction::Verify),
-        MirrorCmd::Resync { target, full } => {
+        MirrorCmd::Pause(t) => (t, MirrorAction::Pause, None),
+        MirrorCmd::Resume(t) => (t, MirrorAction::Resume, None),
+        MirrorCmd::Verify { target, wait } => (
+            target,
+            MirrorAction::Verify,
+            waiting(wait, MirrorOp::Verify),
+        ),
+        MirrorCmd::Resync { target, full, wait } => {
             if !full {
                 return Err(MainError::Other(
                     "a partial resync runs by itself whenever a peer is behind; use --full to resync every used block".into(),
                 ));
             }
-            (target, MirrorAction::ResyncFull)
+            (
+                target,
+                MirrorAction::ResyncFull,
+                waiting(wait, MirrorOp::Resync),
+            )
         }
-        MirrorCmd::Disconnect(t) => (t, MirrorAction::Disconnect),
-        MirrorCmd::Connect(t) => (t, MirrorAction::Connect),
+        MirrorCmd::Disconnect(t) => (t, MirrorAction::Disconnect, None),
+        MirrorCmd::Connect { target, wait } => (
+            target,
+            MirrorAction::Connect,
+            waiting(wait, MirrorOp::Connect),
+        ),
         MirrorCmd::Resolve { mirror, keep, api } => {
-            let _: serde_json::Value = call(
+            let r: serde_json::Value = call(
                 &endpoint(&api),
                 "POST",
                 &format!("/v1/mirrors/{mirror}/resolve"),
                 Some(serde_json::json!({ "keep": keep })),
             )
             .await?;
-            println!("mirror `{mirror}`: keeping the copy on `{keep}`; the copies in split brain with it are saved to a dump and resynced from it");
+            print_done(&api, &r, &format!("mirror `{mirror}`: keeping the copy on `{keep}`; the copies in split brain with it are saved to a dump and resynced from it"));
             return Ok(());
         }
         MirrorCmd::SplitBrainDump {
@@ -761,26 +859,61 @@ async fn mirror(cmd: MirrorCmd) -> Result<(), MainError> {
             node,
         } => return convert_metadata(&mirror, to, &config, node),
     };
+    mirror_action(&target, action, wait).await
+}
+
+/// The operation to wait for, if `--wait` was given.
+fn waiting(w: WaitArgs, op: MirrorOp) -> Option<(MirrorOp, std::time::Duration)> {
+    w.wait
+        .then(|| (op, std::time::Duration::from_secs(w.timeout)))
+}
+
+/// `tandem mirror pause|resume|verify|resync|disconnect|connect`: the request, then
+/// with `--wait` the wait until it is done.
+async fn mirror_action(
+    target: &tandem::cli::MirrorTarget,
+    action: MirrorAction,
+    wait: Option<(MirrorOp, std::time::Duration)>,
+) -> Result<(), MainError> {
     let name = serde_json::to_value(action)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let _: serde_json::Value = call(
-        &endpoint(&target.api),
+    let ep = endpoint(&target.api);
+    let waiter = wait.map(|(op, timeout)| MirrorWait {
+        ep: &ep,
+        mirror: &target.mirror,
+        peer: target.peer.as_deref(),
+        op,
+        timeout,
+    });
+    let before = match &waiter {
+        Some(w) => Some(w.baseline().await?),
+        None => None,
+    };
+    let r: serde_json::Value = call(
+        &ep,
         "POST",
         &format!("/v1/mirrors/{}/{name}", target.mirror),
         Some(serde_json::json!({ "peer": target.peer })),
     )
     .await?;
-    println!(
-        "mirror `{}`{}: {}",
+    let peer = target
+        .peer
+        .as_deref()
+        .map(|p| format!(" peer `{p}`"))
+        .unwrap_or_default();
+    let mut text = format!(
+        "mirror `{}`{peer}: {}",
         target.mirror,
-        target
-            .peer
-            .as_deref()
-            .map(|p| format!(" peer `{p}`"))
-            .unwrap_or_default(),
         name.replace('_', " ")
     );
+    let mut answer = r;
+    if let (Some(w), Some(before)) = (waiter, before) {
+        let done = w.until_done(&before).await?;
+        text.push_str(&format!(": done, {done}"));
+        answer["done"] = serde_json::Value::String(done);
+    }
+    print_done(&target.api, &answer, &text);
     Ok(())
 }

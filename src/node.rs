@@ -287,12 +287,14 @@ pub enum NodeInput {
     Watchdog(WatchdogReport),
 }
 
-/// What an administrator can ask of the core.
+/// What an administrator can ask of the core. `Clear`: forget the group's failures and
+/// lift its block on this node (`node`, if given, must name this one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControlCommand {
     Switchover { group: String, to: Option<String> },
     Standby { node: String, on: bool },
     Maintenance { group: String, on: bool },
+    Clear { group: String, node: Option<String> },
 }
 
 /// How a control command went.
@@ -628,6 +630,11 @@ impl NodeCore {
                     }
                     _ => Ok(ControlOutcome::Done),
                 }
+            }
+            ControlCommand::Clear { group, node } => {
+                let actions = self.placement.clear(now, &group, node.as_deref(), peers)?;
+                self.carry_out(now, actions, out);
+                Ok(ControlOutcome::Done)
             }
             ControlCommand::Maintenance { group, on } => {
                 let actions = self.placement.set_maintenance(now, &group, on, peers)?;

@@ -37,6 +37,52 @@ pub async fn call_bytes(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Vec<u8>, ApiError> {
+    let resp = send(ep, method, path, body).await?;
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::Http(e.to_string()))?
+        .to_bytes();
+    Ok(body.to_vec())
+}
+
+/// `GET path` of a streamed answer (NDJSON, `/v1/events/stream`): calls `line` with
+/// each complete line as it arrives, until the daemon ends the stream or `line` says
+/// stop (false).
+pub async fn stream_lines(
+    ep: &Endpoint,
+    path: &str,
+    mut line: impl FnMut(&[u8]) -> bool,
+) -> Result<(), ApiError> {
+    let mut body = send(ep, "GET", path, None).await?.into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::Http(e.to_string()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+            let rest = pending.split_off(end + 1);
+            let keep_on = line(&pending[..end]);
+            pending = rest;
+            if !keep_on {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request; the answer when it succeeded (its body not read yet), else the
+/// API's error message.
+async fn send(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     let (io, host, token) = match ep {
         Endpoint::Unix(p) => {
             let s = tokio::net::UnixStream::connect(p)
@@ -85,25 +131,25 @@ pub async fn call_bytes(
         .await
         .map_err(|e| ApiError::Http(e.to_string()))?;
     let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
     let body = resp
         .into_body()
         .collect()
         .await
         .map_err(|e| ApiError::Http(e.to_string()))?
         .to_bytes();
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-        return Err(
-            match ControlError::from_http(status.as_u16(), msg.clone()) {
-                Some(e) => ApiError::Control(e),
-                None => ApiError::Status(msg),
-            },
-        );
-    }
-    Ok(body.to_vec())
+    let msg = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    Err(
+        match ControlError::from_http(status.as_u16(), msg.clone()) {
+            Some(e) => ApiError::Control(e),
+            None => ApiError::Status(msg),
+        },
+    )
 }
 
 /// A byte stream hyper can drive.

@@ -10,6 +10,8 @@
 //! - `POST /v1/groups/{group}/switchover` `{"to": NODE?, "timeout_ms": N?}` — returns
 //!   once the group passes its checks on the target, or with the reason it did not.
 //! - `POST /v1/groups/{group}/maintenance` `{"on": bool}`.
+//! - `POST /v1/groups/{group}/clear` `{"node": NODE?}` — this node forgets the group's
+//!   failures and lifts its block.
 //! - `POST /v1/nodes/{node}/standby` and `/v1/nodes/{node}/online`.
 //! - `GET  /v1/mirrors/{mirror}/plan?lag=30s&percentile=95` — link sizing from the
 //!   mirror's write-rate history (`tandem mirror plan`).
@@ -65,6 +67,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/history", get(history))
         .route("/v1/groups/{group}/switchover", post(switchover))
         .route("/v1/groups/{group}/maintenance", post(maintenance))
+        .route("/v1/groups/{group}/clear", post(clear))
         .route("/v1/mirrors", get(mirrors))
         .route(
             "/v1/mirrors/{mirror}/split-brain-dumps",
@@ -404,6 +407,34 @@ async fn maintenance(
         Ok(()) => {
             Json(serde_json::json!({ "group": group, "maintenance": body.on })).into_response()
         }
+        Err(r) => r,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClearBody {
+    #[serde(default)]
+    node: Option<String>,
+}
+
+/// `tandem group clear`: this node forgets the group's failures and lifts its block.
+async fn clear(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    UrlPath(group): UrlPath<String>,
+    body: Option<Json<ClearBody>>,
+) -> Response {
+    auth!(s, h);
+    let node = body.and_then(|Json(b)| b.node);
+    match ask(&s, |reply| Request::Clear {
+        group: group.clone(),
+        node,
+        reply,
+    })
+    .await
+    {
+        Ok(()) => Json(serde_json::json!({ "group": group, "cleared": true })).into_response(),
         Err(r) => r,
     }
 }

@@ -2,8 +2,10 @@
 //! through the control API, config checking, the witness, the lab, the NBD server, benchmarks, and
 //! the demo service.
 
+pub mod follow;
 pub mod plan;
 pub mod render;
+pub mod wait;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +59,18 @@ pub enum Cmd {
         /// Also print the events after this sequence number.
         #[arg(long)]
         events_since: Option<u64>,
+    },
+    /// Print the event stream: the events after --since, then (with --follow) each new
+    /// one as it happens, one per line (`--json`: one JSON object per line).
+    Events {
+        /// Only events after this sequence number (default: the last 100 before now).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Keep printing new events until interrupted.
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Move a group to another node by hand (stop top-down here, start bottom-up there).
     Switchover {
@@ -219,6 +233,18 @@ pub enum GroupCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Forget the group's failures in the restart window and lift its block on the
+    /// node the command reaches (like `pcs resource cleanup`): it may run the group
+    /// again at once. Blocks are per node: with --node, refused unless that is the node
+    /// reached.
+    Clear {
+        group: String,
+        /// The node to clear (default: the node reached).
+        #[arg(long)]
+        node: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// `tandem mirror ...`: every action takes the mirror's name and optionally one peer
@@ -237,7 +263,12 @@ pub enum MirrorCmd {
     /// Replicate again; the peer catches up from the bitmap by itself.
     Resume(MirrorTarget),
     /// Online verify by checksums; blocks that differ are resynced.
-    Verify(MirrorTarget),
+    Verify {
+        #[command(flatten)]
+        target: MirrorTarget,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Resync to the peer.
     Resync {
         #[command(flatten)]
@@ -245,11 +276,18 @@ pub enum MirrorCmd {
         /// Every used block, not only the bitmap (a replaced disk).
         #[arg(long)]
         full: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Drop the replication link and stay disconnected.
     Disconnect(MirrorTarget),
     /// Connect again.
-    Connect(MirrorTarget),
+    Connect {
+        #[command(flatten)]
+        target: MirrorTarget,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Resolve a split brain: the copy on --keep survives; every copy in split brain
     /// with it saves its changed blocks to a dump, discards them and is resynced fully.
     /// Runs on any node holding a copy in the split brain.
@@ -332,6 +370,18 @@ pub struct MirrorTarget {
     pub peer: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+/// `--wait` on a long mirror operation: poll until it is done, with progress.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct WaitArgs {
+    /// Wait until the operation is done (exit 0), failed (1) or timed out (7), showing
+    /// progress on standard error.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 3600, requires = "wait")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

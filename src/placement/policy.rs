@@ -388,6 +388,8 @@ pub enum PlacementError {
         group: String,
         why: String,
     },
+    #[error("blocks and failure counts are kept by each node: ask node `{0}` itself (its socket, or --api)")]
+    NotLocal(String),
     #[error("group `{group}` already runs on `{node}`")]
     AlreadyThere { group: String, node: String },
     #[error("group `{0}` is in maintenance")]
@@ -480,6 +482,15 @@ struct StartReport {
     cleanup_ok: bool,
     steps: Vec<TimelineStep>,
     first_check_wall_ms: Option<u64>,
+}
+
+/// What `tandem group clear` reset on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cleared {
+    /// Failures that were counted in the restart window.
+    failures: usize,
+    /// The node was blocked from running the group.
+    was_blocked: bool,
 }
 
 /// Status of one group as this node sees it.
@@ -1059,6 +1070,44 @@ impl Placement {
         Ok(out)
     }
 
+    /// `tandem group clear`: forgets this node's failures of the group within the
+    /// restart window and lifts its block, so the node may run the group again at once
+    /// (the `pcs resource cleanup` of Pacemaker). Blocks and failure counts are this
+    /// node's own (advertised, never replicated, in either ownership mode), so `node`
+    /// must name this node or be None. Emits `group_cleared` with what was reset.
+    pub fn clear(
+        &mut self,
+        now: Now,
+        group: &str,
+        node: Option<&str>,
+        peers: &[PeerView],
+    ) -> Result<Vec<Action>, PlacementError> {
+        if let Some(n) = node.filter(|n| *n != self.cfg.local) {
+            return Err(if self.cfg.has_node(n) {
+                PlacementError::NotLocal(n.into())
+            } else {
+                PlacementError::UnknownNode(n.into())
+            });
+        }
+        let g = &mut self
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| PlacementError::UnknownGroup(group.into()))?
+            .state;
+        let cleared = g.clear(now.mono_ms);
+        let mut out = vec![emit(
+            EventKind::GroupCleared,
+            fields([
+                ("group", group.to_string()),
+                ("node", self.cfg.local.clone()),
+                ("failures", cleared.failures.to_string()),
+                ("was_blocked", cleared.was_blocked.to_string()),
+            ]),
+        )];
+        self.evaluate(now, peers, &mut out);
+        Ok(out)
+    }
+
     /// Is the group in maintenance (monitoring suspended)?
     pub fn in_maintenance(&self, group: &str) -> bool {
         self.groups.get(group).is_some_and(|g| g.state.maintenance)
@@ -1592,6 +1641,19 @@ impl GroupState {
             );
             self.stop_as(&policy.name, &reason, StopMode::TopDown, out);
         }
+    }
+
+    /// Forgets the failures in the restart window and lifts the block, now; says what
+    /// there was. A `Failed` local state (a stop that failed, so a resource may still
+    /// run) is not a block and stays.
+    fn clear(&mut self, now_ms: u64) -> Cleared {
+        let cleared = Cleared {
+            failures: self.failures.len(),
+            was_blocked: self.is_blocked(now_ms),
+        };
+        self.failures.clear();
+        self.blocked_until = None;
+        cleared
     }
 
     /// Step "lift an expired block": the restart window is over, so the failures in it

@@ -410,6 +410,10 @@ impl Daemon {
                     ControlCommand::Maintenance { group, on },
                     PendingReply::Done(reply),
                 ),
+                Request::Clear { group, node, reply } => (
+                    ControlCommand::Clear { group, node },
+                    PendingReply::Done(reply),
+                ),
                 Request::Mirror {
                     mirror,
                     action,

@@ -905,3 +905,56 @@ fn events_of(out: &[Action]) -> Vec<EventKind> {
         })
         .collect()
 }
+
+#[test]
+fn clear_forgets_the_failures_and_lifts_the_block_at_once() {
+    let (mut c, _) = duo(false, Switchback::Manual);
+    let t0 = c.t;
+    for _ in 0..3 {
+        c.check_failed("a", "web");
+        c.run_for(100);
+    }
+    assert!(c.status(0, "web").blocked, "the ladder is exhausted");
+    assert_eq!(c.status(0, "web").recent_failures, 3);
+    c.run_for(1000);
+    assert_eq!(c.running("web"), ["b"]);
+    // Well within the 10 s window: a clear for another node is refused here...
+    let peers = c.peers(0);
+    assert_eq!(
+        c.nodes[0].clear(now(c.t), "web", Some("b"), &peers).err(),
+        Some(PlacementError::NotLocal("b".into()))
+    );
+    assert_eq!(
+        c.nodes[0].clear(now(c.t), "web", Some("z"), &peers).err(),
+        Some(PlacementError::UnknownNode("z".into()))
+    );
+    assert!(c.status(0, "web").blocked);
+    // ...and one for this node resets both, with an event saying what it reset.
+    let actions = c.nodes[0]
+        .clear(now(c.t), "web", Some("a"), &peers)
+        .expect("clear");
+    let cleared = actions.iter().find_map(|a| match a {
+        Action::Emit {
+            kind: EventKind::GroupCleared,
+            fields,
+        } => Some(fields.clone()),
+        _ => None,
+    });
+    let cleared = cleared.expect("a group_cleared event");
+    assert_eq!(cleared["failures"], "3");
+    assert_eq!(cleared["was_blocked"], "true");
+    assert_eq!(cleared["node"], "a");
+    c.carry_out(0, actions);
+    let st = c.status(0, "web");
+    assert!(!st.blocked);
+    assert_eq!(st.recent_failures, 0);
+    // Eligible again at once: the group comes back when b is put in standby.
+    let peers = c.peers(1);
+    let actions = c.nodes[1]
+        .set_standby(now(c.t), "b", true, &peers)
+        .expect("standby");
+    c.carry_out(1, actions);
+    c.run_for(3000);
+    assert!(c.t - t0 < 10_000, "still inside the restart window");
+    assert_eq!(c.running("web"), ["a"]);
+}
