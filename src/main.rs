@@ -18,6 +18,7 @@ use tandem::cli::{
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
+use tandem::logging;
 use tandem::mirror::plan::Plan;
 use tandem::mirror::replica::dump::DumpInfo;
 use tandem::status::MirrorStatus;
@@ -90,19 +91,14 @@ impl MainError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal: a log file or the journal gets plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    // Log lines are written by a thread of their own: the daemon's event loop never
-    // waits for stderr (often a file) to take them. The guard flushes them at exit.
-    let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(colour)
-        .init();
+    // The journal under systemd, a rotated file with --log-file, else stderr (colour
+    // only on a terminal). The guard flushes the queued lines at exit.
+    let sink = logging::choose(&logging::Surroundings::here(cli.log_file.as_deref()));
+    let file_policy = tandem::rotate::Policy {
+        max_bytes: cli.log_max_bytes,
+        ..tandem::rotate::Policy::DEFAULT
+    };
+    let _flush_at_exit = logging::init(&sink, file_policy);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -262,6 +258,14 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             runtime()?.block_on(tandem::demo::serve(listen, name, store))
         }
         .map_err(|e| MainError::Other(format!("demo service: {e}"))),
+        Cmd::Generate { what, dir } => {
+            for f in tandem::cli::generate::generate(what, &dir)
+                .map_err(|e| MainError::Other(format!("{}: {e}", dir.display())))?
+            {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
         other => runtime()?.block_on(admin(other)),
     }
 }
