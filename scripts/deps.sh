@@ -12,7 +12,10 @@ packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepal
     gdisk e2fsprogs busybox-static cpio kmod zstd
     # tests/fence.rs: a venv for sushy-tools' Redfish emulator, openssl for its TLS cert,
     # OpenIPMI's ipmi_sim and ipmitool.
-    python3-venv openssl openipmi ipmitool)
+    python3-venv openssl openipmi ipmitool
+    # tests/deb.rs: systemd-analyze verify and systemd-tmpfiles on the packaged unit,
+    # man for the unit's Documentation= pages.
+    systemd man-db)
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)

@@ -16,6 +16,9 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
+step "the .deb (scripts/deb.sh: installs cargo-deb into .tools/ if missing; tests/deb.rs needs it)"
+./scripts/deb.sh
+
 step "cargo test (unit, simulation, lab)"
 cargo test --quiet -- --test-threads 2
 

@@ -8,12 +8,14 @@
 //! Persistence: events are appended to `events.jsonl` in the state directory and
 //! completed failover/switchover timelines to `timelines.jsonl`. Sequence numbers are
 //! reserved in blocks in the `seq` file (written and fsynced before use), so a crash
-//! can skip numbers but never repeat one.
+//! can skip numbers but never repeat one. Both files are rotated by size
+//! (`[cluster] events_max_bytes`, `events_keep`: `events.jsonl.1`, ...); reading them
+//! back at start reads the rotated files too, so `since` and `history` see no gap.
 
 mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,6 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
+
+use crate::rotate;
 
 /// How many sequence numbers are reserved per write of the `seq` file.
 const SEQ_BLOCK: u64 = 1000;
@@ -283,8 +287,8 @@ pub struct EventLog {
 
 impl EventLog {
     /// Opens (or creates) the log in `dir`, continuing the sequence after the last
-    /// reserved block.
-    pub fn open(node: &str, dir: &Path) -> Result<EventLog, EventError> {
+    /// reserved block; its files rotate by `policy`.
+    pub fn open(node: &str, dir: &Path, policy: rotate::Policy) -> Result<EventLog, EventError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| EventError::Io { path, source }
@@ -306,13 +310,7 @@ impl EventLog {
         let timelines_path = dir.join("timelines.jsonl");
         let recent = read_tail::<Event>(&events_path, MEMORY_EVENTS);
         let timelines = read_tail::<Timeline>(&timelines_path, MEMORY_TIMELINES);
-        let open = |p: &Path| {
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .map_err(io(p))
-        };
+        let open = |p: &Path| rotate::RotatingFile::open(p, policy).map_err(io(p));
         // The first block is reserved here, so no emit waits for it.
         let reserved_until = start + SEQ_BLOCK;
         writer::write_durably(&seq_path, &reserved_until.to_string()).map_err(io(&seq_path))?;
@@ -450,8 +448,22 @@ impl EventLog {
     }
 }
 
-/// The last `keep` parseable lines of a JSONL file; a torn last line is skipped.
+/// The last `keep` parseable lines of a JSONL file and its rotated files (read newest
+/// first, only as many as needed); a torn last line is skipped.
 fn read_tail<T: for<'de> Deserialize<'de>>(path: &Path, keep: usize) -> VecDeque<T> {
+    let mut out = VecDeque::new();
+    for file in rotate::oldest_first(path).iter().rev() {
+        if out.len() >= keep {
+            break;
+        }
+        let older = read_file_tail::<T>(file, keep - out.len());
+        out = older.into_iter().chain(out).collect();
+    }
+    out
+}
+
+/// The last `keep` parseable lines of one JSONL file.
+fn read_file_tail<T: for<'de> Deserialize<'de>>(path: &Path, keep: usize) -> VecDeque<T> {
     let mut out = VecDeque::new();
     let Ok(f) = File::open(path) else {
         return out;
@@ -476,12 +488,12 @@ mod tests {
     #[test]
     fn seq_strictly_increases_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open("a", dir.path()).unwrap();
+        let log = EventLog::open("a", dir.path(), rotate::Policy::DEFAULT).unwrap();
         let e1 = log.emit(EventKind::DaemonStarted, Fields::new());
         let e2 = log.emit(EventKind::NodeUp, fields([("peer", "b".into())]));
         assert!(e2.seq > e1.seq);
         drop(log);
-        let log = EventLog::open("a", dir.path()).unwrap();
+        let log = EventLog::open("a", dir.path(), rotate::Policy::DEFAULT).unwrap();
         let e3 = log.emit(EventKind::DaemonStarted, Fields::new());
         assert!(e3.seq > e2.seq, "{} > {}", e3.seq, e2.seq);
         // history survives the restart
@@ -493,7 +505,7 @@ mod tests {
     #[test]
     fn blocks_reserved_ahead_keep_numbers_unique_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open("a", dir.path()).unwrap();
+        let log = EventLog::open("a", dir.path(), rotate::Policy::DEFAULT).unwrap();
         let mut last = 0;
         for _ in 0..(SEQ_BLOCK * 5 / 2) {
             last = log.emit(EventKind::NodeUp, Fields::new()).seq;
@@ -509,23 +521,55 @@ mod tests {
             .unwrap();
         assert!(reserved > last, "{reserved} > {last}");
         std::mem::forget(log);
-        let again = EventLog::open("a", dir.path()).unwrap();
+        let again = EventLog::open("a", dir.path(), rotate::Policy::DEFAULT).unwrap();
         assert!(again.emit(EventKind::DaemonStarted, Fields::new()).seq > last);
     }
 
     #[test]
     fn torn_last_line_is_skipped() {
         let dir = tempfile::tempdir().unwrap();
-        let log = EventLog::open("a", dir.path()).unwrap();
+        let log = EventLog::open("a", dir.path(), rotate::Policy::DEFAULT).unwrap();
         log.emit(EventKind::DaemonStarted, Fields::new());
         drop(log);
-        let mut f = OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("events.jsonl"))
             .unwrap();
         f.write_all(b"{\"seq\":99,\"no").unwrap();
-        let log = EventLog::open("a", dir.path()).unwrap();
+        let log = EventLog::open("a", dir.path(), rotate::Policy::DEFAULT).unwrap();
         assert_eq!(log.since(0, 10).len(), 1);
+    }
+
+    #[test]
+    fn rotated_files_keep_the_sequence_whole_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = rotate::Policy {
+            max_bytes: 4096,
+            keep: 100,
+        };
+        let log = EventLog::open("a", dir.path(), policy).unwrap();
+        let n = 300;
+        for _ in 0..n {
+            log.emit(EventKind::NodeUp, fields([("peer", "b".into())]));
+        }
+        log.flush();
+        let path = dir.path().join("events.jsonl");
+        let files = rotate::oldest_first(&path);
+        assert!(files.len() > 3, "rotated: {files:?}");
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() <= 4096);
+        }
+        drop(log);
+        let log = EventLog::open("a", dir.path(), policy).unwrap();
+        let seqs: Vec<u64> = log.since(0, usize::MAX).iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<u64>>(), "no gap, no repeat");
+        let next = log.emit(EventKind::DaemonStarted, Fields::new()).seq;
+        assert!(next > n);
+        assert_eq!(
+            log.since(n - 2, 10).len(),
+            3,
+            "`since` reads on past the restart"
+        );
     }
 
     #[test]
@@ -533,7 +577,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("seq"), "garbage").unwrap();
         assert!(matches!(
-            EventLog::open("a", dir.path()),
+            EventLog::open("a", dir.path(), rotate::Policy::DEFAULT),
             Err(EventError::CorruptSeq { .. })
         ));
     }

@@ -18,11 +18,13 @@
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
 //! - `bench` (cargo feature `bench`, on by default, left out of the appliance image):
 //!   `tandem bench mirror` and `tandem bench snmp`.
+//! - [`logging`]: where log lines go: the journal under systemd, stderr, or a rotated file.
 //! - [`mirror`]: block volumes, the `Export` seam and the NBD server that serves them.
 //! - [`snmp`]: TANDEM-MIB, the SNMP agent (v2c, v3 USM) and notifications.
 //! - [`demo`]: the demo service the lab protects.
 //! - [`image`]: the appliance image's A/B boot slots: boot counting, blessing, updates.
 //! - [`cli`]: the command line.
+//! - [`rotate`]: append-only files rotated by size (the event log, the daemon log).
 //! - [`status`]: the read model (the status snapshot) every observer reads.
 //! - [`witness`]: `tandem witness`, a voter with no resources for one or more clusters.
 
@@ -38,6 +40,7 @@ pub mod event;
 pub mod fence;
 pub mod image;
 pub mod lab;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod net;
@@ -45,6 +48,7 @@ pub mod node;
 pub mod placement;
 pub mod quorum;
 pub mod resources;
+pub mod rotate;
 pub mod runtime;
 pub mod snmp;
 pub mod status;

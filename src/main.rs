@@ -21,6 +21,7 @@ use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
 use tandem::image::sign::SignError;
+use tandem::logging;
 use tandem::mirror::plan::Plan;
 use tandem::mirror::replica::dump::DumpInfo;
 use tandem::status::MirrorStatus;
@@ -111,19 +112,14 @@ impl MainError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colour only for a person at a terminal: a log file or the journal gets plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    // Log lines are written by a thread of their own: the daemon's event loop never
-    // waits for stderr (often a file) to take them. The guard flushes them at exit.
-    let (writer, _flush_at_exit) = tracing_appender::non_blocking(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(colour)
-        .init();
+    // The journal under systemd, a rotated file with --log-file, else stderr (colour
+    // only on a terminal). The guard flushes the queued lines at exit.
+    let sink = logging::choose(&logging::Surroundings::here(cli.log_file.as_deref()));
+    let file_policy = tandem::rotate::Policy {
+        max_bytes: cli.log_max_bytes,
+        ..tandem::rotate::Policy::DEFAULT
+    };
+    let _flush_at_exit = logging::init(&sink, file_policy);
     match dispatch(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -140,23 +136,13 @@ fn config_init(
     nodes: usize,
     output: Option<&std::path::Path>,
 ) -> Result<(), MainError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let text = tandem::config::init::template(cluster, nodes, &tandem::config::init::random_key())?;
     Config::parse(&text)?;
     let Some(path) = output else {
         print!("{text}");
         return Ok(());
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| MainError::Other(format!("{}: {e}", path.display())))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| MainError::Other(format!("{}: {e}", path.display())))?;
+    write_private_file(path, text.as_bytes())?;
     eprintln!(
         "{}: {nodes} node(s), a fresh key, mode 0600; replace the addresses marked REPLACE",
         path.display()
@@ -164,25 +150,57 @@ fn config_init(
     Ok(())
 }
 
-/// `tandem image keygen`: the secret key to `output` (mode 0600, a new file), the
-/// public key to `output.pub` and stdout.
-fn image_keygen(output: &std::path::Path) -> Result<(), MainError> {
+/// Writes a new file (never over an existing one) that only its owner can read, and
+/// syncs it: for files that hold a key.
+fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), MainError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let (secret, public) = tandem::image::sign::generate_key();
-    let public_path = output.with_extension("pub");
-    let fail =
-        |p: &std::path::Path, e: std::io::Error| MainError::Other(format!("{}: {e}", p.display()));
-    let mut f = std::fs::OpenOptions::new()
+    let fail = |e: std::io::Error| MainError::Other(format!("{}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(output)
-        .map_err(|e| fail(output, e))?;
-    f.write_all(format!("{secret}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(|e| fail(output, e))?;
-    std::fs::write(&public_path, format!("{public}\n")).map_err(|e| fail(&public_path, e))?;
+        .open(path)
+        .map_err(fail)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(fail)
+}
+
+/// `tandem image update`: only an image signed by a trusted key is written.
+fn image_update(
+    file: &std::path::Path,
+    esp: &tandem::image::Esp,
+    running: tandem::image::Slot,
+    trusted_keys: &std::path::Path,
+) -> Result<(), MainError> {
+    use tandem::image::{self as img, ImageError};
+    let keys = img::sign::trusted_keys(trusted_keys).map_err(ImageError::from)?;
+    let by = img::sign::verify(file, &keys).map_err(ImageError::from)?;
+    println!(
+        "{}: signature good (key {})",
+        file.display(),
+        hex::encode(by.to_bytes())
+    );
+    let u = img::update(esp, file, running)?;
+    println!(
+        "slot {} written ({} bytes), entry {}: it boots next, {} tries",
+        u.slot,
+        u.bytes,
+        u.entry.file_name(),
+        img::TRIES
+    );
+    Ok(())
+}
+
+/// `tandem image keygen`: the secret key to `output` (mode 0600, a new file), the
+/// public key to `output.pub` and stdout.
+fn image_keygen(output: &std::path::Path) -> Result<(), MainError> {
+    let (secret, public) = tandem::image::sign::generate_key();
+    let public_path = output.with_extension("pub");
+    write_private_file(output, format!("{secret}\n").as_bytes())?;
+    std::fs::write(&public_path, format!("{public}\n"))
+        .map_err(|e| MainError::Other(format!("{}: {e}", public_path.display())))?;
     println!("{public}");
     eprintln!(
         "secret key {} (keep it off the appliances), public key {}",
@@ -264,50 +282,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         Cmd::Bench {
             cmd: tandem::cli::BenchCmd::Snmp(args),
         } => Ok(tandem::bench::snmp::run(&args)?),
-        Cmd::Config {
-            cmd: ConfigCmd::Check { file },
-        } => {
-            let cfg = Config::load(&file)?;
-            println!(
-                "{}: ok (cluster `{}`, {} nodes, {} groups)",
-                file.display(),
-                cfg.cluster.name,
-                cfg.nodes.len(),
-                cfg.groups.len()
-            );
-            println!("mode {}", tandem::status::TakeoverMode::for_config(&cfg));
-            println!(
-                "cluster digest {} (every node's file must give the same)",
-                cfg.digest
-            );
-            for n in &cfg.nodes {
-                if let Some(f) = &n.fence {
-                    let methods: Vec<String> = tandem::fence::plan::methods(f)
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect();
-                    println!(
-                        "node `{}`: fencing through {} (delay {}s, timeout {}s)",
-                        n.name,
-                        methods.join(" then "),
-                        f.delay.as_secs_f64(),
-                        f.timeout.as_secs_f64()
-                    );
-                }
-            }
-            if let Some(w) = cfg.quorum_warning() {
-                eprintln!("warning: {w}");
-            }
-            Ok(())
-        }
-        Cmd::Config {
-            cmd:
-                ConfigCmd::Init {
-                    nodes,
-                    cluster,
-                    output,
-                },
-        } => config_init(&cluster, nodes.into(), output.as_deref()),
+        Cmd::Config { cmd } => config(cmd),
         Cmd::Witness { config, check } => witness(&config, check),
         Cmd::Fence {
             node,
@@ -350,7 +325,60 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             runtime()?.block_on(tandem::demo::serve(listen, name, store))
         }
         .map_err(|e| MainError::Other(format!("demo service: {e}"))),
+        Cmd::Generate { what, dir } => {
+            for f in tandem::cli::generate::generate(what, &dir)
+                .map_err(|e| MainError::Other(format!("{}: {e}", dir.display())))?
+            {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
         other => runtime()?.block_on(admin(other)),
+    }
+}
+
+/// `tandem config check` and `init`.
+fn config(cmd: ConfigCmd) -> Result<(), MainError> {
+    match cmd {
+        ConfigCmd::Check { file } => {
+            let cfg = Config::load(&file)?;
+            println!(
+                "{}: ok (cluster `{}`, {} nodes, {} groups)",
+                file.display(),
+                cfg.cluster.name,
+                cfg.nodes.len(),
+                cfg.groups.len()
+            );
+            println!("mode {}", tandem::status::TakeoverMode::for_config(&cfg));
+            println!(
+                "cluster digest {} (every node's file must give the same)",
+                cfg.digest
+            );
+            for n in &cfg.nodes {
+                if let Some(f) = &n.fence {
+                    let methods: Vec<String> = tandem::fence::plan::methods(f)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    println!(
+                        "node `{}`: fencing through {} (delay {}s, timeout {}s)",
+                        n.name,
+                        methods.join(" then "),
+                        f.delay.as_secs_f64(),
+                        f.timeout.as_secs_f64()
+                    );
+                }
+            }
+            if let Some(w) = cfg.quorum_warning() {
+                eprintln!("warning: {w}");
+            }
+            Ok(())
+        }
+        ConfigCmd::Init {
+            nodes,
+            cluster,
+            output,
+        } => config_init(&cluster, nodes.into(), output.as_deref()),
     }
 }
 
@@ -461,23 +489,7 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
             esp,
             slot,
             trusted_keys,
-        } => {
-            let keys = img::sign::trusted_keys(&trusted_keys).map_err(img::ImageError::from)?;
-            let by = img::sign::verify(&file, &keys).map_err(img::ImageError::from)?;
-            println!(
-                "{}: signature good (key {})",
-                file.display(),
-                hex::encode(by.to_bytes())
-            );
-            let u = img::update(&Esp::new(esp), &file, image_slot(slot)?)?;
-            println!(
-                "slot {} written ({} bytes), entry {}: it boots next, {} tries",
-                u.slot,
-                u.bytes,
-                u.entry.file_name(),
-                img::TRIES
-            );
-        }
+        } => image_update(&file, &Esp::new(esp), image_slot(slot)?, &trusted_keys)?,
         ImageCmd::Keygen { output } => image_keygen(&output)?,
         ImageCmd::Sign { key, file } => {
             let sig = img::sign::sign(&file, &key).map_err(img::ImageError::from)?;

@@ -3,6 +3,7 @@
 //! the demo service.
 
 pub mod follow;
+pub mod generate;
 pub mod plan;
 pub mod render;
 pub mod wait;
@@ -18,6 +19,22 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Cmd,
+    /// Write log lines to this file, rotated by size (FILE.1, FILE.2, ...; four kept),
+    /// instead of stderr or the journal.
+    #[arg(long, global = true, env = "TANDEM_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// The size at which `--log-file` rotates.
+    #[arg(long, global = true, default_value_t = crate::rotate::Policy::DEFAULT.max_bytes)]
+    pub log_max_bytes: u64,
+}
+
+/// `tandem generate`: what the package carries, generated from these definitions.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Generated {
+    /// Shell completions: `tandem.bash`, `_tandem` (zsh), `tandem.fish`.
+    Completions,
+    /// Man pages: `tandem.1` and one per subcommand (`tandem-status.1`, ...).
+    Man,
 }
 
 /// How admin commands reach the daemon.
@@ -155,6 +172,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// Write shell completions or man pages into DIR (for packaging).
+    #[command(hide = true)]
+    Generate { what: Generated, dir: PathBuf },
     /// The demo service the lab protects: HTTP that answers with the node's name.
     #[command(hide = true)]
     DemoService {

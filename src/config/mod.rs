@@ -90,6 +90,8 @@ const NODE_LOCAL: &[(&str, Option<&str>)] = &[
     ("metrics", None),
     ("snmp", None),
     ("cluster", Some("state_dir")),
+    ("cluster", Some("events_max_bytes")),
+    ("cluster", Some("events_keep")),
     ("cluster", Some("key_file")),
     ("cluster", Some("key")),
     ("quorum", Some("watchdog")),
@@ -159,6 +161,34 @@ pub struct ClusterConfig {
     /// process), so this mostly bounds the cost of the probe on the failover time.
     #[serde(with = "humantime_serde", default = "default_probe_timeout")]
     pub vip_probe_timeout: Duration,
+    /// `events.jsonl` and `timelines.jsonl` rotate once a line would take them past
+    /// this many bytes (`events.jsonl.1`, ...).
+    #[serde(default = "default_events_max_bytes")]
+    pub events_max_bytes: u64,
+    /// Rotated event files kept.
+    #[serde(default = "default_events_keep")]
+    pub events_keep: usize,
+}
+
+impl ClusterConfig {
+    /// How the event log's files rotate.
+    pub fn event_rotation(&self) -> crate::rotate::Policy {
+        crate::rotate::Policy {
+            max_bytes: self.events_max_bytes,
+            keep: self.events_keep,
+        }
+    }
+}
+
+/// The smallest rotation size: a file must hold a good many events.
+const MIN_EVENTS_BYTES: u64 = 64 * 1024;
+
+fn default_events_max_bytes() -> u64 {
+    crate::rotate::Policy::DEFAULT.max_bytes
+}
+
+fn default_events_keep() -> usize {
+    crate::rotate::Policy::DEFAULT.keep
 }
 
 fn default_probe_timeout() -> Duration {
@@ -565,6 +595,12 @@ impl Config {
         let pt = self.cluster.vip_probe_timeout;
         if pt < Duration::from_millis(20) || pt > Duration::from_secs(5) {
             return Err(invalid("cluster.vip_probe_timeout", "must be 20ms to 5s"));
+        }
+        if self.cluster.events_max_bytes < MIN_EVENTS_BYTES {
+            return Err(invalid(
+                "cluster.events_max_bytes",
+                format!("must be at least {MIN_EVENTS_BYTES} bytes"),
+            ));
         }
         Ok(())
     }

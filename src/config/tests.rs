@@ -78,6 +78,32 @@ fn defaults_apply() {
 }
 
 #[test]
+fn event_rotation_defaults_to_16_mib_keeping_four_and_has_a_floor() {
+    let cfg = Config::parse(MINIMAL).unwrap();
+    assert_eq!(cfg.cluster.event_rotation(), crate::rotate::Policy::DEFAULT);
+    assert_eq!(cfg.cluster.events_max_bytes, 16 * 1024 * 1024);
+    let set = MINIMAL.replace(
+        "[heartbeat]",
+        "events_max_bytes = 1048576\nevents_keep = 2\n[heartbeat]",
+    );
+    let cfg = Config::parse(&set).unwrap();
+    assert_eq!(
+        cfg.cluster.event_rotation(),
+        crate::rotate::Policy {
+            max_bytes: 1 << 20,
+            keep: 2
+        }
+    );
+    assert_eq!(
+        cfg.digest,
+        Config::parse(MINIMAL).unwrap().digest,
+        "node-local"
+    );
+    let e = err_of(&MINIMAL.replace("[heartbeat]", "events_max_bytes = 100\n[heartbeat]"));
+    assert!(e.contains("cluster.events_max_bytes"), "{e}");
+}
+
+#[test]
 fn unknown_key_is_an_error_naming_it() {
     let e = err_of(&MINIMAL.replace("[heartbeat]", "[heartbeat]\nintervall = \"1s\""));
     assert!(e.contains("intervall"), "{e}");

@@ -2,13 +2,16 @@
 //! `timelines.jsonl` and the durable sequence reservation (`seq`). [`super::EventLog::emit`]
 //! only queues a line, so the daemon's event loop, which emits, never waits for the
 //! disk. Lines are written in the order they were queued; dropping the writer (when
-//! the last [`super::EventLog`] goes) writes what is queued before it returns.
+//! the last [`super::EventLog`] goes) writes what is queued before it returns. The two
+//! logs are rotated by size ([`crate::rotate`]).
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+
+use crate::rotate::RotatingFile;
 
 /// One job for the writer thread.
 enum Job {
@@ -22,8 +25,8 @@ enum Job {
 
 /// The files, owned by the writer thread.
 struct Files {
-    events: File,
-    timelines: File,
+    events: RotatingFile,
+    timelines: RotatingFile,
     seq_path: PathBuf,
     /// Sequence numbers below this are reserved durably.
     reserved: Arc<AtomicU64>,
@@ -39,8 +42,8 @@ pub(super) struct Writer {
 impl Writer {
     /// Starts the thread over the open files; `reserved` is what `seq` holds now.
     pub(super) fn spawn(
-        events: File,
-        timelines: File,
+        events: RotatingFile,
+        timelines: RotatingFile,
         seq_path: &Path,
         reserved: u64,
     ) -> std::io::Result<Writer> {

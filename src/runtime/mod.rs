@@ -20,6 +20,7 @@
 
 pub mod core_thread;
 pub mod log_writer;
+pub mod systemd;
 pub mod transport;
 pub mod watchdog;
 
@@ -145,6 +146,8 @@ struct Daemon {
     path_plan: Option<PathPlan>,
     /// `[quorum] watchdog`: the device the node core arms, pets and disarms.
     watchdog: Option<watchdog::WatchdogDevice>,
+    /// systemd's readiness and watchdog protocol (a no-op outside systemd).
+    systemd: systemd::Notifier,
     /// Inputs that carrying out an action produced (a watchdog failure), handed to
     /// the core once the actions before them are done.
     deferred: VecDeque<NodeInput>,
@@ -585,6 +588,7 @@ impl Daemon {
             self.input(NodeInput::Mirrors(facts));
         }
         self.input(NodeInput::Tick);
+        self.systemd.tick(Instant::now());
     }
 
     fn publish_status(&self) {
@@ -613,6 +617,8 @@ impl Daemon {
         );
         // Before any group can start: a watchdog that cannot be opened lets none.
         self.check_watchdog(true);
+        // The servers listen (started before the loop) and the core runs from here.
+        self.systemd.ready();
         loop {
             tokio::select! {
                 _ = wd_retry.tick(), if self.watchdog.is_some() => self.check_watchdog(false),
@@ -658,6 +664,7 @@ impl Daemon {
     /// Graceful shutdown: go to standby so peers take our groups.
     fn leave(&mut self) -> tokio::time::Instant {
         tracing::info!("shutting down: handing groups to peers");
+        self.systemd.stopping();
         self.input(NodeInput::Leave);
         tokio::time::Instant::now() + SHUTDOWN_HANDOFF
     }
@@ -713,7 +720,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         .cloned()
         .ok_or_else(|| RuntimeError::UnknownNode(local.to_string()))?;
     let key = Arc::new(cfg.key_bytes()?);
-    let events = EventLog::open(local, &cfg.cluster.state_dir)?;
+    let events = EventLog::open(local, &cfg.cluster.state_dir, cfg.cluster.event_rotation())?;
     clear_stale_vips(&cfg, local).await;
     let metrics = Metrics::new(&cfg, local)?;
     let nbd_metrics = |export: &str| metrics.nbd(export);
@@ -772,6 +779,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         next_request: 0,
         log,
         watchdog: watchdog::WatchdogDevice::configured(&cfg),
+        systemd: systemd::Notifier::from_env(),
         deferred: VecDeque::new(),
         cfg,
     };
