@@ -177,13 +177,32 @@ mod tests {
 
     #[tokio::test]
     async fn a_missing_ipmitool_is_a_clear_error() {
-        let r = run(
-            "/nonexistent/ipmitool",
-            &cfg(),
-            FenceAction::Status,
-            Duration::from_secs(5),
-        )
-        .await;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("bmc.pw");
+        std::fs::write(&password_file, "secret\n").unwrap();
+        let mode = |m| std::fs::Permissions::from_mode(m);
+        std::fs::set_permissions(&password_file, mode(0o644)).unwrap();
+        let cfg = IpmiConfig {
+            password_file,
+            ..cfg()
+        };
+        let status = || {
+            run(
+                "/nonexistent/ipmitool",
+                &cfg,
+                FenceAction::Status,
+                Duration::from_secs(5),
+            )
+        };
+        // A password file others can read is refused before ipmitool is even tried.
+        let r = status().await;
+        assert!(
+            matches!(&r, Err(FenceError::PasswordFile { source, .. }) if source.to_string().contains("chmod 600")),
+            "{r:?}"
+        );
+        std::fs::set_permissions(&cfg.password_file, mode(0o600)).unwrap();
+        let r = status().await;
         assert!(matches!(r, Err(FenceError::IpmitoolMissing)), "{r:?}");
     }
 }
