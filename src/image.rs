@@ -35,6 +35,8 @@ pub enum ImageError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0}: not a disk image with a GPT")]
     NoGpt(PathBuf),
+    #[error("{path}: the GPT {part} fail their CRC32: a damaged or cut-off image")]
+    GptCrc { path: PathBuf, part: &'static str },
     #[error("{0}: no `{ESP_PARTITION_NAME}` partition in the GPT")]
     NoEsp(PathBuf),
     #[error("{path}: not a usable zstd-compressed image: {why}")]
@@ -609,27 +611,44 @@ pub fn read_gpt(image: &Path) -> Result<Vec<GptPartition>, ImageError> {
     parse_gpt(&mut f, image)
 }
 
-/// The GPT of the disk in `f` (`image` names it in errors).
-fn parse_gpt<R: Read + Seek>(f: &mut R, image: &Path) -> Result<Vec<GptPartition>, ImageError> {
-    let mut hdr = [0u8; 92];
+/// The GPT of the disk in `f` (`image` names it in errors): the header and the entry
+/// array are taken only when their CRC32s match (UEFI 2.10 s5.3.2), so a damaged or
+/// truncated download is refused before anything is read from its partitions.
+pub fn parse_gpt<R: Read + Seek>(f: &mut R, image: &Path) -> Result<Vec<GptPartition>, ImageError> {
+    let no_gpt = || ImageError::NoGpt(image.to_path_buf());
+    let crc = |part: &'static str| ImageError::GptCrc {
+        path: image.to_path_buf(),
+        part,
+    };
+    let mut hdr = [0u8; 512];
     f.seek(SeekFrom::Start(512)).map_err(io_err(image))?;
-    f.read_exact(&mut hdr)
-        .map_err(|_| ImageError::NoGpt(image.to_path_buf()))?;
+    f.read_exact(&mut hdr).map_err(|_| no_gpt())?;
     if &hdr[..8] != b"EFI PART" {
-        return Err(ImageError::NoGpt(image.to_path_buf()));
+        return Err(no_gpt());
     }
     let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4]));
-    let table = u64_at(&hdr, 72) * 512;
-    let count = u32_at(&hdr, 80).min(1024) as usize;
+    let header_size = u32_at(&hdr, 12) as usize;
+    if !(92..=512).contains(&header_size) {
+        return Err(no_gpt());
+    }
+    let mut zeroed = hdr[..header_size].to_vec();
+    zeroed[16..20].fill(0);
+    if crc32fast::hash(&zeroed) != u32_at(&hdr, 16) {
+        return Err(crc("header"));
+    }
+    let table = u64_at(&hdr, 72).checked_mul(512).ok_or_else(no_gpt)?;
+    let count = u32_at(&hdr, 80) as usize;
     let size = u32_at(&hdr, 84) as usize;
-    if !(128..=4096).contains(&size) {
-        return Err(ImageError::NoGpt(image.to_path_buf()));
+    if !(128..=4096).contains(&size) || count > 1024 {
+        return Err(no_gpt());
     }
     let mut raw = vec![0u8; count * size];
     f.seek(SeekFrom::Start(table)).map_err(io_err(image))?;
-    f.read_exact(&mut raw)
-        .map_err(|_| ImageError::NoGpt(image.to_path_buf()))?;
+    f.read_exact(&mut raw).map_err(|_| no_gpt())?;
+    if crc32fast::hash(&raw) != u32_at(&hdr, 88) {
+        return Err(crc("partition entries"));
+    }
     let mut parts = Vec::new();
     for e in raw.chunks(size) {
         if e[..16].iter().all(|&b| b == 0) {
@@ -643,8 +662,11 @@ fn parse_gpt<R: Read + Seek>(f: &mut R, image: &Path) -> Result<Vec<GptPartition
             .collect();
         parts.push(GptPartition {
             name: String::from_utf16_lossy(&name),
-            start: first * 512,
-            len: (last + 1).saturating_sub(first) * 512,
+            start: first.saturating_mul(512),
+            len: last
+                .saturating_add(1)
+                .saturating_sub(first)
+                .saturating_mul(512),
         });
     }
     Ok(parts)
@@ -778,7 +800,7 @@ pub fn describe(esp: &Esp, running: Option<Slot>) -> Result<String, ImageError> 
         .map(|(_, m)| *m)
         .collect();
         s.push_str(&format!(
-            "slot {}  generation {:<4} {:<28} {version}{}\n",
+            "slot {}  generation {:<4} {:<32} {version}{}\n",
             e.slot,
             e.generation,
             state,
@@ -957,6 +979,20 @@ mod tests {
     }
 
     /// A GPT disk image whose `TANDEM-ESP` partition is a FAT volume with one slot.
+    /// A GPT header (92 bytes) for 128 entries of 128 bytes at LBA 2, with its CRCs.
+    fn gpt_header(entries: &[u8]) -> [u8; 92] {
+        let mut hdr = [0u8; 92];
+        hdr[..8].copy_from_slice(b"EFI PART");
+        hdr[12..16].copy_from_slice(&92u32.to_le_bytes());
+        hdr[72..80].copy_from_slice(&2u64.to_le_bytes());
+        hdr[80..84].copy_from_slice(&128u32.to_le_bytes());
+        hdr[84..88].copy_from_slice(&128u32.to_le_bytes());
+        hdr[88..92].copy_from_slice(&crc32fast::hash(entries).to_le_bytes());
+        let crc = crc32fast::hash(&hdr);
+        hdr[16..20].copy_from_slice(&crc.to_le_bytes());
+        hdr
+    }
+
     fn fake_image(path: &Path, kernel: &[u8], initrd: &[u8]) {
         const ESP_START: u64 = 2048 * 512;
         const ESP_LEN: u64 = 8 * 1024 * 1024;
@@ -968,22 +1004,18 @@ mod tests {
             .open(path)
             .unwrap();
         f.set_len(ESP_START + ESP_LEN + 64 * 512).unwrap();
-        let mut hdr = [0u8; 92];
-        hdr[..8].copy_from_slice(b"EFI PART");
-        hdr[72..80].copy_from_slice(&2u64.to_le_bytes());
-        hdr[80..84].copy_from_slice(&128u32.to_le_bytes());
-        hdr[84..88].copy_from_slice(&128u32.to_le_bytes());
-        f.seek(SeekFrom::Start(512)).unwrap();
-        f.write_all(&hdr).unwrap();
-        let mut e = [0u8; 128];
+        let mut entries = vec![0u8; 128 * 128];
+        let e = &mut entries[..128];
         e[..16].copy_from_slice(&[0x28; 16]);
         e[32..40].copy_from_slice(&(ESP_START / 512).to_le_bytes());
         e[40..48].copy_from_slice(&((ESP_START + ESP_LEN) / 512 - 1).to_le_bytes());
         for (i, c) in ESP_PARTITION_NAME.encode_utf16().enumerate() {
             e[56 + 2 * i..58 + 2 * i].copy_from_slice(&c.to_le_bytes());
         }
+        f.seek(SeekFrom::Start(512)).unwrap();
+        f.write_all(&gpt_header(&entries)).unwrap();
         f.seek(SeekFrom::Start(1024)).unwrap();
-        f.write_all(&e).unwrap();
+        f.write_all(&entries).unwrap();
         let mut part = fscommon_slice(f, ESP_START, ESP_LEN);
         fatfs::format_volume(&mut part, fatfs::FormatVolumeOptions::new()).unwrap();
         let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new()).unwrap();
@@ -1145,6 +1177,46 @@ mod tests {
         let u = update(&esp, &img, Slot::B).unwrap();
         assert_eq!(u.entry.file_name(), "tandem-3-a+3.conf");
         assert_eq!(names(&esp), ["tandem-2-b.conf", "tandem-3-a+3.conf"]);
+    }
+
+    #[test]
+    fn a_gpt_with_a_wrong_crc_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("new.img");
+        fake_image(&img, b"kernel", b"initrd");
+        assert_eq!(read_gpt(&img).unwrap().len(), 1);
+        let flip = |offset: u64| {
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap();
+            let mut b = [0u8; 1];
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.read_exact(&mut b).unwrap();
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(&[b[0] ^ 0x40]).unwrap();
+        };
+        // A byte of the ESP entry's name, then a byte of the header.
+        flip(1024 + 60);
+        assert!(matches!(
+            read_gpt(&img),
+            Err(ImageError::GptCrc {
+                part: "partition entries",
+                ..
+            })
+        ));
+        flip(1024 + 60);
+        flip(512 + 40);
+        assert!(matches!(
+            read_gpt(&img),
+            Err(ImageError::GptCrc { part: "header", .. })
+        ));
+        let esp = Esp::new(dir.path().join("esp"));
+        assert!(matches!(
+            update(&esp, &img, Slot::A),
+            Err(ImageError::GptCrc { .. })
+        ));
     }
 
     #[test]
