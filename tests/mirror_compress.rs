@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem::bench::mirror::mixed::mail_text;
 use tandem::config::ReplicationMode;
 use tandem::event::EventLog;
 use tandem::mirror::generation::{OwnershipEpoch, SplitBrainPolicy};
@@ -56,33 +57,6 @@ fn spec(
     }
 }
 
-/// English-ish text from a seeded generator.
-fn text(len: usize, mut x: u64) -> Vec<u8> {
-    const WORDS: [&str; 12] = [
-        "the ",
-        "mail ",
-        "server ",
-        "sent ",
-        "a ",
-        "message ",
-        "to ",
-        "our ",
-        "team ",
-        "about ",
-        "Monday. ",
-        "Regards,\n",
-    ];
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(WORDS[(x % 12) as usize].as_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn random(len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut v);
@@ -115,7 +89,7 @@ fn replicate(a_compress: Compress, b_compress: Compress, encrypt: bool) {
         let p = a.status().peers[0].clone();
         p.connection == LinkState::Connected && p.resync.is_none() && p.out_of_sync_bytes == 0
     });
-    let t = text(2 << 20, 7);
+    let t = mail_text(2 << 20, 7);
     let r = random(1 << 20);
     rt.block_on(a.write(0, t.clone(), false)).unwrap();
     rt.block_on(a.write(4 << 20, r.clone(), false)).unwrap();

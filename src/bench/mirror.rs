@@ -17,7 +17,7 @@ use tracing::info;
 
 mod cpu;
 mod latency;
-mod mixed;
+pub mod mixed;
 mod replicated;
 
 /// Options of `tandem bench mirror`.

@@ -340,6 +340,21 @@ fn message(rng: &mut StdRng, n: u64) -> String {
     m
 }
 
+/// `len` bytes of mail text (RFC 5322 messages) from `seed`: what compression tests
+/// replicate as the compressible part.
+pub fn mail_text(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut text = String::with_capacity(len + 4096);
+    let mut n = 0;
+    while text.len() < len {
+        text.push_str(&message(&mut rng, n));
+        n += 1;
+    }
+    let mut bytes = text.into_bytes();
+    bytes.truncate(len);
+    bytes
+}
+
 /// `size` bytes (a multiple of 128 KiB) of the mixed workload, from `seed`, to `path`.
 pub fn write_mixed(path: &Path, size: u64, seed: u64) -> Result<(), BenchError> {
     let mut rng = StdRng::seed_from_u64(seed);
