@@ -636,18 +636,19 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
             print_done(&api, &r, &text);
         }
         Cmd::Node { cmd } => {
-            let (node, api, action) = match cmd {
-                NodeCmd::Standby { node, api } => (node, api, "standby"),
-                NodeCmd::Online { node, api } => (node, api, "online"),
+            let (node, api, action, wait) = match cmd {
+                NodeCmd::Standby { node, wait, api } => (node, api, "standby", Some(wait)),
+                NodeCmd::Online { node, api } => (node, api, "online", None),
             };
-            let r: serde_json::Value = call(
-                &endpoint(&api),
-                "POST",
-                &format!("/v1/nodes/{node}/{action}"),
-                None,
-            )
-            .await?;
-            print_done(&api, &r, &format!("node `{node}`: {action}"));
+            let ep = endpoint(&api);
+            let r: serde_json::Value =
+                call(&ep, "POST", &format!("/v1/nodes/{node}/{action}"), None).await?;
+            let mut text = format!("node `{node}`: {action}");
+            if let Some(w) = wait.filter(|w| w.wait) {
+                let timeout = std::time::Duration::from_secs(w.timeout);
+                text = tandem::cli::wait::until_handed_off(&ep, &node, timeout).await?;
+            }
+            print_done(&api, &r, &text);
         }
         Cmd::Group { cmd } => group(cmd).await?,
         Cmd::Mirror { cmd } => mirror(cmd).await?,

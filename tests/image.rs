@@ -32,6 +32,8 @@ const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
 const SEABIOS: &str = "/usr/share/seabios/bios-256k.bin";
 /// tandemFailoverCompleted (TANDEM-MIB, tandemNotifications 2).
 const FAILOVER_COMPLETED: &str = ".1.3.6.1.4.1.32473.0.2";
+/// tandemSwitchoverCompleted (TANDEM-MIB, tandemNotifications 4).
+const SWITCHOVER_COMPLETED: &str = ".1.3.6.1.4.1.32473.0.4";
 const READY_BOUND: Duration = Duration::from_secs(180);
 
 fn missing_tools() -> Option<String> {
@@ -771,7 +773,7 @@ fn wait_serving(vm: &Vm, name: &str, context: impl Fn() -> String) {
 }
 
 #[test]
-fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
+fn two_vms_hand_the_group_over_on_reboot_and_fail_it_over_when_the_owner_dies() {
     require_image_tools!();
     let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -786,88 +788,175 @@ fn two_vms_fail_the_demo_group_over_when_the_owner_dies() {
             lan: &|_| format!("socket,mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
             started: &|_| {},
             watchdog: false,
-            console_input: false,
+            console_input: true,
         },
     );
+    let context = |vms: &[Vm]| {
+        format!(
+            "{}\n{}\n{}\n{}",
+            vms[0].console(),
+            guest_log(&disks[0]),
+            vms[1].console(),
+            guest_log(&disks[1])
+        )
+    };
     // Both see each other, and one of them runs the group.
-    let first = agreed_owner(&vms, || {
-        format!("{}\n{}", vms[0].console(), vms[1].console())
-    });
-    let (dead, survivor) = if first == "alpha" { (0, 1) } else { (1, 0) };
-    wait_serving(&vms[dead], &first, || {
-        format!("{}\n{}", vms[dead].console(), guest_log(&disks[dead]))
-    });
+    let first = agreed_owner(&vms, || context(&vms));
+    let (a, b) = if first == "alpha" { (0, 1) } else { (1, 0) };
+    let second = vms[b].name.clone();
+    wait_serving(&vms[a], &first, || context(&vms));
     // Data written through the kernel's NBD client and ext4 on the owner: the demo
     // service keeps its counter in a file on the mirrored filesystem and fsyncs it.
     for i in 1..=3 {
-        let body = http(vms[dead].demo, "POST", "/counter");
+        let body = http(vms[a].demo, "POST", "/counter");
         assert_eq!(
             body.as_deref().map(str::trim),
             Some(format!("{i} {first}").as_str()),
-            "counter write on {first}:\n{}\n{}",
-            vms[dead].console(),
-            guest_log(&disks[dead])
+            "counter write on {first}:\n{}",
+            context(&vms)
         );
     }
     let lan = Lan::join(lan_port);
-    let t = Instant::now();
-    while lan.who_has(VIP) != Some(mac_of(dead)) {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "the floating IP does not answer with {first}'s MAC"
-        );
-    }
-    let killed_at = Instant::now();
-    let victim = vms.remove(dead);
-    drop(victim);
-    let survivor_index = survivor;
-    let survivor = &vms[survivor.min(vms.len() - 1)];
-    let name = survivor.name.clone();
-    let took = loop {
-        if owner(survivor).as_deref() == Some(name.as_str())
-            && http_get(survivor.demo, "/").is_some_and(|b| b.trim() == name)
-            && lan.who_has(VIP) == Some(mac_of(survivor_index))
-        {
-            break killed_at.elapsed();
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(90),
-            "{name} did not take the group over:\n{}\n{}",
-            survivor.console(),
-            guest_log(&disks[survivor_index])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    wait_for_vip(&lan, a, &first);
+
+    // 1. A planned reboot of the owner is a hand-off: the shutdown puts it in standby
+    //    and waits until the other node serves, so the story is a switchover.
+    let rebooted_at = Instant::now();
+    vms[a].type_line("reboot");
+    let took = wait_takeover(&vms[b], b, &lan, rebooted_at, || context(&vms));
     println!(
-        "IMAGE cluster: {name} owns `demo`, serves it and answers ARP for the floating IP {:.1} s after the owner's QEMU was killed",
+        "IMAGE cluster: `reboot` on {first}: {second} owns `demo`, serves it and answers ARP for the floating IP {:.1} s later",
+        took.as_secs_f64()
+    );
+    wait_trap(&traps, SWITCHOVER_COMPLETED);
+    assert!(
+        !has_trap(&traps, FAILOVER_COMPLETED),
+        "a planned reboot was a failover:\n{}",
+        traps.text()
+    );
+    assert_counter(&vms[b], &format!("3 {first}"), || context(&vms));
+    let body = http(vms[b].demo, "POST", "/counter");
+    assert_eq!(
+        body.as_deref().map(str::trim),
+        Some(format!("4 {second}").as_str())
+    );
+    // The rebooted node comes back online (it was online before) and in sync.
+    let t = Instant::now();
+    while !(back_online(&vms[b], &first) && vms[a].metrics().is_some()) {
+        assert!(
+            t.elapsed() < READY_BOUND,
+            "{first} did not come back online and up to date:\n{}",
+            context(&vms)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "IMAGE cluster: {first} back online with its copy up to date {:.1} s after `reboot`",
+        rebooted_at.elapsed().as_secs_f64()
+    );
+
+    // 2. The new owner dies (QEMU killed): the rebooted node fails the group over and
+    //    reads what was written before and after the reboot.
+    let killed_at = Instant::now();
+    let _ = vms[b].child.kill();
+    let took = wait_takeover(&vms[a], a, &lan, killed_at, || context(&vms));
+    println!(
+        "IMAGE cluster: {first} owns `demo`, serves it and answers ARP for the floating IP {:.1} s after {second}'s QEMU was killed",
         took.as_secs_f64()
     );
     // The filesystem came over with the mirror: the survivor reads what the dead
     // owner wrote, and goes on from there.
+    assert_counter(&vms[a], &format!("4 {second}"), || context(&vms));
+    let body = http(vms[a].demo, "POST", "/counter");
     assert_eq!(
-        http_get(survivor.demo, "/counter")
-            .as_deref()
-            .map(str::trim),
-        Some(format!("3 {first}").as_str()),
-        "the counter written on {first} is not readable on {name}:\n{}\n{}",
-        survivor.console(),
-        guest_log(&disks[survivor_index])
+        body.as_deref().map(str::trim),
+        Some(format!("5 {first}").as_str())
     );
-    assert_eq!(
-        http(survivor.demo, "POST", "/counter")
-            .as_deref()
-            .map(str::trim),
-        Some(format!("4 {name}").as_str())
-    );
-    println!("IMAGE cluster: {name} read the counter {first} wrote through /dev/nbd0 and ext4, and wrote on");
+    println!("IMAGE cluster: {first} read the counter {second} wrote through /dev/nbd0 and ext4, and wrote on");
+    wait_trap(&traps, FAILOVER_COMPLETED);
+}
+
+/// Waits until the floating IP answers with VM `i`'s MAC.
+fn wait_for_vip(lan: &Lan, i: usize, name: &str) {
     let t = Instant::now();
-    while !traps.text().contains(&format!("{FAILOVER_COMPLETED}\n"))
-        && !traps.text().contains(&format!("{FAILOVER_COMPLETED} "))
-        && !traps.text().contains(&format!("{FAILOVER_COMPLETED}\t"))
-    {
+    while lan.who_has(VIP) != Some(mac_of(i)) {
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "no tandemFailoverCompleted at the trap receiver:\n{}",
+            "the floating IP does not answer with {name}'s MAC"
+        );
+    }
+}
+
+/// Waits until VM `i` owns `demo`, serves it and answers ARP for the floating IP;
+/// the time since `since`.
+fn wait_takeover(
+    vm: &Vm,
+    i: usize,
+    lan: &Lan,
+    since: Instant,
+    context: impl Fn() -> String,
+) -> Duration {
+    loop {
+        if owner(vm).as_deref() == Some(vm.name.as_str())
+            && http_get(vm.demo, "/").is_some_and(|b| b.trim() == vm.name)
+            && lan.who_has(VIP) == Some(mac_of(i))
+        {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(90),
+            "{} did not take the group over:\n{}",
+            vm.name,
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn assert_counter(vm: &Vm, want: &str, context: impl Fn() -> String) {
+    assert_eq!(
+        http_get(vm.demo, "/counter").as_deref().map(str::trim),
+        Some(want),
+        "the counter on {}:\n{}",
+        vm.name,
+        context()
+    );
+}
+
+/// `node` is online again and its copy of `data` up to date, as `vm` sees it.
+fn back_online(vm: &Vm, node: &str) -> bool {
+    let Some(m) = vm.metrics() else { return false };
+    let set = |series: &str, labels: [String; 2], value: &str| {
+        m.lines().any(|l| {
+            l.starts_with(series)
+                && labels.iter().all(|want| l.contains(want.as_str()))
+                && l.ends_with(value)
+        })
+    };
+    set(
+        "tandem_node_standby{",
+        [format!("node=\"{node}\""), String::new()],
+        " 0",
+    ) && set(
+        "tandem_mirror_peer_disk_state{",
+        [format!("peer=\"{node}\""), "state=\"up_to_date\"".into()],
+        " 1",
+    )
+}
+
+fn has_trap(traps: &TrapReceiver, oid: &str) -> bool {
+    let text = traps.text();
+    [format!("{oid}\n"), format!("{oid} "), format!("{oid}\t")]
+        .iter()
+        .any(|t| text.contains(t.as_str()))
+}
+
+fn wait_trap(traps: &TrapReceiver, oid: &str) {
+    let t = Instant::now();
+    while !has_trap(traps, oid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no {oid} at the trap receiver:\n{}",
             traps.text()
         );
         std::thread::sleep(Duration::from_millis(200));

@@ -224,9 +224,12 @@ pub enum BenchCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum NodeCmd {
-    /// Move this node's groups away and keep new ones off it.
+    /// Move this node's groups away and keep new ones off it; with --wait, return once
+    /// every group is handed over (a planned reboot waits for this).
     Standby {
         node: String,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         api: ApiArgs,
     },

@@ -13,7 +13,7 @@ use crate::api::client::{call, Endpoint};
 use crate::api::ApiError;
 use crate::cluster::packet::LocalGroupState;
 use crate::mirror::status::{LinkState, MirrorPeerStatus};
-use crate::status::MirrorStatus;
+use crate::status::{MirrorStatus, Status};
 
 /// How often the loop polls the status.
 const POLL: Duration = Duration::from_millis(500);
@@ -274,6 +274,55 @@ impl MirrorWait<'_> {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+}
+
+/// The groups `node` has not handed over yet (`tandem node standby --wait`): it
+/// still runs, starts or stops them, or the node they moved to is still starting them.
+pub fn groups_to_hand_off(node: &str, status: &Status) -> Vec<String> {
+    use LocalGroupState::{Running, Starting, Stopping};
+    status
+        .groups
+        .iter()
+        .filter(|g| {
+            let here = g.states.get(node);
+            let moving_to = g
+                .owner
+                .as_deref()
+                .filter(|o| *o != node)
+                .and_then(|o| g.states.get(o));
+            matches!(here, Some(Running | Starting | Stopping)) || moving_to == Some(&Starting)
+        })
+        .map(|g| g.name.clone())
+        .collect()
+}
+
+/// Polls until `node` has handed its groups over (see [`groups_to_hand_off`]) or
+/// `timeout` passes.
+pub async fn until_handed_off(
+    ep: &Endpoint,
+    node: &str,
+    timeout: Duration,
+) -> Result<String, WaitError> {
+    let what = format!("node `{node}`: standby");
+    let mut shown = Shown::new(&what);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let status: Status = call(ep, "GET", "/v1/status", None).await?;
+        let left = groups_to_hand_off(node, &status);
+        if left.is_empty() {
+            return Ok(shown.finish(format!("{what}: every group handed over")));
+        }
+        shown.note(format!("handing over {}", left.join(", ")));
+        if Instant::now() >= deadline {
+            shown.finish(String::new());
+            return Err(WaitError::TimedOut(format!(
+                "{what}: still handing over {} after {} s",
+                left.join(", "),
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

@@ -178,3 +178,37 @@ fn group_states_name_each_node_and_its_state() {
     ]);
     assert_eq!(group_states(&states), "a stopping, b stopped");
 }
+
+#[test]
+fn standby_waits_until_every_group_is_handed_over() {
+    use LocalGroupState::{Running, Starting, Stopped, Stopping};
+    let mut s = Status::sample();
+    s.groups.truncate(1);
+    let set = |s: &mut Status, owner: &str, alpha: LocalGroupState, beta: LocalGroupState| {
+        let g = &mut s.groups[0];
+        g.owner = Some(owner.into());
+        g.states = [("alpha".to_string(), alpha), ("beta".to_string(), beta)].into();
+    };
+    let name = s.groups[0].name.clone();
+    // alpha still runs it, is stopping it, or beta (the new owner) is starting it.
+    for (owner, alpha, beta) in [
+        ("alpha", Running, Stopped),
+        ("beta", Stopping, Stopped),
+        ("beta", Stopped, Starting),
+    ] {
+        set(&mut s, owner, alpha, beta);
+        assert_eq!(
+            groups_to_hand_off("alpha", &s),
+            std::slice::from_ref(&name),
+            "{alpha:?} {beta:?}"
+        );
+    }
+    // Handed over: beta runs it; or nobody can take it (beta stays stopped).
+    set(&mut s, "beta", Stopped, Running);
+    assert!(groups_to_hand_off("alpha", &s).is_empty());
+    set(&mut s, "alpha", Stopped, Stopped);
+    assert!(groups_to_hand_off("alpha", &s).is_empty());
+    // Seen from beta, which now runs it, the same group is still to hand over.
+    set(&mut s, "beta", Stopped, Running);
+    assert_eq!(groups_to_hand_off("beta", &s), [name]);
+}
