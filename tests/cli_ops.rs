@@ -14,7 +14,7 @@ use serde_json::Value;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, wait_until, Daemon, BIN};
+use daemon::{free_tcp_port, free_udp_port, loopback_base, wait_until, Daemon, BIN};
 
 /// `tandem events --follow --json` against `d`: the child and its lines as they come.
 struct Follower {
@@ -76,20 +76,7 @@ fn fragile_node() -> Daemon {
         std::fs::write(&healthy, "").unwrap();
         format!(
             r#"
-[cluster]
-name = "cleartest"
-key = "0123456789abcdef0123"
-state_dir = "{state}"
-
-[heartbeat]
-interval = "100ms"
-dead_time = "500ms"
-port = {port}
-paths = ["lo"]
-
-[api]
-socket = "{sock}"
-
+{base}
 [[node]]
 name = "a"
 priority = 1
@@ -108,9 +95,7 @@ stop = ["true"]
 timeout = "5s"
 quickcheck = {{ probe = "exec", command = ["test", "-f", "{healthy}"], interval = "200ms", timeout = "2s" }}
 "#,
-            state = dir.join("state").display(),
-            port = free_udp_port(),
-            sock = dir.join("api.sock").display(),
+            base = loopback_base(dir, "cleartest", free_udp_port()),
             healthy = healthy.display(),
         )
     })
@@ -177,20 +162,7 @@ fn mirror_pair() -> (Daemon, Daemon) {
     let config = move |dir: &std::path::Path| {
         format!(
             r#"
-[cluster]
-name = "opstest"
-key = "0123456789abcdef0123"
-state_dir = "{state}"
-
-[heartbeat]
-interval = "100ms"
-dead_time = "500ms"
-port = {port}
-paths = ["lo"]
-
-[api]
-socket = "{sock}"
-
+{base}
 [[node]]
 name = "a"
 priority = 1
@@ -219,8 +191,7 @@ name = "vol"
 kind = "mirror"
 mirror = "vol"
 "#,
-            state = dir.join("state").display(),
-            sock = dir.join("api.sock").display(),
+            base = loopback_base(dir, "opstest", port),
             backing = dir.join("vol.img").display(),
         )
     };

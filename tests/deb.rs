@@ -21,7 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use daemon::{free_udp_port, wait_until, BIN};
+use daemon::{free_udp_port, loopback_base, wait_until, BIN};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -206,28 +206,13 @@ fn config(dir: &Path) -> PathBuf {
     let path = dir.join("tandem.toml");
     let text = format!(
         r#"
-[cluster]
-name = "systemd"
-key = "0123456789abcdef0123"
-state_dir = "{state}"
-
-[heartbeat]
-interval = "100ms"
-dead_time = "500ms"
-port = {port}
-paths = ["lo"]
-
-[api]
-socket = "{sock}"
-
+{base}
 [[node]]
 name = "a"
 priority = 1
 addresses = {{ lo = "127.0.0.1" }}
 "#,
-        state = dir.join("state").display(),
-        port = free_udp_port(),
-        sock = dir.join("api.sock").display(),
+        base = loopback_base(dir, "systemd", free_udp_port()),
     );
     std::fs::write(&path, text).unwrap();
     path

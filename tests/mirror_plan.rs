@@ -15,7 +15,7 @@ use tandem::mirror::rate_log::FILE;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, Daemon};
+use daemon::{free_tcp_port, free_udp_port, loopback_base, Daemon};
 
 /// Minute 0 of 2025-12-31 UTC.
 const DAY0: u32 = 29_452_320;
@@ -51,20 +51,7 @@ fn start(history: Option<Vec<u8>>) -> Daemon {
         }
         format!(
             r#"
-[cluster]
-name = "plantest"
-key = "0123456789abcdef0123"
-state_dir = "{state}"
-
-[heartbeat]
-interval = "100ms"
-dead_time = "500ms"
-port = {port}
-paths = ["lo"]
-
-[api]
-socket = "{sock}"
-
+{base}
 [[node]]
 name = "a"
 priority = 1
@@ -85,9 +72,7 @@ addresses = {{ a = "127.0.0.1:{ma}", b = "127.0.0.2:{mb}" }}
 between = ["a", "b"]
 mode = "async"
 "#,
-            state = dir.join("state").display(),
-            port = free_udp_port(),
-            sock = dir.join("api.sock").display(),
+            base = loopback_base(dir, "plantest", free_udp_port()),
             backing = dir.join("vol.img").display(),
             nbd = dir.join("vol.nbd").display(),
             ma = free_tcp_port(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_udp_port, wait_until, Daemon};
+use daemon::{free_udp_port, loopback_base, wait_until, Daemon};
 
 /// 48 characters: the longest name the configuration allows.
 const NODE: &str = "node-with-the-longest-name-allowed-0123456789abc";
@@ -19,20 +19,7 @@ fn start() -> Daemon {
         let marker = dir.join("started");
         format!(
             r#"
-[cluster]
-name = "textcluster"
-key = "0123456789abcdef0123"
-state_dir = "{state}"
-
-[heartbeat]
-interval = "100ms"
-dead_time = "500ms"
-port = {port}
-paths = ["lo"]
-
-[api]
-socket = "{sock}"
-
+{base}
 [[node]]
 name = "{NODE}"
 priority = 1
@@ -56,9 +43,7 @@ stop = ["true"]
 depends_on = ["setup"]
 quickcheck = {{ probe = "exec", command = ["test", "-f", "{marker}"], interval = "200ms", timeout = "2s" }}
 "#,
-            state = dir.join("state").display(),
-            port = free_udp_port(),
-            sock = dir.join("api.sock").display(),
+            base = loopback_base(dir, "textcluster", free_udp_port()),
             marker = marker.display(),
         )
     })

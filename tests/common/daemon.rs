@@ -184,3 +184,28 @@ impl Daemon {
         serde_json::from_str(&out).unwrap()
     }
 }
+
+/// The sections every loopback daemon test shares: cluster `cluster` with a test key,
+/// state and the API socket in `dir`, one heartbeat path `lo` on UDP `port`. The test
+/// adds its nodes, mirrors and groups.
+pub fn loopback_base(dir: &Path, cluster: &str, port: u16) -> String {
+    format!(
+        r#"
+[cluster]
+name = "{cluster}"
+key = "0123456789abcdef0123"
+state_dir = "{state}"
+
+[heartbeat]
+interval = "100ms"
+dead_time = "500ms"
+port = {port}
+paths = ["lo"]
+
+[api]
+socket = "{sock}"
+"#,
+        state = dir.join("state").display(),
+        sock = dir.join("api.sock").display(),
+    )
+}
