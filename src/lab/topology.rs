@@ -460,12 +460,13 @@ fn render_demo_group(s: &mut String, p: &ConfigParams<'_>) {
     let _ = writeln!(s, "name = \"web\"");
     let _ = writeln!(s, "kind = \"process\"");
     let listen = format!("0.0.0.0:{SERVICE_PORT}");
+    // The daemon hands the mirror's socket (in this node's state directory) to the
+    // command as TANDEM_NBD_SOCKET, so the command is the same on every node.
     let _ = writeln!(
         s,
-        "command = [{}, \"demo-service\", \"--listen\", {}, \"--nbd-socket\", {}]",
+        "command = [{}, \"demo-service\", \"--listen\", {}]",
         q(p.tandem_bin),
         q(&listen),
-        q(&mirror_socket(p.state_dir))
     );
     let _ = writeln!(s, "depends_on = [\"vip\", {}]", q(MIRROR));
     let _ = writeln!(
@@ -501,11 +502,6 @@ pub fn render_witness_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
         }
     }
     s
-}
-
-/// The NBD socket of the lab mirror on a node with this state directory.
-pub fn mirror_socket(state_dir: &str) -> String {
-    format!("{state_dir}/nbd-{MIRROR}.sock")
 }
 
 /// The replication address of node `i`: nodes 1 and 2 replicate synchronously over
@@ -785,6 +781,28 @@ mod tests {
         }
     }
 
+    /// Every node's file has the same cluster digest, so a lab warns of no mismatch:
+    /// what differs (state directory, socket, watchdog FIFO) is node-local.
+    #[test]
+    fn every_node_renders_the_same_cluster_digest() {
+        let p = Plan::new("tdm-", 3).unwrap();
+        let n1 = ConfigParams {
+            witness: true,
+            watchdog: Some("/run/tandem-lab/n1/watchdog".into()),
+            ..params()
+        };
+        let n2 = ConfigParams {
+            state_dir: "/run/tandem-lab/n2/state",
+            socket: "/run/tandem-lab/n2/tandem.sock",
+            watchdog: Some("/run/tandem-lab/n2/watchdog".into()),
+            ..n1.clone()
+        };
+        let digest = |c: &ConfigParams<'_>| {
+            crate::config::cluster_digest(&render_tandem_config(&p, c)).unwrap()
+        };
+        assert_eq!(digest(&n1), digest(&n2));
+    }
+
     #[test]
     fn config_matches_expected_shape() {
         let p = Plan::new("tdm-", 2).unwrap();
@@ -849,9 +867,7 @@ mod tests {
                 "/opt/t \"x\"/tandem",
                 "demo-service",
                 "--listen",
-                "0.0.0.0:8080",
-                "--nbd-socket",
-                "/run/tandem-lab/n1/state/nbd-data.sock"
+                "0.0.0.0:8080"
             ]
         );
         assert_eq!(r[2]["depends_on"][0].as_str(), Some("vip"));

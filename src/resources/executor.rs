@@ -5,6 +5,7 @@
 //! Results go back to the core as [`placement::policy::Input`]s; resource-level facts
 //! go straight into the event stream.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +14,11 @@ use tracing::Instrument;
 
 use super::agent::{Agent, Monitor};
 use super::probe;
-use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
+use crate::config::{
+    CheckConfig, GroupConfig, ResourceKind, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK,
+};
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
+use crate::mirror::node::LocalMirrors;
 use crate::node::{GroupCommand as Command, StopMode};
 use crate::placement::hierarchy::{dependents_closure, start_order};
 use crate::placement::policy::{FastStopStep, Input};
@@ -68,7 +72,7 @@ pub fn spawn(
     vip_probe_timeout: Duration,
     events: EventLog,
     checks: CheckObserver,
-    mirrors: &crate::mirror::node::LocalMirrors,
+    mirrors: &LocalMirrors,
     results: mpsc::Sender<Input>,
 ) -> mpsc::Sender<Command> {
     let (tx, rx) = mpsc::channel(16);
@@ -93,6 +97,7 @@ pub fn spawn(
         .collect();
     let exec = Executor {
         node: node.to_string(),
+        nbd_socket: group_nbd_socket(group, mirrors),
         group: group.clone(),
         order,
         resources,
@@ -108,8 +113,24 @@ pub fn spawn(
     tx
 }
 
+/// The NBD socket of the group's mirror, when the group holds exactly one: handed to
+/// its commands as `TANDEM_NBD_SOCKET`, so one command line serves every node (each
+/// node's socket lives in its own state directory).
+fn group_nbd_socket(group: &GroupConfig, mirrors: &LocalMirrors) -> Option<PathBuf> {
+    let mut names = group.resources.iter().filter_map(|r| match &r.kind {
+        ResourceKind::Mirror { mirror } => Some(mirror),
+        _ => None,
+    });
+    let (Some(only), None) = (names.next(), names.next()) else {
+        return None;
+    };
+    mirrors.get(only)?.nbd.unix.clone()
+}
+
 struct Executor {
     node: String,
+    /// See [`group_nbd_socket`].
+    nbd_socket: Option<PathBuf>,
     group: GroupConfig,
     order: Vec<usize>,
     resources: Vec<Res>,
@@ -123,11 +144,15 @@ struct Executor {
 
 impl Executor {
     fn env(&self, resource: &str) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("TANDEM_NODE".into(), self.node.clone()),
             ("TANDEM_GROUP".into(), self.group.name.clone()),
             ("TANDEM_RESOURCE".into(), resource.to_string()),
-        ]
+        ];
+        if let Some(socket) = &self.nbd_socket {
+            env.push(("TANDEM_NBD_SOCKET".into(), socket.display().to_string()));
+        }
+        env
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
@@ -582,6 +607,7 @@ mod tests {
         let order = start_order(&group).unwrap();
         let exec = Executor {
             node: format!("exec-test-{}", std::process::id()),
+            nbd_socket: None,
             order,
             resources: group
                 .resources
