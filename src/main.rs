@@ -636,11 +636,23 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
             print_done(&api, &r, &text);
         }
         Cmd::Node { cmd } => {
-            let (node, api, action, wait) = match cmd {
-                NodeCmd::Standby { node, wait, api } => (node, api, "standby", Some(wait)),
-                NodeCmd::Online { node, api } => (node, api, "online", None),
+            let (node, api, action, wait, mark) = match cmd {
+                NodeCmd::Standby {
+                    node,
+                    wait,
+                    api,
+                    if_online_mark,
+                } => (node, api, "standby", Some(wait), if_online_mark),
+                NodeCmd::Online { node, api } => (node, api, "online", None, None),
             };
             let ep = endpoint(&api);
+            if let Some(mark) = mark {
+                if !mark_if_online(&ep, &node, &mark).await? {
+                    let r = serde_json::json!({ "node": node, "standby": true, "changed": false });
+                    print_done(&api, &r, &format!("node `{node}` is already in standby"));
+                    return Ok(());
+                }
+            }
             let r: serde_json::Value =
                 call(&ep, "POST", &format!("/v1/nodes/{node}/{action}"), None).await?;
             let mut text = format!("node `{node}`: {action}");
@@ -655,6 +667,28 @@ async fn admin(cmd: Cmd) -> Result<(), MainError> {
         _ => unreachable!("handled in dispatch"),
     }
     Ok(())
+}
+
+/// `node standby --if-online-mark FILE`: whether `node` is online; if so, FILE is
+/// created (and synced) before the node is put in standby.
+async fn mark_if_online(
+    ep: &Endpoint,
+    node: &str,
+    mark: &std::path::Path,
+) -> Result<bool, MainError> {
+    let nodes: Vec<tandem::status::NodeStatus> = call(ep, "GET", "/v1/nodes", None).await?;
+    let Some(n) = nodes.iter().find(|n| n.name == node) else {
+        let e = ControlError::NotFound(format!("no node `{node}` in the cluster"));
+        return Err(MainError::Api(ApiError::Control(e)));
+    };
+    if n.standby {
+        return Ok(false);
+    }
+    let io = |e: std::io::Error| MainError::Other(format!("{}: {e}", mark.display()));
+    std::fs::File::create(mark)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    Ok(true)
 }
 
 /// `tandem group maintenance|clear`.

@@ -3,7 +3,8 @@
 //! the stream; `tandem events --follow --json` prints events as they happen;
 //! `tandem mirror resync --wait` returns only once the resync finished (7 on its
 //! timeout, 1 when the peer goes away during it), `verify --wait` once the verify did
-//! and `connect --wait` once the link is up, on two daemons holding a mirror.
+//! and `connect --wait` once the link is up, on two daemons holding a mirror;
+//! `node standby --if-online-mark` marks only a node that was online.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -307,4 +308,29 @@ fn mirror_resync_and_connect_wait_until_done_and_events_follow() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("resync failed: the link to `b` is"), "{err}");
+}
+
+/// The appliance's shutdown marks a node for return only if the reboot takes it out
+/// of service: `node standby --if-online-mark FILE` creates FILE and puts an online
+/// node in standby, and leaves a node already in standby (an administrator's) alone.
+#[test]
+fn standby_if_online_mark_marks_only_a_node_that_was_online() {
+    let d = fragile_node();
+    let mark = d.dir.path().join("standby-for-reboot");
+    let m = mark.to_str().unwrap();
+    let standby = |d: &Daemon| d.status()["nodes"][0]["standby"].clone();
+    wait_until("a online", Duration::from_secs(20), || standby(&d) == false);
+    let (code, out, err) = d.cli(&["node", "standby", "a", "--if-online-mark", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(mark.exists(), "an online node was not marked: {out}");
+    wait_until("a in standby", Duration::from_secs(20), || {
+        standby(&d) == true
+    });
+    std::fs::remove_file(&mark).unwrap();
+    let (code, out, err) = d.cli(&["node", "standby", "a", "--if-online-mark", m]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("already in standby"), "{out}");
+    assert!(!mark.exists(), "a node already in standby was marked");
+    let (code, _, err) = d.cli(&["node", "standby", "zz", "--if-online-mark", m]);
+    assert_eq!(code, 5, "an unknown node: {err}");
 }

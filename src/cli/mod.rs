@@ -231,6 +231,11 @@ pub enum NodeCmd {
         node: String,
         #[command(flatten)]
         wait: WaitArgs,
+        /// Only if the node is online: create this file, then put it in standby (a
+        /// node already in standby is left as it is). The appliance's shutdown uses it
+        /// so that the next boot brings back online only a node the reboot took away.
+        #[arg(long, value_name = "FILE")]
+        if_online_mark: Option<PathBuf>,
         #[command(flatten)]
         api: ApiArgs,
     },
