@@ -2085,12 +2085,20 @@ fn mirror_a_crashed_primary_returns_with_a_partial_resync() {
     assert!(ratio <= 1.05, "ratio {ratio:.3}");
 }
 
+/// How many MiB each node writes apart in [`split_brain_lab`].
+#[derive(Clone, Copy)]
+struct Apart {
+    n1_mib: u64,
+    n2_mib: u64,
+}
+
 /// Both nodes of a two-node lab (no quorum) serve the mirror while n1 is isolated, each
-/// writing its own pattern apart: n1 `n1_mib` MiB of 11 at 64 MiB, n2 1 MiB of 22 at
-/// 96 MiB. After the heal the cluster keeps the group on one node; the copies meet as
-/// a split brain, unless `policy` settles it. Returns the lab and the node that kept
-/// the group (its copy is primary, the other's secondary).
-fn split_brain_lab(prefix: &str, policy: &str, n1_mib: u64) -> (Lab, &'static str) {
+/// writing its own pattern apart: n1 `apart.n1_mib` MiB of 11 at 64 MiB, n2
+/// `apart.n2_mib` MiB of 22 at 96 MiB (0: nothing). After the heal the cluster keeps
+/// the group on one node; the copies meet as a split brain, unless `policy` settles
+/// it. Returns the lab and the node that kept the group (its copy is primary, the
+/// other's secondary).
+fn split_brain_lab(prefix: &str, policy: &str, apart: Apart) -> (Lab, &'static str) {
     let lab = Lab::up(prefix, &["--split-brain", policy]);
     lab.wait_vip("n1", Duration::from_secs(20));
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
@@ -2100,10 +2108,12 @@ fn split_brain_lab(prefix: &str, policy: &str, n1_mib: u64) -> (Lab, &'static st
         Duration::from_secs(60),
         || (lab.mirror("n2")?["role"] == "primary").then_some(()),
     );
-    for (node, cmd) in [
-        ("n1", format!("write -P 11 64M {n1_mib}M")),
-        ("n2", "write -P 22 96M 1M".to_string()),
-    ] {
+    for node in ["n1", "n2"] {
+        let (pattern, at, mib) = written_apart(node, apart);
+        if mib == 0 {
+            continue;
+        }
+        let cmd = format!("write -P {pattern} {at}M {mib}M");
         let out = lab.qemu_io(node, &[cmd, "flush".to_string()]);
         assert!(out.status.success(), "{node}: {}", describe(&out));
     }
@@ -2163,11 +2173,11 @@ fn split_brain_lab(prefix: &str, policy: &str, n1_mib: u64) -> (Lab, &'static st
 }
 
 /// What each node wrote apart in [`split_brain_lab`]: pattern, offset and MiB.
-fn written_apart(node: &str, n1_mib: u64) -> (u8, u64, u64) {
+fn written_apart(node: &str, apart: Apart) -> (u8, u64, u64) {
     if node == "n1" {
-        (11, 64, n1_mib)
+        (11, 64, apart.n1_mib)
     } else {
-        (22, 96, 1)
+        (22, 96, apart.n2_mib)
     }
 }
 
@@ -2181,7 +2191,7 @@ fn other(node: &str) -> &'static str {
 
 /// The loser's split-brain dump, saved with `--output`: its header names the survivor
 /// and how it was resolved, and the blocks the loser had written apart are in it.
-fn assert_dumped(lab: &Lab, keeper: &str, n1_mib: u64, resolved_by: &str) {
+fn assert_dumped(lab: &Lab, keeper: &str, apart: Apart, resolved_by: &str) {
     let loser = other(keeper);
     let list = lab.admin(loser, &["mirror", "split-brain-dump", "data"]);
     assert!(list.status.success(), "{}", describe(&list));
@@ -2206,7 +2216,7 @@ fn assert_dumped(lab: &Lab, keeper: &str, n1_mib: u64, resolved_by: &str) {
     let header: Value = serde_json::from_slice(&bytes[..header_end]).expect("a JSON header");
     assert_eq!(header["survivor"], keeper, "{header}");
     assert_eq!(header["resolved_by"], resolved_by, "{header}");
-    let (pattern, _, mib) = written_apart(loser, n1_mib);
+    let (pattern, _, mib) = written_apart(loser, apart);
     let found = bytes[header_end..]
         .iter()
         .filter(|b| **b == pattern)
@@ -2219,25 +2229,27 @@ fn assert_dumped(lab: &Lab, keeper: &str, n1_mib: u64, resolved_by: &str) {
 
 /// The loser's copy holds the keeper's blocks and none of its own discarded ones, and
 /// a verify from the keeper finds nothing out of sync.
-fn assert_follows(lab: &Lab, keeper: &str, n1_mib: u64) {
+fn assert_follows(lab: &Lab, keeper: &str, apart: Apart) {
     let loser = other(keeper);
     lab.wait_mirror_in_sync(keeper, loser, Duration::from_secs(120));
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(lab.backing(loser)).expect("the loser's backing");
     let mut buf = vec![0u8; 1 << 20];
-    let (_, at, _) = written_apart(loser, n1_mib);
+    let (_, at, _) = written_apart(loser, apart);
     f.read_exact_at(&mut buf, at << 20).expect("read");
     assert!(
         buf.iter().all(|b| *b == 0),
         "{loser} kept its discarded blocks"
     );
-    let (pattern, at, mib) = written_apart(keeper, n1_mib);
-    f.read_exact_at(&mut buf, (at + mib - 1) << 20)
-        .expect("read");
-    assert!(
-        buf.iter().all(|b| *b == pattern),
-        "{loser} lacks {keeper}'s blocks"
-    );
+    let (pattern, at, mib) = written_apart(keeper, apart);
+    if mib > 0 {
+        f.read_exact_at(&mut buf, (at + mib - 1) << 20)
+            .expect("read");
+        assert!(
+            buf.iter().all(|b| *b == pattern),
+            "{loser} lacks {keeper}'s blocks"
+        );
+    }
     let verify = lab.admin(keeper, &["mirror", "verify", "data", "--peer", loser]);
     assert!(verify.status.success(), "{}", describe(&verify));
     let (found, _) = wait_for("verify finished", Duration::from_secs(300), || {
@@ -2270,7 +2282,11 @@ fn wait_split_brain(lab: &Lab) {
 #[test]
 fn mirror_split_brain_is_resolved_by_the_operator_after_a_dump() {
     require_root!();
-    let (lab, keeper) = split_brain_lab("tsb-", "disconnect", 1);
+    let apart = Apart {
+        n1_mib: 1,
+        n2_mib: 1,
+    };
+    let (lab, keeper) = split_brain_lab("tsb-", "disconnect", apart);
     wait_split_brain(&lab);
     // Apart they stay: nothing is resolved behind the operator's back.
     std::thread::sleep(Duration::from_secs(3));
@@ -2292,29 +2308,73 @@ fn mirror_split_brain_is_resolved_by_the_operator_after_a_dump() {
     ));
     let out = lab.admin(keeper, &["mirror", "resolve", "data", "--keep", keeper]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert_follows(&lab, keeper, 1);
-    assert_dumped(&lab, keeper, 1, "administrator");
+    assert_follows(&lab, keeper, apart);
+    assert_dumped(&lab, keeper, apart, "administrator");
 }
 
-/// Split brain by policy (`split_brain = "discard_least_changes"`): n1 wrote 4 MiB
-/// apart, n2 1 MiB. If n1 kept the group, n2's changes are saved to a dump and
-/// discarded with no operator; a primary is never discarded, so if n2 kept it the
-/// copies stay apart for the operator.
-#[test]
-fn mirror_split_brain_policy_discards_the_least_changes_after_a_dump() {
+/// Split brain by policy: when the node that kept the group wrote apart, the other
+/// copy's changes are saved to a dump and discarded with no operator; a primary is
+/// never discarded, so if the policy names the group's copy, the copies stay apart
+/// for the operator.
+fn split_brain_policy(prefix: &str, policy: &str, apart: Apart, discarded: &str) {
     require_root!();
-    let (lab, keeper) = split_brain_lab("tsp-", "discard_least_changes", 4);
-    if keeper == "n2" {
+    let (lab, keeper) = split_brain_lab(prefix, policy, apart);
+    if keeper == discarded {
         wait_split_brain(&lab);
-        lab.note("n2 kept the group: its fewer changes are not discarded, the copies stay apart");
+        lab.note(&format!(
+            "{keeper} kept the group: {policy} would discard its copy, so the copies stay apart"
+        ));
         return;
     }
-    assert_follows(&lab, keeper, 4);
-    assert_dumped(&lab, keeper, 4, "discard_least_changes");
+    assert_follows(&lab, keeper, apart);
+    if written_apart(other(keeper), apart).2 > 0 {
+        assert_dumped(&lab, keeper, apart, policy);
+    }
     assert_eq!(
         lab.mirror_peer("n1", "n2").unwrap()["connection"],
         "connected"
     );
+}
+
+/// `discard_least_changes`: n1 wrote 4 MiB apart, n2 1 MiB, so n2's copy goes.
+#[test]
+fn mirror_split_brain_policy_discards_the_least_changes_after_a_dump() {
+    let apart = Apart {
+        n1_mib: 4,
+        n2_mib: 1,
+    };
+    split_brain_policy("tsp-", "discard_least_changes", apart, "n2");
+}
+
+/// `discard_younger_primary` in a two-node cluster: with no quorum log every
+/// promotion has epoch 0, so neither primary is younger. A tie discards nothing: the
+/// copies stay apart for the operator, whatever each wrote.
+#[test]
+fn mirror_split_brain_policy_younger_primary_ties_in_two_node_mode() {
+    require_root!();
+    let apart = Apart {
+        n1_mib: 1,
+        n2_mib: 4,
+    };
+    let (lab, _) = split_brain_lab("tsy-", "discard_younger_primary", apart);
+    wait_split_brain(&lab);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        lab.mirror_peer("n1", "n2").unwrap()["connection"],
+        "split_brain",
+        "a tie of epochs discarded a copy"
+    );
+}
+
+/// `discard_zero_changes`: n2 took over but wrote nothing apart, so its copy goes
+/// (nothing to dump) and n1's 2 MiB reach it.
+#[test]
+fn mirror_split_brain_policy_discards_a_copy_with_zero_changes() {
+    let apart = Apart {
+        n1_mib: 2,
+        n2_mib: 0,
+    };
+    split_brain_policy("tsz-", "discard_zero_changes", apart, "n2");
 }
 
 /// Disconnect, pause and verify on a running mirror: the partial resync after a
