@@ -997,6 +997,7 @@ mod tests {
                 groups: vec![GroupPolicy {
                     name: "web".into(),
                     allowed: Vec::new(),
+                    exclusive: false,
                     switchback: Switchback::Manual,
                     max_restarts: 3,
                     window_ms: 60_000,

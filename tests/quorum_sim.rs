@@ -318,6 +318,7 @@ impl Sim {
                     .map(|g| GroupPolicy {
                         name: g.clone(),
                         allowed: Vec::new(),
+                        exclusive: false,
                         switchback: Switchback::Manual,
                         max_restarts: 3,
                         window_ms: 60_000,

@@ -157,6 +157,22 @@ struct Scenario {
     episodes: Vec<Episode>,
 }
 
+impl Scenario {
+    /// How much group `g` prefers node `j`, lower first (as the placement core ranks
+    /// it): its place in the group's node list, else the node's priority; a node the
+    /// list leaves out ranks last.
+    fn rank(&self, g: usize, j: usize) -> u32 {
+        let allowed = &self.groups[g].allowed;
+        if allowed.is_empty() {
+            return self.priorities[j];
+        }
+        allowed
+            .iter()
+            .position(|a| a == NAMES[j])
+            .map_or(u32::MAX, |k| k as u32)
+    }
+}
+
 fn gen_scenario(rng: &mut StdRng, fault_ms: (u64, u64), heal_ms: (u64, u64)) -> Scenario {
     let n = rng.gen_range(2..=MAX_NODES);
     let mut priorities: Vec<u32> = (1..=n as u32).collect();
@@ -189,6 +205,7 @@ fn gen_scenario(rng: &mut StdRng, fault_ms: (u64, u64), heal_ms: (u64, u64)) -> 
             window_ms: rng.gen_range(2..=6) * 1000,
             has_vip: rng.gen_bool(0.6),
             hold_on_lease_loss: false,
+            exclusive: false,
         })
         .collect();
     let boot_at = (0..n)
@@ -301,6 +318,7 @@ fn gen_scenario(rng: &mut StdRng, fault_ms: (u64, u64), heal_ms: (u64, u64)) -> 
             fault,
         });
     }
+    let groups = n_plus_one(rng, n, groups);
     Scenario {
         n,
         priorities,
@@ -311,6 +329,27 @@ fn gen_scenario(rng: &mut StdRng, fault_ms: (u64, u64), heal_ms: (u64, u64)) -> 
         heal_end,
         episodes,
     }
+}
+
+/// N+1 shapes, drawn after everything else so the other draws of a seed stay as they
+/// were: a group with no node list may get its own order of every node (its first
+/// node is its server, the rest its standbys), and two groups may both be exclusive.
+fn n_plus_one(rng: &mut StdRng, n: usize, mut groups: Vec<GroupPolicy>) -> Vec<GroupPolicy> {
+    for g in groups.iter_mut().filter(|g| g.allowed.is_empty()) {
+        if rng.gen_bool(0.3) {
+            let mut order: Vec<String> = NAMES[..n].iter().map(|s| s.to_string()).collect();
+            for i in (1..n).rev() {
+                order.swap(i, rng.gen_range(0..=i));
+            }
+            g.allowed = order;
+        }
+    }
+    if groups.len() == 2 && rng.gen_bool(0.3) {
+        for g in &mut groups {
+            g.exclusive = true;
+        }
+    }
+    groups
 }
 
 // ---------------------------------------------------------------------------
@@ -509,10 +548,13 @@ impl Sim {
                 sim.sc.n, sim.sc.priorities
             );
             for g in &sim.sc.groups {
-                let _ = write!(
+                let _ =
+                    write!(
                     s,
-                    "\n  group {} vip={} switchback={:?} max_restarts={} window={}ms allowed={:?}",
-                    g.name, g.has_vip, g.switchback, g.max_restarts, g.window_ms, g.allowed
+                    "\n  group {} vip={} switchback={:?} max_restarts={} window={}ms allowed={:?} \
+                     exclusive={}",
+                    g.name, g.has_vip, g.switchback, g.max_restarts, g.window_ms, g.allowed,
+                    g.exclusive
                 );
             }
             let _ = write!(
@@ -1171,8 +1213,7 @@ impl Sim {
         if policy.switchback == Switchback::Automatic
             && self.nodes[i].core.peers().iter().any(|p| {
                 let j = node_index(&p.name);
-                self.sc.priorities[j] < self.sc.priorities[i]
-                    && (policy.allowed.is_empty() || policy.allowed.iter().any(|a| a == NAMES[j]))
+                self.sc.rank(g, j) < self.sc.rank(g, i)
             })
         {
             return;
@@ -1284,23 +1325,41 @@ impl Sim {
     }
 
     /// Invariant 3: every group that has an eligible node runs on exactly one node,
-    /// and every node agrees on the owner. `Err` describes the first problem.
+    /// and every node agrees on the owner. A node that runs an exclusive group is not
+    /// eligible for another, so two exclusive groups never share a node. `Err`
+    /// describes the first problem.
     fn settled(&mut self) -> Result<(), String> {
         let n = self.sc.n;
         for g in 0..self.sc.groups.len() {
             let policy = &self.sc.groups[g];
+            let taken = |j: usize| {
+                policy.exclusive
+                    && (0..self.sc.groups.len()).any(|h| {
+                        h != g
+                            && self.sc.groups[h].exclusive
+                            && self.nodes[j].real[h] != Real::Stopped
+                    })
+            };
             let eligible = |j: usize| {
                 !self.nodes[j].core.placement().standby()
                     && (policy.allowed.is_empty() || policy.allowed.iter().any(|a| a == NAMES[j]))
+                    && !taken(j)
             };
             let any_eligible = (0..n).any(eligible);
             let mut running = (0..n).filter(|&j| self.nodes[j].real[g] != Real::Stopped);
             let (first, second) = (running.next(), running.next());
             if !any_eligible {
-                // Every node is in standby: the group may stay where it is (nobody can
-                // take it), but not run twice.
+                // Every node is in standby (or, for an exclusive group, runs another
+                // exclusive group): the group may stay where it is (nobody can take
+                // it), but not run twice, nor beside another exclusive group.
                 if second.is_some() {
-                    return Err(format!("{} runs twice (every node in standby)", GROUPS[g]));
+                    return Err(format!("{} runs twice (no eligible node)", GROUPS[g]));
+                }
+                if let Some(j) = first.filter(|&j| taken(j)) {
+                    return Err(format!(
+                        "{} shares {} with another exclusive group",
+                        GROUPS[g], NAMES[j]
+                    ));
                 }
                 continue;
             }

@@ -322,9 +322,14 @@ pub enum Switchback {
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,
-    /// Nodes allowed to run the group; empty means all.
+    /// Nodes allowed to run the group, most preferred first (N+1: `["n2", "n5"]` is
+    /// "n2, else the standby n5"); empty means all, in node priority order.
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Never share a node with another exclusive group: when two servers fail, one
+    /// standby takes one of their groups, and the other is reported as unable to run.
+    #[serde(default)]
+    pub exclusive: bool,
     #[serde(default)]
     pub switchback: Switchback,
     /// Local restarts allowed within `restart_window` before failing over.
@@ -687,6 +692,17 @@ impl Config {
             return Err(invalid(
                 format!("{gk}.nodes"),
                 format!("unknown node `{n}`"),
+            ));
+        }
+        if let Some((i, n)) = g
+            .nodes
+            .iter()
+            .enumerate()
+            .find(|(i, n)| g.nodes[..*i].contains(n))
+        {
+            return Err(invalid(
+                format!("{gk}.nodes[{i}]"),
+                format!("`{n}` is listed twice (the list is an order of preference)"),
             ));
         }
         if g.max_restarts > 100 {

@@ -144,6 +144,25 @@ fn duplicate_priority_rejected() {
     assert!(err_of(&text).contains("node[1].priority"));
 }
 
+/// A group's node list is an order of preference: each node once; `exclusive` parses.
+#[test]
+fn group_nodes_are_an_order_without_repeats() {
+    let group = |nodes: &str| {
+        format!(
+            "{MINIMAL}\n[[node]]\nname = \"b\"\npriority = 2\naddresses = {{ hb1 = \"10.0.0.2\" }}\n\
+             [[group]]\nname = \"g\"\nnodes = {nodes}\nexclusive = true\n"
+        )
+    };
+    let cfg = Config::parse(&group(r#"["b", "a"]"#)).expect("an order of two nodes");
+    assert_eq!(cfg.groups[0].nodes, ["b", "a"]);
+    assert!(cfg.groups[0].exclusive);
+    let e = err_of(&group(r#"["b", "a", "b"]"#));
+    assert!(
+        e.contains("group[0].nodes[2]") && e.contains("listed twice"),
+        "{e}"
+    );
+}
+
 #[test]
 fn dependency_errors_named() {
     let text = format!(

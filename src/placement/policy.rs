@@ -48,8 +48,11 @@ pub struct Now {
 #[derive(Debug, Clone)]
 pub struct GroupPolicy {
     pub name: String,
-    /// Nodes allowed to run it; empty = all.
+    /// Nodes allowed to run it, most preferred first; empty = all, by node priority.
     pub allowed: Vec<String>,
+    /// Shares no node with another exclusive group (N+1: one standby takes one failed
+    /// server's group at a time).
+    pub exclusive: bool,
     pub switchback: Switchback,
     pub max_restarts: u32,
     pub window_ms: u64,
@@ -98,6 +101,7 @@ impl PlacementConfig {
                 .map(|g| GroupPolicy {
                     name: g.name.clone(),
                     allowed: g.nodes.clone(),
+                    exclusive: g.exclusive,
                     switchback: g.switchback,
                     max_restarts: g.max_restarts,
                     window_ms: g.restart_window.as_millis() as u64,
@@ -122,6 +126,20 @@ impl PlacementConfig {
             .find(|(n, _)| n == node)
             .map(|(_, p)| *p)
             .unwrap_or(u32::MAX)
+    }
+
+    /// How much `policy`'s group prefers `node`, lower first: its place in the group's
+    /// `nodes` list when it has one (N+1: each group its own order), else the node's
+    /// priority. Unknown nodes come last.
+    fn rank(&self, policy: &GroupPolicy, node: &str) -> u32 {
+        if policy.allowed.is_empty() {
+            return self.priority(node);
+        }
+        policy
+            .allowed
+            .iter()
+            .position(|n| n == node)
+            .map_or(u32::MAX, |i| i as u32)
     }
 
     /// Is `node` one of the configured nodes?
@@ -436,7 +454,8 @@ struct GroupState {
     claim: Option<PendingMove>,
     /// The timeline being written on this node.
     timeline: Option<Timeline>,
-    failed_reported: bool,
+    /// Why no live node can run the group, once reported (until one can).
+    unplaceable: Option<String>,
     /// Why this node last blocked the group or left it failed (shown while it is).
     problem: Option<String>,
     split_reported: bool,
@@ -503,7 +522,8 @@ pub struct GroupStatus {
     pub local_state: LocalGroupState,
     pub blocked: bool,
     pub recent_failures: usize,
-    /// Why this node blocked the group or left it failed, while it is.
+    /// Why this node blocked the group or left it failed, or why no node can run it,
+    /// while it is so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// The group's state on every live node (this one included).
@@ -616,6 +636,62 @@ struct ClusterView<'a> {
     node: &'a NodeState,
     peers: &'a [PeerView],
     gate: Option<&'a QuorumGate>,
+    /// Where the exclusive groups are: node -> (how, group).
+    exclusive: BTreeMap<String, Vec<(Presence, String)>>,
+}
+
+/// How firmly an exclusive group holds a node; the firmer keeps the node (ties go to
+/// the group whose name sorts first), so every node reads one answer from one view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Presence {
+    /// Starting, running or stopping there.
+    Active,
+    /// The register names the node, nothing runs yet.
+    Registered,
+    /// Neither.
+    Absent,
+}
+
+/// Where each exclusive group is: active on this node (its local state) or a live peer
+/// (its advert), and registered on its register's owner.
+fn exclusive_presence(
+    cfg: &PlacementConfig,
+    groups: &BTreeMap<String, Group>,
+    peers: &[PeerView],
+) -> BTreeMap<String, Vec<(Presence, String)>> {
+    let mut at: BTreeMap<String, Vec<(Presence, String)>> = BTreeMap::new();
+    let active = |s: LocalGroupState| {
+        matches!(
+            s,
+            LocalGroupState::Starting | LocalGroupState::Running | LocalGroupState::Stopping
+        )
+    };
+    for (name, g) in groups.iter().filter(|(_, g)| g.policy.exclusive) {
+        if active(g.state.local) {
+            at.entry(cfg.local.clone())
+                .or_default()
+                .push((Presence::Active, name.clone()));
+        }
+        if let Some(r) = &g.state.register {
+            at.entry(r.owner.clone())
+                .or_default()
+                .push((Presence::Registered, name.clone()));
+        }
+        // This node is taking it (a claim waiting for its probe or its start).
+        if g.state.claim.is_some() {
+            at.entry(cfg.local.clone())
+                .or_default()
+                .push((Presence::Registered, name.clone()));
+        }
+        for p in peers {
+            if p.group(name).is_some_and(|ga| active(ga.local)) {
+                at.entry(p.name.clone())
+                    .or_default()
+                    .push((Presence::Active, name.clone()));
+            }
+        }
+    }
+    at
 }
 
 impl ClusterView<'_> {
@@ -637,6 +713,21 @@ impl ClusterView<'_> {
     /// Is `node` in standby (by the log in quorum mode)?
     fn is_standby(&self, node: &str) -> bool {
         self.node.is_standby(self.gate, node)
+    }
+
+    /// The other exclusive group that holds `node` more firmly than `group` does.
+    fn exclusive_holder(&self, group: &str, node: &str) -> Option<&str> {
+        let there = self.exclusive.get(node)?;
+        let mine = there
+            .iter()
+            .filter(|(_, g)| g == group)
+            .map(|(p, _)| *p)
+            .min()
+            .unwrap_or(Presence::Absent);
+        there
+            .iter()
+            .find(|(p, g)| g != group && (*p, g.as_str()) < (mine, group))
+            .map(|(_, g)| g.as_str())
     }
 
     /// Peers must have had a chance to be heard before this node claims anything.
@@ -696,6 +787,7 @@ impl Placement {
             node: &self.node,
             peers,
             gate: self.gate.as_ref(),
+            exclusive: exclusive_presence(&self.cfg, &self.groups, peers),
         }
     }
 
@@ -712,6 +804,7 @@ impl Placement {
             node: &self.node,
             peers,
             gate: self.gate.as_ref(),
+            exclusive: exclusive_presence(&self.cfg, &self.groups, peers),
         };
         (view, &mut self.groups)
     }
@@ -906,9 +999,18 @@ impl Placement {
     /// Re-evaluates every group.
     fn evaluate(&mut self, now: Now, peers: &[PeerView], out: &mut Vec<Action>) {
         self.merge_standby(peers, out);
-        let (view, groups) = self.split(now, peers);
-        for Group { policy, state } in groups.values_mut() {
+        let (mut view, groups) = self.split(now, peers);
+        let names: Vec<String> = groups.keys().cloned().collect();
+        for name in names {
+            let Some(Group { policy, state }) = groups.get_mut(&name) else {
+                continue;
+            };
             state.evaluate(policy, &view, out);
+            // The next group sees where this one went in this same evaluation: two
+            // exclusive groups never pick one node at the same moment.
+            if policy.exclusive {
+                view.exclusive = exclusive_presence(view.cfg, groups, peers);
+            }
         }
     }
 
@@ -1136,7 +1238,7 @@ impl GroupState {
             restarting: false,
             claim: None,
             timeline: None,
-            failed_reported: false,
+            unplaceable: None,
             problem: None,
             split_reported: false,
             suspected_reported: false,
@@ -1169,6 +1271,12 @@ impl GroupState {
 
     /// Whether `node` (this node or a live peer) may run the group now.
     fn eligible(&self, node: &str, policy: &GroupPolicy, view: &ClusterView) -> bool {
+        self.eligible_alone(node, policy, view)
+            && !(policy.exclusive && view.exclusive_holder(&policy.name, node).is_some())
+    }
+
+    /// Whether `node` may run the group, other exclusive groups aside.
+    fn eligible_alone(&self, node: &str, policy: &GroupPolicy, view: &ClusterView) -> bool {
         if !policy.allowed.is_empty() && !policy.allowed.iter().any(|n| n == node) {
             return false;
         }
@@ -1200,7 +1308,7 @@ impl GroupState {
             .filter(|n| Some(*n) != except)
             .filter(|n| complete.is_none_or(|c| c.contains(*n)))
             .filter(|n| self.eligible(n, policy, view))
-            .min_by_key(|n| (view.cfg.priority(n), n.to_string()))
+            .min_by_key(|n| (view.cfg.rank(policy, n), n.to_string()))
             .map(str::to_string)
     }
 
@@ -1210,7 +1318,7 @@ impl GroupState {
             Some(o) if self.eligible(o, policy, view) => {
                 if policy.switchback == Switchback::Automatic {
                     if let Some(best) = self.best_eligible(policy, view, None) {
-                        if view.cfg.priority(&best) < view.cfg.priority(o)
+                        if view.cfg.rank(policy, &best) < view.cfg.rank(policy, o)
                             && self.state_on(o, policy, view) == Some(LocalGroupState::Running)
                         {
                             return Some(best);
@@ -1324,7 +1432,9 @@ impl GroupState {
             GroupSummary::Starting
         } else if states.values().any(|s| *s == LocalGroupState::Stopping) {
             GroupSummary::Stopping
-        } else if states.values().any(|s| *s == LocalGroupState::Failed) || self.failed_reported {
+        } else if states.values().any(|s| *s == LocalGroupState::Failed)
+            || self.unplaceable.is_some()
+        {
             GroupSummary::Failed
         } else {
             GroupSummary::Stopped
@@ -1337,9 +1447,11 @@ impl GroupState {
             local_state: self.local,
             blocked: self.is_blocked(view.now.mono_ms),
             recent_failures: self.failures.len(),
-            reason: (self.is_blocked(view.now.mono_ms) || self.local == LocalGroupState::Failed)
-                .then(|| self.problem.clone())
-                .flatten(),
+            reason: if self.is_blocked(view.now.mono_ms) || self.local == LocalGroupState::Failed {
+                self.problem.clone()
+            } else {
+                self.unplaceable.clone()
+            },
             states,
             summary,
         }
@@ -1423,7 +1535,7 @@ impl GroupState {
             let switchback = policy.switchback == Switchback::Automatic
                 && from
                     .as_deref()
-                    .is_some_and(|f| view.cfg.priority(local) < view.cfg.priority(f));
+                    .is_some_and(|f| view.cfg.rank(policy, local) < view.cfg.rank(policy, f));
             self.claim = Some(PendingMove {
                 reason: if switchback {
                     MoveReason::Switchback
@@ -1459,8 +1571,8 @@ impl GroupState {
                 Some((b, _)) => {
                     a.epoch > b.epoch
                         || (a.epoch == b.epoch
-                            && (view.cfg.priority(&a.owner), a.owner.as_str())
-                                < (view.cfg.priority(&b.owner), b.owner.as_str()))
+                            && (view.cfg.rank(policy, &a.owner), a.owner.as_str())
+                                < (view.cfg.rank(policy, &b.owner), b.owner.as_str()))
                 }
             };
             if newer {
@@ -1674,7 +1786,7 @@ impl GroupState {
         mut active: Vec<String>,
         out: &mut Vec<Action>,
     ) {
-        active.sort_by_key(|n| (view.cfg.priority(n), n.clone()));
+        active.sort_by_key(|n| (view.cfg.rank(policy, n), n.clone()));
         // With a quorum the committed owner keeps it (the others were stopped by the
         // "lease lost" step; they are only seen here while stopping).
         if view.gate.is_some() {
@@ -1721,19 +1833,37 @@ impl GroupState {
         out: &mut Vec<Action>,
     ) {
         if desired.is_none() && nobody_active && !view.in_grace() {
-            if !self.failed_reported && self.local != LocalGroupState::Stopping {
-                self.failed_reported = true;
+            if self.unplaceable.is_none() && self.local != LocalGroupState::Stopping {
+                let reason = self.unplaceable_reason(policy, view);
+                self.unplaceable = Some(reason.clone());
                 out.push(emit(
                     EventKind::GroupFailed,
-                    fields([
-                        ("group", policy.name.clone()),
-                        ("reason", "no live node is eligible to run the group".into()),
-                    ]),
+                    fields([("group", policy.name.clone()), ("reason", reason)]),
                 ));
             }
         } else if desired.is_some() {
-            self.failed_reported = false;
+            self.unplaceable = None;
         }
+    }
+
+    /// Why no live node can run the group: each live node that could but for another
+    /// exclusive group is named with that group.
+    fn unplaceable_reason(&self, policy: &GroupPolicy, view: &ClusterView) -> String {
+        let taken: Vec<String> = view
+            .nodes()
+            .filter(|n| policy.exclusive && self.eligible_alone(n, policy, view))
+            .filter_map(|n| {
+                let g = view.exclusive_holder(&policy.name, n)?;
+                Some(format!("`{n}` runs the exclusive group `{g}`"))
+            })
+            .collect();
+        if taken.is_empty() {
+            return "no live node is eligible to run the group".into();
+        }
+        format!(
+            "no live node is free to run the group: {}",
+            taken.join(", ")
+        )
     }
 
     /// Step "take over": this node should own the group but the register names `owner`
@@ -1812,7 +1942,7 @@ impl GroupState {
         let local = view.local();
         let switchback = !view.in_grace()
             && self.eligible(local, policy, view)
-            && view.cfg.priority(to) < view.cfg.priority(local)
+            && view.cfg.rank(policy, to) < view.cfg.rank(policy, local)
             && self.local == LocalGroupState::Running;
         if switchback {
             self.write_register(policy, view, to, out);

@@ -300,7 +300,11 @@ fn group_notes(g: &GroupStatus, local: &str) -> Vec<String> {
             ));
         }
         GroupSummary::Failed if !g.states.values().any(|s| *s == LocalGroupState::Failed) => {
-            notes.push("failed: no live node is eligible to run it".into());
+            let why = match (&g.reason, g.blocked) {
+                (Some(r), false) => r.clone(),
+                _ => "no live node is eligible to run the group".into(),
+            };
+            notes.push(format!("failed: {why}"));
         }
         _ => {}
     }

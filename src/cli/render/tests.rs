@@ -211,6 +211,7 @@ fn a_blocked_or_failed_group_says_why_under_its_row() {
     );
     st.groups[1].states.clear();
     st.groups[1].summary = crate::status::GroupSummary::Failed;
+    st.groups[1].reason = None;
     let text = render_status(&st, &[]);
     assert!(
         line(&text, "  web ").starts_with("  web    failed"),
@@ -218,8 +219,12 @@ fn a_blocked_or_failed_group_says_why_under_its_row() {
     );
     assert_eq!(
         line(&text, "! failed:"),
-        "    ! failed: no live node is eligible to run it"
+        "    ! failed: no live node is eligible to run the group"
     );
+    let why = "no live node is free to run the group: `sb` runs the exclusive group `g1`";
+    st.groups[1].reason = Some(why.into());
+    let text = render_status(&st, &[]);
+    assert_eq!(line(&text, "! failed:"), format!("    ! failed: {why}"));
 }
 
 #[test]

@@ -26,6 +26,7 @@ impl World {
                 groups: vec![GroupPolicy {
                     name: GROUP.into(),
                     allowed: Vec::new(),
+                    exclusive: false,
                     switchback,
                     max_restarts: 2,
                     window_ms: 10_000,
@@ -100,6 +101,7 @@ impl World {
             node: &self.node,
             peers: &self.peers,
             gate: self.gate.as_ref(),
+            exclusive: BTreeMap::new(),
         }
     }
 }
@@ -280,7 +282,7 @@ fn report_unplaceable_reports_once_after_the_grace_and_rearms_when_placeable() {
     g.report_unplaceable(w.policy(), &w.view(), None, true, &mut out);
     assert_eq!(events(&out), [EventKind::GroupFailed]);
     g.report_unplaceable(w.policy(), &w.view(), Some("b"), true, &mut out);
-    assert!(!g.failed_reported);
+    assert!(g.unplaceable.is_none());
     g.report_unplaceable(w.policy(), &w.view(), None, true, &mut out);
     assert_eq!(
         events(&out),

@@ -22,6 +22,7 @@ fn group(name: &str, has_vip: bool, switchback: Switchback) -> GroupPolicy {
     GroupPolicy {
         name: name.into(),
         allowed: Vec::new(),
+        exclusive: false,
         switchback,
         max_restarts: 2,
         window_ms: 10_000,
@@ -957,4 +958,72 @@ fn clear_forgets_the_failures_and_lifts_the_block_at_once() {
     c.run_for(3000);
     assert!(c.t - t0 < 10_000, "still inside the restart window");
     assert_eq!(c.running("web"), ["a"]);
+}
+
+/// A group's own order of nodes overrides the node priorities: `web` lists `b` first,
+/// so it starts on `b` although `a` has priority 1, and fails over to `a`.
+#[test]
+fn a_group_node_list_is_its_order_of_preference() {
+    let mut web = group("web", false, Switchback::Manual);
+    web.allowed = vec!["b".into(), "a".into()];
+    let mut c = Cluster::new(&DUO, std::slice::from_ref(&web));
+    c.run_for(3000);
+    assert_eq!(c.running("web"), ["b"]);
+    c.kill("b");
+    c.run_for(3000);
+    assert_eq!(c.running("web"), ["a"]);
+}
+
+/// N+1: two servers each run their exclusive group, with one standby behind both.
+/// The standby takes the first failed server's group; when the second fails too, its
+/// group cannot run (the standby already runs an exclusive group) and says so. A
+/// returning server gets nothing back by itself; once the operator moves the first
+/// group home, the standby takes the second.
+#[test]
+fn n_plus_one_the_standby_takes_one_exclusive_group_at_a_time() {
+    let nodes = [("s1", 1), ("s2", 1), ("sb", 2)];
+    let mut groups = Vec::new();
+    for (name, server) in [("g1", "s1"), ("g2", "s2")] {
+        let mut g = group(name, false, Switchback::Manual);
+        g.allowed = vec![server.into(), "sb".into()];
+        g.exclusive = true;
+        groups.push(g);
+    }
+    let mut c = Cluster::new(&nodes, &groups);
+    c.run_for(3000);
+    assert_eq!(
+        (c.running("g1"), c.running("g2")),
+        (vec!["s1".into()], vec!["s2".into()])
+    );
+    c.kill("s1");
+    c.run_for(3000);
+    assert_eq!(c.running("g1"), ["sb"]);
+    c.kill("s2");
+    c.run_for(3000);
+    assert_eq!(c.running("g1"), ["sb"]);
+    assert!(
+        c.running("g2").is_empty(),
+        "g2 shares the standby: {:?}",
+        c.running("g2")
+    );
+    let sb = c.idx("sb");
+    let why = c.status(sb, "g2").reason.unwrap_or_default();
+    assert!(
+        why.contains("exclusive"),
+        "g2 does not say why it is down: {why:?}"
+    );
+    c.restart("s1", &nodes, &groups);
+    c.run_for(3000);
+    assert_eq!(c.running("g1"), ["sb"], "no automatic switchback");
+    let peers = c.peers(sb);
+    let (to, actions) = c.nodes[sb]
+        .switchover(now(c.t), "g1", Some("s1"), &peers)
+        .expect("switchover");
+    assert_eq!(to, "s1");
+    c.carry_out(sb, actions);
+    c.run_for(4000);
+    assert_eq!(
+        (c.running("g1"), c.running("g2")),
+        (vec!["s1".into()], vec!["sb".into()])
+    );
 }
