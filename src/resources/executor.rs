@@ -3,17 +3,20 @@
 //! restart one resource with its dependents, probe the floating IPs) and monitors the
 //! running group with each resource's built-in monitor, quickCheck and deepCheck.
 //! Results go back to the core as [`placement::policy::Input`]s; resource-level facts
-//! go straight into the event stream.
+//! go straight into the event stream. A reloaded configuration's checks (probe,
+//! interval, timeout) are taken at once, between two monitor passes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::agent::{Agent, Monitor};
 use super::probe;
-use crate::config::{CheckConfig, GroupConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK};
+use crate::config::{
+    CheckConfig, Config, GroupConfig, ResourceConfig, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK,
+};
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
 use crate::node::{GroupCommand as Command, StopMode};
 use crate::placement::hierarchy::{dependents_closure, start_order};
@@ -61,11 +64,26 @@ struct Res {
 /// how long it took, whether it passed). The runtime hands in the metrics' recorder.
 pub type CheckObserver = Arc<dyn Fn(&str, &str, &str, Duration, bool) + Send + Sync>;
 
-/// Starts the executor task of `group`; returns its command channel.
+/// A resource's checks with their periods (the defaults filled in).
+fn checks_of(r: &ResourceConfig) -> [Option<(CheckConfig, Duration)>; 2] {
+    [
+        (&r.quickcheck, DEFAULT_QUICKCHECK),
+        (&r.deepcheck, DEFAULT_DEEPCHECK),
+    ]
+    .map(|(c, default)| {
+        c.clone().map(|c| {
+            let i = c.interval.unwrap_or(default);
+            (c, i)
+        })
+    })
+}
+
+/// Starts the executor task of `group`; returns its command channel. `config` is the
+/// configuration the daemon runs with: the group's checks follow its changes.
 pub fn spawn(
     node: &str,
     group: &GroupConfig,
-    vip_probe_timeout: Duration,
+    config: watch::Receiver<Arc<Config>>,
     events: EventLog,
     checks: CheckObserver,
     mirrors: &crate::mirror::node::LocalMirrors,
@@ -76,21 +94,19 @@ pub fn spawn(
     let resources: Vec<Res> = group
         .resources
         .iter()
-        .map(|r| Res {
-            name: r.name.clone(),
-            agent: Agent::new(r, mirrors, node, &group.name),
-            quick: r.quickcheck.clone().map(|c| {
-                let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
-                (c, i)
-            }),
-            deep: r.deepcheck.clone().map(|c| {
-                let i = c.interval.unwrap_or(DEFAULT_DEEPCHECK);
-                (c, i)
-            }),
-            next_quick: Instant::now(),
-            next_deep: Instant::now(),
+        .map(|r| {
+            let [quick, deep] = checks_of(r);
+            Res {
+                name: r.name.clone(),
+                agent: Agent::new(r, mirrors, node, &group.name),
+                quick,
+                deep,
+                next_quick: Instant::now(),
+                next_deep: Instant::now(),
+            }
         })
         .collect();
+    let vip_probe_timeout = config.borrow().cluster.vip_probe_timeout;
     let exec = Executor {
         node: node.to_string(),
         group: group.clone(),
@@ -104,7 +120,7 @@ pub fn spawn(
         vip_probe_timeout,
     };
     let span = tracing::info_span!("group", node = %node, group = %group.name);
-    tokio::spawn(exec.run(rx).instrument(span));
+    tokio::spawn(exec.run(rx, config).instrument(span));
     tx
 }
 
@@ -130,7 +146,36 @@ impl Executor {
         ]
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Takes the checks of this group's resources from a reloaded configuration. A
+    /// check due later than its new period allows runs at the new period from now.
+    fn take_checks(&mut self, cfg: &Config) {
+        let Some(g) = cfg.groups.iter().find(|g| g.name == self.group.name) else {
+            return;
+        };
+        let now = Instant::now();
+        for r in &mut self.resources {
+            let Some(rc) = g.resources.iter().find(|c| c.name == r.name) else {
+                continue;
+            };
+            let [quick, deep] = checks_of(rc);
+            for (check, new, next) in [
+                (&mut r.quick, quick, &mut r.next_quick),
+                (&mut r.deep, deep, &mut r.next_deep),
+            ] {
+                if let Some((_, interval)) = &new {
+                    *next = (*next).min(now + *interval);
+                }
+                *check = new;
+            }
+        }
+        tracing::info!("checks reloaded");
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut config: watch::Receiver<Arc<Config>>,
+    ) {
         let mut tick = tokio::time::interval(MONITOR_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -159,6 +204,10 @@ impl Executor {
                     if let Some(i) = input {
                         if self.results.send(i).await.is_err() { break; }
                     }
+                }
+                Ok(()) = config.changed() => {
+                    let cfg = config.borrow_and_update().clone();
+                    self.take_checks(&cfg);
                 }
                 _ = tick.tick(), if self.running && !self.maintenance => {
                     if let Some(i) = self.monitor().await {
