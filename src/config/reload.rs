@@ -10,13 +10,16 @@
 //! - each resource's `quickcheck` and `deepcheck` (probe, interval, timeout): the
 //!   group's executor takes them at its next monitor tick, nothing it runs is stopped;
 //! - `api.token` while the TCP listener stays (a removed token would open the
-//!   listener, so that waits for a restart with the listener's removal).
+//!   listener, so that waits for a restart with the listener's removal);
+//! - `[[snmp.community]]` while the agent runs (it checks each request against the
+//!   running list).
 //!
 //! Everything else needs a restart: nodes, heartbeat paths and addresses, keys,
 //! mirrors, quorum, groups or resources added or removed or reshaped, the restart
-//! policy (`max_restarts`, `restart_window`: the node core holds them), the SNMP
-//! section (the agent and the notifier are built from it at start), metrics. There
-//! are no console users yet (the web console will add them); they are to be live.
+//! policy (`max_restarts`, `restart_window`: the node core holds them), SNMP
+//! receivers and users (the notifier and USM are built at start), the rest of
+//! `[snmp]`, metrics. There are no console users yet (the web console will add
+//! them); they are to be live.
 //!
 //! [`admit`] is what a node checks before it takes a new file at all: the same
 //! cluster, and a `[[node]]` for itself.
@@ -88,6 +91,12 @@ pub fn classify(old: &Config, new: &Config) -> ReloadPlan {
     let mut running = old.clone();
     let mut applied = Vec::new();
     take_checks(&mut running, new, &mut applied);
+    if let (Some(run), Some(next)) = (running.snmp.as_mut(), new.snmp.as_ref()) {
+        if run.communities != next.communities {
+            run.communities.clone_from(&next.communities);
+            applied.push("snmp communities".to_string());
+        }
+    }
     let tcp_stays = old.api.tcp.is_some() && new.api.tcp.is_some();
     if tcp_stays && running.api.token != new.api.token {
         running.api.token = new.api.token.clone();

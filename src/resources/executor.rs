@@ -656,6 +656,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn reloaded_checks_are_taken_and_a_shorter_period_counts_from_now() {
+        let group = "name = \"web\"\n[[resource]]\nname = \"app\"\nkind = \"process\"\ncommand = [\"sleep\", \"30\"]\n";
+        let (mut exec, _rx) = executor(group);
+        let config = |interval: &str| {
+            Config::parse(&format!(
+                "[cluster]\nname = \"t\"\nkey = \"0123456789abcdef\"\n\
+                 [heartbeat]\npaths = [\"hb1\"]\n\
+                 [[node]]\nname = \"a\"\npriority = 1\naddresses = {{ hb1 = \"10.0.0.1\" }}\n\
+                 [[group]]\nname = \"web\"\n[[group.resource]]\nname = \"app\"\nkind = \"process\"\n\
+                 command = [\"sleep\", \"30\"]\n\
+                 quickcheck = {{ probe = \"tcp\", address = \"127.0.0.1:1\", interval = \"{interval}\" }}\n"
+            ))
+            .unwrap()
+        };
+        exec.take_checks(&config("30s"));
+        let r = &mut exec.resources[0];
+        assert_eq!(r.quick.as_ref().map(|q| q.1), Some(Duration::from_secs(30)));
+        r.next_quick = Instant::now() + Duration::from_secs(30);
+        exec.take_checks(&config("200ms"));
+        let r = &exec.resources[0];
+        assert_eq!(
+            r.quick.as_ref().map(|q| q.1),
+            Some(Duration::from_millis(200))
+        );
+        assert!(r.next_quick <= Instant::now() + Duration::from_millis(200));
+        assert!(r.deep.is_none());
+    }
+
+    #[tokio::test]
     async fn a_lost_lease_runs_the_fast_stop_steps_before_the_clean_stop() {
         let (mut exec, mut rx) = executor(
             r#"

@@ -925,7 +925,8 @@ async fn start_servers(
     d.publish_status();
     let snmp_agent = match (&d.cfg.snmp, &snmp_engine) {
         (Some(snmp), Some(engine)) => {
-            let agent = snmp::agent::spawn(snmp, engine, status_rx.clone()).await?;
+            let running = Some(file.running.clone());
+            let agent = snmp::agent::spawn(snmp, engine, status_rx.clone(), running).await?;
             d.metrics.attach_snmp_agent(agent.counters());
             Some(agent)
         }

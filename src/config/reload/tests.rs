@@ -174,3 +174,24 @@ fn another_cluster_or_a_file_without_this_node_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn snmp_communities_are_live_and_receivers_wait_for_a_restart() {
+    let with = |community: &str, receiver: bool| {
+        let mut text = format!("{BASE}\n[snmp]\n[[snmp.community]]\nname = \"{community}\"\n");
+        if receiver {
+            text.push_str(
+                "[[snmp.receiver]]\naddress = \"192.0.2.1:162\"\nform = \"v2c_trap\"\ncommunity = \"traps\"\n",
+            );
+        }
+        cfg(&text)
+    };
+    let p = classify(&with("public", false), &with("another", true));
+    assert_eq!(p.applied, ["snmp communities"]);
+    assert_eq!(p.needs_restart, ["snmp receivers"]);
+    assert_eq!(p.running.snmp.unwrap().communities[0].name, "another");
+    // An agent that does not run takes nothing.
+    let p = classify(&cfg(BASE), &with("public", false));
+    assert!(p.applied.is_empty());
+    assert_eq!(p.needs_restart, ["snmp"]);
+}
