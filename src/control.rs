@@ -3,8 +3,10 @@
 //! [`ControlError`] variant to its own HTTP status ([`ControlError::http_status`]) and
 //! the CLI to its own exit code (see `docs/API.md`).
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::cluster::packet::LocalGroupState;
 use crate::mirror::plan::{Plan, Target};
@@ -165,6 +167,50 @@ pub enum Request {
         name: Option<String>,
         reply: Reply<(String, Vec<u8>)>,
     },
+    /// Run with a new configuration (parsed and validated): what needs no restart is
+    /// applied, the rest is named (`SIGHUP`, `tandem config reload`, `PUT /v1/config`).
+    Reload {
+        config: Box<crate::config::Config>,
+        reply: Reply<crate::config::reload::ReloadOutcome>,
+    },
+}
+
+/// Hands a request to the daemon's main loop and waits for its answer.
+pub async fn ask<T>(
+    requests: &mpsc::Sender<Request>,
+    make: impl FnOnce(Reply<T>) -> Request,
+) -> Result<T, ControlError> {
+    let (tx, rx) = oneshot::channel();
+    requests
+        .send(make(tx))
+        .await
+        .map_err(|_| ControlError::shutting_down())?;
+    rx.await.map_err(|_| ControlError::shutting_down())?
+}
+
+/// Reads and validates the configuration file at `path` (on the blocking pool, never
+/// on the event loop) and asks the daemon to run with it: `SIGHUP` and `POST
+/// /v1/config/reload`. A file that does not pass `config check` is refused
+/// ([`ControlError::Conflict`]) and nothing changes.
+pub async fn reload_file(
+    path: &Path,
+    requests: &mpsc::Sender<Request>,
+) -> Result<crate::config::reload::ReloadOutcome, ControlError> {
+    let p = path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || crate::config::Config::load(&p))
+        .await
+        .map_err(|e| ControlError::Unavailable(format!("reading the configuration: {e}")))?;
+    let config = loaded.map_err(|e| ControlError::Conflict(refused_config(&e)))?;
+    ask(requests, |reply| Request::Reload {
+        config: Box::new(config),
+        reply,
+    })
+    .await
+}
+
+/// The message of a configuration refused by a reload.
+pub fn refused_config(why: &dyn std::fmt::Display) -> String {
+    format!("configuration refused, nothing changed: {why}")
 }
 
 /// What `tandem mirror` can ask of a mirror.

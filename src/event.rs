@@ -70,6 +70,10 @@ pub enum EventKind {
     /// An administrator cleared a group's failures and block on a node (group, node,
     /// failures: the count in the restart window it reset, was_blocked).
     GroupCleared,
+    /// The daemon reloaded its configuration file (applied: the changes taken live,
+    /// needs_restart: those waiting for a restart, both comma-separated; digest: the
+    /// file's cluster digest).
+    ConfigReloaded,
     ResourceStarted,
     ResourceStopped,
     ResourceStartFailed,

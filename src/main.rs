@@ -56,6 +56,9 @@ enum MainError {
     /// `tandem fence`: no method confirmed the wanted power state.
     #[error("{0}")]
     FenceFailed(String),
+    /// `tandem config push`: a node did not take the file, or its digest differs.
+    #[error("config push: {0}")]
+    Push(String),
     #[error("{0}")]
     Other(String),
 }
@@ -97,6 +100,7 @@ impl MainError {
                 | SignError::BadSignature,
             )) => 4,
             MainError::FenceFailed(_) => 10,
+            MainError::Push(_) => 1,
             MainError::Meta(
                 tandem::mirror::replica::meta::MetaError::InUse { .. }
                 | tandem::mirror::replica::meta::MetaError::AlreadyConverted(_),
@@ -302,7 +306,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         Cmd::Run { config, node } => {
             let cfg = Config::load(&config)?;
             let node = node_name(node)?;
-            runtime()?.block_on(tandem::runtime::run(cfg, node))?;
+            runtime()?.block_on(tandem::runtime::run(cfg, config, node))?;
             Ok(())
         }
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
@@ -379,7 +383,48 @@ fn config(cmd: ConfigCmd) -> Result<(), MainError> {
             cluster,
             output,
         } => config_init(&cluster, nodes.into(), output.as_deref()),
+        ConfigCmd::Push { file, token, json } => {
+            runtime()?.block_on(config_push(&file, token, json))
+        }
+        ConfigCmd::Reload { api } => runtime()?.block_on(config_reload(&api)),
     }
+}
+
+/// `tandem config push`: validated here first, then sent to every node at once.
+async fn config_push(
+    file: &std::path::Path,
+    token: Option<String>,
+    json: bool,
+) -> Result<(), MainError> {
+    use tandem::cli::push;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| MainError::Other(format!("{}: {e}", file.display())))?;
+    let cfg = Config::parse(&text)?;
+    let targets = push::targets(&cfg).map_err(MainError::Push)?;
+    let token = token.or_else(|| cfg.api.token.clone());
+    let results = push::push(&text, &targets, token).await;
+    if json {
+        let v = serde_json::json!({ "digest": cfg.digest, "nodes": results });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", push::render(&results));
+    }
+    push::verdict(&cfg.digest, &results).map_err(MainError::Push)
+}
+
+/// `tandem config reload` on the node the API reaches.
+async fn config_reload(api: &ApiArgs) -> Result<(), MainError> {
+    let o: tandem::config::reload::ReloadOutcome =
+        call(&endpoint(api), "POST", "/v1/config/reload", None).await?;
+    let list = tandem::cli::push::list;
+    let text = format!(
+        "configuration reloaded (digest {})\napplied: {}\nneeds restart: {}",
+        o.digest,
+        list(&o.applied),
+        list(&o.needs_restart)
+    );
+    print_done(api, &serde_json::to_value(&o).unwrap_or_default(), &text);
+    Ok(())
 }
 
 /// `tandem witness`: validate (`--check`: also read the keys, then exit) or run.

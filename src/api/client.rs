@@ -29,6 +29,39 @@ pub async fn call<T: DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| ApiError::Decode(e.to_string()))
 }
 
+/// Sends one request whose body is `text` as it is (`PUT /v1/config` takes the TOML);
+/// returns the decoded JSON answer, or the API's error message.
+pub async fn call_text<T: DeserializeOwned>(
+    ep: &Endpoint,
+    method: &str,
+    path: &str,
+    text: String,
+) -> Result<T, ApiError> {
+    let body = Some((Bytes::from(text), "text/plain; charset=utf-8"));
+    let resp = send(ep, method, path, body).await?;
+    let bytes = read_body(resp).await?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Decode(e.to_string()))
+}
+
+/// A JSON body and its content type.
+fn json_body(body: Option<serde_json::Value>) -> Result<Option<(Bytes, &'static str)>, ApiError> {
+    body.map(|b| {
+        serde_json::to_vec(&b)
+            .map(|v| (Bytes::from(v), "application/json"))
+            .map_err(|e| ApiError::Http(e.to_string()))
+    })
+    .transpose()
+}
+
+async fn read_body(resp: hyper::Response<hyper::body::Incoming>) -> Result<Bytes, ApiError> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ApiError::Http(e.to_string()))?
+        .to_bytes())
+}
+
 /// Sends one request; returns the body's bytes as they are (a split-brain dump), or
 /// the API's error message.
 pub async fn call_bytes(
@@ -37,14 +70,8 @@ pub async fn call_bytes(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Vec<u8>, ApiError> {
-    let resp = send(ep, method, path, body).await?;
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::Http(e.to_string()))?
-        .to_bytes();
-    Ok(body.to_vec())
+    let resp = send(ep, method, path, json_body(body)?).await?;
+    Ok(read_body(resp).await?.to_vec())
 }
 
 /// `GET path` of a streamed answer (NDJSON, `/v1/events/stream`): calls `line` with
@@ -81,7 +108,7 @@ async fn send(
     ep: &Endpoint,
     method: &str,
     path: &str,
-    body: Option<serde_json::Value>,
+    body: Option<(Bytes, &'static str)>,
 ) -> Result<hyper::Response<hyper::body::Incoming>, ApiError> {
     let (io, host, token) = match ep {
         Endpoint::Unix(p) => {
@@ -117,9 +144,9 @@ async fn send(
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {t}"));
     }
     let bytes = match body {
-        Some(b) => {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-            Bytes::from(serde_json::to_vec(&b).map_err(|e| ApiError::Http(e.to_string()))?)
+        Some((b, content_type)) => {
+            req = req.header(hyper::header::CONTENT_TYPE, content_type);
+            b
         }
         None => Bytes::new(),
     };
@@ -134,12 +161,7 @@ async fn send(
     if status.is_success() {
         return Ok(resp);
     }
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| ApiError::Http(e.to_string()))?
-        .to_bytes();
+    let body = read_body(resp).await?;
     let msg = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))

@@ -15,21 +15,23 @@
 //! - `POST /v1/nodes/{node}/standby` and `/v1/nodes/{node}/online`.
 //! - `GET  /v1/mirrors/{mirror}/plan?lag=30s&percentile=95` — link sizing from the
 //!   mirror's write-rate history (`tandem mirror plan`).
+//! - `POST /v1/config/reload` and `PUT /v1/config` (the whole TOML) — see [`config`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 
 use super::ApiError;
-use crate::config::ApiConfig;
+use crate::config::Config;
 use crate::control::{switchover_settled, ControlError, MirrorAction, Reply, Request};
 use crate::event::EventLog;
 use crate::mirror::plan::{self, PlanError, Target};
@@ -40,7 +42,18 @@ struct AppState {
     status: watch::Receiver<Status>,
     events: EventLog,
     requests: mpsc::Sender<Request>,
-    token: Option<String>,
+    /// The configuration the daemon runs with, and its file.
+    config: ConfigFile,
+    /// The TCP listener: every request needs the running configuration's token.
+    needs_token: bool,
+}
+
+/// The daemon's configuration file, this node's name in it, and what runs.
+#[derive(Clone)]
+pub struct ConfigFile {
+    pub path: PathBuf,
+    pub local: String,
+    pub running: watch::Receiver<Arc<Config>>,
 }
 
 /// Running listeners; dropping this stops them.
@@ -81,21 +94,26 @@ fn router(state: AppState) -> Router {
         .route("/v1/mirrors/{mirror}/{action}", post(mirror_action))
         .route("/v1/nodes/{node}/standby", post(standby))
         .route("/v1/nodes/{node}/online", post(online))
+        .route("/v1/config/reload", post(config::reload))
+        .route("/v1/config", put(config::replace))
         .with_state(state)
 }
 
-/// Starts the Unix-socket listener and, if configured, the TCP one (token required).
+/// Starts the Unix-socket listener and, if configured, the TCP one (token required:
+/// the one of the running configuration, so a reload changes it).
 pub async fn serve(
-    cfg: &ApiConfig,
+    config: ConfigFile,
     status: watch::Receiver<Status>,
     events: EventLog,
     requests: mpsc::Sender<Request>,
 ) -> Result<Servers, ApiError> {
+    let cfg = config.running.borrow().api.clone();
     let state = AppState {
         status,
         events,
         requests,
-        token: None,
+        config,
+        needs_token: false,
     };
     let mut tasks = Vec::new();
     let sock: &Path = &cfg.socket;
@@ -118,7 +136,7 @@ pub async fn serve(
             .await
             .map_err(|e| ApiError::Io(format!("bind {addr}"), e))?;
         let app = router(AppState {
-            token: cfg.token.clone(),
+            needs_token: true,
             ..state
         });
         tasks.push(tokio::spawn(async move {
@@ -134,14 +152,28 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Constant-time token check for the TCP listener: `Some(401 response)` if refused.
 fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    let token = state.token.as_ref()?;
+    if !state.needs_token {
+        return None;
+    }
+    // Validation requires a token with a TCP listener; none would refuse everyone.
+    let token = state
+        .config
+        .running
+        .borrow()
+        .api
+        .token
+        .clone()
+        .unwrap_or_default();
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     use subtle::ConstantTimeEq;
-    if given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+    if !token.is_empty()
+        && given.len() == token.len()
+        && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+    {
         None
     } else {
         Some(error(
@@ -158,6 +190,9 @@ macro_rules! auth {
         }
     };
 }
+
+// After `auth!`, which it uses.
+mod config;
 
 async fn status(State(s): State<AppState>, h: HeaderMap) -> Response {
     auth!(s, h);
@@ -298,12 +333,7 @@ async fn ask_control<T>(
     s: &AppState,
     make: impl FnOnce(Reply<T>) -> Request,
 ) -> Result<T, ControlError> {
-    let (tx, rx) = oneshot::channel();
-    s.requests
-        .send(make(tx))
-        .await
-        .map_err(|_| ControlError::shutting_down())?;
-    rx.await.map_err(|_| ControlError::shutting_down())?
+    crate::control::ask(&s.requests, make).await
 }
 
 async fn switchover(

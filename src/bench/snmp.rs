@@ -320,7 +320,7 @@ fn compare(args: &SnmpBenchArgs, dir: &Path) -> Result<(), SnmpBenchError> {
     };
     let (_status_tx, status_rx) = watch::channel(status);
     let engine = crate::snmp::Engine::load(&cfg, "bench", "node00", dir, Instant::now())?;
-    let agent = runtime.block_on(crate::snmp::agent::spawn(&cfg, &engine, status_rx))?;
+    let agent = runtime.block_on(crate::snmp::agent::spawn(&cfg, &engine, status_rx, None))?;
     let tandem = median_walk(&agent.local_addr().to_string(), args.runs)?;
     drop(agent);
 

@@ -5,6 +5,7 @@
 pub mod follow;
 pub mod generate;
 pub mod plan;
+pub mod push;
 pub mod render;
 pub mod wait;
 
@@ -430,7 +431,31 @@ pub enum ConfigCmd {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Copy a config file to every node it names (over each node's TCP API: its
+    /// heartbeat address, the port of `[api] tcp`); each node validates it, writes it
+    /// (mode 0600) and reloads it. Exit 0 only when every node took it and every
+    /// digest is the file's.
+    Push {
+        #[arg(default_value = DEFAULT_CONFIG)]
+        file: PathBuf,
+        /// The token the nodes run with (default: `[api] token` of the file).
+        #[arg(long, env = "TANDEM_TOKEN")]
+        token: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the daemon re-read its config file (as SIGHUP does): checks and the API
+    /// token change at once; what needs a restart is named. A file that does not pass
+    /// `config check` is refused and nothing changes.
+    Reload {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
+
+/// The configuration file of a packaged install.
+pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {

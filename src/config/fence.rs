@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::{invalid, ConfigError};
 
 /// `[node.fence]`: at least one of `redfish` and `ipmi`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FenceConfig {
     /// `[node.fence.redfish]`: the BMC's Redfish service (tried first).
@@ -31,7 +31,7 @@ pub struct FenceConfig {
 }
 
 /// `[node.fence.redfish]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedfishConfig {
     /// The BMC's base URL, `https://10.0.0.21` (or `http://`; a port may follow).
@@ -53,7 +53,7 @@ pub struct RedfishConfig {
 }
 
 /// `[node.fence.ipmi]`: `ipmitool -I lanplus -H host -p port -U user -f password_file`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IpmiConfig {
     pub host: String,

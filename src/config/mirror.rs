@@ -108,7 +108,7 @@ pub enum OnNoQuorum {
 }
 
 /// `[[mirror]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorConfig {
     /// Unique name; a `mirror` resource refers to it.
@@ -144,7 +144,7 @@ pub struct MirrorConfig {
 }
 
 /// `[[mirror.link]]`: the replication between two nodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MirrorLinkConfig {
     /// The two nodes, by name.

@@ -17,6 +17,7 @@ mod fence;
 pub mod init;
 mod mirror;
 mod quorum;
+pub mod reload;
 pub mod secret;
 mod snmp;
 pub use fence::*;
@@ -46,7 +47,7 @@ pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Conf
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub cluster: ClusterConfig,
@@ -139,7 +140,7 @@ pub fn cluster_digest(text: &str) -> Option<String> {
 }
 
 /// `[cluster]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Cluster name; carried in every heartbeat, so two clusters on one LAN never mix.
@@ -203,7 +204,7 @@ fn yes() -> bool {
 }
 
 /// `[heartbeat]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatConfig {
     #[serde(with = "humantime_serde", default = "default_interval")]
@@ -250,7 +251,7 @@ impl Default for HeartbeatConfig {
 }
 
 /// `[api]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// Unix socket the CLI talks to.
@@ -265,7 +266,7 @@ pub struct ApiConfig {
 }
 
 /// `[metrics]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Where `GET /metrics` is served (plain HTTP, no authentication).
@@ -293,7 +294,7 @@ impl Default for ApiConfig {
 }
 
 /// `[[node]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub name: String,
@@ -318,7 +319,7 @@ pub enum Switchback {
 }
 
 /// `[[group]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,
@@ -352,7 +353,7 @@ fn default_restart_window() -> Duration {
 ///
 /// (serde cannot combine `deny_unknown_fields` with `flatten`; the flattened
 /// [`ResourceKind`] denies unknown keys instead, and a test pins that.)
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ResourceConfig {
     pub name: String,
     #[serde(flatten)]
@@ -366,7 +367,7 @@ pub struct ResourceConfig {
 }
 
 /// The kind of a resource and its kind-specific settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ResourceKind {
     /// A floating IPv4/IPv6 address, `address = "10.0.0.10/24"`.
@@ -460,7 +461,7 @@ fn default_stop_timeout() -> Duration {
 
 /// A health check: what to probe, how often, how long to wait. Unknown keys are
 /// rejected by the flattened [`ProbeConfig`].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct CheckConfig {
     #[serde(flatten)]
     pub probe: ProbeConfig,
@@ -476,7 +477,7 @@ fn default_check_timeout() -> Duration {
 }
 
 /// What a check probes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "probe", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ProbeConfig {
     /// The TCP connect succeeds.

@@ -23,7 +23,7 @@ pub enum QuorumMode {
 }
 
 /// `[quorum]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QuorumSection {
     pub mode: QuorumMode,
@@ -78,7 +78,7 @@ pub fn min_lease_with_watchdog(timeout: Duration, interval: Duration) -> Duratio
 }
 
 /// `[witness]`: a voter with no resources (`tandem witness`), e.g. at a third site.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WitnessRef {
     pub name: String,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::{invalid, parse_cidr, ConfigError};
 
 /// `[snmp]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnmpConfig {
     /// UDP address of the agent.
@@ -62,7 +62,7 @@ fn default_snmp_listen() -> SocketAddr {
 }
 
 /// `[[snmp.community]]`: a read-only v2c community.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CommunityConfig {
     pub name: String,
@@ -94,7 +94,7 @@ pub enum PrivProtocol {
 }
 
 /// `[[snmp.user]]`: an SNMPv3 USM user (read-only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsmUserConfig {
     pub name: String,
@@ -120,7 +120,7 @@ pub enum ReceiverForm {
 }
 
 /// `[[snmp.receiver]]`: one notification receiver (an NMS running snmptrapd).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReceiverConfig {
     /// UDP address, usually port 162.

@@ -3,19 +3,21 @@
 //! restart one resource with its dependents, probe the floating IPs) and monitors the
 //! running group with each resource's built-in monitor, quickCheck and deepCheck.
 //! Results go back to the core as [`placement::policy::Input`]s; resource-level facts
-//! go straight into the event stream.
+//! go straight into the event stream. A reloaded configuration's checks (probe,
+//! interval, timeout) are taken at once, between two monitor passes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::agent::{Agent, Monitor};
 use super::probe;
 use crate::config::{
-    CheckConfig, GroupConfig, ResourceKind, DEFAULT_DEEPCHECK, DEFAULT_QUICKCHECK,
+    CheckConfig, Config, GroupConfig, ResourceConfig, ResourceKind, DEFAULT_DEEPCHECK,
+    DEFAULT_QUICKCHECK,
 };
 use crate::event::{fields, unix_ms, EventKind, EventLog, TimelineStep};
 use crate::mirror::node::LocalMirrors;
@@ -65,11 +67,26 @@ struct Res {
 /// how long it took, whether it passed). The runtime hands in the metrics' recorder.
 pub type CheckObserver = Arc<dyn Fn(&str, &str, &str, Duration, bool) + Send + Sync>;
 
-/// Starts the executor task of `group`; returns its command channel.
+/// A resource's checks with their periods (the defaults filled in).
+fn checks_of(r: &ResourceConfig) -> [Option<(CheckConfig, Duration)>; 2] {
+    [
+        (&r.quickcheck, DEFAULT_QUICKCHECK),
+        (&r.deepcheck, DEFAULT_DEEPCHECK),
+    ]
+    .map(|(c, default)| {
+        c.clone().map(|c| {
+            let i = c.interval.unwrap_or(default);
+            (c, i)
+        })
+    })
+}
+
+/// Starts the executor task of `group`; returns its command channel. `config` is the
+/// configuration the daemon runs with: the group's checks follow its changes.
 pub fn spawn(
     node: &str,
     group: &GroupConfig,
-    vip_probe_timeout: Duration,
+    config: watch::Receiver<Arc<Config>>,
     events: EventLog,
     checks: CheckObserver,
     mirrors: &LocalMirrors,
@@ -80,21 +97,19 @@ pub fn spawn(
     let resources: Vec<Res> = group
         .resources
         .iter()
-        .map(|r| Res {
-            name: r.name.clone(),
-            agent: Agent::new(r, mirrors, node, &group.name),
-            quick: r.quickcheck.clone().map(|c| {
-                let i = c.interval.unwrap_or(DEFAULT_QUICKCHECK);
-                (c, i)
-            }),
-            deep: r.deepcheck.clone().map(|c| {
-                let i = c.interval.unwrap_or(DEFAULT_DEEPCHECK);
-                (c, i)
-            }),
-            next_quick: Instant::now(),
-            next_deep: Instant::now(),
+        .map(|r| {
+            let [quick, deep] = checks_of(r);
+            Res {
+                name: r.name.clone(),
+                agent: Agent::new(r, mirrors, node, &group.name),
+                quick,
+                deep,
+                next_quick: Instant::now(),
+                next_deep: Instant::now(),
+            }
         })
         .collect();
+    let vip_probe_timeout = config.borrow().cluster.vip_probe_timeout;
     let exec = Executor {
         node: node.to_string(),
         nbd_socket: group_nbd_socket(group, mirrors),
@@ -109,7 +124,7 @@ pub fn spawn(
         vip_probe_timeout,
     };
     let span = tracing::info_span!("group", node = %node, group = %group.name);
-    tokio::spawn(exec.run(rx).instrument(span));
+    tokio::spawn(exec.run(rx, config).instrument(span));
     tx
 }
 
@@ -155,7 +170,36 @@ impl Executor {
         env
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Takes the checks of this group's resources from a reloaded configuration. A
+    /// check due later than its new period allows runs at the new period from now.
+    fn take_checks(&mut self, cfg: &Config) {
+        let Some(g) = cfg.groups.iter().find(|g| g.name == self.group.name) else {
+            return;
+        };
+        let now = Instant::now();
+        for r in &mut self.resources {
+            let Some(rc) = g.resources.iter().find(|c| c.name == r.name) else {
+                continue;
+            };
+            let [quick, deep] = checks_of(rc);
+            for (check, new, next) in [
+                (&mut r.quick, quick, &mut r.next_quick),
+                (&mut r.deep, deep, &mut r.next_deep),
+            ] {
+                if let Some((_, interval)) = &new {
+                    *next = (*next).min(now + *interval);
+                }
+                *check = new;
+            }
+        }
+        tracing::info!("checks reloaded");
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut config: watch::Receiver<Arc<Config>>,
+    ) {
         let mut tick = tokio::time::interval(MONITOR_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -184,6 +228,10 @@ impl Executor {
                     if let Some(i) = input {
                         if self.results.send(i).await.is_err() { break; }
                     }
+                }
+                Ok(()) = config.changed() => {
+                    let cfg = config.borrow_and_update().clone();
+                    self.take_checks(&cfg);
                 }
                 _ = tick.tick(), if self.running && !self.maintenance => {
                     if let Some(i) = self.monitor().await {
@@ -630,6 +678,35 @@ mod tests {
             vip_probe_timeout: Duration::from_millis(100),
         };
         (exec, rx)
+    }
+
+    #[tokio::test]
+    async fn reloaded_checks_are_taken_and_a_shorter_period_counts_from_now() {
+        let group = "name = \"web\"\n[[resource]]\nname = \"app\"\nkind = \"process\"\ncommand = [\"sleep\", \"30\"]\n";
+        let (mut exec, _rx) = executor(group);
+        let config = |interval: &str| {
+            Config::parse(&format!(
+                "[cluster]\nname = \"t\"\nkey = \"0123456789abcdef\"\n\
+                 [heartbeat]\npaths = [\"hb1\"]\n\
+                 [[node]]\nname = \"a\"\npriority = 1\naddresses = {{ hb1 = \"10.0.0.1\" }}\n\
+                 [[group]]\nname = \"web\"\n[[group.resource]]\nname = \"app\"\nkind = \"process\"\n\
+                 command = [\"sleep\", \"30\"]\n\
+                 quickcheck = {{ probe = \"tcp\", address = \"127.0.0.1:1\", interval = \"{interval}\" }}\n"
+            ))
+            .unwrap()
+        };
+        exec.take_checks(&config("30s"));
+        let r = &mut exec.resources[0];
+        assert_eq!(r.quick.as_ref().map(|q| q.1), Some(Duration::from_secs(30)));
+        r.next_quick = Instant::now() + Duration::from_secs(30);
+        exec.take_checks(&config("200ms"));
+        let r = &exec.resources[0];
+        assert_eq!(
+            r.quick.as_ref().map(|q| q.1),
+            Some(Duration::from_millis(200))
+        );
+        assert!(r.next_quick <= Instant::now() + Duration::from_millis(200));
+        assert!(r.deep.is_none());
     }
 
     #[tokio::test]

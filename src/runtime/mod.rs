@@ -16,7 +16,8 @@
 //!
 //! [`run`] is three steps: [`start`] (build the core, open the mirrors, spawn the
 //! tasks and servers), [`Daemon::serve`] (the event loop until a signal and the
-//! hand-off) and [`Running::shutdown`].
+//! hand-off) and [`Running::shutdown`]. `SIGHUP` re-reads the configuration file (a
+//! task off the loop), and the loop takes what needs no restart ([`Daemon::reload`]).
 
 pub mod core_thread;
 pub mod log_writer;
@@ -26,6 +27,7 @@ pub mod watchdog;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,7 @@ use tracing::Instrument;
 
 use crate::api::{self, server::Servers};
 use crate::cluster::packet;
-use crate::config::Config;
+use crate::config::{reload, Config};
 use crate::control::{self, ControlError, MirrorAction, Reply, Request};
 use crate::event::{fields, unix_ms, EventKind, EventLog, Fields};
 use crate::fence;
@@ -115,7 +117,10 @@ struct MirrorDone {
 
 /// The daemon's I/O around its [`NodeCore`].
 struct Daemon {
+    /// The configuration this daemon runs with (a reload takes what needs no restart).
     cfg: Config,
+    /// [`Daemon::cfg`] for the executors and the API, which follow its changes.
+    running: watch::Sender<Arc<Config>>,
     key: Arc<Vec<u8>>,
     started: Instant,
     core: NodeCore,
@@ -195,6 +200,8 @@ impl PathPlan {
 /// Tasks and servers that live as long as the daemon.
 struct Running {
     servers: Servers,
+    /// Reloads the configuration on each SIGHUP.
+    hangups: tokio::task::JoinHandle<()>,
     event_observer: tokio::task::JoinHandle<()>,
     metrics_server: Option<tokio::task::JoinHandle<()>>,
     snmp_agent: Option<snmp::agent::SnmpAgent>,
@@ -444,11 +451,37 @@ impl Daemon {
                     target,
                     reply,
                 } => return self.mirror_plan(mirror, target, reply),
+                Request::Reload { config, reply } => {
+                    let _ = reply.send(self.reload(*config));
+                    return;
+                }
             };
         self.next_request += 1;
         let id = self.next_request;
         self.replies.insert(id, pending);
         self.input(NodeInput::Control { id, command });
+    }
+
+    /// Runs with `new` (parsed and validated off the loop) from now on, as far as it
+    /// needs no restart: the checks reach the executors, the token the API. Refused
+    /// (and nothing changes) for another cluster or a file without this node.
+    fn reload(&mut self, new: Config) -> Result<reload::ReloadOutcome, ControlError> {
+        reload::admit(&self.cfg, &new, self.core.config().local())
+            .map_err(|e| ControlError::Conflict(control::refused_config(&e)))?;
+        let plan = reload::classify(&self.cfg, &new);
+        let outcome = plan.outcome(&new.digest);
+        self.cfg = plan.running;
+        self.running.send_replace(Arc::new(self.cfg.clone()));
+        tracing::info!(applied = ?outcome.applied, needs_restart = ?outcome.needs_restart, "configuration reloaded");
+        self.events.emit(
+            EventKind::ConfigReloaded,
+            fields([
+                ("applied", outcome.applied.join(", ")),
+                ("needs_restart", outcome.needs_restart.join(", ")),
+                ("digest", outcome.digest.clone()),
+            ]),
+        );
+        Ok(outcome)
     }
 
     /// `tandem mirror ...`: the mirror carries it out, off the loop.
@@ -670,11 +703,12 @@ impl Daemon {
     }
 }
 
-/// Runs the daemon for `local` until SIGTERM/SIGINT.
-pub async fn run(cfg: Config, local: String) -> Result<(), RuntimeError> {
+/// Runs the daemon for `local` until SIGTERM/SIGINT; `cfg` was read from `path`,
+/// which a reload reads again.
+pub async fn run(cfg: Config, path: PathBuf, local: String) -> Result<(), RuntimeError> {
     let span = tracing::info_span!("node", node = %local);
     async move {
-        let (d, inbox, running) = start(cfg, &local).await?;
+        let (d, inbox, running) = start(cfg, path, &local).await?;
         let how = core_thread::Scheduling::from_priority(d.cfg.heartbeat.realtime_priority);
         let (d, inbox, served) = core_thread::run(how, move || event_loop(d, inbox))
             .await
@@ -714,7 +748,11 @@ async fn clear_stale_vips(cfg: &Config, local: &str) {
 /// Builds the daemon: the core, the mirrors, the path tasks, the executors, the
 /// notifier, the API, SNMP and metrics servers; emits `daemon_started` and publishes
 /// the first snapshot.
-async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), RuntimeError> {
+async fn start(
+    cfg: Config,
+    path: PathBuf,
+    local: &str,
+) -> Result<(Daemon, Inbox, Running), RuntimeError> {
     let node_cfg = cfg
         .node(local)
         .cloned()
@@ -738,7 +776,9 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         cluster: Arc::new(cfg.cluster.name.clone()),
         received: pkt_tx,
     };
-    let (executors, results) = spawn_executors(&cfg, local, &events, &metrics, &mirrors);
+    let (running_tx, running_rx) = watch::channel(Arc::new(cfg.clone()));
+    let (executors, results) =
+        spawn_executors(&cfg, &running_rx, local, &events, &metrics, &mirrors);
     let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
         rand::random(),
@@ -761,6 +801,7 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
     let (fenced_tx, fenced) = mpsc::channel(16);
     let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
     let d = Daemon {
+        running: running_tx,
         key,
         started: Instant::now(),
         core,
@@ -791,13 +832,19 @@ async fn start(cfg: Config, local: &str) -> Result<(Daemon, Inbox, Running), Run
         fenced,
         log_written,
     };
-    let running = start_servers(&d, local, status_rx, req_tx, event_observer).await?;
+    let file = api::server::ConfigFile {
+        path,
+        local: local.to_string(),
+        running: running_rx,
+    };
+    let running = start_servers(&d, file, status_rx, req_tx, event_observer).await?;
     Ok((d, inbox, running))
 }
 
 /// One executor task per group, and the channel their results come back on.
 fn spawn_executors(
     cfg: &Config,
+    running: &watch::Receiver<Arc<Config>>,
     local: &str,
     events: &EventLog,
     metrics: &Metrics,
@@ -820,7 +867,7 @@ fn spawn_executors(
             let tx = executor::spawn(
                 local,
                 g,
-                cfg.cluster.vip_probe_timeout,
+                running.clone(),
                 events.clone(),
                 checks.clone(),
                 mirrors,
@@ -839,11 +886,12 @@ fn spawn_executors(
 /// `daemon_started`, the first snapshot, and the API, SNMP and metrics servers.
 async fn start_servers(
     d: &Daemon,
-    local: &str,
+    file: api::server::ConfigFile,
     status_rx: watch::Receiver<Status>,
     requests: mpsc::Sender<Request>,
     event_observer: tokio::task::JoinHandle<()>,
 ) -> Result<Running, RuntimeError> {
+    let local = file.local.as_str();
     let (snmp_engine, notifier) = match &d.cfg.snmp {
         Some(snmp) => {
             let engine = snmp::Engine::load(
@@ -877,7 +925,8 @@ async fn start_servers(
     d.publish_status();
     let snmp_agent = match (&d.cfg.snmp, &snmp_engine) {
         (Some(snmp), Some(engine)) => {
-            let agent = snmp::agent::spawn(snmp, engine, status_rx.clone()).await?;
+            let running = Some(file.running.clone());
+            let agent = snmp::agent::spawn(snmp, engine, status_rx.clone(), running).await?;
             d.metrics.attach_snmp_agent(agent.counters());
             Some(agent)
         }
@@ -887,14 +936,37 @@ async fn start_servers(
         Some(m) => Some(metrics::serve(m.listen, d.metrics.clone(), status_rx.clone()).await?),
         None => None,
     };
-    let servers = api::serve(&d.cfg.api, status_rx, d.events.clone(), requests).await?;
+    let hangups = spawn_hangup_reloads(file.path.clone(), requests.clone())?;
+    let servers = api::serve(file, status_rx, d.events.clone(), requests).await?;
     Ok(Running {
+        hangups,
         servers,
         event_observer,
         metrics_server,
         snmp_agent,
         notifier,
     })
+}
+
+/// On each SIGHUP: re-reads the configuration file at `path` (off the loop) and asks
+/// the loop to run with it; the outcome, or why the file was refused, is logged.
+fn spawn_hangup_reloads(
+    path: PathBuf,
+    requests: mpsc::Sender<Request>,
+) -> Result<tokio::task::JoinHandle<()>, RuntimeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup =
+        signal(SignalKind::hangup()).map_err(|e| api::ApiError::Io("signal handler".into(), e))?;
+    Ok(tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            match control::reload_file(&path, &requests).await {
+                Ok(o) => {
+                    tracing::info!(applied = ?o.applied, needs_restart = ?o.needs_restart, digest = %o.digest, "SIGHUP: configuration reloaded")
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: configuration not reloaded"),
+            }
+        }
+    }))
 }
 
 impl Running {
@@ -905,6 +977,7 @@ impl Running {
         // Dropping the command channels makes each executor stop what still runs.
         d.executors.clear();
         drop(self.servers);
+        self.hangups.abort();
         self.event_observer.abort();
         if let Some(m) = self.metrics_server {
             m.abort();

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::mib::{encoded_len, MibView, ResponseTooBig, SnmpGroupCounters, SystemInfo};
 use super::usm::{Usm, UsmIncoming};
 use super::{Engine, SnmpError};
-use crate::config::{parse_cidr, SnmpConfig};
+use crate::config::{parse_cidr, CommunityConfig, Config, SnmpConfig};
 use crate::status::Status;
 
 /// The largest response the agent sends: an Ethernet frame's UDP payload, so replies
@@ -108,6 +108,21 @@ fn in_network(addr: IpAddr, network: IpAddr, prefix: u8) -> bool {
     }
 }
 
+/// The `[[snmp.community]]` entries, parsed.
+fn communities(list: &[CommunityConfig]) -> Result<Vec<Community>, SnmpError> {
+    list.iter()
+        .map(|c| {
+            let (network, prefix) = parse_cidr(&c.source)
+                .map_err(|e| SnmpError::Config(format!("community source: {e}")))?;
+            Ok(Community {
+                name: c.name.as_bytes().to_vec(),
+                network,
+                prefix,
+            })
+        })
+        .collect()
+}
+
 /// The request path of the agent: decode, authorize, answer, encode.
 pub struct RequestHandler {
     communities: Vec<Community>,
@@ -119,21 +134,8 @@ pub struct RequestHandler {
 impl RequestHandler {
     /// A handler for the communities of `cfg`, serving `view`.
     pub fn new(cfg: &SnmpConfig, usm: Usm, view: MibView) -> Result<RequestHandler, SnmpError> {
-        let communities = cfg
-            .communities
-            .iter()
-            .map(|c| {
-                let (network, prefix) = parse_cidr(&c.source)
-                    .map_err(|e| SnmpError::Config(format!("community source: {e}")))?;
-                Ok(Community {
-                    name: c.name.as_bytes().to_vec(),
-                    network,
-                    prefix,
-                })
-            })
-            .collect::<Result<_, SnmpError>>()?;
         Ok(RequestHandler {
-            communities,
+            communities: communities(&cfg.communities)?,
             usm,
             view,
             counters: Arc::default(),
@@ -148,6 +150,12 @@ impl RequestHandler {
     /// Serves `view` from now on.
     pub fn set_view(&mut self, view: MibView) {
         self.view = view;
+    }
+
+    /// Admits these communities from now on (a reloaded configuration's).
+    pub fn set_communities(&mut self, list: &[CommunityConfig]) -> Result<(), SnmpError> {
+        self.communities = communities(list)?;
+        Ok(())
     }
 
     /// Handles one datagram from `source`; returns the datagram to send back, if any.
@@ -369,11 +377,14 @@ impl Drop for SnmpAgent {
     }
 }
 
-/// Binds `cfg.listen` and serves the latest status snapshot until dropped.
+/// Binds `cfg.listen` and serves the latest status snapshot until dropped. With
+/// `running` (the configuration the daemon runs with), the communities follow its
+/// `[[snmp.community]]` entries.
 pub async fn spawn(
     cfg: &SnmpConfig,
     engine: &Engine,
     mut status: watch::Receiver<Status>,
+    mut running: Option<watch::Receiver<Arc<Config>>>,
 ) -> Result<SnmpAgent, SnmpError> {
     let usm = Usm::new(
         engine.id.clone(),
@@ -415,6 +426,16 @@ pub async fn spawn(
                 if status.has_changed().unwrap_or(false) {
                     handler.set_view(MibView::build(&status.borrow_and_update(), &system));
                 }
+                if let Some(cfg) = running
+                    .as_mut()
+                    .filter(|c| c.has_changed().unwrap_or(false))
+                {
+                    let snmp = cfg.borrow_and_update().snmp.clone();
+                    let taken = snmp.map(|s| handler.set_communities(&s.communities));
+                    if let Some(Err(e)) = taken {
+                        tracing::error!(error = %e, "reloaded communities not taken");
+                    }
+                }
                 if let Some(reply) = handler.handle(&buf[..len], from.ip(), Instant::now()) {
                     if let Err(e) = socket.send_to(&reply, from).await {
                         tracing::debug!(%from, error = %e, "snmp send failed");
@@ -445,7 +466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (_tx, rx) = watch::channel(Status::default());
         let engine = Engine::load(&cfg, "c", "n", dir.path(), Instant::now()).unwrap();
-        let Err(e) = spawn(&cfg, &engine, rx).await else {
+        let Err(e) = spawn(&cfg, &engine, rx, None).await else {
             panic!("bound a taken port");
         };
         let text = e.to_string();
@@ -453,6 +474,49 @@ mod tests {
             text.starts_with(&format!("cannot bind the SNMP agent to udp {}", cfg.listen)),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn the_communities_of_a_reloaded_configuration_are_admitted_at_once() {
+        let config = Config::parse(
+            "[cluster]\nname = \"t\"\nkey = \"0123456789abcdef\"\n\
+             [heartbeat]\npaths = [\"hb1\"]\n\
+             [snmp]\nlisten = \"127.0.0.1:0\"\n\
+             [[snmp.community]]\nname = \"public\"\n\
+             [[node]]\nname = \"a\"\npriority = 1\naddresses = { hb1 = \"10.0.0.1\" }\n",
+        )
+        .unwrap();
+        let snmp = config.snmp.clone().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::load(&snmp, "t", "a", dir.path(), Instant::now()).unwrap();
+        let (_status, status_rx) = watch::channel(Status::default());
+        let (running, running_rx) = watch::channel(Arc::new(config.clone()));
+        let agent = spawn(&snmp, &engine, status_rx, Some(running_rx))
+            .await
+            .unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = agent.local_addr();
+        let answered = |community: &'static str| {
+            let client = &client;
+            async move {
+                client.send_to(&bulk(community, 1), to).await.unwrap();
+                let mut buf = vec![0u8; 65_536];
+                let wait = std::time::Duration::from_millis(300);
+                tokio::time::timeout(wait, client.recv_from(&mut buf))
+                    .await
+                    .is_ok()
+            }
+        };
+        assert!(answered("public").await);
+        assert!(!answered("fresh").await);
+        let mut next = config.clone();
+        next.snmp.as_mut().unwrap().communities = vec![CommunityConfig {
+            name: "fresh".into(),
+            source: "127.0.0.0/8".into(),
+        }];
+        running.send_replace(Arc::new(next));
+        assert!(answered("fresh").await);
+        assert!(!answered("public").await);
     }
 
     fn handler() -> RequestHandler {
