@@ -20,7 +20,6 @@ use tandem::cli::{
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
-use tandem::image::sign::SignError;
 use tandem::logging;
 use tandem::mirror::plan::Plan;
 use tandem::mirror::replica::dump::DumpInfo;
@@ -89,13 +88,7 @@ impl MainError {
             },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
             // An image whose signature does not hold is refused.
-            MainError::Image(tandem::image::ImageError::Sign(
-                SignError::Unsigned(_)
-                | SignError::Malformed { .. }
-                | SignError::UntrustedKey(_)
-                | SignError::DigestMismatch(_)
-                | SignError::BadSignature,
-            )) => 4,
+            MainError::Image(tandem::image::ImageError::Sign(e)) if e.is_refusal() => 4,
             MainError::FenceFailed(_) => 10,
             MainError::Meta(
                 tandem::mirror::replica::meta::MetaError::InUse { .. }
@@ -167,22 +160,21 @@ fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), MainEr
         .map_err(fail)
 }
 
-/// `tandem image update`: only an image signed by a trusted key is written.
+/// `tandem image update FILE`: only an image signed by a trusted key is written.
 fn image_update(
     file: &std::path::Path,
     esp: &tandem::image::Esp,
     running: tandem::image::Slot,
     trusted_keys: &std::path::Path,
 ) -> Result<(), MainError> {
-    use tandem::image::{self as img, ImageError};
-    let keys = img::sign::trusted_keys(trusted_keys).map_err(ImageError::from)?;
-    let by = img::sign::verify(file, &keys).map_err(ImageError::from)?;
-    println!(
-        "{}: signature good (key {})",
-        file.display(),
-        hex::encode(by.to_bytes())
-    );
-    let u = img::update(esp, file, running)?;
+    use tandem::image as img;
+    let u = img::install_signed(esp, file, running, trusted_keys, |by| {
+        println!(
+            "{}: signature good (key {})",
+            file.display(),
+            hex::encode(by.to_bytes())
+        )
+    })?;
     println!(
         "slot {} written ({} bytes), entry {}: it boots next, {} tries",
         u.slot,
@@ -191,6 +183,44 @@ fn image_update(
         img::TRIES
     );
     Ok(())
+}
+
+/// `tandem image update URL`: the daemon downloads, checks and writes; its progress is
+/// shown until it is done. A signature refusal exits as the local one does (4).
+fn remote_image_update(
+    api: &ApiArgs,
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<(), MainError> {
+    use tandem::image::job::{Failure, UpdateProgress, UpdateState};
+    let ep = endpoint(api);
+    let p = runtime()?.block_on(async {
+        let body = serde_json::json!({ "url": url });
+        let _: UpdateProgress = call(&ep, "POST", "/v1/image/update", Some(body)).await?;
+        tandem::cli::wait::until_image_updated(&ep, timeout).await
+    })?;
+    let error = p
+        .error
+        .clone()
+        .unwrap_or_else(|| "the daemon has no record of it (did it restart?)".into());
+    match p.failure {
+        _ if p.state == UpdateState::Done => {
+            let text = format!(
+                "slot {} written from {url}, entry {}: it boots next, {} tries",
+                p.slot.map_or("-", |s| s.name()),
+                p.entry.as_deref().unwrap_or("-"),
+                tandem::image::TRIES
+            );
+            print_done(api, &serde_json::to_value(&p).unwrap_or_default(), &text);
+            Ok(())
+        }
+        Some(Failure::Signature) => Err(MainError::Api(ApiError::Control(ControlError::Refused(
+            error,
+        )))),
+        Some(Failure::Download | Failure::Image) | None => Err(MainError::Other(format!(
+            "image update from {url} failed: {error}"
+        ))),
+    }
 }
 
 /// `tandem image keygen`: the secret key to `output` (mode 0600, a new file), the
@@ -485,11 +515,25 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
             )
         }
         ImageCmd::Update {
-            file,
+            source,
+            timeout,
+            api,
+            ..
+        } if source.starts_with("http://") || source.starts_with("https://") => {
+            remote_image_update(&api, &source, std::time::Duration::from_secs(timeout))?
+        }
+        ImageCmd::Update {
+            source,
             esp,
             slot,
             trusted_keys,
-        } => image_update(&file, &Esp::new(esp), image_slot(slot)?, &trusted_keys)?,
+            ..
+        } => image_update(
+            std::path::Path::new(&source),
+            &Esp::new(esp),
+            image_slot(slot)?,
+            &trusted_keys,
+        )?,
         ImageCmd::Keygen { output } => image_keygen(&output)?,
         ImageCmd::Sign { key, file } => {
             let sig = img::sign::sign(&file, &key).map_err(img::ImageError::from)?;

@@ -15,6 +15,9 @@
 //! - `POST /v1/nodes/{node}/standby` and `/v1/nodes/{node}/online`.
 //! - `GET  /v1/mirrors/{mirror}/plan?lag=30s&percentile=95` — link sizing from the
 //!   mirror's write-rate history (`tandem mirror plan`).
+//! - `POST /v1/image/update` `{"url": URL}` — starts an update of the inactive boot
+//!   slot from a signed image the daemon downloads (`image::job`); 202 with its
+//!   progress, 409 while another one runs. `GET /v1/image/update` — its progress.
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,6 +35,7 @@ use super::ApiError;
 use crate::config::ApiConfig;
 use crate::control::{switchover_settled, ControlError, MirrorAction, Reply, Request};
 use crate::event::EventLog;
+use crate::image::job::{ImageJob, JobError};
 use crate::mirror::plan::{self, PlanError, Target};
 use crate::status::Status;
 
@@ -41,6 +45,7 @@ struct AppState {
     events: EventLog,
     requests: mpsc::Sender<Request>,
     token: Option<String>,
+    image: ImageJob,
 }
 
 /// Running listeners; dropping this stops them.
@@ -81,6 +86,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/mirrors/{mirror}/{action}", post(mirror_action))
         .route("/v1/nodes/{node}/standby", post(standby))
         .route("/v1/nodes/{node}/online", post(online))
+        .route("/v1/image/update", get(image_progress).post(image_update))
         .with_state(state)
 }
 
@@ -90,12 +96,14 @@ pub async fn serve(
     status: watch::Receiver<Status>,
     events: EventLog,
     requests: mpsc::Sender<Request>,
+    image: ImageJob,
 ) -> Result<Servers, ApiError> {
     let state = AppState {
         status,
         events,
         requests,
         token: None,
+        image,
     };
     let mut tasks = Vec::new();
     let sock: &Path = &cfg.socket;
@@ -613,6 +621,32 @@ async fn online(
 ) -> Response {
     auth!(s, h);
     set_standby(s, node, false).await
+}
+
+async fn image_progress(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.image.progress()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageUpdateBody {
+    url: String,
+}
+
+/// Starts an update in the background: 202 and its progress, or why not.
+async fn image_update(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Json(body): Json<ImageUpdateBody>,
+) -> Response {
+    auth!(s, h);
+    match s.image.start(&body.url) {
+        Ok(p) => (StatusCode::ACCEPTED, Json(p)).into_response(),
+        Err(e @ JobError::Busy(_)) => control_error(ControlError::Refused(e.to_string())),
+        Err(e @ JobError::Slot(_)) => control_error(ControlError::Conflict(e.to_string())),
+        Err(e @ JobError::Url(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -433,19 +433,29 @@ pub enum ImageCmd {
         #[arg(long, default_value = crate::image::DEFAULT_ESP)]
         esp: PathBuf,
     },
-    /// Write the inactive slot from an image file (tandem.img.zst as distributed, or the
-    /// raw tandem.img) and try it next boot. The image must carry a valid signature
-    /// (FILE.sig) by a trusted key.
+    /// Write the inactive slot from an image (tandem.img.zst as distributed, or the raw
+    /// tandem.img) and try it next boot. The image must carry a valid signature
+    /// (SOURCE.sig) by a trusted key. A FILE is written here; an http:// or https://
+    /// URL is handed to the daemon (--socket, or --api for another node), which
+    /// downloads, checks and writes it while this shows its progress.
     Update {
-        file: PathBuf,
+        /// An image file, or the URL of one.
+        source: String,
+        /// FILE only: the ESP holding the slots (a URL: the daemon's `[image] esp`).
         #[arg(long, default_value = crate::image::DEFAULT_ESP)]
         esp: PathBuf,
-        /// The running slot (default: `tandem.slot=` of the kernel command line).
+        /// FILE only: the running slot (default: `tandem.slot=` of the kernel command
+        /// line).
         #[arg(long)]
         slot: Option<String>,
-        /// The public keys trusted for updates (hex, one per line).
+        /// FILE only: the public keys trusted for updates (hex, one per line).
         #[arg(long, default_value = crate::image::sign::TRUSTED_KEYS)]
         trusted_keys: PathBuf,
+        /// URL only: give up waiting after this many seconds (the daemon goes on).
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Make a signing key for images: the secret to --output (mode 0600, never over an
     /// existing file), the public key beside it with the extension .pub, and to stdout.

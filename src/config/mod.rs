@@ -14,12 +14,14 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod fence;
+mod image;
 pub mod init;
 mod mirror;
 mod quorum;
 pub mod secret;
 mod snmp;
 pub use fence::*;
+pub use image::*;
 pub use mirror::*;
 pub use quorum::*;
 pub use snmp::*;
@@ -73,6 +75,9 @@ pub struct Config {
     /// `[witness]`: an extra voter with no resources.
     #[serde(default)]
     pub witness: Option<WitnessRef>,
+    /// `[image]`: this node's boot slots, for updates through the API.
+    #[serde(default)]
+    pub image: ImageConfig,
     /// The digest of what every node must agree on ([`cluster_digest`]); set by
     /// [`Config::parse`].
     #[serde(skip)]
@@ -87,6 +92,7 @@ pub struct Config {
 /// everywhere.
 const NODE_LOCAL: &[(&str, Option<&str>)] = &[
     ("api", None),
+    ("image", None),
     ("metrics", None),
     ("snmp", None),
     ("cluster", Some("state_dir")),

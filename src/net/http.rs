@@ -1,5 +1,6 @@
-//! The HTTP/1.1 client under the BMC client (`fence::http`) and the `http` health
-//! probe: one request per connection over plain TCP or TLS (rustls with ring), and
+//! The HTTP/1.1 client under the BMC client (`fence::http`), the `http` health probe
+//! and the daemon's image download (`image::job`): one request per connection over
+//! plain TCP or TLS (rustls with ring), [`Url`]s split for a request, and
 //! which certificates TLS trusts: the Mozilla roots, an operator's CA file, or (by
 //! explicit choice) any certificate whose key the server holds.
 
@@ -72,12 +73,124 @@ pub struct Target<'a> {
     pub tls: Option<&'a Arc<rustls::ClientConfig>>,
 }
 
+/// An `http://` or `https://` URL, split for a request: where to connect, the Host
+/// header, and the path with its query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    pub tls: bool,
+    /// The host name or address (an IPv6 address without brackets).
+    pub host: String,
+    pub port: u16,
+    /// `host[:port]` as written (the Host header).
+    pub authority: String,
+    pub path: String,
+}
+
+impl Url {
+    /// Parses `url`; the reason when it is not an `http://` or `https://` URL with a host.
+    pub fn parse(url: &str) -> Result<Url, String> {
+        let uri: hyper::Uri = url.parse().map_err(|e| format!("bad url {url}: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("`{url}` must start with http:// or https://")),
+        };
+        let authority = uri.authority().ok_or_else(|| format!("no host in {url}"))?;
+        // An IPv6 literal comes in brackets; connecting and TLS want the bare address.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        Ok(Url {
+            tls,
+            host,
+            port: uri.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            authority: authority.as_str().to_string(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        })
+    }
+
+    /// A GET request for this URL.
+    pub fn get(&self) -> Result<Request<Full<Bytes>>, String> {
+        Request::get(self.path.as_str())
+            .header(hyper::header::HOST, self.authority.as_str())
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("request: {e}"))
+    }
+
+    /// Where to send a request for this URL, over `tls` for an `https://` one.
+    pub fn target<'a>(&'a self, tls: Option<&'a Arc<rustls::ClientConfig>>) -> Target<'a> {
+        Target {
+            host: &self.host,
+            port: self.port,
+            tls: if self.tls { tls } else { None },
+        }
+    }
+}
+
 /// Sends `req` on a new connection to `target` and reads the whole answer; the
 /// reason (connection, TLS or protocol) when there is none.
 pub async fn exchange(
     target: &Target<'_>,
     req: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, Bytes), String> {
+    let resp = send(target, req).await?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// Sends `req` on a new connection to `target` and streams a 2xx answer's body into
+/// `out`, calling `progress(bytes so far, Content-Length)` after each piece; the bytes
+/// written, or the reason (connection, TLS, protocol, a non-2xx status, a short body,
+/// writing `out`).
+pub async fn download<W: tokio::io::AsyncWrite + Unpin>(
+    target: &Target<'_>,
+    req: Request<Full<Bytes>>,
+    out: &mut W,
+    mut progress: impl FnMut(u64, Option<u64>),
+) -> Result<u64, String> {
+    use tokio::io::AsyncWriteExt;
+    let resp = send(target, req).await?;
+    if !resp.status().is_success() {
+        return Err(format!("status {}", resp.status()));
+    }
+    let total = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut body = resp.into_body();
+    let mut bytes = 0u64;
+    progress(0, total);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            out.write_all(&data)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+            bytes += data.len() as u64;
+            progress(bytes, total);
+        }
+    }
+    out.flush().await.map_err(|e| format!("write: {e}"))?;
+    match total {
+        Some(t) if t != bytes => Err(format!("the answer ended after {bytes} of {t} bytes")),
+        _ => Ok(bytes),
+    }
+}
+
+/// Sends `req` on a new connection to `target`; the answer, its body not read yet.
+async fn send(
+    target: &Target<'_>,
+    req: Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
     let tcp = tokio::net::TcpStream::connect((target.host, target.port))
         .await
         .map_err(|e| format!("connect {}:{}: {e}", target.host, target.port))?;
@@ -97,15 +210,7 @@ pub async fn exchange(
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 /// A TLS failure, with a hint when the certificate is the problem (a self-signed one,

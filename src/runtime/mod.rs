@@ -887,7 +887,12 @@ async fn start_servers(
         Some(m) => Some(metrics::serve(m.listen, d.metrics.clone(), status_rx.clone()).await?),
         None => None,
     };
-    let servers = api::serve(&d.cfg.api, status_rx, d.events.clone(), requests).await?;
+    let image = crate::image::job::ImageJob::new(
+        d.cfg.image.clone(),
+        crate::image::job::staging_dir(&d.cfg.cluster.state_dir),
+        d.events.clone(),
+    );
+    let servers = api::serve(&d.cfg.api, status_rx, d.events.clone(), requests, image).await?;
     Ok(Running {
         servers,
         event_observer,
