@@ -14,8 +14,9 @@
 //! healthy; [`update`] writes the inactive slot from a new image file and puts it on
 //! trial with [`TRIES`] tries ([`install_signed`] only with a trusted signature);
 //! [`default_config`] is the first-boot configuration. [`job`] runs an update the API
-//! asked for.
+//! asked for; [`console`] keeps the console password.
 
+pub mod console;
 pub mod job;
 pub mod sign;
 

@@ -14,8 +14,8 @@ use tandem::cli::plan::render_plan;
 use tandem::cli::render;
 use tandem::cli::wait::{MirrorOp, MirrorWait, WaitError};
 use tandem::cli::{
-    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MetadataTarget, MirrorCmd, NbdCmd, NodeCmd,
-    OnOff, PlanArgs, WaitArgs,
+    ApiArgs, Cli, Cmd, ConfigCmd, ConsolePasswordCmd, GroupCmd, ImageCmd, MetadataTarget,
+    MirrorCmd, NbdCmd, NodeCmd, OnOff, PlanArgs, WaitArgs,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
@@ -50,6 +50,8 @@ enum MainError {
     MirrorBench(#[from] tandem::bench::mirror::BenchError),
     #[error(transparent)]
     Image(#[from] tandem::image::ImageError),
+    #[error(transparent)]
+    Console(#[from] tandem::image::console::ConsoleError),
     #[error(transparent)]
     Meta(#[from] tandem::mirror::replica::meta::MetaError),
     /// `tandem fence`: no method confirmed the wanted power state.
@@ -223,6 +225,57 @@ fn remote_image_update(
     }
 }
 
+/// `tandem console-password ...`.
+fn console_password(cmd: ConsolePasswordCmd) -> Result<(), MainError> {
+    use tandem::image::console;
+    match cmd {
+        ConsolePasswordCmd::Set { file, passwd } => {
+            console::set(&read_password()?, &file, &passwd)?;
+            println!("console password set ({})", file.display());
+        }
+        ConsolePasswordCmd::Hash => println!("{}", console::hash(&read_password()?)?),
+        ConsolePasswordCmd::Boot { file, passwd } => {
+            if let console::Boot::Generated(pw) = console::boot(&file, &passwd)? {
+                print!("{}", console::first_boot_note(&pw));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line of standard input, without its line end; not echoed when it is a
+/// terminal (asked for twice there, and both must match).
+fn read_password() -> Result<String, MainError> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let read_line = || -> Result<String, MainError> {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .map_err(|e| MainError::Other(format!("standard input: {e}")))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    if !stdin.is_terminal() {
+        return read_line();
+    }
+    let saved = tcgetattr(&stdin).map_err(|e| MainError::Other(format!("terminal: {e}")))?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    eprint!("password: ");
+    let first = read_line();
+    eprint!("\nagain: ");
+    let second = read_line();
+    eprintln!();
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    let (first, second) = (first?, second?);
+    if first != second {
+        return Err(MainError::Other("the two passwords differ".into()));
+    }
+    Ok(first)
+}
+
 /// `tandem image keygen`: the secret key to `output` (mode 0600, a new file), the
 /// public key to `output.pub` and stdout.
 fn image_keygen(output: &std::path::Path) -> Result<(), MainError> {
@@ -337,6 +390,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         }
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
         Cmd::Image { cmd } => image(cmd),
+        Cmd::ConsolePassword { cmd } => console_password(cmd),
         #[cfg(feature = "bench")]
         Cmd::Bench {
             cmd: tandem::cli::BenchCmd::Mirror(args),

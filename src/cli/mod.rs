@@ -172,6 +172,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// The appliance's console password (root on ttyS0 and tty1).
+    ConsolePassword {
+        #[command(subcommand)]
+        cmd: ConsolePasswordCmd,
+    },
     /// Write shell completions or man pages into DIR (for packaging).
     #[command(hide = true)]
     Generate { what: Generated, dir: PathBuf },
@@ -423,6 +428,30 @@ pub enum ConfigCmd {
         /// Write the file here (mode 0600); refused if it exists.
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConsolePasswordCmd {
+    /// Set a new password, read from standard input (not echoed on a terminal): its
+    /// hash goes to the data partition and /etc/passwd.
+    Set {
+        #[arg(long, default_value = crate::image::console::HASH_FILE)]
+        file: PathBuf,
+        #[arg(long, default_value = crate::image::console::PASSWD)]
+        passwd: PathBuf,
+    },
+    /// Print the hash of a password read from standard input: the line to seed the
+    /// data partition's `console-password` with before the first boot.
+    Hash,
+    /// Boot: root's password in /etc/passwd from the data partition's hash; at the
+    /// first boot without one, make a password, store its hash and show it once.
+    #[command(hide = true)]
+    Boot {
+        #[arg(long, default_value = crate::image::console::HASH_FILE)]
+        file: PathBuf,
+        #[arg(long, default_value = crate::image::console::PASSWD)]
+        passwd: PathBuf,
     },
 }
 
