@@ -170,7 +170,8 @@ pub async fn download<W: tokio::io::AsyncWrite + Unpin>(
     let mut bytes = 0u64;
     progress(0, total);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame =
+            frame.map_err(|e| format!("the answer was cut off after {bytes} bytes: {e}"))?;
         if let Ok(data) = frame.into_data() {
             out.write_all(&data)
                 .await
@@ -181,7 +182,7 @@ pub async fn download<W: tokio::io::AsyncWrite + Unpin>(
     }
     out.flush().await.map_err(|e| format!("write: {e}"))?;
     match total {
-        Some(t) if t != bytes => Err(format!("the answer ended after {bytes} of {t} bytes")),
+        Some(t) if t != bytes => Err(format!("the answer was cut off after {bytes} of {t} bytes")),
         _ => Ok(bytes),
     }
 }
@@ -284,6 +285,71 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_url_is_split_for_its_request() {
+        let u = Url::parse("https://[fd00::1]:8443/rel/tandem.img.zst?x=1").unwrap();
+        assert!(u.tls);
+        assert_eq!((u.host.as_str(), u.port), ("fd00::1", 8443));
+        assert_eq!(u.authority, "[fd00::1]:8443");
+        assert_eq!(u.path, "/rel/tandem.img.zst?x=1");
+        let u = Url::parse("http://images.example").unwrap();
+        assert_eq!((u.tls, u.port, u.path.as_str()), (false, 80, "/"));
+        assert_eq!(Url::parse("https://h/").unwrap().port, 443);
+        assert!(Url::parse("ftp://h/x").unwrap_err().contains("http://"));
+        assert!(Url::parse("not a url").is_err());
+    }
+
+    /// A server that answers one request with `answer` and closes.
+    async fn answer_once(answer: &'static [u8]) -> Url {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/img", l.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(answer).await;
+        });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_download_streams_the_body_and_refuses_a_short_or_failed_one() {
+        let url = answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+        let mut out = Vec::new();
+        let mut seen = Vec::new();
+        let n = download(&url.target(None), url.get().unwrap(), &mut out, |b, t| {
+            seen.push((b, t))
+        })
+        .await
+        .unwrap();
+        assert_eq!((n, out.as_slice()), (5, &b"hello"[..]));
+        assert_eq!(seen.first(), Some(&(0, Some(5))));
+        assert_eq!(seen.last(), Some(&(5, Some(5))));
+
+        let url = answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
+        let e = download(
+            &url.target(None),
+            url.get().unwrap(),
+            &mut Vec::new(),
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("cut off after 5"), "{e}");
+
+        let url = answer_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
+        let e = download(
+            &url.target(None),
+            url.get().unwrap(),
+            &mut Vec::new(),
+            |_, _| {},
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("404"), "{e}");
+    }
 
     #[test]
     fn a_ca_file_without_a_certificate_is_refused_with_its_name() {
