@@ -162,15 +162,24 @@ fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), MainEr
         .map_err(fail)
 }
 
-/// `tandem image update FILE`: only an image signed by a trusted key is written.
-fn image_update(
-    file: &std::path::Path,
-    esp: &tandem::image::Esp,
-    running: tandem::image::Slot,
-    trusted_keys: &std::path::Path,
-) -> Result<(), MainError> {
+/// `tandem image update FILE|URL`: a URL goes to the daemon, a file is written here;
+/// either way only an image signed by a trusted key is written.
+fn image_update(args: tandem::cli::ImageUpdateArgs) -> Result<(), MainError> {
     use tandem::image as img;
-    let u = img::install_signed(esp, file, running, trusted_keys, |by| {
+    let tandem::cli::ImageUpdateArgs {
+        source,
+        esp,
+        slot,
+        trusted_keys,
+        timeout,
+        api,
+    } = args;
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return remote_image_update(&api, &source, std::time::Duration::from_secs(timeout));
+    }
+    let file = std::path::Path::new(&source);
+    let (esp, running) = (img::Esp::new(esp), image_slot(slot)?);
+    let u = img::install_signed(&esp, file, running, &trusted_keys, |by| {
         println!(
             "{}: signature good (key {})",
             file.display(),
@@ -568,26 +577,7 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
                 img::sign::public_key(&key).map_err(img::ImageError::from)?
             )
         }
-        ImageCmd::Update {
-            source,
-            timeout,
-            api,
-            ..
-        } if source.starts_with("http://") || source.starts_with("https://") => {
-            remote_image_update(&api, &source, std::time::Duration::from_secs(timeout))?
-        }
-        ImageCmd::Update {
-            source,
-            esp,
-            slot,
-            trusted_keys,
-            ..
-        } => image_update(
-            std::path::Path::new(&source),
-            &Esp::new(esp),
-            image_slot(slot)?,
-            &trusted_keys,
-        )?,
+        ImageCmd::Update(args) => image_update(args)?,
         ImageCmd::Keygen { output } => image_keygen(&output)?,
         ImageCmd::Sign { key, file } => {
             let sig = img::sign::sign(&file, &key).map_err(img::ImageError::from)?;

@@ -455,6 +455,28 @@ pub enum ConsolePasswordCmd {
     },
 }
 
+/// `tandem image update`.
+#[derive(Debug, clap::Args)]
+pub struct ImageUpdateArgs {
+    /// An image file, or the URL of one.
+    pub source: String,
+    /// FILE only: the ESP holding the slots (a URL: the daemon's `[image] esp`).
+    #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+    pub esp: PathBuf,
+    /// FILE only: the running slot (default: `tandem.slot=` of the kernel command
+    /// line).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// FILE only: the public keys trusted for updates (hex, one per line).
+    #[arg(long, default_value = crate::image::sign::TRUSTED_KEYS)]
+    pub trusted_keys: PathBuf,
+    /// URL only: give up waiting after this many seconds (the daemon goes on).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ImageCmd {
     /// Show both boot slots and which one boots next.
@@ -467,25 +489,7 @@ pub enum ImageCmd {
     /// (SOURCE.sig) by a trusted key. A FILE is written here; an http:// or https://
     /// URL is handed to the daemon (--socket, or --api for another node), which
     /// downloads, checks and writes it while this shows its progress.
-    Update {
-        /// An image file, or the URL of one.
-        source: String,
-        /// FILE only: the ESP holding the slots (a URL: the daemon's `[image] esp`).
-        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
-        esp: PathBuf,
-        /// FILE only: the running slot (default: `tandem.slot=` of the kernel command
-        /// line).
-        #[arg(long)]
-        slot: Option<String>,
-        /// FILE only: the public keys trusted for updates (hex, one per line).
-        #[arg(long, default_value = crate::image::sign::TRUSTED_KEYS)]
-        trusted_keys: PathBuf,
-        /// URL only: give up waiting after this many seconds (the daemon goes on).
-        #[arg(long, default_value_t = 1800)]
-        timeout: u64,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
+    Update(ImageUpdateArgs),
     /// Make a signing key for images: the secret to --output (mode 0600, never over an
     /// existing file), the public key beside it with the extension .pub, and to stdout.
     Keygen {
