@@ -153,6 +153,14 @@ pub enum EventKind {
     /// The lease came back at the epoch a held group was held at: resumed, its held
     /// writes complete (group, epoch, held_ms).
     GroupResumed,
+    /// An administrator asked the daemon for an image update (url, slot: the one it
+    /// writes).
+    ImageUpdateStarted,
+    /// The image was signed by a trusted key and its slot written; it boots next, on
+    /// trial (url, slot, entry, bytes, key).
+    ImageUpdateFinished,
+    /// The update failed: download, signature or write (url, reason).
+    ImageUpdateFailed,
 }
 
 impl EventKind {

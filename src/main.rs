@@ -14,13 +14,12 @@ use tandem::cli::plan::render_plan;
 use tandem::cli::render;
 use tandem::cli::wait::{MirrorOp, MirrorWait, WaitError};
 use tandem::cli::{
-    ApiArgs, Cli, Cmd, ConfigCmd, GroupCmd, ImageCmd, MetadataTarget, MirrorCmd, NbdCmd, NodeCmd,
-    OnOff, PlanArgs, WaitArgs,
+    ApiArgs, Cli, Cmd, ConfigCmd, ConsolePasswordCmd, GroupCmd, ImageCmd, MetadataTarget,
+    MirrorCmd, NbdCmd, NodeCmd, OnOff, PlanArgs, WaitArgs,
 };
 use tandem::config::{Config, ConfigError};
 use tandem::control::{ControlError, MirrorAction};
 use tandem::event::{Event, Timeline};
-use tandem::image::sign::SignError;
 use tandem::logging;
 use tandem::mirror::plan::Plan;
 use tandem::mirror::replica::dump::DumpInfo;
@@ -51,6 +50,8 @@ enum MainError {
     MirrorBench(#[from] tandem::bench::mirror::BenchError),
     #[error(transparent)]
     Image(#[from] tandem::image::ImageError),
+    #[error(transparent)]
+    Console(#[from] tandem::image::console::ConsoleError),
     #[error(transparent)]
     Meta(#[from] tandem::mirror::replica::meta::MetaError),
     /// `tandem fence`: no method confirmed the wanted power state.
@@ -92,13 +93,7 @@ impl MainError {
             },
             MainError::Image(tandem::image::ImageError::Unhealthy(..)) => 3,
             // An image whose signature does not hold is refused.
-            MainError::Image(tandem::image::ImageError::Sign(
-                SignError::Unsigned(_)
-                | SignError::Malformed { .. }
-                | SignError::UntrustedKey(_)
-                | SignError::DigestMismatch(_)
-                | SignError::BadSignature,
-            )) => 4,
+            MainError::Image(tandem::image::ImageError::Sign(e)) if e.is_refusal() => 4,
             MainError::FenceFailed(_) => 10,
             MainError::Push(_) => 1,
             MainError::Meta(
@@ -171,22 +166,30 @@ fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), MainEr
         .map_err(fail)
 }
 
-/// `tandem image update`: only an image signed by a trusted key is written.
-fn image_update(
-    file: &std::path::Path,
-    esp: &tandem::image::Esp,
-    running: tandem::image::Slot,
-    trusted_keys: &std::path::Path,
-) -> Result<(), MainError> {
-    use tandem::image::{self as img, ImageError};
-    let keys = img::sign::trusted_keys(trusted_keys).map_err(ImageError::from)?;
-    let by = img::sign::verify(file, &keys).map_err(ImageError::from)?;
-    println!(
-        "{}: signature good (key {})",
-        file.display(),
-        hex::encode(by.to_bytes())
-    );
-    let u = img::update(esp, file, running)?;
+/// `tandem image update FILE|URL`: a URL goes to the daemon, a file is written here;
+/// either way only an image signed by a trusted key is written.
+fn image_update(args: tandem::cli::ImageUpdateArgs) -> Result<(), MainError> {
+    use tandem::image as img;
+    let tandem::cli::ImageUpdateArgs {
+        source,
+        esp,
+        slot,
+        trusted_keys,
+        timeout,
+        api,
+    } = args;
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return remote_image_update(&api, &source, std::time::Duration::from_secs(timeout));
+    }
+    let file = std::path::Path::new(&source);
+    let (esp, running) = (img::Esp::new(esp), image_slot(slot)?);
+    let u = img::install_signed(&esp, file, running, &trusted_keys, |by| {
+        println!(
+            "{}: signature good (key {})",
+            file.display(),
+            hex::encode(by.to_bytes())
+        )
+    })?;
     println!(
         "slot {} written ({} bytes), entry {}: it boots next, {} tries",
         u.slot,
@@ -195,6 +198,95 @@ fn image_update(
         img::TRIES
     );
     Ok(())
+}
+
+/// `tandem image update URL`: the daemon downloads, checks and writes; its progress is
+/// shown until it is done. A signature refusal exits as the local one does (4).
+fn remote_image_update(
+    api: &ApiArgs,
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<(), MainError> {
+    use tandem::image::job::{Failure, UpdateProgress, UpdateState};
+    let ep = endpoint(api);
+    let p = runtime()?.block_on(async {
+        let body = serde_json::json!({ "url": url });
+        let _: UpdateProgress = call(&ep, "POST", "/v1/image/update", Some(body)).await?;
+        tandem::cli::wait::until_image_updated(&ep, timeout).await
+    })?;
+    let error = p
+        .error
+        .clone()
+        .unwrap_or_else(|| "the daemon has no record of it (did it restart?)".into());
+    match p.failure {
+        _ if p.state == UpdateState::Done => {
+            let text = format!(
+                "slot {} written from {url}, entry {}: it boots next, {} tries",
+                p.slot.map_or("-", |s| s.name()),
+                p.entry.as_deref().unwrap_or("-"),
+                tandem::image::TRIES
+            );
+            print_done(api, &serde_json::to_value(&p).unwrap_or_default(), &text);
+            Ok(())
+        }
+        Some(Failure::Signature) => Err(MainError::Api(ApiError::Control(ControlError::Refused(
+            error,
+        )))),
+        Some(Failure::Download | Failure::Image) | None => Err(MainError::Other(format!(
+            "image update from {url} failed: {error}"
+        ))),
+    }
+}
+
+/// `tandem console-password ...`.
+fn console_password(cmd: ConsolePasswordCmd) -> Result<(), MainError> {
+    use tandem::image::console;
+    match cmd {
+        ConsolePasswordCmd::Set { file, passwd } => {
+            console::set(&read_password()?, &file, &passwd)?;
+            println!("console password set ({})", file.display());
+        }
+        ConsolePasswordCmd::Hash => println!("{}", console::hash(&read_password()?)?),
+        ConsolePasswordCmd::Boot { file, passwd } => {
+            if let console::Boot::Generated(pw) = console::boot(&file, &passwd)? {
+                print!("{}", console::first_boot_note(&pw));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line of standard input, without its line end; not echoed when it is a
+/// terminal (asked for twice there, and both must match).
+fn read_password() -> Result<String, MainError> {
+    use nix::sys::termios::{tcgetattr, tcsetattr, LocalFlags, SetArg};
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    let read_line = || -> Result<String, MainError> {
+        let mut line = String::new();
+        stdin
+            .read_line(&mut line)
+            .map_err(|e| MainError::Other(format!("standard input: {e}")))?;
+        Ok(line.trim_end_matches(['\n', '\r']).to_string())
+    };
+    if !stdin.is_terminal() {
+        return read_line();
+    }
+    let saved = tcgetattr(&stdin).map_err(|e| MainError::Other(format!("terminal: {e}")))?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    eprint!("password: ");
+    let first = read_line();
+    eprint!("\nagain: ");
+    let second = read_line();
+    eprintln!();
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    let (first, second) = (first?, second?);
+    if first != second {
+        return Err(MainError::Other("the two passwords differ".into()));
+    }
+    Ok(first)
 }
 
 /// `tandem image keygen`: the secret key to `output` (mode 0600, a new file), the
@@ -311,6 +403,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         }
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
         Cmd::Image { cmd } => image(cmd),
+        Cmd::ConsolePassword { cmd } => console_password(cmd),
         #[cfg(feature = "bench")]
         Cmd::Bench {
             cmd: tandem::cli::BenchCmd::Mirror(args),
@@ -529,12 +622,7 @@ fn image(cmd: ImageCmd) -> Result<(), MainError> {
                 img::sign::public_key(&key).map_err(img::ImageError::from)?
             )
         }
-        ImageCmd::Update {
-            file,
-            esp,
-            slot,
-            trusted_keys,
-        } => image_update(&file, &Esp::new(esp), image_slot(slot)?, &trusted_keys)?,
+        ImageCmd::Update(args) => image_update(args)?,
         ImageCmd::Keygen { output } => image_keygen(&output)?,
         ImageCmd::Sign { key, file } => {
             let sig = img::sign::sign(&file, &key).map_err(img::ImageError::from)?;

@@ -1,6 +1,7 @@
 //! Admin commands that need no daemon, as an operator runs them: `tandem config init`
 //! (the file it writes, its mode, what it refuses) and signed images (`tandem image
-//! keygen`, `sign`, and `update` refusing what is not signed by a trusted key).
+//! keygen`, `sign`, and `update` refusing what is not signed by a trusted key), and the
+//! console password (`tandem console-password hash|set` from standard input).
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
@@ -158,4 +159,70 @@ fn image_update_takes_only_images_signed_by_a_trusted_key() {
         stderr(&altered).contains("not the one that was signed"),
         "{altered:?}"
     );
+}
+
+/// `tandem console-password hash|set` with the password on standard input.
+fn with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tandem");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn console_password_hash_and_set_read_standard_input() {
+    let hash = with_stdin(&["console-password", "hash"], "long enough\n");
+    assert!(hash.status.success(), "{hash:?}");
+    let line = String::from_utf8_lossy(&hash.stdout).trim().to_string();
+    assert!(
+        line.starts_with("$6$") && !line.contains("long enough"),
+        "{line}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (file, passwd) = (
+        dir.path().join("console-password"),
+        dir.path().join("passwd"),
+    );
+    let set = |input: &str| {
+        with_stdin(
+            &[
+                "console-password",
+                "set",
+                "--file",
+                file.to_str().unwrap(),
+                "--passwd",
+                passwd.to_str().unwrap(),
+            ],
+            input,
+        )
+    };
+    let short = set("short\n");
+    assert_eq!(short.status.code(), Some(1), "{short:?}");
+    assert!(String::from_utf8_lossy(&short.stderr).contains("at least 8"));
+    assert!(!file.exists());
+    let ok = set("another long one\n");
+    assert!(ok.status.success(), "{ok:?}");
+    let stored = std::fs::read_to_string(&file).unwrap();
+    assert!(stored.starts_with("$6$"), "{stored}");
+    let account = std::fs::read_to_string(&passwd).unwrap();
+    assert_eq!(
+        account,
+        format!("root:{}:0:0:root:/root:/bin/sh\n", stored.trim())
+    );
+    for p in [&file, &passwd] {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
 }

@@ -8,7 +8,10 @@
 //! two VMs and the host's `tandem witness` (a network namespace with a bridge and one
 //! tap per VM) run in quorum mode with an i6300ESB watchdog each, and the owner whose
 //! daemon hangs (SIGSTOP, typed on its serial console) is reset by the watchdog while
-//! the other VM takes the group over (checked, not timed: TCG).
+//! the other VM takes the group over (checked, not timed: TCG). The serial console asks
+//! for root's password: the UEFI boot logs in with the one its first boot showed, the
+//! BIOS boot and the two-VM clusters with the one their data partition seeds, before
+//! anything is typed into the shell.
 //!
 //! The image is built once per test run (`image/build.sh`, guarded by a `OnceLock`).
 //! Skipped, with a message, only when QEMU, OVMF, SeaBIOS or the image tooling is not
@@ -35,6 +38,33 @@ const FAILOVER_COMPLETED: &str = ".1.3.6.1.4.1.32473.0.2";
 /// tandemSwitchoverCompleted (TANDEM-MIB, tandemNotifications 4).
 const SWITCHOVER_COMPLETED: &str = ".1.3.6.1.4.1.32473.0.4";
 const READY_BOUND: Duration = Duration::from_secs(180);
+/// The console password the tests seed (`console-password` on the data partition).
+const CONSOLE_PASSWORD: &str = "tandem-test-console";
+/// What the root shell prints when it starts (`/etc/profile`).
+const SHELL_BANNER: &str = "Tandem appliance (maintenance shell)";
+
+/// The data partition's `console-password` for `password` (mode 0600, as an operator
+/// seeds it), made by `tandem console-password hash`.
+fn seed_console_password(data: &Path, password: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut child = Command::new(daemon::BIN)
+        .args(["console-password", "hash"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let file = data.join("console-password");
+    std::fs::write(&file, &out.stdout).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
 
 fn missing_tools() -> Option<String> {
     let bins = [
@@ -283,6 +313,80 @@ impl Vm {
         std::fs::read_to_string(&self.serial).unwrap_or_default()
     }
 
+    /// Waits until the console shows `marker` more than `seen` times.
+    fn wait_console(&self, marker: &str, seen: usize, bound: Duration) {
+        let t = Instant::now();
+        while self.console().matches(marker).count() <= seen {
+            assert!(
+                t.elapsed() < bound,
+                "{}: no new `{marker}` on the console:\n{}",
+                self.name,
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Answers the serial console's login prompt (root, `password`); whether the
+    /// shell came (else `login` said the password was wrong).
+    fn try_login(&mut self, password: &str) -> bool {
+        let count = |vm: &Vm, m: &str| vm.console().matches(m).count();
+        // A prompt after the last refusal (`login` asks again a few seconds after one).
+        let t = Instant::now();
+        loop {
+            let console = self.console();
+            let prompt = console.rfind("login: ");
+            if prompt.is_some() && prompt > console.rfind("Login incorrect") {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "{}: no login prompt:\n{console}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (asked, shells, refused) = (
+            count(self, "Password: "),
+            count(self, SHELL_BANNER),
+            count(self, "Login incorrect"),
+        );
+        self.type_line("root");
+        self.wait_console("Password: ", asked, Duration::from_secs(30));
+        self.type_line(password);
+        let t = Instant::now();
+        loop {
+            if count(self, SHELL_BANNER) > shells {
+                return true;
+            }
+            if count(self, "Login incorrect") > refused {
+                return false;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "{}: no answer to the password:\n{}",
+                self.name,
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Logs in as root on the serial console; the root shell then answers.
+    fn login(&mut self, password: &str) {
+        assert!(
+            self.try_login(password),
+            "{}: the console password was refused:\n{}",
+            self.name,
+            self.console()
+        );
+        self.type_line("echo logged-in-$((6 * 7))");
+        assert_eq!(
+            console_answer(self, "logged-in-", Duration::from_secs(30)),
+            "42"
+        );
+    }
+
     fn metrics(&self) -> Option<String> {
         http_get(self.metrics, "/metrics").filter(|b| b.contains("tandem_"))
     }
@@ -380,11 +484,20 @@ fn http(port: u16, method: &str, path: &str) -> Option<String> {
         .or_else(|| head.starts_with("HTTP/1.0 200").then(|| rest.to_string()))
 }
 
-fn boot_and_reach(firmware: Firmware) {
+/// One VM from the image as built (its data partition: `image/data`), or with a data
+/// partition that only seeds the console password (`seeded`).
+fn boot_and_reach(firmware: Firmware, seeded: bool) {
     let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.img");
-    std::fs::copy(built(), &disk).unwrap();
+    if seeded {
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        seed_console_password(&data, CONSOLE_PASSWORD);
+        mkdisk(&disk, &["--data", data.to_str().unwrap()]);
+    } else {
+        std::fs::copy(built(), &disk).unwrap();
+    }
     let mut vm = Vm::start(
         dir.path(),
         VmSpec {
@@ -393,7 +506,7 @@ fn boot_and_reach(firmware: Firmware) {
             disk: &disk,
             lan: None,
             watchdog: false,
-            console_input: false,
+            console_input: true,
         },
     );
     let ready = vm.wait_ready(READY_BOUND);
@@ -409,6 +522,24 @@ fn boot_and_reach(firmware: Firmware) {
     // Safe defaults: an unconfigured node answers no SNMP community (it answered
     // `public` from every private network).
     assert_eq!(vm.sys_descr(), None, "the default config answers SNMP");
+    // The console asks for a password: the seeded one, or the one the first boot
+    // made and showed once.
+    let password = if seeded {
+        assert!(!console.contains("Log in as root with:"), "{console}");
+        CONSOLE_PASSWORD.to_string()
+    } else {
+        let shown = console
+            .split_once("Log in as root with:")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no console password shown:\n{console}"));
+        assert!(console.contains("requires a password"), "{console}");
+        shown.to_string()
+    };
+    assert!(
+        !vm.try_login("not-the-password"),
+        "a wrong password opened the shell"
+    );
+    vm.login(&password);
     // The health check blesses the boot.
     let t = Instant::now();
     while !vm.console().contains("slot a blessed") {
@@ -422,15 +553,15 @@ fn boot_and_reach(firmware: Firmware) {
 }
 
 #[test]
-fn uefi_boot_reaches_metrics_and_answers_no_snmp_by_default() {
+fn uefi_boot_reaches_metrics_answers_no_snmp_and_shows_a_console_password_once() {
     require_image_tools!();
-    boot_and_reach(Firmware::Uefi);
+    boot_and_reach(Firmware::Uefi, false);
 }
 
 #[test]
-fn bios_boot_reaches_metrics_and_answers_no_snmp_by_default() {
+fn bios_boot_reaches_metrics_answers_no_snmp_and_asks_the_seeded_console_password() {
     require_image_tools!();
-    boot_and_reach(Firmware::Bios);
+    boot_and_reach(Firmware::Bios, true);
 }
 
 /// Slot B is on trial with one try and its init never becomes healthy: after that
@@ -700,6 +831,7 @@ fn start_pair(dir: &Path, spec: PairSpec<'_>) -> (Vec<Vm>, Vec<PathBuf>) {
         let data = dir.join(format!("{name}-data"));
         std::fs::create_dir_all(&data).unwrap();
         std::fs::write(data.join("tandem.toml"), (spec.config)()).unwrap();
+        seed_console_password(&data, CONSOLE_PASSWORD);
         std::fs::write(
             data.join("network.conf"),
             format!("hostname {name}\niface eth0 dhcp\niface eth1 static {addr}/24\n"),
@@ -734,6 +866,9 @@ fn start_pair(dir: &Path, spec: PairSpec<'_>) -> (Vec<Vm>, Vec<PathBuf>) {
             vm.name,
             ready.as_secs_f64()
         );
+        if spec.console_input {
+            vm.login(CONSOLE_PASSWORD);
+        }
     }
     (vms, disks)
 }

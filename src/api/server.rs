@@ -16,6 +16,9 @@
 //! - `GET  /v1/mirrors/{mirror}/plan?lag=30s&percentile=95` — link sizing from the
 //!   mirror's write-rate history (`tandem mirror plan`).
 //! - `POST /v1/config/reload` and `PUT /v1/config` (the whole TOML) — see [`config`].
+//! - `POST /v1/image/update` `{"url": URL}` — starts an update of the inactive boot
+//!   slot from a signed image the daemon downloads (`image::job`); 202 with its
+//!   progress, 409 while another one runs. `GET /v1/image/update` — its progress.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +37,7 @@ use super::ApiError;
 use crate::config::Config;
 use crate::control::{switchover_settled, ControlError, MirrorAction, Reply, Request};
 use crate::event::EventLog;
+use crate::image::job::{ImageJob, JobError};
 use crate::mirror::plan::{self, PlanError, Target};
 use crate::status::Status;
 
@@ -46,6 +50,7 @@ struct AppState {
     config: ConfigFile,
     /// The TCP listener: every request needs the running configuration's token.
     needs_token: bool,
+    image: ImageJob,
 }
 
 /// The daemon's configuration file, this node's name in it, and what runs.
@@ -96,6 +101,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/nodes/{node}/online", post(online))
         .route("/v1/config/reload", post(config::reload))
         .route("/v1/config", put(config::replace))
+        .route("/v1/image/update", get(image_progress).post(image_update))
         .with_state(state)
 }
 
@@ -106,6 +112,7 @@ pub async fn serve(
     status: watch::Receiver<Status>,
     events: EventLog,
     requests: mpsc::Sender<Request>,
+    image: ImageJob,
 ) -> Result<Servers, ApiError> {
     let cfg = config.running.borrow().api.clone();
     let state = AppState {
@@ -114,6 +121,7 @@ pub async fn serve(
         requests,
         config,
         needs_token: false,
+        image,
     };
     let mut tasks = Vec::new();
     let sock: &Path = &cfg.socket;
@@ -643,6 +651,32 @@ async fn online(
 ) -> Response {
     auth!(s, h);
     set_standby(s, node, false).await
+}
+
+async fn image_progress(State(s): State<AppState>, h: HeaderMap) -> Response {
+    auth!(s, h);
+    Json(s.image.progress()).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImageUpdateBody {
+    url: String,
+}
+
+/// Starts an update in the background: 202 and its progress, or why not.
+async fn image_update(
+    State(s): State<AppState>,
+    h: HeaderMap,
+    Json(body): Json<ImageUpdateBody>,
+) -> Response {
+    auth!(s, h);
+    match s.image.start(&body.url) {
+        Ok(p) => (StatusCode::ACCEPTED, Json(p)).into_response(),
+        Err(e @ JobError::Busy(_)) => control_error(ControlError::Refused(e.to_string())),
+        Err(e @ JobError::Slot(_)) => control_error(ControlError::Conflict(e.to_string())),
+        Err(e @ JobError::Url(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
 }
 
 #[cfg(test)]

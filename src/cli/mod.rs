@@ -173,6 +173,11 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: ImageCmd,
     },
+    /// The appliance's console password (root on ttyS0 and tty1).
+    ConsolePassword {
+        #[command(subcommand)]
+        cmd: ConsolePasswordCmd,
+    },
     /// Write shell completions or man pages into DIR (for packaging).
     #[command(hide = true)]
     Generate { what: Generated, dir: PathBuf },
@@ -458,26 +463,64 @@ pub enum ConfigCmd {
 pub const DEFAULT_CONFIG: &str = "/etc/tandem/tandem.toml";
 
 #[derive(Debug, Subcommand)]
+pub enum ConsolePasswordCmd {
+    /// Set a new password, read from standard input (not echoed on a terminal): its
+    /// hash goes to the data partition and /etc/passwd.
+    Set {
+        #[arg(long, default_value = crate::image::console::HASH_FILE)]
+        file: PathBuf,
+        #[arg(long, default_value = crate::image::console::PASSWD)]
+        passwd: PathBuf,
+    },
+    /// Print the hash of a password read from standard input: the line to seed the
+    /// data partition's `console-password` with before the first boot.
+    Hash,
+    /// Boot: root's password in /etc/passwd from the data partition's hash; at the
+    /// first boot without one, make a password, store its hash and show it once.
+    #[command(hide = true)]
+    Boot {
+        #[arg(long, default_value = crate::image::console::HASH_FILE)]
+        file: PathBuf,
+        #[arg(long, default_value = crate::image::console::PASSWD)]
+        passwd: PathBuf,
+    },
+}
+
+/// `tandem image update`.
+#[derive(Debug, clap::Args)]
+pub struct ImageUpdateArgs {
+    /// An image file, or the URL of one.
+    pub source: String,
+    /// FILE only: the ESP holding the slots (a URL: the daemon's `[image] esp`).
+    #[arg(long, default_value = crate::image::DEFAULT_ESP)]
+    pub esp: PathBuf,
+    /// FILE only: the running slot (default: `tandem.slot=` of the kernel command
+    /// line).
+    #[arg(long)]
+    pub slot: Option<String>,
+    /// FILE only: the public keys trusted for updates (hex, one per line).
+    #[arg(long, default_value = crate::image::sign::TRUSTED_KEYS)]
+    pub trusted_keys: PathBuf,
+    /// URL only: give up waiting after this many seconds (the daemon goes on).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ImageCmd {
     /// Show both boot slots and which one boots next.
     Status {
         #[arg(long, default_value = crate::image::DEFAULT_ESP)]
         esp: PathBuf,
     },
-    /// Write the inactive slot from an image file (tandem.img.zst as distributed, or the
-    /// raw tandem.img) and try it next boot. The image must carry a valid signature
-    /// (FILE.sig) by a trusted key.
-    Update {
-        file: PathBuf,
-        #[arg(long, default_value = crate::image::DEFAULT_ESP)]
-        esp: PathBuf,
-        /// The running slot (default: `tandem.slot=` of the kernel command line).
-        #[arg(long)]
-        slot: Option<String>,
-        /// The public keys trusted for updates (hex, one per line).
-        #[arg(long, default_value = crate::image::sign::TRUSTED_KEYS)]
-        trusted_keys: PathBuf,
-    },
+    /// Write the inactive slot from an image (tandem.img.zst as distributed, or the raw
+    /// tandem.img) and try it next boot. The image must carry a valid signature
+    /// (SOURCE.sig) by a trusted key. A FILE is written here; an http:// or https://
+    /// URL is handed to the daemon (--socket, or --api for another node), which
+    /// downloads, checks and writes it while this shows its progress.
+    Update(ImageUpdateArgs),
     /// Make a signing key for images: the secret to --output (mode 0600, never over an
     /// existing file), the public key beside it with the extension .pub, and to stdout.
     Keygen {

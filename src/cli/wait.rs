@@ -3,7 +3,8 @@
 //! whether the operation is pending, done or failed ([`wait_outcome`], [`combine`]) and
 //! computes percent, rate and ETA between two samples ([`progress`]); the thin loop
 //! polls `/v1/mirrors` and shows it, as a bar (indicatif) on a terminal and as a plain
-//! line every few seconds otherwise.
+//! line every few seconds otherwise. `tandem image update URL` shows the daemon's
+//! update the same way ([`image_step`], [`until_image_updated`]).
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::api::client::{call, Endpoint};
 use crate::api::ApiError;
 use crate::cluster::packet::LocalGroupState;
+use crate::image::job::{UpdateProgress, UpdateState};
 use crate::mirror::status::{LinkState, MirrorPeerStatus};
 use crate::status::{MirrorStatus, Status};
 
@@ -319,6 +321,60 @@ pub async fn until_handed_off(
             return Err(WaitError::TimedOut(format!(
                 "{what}: still handing over {} after {} s",
                 left.join(", "),
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What an image update's progress shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageStep {
+    /// Downloading: (done, total) bytes, the server having given the size.
+    Work(u64, u64),
+    /// A step without a measure.
+    Note(String),
+    /// Done or failed (or none since the daemon started).
+    Ended,
+}
+
+/// What `p` shows while the update runs.
+pub fn image_step(p: &UpdateProgress) -> ImageStep {
+    let slot = p.slot.map_or("-", |s| s.name());
+    match (p.state, p.total) {
+        (UpdateState::Downloading, Some(total)) => ImageStep::Work(p.bytes, total),
+        (UpdateState::Downloading, None) => {
+            ImageStep::Note(format!("downloading, {} bytes", p.bytes))
+        }
+        (UpdateState::Verifying, _) => ImageStep::Note("checking the signature".into()),
+        (UpdateState::Writing, _) => ImageStep::Note(format!("writing slot {slot}")),
+        (UpdateState::Idle | UpdateState::Done | UpdateState::Failed, _) => ImageStep::Ended,
+    }
+}
+
+/// Polls the daemon's image update (`GET /v1/image/update`) until it has ended (its
+/// last progress, done or failed) or `timeout` passes.
+pub async fn until_image_updated(
+    ep: &Endpoint,
+    timeout: Duration,
+) -> Result<UpdateProgress, WaitError> {
+    let mut shown = Shown::new("image update");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p: UpdateProgress = call(ep, "GET", "/v1/image/update", None).await?;
+        match image_step(&p) {
+            ImageStep::Ended => {
+                shown.finish(String::new());
+                return Ok(p);
+            }
+            ImageStep::Work(done, total) => shown.update(Some((done, total))),
+            ImageStep::Note(note) => shown.note(note),
+        }
+        if Instant::now() >= deadline {
+            shown.finish(String::new());
+            return Err(WaitError::TimedOut(format!(
+                "image update: not done after {} s; the daemon goes on with it",
                 timeout.as_secs()
             )));
         }

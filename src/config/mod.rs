@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod fence;
+mod image;
 pub mod init;
 mod mirror;
 mod quorum;
@@ -21,6 +22,7 @@ pub mod reload;
 pub mod secret;
 mod snmp;
 pub use fence::*;
+pub use image::*;
 pub use mirror::*;
 pub use quorum::*;
 pub use snmp::*;
@@ -74,6 +76,9 @@ pub struct Config {
     /// `[witness]`: an extra voter with no resources.
     #[serde(default)]
     pub witness: Option<WitnessRef>,
+    /// `[image]`: this node's boot slots, for updates through the API.
+    #[serde(default)]
+    pub image: ImageConfig,
     /// The digest of what every node must agree on ([`cluster_digest`]); set by
     /// [`Config::parse`].
     #[serde(skip)]
@@ -81,13 +86,15 @@ pub struct Config {
 }
 
 /// The sections that may differ between the nodes' files (where this node keeps its
-/// state and sockets, its observers, its watchdog device, how its event loop is
+/// state and sockets, its boot slots, its observers, its watchdog device, how its event loop is
 /// scheduled) or that hold secrets (the key, the BMC credentials in each node's
 /// `fence`), which a published digest must not cover. Each `[[mirror]]`'s `backing`
 /// and `nbd_socket` are this machine's paths too. Everything else must be the same
 /// everywhere.
 const NODE_LOCAL: &[(&str, Option<&str>)] = &[
     ("api", None),
+    ("image", None),
+    ("image", None),
     ("metrics", None),
     ("snmp", None),
     ("cluster", Some("state_dir")),

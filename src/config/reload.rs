@@ -220,6 +220,9 @@ fn restart_changes(running: &Config, new: &Config) -> Vec<String> {
     if a.witness != b.witness {
         out.push("witness".into());
     }
+    if a.image != b.image {
+        out.push("image".into());
+    }
     node_changes(a, b, &mut out);
     group_changes(a, b, &mut out);
     named_changes("mirror", &a.mirrors, &b.mirrors, |m| &m.name, &mut out);

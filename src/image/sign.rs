@@ -46,6 +46,21 @@ pub enum SignError {
     BadSignature,
 }
 
+impl SignError {
+    /// The image itself is refused (unsigned, or not by a trusted key, or altered), as
+    /// opposed to this node being unable to check (its key file, an I/O error).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            SignError::Unsigned(_)
+                | SignError::Malformed { .. }
+                | SignError::UntrustedKey(_)
+                | SignError::DigestMismatch(_)
+                | SignError::BadSignature
+        )
+    }
+}
+
 /// A parsed `.sig` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureFile {

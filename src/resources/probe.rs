@@ -6,15 +6,13 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use super::agent::run_command;
 use super::ResourceError;
 use crate::config::ProbeConfig;
-use crate::net::http::{client_config, exchange, Target, Trust};
+use crate::net::http::{client_config, exchange, Trust, Url};
 
 /// Runs one probe; `Ok(())` means healthy.
 pub async fn run(
@@ -56,34 +54,13 @@ async fn http_get(
     insecure: bool,
 ) -> Result<(), ResourceError> {
     let check = |m: String| ResourceError::Check(m);
-    let uri: hyper::Uri = url
-        .parse()
-        .map_err(|e| check(format!("bad url {url}: {e}")))?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| check(format!("no host in {url}")))?;
-    // An IPv6 literal comes in brackets; connecting and TLS want the bare address.
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let tls = match uri.scheme_str() {
-        Some("https") => Some(tls_config(ca_file, insecure).map_err(check)?),
-        _ => None,
+    let u = Url::parse(url).map_err(check)?;
+    let tls = match u.tls {
+        true => Some(tls_config(ca_file, insecure).map_err(check)?),
+        false => None,
     };
-    let port = uri
-        .port_u16()
-        .unwrap_or(if tls.is_some() { 443 } else { 80 });
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, authority.as_str())
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| check(format!("request: {e}")))?;
-    let target = Target {
-        host,
-        port,
-        tls: tls.as_ref(),
-    };
+    let req = u.get().map_err(check)?;
+    let target = u.target(tls.as_ref());
     let (status, _) = exchange(&target, req)
         .await
         .map_err(|e| check(format!("GET {url}: {e}")))?;

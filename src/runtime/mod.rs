@@ -937,7 +937,12 @@ async fn start_servers(
         None => None,
     };
     let hangups = spawn_hangup_reloads(file.path.clone(), requests.clone())?;
-    let servers = api::serve(file, status_rx, d.events.clone(), requests).await?;
+    let image = crate::image::job::ImageJob::new(
+        d.cfg.image.clone(),
+        crate::image::job::staging_dir(&d.cfg.cluster.state_dir),
+        d.events.clone(),
+    );
+    let servers = api::serve(file, status_rx, d.events.clone(), requests, image).await?;
     Ok(Running {
         hangups,
         servers,

@@ -1,5 +1,5 @@
 //! Shared by the test files that run Tandem on loopback or in the lab (`tests/api.rs`, `tests/deb.rs`,
-//! `tests/snmp.rs`, `tests/snmp_v3.rs`, `tests/nbd.rs`, `tests/mirror.rs`, `tests/lab.rs`,
+//! `tests/image_api.rs`, `tests/snmp.rs`, `tests/snmp_v3.rs`, `tests/nbd.rs`, `tests/mirror.rs`, `tests/lab.rs`,
 //! `tests/image.rs`): the `tandem` binary, free loopback ports, polling waits, and a
 //! [`Daemon`] (`tandem run` in a temporary directory, killed on drop).
 //!

@@ -212,3 +212,33 @@ fn standby_waits_until_every_group_is_handed_over() {
     set(&mut s, "beta", Stopped, Running);
     assert_eq!(groups_to_hand_off("beta", &s), [name]);
 }
+
+#[test]
+fn an_image_update_shows_its_download_then_its_steps_until_it_ends() {
+    use crate::image::job::{UpdateProgress, UpdateState};
+    use crate::image::Slot;
+    let mut p = UpdateProgress {
+        state: UpdateState::Downloading,
+        bytes: 300,
+        total: Some(1200),
+        slot: Some(Slot::B),
+        ..UpdateProgress::default()
+    };
+    assert_eq!(image_step(&p), ImageStep::Work(300, 1200));
+    p.total = None;
+    assert_eq!(
+        image_step(&p),
+        ImageStep::Note("downloading, 300 bytes".into())
+    );
+    p.state = UpdateState::Verifying;
+    assert_eq!(
+        image_step(&p),
+        ImageStep::Note("checking the signature".into())
+    );
+    p.state = UpdateState::Writing;
+    assert_eq!(image_step(&p), ImageStep::Note("writing slot b".into()));
+    for end in [UpdateState::Done, UpdateState::Failed, UpdateState::Idle] {
+        p.state = end;
+        assert_eq!(image_step(&p), ImageStep::Ended);
+    }
+}
