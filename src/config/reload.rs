@@ -12,12 +12,15 @@
 //! - `api.token` while the TCP listener stays (a removed token would open the
 //!   listener, so that waits for a restart with the listener's removal);
 //! - `[[snmp.community]]` while the agent runs (it checks each request against the
-//!   running list).
+//!   running list);
+//! - `[[snmp.receiver]]` while the agent runs: the notifier follows the running
+//!   configuration (`snmp::notify::NotifierHandle::follow`); an unchanged receiver
+//!   keeps its queue.
 //!
 //! Everything else needs a restart: nodes, heartbeat paths and addresses, keys,
 //! mirrors, quorum, groups or resources added or removed or reshaped, the restart
 //! policy (`max_restarts`, `restart_window`: the node core holds them), SNMP
-//! receivers and users (the notifier and USM are built at start), the rest of
+//! users (USM is built at start), the rest of
 //! `[snmp]`, metrics. There are no console users yet (the web console will add
 //! them); they are to be live.
 //!
@@ -95,6 +98,12 @@ pub fn classify(old: &Config, new: &Config) -> ReloadPlan {
         if run.communities != next.communities {
             run.communities.clone_from(&next.communities);
             applied.push("snmp communities".to_string());
+        }
+        // The notifier follows the running configuration: receivers (and the users
+        // their v3 links sign with) change at the next notification.
+        if run.receivers != next.receivers {
+            run.receivers.clone_from(&next.receivers);
+            applied.push("snmp receivers".to_string());
         }
     }
     let tcp_stays = old.api.tcp.is_some() && new.api.tcp.is_some();

@@ -901,7 +901,7 @@ async fn start_servers(
                 &d.cfg.cluster.state_dir,
                 d.started,
             )?;
-            let notifier = snmp::notify::spawn_notifier(
+            let mut notifier = snmp::notify::spawn_notifier(
                 snmp,
                 engine.id.clone(),
                 engine.boots,
@@ -909,6 +909,7 @@ async fn start_servers(
                 Box::new(snmp::mib::notification_for),
                 engine.start,
             );
+            notifier.follow(file.running.clone());
             d.metrics.attach_snmp_notifier(notifier.statuses());
             (Some(engine), Some(notifier))
         }

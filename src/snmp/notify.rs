@@ -28,7 +28,7 @@ use rasn_smi::v1::TimeTicks;
 use rasn_smi::v2::{ApplicationSyntax, ObjectSyntax, SimpleSyntax};
 use rasn_snmp::v2::{InformRequest, Pdu, Pdus, Trap, VarBind, VarBindValue};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::usm::{
@@ -36,7 +36,7 @@ use super::usm::{
     OutgoingMessage, SecurityLevel, UsmUser, USM_STATS_UNKNOWN_ENGINE_IDS,
 };
 use super::{Notification, SnmpError};
-use crate::config::{ReceiverConfig, ReceiverForm, SnmpConfig};
+use crate::config::{ReceiverConfig, ReceiverForm, SnmpConfig, UsmUserConfig};
 use crate::event::{Event, EventLog};
 
 /// sysUpTime.0
@@ -430,23 +430,105 @@ pub struct ReceiverStatus {
     pub queued: usize,
 }
 
+/// One running receiver: what it was configured with (its entry and its v3 user), its
+/// queue's inbox, its status and its task.
+struct Slot {
+    cfg: ReceiverConfig,
+    user: Option<UsmUserConfig>,
+    inbox: mpsc::UnboundedSender<Raised>,
+    status: Arc<Mutex<ReceiverStatus>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The running receivers, in configuration order; a reload changes them in place.
+type Slots = Arc<Mutex<Vec<Slot>>>;
+
+fn lock_slots(slots: &Slots) -> std::sync::MutexGuard<'_, Vec<Slot>> {
+    slots.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A live view of every receiver's status (for the metrics endpoint).
 #[derive(Clone)]
-pub struct ReceiverStatuses(Arc<Vec<Arc<Mutex<ReceiverStatus>>>>);
+pub struct ReceiverStatuses(Slots);
 
 impl ReceiverStatuses {
     /// Each receiver's status, in configuration order.
     pub fn snapshot(&self) -> Vec<ReceiverStatus> {
-        self.0
+        lock_slots(&self.0)
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .map(|s| s.status.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .collect()
     }
+}
+
+/// What every receiver's link is built from: our engine and the uptime origin.
+#[derive(Clone)]
+struct LinkSetup {
+    engine_id: Vec<u8>,
+    engine_boots: u32,
+    uptime_start: Instant,
+}
+
+/// The receivers `cfg` asks for. A receiver whose entry and user are unchanged keeps
+/// its task and its queue (nothing queued for it is lost); a new or changed one starts
+/// afresh; one no longer configured stops. A receiver whose user cannot be set up is
+/// logged and skipped.
+fn reconcile_receivers(slots: &Slots, cfg: &SnmpConfig, setup: &LinkSetup) {
+    let mut old: Vec<Slot> = std::mem::take(&mut *lock_slots(slots));
+    let mut next = Vec::new();
+    for rcfg in &cfg.receivers {
+        let user = rcfg
+            .user
+            .as_ref()
+            .and_then(|n| cfg.users.iter().find(|u| &u.name == n))
+            .cloned();
+        if let Some(i) = old.iter().position(|s| s.cfg == *rcfg && s.user == user) {
+            next.push(old.remove(i));
+            continue;
+        }
+        let link = match link_for(
+            cfg,
+            rcfg,
+            &setup.engine_id,
+            setup.engine_boots,
+            setup.uptime_start,
+        ) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(receiver = %rcfg.address, error = %e, "snmp receiver skipped");
+                continue;
+            }
+        };
+        let status = Arc::new(Mutex::new(ReceiverStatus {
+            address: rcfg.address,
+            form: rcfg.form,
+            counters: ReceiverCounters::default(),
+            queued: 0,
+        }));
+        let (inbox, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_receiver(rcfg.clone(), link, rx, status.clone()));
+        next.push(Slot {
+            cfg: rcfg.clone(),
+            user,
+            inbox,
+            status,
+            task,
+        });
+    }
+    *lock_slots(slots) = next;
+    drop(old); // stops the receivers no longer configured
 }
 
 /// The running notifier. Dropping it stops the tasks.
 pub struct NotifierHandle {
     receivers: ReceiverStatuses,
+    setup: LinkSetup,
     lost_events: Arc<AtomicU64>,
     /// The newest event the dispatcher has handed to the receivers.
     dispatched: Arc<AtomicU64>,
@@ -485,6 +567,26 @@ impl NotifierHandle {
     pub fn lost_events(&self) -> u64 {
         self.lost_events.load(Ordering::Relaxed)
     }
+
+    /// A reloaded configuration: send to the receivers it names from the next
+    /// notification on (see [`reconcile_receivers`]).
+    pub fn reconfigure(&self, cfg: &SnmpConfig) {
+        reconcile_receivers(&self.receivers.0, cfg, &self.setup);
+    }
+
+    /// Follows the daemon's running configuration (`SIGHUP`, `tandem config reload`):
+    /// each reload's `[snmp]` receivers are taken at once.
+    pub fn follow(&mut self, mut running: watch::Receiver<Arc<crate::config::Config>>) {
+        let (slots, setup) = (self.receivers.0.clone(), self.setup.clone());
+        self.tasks.push(tokio::spawn(async move {
+            while running.changed().await.is_ok() {
+                let cfg = running.borrow_and_update().clone();
+                if let Some(snmp) = &cfg.snmp {
+                    reconcile_receivers(&slots, snmp, &setup);
+                }
+            }
+        }));
+    }
 }
 
 impl Drop for NotifierHandle {
@@ -492,6 +594,7 @@ impl Drop for NotifierHandle {
         for t in &self.tasks {
             t.abort();
         }
+        lock_slots(&self.receivers.0).clear();
     }
 }
 
@@ -511,44 +614,30 @@ pub fn spawn_notifier(
     uptime_start: Instant,
 ) -> NotifierHandle {
     let lost_events = Arc::new(AtomicU64::new(0));
-    let mut statuses = Vec::new();
-    let mut inboxes = Vec::new();
-    let mut tasks = Vec::new();
-    for rcfg in &cfg.receivers {
-        let status = Arc::new(Mutex::new(ReceiverStatus {
-            address: rcfg.address,
-            form: rcfg.form,
-            counters: ReceiverCounters::default(),
-            queued: 0,
-        }));
-        statuses.push(status.clone());
-        let link = match link_for(cfg, rcfg, &engine_id, engine_boots, uptime_start) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(receiver = %rcfg.address, error = %e, "snmp receiver skipped");
-                continue;
-            }
-        };
-        let (tx, rx) = mpsc::unbounded_channel();
-        inboxes.push(tx);
-        tasks.push(tokio::spawn(run_receiver(rcfg.clone(), link, rx, status)));
-    }
+    let setup = LinkSetup {
+        engine_id,
+        engine_boots,
+        uptime_start,
+    };
+    let slots: Slots = Arc::new(Mutex::new(Vec::new()));
+    reconcile_receivers(&slots, cfg, &setup);
     // The position in the stream is taken now, not when the task first runs, so no
     // event raised after this call is skipped.
     let last = events.last_seq();
     let subscription = events.subscribe();
     let dispatched = Arc::new(AtomicU64::new(last));
-    tasks.push(tokio::spawn(dispatch(
+    let tasks = vec![tokio::spawn(dispatch(
         events.clone(),
         StreamPosition { subscription, last },
         dispatched.clone(),
         map,
-        inboxes,
+        slots.clone(),
         uptime_start,
         lost_events.clone(),
-    )));
+    ))];
     NotifierHandle {
-        receivers: ReceiverStatuses(Arc::new(statuses)),
+        receivers: ReceiverStatuses(slots),
+        setup,
         lost_events,
         dispatched,
         log: events,
@@ -617,7 +706,7 @@ async fn dispatch(
     position: StreamPosition,
     dispatched: Arc<AtomicU64>,
     map: EventMapper,
-    inboxes: Vec<mpsc::UnboundedSender<Raised>>,
+    slots: Slots,
     uptime_start: Instant,
     lost_events: Arc<AtomicU64>,
 ) {
@@ -633,8 +722,8 @@ async fn dispatch(
             uptime: uptime_ticks(uptime_start, Instant::now()),
             notification,
         };
-        for inbox in &inboxes {
-            let _ = inbox.send(raised.clone());
+        for slot in lock_slots(&slots).iter() {
+            let _ = slot.inbox.send(raised.clone());
         }
     };
     // Re-reads everything after `last` from the log (sequence numbers are contiguous
@@ -774,6 +863,61 @@ async fn transmit(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reload moves the notifications to the receivers it names: the receiver
+    /// taken out gets nothing more, the one added gets the next event, and the one
+    /// kept keeps its task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reload_changes_the_receivers_at_the_next_notification() {
+        let sockets: Vec<std::net::UdpSocket> = (0..3)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        for s in &sockets {
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+        }
+        let receivers = |which: &[usize]| SnmpConfig {
+            receivers: which
+                .iter()
+                .map(|&i| {
+                    let text = format!(
+                        "address = \"{}\"\nform = \"v2c_trap\"\ncommunity = \"traps\"\n",
+                        sockets[i].local_addr().unwrap()
+                    );
+                    toml::from_str::<ReceiverConfig>(&text).unwrap()
+                })
+                .collect(),
+            ..SnmpConfig::default()
+        };
+        let events = EventLog::in_memory("n1");
+        let map: EventMapper = Box::new(|e: &Event| {
+            Some(Notification {
+                trap_oid: vec![1, 3, 6, 1, 4, 1, 99999, 0, 1],
+                varbinds: Vec::new(),
+                seq: e.seq,
+            })
+        });
+        let n = spawn_notifier(
+            &receivers(&[0, 1]),
+            b"engine".to_vec(),
+            1,
+            events.clone(),
+            map,
+            Instant::now(),
+        );
+        let heard = |i: usize| {
+            let mut buf = [0u8; 1500];
+            sockets[i].recv(&mut buf).is_ok()
+        };
+        events.emit(crate::event::EventKind::DaemonStarted, Default::default());
+        let (h0, h1) = tokio::task::block_in_place(|| (heard(0), heard(1)));
+        assert!(h0 && h1, "both configured receivers get the first event");
+        n.reconfigure(&receivers(&[1, 2]));
+        assert_eq!(n.receivers().len(), 2);
+        events.emit(crate::event::EventKind::DaemonStarted, Default::default());
+        let got = tokio::task::block_in_place(|| [heard(0), heard(1), heard(2)]);
+        assert_eq!(got, [false, true, true], "0 was taken out, 2 added, 1 kept");
+    }
 
     fn t(ms: u64, base: Instant) -> Instant {
         base + Duration::from_millis(ms)
