@@ -149,6 +149,11 @@ pub enum EventKind {
     /// The lease came back at the epoch a held group was held at: resumed, its held
     /// writes complete (group, epoch, held_ms).
     GroupResumed,
+    /// A peer's heartbeats carry another configuration digest than this node's (peer,
+    /// digest: theirs, local_digest): the files differ in what nodes must share.
+    ConfigMismatch,
+    /// A peer's configuration digest agrees with this node's again (peer, digest).
+    ConfigAgreed,
 }
 
 impl EventKind {

@@ -1167,6 +1167,9 @@ fn wrong_key_and_garbage_heartbeats_are_rejected() {
     let forged: Vec<Vec<u8>> = (0..FORGED)
         .map(|i| {
             let hb = Heartbeat {
+                version: 1,
+                max_version: 1,
+                config_digest: String::new(),
                 cluster: "lab".into(),
                 node: "n2".into(),
                 boot_id: 0xdead_beef,

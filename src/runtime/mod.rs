@@ -637,7 +637,10 @@ impl Daemon {
                     ok: d.ok,
                 }),
                 Some(r) = inbox.packets.recv() => match r.result {
-                    Ok(Datagram::Heartbeat(hb)) => self.input(NodeInput::Packet { path: r.path, hb }),
+                    Ok(Datagram::Heartbeat(hb)) => self.input(NodeInput::Packet {
+                        path: r.path,
+                        hb: *hb,
+                    }),
                     Ok(Datagram::Quorum(p)) => self.input(NodeInput::Quorum(p)),
                     Err(reason) => {
                         tracing::debug!(path = r.path, from = %r.from, reason, "heartbeat dropped");
