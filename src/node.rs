@@ -1302,6 +1302,8 @@ mod tests {
             };
             let other = if owner == "n3" { "n2" } else { "n3" };
             let p = QuorumPacket {
+                version: 1,
+                max_version: 1,
                 cluster: "c".into(),
                 from: other.into(),
                 voters_digest: c.outbox.voters_digest(),
@@ -1426,6 +1428,8 @@ mod tests {
     /// A lease report from n3: silent on n2 (the owner of `web` at epoch 1) for 5 s.
     fn n3_silent_on_n2(c: &mut NodeCore) {
         let p = QuorumPacket {
+            version: 1,
+            max_version: 1,
             cluster: "c".into(),
             from: "n3".into(),
             voters_digest: c.outbox.voters_digest(),

@@ -473,6 +473,8 @@ impl Sim {
                 QuorumAction::Send { to, msgs } => {
                     seq += 1;
                     let p = QuorumPacket {
+                        version: 1,
+                        max_version: 1,
                         cluster: "qsim".into(),
                         from: WITNESS.into(),
                         voters_digest: tandem::quorum::wire::voters_digest(&self.names),

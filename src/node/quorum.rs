@@ -12,7 +12,7 @@ use crate::mirror::fencing::FenceAction;
 use crate::placement::policy::{Now, Proposal, QuorumGate};
 use crate::quorum::core::{QuorumAction, QuorumCore};
 use crate::quorum::decision::{Applied, Decision};
-use crate::quorum::outbox::{self, Outgoing, Refused};
+use crate::quorum::outbox::{Outgoing, Refused};
 use crate::quorum::wire::QuorumPacket;
 
 impl NodeCore {
@@ -37,7 +37,7 @@ impl NodeCore {
         if self.quorum.is_none() {
             return;
         }
-        match outbox::admit(&mut self.dedup, self.outbox.voters_digest(), &p) {
+        match self.outbox.admit(&mut self.dedup, &p) {
             Ok(()) => {}
             Err(Refused::ForeignVoters) => {
                 tracing::warn!(from = %p.from, "quorum datagram from a node with another voter list dropped");
