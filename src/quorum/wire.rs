@@ -54,7 +54,7 @@
 //! `max_version` (it decodes as 1), and every version from 2 up encodes the same way
 //! (the `proto-next` feature raises [`MAX_VERSION`] by one for the mixed-build lab
 //! test). As with heartbeats (`cluster::packet::version_for`), each voter's datagrams
-//! go out at the lower of the two maxima once [`super::outbox::Outbox::admit`] has
+//! go out at the lower of the two maxima once `quorum::outbox::Outbox::admit` has
 //! seen one from it, and at this build's maximum before: the datagram carries its own
 //! maximum (rather than taking the heartbeat's) so that the witness, which sends no
 //! heartbeats, negotiates the same way.
