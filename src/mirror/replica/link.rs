@@ -205,6 +205,7 @@ pub(crate) async fn peer_task(
             Ok(a) => {
                 backoff = BACKOFF_MIN;
                 tracing::debug!(
+                    version = a.hello.version,
                     encrypted = a.hello.encrypted,
                     compress = a.hello.compress.name(),
                     "link authenticated"
