@@ -183,7 +183,7 @@ pub enum Cmd {
         #[arg(long, env = "TANDEM_NODE", default_value = "unknown")]
         name: String,
         /// Keep a visit counter (`/counter`) on the volume behind this NBD socket.
-        #[arg(long, conflicts_with = "data_dir")]
+        #[arg(long, env = "TANDEM_NBD_SOCKET", conflicts_with = "data_dir")]
         nbd_socket: Option<PathBuf>,
         /// Keep the visit counter in a file in this directory (a mounted filesystem).
         #[arg(long)]

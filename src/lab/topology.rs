@@ -460,12 +460,13 @@ fn render_demo_group(s: &mut String, p: &ConfigParams<'_>) {
     let _ = writeln!(s, "name = \"web\"");
     let _ = writeln!(s, "kind = \"process\"");
     let listen = format!("0.0.0.0:{SERVICE_PORT}");
+    // The NBD socket is each node's own path: it comes from the daemon's environment
+    // (TANDEM_NBD_SOCKET), so that every node's file has the same digest.
     let _ = writeln!(
         s,
-        "command = [{}, \"demo-service\", \"--listen\", {}, \"--nbd-socket\", {}]",
+        "command = [{}, \"demo-service\", \"--listen\", {}]",
         q(p.tandem_bin),
         q(&listen),
-        q(&mirror_socket(p.state_dir))
     );
     let _ = writeln!(s, "depends_on = [\"vip\", {}]", q(MIRROR));
     let _ = writeln!(
@@ -786,6 +787,24 @@ mod tests {
     }
 
     #[test]
+    fn every_nodes_configuration_has_the_same_digest() {
+        let p = Plan::new("tdm-", 3).unwrap();
+        let n1 = render_tandem_config(&p, &params());
+        let n2 = render_tandem_config(
+            &p,
+            &ConfigParams {
+                state_dir: "/run/tandem-lab/n2/state",
+                socket: "/run/tandem-lab/n2/tandem.sock",
+                ..params()
+            },
+        );
+        assert_ne!(n1, n2);
+        let digest = crate::config::cluster_digest;
+        assert_eq!(digest(&n1), digest(&n2));
+        assert!(digest(&n1).is_some());
+    }
+
+    #[test]
     fn config_matches_expected_shape() {
         let p = Plan::new("tdm-", 2).unwrap();
         let text = render_tandem_config(&p, &params());
@@ -850,8 +869,6 @@ mod tests {
                 "demo-service",
                 "--listen",
                 "0.0.0.0:8080",
-                "--nbd-socket",
-                "/run/tandem-lab/n1/state/nbd-data.sock"
             ]
         );
         assert_eq!(r[2]["depends_on"][0].as_str(), Some("vip"));
