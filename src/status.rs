@@ -685,6 +685,7 @@ fn sample_mirror() -> MirrorStatus {
         resynced_bytes: 1 << 20,
         resyncs_completed: 1,
         compression: crate::mirror::status::CompressionStatus::from_counts((8192, 2048)),
+        protocol: Some(3),
     };
     let gamma = MirrorPeerStatus {
         node: "gamma".into(),
@@ -698,6 +699,7 @@ fn sample_mirror() -> MirrorStatus {
         resync: None,
         verify: None,
         compression: None,
+        protocol: None,
         ..beta.clone()
     };
     MirrorStatus {

@@ -4146,6 +4146,11 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
         (protocol("n1", "n2") == Some(3) && protocol("n2", "n1") == Some(2)).then_some(())
     });
     assert_eq!(protocol("n1", "n1"), Some(2));
+    // The mirror's links negotiated this build's replication version, 3 (n2 speaks 4).
+    for (node, peer) in [("n1", "n2"), ("n2", "n1")] {
+        let link = lab.mirror_peer(node, peer).expect("mirror peer");
+        assert_eq!(link["protocol"], 3, "{node} -> {peer}: {link}");
+    }
     for node in ["n1", "n2"] {
         let warning = lab.status_ok(node)["warning"]
             .as_str()
@@ -4157,7 +4162,7 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
         );
         assert_eq!(lab.count(node, "config_mismatch"), 0, "{node}");
     }
-    lab.note("UPGRADE: n1 speaks heartbeat protocol 2, n2 3; the mirror synced between them");
+    lab.note("UPGRADE: n1 speaks heartbeat protocol 2, n2 3; the mirror synced between them at 3");
     // Acknowledged (flushed) writes on n1, then n1 loses power.
     let out = lab.qemu_io(
         "n1",

@@ -261,8 +261,10 @@ async fn run_session(
     let Accepted {
         mut reader,
         mut writer,
+        hello,
         ..
     } = link;
+    m.note_protocol(peer, hello.version);
     if let Some(counters) = m.compression_counters(peer) {
         writer.count_compression(counters);
     }
