@@ -31,7 +31,8 @@ pub use watchdog::{
 };
 
 use crate::cluster::membership::{
-    self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerSpec, PeerStatus,
+    self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerProtocol, PeerSpec,
+    PeerStatus,
 };
 use crate::cluster::packet::{self, Heartbeat, LocalGroupState, NodeAdvert};
 use crate::config::Config;
@@ -408,15 +409,17 @@ pub struct FailoverTally {
 /// The peers whose heartbeats carry a configuration digest other than `ours`, with
 /// theirs (sorted by name); nothing when `ours` is empty, and a peer that sent none
 /// (an older build) is not compared.
-fn config_mismatches(ours: &str, peers: Vec<PeerStatus>) -> Vec<(String, String)> {
+fn config_mismatches<'a>(
+    ours: &str,
+    peers: impl Iterator<Item = (&'a str, Option<&'a PeerProtocol>)>,
+) -> Vec<(String, String)> {
     if ours.is_empty() {
         return Vec::new();
     }
     peers
-        .into_iter()
-        .filter_map(|p| {
-            let digest = p.protocol?.config_digest;
-            (!digest.is_empty() && digest != ours).then_some((p.name, digest))
+        .filter_map(|(name, p)| {
+            let digest = &p?.config_digest;
+            (!digest.is_empty() && digest != ours).then(|| (name.to_string(), digest.clone()))
         })
         .collect()
 }
@@ -753,7 +756,11 @@ impl NodeCore {
     /// node's, with theirs; empty without a digest of our own. Peers of an older build
     /// (version 1, no digest) are not compared.
     pub fn config_mismatches(&self) -> Vec<(String, String)> {
-        config_mismatches(&self.cfg.config_digest, self.membership.peer_status())
+        let peers = self.cfg.peers.iter().map(|(name, _)| {
+            let name = name.as_str();
+            (name, self.membership.protocol(name))
+        });
+        config_mismatches(&self.cfg.config_digest, peers)
     }
 
     /// Reports each peer whose digest starts or stops differing from ours, once.
