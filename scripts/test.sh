@@ -19,6 +19,13 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "the .deb (scripts/deb.sh: installs cargo-deb into .tools/ if missing; tests/deb.rs needs it)"
 ./scripts/deb.sh
 
+step "the proto-next build (every protocol one version up) for the rolling upgrade lab test"
+target="${CARGO_TARGET_DIR:-target}"
+cargo build --quiet --features proto-next
+mkdir -p "$target/proto-next"
+cp "$target/debug/tandem" "$target/proto-next/tandem"
+cargo build --quiet
+
 step "cargo test (unit, simulation, lab)"
 cargo test --quiet -- --test-threads 2
 

@@ -161,6 +161,11 @@ pub enum EventKind {
     ImageUpdateFinished,
     /// The update failed: download, signature or write (url, reason).
     ImageUpdateFailed,
+    /// A peer's heartbeats carry another configuration digest than this node's (peer,
+    /// digest: theirs, local_digest): the files differ in what nodes must share.
+    ConfigMismatch,
+    /// A peer's configuration digest agrees with this node's again (peer, digest).
+    ConfigAgreed,
 }
 
 impl EventKind {

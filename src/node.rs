@@ -31,9 +31,10 @@ pub use watchdog::{
 };
 
 use crate::cluster::membership::{
-    self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerSpec, PeerStatus,
+    self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerProtocol, PeerSpec,
+    PeerStatus,
 };
-use crate::cluster::packet::{Heartbeat, LocalGroupState, NodeAdvert};
+use crate::cluster::packet::{self, Heartbeat, LocalGroupState, NodeAdvert};
 use crate::config::Config;
 use crate::event::{fields, EventKind, Fields, MoveReason, Timeline};
 use crate::mirror::fencing::{self, FenceAction, LocalFencing};
@@ -76,6 +77,9 @@ pub struct NodeConfig {
     /// once, in name order). An automatic move (a takeover, a hand-off after a failed
     /// start) goes only to a node that copies the last primary synchronously.
     pub sync_links: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// This node's [`crate::config::cluster_digest`], carried in its heartbeats; a peer
+    /// whose heartbeats carry another is reported (empty: compare nothing).
+    pub config_digest: String,
 }
 
 impl NodeConfig {
@@ -98,9 +102,6 @@ pub struct QuorumSettings {
     pub stop_margin_ms: u64,
     /// A voter counts as reachable while heard from within this long.
     pub reachable_ms: u64,
-    /// This node's [`crate::config::cluster_digest`], published through the log so that
-    /// nodes whose configuration files differ are reported (empty: publish nothing).
-    pub config_digest: String,
     /// `[quorum] watchdog`: its timeout W, in seconds (the device backs the leases).
     pub watchdog_s: Option<u64>,
 }
@@ -142,7 +143,6 @@ impl QuorumSettings {
             ),
             stop_margin_ms: cfg.quorum.stop_margin.as_millis() as u64,
             reachable_ms: cfg.heartbeat.dead_time.as_millis() as u64,
-            config_digest: cfg.digest.clone(),
             watchdog_s: cfg.quorum.watchdog.as_ref().map(|w| w.timeout.as_secs()),
         }
     }
@@ -230,6 +230,7 @@ impl NodeConfig {
                     (m.name.clone(), peers)
                 })
                 .collect(),
+            config_digest: cfg.digest.clone(),
         }
     }
 
@@ -282,6 +283,9 @@ pub enum NodeInput {
     Control { id: u64, command: ControlCommand },
     /// The daemon is shutting down: hand every group to the peers.
     Leave,
+    /// The daemon now runs a reloaded configuration whose cluster-wide part has this
+    /// digest: heartbeats carry it, and the peers are compared against it.
+    ConfigDigest(String),
     /// The runtime's word on the `[quorum] watchdog` device: it failed, or it is
     /// usable again.
     Watchdog(WatchdogReport),
@@ -405,6 +409,24 @@ pub struct FailoverTally {
     pub last_duration_ms: Option<u64>,
 }
 
+/// The peers whose heartbeats carry a configuration digest other than `ours`, with
+/// theirs (sorted by name); nothing when `ours` is empty, and a peer that sent none
+/// (an older build) is not compared.
+fn config_mismatches<'a>(
+    ours: &str,
+    peers: impl Iterator<Item = (&'a str, Option<&'a PeerProtocol>)>,
+) -> Vec<(String, String)> {
+    if ours.is_empty() {
+        return Vec::new();
+    }
+    peers
+        .filter_map(|(name, p)| {
+            let digest = &p?.config_digest;
+            (!digest.is_empty() && digest != ours).then(|| (name.to_string(), digest.clone()))
+        })
+        .collect()
+}
+
 /// One node's decisions.
 pub struct NodeCore {
     cfg: NodeConfig,
@@ -448,6 +470,8 @@ pub struct NodeCore {
     serving_stops: BTreeSet<String>,
     /// Quorum mode: powering previous owners off to skip the lease wait.
     power_fencing: PowerFencing,
+    /// The peers whose heartbeats carry another configuration digest, as last reported.
+    config_differs: BTreeSet<String>,
 }
 
 impl NodeCore {
@@ -504,6 +528,7 @@ impl NodeCore {
             watchdog,
             serving_stops: BTreeSet::new(),
             power_fencing,
+            config_differs: BTreeSet::new(),
         };
         for t in history {
             core.tally(t);
@@ -542,7 +567,6 @@ impl NodeCore {
                 self.membership_input(now, membership::Input::Tick, &mut out);
                 self.quorum_call(now, &mut out, |q, now, o| q.tick(now, o));
                 self.watch_quorum(now, &mut out);
-                self.publish_config_digest(now, &mut out);
                 self.placement_input(now, Input::Tick, &mut out);
                 self.probe_silent_peers(now, &mut out);
                 self.fence(now, &mut out);
@@ -554,9 +578,14 @@ impl NodeCore {
             }
             NodeInput::Evaluate => self.placement_input(now, Input::Tick, &mut out),
             NodeInput::ProbeSilentPeers => self.probe_silent_peers(now, &mut out),
-            NodeInput::Packet { path, hb } => {
-                self.membership_input(now, membership::Input::Packet { path, hb }, &mut out)
-            }
+            NodeInput::Packet { path, hb } => self.membership_input(
+                now,
+                membership::Input::Packet {
+                    path,
+                    hb: Box::new(hb),
+                },
+                &mut out,
+            ),
             NodeInput::Malformed { path, reason } => {
                 self.membership.record_decode_error(path, reason)
             }
@@ -592,6 +621,10 @@ impl NodeCore {
                 out.push(NodeAction::Reply { id, result });
             }
             NodeInput::Watchdog(report) => self.watchdog_report(now, report, &mut out),
+            NodeInput::ConfigDigest(digest) => {
+                self.cfg.config_digest = digest;
+                self.watch_config_digests(&mut out);
+            }
             NodeInput::Leave => {
                 self.refresh_peers();
                 let gate = self.gate(now);
@@ -687,7 +720,11 @@ impl NodeCore {
                     continue;
                 }
                 self.seq += 1;
+                let peer_max = self.membership.protocol(peer).map(|p| p.max_version);
                 let hb = Heartbeat {
+                    version: packet::version_for(packet::MAX_VERSION, peer_max),
+                    max_version: packet::MAX_VERSION,
+                    config_digest: self.cfg.config_digest.clone(),
                     cluster: self.cfg.cluster.clone(),
                     node: self.cfg.local().to_string(),
                     boot_id: self.boot_id,
@@ -716,6 +753,50 @@ impl NodeCore {
         }
         for ev in events {
             self.membership_event(now, ev, out);
+        }
+        if packet {
+            self.watch_config_digests(out);
+        }
+    }
+
+    /// The peers whose newest heartbeat carries another configuration digest than this
+    /// node's, with theirs; empty without a digest of our own. Peers of an older build
+    /// (version 1, no digest) are not compared.
+    pub fn config_mismatches(&self) -> Vec<(String, String)> {
+        let peers = self.cfg.peers.iter().map(|(name, _)| {
+            let name = name.as_str();
+            (name, self.membership.protocol(name))
+        });
+        config_mismatches(&self.cfg.config_digest, peers)
+    }
+
+    /// Reports each peer whose digest starts or stops differing from ours, once.
+    fn watch_config_digests(&mut self, out: &mut Vec<NodeAction>) {
+        let now: BTreeMap<String, String> = self.config_mismatches().into_iter().collect();
+        for (peer, theirs) in &now {
+            if self.config_differs.insert(peer.clone()) {
+                out.push(NodeAction::Emit {
+                    kind: EventKind::ConfigMismatch,
+                    fields: fields([
+                        ("peer", peer.clone()),
+                        ("digest", theirs.clone()),
+                        ("local_digest", self.cfg.config_digest.clone()),
+                    ]),
+                });
+            }
+        }
+        let agreed: Vec<String> = self
+            .config_differs
+            .iter()
+            .filter(|p| !now.contains_key(*p))
+            .cloned()
+            .collect();
+        for peer in agreed {
+            self.config_differs.remove(&peer);
+            out.push(NodeAction::Emit {
+                kind: EventKind::ConfigAgreed,
+                fields: fields([("peer", peer), ("digest", self.cfg.config_digest.clone())]),
+            });
         }
     }
 
@@ -1014,6 +1095,7 @@ mod tests {
             fenceable: BTreeMap::new(),
             sync_peers: BTreeMap::new(),
             sync_links: BTreeMap::new(),
+            config_digest: String::new(),
         };
         NodeCore::new(cfg, 7, 1_000, &[])
     }
@@ -1048,7 +1130,6 @@ mod tests {
             },
             stop_margin_ms: 300,
             reachable_ms: 1000,
-            config_digest: String::new(),
             watchdog_s,
         });
         cfg.group_mirrors.insert("web".into(), vec!["data".into()]);
@@ -1236,6 +1317,8 @@ mod tests {
             };
             let other = if owner == "n3" { "n2" } else { "n3" };
             let p = QuorumPacket {
+                version: 1,
+                max_version: 1,
                 cluster: "c".into(),
                 from: other.into(),
                 voters_digest: c.outbox.voters_digest(),
@@ -1284,34 +1367,101 @@ mod tests {
         assert_eq!(outdates(&c.handle(at(20), NodeInput::Tick)), 1);
     }
 
+    /// A heartbeat of `version` from a peer whose build speaks up to `max`.
+    fn protocol_heartbeat(peer: &str, seq: u64, version: u8, max: u8, digest: &str) -> NodeInput {
+        let NodeInput::Packet { path, mut hb } =
+            heartbeat_from(peer, seq, seq * 10, NodeAdvert::default())
+        else {
+            unreachable!()
+        };
+        hb.version = version;
+        hb.max_version = max;
+        hb.config_digest = digest.into();
+        NodeInput::Packet { path, hb }
+    }
+
     #[test]
-    fn with_a_quorum_nodes_whose_configuration_differs_are_reported() {
-        use crate::quorum::decision::{Decision, Register};
-        let mut reg = Register::default();
-        for (i, (node, digest)) in [("n1", "aaaa"), ("n2", "aaaa"), ("n3", "bbbb")]
-            .into_iter()
-            .enumerate()
-        {
-            let d = Decision::ConfigDigest {
-                node: node.into(),
-                digest: digest.into(),
-            };
-            reg.apply(i as u64 + 1, d);
+    fn a_peer_whose_configuration_differs_is_an_event_and_a_mismatch_in_both_modes() {
+        for mut c in [core(), quorum_core(&Default::default())] {
+            c.cfg.config_digest = "aaaa".into();
+            let out = c.handle(at(10), protocol_heartbeat("n2", 1, 2, 2, "aaaa"));
+            assert_eq!(emitted(&out, EventKind::ConfigMismatch), 0);
+            let out = c.handle(at(20), protocol_heartbeat("n3", 1, 2, 2, "bbbb"));
+            assert_eq!(emitted(&out, EventKind::ConfigMismatch), 1);
+            assert_eq!(c.config_mismatches(), vec![("n3".into(), "bbbb".into())]);
+            // Reported once, not on every heartbeat.
+            let out = c.handle(at(30), protocol_heartbeat("n3", 2, 2, 2, "bbbb"));
+            assert_eq!(emitted(&out, EventKind::ConfigMismatch), 0);
+            // n3's file fixed (and n3 restarted): it agrees again, once.
+            let out = c.handle(at(40), protocol_heartbeat("n3", 3, 2, 2, "aaaa"));
+            assert_eq!(emitted(&out, EventKind::ConfigAgreed), 1);
+            assert!(c.config_mismatches().is_empty());
+            // An older build sends no digest: nothing to compare.
+            let out = c.handle(at(50), protocol_heartbeat("n3", 4, 1, 1, ""));
+            assert_eq!(emitted(&out, EventKind::ConfigMismatch), 0);
+            assert!(c.config_mismatches().is_empty());
         }
-        let mut c = quorum_core(&reg);
+        let mut c = core();
+        c.handle(at(10), protocol_heartbeat("n3", 1, 2, 2, "bbbb"));
         assert!(c.config_mismatches().is_empty(), "no digest of its own");
-        if let Some(q) = c.cfg.quorum.as_mut() {
-            q.config_digest = "aaaa".into();
-        }
+    }
+
+    /// A reload that brings this node to the peers' file (with nothing left for a
+    /// restart) ends the mismatch at once, and the heartbeats carry the new digest.
+    #[test]
+    fn a_reloaded_digest_is_compared_and_advertised_from_then_on() {
+        let mut c = core();
+        c.cfg.config_digest = "aaaa".into();
+        let out = c.handle(at(10), protocol_heartbeat("n3", 1, 2, 2, "bbbb"));
+        assert_eq!(emitted(&out, EventKind::ConfigMismatch), 1);
+        let out = c.handle(at(20), NodeInput::ConfigDigest("bbbb".into()));
+        assert_eq!(emitted(&out, EventKind::ConfigAgreed), 1);
+        assert!(c.config_mismatches().is_empty());
+        let sent = c.handle(at(30), NodeInput::HeartbeatDue);
+        assert!(sent
+            .iter()
+            .any(|a| matches!(a, NodeAction::Send { hb, .. } if hb.config_digest == "bbbb")));
+    }
+
+    #[test]
+    fn heartbeats_go_out_in_each_peers_version_and_carry_the_digest() {
+        let mut c = core();
+        c.cfg.config_digest = "aaaa".into();
+        let versions = |c: &mut NodeCore, ms| -> Vec<(String, u8)> {
+            c.handle(at(ms), NodeInput::HeartbeatDue)
+                .iter()
+                .filter_map(|a| match a {
+                    NodeAction::Send { peer, hb, path: 0 } => {
+                        assert_eq!(
+                            (hb.max_version, hb.config_digest.as_str()),
+                            (packet::MAX_VERSION, "aaaa")
+                        );
+                        Some((peer.clone(), hb.version))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let max = packet::MAX_VERSION;
+        // Not heard yet: this build's newest.
         assert_eq!(
-            c.config_mismatches(),
-            vec![("n3".to_string(), "bbbb".to_string())]
+            versions(&mut c, 0),
+            vec![("n2".into(), max), ("n3".into(), max)]
+        );
+        // n2 runs an older build (version 1 only), n3 a newer one.
+        c.handle(at(10), protocol_heartbeat("n2", 1, 1, 1, ""));
+        c.handle(at(10), protocol_heartbeat("n3", 1, max, max + 1, "aaaa"));
+        assert_eq!(
+            versions(&mut c, 20),
+            vec![("n2".into(), 1), ("n3".into(), max)]
         );
     }
 
     /// A lease report from n3: silent on n2 (the owner of `web` at epoch 1) for 5 s.
     fn n3_silent_on_n2(c: &mut NodeCore) {
         let p = QuorumPacket {
+            version: 1,
+            max_version: 1,
             cluster: "c".into(),
             from: "n3".into(),
             voters_digest: c.outbox.voters_digest(),
@@ -1437,7 +1587,6 @@ mod tests {
                 .core,
             stop_margin_ms: 300,
             reachable_ms: 1000,
-            config_digest: String::new(),
             watchdog_s,
         };
         assert_eq!(settings(None).fast_stop_margin_ms(), 300);
@@ -1506,6 +1655,9 @@ mod tests {
         NodeInput::Packet {
             path: 0,
             hb: Heartbeat {
+                version: 1,
+                max_version: 1,
+                config_digest: String::new(),
                 cluster: "c".into(),
                 node: peer.into(),
                 boot_id: 9,

@@ -121,6 +121,14 @@ pub struct NodeStatus {
     pub boot_id: String,
     pub last_heard_ms_ago: Option<u64>,
     pub paths_up: usize,
+    /// The newest heartbeat protocol version its build speaks (`None`: not heard yet);
+    /// N and N + 1 interoperate (`cluster::packet::version_for`).
+    #[serde(default)]
+    pub protocol: Option<u8>,
+    /// Its configuration digest (`config::cluster_digest`), as its heartbeats carry it
+    /// (`None`: not heard yet, or an older build that sends none).
+    #[serde(default)]
+    pub config_digest: Option<String>,
 }
 
 /// A node's state as `tandem status` names it.
@@ -440,8 +448,8 @@ pub fn project(
 }
 
 /// What `tandem status` should warn about: a configuration that is not partition-safe,
-/// nodes whose configuration file differs from this node's (by the digests in the
-/// log), and a configured watchdog this node cannot use.
+/// nodes whose configuration file differs from this node's (by the digests in their
+/// heartbeats), and a configured watchdog this node cannot use.
 fn warning(cfg: &Config, core: &NodeCore) -> Option<String> {
     let mismatches = core.config_mismatches();
     let differ = (!mismatches.is_empty()).then(|| {
@@ -486,6 +494,8 @@ fn node_views(cfg: &Config, core: &NodeCore, now: Now) -> Vec<NodeStatus> {
         boot_id: format!("{:016x}", core.boot_id()),
         last_heard_ms_ago: Some(0),
         paths_up: cfg.heartbeat.paths.len(),
+        protocol: Some(crate::cluster::packet::MAX_VERSION),
+        config_digest: Some(cfg.digest.clone()).filter(|d| !d.is_empty()),
     }];
     for ps in core.peer_status() {
         let advertised = core
@@ -501,6 +511,11 @@ fn node_views(cfg: &Config, core: &NodeCore, now: Now) -> Vec<NodeStatus> {
             boot_id: ps.boot_id.map(|b| format!("{b:016x}")).unwrap_or_default(),
             last_heard_ms_ago: ps.last_heard_ms.map(|t| now.mono_ms.saturating_sub(t)),
             paths_up: ps.paths_up.len(),
+            protocol: ps.protocol.as_ref().map(|p| p.max_version),
+            config_digest: ps
+                .protocol
+                .map(|p| p.config_digest)
+                .filter(|d| !d.is_empty()),
             name: ps.name,
         });
     }
@@ -569,6 +584,8 @@ impl Status {
             boot_id: "00000000000000ab".into(),
             last_heard_ms_ago: Some(5),
             paths_up: 1,
+            protocol: Some(2),
+            config_digest: Some("0123456789abcdef".into()),
         };
         let group = |name: &str| GroupStatus {
             name: name.into(),
@@ -668,6 +685,7 @@ fn sample_mirror() -> MirrorStatus {
         resynced_bytes: 1 << 20,
         resyncs_completed: 1,
         compression: crate::mirror::status::CompressionStatus::from_counts((8192, 2048)),
+        protocol: Some(3),
     };
     let gamma = MirrorPeerStatus {
         node: "gamma".into(),
@@ -681,6 +699,7 @@ fn sample_mirror() -> MirrorStatus {
         resync: None,
         verify: None,
         compression: None,
+        protocol: None,
         ..beta.clone()
     };
     MirrorStatus {

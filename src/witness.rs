@@ -65,7 +65,7 @@ use crate::config::{self, ConfigError, QuorumSection, MIN_INTERVAL};
 use crate::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumError, QuorumTiming};
 use crate::quorum::decision::{Applied, Decision};
 use crate::quorum::disk::{DiskError, DurableLog};
-use crate::quorum::outbox::{self, Outbox, Outgoing, Refused};
+use crate::quorum::outbox::{Outbox, Outgoing, Refused};
 use crate::quorum::wire::{self, Dedup, QuorumPacket, MAX_DATAGRAM};
 
 /// The raft tick of every cluster.
@@ -501,7 +501,7 @@ impl Voter {
             Ok(p) => p,
             Err(reason) => return self.drop_counted(reason, from),
         };
-        match outbox::admit(&mut self.dedup, self.outbox.voters_digest(), &p) {
+        match self.outbox.admit(&mut self.dedup, &p) {
             Ok(()) => {}
             Err(Refused::Duplicate) => return,
             Err(Refused::ForeignVoters) => {

@@ -189,8 +189,6 @@ fn settings(
         ),
         stop_margin_ms: STOP_MARGIN,
         reachable_ms: DEAD,
-        // Every node publishes the same configuration digest through the log.
-        config_digest: "0123456789abcdef".into(),
         watchdog_s,
     }
 }
@@ -340,6 +338,8 @@ impl Sim {
                 .collect(),
             sync_peers: Default::default(),
             sync_links: Default::default(),
+            // Every node carries the same configuration digest in its heartbeats.
+            config_digest: "0123456789abcdef".into(),
         };
         let mut core = NodeCore::new(cfg, seed, WALL_BASE + real, &[]);
         core.restore_log(&n.disk, now).expect("restore");
@@ -474,6 +474,8 @@ impl Sim {
                 QuorumAction::Send { to, msgs } => {
                     seq += 1;
                     let p = QuorumPacket {
+                        version: 1,
+                        max_version: 1,
                         cluster: "qsim".into(),
                         from: WITNESS.into(),
                         voters_digest: tandem::quorum::wire::voters_digest(&self.names),

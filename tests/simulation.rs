@@ -601,6 +601,7 @@ impl Sim {
             fenceable: Default::default(),
             sync_peers: Default::default(),
             sync_links: Default::default(),
+            config_digest: String::new(),
         };
         Node {
             life: Life::Up,

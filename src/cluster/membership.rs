@@ -22,7 +22,10 @@
 //!   tolerates reordering *between* paths without accepting duplicates);
 //! - a packet must arrive on the path it says it was sent on, otherwise a
 //!   packet captured on one network could be replayed on another to fake
-//!   that path's liveness.
+//!   that path's liveness;
+//! - each peer's protocol ([`PeerProtocol`]: newest wire version, config digest) is
+//!   the one of its newest accepted packet, forgotten when it boots again; the node
+//!   core encodes for it at [`super::packet::version_for`] and compares digests.
 
 use std::collections::BTreeMap;
 
@@ -103,7 +106,7 @@ impl MembershipConfig {
 #[derive(Debug, Clone)]
 pub enum Input {
     /// A heartbeat that passed [`super::packet::decode`], received on `path`.
-    Packet { path: u8, hb: Heartbeat },
+    Packet { path: u8, hb: Box<Heartbeat> },
     /// Periodic timer; detects silent paths and nodes.
     Tick,
 }
@@ -164,6 +167,19 @@ pub struct PeerStatus {
     pub last_heard_ms: Option<u64>,
     /// Indices of the paths currently up, ascending.
     pub paths_up: Vec<u8>,
+    /// What its newest heartbeat of this boot advertised; `None` before one.
+    pub protocol: Option<PeerProtocol>,
+}
+
+/// What a peer's heartbeats say about its build and configuration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PeerProtocol {
+    /// The version of its newest heartbeat.
+    pub version: u8,
+    /// The newest heartbeat version its build speaks.
+    pub max_version: u8,
+    /// Its [`crate::config::cluster_digest`]; empty when not sent (version 1).
+    pub config_digest: String,
 }
 
 /// Packet accounting.
@@ -220,6 +236,8 @@ struct PeerState {
     last_heard_ms: Option<u64>,
     /// (seq, advert) of the newest accepted packet of the current boot.
     advert: Option<(u64, NodeAdvert)>,
+    /// The protocol of that same packet.
+    protocol: Option<PeerProtocol>,
 }
 
 /// The membership state machine. See the module docs.
@@ -260,7 +278,7 @@ impl Membership {
         let mut events = Vec::new();
         match input {
             Input::Tick => self.tick(now_ms, &mut events),
-            Input::Packet { path, hb } => match self.accept(now_ms, path, hb, &mut events) {
+            Input::Packet { path, hb } => match self.accept(now_ms, path, *hb, &mut events) {
                 Ok(()) => self.counters.accepted += 1,
                 Err((peer, reason)) => {
                     self.counters.count_rejected_on(path, reason);
@@ -358,6 +376,7 @@ impl Membership {
             }
             peer.boot = Some(boot);
             peer.advert = None;
+            peer.protocol = None;
             for p in peer.paths.values_mut() {
                 p.highest_seq = None;
                 // The old boot's sent_ms values mean nothing to the new
@@ -394,6 +413,11 @@ impl Membership {
         // the highest seq seen in this boot.
         if peer.advert.as_ref().is_none_or(|(s, _)| hb.seq > *s) {
             peer.advert = Some((hb.seq, hb.advert));
+            peer.protocol = Some(PeerProtocol {
+                version: hb.version,
+                max_version: hb.max_version,
+                config_digest: hb.config_digest,
+            });
         }
         if !peer.alive {
             peer.alive = true;
@@ -425,6 +449,12 @@ impl Membership {
             return None;
         }
         p.advert.as_ref().map(|(_, a)| a)
+    }
+
+    /// What `peer`'s newest heartbeat of its current boot advertised (kept while it
+    /// is dead, so a restart with another build is learned from its first packet).
+    pub fn protocol(&self, peer: &str) -> Option<&PeerProtocol> {
+        self.peers.get(peer)?.protocol.as_ref()
     }
 
     /// Every configured (peer, path), sorted by peer then path.
@@ -474,6 +504,7 @@ impl Membership {
                     .filter(|(_, s)| s.up)
                     .map(|(&i, _)| i)
                     .collect(),
+                protocol: p.protocol.clone(),
             })
             .collect()
     }
@@ -530,6 +561,9 @@ mod tests {
 
     fn hb(node: &str, boot: (u64, u64), seq: u64, path: u8) -> Heartbeat {
         Heartbeat {
+            version: 1,
+            max_version: 1,
+            config_digest: String::new(),
             cluster: "prod".into(),
             node: node.into(),
             boot_id: boot.0,
@@ -551,7 +585,7 @@ mod tests {
     fn pkt(node: &str, boot: (u64, u64), seq: u64, path: u8) -> Input {
         Input::Packet {
             path,
-            hb: hb(node, boot, seq, path),
+            hb: Box::new(hb(node, boot, seq, path)),
         }
     }
 
@@ -620,6 +654,11 @@ mod tests {
                 boot_id: Some(111),
                 last_heard_ms: Some(300),
                 paths_up: vec![0, 1],
+                protocol: Some(PeerProtocol {
+                    version: 1,
+                    max_version: 1,
+                    config_digest: String::new(),
+                }),
             }
         );
         assert_eq!(m.live_peers(), vec!["b".to_string()]);
@@ -743,6 +782,46 @@ mod tests {
     }
 
     #[test]
+    fn protocol_is_the_newest_packets_and_forgotten_on_a_new_boot() {
+        let mut m = Membership::new(cfg());
+        assert_eq!(m.protocol("b"), None);
+        let v2 = |seq: u64, digest: &str| {
+            let mut hb = hb("b", B1, seq, 0);
+            hb.version = 2;
+            hb.max_version = 3;
+            hb.config_digest = digest.into();
+            Input::Packet {
+                path: 0,
+                hb: Box::new(hb),
+            }
+        };
+        m.handle(0, v2(10, "aaaa"));
+        m.handle(
+            1,
+            Input::Packet {
+                path: 1,
+                hb: Box::new(hb("b", B1, 9, 1)),
+            },
+        );
+        let want = PeerProtocol {
+            version: 2,
+            max_version: 3,
+            config_digest: "aaaa".into(),
+        };
+        assert_eq!(m.protocol("b"), Some(&want), "seq 9 is older than seq 10");
+        m.handle(2, v2(11, "bbbb"));
+        assert_eq!(
+            m.protocol("b").map(|p| p.config_digest.as_str()),
+            Some("bbbb")
+        );
+        let status = m.peer_status();
+        assert_eq!(status[0].protocol.as_ref().map(|p| p.max_version), Some(3));
+        // A restart (another build, perhaps) is learned afresh from its packets.
+        m.handle(3, pkt("b", B2, 1, 0));
+        assert_eq!(m.protocol("b").map(|p| p.max_version), Some(1));
+    }
+
+    #[test]
     fn cross_path_replay_is_rejected() {
         let mut m = Membership::new(cfg());
         m.handle(0, pkt("b", B1, 1, 0));
@@ -751,7 +830,7 @@ mod tests {
             1,
             Input::Packet {
                 path: 1,
-                hb: hb("b", B1, 1, 0),
+                hb: Box::new(hb("b", B1, 1, 0)),
             },
         );
         assert_eq!(ev, rejected(Some("b"), 1, REJECT_PATH_MISMATCH));
@@ -874,14 +953,26 @@ mod tests {
             peer_sent_ms: 1000,
             held_ms: 30,
         });
-        m.handle(1100, Input::Packet { path: 0, hb: h });
+        m.handle(
+            1100,
+            Input::Packet {
+                path: 0,
+                hb: Box::new(h.clone()),
+            },
+        );
         assert_eq!(m.paths()[0].rtt_ms, Some(70.0));
         let mut h = hb("b", B1, 2, 0);
         h.echo = Some(Echo {
             peer_sent_ms: 1200,
             held_ms: 0,
         });
-        m.handle(1300, Input::Packet { path: 0, hb: h });
+        m.handle(
+            1300,
+            Input::Packet {
+                path: 0,
+                hb: Box::new(h.clone()),
+            },
+        );
         // 7/8 * 70 + 1/8 * 100
         assert_eq!(m.paths()[0].rtt_ms, Some(73.75));
         // Held longer than elapsed: saturates to 0.
@@ -890,7 +981,13 @@ mod tests {
             peer_sent_ms: 1300,
             held_ms: 500,
         });
-        m.handle(1400, Input::Packet { path: 0, hb: h });
+        m.handle(
+            1400,
+            Input::Packet {
+                path: 0,
+                hb: Box::new(h.clone()),
+            },
+        );
         assert_eq!(m.paths()[0].rtt_ms, Some(73.75 * 0.875));
         // An echo from the future is not ours: ignored.
         let mut h = hb("b", B1, 4, 0);
@@ -898,7 +995,13 @@ mod tests {
             peer_sent_ms: 9999,
             held_ms: 0,
         });
-        m.handle(1500, Input::Packet { path: 0, hb: h });
+        m.handle(
+            1500,
+            Input::Packet {
+                path: 0,
+                hb: Box::new(h.clone()),
+            },
+        );
         assert_eq!(m.paths()[0].rtt_ms, Some(73.75 * 0.875));
         assert_eq!(m.paths()[1].rtt_ms, None);
     }
@@ -1155,6 +1258,9 @@ mod tests {
                         let nd = &mut nodes[i];
                         nd.seq += 1;
                         let hb = Heartbeat {
+                            version: 1,
+                            max_version: 1,
+                            config_digest: String::new(),
                             cluster: "sim".into(),
                             node: nd.name.clone(),
                             boot_id: nd.boot.0,
@@ -1200,7 +1306,7 @@ mod tests {
                     now,
                     Input::Packet {
                         path: f.path,
-                        hb: f.hb,
+                        hb: Box::new(f.hb),
                     },
                 );
                 if ex.boot.is_some_and(|b| pkt_boot < b) {
@@ -1250,7 +1356,13 @@ mod tests {
                     let (path, hb) = expect[r][s].delivered[k].clone();
                     let now = t + nodes[r].clock_off;
                     let was_alive = nodes[r].mem.is_alive(&names[s]);
-                    let ev = nodes[r].mem.handle(now, Input::Packet { path, hb });
+                    let ev = nodes[r].mem.handle(
+                        now,
+                        Input::Packet {
+                            path,
+                            hb: Box::new(hb),
+                        },
+                    );
                     let ok = matches!(
                         ev.as_slice(),
                         [Ev::Rejected { reason, .. }]

@@ -1,7 +1,7 @@
 //! Heartbeat wire codec: a pure (no I/O) encoder/decoder for the UDP
 //! datagrams that cluster nodes exchange on every heartbeat path.
 //!
-//! # Wire format, version 1
+//! # Wire format, versions 1 and 2
 //!
 //! All integers are big-endian (network byte order, RFC 1700 / RFC 791
 //! convention). Strings are a `u8` byte length followed by that many bytes of
@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! magic         4   b"TDHB"
-//! version       1   1
+//! version       1   MIN_VERSION..=MAX_VERSION
 //! flags         1   bit0 = echo present, bit1 = standby, others must be 0
 //! cluster       str
 //! node          str
@@ -22,6 +22,9 @@
 //! seq           u64
 //! path          u8
 //! sent_ms       u64
+//! [protocol]        only if version >= 2:
+//!   max_version   u8  the sender's MAX_VERSION, >= version
+//!   config_digest str 0..=MAX_NAME_LEN bytes, empty: unknown (config::cluster_digest)
 //! [echo]            only if flags.bit0:
 //!   peer_sent_ms  u64
 //!   held_ms       u32
@@ -62,6 +65,18 @@
 //!
 //! Replay protection (sequence numbers, boots) is not a codec concern; see
 //! the membership module.
+//!
+//! # Versions
+//!
+//! The decoder accepts every version in [`MIN_VERSION`]..=[`MAX_VERSION`]; version 1
+//! has no protocol section (it decodes as `max_version` 1 and no digest), and every
+//! version from 2 up encodes the same way (the `proto-next` feature raises
+//! [`MAX_VERSION`] by one, for the mixed-build lab test). A sender encodes each peer's
+//! heartbeats at [`version_for`] that peer: its own maximum until it has heard the
+//! peer, then the lower of the two maxima. A peer of an older build drops the first
+//! heartbeats as `bad_version`, and is answered in its own version from the first
+//! heartbeat it sends; starting at the minimum instead would never learn anything, as
+//! version 1 cannot carry a maximum.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -72,8 +87,10 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MAX_PACKET: usize = 1400;
 /// Magic bytes at the start of every heartbeat ("TanDem HeartBeat").
 pub const MAGIC: [u8; 4] = *b"TDHB";
-/// The wire format version produced and accepted by this codec.
-pub const VERSION: u8 = 1;
+/// The oldest wire format version this codec reads and writes.
+pub const MIN_VERSION: u8 = 1;
+/// The newest wire format version this codec reads and writes.
+pub const MAX_VERSION: u8 = if cfg!(feature = "proto-next") { 3 } else { 2 };
 /// Length of the trailing HMAC-SHA256 tag.
 pub const MAC_LEN: usize = 32;
 /// Maximum byte length of any name (cluster, node, group, owner, standby
@@ -109,9 +126,23 @@ pub const MIN_PACKET: usize = PREAMBLE_LEN
     + 1 // setting_count
     + MAC_LEN;
 
+/// The version to encode for a peer whose heartbeats advertised `peer_max` (`None`:
+/// not heard yet): the lower of the two maxima, this build's maximum until then.
+/// Shared by the quorum datagram (`quorum::wire`).
+pub fn version_for(own_max: u8, peer_max: Option<u8>) -> u8 {
+    peer_max.map_or(own_max, |p| p.min(own_max))
+}
+
 /// One heartbeat datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Heartbeat {
+    /// The wire version this datagram is (to be) encoded in.
+    pub version: u8,
+    /// The sender's newest version ([`MAX_VERSION`]); 1 for a version-1 datagram.
+    pub max_version: u8,
+    /// The sender's configuration digest (`config::cluster_digest`); empty in version 1
+    /// or unknown.
+    pub config_digest: String,
     /// Cluster name; a mismatch is [`DecodeError::WrongCluster`].
     pub cluster: String,
     /// Sender node name.
@@ -284,6 +315,12 @@ pub enum EncodeError {
     /// An empty key authenticates nothing; refuse to send.
     #[error("cluster key is empty")]
     EmptyKey,
+    /// The version is outside [`MIN_VERSION`]..=[`MAX_VERSION`], or above `max_version`.
+    #[error("cannot encode heartbeat version {version} (max {max}; this build {MIN_VERSION}..={MAX_VERSION})")]
+    BadVersion { version: u8, max: u8 },
+    /// The config digest is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("config digest of {0} bytes, limit is {MAX_NAME_LEN}")]
+    BadDigest(usize),
 }
 
 /// Why a datagram was rejected. See [`DecodeError::reason`] for metric labels.
@@ -361,9 +398,15 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
     check_groups(&hb.advert.groups)?;
     check_standby_register(&hb.advert.standby_register)?;
     check_mirrors(&hb.advert.mirrors)?;
+    check_protocol(hb)?;
 
     let mut out = Vec::with_capacity(256);
     put_header(&mut out, hb);
+    if hb.version >= 2 {
+        out.push(hb.max_version);
+        out.push(hb.config_digest.len() as u8);
+        out.extend_from_slice(hb.config_digest.as_bytes());
+    }
     if let Some(e) = &hb.echo {
         put_echo(&mut out, e);
     }
@@ -382,6 +425,22 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
 
 /// Checks the groups section before encoding: at most [`MAX_GROUPS`], valid
 /// group and owner names, unique group names.
+/// The version is one this build speaks and the sender's maximum covers; the digest
+/// fits its length byte.
+fn check_protocol(hb: &Heartbeat) -> Result<(), EncodeError> {
+    let known = (MIN_VERSION..=MAX_VERSION).contains(&hb.version);
+    if !known || hb.version > hb.max_version {
+        return Err(EncodeError::BadVersion {
+            version: hb.version,
+            max: hb.max_version,
+        });
+    }
+    if hb.config_digest.len() > MAX_NAME_LEN {
+        return Err(EncodeError::BadDigest(hb.config_digest.len()));
+    }
+    Ok(())
+}
+
 fn check_groups(groups: &[GroupAdvert]) -> Result<(), EncodeError> {
     if groups.len() > MAX_GROUPS {
         return Err(EncodeError::TooManyGroups {
@@ -453,7 +512,7 @@ fn check_mirrors(mirrors: &[MirrorRegister]) -> Result<(), EncodeError> {
 /// identity, sequence number, path and send time.
 fn put_header(out: &mut Vec<u8>, hb: &Heartbeat) {
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(hb.version);
     let mut flags = 0;
     if hb.echo.is_some() {
         flags |= FLAG_ECHO;
@@ -593,6 +652,24 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads the echo section if the header `flags` say it is present.
+    /// The protocol section: (max_version, config_digest); implied in version 1.
+    fn protocol(&mut self, version: u8) -> Result<(u8, String), DecodeError> {
+        if version < 2 {
+            return Ok((1, String::new()));
+        }
+        let max = self.u8()?;
+        if max < version {
+            return Err(DecodeError::Malformed("max_version below version"));
+        }
+        let len = self.u8()? as usize;
+        if len > MAX_NAME_LEN {
+            return Err(DecodeError::Malformed("bad config digest length"));
+        }
+        let digest = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| DecodeError::Malformed("config digest is not UTF-8"))?;
+        Ok((max, digest.to_owned()))
+    }
+
     fn echo(&mut self, flags: u8) -> Result<Option<Echo>, DecodeError> {
         if flags & FLAG_ECHO == 0 {
             return Ok(None);
@@ -733,6 +810,8 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
     let seq = r.u64()?;
     let path = r.u8()?;
     let sent_ms = r.u64()?;
+    let version = signed[MAGIC.len()];
+    let (max_version, config_digest) = r.protocol(version)?;
     let echo = r.echo(flags)?;
     let priority = r.u32()?;
     let groups = r.groups()?;
@@ -748,6 +827,9 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
         });
     }
     Ok(Heartbeat {
+        version,
+        max_version,
+        config_digest,
         cluster: got_cluster,
         node,
         boot_id,
@@ -782,7 +864,7 @@ fn check_framing(buf: &[u8]) -> Result<(), DecodeError> {
         return Err(DecodeError::BadMagic);
     }
     let version = preamble[MAGIC.len()];
-    if version != VERSION {
+    if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
         return Err(DecodeError::BadVersion(version));
     }
     if buf.len() < MIN_PACKET {
@@ -815,6 +897,9 @@ mod tests {
 
     fn sample() -> Heartbeat {
         Heartbeat {
+            version: 1,
+            max_version: 1,
+            config_digest: String::new(),
             cluster: "prod".into(),
             node: "a".into(),
             boot_id: 0x0102_0304_0506_0708,
@@ -1055,6 +1140,8 @@ mod tests {
             let e = decode(&m, KEY, "prod").unwrap_err();
             let want = match i / 8 {
                 0..=3 => "bad_magic",
+                // Another version this build reads still fails the MAC.
+                4 if (MIN_VERSION..=MAX_VERSION).contains(&m[4]) => "bad_mac",
                 4 => "bad_version",
                 _ => "bad_mac",
             };
@@ -1077,8 +1164,13 @@ mod tests {
             Err("truncated")
         );
         let mut pkt = encode(&sample(), KEY).expect("encode");
-        pkt[4] = 2;
-        assert_eq!(decode(&pkt, KEY, "prod"), Err(DecodeError::BadVersion(2)));
+        pkt[4] = MAX_VERSION + 1;
+        assert_eq!(
+            decode(&pkt, KEY, "prod"),
+            Err(DecodeError::BadVersion(MAX_VERSION + 1))
+        );
+        pkt[4] = 0;
+        assert_eq!(decode(&pkt, KEY, "prod"), Err(DecodeError::BadVersion(0)));
     }
 
     /// Offset of the group count byte in `sample()`'s body.
@@ -1346,6 +1438,88 @@ mod tests {
         assert_eq!(decode(&pkt, KEY, "prod"), Ok(hb));
     }
 
+    fn v2() -> Heartbeat {
+        Heartbeat {
+            version: 2,
+            max_version: 2,
+            config_digest: "0123456789abcdef".into(),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn version_2_carries_max_version_and_config_digest() {
+        let pkt = encode(&v2(), KEY).expect("encode");
+        let v1 = encode(&sample(), KEY).expect("encode");
+        // Version 2 is version 1 with its version byte and, after sent_ms (before the
+        // echo), the protocol section: max 2 and the 16-byte digest.
+        let mut want = hex(&body_of(&v1));
+        let at = want.find("0000000000001324").expect("echo");
+        want.insert_str(at, &format!("0210{}", hex(b"0123456789abcdef")));
+        want.replace_range(8..10, "02");
+        assert_eq!(hex(&body_of(&pkt)), want);
+        assert_eq!(decode(&pkt, KEY, "prod"), Ok(v2()));
+        // Version 1 (an older build) decodes as max 1 and no digest.
+        let old = decode(&v1, KEY, "prod").expect("v1");
+        assert_eq!((old.version, old.max_version), (1, 1));
+        assert!(old.config_digest.is_empty());
+    }
+
+    #[test]
+    fn versions_outside_the_range_are_refused_both_ways() {
+        let mut hb = v2();
+        hb.max_version = 1;
+        assert_eq!(
+            encode(&hb, KEY),
+            Err(EncodeError::BadVersion { version: 2, max: 1 })
+        );
+        hb.version = MAX_VERSION + 1;
+        hb.max_version = MAX_VERSION + 1;
+        assert!(matches!(
+            encode(&hb, KEY),
+            Err(EncodeError::BadVersion { .. })
+        ));
+        hb.version = 0;
+        assert!(matches!(
+            encode(&hb, KEY),
+            Err(EncodeError::BadVersion { .. })
+        ));
+        hb = v2();
+        hb.config_digest = "d".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(
+            encode(&hb, KEY),
+            Err(EncodeError::BadDigest(MAX_NAME_LEN + 1))
+        );
+        // A newer build's datagram (version above ours) is bad_version before the MAC.
+        let mut body = body_of(&encode(&v2(), KEY).expect("encode"));
+        body[MAGIC.len()] = MAX_VERSION + 1;
+        let e = decode(&resign(&body), KEY, "prod").unwrap_err();
+        assert_eq!(e, DecodeError::BadVersion(MAX_VERSION + 1));
+        // An authenticated max_version below the version is malformed.
+        let mut body = body_of(&encode(&v2(), KEY).expect("encode"));
+        let at = PREAMBLE_LEN + 1 + 5 + 2 + 8 * 3 + 1 + 8;
+        body[at] = 1;
+        assert!(matches!(
+            decode(&resign(&body), KEY, "prod"),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn the_send_version_is_the_lower_maximum_once_heard() {
+        assert_eq!(version_for(MAX_VERSION, None), MAX_VERSION);
+        assert_eq!(version_for(2, Some(1)), 1);
+        assert_eq!(version_for(2, Some(3)), 2);
+        assert_eq!(version_for(3, Some(3)), 3);
+    }
+
+    #[test]
+    fn rewriting_the_version_byte_fails_the_mac() {
+        let mut pkt = encode(&v2(), KEY).expect("encode");
+        pkt[MAGIC.len()] = 1;
+        assert_eq!(decode(&pkt, KEY, "prod"), Err(DecodeError::BadMac));
+    }
+
     fn name() -> impl Strategy<Value = String> {
         // Includes multi-byte UTF-8 while staying within MAX_NAME_LEN bytes.
         "[a-zA-Z0-9\\-_é]{1,20}"
@@ -1398,6 +1572,7 @@ mod tests {
             (any::<u8>(), any::<u64>()),
             proptest::option::of((any::<u64>(), any::<u32>())),
             (any::<u32>(), any::<bool>(), groups, register),
+            (MIN_VERSION..=MAX_VERSION, 0..=MAX_VERSION, "[0-9a-f]{0,16}"),
         )
             .prop_map(
                 |(
@@ -1405,8 +1580,13 @@ mod tests {
                     (path, sent_ms),
                     echo,
                     (p, s, groups, standby_register),
+                    (version, extra, digest),
                 )| {
+                    let v1 = version == 1;
                     Heartbeat {
+                        version,
+                        max_version: if v1 { 1 } else { version.saturating_add(extra) },
+                        config_digest: if v1 { String::new() } else { digest },
                         cluster: "prod".into(),
                         node,
                         boot_id,

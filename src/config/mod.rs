@@ -813,6 +813,9 @@ impl Config {
             .max_by_key(|n| n.len())
             .unwrap_or_default();
         let hb = p::Heartbeat {
+            version: p::MAX_VERSION,
+            max_version: p::MAX_VERSION,
+            config_digest: "f".repeat(p::MAX_NAME_LEN),
             cluster: self.cluster.name.clone(),
             node: longest.clone(),
             boot_id: u64::MAX,

@@ -364,6 +364,7 @@ fn run_arm(
         fence: a.fence && engine == Engine::Tandem,
         suspend_on_no_quorum: false,
         split_brain: None,
+        node_binary: Vec::new(),
     };
     let lease = watchdog.map(|w| topology::lease_for_watchdog_ms(w, interval));
     println!(

@@ -226,6 +226,20 @@ pub struct UpArgs {
     /// The demo mirror's `split_brain` policy (default: the daemon's, `disconnect`).
     #[arg(long, value_name = "POLICY", value_parser = parse_split_brain)]
     pub split_brain: Option<SplitBrainPolicy>,
+    /// Run this node's daemon from another build (`n2=PATH`, repeatable): the rolling
+    /// upgrade test runs two builds side by side. Its helpers (the demo service) stay
+    /// `--tandem-bin`'s, so the nodes' configurations agree.
+    #[arg(long = "node-binary", value_name = "NODE=PATH", hide = true, value_parser = parse_node_binary)]
+    pub node_binary: Vec<(String, PathBuf)>,
+}
+
+fn parse_node_binary(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((node, path)) if !node.is_empty() && !path.is_empty() => {
+            Ok((node.to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected NODE=PATH, got {arg:?}")),
+    }
 }
 
 fn parse_split_brain(name: &str) -> Result<SplitBrainPolicy, String> {
@@ -744,6 +758,8 @@ struct Engines {
     me: String,
     /// The Tandem daemon's binary.
     tandem_bin: String,
+    /// Nodes that run another build of the daemon (`--node-binary`).
+    node_bins: BTreeMap<String, String>,
     /// keepalived, with engine keepalived.
     ka_bin: Option<String>,
     /// The cluster key, in hex.
@@ -770,9 +786,19 @@ impl Engines {
         } else {
             None
         };
+        let node_bins = args
+            .node_binary
+            .iter()
+            .map(|(node, p)| {
+                let path = std::fs::canonicalize(p)
+                    .map_err(|e| LabError::io(format!("tandem binary {}", p.display()), e))?;
+                Ok((node.clone(), path.to_string_lossy().into_owned()))
+            })
+            .collect::<Result<_, LabError>>()?;
         Ok(Engines {
             me: self_exe()?,
             tandem_bin,
+            node_bins,
             ka_bin,
             key: topology::hex_key(&net::random_bytes()?),
         })
@@ -921,8 +947,9 @@ impl Engines {
             },
         );
         write_file(&conf, &text)?;
+        let bin = self.node_bins.get(&n.name).unwrap_or(&self.tandem_bin);
         let argv = vec![
-            self.tandem_bin.clone(),
+            bin.clone(),
             "run".into(),
             "--config".into(),
             conf.to_string_lossy().into_owned(),
@@ -2021,6 +2048,20 @@ mod tests {
             }
         ));
         assert!(Cli::try_parse_from(["lab", "loss", "hb1", "101"]).is_err());
+        let c = Cli::try_parse_from(["lab", "up", "--node-binary", "n2=/opt/next/tandem"]).unwrap();
+        match c.cmd {
+            LabCommand::Up(a) => assert_eq!(
+                a.node_binary,
+                vec![("n2".to_string(), PathBuf::from("/opt/next/tandem"))]
+            ),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["n2", "=/x", "n2="] {
+            assert!(
+                Cli::try_parse_from(["lab", "up", "--node-binary", bad]).is_err(),
+                "{bad}"
+            );
+        }
         let c = Cli::try_parse_from(["lab", "up", "--witness"]).unwrap();
         assert!(matches!(
             c.cmd,

@@ -804,6 +804,24 @@ mod tests {
     }
 
     #[test]
+    fn every_nodes_configuration_has_the_same_digest() {
+        let p = Plan::new("tdm-", 3).unwrap();
+        let n1 = render_tandem_config(&p, &params());
+        let n2 = render_tandem_config(
+            &p,
+            &ConfigParams {
+                state_dir: "/run/tandem-lab/n2/state",
+                socket: "/run/tandem-lab/n2/tandem.sock",
+                ..params()
+            },
+        );
+        assert_ne!(n1, n2);
+        let digest = crate::config::cluster_digest;
+        assert_eq!(digest(&n1), digest(&n2));
+        assert!(digest(&n1).is_some());
+    }
+
+    #[test]
     fn config_matches_expected_shape() {
         let p = Plan::new("tdm-", 2).unwrap();
         let text = render_tandem_config(&p, &params());

@@ -193,6 +193,10 @@ pub struct MirrorPeerStatus {
     /// daemon started; absent until a compressed link carried a payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<CompressionStatus>,
+    /// The replication protocol version the latest link to the peer negotiated
+    /// (`mirror::wire`); absent before one was authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<u16>,
 }
 
 /// Write and resync payload bytes sent on compressed links to one peer.

@@ -74,17 +74,27 @@
 //! Symmetric; both sides send, then read, each step ([`handshake`], at most
 //! [`HANDSHAKE_TIMEOUT`] in all). The two messages are framed like frames (types
 //! `0xF0`, `0xF1`, never valid after the handshake):
-//! 1. Hello: magic `TNDMREPL`, version u16 ([`VERSION`]), flags u8 (bit 0: wants
-//!    encryption; bit 1: can zstd; bit 2: wants zstd; see [`compress`]), cluster, mirror, node (strings), a 32-byte random nonce. Each side
-//!    refuses a wrong magic (`Malformed`) or version (`Version`), another cluster or
-//!    mirror (`WrongCluster`), a node other than the expected peer and a peer using its
-//!    own node name (`WrongPeer`).
-//! 2. Auth: HMAC-SHA256 with the cluster key over the transcript
-//!    `"tandem-mirror-auth-v1" ‖ version ‖ cluster ‖ mirror ‖ sender node ‖ receiver
-//!    node ‖ sender nonce ‖ receiver nonce ‖ sender flags ‖ receiver flags` (each field
-//!    behind a u32 length prefix), checked in constant time. Direction and both fresh nonces
-//!    are bound, so neither a replayed nor a reflected Auth passes; the flags are bound
-//!    too, so neither encryption nor compression can be stripped in transit.
+//! 1. Hello: magic `TNDMREPL`, version u16 (the sender's newest, [`MAX_VERSION`]),
+//!    flags u8 (bit 0: wants encryption; bit 1: can zstd; bit 2: wants zstd; see
+//!    [`compress`]), cluster, mirror, node (strings), a 32-byte nonce. Each side
+//!    refuses a wrong magic (`Malformed`), another cluster or mirror (`WrongCluster`),
+//!    a node other than the expected peer and a peer using its own node name
+//!    (`WrongPeer`).
+//! 2. Version: both sides take the lower of the two hellos' versions, and refuse
+//!    (`Version`) if that is below their [`MIN_VERSION`]; so N and N + 1 interoperate.
+//!    Builds that negotiate start their nonce with `TNDMv+` and their version again
+//!    (u16), then 24 random bytes; a peer whose nonce says another version than its
+//!    hello was rewritten in transit (`Downgrade`). Builds before version ranges send
+//!    3, demand 3 and have random nonces: they interoperate with a build whose range
+//!    includes 3.
+//! 3. Auth: HMAC-SHA256 with the cluster key over the transcript
+//!    `"tandem-mirror-auth-v1" ‖ negotiated version ‖ cluster ‖ mirror ‖ sender node ‖
+//!    receiver node ‖ sender nonce ‖ receiver nonce ‖ sender flags ‖ receiver flags`
+//!    (each field behind a u32 length prefix), checked in constant time. Direction and
+//!    both fresh nonces are bound, so neither a replayed nor a reflected Auth passes;
+//!    the flags are bound too, so neither encryption nor compression can be stripped in
+//!    transit; the negotiated version, and through the nonces each side's newest, are
+//!    bound, so a man in the middle cannot lower the version either.
 //!
 //! # Encryption
 //! If either side asked for it, every later frame is sealed with ChaCha20-Poly1305: per
@@ -123,9 +133,15 @@ mod tests;
 
 use compress::{Compress, Packer, Unpacker};
 
-/// Protocol version carried in the hello (3: peer-acks, bitmap exchange and
-/// `resolving` in `State`; 2 added ownership epochs. An older peer is refused in the hello).
-pub const VERSION: u16 = 3;
+/// The oldest protocol version this build speaks (3: peer-acks, bitmap exchange and
+/// `resolving` in `State`; 2 added ownership epochs. An older peer is refused in the
+/// handshake).
+pub const MIN_VERSION: u16 = 3;
+/// The newest protocol version this build speaks, sent in its hello. The `proto-next`
+/// feature raises it by one, with the same frames, for the mixed-build lab test.
+pub const MAX_VERSION: u16 = if cfg!(feature = "proto-next") { 4 } else { 3 };
+/// How the nonce of a build that negotiates versions begins (then its version, u16).
+const RANGE_MARK: &[u8; 6] = b"TNDMv+";
 /// The most runs one `BitmapRuns` carries.
 pub const MAX_RUNS: usize = 65_536;
 /// The largest payload a frame may carry (a write or resync chunk): 1 MiB.
@@ -378,8 +394,13 @@ pub enum WireError {
     TooLarge(usize),
     #[error("peer failed authentication (wrong cluster key?)")]
     AuthFailed,
-    #[error("peer speaks protocol version {0}, this node {VERSION}")]
-    Version(u16),
+    #[error(
+        "peer speaks replication protocol versions up to {theirs}, this node \
+         {MIN_VERSION}..={MAX_VERSION}"
+    )]
+    Version { theirs: u16 },
+    #[error("the peer's hello says version {hello} but its nonce {nonce}: rewritten in transit")]
+    Downgrade { hello: u16, nonce: u16 },
     #[error("peer is {got:?}, expected {expected:?}")]
     WrongPeer { expected: String, got: String },
     #[error("peer is in cluster {0:?} / mirror {1:?}, not ours")]
@@ -409,6 +430,8 @@ pub struct HandshakeParams {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerHello {
     pub node: String,
+    /// The protocol version both sides speak on this link.
+    pub version: u16,
     pub encrypted: bool,
     /// What the link compresses with, as negotiated.
     pub compress: Compress,
@@ -1428,6 +1451,8 @@ async fn read_prefix<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<usize
 
 /// A decoded hello.
 struct Hello {
+    /// The sender's newest protocol version.
+    version: u16,
     flags: u8,
     cluster: String,
     mirror: String,
@@ -1441,7 +1466,7 @@ impl Hello {
         out.extend_from_slice(&[0; 4]);
         out.push(ty::HELLO);
         out.extend_from_slice(MAGIC);
-        put_u16(&mut out, VERSION);
+        put_u16(&mut out, self.version);
         out.push(self.flags);
         put_str(&mut out, &self.cluster);
         put_str(&mut out, &self.mirror);
@@ -1459,11 +1484,8 @@ impl Hello {
                 "not a Tandem replication peer (bad magic)",
             ));
         }
-        let version = c.u16()?;
-        if version != VERSION {
-            return Err(WireError::Version(version));
-        }
         let hello = Hello {
+            version: c.u16()?,
             flags: c.u8()?,
             cluster: c.string()?,
             mirror: c.string()?,
@@ -1473,6 +1495,37 @@ impl Hello {
         c.finish()?;
         Ok(hello)
     }
+}
+
+/// A fresh hello nonce: [`RANGE_MARK`], this build's newest version, 24 random bytes.
+fn fresh_nonce() -> [u8; 32] {
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    nonce[..RANGE_MARK.len()].copy_from_slice(RANGE_MARK);
+    nonce[RANGE_MARK.len()..RANGE_MARK.len() + 2].copy_from_slice(&MAX_VERSION.to_be_bytes());
+    nonce
+}
+
+/// The version both sides speak with a peer that sent `theirs`: the lower of the two
+/// newest, refused below [`MIN_VERSION`] or if its nonce (bound by the Auth MAC) says
+/// another version than its hello (see the module documentation).
+fn negotiate(theirs: &Hello) -> Result<u16, WireError> {
+    let v = theirs.version.min(MAX_VERSION);
+    if v < MIN_VERSION {
+        return Err(WireError::Version {
+            theirs: theirs.version,
+        });
+    }
+    if let Some(rest) = theirs.nonce.strip_prefix(RANGE_MARK) {
+        let nonce = u16::from_be_bytes([rest[0], rest[1]]);
+        if nonce != theirs.version {
+            return Err(WireError::Downgrade {
+                hello: theirs.version,
+                nonce,
+            });
+        }
+    }
+    Ok(v)
 }
 
 /// Writes one handshake message (already framed) and flushes.
@@ -1508,6 +1561,7 @@ fn auth_mac(
     key: &[u8],
     cluster: &str,
     mirror: &str,
+    version: u16,
     sender: &Hello,
     receiver: &Hello,
 ) -> Result<Hmac<Sha256>, WireError> {
@@ -1517,7 +1571,7 @@ fn auth_mac(
         mac.update(bytes);
     };
     field(b"tandem-mirror-auth-v1");
-    field(&VERSION.to_be_bytes());
+    field(&version.to_be_bytes());
     field(cluster.as_bytes());
     field(mirror.as_bytes());
     field(sender.node.as_bytes());
@@ -1586,14 +1640,13 @@ where
     let mut r = BufReader::with_capacity(READ_BUF, reader);
 
     // 1. Hellos.
-    let mut nonce = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ours = Hello {
+        version: MAX_VERSION,
         flags: hello_flags(params),
         cluster: params.cluster.clone(),
         mirror: params.mirror.clone(),
         node: params.local_node.clone(),
-        nonce,
+        nonce: fresh_nonce(),
     };
     // Send and receive at once: neither side waits for the other to read first.
     let hello = ours.encode();
@@ -1620,20 +1673,35 @@ where
         });
     }
 
-    // 3. Mutual proof of the cluster key.
-    let mine = auth_mac(&params.key, &params.cluster, &params.mirror, &ours, &theirs)?
-        .finalize()
-        .into_bytes();
+    // 3. The version, then mutual proof of the cluster key.
+    let version = negotiate(&theirs)?;
+    let mine = auth_mac(
+        &params.key,
+        &params.cluster,
+        &params.mirror,
+        version,
+        &ours,
+        &theirs,
+    )?
+    .finalize()
+    .into_bytes();
     let mut auth = Vec::with_capacity(4 + 1 + mine.len());
     put_u32(&mut auth, len32(1 + mine.len()));
     auth.push(ty::AUTH);
     auth.extend_from_slice(&mine);
     let (_, their_mac) = tokio::try_join!(write_msg(&mut w, &auth), read_msg(&mut r, ty::AUTH))?;
-    auth_mac(&params.key, &params.cluster, &params.mirror, &theirs, &ours)?
-        .verify_slice(&their_mac)
-        .map_err(|_| WireError::AuthFailed)?;
+    auth_mac(
+        &params.key,
+        &params.cluster,
+        &params.mirror,
+        version,
+        &theirs,
+        &ours,
+    )?
+    .verify_slice(&their_mac)
+    .map_err(|_| WireError::AuthFailed)?;
 
-    open_link(r, w, &params.key, &ours, theirs)
+    open_link(r, w, &params.key, (&ours, theirs), version)
 }
 
 /// The flags of this side's hello.
@@ -1665,8 +1733,8 @@ fn open_link<R, W>(
     r: BufReader<R>,
     w: W,
     key: &[u8],
-    ours: &Hello,
-    theirs: Hello,
+    (ours, theirs): (&Hello, Hello),
+    version: u16,
 ) -> Result<(LinkReader<R>, LinkWriter<W>, PeerHello), WireError>
 where
     R: AsyncRead + Unpin + Send,
@@ -1695,6 +1763,7 @@ where
     };
     let peer = PeerHello {
         node: theirs.node,
+        version,
         encrypted,
         compress,
     };

@@ -12,7 +12,7 @@ use crate::mirror::fencing::FenceAction;
 use crate::placement::policy::{Now, Proposal, QuorumGate};
 use crate::quorum::core::{QuorumAction, QuorumCore};
 use crate::quorum::decision::{Applied, Decision};
-use crate::quorum::outbox::{self, Outgoing, Refused};
+use crate::quorum::outbox::{Outgoing, Refused};
 use crate::quorum::wire::QuorumPacket;
 
 impl NodeCore {
@@ -37,7 +37,7 @@ impl NodeCore {
         if self.quorum.is_none() {
             return;
         }
-        match outbox::admit(&mut self.dedup, self.outbox.voters_digest(), &p) {
+        match self.outbox.admit(&mut self.dedup, &p) {
             Ok(()) => {}
             Err(Refused::ForeignVoters) => {
                 tracing::warn!(from = %p.from, "quorum datagram from a node with another voter list dropped");
@@ -170,45 +170,6 @@ impl NodeCore {
                 tracing::debug!(?d, "no leader to propose to yet");
             }
         });
-    }
-
-    /// Publishes this node's configuration digest through the log while the committed
-    /// one differs (the core proposes an entry at most once per term).
-    pub(super) fn publish_config_digest(&mut self, now: Now, out: &mut Vec<NodeAction>) {
-        let (Some(q), Some(s)) = (&self.quorum, &self.cfg.quorum) else {
-            return;
-        };
-        let local = self.cfg.local();
-        if s.config_digest.is_empty()
-            || q.leader().is_none()
-            || q.register().config_digests.get(local) == Some(&s.config_digest)
-        {
-            return;
-        }
-        let d = Decision::ConfigDigest {
-            node: local.to_string(),
-            digest: s.config_digest.clone(),
-        };
-        self.quorum_call(now, out, |q, now, o| {
-            q.propose(now, &d, o);
-        });
-    }
-
-    /// The nodes whose committed configuration digest differs from this node's, with
-    /// their digest; empty outside quorum mode or when they all agree.
-    pub fn config_mismatches(&self) -> Vec<(String, String)> {
-        let (Some(q), Some(s)) = (&self.quorum, &self.cfg.quorum) else {
-            return Vec::new();
-        };
-        if s.config_digest.is_empty() {
-            return Vec::new();
-        }
-        q.register()
-            .config_digests
-            .iter()
-            .filter(|(n, d)| n.as_str() != self.cfg.local() && **d != s.config_digest)
-            .map(|(n, d)| (n.clone(), d.clone()))
-            .collect()
     }
 
     /// What the log and the leases allow placement now; `None` without a quorum.

@@ -53,7 +53,9 @@ pub enum Decision {
     /// A node's standby flag (`tandem node standby` / `online`): a node in standby
     /// runs no group; those it owns move away.
     Standby { node: String, on: bool },
-    /// A node's configuration digest, so that every node can check they agree.
+    /// A node's configuration digest, as builds before heartbeat version 2 published
+    /// it. Still decoded, so that their log entries replay, but applied as a no-op:
+    /// digests now travel in heartbeats (`cluster::packet`), in both modes.
     ConfigDigest { node: String, digest: String },
 }
 
@@ -93,7 +95,6 @@ pub struct Register {
     pub owners: BTreeMap<String, Ownership>,
     /// (mirror, node) -> the primary generation the copy was outdated for.
     pub outdated: BTreeMap<(String, String), u64>,
-    pub config_digests: BTreeMap<String, String>,
     /// Groups in maintenance.
     pub maintenance: BTreeSet<String>,
     /// Nodes in standby.
@@ -186,9 +187,8 @@ impl Register {
                     return Applied::Stale(d);
                 }
             }
-            Decision::ConfigDigest { node, digest } => {
-                self.config_digests.insert(node.clone(), digest.clone());
-            }
+            // An older build's entry: ignored (see the variant).
+            Decision::ConfigDigest { .. } => return Applied::Stale(d),
         }
         Applied::Changed(d)
     }
@@ -215,7 +215,7 @@ impl Register {
                 .iter()
                 .map(|((m, n), g)| (m.clone(), n.clone(), *g))
                 .collect(),
-            config_digests: self.config_digests.clone(),
+            config_digests: BTreeMap::new(),
             maintenance: self.maintenance.clone(),
             standby: self.standby.clone(),
             copies_version: self.copies_version,
@@ -237,7 +237,6 @@ impl Register {
                 .into_iter()
                 .map(|(m, n, g)| ((m, n), g))
                 .collect(),
-            config_digests: w.config_digests,
             maintenance: w.maintenance,
             standby: w.standby,
             copies_version: w.copies_version,
@@ -251,6 +250,9 @@ struct RegisterWire {
     applied: u64,
     owners: BTreeMap<String, Ownership>,
     outdated: Vec<(String, String, u64)>,
+    /// Written empty and ignored on read: builds before heartbeat version 2 kept
+    /// configuration digests here, and still require the field in a snapshot.
+    #[serde(default)]
     config_digests: BTreeMap<String, String>,
     #[serde(default)]
     maintenance: BTreeSet<String>,
@@ -366,14 +368,17 @@ mod tests {
                 generation: 3,
             },
         );
-        r.apply(
-            3,
-            Decision::ConfigDigest {
-                node: "n1".into(),
-                digest: "abc".into(),
-            },
-        );
+        let old = Decision::ConfigDigest {
+            node: "n1".into(),
+            digest: "abc".into(),
+        };
+        // An older build's digest entry still decodes, and changes nothing.
+        assert_eq!(Decision::decode(&old.encode()).unwrap(), old);
+        assert!(matches!(r.apply(3, old), Applied::Stale(_)));
         assert_eq!(Register::decode(&r.encode()).unwrap(), r);
+        // Older builds require the field in a snapshot: it is written, empty.
+        let snapshot: serde_json::Value = serde_json::from_slice(&r.encode()).unwrap();
+        assert_eq!(snapshot["config_digests"], serde_json::json!({}));
         assert_eq!(Register::decode(&[]).unwrap(), Register::default());
         let d = own("g", "n1", 7);
         assert_eq!(Decision::decode(&d.encode()).unwrap(), d);

@@ -5,13 +5,18 @@
 //!   the same voter share a [`QuorumPacket`] (up to [`DATAGRAM_MSGS`] messages and
 //!   [`DATAGRAM_RAFT_BYTES`] of raft bytes), but never across a write to the durable
 //!   log, so raft's order (persist, then send what depends on it) holds on the wire.
-//! - [`admit`] is the receive side's filter: datagrams from a sender with another voter
-//!   list are refused, and the copies that arrive on the other heartbeat paths dropped.
+//! - [`Outbox::admit`] is the receive side's filter: datagrams from a sender with
+//!   another voter list are refused, and the copies that arrive on the other heartbeat
+//!   paths dropped. It learns each voter's newest wire version, and datagrams to it go
+//!   out at the lower of the two maxima (this build's until one arrived).
+
+use std::collections::BTreeMap;
 
 use super::core::QuorumAction;
 use super::decision::Applied;
 use super::records::PersistBatch;
-use super::wire::{Dedup, QuorumMsg, QuorumPacket};
+use super::wire::{self, Dedup, QuorumMsg, QuorumPacket};
+use crate::cluster::packet::version_for;
 
 /// Raft bytes per datagram before another one is started.
 pub const DATAGRAM_RAFT_BYTES: usize = 48 * 1024;
@@ -41,6 +46,8 @@ pub struct Outbox {
     voters_digest: u64,
     boot_id: u64,
     seq: u64,
+    /// Each voter's newest wire version, from its latest admitted datagram.
+    peer_max: BTreeMap<String, u8>,
 }
 
 impl Outbox {
@@ -51,6 +58,7 @@ impl Outbox {
             voters_digest,
             boot_id,
             seq: 0,
+            peer_max: BTreeMap::new(),
         }
     }
 
@@ -91,9 +99,11 @@ impl Outbox {
     ) {
         for (to, msgs) in pending.drain(..) {
             self.seq += 1;
+            let peer_max = self.peer_max.get(&to).copied();
             out.push(Outgoing::Send {
-                to,
                 packet: QuorumPacket {
+                    version: version_for(wire::MAX_VERSION, peer_max),
+                    max_version: wire::MAX_VERSION,
                     cluster: self.cluster.clone(),
                     from: self.from.clone(),
                     voters_digest: self.voters_digest,
@@ -102,6 +112,7 @@ impl Outbox {
                     sent_ms: now_ms,
                     msgs,
                 },
+                to,
             });
         }
     }
@@ -136,15 +147,19 @@ pub enum Refused {
     Duplicate,
 }
 
-/// Whether an authenticated datagram should be stepped: same voter list, first copy.
-pub fn admit(dedup: &mut Dedup, voters_digest: u64, p: &QuorumPacket) -> Result<(), Refused> {
-    if p.voters_digest != voters_digest {
-        return Err(Refused::ForeignVoters);
+impl Outbox {
+    /// Whether an authenticated datagram should be stepped: same voter list, first
+    /// copy. An admitted one tells the sender's newest version.
+    pub fn admit(&mut self, dedup: &mut Dedup, p: &QuorumPacket) -> Result<(), Refused> {
+        if p.voters_digest != self.voters_digest {
+            return Err(Refused::ForeignVoters);
+        }
+        if !dedup.accept(&p.from, p.boot_id, p.seq) {
+            return Err(Refused::Duplicate);
+        }
+        self.peer_max.insert(p.from.clone(), p.max_version);
+        Ok(())
     }
-    if !dedup.accept(&p.from, p.boot_id, p.seq) {
-        return Err(Refused::Duplicate);
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -246,8 +261,45 @@ mod tests {
             panic!("no datagram")
         };
         let mut dedup = Dedup::default();
-        assert_eq!(admit(&mut dedup, 8, &packet), Err(Refused::ForeignVoters));
-        assert_eq!(admit(&mut dedup, 7, &packet), Ok(()));
-        assert_eq!(admit(&mut dedup, 7, &packet), Err(Refused::Duplicate));
+        let mut foreign = Outbox::new("lab", "w", 8, 2);
+        assert_eq!(
+            foreign.admit(&mut dedup, &packet),
+            Err(Refused::ForeignVoters)
+        );
+        let mut w = Outbox::new("lab", "w", 7, 2);
+        assert_eq!(w.admit(&mut dedup, &packet), Ok(()));
+        assert_eq!(w.admit(&mut dedup, &packet), Err(Refused::Duplicate));
+    }
+
+    /// The version of the next datagram `ob` sends to `to`.
+    fn version_to(ob: &mut Outbox, to: &str) -> u8 {
+        match ob.coalesce(0, vec![send(to, vec![raft(1)])]).pop() {
+            Some(Outgoing::Send { packet, .. }) => packet.version,
+            other => panic!("no datagram: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn datagrams_go_out_at_the_lower_maximum_once_the_voter_was_heard() {
+        let mut ob = Outbox::new("lab", "n1", 7, 1);
+        let mut dedup = Dedup::default();
+        assert_eq!(version_to(&mut ob, "n2"), wire::MAX_VERSION);
+        let mut older = Outbox::new("lab", "n2", 7, 2);
+        let Some(Outgoing::Send { mut packet, .. }) =
+            older.coalesce(0, vec![send("n1", vec![raft(1)])]).pop()
+        else {
+            panic!("no datagram")
+        };
+        // n2 runs a build that speaks version 1 only.
+        packet.version = 1;
+        packet.max_version = 1;
+        assert_eq!(ob.admit(&mut dedup, &packet), Ok(()));
+        assert_eq!(version_to(&mut ob, "n2"), 1);
+        assert_eq!(version_to(&mut ob, "n3"), wire::MAX_VERSION, "per voter");
+        // A newer build (N + 1) gets this build's maximum.
+        packet.seq += 1;
+        packet.max_version = wire::MAX_VERSION + 1;
+        assert_eq!(ob.admit(&mut dedup, &packet), Ok(()));
+        assert_eq!(version_to(&mut ob, "n2"), wire::MAX_VERSION);
     }
 }

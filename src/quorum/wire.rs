@@ -2,7 +2,7 @@
 //! (no I/O) encoder/decoder, modelled on the heartbeat codec (`cluster::packet`), plus
 //! the receive-side [`Dedup`] of the copies that arrive on the other heartbeat paths.
 //!
-//! # Wire format, version 1
+//! # Wire format, versions 1 and 2
 //!
 //! All integers are big-endian (network byte order). Strings are a `u8` byte length
 //! followed by that many bytes of UTF-8; names are 1..=[`MAX_NAME_LEN`] bytes. The
@@ -13,13 +13,14 @@
 //!
 //! ```text
 //! magic          4   b"TDQM"
-//! version        1   1
+//! version        1   MIN_VERSION..=MAX_VERSION
 //! cluster        str
 //! from           str  sender voter name
 //! voters_digest  u64  see voters_digest()
 //! boot_id        u64
 //! seq            u64
 //! sent_ms        u64
+//! [max_version]  u8   only if version >= 2: the sender's MAX_VERSION, >= version
 //! msg_count      u8   <= MAX_MSGS
 //! msg * msg_count:
 //!   kind         u8   1 raft, 2 renew, 3 ack, 4 report
@@ -47,6 +48,17 @@
 //! re-encodes to the same bytes (the fuzz target `quorum_decode` checks it). The
 //! encoder refuses (with a [`WireError`], never a panic) everything the decoder would.
 //!
+//! # Versions
+//!
+//! The decoder accepts [`MIN_VERSION`]..=[`MAX_VERSION`]; version 1 has no
+//! `max_version` (it decodes as 1), and every version from 2 up encodes the same way
+//! (the `proto-next` feature raises [`MAX_VERSION`] by one for the mixed-build lab
+//! test). As with heartbeats (`cluster::packet::version_for`), each voter's datagrams
+//! go out at the lower of the two maxima once `quorum::outbox::Outbox::admit` has
+//! seen one from it, and at this build's maximum before: the datagram carries its own
+//! maximum (rather than taking the heartbeat's) so that the witness, which sends no
+//! heartbeats, negotiates the same way.
+//!
 //! # Duplicates
 //!
 //! A sender puts the same datagram (same `boot_id` and `seq`) on every heartbeat path.
@@ -71,8 +83,10 @@ type HmacSha256 = Hmac<Sha256>;
 pub const MAX_DATAGRAM: usize = 65_000;
 /// Magic bytes at the start of every quorum datagram ("TanDem QuoruM").
 pub const MAGIC: [u8; 4] = *b"TDQM";
-/// The wire format version produced and accepted by this codec.
-pub const VERSION: u8 = 1;
+/// The oldest wire format version this codec reads and writes.
+pub const MIN_VERSION: u8 = 1;
+/// The newest wire format version this codec reads and writes.
+pub const MAX_VERSION: u8 = if cfg!(feature = "proto-next") { 3 } else { 2 };
 /// Length of the trailing HMAC-SHA256 tag.
 pub const MAC_LEN: usize = 32;
 /// Maximum byte length of any name (cluster, sender, group).
@@ -106,6 +120,10 @@ pub const MAX_RAFT_LEN: usize = MAX_DATAGRAM - MIN_DATAGRAM - 1 - 4;
 /// path at once; receivers drop the copies after the first (see [`Dedup`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuorumPacket {
+    /// The wire version this datagram is (to be) encoded in.
+    pub version: u8,
+    /// The sender's newest version ([`MAX_VERSION`]); 1 for a version-1 datagram.
+    pub max_version: u8,
     /// Cluster name; a mismatch is [`WireError::WrongCluster`].
     pub cluster: String,
     /// Sender voter name.
@@ -175,9 +193,13 @@ pub enum WireError {
     /// Does not start with [`MAGIC`]: not a Tandem quorum datagram.
     #[error("bad magic")]
     BadMagic,
-    /// Unsupported wire version.
-    #[error("unsupported version {0}")]
+    /// Unsupported wire version (received, or asked to encode: outside
+    /// [`MIN_VERSION`]..=[`MAX_VERSION`] or above the packet's `max_version`).
+    #[error("unsupported version {0} (this build {MIN_VERSION}..={MAX_VERSION})")]
     BadVersion(u8),
+    /// An authenticated `max_version` below the datagram's version.
+    #[error("max_version {max} below the version {version}")]
+    MaxBelowVersion { version: u8, max: u8 },
     /// MAC verification failed (wrong key, corruption or forgery), or the local key
     /// is empty.
     #[error("message authentication failed")]
@@ -222,6 +244,7 @@ impl WireError {
             WireError::Truncated { .. } => "truncated",
             WireError::BadMagic => "bad_magic",
             WireError::BadVersion(_) => "bad_version",
+            WireError::MaxBelowVersion { .. } => "max_below_version",
             WireError::BadMac => "bad_mac",
             WireError::EmptyKey => "empty_key",
             WireError::Overrun => "overrun",
@@ -322,6 +345,9 @@ fn check_msg(m: &QuorumMsg) -> Result<usize, WireError> {
 /// Checks everything [`decode`] would refuse in a body and returns the encoded size,
 /// MAC included.
 fn check_packet(p: &QuorumPacket) -> Result<usize, WireError> {
+    if !(MIN_VERSION..=MAX_VERSION).contains(&p.version) || p.version > p.max_version {
+        return Err(WireError::BadVersion(p.version));
+    }
     check_name("cluster", &p.cluster)?;
     check_name("from", &p.from)?;
     if p.msgs.len() > MAX_MSGS {
@@ -329,7 +355,7 @@ fn check_packet(p: &QuorumPacket) -> Result<usize, WireError> {
             count: p.msgs.len(),
         });
     }
-    let mut len = MIN_DATAGRAM - 2 + p.cluster.len() + p.from.len();
+    let mut len = MIN_DATAGRAM - 2 + p.cluster.len() + p.from.len() + usize::from(p.version >= 2);
     for m in &p.msgs {
         len += check_msg(m)?;
     }
@@ -392,10 +418,13 @@ pub fn encode(p: &QuorumPacket, key: &[u8]) -> Result<Vec<u8>, WireError> {
     let len = check_packet(p)?;
     let mut out = Vec::with_capacity(len);
     out.extend_from_slice(&MAGIC);
-    out.push(VERSION);
+    out.push(p.version);
     put_str(&mut out, &p.cluster);
     put_str(&mut out, &p.from);
     put_u64s(&mut out, &[p.voters_digest, p.boot_id, p.seq, p.sent_ms]);
+    if p.version >= 2 {
+        out.push(p.max_version);
+    }
     // Bounded by MAX_MSGS < 256 in check_packet.
     out.push(p.msgs.len() as u8);
     for m in &p.msgs {
@@ -540,6 +569,14 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<QuorumPacket, Wir
     let boot_id = r.u64()?;
     let seq = r.u64()?;
     let sent_ms = r.u64()?;
+    let version = signed[MAGIC.len()];
+    let max_version = if version >= 2 { r.u8()? } else { 1 };
+    if max_version < version {
+        return Err(WireError::MaxBelowVersion {
+            version,
+            max: max_version,
+        });
+    }
     let msgs = r.msgs()?;
     if !r.at_end() {
         return Err(WireError::TrailingBytes);
@@ -551,6 +588,8 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<QuorumPacket, Wir
         });
     }
     Ok(QuorumPacket {
+        version,
+        max_version,
         cluster: got_cluster,
         from,
         voters_digest,
@@ -578,7 +617,7 @@ fn check_framing(buf: &[u8]) -> Result<(), WireError> {
         return Err(WireError::BadMagic);
     }
     let version = preamble[MAGIC.len()];
-    if version != VERSION {
+    if !(MIN_VERSION..=MAX_VERSION).contains(&version) {
         return Err(WireError::BadVersion(version));
     }
     if buf.len() < MIN_DATAGRAM {
@@ -699,6 +738,8 @@ mod tests {
 
     fn sample() -> QuorumPacket {
         QuorumPacket {
+            version: 1,
+            max_version: 1,
             cluster: "prod".into(),
             from: "a".into(),
             voters_digest: 0x1112_1314_1516_1718,
@@ -815,6 +856,48 @@ mod tests {
     }
 
     #[test]
+    fn version_2_carries_the_senders_maximum_and_version_1_still_decodes() {
+        let v2 = QuorumPacket {
+            version: 2,
+            max_version: 3,
+            ..sample()
+        };
+        let pkt = encode(&v2, KEY).expect("encode");
+        let mut want = hex(&body_of(&encode(&sample(), KEY).expect("encode")));
+        want.replace_range(8..10, "02");
+        want.insert_str(2 * MSG_COUNT_AT, "03");
+        assert_eq!(hex(&body_of(&pkt)), want);
+        assert_eq!(decode(&pkt, KEY, "prod"), Ok(v2.clone()));
+        let old = decode(&encode(&sample(), KEY).expect("encode"), KEY, "prod").expect("v1");
+        assert_eq!((old.version, old.max_version), (1, 1));
+        // Rewriting the version fails the MAC; a version outside the range is refused
+        // before it, both ways.
+        let mut forged = pkt.clone();
+        forged[MAGIC.len()] = 1;
+        assert_eq!(decode(&forged, KEY, "prod"), Err(WireError::BadMac));
+        forged[MAGIC.len()] = MAX_VERSION + 1;
+        assert_eq!(
+            decode(&forged, KEY, "prod"),
+            Err(WireError::BadVersion(MAX_VERSION + 1))
+        );
+        for (version, max_version) in [(0, 2), (MAX_VERSION + 1, MAX_VERSION + 1), (2, 1)] {
+            let p = QuorumPacket {
+                version,
+                max_version,
+                ..sample()
+            };
+            assert_eq!(encode(&p, KEY), Err(WireError::BadVersion(version)));
+        }
+        // An authenticated max_version below the version.
+        let mut body = body_of(&pkt);
+        body[MSG_COUNT_AT] = 1;
+        assert_eq!(
+            decode_body(&body),
+            Err(WireError::MaxBelowVersion { version: 2, max: 1 })
+        );
+    }
+
+    #[test]
     fn round_trip_every_kind() {
         round_trip(&with_msgs(vec![]));
         round_trip(&with_msgs(vec![QuorumMsg::Raft(vec![])]));
@@ -874,6 +957,8 @@ mod tests {
             let e = decode(&m, KEY, "prod").unwrap_err();
             let want = match i / 8 {
                 0..=3 => "bad_magic",
+                // Another version this build reads still fails the MAC.
+                4 if (MIN_VERSION..=MAX_VERSION).contains(&m[4]) => "bad_mac",
                 4 => "bad_version",
                 _ => "bad_mac",
             };
@@ -912,8 +997,11 @@ mod tests {
             })
         );
         let mut pkt = encode(&sample(), KEY).expect("encode");
-        pkt[4] = 2;
-        assert_eq!(decode(&pkt, KEY, "prod"), Err(WireError::BadVersion(2)));
+        pkt[4] = MAX_VERSION + 1;
+        assert_eq!(
+            decode(&pkt, KEY, "prod"),
+            Err(WireError::BadVersion(MAX_VERSION + 1))
+        );
     }
 
     #[test]
@@ -1179,6 +1267,7 @@ mod tests {
             WireError::Truncated { len: 0, need: 0 },
             WireError::BadMagic,
             WireError::BadVersion(0),
+            WireError::MaxBelowVersion { version: 0, max: 0 },
             WireError::BadMac,
             WireError::EmptyKey,
             WireError::Overrun,
@@ -1319,18 +1408,27 @@ mod tests {
             name(),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
             proptest::collection::vec(msg(), 0..8),
+            (MIN_VERSION..=MAX_VERSION, 0..=MAX_VERSION),
         )
-            .prop_map(|(from, (voters_digest, boot_id, seq, sent_ms), msgs)| {
-                QuorumPacket {
-                    cluster: "prod".into(),
-                    from,
-                    voters_digest,
-                    boot_id,
-                    seq,
-                    sent_ms,
-                    msgs,
-                }
-            })
+            .prop_map(
+                |(from, (voters_digest, boot_id, seq, sent_ms), msgs, (version, extra))| {
+                    QuorumPacket {
+                        version,
+                        max_version: if version == 1 {
+                            1
+                        } else {
+                            version.saturating_add(extra)
+                        },
+                        cluster: "prod".into(),
+                        from,
+                        voters_digest,
+                        boot_id,
+                        seq,
+                        sent_ms,
+                        msgs,
+                    }
+                },
+            )
     }
 
     proptest! {

@@ -470,6 +470,9 @@ impl Daemon {
             .map_err(|e| ControlError::Conflict(control::refused_config(&e)))?;
         let plan = reload::classify(&self.cfg, &new);
         let outcome = plan.outcome(&new.digest);
+        if plan.running.digest != self.cfg.digest {
+            self.input(NodeInput::ConfigDigest(plan.running.digest.clone()));
+        }
         self.cfg = plan.running;
         self.running.send_replace(Arc::new(self.cfg.clone()));
         tracing::info!(applied = ?outcome.applied, needs_restart = ?outcome.needs_restart, "configuration reloaded");
@@ -670,7 +673,10 @@ impl Daemon {
                     ok: d.ok,
                 }),
                 Some(r) = inbox.packets.recv() => match r.result {
-                    Ok(Datagram::Heartbeat(hb)) => self.input(NodeInput::Packet { path: r.path, hb }),
+                    Ok(Datagram::Heartbeat(hb)) => self.input(NodeInput::Packet {
+                        path: r.path,
+                        hb: *hb,
+                    }),
                     Ok(Datagram::Quorum(p)) => self.input(NodeInput::Quorum(p)),
                     Err(reason) => {
                         tracing::debug!(path = r.path, from = %r.from, reason, "heartbeat dropped");

@@ -16,7 +16,7 @@ use crate::quorum::wire::{self, QuorumPacket, MAX_DATAGRAM};
 
 /// A decoded datagram: a heartbeat, or quorum traffic.
 pub enum Datagram {
-    Heartbeat(Heartbeat),
+    Heartbeat(Box<Heartbeat>),
     Quorum(Box<QuorumPacket>),
 }
 
@@ -37,7 +37,7 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Datagram, &'stati
         Err("too_large")
     } else {
         packet::decode(buf, key, cluster)
-            .map(Datagram::Heartbeat)
+            .map(|hb| Datagram::Heartbeat(Box::new(hb)))
             .map_err(|e| e.reason())
     }
 }

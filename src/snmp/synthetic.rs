@@ -24,6 +24,8 @@ pub fn synthetic_status(groups: usize) -> Status {
             boot_id: format!("{:016x}", 0xb007 + i),
             last_heard_ms_ago: Some(40),
             paths_up: 2,
+            protocol: Some(2),
+            config_digest: None,
         })
         .collect();
     let paths = (1..NODES)

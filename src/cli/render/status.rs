@@ -173,6 +173,7 @@ fn nodes(st: &Status) -> Vec<String> {
                 n.state().to_string(),
                 n.priority.to_string(),
                 n.paths_up.to_string(),
+                n.protocol.map_or("-".into(), |v| format!("v{v}")),
                 if n.local {
                     "this node".into()
                 } else {
@@ -184,7 +185,14 @@ fn nodes(st: &Status) -> Vec<String> {
         .collect();
     out.extend(table(
         "  ",
-        &["NODE", "STATE", "PRIORITY", "PATHS UP", "LAST HEARD"],
+        &[
+            "NODE",
+            "STATE",
+            "PRIORITY",
+            "PATHS UP",
+            "PROTOCOL",
+            "LAST HEARD",
+        ],
         &rows,
     ));
     if st.paths.is_empty() {

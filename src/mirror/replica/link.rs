@@ -205,6 +205,7 @@ pub(crate) async fn peer_task(
             Ok(a) => {
                 backoff = BACKOFF_MIN;
                 tracing::debug!(
+                    version = a.hello.version,
                     encrypted = a.hello.encrypted,
                     compress = a.hello.compress.name(),
                     "link authenticated"
@@ -260,8 +261,10 @@ async fn run_session(
     let Accepted {
         mut reader,
         mut writer,
+        hello,
         ..
     } = link;
+    m.note_protocol(peer, hello.version);
     if let Some(counters) = m.compression_counters(peer) {
         writer.count_compression(counters);
     }

@@ -259,6 +259,8 @@ struct PeerState {
     replicated_bytes: u64,
     resynced_bytes: u64,
     resyncs_completed: u64,
+    /// The protocol version the latest authenticated link negotiated.
+    protocol: Option<u16>,
     /// Payload bytes sent to the peer before and after compression (every session).
     compression: Arc<CompressCounters>,
     refused_count: u64,
@@ -441,6 +443,7 @@ impl PeerState {
             resynced_bytes: 0,
             resyncs_completed: 0,
             compression: Arc::default(),
+            protocol: None,
             refused_count: 0,
             epoch_refusal: None,
             awaiting_bitmap: false,
@@ -994,6 +997,7 @@ impl Mirror {
                     resynced_bytes: p.resynced_bytes,
                     resyncs_completed: p.resyncs_completed,
                     compression: CompressionStatus::from_counts(p.compression.get()),
+                    protocol: p.protocol,
                 }
             })
             .collect();
@@ -1998,6 +2002,13 @@ impl Mirror {
     }
 
     /// The counters of what this node's link writers compress for `peer`.
+    /// Records the protocol version a new link to `peer` negotiated, for the status.
+    pub(crate) fn note_protocol(&self, peer: &str, version: u16) {
+        if let Some(p) = self.lock().peers.get_mut(peer) {
+            p.protocol = Some(version);
+        }
+    }
+
     pub(crate) fn compression_counters(&self, peer: &str) -> Option<Arc<CompressCounters>> {
         self.lock()
             .peers

@@ -531,6 +531,7 @@ async fn handshake_succeeds_both_ways() {
         a_peer,
         PeerHello {
             node: "beta".into(),
+            version: MAX_VERSION,
             encrypted: false,
             compress: Compress::None,
         }
@@ -602,12 +603,14 @@ async fn wrong_cluster_or_mirror_is_refused() {
 
 #[tokio::test]
 async fn wrong_version_and_magic_are_refused() {
-    for (at, value, want_version) in [(5 + 8 + 1, 9u8, true), (5, b'X', false)] {
+    // A version below ours (2, before ownership epochs) and a bad magic.
+    for (at, value, want_version) in [(5 + 8 + 1, 2u8, true), (5, b'X', false)] {
         let (x, y) = tokio::io::duplex(4096);
         let (xr, xw) = split(x);
         let (mut yr, mut yw) = split(y);
         let peer = async {
             let mut hello = Hello {
+                version: 3,
                 flags: 0,
                 cluster: "c1".into(),
                 mirror: "vol".into(),
@@ -624,7 +627,7 @@ async fn wrong_version_and_magic_are_refused() {
         let (res, ()) = tokio::join!(handshake(xr, xw, &ours, None), peer);
         if want_version {
             assert!(
-                matches!(res, Err(WireError::Version(9))),
+                matches!(res, Err(WireError::Version { theirs: 2 })),
                 "{res:?}",
                 res = res.err()
             );
@@ -632,6 +635,96 @@ async fn wrong_version_and_magic_are_refused() {
             assert!(matches!(res, Err(WireError::Malformed(_))));
         }
     }
+}
+
+/// A peer that sends `hello` and then, if it gets one, the Auth a peer with the key
+/// computes at `mac_version`; returns what our side of the handshake made of it.
+async fn with_peer(hello: Hello, mac_version: u16) -> Side<Wr> {
+    let (x, y) = tokio::io::duplex(4096);
+    let (xr, xw) = split(x);
+    let (yr, mut yw) = split(y);
+    let mut yr = BufReader::new(yr);
+    let peer = async {
+        let ours = Hello::decode(&read_msg(&mut yr, ty::HELLO).await.unwrap()).unwrap();
+        yw.write_all(&hello.encode()).await.unwrap();
+        let mac = auth_mac(b"k", "c1", "vol", mac_version, &hello, &ours)
+            .unwrap()
+            .finalize()
+            .into_bytes();
+        let mut auth = Vec::new();
+        put_u32(&mut auth, len32(1 + mac.len()));
+        auth.push(ty::AUTH);
+        auth.extend_from_slice(&mac);
+        let _ = yw.write_all(&auth).await;
+        let _ = read_msg(&mut yr, ty::AUTH).await;
+        (yr, yw)
+    };
+    let ours = params("alpha", b"k", false);
+    let (res, _peer) = tokio::join!(handshake(xr, xw, &ours, None), peer);
+    res
+}
+
+/// The hello of a build that negotiates, whose newest version is `max`.
+fn hello_of(max: u16) -> Hello {
+    let mut nonce = [7u8; 32];
+    nonce[..6].copy_from_slice(RANGE_MARK);
+    nonce[6..8].copy_from_slice(&max.to_be_bytes());
+    Hello {
+        version: max,
+        flags: 0,
+        cluster: "c1".into(),
+        mirror: "vol".into(),
+        node: "beta".into(),
+        nonce,
+    }
+}
+
+#[tokio::test]
+async fn n_and_n_plus_one_negotiate_the_lower_version() {
+    // A newer build (N + 1) and this one speak this build's newest.
+    let (_r, _w, peer) = with_peer(hello_of(MAX_VERSION + 1), MAX_VERSION)
+        .await
+        .unwrap();
+    assert_eq!(peer.version, MAX_VERSION);
+    // A build before version ranges (exactly 3, random nonce) still connects.
+    let mut older = hello_of(3);
+    older.nonce = [9; 32];
+    let (_r, _w, peer) = with_peer(older, 3).await.unwrap();
+    assert_eq!(peer.version, 3);
+    // Our hello carries our newest, in the hello and in the nonce.
+    let nonce = fresh_nonce();
+    assert_eq!(&nonce[..6], RANGE_MARK);
+    assert_eq!(nonce[6..8], MAX_VERSION.to_be_bytes());
+    assert_ne!(fresh_nonce()[8..], nonce[8..], "the rest is random");
+}
+
+#[tokio::test]
+async fn a_version_below_ours_is_refused_naming_both_ranges() {
+    let res = with_peer(hello_of(MIN_VERSION - 1), MIN_VERSION - 1).await;
+    let e = res.err().expect("refused");
+    assert!(matches!(e, WireError::Version { theirs } if theirs == MIN_VERSION - 1));
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("up to {}", MIN_VERSION - 1))
+            && text.contains(&format!("{MIN_VERSION}..={MAX_VERSION}")),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_version_rewritten_in_transit_is_refused() {
+    // A man in the middle lowers a newer peer's hello to 3: its nonce still says
+    // otherwise, and the nonce is bound by the MAC.
+    let mut lowered = hello_of(MAX_VERSION + 1);
+    lowered.version = 3;
+    let res = with_peer(lowered, 3).await;
+    assert!(matches!(
+        res.err(),
+        Some(WireError::Downgrade { hello: 3, nonce }) if nonce == MAX_VERSION + 1
+    ));
+    // An Auth computed at another version than the negotiated one fails.
+    let res = with_peer(hello_of(MAX_VERSION), MAX_VERSION + 1).await;
+    assert!(matches!(res.err(), Some(WireError::AuthFailed)));
 }
 
 #[tokio::test]
@@ -644,6 +737,7 @@ async fn reflected_auth_is_refused() {
     let fake = async {
         let _ours = read_msg(&mut yr, ty::HELLO).await.unwrap();
         let hello = Hello {
+            version: 3,
             flags: 0,
             cluster: "c1".into(),
             mirror: "vol".into(),
@@ -1012,6 +1106,7 @@ async fn a_peer_of_an_older_build_gets_an_uncompressed_link() {
         let ours = Hello::decode(&read_msg(&mut yr, ty::HELLO).await.unwrap()).unwrap();
         assert_eq!(ours.flags & FLAG_ZSTD_WANT, FLAG_ZSTD_WANT);
         let hello = Hello {
+            version: 3,
             flags: 0,
             cluster: "c1".into(),
             mirror: "vol".into(),
@@ -1019,7 +1114,7 @@ async fn a_peer_of_an_older_build_gets_an_uncompressed_link() {
             nonce: [9; 32],
         };
         yw.write_all(&hello.encode()).await.unwrap();
-        let mac = auth_mac(b"k", "c1", "vol", &hello, &ours)
+        let mac = auth_mac(b"k", "c1", "vol", 3, &hello, &ours)
             .unwrap()
             .finalize()
             .into_bytes();

@@ -172,9 +172,9 @@ fn an_isolated_owner_loses_its_lease_and_the_majority_may_take_over() {
     for e in 2..(COMPACT_EVERY as u64 + 10) {
         let mut out = Vec::new();
         let now = net.now;
-        let d = Decision::ConfigDigest {
-            node: "n2".into(),
-            digest: format!("{e}"),
+        let d = Decision::Maintenance {
+            group: format!("g{e}"),
+            on: true,
         };
         net.cores[1].propose(now, &d, &mut out);
         net.take(1, out);
@@ -183,14 +183,15 @@ fn an_isolated_owner_loses_its_lease_and_the_majority_may_take_over() {
     assert!(net.cores[1].raw.store().len() < COMPACT_EVERY);
     let again = QuorumCore::new(cfg("n2", true), &net.persisted[1], net.now, 9).unwrap();
     assert_eq!(
-        again.register().config_digests,
-        net.cores[1].register().config_digests
+        again.register().maintenance,
+        net.cores[1].register().maintenance
     );
+    assert_eq!(again.register().maintenance.len(), COMPACT_EVERY + 8);
     // n1 comes back and catches up (by snapshot, since the log was compacted).
     net.down[0] = false;
     net.run(3000);
     assert_eq!(
-        net.cores[0].register().config_digests,
-        net.cores[1].register().config_digests
+        net.cores[0].register().maintenance,
+        net.cores[1].register().maintenance
     );
 }
