@@ -41,6 +41,7 @@ use crate::mirror::fencing::{self, FenceAction, LocalFencing};
 pub use crate::placement::policy::StopMode;
 use crate::placement::policy::{
     Action, GroupStatus, Input, Now, PeerView, Placement, PlacementConfig, PlacementError,
+    RestartPolicy,
 };
 use crate::quorum::core::{QuorumConfig, QuorumCore, QuorumError, QuorumTiming};
 use crate::quorum::outbox::Outbox;
@@ -283,9 +284,13 @@ pub enum NodeInput {
     Control { id: u64, command: ControlCommand },
     /// The daemon is shutting down: hand every group to the peers.
     Leave,
-    /// The daemon now runs a reloaded configuration whose cluster-wide part has this
-    /// digest: heartbeats carry it, and the peers are compared against it.
-    ConfigDigest(String),
+    /// The daemon now runs a reloaded configuration: the digest of its cluster-wide
+    /// part (heartbeats carry it, and the peers are compared against it) and each
+    /// group's restart policy.
+    Reloaded {
+        digest: String,
+        restart_policies: Vec<RestartPolicy>,
+    },
     /// The runtime's word on the `[quorum] watchdog` device: it failed, or it is
     /// usable again.
     Watchdog(WatchdogReport),
@@ -621,7 +626,13 @@ impl NodeCore {
                 out.push(NodeAction::Reply { id, result });
             }
             NodeInput::Watchdog(report) => self.watchdog_report(now, report, &mut out),
-            NodeInput::ConfigDigest(digest) => {
+            NodeInput::Reloaded {
+                digest,
+                restart_policies,
+            } => {
+                for p in restart_policies {
+                    self.placement.set_restart_policy(&p);
+                }
                 self.cfg.config_digest = digest;
                 self.watch_config_digests(&mut out);
             }
@@ -1414,7 +1425,11 @@ mod tests {
         c.cfg.config_digest = "aaaa".into();
         let out = c.handle(at(10), protocol_heartbeat("n3", 1, 2, 2, "bbbb"));
         assert_eq!(emitted(&out, EventKind::ConfigMismatch), 1);
-        let out = c.handle(at(20), NodeInput::ConfigDigest("bbbb".into()));
+        let reloaded = NodeInput::Reloaded {
+            digest: "bbbb".into(),
+            restart_policies: Vec::new(),
+        };
+        let out = c.handle(at(20), reloaded);
         assert_eq!(emitted(&out, EventKind::ConfigAgreed), 1);
         assert!(c.config_mismatches().is_empty());
         let sent = c.handle(at(30), NodeInput::HeartbeatDue);

@@ -733,9 +733,17 @@ impl Sim {
             // An operator powers it on again later.
             self.nodes[t].reboot_at = Some(real + 4000);
         }
-        let (due, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.fences)
-            .into_iter()
-            .partition(|f| f.report_at <= real && (!f.ok || f.kill_at == u64::MAX));
+        // A paused requester hears its BMC's answer only once it runs again (the
+        // answer waits in its socket). Delivered while it was paused, the answer let
+        // its core start groups in the middle of the pause, on a lease the pause then
+        // ran out (seed 1594).
+        let nodes = &self.nodes;
+        let (due, rest): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.fences).into_iter().partition(|f| {
+                f.report_at <= real
+                    && (!f.ok || f.kill_at == u64::MAX)
+                    && nodes[f.requester].paused_until.is_none_or(|t| real >= t)
+            });
         self.fences = rest;
         for f in due {
             let node = self.names[f.target].clone();

@@ -17,9 +17,11 @@
 //!   configuration (`snmp::notify::NotifierHandle::follow`); an unchanged receiver
 //!   keeps its queue.
 //!
+//! - each group's restart policy (`max_restarts`, `restart_window`): the node core
+//!   takes it (`NodeInput::Reloaded`) and counts the next failure against it.
+//!
 //! Everything else needs a restart: nodes, heartbeat paths and addresses, keys,
-//! mirrors, quorum, groups or resources added or removed or reshaped, the restart
-//! policy (`max_restarts`, `restart_window`: the node core holds them), SNMP
+//! mirrors, quorum, groups or resources added or removed or reshaped, SNMP
 //! users (USM is built at start), the rest of
 //! `[snmp]`, metrics. There are no console users yet (the web console will add
 //! them); they are to be live.
@@ -94,6 +96,7 @@ pub fn classify(old: &Config, new: &Config) -> ReloadPlan {
     let mut running = old.clone();
     let mut applied = Vec::new();
     take_checks(&mut running, new, &mut applied);
+    take_restart_policies(&mut running, new, &mut applied);
     if let (Some(run), Some(next)) = (running.snmp.as_mut(), new.snmp.as_ref()) {
         if run.communities != next.communities {
             run.communities.clone_from(&next.communities);
@@ -119,6 +122,25 @@ pub fn classify(old: &Config, new: &Config) -> ReloadPlan {
         applied,
         needs_restart,
         running,
+    }
+}
+
+/// Takes over the restart policy (`max_restarts`, `restart_window`) of every group
+/// that `running` and `new` both have: the node core counts failures against it from
+/// the next one on.
+fn take_restart_policies(running: &mut Config, new: &Config, applied: &mut Vec<String>) {
+    for g in &mut running.groups {
+        let Some(ng) = new.groups.iter().find(|n| n.name == g.name) else {
+            continue;
+        };
+        if g.max_restarts != ng.max_restarts {
+            g.max_restarts = ng.max_restarts;
+            applied.push(format!("group {} max_restarts", g.name));
+        }
+        if g.restart_window != ng.restart_window {
+            g.restart_window = ng.restart_window;
+            applied.push(format!("group {} restart_window", g.name));
+        }
     }
 }
 

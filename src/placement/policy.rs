@@ -65,6 +65,29 @@ pub struct GroupPolicy {
     pub hold_on_lease_loss: bool,
 }
 
+/// A group's restart policy: `max_restarts` local restarts within `window_ms` before
+/// the node gives the group up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub group: String,
+    pub max_restarts: u32,
+    pub window_ms: u64,
+}
+
+impl RestartPolicy {
+    /// Each group's policy in `cfg`.
+    pub fn all(cfg: &Config) -> Vec<RestartPolicy> {
+        cfg.groups
+            .iter()
+            .map(|g| RestartPolicy {
+                group: g.name.clone(),
+                max_restarts: g.max_restarts,
+                window_ms: g.restart_window.as_millis() as u64,
+            })
+            .collect()
+    }
+}
+
 /// Static inputs of the core.
 #[derive(Debug, Clone)]
 pub struct PlacementConfig {
@@ -762,6 +785,14 @@ impl Placement {
     /// Quorum mode: what the log and the leases allow now (set before each input).
     pub fn set_gate(&mut self, gate: Option<QuorumGate>) {
         self.gate = gate;
+    }
+
+    /// A reloaded restart policy: the group's failures count against it from now on.
+    pub fn set_restart_policy(&mut self, p: &RestartPolicy) {
+        if let Some(g) = self.groups.get_mut(&p.group) {
+            g.policy.max_restarts = p.max_restarts;
+            g.policy.window_ms = p.window_ms;
+        }
     }
 
     /// The configured watchdog is unavailable (`Some(why)`) or back (`None`).

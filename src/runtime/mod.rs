@@ -470,9 +470,10 @@ impl Daemon {
             .map_err(|e| ControlError::Conflict(control::refused_config(&e)))?;
         let plan = reload::classify(&self.cfg, &new);
         let outcome = plan.outcome(&new.digest);
-        if plan.running.digest != self.cfg.digest {
-            self.input(NodeInput::ConfigDigest(plan.running.digest.clone()));
-        }
+        self.input(NodeInput::Reloaded {
+            digest: plan.running.digest.clone(),
+            restart_policies: crate::placement::policy::RestartPolicy::all(&plan.running),
+        });
         self.cfg = plan.running;
         self.running.send_replace(Arc::new(self.cfg.clone()));
         tracing::info!(applied = ?outcome.applied, needs_restart = ?outcome.needs_restart, "configuration reloaded");

@@ -136,11 +136,24 @@ fn shape_changes_need_a_restart_each_by_name() {
             "group web resource http process settings",
         ]
     );
-    let policy = changed("name = \"web\"", "name = \"web\"\nrestart_window = \"1m\"");
-    assert_eq!(
-        classify(&cfg(BASE), &policy).needs_restart,
-        ["group web restart_window"]
+}
+
+/// A group's restart policy is taken live: the node core counts the next failure
+/// against it.
+#[test]
+fn a_restart_policy_is_live() {
+    let policy = changed(
+        "name = \"web\"",
+        "name = \"web\"\nrestart_window = \"1m\"\nmax_restarts = 0",
     );
+    let p = classify(&cfg(BASE), &policy);
+    assert!(p.needs_restart.is_empty(), "{:?}", p.needs_restart);
+    assert_eq!(
+        p.applied,
+        ["group web max_restarts", "group web restart_window"]
+    );
+    let web = p.running.groups.iter().find(|g| g.name == "web").unwrap();
+    assert_eq!((web.max_restarts, web.restart_window.as_secs()), (0, 60));
 }
 
 #[test]

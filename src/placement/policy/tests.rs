@@ -1027,3 +1027,21 @@ fn n_plus_one_the_standby_takes_one_exclusive_group_at_a_time() {
         (vec!["s1".into()], vec!["sb".into()])
     );
 }
+
+/// A reloaded restart policy counts from the next failure: with `max_restarts = 0`
+/// the first failed check gives the group up at once and the peer takes over.
+#[test]
+fn a_reloaded_restart_policy_counts_from_the_next_failure() {
+    let (mut c, _) = duo(false, Switchback::Manual);
+    let t0 = c.t;
+    c.nodes[0].set_restart_policy(&RestartPolicy {
+        group: "web".into(),
+        max_restarts: 0,
+        window_ms: 60_000,
+    });
+    c.check_failed("a", "web");
+    c.run_for(3000);
+    assert_eq!(c.restarts("a", t0), 0, "no restart allowed any more");
+    assert!(c.status(0, "web").blocked);
+    assert_eq!(c.running("web"), ["b"]);
+}
