@@ -414,10 +414,13 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             nbd_socket,
             data_dir,
         } => {
+            // The daemon's TANDEM_NBD_SOCKET only stands in for a missing choice: a
+            // command with --data-dir (a filesystem on the mirror) keeps its directory.
+            let from_env = || std::env::var_os("TANDEM_NBD_SOCKET").map(std::path::PathBuf::from);
             let store = match (nbd_socket, data_dir) {
                 (Some(s), _) => Some(tandem::demo::CounterStore::Volume(s)),
                 (None, Some(d)) => Some(tandem::demo::CounterStore::Directory(d)),
-                (None, None) => None,
+                (None, None) => from_env().map(tandem::demo::CounterStore::Volume),
             };
             runtime()?.block_on(tandem::demo::serve(listen, name, store))
         }

@@ -1,7 +1,8 @@
 //! Admin commands that need no daemon, as an operator runs them: `tandem config init`
 //! (the file it writes, its mode, what it refuses) and signed images (`tandem image
 //! keygen`, `sign`, and `update` refusing what is not signed by a trusted key), and the
-//! console password (`tandem console-password hash|set` from standard input).
+//! console password (`tandem console-password hash|set` from standard input), and the
+//! demo service's choice of counter store.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
@@ -225,4 +226,38 @@ fn console_password_hash_and_set_read_standard_input() {
         let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", p.display());
     }
+}
+
+/// A group's command gets TANDEM_NBD_SOCKET from the daemon whenever the group holds
+/// one mirror. The demo service over a filesystem on that mirror (`--data-dir`) must
+/// still start: the variable once counted as `--nbd-socket` and clap refused the pair,
+/// so the appliance's demo service never ran.
+#[test]
+fn demo_service_with_a_data_dir_starts_beside_the_daemons_nbd_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem"))
+        .args(["demo-service", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("TANDEM_NBD_SOCKET", dir.path().join("nbd.sock"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let up = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        up && exited.is_none(),
+        "the demo service did not start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -188,9 +188,10 @@ pub enum Cmd {
         listen: SocketAddr,
         #[arg(long, env = "TANDEM_NODE", default_value = "unknown")]
         name: String,
-        /// Keep a visit counter (`/counter`) on the volume behind this NBD socket
-        /// (as a group's command: its mirror's socket, which the daemon passes on).
-        #[arg(long, env = "TANDEM_NBD_SOCKET", conflicts_with = "data_dir")]
+        /// Keep a visit counter (`/counter`) on the volume behind this NBD socket.
+        /// Without this or --data-dir, a group's command takes its mirror's socket
+        /// from TANDEM_NBD_SOCKET (which the daemon passes on).
+        #[arg(long, conflicts_with = "data_dir")]
         nbd_socket: Option<PathBuf>,
         /// Keep the visit counter in a file in this directory (a mounted filesystem).
         #[arg(long)]
