@@ -34,6 +34,7 @@ pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod control;
 pub mod demo;
 pub mod event;
