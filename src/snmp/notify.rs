@@ -475,54 +475,100 @@ struct LinkSetup {
     uptime_start: Instant,
 }
 
-/// The receivers `cfg` asks for. A receiver whose entry and user are unchanged keeps
-/// its task and its queue (nothing queued for it is lost); a new or changed one starts
-/// afresh; one no longer configured stops. A receiver whose user cannot be set up is
-/// logged and skipped.
+/// What becomes of one configured receiver when the configuration is (re)applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReceiverStep {
+    /// The running slot at this index has the same entry and user: it keeps its task
+    /// and its queue.
+    Keep(usize),
+    /// New or changed: starts afresh.
+    Start,
+}
+
+/// Pure: one step per wanted receiver, in order. A running slot is kept at most once;
+/// every running slot that no step keeps stops.
+fn receiver_steps<K: PartialEq>(running: &[K], wanted: &[K]) -> Vec<ReceiverStep> {
+    let mut taken = vec![false; running.len()];
+    wanted
+        .iter()
+        .map(
+            |w| match (0..running.len()).find(|&i| !taken[i] && running[i] == *w) {
+                Some(i) => {
+                    taken[i] = true;
+                    ReceiverStep::Keep(i)
+                }
+                None => ReceiverStep::Start,
+            },
+        )
+        .collect()
+}
+
+/// The receivers `cfg` asks for, carried out from [`receiver_steps`]: a receiver whose
+/// entry and user are unchanged keeps its task and its queue (nothing queued for it is
+/// lost); a new or changed one starts afresh; one no longer configured stops. A
+/// receiver whose user cannot be set up is logged and skipped.
 fn reconcile_receivers(slots: &Slots, cfg: &SnmpConfig, setup: &LinkSetup) {
-    let mut old: Vec<Slot> = std::mem::take(&mut *lock_slots(slots));
+    let old: Vec<Slot> = std::mem::take(&mut *lock_slots(slots));
+    let wanted: Vec<(&ReceiverConfig, Option<&UsmUserConfig>)> = cfg
+        .receivers
+        .iter()
+        .map(|r| {
+            let user = r
+                .user
+                .as_ref()
+                .and_then(|n| cfg.users.iter().find(|u| &u.name == n));
+            (r, user)
+        })
+        .collect();
+    let running: Vec<_> = old.iter().map(|s| (&s.cfg, s.user.as_ref())).collect();
+    let steps = receiver_steps(&running, &wanted);
+    let mut old: Vec<Option<Slot>> = old.into_iter().map(Some).collect();
     let mut next = Vec::new();
-    for rcfg in &cfg.receivers {
-        let user = rcfg
-            .user
-            .as_ref()
-            .and_then(|n| cfg.users.iter().find(|u| &u.name == n))
-            .cloned();
-        if let Some(i) = old.iter().position(|s| s.cfg == *rcfg && s.user == user) {
-            next.push(old.remove(i));
-            continue;
+    for ((rcfg, user), step) in wanted.into_iter().zip(steps) {
+        match step {
+            ReceiverStep::Keep(i) => next.extend(old[i].take()),
+            ReceiverStep::Start => next.extend(start_receiver(cfg, rcfg, user, setup)),
         }
-        let link = match link_for(
-            cfg,
-            rcfg,
-            &setup.engine_id,
-            setup.engine_boots,
-            setup.uptime_start,
-        ) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(receiver = %rcfg.address, error = %e, "snmp receiver skipped");
-                continue;
-            }
-        };
-        let status = Arc::new(Mutex::new(ReceiverStatus {
-            address: rcfg.address,
-            form: rcfg.form,
-            counters: ReceiverCounters::default(),
-            queued: 0,
-        }));
-        let (inbox, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run_receiver(rcfg.clone(), link, rx, status.clone()));
-        next.push(Slot {
-            cfg: rcfg.clone(),
-            user,
-            inbox,
-            status,
-            task,
-        });
     }
     *lock_slots(slots) = next;
     drop(old); // stops the receivers no longer configured
+}
+
+/// A new receiver's task, or `None` (logged) if its user cannot be set up.
+fn start_receiver(
+    cfg: &SnmpConfig,
+    rcfg: &ReceiverConfig,
+    user: Option<&UsmUserConfig>,
+    setup: &LinkSetup,
+) -> Option<Slot> {
+    let link = match link_for(
+        cfg,
+        rcfg,
+        &setup.engine_id,
+        setup.engine_boots,
+        setup.uptime_start,
+    ) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(receiver = %rcfg.address, error = %e, "snmp receiver skipped");
+            return None;
+        }
+    };
+    let status = Arc::new(Mutex::new(ReceiverStatus {
+        address: rcfg.address,
+        form: rcfg.form,
+        counters: ReceiverCounters::default(),
+        queued: 0,
+    }));
+    let (inbox, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run_receiver(rcfg.clone(), link, rx, status.clone()));
+    Some(Slot {
+        cfg: rcfg.clone(),
+        user: user.cloned(),
+        inbox,
+        status,
+        task,
+    })
 }
 
 /// The running notifier. Dropping it stops the tasks.
@@ -862,6 +908,21 @@ async fn transmit(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn receiver_steps_keep_the_unchanged_start_the_new_and_drop_the_rest() {
+        use super::ReceiverStep::{Keep, Start};
+        // Running a, b, b; wanted b, c, b, b: each running b is kept once, the third b
+        // and c start, a stops (no step keeps index 0).
+        let running = ["a", "b", "b"];
+        let wanted = ["b", "c", "b", "b"];
+        assert_eq!(
+            super::receiver_steps(&running, &wanted),
+            vec![Keep(1), Start, Keep(2), Start]
+        );
+        assert_eq!(super::receiver_steps::<&str>(&[], &["a"]), vec![Start]);
+        assert!(super::receiver_steps(&running, &[]).is_empty());
+    }
+
     use super::*;
 
     /// A reload moves the notifications to the receivers it names: the receiver
