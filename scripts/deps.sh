@@ -15,7 +15,9 @@ packages=(iproute2 nftables curl ca-certificates gcc libc6-dev pkg-config keepal
     python3-venv openssl openipmi ipmitool
     # tests/deb.rs: systemd-analyze verify and systemd-tmpfiles on the packaged unit,
     # man for the unit's Documentation= pages.
-    systemd man-db)
+    systemd man-db
+    # tests/console_browser.rs: Debian's Chromium driven over WebDriver.
+    chromium chromium-driver)
 # npm fetches the IETF base MIBs for the MIB lint test. Some machines have it from
 # another nodejs packaging, which conflicts with Debian's npm: keep whichever is there.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
