@@ -15,7 +15,9 @@ use serde_json::Value;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, loopback_base, wait_until, Daemon, BIN};
+use daemon::{
+    free_tcp_port, free_udp_port, loopback_base, loopback_nodes, wait_until, Daemon, BIN,
+};
 
 /// `tandem events --follow --json` against `d`: the child and its lines as they come.
 struct Follower {
@@ -78,11 +80,7 @@ fn fragile_node() -> Daemon {
         format!(
             r#"
 {base}
-[[node]]
-name = "a"
-priority = 1
-addresses = {{ lo = "127.0.0.1" }}
-
+{nodes}
 [[group]]
 name = "svc"
 max_restarts = 0
@@ -97,6 +95,7 @@ timeout = "5s"
 quickcheck = {{ probe = "exec", command = ["test", "-f", "{healthy}"], interval = "200ms", timeout = "2s" }}
 "#,
             base = loopback_base(dir, "cleartest", free_udp_port()),
+            nodes = loopback_nodes(&["a"]),
             healthy = healthy.display(),
         )
     })
@@ -164,16 +163,7 @@ fn mirror_pair() -> (Daemon, Daemon) {
         format!(
             r#"
 {base}
-[[node]]
-name = "a"
-priority = 1
-addresses = {{ lo = "127.0.0.1" }}
-
-[[node]]
-name = "b"
-priority = 2
-addresses = {{ lo = "127.0.0.2" }}
-
+{nodes}
 [[mirror]]
 name = "vol"
 backing = "{backing}"
@@ -193,6 +183,7 @@ kind = "mirror"
 mirror = "vol"
 "#,
             base = loopback_base(dir, "opstest", port),
+            nodes = loopback_nodes(&["a", "b"]),
             backing = dir.join("vol.img").display(),
         )
     };

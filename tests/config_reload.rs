@@ -13,7 +13,9 @@ use serde_json::Value;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, loopback_base, wait_until, Daemon, BIN};
+use daemon::{
+    free_tcp_port, free_udp_port, loopback_base, loopback_nodes, wait_until, Daemon, BIN,
+};
 
 const TOKEN: &str = "push-token-0123456789";
 
@@ -160,17 +162,9 @@ fn pair(b_cluster: &str) -> (Daemon, Daemon, u16) {
                 r#"{base}tcp = "{me}:{api}"
 token = "{TOKEN}"
 
-[[node]]
-name = "a"
-priority = 1
-addresses = {{ lo = "127.0.0.1" }}
-
-[[node]]
-name = "b"
-priority = 2
-addresses = {{ lo = "127.0.0.2" }}
-"#,
+{nodes}"#,
                 base = loopback_base(dir, &cluster, port),
+                nodes = loopback_nodes(&["a", "b"]),
             )
         }
     };

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use daemon::{free_udp_port, loopback_base, wait_until, BIN};
+use daemon::{free_udp_port, loopback_base, loopback_nodes, wait_until, BIN};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -207,12 +207,9 @@ fn config(dir: &Path) -> PathBuf {
     let text = format!(
         r#"
 {base}
-[[node]]
-name = "a"
-priority = 1
-addresses = {{ lo = "127.0.0.1" }}
-"#,
+{nodes}"#,
         base = loopback_base(dir, "systemd", free_udp_port()),
+        nodes = loopback_nodes(&["a"]),
     );
     std::fs::write(&path, text).unwrap();
     path

@@ -20,7 +20,7 @@ use serde_json::Value;
 mod daemon;
 #[path = "common/fake_image.rs"]
 mod fake_image;
-use daemon::{free_udp_port, loopback_base, Daemon, BIN};
+use daemon::{free_udp_port, loopback_base, loopback_nodes, Daemon, BIN};
 
 /// Serves `files` (path → bytes) on 127.0.0.1, 64 KiB every 10 ms, one request per
 /// connection; 404 for anything else. Its base URL.
@@ -138,17 +138,14 @@ fn an_update_through_the_api_is_watched_checked_and_written_once_at_a_time() {
         format!(
             r#"
 {base}
-[[node]]
-name = "a"
-priority = 1
-addresses = {{ lo = "127.0.0.1" }}
-
+{nodes}
 [image]
 esp = "{esp}"
 trusted_keys = "{trusted}"
 slot = "a"
 "#,
             base = loopback_base(dir, "imagetest", free_udp_port()),
+            nodes = loopback_nodes(&["a"]),
             esp = esp.display(),
             trusted = keys.path().join("release.pub").display(),
         )

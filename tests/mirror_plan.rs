@@ -15,7 +15,7 @@ use tandem::mirror::rate_log::FILE;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, loopback_base, Daemon};
+use daemon::{free_tcp_port, free_udp_port, loopback_base, loopback_nodes, Daemon};
 
 /// Minute 0 of 2025-12-31 UTC.
 const DAY0: u32 = 29_452_320;
@@ -52,16 +52,7 @@ fn start(history: Option<Vec<u8>>) -> Daemon {
         format!(
             r#"
 {base}
-[[node]]
-name = "a"
-priority = 1
-addresses = {{ lo = "127.0.0.1" }}
-
-[[node]]
-name = "b"
-priority = 2
-addresses = {{ lo = "127.0.0.2" }}
-
+{nodes}
 [[mirror]]
 name = "vol"
 backing = "{backing}"
@@ -73,6 +64,7 @@ between = ["a", "b"]
 mode = "async"
 "#,
             base = loopback_base(dir, "plantest", free_udp_port()),
+            nodes = loopback_nodes(&["a", "b"]),
             backing = dir.join("vol.img").display(),
             nbd = dir.join("vol.nbd").display(),
             ma = free_tcp_port(),

@@ -185,6 +185,21 @@ impl Daemon {
     }
 }
 
+/// `[[node]]` sections for `names`, in order: the `i`-th (from 0) has priority `i + 1`
+/// and heartbeat address `127.0.0.<i + 1>` on path `lo`.
+pub fn loopback_nodes(names: &[&str]) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            format!(
+                "\n[[node]]\nname = \"{name}\"\npriority = {p}\naddresses = {{ lo = \"127.0.0.{p}\" }}\n",
+                p = i + 1
+            )
+        })
+        .collect()
+}
+
 /// The sections every loopback daemon test shares: cluster `cluster` with a test key,
 /// state and the API socket in `dir`, one heartbeat path `lo` on UDP `port`. The test
 /// adds its nodes, mirrors and groups.
