@@ -169,33 +169,28 @@ mod tests {
 
     #[test]
     fn every_node_is_reached_on_its_paths_at_the_api_port() {
-        let cfg = Config::parse(
-            r#"
-[cluster]
-name = "t"
-key = "0123456789abcdef"
-[heartbeat]
-paths = ["hb1", "hb2"]
-[api]
-tcp = "0.0.0.0:7000"
-token = "token-0123456789abcdef"
-[[node]]
-name = "a"
-priority = 1
-addresses = { hb1 = "10.0.0.1", hb2 = "10.0.1.1" }
-"#,
-        )
-        .unwrap();
+        let cfg =
+            Config::parse(&crate::config::TWO_NODES.replace("127.0.0.1:7000", "0.0.0.0:7000"))
+                .unwrap();
         let t = targets(&cfg).unwrap();
         assert_eq!(
             t,
-            [PushTarget {
-                node: "a".into(),
-                addresses: vec![
-                    "10.0.0.1:7000".parse().unwrap(),
-                    "10.0.1.1:7000".parse().unwrap()
-                ],
-            }]
+            [
+                PushTarget {
+                    node: "a".into(),
+                    addresses: vec![
+                        "10.0.0.1:7000".parse().unwrap(),
+                        "10.0.1.1:7000".parse().unwrap()
+                    ],
+                },
+                PushTarget {
+                    node: "b".into(),
+                    addresses: vec![
+                        "10.0.0.2:7000".parse().unwrap(),
+                        "10.0.1.2:7000".parse().unwrap()
+                    ],
+                }
+            ]
         );
         let mut no_tcp = cfg.clone();
         no_tcp.api.tcp = None;

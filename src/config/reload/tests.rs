@@ -2,33 +2,7 @@
 
 use super::*;
 
-/// Two nodes on paths hb1 and hb2, the TCP API, and group `web` with a process and its
-/// HTTP quickcheck.
-const BASE: &str = r#"
-[cluster]
-name = "t"
-key = "0123456789abcdef"
-[heartbeat]
-paths = ["hb1", "hb2"]
-[api]
-tcp = "127.0.0.1:7000"
-token = "token-0123456789abcdef"
-[[node]]
-name = "a"
-priority = 1
-addresses = { hb1 = "10.0.0.1", hb2 = "10.0.1.1" }
-[[node]]
-name = "b"
-priority = 2
-addresses = { hb1 = "10.0.0.2", hb2 = "10.0.1.2" }
-[[group]]
-name = "web"
-[[group.resource]]
-name = "http"
-kind = "process"
-command = ["httpd"]
-quickcheck = { probe = "http", url = "http://127.0.0.1:8080/", interval = "2s" }
-"#;
+use crate::config::TWO_NODES as BASE;
 
 fn cfg(text: &str) -> Config {
     Config::parse(text).unwrap()
