@@ -400,15 +400,20 @@ fn mirror_lines(all: &[MirrorStatus], indent: &str) -> Vec<String> {
     out
 }
 
-/// One peer of a mirror: its connection, then replication, peer disk, out of sync,
-/// lag, compression, and the resync and verify lines.
+/// One peer of a mirror: its connection (and the protocol the link negotiated), then
+/// replication, peer disk, out of sync, lag, compression, and the resync and verify
+/// lines.
 fn peer_lines(p: &MirrorPeerStatus, indent: &str) -> Vec<String> {
-    let mut out = vec![format!(
+    let mut head = format!(
         "{indent}{} connection:{} mode:{}",
         p.node,
         p.connection,
         p.mode.name()
-    )];
+    );
+    if let Some(v) = p.protocol {
+        head += &format!(" protocol:v{v}");
+    }
+    let mut out = vec![head];
     let mut line = format!(
         "{indent}  replication:{} peer-disk:{} out-of-sync:{}",
         replication(p),

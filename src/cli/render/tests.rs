@@ -254,7 +254,7 @@ fn mirrors_read_like_drbdadm_status_with_the_resync_progress() {
 vol role:primary group:web
   disk:sync_source size:1.0GiB generation:00000000000000ab
   IO FROZEN: waiting to outdate a lost peer
-  beta connection:connected mode:sync
+  beta connection:connected mode:sync protocol:v3
     replication:sync_source peer-disk:sync_target out-of-sync:3.0MiB zstd:4.00:1 (2.0 KiB sent for 8.0 KiB)
     resync:source done:25.0% (1.0 MiB of 4.0 MiB) rate:976.6 KiB/s eta:2.200 s
     verify:done checked 1.0 GiB of 1.0 GiB, 0 B out of sync
