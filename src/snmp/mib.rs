@@ -718,6 +718,10 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::MirrorIoResumed => (34, &[Mirror]),
         EventKind::GroupSuspended => (35, &[Group, Reason]),
         EventKind::GroupResumed => (36, &[Group]),
+        EventKind::ImageUpdateFinished => (37, &[Bytes]),
+        EventKind::ImageUpdateFailed => (38, &[Reason]),
+        EventKind::ConfigMismatch => (39, &[Peer]),
+        EventKind::ConfigAgreed => (40, &[Peer]),
         _ => return None,
     })
 }

@@ -386,6 +386,10 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::MirrorIoResumed,
         EventKind::GroupSuspended,
         EventKind::GroupResumed,
+        EventKind::ImageUpdateFinished,
+        EventKind::ImageUpdateFailed,
+        EventKind::ConfigMismatch,
+        EventKind::ConfigAgreed,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
