@@ -328,26 +328,20 @@ mod tests {
         assert_eq!(seen.first(), Some(&(0, Some(5))));
         assert_eq!(seen.last(), Some(&(5, Some(5))));
 
-        let url = answer_once(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
-        let e = download(
-            &url.target(None),
-            url.get().unwrap(),
-            &mut Vec::new(),
-            |_, _| {},
-        )
-        .await
-        .unwrap_err();
+        let refusal = |answer: &'static [u8]| async move {
+            let url = answer_once(answer).await;
+            download(
+                &url.target(None),
+                url.get().unwrap(),
+                &mut Vec::new(),
+                |_, _| {},
+            )
+            .await
+            .unwrap_err()
+        };
+        let e = refusal(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello").await;
         assert!(e.contains("cut off after 5"), "{e}");
-
-        let url = answer_once(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
-        let e = download(
-            &url.target(None),
-            url.get().unwrap(),
-            &mut Vec::new(),
-            |_, _| {},
-        )
-        .await
-        .unwrap_err();
+        let e = refusal(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").await;
         assert!(e.contains("404"), "{e}");
     }
 
