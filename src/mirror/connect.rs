@@ -35,6 +35,7 @@
 use crate::mirror::generation::{
     decide, resolve_split_brain, DiskState, PeerView, Resolution, SplitBrainPolicy, SyncDecision,
 };
+use crate::mirror::wire::compress::Compress;
 use crate::mirror::wire::CopyState;
 
 /// Which blocks a resync source sends.
@@ -303,8 +304,43 @@ pub fn peer_discards_changes(plan: &ConnectPlan, theirs: &CopyState, me: &str) -
     matches!(plan.resync, Resync::Send(_)) && theirs.generations.moved_on_from(me).is_some()
 }
 
+/// What the accepting side offers a caller from `caller` in the handshake: zstd when a
+/// link configured to a peer at that address asks for it, else nothing (the caller
+/// asks for what its own side of the link wants; the handshake keeps what both offer).
+/// The listener learns who is calling only from the handshake, so the address decides.
+pub fn accepted_compression(
+    links: impl IntoIterator<Item = (std::net::IpAddr, Compress)>,
+    caller: std::net::IpAddr,
+) -> Compress {
+    let wanted = links
+        .into_iter()
+        .any(|(ip, c)| ip == caller && c == Compress::Zstd);
+    if wanted {
+        Compress::Zstd
+    } else {
+        Compress::None
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_caller_is_offered_compression_when_a_link_to_its_address_asks_for_it() {
+        use super::{accepted_compression, Compress};
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let links = [
+            (ip("10.0.0.2"), Compress::Zstd),
+            (ip("10.0.0.3"), Compress::None),
+            // Two peers on one host (loopback tests): one asking is enough.
+            (ip("127.0.0.1"), Compress::None),
+            (ip("127.0.0.1"), Compress::Zstd),
+        ];
+        assert_eq!(accepted_compression(links, ip("10.0.0.2")), Compress::Zstd);
+        assert_eq!(accepted_compression(links, ip("10.0.0.3")), Compress::None);
+        assert_eq!(accepted_compression(links, ip("127.0.0.1")), Compress::Zstd);
+        assert_eq!(accepted_compression(links, ip("10.9.9.9")), Compress::None);
+    }
+
     use super::*;
     use crate::mirror::generation::Generations;
 

@@ -1984,24 +1984,15 @@ impl Mirror {
         }
     }
 
-    /// Peers at this IP address that dial us and are not connected (an accepted
-    /// connection that failed authentication is blamed on them).
-    /// Whether the link to any peer at `ip` asks for compression (what the listener
-    /// offers before it knows which peer connected).
+    /// What the listener offers a caller from `ip` before it knows which peer called
+    /// ([`connect::accepted_compression`](crate::mirror::connect::accepted_compression)).
     pub(crate) fn compress_for(&self, ip: std::net::IpAddr) -> Compress {
-        let wanted = self
-            .spec
-            .peers
-            .iter()
-            .any(|p| p.address.ip() == ip && p.compress == Compress::Zstd);
-        if wanted {
-            Compress::Zstd
-        } else {
-            Compress::None
-        }
+        crate::mirror::connect::accepted_compression(
+            self.spec.peers.iter().map(|p| (p.address.ip(), p.compress)),
+            ip,
+        )
     }
 
-    /// The counters of what this node's link writers compress for `peer`.
     /// Records the protocol version a new link to `peer` negotiated, for the status.
     pub(crate) fn note_protocol(&self, peer: &str, version: u16) {
         if let Some(p) = self.lock().peers.get_mut(peer) {
@@ -2009,6 +2000,7 @@ impl Mirror {
         }
     }
 
+    /// The counters of what this node's link writers compress for `peer`.
     pub(crate) fn compression_counters(&self, peer: &str) -> Option<Arc<CompressCounters>> {
         self.lock()
             .peers
@@ -2016,6 +2008,8 @@ impl Mirror {
             .map(|p| Arc::clone(&p.compression))
     }
 
+    /// Peers at this IP address that dial us and are not connected (an accepted
+    /// connection that failed authentication is blamed on them).
     pub(crate) fn peers_at(&self, ip: std::net::IpAddr) -> Vec<String> {
         self.spec
             .peers
