@@ -1,7 +1,8 @@
 //! zstd compression on a replication link end to end: two `Mirror`s on loopback TCP
 //! with temporary backing files replicate text and random data byte for byte over a
 //! compressed link (plain and encrypted, and with only one side asking), and the
-//! primary's status counts the compression.
+//! primary's status counts the compression. A peer that lies (it holds the key) with
+//! hostile compressed frames loses its link and writes nothing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,4 +125,130 @@ fn one_side_asking_is_enough_either_way() {
 #[test]
 fn compressed_and_encrypted_link_replicates() {
     replicate(Compress::Zstd, Compress::Zstd, true);
+}
+
+/// A `WriteZstd` frame (type 21) claiming `claimed` decompressed bytes at offset 0,
+/// followed by `body` as its zstd frame, whatever that really holds.
+fn write_zstd(claimed: usize, body: &[u8]) -> Vec<u8> {
+    let mut plain = Vec::new();
+    tandem::mirror::wire::encode(
+        &tandem::mirror::wire::Frame::Write {
+            seq: 1,
+            epoch: OwnershipEpoch(1),
+            offset: 0,
+            fua: false,
+            data: vec![0x5a; claimed],
+        },
+        &mut plain,
+    );
+    let mut frame = plain[..plain.len() - claimed].to_vec();
+    frame[4] = 21;
+    frame.extend_from_slice(body);
+    let len = (frame.len() - 4) as u32;
+    frame[..4].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
+/// A peer that holds the cluster key but lies: after an honest handshake on a
+/// compressed link it sends a compressed write that is not what it claims. Each time
+/// the mirror drops the link, writes nothing and goes on accepting links.
+#[test]
+fn a_lying_peer_s_hostile_compressed_frames_drop_the_link_and_write_nothing() {
+    use tandem::mirror::wire::{handshake, Frame, HandshakeParams, MAX_DATA};
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (la, lb) = (free_tcp_addr(), free_tcp_addr());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let events = EventLog::in_memory("b");
+    let b: Arc<Mirror> = rt
+        .block_on(Mirror::open(
+            spec(dir.path(), "b", ("a", la), lb, Compress::Zstd, false),
+            events.clone(),
+        ))
+        .unwrap();
+    let backing = dir.path().join("b.raw");
+    let before = std::fs::read(&backing).unwrap();
+    let zstd = |data: &[u8]| zstd::bulk::compress(data, 3).unwrap();
+    let hostile = [
+        ("not zstd at all", write_zstd(4096, &[0xab; 200])),
+        (
+            "more than it claims",
+            write_zstd(4096, &zstd(&[0; 64 << 10])),
+        ),
+        ("less than it claims", write_zstd(4096, &zstd(&[1; 100]))),
+        (
+            "a claim over the frame limit",
+            write_zstd(MAX_DATA + 1, &zstd(&[2; 10])),
+        ),
+    ];
+    for (what, frame) in hostile {
+        let dropped = rt.block_on(async {
+            let stream = tokio::net::TcpStream::connect(lb).await.unwrap();
+            let (r, mut w) = stream.into_split();
+            let params = HandshakeParams {
+                cluster: "test".into(),
+                mirror: "vol0".into(),
+                local_node: "a".into(),
+                key: KEY.to_vec(),
+                encrypt: false,
+                compress: Compress::Zstd,
+            };
+            let (mut reader, mut writer, hello) = handshake(r, &mut w, &params, Some("b"))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: handshake: {e}"));
+            assert_eq!(hello.compress, Compress::Zstd, "{what}");
+            // An honest-looking session first: b's own state, as ours, so b connects.
+            let Ok(Frame::State(mut state)) = reader.recv().await else {
+                panic!("{what}: b did not send its state first");
+            };
+            state.node = "a".into();
+            writer.send(&Frame::State(state)).await.unwrap();
+            drop(writer);
+            let t0 = std::time::Instant::now();
+            while b.status().peers[0].connection != LinkState::Connected {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "{what}: never connected"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            w.write_all(&frame).await.unwrap();
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while reader.recv().await.is_ok() {}
+            })
+            .await
+            .is_ok()
+        });
+        assert!(dropped, "{what}: the link was not dropped");
+    }
+    assert!(
+        std::fs::read(&backing).unwrap() == before,
+        "a hostile frame changed the backing file"
+    );
+    // One disconnect per frame, each a link error that says what was wrong.
+    let down: Vec<(String, String)> = events
+        .since(0, 1000)
+        .iter()
+        .filter(|e| e.kind == tandem::event::EventKind::MirrorDisconnected)
+        .map(|e| {
+            let f = |k: &str| e.fields.get(k).cloned().unwrap_or_default();
+            (f("reason"), f("detail"))
+        })
+        .collect();
+    assert_eq!(down.len(), 4, "{down:?}");
+    for (reason, detail) in &down[..3] {
+        assert_eq!(reason, "error");
+        assert!(
+            detail.starts_with("malformed frame: compressed payload"),
+            "{detail}"
+        );
+    }
+    assert!(down[3].1.contains("over the limit"), "{:?}", down[3]);
+    assert_ne!(b.status().peers[0].connection, LinkState::Connected);
+    drop(b);
+    rt.shutdown_timeout(Duration::from_secs(2));
 }
