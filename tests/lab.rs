@@ -4266,3 +4266,10 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
     f.read_exact_at(&mut b, 48 << 20).expect("read");
     assert_eq!(b[0], 6, "n1's copy has n2's write after the resync");
 }
+
+// ---------------------------------------------------------------- web console
+
+#[path = "common/browser.rs"]
+mod browser;
+#[path = "lab/console.rs"]
+mod console;

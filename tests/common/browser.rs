@@ -118,7 +118,10 @@ impl Browser {
     pub fn fill(&self, css: &str, text: &str) {
         let c = self.client();
         self.rt.block_on(async {
-            let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
+            let e = c
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
             e.clear().await.expect("clear");
             e.send_keys(text).await.expect("type");
         });
@@ -128,8 +131,13 @@ impl Browser {
     pub fn click(&self, css: &str) {
         let c = self.client();
         self.rt.block_on(async {
-            let e = c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}"));
-            e.click().await.unwrap_or_else(|e| panic!("click {css}: {e}"));
+            let e = c
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("{css}: {e}"));
+            e.click()
+                .await
+                .unwrap_or_else(|e| panic!("click {css}: {e}"));
         });
     }
 
@@ -211,7 +219,9 @@ async fn connect(port: u16) -> Client {
                      "--disable-sync", "--window-size=1280,900"]
         }
     });
-    let Value::Object(caps) = caps else { unreachable!() };
+    let Value::Object(caps) = caps else {
+        unreachable!()
+    };
     let url = format!("http://127.0.0.1:{port}");
     let t0 = Instant::now();
     loop {
