@@ -103,6 +103,23 @@ fn post_from_page(b: &Browser, path: &str) -> u16 {
     )
 }
 
+/// A fresh load of the overview: the bytes transferred (the page and every asset) and
+/// the time to its first contentful paint, from the browser's Performance API.
+fn page_weight_and_first_paint(b: &Browser, base: &str) -> (u64, f64) {
+    b.goto(&format!("{base}/"));
+    let v = b.eval(
+        "const nav = performance.getEntriesByType('navigation')[0];\
+         const res = performance.getEntriesByType('resource');\
+         const paint = performance.getEntriesByName('first-contentful-paint')[0];\
+         return [nav.transferSize + res.reduce((n, r) => n + r.transferSize, 0),\
+                 paint ? paint.startTime : nav.domContentLoadedEventEnd];",
+    );
+    (
+        v[0].as_f64().unwrap_or(0.0) as u64,
+        v[1].as_f64().unwrap_or(f64::NAN),
+    )
+}
+
 fn tc_cap(lab: &Lab, node: &str, dev: &str, rate: Option<&str>) {
     let ns = lab.ns(node);
     let mut args = vec!["netns", "exec", &ns, "tc", "qdisc"];
@@ -165,6 +182,11 @@ fn console_in_a_browser_roles_switchover_live_failover_and_resync() {
 
     // The admin watches the overview on n1 while n2, the owner, loses its power.
     login(&b, "n1", ADMIN);
+    let (weight, first_paint) = page_weight_and_first_paint(&b, &console("n1"));
+    lab.note(&format!(
+        "console: overview {weight} bytes transferred (goal < 200 KiB), first paint {first_paint:.0} ms (goal < 300 ms)"
+    ));
+    assert!(weight < 200 << 10, "the overview weighs {weight} bytes");
     assert_eq!(owner_on_page(&b), "n2");
     let t0 = Instant::now();
     lab.lab(&["fail", "n2", "kill"]);
