@@ -104,8 +104,8 @@ fn post_from_page(b: &Browser, path: &str) -> u16 {
 }
 
 /// A load of the overview: the bytes it transfers (the page and every asset, counted
-/// even when the browser has an asset cached) and
-/// the time to its first contentful paint, from the browser's Performance API.
+/// even when the browser has an asset cached) and the time to its first contentful
+/// paint, from the browser's Performance API.
 fn page_weight_and_first_paint(b: &Browser, base: &str) -> (u64, f64) {
     b.goto(&format!("{base}/"));
     let v = b.eval(
