@@ -4431,3 +4431,43 @@ fn n_plus_one_two_of_four_actives_killed() {
     }
     lab.note("n1 back: g1 stays on n5, n1's copy in sync again");
 }
+
+/// Active/active (issue 16): g1 prefers n1, g2 prefers n2, both run at once, each node
+/// holding a sync copy of the other's volume. n1 loses power: n2 runs both, with every
+/// acknowledged write of either group (write log and counter through each floating IP).
+#[test]
+fn active_active_one_node_killed_puts_both_on_the_survivor() {
+    require_root!();
+    let lab = Lab::up("taa-", &["--topology", "active-active"]);
+    let (g1, g2) = ("10.77.0.201", "10.77.0.202");
+    wait_answers(
+        &lab,
+        &[(g1, "n1"), (g2, "n2")],
+        Instant::now(),
+        Duration::from_secs(60),
+    );
+    lab.wait_named_mirror_in_sync("g1-data", "n1", "n2", Duration::from_secs(60));
+    lab.wait_named_mirror_in_sync("g2-data", "n2", "n1", Duration::from_secs(60));
+    let checkers = [
+        Checker::start_on(&lab, 1, g1),
+        Checker::start_on(&lab, 1, g2),
+    ];
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    let t = Instant::now();
+    lab.lab(&["fail", "n1", "kill"]);
+    let took = wait_answers(&lab, &[(g1, "n2")], t, Duration::from_secs(60));
+    lab.note(&format!(
+        "ACTIVE/ACTIVE FAILOVER: n2 answers g1 {} ms after n1 lost power",
+        ms(took[0])
+    ));
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    for c in checkers {
+        assert_client_checks(&lab, c, "n2");
+    }
+    assert_eq!(lab.owner_of("n2", "g1").as_deref(), Some("n2"));
+    assert_eq!(lab.owner_of("n2", "g2").as_deref(), Some("n2"));
+}
