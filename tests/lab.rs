@@ -4430,6 +4430,21 @@ fn n_plus_one_two_of_four_actives_killed() {
         std::thread::sleep(Duration::from_millis(300));
     }
     lab.note("n1 back: g1 stays on n5, n1's copy in sync again");
+
+    // The operator brings g1 home, under writes: none is lost.
+    let checker = Checker::start_on(&lab, 1, "10.77.0.201");
+    checker.wait_acked(&lab, 10, Duration::from_secs(60));
+    let t = Instant::now();
+    let out = lab.admin("n5", &["switchover", "g1", "--to", "n1"]);
+    assert!(out.status.success(), "switchover: {}", describe(&out));
+    let took = wait_answers(&lab, &[("10.77.0.201", "n1")], t, Duration::from_secs(60));
+    lab.note(&format!(
+        "SWITCHBACK: n1 answers g1 {} ms after `switchover g1 --to n1`",
+        ms(took[0])
+    ));
+    checker.wait_acked(&lab, 10, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, "n1");
+    assert_eq!(lab.owner_of("n5", "g2").as_deref(), Some("n5"), "g2 moved");
 }
 
 /// Active/active (issue 16): g1 prefers n1, g2 prefers n2, both run at once, each node
@@ -4470,4 +4485,79 @@ fn active_active_one_node_killed_puts_both_on_the_survivor() {
     }
     assert_eq!(lab.owner_of("n2", "g1").as_deref(), Some("n2"));
     assert_eq!(lab.owner_of("n2", "g2").as_deref(), Some("n2"));
+}
+
+/// Runs `lab fail NODE restart` for each of `nodes` at the same moment.
+fn restart_at_once(lab: &Lab, nodes: &[&str]) {
+    let dir = lab.dir_s();
+    let children: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            tandem_cmd(&["lab", "fail", n, "restart", "--dir", &dir])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("lab fail {n} restart: {e}"))
+        })
+        .collect();
+    for (n, c) in nodes.iter().zip(children) {
+        let out = c.wait_with_output().expect("lab fail");
+        assert!(
+            out.status.success(),
+            "lab fail {n} restart: {}",
+            describe(&out)
+        );
+    }
+    lab.note(&format!("powered {nodes:?} on at once"));
+}
+
+/// Local HA plus remote DR (issue 16), without an operator: n1 and n2 (the main site)
+/// lose power at once. n3, the DR site's async copy, is alone among three voters: it
+/// has no majority and its copy may lack acknowledged writes, so it serves nothing and
+/// promotes nothing (the override, `group promote-dr`, is not built yet). The main site
+/// powers on again: the group runs there with every acknowledged write, and the DR copy
+/// catches up.
+#[test]
+fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
+    require_root!();
+    let lab = Lab::up("tsd-", &["--nodes", "3"]);
+    lab.wait_vip("n1", Duration::from_secs(30));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+    let checker = Checker::start(&lab, 1);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+
+    let kill_ms = wall_ms();
+    kill_at_once(&lab, &["n1", "n2"]);
+    let (ran, promoted) = who_served(&lab, &["n3"], 10, kill_ms);
+    assert!(
+        ran.is_empty() && promoted.is_empty(),
+        "the DR copy alone ran the group ({ran:?}) or promoted its copy ({promoted:?})"
+    );
+    let st = lab.status_ok("n3");
+    lab.note(&format!(
+        "n3 alone: quorum {}, group {}",
+        st["quorum"],
+        Lab::group(&st)
+    ));
+    assert_eq!(st["quorum"]["quorate"], false, "n3 alone has a majority?");
+    assert!(
+        lab.count("n3", "quorum_lost") >= 1,
+        "n3 did not record the lost quorum"
+    );
+
+    let t = Instant::now();
+    restart_at_once(&lab, &["n1", "n2"]);
+    let (owner, d) = wait_for(
+        "the main site serves again",
+        Duration::from_secs(90),
+        || lab.vip_answer().filter(|o| o == "n1" || o == "n2"),
+    );
+    lab.note(&format!(
+        "SITE RETURN: {owner} serves {} ms after the main site powered on ({} ms total)",
+        ms(d),
+        ms(t.elapsed())
+    ));
+    checker.wait_acked(&lab, 10, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, &owner);
+    lab.wait_mirror_in_sync(&owner, "n3", Duration::from_secs(120));
 }
