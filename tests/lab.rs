@@ -4561,3 +4561,99 @@ fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
     assert_client_checks(&lab, checker, &owner);
     lab.wait_mirror_in_sync(&owner, "n3", Duration::from_secs(120));
 }
+
+/// N+1 with every group `exclusive` (issue 16): n1 and n2 lose power at once; n5 takes
+/// one of g1 and g2 and reports the other as unable to run (n5 runs an exclusive group),
+/// g3 and g4 stay where they are. The unplaced group's own server powers on again and
+/// runs it there. No acknowledged write of either group is lost.
+#[test]
+fn n_plus_one_exclusive_groups_the_standby_takes_one_of_two() {
+    require_root!();
+    let lab = Lab::up(
+        "tnx-",
+        &["--topology", "n+1", "--nodes", "5", "--exclusive"],
+    );
+    let (g1, g2) = ("10.77.0.201", "10.77.0.202");
+    let homes = [
+        (g1, "n1"),
+        (g2, "n2"),
+        ("10.77.0.203", "n3"),
+        ("10.77.0.204", "n4"),
+    ];
+    wait_answers(&lab, &homes, Instant::now(), Duration::from_secs(60));
+    lab.wait_named_mirror_in_sync("g1-data", "n1", "n5", Duration::from_secs(60));
+    lab.wait_named_mirror_in_sync("g2-data", "n2", "n5", Duration::from_secs(60));
+    let checkers = [
+        Checker::start_on(&lab, 1, g1),
+        Checker::start_on(&lab, 1, g2),
+    ];
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+
+    let t = Instant::now();
+    kill_at_once(&lab, &["n1", "n2"]);
+    let (taken, _) = wait_for("n5 runs g1 or g2", Duration::from_secs(60), || {
+        [("g1", g1), ("g2", g2)]
+            .into_iter()
+            .find(|(_, vip)| lab.answer_on(vip).as_deref() == Some("n5"))
+    });
+    let d = t.elapsed();
+    let (left, left_vip, left_home) = if taken.0 == "g1" {
+        ("g2", g2, "n2")
+    } else {
+        ("g1", g1, "n1")
+    };
+    lab.note(&format!(
+        "EXCLUSIVE: n5 answers {} {} ms after n1 and n2 lost power; {left} left down",
+        taken.0,
+        ms(d)
+    ));
+    let (reason, _) = wait_for(
+        &format!("n5 reports {left} unable to run"),
+        Duration::from_secs(20),
+        || {
+            let g = Lab::group_named(&lab.status("n5")?, left);
+            (g["summary"] == "failed")
+                .then(|| g["reason"].as_str().map(str::to_string))
+                .flatten()
+        },
+    );
+    lab.note(&format!("n5 on {left}: {reason}"));
+    assert!(
+        reason.contains(taken.0) && reason.contains("exclusive"),
+        "reason does not name the exclusive group n5 runs: {reason}"
+    );
+    let t2 = Instant::now();
+    while t2.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            lab.answer_on(left_vip),
+            None,
+            "{left} answered while unplaceable"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The unplaced group's server returns and runs it at home.
+    lab.lab(&["fail", left_home, "restart"]);
+    let t = Instant::now();
+    let took = wait_answers(&lab, &[(left_vip, left_home)], t, Duration::from_secs(60));
+    lab.note(&format!(
+        "{left_home} back: runs {left} {} ms after its power-on",
+        ms(took[0])
+    ));
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    let [c1, c2] = checkers;
+    let (o1, o2) = if taken.0 == "g1" {
+        ("n5", "n2")
+    } else {
+        ("n1", "n5")
+    };
+    assert_client_checks(&lab, c1, o1);
+    assert_client_checks(&lab, c2, o2);
+    for (g, n) in [("g3", "n3"), ("g4", "n4")] {
+        assert_eq!(lab.owner_of("n5", g).as_deref(), Some(n), "{g} moved");
+    }
+}

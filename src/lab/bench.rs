@@ -344,6 +344,7 @@ fn run_arm(
     let watchdog = a.watchdog.filter(|_| a.witness && engine == Engine::Tandem);
     let up = UpArgs {
         topology: super::topology::Topology::ActiveStandby,
+        exclusive: false,
         nodes: 2,
         interval,
         dead_time: if engine == Engine::Tandem {

@@ -180,6 +180,10 @@ pub struct UpArgs {
     /// each preferring its own (`active-active`).
     #[arg(long, value_enum, default_value_t = Topology::ActiveStandby)]
     pub topology: Topology,
+    /// With `--topology n+1`: every group is `exclusive`, so the standby takes only one
+    /// failed server's group and reports the others as unable to run.
+    #[arg(long)]
+    pub exclusive: bool,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub interval: u64,
@@ -656,8 +660,11 @@ fn self_exe() -> Result<String, LabError> {
 /// Build the lab and start the engines. On any error (or Ctrl-C) everything
 /// built so far is removed. `wait_vip`: wait until the VIP answers.
 pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
-    let plan = Plan::with_topology(&args.prefix, args.nodes, args.topology)?;
+    let mut plan = Plan::with_topology(&args.prefix, args.nodes, args.topology)?;
     check_up_args(args)?;
+    if args.exclusive {
+        plan.make_exclusive();
+    }
     check_not_up(args, &plan)?;
     let engines = Engines::locate(args)?;
 
@@ -740,6 +747,9 @@ fn check_up_args(args: &UpArgs) -> Result<(), LabError> {
         return Err(LabError::Invalid(
             "--topology n+1 and active-active need engine tandem".into(),
         ));
+    }
+    if args.exclusive && args.topology != Topology::NPlusOne {
+        return Err(LabError::Invalid("--exclusive needs --topology n+1".into()));
     }
     if args.witness && (args.engine != Engine::Tandem || args.nodes < 2) {
         return Err(LabError::Invalid(

@@ -199,6 +199,8 @@ pub struct GroupPlan {
     pub nbd_tcp: String,
     /// Indexes (1-based) of the nodes that hold a copy of the mirror.
     pub copies: Vec<usize>,
+    /// The group's `exclusive`: it shares no node with another exclusive group.
+    pub exclusive: bool,
 }
 
 impl GroupPlan {
@@ -237,6 +239,7 @@ pub fn plan_groups(topology: Topology, nodes: usize) -> Result<Vec<GroupPlan>, P
         mirror_port: MIRROR_PORT + k as u16,
         nbd_tcp: format!("127.0.0.1:{}", MIRROR_NBD_PORT + k as u16),
         copies: vec![active.min(standby), active.max(standby)],
+        exclusive: false,
     };
     match topology {
         Topology::ActiveStandby => Ok(vec![GroupPlan {
@@ -247,6 +250,7 @@ pub fn plan_groups(topology: Topology, nodes: usize) -> Result<Vec<GroupPlan>, P
             mirror_port: MIRROR_PORT,
             nbd_tcp: MIRROR_NBD_TCP.into(),
             copies: (1..=nodes).collect(),
+            exclusive: false,
         }]),
         Topology::NPlusOne if nodes >= 2 => Ok((1..nodes).map(|k| pair(k, k, nodes)).collect()),
         Topology::ActiveActive if nodes == 2 => Ok(vec![pair(1, 1, 2), pair(2, 2, 1)]),
@@ -369,6 +373,14 @@ impl Plan {
         let mut v = vec![self.switch_ns.clone(), self.client_ns.clone()];
         v.extend(self.nodes.iter().map(|n| n.netns.clone()));
         v
+    }
+
+    /// Makes every group `exclusive` (`lab up --exclusive`): no two share a node, so a
+    /// standby takes one failed server's group, and the others cannot run.
+    pub fn make_exclusive(&mut self) {
+        for g in &mut self.groups {
+            g.exclusive = true;
+        }
     }
 
     /// Every group's floating IP.
@@ -581,6 +593,9 @@ fn render_demo_group(s: &mut String, topology: Topology, g: &GroupPlan, p: &Conf
     if !g.nodes.is_empty() {
         let nodes: Vec<String> = g.nodes.iter().map(|n| q(n)).collect();
         let _ = writeln!(s, "nodes = [{}]", nodes.join(", "));
+    }
+    if g.exclusive {
+        let _ = writeln!(s, "exclusive = true");
     }
     let _ = writeln!(s, "switchback = {}", q(p.switchback));
     let _ = writeln!(s);
@@ -1098,6 +1113,12 @@ mod tests {
         let cfg = crate::config::Config::parse(&text).expect("the daemon accepts it");
         assert!(cfg.quorum_enabled());
         assert_eq!(cfg.groups.len(), 4);
+        assert!(cfg.groups.iter().all(|g| !g.exclusive));
+        let mut exclusive = p.clone();
+        exclusive.make_exclusive();
+        let cfg = crate::config::Config::parse(&render_tandem_config(&exclusive, &params()))
+            .expect("the daemon accepts it");
+        assert!(cfg.groups.iter().all(|g| g.exclusive));
         assert_eq!(cfg.groups[2].nodes, ["n3", "n5"]);
         let m = &cfg.mirrors[2];
         assert_eq!(m.name, "g3-data");
