@@ -4540,6 +4540,14 @@ fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
         Lab::group(&st)
     ));
     assert_eq!(st["quorum"]["quorate"], false, "n3 alone has a majority?");
+    let reason = Lab::group(&st)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("no quorum") && reason.contains("complete copy"),
+        "n3 does not say why the group is down: {reason}"
+    );
     assert!(
         lab.count("n3", "quorum_lost") >= 1,
         "n3 did not record the lost quorum"
