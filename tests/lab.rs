@@ -30,7 +30,6 @@ mod mibs;
 use daemon::{wait_for, wait_until, BIN};
 
 const VIP: &str = "10.77.0.100";
-const VIP_URL: &str = "http://10.77.0.100:8080/";
 const GROUP: &str = "demo";
 
 // ---------------------------------------------------------------- helpers
@@ -251,6 +250,11 @@ impl Lab {
 
     /// Who answers the VIP from the client namespace (`None`: no answer).
     fn vip_answer(&self) -> Option<String> {
+        self.answer_on(VIP)
+    }
+
+    /// Who answers floating IP `vip` from the client namespace (`None`: no answer).
+    fn answer_on(&self, vip: &str) -> Option<String> {
         let out = run(Command::new("ip").args([
             "netns",
             "exec",
@@ -259,7 +263,7 @@ impl Lab {
             "-s",
             "-m",
             "1",
-            VIP_URL,
+            &format!("http://{vip}:8080/"),
         ]));
         let body = text(&out.stdout).trim().to_string();
         (out.status.success() && !body.is_empty()).then_some(body)
@@ -293,17 +297,28 @@ impl Lab {
     }
 
     fn group(st: &Value) -> Value {
+        Self::group_named(st, GROUP)
+    }
+
+    fn group_named(st: &Value, name: &str) -> Value {
         st["groups"]
             .as_array()
-            .and_then(|g| g.iter().find(|g| g["name"] == GROUP))
+            .and_then(|g| g.iter().find(|g| g["name"] == name))
             .cloned()
             .unwrap_or(Value::Null)
     }
 
     /// Owner of the demo group in `node`'s view.
     fn owner(&self, node: &str) -> Option<String> {
+        self.owner_of(node, GROUP)
+    }
+
+    /// Owner of `group` in `node`'s view.
+    fn owner_of(&self, node: &str, group: &str) -> Option<String> {
         let st = self.status(node)?;
-        Self::group(&st)["owner"].as_str().map(str::to_string)
+        Self::group_named(&st, group)["owner"]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// The demo group's local state on `node` ("running", "stopped", ...).
@@ -384,17 +399,27 @@ impl Lab {
 
     /// The lab mirror's status on `node` (`status --json`), if the daemon answers.
     fn mirror(&self, node: &str) -> Option<Value> {
+        self.mirror_named(node, "data")
+    }
+
+    /// Mirror `name`'s status on `node` (`status --json`), if the daemon answers.
+    fn mirror_named(&self, node: &str, name: &str) -> Option<Value> {
         let st = self.status(node)?;
         st["mirrors"]
             .as_array()?
             .iter()
-            .find(|m| m["name"] == "data")
+            .find(|m| m["name"] == name)
             .cloned()
     }
 
     /// `node`'s view of its link to `peer` in the lab mirror.
     fn mirror_peer(&self, node: &str, peer: &str) -> Option<Value> {
-        self.mirror(node)?["peers"]
+        self.mirror_peer_named(node, "data", peer)
+    }
+
+    /// `node`'s view of its link to `peer` in mirror `name`.
+    fn mirror_peer_named(&self, node: &str, name: &str, peer: &str) -> Option<Value> {
+        self.mirror_named(node, name)?["peers"]
             .as_array()?
             .iter()
             .find(|p| p["node"] == peer)
@@ -404,12 +429,23 @@ impl Lab {
     /// Waits until `primary` is the mirror's primary, connected to `peer`, with the
     /// peer's copy up to date and nothing out of sync.
     fn wait_mirror_in_sync(&self, primary: &str, peer: &str, timeout: Duration) -> Duration {
+        self.wait_named_mirror_in_sync("data", primary, peer, timeout)
+    }
+
+    /// [`Lab::wait_mirror_in_sync`] for mirror `name`.
+    fn wait_named_mirror_in_sync(
+        &self,
+        name: &str,
+        primary: &str,
+        peer: &str,
+        timeout: Duration,
+    ) -> Duration {
         let (_, d) = wait_for(
-            &format!("mirror primary on {primary} in sync with {peer}"),
+            &format!("mirror {name}: primary on {primary} in sync with {peer}"),
             timeout,
             || {
-                let m = self.mirror(primary)?;
-                let p = self.mirror_peer(primary, peer)?;
+                let m = self.mirror_named(primary, name)?;
+                let p = self.mirror_peer_named(primary, name, peer)?;
                 (m["role"] == "primary"
                     && p["connection"] == "connected"
                     && p["peer_disk"] == "up_to_date"
@@ -419,7 +455,7 @@ impl Lab {
             },
         );
         self.note(&format!(
-            "mirror: {primary} in sync with {peer} after {} ms",
+            "mirror {name}: {primary} in sync with {peer} after {} ms",
             ms(d)
         ));
         d
@@ -3392,6 +3428,8 @@ struct Completion {
 /// every answered request stamped with CLOCK_MONOTONIC and the node that answered.
 struct Checker {
     client_ns: String,
+    /// The floating IP it writes through.
+    vip: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     done: std::sync::Arc<Mutex<Vec<Completion>>>,
     /// Requests sent that got no answer (timeout, refused, an error status).
@@ -3422,8 +3460,14 @@ fn client_curl(ns: &str, method: &str, url: &str, body: Option<&str>, secs: u32)
 
 impl Checker {
     fn start(lab: &Lab, writers: usize) -> Checker {
+        Checker::start_on(lab, writers, VIP)
+    }
+
+    /// [`Checker::start`] through floating IP `vip`.
+    fn start_on(lab: &Lab, writers: usize, vip: &str) -> Checker {
         let c = Checker {
             client_ns: lab.ns("cl"),
+            vip: vip.to_string(),
             stop: Default::default(),
             done: Default::default(),
             failed: Default::default(),
@@ -3431,8 +3475,9 @@ impl Checker {
         };
         let threads = (0..writers)
             .map(|w| {
-                let (ns, stop, done, failed) = (
+                let (ns, vip, stop, done, failed) = (
                     c.client_ns.clone(),
+                    c.vip.clone(),
                     c.stop.clone(),
                     c.done.clone(),
                     c.failed.clone(),
@@ -3443,9 +3488,9 @@ impl Checker {
                     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                         i += 1;
                         let got = if i % 2 == 1 {
-                            Checker::append(&ns, &client, i)
+                            Checker::append(&ns, &vip, &client, i)
                         } else {
-                            Checker::bump(&ns, &client)
+                            Checker::bump(&ns, &vip, &client)
                         };
                         match got {
                             Some(c) => done.lock().unwrap_or_else(|p| p.into_inner()).push(c),
@@ -3461,9 +3506,9 @@ impl Checker {
         Checker { threads, ..c }
     }
 
-    fn append(ns: &str, client: &str, i: u64) -> Option<Completion> {
+    fn append(ns: &str, vip: &str, client: &str, i: u64) -> Option<Completion> {
         let payload = format!("{client}-{i}");
-        let url = format!("http://{VIP}:8080/log?client={client}");
+        let url = format!("http://{vip}:8080/log?client={client}");
         let sent_ms = mono_ms();
         let (ok, body) = client_curl(ns, "POST", &url, Some(&payload), 3);
         let done_ms = mono_ms();
@@ -3481,8 +3526,8 @@ impl Checker {
         })
     }
 
-    fn bump(ns: &str, client: &str) -> Option<Completion> {
-        let url = format!("http://{VIP}:8080/counter");
+    fn bump(ns: &str, vip: &str, client: &str) -> Option<Completion> {
+        let url = format!("http://{vip}:8080/counter");
         let sent_ms = mono_ms();
         let (ok, body) = client_curl(ns, "POST", &url, None, 3);
         let done_ms = mono_ms();
@@ -3546,6 +3591,7 @@ impl Checker {
         done.sort_by(|a, b| a.done_ms.total_cmp(&b.done_ms));
         Checks {
             client_ns: self.client_ns,
+            vip: self.vip,
             done,
             failed: self.failed.load(std::sync::atomic::Ordering::SeqCst),
         }
@@ -3555,6 +3601,8 @@ impl Checker {
 /// What the checker saw, and the checks over it.
 struct Checks {
     client_ns: String,
+    /// The floating IP it wrote through.
+    vip: String,
     done: Vec<Completion>,
     failed: u64,
 }
@@ -3665,7 +3713,7 @@ impl Checks {
     /// `GET /log` through the floating IP: the acknowledged log writes it lacks (or
     /// holds torn, or holds another record in their slot), and the answering node.
     fn lost_writes(&self) -> Result<(Vec<String>, String, usize), String> {
-        let url = format!("http://{VIP}:8080/log");
+        let url = format!("http://{}:8080/log", self.vip);
         let (ok, body) = client_curl(&self.client_ns, "GET", &url, None, 30);
         let v: Value = serde_json::from_str(&body)
             .ok()
@@ -3755,6 +3803,7 @@ fn checker_finds_lost_records_overlaps_and_counter_regressions() {
     };
     let clean = Checks {
         client_ns: String::new(),
+        vip: VIP.into(),
         done: vec![
             c("n1", "a", 10.0, log(1, "w0-1")),
             c("n1", "", 20.0, Acked::Counter(1)),
@@ -4014,6 +4063,7 @@ fn three_nodes_the_old_primary_returns_after_the_new_one_died() {
         checker.wait_acked(&lab, 10, Duration::from_secs(30));
         let (lost, by, _) = Checks {
             client_ns: lab.ns("cl"),
+            vip: VIP.into(),
             done: checker.snapshot(),
             failed: 0,
         }
@@ -4265,6 +4315,355 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 48 << 20).expect("read");
     assert_eq!(b[0], 6, "n1's copy has n2's write after the resync");
+}
+
+// ---------------------------------------------------------------- topologies
+
+/// Power-kills `nodes` at the same moment (one `lab fail NODE kill` each, run at once).
+fn kill_at_once(lab: &Lab, nodes: &[&str]) {
+    let dir = lab.dir_s();
+    let children: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            tandem_cmd(&["lab", "fail", n, "kill", "--dir", &dir])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("lab fail {n} kill: {e}"))
+        })
+        .collect();
+    for (n, c) in nodes.iter().zip(children) {
+        let out = c.wait_with_output().expect("lab fail");
+        assert!(
+            out.status.success(),
+            "lab fail {n} kill: {}",
+            describe(&out)
+        );
+    }
+    lab.note(&format!("power-killed {nodes:?} at once"));
+}
+
+/// Polls each `(floating IP, node)` from the client until that node answers on it;
+/// returns how long after `since` each answered first, in the order given.
+fn wait_answers(
+    lab: &Lab,
+    want: &[(&str, &str)],
+    since: Instant,
+    limit: Duration,
+) -> Vec<Duration> {
+    let mut got: Vec<Option<Duration>> = vec![None; want.len()];
+    while got.iter().any(Option::is_none) {
+        assert!(
+            since.elapsed() < limit,
+            "not every floating IP answered by its node within {limit:?}: {want:?} -> {got:?}"
+        );
+        for ((vip, node), g) in want.iter().zip(got.iter_mut()).filter(|(_, g)| g.is_none()) {
+            if lab.answer_on(vip).as_deref() == Some(*node) {
+                *g = Some(since.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    got.into_iter().flatten().collect()
+}
+
+/// N+1 (issue 16): n1..n4 each run their own group (floating IP, mirror with n5, the
+/// demo service), n5 is the standby of all four. n1 and n2 lose power at once: n5 runs
+/// g1 and g2 with every acknowledged write (the checksummed write log and the counter,
+/// through each group's floating IP), g3 and g4 stay where they are. n1 powers on again:
+/// g1 stays on n5 (manual switchback) and n1's copy resyncs by itself.
+#[test]
+fn n_plus_one_two_of_four_actives_killed() {
+    require_root!();
+    let lab = Lab::up("tn1-", &["--topology", "n+1", "--nodes", "5"]);
+    let groups = [
+        ("g1", "10.77.0.201", "n1"),
+        ("g2", "10.77.0.202", "n2"),
+        ("g3", "10.77.0.203", "n3"),
+        ("g4", "10.77.0.204", "n4"),
+    ];
+    let homes: Vec<(&str, &str)> = groups.iter().map(|(_, v, n)| (*v, *n)).collect();
+    wait_answers(&lab, &homes, Instant::now(), Duration::from_secs(60));
+    for (g, _, n) in &groups[..3] {
+        lab.wait_named_mirror_in_sync(&format!("{g}-data"), n, "n5", Duration::from_secs(60));
+    }
+    // One writer per group that moves, and one on g3, which must not notice.
+    let checkers: Vec<(Checker, &str)> = groups[..3]
+        .iter()
+        .map(|(_, vip, _)| (Checker::start_on(&lab, 1, vip), *vip))
+        .collect();
+    for (c, _) in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+
+    let t = Instant::now();
+    kill_at_once(&lab, &["n1", "n2"]);
+    let took = wait_answers(
+        &lab,
+        &[("10.77.0.201", "n5"), ("10.77.0.202", "n5")],
+        t,
+        Duration::from_secs(60),
+    );
+    lab.note(&format!(
+        "N+1 FAILOVER: n5 answers g1 {} ms and g2 {} ms after n1 and n2 lost power",
+        ms(took[0]),
+        ms(took[1])
+    ));
+    for (c, _) in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    for ((c, vip), owner) in checkers.into_iter().zip(["n5", "n5", "n3"]) {
+        lab.note(&format!("checker on {vip}:"));
+        assert_client_checks(&lab, c, owner);
+    }
+    for (g, vip, n) in &groups[2..] {
+        assert_eq!(lab.owner_of("n5", g).as_deref(), Some(*n), "{g} moved");
+        assert_eq!(lab.answer_on(vip).as_deref(), Some(*n), "{g}'s floating IP");
+    }
+
+    // n1 returns: g1 stays on n5 (manual switchback); its copy catches up by itself.
+    lab.lab(&["fail", "n1", "restart"]);
+    lab.wait_named_mirror_in_sync("g1-data", "n5", "n1", Duration::from_secs(90));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(3) {
+        assert_eq!(lab.owner_of("n1", "g1").as_deref(), Some("n5"));
+        assert_eq!(lab.answer_on("10.77.0.201").as_deref(), Some("n5"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.note("n1 back: g1 stays on n5, n1's copy in sync again");
+
+    // The operator brings g1 home, under writes: none is lost.
+    let checker = Checker::start_on(&lab, 1, "10.77.0.201");
+    checker.wait_acked(&lab, 10, Duration::from_secs(60));
+    let t = Instant::now();
+    let out = lab.admin("n5", &["switchover", "g1", "--to", "n1"]);
+    assert!(out.status.success(), "switchover: {}", describe(&out));
+    let took = wait_answers(&lab, &[("10.77.0.201", "n1")], t, Duration::from_secs(60));
+    lab.note(&format!(
+        "SWITCHBACK: n1 answers g1 {} ms after `switchover g1 --to n1`",
+        ms(took[0])
+    ));
+    checker.wait_acked(&lab, 10, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, "n1");
+    assert_eq!(lab.owner_of("n5", "g2").as_deref(), Some("n5"), "g2 moved");
+}
+
+/// Active/active (issue 16): g1 prefers n1, g2 prefers n2, both run at once, each node
+/// holding a sync copy of the other's volume. n1 loses power: n2 runs both, with every
+/// acknowledged write of either group (write log and counter through each floating IP).
+#[test]
+fn active_active_one_node_killed_puts_both_on_the_survivor() {
+    require_root!();
+    let lab = Lab::up("taa-", &["--topology", "active-active"]);
+    let (g1, g2) = ("10.77.0.201", "10.77.0.202");
+    wait_answers(
+        &lab,
+        &[(g1, "n1"), (g2, "n2")],
+        Instant::now(),
+        Duration::from_secs(60),
+    );
+    lab.wait_named_mirror_in_sync("g1-data", "n1", "n2", Duration::from_secs(60));
+    lab.wait_named_mirror_in_sync("g2-data", "n2", "n1", Duration::from_secs(60));
+    let checkers = [
+        Checker::start_on(&lab, 1, g1),
+        Checker::start_on(&lab, 1, g2),
+    ];
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    let t = Instant::now();
+    lab.lab(&["fail", "n1", "kill"]);
+    let took = wait_answers(&lab, &[(g1, "n2")], t, Duration::from_secs(60));
+    lab.note(&format!(
+        "ACTIVE/ACTIVE FAILOVER: n2 answers g1 {} ms after n1 lost power",
+        ms(took[0])
+    ));
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    for c in checkers {
+        assert_client_checks(&lab, c, "n2");
+    }
+    assert_eq!(lab.owner_of("n2", "g1").as_deref(), Some("n2"));
+    assert_eq!(lab.owner_of("n2", "g2").as_deref(), Some("n2"));
+}
+
+/// Runs `lab fail NODE restart` for each of `nodes` at the same moment.
+fn restart_at_once(lab: &Lab, nodes: &[&str]) {
+    let dir = lab.dir_s();
+    let children: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            tandem_cmd(&["lab", "fail", n, "restart", "--dir", &dir])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("lab fail {n} restart: {e}"))
+        })
+        .collect();
+    for (n, c) in nodes.iter().zip(children) {
+        let out = c.wait_with_output().expect("lab fail");
+        assert!(
+            out.status.success(),
+            "lab fail {n} restart: {}",
+            describe(&out)
+        );
+    }
+    lab.note(&format!("powered {nodes:?} on at once"));
+}
+
+/// Local HA plus remote DR (issue 16), without an operator: n1 and n2 (the main site)
+/// lose power at once. n3, the DR site's async copy, is alone among three voters: it
+/// has no majority and its copy may lack acknowledged writes, so it serves nothing and
+/// promotes nothing (the override, `group promote-dr`, is not built yet). The main site
+/// powers on again: the group runs there with every acknowledged write, and the DR copy
+/// catches up.
+#[test]
+fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
+    require_root!();
+    let lab = Lab::up("tsd-", &["--nodes", "3"]);
+    lab.wait_vip("n1", Duration::from_secs(30));
+    lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
+    lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
+    let checker = Checker::start(&lab, 1);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+
+    let kill_ms = wall_ms();
+    kill_at_once(&lab, &["n1", "n2"]);
+    let (ran, promoted) = who_served(&lab, &["n3"], 10, kill_ms);
+    assert!(
+        ran.is_empty() && promoted.is_empty(),
+        "the DR copy alone ran the group ({ran:?}) or promoted its copy ({promoted:?})"
+    );
+    let st = lab.status_ok("n3");
+    lab.note(&format!(
+        "n3 alone: quorum {}, group {}",
+        st["quorum"],
+        Lab::group(&st)
+    ));
+    assert_eq!(st["quorum"]["quorate"], false, "n3 alone has a majority?");
+    let reason = Lab::group(&st)["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        reason.contains("no quorum") && reason.contains("complete copy"),
+        "n3 does not say why the group is down: {reason}"
+    );
+    assert!(
+        lab.count("n3", "quorum_lost") >= 1,
+        "n3 did not record the lost quorum"
+    );
+
+    let t = Instant::now();
+    restart_at_once(&lab, &["n1", "n2"]);
+    let (owner, d) = wait_for(
+        "the main site serves again",
+        Duration::from_secs(90),
+        || lab.vip_answer().filter(|o| o == "n1" || o == "n2"),
+    );
+    lab.note(&format!(
+        "SITE RETURN: {owner} serves {} ms after the main site powered on ({} ms total)",
+        ms(d),
+        ms(t.elapsed())
+    ));
+    checker.wait_acked(&lab, 10, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, &owner);
+    lab.wait_mirror_in_sync(&owner, "n3", Duration::from_secs(120));
+}
+
+/// N+1 with every group `exclusive` (issue 16): n1 and n2 lose power at once; n5 takes
+/// one of g1 and g2 and reports the other as unable to run (n5 runs an exclusive group),
+/// g3 and g4 stay where they are. The unplaced group's own server powers on again and
+/// runs it there. No acknowledged write of either group is lost.
+#[test]
+fn n_plus_one_exclusive_groups_the_standby_takes_one_of_two() {
+    require_root!();
+    let lab = Lab::up(
+        "tnx-",
+        &["--topology", "n+1", "--nodes", "5", "--exclusive"],
+    );
+    let (g1, g2) = ("10.77.0.201", "10.77.0.202");
+    let homes = [
+        (g1, "n1"),
+        (g2, "n2"),
+        ("10.77.0.203", "n3"),
+        ("10.77.0.204", "n4"),
+    ];
+    wait_answers(&lab, &homes, Instant::now(), Duration::from_secs(60));
+    lab.wait_named_mirror_in_sync("g1-data", "n1", "n5", Duration::from_secs(60));
+    lab.wait_named_mirror_in_sync("g2-data", "n2", "n5", Duration::from_secs(60));
+    let checkers = [
+        Checker::start_on(&lab, 1, g1),
+        Checker::start_on(&lab, 1, g2),
+    ];
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+
+    let t = Instant::now();
+    kill_at_once(&lab, &["n1", "n2"]);
+    let (taken, _) = wait_for("n5 runs g1 or g2", Duration::from_secs(60), || {
+        [("g1", g1), ("g2", g2)]
+            .into_iter()
+            .find(|(_, vip)| lab.answer_on(vip).as_deref() == Some("n5"))
+    });
+    let d = t.elapsed();
+    let (left, left_vip, left_home) = if taken.0 == "g1" {
+        ("g2", g2, "n2")
+    } else {
+        ("g1", g1, "n1")
+    };
+    lab.note(&format!(
+        "EXCLUSIVE: n5 answers {} {} ms after n1 and n2 lost power; {left} left down",
+        taken.0,
+        ms(d)
+    ));
+    let (reason, _) = wait_for(
+        &format!("n5 reports {left} unable to run"),
+        Duration::from_secs(20),
+        || {
+            let g = Lab::group_named(&lab.status("n5")?, left);
+            (g["summary"] == "failed")
+                .then(|| g["reason"].as_str().map(str::to_string))
+                .flatten()
+        },
+    );
+    lab.note(&format!("n5 on {left}: {reason}"));
+    assert!(
+        reason.contains(taken.0) && reason.contains("exclusive"),
+        "reason does not name the exclusive group n5 runs: {reason}"
+    );
+    let t2 = Instant::now();
+    while t2.elapsed() < Duration::from_secs(3) {
+        assert_eq!(
+            lab.answer_on(left_vip),
+            None,
+            "{left} answered while unplaceable"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // The unplaced group's server returns and runs it at home.
+    lab.lab(&["fail", left_home, "restart"]);
+    let t = Instant::now();
+    let took = wait_answers(&lab, &[(left_vip, left_home)], t, Duration::from_secs(60));
+    lab.note(&format!(
+        "{left_home} back: runs {left} {} ms after its power-on",
+        ms(took[0])
+    ));
+    for c in &checkers {
+        c.wait_acked(&lab, 10, Duration::from_secs(60));
+    }
+    let [c1, c2] = checkers;
+    let (o1, o2) = if taken.0 == "g1" {
+        ("n5", "n2")
+    } else {
+        ("n1", "n5")
+    };
+    assert_client_checks(&lab, c1, o1);
+    assert_client_checks(&lab, c2, o2);
+    for (g, n) in [("g3", "n3"), ("g4", "n4")] {
+        assert_eq!(lab.owner_of("n5", g).as_deref(), Some(n), "{g} moved");
+    }
 }
 
 // ---------------------------------------------------------------- web console

@@ -18,6 +18,22 @@ fn err_of(text: &str) -> String {
     Config::parse(text).unwrap_err().to_string()
 }
 
+/// Every configuration in `examples/` (one per topology) passes the check.
+#[test]
+fn every_example_config_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("an entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            Config::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked.push(path.file_name().unwrap_or_default().to_owned());
+        }
+    }
+    assert!(checked.len() >= 3, "examples checked: {checked:?}");
+}
+
 #[test]
 fn example_config_is_valid() {
     let text = include_str!("../../examples/tandem.toml");

@@ -343,6 +343,8 @@ fn run_arm(
     super::down(prefix, dir)?;
     let watchdog = a.watchdog.filter(|_| a.witness && engine == Engine::Tandem);
     let up = UpArgs {
+        topology: super::topology::Topology::ActiveStandby,
+        exclusive: false,
         nodes: 2,
         interval,
         dead_time: if engine == Engine::Tandem {
@@ -443,8 +445,13 @@ fn joined<T>(r: std::thread::Result<Result<T, LabError>>) -> Result<T, LabError>
 
 fn trial(state: &mut LabState) -> Result<Trial, LabError> {
     let names = state.node_names();
-    let owner = probe::wait_vip(&state.client_ns, &names, Duration::from_secs(10))?
-        .ok_or_else(|| LabError::Timeout("the VIP does not answer before the trial".into()))?;
+    let owner = probe::wait_vip(
+        &state.client_ns,
+        &state.vip,
+        &names,
+        Duration::from_secs(10),
+    )?
+    .ok_or_else(|| LabError::Timeout("the VIP does not answer before the trial".into()))?;
     let oi = state.node_index(&owner)?;
     let si = (0..state.nodes.len())
         .find(|i| *i != oi)

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::mirror::generation::SplitBrainPolicy;
-use topology::{Plan, HB_PATHS, VIP};
+use topology::{Plan, Topology, HB_PATHS};
 
 /// Default lab directory.
 pub const DEFAULT_DIR: &str = "/run/tandem-lab";
@@ -175,6 +175,15 @@ pub struct UpArgs {
     /// Number of nodes.
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
+    /// The cluster's shape: one group over every node (`active-standby`), one group per
+    /// node but the last, the standby of them all (`n+1`), or two groups on two nodes,
+    /// each preferring its own (`active-active`).
+    #[arg(long, value_enum, default_value_t = Topology::ActiveStandby)]
+    pub topology: Topology,
+    /// With `--topology n+1`: every group is `exclusive`, so the standby takes only one
+    /// failed server's group and reports the others as unable to run.
+    #[arg(long)]
+    pub exclusive: bool,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     pub interval: u64,
@@ -471,11 +480,18 @@ pub struct LabState {
     /// The witness, if the lab has one.
     #[serde(default)]
     pub witness: Option<WitnessState>,
+    /// The cluster's shape (its groups and their floating IPs).
+    #[serde(default)]
+    pub topology: Topology,
 }
 
 impl LabState {
     fn plan(&self) -> Result<Plan, LabError> {
-        Ok(Plan::new(&self.prefix, self.nodes.len())?)
+        Ok(Plan::with_topology(
+            &self.prefix,
+            self.nodes.len(),
+            self.topology,
+        )?)
     }
 
     fn node_names(&self) -> Vec<String> {
@@ -644,8 +660,11 @@ fn self_exe() -> Result<String, LabError> {
 /// Build the lab and start the engines. On any error (or Ctrl-C) everything
 /// built so far is removed. `wait_vip`: wait until the VIP answers.
 pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
-    let plan = Plan::new(&args.prefix, args.nodes)?;
+    let mut plan = Plan::with_topology(&args.prefix, args.nodes, args.topology)?;
     check_up_args(args)?;
+    if args.exclusive {
+        plan.make_exclusive();
+    }
     check_not_up(args, &plan)?;
     let engines = Engines::locate(args)?;
 
@@ -686,11 +705,12 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
         interval_ms: args.interval,
         switchback: args.switchback,
         tandem_bin: engines.tandem_bin,
-        vip: VIP.to_string(),
+        vip: plan.groups[0].vip.clone(),
         switch_ns: plan.switch_ns.clone(),
         client_ns: plan.client_ns.clone(),
         nodes,
         witness,
+        topology: args.topology,
     };
     state.save()?;
     start_witness(&mut state)?;
@@ -702,7 +722,9 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     info!(prefix = %state.prefix, nodes = state.nodes.len(), "lab built, daemons started");
 
     if wait_vip && state.engine != Engine::None {
-        wait_for_vip(&state, args.wait)?;
+        for vip in plan.vips() {
+            wait_for_vip(&state, &vip, args.wait)?;
+        }
     }
     guard.disarm();
     Ok(state)
@@ -720,6 +742,14 @@ fn check_up_args(args: &UpArgs) -> Result<(), LabError> {
     }
     if args.engine == Engine::Keepalived {
         keepalived::advert_int(args.interval)?;
+    }
+    if args.topology != Topology::ActiveStandby && args.engine != Engine::Tandem {
+        return Err(LabError::Invalid(
+            "--topology n+1 and active-active need engine tandem".into(),
+        ));
+    }
+    if args.exclusive && args.topology != Topology::NPlusOne {
+        return Err(LabError::Invalid("--exclusive needs --topology n+1".into()));
     }
     if args.witness && (args.engine != Engine::Tandem || args.nodes < 2) {
         return Err(LabError::Invalid(
@@ -1041,13 +1071,13 @@ fn log_filter() -> String {
     std::env::var("TANDEM_LOG").unwrap_or_else(|_| "info,netlink_packet_route=error".into())
 }
 
-/// Wait up to `wait_s` seconds for the VIP to answer; the timeout's message says
-/// whether the engines died and shows the tail of each node's log.
-fn wait_for_vip(state: &LabState, wait_s: u64) -> Result<(), LabError> {
-    if wait_vip_or_death(state, Duration::from_secs(wait_s))?.is_some() {
+/// Wait up to `wait_s` seconds for floating IP `vip` to answer; the timeout's message
+/// says whether the engines died and shows the tail of each node's log.
+fn wait_for_vip(state: &LabState, vip: &str, wait_s: u64) -> Result<(), LabError> {
+    if wait_vip_or_death(state, vip, Duration::from_secs(wait_s))?.is_some() {
         return Ok(());
     }
-    let mut msg = format!("VIP {VIP} did not answer within {wait_s} s");
+    let mut msg = format!("VIP {vip} did not answer within {wait_s} s");
     if !engines_alive(state) {
         msg = format!(
             "every node's {} exited before the VIP answered",
@@ -1079,11 +1109,16 @@ fn engines_alive(state: &LabState) -> bool {
 
 /// Wait until the VIP answers from the client; give up early when every
 /// engine process has exited (bad binary, bad config).
-fn wait_vip_or_death(state: &LabState, limit: Duration) -> Result<Option<String>, LabError> {
+fn wait_vip_or_death(
+    state: &LabState,
+    vip: &str,
+    limit: Duration,
+) -> Result<Option<String>, LabError> {
     let end = std::time::Instant::now() + limit;
     let names = state.node_names();
     loop {
-        if let Some(o) = probe::wait_vip(&state.client_ns, &names, Duration::from_millis(500))? {
+        if let Some(o) = probe::wait_vip(&state.client_ns, vip, &names, Duration::from_millis(500))?
+        {
             return Ok(Some(o));
         }
         if std::time::Instant::now() >= end || !engines_alive(state) {
@@ -1595,9 +1630,10 @@ fn partition(state: &LabState, side: &str) -> Result<(), LabError> {
             "a partition needs nodes on both sides (got {side:?})"
         )));
     }
+    let vips = state.plan()?.vips();
     let mut addrs = Vec::new();
     for (_, ns) in &theirs {
-        addrs.extend(ipv4_addresses(ns)?);
+        addrs.extend(ipv4_addresses(ns, &vips)?);
     }
     for (name, ns) in &ours {
         net::nft_script(ns, &topology::nft_partition_script(&addrs))?;
@@ -1615,8 +1651,8 @@ fn partition(state: &LabState, side: &str) -> Result<(), LabError> {
     Ok(())
 }
 
-/// The IPv4 addresses of a namespace, but loopback's and the floating IP.
-fn ipv4_addresses(ns: &str) -> Result<Vec<String>, LabError> {
+/// The IPv4 addresses of a namespace, but loopback's and the floating IPs `vips`.
+fn ipv4_addresses(ns: &str, vips: &[String]) -> Result<Vec<String>, LabError> {
     let out = net::ipn(ns, &["-j", "-4", "addr", "show"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(v.as_array()
@@ -1625,7 +1661,7 @@ fn ipv4_addresses(ns: &str) -> Result<Vec<String>, LabError> {
         .filter(|l| l["ifname"] != "lo")
         .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
         .filter_map(|a| a["local"].as_str().map(str::to_string))
-        .filter(|a| a != topology::VIP)
+        .filter(|a| !vips.contains(a))
         .collect())
 }
 
@@ -1743,8 +1779,6 @@ fn remove_lab_files(dir: &Path) -> Result<(), LabError> {
 }
 
 fn print_summary(state: &LabState) {
-    let names = state.node_names();
-    let owner = probe::vip_owner(&state.client_ns, &names).ok().flatten();
     println!(
         "lab up: {} nodes, engine {}, heartbeat {} ms, prefix {}",
         state.nodes.len(),
@@ -1752,11 +1786,12 @@ fn print_summary(state: &LabState) {
         state.interval_ms,
         state.prefix
     );
-    println!(
-        "  VIP {}/24 served by: {}",
-        state.vip,
-        owner.as_deref().unwrap_or("nobody (yet)")
-    );
+    for (group, vip, owner) in vip_owners(state) {
+        println!(
+            "  group {group}: VIP {vip}/24 served by: {}",
+            owner.as_deref().unwrap_or("nobody (yet)")
+        );
+    }
     println!(
         "  try:    ip netns exec {} curl http://{}:{}/",
         state.client_ns,
@@ -1790,14 +1825,20 @@ fn print_summary(state: &LabState) {
             state.client_ns
         );
     }
-    if let Some(sock) = state.nodes.first().and_then(|n| n.socket.as_ref()) {
+    let first = state.plan().ok().and_then(|p| p.groups.into_iter().next());
+    if let Some((sock, g)) = state
+        .nodes
+        .first()
+        .and_then(|n| n.socket.as_ref())
+        .zip(first)
+    {
         println!("  status: tandem status --socket {}", sock.display());
         if state.nodes.len() >= 2 {
             println!(
                 "  mirror: tandem mirror status --socket {}   (volume `{}`, NBD on the owner at {} in its namespace)",
                 sock.display(),
-                topology::MIRROR,
-                topology::MIRROR_NBD_TCP
+                g.mirror,
+                g.nbd_tcp
             );
             println!(
                 "  data:   ip netns exec {} curl -X POST http://{}:{}/counter   (a counter kept on the mirrored volume)",
@@ -1833,6 +1874,24 @@ fn print_summary(state: &LabState) {
     println!("  teardown: tandem lab down{dir_flag}");
 }
 
+/// Each group with its floating IP and the node that answers on it from the client
+/// namespace (none if the namespace is gone or nobody answers).
+fn vip_owners(state: &LabState) -> Vec<(String, String, Option<String>)> {
+    let names = state.node_names();
+    let up = net::netns_exists(&state.client_ns);
+    let groups = state.plan().map(|p| p.groups).unwrap_or_default();
+    groups
+        .into_iter()
+        .map(|g| {
+            let owner = up
+                .then(|| probe::vip_owner(&state.client_ns, &g.vip, &names).ok())
+                .flatten()
+                .flatten();
+            (g.name, g.vip, owner)
+        })
+        .collect()
+}
+
 fn status(dir: &Path) -> Result<(), LabError> {
     let state = LabState::load(dir)?;
     println!(
@@ -1854,20 +1913,16 @@ fn status(dir: &Path) -> Result<(), LabError> {
             }
         );
     }
-    let owner = if net::netns_exists(&state.client_ns) {
-        probe::vip_owner(&state.client_ns, &state.node_names())?
-    } else {
-        None
-    };
-    println!(
-        "  VIP {} from {}: {}",
-        state.vip,
-        state.client_ns,
-        owner
-            .as_deref()
-            .map(|o| format!("answered by {o}"))
-            .unwrap_or_else(|| "no answer".into())
-    );
+    for (group, vip, owner) in vip_owners(&state) {
+        println!(
+            "  group {group}: VIP {vip} from {}: {}",
+            state.client_ns,
+            owner
+                .as_deref()
+                .map(|o| format!("answered by {o}"))
+                .unwrap_or_else(|| "no answer".into())
+        );
+    }
     for n in &state.nodes {
         print_node_status(n);
     }
@@ -2008,6 +2063,7 @@ fn links_summary(v: &serde_json::Value) -> String {
 mod tests {
     use super::*;
     use clap::Parser;
+    use topology::VIP;
 
     #[derive(Parser)]
     struct Cli {
@@ -2113,11 +2169,13 @@ mod tests {
             client_ns: "tdm-cl".into(),
             nodes: vec![],
             witness: None,
+            topology: Topology::NPlusOne,
         };
         s.save().unwrap();
         let back = LabState::load(&dir).unwrap();
         assert_eq!(back.prefix, "tdm-");
         assert_eq!(back.engine, Engine::Tandem);
+        assert_eq!(back.topology, Topology::NPlusOne);
         std::fs::write(dir.join("keep.txt"), "x").unwrap();
         remove_lab_files(&dir).unwrap();
         assert!(!dir.join("lab.json").exists());

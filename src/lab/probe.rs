@@ -14,7 +14,12 @@ use super::LabError;
 
 /// Socket address of the demo service on the VIP.
 pub fn vip_service() -> SocketAddr {
-    let ip: Ipv4Addr = VIP.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
+    service_on(VIP)
+}
+
+/// Socket address of the demo service on floating IP `vip`.
+pub fn service_on(vip: &str) -> SocketAddr {
+    let ip: Ipv4Addr = vip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED);
     SocketAddr::from((ip, SERVICE_PORT))
 }
 
@@ -39,10 +44,10 @@ pub fn http_get(
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP response"))
 }
 
-/// Which node answers on the VIP, asked once from the current namespace.
-fn owner_here(names: &[String]) -> Option<String> {
+/// Which node answers on `vip`, asked once from the current namespace.
+fn owner_here(vip: &str, names: &[String]) -> Option<String> {
     match http_get(
-        vip_service(),
+        service_on(vip),
         Duration::from_millis(300),
         Duration::from_millis(700),
     ) {
@@ -51,24 +56,25 @@ fn owner_here(names: &[String]) -> Option<String> {
     }
 }
 
-/// Which node answers on the VIP from the client namespace (one GET).
-pub fn vip_owner(client_ns: &str, names: &[String]) -> Result<Option<String>, LabError> {
-    let names = names.to_vec();
-    net::in_netns(client_ns, move || Ok(owner_here(&names)))
+/// Which node answers on `vip` from the client namespace (one GET).
+pub fn vip_owner(client_ns: &str, vip: &str, names: &[String]) -> Result<Option<String>, LabError> {
+    let (vip, names) = (vip.to_string(), names.to_vec());
+    net::in_netns(client_ns, move || Ok(owner_here(&vip, &names)))
 }
 
-/// Poll the VIP from the client namespace until it answers (bounded).
+/// Poll `vip` from the client namespace until it answers (bounded).
 pub fn wait_vip(
     client_ns: &str,
+    vip: &str,
     names: &[String],
     timeout: Duration,
 ) -> Result<Option<String>, LabError> {
-    let names = names.to_vec();
+    let (vip, names) = (vip.to_string(), names.to_vec());
     net::in_netns(client_ns, move || {
         let end = Instant::now() + timeout;
         while Instant::now() < end {
             check_interrupt()?;
-            if let Some(o) = owner_here(&names) {
+            if let Some(o) = owner_here(&vip, &names) {
                 return Ok(Some(o));
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -54,6 +54,10 @@ pub const MIRROR_SIZE: &str = "256MiB";
 pub const MIRROR_PORT: u16 = 7790;
 /// Where the primary also serves the volume over NBD (inside its namespace).
 pub const MIRROR_NBD_TCP: &str = "127.0.0.1:10809";
+/// The port of [`MIRROR_NBD_TCP`]; group `g<k>`'s mirror serves on this + k.
+pub const MIRROR_NBD_PORT: u16 = 10809;
+/// The active/standby topology's one group.
+pub const DEMO_GROUP: &str = "demo";
 /// The rate `tandem lab` caps the DR site's link (hb2 of node 3 and later) to.
 pub const WAN_RATE: &str = "200mbit";
 /// UDP port of the Tandem heartbeat.
@@ -123,6 +127,10 @@ pub struct Plan {
     pub client_switch_end: String,
     /// Nodes, index 1..=N.
     pub nodes: Vec<NodePlan>,
+    /// The cluster's shape.
+    pub topology: Topology,
+    /// The protected groups, each with its floating IP and mirror.
+    pub groups: Vec<GroupPlan>,
 }
 
 /// The witness (`lab up --witness`): its own namespace with one link, `hb1`, on the
@@ -142,6 +150,114 @@ impl WitnessPlan {
     }
 }
 
+/// The shape of the lab's cluster (`lab up --topology`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum Topology {
+    /// One group `demo` on every node: n1 active, n2 its sync standby, n3 and later
+    /// async DR copies.
+    #[default]
+    #[value(name = "active-standby")]
+    #[serde(rename = "active-standby")]
+    ActiveStandby,
+    /// N+1: n1..n(N-1) each run their own group `g<k>`, mirrored to the last node, the
+    /// one standby of them all (`nodes = ["n<k>", "n<N>"]`).
+    #[value(name = "n+1")]
+    #[serde(rename = "n+1")]
+    NPlusOne,
+    /// Two nodes, two groups: `g1` prefers n1, `g2` prefers n2; each is the other's
+    /// standby.
+    #[value(name = "active-active")]
+    #[serde(rename = "active-active")]
+    ActiveActive,
+}
+
+/// One protected group of the lab: its floating IP, its mirror and the nodes that hold
+/// a copy of it, in the group's order of preference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPlan {
+    /// Group name (`demo`, `g1`).
+    pub name: String,
+    /// Its floating IP, without prefix length.
+    pub vip: String,
+    /// The group's `nodes` (order of preference); empty: every node, by priority.
+    pub nodes: Vec<String>,
+    /// Its mirror's name.
+    pub mirror: String,
+    /// The mirror's replication port on every node that holds a copy.
+    pub mirror_port: u16,
+    /// Where the primary also serves the mirror over NBD (loopback, in its namespace).
+    pub nbd_tcp: String,
+    /// Indexes (1-based) of the nodes that hold a copy of the mirror.
+    pub copies: Vec<usize>,
+    /// The group's `exclusive`: it shares no node with another exclusive group.
+    pub exclusive: bool,
+}
+
+impl GroupPlan {
+    /// The address the demo service listens on: every address with one group per
+    /// node, else only the group's floating IP (two groups may share a node).
+    pub fn listen(&self, topology: Topology) -> String {
+        match topology {
+            Topology::ActiveStandby => format!("0.0.0.0:{SERVICE_PORT}"),
+            _ => format!("{}:{SERVICE_PORT}", self.vip),
+        }
+    }
+
+    /// The URL of the demo service's health check, from the node that runs it.
+    pub fn health_url(&self, topology: Topology) -> String {
+        let host = match topology {
+            Topology::ActiveStandby => "127.0.0.1",
+            _ => self.vip.as_str(),
+        };
+        format!("http://{host}:{SERVICE_PORT}/health")
+    }
+}
+
+/// The floating IP of group `g<k>` of the N+1 and active-active topologies:
+/// `10.77.0.20<k>` (clear of the nodes' and the BMCs' addresses).
+pub fn group_vip(k: usize) -> String {
+    format!("10.77.0.{}", 200 + k)
+}
+
+/// The groups of a topology on `nodes` nodes.
+pub fn plan_groups(topology: Topology, nodes: usize) -> Result<Vec<GroupPlan>, PlanError> {
+    let pair = |k: usize, active: usize, standby: usize| GroupPlan {
+        name: format!("g{k}"),
+        vip: group_vip(k),
+        nodes: vec![format!("n{active}"), format!("n{standby}")],
+        mirror: format!("g{k}-{MIRROR}"),
+        mirror_port: MIRROR_PORT + k as u16,
+        nbd_tcp: format!("127.0.0.1:{}", MIRROR_NBD_PORT + k as u16),
+        copies: vec![active.min(standby), active.max(standby)],
+        exclusive: false,
+    };
+    match topology {
+        Topology::ActiveStandby => Ok(vec![GroupPlan {
+            name: DEMO_GROUP.into(),
+            vip: VIP.into(),
+            nodes: Vec::new(),
+            mirror: MIRROR.into(),
+            mirror_port: MIRROR_PORT,
+            nbd_tcp: MIRROR_NBD_TCP.into(),
+            copies: (1..=nodes).collect(),
+            exclusive: false,
+        }]),
+        Topology::NPlusOne if nodes >= 2 => Ok((1..nodes).map(|k| pair(k, k, nodes)).collect()),
+        Topology::ActiveActive if nodes == 2 => Ok(vec![pair(1, 1, 2), pair(2, 2, 1)]),
+        _ => Err(PlanError::Topology(topology, nodes)),
+    }
+}
+
 /// Errors of the pure planning layer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
@@ -151,6 +267,9 @@ pub enum PlanError {
     /// Prefix unusable as a namespace/interface prefix.
     #[error("prefix {0:?} must be 1-8 characters of [a-z0-9-]")]
     Prefix(String),
+    /// A topology the node count cannot build (N+1: two or more; active-active: two).
+    #[error("topology {0:?} cannot be built on {1} node(s) (n+1: 2 or more, active-active: 2)")]
+    Topology(Topology, usize),
 }
 
 /// Public address of node `i` (1-based): `10.77.0.1<i>`.
@@ -169,8 +288,17 @@ pub fn strip_prefix_len(cidr: &str) -> String {
 }
 
 impl Plan {
-    /// Build the plan for `nodes` nodes with namespace prefix `prefix`.
+    /// Build the active/standby plan for `nodes` nodes with namespace prefix `prefix`.
     pub fn new(prefix: &str, nodes: usize) -> Result<Plan, PlanError> {
+        Plan::with_topology(prefix, nodes, Topology::ActiveStandby)
+    }
+
+    /// Build the plan of `topology` for `nodes` nodes with namespace prefix `prefix`.
+    pub fn with_topology(
+        prefix: &str,
+        nodes: usize,
+        topology: Topology,
+    ) -> Result<Plan, PlanError> {
         if nodes == 0 || nodes > MAX_NODES {
             return Err(PlanError::NodeCount(nodes));
         }
@@ -182,6 +310,7 @@ impl Plan {
         if !ok {
             return Err(PlanError::Prefix(prefix.to_string()));
         }
+        let groups = plan_groups(topology, nodes)?;
         let nodes = (1..=nodes)
             .map(|i| {
                 let name = format!("n{i}");
@@ -221,6 +350,8 @@ impl Plan {
             client_ns: format!("{prefix}cl"),
             client_switch_end: format!("cl{CLIENT_IF}"),
             nodes,
+            topology,
+            groups,
         })
     }
 
@@ -242,6 +373,19 @@ impl Plan {
         let mut v = vec![self.switch_ns.clone(), self.client_ns.clone()];
         v.extend(self.nodes.iter().map(|n| n.netns.clone()));
         v
+    }
+
+    /// Makes every group `exclusive` (`lab up --exclusive`): no two share a node, so a
+    /// standby takes one failed server's group, and the others cannot run.
+    pub fn make_exclusive(&mut self) {
+        for g in &mut self.groups {
+            g.exclusive = true;
+        }
+    }
+
+    /// Every group's floating IP.
+    pub fn vips(&self) -> Vec<String> {
+        self.groups.iter().map(|g| g.vip.clone()).collect()
     }
 
     /// Look a node up by `n2`, `2` or its namespace name.
@@ -355,8 +499,12 @@ pub fn render_tandem_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     if p.witness {
         render_witness_voter(&mut s, plan);
     }
-    render_mirror(&mut s, plan, p);
-    render_demo_group(&mut s, p);
+    for g in &plan.groups {
+        render_mirror(&mut s, plan, g, p);
+    }
+    for g in &plan.groups {
+        render_demo_group(&mut s, plan.topology, g, p);
+    }
     s
 }
 
@@ -437,29 +585,36 @@ fn render_witness_voter(s: &mut String, plan: &Plan) {
     let _ = writeln!(s, "addresses = {{ {} = {} }}", w.iface.name, q(&w.addr()));
 }
 
-/// The `demo` group: the floating IP, the mirror and the demo service over it.
-fn render_demo_group(s: &mut String, p: &ConfigParams<'_>) {
+/// A demo group: the floating IP, the mirror and the demo service over it.
+fn render_demo_group(s: &mut String, topology: Topology, g: &GroupPlan, p: &ConfigParams<'_>) {
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group]]");
-    let _ = writeln!(s, "name = \"demo\"");
+    let _ = writeln!(s, "name = {}", q(&g.name));
+    if !g.nodes.is_empty() {
+        let nodes: Vec<String> = g.nodes.iter().map(|n| q(n)).collect();
+        let _ = writeln!(s, "nodes = [{}]", nodes.join(", "));
+    }
+    if g.exclusive {
+        let _ = writeln!(s, "exclusive = true");
+    }
     let _ = writeln!(s, "switchback = {}", q(p.switchback));
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group.resource]]");
     let _ = writeln!(s, "name = \"vip\"");
     let _ = writeln!(s, "kind = \"ip\"");
-    let _ = writeln!(s, "address = {}", q(VIP_CIDR));
+    let _ = writeln!(s, "address = {}", q(&format!("{}/24", g.vip)));
     let _ = writeln!(s, "interface = {}", q(PUB0));
     let _ = writeln!(s, "backup_interfaces = [{}]", q(PUB1));
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group.resource]]");
     let _ = writeln!(s, "name = {}", q(MIRROR));
     let _ = writeln!(s, "kind = \"mirror\"");
-    let _ = writeln!(s, "mirror = {}", q(MIRROR));
+    let _ = writeln!(s, "mirror = {}", q(&g.mirror));
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group.resource]]");
     let _ = writeln!(s, "name = \"web\"");
     let _ = writeln!(s, "kind = \"process\"");
-    let listen = format!("0.0.0.0:{SERVICE_PORT}");
+    let listen = g.listen(topology);
     // The daemon hands the mirror's socket (in this node's state directory) to the
     // command as TANDEM_NBD_SOCKET, so the command is the same on every node.
     let _ = writeln!(
@@ -471,8 +626,9 @@ fn render_demo_group(s: &mut String, p: &ConfigParams<'_>) {
     let _ = writeln!(s, "depends_on = [\"vip\", {}]", q(MIRROR));
     let _ = writeln!(
         s,
-        "quickcheck = {{ probe = \"http\", url = \"http://127.0.0.1:{SERVICE_PORT}/health\", \
-         expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}"
+        "quickcheck = {{ probe = \"http\", url = {}, \
+         expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}",
+        q(&g.health_url(topology))
     );
 }
 
@@ -504,47 +660,62 @@ pub fn render_witness_config(plan: &Plan, p: &ConfigParams<'_>) -> String {
     s
 }
 
-/// The replication address of node `i`: nodes 1 and 2 replicate synchronously over
-/// the first heartbeat LAN; node 3 and later are the "DR site", reached over the
-/// second heartbeat LAN (the one `tandem lab` caps with tbf to play a WAN link).
+/// The replication address of node `i` in the active/standby topology: nodes 1 and 2
+/// replicate synchronously over the first heartbeat LAN; node 3 and later are the "DR
+/// site", reached over the second heartbeat LAN (the one `tandem lab` caps with tbf to
+/// play a WAN link).
 pub fn mirror_addr(i: usize) -> String {
     let path = if i <= 2 { 1 } else { 2 };
     format!("{}:{MIRROR_PORT}", hb_addr(path, i))
 }
 
-/// `[[mirror]]`: one copy per node; n1-n2 sync, every link to n3+ async and encrypted.
-fn render_mirror(s: &mut String, plan: &Plan, p: &ConfigParams<'_>) {
-    if plan.nodes.len() < 2 {
+/// Node `i`'s replication address for group `g`'s mirror: the DR plan of
+/// [`mirror_addr`] for active/standby, else the first heartbeat LAN at the group's port.
+fn group_mirror_addr(topology: Topology, g: &GroupPlan, i: usize) -> String {
+    match topology {
+        Topology::ActiveStandby => mirror_addr(i),
+        _ => format!("{}:{}", hb_addr(1, i), g.mirror_port),
+    }
+}
+
+/// One `[[mirror]]`: a copy on each node of the group's; n1-n2 (and every pair of the
+/// N+1 and active-active topologies) sync, every link to a DR node (n3+ of
+/// active/standby) async and encrypted.
+fn render_mirror(s: &mut String, plan: &Plan, g: &GroupPlan, p: &ConfigParams<'_>) {
+    if g.copies.len() < 2 {
         return;
     }
     let _ = writeln!(s);
     let _ = writeln!(s, "[[mirror]]");
-    let _ = writeln!(s, "name = {}", q(MIRROR));
+    let _ = writeln!(s, "name = {}", q(&g.mirror));
     let _ = writeln!(
         s,
         "backing = {}",
-        q(&format!("{}/{MIRROR}.img", p.state_dir))
+        q(&format!("{}/{}.img", p.state_dir, g.mirror))
     );
     let _ = writeln!(s, "size = {}", q(MIRROR_SIZE));
-    let _ = writeln!(s, "nbd_tcp = {}", q(MIRROR_NBD_TCP));
+    let _ = writeln!(s, "nbd_tcp = {}", q(&g.nbd_tcp));
     if p.suspend_on_no_quorum {
         let _ = writeln!(s, "on_no_quorum = \"suspend\"");
     }
     if let Some(policy) = p.split_brain {
         let _ = writeln!(s, "split_brain = {}", q(policy.name()));
     }
-    let addrs: Vec<String> = plan
-        .nodes
+    let addrs: Vec<String> = g
+        .copies
         .iter()
-        .map(|n| format!("{} = {}", n.name, q(&mirror_addr(n.index))))
+        .map(|i| {
+            let addr = group_mirror_addr(plan.topology, g, *i);
+            format!("{} = {}", plan.nodes[i - 1].name, q(&addr))
+        })
         .collect();
     let _ = writeln!(s, "addresses = {{ {} }}", addrs.join(", "));
-    for a in &plan.nodes {
-        for b in plan.nodes.iter().filter(|b| b.index > a.index) {
+    for (x, a) in g.copies.iter().enumerate() {
+        for b in &g.copies[x + 1..] {
             let _ = writeln!(s);
             let _ = writeln!(s, "[[mirror.link]]");
-            let _ = writeln!(s, "between = [{}, {}]", q(&a.name), q(&b.name));
-            if b.index <= 2 {
+            let _ = writeln!(s, "between = [\"n{a}\", \"n{b}\"]");
+            if plan.topology != Topology::ActiveStandby || *b <= 2 {
                 let _ = writeln!(s, "mode = \"sync\"");
             } else {
                 let _ = writeln!(s, "mode = \"async\"");
@@ -894,6 +1065,90 @@ mod tests {
         assert_eq!(qc["probe"].as_str(), Some("http"));
         assert_eq!(qc["expect_status"].as_integer(), Some(200));
         assert_eq!(qc["timeout"].as_str(), Some("500ms"));
+    }
+
+    /// N+1 on five nodes: four actives, each with its own group, floating IP and mirror
+    /// shared only with n5, the standby; active-active: two crossed pairs; a node count
+    /// a topology cannot take is refused.
+    #[test]
+    fn topologies_plan_their_groups() {
+        let g = plan_groups(Topology::NPlusOne, 5).unwrap();
+        let names: Vec<_> = g.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["g1", "g2", "g3", "g4"]);
+        assert_eq!(g[1].nodes, ["n2", "n5"]);
+        assert_eq!(g[1].copies, [2, 5]);
+        assert_eq!(g[1].vip, "10.77.0.202");
+        assert_eq!(g[1].mirror, "g2-data");
+        assert_eq!(g[1].mirror_port, MIRROR_PORT + 2);
+        assert_eq!(g[1].nbd_tcp, "127.0.0.1:10811");
+        let aa = plan_groups(Topology::ActiveActive, 2).unwrap();
+        assert_eq!(aa[0].nodes, ["n1", "n2"]);
+        assert_eq!(aa[1].nodes, ["n2", "n1"]);
+        assert_eq!(aa[1].copies, [1, 2]);
+        let one = plan_groups(Topology::ActiveStandby, 3).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].name.as_str(), one[0].vip.as_str()), ("demo", VIP));
+        assert!(one[0].nodes.is_empty());
+        assert_eq!(one[0].copies, [1, 2, 3]);
+        assert_eq!(
+            plan_groups(Topology::ActiveActive, 3),
+            Err(PlanError::Topology(Topology::ActiveActive, 3))
+        );
+        assert!(plan_groups(Topology::NPlusOne, 1).is_err());
+        // Every floating IP is clear of the nodes', the client's and the BMCs'.
+        let p = Plan::with_topology("tdm-", MAX_NODES, Topology::NPlusOne).unwrap();
+        let taken: Vec<String> = p.nodes.iter().map(|n| n.pub_addr()).collect();
+        for v in p.vips() {
+            assert!(!taken.contains(&v) && v != BMC_ADDR && v != strip_prefix_len(CLIENT_CIDR));
+        }
+    }
+
+    /// The daemon accepts n5's file of an N+1 lab: four groups, each preferring its own
+    /// node then n5, each mirror a sync pair on the first heartbeat LAN at its own port,
+    /// each demo service on its own floating IP.
+    #[test]
+    fn n_plus_one_config_is_accepted_by_the_daemon() {
+        let p = Plan::with_topology("tdm-", 5, Topology::NPlusOne).unwrap();
+        let text = render_tandem_config(&p, &params());
+        let cfg = crate::config::Config::parse(&text).expect("the daemon accepts it");
+        assert!(cfg.quorum_enabled());
+        assert_eq!(cfg.groups.len(), 4);
+        assert!(cfg.groups.iter().all(|g| !g.exclusive));
+        let mut exclusive = p.clone();
+        exclusive.make_exclusive();
+        let cfg = crate::config::Config::parse(&render_tandem_config(&exclusive, &params()))
+            .expect("the daemon accepts it");
+        assert!(cfg.groups.iter().all(|g| g.exclusive));
+        assert_eq!(cfg.groups[2].nodes, ["n3", "n5"]);
+        let m = &cfg.mirrors[2];
+        assert_eq!(m.name, "g3-data");
+        assert_eq!(m.addresses["n5"].to_string(), "10.78.1.15:7793");
+        assert_eq!(m.addresses.len(), 2);
+        assert_eq!(m.links.len(), 1);
+        let v: toml::Value = toml::from_str(&text).unwrap();
+        let r = v["group"][2]["resource"].as_array().unwrap();
+        assert_eq!(r[0]["address"].as_str(), Some("10.77.0.203/24"));
+        assert_eq!(r[1]["mirror"].as_str(), Some("g3-data"));
+        assert_eq!(r[2]["command"][3].as_str(), Some("10.77.0.203:8080"));
+        assert_eq!(
+            r[2]["quickcheck"]["url"].as_str(),
+            Some("http://10.77.0.203:8080/health")
+        );
+        assert_eq!(
+            v["mirror"][0]["link"][0]["mode"].as_str(),
+            Some("sync"),
+            "an N+1 pair is on the LAN"
+        );
+    }
+
+    #[test]
+    fn active_active_config_is_accepted_by_the_daemon() {
+        let p = Plan::with_topology("tdm-", 2, Topology::ActiveActive).unwrap();
+        let cfg = crate::config::Config::parse(&render_tandem_config(&p, &params()))
+            .expect("the daemon accepts it");
+        assert_eq!(cfg.groups[0].nodes, ["n1", "n2"]);
+        assert_eq!(cfg.groups[1].nodes, ["n2", "n1"]);
+        assert_eq!(cfg.mirrors.len(), 2);
     }
 
     #[test]

@@ -663,6 +663,33 @@ struct ClusterView<'a> {
     exclusive: BTreeMap<String, Vec<(Presence, String)>>,
 }
 
+/// Why the log keeps `group` off every live node (`live`), if it does: this node has no
+/// quorum (the log cannot move the group), no live node holds a complete copy of its
+/// mirrors (an async copy may lack acknowledged writes), or both.
+fn gate_reason<'a>(
+    gate: &QuorumGate,
+    group: &str,
+    mut live: impl Iterator<Item = &'a str>,
+) -> Option<String> {
+    let mut why = Vec::new();
+    if !gate.quorate {
+        why.push("this node has no quorum: the log cannot move the group".to_string());
+    }
+    if let Some(complete) = gate
+        .complete_copies
+        .get(group)
+        .filter(|c| !live.any(|n| c.contains(n)))
+    {
+        let holders: Vec<&str> = complete.iter().map(String::as_str).collect();
+        why.push(format!(
+            "no live node holds a complete copy of the group's mirrors (only {}; an async \
+             copy may lack acknowledged writes)",
+            holders.join(", ")
+        ));
+    }
+    (!why.is_empty()).then(|| why.join("; "))
+}
+
 /// How firmly an exclusive group holds a node; the firmer keeps the node (ties go to
 /// the group whose name sorts first), so every node reads one answer from one view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -1889,7 +1916,10 @@ impl GroupState {
             })
             .collect();
         if taken.is_empty() {
-            return "no live node is eligible to run the group".into();
+            return view
+                .gate
+                .and_then(|g| gate_reason(g, &policy.name, view.nodes()))
+                .unwrap_or_else(|| "no live node is eligible to run the group".into());
         }
         format!(
             "no live node is free to run the group: {}",

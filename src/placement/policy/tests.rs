@@ -883,6 +883,46 @@ fn with_a_quorum_standby_is_proposed_and_takes_effect_only_once_committed() {
     assert!(!out.iter().any(|a| matches!(a, Action::Propose(_))));
 }
 
+/// A group nobody can run says why when the log is the cause: the DR site after a site
+/// disaster has no quorum, and its async copy is not a complete one.
+#[test]
+fn with_a_quorum_an_unplaceable_group_names_the_missing_quorum_and_copy() {
+    let reason = |quorate: bool| {
+        let (mut p, _) = quorum_node();
+        let mut gate = QuorumGate {
+            quorate,
+            ..QuorumGate::default()
+        };
+        let owner = Assignment {
+            owner: "b".into(),
+            epoch: 1,
+        };
+        gate.registers.insert("web".into(), owner);
+        gate.complete_copies
+            .insert("web".into(), ["b".to_string()].into_iter().collect());
+        p.set_gate(Some(gate));
+        // Past the startup grace.
+        p.handle(now(60_000), Input::Tick, &[]);
+        p.handle(now(62_000), Input::Tick, &[]);
+        p.status(now(62_000), &[])
+            .into_iter()
+            .find(|g| g.name == "web")
+            .and_then(|g| g.reason)
+            .unwrap_or_default()
+    };
+    let site_lost = reason(false);
+    assert!(
+        site_lost.starts_with("this node has no quorum")
+            && site_lost.contains("complete copy of the group's mirrors (only b;"),
+        "{site_lost}"
+    );
+    let async_only = reason(true);
+    assert!(
+        async_only.starts_with("no live node holds a complete copy"),
+        "{async_only}"
+    );
+}
+
 #[test]
 fn with_a_quorum_standby_is_refused_at_once_without_a_quorum() {
     let (mut p, mut gate) = quorum_node();
