@@ -3,10 +3,13 @@
 //! log; pages, fragments, 404s, assets and the SSE stream fetched over TCP. The ignored
 //! test renders pages to PNG with headless Chromium for a look.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::http::HeaderMap;
+use axum::routing::post;
 use axum::Extension;
 use tandem::cluster::packet::LocalGroupState;
 use tandem::console::pages::{routes, PageState};
@@ -65,15 +68,25 @@ fn failover(base: u64) -> Timeline {
     }
 }
 
-/// Serves the pages on a free loopback port for `role`; returns the address and the log.
-async fn serve(role: Role) -> (SocketAddr, EventLog) {
+/// The pages on a loopback port, and what a test needs to drive them.
+struct Served {
+    addr: SocketAddr,
+    events: EventLog,
+    status: watch::Sender<Status>,
+    /// What reached the stand-in switchover endpoint: the CSRF header and the body.
+    posted: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+/// Serves the pages on a free loopback port for `role`, with a stand-in for the control
+/// API's switchover endpoint that records what the page posts.
+async fn serve(role: Role) -> Served {
     let events = EventLog::in_memory("alpha");
     events.emit(
         EventKind::GroupStarted,
         fields([("group", "web".to_string())]),
     );
     events.record_timeline(failover(tandem::event::unix_ms() - 2_000));
-    let (_tx, rx) = watch::channel(status());
+    let (status, rx) = watch::channel(status());
     let state = PageState {
         status: rx,
         events: events.clone(),
@@ -83,36 +96,78 @@ async fn serve(role: Role) -> (SocketAddr, EventLog) {
         role,
         csrf: "csrf-123".into(),
     };
-    let app = routes().layer(Extension(who)).with_state(state);
+    let posted = Arc::new(Mutex::new(Vec::new()));
+    let record = posted.clone();
+    let switchover = move |h: HeaderMap, body: String| async move {
+        let csrf = h
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        record.lock().unwrap().push((csrf, body));
+        axum::Json(serde_json::json!({"group": "web", "node": "beta", "duration_ms": 5}))
+    };
+    let app = routes()
+        .route("/v1/groups/{group}/switchover", post(switchover))
+        .layer(Extension(who))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (addr, events)
+    Served {
+        addr,
+        events,
+        status,
+        posted,
+    }
 }
 
-/// GET `path` over HTTP/1.1 (blocking, on a thread); the status code, headers and body.
+/// One HTTP/1.1 request (blocking): the status code, the headers (lowercase) and the
+/// body (its Content-Length, or up to the end: a server may keep the connection open).
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    let s = TcpStream::connect(addr).unwrap();
+    write!(
+        &s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = std::io::BufReader::new(s);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(r.read_line(&mut head).unwrap() > 0, "no answer: {head}");
+    }
+    let head = head.to_lowercase();
+    let code = head[9..12].parse().unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|n| n.trim().parse::<usize>().unwrap());
+    let mut body = Vec::new();
+    match length {
+        Some(n) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body).unwrap();
+        }
+        None => {
+            r.read_to_end(&mut body).unwrap();
+        }
+    }
+    (code, head, String::from_utf8(body).unwrap())
+}
+
+/// GET `path` on a blocking thread.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
     let path = path.to_string();
-    tokio::task::spawn_blocking(move || {
-        let mut s = TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).unwrap();
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-        let code = head[9..12].parse().unwrap();
-        (code, head.to_lowercase(), body.to_string())
-    })
-    .await
-    .unwrap()
+    tokio::task::spawn_blocking(move || http(addr, "GET", &path, ""))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn pages_fragments_and_404s_over_http() {
-    let (addr, _events) = serve(Role::Operator).await;
+    let Served { addr, .. } = serve(Role::Operator).await;
     let (code, head, body) = get(addr, "/").await;
     assert_eq!(code, 200);
     assert!(head.contains("content-type: text/html"), "{head}");
@@ -151,7 +206,7 @@ async fn pages_fragments_and_404s_over_http() {
 
 #[tokio::test]
 async fn a_viewer_sees_no_action_buttons() {
-    let (addr, _events) = serve(Role::Viewer).await;
+    let Served { addr, .. } = serve(Role::Viewer).await;
     for path in ["/", "/groups/web", "/mirrors/vol"] {
         let (code, _, body) = get(addr, path).await;
         assert_eq!(code, 200);
@@ -161,7 +216,7 @@ async fn a_viewer_sees_no_action_buttons() {
 
 #[tokio::test]
 async fn the_stream_sends_the_backlog_then_each_new_event() {
-    let (addr, events) = serve(Role::Viewer).await;
+    let Served { addr, events, .. } = serve(Role::Viewer).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     s.write_all(b"GET /ui/stream?since=0 HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -196,7 +251,7 @@ async fn the_stream_sends_the_backlog_then_each_new_event() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs chromium"]
 async fn screenshots_with_headless_chromium() {
-    let (addr, _events) = serve(Role::Operator).await;
+    let Served { addr, .. } = serve(Role::Operator).await;
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
     for (name, path) in [
         ("overview", "/"),
@@ -227,4 +282,179 @@ async fn screenshots_with_headless_chromium() {
         );
         println!("{}", png.display());
     }
+}
+
+/// A headless Chromium driven through chromedriver's W3C WebDriver HTTP protocol
+/// (blocking); the driver is this test's child, ended on drop.
+struct Browser {
+    driver: std::process::Child,
+    addr: SocketAddr,
+    session: String,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let driver = std::process::Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chromedriver did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"]
+        }}}});
+        let (code, _, body) = http(addr, "POST", "/session", &caps.to_string());
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let session = v["value"]["sessionId"].as_str().unwrap().to_string();
+        Browser {
+            driver,
+            addr,
+            session,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let path = format!("/session/{}{path}", self.session);
+        let (code, _, body) = http(self.addr, method, &path, &body.to_string());
+        assert_eq!(code, 200, "{method} {path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call("POST", "/url", serde_json::json!({ "url": url }));
+    }
+
+    /// Runs `script` (a function body) in the page; its return value.
+    fn js(&self, script: &str) -> serde_json::Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({"script": script, "args": []}),
+        )
+    }
+
+    /// Polls `script` until it returns true; the time it took, or None after `secs`.
+    fn wait_for(&self, script: &str, secs: u64) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if self.js(script) == serde_json::Value::Bool(true) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let path = format!("/session/{}", self.session);
+        let _ = http(self.addr, "DELETE", &path, "");
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// In Chromium: a risky switchover opens the dialog with its warning and command line,
+/// and confirming it posts the body with the page's CSRF token; the overview follows a
+/// change of owner within 3 s of its event; the events filter survives live refreshes.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs chromium and chromedriver"]
+async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
+    let Served {
+        addr,
+        events,
+        status,
+        posted,
+    } = serve(Role::Operator).await;
+    tokio::task::spawn_blocking(move || {
+        let b = Browser::start();
+        b.goto(&format!("http://{addr}/groups/web"));
+        b.js("document.querySelector('button.act.risky').click()");
+        assert!(b
+            .wait_for("return document.getElementById('confirm').open", 3)
+            .is_some());
+        assert_eq!(
+            b.js("return document.querySelector('#confirm .cmd').textContent"),
+            "tandem switchover web --to beta"
+        );
+        let warnings = b.js("return document.querySelector('#confirm .warnings').textContent");
+        assert!(
+            warnings
+                .as_str()
+                .unwrap()
+                .contains("beta's copy of mirror vol is sync_target"),
+            "{warnings}"
+        );
+        b.js("document.querySelector('#confirm .go').click()");
+        let done =
+            "return document.querySelector('#confirm .result').textContent.startsWith('Done')";
+        assert!(b.wait_for(done, 5).is_some());
+        assert_eq!(
+            posted.lock().unwrap().as_slice(),
+            [("csrf-123".to_string(), r#"{"to":"beta"}"#.to_string())]
+        );
+
+        b.goto(&format!("http://{addr}/"));
+        assert!(b
+            .wait_for("return document.body.dataset.live === 'open'", 5)
+            .is_some());
+        status.send_modify(|st| st.groups[1].owner = Some("beta".into()));
+        events.emit(
+            EventKind::OwnershipCommitted,
+            fields([("group", "web".to_string()), ("owner", "beta".into())]),
+        );
+        let owner = "return document.querySelector('a[href=\"/groups/web\"]')\
+                     .closest('tr').children[1].textContent === 'beta'";
+        let took = b
+            .wait_for(owner, 3)
+            .expect("the overview shows the new owner");
+        println!("overview followed the event in {} ms", took.as_millis());
+
+        events.emit(EventKind::PathDown, fields([("peer", "beta".to_string())]));
+        b.goto(&format!("http://{addr}/events"));
+        assert!(b
+            .wait_for("return document.body.dataset.live === 'open'", 5)
+            .is_some());
+        let visible = "return [...document.querySelectorAll('tr[data-kind]')]\
+                       .filter((r) => !r.hidden).map((r) => r.dataset.kind).join(' ')";
+        b.js(
+            "const i = document.getElementById('f-kind'); i.value = 'path'; \
+              i.dispatchEvent(new Event('input', {bubbles: true}))",
+        );
+        assert_eq!(b.js(visible), "path_down");
+        events.emit(EventKind::PathUp, fields([("peer", "beta".to_string())]));
+        events.emit(
+            EventKind::GroupStopped,
+            fields([("group", "db".to_string())]),
+        );
+        let both = format!("{} === 'path_up path_down'", &visible["return ".len()..]);
+        assert!(
+            b.wait_for(&format!("return {both}"), 3).is_some(),
+            "{}",
+            b.js(visible)
+        );
+        assert_eq!(
+            b.js("return document.getElementById('f-kind').value"),
+            "path"
+        );
+    })
+    .await
+    .unwrap();
 }

@@ -39,7 +39,17 @@ function soon() {
   if (!pending) pending = setTimeout(refresh, 150);
 }
 
-new EventSource('/ui/stream').addEventListener('tandem', soon);
+// The stream's state shows in the header (body[data-live]): a page on a node that went
+// away says so while the browser retries.
+const stream = new EventSource('/ui/stream');
+stream.addEventListener('tandem', soon);
+stream.addEventListener('open', () => {
+  if (document.body.dataset.live === 'lost') soon();
+  document.body.dataset.live = 'open';
+});
+stream.addEventListener('error', () => {
+  document.body.dataset.live = 'lost';
+});
 main.addEventListener('input', (e) => {
   if (e.target.dataset.filter) applyFilters();
 });
