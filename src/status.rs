@@ -369,6 +369,9 @@ pub struct ResourceView {
     /// The group's local state on this node: resources start and stop with their
     /// group.
     pub state: LocalGroupState,
+    /// The resources of its group it depends on (started before it, stopped after).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// One floating IP.
@@ -563,6 +566,7 @@ fn resource_views(cfg: &Config, groups: &[GroupStatus]) -> (Vec<ResourceView>, V
                 name: r.name.clone(),
                 kind: ResourceType::of(&r.kind),
                 state,
+                depends_on: r.depends_on.clone(),
             });
         }
     }
@@ -630,6 +634,7 @@ impl Status {
                 name: "vip".into(),
                 kind: ResourceType::Ip,
                 state: LocalGroupState::Running,
+                depends_on: Vec::new(),
             }],
             vips: vec![VipView {
                 group: "web".into(),

@@ -71,6 +71,7 @@ pub fn synthetic_status(groups: usize) -> Status {
                 name: name.into(),
                 kind,
                 state: LocalGroupState::Running,
+                depends_on: Vec::new(),
             });
         }
         vips.push(VipView {

@@ -81,23 +81,25 @@ fn timeline(t: &Timeline) -> Vec<String> {
         })
         .collect();
     out.extend(table("  ", &["AT", "PHASE", "ELAPSED", "TOOK"], &rows));
-    out.push(match (t.kind, failure_to_service_ms(t), t.failure_ms) {
+    out.push(format!("  total {}", total(t)));
+    out
+}
+
+/// The move's total: failure (or request) to service, first stop to stopped for a
+/// release, or why there was no service.
+pub fn total(t: &Timeline) -> String {
+    match (t.kind, failure_to_service_ms(t), t.failure_ms) {
         (MoveKind::Release, _, _) => format!(
-            "  total {} (first stop to stopped)",
+            "{} (first stop to stopped)",
             human_ms(
                 t.completed_ms
                     .unwrap_or(t.detected_ms)
                     .saturating_sub(t.detected_ms)
             )
         ),
-        (_, Some(ms), _) => format!(
-            "  total {} ({} to service)",
-            human_ms(ms),
-            Origin::of(t).name()
-        ),
-        (_, None, _) => format!("  total - (no service: {})", t.outcome),
-    });
-    out
+        (_, Some(ms), _) => format!("{} ({} to service)", human_ms(ms), Origin::of(t).name()),
+        (_, None, _) => format!("- (no service: {})", t.outcome),
+    }
 }
 
 /// What a move's story starts from.
@@ -139,23 +141,50 @@ impl Origin {
     }
 }
 
-/// One row of a timeline.
-struct Phase {
-    at_ms: u64,
-    what: String,
+/// One row of a timeline (also a bar of the console's picture of it).
+pub struct Phase {
+    pub at_ms: u64,
+    pub what: String,
     /// How long the phase took: since the previous phase, or a step's own duration.
-    took_ms: Option<u64>,
+    pub took_ms: Option<u64>,
+    pub kind: PhaseKind,
+}
+
+/// What a phase is, and so which way its duration runs from `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhaseKind {
+    /// The lost owner's last heartbeat: an instant.
+    Failure,
+    /// Detection (or request, or placement), decision, the first passing check: each
+    /// ends at `at_ms` and took the time since the phase before.
+    Milestone,
+    /// A resource's stop or start: begins at `at_ms` and takes its own duration.
+    Step { ok: bool },
+}
+
+impl Phase {
+    /// The phase's span in wall-clock milliseconds, start to end.
+    pub fn span(&self) -> (u64, u64) {
+        let took = self.took_ms.unwrap_or(0);
+        match self.kind {
+            PhaseKind::Step { .. } => (self.at_ms, self.at_ms + took),
+            PhaseKind::Failure | PhaseKind::Milestone => {
+                (self.at_ms.saturating_sub(took), self.at_ms)
+            }
+        }
+    }
 }
 
 /// The phases of a move in order. Steps ran on the new owner (failover, switchover) or
 /// on the old one (release).
-fn phases(t: &Timeline) -> Vec<Phase> {
+pub fn phases(t: &Timeline) -> Vec<Phase> {
     let mut out = Vec::new();
     if let Some(f) = t.failure_ms {
         out.push(Phase {
             at_ms: f,
             what: "failure (last heard from the owner)".into(),
             took_ms: None,
+            kind: PhaseKind::Failure,
         });
     }
     if t.kind != MoveKind::Release {
@@ -163,11 +192,13 @@ fn phases(t: &Timeline) -> Vec<Phase> {
             at_ms: t.detected_ms,
             what: Origin::of(t).detected().into(),
             took_ms: t.failure_ms.map(|f| t.detected_ms.saturating_sub(f)),
+            kind: PhaseKind::Milestone,
         });
         out.push(Phase {
             at_ms: t.decided_ms,
             what: "decided".into(),
             took_ms: Some(t.decided_ms.saturating_sub(t.detected_ms)),
+            kind: PhaseKind::Milestone,
         });
     }
     let node = match t.kind {
@@ -190,6 +221,7 @@ fn phases(t: &Timeline) -> Vec<Phase> {
             at_ms: s.at_ms,
             what: format!("{} {} on {node}{failed}", s.action, s.resource),
             took_ms: Some(s.duration_ms),
+            kind: PhaseKind::Step { ok: s.ok },
         });
         last_end = last_end.max(s.at_ms + s.duration_ms);
     }
@@ -198,6 +230,7 @@ fn phases(t: &Timeline) -> Vec<Phase> {
             at_ms: c,
             what: "first passing check".into(),
             took_ms: Some(c.saturating_sub(last_end)),
+            kind: PhaseKind::Milestone,
         });
     }
     out

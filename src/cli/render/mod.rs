@@ -50,7 +50,7 @@ pub fn print_history(tls: &[Timeline], events: &[Event]) {
 }
 
 /// Bytes in binary units: `512 B`, `1.5 MiB`.
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -67,7 +67,7 @@ fn human_bytes(n: u64) -> String {
 
 /// A duration for people: `950 ms`, `1.030 s`, `42 s`, `5 min 3 s`, `2 h 5 min`,
 /// `3 d 4 h`.
-fn human_ms(ms: u64) -> String {
+pub(crate) fn human_ms(ms: u64) -> String {
     let s = ms / 1000;
     match ms {
         0..1_000 => format!("{ms} ms"),
@@ -80,12 +80,12 @@ fn human_ms(ms: u64) -> String {
 }
 
 /// Wall-clock milliseconds since the Unix epoch as RFC 3339 UTC, to the second.
-fn utc_seconds(ms: u64) -> String {
+pub(crate) fn utc_seconds(ms: u64) -> String {
     UtcTime::from_unix_ms(ms).to_string()
 }
 
 /// Wall-clock milliseconds since the Unix epoch as RFC 3339 UTC, to the millisecond.
-fn utc_millis(ms: u64) -> String {
+pub(crate) fn utc_millis(ms: u64) -> String {
     UtcTime::from_unix_ms(ms).to_rfc3339_millis()
 }
 

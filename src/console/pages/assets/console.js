@@ -1,0 +1,104 @@
+// Tandem console: every page stays live over Server-Sent Events (each event makes the
+// page fetch its <main> again with ?fragment=1), and every action is a confirmed
+// fetch() to the control API with the page's CSRF token.
+const main = document.getElementById('main');
+const dialog = document.getElementById('confirm');
+const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
+
+// The events page's filters: each row carries data-kind, data-group and data-node.
+function applyFilters() {
+  const wanted = [...main.querySelectorAll('input[data-filter]')]
+    .map((i) => [i.dataset.filter, i.value.trim().toLowerCase()])
+    .filter(([, v]) => v);
+  for (const tr of main.querySelectorAll('tr[data-kind]')) {
+    tr.hidden = !wanted.every(([k, v]) => (tr.dataset[k] ?? '').toLowerCase().includes(v));
+  }
+}
+
+// Swap in the page's current <main>, keeping what was typed in its inputs.
+let pending = null;
+async function refresh() {
+  pending = null;
+  const url = new URL(location.href);
+  url.searchParams.set('fragment', '1');
+  const res = await fetch(url, { credentials: 'same-origin', cache: 'no-store' });
+  if (!res.ok) return;
+  const html = await res.text();
+  const kept = [...main.querySelectorAll('input[id]')].map((i) => [i.id, i.value]);
+  const focused = document.activeElement?.id;
+  main.innerHTML = html;
+  for (const [id, value] of kept) {
+    const input = document.getElementById(id);
+    if (input) input.value = value;
+  }
+  if (focused) document.getElementById(focused)?.focus();
+  applyFilters();
+  document.body.dataset.refreshed = String(Date.now());
+}
+function soon() {
+  if (!pending) pending = setTimeout(refresh, 150);
+}
+
+// The stream's state shows in the header (body[data-live]): a page on a node that went
+// away says so while the browser retries.
+const stream = new EventSource('/ui/stream');
+stream.addEventListener('tandem', soon);
+stream.addEventListener('open', () => {
+  if (document.body.dataset.live === 'lost') soon();
+  document.body.dataset.live = 'open';
+});
+stream.addEventListener('error', () => {
+  document.body.dataset.live = 'lost';
+});
+main.addEventListener('input', (e) => {
+  if (e.target.dataset.filter) applyFilters();
+});
+
+// Actions: the button carries the API path, the JSON body, the warnings and the
+// equivalent command line; the dialog shows them and the API's answer.
+let chosen = null;
+main.addEventListener('click', (e) => {
+  const b = e.target.closest('button.act');
+  if (!b) return;
+  chosen = { path: b.dataset.path, body: b.dataset.body };
+  dialog.querySelector('.what').textContent = `${b.textContent}?`;
+  const warnings = b.dataset.warnings ? b.dataset.warnings.split('\n') : [];
+  dialog.querySelector('.warnings').replaceChildren(
+    ...warnings.map((w) => Object.assign(document.createElement('li'), { textContent: w })),
+  );
+  dialog.querySelector('.cmd').textContent = b.dataset.command;
+  const result = dialog.querySelector('.result');
+  result.textContent = '';
+  result.className = 'result';
+  dialog.querySelector('.go').disabled = false;
+  dialog.showModal();
+});
+
+dialog.querySelector('.go').addEventListener('click', async (e) => {
+  e.preventDefault();
+  e.currentTarget.disabled = true;
+  const result = dialog.querySelector('.result');
+  result.textContent = 'Working…';
+  try {
+    const res = await fetch(chosen.path, {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf },
+      body: chosen.body,
+    });
+    const text = await res.text();
+    let message = text;
+    try {
+      const json = JSON.parse(text);
+      message = json.error ?? JSON.stringify(json);
+    } catch {
+      // not JSON: show the text as it came
+    }
+    result.textContent = `${res.ok ? 'Done' : `Refused (${res.status})`}: ${message}`;
+    result.className = `result ${res.ok ? 'ok' : 'bad'}`;
+  } catch (err) {
+    result.textContent = `Failed: ${err}`;
+    result.className = 'result bad';
+  }
+  refresh();
+});
