@@ -18,6 +18,10 @@ use tandem::event::{fields, EventKind, EventLog, MoveKind, MoveReason, Timeline,
 use tandem::status::{ResourceType, ResourceView, Status};
 use tokio::sync::watch;
 
+#[path = "common/browser.rs"]
+mod browser;
+use browser::Browser;
+
 /// The sample status with a resource hierarchy in `web`.
 fn status() -> Status {
     let mut st = Status::sample();
@@ -244,138 +248,59 @@ async fn the_stream_sends_the_backlog_then_each_new_event() {
     assert!(seen.contains("\"kind\":\"path_down\""));
 }
 
-/// Renders the overview, a group, a mirror and the history to PNG with headless
-/// Chromium (the script must load without an uncaught error), into the test's
-/// temporary directory: `cargo test --test console_pages --
-/// --ignored` (needs `chromium`).
+/// Where the Chromium tests leave their screenshots.
+fn shots() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-pages")
+}
+
+/// Runs `f` with a headless Chromium on its own thread (the browser harness blocks);
+/// skipped, with a message, where Chromium is not installed (`scripts/deps.sh`
+/// installs it).
+async fn in_chromium(f: impl FnOnce(Browser) + Send + 'static) {
+    if !browser::available() {
+        eprintln!("SKIPPED: needs chromium and chromium-driver");
+        return;
+    }
+    let t = std::thread::spawn(move || f(Browser::start_local(&shots())));
+    tokio::task::spawn_blocking(move || t.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Renders the overview, a group, a mirror and the history in headless Chromium: the
+/// script loads without an error on each (it marks the page live), and each page is
+/// saved as a PNG.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs chromium"]
 async fn screenshots_with_headless_chromium() {
     let Served { addr, .. } = serve(Role::Operator).await;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    for (name, path) in [
-        ("overview", "/"),
-        ("group", "/groups/web"),
-        ("mirror", "/mirrors/vol"),
-        ("history", "/history"),
-    ] {
-        let png = dir.join(format!("console-{name}.png"));
-        let out = tokio::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--hide-scrollbars",
-                "--enable-logging=stderr",
-                "--window-size=1200,900",
-                &format!("--screenshot={}", png.display()),
-                &format!("http://{addr}{path}"),
-            ])
-            .output()
-            .await
-            .expect("chromium");
-        let log = String::from_utf8_lossy(&out.stderr);
-        assert!(png.exists(), "{log}");
-        assert!(
-            !log.contains("Uncaught"),
-            "the script failed on {path}: {log}"
-        );
-        println!("{}", png.display());
-    }
-}
-
-/// A headless Chromium driven through chromedriver's W3C WebDriver HTTP protocol
-/// (blocking); the driver is this test's child, ended on drop.
-struct Browser {
-    driver: std::process::Child,
-    addr: SocketAddr,
-    session: String,
-}
-
-impl Browser {
-    fn start() -> Browser {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = std::process::Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("chromedriver");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "chromedriver did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let caps = serde_json::json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
-            "binary": "/usr/bin/chromium",
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"]
-        }}}});
-        let (code, _, body) = http(addr, "POST", "/session", &caps.to_string());
-        assert_eq!(code, 200, "{body}");
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let session = v["value"]["sessionId"].as_str().unwrap().to_string();
-        Browser {
-            driver,
-            addr,
-            session,
-        }
-    }
-
-    fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let path = format!("/session/{}{path}", self.session);
-        let (code, _, body) = http(self.addr, method, &path, &body.to_string());
-        assert_eq!(code, 200, "{method} {path}: {body}");
-        serde_json::from_str::<serde_json::Value>(&body).unwrap()["value"].clone()
-    }
-
-    fn goto(&self, url: &str) {
-        self.call("POST", "/url", serde_json::json!({ "url": url }));
-    }
-
-    /// Runs `script` (a function body) in the page; its return value.
-    fn js(&self, script: &str) -> serde_json::Value {
-        self.call(
-            "POST",
-            "/execute/sync",
-            serde_json::json!({"script": script, "args": []}),
-        )
-    }
-
-    /// Polls `script` until it returns true; the time it took, or None after `secs`.
-    fn wait_for(&self, script: &str, secs: u64) -> Option<Duration> {
-        let start = std::time::Instant::now();
-        while start.elapsed() < Duration::from_secs(secs) {
-            if self.js(script) == serde_json::Value::Bool(true) {
-                return Some(start.elapsed());
+    in_chromium(move |b| {
+        for (name, path) in [
+            ("overview", "/"),
+            ("group", "/groups/web"),
+            ("mirror", "/mirrors/vol"),
+            ("history", "/history"),
+        ] {
+            b.goto(&format!("http://{addr}{path}"));
+            let live = "return document.body.dataset.live === 'open'";
+            let t0 = std::time::Instant::now();
+            while b.eval(live) != serde_json::Value::Bool(true) {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(5),
+                    "the script did not start on {path}"
+                );
+                std::thread::sleep(Duration::from_millis(25));
             }
-            std::thread::sleep(Duration::from_millis(25));
+            println!("{}", b.screenshot(&format!("console-{name}")).display());
         }
-        None
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let path = format!("/session/{}", self.session);
-        let _ = http(self.addr, "DELETE", &path, "");
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
+    })
+    .await;
 }
 
 /// In Chromium: a risky switchover opens the dialog with its warning and command line,
 /// and confirming it posts the body with the page's CSRF token; the overview follows a
 /// change of owner within 3 s of its event; the events filter survives live refreshes.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs chromium and chromedriver"]
 async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
     let Served {
         addr,
@@ -383,18 +308,17 @@ async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
         status,
         posted,
     } = serve(Role::Operator).await;
-    tokio::task::spawn_blocking(move || {
-        let b = Browser::start();
+    in_chromium(move |b| {
         b.goto(&format!("http://{addr}/groups/web"));
-        b.js("document.querySelector('button.act.risky').click()");
+        b.eval("document.querySelector('button.act.risky').click()");
         assert!(b
-            .wait_for("return document.getElementById('confirm').open", 3)
+            .wait_js("return document.getElementById('confirm').open", 3)
             .is_some());
         assert_eq!(
-            b.js("return document.querySelector('#confirm .cmd').textContent"),
+            b.eval("return document.querySelector('#confirm .cmd').textContent"),
             "tandem switchover web --to beta"
         );
-        let warnings = b.js("return document.querySelector('#confirm .warnings').textContent");
+        let warnings = b.eval("return document.querySelector('#confirm .warnings').textContent");
         assert!(
             warnings
                 .as_str()
@@ -402,10 +326,10 @@ async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
                 .contains("beta's copy of mirror vol is sync_target"),
             "{warnings}"
         );
-        b.js("document.querySelector('#confirm .go').click()");
+        b.eval("document.querySelector('#confirm .go').click()");
         let done =
             "return document.querySelector('#confirm .result').textContent.startsWith('Done')";
-        assert!(b.wait_for(done, 5).is_some());
+        assert!(b.wait_js(done, 5).is_some());
         assert_eq!(
             posted.lock().unwrap().as_slice(),
             [("csrf-123".to_string(), r#"{"to":"beta"}"#.to_string())]
@@ -413,7 +337,7 @@ async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
 
         b.goto(&format!("http://{addr}/"));
         assert!(b
-            .wait_for("return document.body.dataset.live === 'open'", 5)
+            .wait_js("return document.body.dataset.live === 'open'", 5)
             .is_some());
         status.send_modify(|st| st.groups[1].owner = Some("beta".into()));
         events.emit(
@@ -423,22 +347,22 @@ async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
         let owner = "return document.querySelector('a[href=\"/groups/web\"]')\
                      .closest('tr').children[1].textContent === 'beta'";
         let took = b
-            .wait_for(owner, 3)
+            .wait_js(owner, 3)
             .expect("the overview shows the new owner");
         println!("overview followed the event in {} ms", took.as_millis());
 
         events.emit(EventKind::PathDown, fields([("peer", "beta".to_string())]));
         b.goto(&format!("http://{addr}/events"));
         assert!(b
-            .wait_for("return document.body.dataset.live === 'open'", 5)
+            .wait_js("return document.body.dataset.live === 'open'", 5)
             .is_some());
         let visible = "return [...document.querySelectorAll('tr[data-kind]')]\
                        .filter((r) => !r.hidden).map((r) => r.dataset.kind).join(' ')";
-        b.js(
+        b.eval(
             "const i = document.getElementById('f-kind'); i.value = 'path'; \
               i.dispatchEvent(new Event('input', {bubbles: true}))",
         );
-        assert_eq!(b.js(visible), "path_down");
+        assert_eq!(b.eval(visible), "path_down");
         events.emit(EventKind::PathUp, fields([("peer", "beta".to_string())]));
         events.emit(
             EventKind::GroupStopped,
@@ -446,15 +370,14 @@ async fn in_chromium_actions_confirm_and_post_and_pages_follow_events() {
         );
         let both = format!("{} === 'path_up path_down'", &visible["return ".len()..]);
         assert!(
-            b.wait_for(&format!("return {both}"), 3).is_some(),
+            b.wait_js(&format!("return {both}"), 3).is_some(),
             "{}",
-            b.js(visible)
+            b.eval(visible)
         );
         assert_eq!(
-            b.js("return document.getElementById('f-kind').value"),
+            b.eval("return document.getElementById('f-kind').value"),
             "path"
         );
     })
-    .await
-    .unwrap();
+    .await;
 }

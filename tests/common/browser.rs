@@ -2,7 +2,8 @@
 //! `chromedriver` running inside a lab namespace (so the page sees the cluster as a
 //! client there does). The test reaches chromedriver through a relay: a loopback
 //! listener in the test's own namespace whose connections are made from inside the
-//! lab namespace.
+//! lab namespace. Blocking: call it from a plain thread, never from inside a tokio
+//! runtime.
 
 #![allow(dead_code)]
 
@@ -58,6 +59,16 @@ fn pipe(a: TcpStream, b: TcpStream) {
     }
 }
 
+/// Starts `cmd` (chromedriver, perhaps inside a namespace) on `port`, in its own
+/// process group.
+fn spawn_driver(mut cmd: Command, port: u16) -> Child {
+    cmd.arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    cmd.spawn().expect("start chromedriver")
+}
+
 /// A free port number to give chromedriver (inside the namespace, where nothing of
 /// the test listens).
 fn driver_port() -> u16 {
@@ -70,13 +81,22 @@ impl Browser {
     pub fn start_in(ns: &str, shots: &Path) -> Browser {
         let port = driver_port();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, "chromedriver"])
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        let driver = cmd.spawn().expect("start chromedriver");
-        let here = relay_into(ns, port);
+        cmd.args(["netns", "exec", ns, "chromedriver"]);
+        let driver = spawn_driver(cmd, port);
+        Browser::session(driver, relay_into(ns, port), shots)
+    }
+
+    /// The same in the test's own namespace (pages served on loopback).
+    pub fn start_local(shots: &Path) -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let driver = spawn_driver(Command::new("chromedriver"), port);
+        Browser::session(driver, port, shots)
+    }
+
+    fn session(driver: Child, port: u16, shots: &Path) -> Browser {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -88,7 +108,7 @@ impl Browser {
             shots: shots.to_path_buf(),
         };
         std::fs::create_dir_all(shots).expect("screenshot dir");
-        let client = browser.rt.block_on(connect(here));
+        let client = browser.rt.block_on(connect(port));
         browser.client = Some(client);
         browser
     }
@@ -164,6 +184,19 @@ impl Browser {
         self.rt
             .block_on(c.execute(script, vec![]))
             .unwrap_or_else(|e| panic!("script {script:?}: {e}"))
+    }
+
+    /// Polls `script` (a function body) until it returns true: the time it took, or
+    /// `None` after `secs` seconds.
+    pub fn wait_js(&self, script: &str, secs: u64) -> Option<Duration> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if self.eval(script) == Value::Bool(true) {
+                return Some(t0.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
     }
 
     /// Waits until the page's text satisfies `ok`; returns how long that took, or
