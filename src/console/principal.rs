@@ -6,7 +6,17 @@ use serde::{Deserialize, Serialize};
 /// (switchover, standby and online, maintenance, clear, mirror pause/resume/verify/
 /// resync); an admin may do everything (configuration, image update, users).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
