@@ -386,6 +386,7 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::MirrorIoResumed,
         EventKind::GroupSuspended,
         EventKind::GroupResumed,
+        EventKind::Audit,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
