@@ -204,6 +204,8 @@ fn the_tls_handshake_works_with_the_generated_certificate_whose_fingerprint_stat
     let c = Console::start();
     let page = c.https("/login", &[]);
     assert_eq!(page.code, 200);
+    assert_eq!(page.header("x-frame-options"), Some("DENY"), "no framing");
+    assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
     assert!(page
         .body
         .contains("<form method=\"post\" action=\"/login\">"));
@@ -308,6 +310,12 @@ fn an_action_without_the_csrf_token_is_refused() {
         !c.audited("ada", "maintenance", "allowed"),
         "never reached the API"
     );
+    let csrf_refusals = c.audits().into_iter().filter(|e| {
+        e["fields"]["user"] == "ada"
+            && e["fields"]["outcome"] == "refused"
+            && e["fields"]["reason"] == "csrf"
+    });
+    assert_eq!(csrf_refusals.count(), 2, "both refusals audited");
     // A form may carry it as the field `csrf` (the logout button does).
     let h = format!("Cookie: {cookie}");
     assert_eq!(c.https("/logout", &["-H", &h, "-d", "csrf=nope"]).code, 403);

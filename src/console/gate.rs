@@ -69,6 +69,11 @@ impl IntoResponse for Forbidden {
     }
 }
 
+/// Whether a request is an action (audited): any method but GET and HEAD.
+fn is_action(method: &Method) -> bool {
+    method != Method::GET && method != Method::HEAD
+}
+
 /// Lets `p` call `method` on `path` or refuses; audits every action.
 pub fn admit(
     events: &EventLog,
@@ -76,31 +81,50 @@ pub fn admit(
     method: &Method,
     path: &str,
 ) -> Result<(), Forbidden> {
-    let ok = authz::allowed(p.role, method, path);
-    if method != Method::GET && method != Method::HEAD {
+    if !authz::allowed(p.role, method, path) {
+        let msg = format!(
+            "`{}` ({}) may not do this: it needs the {} role",
+            p.name,
+            role_name(p.role),
+            role_name(authz::required(method, path))
+        );
+        return Err(refuse(events, p, method, path, "role", msg));
+    }
+    if is_action(method) {
         let (action, target) = authz::describe(method, path);
-        let outcome = if ok {
-            Outcome::Allowed
-        } else {
-            Outcome::Refused
-        };
-        let reason = (!ok).then_some("role");
+        let who = (p.name.as_str(), role_name(p.role));
         audit(
             events,
-            (&p.name, &role_name(p.role)),
+            (who.0, &who.1),
             &action,
             &target,
-            outcome,
-            reason,
+            Outcome::Allowed,
+            None,
         );
     }
-    if ok {
-        return Ok(());
+    Ok(())
+}
+
+/// Refuses `p`'s request for `reason` (audited if it is an action) with `msg`.
+pub fn refuse(
+    events: &EventLog,
+    p: &Principal,
+    method: &Method,
+    path: &str,
+    reason: &str,
+    msg: String,
+) -> Forbidden {
+    if is_action(method) {
+        let (action, target) = authz::describe(method, path);
+        let role = role_name(p.role);
+        audit(
+            events,
+            (&p.name, &role),
+            &action,
+            &target,
+            Outcome::Refused,
+            Some(reason),
+        );
     }
-    Err(Forbidden(format!(
-        "`{}` ({}) may not do this: it needs the {} role",
-        p.name,
-        role_name(p.role),
-        role_name(authz::required(method, path))
-    )))
+    Forbidden(msg)
 }

@@ -9,6 +9,9 @@ use std::net::IpAddr;
 pub const MAX_FAILURES: usize = 5;
 /// The window, milliseconds.
 pub const WINDOW_MS: u64 = 60_000;
+/// Past this many keys, a failure first forgets the keys whose failures all left the
+/// window (so many names tried once each do not grow the table without end).
+const MAX_KEYS: usize = 10_000;
 
 /// Recent failures per key (`addr ...` or `user ...`).
 #[derive(Debug, Default)]
@@ -51,6 +54,12 @@ impl LoginLimiter {
 
     /// Counts a failed login.
     pub fn failed(&mut self, now_ms: u64, addr: IpAddr, user: &str) {
+        if self.failures.len() >= MAX_KEYS {
+            self.failures.retain(|_, q| {
+                q.back()
+                    .is_some_and(|t| now_ms.saturating_sub(*t) < WINDOW_MS)
+            });
+        }
         for k in keys(addr, user) {
             let q = self.failures.entry(k).or_default();
             q.push_back(now_ms);
@@ -89,6 +98,17 @@ mod tests {
         assert!(l.check(10, B, "ann").is_err(), "same user, other address");
         assert!(l.check(10, A, "bob").is_err(), "same address, other user");
         assert_eq!(l.check(10, B, "bob"), Ok(()));
+    }
+
+    #[test]
+    fn keys_whose_failures_left_the_window_are_forgotten_when_the_table_is_full() {
+        let mut l = LoginLimiter::default();
+        for i in 0..MAX_KEYS {
+            l.failed(0, A, &format!("user{i}"));
+        }
+        assert_eq!(l.failures.len(), MAX_KEYS + 1, "one address, many users");
+        l.failed(WINDOW_MS, B, "late");
+        assert_eq!(l.failures.len(), 2, "only the late failure's keys are left");
     }
 
     #[test]

@@ -93,6 +93,22 @@ pub fn app(state: ConsoleState, pages: Router, api: Router) -> Router {
         .merge(pages)
         .merge(api)
         .layer(axum::middleware::from_fn_with_state(state, authenticate))
+        .layer(axum::middleware::map_response(security_headers))
+}
+
+/// On every answer, unless a page set its own: no framing (clickjacking), no content
+/// sniffing, no referrer to other sites.
+async fn security_headers(mut res: Response) -> Response {
+    let h = res.headers_mut();
+    for (name, value) in [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        h.entry(name)
+            .or_insert(header::HeaderValue::from_static(value));
+    }
+    res
 }
 
 fn is_public(path: &str) -> bool {
@@ -152,8 +168,12 @@ async fn authenticate(State(s): State<ConsoleState>, req: Request, next: Next) -
     let mut req = req;
     if session && method != Method::GET && method != Method::HEAD {
         req = match csrf_checked(req, &principal.csrf).await {
-            Ok(r) => r,
-            Err(r) => return r,
+            Some(r) => r,
+            None => {
+                let msg = "missing or wrong CSRF token".to_string();
+                let refused = gate::refuse(&s.events, &principal, &method, &path, "csrf", msg);
+                return refused.into_response();
+            }
         };
     }
     if is_api(&path) {
@@ -166,16 +186,14 @@ async fn authenticate(State(s): State<ConsoleState>, req: Request, next: Next) -
 }
 
 /// The request back if it carries `expected` as `X-CSRF-Token` or as the form field
-/// `csrf`, else 403.
-async fn csrf_checked(req: Request, expected: &str) -> Result<Request, Response> {
+/// `csrf`.
+async fn csrf_checked(req: Request, expected: &str) -> Option<Request> {
     use subtle::ConstantTimeEq;
     let matches = |given: &str| {
         !expected.is_empty() && bool::from(given.as_bytes().ct_eq(expected.as_bytes()))
     };
-    let refused = || gate::Forbidden("missing or wrong CSRF token".into()).into_response();
     if let Some(h) = req.headers().get("x-csrf-token") {
-        let ok = h.to_str().is_ok_and(matches);
-        return if ok { Ok(req) } else { Err(refused()) };
+        return h.to_str().is_ok_and(matches).then_some(req);
     }
     let is_form = req
         .headers()
@@ -183,20 +201,14 @@ async fn csrf_checked(req: Request, expected: &str) -> Result<Request, Response>
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     if !is_form {
-        return Err(refused());
+        return None;
     }
     let (parts, body) = req.into_parts();
-    let bytes = axum::body::to_bytes(body, FORM_LIMIT)
-        .await
-        .map_err(|_| refused())?;
+    let bytes = axum::body::to_bytes(body, FORM_LIMIT).await.ok()?;
     let copy = Request::from_parts(parts.clone(), axum::body::Body::from(bytes.clone()));
     let form = Form::<std::collections::HashMap<String, String>>::from_request(copy, &()).await;
     let ok = form.is_ok_and(|Form(f)| f.get("csrf").is_some_and(|c| matches(c)));
-    if ok {
-        Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
-    } else {
-        Err(refused())
-    }
+    ok.then(|| Request::from_parts(parts, axum::body::Body::from(bytes)))
 }
 
 /// The login page: plain HTML, the console's stylesheet.
@@ -237,16 +249,11 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let addr: IpAddr = peer.ip();
+    // The name as typed, cut to what a user name can be (the event stream is not a
+    // place for whatever a stranger sends).
+    let typed: String = form.user.chars().take(64).collect();
     let audit = |outcome, reason| {
-        let role = "";
-        gate::audit(
-            &s.events,
-            (&form.user, role),
-            "login",
-            "console",
-            outcome,
-            reason,
-        );
+        gate::audit(&s.events, (&typed, ""), "login", "console", outcome, reason);
     };
     let limited = s
         .limiter
