@@ -28,6 +28,10 @@ const TLS_HANDSHAKE: u8 = 0x16;
 /// How long a connection may take to send its first byte or finish the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a request head may take to arrive on an open connection (idle keep-alive
+/// included).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The certificate chain and key the console presents.
 pub struct Identity {
     pub certs: Vec<CertificateDer<'static>>,
@@ -173,7 +177,10 @@ async fn connection(
                 req.extensions_mut().insert(ConnectInfo(peer));
                 tower::ServiceExt::oneshot(app.clone(), req.map(axum::body::Body::new))
             });
+        // A client that sends a request head slower than this is dropped.
         let _ = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(TokioIo::new(tls), svc)
             .with_upgrades()
             .await;
