@@ -166,6 +166,9 @@ pub enum EventKind {
     ConfigMismatch,
     /// A peer's configuration digest agrees with this node's again (peer, digest).
     ConfigAgreed,
+    /// An action through the web console or an API token, or a console login (user,
+    /// role, action, target, outcome: `allowed` or `refused`, reason when refused).
+    Audit,
 }
 
 impl EventKind {

@@ -54,6 +54,8 @@ enum MainError {
     Console(#[from] tandem::image::console::ConsoleError),
     #[error(transparent)]
     Meta(#[from] tandem::mirror::replica::meta::MetaError),
+    #[error(transparent)]
+    Users(#[from] tandem::cli::user::UserCmdError),
     /// `tandem fence`: no method confirmed the wanted power state.
     #[error("{0}")]
     FenceFailed(String),
@@ -95,6 +97,17 @@ impl MainError {
             // An image whose signature does not hold is refused.
             MainError::Image(tandem::image::ImageError::Sign(e)) if e.is_refusal() => 4,
             MainError::FenceFailed(_) => 10,
+            MainError::Users(tandem::cli::user::UserCmdError::Config(_)) => 2,
+            MainError::Users(tandem::cli::user::UserCmdError::Users(
+                tandem::console::users::UsersError::NotFound(_),
+            )) => 5,
+            MainError::Users(tandem::cli::user::UserCmdError::Users(
+                tandem::console::users::UsersError::Exists(_),
+            )) => 6,
+            MainError::Users(tandem::cli::user::UserCmdError::Users(
+                tandem::console::users::UsersError::BadName(_)
+                | tandem::console::users::UsersError::ShortPassword,
+            )) => 2,
             MainError::Push(_) => 1,
             MainError::Meta(
                 tandem::mirror::replica::meta::MetaError::InUse { .. }
@@ -256,6 +269,16 @@ fn console_password(cmd: ConsolePasswordCmd) -> Result<(), MainError> {
     Ok(())
 }
 
+/// A new console user's password: one line of standard input with `--password-stdin`,
+/// else asked for twice on the terminal.
+fn user_password(from_stdin: bool) -> Result<String, String> {
+    use std::io::IsTerminal;
+    if !from_stdin && !std::io::stdin().is_terminal() {
+        return Err("no terminal to ask for the password: use --password-stdin".into());
+    }
+    read_password().map_err(|e| e.to_string())
+}
+
 /// One line of standard input, without its line end; not echoed when it is a
 /// terminal (asked for twice there, and both must match).
 fn read_password() -> Result<String, MainError> {
@@ -404,6 +427,14 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
         Cmd::Image { cmd } => image(cmd),
         Cmd::ConsolePassword { cmd } => console_password(cmd),
+        Cmd::User { cmd } => {
+            print!("{}", tandem::cli::user::user(cmd, user_password)?);
+            Ok(())
+        }
+        Cmd::Token { cmd } => {
+            print!("{}", tandem::cli::user::token(cmd)?);
+            Ok(())
+        }
         #[cfg(feature = "bench")]
         Cmd::Bench {
             cmd: tandem::cli::BenchCmd::Mirror(args),

@@ -155,6 +155,7 @@ struct Inner {
     nbd_duration: HistogramVec,
     nbd_bytes: IntCounterVec,
     nbd_errors: IntCounterVec,
+    audit: IntCounterVec,
 }
 
 /// The SNMP components' own cumulative counters, and what was exported of them.
@@ -199,6 +200,45 @@ fn float_vec(
     let v = GaugeVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(v.clone()))?;
     Ok(v)
+}
+
+/// The metrics without labels: quorate, the event sequence, uptime, heartbeats
+/// received.
+fn scalars(
+    r: &Registry,
+) -> prometheus::Result<(IntGauge, IntGauge, prometheus::Gauge, IntCounter)> {
+    let quorate = registered(r, IntGauge::new(
+        "cluster_quorate",
+        "1 when this node's partition may run groups: with a quorum, when it is with a majority of the voters; two-node and priority modes need no majority, so it is 1 while the daemon runs.",
+    )?)?;
+    let last_seq = registered(
+        r,
+        IntGauge::new(
+            "event_sequence",
+            "Sequence number of the newest event on this node.",
+        )?,
+    )?;
+    let uptime = registered(
+        r,
+        prometheus::Gauge::new("uptime_seconds", "Seconds since the daemon started.")?,
+    )?;
+    let hb_received = registered(
+        r,
+        prometheus::IntCounter::new(
+            "heartbeat_packets_received_total",
+            "Heartbeat packets accepted (authentic, fresh, in order).",
+        )?,
+    )?;
+    Ok((quorate, last_seq, uptime, hb_received))
+}
+
+/// `c`, registered with `r`.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: C,
+) -> prometheus::Result<C> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
 fn counter_vec(
@@ -301,23 +341,7 @@ impl Metrics {
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), local, &mode])
             .set(1);
-        let quorate = IntGauge::new(
-            "cluster_quorate",
-            "1 when this node's partition may run groups: with a quorum, when it is with a majority of the voters; two-node and priority modes need no majority, so it is 1 while the daemon runs.",
-        )?;
-        r.register(Box::new(quorate.clone()))?;
-        let last_seq = IntGauge::new(
-            "event_sequence",
-            "Sequence number of the newest event on this node.",
-        )?;
-        r.register(Box::new(last_seq.clone()))?;
-        let uptime = prometheus::Gauge::new("uptime_seconds", "Seconds since the daemon started.")?;
-        r.register(Box::new(uptime.clone()))?;
-        let hb_received = prometheus::IntCounter::new(
-            "heartbeat_packets_received_total",
-            "Heartbeat packets accepted (authentic, fresh, in order).",
-        )?;
-        r.register(Box::new(hb_received.clone()))?;
+        let (quorate, last_seq, uptime, hb_received) = scalars(&r)?;
         let inner = Inner {
             node_up: gauge_vec(&r, "node_up", "1 if the node is alive as seen from this node (this node counts itself).", &["node"])?,
             node_standby: gauge_vec(&r, "node_standby", "1 if the node is in standby (runs no groups).", &["node"])?,
@@ -381,6 +405,7 @@ impl Metrics {
             nbd_duration: histogram_vec(&r, "nbd_request_duration_seconds", "Duration of NBD requests, from the decoded header (a write's payload included) to the queued reply.", &NBD_BUCKETS, &["export", "command"])?,
             nbd_bytes: counter_vec(&r, "nbd_bytes_total", "Payload bytes of successful NBD reads and writes.", &["export", "direction"])?,
             nbd_errors: counter_vec(&r, "nbd_request_errors_total", "NBD requests answered with an error, refused ones included.", &["export", "command"])?,
+            audit: counter_vec(&r, "audit_actions_total", "Audited console logins and actions through the console or an API token, by role (empty for a failed login) and outcome (allowed, refused).", &["role", "outcome"])?,
             registry: r,
         };
         inner.create_known_label_sets(cfg);
@@ -631,6 +656,11 @@ impl Metrics {
             }
             EventKind::SplitBrainSuspected => {
                 i.split_brain.with_label_values(&[field("group")]).inc();
+            }
+            EventKind::Audit => {
+                i.audit
+                    .with_label_values(&[field("role"), field("outcome")])
+                    .inc();
             }
             EventKind::FenceSucceeded | EventKind::FenceFailed => {
                 let outcome = if e.kind == EventKind::FenceSucceeded {

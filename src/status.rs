@@ -224,6 +224,17 @@ pub struct Status {
     /// nodes whose configuration files differ.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The web console on this node (`[console]`), with its certificate's fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<ConsoleView>,
+}
+
+/// Where this node's web console listens, and the SHA-256 fingerprint (`AA:BB:...`) of
+/// the certificate it presents, to compare with what a browser shows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsoleView {
+    pub address: std::net::SocketAddr,
+    pub fingerprint: String,
 }
 
 /// The quorum as this node sees it.
@@ -447,6 +458,7 @@ pub fn project(
         mirrors,
         quorum: quorum_view(core, now),
         warning: warning(cfg, core),
+        console: None,
     }
 }
 
@@ -652,6 +664,10 @@ impl Status {
             mirrors: vec![sample_mirror()],
             quorum: None,
             warning: None,
+            console: Some(ConsoleView {
+                address: std::net::SocketAddr::from(([192, 0, 2, 1], 9443)),
+                fingerprint: ["AB"; 32].join(":"),
+            }),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! The API server: axum routes over the daemon's status snapshot and event log.
 //!
 //! Routes (JSON; errors are `{"error": "..."}` with a 4xx/5xx status):
+//! On TCP every request needs a bearer token, and the token's role must allow the route
+//! (`console::authz`: reading for viewers, the day-to-day actions for operators, the
+//! rest for admins); every action through TCP is audited.
+//!
 //! - `GET  /v1/status` — the whole snapshot: nodes, paths, groups, counters.
 //! - `GET  /v1/nodes`, `/v1/paths`, `/v1/groups` — parts of it.
 //! - `GET  /v1/events?since=SEQ&limit=N&wait_ms=MS` — events after SEQ; long-polls up
@@ -26,7 +30,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -35,22 +39,24 @@ use tokio::sync::{mpsc, watch};
 
 use super::ApiError;
 use crate::config::Config;
+use crate::console::gate;
+use crate::console::principal::{Principal, Role};
+use crate::console::users::{self, UserStore};
 use crate::control::{switchover_settled, ControlError, MirrorAction, Reply, Request};
 use crate::event::EventLog;
 use crate::image::job::{ImageJob, JobError};
 use crate::mirror::plan::{self, PlanError, Target};
 use crate::status::Status;
 
+/// What the control routes serve from.
 #[derive(Clone)]
-struct AppState {
-    status: watch::Receiver<Status>,
-    events: EventLog,
-    requests: mpsc::Sender<Request>,
+pub struct AppState {
+    pub status: watch::Receiver<Status>,
+    pub events: EventLog,
+    pub requests: mpsc::Sender<Request>,
     /// The configuration the daemon runs with, and its file.
-    config: ConfigFile,
-    /// The TCP listener: every request needs the running configuration's token.
-    needs_token: bool,
-    image: ImageJob,
+    pub config: ConfigFile,
+    pub image: ImageJob,
 }
 
 /// The daemon's configuration file, this node's name in it, and what runs.
@@ -74,7 +80,9 @@ impl Drop for Servers {
     }
 }
 
-fn router(state: AppState) -> Router {
+/// The control API's routes, without authentication: the Unix socket serves them as
+/// they are, the TCP listener behind [`token_gate`], the console behind its sessions.
+pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/nodes", get(nodes))
@@ -105,24 +113,10 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Starts the Unix-socket listener and, if configured, the TCP one (token required:
-/// the one of the running configuration, so a reload changes it).
-pub async fn serve(
-    config: ConfigFile,
-    status: watch::Receiver<Status>,
-    events: EventLog,
-    requests: mpsc::Sender<Request>,
-    image: ImageJob,
-) -> Result<Servers, ApiError> {
-    let cfg = config.running.borrow().api.clone();
-    let state = AppState {
-        status,
-        events,
-        requests,
-        config,
-        needs_token: false,
-        image,
-    };
+/// Starts the Unix-socket listener and, if configured, the TCP one (a bearer token
+/// required: see [`token_gate`]).
+pub async fn serve(state: AppState) -> Result<Servers, ApiError> {
+    let cfg = state.config.running.borrow().api.clone();
     let mut tasks = Vec::new();
     let sock: &Path = &cfg.socket;
     if let Some(parent) = sock.parent() {
@@ -143,10 +137,8 @@ pub async fn serve(
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| ApiError::Io(format!("bind {addr}"), e))?;
-        let app = router(AppState {
-            needs_token: true,
-            ..state
-        });
+        let gate = axum::middleware::from_fn_with_state(state.clone(), token_gate);
+        let app = router(state).layer(gate);
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(tcp, app).await;
         }));
@@ -158,67 +150,70 @@ fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(serde_json::json!({ "error": msg.into() }))).into_response()
 }
 
-/// Constant-time token check for the TCP listener: `Some(401 response)` if refused.
-fn refused(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    if !state.needs_token {
-        return None;
-    }
-    // Validation requires a token with a TCP listener; none would refuse everyone.
-    let token = state
-        .config
-        .running
-        .borrow()
-        .api
-        .token
-        .clone()
-        .unwrap_or_default();
-    let given = headers
+/// The TCP listener's door: the running configuration's `[api] token` acts as admin,
+/// a stored token (`tandem token add`) with its role; then the role check and the
+/// audit of [`crate::console::gate::admit`]. 401 without a known token.
+async fn token_gate(
+    State(s): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .unwrap_or("")
+        .to_string();
+    let (token, state_dir) = {
+        let running = s.config.running.borrow();
+        (
+            running.api.token.clone().unwrap_or_default(),
+            running.cluster.state_dir.clone(),
+        )
+    };
     use subtle::ConstantTimeEq;
-    if !token.is_empty()
+    // Validation requires a token with a TCP listener; an empty one would admit anyone.
+    let principal = if !token.is_empty()
         && given.len() == token.len()
         && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
     {
-        None
+        Some(Principal {
+            name: "api token".into(),
+            role: Role::Admin,
+            csrf: String::new(),
+        })
     } else {
-        Some(error(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token",
-        ))
-    }
-}
-
-macro_rules! auth {
-    ($state:expr, $headers:expr) => {
-        if let Some(r) = refused(&$state, &$headers) {
-            return r;
-        }
+        UserStore::load(&users::store_path(&state_dir))
+            .ok()
+            .and_then(|u| u.token_principal(&given))
     };
+    let Some(p) = principal else {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    };
+    let path = req.uri().path().to_string();
+    if let Err(r) = gate::admit(&s.events, &p, &req.method().clone(), &path) {
+        return r.into_response();
+    }
+    req.extensions_mut().insert(p);
+    next.run(req).await
 }
 
-// After `auth!`, which it uses.
 mod config;
 
-async fn status(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn status(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().clone()).into_response()
 }
 
-async fn nodes(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn nodes(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().nodes.clone()).into_response()
 }
 
-async fn paths(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn paths(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().paths.clone()).into_response()
 }
 
-async fn groups(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn groups(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().groups.clone()).into_response()
 }
 
@@ -233,8 +228,7 @@ struct EventsQuery {
     wait_ms: Option<u64>,
 }
 
-async fn events(State(s): State<AppState>, h: HeaderMap, Query(q): Query<EventsQuery>) -> Response {
-    auth!(s, h);
+async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let mut sub = s.events.subscribe();
     let mut found = s.events.since(q.since, limit);
@@ -255,12 +249,7 @@ async fn events(State(s): State<AppState>, h: HeaderMap, Query(q): Query<EventsQ
     Json(found).into_response()
 }
 
-async fn event_stream(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    Query(q): Query<EventsQuery>,
-) -> Response {
-    auth!(s, h);
+async fn event_stream(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     let mut sub = s.events.subscribe();
     let backlog = s.events.since(q.since, 10_000);
     let mut last = backlog.last().map_or(q.since, |e| e.seq);
@@ -313,8 +302,7 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-async fn history(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn history(State(s): State<AppState>) -> Response {
     Json(s.events.timelines()).into_response()
 }
 
@@ -346,11 +334,9 @@ async fn ask_control<T>(
 
 async fn switchover(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath(group): UrlPath<String>,
     body: Option<Json<SwitchoverBody>>,
 ) -> Response {
-    auth!(s, h);
     let body = body.map(|b| b.0).unwrap_or_default();
     let started = std::time::Instant::now();
     let timeout = Duration::from_millis(body.timeout_ms.unwrap_or(60_000).min(600_000));
@@ -430,11 +416,9 @@ struct OnBody {
 
 async fn maintenance(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath(group): UrlPath<String>,
     Json(body): Json<OnBody>,
 ) -> Response {
-    auth!(s, h);
     match ask(&s, |reply| Request::Maintenance {
         group: group.clone(),
         on: body.on,
@@ -459,11 +443,9 @@ struct ClearBody {
 /// `tandem group clear`: this node forgets the group's failures and lifts its block.
 async fn clear(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath(group): UrlPath<String>,
     body: Option<Json<ClearBody>>,
 ) -> Response {
-    auth!(s, h);
     let node = body.and_then(|Json(b)| b.node);
     match ask(&s, |reply| Request::Clear {
         group: group.clone(),
@@ -477,8 +459,7 @@ async fn clear(
     }
 }
 
-async fn mirrors(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn mirrors(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().mirrors.clone()).into_response()
 }
 
@@ -494,11 +475,9 @@ struct MirrorBody {
 
 async fn mirror_action(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath((mirror, action)): UrlPath<(String, String)>,
     body: Option<Json<MirrorBody>>,
 ) -> Response {
-    auth!(s, h);
     let Ok(action) =
         serde_json::from_value::<MirrorAction>(serde_json::Value::String(action.clone()))
     else {
@@ -552,11 +531,9 @@ impl PlanQuery {
 
 async fn mirror_plan(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath(mirror): UrlPath<String>,
     q: Result<Query<PlanQuery>, QueryRejection>,
 ) -> Response {
-    auth!(s, h);
     let target = match q {
         Ok(Query(q)) => q.target(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
@@ -579,10 +556,8 @@ async fn mirror_plan(
 
 async fn split_brain_dumps(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath(mirror): UrlPath<String>,
 ) -> Response {
-    auth!(s, h);
     match ask(&s, |reply| Request::SplitBrainDumps { mirror, reply }).await {
         Ok(dumps) => Json(dumps).into_response(),
         Err(r) => r,
@@ -592,10 +567,8 @@ async fn split_brain_dumps(
 /// One dump's bytes as they are on disk (`latest`: the newest).
 async fn split_brain_dump(
     State(s): State<AppState>,
-    h: HeaderMap,
     UrlPath((mirror, name)): UrlPath<(String, String)>,
 ) -> Response {
-    auth!(s, h);
     let name = (name != "latest").then_some(name);
     match ask(&s, |reply| Request::SplitBrainDump {
         mirror,
@@ -635,26 +608,15 @@ async fn set_standby(s: AppState, node: String, on: bool) -> Response {
     }
 }
 
-async fn standby(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    UrlPath(node): UrlPath<String>,
-) -> Response {
-    auth!(s, h);
+async fn standby(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Response {
     set_standby(s, node, true).await
 }
 
-async fn online(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    UrlPath(node): UrlPath<String>,
-) -> Response {
-    auth!(s, h);
+async fn online(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Response {
     set_standby(s, node, false).await
 }
 
-async fn image_progress(State(s): State<AppState>, h: HeaderMap) -> Response {
-    auth!(s, h);
+async fn image_progress(State(s): State<AppState>) -> Response {
     Json(s.image.progress()).into_response()
 }
 
@@ -665,12 +627,7 @@ struct ImageUpdateBody {
 }
 
 /// Starts an update in the background: 202 and its progress, or why not.
-async fn image_update(
-    State(s): State<AppState>,
-    h: HeaderMap,
-    Json(body): Json<ImageUpdateBody>,
-) -> Response {
-    auth!(s, h);
+async fn image_update(State(s): State<AppState>, Json(body): Json<ImageUpdateBody>) -> Response {
     match s.image.start(&body.url) {
         Ok(p) => (StatusCode::ACCEPTED, Json(p)).into_response(),
         Err(e @ JobError::Busy(_)) => control_error(ControlError::Refused(e.to_string())),

@@ -7,6 +7,7 @@ pub mod generate;
 pub mod plan;
 pub mod push;
 pub mod render;
+pub mod user;
 pub mod wait;
 
 use std::net::SocketAddr;
@@ -172,6 +173,17 @@ pub enum Cmd {
     Image {
         #[command(subcommand)]
         cmd: ImageCmd,
+    },
+    /// The web console's users (argon2 password hashes and roles, in the state
+    /// directory's users.json).
+    User {
+        #[command(subcommand)]
+        cmd: user::UserCmd,
+    },
+    /// API tokens with a role (viewer, operator, admin) for the TCP API and the console.
+    Token {
+        #[command(subcommand)]
+        cmd: user::TokenCmd,
     },
     /// The appliance's console password (root on ttyS0 and tty1).
     ConsolePassword {

@@ -63,6 +63,9 @@ pub struct Config {
     /// `[snmp]`: the SNMP agent and notification receivers; absent means no agent.
     #[serde(default)]
     pub snmp: Option<SnmpConfig>,
+    /// `[console]`: the web console (HTTPS); absent means no console.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
     #[serde(rename = "node", default)]
     pub nodes: Vec<NodeConfig>,
     #[serde(rename = "group", default)]
@@ -97,6 +100,7 @@ const NODE_LOCAL: &[(&str, Option<&str>)] = &[
     ("image", None),
     ("metrics", None),
     ("snmp", None),
+    ("console", None),
     ("cluster", Some("state_dir")),
     ("cluster", Some("events_max_bytes")),
     ("cluster", Some("events_keep")),
@@ -270,6 +274,21 @@ pub struct ApiConfig {
     /// Bearer token required on the TCP listener.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+/// `[console]`: the web console on this node.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Where the console listens (HTTPS; plain HTTP there is redirected).
+    pub listen: SocketAddr,
+    /// The certificate chain (PEM); without it (and `key`), a self-signed one is made
+    /// at the first start in the state directory and kept.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of `cert`.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 /// `[metrics]`
@@ -579,6 +598,11 @@ impl Config {
                 "api.token",
                 "a TCP API listener needs a token of at least 16 characters",
             ));
+        }
+        if let Some(c) = &self.console {
+            if c.cert.is_some() != c.key.is_some() {
+                return Err(invalid("console.cert", "`cert` and `key` go together"));
+            }
         }
         self.check_nodes()?;
         unique(self.mirrors.iter().map(|m| &m.name), "mirror.name")?;

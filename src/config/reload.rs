@@ -23,8 +23,8 @@
 //! Everything else needs a restart: nodes, heartbeat paths and addresses, keys,
 //! mirrors, quorum, groups or resources added or removed or reshaped, SNMP
 //! users (USM is built at start), the rest of
-//! `[snmp]`, metrics. There are no console users yet (the web console will add
-//! them); they are to be live.
+//! `[snmp]`, metrics, `[console]`. The console's users and tokens are not in this file
+//! (`users.json` in the state directory) and are read at each login or request.
 //!
 //! [`admit`] is what a node checks before it takes a new file at all: the same
 //! cluster, and a `[[node]]` for itself.
@@ -246,6 +246,9 @@ fn restart_changes(running: &Config, new: &Config) -> Vec<String> {
     );
     if a.metrics != b.metrics {
         out.push("metrics".into());
+    }
+    if a.console != b.console {
+        out.push("console".into());
     }
     snmp_changes(a, b, &mut out);
     if a.witness != b.witness {

@@ -974,9 +974,11 @@ impl Engines {
                 fence: args.fence,
                 suspend_on_no_quorum: args.suspend_on_no_quorum,
                 split_brain: args.split_brain,
+                console: Some(format!("{}:{}", n.pub_addr(), topology::CONSOLE_PORT)),
             },
         );
         write_file(&conf, &text)?;
+        lab_login(state_dir)?;
         let bin = self.node_bins.get(&n.name).unwrap_or(&self.tandem_bin);
         let argv = vec![
             bin.clone(),
@@ -1022,6 +1024,7 @@ impl Engines {
                 fence: false,
                 suspend_on_no_quorum: false,
                 split_brain: None,
+                console: None,
             },
         );
         write_file(&conf, &text)?;
@@ -1778,6 +1781,54 @@ fn remove_lab_files(dir: &Path) -> Result<(), LabError> {
     Ok(())
 }
 
+/// The lab's console login on a node (an admin: [`topology::CONSOLE_USER`]).
+fn lab_login(state_dir: &Path) -> Result<(), LabError> {
+    use crate::console::users::{store_path, UserStore};
+    let path = store_path(state_dir);
+    let mut users = UserStore::load(&path).unwrap_or_default();
+    let _ = users.remove_user(topology::CONSOLE_USER);
+    users
+        .add_user(
+            topology::CONSOLE_USER,
+            crate::console::principal::Role::Admin,
+            topology::CONSOLE_PASSWORD,
+        )
+        .and_then(|()| users.save(&path))
+        .map_err(|e| LabError::Invalid(format!("the lab's console login: {e}")))
+}
+
+/// The summary's lines for what only Tandem serves: SNMP, traps, the web consoles and
+/// their login.
+fn print_tandem_observers(state: &LabState) {
+    println!(
+        "  snmp:   ip netns exec {} snmpwalk -v2c -c {} {} TANDEM-MIB::tandem",
+        state.client_ns,
+        topology::SNMP_COMMUNITY,
+        topology::pub_addr(1)
+    );
+    println!(
+        "  traps:  every node sends v2c informs to {} (run snmptrapd in ns {})",
+        topology::TRAP_RECEIVER,
+        state.client_ns
+    );
+    let consoles: Vec<String> = (1..=state.nodes.len())
+        .map(|i| {
+            format!(
+                "https://{}:{}/",
+                topology::pub_addr(i),
+                topology::CONSOLE_PORT
+            )
+        })
+        .collect();
+    println!(
+        "  console (from ns {}): {}   login {} / {} (self-signed: compare the fingerprint in tandem status)",
+        state.client_ns,
+        consoles.join(" "),
+        topology::CONSOLE_USER,
+        topology::CONSOLE_PASSWORD
+    );
+}
+
 fn print_summary(state: &LabState) {
     println!(
         "lab up: {} nodes, engine {}, heartbeat {} ms, prefix {}",
@@ -1813,17 +1864,7 @@ fn print_summary(state: &LabState) {
         metrics.join(" ")
     );
     if state.engine == Engine::Tandem {
-        println!(
-            "  snmp:   ip netns exec {} snmpwalk -v2c -c {} {} TANDEM-MIB::tandem",
-            state.client_ns,
-            topology::SNMP_COMMUNITY,
-            topology::pub_addr(1)
-        );
-        println!(
-            "  traps:  every node sends v2c informs to {} (run snmptrapd in ns {})",
-            topology::TRAP_RECEIVER,
-            state.client_ns
-        );
+        print_tandem_observers(state);
     }
     let first = state.plan().ok().and_then(|p| p.groups.into_iter().next());
     if let Some((sock, g)) = state

@@ -38,6 +38,12 @@ pub const CLIENT_IF: &str = "eth0";
 pub const SERVICE_PORT: u16 = 8080;
 /// Port of each node's Prometheus endpoint (`GET /metrics`), on every address.
 pub const METRICS_PORT: u16 = 9776;
+/// Each node's web console (HTTPS) on its public address.
+pub const CONSOLE_PORT: u16 = 9443;
+/// The lab's console login (an admin on every node).
+pub const CONSOLE_USER: &str = "admin";
+/// Its password.
+pub const CONSOLE_PASSWORD: &str = "tandem-lab";
 /// UDP address of each node's SNMP agent (v2c, community [`SNMP_COMMUNITY`]).
 pub const SNMP_LISTEN: &str = "0.0.0.0:161";
 /// The lab's read community, admitted from [`SNMP_SOURCE`].
@@ -475,6 +481,8 @@ pub struct ConfigParams<'a> {
     pub suspend_on_no_quorum: bool,
     /// The mirror's `split_brain` policy (`lab up --split-brain`; `None`: the default).
     pub split_brain: Option<SplitBrainPolicy>,
+    /// `[console] listen`: this node's web console (`None`: no console).
+    pub console: Option<String>,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -527,11 +535,17 @@ fn render_quorum(s: &mut String, p: &ConfigParams<'_>) {
     }
 }
 
-/// `[api]`, `[metrics]` and `[snmp]` with its community and trap receiver.
+/// `[api]`, `[console]`, `[metrics]` and `[snmp]` with its community and trap
+/// receiver.
 fn render_observers(s: &mut String, p: &ConfigParams<'_>) {
     let _ = writeln!(s);
     let _ = writeln!(s, "[api]");
     let _ = writeln!(s, "socket = {}", q(p.socket));
+    if let Some(listen) = &p.console {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "[console]");
+        let _ = writeln!(s, "listen = {}", q(listen));
+    }
     let _ = writeln!(s);
     let _ = writeln!(s, "[metrics]");
     let _ = writeln!(s, "listen = \"0.0.0.0:{METRICS_PORT}\"");
@@ -949,6 +963,7 @@ mod tests {
             fence: false,
             suspend_on_no_quorum: false,
             split_brain: None,
+            console: None,
         }
     }
 
@@ -1174,10 +1189,13 @@ mod tests {
             fence: true,
             suspend_on_no_quorum: false,
             split_brain: None,
+            console: Some(format!("{}:{CONSOLE_PORT}", pub_addr(1))),
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
             .expect("the daemon accepts it");
         assert!(node.quorum_enabled(), "two nodes and a witness vote");
+        let console = node.console.as_ref().expect("[console]");
+        assert_eq!(console.listen.to_string(), "10.77.0.11:9443");
         let f = node.nodes[1].fence.as_ref().expect("[node.fence]");
         let r = f.redfish.as_ref().expect("[node.fence.redfish]");
         assert_eq!(r.url, "http://10.77.0.250:8102");

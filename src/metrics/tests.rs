@@ -149,7 +149,7 @@ fn timelines_count_moves_and_time_every_phase() {
 }
 
 #[test]
-fn events_count_restarts_and_split_brain() {
+fn events_count_restarts_split_brain_and_audits() {
     let m = Metrics::new(&config(), "alpha").unwrap();
     let ev = |kind, f: &[(&str, &str)]| Event {
         seq: 1,
@@ -166,7 +166,15 @@ fn events_count_restarts_and_split_brain() {
         &[("group", "web"), ("resource", "svc")],
     ));
     m.observe_event(&ev(EventKind::SplitBrainSuspected, &[("group", "web")]));
+    m.observe_event(&ev(
+        EventKind::Audit,
+        &[("role", "viewer"), ("outcome", "refused"), ("user", "vera")],
+    ));
     let text = m.render(&status());
+    assert!(has(
+        &text,
+        r#"tandem_audit_actions_total{cluster="lab",outcome="refused",role="viewer"} 1"#
+    ));
     assert!(has(
         &text,
         r#"tandem_local_restarts_total{cluster="lab",group="web",resource="svc"} 1"#

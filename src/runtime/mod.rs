@@ -81,6 +81,8 @@ pub enum RuntimeError {
     Log(#[from] crate::quorum::disk::DiskError),
     #[error("quorum: {0}")]
     Quorum(#[from] crate::quorum::core::QuorumError),
+    #[error("console: {0}")]
+    Console(#[from] crate::console::ConsoleError),
 }
 
 /// How often the cores are re-evaluated between heartbeats.
@@ -130,6 +132,8 @@ struct Daemon {
     /// path index -> outgoing sender
     paths: Vec<mpsc::Sender<Outgoing>>,
     status: watch::Sender<Status>,
+    /// The web console's address and certificate fingerprint, for the status.
+    console: Option<status::ConsoleView>,
     /// The replicated volumes this node holds a copy of.
     mirrors: LocalMirrors,
     /// Finished outdates come back here.
@@ -200,6 +204,8 @@ impl PathPlan {
 /// Tasks and servers that live as long as the daemon.
 struct Running {
     servers: Servers,
+    /// The web console (`[console]`), if configured.
+    console: Option<crate::console::Console>,
     /// Reloads the configuration on each SIGHUP.
     hangups: tokio::task::JoinHandle<()>,
     event_observer: tokio::task::JoinHandle<()>,
@@ -630,13 +636,14 @@ impl Daemon {
 
     fn publish_status(&self) {
         let mirrors = crate::mirror::node::statuses(&self.mirrors);
-        let status = status::project(
+        let mut status = status::project(
             &self.cfg,
             &self.core,
             self.now(),
             self.events.last_seq(),
             mirrors,
         );
+        status.console.clone_from(&self.console);
         self.status.send_replace(status);
     }
 
@@ -807,7 +814,7 @@ async fn start(
     let (mirror_done_tx, mirror_done) = mpsc::channel(16);
     let (fenced_tx, fenced) = mpsc::channel(16);
     let event_observer = metrics::spawn_event_observer(metrics.clone(), events.clone());
-    let d = Daemon {
+    let mut d = Daemon {
         running: running_tx,
         key,
         started: Instant::now(),
@@ -819,6 +826,7 @@ async fn start(
         path_plan: Some(path_plan),
         io: tokio::runtime::Handle::current(),
         status: status_tx,
+        console: None,
         mirrors,
         mirror_done: mirror_done_tx,
         fenced: fenced_tx,
@@ -844,7 +852,7 @@ async fn start(
         local: local.to_string(),
         running: running_rx,
     };
-    let running = start_servers(&d, file, status_rx, req_tx, event_observer).await?;
+    let running = start_servers(&mut d, file, status_rx, req_tx, event_observer).await?;
     Ok((d, inbox, running))
 }
 
@@ -892,7 +900,7 @@ fn spawn_executors(
 /// The notifier (listening before the first event, so receivers get agentStart), then
 /// `daemon_started`, the first snapshot, and the API, SNMP and metrics servers.
 async fn start_servers(
-    d: &Daemon,
+    d: &mut Daemon,
     file: api::server::ConfigFile,
     status_rx: watch::Receiver<Status>,
     requests: mpsc::Sender<Request>,
@@ -929,6 +937,8 @@ async fn start_servers(
             ("boot_id", format!("{:016x}", d.core.boot_id())),
         ]),
     );
+    let (console_identity, console_view) = crate::console::identity(&d.cfg, local)?.unzip();
+    d.console = console_view;
     // The API starts with a real snapshot, never the empty default.
     d.publish_status();
     let snmp_agent = match (&d.cfg.snmp, &snmp_engine) {
@@ -950,10 +960,30 @@ async fn start_servers(
         crate::image::job::staging_dir(&d.cfg.cluster.state_dir),
         d.events.clone(),
     );
-    let servers = api::serve(file, status_rx, d.events.clone(), requests, image).await?;
+    let api = api::server::AppState {
+        status: status_rx,
+        events: d.events.clone(),
+        requests,
+        config: file,
+        image,
+    };
+    let console = match (&d.cfg.console, console_identity) {
+        (Some(c), Some(identity)) => {
+            let pages = crate::console::pages::PageState {
+                status: api.status.clone(),
+                events: d.events.clone(),
+            };
+            let routes = api::server::router(api.clone());
+            let dir = &d.cfg.cluster.state_dir;
+            Some(crate::console::start(c.listen, identity, dir, pages, routes).await?)
+        }
+        _ => None,
+    };
+    let servers = api::serve(api).await?;
     Ok(Running {
         hangups,
         servers,
+        console,
         event_observer,
         metrics_server,
         snmp_agent,
@@ -990,6 +1020,7 @@ impl Running {
         // Dropping the command channels makes each executor stop what still runs.
         d.executors.clear();
         drop(self.servers);
+        drop(self.console);
         self.hangups.abort();
         self.event_observer.abort();
         if let Some(m) = self.metrics_server {

@@ -622,6 +622,11 @@ enum NotificationObject {
     Generation,
     Device,
     Step,
+    User,
+    Role,
+    Action,
+    Target,
+    Outcome,
 }
 
 impl NotificationObject {
@@ -641,6 +646,11 @@ impl NotificationObject {
             NotificationObject::Generation => 13,
             NotificationObject::Device => 14,
             NotificationObject::Step => 15,
+            NotificationObject::User => 16,
+            NotificationObject::Role => 17,
+            NotificationObject::Action => 18,
+            NotificationObject::Target => 19,
+            NotificationObject::Outcome => 20,
         }
     }
 
@@ -665,6 +675,11 @@ impl NotificationObject {
             NotificationObject::Full => truth(field("full") == "true"),
             NotificationObject::Generation => text_max(field("generation"), 16),
             NotificationObject::Device => text_max(field("device"), 255),
+            NotificationObject::User => text_max(field("user"), 255),
+            NotificationObject::Role => text_max(field("role"), 16),
+            NotificationObject::Action => text_max(field("action"), 255),
+            NotificationObject::Target => text_max(field("target"), 255),
+            NotificationObject::Outcome => text_max(field("outcome"), 16),
             // The event names its step by `FastStopStep::name`; 0 (no value of the TC)
             // only for an event that lacks it, which the policy never emits.
             NotificationObject::Step => integer(
@@ -722,6 +737,7 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::ImageUpdateFailed => (38, &[Reason]),
         EventKind::ConfigMismatch => (39, &[Peer]),
         EventKind::ConfigAgreed => (40, &[Peer]),
+        EventKind::Audit => (41, &[User, Role, Action, Target, Outcome, Reason]),
         _ => return None,
     })
 }

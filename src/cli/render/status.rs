@@ -74,6 +74,12 @@ fn header(st: &Status) -> Vec<String> {
             counted(st.resources.len(), "resource")
         ),
     ];
+    if let Some(c) = &st.console {
+        out.push(format!(
+            "  * Console: https://{}/ (certificate SHA-256 {})",
+            c.address, c.fingerprint
+        ));
+    }
     if let Some(w) = &st.warning {
         out.push(format!("  * WARNING: {w}"));
     }

@@ -184,3 +184,21 @@ fn snmp_communities_and_receivers_are_live() {
     assert!(p.applied.is_empty());
     assert_eq!(p.needs_restart, ["snmp"]);
 }
+
+#[test]
+fn the_console_section_needs_a_restart_and_is_left_out_of_the_digest() {
+    let on = cfg(&format!("{BASE}\n[console]\nlisten = \"127.0.0.1:9443\"\n"));
+    let moved = cfg(&format!(
+        "{BASE}\n[console]\nlisten = \"127.0.0.1:9444\"\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\n"
+    ));
+    assert_eq!(on.console.as_ref().unwrap().listen.port(), 9443);
+    assert_eq!(classify(&cfg(BASE), &on).needs_restart, ["console"]);
+    assert_eq!(classify(&on, &moved).needs_restart, ["console"]);
+    assert_eq!(on.digest, cfg(BASE).digest);
+    assert_eq!(moved.digest, cfg(BASE).digest);
+    let unknown = format!("{BASE}\n[console]\nlisten = \"127.0.0.1:9443\"\nport = 1\n");
+    assert!(Config::parse(&unknown).is_err());
+    let half = format!("{BASE}\n[console]\nlisten = \"127.0.0.1:9443\"\ncert = \"/c.pem\"\n");
+    let e = Config::parse(&half).unwrap_err().to_string();
+    assert!(e.contains("console.cert"), "{e}");
+}

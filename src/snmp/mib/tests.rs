@@ -390,6 +390,7 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::ImageUpdateFailed,
         EventKind::ConfigMismatch,
         EventKind::ConfigAgreed,
+        EventKind::Audit,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
