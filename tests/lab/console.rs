@@ -176,8 +176,9 @@ fn console_in_a_browser_roles_switchover_live_failover_and_resync() {
     ));
     assert_eq!(lab.owner("n1").as_deref(), Some("n2"));
     b.goto(&format!("{}/history", console("n1")));
+    // This node's part of the move: it released the group to n2.
     b.wait_text("the switchover's timeline", Duration::from_secs(10), |t| {
-        t.contains("Switchover of demo: n1 → n2")
+        t.contains("Release of demo: n1 → n2")
     });
     assert!(b.has("svg.timeline rect"), "the timeline is drawn");
     logout(&b);

@@ -1,6 +1,7 @@
 // Tandem console: every page stays live over Server-Sent Events (each event makes the
-// page fetch its <main> again with ?fragment=1), and every action is a confirmed
-// fetch() to the control API with the page's CSRF token.
+// page fetch its <main> again with ?fragment=1; a page with a progress bar also every
+// second), and every action is a confirmed fetch() to the control API with the page's
+// CSRF token.
 const main = document.getElementById('main');
 const dialog = document.getElementById('confirm');
 const csrf = document.querySelector('meta[name="csrf-token"]')?.content ?? '';
@@ -50,6 +51,11 @@ stream.addEventListener('open', () => {
 stream.addEventListener('error', () => {
   document.body.dataset.live = 'lost';
 });
+// A resync or verify moves without events: while a page shows a progress bar, it is
+// fetched again every second so the bar moves.
+setInterval(() => {
+  if (main.querySelector('progress')) soon();
+}, 1000);
 main.addEventListener('input', (e) => {
   if (e.target.dataset.filter) applyFilters();
 });
