@@ -23,6 +23,7 @@
 //! - `POST /v1/image/update` `{"url": URL}` — starts an update of the inactive boot
 //!   slot from a signed image the daemon downloads (`image::job`); 202 with its
 //!   progress, 409 while another one runs. `GET /v1/image/update` — its progress.
+//! - `GET  /openapi.json` — the OpenAPI 3.1 document of all of the above ([`openapi`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,10 +33,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::ApiError;
 use crate::config::Config;
@@ -83,34 +86,72 @@ impl Drop for Servers {
 /// The control API's routes, without authentication: the Unix socket serves them as
 /// they are, the TCP listener behind [`token_gate`], the console behind its sessions.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/paths", get(paths))
-        .route("/v1/groups", get(groups))
-        .route("/v1/events", get(events))
-        .route("/v1/events/stream", get(event_stream))
-        .route("/v1/history", get(history))
-        .route("/v1/groups/{group}/switchover", post(switchover))
-        .route("/v1/groups/{group}/maintenance", post(maintenance))
-        .route("/v1/groups/{group}/clear", post(clear))
-        .route("/v1/mirrors", get(mirrors))
-        .route(
-            "/v1/mirrors/{mirror}/split-brain-dumps",
-            get(split_brain_dumps),
-        )
-        .route(
-            "/v1/mirrors/{mirror}/split-brain-dumps/{name}",
-            get(split_brain_dump),
-        )
-        .route("/v1/mirrors/{mirror}/plan", get(mirror_plan))
-        .route("/v1/mirrors/{mirror}/{action}", post(mirror_action))
-        .route("/v1/nodes/{node}/standby", post(standby))
-        .route("/v1/nodes/{node}/online", post(online))
-        .route("/v1/config/reload", post(config::reload))
-        .route("/v1/config", put(config::replace))
-        .route("/v1/image/update", get(image_progress).post(image_update))
+    let (routes, _) = documented().split_for_parts();
+    routes
+        .route("/openapi.json", get(openapi_json))
         .with_state(state)
+}
+
+/// The OpenAPI document's head; the paths come from the handlers' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(info(
+    title = "Tandem control API",
+    description = "The daemon's control API: read the status and events, act on groups, nodes and mirrors. Roles: docs/API.md."
+))]
+struct ApiDoc;
+
+/// Every route of the API with its OpenAPI annotation: one list, so no route can be
+/// served without being documented (`GET /openapi.json`, [`openapi`]).
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(<ApiDoc as utoipa::OpenApi>::openapi())
+        .routes(routes!(status))
+        .routes(routes!(nodes))
+        .routes(routes!(paths))
+        .routes(routes!(groups))
+        .routes(routes!(events))
+        .routes(routes!(event_stream))
+        .routes(routes!(history))
+        .routes(routes!(switchover))
+        .routes(routes!(maintenance))
+        .routes(routes!(clear))
+        .routes(routes!(mirrors))
+        .routes(routes!(split_brain_dumps))
+        .routes(routes!(split_brain_dump))
+        .routes(routes!(mirror_plan))
+        .routes(routes!(mirror_action))
+        .routes(routes!(standby))
+        .routes(routes!(online))
+        .routes(routes!(config::reload))
+        .routes(routes!(config::replace))
+        .routes(routes!(image_progress, image_update))
+}
+
+/// The API's OpenAPI 3.1 document (this build's version), with `/openapi.json` itself.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = documented().split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    let (_, this) = OpenApiRouter::<()>::new()
+        .routes(routes!(openapi_json))
+        .split_for_parts();
+    doc.merge(this);
+    doc
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "status",
+    summary = "This document.",
+    responses((status = 200, description = "the OpenAPI 3.1 document of this API", body = Object))
+)]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| openapi().to_json().unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        DOC.as_str(),
+    )
+        .into_response()
 }
 
 /// Starts the Unix-socket listener and, if configured, the TCP one (a bearer token
@@ -201,18 +242,46 @@ async fn token_gate(
 
 mod config;
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "status",
+    summary = "The whole snapshot: nodes, paths, groups, mirrors, counters.",
+    responses((status = 200, description = "one consistent snapshot of this node's view", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn status(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().clone()).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/nodes",
+    tag = "status",
+    summary = "The nodes of the snapshot.",
+    responses((status = 200, description = "the nodes", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn nodes(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().nodes.clone()).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/paths",
+    tag = "status",
+    summary = "The heartbeat paths of the snapshot.",
+    responses((status = 200, description = "each peer's paths", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn paths(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().paths.clone()).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/groups",
+    tag = "status",
+    summary = "The groups of the snapshot.",
+    responses((status = 200, description = "the groups", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn groups(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().groups.clone()).into_response()
 }
@@ -228,6 +297,14 @@ struct EventsQuery {
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    summary = "Events after `since`; long-polls up to `wait_ms` when there are none yet.",
+    params(("since" = Option<u64>, Query, description = "the last seq already seen"), ("limit" = Option<usize>, Query, description = "at most this many (1000; up to 10000)"), ("wait_ms" = Option<u64>, Query, description = "wait this long for a first one (up to 60000)")),
+    responses((status = 200, description = "the events, oldest first", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).min(10_000);
     let mut sub = s.events.subscribe();
@@ -249,6 +326,14 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Resp
     Json(found).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events/stream",
+    tag = "events",
+    summary = "The event stream: the backlog after `since`, then each new event, as newline-delimited JSON.",
+    params(("since" = Option<u64>, Query, description = "the last seq already seen")),
+    responses((status = 200, description = "one JSON event per line", content_type = "application/x-ndjson"), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn event_stream(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     let mut sub = s.events.subscribe();
     let backlog = s.events.since(q.since, 10_000);
@@ -302,11 +387,18 @@ fn tokio_stream_from<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/history",
+    tag = "events",
+    summary = "Failover and switchover timelines.",
+    responses((status = 200, description = "the timelines", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn history(State(s): State<AppState>) -> Response {
     Json(s.events.timelines()).into_response()
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SwitchoverBody {
     #[serde(default)]
@@ -332,6 +424,14 @@ async fn ask_control<T>(
     crate::control::ask(&s.requests, make).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/switchover",
+    tag = "actions",
+    summary = "Moves a group to another node; answers once it passes its checks there.",
+    params(("group" = String, Path, description = "the group")), request_body(content = Option<SwitchoverBody>, description = "the target node (default: the next in the group's order) and a timeout"),
+    responses((status = 200, description = "where it runs now and how long it took", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn switchover(
     State(s): State<AppState>,
     UrlPath(group): UrlPath<String>,
@@ -408,12 +508,20 @@ async fn settled(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct OnBody {
     on: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/maintenance",
+    tag = "actions",
+    summary = "Maintenance on or off: the group is left alone.",
+    params(("group" = String, Path, description = "the group")), request_body(content = OnBody),
+    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn maintenance(
     State(s): State<AppState>,
     UrlPath(group): UrlPath<String>,
@@ -433,7 +541,7 @@ async fn maintenance(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ClearBody {
     #[serde(default)]
@@ -441,6 +549,14 @@ struct ClearBody {
 }
 
 /// `tandem group clear`: this node forgets the group's failures and lifts its block.
+#[utoipa::path(
+    post,
+    path = "/v1/groups/{group}/clear",
+    tag = "actions",
+    summary = "This node forgets the group's failures and lifts its block.",
+    params(("group" = String, Path, description = "the group")), request_body(content = Option<ClearBody>, description = "the node to clear on (default: this one)"),
+    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn clear(
     State(s): State<AppState>,
     UrlPath(group): UrlPath<String>,
@@ -459,11 +575,18 @@ async fn clear(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/mirrors",
+    tag = "mirrors",
+    summary = "The mirrors of the snapshot.",
+    responses((status = 200, description = "each mirror with its peers", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn mirrors(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().mirrors.clone()).into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MirrorBody {
     #[serde(default)]
@@ -473,6 +596,14 @@ struct MirrorBody {
     keep: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/mirrors/{mirror}/{action}",
+    tag = "actions",
+    summary = "A mirror action: pause, resume, verify, resync_full, disconnect, connect or resolve.",
+    params(("mirror" = String, Path, description = "the mirror"), ("action" = String, Path, description = "pause, resume, verify, resync_full, disconnect, connect or resolve")), request_body(content = Option<MirrorBody>, description = "the peer (default: every peer); for resolve, the node whose copy survives"),
+    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn mirror_action(
     State(s): State<AppState>,
     UrlPath((mirror, action)): UrlPath<(String, String)>,
@@ -529,6 +660,14 @@ impl PlanQuery {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/mirrors/{mirror}/plan",
+    tag = "mirrors",
+    summary = "Link sizing from the mirror's write-rate history (`tandem mirror plan`).",
+    params(("mirror" = String, Path, description = "the mirror"), ("lag" = Option<String>, Query, description = "the lag target, e.g. `30s`"), ("percentile" = Option<f64>, Query, description = "of the minutes, e.g. 95"), ("efficiency" = Option<f64>, Query, description = "of the link, (0, 1]"), ("compression" = Option<f64>, Query, description = "the expected ratio")),
+    responses((status = 200, description = "the history's figures and the recommended link", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn mirror_plan(
     State(s): State<AppState>,
     UrlPath(mirror): UrlPath<String>,
@@ -554,6 +693,14 @@ async fn mirror_plan(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/mirrors/{mirror}/split-brain-dumps",
+    tag = "mirrors",
+    summary = "The dumps saved before a losing copy was overwritten.",
+    params(("mirror" = String, Path, description = "the mirror")),
+    responses((status = 200, description = "the dumps, newest first", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn split_brain_dumps(
     State(s): State<AppState>,
     UrlPath(mirror): UrlPath<String>,
@@ -565,6 +712,14 @@ async fn split_brain_dumps(
 }
 
 /// One dump's bytes as they are on disk (`latest`: the newest).
+#[utoipa::path(
+    get,
+    path = "/v1/mirrors/{mirror}/split-brain-dumps/{name}",
+    tag = "mirrors",
+    summary = "One dump's bytes as they are on disk.",
+    params(("mirror" = String, Path, description = "the mirror"), ("name" = String, Path, description = "a dump's name, or `latest`")),
+    responses((status = 200, description = "the dump", content_type = "application/octet-stream"), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn split_brain_dump(
     State(s): State<AppState>,
     UrlPath((mirror, name)): UrlPath<(String, String)>,
@@ -608,25 +763,56 @@ async fn set_standby(s: AppState, node: String, on: bool) -> Response {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{node}/standby",
+    tag = "actions",
+    summary = "The node runs no group (its groups move away).",
+    params(("node" = String, Path, description = "the node")),
+    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn standby(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Response {
     set_standby(s, node, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/nodes/{node}/online",
+    tag = "actions",
+    summary = "The node may run groups again.",
+    params(("node" = String, Path, description = "the node")),
+    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn online(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Response {
     set_standby(s, node, false).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/image/update",
+    tag = "image",
+    summary = "The image update's progress.",
+    responses((status = 200, description = "state, bytes, total, error", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn image_progress(State(s): State<AppState>) -> Response {
     Json(s.image.progress()).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ImageUpdateBody {
     url: String,
 }
 
 /// Starts an update in the background: 202 and its progress, or why not.
+#[utoipa::path(
+    post,
+    path = "/v1/image/update",
+    tag = "image",
+    summary = "Updates the inactive boot slot from a signed image the daemon downloads, in the background.",
+    request_body(content = ImageUpdateBody),
+    responses((status = 202, description = "started: its progress", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+)]
 async fn image_update(State(s): State<AppState>, Json(body): Json<ImageUpdateBody>) -> Response {
     match s.image.start(&body.url) {
         Ok(p) => (StatusCode::ACCEPTED, Json(p)).into_response(),

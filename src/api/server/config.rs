@@ -18,6 +18,13 @@ use crate::config::reload::admit;
 use crate::config::Config;
 use crate::control::{refused_config, reload_file, ControlError, Request};
 
+#[utoipa::path(
+    post,
+    path = "/v1/config/reload",
+    tag = "config",
+    summary = "Rereads the configuration file and applies what can change without a restart.",
+    responses((status = 200, description = "what was applied and what needs a restart", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"))
+)]
 pub(super) async fn reload(State(s): State<AppState>) -> Response {
     match reload_file(&s.config.path, &s.requests).await {
         Ok(outcome) => Json(outcome).into_response(),
@@ -25,6 +32,14 @@ pub(super) async fn reload(State(s): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/config",
+    tag = "config",
+    summary = "Replaces the configuration file (checked, written atomically with mode 0600) and reloads it.",
+    request_body(content = String, content_type = "application/toml", description = "the whole TOML file"),
+    responses((status = 200, description = "what was applied and what needs a restart", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"))
+)]
 pub(super) async fn replace(State(s): State<AppState>, body: String) -> Response {
     let new = match Config::parse(&body) {
         Ok(c) => c,
