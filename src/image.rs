@@ -730,17 +730,19 @@ fn raw_esp(image: &Path) -> Result<Partition, ImageError> {
 const VERSION_FILE: &str = "version";
 
 /// The one-node configuration a node boots with when the data partition has no
-/// `tandem.toml`: heartbeats on `address` (the first NIC's), metrics on that address
-/// only, no groups, and no SNMP access until one is configured (a commented
+/// `tandem.toml`: heartbeats on `address` (the first NIC's), metrics and the web
+/// console (HTTPS, a self-signed certificate) on that address only, no groups, and no SNMP access until one is configured (a commented
 /// community shows how): nothing answers `public` from the networks around it.
 pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> String {
     let node = node.replace(['"', '\\'], "");
     let metrics = std::net::SocketAddr::new(address, 9776);
+    let console = std::net::SocketAddr::new(address, 9443);
     let mut s = format!(
         "# Written at boot because /data/tandem.toml is missing: a one-node default.\n\
          [cluster]\nname = \"tandem\"\nkey = \"{key}\"\nstate_dir = \"/data/state\"\n\n\
          [heartbeat]\npaths = [\"lan\"]\n\n\
-         [metrics]\nlisten = \"{metrics}\"\n"
+         [metrics]\nlisten = \"{metrics}\"\n\n\
+         [console]\nlisten = \"{console}\"\n"
     );
     s.push_str(SNMP_TEMPLATE);
     s.push_str(&format!(
@@ -997,6 +999,10 @@ mod tests {
         assert_eq!(
             cfg.metrics.unwrap().listen,
             std::net::SocketAddr::new(addr, 9776)
+        );
+        assert_eq!(
+            cfg.console.unwrap().listen,
+            std::net::SocketAddr::new(addr, 9443)
         );
         assert!(cfg.snmp.is_none(), "{text}");
         assert!(!text.contains("public"), "{text}");

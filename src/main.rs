@@ -56,6 +56,8 @@ enum MainError {
     Meta(#[from] tandem::mirror::replica::meta::MetaError),
     #[error(transparent)]
     Users(#[from] tandem::cli::user::UserCmdError),
+    #[error(transparent)]
+    WebConsole(#[from] tandem::console::ConsoleError),
     /// `tandem fence`: no method confirmed the wanted power state.
     #[error("{0}")]
     FenceFailed(String),
@@ -251,6 +253,18 @@ fn remote_image_update(
     }
 }
 
+/// `tandem console-cert`: the line the appliance adds to its login banner.
+fn console_cert(config: &std::path::Path, node: &str) -> Result<(), MainError> {
+    let cfg = tandem::config::Config::load(config)?;
+    if let Some((_, view)) = tandem::console::identity(&cfg, node)? {
+        println!(
+            "https://{}/ certificate SHA-256 {}",
+            view.address, view.fingerprint
+        );
+    }
+    Ok(())
+}
+
 /// `tandem console-password ...`.
 fn console_password(cmd: ConsolePasswordCmd) -> Result<(), MainError> {
     use tandem::image::console;
@@ -426,6 +440,7 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
         }
         Cmd::Nbd { cmd } => runtime()?.block_on(nbd(cmd)),
         Cmd::Image { cmd } => image(cmd),
+        Cmd::ConsoleCert { config, node } => console_cert(&config, &node),
         Cmd::ConsolePassword { cmd } => console_password(cmd),
         Cmd::User { cmd } => {
             print!("{}", tandem::cli::user::user(cmd, user_password)?);

@@ -228,6 +228,21 @@ fn the_tls_handshake_works_with_the_generated_certificate_whose_fingerprint_stat
         .status()
         .unwrap();
     assert_eq!(untrusted.code(), Some(60), "peer certificate not trusted");
+    // What the appliance puts in its login banner: the same certificate.
+    let out = Command::new(BIN)
+        .args(["console-cert", "--node", "a", "-c"])
+        .arg(c.config())
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{line}");
+    assert_eq!(
+        line.trim(),
+        format!(
+            "https://127.0.0.1:{}/ certificate SHA-256 {fingerprint}",
+            c.port
+        )
+    );
 }
 
 #[test]

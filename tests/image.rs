@@ -519,6 +519,13 @@ fn boot_and_reach(firmware: Firmware, seeded: bool) {
         console.contains("NO CONFIGURATION"),
         "first boot says it runs the default config:\n{console}"
     );
+    // The web console: its address and certificate fingerprint on the console.
+    let shown = console
+        .split_once("web console: https://")
+        .and_then(|(_, rest)| rest.split_once("certificate SHA-256 "))
+        .and_then(|(_, fp)| fp.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no web console line:\n{console}"));
+    assert_eq!(shown.len(), 95, "a SHA-256 fingerprint: {shown}");
     // Safe defaults: an unconfigured node answers no SNMP community (it answered
     // `public` from every private network).
     assert_eq!(vm.sys_descr(), None, "the default config answers SNMP");

@@ -185,6 +185,16 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: user::TokenCmd,
     },
+    /// This node's web console address and its certificate's SHA-256 fingerprint (the
+    /// self-signed certificate is made now if there is none yet); nothing without a
+    /// `[console]` section.
+    ConsoleCert {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// This node's name in the configuration.
+        #[arg(long)]
+        node: String,
+    },
     /// The appliance's console password (root on ttyS0 and tty1).
     ConsolePassword {
         #[command(subcommand)]
