@@ -242,6 +242,10 @@ fn console_in_a_browser_roles_switchover_live_failover_and_resync() {
     let (first, _) = super::wait_for("a resync progress bar", Duration::from_secs(60), || {
         progress().filter(|v| *v > 0)
     });
+    // The link sizing comes from the API's plan (a fresh lab has too little history).
+    b.wait_text("the link sizing", Duration::from_secs(10), |t| {
+        t.contains("Not enough history yet") || t.contains("recommended link")
+    });
     b.screenshot("mirror");
     let (later, _) = super::wait_for("the bar to move", Duration::from_secs(60), || {
         progress().filter(|v| *v > first)

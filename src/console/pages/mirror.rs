@@ -29,12 +29,14 @@ pub fn render_mirror(st: &Status, name: &str, who: &Principal) -> Option<String>
     };
     let peers: String = m.peers.iter().map(|p| peer(m, p, who)).collect();
     Some(format!(
-        "<section><h1>Mirror {}</h1><p>this copy: {} {}{frozen}, {}, generation <code>{}</code>{group}</p></section>{peers}",
+        "<section><h1>Mirror {}</h1><p>this copy: {} {}{frozen}, {}, generation <code>{}</code>{group}</p></section>{peers}\
+         <section><h2>Link sizing</h2><div id=\"plan\" data-mirror=\"{}\">Sizing the link from the write history…</div></section>",
         escape(&m.name),
         escape(&m.role.to_string()),
         badge(disk_tone(Some(m.disk)), m.disk.name()),
         human_bytes(m.size_bytes),
         escape(&m.generation),
+        escape(&m.name),
     ))
 }
 

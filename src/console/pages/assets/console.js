@@ -35,6 +35,7 @@ async function refresh() {
   if (focused) document.getElementById(focused)?.focus();
   applyFilters();
   document.body.dataset.refreshed = String(Date.now());
+  drawPlan();
 }
 function soon() {
   if (!pending) pending = setTimeout(refresh, 150);
@@ -108,3 +109,63 @@ dialog.querySelector('.go').addEventListener('click', async (e) => {
   }
   refresh();
 });
+
+// The mirror page's link sizing, from the API's plan (`tandem mirror plan`): the write
+// rate in each hour of the day (mean and peak) against the recommended link. Fetched
+// at most once a minute; page refreshes put the last drawing back.
+const plans = new Map();
+const esc = (t) => String(t).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+const mbit = (bytesPerSecond) => (bytesPerSecond * 8) / 1e6;
+function planChart(plan) {
+  const o = plan.outcome;
+  if (o.status !== 'sized') {
+    return `<p>Not enough history yet: ${o.needed_minutes} observed minutes are needed ` +
+      `(${plan.coverage.observed_minutes} so far).</p>`;
+  }
+  const link = o.recommended.bandwidth_bits_per_second / 1e6;
+  const r = o.rates;
+  const top = Math.max(link, ...o.hourly.map((h) => mbit(h.peak_bytes_per_second)), 1e-3);
+  const [W, H, L, B] = [720, 200, 40, 20];
+  const bw = (W - L) / 24;
+  const y = (v) => H - B - (v / top) * (H - B - 14);
+  const bar = (cls, x, v, what) =>
+    `<rect class="${cls}" x="${x}" y="${y(v)}" width="${bw - 4}" height="${H - B - y(v)}">` +
+    `<title>${what} ${v.toFixed(2)} Mbit/s</title></rect>`;
+  let bars = '';
+  for (const h of o.hourly) {
+    const x = L + h.hour * bw + 2;
+    bars += bar('peak', x, mbit(h.peak_bytes_per_second), `${h.hour}:00 UTC peak`);
+    bars += bar('mean', x, mbit(h.mean_bytes_per_second), `${h.hour}:00 UTC mean`);
+    if (h.hour % 3 === 0) bars += `<text class="tick" x="${x}" y="${H - 5}">${h.hour}h</text>`;
+  }
+  return `<p>Lag under ${plan.target.lag_seconds} s in ${plan.target.percentile}% of the ` +
+    `minutes needs <b>${link.toFixed(2)} Mbit/s</b>. Writes: peak ${mbit(r.peak_bytes_per_second).toFixed(2)}, ` +
+    `p95 ${mbit(r.p95_bytes_per_second).toFixed(2)} Mbit/s, ` +
+    `${(r.daily_volume_bytes / 2 ** 30).toFixed(2)} GiB a day.</p>` +
+    `<svg class="plan" viewBox="0 0 ${W} ${H}">${bars}` +
+    `<line class="link" x1="${L}" x2="${W}" y1="${y(link)}" y2="${y(link)}"/>` +
+    `<text class="link" x="${L + 4}" y="${y(link) - 4}">recommended link ${link.toFixed(2)} Mbit/s</text></svg>`;
+}
+async function drawPlan() {
+  const box = main.querySelector('#plan[data-mirror]');
+  if (!box) return;
+  const name = box.dataset.mirror;
+  const last = plans.get(name);
+  if (last) box.innerHTML = last.html;
+  if (last && Date.now() - last.at < 60000) return;
+  plans.set(name, { at: Date.now(), html: last?.html ?? box.innerHTML });
+  let html;
+  try {
+    const res = await fetch(`/v1/mirrors/${encodeURIComponent(name)}/plan`, {
+      credentials: 'same-origin',
+    });
+    const answer = await res.json();
+    html = res.ok ? planChart(answer) : `<p>No sizing: ${esc(answer.error ?? res.status)}</p>`;
+  } catch (err) {
+    html = `<p>No sizing: ${esc(err)}</p>`;
+  }
+  plans.set(name, { at: Date.now(), html });
+  const now = main.querySelector('#plan[data-mirror]');
+  if (now?.dataset.mirror === name) now.innerHTML = html;
+}
+drawPlan();
