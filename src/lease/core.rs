@@ -48,6 +48,19 @@ pub struct Timing {
     pub stop_after: Duration,
 }
 
+impl Default for Timing {
+    /// io 2 s, renew every 2 s, lease timeout 16 s, stop after 10 s.
+    fn default() -> Self {
+        let s = Duration::from_secs;
+        Self {
+            io_timeout: s(2),
+            renew_interval: s(2),
+            lease_timeout: s(16),
+            stop_after: s(10),
+        }
+    }
+}
+
 /// Timing that cannot keep two nodes off the disk at once.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TimingError {
@@ -637,12 +650,7 @@ mod tests {
     #[test]
     fn the_default_timing_is_valid_and_bad_ones_are_named() {
         let s = Duration::from_secs;
-        let default = Timing {
-            io_timeout: s(2),
-            renew_interval: s(2),
-            lease_timeout: s(16),
-            stop_after: s(10),
-        };
+        let default = Timing::default();
         assert_eq!(default.validate(), Ok(()));
         assert_eq!(timing().validate(), Ok(()));
         let zero = Timing {

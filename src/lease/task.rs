@@ -253,6 +253,8 @@ mod tests {
             incarnation: 1,
             counter: 0,
         };
+        // After the renewal that follows the acquire has landed.
+        tokio::time::sleep(Duration::from_millis(30)).await;
         LeaseDisk::open(&path, 0)
             .unwrap()
             .write(&foreign.encode())
