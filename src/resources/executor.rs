@@ -661,6 +661,11 @@ impl Executor {
                             &path,
                             ("reason", reason.clone()),
                         );
+                        // Nobody may use the disk now: the fast stop's steps at once
+                        // (processes frozen, floating IPs dropped); the clean stop follows.
+                        let mut stopped = vec![false; self.resources.len()];
+                        self.fast_stop(&mut stopped, &mut Vec::new(), &mut None)
+                            .await;
                     }
                     return Some(Input::Unrecoverable {
                         group,
@@ -786,6 +791,7 @@ data_offset = 8192
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let beat = dir.path().join("beat");
         let (mut exec, _rx) = executor(&format!(
             r#"
 name = "db"
@@ -798,10 +804,17 @@ io_timeout = "50ms"
 renew_interval = "50ms"
 lease_timeout = "800ms"
 stop_after = "500ms"
+[[resource]]
+name = "app"
+kind = "process"
+command = ["sh", "-c", "while :; do touch {}; sleep 0.02; done"]
+depends_on = ["disk"]
 "#,
-            path.display()
+            path.display(),
+            beat.display()
         ));
         exec.start_one(0, &mut Vec::new()).await.unwrap();
+        exec.start_one(1, &mut Vec::new()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         let foreign = crate::lease::record::Record {
             node: "n3".into(),
@@ -820,6 +833,12 @@ stop_after = "500ms"
         let kinds: Vec<EventKind> = exec.events.since(0, 100).iter().map(|e| e.kind).collect();
         assert!(kinds.contains(&EventKind::DiskLeaseAcquired), "{kinds:?}");
         assert!(kinds.contains(&EventKind::DiskLeaseLost), "{kinds:?}");
+        if super::super::cgroup::hierarchy().is_some() {
+            let frozen_at = mtime_ns(&beat);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(mtime_ns(&beat), frozen_at, "the process stopped at once");
+        }
+        exec.stop(StopMode::TopDown).await;
     }
 
     #[tokio::test]
