@@ -203,6 +203,13 @@ impl Sim {
     }
 
     fn apply_effects(&mut self) {
+        if !self
+            .ops
+            .iter()
+            .any(|op| !op.applied && op.effect_at <= self.now)
+        {
+            return;
+        }
         let mut due: Vec<usize> = (0..self.ops.len())
             .filter(|&k| !self.ops[k].applied && self.ops[k].effect_at <= self.now)
             .collect();
@@ -223,6 +230,13 @@ impl Sim {
     }
 
     fn complete(&mut self) -> Result<(), String> {
+        if !self
+            .ops
+            .iter()
+            .any(|op| op.applied && op.done_at <= self.now)
+        {
+            return Ok(());
+        }
         let (done, rest): (Vec<Op>, Vec<Op>) = std::mem::take(&mut self.ops)
             .into_iter()
             .partition(|op| op.applied && op.done_at <= self.now);

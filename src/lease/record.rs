@@ -12,6 +12,8 @@ pub const SECTOR: usize = 4096;
 pub const MAX_NODE: usize = 64;
 const MAGIC: &[u8; 4] = b"TDLS";
 const VERSION: u8 = 1;
+/// Compared with a slice (a `memcmp`) rather than byte by byte.
+static ZEROS: [u8; SECTOR] = [0; SECTOR];
 
 /// Who holds the lease, as written on the disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +64,7 @@ impl Record {
 
 /// Reads a sector's bytes.
 pub fn decode(bytes: &[u8]) -> Sector {
-    if bytes.iter().all(|b| *b == 0) {
+    if bytes == &ZEROS[..] {
         return Sector::Free;
     }
     parse(bytes).map_or(Sector::Garbled, Sector::Held)
@@ -78,7 +80,8 @@ fn parse(bytes: &[u8]) -> Option<Record> {
     }
     let end = 6 + len + 16;
     let sum = Sha256::digest(&bytes[..end]);
-    if bytes[end..end + sum.len()] != sum[..] || bytes[end + sum.len()..].iter().any(|b| *b != 0) {
+    let rest = &bytes[end + sum.len()..];
+    if bytes[end..end + sum.len()] != sum[..] || rest != &ZEROS[..rest.len()] {
         return None;
     }
     let node = String::from_utf8(bytes[6..6 + len].to_vec()).ok()?;
