@@ -80,6 +80,11 @@ pub enum EventKind {
     ResourceCheckFailed,
     ResourceRestarted,
     IpMoved,
+    /// A `shared_disk` resource took its disk lease (group, resource, path, waited_ms).
+    DiskLeaseAcquired,
+    /// A `shared_disk` resource lost its disk lease: the group stops using the disk
+    /// (group, resource, path, reason).
+    DiskLeaseLost,
     FailoverStarted,
     FailoverCompleted,
     FailoverFailed,

@@ -15,6 +15,7 @@
 //! - [`control`]: control requests and their typed errors.
 //! - [`api`]: the HTTP/JSON control API and its client.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint.
+//! - [`lease`]: disk leases for shared storage (a delta lease, pure core).
 //! - [`lab`]: a cluster of network namespaces on one machine, and the failover benchmark.
 //! - `bench` (cargo feature `bench`, on by default, left out of the appliance image):
 //!   `tandem bench mirror` and `tandem bench snmp`.
@@ -41,6 +42,7 @@ pub mod event;
 pub mod fence;
 pub mod image;
 pub mod lab;
+pub mod lease;
 pub mod logging;
 pub mod metrics;
 pub mod mirror;

@@ -74,16 +74,18 @@ pub enum ResourceType {
     Process,
     Mirror,
     Filesystem,
+    SharedDisk,
 }
 
 impl ResourceType {
     /// Every type, in the MIB's order.
-    pub const ALL: [ResourceType; 5] = [
+    pub const ALL: [ResourceType; 6] = [
         ResourceType::Ip,
         ResourceType::Exec,
         ResourceType::Process,
         ResourceType::Mirror,
         ResourceType::Filesystem,
+        ResourceType::SharedDisk,
     ];
 
     /// The snake_case name (as in the JSON and the config's `kind`).
@@ -94,6 +96,7 @@ impl ResourceType {
             ResourceType::Process => "process",
             ResourceType::Mirror => "mirror",
             ResourceType::Filesystem => "filesystem",
+            ResourceType::SharedDisk => "shared_disk",
         }
     }
 
@@ -105,6 +108,7 @@ impl ResourceType {
             ResourceKind::Process { .. } => ResourceType::Process,
             ResourceKind::Mirror { .. } => ResourceType::Mirror,
             ResourceKind::Filesystem { .. } => ResourceType::Filesystem,
+            ResourceKind::SharedDisk { .. } => ResourceType::SharedDisk,
         }
     }
 }

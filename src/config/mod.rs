@@ -447,11 +447,40 @@ pub enum ResourceKind {
         #[serde(default = "default_fsck")]
         fsck: bool,
     },
+    /// A disk every node of the group sees (a block device or a file), used by one
+    /// node at a time under a disk lease (`lease::core`): starting takes the lease
+    /// (waiting out a previous holder's lease timeout), stopping releases it. The
+    /// group's commands get `TANDEM_SHARED_DISK` and `TANDEM_SHARED_DISK_OFFSET`.
+    SharedDisk {
+        /// An absolute path: the same disk on every node.
+        path: PathBuf,
+        /// Where the 4 KiB lease sector is (a multiple of 4096).
+        #[serde(default)]
+        lease_offset: u64,
+        /// Where the data begins (past the lease sector).
+        #[serde(default = "default_data_offset")]
+        data_offset: u64,
+        #[serde(with = "humantime_serde", default = "default_lease_io_timeout")]
+        io_timeout: Duration,
+        #[serde(with = "humantime_serde", default = "default_lease_renew")]
+        renew_interval: Duration,
+        #[serde(with = "humantime_serde", default = "default_lease_timeout")]
+        lease_timeout: Duration,
+        #[serde(with = "humantime_serde", default = "default_lease_stop_after")]
+        stop_after: Duration,
+    },
 }
 
 impl ResourceKind {
     /// Every kind's name, as in `kind = "..."`.
-    pub const NAMES: [&'static str; 5] = ["ip", "exec", "process", "mirror", "filesystem"];
+    pub const NAMES: [&'static str; 6] = [
+        "ip",
+        "exec",
+        "process",
+        "mirror",
+        "filesystem",
+        "shared_disk",
+    ];
 
     /// This kind's name, as in `kind = "..."`.
     pub fn name(&self) -> &'static str {
@@ -461,8 +490,44 @@ impl ResourceKind {
             ResourceKind::Process { .. } => "process",
             ResourceKind::Mirror { .. } => "mirror",
             ResourceKind::Filesystem { .. } => "filesystem",
+            ResourceKind::SharedDisk { .. } => "shared_disk",
         }
     }
+
+    /// A `shared_disk`'s lease timing (None for other kinds).
+    pub fn lease_timing(&self) -> Option<crate::lease::core::Timing> {
+        match self {
+            ResourceKind::SharedDisk {
+                io_timeout,
+                renew_interval,
+                lease_timeout,
+                stop_after,
+                ..
+            } => Some(crate::lease::core::Timing {
+                io_timeout: *io_timeout,
+                renew_interval: *renew_interval,
+                lease_timeout: *lease_timeout,
+                stop_after: *stop_after,
+            }),
+            _ => None,
+        }
+    }
+}
+
+fn default_data_offset() -> u64 {
+    1 << 20
+}
+fn default_lease_io_timeout() -> Duration {
+    crate::lease::core::Timing::default().io_timeout
+}
+fn default_lease_renew() -> Duration {
+    crate::lease::core::Timing::default().renew_interval
+}
+fn default_lease_timeout() -> Duration {
+    crate::lease::core::Timing::default().lease_timeout
+}
+fn default_lease_stop_after() -> Duration {
+    crate::lease::core::Timing::default().stop_after
 }
 
 fn default_fstype() -> String {
@@ -958,6 +1023,12 @@ impl ResourceKind {
                     return Err(invalid(format!("{key}.fstype"), "not a filesystem type"));
                 }
             }
+            ResourceKind::SharedDisk {
+                path,
+                lease_offset,
+                data_offset,
+                ..
+            } => check_shared_disk(key, path, *lease_offset, *data_offset, self)?,
         }
         Ok(())
     }
@@ -1200,3 +1271,34 @@ quickcheck = { probe = "http", url = "http://127.0.0.1:8080/", interval = "2s" }
 
 #[cfg(test)]
 mod tests;
+
+/// A `shared_disk` (`key`): an absolute path, an aligned lease sector the data does not
+/// overlap, and lease timing that keeps two nodes off the disk.
+fn check_shared_disk(
+    key: &str,
+    path: &Path,
+    lease_offset: u64,
+    data_offset: u64,
+    kind: &ResourceKind,
+) -> Result<(), ConfigError> {
+    let sector = crate::lease::record::SECTOR as u64;
+    if !path.is_absolute() {
+        return Err(invalid(format!("{key}.path"), "must be an absolute path"));
+    }
+    if !lease_offset.is_multiple_of(sector) {
+        return Err(invalid(
+            format!("{key}.lease_offset"),
+            "must be a multiple of 4096",
+        ));
+    }
+    if data_offset < lease_offset.saturating_add(sector) {
+        return Err(invalid(
+            format!("{key}.data_offset"),
+            "must be past the 4 KiB lease sector (lease_offset + 4096 or more)",
+        ));
+    }
+    match kind.lease_timing().map(|t| t.validate()) {
+        Some(Err(e)) => Err(invalid(key.to_string(), e.to_string())),
+        _ => Ok(()),
+    }
+}

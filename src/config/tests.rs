@@ -572,3 +572,53 @@ fn a_key_file_others_can_read_is_refused_with_the_fix() {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(cfg.key_bytes().unwrap(), b"0123456789abcdef0123");
 }
+
+#[test]
+fn the_shared_disk_example_is_valid() {
+    let cfg = Config::parse(include_str!("../../examples/shared-disk.toml")).unwrap();
+    assert_eq!(cfg.groups[0].resources[1].kind.name(), "shared_disk");
+}
+
+#[test]
+fn a_shared_disk_takes_the_lease_defaults_and_refuses_unsafe_settings() {
+    let base = format!(
+        "{MINIMAL}\n[[group]]\nname = \"g\"\n[[group.resource]]\nname = \"disk\"\nkind = \"shared_disk\"\npath = \"/dev/sdb\"\n"
+    );
+    let cfg = Config::parse(&base).unwrap();
+    let kind = &cfg.groups[0].resources[0].kind;
+    assert_eq!(
+        kind.lease_timing(),
+        Some(crate::lease::core::Timing::default())
+    );
+    assert!(matches!(
+        kind,
+        ResourceKind::SharedDisk {
+            lease_offset: 0,
+            data_offset: 1048576,
+            ..
+        }
+    ));
+    for (extra, key, words) in [
+        (
+            "stop_after = \"14s\"\n",
+            "group[0].resource[0]",
+            "stop_after",
+        ),
+        (
+            "lease_offset = 512\n",
+            "group[0].resource[0].lease_offset",
+            "4096",
+        ),
+        (
+            "data_offset = 0\n",
+            "group[0].resource[0].data_offset",
+            "lease sector",
+        ),
+        ("lease_tiemout = \"1s\"\n", "lease_tiemout", "unknown"),
+    ] {
+        let e = err_of(&format!("{base}{extra}"));
+        assert!(e.contains(key) && e.contains(words), "{extra}: {e}");
+    }
+    let e = err_of(&base.replace("/dev/sdb", "disk.img"));
+    assert!(e.contains("group[0].resource[0].path"), "{e}");
+}

@@ -12,6 +12,7 @@
 //!   demotes. Its monitor fails when the copy is no longer primary.
 //! - `filesystem`: mounts a mirror's volume through the kernel's NBD client
 //!   ([`super::filesystem`]).
+//! - `shared_disk`: takes, renews and releases a disk lease ([`super::shared_disk`]).
 
 use crate::mirror::generation::OwnershipEpoch;
 use std::net::IpAddr;
@@ -24,6 +25,7 @@ use tokio::process::{Child, Command};
 
 use super::cgroup::{self, Cgroup};
 use super::filesystem::FilesystemAgent;
+use super::shared_disk::SharedDiskAgent;
 use super::ResourceError;
 use crate::config::{parse_cidr, OnNoQuorum, ResourceConfig, ResourceKind};
 use crate::mirror::nbd::NbdServer;
@@ -58,6 +60,7 @@ pub enum Agent {
     Process(ProcessAgent),
     Mirror(MirrorAgent),
     Filesystem(FilesystemAgent),
+    SharedDisk(SharedDiskAgent),
 }
 
 /// The `process` agent.
@@ -169,6 +172,22 @@ impl Agent {
                 *mkfs,
                 *fsck,
             )),
+            ResourceKind::SharedDisk {
+                path, lease_offset, ..
+            } => Agent::SharedDisk(SharedDiskAgent::new(
+                path.clone(),
+                *lease_offset,
+                cfg.kind.lease_timing().unwrap_or_default(),
+                node,
+            )),
+        }
+    }
+
+    /// The `shared_disk` agent, for `shared_disk` resources.
+    pub fn shared_disk(&self) -> Option<&SharedDiskAgent> {
+        match self {
+            Agent::SharedDisk(d) => Some(d),
+            _ => None,
         }
     }
 
@@ -186,7 +205,7 @@ impl Agent {
             Agent::Ip(_) => Some(FastStopStep::FloatingIp),
             Agent::Mirror(_) => Some(FastStopStep::Mirror),
             Agent::Process(_) => Some(FastStopStep::Freeze),
-            Agent::Exec { .. } | Agent::Filesystem(_) => None,
+            Agent::Exec { .. } | Agent::Filesystem(_) | Agent::SharedDisk(_) => None,
         }
     }
 
@@ -203,7 +222,7 @@ impl Agent {
             }
             Agent::Process(p) => p.freeze().await.map(|()| false),
             Agent::Ip(_) | Agent::Mirror(_) => self.stop(env).await.map(|()| true),
-            Agent::Exec { .. } | Agent::Filesystem(_) => Ok(false),
+            Agent::Exec { .. } | Agent::Filesystem(_) | Agent::SharedDisk(_) => Ok(false),
         }
     }
 
@@ -214,7 +233,7 @@ impl Agent {
         match self {
             Agent::Process(p) => p.thaw(),
             Agent::Ip(_) | Agent::Mirror(_) => self.start(env).await,
-            Agent::Exec { .. } | Agent::Filesystem(_) => Ok(()),
+            Agent::Exec { .. } | Agent::Filesystem(_) | Agent::SharedDisk(_) => Ok(()),
         }
     }
 
@@ -245,6 +264,7 @@ impl Agent {
             Agent::Process(p) => p.start(env),
             Agent::Mirror(m) => m.start().await,
             Agent::Filesystem(f) => f.start().await,
+            Agent::SharedDisk(d) => d.start().await.map(|_| ()),
         }
     }
 
@@ -256,6 +276,7 @@ impl Agent {
             Agent::Process(p) => p.stop().await,
             Agent::Mirror(m) => m.stop().await,
             Agent::Filesystem(f) => f.stop().await,
+            Agent::SharedDisk(d) => d.stop().await,
         }
     }
 
@@ -312,6 +333,7 @@ impl Agent {
             },
             Agent::Mirror(m) => m.monitor(),
             Agent::Filesystem(f) => f.monitor(),
+            Agent::SharedDisk(d) => d.lost().map_or(Monitor::Healthy, Monitor::Unrecoverable),
         }
     }
 }

@@ -142,6 +142,24 @@ fn group_nbd_socket(group: &GroupConfig, mirrors: &LocalMirrors) -> Option<PathB
     mirrors.get(only)?.nbd.unix.clone()
 }
 
+/// The group's `shared_disk` (the first, if several), for its commands:
+/// `TANDEM_SHARED_DISK` (the path) and `TANDEM_SHARED_DISK_OFFSET` (where data begins).
+fn shared_disk_env(group: &GroupConfig) -> Vec<(String, String)> {
+    let disk = group.resources.iter().find_map(|r| match &r.kind {
+        ResourceKind::SharedDisk {
+            path, data_offset, ..
+        } => Some((path, data_offset)),
+        _ => None,
+    });
+    disk.map(|(path, offset)| {
+        vec![
+            ("TANDEM_SHARED_DISK".into(), path.display().to_string()),
+            ("TANDEM_SHARED_DISK_OFFSET".into(), offset.to_string()),
+        ]
+    })
+    .unwrap_or_default()
+}
+
 struct Executor {
     node: String,
     /// See [`group_nbd_socket`].
@@ -167,6 +185,7 @@ impl Executor {
         if let Some(socket) = &self.nbd_socket {
             env.push(("TANDEM_NBD_SOCKET".into(), socket.display().to_string()));
         }
+        env.extend(shared_disk_env(&self.group));
         env
     }
 
@@ -310,7 +329,34 @@ impl Executor {
             ),
         };
         self.events.emit(kind, f);
+        if let (Ok(()), "start", Some(d)) = (&r, action, self.resources[i].agent.shared_disk()) {
+            self.disk_lease_event(
+                EventKind::DiskLeaseAcquired,
+                &name,
+                d.path(),
+                ("waited_ms", d.waited().as_millis().to_string()),
+            );
+        }
         r.map_err(|e| format!("`{name}`: {e}"))
+    }
+
+    /// `disk_lease_acquired` / `disk_lease_lost` for a `shared_disk` resource.
+    fn disk_lease_event(
+        &self,
+        kind: EventKind,
+        resource: &str,
+        path: &std::path::Path,
+        extra: (&str, String),
+    ) {
+        self.events.emit(
+            kind,
+            fields([
+                ("group", self.group.name.clone()),
+                ("resource", resource.to_string()),
+                ("path", path.display().to_string()),
+                (extra.0, extra.1),
+            ]),
+        );
     }
 
     /// Runs each given resource's quickCheck until all pass (or the grace runs out).
@@ -607,11 +653,25 @@ impl Executor {
                     })
                 }
                 Monitor::Unrecoverable(reason) => {
+                    if let Some(d) = self.resources[i].agent.shared_disk() {
+                        let path = d.path().to_path_buf();
+                        self.disk_lease_event(
+                            EventKind::DiskLeaseLost,
+                            &name,
+                            &path,
+                            ("reason", reason.clone()),
+                        );
+                        // Nobody may use the disk now: the fast stop's steps at once
+                        // (processes frozen, floating IPs dropped); the clean stop follows.
+                        let mut stopped = vec![false; self.resources.len()];
+                        self.fast_stop(&mut stopped, &mut Vec::new(), &mut None)
+                            .await;
+                    }
                     return Some(Input::Unrecoverable {
                         group,
                         resource: name,
                         reason,
-                    })
+                    });
                 }
             }
             let now = Instant::now();
@@ -707,6 +767,78 @@ mod tests {
         );
         assert!(r.next_quick <= Instant::now() + Duration::from_millis(200));
         assert!(r.deep.is_none());
+    }
+
+    #[test]
+    fn commands_are_told_where_the_shared_disk_and_its_data_are() {
+        let (exec, _rx) = executor(
+            r#"
+name = "db"
+[[resource]]
+name = "disk"
+kind = "shared_disk"
+path = "/dev/sdb"
+data_offset = 8192
+"#,
+        );
+        let env = exec.env("disk");
+        assert!(env.contains(&("TANDEM_SHARED_DISK".into(), "/dev/sdb".into())));
+        assert!(env.contains(&("TANDEM_SHARED_DISK_OFFSET".into(), "8192".into())));
+    }
+
+    #[tokio::test]
+    async fn a_shared_disk_reports_its_lease_taken_and_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let beat = dir.path().join("beat");
+        let (mut exec, _rx) = executor(&format!(
+            r#"
+name = "db"
+[[resource]]
+name = "disk"
+kind = "shared_disk"
+path = "{}"
+data_offset = 4096
+io_timeout = "50ms"
+renew_interval = "50ms"
+lease_timeout = "800ms"
+stop_after = "500ms"
+[[resource]]
+name = "app"
+kind = "process"
+command = ["sh", "-c", "while :; do touch {}; sleep 0.02; done"]
+depends_on = ["disk"]
+"#,
+            path.display(),
+            beat.display()
+        ));
+        exec.start_one(0, &mut Vec::new()).await.unwrap();
+        exec.start_one(1, &mut Vec::new()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let foreign = crate::lease::record::Record {
+            node: "n3".into(),
+            incarnation: 7,
+            counter: 1,
+        };
+        crate::lease::disk::LeaseDisk::open(&path, 0)
+            .unwrap()
+            .write(&foreign.encode())
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Some(Input::Unrecoverable { reason, .. }) = exec.monitor().await else {
+            panic!("the lost lease is not reported");
+        };
+        assert!(reason.contains("another node's record"), "{reason}");
+        let kinds: Vec<EventKind> = exec.events.since(0, 100).iter().map(|e| e.kind).collect();
+        assert!(kinds.contains(&EventKind::DiskLeaseAcquired), "{kinds:?}");
+        assert!(kinds.contains(&EventKind::DiskLeaseLost), "{kinds:?}");
+        if super::super::cgroup::hierarchy().is_some() {
+            let frozen_at = mtime_ns(&beat);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(mtime_ns(&beat), frozen_at, "the process stopped at once");
+        }
+        exec.stop(StopMode::TopDown).await;
     }
 
     #[tokio::test]

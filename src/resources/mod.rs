@@ -1,8 +1,9 @@
 //! Resources: the things a group protects, and the probes that check them.
 //!
 //! - [`agent`]: start, stop and check one resource of each kind (`ip`, `exec`,
-//!   `process`, `mirror`, `filesystem`), and each one's part in a lost lease's fast stop.
+//!   `process`, `mirror`, `filesystem`, `shared_disk`), and each one's part in a lost lease's fast stop.
 //! - [`cgroup`]: a `process` resource's own cgroup and its freezer.
+//! - [`shared_disk`]: the `shared_disk` agent (a disk lease).
 //! - [`probe`]: health probes any resource can use as its quickCheck or deepCheck:
 //!   TCP connect, HTTP GET, SMTP banner + EHLO, and exec.
 //! - [`executor`]: runs a whole group on this node: start in dependency order, stop in
@@ -14,6 +15,7 @@ pub mod cgroup;
 pub mod executor;
 pub mod filesystem;
 pub mod probe;
+pub mod shared_disk;
 
 /// Errors of resource operations.
 #[derive(Debug, thiserror::Error)]

@@ -155,6 +155,7 @@ fn resource_kind(t: ResourceType) -> i64 {
         ResourceType::Process => 3,
         ResourceType::Mirror => 4,
         ResourceType::Filesystem => 5,
+        ResourceType::SharedDisk => 6,
     }
 }
 

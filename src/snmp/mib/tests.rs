@@ -633,7 +633,17 @@ fn every_resource_kind_has_its_value_in_the_mib() {
     let syntax = &mib[start..start + mib[start..].find('}').expect("its SYNTAX")];
     for t in ResourceType::ALL {
         let kind = serde_json::to_value(t).unwrap();
-        let kind = kind.as_str().unwrap();
+        // SMI labels are lowerCamelCase: `shared_disk` is `sharedDisk`.
+        let kind: String = kind
+            .as_str()
+            .unwrap()
+            .split('_')
+            .enumerate()
+            .map(|(i, w)| match i {
+                0 => w.to_string(),
+                _ => w[..1].to_uppercase() + &w[1..],
+            })
+            .collect();
         let value = resource_kind(t);
         assert!(
             syntax.contains(&format!("{kind}({value})")),
