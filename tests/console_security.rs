@@ -4,7 +4,7 @@
 //! flags, the login rate limit, the audit events, and token roles on the TCP API.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::Value;
 
@@ -94,25 +94,7 @@ impl Console {
     }
 
     fn user_add(&self, name: &str, role: &str) {
-        let mut child = Command::new(BIN)
-            .args([
-                "user",
-                "add",
-                name,
-                "--role",
-                role,
-                "--password-stdin",
-                "-c",
-            ])
-            .arg(self.config())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "user add {name}");
+        daemon::user_add(&self.config(), name, role, PASSWORD);
     }
 
     fn cert(&self) -> PathBuf {

@@ -4319,27 +4319,32 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
 
 // ---------------------------------------------------------------- topologies
 
-/// Power-kills `nodes` at the same moment (one `lab fail NODE kill` each, run at once).
-fn kill_at_once(lab: &Lab, nodes: &[&str]) {
+/// Runs `lab fail NODE ACTION` for each of `nodes` at the same moment.
+fn fail_at_once(lab: &Lab, nodes: &[&str], action: &str) {
     let dir = lab.dir_s();
     let children: Vec<_> = nodes
         .iter()
         .map(|n| {
-            tandem_cmd(&["lab", "fail", n, "kill", "--dir", &dir])
+            tandem_cmd(&["lab", "fail", n, action, "--dir", &dir])
                 .stdout(std::process::Stdio::null())
                 .spawn()
-                .unwrap_or_else(|e| panic!("lab fail {n} kill: {e}"))
+                .unwrap_or_else(|e| panic!("lab fail {n} {action}: {e}"))
         })
         .collect();
     for (n, c) in nodes.iter().zip(children) {
         let out = c.wait_with_output().expect("lab fail");
         assert!(
             out.status.success(),
-            "lab fail {n} kill: {}",
+            "lab fail {n} {action}: {}",
             describe(&out)
         );
     }
-    lab.note(&format!("power-killed {nodes:?} at once"));
+    lab.note(&format!("lab fail {action} of {nodes:?} at once"));
+}
+
+/// Power-kills `nodes` at the same moment.
+fn kill_at_once(lab: &Lab, nodes: &[&str]) {
+    fail_at_once(lab, nodes, "kill");
 }
 
 /// Polls each `(floating IP, node)` from the client until that node answers on it;
@@ -4487,27 +4492,9 @@ fn active_active_one_node_killed_puts_both_on_the_survivor() {
     assert_eq!(lab.owner_of("n2", "g2").as_deref(), Some("n2"));
 }
 
-/// Runs `lab fail NODE restart` for each of `nodes` at the same moment.
+/// Powers `nodes` on at the same moment.
 fn restart_at_once(lab: &Lab, nodes: &[&str]) {
-    let dir = lab.dir_s();
-    let children: Vec<_> = nodes
-        .iter()
-        .map(|n| {
-            tandem_cmd(&["lab", "fail", n, "restart", "--dir", &dir])
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("lab fail {n} restart: {e}"))
-        })
-        .collect();
-    for (n, c) in nodes.iter().zip(children) {
-        let out = c.wait_with_output().expect("lab fail");
-        assert!(
-            out.status.success(),
-            "lab fail {n} restart: {}",
-            describe(&out)
-        );
-    }
-    lab.note(&format!("powered {nodes:?} on at once"));
+    fail_at_once(lab, nodes, "restart");
 }
 
 /// Local HA plus remote DR (issue 16), without an operator: n1 and n2 (the main site)

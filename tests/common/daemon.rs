@@ -185,6 +185,34 @@ impl Daemon {
     }
 }
 
+/// `tandem user add NAME --role ROLE --password-stdin -c CONFIG`, which must succeed.
+pub fn user_add(config: &Path, name: &str, role: &str, password: &str) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args([
+            "user",
+            "add",
+            name,
+            "--role",
+            role,
+            "--password-stdin",
+            "-c",
+        ])
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("tandem user add");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("password");
+    let out = child.wait_with_output().expect("tandem user add");
+    assert!(
+        out.status.success(),
+        "user add {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `[[node]]` sections for `names`, in order: the `i`-th (from 0) has priority `i + 1`
 /// and heartbeat address `127.0.0.<i + 1>` on path `lo`.
 pub fn loopback_nodes(names: &[&str]) -> String {

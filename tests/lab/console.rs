@@ -5,13 +5,12 @@
 //! and a wrong password rate-limited. Screenshots go to `target/console-screenshots/`.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use super::browser::{self, Browser};
-use super::{describe, is_root, run, Lab, BIN, GROUP};
+use super::{describe, is_root, run, Lab, GROUP};
 
 /// The lab's admin login (`tandem lab up` creates it on every node).
 const ADMIN: (&str, &str) = ("admin", "tandem-lab");
@@ -28,34 +27,11 @@ fn screenshots() -> PathBuf {
 }
 
 impl Lab {
-    /// `tandem user add NAME --role ROLE` on every node of the lab.
+    /// `tandem user add NAME --role ROLE` on each of `nodes`.
     fn add_console_user(&self, nodes: &[&str], (name, password): (&str, &str), role: &str) {
         for node in nodes {
             let conf = self.dir.join(node).join("tandem.toml");
-            let mut child = std::process::Command::new(BIN)
-                .args([
-                    "user",
-                    "add",
-                    name,
-                    "--role",
-                    role,
-                    "--password-stdin",
-                    "-c",
-                ])
-                .arg(&conf)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("tandem user add");
-            use std::io::Write;
-            writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "user add {name} on {node}: {}",
-                describe(&out)
-            );
+            super::daemon::user_add(&conf, name, role, password);
         }
     }
 }
