@@ -387,6 +387,64 @@ pub struct ResourceView {
     /// The resources of its group it depends on (started before it, stopped after).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// The last result of each of its health checks on this node (none until one ran).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckView>,
+}
+
+/// Which health check of a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// The frequent, cheap check.
+    Quickcheck,
+    /// The thorough, rarer check.
+    Deepcheck,
+}
+
+impl CheckKind {
+    /// As in the configuration, the metrics' `check` label and the events.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Quickcheck => "quickcheck",
+            CheckKind::Deepcheck => "deepcheck",
+        }
+    }
+}
+
+/// The last run of one health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckView {
+    pub kind: CheckKind,
+    /// Unix ms when it finished.
+    pub at_ms: u64,
+    pub took_ms: u64,
+    /// Why it failed (`None`: it passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The last result of every health check this node ran, by group, resource and kind:
+/// what the runtime adds to each [`ResourceView`] when it publishes the status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckBook(BTreeMap<(String, String, CheckKind), CheckView>);
+
+impl CheckBook {
+    /// Keeps `view` as the last result of that check.
+    pub fn record(&mut self, group: &str, resource: &str, view: CheckView) {
+        self.0
+            .insert((group.to_string(), resource.to_string(), view.kind), view);
+    }
+
+    /// Each resource's last results, quickcheck first.
+    pub fn fill(&self, resources: &mut [ResourceView]) {
+        for r in resources {
+            r.checks = [CheckKind::Quickcheck, CheckKind::Deepcheck]
+                .into_iter()
+                .filter_map(|k| self.0.get(&(r.group.clone(), r.name.clone(), k)).cloned())
+                .collect();
+        }
+    }
 }
 
 /// One floating IP.
@@ -583,6 +641,7 @@ fn resource_views(cfg: &Config, groups: &[GroupStatus]) -> (Vec<ResourceView>, V
                 kind: ResourceType::of(&r.kind),
                 state,
                 depends_on: r.depends_on.clone(),
+                checks: Vec::new(),
             });
         }
     }
@@ -651,6 +710,7 @@ impl Status {
                 kind: ResourceType::Ip,
                 state: LocalGroupState::Running,
                 depends_on: Vec::new(),
+                checks: Vec::new(),
             }],
             vips: vec![VipView {
                 group: "web".into(),
@@ -746,6 +806,37 @@ fn sample_mirror() -> MirrorStatus {
 mod tests {
     use super::*;
     use crate::node::{NodeConfig, NodeInput, WatchdogFault, WatchdogOp, WatchdogReport};
+
+    #[test]
+    fn the_check_book_fills_each_resource_with_its_last_results_quickcheck_first() {
+        let view = |kind, at_ms, error: Option<&str>| CheckView {
+            kind,
+            at_ms,
+            took_ms: 3,
+            error: error.map(str::to_string),
+        };
+        let mut book = CheckBook::default();
+        book.record("web", "vip", view(CheckKind::Deepcheck, 5, None));
+        book.record(
+            "web",
+            "vip",
+            view(CheckKind::Quickcheck, 1, Some("refused")),
+        );
+        book.record("web", "vip", view(CheckKind::Quickcheck, 9, None));
+        book.record("db", "vip", view(CheckKind::Quickcheck, 7, Some("timeout")));
+        let mut st = Status::sample();
+        book.fill(&mut st.resources);
+        assert_eq!(
+            st.resources[0].checks,
+            [
+                view(CheckKind::Quickcheck, 9, None),
+                view(CheckKind::Deepcheck, 5, None)
+            ]
+        );
+        let json = serde_json::to_value(&st.resources[0]).unwrap();
+        assert_eq!(json["checks"][0]["kind"], "quickcheck");
+        assert!(json["checks"][0].get("error").is_none());
+    }
 
     /// The snapshot's JSON is the API's contract (`tandem status --json`, `/v1/status`):
     /// the read model's types may change, its bytes may not.

@@ -352,6 +352,23 @@ fn metrics_endpoint_passes_promtool_and_counts_the_checks() {
     wait_until("group running", Duration::from_secs(20), || {
         d.group_state() == "running"
     });
+    // The status carries the worker's last quickcheck: passed, when, how long.
+    let (check, _) = daemon::wait_for(
+        "the last quickcheck in the status",
+        Duration::from_secs(20),
+        || {
+            let st = d.status();
+            let r = st["resources"]
+                .as_array()?
+                .iter()
+                .find(|r| r["name"] == "worker")?
+                .clone();
+            r["checks"].as_array()?.first().cloned()
+        },
+    );
+    assert_eq!(check["kind"], "quickcheck", "{check}");
+    assert!(check.get("error").is_none(), "{check}");
+    assert!(check["at_ms"].as_u64().unwrap_or(0) > 0, "{check}");
     let url = format!("http://{}/metrics", d.metrics);
     // The quickcheck runs every 500 ms: wait until the histogram has seen one.
     let mut body = String::new();

@@ -24,6 +24,7 @@ use crate::mirror::node::LocalMirrors;
 use crate::node::{GroupCommand as Command, StopMode};
 use crate::placement::hierarchy::{dependents_closure, start_order};
 use crate::placement::policy::{FastStopStep, Input};
+use crate::status::CheckKind;
 
 /// The order to stop a group's resources in: reverse dependency order (`order` is the
 /// start order), or for a lost lease the floating IPs, then the mirrors, then the rest
@@ -63,9 +64,20 @@ struct Res {
     next_deep: Instant,
 }
 
-/// Records one finished health check: (group, resource, "quickcheck" or "deepcheck",
-/// how long it took, whether it passed). The runtime hands in the metrics' recorder.
-pub type CheckObserver = Arc<dyn Fn(&str, &str, &str, Duration, bool) + Send + Sync>;
+/// One finished health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckDone<'a> {
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub kind: crate::status::CheckKind,
+    pub took: Duration,
+    /// Why it failed (`None`: it passed).
+    pub error: Option<String>,
+}
+
+/// Records each finished health check. The runtime hands in one that feeds the metrics
+/// and the status's last check results.
+pub type CheckObserver = Arc<dyn Fn(&CheckDone<'_>) + Send + Sync>;
 
 /// A resource's checks with their periods (the defaults filled in).
 fn checks_of(r: &ResourceConfig) -> [Option<(CheckConfig, Duration)>; 2] {
@@ -678,8 +690,8 @@ impl Executor {
             let env = self.env(&name);
             let r = &mut self.resources[i];
             for (kind, check, next) in [
-                ("quickcheck", &r.quick, &mut r.next_quick),
-                ("deepcheck", &r.deep, &mut r.next_deep),
+                (CheckKind::Quickcheck, &r.quick, &mut r.next_quick),
+                (CheckKind::Deepcheck, &r.deep, &mut r.next_deep),
             ] {
                 let Some((c, interval)) = check else { continue };
                 if now < *next {
@@ -688,12 +700,18 @@ impl Executor {
                 *next = now + *interval;
                 let started = Instant::now();
                 let result = probe::run(&c.probe, c.timeout, &env).await;
-                (self.checks)(&group, &name, kind, started.elapsed(), result.is_ok());
+                (self.checks)(&CheckDone {
+                    group: &group,
+                    resource: &name,
+                    kind,
+                    took: started.elapsed(),
+                    error: result.as_ref().err().map(|e| e.to_string()),
+                });
                 if let Err(e) = result {
                     return Some(Input::CheckFailed {
                         group,
                         resource: name,
-                        reason: format!("{kind}: {e}"),
+                        reason: format!("{}: {e}", kind.name()),
                     });
                 }
             }
@@ -710,7 +728,7 @@ mod tests {
     fn executor(toml: &str) -> (Executor, mpsc::Receiver<Input>) {
         let group: GroupConfig = toml::from_str(toml).unwrap();
         let (results, rx) = mpsc::channel(16);
-        let checks: CheckObserver = Arc::new(|_: &str, _: &str, _: &str, _, _| {});
+        let checks: CheckObserver = Arc::new(|_: &CheckDone<'_>| {});
         let mirrors = crate::mirror::node::LocalMirrors::new();
         let order = start_order(&group).unwrap();
         let exec = Executor {

@@ -134,6 +134,8 @@ struct Daemon {
     status: watch::Sender<Status>,
     /// The web console's address and certificate fingerprint, for the status.
     console: Option<status::ConsoleView>,
+    /// Each resource's last health check results, for the status.
+    check_book: Arc<std::sync::Mutex<status::CheckBook>>,
     /// The replicated volumes this node holds a copy of.
     mirrors: LocalMirrors,
     /// Finished outdates come back here.
@@ -182,6 +184,27 @@ struct PathPlan {
 }
 
 impl PathPlan {
+    /// This node's heartbeat paths: its address on each, the port, the key.
+    fn new(
+        cfg: &Config,
+        node: &crate::config::NodeConfig,
+        key: &Arc<Vec<u8>>,
+        received: mpsc::Sender<Received>,
+    ) -> PathPlan {
+        PathPlan {
+            addresses: cfg
+                .heartbeat
+                .paths
+                .iter()
+                .map(|p| node.addresses[p])
+                .collect(),
+            port: cfg.heartbeat.port,
+            key: Arc::clone(key),
+            cluster: Arc::new(cfg.cluster.name.clone()),
+            received,
+        }
+    }
+
     /// Starts one task per path on the current runtime; their outgoing senders.
     fn spawn(self) -> Vec<mpsc::Sender<Outgoing>> {
         self.addresses
@@ -644,6 +667,10 @@ impl Daemon {
             mirrors,
         );
         status.console.clone_from(&self.console);
+        self.check_book
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill(&mut status.resources);
         self.status.send_replace(status);
     }
 
@@ -778,21 +805,18 @@ async fn start(
     let nbd_metrics = |export: &str| metrics.nbd(export);
     let mirrors = crate::mirror::node::open_all(&cfg, local, &key, &events, &nbd_metrics).await?;
     let (pkt_tx, packets) = mpsc::channel(1024);
-    let path_plan = PathPlan {
-        addresses: cfg
-            .heartbeat
-            .paths
-            .iter()
-            .map(|p| node_cfg.addresses[p])
-            .collect(),
-        port: cfg.heartbeat.port,
-        key: key.clone(),
-        cluster: Arc::new(cfg.cluster.name.clone()),
-        received: pkt_tx,
-    };
+    let path_plan = PathPlan::new(&cfg, &node_cfg, &key, pkt_tx);
     let (running_tx, running_rx) = watch::channel(Arc::new(cfg.clone()));
-    let (executors, results) =
-        spawn_executors(&cfg, &running_rx, local, &events, &metrics, &mirrors);
+    let check_book = Arc::default();
+    let (executors, results) = spawn_executors(
+        &cfg,
+        &running_rx,
+        local,
+        &events,
+        &metrics,
+        &mirrors,
+        &check_book,
+    );
     let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
         rand::random(),
@@ -827,6 +851,7 @@ async fn start(
         io: tokio::runtime::Handle::current(),
         status: status_tx,
         console: None,
+        check_book,
         mirrors,
         mirror_done: mirror_done_tx,
         fenced: fenced_tx,
@@ -864,6 +889,7 @@ fn spawn_executors(
     events: &EventLog,
     metrics: &Metrics,
     mirrors: &LocalMirrors,
+    check_book: &Arc<std::sync::Mutex<status::CheckBook>>,
 ) -> (
     BTreeMap<String, mpsc::Sender<GroupCommand>>,
     mpsc::Receiver<crate::placement::policy::Input>,
@@ -871,8 +897,24 @@ fn spawn_executors(
     let (res_tx, results) = mpsc::channel(256);
     let checks: executor::CheckObserver = {
         let metrics = metrics.clone();
-        Arc::new(move |group, resource, check, took, ok| {
-            metrics.check(group, resource, check, took, ok)
+        let book = Arc::clone(check_book);
+        Arc::new(move |done| {
+            metrics.check(
+                done.group,
+                done.resource,
+                done.kind.name(),
+                done.took,
+                done.error.is_none(),
+            );
+            let view = status::CheckView {
+                kind: done.kind,
+                at_ms: crate::event::unix_ms(),
+                took_ms: done.took.as_millis() as u64,
+                error: done.error.clone(),
+            };
+            book.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(done.group, done.resource, view);
         })
     };
     let executors = cfg

@@ -11,7 +11,7 @@ use crate::cluster::packet::LocalGroupState;
 use crate::console::principal::Principal;
 use crate::event::{Event, EventKind};
 use crate::status::{
-    GroupStatus, LinkState, MirrorRole, MirrorStatus, NodeState, ResourceView, Status,
+    CheckView, GroupStatus, LinkState, MirrorRole, MirrorStatus, NodeState, ResourceView, Status,
 };
 
 use super::actions::{button, Action};
@@ -181,7 +181,7 @@ fn branch<'a>(
         escape(&r.name),
         r.kind.name(),
         states(&g.states),
-        last_check(events, &g.name, &r.name)
+        last_check(r, events)
     )
 }
 
@@ -200,32 +200,51 @@ fn states(states: &BTreeMap<String, LocalGroupState>) -> String {
         .join(" ")
 }
 
-/// The resource's latest failed check and restart among the recent events.
-fn last_check(events: &[Event], group: &str, resource: &str) -> String {
-    let of = |kind: EventKind| {
-        events.iter().rev().find(|e| {
-            e.kind == kind
-                && e.fields.get("group").map(String::as_str) == Some(group)
-                && e.fields.get("resource").map(String::as_str) == Some(resource)
-        })
+/// The resource's last check results on this node (from the status) and its latest
+/// restart among the recent events.
+fn last_check(r: &ResourceView, events: &[Event]) -> String {
+    let checks = if r.checks.is_empty() {
+        "<span class=\"check\">no check has run on this node</span>".to_string()
+    } else {
+        r.checks
+            .iter()
+            .map(check_result)
+            .collect::<Vec<_>>()
+            .join(" ")
     };
-    let failed = of(EventKind::ResourceCheckFailed).map_or(
-        "<span class=\"check\">no failed check recently</span>".to_string(),
-        |e| {
+    let restarted = events
+        .iter()
+        .rev()
+        .find(|e| {
+            e.kind == EventKind::ResourceRestarted
+                && e.fields.get("group") == Some(&r.group)
+                && e.fields.get("resource") == Some(&r.name)
+        })
+        .map_or(String::new(), |e| {
             format!(
-                "<span class=\"check bad\">check failed {}: {}</span>",
-                utc_seconds(e.time_ms),
-                escape(e.fields.get("reason").map_or("", String::as_str))
+                " <span class=\"check\">restarted {}</span>",
+                utc_seconds(e.time_ms)
             )
-        },
-    );
-    let restarted = of(EventKind::ResourceRestarted).map_or(String::new(), |e| {
-        format!(
-            " <span class=\"check\">restarted {}</span>",
-            utc_seconds(e.time_ms)
-        )
-    });
-    failed + &restarted
+        });
+    checks + &restarted
+}
+
+/// One check's last run: passed (when, how long) or failed (when, why).
+fn check_result(c: &CheckView) -> String {
+    match &c.error {
+        None => format!(
+            "<span class=\"check\">{} passed {} ({} ms)</span>",
+            c.kind.name(),
+            utc_seconds(c.at_ms),
+            c.took_ms
+        ),
+        Some(e) => format!(
+            "<span class=\"check bad\">{} failed {}: {}</span>",
+            c.kind.name(),
+            utc_seconds(c.at_ms),
+            escape(e)
+        ),
+    }
 }
 
 /// Switchover to each other node (warnings first), and maintenance on or off.
@@ -339,6 +358,7 @@ mod tests {
             kind,
             state: LocalGroupState::Running,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            checks: Vec::new(),
         };
         st.resources = vec![
             res("disk", ResourceType::Mirror, &[]),
@@ -359,13 +379,24 @@ mod tests {
         assert!(at("<b>fs</b>") < at("<b>disk</b>"));
         assert!(at("<b>disk</b>") < at("<b>vip</b>"));
         assert!(html.contains("<b>fs</b> <span class=\"kind\">filesystem</span> <span class=\"on\">alpha: <span class=\"badge ok\">running</span></span> <span class=\"on\">beta: <span class=\"badge idle\">stopped</span></span>"));
-        assert_eq!(html.matches("no failed check recently").count(), 4);
+        assert_eq!(html.matches("no check has run on this node").count(), 4);
         assert!(!html.contains("class=\"act"), "a viewer gets no buttons");
     }
 
     #[test]
-    fn the_last_failed_check_and_the_block_are_shown_with_clear() {
+    fn the_last_check_results_and_the_block_are_shown_with_clear() {
+        use crate::status::CheckKind;
         let mut st = with_hierarchy();
+        let check = |kind, error: Option<&str>| CheckView {
+            kind,
+            at_ms: 1_700_000_000_000,
+            took_ms: 4,
+            error: error.map(str::to_string),
+        };
+        st.resources[3].checks = vec![
+            check(CheckKind::Quickcheck, Some("http 500 <oops>")),
+            check(CheckKind::Deepcheck, None),
+        ];
         st.groups[1].blocked = true;
         st.groups[1].recent_failures = 3;
         st.groups[1].reason = Some("`app` failed 3 times within 60 s: <exit 1>".into());
@@ -373,16 +404,16 @@ mod tests {
             seq: 7,
             node: "alpha".into(),
             time_ms: 1_700_000_000_000,
-            kind: EventKind::ResourceCheckFailed,
-            fields: fields([
-                ("group", "web".into()),
-                ("resource", "app".into()),
-                ("reason", "http 500".into()),
-            ]),
+            kind: EventKind::ResourceRestarted,
+            fields: fields([("group", "web".into()), ("resource", "app".into())]),
         };
         let html = render_group(&st, &[e], "web", &who(Role::Operator)).unwrap();
         assert!(
-            html.contains("check failed 2023-11-14T22:13:20Z: http 500"),
+            html.contains(
+                "quickcheck failed 2023-11-14T22:13:20Z: http 500 &lt;oops&gt;</span> \
+                 <span class=\"check\">deepcheck passed 2023-11-14T22:13:20Z (4 ms)</span> \
+                 <span class=\"check\">restarted 2023-11-14T22:13:20Z</span>"
+            ),
             "{html}"
         );
         assert!(html.contains("3 restart(s) in the window"));
