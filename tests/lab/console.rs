@@ -136,6 +136,9 @@ fn console_in_a_browser_roles_switchover_live_failover_and_resync() {
     // An operator switches the group over from the group page.
     login(&b, "n1", OPERATOR);
     b.goto(&format!("{}/groups/{GROUP}", console("n1")));
+    b.wait_text("the last check results", Duration::from_secs(15), |t| {
+        t.contains("quickcheck passed")
+    });
     b.screenshot("group");
     b.click("button.act[data-command='tandem switchover demo --to n2']");
     assert!(
