@@ -246,7 +246,11 @@ fn console_in_a_browser_roles_switchover_live_failover_and_resync() {
     for _ in 0..6 {
         b.fill("input[name=user]", ADMIN.0);
         b.fill("input[name=password]", "wrong-password");
+        // Read the answer's page, not the form it replaces.
+        b.eval("document.body.dataset.answered = 'no'; return null;");
         b.click("form[action='/login'] button, form[action='/login'] input[type=submit]");
+        b.wait_js("return document.body.dataset.answered !== 'no'", 10)
+            .expect("the login answered");
         let text = b.text();
         if text.contains("Too many") || text.contains("too many") {
             limited = true;
