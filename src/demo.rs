@@ -15,6 +15,14 @@
 //! `node` and this process's `incarnation` (random at start, so a client can tell one
 //! run of the service from the next). `GET /log` returns every valid record and,
 //! separately, every slot that holds a torn or corrupted one.
+//!
+//! With `--shared-disk` (or the daemon's `TANDEM_SHARED_DISK` for a group with a
+//! `shared_disk`), the counter and the log live on a disk every node sees, from
+//! `TANDEM_SHARED_DISK_OFFSET` on (past the disk lease's sector), written with
+//! `O_DSYNC`. `--self-write-ms N` then also appends a record of its own every N ms
+//! (client `self`, the wall-clock time in ms as its payload), whether or not a client
+//! calls: a node that kept writing after another had taken the disk over would leave a
+//! record stamped later than the new owner's first one.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -42,6 +50,59 @@ pub enum CounterStore {
     Volume(PathBuf),
     /// The file `counter` in this directory.
     Directory(PathBuf),
+    /// A disk (or file) every node sees, from `offset` on.
+    Disk { path: PathBuf, offset: u64 },
+}
+
+/// Reads `len` bytes at `at` of a shared disk (short past its end: zeros).
+fn disk_read(path: &std::path::Path, at: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match f.read_at(&mut buf[done..], at + done as u64)? {
+            0 => break,
+            n => done += n,
+        }
+    }
+    Ok(buf)
+}
+
+/// Writes `data` at `at` of a shared disk, durably (`O_DSYNC`) before returning.
+fn disk_write(path: &std::path::Path, at: u64, data: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DSYNC)
+        .open(path)?;
+    f.write_all_at(data, at)
+}
+
+/// [`disk_read`] on a blocking thread.
+async fn disk_read_async(
+    path: &std::path::Path,
+    at: u64,
+    len: usize,
+) -> Result<Vec<u8>, (StatusCode, String)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || disk_read(&path, at, len))
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
+}
+
+/// [`disk_write`] on a blocking thread.
+async fn disk_write_async(
+    path: &std::path::Path,
+    at: u64,
+    data: Vec<u8>,
+) -> Result<(), (StatusCode, String)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || disk_write(&path, at, &data))
+        .await
+        .map_err(unavailable)?
+        .map_err(unavailable)
 }
 
 struct Counter {
@@ -56,6 +117,7 @@ pub async fn serve(
     listen: SocketAddr,
     name: String,
     store: Option<CounterStore>,
+    self_write: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
     let body = format!("{name}\n");
     let mut app = Router::new()
@@ -72,6 +134,9 @@ pub async fn serve(
             get(read_counter).post(bump_counter).with_state(counter),
         );
         let log = Arc::new(WriteLog::new(store, name.clone()));
+        if let Some(every) = self_write {
+            tokio::spawn(write_by_itself(log.clone(), every));
+        }
         app = app.route("/log", get(read_log).post(append_log).with_state(log));
     }
     let listener = tokio::net::TcpListener::bind(listen).await?;
@@ -125,6 +190,7 @@ async fn load(store: &CounterStore) -> Result<Vec<u8>, (StatusCode, String)> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(unavailable(e)),
         },
+        CounterStore::Disk { path, offset } => disk_read_async(path, *offset, 4096).await,
     }
 }
 
@@ -147,6 +213,7 @@ async fn store(store: &CounterStore, record: Vec<u8>) -> Result<(), (StatusCode,
             .map_err(unavailable)?
             .map_err(unavailable)
         }
+        CounterStore::Disk { path, offset } => disk_write_async(path, *offset, record).await,
     }
 }
 
@@ -240,6 +307,9 @@ async fn load_log(store: &CounterStore) -> Result<Vec<u8>, (StatusCode, String)>
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(unavailable(e)),
         },
+        CounterStore::Disk { path, offset } => {
+            disk_read_async(path, offset + log::LOG_BASE, log::LOG_LEN as usize).await
+        }
     }
 }
 
@@ -250,11 +320,11 @@ async fn store_record(
     seq: u64,
     record: Vec<u8>,
 ) -> Result<(), (StatusCode, String)> {
-    let offset = (seq - 1) * log::RECORD_LEN as u64;
+    let offset_in_log = (seq - 1) * log::RECORD_LEN as u64;
     match store {
         CounterStore::Volume(socket) => {
             let mut nbd = NbdClient::connect(socket).await.map_err(unavailable)?;
-            nbd.write(log::LOG_BASE + offset, &record, true)
+            nbd.write(log::LOG_BASE + offset_in_log, &record, true)
                 .await
                 .map_err(unavailable)?;
             let _ = nbd.disconnect().await;
@@ -271,7 +341,7 @@ async fn store_record(
                     .truncate(false)
                     .write(true)
                     .open(&path)?;
-                f.write_all_at(&record, offset)?;
+                f.write_all_at(&record, offset_in_log)?;
                 f.sync_all()?;
                 if fresh {
                     std::fs::File::open(&dir)?.sync_all()?;
@@ -282,6 +352,30 @@ async fn store_record(
             .map_err(unavailable)?
             .map_err(unavailable)
         }
+        CounterStore::Disk { path, offset } => {
+            disk_write_async(path, offset + log::LOG_BASE + offset_in_log, record).await
+        }
+    }
+}
+
+/// The client id of the records `--self-write-ms` appends.
+pub const SELF_CLIENT: &str = "self";
+
+/// Appends a record of its own every `every` (payload: the wall-clock time in ms),
+/// until the process ends; a failed append is logged and the next one tried.
+async fn write_by_itself(log: Arc<WriteLog>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        let body = Bytes::from(now_ms.to_string());
+        if let Err((status, e)) = append(&log, SELF_CLIENT, body).await {
+            tracing::warn!(%status, error = %e.trim_end(), "the demo service's own write failed");
+        }
     }
 }
 
@@ -290,6 +384,11 @@ async fn append_log(
     Query(q): Query<AppendQuery>,
     body: Bytes,
 ) -> Result<Json<Appended>, (StatusCode, String)> {
+    append(&l, &q.client, body).await.map(Json)
+}
+
+/// Appends one record for `client` and answers where it went.
+async fn append(l: &WriteLog, client: &str, body: Bytes) -> Result<Appended, (StatusCode, String)> {
     let mut next = l.next.lock().await;
     let seq = match *next {
         Some(n) => n,
@@ -298,15 +397,15 @@ async fn append_log(
     if seq > log::capacity() {
         return Err(refused(log::LogError::Full(log::capacity())));
     }
-    let record = log::encode(seq, &q.client, &l.node, &body).map_err(refused)?;
+    let record = log::encode(seq, client, &l.node, &body).map_err(refused)?;
     *next = None;
     store_record(&l.store, seq, record).await?;
     *next = Some(seq + 1);
-    Ok(Json(Appended {
+    Ok(Appended {
         seq,
         node: l.node.clone(),
         incarnation: l.incarnation.clone(),
-    }))
+    })
 }
 
 async fn read_log(State(l): State<Arc<WriteLog>>) -> Result<Json<LogView>, (StatusCode, String)> {
@@ -323,6 +422,7 @@ async fn read_log(State(l): State<Arc<WriteLog>>) -> Result<Json<LogView>, (Stat
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[tokio::test]
     async fn the_directory_counter_survives_a_restart_of_the_service() {
@@ -401,6 +501,49 @@ mod tests {
         assert_eq!(view.scan.bad.len(), 1, "{:?}", view.scan.bad);
         assert_eq!(view.scan.bad[0].seq, 4);
         assert_eq!(view.scan.next, 6);
+    }
+
+    #[tokio::test]
+    async fn the_shared_disk_store_keeps_the_counter_and_log_past_its_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let offset = 4096;
+        std::fs::write(&path, vec![0xEEu8; offset as usize]).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(offset + log::LOG_BASE + log::LOG_LEN)
+            .unwrap();
+        let store = CounterStore::Disk {
+            path: path.clone(),
+            offset,
+        };
+        let c = Arc::new(Counter {
+            store: store.clone(),
+            node: "n1".into(),
+            lock: Mutex::new(()),
+        });
+        assert_eq!(bump_counter(State(c.clone())).await.unwrap(), "1 n1\n");
+        // The service's own writes, then another node's run of it on the same disk.
+        let l = Arc::new(WriteLog::new(store.clone(), "n1".into()));
+        let writer = tokio::spawn(write_by_itself(l.clone(), Duration::from_millis(10)));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        writer.abort();
+        let _ = writer.await;
+        let again = Arc::new(WriteLog::new(store, "n2".into()));
+        let a = append(&again, "w1", Bytes::from("p")).await.unwrap();
+        let Json(view) = read_log(State(again)).await.unwrap();
+        let n = view.scan.records.len() as u64;
+        assert!(n >= 3, "{n} records");
+        assert_eq!(a.seq, n, "appended after the other node's records");
+        let own = &view.scan.records[..n as usize - 1];
+        assert!(own.iter().all(|r| r.client == SELF_CLIENT
+            && r.node == "n1"
+            && r.payload.parse::<u64>().is_ok()));
+        assert!(view.scan.bad.is_empty());
+        // Nothing before the offset was touched.
+        assert_eq!(disk_read(&path, 0, 4096).unwrap(), vec![0xEEu8; 4096]);
     }
 
     #[test]

@@ -459,16 +459,29 @@ fn dispatch(cmd: Cmd) -> Result<(), MainError> {
             name,
             nbd_socket,
             data_dir,
+            shared_disk,
+            shared_disk_offset,
+            self_write_ms,
         } => {
-            // The daemon's TANDEM_NBD_SOCKET only stands in for a missing choice: a
-            // command with --data-dir (a filesystem on the mirror) keeps its directory.
-            let from_env = || std::env::var_os("TANDEM_NBD_SOCKET").map(std::path::PathBuf::from);
-            let store = match (nbd_socket, data_dir) {
-                (Some(s), _) => Some(tandem::demo::CounterStore::Volume(s)),
-                (None, Some(d)) => Some(tandem::demo::CounterStore::Directory(d)),
-                (None, None) => from_env().map(tandem::demo::CounterStore::Volume),
+            use tandem::demo::CounterStore;
+            // The daemon's TANDEM_NBD_SOCKET and TANDEM_SHARED_DISK only stand in for a
+            // missing choice: a command with --data-dir (a filesystem on the mirror)
+            // keeps its directory.
+            let env = |name: &str| std::env::var_os(name).map(std::path::PathBuf::from);
+            let disk = |path| CounterStore::Disk {
+                path,
+                offset: shared_disk_offset,
             };
-            runtime()?.block_on(tandem::demo::serve(listen, name, store))
+            let store = match (nbd_socket, data_dir, shared_disk) {
+                (Some(s), _, _) => Some(CounterStore::Volume(s)),
+                (None, Some(d), _) => Some(CounterStore::Directory(d)),
+                (None, None, Some(p)) => Some(disk(p)),
+                (None, None, None) => env("TANDEM_NBD_SOCKET")
+                    .map(CounterStore::Volume)
+                    .or_else(|| env("TANDEM_SHARED_DISK").map(disk)),
+            };
+            let self_write = self_write_ms.map(std::time::Duration::from_millis);
+            runtime()?.block_on(tandem::demo::serve(listen, name, store, self_write))
         }
         .map_err(|e| MainError::Other(format!("demo service: {e}"))),
         Cmd::Generate { what, dir } => {

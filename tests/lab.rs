@@ -4492,6 +4492,194 @@ fn active_active_one_node_killed_puts_both_on_the_survivor() {
     assert_eq!(lab.owner_of("n2", "g2").as_deref(), Some("n2"));
 }
 
+/// The demo's write log as the shared disk holds it (`--topology shared-disk`), read
+/// straight from the disk's file.
+fn shared_disk_log(lab: &Lab) -> tandem::demo::log::LogScan {
+    use std::os::unix::fs::FileExt;
+    use tandem::demo::log;
+    let path = tandem::lab::shared_disk_path(&lab.dir);
+    let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut region = vec![0u8; log::LOG_LEN as usize];
+    let at = tandem::lab::topology::SHARED_DISK_DATA_OFFSET + log::LOG_BASE;
+    f.read_exact_at(&mut region, at)
+        .expect("read the log region");
+    log::scan(&region)
+}
+
+/// What the shared disk's log says about a handover from `old` to `new`: every record
+/// `old` wrote lies before `new`'s first (in slot order), no slot is torn, and the
+/// last write of `old`'s own writer was stamped before the first of `new`'s. Returns
+/// (`old`'s last own write, `new`'s first own write), unix ms.
+fn handover_on_disk(scan: &tandem::demo::log::LogScan, old: &str, new: &str) -> (u64, u64) {
+    assert!(scan.bad.is_empty(), "torn or foreign slots: {:?}", scan.bad);
+    let first_new = scan
+        .records
+        .iter()
+        .position(|r| r.node == new)
+        .unwrap_or_else(|| panic!("no record by {new} on the disk"));
+    let late: Vec<_> = scan.records[first_new..]
+        .iter()
+        .filter(|r| r.node == old)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{old} wrote after {new} began (in slot order): {late:?}"
+    );
+    let own = |node: &str| -> Vec<u64> {
+        scan.records
+            .iter()
+            .filter(|r| r.node == node && r.client == tandem::demo::SELF_CLIENT)
+            .map(|r| r.payload.parse::<u64>().expect("a self-write's time"))
+            .collect()
+    };
+    let last_old = own(old)
+        .into_iter()
+        .max()
+        .unwrap_or_else(|| panic!("no own write by {old}"));
+    let first_new = own(new)
+        .into_iter()
+        .min()
+        .unwrap_or_else(|| panic!("no own write by {new}"));
+    assert!(
+        last_old < first_new,
+        "{old} wrote at {last_old}, after {new}'s first write at {first_new}"
+    );
+    (last_old, first_new)
+}
+
+/// A shared-disk lab with a witness, n1 serving, and a checker that has had 20 writes
+/// acknowledged through the floating IP.
+fn shared_disk_lab(prefix: &str) -> (Lab, Checker) {
+    let lab = Lab::up(prefix, &["--topology", "shared-disk", "--witness"]);
+    lab.wait_vip("n1", Duration::from_secs(30));
+    let checker = Checker::start(&lab, 1);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    (lab, checker)
+}
+
+/// `disk_lease_acquired`'s `waited_ms` on `node` since `since_ms` (unix ms).
+fn disk_lease_waited_ms(lab: &Lab, node: &str, since_ms: u64) -> u64 {
+    let ev = lab
+        .events_of(node, "disk_lease_acquired")
+        .into_iter()
+        .find(|e| e["time_ms"].as_u64() >= Some(since_ms))
+        .unwrap_or_else(|| panic!("{node} acquired no disk lease"));
+    ev["fields"]["waited_ms"]
+        .as_str()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("waited_ms of {ev}"))
+}
+
+/// Shared storage (issue 16): n1 and n2 see one disk (a file), the demo service keeps
+/// its counter and write log on it and writes a record of its own every 50 ms. n1
+/// loses power while holding the disk lease: n2 takes the lease only after it has
+/// expired (the record unchanged for the lease timeout), then serves every
+/// acknowledged write, and nothing n1 wrote lies after n2's first write.
+#[test]
+fn shared_disk_owner_killed_the_standby_waits_out_its_lease() {
+    require_root!();
+    let (lab, checker) = shared_disk_lab("tsk-");
+
+    let kill_ms = wall_ms();
+    let t = Instant::now();
+    lab.lab(&["fail", "n1", "kill"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    let took = t.elapsed();
+    let waited = disk_lease_waited_ms(&lab, "n2", kill_ms);
+    lab.note(&format!(
+        "SHARED DISK FAILOVER (kill): n2 answers {} ms after n1 lost power; its disk \
+         lease waited {waited} ms (lease timeout 3000 ms)",
+        ms(took)
+    ));
+    assert!(
+        waited >= 3000,
+        "n2 took the lease after {waited} ms, before n1's could expire"
+    );
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    assert_client_checks(&lab, checker, "n2");
+    let (last_n1, first_n2) = handover_on_disk(&shared_disk_log(&lab), "n1", "n2");
+    lab.note(&format!(
+        "on the disk: n1's last write {} ms after the kill, n2's first {} ms after it",
+        last_n1 as i64 - kill_ms as i64,
+        first_n2 - kill_ms
+    ));
+}
+
+/// Shared storage (issue 16): the owner n1 is isolated (every link drops all traffic)
+/// while its demo service writes to the shared disk, which n1 still reaches. n1 loses
+/// its majority, stops the group (its writer frozen, then the disk lease released)
+/// before n2, with the witness, starts it: the disk's log shows n1's last write
+/// stamped before n2's first, no torn slot, and every acknowledged write.
+#[test]
+fn shared_disk_owner_isolated_stops_writing_before_the_standby_starts() {
+    require_root!();
+    let (lab, checker) = shared_disk_lab("tsi-");
+
+    let cut_ms = wall_ms();
+    let t = Instant::now();
+    lab.lab(&["isolate", "n1"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    let took = t.elapsed();
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    let (last_n1, first_n2) = handover_on_disk(&shared_disk_log(&lab), "n1", "n2");
+    lab.note(&format!(
+        "SHARED DISK FAILOVER (isolation): n2 answers {} ms after the cut; on the disk \
+         n1's last write at +{} ms, n2's first at +{} ms ({} ms apart)",
+        ms(took),
+        last_n1 as i64 - cut_ms as i64,
+        first_n2 - cut_ms,
+        first_n2 - last_n1
+    ));
+    assert!(
+        last_n1 > cut_ms,
+        "n1's writer was not running when it was cut off"
+    );
+    assert_client_checks(&lab, checker, "n2");
+    lab.lab(&["heal", "n1"]);
+    wait_for("n1 back, agreeing n2 owns", Duration::from_secs(20), || {
+        (lab.sees_alive("n1", "n2") && lab.owner("n1").as_deref() == Some("n2")).then_some(())
+    });
+    assert_ne!(
+        lab.local_state("n1").as_deref(),
+        Some("running"),
+        "n1 runs the group again"
+    );
+}
+
+/// Shared storage (issue 16): the owner n1's daemon is paused (SIGSTOP), so nothing
+/// renews its disk lease while its demo service, a process of its own, goes on
+/// writing to the disk. n1's watchdog resets it (power kill) before its quorum lease
+/// ends; n2 then waits out the disk lease and takes over. The disk's log shows n1's
+/// last write stamped before n2's first, and every acknowledged write is there.
+#[test]
+fn shared_disk_owner_paused_is_reset_before_the_standby_takes_the_disk() {
+    require_root!();
+    let (lab, checker) = shared_disk_lab("tsp-");
+
+    let paused_ms = wall_ms();
+    lab.lab(&["fail", "n1", "stop"]);
+    lab.wait_vip("n2", Duration::from_secs(60));
+    let resets = watchdog_resets(&lab, "n1", paused_ms);
+    assert_eq!(resets.len(), 1, "n1's watchdog resets: {resets:?}");
+    let reset_ms = resets[0]["links_down_ms"].as_u64().expect("links_down_ms");
+    let waited = disk_lease_waited_ms(&lab, "n2", paused_ms);
+    checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    let (last_n1, first_n2) = handover_on_disk(&shared_disk_log(&lab), "n1", "n2");
+    lab.note(&format!(
+        "SHARED DISK (pause): n1 reset at +{} ms, its last write at +{} ms; n2's disk \
+         lease waited {waited} ms; n2's first write at +{} ms",
+        reset_ms - paused_ms,
+        last_n1 as i64 - paused_ms as i64,
+        first_n2 - paused_ms
+    ));
+    assert!(
+        last_n1 > paused_ms,
+        "n1's writer did not go on while its daemon was paused"
+    );
+    assert!(waited >= 3000, "n2 took the lease after {waited} ms");
+    assert_client_checks(&lab, checker, "n2");
+}
+
 /// Powers `nodes` on at the same moment.
 fn restart_at_once(lab: &Lab, nodes: &[&str]) {
     fail_at_once(lab, nodes, "restart");

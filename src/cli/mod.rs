@@ -218,6 +218,16 @@ pub enum Cmd {
         /// Keep the visit counter in a file in this directory (a mounted filesystem).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Keep the counter and the log on this disk every node sees (a group's
+        /// `shared_disk`: the daemon passes it on as TANDEM_SHARED_DISK).
+        #[arg(long, conflicts_with_all = ["nbd_socket", "data_dir"])]
+        shared_disk: Option<PathBuf>,
+        /// Where the data begins on the shared disk (TANDEM_SHARED_DISK_OFFSET).
+        #[arg(long, env = "TANDEM_SHARED_DISK_OFFSET", default_value_t = 0)]
+        shared_disk_offset: u64,
+        /// Also append a record of its own to the write log every this many ms.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        self_write_ms: Option<u64>,
     },
 }
 

@@ -176,8 +176,9 @@ pub struct UpArgs {
     #[arg(long, default_value_t = 2)]
     pub nodes: usize,
     /// The cluster's shape: one group over every node (`active-standby`), one group per
-    /// node but the last, the standby of them all (`n+1`), or two groups on two nodes,
-    /// each preferring its own (`active-active`).
+    /// node but the last, the standby of them all (`n+1`), two groups on two nodes,
+    /// each preferring its own (`active-active`), or one group over one disk every node
+    /// sees (`shared-disk`).
     #[arg(long, value_enum, default_value_t = Topology::ActiveStandby)]
     pub topology: Topology,
     /// With `--topology n+1`: every group is `exclusive`, so the standby takes only one
@@ -675,6 +676,9 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     if args.witness {
         wire_witness(&plan)?;
     }
+    if args.topology == Topology::SharedDisk {
+        create_shared_disk(&args.dir)?;
+    }
     if args.fence {
         // The BMCs' address, on the public LAN in the switch namespace.
         net::ip_batch(
@@ -730,6 +734,20 @@ pub(crate) fn up(args: &UpArgs, wait_vip: bool) -> Result<LabState, LabError> {
     Ok(state)
 }
 
+/// The shared disk of `--topology shared-disk`, in the lab's directory.
+pub fn shared_disk_path(dir: &Path) -> PathBuf {
+    dir.join(topology::SHARED_DISK_FILE)
+}
+
+/// A fresh (zeroed, sparse) shared disk: no lease held, an empty write log.
+fn create_shared_disk(dir: &Path) -> Result<(), LabError> {
+    let path = shared_disk_path(dir);
+    let f = std::fs::File::create(&path)
+        .map_err(|e| LabError::io(format!("creating {}", path.display()), e))?;
+    f.set_len(topology::SHARED_DISK_BYTES)
+        .map_err(|e| LabError::io(format!("sizing {}", path.display()), e))
+}
+
 /// The options of `lab up` that must agree with each other.
 fn check_up_args(args: &UpArgs) -> Result<(), LabError> {
     if args.engine != Engine::None && args.interval == 0 {
@@ -745,7 +763,7 @@ fn check_up_args(args: &UpArgs) -> Result<(), LabError> {
     }
     if args.topology != Topology::ActiveStandby && args.engine != Engine::Tandem {
         return Err(LabError::Invalid(
-            "--topology n+1 and active-active need engine tandem".into(),
+            "--topology n+1, active-active and shared-disk need engine tandem".into(),
         ));
     }
     if args.exclusive && args.topology != Topology::NPlusOne {
@@ -975,6 +993,8 @@ impl Engines {
                 suspend_on_no_quorum: args.suspend_on_no_quorum,
                 split_brain: args.split_brain,
                 console: Some(format!("{}:{}", n.pub_addr(), topology::CONSOLE_PORT)),
+                shared_disk: (plan.topology == Topology::SharedDisk)
+                    .then(|| shared_disk_path(&args.dir).to_string_lossy().into_owned()),
             },
         );
         write_file(&conf, &text)?;
@@ -1025,6 +1045,7 @@ impl Engines {
                 suspend_on_no_quorum: false,
                 split_brain: None,
                 console: None,
+                shared_disk: None,
             },
         );
         write_file(&conf, &text)?;

@@ -185,7 +185,30 @@ pub enum Topology {
     #[value(name = "active-active")]
     #[serde(rename = "active-active")]
     ActiveActive,
+    /// Shared storage: one group `demo` over one disk (a file in the lab's directory)
+    /// that every node sees, under a disk lease; no mirror. The demo service keeps its
+    /// counter and write log on that disk, and writes a record of its own every 50 ms.
+    #[value(name = "shared-disk")]
+    #[serde(rename = "shared-disk")]
+    SharedDisk,
 }
+
+/// The shared disk's file in the lab's directory (`--topology shared-disk`).
+pub const SHARED_DISK_FILE: &str = "shared-disk.img";
+/// Its size: the lease sector, then the demo's counter and write log.
+pub const SHARED_DISK_BYTES: u64 = 16 << 20;
+/// Where the demo's data begins on it, past the lease's sector.
+pub const SHARED_DISK_DATA_OFFSET: u64 = 1 << 20;
+/// How often the demo service writes a record of its own to the shared disk.
+pub const SHARED_DISK_SELF_WRITE_MS: u64 = 50;
+/// The lab's disk lease timing (short, for tests): a dead holder's lease is taken
+/// after 3 s; the holder stops at 1.5 s without a renewal.
+pub const SHARED_DISK_LEASE: [(&str, &str); 4] = [
+    ("io_timeout", "200ms"),
+    ("renew_interval", "300ms"),
+    ("lease_timeout", "3s"),
+    ("stop_after", "1500ms"),
+];
 
 /// One protected group of the lab: its floating IP, its mirror and the nodes that hold
 /// a copy of it, in the group's order of preference.
@@ -214,7 +237,7 @@ impl GroupPlan {
     /// node, else only the group's floating IP (two groups may share a node).
     pub fn listen(&self, topology: Topology) -> String {
         match topology {
-            Topology::ActiveStandby => format!("0.0.0.0:{SERVICE_PORT}"),
+            Topology::ActiveStandby | Topology::SharedDisk => format!("0.0.0.0:{SERVICE_PORT}"),
             _ => format!("{}:{SERVICE_PORT}", self.vip),
         }
     }
@@ -222,7 +245,7 @@ impl GroupPlan {
     /// The URL of the demo service's health check, from the node that runs it.
     pub fn health_url(&self, topology: Topology) -> String {
         let host = match topology {
-            Topology::ActiveStandby => "127.0.0.1",
+            Topology::ActiveStandby | Topology::SharedDisk => "127.0.0.1",
             _ => self.vip.as_str(),
         };
         format!("http://{host}:{SERVICE_PORT}/health")
@@ -247,17 +270,21 @@ pub fn plan_groups(topology: Topology, nodes: usize) -> Result<Vec<GroupPlan>, P
         copies: vec![active.min(standby), active.max(standby)],
         exclusive: false,
     };
+    // The one group `demo` over every node, by priority, with these copies.
+    let demo = |copies: Vec<usize>| GroupPlan {
+        name: DEMO_GROUP.into(),
+        vip: VIP.into(),
+        nodes: Vec::new(),
+        mirror: MIRROR.into(),
+        mirror_port: MIRROR_PORT,
+        nbd_tcp: MIRROR_NBD_TCP.into(),
+        copies,
+        exclusive: false,
+    };
     match topology {
-        Topology::ActiveStandby => Ok(vec![GroupPlan {
-            name: DEMO_GROUP.into(),
-            vip: VIP.into(),
-            nodes: Vec::new(),
-            mirror: MIRROR.into(),
-            mirror_port: MIRROR_PORT,
-            nbd_tcp: MIRROR_NBD_TCP.into(),
-            copies: (1..=nodes).collect(),
-            exclusive: false,
-        }]),
+        Topology::ActiveStandby => Ok(vec![demo((1..=nodes).collect())]),
+        // No copies: the disk is shared, not mirrored.
+        Topology::SharedDisk if nodes >= 2 => Ok(vec![demo(Vec::new())]),
         Topology::NPlusOne if nodes >= 2 => Ok((1..nodes).map(|k| pair(k, k, nodes)).collect()),
         Topology::ActiveActive if nodes == 2 => Ok(vec![pair(1, 1, 2), pair(2, 2, 1)]),
         _ => Err(PlanError::Topology(topology, nodes)),
@@ -483,6 +510,8 @@ pub struct ConfigParams<'a> {
     pub split_brain: Option<SplitBrainPolicy>,
     /// `[console] listen`: this node's web console (`None`: no console).
     pub console: Option<String>,
+    /// The shared disk's path (`--topology shared-disk`).
+    pub shared_disk: Option<String>,
 }
 
 /// Render the Tandem configuration file for one node.
@@ -621,29 +650,57 @@ fn render_demo_group(s: &mut String, topology: Topology, g: &GroupPlan, p: &Conf
     let _ = writeln!(s, "backup_interfaces = [{}]", q(PUB1));
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group.resource]]");
-    let _ = writeln!(s, "name = {}", q(MIRROR));
-    let _ = writeln!(s, "kind = \"mirror\"");
-    let _ = writeln!(s, "mirror = {}", q(&g.mirror));
+    let (storage, extra) = match (topology, &p.shared_disk) {
+        (Topology::SharedDisk, Some(path)) => {
+            render_shared_disk(s, path);
+            (
+                SHARED_DISK,
+                format!(", \"--self-write-ms\", \"{SHARED_DISK_SELF_WRITE_MS}\""),
+            )
+        }
+        _ => {
+            let _ = writeln!(s, "name = {}", q(MIRROR));
+            let _ = writeln!(s, "kind = \"mirror\"");
+            let _ = writeln!(s, "mirror = {}", q(&g.mirror));
+            (MIRROR, String::new())
+        }
+    };
     let _ = writeln!(s);
     let _ = writeln!(s, "[[group.resource]]");
     let _ = writeln!(s, "name = \"web\"");
     let _ = writeln!(s, "kind = \"process\"");
     let listen = g.listen(topology);
-    // The daemon hands the mirror's socket (in this node's state directory) to the
-    // command as TANDEM_NBD_SOCKET, so the command is the same on every node.
+    // The daemon hands the mirror's socket (in this node's state directory), or the
+    // shared disk, to the command as TANDEM_NBD_SOCKET or TANDEM_SHARED_DISK, so the
+    // command is the same on every node.
     let _ = writeln!(
         s,
-        "command = [{}, \"demo-service\", \"--listen\", {}]",
+        "command = [{}, \"demo-service\", \"--listen\", {}{extra}]",
         q(p.tandem_bin),
         q(&listen),
     );
-    let _ = writeln!(s, "depends_on = [\"vip\", {}]", q(MIRROR));
+    let _ = writeln!(s, "depends_on = [\"vip\", {}]", q(storage));
     let _ = writeln!(
         s,
         "quickcheck = {{ probe = \"http\", url = {}, \
          expect_status = 200, interval = \"1s\", timeout = \"500ms\" }}",
         q(&g.health_url(topology))
     );
+}
+
+/// The name of the lab's `shared_disk` resource.
+pub const SHARED_DISK: &str = "disk";
+
+/// The `shared_disk` resource (its `[[group.resource]]` line already written).
+fn render_shared_disk(s: &mut String, path: &str) {
+    let _ = writeln!(s, "name = {}", q(SHARED_DISK));
+    let _ = writeln!(s, "kind = \"shared_disk\"");
+    let _ = writeln!(s, "path = {}", q(path));
+    let _ = writeln!(s, "lease_offset = 0");
+    let _ = writeln!(s, "data_offset = {SHARED_DISK_DATA_OFFSET}");
+    for (key, value) in SHARED_DISK_LEASE {
+        let _ = writeln!(s, "{key} = {}", q(value));
+    }
 }
 
 /// Render `tandem witness`'s configuration: the lab cluster, every node at its
@@ -964,6 +1021,7 @@ mod tests {
             suspend_on_no_quorum: false,
             split_brain: None,
             console: None,
+            shared_disk: None,
         }
     }
 
@@ -1167,6 +1225,28 @@ mod tests {
     }
 
     #[test]
+    fn shared_disk_config_is_accepted_by_the_daemon() {
+        let p = Plan::with_topology("tdm-", 2, Topology::SharedDisk).unwrap();
+        let text = render_tandem_config(
+            &p,
+            &ConfigParams {
+                shared_disk: Some("/run/tandem-lab/shared-disk.img".into()),
+                ..params()
+            },
+        );
+        let cfg = crate::config::Config::parse(&text).expect("the daemon accepts it");
+        assert!(cfg.mirrors.is_empty(), "no mirror:\n{text}");
+        let g = &cfg.groups[0];
+        let names: Vec<&str> = g.resources.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["vip", SHARED_DISK, "web"]);
+        assert!(text.contains("\"--self-write-ms\", \"50\""), "{text}");
+        assert!(matches!(
+            plan_groups(Topology::SharedDisk, 1),
+            Err(PlanError::Topology(Topology::SharedDisk, 1))
+        ));
+    }
+
+    #[test]
     fn witness_configs() {
         let p = Plan::new("tdm-", 2).unwrap();
         let w = p.witness();
@@ -1190,6 +1270,7 @@ mod tests {
             suspend_on_no_quorum: false,
             split_brain: None,
             console: Some(format!("{}:{CONSOLE_PORT}", pub_addr(1))),
+            shared_disk: None,
         };
         let node = crate::config::Config::parse(&render_tandem_config(&p, &params))
             .expect("the daemon accepts it");
