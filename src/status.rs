@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::cluster::packet::LocalGroupState;
 use crate::config::{Config, ReplicationMode, ResourceKind};
 use crate::event::MoveReason;
+use crate::lease::task::LeaseStatus;
 use crate::mirror::generation::DiskState;
 use crate::node::NodeCore;
 use crate::placement::policy::Now;
@@ -390,6 +392,37 @@ pub struct ResourceView {
     /// The last result of each of its health checks on this node (none until one ran).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckView>,
+    /// A `shared_disk`'s disk lease on this node, once this node has taken it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_lease: Option<DiskLeaseView>,
+}
+
+/// A disk lease as this node last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskLeaseView {
+    /// `held` while this node holds it; `idle` once released or lost.
+    pub state: crate::lease::core::LeaseState,
+    /// The node named by the last record this node read from the lease sector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+    /// How old this node's last counted renewal is, while it holds the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_age_ms: Option<u64>,
+}
+
+impl DiskLeaseView {
+    /// One line for the status and the console: "held by alpha, renewed 120 ms ago".
+    pub fn describe(&self) -> String {
+        use crate::lease::core::LeaseState;
+        let holder = self.holder.as_deref().unwrap_or("nobody");
+        match (self.state, self.renewal_age_ms) {
+            (LeaseState::Held, Some(age)) => format!("held by {holder}, renewed {age} ms ago"),
+            (LeaseState::Held, None) => format!("held by {holder}"),
+            (LeaseState::Acquiring, _) => format!("acquiring (the sector names {holder})"),
+            (LeaseState::Releasing, _) => "releasing".into(),
+            (LeaseState::Idle, _) => format!("not held here (the sector last named {holder})"),
+        }
+    }
 }
 
 /// Which health check of a resource.
@@ -424,25 +457,49 @@ pub struct CheckView {
     pub error: Option<String>,
 }
 
-/// The last result of every health check this node ran, by group, resource and kind:
-/// what the runtime adds to each [`ResourceView`] when it publishes the status.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckBook(BTreeMap<(String, String, CheckKind), CheckView>);
+/// The last result of every health check this node ran, by group, resource and kind,
+/// and the disk leases its `shared_disk`s took: what the runtime adds to each
+/// [`ResourceView`] when it publishes the status.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceBook {
+    checks: BTreeMap<(String, String, CheckKind), CheckView>,
+    leases: BTreeMap<(String, String), watch::Receiver<LeaseStatus>>,
+}
 
-impl CheckBook {
+impl ResourceBook {
     /// Keeps `view` as the last result of that check.
     pub fn record(&mut self, group: &str, resource: &str, view: CheckView) {
-        self.0
+        self.checks
             .insert((group.to_string(), resource.to_string(), view.kind), view);
     }
 
-    /// Each resource's last results, quickcheck first.
+    /// Follows the disk lease a `shared_disk` has taken (replacing an earlier one's).
+    pub fn watch_lease(
+        &mut self,
+        group: &str,
+        resource: &str,
+        status: watch::Receiver<LeaseStatus>,
+    ) {
+        self.leases
+            .insert((group.to_string(), resource.to_string()), status);
+    }
+
+    /// Each resource's last check results (quickcheck first) and disk lease.
     pub fn fill(&self, resources: &mut [ResourceView]) {
         for r in resources {
+            let key = (r.group.clone(), r.name.clone());
             r.checks = [CheckKind::Quickcheck, CheckKind::Deepcheck]
                 .into_iter()
-                .filter_map(|k| self.0.get(&(r.group.clone(), r.name.clone(), k)).cloned())
+                .filter_map(|k| self.checks.get(&(key.0.clone(), key.1.clone(), k)).cloned())
                 .collect();
+            r.disk_lease = self.leases.get(&key).map(|rx| {
+                let l = rx.borrow();
+                DiskLeaseView {
+                    state: l.state,
+                    holder: l.holder.clone(),
+                    renewal_age_ms: l.renewal_age.map(|a| a.as_millis() as u64),
+                }
+            });
         }
     }
 }
@@ -642,6 +699,7 @@ fn resource_views(cfg: &Config, groups: &[GroupStatus]) -> (Vec<ResourceView>, V
                 state,
                 depends_on: r.depends_on.clone(),
                 checks: Vec::new(),
+                disk_lease: None,
             });
         }
     }
@@ -711,6 +769,7 @@ impl Status {
                 state: LocalGroupState::Running,
                 depends_on: Vec::new(),
                 checks: Vec::new(),
+                disk_lease: None,
             }],
             vips: vec![VipView {
                 group: "web".into(),
@@ -815,7 +874,7 @@ mod tests {
             took_ms: 3,
             error: error.map(str::to_string),
         };
-        let mut book = CheckBook::default();
+        let mut book = ResourceBook::default();
         book.record("web", "vip", view(CheckKind::Deepcheck, 5, None));
         book.record(
             "web",

@@ -32,6 +32,7 @@ fn status() -> Status {
         state: LocalGroupState::Running,
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
         checks: Vec::new(),
+        disk_lease: None,
     };
     st.resources = vec![
         res("disk", ResourceType::Mirror, &[]),

@@ -4597,6 +4597,16 @@ fn shared_disk_owner_killed_the_standby_waits_out_its_lease() {
     );
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
     assert_client_checks(&lab, checker, "n2");
+    let st = lab.status_ok("n2");
+    let lease = st["resources"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["name"] == "disk"))
+        .map(|r| r["disk_lease"].clone())
+        .unwrap_or_default();
+    lab.note(&format!("n2's status: disk lease {lease}"));
+    assert_eq!(lease["state"], "held", "{lease}");
+    assert_eq!(lease["holder"], "n2", "{lease}");
+    assert!(lease["renewal_age_ms"].as_u64().is_some_and(|a| a < 1500));
     let (last_n1, first_n2) = handover_on_disk(&shared_disk_log(&lab), "n1", "n2");
     lab.note(&format!(
         "on the disk: n1's last write {} ms after the kill, n2's first {} ms after it",

@@ -215,7 +215,8 @@ struct Hold {
 }
 
 /// The lease as a status line sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LeaseState {
     Idle,
     Acquiring,

@@ -75,9 +75,22 @@ pub struct CheckDone<'a> {
     pub error: Option<String>,
 }
 
-/// Records each finished health check. The runtime hands in one that feeds the metrics
-/// and the status's last check results.
-pub type CheckObserver = Arc<dyn Fn(&CheckDone<'_>) + Send + Sync>;
+/// What the executor reports beside its results, for the metrics and the status.
+#[derive(Debug)]
+pub enum Observed<'a> {
+    /// A health check finished.
+    Check(CheckDone<'a>),
+    /// A `shared_disk` took its disk lease: the lease's status from now on.
+    DiskLease {
+        group: &'a str,
+        resource: &'a str,
+        status: watch::Receiver<crate::lease::task::LeaseStatus>,
+    },
+}
+
+/// Records what the executor reports ([`Observed`]). The runtime hands in one that
+/// feeds the metrics and the status's last check results and disk leases.
+pub type Observer = Arc<dyn Fn(Observed<'_>) + Send + Sync>;
 
 /// A resource's checks with their periods (the defaults filled in).
 fn checks_of(r: &ResourceConfig) -> [Option<(CheckConfig, Duration)>; 2] {
@@ -100,7 +113,7 @@ pub fn spawn(
     group: &GroupConfig,
     config: watch::Receiver<Arc<Config>>,
     events: EventLog,
-    checks: CheckObserver,
+    observer: Observer,
     mirrors: &LocalMirrors,
     results: mpsc::Sender<Input>,
 ) -> mpsc::Sender<Command> {
@@ -129,7 +142,7 @@ pub fn spawn(
         order,
         resources,
         events,
-        checks,
+        observer,
         results,
         running: false,
         maintenance: false,
@@ -180,7 +193,7 @@ struct Executor {
     order: Vec<usize>,
     resources: Vec<Res>,
     events: EventLog,
-    checks: CheckObserver,
+    observer: Observer,
     results: mpsc::Sender<Input>,
     running: bool,
     maintenance: bool,
@@ -348,6 +361,13 @@ impl Executor {
                 d.path(),
                 ("waited_ms", d.waited().as_millis().to_string()),
             );
+            if let Some(status) = d.lease_status() {
+                (self.observer)(Observed::DiskLease {
+                    group: &self.group.name,
+                    resource: &name,
+                    status,
+                });
+            }
         }
         r.map_err(|e| format!("`{name}`: {e}"))
     }
@@ -700,13 +720,13 @@ impl Executor {
                 *next = now + *interval;
                 let started = Instant::now();
                 let result = probe::run(&c.probe, c.timeout, &env).await;
-                (self.checks)(&CheckDone {
+                (self.observer)(Observed::Check(CheckDone {
                     group: &group,
                     resource: &name,
                     kind,
                     took: started.elapsed(),
                     error: result.as_ref().err().map(|e| e.to_string()),
-                });
+                }));
                 if let Err(e) = result {
                     return Some(Input::CheckFailed {
                         group,
@@ -728,7 +748,7 @@ mod tests {
     fn executor(toml: &str) -> (Executor, mpsc::Receiver<Input>) {
         let group: GroupConfig = toml::from_str(toml).unwrap();
         let (results, rx) = mpsc::channel(16);
-        let checks: CheckObserver = Arc::new(|_: &CheckDone<'_>| {});
+        let observer: Observer = Arc::new(|_: Observed<'_>| {});
         let mirrors = crate::mirror::node::LocalMirrors::new();
         let order = start_order(&group).unwrap();
         let exec = Executor {
@@ -749,7 +769,7 @@ mod tests {
                 .collect(),
             group,
             events: EventLog::in_memory("exec-test"),
-            checks,
+            observer,
             results,
             running: true,
             maintenance: false,

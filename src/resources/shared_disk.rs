@@ -82,6 +82,11 @@ impl SharedDiskAgent {
         &self.path
     }
 
+    /// The held lease's status (state, holder, renewal age), while held.
+    pub fn lease_status(&self) -> Option<tokio::sync::watch::Receiver<task::LeaseStatus>> {
+        self.lease.as_ref().map(|l| l.status.clone())
+    }
+
     /// How long the last successful start waited for the lease.
     pub fn waited(&self) -> Duration {
         self.waited

@@ -134,8 +134,8 @@ struct Daemon {
     status: watch::Sender<Status>,
     /// The web console's address and certificate fingerprint, for the status.
     console: Option<status::ConsoleView>,
-    /// Each resource's last health check results, for the status.
-    check_book: Arc<std::sync::Mutex<status::CheckBook>>,
+    /// Each resource's last health check results and disk lease, for the status.
+    resource_book: Arc<std::sync::Mutex<status::ResourceBook>>,
     /// The replicated volumes this node holds a copy of.
     mirrors: LocalMirrors,
     /// Finished outdates come back here.
@@ -667,7 +667,7 @@ impl Daemon {
             mirrors,
         );
         status.console.clone_from(&self.console);
-        self.check_book
+        self.resource_book
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .fill(&mut status.resources);
@@ -807,7 +807,7 @@ async fn start(
     let (pkt_tx, packets) = mpsc::channel(1024);
     let path_plan = PathPlan::new(&cfg, &node_cfg, &key, pkt_tx);
     let (running_tx, running_rx) = watch::channel(Arc::new(cfg.clone()));
-    let check_book = Arc::default();
+    let resource_book = Arc::default();
     let (executors, results) = spawn_executors(
         &cfg,
         &running_rx,
@@ -815,7 +815,7 @@ async fn start(
         &events,
         &metrics,
         &mirrors,
-        &check_book,
+        &resource_book,
     );
     let mut core = NodeCore::new(
         NodeConfig::from_config(&cfg, local, EVALUATE_EVERY.as_millis() as u64),
@@ -851,7 +851,7 @@ async fn start(
         io: tokio::runtime::Handle::current(),
         status: status_tx,
         console: None,
-        check_book,
+        resource_book,
         mirrors,
         mirror_done: mirror_done_tx,
         fenced: fenced_tx,
@@ -889,32 +889,40 @@ fn spawn_executors(
     events: &EventLog,
     metrics: &Metrics,
     mirrors: &LocalMirrors,
-    check_book: &Arc<std::sync::Mutex<status::CheckBook>>,
+    resource_book: &Arc<std::sync::Mutex<status::ResourceBook>>,
 ) -> (
     BTreeMap<String, mpsc::Sender<GroupCommand>>,
     mpsc::Receiver<crate::placement::policy::Input>,
 ) {
     let (res_tx, results) = mpsc::channel(256);
-    let checks: executor::CheckObserver = {
+    let observer: executor::Observer = {
         let metrics = metrics.clone();
-        let book = Arc::clone(check_book);
-        Arc::new(move |done| {
-            metrics.check(
-                done.group,
-                done.resource,
-                done.kind.name(),
-                done.took,
-                done.error.is_none(),
-            );
-            let view = status::CheckView {
-                kind: done.kind,
-                at_ms: crate::event::unix_ms(),
-                took_ms: done.took.as_millis() as u64,
-                error: done.error.clone(),
-            };
-            book.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(done.group, done.resource, view);
+        let book = Arc::clone(resource_book);
+        Arc::new(move |observed| {
+            let mut book = book.lock().unwrap_or_else(|e| e.into_inner());
+            match observed {
+                executor::Observed::Check(done) => {
+                    metrics.check(
+                        done.group,
+                        done.resource,
+                        done.kind.name(),
+                        done.took,
+                        done.error.is_none(),
+                    );
+                    let view = status::CheckView {
+                        kind: done.kind,
+                        at_ms: crate::event::unix_ms(),
+                        took_ms: done.took.as_millis() as u64,
+                        error: done.error,
+                    };
+                    book.record(done.group, done.resource, view);
+                }
+                executor::Observed::DiskLease {
+                    group,
+                    resource,
+                    status,
+                } => book.watch_lease(group, resource, status),
+            }
         })
     };
     let executors = cfg
@@ -926,7 +934,7 @@ fn spawn_executors(
                 g,
                 running.clone(),
                 events.clone(),
-                checks.clone(),
+                observer.clone(),
                 mirrors,
                 res_tx.clone(),
             );

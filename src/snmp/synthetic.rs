@@ -73,6 +73,7 @@ pub fn synthetic_status(groups: usize) -> Status {
                 state: LocalGroupState::Running,
                 depends_on: Vec::new(),
                 checks: Vec::new(),
+                disk_lease: None,
             });
         }
         vips.push(VipView {

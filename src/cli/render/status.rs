@@ -344,6 +344,16 @@ fn resources(st: &Status) -> Vec<String> {
             })
             .collect();
         out.extend(table("  ", &["GROUP", "RESOURCE", "TYPE", "STATE"], &rows));
+        for r in &st.resources {
+            if let Some(lease) = &r.disk_lease {
+                out.push(format!(
+                    "  disk lease of {}/{}: {}",
+                    r.group,
+                    r.name,
+                    lease.describe()
+                ));
+            }
+        }
     }
     if !st.vips.is_empty() {
         out.push(String::new());

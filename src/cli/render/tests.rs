@@ -248,6 +248,34 @@ fn resources_vips_and_the_last_failover_are_shown() {
 }
 
 #[test]
+fn a_shared_disks_lease_is_shown_under_the_resources() {
+    use crate::lease::core::LeaseState;
+    use crate::status::DiskLeaseView;
+    let mut st = Status::sample();
+    st.resources[0].disk_lease = Some(DiskLeaseView {
+        state: LeaseState::Held,
+        holder: Some("alpha".into()),
+        renewal_age_ms: Some(120),
+    });
+    let text = render_status(&st, &[]);
+    let r = &st.resources[0];
+    assert_eq!(
+        line(&text, "disk lease of"),
+        format!(
+            "  disk lease of {}/{}: held by alpha, renewed 120 ms ago",
+            r.group, r.name
+        )
+    );
+    st.resources[0].disk_lease = Some(DiskLeaseView {
+        state: LeaseState::Idle,
+        holder: Some("beta".into()),
+        renewal_age_ms: None,
+    });
+    let text = render_status(&st, &[]);
+    assert!(line(&text, "disk lease of").ends_with("not held here (the sector last named beta)"));
+}
+
+#[test]
 fn mirrors_read_like_drbdadm_status_with_the_resync_progress() {
     let text = render_mirrors(&Status::sample().mirrors);
     let want = "\

@@ -226,7 +226,13 @@ fn last_check(r: &ResourceView, events: &[Event]) -> String {
                 utc_seconds(e.time_ms)
             )
         });
-    checks + &restarted
+    let lease = r.disk_lease.as_ref().map_or(String::new(), |l| {
+        format!(
+            " <span class=\"check\">disk lease {}</span>",
+            escape(&l.describe())
+        )
+    });
+    checks + &restarted + &lease
 }
 
 /// One check's last run: passed (when, how long) or failed (when, why).
@@ -359,6 +365,7 @@ mod tests {
             state: LocalGroupState::Running,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
             checks: Vec::new(),
+            disk_lease: None,
         };
         st.resources = vec![
             res("disk", ResourceType::Mirror, &[]),
