@@ -286,6 +286,15 @@ pub enum FailAction {
     Restart,
 }
 
+/// Where `lab move` puts a node's replication link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Site {
+    /// The local network: the plain second heartbeat bridge, uncapped.
+    Lan,
+    /// The capped WAN bridge.
+    Wan,
+}
+
 /// Link state for `lab link`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum UpDown {
@@ -354,6 +363,19 @@ pub enum LabCommand {
         /// New carrier state.
         #[arg(value_enum)]
         state: UpDown,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Move a node's second heartbeat LAN (its replication link to the DR site) to the
+    /// fast local network (`lan`: the plain bridge, no cap) or to the capped "WAN"
+    /// (`wan`: a bridge joined to the LAN through a link capped with tbf both ways),
+    /// as an operator moves a DR server after seeding it. Works while the node is down.
+    Move {
+        /// Node (`n3` or `3`).
+        node: String,
+        /// Where to.
+        #[arg(value_enum)]
+        to: Site,
         #[command(flatten)]
         dir: DirArg,
     },
@@ -580,6 +602,11 @@ pub fn run(cmd: LabCommand) -> Result<(), LabError> {
             link(&state, i, &iface, updown)
         }
         LabCommand::Loss { path, percent, dir } => loss(&LabState::load(&dir.dir)?, &path, percent),
+        LabCommand::Move { node, to, dir } => {
+            let state = LabState::load(&dir.dir)?;
+            let i = state.node_index(&node)?;
+            move_node(&state, i, to)
+        }
         LabCommand::Down(a) => {
             let prefix = match a.prefix {
                 Some(p) => p,
@@ -1230,27 +1257,7 @@ fn wire_node(sw: &str, n: &topology::NodePlan) -> Result<(), LabError> {
     if n.index >= 3 {
         // Node 3 and later are the DR site: their replication runs over hb2,
         // capped to a WAN-like rate (tbf; netem is not available here).
-        net::cmd(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &n.netns,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "hb2",
-                "root",
-                "tbf",
-                "rate",
-                topology::WAN_RATE,
-                "burst",
-                "256kb",
-                "latency",
-                "100ms",
-            ],
-        )?;
+        cap_to_wan_rate(&n.netns, "hb2")?;
     }
     Ok(())
 }
@@ -1725,6 +1732,100 @@ fn link(state: &LabState, i: usize, iface: &str, s: UpDown) -> Result<(), LabErr
         state.nodes[i].name
     );
     Ok(())
+}
+
+/// `lab move NODE lan|wan`: re-attaches the switch end of the node's `hb2` to the
+/// plain bridge or to the WAN bridge (made on first use), and removes the cap inside
+/// the node (the WAN bridge's link caps both directions itself).
+fn move_node(state: &LabState, i: usize, to: Site) -> Result<(), LabError> {
+    let plan = state.plan()?;
+    let hb2 = topology::HB_PATHS[1];
+    let end = plan.nodes[i]
+        .ifaces
+        .iter()
+        .find(|x| x.name == hb2)
+        .map(|x| x.switch_end.clone())
+        .ok_or_else(|| LabError::Invalid(format!("{} has no {hb2}", state.nodes[i].name)))?;
+    let sw = state.switch_ns.as_str();
+    let bridge = match to {
+        Site::Lan => topology::BR_HB[1],
+        Site::Wan => {
+            wan_bridge(sw)?;
+            topology::BR_WAN
+        }
+    };
+    net::ipn(sw, &["link", "set", "dev", &end, "master", bridge])?;
+    // The cap `lab up` puts inside a DR node, if still there.
+    let _ = net::cmd(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &state.nodes[i].netns,
+            "tc",
+            "qdisc",
+            "del",
+            "dev",
+            hb2,
+            "root",
+        ],
+    );
+    println!(
+        "{}: {hb2} now on {bridge} ({})",
+        state.nodes[i].name,
+        match to {
+            Site::Lan => "the local network, uncapped".to_string(),
+            Site::Wan => format!("the WAN, {} each way", topology::WAN_RATE),
+        }
+    );
+    Ok(())
+}
+
+/// The WAN bridge in the switch namespace, joined to the second heartbeat bridge by a
+/// veth pair capped with tbf on both ends; made once.
+fn wan_bridge(sw: &str) -> Result<(), LabError> {
+    let (lan_end, wan_end) = topology::WAN_LINK;
+    if net::ipn(sw, &["link", "show", "dev", topology::BR_WAN]).is_ok() {
+        return Ok(());
+    }
+    net::ip_batch(
+        sw,
+        &[
+            format!(
+                "link add {} type bridge stp_state 0 mcast_snooping 0",
+                topology::BR_WAN
+            ),
+            format!("link add {lan_end} type veth peer name {wan_end}"),
+            format!("link set {lan_end} master {}", topology::BR_HB[1]),
+            format!("link set {wan_end} master {}", topology::BR_WAN),
+            format!("link set {} up", topology::BR_WAN),
+            format!("link set {lan_end} up"),
+            format!("link set {wan_end} up"),
+        ],
+    )?;
+    for dev in [lan_end, wan_end] {
+        cap_to_wan_rate(sw, dev)?;
+    }
+    Ok(())
+}
+
+/// Caps what `dev` in `ns` sends to [`topology::WAN_RATE`] (tbf; netem is not
+/// available here).
+fn cap_to_wan_rate(ns: &str, dev: &str) -> Result<(), LabError> {
+    let tbf = [
+        "tbf",
+        "rate",
+        topology::WAN_RATE,
+        "burst",
+        "256kb",
+        "latency",
+        "100ms",
+    ];
+    let mut args = vec![
+        "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
+    ];
+    args.extend(tbf);
+    net::cmd("ip", &args).map(|_| ())
 }
 
 fn loss(state: &LabState, path: &str, percent: u8) -> Result<(), LabError> {

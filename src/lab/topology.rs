@@ -66,6 +66,11 @@ pub const MIRROR_NBD_PORT: u16 = 10809;
 pub const DEMO_GROUP: &str = "demo";
 /// The rate `tandem lab` caps the DR site's link (hb2 of node 3 and later) to.
 pub const WAN_RATE: &str = "200mbit";
+/// The WAN bridge of `lab move NODE wan`, in the switch namespace.
+pub const BR_WAN: &str = "brwan";
+/// The capped veth pair between the second heartbeat bridge and the WAN bridge: (the
+/// LAN end, the WAN end).
+pub const WAN_LINK: (&str, &str) = ("wanlan", "wanwan");
 /// UDP port of the Tandem heartbeat.
 pub const HEARTBEAT_PORT: u16 = 5405;
 /// Prefix of every nftables table the lab creates (used by `heal`).
