@@ -582,6 +582,47 @@ fn a_peer_with_the_wrong_key_is_refused_and_never_writes() {
     b.stop();
 }
 
+/// A peer that passes the handshake (it holds the key) and then hangs up before the
+/// state exchange is redialled with a growing backoff, not in a tight loop.
+#[test]
+fn a_peer_that_fails_the_state_exchange_is_redialled_with_backoff() {
+    use tandem::mirror::wire::{handshake, HandshakeParams};
+    let c = Cluster::new(&["a", "b"], 16 * MIB);
+    // "a" dials "b" (the lower name dials); "b" is this stand-in.
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(c.listen("b")))
+        .unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&accepted);
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            count.fetch_add(1, Ordering::SeqCst);
+            let (r, mut w) = stream.into_split();
+            let params = HandshakeParams {
+                cluster: "test".into(),
+                mirror: "vol0".into(),
+                local_node: "b".into(),
+                key: KEY.to_vec(),
+                encrypt: false,
+                compress: Default::default(),
+            };
+            // Authenticated, then gone: no State.
+            let _ = handshake(r, &mut w, &params, Some("a")).await;
+        }
+    });
+    let a = c.start("a");
+    std::thread::sleep(Duration::from_secs(3));
+    let dials = accepted.load(Ordering::SeqCst);
+    // Backoff 200, 400, 800, 1600 ms: about 4 dials in 3 s (a tight loop made hundreds).
+    assert!((2..=8).contains(&dials), "{dials} dials in 3 s");
+    a.stop();
+    drop(rt);
+}
+
 #[test]
 fn an_outdated_copy_is_not_promoted() {
     let c = Cluster::new(&["a", "b"], 64 * MIB);

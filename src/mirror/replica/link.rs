@@ -201,16 +201,17 @@ pub(crate) async fn peer_task(
                 _ = shutdown.changed() => return,
             }
         };
-        match link {
+        let established = match link {
             Ok(a) => {
-                backoff = BACKOFF_MIN;
                 tracing::debug!(
                     version = a.hello.version,
                     encrypted = a.hello.encrypted,
                     compress = a.hello.compress.name(),
                     "link authenticated"
                 );
-                pending = run_session(&m, &peer, a, &mut accepted).await;
+                let end = run_session(&m, &peer, a, &mut accepted).await;
+                pending = end.replaced_by;
+                end.established
             }
             Err(e) => {
                 if matches!(e, LinkError::Wire(WireError::AuthFailed)) {
@@ -219,14 +220,37 @@ pub(crate) async fn peer_task(
                 } else {
                     tracing::debug!(error = %e, "cannot reach peer");
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                false
             }
+        };
+        // Only a session that got going resets the backoff: a peer that authenticates
+        // and then fails the state exchange is not redialled in a tight loop.
+        if established {
+            backoff = BACKOFF_MIN;
+        } else if pending.is_none() {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.changed() => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// How a session on an authenticated link ended.
+struct SessionEnd {
+    /// The state exchange passed and the session ran.
+    established: bool,
+    /// A newer connection from the same peer that replaced it.
+    replaced_by: Option<Accepted>,
+}
+
+impl SessionEnd {
+    /// Ended before it ran.
+    const REFUSED: SessionEnd = SessionEnd {
+        established: false,
+        replaced_by: None,
+    };
 }
 
 /// Writes queued frames in order, coalescing bursts into few socket writes.
@@ -250,14 +274,13 @@ async fn write_loop(
     Ok(())
 }
 
-/// One session on an authenticated link; returns a newer connection from the same peer
-/// if one replaced it.
+/// One session on an authenticated link.
 async fn run_session(
     m: &Arc<Mirror>,
     peer: &str,
     link: Accepted,
     accepted: &mut mpsc::Receiver<Accepted>,
-) -> Option<Accepted> {
+) -> SessionEnd {
     let Accepted {
         mut reader,
         mut writer,
@@ -272,7 +295,7 @@ async fn run_session(
     let writer_task = tokio::spawn(write_loop(writer, rx));
     let Some(theirs) = exchange_state(m, peer, &mut reader, &tx).await else {
         writer_task.abort();
-        return None;
+        return SessionEnd::REFUSED;
     };
     if let Err(why) = m.admit_epoch(peer, &theirs).await {
         let _ = tx.send(Frame::Bye {
@@ -283,7 +306,7 @@ async fn run_session(
         // Not a split brain: the link retries (a deposed primary that steps down may
         // follow the new owner), but not in a tight loop.
         tokio::time::sleep(BACKOFF_MAX).await;
-        return None;
+        return SessionEnd::REFUSED;
     }
     let end = Arc::new(Notify::new());
     let id = match m
@@ -299,13 +322,16 @@ async fn run_session(
             let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
             m.on_stay_apart(peer, &why);
             m.split_brain_pause(peer).await;
-            return None;
+            return SessionEnd::REFUSED;
         }
     };
     let mut session = Session::start(m, peer, id, tx, end, writer_task);
     let (down, next) = session.run(&mut reader, accepted).await;
     session.close(&down).await;
-    next
+    SessionEnd {
+        established: true,
+        replaced_by: next,
+    }
 }
 
 /// Sends this node's `State` and waits for the peer's; `None` if the peer refused the
