@@ -21,14 +21,15 @@
 //! - `TANDEM_LSIM_SEED=<n>`: rerun one seed with a verbose trace;
 //! - `TANDEM_LSIM_SCENARIOS=<n>`: how many seeds the default run covers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tandem::lease::core::{Action, Input, LeaseCore, Timing};
 use tandem::lease::record::SECTOR;
+
+#[path = "common/seeds.rs"]
+mod seeds;
 
 const DEFAULT_SCENARIOS: u64 = 1_000;
 const STEP: u64 = 10;
@@ -367,45 +368,14 @@ fn run(seed: u64, verbose: bool) -> Result<u64, String> {
 
 #[test]
 fn lease_never_two_users_and_a_live_holder_keeps_it() {
-    if let Ok(seed) = std::env::var("TANDEM_LSIM_SEED") {
-        let seed: u64 = seed.parse().expect("seed");
-        if let Err(e) = run(seed, true) {
-            panic!("seed {seed}: {e}");
-        }
-        return;
-    }
-    let count: u64 = std::env::var("TANDEM_LSIM_SCENARIOS")
+    let count = std::env::var("TANDEM_LSIM_SCENARIOS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_SCENARIOS);
-    let next = AtomicU64::new(0);
-    let acquisitions = AtomicU64::new(0);
-    let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= count {
-                    break;
-                }
-                match run(seed, false) {
-                    Ok(n) => {
-                        acquisitions.fetch_add(n, Ordering::Relaxed);
-                    }
-                    Err(e) => failures.lock().unwrap().push(format!("seed {seed}: {e}")),
-                }
-            });
-        }
-    });
-    let f = failures.into_inner().unwrap();
-    assert!(
-        f.is_empty(),
-        "{} of {count} seeds failed; first: {:?}",
-        f.len(),
-        &f[..f.len().min(5)]
-    );
-    let total = acquisitions.into_inner();
+    let total = seeds::run_seeds("TANDEM_LSIM", DEFAULT_SCENARIOS, run);
+    if std::env::var_os("TANDEM_LSIM_SEED").is_some() {
+        return;
+    }
     eprintln!("{count} seeds, {total} acquisitions");
     assert!(
         total >= count,

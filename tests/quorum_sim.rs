@@ -38,8 +38,6 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -54,6 +52,9 @@ use tandem::placement::policy::{GroupPolicy, Input, Now, PlacementConfig};
 use tandem::quorum::core::{QuorumAction, QuorumConfig, QuorumCore, QuorumTiming};
 use tandem::quorum::records::{PersistBatch, Restored};
 use tandem::quorum::wire::QuorumPacket;
+
+#[path = "common/seeds.rs"]
+mod seeds;
 
 const STEP: u64 = 25;
 const HB: u64 = 200;
@@ -1002,38 +1003,7 @@ fn run(seed: u64, verbose: bool) -> Result<(), String> {
 
 #[test]
 fn quorum_never_two_servers_and_every_group_placed_after_heal() {
-    if let Ok(seed) = std::env::var("TANDEM_QSIM_SEED") {
-        let seed: u64 = seed.parse().expect("seed");
-        if let Err(e) = run(seed, true) {
-            panic!("seed {seed}: {e}");
-        }
-        return;
-    }
-    let count: u64 = std::env::var("TANDEM_QSIM_SCENARIOS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_SCENARIOS);
-    let next = AtomicU64::new(0);
-    let failures = Mutex::new(Vec::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| loop {
-                let seed = next.fetch_add(1, Ordering::Relaxed);
-                if seed >= count {
-                    break;
-                }
-                if let Err(e) = run(seed, false) {
-                    failures.lock().unwrap().push(format!("seed {seed}: {e}"));
-                }
-            });
-        }
+    seeds::run_seeds("TANDEM_QSIM", DEFAULT_SCENARIOS, |seed, verbose| {
+        run(seed, verbose).map(|()| 0)
     });
-    let f = failures.into_inner().unwrap();
-    assert!(
-        f.is_empty(),
-        "{} of {count} seeds failed; first: {:?}",
-        f.len(),
-        &f[..f.len().min(5)]
-    );
 }
