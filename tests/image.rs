@@ -5,6 +5,9 @@
 //! killed (a helper on that LAN sees the floating IP move by ARP), data the owner
 //! wrote to an ext4 filesystem on the mirror, through the kernel's NBD client, is read
 //! back on the survivor, and a trap receiver on the host gets `tandemFailoverCompleted`;
+//! the same pair with one raw disk image attached to both (`share-rw`) instead of the
+//! mirror fails over under the disk lease: the survivor takes it only once the killed
+//! owner's has expired, and reads the counter the owner wrote on the disk;
 //! two VMs and the host's `tandem witness` (a network namespace with a bridge and one
 //! tap per VM) run in quorum mode with an i6300ESB watchdog each, and the owner whose
 //! daemon hangs (SIGSTOP, typed on its serial console) is reset by the watchdog while
@@ -182,6 +185,9 @@ struct VmSpec<'a> {
     /// The serial console on a socket, so that a test can type into its root shell
     /// ([`Vm::type_line`]); what the guest writes still goes to the console file.
     console_input: bool,
+    /// A raw disk image every VM of the test attaches read-write at once (`share-rw`,
+    /// no host page cache, no image lock): the guest's [`SHARED_DISK_DEV`].
+    shared_disk: Option<&'a Path>,
 }
 
 impl Vm {
@@ -236,6 +242,16 @@ impl Vm {
             spec.disk.display()
         ));
         cmd.args(["-device", "virtio-blk-pci,drive=disk0,addr=0x5"]);
+        if let Some(shared) = spec.shared_disk {
+            // After the boot disk on the PCI bus, so the guest names it the second.
+            cmd.arg("-drive").arg(format!(
+                "file={},format=raw,if=none,id=shared,cache=none,file.locking=off",
+                shared.display()
+            ));
+            cmd.arg("-device").arg(format!(
+                "virtio-blk-pci,drive=shared,share-rw=on,serial={SHARED_DISK_SERIAL},addr=0x6"
+            ));
+        }
         cmd.arg("-netdev").arg(format!(
             "user,id=n0,hostfwd=tcp:127.0.0.1:{metrics}-:9776,hostfwd=udp:127.0.0.1:{snmp}-:161,hostfwd=tcp:127.0.0.1:{demo}-:8080"
         ));
@@ -507,6 +523,7 @@ fn boot_and_reach(firmware: Firmware, seeded: bool) {
             lan: None,
             watchdog: false,
             console_input: true,
+            shared_disk: None,
         },
     );
     let ready = vm.wait_ready(READY_BOUND);
@@ -587,6 +604,7 @@ fn falls_back(firmware: Firmware) {
             lan: None,
             watchdog: false,
             console_input: false,
+            shared_disk: None,
         },
     );
     let ready = vm.wait_ready(READY_BOUND * 2);
@@ -655,7 +673,86 @@ impl TrapReceiver {
     }
 }
 
-fn cluster_config(trap_port: u16) -> String {
+/// Where the demo group keeps the service's counter.
+#[derive(Clone, Copy)]
+enum Storage {
+    /// A mirror between the VMs with ext4 on it (the service's `--data-dir`).
+    Mirror,
+    /// One disk image attached to both VMs ([`SHARED_DISK_DEV`]), under the disk lease
+    /// (the service finds it in `TANDEM_SHARED_DISK`).
+    SharedDisk,
+}
+
+/// Where the guests see the shared disk: the second virtio disk (no udev in the image,
+/// so no `/dev/disk/by-id` names); its serial tells it from the boot disk.
+const SHARED_DISK_DEV: &str = "/dev/vdb";
+const SHARED_DISK_SERIAL: &str = "tandem-shared";
+/// The disk lease's timeout: a survivor waits this long after the owner's last renewal
+/// before it takes the disk. Short for the test; `stop_after` (3 s) and the renewals
+/// (every 500 ms, each I/O bounded by 500 ms) keep the order `config check` demands.
+const DISK_LEASE_TIMEOUT_MS: u64 = 6000;
+
+/// The storage's parts of the cluster config: the `[[mirror]]` sections, the group's
+/// resources that keep the service's data, the service's extra arguments, and the
+/// resource it depends on.
+fn storage_config(storage: Storage) -> (String, String, &'static str, &'static str) {
+    match storage {
+        Storage::Mirror => (
+            r#"
+[[mirror]]
+name = "data"
+backing = "/data/state/data.img"
+size = "40MiB"
+addresses = { alpha = "10.99.0.11:7790", beta = "10.99.0.12:7790" }
+
+[[mirror.link]]
+between = ["alpha", "beta"]
+mode = "sync"
+"#
+            .into(),
+            r#"
+[[group.resource]]
+name = "data"
+kind = "mirror"
+mirror = "data"
+
+[[group.resource]]
+name = "fs"
+kind = "filesystem"
+mirror = "data"
+mountpoint = "/srv/data"
+options = "noatime"
+mkfs = true
+depends_on = ["data"]
+"#
+            .into(),
+            r#", "--data-dir", "/srv/data""#,
+            "fs",
+        ),
+        Storage::SharedDisk => (
+            String::new(),
+            format!(
+                r#"
+[[group.resource]]
+name = "disk"
+kind = "shared_disk"
+path = "{SHARED_DISK_DEV}"
+lease_offset = 0
+data_offset = 1048576
+io_timeout = "500ms"
+renew_interval = "500ms"
+lease_timeout = "{DISK_LEASE_TIMEOUT_MS}ms"
+stop_after = "3s"
+"#
+            ),
+            "",
+            "disk",
+        ),
+    }
+}
+
+fn cluster_config(trap_port: u16, storage: Storage) -> String {
+    let (mirror, resources, web_args, web_needs) = storage_config(storage);
     format!(
         r#"[cluster]
 name = "vmlab"
@@ -691,17 +788,7 @@ addresses = {{ hb1 = "10.99.0.11" }}
 name = "beta"
 priority = 2
 addresses = {{ hb1 = "10.99.0.12" }}
-
-[[mirror]]
-name = "data"
-backing = "/data/state/data.img"
-size = "40MiB"
-addresses = {{ alpha = "10.99.0.11:7790", beta = "10.99.0.12:7790" }}
-
-[[mirror.link]]
-between = ["alpha", "beta"]
-mode = "sync"
-
+{mirror}
 [[group]]
 name = "demo"
 
@@ -710,29 +797,30 @@ name = "vip"
 kind = "ip"
 address = "10.99.0.100/24"
 interface = "eth1"
-
-[[group.resource]]
-name = "data"
-kind = "mirror"
-mirror = "data"
-
-[[group.resource]]
-name = "fs"
-kind = "filesystem"
-mirror = "data"
-mountpoint = "/srv/data"
-options = "noatime"
-mkfs = true
-depends_on = ["data"]
-
+{resources}
 [[group.resource]]
 name = "web"
 kind = "process"
-command = ["/bin/tandem", "demo-service", "--listen", "0.0.0.0:8080", "--data-dir", "/srv/data"]
-depends_on = ["vip", "fs"]
+command = ["/bin/tandem", "demo-service", "--listen", "0.0.0.0:8080"{web_args}]
+depends_on = ["vip", "{web_needs}"]
 quickcheck = {{ probe = "http", url = "http://127.0.0.1:8080/health", expect_status = 200, interval = "1s", timeout = "500ms" }}
 "#
     )
+}
+
+#[test]
+fn the_cluster_configs_pass_config_check() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, storage) in [("mirror", Storage::Mirror), ("shared", Storage::SharedDisk)] {
+        let file = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&file, cluster_config(free_udp_port(), storage)).unwrap();
+        let out = Command::new(daemon::BIN)
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {out:?}");
+    }
 }
 
 /// The cluster LAN: a QEMU multicast socket network (raw Ethernet frames in UDP).
@@ -823,6 +911,8 @@ struct PairSpec<'a> {
     started: &'a dyn Fn(usize),
     watchdog: bool,
     console_input: bool,
+    /// One disk image both VMs attach ([`VmSpec::shared_disk`]).
+    shared_disk: Option<&'a Path>,
 }
 
 /// Starts the cluster's two VMs, alpha (UEFI, 10.99.0.11 on eth1) and beta (SeaBIOS,
@@ -861,6 +951,7 @@ fn start_pair(dir: &Path, spec: PairSpec<'_>) -> (Vec<Vm>, Vec<PathBuf>) {
                 lan: Some(((spec.lan)(i), mac_of(i))),
                 watchdog: spec.watchdog,
                 console_input: spec.console_input,
+                shared_disk: spec.shared_disk,
             },
         ));
         (spec.started)(i);
@@ -926,22 +1017,15 @@ fn two_vms_hand_the_group_over_on_reboot_and_fail_it_over_when_the_owner_dies() 
         dir.path(),
         PairSpec {
             label: "cluster",
-            config: &|| cluster_config(trap_port),
+            config: &|| cluster_config(trap_port, Storage::Mirror),
             lan: &|_| format!("socket,mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
             started: &|_| {},
             watchdog: false,
             console_input: true,
+            shared_disk: None,
         },
     );
-    let context = |vms: &[Vm]| {
-        format!(
-            "{}\n{}\n{}\n{}",
-            vms[0].console(),
-            guest_log(&disks[0]),
-            vms[1].console(),
-            guest_log(&disks[1])
-        )
-    };
+    let context = |vms: &[Vm]| pair_context(vms, &disks);
     // Both see each other, and one of them runs the group.
     let first = agreed_owner(&vms, || context(&vms));
     let (a, b) = if first == "alpha" { (0, 1) } else { (1, 0) };
@@ -950,13 +1034,7 @@ fn two_vms_hand_the_group_over_on_reboot_and_fail_it_over_when_the_owner_dies() 
     // Data written through the kernel's NBD client and ext4 on the owner: the demo
     // service keeps its counter in a file on the mirrored filesystem and fsyncs it.
     for i in 1..=3 {
-        let body = http(vms[a].demo, "POST", "/counter");
-        assert_eq!(
-            body.as_deref().map(str::trim),
-            Some(format!("{i} {first}").as_str()),
-            "counter write on {first}:\n{}",
-            context(&vms)
-        );
+        bump_counter(&vms[a], i, || context(&vms));
     }
     let lan = Lan::join(lan_port);
     wait_for_vip(&lan, a, &first);
@@ -977,11 +1055,7 @@ fn two_vms_hand_the_group_over_on_reboot_and_fail_it_over_when_the_owner_dies() 
         traps.text()
     );
     assert_counter(&vms[b], &format!("3 {first}"), || context(&vms));
-    let body = http(vms[b].demo, "POST", "/counter");
-    assert_eq!(
-        body.as_deref().map(str::trim),
-        Some(format!("4 {second}").as_str())
-    );
+    bump_counter(&vms[b], 4, || context(&vms));
     // The rebooted node comes back online (it was online before) and in sync.
     let t = Instant::now();
     while !(back_online(&vms[b], &first) && vms[a].metrics().is_some()) {
@@ -1009,13 +1083,122 @@ fn two_vms_hand_the_group_over_on_reboot_and_fail_it_over_when_the_owner_dies() 
     // The filesystem came over with the mirror: the survivor reads what the dead
     // owner wrote, and goes on from there.
     assert_counter(&vms[a], &format!("4 {second}"), || context(&vms));
-    let body = http(vms[a].demo, "POST", "/counter");
-    assert_eq!(
-        body.as_deref().map(str::trim),
-        Some(format!("5 {first}").as_str())
-    );
+    bump_counter(&vms[a], 5, || context(&vms));
     println!("IMAGE cluster: {first} read the counter {second} wrote through /dev/nbd0 and ext4, and wrote on");
     wait_trap(&traps, FAILOVER_COMPLETED);
+}
+
+/// Both VMs' consoles and daemon logs, for failure messages.
+fn pair_context(vms: &[Vm], disks: &[PathBuf]) -> String {
+    format!(
+        "{}\n{}\n{}\n{}",
+        vms[0].console(),
+        guest_log(&disks[0]),
+        vms[1].console(),
+        guest_log(&disks[1])
+    )
+}
+
+/// `POST /counter` on `vm`'s demo service answers that it wrote `count`, as `vm`.
+fn bump_counter(vm: &Vm, count: u64, context: impl Fn() -> String) {
+    let body = http(vm.demo, "POST", "/counter");
+    assert_eq!(
+        body.as_deref().map(str::trim),
+        Some(format!("{count} {}", vm.name).as_str()),
+        "counter write on {}:\n{}",
+        vm.name,
+        context()
+    );
+}
+
+/// Typed on `vm`'s root shell: the second virtio disk is the shared one (its serial).
+fn assert_shared_disk_seen(vm: &mut Vm) {
+    let dev = SHARED_DISK_DEV.trim_start_matches("/dev/");
+    vm.type_line(&format!(
+        "echo shared-serial-$(cat /sys/block/{dev}/serial)"
+    ));
+    assert_eq!(
+        console_answer(vm, "shared-serial-", Duration::from_secs(30)),
+        SHARED_DISK_SERIAL,
+        "{}: {SHARED_DISK_DEV} is not the shared disk",
+        vm.name
+    );
+}
+
+/// `waited_ms` of the last `disk_lease_acquired` event on `vm` (`tandem events`, typed
+/// on its root shell).
+fn disk_lease_waited_ms(vm: &mut Vm) -> u64 {
+    vm.type_line(
+        "echo lease-waited-ms=$(tandem events --json | grep -o '\"waited_ms\":\"[0-9]*\"' \
+         | tail -n 1 | tr -dc 0-9)",
+    );
+    let answer = console_answer(vm, "lease-waited-ms=", Duration::from_secs(30));
+    answer
+        .parse()
+        .unwrap_or_else(|_| panic!("{}: waited_ms `{answer}`", vm.name))
+}
+
+/// Shared storage (issue 16): one raw disk image attached to both VMs (`share-rw`)
+/// instead of the mirror; the group (floating IP, disk lease, demo service with its
+/// counter on the disk) runs on one VM at a time. The owner's QEMU is killed: the
+/// other VM takes the disk lease only once the owner's has expired, serves, and the
+/// counter goes on from the last acknowledged write.
+#[test]
+fn two_vms_on_one_shared_disk_fail_the_group_over_under_the_disk_lease() {
+    require_image_tools!();
+    let _slot = qemu_slots().lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared.img");
+    std::fs::File::create(&shared)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let lan_port = free_udp_port();
+    let (mut vms, disks) = start_pair(
+        dir.path(),
+        PairSpec {
+            label: "shared-disk",
+            config: &|| cluster_config(free_udp_port(), Storage::SharedDisk),
+            lan: &|_| format!("socket,mcast={LAN_GROUP}:{lan_port},localaddr=127.0.0.1"),
+            started: &|_| {},
+            watchdog: false,
+            console_input: true,
+            shared_disk: Some(&shared),
+        },
+    );
+    vms.iter_mut().for_each(assert_shared_disk_seen);
+    let context = |vms: &[Vm]| pair_context(vms, &disks);
+    let first = agreed_owner(&vms, || context(&vms));
+    let (a, b) = if first == "alpha" { (0, 1) } else { (1, 0) };
+    let second = vms[b].name.clone();
+    wait_serving(&vms[a], &first, || context(&vms));
+    // Each write is on the shared disk (O_DSYNC) before the service answers it.
+    const WRITES: u64 = 5;
+    for i in 1..=WRITES {
+        bump_counter(&vms[a], i, || context(&vms));
+    }
+    let lan = Lan::join(lan_port);
+    wait_for_vip(&lan, a, &first);
+
+    let killed_at = Instant::now();
+    let _ = vms[a].child.kill();
+    let took = wait_takeover(&vms[b], b, &lan, killed_at, || context(&vms));
+    let waited = disk_lease_waited_ms(&mut vms[b]);
+    println!(
+        "IMAGE shared-disk: {second} owns `demo`, serves it and answers ARP for the floating IP \
+         {:.1} s after {first}'s QEMU was killed; its disk lease waited {waited} ms \
+         (lease timeout {DISK_LEASE_TIMEOUT_MS} ms)",
+        took.as_secs_f64()
+    );
+    assert!(
+        waited >= DISK_LEASE_TIMEOUT_MS && took >= Duration::from_millis(DISK_LEASE_TIMEOUT_MS),
+        "{second} took the disk after {waited} ms ({took:?} after the kill), before \
+         {first}'s lease could expire:\n{}",
+        context(&vms)
+    );
+    // Every acknowledged write is on the disk the survivor reads, and it writes on.
+    assert_counter(&vms[b], &format!("{WRITES} {first}"), || context(&vms));
+    bump_counter(&vms[b], WRITES + 1, || context(&vms));
 }
 
 /// Waits until the floating IP answers with VM `i`'s MAC.
@@ -1244,7 +1427,7 @@ watchdog = {{ device = \"/dev/watchdog\", timeout = \"{QW_WATCHDOG_S}s\" }}
 name = \"w\"
 addresses = {{ hb1 = \"{WITNESS_ADDR}\" }}
 ",
-        cluster_config(free_udp_port())
+        cluster_config(free_udp_port(), Storage::Mirror)
     )
 }
 
@@ -1320,6 +1503,7 @@ fn two_vms_and_a_witness_reset_a_hung_owner_by_its_hardware_watchdog() {
             started: &|i| lan.attach(i),
             watchdog: true,
             console_input: true,
+            shared_disk: None,
         },
     );
     let first = agreed_owner(&vms, || {
