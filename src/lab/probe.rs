@@ -9,13 +9,8 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::net::{self, check_interrupt};
-use super::topology::{identify_node, parse_http_response, SERVICE_PORT, VIP};
+use super::topology::{identify_node, parse_http_response, SERVICE_PORT};
 use super::LabError;
-
-/// Socket address of the demo service on the VIP.
-pub fn vip_service() -> SocketAddr {
-    service_on(VIP)
-}
 
 /// Socket address of the demo service on floating IP `vip`.
 pub fn service_on(vip: &str) -> SocketAddr {

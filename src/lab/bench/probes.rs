@@ -6,8 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::lab::net::{self, check_interrupt};
-use crate::lab::probe::{http_get, vip_service};
+use crate::lab::probe::{http_get, service_on};
 use crate::lab::topology::identify_node;
+use crate::lab::topology::VIP;
 use crate::lab::LabError;
 
 /// First answer from a node other than the previous owner.
@@ -36,7 +37,7 @@ pub fn spawn_takeover_prober(
         if start.recv().is_err() {
             return Ok(None);
         }
-        let addr = vip_service();
+        let addr = service_on(VIP);
         let begin = Instant::now();
         let mut probes = 0u64;
         let mut next = begin;
