@@ -188,6 +188,11 @@ fn the_tls_handshake_works_with_the_generated_certificate_whose_fingerprint_stat
     assert_eq!(page.code, 200);
     assert_eq!(page.header("x-frame-options"), Some("DENY"), "no framing");
     assert_eq!(page.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(
+        page.header("strict-transport-security"),
+        Some("max-age=31536000"),
+        "HTTPS only (HSTS)"
+    );
     assert!(page
         .body
         .contains("<form method=\"post\" action=\"/login\">"));
@@ -227,6 +232,37 @@ fn the_tls_handshake_works_with_the_generated_certificate_whose_fingerprint_stat
     );
 }
 
+/// A flood of idle connections fills the console's connection slots: one more is
+/// closed at once (not left to time out), and once the flood goes the console serves
+/// again.
+#[test]
+fn connections_beyond_the_limit_are_closed_at_once_and_the_console_recovers() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    use tandem::console::tls::MAX_CONNECTIONS;
+    let c = Console::start();
+    let flood: Vec<TcpStream> = (0..MAX_CONNECTIONS)
+        .map(|_| TcpStream::connect(("127.0.0.1", c.port)).expect("connect"))
+        .collect();
+    let mut extra = TcpStream::connect(("127.0.0.1", c.port)).expect("connect");
+    extra
+        .set_read_timeout(Some(Duration::from_secs(8)))
+        .unwrap();
+    let t = Instant::now();
+    let mut b = [0u8; 1];
+    let closed = matches!(extra.read(&mut b), Ok(0) | Err(_));
+    assert!(
+        closed && t.elapsed() < Duration::from_secs(5),
+        "the connection over the limit was not closed at once ({:?})",
+        t.elapsed()
+    );
+    drop(flood);
+    daemon::wait_until("the console serves again", Duration::from_secs(10), || {
+        c.https("/login", &[]).code == 200
+    });
+}
+
 #[test]
 fn plain_http_on_the_console_port_is_redirected_to_https() {
     let c = Console::start();
@@ -263,6 +299,16 @@ fn each_role_logs_in_with_a_fresh_secure_cookie_and_strangers_are_sent_to_the_lo
     }
     assert_eq!(c.login("ada", "wrong password").code, 401);
     assert!(c.audited("ada", "login", "refused"));
+    // Login CSRF: another site's form posting a password is refused, no cookie set.
+    let form = format!("user=otto&password={PASSWORD}");
+    let forged = c.https(
+        "/login",
+        &["-d", &form, "-H", "Origin: https://evil.example"],
+    );
+    assert_eq!(forged.code, 403);
+    assert!(forged.header("set-cookie").is_none());
+    let own = format!("Origin: https://a:{}", c.port);
+    assert_eq!(c.https("/login", &["-d", &form, "-H", &own]).code, 303);
 }
 
 #[test]

@@ -97,13 +97,15 @@ pub fn app(state: ConsoleState, pages: Router, api: Router) -> Router {
 }
 
 /// On every answer, unless a page set its own: no framing (clickjacking), no content
-/// sniffing, no referrer to other sites.
+/// sniffing, no referrer to other sites, and HTTPS only from now on (HSTS, one year;
+/// the console answers plain HTTP with nothing but a redirect).
 async fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     for (name, value) in [
         (header::X_FRAME_OPTIONS, "DENY"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "same-origin"),
+        (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
     ] {
         h.entry(name)
             .or_insert(header::HeaderValue::from_static(value));
@@ -240,6 +242,19 @@ struct LoginForm {
     password: String,
 }
 
+/// Whether a request's `Origin`, if it names one, is the console itself
+/// (`https://` and the request's `Host`). Clients other than browsers send none.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.to_str().ok(), host) {
+        (Some(o), Some(h)) => o.strip_prefix("https://") == Some(h),
+        _ => false,
+    }
+}
+
 /// `POST /login`: a new session (never the id the request carried) and its cookie, or
 /// 401 with the form again, or 429 while rate-limited. Audited either way.
 async fn login(
@@ -255,6 +270,16 @@ async fn login(
     let audit = |outcome, reason| {
         gate::audit(&s.events, (&typed, ""), "login", "console", outcome, reason);
     };
+    // Login CSRF: another site's page posting its own account's password, so that
+    // the victim works in the attacker's session. Browsers name the page's origin.
+    if !same_origin(&headers) {
+        audit(Outcome::Refused, Some("cross_origin"));
+        return (
+            StatusCode::FORBIDDEN,
+            Html(login_page(Some("Log in from the console's own page."))),
+        )
+            .into_response();
+    }
     let limited = s
         .limiter
         .lock()
@@ -325,6 +350,23 @@ async fn logout(State(s): State<ConsoleState>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_login_is_same_origin_unless_the_browser_names_another() {
+        let headers = |origin: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, "10.0.0.1:9443".parse().unwrap());
+            if let Some(o) = origin {
+                h.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            h
+        };
+        assert!(same_origin(&headers(None)), "curl sends no Origin");
+        assert!(same_origin(&headers(Some("https://10.0.0.1:9443"))));
+        for other in ["https://evil.example", "http://10.0.0.1:9443", "null"] {
+            assert!(!same_origin(&headers(Some(other))), "{other}");
+        }
+    }
 
     #[test]
     fn the_session_cookie_is_found_among_others() {

@@ -32,6 +32,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// included).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most connections the console holds at once (open event streams included); a
+/// connection beyond them is closed at once, so a flood cannot exhaust the node's file
+/// descriptors or memory.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// The certificate chain and key the console presents.
 pub struct Identity {
     pub certs: Vec<CertificateDer<'static>>,
@@ -127,14 +132,27 @@ pub async fn serve(listener: tokio::net::TcpListener, identity: Identity, app: R
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused: u64 = 0;
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
             continue;
         };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(%peer, refused, limit = MAX_CONNECTIONS, "console: too many connections; closing new ones");
+            }
+            drop(tcp);
+            continue;
+        };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, connection(tcp, peer, acceptor, app)).await;
+            let _ = tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                connection(tcp, peer, acceptor, app, slot),
+            )
+            .await;
         });
     }
 }
@@ -153,12 +171,13 @@ fn acceptor(identity: Identity) -> Result<tokio_rustls::TlsAcceptor, rustls::Err
 
 /// One connection: TLS, or a redirect for plain HTTP. The handshake runs under the
 /// caller's timeout; the HTTP exchange then runs on its own task, for as long as it
-/// lasts (event streams).
+/// lasts (event streams), holding the connection's `slot` until it ends.
 async fn connection(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     acceptor: tokio_rustls::TlsAcceptor,
     app: Router,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let mut first = [0u8; 1];
     if !matches!(tcp.peek(&mut first).await, Ok(1)) {
@@ -184,6 +203,7 @@ async fn connection(
             .serve_connection(TokioIo::new(tls), svc)
             .with_upgrades()
             .await;
+        drop(slot);
     });
 }
 
