@@ -499,10 +499,13 @@ impl Daemon {
             .map_err(|e| ControlError::Conflict(control::refused_config(&e)))?;
         let plan = reload::classify(&self.cfg, &new);
         let outcome = plan.outcome(&new.digest);
-        self.input(NodeInput::Reloaded {
-            digest: plan.running.digest.clone(),
-            restart_policies: crate::placement::policy::RestartPolicy::all(&plan.running),
-        });
+        // Nothing taken live: what runs (and its digest) is what ran.
+        if !plan.applied.is_empty() {
+            self.input(NodeInput::Reloaded {
+                digest: plan.running.digest.clone(),
+                restart_policies: crate::placement::policy::RestartPolicy::all(&plan.running),
+            });
+        }
         self.cfg = plan.running;
         self.running.send_replace(Arc::new(self.cfg.clone()));
         tracing::info!(applied = ?outcome.applied, needs_restart = ?outcome.needs_restart, "configuration reloaded");
