@@ -389,6 +389,9 @@ pub struct ResourceView {
     /// The resources of its group it depends on (started before it, stopped after).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// The health checks its configuration gives it (none: its built-in monitor only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configured_checks: Vec<CheckKind>,
     /// The last result of each of its health checks on this node (none until one ran).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<CheckView>,
@@ -698,6 +701,13 @@ fn resource_views(cfg: &Config, groups: &[GroupStatus]) -> (Vec<ResourceView>, V
                 kind: ResourceType::of(&r.kind),
                 state,
                 depends_on: r.depends_on.clone(),
+                configured_checks: [
+                    (CheckKind::Quickcheck, r.quickcheck.is_some()),
+                    (CheckKind::Deepcheck, r.deepcheck.is_some()),
+                ]
+                .into_iter()
+                .filter_map(|(k, on)| on.then_some(k))
+                .collect(),
                 checks: Vec::new(),
                 disk_lease: None,
             });
@@ -768,6 +778,7 @@ impl Status {
                 kind: ResourceType::Ip,
                 state: LocalGroupState::Running,
                 depends_on: Vec::new(),
+                configured_checks: Vec::new(),
                 checks: Vec::new(),
                 disk_lease: None,
             }],

@@ -31,6 +31,7 @@ fn status() -> Status {
         kind,
         state: LocalGroupState::Running,
         depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        configured_checks: Vec::new(),
         checks: Vec::new(),
         disk_lease: None,
     };

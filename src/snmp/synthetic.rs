@@ -72,6 +72,7 @@ pub fn synthetic_status(groups: usize) -> Status {
                 kind,
                 state: LocalGroupState::Running,
                 depends_on: Vec::new(),
+                configured_checks: Vec::new(),
                 checks: Vec::new(),
                 disk_lease: None,
             });

@@ -203,7 +203,9 @@ fn states(states: &BTreeMap<String, LocalGroupState>) -> String {
 /// The resource's last check results on this node (from the status) and its latest
 /// restart among the recent events.
 fn last_check(r: &ResourceView, events: &[Event]) -> String {
-    let checks = if r.checks.is_empty() {
+    let checks = if r.configured_checks.is_empty() {
+        "<span class=\"check\">no check configured (its built-in monitor only)</span>".to_string()
+    } else if r.checks.is_empty() {
         "<span class=\"check\">no check has run on this node</span>".to_string()
     } else {
         r.checks
@@ -364,6 +366,7 @@ mod tests {
             kind,
             state: LocalGroupState::Running,
             depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            configured_checks: Vec::new(),
             checks: Vec::new(),
             disk_lease: None,
         };
@@ -386,7 +389,12 @@ mod tests {
         assert!(at("<b>fs</b>") < at("<b>disk</b>"));
         assert!(at("<b>disk</b>") < at("<b>vip</b>"));
         assert!(html.contains("<b>fs</b> <span class=\"kind\">filesystem</span> <span class=\"on\">alpha: <span class=\"badge ok\">running</span></span> <span class=\"on\">beta: <span class=\"badge idle\">stopped</span></span>"));
-        assert_eq!(html.matches("no check has run on this node").count(), 4);
+        assert_eq!(html.matches("no check configured").count(), 4);
+        let mut app = with_hierarchy();
+        app.resources[3].configured_checks = vec![crate::status::CheckKind::Quickcheck];
+        let html = render_group(&app, &[], "web", &who(Role::Viewer)).unwrap();
+        assert_eq!(html.matches("no check configured").count(), 3);
+        assert_eq!(html.matches("no check has run on this node").count(), 1);
         assert!(!html.contains("class=\"act"), "a viewer gets no buttons");
     }
 
@@ -400,6 +408,7 @@ mod tests {
             took_ms: 4,
             error: error.map(str::to_string),
         };
+        st.resources[3].configured_checks = vec![CheckKind::Quickcheck, CheckKind::Deepcheck];
         st.resources[3].checks = vec![
             check(CheckKind::Quickcheck, Some("http 500 <oops>")),
             check(CheckKind::Deepcheck, None),
