@@ -479,8 +479,16 @@ fn openapi_documents_every_route_and_the_daemon_serves_each_one() {
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = 0;
     for (path, item) in paths {
-        for method in item.as_object().unwrap().keys() {
+        for (method, op) in item.as_object().unwrap() {
             operations += 1;
+            if path != "/openapi.json" {
+                assert!(
+                    op["responses"]["4XX"]["description"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("refused")),
+                    "{method} {path}: no 4XX answer documented"
+                );
+            }
             let url = format!("http://x{}", path.replace('{', "nosuch-").replace('}', ""));
             // `PUT /v1/config` with "{}": not TOML, so refused and nothing written.
             let (answer, code) = d.curl(&["-X", &method.to_uppercase(), "-d", "{}", &url]);

@@ -242,12 +242,45 @@ async fn token_gate(
 
 mod config;
 
+/// What every API route may answer besides its own: a refusal (4XX), or no answer in
+/// time (5XX). For the OpenAPI document only.
+struct Failure;
+
+/// The refusals of a route that does not wait on the daemon's loop. For the OpenAPI
+/// document only.
+struct Refused;
+
+/// The refusal answer: `{"code", "error"}`.
+fn refused_response() -> (String, utoipa::openapi::RefOr<utoipa::openapi::Response>) {
+    let r = utoipa::openapi::ResponseBuilder::new()
+        .description("refused: `{\"code\", \"error\"}` (docs/API.md lists each code)")
+        .build();
+    ("4XX".into(), r.into())
+}
+
+impl utoipa::IntoResponses for Refused {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        [refused_response()].into()
+    }
+}
+
+impl utoipa::IntoResponses for Failure {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        let unavailable = utoipa::openapi::ResponseBuilder::new()
+            .description("timed out or shutting down")
+            .build();
+        [refused_response(), ("5XX".into(), unavailable.into())].into()
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/v1/status",
     tag = "status",
     summary = "The whole snapshot: nodes, paths, groups, mirrors, counters.",
-    responses((status = 200, description = "one consistent snapshot of this node's view", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "one consistent snapshot of this node's view", body = Object), Failure)
 )]
 async fn status(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().clone()).into_response()
@@ -258,7 +291,7 @@ async fn status(State(s): State<AppState>) -> Response {
     path = "/v1/nodes",
     tag = "status",
     summary = "The nodes of the snapshot.",
-    responses((status = 200, description = "the nodes", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the nodes", body = Object), Failure)
 )]
 async fn nodes(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().nodes.clone()).into_response()
@@ -269,7 +302,7 @@ async fn nodes(State(s): State<AppState>) -> Response {
     path = "/v1/paths",
     tag = "status",
     summary = "The heartbeat paths of the snapshot.",
-    responses((status = 200, description = "each peer's paths", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "each peer's paths", body = Object), Failure)
 )]
 async fn paths(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().paths.clone()).into_response()
@@ -280,7 +313,7 @@ async fn paths(State(s): State<AppState>) -> Response {
     path = "/v1/groups",
     tag = "status",
     summary = "The groups of the snapshot.",
-    responses((status = 200, description = "the groups", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the groups", body = Object), Failure)
 )]
 async fn groups(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().groups.clone()).into_response()
@@ -303,7 +336,7 @@ struct EventsQuery {
     tag = "events",
     summary = "Events after `since`; long-polls up to `wait_ms` when there are none yet.",
     params(("since" = Option<u64>, Query, description = "the last seq already seen"), ("limit" = Option<usize>, Query, description = "at most this many (1000; up to 10000)"), ("wait_ms" = Option<u64>, Query, description = "wait this long for a first one (up to 60000)")),
-    responses((status = 200, description = "the events, oldest first", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the events, oldest first", body = Object), Failure)
 )]
 async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     let limit = q.limit.unwrap_or(1000).min(10_000);
@@ -332,7 +365,7 @@ async fn events(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Resp
     tag = "events",
     summary = "The event stream: the backlog after `since`, then each new event, as newline-delimited JSON.",
     params(("since" = Option<u64>, Query, description = "the last seq already seen")),
-    responses((status = 200, description = "one JSON event per line", content_type = "application/x-ndjson"), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "one JSON event per line", content_type = "application/x-ndjson"), Failure)
 )]
 async fn event_stream(State(s): State<AppState>, Query(q): Query<EventsQuery>) -> Response {
     let mut sub = s.events.subscribe();
@@ -392,7 +425,7 @@ fn tokio_stream_from<T: Send + 'static>(
     path = "/v1/history",
     tag = "events",
     summary = "Failover and switchover timelines.",
-    responses((status = 200, description = "the timelines", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the timelines", body = Object), Failure)
 )]
 async fn history(State(s): State<AppState>) -> Response {
     Json(s.events.timelines()).into_response()
@@ -430,7 +463,7 @@ async fn ask_control<T>(
     tag = "actions",
     summary = "Moves a group to another node; answers once it passes its checks there.",
     params(("group" = String, Path, description = "the group")), request_body(content = Option<SwitchoverBody>, description = "the target node (default: the next in the group's order) and a timeout"),
-    responses((status = 200, description = "where it runs now and how long it took", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "where it runs now and how long it took", body = Object), Failure)
 )]
 async fn switchover(
     State(s): State<AppState>,
@@ -520,7 +553,7 @@ struct OnBody {
     tag = "actions",
     summary = "Maintenance on or off: the group is left alone.",
     params(("group" = String, Path, description = "the group")), request_body(content = OnBody),
-    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "done", body = Object), Failure)
 )]
 async fn maintenance(
     State(s): State<AppState>,
@@ -555,7 +588,7 @@ struct ClearBody {
     tag = "actions",
     summary = "This node forgets the group's failures and lifts its block.",
     params(("group" = String, Path, description = "the group")), request_body(content = Option<ClearBody>, description = "the node to clear on (default: this one)"),
-    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "done", body = Object), Failure)
 )]
 async fn clear(
     State(s): State<AppState>,
@@ -580,7 +613,7 @@ async fn clear(
     path = "/v1/mirrors",
     tag = "mirrors",
     summary = "The mirrors of the snapshot.",
-    responses((status = 200, description = "each mirror with its peers", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "each mirror with its peers", body = Object), Failure)
 )]
 async fn mirrors(State(s): State<AppState>) -> Response {
     Json(s.status.borrow().mirrors.clone()).into_response()
@@ -602,7 +635,7 @@ struct MirrorBody {
     tag = "actions",
     summary = "A mirror action: pause, resume, verify, resync_full, disconnect, connect or resolve.",
     params(("mirror" = String, Path, description = "the mirror"), ("action" = String, Path, description = "pause, resume, verify, resync_full, disconnect, connect or resolve")), request_body(content = Option<MirrorBody>, description = "the peer (default: every peer); for resolve, the node whose copy survives"),
-    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "done", body = Object), Failure)
 )]
 async fn mirror_action(
     State(s): State<AppState>,
@@ -666,7 +699,7 @@ impl PlanQuery {
     tag = "mirrors",
     summary = "Link sizing from the mirror's write-rate history (`tandem mirror plan`).",
     params(("mirror" = String, Path, description = "the mirror"), ("lag" = Option<String>, Query, description = "the lag target, e.g. `30s`"), ("percentile" = Option<f64>, Query, description = "of the minutes, e.g. 95"), ("efficiency" = Option<f64>, Query, description = "of the link, (0, 1]"), ("compression" = Option<f64>, Query, description = "the expected ratio")),
-    responses((status = 200, description = "the history's figures and the recommended link", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the history's figures and the recommended link", body = Object), Failure)
 )]
 async fn mirror_plan(
     State(s): State<AppState>,
@@ -699,7 +732,7 @@ async fn mirror_plan(
     tag = "mirrors",
     summary = "The dumps saved before a losing copy was overwritten.",
     params(("mirror" = String, Path, description = "the mirror")),
-    responses((status = 200, description = "the dumps, newest first", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the dumps, newest first", body = Object), Failure)
 )]
 async fn split_brain_dumps(
     State(s): State<AppState>,
@@ -718,7 +751,7 @@ async fn split_brain_dumps(
     tag = "mirrors",
     summary = "One dump's bytes as they are on disk.",
     params(("mirror" = String, Path, description = "the mirror"), ("name" = String, Path, description = "a dump's name, or `latest`")),
-    responses((status = 200, description = "the dump", content_type = "application/octet-stream"), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "the dump", content_type = "application/octet-stream"), Failure)
 )]
 async fn split_brain_dump(
     State(s): State<AppState>,
@@ -769,7 +802,7 @@ async fn set_standby(s: AppState, node: String, on: bool) -> Response {
     tag = "actions",
     summary = "The node runs no group (its groups move away).",
     params(("node" = String, Path, description = "the node")),
-    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "done", body = Object), Failure)
 )]
 async fn standby(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Response {
     set_standby(s, node, true).await
@@ -781,7 +814,7 @@ async fn standby(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> R
     tag = "actions",
     summary = "The node may run groups again.",
     params(("node" = String, Path, description = "the node")),
-    responses((status = 200, description = "done", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "done", body = Object), Failure)
 )]
 async fn online(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Response {
     set_standby(s, node, false).await
@@ -792,7 +825,7 @@ async fn online(State(s): State<AppState>, UrlPath(node): UrlPath<String>) -> Re
     path = "/v1/image/update",
     tag = "image",
     summary = "The image update's progress.",
-    responses((status = 200, description = "state, bytes, total, error", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 200, description = "state, bytes, total, error", body = Object), Failure)
 )]
 async fn image_progress(State(s): State<AppState>) -> Response {
     Json(s.image.progress()).into_response()
@@ -811,7 +844,7 @@ struct ImageUpdateBody {
     tag = "image",
     summary = "Updates the inactive boot slot from a signed image the daemon downloads, in the background.",
     request_body(content = ImageUpdateBody),
-    responses((status = 202, description = "started: its progress", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"), (status = "5XX", description = "timed out or shutting down"))
+    responses((status = 202, description = "started: its progress", body = Object), Failure)
 )]
 async fn image_update(State(s): State<AppState>, Json(body): Json<ImageUpdateBody>) -> Response {
     match s.image.start(&body.url) {

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{ask, control_error, error, AppState};
+use super::{ask, control_error, error, AppState, Refused};
 use crate::config::reload::admit;
 use crate::config::Config;
 use crate::control::{refused_config, reload_file, ControlError, Request};
@@ -23,7 +23,7 @@ use crate::control::{refused_config, reload_file, ControlError, Request};
     path = "/v1/config/reload",
     tag = "config",
     summary = "Rereads the configuration file and applies what can change without a restart.",
-    responses((status = 200, description = "what was applied and what needs a restart", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"))
+    responses((status = 200, description = "what was applied and what needs a restart", body = Object), Refused)
 )]
 pub(super) async fn reload(State(s): State<AppState>) -> Response {
     match reload_file(&s.config.path, &s.requests).await {
@@ -38,7 +38,7 @@ pub(super) async fn reload(State(s): State<AppState>) -> Response {
     tag = "config",
     summary = "Replaces the configuration file (checked, written atomically with mode 0600) and reloads it.",
     request_body(content = String, content_type = "application/toml", description = "the whole TOML file"),
-    responses((status = 200, description = "what was applied and what needs a restart", body = Object), (status = "4XX", description = "refused: `{\"code\", \"error\"}` (docs/API.md lists each code)"))
+    responses((status = 200, description = "what was applied and what needs a restart", body = Object), Refused)
 )]
 pub(super) async fn replace(State(s): State<AppState>, body: String) -> Response {
     let new = match Config::parse(&body) {
