@@ -12,6 +12,7 @@
 //! (`[cluster] events_max_bytes`, `events_keep`: `events.jsonl.1`, ...); reading them
 //! back at start reads the rotated files too, so `since` and `history` see no gap.
 
+pub mod story;
 mod writer;
 
 use std::collections::{BTreeMap, VecDeque};

@@ -40,6 +40,7 @@ pub mod control;
 pub mod demo;
 pub mod event;
 pub mod fence;
+pub mod human;
 pub mod image;
 pub mod lab;
 pub mod lease;

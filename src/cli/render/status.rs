@@ -10,8 +10,8 @@ use crate::status::{
     ResyncDirection, ResyncStatus, Status, TakeoverMode,
 };
 
-use super::history::{failure_to_service_ms, started_ms};
 use super::{human_bytes, human_ms, table, utc_seconds};
+use crate::event::story::{failure_to_service_ms, started_ms};
 
 /// The whole of `tandem status`; `timelines` are this node's (`/v1/history`).
 pub fn render_status(st: &Status, timelines: &[Timeline]) -> String {

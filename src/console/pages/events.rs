@@ -2,8 +2,8 @@
 //! node that the script applies in the browser (each row carries its kind, group and
 //! nodes as data attributes); live like every page.
 
-use crate::cli::render::utc_millis;
 use crate::event::Event;
+use crate::human::utc_millis;
 
 use super::html::escape;
 

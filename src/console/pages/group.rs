@@ -6,10 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::cli::render::{human_bytes, utc_seconds};
 use crate::cluster::packet::LocalGroupState;
 use crate::console::principal::Principal;
 use crate::event::{Event, EventKind};
+use crate::human::{human_bytes, utc_seconds};
 use crate::status::{
     CheckView, GroupStatus, LinkState, MirrorRole, MirrorStatus, NodeState, ResourceView, Status,
 };

@@ -1,11 +1,11 @@
 //! The history page: every failover and switchover, newest first, as a picture
 //! ([`timeline_svg`]: one bar per phase on a time axis in milliseconds, the phases being
-//! `tandem history`'s own, `cli::render::history::phases`), the reason in words, the
+//! `tandem history`'s own, `event::story::phases`), the reason in words, the
 //! total, and the group's events of that time listed under it.
 
-use crate::cli::render::history::{phases, started_ms, total, Phase, PhaseKind};
-use crate::cli::render::{human_ms, utc_millis};
+use crate::event::story::{phases, started_ms, total, Phase, PhaseKind};
 use crate::event::{Event, MoveReason, Timeline};
+use crate::human::{human_ms, utc_millis};
 
 use super::events::event_rows;
 use super::html::{badge, escape, Tone};

@@ -3,9 +3,9 @@
 //! a resync progress bar with rate and ETA, the last verify), with pause, resume,
 //! verify and full resync per peer.
 
-use crate::cli::render::{human_bytes, human_ms};
 use crate::console::principal::Principal;
 use crate::control::MirrorAction;
+use crate::human::{human_bytes, human_ms};
 use crate::mirror::generation::DiskState;
 use crate::status::{MirrorPeerStatus, MirrorStatus, ResyncStatus, Status};
 

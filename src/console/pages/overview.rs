@@ -2,9 +2,9 @@
 //! the heartbeat paths, the groups with their owner, state and why one is blocked, and
 //! the mirrors with their role and each peer's sync state.
 
-use crate::cli::render::human_ms;
 use crate::cluster::packet::LocalGroupState;
 use crate::console::principal::Principal;
+use crate::human::human_ms;
 use crate::mirror::generation::DiskState;
 use crate::status::{
     GroupStatus, GroupSummary, LinkState, MirrorStatus, NodeState, NodeStatus, Status,
