@@ -540,9 +540,27 @@ impl LabState {
         })
     }
 
+    /// Saves node `i`'s entry only. Other `lab` commands may run at the same moment
+    /// (`lab fail` of two nodes at once), each with the state it loaded: under an
+    /// exclusive lock, the file is read again and only this node's entry replaced, so
+    /// no command's change is lost.
+    fn save_node(&self, i: usize) -> Result<(), LabError> {
+        let lock_path = self.dir.join("lab.lock");
+        let lock = std::fs::File::create(&lock_path)
+            .map_err(|e| LabError::io(format!("creating {}", lock_path.display()), e))?;
+        lock.lock()
+            .map_err(|e| LabError::io(format!("locking {}", lock_path.display()), e))?;
+        let mut current = LabState::load(&self.dir)?;
+        current.nodes[i] = self.nodes[i].clone();
+        current.save()
+    }
+
     fn save(&self) -> Result<(), LabError> {
         let path = self.dir.join("lab.json");
-        let tmp = self.dir.join("lab.json.tmp");
+        // Unique per process: two commands saving at once never rename each other's.
+        let tmp = self
+            .dir
+            .join(format!("lab.json.tmp.{}", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
             .map_err(|e| LabError::io(format!("writing {}", tmp.display()), e))?;
         std::fs::rename(&tmp, &path)
@@ -1520,7 +1538,7 @@ pub(crate) fn restart_node(state: &mut LabState, i: usize) -> Result<(), LabErro
         watchdog::power_cycled(&state.nodes[i].dir.join(watchdog::FIFO));
     }
     start_node(state, i)?;
-    state.save()
+    state.save_node(i)
 }
 
 /// Pids of the engine daemon of node `i` (keepalived: every keepalived
@@ -1890,7 +1908,11 @@ fn remove_lab_files(dir: &Path) -> Result<(), LabError> {
             .is_some_and(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_digit()));
         let res = if (node_dir || name == topology::WITNESS) && path.is_dir() {
             std::fs::remove_dir_all(&path)
-        } else if name == "lab.json" || name == "lab.json.tmp" {
+        } else if name == "lab.json"
+            || name == "lab.lock"
+            || name.starts_with("lab.json.tmp")
+            || name == topology::SHARED_DISK_FILE
+        {
             std::fs::remove_file(&path)
         } else {
             continue;
@@ -2316,13 +2338,11 @@ mod tests {
         assert!(matches!(c.cmd, LabCommand::Bench { .. }));
     }
 
-    #[test]
-    fn state_roundtrip() {
-        let dir = std::env::temp_dir().join(format!("tandem-lab-test-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("n1/state")).unwrap();
-        let s = LabState {
+    /// A lab's state in `dir` with these nodes.
+    fn state_in(dir: &Path, nodes: Vec<NodeState>, topology: Topology) -> LabState {
+        LabState {
             prefix: "tdm-".into(),
-            dir: dir.clone(),
+            dir: dir.to_path_buf(),
             engine: Engine::Tandem,
             interval_ms: 200,
             switchback: Switchback::Manual,
@@ -2330,11 +2350,67 @@ mod tests {
             vip: VIP.into(),
             switch_ns: "tdm-sw".into(),
             client_ns: "tdm-cl".into(),
-            nodes: vec![],
+            nodes,
             witness: None,
-            topology: Topology::NPlusOne,
+            topology,
+        }
+    }
+
+    /// Two `lab fail N restart` at once (`fail_at_once`), each saving the state it
+    /// loaded: neither fails and neither's node entry is lost.
+    #[test]
+    fn two_commands_saving_at_once_keep_both_nodes() {
+        let dir = std::env::temp_dir().join(format!("tandem-lab-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = |name: &str| NodeState {
+            name: name.into(),
+            netns: format!("tdm-{name}"),
+            pub_addr: String::new(),
+            hb_addrs: BTreeMap::new(),
+            dir: dir.join(name),
+            config: None,
+            state_dir: None,
+            socket: None,
+            procs: vec![ProcSpec {
+                argv: vec!["tandem".into()],
+                env: Vec::new(),
+                log: dir.join(format!("{name}.log")),
+                pid: None,
+            }],
+            watchdog: None,
+            bmc: None,
         };
+        let s = state_in(&dir, vec![node("n1"), node("n2")], Topology::ActiveStandby);
         s.save().unwrap();
+        for round in 1..=50u32 {
+            std::thread::scope(|t| {
+                for i in 0..2 {
+                    let mut mine = LabState::load(&dir).unwrap();
+                    t.spawn(move || {
+                        mine.nodes[i].procs[0].pid = Some(round * 10 + i as u32);
+                        mine.save_node(i).unwrap();
+                    });
+                }
+            });
+            let back = LabState::load(&dir).unwrap();
+            let pids: Vec<_> = back.nodes.iter().map(|n| n.procs[0].pid).collect();
+            assert_eq!(
+                pids,
+                [Some(round * 10), Some(round * 10 + 1)],
+                "round {round}"
+            );
+        }
+        remove_lab_files(&dir).unwrap();
+        assert!(!dir.exists(), "lab.lock and the state removed with the lab");
+    }
+
+    #[test]
+    fn state_roundtrip() {
+        let dir = std::env::temp_dir().join(format!("tandem-lab-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("n1/state")).unwrap();
+        let s = state_in(&dir, vec![], Topology::NPlusOne);
+        s.save().unwrap();
+        std::fs::write(dir.join(topology::SHARED_DISK_FILE), "disk").unwrap();
         let back = LabState::load(&dir).unwrap();
         assert_eq!(back.prefix, "tdm-");
         assert_eq!(back.engine, Engine::Tandem);
@@ -2342,6 +2418,7 @@ mod tests {
         std::fs::write(dir.join("keep.txt"), "x").unwrap();
         remove_lab_files(&dir).unwrap();
         assert!(!dir.join("lab.json").exists());
+        assert!(!dir.join(topology::SHARED_DISK_FILE).exists());
         assert!(!dir.join("n1").exists());
         assert!(
             dir.join("keep.txt").exists(),
