@@ -1881,7 +1881,8 @@ impl GroupState {
 
     /// Step "report a group nobody can run": once, when no live node is eligible and
     /// none runs it (after the startup grace); reported again only after some node
-    /// became eligible.
+    /// became eligible. The reason the status shows follows what changes meanwhile
+    /// (this node losing its quorum after the group went down, say).
     fn report_unplaceable(
         &mut self,
         policy: &GroupPolicy,
@@ -1898,6 +1899,8 @@ impl GroupState {
                     EventKind::GroupFailed,
                     fields([("group", policy.name.clone()), ("reason", reason)]),
                 ));
+            } else if self.unplaceable.is_some() {
+                self.unplaceable = Some(self.unplaceable_reason(policy, view));
             }
         } else if desired.is_some() {
             self.unplaceable = None;

@@ -883,32 +883,43 @@ fn with_a_quorum_standby_is_proposed_and_takes_effect_only_once_committed() {
     assert!(!out.iter().any(|a| matches!(a, Action::Propose(_))));
 }
 
+/// The DR site's view after a site disaster: `web` is `b`'s, and only `b` holds a
+/// complete copy; this node is quorate or not.
+fn site_lost_gate(quorate: bool) -> QuorumGate {
+    let mut gate = QuorumGate {
+        quorate,
+        ..QuorumGate::default()
+    };
+    let owner = Assignment {
+        owner: "b".into(),
+        epoch: 1,
+    };
+    gate.registers.insert("web".into(), owner);
+    gate.complete_copies
+        .insert("web".into(), ["b".to_string()].into_iter().collect());
+    gate
+}
+
+/// The reason `status` gives for group `web`.
+fn web_reason(p: &Placement, at: u64) -> String {
+    p.status(now(at), &[])
+        .into_iter()
+        .find(|g| g.name == "web")
+        .and_then(|g| g.reason)
+        .unwrap_or_default()
+}
+
 /// A group nobody can run says why when the log is the cause: the DR site after a site
 /// disaster has no quorum, and its async copy is not a complete one.
 #[test]
 fn with_a_quorum_an_unplaceable_group_names_the_missing_quorum_and_copy() {
     let reason = |quorate: bool| {
         let (mut p, _) = quorum_node();
-        let mut gate = QuorumGate {
-            quorate,
-            ..QuorumGate::default()
-        };
-        let owner = Assignment {
-            owner: "b".into(),
-            epoch: 1,
-        };
-        gate.registers.insert("web".into(), owner);
-        gate.complete_copies
-            .insert("web".into(), ["b".to_string()].into_iter().collect());
-        p.set_gate(Some(gate));
+        p.set_gate(Some(site_lost_gate(quorate)));
         // Past the startup grace.
         p.handle(now(60_000), Input::Tick, &[]);
         p.handle(now(62_000), Input::Tick, &[]);
-        p.status(now(62_000), &[])
-            .into_iter()
-            .find(|g| g.name == "web")
-            .and_then(|g| g.reason)
-            .unwrap_or_default()
+        web_reason(&p, 62_000)
     };
     let site_lost = reason(false);
     assert!(
@@ -920,6 +931,35 @@ fn with_a_quorum_an_unplaceable_group_names_the_missing_quorum_and_copy() {
     assert!(
         async_only.starts_with("no live node holds a complete copy"),
         "{async_only}"
+    );
+}
+
+/// The reason of a group nobody can run follows the quorum: reported while this node
+/// still had it (the DR copy right after the site loss), it names the lost quorum once
+/// that is gone too.
+#[test]
+fn an_unplaceable_groups_reason_names_a_quorum_lost_after_it_was_reported() {
+    let (mut p, _) = quorum_node();
+    p.set_gate(Some(site_lost_gate(true)));
+    p.handle(now(60_000), Input::Tick, &[]);
+    p.handle(now(62_000), Input::Tick, &[]);
+    assert!(web_reason(&p, 62_000).starts_with("no live node holds a complete copy"));
+    p.set_gate(Some(site_lost_gate(false)));
+    let out = p.handle(now(63_000), Input::Tick, &[]);
+    let now_reason = web_reason(&p, 63_000);
+    assert!(
+        now_reason.starts_with("this node has no quorum"),
+        "{now_reason}"
+    );
+    assert!(
+        !out.iter().any(|a| matches!(
+            a,
+            Action::Emit {
+                kind: EventKind::GroupFailed,
+                ..
+            }
+        )),
+        "reported once"
     );
 }
 
