@@ -739,7 +739,10 @@ pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> Strin
     let console = std::net::SocketAddr::new(address, 9443);
     let mut s = format!(
         "# Written at boot because /data/tandem.toml is missing: a one-node default.\n\
-         [cluster]\nname = \"tandem\"\nkey = \"{key}\"\nstate_dir = \"/data/state\"\n\n\
+         [cluster]\nname = \"tandem\"\nkey = \"{key}\"\nstate_dir = \"/data/state\"\n\
+         # A mirror's metadata goes at the end of its own disk (README \"Internal metadata\");\n\
+         # `metadata = \"external\"` on a [[mirror]] keeps it in state_dir instead.\n\
+         mirror_metadata = \"internal\"\n\n\
          [heartbeat]\npaths = [\"lan\"]\n\n\
          [metrics]\nlisten = \"{metrics}\"\n\n\
          [console]\nlisten = \"{console}\"\n"
@@ -748,7 +751,8 @@ pub fn default_config(node: &str, address: std::net::IpAddr, key: &str) -> Strin
     s.push_str(&format!(
         "\n[[node]]\nname = \"{node}\"\npriority = 1\naddresses = {{ lan = \"{address}\" }}\n"
     ));
-    // The data partition is 64 MiB: a mirror keeps its metadata on its own disk.
+    // The data partition is 64 MiB: a mirror keeps its metadata on its own disk
+    // (`mirror_metadata = "internal"` above).
     s.push_str(APPLIANCE_MIRROR_TEMPLATE);
     s
 }
@@ -763,14 +767,14 @@ const SNMP_TEMPLATE: &str =
      # source = \"192.0.2.0/24\"           # your management network only\n";
 
 /// The commented `[[mirror]]` of [`default_config`]: on the appliance, metadata is
-/// internal (at the end of the mirror's disk), so the data partition keeps only the
-/// config, small state and logs.
+/// internal (at the end of the mirror's disk, from `[cluster] mirror_metadata`), so the
+/// data partition keeps only the config, small state and logs.
 const APPLIANCE_MIRROR_TEMPLATE: &str =
     "\n# A replicated volume: uncomment and fill in (README \"Block mirror\").\n\
      # [[mirror]]\n\
      # name = \"data\"\n\
      # backing = \"/dev/sdb\"          # a disk of its own, the same on every node\n\
-     # metadata = \"internal\"         # the appliance default: metadata at the end of the disk\n\
+     #                               # (its metadata at its end: mirror_metadata above)\n\
      # addresses = { n1 = \"10.0.1.1:7790\", n2 = \"10.0.1.2:7790\" }\n\
      # [[mirror.link]]\n\
      # between = [\"n1\", \"n2\"]\n";
@@ -1006,10 +1010,12 @@ mod tests {
         );
         assert!(cfg.snmp.is_none(), "{text}");
         assert!(!text.contains("public"), "{text}");
-        assert!(
-            text.contains("# metadata = \"internal\""),
-            "the appliance default"
+        assert_eq!(
+            cfg.cluster.mirror_metadata,
+            crate::config::MetadataKind::Internal,
+            "the appliance default: {text}"
         );
+        assert!(text.contains("mirror_metadata above"), "{text}");
         assert_eq!(cfg.nodes[0].addresses["lan"], addr);
     }
 

@@ -386,7 +386,12 @@ fn convert_metadata(
     if let Some(note) = done.note {
         println!("note: {note}");
     }
-    println!("set `metadata = \"{kind}\"` for mirror `{mirror}` in the config before starting the daemon");
+    let (now, from) = cfg.mirror_metadata(m);
+    if now.name() == kind {
+        println!("the config already gives mirror `{mirror}` {kind} metadata ({from})");
+    } else {
+        println!("set `metadata = \"{kind}\"` for mirror `{mirror}` in the config before starting the daemon");
+    }
     Ok(())
 }
 
@@ -527,6 +532,10 @@ fn config(cmd: ConfigCmd) -> Result<(), MainError> {
                         f.timeout.as_secs_f64()
                     );
                 }
+            }
+            for m in &cfg.mirrors {
+                let (kind, from) = cfg.mirror_metadata(m);
+                println!("mirror `{}`: metadata {} ({from})", m.name, kind.name());
             }
             if let Some(w) = cfg.quorum_warning() {
                 eprintln!("warning: {w}");

@@ -758,6 +758,7 @@ fn cluster_config(trap_port: u16, storage: Storage) -> String {
 name = "vmlab"
 key = "0123456789abcdef0123456789abcdef"
 state_dir = "/data/state"
+mirror_metadata = "internal"
 
 [heartbeat]
 interval = "250ms"
@@ -820,6 +821,16 @@ fn the_cluster_configs_pass_config_check() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{name}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        if matches!(storage, Storage::Mirror) {
+            // As on the appliance's default config: metadata at the end of the backing.
+            assert!(
+                said.contains(
+                    "mirror `data`: metadata internal (the `[cluster] mirror_metadata` default)"
+                ),
+                "{said}"
+            );
+        }
     }
 }
 

@@ -1,7 +1,9 @@
 //! Mirror metadata on both backends: external (files in the state directory) and
 //! internal (an area at the end of the backing). Round trips, a torn state-slot write,
 //! damaged or foreign superblocks, a two-node mirror on internal metadata (replication,
-//! restart, partial resync), and `convert-metadata` in both directions.
+//! restart, partial resync), `convert-metadata` in both directions, and a mirror whose
+//! configured kind (its own `metadata` or `[cluster] mirror_metadata`) no longer matches
+//! its metadata refused untouched.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
@@ -9,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tandem::config::ReplicationMode;
+use tandem::config::{Config, ReplicationMode};
 use tandem::event::EventLog;
 use tandem::mirror::bitmap::DirtyBitmap;
 use tandem::mirror::generation::{DiskState, OwnershipEpoch, Resolution, SplitBrainPolicy};
@@ -590,4 +592,145 @@ fn conversion_of_a_device_is_refused_while_the_tail_holds_data() {
     let after = std::fs::read(&spec.backing).unwrap();
     assert_eq!(&after[..fits as usize], &data[..fits as usize]);
     assert!(after[fits as usize..].iter().all(|&b| b == 0));
+}
+
+/// A two-node config of mirror `vol0` (node `a`'s copy under `dir`, 64 MiB), with
+/// `[cluster] mirror_metadata` and the mirror's own `metadata` set when given.
+fn config_of(dir: &Path, cluster_default: Option<&str>, own: Option<&str>) -> Config {
+    let line = |key: &str, v: Option<&str>| v.map(|v| format!("{key} = \"{v}\"\n"));
+    let text = format!(
+        r#"
+[cluster]
+name = "metatest"
+key = "0123456789abcdef0123"
+state_dir = "{state}"
+{cluster_line}
+[heartbeat]
+paths = ["lo"]
+
+[[node]]
+name = "a"
+priority = 1
+addresses = {{ lo = "127.0.0.1" }}
+
+[[node]]
+name = "b"
+priority = 2
+addresses = {{ lo = "127.0.0.2" }}
+
+[[mirror]]
+name = "vol0"
+backing = "{backing}"
+size = "64MiB"
+{own_line}addresses = {{ a = "{la}", b = "{lb}" }}
+[[mirror.link]]
+between = ["a", "b"]
+"#,
+        state = dir.join("state").display(),
+        backing = dir.join("a.raw").display(),
+        cluster_line = line("mirror_metadata", cluster_default).unwrap_or_default(),
+        own_line = line("metadata", own).unwrap_or_default(),
+        la = free_tcp_addr(),
+        lb = free_tcp_addr(),
+    );
+    Config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Node `a`'s copy of the config's mirror, opened as the daemon opens it (the spec from
+/// the config; no fencing, as its peer never comes up).
+fn open_from_config(cfg: &Config) -> Result<Node, MirrorError> {
+    let mut spec = MirrorSpec::from_config(&cfg.mirrors[0], cfg, "a", KEY)?;
+    spec.fencing = false;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let m = rt.block_on(Mirror::open(spec, EventLog::in_memory("a")))?;
+    Ok(Node {
+        name: "a".into(),
+        m,
+        rt: Some(rt),
+    })
+}
+
+/// Every file under `dir` (path, contents), but the lock.
+fn files_under(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else if p.file_name().is_some_and(|n| n != "lock") {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The mirror of `cfg` refuses to open: the error names the conversion (`--to
+/// convert_to`) and the cluster-wide key, and nothing on disk changed.
+fn refused(cfg: &Config, dir: &Path, convert_to: &str) -> MetaError {
+    let (backing, meta) = (std::fs::read(dir.join("a.raw")).unwrap(), files_under(dir));
+    let e = match open_from_config(cfg) {
+        Err(MirrorError::Meta(e)) => e,
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(n) => {
+            n.stop();
+            panic!("opened with the other kind of metadata")
+        }
+    };
+    let said = e.to_string();
+    let command = format!("tandem mirror convert-metadata vol0 --to {convert_to}");
+    assert!(said.contains(&command), "{said}");
+    assert!(said.contains("mirror_metadata"), "{said}");
+    assert_eq!(std::fs::read(dir.join("a.raw")).unwrap(), backing);
+    assert_eq!(files_under(dir), meta, "nothing written");
+    e
+}
+
+#[test]
+fn a_changed_metadata_default_refuses_the_mirror_until_it_is_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    // Made on the generic default (external), written while its peer is away.
+    let external = config_of(dir.path(), None, None);
+    let a = open_from_config(&external).unwrap();
+    a.on(a.m.promote(OwnershipEpoch(0))).unwrap();
+    a.write(0, pattern(1, MIB as usize));
+    a.write(40 * MIB, pattern(2, 8192));
+    a.on(a.m.flush()).unwrap();
+    let out_of_sync = a.peer("b").out_of_sync_bytes;
+    assert_eq!(out_of_sync, MIB + 8192);
+    let generation = a.m.status().generation;
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    let data = read_at(&dir.path().join("a.raw"), 0, size as usize);
+
+    // The cluster-wide default becomes internal: refused, nothing touched.
+    let internal = config_of(dir.path(), Some("internal"), None);
+    let e = refused(&internal, dir.path(), "internal");
+    assert!(matches!(e, MetaError::ExternalPresent { .. }), "{e}");
+    // The mirror's own `metadata` overrides the default: it opens as it was.
+    let a = open_from_config(&config_of(dir.path(), Some("internal"), Some("external"))).unwrap();
+    assert_eq!(a.peer("b").out_of_sync_bytes, out_of_sync);
+    assert_eq!(a.m.status().generation, generation);
+    a.stop();
+
+    // Converted, it opens on the internal default with its bitmap and data...
+    let m = &internal.mirrors[0];
+    let spec = ConvertSpec::from_config(m, "a", &internal.cluster.state_dir);
+    convert::to_internal(&spec).unwrap();
+    let a = open_from_config(&internal).unwrap();
+    assert_eq!(a.m.size(), size);
+    assert_eq!(a.peer("b").out_of_sync_bytes, out_of_sync);
+    assert_eq!(a.m.status().generation, generation);
+    a.stop();
+    assert_eq!(read_at(&dir.path().join("a.raw"), 0, size as usize), data);
+    // ...and the external default now refuses it the other way round.
+    let e = refused(&external, dir.path(), "external");
+    assert!(matches!(e, MetaError::InternalPresent { .. }), "{e}");
 }

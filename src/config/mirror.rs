@@ -80,7 +80,9 @@ impl ReplicationMode {
 }
 
 /// Where a mirror keeps its metadata (generations, disk state, activity log, one dirty
-/// bitmap per peer).
+/// bitmap per peer). A mirror's own `metadata` wins; without one, `[cluster]`
+/// `mirror_metadata` decides (external unless set; the appliance's config sets
+/// internal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum MetadataKind {
@@ -136,11 +138,39 @@ pub struct MirrorConfig {
     /// What the primary does with writes when its node loses the lease.
     #[serde(default)]
     pub on_no_quorum: OnNoQuorum,
-    /// Where the metadata lives: `"external"` (the state directory, the default) or
-    /// `"internal"` (the end of the backing). Change it on an existing mirror with
-    /// `tandem mirror convert-metadata`.
+    /// Where the metadata lives: `"external"` (the state directory) or `"internal"`
+    /// (the end of the backing); without it, `[cluster] mirror_metadata` decides (see
+    /// [`MirrorConfig::metadata_of`]). Change it on an existing mirror with `tandem
+    /// mirror convert-metadata`: a mirror opened with the other kind is refused.
     #[serde(default)]
-    pub metadata: MetadataKind,
+    pub metadata: Option<MetadataKind>,
+}
+
+impl MetadataKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MetadataKind::External => "external",
+            MetadataKind::Internal => "internal",
+        }
+    }
+}
+
+/// Where a mirror's metadata kind comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetadataFrom {
+    /// Its own `metadata` key.
+    Mirror,
+    /// `[cluster] mirror_metadata` (set or defaulted).
+    Cluster,
+}
+
+impl std::fmt::Display for MetadataFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MetadataFrom::Mirror => "set on the mirror",
+            MetadataFrom::Cluster => "the `[cluster] mirror_metadata` default",
+        })
+    }
 }
 
 /// `[[mirror.link]]`: the replication between two nodes.
@@ -191,8 +221,23 @@ fn default_queue() -> ByteSize {
 }
 
 impl MirrorConfig {
-    /// Checks names, addresses and links against the cluster's nodes.
-    pub fn validate(&self, key: &str, nodes: &[String]) -> Result<(), ConfigError> {
+    /// The effective metadata kind: the mirror's own `metadata`, else `cluster_default`
+    /// (`[cluster] mirror_metadata`), and which of the two decided.
+    pub fn metadata_of(&self, cluster_default: MetadataKind) -> (MetadataKind, MetadataFrom) {
+        match self.metadata {
+            Some(kind) => (kind, MetadataFrom::Mirror),
+            None => (cluster_default, MetadataFrom::Cluster),
+        }
+    }
+
+    /// Checks names, addresses and links against the cluster's nodes; `metadata` is
+    /// the effective kind ([`MirrorConfig::metadata_of`]).
+    pub fn validate(
+        &self,
+        key: &str,
+        nodes: &[String],
+        metadata: MetadataKind,
+    ) -> Result<(), ConfigError> {
         if self.name.is_empty()
             || !self
                 .name
@@ -212,20 +257,8 @@ impl MirrorConfig {
                 ));
             }
         }
-        if self.metadata == MetadataKind::Internal {
-            use crate::mirror::replica::meta::layout::{MAX_NAME, MAX_PEER_SLOTS};
-            if self.name.len() > MAX_NAME {
-                return Err(invalid(
-                    format!("{key}.name"),
-                    format!("at most {MAX_NAME} characters with metadata = \"internal\""),
-                ));
-            }
-            if self.addresses.len() > MAX_PEER_SLOTS as usize + 1 {
-                return Err(invalid(
-                    format!("{key}.metadata"),
-                    format!("internal metadata holds at most {MAX_PEER_SLOTS} peers"),
-                ));
-            }
+        if metadata == MetadataKind::Internal {
+            self.check_internal(key)?;
         }
         if self.addresses.len() < 2 {
             return Err(invalid(
@@ -285,6 +318,24 @@ impl MirrorConfig {
                     "must be positive (omit it for no cap)",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// What internal metadata's layout limits: the name's length and the peer slots.
+    fn check_internal(&self, key: &str) -> Result<(), ConfigError> {
+        use crate::mirror::replica::meta::layout::{MAX_NAME, MAX_PEER_SLOTS};
+        if self.name.len() > MAX_NAME {
+            return Err(invalid(
+                format!("{key}.name"),
+                format!("at most {MAX_NAME} characters with metadata = \"internal\""),
+            ));
+        }
+        if self.addresses.len() > MAX_PEER_SLOTS as usize + 1 {
+            return Err(invalid(
+                format!("{key}.metadata"),
+                format!("internal metadata holds at most {MAX_PEER_SLOTS} peers"),
+            ));
         }
         Ok(())
     }

@@ -180,6 +180,11 @@ pub struct ClusterConfig {
     /// Rotated event files kept.
     #[serde(default = "default_events_keep")]
     pub events_keep: usize,
+    /// Where a `[[mirror]]` without its own `metadata` keeps its metadata:
+    /// `"external"` (the state directory; the default) or `"internal"` (the end of the
+    /// backing; the appliance's config sets this).
+    #[serde(default)]
+    pub mirror_metadata: MetadataKind,
 }
 
 impl ClusterConfig {
@@ -651,6 +656,11 @@ impl Config {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// Where mirror `m` keeps its metadata, and which key decided.
+    pub fn mirror_metadata(&self, m: &MirrorConfig) -> (MetadataKind, MetadataFrom) {
+        m.metadata_of(self.cluster.mirror_metadata)
+    }
+
     /// Checks every rule that spans fields.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_cluster()?;
@@ -673,7 +683,8 @@ impl Config {
         unique(self.mirrors.iter().map(|m| &m.name), "mirror.name")?;
         let node_names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
         for (i, m) in self.mirrors.iter().enumerate() {
-            m.validate(&format!("mirror[{i}]"), &node_names)?;
+            let (kind, _) = m.metadata_of(self.cluster.mirror_metadata);
+            m.validate(&format!("mirror[{i}]"), &node_names, kind)?;
         }
         unique(self.groups.iter().map(|g| &g.name), "group.name")?;
         for (gi, g) in self.groups.iter().enumerate() {

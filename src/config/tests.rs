@@ -540,18 +540,81 @@ fn on_no_quorum_defaults_to_io_error_and_takes_suspend() {
     assert!(err_of(&format!("{MINIMAL}{bad}")).contains("wait"));
 }
 
+/// The config with `[cluster] mirror_metadata` set to `cluster` (None: unset) and the
+/// mirror's own `metadata` to `mirror` (None: unset).
+fn with_metadata(cluster: Option<&str>, mirror: Option<&str>) -> String {
+    let mut text = format!("{MINIMAL}{MIRROR_PART}");
+    if let Some(c) = cluster {
+        text = text.replace(
+            "name = \"t\"\n",
+            &format!("name = \"t\"\nmirror_metadata = \"{c}\"\n"),
+        );
+    }
+    if let Some(m) = mirror {
+        text = text.replace(
+            "size = \"64MiB\"",
+            &format!("size = \"64MiB\"\nmetadata = \"{m}\""),
+        );
+    }
+    text
+}
+
+fn effective(text: &str) -> (MetadataKind, MetadataFrom) {
+    let cfg = Config::parse(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    cfg.mirror_metadata(&cfg.mirrors[0])
+}
+
 #[test]
-fn mirror_metadata_is_external_unless_set_internal() {
-    let cfg = Config::parse(&format!("{MINIMAL}{MIRROR_PART}")).expect("valid");
-    assert_eq!(cfg.mirrors[0].metadata, MetadataKind::External);
-    let internal = MIRROR_PART.replace(
-        "size = \"64MiB\"",
-        "size = \"64MiB\"\nmetadata = \"internal\"",
+fn mirror_metadata_is_external_by_default_and_the_cluster_default_applies() {
+    use MetadataFrom::Cluster;
+    use MetadataKind::{External, Internal};
+    let cfg = Config::parse(&with_metadata(None, None)).unwrap();
+    assert_eq!(cfg.cluster.mirror_metadata, External);
+    assert_eq!(cfg.mirrors[0].metadata, None);
+    assert_eq!(effective(&with_metadata(None, None)), (External, Cluster));
+    assert_eq!(
+        effective(&with_metadata(Some("internal"), None)),
+        (Internal, Cluster)
     );
-    let cfg = Config::parse(&format!("{MINIMAL}{internal}")).expect("valid");
-    assert_eq!(cfg.mirrors[0].metadata, MetadataKind::Internal);
-    let bad = MIRROR_PART.replace("size = \"64MiB\"", "size = \"64MiB\"\nmetadata = \"disk\"");
-    assert!(Config::parse(&format!("{MINIMAL}{bad}")).is_err());
+    assert_eq!(
+        effective(&with_metadata(Some("external"), None)),
+        (External, Cluster)
+    );
+}
+
+#[test]
+fn a_mirror_s_own_metadata_overrides_the_cluster_default() {
+    use MetadataFrom::Mirror;
+    use MetadataKind::{External, Internal};
+    assert_eq!(
+        effective(&with_metadata(None, Some("internal"))),
+        (Internal, Mirror)
+    );
+    assert_eq!(
+        effective(&with_metadata(Some("internal"), Some("external"))),
+        (External, Mirror)
+    );
+    assert_eq!(
+        effective(&with_metadata(Some("external"), Some("internal"))),
+        (Internal, Mirror)
+    );
+}
+
+#[test]
+fn unknown_metadata_kinds_are_errors_naming_the_value() {
+    for text in [
+        with_metadata(Some("disk"), None),
+        with_metadata(None, Some("disk")),
+    ] {
+        let e = err_of(&text);
+        assert!(e.contains("disk") && e.contains("external"), "{e}");
+    }
+    // A misspelt key is refused too (`deny_unknown_fields`).
+    let e = err_of(&format!("{MINIMAL}{MIRROR_PART}").replace(
+        "name = \"t\"\n",
+        "name = \"t\"\nmirror_meta = \"internal\"\n",
+    ));
+    assert!(e.contains("mirror_meta"), "{e}");
 }
 
 #[test]

@@ -50,8 +50,7 @@ pub async fn open_all(
         if !m.addresses.contains_key(local) {
             continue;
         }
-        let mut spec =
-            MirrorSpec::from_config(m, &cfg.cluster.name, local, key, &cfg.cluster.state_dir)?;
+        let mut spec = MirrorSpec::from_config(m, cfg, local, key)?;
         spec.fencing = true;
         let rates = Arc::new(RateLog::open(&spec.meta_dir, &m.name));
         let mirror = Mirror::open(spec, events.clone()).await?;

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tracing::Instrument;
 
-use crate::config::{MetadataKind, MirrorConfig, ReplicationMode};
+use crate::config::{Config, MetadataKind, MirrorConfig, ReplicationMode};
 use crate::event::{fields, unix_ms, EventKind, EventLog};
 use crate::mirror::bitmap::{ActivityChange, ActivityLog, DirtyBitmap, EXTENT_BYTES};
 use crate::mirror::connect::{self, Blocks, Refusal, Resync};
@@ -116,14 +116,13 @@ pub fn state_dir_of(state_dir: &Path, name: &str) -> PathBuf {
 }
 
 impl MirrorSpec {
-    /// The spec of mirror `m` on `local_node`; metadata lives in
-    /// `state_dir/mirror/<name>`.
+    /// The spec of mirror `m` of `cfg` on `local_node`; its state directory is
+    /// `<state_dir>/mirror/<name>`, its metadata where [`Config::mirror_metadata`] says.
     pub fn from_config(
         m: &MirrorConfig,
-        cluster: &str,
+        cfg: &Config,
         local_node: &str,
         key: &[u8],
-        state_dir: &Path,
     ) -> Result<MirrorSpec, MirrorError> {
         let listen = *m
             .addresses
@@ -149,13 +148,13 @@ impl MirrorSpec {
         }
         Ok(MirrorSpec {
             name: m.name.clone(),
-            cluster: cluster.to_string(),
+            cluster: cfg.cluster.name.clone(),
             local_node: local_node.to_string(),
             key: key.to_vec(),
             backing: m.backing.clone(),
             size: m.size.map(|s| s.0),
-            meta_dir: state_dir_of(state_dir, &m.name),
-            metadata: match m.metadata {
+            meta_dir: state_dir_of(&cfg.cluster.state_dir, &m.name),
+            metadata: match cfg.mirror_metadata(m).0 {
                 MetadataKind::External => MetaPlacement::External,
                 MetadataKind::Internal => MetaPlacement::Internal {
                     peer_slots: meta::convert::internal_peer_slots(m),
@@ -1605,7 +1604,7 @@ fn open_meta(spec: &MirrorSpec) -> Result<(MetaStore, Loaded), MirrorError> {
     match spec.metadata {
         MetaPlacement::External => {
             let size = prepare_backing(&spec.backing, spec.size)?;
-            meta::internal::refuse_if_internal(&spec.meta_dir, &spec.backing)?;
+            meta::internal::refuse_if_internal(&spec.meta_dir, &spec.backing, &spec.name)?;
             Ok(MetaStore::open(&spec.meta_dir, spec.size.unwrap_or(size))?)
         }
         MetaPlacement::Internal { peer_slots } => {

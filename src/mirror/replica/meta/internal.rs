@@ -153,6 +153,7 @@ impl InternalStore {
         if dir.join("state.json").exists() {
             return Err(MetaError::ExternalPresent {
                 dir: dir.to_owned(),
+                mirror: mirror.to_string(),
             });
         }
         let sb = plan(backing, mirror, backing_size, size, peer_slots)?;
@@ -524,7 +525,7 @@ pub fn check_tail_zero(
 
 /// Refuses external metadata for a backing that ends with internal metadata (unless
 /// the directory holds the external metadata too: an interrupted conversion back).
-pub fn refuse_if_internal(dir: &Path, backing: &Path) -> Result<(), MetaError> {
+pub fn refuse_if_internal(dir: &Path, backing: &Path, mirror: &str) -> Result<(), MetaError> {
     if dir.join("state.json").exists() {
         return Ok(());
     }
@@ -534,6 +535,7 @@ pub fn refuse_if_internal(dir: &Path, backing: &Path) -> Result<(), MetaError> {
     match read_superblock(&file, backing, size) {
         Ok(Some(_)) => Err(MetaError::InternalPresent {
             backing: backing.to_owned(),
+            mirror: mirror.to_string(),
         }),
         _ => Ok(()),
     }

@@ -87,10 +87,13 @@ pub enum MetaError {
         len: u64,
         first_nonzero: u64,
     },
-    #[error("{dir} holds this mirror's external metadata, but the config says `metadata = \"internal\"`: run `tandem mirror convert-metadata NAME --to internal` with the daemon stopped")]
-    ExternalPresent { dir: PathBuf },
-    #[error("{backing} ends with internal metadata, but the config says `metadata = \"external\"`: set `metadata = \"internal\"`, or run `tandem mirror convert-metadata NAME --to external` with the daemon stopped")]
-    InternalPresent { backing: PathBuf },
+    /// The config makes the metadata internal (the mirror's `metadata`, or `[cluster]
+    /// mirror_metadata` for a mirror without one), and the copy has external metadata.
+    #[error("{dir} holds the external metadata (generations, bitmaps) of mirror `{mirror}`, but the config makes its metadata internal (`metadata = \"internal\"` on the mirror, or `mirror_metadata = \"internal\"` in [cluster] for a mirror without `metadata`); nothing was written. Stop the daemon and run `tandem mirror convert-metadata {mirror} --to internal`, or set `metadata = \"external\"` on this mirror")]
+    ExternalPresent { dir: PathBuf, mirror: String },
+    /// The other way round: the config makes it external, the backing has internal.
+    #[error("{backing} ends with the internal metadata of mirror `{mirror}`, but the config makes its metadata external (`metadata = \"external\"` on the mirror, or `[cluster] mirror_metadata` external, the default, for a mirror without `metadata`); nothing was written. Set `metadata = \"internal\"` on this mirror, or stop the daemon and run `tandem mirror convert-metadata {mirror} --to external`")]
+    InternalPresent { backing: PathBuf, mirror: String },
     #[error("the metadata of this mirror is already {0}")]
     AlreadyConverted(&'static str),
     #[error("no {kind} metadata to convert ({at})")]
