@@ -2,7 +2,9 @@
 //! whose write-rate history file is written by the test before the daemon starts. The
 //! plan comes back through the real API (JSON, bad queries, an unknown mirror) and the
 //! CLI (text and `--json`); the history survives a graceful restart, and a corrupt
-//! history file is reported and replaced without stopping the daemon.
+//! history file is reported and replaced without stopping the daemon. And the sampler
+//! of a running daemon: bytes written through the mirror's NBD export appear as a
+//! minute of the plan within two minute boundaries.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -10,12 +12,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
+use tandem::mirror::nbd::client::NbdClient;
 use tandem::mirror::plan::{self, MinuteWrites, Plan, Target, WriteHistory};
 use tandem::mirror::rate_log::FILE;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, loopback_base, loopback_nodes, Daemon};
+use daemon::{free_tcp_port, free_udp_port, loopback_base, loopback_nodes, wait_for, Daemon};
 
 /// Minute 0 of 2025-12-31 UTC.
 const DAY0: u32 = 29_452_320;
@@ -219,4 +222,127 @@ fn a_corrupt_history_is_replaced_not_fatal() {
     assert!(d.terminate().success());
     let saved = plan::decode(&std::fs::read(&path).unwrap()).unwrap();
     assert!(saved.is_empty());
+}
+
+/// Unix time, ms.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Nodes `a` and `b` holding mirror `vol` (async), and group `store` serving it from
+/// `a` (the preferred node) on `<a's dir>/vol.nbd`; `a`'s write-rate history starts as
+/// `history`.
+fn serving_pair(history: Vec<u8>) -> (Daemon, Daemon) {
+    let port = free_udp_port();
+    let (ma, mb) = (free_tcp_port(), free_tcp_port());
+    let config = move |dir: &Path| {
+        format!(
+            r#"
+{base}
+{nodes}
+[[mirror]]
+name = "vol"
+backing = "{backing}"
+size = "16MiB"
+nbd_socket = "{nbd}"
+addresses = {{ a = "127.0.0.1:{ma}", b = "127.0.0.2:{mb}" }}
+[[mirror.link]]
+between = ["a", "b"]
+mode = "async"
+
+[[group]]
+name = "store"
+
+[[group.resource]]
+name = "vol"
+kind = "mirror"
+mirror = "vol"
+"#,
+            base = loopback_base(dir, "plantest", port),
+            nodes = loopback_nodes(&["a", "b"]),
+            backing = dir.join("vol.img").display(),
+            nbd = dir.join("vol.nbd").display(),
+        )
+    };
+    let a = Daemon::start("a", |dir| {
+        let path = history_path(dir);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, history).unwrap();
+        config(dir)
+    });
+    let b = Daemon::start("b", config);
+    (a, b)
+}
+
+/// Writes `bytes` (a multiple of 1 MiB) from offset 0 and flushes.
+fn write_mib(rt: &tokio::runtime::Runtime, client: &mut NbdClient, bytes: u64, seed: u8) {
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i as u8) ^ seed).collect();
+    rt.block_on(async {
+        for i in 0..bytes >> 20 {
+            client.write(i << 20, &chunk, false).await.unwrap();
+        }
+        client.flush().await.unwrap();
+    });
+}
+
+/// The sampler of a running daemon: bytes written to the mirror through its NBD export
+/// show up as a minute of the plan once the minute's closing sample ran (at most two
+/// minute boundaries later). The history is seeded with an hour of small minutes well
+/// in the past, so the plan is sized and its peak is the minute written here.
+#[test]
+fn a_running_daemon_records_the_minute_written_through_nbd() {
+    const WRITTEN: u64 = 4 << 20;
+    let minute_now = (now_ms() / plan::MINUTE_MS) as u32;
+    let seeded = WriteHistory::from_minutes(
+        (minute_now - 180..minute_now - 120)
+            .map(|minute| MinuteWrites {
+                minute,
+                bytes: 1000,
+            })
+            .collect(),
+    );
+    let (a, _b) = serving_pair(plan::encode(&seeded));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = a.dir.path().join("vol.nbd");
+    let (mut client, _) = wait_for("a serving vol over NBD", Duration::from_secs(30), || {
+        rt.block_on(NbdClient::connect(&socket)).ok()
+    });
+    let started = now_ms();
+    // This minute's writes count if the sampler's first sample (its baseline) came
+    // before them; those written after the next boundary's sample count for sure.
+    write_mib(&rt, &mut client, WRITTEN, 1);
+    let second = (started / plan::MINUTE_MS + 1) * plan::MINUTE_MS + 2_500;
+    std::thread::sleep(Duration::from_millis(second.saturating_sub(now_ms())));
+    write_mib(&rt, &mut client, WRITTEN, 2);
+    let written_minute = second / plan::MINUTE_MS;
+    // The minute closes at the next boundary's sample (1 s after it).
+    let deadline = (written_minute + 1) * plan::MINUTE_MS + 15_000;
+    let peak = loop {
+        let (code, body) = get(&a, "/v1/mirrors/vol/plan");
+        assert_eq!(code, 200, "{body}");
+        let rates = &body["outcome"]["rates"];
+        if body["coverage"]["observed_minutes"].as_u64() > Some(60) {
+            break rates.clone();
+        }
+        assert!(now_ms() < deadline, "no minute recorded in time: {body}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let bytes = peak["peak_bytes_per_second"].as_f64().unwrap() * 60.0;
+    assert!(bytes >= WRITTEN as f64 - 1.0, "{peak}");
+    assert!(bytes <= 2.0 * WRITTEN as f64 + 1.0, "{peak}");
+    // A minute is recorded under its start: the first writes fall in the minute before
+    // `started`'s if they came before that minute's sample.
+    let at = peak["peak_minute_ms"].as_u64().unwrap();
+    let first = (started / plan::MINUTE_MS).saturating_sub(1) * plan::MINUTE_MS;
+    assert!(
+        (first..=second).contains(&at),
+        "peak minute {at}, written from {started} to {second}"
+    );
+    rt.block_on(client.disconnect()).unwrap();
 }
