@@ -623,6 +623,82 @@ fn a_peer_that_fails_the_state_exchange_is_redialled_with_backoff() {
     drop(rt);
 }
 
+/// A copy that refuses a peer's stale epoch retries the link with the link's own
+/// backoff (200 ms doubling), not after a fixed 2 s sleep on top of it: a deposed
+/// primary that steps down is followed again within a fraction of a second.
+#[test]
+fn a_refused_stale_epoch_is_retried_with_the_links_backoff_alone() {
+    use tandem::mirror::wire::{handshake, Frame, HandshakeParams};
+    let c = Cluster::new(&["a", "b", "c"], 16 * MIB);
+    // "c" is a stand-in that claims to be primary at epoch 2; "a" and "b" dial it.
+    let rt = runtime();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(c.listen("c")))
+        .unwrap();
+    let from_a = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&from_a);
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let params = HandshakeParams {
+                    cluster: "test".into(),
+                    mirror: "vol0".into(),
+                    local_node: "c".into(),
+                    key: KEY.to_vec(),
+                    encrypt: false,
+                    compress: Default::default(),
+                };
+                let Ok((mut reader, mut writer, hello)) = handshake(r, &mut w, &params, None).await
+                else {
+                    return;
+                };
+                let Ok(Frame::State(mut state)) = reader.recv().await else {
+                    return;
+                };
+                if hello.node == "a" && state.primary {
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                state.node = "c".into();
+                state.primary = true;
+                state.epoch = OwnershipEpoch(2);
+                let _ = writer.send(&Frame::State(state)).await;
+                let _ = reader.recv().await;
+            });
+        }
+    });
+    let a = c.start("a");
+    let b = c.start("b");
+    connected(&a, &b);
+    a.on(a.m.promote(OwnershipEpoch(3))).unwrap();
+    let start = Instant::now();
+    let before = from_a.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    let refusals = from_a.load(Ordering::SeqCst) - before;
+    // Backoff 200, 400, 800, 1600 ms: 3 to 5 sessions in 3 s; with a fixed 2 s sleep
+    // before the backoff, at most 2.
+    assert!(
+        (3..=8).contains(&refusals),
+        "{refusals} refused sessions from the primary in {:?}",
+        start.elapsed()
+    );
+    let stale = a.events(EventKind::MirrorDisconnected);
+    assert!(
+        stale
+            .iter()
+            .any(|e| e.fields.get("reason").map(String::as_str) == Some("stale_epoch")),
+        "{stale:?}"
+    );
+    a.on(a.m.demote()).unwrap();
+    a.stop();
+    b.stop();
+    drop(rt);
+}
+
 #[test]
 fn an_outdated_copy_is_not_promoted() {
     let c = Cluster::new(&["a", "b"], 64 * MIB);

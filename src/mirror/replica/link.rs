@@ -303,9 +303,8 @@ async fn run_session(
         });
         drop(tx);
         let _ = tokio::time::timeout(Duration::from_millis(500), writer_task).await;
-        // Not a split brain: the link retries (a deposed primary that steps down may
-        // follow the new owner), but not in a tight loop.
-        tokio::time::sleep(BACKOFF_MAX).await;
+        // Not a split brain: the link retries with its backoff (a deposed primary
+        // that steps down may follow the new owner), not in a tight loop.
         return SessionEnd::REFUSED;
     }
     let end = Arc::new(Notify::new());
