@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::core::{Action, Input, LeaseCore, LeaseState, LossReason, Timing};
 use super::disk::LeaseDisk;
@@ -48,6 +48,9 @@ pub struct Lease {
     pub events: mpsc::UnboundedReceiver<LeaseEvent>,
     /// The latest status.
     pub status: watch::Receiver<LeaseStatus>,
+    /// Signalled (one stored permit) when the task reports [`LeaseEvent::Lost`], so a
+    /// holder can react at once instead of at its next poll of `events`.
+    pub lost: Arc<Notify>,
 }
 
 impl Lease {
@@ -71,18 +74,21 @@ pub fn spawn(disk: LeaseDisk, node: &str, timing: Timing) -> Lease {
         holder: None,
         renewal_age: None,
     });
+    let lost = Arc::new(Notify::new());
     let driver = Driver {
         core: LeaseCore::new(node, timing),
         disk: Arc::new(disk),
         origin: Instant::now(),
         events: event_tx,
         status: status_tx,
+        lost: Arc::clone(&lost),
     };
     tokio::spawn(driver.run(command_rx));
     Lease {
         commands,
         events,
         status,
+        lost,
     }
 }
 
@@ -92,6 +98,7 @@ struct Driver {
     origin: Instant,
     events: mpsc::UnboundedSender<LeaseEvent>,
     status: watch::Sender<LeaseStatus>,
+    lost: Arc<Notify>,
 }
 
 impl Driver {
@@ -138,7 +145,12 @@ impl Driver {
             Action::StopUsing(reason) => LeaseEvent::Lost(reason),
             Action::Released => LeaseEvent::Released,
         };
+        let lost = matches!(event, LeaseEvent::Lost(_));
         let _ = self.events.send(event);
+        if lost {
+            // After the event: the woken holder finds it on `events`.
+            self.lost.notify_one();
+        }
     }
 
     fn io(

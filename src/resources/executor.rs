@@ -106,6 +106,14 @@ fn checks_of(r: &ResourceConfig) -> [Option<(CheckConfig, Duration)>; 2] {
     })
 }
 
+/// Resolves when one of `signals` is notified; never when there is none.
+async fn any_notified(signals: &[Arc<tokio::sync::Notify>]) {
+    if signals.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(signals.iter().map(|n| Box::pin(n.notified()))).await;
+}
+
 /// Starts the executor task of `group`; returns its command channel. `config` is the
 /// configuration the daemon runs with: the group's checks follow its changes.
 pub fn spawn(
@@ -147,6 +155,7 @@ pub fn spawn(
         running: false,
         maintenance: false,
         vip_probe_timeout,
+        monitor_every: MONITOR_EVERY,
     };
     let span = tracing::info_span!("group", node = %node, group = %group.name);
     tokio::spawn(exec.run(rx, config).instrument(span));
@@ -198,9 +207,20 @@ struct Executor {
     running: bool,
     maintenance: bool,
     vip_probe_timeout: Duration,
+    /// The built-in monitors' period ([`MONITOR_EVERY`]); a lost disk lease does not
+    /// wait for it.
+    monitor_every: Duration,
 }
 
 impl Executor {
+    /// The loss signals of the disk leases held now.
+    fn lease_loss_signals(&self) -> Vec<Arc<tokio::sync::Notify>> {
+        self.resources
+            .iter()
+            .filter_map(|r| r.agent.shared_disk()?.lost_signal())
+            .collect()
+    }
+
     fn env(&self, resource: &str) -> Vec<(String, String)> {
         let mut env = vec![
             ("TANDEM_NODE".into(), self.node.clone()),
@@ -244,9 +264,10 @@ impl Executor {
         mut rx: mpsc::Receiver<Command>,
         mut config: watch::Receiver<Arc<Config>>,
     ) {
-        let mut tick = tokio::time::interval(MONITOR_EVERY);
+        let mut tick = tokio::time::interval(self.monitor_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let leases = self.lease_loss_signals();
             tokio::select! {
                 cmd = rx.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -276,6 +297,11 @@ impl Executor {
                 Ok(()) = config.changed() => {
                     let cfg = config.borrow_and_update().clone();
                     self.take_checks(&cfg);
+                }
+                _ = any_notified(&leases), if self.running && !self.maintenance => {
+                    if let Some(i) = self.monitor().await {
+                        if self.results.send(i).await.is_err() { break; }
+                    }
                 }
                 _ = tick.tick(), if self.running && !self.maintenance => {
                     if let Some(i) = self.monitor().await {
@@ -774,6 +800,7 @@ mod tests {
             running: true,
             maintenance: false,
             vip_probe_timeout: Duration::from_millis(100),
+            monitor_every: MONITOR_EVERY,
         };
         (exec, rx)
     }
@@ -877,6 +904,70 @@ depends_on = ["disk"]
             assert_eq!(mtime_ns(&beat), frozen_at, "the process stopped at once");
         }
         exec.stop(StopMode::TopDown).await;
+    }
+
+    /// A lost disk lease wakes the executor at once: with the built-in monitors' period
+    /// set to a minute, the loss still reaches the placement core within a second or
+    /// two of the foreign record (before, it waited for the next monitor pass).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_disk_lease_is_reported_without_waiting_for_the_monitor_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let (mut exec, mut results) = executor(&format!(
+            r#"
+name = "db"
+[[resource]]
+name = "disk"
+kind = "shared_disk"
+path = "{}"
+data_offset = 4096
+io_timeout = "50ms"
+renew_interval = "50ms"
+lease_timeout = "800ms"
+stop_after = "500ms"
+"#,
+            path.display()
+        ));
+        exec.monitor_every = Duration::from_secs(60);
+        exec.running = false;
+        let config = Config::parse(crate::config::TWO_NODES).unwrap();
+        let (_config_tx, config_rx) = watch::channel(Arc::new(config));
+        let (commands, rx) = mpsc::channel(4);
+        let task = tokio::spawn(exec.run(rx, config_rx));
+        commands
+            .send(Command::Start {
+                epoch: crate::mirror::generation::OwnershipEpoch(1),
+            })
+            .await
+            .unwrap();
+        let started = tokio::time::timeout(Duration::from_secs(5), results.recv()).await;
+        assert!(
+            matches!(started, Ok(Some(Input::Started { .. }))),
+            "{started:?}"
+        );
+        let foreign = crate::lease::record::Record {
+            node: "n3".into(),
+            incarnation: 7,
+            counter: 1,
+        };
+        crate::lease::disk::LeaseDisk::open(&path, 0)
+            .unwrap()
+            .write(&foreign.encode())
+            .unwrap();
+        let written = Instant::now();
+        let lost = tokio::time::timeout(Duration::from_secs(3), results.recv()).await;
+        let Ok(Some(Input::Unrecoverable { reason, .. })) = lost else {
+            panic!("the lost lease was not reported within 3 s: {lost:?}");
+        };
+        assert!(reason.contains("another node's record"), "{reason}");
+        assert!(
+            written.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            written.elapsed()
+        );
+        drop(commands);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
 
     #[tokio::test]

@@ -1,9 +1,9 @@
 //! The `shared_disk` agent: a disk every node sees, used by one node at a time under a
 //! disk lease ([`crate::lease`]). Start takes the lease (waiting out a previous
 //! holder's lease timeout, then giving up with the reason); the lease task renews it
-//! in the background, and the monitor reports its loss at the next pass (the group is
-//! then stopped: the holder has stopped using the disk by `stop_after`, before any other
-//! node can take it). Stop releases it.
+//! in the background, and a loss wakes the group's executor, whose monitor reports it
+//! at once (the group is then stopped: the holder has stopped using the disk by
+//! `stop_after`, before any other node can take it). Stop releases it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -85,6 +85,11 @@ impl SharedDiskAgent {
     /// The held lease's status (state, holder, renewal age), while held.
     pub fn lease_status(&self) -> Option<tokio::sync::watch::Receiver<task::LeaseStatus>> {
         self.lease.as_ref().map(|l| l.status.clone())
+    }
+
+    /// The held lease's loss signal (see [`Lease::lost`]), while held.
+    pub fn lost_signal(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.lease.as_ref().map(|l| std::sync::Arc::clone(&l.lost))
     }
 
     /// How long the last successful start waited for the lease.
