@@ -16,7 +16,8 @@ use serde_json::Value;
 #[path = "common/daemon.rs"]
 mod daemon;
 use daemon::{
-    free_tcp_port, free_udp_port, loopback_base, loopback_nodes, wait_until, Daemon, BIN,
+    free_tcp_port, free_udp_port, loopback_base, loopback_mirror_pair, loopback_nodes, wait_until,
+    Daemon, BIN,
 };
 
 /// `tandem events --follow --json` against `d`: the child and its lines as they come.
@@ -160,31 +161,14 @@ fn mirror_pair() -> (Daemon, Daemon) {
     let port = free_udp_port();
     let (ma, mb) = (free_tcp_port(), free_tcp_port());
     let config = move |dir: &std::path::Path| {
-        format!(
-            r#"
-{base}
-{nodes}
-[[mirror]]
-name = "vol"
-backing = "{backing}"
-size = "16MiB"
-addresses = {{ a = "127.0.0.1:{ma}", b = "127.0.0.2:{mb}" }}
-[[mirror.link]]
-between = ["a", "b"]
-mode = "sync"
-rate_limit = "4MiB"
-
-[[group]]
-name = "store"
-
-[[group.resource]]
-name = "vol"
-kind = "mirror"
-mirror = "vol"
-"#,
-            base = loopback_base(dir, "opstest", port),
-            nodes = loopback_nodes(&["a", "b"]),
-            backing = dir.join("vol.img").display(),
+        loopback_mirror_pair(
+            dir,
+            "opstest",
+            port,
+            (ma, mb),
+            "sync",
+            "",
+            "rate_limit = \"4MiB\"",
         )
     };
     let a = Daemon::start("a", |dir| {

@@ -18,7 +18,10 @@ use tandem::mirror::rate_log::FILE;
 
 #[path = "common/daemon.rs"]
 mod daemon;
-use daemon::{free_tcp_port, free_udp_port, loopback_base, loopback_nodes, wait_for, Daemon};
+use daemon::{
+    free_tcp_port, free_udp_port, loopback_base, loopback_mirror_pair, loopback_nodes, wait_for,
+    Daemon,
+};
 
 /// Minute 0 of 2025-12-31 UTC.
 const DAY0: u32 = 29_452_320;
@@ -239,33 +242,8 @@ fn serving_pair(history: Vec<u8>) -> (Daemon, Daemon) {
     let port = free_udp_port();
     let (ma, mb) = (free_tcp_port(), free_tcp_port());
     let config = move |dir: &Path| {
-        format!(
-            r#"
-{base}
-{nodes}
-[[mirror]]
-name = "vol"
-backing = "{backing}"
-size = "16MiB"
-nbd_socket = "{nbd}"
-addresses = {{ a = "127.0.0.1:{ma}", b = "127.0.0.2:{mb}" }}
-[[mirror.link]]
-between = ["a", "b"]
-mode = "async"
-
-[[group]]
-name = "store"
-
-[[group.resource]]
-name = "vol"
-kind = "mirror"
-mirror = "vol"
-"#,
-            base = loopback_base(dir, "plantest", port),
-            nodes = loopback_nodes(&["a", "b"]),
-            backing = dir.join("vol.img").display(),
-            nbd = dir.join("vol.nbd").display(),
-        )
+        let nbd = format!("nbd_socket = \"{}\"", dir.join("vol.nbd").display());
+        loopback_mirror_pair(dir, "plantest", port, (ma, mb), "async", &nbd, "")
     };
     let a = Daemon::start("a", |dir| {
         let path = history_path(dir);

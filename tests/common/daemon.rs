@@ -252,3 +252,47 @@ socket = "{sock}"
         sock = dir.join("api.sock").display(),
     )
 }
+
+/// The whole configuration of two loopback nodes `a` and `b` holding mirror `vol` (16
+/// MiB, backing `<dir>/vol.img`, replication on TCP ports `ports`) in one link of
+/// `mode`, and group `store` holding it: `mirror_extra` goes into the `[[mirror]]`
+/// section and `link_extra` into its link.
+pub fn loopback_mirror_pair(
+    dir: &Path,
+    cluster: &str,
+    port: u16,
+    ports: (u16, u16),
+    mode: &str,
+    mirror_extra: &str,
+    link_extra: &str,
+) -> String {
+    format!(
+        r#"
+{base}
+{nodes}
+[[mirror]]
+name = "vol"
+backing = "{backing}"
+size = "16MiB"
+{mirror_extra}
+addresses = {{ a = "127.0.0.1:{ma}", b = "127.0.0.2:{mb}" }}
+[[mirror.link]]
+between = ["a", "b"]
+mode = "{mode}"
+{link_extra}
+
+[[group]]
+name = "store"
+
+[[group.resource]]
+name = "vol"
+kind = "mirror"
+mirror = "vol"
+"#,
+        base = loopback_base(dir, cluster, port),
+        nodes = loopback_nodes(&["a", "b"]),
+        backing = dir.join("vol.img").display(),
+        ma = ports.0,
+        mb = ports.1,
+    )
+}
