@@ -851,13 +851,10 @@ data_offset = 8192
         assert!(env.contains(&("TANDEM_SHARED_DISK_OFFSET".into(), "8192".into())));
     }
 
-    #[tokio::test]
-    async fn a_shared_disk_reports_its_lease_taken_and_lost() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("disk");
-        std::fs::write(&path, vec![0u8; 8192]).unwrap();
-        let beat = dir.path().join("beat");
-        let (mut exec, _rx) = executor(&format!(
+    /// Group `db` with one `shared_disk` resource `disk` on `path`, with a short lease
+    /// (renewed every 50 ms, timeout 800 ms, stop after 500 ms).
+    fn shared_disk_group(path: &std::path::Path) -> String {
+        format!(
             r#"
 name = "db"
 [[resource]]
@@ -869,13 +866,26 @@ io_timeout = "50ms"
 renew_interval = "50ms"
 lease_timeout = "800ms"
 stop_after = "500ms"
+"#,
+            path.display()
+        )
+    }
+
+    #[tokio::test]
+    async fn a_shared_disk_reports_its_lease_taken_and_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let beat = dir.path().join("beat");
+        let (mut exec, _rx) = executor(&format!(
+            r#"{}
 [[resource]]
 name = "app"
 kind = "process"
 command = ["sh", "-c", "while :; do touch {}; sleep 0.02; done"]
 depends_on = ["disk"]
 "#,
-            path.display(),
+            shared_disk_group(&path),
             beat.display()
         ));
         exec.start_one(0, &mut Vec::new()).await.unwrap();
@@ -914,21 +924,7 @@ depends_on = ["disk"]
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk");
         std::fs::write(&path, vec![0u8; 8192]).unwrap();
-        let (mut exec, mut results) = executor(&format!(
-            r#"
-name = "db"
-[[resource]]
-name = "disk"
-kind = "shared_disk"
-path = "{}"
-data_offset = 4096
-io_timeout = "50ms"
-renew_interval = "50ms"
-lease_timeout = "800ms"
-stop_after = "500ms"
-"#,
-            path.display()
-        ));
+        let (mut exec, mut results) = executor(&shared_disk_group(&path));
         exec.monitor_every = Duration::from_secs(60);
         exec.running = false;
         let config = Config::parse(crate::config::TWO_NODES).unwrap();
@@ -951,12 +947,21 @@ stop_after = "500ms"
             incarnation: 7,
             counter: 1,
         };
-        crate::lease::disk::LeaseDisk::open(&path, 0)
-            .unwrap()
-            .write(&foreign.encode())
-            .unwrap();
+        let disk = crate::lease::disk::LeaseDisk::open(&path, 0).unwrap();
         let written = Instant::now();
-        let lost = tokio::time::timeout(Duration::from_secs(3), results.recv()).await;
+        // Written again every 20 ms: a renewal that read the sector just before the
+        // foreign write lands would overwrite it once.
+        let lost = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                disk.write(&foreign.encode()).unwrap();
+                if let Ok(input) =
+                    tokio::time::timeout(Duration::from_millis(20), results.recv()).await
+                {
+                    return input;
+                }
+            }
+        })
+        .await;
         let Ok(Some(Input::Unrecoverable { reason, .. })) = lost else {
             panic!("the lost lease was not reported within 3 s: {lost:?}");
         };
