@@ -21,6 +21,10 @@ use tandem::status::{LinkState, MirrorRole};
 mod daemon;
 use daemon::{free_tcp_addr, wait_until};
 
+#[path = "common/stand_in.rs"]
+mod stand_in;
+use stand_in::stand_in_params;
+
 const MIB: u64 = 1 << 20;
 /// The ownership epoch of tests that do not exercise epochs.
 const E0: OwnershipEpoch = OwnershipEpoch(0);
@@ -586,7 +590,7 @@ fn a_peer_with_the_wrong_key_is_refused_and_never_writes() {
 /// state exchange is redialled with a growing backoff, not in a tight loop.
 #[test]
 fn a_peer_that_fails_the_state_exchange_is_redialled_with_backoff() {
-    use tandem::mirror::wire::{handshake, HandshakeParams};
+    use tandem::mirror::wire::handshake;
     let c = Cluster::new(&["a", "b"], 16 * MIB);
     // "a" dials "b" (the lower name dials); "b" is this stand-in.
     let rt = runtime();
@@ -602,14 +606,7 @@ fn a_peer_that_fails_the_state_exchange_is_redialled_with_backoff() {
             };
             count.fetch_add(1, Ordering::SeqCst);
             let (r, mut w) = stream.into_split();
-            let params = HandshakeParams {
-                cluster: "test".into(),
-                mirror: "vol0".into(),
-                local_node: "b".into(),
-                key: KEY.to_vec(),
-                encrypt: false,
-                compress: Default::default(),
-            };
+            let params = stand_in_params("b", KEY, Default::default());
             // Authenticated, then gone: no State.
             let _ = handshake(r, &mut w, &params, Some("a")).await;
         }

@@ -21,6 +21,10 @@ use tandem::status::LinkState;
 mod daemon;
 use daemon::{free_tcp_addr, wait_until};
 
+#[path = "common/stand_in.rs"]
+mod stand_in;
+use stand_in::stand_in_params;
+
 const KEY: &[u8] = b"cluster key for the mirror tests";
 const SIZE: u64 = 8 << 20;
 
@@ -154,7 +158,7 @@ fn write_zstd(claimed: usize, body: &[u8]) -> Vec<u8> {
 /// the mirror drops the link, writes nothing and goes on accepting links.
 #[test]
 fn a_lying_peer_s_hostile_compressed_frames_drop_the_link_and_write_nothing() {
-    use tandem::mirror::wire::{handshake, Frame, HandshakeParams, MAX_DATA};
+    use tandem::mirror::wire::{handshake, Frame, MAX_DATA};
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let (la, lb) = (free_tcp_addr(), free_tcp_addr());
@@ -189,14 +193,7 @@ fn a_lying_peer_s_hostile_compressed_frames_drop_the_link_and_write_nothing() {
         let dropped = rt.block_on(async {
             let stream = tokio::net::TcpStream::connect(lb).await.unwrap();
             let (r, mut w) = stream.into_split();
-            let params = HandshakeParams {
-                cluster: "test".into(),
-                mirror: "vol0".into(),
-                local_node: "a".into(),
-                key: KEY.to_vec(),
-                encrypt: false,
-                compress: Compress::Zstd,
-            };
+            let params = stand_in_params("a", KEY, Compress::Zstd);
             let (mut reader, mut writer, hello) = handshake(r, &mut w, &params, Some("b"))
                 .await
                 .unwrap_or_else(|e| panic!("{what}: handshake: {e}"));

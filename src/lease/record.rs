@@ -93,6 +93,27 @@ fn parse(bytes: &[u8]) -> Option<Record> {
     })
 }
 
+/// Test help: once the renewal that follows an acquire has landed (30 ms on), writes
+/// another node's record over the lease sector at the start of `path`.
+#[cfg(test)]
+pub(crate) async fn write_foreign(
+    path: &std::path::Path,
+    node: &str,
+    incarnation: u64,
+    counter: u64,
+) {
+    let foreign = Record {
+        node: node.into(),
+        incarnation,
+        counter,
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    crate::lease::disk::LeaseDisk::open(path, 0)
+        .unwrap()
+        .write(&foreign.encode())
+        .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

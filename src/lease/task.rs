@@ -260,17 +260,7 @@ mod tests {
             matches!(got, Some(LeaseEvent::Acquired { waited }) if waited < Duration::from_millis(700)),
             "{got:?}"
         );
-        let foreign = crate::lease::record::Record {
-            node: "n3".into(),
-            incarnation: 1,
-            counter: 0,
-        };
-        // After the renewal that follows the acquire has landed.
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        LeaseDisk::open(&path, 0)
-            .unwrap()
-            .write(&foreign.encode())
-            .unwrap();
+        crate::lease::record::write_foreign(&path, "n3", 1, 0).await;
         let got = next(&mut n2, Duration::from_secs(1)).await;
         assert_eq!(got, Some(LeaseEvent::Lost(LossReason::Displaced)));
     }

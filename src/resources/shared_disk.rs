@@ -163,17 +163,7 @@ mod tests {
             "released: no lease timeout ({waited:?})"
         );
         // Another node's record on the disk: n2's next renewal finds it.
-        let foreign = crate::lease::record::Record {
-            node: "n3".into(),
-            incarnation: 7,
-            counter: 1,
-        };
-        // After the renewal that follows the acquire has landed.
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        LeaseDisk::open(&path, 0)
-            .unwrap()
-            .write(&foreign.encode())
-            .unwrap();
+        crate::lease::record::write_foreign(&path, "n3", 7, 1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(matches!(n2.lost(), Some(r) if r.contains("disk lease lost")));
     }
