@@ -625,7 +625,7 @@ fn a_peer_that_fails_the_state_exchange_is_redialled_with_backoff() {
 /// primary that steps down is followed again within a fraction of a second.
 #[test]
 fn a_refused_stale_epoch_is_retried_with_the_links_backoff_alone() {
-    use tandem::mirror::wire::{handshake, Frame, HandshakeParams};
+    use tandem::mirror::wire::{handshake, Frame};
     let c = Cluster::new(&["a", "b", "c"], 16 * MIB);
     // "c" is a stand-in that claims to be primary at epoch 2; "a" and "b" dial it.
     let rt = runtime();
@@ -642,14 +642,7 @@ fn a_refused_stale_epoch_is_retried_with_the_links_backoff_alone() {
             let count = Arc::clone(&count);
             tokio::spawn(async move {
                 let (r, mut w) = stream.into_split();
-                let params = HandshakeParams {
-                    cluster: "test".into(),
-                    mirror: "vol0".into(),
-                    local_node: "c".into(),
-                    key: KEY.to_vec(),
-                    encrypt: false,
-                    compress: Default::default(),
-                };
+                let params = stand_in_params("c", KEY, Default::default());
                 let Ok((mut reader, mut writer, hello)) = handshake(r, &mut w, &params, None).await
                 else {
                     return;

@@ -890,16 +890,7 @@ depends_on = ["disk"]
         ));
         exec.start_one(0, &mut Vec::new()).await.unwrap();
         exec.start_one(1, &mut Vec::new()).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let foreign = crate::lease::record::Record {
-            node: "n3".into(),
-            incarnation: 7,
-            counter: 1,
-        };
-        crate::lease::disk::LeaseDisk::open(&path, 0)
-            .unwrap()
-            .write(&foreign.encode())
-            .unwrap();
+        crate::lease::record::write_foreign(&path, "n3", 7, 1).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let Some(Input::Unrecoverable { reason, .. }) = exec.monitor().await else {
             panic!("the lost lease is not reported");
