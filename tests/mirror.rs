@@ -620,73 +620,70 @@ fn a_peer_that_fails_the_state_exchange_is_redialled_with_backoff() {
     drop(rt);
 }
 
-/// A copy that refuses a peer's stale epoch retries the link with the link's own
-/// backoff (200 ms doubling), not after a fixed 2 s sleep on top of it: a deposed
+/// A copy that refuses a peer's stale epoch takes the next session after the link's
+/// own backoff (200 ms doubling), not after a fixed 2 s sleep on top of it: a deposed
 /// primary that steps down is followed again within a fraction of a second.
 #[test]
 fn a_refused_stale_epoch_is_retried_with_the_links_backoff_alone() {
     use tandem::mirror::wire::{handshake, Frame};
     let c = Cluster::new(&["a", "b", "c"], 16 * MIB);
-    // "c" is a stand-in that claims to be primary at epoch 2; "a" and "b" dial it.
+    // "a" is a stand-in that dials "b" (the lower name dials) once b is primary at
+    // epoch 3, and claims to be primary at epoch 2, again as soon as b hangs up.
+    let b = c.start("b");
+    let n3 = c.start("c");
+    connected(&b, &n3);
+    b.on(b.m.promote(OwnershipEpoch(3))).unwrap();
     let rt = runtime();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(c.listen("c")))
-        .unwrap();
-    let from_a = Arc::new(AtomicU64::new(0));
-    let count = Arc::clone(&from_a);
+    let sessions = Arc::new(AtomicU64::new(0));
+    let count = Arc::clone(&sessions);
+    let to = c.listen("b");
     rt.spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+            let Ok(stream) = tokio::net::TcpStream::connect(to).await else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
             };
-            let count = Arc::clone(&count);
-            tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let params = stand_in_params("c", KEY, Default::default());
-                let Ok((mut reader, mut writer, hello)) = handshake(r, &mut w, &params, None).await
-                else {
-                    return;
-                };
-                let Ok(Frame::State(mut state)) = reader.recv().await else {
-                    return;
-                };
-                if hello.node == "a" && state.primary {
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                state.node = "c".into();
-                state.primary = true;
-                state.epoch = OwnershipEpoch(2);
-                let _ = writer.send(&Frame::State(state)).await;
-                let _ = reader.recv().await;
-            });
+            let (r, mut w) = stream.into_split();
+            let params = stand_in_params("a", KEY, Default::default());
+            let Ok((mut reader, mut writer, _)) = handshake(r, &mut w, &params, Some("b")).await
+            else {
+                continue;
+            };
+            let Ok(Frame::State(mut state)) = reader.recv().await else {
+                continue;
+            };
+            if state.primary {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            state.node = "a".into();
+            state.primary = true;
+            state.epoch = OwnershipEpoch(2);
+            let _ = writer.send(&Frame::State(state)).await;
+            // b's goodbye, or the connection's end.
+            while reader.recv().await.is_ok() {}
         }
     });
-    let a = c.start("a");
-    let b = c.start("b");
-    connected(&a, &b);
-    a.on(a.m.promote(OwnershipEpoch(3))).unwrap();
     let start = Instant::now();
-    let before = from_a.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(3));
-    let refusals = from_a.load(Ordering::SeqCst) - before;
-    // Backoff 200, 400, 800, 1600 ms: 3 to 5 sessions in 3 s; with a fixed 2 s sleep
-    // before the backoff, at most 2.
+    let refused = sessions.load(Ordering::SeqCst);
+    // Backoff 200, 400, 800, 1600 ms: 4 or 5 sessions in 3 s; with a fixed 2 s sleep
+    // before the backoff, 2.
     assert!(
-        (3..=8).contains(&refusals),
-        "{refusals} refused sessions from the primary in {:?}",
+        (3..=8).contains(&refused),
+        "{refused} sessions refused by the primary in {:?}",
         start.elapsed()
     );
-    let stale = a.events(EventKind::MirrorDisconnected);
+    let stale = b.events(EventKind::MirrorDisconnected);
     assert!(
         stale
             .iter()
             .any(|e| e.fields.get("reason").map(String::as_str) == Some("stale_epoch")),
         "{stale:?}"
     );
-    a.on(a.m.demote()).unwrap();
-    a.stop();
-    b.stop();
     drop(rt);
+    b.on(b.m.demote()).unwrap();
+    b.stop();
+    n3.stop();
 }
 
 #[test]
