@@ -172,6 +172,11 @@ pub enum EventKind {
     ConfigMismatch,
     /// A peer's configuration digest agrees with this node's again (peer, digest).
     ConfigAgreed,
+    /// A primary was declared dead: what this node's copy of its mirror may lack, as
+    /// the primary last reported (mirror, peer: the primary, bytes, duration_ms: the
+    /// age of the oldest write not acknowledged, reported_ms). After a site disaster it
+    /// is the DR copy's recovery point.
+    RecoveryPoint,
     /// An action through the web console or an API token, or a console login (user,
     /// role, action, target, outcome: `allowed` or `refused`, reason when refused).
     Audit,

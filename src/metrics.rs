@@ -140,6 +140,8 @@ struct Inner {
     mirror_lag_bytes: IntGaugeVec,
     mirror_lag_seconds: GaugeVec,
     mirror_lag_budget: GaugeVec,
+    recovery_point_bytes: IntGaugeVec,
+    recovery_point_seconds: GaugeVec,
     resync_active: IntGaugeVec,
     resync_size: IntGaugeVec,
     resync_done: IntGaugeVec,
@@ -391,6 +393,8 @@ impl Metrics {
             mirror_lag_bytes: gauge_vec(&r, "mirror_lag_bytes", "Async replication: bytes written locally and not yet acknowledged by the peer.", &["mirror", "peer"])?,
             mirror_lag_seconds: float_vec(&r, "mirror_lag_seconds", "Async replication: age of the oldest write not yet acknowledged by the peer.", &["mirror", "peer"])?,
             mirror_lag_budget: float_vec(&r, "mirror_lag_budget_seconds", "The configured lag budget of an async peer (absent when none is configured).", &["mirror", "peer"])?,
+            recovery_point_bytes: gauge_vec(&r, "mirror_recovery_point_bytes", "On a secondary: bytes this copy may lack, as its primary (label) last reported in a heartbeat; after a site disaster, the DR copy's recovery point.", &["mirror", "primary"])?,
+            recovery_point_seconds: float_vec(&r, "mirror_recovery_point_seconds", "On a secondary: age of the oldest write this copy had not acknowledged, as its primary last reported.", &["mirror", "primary"])?,
             resync_active: gauge_vec(&r, "mirror_resync_active", "1 while a resync with the peer runs (in either direction).", &["mirror", "peer"])?,
             resync_size: gauge_vec(&r, "mirror_resync_size_bytes", "Bytes the running resync copies in all (0 when none runs).", &["mirror", "peer"])?,
             resync_done: gauge_vec(&r, "mirror_resync_done_bytes", "Bytes the running resync has copied so far (0 when none runs).", &["mirror", "peer"])?,
@@ -447,6 +451,15 @@ impl Metrics {
             for p in &m.peers {
                 self.render_mirror_peer(name, p);
             }
+            if let Some(r) = &m.recovery_point {
+                let labels = [name, r.primary.as_str()];
+                i.recovery_point_bytes
+                    .with_label_values(&labels)
+                    .set(i64::try_from(r.lag_bytes).unwrap_or(i64::MAX));
+                i.recovery_point_seconds
+                    .with_label_values(&labels)
+                    .set(f64::from(r.lag_ms) / 1000.0);
+            }
         }
     }
 
@@ -461,6 +474,7 @@ impl Metrics {
             &i.mirror_connection,
             &i.mirror_out_of_sync,
             &i.mirror_lag_bytes,
+            &i.recovery_point_bytes,
             &i.resync_active,
             &i.resync_size,
             &i.resync_done,
@@ -470,6 +484,7 @@ impl Metrics {
         for g in [
             &i.mirror_lag_seconds,
             &i.mirror_lag_budget,
+            &i.recovery_point_seconds,
             &i.resync_rate,
             &i.resync_eta,
             &i.compress_ratio,

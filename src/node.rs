@@ -34,10 +34,11 @@ use crate::cluster::membership::{
     self, Membership, MembershipConfig, MembershipEvent, PathStatus, PeerProtocol, PeerSpec,
     PeerStatus,
 };
-use crate::cluster::packet::{self, Heartbeat, LocalGroupState, NodeAdvert};
+use crate::cluster::packet::{self, Heartbeat, LocalGroupState, MirrorLag, NodeAdvert};
 use crate::config::Config;
 use crate::event::{fields, EventKind, Fields, MoveReason, Timeline};
 use crate::mirror::fencing::{self, FenceAction, LocalFencing};
+use crate::mirror::recovery::{RecoveryPoint, RecoveryPoints};
 pub use crate::placement::policy::StopMode;
 use crate::placement::policy::{
     Action, GroupStatus, Input, Now, PeerView, Placement, PlacementConfig, PlacementError,
@@ -332,6 +333,9 @@ pub struct MirrorFacts {
     pub generation: u64,
     /// On a primary: the sync peers in sync with it now (`Mirror::in_sync_peers`).
     pub in_sync: Vec<String>,
+    /// On a primary: (peer, bytes its copy may lack, age in ms of the oldest write it
+    /// has not acknowledged), advertised so a DR copy knows its recovery point.
+    pub lags: Vec<(String, u64, u32)>,
 }
 
 /// A command for one group's executor.
@@ -449,6 +453,8 @@ pub struct NodeCore {
     last_advert: Option<NodeAdvert>,
     failovers: BTreeMap<String, FailoverTally>,
     mirrors: Vec<MirrorFacts>,
+    /// What each of this node's copies may lack, as its primary last reported.
+    recovery: RecoveryPoints,
     /// Per mirror: the primary generation this copy outdated itself for.
     outdated_for: BTreeMap<String, u64>,
     /// Outdates being carried out: (mirror, generation).
@@ -520,6 +526,7 @@ impl NodeCore {
             last_advert: None,
             failovers: BTreeMap::new(),
             mirrors: Vec::new(),
+            recovery: RecoveryPoints::default(),
             outdated_for: BTreeMap::new(),
             outdating: BTreeSet::new(),
             quorum: None,
@@ -719,6 +726,15 @@ impl NodeCore {
     fn advert(&self, now: Now) -> NodeAdvert {
         let mut advert = self.placement.advert(now);
         advert.mirrors = fencing::registers(&self.fencing_view());
+        advert.lags = self
+            .mirrors
+            .iter()
+            .filter(|m| m.primary)
+            .flat_map(|m| {
+                (m.lags.iter())
+                    .map(|(peer, bytes, age)| MirrorLag::new(&m.name, peer, *bytes, *age))
+            })
+            .collect();
         advert
     }
 
@@ -757,8 +773,21 @@ impl NodeCore {
     }
 
     fn membership_input(&mut self, now: Now, input: membership::Input, out: &mut Vec<NodeAction>) {
-        let packet = matches!(input, membership::Input::Packet { .. });
+        let heard = match &input {
+            membership::Input::Packet { hb, .. } => Some((hb.node.clone(), hb.advert.lags.clone())),
+            membership::Input::Tick => None,
+        };
+        let packet = heard.is_some();
         let events = self.membership.handle(now.mono_ms, input);
+        if let Some((from, lags)) = heard {
+            let rejected = events
+                .iter()
+                .any(|e| matches!(e, MembershipEvent::Rejected { .. }));
+            if !rejected {
+                let me = self.cfg.local().to_string();
+                self.recovery.heard(&me, &from, &lags, now.wall_ms);
+            }
+        }
         if packet || !events.is_empty() {
             self.peers_stale = true;
         }
@@ -833,6 +862,7 @@ impl NodeCore {
                     kind: EventKind::NodeDown,
                     fields: fields([("peer", peer.clone()), ("silent_ms", silent_ms.to_string())]),
                 });
+                self.report_recovery_points(&peer, out);
                 // The membership is the authority on death: a replication link to a
                 // powered-off node may not notice for a long while (no RST). Drop it
                 // now, before placement may promote our copy.
@@ -858,6 +888,36 @@ impl NodeCore {
             }
         };
         out.push(NodeAction::Emit { kind, fields: f });
+    }
+
+    /// The primary `peer` died: reports what each copy of its mirrors held here may
+    /// lack, as its last heartbeat said (after a site disaster, the DR copy's recovery
+    /// point).
+    fn report_recovery_points(&self, peer: &str, out: &mut Vec<NodeAction>) {
+        for p in self.recovery.reported_by(peer) {
+            out.push(NodeAction::Emit {
+                kind: EventKind::RecoveryPoint,
+                fields: fields([
+                    ("mirror", p.mirror.clone()),
+                    ("peer", peer.to_string()),
+                    ("bytes", p.lag_bytes.to_string()),
+                    ("duration_ms", p.lag_ms.to_string()),
+                    ("reported_ms", p.reported_ms.to_string()),
+                ]),
+            });
+        }
+    }
+
+    /// What each copy this node holds as a secondary may lack, as its primary last
+    /// reported.
+    pub fn recovery_points(&self) -> Vec<RecoveryPoint> {
+        let primary_here =
+            |mirror: &str| self.mirrors.iter().any(|m| m.name == mirror && m.primary);
+        self.recovery
+            .all()
+            .filter(|p| !primary_here(&p.mirror))
+            .cloned()
+            .collect()
     }
 
     fn path_fields(&self, peer: &str, path: u8, silent_ms: Option<u64>) -> Fields {
@@ -943,7 +1003,8 @@ impl NodeCore {
             out.push(NodeAction::Group { group, command });
         }
         // A changed advert goes out at once: hand-offs should not wait for a heartbeat.
-        if self.last_advert.as_ref() != Some(&self.advert(now)) {
+        let advert = self.advert(now);
+        if (self.last_advert.as_ref()).is_none_or(|last| last.differs_beyond_lags(&advert)) {
             self.send_heartbeats(now, out);
         }
     }
@@ -1367,6 +1428,7 @@ mod tests {
             up_to_date: true,
             generation: 10,
             in_sync: Vec::new(),
+            lags: Vec::new(),
         }]);
         let outdates = |out: &[NodeAction]| {
             out.iter()
@@ -1666,6 +1728,19 @@ mod tests {
         }
     }
 
+    /// The facts of mirror `vol`, up to date at generation 1, as primary or secondary.
+    fn vol_facts(primary: bool) -> MirrorFacts {
+        MirrorFacts {
+            name: "vol".into(),
+            primary,
+            pending: Vec::new(),
+            up_to_date: true,
+            generation: 1,
+            in_sync: Vec::new(),
+            lags: Vec::new(),
+        }
+    }
+
     fn heartbeat_from(peer: &str, seq: u64, ms: u64, advert: NodeAdvert) -> NodeInput {
         NodeInput::Packet {
             path: 0,
@@ -1713,14 +1788,7 @@ mod tests {
     #[test]
     fn a_node_with_mirrors_sends_heartbeats_only_when_due_or_changed() {
         let mut c = core();
-        let facts = vec![MirrorFacts {
-            name: "vol".into(),
-            primary: true,
-            pending: Vec::new(),
-            up_to_date: true,
-            generation: 1,
-            in_sync: Vec::new(),
-        }];
+        let facts = vec![vol_facts(true)];
         c.handle(at(0), NodeInput::Mirrors(facts));
         assert_eq!(sends(&c.handle(at(0), NodeInput::HeartbeatDue)).len(), 3);
         for ms in [10, 20, 30] {
@@ -1733,16 +1801,70 @@ mod tests {
         }
         // A new outdate request changes the advert: it goes out at once.
         let pending = vec![MirrorFacts {
-            name: "vol".into(),
-            primary: true,
             pending: vec![("n2".into(), 5)],
-            up_to_date: true,
-            generation: 1,
-            in_sync: Vec::new(),
+            ..vol_facts(true)
         }];
-        c.handle(at(40), NodeInput::Mirrors(pending));
+        c.handle(at(40), NodeInput::Mirrors(pending.clone()));
         let out = c.handle(at(40), NodeInput::Resource(Input::Tick));
         assert_eq!(sends(&out).len(), 3);
+        // A new lag changes with every write: it waits for the next heartbeat.
+        let mut lagging = pending;
+        lagging[0].lags = vec![("n3".into(), 65536, 120)];
+        c.handle(at(50), NodeInput::Mirrors(lagging));
+        assert!(sends(&c.handle(at(50), NodeInput::Resource(Input::Tick))).is_empty());
+        let out = c.handle(at(60), NodeInput::HeartbeatDue);
+        let NodeAction::Send { hb, .. } = &out[0] else {
+            panic!("no heartbeat: {out:?}")
+        };
+        assert_eq!(hb.advert.lags, [MirrorLag::new("vol", "n3", 65536, 120)]);
+    }
+
+    /// Site disaster: the primary's last heartbeat said how far behind this copy was.
+    /// When the primary is declared dead, that report is the copy's recovery point: an
+    /// event (and so a trap) and the status say it.
+    #[test]
+    fn a_dead_primarys_last_lag_report_is_the_copys_recovery_point() {
+        let mut c = core();
+        let facts = vec![vol_facts(false)];
+        c.handle(at(0), NodeInput::Mirrors(facts));
+        let report = |bytes, age_ms| NodeAdvert {
+            lags: vec![
+                MirrorLag::new("vol", "n3", 1, 1),
+                MirrorLag::new("vol", "n1", bytes, age_ms),
+            ],
+            ..NodeAdvert::default()
+        };
+        c.handle(at(0), heartbeat_from("n2", 1, 0, report(1 << 20, 900)));
+        c.handle(at(200), heartbeat_from("n2", 2, 200, report(4 << 20, 1200)));
+        // A replayed (stale) heartbeat is rejected and changes nothing.
+        c.handle(at(300), heartbeat_from("n2", 1, 0, report(0, 0)));
+        let points = c.recovery_points();
+        assert_eq!(points.len(), 1);
+        assert_eq!(
+            (
+                points[0].primary.as_str(),
+                points[0].lag_bytes,
+                points[0].lag_ms
+            ),
+            ("n2", 4 << 20, 1200)
+        );
+        assert_eq!(points[0].reported_ms, at(200).wall_ms);
+        let out = c.handle(at(1_700), NodeInput::CheckLiveness);
+        let reported: Vec<&Fields> = out
+            .iter()
+            .filter_map(|a| match a {
+                NodeAction::Emit {
+                    kind: EventKind::RecoveryPoint,
+                    fields,
+                } => Some(fields),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reported.len(), 1, "{out:?}");
+        assert_eq!(reported[0]["mirror"], "vol");
+        assert_eq!(reported[0]["peer"], "n2");
+        assert_eq!(reported[0]["bytes"], (4u64 << 20).to_string());
+        assert_eq!(reported[0]["duration_ms"], "1200");
     }
 
     #[test]
@@ -1802,14 +1924,7 @@ mod tests {
     #[test]
     fn a_secondary_outdates_itself_once_and_acknowledges_in_its_advert() {
         let mut c = core();
-        let facts = vec![MirrorFacts {
-            name: "vol".into(),
-            primary: false,
-            pending: Vec::new(),
-            up_to_date: true,
-            generation: 1,
-            in_sync: Vec::new(),
-        }];
+        let facts = vec![vol_facts(false)];
         c.handle(at(0), NodeInput::Mirrors(facts));
         let request = NodeAdvert {
             mirrors: vec![MirrorRegister {

@@ -540,9 +540,13 @@ pub fn project(
     core: &NodeCore,
     now: Now,
     last_seq: u64,
-    mirrors: Vec<MirrorStatus>,
+    mut mirrors: Vec<MirrorStatus>,
 ) -> Status {
     let groups = core.groups(now);
+    let points = core.recovery_points();
+    for m in &mut mirrors {
+        m.recovery_point = points.iter().find(|p| p.mirror == m.name).cloned();
+    }
     let (resources, vips) = resource_views(cfg, &groups);
     let counters = core.membership().counters();
     Status {
@@ -869,6 +873,7 @@ fn sample_mirror() -> MirrorStatus {
         read_bytes: 4096,
         written_bytes: 12288,
         peers: vec![beta, gamma],
+        recovery_point: None,
     }
 }
 

@@ -1234,6 +1234,7 @@ fn wrong_key_and_garbage_heartbeats_are_rejected() {
                     groups: vec![],
                     standby_register: Vec::new(),
                     mirrors: Vec::new(),
+                    lags: Vec::new(),
                 },
             };
             encode(&hb, b"definitely-not-the-cluster-key!!").expect("encode")
@@ -4704,7 +4705,9 @@ fn restart_at_once(lab: &Lab, nodes: &[&str]) {
 /// Local HA plus remote DR (issue 16), without an operator: n1 and n2 (the main site)
 /// lose power at once. n3, the DR site's async copy, is alone among three voters: it
 /// has no majority and its copy may lack acknowledged writes, so it serves nothing and
-/// promotes nothing (the override, `group promote-dr`, is not built yet). The main site
+/// promotes nothing (the override, `group promote-dr`, is not built yet). It reports
+/// its recovery point as n1's last heartbeat gave it, and that covers what its copy
+/// really lacks after a 64 MiB burst the capped link could not carry. The main site
 /// powers on again: the group runs there with every acknowledged write, and the DR copy
 /// catches up.
 #[test]
@@ -4716,6 +4719,14 @@ fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
     lab.wait_mirror_in_sync("n1", "n3", Duration::from_secs(120));
     let checker = Checker::start(&lab, 1);
     checker.wait_acked(&lab, 20, Duration::from_secs(60));
+    // A burst of 64 MiB that the capped WAN link cannot have carried by the kill. Half
+    // a second then lets n1's heartbeats report the lag as it is when the site dies.
+    let burst: Vec<String> = (0..64u64)
+        .map(|i| format!("write -P 0x5a {} 1M", (128 + i) << 20))
+        .collect();
+    let out = lab.qemu_io("n1", &burst);
+    assert!(out.status.success(), "{}", describe(&out));
+    std::thread::sleep(Duration::from_millis(500));
 
     let kill_ms = wall_ms();
     kill_at_once(&lab, &["n1", "n2"]);
@@ -4743,6 +4754,7 @@ fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
         lab.count("n3", "quorum_lost") >= 1,
         "n3 did not record the lost quorum"
     );
+    assert_recovery_point_is_reported(&lab, &st);
 
     let t = Instant::now();
     restart_at_once(&lab, &["n1", "n2"]);
@@ -4759,6 +4771,75 @@ fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
     checker.wait_acked(&lab, 10, Duration::from_secs(60));
     assert_client_checks(&lab, checker, &owner);
     lab.wait_mirror_in_sync(&owner, "n3", Duration::from_secs(120));
+}
+
+/// After a site disaster: n3 reports the recovery point n1's last heartbeat gave (an
+/// event, the status and a metric), and it covers what n3's copy really lacks. The
+/// real figure is the 4 KiB blocks in which n3's copy differs from the dead primary's.
+fn assert_recovery_point_is_reported(lab: &Lab, st: &Value) {
+    let events = lab.events_of("n3", "recovery_point");
+    let e = events
+        .iter()
+        .find(|e| e["fields"]["peer"] == "n1")
+        .unwrap_or_else(|| panic!("n3 reported no recovery point from n1: {events:?}"));
+    let field = |k: &str| e["fields"][k].as_str().and_then(|v| v.parse::<u64>().ok());
+    let reported = field("bytes").expect("bytes");
+    let age_ms = field("duration_ms").expect("duration_ms");
+    let shown = &st["mirrors"][0]["recovery_point"];
+    assert_eq!(
+        shown["lag_bytes"].as_u64(),
+        Some(reported),
+        "status: {shown}"
+    );
+    let body = scrape(lab, "10.77.0.13");
+    let metric = body.lines().find(|l| {
+        l.starts_with("tandem_mirror_recovery_point_bytes{") && l.contains("primary=\"n1\"")
+    });
+    assert_eq!(
+        metric.and_then(|l| l.rsplit(' ').next()),
+        Some(reported.to_string().as_str()),
+        "n3's recovery point metric: {metric:?}"
+    );
+    let real = differing_bytes(&lab.backing("n1"), &lab.backing("n3"), 256 << 20);
+    lab.note(&format!(
+        "RECOVERY POINT: n3 reports up to {reported} bytes ({age_ms} ms of writes) behind \
+         n1; its copy really lacks {real} bytes"
+    ));
+    assert!(
+        real >= 1 << 20,
+        "the burst did not leave n3 behind ({real} bytes)"
+    );
+    assert!(
+        real <= reported + (1 << 20),
+        "n3 lacks {real} bytes but was told {reported}"
+    );
+    assert!(
+        reported <= real + (32 << 20),
+        "n3 was told {reported} bytes for {real} it lacks"
+    );
+}
+
+/// The bytes, counted in 4 KiB blocks, in which the first `len` bytes of two files
+/// differ.
+fn differing_bytes(a: &Path, b: &Path, len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let (fa, fb) = (
+        std::fs::File::open(a).expect("open"),
+        std::fs::File::open(b).expect("open"),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut differ = 0;
+    for at in (0..len).step_by(1 << 20) {
+        fa.read_exact_at(&mut ba, at).expect("read");
+        fb.read_exact_at(&mut bb, at).expect("read");
+        differ += ba
+            .chunks(4096)
+            .zip(bb.chunks(4096))
+            .filter(|(x, y)| x != y)
+            .count() as u64
+            * 4096;
+    }
+    differ
 }
 
 /// Whether the first `len` bytes of two files are the same, compared 1 MiB at a time.

@@ -52,6 +52,13 @@
 //!     request * req_count:      a primary asks a lost sync peer to outdate
 //!       peer      str
 //!       generation u64 the primary's current generation
+//!   [lags]          only if version >= 3 (and the mirrors section is present):
+//!     lag_count   u8  entries that fit the datagram, at most 255
+//!     lag * lag_count:          a primary's view of each peer's copy
+//!       mirror    str
+//!       peer      str
+//!       bytes     u64 what the peer's copy may lack: unacknowledged + out of sync
+//!       age_ms    u32 age of the oldest write the peer has not acknowledged
 //! mac           32  HMAC-SHA256(cluster key, all preceding bytes)
 //! ```
 //!
@@ -69,8 +76,8 @@
 //! # Versions
 //!
 //! The decoder accepts every version in [`MIN_VERSION`]..=[`MAX_VERSION`]; version 1
-//! has no protocol section (it decodes as `max_version` 1 and no digest), and every
-//! version from 2 up encodes the same way (the `proto-next` feature raises
+//! has no protocol section (it decodes as `max_version` 1 and no digest), version 2
+//! has no lags, and every version from 3 up encodes the same way (the `proto-next` feature raises
 //! [`MAX_VERSION`] by one, for the mixed-build lab test). A sender encodes each peer's
 //! heartbeats at [`version_for`] that peer: its own maximum until it has heard the
 //! peer, then the lower of the two maxima. A peer of an older build drops the first
@@ -90,7 +97,9 @@ pub const MAGIC: [u8; 4] = *b"TDHB";
 /// The oldest wire format version this codec reads and writes.
 pub const MIN_VERSION: u8 = 1;
 /// The newest wire format version this codec reads and writes.
-pub const MAX_VERSION: u8 = if cfg!(feature = "proto-next") { 3 } else { 2 };
+pub const MAX_VERSION: u8 = if cfg!(feature = "proto-next") { 4 } else { 3 };
+/// The first version that carries a primary's lag toward each peer.
+pub const LAGS_VERSION: u8 = 3;
 /// Length of the trailing HMAC-SHA256 tag.
 pub const MAC_LEN: usize = 32;
 /// Maximum byte length of any name (cluster, node, group, owner, standby
@@ -190,6 +199,45 @@ pub struct NodeAdvert {
     /// The mirror fencing register: outdate requests from a primary and the
     /// acknowledgements of secondaries. At most [`MAX_MIRRORS`], unique names.
     pub mirrors: Vec<MirrorRegister>,
+    /// As a primary: how far behind each peer's copy is (version 3 and up, sent only
+    /// with a mirrors section, and only as many as fit the datagram). A DR copy keeps
+    /// the last one it heard as its recovery point.
+    pub lags: Vec<MirrorLag>,
+}
+
+/// A primary's view of one peer's copy of one mirror, as of the heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MirrorLag {
+    pub mirror: String,
+    pub peer: String,
+    /// Bytes the peer's copy may lack: written here and not acknowledged, plus what
+    /// its bitmap holds out of sync.
+    pub bytes: u64,
+    /// Age of the oldest write the peer has not acknowledged, in ms (saturating).
+    pub age_ms: u32,
+}
+
+impl MirrorLag {
+    pub fn new(mirror: &str, peer: &str, bytes: u64, age_ms: u32) -> Self {
+        MirrorLag {
+            mirror: mirror.to_string(),
+            peer: peer.to_string(),
+            bytes,
+            age_ms,
+        }
+    }
+}
+
+impl NodeAdvert {
+    /// Whether two adverts differ in anything but the lags, which change with every
+    /// write and go out with the next periodic heartbeat only.
+    pub fn differs_beyond_lags(&self, other: &NodeAdvert) -> bool {
+        self.priority != other.priority
+            || self.standby != other.standby
+            || self.groups != other.groups
+            || self.standby_register != other.standby_register
+            || self.mirrors != other.mirrors
+    }
 }
 
 /// One mirror's part of the advert. A sync primary that loses its replication link to
@@ -414,6 +462,9 @@ pub fn encode(hb: &Heartbeat, key: &[u8]) -> Result<Vec<u8>, EncodeError> {
     put_groups(&mut out, &hb.advert.groups);
     put_standby_register(&mut out, &hb.advert.standby_register);
     put_mirrors(&mut out, &hb.advert.mirrors);
+    if hb.version >= LAGS_VERSION && !hb.advert.mirrors.is_empty() {
+        put_lags(&mut out, &hb.advert.lags);
+    }
     let len = out.len() + MAC_LEN;
     if len > MAX_PACKET {
         return Err(EncodeError::TooLarge { len });
@@ -591,6 +642,30 @@ fn put_mirrors(out: &mut Vec<u8>, mirrors: &[MirrorRegister]) {
             out.extend_from_slice(&generation.to_be_bytes());
         }
     }
+}
+
+/// Writes the lags section: as many entries as fit the datagram (they are advice, and
+/// the heartbeat itself must go out), each with valid names.
+fn put_lags(out: &mut Vec<u8>, lags: &[MirrorLag]) {
+    let at = out.len();
+    out.push(0);
+    let mut count = 0u8;
+    for l in lags {
+        let valid = |n: &str| (1..=MAX_NAME_LEN).contains(&n.len());
+        let len = 2 + l.mirror.len() + l.peer.len() + 8 + 4;
+        if !valid(&l.mirror) || !valid(&l.peer) || out.len() + len + MAC_LEN > MAX_PACKET {
+            continue;
+        }
+        put_str(out, &l.mirror);
+        put_str(out, &l.peer);
+        out.extend_from_slice(&l.bytes.to_be_bytes());
+        out.extend_from_slice(&l.age_ms.to_be_bytes());
+        count += 1;
+        if count == u8::MAX {
+            break;
+        }
+    }
+    out[at] = count;
 }
 
 /// Bounds-checked cursor over the authenticated body. Every read returns
@@ -789,6 +864,21 @@ impl<'a> Reader<'a> {
             outdate_requests,
         })
     }
+
+    /// Reads the lags section (version 3 and up, after a mirrors section).
+    fn lags(&mut self) -> Result<Vec<MirrorLag>, DecodeError> {
+        let count = usize::from(self.u8()?);
+        let mut lags = Vec::with_capacity(count);
+        for _ in 0..count {
+            lags.push(MirrorLag {
+                mirror: self.name("bad lag mirror name length")?,
+                peer: self.name("bad lag peer name length")?,
+                bytes: self.u64()?,
+                age_ms: self.u32()?,
+            });
+        }
+        Ok(lags)
+    }
 }
 
 /// Verifies and decodes one datagram. `cluster` is the local cluster name.
@@ -817,6 +907,11 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
     let groups = r.groups()?;
     let standby_register = r.standby_register()?;
     let mirrors = r.mirrors()?;
+    let lags = if version >= LAGS_VERSION && !mirrors.is_empty() {
+        r.lags()?
+    } else {
+        Vec::new()
+    };
     if !r.at_end() {
         return Err(DecodeError::Malformed("trailing bytes after body"));
     }
@@ -844,6 +939,7 @@ pub fn decode(buf: &[u8], key: &[u8], cluster: &str) -> Result<Heartbeat, Decode
             groups,
             standby_register,
             mirrors,
+            lags,
         },
     })
 }
@@ -930,8 +1026,63 @@ mod tests {
                     epoch: 9,
                 }],
                 mirrors: Vec::new(),
+                lags: Vec::new(),
             },
         }
+    }
+
+    #[test]
+    fn lags_travel_from_version_3_with_a_mirrors_section_only() {
+        let mut hb = sample();
+        hb.advert.mirrors = vec![MirrorRegister {
+            name: "data".into(),
+            ..MirrorRegister::default()
+        }];
+        hb.advert.lags = vec![
+            MirrorLag::new("data", "b", 1 << 40, 1234),
+            MirrorLag::new("data", "c", 0, 0),
+        ];
+        (hb.version, hb.max_version) = (MAX_VERSION, MAX_VERSION);
+        let bytes = encode(&hb, KEY).expect("encode");
+        assert_eq!(decode(&bytes, KEY, "prod").expect("decode"), hb);
+        // Version 2 has no lags section: a peer of the older build decodes the rest.
+        hb.version = 2;
+        let v2 = decode(&encode(&hb, KEY).expect("encode"), KEY, "prod").expect("decode");
+        assert!(v2.advert.lags.is_empty());
+        assert_eq!(v2.advert.mirrors, hb.advert.mirrors);
+        // Without mirrors there is no section to follow, so no lags either.
+        hb.version = MAX_VERSION;
+        hb.advert.mirrors.clear();
+        let bare = decode(&encode(&hb, KEY).expect("encode"), KEY, "prod").expect("decode");
+        assert!(bare.advert.lags.is_empty());
+    }
+
+    #[test]
+    fn lags_that_do_not_fit_are_left_out_and_the_heartbeat_still_goes() {
+        let mut hb = sample();
+        hb.advert.mirrors = vec![MirrorRegister {
+            name: "data".into(),
+            ..MirrorRegister::default()
+        }];
+        (hb.version, hb.max_version) = (MAX_VERSION, MAX_VERSION);
+        let long = "p".repeat(MAX_NAME_LEN);
+        hb.advert.lags = (0..40)
+            .map(|i| {
+                MirrorLag::new(
+                    &"m".repeat(MAX_NAME_LEN - 2),
+                    &format!("{long}{i}")[..MAX_NAME_LEN],
+                    i,
+                    0,
+                )
+            })
+            .collect();
+        // An entry with an invalid name is skipped too.
+        hb.advert.lags.insert(0, MirrorLag::new("", "b", 1, 1));
+        let bytes = encode(&hb, KEY).expect("the heartbeat must go out");
+        assert!(bytes.len() <= MAX_PACKET);
+        let got = decode(&bytes, KEY, "prod").expect("decode").advert.lags;
+        assert!(!got.is_empty() && got.len() < 40, "{} lags kept", got.len());
+        assert_eq!(got[..], hb.advert.lags[1..=got.len()]);
     }
 
     #[test]
@@ -1604,6 +1755,7 @@ mod tests {
                             groups,
                             standby_register,
                             mirrors: Vec::new(),
+                            lags: Vec::new(),
                         },
                     }
                 },

@@ -966,6 +966,8 @@ impl Config {
                             .collect(),
                     })
                     .collect(),
+                // Lags are sent only as far as they fit.
+                lags: Vec::new(),
             },
         };
         p::encode(&hb, b"size-check").map(|_| ()).map_err(|e| {

@@ -5,7 +5,8 @@
 //! The replication's pure cores: [`bitmap`] (the per-peer dirty-block bitmap and the
 //! activity log that bounds a crash), [`generation`] (generation identifiers, disk
 //! states, who resyncs from whom, split brain), [`connect`] (the plan two copies follow
-//! when they connect) and [`fencing`] (outdate requests over the heartbeats).
+//! when they connect), [`fencing`] (outdate requests over the heartbeats) and
+//! [`recovery`] (what a copy may lack, as its primary last reported).
 
 pub mod bitmap;
 pub mod connect;
@@ -16,6 +17,7 @@ pub mod node;
 pub mod plan;
 pub mod rate_log;
 pub mod reconcile;
+pub mod recovery;
 pub mod replica;
 pub mod schedule;
 pub mod status;

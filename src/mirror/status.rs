@@ -155,6 +155,10 @@ pub struct MirrorStatus {
     #[serde(default)]
     pub written_bytes: u64,
     pub peers: Vec<MirrorPeerStatus>,
+    /// On a secondary: what this copy may lack, as its primary last reported in a
+    /// heartbeat (after a site disaster, the DR copy's recovery point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery_point: Option<crate::mirror::recovery::RecoveryPoint>,
 }
 
 /// This node's link to one peer copy.

@@ -901,6 +901,7 @@ impl Placement {
                 })
                 .collect(),
             mirrors: Vec::new(),
+            lags: Vec::new(),
         }
     }
 

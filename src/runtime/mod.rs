@@ -598,6 +598,7 @@ impl Daemon {
                     up_to_date,
                     generation,
                     in_sync: m.mirror.in_sync_peers(),
+                    lags: m.mirror.peer_lags(),
                     pending: if primary {
                         m.mirror.pending_outdates()
                     } else {

@@ -739,6 +739,7 @@ fn notification_spec(kind: EventKind) -> Option<(u32, &'static [NotificationObje
         EventKind::ConfigMismatch => (39, &[Peer]),
         EventKind::ConfigAgreed => (40, &[Peer]),
         EventKind::Audit => (41, &[User, Role, Action, Target, Outcome, Reason]),
+        EventKind::RecoveryPoint => (42, &[Mirror, Peer, Bytes, Duration]),
         _ => return None,
     })
 }

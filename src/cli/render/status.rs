@@ -409,6 +409,15 @@ fn mirror_lines(all: &[MirrorStatus], indent: &str) -> Vec<String> {
                 "{indent}  IO FROZEN: waiting to outdate a lost peer"
             ));
         }
+        if let Some(r) = &m.recovery_point {
+            out.push(format!(
+                "{indent}  recovery point: up to {} behind {} ({:.1}s of writes), as {} last reported",
+                human_bytes(r.lag_bytes).replace(' ', ""),
+                r.primary,
+                f64::from(r.lag_ms) / 1000.0,
+                r.primary
+            ));
+        }
         for p in &m.peers {
             out.extend(peer_lines(p, &format!("{indent}  ")));
         }

@@ -930,6 +930,26 @@ impl Mirror {
             .collect()
     }
 
+    /// On a primary, how far behind each peer's copy is: (peer, bytes it may lack,
+    /// age in ms of the oldest write it has not acknowledged). The bytes count what is
+    /// unacknowledged and what its bitmap holds out of sync, so they bound what the copy
+    /// lacks from above (to the bitmap's granularity). Empty on a secondary.
+    pub fn peer_lags(&self) -> Vec<(String, u64, u32)> {
+        let now = self.now();
+        let st = self.lock();
+        if !st.primary {
+            return Vec::new();
+        }
+        st.peers
+            .iter()
+            .map(|(name, p)| {
+                let bytes = p.core.lag_bytes() + p.core.out_of_sync_bytes();
+                let age = u32::try_from(p.core.lag(now).as_millis()).unwrap_or(u32::MAX);
+                (name.clone(), bytes, age)
+            })
+            .collect()
+    }
+
     /// The status snapshot.
     pub fn status(&self) -> MirrorStatus {
         let now = self.now();
@@ -1016,6 +1036,7 @@ impl Mirror {
             read_bytes: st.read_bytes,
             written_bytes: st.written_bytes,
             peers,
+            recovery_point: None,
         }
     }
 

@@ -391,6 +391,7 @@ fn notifications_carry_the_objects_the_mib_lists() {
         EventKind::ConfigMismatch,
         EventKind::ConfigAgreed,
         EventKind::Audit,
+        EventKind::RecoveryPoint,
     ];
     let mut arcs = BTreeSet::new();
     for kind in kinds {
