@@ -1,4 +1,5 @@
-//! A mirror's page: this copy (role, disk, size, generation, held writes) and each peer
+//! A mirror's page: this copy (role, disk, size, generation, held writes, the recovery
+//! point its primary last reported) and each peer
 //! link (mode, connection, the peer's disk, out-of-sync bytes, lag against its budget,
 //! a resync progress bar with rate and ETA, the last verify), with pause, resume,
 //! verify and full resync per peer.
@@ -27,9 +28,18 @@ pub fn render_mirror(st: &Status, name: &str, who: &Principal) -> Option<String>
     } else {
         String::new()
     };
+    let recovery = m.recovery_point.as_ref().map_or(String::new(), |r| {
+        format!(
+            "; recovery point: up to {} behind {} ({} of writes), as {} last reported",
+            human_bytes(r.lag_bytes),
+            escape(&r.primary),
+            human_ms(u64::from(r.lag_ms)),
+            escape(&r.primary)
+        )
+    });
     let peers: String = m.peers.iter().map(|p| peer(m, p, who)).collect();
     Some(format!(
-        "<section><h1>Mirror {}</h1><p>this copy: {} {}{frozen}, {}, generation <code>{}</code>{group}</p></section>{peers}\
+        "<section><h1>Mirror {}</h1><p>this copy: {} {}{frozen}, {}, generation <code>{}</code>{group}{recovery}</p></section>{peers}\
          <section><h2>Link sizing</h2><div id=\"plan\" data-mirror=\"{}\">Sizing the link from the write history…</div></section>",
         escape(&m.name),
         escape(&m.role.to_string()),
@@ -183,6 +193,23 @@ mod tests {
         assert!(html.contains("<span class=\"badge ok\">identical</span> 1.0 GiB checked"));
         assert!(!html.contains("class=\"act"));
         assert!(render_mirror(&Status::sample(), "nope", &who(Role::Viewer)).is_none());
+    }
+
+    #[test]
+    fn a_secondary_shows_the_recovery_point_its_primary_reported() {
+        let mut st = Status::sample();
+        st.mirrors[0].recovery_point = Some(crate::mirror::recovery::RecoveryPoint {
+            mirror: "vol".into(),
+            primary: "<n1>".into(),
+            lag_bytes: 3 << 20,
+            lag_ms: 1500,
+            reported_ms: 0,
+        });
+        let html = render_mirror(&st, "vol", &who(Role::Viewer)).unwrap();
+        assert!(
+            html.contains("recovery point: up to 3.0 MiB behind &lt;n1&gt;"),
+            "{html}"
+        );
     }
 
     #[test]
