@@ -4253,16 +4253,18 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
     let lab = Lab::up("tru-", &["--node-binary", &node_binary]);
     lab.wait_vip("n1", Duration::from_secs(20));
     lab.wait_mirror_in_sync("n1", "n2", Duration::from_secs(60));
-    // Each node sees the other's build: N = 2 on n1, N + 1 = 3 on n2 (heartbeats).
+    // Each node sees the other's build: N on n1, N + 1 on n2 (heartbeats).
+    let hb_version = u64::from(tandem::cluster::packet::MAX_VERSION);
     let protocol = |viewer: &str, node: &str| -> Option<u64> {
         let st = lab.status(viewer)?;
         let n = st["nodes"].as_array()?.iter().find(|n| n["name"] == node)?;
         n["protocol"].as_u64()
     };
     wait_for("both builds heard", Duration::from_secs(10), || {
-        (protocol("n1", "n2") == Some(3) && protocol("n2", "n1") == Some(2)).then_some(())
+        (protocol("n1", "n2") == Some(hb_version + 1) && protocol("n2", "n1") == Some(hb_version))
+            .then_some(())
     });
-    assert_eq!(protocol("n1", "n1"), Some(2));
+    assert_eq!(protocol("n1", "n1"), Some(hb_version));
     // The mirror's links negotiated this build's replication version, 3 (n2 speaks 4).
     for (node, peer) in [("n1", "n2"), ("n2", "n1")] {
         let link = lab.mirror_peer(node, peer).expect("mirror peer");
@@ -4279,7 +4281,10 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
         );
         assert_eq!(lab.count(node, "config_mismatch"), 0, "{node}");
     }
-    lab.note("UPGRADE: n1 speaks heartbeat protocol 2, n2 3; the mirror synced between them at 3");
+    lab.note(&format!(
+        "UPGRADE: n1 speaks heartbeat protocol {hb_version}, n2 {}; the mirror synced between them at 3",
+        hb_version + 1
+    ));
     // Acknowledged (flushed) writes on n1, then n1 loses power.
     let out = lab.qemu_io(
         "n1",
@@ -4315,7 +4320,7 @@ fn rolling_upgrade_two_builds_fail_over_and_resync() {
         "n2 resynced n1"
     );
     wait_for("n1 heard again", Duration::from_secs(10), || {
-        (protocol("n2", "n1") == Some(2)).then_some(())
+        (protocol("n2", "n1") == Some(hb_version)).then_some(())
     });
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(lab.backing("n1")).expect("n1's backing file");

@@ -1,7 +1,7 @@
 //! Heartbeat wire codec: a pure (no I/O) encoder/decoder for the UDP
 //! datagrams that cluster nodes exchange on every heartbeat path.
 //!
-//! # Wire format, versions 1 and 2
+//! # Wire format, versions 1 to 3
 //!
 //! All integers are big-endian (network byte order, RFC 1700 / RFC 791
 //! convention). Strings are a `u8` byte length followed by that many bytes of
