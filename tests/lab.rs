@@ -117,6 +117,11 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A numeric field of an event (event fields are strings); None when absent.
+fn event_u64(e: &Value, key: &str) -> Option<u64> {
+    e["fields"][key].as_str()?.parse().ok()
+}
+
 fn describe(out: &Output) -> String {
     format!(
         "{}\n--- stdout:\n{}--- stderr:\n{}",
@@ -382,6 +387,13 @@ impl Lab {
 
     fn count(&self, node: &str, kind: &str) -> usize {
         self.events_of(node, kind).len()
+    }
+
+    /// The last `kind` event `node` recorded about `peer`.
+    fn last_event_about(&self, node: &str, kind: &str, peer: &str) -> Option<Value> {
+        self.events_of(node, kind)
+            .into_iter()
+            .rfind(|e| e["fields"]["peer"] == peer)
     }
 
     /// Failover/switchover timelines of `node` (`history --json`).
@@ -2064,10 +2076,7 @@ fn three_copies_a_lagging_dr_copy_converges_after_the_primary_dies() {
         );
         started
     });
-    let bytes: u64 = resync["fields"]["bytes"]
-        .as_str()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(0);
+    let bytes = event_u64(&resync, "bytes").unwrap_or(0);
     lab.note(&format!("n2 resyncs n3: {}", resync["fields"]));
     assert_eq!(resync["fields"]["full"], "false");
     assert!(bytes >= lag / 2, "n2 resynced only {bytes} bytes to n3");
@@ -2118,16 +2127,9 @@ fn mirror_a_crashed_primary_returns_with_a_partial_resync() {
     lab.lab(&["fail", "n1", "restart"]);
     lab.wait_mirror_in_sync("n2", "n1", Duration::from_secs(120));
     let started = lab
-        .events_of("n2", "resync_started")
-        .into_iter()
-        .rfind(|e| e["fields"]["peer"] == "n1")
+        .last_event_about("n2", "resync_started", "n1")
         .expect("n2 resynced n1");
-    let field = |k: &str| -> u64 {
-        started["fields"][k]
-            .as_str()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |k: &str| event_u64(&started, k).unwrap_or(0);
     let (bytes, crash_dirty) = (field("bytes"), field("peer_marked_bytes"));
     let ratio = bytes as f64 / (changed + crash_dirty) as f64;
     lab.note(&format!(
@@ -4576,10 +4578,7 @@ fn disk_lease_waited_ms(lab: &Lab, node: &str, since_ms: u64) -> u64 {
         .into_iter()
         .find(|e| e["time_ms"].as_u64() >= Some(since_ms))
         .unwrap_or_else(|| panic!("{node} acquired no disk lease"));
-    ev["fields"]["waited_ms"]
-        .as_str()
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("waited_ms of {ev}"))
+    event_u64(&ev, "waited_ms").unwrap_or_else(|| panic!("waited_ms of {ev}"))
 }
 
 /// Shared storage (issue 16): n1 and n2 see one disk (a file), the demo service keeps
@@ -4782,14 +4781,11 @@ fn site_disaster_without_an_operator_leaves_the_dr_copy_down() {
 /// event, the status and a metric), and it covers what n3's copy really lacks. The
 /// real figure is the 4 KiB blocks in which n3's copy differs from the dead primary's.
 fn assert_recovery_point_is_reported(lab: &Lab, st: &Value) {
-    let events = lab.events_of("n3", "recovery_point");
-    let e = events
-        .iter()
-        .find(|e| e["fields"]["peer"] == "n1")
-        .unwrap_or_else(|| panic!("n3 reported no recovery point from n1: {events:?}"));
-    let field = |k: &str| e["fields"][k].as_str().and_then(|v| v.parse::<u64>().ok());
-    let reported = field("bytes").expect("bytes");
-    let age_ms = field("duration_ms").expect("duration_ms");
+    let e = lab
+        .last_event_about("n3", "recovery_point", "n1")
+        .expect("n3 reported no recovery point from n1");
+    let reported = event_u64(&e, "bytes").expect("bytes");
+    let age_ms = event_u64(&e, "duration_ms").expect("duration_ms");
     let shown = &st["mirrors"][0]["recovery_point"];
     assert_eq!(
         shown["lag_bytes"].as_u64(),
@@ -4937,15 +4933,8 @@ fn dr_copy_seeded_on_the_lan_then_moved_to_the_wan_resyncs_only_the_changes() {
     // n3 lost power: the activity-log extents it held then (writes not yet proven
     // held by n2 when its last session ended) travel too, as after any crash.
     let crash_dirty = lab
-        .events_of("n1", "resync_started")
-        .into_iter()
-        .rfind(|e| e["fields"]["peer"] == "n3")
-        .and_then(|e| {
-            e["fields"]["peer_marked_bytes"]
-                .as_str()?
-                .parse::<u64>()
-                .ok()
-        })
+        .last_event_about("n1", "resync_started", "n3")
+        .and_then(|e| event_u64(&e, "peer_marked_bytes"))
         .unwrap_or(0);
     let ratio = moved as f64 / (changed + crash_dirty) as f64;
     lab.note(&format!(

@@ -59,7 +59,7 @@ const PATH_COLUMNS: std::ops::RangeInclusive<u32> = 3..=5;
 const GROUP_COLUMNS: std::ops::RangeInclusive<u32> = 2..=11;
 const RESOURCE_COLUMNS: std::ops::RangeInclusive<u32> = 2..=3;
 const VIP_COLUMNS: std::ops::RangeInclusive<u32> = 1..=3;
-const MIRROR_COLUMNS: std::ops::RangeInclusive<u32> = 2..=8;
+const MIRROR_COLUMNS: std::ops::RangeInclusive<u32> = 2..=10;
 const MIRROR_PEER_COLUMNS: std::ops::RangeInclusive<u32> = 2..=11;
 /// Cluster scalars: name, local node, mode, last event seq, uptime.
 const CLUSTER_SCALARS: std::ops::RangeInclusive<u32> = 1..=5;
@@ -439,6 +439,10 @@ impl MibView {
             self.cell(MIRROR_TABLE, 6, &idx, truth(m.io_frozen));
             self.cell(MIRROR_TABLE, 7, &idx, counter64(m.read_bytes));
             self.cell(MIRROR_TABLE, 8, &idx, counter64(m.written_bytes));
+            if let Some(r) = &m.recovery_point {
+                self.cell(MIRROR_TABLE, 9, &idx, counter64(r.lag_bytes));
+                self.cell(MIRROR_TABLE, 10, &idx, gauge(u64::from(r.lag_ms)));
+            }
             for p in &m.peers {
                 let idx: Vec<u32> = name_index(&m.name).chain(name_index(&p.node)).collect();
                 let t = MIRROR_PEER_TABLE;

@@ -337,7 +337,7 @@ fn the_view_serves_exactly_the_readable_objects_of_the_mib() {
         .filter(|(_, d)| d.access.as_deref() == Some("read-only"))
         .map(|(name, _)| resolve(&defs, name))
         .collect();
-    assert_eq!(readable.len(), 46, "5 cluster scalars and 41 columns");
+    assert_eq!(readable.len(), 48, "5 cluster scalars and 43 columns");
     let served: BTreeSet<Vec<u32>> = view()
         .object_types
         .into_iter()
@@ -496,6 +496,32 @@ fn every_fast_stop_step_has_its_value_in_the_mib() {
             step.name()
         );
     }
+}
+
+/// A secondary's recovery point is two more columns of its mirror row; a mirror with
+/// none has neither.
+#[test]
+fn a_reported_recovery_point_fills_the_mirror_rows_last_two_columns() {
+    let v = MibView::build(&with_mirrors(), &SystemInfo::default());
+    assert_eq!(
+        v.get(&col(MIRROR_TABLE, 9, &["vol"])),
+        VarBindValue::NoSuchInstance
+    );
+    let mut st = with_mirrors();
+    st.mirrors[0].recovery_point = Some(crate::mirror::recovery::RecoveryPoint {
+        mirror: "vol".into(),
+        primary: "alpha".into(),
+        lag_bytes: 5 << 30,
+        lag_ms: 2500,
+        reported_ms: 0,
+    });
+    let v = MibView::build(&st, &SystemInfo::default());
+    let value = |o: ObjectSyntax| VarBindValue::Value(o);
+    assert_eq!(
+        v.get(&col(MIRROR_TABLE, 9, &["vol"])),
+        value(counter64(5 << 30))
+    );
+    assert_eq!(v.get(&col(MIRROR_TABLE, 10, &["vol"])), value(gauge(2500)));
 }
 
 #[test]
